@@ -1,0 +1,131 @@
+"""Syncer pyramid: input pyramid, encoders, losses, and the `msync train-syncers` trainer (single process,
+resume, and two-process DDP on gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import pyramid
+from training.models.syncer import SyncerConfig, SyncerPyramid, infonce_loss, load_pyramid, syncnet_loss
+
+TINY = SyncerConfig(embed_dim=16, audio_widths=(16, 16), audio_depths=(1, 1), landmark_widths=(16,), landmark_depths=(1,))
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_pyramid_halves_rate_and_blurs():
+    """Each level is a centred moving average then [::2]; a constant stays constant, lengths halve (ceil)."""
+    x = np.ones((75, 3), dtype=np.float32)
+    levels = pyramid.build(x, 4, 7)
+    assert [len(l) for l in levels] == [75, 38, 19, 10]
+    assert all(np.allclose(l, 1.0) for l in levels)
+    ramp = np.arange(20, dtype=np.float64)[:, None]
+    down = pyramid.downsample(ramp, 3)
+    assert np.allclose(down[1:-1, 0], ramp[2:-2:2, 0])  # centred: the average of a ramp is its middle value
+
+
+def test_pyramid_removes_fast_oscillation():
+    """A +-1 alternation at the frame rate leaves no variation after one level (an odd box keeps 1/k of it,
+    which decimation folds into a constant that segment centring removes)."""
+    x = np.tile([1.0, -1.0], 64)[:, None]
+    for lvl in (1, 3):
+        inner = pyramid.level(x, lvl, 7)[3:-3]
+        assert np.ptp(inner) < 1e-9 and np.abs(inner).max() <= 1 / 7 + 1e-9
+
+
+def test_pyramid_rejects_even_kernel():
+    with pytest.raises(ValueError, match="odd"):
+        pyramid.downsample(np.zeros((10, 2)), 4)
+
+
+def test_embeddings_shapes_and_normalisation():
+    """Every level maps (N,5,68,2) landmarks and (N,20,26) MFCC to unit vectors (InfoNCE) of embed_dim."""
+    model = SyncerPyramid(TINY)
+    lm = torch.rand(7, 5, 68, 2)
+    mf = torch.randn(7, 20, 26)
+    for lvl in range(4):
+        e_a, e_x = model.embed(lvl, lm, mf)
+        assert e_a.shape == e_x.shape == (7, 16)
+        assert torch.allclose(e_a.norm(dim=-1), torch.ones(7), atol=1e-5)
+    metric = SyncerPyramid(SyncerConfig(loss="syncnet", embed_dim=16, audio_widths=(16,), audio_depths=(1,),
+                                        landmark_widths=(16,), landmark_depths=(1,)))
+    e_a, _ = metric.embed(0, lm, mf)
+    assert not torch.allclose(e_a.norm(dim=-1), torch.ones(7))
+
+
+def test_landmark_features_ignore_absolute_position():
+    """Moving a whole segment in the crop does not change its features (only motion within it counts)."""
+    model = SyncerPyramid(TINY)
+    lm = torch.rand(3, 5, 68, 2)
+    assert torch.allclose(model.landmark_features(0, lm), model.landmark_features(0, lm + 0.2), atol=1e-5)
+
+
+def test_losses_reward_aligned_embeddings():
+    """Perfectly matched pairs give top-1 accuracy 1 and a lower loss than random pairs."""
+    e = torch.nn.functional.normalize(torch.randn(2, 49, 32), dim=-1)
+    loss_good, acc_good = infonce_loss(e, e, 0.1)
+    loss_bad, _ = infonce_loss(e, torch.nn.functional.normalize(torch.randn(2, 49, 32), dim=-1), 0.1)
+    assert acc_good == 1.0 and loss_good < loss_bad
+    loss_good, acc_good = syncnet_loss(e * 3, e * 3, 2.0)
+    assert acc_good == 1.0
+
+
+def _train_cmd(out: Path, steps: int, extra=()):
+    return [sys.executable, "-m", "training.train_syncers", "--out", str(out), "--no-progress",
+            "--set", f"steps={steps}", "--set", "max_clips=24", "--set", "log_every=2", "--set", "eval_every=4",
+            "--set", "checkpoint_every=4", "--set", "eval_groups=1", "--set", "groups_per_level=1",
+            "--set", "syncer.embed_dim=16", "--set", "syncer.audio_widths=[16,16]", "--set", "syncer.audio_depths=[1,1]",
+            "--set", "syncer.landmark_widths=[16]", "--set", "syncer.landmark_depths=[1]", "--set", "threads=1", *extra]
+
+
+@pytest.mark.slow
+def test_train_checkpoint_and_resume(shared_data, tmp_path):
+    """A short run writes safetensors+JSON checkpoints, metrics and curves; a second call resumes at its step."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "run"
+    subprocess.run(_train_cmd(out, 4), check=True, cwd=REPO, env=env, timeout=300, capture_output=True)
+    for name in ("checkpoint.safetensors", "checkpoint.json", "checkpoint.optim.safetensors", "syncers.safetensors",
+                 "syncers.json", "metrics.jsonl", "curves.png", "config.json", "result.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.pt")) and not list(out.glob("*.pkl"))
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 4
+    proc = subprocess.run(_train_cmd(out, 6), check=True, cwd=REPO, env=env, timeout=300, capture_output=True, text=True)
+    assert "resuming from" in proc.stdout and "at step 4" in proc.stdout
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 6
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and max(steps) == 6
+    model = load_pyramid(out / "syncers")
+    assert model.cfg.embed_dim == 16
+
+
+def test_load_pyramid_refuses_corrupt_files(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"kind": "syncer_pyramid", "syncer": {"embed_dim": 16}}))
+    (tmp_path / "x.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_pyramid(tmp_path / "x")
+    (tmp_path / "y.json").write_text(json.dumps({"kind": "generator"}))
+    with pytest.raises(ValueError, match="not a syncer"):
+        load_pyramid(tmp_path / "y")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(shared_data, tmp_path):
+    """torchrun with two processes on gloo trains the same model: world size 2 in the metrics, a loadable result."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "training.train_syncers", "--set", "device=cpu"] + _train_cmd(out, 4)[3:]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, timeout=400, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("world_size") == 2 for r in records)
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and result["steps"] == 4
+    load_pyramid(out / "syncers")

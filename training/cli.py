@@ -1,0 +1,16 @@
+"""Registers the training-side `msync` subcommands. Imports nothing heavy: handlers load torch when run."""
+
+from __future__ import annotations
+
+# (name, module, help). Each module exposes add_arguments(parser) and run(args) and keeps top-level imports
+# light (no torch at import time) so that `msync --help` stays fast.
+COMMANDS = (
+    ("data", "training.data.prepare", "Prepare a dataset: `msync data prepare VIDEOS... --out DIR`."),
+    ("train-syncers", "training.train_syncers", "Train the syncer pyramid (InfoNCE) or the metric syncers (SyncNet loss)."),
+    ("eval-sync", "training.eval_sync", "Multi-scale AV offset/confidence, LMD and motion statistics (paper Table 3)."),
+)
+
+
+def register(sub, add) -> None:
+    for name, module, help_text in COMMANDS:
+        add(sub, name, module, help_text)

@@ -1,0 +1,96 @@
+"""Pyramids of the clips and groups of aligned (landmark, audio) segments for syncer training and scoring."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from stream_engine.features import FrontEndConfig, mfcc_from_logmel
+from training import pyramid
+from training.data.augment import AugmentConfig, augment_landmarks, augment_logmel
+from training.data.clips import Segment
+
+
+@dataclasses.dataclass
+class Group:
+    """Aligned segments at one level: landmarks (N, 5, 68, 2), mfcc (N, 20, n_mfcc) float32, and sources."""
+
+    level: int
+    landmarks: np.ndarray
+    mfcc: np.ndarray
+    segment_index: np.ndarray
+    position: np.ndarray
+
+
+class PyramidStore:
+    """Every segment's landmark and log-mel pyramids, computed once on the clean data.
+
+    Augmentation is applied to the extracted segments afterwards: affine landmark maps and gain commute with
+    average pooling, and the 3-D-like rotation and the noise are close enough for a training signal.
+    """
+
+    def __init__(self, segments: list[Segment], num_levels: int, kernel: int, landmark_frames: int = 5,
+                 audio_frames: int = 20, frontend: FrontEndConfig = FrontEndConfig()) -> None:
+        self.segments = segments
+        self.num_levels, self.kernel = num_levels, kernel
+        self.landmark_frames, self.audio_frames = landmark_frames, audio_frames
+        self.ratio = frontend.mfcc_per_landmark_frame
+        self.frontend = frontend
+        self.landmarks = [pyramid.build(s.landmarks, num_levels, kernel) for s in segments]
+        self.logmel = [pyramid.build(s.logmel, num_levels, kernel) for s in segments]
+        self.identity = np.array([s.identity for s in segments])
+
+    def num_positions(self, level: int) -> np.ndarray:
+        """(num_segments,) count of valid segment starts at `level`."""
+        out = []
+        for lm, lg in zip(self.landmarks, self.logmel):
+            n_lm = len(lm[level]) - self.landmark_frames + 1
+            n_au = (len(lg[level]) - self.audio_frames) // self.ratio + 1
+            out.append(max(0, min(n_lm, n_au)))
+        return np.array(out)
+
+    def sampling_weights(self, level: int) -> np.ndarray:
+        """Per-segment probabilities: an identity's share grows with the square root of its data, so the
+        one-speaker corpora (GRID s1, one TV interview) do not drown everyone else."""
+        pos = self.num_positions(level).astype(np.float64)
+        totals: dict[str, float] = {}
+        for ident, p in zip(self.identity, pos):
+            totals[ident] = totals.get(ident, 0.0) + p
+        w = np.array([p / np.sqrt(max(totals[i], 1.0)) for i, p in zip(self.identity, pos)])
+        return w / w.sum()
+
+    def extract(self, level: int, seg: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw segments: landmarks (N, 5, 68, 2) and log-mel (N, 20, n_mels)."""
+        lm = np.stack([self.landmarks[s][level][p : p + self.landmark_frames] for s, p in zip(seg, pos)])
+        a0 = pos * self.ratio
+        lg = np.stack([self.logmel[s][level][a : a + self.audio_frames] for s, a in zip(seg, a0)])
+        return lm, lg
+
+    def sample_group(self, level: int, rng: np.random.Generator, group_size: int = 49, per_clip: int = 7,
+                     augment: AugmentConfig | None = None, weights: np.ndarray | None = None) -> Group:
+        """A group of `group_size` aligned pairs: up to `per_clip` distinct positions from each sampled segment,
+        so negatives mix other speakers with the same speaker at other times."""
+        npos = self.num_positions(level)
+        weights = self.sampling_weights(level) if weights is None else weights
+        segs, poss = [], []
+        while len(segs) < group_size:
+            s = int(rng.choice(len(npos), p=weights))
+            k = min(per_clip, int(npos[s]), group_size - len(segs))
+            for p in rng.choice(int(npos[s]), size=k, replace=False):
+                segs.append(s)
+                poss.append(int(p))
+        seg, pos = np.array(segs), np.array(poss)
+        lm, lg = self.extract(level, seg, pos)
+        if augment is not None:
+            for s in np.unique(seg):  # one transform per source clip within the group
+                rows = seg == s
+                lm[rows] = augment_landmarks(lm[rows].reshape(-1, 68, 2), rng, augment).reshape(lm[rows].shape)
+                lg[rows] = augment_logmel(lg[rows], rng, augment, self.frontend)
+        mfcc = mfcc_from_logmel(lg.astype(np.float64), self.frontend).astype(np.float32)
+        return Group(level, lm.astype(np.float32), mfcc, seg, pos)
+
+    def mfcc_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-coefficient mean and std of level-0 MFCC over all segments: (n_mfcc,), (n_mfcc,)."""
+        allm = np.concatenate([mfcc_from_logmel(lg[0].astype(np.float64), self.frontend) for lg in self.logmel])
+        return allm.mean(axis=0).astype(np.float32), (allm.std(axis=0) + 1e-3).astype(np.float32)

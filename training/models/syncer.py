@@ -1,0 +1,192 @@
+"""Audio-visual syncers (paper §3.1): one pair of encoders per pyramid level, scoring 5 landmark samples
+against 20 audio-feature samples of the same time span.
+
+Two kinds are trained from the same classes:
+- the *loss* pyramid (InfoNCE on cosine scores, embeddings L2-normalised), frozen inside generator training;
+- the *metric* pyramid (SyncNet's contrastive loss on Euclidean distances, embeddings not normalised), used
+  only by evaluation, so that the model is never scored by the network it was trained against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.convnext1d import Encoder1d
+
+@dataclasses.dataclass(frozen=True)
+class SyncerConfig:
+    """Architecture and loss of a syncer pyramid.
+
+    Attributes:
+        num_levels: pyramid levels (4: 200, 400, 800, 1600 ms segments).
+        landmark_frames, audio_frames: samples per segment at every level (5 and 20).
+        pyramid_kernel: width of the centred average pooling between levels (paper: 3; authors' code: 7).
+        loss: "infonce" (cosine, normalised embeddings) or "syncnet" (Euclidean contrastive, raw embeddings).
+        temperature: InfoNCE softmax temperature on cosine scores.
+        syncnet_margin: hinge margin of the SyncNet contrastive loss.
+    """
+
+    num_levels: int = 4
+    landmark_frames: int = 5
+    audio_frames: int = 20
+    num_landmarks: int = 68
+    n_mfcc: int = 26
+    pyramid_kernel: int = 7
+    embed_dim: int = 128
+    audio_widths: tuple[int, ...] = (64, 128, 128)
+    audio_depths: tuple[int, ...] = (1, 1, 1)
+    landmark_widths: tuple[int, ...] = (128, 128)
+    landmark_depths: tuple[int, ...] = (1, 1)
+    loss: str = "infonce"
+    temperature: float = 0.1
+    syncnet_margin: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("infonce", "syncnet"):
+            raise ValueError(f"unknown syncer loss {self.loss!r}")
+
+    @property
+    def normalise(self) -> bool:
+        return self.loss == "infonce"
+
+    @property
+    def segment_ms(self) -> list[float]:
+        return [self.landmark_frames * 40.0 * 2**lvl for lvl in range(self.num_levels)]
+
+
+class Syncer(nn.Module):
+    """One level: `embed_audio` (N, 20, n_mfcc) and `embed_landmarks` (N, 5, 68, 2) -> (N, embed_dim)."""
+
+    def __init__(self, cfg: SyncerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.audio_encoder = Encoder1d(cfg.n_mfcc, cfg.audio_widths, cfg.audio_depths, cfg.embed_dim)
+        # Per frame: standardised segment-centred positions and velocities (2 x 136 features).
+        self.landmark_encoder = Encoder1d(4 * cfg.num_landmarks, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim)
+
+    def embed_audio(self, mfcc_norm: torch.Tensor) -> torch.Tensor:
+        """(N, 20, n_mfcc) normalised MFCC -> (N, E)."""
+        e = self.audio_encoder(mfcc_norm)
+        return F.normalize(e, dim=-1) if self.cfg.normalise else e
+
+    def embed_landmarks(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, 5, 4 * 68) landmark features (see `SyncerPyramid.landmark_features`) -> (N, E)."""
+        e = self.landmark_encoder(features)
+        return F.normalize(e, dim=-1) if self.cfg.normalise else e
+
+
+class SyncerPyramid(nn.Module):
+    """All levels plus the fixed MFCC normalisation computed on the training data."""
+
+    def __init__(self, cfg: SyncerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.levels = nn.ModuleList([Syncer(cfg) for _ in range(cfg.num_levels)])
+        self.register_buffer("mfcc_mean", torch.zeros(cfg.n_mfcc))
+        self.register_buffer("mfcc_std", torch.ones(cfg.n_mfcc))
+        d = 2 * cfg.num_landmarks
+        self.register_buffer("position_mean", torch.zeros(cfg.num_levels, d))
+        self.register_buffer("position_std", torch.ones(cfg.num_levels, d))
+        self.register_buffer("velocity_std", torch.ones(cfg.num_levels, d))
+
+    def normalise_mfcc(self, mfcc: torch.Tensor) -> torch.Tensor:
+        return (mfcc - self.mfcc_mean) / self.mfcc_std
+
+    @staticmethod
+    def raw_landmark_features(landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, T, 68, 2) -> segment-centred positions and velocities, each (N, T, 136).
+
+        Only the segment's mean position is removed (one 2-vector per segment), so motion within the segment,
+        head translation included, stays visible while the absolute place in the crop does not.
+        """
+        centred = (landmarks - landmarks.mean(dim=(1, 2), keepdim=True)).flatten(2)
+        velocity = torch.diff(centred, dim=1, prepend=centred[:, :1])
+        return centred, velocity
+
+    def landmark_features(self, lvl: int, landmarks: torch.Tensor) -> torch.Tensor:
+        """(N, T, 68, 2) normalised landmarks -> (N, T, 272) standardised with the training-data statistics."""
+        pos, vel = self.raw_landmark_features(landmarks)
+        pos = (pos - self.position_mean[lvl]) / self.position_std[lvl]
+        vel = vel / self.velocity_std[lvl]
+        return torch.cat([pos, vel], dim=-1)
+
+    def embed(self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of paired segments at level `lvl`.
+
+        Args:
+            landmarks: (N, 5, 68, 2); mfcc: (N, 20, n_mfcc) raw MFCC (normalised here).
+        Returns:
+            (audio_embeddings (N, E), landmark_embeddings (N, E)).
+        """
+        syncer = self.levels[lvl]
+        return syncer.embed_audio(self.normalise_mfcc(mfcc)), syncer.embed_landmarks(self.landmark_features(lvl, landmarks))
+
+    def score(self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of paired segments: (N,)."""
+        e_a, e_x = self.embed(lvl, landmarks, mfcc)
+        return F.cosine_similarity(e_a, e_x, dim=-1)
+
+    def forward(self, batches: list[tuple[int, torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Embed several (level, landmarks, mfcc) groups in one call (one forward per step keeps DDP happy)."""
+        return [self.embed(lvl, lm, mf) for lvl, lm, mf in batches]
+
+
+def infonce_loss(e_a: torch.Tensor, e_x: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE over a group of N pairs: each positive against the N-1 other pairs as negatives.
+
+    Args:
+        e_a, e_x: (G, N, E) L2-normalised embeddings of G independent groups.
+    Returns:
+        (loss scalar, top-1 retrieval accuracy scalar).
+    """
+    logits = e_a @ e_x.transpose(1, 2) / temperature  # (G, N, N)
+    target = torch.arange(logits.shape[-1], device=logits.device).expand(logits.shape[0], -1)
+    loss = 0.5 * (F.cross_entropy(logits.flatten(0, 1), target.flatten())
+                  + F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.flatten()))
+    acc = (logits.argmax(-1) == target).float().mean()
+    return loss, acc
+
+
+def syncnet_loss(e_a: torch.Tensor, e_x: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SyncNet's contrastive loss on Euclidean distances within groups: pull positives together, push every
+    other pair of the group beyond `margin`.
+
+    Args:
+        e_a, e_x: (G, N, E) raw embeddings.
+    Returns:
+        (loss scalar, top-1 retrieval accuracy by smallest distance).
+    """
+    dist = torch.cdist(e_a, e_x)  # (G, N, N)
+    n = dist.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=dist.device)
+    pos = dist.diagonal(dim1=1, dim2=2).pow(2).mean()
+    neg = F.relu(margin - dist[:, ~eye]).pow(2).mean()
+    target = torch.arange(n, device=dist.device)
+    acc = (dist.argmin(-1) == target).float().mean()
+    return pos + neg, acc
+
+
+def group_loss(cfg: SyncerConfig, e_a: torch.Tensor, e_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.loss == "infonce":
+        return infonce_loss(e_a, e_x, cfg.temperature)
+    return syncnet_loss(e_a, e_x, cfg.syncnet_margin)
+
+
+def load_pyramid(path, device: str = "cpu") -> SyncerPyramid:
+    """Load a pyramid saved by `msync train-syncers` (`path` without suffix, e.g. runs/syncers/syncers).
+
+    Raises:
+        FileNotFoundError / ValueError: missing or corrupt files, or not a syncer checkpoint.
+    """
+    from training.checkpoint import dataclass_from_dict, load_meta, load_state
+
+    meta = load_meta(path)
+    if meta.get("kind") != "syncer_pyramid":
+        raise ValueError(f"{path}: not a syncer pyramid checkpoint (kind={meta.get('kind')!r})")
+    model = SyncerPyramid(dataclass_from_dict(SyncerConfig, meta["syncer"]))
+    model.load_state_dict(load_state(path, device))
+    return model.to(device).eval()
