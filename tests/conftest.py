@@ -23,3 +23,13 @@ def speech(shared_data) -> "np.ndarray":
     from stream_engine.audio_io import load_audio
 
     return load_audio(SPEECH_CLIP)
+
+
+def pytest_configure(config):
+    # The models under test are small: one intra-op thread is faster than two fighting over two cores.
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass

@@ -1,0 +1,293 @@
+"""The causal multi-scale generator (paper §3.2, made streamable).
+
+Temporal module: a 1-layer LSTM over embeddings of the previous landmark frame. Multi-scale audio module: a
+causal, undecimated ("à trous") pyramid of dilated ConvNeXt-1D blocks at the landmark rate, one output per
+level with receptive fields of about 200 ms, 360 ms, 680 ms and 1.96 s; every level reads audio only up to
+L landmark frames after the frame being produced (L = `lookahead_frames`). One branch per level maps
+[LSTM state | landmark embedding | level audio] to a velocity for every landmark and a mask logit per landmark;
+a softmax over branches, per landmark, merges the velocities, and x(t) = x(t-1) + v(t). The random initial
+LSTM state is the noise source; the caller gives the identity as the frame before the first one.
+
+Two forms with the same weights:
+- `forward` runs a whole window (training): audio convolutions in parallel, the recurrence frame by frame.
+- `step` is one 40 ms stream step with every piece of memory explicit (`StepState`): 640 new PCM samples in,
+  one landmark frame out (the frame L steps back). Stepping through a sequence reproduces `forward`.
+Because the audio pyramid is undecimated and causal, a step computes exactly one new column per conv layer
+from cached inputs; nothing the previous step computed is recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stream_engine.features import FrontEndConfig
+from training.frontend import TorchMfcc
+from training.models.convnext1d import ConvNeXtBlock1d
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture of the generator.
+
+    Attributes:
+        lookahead_frames: L, landmark frames of audio read beyond the frame produced (0 = fully causal).
+        level_dilations: dilations of the causal blocks that build each audio level from the previous one.
+        branch_levels: which audio levels get a branch ((0, 1, 2, 3) = multi-scale; (0,) = single-scale).
+        velocity_scale: fixed gain on the branch velocities (normalised units per frame), so that an untrained
+            generator moves slowly.
+        init_noise: "uniform" draws the initial LSTM state from U[0, 1) (the paper's noise source).
+    """
+
+    num_landmarks: int = 68
+    n_mfcc: int = 26
+    lookahead_frames: int = 2
+    audio_channels: int = 128
+    audio_kernel: int = 3
+    audio_expansion: int = 2
+    level_dilations: tuple[tuple[int, ...], ...] = ((1, 1), (2,), (4,), (8, 8))
+    branch_levels: tuple[int, ...] = (0, 1, 2, 3)
+    landmark_embed: int = 256
+    lstm_hidden: int = 256
+    branch_hidden: int = 256
+    branch_expansion: int = 2
+    velocity_scale: float = 0.01
+    init_noise: str = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.lookahead_frames < 0:
+            raise ValueError("lookahead_frames must be >= 0")
+        if not self.branch_levels or max(self.branch_levels) >= len(self.level_dilations):
+            raise ValueError(f"branch_levels {self.branch_levels} must index level_dilations")
+
+    @property
+    def receptive_field_frames(self) -> list[int]:
+        """Audio receptive field of each level, in landmark frames (ending at the newest frame)."""
+        rf, out = 1, []
+        for dils in self.level_dilations:
+            for d in dils:
+                rf += (self.audio_kernel - 1) * d
+            out.append(rf)
+        return out
+
+    @property
+    def conv_cache_frames(self) -> int:
+        """Total cached input columns over all audio blocks (the width of the `conv_cache` state)."""
+        return sum((self.audio_kernel - 1) * d for dils in self.level_dilations for d in dils)
+
+
+class StepState(NamedTuple):
+    """Everything a stream remembers between steps. Batch is dimension 0 of every tensor.
+
+    audio_carry: (B, 352) last PCM samples (MFCC window overlap).
+    conv_cache: (B, C, conv_cache_frames) inputs of every causal audio block for its last (k-1)*d frames.
+    h, c: (B, lstm_hidden) LSTM state.
+    prev_landmarks: (B, 68, 2) the last emitted frame (the reference face before the first one).
+    frames_seen: (B, 1) float count of audio frames consumed, saturating at L (the look-ahead warm-up).
+    """
+
+    audio_carry: torch.Tensor
+    conv_cache: torch.Tensor
+    h: torch.Tensor
+    c: torch.Tensor
+    prev_landmarks: torch.Tensor
+    frames_seen: torch.Tensor
+
+
+class GroupedLinear(nn.Module):
+    """G independent linear maps applied to (B, G, in) -> (B, G, out) in one batched product."""
+
+    def __init__(self, groups: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(groups, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(groups, out_dim))
+        nn.init.normal_(self.weight, std=in_dim**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(x.unsqueeze(-2), self.weight).squeeze(-2) + self.bias
+
+
+class Branches(nn.Module):
+    """The per-level heads: [h | landmark embedding | audio_l] -> (velocity (136), mask logits (68)) per branch."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        g, hid = len(cfg.branch_levels), cfg.branch_hidden
+        in_dim = cfg.lstm_hidden + cfg.landmark_embed + cfg.audio_channels
+        self.inp = GroupedLinear(g, in_dim, hid)
+        self.norm = nn.LayerNorm(hid)
+        self.mlp1 = GroupedLinear(g, hid, cfg.branch_expansion * hid)
+        self.mlp2 = GroupedLinear(g, cfg.branch_expansion * hid, hid)
+        self.velocity = GroupedLinear(g, hid, 2 * cfg.num_landmarks)
+        self.mask = GroupedLinear(g, hid, cfg.num_landmarks)
+        nn.init.zeros_(self.mask.weight)  # start from an even mix of the branches
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """h (B, H), emb (B, E), audio (B, G, C) -> merged velocity (B, 68, 2) in branch units."""
+        g = audio.shape[1]
+        shared = torch.cat([h, emb], dim=-1).unsqueeze(1).expand(-1, g, -1)
+        z = F.gelu(self.inp(torch.cat([shared, audio], dim=-1)))
+        z = z + self.mlp2(F.gelu(self.mlp1(self.norm(z))))
+        vel = self.velocity(z).unflatten(-1, (-1, 2))  # (B, G, 68, 2)
+        weights = torch.softmax(self.mask(z), dim=1)  # (B, G, 68): softmax over branches, per landmark
+        return (weights.unsqueeze(-1) * vel).sum(dim=1)
+
+
+class Generator(nn.Module):
+    """Causal MS-Sync generator. See the module docstring for the two forms."""
+
+    def __init__(self, cfg: GeneratorConfig = GeneratorConfig(), frontend: FrontEndConfig = FrontEndConfig()) -> None:
+        super().__init__()
+        self.cfg, self.frontend = cfg, frontend
+        self.mfcc = TorchMfcc(frontend)
+        self.register_buffer("mfcc_mean", torch.zeros(cfg.n_mfcc))
+        self.register_buffer("mfcc_std", torch.ones(cfg.n_mfcc))
+        per = frontend.mfcc_per_landmark_frame
+        c = cfg.audio_channels
+        self.audio_stem = nn.Linear(per * cfg.n_mfcc, c)
+        self.blocks = nn.ModuleList()
+        self.block_level: list[int] = []
+        for lvl, dils in enumerate(cfg.level_dilations):
+            for d in dils:
+                self.blocks.append(ConvNeXtBlock1d(c, cfg.audio_kernel, d, cfg.audio_expansion, causal=True))
+                self.block_level.append(lvl)
+        d_lm = 2 * cfg.num_landmarks
+        e = cfg.landmark_embed
+        self.landmark_encoder = nn.Sequential(
+            nn.Linear(d_lm, e), nn.LayerNorm(e), nn.Linear(e, 2 * e), nn.GELU(), nn.Linear(2 * e, e))
+        self.lstm = nn.LSTMCell(e, cfg.lstm_hidden)
+        self.branches = Branches(cfg)
+
+    # ------------------------------------------------------------------ audio
+    def _stem(self, mfcc: torch.Tensor) -> torch.Tensor:
+        """(B, 4T, n_mfcc) raw MFCC -> (B, C, T) stem features."""
+        norm = (mfcc - self.mfcc_mean) / self.mfcc_std
+        per = self.frontend.mfcc_per_landmark_frame
+        return self.audio_stem(norm.unflatten(1, (-1, per)).flatten(2)).transpose(1, 2)
+
+    def audio_levels(self, mfcc: torch.Tensor, valid: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Causal audio pyramid over a window.
+
+        Args:
+            mfcc: (B, 4T, n_mfcc) MFCC of T landmark frames.
+            valid: optional (B, T) bool, False for frames before a stream's start: they are zeroed after every
+                layer, which is exactly what the zero-initialised caches of a fresh stream hold.
+        Returns:
+            One (B, C, T) tensor per level.
+        """
+        x = self._stem(mfcc)
+        mask = None if valid is None else valid[:, None, :].to(x.dtype)
+        if mask is not None:
+            x = x * mask
+        levels = [None] * len(self.cfg.level_dilations)
+        for block, lvl in zip(self.blocks, self.block_level):
+            x = block(x)
+            if mask is not None:
+                x = x * mask
+            levels[lvl] = x
+        return levels
+
+    def branch_audio(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """Per-level features stacked for the branches: (B, G, C, T)."""
+        return torch.stack([levels[l] for l in self.cfg.branch_levels], dim=1)
+
+    # --------------------------------------------------------------- temporal
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.landmark_encoder(((x - 0.5) * 4.0).flatten(1))
+
+    def _advance(self, x_prev: torch.Tensor, h: torch.Tensor, c: torch.Tensor, audio: torch.Tensor):
+        """One landmark frame: x_prev (B,68,2), h/c (B,H), audio (B,G,C) -> (x, h, c)."""
+        emb = self._embed(x_prev)
+        h, c = self.lstm(emb, (h, c))
+        v = self.branches(h, emb, audio) * self.cfg.velocity_scale
+        return x_prev + v, h, c
+
+    def initial_lstm_state(self, batch: int, generator: torch.Generator | None = None,
+                           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise source: (h0, c0), each (B, lstm_hidden), U[0,1) or zeros per `cfg.init_noise`."""
+        shape = (batch, self.cfg.lstm_hidden)
+        if self.cfg.init_noise == "uniform":
+            return (torch.rand(shape, generator=generator, device=device),
+                    torch.rand(shape, generator=generator, device=device))
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+
+    def forward(self, mfcc: torch.Tensor, x_ref: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                num_frames: int, warmup_frames: int = 0, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Generate `num_frames` frames over a window of audio.
+
+        Args:
+            mfcc: (B, 4 * (warmup_frames + num_frames + L), n_mfcc): audio of the warm-up frames (context for the
+                causal convolutions), the frames to generate, and the L look-ahead frames after them.
+            x_ref: (B, 68, 2) the frame before the first generated one (identity / last known frame).
+            h0, c0: (B, lstm_hidden) initial LSTM state (the noise).
+            valid: optional (B, warmup + num_frames + L) bool, False before the stream's start.
+        Returns:
+            (B, num_frames, 68, 2): frame t uses audio up to the end of frame warmup_frames + t + L.
+        """
+        L = self.cfg.lookahead_frames
+        need = 4 * (warmup_frames + num_frames + L)
+        if mfcc.shape[1] != need:
+            raise ValueError(f"expected {need} mfcc frames for {num_frames} frames (+{warmup_frames} warm-up, "
+                             f"+{L} look-ahead), got {mfcc.shape[1]}")
+        audio = self.branch_audio(self.audio_levels(mfcc, valid))  # (B, G, C, W+T+L)
+        x, h, c = x_ref, h0, c0
+        out = []
+        for t in range(num_frames):
+            x, h, c = self._advance(x, h, c, audio[..., warmup_frames + t + L])
+            out.append(x)
+        return torch.stack(out, dim=1)
+
+    # ------------------------------------------------------------------- step
+    def initial_state(self, x_ref: torch.Tensor, h0: torch.Tensor | None = None,
+                      c0: torch.Tensor | None = None) -> StepState:
+        """A fresh stream: silence before it, zero caches, the given (or zero) LSTM state, x_ref as last frame."""
+        b = x_ref.shape[0]
+        dev = x_ref.device
+        if h0 is None or c0 is None:
+            h0 = torch.zeros(b, self.cfg.lstm_hidden, device=dev)
+            c0 = torch.zeros(b, self.cfg.lstm_hidden, device=dev)
+        return StepState(
+            audio_carry=torch.zeros(b, self.frontend.context_samples, device=dev),
+            conv_cache=torch.zeros(b, self.cfg.audio_channels, self.cfg.conv_cache_frames, device=dev),
+            h=h0, c=c0, prev_landmarks=x_ref, frames_seen=torch.zeros(b, 1, device=dev))
+
+    def step(self, audio_new: torch.Tensor, state: StepState) -> tuple[torch.Tensor, StepState]:
+        """One 40 ms step.
+
+        Args:
+            audio_new: (B, 640) float32 PCM in [-1, 1], the next samples of the stream.
+            state: the stream's `StepState`.
+        Returns:
+            landmarks (B, 68, 2): the frame L steps back (for the first L steps of a stream, the unchanged
+            reference face, which runtimes drop), and the next state.
+        """
+        ctx = self.frontend.context_samples
+        buf = torch.cat([state.audio_carry, audio_new], dim=1)  # (B, 352 + 640)
+        x = self._stem(self.mfcc(buf))  # (B, C, 1)
+        caches, offset = [], 0
+        levels = [None] * len(self.cfg.level_dilations)
+        for block, lvl in zip(self.blocks, self.block_level):
+            pad = block.receptive_pad
+            cache = state.conv_cache[:, :, offset : offset + pad]
+            window = torch.cat([cache, x], dim=2)  # (B, C, pad + 1)
+            x = block.mix(block.dwconv(window), x)  # (B, C, 1)
+            caches.append(window[:, :, 1:])
+            levels[lvl] = x
+            offset += pad
+        audio = torch.stack([levels[l][:, :, 0] for l in self.cfg.branch_levels], dim=1)  # (B, G, C)
+        x_new, h_new, c_new = self._advance(state.prev_landmarks, state.h, state.c, audio)
+        # Until L frames of look-ahead have arrived there is no frame to emit: keep the landmark state still.
+        ready = state.frames_seen >= self.cfg.lookahead_frames  # (B, 1)
+        x_out = torch.where(ready[:, :, None], x_new, state.prev_landmarks)
+        h_out = torch.where(ready, h_new, state.h)
+        c_out = torch.where(ready, c_new, state.c)
+        seen = torch.clamp(state.frames_seen + 1.0, max=float(self.cfg.lookahead_frames))
+        next_state = StepState(buf[:, -ctx:], torch.cat(caches, dim=2), h_out, c_out, x_out, seen)
+        return x_out, next_state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
