@@ -62,17 +62,20 @@ def _decode_pyav(path: Path) -> tuple[np.ndarray, int]:
         if not container.streams.audio:
             raise AudioError(f"{path}: no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=stream.rate or stream.codec_context.rate)
+        # Keep the channels and the rate: FFmpeg's own stereo->mono downmix scales by 1/sqrt(2) per channel
+        # (peaks up to 1.41 x full scale); we average channels ourselves, as for every other format.
+        resampler = av.AudioResampler(format="fltp")
         pieces = []
+        rate = None
         for packet_frame in container.decode(stream):
             for out in resampler.resample(packet_frame):
-                pieces.append(out.to_ndarray()[0])
+                pieces.append(out.to_ndarray())
+                rate = out.sample_rate
         for out in resampler.resample(None):
-            pieces.append(out.to_ndarray()[0])
-        rate = int(resampler.rate)
+            pieces.append(out.to_ndarray())
     if not pieces:
         raise AudioError(f"{path}: the audio stream decoded to nothing")
-    return np.concatenate(pieces)[:, None].astype(np.float32), rate
+    return np.concatenate(pieces, axis=1).T.astype(np.float32), int(rate)
 
 
 def load_audio(path: str | Path, sample_rate_hz: int = 16000) -> np.ndarray:

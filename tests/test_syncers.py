@@ -3,6 +3,7 @@ resume, and two-process DDP on gloo)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -62,9 +63,16 @@ def test_embeddings_shapes_and_normalisation():
 
 def test_landmark_features_ignore_absolute_position():
     """Moving a whole segment in the crop does not change its features (only motion within it counts)."""
-    model = SyncerPyramid(TINY)
     lm = torch.rand(3, 5, 68, 2)
-    assert torch.allclose(model.landmark_features(0, lm), model.landmark_features(0, lm + 0.2), atol=1e-5)
+    for centering in ("shape", "position"):
+        model = SyncerPyramid(dataclasses.replace(TINY, landmark_centering=centering))
+        assert torch.allclose(model.landmark_features(0, lm), model.landmark_features(0, lm + 0.2), atol=1e-5)
+    # "shape" also ignores a static change of face shape; "position" sees it.
+    other_face = lm + torch.rand(1, 1, 68, 2) * 0.05
+    shape = SyncerPyramid(TINY)
+    assert torch.allclose(shape.landmark_features(0, lm), shape.landmark_features(0, other_face), atol=1e-5)
+    pos = SyncerPyramid(dataclasses.replace(TINY, landmark_centering="position"))
+    assert not torch.allclose(pos.landmark_features(0, lm), pos.landmark_features(0, other_face), atol=1e-3)
 
 
 def test_losses_reward_aligned_embeddings():

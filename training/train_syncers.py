@@ -40,7 +40,7 @@ class TrainSyncersConfig:
     group_size: int = 49  # one positive + 48 negatives
     per_clip: int = 7
     lr: float = 1e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05
     warmup_steps: int = 100
     seed: int = 0
     device: str = "auto"
@@ -127,6 +127,67 @@ def evaluate(model, store, cfg: TrainSyncersConfig, device: str, seed: int = 123
     return out
 
 
+def build_model(cfg: TrainSyncersConfig, train_store, device: str):
+    """A fresh pyramid whose input normalisation (MFCC mean/std, landmark position/velocity statistics per
+    level) is measured on the training data, augmentation included."""
+    import numpy as np
+    import torch
+
+    from training.models.syncer import SyncerPyramid
+
+    sc = cfg.syncer
+    model = SyncerPyramid(sc)
+    mean, std = train_store.mfcc_stats()
+    model.mfcc_mean.copy_(torch.from_numpy(mean))
+    model.mfcc_std.copy_(torch.from_numpy(std))
+    stats_rng = np.random.default_rng(cfg.seed + 99)
+    for lvl in range(sc.num_levels):
+        lm = np.concatenate([train_store.sample_group(lvl, stats_rng, cfg.group_size, cfg.per_clip, cfg.augment).landmarks
+                             for _ in range(20)])
+        pos, vel = model.raw_landmark_features(torch.from_numpy(lm))
+        model.position_mean[lvl] = pos.mean(dim=(0, 1))
+        model.position_std[lvl] = pos.std(dim=(0, 1)) + 1e-4
+        model.velocity_std[lvl] = vel[:, 1:].std(dim=(0, 1)) + 1e-5
+    return model.to(device)
+
+
+def sample_batches(store, cfg: TrainSyncersConfig, rng, weights, device: str):
+    """One step's data: per level, `groups_per_level` groups stacked -> [(level, landmarks, mfcc)]."""
+    import numpy as np
+    import torch
+
+    batches = []
+    for lvl in range(cfg.syncer.num_levels):
+        gs = [store.sample_group(lvl, rng, cfg.group_size, cfg.per_clip, cfg.augment, weights[lvl])
+              for _ in range(cfg.groups_per_level)]
+        lm = torch.from_numpy(np.concatenate([g.landmarks for g in gs])).to(device)
+        mf = torch.from_numpy(np.concatenate([g.mfcc for g in gs])).to(device)
+        batches.append((lvl, lm, mf))
+    return batches
+
+
+def train_step(ddp_model, model, opt, store, cfg: TrainSyncersConfig, rng, weights, device: str):
+    """Sample, forward all levels, backward, clip, update. Returns per-level (losses, accuracies) as floats."""
+    import torch
+
+    from training.models.syncer import group_loss
+
+    embeddings = ddp_model(sample_batches(store, cfg, rng, weights, device))
+    total = 0.0
+    losses, accs = [], []
+    for e_a, e_x in embeddings:
+        n = cfg.group_size
+        loss, acc = group_loss(cfg.syncer, e_a.view(-1, n, e_a.shape[-1]), e_x.view(-1, n, e_x.shape[-1]))
+        total = total + loss
+        losses.append(float(loss.detach()))
+        accs.append(float(acc))
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return losses, accs
+
+
 def train(cfg: TrainSyncersConfig, out_dir: Path, resume: bool = True, progress: bool = True) -> dict:
     """Train (or resume) a syncer pyramid. Returns the final validation and test metrics."""
     import numpy as np
@@ -136,7 +197,7 @@ def train(cfg: TrainSyncersConfig, out_dir: Path, resume: bool = True, progress:
     from training.checkpoint import load_meta, load_optimizer, load_state, save_module, save_optimizer
     from training.config_io import dump_config
     from training.data.syncer_batches import PyramidStore
-    from training.models.syncer import SyncerPyramid, group_loss
+    from training.models.syncer import SyncerPyramid
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -161,18 +222,7 @@ def train(cfg: TrainSyncersConfig, out_dir: Path, resume: bool = True, progress:
     train_store = stores["train"]
     weights = [train_store.sampling_weights(lvl) for lvl in range(sc.num_levels)]
 
-    model = SyncerPyramid(sc).to(device)
-    mean, std = train_store.mfcc_stats()
-    model.mfcc_mean.copy_(torch.from_numpy(mean))
-    model.mfcc_std.copy_(torch.from_numpy(std))
-    stats_rng = np.random.default_rng(cfg.seed + 99)
-    for lvl in range(sc.num_levels):
-        lm = np.concatenate([train_store.sample_group(lvl, stats_rng, cfg.group_size, cfg.per_clip, cfg.augment).landmarks
-                             for _ in range(20)])
-        pos, vel = SyncerPyramid.raw_landmark_features(torch.from_numpy(lm))
-        model.position_mean[lvl] = pos.mean(dim=(0, 1))
-        model.position_std[lvl] = pos.std(dim=(0, 1)) + 1e-4
-        model.velocity_std[lvl] = vel[:, 1:].std(dim=(0, 1)) + 1e-5
+    model = build_model(cfg, train_store, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     step = 0
@@ -200,28 +250,10 @@ def train(cfg: TrainSyncersConfig, out_dir: Path, resume: bool = True, progress:
     while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = _lr_at(cfg, step)
-        groups = []
+        losses, accs = train_step(ddp_model, model, opt, train_store, cfg, rng, weights, device)
         for lvl in range(sc.num_levels):
-            for _ in range(cfg.groups_per_level):
-                groups.append(train_store.sample_group(lvl, rng, cfg.group_size, cfg.per_clip, cfg.augment, weights[lvl]))
-        batches = []
-        for lvl in range(sc.num_levels):
-            gs = [g for g in groups if g.level == lvl]
-            lm = torch.from_numpy(np.concatenate([g.landmarks for g in gs])).to(device)
-            mf = torch.from_numpy(np.concatenate([g.mfcc for g in gs])).to(device)
-            batches.append((lvl, lm, mf))
-        embeddings = ddp_model(batches)
-        total = 0.0
-        for lvl, (e_a, e_x) in enumerate(embeddings):
-            n = cfg.group_size
-            loss, acc = group_loss(sc, e_a.view(-1, n, e_a.shape[-1]), e_x.view(-1, n, e_x.shape[-1]))
-            total = total + loss
-            run_loss[lvl].append(float(loss.detach()))
-            run_acc[lvl].append(float(acc))
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+            run_loss[lvl].append(losses[lvl])
+            run_acc[lvl].append(accs[lvl])
         step += 1
         steps_timed += 1
         if bar is not None:

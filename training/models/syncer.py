@@ -28,6 +28,10 @@ class SyncerConfig:
         loss: "infonce" (cosine, normalised embeddings) or "syncnet" (Euclidean contrastive, raw embeddings).
         temperature: InfoNCE softmax temperature on cosine scores.
         syncnet_margin: hinge margin of the SyncNet contrastive loss.
+        landmark_centering: what is removed from each landmark segment before encoding. "shape" removes
+            every point's mean over the segment, leaving only motion, so a syncer cannot match voices to face
+            shapes (an identity shortcut that does not generalise to new speakers, and a loss a generator
+            could satisfy by morphing the face); "position" removes only the segment's mean 2-D position.
     """
 
     num_levels: int = 4
@@ -44,8 +48,11 @@ class SyncerConfig:
     loss: str = "infonce"
     temperature: float = 0.1
     syncnet_margin: float = 2.0
+    landmark_centering: str = "shape"
 
     def __post_init__(self) -> None:
+        if self.landmark_centering not in ("shape", "position"):
+            raise ValueError(f"unknown landmark_centering {self.landmark_centering!r}")
         if self.loss not in ("infonce", "syncnet"):
             raise ValueError(f"unknown syncer loss {self.loss!r}")
 
@@ -96,14 +103,14 @@ class SyncerPyramid(nn.Module):
     def normalise_mfcc(self, mfcc: torch.Tensor) -> torch.Tensor:
         return (mfcc - self.mfcc_mean) / self.mfcc_std
 
-    @staticmethod
-    def raw_landmark_features(landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def raw_landmark_features(self, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, T, 68, 2) -> segment-centred positions and velocities, each (N, T, 136).
 
-        Only the segment's mean position is removed (one 2-vector per segment), so motion within the segment,
-        head translation included, stays visible while the absolute place in the crop does not.
+        Motion within the segment, head translation included, always stays visible; what is removed depends
+        on `cfg.landmark_centering` (see SyncerConfig).
         """
-        centred = (landmarks - landmarks.mean(dim=(1, 2), keepdim=True)).flatten(2)
+        dims = (1,) if self.cfg.landmark_centering == "shape" else (1, 2)
+        centred = (landmarks - landmarks.mean(dim=dims, keepdim=True)).flatten(2)
         velocity = torch.diff(centred, dim=1, prepend=centred[:, :1])
         return centred, velocity
 
