@@ -7,7 +7,11 @@ from __future__ import annotations
 COMMANDS = (
     ("data", "training.data.prepare", "Prepare a dataset: `msync data prepare VIDEOS... --out DIR`."),
     ("train-syncers", "training.train_syncers", "Train the syncer pyramid (InfoNCE) or the metric syncers (SyncNet loss)."),
+    ("train", "training.train_generator", "Train the causal generator (GAN + multi-scale sync loss): "
+                                          "`msync train --config training/configs/generator.json --out runs/generator`."),
     ("eval-sync", "training.eval_sync", "Multi-scale AV offset/confidence, LMD and motion statistics (paper Table 3)."),
+    ("export", "export.cli", "Export the generator step to ONNX (+ TensorRT engines, Triton repository): "
+                             "`msync export --checkpoint CKPT --out model.onnx`."),
 )
 
 

@@ -23,7 +23,9 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such config file")
-        _merge(data, json.loads(path.read_text()), str(path))
+        loaded = json.loads(path.read_text())
+        loaded.pop("_comment", None)  # presets explain themselves
+        _merge(data, loaded, str(path))
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")

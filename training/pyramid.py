@@ -45,3 +45,23 @@ def build(x: np.ndarray, num_levels: int, kernel: int) -> list[np.ndarray]:
     for _ in range(num_levels - 1):
         out.append(downsample(out[-1], kernel))
     return out
+
+
+def downsample_torch(x, kernel: int):
+    """Differentiable pyramid step on (B, T, D) tensors, identical to :func:`downsample` along T."""
+    import torch.nn.functional as F
+
+    if kernel % 2 != 1:
+        raise ValueError(f"pyramid kernel must be odd, got {kernel}")
+    half = kernel // 2
+    xt = x.transpose(1, 2)  # (B, D, T)
+    mode = "reflect" if x.shape[1] > half else "replicate"
+    padded = F.pad(xt, (half, half), mode=mode)
+    return F.avg_pool1d(padded, kernel, stride=1)[..., ::2].transpose(1, 2)
+
+
+def level_torch(x, lvl: int, kernel: int):
+    """`lvl` differentiable pyramid steps on (B, T, D)."""
+    for _ in range(lvl):
+        x = downsample_torch(x, kernel)
+    return x

@@ -108,7 +108,9 @@ class GroupedLinear(nn.Module):
         nn.init.normal_(self.weight, std=in_dim**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(x.unsqueeze(-2), self.weight).squeeze(-2) + self.bias
+        # (G, B, in) @ (G, in, out): one batched product per group. (A broadcast (B, G, 1, in) @ (G, in, out)
+        # would materialise the weights once per batch element, forward and backward.)
+        return torch.matmul(x.transpose(0, 1), self.weight).transpose(0, 1) + self.bias
 
 
 class Branches(nn.Module):
