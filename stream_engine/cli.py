@@ -11,7 +11,10 @@ import importlib
 import sys
 
 # name -> module exposing `add_arguments(parser)` and `run(args) -> int`; imported lazily and kept light.
-RUNTIME_COMMANDS: dict[str, tuple[str, str]] = {}
+RUNTIME_COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("stream_engine.info", "Print the step contract of an exported model (`msync info MODEL [--json]`)."),
+    "stream": ("stream_engine.stream", "Run the real-time engine: speech in, landmarks out over WebSocket/OSC/VMC."),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add(sub, name: str, module: str, help_text: str) -> argparse.ArgumentParser:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        # A command whose optional dependencies are missing stays listed and explains itself when run,
+        # instead of breaking every other command.
+        p = sub.add_parser(name, help=f"{help_text} [unavailable: {exc}]", description=help_text)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(_module=None, _unavailable=f"{exc}")
+        return p
     p = sub.add_parser(name, help=help_text, description=help_text)
-    mod = importlib.import_module(module)
     mod.add_arguments(p)
     p.set_defaults(_module=module)
     return p
@@ -52,6 +63,10 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "_unavailable", None):
+        print(f"msync {args.command}: unavailable here: {args._unavailable}. "
+              "Install the extras: pip install 'msync[train,export]'", file=sys.stderr)
+        return 1
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2

@@ -48,11 +48,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_module(path: str | Path, module: torch.nn.Module, meta: dict) -> None:
-    """Write `path.safetensors` (state dict, buffers included) and `path.json` (meta)."""
+def save_module(path: str | Path, module: torch.nn.Module, meta: dict, dtype: torch.dtype | None = None) -> None:
+    """Write `path.safetensors` (state dict, buffers included) and `path.json` (meta).
+
+    `dtype=torch.float16` halves the size of released weights; loading copies them into float32 parameters.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     tmp = path.with_name(path.name + ".safetensors.tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path.with_suffix(".safetensors"))

@@ -1,0 +1,125 @@
+"""The generator's 40 ms step as a flat, exportable module, and the contract that describes it.
+
+`StepModule.forward(audio, *states) -> (landmarks, *states_next)` calls `Generator.step` unchanged (the MFCC
+front end included), so the exported graph is the very code the tests hold to the sequence form. The input
+and output names, shapes and initial values are produced here once, as a `StepContract`, and both the ONNX
+exporter and the torch reference runner take them from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from stream_engine.contract import (
+    BATCH, COORDINATES, CONTRACT_VERSION, StateSpec, StepContract, TensorSpec,
+)
+from training.checkpoint import _to_jsonable
+from training.models.generator import Generator, StepState
+
+AUDIO_INPUT = "audio"
+LANDMARKS_OUTPUT = "landmarks"
+NEXT_SUFFIX = "_next"
+#: State names in graph order: the fields of `StepState`.
+STATE_NAMES: tuple[str, ...] = StepState._fields
+
+
+class StepModule(nn.Module):
+    """Flat-signature wrapper: (audio, audio_carry, conv_cache, h, c, prev_landmarks, frames_seen) ->
+    (landmarks, audio_carry_next, conv_cache_next, h_next, c_next, prev_landmarks_next, frames_seen_next)."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, audio: torch.Tensor, audio_carry: torch.Tensor, conv_cache: torch.Tensor, h: torch.Tensor,
+                c: torch.Tensor, prev_landmarks: torch.Tensor, frames_seen: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = StepState(audio_carry, conv_cache, h, c, prev_landmarks, frames_seen)
+        landmarks, nxt = self.generator.step(audio, state)
+        return (landmarks, *nxt)
+
+
+def state_specs(generator: Generator) -> tuple[StateSpec, ...]:
+    """Names, shapes (batch = "B") and initial values of the step's memory, from the generator's configs."""
+    cfg, fe = generator.cfg, generator.frontend
+    noise = "uniform(0,1)" if cfg.init_noise == "uniform" else "zeros"
+    shapes = {
+        "audio_carry": ((BATCH, fe.context_samples), "zeros"),
+        "conv_cache": ((BATCH, cfg.audio_channels, cfg.conv_cache_frames), "zeros"),
+        "h": ((BATCH, cfg.lstm_hidden), noise),
+        "c": ((BATCH, cfg.lstm_hidden), noise),
+        "prev_landmarks": ((BATCH, cfg.num_landmarks, 2), "reference_face"),
+        "frames_seen": ((BATCH, 1), "zeros"),
+    }
+    if set(shapes) != set(STATE_NAMES):  # Generator.step changed its state: update this table
+        raise RuntimeError(f"StepState fields {STATE_NAMES} differ from the exported states {sorted(shapes)}")
+    return tuple(StateSpec(n, n + NEXT_SUFFIX, shapes[n][0], "float32", shapes[n][1]) for n in STATE_NAMES)
+
+
+def build_contract(generator: Generator, reference_face: np.ndarray, model_version: str = "",
+                   training_data: str | dict = "", extra: dict[str, str] | None = None) -> StepContract:
+    """The contract of `generator`'s step (validated)."""
+    cfg, fe = generator.cfg, generator.frontend
+    if not isinstance(training_data, str):
+        training_data = json.dumps(_to_jsonable(training_data), sort_keys=True)
+    face = np.asarray(reference_face, dtype=np.float64).reshape(cfg.num_landmarks, 2)
+    return StepContract(
+        contract_version=CONTRACT_VERSION,
+        sample_rate_hz=fe.sample_rate_hz,
+        samples_per_frame=fe.samples_per_landmark_frame,
+        fps=fe.landmark_fps,
+        lookahead_frames=cfg.lookahead_frames,
+        num_landmarks=cfg.num_landmarks,
+        landmark_dims=2,
+        landmark_layout="ibug68",
+        coordinates=COORDINATES,
+        audio_input=TensorSpec(AUDIO_INPUT, (BATCH, fe.samples_per_landmark_frame), "float32",
+                               f"the next {fe.samples_per_landmark_frame} samples of mono float32 PCM in [-1, 1] at "
+                               f"{fe.sample_rate_hz} Hz"),
+        landmarks_output=TensorSpec(LANDMARKS_OUTPUT, (BATCH, cfg.num_landmarks, 2), "float32",
+                                    f"the landmark frame {cfg.lookahead_frames} steps back; the first "
+                                    f"{cfg.lookahead_frames} outputs of a stream are its reference face: drop them"),
+        states=state_specs(generator),
+        reference_face=tuple(tuple(float(v) for v in row) for row in face),
+        model_version=model_version or "unversioned",
+        training_data=training_data or "unknown",
+        generator_config=_to_jsonable(cfg),
+        frontend=_to_jsonable(fe),
+        extra=dict(extra or {}),
+    )
+
+
+def example_inputs(generator: Generator, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Inputs for tracing: random audio and a plausible mid-stream state (non-zero caches, warmed up)."""
+    g = torch.Generator().manual_seed(seed)
+    specs = state_specs(generator)
+    fe = generator.frontend
+    audio = (torch.rand(batch, fe.samples_per_landmark_frame, generator=g) - 0.5) * 0.2
+    states = []
+    for s in specs:
+        shape = tuple(batch if d == BATCH else d for d in s.shape)
+        if s.name == "frames_seen":
+            states.append(torch.full(shape, float(generator.cfg.lookahead_frames)))
+        elif s.init == "reference_face":
+            states.append(torch.rand(shape, generator=g) * 0.4 + 0.3)
+        else:
+            states.append(torch.rand(shape, generator=g) * 0.1)
+    return (audio, *states)
+
+
+def describe_generator(generator: Generator) -> dict:
+    """Architecture summary for logs."""
+    return {"parameters": generator.num_parameters(), "config": _to_jsonable(generator.cfg),
+            "frontend": _to_jsonable(generator.frontend),
+            "state_floats_per_stream": int(sum(int(np.prod(s.shape[1:])) for s in state_specs(generator)))}
+
+
+def replace_config(generator: Generator, **changes) -> Generator:
+    """A copy of `generator` with some config fields changed and the same weights (shapes must still fit)."""
+    new = Generator(dataclasses.replace(generator.cfg, **changes), generator.frontend)
+    new.load_state_dict(generator.state_dict())
+    return new.eval()

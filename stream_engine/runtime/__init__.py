@@ -1,0 +1,41 @@
+"""Step runners: one object per loaded model, shared by many streams; each stream owns its state dict.
+
+`base` defines the :class:`StepRunner` protocol and the state helpers every backend shares; `onnxrt` runs the
+exported ONNX step with onnxruntime (CPU, or CUDA / TensorRT execution providers with onnxruntime-gpu);
+`tensorrt` runs a serialized TensorRT engine with device-resident state. Backends are imported lazily.
+"""
+
+from __future__ import annotations
+
+from stream_engine.runtime.base import (
+    BaseStepRunner,
+    StepRunner,
+    check_audio,
+    initial_state,
+    run_steps,
+    stack_states,
+    unstack_state,
+)
+
+__all__ = [
+    "BaseStepRunner", "StepRunner", "check_audio", "initial_state", "run_steps", "stack_states", "unstack_state",
+    "load_runner",
+]
+
+
+def load_runner(path, backend: str = "auto", **kwargs) -> StepRunner:
+    """Open a model with the named backend: "onnxruntime" (an .onnx file), "tensorrt" (an engine file), or
+    "auto" (by suffix: .engine/.plan -> tensorrt, anything else -> onnxruntime)."""
+    if backend == "auto":
+        backend = "tensorrt" if str(path).endswith((".engine", ".plan")) else "onnxruntime"
+    if backend in ("onnxruntime", "ort", "onnx"):
+        from stream_engine.runtime.onnxrt import OnnxStepRunner
+
+        return OnnxStepRunner(path, **kwargs)
+    if backend in ("tensorrt", "trt"):
+        from stream_engine.runtime.tensorrt import TensorRTStepRunner
+
+        kwargs.pop("threads", None)  # CPU-thread settings do not apply to an engine
+        kwargs.pop("providers", None)
+        return TensorRTStepRunner(path, **kwargs)
+    raise ValueError(f"unknown backend {backend!r} (onnxruntime | tensorrt)")

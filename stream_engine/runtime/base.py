@@ -1,0 +1,171 @@
+"""The runner protocol shared by every backend, and the stream-state helpers built on the contract.
+
+A runner is loaded once and shared; it holds no per-stream memory. A stream's memory is a plain
+``dict[str, np.ndarray]`` keyed by the contract's state names, batch on axis 0 (sherpa-onnx's
+recognizer/stream split). Batching streams is stacking their state dicts; ``step`` is pure: it returns a new
+state dict and never writes into the one it was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from stream_engine.contract import DTYPES, StepContract
+
+State = dict[str, np.ndarray]
+
+
+@runtime_checkable
+class StepRunner(Protocol):
+    """What every backend offers. Shapes use B = batch (number of streams in this call)."""
+
+    contract: StepContract
+
+    def initial_state(self, batch: int = 1, reference_face: np.ndarray | None = None,
+                      rng: np.random.Generator | None = None) -> State:
+        """State of `batch` fresh streams (see :func:`initial_state`)."""
+        ...
+
+    def step(self, audio: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """One step: audio (B, samples_per_frame) float32 in [-1, 1] -> (landmarks (B, N, D), next state).
+
+        The landmarks are the frame `lookahead_frames` steps back; the first `lookahead_frames` outputs of a
+        stream are its reference face and are to be dropped. The input state is not modified.
+        """
+        ...
+
+
+def initial_state(contract: StepContract, batch: int = 1, reference_face: np.ndarray | None = None,
+                  rng: np.random.Generator | None = None) -> State:
+    """Fresh-stream state for `batch` streams, following each state's `init` in the contract.
+
+    Args:
+        reference_face: the identity, (N, D) for all streams or (B, N, D) per stream, in the contract's
+            coordinates; None uses the contract's default face.
+        rng: source of the "uniform(0,1)" states (the generator's noise); None draws fresh entropy.
+    """
+    if not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    lm_shape = (contract.num_landmarks, contract.landmark_dims)
+    if reference_face is None:
+        face = np.broadcast_to(contract.reference_face_array, (batch, *lm_shape))
+    else:
+        face = np.asarray(reference_face, dtype=np.float32)
+        if face.shape == lm_shape:
+            face = np.broadcast_to(face, (batch, *lm_shape))
+        elif face.shape != (batch, *lm_shape):
+            raise ValueError(f"reference_face must have shape {lm_shape} or {(batch, *lm_shape)}, got {face.shape}")
+        if not np.all(np.isfinite(face)):
+            raise ValueError("reference_face contains NaN or infinite values")
+    rng = rng if rng is not None else np.random.default_rng()
+    state: State = {}
+    for spec in contract.states:
+        shape = spec.concrete_shape(batch)
+        dtype = DTYPES[spec.dtype]
+        if spec.init == "zeros":
+            state[spec.name] = np.zeros(shape, dtype=dtype)
+        elif spec.init == "uniform(0,1)":
+            state[spec.name] = rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
+        elif spec.init == "reference_face":
+            state[spec.name] = np.array(face, dtype=dtype)  # a copy: the caller's array is never aliased
+        else:  # validated by the contract; kept for safety
+            raise ValueError(f"state {spec.name!r}: unknown init {spec.init!r}")
+    return state
+
+
+def check_audio(contract: StepContract, audio: np.ndarray) -> np.ndarray:
+    """Validate one step of audio and return it as C-contiguous float32 (B, samples_per_frame)."""
+    audio = np.asarray(audio)
+    if audio.ndim == 1:
+        raise ValueError(f"audio must be (B, {contract.samples_per_frame}); add a batch axis (audio[None])")
+    if audio.ndim != 2 or audio.shape[1] != contract.samples_per_frame or audio.shape[0] < 1:
+        raise ValueError(f"audio must have shape (B, {contract.samples_per_frame}), got {audio.shape}; "
+                         "use stream_engine.framing.AudioFramer to cut arbitrary chunks into steps")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise TypeError(f"audio must be float PCM in [-1, 1], got dtype {audio.dtype}")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def check_state(contract: StepContract, state: State, batch: int) -> State:
+    """Validate a state dict for `batch` streams; returns the arrays as C-contiguous float32 (no copy if
+    they already are)."""
+    missing = [s.name for s in contract.states if s.name not in state]
+    if missing:
+        raise KeyError(f"state lacks {missing}")
+    out: State = {}
+    for spec in contract.states:
+        arr = np.ascontiguousarray(state[spec.name], dtype=DTYPES[spec.dtype])
+        if arr.shape != spec.concrete_shape(batch):
+            raise ValueError(f"state {spec.name!r} has shape {arr.shape}, expected {spec.concrete_shape(batch)} "
+                             f"for a batch of {batch}")
+        out[spec.name] = arr
+    return out
+
+
+def stack_states(states: Sequence[State]) -> State:
+    """Batch streams: concatenate each state along axis 0 (each input may hold one or more streams)."""
+    if not states:
+        raise ValueError("stack_states needs at least one state")
+    keys = set(states[0])
+    for s in states[1:]:
+        if set(s) != keys:
+            raise ValueError(f"states have different keys: {sorted(keys)} vs {sorted(s)}")
+    return {k: np.concatenate([np.asarray(s[k]) for s in states], axis=0) for k in states[0]}
+
+
+def unstack_state(state: State, batch: int | None = None) -> list[State]:
+    """Split a batched state into `batch` single-stream states (each with batch dimension 1, own memory)."""
+    sizes = {k: np.asarray(v).shape[0] for k, v in state.items()}
+    if batch is None:
+        batch = next(iter(sizes.values()))
+    bad = {k: n for k, n in sizes.items() if n != batch}
+    if bad:
+        raise ValueError(f"state arrays do not all have batch {batch}: {bad}")
+    return [{k: np.array(v[i : i + 1]) for k, v in state.items()} for i in range(batch)]
+
+
+class BaseStepRunner:
+    """Shared behaviour of the backends: contract-driven initial state and input checks.
+
+    Subclasses set `self.contract` and implement :meth:`_run` (validated, contiguous inputs)."""
+
+    contract: StepContract
+
+    def initial_state(self, batch: int = 1, reference_face: np.ndarray | None = None,
+                      rng: np.random.Generator | None = None) -> State:
+        return initial_state(self.contract, batch, reference_face, rng)
+
+    def step(self, audio: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        audio = check_audio(self.contract, audio)
+        state = check_state(self.contract, state, audio.shape[0])
+        return self._run(audio, state)
+
+    def _run(self, audio: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        raise NotImplementedError
+
+
+def run_steps(runner: StepRunner, audio: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+    """Drive a runner over whole steps of audio.
+
+    Args:
+        audio: (B, T * samples_per_frame) or (T * samples_per_frame,) float PCM (a trailing partial step is
+            an error: cut audio with :class:`stream_engine.framing.AudioFramer`).
+    Returns:
+        frames (B, T, N, D) float32 (all T outputs, warm-up frames included) and the final state.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        audio = audio[None]
+    spf = runner.contract.samples_per_frame
+    if audio.shape[1] % spf:
+        raise ValueError(f"audio length {audio.shape[1]} is not a whole number of {spf}-sample steps")
+    frames = []
+    for t in range(audio.shape[1] // spf):
+        lm, state = runner.step(audio[:, t * spf : (t + 1) * spf], state)
+        frames.append(lm)
+    n, d = runner.contract.num_landmarks, runner.contract.landmark_dims
+    out = np.stack(frames, axis=1) if frames else np.zeros((audio.shape[0], 0, n, d), np.float32)
+    return out, state
