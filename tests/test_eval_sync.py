@@ -1,0 +1,109 @@
+"""`msync eval-sync`: sequence building, the shuffled-audio derangement, prediction matching, and a CLI smoke test
+on three real test clips with a randomly initialised small syncer pyramid."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training.data.clips import Segment
+from training.eval_sync import (GT, SHUFFLED, STATIC, Prediction, build_sequences, derangement,
+                                fit_length, match_prediction, method_inputs)
+from training.models.syncer import SyncerConfig, SyncerPyramid
+
+torch.set_num_threads(1)
+
+TINY = SyncerConfig(embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,),
+                    loss="syncnet")
+
+
+def _segment(clip_id: str, start: int, frames: int, seed: int = 0) -> Segment:
+    rng = np.random.default_rng(seed)
+    return Segment(clip_id, "id:" + clip_id, start, rng.random((frames, 68, 2)).astype(np.float32),
+                   np.zeros(frames * 640, np.float32), rng.standard_normal((4 * frames, 40)).astype(np.float32))
+
+
+def test_build_sequences_cuts_aligned_pieces():
+    segs = [_segment("a", 10, 170), _segment("b", 0, 30)]
+    seqs, skipped = build_sequences(segs, 80)
+    assert [(s.clip_id, s.start_frame, s.num_frames) for s in seqs] == [("a", 10, 80), ("a", 90, 80)]
+    assert skipped == 1 and all(len(s.mfcc) == 4 * s.num_frames and s.mfcc.shape[1] == 26 for s in seqs)
+    assert np.array_equal(seqs[1].landmarks, segs[0].landmarks[80:160])
+    whole, _ = build_sequences(segs, 0)
+    assert [s.num_frames for s in whole] == [170, 30]
+
+
+def test_derangement_has_no_fixed_points_and_avoids_same_clip():
+    ids = ["a", "a", "a", "b", "c", "c", "d"]
+    perm = derangement(ids)
+    assert sorted(perm) == list(range(len(ids)))
+    assert all(ids[i] != ids[p] for i, p in enumerate(perm))
+    assert derangement(["x", "x"]) == [1, 0]  # impossible to avoid: still a derangement
+    with pytest.raises(ValueError):
+        derangement(["x"])
+    assert np.array_equal(fit_length(np.arange(3)[:, None], 7)[:, 0], [0, 1, 2, 0, 1, 2, 0])
+
+
+def test_controls_and_prediction_matching():
+    seqs, _ = build_sequences([_segment("a", 0, 160), _segment("b", 5, 80, seed=1)], 80)
+    pred = Prediction("model", "a", 40, np.ones((200, 68, 2), np.float32), "p.npz")
+    assert match_prediction([pred], seqs[0]) is None  # starts after the sequence
+    assert match_prediction([pred], seqs[1]).shape == (80, 68, 2)
+    rows = method_inputs(seqs, [pred])
+    assert list(rows) == [GT, STATIC, SHUFFLED, "model"]
+    assert [i for i, _, _ in rows["model"]] == [1]
+    _, static_lm, static_mf = rows[STATIC][2]
+    assert np.all(static_lm == seqs[2].landmarks[0]) and static_mf is seqs[2].mfcc
+    for i, lm, mf in rows[SHUFFLED]:
+        assert lm is seqs[i].landmarks and mf.shape == seqs[i].mfcc.shape and not np.array_equal(mf, seqs[i].mfcc)
+
+
+def test_cli_smoke(shared_data, tmp_path, capsys):
+    """Three test clips, a random small pyramid, one prediction directory (a copy of GT for one clip)."""
+    from stream_engine.cli import main
+    from training.checkpoint import save_module
+    from training.data.clips import load_segments
+    from training.data.manifest import read_manifest
+    from training.data.splits import assign_splits
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "syncers" / "syncers"
+    save_module(ckpt, SyncerPyramid(TINY), {"kind": "syncer_pyramid", "syncer": TINY})
+    first = assign_splits(read_manifest(shared_data))["test"][0]
+    pred_dir = tmp_path / "copy_of_gt"
+    pred_dir.mkdir()
+    for k, seg in enumerate(load_segments(first)):
+        np.savez(pred_dir / f"{k}.npz", landmarks=seg.landmarks, clip_id=np.array(seg.clip_id),
+                 start_frame=np.array(seg.start_frame))
+    out = tmp_path / "eval"
+    argv = ["eval-sync", "--data", str(shared_data), "--split", "test", "--metric-syncers", str(ckpt), "--out", str(out),
+            "--max-clips", "3", "--seq-frames", "40", "--threads", "1", "--no-progress", "--predictions", str(pred_dir)]
+    assert main(argv) == 0
+    md = (out / "eval_sync.md").read_text()
+    assert "static face" in capsys.readouterr().out
+    for row in (GT, STATIC, SHUFFLED, "copy_of_gt"):
+        assert f"| {row} |" in md
+    result = json.loads((out / "eval_sync.json").read_text())
+    methods = result["methods"]
+    n = methods[GT]["n"]
+    assert n == len(result["sequences"]) >= 3 and methods[STATIC]["n"] == n
+    copy = methods["copy_of_gt"]
+    assert 1 <= copy["n"] < n and copy["lmd"]["f_lmd"]["mean"] == 0.0
+    assert methods[STATIC]["lmd"]["f_lmd"]["mean"] > 0 and methods[STATIC]["motion"]["velocity"]["mean"] == 0.0
+    # The copy is scored exactly like GT on the sequences it covers.
+    gt_by_key = {r["key"]: r for r in result["per_sequence"][GT]}
+    for r in result["per_sequence"]["copy_of_gt"]:
+        assert r["levels"][0]["confidence"] == pytest.approx(gt_by_key[r["key"]]["levels"][0]["confidence"])
+    assert set(result["checks"]) >= {"gt_conf_above_static_face", "gt_median_abs_offset_l0", "all_pass"}
+    for lv in methods[GT]["levels"]:
+        assert lv["n"] == n and lv["abs_offset"]["mean"] is not None  # 40 frames suffice for every level
+
+
+def test_cli_missing_syncers(tmp_path, capsys):
+    from stream_engine.cli import main
+
+    rc = main(["eval-sync", "--metric-syncers", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert rc == 1 and "metric syncers not found" in capsys.readouterr().err
