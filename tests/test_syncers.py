@@ -64,15 +64,26 @@ def test_embeddings_shapes_and_normalisation():
 def test_landmark_features_ignore_absolute_position():
     """Moving a whole segment in the crop does not change its features (only motion within it counts)."""
     lm = torch.rand(3, 5, 68, 2)
-    for centering in ("shape", "position"):
+    for centering in ("sequence", "shape", "position"):
         model = SyncerPyramid(dataclasses.replace(TINY, landmark_centering=centering))
         assert torch.allclose(model.landmark_features(0, lm), model.landmark_features(0, lm + 0.2), atol=1e-5)
-    # "shape" also ignores a static change of face shape; "position" sees it.
-    other_face = lm + torch.rand(1, 1, 68, 2) * 0.05
-    shape = SyncerPyramid(TINY)
-    assert torch.allclose(shape.landmark_features(0, lm), shape.landmark_features(0, other_face), atol=1e-5)
+
+
+def test_sequence_centring_hides_face_shape_but_keeps_mouth_opening():
+    """With "sequence" centring a speaker's static face shape is invisible, while how far the mouth is from
+    its own average opening stays visible; "position" centring sees the face shape."""
+    seq = torch.rand(1, 40, 68, 2) * 0.01 + 0.4
+    other_face = seq + torch.rand(1, 1, 68, 2) * 0.05  # same motion, another face shape
+    model = SyncerPyramid(TINY)
+    a = model.landmark_features(0, model.prepare_sequence(seq)[:, :5])
+    b = model.landmark_features(0, model.prepare_sequence(other_face)[:, :5])
+    assert torch.allclose(a, b, atol=1e-4)
+    opened = seq.clone()
+    opened[:, :5, 57:60, 1] += 0.02  # the lower lip lower than on average during these 5 frames
+    c = model.landmark_features(0, model.prepare_sequence(opened)[:, :5])
+    assert not torch.allclose(a, c, atol=1e-3)
     pos = SyncerPyramid(dataclasses.replace(TINY, landmark_centering="position"))
-    assert not torch.allclose(pos.landmark_features(0, lm), pos.landmark_features(0, other_face), atol=1e-3)
+    assert not torch.allclose(pos.landmark_features(0, seq[:, :5]), pos.landmark_features(0, other_face[:, :5]), atol=1e-3)
 
 
 def test_losses_reward_aligned_embeddings():

@@ -41,6 +41,7 @@ def multiscale_sync_loss(syncers, landmarks: torch.Tensor, mfcc: torch.Tensor, l
         (loss scalar, {level: mean cosine}).
     """
     cfg = syncers.cfg
+    landmarks = syncers.prepare_sequence(landmarks)
     losses, cosines = [], {}
     for lvl in levels:
         w = level_windows(landmarks, mfcc, lvl, cfg.pyramid_kernel, cfg.landmark_frames, cfg.audio_frames)

@@ -38,7 +38,7 @@ class TrainSyncersConfig:
     steps: int = 3000
     groups_per_level: int = 2
     group_size: int = 49  # one positive + 48 negatives
-    per_clip: int = 7
+    per_clip: int = 4
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
@@ -215,7 +215,8 @@ def train(cfg: TrainSyncersConfig, out_dir: Path, resume: bool = True, progress:
 
     data = load_split_segments(cfg, progress and is_main)
     sc = cfg.syncer
-    stores = {k: PyramidStore(v, sc.num_levels, sc.pyramid_kernel, sc.landmark_frames, sc.audio_frames)
+    stores = {k: PyramidStore(v, sc.num_levels, sc.pyramid_kernel, sc.landmark_frames, sc.audio_frames,
+                              sequence_centring=sc.landmark_centering == "sequence")
               for k, v in data.items() if v}
     if "train" not in stores:
         raise RuntimeError(f"{cfg.data_dir}: the train split is empty")

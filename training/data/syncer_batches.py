@@ -31,13 +31,17 @@ class PyramidStore:
     """
 
     def __init__(self, segments: list[Segment], num_levels: int, kernel: int, landmark_frames: int = 5,
-                 audio_frames: int = 20, frontend: FrontEndConfig = FrontEndConfig()) -> None:
+                 audio_frames: int = 20, frontend: FrontEndConfig = FrontEndConfig(),
+                 sequence_centring: bool = True) -> None:
         self.segments = segments
         self.num_levels, self.kernel = num_levels, kernel
         self.landmark_frames, self.audio_frames = landmark_frames, audio_frames
         self.ratio = frontend.mfcc_per_landmark_frame
         self.frontend = frontend
-        self.landmarks = [pyramid.build(s.landmarks, num_levels, kernel) for s in segments]
+        # Sequence centring (SyncerConfig.landmark_centering == "sequence"): each point relative to its mean over
+        # the whole segment, plus the crop centre so that augmentation (scale/rotation about the centre) applies.
+        prep = (lambda x: x - x.mean(axis=0, keepdims=True) + 0.5) if sequence_centring else (lambda x: x)
+        self.landmarks = [pyramid.build(prep(s.landmarks), num_levels, kernel) for s in segments]
         self.logmel = [pyramid.build(s.logmel, num_levels, kernel) for s in segments]
         self.identity = np.array([s.identity for s in segments])
 
@@ -69,15 +73,19 @@ class PyramidStore:
 
     def sample_group(self, level: int, rng: np.random.Generator, group_size: int = 49, per_clip: int = 7,
                      augment: AugmentConfig | None = None, weights: np.ndarray | None = None) -> Group:
-        """A group of `group_size` aligned pairs: up to `per_clip` distinct positions from each sampled segment,
-        so negatives mix other speakers with the same speaker at other times."""
+        """A group of `group_size` aligned pairs: up to `per_clip` non-overlapping positions from each sampled
+        segment, so negatives mix other speakers with the same speaker at other times."""
         npos = self.num_positions(level)
         weights = self.sampling_weights(level) if weights is None else weights
         segs, poss = [], []
         while len(segs) < group_size:
             s = int(rng.choice(len(npos), p=weights))
-            k = min(per_clip, int(npos[s]), group_size - len(segs))
-            for p in rng.choice(int(npos[s]), size=k, replace=False):
+            # Positions of one clip never overlap (spacing >= one segment), like the authors' non-overlapping
+            # windows: overlapping near-duplicates as negatives only add noise to the gradient.
+            spacing = self.landmark_frames
+            candidates = np.arange(int(rng.integers(0, min(spacing, int(npos[s])))), int(npos[s]), spacing)
+            k = min(per_clip, len(candidates), group_size - len(segs))
+            for p in rng.choice(candidates, size=k, replace=False):
                 segs.append(s)
                 poss.append(int(p))
         seg, pos = np.array(segs), np.array(poss)

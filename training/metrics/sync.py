@@ -170,6 +170,8 @@ def av_sync(pyr: PyramidLike, landmarks: np.ndarray, mfcc: np.ndarray, levels: S
     if mfcc.ndim != 2:
         raise ValueError(f"expected (4T, n_mfcc) mfcc, got {mfcc.shape}")
     cfg = pyr.cfg
+    if hasattr(pyr, "prepare_sequence"):  # the syncer's own sequence-level centring, as in its training
+        landmarks = np.asarray(pyr.prepare_sequence(landmarks), dtype=np.float32)
     levels = list(range(cfg.num_levels)) if levels is None else list(levels)
     out = []
     for lvl in levels:

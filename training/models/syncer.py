@@ -28,10 +28,13 @@ class SyncerConfig:
         loss: "infonce" (cosine, normalised embeddings) or "syncnet" (Euclidean contrastive, raw embeddings).
         temperature: InfoNCE softmax temperature on cosine scores.
         syncnet_margin: hinge margin of the SyncNet contrastive loss.
-        landmark_centering: what is removed from each landmark segment before encoding. "shape" removes
-            every point's mean over the segment, leaving only motion, so a syncer cannot match voices to face
-            shapes (an identity shortcut that does not generalise to new speakers, and a loss a generator
-            could satisfy by morphing the face); "position" removes only the segment's mean 2-D position.
+        landmark_centering: what is removed from landmarks before encoding. "sequence" (default) subtracts
+            every point's mean over the whole sequence the segment comes from (`prepare_sequence`), then the
+            segment's mean 2-D position: the absolute mouth opening relative to the speaker's own average stays
+            visible, the speaker's face shape does not, so a syncer cannot match voices to face shapes (an
+            identity shortcut that does not generalise, and a loss a generator could satisfy by morphing the
+            face). "shape" removes every point's mean over the 5-sample segment (motion only); "position"
+            removes only the segment's mean 2-D position.
     """
 
     num_levels: int = 4
@@ -48,10 +51,10 @@ class SyncerConfig:
     loss: str = "infonce"
     temperature: float = 0.1
     syncnet_margin: float = 2.0
-    landmark_centering: str = "shape"
+    landmark_centering: str = "sequence"
 
     def __post_init__(self) -> None:
-        if self.landmark_centering not in ("shape", "position"):
+        if self.landmark_centering not in ("sequence", "shape", "position"):
             raise ValueError(f"unknown landmark_centering {self.landmark_centering!r}")
         if self.loss not in ("infonce", "syncnet"):
             raise ValueError(f"unknown syncer loss {self.loss!r}")
@@ -102,6 +105,16 @@ class SyncerPyramid(nn.Module):
 
     def normalise_mfcc(self, mfcc: torch.Tensor) -> torch.Tensor:
         return (mfcc - self.mfcc_mean) / self.mfcc_std
+
+    def prepare_sequence(self, landmarks):
+        """Apply the sequence-level centring to whole sequences before the pyramid and windowing.
+
+        (…, T, 68, 2) numpy array or tensor -> same shape. A no-op unless `landmark_centering == "sequence"`.
+        """
+        if self.cfg.landmark_centering != "sequence":
+            return landmarks
+        return landmarks - landmarks.mean(axis=-3, keepdims=True) if not torch.is_tensor(landmarks) \
+            else landmarks - landmarks.mean(dim=-3, keepdim=True)
 
     def raw_landmark_features(self, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, T, 68, 2) -> segment-centred positions and velocities, each (N, T, 136).
