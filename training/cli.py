@@ -10,6 +10,9 @@ COMMANDS = (
     ("train", "training.train_generator", "Train the causal generator (GAN + multi-scale sync loss): "
                                           "`msync train --config training/configs/generator.json --out runs/generator`."),
     ("eval-sync", "training.eval_sync", "Multi-scale AV offset/confidence, LMD and motion statistics (paper Table 3)."),
+    ("eval", "training.evaluate", "Quality report: generate from held-out speech, score every method (sync at four "
+                                  "scales, LMD, motion, FD-motion, plausibility, drift): "
+                                  "`msync eval --model ours=CKPT --out runs/eval`."),
     ("export", "export.cli", "Export the generator step to ONNX (+ TensorRT engines, Triton repository): "
                              "`msync export --checkpoint CKPT --out model.onnx`."),
 )
