@@ -1,6 +1,6 @@
 """`msync eval-sync`: multi-scale AV synchrony (paper Table 3), LMD and motion statistics of landmark sequences.
 
-    msync eval-sync --data ../shared/data --split test --metric-syncers runs/metric_syncers/syncers --out runs/eval
+    msync eval-sync --data ../shared/data --split test --metric-syncers training/weights/metric_syncers --out runs/eval
     msync eval-sync ... --predictions runs/gen/test_predictions        # add a generator's output as a row
 
 Protocol (paper §4.3): the speaker-disjoint split's clips are loaded as gap-free segments and cut into
@@ -73,7 +73,7 @@ class EvalSyncConfig:
 
     data_dir: str = "../shared/data"
     split: str = "test"
-    metric_syncers: str = "runs/metric_syncers/syncers"
+    metric_syncers: str = "training/weights/metric_syncers"
     seq_frames: int = 80
     vshift: int = 15
     padding: str = "zero"
