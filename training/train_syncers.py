@@ -247,6 +247,7 @@ def train(cfg: TrainSyncersConfig, out_dir: Path, resume: bool = True, progress:
         bar = tqdm(total=cfg.steps, initial=step, desc="syncers", unit="step")
     t_start, steps_timed = time.perf_counter(), 0
     run_acc = {lvl: [] for lvl in range(sc.num_levels)}
+    best = {lvl: (float("inf"), step, None) for lvl in range(sc.num_levels)}
     run_loss = {lvl: [] for lvl in range(sc.num_levels)}
     while step < cfg.steps:
         for g in opt.param_groups:
@@ -272,7 +273,14 @@ def train(cfg: TrainSyncersConfig, out_dir: Path, resume: bool = True, progress:
             if bar is not None:
                 bar.set_postfix({f"acc{l}": f"{rec[f'acc_l{l}']:.2f}" for l in range(sc.num_levels)})
         if is_main and "val" in stores and (step % cfg.eval_every == 0 or step == cfg.steps):
-            _append(metrics_path, {"step": step, "split": "val", **evaluate(model, stores["val"], cfg, device)})
+            val = evaluate(model, stores["val"], cfg, device)
+            _append(metrics_path, {"step": step, "split": "val", **val})
+            # Early stopping per level: coarse levels see few distinct segments and start to memorise clips
+            # long before the fine ones stop improving, so each level keeps its own best validation weights.
+            for lvl in range(sc.num_levels):
+                loss = val.get(f"loss_l{lvl}")
+                if loss is not None and loss < best[lvl][0]:
+                    best[lvl] = (loss, step, {k: v.detach().clone() for k, v in model.levels[lvl].state_dict().items()})
         if is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             meta = {"step": step, "config": cfg, "kind": "syncer_pyramid", "syncer": sc}
             save_module(ckpt, model, meta)
@@ -283,7 +291,12 @@ def train(cfg: TrainSyncersConfig, out_dir: Path, resume: bool = True, progress:
     result = {}
     if is_main:
         elapsed = time.perf_counter() - t_start
-        result = {"steps": step, "device": device, "world_size": world,
+        best_steps = {}
+        for lvl, (loss, at, state) in best.items():
+            if state is not None:
+                model.levels[lvl].load_state_dict(state)
+                best_steps[lvl] = at
+        result = {"steps": step, "device": device, "world_size": world, "best_val_step_per_level": best_steps,
                   "steps_per_s": steps_timed / max(elapsed, 1e-9) if steps_timed else None}
         for split in ("val", "test"):
             if split in stores:

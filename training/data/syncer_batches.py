@@ -80,9 +80,10 @@ class PyramidStore:
         segs, poss = [], []
         while len(segs) < group_size:
             s = int(rng.choice(len(npos), p=weights))
-            # Positions of one clip never overlap (spacing >= one segment), like the authors' non-overlapping
-            # windows: overlapping near-duplicates as negatives only add noise to the gradient.
-            spacing = self.landmark_frames
+            # Positions of one clip are spaced by at least 200 ms of real time: one segment at level 0 (no
+            # near-duplicate negatives), one sample at level >= 2. Coarse levels must keep several positions
+            # per clip, or most negatives come from other clips and a syncer can win by recognising the clip.
+            spacing = max(1, self.landmark_frames >> level)
             candidates = np.arange(int(rng.integers(0, min(spacing, int(npos[s])))), int(npos[s]), spacing)
             k = min(per_clip, len(candidates), group_size - len(segs))
             for p in rng.choice(candidates, size=k, replace=False):

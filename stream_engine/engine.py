@@ -1,0 +1,364 @@
+"""The asyncio shell around `EngineCore`: sessions, the inference task, and fan-out to outputs.
+
+One task owns inference. It waits until some stream holds a full step of audio, takes a batch of every ready
+stream from the core (on the loop), runs the shared runner in a single worker thread (onnxruntime and numpy
+release the GIL, so the loop keeps accepting audio and serving clients meanwhile), commits the result (on the
+loop), attaches derived signals per stream, and hands the frames to every `FrameSink` without waiting on any
+of them. Frames therefore leave as soon as their audio has arrived and the step has run; there is no timer.
+
+    engine = Engine(runner)
+    engine.add_sink(VmcSink(VmcConfig()))
+    async with engine:
+        engine.open_stream("mic")
+        engine.push_audio("mic", samples_16k)        # from any input task
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from stream_engine.clock import Clock, MonotonicClock
+from stream_engine.core import EngineCore, LandmarkFrame, StepBatch
+from stream_engine.outputs import FrameSink
+from stream_engine.session import Session
+from stream_engine.signals import SignalConfig
+
+log = logging.getLogger(__name__)
+
+
+class EngineFullError(RuntimeError):
+    """No more streams can be opened (`EngineConfig.max_streams`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """The engine shell.
+
+    Attributes:
+        max_streams: most open streams (further opens fail with `EngineFullError`).
+        max_batch_streams: most streams per runner call.
+        max_pending_s: most unprocessed audio a stream may hold (beyond: `OverloadError` for that push).
+        seed: base seed of the per-stream model noise (None = random).
+        signals: derive rig signals (mouth, visemes, blink, head pose) for every frame.
+        slow_step_ms: log a warning when one runner call takes longer than this.
+        inline_step_ms: a runner call predicted (from measured per-stream cost) to take less than this runs
+            on the event loop itself, saving two thread hand-offs; longer ones go to the inference thread.
+            0 = always use the thread.
+    """
+
+    max_streams: int = 64
+    max_batch_streams: int = 64
+    max_pending_s: float = 30.0
+    seed: int | None = None
+    signals: bool = True
+    slow_step_ms: float = 20.0
+    inline_step_ms: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 1 or self.max_batch_streams < 1:
+            raise ValueError("max_streams and max_batch_streams must be >= 1")
+        if self.max_pending_s <= 0:
+            raise ValueError("max_pending_s must be positive")
+
+
+@dataclasses.dataclass
+class EngineStats:
+    """Counters over the engine's life, and recent per-call timings."""
+
+    runner_calls: int = 0
+    frames: int = 0
+    runner_errors: int = 0
+    sink_errors: int = 0
+    batch_sizes: deque = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
+    step_ms: deque = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
+
+
+class Engine:
+    """Many streams, one shared runner, batched stepping off the event loop.
+
+    Args:
+        runner: a `StepRunner` (shared by every stream).
+        cfg: `EngineConfig`.
+        signal_cfg: how signals are derived (`EngineConfig.signals` turns them off).
+        clock: engine clock for timestamps (monotonic by default).
+    """
+
+    def __init__(self, runner, cfg: EngineConfig = EngineConfig(), signal_cfg: SignalConfig = SignalConfig(),
+                 clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.signal_cfg = signal_cfg
+        self.runner = runner
+        self.clock = clock or MonotonicClock()
+        self.core = EngineCore(runner, cfg.max_batch_streams, cfg.max_pending_s, cfg.seed)
+        self.contract = runner.contract
+        self.sample_rate_hz = self.core.sample_rate_hz
+        self.model_reference_face = np.asarray(self.contract.reference_face, dtype=np.float32)
+        self.sessions: dict[str, Session] = {}
+        self.sinks: list[FrameSink] = []
+        self.stats = EngineStats()
+        self._ids = itertools.count(1)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._work: asyncio.Event | None = None
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+        self._last_slow_warning = 0.0
+        self._ms_per_row: float | None = None  # measured runner cost per stream and call (EMA)
+
+    # ------------------------------------------------------------------ timing facts
+    @property
+    def frame_ms(self) -> float:
+        return 1000.0 * self.core.samples_per_frame / self.sample_rate_hz
+
+    @property
+    def algorithmic_latency_ms(self) -> float:
+        """From a frame's first audio sample to the last sample its step needs: look-ahead + the frame's own
+        40 ms window ((L + 1) frames). Compute, queuing and sending come on top (the engine-added latency)."""
+        return (self.core.lookahead_frames + 1) * self.frame_ms
+
+    def latency_facts(self) -> dict:
+        return {"lookahead_frames": self.core.lookahead_frames, "lookahead_ms": self.core.lookahead_frames * self.frame_ms,
+                "frame_window_ms": self.frame_ms, "algorithmic_latency_ms": self.algorithmic_latency_ms}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the inference task (idempotent)."""
+        if self._executor is not None:
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="msync-infer")
+        self._work = asyncio.Event()
+        self.spawn(self._inference_loop(), name="msync-inference")
+
+    async def __aenter__(self) -> "Engine":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    def spawn(self, coro, name: str | None = None) -> asyncio.Task:
+        """Run a coroutine as a task owned by the engine (kept in a set; cancelled by `aclose`)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed: %r", task.get_name(), task.exception(), exc_info=task.exception())
+
+    async def aclose(self) -> None:
+        """Stop inference and every owned task, close the sinks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sink in self.sinks:
+            try:
+                await sink.aclose()
+            except Exception as exc:
+                log.warning("closing output %r failed: %s", sink, exc)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def add_sink(self, sink: FrameSink) -> None:
+        self.sinks.append(sink)
+
+    # ------------------------------------------------------------------ streams
+    def open_stream(self, stream_id: str | None = None, reference_face: np.ndarray | None = None,
+                    source: str = "", seed: int | None = None) -> Session:
+        """Open a stream. Raises `EngineFullError`, or ValueError for a taken id / bad reference face."""
+        if stream_id is None:
+            stream_id = f"s{next(self._ids)}"
+            while stream_id in self.sessions:
+                stream_id = f"s{next(self._ids)}"
+        if not isinstance(stream_id, str) or not stream_id or len(stream_id.encode()) > 128:
+            raise ValueError("stream id must be a non-empty string of at most 128 bytes")
+        if stream_id in self.sessions:
+            raise ValueError(f"stream {stream_id!r} is already open")
+        if len(self.sessions) >= self.cfg.max_streams:
+            raise EngineFullError(f"the engine already serves {len(self.sessions)} streams (max_streams)")
+        self.core.open_stream(stream_id, reference_face, seed)
+        session = Session(stream_id, self.core.reference_face(stream_id), self.model_reference_face,
+                          self.signal_cfg if self.cfg.signals else None, source,
+                          seed=abs(hash(stream_id)) % (2**31))
+        self.sessions[stream_id] = session
+        self._event(stream_id, "opened", source=source)
+        return session
+
+    def close_stream(self, stream_id: str) -> None:
+        """Forget a stream (a batch in flight for it is discarded). Unknown ids are ignored."""
+        if self.sessions.pop(stream_id, None) is None:
+            return
+        self.core.close_stream(stream_id)
+        self._event(stream_id, "closed")
+        self._notify_progress()
+
+    def push_audio(self, stream_id: str, samples: np.ndarray, arrival_ns: int | None = None) -> None:
+        """Mono float32 PCM at the model rate for one stream (see `EngineCore.push_audio` for errors)."""
+        self.core.push_audio(stream_id, samples, self.clock.now_ns() if arrival_ns is None else arrival_ns)
+        if self._work is not None and self.core.has_work():
+            self._work.set()
+
+    def reset(self, stream_id: str) -> int:
+        """Barge-in: drop pending audio, restart the model state now, tell outputs (stale frames are dropped,
+        VMC closes the mouth). Returns the new epoch."""
+        epoch = self.core.reset(stream_id)
+        session = self.sessions.get(stream_id)
+        if session is not None:
+            session.stats.resets += 1
+        self._event(stream_id, "reset", epoch=epoch)
+        self._notify_progress()
+        return epoch
+
+    def flush(self, stream_id: str) -> int:
+        """End of segment: emit every frame of the received audio (padded with silence), then restart.
+        Returns the number of frames still to come."""
+        left = self.core.flush(stream_id, self.clock.now_ns())
+        session = self.sessions.get(stream_id)
+        if session is not None:
+            session.stats.flushes += 1
+        self._event(stream_id, "flushed", frames_left=left)
+        if self._work is not None:
+            self._work.set()
+        self._notify_progress()
+        return left
+
+    def note_error(self, stream_id: str, message: str) -> None:
+        session = self.sessions.get(stream_id)
+        if session is not None:
+            session.note_error(message)
+        self._event(stream_id, "error", message=message)
+
+    async def wait_capacity(self, stream_id: str, max_pending_s: float = 1.0) -> None:
+        """Back-pressure for faster-than-real-time sources: wait until the stream holds at most
+        `max_pending_s` of unprocessed audio (returns at once if the stream is gone)."""
+        limit = int(min(max_pending_s, self.cfg.max_pending_s / 2) * self.sample_rate_hz)
+        await self._wait(lambda: not self.core.has_stream(stream_id) or self.core.pending_samples(stream_id) <= limit)
+
+    async def wait_drained(self, stream_id: str) -> None:
+        """Wait until every frame the stream's audio can make has been published (use after `flush`)."""
+        await self._wait(lambda: not self.core.has_stream(stream_id) or self.core.is_drained(stream_id))
+
+    async def _wait(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds; re-checked after every commit, reset, flush and close."""
+        if predicate():
+            return
+        future = asyncio.get_running_loop().create_future()
+        waiter = (predicate, future)
+        self._waiters.append(waiter)
+        try:
+            await future
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _notify_progress(self) -> None:
+        for waiter in list(self._waiters):
+            predicate, future = waiter
+            if not future.done() and predicate():
+                future.set_result(None)
+                self._waiters.remove(waiter)
+
+    def _event(self, stream_id: str, event: str, **fields) -> None:
+        message = {"type": "stream", "v": 1, "event": event, "stream": stream_id, **fields}
+        for sink in self.sinks:
+            try:
+                sink.stream_event(message)
+            except Exception as exc:
+                self.stats.sink_errors += 1
+                log.warning("output %r failed on a stream event: %s", sink, exc)
+
+    # ------------------------------------------------------------------ inference
+    def _run_batch(self, batch: StepBatch):
+        """Worker thread: one runner call, timed on the engine clock."""
+        t0 = self.clock.now_ns()
+        landmarks, state = self.runner.step(batch.audio, batch.state)
+        return landmarks, state, t0, self.clock.now_ns()
+
+    async def _inference_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._work is not None
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            while (batch := self.core.take_batch()) is not None:
+                try:
+                    predicted_ms = None if self._ms_per_row is None else self._ms_per_row * len(batch)
+                    if predicted_ms is not None and predicted_ms < self.cfg.inline_step_ms:
+                        landmarks, state, t0, t1 = self._run_batch(batch)  # cheaper than a thread hand-off
+                    else:
+                        landmarks, state, t0, t1 = await loop.run_in_executor(self._executor, self._run_batch, batch)
+                    frames = self.core.commit(batch, landmarks, state, t0, t1)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a runner failure costs the batch's streams their state, nothing more
+                    self.stats.runner_errors += 1
+                    affected = self.core.abort(batch)
+                    log.error("runner failed on a batch of %d streams: %r; those streams were reset", len(batch), exc)
+                    for sid in affected:
+                        self.note_error(sid, f"model step failed ({type(exc).__name__}: {exc}); stream reset")
+                        self._event(sid, "reset", epoch=self.core.epoch(sid))
+                    self._notify_progress()
+                    continue
+                self.stats.runner_calls += 1
+                self.stats.batch_sizes.append(len(batch))
+                step_ms = (t1 - t0) / 1e6
+                self.stats.step_ms.append(step_ms)
+                per_row = step_ms / len(batch)
+                self._ms_per_row = per_row if self._ms_per_row is None else 0.8 * self._ms_per_row + 0.2 * per_row
+                if step_ms > self.cfg.slow_step_ms and time.monotonic() - self._last_slow_warning > 5.0:
+                    self._last_slow_warning = time.monotonic()
+                    log.warning("a runner call took %.1f ms for %d streams (budget %.0f ms per frame)", step_ms,
+                                len(batch), self.frame_ms)
+                self._publish(frames)
+                self._notify_progress()
+                await asyncio.sleep(0)  # let relays and inputs run between batches (inline steps never await)
+
+    def _publish(self, frames: Sequence[LandmarkFrame]) -> None:
+        if not frames:
+            return
+        now = self.clock.now_ns()
+        out = []
+        for frame in frames:
+            session = self.sessions.get(frame.stream_id)
+            if session is not None:
+                out.append(session.derive(frame, now))
+        self.stats.frames += len(out)
+        for sink in self.sinks:
+            try:
+                sink.send_frames(out)
+            except Exception as exc:
+                self.stats.sink_errors += 1
+                log.warning("output %r failed: %s", sink, exc)
+
+    # ------------------------------------------------------------------ reporting
+    def health(self) -> dict:
+        return {"streams": [s.summary() for s in self.sessions.values()],
+                "runner_calls": self.stats.runner_calls, "frames": self.stats.frames,
+                "runner_errors": self.stats.runner_errors, **self.latency_facts(),
+                "model_version": getattr(self.contract, "model_version", "")}
+
+    def latency_line(self) -> str:
+        """One line for the terminal: frames, algorithmic latency, engine-added latency, step time."""
+        lat = [v for s in self.sessions.values() for v in s.stats.engine_latency_ms]
+        steps = list(self.stats.step_ms)[-250:]
+        parts = [f"streams {len(self.sessions)}", f"frames {self.stats.frames}",
+                 f"algorithmic {self.algorithmic_latency_ms:.0f} ms (L={self.core.lookahead_frames})"]
+        if lat:
+            parts.append(f"engine p50 {np.percentile(lat, 50):.1f} / p95 {np.percentile(lat, 95):.1f} ms")
+        if steps:
+            parts.append(f"step {np.median(steps):.2f} ms")
+        return " | ".join(parts)

@@ -1,0 +1,115 @@
+"""Wire formats of a landmark frame: JSON text and compact binary, both versioned (see PROTOCOL.md).
+
+Binary frame, format version 1, all little-endian::
+
+    offset size type     field
+    0      4    bytes    magic b"MSLM"
+    4      1    u8       format version (1)
+    5      1    u8       message kind (1 = landmark frame)
+    6      2    u16      header_bytes: offset of the float data (a multiple of 4)
+    8      4    u32      seq
+    12     4    u32      epoch
+    16     4    u32      index (frame index within the epoch)
+    20     4    u32      flags: bit 0 = silent, bit 1 = signals present
+    24     8    i64      pts_ns (stream time of the frame's first audio sample)
+    32     8    i64      audio_ready_ns   \\
+    40     8    i64      infer_start_ns    | engine clock (monotonic ns on the engine host)
+    48     8    i64      infer_end_ns      |
+    56     8    i64      publish_ns        |
+    64     8    i64      sent_ns          /
+    72     2    u16      num_landmarks (K)
+    74     1    u8       landmark_dims (D)
+    75     1    u8       num_signals (S)
+    76     1    u8       stream id length in bytes (UTF-8, <= 255)
+    77     ..            stream id, then zero padding up to header_bytes
+    header_bytes         float32[K * D] landmarks (x0, y0, x1, y1, ...), then float32[S] signals in
+                         `signals.SIGNAL_NAMES` order
+
+Readers must check magic and version, and use header_bytes/K/D/S rather than fixed offsets, so fields can be
+appended in later minor revisions. 68 landmarks + 12 signals + a short id is about 670 bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from stream_engine.core import LandmarkFrame
+from stream_engine.signals import SIGNAL_NAMES
+
+FORMAT_VERSION = 1
+MAGIC = b"MSLM"
+KIND_FRAME = 1
+FLAG_SILENT = 1
+FLAG_SIGNALS = 2
+_HEADER = struct.Struct("<4sBBHIIIIqqqqqqHBBB")  # 77 bytes, then the stream id
+
+
+def encode_binary(frame: LandmarkFrame, sent_ns: int = 0) -> bytes:
+    """One frame -> binary format v1 (`sent_ns` is stamped by the sender just before sending)."""
+    sid = frame.stream_id.encode("utf-8")[:255]
+    header_bytes = -(-(_HEADER.size + len(sid)) // 4) * 4
+    lm = np.ascontiguousarray(frame.landmarks, dtype="<f4")
+    k, d = lm.shape
+    signals = frame.signals.as_vector() if frame.signals is not None else []
+    flags = (FLAG_SIGNALS if signals else 0) | (FLAG_SILENT if frame.signals is not None and frame.signals.silent else 0)
+    t = frame.timings
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, KIND_FRAME, header_bytes, frame.seq & 0xFFFFFFFF,
+                        frame.epoch & 0xFFFFFFFF, frame.index & 0xFFFFFFFF, flags, frame.pts_ns, t.audio_ready_ns,
+                        t.infer_start_ns, t.infer_end_ns, t.publish_ns, int(sent_ns), k, d, len(signals), len(sid))
+    pad = b"\0" * (header_bytes - _HEADER.size - len(sid))
+    return b"".join((head, sid, pad, lm.tobytes(), np.asarray(signals, dtype="<f4").tobytes()))
+
+
+def decode_binary(data: bytes) -> dict[str, Any]:
+    """Binary frame -> dict with the JSON format's field names (clients, tests, benchmarks).
+
+    Raises:
+        ValueError: not an msync frame, an unknown major version, or truncated.
+    """
+    if len(data) < _HEADER.size:
+        raise ValueError(f"binary frame too short ({len(data)} bytes)")
+    (magic, version, kind, header_bytes, seq, epoch, index, flags, pts_ns, ready, t0, t1, pub, sent, k, d, s,
+     sid_len) = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError(f"bad magic {magic!r}")
+    if version != FORMAT_VERSION or kind != KIND_FRAME:
+        raise ValueError(f"unsupported binary frame version {version} kind {kind}")
+    need = header_bytes + 4 * (k * d + s)
+    if len(data) < need:
+        raise ValueError(f"binary frame truncated: {len(data)} < {need} bytes")
+    sid = bytes(data[_HEADER.size : _HEADER.size + sid_len]).decode("utf-8")
+    floats = np.frombuffer(data, dtype="<f4", count=k * d + s, offset=header_bytes)
+    out: dict[str, Any] = {
+        "type": "frame", "v": version, "stream": sid, "seq": seq, "epoch": epoch, "index": index,
+        "pts_ms": pts_ns / 1e6, "landmarks": floats[: k * d].reshape(k, d).astype(np.float32),
+        "t": {"audio_ready_ns": ready, "infer_start_ns": t0, "infer_end_ns": t1, "publish_ns": pub, "sent_ns": sent},
+    }
+    if flags & FLAG_SIGNALS:
+        out["signal_vector"] = dict(zip(SIGNAL_NAMES, (float(v) for v in floats[k * d :])))
+    out["silent"] = bool(flags & FLAG_SILENT)
+    return out
+
+
+def frame_to_json_dict(frame: LandmarkFrame, sent_ns: int = 0, decimals: int = 5) -> dict[str, Any]:
+    """One frame -> the JSON format v1 object (before `json.dumps`)."""
+    t = frame.timings
+    out: dict[str, Any] = {
+        "type": "frame", "v": FORMAT_VERSION, "stream": frame.stream_id, "seq": frame.seq, "epoch": frame.epoch,
+        "index": frame.index, "pts_ms": frame.pts_ns / 1e6,
+        "landmarks": np.round(frame.landmarks.astype(np.float64), decimals).tolist(),
+        "audio_dbfs": round(float(frame.audio_level_dbfs), 2),
+        "t": {"audio_ready_ns": t.audio_ready_ns, "infer_start_ns": t.infer_start_ns,
+              "infer_end_ns": t.infer_end_ns, "publish_ns": t.publish_ns, "sent_ns": int(sent_ns)},
+    }
+    if frame.signals is not None:
+        out["signals"] = frame.signals.to_json()
+    return out
+
+
+def encode_json(frame: LandmarkFrame, sent_ns: int = 0) -> str:
+    """One frame -> JSON text (format v1)."""
+    return json.dumps(frame_to_json_dict(frame, sent_ns), separators=(",", ":"))

@@ -1,0 +1,150 @@
+"""One stream's shell-side state: identity, reference face, derived-signal extractor and counters.
+
+The model state of a stream lives in the core (`EngineCore`); a `Session` holds what the asyncio shell adds
+around it: the `SignalExtractor` that turns its frames into rig signals, where its audio comes from, and
+statistics for the live latency line and `/health`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from stream_engine.core import LandmarkFrame
+from stream_engine.landmarks import fixed_crop
+from stream_engine.signals import SignalConfig, SignalExtractor
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class ReferenceFaceError(ValueError):
+    """A reference face that cannot be used (unreadable, wrong shape, no face in the image)."""
+
+
+def reference_face_from_points(points, num_landmarks: int = 68) -> np.ndarray:
+    """(num_landmarks, 2) normalised crop coordinates from a point list.
+
+    Points with any coordinate above 1.5 are taken as pixels and normalised with the same fixed-crop rule as
+    the training data (`landmarks.fixed_crop`).
+    """
+    try:
+        pts = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ReferenceFaceError("reference face must be a list of [x, y] points") from None
+    if pts.shape != (num_landmarks, 2):
+        raise ReferenceFaceError(f"reference face must have {num_landmarks} [x, y] points, got shape {pts.shape}")
+    if not np.all(np.isfinite(pts)):
+        raise ReferenceFaceError("reference face contains NaN or infinite coordinates")
+    if np.abs(pts).max() > 1.5:  # pixels
+        try:
+            pts = fixed_crop(pts).normalise(pts)
+        except ValueError as exc:
+            raise ReferenceFaceError(f"reference face: {exc}") from None
+    return pts.astype(np.float32)
+
+
+def load_reference_face(path: str | Path, num_landmarks: int = 68) -> np.ndarray:
+    """A per-stream reference face from a 68-point JSON file or a still image.
+
+    JSON: ``[[x, y], ...]`` or ``{"landmarks": [[x, y], ...]}``, normalised crop coordinates or pixels.
+    Image: the dlib 68-point extractor of the training package (`training.data.face.landmarks_from_image`;
+    needs the `train` extra).
+
+    Returns:
+        (num_landmarks, 2) float32 normalised coordinates.
+    Raises:
+        ReferenceFaceError: with what went wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ReferenceFaceError(f"{path}: no such reference face file")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        try:  # the one place the runtime reaches into training/, lazily: dlib is a training dependency
+            from training.data.face import landmarks_from_image
+        except ImportError as exc:
+            raise ReferenceFaceError(f"{path}: reference faces from images need the dlib face extractor "
+                                     f"(pip install 'msync[train]'): {exc}") from None
+        try:
+            return reference_face_from_points(landmarks_from_image(path), num_landmarks)
+        except ReferenceFaceError:
+            raise
+        except Exception as exc:  # FaceError (no face, unreadable image) and decoder errors
+            raise ReferenceFaceError(f"{path}: {exc}") from None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReferenceFaceError(f"{path}: not a readable JSON landmark file ({exc})") from None
+    if isinstance(data, dict):
+        data = data.get("landmarks", data.get("reference_face"))
+    return reference_face_from_points(data, num_landmarks)
+
+
+@dataclasses.dataclass
+class SessionStats:
+    """Counters of one stream."""
+
+    frames: int = 0
+    resets: int = 0
+    flushes: int = 0
+    errors: int = 0
+    last_error: str = ""
+    engine_latency_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=250))
+    infer_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=250))
+
+
+class Session:
+    """Shell state of one stream.
+
+    Args:
+        stream_id: unique id.
+        reference_face: (68, 2) normalised face the stream starts from (None = the model's).
+        model_reference_face: the model's default face (the head-pose neutral when no reference is given).
+        signal_cfg: how signals are derived; None disables signals for this stream.
+        source: human-readable description of the input ("mic: USB", "ws 127.0.0.1:5555", ...).
+        seed: per-stream randomness for procedural blinks.
+    """
+
+    def __init__(self, stream_id: str, reference_face: np.ndarray | None, model_reference_face: np.ndarray,
+                 signal_cfg: SignalConfig | None = SignalConfig(), source: str = "", seed: int | None = 0) -> None:
+        self.stream_id = stream_id
+        self.reference_face = reference_face
+        self.source = source
+        neutral = reference_face if reference_face is not None else model_reference_face
+        self.signals = SignalExtractor(signal_cfg, neutral, seed) if signal_cfg is not None else None
+        self.stats = SessionStats()
+        self.epoch = 0
+        self.last_frame: LandmarkFrame | None = None
+
+    def derive(self, frame: LandmarkFrame, publish_ns: int) -> LandmarkFrame:
+        """Attach signals and the publish time to a frame fresh out of the core."""
+        if frame.epoch != self.epoch:
+            self.epoch = frame.epoch
+            if self.signals is not None:
+                self.signals.reset()
+        signals = None
+        if self.signals is not None:
+            signals = self.signals.update(frame.landmarks, frame.pts_ns / 1e9, frame.audio_level_dbfs,
+                                          frame.audio_ahead_dbfs)
+        out = dataclasses.replace(frame, signals=signals,
+                                  timings=dataclasses.replace(frame.timings, publish_ns=int(publish_ns)))
+        t = out.timings
+        self.stats.frames += 1
+        self.stats.engine_latency_ms.append((t.publish_ns - t.audio_ready_ns) / 1e6)
+        self.stats.infer_ms.append((t.infer_end_ns - t.infer_start_ns) / 1e6)
+        self.last_frame = out
+        return out
+
+    def note_error(self, message: str) -> None:
+        self.stats.errors += 1
+        self.stats.last_error = message
+
+    def summary(self) -> dict:
+        lat = list(self.stats.engine_latency_ms)
+        return {"stream": self.stream_id, "source": self.source, "frames": self.stats.frames,
+                "epoch": self.epoch, "resets": self.stats.resets, "errors": self.stats.errors,
+                "last_error": self.stats.last_error,
+                "engine_latency_p50_ms": float(np.percentile(lat, 50)) if lat else None}

@@ -1,0 +1,443 @@
+"""Signals derived from 68 landmarks for avatar rigs: mouth openness, visemes, blink, head yaw/pitch/roll.
+
+Everything here is per stream, synchronous and deterministic (time comes from frame presentation times, never
+the wall clock). Recipe (reference/ecosystem-and-protocols.md §1.6):
+
+- Scale: every distance is divided by the inter-ocular distance |p36 - p45| (rigid).
+- Mouth openness: mean inner-lip gap (|61-67| + |62-66| + |63-65|) / 3, mapped to [0, 1] through a per-stream
+  adaptive range (generated landmarks have model- and speaker-specific ranges, so no constants).
+- Visemes A/I/U/E/O: a heuristic (to tune; not ground truth) from openness and mouth width relative to the
+  stream's running neutral width: spread -> I/E, rounding -> U/O, open and neutral -> A.
+- Blink: eye aspect ratio against the stream's running open-eye level, plus optional procedural blinks
+  (a speech model rarely blinks, and a rig that never blinks looks dead).
+- Head pose: a scaled-orthographic fit of a generic 3D face (rigid points only: upper jaw contour, nose, eye
+  corners; no mouth, no chin, so speech does not leak into pitch), relative to the stream's reference face.
+- Smoothing: a One-Euro filter per channel; mouth closing in silence: a gate driven by the audio level of the
+  frame and of its look-ahead, with an instant attack and a short release.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+# Generic 3D mean face in iBUG 68-point order (the OpenFace / dlib "wild face" model used by common head-pose
+# estimators), units ~mm, x to image right, y down, z towards the camera. Rounded to 0.1 mm.
+MEAN_FACE_3D = np.array([
+    [-73.4, -29.8, -47.7], [-72.8, -10.9, -45.9], [-70.5, 7.9, -44.8], [-66.9, 26.1, -43.1],
+    [-59.8, 42.6, -38.6], [-48.4, 56.5, -30.8], [-34.1, 67.2, -18.5], [-17.9, 75.1, -3.6],
+    [0.1, 77.1, 0.9], [17.5, 74.8, -5.2], [32.6, 66.9, -19.2], [46.4, 56.3, -30.8],
+    [57.3, 42.4, -37.6], [64.4, 25.5, -40.9], [68.2, 7.0, -42.3], [70.5, -11.7, -44.1],
+    [71.4, -30.4, -47.1], [-61.1, -49.4, -14.3], [-51.3, -58.8, -7.3], [-37.8, -62.0, -0.4],
+    [-24.0, -61.0, 6.6], [-11.6, -56.7, 12.0], [12.1, -57.4, 12.1], [25.1, -61.9, 7.3],
+    [38.3, -62.8, 1.0], [51.2, -59.3, -5.3], [60.1, -50.2, -11.6], [0.7, -42.2, 13.4],
+    [0.8, -31.0, 21.2], [1.0, -19.9, 29.3], [1.2, -8.4, 36.9], [-14.8, 2.6, 20.1],
+    [-7.2, 4.8, 23.5], [0.6, 6.6, 25.9], [8.3, 4.7, 23.7], [15.2, 2.6, 20.9],
+    [-46.0, -37.5, -7.0], [-37.7, -42.7, -3.0], [-27.9, -42.7, -1.4], [-19.6, -36.8, 0.1],
+    [-28.3, -35.1, 0.1], [-38.1, -34.9, -1.5], [19.3, -37.0, 0.7], [27.9, -43.3, -0.2],
+    [37.4, -43.1, -1.7], [45.2, -38.1, -4.9], [38.2, -35.5, -0.3], [28.8, -35.5, 1.2],
+    [-28.9, 28.6, 2.2], [-17.5, 22.2, 15.9], [-6.7, 19.0, 22.6], [0.4, 20.7, 23.7],
+    [8.4, 19.0, 22.7], [18.9, 22.4, 15.6], [28.8, 28.1, 3.2], [19.1, 36.3, 15.0],
+    [9.0, 39.6, 22.6], [0.4, 40.4, 23.6], [-7.4, 39.8, 22.4], [-18.2, 36.7, 15.1],
+    [-24.4, 28.7, 4.8], [-6.9, 25.5, 20.9], [0.3, 26.0, 22.2], [8.4, 25.3, 21.0],
+    [24.5, 28.3, 5.7], [8.4, 30.6, 20.7], [0.2, 31.4, 21.9], [-7.2, 30.8, 20.3],
+], dtype=np.float64)
+
+#: Points that do not move with speech: upper jaw contour, nose bridge and base, eye corners.
+RIGID_POINTS = (0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
+
+VISEMES = ("A", "I", "U", "E", "O")
+#: Order of the signal vector in the binary frame format and OSC messages (PROTOCOL.md).
+SIGNAL_NAMES = ("mouth_open", "A", "I", "U", "E", "O", "blink", "yaw_deg", "pitch_deg", "roll_deg",
+                "audio_dbfs", "silent")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeadPose:
+    """Head rotation in degrees, in image terms (a camera looking at the face, not mirrored).
+
+    yaw_deg > 0: the nose turns towards image right; pitch_deg > 0: chin up; roll_deg > 0: the face rotates
+    counter-clockwise in the image.
+    """
+
+    yaw_deg: float = 0.0
+    pitch_deg: float = 0.0
+    roll_deg: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Signals:
+    """Rig-ready values of one landmark frame. Weights are in [0, 1]."""
+
+    mouth_open: float
+    visemes: dict[str, float]
+    blink: float
+    head: HeadPose
+    audio_dbfs: float
+    silent: bool
+
+    def as_vector(self) -> list[float]:
+        """Python floats in `SIGNAL_NAMES` order."""
+        return [float(self.mouth_open), *(float(self.visemes[v]) for v in VISEMES), float(self.blink),
+                float(self.head.yaw_deg), float(self.head.pitch_deg), float(self.head.roll_deg),
+                float(self.audio_dbfs), 1.0 if self.silent else 0.0]
+
+    def to_json(self) -> dict:
+        return {"mouth_open": round(float(self.mouth_open), 4),
+                "visemes": {k: round(float(v), 4) for k, v in self.visemes.items()},
+                "blink": round(float(self.blink), 4),
+                "head": {"yaw_deg": round(float(self.head.yaw_deg), 3), "pitch_deg": round(float(self.head.pitch_deg), 3),
+                         "roll_deg": round(float(self.head.roll_deg), 3)},
+                "audio_dbfs": round(float(self.audio_dbfs), 2), "silent": bool(self.silent)}
+
+
+NEUTRAL_SIGNALS = Signals(0.0, {v: 0.0 for v in VISEMES}, 0.0, HeadPose(), -120.0, True)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneEuroConfig:
+    """One-Euro filter parameters (Casiez et al. 2012): cutoff rises with speed, so slow motion is smoothed
+    hard and fast motion passes with little lag."""
+
+    min_cutoff_hz: float = 1.0
+    beta: float = 0.0
+    d_cutoff_hz: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalConfig:
+    """How landmarks become rig signals.
+
+    Attributes:
+        mouth_filter, viseme_filter, head_filter: One-Euro settings (fast beta for the mouth so plosives stay
+            crisp; low cutoff for the head).
+        mouth_min_span: smallest openness range (inner-lip gap / inter-ocular) mapped to 0..1, so a nearly still
+            mouth is not amplified into full opening.
+        width_min_span: smallest width deviation (/ inter-ocular) mapped to full spread/rounding.
+        range_decay_s: time constant with which learnt extremes relax towards recent values.
+        silence_dbfs: frames whose audio (own and look-ahead) stays below this level count as silent.
+        silence_hold_ms: silence must last this long before the mouth is closed.
+        silence_release_ms: time constant of the closing (speech reopens at once).
+        blink_mode: "landmarks" (eye aspect ratio), "auto" (procedural), "both" (max of the two) or "off".
+        auto_blink_interval_s: range of the random interval between procedural blinks.
+        auto_blink_duration_ms: length of one procedural blink.
+        head_relative_to_reference: report head angles relative to the stream's reference face.
+        max_head_deg: clamp of every head angle.
+    """
+
+    mouth_filter: OneEuroConfig = OneEuroConfig(min_cutoff_hz=3.0, beta=20.0, d_cutoff_hz=1.0)
+    viseme_filter: OneEuroConfig = OneEuroConfig(min_cutoff_hz=2.0, beta=10.0, d_cutoff_hz=1.0)
+    head_filter: OneEuroConfig = OneEuroConfig(min_cutoff_hz=0.8, beta=0.05, d_cutoff_hz=1.0)
+    mouth_min_span: float = 0.12
+    width_min_span: float = 0.06
+    range_decay_s: float = 30.0
+    silence_dbfs: float = -50.0
+    silence_hold_ms: float = 120.0
+    silence_release_ms: float = 60.0
+    blink_mode: str = "both"
+    auto_blink_interval_s: tuple[float, float] = (2.5, 6.0)
+    auto_blink_duration_ms: float = 150.0
+    head_relative_to_reference: bool = True
+    max_head_deg: float = 45.0
+
+    def __post_init__(self) -> None:
+        if self.blink_mode not in ("landmarks", "auto", "both", "off"):
+            raise ValueError(f"blink_mode must be landmarks, auto, both or off, got {self.blink_mode!r}")
+        lo, hi = self.auto_blink_interval_s
+        if not 0 < lo <= hi:
+            raise ValueError("auto_blink_interval_s must be (low, high) with 0 < low <= high")
+
+
+class OneEuroFilter:
+    """One-Euro low-pass over a vector; timestamps in seconds (stream time).
+
+    Args:
+        cfg: one config for every channel, or one per channel (channels filtered together in one pass).
+    """
+
+    def __init__(self, cfg: OneEuroConfig | Sequence[OneEuroConfig]) -> None:
+        cfgs = [cfg] if isinstance(cfg, OneEuroConfig) else list(cfg)
+        self.cfg = cfgs[0] if len(cfgs) == 1 else cfgs
+        self._min_cutoff = np.array([c.min_cutoff_hz for c in cfgs])
+        self._beta = np.array([c.beta for c in cfgs])
+        self._d_tau = np.array([1.0 / (2.0 * math.pi * c.d_cutoff_hz) for c in cfgs])
+        self.reset()
+
+    def reset(self) -> None:
+        self._x: np.ndarray | None = None
+        self._dx: np.ndarray | None = None
+        self._t_s = 0.0
+
+    def __call__(self, x: np.ndarray, t_s: float) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if self._x is None:
+            self._x, self._dx, self._t_s = x.copy(), np.zeros_like(x), t_s
+            return x.copy()
+        dt_s = t_s - self._t_s
+        if dt_s <= 0:  # repeated or out-of-order time: hold
+            return self._x.copy()
+        a_d = 1.0 / (1.0 + self._d_tau / dt_s)
+        self._dx = a_d * (x - self._x) / dt_s + (1.0 - a_d) * self._dx
+        cutoff = self._min_cutoff + self._beta * np.abs(self._dx)
+        a = 1.0 / (1.0 + 1.0 / (2.0 * math.pi * cutoff * dt_s))
+        self._x = a * x + (1.0 - a) * self._x
+        self._t_s = t_s
+        return self._x.copy()
+
+
+class AdaptiveRange:
+    """Per-stream [low, high] of a raw feature, learnt online; maps values to [0, 1].
+
+    New extremes are taken at once; both ends relax towards the current value with time constant `decay_s`,
+    so a range learnt from one loud burst does not hold forever. The span never drops below `min_span`.
+    """
+
+    def __init__(self, min_span: float, decay_s: float) -> None:
+        self.min_span = float(min_span)
+        self.decay_s = float(decay_s)
+        self.low: float | None = None
+        self.high: float | None = None
+
+    def update(self, x: float, dt_s: float) -> float:
+        if self.low is None or self.high is None:
+            self.low = self.high = float(x)
+        else:
+            k = min(1.0, dt_s / self.decay_s) if self.decay_s > 0 else 0.0
+            self.low += (x - self.low) * k
+            self.high += (x - self.high) * k
+            self.low, self.high = min(self.low, x), max(self.high, x)
+        return min(1.0, max(0.0, (x - self.low) / max(self.high - self.low, self.min_span)))
+
+
+def _dist(points: np.ndarray, a: int, b: int) -> float:
+    return float(math.hypot(*(points[a] - points[b])))
+
+
+# Point pairs measured for every frame, in one vectorised norm: inter-ocular, inner-lip gaps, mouth width, eyes.
+_PAIRS = np.array([(36, 45), (61, 67), (62, 66), (63, 65), (48, 54),
+                   (37, 41), (38, 40), (36, 39), (43, 47), (44, 46), (42, 45)])
+
+
+def _pair_distances(points: np.ndarray) -> np.ndarray:
+    d = points[_PAIRS[:, 0]] - points[_PAIRS[:, 1]]
+    return np.sqrt((d * d).sum(axis=1))
+
+
+def mouth_features(points: np.ndarray) -> tuple[float, float]:
+    """(68, 2) landmarks -> (inner-lip gap, mouth width), both over the inter-ocular distance."""
+    d = _pair_distances(np.asarray(points, dtype=np.float64))
+    iod = max(float(d[0]), 1e-6)
+    return float(d[1] + d[2] + d[3]) / 3.0 / iod, float(d[4]) / iod
+
+
+def eye_aspect_ratio(points: np.ndarray) -> float:
+    """Mean eye aspect ratio of both eyes (about 0.25-0.35 open, near 0 closed)."""
+    return _ear_from_distances(_pair_distances(np.asarray(points, dtype=np.float64)))
+
+
+def _ear_from_distances(d: np.ndarray) -> float:
+    right = (d[5] + d[6]) / (2.0 * max(float(d[7]), 1e-6))
+    left = (d[8] + d[9]) / (2.0 * max(float(d[10]), 1e-6))
+    return float(0.5 * (right + left))
+
+
+_RIGID = list(RIGID_POINTS)
+_MODEL_RIGID = MEAN_FACE_3D[_RIGID] * np.array([1.0, 1.0, -1.0])  # z away from the camera: right-handed, y down
+_MODEL_RIGID -= _MODEL_RIGID.mean(axis=0)
+_MODEL_PINV = np.linalg.pinv(_MODEL_RIGID)  # (3, n): the least-squares fit is one matrix product
+
+
+def head_rotation(points: np.ndarray) -> np.ndarray:
+    """Scaled-orthographic fit of `MEAN_FACE_3D` (rigid points) to (68, 2) landmarks -> 3x3 rotation.
+
+    The rotation maps model axes (x right, y down, z away from the camera) to image axes (same convention);
+    identity = a frontal face.
+    """
+    image = np.asarray(points, dtype=np.float64)[_RIGID]
+    affine = _MODEL_PINV @ (image - image.mean(axis=0))  # image ~= model @ affine, affine (3, 2)
+    r1, r2 = affine[:, 0], affine[:, 1]
+    r1 = r1 / max(math.sqrt(float(r1 @ r1)), 1e-12)
+    r2 = r2 - r1 * float(r1 @ r2)
+    r2 = r2 / max(math.sqrt(float(r2 @ r2)), 1e-12)
+    r3 = np.array([r1[1] * r2[2] - r1[2] * r2[1], r1[2] * r2[0] - r1[0] * r2[2], r1[0] * r2[1] - r1[1] * r2[0]])
+    return np.array([r1, r2, r3])
+
+
+def rotation_to_pose(rotation: np.ndarray) -> HeadPose:
+    """3x3 rotation (from `head_rotation`) -> yaw/pitch/roll in degrees (`HeadPose` conventions).
+
+    Decomposes R = Rz(roll) @ Ry(yaw) @ Rx(pitch) (pitch applied first, roll last, in image axes).
+    """
+    r = rotation
+    yaw = math.degrees(math.asin(float(np.clip(r[2, 0], -1.0, 1.0))))
+    pitch = math.degrees(math.atan2(-r[2, 1], r[2, 2]))
+    roll = math.degrees(math.atan2(-r[1, 0], r[0, 0]))
+    return HeadPose(yaw, pitch, roll)
+
+
+def head_pose(points: np.ndarray) -> HeadPose:
+    """Absolute head pose of (68, 2) landmarks (against the generic face; see `SignalExtractor` for relative)."""
+    return rotation_to_pose(head_rotation(points))
+
+
+def euler_to_unity_quaternion(pose: HeadPose, mirror: bool = False) -> tuple[float, float, float, float]:
+    """Head pose -> (qx, qy, qz, qw) for a Unity (left-handed, Y up, avatar facing +Z) `Head` bone.
+
+    Image conventions are those of a camera facing the avatar: the nose turning to image right is the avatar
+    turning to its own left (negative Unity Y rotation). `mirror` flips yaw and roll (selfie view). Composed
+    like Unity's `Quaternion.Euler(x, y, z)` (Z, then X, then Y). Signs: verify per app.
+    """
+    sign = -1.0 if mirror else 1.0
+    x = math.radians(-pose.pitch_deg)
+    y = math.radians(-pose.yaw_deg * sign)
+    z = math.radians(-pose.roll_deg * sign)
+    qx = (math.sin(x / 2), 0.0, 0.0, math.cos(x / 2))
+    qy = (0.0, math.sin(y / 2), 0.0, math.cos(y / 2))
+    qz = (0.0, 0.0, math.sin(z / 2), math.cos(z / 2))
+    q = _qmul(_qmul(qy, qx), qz)
+    return (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
+
+
+def _qmul(a: tuple, b: tuple) -> tuple:
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return (aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz)
+
+
+class SignalExtractor:
+    """Per-stream state that turns landmark frames into `Signals`.
+
+    Args:
+        cfg: `SignalConfig`.
+        reference_face: (68, 2) the stream's neutral face (head angles are reported relative to it).
+        seed: procedural-blink randomness (deterministic per stream).
+    """
+
+    def __init__(self, cfg: SignalConfig = SignalConfig(), reference_face: np.ndarray | None = None,
+                 seed: int | None = 0) -> None:
+        self.cfg = cfg
+        self._rng = np.random.default_rng(seed)
+        self._neutral_rotation = np.eye(3)
+        if reference_face is not None and cfg.head_relative_to_reference:
+            self._neutral_rotation = head_rotation(np.asarray(reference_face, dtype=np.float64))
+        self._open_range = AdaptiveRange(cfg.mouth_min_span, cfg.range_decay_s)
+        self._width_neutral: float | None = None
+        self._width_dev = cfg.width_min_span
+        self._eye_open: float | None = None
+        # mouth, A I U E O, yaw pitch roll: one filter pass, each group with its own settings
+        self._filter = OneEuroFilter([cfg.mouth_filter] + [cfg.viseme_filter] * 5 + [cfg.head_filter] * 3)
+        self._next_blink_s: float | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """A new epoch (reset/flush): restart filters and the silence gate; learnt ranges are kept."""
+        self._filter.reset()
+        self._last_t_s: float | None = None
+        self._silent_since_s: float | None = None
+        self._gate = 1.0
+
+    def update(self, landmarks: np.ndarray, t_s: float, audio_dbfs: float,
+               audio_ahead_dbfs: float | None = None) -> Signals:
+        """Signals of one frame.
+
+        Args:
+            landmarks: (68, 2) normalised landmarks.
+            t_s: frame presentation time in seconds of stream time.
+            audio_dbfs: level of the frame's own audio; audio_ahead_dbfs: loudest level of its look-ahead.
+        """
+        cfg = self.cfg
+        pts = np.asarray(landmarks, dtype=np.float64)
+        dt_s = 0.04 if self._last_t_s is None else max(1e-3, t_s - self._last_t_s)
+        self._last_t_s = t_s
+
+        d = _pair_distances(pts)
+        iod = max(float(d[0]), 1e-6)
+        gap, width = float(d[1] + d[2] + d[3]) / 3.0 / iod, float(d[4]) / iod
+        openness = self._open_range.update(gap, dt_s)
+        if self._width_neutral is None:
+            self._width_neutral = width
+        else:  # the neutral width follows the closed-ish mouth slowly
+            k = min(1.0, dt_s / 5.0) * (1.0 - openness)
+            self._width_neutral += (width - self._width_neutral) * k
+        dev = width - self._width_neutral
+        self._width_dev = max(cfg.width_min_span,
+                              self._width_dev + (abs(dev) - self._width_dev) * min(1.0, dt_s / cfg.range_decay_s),
+                              abs(dev))
+        spread = min(1.0, max(0.0, dev / self._width_dev))
+        rounding = min(1.0, max(0.0, -dev / self._width_dev))
+        raw = [
+            openness * (1.0 - rounding) * (1.0 - spread),  # A: open, neutral width
+            spread * (1.0 - openness),                      # I: spread, narrow opening
+            rounding * (1.0 - openness),                    # U: rounded, nearly closed
+            spread * openness,                              # E: spread and open
+            rounding * openness,                            # O: rounded and open
+        ]
+        total = sum(raw)
+        if total > 1.0:
+            raw = [v / total for v in raw]
+        r = head_rotation(pts) @ self._neutral_rotation.T
+        pose = rotation_to_pose(r)
+
+        out = self._filter(np.array([openness, *raw, pose.yaw_deg, pose.pitch_deg, pose.roll_deg]), t_s)
+        level = max(audio_dbfs, audio_ahead_dbfs if audio_ahead_dbfs is not None else -200.0)
+        silent = self._silence(t_s, dt_s, level)
+        gate = self._gate
+        mouth = min(1.0, max(0.0, float(out[0]))) * gate
+        visemes = {v: min(1.0, max(0.0, float(w))) * gate for v, w in zip(VISEMES, out[1:6])}
+        lim = cfg.max_head_deg
+        head = HeadPose(*(min(lim, max(-lim, float(a))) for a in out[6:9]))
+        return Signals(mouth_open=mouth, visemes=visemes, blink=self._blink(d, t_s, dt_s), head=head,
+                       audio_dbfs=float(audio_dbfs), silent=silent)
+
+    def _silence(self, t_s: float, dt_s: float, level_dbfs: float) -> bool:
+        """Update the mouth gate: 1 while speech is present, decaying to 0 after `silence_hold_ms` of silence."""
+        cfg = self.cfg
+        if level_dbfs >= cfg.silence_dbfs:
+            self._silent_since_s = None
+            self._gate = 1.0
+            return False
+        if self._silent_since_s is None:
+            self._silent_since_s = t_s
+        if (t_s - self._silent_since_s) * 1e3 >= cfg.silence_hold_ms:
+            self._gate *= math.exp(-dt_s * 1e3 / max(cfg.silence_release_ms, 1e-3))
+            if self._gate < 0.02:
+                self._gate = 0.0
+            return True
+        return False
+
+    def _blink(self, d: np.ndarray, t_s: float, dt_s: float) -> float:
+        """Blink weight from the pair distances `d` (see `_PAIRS`) and/or the procedural schedule."""
+        mode = self.cfg.blink_mode
+        if mode == "off":
+            return 0.0
+        value = 0.0
+        if mode in ("landmarks", "both"):
+            ear = _ear_from_distances(d)
+            if self._eye_open is None:
+                self._eye_open = ear
+            else:  # the open level follows upwards at once and relaxes down slowly (10 s)
+                self._eye_open = max(ear, self._eye_open + (ear - self._eye_open) * min(1.0, dt_s / 10.0))
+            closure = (self._eye_open - ear) / max(0.5 * self._eye_open, 1e-6)
+            value = min(1.0, max(0.0, (closure - 0.2) / 0.8))  # ignore small eyelid jitter
+        if mode in ("auto", "both"):
+            value = max(value, self._auto_blink(t_s))
+        return value
+
+    def _auto_blink(self, t_s: float) -> float:
+        lo, hi = self.cfg.auto_blink_interval_s
+        if self._next_blink_s is None or t_s < self._next_blink_s - hi:  # first call, or time went backwards
+            self._next_blink_s = t_s + float(self._rng.uniform(lo, hi))
+        duration_s = self.cfg.auto_blink_duration_ms / 1e3
+        phase = (t_s - self._next_blink_s) / duration_s
+        if phase < 0:
+            return 0.0
+        if phase >= 1.0:
+            self._next_blink_s = t_s + float(self._rng.uniform(lo, hi))
+            return 0.0
+        return float(1.0 - abs(2.0 * phase - 1.0))  # a triangle: close, then open

@@ -1,0 +1,325 @@
+"""`msync stream`: run the engine live. Flags and a config file choose inputs, outputs, model and look-ahead.
+
+Default: the shipped model speaks a synthesised sentence (espeak-ng, looped) in real time, the viewer is
+served on http://127.0.0.1:8765/ and VMC goes to 127.0.0.1:39539, with a live latency line on stderr::
+
+    msync stream                                   # demo, no microphone needed
+    msync stream --input talk.wav --duration 30    # a file in real time (--fast: as fast as possible)
+    msync stream --input mic --device USB          # a microphone (--list-devices to see them)
+    arecord -f S16_LE -r 48000 -c 2 | msync stream --input stdin --stdin-format s16le:48000:2
+    msync stream --input none --token s3cret       # only streams sent over WebSocket /audio
+
+`add_arguments`/`run` only parse and call `run_stream(StreamConfig)`, which wires model, engine, outputs and
+the input together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from stream_engine.config import (
+    DEFAULT_MODEL_PATH,
+    ConfigError,
+    InputConfig,
+    StreamConfig,
+    load_config,
+    replace_path,
+    to_dict,
+)
+
+log = logging.getLogger("msync.stream")
+
+
+class StreamError(RuntimeError):
+    """A setup problem that stops `msync stream` with a clear message (model, input, port...)."""
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("\n\n")[1]
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML config file (flags override it)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="PATH", help=f"exported .onnx step model (default: {DEFAULT_MODEL_PATH.name} "
+                   "shipped in stream_engine/models/), or python:module:factory for a custom runner")
+    g.add_argument("--lookahead", type=int, metavar="L", help="required look-ahead in frames (the model's is fixed "
+                   "at export; a different one is refused)")
+    g.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default 1)")
+    g.add_argument("--providers", help="onnxruntime providers: cpu, cuda, tensorrt, auto")
+    g = p.add_argument_group("input")
+    g.add_argument("--input", metavar="SRC", help="speech (default: an espeak-ng sentence), mic, stdin, none "
+                   "(WebSocket only), or an audio file path")
+    g.add_argument("--text", help="sentence for --input speech")
+    g.add_argument("--device", help="microphone index or name (substring)")
+    g.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
+    g.add_argument("--rate", type=int, help="microphone capture rate in Hz (default: the device's)")
+    g.add_argument("--channels", type=int, help="microphone capture channels (default: up to 2, downmixed)")
+    g.add_argument("--stdin-format", metavar="FMT", help="raw PCM on stdin as dtype:rate:channels "
+                   "(s16le|s32le|f32le), default s16le:16000:1")
+    g.add_argument("--fast", action="store_true", help="play files as fast as possible instead of in real time")
+    g.add_argument("--speed", type=float, help="real-time multiplier for files")
+    g.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None, help="repeat the file/sentence")
+    g.add_argument("--stream-id", help="id of the local stream (default main)")
+    g.add_argument("--reference-face", metavar="FILE", help="68-point JSON or a face image (needs dlib)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--host", help="bind address (default 127.0.0.1)")
+    g.add_argument("--port", type=int, help="HTTP/WebSocket port (default 8765; 0 = any free port)")
+    g.add_argument("--token", help="require this token on every HTTP/WebSocket request")
+    g.add_argument("--vmc", action="append", metavar="HOST:PORT", help="VMC target (repeatable; default "
+                   "127.0.0.1:39539)")
+    g.add_argument("--no-vmc", action="store_true", help="do not send VMC")
+    g.add_argument("--vmc-names", choices=["vrm0", "vrm1"], help="blendshape names on the wire")
+    g.add_argument("--vmc-mirror", action="store_true", help="mirror head yaw/roll for VMC")
+    g.add_argument("--osc", action="append", metavar="HOST:PORT", help="raw-landmark OSC target (repeatable)")
+    g = p.add_argument_group("run")
+    g.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    g.add_argument("--seed", type=int, help="seed of the model's per-stream noise")
+    g.add_argument("--quiet", action="store_true", help="no live latency line")
+    g.add_argument("--log-level", help="debug, info, warning (default), error")
+
+
+def config_from_args(args: argparse.Namespace) -> StreamConfig:
+    """A config file (if any) with the flags applied on top."""
+    cfg = load_config(args.config) if args.config else StreamConfig()
+    overrides: dict[str, object] = {}
+    if args.model:
+        overrides["model.path"] = args.model
+    if args.lookahead is not None:
+        overrides["model.lookahead_frames"] = args.lookahead
+    if args.threads is not None:
+        overrides["model.threads"] = args.threads
+    if args.providers is not None:
+        overrides["model.providers"] = args.providers
+    for flag, key in (("text", "input.text"), ("device", "input.device"), ("rate", "input.sample_rate_hz"),
+                      ("channels", "input.channels"), ("stdin_format", "input.stdin_format"),
+                      ("speed", "input.speed"), ("loop", "input.loop"), ("stream_id", "input.stream_id"),
+                      ("reference_face", "input.reference_face"), ("host", "server.host"), ("port", "server.port"),
+                      ("token", "server.token"), ("duration", "duration_s"), ("seed", "engine.seed"),
+                      ("log_level", "log_level")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    if args.fast:
+        overrides["input.realtime"] = False
+    if args.quiet:
+        overrides["latency_line"] = False
+    if args.no_vmc:
+        overrides["vmc.enabled"] = False
+    if args.vmc:
+        overrides["vmc.targets"] = tuple(args.vmc)
+        overrides["vmc.enabled"] = True
+    if args.vmc_mirror:
+        overrides["vmc.mirror"] = True
+    if args.osc:
+        overrides["osc.targets"] = tuple(args.osc)
+        overrides["osc.enabled"] = True
+    input_fields = {}
+    if args.input:
+        src = args.input
+        if src in ("speech", "mic", "stdin", "none"):
+            input_fields["kind"] = src
+        elif src.startswith("mic:"):
+            input_fields.update(kind="mic", device=src[4:])
+        else:
+            input_fields.update(kind="file", path=src)
+            if args.loop is None:
+                overrides["input.loop"] = False
+    try:
+        if input_fields:
+            current = to_dict(cfg.input)
+            current.update(input_fields)
+            cfg = replace_path(cfg, "input", InputConfig(**current))
+        for key, value in overrides.items():
+            cfg = replace_path(cfg, key, value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_devices:
+        from stream_engine.inputs import InputError, list_input_devices
+
+        try:
+            devices = list_input_devices()
+        except InputError as exc:
+            print(f"msync stream: {exc}", file=sys.stderr)
+            return 2
+        for d in devices:
+            print(f"{d['index']:3d}  {d['name']}  ({d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz, "
+                  f"{d['hostapi']})")
+        if not devices:
+            print("no audio input devices found", file=sys.stderr)
+        return 0
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"msync stream: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    try:
+        return asyncio.run(run_stream(cfg))
+    except StreamError as exc:
+        print(f"msync stream: {exc}", file=sys.stderr)
+        return 2
+
+
+# ------------------------------------------------------------------------------------------- wiring
+
+def load_model(cfg) -> object:
+    """The runner named by `ModelConfig`. Raises `StreamError` with a clear reason."""
+    from stream_engine.contract import ModelLoadError
+
+    path = cfg.path
+    if path.startswith("python:"):
+        module, _, factory = path[len("python:"):].partition(":")
+        try:
+            runner = getattr(importlib.import_module(module), factory)()
+        except Exception as exc:
+            raise StreamError(f"cannot build the runner {path!r}: {exc}") from exc
+    else:
+        if not Path(path).is_file():
+            hint = ("the shipped default model is not in this checkout yet; " if Path(path) == DEFAULT_MODEL_PATH
+                    else "")
+            raise StreamError(f"model file {path} not found: {hint}pass --model X.onnx (export one with "
+                              "`msync export`, e.g. `msync export --random-init --out X.onnx`)")
+        from stream_engine.runtime import load_runner
+
+        try:
+            runner = load_runner(path, threads=cfg.threads, providers=cfg.providers or None)
+        except ModelLoadError as exc:  # ContractError is a ModelLoadError
+            raise StreamError(f"cannot use model: {exc}") from None
+    L = runner.contract.lookahead_frames
+    if cfg.lookahead_frames is not None and cfg.lookahead_frames != L:
+        raise StreamError(f"this model supports only look-ahead L={L} (it is fixed at export); you asked for "
+                          f"L={cfg.lookahead_frames}: export a model with that look-ahead")
+    return runner
+
+
+def make_source(icfg: InputConfig):
+    """The input source object for `InputConfig` (None for "none")."""
+    from stream_engine import inputs
+
+    if icfg.kind == "none":
+        return None
+    if icfg.kind == "mic":
+        return inputs.MicrophoneSource(device=icfg.device or None, sample_rate_hz=icfg.sample_rate_hz or None,
+                                       channels=icfg.channels or None, quality=icfg.resample_quality)
+    if icfg.kind == "stdin":
+        try:
+            fmt = inputs.PcmFormat.parse(icfg.stdin_format)
+        except ValueError as exc:
+            raise StreamError(str(exc)) from None
+        return inputs.StdinSource(fmt=fmt, quality=icfg.resample_quality)
+    if icfg.kind == "speech":
+        try:
+            path = inputs.synthesize_speech(icfg.text)
+        except inputs.InputError as exc:
+            raise StreamError(str(exc)) from None
+        return inputs.FileSource(path, realtime=icfg.realtime, speed=icfg.speed, loop=icfg.loop, gap_s=0.8)
+    return inputs.FileSource(icfg.path, realtime=icfg.realtime, speed=icfg.speed, loop=icfg.loop)
+
+
+async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> int:
+    """Run the engine until the input ends, `duration_s` passes, or SIGINT/SIGTERM. Returns an exit code.
+
+    Args:
+        ready: resolved with the `WebSocketServer` once serving (tests, embedding).
+    """
+    from stream_engine.engine import Engine
+    from stream_engine.inputs import InputError
+    from stream_engine.outputs.osc import OscSink
+    from stream_engine.outputs.vmc import VmcSink
+    from stream_engine.outputs.websocket import WebSocketServer
+    from stream_engine.session import ReferenceFaceError, load_reference_face
+
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runner = load_model(cfg.model)
+    reference = None
+    if cfg.input.reference_face:
+        try:
+            reference = load_reference_face(cfg.input.reference_face, runner.contract.num_landmarks)
+        except ReferenceFaceError as exc:
+            raise StreamError(str(exc)) from None
+    source = make_source(cfg.input)
+    engine = Engine(runner, cfg.engine, cfg.signals)
+    server = WebSocketServer(engine, cfg.server)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise StreamError(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc} "
+                          "(use --port to pick another)") from None
+    engine.add_sink(server)
+    if cfg.vmc.enabled:
+        engine.add_sink(VmcSink(cfg.vmc))
+    if cfg.osc.enabled:
+        engine.add_sink(OscSink(cfg.osc))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    outputs = [f"viewer {server.url}"]
+    if cfg.vmc.enabled:
+        outputs.append("VMC " + ", ".join(cfg.vmc.targets))
+    if cfg.osc.enabled:
+        outputs.append("OSC " + ", ".join(cfg.osc.targets))
+    print(f"msync stream: model {getattr(runner.contract, 'model_version', '?')} (L={engine.core.lookahead_frames}, "
+          f"algorithmic latency {engine.algorithmic_latency_ms:.0f} ms); input {cfg.input.kind}"
+          f"{' ' + cfg.input.path if cfg.input.kind == 'file' else ''}; " + "; ".join(outputs), file=sys.stderr)
+    exit_code = 0
+    async with engine:
+        if ready is not None and not ready.done():
+            ready.set_result(server)
+        input_task = None
+        if source is not None:
+            engine.open_stream(cfg.input.stream_id, reference, source=cfg.input.kind)
+            input_task = engine.spawn(source.run(engine, cfg.input.stream_id), name="msync-input")
+            input_task.add_done_callback(lambda t: stop.set())
+        if cfg.latency_line:
+            engine.spawn(_latency_line(engine), name="msync-latency-line")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=cfg.duration_s or None)
+        except asyncio.TimeoutError:
+            pass
+        if input_task is not None and input_task.done() and not input_task.cancelled():
+            exc = input_task.exception()
+            if isinstance(exc, InputError):
+                print(f"\nmsync stream: input failed: {exc}", file=sys.stderr)
+                exit_code = 2
+            elif exc is not None:
+                print(f"\nmsync stream: input failed: {exc!r}", file=sys.stderr)
+                exit_code = 1
+        if cfg.latency_line:
+            print("\n" + engine.latency_line(), file=sys.stderr)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(sig)
+    return exit_code
+
+
+async def _latency_line(engine, period_s: float = 1.0) -> None:
+    tty = sys.stderr.isatty()
+    last = 0.0
+    while True:
+        await asyncio.sleep(period_s)
+        line = engine.latency_line()
+        if tty:
+            print("\r" + line.ljust(110), end="", file=sys.stderr, flush=True)
+        elif time.monotonic() - last >= 5.0:  # logs: one line every 5 s
+            last = time.monotonic()
+            print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,122 @@
+"""Derived rig signals: head pose, mouth openness and visemes, silence closing, blink, One-Euro, quaternions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stream_engine.signals import (
+    AdaptiveRange,
+    HeadPose,
+    OneEuroConfig,
+    OneEuroFilter,
+    SignalConfig,
+    SignalExtractor,
+    euler_to_unity_quaternion,
+    head_pose,
+)
+
+from fakes import NEUTRAL_FACE, project_face
+
+NO_SMOOTHING = SignalConfig(head_filter=OneEuroConfig(min_cutoff_hz=1e6), mouth_filter=OneEuroConfig(min_cutoff_hz=1e6),
+                            viseme_filter=OneEuroConfig(min_cutoff_hz=1e6), blink_mode="off")
+
+
+@pytest.mark.parametrize("yaw,pitch,roll", [(0, 0, 0), (15, 0, 0), (0, -10, 0), (0, 0, 8), (-25, 12, -6)])
+def test_head_pose_recovers_known_rotations(yaw, pitch, roll):
+    """The rigid-point fit returns the rotation a face was rendered with (to a fraction of a degree)."""
+    pose = head_pose(project_face(yaw, pitch, roll))
+    assert (pose.yaw_deg, pose.pitch_deg, pose.roll_deg) == pytest.approx((yaw, pitch, roll), abs=0.3)
+
+
+def test_head_pose_ignores_the_mouth():
+    """Opening the mouth (jaw and lower lip move) does not leak into pitch: only rigid points are used."""
+    closed, opened = head_pose(project_face(0, 0, 0, 0.0)), head_pose(project_face(0, 0, 0, 25.0))
+    assert abs(opened.pitch_deg - closed.pitch_deg) < 0.2
+
+
+def test_head_angles_are_relative_to_the_stream_reference():
+    ref = project_face(10, 5, 0)
+    ex = SignalExtractor(NO_SMOOTHING, reference_face=ref)
+    s = ex.update(project_face(10, 5, 0), 0.0, -20.0)
+    assert (s.head.yaw_deg, s.head.pitch_deg) == pytest.approx((0.0, 0.0), abs=0.3)
+    s = ex.update(project_face(30, 5, 0), 0.04, -20.0)
+    assert s.head.yaw_deg == pytest.approx(20.0, abs=1.0)
+
+
+def test_mouth_openness_follows_the_lips_with_an_adaptive_range():
+    ex = SignalExtractor(NO_SMOOTHING, reference_face=NEUTRAL_FACE)
+    opens = [0, 0, 10, 25, 5, 0, 25]
+    values = [ex.update(project_face(0, 0, 0, mm), 0.04 * i, -20.0).mouth_open for i, mm in enumerate(opens)]
+    assert values[0] == 0.0 and values[1] == 0.0
+    assert 0 < values[2] < values[3] == pytest.approx(1.0)
+    assert values[4] < values[2] and values[5] == pytest.approx(0.0, abs=1e-6)
+    assert values[6] == pytest.approx(1.0, abs=1e-3)
+    s = ex.update(project_face(0, 0, 0, 25), 0.04 * 7, -20.0)
+    assert s.visemes["A"] > 0.5 and all(0.0 <= v <= 1.0 for v in s.visemes.values())
+    assert sum(s.visemes.values()) <= 1.0 + 1e-6
+
+
+def test_mouth_closes_in_silence_and_reopens_at_once():
+    """Silent audio (own and look-ahead) closes the mouth after the hold time; speech reopens it immediately."""
+    cfg = SignalConfig(mouth_filter=OneEuroConfig(min_cutoff_hz=1e6), blink_mode="off", silence_dbfs=-50,
+                       silence_hold_ms=120, silence_release_ms=40)
+    ex = SignalExtractor(cfg, reference_face=NEUTRAL_FACE)
+    ex.update(project_face(0, 0, 0, 0.0), 0.0, -20.0)
+    t = 0.04
+    speaking = ex.update(project_face(0, 0, 0, 20.0), t, -20.0)
+    assert speaking.mouth_open > 0.9 and not speaking.silent
+    values = []
+    for i in range(12):  # the model keeps the mouth open, but the audio is silent
+        t += 0.04
+        s = ex.update(project_face(0, 0, 0, 20.0), t, -90.0, -90.0)
+        values.append(s.mouth_open)
+    assert values[0] > 0.9  # within the hold time
+    assert values[-1] == 0.0 and s.silent and max(s.visemes.values()) == 0.0
+    t += 0.04
+    assert ex.update(project_face(0, 0, 0, 20.0), t, -90.0, -20.0).mouth_open > 0.9  # sound in the look-ahead
+
+
+def test_blink_from_landmarks_and_procedural_blinks():
+    ex = SignalExtractor(SignalConfig(blink_mode="landmarks"), reference_face=NEUTRAL_FACE)
+    face = project_face()
+    assert ex.update(face, 0.0, -20.0).blink == 0.0
+    closed = face.copy()
+    for top, bottom in ((37, 41), (38, 40), (43, 47), (44, 46)):
+        mid = (closed[top] + closed[bottom]) / 2
+        closed[top] = closed[bottom] = mid
+    assert ex.update(closed, 0.04, -20.0).blink == pytest.approx(1.0)
+    auto = SignalExtractor(SignalConfig(blink_mode="auto", auto_blink_interval_s=(1.0, 2.0)), seed=3)
+    blinks = [auto.update(face, 0.04 * i, -20.0).blink for i in range(200)]  # 8 s
+    peaks = sum(1 for a, b, c in zip(blinks, blinks[1:], blinks[2:]) if b > a and b >= c and b > 0.3)
+    assert 3 <= peaks <= 9 and max(blinks) <= 1.0
+
+
+def test_one_euro_filter_smooths_jitter_and_follows_fast_moves():
+    f = OneEuroFilter(OneEuroConfig(min_cutoff_hz=1.0, beta=0.5))
+    rng = np.random.default_rng(0)
+    noisy = [f(np.array([1.0 + 0.05 * rng.standard_normal()]), 0.04 * i)[0] for i in range(100)]
+    assert np.std(noisy[20:]) < 0.02
+    jumped = [f(np.array([3.0]), 4.0 + 0.04 * i)[0] for i in range(25)]
+    assert jumped[-1] == pytest.approx(3.0, abs=0.05)
+    assert f(np.array([9.0]), 4.0)[0] == pytest.approx(jumped[-1])  # time going backwards: hold
+
+
+def test_adaptive_range_maps_to_unit_interval_with_a_minimum_span():
+    r = AdaptiveRange(min_span=0.1, decay_s=30.0)
+    assert r.update(0.5, 0.04) == 0.0
+    assert r.update(0.52, 0.04) == pytest.approx(0.2, abs=1e-3)  # span is at least 0.1: small jitter stays small
+    assert r.update(1.0, 0.04) == 1.0
+    assert r.update(0.75, 0.04) == pytest.approx(0.5, abs=0.01)
+
+
+def test_unity_quaternion_conventions():
+    assert euler_to_unity_quaternion(HeadPose()) == pytest.approx((0.0, 0.0, 0.0, 1.0))
+    qx, qy, qz, qw = euler_to_unity_quaternion(HeadPose(yaw_deg=90))
+    assert (qx, qy, qz, qw) == pytest.approx((0.0, -math.sqrt(0.5), 0.0, math.sqrt(0.5)))
+    mirrored = euler_to_unity_quaternion(HeadPose(yaw_deg=90), mirror=True)
+    assert mirrored[1] == pytest.approx(math.sqrt(0.5))
+    q = euler_to_unity_quaternion(HeadPose(10, 20, 30))
+    assert sum(v * v for v in q) == pytest.approx(1.0) and all(type(v) is float for v in q)
