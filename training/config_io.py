@@ -58,3 +58,13 @@ def dump_config(cfg, path: str | Path) -> None:
 
 def config_dict(cfg) -> dict:
     return _to_jsonable(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+def add_run_arguments(p, default_out: str, example_override: str) -> None:
+    """The flags every training run shares: --config, --out, --set, --no-resume, --no-progress."""
+    p.add_argument("--config", help="JSON config file (see training/configs/)")
+    p.add_argument("--out", default=default_out, help="output directory (checkpoints, metrics, curves)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config value, e.g. {example_override}")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds a checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -67,12 +67,9 @@ class TrainGeneratorConfig:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="JSON config file (see training/configs/)")
-    p.add_argument("--out", default="runs/generator", help="output directory")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set steps=500 --set generator.lookahead_frames=0")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds a checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from training.config_io import add_run_arguments
+
+    add_run_arguments(p, "runs/generator", "--set steps=500 --set generator.lookahead_frames=0")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,12 +53,9 @@ class TrainSyncersConfig:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="JSON config file (see training/configs/)")
-    p.add_argument("--out", default="runs/syncers", help="output directory (checkpoints, metrics, curves)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set steps=500 --set syncer.loss=syncnet")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds a checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from training.config_io import add_run_arguments
+
+    add_run_arguments(p, "runs/syncers", "--set steps=500 --set syncer.loss=syncnet")
 
 
 def run(args: argparse.Namespace) -> int:
