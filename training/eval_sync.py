@@ -54,6 +54,10 @@ MOTION_KEYS_DOC = {
 }
 
 
+# Where the metric syncers are looked for when no path is given: the shipped pyramid, then a local run.
+DEFAULT_SYNCERS = ("training/weights/metric_syncers", "runs/metric_syncers/syncers")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalSyncConfig:
     """What is evaluated and how.
@@ -73,7 +77,7 @@ class EvalSyncConfig:
 
     data_dir: str = "../shared/data"
     split: str = "test"
-    metric_syncers: str = "training/weights/metric_syncers"
+    metric_syncers: str = ""  # "" = the first of DEFAULT_SYNCERS that exists
     seq_frames: int = 80
     vshift: int = 15
     padding: str = "zero"
@@ -356,7 +360,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=d.data_dir, help="dataset directory (manifest.tsv + clips/)")
     p.add_argument("--split", default=d.split, choices=("train", "val", "test"), help="speaker-disjoint split")
     p.add_argument("--metric-syncers", default=d.metric_syncers,
-                   help="metric syncer pyramid checkpoint, path without suffix (default %(default)s)")
+                   help=f"metric syncer pyramid checkpoint, path without suffix (default {DEFAULT_SYNCERS[0]}, else {DEFAULT_SYNCERS[1]})")
     p.add_argument("--out", required=True, help="output directory for eval_sync.md and eval_sync.json")
     p.add_argument("--predictions", action="append", default=[], metavar="DIR",
                    help="directory of predicted sequences (*.npz: landmarks, clip_id[, start_frame, method]); repeatable")
@@ -383,25 +387,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_syncers(path: str) -> Path:
-    p = Path(path)
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
-    missing = [str(p.with_suffix(s)) for s in (".json", ".safetensors") if not p.with_suffix(s).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"metric syncers not found ({', '.join(missing)} missing). Train them with `msync train-syncers --config "
-            f"training/configs/metric_syncers.json --out runs/metric_syncers`, or pass --metric-syncers "
-            f"runs/metric_syncers/checkpoint for an intermediate checkpoint.")
-    return p
+def resolve_syncers(path: str) -> Path:
+    """The metric syncer checkpoint (path without suffix): `path`, or the first default that exists.
+
+    Raises:
+        FileNotFoundError: with how to train or point to one.
+    """
+    candidates = [path] if path else list(DEFAULT_SYNCERS)
+    stripped = [Path(c).with_suffix("") if Path(c).suffix in (".safetensors", ".json") else Path(c) for c in candidates]
+    for p in stripped:
+        if p.with_suffix(".json").is_file() and p.with_suffix(".safetensors").is_file():
+            return p
+    raise FileNotFoundError(
+        f"metric syncers not found (tried {', '.join(str(p) + '.{json,safetensors}' for p in stripped)}). Train them "
+        "with `msync train-syncers --config training/configs/metric_syncers.json --out runs/metric_syncers`, or pass "
+        "--metric-syncers PATH (without suffix; runs/metric_syncers/checkpoint for an intermediate one).")
 
 
-def _finite(obj):
-    """JSON-safe copy: NaN/inf become null (strict JSON has no NaN)."""
+def finite_json(obj):
+    """JSON-safe copy: NaN/inf become null (strict JSON has no NaN), numpy scalars become Python ones."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {str(k): finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -417,7 +427,7 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
     from training.data.splits import assign_splits
     from training.models.syncer import load_pyramid
 
-    syncer_path = _resolve_syncers(cfg.metric_syncers)
+    syncer_path = resolve_syncers(cfg.metric_syncers)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
@@ -464,6 +474,6 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
     markdown = render_markdown(result)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval_sync.md").write_text(markdown)
-    (out_dir / "eval_sync.json").write_text(json.dumps(_finite(result), indent=1, allow_nan=False))
+    (out_dir / "eval_sync.json").write_text(json.dumps(finite_json(result), indent=1, allow_nan=False))
     result["markdown"] = markdown
     return result

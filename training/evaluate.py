@@ -47,9 +47,9 @@ import numpy as np
 from training.baselines import LoudnessMouthConfig
 from training.data.clips import ClipLoadConfig
 from training.data.splits import SplitConfig
+from training.eval_sync import DEFAULT_SYNCERS, finite_json, resolve_syncers
 
 LOUDNESS = "loudness mouth"
-DEFAULT_SYNCERS = ("training/weights/metric_syncers", "runs/metric_syncers/syncers")
 DEFAULT_MODELS = ("training/weights/generator", "runs/generator/generator")
 SPF, FPS = 640, 25  # samples per landmark frame at 16 kHz, landmark rate
 REFERENCE_TEXT = {"previous": "the GT frame before each sequence",
@@ -114,19 +114,6 @@ class LoadedModel:
 def _strip(path: str | Path) -> Path:
     p = Path(path)
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-
-
-def resolve_syncers(path: str) -> Path:
-    """The metric syncer checkpoint: `path`, or the first default that exists. Raises FileNotFoundError."""
-    candidates = [path] if path else list(DEFAULT_SYNCERS)
-    for c in candidates:
-        p = _strip(c)
-        if p.with_suffix(".json").is_file() and p.with_suffix(".safetensors").is_file():
-            return p
-    raise FileNotFoundError(
-        f"metric syncers not found (tried {', '.join(str(_strip(c)) + '.{json,safetensors}' for c in candidates)}). "
-        "Train them with `msync train-syncers --config training/configs/metric_syncers.json --out "
-        "runs/metric_syncers`, or pass --metric-syncers PATH (without suffix).")
 
 
 def resolve_generator(path: str | Path) -> Path:
@@ -335,19 +322,6 @@ def fd_levels(gt_feats: list[np.ndarray], feats: list[np.ndarray]) -> list[dict]
 
     return [{"level": l, "fd": frechet_distance(g, f), "n_gt": len(g), "n": len(f)}
             for l, (g, f) in enumerate(zip(gt_feats, feats))]
-
-
-def _finite_json(obj):
-    """JSON-safe copy: NaN/inf -> null (copied from eval_sync._finite, which is private)."""
-    if isinstance(obj, dict):
-        return {str(k): _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_json(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _slug(name: str) -> str:
@@ -639,7 +613,7 @@ def evaluate(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> dict:
     markdown = render_markdown(result)
     (out_dir / "eval.md").write_text(markdown)
     result["per_sequence"] = per_sequence
-    (out_dir / "eval.json").write_text(json.dumps(_finite_json(result), indent=1, allow_nan=False))
+    (out_dir / "eval.json").write_text(json.dumps(finite_json(result), indent=1, allow_nan=False))
     result["markdown"] = markdown
     return result
 
