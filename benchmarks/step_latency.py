@@ -163,7 +163,7 @@ class TorchBackend(Backend):
         gen = self.torch.Generator(device="cpu").manual_seed(0)
         h = self.torch.rand(st.h.shape, generator=gen).to(self.device)
         c = self.torch.rand(st.c.shape, generator=gen).to(self.device)
-        return StepState(st.audio_carry, st.conv_cache, h, c, st.prev_landmarks, st.frames_seen)
+        return st._replace(h=h, c=c)
 
     def reset(self, batch: int) -> None:
         cell = self._cells[batch]

@@ -29,16 +29,17 @@ STATE_NAMES: tuple[str, ...] = StepState._fields
 
 
 class StepModule(nn.Module):
-    """Flat-signature wrapper: (audio, audio_carry, conv_cache, h, c, prev_landmarks, frames_seen) ->
-    (landmarks, audio_carry_next, conv_cache_next, h_next, c_next, prev_landmarks_next, frames_seen_next)."""
+    """Flat-signature wrapper: (audio, audio_carry, conv_cache, h, c, prev_landmarks, frames_seen,
+    reference_landmarks) -> (landmarks, audio_carry_next, ..., reference_landmarks_next)."""
 
     def __init__(self, generator: Generator) -> None:
         super().__init__()
         self.generator = generator
 
     def forward(self, audio: torch.Tensor, audio_carry: torch.Tensor, conv_cache: torch.Tensor, h: torch.Tensor,
-                c: torch.Tensor, prev_landmarks: torch.Tensor, frames_seen: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        state = StepState(audio_carry, conv_cache, h, c, prev_landmarks, frames_seen)
+                c: torch.Tensor, prev_landmarks: torch.Tensor, frames_seen: torch.Tensor,
+                reference_landmarks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = StepState(audio_carry, conv_cache, h, c, prev_landmarks, frames_seen, reference_landmarks)
         landmarks, nxt = self.generator.step(audio, state)
         return (landmarks, *nxt)
 
@@ -54,6 +55,8 @@ def state_specs(generator: Generator) -> tuple[StateSpec, ...]:
         "c": ((BATCH, cfg.lstm_hidden), noise),
         "prev_landmarks": ((BATCH, cfg.num_landmarks, 2), "reference_face"),
         "frames_seen": ((BATCH, 1), "zeros"),
+        # The identity the anchor pulls toward: set once per stream (the same face as prev_landmarks' start).
+        "reference_landmarks": ((BATCH, cfg.num_landmarks, 2), "reference_face"),
     }
     if set(shapes) != set(STATE_NAMES):  # Generator.step changed its state: update this table
         raise RuntimeError(f"StepState fields {STATE_NAMES} differ from the exported states {sorted(shapes)}")

@@ -4,6 +4,7 @@ rollouts, and a CLI smoke test on three real test clips with a tiny random gener
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,7 +167,7 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["eval", "--model", f"tiny={gen}", "--metric-syncers", str(sync), "--data", str(shared_data),
             "--split", "test", "--out", str(out), "--max-clips", "3", "--seq-frames", "40", "--rollout-frames", "60",
-            "--long-rollout-minutes", "0.05", "--threads", "1", "--no-progress"]
+            "--long-rollout-minutes", "0.05", "--render-seconds", "1", "--threads", "1", "--no-progress"]
     assert main(argv) == 0
     assert "loudness mouth" in capsys.readouterr().out
     for name in ("eval.md", "eval.json", "sync_levels.png", "drift.png"):
@@ -187,6 +188,13 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
     lr = res["long_rollout"]["tiny"]
     assert lr["frames"] == 75 and lr["non_finite_frames"] == 0 and lr["step_equivalence_max_abs"] < 1e-4
     assert len(lr["curves"]["plausible"]) >= 2
+    assert [Path(v).name for v in lr["videos"]] == ["tiny_long_first_1s.mp4", "tiny_long_last_1s.mp4"]
+    import av
+
+    with av.open(lr["videos"][1]) as video:  # 1 s of landmarks over its audio
+        assert {s.type for s in video.streams} == {"video", "audio"}
+        assert sum(1 for _ in video.decode(video=0)) == 25
+    assert "videos/tiny_long_first_1s.mp4" in md
     assert {"tiny: last 40 of 40", "tiny: last 40 of 60", "tiny: last 40 of 0.05 min"} <= set(res["drift"])
     preds = load_predictions(out / "predictions" / "tiny")
     assert len(preds) == n and all(p.method == "tiny" and p.landmarks.shape == (40, 68, 2) for p in preds)

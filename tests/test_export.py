@@ -57,6 +57,7 @@ def test_export_writes_one_checked_file_with_the_contract(exported):
         "h": (("B", 256), "uniform(0,1)", "h_next"), "c": (("B", 256), "uniform(0,1)", "c_next"),
         "prev_landmarks": (("B", 68, 2), "reference_face", "prev_landmarks_next"),
         "frames_seen": (("B", 1), "zeros", "frames_seen_next"),
+        "reference_landmarks": (("B", 68, 2), "reference_face", "reference_landmarks_next"),
     }
     from export.reference_face import neutral_face
 

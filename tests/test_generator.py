@@ -98,3 +98,45 @@ def test_wrong_window_length_is_refused():
     g = Generator(GeneratorConfig(lookahead_frames=2))
     with pytest.raises(ValueError, match="expected"):
         g(torch.zeros(1, 4 * 10, 26), torch.zeros(1, 68, 2), torch.zeros(1, 256), torch.zeros(1, 256), num_frames=10)
+
+
+def test_anchored_step_reproduces_sequence_form(speech):
+    """With the anchor and the reference input on, stepping still equals the sequence form."""
+    g = Generator(GeneratorConfig(lookahead_frames=2, anchor_rate=0.05, reference_input=True)).eval()
+    audio = _speech(speech).repeat(2, 1)
+    seq, stepped, _ = _run_both(g, audio)
+    assert (seq - stepped[:, 2:]).abs().max() <= 1e-5
+
+
+def test_anchor_bounds_drift_from_a_constant_velocity_bias(speech):
+    """A velocity bias b integrates without bound in the paper's update; the anchor holds it near b / a."""
+    torch.manual_seed(0)
+    bias = 1e-3
+    outs = {}
+    for rate in (0.0, 0.05):
+        g = Generator(GeneratorConfig(lookahead_frames=0, anchor_rate=rate)).eval()
+        with torch.no_grad():
+            for p in g.branches.velocity.parameters():
+                p.zero_()
+            g.branches.velocity.bias.fill_(bias / g.cfg.velocity_scale)  # every landmark moves +b per frame
+        x_ref = torch.full((1, 68, 2), 0.5)
+        h0, c0 = g.initial_lstm_state(1)
+        audio = _speech(speech)[:, : 640 * 200] if speech.shape[0] >= 640 * 200 else _speech(speech)
+        n = audio.shape[1] // 640
+        with torch.no_grad():
+            outs[rate] = g(g.mfcc(with_silence_context(audio)), x_ref, h0, c0, num_frames=n)
+        last_offset = (outs[rate][0, -1] - x_ref[0]).mean().item()
+        if rate == 0.0:
+            assert last_offset == pytest.approx(bias * n, rel=1e-3)
+        else:
+            assert last_offset <= bias / rate * 1.001
+            assert last_offset == pytest.approx(bias / rate * (1 - (1 - rate) ** n), rel=1e-3)
+
+
+def test_warm_start_from_a_generator_without_reference_input():
+    """load_compatible: the old network's outputs are unchanged after gaining (zero) reference columns."""
+    old = Generator(GeneratorConfig(lookahead_frames=0)).eval()
+    new = Generator(GeneratorConfig(lookahead_frames=0, reference_input=True)).eval()
+    assert new.load_compatible(old.state_dict()) == ["landmark_encoder.0.weight"]
+    x, ref = torch.rand(3, 68, 2), torch.rand(3, 68, 2)
+    torch.testing.assert_close(new._embed(x, ref), old._embed(x, ref), rtol=0, atol=1e-6)

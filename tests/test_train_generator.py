@@ -84,3 +84,16 @@ def test_msync_train_smoke_and_resume(shared_data, tmp_path):
     assert "resuming" in proc.stdout and "at step 2" in proc.stdout
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == 3 and result["val"]["finite"]
+    # A warm start: a new run (anchored, with the reference input) from this run's checkpoint and discriminators.
+    warm = tmp_path / "warm"
+    argv = [a if a != str(out) else str(warm) for a in base]
+    proc = subprocess.run(argv + ["--set", "steps=1", "--set", f"init_from={out / 'checkpoint'}",
+                                  "--set", "generator.anchor_rate=0.05", "--set", "generator.reference_input=true"],
+                          check=True, cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
+    assert "warm start from" in proc.stdout and "its discriminators" in proc.stdout
+    assert "adapted landmark_encoder.0.weight" in proc.stdout
+    warm_meta = json.loads((warm / "generator.json").read_text())
+    assert warm_meta["generator"]["anchor_rate"] == 0.05 and warm_meta["generator"]["reference_input"] is True
+    bad = subprocess.run(argv + ["--no-resume", "--set", "steps=1", "--set", f"init_from={tmp_path / 'nope'}"],
+                         cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
+    assert bad.returncode == 1 and "init_from: no checkpoint" in bad.stderr and "Traceback" not in bad.stderr

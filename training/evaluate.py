@@ -72,6 +72,8 @@ class EvalConfig:
         pca_variance: variance share kept by the face-shape PCA.
         max_clips: only the first N clips of the split (0 = all; tests).
         chunk_frames: frames per chunk of the long rollout.
+        render_seconds: write the first and last N seconds of every model's long rollout as MP4 videos with
+            their audio to OUT/videos/ (0 = none).
     """
 
     models: tuple[tuple[str, str], ...] = ()
@@ -91,6 +93,7 @@ class EvalConfig:
     max_clips: int = 0
     batch_size: int = 16
     chunk_frames: int = 1500
+    render_seconds: float = 0.0
     device: str = "auto"
     threads: int = 0
     splits: SplitConfig = SplitConfig()
@@ -174,6 +177,22 @@ def load_generator(name: str, path: str, device: str) -> LoadedModel:
 # ----------------------------------------------------------------------------------------------- generation
 
 
+def render_rollout(video_dir: Path, name: str, landmarks: np.ndarray, pcm: np.ndarray, seconds: float) -> list[str]:
+    """The first and last `seconds` of a rollout, (T, 68, 2) frames over their PCM, as MP4s; returns the paths."""
+    from training.render import render_video
+
+    n = min(int(round(seconds * FPS)), len(landmarks))
+    if n <= 0:
+        return []
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    paths = []
+    for label, a in (("first", 0), ("last", len(landmarks) - n)):
+        path = video_dir / f"{safe}_long_{label}_{seconds:g}s.mp4"
+        render_video(path, landmarks[a : a + n], pcm[a * SPF : (a + n) * SPF])
+        paths.append(str(path))
+    return paths
+
+
 def audio_window(pcm: np.ndarray, first_frame: int, num_frames: int, context: int = 352) -> np.ndarray:
     """PCM of landmark frames [first_frame, first_frame + num_frames) with `context` samples before, zeros
     outside the signal: (context + 640 · num_frames,) float32."""
@@ -241,6 +260,7 @@ def stream_rollout(m: LoadedModel, pcm: np.ndarray, x_ref: np.ndarray, seed: int
     ctx = G.frontend.context_samples
     out = np.empty((num_frames, 68, 2), dtype=np.float32)
     x = torch.from_numpy(np.asarray(x_ref, np.float32)[None]).to(device)
+    anchor = x
     h, c = initial_noise(G, [seed], device)
     bar = tqdm(total=num_frames, desc=desc, unit="frame", disable=not progress, mininterval=2.0)
     with torch.no_grad():
@@ -251,7 +271,7 @@ def stream_rollout(m: LoadedModel, pcm: np.ndarray, x_ref: np.ndarray, seed: int
             feats = G.branch_audio(G.audio_levels(G.mfcc(audio), valid))  # (1, G, C, W + n + L)
             frames = []
             for t in range(n):
-                x, h, c = G._advance(x, h, c, feats[..., W + t + L])
+                x, h, c = G._advance(x, anchor, h, c, feats[..., W + t + L])
                 frames.append(x)
             out[a : a + n] = torch.cat(frames).cpu().numpy()
             bar.update(n)
@@ -578,6 +598,7 @@ def evaluate(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> dict:
                 "centre_shift_last": float(np.nanmean(np.linalg.norm(x[-minute:].mean(1) - ref_centre, axis=-1))),
                 "step_equivalence_max_abs": equiv, "step_equivalence_frames": k,
                 "curves": drift_curves(x, space, long_x_ref),
+                "videos": render_rollout(out_dir / "videos", m.name, x, audio, cfg.render_seconds),
             }
 
     # ------------------------------------------------------------------ report
@@ -754,6 +775,10 @@ def render_markdown(result: dict) -> str:
                 f"({_num(r['velocity_ratio'], '{:.2f}')}) | {_num(r['scale_ratio_last'])} | "
                 f"{_num(r['centre_shift_last'])} | {_num(r['step_equivalence_max_abs'], '{:.1e}')} |")
         lines += ["", "Curves over time: `drift.png`."]
+        videos = [v for r in lr.values() for v in r.get("videos", [])]
+        if videos:
+            lines += ["", "Rendered (landmarks over the rollout's audio): "
+                      + ", ".join(f"`videos/{Path(v).name}`" for v in videos) + "."]
     c = result["checks"]
     lines += ["", "## Checks", "",
               f"- GT AV-Conf > static face, per level: {c['gt_conf_above_static_face']}",
@@ -854,6 +879,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences generated per forward")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = torch default)")
+    p.add_argument("--render-seconds", type=float, default=d.render_seconds,
+                   help="render the first and last N s of each long rollout to OUT/videos/*.mp4 (0 = none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -864,6 +891,7 @@ def run(args: argparse.Namespace) -> int:
                          rollout_frames=args.rollout_frames, long_rollout_minutes=args.long_rollout_minutes,
                          reference=args.reference, seed=args.seed, vshift=args.vshift, padding=args.padding,
                          max_clips=args.max_clips, batch_size=args.batch_size, device=args.device, threads=args.threads,
+                         render_seconds=args.render_seconds,
                          loudness=dataclasses.replace(LoudnessMouthConfig(), gain=args.loudness_gain))
         if cfg.seq_frames <= 0:
             raise ValueError("--seq-frames must be > 0 (whole-segment sequences have different lengths)")

@@ -64,6 +64,7 @@ class TrainGeneratorConfig:
     checkpoint_every: int = 500
     sample_every: int = 1000
     max_clips: int = 0
+    init_from: str = ""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,7 +77,11 @@ def run(args: argparse.Namespace) -> int:
     from training.config_io import load_config
 
     cfg = load_config(TrainGeneratorConfig, args.config, args.overrides)
-    result = GeneratorTrainer(cfg, Path(args.out)).run(resume=not args.no_resume, progress=not args.no_progress)
+    try:
+        result = GeneratorTrainer(cfg, Path(args.out)).run(resume=not args.no_resume, progress=not args.no_progress)
+    except FileNotFoundError as exc:  # missing data, syncers or warm-start checkpoint: say which, no traceback
+        print(f"msync train: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2))
     return 0
 
@@ -289,6 +294,26 @@ class GeneratorTrainer:
         save_optimizer(ck, self.opt_g)
         save_optimizer(self.out_dir / "discriminators", self.opt_d)
 
+    def warm_start(self, path: str) -> None:
+        """Start a fresh run from another run's generator checkpoint (and its discriminators when present).
+
+        `path` is a checkpoint stem (e.g. runs/generator/checkpoint). Optimiser state is not taken: a warm start
+        is a new run. A checkpoint without `reference_input` loads into a generator with it (zero new columns).
+        """
+        from training.checkpoint import load_state
+
+        ck = Path(path)
+        if not ck.with_suffix(".json").is_file():
+            raise FileNotFoundError(f"init_from: no checkpoint {ck}.json/.safetensors")
+        adapted = self.G.load_compatible({k: v.float() for k, v in load_state(ck, self.device).items()})
+        disc = ck.parent / "discriminators"
+        took_d = disc.with_suffix(".json").is_file()
+        if took_d:
+            self.D.load_state_dict(load_state(disc, self.device))
+        if self.is_main:
+            print(f"warm start from {ck}" + (" and its discriminators" if took_d else "")
+                  + (f"; adapted {', '.join(adapted)}" if adapted else ""))
+
     def try_resume(self) -> int:
         from training.checkpoint import load_meta, load_optimizer, load_state
 
@@ -312,6 +337,8 @@ class GeneratorTrainer:
         self._setup(progress)
         cfg = self.cfg
         step = self.try_resume() if resume else 0
+        if not step and cfg.init_from:
+            self.warm_start(cfg.init_from)
         if self.is_main:
             if step:
                 print(f"resuming from {self.out_dir / 'checkpoint'} at step {step}")

@@ -6,7 +6,13 @@ level with receptive fields of about 200 ms, 360 ms, 680 ms and 1.96 s; every le
 L landmark frames after the frame being produced (L = `lookahead_frames`). One branch per level maps
 [LSTM state | landmark embedding | level audio] to a velocity for every landmark and a mask logit per landmark;
 a softmax over branches, per landmark, merges the velocities, and x(t) = x(t-1) + v(t). The random initial
-LSTM state is the noise source; the caller gives the identity as the frame before the first one.
+LSTM state is the noise source; the caller gives the identity x_ref as the frame before the first one.
+
+Past the paper (drift): pure integration lets small velocity biases add up over minutes (a face that grows or
+slides away). With `anchor_rate` a > 0 every frame is also pulled back toward the identity,
+x(t) = x(t-1) + v(t) - a * (x(t-1) - x_ref), which bounds the deviation a constant bias can build to bias / a;
+with `reference_input` the landmark encoder also sees x(t-1) - x_ref, so the network knows the pull it has to
+counter to hold a pose. Both off reproduce the paper's update.
 
 Two forms with the same weights:
 - `forward` runs a whole window (training): audio convolutions in parallel, the recurrence frame by frame.
@@ -41,6 +47,9 @@ class GeneratorConfig:
         velocity_scale: fixed gain on the branch velocities (normalised units per frame), so that an untrained
             generator moves slowly.
         init_noise: "uniform" draws the initial LSTM state from U[0, 1) (the paper's noise source).
+        anchor_rate: per-frame pull of every landmark toward the reference face (0 = the paper's pure
+            integration; 0.05 = a time constant of 20 frames, 0.8 s).
+        reference_input: the landmark encoder reads [x(t-1), x(t-1) - x_ref] instead of x(t-1) alone.
     """
 
     num_landmarks: int = 68
@@ -57,10 +66,14 @@ class GeneratorConfig:
     branch_expansion: int = 2
     velocity_scale: float = 0.01
     init_noise: str = "uniform"
+    anchor_rate: float = 0.0
+    reference_input: bool = False
 
     def __post_init__(self) -> None:
         if self.lookahead_frames < 0:
             raise ValueError("lookahead_frames must be >= 0")
+        if not 0.0 <= self.anchor_rate < 1.0:
+            raise ValueError(f"anchor_rate must be in [0, 1), got {self.anchor_rate}")
         if not self.branch_levels or max(self.branch_levels) >= len(self.level_dilations):
             raise ValueError(f"branch_levels {self.branch_levels} must index level_dilations")
 
@@ -88,6 +101,7 @@ class StepState(NamedTuple):
     h, c: (B, lstm_hidden) LSTM state.
     prev_landmarks: (B, 68, 2) the last emitted frame (the reference face before the first one).
     frames_seen: (B, 1) float count of audio frames consumed, saturating at L (the look-ahead warm-up).
+    reference_landmarks: (B, 68, 2) the stream's identity x_ref, passed through unchanged (the anchor).
     """
 
     audio_carry: torch.Tensor
@@ -96,6 +110,7 @@ class StepState(NamedTuple):
     c: torch.Tensor
     prev_landmarks: torch.Tensor
     frames_seen: torch.Tensor
+    reference_landmarks: torch.Tensor
 
 
 class GroupedLinear(nn.Module):
@@ -157,7 +172,7 @@ class Generator(nn.Module):
             for d in dils:
                 self.blocks.append(ConvNeXtBlock1d(c, cfg.audio_kernel, d, cfg.audio_expansion, causal=True))
                 self.block_level.append(lvl)
-        d_lm = 2 * cfg.num_landmarks
+        d_lm = (4 if cfg.reference_input else 2) * cfg.num_landmarks
         e = cfg.landmark_embed
         self.landmark_encoder = nn.Sequential(
             nn.Linear(d_lm, e), nn.LayerNorm(e), nn.Linear(e, 2 * e), nn.GELU(), nn.Linear(2 * e, e))
@@ -198,15 +213,39 @@ class Generator(nn.Module):
         return torch.stack([levels[l] for l in self.cfg.branch_levels], dim=1)
 
     # --------------------------------------------------------------- temporal
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.landmark_encoder(((x - 0.5) * 4.0).flatten(1))
+    def _embed(self, x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+        feats = ((x - 0.5) * 4.0).flatten(1)
+        if self.cfg.reference_input:
+            # The offset from the identity, scaled like a typical expression/head move (~0.05) to unit range.
+            feats = torch.cat([feats, ((x - x_ref) * 20.0).flatten(1)], dim=1)
+        return self.landmark_encoder(feats)
 
-    def _advance(self, x_prev: torch.Tensor, h: torch.Tensor, c: torch.Tensor, audio: torch.Tensor):
-        """One landmark frame: x_prev (B,68,2), h/c (B,H), audio (B,G,C) -> (x, h, c)."""
-        emb = self._embed(x_prev)
+    def _advance(self, x_prev: torch.Tensor, x_ref: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+                 audio: torch.Tensor):
+        """One landmark frame: x_prev, x_ref (B,68,2), h/c (B,H), audio (B,G,C) -> (x, h, c)."""
+        emb = self._embed(x_prev, x_ref)
         h, c = self.lstm(emb, (h, c))
         v = self.branches(h, emb, audio) * self.cfg.velocity_scale
+        if self.cfg.anchor_rate > 0.0:
+            v = v - self.cfg.anchor_rate * (x_prev - x_ref)
         return x_prev + v, h, c
+
+    def load_compatible(self, state_dict: dict[str, torch.Tensor]) -> list[str]:
+        """Load weights of a generator trained without `reference_input` into one with it (warm start).
+
+        The landmark encoder's first layer gains zero columns for the reference offset, so the loaded network
+        computes what it computed before until training moves them. Returns the names of adapted tensors.
+        """
+        key = "landmark_encoder.0.weight"
+        adapted = []
+        w = state_dict.get(key)
+        own = self.state_dict()[key]
+        if w is not None and w.shape != own.shape and w.shape[1] * 2 == own.shape[1] and self.cfg.reference_input:
+            state_dict = dict(state_dict)
+            state_dict[key] = torch.cat([w, torch.zeros_like(w)], dim=1)
+            adapted.append(key)
+        self.load_state_dict(state_dict)
+        return adapted
 
     def initial_lstm_state(self, batch: int, generator: torch.Generator | None = None,
                            device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +278,7 @@ class Generator(nn.Module):
         x, h, c = x_ref, h0, c0
         out = []
         for t in range(num_frames):
-            x, h, c = self._advance(x, h, c, audio[..., warmup_frames + t + L])
+            x, h, c = self._advance(x, x_ref, h, c, audio[..., warmup_frames + t + L])
             out.append(x)
         return torch.stack(out, dim=1)
 
@@ -255,7 +294,8 @@ class Generator(nn.Module):
         return StepState(
             audio_carry=torch.zeros(b, self.frontend.context_samples, device=dev),
             conv_cache=torch.zeros(b, self.cfg.audio_channels, self.cfg.conv_cache_frames, device=dev),
-            h=h0, c=c0, prev_landmarks=x_ref, frames_seen=torch.zeros(b, 1, device=dev))
+            h=h0, c=c0, prev_landmarks=x_ref, frames_seen=torch.zeros(b, 1, device=dev),
+            reference_landmarks=x_ref)
 
     def step(self, audio_new: torch.Tensor, state: StepState) -> tuple[torch.Tensor, StepState]:
         """One 40 ms step.
@@ -285,14 +325,16 @@ class Generator(nn.Module):
             levels[lvl] = x
             offset += pad
         audio = torch.stack([levels[l][:, :, 0] for l in self.cfg.branch_levels], dim=1)  # (B, G, C)
-        x_new, h_new, c_new = self._advance(state.prev_landmarks, state.h, state.c, audio)
+        x_new, h_new, c_new = self._advance(state.prev_landmarks, state.reference_landmarks, state.h, state.c,
+                                            audio)
         # Until L frames of look-ahead have arrived there is no frame to emit: keep the landmark state still.
         ready = state.frames_seen >= self.cfg.lookahead_frames  # (B, 1)
         x_out = torch.where(ready[:, :, None], x_new, state.prev_landmarks)
         h_out = torch.where(ready, h_new, state.h)
         c_out = torch.where(ready, c_new, state.c)
         seen = torch.clamp(state.frames_seen + 1.0, max=float(self.cfg.lookahead_frames))
-        next_state = StepState(buf[:, -ctx:], torch.cat(caches, dim=2), h_out, c_out, x_out, seen)
+        next_state = StepState(buf[:, -ctx:], torch.cat(caches, dim=2), h_out, c_out, x_out, seen,
+                               state.reference_landmarks)
         return x_out, next_state
 
     def num_parameters(self) -> int:
