@@ -140,3 +140,30 @@ def test_warm_start_from_a_generator_without_reference_input():
     assert new.load_compatible(old.state_dict()) == ["landmark_encoder.0.weight"]
     x, ref = torch.rand(3, 68, 2), torch.rand(3, 68, 2)
     torch.testing.assert_close(new._embed(x, ref), old._embed(x, ref), rtol=0, atol=1e-6)
+
+
+def test_shape_prior_matches_the_eval_distance_and_pulls_shapes_back():
+    """ShapePrior.distance equals ShapeSpace.distance (the eval's plausibility test); its hinge is 0 for faces
+    inside the space and its gradient moves a scrambled face toward the space."""
+    import numpy as np
+
+    from test_evaluate import _shapes
+    from training.shape_prior import ShapePrior
+
+    train = _shapes(400, seed=1)
+    prior = ShapePrior.fit(train, quantile=99.0)
+    from training.metrics.dynamics import ShapeSpace
+
+    space = ShapeSpace.fit(train)
+    space.calibrate(train, 99.0)
+    test = _shapes(20, seed=2)
+    np.testing.assert_allclose(prior.distance(torch.tensor(test, dtype=torch.float32)).numpy(), space.distance(test),
+                               rtol=1e-3)
+    assert float(prior(torch.tensor(_shapes(50, seed=3), dtype=torch.float32))) < 0.05
+    bad = torch.tensor(test[:4] + np.random.default_rng(0).normal(scale=0.05, size=(4, 68, 2)) * test[:4].std(),
+                       dtype=torch.float32, requires_grad=True)
+    loss = prior(bad)
+    assert float(loss.detach()) > 0
+    loss.backward()
+    moved = (bad - 0.05 * bad.grad / bad.grad.norm()).detach()
+    assert float(prior(moved)) < float(loss.detach())

@@ -50,6 +50,8 @@ class TrainGeneratorConfig:
     sequence_weight: float = 1.0
     pair_weight: float = 1.0
     l2_weight: float = 0.01
+    shape_weight: float = 0.0
+    shape_quantile: float = 99.0
     lr_g: float = 2e-5
     lr_d: float = 1e-5
     beta1: float = 0.0
@@ -154,8 +156,13 @@ class GeneratorTrainer:
         allm = np.concatenate([mfcc_from_logmel(s.logmel.astype(np.float64)) for s in segs["train"]])
         self.G.mfcc_mean.copy_(torch.tensor(allm.mean(0), dtype=torch.float32))
         self.G.mfcc_std.copy_(torch.tensor(allm.std(0) + 1e-3, dtype=torch.float32))
-        ref = np.concatenate([s.landmarks for s in segs["train"]]).mean(axis=0)
-        self.reference_face = ref.astype(np.float32)
+        train_frames = np.concatenate([s.landmarks for s in segs["train"]])
+        self.reference_face = train_frames.mean(axis=0).astype(np.float32)
+        self.shape_prior = None
+        if cfg.shape_weight > 0:
+            from training.shape_prior import ShapePrior
+
+            self.shape_prior = ShapePrior.fit(train_frames, cfg.shape_quantile, seed=cfg.seed).to(self.device)
         self.D = Discriminators(cfg.discriminator).to(self.device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
@@ -223,12 +230,18 @@ class GeneratorTrainer:
                                              self.sync_mfcc(mfcc, cfg.seq_len), cfg.sync_levels)
         l2 = ((fake - real) ** 2).sum(-1).mean()
         loss_g = cfg.lambda_sync * sync + sum(weights[k] * v for k, v in adv.items()) + cfg.l2_weight * l2
+        shape = None
+        if self.shape_prior is not None:
+            shape = self.shape_prior(fake)
+            loss_g = loss_g + cfg.shape_weight * shape
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         torch.nn.utils.clip_grad_norm_(self.G.parameters(), cfg.grad_clip)
         self.opt_g.step()
         rec = {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()), "sync": float(sync.detach()),
                "l2": float(l2.detach())}
+        if shape is not None:
+            rec["shape"] = float(shape.detach())
         rec.update({f"adv_{k}": float(v.detach()) for k, v in adv.items()})
         rec.update({f"cos_l{k}": v for k, v in cosines.items()})
         return rec
@@ -258,6 +271,11 @@ class GeneratorTrainer:
                "finite": bool(torch.isfinite(fake).all())}
         rec.update({f"cos_l{k}": v for k, v in cos.items()})
         rec.update({f"cos_gt_l{k}": v for k, v in cos_gt.items()})
+        if self.shape_prior is not None:  # share of frames inside the training shape space (tau)
+            with torch.no_grad():
+                rec["plausible"] = float((self.shape_prior.distance(fake) <= self.shape_prior.threshold).float().mean())
+                rec["plausible_gt"] = float((self.shape_prior.distance(lm[:, 1:]) <= self.shape_prior.threshold)
+                                            .float().mean())
         return rec
 
     def render_sample(self, step: int) -> None:
