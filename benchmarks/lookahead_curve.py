@@ -63,10 +63,14 @@ def lookahead_of(checkpoint: str) -> int:
     return int(load_meta(resolve_generator(checkpoint))["generator"]["lookahead_frames"])
 
 
-def collect(eval_json: Path, steps: int) -> dict:
+def collect(eval_json: Path, steps: int, only: list[str] | None = None) -> dict:
     report = json.loads(eval_json.read_text())
+    models = [(n, c) for n, c in report["config"]["models"] if not only or n in only]
+    missing = sorted(set(only or []) - {n for n, _ in models})
+    if missing:
+        raise ValueError(f"{eval_json}: no model(s) {missing}; it has {[n for n, _ in report['config']['models']]}")
     rows = []
-    for name, checkpoint in report["config"]["models"]:
+    for name, checkpoint in models:
         m = report["methods"][name]
         L = lookahead_of(checkpoint)
         row = {
@@ -151,11 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", required=True, help="eval.json of an `msync eval` run over the look-ahead models")
     p.add_argument("--out", default="benchmarks/results", help="output directory")
     p.add_argument("--steps", type=int, default=1000, help="timed steps per model")
+    p.add_argument("--models", default="", help="comma list of the report's model names to use (default: all); "
+                                                "the other rows of the report should differ only in L")
     args = p.parse_args(argv)
     eval_json = Path(args.eval)
     if not eval_json.is_file():
         p.error(f"{eval_json}: no such eval report (run `msync eval --model L0=... --model L1=... --out DIR`)")
-    res = collect(eval_json, args.steps)
+    only = [m.strip() for m in args.models.split(",") if m.strip()] or None
+    try:
+        res = collect(eval_json, args.steps, only)
+    except ValueError as exc:
+        p.error(str(exc))
     write_report(args.out, "lookahead_curve", res, markdown(res))
     plot(res, Path(args.out) / "lookahead_curve.png")
     return 0

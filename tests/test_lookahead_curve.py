@@ -47,6 +47,12 @@ def test_curve_from_an_eval_report(shared_data, tmp_path):
     for r in rows:
         assert len(r["av_conf"]) == 4 and all(c == c for c in r["av_conf"])  # finite, from the report
         assert r["step"]["n"] == 20 and 0 < r["step"]["p50_ms"] <= r["step"]["p99_ms"]
+    only = tmp_path / "only"
+    assert main(["--eval", str(tmp_path / "eval" / "eval.json"), "--out", str(only), "--steps", "5",
+                 "--models", "L2"]) == 0
+    assert [r["model"] for r in json.loads((only / "lookahead_curve.json").read_text())["rows"]] == ["L2"]
+    with pytest.raises(SystemExit):
+        main(["--eval", str(tmp_path / "eval" / "eval.json"), "--models", "L7"])
     md = (out / "lookahead_curve.md").read_text()
     assert "| 0 | 40 |" in md and "| 2 | 120 |" in md
     assert (out / "lookahead_curve.png").stat().st_size > 0
