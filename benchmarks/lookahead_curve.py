@@ -3,7 +3,7 @@
 Input: an `msync eval` report (eval.json) that scored generators trained with different look-aheads (and
 otherwise the same config, e.g. `training/configs/lookahead_L*.json`). For every model in it this benchmark
 
-- reads L from the checkpoint,
+- reads L from the report (msync eval records each model's look-ahead),
 - computes the algorithmic latency: a frame can only be produced once the last audio it reads has arrived,
   (L + 1) x 40 ms after its first sample (the MFCC window adds nothing: the last MFCC frame of a landmark frame
   ends with it),
@@ -56,13 +56,6 @@ def time_step(checkpoint: str, steps: int, warmup: int = 50) -> dict:
     return summarise(samples)
 
 
-def lookahead_of(checkpoint: str) -> int:
-    from training.checkpoint import load_meta
-    from training.evaluate import resolve_generator
-
-    return int(load_meta(resolve_generator(checkpoint))["generator"]["lookahead_frames"])
-
-
 def collect(eval_json: Path, steps: int, only: list[str] | None = None) -> dict:
     report = json.loads(eval_json.read_text())
     models = [(n, c) for n, c in report["config"]["models"] if not only or n in only]
@@ -72,7 +65,7 @@ def collect(eval_json: Path, steps: int, only: list[str] | None = None) -> dict:
     rows = []
     for name, checkpoint in models:
         m = report["methods"][name]
-        L = lookahead_of(checkpoint)
+        L = int(report["meta"]["models"][name]["lookahead_frames"])  # msync eval read it from the checkpoint
         row = {
             "model": name, "checkpoint": checkpoint, "lookahead_frames": L,
             "algorithmic_latency_ms": (L + 1) * FRAME_MS,
@@ -88,8 +81,8 @@ def collect(eval_json: Path, steps: int, only: list[str] | None = None) -> dict:
         rows.append(row)
     rows.sort(key=lambda r: r["lookahead_frames"])
     gt = report["methods"]["ground truth"]
-    return {"eval": str(eval_json), "num_sequences": int(report["meta"]["num_sequences"]), "machine": machine_info(), "step_timing": f"ONNX Runtime CPU, batch 1, 1 thread, "
-            f"{steps} steps after 50 warm-up", "rows": rows,
+    return {"eval": str(eval_json), "num_sequences": int(report["meta"]["num_sequences"]), "machine": machine_info(),
+            "step_timing": f"ONNX Runtime CPU, batch 1, 1 thread, {steps} steps after 50 warm-up", "rows": rows,
             "ground_truth_av_conf": [lv["confidence"]["mean"] for lv in gt["levels"]],
             "static_face_av_conf": [lv["confidence"]["mean"] for lv in report["methods"]["static face"]["levels"]]}
 

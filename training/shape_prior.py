@@ -68,6 +68,10 @@ class ShapePrior(nn.Module):
         sq = (coef**2 / self.variances).sum(-1) + (resid**2).sum(-1) / self.residual_variance
         return torch.sqrt(sq + 1e-12)
 
+    def plausible(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., 68, 2) -> (...,) bool: distance within tau."""
+        return self.distance(x) <= self.threshold
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean hinge max(0, d / tau - 1) over all frames of (..., 68, 2)."""
         return torch.relu(self.distance(x) / self.threshold - 1.0).mean()

@@ -273,9 +273,8 @@ class GeneratorTrainer:
         rec.update({f"cos_gt_l{k}": v for k, v in cos_gt.items()})
         if self.shape_prior is not None:  # share of frames inside the training shape space (tau)
             with torch.no_grad():
-                rec["plausible"] = float((self.shape_prior.distance(fake) <= self.shape_prior.threshold).float().mean())
-                rec["plausible_gt"] = float((self.shape_prior.distance(lm[:, 1:]) <= self.shape_prior.threshold)
-                                            .float().mean())
+                rec["plausible"] = float(self.shape_prior.plausible(fake).float().mean())
+                rec["plausible_gt"] = float(self.shape_prior.plausible(lm[:, 1:]).float().mean())
         return rec
 
     def render_sample(self, step: int) -> None:
