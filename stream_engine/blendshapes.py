@@ -10,7 +10,11 @@ dimple, shrug, jaw forward) stay 0.
 the subject's right eye (points 36-41) to its left eye (42-47), y perpendicular (down the face), unit = the
 inter-ocular distance |p36 - p45|. So in-plane head roll, translation and scale do not leak into the weights.
 Each weight is ``clip((feature - feature_of_neutral) / span, 0, 1)``: the deviation of one feature from the same
-feature on the stream's neutral face (its reference face), over a calibrated full-scale span:
+feature on the stream's neutral face, over a calibrated full-scale span. The engine starts the neutral at the
+stream's reference face and lets it follow the face while the mouth is nearly closed, so
+a generated face whose rest differs from its reference (brows a little lower, chin a little aside) does not
+hold shapes at full weight (`SignalConfig.blendshape_neutral_s`, 3 s; the features are One-Euro filtered
+with the mouth's settings first):
 
 | blendshape | feature (face frame, / inter-ocular) |
 |---|---|
@@ -157,10 +161,16 @@ def arkit_blendshapes(landmarks: np.ndarray, neutral: np.ndarray, blink: np.ndar
     Raises:
         ValueError: wrong shapes, or gain <= 0.
     """
+    return blendshapes_from_features(face_features(landmarks), face_features(neutral), blink, gain)
+
+
+def blendshapes_from_features(feats: np.ndarray, neutral_feats: np.ndarray, blink: np.ndarray | float = 0.0,
+                              gain: float = 1.0) -> np.ndarray:
+    """`arkit_blendshapes` on precomputed `face_features` (..., F) against neutral features (F,) or (..., F);
+    lets a caller keep a running neutral (see `signals.SignalExtractor`)."""
     if gain <= 0:
         raise ValueError("gain must be positive")
-    feats = face_features(landmarks)
-    dev = feats - face_features(neutral)
+    dev = feats - neutral_feats
     out = np.zeros(feats.shape[:-1] + (len(ARKIT_NAMES),), dtype=np.float64)
 
     def put(name: str, value: np.ndarray) -> None:
