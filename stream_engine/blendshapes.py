@@ -22,7 +22,7 @@ with the mouth's settings first):
 | mouthClose | chin drop (y8 - y33) not matched by a lip gap: chin-drop weight - jawOpen |
 | mouthFunnel | mouth narrower than neutral (|48-54|) while open: narrowing x jawOpen share |
 | mouthPucker | mouth narrower than neutral while closed: narrowing x (1 - jawOpen share) |
-| mouthStretch L/R | mouth corner (54 left, 48 right) further out from the mouth centre along x |
+| mouthStretch L/R | mouth corner (54 left, 48 right) further out from the nose line (27, 33) along x |
 | mouthSmile L/R | corner higher than the mouth's vertical centre (mean y of 51 and 57), vs neutral |
 | mouthFrown L/R | corner lower than that centre, vs neutral |
 | mouthPress L/R | that side's lip thickness (|52-63| + |56-65| left, |50-61| + |58-67| right) thinner, lips closed |
@@ -74,17 +74,45 @@ _F = {name: i for i, name in enumerate(FEATURES)}
 #: Full-scale deviation of each feature (inter-ocular units), measured on real speakers (module docstring).
 #: Keys are "<feature>+" (increase) or "<feature>-" (decrease).
 SPANS: dict[str, float] = {
-    "gap+": 0.132, "chin_drop+": 0.143, "width-": 0.058, "width+": 0.061, "corner_out_l+": 0.031,
-    "corner_out_r+": 0.031, "corner_up_l+": 0.043, "corner_up_r+": 0.046, "corner_up_l-": 0.024,
+    "gap+": 0.132, "chin_drop+": 0.143, "width-": 0.058, "width+": 0.061, "corner_out_l+": 0.056,
+    "corner_out_r+": 0.044, "corner_up_l+": 0.043, "corner_up_r+": 0.046, "corner_up_l-": 0.024,
     "corner_up_r-": 0.021, "lip_thick_l-": 0.036, "lip_thick_r-": 0.036, "upper_thick-": 0.029,
     "lower_thick-": 0.017, "upper_lip_up_l-": 0.037, "upper_lip_up_r-": 0.039, "lower_lip_down_l+": 0.130,
-    "lower_lip_down_r+": 0.129, "mouth_x+": 0.043, "mouth_x-": 0.029, "jaw_x+": 0.050, "jaw_x-": 0.045,
+    "lower_lip_down_r+": 0.129, "mouth_x+": 0.043, "mouth_x-": 0.029, "jaw_x+": 0.050, "jaw_x-": 0.046,
     "brow_inner+": 0.061, "brow_outer_l+": 0.048, "brow_outer_r+": 0.052, "brow_mid_l-": 0.033,
-    "brow_mid_r-": 0.033,
+    "brow_mid_r-": 0.032,
 }
 
 _R_EYE = np.arange(36, 42)
 _L_EYE = np.arange(42, 48)
+_EYE_MEAN = np.zeros((68, 2))  # (right eye centre, left eye centre) = points.T @ _EYE_MEAN
+_EYE_MEAN[_R_EYE, 0] = 1.0 / 6.0
+_EYE_MEAN[_L_EYE, 1] = 1.0 / 6.0
+
+# Distances (point pairs) and linear coordinate combinations, each feature a weighted sum of them.
+_PAIRS = np.array([(61, 67), (62, 66), (63, 65), (48, 54), (52, 63), (56, 65), (50, 61), (58, 67), (51, 62), (57, 66)])
+_DIST_FEATURES = {"gap": {0: 1 / 3, 1: 1 / 3, 2: 1 / 3}, "width": {3: 1.0}, "lip_thick_l": {4: 1.0, 5: 1.0},
+                  "lip_thick_r": {6: 1.0, 7: 1.0}, "upper_thick": {8: 1.0}, "lower_thick": {9: 1.0}}
+# (axis, point) -> weight; axis 0 = x, 1 = y of the face frame.
+_LINEAR_FEATURES = {
+    "chin_drop": {(1, 8): 1.0, (1, 33): -1.0},
+    "corner_out_l": {(0, 54): 1.0, (0, 27): -0.5, (0, 33): -0.5}, "corner_out_r": {(0, 48): -1.0, (0, 27): 0.5, (0, 33): 0.5},
+    "corner_up_l": {(1, 51): 0.5, (1, 57): 0.5, (1, 54): -1.0}, "corner_up_r": {(1, 51): 0.5, (1, 57): 0.5, (1, 48): -1.0},
+    "upper_lip_up_l": {(1, 52): 1.0, (1, 33): -1.0}, "upper_lip_up_r": {(1, 50): 1.0, (1, 33): -1.0},
+    "lower_lip_down_l": {(1, 56): 1.0, (1, 33): -1.0}, "lower_lip_down_r": {(1, 58): 1.0, (1, 33): -1.0},
+    "mouth_x": {(0, 48): 0.5, (0, 54): 0.5, (0, 27): -0.5, (0, 33): -0.5}, "jaw_x": {(0, 8): 1.0, (0, 27): -1.0},
+    "brow_inner": {(1, 21): -0.5, (1, 22): -0.5}, "brow_outer_l": {(1, 26): -1.0}, "brow_outer_r": {(1, 17): -1.0},
+    "brow_mid_l": {(1, 24): -1.0}, "brow_mid_r": {(1, 19): -1.0},
+}
+_DIST_MATRIX = np.zeros((len(_PAIRS), len(FEATURES)))
+_LINEAR_MATRIX = np.zeros((136, len(FEATURES)))  # the face-frame points flattened as (x0, y0, x1, y1, ...)
+for _name, _terms in _DIST_FEATURES.items():
+    for _k, _v in _terms.items():
+        _DIST_MATRIX[_k, _F[_name]] = _v
+for _name, _terms in _LINEAR_FEATURES.items():
+    for (_axis, _point), _v in _terms.items():
+        _LINEAR_MATRIX[2 * _point + _axis, _F[_name]] = _v
+assert set(_DIST_FEATURES) | set(_LINEAR_FEATURES) == set(FEATURES)
 
 
 def face_frame(landmarks: np.ndarray) -> np.ndarray:
@@ -93,58 +121,38 @@ def face_frame(landmarks: np.ndarray) -> np.ndarray:
     p = np.asarray(landmarks, dtype=np.float64)
     if p.shape[-2:] != (68, 2):
         raise ValueError(f"landmarks must have shape (..., 68, 2), got {p.shape}")
-    right = p[..., _R_EYE, :].mean(axis=-2)
-    left = p[..., _L_EYE, :].mean(axis=-2)
-    origin = 0.5 * (right + left)
+    eyes = np.swapaxes(p, -1, -2) @ _EYE_MEAN  # (..., 2 coords, 2 eyes)
+    right, left = eyes[..., 0], eyes[..., 1]
     axis = left - right
-    axis = axis / np.maximum(np.linalg.norm(axis, axis=-1, keepdims=True), 1e-9)
-    iod = np.maximum(np.linalg.norm(p[..., 36, :] - p[..., 45, :], axis=-1), 1e-9)
-    rel = p - origin[..., None, :]
-    x = (rel * axis[..., None, :]).sum(-1)
-    y = rel[..., 0] * -axis[..., None, 1] + rel[..., 1] * axis[..., None, 0]  # axis rotated +90 degrees
-    return np.stack([x, y], axis=-1) / iod[..., None, None]
+    norm = np.sqrt((axis * axis).sum(-1, keepdims=True))
+    d = p[..., 36, :] - p[..., 45, :]
+    iod = np.maximum(np.sqrt((d * d).sum(-1)), 1e-9)[..., None, None]
+    cos, sin = (axis / np.maximum(norm, 1e-12))[..., 0:1], (axis / np.maximum(norm, 1e-12))[..., 1:2]
+    rot = np.stack([np.concatenate([cos, -sin], -1), np.concatenate([sin, cos], -1)], -2)  # columns: x, y axes
+    return ((p - (0.5 * (right + left))[..., None, :]) @ rot) / iod
 
 
 def face_features(landmarks: np.ndarray) -> np.ndarray:
     """(..., 68, 2) landmarks -> (..., len(FEATURES)) measurements in the face frame (inter-ocular units)."""
     f = face_frame(landmarks)
-    x, y = f[..., 0], f[..., 1]
-
-    def dist(a: int, b: int) -> np.ndarray:
-        return np.linalg.norm(f[..., a, :] - f[..., b, :], axis=-1)
-
-    centre_x = 0.5 * (x[..., 48] + x[..., 54])
-    centre_y = 0.5 * (y[..., 51] + y[..., 57])
-    out = [
-        (dist(61, 67) + dist(62, 66) + dist(63, 65)) / 3.0,           # gap
-        y[..., 8] - y[..., 33],                                       # chin_drop
-        dist(48, 54),                                                 # width
-        x[..., 54] - centre_x,                                        # corner_out_l
-        centre_x - x[..., 48],                                        # corner_out_r
-        centre_y - y[..., 54],                                        # corner_up_l (up = smaller y)
-        centre_y - y[..., 48],                                        # corner_up_r
-        dist(52, 63) + dist(56, 65),                                  # lip_thick_l
-        dist(50, 61) + dist(58, 67),                                  # lip_thick_r
-        dist(51, 62),                                                 # upper_thick
-        dist(57, 66),                                                 # lower_thick
-        y[..., 52] - y[..., 33],                                      # upper_lip_up_l (smaller = raised)
-        y[..., 50] - y[..., 33],                                      # upper_lip_up_r
-        y[..., 56] - y[..., 33],                                      # lower_lip_down_l
-        y[..., 58] - y[..., 33],                                      # lower_lip_down_r
-        centre_x - 0.5 * (x[..., 27] + x[..., 33]),                   # mouth_x (+ = towards the subject's left)
-        x[..., 8] - x[..., 27],                                       # jaw_x
-        -0.5 * (y[..., 21] + y[..., 22]),                             # brow_inner (height above the eye line)
-        -y[..., 26],                                                  # brow_outer_l
-        -y[..., 17],                                                  # brow_outer_r
-        -y[..., 24],                                                  # brow_mid_l
-        -y[..., 19],                                                  # brow_mid_r
-    ]
-    return np.stack(out, axis=-1)
+    d = f[..., _PAIRS[:, 0], :] - f[..., _PAIRS[:, 1], :]
+    dists = np.sqrt((d * d).sum(-1))
+    return dists @ _DIST_MATRIX + f.reshape(f.shape[:-2] + (136,)) @ _LINEAR_MATRIX
 
 
-def _w(dev: np.ndarray, key: str, gain: float) -> np.ndarray:
-    sign = 1.0 if key.endswith("+") else -1.0
-    return np.clip(sign * dev[..., _F[key[:-1]]] * gain / SPANS[key], 0.0, 1.0)
+# Direct shapes: (shape, feature, direction, span key); the combined ones are made from these in code.
+_DIRECT = [("jawOpen", "gap+"), ("mouthClose", "chin_drop+"), ("mouthFunnel", "width-"), ("mouthRollUpper", "upper_thick-"),
+           ("mouthRollLower", "lower_thick-"), ("mouthLeft", "mouth_x+"), ("mouthRight", "mouth_x-"),
+           ("jawLeft", "jaw_x+"), ("jawRight", "jaw_x-"), ("browInnerUp", "brow_inner+")]
+for _side, _s in (("Left", "l"), ("Right", "r")):
+    _DIRECT += [(f"mouthStretch{_side}", f"corner_out_{_s}+"), (f"mouthSmile{_side}", f"corner_up_{_s}+"),
+                (f"mouthFrown{_side}", f"corner_up_{_s}-"), (f"mouthPress{_side}", f"lip_thick_{_s}-"),
+                (f"mouthUpperUp{_side}", f"upper_lip_up_{_s}-"), (f"mouthLowerDown{_side}", f"lower_lip_down_{_s}+"),
+                (f"browOuterUp{_side}", f"brow_outer_{_s}+"), (f"browDown{_side}", f"brow_mid_{_s}-")]
+_D_SHAPE = np.array([ARKIT_INDEX[n] for n, _ in _DIRECT])
+_D_FEATURE = np.array([_F[k[:-1]] for _, k in _DIRECT])
+_D_SCALE = np.array([(1.0 if k.endswith("+") else -1.0) / SPANS[k] for _, k in _DIRECT])
+_I = ARKIT_INDEX
 
 
 def arkit_blendshapes(landmarks: np.ndarray, neutral: np.ndarray, blink: np.ndarray | float = 0.0,
@@ -170,38 +178,20 @@ def blendshapes_from_features(feats: np.ndarray, neutral_feats: np.ndarray, blin
     lets a caller keep a running neutral (see `signals.SignalExtractor`)."""
     if gain <= 0:
         raise ValueError("gain must be positive")
-    dev = feats - neutral_feats
-    out = np.zeros(feats.shape[:-1] + (len(ARKIT_NAMES),), dtype=np.float64)
-
-    def put(name: str, value: np.ndarray) -> None:
-        out[..., ARKIT_INDEX[name]] = value
-
-    jaw = _w(dev, "gap+", gain)
-    put("jawOpen", jaw)
-    put("mouthClose", np.clip(_w(dev, "chin_drop+", gain) - jaw, 0.0, 1.0))
-    narrow = _w(dev, "width-", gain)
-    put("mouthFunnel", narrow * jaw)
-    put("mouthPucker", narrow * (1.0 - jaw))
-    closed = 1.0 - jaw
-    for side, s in (("Left", "l"), ("Right", "r")):
-        put(f"mouthStretch{side}", _w(dev, f"corner_out_{s}+", gain) * (1.0 - _w(dev, f"corner_up_{s}+", gain)))
-        put(f"mouthSmile{side}", _w(dev, f"corner_up_{s}+", gain))
-        put(f"mouthFrown{side}", _w(dev, f"corner_up_{s}-", gain))
-        put(f"mouthPress{side}", _w(dev, f"lip_thick_{s}-", gain) * closed)
-        put(f"mouthUpperUp{side}", _w(dev, f"upper_lip_up_{s}-", gain))
-        put(f"mouthLowerDown{side}", _w(dev, f"lower_lip_down_{s}+", gain))
-        put(f"browOuterUp{side}", _w(dev, f"brow_outer_{s}+", gain))
-        put(f"browDown{side}", _w(dev, f"brow_mid_{s}-", gain))
-    put("mouthRollUpper", _w(dev, "upper_thick-", gain))
-    put("mouthRollLower", _w(dev, "lower_thick-", gain))
-    put("mouthLeft", _w(dev, "mouth_x+", gain))
-    put("mouthRight", _w(dev, "mouth_x-", gain))
-    put("jawLeft", _w(dev, "jaw_x+", gain))
-    put("jawRight", _w(dev, "jaw_x-", gain))
-    put("browInnerUp", _w(dev, "brow_inner+", gain))
-    b = np.clip(np.broadcast_to(np.asarray(blink, dtype=np.float64), feats.shape[:-1]), 0.0, 1.0)
-    put("eyeBlinkLeft", b)
-    put("eyeBlinkRight", b)
+    dev = np.asarray(feats, dtype=np.float64) - neutral_feats
+    out = np.zeros(dev.shape[:-1] + (len(ARKIT_NAMES),), dtype=np.float64)
+    out[..., _D_SHAPE] = np.clip(dev[..., _D_FEATURE] * (_D_SCALE * gain), 0.0, 1.0)
+    jaw = out[..., _I["jawOpen"]].copy()
+    out[..., _I["mouthClose"]] = np.clip(out[..., _I["mouthClose"]] - jaw, 0.0, 1.0)  # chin down, lips together
+    narrow = out[..., _I["mouthFunnel"]].copy()
+    out[..., _I["mouthFunnel"]] = narrow * jaw
+    out[..., _I["mouthPucker"]] = narrow * (1.0 - jaw)
+    for side in ("Left", "Right"):
+        out[..., _I[f"mouthStretch{side}"]] *= 1.0 - out[..., _I[f"mouthSmile{side}"]]
+        out[..., _I[f"mouthPress{side}"]] *= 1.0 - jaw
+    b = np.clip(np.broadcast_to(np.asarray(blink, dtype=np.float64), dev.shape[:-1]), 0.0, 1.0)
+    out[..., _I["eyeBlinkLeft"]] = b
+    out[..., _I["eyeBlinkRight"]] = b
     return out.astype(np.float32)
 
 
