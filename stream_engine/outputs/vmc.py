@@ -147,6 +147,7 @@ class VmcSink:
         self.choice = DriverChoice(cfg.stream, local_stream)
         self._t0 = time.monotonic()
         self._posed = False  # a non-rest pose was sent since the last rest pose
+        self._last_time_s = 0.0
 
     def send_frames(self, frames: Sequence[LandmarkFrame]) -> None:
         chosen = None
@@ -154,13 +155,15 @@ class VmcSink:
             if frame.signals is not None and self.choice.drives(frame.stream_id):
                 chosen = frame
         if chosen is not None:
-            for packet in vmc_packets(chosen.signals, self.cfg, chosen.pts_ns / 1e9):
+            self._last_time_s = chosen.pts_ns / 1e9
+            for packet in vmc_packets(chosen.signals, self.cfg, self._last_time_s):
                 self.udp.send(packet)
             self._posed = True
 
     def rest(self) -> None:
-        """Send the rest pose (mouth closed, eyes open, head centred)."""
-        for packet in vmc_packets(NEUTRAL_SIGNALS, self.cfg, time.monotonic() - self._t0):
+        """Send the rest pose (mouth closed, eyes open, head centred); /VMC/Ext/T never steps backwards."""
+        self._last_time_s = max(self._last_time_s + 0.04, time.monotonic() - self._t0)
+        for packet in vmc_packets(NEUTRAL_SIGNALS, self.cfg, self._last_time_s):
             self.udp.send(packet)
         self._posed = False
 
