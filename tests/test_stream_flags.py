@@ -97,3 +97,45 @@ def test_vmc_names_presets_reach_the_wire(preset, first):
     if preset == "arkit":
         assert names == list(ARKIT_NAMES)
         assert all(isinstance(m.params[1], float) for m in blend if m.address == "/VMC/Ext/Blend/Val")
+
+
+@pytest.mark.timeout(60)
+def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
+    """`--fast --wait-client`: the file starts only once a /frames client is connected, so a client that
+    connects 0.5 s after the server starts still receives every frame (ceil(duration * 25), tail included)."""
+    import asyncio
+    import dataclasses
+    import json
+    import math
+
+    import soundfile
+    from websockets.asyncio.client import connect
+
+    from fakes import speechlike
+    from stream_engine.stream import run_stream
+
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, speechlike(16000 * 2 + 100, seed=1), 16000)
+    cfg = config_from_args(_parser().parse_args(["--input", str(wav), "--fast", "--wait-client", "--port", "0",
+                                                 "--no-vmc", "--quiet", "--seed", "1"]))
+    cfg = dataclasses.replace(cfg, duration_s=30.0)
+
+    async def main():
+        ready = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(run_stream(cfg, ready))
+        server = await ready
+        await asyncio.sleep(0.5)  # a late client
+        frames = []
+        async with connect(f"ws://127.0.0.1:{server.port}/frames") as ws:
+            while not task.done():
+                try:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 5.0))
+                except (asyncio.TimeoutError, Exception):
+                    break
+                if msg.get("type") == "frame":
+                    frames.append(msg["index"])
+        assert await asyncio.wait_for(task, 10.0) == 0
+        return frames
+
+    frames = asyncio.run(main())
+    assert frames == list(range(math.ceil((2 * 16000 + 100) / 640)))
