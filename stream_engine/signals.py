@@ -120,11 +120,11 @@ NEUTRAL_SIGNALS = Signals(0.0, {v: 0.0 for v in VISEMES}, 0.0, HeadPose(), -120.
                           np.zeros(len(ARKIT_NAMES), dtype=np.float32))
 
 #: Blendshape features that opening the mouth moves (their neutral adapts only while the mouth is nearly closed).
-_OPENING_FEATURES = np.isin(FEATURES, ("gap", "chin_drop", "lower_lip_down_l", "lower_lip_down_r", "width",
+OPENING_FEATURES = np.isin(FEATURES, ("gap", "chin_drop", "lower_lip_down_l", "lower_lip_down_r", "width",
                                        "lip_thick_l", "lip_thick_r", "upper_thick", "lower_thick"))
 
 #: ARKit shapes closed by the silence gate together with the mouth.
-_GATED_SHAPES = np.array([ARKIT_INDEX[n] for n in ARKIT_NAMES if n.startswith(("jaw", "mouth"))])
+GATED_SHAPES = np.array([ARKIT_INDEX[n] for n in ARKIT_NAMES if n.startswith(("jaw", "mouth"))])
 
 
 def stream_seed(base_seed: int | None, stream_id: str) -> int | None:
@@ -269,12 +269,12 @@ def _dist(points: np.ndarray, a: int, b: int) -> float:
 
 
 # Point pairs measured for every frame, in one vectorised norm: inter-ocular, inner-lip gaps, mouth width, eyes.
-_PAIRS = np.array([(36, 45), (61, 67), (62, 66), (63, 65), (48, 54),
+MEASURED_PAIRS = np.array([(36, 45), (61, 67), (62, 66), (63, 65), (48, 54),
                    (37, 41), (38, 40), (36, 39), (43, 47), (44, 46), (42, 45)])
 
 
 def _pair_distances(points: np.ndarray) -> np.ndarray:
-    d = points[_PAIRS[:, 0]] - points[_PAIRS[:, 1]]
+    d = points[MEASURED_PAIRS[:, 0]] - points[MEASURED_PAIRS[:, 1]]
     return np.sqrt((d * d).sum(axis=1))
 
 
@@ -296,10 +296,10 @@ def _ear_from_distances(d: np.ndarray) -> float:
     return float(0.5 * (right + left))
 
 
-_RIGID = list(RIGID_POINTS)
-_MODEL_RIGID = MEAN_FACE_3D[_RIGID] * np.array([1.0, 1.0, -1.0])  # z away from the camera: right-handed, y down
+RIGID_INDEX = list(RIGID_POINTS)
+_MODEL_RIGID = MEAN_FACE_3D[RIGID_INDEX] * np.array([1.0, 1.0, -1.0])  # z away from the camera: right-handed, y down
 _MODEL_RIGID -= _MODEL_RIGID.mean(axis=0)
-_MODEL_PINV = np.linalg.pinv(_MODEL_RIGID)  # (3, n): the least-squares fit is one matrix product
+MODEL_RIGID_PINV = np.linalg.pinv(_MODEL_RIGID)  # (3, n): the least-squares fit is one matrix product
 
 
 def head_rotation(points: np.ndarray) -> np.ndarray:
@@ -308,8 +308,8 @@ def head_rotation(points: np.ndarray) -> np.ndarray:
     The rotation maps model axes (x right, y down, z away from the camera) to image axes (same convention);
     identity = a frontal face.
     """
-    image = np.asarray(points, dtype=np.float64)[_RIGID]
-    affine = _MODEL_PINV @ (image - image.mean(axis=0))  # image ~= model @ affine, affine (3, 2)
+    image = np.asarray(points, dtype=np.float64)[RIGID_INDEX]
+    affine = MODEL_RIGID_PINV @ (image - image.mean(axis=0))  # image ~= model @ affine, affine (3, 2)
     r1, r2 = affine[:, 0], affine[:, 1]
     r1 = r1 / max(math.sqrt(float(r1 @ r1)), 1e-12)
     r2 = r2 - r1 * float(r1 @ r2)
@@ -446,10 +446,10 @@ class SignalExtractor:
             if self._neutral_feats is None:
                 self._neutral_feats = face_features(self._neutral_face) if self._neutral_face is not None else feats
             else:  # the rest face: follow it (opening-driven features only while the mouth is nearly closed)
-                k = min(1.0, dt_s / cfg.blendshape_neutral_s) * np.where(_OPENING_FEATURES, openness < 0.3, 1.0)
+                k = min(1.0, dt_s / cfg.blendshape_neutral_s) * np.where(OPENING_FEATURES, openness < 0.3, 1.0)
                 self._neutral_feats = self._neutral_feats + (feats - self._neutral_feats) * k
             shapes = blendshapes_from_features(feats, self._neutral_feats, blink, cfg.blendshape_gain)
-            shapes[_GATED_SHAPES] *= gate
+            shapes[GATED_SHAPES] *= gate
         return Signals(mouth_open=mouth, visemes=visemes, blink=blink, head=head, audio_dbfs=float(audio_dbfs),
                        silent=silent, blendshapes=shapes)
 
@@ -470,7 +470,7 @@ class SignalExtractor:
         return False
 
     def _blink(self, d: np.ndarray, t_s: float, dt_s: float) -> float:
-        """Blink weight from the pair distances `d` (see `_PAIRS`) and/or the procedural schedule."""
+        """Blink weight from the pair distances `d` (see `MEASURED_PAIRS`) and/or the procedural schedule."""
         mode = self.cfg.blink_mode
         if mode == "off":
             return 0.0
