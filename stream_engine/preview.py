@@ -27,7 +27,7 @@ def require_pyav() -> None:
     try:
         import av  # noqa: F401
     except ImportError:
-        raise PreviewError("--video needs PyAV (FFmpeg bindings): pip install av  (or pip install 'msync[train]')") from None
+        raise PreviewError("--video needs PyAV (FFmpeg bindings): pip install av  (or pip install 'msync[video]')") from None
 
 
 def draw_face(points: np.ndarray, size: int = 256) -> np.ndarray:
