@@ -81,3 +81,22 @@ def test_configured_stream_is_the_only_driver(receiver):
     assert _mouths(receiver) == []
     sink.send_frames([_frame("b", 20.0, 2.0)])
     assert len(_mouths(receiver)) == 1
+
+
+def test_a_stalled_frame_of_the_driver_sends_the_rest_pose(receiver):
+    """Frames the engine makes from silence when the audio stops arriving (`stalled`) leave the avatar neutral."""
+    import dataclasses
+
+    sink = VmcSink(VmcConfig(targets=(f"127.0.0.1:{receiver.getsockname()[1]}",)), local_stream="main")
+    frame = _frame("main", 20.0, 1.0)
+    sink.send_frames([frame])
+    stalled = frame
+    if "stalled" in {f.name for f in dataclasses.fields(frame)}:
+        stalled = dataclasses.replace(frame, stalled=True)
+    else:  # this checkout's frames have no stall flag yet: the same object with the attribute set
+        class Stalled:
+            def __init__(self, f):
+                self.__dict__.update({k: getattr(f, k) for k in ("stream_id", "pts_ns", "signals")}, stalled=True)
+        stalled = Stalled(dataclasses.replace(frame, pts_ns=frame.pts_ns + 40_000_000))
+    sink.send_frames([stalled])
+    assert [a for a, _ in _mouths(receiver)][-1] == 0.0

@@ -156,7 +156,9 @@ class VmcSink:
                 chosen = frame
         if chosen is not None:
             self._last_time_s = chosen.pts_ns / 1e9
-            for packet in vmc_packets(chosen.signals, self.cfg, self._last_time_s):
+            # a frame the engine made from silence because the audio stopped arriving: the rest pose
+            signals = NEUTRAL_SIGNALS if getattr(chosen, "stalled", False) else chosen.signals
+            for packet in vmc_packets(signals, self.cfg, self._last_time_s):
                 self.udp.send(packet)
             self._posed = True
 
