@@ -15,7 +15,6 @@ NAME.md. Runs whichever `msync` is on PATH, so it also measures other checkouts.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys

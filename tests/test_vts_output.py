@@ -8,7 +8,6 @@ import os
 import stat
 import time
 
-import numpy as np
 import pytest
 
 from stream_engine.core import FrameTimings, LandmarkFrame
