@@ -14,6 +14,8 @@ import sys
 RUNTIME_COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("stream_engine.info", "Print the step contract of an exported model (`msync info MODEL [--json]`)."),
     "stream": ("stream_engine.stream", "Run the real-time engine: speech in, landmarks out over WebSocket/OSC/VMC."),
+    "animate": ("stream_engine.animate_cli", "Whole audio files to animations (landmarks, signals, ARKit "
+                "blendshapes; json/csv/npz; --video for an MP4 preview)."),
 }
 
 

@@ -34,6 +34,7 @@ from stream_engine.engine import EngineConfig
 from stream_engine.inputs import DEFAULT_SENTENCE
 from stream_engine.outputs.osc import OscConfig
 from stream_engine.outputs.vmc import VmcConfig
+from stream_engine.outputs.vts import VtsConfig
 from stream_engine.outputs.websocket import ServerConfig
 from stream_engine.signals import SignalConfig
 
@@ -80,6 +81,8 @@ class InputConfig:
         stream_id: id of the local stream.
         reference_face: 68-point JSON or image for the local stream ("" = the model's face).
         resample_quality: soxr quality for live inputs.
+        wait_client: with a file played faster than real time, start only once a WebSocket /frames client is
+            connected (so it misses no frame; `msync animate` writes a file's whole animation instead).
     """
 
     kind: str = "speech"
@@ -95,6 +98,7 @@ class InputConfig:
     stream_id: str = "main"
     reference_face: str = ""
     resample_quality: str = "HQ"
+    wait_client: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
@@ -122,6 +126,7 @@ class StreamConfig:
     server: ServerConfig = ServerConfig()
     vmc: VmcConfig = VmcConfig()
     osc: OscConfig = OscConfig()
+    vts: VtsConfig = VtsConfig()
     duration_s: float = 0.0
     latency_line: bool = True
     log_level: str = "warning"

@@ -6,10 +6,19 @@ the wall clock). Recipe (reference/ecosystem-and-protocols.md §1.6):
 - Scale: every distance is divided by the inter-ocular distance |p36 - p45| (rigid).
 - Mouth openness: mean inner-lip gap (|61-67| + |62-66| + |63-65|) / 3, mapped to [0, 1] through a per-stream
   adaptive range (generated landmarks have model- and speaker-specific ranges, so no constants).
-- Visemes A/I/U/E/O: a heuristic (to tune; not ground truth) from openness and mouth width relative to the
-  stream's running neutral width: spread -> I/E, rounding -> U/O, open and neutral -> A.
-- Blink: eye aspect ratio against the stream's running open-eye level, plus optional procedural blinks
-  (a speech model rarely blinks, and a rig that never blinks looks dead).
+- Visemes A/I/U/E/O: the mouth openness split by the mouth's shape, so that their sum *is* the openness (a VMC
+  avatar's mouth, which opens by the sum of its viseme blendshapes, carries the face's inner-lip gap): the
+  width relative to the stream's running neutral width gives spread s and rounding r (at most one non-zero);
+  A = o(1 - s - r), I = o s (1 - o), E = o s o, U = o r (1 - o), O = o r o. Spread with a small opening is I,
+  spread and open is E, rounded and nearly closed is U, rounded and open is O, open with a neutral width is A.
+- Blink: procedural blinks with human statistics by default (`blink_mode` "auto": intervals log-normal around
+  the geometric mean of `auto_blink_interval_s` (about 15 a minute), durations log-normal around
+  `auto_blink_duration_ms`, clipped to 100-400 ms; Bentivoglio et al. 1997 report 10-26 blinks a minute in
+  conversation), seeded per stream (`stream_seed`); "landmarks" measures the eye aspect ratio against the
+  stream's running open-eye level (a speech model's eye jitter makes that blink too often, see
+  ../shared/cases/blink-rate-high).
+- Blendshapes: ARKit-52 weights of the frame against the stream's neutral face (`blendshapes`), with
+  eyeBlinkLeft/Right = blink and the mouth shapes closed by the silence gate.
 - Head pose: a scaled-orthographic fit of a generic 3D face (rigid points only: upper jaw contour, nose, eye
   corners; no mouth, no chin, so speech does not leak into pitch), relative to the stream's reference face.
 - Smoothing: a One-Euro filter per channel; mouth closing in silence: a gate driven by the audio level of the
@@ -19,10 +28,13 @@ the wall clock). Recipe (reference/ecosystem-and-protocols.md §1.6):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from stream_engine.blendshapes import ARKIT_INDEX, ARKIT_NAMES, FEATURES, SUPPORTED, blendshapes_from_features, face_features
 
 # Generic 3D mean face in iBUG 68-point order (the OpenFace / dlib "wild face" model used by common head-pose
 # estimators), units ~mm, x to image right, y down, z towards the camera. Rounded to 0.1 mm.
@@ -70,7 +82,10 @@ class HeadPose:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Signals:
-    """Rig-ready values of one landmark frame. Weights are in [0, 1]."""
+    """Rig-ready values of one landmark frame. Weights are in [0, 1].
+
+    `blendshapes` is (52,) float32 in `blendshapes.ARKIT_NAMES` order (None when not derived).
+    """
 
     mouth_open: float
     visemes: dict[str, float]
@@ -78,6 +93,11 @@ class Signals:
     head: HeadPose
     audio_dbfs: float
     silent: bool
+    blendshapes: np.ndarray | None = None
+
+    def blendshape(self, name: str) -> float:
+        """One ARKit weight by name (0.0 when blendshapes were not derived)."""
+        return 0.0 if self.blendshapes is None else float(self.blendshapes[ARKIT_INDEX[name]])
 
     def as_vector(self) -> list[float]:
         """Python floats in `SIGNAL_NAMES` order."""
@@ -91,10 +111,29 @@ class Signals:
                 "blink": round(float(self.blink), 4),
                 "head": {"yaw_deg": round(float(self.head.yaw_deg), 3), "pitch_deg": round(float(self.head.pitch_deg), 3),
                          "roll_deg": round(float(self.head.roll_deg), 3)},
-                "audio_dbfs": round(float(self.audio_dbfs), 2), "silent": bool(self.silent)}
+                "audio_dbfs": round(float(self.audio_dbfs), 2), "silent": bool(self.silent),
+                **({"blendshapes": {n: round(float(self.blendshapes[ARKIT_INDEX[n]]), 4) for n in SUPPORTED}}
+                   if self.blendshapes is not None else {})}
 
 
-NEUTRAL_SIGNALS = Signals(0.0, {v: 0.0 for v in VISEMES}, 0.0, HeadPose(), -120.0, True)
+NEUTRAL_SIGNALS = Signals(0.0, {v: 0.0 for v in VISEMES}, 0.0, HeadPose(), -120.0, True,
+                          np.zeros(len(ARKIT_NAMES), dtype=np.float32))
+
+#: Blendshape features that opening the mouth moves (their neutral adapts only while the mouth is nearly closed).
+OPENING_FEATURES = np.isin(FEATURES, ("gap", "chin_drop", "lower_lip_down_l", "lower_lip_down_r", "width",
+                                       "lip_thick_l", "lip_thick_r", "upper_thick", "lower_thick"))
+
+#: ARKit shapes closed by the silence gate together with the mouth.
+GATED_SHAPES = np.array([ARKIT_INDEX[n] for n in ARKIT_NAMES if n.startswith(("jaw", "mouth"))])
+
+
+def stream_seed(base_seed: int | None, stream_id: str) -> int | None:
+    """A per-stream seed that is the same in every process (Python's `hash` of a string is not): blake2b of
+    "base:stream_id", 63 bits. None when `base_seed` is None (fresh randomness)."""
+    if base_seed is None:
+        return None
+    digest = hashlib.blake2b(f"{int(base_seed)}:{stream_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +160,17 @@ class SignalConfig:
         silence_dbfs: frames whose audio (own and look-ahead) stays below this level count as silent.
         silence_hold_ms: silence must last this long before the mouth is closed.
         silence_release_ms: time constant of the closing (speech reopens at once).
-        blink_mode: "landmarks" (eye aspect ratio), "auto" (procedural), "both" (max of the two) or "off".
-        auto_blink_interval_s: range of the random interval between procedural blinks.
-        auto_blink_duration_ms: length of one procedural blink.
+        blink_mode: "auto" (procedural, human statistics), "landmarks" (eye aspect ratio), "both" (max of the
+            two) or "off".
+        auto_blink_interval_s: (low, high) of the interval between procedural blinks; intervals are
+            log-normal (sigma 0.5) around the geometric mean of the two, clipped to them.
+        auto_blink_duration_ms: median length of one procedural blink (log-normal, sigma 0.25, clipped to
+            100-400 ms).
+        blendshapes: derive the ARKit-52 weights (`Signals.blendshapes`).
+        blendshape_gain: > 1 reaches full weight with smaller movements (generated faces move less than the
+            real speakers the spans were calibrated on).
+        blendshape_neutral_s: time constant with which the blendshapes' neutral face (starting at the reference
+            face) follows the face while the mouth is nearly closed.
         head_relative_to_reference: report head angles relative to the stream's reference face.
         max_head_deg: clamp of every head angle.
     """
@@ -137,9 +184,12 @@ class SignalConfig:
     silence_dbfs: float = -50.0
     silence_hold_ms: float = 120.0
     silence_release_ms: float = 60.0
-    blink_mode: str = "both"
-    auto_blink_interval_s: tuple[float, float] = (2.5, 6.0)
-    auto_blink_duration_ms: float = 150.0
+    blink_mode: str = "auto"
+    auto_blink_interval_s: tuple[float, float] = (2.0, 8.0)
+    auto_blink_duration_ms: float = 180.0
+    blendshapes: bool = True
+    blendshape_gain: float = 1.0
+    blendshape_neutral_s: float = 3.0
     head_relative_to_reference: bool = True
     max_head_deg: float = 45.0
 
@@ -149,6 +199,8 @@ class SignalConfig:
         lo, hi = self.auto_blink_interval_s
         if not 0 < lo <= hi:
             raise ValueError("auto_blink_interval_s must be (low, high) with 0 < low <= high")
+        if self.blendshape_gain <= 0 or self.blendshape_neutral_s <= 0:
+            raise ValueError("blendshape_gain and blendshape_neutral_s must be positive")
 
 
 class OneEuroFilter:
@@ -217,12 +269,12 @@ def _dist(points: np.ndarray, a: int, b: int) -> float:
 
 
 # Point pairs measured for every frame, in one vectorised norm: inter-ocular, inner-lip gaps, mouth width, eyes.
-_PAIRS = np.array([(36, 45), (61, 67), (62, 66), (63, 65), (48, 54),
+MEASURED_PAIRS = np.array([(36, 45), (61, 67), (62, 66), (63, 65), (48, 54),
                    (37, 41), (38, 40), (36, 39), (43, 47), (44, 46), (42, 45)])
 
 
 def _pair_distances(points: np.ndarray) -> np.ndarray:
-    d = points[_PAIRS[:, 0]] - points[_PAIRS[:, 1]]
+    d = points[MEASURED_PAIRS[:, 0]] - points[MEASURED_PAIRS[:, 1]]
     return np.sqrt((d * d).sum(axis=1))
 
 
@@ -244,10 +296,10 @@ def _ear_from_distances(d: np.ndarray) -> float:
     return float(0.5 * (right + left))
 
 
-_RIGID = list(RIGID_POINTS)
-_MODEL_RIGID = MEAN_FACE_3D[_RIGID] * np.array([1.0, 1.0, -1.0])  # z away from the camera: right-handed, y down
+RIGID_INDEX = list(RIGID_POINTS)
+_MODEL_RIGID = MEAN_FACE_3D[RIGID_INDEX] * np.array([1.0, 1.0, -1.0])  # z away from the camera: right-handed, y down
 _MODEL_RIGID -= _MODEL_RIGID.mean(axis=0)
-_MODEL_PINV = np.linalg.pinv(_MODEL_RIGID)  # (3, n): the least-squares fit is one matrix product
+MODEL_RIGID_PINV = np.linalg.pinv(_MODEL_RIGID)  # (3, n): the least-squares fit is one matrix product
 
 
 def head_rotation(points: np.ndarray) -> np.ndarray:
@@ -256,8 +308,8 @@ def head_rotation(points: np.ndarray) -> np.ndarray:
     The rotation maps model axes (x right, y down, z away from the camera) to image axes (same convention);
     identity = a frontal face.
     """
-    image = np.asarray(points, dtype=np.float64)[_RIGID]
-    affine = _MODEL_PINV @ (image - image.mean(axis=0))  # image ~= model @ affine, affine (3, 2)
+    image = np.asarray(points, dtype=np.float64)[RIGID_INDEX]
+    affine = MODEL_RIGID_PINV @ (image - image.mean(axis=0))  # image ~= model @ affine, affine (3, 2)
     r1, r2 = affine[:, 0], affine[:, 1]
     r1 = r1 / max(math.sqrt(float(r1 @ r1)), 1e-12)
     r2 = r2 - r1 * float(r1 @ r2)
@@ -316,7 +368,7 @@ class SignalExtractor:
     Args:
         cfg: `SignalConfig`.
         reference_face: (68, 2) the stream's neutral face (head angles are reported relative to it).
-        seed: procedural-blink randomness (deterministic per stream).
+        seed: procedural-blink randomness (deterministic per stream; derive it with `stream_seed`).
     """
 
     def __init__(self, cfg: SignalConfig = SignalConfig(), reference_face: np.ndarray | None = None,
@@ -324,20 +376,25 @@ class SignalExtractor:
         self.cfg = cfg
         self._rng = np.random.default_rng(seed)
         self._neutral_rotation = np.eye(3)
+        self._neutral_face = None if reference_face is None else np.asarray(reference_face, dtype=np.float64)
+        self._neutral_feats: np.ndarray | None = None
         if reference_face is not None and cfg.head_relative_to_reference:
             self._neutral_rotation = head_rotation(np.asarray(reference_face, dtype=np.float64))
         self._open_range = AdaptiveRange(cfg.mouth_min_span, cfg.range_decay_s)
         self._width_neutral: float | None = None
         self._width_dev = cfg.width_min_span
         self._eye_open: float | None = None
-        # mouth, A I U E O, yaw pitch roll: one filter pass, each group with its own settings
-        self._filter = OneEuroFilter([cfg.mouth_filter] + [cfg.viseme_filter] * 5 + [cfg.head_filter] * 3)
+        # mouth, spread, rounding, yaw pitch roll: one filter pass, each group with its own settings
+        self._filter = OneEuroFilter([cfg.mouth_filter] + [cfg.viseme_filter] * 2 + [cfg.head_filter] * 3)
+        self._feature_filter = OneEuroFilter(cfg.mouth_filter)  # blendshape features (jitter of generated faces)
         self._next_blink_s: float | None = None
+        self._blink_duration_s = cfg.auto_blink_duration_ms / 1e3
         self.reset()
 
     def reset(self) -> None:
         """A new epoch (reset/flush): restart filters and the silence gate; learnt ranges are kept."""
         self._filter.reset()
+        self._feature_filter.reset()
         self._last_t_s: float | None = None
         self._silent_since_s: float | None = None
         self._gate = 1.0
@@ -371,29 +428,30 @@ class SignalExtractor:
                               abs(dev))
         spread = min(1.0, max(0.0, dev / self._width_dev))
         rounding = min(1.0, max(0.0, -dev / self._width_dev))
-        raw = [
-            openness * (1.0 - rounding) * (1.0 - spread),  # A: open, neutral width
-            spread * (1.0 - openness),                      # I: spread, narrow opening
-            rounding * (1.0 - openness),                    # U: rounded, nearly closed
-            spread * openness,                              # E: spread and open
-            rounding * openness,                            # O: rounded and open
-        ]
-        total = sum(raw)
-        if total > 1.0:
-            raw = [v / total for v in raw]
         r = head_rotation(pts) @ self._neutral_rotation.T
         pose = rotation_to_pose(r)
 
-        out = self._filter(np.array([openness, *raw, pose.yaw_deg, pose.pitch_deg, pose.roll_deg]), t_s)
+        out = self._filter(np.array([openness, spread, rounding, pose.yaw_deg, pose.pitch_deg, pose.roll_deg]), t_s)
         level = max(audio_dbfs, audio_ahead_dbfs if audio_ahead_dbfs is not None else -200.0)
         silent = self._silence(t_s, dt_s, level)
         gate = self._gate
         mouth = min(1.0, max(0.0, float(out[0]))) * gate
-        visemes = {v: min(1.0, max(0.0, float(w))) * gate for v, w in zip(VISEMES, out[1:6])}
+        visemes = dict(zip(VISEMES, viseme_weights(mouth, float(out[1]), float(out[2]))))
         lim = cfg.max_head_deg
-        head = HeadPose(*(min(lim, max(-lim, float(a))) for a in out[6:9]))
-        return Signals(mouth_open=mouth, visemes=visemes, blink=self._blink(d, t_s, dt_s), head=head,
-                       audio_dbfs=float(audio_dbfs), silent=silent)
+        head = HeadPose(*(min(lim, max(-lim, float(a))) for a in out[3:6]))
+        blink = self._blink(d, t_s, dt_s)
+        shapes = None
+        if cfg.blendshapes:
+            feats = self._feature_filter(face_features(pts), t_s)
+            if self._neutral_feats is None:
+                self._neutral_feats = face_features(self._neutral_face) if self._neutral_face is not None else feats
+            else:  # the rest face: follow it (opening-driven features only while the mouth is nearly closed)
+                k = min(1.0, dt_s / cfg.blendshape_neutral_s) * np.where(OPENING_FEATURES, openness < 0.3, 1.0)
+                self._neutral_feats = self._neutral_feats + (feats - self._neutral_feats) * k
+            shapes = blendshapes_from_features(feats, self._neutral_feats, blink, cfg.blendshape_gain)
+            shapes[GATED_SHAPES] *= gate
+        return Signals(mouth_open=mouth, visemes=visemes, blink=blink, head=head, audio_dbfs=float(audio_dbfs),
+                       silent=silent, blendshapes=shapes)
 
     def _silence(self, t_s: float, dt_s: float, level_dbfs: float) -> bool:
         """Update the mouth gate: 1 while speech is present, decaying to 0 after `silence_hold_ms` of silence."""
@@ -412,7 +470,7 @@ class SignalExtractor:
         return False
 
     def _blink(self, d: np.ndarray, t_s: float, dt_s: float) -> float:
-        """Blink weight from the pair distances `d` (see `_PAIRS`) and/or the procedural schedule."""
+        """Blink weight from the pair distances `d` (see `MEASURED_PAIRS`) and/or the procedural schedule."""
         mode = self.cfg.blink_mode
         if mode == "off":
             return 0.0
@@ -429,15 +487,37 @@ class SignalExtractor:
             value = max(value, self._auto_blink(t_s))
         return value
 
-    def _auto_blink(self, t_s: float) -> float:
+    def _draw_interval_s(self) -> float:
         lo, hi = self.cfg.auto_blink_interval_s
+        return float(np.clip(math.sqrt(lo * hi) * math.exp(0.5 * float(self._rng.standard_normal())), lo, hi))
+
+    def _auto_blink(self, t_s: float) -> float:
+        hi = self.cfg.auto_blink_interval_s[1]
         if self._next_blink_s is None or t_s < self._next_blink_s - hi:  # first call, or time went backwards
-            self._next_blink_s = t_s + float(self._rng.uniform(lo, hi))
-        duration_s = self.cfg.auto_blink_duration_ms / 1e3
-        phase = (t_s - self._next_blink_s) / duration_s
+            self._next_blink_s = t_s + self._draw_interval_s()
+        phase = (t_s - self._next_blink_s) / self._blink_duration_s
         if phase < 0:
             return 0.0
         if phase >= 1.0:
-            self._next_blink_s = t_s + float(self._rng.uniform(lo, hi))
+            self._next_blink_s = t_s + self._draw_interval_s()
+            median_s = self.cfg.auto_blink_duration_ms / 1e3
+            self._blink_duration_s = float(np.clip(median_s * math.exp(0.25 * float(self._rng.standard_normal())),
+                                                   0.1, 0.4))
             return 0.0
-        return float(1.0 - abs(2.0 * phase - 1.0))  # a triangle: close, then open
+        # closing takes the first 40 % of the blink, opening the rest (the lid reopens more slowly)
+        return float(phase / 0.4 if phase < 0.4 else (1.0 - phase) / 0.6)
+
+
+def viseme_weights(openness: float, spread: float, rounding: float) -> tuple[float, float, float, float, float]:
+    """(A, I, U, E, O) that split `openness` by the mouth's shape; their sum is `openness` (module docstring).
+
+    Args:
+        openness: mouth openness in [0, 1]; spread, rounding: width above / below the neutral width, in [0, 1]
+            (at most one is non-zero; if both are given, they are scaled so that s + r <= 1).
+    """
+    o = min(1.0, max(0.0, openness))
+    s = min(1.0, max(0.0, spread))
+    r = min(1.0, max(0.0, rounding))
+    if s + r > 1.0:
+        s, r = s / (s + r), r / (s + r)
+    return (o * (1.0 - s - r), o * s * (1.0 - o), o * r * (1.0 - o), o * s * o, o * r * o)

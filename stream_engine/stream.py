@@ -67,7 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels", type=int, help="microphone capture channels (default: up to 2, downmixed)")
     g.add_argument("--stdin-format", metavar="FMT", help="raw PCM on stdin as dtype:rate:channels "
                    "(s16le|s32le|f32le), default s16le:16000:1")
-    g.add_argument("--fast", action="store_true", help="play files as fast as possible instead of in real time")
+    g.add_argument("--fast", action="store_true", help="play files as fast as possible instead of in real time "
+                   "(for a file's whole animation use `msync animate`)")
+    g.add_argument("--wait-client", action="store_true", help="start the file only once a WebSocket /frames "
+                   "client is connected, so it misses no frame")
     g.add_argument("--speed", type=float, help="real-time multiplier for files")
     g.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None, help="repeat the file/sentence")
     g.add_argument("--stream-id", help="id of the local stream (default main)")
@@ -79,9 +82,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vmc", action="append", metavar="HOST:PORT", help="VMC target (repeatable; default "
                    "127.0.0.1:39539)")
     g.add_argument("--no-vmc", action="store_true", help="do not send VMC")
-    g.add_argument("--vmc-names", choices=["vrm0", "vrm1"], help="blendshape names on the wire")
+    g.add_argument("--vmc-names", choices=["vrm0", "vrm1", "arkit"], help="blendshape names on the wire: VRM0 "
+                   "presets (A I U E O Blink), VRM1 (aa ih ou ee oh blink) or the 52 ARKit blendshapes (perfect sync)")
+    g.add_argument("--vmc-stream", metavar="ID", help="the stream that drives the VMC/VTube Studio avatar "
+                   "(default: the local input's, else the first stream with a frame)")
     g.add_argument("--vmc-mirror", action="store_true", help="mirror head yaw/roll for VMC")
     g.add_argument("--osc", action="append", metavar="HOST:PORT", help="raw-landmark OSC target (repeatable)")
+    g.add_argument("--vts", nargs="?", const="ws://127.0.0.1:8001", metavar="URL", help="drive a VTube Studio "
+                   "model as a plugin (default URL ws://127.0.0.1:8001; allow the plugin in VTube Studio once)")
+    g.add_argument("--vts-token-file", metavar="FILE", help="where the VTube Studio token is kept (default "
+                   "~/.config/msync/vts_token.json, mode 0600)")
+    g.add_argument("--vts-log", metavar="FILE", help="append the VTube Studio session log (JSON lines) to FILE")
     g = p.add_argument_group("run")
     g.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     g.add_argument("--seed", type=int, help="seed of the model's per-stream noise")
@@ -121,6 +132,20 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         overrides["vmc.enabled"] = True
     if args.vmc_mirror:
         overrides["vmc.mirror"] = True
+    if args.vmc_names:
+        overrides["vmc.blend_names"] = args.vmc_names
+    if args.vmc_stream:
+        overrides["vmc.stream"] = args.vmc_stream
+        overrides["vts.stream"] = args.vmc_stream
+    if args.vts:
+        overrides["vts.enabled"] = True
+        overrides["vts.url"] = args.vts
+    if args.vts_token_file:
+        overrides["vts.token_file"] = args.vts_token_file
+    if args.vts_log:
+        overrides["vts.log_file"] = args.vts_log
+    if args.wait_client:
+        overrides["input.wait_client"] = True
     if args.osc:
         overrides["osc.targets"] = tuple(args.osc)
         overrides["osc.enabled"] = True
@@ -243,6 +268,7 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
     from stream_engine.inputs import InputError
     from stream_engine.outputs.osc import OscSink
     from stream_engine.outputs.vmc import VmcSink
+    from stream_engine.outputs.vts import VtsSink
     from stream_engine.outputs.websocket import WebSocketServer
     from stream_engine.session import ReferenceFaceError, load_reference_face
 
@@ -264,8 +290,11 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
         raise StreamError(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc} "
                           "(use --port to pick another)") from None
     engine.add_sink(server)
+    local = cfg.input.stream_id if source is not None else None
     if cfg.vmc.enabled:
-        engine.add_sink(VmcSink(cfg.vmc))
+        engine.add_sink(VmcSink(cfg.vmc, local_stream=local))
+    if cfg.vts.enabled:
+        engine.add_sink(VtsSink(cfg.vts, local_stream=local))
     if cfg.osc.enabled:
         engine.add_sink(OscSink(cfg.osc))
     stop = asyncio.Event()
@@ -278,6 +307,12 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
         outputs.append("VMC " + ", ".join(cfg.vmc.targets))
     if cfg.osc.enabled:
         outputs.append("OSC " + ", ".join(cfg.osc.targets))
+    if cfg.vts.enabled:
+        outputs.append(f"VTube Studio {cfg.vts.url}")
+    if cfg.input.kind == "file" and not cfg.input.realtime and not cfg.input.wait_client:
+        print("msync stream: --fast plays the file as fast as the engine goes: WebSocket clients that connect "
+              "later miss its first frames (add --wait-client, or use `msync animate FILE` for the whole "
+              "animation)", file=sys.stderr)
     print(f"msync stream: model {getattr(runner.contract, 'model_version', '?')} (L={engine.core.lookahead_frames}, "
           f"algorithmic latency {engine.algorithmic_latency_ms:.0f} ms); input {cfg.input.kind}"
           f"{' ' + cfg.input.path if cfg.input.kind == 'file' else ''}; " + "; ".join(outputs), file=sys.stderr)
@@ -286,7 +321,10 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
         if ready is not None and not ready.done():
             ready.set_result(server)
         input_task = None
-        if source is not None:
+        if source is not None and cfg.input.wait_client:
+            print(f"msync stream: waiting for a WebSocket /frames client on {server.url} ...", file=sys.stderr)
+            await _wait_for_client(server, stop)
+        if source is not None and not stop.is_set():
             engine.open_stream(cfg.input.stream_id, reference, source=cfg.input.kind)
             input_task = engine.spawn(source.run(engine, cfg.input.stream_id), name="msync-input")
             input_task.add_done_callback(lambda t: stop.set())
@@ -310,6 +348,20 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(sig)
     return exit_code
+
+
+async def _wait_for_client(server, stop: asyncio.Event, poll_s: float = 0.02) -> None:
+    """Until the WebSocket server has a frames client (or `stop` is set)."""
+    while not stop.is_set() and not _frame_clients(server):
+        await asyncio.sleep(poll_s)
+
+
+def _frame_clients(server) -> int:
+    """Connected /frames clients of the WebSocket server (its `frame_clients` count, or its client set)."""
+    count = getattr(server, "frame_clients", None)
+    if count is not None:
+        return int(count() if callable(count) else count)
+    return len(getattr(server, "_clients", ()))
 
 
 async def _latency_line(engine, period_s: float = 1.0) -> None:

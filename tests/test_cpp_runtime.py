@@ -29,7 +29,7 @@ from export_helpers import exported_model  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 HEADERS = REPO / "third_party" / "ortdev" / "usr" / "include" / "onnxruntime" / "onnxruntime_cxx_api.h"
 CTESTS = ("native_unit_tests", "cli_help", "native_reference", "parity_wav_s16_seed", "parity_raw_f32_stdin_face",
-          "parity_wav_f32_initial_state", "parity_raw_s16_file_csv", "errors", "bench_mode")
+          "parity_wav_f32_initial_state", "parity_raw_s16_file_csv", "parity_tail_counts", "errors", "bench_mode")
 
 
 def _missing_prerequisite() -> str | None:

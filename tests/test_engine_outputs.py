@@ -70,7 +70,7 @@ def test_binary_and_json_formats_round_trip():
     js = json.loads(encode_json(frame, sent_ns=5_000))
     assert js["type"] == "frame" and js["v"] == 1 and js["seq"] == 7 and js["t"]["sent_ns"] == 5000
     assert np.allclose(js["landmarks"], frame.landmarks, atol=1e-5)
-    assert set(js["signals"]) == {"mouth_open", "visemes", "blink", "head", "audio_dbfs", "silent"}
+    assert set(js["signals"]) == {"mouth_open", "visemes", "blink", "head", "audio_dbfs", "silent", "blendshapes"}
     with pytest.raises(ValueError, match="magic"):
         decode_binary(b"XXXX" + data[4:])
     with pytest.raises(ValueError, match="truncated"):

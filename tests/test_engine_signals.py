@@ -16,6 +16,7 @@ from stream_engine.signals import (
     SignalExtractor,
     euler_to_unity_quaternion,
     head_pose,
+    stream_seed,
 )
 
 from fakes import NEUTRAL_FACE, project_face
@@ -120,3 +121,50 @@ def test_unity_quaternion_conventions():
     assert mirrored[1] == pytest.approx(math.sqrt(0.5))
     q = euler_to_unity_quaternion(HeadPose(10, 20, 30))
     assert sum(v * v for v in q) == pytest.approx(1.0) and all(type(v) is float for v in q)
+
+
+def _blink_runs(values, frame_s=0.04):
+    """(onset times, durations) of the runs of blink > 0."""
+    runs, start = [], None
+    for i, v in enumerate(list(values) + [0.0]):
+        if v > 0 and start is None:
+            start = i
+        elif v <= 0 and start is not None:
+            runs.append((start * frame_s, (i - start) * frame_s))
+            start = None
+    return runs
+
+
+def test_default_blinks_have_human_statistics_and_follow_the_seed():
+    """10 minutes of frames: 10-20 blinks a minute, each 100-400 ms (to one 40 ms frame), the same with the same
+    seed, different with another; the landmark eye shape (a speech model's jitter) does not add blinks."""
+    face = project_face()
+    jittery = [face.copy() for _ in range(7)]
+    rng = np.random.default_rng(0)
+    for f in jittery:  # eye-shape jitter like a generated face's
+        f[[37, 38, 43, 44], 1] += rng.uniform(0, 0.006, 4)
+
+    def run(seed):
+        ex = SignalExtractor(SignalConfig(blendshapes=False), reference_face=NEUTRAL_FACE, seed=seed)
+        return [ex.update(jittery[i % 7], 0.04 * i, -20.0).blink for i in range(15000)]
+
+    a = run(stream_seed(7, "main"))
+    runs = _blink_runs(a)
+    rate = len(runs) / 10.0
+    durations = [d for _, d in runs]
+    assert 10 <= rate <= 20, rate
+    assert 0.1 - 0.04 <= min(durations) and max(durations) <= 0.4 + 0.04, (min(durations), max(durations))
+    assert a == run(stream_seed(7, "main"))
+    assert a != run(stream_seed(8, "main")) and a != run(stream_seed(7, "other"))
+
+
+def test_stream_seed_is_stable_across_processes():
+    import subprocess
+    import sys
+
+    code = "from stream_engine.signals import stream_seed; print(stream_seed(7, 'main'))"
+    other = [int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                env={"PYTHONHASHSEED": str(h), "PATH": ""}).stdout) for h in (1, 2)]
+    assert other == [stream_seed(7, "main")] * 2 == [2281819990558093370] * 2
+    assert stream_seed(None, "main") is None
+    assert stream_seed(7, "main") != stream_seed(7, "main2")

@@ -6,11 +6,17 @@ Per frame, two datagrams to each target (the reference sender's layout, referenc
     bundle: /VMC/Ext/Blend/Val (s name) (f value)  x N  then  /VMC/Ext/Blend/Apply
 
 Every value is a Python float with an explicit `f` tag: VMC receivers must ignore arguments of another type,
-so an int 0 or a numpy scalar would silently do nothing. Names default to the VRM0 presets A I U E O Blink
-(a map renames them, e.g. to VRM1's aa ih ou ee oh blink). Head angles are converted to a Unity quaternion
-(`signals.euler_to_unity_quaternion`; signs: verify per app, `mirror` flips yaw and roll). VMC drives one
-avatar: with several streams, `stream` picks the one that drives it (default: whichever produced the newest
-frame). Default target 127.0.0.1:39539 (a Marionette: VSeeFace, VNyan, Warudo, EVMC4U...).
+so an int 0 or a numpy scalar would silently do nothing. Names default to the VRM0 presets A I U E O Blink;
+presets "vrm1" (aa ih ou ee oh blink) and "arkit" (the 52 ARKit blendshapes of `blendshapes.ARKIT_NAMES`, for
+"perfect sync" avatars) or a map (engine key -> wire name; keys: A I U E O blink and ARKit names) choose others.
+Head angles are converted to a Unity quaternion (`signals.euler_to_unity_quaternion`; signs: verify per app,
+`mirror` flips yaw and roll).
+
+VMC drives one avatar, so one stream drives it: `stream` if configured; otherwise the local input's stream
+(`VmcSink(local_stream=...)`), else the first stream that produces a frame. The driver holds the avatar until
+it closes; other streams' frames, resets and closes send nothing. On reset, stall or close of the driver, and
+when the sink closes (end of a file, Ctrl-C), the rest pose (mouth closed, head centred) is sent.
+Default target 127.0.0.1:39539 (a Marionette: VSeeFace, VNyan, Warudo, EVMC4U...).
 """
 
 from __future__ import annotations
@@ -22,10 +28,15 @@ from collections.abc import Mapping, Sequence
 from stream_engine.core import LandmarkFrame
 from stream_engine.outputs import parse_target
 from stream_engine.outputs.osc import UdpTargets, _bundle, _message
+from stream_engine.blendshapes import ARKIT_INDEX, ARKIT_NAMES
 from stream_engine.signals import NEUTRAL_SIGNALS, VISEMES, Signals, euler_to_unity_quaternion
 
 DEFAULT_BLEND_NAMES = {"A": "A", "I": "I", "U": "U", "E": "E", "O": "O", "blink": "Blink"}
 VRM1_BLEND_NAMES = {"A": "aa", "I": "ih", "U": "ou", "E": "ee", "O": "oh", "blink": "blink"}
+ARKIT_BLEND_NAMES = {name: name for name in ARKIT_NAMES}
+BLEND_PRESETS = {"vrm0": DEFAULT_BLEND_NAMES, "vrm1": VRM1_BLEND_NAMES, "arkit": ARKIT_BLEND_NAMES}
+#: Stream events after which the driving stream's avatar is put in the rest pose.
+REST_EVENTS = ("reset", "closed", "stalled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +46,14 @@ class VmcConfig:
     Attributes:
         enabled: send at all.
         targets: "host:port" receivers (39539 = Marionette, 39540 = Performer by convention).
-        blend_names: engine signal (A I U E O blink) -> blendshape name on the wire; "vrm1" or "vrm0" presets
-            are accepted in config files.
+        blend_names: engine signal (A I U E O blink, or an ARKit blendshape name) -> blendshape name on the
+            wire; the presets "vrm0", "vrm1" and "arkit" are accepted (`--vmc-names`).
         head_bone: bone name (Unity HumanBodyBones) carrying the head rotation.
         head_position_m: local position sent with the bone (relative to its parent; receivers that apply bone
             positions need your model's value).
         mirror: flip yaw and roll (selfie view).
-        stream: the stream that drives the avatar; "" = the one with the newest frame.
+        stream: the stream that drives the avatar; "" = the local input's stream, else the first stream to
+            produce a frame (held until it closes).
         send_time: add /VMC/Ext/T with stream time in seconds.
     """
 
@@ -58,13 +70,13 @@ class VmcConfig:
         for t in self.targets:
             parse_target(t)
         if isinstance(self.blend_names, str):
-            presets = {"vrm0": DEFAULT_BLEND_NAMES, "vrm1": VRM1_BLEND_NAMES}
-            if self.blend_names not in presets:
-                raise ValueError(f"blend_names preset must be vrm0 or vrm1, got {self.blend_names!r}")
-            object.__setattr__(self, "blend_names", dict(presets[self.blend_names]))
-        unknown = set(self.blend_names) - set(DEFAULT_BLEND_NAMES)
+            if self.blend_names not in BLEND_PRESETS:
+                raise ValueError(f"blend_names preset must be one of {sorted(BLEND_PRESETS)}, got {self.blend_names!r}")
+            object.__setattr__(self, "blend_names", dict(BLEND_PRESETS[self.blend_names]))
+        unknown = set(self.blend_names) - set(DEFAULT_BLEND_NAMES) - set(ARKIT_NAMES)
         if unknown:
-            raise ValueError(f"unknown VMC blend keys {sorted(unknown)}; known: {sorted(DEFAULT_BLEND_NAMES)}")
+            raise ValueError(f"unknown VMC blend keys {sorted(unknown)}; known: {sorted(DEFAULT_BLEND_NAMES)} and "
+                             "the ARKit names")
         if len(self.head_position_m) != 3:
             raise ValueError("head_position_m must have 3 values")
 
@@ -79,34 +91,91 @@ def vmc_packets(signals: Signals, cfg: VmcConfig, time_s: float | None = None) -
         bone.append(_message("/VMC/Ext/T", [(float(time_s), "f")]))
     values = {v: float(signals.visemes[v]) for v in VISEMES}
     values["blink"] = float(signals.blink)
-    blend = [_message("/VMC/Ext/Blend/Val", [(name, "s"), (values[key], "f")])
+    shapes = signals.blendshapes
+    blend = [_message("/VMC/Ext/Blend/Val", [(name, "s"), (values[key] if key in values else
+                                                            0.0 if shapes is None else float(shapes[ARKIT_INDEX[key]]),
+                                                            "f")])
              for key, name in cfg.blend_names.items()]
     blend.append(_message("/VMC/Ext/Blend/Apply", []))
     return [_bundle(bone), _bundle(blend)]
 
 
-class VmcSink:
-    """`FrameSink` driving one avatar over VMC."""
+class DriverChoice:
+    """Which stream drives a single avatar (shared by the VMC and VTube Studio outputs).
 
-    def __init__(self, cfg: VmcConfig) -> None:
+    Args:
+        fixed: always this stream ("" = automatic).
+        local_stream: the local input's stream, preferred while it is open (None = none).
+    Automatic choice: the local stream when it produces frames, else the first stream to produce a frame; the
+    driver is held until it closes.
+    """
+
+    def __init__(self, fixed: str = "", local_stream: str | None = None) -> None:
+        self.fixed = fixed
+        self.local_stream = local_stream
+        self.driver: str | None = fixed or None
+
+    def drives(self, stream_id: str) -> bool:
+        """Whether a frame of `stream_id` drives the avatar (latching the first one when none does)."""
+        if self.driver is None and (self.local_stream is None or stream_id == self.local_stream):
+            self.driver = stream_id
+        return stream_id == self.driver
+
+    def on_event(self, event: dict) -> bool:
+        """True when the event puts the avatar in the rest pose (a reset, stall or close of the driver)."""
+        sid, kind = event.get("stream"), event.get("event")
+        if sid is None or sid != self.driver:
+            return False
+        if kind == "closed" and not self.fixed:
+            self.driver = None
+            if sid == self.local_stream:
+                self.local_stream = None  # the local input has ended: any stream may drive now
+        return kind in REST_EVENTS
+
+
+class VmcSink:
+    """`FrameSink` driving one avatar over VMC (which stream drives it: `DriverChoice`).
+
+    Args:
+        cfg: `VmcConfig`.
+        local_stream: the local input's stream id, preferred as the driver unless `cfg.stream` is set.
+    """
+
+    def __init__(self, cfg: VmcConfig, local_stream: str | None = None) -> None:
         self.cfg = cfg
         self.udp = UdpTargets(cfg.targets)
+        self.choice = DriverChoice(cfg.stream, local_stream)
         self._t0 = time.monotonic()
+        self._posed = False  # a non-rest pose was sent since the last rest pose
+        self._last_time_s = 0.0
 
     def send_frames(self, frames: Sequence[LandmarkFrame]) -> None:
         chosen = None
         for frame in frames:  # VMC carries a pose, not a history: only the newest frame matters
-            if frame.signals is not None and (not self.cfg.stream or frame.stream_id == self.cfg.stream):
+            if frame.signals is not None and self.choice.drives(frame.stream_id):
                 chosen = frame
         if chosen is not None:
-            for packet in vmc_packets(chosen.signals, self.cfg, chosen.pts_ns / 1e9):
+            self._last_time_s = chosen.pts_ns / 1e9
+            # a frame the engine made from silence because the audio stopped arriving: the rest pose
+            signals = NEUTRAL_SIGNALS if getattr(chosen, "stalled", False) else chosen.signals
+            for packet in vmc_packets(signals, self.cfg, self._last_time_s):
                 self.udp.send(packet)
+            self._posed = True
+
+    def rest(self) -> None:
+        """Send the rest pose (mouth closed, eyes open, head centred); /VMC/Ext/T never steps backwards."""
+        self._last_time_s = max(self._last_time_s + 0.04, time.monotonic() - self._t0)
+        for packet in vmc_packets(NEUTRAL_SIGNALS, self.cfg, self._last_time_s):
+            self.udp.send(packet)
+        self._posed = False
 
     def stream_event(self, event: dict) -> None:
-        """On reset/close of the driving stream, close the mouth and centre the head at once (barge-in)."""
-        if event.get("event") in ("reset", "closed") and (not self.cfg.stream or event.get("stream") == self.cfg.stream):
-            for packet in vmc_packets(NEUTRAL_SIGNALS, self.cfg, time.monotonic() - self._t0):
-                self.udp.send(packet)
+        """On reset/stall/close of the driving stream, the rest pose at once (barge-in); others send nothing."""
+        if self.choice.on_event(event):
+            self.rest()
 
     async def aclose(self) -> None:
+        """Leave the avatar in the rest pose (end of a file, Ctrl-C), then close the socket."""
+        if self._posed:
+            self.rest()
         self.udp.close()

@@ -9,7 +9,10 @@ Cases (make_reference.py writes the data and the references):
 - raw_f32_stdin_face: raw float32 PCM piped through stdin, --reference-face JSON, CSV on stdout;
 - wav_f32_initial_state: float WAV, a numpy-drawn start state loaded with --initial-state, --drop-warmup;
 - raw_s16_file_csv: raw int16 file, CSV to a file, --timings;
-- bench_batch: --bench at batch 3 prints a well-formed JSON summary.
+- bench_batch: --bench at batch 3 prints a well-formed JSON summary;
+- tail_counts: with --drop-warmup, N samples give ceil(N / samples_per_frame) frames (floor with --no-pad),
+  the look-ahead tail included, for N = 0, 1, 50 ms, one frame, 20 frames - 2 samples; the last frame's
+  time_ms is (frames - 1) x the frame duration.
 
 Every stream case also compares the final state (--dump-state). Exit 1 when anything differs by more than --tol.
 """
@@ -78,6 +81,23 @@ def check(tmp: Path) -> int:
         assert s["batch"] == 3 and s["steps"] == 5 and s["threads"] == 1, s
         assert 0 < s["p50_us"] <= s["p99_us"] <= s["max_us"], s
         print(f"bench ok: p50 {s['p50_us']:.0f} us at batch 3")
+        return 0
+
+    if a.case == "tail_counts":
+        spf = int(m["samples_per_frame"])
+        frame_ms = 1000.0 * spf / int(m["sample_rate_hz"])
+        for n in (0, 1, 800, spf, 20 * spf - 2):
+            raw = tmp / f"n{n}.raw"
+            raw.write_bytes(np.zeros(n, "<i2").tobytes())
+            for extra, want in (([], -(-n // spf)), (["--no-pad"], n // spf)):
+                proc = run(base + ["--raw-s16", str(raw), "--drop-warmup", "--quiet"] + extra)
+                rows = proc.stdout.decode().strip().splitlines()[1:]
+                if len(rows) != want:
+                    raise SystemExit(f"FAIL tail_counts: {n} samples {extra}: {len(rows)} frames, want {want}")
+                if rows and abs(float(rows[-1].split(",")[1]) - (want - 1) * frame_ms) > 1e-6:
+                    raise SystemExit(f"FAIL tail_counts: last time_ms {rows[-1].split(',')[1]}")
+            print(f"{n} samples: {-(-n // spf)} frames ({n // spf} with --no-pad)")
+        print("PASS tail_counts")
         return 0
 
     state_file = tmp / "state.f32"

@@ -149,7 +149,9 @@ def run_reference(runner, audio: np.ndarray, state: dict) -> tuple[np.ndarray, d
     from stream_engine.framing import AudioFramer
 
     framer = AudioFramer(runner.contract.samples_per_frame)
-    steps = np.concatenate([framer.push(audio), framer.flush(pad=True)])
+    lookahead = np.zeros((runner.contract.lookahead_frames, runner.contract.samples_per_frame), np.float32)
+    # The look-ahead tail: L steps of silence after the padded last step, so every input frame is emitted.
+    steps = np.concatenate([framer.push(audio), framer.flush(pad=True), lookahead])
     frames = []
     for row in steps:
         lm, state = runner.step(row[None], state)
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest = {
         "model": str(model), "model_source": model_source, "model_version": c.model_version,
-        "audio_source": source, "sample_rate_hz": rate, "samples": int(n), "steps": int(frames.shape[0]),
+        "audio_source": source, "sample_rate_hz": rate, "samples": int(n), "samples_per_frame": int(spf), "steps": int(frames.shape[0]),
         "seed": SEED_CASE, "face_seed": FACE_SEED, "state_names": list(c.state_names),
         "lookahead_frames": c.lookahead_frames, "landmark_shape": [c.num_landmarks, c.landmark_dims],
         "landmark_range": [float(frames.min()), float(frames.max())],

@@ -43,7 +43,9 @@ const char kUsage[] =
     "  --raw-f32 FILE        raw float32 little-endian mono PCM in [-1, 1]\n"
     "  --raw-s16 FILE        raw int16 little-endian mono PCM\n"
     "  --rate HZ             sample rate of raw input (default: the model's; another value is refused)\n"
-    "  --no-pad              drop a trailing partial step (default: pad it with silence, like AudioFramer.flush)\n"
+    "  --no-pad              drop a trailing partial step (default: pad it with silence); either way the\n"
+    "                        look-ahead tail is flushed with lookahead_frames steps of silence, so every frame\n"
+    "                        of the input is written: ceil(samples / samples_per_frame) frames after the warm-up\n"
     "output:\n"
     "  --out FILE            landmarks ('-' = stdout, the default)\n"
     "  --format csv|f32      csv (default): header, then step,time_ms,step_us,x0,y0,...,xN,yN per step\n"
@@ -318,11 +320,34 @@ int RunStream(const Args& a, msync::StepModel& model) {
   std::vector<char> line;
   long long samples_in = 0;
   auto wall0 = std::chrono::steady_clock::now();
+  // Every frame of the input is emitted, the look-ahead tail included: a trailing partial step is padded with
+  // silence (unless --no-pad drops it), then lookahead_frames steps of silence are run so the last frames'
+  // look-ahead is complete (as EngineCore.flush does). N input samples give ceil(N / spf) frames
+  // (floor with --no-pad) after the warm-up; an empty input gives none.
+  long long tail_steps = -1;  // silent steps still owed once the input has ended (-1: input not ended)
   while (true) {
-    size_t got = src->Read(stream.audio(), static_cast<size_t>(spf));
-    samples_in += static_cast<long long>(got);
-    if (got == 0 || (got < static_cast<size_t>(spf) && a.no_pad)) break;
-    if (got < static_cast<size_t>(spf)) std::fill(stream.audio() + got, stream.audio() + spf, 0.0f);
+    size_t got = 0;
+    if (tail_steps < 0) {
+      got = src->Read(stream.audio(), static_cast<size_t>(spf));
+      samples_in += static_cast<long long>(got);
+      if (got < static_cast<size_t>(spf)) {  // the input ended in this read
+        const bool step_partial = got > 0 && !a.no_pad;
+        const long long frames_in = samples_in / spf + (step_partial ? 1 : 0);
+        tail_steps = frames_in > 0 ? c.lookahead_frames : 0;
+        if (!step_partial) {
+          if (tail_steps == 0) break;
+          got = 0;
+          std::fill(stream.audio(), stream.audio() + spf, 0.0f);
+          --tail_steps;
+        } else {
+          std::fill(stream.audio() + got, stream.audio() + spf, 0.0f);
+        }
+      }
+    } else {
+      if (tail_steps == 0) break;
+      std::fill(stream.audio(), stream.audio() + spf, 0.0f);
+      --tail_steps;
+    }
     auto t0 = std::chrono::steady_clock::now();
     stream.Step();
     auto t1 = std::chrono::steady_clock::now();
@@ -347,7 +372,6 @@ int RunStream(const Args& a, msync::StepModel& model) {
       }
       if (live) std::fflush(out);
     }
-    if (got < static_cast<size_t>(spf)) break;
   }
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   if (out != stdout && std::fclose(out) != 0) throw std::runtime_error("write failed: " + a.out);

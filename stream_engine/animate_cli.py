@@ -1,0 +1,109 @@
+"""`msync animate FILE... --out PATH`: whole recordings to animations (json, csv or npz), optionally MP4 previews.
+
+    msync animate talk.wav --out talk.json                    # one file
+    msync animate clips/ more.flac --out anims --format npz   # a folder and a file -> anims/<name>.npz
+    msync animate talk.wav --out talk.csv --video             # + talk.mp4: the landmark face with the audio
+
+One frame per 40 ms of audio, the look-ahead tail included (`stream_engine.animate`). A file that cannot be
+read is reported and skipped; the exit status is 1 when any file was skipped, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aac", ".mp4", ".mkv", ".webm", ".mov"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("\n\n")[1]
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="audio/video files or folders of them")
+    p.add_argument("--out", required=True, metavar="PATH", help="output file (one input with a .json/.csv/.npz "
+                   "name) or folder (one output per input)")
+    p.add_argument("--format", choices=["json", "csv", "npz"], help="output format (default: the --out suffix, "
+                   "else json)")
+    p.add_argument("--video", action="store_true", help="also write an MP4 preview beside each output (needs PyAV)")
+    p.add_argument("--model", metavar="PATH", help="exported .onnx step model (default: the shipped one)")
+    p.add_argument("--reference-face", metavar="FILE", help="68-point JSON face to start from")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model noise and the blinks (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+
+
+def collect_inputs(items: list[str]) -> list[Path]:
+    """Files as given, folders expanded (sorted) to the audio/video files directly inside them."""
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES))
+        else:
+            out.append(path)  # a missing file is reported when it is read
+    return out
+
+
+def output_paths(inputs: list[Path], out: Path, fmt: str | None) -> tuple[list[Path], str]:
+    """Where each input's animation goes, and the format."""
+    suffix = out.suffix.lower().lstrip(".")
+    if len(inputs) == 1 and suffix in ("json", "csv", "npz"):
+        return [out], fmt or suffix
+    fmt = fmt or "json"
+    paths, taken = [], set()
+    for src in inputs:
+        stem, k = src.stem, 1
+        while stem in taken:
+            k += 1
+            stem = f"{src.stem}-{k}"
+        taken.add(stem)
+        paths.append(out / f"{stem}.{fmt}")
+    return paths, fmt
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from stream_engine.animate import animate, expected_frames, load_model, prepare_audio
+    from stream_engine.audio_io import AudioError
+    from stream_engine.preview import PreviewError, render_video, require_pyav
+    from stream_engine.session import ReferenceFaceError, load_reference_face
+
+    inputs = collect_inputs(args.inputs)
+    if not inputs:
+        print("msync animate: no audio files found in " + ", ".join(args.inputs), file=sys.stderr)
+        return 2
+    if args.video:
+        try:
+            require_pyav()
+        except PreviewError as exc:
+            print(f"msync animate: {exc}", file=sys.stderr)
+            return 2
+    try:
+        runner = load_model(args.model)
+        face = load_reference_face(args.reference_face, runner.contract.num_landmarks) if args.reference_face else None
+    except (FileNotFoundError, ReferenceFaceError, ValueError) as exc:
+        print(f"msync animate: {exc}", file=sys.stderr)
+        return 2
+    outs, fmt = output_paths(inputs, Path(args.out), args.format)
+    rows, failed = [], []
+    bar = tqdm(list(zip(inputs, outs)), unit="file", disable=args.quiet, file=sys.stderr)
+    for src, dst in bar:
+        bar.set_postfix_str(src.name[-40:])
+        try:
+            audio = prepare_audio(src, None, int(runner.contract.sample_rate_hz))
+            anim = animate(audio, runner.contract.sample_rate_hz, face, model=runner, seed=args.seed)
+            anim.save(dst, fmt)
+            if args.video:
+                render_video(anim, audio, dst.with_suffix(".mp4"))
+        except (AudioError, PreviewError, OSError, ValueError) as exc:
+            failed.append((src, str(exc)))
+            tqdm.write(f"msync animate: skipped {src}: {exc}", file=sys.stderr)
+            continue
+        rows.append((src, dst, anim.duration_s, anim.num_frames, expected_frames(anim.duration_s, anim.fps)))
+    if not args.quiet:
+        print(f"{'input':40s} {'duration_s':>10s} {'frames':>7s} {'ceil(d*25)':>10s}  output", file=sys.stderr)
+        for src, dst, dur, n, want in rows:
+            print(f"{src.name[-40:]:40s} {dur:10.3f} {n:7d} {want:10d}  {dst}", file=sys.stderr)
+        print(f"msync animate: {len(rows)} written, {len(failed)} skipped", file=sys.stderr)
+    return 1 if failed else 0

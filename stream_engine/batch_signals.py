@@ -1,0 +1,330 @@
+"""Derived signals over a batch of streams: arrays in, arrays out (the batched twin of `signals.SignalExtractor`).
+
+A `BatchSignalExtractor` keeps the per-stream state of `SignalExtractor` (adaptive mouth range, neutral width,
+One-Euro filters, silence gate, blink schedule, blendshape neutral) as arrays indexed by slot, so a step of B
+streams is one pass of numpy over (B, ...) arrays instead of B Python calls::
+
+    bx = BatchSignalExtractor(SignalConfig(), capacity=64)
+    bx.open(slot=3, reference_face=face, seed=stream_seed(seed, "alice"))
+    out = bx.update(slots, landmarks (B, 68, 2), t_s (B,), audio_dbfs (B,), audio_ahead_dbfs (B,))
+    out.mouth_open (B,), out.visemes (B, 5), out.blendshapes (B, 52), out.signals(i) -> Signals
+
+For every slot the result equals what a `SignalExtractor` with the same config, reference face and seed gives
+for the same frames (tested to 1e-9): the recipe is the same, only the layout differs. Each slot keeps its own
+random generator for the procedural blinks, drawn in the same order, so seeds reproduce across the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from stream_engine.blendshapes import blendshapes_from_features, face_features
+from stream_engine.signals import (
+    GATED_SHAPES,
+    MODEL_RIGID_PINV,
+    OPENING_FEATURES,
+    MEASURED_PAIRS,
+    RIGID_INDEX,
+    VISEMES,
+    HeadPose,
+    OneEuroConfig,
+    SignalConfig,
+    Signals,
+    head_rotation,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalBatch:
+    """Signals of B frames (row i = the i-th slot passed to `update`).
+
+    Attributes:
+        mouth_open: (B,); visemes: (B, 5) in `VISEMES` order; blink: (B,); head_deg: (B, 3) yaw, pitch, roll;
+        audio_dbfs: (B,); silent: (B,) bool; blendshapes: (B, 52) float32 or None.
+    """
+
+    mouth_open: np.ndarray
+    visemes: np.ndarray
+    blink: np.ndarray
+    head_deg: np.ndarray
+    audio_dbfs: np.ndarray
+    silent: np.ndarray
+    blendshapes: np.ndarray | None
+
+    def signals(self, i: int) -> Signals:
+        """Row i as the per-stream `Signals` object."""
+        return Signals(mouth_open=float(self.mouth_open[i]),
+                       visemes={v: float(w) for v, w in zip(VISEMES, self.visemes[i])},
+                       blink=float(self.blink[i]), head=HeadPose(*(float(a) for a in self.head_deg[i])),
+                       audio_dbfs=float(self.audio_dbfs[i]), silent=bool(self.silent[i]),
+                       blendshapes=None if self.blendshapes is None else self.blendshapes[i].copy())
+
+
+class _BatchOneEuro:
+    """One-Euro filters of `channels` channels for `capacity` slots (Casiez et al. 2012; `signals.OneEuroFilter`)."""
+
+    def __init__(self, cfgs: list[OneEuroConfig], capacity: int) -> None:
+        self.min_cutoff = np.array([c.min_cutoff_hz for c in cfgs])
+        self.beta = np.array([c.beta for c in cfgs])
+        self.d_tau = np.array([1.0 / (2.0 * math.pi * c.d_cutoff_hz) for c in cfgs])
+        n = len(cfgs)
+        self.x = np.zeros((capacity, n))
+        self.dx = np.zeros((capacity, n))
+        self.t = np.zeros(capacity)
+        self.ready = np.zeros(capacity, dtype=bool)
+
+    def reset(self, slot: int) -> None:
+        self.ready[slot] = False
+
+    def __call__(self, slots: np.ndarray, x: np.ndarray, t_s: np.ndarray) -> np.ndarray:
+        out = x.copy()
+        ready = self.ready[slots]
+        first = slots[~ready]
+        self.x[first], self.dx[first], self.t[first] = x[~ready], 0.0, t_s[~ready]
+        self.ready[first] = True
+        rows = np.flatnonzero(ready)
+        if rows.size:
+            s = slots[rows]
+            dt = t_s[rows] - self.t[s]
+            hold = dt <= 0
+            dt_safe = np.where(hold, 1.0, dt)[:, None]
+            a_d = 1.0 / (1.0 + self.d_tau / dt_safe)
+            dx = a_d * (x[rows] - self.x[s]) / dt_safe + (1.0 - a_d) * self.dx[s]
+            cutoff = self.min_cutoff + self.beta * np.abs(dx)
+            a = 1.0 / (1.0 + 1.0 / (2.0 * math.pi * cutoff * dt_safe))
+            new_x = a * x[rows] + (1.0 - a) * self.x[s]
+            move = ~hold
+            self.x[s[move]], self.dx[s[move]], self.t[s[move]] = new_x[move], dx[move], t_s[rows][move]
+            out[rows] = self.x[s]
+        return out
+
+
+class BatchSignalExtractor:
+    """Per-slot signal state as arrays; `update` derives the signals of a batch of frames at once.
+
+    Args:
+        cfg: `SignalConfig` (one for every slot).
+        capacity: number of slots (0 .. capacity - 1).
+    """
+
+    def __init__(self, cfg: SignalConfig = SignalConfig(), capacity: int = 64) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.cfg = cfg
+        self.capacity = int(capacity)
+        n = self.capacity
+        self._rng: list[np.random.Generator | None] = [None] * n
+        self._neutral_rot = np.repeat(np.eye(3)[None], n, 0)
+        self._neutral_face_feats = np.zeros((n, len(OPENING_FEATURES)))
+        self._has_face = np.zeros(n, dtype=bool)
+        self._neutral_feats = np.zeros((n, len(OPENING_FEATURES)))
+        self._has_neutral_feats = np.zeros(n, dtype=bool)
+        self._low = np.zeros(n)
+        self._high = np.zeros(n)
+        self._range_ready = np.zeros(n, dtype=bool)
+        self._width_neutral = np.zeros(n)
+        self._width_ready = np.zeros(n, dtype=bool)
+        self._width_dev = np.full(n, cfg.width_min_span)
+        self._eye_open = np.zeros(n)
+        self._eye_ready = np.zeros(n, dtype=bool)
+        self._filter = _BatchOneEuro([cfg.mouth_filter] + [cfg.viseme_filter] * 2 + [cfg.head_filter] * 3, n)
+        self._feature_filter = _BatchOneEuro([cfg.mouth_filter] * len(OPENING_FEATURES), n)
+        self._next_blink = np.full(n, np.nan)
+        self._blink_duration = np.full(n, cfg.auto_blink_duration_ms / 1e3)
+        self._last_t = np.full(n, np.nan)
+        self._silent_since = np.full(n, np.nan)
+        self._gate = np.ones(n)
+        self.open_slots = np.zeros(n, dtype=bool)
+
+    def open(self, slot: int, reference_face: np.ndarray | None = None, seed: int | None = 0) -> None:
+        """Start a stream in `slot` (fresh state, as a new `SignalExtractor(cfg, reference_face, seed)`)."""
+        if not 0 <= slot < self.capacity:
+            raise IndexError(f"slot {slot} outside 0..{self.capacity - 1}")
+        cfg = self.cfg
+        self._rng[slot] = np.random.default_rng(seed)
+        self._neutral_rot[slot] = np.eye(3)
+        self._has_face[slot] = reference_face is not None
+        if reference_face is not None:
+            face = np.asarray(reference_face, dtype=np.float64)
+            self._neutral_face_feats[slot] = face_features(face)
+            if cfg.head_relative_to_reference:
+                self._neutral_rot[slot] = head_rotation(face)
+        self._has_neutral_feats[slot] = False
+        self._range_ready[slot] = self._width_ready[slot] = self._eye_ready[slot] = False
+        self._width_dev[slot] = cfg.width_min_span
+        self._next_blink[slot] = np.nan
+        self._blink_duration[slot] = cfg.auto_blink_duration_ms / 1e3
+        self.open_slots[slot] = True
+        self.reset(slot)
+
+    def close(self, slot: int) -> None:
+        self.open_slots[slot] = False
+        self._rng[slot] = None
+
+    def reset(self, slot: int) -> None:
+        """A new epoch of the slot's stream: restart filters and the silence gate; learnt ranges are kept."""
+        self._filter.reset(slot)
+        self._feature_filter.reset(slot)
+        self._last_t[slot] = np.nan
+        self._silent_since[slot] = np.nan
+        self._gate[slot] = 1.0
+
+    def update(self, slots, landmarks: np.ndarray, t_s, audio_dbfs, audio_ahead_dbfs=None) -> SignalBatch:
+        """Signals of one frame of each listed slot.
+
+        Args:
+            slots: (B,) distinct open slots; landmarks: (B, 68, 2); t_s, audio_dbfs, audio_ahead_dbfs: (B,)
+                (ahead None = no look-ahead level).
+        Raises:
+            ValueError: shapes that do not match, repeated or unopened slots.
+        """
+        cfg = self.cfg
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        pts = np.asarray(landmarks, dtype=np.float64)
+        B = slots.size
+        if pts.shape != (B, 68, 2):
+            raise ValueError(f"landmarks must be ({B}, 68, 2), got {pts.shape}")
+        if np.unique(slots).size != B or not np.all(self.open_slots[slots]):
+            raise ValueError("slots must be distinct open slots")
+        t = np.asarray(t_s, dtype=np.float64).reshape(B)
+        dbfs = np.asarray(audio_dbfs, dtype=np.float64).reshape(B)
+        ahead = (np.full(B, -200.0) if audio_ahead_dbfs is None
+                 else np.asarray(audio_ahead_dbfs, dtype=np.float64).reshape(B))
+        last = self._last_t[slots]
+        dt = np.where(np.isnan(last), 0.04, np.maximum(1e-3, t - np.nan_to_num(last)))
+        self._last_t[slots] = t
+
+        d = pts[:, MEASURED_PAIRS[:, 0]] - pts[:, MEASURED_PAIRS[:, 1]]
+        d = np.sqrt((d * d).sum(-1))  # (B, 11)
+        iod = np.maximum(d[:, 0], 1e-6)
+        gap = (d[:, 1] + d[:, 2] + d[:, 3]) / 3.0 / iod
+        width = d[:, 4] / iod
+        openness = self._open_range(slots, gap, dt)
+        wr = self._width_ready[slots]
+        k = np.minimum(1.0, dt / 5.0) * (1.0 - openness)
+        wn = np.where(wr, self._width_neutral[slots] + (width - self._width_neutral[slots]) * k, width)
+        self._width_neutral[slots] = wn
+        self._width_ready[slots] = True
+        dev = width - wn
+        wd = self._width_dev[slots]
+        wd = np.maximum(np.maximum(cfg.width_min_span, wd + (np.abs(dev) - wd) * np.minimum(1.0, dt / cfg.range_decay_s)),
+                        np.abs(dev))
+        self._width_dev[slots] = wd
+        spread = np.clip(dev / wd, 0.0, 1.0)
+        rounding = np.clip(-dev / wd, 0.0, 1.0)
+        pose = self._head_pose(pts, slots)
+
+        out = self._filter(slots, np.stack([openness, spread, rounding, pose[:, 0], pose[:, 1], pose[:, 2]], 1), t)
+        silent = self._silence(slots, t, dt, np.maximum(dbfs, ahead))
+        gate = self._gate[slots]
+        mouth = np.clip(out[:, 0], 0.0, 1.0) * gate
+        visemes = _viseme_weights(mouth, out[:, 1], out[:, 2])
+        lim = cfg.max_head_deg
+        head = np.clip(out[:, 3:6], -lim, lim)
+        blink = self._blink(slots, d, t, dt)
+        shapes = None
+        if cfg.blendshapes:
+            feats = self._feature_filter(slots, face_features(pts), t)
+            has = self._has_neutral_feats[slots]
+            init = np.where(self._has_face[slots][:, None], self._neutral_face_feats[slots], feats)
+            kk = np.minimum(1.0, dt / cfg.blendshape_neutral_s)[:, None] * np.where(
+                OPENING_FEATURES[None, :], (openness < 0.3)[:, None], 1.0)
+            cur = self._neutral_feats[slots]
+            neutral = np.where(has[:, None], cur + (feats - cur) * kk, init)
+            self._neutral_feats[slots] = neutral
+            self._has_neutral_feats[slots] = True
+            shapes = blendshapes_from_features(feats, neutral, blink, cfg.blendshape_gain)
+            shapes[:, GATED_SHAPES] *= gate[:, None].astype(np.float32)
+        return SignalBatch(mouth_open=mouth, visemes=visemes, blink=blink, head_deg=head, audio_dbfs=dbfs,
+                           silent=silent, blendshapes=shapes)
+
+    # ------------------------------------------------------------------ pieces (each as in SignalExtractor)
+    def _open_range(self, slots: np.ndarray, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        ready = self._range_ready[slots]
+        low, high = self._low[slots], self._high[slots]
+        kd = np.minimum(1.0, dt / cfg.range_decay_s) if cfg.range_decay_s > 0 else np.zeros_like(dt)
+        low = np.where(ready, np.minimum(low + (x - low) * kd, x), x)
+        high = np.where(ready, np.maximum(high + (x - high) * kd, x), x)
+        self._low[slots], self._high[slots] = low, high
+        self._range_ready[slots] = True
+        return np.clip((x - low) / np.maximum(high - low, cfg.mouth_min_span), 0.0, 1.0)
+
+    def _head_pose(self, pts: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        image = pts[:, RIGID_INDEX]
+        affine = MODEL_RIGID_PINV @ (image - image.mean(axis=1, keepdims=True))  # (B, 3, 2)
+        r1, r2 = affine[:, :, 0], affine[:, :, 1]
+        r1 = r1 / np.maximum(np.sqrt((r1 * r1).sum(1, keepdims=True)), 1e-12)
+        r2 = r2 - r1 * (r1 * r2).sum(1, keepdims=True)
+        r2 = r2 / np.maximum(np.sqrt((r2 * r2).sum(1, keepdims=True)), 1e-12)
+        r = np.stack([r1, r2, np.cross(r1, r2)], axis=1) @ np.swapaxes(self._neutral_rot[slots], 1, 2)
+        yaw = np.degrees(np.arcsin(np.clip(r[:, 2, 0], -1.0, 1.0)))
+        pitch = np.degrees(np.arctan2(-r[:, 2, 1], r[:, 2, 2]))
+        roll = np.degrees(np.arctan2(-r[:, 1, 0], r[:, 0, 0]))
+        return np.stack([yaw, pitch, roll], 1)
+
+    def _silence(self, slots: np.ndarray, t: np.ndarray, dt: np.ndarray, level: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        speech = level >= cfg.silence_dbfs
+        since = np.where(speech, np.nan, np.where(np.isnan(self._silent_since[slots]), t, self._silent_since[slots]))
+        self._silent_since[slots] = since
+        holding = ~speech & ((t - np.nan_to_num(since)) * 1e3 >= cfg.silence_hold_ms)
+        gate = self._gate[slots]
+        decayed = gate * np.exp(-dt * 1e3 / max(cfg.silence_release_ms, 1e-3))
+        decayed = np.where(decayed < 0.02, 0.0, decayed)
+        self._gate[slots] = np.where(speech, 1.0, np.where(holding, decayed, gate))
+        return holding
+
+    def _blink(self, slots: np.ndarray, d: np.ndarray, t: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        mode = self.cfg.blink_mode
+        value = np.zeros(slots.size)
+        if mode == "off":
+            return value
+        if mode in ("landmarks", "both"):
+            right = (d[:, 5] + d[:, 6]) / (2.0 * np.maximum(d[:, 7], 1e-6))
+            left = (d[:, 8] + d[:, 9]) / (2.0 * np.maximum(d[:, 10], 1e-6))
+            ear = 0.5 * (right + left)
+            eo = self._eye_open[slots]
+            eo = np.where(self._eye_ready[slots], np.maximum(ear, eo + (ear - eo) * np.minimum(1.0, dt / 10.0)), ear)
+            self._eye_open[slots] = eo
+            self._eye_ready[slots] = True
+            closure = (eo - ear) / np.maximum(0.5 * eo, 1e-6)
+            value = np.clip((closure - 0.2) / 0.8, 0.0, 1.0)
+        if mode in ("auto", "both"):
+            value = np.maximum(value, self._auto_blink(slots, t))
+        return value
+
+    def _draw_interval(self, slot: int) -> float:
+        lo, hi = self.cfg.auto_blink_interval_s
+        rng = self._rng[slot]
+        assert rng is not None
+        return float(np.clip(math.sqrt(lo * hi) * math.exp(0.5 * float(rng.standard_normal())), lo, hi))
+
+    def _auto_blink(self, slots: np.ndarray, t: np.ndarray) -> np.ndarray:
+        hi = self.cfg.auto_blink_interval_s[1]
+        nxt = self._next_blink[slots]
+        for i in np.flatnonzero(np.isnan(nxt) | (t < nxt - hi)):  # first call, or time went backwards
+            self._next_blink[slots[i]] = t[i] + self._draw_interval(int(slots[i]))
+        phase = (t - self._next_blink[slots]) / self._blink_duration[slots]
+        out = np.where(phase < 0.4, phase / 0.4, (1.0 - phase) / 0.6)
+        out = np.where((phase < 0) | (phase >= 1.0), 0.0, out)
+        median_s = self.cfg.auto_blink_duration_ms / 1e3
+        for i in np.flatnonzero(phase >= 1.0):
+            s = int(slots[i])
+            self._next_blink[s] = t[i] + self._draw_interval(s)
+            rng = self._rng[s]
+            assert rng is not None
+            self._blink_duration[s] = float(np.clip(median_s * math.exp(0.25 * float(rng.standard_normal())), 0.1, 0.4))
+        return out
+
+
+def _viseme_weights(o: np.ndarray, s: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Batched `signals.viseme_weights` -> (B, 5)."""
+    o, s, r = np.clip(o, 0.0, 1.0), np.clip(s, 0.0, 1.0), np.clip(r, 0.0, 1.0)
+    total = s + r
+    scale = np.where(total > 1.0, 1.0 / np.maximum(total, 1e-12), 1.0)
+    s, r = s * scale, r * scale
+    return np.stack([o * (1.0 - s - r), o * s * (1.0 - o), o * r * (1.0 - o), o * s * o, o * r * o], 1)

@@ -1,0 +1,141 @@
+"""Every `msync stream` command-line flag reaches the resolved config (../shared/cases/vmc-names-flag-ignored).
+
+The walk takes the flags from the parser itself, so a flag added without an entry here fails the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from stream_engine.config import StreamConfig
+from stream_engine.stream import add_arguments, config_from_args
+
+# flag -> (argv, {dotted config path: expected value})
+FLAGS: dict[str, tuple[list[str], dict[str, object]]] = {
+    "--model": (["--model", "x.onnx"], {"model.path": "x.onnx"}),
+    "--lookahead": (["--lookahead", "3"], {"model.lookahead_frames": 3}),
+    "--threads": (["--threads", "4"], {"model.threads": 4}),
+    "--providers": (["--providers", "cuda"], {"model.providers": "cuda"}),
+    "--input": (["--input", "talk.wav"], {"input.kind": "file", "input.path": "talk.wav", "input.loop": False}),
+    "--text": (["--text", "hello there"], {"input.text": "hello there"}),
+    "--device": (["--device", "USB"], {"input.device": "USB"}),
+    "--rate": (["--rate", "48000"], {"input.sample_rate_hz": 48000}),
+    "--channels": (["--channels", "2"], {"input.channels": 2}),
+    "--stdin-format": (["--stdin-format", "f32le:48000:2"], {"input.stdin_format": "f32le:48000:2"}),
+    "--fast": (["--fast"], {"input.realtime": False}),
+    "--wait-client": (["--wait-client"], {"input.wait_client": True}),
+    "--speed": (["--speed", "2.5"], {"input.speed": 2.5}),
+    "--loop": (["--no-loop"], {"input.loop": False}),
+    "--stream-id": (["--stream-id", "alice"], {"input.stream_id": "alice"}),
+    "--reference-face": (["--reference-face", "face.json"], {"input.reference_face": "face.json"}),
+    "--host": (["--host", "::1"], {"server.host": "::1"}),
+    "--port": (["--port", "9999"], {"server.port": 9999}),
+    "--token": (["--token", "s3cret"], {"server.token": "s3cret"}),
+    "--vmc": (["--vmc", "10.0.0.2:39540"], {"vmc.targets": ("10.0.0.2:39540",), "vmc.enabled": True}),
+    "--no-vmc": (["--no-vmc"], {"vmc.enabled": False}),
+    "--vmc-names": (["--vmc-names", "vrm1"], {"vmc.blend_names": {"A": "aa", "I": "ih", "U": "ou", "E": "ee",
+                                                                   "O": "oh", "blink": "blink"}}),
+    "--vmc-mirror": (["--vmc-mirror"], {"vmc.mirror": True}),
+    "--vmc-stream": (["--vmc-stream", "bob"], {"vmc.stream": "bob", "vts.stream": "bob"}),
+    "--osc": (["--osc", "127.0.0.1:9001"], {"osc.targets": ("127.0.0.1:9001",), "osc.enabled": True}),
+    "--vts": (["--vts"], {"vts.enabled": True, "vts.url": "ws://127.0.0.1:8001"}),
+    "--vts-token-file": (["--vts-token-file", "t.json"], {"vts.token_file": "t.json"}),
+    "--vts-log": (["--vts-log", "vts.log"], {"vts.log_file": "vts.log"}),
+    "--duration": (["--duration", "12"], {"duration_s": 12.0}),
+    "--seed": (["--seed", "7"], {"engine.seed": 7}),
+    "--quiet": (["--quiet"], {"latency_line": False}),
+    "--log-level": (["--log-level", "debug"], {"log_level": "debug"}),
+}
+# Flags that act instead of configuring.
+NOT_CONFIG = {"--help", "--config", "--print-config", "--list-devices"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def test_every_flag_is_walked():
+    flags = {opt for action in _parser()._actions for opt in action.option_strings if opt.startswith("--")}
+    flags = {f for f in flags if not f.startswith("--no-") or f == "--no-vmc"}  # --no-loop is --loop's pair
+    assert flags - NOT_CONFIG == set(FLAGS), "flags without a config check: " + str(sorted(flags - NOT_CONFIG - set(FLAGS)))
+
+
+@pytest.mark.parametrize("flag", sorted(FLAGS))
+def test_flag_reaches_the_resolved_config(flag):
+    argv, expected = FLAGS[flag]
+    cfg = config_from_args(_parser().parse_args(argv))
+    default = StreamConfig()
+    for path, value in expected.items():
+        assert _get(cfg, path) == value, f"{flag}: {path} = {_get(cfg, path)!r}, expected {value!r}"
+    assert any(_get(default, path) != value for path, value in expected.items()), f"{flag} changes nothing"
+
+
+@pytest.mark.parametrize("preset,first", [("vrm0", "A"), ("vrm1", "aa"), ("arkit", "eyeBlinkLeft")])
+def test_vmc_names_presets_reach_the_wire(preset, first):
+    """`--vmc-names` changes the /VMC/Ext/Blend/Val names actually sent (parsed back with python-osc)."""
+    from pythonosc.osc_bundle import OscBundle
+
+    from stream_engine.blendshapes import ARKIT_NAMES
+    from stream_engine.outputs.vmc import vmc_packets
+    from stream_engine.signals import NEUTRAL_SIGNALS
+
+    cfg = config_from_args(_parser().parse_args(["--vmc-names", preset]))
+    packet = vmc_packets(NEUTRAL_SIGNALS, cfg.vmc, 0.0)[1]
+    blend = OscBundle(packet.dgram)  # parse the bytes on the wire back
+    names = [m.params[0] for m in blend if m.address == "/VMC/Ext/Blend/Val"]
+    assert names[0] == first
+    if preset == "arkit":
+        assert names == list(ARKIT_NAMES)
+        assert all(isinstance(m.params[1], float) for m in blend if m.address == "/VMC/Ext/Blend/Val")
+
+
+@pytest.mark.timeout(60)
+def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
+    """`--fast --wait-client`: the file starts only once a /frames client is connected, so a client that
+    connects 0.5 s after the server starts still receives every frame (ceil(duration * 25), tail included)."""
+    import asyncio
+    import dataclasses
+    import json
+    import math
+
+    import soundfile
+    from websockets.asyncio.client import connect
+
+    from fakes import speechlike
+    from stream_engine.stream import run_stream
+
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, speechlike(16000 * 2 + 100, seed=1), 16000)
+    cfg = config_from_args(_parser().parse_args(["--input", str(wav), "--fast", "--wait-client", "--port", "0",
+                                                 "--no-vmc", "--quiet", "--seed", "1"]))
+    cfg = dataclasses.replace(cfg, duration_s=30.0)
+
+    async def main():
+        ready = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(run_stream(cfg, ready))
+        server = await ready
+        await asyncio.sleep(0.5)  # a late client
+        frames = []
+        async with connect(f"ws://127.0.0.1:{server.port}/frames") as ws:
+            while not task.done():
+                try:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 5.0))
+                except (asyncio.TimeoutError, Exception):
+                    break
+                if msg.get("type") == "frame":
+                    frames.append(msg["index"])
+        assert await asyncio.wait_for(task, 10.0) == 0
+        return frames
+
+    frames = asyncio.run(main())
+    assert frames == list(range(math.ceil((2 * 16000 + 100) / 640)))
