@@ -220,3 +220,32 @@ def test_onnx_eval_rows_reproduce_the_checkpoint_rows(speech):
     r1 = stream_rollout(ck, pcm, ref[0], 5, 60, "cpu")
     r2 = stream_rollout(ox, pcm, ref[0], 5, 60, "cpu")
     assert np.abs(r1 - r2).max() < 1e-5
+
+
+# ------------------------------------------------------------------------------------ benchmark
+
+
+def test_step_latency_times_precision_variants_in_one_run(tmp_path, tmp_path_factory):
+    """--variants adds ort_cpu[NAME] rows in the same rounds and a ratio table against float32."""
+    pytest.importorskip("matplotlib")
+    import json
+
+    from export_helpers import exported_model
+
+    from benchmarks.step_latency import main
+    from export.quantize import quantize_step
+
+    model, _, _ = exported_model(tmp_path_factory)
+    q = tmp_path / "q.onnx"
+    quantize_step(model, q)
+    out = tmp_path / "r"
+    assert main(["--quick", "--model", str(model), "--out", str(out), "--backends", "ort_cpu",
+                 "--variants", f"int8={q}", "--no-profile"]) == 0
+    report = json.loads((out / "step_latency.json").read_text())
+    assert report["variants"] == [{"name": "int8", "backend": "ort_cpu[int8]", "path": str(q),
+                                   "precision": "int8-dynamic"}]
+    assert set(report["results"]["ort_cpu[int8]"]) == {"1", "8"}
+    md = (out / "step_latency.md").read_text()
+    assert "## Precision variants" in md and "| int8 | int8-dynamic | 8 |" in md
+    with pytest.raises(SystemExit, match="NAME=PATH"):
+        main(["--quick", "--model", str(model), "--out", str(out), "--variants", "int8=/no/such.onnx"])
