@@ -167,7 +167,12 @@ def load_generator(name: str, path: str, device: str) -> LoadedModel:
         from training.onnx_rows import OnnxGenerator
 
         G = OnnxGenerator(path)
-        meta = {"training_data": G.contract.training_data, "model_version": G.contract.model_version,
+        try:  # the exporter writes the checkpoint's training-data summary as JSON text
+            training_data = json.loads(G.contract.training_data)
+        except ValueError:
+            training_data = None
+        meta = {"training_data": training_data if isinstance(training_data, dict) else
+                {"note": G.contract.training_data}, "model_version": G.contract.model_version,
                 "precision": G.precision}
         return LoadedModel(name, str(path), G, meta, G.cfg.receptive_field_frames[-1] - 1, G.cfg.lookahead_frames)
     p = resolve_generator(path)

@@ -52,10 +52,11 @@ class OnnxGenerator:
         self.precision = c.extra.get("msync.precision", "fp32")
 
     def num_parameters(self) -> int:
-        import onnx
+        """The generator architecture's learned parameters (the file's front-end matrices and quantization
+        scales are not counted, so every precision reports the same number)."""
+        from training.models.generator import Generator
 
-        m = onnx.load(str(self.runner.path))
-        return int(sum(np.prod(t.dims) for t in m.graph.initializer if len(t.dims) >= 1))
+        return Generator(self.cfg, self.frontend).num_parameters()
 
     def noise(self, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(h0, c0), each (B, H): the same draws as `training.evaluate.initial_noise` for these seeds."""
