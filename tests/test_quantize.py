@@ -249,3 +249,26 @@ def test_step_latency_times_precision_variants_in_one_run(tmp_path, tmp_path_fac
     assert "## Precision variants" in md and "| int8 | int8-dynamic | 8 |" in md
     with pytest.raises(SystemExit, match="NAME=PATH"):
         main(["--quick", "--model", str(model), "--out", str(out), "--variants", "int8=/no/such.onnx"])
+
+
+@needs_shipped
+def test_precision_variants_report(tmp_path, shared_data):
+    """The accuracy report on a short run: differences measured, eval columns read, verdict written."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.precision_variants import main
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    ev = results / "eval_precision_variants.json"
+    args = ["--seconds", "4", "--streams", "2", "--no-ablations", "--data", str(shared_data), "--out", str(tmp_path)]
+    if ev.is_file():
+        args += ["--eval", str(ev)]
+    assert main(args) == 0
+    r = json.loads((tmp_path / "precision_variants.json").read_text())
+    d = r["differences"]["int8"]
+    assert d["frames"] == 100 and d["streams"] == 2 and 0 < d["max"] < TOL_MAX and d["finite"]
+    assert 0 <= d["batch_coupling_max"] < TOL_MAX
+    if ev.is_file():
+        assert r["verdicts"]["int8"]["holds"] and len(r["eval"]["rows"]["int8"]["av_conf"]) == 4
+    assert "## 4. Verdict" in (tmp_path / "precision_variants.md").read_text()
