@@ -13,10 +13,11 @@ Backends (each skipped with its reason when its pieces are missing; one failing 
 - ``tensorrt``: a TensorRT engine built from the ONNX file (``--trt-precision``, default fp16 mixed) run
   through :class:`stream_engine.runtime.tensorrt.DeviceBatch` (device-resident ping-pong state, audio in and
   landmarks out each step: the engine's own path);
-- ``torch_cuda_graph`` / ``torch_cuda_graph_bf16``: ``Generator.step`` (the model's architecture, random
-  weights: time does not depend on their values) captured once per batch size as a CUDA graph with the state
-  fed back inside the graph, in float32 and under bfloat16 autocast (matrix products in bf16, the state and
-  landmark arithmetic in float32).
+- ``torch_cuda_graph`` / ``torch_cuda_graph_bf16``: ``Generator.step`` (the shipped checkpoint
+  training/weights/generator when it matches the model, else random weights: time does not depend on them)
+  captured once per batch size as a CUDA graph with the state fed back inside the graph, in float32 and under
+  bfloat16 autocast (matrix products in bf16, the state and landmark arithmetic in float32); the bf16 row notes
+  its landmark difference to float32 over 250 steps (trained weights only).
 
 What is timed: one step for B streams, host to host (audio copied in, landmarks copied out, the stream
 synchronised), by ``time.perf_counter_ns``; warm-up steps are not timed. A GPU serves B streams in real time
@@ -237,11 +238,15 @@ class TorchGraph:
 
         self.torch, self.bf16 = torch, bf16
         self.contract = read_contract(model)
-        self.g = torch_generator(self.contract).cuda()
-        self.notes = ("CUDA graph, state fed back in the graph, "
-                      + ("bf16 autocast (matrix products bf16, state fp32)" if bf16 else "float32 (TF32 off)"))
+        self.g, weights = trained_or_random(self.contract)
+        self.g = self.g.cuda()
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+        self.notes = ("CUDA graph, state fed back in the graph, "
+                      + ("bf16 autocast (matrix products bf16, state fp32)" if bf16 else "float32 (TF32 off)")
+                      + f", {weights} weights")
+        if bf16 and weights == "trained":
+            self.notes += f"; landmarks vs float32 over 250 steps: max |diff| {bf16_difference(self.g, self.contract):.2e}"
 
     def prepare(self, batch: int):
         torch, c, g = self.torch, self.contract, self.g
@@ -273,6 +278,50 @@ class TorchGraph:
             torch.cuda.synchronize()
             return host_lm
         return step
+
+
+def bf16_difference(g, contract, device: str = "cuda", steps: int = 250, batch: int = 8) -> float:
+    """max |bf16 autocast - float32| of `g`'s landmarks over `steps` autoregressive steps of a fixed test signal
+    (bursts of harmonics plus noise; the real speech data does not travel with the repository)."""
+    import torch
+
+    c = contract
+    t = np.arange(steps * c.samples_per_frame) / c.sample_rate_hz
+    env = (np.sin(2 * np.pi * 3.0 * t) > 0).astype(np.float32)
+    sig = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((140.0, 280.0, 420.0, 1200.0), 1))
+    sig = 0.2 * env * sig + 0.01 * np.random.default_rng(0).standard_normal(t.size)
+    audio = torch.from_numpy(np.stack([np.roll(sig, 997 * i) for i in range(batch)]).astype(np.float32)).to(device)
+    face = torch.as_tensor(np.broadcast_to(c.reference_face_array, (batch, c.num_landmarks, c.landmark_dims))
+                           .copy(), device=device)
+    worst = 0.0
+    with torch.inference_mode():
+        s32 = s16 = g.initial_state(face)
+        for k in range(steps):
+            a = audio[:, k * c.samples_per_frame:(k + 1) * c.samples_per_frame]
+            y32, s32 = g.step(a, s32)
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+                y16, s16 = g.step(a, s16)
+            worst = max(worst, float((y16.float() - y32).abs().max()))
+    return worst
+
+
+def trained_or_random(contract):
+    """(Generator, "trained" | "random"): the shipped checkpoint when it exists and matches the model's
+    architecture (needed for the bf16 accuracy probe), else random weights (time does not depend on them)."""
+    from benchmarks.step_latency import torch_generator
+
+    ckpt = REPO / "training" / "weights" / "generator"
+    if ckpt.with_suffix(".json").is_file():
+        try:
+            from export.cli import load_generator
+
+            g, _ = load_generator(ckpt)
+            if g.cfg.lookahead_frames == contract.lookahead_frames and \
+                    g.cfg.lstm_hidden == int(contract.state("h").shape[1]):
+                return g, "trained"
+        except Exception:
+            pass
+    return torch_generator(contract), "random"
 
 
 def make_backend(name: str, a: argparse.Namespace, workdir: Path):

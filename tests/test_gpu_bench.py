@@ -99,3 +99,19 @@ def test_shell_wrapper(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "gpu_bench.json").is_file() and (tmp_path / "gpu_bench.md").is_file()
+
+
+@needs_model
+def test_bf16_probe_runs_on_cpu():
+    """The bf16 accuracy probe of the torch_cuda_graph_bf16 row is device-agnostic: on the CPU (torch autocast
+    bf16) with the shipped checkpoint it measures a small, non-zero difference."""
+    torch = pytest.importorskip("torch")
+    from stream_engine.contract import read_contract
+
+    contract = read_contract(gb.DEFAULT_MODEL)
+    g, weights = gb.trained_or_random(contract)
+    if weights != "trained":
+        pytest.skip("training/weights/generator is not in this checkout")
+    torch.manual_seed(0)
+    d = gb.bf16_difference(g, contract, device="cpu", steps=20, batch=2)
+    assert 0.0 < d < 0.05
