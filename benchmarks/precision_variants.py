@@ -168,12 +168,22 @@ def markdown(r: dict) -> str:
     if sp:
         lines += ["", "## 3. Speed (one run, one thread, alternating rounds)", "",
                   f"From `{r['speed_path']}`: {sp['cpu']}, load {sp['load'][0]:.2f}–{sp['load'][1]:.2f}. Streams per "
-                  "core (p50) and the ratio to float32 at the same batch; target for the low-precision step ≥ 800.", "",
+                  "core from the p50 wall time of a step, and (in brackets) from the p50 CPU time of the stepping "
+                  "thread, which leaves out the slices other processes took on this shared machine; ratio to float32 "
+                  "at the same batch; target for the low-precision step ≥ 800.", "",
                   "| B | fp32 streams/core | " + " | ".join(f"{v} streams/core | {v} ratio" for v in sp["variants"]) + " |",
                   "|---:|---:|" + "---:|---:|" * len(sp["variants"])]
+
+        def cell(row, key):
+            w, c = row.get(key), row.get(f"{key} cpu")
+            return "–" if not w else (f"{w:.0f} ({c:.0f})" if c else f"{w:.0f}")
+
+        def ratio(row, key):
+            w, c, fw, fc = row.get(key), row.get(f"{key} cpu"), row["fp32"], row.get("fp32 cpu")
+            return "–" if not w else (f"{w / fw:.2f} ({c / fc:.2f})" if c and fc else f"{w / fw:.2f}")
         for b, row in sp["table"].items():
-            lines.append(f"| {b} | {row['fp32']:.0f} | " + " | ".join(
-                f"{row[v]:.0f} | {row[v] / row['fp32']:.2f}" if row.get(v) else "– | –" for v in sp["variants"]) + " |")
+            lines.append(f"| {b} | {cell(row, 'fp32')} | " + " | ".join(
+                f"{cell(row, v)} | {ratio(row, v)}" for v in sp["variants"]) + " |")
     lines += ["", "## 4. Verdict (CPU-default criterion, stream_engine/variants.py)", ""]
     for v, vd in r["verdicts"].items():
         lines.append(f"- **{v}**: {'holds' if vd['holds'] else 'does not hold'} — " +
@@ -189,10 +199,11 @@ def speed_table(report: dict) -> dict:
     for b, c in sorted(report["results"].get("ort_cpu", {}).items(), key=lambda kv: int(kv[0])):
         if "p50_ms" not in c:
             continue
-        row = {"fp32": c["streams_per_core_p50"]}
+        row = {"fp32": c["streams_per_core_p50"], "fp32 cpu": c.get("streams_per_core_cpu_p50")}
         for n in names:
             vc = report["results"].get(f"ort_cpu[{n}]", {}).get(b, {})
             row[n] = vc.get("streams_per_core_p50")
+            row[f"{n} cpu"] = vc.get("streams_per_core_cpu_p50")
         table[b] = row
     cond = report["conditions"]
     return {"variants": names, "table": table, "cpu": report["machine"].get("cpu"),

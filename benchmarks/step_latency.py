@@ -296,18 +296,22 @@ def time_cell(backend: Backend, batch: int, warmup: int, n_min: int, n_max: int,
     step = backend.prepare(batch)
     for _ in range(warmup):
         step()
-    samples = []
+    samples, cpu = [], []
     since_reset = 0
     t_end = time.perf_counter() + budget_s
     while len(samples) < n_max and (len(samples) < n_min or time.perf_counter() < t_end):
         if since_reset >= RESET_EVERY:
             backend.reset(batch)
             since_reset = 0
+        c0 = time.thread_time_ns()
         t0 = time.perf_counter_ns()
         step()
         samples.append((time.perf_counter_ns() - t0) * 1e-9)
+        cpu.append((time.thread_time_ns() - c0) * 1e-9)
         since_reset += 1
-    return {"samples_s": samples, "warmup": warmup}
+    # CPU time of this thread: what a step costs a core, without the slices other processes took (a one-thread
+    # ORT session runs its kernels on the calling thread; meaningful for the CPU backends only).
+    return {"samples_s": samples, "cpu_s": cpu, "warmup": warmup}
 
 
 def time_cpp(binary: Path, model: Path, batch: int, warmup: int, n: int, timeout_s: float) -> dict:
@@ -471,11 +475,14 @@ def markdown(report: dict) -> str:
     if report.get("variants"):
         lines += ["", "## Precision variants (ort_cpu, one thread, same rounds)", "",
                   f"Streams per core (p50) of each variant and its ratio to float32 `ort_cpu` at the same batch; "
-                  f"target for the low-precision step: >= {TARGET_LOW_PRECISION_STREAMS} streams per core.", "",
-                  "| variant | precision | B | p50 ms | p99 ms | streams/core (p50) | ratio to fp32 |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  f"target for the low-precision step: >= {TARGET_LOW_PRECISION_STREAMS} streams per core. The CPU-time "
+                  "columns use the step thread's CPU time (time.thread_time), which leaves out the time slices other "
+                  "processes took: on a loaded machine they are the closer estimate of an idle core.", "",
+                  "| variant | precision | B | p50 ms | p99 ms | streams/core (p50) | ratio to fp32 | CPU ms (p50) | "
+                  "streams/core (CPU time) | ratio (CPU time) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         base = report["results"].get("ort_cpu", {})
-        for v in report["variants"]:
+        for v in [{"name": "fp32", "backend": "ort_cpu", "precision": "fp32"}] + report["variants"]:
             cells = report["results"].get(v["backend"], {})
             for b in sorted(cells, key=int):
                 c = cells[b]
@@ -483,8 +490,11 @@ def markdown(report: dict) -> str:
                     continue
                 ratio = (f"{c['streams_per_core_p50'] / base[b]['streams_per_core_p50']:.2f}"
                          if "p50_ms" in base.get(b, {}) else "–")
+                cpu = (f"{c['cpu_p50_ms']:.3f} | {c['streams_per_core_cpu_p50']:.0f}" if "cpu_p50_ms" in c else "– | –")
+                cratio = (f"{c['streams_per_core_cpu_p50'] / base[b]['streams_per_core_cpu_p50']:.2f}"
+                          if "cpu_p50_ms" in c and "cpu_p50_ms" in base.get(b, {}) else "–")
                 lines.append(f"| {v['name']} | {v['precision']} | {b} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} | "
-                             f"{c['streams_per_core_p50']:.0f} | {ratio} |")
+                             f"{c['streams_per_core_p50']:.0f} | {ratio} | {cpu} | {cratio} |")
     lines += ["", "Summary against the targets:", ""]
     for name, s in report["summary"].items():
         b1 = s.get("b1")
@@ -646,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 samples[name][batch].extend(r["samples_s"])
                 meta = cell_meta[name].setdefault(batch, {"warmup": 0, "load_avg": []})
+                if r.get("cpu_s") and name.startswith("ort_cpu"):
+                    meta.setdefault("cpu_s", []).extend(r["cpu_s"])
                 meta["warmup"] = r["warmup"]
                 meta["load_avg"] += [load0, os.getloadavg()[0]]
                 if "ort_version" in r:
@@ -670,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
                 })
                 if "ort_version" in meta:
                     s["ort_version"] = meta["ort_version"]
+                if meta.get("cpu_s"):
+                    s["cpu_p50_ms"] = 1e3 * float(np.median(meta["cpu_s"]))
+                    s["streams_per_core_cpu_p50"] = frame_ms / (s["cpu_p50_ms"] / batch)
                 cells[str(batch)] = s
             elif meta.get("skip"):
                 cells[str(batch)] = {"skip": meta["skip"]}

@@ -19,7 +19,7 @@ float32 export's, M-LMD within 0.5 px, plausibility within 0.5 points (short seq
 rollout), no non-finite frame, and the landmark difference to float32 over 60 s of test-split speech, and to
 itself batched vs alone, stays below 0.01 (normalised units; ~2.6 px of a 256 crop). int8 meets it
 (benchmarks/results/precision_variants.md: max 4.7e-3 / mean 3.4e-4 over 3 x 60 s; AV-Conf equal to 0.003 at
-every scale; M-LMD 17.79 vs 17.80 px; plausible 99.4 vs 99.5 %) and runs 1.3-3x the float32 streams per core.
+every scale; M-LMD 17.79 vs 17.80 px; plausible 99.4 vs 99.5 %) and runs 1.4-2.5x the float32 streams per core.
 
 int8 outputs depend slightly on the batch (up to 3e-3 over 60 s: per-batch activation scales, and float
 rounding between batch sizes flipping int8 rounding steps); choose fp32 for results that must not depend on
