@@ -272,3 +272,20 @@ def test_precision_variants_report(tmp_path, shared_data):
     if ev.is_file():
         assert r["verdicts"]["int8"]["holds"] and len(r["eval"]["rows"]["int8"]["av_conf"]) == 4
     assert "## 4. Verdict" in (tmp_path / "precision_variants.md").read_text()
+
+
+@needs_shipped
+@pytest.mark.parametrize("precision, suffix", [(None, "+int8"), ("fp32", "")])
+def test_msync_stream_runs_the_selected_variant(tmp_path, speech, capsys, precision, suffix):
+    """`msync stream` on a real 3 s clip: the CPU default is the int8 variant, --precision fp32 the float32 one."""
+    import soundfile as sf
+
+    from stream_engine.cli import main
+
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, speech[: 3 * 16000], 16000)
+    args = ["stream", "--input", str(wav), "--fast", "--port", "0", "--no-vmc", "--quiet"]
+    assert main(args + (["--precision", precision] if precision else [])) == 0
+    err = capsys.readouterr().err
+    version = read_contract(FP32).model_version + suffix
+    assert f"model {version} (" in err
