@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify-data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
                    help="dataset dir with clips/*.flac for --verify-steps (noise is used when missing)")
     p.add_argument("--tol", type=float, default=1e-4, help="max landmark difference allowed by --verify-steps")
+    p.add_argument("--int8", nargs="?", const="dynamic", choices=["dynamic", "static"], metavar="METHOD",
+                   help="also write an int8 variant beside --out as <name>_int8.onnx (export.quantize; "
+                        "dynamic by default, static = QDQ calibrated on --verify-data speech)")
     trt = p.add_argument_group("TensorRT")
     trt.add_argument("--tensorrt", action="store_true", help="also build serialized TensorRT engines")
     trt.add_argument("--trt-precision", default="fp32,fp16", help="comma list of fp32, fp16")
@@ -151,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
     rc = 0
     if args.verify_steps > 0:
         rc = max(rc, _verify(generator, contract, args))
+    if args.int8:
+        rc = max(rc, _int8_variant(args))
     if args.tensorrt:
         from export.tensorrt_build import TensorRTUnavailable, build_engines
 
@@ -176,6 +181,20 @@ def run(args: argparse.Namespace) -> int:
             tensorrt_accelerator=args.triton_trt_accelerator)
         print(f"  triton model repository {model_dir}")
     return rc
+
+
+def _int8_variant(args) -> int:
+    """The --int8 hook: export.quantize on the file just written."""
+    from export.quantize import QuantizeConfig, quantize_step
+
+    out = Path(args.out).with_name(Path(args.out).stem + "_int8.onnx")
+    try:
+        r = quantize_step(args.out, out, QuantizeConfig(method=args.int8, data_dir=args.verify_data))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"msync export --int8: {exc}", file=sys.stderr)
+        return 1
+    print(f"  int8 variant {out} (int8-{r['method']}, {r['nodes']} matrix products, {r['size_mb']['int8']:.1f} MB)")
+    return 0
 
 
 def _verify(generator, contract, args) -> int:

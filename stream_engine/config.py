@@ -56,12 +56,15 @@ class ModelConfig:
         providers: onnxruntime execution providers ("" = CPU; "cuda", "tensorrt", "auto").
         lookahead_frames: the look-ahead L you expect; a model exported with another L is refused (the
             look-ahead is fixed at export time).
+        precision: "auto", "fp32", "int8" or "bf16" (refused): picks a shipped variant of the default model
+            and is checked against any model's `msync.precision` (stream_engine/variants.py).
     """
 
     path: str = str(DEFAULT_MODEL_PATH)
     threads: int = 1
     providers: str = ""
     lookahead_frames: int | None = None
+    precision: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,8 @@ Metadata keys (all values are strings)::
     msync.training_data      free text / JSON summary
     msync.generator_config   JSON of the generator's architecture settings
     msync.frontend           JSON of the audio front end's settings
+    msync.precision          optional: "int8-dynamic", "int8-static" (export/quantize.py), "fp16-mixed" (TensorRT
+                             graphs); absent = float32. I/O and states stay float32 in every precision
 
 This module imports numpy only (onnxruntime lazily, in :func:`read_contract`).
 """

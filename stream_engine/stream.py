@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "at export; a different one is refused)")
     g.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default 1)")
     g.add_argument("--providers", help="onnxruntime providers: cpu, cuda, tensorrt, auto")
+    g.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16"], help="shipped variant of the default "
+                   "model (auto: int8 on CPU, fp32 on GPU); with --model, the precision the file must declare")
     g = p.add_argument_group("input")
     g.add_argument("--input", metavar="SRC", help="speech (default: an espeak-ng sentence), mic, stdin, none "
                    "(WebSocket only), or an audio file path")
@@ -112,6 +114,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         overrides["model.threads"] = args.threads
     if args.providers is not None:
         overrides["model.providers"] = args.providers
+    if getattr(args, "precision", None) is not None:
+        overrides["model.precision"] = args.precision
     for flag, key in (("text", "input.text"), ("device", "input.device"), ("rate", "input.sample_rate_hz"),
                       ("channels", "input.channels"), ("stdin_format", "input.stdin_format"),
                       ("speed", "input.speed"), ("loop", "input.loop"), ("stream_id", "input.stream_id"),
@@ -216,6 +220,13 @@ def load_model(cfg) -> object:
         except Exception as exc:
             raise StreamError(f"cannot build the runner {path!r}: {exc}") from exc
     else:
+        # Model variants (stream_engine/variants.py): the shipped default resolves to its precision variant.
+        from stream_engine import variants
+
+        try:
+            path = str(variants.resolve(path, cfg.precision, cfg.providers))
+        except variants.VariantError as exc:
+            raise StreamError(str(exc)) from None
         if not Path(path).is_file():
             hint = ("the shipped default model is not in this checkout yet; " if Path(path) == DEFAULT_MODEL_PATH
                     else "")
@@ -227,6 +238,10 @@ def load_model(cfg) -> object:
             runner = load_runner(path, threads=cfg.threads, providers=cfg.providers or None)
         except ModelLoadError as exc:  # ContractError is a ModelLoadError
             raise StreamError(f"cannot use model: {exc}") from None
+        try:
+            variants.check(runner.contract, cfg.precision)
+        except variants.VariantError as exc:
+            raise StreamError(f"cannot use model {path}: {exc}") from None
     L = runner.contract.lookahead_frames
     if cfg.lookahead_frames is not None and cfg.lookahead_frames != L:
         raise StreamError(f"this model supports only look-ahead L={L} (it is fixed at export); you asked for "

@@ -163,6 +163,18 @@ def load_generator(name: str, path: str, device: str) -> LoadedModel:
     from training.checkpoint import dataclass_from_dict, load_meta, load_state
     from training.models.generator import Generator, GeneratorConfig
 
+    if str(path).endswith(".onnx"):  # an exported step (any precision), run by ONNX Runtime on the CPU
+        from training.onnx_rows import OnnxGenerator
+
+        G = OnnxGenerator(path)
+        try:  # the exporter writes the checkpoint's training-data summary as JSON text
+            training_data = json.loads(G.contract.training_data)
+        except ValueError:
+            training_data = None
+        meta = {"training_data": training_data if isinstance(training_data, dict) else
+                {"note": G.contract.training_data}, "model_version": G.contract.model_version,
+                "precision": G.precision}
+        return LoadedModel(name, str(path), G, meta, G.cfg.receptive_field_frames[-1] - 1, G.cfg.lookahead_frames)
     p = resolve_generator(path)
     meta = load_meta(p)
     if meta.get("kind") != "generator":
@@ -227,6 +239,11 @@ def generate(m: LoadedModel, pcms: list[np.ndarray], starts: list[int], x_refs: 
     import torch
 
     G, W, L = m.G, m.warmup, m.lookahead
+    if getattr(G, "is_onnx", False):
+        y = G.generate(pcms, starts, x_refs, seeds, num_frames, W)
+        if bar is not None:
+            bar.update(len(y))
+        return y
     ctx = G.frontend.context_samples
     out = []
     for b in range(0, len(pcms), batch_size):
@@ -257,6 +274,8 @@ def stream_rollout(m: LoadedModel, pcm: np.ndarray, x_ref: np.ndarray, seed: int
     from tqdm import tqdm
 
     G, W, L = m.G, m.warmup, m.lookahead
+    if getattr(G, "is_onnx", False):
+        return G.rollout(pcm, x_ref, seed, num_frames)
     ctx = G.frontend.context_samples
     out = np.empty((num_frames, 68, 2), dtype=np.float32)
     x = torch.from_numpy(np.asarray(x_ref, np.float32)[None]).to(device)
@@ -284,6 +303,8 @@ def step_rollout(m: LoadedModel, pcm: np.ndarray, x_ref: np.ndarray, seed: int, 
     import torch
 
     G, L = m.G, m.lookahead
+    if getattr(G, "is_onnx", False):
+        return G.rollout(pcm, x_ref, seed, num_frames)
     h, c = initial_noise(G, [seed], device)
     state = G.initial_state(torch.from_numpy(np.asarray(x_ref, np.float32)[None]).to(device), h, c)
     out = []
@@ -614,7 +635,8 @@ def evaluate(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> dict:
             "generation_seconds": gen_seconds, "wall_s": None,
             "models": {m.name: {"path": m.path, "step": m.meta.get("step"), "lookahead_frames": m.lookahead,
                                 "lookahead_ms": 40 * m.lookahead, "warmup_frames": m.warmup,
-                                "parameters": m.G.num_parameters(), "training_data": m.meta.get("training_data")}
+                                "parameters": m.G.num_parameters(), "training_data": m.meta.get("training_data"),
+                                "precision": m.meta.get("precision", "fp32 (checkpoint)")}
                        for m in models},
         },
         "config": _to_jsonable(cfg),
@@ -856,7 +878,8 @@ def plot_drift(result: dict, path: Path) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = EvalConfig()
     p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
-                   help="a generator row: checkpoint path without suffix, or a run directory; repeatable (ours and "
+                   help="a generator row: checkpoint path without suffix, a run directory, or an exported .onnx "
+                        "step (any precision; run by ONNX Runtime on the CPU); repeatable (ours and "
                         f"each ablation). Default: ours={DEFAULT_MODELS[0]} (else {DEFAULT_MODELS[1]})")
     p.add_argument("--metric-syncers", default=d.metric_syncers,
                    help=f"metric syncer pyramid checkpoint (default {DEFAULT_SYNCERS[0]}, else {DEFAULT_SYNCERS[1]})")
