@@ -72,10 +72,12 @@ class LatestFrameQueue:
         self._count[stream_id] -= removed
         return removed
 
-    def get_nowait(self) -> Item | None:
-        """Next message, else next fresh frame, else None (stale frames are dropped on the way)."""
+    def get_nowait(self, frames: bool = True) -> Item | None:
+        """Next message, else (if `frames`) next fresh frame, else None (stale frames are dropped on the way)."""
         if self._messages:
             return self._messages.popleft()
+        if not frames:
+            return None
         now = self._clock.now_ns()
         while self._frames:
             frame = self._frames.popleft()
@@ -95,6 +97,19 @@ class LatestFrameQueue:
                 return item
             self._ready.clear()
             await self._ready.wait()
+
+    def frames_of(self, stream_id: str) -> int:
+        """Frames of a stream waiting in the queue."""
+        return self._count[stream_id]
+
+    def wake(self) -> None:
+        """Wake the consumer waiting in `wait` (e.g. its send window opened)."""
+        self._ready.set()
+
+    async def wait(self) -> None:
+        """Wait for the next `put`, `put_message`, `wake` or `close` (the caller then polls `get_nowait`)."""
+        self._ready.clear()
+        await self._ready.wait()
 
     def close(self) -> None:
         self.closed = True
