@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -75,7 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("outputs")
     g.add_argument("--host", help="bind address (default 127.0.0.1)")
     g.add_argument("--port", type=int, help="HTTP/WebSocket port (default 8765; 0 = any free port)")
-    g.add_argument("--token", help="require this token on every HTTP/WebSocket request")
+    g.add_argument("--token", help="require this token on every HTTP/WebSocket request (visible in the process "
+                   "list: prefer --token-file or the MSYNC_TOKEN environment variable)")
+    g.add_argument("--token-file", metavar="FILE", help="read the token from FILE (first line)")
+    g.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
     g.add_argument("--vmc", action="append", metavar="HOST:PORT", help="VMC target (repeatable; default "
                    "127.0.0.1:39539)")
     g.add_argument("--no-vmc", action="store_true", help="do not send VMC")
@@ -105,7 +109,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
                       ("channels", "input.channels"), ("stdin_format", "input.stdin_format"),
                       ("speed", "input.speed"), ("loop", "input.loop"), ("stream_id", "input.stream_id"),
                       ("reference_face", "input.reference_face"), ("host", "server.host"), ("port", "server.port"),
-                      ("token", "server.token"), ("duration", "duration_s"), ("seed", "engine.seed"),
+                      ("token", "server.token"), ("token_file", "server.token_file"),
+                      ("duration", "duration_s"), ("seed", "engine.seed"),
                       ("log_level", "log_level")):
         value = getattr(args, flag)
         if value is not None:
@@ -114,6 +119,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         overrides["input.realtime"] = False
     if args.quiet:
         overrides["latency_line"] = False
+    if args.insecure:
+        overrides["server.insecure"] = True
     if args.no_vmc:
         overrides["vmc.enabled"] = False
     if args.vmc:
@@ -170,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    if args.token:
+        print("msync stream: warning: --token is visible to every local user in the process list; use "
+              "--token-file or the MSYNC_TOKEN environment variable", file=sys.stderr)
     try:
         return asyncio.run(run_stream(cfg))
     except StreamError as exc:
@@ -243,7 +253,7 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
     from stream_engine.inputs import InputError
     from stream_engine.outputs.osc import OscSink
     from stream_engine.outputs.vmc import VmcSink
-    from stream_engine.outputs.websocket import WebSocketServer
+    from stream_engine.outputs.websocket import WebSocketServer, resolve_tokens
     from stream_engine.session import ReferenceFaceError, load_reference_face
 
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
@@ -257,7 +267,10 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
             raise StreamError(str(exc)) from None
     source = make_source(cfg.input)
     engine = Engine(runner, cfg.engine, cfg.signals)
-    server = WebSocketServer(engine, cfg.server)
+    try:
+        server = WebSocketServer(engine, resolve_tokens(cfg.server, os.environ))
+    except ValueError as exc:  # a remote bind without a token, an unreadable token file
+        raise StreamError(str(exc)) from None
     try:
         await server.start()
     except OSError as exc:
