@@ -63,11 +63,13 @@ class Subscribe:
 
     streams: frozenset | None
     format: str
+    every_frame: bool = False  # never drop these streams' frames (the /audio sender is paced instead)
 
 
 @dataclasses.dataclass(frozen=True)
 class AwaitCapacity:
-    """Back-pressure: read no further message until the stream holds at most `max_pending_s` of audio."""
+    """Back-pressure: read no further message until the stream holds at most `max_pending_s` of audio (and,
+    for an `every_frame` subscriber, at most that much of its frames wait to be sent)."""
 
     stream_id: str
     max_pending_s: float
@@ -415,6 +417,9 @@ class AudioProtocol(_Connection):
                 ref = reference_face_from_points(ref, int(self.engine.contract.num_landmarks))
             subscribe = hello.get("subscribe")
             sub_fmt = None if subscribe in (None, False, "none") else parse_format(subscribe, "json")
+            every_frame = hello.get("every_frame", False)
+            if not isinstance(every_frame, bool) or (every_frame and sub_fmt is None):
+                raise ValueError("'every_frame' must be true or false, and needs 'subscribe'")
             sid = hello.get("stream")
             if sid is not None:
                 sid = parse_stream_id(sid)
@@ -440,7 +445,7 @@ class AudioProtocol(_Connection):
         self._last_audio_ns = now_ns
         actions: list[Action] = []
         if sub_fmt is not None:
-            actions.append(Subscribe(frozenset([sid]), sub_fmt))
+            actions.append(Subscribe(frozenset([sid]), sub_fmt, every_frame))
         actions.append(Send(json.dumps({**self.info, "format": sub_fmt,
                                         "type": "ready", "v": PROTOCOL_VERSION, "stream": sid, "epoch": 0,
                                         "input_format": fmt.to_json(),

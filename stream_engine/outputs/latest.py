@@ -34,6 +34,7 @@ class LatestFrameQueue:
         self._ready = asyncio.Event()
         self.dropped = 0
         self.closed = False
+        self.keep_all: set[str] = set()  # streams whose frames are never dropped (their producer is paced)
 
     def __len__(self) -> int:
         return len(self._frames) + len(self._messages)
@@ -42,7 +43,7 @@ class LatestFrameQueue:
         if self.closed:
             return
         sid = frame.stream_id
-        if self._count[sid] >= self.max_frames_per_stream:
+        if self._count[sid] >= self.max_frames_per_stream and sid not in self.keep_all:
             for i, old in enumerate(self._frames):  # the oldest frame of this stream
                 if old.stream_id == sid:
                     del self._frames[i]
@@ -83,7 +84,8 @@ class LatestFrameQueue:
             frame = self._frames.popleft()
             self._count[frame.stream_id] -= 1
             published = frame.timings.publish_ns
-            if self.max_age_ns and published and now - published > self.max_age_ns:
+            if self.max_age_ns and published and now - published > self.max_age_ns \
+                    and frame.stream_id not in self.keep_all:
                 self.dropped += 1
                 continue
             return frame

@@ -223,10 +223,19 @@ class _Client:
     def wants(self, stream_id: str) -> bool:
         return self.streams is None or stream_id in self.streams
 
+    @property
+    def windowed(self) -> bool:
+        """Latest-wins clients have a send window; an `every_frame` /audio subscriber has none: its frames
+        are paced by its own audio (a pong stuck behind its unread audio must not stall or drop it)."""
+        return not self.queue.keep_all
+
+    def may_send_frame(self) -> bool:
+        return not self.windowed or self.window.can_send()
+
     def can_write_now(self, limit_bytes: int) -> bool:
         """True when a frame can be written straight to the socket without reordering or piling up: nothing
         queued, no send in progress, room in the send window, and the kernel is taking data."""
-        if self.busy or len(self.queue) or not self.window.can_send():
+        if self.busy or len(self.queue) or not self.may_send_frame():
             return False
         transport = getattr(self.ws, "transport", None)
         return transport is not None and not transport.is_closing() and transport.get_write_buffer_size() <= limit_bytes
@@ -300,7 +309,7 @@ class WebSocketServer:
                     broadcast([client.ws], encoded[key])
                     client.sent += 1
                     client.window.on_sent()
-                    if client.window.needs_ping():
+                    if client.windowed and client.window.needs_ping():
                         client.queue.wake()  # the relay sends the acknowledging ping
                 else:
                     client.queue.put(frame)
@@ -372,6 +381,8 @@ class WebSocketServer:
         parts = urlsplit(request.path)
         query = parse_qs(parts.query)
         path = parts.path
+        if any(len(request.headers.get_all(name)) > 1 for name in ("Host", "Origin", "Authorization", "Upgrade")):
+            return connection.respond(http.HTTPStatus.BAD_REQUEST, "repeated header\n")
         is_upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if (not is_upgrade or "Origin" in request.headers) and not self._host_ok(request):
             return connection.respond(http.HTTPStatus.FORBIDDEN, "host not allowed\n")
@@ -492,13 +503,13 @@ class WebSocketServer:
         loop = asyncio.get_running_loop()
         try:
             while not client.queue.closed:
-                if client.window.needs_ping():
+                if client.windowed and client.window.needs_ping():
                     pong = await self._write(client.ws, client.ws.ping())
                     client.window.on_ping_sent()
                     client.pong_timer = loop.call_later(self.cfg.write_timeout_s, self._drop, client.ws,
                                                         "its send window was not acknowledged in time")
                     pong.add_done_callback(lambda f, c=client: self._on_pong(c, f))
-                item = client.queue.get_nowait(frames=client.window.can_send())
+                item = client.queue.get_nowait(frames=client.may_send_frame())
                 if item is None:
                     client.idle.set()
                     await client.queue.wait()
@@ -554,11 +565,17 @@ class WebSocketServer:
             elif isinstance(action, Subscribe):
                 client = client_box[0]
                 if client is None:
-                    client_box[0], client_box[1] = self._add_client(ws, action.format, action.streams)
+                    client, relay = self._add_client(ws, action.format, action.streams)
+                    client_box[0], client_box[1] = client, relay
                 else:
                     client.format, client.streams = action.format, action.streams
+                client.queue.keep_all = set(action.streams or ()) if action.every_frame else set()
             elif isinstance(action, AwaitCapacity):
                 await self._until(self.engine.wait_capacity(action.stream_id, action.max_pending_s), closed)
+                client = client_box[0]
+                if client is not None and action.stream_id in client.queue.keep_all:
+                    limit = int(action.max_pending_s * self.engine.contract.fps)
+                    await self._until(self._client_drained(client, action.stream_id, limit), closed)
             elif isinstance(action, AwaitDrained):
                 await self._until(self.engine.wait_drained(action.stream_id), closed)
                 client = client_box[0]
@@ -571,8 +588,9 @@ class WebSocketServer:
         return False
 
     @staticmethod
-    async def _client_drained(client: _Client, stream_id: str) -> None:
-        while client.queue.frames_of(stream_id) or client.busy:
+    async def _client_drained(client: _Client, stream_id: str, limit: int = 0) -> None:
+        """Until at most `limit` frames of the stream wait in the client's queue (0: none, nothing in flight)."""
+        while client.queue.frames_of(stream_id) > limit or (limit == 0 and client.busy):
             client.idle.clear()
             await client.idle.wait()
 
