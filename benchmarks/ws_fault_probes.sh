@@ -3,6 +3,7 @@
 # per probe, on a loopback port; one JSON per probe in OUTDIR. Usage:
 #   bash benchmarks/ws_fault_probes.sh MSYNC_BIN PYTHON OUTDIR PORT [PROBE...]
 # MSYNC_BIN/PYTHON: the msync entry point and the python of the venv under test (e.g. /work/main/.venv/bin/...).
+# MSYNC_ARGS (environment): extra flags for the server, e.g. "--config server.json".
 set -u
 MSYNC=$1; PY=$2; OUT=$3; PORT=$4; shift 4
 TOOLS=$(cd "$(dirname "$0")/../../shared/tools" 2>/dev/null && pwd || echo ../shared/tools)
@@ -17,9 +18,10 @@ for probe in $PROBES; do
     memory_flood) args="--n 8 --secs 15";;
     trickle_reader) args="--secs 20";;
     cross_reset) args="";;
+    ref_only) args="--secs 10";;
     *) args="";;
   esac
-  "$MSYNC" stream --input none --port "$PORT" --no-vmc --quiet > "$OUT/$probe.server.log" 2>&1 &
+  "$MSYNC" stream --input none --port "$PORT" --no-vmc --quiet ${MSYNC_ARGS:-} > "$OUT/$probe.server.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do "$PY" - "$PORT" <<'PYEOF' && break
 import sys, urllib.request

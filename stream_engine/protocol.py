@@ -181,6 +181,28 @@ def parse_pcm_format(obj: dict, base: PcmFormat | None = None) -> PcmFormat:
     return PcmFormat(sample_rate_hz=rate, channels=channels, dtype=dtype)  # checks rate and channels
 
 
+class MessageRate:
+    """A token bucket over one connection's control messages: `burst` at once, `per_s` sustained. I/O-free:
+    `take(now_ns)` returns how long (ns) the transport should wait before reading the next message, so a
+    client that floods control messages is slowed to `per_s` and costs the server a bounded share of its
+    time (audio is budgeted by back-pressure instead)."""
+
+    def __init__(self, per_s: float, burst: int) -> None:
+        self.per_s = float(per_s)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.last_ns: int | None = None
+
+    def take(self, now_ns: int) -> int:
+        if self.per_s <= 0:
+            return 0
+        if self.last_ns is not None:
+            self.tokens = min(self.burst, self.tokens + (now_ns - self.last_ns) * 1e-9 * self.per_s)
+        self.last_ns = now_ns
+        self.tokens -= 1.0
+        return 0 if self.tokens >= 0 else int(-self.tokens / self.per_s * 1e9)
+
+
 class StreamOwners:
     """Which connection opened which stream (shared by the connections of one server)."""
 

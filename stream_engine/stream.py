@@ -7,7 +7,7 @@ served on http://127.0.0.1:8765/ and VMC goes to 127.0.0.1:39539, with a live la
     msync stream --input talk.wav --duration 30    # a file in real time (--fast: as fast as possible)
     msync stream --input mic --device USB          # a microphone (--list-devices to see them)
     arecord -f S16_LE -r 48000 -c 2 | msync stream --input stdin --stdin-format s16le:48000:2
-    msync stream --input none --token s3cret       # only streams sent over WebSocket /audio
+    MSYNC_TOKEN=s3cret msync stream --input none   # only streams sent over WebSocket /audio
 
 `add_arguments`/`run` only parse and call `run_stream(StreamConfig)`, which wires model, engine, outputs and
 the input together.

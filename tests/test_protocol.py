@@ -243,3 +243,14 @@ def test_send_window_acknowledges_up_to_the_ping():
     assert not w.can_send() and not w.needs_ping()  # 3 in flight, one ping outstanding
     w.on_pong()  # the first frame was read
     assert w.can_send() and w.needs_ping() and w.sent - w.acked == 2
+
+
+def test_message_rate_paces_a_flood_after_its_burst():
+    from stream_engine.protocol import MessageRate
+
+    rate = MessageRate(per_s=100.0, burst=3)
+    assert [rate.take(0) for _ in range(3)] == [0, 0, 0]
+    assert rate.take(0) == 10_000_000  # one message over: wait 10 ms
+    assert rate.take(10_000_000) == 10_000_000  # still in debt at the sustained rate
+    assert rate.take(10 * S) == 0  # refilled (capped at the burst)
+    assert MessageRate(per_s=0, burst=1).take(0) == 0  # 0 = unpaced

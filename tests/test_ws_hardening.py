@@ -342,3 +342,14 @@ def test_loopback_server_refuses_foreign_host_headers():
     out = run(main())
     assert [out[k] for k in list(out)[:3]] == [200, 200, 200]
     assert [out[k] for k in list(out)[3:]] == [403, 403, 403, 400, 403]
+
+
+def test_token_flags_reach_the_server_config():
+    import argparse
+
+    from stream_engine.stream import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args(["--token-file", "/run/secrets/msync", "--insecure"]))
+    assert cfg.server.token_file == "/run/secrets/msync" and cfg.server.insecure and cfg.server.token == ""

@@ -41,6 +41,7 @@ from stream_engine.protocol import (
     AwaitDrained,
     Close,
     FramesProtocol,
+    MessageRate,
     ProtocolConfig,
     ProtocolError,
     Send,
@@ -93,6 +94,8 @@ class ServerConfig:
         idle_timeout_s: an audio stream without audio for this long is flushed and closed (0 = never).
         max_client_errors: a client is disconnected after this many bad messages.
         messages_per_turn: messages one connection handles before it yields to the others.
+        control_messages_per_s, control_burst: a connection's text (and /frames binary) messages are paced to
+            this rate after a burst (0 = unpaced): a flood costs its sender time, not the others.
         audio_max_pending_s: back-pressure: stop reading an audio client while its stream holds more
             unprocessed audio than this.
         resample_quality: soxr quality for ingest resampling.
@@ -123,6 +126,8 @@ class ServerConfig:
     idle_timeout_s: float = 15.0
     max_client_errors: int = 50
     messages_per_turn: int = 16
+    control_messages_per_s: float = 500.0
+    control_burst: int = 100
     audio_max_pending_s: float = 2.0
     resample_quality: str = "HQ"
     direct_write_limit_bytes: int = 16 * 1024
@@ -535,7 +540,10 @@ class WebSocketServer:
         connections every `messages_per_turn` messages."""
         clock = self.engine.clock
         handled = 0
+        rate = MessageRate(self.cfg.control_messages_per_s, self.cfg.control_burst)
+        audio = isinstance(proto, AudioProtocol)
         while True:
+            message = None
             deadline = getattr(proto, "deadline_ns", None)
             if deadline is not None:
                 try:
@@ -546,9 +554,16 @@ class WebSocketServer:
                 else:
                     actions = proto.receive(message, clock.now_ns())
             else:
-                actions = proto.receive(await ws.recv(), clock.now_ns())
+                message = await ws.recv()
+                actions = proto.receive(message, clock.now_ns())
             if await self._execute(ws, proto, actions, client_box, closed):
                 return
+            if message is not None and not (audio and isinstance(message, bytes)):
+                wait_ns = rate.take(clock.now_ns())
+                if wait_ns:
+                    await asyncio.sleep(wait_ns / 1e9)  # pacing this connection only (a timer, not a poll)
+                    handled = 0
+                    continue
             handled += 1
             if handled >= self.cfg.messages_per_turn:
                 handled = 0
@@ -560,6 +575,8 @@ class WebSocketServer:
             if isinstance(action, Send):
                 await self._write(ws, ws.send(action.data))
             elif isinstance(action, Close):
+                if isinstance(proto, AudioProtocol):
+                    proto.connection_lost()  # the stream goes now, not after a peer's closing handshake
                 await ws.close(action.code, action.reason)
                 return True
             elif isinstance(action, Subscribe):
