@@ -3,7 +3,8 @@
 # per probe, on a loopback port; one JSON per probe in OUTDIR. Usage:
 #   bash benchmarks/ws_fault_probes.sh MSYNC_BIN PYTHON OUTDIR PORT [PROBE...]
 # MSYNC_BIN/PYTHON: the msync entry point and the python of the venv under test (e.g. /work/main/.venv/bin/...).
-# MSYNC_ARGS (environment): extra flags for the server, e.g. "--config server.json".
+# MSYNC_ARGS (environment): extra flags for the server, e.g. "--config server.json"; PROBE_ARGS: replace the
+# probe's default arguments.
 set -u
 MSYNC=$1; PY=$2; OUT=$3; PORT=$4; shift 4
 TOOLS=$(cd "$(dirname "$0")/../../shared/tools" 2>/dev/null && pwd || echo ../shared/tools)
@@ -20,6 +21,10 @@ for probe in $PROBES; do
     cross_reset) args="";;
     ref_only) args="--secs 10";;
     *) args="";;
+  esac
+  case ${PROBE_ARGS:-} in
+    "") ;;
+    *) args=$PROBE_ARGS;;
   esac
   "$MSYNC" stream --input none --port "$PORT" --no-vmc --quiet ${MSYNC_ARGS:-} > "$OUT/$probe.server.log" 2>&1 &
   pid=$!

@@ -66,6 +66,8 @@ def main() -> None:
     p.add_argument("after")
     p.add_argument("--out", default="benchmarks/results/ws_faults")
     p.add_argument("--note", default="")
+    p.add_argument("--extra", nargs=3, action="append", default=[], metavar=("NAME", "BEFORE_DIR", "AFTER_DIR"),
+                   help="one more row from other runs: NAME starts with the probe's name; '-' = no run")
     a = p.parse_args()
     probes = ["slow_reader", "silent", "lockout", "pipeline", "memory_flood", "trickle_reader", "cross_reset"]
     rows = {}
@@ -73,8 +75,22 @@ def main() -> None:
         row = {}
         for label, folder in (("before", a.before), ("after", a.after)):
             f = Path(folder) / f"{probe}.json"
-            row[label] = summarise(probe, json.loads(f.read_text())) if f.is_file() else None
+            log = Path(folder) / f"{probe}.probe.log"
+            if f.is_file():
+                row[label] = summarise(probe, json.loads(f.read_text()))
+            elif log.is_file():  # the probe itself stopped, e.g. because the server closed its connection
+                last = (log.read_text().strip().splitlines() or ["(empty log)"])[-1]
+                row[label] = {"probe_stopped": last[:160]}
+            else:
+                row[label] = None
         rows[probe] = row
+    for name, before_dir, after_dir in a.extra:
+        probe = next(p for p in probes + ["ref_only"] if name.startswith(p))
+        row = {}
+        for label, folder in (("before", before_dir), ("after", after_dir)):
+            f = Path(folder) / f"{probe}.json"
+            row[label] = summarise(probe, json.loads(f.read_text())) if folder != "-" and f.is_file() else None
+        rows[name] = row
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     meta = {"note": a.note, "cpu": cpu, "cores": os.cpu_count(), "load_at_tabulation": os.getloadavg()}

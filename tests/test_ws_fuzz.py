@@ -138,7 +138,9 @@ class FramesFuzzer(Fuzzer):
             await self.exchange("ping", json.dumps({"type": "ping", "x": random_value(rng)}), "pong")
         elif k < 25:
             fmt = ["json", "binary", "JSON", None][int(rng.integers(0, 4))]
-            msg = {"type": "subscribe", "streams": [f"none{int(rng.integers(0, 9))}"], **({"format": fmt} if fmt else {})}
+            msg = {"type": "subscribe", "streams": [f"none{int(rng.integers(0, 9))}"]}
+            if fmt:
+                msg["format"] = fmt
             await self.exchange("subscribe", json.dumps(msg), "subscribed")
         elif k < 32:
             bad = [5, [], {}, 1.5, True, "xml", ""][int(rng.integers(0, 7))]
@@ -162,7 +164,8 @@ class FramesFuzzer(Fuzzer):
             kind = ["reset", "flush"][int(rng.integers(0, 2))]
             await self.exchange("control_foreign", json.dumps({"type": kind, "stream": "ref"}), "error:forbidden")
         elif k < 85:
-            await self.exchange("control_unknown", json.dumps({"type": "reset", "stream": f"ghost{int(rng.integers(0, 99))}"}),
+            ghost = f"ghost{int(rng.integers(0, 99))}"
+            await self.exchange("control_unknown", json.dumps({"type": "reset", "stream": ghost}),
                                 "error:unknown_stream")
         else:
             await self.exchange("binary", rng.bytes(int(rng.integers(0, 3000))), "error:unexpected_binary")
@@ -203,7 +206,8 @@ class AudioFuzzer(Fuzzer):
             self.fmt = fmt
         elif k < 53:
             bad = [{"sample_rate_hz": int(rng.integers(-5, 7999))}, {"channels": int(rng.integers(33, 99))},
-                   {"dtype": random_value(rng, 3)}, {"sample_rate_hz": str(rng.integers(0, 9))}][int(rng.integers(0, 4))]
+                   {"dtype": random_value(rng, 3)},
+                   {"sample_rate_hz": str(rng.integers(0, 9))}][int(rng.integers(0, 4))]
             await self.exchange("config_bad", json.dumps({"type": "config", **bad}), "error:bad_format")
         elif k < 60:
             await self.exchange("ping", '{"type": "ping"}', "pong")
