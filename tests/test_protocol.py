@@ -254,3 +254,15 @@ def test_message_rate_paces_a_flood_after_its_burst():
     assert rate.take(10_000_000) == 10_000_000  # still in debt at the sustained rate
     assert rate.take(10 * S) == 0  # refilled (capped at the burst)
     assert MessageRate(per_s=0, burst=1).take(0) == 0  # 0 = unpaced
+
+
+def test_send_window_shrinks_for_a_late_reader_and_grows_back():
+    w = SendWindow(8, target_s=0.2)
+    for delay, expect in ((1.0, 4), (1.0, 2), (1.0, 1), (1.0, 1), (0.01, 2), (0.01, 3)):
+        w.on_sent()
+        w.on_ping_sent()
+        w.on_pong(delay)
+        assert w.limit == expect
+    fixed = SendWindow(8)  # target 0: the window never moves
+    fixed.on_pong(5.0)
+    assert fixed.limit == 8

@@ -86,7 +86,9 @@ class ServerConfig:
         receive_queue: incoming messages buffered per connection before reading from its socket stops.
         client_queue_frames: per client and stream, frames kept before the oldest is dropped.
         client_window_frames: frames sent to a client and not yet acknowledged (ping/pong) before further
-            frames wait in its latest-wins queue.
+            frames wait in its latest-wins queue (the most; see `client_window_target_ms`).
+        client_window_target_ms: a pong later than this halves the client's window (down to 1 frame), a
+            timely one widens it by one frame (0 = fixed window).
         max_frame_age_ms: queued frames older than this (since publish) are dropped instead of sent.
         write_timeout_s: a client whose socket does not take a write, or does not acknowledge its window,
             within this time is dropped.
@@ -120,6 +122,7 @@ class ServerConfig:
     receive_queue: int = 4
     client_queue_frames: int = 4
     client_window_frames: int = 8
+    client_window_target_ms: float = 200.0
     max_frame_age_ms: float = 500.0
     write_timeout_s: float = 10.0
     hello_timeout_s: float = 10.0
@@ -185,16 +188,22 @@ def check_exposure(cfg: ServerConfig) -> None:
 
 class SendWindow:
     """Frames written to a client but not yet known to have been read: a ping goes out behind them and its
-    pong acknowledges everything before it. I/O-free; the relay does the writing."""
+    pong acknowledges everything before it. The window adapts to the reader (AIMD on the pong delay): a pong
+    later than `target_s` halves it (down to `min_size`), a timely one widens it by one (up to `size`), so a
+    client that reads slowly has few frames in flight and reads fresh ones, while a fast or distant one keeps
+    the full window. I/O-free; the relay does the writing."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, target_s: float = 0.0, min_size: int = 1) -> None:
         self.size = size
+        self.limit = size
+        self.target_s = target_s
+        self.min_size = min(min_size, size)
         self.sent = 0
         self.acked = 0
         self.ping_at: int | None = None  # frames sent when the outstanding ping went out
 
     def can_send(self) -> bool:
-        return self.sent - self.acked < self.size
+        return self.sent - self.acked < self.limit
 
     def on_sent(self) -> None:
         self.sent += 1
@@ -205,10 +214,13 @@ class SendWindow:
     def on_ping_sent(self) -> None:
         self.ping_at = self.sent
 
-    def on_pong(self) -> None:
+    def on_pong(self, delay_s: float | None = None) -> None:
         if self.ping_at is not None:
             self.acked = self.ping_at
             self.ping_at = None
+        if delay_s is not None and self.target_s > 0:
+            self.limit = (max(self.min_size, self.limit // 2) if delay_s > self.target_s
+                          else min(self.size, self.limit + 1))
 
 
 class _Client:
@@ -479,7 +491,7 @@ class WebSocketServer:
     def _add_client(self, ws, fmt: str, streams: frozenset | None) -> tuple[_Client, asyncio.Task]:
         client = _Client(ws, fmt, streams, LatestFrameQueue(self.cfg.client_queue_frames, self.cfg.max_frame_age_ms,
                                                              clock=self.engine.clock),
-                         SendWindow(self.cfg.client_window_frames))
+                         SendWindow(self.cfg.client_window_frames, self.cfg.client_window_target_ms / 1000))
         self._clients.add(client)
         return client, asyncio.create_task(self._relay(client), name="msync-relay")
 
@@ -499,7 +511,7 @@ class WebSocketServer:
         if client.pong_timer is not None:
             client.pong_timer.cancel()
             client.pong_timer = None
-        client.window.on_pong()
+        client.window.on_pong(pong.result())  # websockets resolves it with the ping's round trip (s)
         client.queue.wake()
 
     async def _relay(self, client: _Client) -> None:
