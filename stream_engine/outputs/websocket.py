@@ -521,8 +521,8 @@ class WebSocketServer:
         try:
             while not client.queue.closed:
                 if client.windowed and client.window.needs_ping():
+                    client.window.on_ping_sent()  # before the await: frames written meanwhile come after it
                     pong = await self._write(client.ws, client.ws.ping())
-                    client.window.on_ping_sent()
                     client.pong_timer = loop.call_later(self.cfg.write_timeout_s, self._drop, client.ws,
                                                         "its send window was not acknowledged in time")
                     pong.add_done_callback(lambda f, c=client: self._on_pong(c, f))
