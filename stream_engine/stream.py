@@ -7,7 +7,7 @@ served on http://127.0.0.1:8765/ and VMC goes to 127.0.0.1:39539, with a live la
     msync stream --input talk.wav --duration 30    # a file in real time (--fast: as fast as possible)
     msync stream --input mic --device USB          # a microphone (--list-devices to see them)
     arecord -f S16_LE -r 48000 -c 2 | msync stream --input stdin --stdin-format s16le:48000:2
-    msync stream --input none --token s3cret       # only streams sent over WebSocket /audio
+    MSYNC_TOKEN=s3cret msync stream --input none   # only streams sent over WebSocket /audio
 
 `add_arguments`/`run` only parse and call `run_stream(StreamConfig)`, which wires model, engine, outputs and
 the input together.
@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -80,7 +81,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("outputs")
     g.add_argument("--host", help="bind address (default 127.0.0.1)")
     g.add_argument("--port", type=int, help="HTTP/WebSocket port (default 8765; 0 = any free port)")
-    g.add_argument("--token", help="require this token on every HTTP/WebSocket request")
+    g.add_argument("--token", help="require this token on every HTTP/WebSocket request (visible in the process "
+                   "list: prefer --token-file or the MSYNC_TOKEN environment variable)")
+    g.add_argument("--token-file", metavar="FILE", help="read the token from FILE (first line)")
+    g.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
     g.add_argument("--vmc", action="append", metavar="HOST:PORT", help="VMC target (repeatable; default "
                    "127.0.0.1:39539)")
     g.add_argument("--no-vmc", action="store_true", help="do not send VMC")
@@ -120,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
                       ("channels", "input.channels"), ("stdin_format", "input.stdin_format"),
                       ("speed", "input.speed"), ("loop", "input.loop"), ("stream_id", "input.stream_id"),
                       ("reference_face", "input.reference_face"), ("host", "server.host"), ("port", "server.port"),
-                      ("token", "server.token"), ("duration", "duration_s"), ("seed", "engine.seed"),
+                      ("token", "server.token"), ("token_file", "server.token_file"),
+                      ("duration", "duration_s"), ("seed", "engine.seed"),
                       ("log_level", "log_level")):
         value = getattr(args, flag)
         if value is not None:
@@ -129,6 +134,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         overrides["input.realtime"] = False
     if args.quiet:
         overrides["latency_line"] = False
+    if args.insecure:
+        overrides["server.insecure"] = True
     if args.no_vmc:
         overrides["vmc.enabled"] = False
     if args.vmc:
@@ -199,6 +206,9 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    if args.token:
+        print("msync stream: warning: --token is visible to every local user in the process list; use "
+              "--token-file or the MSYNC_TOKEN environment variable", file=sys.stderr)
     try:
         return asyncio.run(run_stream(cfg))
     except StreamError as exc:
@@ -284,7 +294,7 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
     from stream_engine.outputs.osc import OscSink
     from stream_engine.outputs.vmc import VmcSink
     from stream_engine.outputs.vts import VtsSink
-    from stream_engine.outputs.websocket import WebSocketServer
+    from stream_engine.outputs.websocket import WebSocketServer, resolve_tokens
     from stream_engine.session import ReferenceFaceError, load_reference_face
 
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
@@ -298,7 +308,10 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
             raise StreamError(str(exc)) from None
     source = make_source(cfg.input)
     engine = Engine(runner, cfg.engine, cfg.signals)
-    server = WebSocketServer(engine, cfg.server)
+    try:
+        server = WebSocketServer(engine, resolve_tokens(cfg.server, os.environ))
+    except ValueError as exc:  # a remote bind without a token, an unreadable token file
+        raise StreamError(str(exc)) from None
     try:
         await server.start()
     except OSError as exc:
@@ -372,11 +385,8 @@ async def _wait_for_client(server, stop: asyncio.Event, poll_s: float = 0.02) ->
 
 
 def _frame_clients(server) -> int:
-    """Connected /frames clients of the WebSocket server (its `frame_clients` count, or its client set)."""
-    count = getattr(server, "frame_clients", None)
-    if count is not None:
-        return int(count() if callable(count) else count)
-    return len(getattr(server, "_clients", ()))
+    """Connected frame subscribers of the WebSocket server."""
+    return int(server.frame_clients)
 
 
 async def _latency_line(engine, period_s: float = 1.0) -> None:

@@ -80,6 +80,17 @@ def test_audio_in_frames_out_json_and_binary_with_a_hello():
             assert hello["type"] == "hello" and hello["v"] == 1 and hello["latency"]["lookahead_frames"] == 1
             assert len(hello["contours"]) == 9 and len(hello["model"]["reference_face"]) == 68
             await recv_json(bn)
+            got_js, got_bn = [], []
+
+            async def read(ws, out):  # readers keep up (a client that does not read loses stale frames)
+                while len(out) < 25:
+                    m = await ws.recv()
+                    if isinstance(m, bytes):
+                        out.append(decode_binary(m))
+                    elif json.loads(m)["type"] == "frame":
+                        out.append(json.loads(m))
+
+            readers = [asyncio.create_task(read(js, got_js)), asyncio.create_task(read(bn, got_bn))]
             audio_ws, ready = await open_audio(server, sample_rate_hz=48000, channels=2, stream="alice")
             assert ready["stream"] == "alice" and ready["input_format"]["channels"] == 2
             audio = speechlike(48000)  # 1 s at 48 kHz
@@ -88,16 +99,7 @@ def test_audio_in_frames_out_json_and_binary_with_a_hello():
                 await audio_ws.send(int16(stereo[i : i + 960]))
             await audio_ws.send(json.dumps({"type": "end"}))
             assert (await recv_json(audio_ws))["type"] == "ended"
-            got_js = []
-            while len(got_js) < 25:
-                m = await recv_json(js)
-                if m["type"] == "frame":
-                    got_js.append(m)
-            got_bn = []
-            while len(got_bn) < 25:
-                m = await asyncio.wait_for(bn.recv(), 5)
-                if isinstance(m, bytes):
-                    got_bn.append(decode_binary(m))
+            await asyncio.wait_for(asyncio.gather(*readers), 5)
             for ws in (js, bn, audio_ws):
                 await ws.close()
             return got_js, got_bn
@@ -334,13 +336,20 @@ def test_a_slow_client_loses_stale_frames_and_never_delays_others():
 
 
 def test_reset_from_a_frames_client_and_stale_frames_are_dropped():
+    """Only a client with the admin token may reset a stream it did not open; a plain one gets `forbidden`."""
     async def main():
-        async with serving() as (engine, server):
-            ctl = await connect(ws_url(server, "/frames"))
+        async with serving(admin_token="boss") as (engine, server):
+            ctl = await connect(ws_url(server, "/frames", token="boss"))
             await recv_json(ctl)
+            plain = await connect(ws_url(server, "/frames", streams="__none__"))
+            await recv_json(plain)
             audio_ws, _ = await open_audio(server, stream="agent")
             await audio_ws.send(int16(tone(SPF * 4)))
             await recv_until(ctl, lambda m: m.get("type") == "frame" and m["seq"] == 2)
+            await plain.send(json.dumps({"type": "reset", "stream": "agent"}))
+            refused = await recv_json(plain)
+            assert refused["code"] == "forbidden" and not refused["fatal"] and engine.core.epoch("agent") == 0
+            await plain.close()
             await ctl.send(json.dumps({"type": "reset", "stream": "agent"}))
             ack = await recv_until(ctl, lambda m: m.get("type") == "reset_ok")
             await ctl.send(json.dumps({"type": "reset", "stream": "ghost"}))

@@ -34,6 +34,7 @@ class LatestFrameQueue:
         self._ready = asyncio.Event()
         self.dropped = 0
         self.closed = False
+        self.keep_all: set[str] = set()  # streams whose frames are never dropped (their producer is paced)
 
     def __len__(self) -> int:
         return len(self._frames) + len(self._messages)
@@ -42,7 +43,7 @@ class LatestFrameQueue:
         if self.closed:
             return
         sid = frame.stream_id
-        if self._count[sid] >= self.max_frames_per_stream:
+        if self._count[sid] >= self.max_frames_per_stream and sid not in self.keep_all:
             for i, old in enumerate(self._frames):  # the oldest frame of this stream
                 if old.stream_id == sid:
                     del self._frames[i]
@@ -72,16 +73,19 @@ class LatestFrameQueue:
         self._count[stream_id] -= removed
         return removed
 
-    def get_nowait(self) -> Item | None:
-        """Next message, else next fresh frame, else None (stale frames are dropped on the way)."""
+    def get_nowait(self, frames: bool = True) -> Item | None:
+        """Next message, else (if `frames`) next fresh frame, else None (stale frames are dropped on the way)."""
         if self._messages:
             return self._messages.popleft()
+        if not frames:
+            return None
         now = self._clock.now_ns()
         while self._frames:
             frame = self._frames.popleft()
             self._count[frame.stream_id] -= 1
             published = frame.timings.publish_ns
-            if self.max_age_ns and published and now - published > self.max_age_ns:
+            if self.max_age_ns and published and now - published > self.max_age_ns \
+                    and frame.stream_id not in self.keep_all:
                 self.dropped += 1
                 continue
             return frame
@@ -95,6 +99,19 @@ class LatestFrameQueue:
                 return item
             self._ready.clear()
             await self._ready.wait()
+
+    def frames_of(self, stream_id: str) -> int:
+        """Frames of a stream waiting in the queue."""
+        return self._count[stream_id]
+
+    def wake(self) -> None:
+        """Wake the consumer waiting in `wait` (e.g. its send window opened)."""
+        self._ready.set()
+
+    async def wait(self) -> None:
+        """Wait for the next `put`, `put_message`, `wake` or `close` (the caller then polls `get_nowait`)."""
+        self._ready.clear()
+        await self._ready.wait()
 
     def close(self) -> None:
         self.closed = True

@@ -6,11 +6,15 @@
     WS   /frames      landmark frames out (JSON or binary, see PROTOCOL.md), control messages in
     WS   /audio       one audio stream in (JSON hello, then binary PCM chunks), optionally its frames back
 
-Every client gets its own `LatestFrameQueue` and relay task: the engine only appends to queues, so a slow
-client loses stale frames and never delays the engine or other clients. Binds 127.0.0.1 by default; an
-optional token is required on every request but the viewer's static files (``?token=`` or ``Authorization:
-Bearer``; the page passes its own ``?token=`` on to its WebSocket); browser Origins other
-than this server's own are refused unless listed; message sizes are capped (websockets closes with 1009).
+This module is transport only: what a message means and what is replied lives in `stream_engine.protocol`
+(per-connection state machines); here are the sockets, tasks, timers and send windows around them.
+
+Every client that receives frames gets its own `LatestFrameQueue`, relay task and send window: at most
+`client_window_frames` frames are on their way to a client before it has acknowledged them (a WebSocket ping
+sent behind them is answered), so neither kernel buffer can hold stale frames and a slow reader gets the
+newest frame with seq gaps. A client whose socket does not drain within `write_timeout_s` (a write, or the
+acknowledgement of its window) is dropped and its slot is free at once. Binds 127.0.0.1 by default; a
+remote bind needs a token (or `insecure`); loopback servers refuse foreign Host headers (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -21,29 +25,41 @@ import hmac
 import http
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from stream_engine.core import AudioChunkError, CoreError, LandmarkFrame
-from stream_engine.inputs import PcmConverter, PcmFormat
+from stream_engine.core import LandmarkFrame
 from stream_engine.landmarks import CONTOURS
 from stream_engine.outputs.latest import LatestFrameQueue
 from stream_engine.outputs.serializers import FORMAT_VERSION, encode_binary, encode_json
-from stream_engine.session import ReferenceFaceError, reference_face_from_points
+from stream_engine.protocol import (
+    CLOSE_POLICY,
+    PROTOCOL_VERSION,
+    AudioProtocol,
+    AwaitCapacity,
+    AwaitDrained,
+    Close,
+    FramesProtocol,
+    MessageRate,
+    ProtocolConfig,
+    ProtocolError,
+    Send,
+    StreamOwners,
+    Subscribe,
+    error,
+)
 from stream_engine.signals import SIGNAL_NAMES
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
 VIEWER_DIR = Path(__file__).resolve().parents[1] / "viewer"
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/index.html": ("index.html", "text/html; charset=utf-8"),
                 "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8")}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-# WebSocket close codes (RFC 6455 §7.4.1)
-CLOSE_POLICY = 1008
-CLOSE_TRY_AGAIN = 1013
+TOKEN_ENV = "MSYNC_TOKEN"
+ADMIN_TOKEN_ENV = "MSYNC_ADMIN_TOKEN"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,17 +67,37 @@ class ServerConfig:
     """HTTP + WebSocket server.
 
     Attributes:
-        host: bind address; anything but loopback needs `allow_remote` (and should have a token).
+        host: bind address; anything but loopback needs `allow_remote` and a token (or `insecure`).
         port: TCP port (0 = pick a free one).
-        token: if set, every request must carry it (``?token=...`` or ``Authorization: Bearer ...``).
+        token: if set, every request must carry it (``?token=...`` or ``Authorization: Bearer ...``). Prefer
+            `token_file` or the MSYNC_TOKEN environment variable: a command-line token is visible to every
+            local user in the process list.
+        token_file: read the token from this file (first line).
+        admin_token: a client that carries it (instead of `token`) may also reset/flush streams it did not
+            open (also from MSYNC_ADMIN_TOKEN).
         allowed_origins: browser Origins allowed besides this server's own page ("*" = any).
+        allowed_hosts: Host header names accepted besides loopback ones (loopback binds only).
         allow_remote: permit binding a non-loopback address.
-        max_message_bytes: largest incoming WebSocket message (audio chunk or control).
+        insecure: permit a remote bind without a token.
+        max_message_bytes: largest incoming WebSocket message (1009 beyond); /audio messages are capped
+            further at `audio_max_pending_s` of audio in the declared format.
+        max_control_bytes: longest JSON control message that is parsed (longer: `bad_json`).
         max_clients: most simultaneous WebSocket connections (further ones get HTTP 503).
+        receive_queue: incoming messages buffered per connection before reading from its socket stops.
         client_queue_frames: per client and stream, frames kept before the oldest is dropped.
-        max_frame_age_ms: frames older than this (since publish) are dropped instead of sent.
+        client_window_frames: frames sent to a client and not yet acknowledged (ping/pong) before further
+            frames wait in its latest-wins queue (the most; see `client_window_target_ms`).
+        client_window_target_ms: a pong later than this halves the client's window (down to 1 frame), a
+            timely one widens it by one frame (0 = fixed window).
+        max_frame_age_ms: queued frames older than this (since publish) are dropped instead of sent.
+        write_timeout_s: a client whose socket does not take a write, or does not acknowledge its window,
+            within this time is dropped.
         hello_timeout_s: an audio client must send its hello within this time.
-        max_client_errors: an audio client is disconnected after this many bad messages.
+        idle_timeout_s: an audio stream without audio for this long is flushed and closed (0 = never).
+        max_client_errors: a client is disconnected after this many bad messages.
+        messages_per_turn: messages one connection handles before it yields to the others.
+        control_messages_per_s, control_burst: a connection's text (and /frames binary) messages are paced to
+            this rate after a burst (0 = unpaced): a flood costs its sender time, not the others.
         audio_max_pending_s: back-pressure: stop reading an audio client while its stream holds more
             unprocessed audio than this.
         resample_quality: soxr quality for ingest resampling.
@@ -74,19 +110,32 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     token: str = ""
+    token_file: str = ""
+    admin_token: str = ""
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     allow_remote: bool = False
+    insecure: bool = False
     max_message_bytes: int = 1 << 20
+    max_control_bytes: int = 64 * 1024
     max_clients: int = 32
+    receive_queue: int = 4
     client_queue_frames: int = 4
+    client_window_frames: int = 8
+    client_window_target_ms: float = 200.0
     max_frame_age_ms: float = 500.0
+    write_timeout_s: float = 10.0
     hello_timeout_s: float = 10.0
+    idle_timeout_s: float = 15.0
     max_client_errors: int = 50
+    messages_per_turn: int = 16
+    control_messages_per_s: float = 500.0
+    control_burst: int = 100
     audio_max_pending_s: float = 2.0
     resample_quality: str = "HQ"
     direct_write_limit_bytes: int = 16 * 1024
-    ping_interval_s: float = 20.0
-    ping_timeout_s: float = 20.0
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 10.0
     serve_viewer: bool = True
 
     def __post_init__(self) -> None:
@@ -97,45 +146,139 @@ class ServerConfig:
             raise ValueError("port must be 0..65535")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
+        if self.client_window_frames < 1 or self.receive_queue < 1 or self.messages_per_turn < 1:
+            raise ValueError("client_window_frames, receive_queue and messages_per_turn must be >= 1")
+        if self.write_timeout_s <= 0:
+            raise ValueError("write_timeout_s must be positive")
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS
+
+    def protocol(self) -> ProtocolConfig:
+        return ProtocolConfig(max_control_bytes=self.max_control_bytes, max_client_errors=self.max_client_errors,
+                              hello_timeout_s=self.hello_timeout_s, idle_timeout_s=self.idle_timeout_s,
+                              audio_max_pending_s=self.audio_max_pending_s, max_message_bytes=self.max_message_bytes,
+                              resample_quality=self.resample_quality)
+
+
+def resolve_tokens(cfg: ServerConfig, environ: Mapping[str, str]) -> ServerConfig:
+    """`cfg` with `token` filled from `token_file` or MSYNC_TOKEN (and `admin_token` from MSYNC_ADMIN_TOKEN)
+    when not set directly. Raises ValueError if the token file cannot be read or is empty."""
+    token, admin = cfg.token, cfg.admin_token
+    if not token and cfg.token_file:
+        try:
+            lines = Path(cfg.token_file).read_text().strip().splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file {cfg.token_file}: {exc.strerror or exc}") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"the token file {cfg.token_file} is empty")
+    token = token or environ.get(TOKEN_ENV, "")
+    admin = admin or environ.get(ADMIN_TOKEN_ENV, "")
+    return dataclasses.replace(cfg, token=token, admin_token=admin)
+
+
+def check_exposure(cfg: ServerConfig) -> None:
+    """Raise ValueError for a remote bind without a token unless `insecure` says so explicitly."""
+    if not cfg.is_loopback and not cfg.token and not cfg.insecure:
+        raise ValueError(f"refusing to serve {cfg.host!r} without a token: set MSYNC_TOKEN or --token-file "
+                         "(or server.insecure = true to expose the engine to anyone who can reach it)")
+
+
+class SendWindow:
+    """Frames written to a client but not yet known to have been read: a ping goes out behind them and its
+    pong acknowledges everything before it. The window adapts to the reader (AIMD on the pong delay): a pong
+    later than `target_s` halves it (down to `min_size`), a timely one widens it by one (up to `size`), so a
+    client that reads slowly has few frames in flight and reads fresh ones, while a fast or distant one keeps
+    the full window. I/O-free; the relay does the writing."""
+
+    def __init__(self, size: int, target_s: float = 0.0, min_size: int = 1) -> None:
+        self.size = size
+        self.limit = size
+        self.target_s = target_s
+        self.min_size = min(min_size, size)
+        self.sent = 0
+        self.acked = 0
+        self.ping_at: int | None = None  # frames sent when the outstanding ping went out
+
+    def can_send(self) -> bool:
+        return self.sent - self.acked < self.limit
+
+    def on_sent(self) -> None:
+        self.sent += 1
+
+    def needs_ping(self) -> bool:
+        return self.ping_at is None and self.sent > self.acked
+
+    def on_ping_sent(self) -> None:
+        self.ping_at = self.sent
+
+    def on_pong(self, delay_s: float | None = None) -> None:
+        if self.ping_at is not None:
+            self.acked = self.ping_at
+            self.ping_at = None
+        if delay_s is not None and self.target_s > 0:
+            self.limit = (max(self.min_size, self.limit // 2) if delay_s > self.target_s
+                          else min(self.size, self.limit + 1))
 
 
 class _Client:
     """One WebSocket connection that receives frames."""
 
-    def __init__(self, ws, fmt: str, streams: set[str] | None, queue: LatestFrameQueue) -> None:
+    def __init__(self, ws, fmt: str, streams: frozenset | None, queue: LatestFrameQueue, window: SendWindow) -> None:
         self.ws = ws
         self.format = fmt
         self.streams = streams  # None = every stream
         self.queue = queue
+        self.window = window
         self.sent = 0
         self.busy = False  # the relay task is in the middle of a send
+        self.idle = asyncio.Event()  # set whenever the relay has nothing it may send
+        self.pong_timer: asyncio.TimerHandle | None = None
 
     def wants(self, stream_id: str) -> bool:
         return self.streams is None or stream_id in self.streams
 
+    @property
+    def windowed(self) -> bool:
+        """Latest-wins clients have a send window; an `every_frame` /audio subscriber has none: its frames
+        are paced by its own audio (a pong stuck behind its unread audio must not stall or drop it)."""
+        return not self.queue.keep_all
+
+    def may_send_frame(self) -> bool:
+        return not self.windowed or self.window.can_send()
+
     def can_write_now(self, limit_bytes: int) -> bool:
         """True when a frame can be written straight to the socket without reordering or piling up: nothing
-        queued, no send in progress, and the kernel is taking data (little buffered in user space)."""
-        if self.busy or len(self.queue):
+        queued, no send in progress, room in the send window, and the kernel is taking data."""
+        if self.busy or len(self.queue) or not self.may_send_frame():
             return False
         transport = getattr(self.ws, "transport", None)
         return transport is not None and not transport.is_closing() and transport.get_write_buffer_size() <= limit_bytes
 
 
-def _error(code: str, message: str, fatal: bool = False, **extra) -> str:
-    return json.dumps({"type": "error", "v": PROTOCOL_VERSION, "code": code, "message": message, "fatal": fatal,
-                       **extra})
+class _Dropped(Exception):
+    """The connection was dropped by the server (write timeout)."""
 
 
 class WebSocketServer:
-    """`FrameSink` + audio ingest on one port. Create, `await start()`, add to the engine's sinks."""
+    """`FrameSink` + audio ingest on one port. Create, `await start()`, add to the engine's sinks.
+
+    Raises ValueError when `cfg` would expose the engine remotely without a token (`check_exposure`); pass a
+    config whose tokens are resolved (`resolve_tokens`).
+    """
 
     def __init__(self, engine, cfg: ServerConfig = ServerConfig()) -> None:
+        check_exposure(cfg)
         self.engine = engine
         self.cfg = cfg
+        self.protocol_cfg = cfg.protocol()
+        self.owners = StreamOwners()
         self._server = None
         self._clients: set[_Client] = set()
         self._connections = 0
+        self.dropped_clients = 0
         self.port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -144,10 +287,15 @@ class WebSocketServer:
 
         self._server = await serve(
             self._handler, self.cfg.host, self.cfg.port, process_request=self._process_request,
-            max_size=self.cfg.max_message_bytes, max_queue=16, compression=None,
+            max_size=self.cfg.max_message_bytes, max_queue=self.cfg.receive_queue, compression=None,
             ping_interval=self.cfg.ping_interval_s, ping_timeout=self.cfg.ping_timeout_s, close_timeout=2)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("serving on %s", self.url)
+
+    @property
+    def frame_clients(self) -> int:
+        """How many clients are subscribed to frames right now (/frames clients and /audio clients' own frames)."""
+        return len(self._clients)
 
     @property
     def url(self) -> str:
@@ -164,8 +312,9 @@ class WebSocketServer:
 
     # ------------------------------------------------------------------ FrameSink
     def send_frames(self, frames: Sequence[LandmarkFrame]) -> None:
-        """Fast path: a client that is keeping up gets the frame written to its socket right here (websockets'
-        synchronous `broadcast`, no task hop); otherwise it goes into the client's latest-wins queue."""
+        """Fast path: a client that is keeping up (window open, socket taking data) gets the frame written to
+        its socket right here (websockets' synchronous `broadcast`, no task hop); otherwise it goes into the
+        client's latest-wins queue."""
         from websockets.asyncio.server import broadcast
 
         now_ns = self.engine.clock.now_ns()
@@ -181,6 +330,9 @@ class WebSocketServer:
                                         else encode_json(frame, now_ns))
                     broadcast([client.ws], encoded[key])
                     client.sent += 1
+                    client.window.on_sent()
+                    if client.windowed and client.window.needs_ping():
+                        client.queue.wake()  # the relay sends the acknowledging ping
                 else:
                     client.queue.put(frame)
 
@@ -196,22 +348,45 @@ class WebSocketServer:
             client.queue.put_message(event)
 
     # ------------------------------------------------------------------ HTTP
-    def _authorised(self, request, query: dict[str, list[str]]) -> bool:
-        if not self.cfg.token:
-            return True
+    def _offered_tokens(self, request, query: dict[str, list[str]]) -> str:
         offered = query.get("token", [""])[0]
         auth = request.headers.get("Authorization", "")
         if auth.lower().startswith("bearer "):
             offered = offered or auth[7:].strip()
-        return hmac.compare_digest(offered.encode(), self.cfg.token.encode())
+        return offered
+
+    def _is_admin(self, request, query: dict[str, list[str]]) -> bool:
+        offered = self._offered_tokens(request, query)
+        return bool(self.cfg.admin_token) and hmac.compare_digest(offered.encode(), self.cfg.admin_token.encode())
+
+    def _authorised(self, request, query: dict[str, list[str]]) -> bool:
+        if not self.cfg.token or self._is_admin(request, query):
+            return True
+        return hmac.compare_digest(self._offered_tokens(request, query).encode(), self.cfg.token.encode())
 
     def _origin_ok(self, request) -> bool:
         origin = request.headers.get("Origin")
         if origin is None or "*" in self.cfg.allowed_origins or origin in self.cfg.allowed_origins:
             return True  # non-browser clients send no Origin
-        parts = urlsplit(origin)
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:
+            return False
         own_hosts = set(LOOPBACK_HOSTS) | {self.cfg.host}
-        return parts.hostname in own_hosts and parts.port == self.port
+        return parts.hostname in own_hosts and port == self.port
+
+    def _host_ok(self, request) -> bool:
+        """A loopback server answers only requests addressed to a loopback name (or `allowed_hosts`): a page
+        that rebinds its own DNS name to 127.0.0.1 still sends its own name as Host."""
+        if not self.cfg.is_loopback:
+            return True
+        host = request.headers.get("Host", "")
+        try:
+            name = urlsplit("//" + host).hostname
+        except ValueError:
+            return False
+        return name in LOOPBACK_HOSTS or host in self.cfg.allowed_hosts or name in self.cfg.allowed_hosts
 
     @staticmethod
     def _response(connection, status: http.HTTPStatus, body: bytes, content_type: str):
@@ -228,7 +403,11 @@ class WebSocketServer:
         parts = urlsplit(request.path)
         query = parse_qs(parts.query)
         path = parts.path
+        if any(len(request.headers.get_all(name)) > 1 for name in ("Host", "Origin", "Authorization", "Upgrade")):
+            return connection.respond(http.HTTPStatus.BAD_REQUEST, "repeated header\n")
         is_upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        if (not is_upgrade or "Origin" in request.headers) and not self._host_ok(request):
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "host not allowed\n")
         if self.cfg.serve_viewer and path in STATIC_FILES and not is_upgrade:
             name, ctype = STATIC_FILES[path]  # the page holds no data: it needs the token to connect
             try:
@@ -249,7 +428,8 @@ class WebSocketServer:
                 return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
             return None
         if path == "/health":
-            body = json.dumps({**self.engine.health(), "clients": len(self._clients)}).encode()
+            body = json.dumps({**self.engine.health(), "clients": len(self._clients),
+                               "connections": self._connections, "dropped_clients": self.dropped_clients}).encode()
             return self._response(connection, http.HTTPStatus.OK, body, "application/json")
         if path == "/contract":
             return self._response(connection, http.HTTPStatus.OK, json.dumps(self._contract_json()).encode(),
@@ -277,230 +457,221 @@ class WebSocketServer:
 
     # ------------------------------------------------------------------ WebSocket
     async def _handler(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         self._connections += 1
         try:
             parts = urlsplit(ws.request.path)
-            query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+            raw_query = parse_qs(parts.query)
+            query = {k: v[0] for k, v in raw_query.items()}
+            admin = self._is_admin(ws.request, raw_query)
             if parts.path == "/frames":
-                await self._serve_frames(ws, query)
+                await self._serve_frames(ws, query, admin)
             elif parts.path == "/audio":
-                await self._serve_audio(ws, query)
+                await self._serve_audio(ws, admin)
+        except (ConnectionClosed, _Dropped):
+            pass
         except Exception as exc:  # connection errors end this client only
-            from websockets.exceptions import ConnectionClosed
-
-            if not isinstance(exc, ConnectionClosed):
-                log.warning("client %s failed: %r", ws.remote_address, exc)
+            log.warning("client %s failed: %r", ws.remote_address, exc)
         finally:
             self._connections -= 1
 
-    def _add_client(self, ws, fmt: str, streams: set[str] | None) -> _Client:
+    def _drop(self, ws, why: str) -> None:
+        """Drop a client that does not drain: abort its TCP connection, which frees its slot at once."""
+        transport = getattr(ws, "transport", None)
+        if transport is not None and not transport.is_closing():
+            self.dropped_clients += 1
+            log.info("dropping client %s: %s", ws.remote_address, why)
+            transport.abort()
+
+    async def _write(self, ws, coro):
+        """Await a send (or ping) on `ws`; a socket that does not take it within `write_timeout_s` is dropped."""
+        try:
+            async with asyncio.timeout(self.cfg.write_timeout_s):
+                return await coro
+        except TimeoutError:
+            self._drop(ws, f"a write did not complete within {self.cfg.write_timeout_s:g} s")
+            raise _Dropped from None
+
+    def _add_client(self, ws, fmt: str, streams: frozenset | None) -> tuple[_Client, asyncio.Task]:
         client = _Client(ws, fmt, streams, LatestFrameQueue(self.cfg.client_queue_frames, self.cfg.max_frame_age_ms,
-                                                             clock=self.engine.clock))
+                                                             clock=self.engine.clock),
+                         SendWindow(self.cfg.client_window_frames, self.cfg.client_window_target_ms / 1000))
         self._clients.add(client)
-        return client
+        return client, asyncio.create_task(self._relay(client), name="msync-relay")
 
-    async def _relay(self, client: _Client) -> None:
-        """Send a client its queue, newest-wins; one slow client only ever waits on itself."""
-        clock = self.engine.clock
-        while True:
-            item = await client.queue.get()
-            if item is None:
-                return
-            client.busy = True
-            try:
-                if isinstance(item, dict):
-                    await client.ws.send(json.dumps(item))
-                elif client.format == "binary":
-                    await client.ws.send(encode_binary(item, clock.now_ns()))
-                else:
-                    await client.ws.send(encode_json(item, clock.now_ns()))
-            finally:
-                client.busy = False
-            client.sent += 1
-
-    @staticmethod
-    def _parse_format(value: str | None, default: str = "json") -> str:
-        value = (value or default).lower()
-        if value not in ("json", "binary"):
-            raise ValueError(f"format must be json or binary, got {value!r}")
-        return value
-
-    async def _serve_frames(self, ws, query: dict[str, str]) -> None:
-        try:
-            fmt = self._parse_format(query.get("format"))
-        except ValueError as exc:
-            await ws.send(_error("bad_request", str(exc), fatal=True))
-            await ws.close(CLOSE_POLICY, "bad format")
-            return
-        streams = set(filter(None, query.get("streams", "").split(","))) or None
-        await ws.send(json.dumps(self._hello("frames", fmt)))
-        client = self._add_client(ws, fmt, streams)
-        relay = asyncio.create_task(self._relay(client), name="msync-relay")
-        try:
-            async for message in ws:
-                reply = self._control(client, message)
-                if reply is not None:
-                    await ws.send(reply)
-        finally:
+    async def _remove_client(self, client: _Client | None, relay: asyncio.Task | None) -> None:
+        if client is not None:
             self._clients.discard(client)
             client.queue.close()
+            if client.pong_timer is not None:
+                client.pong_timer.cancel()
+        if relay is not None:
             relay.cancel()
             await asyncio.gather(relay, return_exceptions=True)
 
-    def _control(self, client: _Client | None, message, own_stream: str | None = None) -> str | None:
-        """Handle a control message on /frames (or a shared one on /audio). Returns the reply text."""
-        if isinstance(message, bytes):
-            return _error("unexpected_binary", "binary messages are only accepted on /audio")
-        try:
-            msg = json.loads(message)
-        except json.JSONDecodeError as exc:
-            return _error("bad_json", f"not JSON: {exc}")
-        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-            return _error("bad_message", "expected a JSON object with a string 'type'")
-        kind = msg["type"]
-        if kind == "ping":
-            return json.dumps({"type": "pong", "v": PROTOCOL_VERSION, "t_ns": self.engine.clock.now_ns()})
-        if kind == "subscribe" and client is not None:
-            streams = msg.get("streams")
-            if streams is not None and not (isinstance(streams, list) and all(isinstance(s, str) for s in streams)):
-                return _error("bad_message", "'streams' must be a list of stream ids or null")
-            try:
-                client.format = self._parse_format(msg.get("format"), client.format)
-            except ValueError as exc:
-                return _error("bad_message", str(exc))
-            client.streams = set(streams) if streams else None
-            return json.dumps({"type": "subscribed", "v": PROTOCOL_VERSION, "streams": streams,
-                               "format": client.format})
-        if kind in ("reset", "flush"):
-            sid = msg.get("stream", own_stream)
-            if not isinstance(sid, str) or sid not in self.engine.sessions:
-                return _error("unknown_stream", f"no open stream {sid!r}")
-            if kind == "reset":
-                return json.dumps({"type": "reset_ok", "v": PROTOCOL_VERSION, "stream": sid,
-                                   "epoch": self.engine.reset(sid)})
-            return json.dumps({"type": "flushed", "v": PROTOCOL_VERSION, "stream": sid,
-                               "frames_left": self.engine.flush(sid)})
-        return _error("unknown_type", f"unknown message type {kind!r}")
+    def _on_pong(self, client: _Client, pong: asyncio.Future) -> None:
+        if pong.cancelled() or pong.exception() is not None:
+            return  # the connection closed
+        if client.pong_timer is not None:
+            client.pong_timer.cancel()
+            client.pong_timer = None
+        client.window.on_pong(pong.result())  # websockets resolves it with the ping's round trip (s)
+        client.queue.wake()
 
-    async def _serve_audio(self, ws, query: dict[str, str]) -> None:
-        from websockets.exceptions import ConnectionClosed
+    async def _relay(self, client: _Client) -> None:
+        """Send a client its queue, newest-wins, within its send window; one slow client only waits on itself."""
+        clock = self.engine.clock
+        loop = asyncio.get_running_loop()
+        try:
+            while not client.queue.closed:
+                if client.windowed and client.window.needs_ping():
+                    client.window.on_ping_sent()  # before the await: frames written meanwhile come after it
+                    pong = await self._write(client.ws, client.ws.ping())
+                    client.pong_timer = loop.call_later(self.cfg.write_timeout_s, self._drop, client.ws,
+                                                        "its send window was not acknowledged in time")
+                    pong.add_done_callback(lambda f, c=client: self._on_pong(c, f))
+                item = client.queue.get_nowait(frames=client.may_send_frame())
+                if item is None:
+                    client.idle.set()
+                    await client.queue.wait()
+                    continue
+                client.idle.clear()
+                client.busy = True
+                try:
+                    if isinstance(item, dict):
+                        await self._write(client.ws, client.ws.send(json.dumps(item)))
+                        continue
+                    data = (encode_binary(item, clock.now_ns()) if client.format == "binary"
+                            else encode_json(item, clock.now_ns()))
+                    await self._write(client.ws, client.ws.send(data))
+                finally:
+                    client.busy = False
+                client.sent += 1
+                client.window.on_sent()
+        except Exception:  # ConnectionClosed, _Dropped: the handler sees the connection end too
+            client.idle.set()
 
-        engine = self.engine
+    async def _receive_loop(self, ws, proto, client_box: list, closed: asyncio.Future) -> None:
+        """Feed the protocol what arrives (and its deadlines), execute its actions; yield to the other
+        connections every `messages_per_turn` messages."""
+        clock = self.engine.clock
+        handled = 0
+        rate = MessageRate(self.cfg.control_messages_per_s, self.cfg.control_burst)
+        audio = isinstance(proto, AudioProtocol)
+        while True:
+            message = None
+            deadline = getattr(proto, "deadline_ns", None)
+            if deadline is not None:
+                try:
+                    async with asyncio.timeout(max(0.0, (deadline - clock.now_ns()) / 1e9)):
+                        message = await ws.recv()
+                except TimeoutError:
+                    actions = proto.on_timer(clock.now_ns())
+                else:
+                    actions = proto.receive(message, clock.now_ns())
+            else:
+                message = await ws.recv()
+                actions = proto.receive(message, clock.now_ns())
+            if await self._execute(ws, proto, actions, client_box, closed):
+                return
+            if message is not None and not (audio and isinstance(message, bytes)):
+                wait_ns = rate.take(clock.now_ns())
+                if wait_ns:
+                    await asyncio.sleep(wait_ns / 1e9)  # pacing this connection only (a timer, not a poll)
+                    handled = 0
+                    continue
+            handled += 1
+            if handled >= self.cfg.messages_per_turn:
+                handled = 0
+                await asyncio.sleep(0)  # fairness: a pipelining client does not starve the others
+
+    async def _execute(self, ws, proto, actions, client_box: list, closed: asyncio.Future) -> bool:
+        """Run the protocol's actions in order. Returns True once the connection is closed."""
+        for action in actions:
+            if isinstance(action, Send):
+                await self._write(ws, ws.send(action.data))
+            elif isinstance(action, Close):
+                if isinstance(proto, AudioProtocol):
+                    proto.connection_lost()  # the stream goes now, not after a peer's closing handshake
+                await ws.close(action.code, action.reason)
+                return True
+            elif isinstance(action, Subscribe):
+                client = client_box[0]
+                if client is None:
+                    client, relay = self._add_client(ws, action.format, action.streams)
+                    client_box[0], client_box[1] = client, relay
+                else:
+                    client.format, client.streams = action.format, action.streams
+                client.queue.keep_all = set(action.streams or ()) if action.every_frame else set()
+            elif isinstance(action, AwaitCapacity):
+                await self._until(self.engine.wait_capacity(action.stream_id, action.max_pending_s), closed)
+                client = client_box[0]
+                if client is not None and action.stream_id in client.queue.keep_all:
+                    limit = int(action.max_pending_s * self.engine.contract.fps)
+                    await self._until(self._client_drained(client, action.stream_id, limit), closed)
+            elif isinstance(action, AwaitDrained):
+                await self._until(self.engine.wait_drained(action.stream_id), closed)
+                client = client_box[0]
+                if client is not None:
+                    await self._until(self._client_drained(client, action.stream_id), closed,
+                                      timeout_s=self.cfg.write_timeout_s)
+        limit = getattr(proto, "max_message_bytes", None)
+        if limit is not None:  # /audio: the cap follows the declared format (bounded memory per connection)
+            ws.protocol.max_message_size = limit
+        return False
+
+    @staticmethod
+    async def _client_drained(client: _Client, stream_id: str, limit: int = 0) -> None:
+        """Until at most `limit` frames of the stream wait in the client's queue (0: none, nothing in flight)."""
+        while client.queue.frames_of(stream_id) > limit or (limit == 0 and client.busy):
+            client.idle.clear()
+            await client.idle.wait()
+
+    @staticmethod
+    async def _until(coro, closed: asyncio.Future, timeout_s: float | None = None) -> None:
+        """Await `coro` unless the connection closes first (then raise its ConnectionClosed at once: the
+        stream and its queued audio go without waiting for the engine)."""
+        from websockets.exceptions import ConnectionClosedError
+
+        task = asyncio.ensure_future(coro)
         try:
-            first = await asyncio.wait_for(ws.recv(), timeout=self.cfg.hello_timeout_s)
-        except asyncio.TimeoutError:
-            await ws.send(_error("hello_timeout", f"send a hello message within {self.cfg.hello_timeout_s:g} s",
-                                 fatal=True))
-            await ws.close(CLOSE_POLICY, "no hello")
-            return
-        try:
-            hello = json.loads(first) if isinstance(first, str) else None
-            if not isinstance(hello, dict) or hello.get("type") != "hello":
-                raise ValueError("the first message must be a JSON hello: "
-                                 '{"type": "hello", "sample_rate_hz": 48000, "channels": 1, "dtype": "int16"}')
-            if hello.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-                raise ValueError(f"unsupported protocol version {hello.get('v')!r} (server speaks {PROTOCOL_VERSION})")
-            fmt = PcmFormat.from_json(hello)
-            ref = hello.get("reference_face")
-            ref = reference_face_from_points(ref, engine.core.num_landmarks) if ref is not None else None
-            subscribe = hello.get("subscribe")
-            sub_fmt = self._parse_format(subscribe) if subscribe not in (None, False, "none") else None
-            sid = hello.get("stream")
-            if sid is not None and not isinstance(sid, str):
-                raise ValueError("'stream' must be a string")
-            if sid is not None and sid in engine.sessions:
-                raise ValueError(f"stream {sid!r} is already open")
-        except (ValueError, ReferenceFaceError, json.JSONDecodeError) as exc:
-            await ws.send(_error("bad_hello", str(exc), fatal=True))
-            await ws.close(CLOSE_POLICY, "bad hello")
-            return
-        try:
-            session = engine.open_stream(sid, ref, source=f"ws {ws.remote_address[0]}:{ws.remote_address[1]}")
-        except Exception as exc:  # EngineFullError, bad id
-            await ws.send(_error("unavailable", str(exc), fatal=True))
-            await ws.close(CLOSE_TRY_AGAIN, "engine full")
-            return
-        sid = session.stream_id
-        converter = PcmConverter(fmt, engine.sample_rate_hz, self.cfg.resample_quality, strict=True)
-        client, relay = None, None
-        errors = 0
-        try:
-            await ws.send(json.dumps({**self._hello("audio", sub_fmt), "type": "ready", "stream": sid,
-                                      "epoch": engine.core.epoch(sid), "input_format": fmt.to_json()}))
-            if sub_fmt is not None:
-                client = self._add_client(ws, sub_fmt, {sid})
-                relay = asyncio.create_task(self._relay(client), name="msync-relay")
-            async for message in ws:
-                reply, ended = await self._audio_message(sid, converter, message)
-                if ended and client is not None:  # let the relay send this stream's last frames first
-                    for _ in range(200):
-                        if not len(client.queue):
-                            break
-                        await asyncio.sleep(0.005)
-                if reply is not None:
-                    errors += reply.startswith('{"type": "error"')
-                    await ws.send(reply)
-                if ended:
-                    await ws.close(1000, "end of stream")
-                    break
-                if errors >= self.cfg.max_client_errors:
-                    await ws.send(_error("too_many_errors", f"{errors} bad messages; closing", fatal=True))
-                    await ws.close(CLOSE_POLICY, "too many errors")
-                    break
-        except ConnectionClosed:
-            pass
+            done, _ = await asyncio.wait({task, closed}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if client is not None:
-                self._clients.discard(client)
-                client.queue.close()
-            if relay is not None:
-                relay.cancel()
-                await asyncio.gather(relay, return_exceptions=True)
-            engine.close_stream(sid)
+            if not task.done():
+                task.cancel()
+        if task not in done and closed in done:
+            raise ConnectionClosedError(None, None)
 
-    async def _audio_message(self, sid: str, converter: PcmConverter, message) -> tuple[str | None, bool]:
-        """One message on /audio -> (reply or None, end_of_stream)."""
-        engine = self.engine
-        if isinstance(message, bytes):
-            arrival_ns = engine.clock.now_ns()
-            if not message:
-                return _error("empty_chunk", "empty audio chunk ignored"), False
-            try:
-                samples = converter.convert_bytes(message)
-                engine.push_audio(sid, samples, arrival_ns)
-            except CoreError as exc:  # NaN/inf, partial sample frames, overload: restart cleanly
-                converter.reset()
-                epoch = engine.reset(sid)
-                engine.note_error(sid, str(exc))
-                code = "bad_audio" if isinstance(exc, AudioChunkError) else "overload"
-                return _error(code, f"{exc}; the stream was reset", stream=sid, epoch=epoch), False
-            await engine.wait_capacity(sid, self.cfg.audio_max_pending_s)  # back-pressure on fast senders
-            return None, False
+    async def _serve_frames(self, ws, query: dict[str, str], admin: bool) -> None:
         try:
-            msg = json.loads(message)
-        except json.JSONDecodeError as exc:
-            return _error("bad_json", f"not JSON: {exc}"), False
-        if not isinstance(msg, dict):
-            return _error("bad_message", "expected a JSON object"), False
-        kind = msg.get("type")
-        if kind == "config":
-            try:
-                fmt = PcmFormat.from_json({**converter.fmt.to_json(), **msg})
-            except ValueError as exc:
-                return _error("bad_format", f"{exc}; keeping {converter.fmt.to_json()}"), False
-            tail = converter.set_format(fmt)
-            engine.push_audio(sid, tail)
-            return json.dumps({"type": "config_ok", "v": PROTOCOL_VERSION, "input_format": fmt.to_json()}), False
-        if kind == "reset":
-            converter.reset()
-        elif kind in ("flush", "end"):
-            engine.push_audio(sid, converter.finish())
-        if kind == "end":
-            engine.flush(sid)
-            await engine.wait_drained(sid)
-            return json.dumps({"type": "ended", "v": PROTOCOL_VERSION, "stream": sid}), True
-        if kind in ("reset", "flush"):
-            msg = {**msg, "stream": sid}  # an audio connection controls its own stream
-            return self._control(None, json.dumps(msg), own_stream=sid), False
-        return self._control(None, message, own_stream=sid), False
+            fmt, streams = FramesProtocol.parse_query(query)
+        except ProtocolError as exc:
+            await ws.send(error(exc.code, str(exc), fatal=True))
+            await ws.close(CLOSE_POLICY, "bad request")
+            return
+        proto = FramesProtocol(self.engine, self.protocol_cfg, self.owners, key=ws, admin=admin, fmt=fmt,
+                               streams=streams)
+        await self._write(ws, ws.send(json.dumps(self._hello("frames", fmt))))
+        box = list(self._add_client(ws, fmt, streams))
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            await self._receive_loop(ws, proto, box, closed)
+        finally:
+            closed.cancel()
+            await self._remove_client(*box)
 
+    async def _serve_audio(self, ws, admin: bool) -> None:
+        host, port = ws.remote_address[:2]
+        proto = AudioProtocol(self.engine, self.protocol_cfg, self.owners, key=ws, admin=admin,
+                              now_ns=self.engine.clock.now_ns(), source=f"ws {host}:{port}",
+                              info=self._hello("audio"))
+        ws.protocol.max_message_size = proto.max_message_bytes
+        box: list = [None, None]
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            await self._receive_loop(ws, proto, box, closed)
+        finally:
+            closed.cancel()
+            proto.connection_lost()
+            await self._remove_client(*box)
