@@ -35,7 +35,7 @@ FRAME_MS = 40.0
 
 def time_step(checkpoint: str, steps: int, warmup: int = 50) -> dict:
     """Export `checkpoint` to a temporary ONNX file and time `steps` batch-1 steps on one thread."""
-    from export.cli import load_generator
+    from training.models.generator import load_generator
     from export.onnx_export import export_onnx
     from stream_engine.runtime.onnxrt import OnnxStepRunner
 

@@ -19,14 +19,14 @@ def measure(threads: int, device: str, steps: int, warmup: int, data_dir: str, m
     import torch
 
     from benchmarks.common import summarise
-    from training.data.syncer_batches import PyramidStore
+    from training.data.syncer_batches import syncer_store
     from training.train_syncers import TrainSyncersConfig, build_model, load_split_segments, train_step
 
     torch.set_num_threads(threads)
     cfg = dataclasses.replace(TrainSyncersConfig(), data_dir=data_dir, max_clips=max_clips, device=device)
     segs = load_split_segments(cfg, progress=False)["train"]
     sc = cfg.syncer
-    store = PyramidStore(segs, sc.num_levels, sc.pyramid_kernel, sc.landmark_frames, sc.audio_frames)
+    store = syncer_store(segs, sc, cfg.clips.frontend)
     weights = [store.sampling_weights(l) for l in range(sc.num_levels)]
     model = build_model(cfg, store, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)

@@ -17,6 +17,10 @@ import time
 from pathlib import Path
 
 
+
+HELP = ("Export the generator step to ONNX (+ TensorRT engines, Triton repository): `msync export "
+        "--checkpoint CKPT --out model.onnx`.")
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="generator checkpoint written by training.checkpoint.save_module "
@@ -57,33 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="ask the onnxruntime backend for its TensorRT execution provider (FP16)")
 
 
-def load_generator(checkpoint: str | Path):
-    """(Generator in eval mode, checkpoint meta) from a `save_module` checkpoint with kind "generator"."""
-    from stream_engine.features import FrontEndConfig
-    from training.checkpoint import dataclass_from_dict, load_meta, load_state
-    from training.models.generator import Generator, GeneratorConfig
-
-    path = Path(checkpoint)
-    if path.suffix in (".json", ".safetensors"):
-        path = path.with_suffix("")
-    meta = load_meta(path)
-    if meta.get("kind") != "generator":
-        raise ValueError(f"{path}: checkpoint kind is {meta.get('kind')!r}, expected 'generator'")
-    if not isinstance(meta.get("generator"), dict):
-        raise ValueError(f"{path}: checkpoint meta has no 'generator' config")
-    cfg = dataclass_from_dict(GeneratorConfig, meta["generator"])
-    frontend = dataclass_from_dict(FrontEndConfig, meta["frontend"]) if meta.get("frontend") else FrontEndConfig()
-    g = Generator(cfg, frontend)
-    g.load_state_dict(load_state(path), strict=True)
-    return g.eval(), meta
-
-
 def random_generator(seed: int = 0, config: str | None = None, overrides: list[str] | None = None,
                      lookahead: int | None = None):
-    """An untrained generator from defaults + JSON + overrides (training.config_io rules)."""
+    """An untrained generator from defaults + JSON + overrides (`stream_engine.dataclass_io.load_config`)."""
     import torch
 
-    from training.config_io import load_config
+    from stream_engine.dataclass_io import load_config
     from training.models.generator import Generator, GeneratorConfig
 
     overrides = list(overrides or [])
@@ -119,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
             print("msync export: --set/--config apply to --random-init only (a checkpoint has its config)",
                   file=sys.stderr)
             return 2
+        from training.models.generator import load_generator
+
         generator, meta = load_generator(args.checkpoint)
         if args.lookahead is not None and args.lookahead != generator.cfg.lookahead_frames:
             print(f"msync export: the checkpoint was trained with look-ahead {generator.cfg.lookahead_frames}, "

@@ -18,8 +18,8 @@ from torch import nn
 from stream_engine.contract import (
     BATCH, COORDINATES, CONTRACT_VERSION, StateSpec, StepContract, TensorSpec,
 )
-from training.checkpoint import _to_jsonable
-from training.models.generator import Generator, StepState
+from stream_engine.dataclass_io import to_dict
+from training.models.generator import Generator, GeneratorConfig, StepState
 
 AUDIO_INPUT = "audio"
 LANDMARKS_OUTPUT = "landmarks"
@@ -43,6 +43,14 @@ class StepModule(nn.Module):
         landmarks, nxt = self.generator.step(audio, state)
         return (landmarks, *nxt)
 
+
+
+def architecture_dict(cfg: GeneratorConfig) -> dict:
+    """The contract's `msync.generator_config`: the generator config without its front end, which the contract
+    carries as `msync.frontend` (the exported format is unchanged by the front end living in the config)."""
+    out = to_dict(cfg)
+    out.pop("frontend", None)
+    return out
 
 def state_specs(generator: Generator) -> tuple[StateSpec, ...]:
     """Names, shapes (batch = "B") and initial values of the step's memory, from the generator's configs."""
@@ -68,7 +76,7 @@ def build_contract(generator: Generator, reference_face: np.ndarray, model_versi
     """The contract of `generator`'s step (validated)."""
     cfg, fe = generator.cfg, generator.frontend
     if not isinstance(training_data, str):
-        training_data = json.dumps(_to_jsonable(training_data), sort_keys=True)
+        training_data = json.dumps(to_dict(training_data), sort_keys=True)
     face = np.asarray(reference_face, dtype=np.float64).reshape(cfg.num_landmarks, 2)
     return StepContract(
         contract_version=CONTRACT_VERSION,
@@ -90,8 +98,8 @@ def build_contract(generator: Generator, reference_face: np.ndarray, model_versi
         reference_face=tuple(tuple(float(v) for v in row) for row in face),
         model_version=model_version or "unversioned",
         training_data=training_data or "unknown",
-        generator_config=_to_jsonable(cfg),
-        frontend=_to_jsonable(fe),
+        generator_config=architecture_dict(cfg),
+        frontend=to_dict(fe),
         extra=dict(extra or {}),
     )
 
@@ -116,13 +124,13 @@ def example_inputs(generator: Generator, batch: int = 2, seed: int = 0) -> tuple
 
 def describe_generator(generator: Generator) -> dict:
     """Architecture summary for logs."""
-    return {"parameters": generator.num_parameters(), "config": _to_jsonable(generator.cfg),
-            "frontend": _to_jsonable(generator.frontend),
+    return {"parameters": generator.num_parameters(), "config": architecture_dict(generator.cfg),
+            "frontend": to_dict(generator.frontend),
             "state_floats_per_stream": int(sum(int(np.prod(s.shape[1:])) for s in state_specs(generator)))}
 
 
 def replace_config(generator: Generator, **changes) -> Generator:
     """A copy of `generator` with some config fields changed and the same weights (shapes must still fit)."""
-    new = Generator(dataclasses.replace(generator.cfg, **changes), generator.frontend)
+    new = Generator(dataclasses.replace(generator.cfg, **changes))
     new.load_state_dict(generator.state_dict())
     return new.eval()

@@ -44,6 +44,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from stream_engine.dataclass_io import to_dict
+
 CONTRACT_VERSION = "1"
 PREFIX = "msync."
 BATCH = "B"
@@ -84,10 +86,10 @@ class TensorSpec:
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == BATCH else int(d) for d in self.shape)
 
-    def to_json(self) -> dict:
-        out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-        if self.description:
-            out["description"] = self.description
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = to_dict(self)
+        if not self.description:
+            del out["description"]
         return out
 
 
@@ -111,9 +113,9 @@ class StateSpec:
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == BATCH else int(d) for d in self.shape)
 
-    def to_json(self) -> dict:
-        return {"name": self.name, "next_name": self.next_name, "shape": list(self.shape), "dtype": self.dtype,
-                "init": self.init}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = to_dict(self)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from training.data.clips import Segment
-from training.eval_sync import (GT, SHUFFLED, STATIC, Prediction, build_sequences, derangement,
-                                fit_length, match_prediction, method_inputs)
+from training.eval.sequences import (GT, SHUFFLED, STATIC, Prediction, build_sequences, derangement, fit_length,
+                                     match_prediction, method_inputs)
 from training.models.syncer import SyncerConfig, SyncerPyramid
 
 torch.set_num_threads(1)

@@ -112,7 +112,7 @@ def test_frechet_distance_zero_for_identical_and_grows_with_mean_shift():
 
 
 def _loaded(seed: int = 0):
-    from training.evaluate import LoadedModel
+    from training.eval.generation import LoadedModel
 
     torch.manual_seed(seed)
     G = Generator(TINY_G).eval()
@@ -120,7 +120,7 @@ def _loaded(seed: int = 0):
 
 
 def test_chunked_rollout_equals_forward_and_step():
-    from training.evaluate import generate, step_rollout, stream_rollout
+    from training.eval.generation import generate, step_rollout, stream_rollout
 
     m = _loaded()
     pcm = (0.1 * np.random.default_rng(0).standard_normal(640 * 40)).astype(np.float32)
@@ -132,7 +132,7 @@ def test_chunked_rollout_equals_forward_and_step():
 
 
 def test_mfcc_of_a_frame_range_equals_the_whole_stream():
-    from training.evaluate import mfcc_of
+    from training.eval.generation import mfcc_of
 
     pcm = (0.1 * np.random.default_rng(1).standard_normal(640 * 30)).astype(np.float32)
     whole = mfcc_of(pcm)
@@ -142,7 +142,7 @@ def test_mfcc_of_a_frame_range_equals_the_whole_stream():
 
 
 def test_parse_model_specs(tmp_path):
-    from training.evaluate import parse_model_specs
+    from training.eval.generation import parse_model_specs
 
     assert parse_model_specs(["a=x/y", "b=z"]) == (("a", "x/y"), ("b", "z"))
     assert parse_model_specs(["runs/abl/generator"]) == (("abl", "runs/abl/generator"),)
@@ -156,7 +156,7 @@ def test_parse_model_specs(tmp_path):
 def test_cli_smoke(shared_data, tmp_path, capsys):
     from stream_engine.cli import main
     from training.checkpoint import save_module
-    from training.eval_sync import GT, SHUFFLED, STATIC, load_predictions
+    from training.eval.sequences import GT, SHUFFLED, STATIC, load_predictions
 
     torch.manual_seed(0)
     sync = tmp_path / "metric" / "syncers"

@@ -199,7 +199,8 @@ def test_torch_runner_honours_the_same_contract(exported):
 
 
 def test_random_init_and_checkpoint_loading(tmp_path):
-    from export.cli import load_generator, random_generator
+    from export.cli import random_generator
+    from training.models.generator import load_generator
     from training.checkpoint import save_module
 
     g = random_generator(seed=1, overrides=["velocity_scale=0.001", "init_noise=\"zeros\""], lookahead=0)

@@ -19,7 +19,7 @@ class TorchMfcc(nn.Module):
     zeros (see :func:`with_silence_context`).
     """
 
-    def __init__(self, cfg: FrontEndConfig = FrontEndConfig()) -> None:
+    def __init__(self, cfg: FrontEndConfig) -> None:
         super().__init__()
         self.cfg = cfg
         m = frontend_matrices(cfg)

@@ -382,19 +382,6 @@ class ExperimentConfig:
     device: str = "cpu"
 
 
-def pyramid_store(segments: list, sc):
-    """The PyramidStore that `training.train_syncers.train` builds for syncer config `sc` (with the syncer's own
-    landmark centring where the store takes part in it), for scoring held-out segments exactly as in training."""
-    import inspect
-
-    from training.data.syncer_batches import PyramidStore
-
-    kw = {}
-    if "sequence_centring" in inspect.signature(PyramidStore).parameters:
-        kw["sequence_centring"] = getattr(sc, "landmark_centering", None) == "sequence"
-    return PyramidStore(segments, sc.num_levels, sc.pyramid_kernel, sc.landmark_frames, sc.audio_frames, **kw)
-
-
 def _augment_config(kind: str):
     from training.data.augment import AugmentConfig
 
@@ -448,13 +435,14 @@ def run_experiment(cfg: ExperimentConfig, work_dir: str | Path, progress: bool =
     train_result = train(tcfg, work / "syncers", resume=False, progress=progress)
     train_s = time.perf_counter() - t1
 
+    from training.data.syncer_batches import syncer_store
     from training.models.syncer import load_pyramid
 
     model = load_pyramid(work / "syncers" / "syncers", cfg.device)
     detection: dict = {}
     for v, d in eval_dirs.items():
-        segs = load_all(read_manifest(d), ClipLoadConfig(), progress=False)
-        store = pyramid_store(segs, sc)
+        clips = ClipLoadConfig()
+        store = syncer_store(load_all(read_manifest(d), clips, progress=False), sc, clips.frontend)
         detection[v] = {lvl: sync_detection(model, store, lvl, cfg.pairs, cfg.min_shift_s, cfg.edge_s, cfg.seed)
                         for lvl in range(sc.num_levels)}
     train_acc = {}

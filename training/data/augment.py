@@ -80,7 +80,7 @@ def _noise_mel_power(cfg: FrontEndConfig) -> np.ndarray:
 
 
 def augment_logmel(logmel: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
-                   frontend: FrontEndConfig = FrontEndConfig()) -> np.ndarray:
+                   frontend: FrontEndConfig) -> np.ndarray:
     """Gain and noise applied to (..., n_mels) log-mel dB features of one clip."""
     floor_db = 10.0 * np.log10(frontend.log_floor)
     out = logmel.astype(np.float64)

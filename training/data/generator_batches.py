@@ -37,7 +37,7 @@ class WindowSampler:
     """
 
     def __init__(self, segments: list[Segment], num_frames: int, lookahead_frames: int, warmup_frames: int,
-                 frontend: FrontEndConfig = FrontEndConfig()) -> None:
+                 frontend: FrontEndConfig) -> None:
         self.frontend = frontend
         self.num_frames, self.lookahead, self.warmup = num_frames, lookahead_frames, warmup_frames
         need = num_frames + lookahead_frames + 1

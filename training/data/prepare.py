@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+
+HELP = "Prepare a dataset: `msync data prepare VIDEOS... --out DIR`."
+
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".flv", ".wmv", ".ts", ".3gp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
 

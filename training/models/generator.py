@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import NamedTuple
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ class GeneratorConfig:
         anchor_rate: per-frame pull of every landmark toward the reference face (0 = the paper's pure
             integration; 0.05 = a time constant of 20 frames, 0.8 s).
         reference_input: the landmark encoder reads [x(t-1), x(t-1) - x_ref] instead of x(t-1) alone.
+        frontend: the audio front end (MFCC) the generator reads and the exported step contains.
     """
 
     num_landmarks: int = 68
@@ -68,6 +70,7 @@ class GeneratorConfig:
     init_noise: str = "uniform"
     anchor_rate: float = 0.0
     reference_input: bool = False
+    frontend: FrontEndConfig = FrontEndConfig()
 
     def __post_init__(self) -> None:
         if self.lookahead_frames < 0:
@@ -157,13 +160,15 @@ class Branches(nn.Module):
 class Generator(nn.Module):
     """Causal MS-Sync generator. See the module docstring for the two forms."""
 
-    def __init__(self, cfg: GeneratorConfig = GeneratorConfig(), frontend: FrontEndConfig = FrontEndConfig()) -> None:
+    def __init__(self, cfg: GeneratorConfig = GeneratorConfig(), frontend: FrontEndConfig | None = None) -> None:
         super().__init__()
-        self.cfg, self.frontend = cfg, frontend
-        self.mfcc = TorchMfcc(frontend)
+        if frontend is not None:  # legacy call form Generator(cfg, frontend); the front end is cfg.frontend
+            cfg = dataclasses.replace(cfg, frontend=frontend)
+        self.cfg = cfg
+        self.mfcc = TorchMfcc(cfg.frontend)
         self.register_buffer("mfcc_mean", torch.zeros(cfg.n_mfcc))
         self.register_buffer("mfcc_std", torch.ones(cfg.n_mfcc))
-        per = frontend.mfcc_per_landmark_frame
+        per = cfg.frontend.mfcc_per_landmark_frame
         c = cfg.audio_channels
         self.audio_stem = nn.Linear(per * cfg.n_mfcc, c)
         self.blocks = nn.ModuleList()
@@ -180,6 +185,11 @@ class Generator(nn.Module):
         self.branches = Branches(cfg)
 
     # ------------------------------------------------------------------ audio
+    @property
+    def frontend(self) -> FrontEndConfig:
+        """The audio front end (`cfg.frontend`)."""
+        return self.cfg.frontend
+
     def _stem(self, mfcc: torch.Tensor) -> torch.Tensor:
         """(B, 4T, n_mfcc) raw MFCC -> (B, C, T) stem features."""
         norm = (mfcc - self.mfcc_mean) / self.mfcc_std
@@ -220,7 +230,7 @@ class Generator(nn.Module):
             feats = torch.cat([feats, ((x - x_ref) * 20.0).flatten(1)], dim=1)
         return self.landmark_encoder(feats)
 
-    def _advance(self, x_prev: torch.Tensor, x_ref: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+    def advance(self, x_prev: torch.Tensor, x_ref: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
                  audio: torch.Tensor):
         """One landmark frame: x_prev, x_ref (B,68,2), h/c (B,H), audio (B,G,C) -> (x, h, c)."""
         emb = self._embed(x_prev, x_ref)
@@ -278,7 +288,7 @@ class Generator(nn.Module):
         x, h, c = x_ref, h0, c0
         out = []
         for t in range(num_frames):
-            x, h, c = self._advance(x, x_ref, h, c, audio[..., warmup_frames + t + L])
+            x, h, c = self.advance(x, x_ref, h, c, audio[..., warmup_frames + t + L])
             out.append(x)
         return torch.stack(out, dim=1)
 
@@ -325,7 +335,7 @@ class Generator(nn.Module):
             levels[lvl] = x
             offset += pad
         audio = torch.stack([levels[l][:, :, 0] for l in self.cfg.branch_levels], dim=1)  # (B, G, C)
-        x_new, h_new, c_new = self._advance(state.prev_landmarks, state.reference_landmarks, state.h, state.c,
+        x_new, h_new, c_new = self.advance(state.prev_landmarks, state.reference_landmarks, state.h, state.c,
                                             audio)
         # Until L frames of look-ahead have arrived there is no frame to emit: keep the landmark state still.
         ready = state.frames_seen >= self.cfg.lookahead_frames  # (B, 1)
@@ -339,3 +349,48 @@ class Generator(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A generator checkpoint stem (no suffix). A run directory resolves to its `generator` (else `checkpoint`);
+    a `.json`/`.safetensors` suffix is dropped.
+
+    Raises:
+        FileNotFoundError: the `.json` or the `.safetensors` half is missing.
+    """
+    p = Path(path)
+    if p.is_dir():
+        for name in ("generator", "checkpoint"):
+            if (p / f"{name}.json").is_file():
+                return p / name
+    p = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    if not (p.with_suffix(".json").is_file() and p.with_suffix(".safetensors").is_file()):
+        raise FileNotFoundError(f"generator checkpoint {p}.{{json,safetensors}} not found")
+    return p
+
+
+def load_generator(path: str | Path, device: str = "cpu") -> tuple[Generator, dict]:
+    """(Generator in eval mode on `device`, checkpoint meta) from a checkpoint of kind "generator" written by
+    `training.checkpoint.save_module` (`path`: stem, file or run directory, see :func:`resolve_checkpoint`).
+
+    Older checkpoints keep the front end beside the generator config (meta "frontend") or not at all (the
+    default front end); both load.
+
+    Raises:
+        FileNotFoundError: missing files; ValueError: not a generator checkpoint, or corrupt.
+    """
+    from stream_engine.dataclass_io import from_dict
+    from training.checkpoint import load_meta, load_state
+
+    p = resolve_checkpoint(path)
+    meta = load_meta(p)
+    if meta.get("kind") != "generator":
+        raise ValueError(f"{p}: checkpoint kind is {meta.get('kind')!r}, expected 'generator'")
+    if not isinstance(meta.get("generator"), dict):
+        raise ValueError(f"{p}: checkpoint meta has no 'generator' config")
+    data = dict(meta["generator"])
+    if "frontend" not in data and isinstance(meta.get("frontend"), dict):
+        data["frontend"] = meta["frontend"]
+    model = Generator(from_dict(GeneratorConfig, data))
+    model.load_state_dict(load_state(p, device), strict=True)
+    return model.to(device).eval(), meta

@@ -202,11 +202,12 @@ def load_pyramid(path, device: str = "cpu") -> SyncerPyramid:
     Raises:
         FileNotFoundError / ValueError: missing or corrupt files, or not a syncer checkpoint.
     """
-    from training.checkpoint import dataclass_from_dict, load_meta, load_state
+    from stream_engine.dataclass_io import from_dict
+    from training.checkpoint import load_meta, load_state
 
     meta = load_meta(path)
     if meta.get("kind") != "syncer_pyramid":
         raise ValueError(f"{path}: not a syncer pyramid checkpoint (kind={meta.get('kind')!r})")
-    model = SyncerPyramid(dataclass_from_dict(SyncerConfig, meta["syncer"]))
+    model = SyncerPyramid(from_dict(SyncerConfig, meta["syncer"]))
     model.load_state_dict(load_state(path, device))
     return model.to(device).eval()
