@@ -15,9 +15,15 @@ __all__ = ["machine_info", "summarise", "write_report"]
 def summarise(samples_s: list[float] | np.ndarray) -> dict:
     """Seconds -> {n, mean, p50, p90, p95, p99, max} in milliseconds."""
     a = np.asarray(samples_s, dtype=np.float64) * 1e3
-    return {"n": int(a.size), "mean_ms": float(a.mean()), "p50_ms": float(np.percentile(a, 50)),
-            "p90_ms": float(np.percentile(a, 90)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
+    return {
+        "n": int(a.size),
+        "mean_ms": float(a.mean()),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "max_ms": float(a.max()),
+    }
 
 
 def write_report(out_dir: str | Path, name: str, result: dict, markdown: str) -> None:

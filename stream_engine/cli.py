@@ -61,12 +61,14 @@ def _add(sub: Any, name: str, module: str, help_text: str) -> argparse.ArgumentP
     except ImportError as exc:
         # A command whose optional dependencies are missing stays listed and explains itself when run,
         # instead of breaking every other command.
-        p = sub.add_parser(name, help=f"{help_text or name} [unavailable: {exc}]", description=help_text or name)
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, help=f"{help_text or name} [unavailable: {exc}]", description=help_text or name
+        )
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(_module=None, _unavailable=f"{exc}")
         return p
     help_text = _help(mod, help_text)
-    p = sub.add_parser(name, help=help_text, description=help_text)
+    p = sub.add_parser(name, help=help_text, description=help_text)  # the same variable, typed above
     mod.add_arguments(p)
     p.set_defaults(_module=module)
     return p

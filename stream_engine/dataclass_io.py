@@ -178,7 +178,7 @@ def merge(base: dict[str, Any], new: Mapping[str, Any], where: str = "") -> None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """"a.b=VALUE" -> ("a.b", value): VALUE is read as JSON when it parses (numbers, true, lists), else as text.
+    """ "a.b=VALUE" -> ("a.b", value): VALUE is read as JSON when it parses (numbers, true, lists), else as text.
 
     Raises:
         ConfigError: no "=".
@@ -207,8 +207,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> None:
         node[parts[-1]] = value
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = (),
-                base: T | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = (), base: T | None = None
+) -> T:
     """`base` (default: `cls()`), updated by the JSON/TOML file at `path`, then by `key.sub=value` overrides.
 
     Raises:

@@ -37,8 +37,12 @@ def config_classes() -> list[type]:
     found = {}
     for mod in _modules():
         for name, obj in vars(mod).items():
-            if (isinstance(obj, type) and dataclasses.is_dataclass(obj) and name.endswith("Config")
-                    and obj.__module__ == mod.__name__):
+            if (
+                isinstance(obj, type)
+                and dataclasses.is_dataclass(obj)
+                and name.endswith("Config")
+                and obj.__module__ == mod.__name__
+            ):
                 found[f"{obj.__module__}.{name}"] = obj
     return [found[k] for k in sorted(found)]
 
@@ -48,16 +52,28 @@ CONFIGS = config_classes()
 
 def test_the_walk_finds_the_known_configs():
     names = {c.__name__ for c in CONFIGS}
-    assert {"GeneratorConfig", "TrainGeneratorConfig", "TrainSyncersConfig", "SyncerConfig", "EvalConfig",
-            "EvalSyncConfig", "FrontEndConfig", "ClipLoadConfig", "StreamConfig", "ModelConfig"} <= names
+    assert {
+        "GeneratorConfig",
+        "TrainGeneratorConfig",
+        "TrainSyncersConfig",
+        "SyncerConfig",
+        "EvalConfig",
+        "EvalSyncConfig",
+        "FrontEndConfig",
+        "ClipLoadConfig",
+        "StreamConfig",
+        "ModelConfig",
+    } <= names
     assert len(CONFIGS) >= 20
 
 
 # Configs that are not hashable yet, with the reason; strict xfail, so fixing one makes the test say so.
 # VmcConfig.blend_names is a dict (stream_engine/outputs/vmc.py belongs to the engine branches in flight): a
 # `dataclasses.field(..., hash=False)` or a tuple of pairs fixes both entries.
-UNHASHABLE = {"stream_engine.outputs.vmc.VmcConfig": "blend_names is a dict",
-              "stream_engine.config.StreamConfig": "holds VmcConfig"}
+UNHASHABLE = {
+    "stream_engine.outputs.vmc.VmcConfig": "blend_names is a dict",
+    "stream_engine.config.StreamConfig": "holds VmcConfig",
+}
 
 
 def _param(cls):
@@ -84,8 +100,11 @@ def _instance(cls):
     import typing
 
     hints = typing.get_type_hints(cls)
-    required = {f.name: SAMPLES[hints[f.name]] for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    required = {
+        f.name: SAMPLES[hints[f.name]]
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     return cls(**required)
 
 
@@ -111,18 +130,31 @@ def test_contract_round_trips():
     c = fake_contract()
     back = from_dict(StepContract, json.loads(json.dumps(to_dict(c))))
     assert back == c and hash(back) == hash(c)
-    assert back.states[0].shape == ("B", 3) and back.audio_input.to_json() == {"name": "audio", "shape": ["B", 640],
-                                                                               "dtype": "float32"}
+    assert back.states[0].shape == ("B", 3) and back.audio_input.to_json() == {
+        "name": "audio",
+        "shape": ["B", 640],
+        "dtype": "float32",
+    }
 
 
 def test_overrides_files_and_errors(tmp_path):
     from training.train_generator import TrainGeneratorConfig
 
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"_comment": "presets explain themselves", "steps": 7, "generator": {
-        "level_dilations": [[1], [2, 2]], "branch_levels": [0, 1]}}))
-    cfg = load_config(TrainGeneratorConfig, path, ["generator.lookahead_frames=0", "lr_g=1e-4", "device=cpu",
-                                                   "discriminator.windows=[5,10]"])
+    path.write_text(
+        json.dumps(
+            {
+                "_comment": "presets explain themselves",
+                "steps": 7,
+                "generator": {"level_dilations": [[1], [2, 2]], "branch_levels": [0, 1]},
+            }
+        )
+    )
+    cfg = load_config(
+        TrainGeneratorConfig,
+        path,
+        ["generator.lookahead_frames=0", "lr_g=1e-4", "device=cpu", "discriminator.windows=[5,10]"],
+    )
     assert cfg.steps == 7 and cfg.generator.lookahead_frames == 0 and cfg.lr_g == 1e-4 and cfg.device == "cpu"
     assert cfg.generator.level_dilations == ((1,), (2, 2)) and hash(cfg)
     with pytest.raises(ConfigError, match="unknown setting 'generator.nope'"):

@@ -10,20 +10,36 @@ import pytest
 import torch
 
 from training.data.clips import Segment
-from training.eval.sequences import (GT, SHUFFLED, STATIC, Prediction, build_sequences, derangement, fit_length,
-                                     match_prediction, method_inputs)
+from training.eval.sequences import (
+    GT,
+    SHUFFLED,
+    STATIC,
+    Prediction,
+    build_sequences,
+    derangement,
+    fit_length,
+    match_prediction,
+    method_inputs,
+)
 from training.models.syncer import SyncerConfig, SyncerPyramid
 
 torch.set_num_threads(1)
 
-TINY = SyncerConfig(embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,),
-                    loss="syncnet")
+TINY = SyncerConfig(
+    embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,), loss="syncnet"
+)
 
 
 def _segment(clip_id: str, start: int, frames: int, seed: int = 0) -> Segment:
     rng = np.random.default_rng(seed)
-    return Segment(clip_id, "id:" + clip_id, start, rng.random((frames, 68, 2)).astype(np.float32),
-                   np.zeros(frames * 640, np.float32), rng.standard_normal((4 * frames, 40)).astype(np.float32))
+    return Segment(
+        clip_id,
+        "id:" + clip_id,
+        start,
+        rng.random((frames, 68, 2)).astype(np.float32),
+        np.zeros(frames * 640, np.float32),
+        rng.standard_normal((4 * frames, 40)).astype(np.float32),
+    )
 
 
 def test_build_sequences_cuts_aligned_pieces():
@@ -76,11 +92,33 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
     pred_dir = tmp_path / "copy_of_gt"
     pred_dir.mkdir()
     for k, seg in enumerate(load_segments(first)):
-        np.savez(pred_dir / f"{k}.npz", landmarks=seg.landmarks, clip_id=np.array(seg.clip_id),
-                 start_frame=np.array(seg.start_frame))
+        np.savez(
+            pred_dir / f"{k}.npz",
+            landmarks=seg.landmarks,
+            clip_id=np.array(seg.clip_id),
+            start_frame=np.array(seg.start_frame),
+        )
     out = tmp_path / "eval"
-    argv = ["eval-sync", "--data", str(shared_data), "--split", "test", "--metric-syncers", str(ckpt), "--out", str(out),
-            "--max-clips", "3", "--seq-frames", "40", "--threads", "1", "--no-progress", "--predictions", str(pred_dir)]
+    argv = [
+        "eval-sync",
+        "--data",
+        str(shared_data),
+        "--split",
+        "test",
+        "--metric-syncers",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--max-clips",
+        "3",
+        "--seq-frames",
+        "40",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--predictions",
+        str(pred_dir),
+    ]
     assert main(argv) == 0
     md = (out / "eval_sync.md").read_text()
     assert "static face" in capsys.readouterr().out

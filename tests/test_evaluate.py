@@ -18,8 +18,9 @@ from training.models.syncer import SyncerConfig, SyncerPyramid
 torch.set_num_threads(1)
 
 TINY_G = GeneratorConfig(audio_channels=16, landmark_embed=16, lstm_hidden=16, branch_hidden=16, branch_expansion=1)
-TINY_S = SyncerConfig(embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,),
-                      loss="syncnet")
+TINY_S = SyncerConfig(
+    embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,), loss="syncnet"
+)
 
 
 def _face(seed: int = 0) -> np.ndarray:
@@ -30,8 +31,16 @@ def _face(seed: int = 0) -> np.ndarray:
     rest = np.stack([np.linspace(0.35, 0.65, 51), 0.35 + 0.25 * rng.random(51)], -1)
     face = np.concatenate([jaw, rest]).astype(np.float64)
     face[27], face[8] = [0.5, 0.35], [0.5, 0.7]
-    face[60:68] = [[0.45, 0.56], [0.48, 0.55], [0.5, 0.55], [0.52, 0.55], [0.55, 0.56], [0.52, 0.57], [0.5, 0.57],
-                   [0.48, 0.57]]  # inner lips, mouth closed-ish, y down
+    face[60:68] = [
+        [0.45, 0.56],
+        [0.48, 0.55],
+        [0.5, 0.55],
+        [0.52, 0.55],
+        [0.55, 0.56],
+        [0.52, 0.57],
+        [0.5, 0.57],
+        [0.48, 0.57],
+    ]  # inner lips, mouth closed-ish, y down
     return face
 
 
@@ -162,12 +171,38 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
     sync = tmp_path / "metric" / "syncers"
     save_module(sync, SyncerPyramid(TINY_S), {"kind": "syncer_pyramid", "syncer": TINY_S})
     gen = tmp_path / "gen" / "generator"
-    save_module(gen, Generator(TINY_G), {"kind": "generator", "step": 0, "generator": TINY_G,
-                                         "reference_face": _face().tolist()})
+    save_module(
+        gen,
+        Generator(TINY_G),
+        {"kind": "generator", "step": 0, "generator": TINY_G, "reference_face": _face().tolist()},
+    )
     out = tmp_path / "eval"
-    argv = ["eval", "--model", f"tiny={gen}", "--metric-syncers", str(sync), "--data", str(shared_data),
-            "--split", "test", "--out", str(out), "--max-clips", "3", "--seq-frames", "40", "--rollout-frames", "60",
-            "--long-rollout-minutes", "0.05", "--render-seconds", "1", "--threads", "1", "--no-progress"]
+    argv = [
+        "eval",
+        "--model",
+        f"tiny={gen}",
+        "--metric-syncers",
+        str(sync),
+        "--data",
+        str(shared_data),
+        "--split",
+        "test",
+        "--out",
+        str(out),
+        "--max-clips",
+        "3",
+        "--seq-frames",
+        "40",
+        "--rollout-frames",
+        "60",
+        "--long-rollout-minutes",
+        "0.05",
+        "--render-seconds",
+        "1",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "loudness mouth" in capsys.readouterr().out
     for name in ("eval.md", "eval.json", "sync_levels.png", "drift.png"):
@@ -203,5 +238,7 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
 def test_cli_missing_syncers(tmp_path, capsys):
     from stream_engine.cli import main
 
-    rc = main(["eval", "--model", "x=nowhere", "--metric-syncers", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    rc = main(
+        ["eval", "--model", "x=nowhere", "--metric-syncers", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    )
     assert rc == 1 and "metric syncers not found" in capsys.readouterr().err

@@ -25,14 +25,26 @@ FORBIDDEN = {
 # (file, imported module, name or "") -> why it is tolerated for now; to be removed after the engine branches
 # merge: stream_engine/session.py, runtime/onnxrt.py and outputs/vmc.py are being rewritten on other branches.
 ALLOWED = {
-    ("stream_engine/session.py", "training.data.face", ""):
-        "engine branch in flight; a reference-face image needs dlib (a training dependency), imported lazily",
-    ("stream_engine/runtime/onnxrt.py", "stream_engine.contract", "_ort_session"):
-        "engine branch in flight; make contract.ort_session public",
-    ("stream_engine/outputs/vmc.py", "stream_engine.outputs.osc", "_bundle"):
-        "engine branch in flight; make osc.bundle public",
-    ("stream_engine/outputs/vmc.py", "stream_engine.outputs.osc", "_message"):
-        "engine branch in flight; make osc.message public",
+    (
+        "stream_engine/session.py",
+        "training.data.face",
+        "",
+    ): "engine branch in flight; a reference-face image needs dlib (a training dependency), imported lazily",
+    (
+        "stream_engine/runtime/onnxrt.py",
+        "stream_engine.contract",
+        "_ort_session",
+    ): "engine branch in flight; make contract.ort_session public",
+    (
+        "stream_engine/outputs/vmc.py",
+        "stream_engine.outputs.osc",
+        "_bundle",
+    ): "engine branch in flight; make osc.bundle public",
+    (
+        "stream_engine/outputs/vmc.py",
+        "stream_engine.outputs.osc",
+        "_message",
+    ): "engine branch in flight; make osc.message public",
 }
 
 
@@ -82,7 +94,8 @@ def test_layering_and_private_imports():
     found = violations()
     new = sorted(found - set(ALLOWED))
     assert not new, "import rule violations (see this test's docstring):\n" + "\n".join(
-        f"  {f}: imports {m}{'.' + n if n else ''}" for f, m, n in new)
+        f"  {f}: imports {m}{'.' + n if n else ''}" for f, m, n in new
+    )
     stale = sorted(set(ALLOWED) - found)
     assert not stale, f"ALLOWED lists violations that are gone, remove them: {stale}"
 
@@ -101,13 +114,16 @@ def test_runtime_imports_without_torch_in_a_fresh_interpreter(pkg):
     import subprocess
     import sys
 
-    modules = sorted({_module_name(rel) for rel, _ in _sources() if rel.startswith(pkg + "/")
-                      and "/native/" not in rel})
-    code = ("import importlib, sys\n"
-            f"for m in {modules!r}:\n"
-            "    try:\n        importlib.import_module(m)\n    except ImportError:\n        pass\n"
-            "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'training', 'export', 'benchmarks'))\n"
-            "print(bad)\n")
+    modules = sorted(
+        {_module_name(rel) for rel, _ in _sources() if rel.startswith(pkg + "/") and "/native/" not in rel}
+    )
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n"
+        "    try:\n        importlib.import_module(m)\n    except ImportError:\n        pass\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'training', 'export', 'benchmarks'))\n"
+        "print(bad)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout

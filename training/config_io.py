@@ -17,8 +17,14 @@ T = TypeVar("T")
 def add_config_arguments(p: argparse.ArgumentParser, example_override: str, what: str = "JSON config file") -> None:
     """--config FILE and --set KEY=VALUE (repeatable)."""
     p.add_argument("--config", help=what)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a config value (dotted keys, JSON values), e.g. {example_override}")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value (dotted keys, JSON values), e.g. {example_override}",
+    )
 
 
 def add_run_arguments(p: argparse.ArgumentParser, default_out: str, example_override: str) -> None:
@@ -29,8 +35,9 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, example_over
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace, base: T | None = None,
-                     extra: list[str] | tuple[str, ...] = ()) -> T:
+def config_from_args(
+    cls: type[T], args: argparse.Namespace, base: T | None = None, extra: list[str] | tuple[str, ...] = ()
+) -> T:
     """`base` (default `cls()`), then `args.config`, then `extra` overrides (from dedicated flags), then
     `args.overrides` (--set wins)."""
     overrides: list[Any] = [*extra, *getattr(args, "overrides", [])]
@@ -51,8 +58,9 @@ class Flag:
 def add_flags(p: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None:
     """Declare the convenience flags (default None: unset flags leave the config alone)."""
     for f in flags:
-        p.add_argument(f.flag, dest=_dest(f), type=f.type, default=None, choices=f.choices,
-                       help=f"{f.help} (config key {f.key})")
+        p.add_argument(
+            f.flag, dest=_dest(f), type=f.type, default=None, choices=f.choices, help=f"{f.help} (config key {f.key})"
+        )
 
 
 def flag_overrides(args: argparse.Namespace, flags: tuple[Flag, ...]) -> list[str]:

@@ -26,10 +26,11 @@ from training.run import context
 from training.run.metrics import read_records
 from training.run.trainer import Checkpointed, Trainer
 
+HELP = (
+    "Train the causal generator (GAN + multi-scale sync loss): `msync train --config "
+    "training/configs/generator.json --out runs/generator`."
+)
 
-
-HELP = ("Train the causal generator (GAN + multi-scale sync loss): `msync train --config "
-        "training/configs/generator.json --out runs/generator`.")
 
 @dataclasses.dataclass(frozen=True)
 class TrainGeneratorConfig:
@@ -75,8 +76,10 @@ class TrainGeneratorConfig:
 
     def __post_init__(self) -> None:
         if self.generator.frontend != self.clips.frontend:
-            raise ValueError("generator.frontend and clips.frontend differ: the generator must read the features "
-                             "its training clips were computed with")
+            raise ValueError(
+                "generator.frontend and clips.frontend differ: the generator must read the features "
+                "its training clips were computed with"
+            )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,10 +107,13 @@ def training_data_summary(records_by_split: dict) -> dict:
     groups: dict[str, float] = {}
     for r in train:
         groups[r.group or "unknown"] = groups.get(r.group or "unknown", 0.0) + r.duration_s / 60.0
-    return {"clips": len(train), "minutes": round(sum(r.duration_s for r in train) / 60.0, 1),
-            "identities": len({r.identity for r in train}),
-            "groups_minutes": {k: round(v, 2) for k, v in sorted(groups.items())},
-            "licence_note": "includes non-commercial / research-only sources; see ../shared/data/manifest.tsv"}
+    return {
+        "clips": len(train),
+        "minutes": round(sum(r.duration_s for r in train) / 60.0, 1),
+        "identities": len({r.identity for r in train}),
+        "groups_minutes": {k: round(v, 2) for k, v in sorted(groups.items())},
+        "licence_note": "includes non-commercial / research-only sources; see ../shared/data/manifest.tsv",
+    }
 
 
 class GeneratorTrainer(Trainer):
@@ -129,8 +135,12 @@ class GeneratorTrainer(Trainer):
         from training.models.syncer import load_pyramid
 
         cfg = self.cfg
-        self.device, self.rank, self.world, self.is_main = (self.ctx.device, self.ctx.rank, self.ctx.world,
-                                                            self.ctx.is_main)
+        self.device, self.rank, self.world, self.is_main = (
+            self.ctx.device,
+            self.ctx.rank,
+            self.ctx.world,
+            self.ctx.is_main,
+        )
         records = assign_splits(read_manifest(cfg.data_dir), cfg.split)
         if cfg.max_clips:
             records = {k: v[: cfg.max_clips] for k, v in records.items()}
@@ -139,8 +149,11 @@ class GeneratorTrainer(Trainer):
         g, fe = cfg.generator, cfg.clips.frontend
         self.warmup = g.receptive_field_frames[-1] - 1
         self.sampler = WindowSampler(segs["train"], cfg.seq_len, g.lookahead_frames, self.warmup, fe)
-        self.val_sampler = (WindowSampler(segs["val"], 2 * cfg.seq_len, g.lookahead_frames, self.warmup, fe)
-                            if segs.get("val") else None)
+        self.val_sampler = (
+            WindowSampler(segs["val"], 2 * cfg.seq_len, g.lookahead_frames, self.warmup, fe)
+            if segs.get("val")
+            else None
+        )
         self.val_segments = segs.get("val", [])
 
         self.syncers = load_pyramid(cfg.syncers, self.device)
@@ -162,11 +175,11 @@ class GeneratorTrainer(Trainer):
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.G_ddp, self.D_ddp = context.wrap_ddp(self.G, self.ctx), context.wrap_ddp(self.D, self.ctx)
-        self.checkpointed = [Checkpointed("checkpoint", self.G, self.opt_g, self.meta),
-                             Checkpointed("discriminators", self.D, self.opt_d,
-                                          lambda step: {"kind": "discriminators", "step": step})]
-        self.add_callback("on_checkpoint",
-                          lambda t: plot_generator_curves(t.metrics_path, t.out_dir / "curves.png"))
+        self.checkpointed = [
+            Checkpointed("checkpoint", self.G, self.opt_g, self.meta),
+            Checkpointed("discriminators", self.D, self.opt_d, lambda step: {"kind": "discriminators", "step": step}),
+        ]
+        self.add_callback("on_checkpoint", lambda t: plot_generator_curves(t.metrics_path, t.out_dir / "curves.png"))
         self.add_callback("on_step_end", GeneratorTrainer._maybe_render_sample)
 
     # ------------------------------------------------------------------- step
@@ -222,8 +235,9 @@ class GeneratorTrainer(Trainer):
         # Generator update.
         g_fake = self.D_ddp(x_ref, fake)
         adv = {k: hinge_g(v) for k, v in g_fake.items()}
-        sync, cosines = multiscale_sync_loss(self.syncers, torch.cat([x_ref, fake], dim=1),
-                                             self.sync_mfcc(mfcc, cfg.seq_len), cfg.sync_levels)
+        sync, cosines = multiscale_sync_loss(
+            self.syncers, torch.cat([x_ref, fake], dim=1), self.sync_mfcc(mfcc, cfg.seq_len), cfg.sync_levels
+        )
         l2 = ((fake - real) ** 2).sum(-1).mean()
         loss_g = cfg.lambda_sync * sync + sum(weights[k] * v for k, v in adv.items()) + cfg.l2_weight * l2
         shape = None
@@ -234,8 +248,12 @@ class GeneratorTrainer(Trainer):
         loss_g.backward()
         torch.nn.utils.clip_grad_norm_(self.G.parameters(), cfg.grad_clip)
         self.opt_g.step()
-        rec = {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()), "sync": float(sync.detach()),
-               "l2": float(l2.detach())}
+        rec = {
+            "loss_d": float(loss_d.detach()),
+            "loss_g": float(loss_g.detach()),
+            "sync": float(sync.detach()),
+            "l2": float(l2.detach()),
+        }
         if shape is not None:
             rec["shape"] = float(shape.detach())
         rec.update({f"adv_{k}": float(v.detach()) for k, v in adv.items()})
@@ -263,8 +281,12 @@ class GeneratorTrainer(Trainer):
         self.G.train()
         vel = (fake[:, 1:] - fake[:, :-1]).norm(dim=-1).mean()
         vel_gt = (lm[:, 2:] - lm[:, 1:-1]).norm(dim=-1).mean()
-        rec = {"l2": float(((fake - lm[:, 1:]) ** 2).sum(-1).mean()), "velocity": float(vel), "velocity_gt": float(vel_gt),
-               "finite": bool(torch.isfinite(fake).all())}
+        rec = {
+            "l2": float(((fake - lm[:, 1:]) ** 2).sum(-1).mean()),
+            "velocity": float(vel),
+            "velocity_gt": float(vel_gt),
+            "finite": bool(torch.isfinite(fake).all()),
+        }
         rec.update({f"cos_l{k}": v for k, v in cos.items()})
         rec.update({f"cos_gt_l{k}": v for k, v in cos_gt.items()})
         if self.shape_prior is not None:  # share of frames inside the training shape space (tau)
@@ -303,8 +325,14 @@ class GeneratorTrainer(Trainer):
 
     # ------------------------------------------------------------ checkpoints
     def meta(self, step: int) -> dict:
-        return {"kind": "generator", "step": step, "generator": self.cfg.generator, "config": self.cfg,
-                "reference_face": self.reference_face.tolist(), "training_data": self.data_summary}
+        return {
+            "kind": "generator",
+            "step": step,
+            "generator": self.cfg.generator,
+            "config": self.cfg,
+            "reference_face": self.reference_face.tolist(),
+            "training_data": self.data_summary,
+        }
 
     def warm_start(self, path: str) -> None:
         """Start a fresh run from another run's generator checkpoint (and its discriminators when present).
@@ -323,8 +351,11 @@ class GeneratorTrainer(Trainer):
         if took_d:
             self.D.load_state_dict(load_state(disc, self.device))
         if self.is_main:
-            print(f"warm start from {ck}" + (" and its discriminators" if took_d else "")
-                  + (f"; adapted {', '.join(adapted)}" if adapted else ""))
+            print(
+                f"warm start from {ck}"
+                + (" and its discriminators" if took_d else "")
+                + (f"; adapted {', '.join(adapted)}" if adapted else "")
+            )
 
     def on_fresh_start(self) -> None:
         if self.cfg.init_from:
@@ -334,8 +365,13 @@ class GeneratorTrainer(Trainer):
         from training.checkpoint import save_module
 
         save_module(self.out_dir / "generator", self.G, self.meta(self.step))
-        return {"steps": self.step, "device": self.device, "world_size": self.world, "it_per_s": rate,
-                "val": self.validate()}
+        return {
+            "steps": self.step,
+            "device": self.device,
+            "world_size": self.world,
+            "it_per_s": rate,
+            "val": self.validate(),
+        }
 
 
 def plot_generator_curves(metrics_path: Path, png_path: Path) -> None:

@@ -26,9 +26,8 @@ from training.run import context
 from training.run.metrics import mean_record, read_records
 from training.run.trainer import Checkpointed, Trainer
 
-
-
 HELP = "Train the syncer pyramid (InfoNCE) or the metric syncers (SyncNet loss)."
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainSyncersConfig:
@@ -108,7 +107,9 @@ def evaluate(model, store, cfg: TrainSyncersConfig, device: str, seed: int = 123
             losses, accs = [], []
             for _ in range(cfg.eval_groups):
                 g = store.sample_group(lvl, rng, cfg.group_size, cfg.per_clip, augment=None)
-                e_a, e_x = model.embed(lvl, torch.from_numpy(g.landmarks).to(device), torch.from_numpy(g.mfcc).to(device))
+                e_a, e_x = model.embed(
+                    lvl, torch.from_numpy(g.landmarks).to(device), torch.from_numpy(g.mfcc).to(device)
+                )
                 loss, acc = group_loss(cfg.syncer, e_a[None], e_x[None])
                 losses.append(float(loss))
                 accs.append(float(acc))
@@ -133,8 +134,12 @@ def build_model(cfg: TrainSyncersConfig, train_store, device: str):
     model.mfcc_std.copy_(torch.from_numpy(std))
     stats_rng = np.random.default_rng(cfg.seed + 99)
     for lvl in range(sc.num_levels):
-        lm = np.concatenate([train_store.sample_group(lvl, stats_rng, cfg.group_size, cfg.per_clip, cfg.augment).landmarks
-                             for _ in range(20)])
+        lm = np.concatenate(
+            [
+                train_store.sample_group(lvl, stats_rng, cfg.group_size, cfg.per_clip, cfg.augment).landmarks
+                for _ in range(20)
+            ]
+        )
         pos, vel = model.raw_landmark_features(torch.from_numpy(lm))
         model.position_mean[lvl] = pos.mean(dim=(0, 1))
         model.position_std[lvl] = pos.std(dim=(0, 1)) + 1e-4
@@ -149,8 +154,10 @@ def sample_batches(store, cfg: TrainSyncersConfig, rng, weights, device: str):
 
     batches = []
     for lvl in range(cfg.syncer.num_levels):
-        gs = [store.sample_group(lvl, rng, cfg.group_size, cfg.per_clip, cfg.augment, weights[lvl])
-              for _ in range(cfg.groups_per_level)]
+        gs = [
+            store.sample_group(lvl, rng, cfg.group_size, cfg.per_clip, cfg.augment, weights[lvl])
+            for _ in range(cfg.groups_per_level)
+        ]
         lm = torch.from_numpy(np.concatenate([g.landmarks for g in gs])).to(device)
         mf = torch.from_numpy(np.concatenate([g.mfcc for g in gs])).to(device)
         batches.append((lvl, lm, mf))
@@ -164,7 +171,7 @@ def train_step(ddp_model, model, opt, store, cfg: TrainSyncersConfig, rng, weigh
     from training.models.syncer import group_loss
 
     embeddings = ddp_model(sample_batches(store, cfg, rng, weights, device))
-    total = 0.0
+    total = torch.zeros((), device=device)
     losses, accs = [], []
     for e_a, e_x in embeddings:
         n = cfg.group_size
@@ -202,21 +209,35 @@ class SyncerTrainer(Trainer):
         # Early stopping per level: coarse levels see few distinct segments and start to memorise clips long
         # before the fine ones stop improving, so each level keeps its own best validation weights.
         self.best: dict[int, tuple[float, int, dict | None]] = {}
-        self.checkpointed = [Checkpointed("checkpoint", self.model, self.opt, lambda step: {
-            "step": step, "config": cfg, "kind": "syncer_pyramid", "syncer": sc})]
+        self.checkpointed = [
+            Checkpointed(
+                "checkpoint",
+                self.model,
+                self.opt,
+                lambda step: {"step": step, "config": cfg, "kind": "syncer_pyramid", "syncer": sc},
+            )
+        ]
         self.add_callback("on_checkpoint", lambda t: plot_curves(t.metrics_path, t.out_dir / "curves.png"))
 
     def train_step(self, rng) -> dict[str, float]:
         for g in self.opt.param_groups:
             g["lr"] = _lr_at(self.cfg, self.step)
-        losses, accs = train_step(self.ddp_model, self.model, self.opt, self.stores["train"], self.cfg, rng,
-                                  self.weights, self.ctx.device)
-        return {k: v for lvl in range(len(losses)) for k, v in ((f"loss_l{lvl}", losses[lvl]),
-                                                                 (f"acc_l{lvl}", accs[lvl]))}
+        losses, accs = train_step(
+            self.ddp_model, self.model, self.opt, self.stores["train"], self.cfg, rng, self.weights, self.ctx.device
+        )
+        return {
+            k: v for lvl in range(len(losses)) for k, v in ((f"loss_l{lvl}", losses[lvl]), (f"acc_l{lvl}", accs[lvl]))
+        }
 
     def log_record(self, records: list[dict[str, float]], rate: float) -> dict:
-        return {"step": self.step, "split": "train", "lr": _lr_at(self.cfg, self.step - 1), "steps_per_s": rate,
-                "world_size": self.ctx.world, **mean_record(records)}
+        return {
+            "step": self.step,
+            "split": "train",
+            "lr": _lr_at(self.cfg, self.step - 1),
+            "steps_per_s": rate,
+            "world_size": self.ctx.world,
+            **mean_record(records),
+        }
 
     def postfix(self, record: dict) -> dict[str, str]:
         return {f"acc{lvl}": f"{record[f'acc_l{lvl}']:.2f}" for lvl in range(self.cfg.syncer.num_levels)}
@@ -240,14 +261,28 @@ class SyncerTrainer(Trainer):
         for lvl, (_, at, state) in sorted(self.best.items()):
             self.model.levels[lvl].load_state_dict(state)
             best_steps[lvl] = at
-        result = {"steps": self.step, "device": self.ctx.device, "world_size": self.ctx.world,
-                  "best_val_step_per_level": best_steps, "steps_per_s": rate}
+        result = {
+            "steps": self.step,
+            "device": self.ctx.device,
+            "world_size": self.ctx.world,
+            "best_val_step_per_level": best_steps,
+            "steps_per_s": rate,
+        }
         for split in ("val", "test"):
             if split in self.stores:
                 result[split] = evaluate(self.model, self.stores[split], cfg, self.ctx.device)
-        save_module(self.out_dir / "syncers", self.model, {"kind": "syncer_pyramid", "syncer": sc, "step": self.step,
-                                                            "data_dir": cfg.data_dir, "split": cfg.split,
-                                                            "result": result})
+        save_module(
+            self.out_dir / "syncers",
+            self.model,
+            {
+                "kind": "syncer_pyramid",
+                "syncer": sc,
+                "step": self.step,
+                "data_dir": cfg.data_dir,
+                "split": cfg.split,
+                "result": result,
+            },
+        )
         return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 
 from stream_engine.audio_io import load_audio
@@ -63,11 +64,16 @@ def load_segments(record: ClipRecord, cfg: ClipLoadConfig = ClipLoadConfig()) ->
     k = frontend.mfcc_per_landmark_frame
     out = []
     for start, end, filled in split_at_gaps(points_px, cfg.max_gap_frames, cfg.min_length_frames):
-        out.append(Segment(
-            clip_id=record.id, identity=record.identity, start_frame=start,
-            landmarks=crop.normalise(filled), audio=audio[start * spf : end * spf],
-            logmel=feats[start * k : end * k],
-        ))
+        out.append(
+            Segment(
+                clip_id=record.id,
+                identity=record.identity,
+                start_frame=start,
+                landmarks=crop.normalise(filled),
+                audio=audio[start * spf : end * spf],
+                logmel=feats[start * k : end * k],
+            )
+        )
     return out
 
 

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from training.eval.generation import FPS, SPF, generate, loop_to, mfcc_of, noise_seed, render_rollout, step_rollout, \
-    stream_rollout
+from training.eval.generation import (
+    FPS,
+    SPF,
+    generate,
+    loop_to,
+    mfcc_of,
+    noise_seed,
+    render_rollout,
+    step_rollout,
+    stream_rollout,
+)
 from training.eval.scoring import fd_levels, score_pieces, summarise
 
 
@@ -27,7 +36,7 @@ def drift_curves(x: np.ndarray, space, reference: np.ndarray, bins: int = 20) ->
     plaus = space.plausible(x)
     speed = np.concatenate([[np.nan], np.linalg.norm(np.diff(x, axis=0), axis=-1).mean(-1)])
     scale = face_scale(x) / face_scale(reference[None])[0]
-    out = {"t_min": [], "plausible": [], "velocity": [], "scale_ratio": []}
+    out: dict[str, list[float]] = {"t_min": [], "plausible": [], "velocity": [], "scale_ratio": []}
     for a, b in zip(edges[:-1], edges[1:]):
         if b <= a:
             continue
@@ -53,10 +62,14 @@ class DriftRows:
         finite = [p for p in pieces if np.all(np.isfinite(p[0]))]
         recs = score_pieces(self.pyr, finite, self.vshift, self.padding, name, self.progress)
         s = summarise(recs, self.pyr.cfg.num_levels)
-        s.update(what=what, non_finite_sequences=len(pieces) - len(finite),
-                 fd_motion=fd_levels(self.gt_feats, feature_sets(self.pyr, [p[0] for p in finite])),
-                 plausible=float(self.space.plausible(np.concatenate([p[0] for p in pieces])).mean()) if pieces
-                 else math.nan)
+        s.update(
+            what=what,
+            non_finite_sequences=len(pieces) - len(finite),
+            fd_motion=fd_levels(self.gt_feats, feature_sets(self.pyr, [p[0] for p in finite])),
+            plausible=float(self.space.plausible(np.concatenate([p[0] for p in pieces])).mean())
+            if pieces
+            else math.nan,
+        )
         self.rows[name] = s
 
 
@@ -65,15 +78,24 @@ def tails(items, tail: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(lm[-tail:], mf[-4 * tail :]) for _, lm, mf in items]
 
 
-def clip_rollout_pieces(m, firsts: list, pcm: dict, frames: int, tail: int, seed: int, device,
-                        batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def clip_rollout_pieces(
+    m, firsts: list, pcm: dict, frames: int, tail: int, seed: int, device, batch_size: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """One `frames`-frame rollout per clip from its first frame (its speech looped), cut to the last `tail`.
 
     `firsts`: (clip_id, first segment frame, first landmark frame) per clip; `pcm`: clip_id -> 16 kHz PCM.
     """
     loops = [loop_to(pcm[cid][s0 * SPF :], (frames + m.lookahead) * SPF) for cid, s0, _ in firsts]
-    y = generate(m, loops, [0] * len(loops), np.stack([f[2] for f in firsts]),
-                 [noise_seed(seed, f"{cid}@rollout") for cid, _, _ in firsts], frames, device, batch_size)
+    y = generate(
+        m,
+        loops,
+        [0] * len(loops),
+        np.stack([f[2] for f in firsts]),
+        [noise_seed(seed, f"{cid}@rollout") for cid, _, _ in firsts],
+        frames,
+        device,
+        batch_size,
+    )
     return [(lm[-tail:], mfcc_of(p, frames - tail, frames)) for lm, p in zip(y, loops)]
 
 
@@ -114,13 +136,19 @@ def long_summary(x: np.ndarray, x_ref: np.ndarray, space, minute: int, wall: flo
     v_first, v_last = float(np.nanmean(speed[: max(minute - 1, 1)])), float(np.nanmean(speed[-minute:]))
     scale = face_scale(x) / face_scale(x_ref[None])[0]
     return {
-        "frames": n, "minutes": n / FPS / 60, "wall_s": wall, "frames_per_s": n / wall,
-        "realtime_factor": (n / FPS) / wall, "chunk_frames": chunk_frames,
+        "frames": n,
+        "minutes": n / FPS / 60,
+        "wall_s": wall,
+        "frames_per_s": n / wall,
+        "realtime_factor": (n / FPS) / wall,
+        "chunk_frames": chunk_frames,
         "non_finite_frames": int((~finite).sum()),
         "first_non_finite_frame": int(np.argmin(finite)) if not finite.all() else None,
         "plausible": float(space.plausible(x).mean()),
         "plausible_last_minute": float(space.plausible(x[-minute:]).mean()),
-        "window_frames": minute, "velocity_first": v_first, "velocity_last": v_last,
+        "window_frames": minute,
+        "velocity_first": v_first,
+        "velocity_last": v_last,
         "velocity_ratio": v_last / v_first if v_first > 0 else float("nan"),
         "scale_ratio_last": float(np.nanmean(scale[-minute:])),
         "centre_shift_last": float(np.nanmean(np.linalg.norm(x[-minute:].mean(1) - x_ref.mean(0), axis=-1))),
@@ -144,6 +172,10 @@ def model_drift(drift: DriftRows, m, rows: dict, inputs, cfg, device, out_dir: P
     x, audio, wall, equiv, k = long_rollout(m, source, x_ref, frames, cfg, device, progress)
     minute = add_long_rows(drift, m.name, x, audio, tail, f"{cfg.long_rollout_minutes:g} min")
     out = long_summary(x, x_ref, drift.space, minute, wall, cfg.chunk_frames)
-    out.update(step_equivalence_max_abs=equiv, step_equivalence_frames=k, curves=drift_curves(x, drift.space, x_ref),
-               videos=render_rollout(out_dir / "videos", m.name, x, audio, cfg.render_seconds))
+    out.update(
+        step_equivalence_max_abs=equiv,
+        step_equivalence_frames=k,
+        curves=drift_curves(x, drift.space, x_ref),
+        videos=render_rollout(out_dir / "videos", m.name, x, audio, cfg.render_seconds),
+    )
     return out

@@ -7,8 +7,12 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from training.models.generator import Generator
 
 SPF, FPS = 640, 25  # samples per landmark frame at 16 kHz, landmark rate
 DEFAULT_MODELS = ("training/weights/generator", "runs/generator/generator")
@@ -18,7 +22,7 @@ DEFAULT_MODELS = ("training/weights/generator", "runs/generator/generator")
 class LoadedModel:
     name: str
     path: str
-    G: object
+    G: Generator
     meta: dict
     warmup: int
     lookahead: int
@@ -43,8 +47,9 @@ def parse_model_specs(specs: list[str]) -> tuple[tuple[str, str], ...]:
                 out.append(("ours", d))
                 break
         else:
-            raise FileNotFoundError(f"no --model given and no default generator ({', '.join(DEFAULT_MODELS)}); "
-                                    "pass --model NAME=CHECKPOINT")
+            raise FileNotFoundError(
+                f"no --model given and no default generator ({', '.join(DEFAULT_MODELS)}); pass --model NAME=CHECKPOINT"
+            )
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique, got {names}")
@@ -75,8 +80,17 @@ def initial_noise(G, seeds: list[int], device):
     return torch.cat(hs).to(device), torch.cat(cs).to(device)
 
 
-def generate(m: LoadedModel, pcms: list[np.ndarray], starts: list[int], x_refs: np.ndarray, seeds: list[int],
-             num_frames: int, device, batch_size: int = 16, bar=None) -> np.ndarray:
+def generate(
+    m: LoadedModel,
+    pcms: list[np.ndarray],
+    starts: list[int],
+    x_refs: np.ndarray,
+    seeds: list[int],
+    num_frames: int,
+    device,
+    batch_size: int = 16,
+    bar=None,
+) -> np.ndarray:
     """Frames [start, start + num_frames) of fresh streams that began at frame 0 of each `pcm` (silence before):
     `Generator.forward` with W warm-up frames (invalid before frame 0) and L look-ahead frames.
 
@@ -102,8 +116,17 @@ def generate(m: LoadedModel, pcms: list[np.ndarray], starts: list[int], x_refs: 
     return np.concatenate(out).astype(np.float32)
 
 
-def stream_rollout(m: LoadedModel, pcm: np.ndarray, x_ref: np.ndarray, seed: int, num_frames: int, device,
-                   chunk: int = 1500, progress: bool = False, desc: str = "rollout") -> np.ndarray:
+def stream_rollout(
+    m: LoadedModel,
+    pcm: np.ndarray,
+    x_ref: np.ndarray,
+    seed: int,
+    num_frames: int,
+    device,
+    chunk: int = 1500,
+    progress: bool = False,
+    desc: str = "rollout",
+) -> np.ndarray:
     """One fresh stream over `pcm` (silence before it), `num_frames` frames, in chunks with carried state.
 
     Each chunk recomputes the audio pyramid over [chunk start − W, chunk end + L) (the convolutions' receptive
@@ -200,5 +223,6 @@ def load_model(name: str, path: str, device: str) -> LoadedModel:
     from training.models.generator import load_generator, resolve_checkpoint
 
     G, meta = load_generator(path, device)
-    return LoadedModel(name, str(resolve_checkpoint(path)), G, meta, G.cfg.receptive_field_frames[-1] - 1,
-                       G.cfg.lookahead_frames)
+    return LoadedModel(
+        name, str(resolve_checkpoint(path)), G, meta, G.cfg.receptive_field_frames[-1] - 1, G.cfg.lookahead_frames
+    )

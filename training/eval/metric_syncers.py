@@ -23,7 +23,8 @@ def resolve_syncers(path: str) -> Path:
     raise FileNotFoundError(
         f"metric syncers not found (tried {', '.join(str(p) + '.{json,safetensors}' for p in stripped)}). Train them "
         "with `msync train-syncers --config training/configs/metric_syncers.json --out runs/metric_syncers`, or pass "
-        "--metric-syncers PATH (without suffix; runs/metric_syncers/checkpoint for an intermediate one).")
+        "--metric-syncers PATH (without suffix; runs/metric_syncers/checkpoint for an intermediate one)."
+    )
 
 
 def eval_device(device: str, threads: int) -> str:

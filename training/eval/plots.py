@@ -25,9 +25,12 @@ def plot_sync_levels(result: dict, path: Path) -> None:
         std = [l["confidence"]["std"] for l in lv]
         axes[0].bar(xs + k * width, mean, width, yerr=std, capsize=2, label=name)
         fd = [e["fd"] for e in methods[name]["fd_motion"]]
-        axes[1].bar(xs + k * width, [v if v is not None and np.isfinite(v) and v > 0 else np.nan for v in fd], width,
-                    label=name)
-    for ax, title in zip(axes, ("AV-Conf per level (higher = more in sync)", "FD-motion per level (lower = closer to GT)")):
+        axes[1].bar(
+            xs + k * width, [v if v is not None and np.isfinite(v) and v > 0 else np.nan for v in fd], width, label=name
+        )
+    for ax, title in zip(
+        axes, ("AV-Conf per level (higher = more in sync)", "FD-motion per level (lower = closer to GT)")
+    ):
         ax.set_xticks(xs + 0.4 - width / 2, [f"{int(200 * 2**l)} ms" for l in range(num_levels)])
         ax.set_title(title)
     axes[1].set_yscale("log")
@@ -55,8 +58,9 @@ def plot_drift(result: dict, path: Path) -> None:
     if gv is not None and np.isfinite(gv):
         axes[1].axhline(1e3 * gv, color="grey", ls="--", label="GT mean")
     axes[2].axhline(1.0, color="grey", ls="--", label="reference face")
-    for ax, title, yl in zip(axes, ("plausible frames", "mean velocity", "face size"),
-                             ("%", "×10⁻³ units / frame", "ratio to reference")):
+    for ax, title, yl in zip(
+        axes, ("plausible frames", "mean velocity", "face size"), ("%", "×10⁻³ units / frame", "ratio to reference")
+    ):
         ax.set_title(title)
         ax.set_xlabel("rollout time (min)")
         ax.set_ylabel(yl)

@@ -51,9 +51,10 @@ from training.eval.generation import DEFAULT_MODELS, LoadedModel, parse_model_sp
 from training.eval.metric_syncers import DEFAULT_SYNCERS
 from training.eval.sequences import GT
 
-
-HELP = ("Quality report: generate from held-out speech, score every method (sync at four scales, LMD, motion, "
-        "FD-motion, plausibility, drift): `msync eval --model ours=CKPT --out runs/eval`.")
+HELP = (
+    "Quality report: generate from held-out speech, score every method (sync at four scales, LMD, motion, "
+    "FD-motion, plausibility, drift): `msync eval --model ours=CKPT --out runs/eval`."
+)
 
 LOUDNESS = "loudness mouth"
 
@@ -142,8 +143,9 @@ def load_inputs(cfg: EvalConfig, progress: bool) -> EvalInputs:
     from training.baselines import loudness_envelope
     from training.eval.sequences import load_split_segments, sequences_or_error
 
-    by_split, records, segments = load_split_segments(cfg.data_dir, cfg.splits, cfg.split, cfg.clips,
-                                                      cfg.max_clips, progress)
+    by_split, records, segments = load_split_segments(
+        cfg.data_dir, cfg.splits, cfg.split, cfg.clips, cfg.max_clips, progress
+    )
     sequences, skipped = sequences_or_error(segments, cfg.seq_frames, cfg.split)
     rec_by_id = {r.id: r for r in records}
     segs_by_clip: dict[str, list] = {}
@@ -151,9 +153,17 @@ def load_inputs(cfg: EvalConfig, progress: bool) -> EvalInputs:
         segs_by_clip.setdefault(s.clip_id, []).append(s)
     pcm = {cid: load_audio(rec_by_id[cid].audio_path) for cid in segs_by_clip}
     envelope = {cid: loudness_envelope(pcm[cid], cfg.loudness) for cid in segs_by_clip}
-    return EvalInputs(by_split, segments, sequences, skipped, segs_by_clip, pcm, envelope,
-                      sequences[0].num_frames if cfg.seq_frames > 0 else 0,
-                      min(cfg.tail_frames, min(s.num_frames for s in sequences)))
+    return EvalInputs(
+        by_split,
+        segments,
+        sequences,
+        skipped,
+        segs_by_clip,
+        pcm,
+        envelope,
+        sequences[0].num_frames if cfg.seq_frames > 0 else 0,
+        min(cfg.tail_frames, min(s.num_frames for s in sequences)),
+    )
 
 
 def fit_shape_space(cfg: EvalConfig, inputs: EvalInputs):
@@ -173,8 +183,9 @@ def fit_shape_space(cfg: EvalConfig, inputs: EvalInputs):
     return space
 
 
-def training_warnings(cfg: EvalConfig, pyr, syncer_path: Path, syncer_meta: dict,
-                      models: list[LoadedModel]) -> list[str]:
+def training_warnings(
+    cfg: EvalConfig, pyr, syncer_path: Path, syncer_meta: dict, models: list[LoadedModel]
+) -> list[str]:
     """What makes the report less trustworthy: a metric pyramid that is not a SyncNet-loss one, a model trained
     against it, or a model/pyramid trained with another split configuration."""
     from training.eval.generation import strip_suffix
@@ -182,8 +193,10 @@ def training_warnings(cfg: EvalConfig, pyr, syncer_path: Path, syncer_meta: dict
 
     warnings: list[str] = []
     if pyr.cfg.loss != "syncnet":
-        warnings.append(f"{syncer_path} was trained with loss {pyr.cfg.loss!r}, not the metric 'syncnet' loss: "
-                        "a generator trained against it would be scored by its own critic")
+        warnings.append(
+            f"{syncer_path} was trained with loss {pyr.cfg.loss!r}, not the metric 'syncnet' loss: "
+            "a generator trained against it would be scored by its own critic"
+        )
     split_json = to_dict(cfg.splits)
     for m in models:
         critic = (m.meta.get("config") or {}).get("syncers")
@@ -191,8 +204,10 @@ def training_warnings(cfg: EvalConfig, pyr, syncer_path: Path, syncer_meta: dict
             warnings.append(f"model {m.name!r} was trained against {critic}, the pyramid used here as the metric")
         trained = trained_split(m.meta)
         if trained is not None and trained != split_json:
-            warnings.append(f"model {m.name!r} was trained with another split configuration: the evaluation split "
-                            "may overlap its training data")
+            warnings.append(
+                f"model {m.name!r} was trained with another split configuration: the evaluation split "
+                "may overlap its training data"
+            )
     trained = trained_split(syncer_meta)
     if trained is not None and trained != split_json:
         warnings.append("the metric syncers were trained with another split configuration")
@@ -214,8 +229,9 @@ def streams(cfg: EvalConfig, inputs: EvalInputs) -> list[tuple[str, int, int, np
         for s in inputs.sequences:
             seg = inputs.segment_of(s.clip_id, s.start_frame)
             k = s.start_frame - seg.start_frame
-            out.append((s.clip_id, s.start_frame, s.num_frames, seg.landmarks[k - 1] if k >= 1 else s.landmarks[0],
-                        f"{s.key}"))
+            out.append(
+                (s.clip_id, s.start_frame, s.num_frames, seg.landmarks[k - 1] if k >= 1 else s.landmarks[0], f"{s.key}")
+            )
         return out
     out = []
     for cid, segs in inputs.segs_by_clip.items():
@@ -240,8 +256,13 @@ class PredictionWriter:
     def write(self, method: str, clip_id: str, start: int, lm: np.ndarray) -> None:
         d = self.root / _slug(method)
         d.mkdir(parents=True, exist_ok=True)
-        np.savez(d / f"{_slug(clip_id)}@{start}.npz", landmarks=lm.astype(np.float32), clip_id=np.array(clip_id),
-                 start_frame=np.array(start), method=np.array(method))
+        np.savez(
+            d / f"{_slug(clip_id)}@{start}.npz",
+            landmarks=lm.astype(np.float32),
+            clip_id=np.array(clip_id),
+            start_frame=np.array(start),
+            method=np.array(method),
+        )
 
 
 def write_loudness_rows(writer: PredictionWriter, cfg: EvalConfig, inputs: EvalInputs, plan: list) -> None:
@@ -253,8 +274,15 @@ def write_loudness_rows(writer: PredictionWriter, cfg: EvalConfig, inputs: EvalI
         writer.write(LOUDNESS, cid, start, loudness_mouth(ref, env, cfg.loudness))
 
 
-def write_model_rows(writer: PredictionWriter, models: list[LoadedModel], cfg: EvalConfig, inputs: EvalInputs,
-                     plan: list, device, progress: bool) -> dict[str, float]:
+def write_model_rows(
+    writer: PredictionWriter,
+    models: list[LoadedModel],
+    cfg: EvalConfig,
+    inputs: EvalInputs,
+    plan: list,
+    device,
+    progress: bool,
+) -> dict[str, float]:
     """Generate every stream of `plan` with every model (equal lengths batched); returns seconds per model."""
     from tqdm import tqdm
 
@@ -268,9 +296,17 @@ def write_model_rows(writer: PredictionWriter, models: list[LoadedModel], cfg: E
         t0 = time.perf_counter()
         with tqdm(total=len(plan), desc=f"generating {m.name}", disable=not progress, unit="seq") as bar:
             for n, group in groups.items():
-                y = generate(m, [inputs.pcm[g[0]] for g in group], [g[1] for g in group],
-                             np.stack([g[3] for g in group]), [noise_seed(cfg.seed, g[4]) for g in group], n, device,
-                             cfg.batch_size, bar)
+                y = generate(
+                    m,
+                    [inputs.pcm[g[0]] for g in group],
+                    [g[1] for g in group],
+                    np.stack([g[3] for g in group]),
+                    [noise_seed(cfg.seed, g[4]) for g in group],
+                    n,
+                    device,
+                    cfg.batch_size,
+                    bar,
+                )
                 for g, lm in zip(group, y):
                     writer.write(m.name, g[0], g[1], lm)
         seconds[m.name] = time.perf_counter() - t0
@@ -291,8 +327,10 @@ def score_methods(pyr, rows: dict, inputs: EvalInputs, space, cfg: EvalConfig, p
     half = {cid: k % 2 for k, cid in enumerate(order)}
     fd_floor = None
     if len(order) >= 2:
-        fd_floor = fd_levels(feature_sets(pyr, [s.landmarks for s in sequences if half[s.clip_id] == 0]),
-                             feature_sets(pyr, [s.landmarks for s in sequences if half[s.clip_id] == 1]))
+        fd_floor = fd_levels(
+            feature_sets(pyr, [s.landmarks for s in sequences if half[s.clip_id] == 0]),
+            feature_sets(pyr, [s.landmarks for s in sequences if half[s.clip_id] == 1]),
+        )
     per_sequence, summaries = {}, {}
     for method, items in rows.items():
         finite = [it for it in items if np.all(np.isfinite(it[1]))]
@@ -306,8 +344,18 @@ def score_methods(pyr, rows: dict, inputs: EvalInputs, space, cfg: EvalConfig, p
     return per_sequence, summaries, gt_feats, fd_floor
 
 
-def score_drift(pyr, rows: dict, models: list[LoadedModel], inputs: EvalInputs, gt_feats, space, cfg: EvalConfig,
-                device, out_dir: Path, progress: bool) -> tuple[dict, dict]:
+def score_drift(
+    pyr,
+    rows: dict,
+    models: list[LoadedModel],
+    inputs: EvalInputs,
+    gt_feats,
+    space,
+    cfg: EvalConfig,
+    device,
+    out_dir: Path,
+    progress: bool,
+) -> tuple[dict, dict]:
     """(drift rows, long-rollout entries per model)."""
     from training.eval.drift import DriftRows, model_drift, tails
 
@@ -357,11 +405,15 @@ def evaluate(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> dict:
     drift, long_runs = score_drift(pyr, rows, models, inputs, gt_feats, space, cfg, device, out_dir, progress)
 
     result = {
-        "meta": run_meta(cfg, pyr, syncer_path, syncer_meta, inputs, models, device, warnings, space, summaries,
-                         gen_seconds),
+        "meta": run_meta(
+            cfg, pyr, syncer_path, syncer_meta, inputs, models, device, warnings, space, summaries, gen_seconds
+        ),
         "config": to_dict(cfg),
         "sequences": _sequence_list(inputs),
-        "methods": summaries, "fd_floor": fd_floor, "checks": checks(summaries), "drift": drift,
+        "methods": summaries,
+        "fd_floor": fd_floor,
+        "checks": checks(summaries),
+        "drift": drift,
         "long_rollout": long_runs,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -383,42 +435,82 @@ def _sequence_list(inputs: EvalInputs) -> list[dict]:
     return sequence_list(inputs.sequences)
 
 
-def run_meta(cfg: EvalConfig, pyr, syncer_path: Path, syncer_meta: dict, inputs: EvalInputs,
-             models: list[LoadedModel], device, warnings: list[str], space, summaries: dict,
-             gen_seconds: dict) -> dict:
+def run_meta(
+    cfg: EvalConfig,
+    pyr,
+    syncer_path: Path,
+    syncer_meta: dict,
+    inputs: EvalInputs,
+    models: list[LoadedModel],
+    device,
+    warnings: list[str],
+    space,
+    summaries: dict,
+    gen_seconds: dict,
+) -> dict:
     """The report's `meta`: conditions, data sizes, machine, the metric pyramid and every model."""
     from training.metrics.dynamics import FD_NAME
     from training.run.machine import machine_info
 
     gt_velocity = summaries[GT]["motion"]["velocity"]["mean"] if summaries[GT]["motion"] else float("nan")
     return {
-        "metric_syncers": str(syncer_path), "syncer_loss": pyr.cfg.loss, "syncer_step": syncer_meta.get("step"),
-        "landmark_centering": pyr.cfg.landmark_centering, "split": cfg.split, "data_dir": cfg.data_dir,
-        "num_clips": len(inputs.clip_ids), "num_identities": len({s.identity for s in inputs.segments}),
-        "num_sequences": len(inputs.sequences), "segments_too_short": inputs.skipped, "seq_frames": cfg.seq_frames,
-        "tail_frames": inputs.tail, "device": device, "machine": machine_info(), "warnings": warnings,
-        "fd_name": FD_NAME, "shape_space": space.summary(), "gt_velocity": gt_velocity,
-        "generation_seconds": gen_seconds, "wall_s": None,
-        "models": {m.name: {"path": m.path, "step": m.meta.get("step"), "lookahead_frames": m.lookahead,
-                            "lookahead_ms": 40 * m.lookahead, "warmup_frames": m.warmup,
-                            "parameters": m.G.num_parameters(), "training_data": m.meta.get("training_data")}
-                   for m in models},
+        "metric_syncers": str(syncer_path),
+        "syncer_loss": pyr.cfg.loss,
+        "syncer_step": syncer_meta.get("step"),
+        "landmark_centering": pyr.cfg.landmark_centering,
+        "split": cfg.split,
+        "data_dir": cfg.data_dir,
+        "num_clips": len(inputs.clip_ids),
+        "num_identities": len({s.identity for s in inputs.segments}),
+        "num_sequences": len(inputs.sequences),
+        "segments_too_short": inputs.skipped,
+        "seq_frames": cfg.seq_frames,
+        "tail_frames": inputs.tail,
+        "device": device,
+        "machine": machine_info(),
+        "warnings": warnings,
+        "fd_name": FD_NAME,
+        "shape_space": space.summary(),
+        "gt_velocity": gt_velocity,
+        "generation_seconds": gen_seconds,
+        "wall_s": None,
+        "models": {
+            m.name: {
+                "path": m.path,
+                "step": m.meta.get("step"),
+                "lookahead_frames": m.lookahead,
+                "lookahead_ms": 40 * m.lookahead,
+                "warmup_frames": m.warmup,
+                "parameters": m.G.num_parameters(),
+                "training_data": m.meta.get("training_data"),
+            }
+            for m in models
+        },
     }
 
 
 # ----------------------------------------------------------------------------------------------- command
 
 FLAGS = (
-    Flag("--metric-syncers", "metric_syncers", str,
-         f"metric syncer pyramid checkpoint (default {DEFAULT_SYNCERS[0]}, else {DEFAULT_SYNCERS[1]})"),
+    Flag(
+        "--metric-syncers",
+        "metric_syncers",
+        str,
+        f"metric syncer pyramid checkpoint (default {DEFAULT_SYNCERS[0]}, else {DEFAULT_SYNCERS[1]})",
+    ),
     Flag("--data", "data_dir", str, "dataset directory (manifest.tsv + clips/)"),
     Flag("--split", "split", str, "speaker-disjoint split", ("train", "val", "test")),
     Flag("--seq-frames", "seq_frames", int, "evaluation sequence length in frames"),
     Flag("--tail-frames", "tail_frames", int, "frames scored at the end of drift rollouts"),
     Flag("--rollout-frames", "rollout_frames", int, "per-clip drift rollout length (0 = skip)"),
     Flag("--long-rollout-minutes", "long_rollout_minutes", float, "length of the long drift stream (0 = skip)"),
-    Flag("--reference", "reference", str, "reference face: GT frame before each sequence, or the clip's first "
-         "frame (one stream per clip)", ("previous", "first")),
+    Flag(
+        "--reference",
+        "reference",
+        str,
+        "reference face: GT frame before each sequence, or the clip's first frame (one stream per clip)",
+        ("previous", "first"),
+    ),
     Flag("--seed", "seed", int, "noise seed"),
     Flag("--vshift", "vshift", int, "largest AV shift tried, samples at each level's rate"),
     Flag("--padding", "padding", str, "AV offset search padding", ("zero", "valid")),
@@ -427,17 +519,27 @@ FLAGS = (
     Flag("--batch-size", "batch_size", int, "sequences generated per forward"),
     Flag("--device", "device", str, "auto, cpu or cuda"),
     Flag("--threads", "threads", int, "torch threads (0 = torch default)"),
-    Flag("--render-seconds", "render_seconds", float,
-         "render the first and last N s of each long rollout to OUT/videos/*.mp4 (0 = none)"),
+    Flag(
+        "--render-seconds",
+        "render_seconds",
+        float,
+        "render the first and last N s of each long rollout to OUT/videos/*.mp4 (0 = none)",
+    ),
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, "--set long_rollout_minutes=0 --set clips.max_gap_frames=3",
-                         "JSON/TOML file of EvalConfig settings")
-    p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
-                   help="a generator row: checkpoint path without suffix, or a run directory; repeatable (ours and "
-                        f"each ablation). Default: ours={DEFAULT_MODELS[0]} (else {DEFAULT_MODELS[1]})")
+    add_config_arguments(
+        p, "--set long_rollout_minutes=0 --set clips.max_gap_frames=3", "JSON/TOML file of EvalConfig settings"
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="a generator row: checkpoint path without suffix, or a run directory; repeatable (ours and "
+        f"each ablation). Default: ours={DEFAULT_MODELS[0]} (else {DEFAULT_MODELS[1]})",
+    )
     p.add_argument("--out", required=True, help="output directory (eval.md, eval.json, plots, predictions/)")
     add_flags(p, FLAGS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -4,11 +4,11 @@ syncers, LMD, motion statistics, FD-motion, and their summaries over sequences."
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from training.eval.sequences import GT, SHUFFLED, STATIC, EvalSequence
-
 
 MOTION_KEYS_DOC = {
     "velocity": "mean per-point speed, normalised units/frame",
@@ -18,8 +18,9 @@ MOTION_KEYS_DOC = {
 }
 
 
-def score_method(pyr, items, sequences: list[EvalSequence], vshift: int, desc: str, progress: bool = True,
-                 padding: str = "zero") -> list[dict]:
+def score_method(
+    pyr, items, sequences: list[EvalSequence], vshift: int, desc: str, progress: bool = True, padding: str = "zero"
+) -> list[dict]:
     """Per-sequence results: `key`, `levels` (av_sync output, mdist as list), `lmd`, `motion`."""
     from tqdm import tqdm
 
@@ -31,15 +32,23 @@ def score_method(pyr, items, sequences: list[EvalSequence], vshift: int, desc: s
     for i, lm, mf in tqdm(items, desc=desc, disable=not progress, unit="seq"):
         levels = av_sync(pyr, lm, mf, vshift=vshift, padding=padding)
         for e in levels:
-            e["mdist"] = None if e["mdist"] is None else [round(float(v), 5) if np.isfinite(v) else None
-                                                          for v in e["mdist"]]
-        out.append({"key": sequences[i].key, "levels": levels, "lmd": lmd_stats(lm, sequences[i].landmarks),
-                    "motion": motion_stats(lm, cfg.num_levels, cfg.pyramid_kernel)})
+            e["mdist"] = (
+                None if e["mdist"] is None else [round(float(v), 5) if np.isfinite(v) else None for v in e["mdist"]]
+            )
+        out.append(
+            {
+                "key": sequences[i].key,
+                "levels": levels,
+                "lmd": lmd_stats(lm, sequences[i].landmarks),
+                "motion": motion_stats(lm, cfg.num_levels, cfg.pyramid_kernel),
+            }
+        )
     return out
 
 
-def score_pieces(pyr, pieces: list[tuple[np.ndarray, np.ndarray]], vshift: int, padding: str, desc: str,
-                 progress: bool) -> list[dict]:
+def score_pieces(
+    pyr, pieces: list[tuple[np.ndarray, np.ndarray]], vshift: int, padding: str, desc: str, progress: bool
+) -> list[dict]:
     """AV sync per level and motion statistics of (landmarks, mfcc) pieces without ground truth (the drift rows):
     the per-sequence records of :func:`score_method`, with an empty `lmd` and no `mdist`."""
     from tqdm import tqdm
@@ -70,13 +79,17 @@ def summarise(records: list[dict], num_levels: int) -> dict:
     levels = []
     for lvl in range(num_levels):
         ents = [r["levels"][lvl] for r in records if r["levels"][lvl]["offset_frames"] is not None]
-        levels.append({
-            "level": lvl, "segment_ms": 200.0 * 2**lvl, "n": len(ents),
-            "abs_offset": mean_std([abs(e["offset_frames"]) for e in ents]),
-            "offset": mean_std([e["offset_frames"] for e in ents]),
-            "confidence": mean_std([e["confidence"] for e in ents]),
-            "min_dist": mean_std([e["min_dist"] for e in ents]),
-        })
+        levels.append(
+            {
+                "level": lvl,
+                "segment_ms": 200.0 * 2**lvl,
+                "n": len(ents),
+                "abs_offset": mean_std([abs(e["offset_frames"]) for e in ents]),
+                "offset": mean_std([e["offset_frames"] for e in ents]),
+                "confidence": mean_std([e["confidence"] for e in ents]),
+                "min_dist": mean_std([e["min_dist"] for e in ents]),
+            }
+        )
     lmd = {k: mean_std([r["lmd"][k] for r in records]) for k in (records[0]["lmd"] if records else {})}
     motion = {k: mean_std([r["motion"][k] for r in records]) for k in (records[0]["motion"] if records else {})}
     return {"n": len(records), "levels": levels, "lmd": lmd, "motion": motion}
@@ -86,20 +99,24 @@ def checks(summaries: dict) -> dict:
     """The sanity conditions the metric must meet on real data: GT beats both controls on AV-Conf at every level,
     and the GT median |AV-Off| at the finest level is at most 1 frame."""
     gt = summaries[GT]["levels"]
-    out = {}
+    out: dict[str, Any] = {}
     for name in (STATIC, SHUFFLED):
         other = summaries[name]["levels"]
         out[f"gt_conf_above_{name.replace(' ', '_')}"] = [
-            bool(g["confidence"]["mean"] > o["confidence"]["mean"]) for g, o in zip(gt, other)]
+            bool(g["confidence"]["mean"] > o["confidence"]["mean"]) for g, o in zip(gt, other)
+        ]
     out["gt_median_abs_offset_l0"] = gt[0]["abs_offset"]["median"]
     out["gt_median_abs_offset_l0_le_1"] = bool(gt[0]["abs_offset"]["median"] <= 1)
-    out["all_pass"] = bool(all(all(v) for k, v in out.items() if k.startswith("gt_conf_above"))
-                           and out["gt_median_abs_offset_l0_le_1"])
+    out["all_pass"] = bool(
+        all(all(v) for k, v in out.items() if k.startswith("gt_conf_above")) and out["gt_median_abs_offset_l0_le_1"]
+    )
     return out
 
 
 def fd_levels(gt_feats: list[np.ndarray], feats: list[np.ndarray]) -> list[dict]:
     from training.metrics.dynamics import frechet_distance
 
-    return [{"level": l, "fd": frechet_distance(g, f), "n_gt": len(g), "n": len(f)}
-            for l, (g, f) in enumerate(zip(gt_feats, feats))]
+    return [
+        {"level": l, "fd": frechet_distance(g, f), "n_gt": len(g), "n": len(f)}
+        for l, (g, f) in enumerate(zip(gt_feats, feats))
+    ]

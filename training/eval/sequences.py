@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 GT, STATIC, SHUFFLED = "ground truth", "static face", "shuffled audio"
 
 
@@ -59,8 +58,15 @@ def build_sequences(segments, seq_frames: int) -> tuple[list[EvalSequence], int]
             pieces = [(p * seq_frames, seq_frames) for p in range(seg.num_frames // seq_frames)]
             skipped += not pieces
         for start, length in pieces:
-            out.append(EvalSequence(seg.clip_id, seg.identity, seg.start_frame + start,
-                                    seg.landmarks[start : start + length], mfcc[k * start : k * (start + length)]))
+            out.append(
+                EvalSequence(
+                    seg.clip_id,
+                    seg.identity,
+                    seg.start_frame + start,
+                    seg.landmarks[start : start + length],
+                    mfcc[k * start : k * (start + length)],
+                )
+            )
     return out, skipped
 
 
@@ -129,7 +135,9 @@ def match_prediction(preds: list[Prediction], seq: EvalSequence) -> np.ndarray |
     return None
 
 
-def method_inputs(sequences: list[EvalSequence], predictions: list[Prediction]) -> dict[str, list[tuple[int, np.ndarray, np.ndarray]]]:
+def method_inputs(
+    sequences: list[EvalSequence], predictions: list[Prediction]
+) -> dict[str, list[tuple[int, np.ndarray, np.ndarray]]]:
     """{method: [(sequence index, landmarks (T, 68, 2), mfcc (4T, 26))]} for controls and predictions."""
     perm = derangement([s.clip_id for s in sequences])
     rows: dict[str, list] = {GT: [], STATIC: [], SHUFFLED: []}
@@ -173,12 +181,16 @@ def sequences_or_error(segments, seq_frames: int, split: str) -> tuple[list[Eval
     """
     sequences, skipped = build_sequences(segments, seq_frames)
     if len(sequences) < 2:
-        raise ValueError(f"split {split!r} gives {len(sequences)} sequence(s) of {seq_frames} frames; "
-                         "need at least 2 (try --seq-frames 0 or more clips)")
+        raise ValueError(
+            f"split {split!r} gives {len(sequences)} sequence(s) of {seq_frames} frames; "
+            "need at least 2 (try --seq-frames 0 or more clips)"
+        )
     return sequences, skipped
 
 
 def sequence_list(sequences: list[EvalSequence]) -> list[dict]:
     """The evaluated sequences as JSON (key, clip_id, start_frame, num_frames)."""
-    return [{"key": s.key, "clip_id": s.clip_id, "start_frame": s.start_frame, "num_frames": s.num_frames}
-            for s in sequences]
+    return [
+        {"key": s.key, "clip_id": s.clip_id, "start_frame": s.start_frame, "num_frames": s.num_frames}
+        for s in sequences
+    ]

@@ -44,9 +44,8 @@ from training.data.clips import ClipLoadConfig
 from training.data.splits import SplitConfig
 from training.eval.metric_syncers import DEFAULT_SYNCERS
 
-
-
 HELP = "Multi-scale AV offset/confidence, LMD and motion statistics (paper Table 3)."
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalSyncConfig:
@@ -84,18 +83,29 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
     from training.eval.metric_syncers import eval_device, load_metric_syncers, trained_split
     from training.eval.report import render_sync_markdown, write_json
     from training.eval.scoring import MOTION_KEYS_DOC, checks, score_method, summarise
-    from training.eval.sequences import (load_predictions, load_split_segments, method_inputs, sequence_list,
-                                         sequences_or_error)
+    from training.eval.sequences import (
+        load_predictions,
+        load_split_segments,
+        method_inputs,
+        sequence_list,
+        sequences_or_error,
+    )
 
     device = eval_device(cfg.device, cfg.threads)
     pyr, syncer_path, meta = load_metric_syncers(cfg.metric_syncers, device)
     if pyr.cfg.loss != "syncnet":
-        print(f"note: {syncer_path} was trained with loss {pyr.cfg.loss!r}, not the metric 'syncnet' loss; "
-              "a generator trained against this pyramid would be scored by its own critic", file=sys.stderr)
+        print(
+            f"note: {syncer_path} was trained with loss {pyr.cfg.loss!r}, not the metric 'syncnet' loss; "
+            "a generator trained against this pyramid would be scored by its own critic",
+            file=sys.stderr,
+        )
     split_trained = trained_split(meta)
     if split_trained is not None and split_trained != to_dict(cfg.splits):
-        print("warning: the syncers were trained with another split configuration; the evaluation split may "
-              "overlap their training data", file=sys.stderr)
+        print(
+            "warning: the syncers were trained with another split configuration; the evaluation split may "
+            "overlap their training data",
+            file=sys.stderr,
+        )
     _, _, segments = load_split_segments(cfg.data_dir, cfg.splits, cfg.split, cfg.clips, cfg.max_clips, progress)
     sequences, skipped = sequences_or_error(segments, cfg.seq_frames, cfg.split)
     rows = method_inputs(sequences, [p for d in cfg.predictions for p in load_predictions(d)])
@@ -104,12 +114,22 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
         per_sequence[method] = score_method(pyr, items, sequences, cfg.vshift, method, progress, cfg.padding)
         summaries[method] = summarise(per_sequence[method], pyr.cfg.num_levels)
     result = {
-        "meta": {"metric_syncers": str(syncer_path), "syncer_loss": pyr.cfg.loss, "syncer_step": meta.get("step"),
-                 "split": cfg.split, "data_dir": cfg.data_dir, "num_clips": len({s.clip_id for s in sequences}),
-                 "num_sequences": len(sequences), "segments_too_short": skipped, "seq_frames": cfg.seq_frames,
-                 "vshift": cfg.vshift, "padding": cfg.padding, "offset_sign": "positive = audio leads the lips (video lags)",
-                 "lmd_units": "m_lmd/f_lmd: normalised crop units; *_px: x256 (pixels of a 256 crop)",
-                 "motion_units": MOTION_KEYS_DOC},
+        "meta": {
+            "metric_syncers": str(syncer_path),
+            "syncer_loss": pyr.cfg.loss,
+            "syncer_step": meta.get("step"),
+            "split": cfg.split,
+            "data_dir": cfg.data_dir,
+            "num_clips": len({s.clip_id for s in sequences}),
+            "num_sequences": len(sequences),
+            "segments_too_short": skipped,
+            "seq_frames": cfg.seq_frames,
+            "vshift": cfg.vshift,
+            "padding": cfg.padding,
+            "offset_sign": "positive = audio leads the lips (video lags)",
+            "lmd_units": "m_lmd/f_lmd: normalised crop units; *_px: x256 (pixels of a 256 crop)",
+            "motion_units": MOTION_KEYS_DOC,
+        },
         "config": to_dict(cfg),
         "sequences": sequence_list(sequences),
         "methods": summaries,
@@ -129,12 +149,22 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
 FLAGS = (
     Flag("--data", "data_dir", str, "dataset directory (manifest.tsv + clips/)"),
     Flag("--split", "split", str, "speaker-disjoint split", ("train", "val", "test")),
-    Flag("--metric-syncers", "metric_syncers", str, "metric syncer pyramid checkpoint, path without suffix "
-         f"(default {DEFAULT_SYNCERS[0]}, else {DEFAULT_SYNCERS[1]})"),
+    Flag(
+        "--metric-syncers",
+        "metric_syncers",
+        str,
+        "metric syncer pyramid checkpoint, path without suffix "
+        f"(default {DEFAULT_SYNCERS[0]}, else {DEFAULT_SYNCERS[1]})",
+    ),
     Flag("--seq-frames", "seq_frames", int, "sequence length in frames; 0 = whole segments"),
     Flag("--vshift", "vshift", int, "largest shift tried, samples at each level's rate"),
-    Flag("--padding", "padding", str, "offset search: 'zero' = SyncNet (zero-padded audio embeddings), "
-         "'valid' = real pairs only", ("zero", "valid")),
+    Flag(
+        "--padding",
+        "padding",
+        str,
+        "offset search: 'zero' = SyncNet (zero-padded audio embeddings), 'valid' = real pairs only",
+        ("zero", "valid"),
+    ),
     Flag("--max-clips", "max_clips", int, "only the first N clips of the split (0 = all)"),
     Flag("--device", "device", str, "auto, cpu or cuda"),
     Flag("--threads", "threads", int, "torch threads (0 = torch default)"),
@@ -142,11 +172,17 @@ FLAGS = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, "--set seq_frames=0 --set clips.min_length_frames=50",
-                         "JSON/TOML file of EvalSyncConfig settings")
+    add_config_arguments(
+        p, "--set seq_frames=0 --set clips.min_length_frames=50", "JSON/TOML file of EvalSyncConfig settings"
+    )
     p.add_argument("--out", required=True, help="output directory for eval_sync.md and eval_sync.json")
-    p.add_argument("--predictions", action="append", default=[], metavar="DIR",
-                   help="directory of predicted sequences (*.npz: landmarks, clip_id[, start_frame, method]); repeatable")
+    p.add_argument(
+        "--predictions",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="directory of predicted sequences (*.npz: landmarks, clip_id[, start_frame, method]); repeatable",
+    )
     add_flags(p, FLAGS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

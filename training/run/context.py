@@ -28,7 +28,7 @@ class RunContext:
 
 
 def resolve_device(name: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; an explicit "cuda..." without a GPU is an error.
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; an explicit "cuda..." without a GPU is an error.
 
     Raises:
         RuntimeError: CUDA requested but unavailable.

@@ -20,8 +20,9 @@ def git_commit(where: str | Path | None = None) -> str:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=cwd)
         if sha.returncode != 0:
             return ""
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=cwd)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5, cwd=cwd
+        )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -34,7 +35,12 @@ def dump_config(cfg: Any, path: str | Path) -> None:
 
 def write_run_info(out_dir: Path, start_step: int, world: int, device: str) -> None:
     """`OUT/run_info.json`: git commit, command line, time, world size, device, and the step started from."""
-    info = {"git_commit": git_commit(), "argv": sys.argv, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                       time.gmtime()),
-            "start_step": start_step, "world_size": world, "device": device}
+    info = {
+        "git_commit": git_commit(),
+        "argv": sys.argv,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "start_step": start_step,
+        "world_size": world,
+        "device": device,
+    }
     (out_dir / "run_info.json").write_text(json.dumps(info, indent=2))

@@ -53,7 +53,7 @@ class Trainer:
     def __init__(self, cfg: Any, out_dir: str | Path) -> None:
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.callbacks: dict[str, list[Callable[[Trainer], None]]] = defaultdict(list)
+        self.callbacks: dict[str, list[Callable[[Any], None]]] = defaultdict(list)
         self.checkpointed: list[Checkpointed] = []
         self.step = 0
         self.ctx = context.RunContext("cpu")
@@ -87,7 +87,7 @@ class Trainer:
         return {"steps": self.step, "device": self.ctx.device, "world_size": self.ctx.world, self.rate_key: rate}
 
     # ------------------------------------------------------------------ callbacks
-    def add_callback(self, event: str, fn: Callable[[Trainer], None]) -> None:
+    def add_callback(self, event: str, fn: Callable[[Any], None]) -> None:
         if event not in EVENTS:
             raise ValueError(f"unknown event {event!r}; one of {EVENTS}")
         self.callbacks[event].append(fn)
