@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from export_helpers import PARITY_VELOCITY_SCALE, exported_model  # noqa: E402
 
-from stream_engine.contract import ContractError, StepContract  # noqa: E402
+from stream_engine.contract import REQUIRED_KEYS, ContractError, StepContract  # noqa: E402
 from stream_engine.framing import AudioFramer, split_chunks  # noqa: E402
 from stream_engine.runtime.base import run_steps, stack_states, unstack_state  # noqa: E402
 from stream_engine.runtime.onnxrt import OnnxStepRunner  # noqa: E402
@@ -39,25 +39,7 @@ def test_export_writes_one_checked_file_with_the_contract(exported):
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"STFT", "DFT"} and "MatMul" in ops
     meta = {p.key: p.value for p in model.metadata_props}
-    for key in (
-        "contract_version",
-        "sample_rate_hz",
-        "samples_per_frame",
-        "fps",
-        "lookahead_frames",
-        "num_landmarks",
-        "landmark_dims",
-        "landmark_layout",
-        "coordinates",
-        "audio_input",
-        "landmarks_output",
-        "states",
-        "reference_face",
-        "model_version",
-        "training_data",
-        "generator_config",
-        "frontend",
-    ):
+    for key in REQUIRED_KEYS:
         assert isinstance(meta[f"msync.{key}"], str)
     assert meta["msync.contract_version"] == "1" and meta["msync.landmark_layout"] == "ibug68"
     assert contract.lookahead_frames == g.cfg.lookahead_frames == 2

@@ -70,3 +70,12 @@ def flag_overrides(args: argparse.Namespace, flags: tuple[Flag, ...]) -> list[st
 
 def _dest(f: Flag) -> str:
     return "flag_" + f.flag.lstrip("-").replace("-", "_")
+
+
+def command_main(
+    doc: str | None, add_arguments: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int]
+) -> int:
+    """`python -m MODULE ...` for a command module (what torchrun starts): parse with its flags, then run."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args())

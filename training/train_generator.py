@@ -17,12 +17,13 @@ import json
 import sys
 from pathlib import Path
 
+from training.config_io import command_main
 from training.data.augment import AugmentConfig
 from training.data.clips import ClipLoadConfig
 from training.data.splits import SplitConfig
 from training.models.discriminators import DiscriminatorConfig
 from training.models.generator import GeneratorConfig
-from training.run import context
+from training.run import context, curves
 from training.run.metrics import read_records
 from training.run.trainer import Checkpointed, Trainer
 
@@ -376,15 +377,10 @@ class GeneratorTrainer(Trainer):
 
 def plot_generator_curves(metrics_path: Path, png_path: Path) -> None:
     """Losses and syncer cosines (train and validation) against iterations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     recs = read_records(metrics_path)
     tr = [r for r in recs if r.get("split") == "train"]
     va = [r for r in recs if r.get("split") == "val"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = curves.panels(3, 15)
     for key in ("loss_d", "loss_g", "adv_frame", "adv_sequence", "adv_pair"):
         if tr and key in tr[-1]:
             axes[0].plot([r["step"] for r in tr], [r[key] for r in tr], label=key)
@@ -398,16 +394,9 @@ def plot_generator_curves(metrics_path: Path, png_path: Path) -> None:
         axes[2].plot([r["step"] for r in va], [r.get("l2", 0) for r in va], label="val L2")
         axes[2].plot([r["step"] for r in va], [r.get("velocity", 0) for r in va], label="val velocity")
         axes[2].plot([r["step"] for r in va], [r.get("velocity_gt", 0) for r in va], label="GT velocity")
-    for ax, title in zip(axes, ("losses", "syncer cosine (higher = more in sync)", "validation")):
-        ax.set_title(title)
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
+    titles = ("losses", "syncer cosine (higher = more in sync)", "validation")
+    curves.save(fig, axes, titles, "iteration", png_path)
 
 
 if __name__ == "__main__":  # torchrun entry point
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    sys.exit(command_main(__doc__, add_arguments, run))

@@ -18,11 +18,12 @@ import math
 import sys
 from pathlib import Path
 
+from training.config_io import command_main
 from training.data.augment import AugmentConfig
 from training.data.clips import ClipLoadConfig
 from training.data.splits import SplitConfig
 from training.models.syncer import SyncerConfig
-from training.run import context
+from training.run import context, curves
 from training.run.metrics import mean_record, read_records
 from training.run.trainer import Checkpointed, Trainer
 
@@ -293,13 +294,8 @@ def train(cfg: TrainSyncersConfig, out_dir: Path, resume: bool = True, progress:
 
 def plot_curves(metrics_path: Path, png_path: Path) -> None:
     """Loss and retrieval accuracy per level, train and val, against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     records = read_records(metrics_path)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = curves.panels(2, 11)
     levels = sorted({int(k[6:]) for r in records for k in r if k.startswith("loss_l")})
     for split, style in (("train", "-"), ("val", "o--")):
         rs = [r for r in records if r.get("split") == split]
@@ -309,17 +305,8 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
                 continue
             axes[0].plot(xs, [r[f"loss_l{lvl}"] for r in rs if f"loss_l{lvl}" in r], style, label=f"{split} L{lvl}")
             axes[1].plot(xs, [r[f"acc_l{lvl}"] for r in rs if f"acc_l{lvl}" in r], style, label=f"{split} L{lvl}")
-    axes[0].set_title("loss")
-    axes[1].set_title("top-1 retrieval among 49 (chance 2%)")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
+    curves.save(fig, axes, ("loss", "top-1 retrieval among 49 (chance 2%)"), "step", png_path)
 
 
 if __name__ == "__main__":  # torchrun entry point
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    sys.exit(command_main(__doc__, add_arguments, run))
