@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from stream_engine.features import FrontEndConfig
 from training.data.clips import Segment
 from training.eval.sequences import (
     GT,
@@ -44,11 +45,11 @@ def _segment(clip_id: str, start: int, frames: int, seed: int = 0) -> Segment:
 
 def test_build_sequences_cuts_aligned_pieces():
     segs = [_segment("a", 10, 170), _segment("b", 0, 30)]
-    seqs, skipped = build_sequences(segs, 80)
+    seqs, skipped = build_sequences(segs, 80, FrontEndConfig())
     assert [(s.clip_id, s.start_frame, s.num_frames) for s in seqs] == [("a", 10, 80), ("a", 90, 80)]
     assert skipped == 1 and all(len(s.mfcc) == 4 * s.num_frames and s.mfcc.shape[1] == 26 for s in seqs)
     assert np.array_equal(seqs[1].landmarks, segs[0].landmarks[80:160])
-    whole, _ = build_sequences(segs, 0)
+    whole, _ = build_sequences(segs, 0, FrontEndConfig())
     assert [s.num_frames for s in whole] == [170, 30]
 
 
@@ -64,7 +65,7 @@ def test_derangement_has_no_fixed_points_and_avoids_same_clip():
 
 
 def test_controls_and_prediction_matching():
-    seqs, _ = build_sequences([_segment("a", 0, 160), _segment("b", 5, 80, seed=1)], 80)
+    seqs, _ = build_sequences([_segment("a", 0, 160), _segment("b", 5, 80, seed=1)], 80, FrontEndConfig())
     pred = Prediction("model", "a", 40, np.ones((200, 68, 2), np.float32), "p.npz")
     assert match_prediction([pred], seqs[0]) is None  # starts after the sequence
     assert match_prediction([pred], seqs[1]).shape == (80, 68, 2)

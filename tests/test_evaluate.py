@@ -141,13 +141,15 @@ def test_chunked_rollout_equals_forward_and_step():
 
 
 def test_mfcc_of_a_frame_range_equals_the_whole_stream():
+    from stream_engine.features import FrontEndConfig
     from training.eval.generation import mfcc_of
 
     pcm = (0.1 * np.random.default_rng(1).standard_normal(640 * 30)).astype(np.float32)
-    whole = mfcc_of(pcm)
+    fe = FrontEndConfig()
+    whole = mfcc_of(pcm, fe)
     assert whole.shape == (120, 26)
-    assert np.allclose(mfcc_of(pcm, 11, 25), whole[44:100], atol=1e-4)
-    assert np.allclose(mfcc_of(pcm, 0, 5), whole[:20], atol=1e-4)
+    assert np.allclose(mfcc_of(pcm, fe, 11, 25), whole[44:100], atol=1e-4)
+    assert np.allclose(mfcc_of(pcm, fe, 0, 5), whole[:20], atol=1e-4)
 
 
 def test_parse_model_specs(tmp_path):

@@ -96,7 +96,7 @@ def clip_rollout_pieces(
         device,
         batch_size,
     )
-    return [(lm[-tail:], mfcc_of(p, frames - tail, frames)) for lm, p in zip(y, loops)]
+    return [(lm[-tail:], mfcc_of(p, m.G.frontend, frames - tail, frames)) for lm, p in zip(y, loops)]
 
 
 def long_rollout(m, source: np.ndarray, x_ref: np.ndarray, frames: int, cfg, device, progress: bool):
@@ -112,13 +112,15 @@ def long_rollout(m, source: np.ndarray, x_ref: np.ndarray, frames: int, cfg, dev
     return x, audio, wall, equiv, k
 
 
-def add_long_rows(drift: DriftRows, name: str, x: np.ndarray, audio: np.ndarray, tail: int, label: str) -> int:
+def add_long_rows(
+    drift: DriftRows, name: str, x: np.ndarray, audio: np.ndarray, tail: int, label: str, frontend
+) -> int:
     """Drift rows of a long rollout: its last `tail` frames, and its last minute in `tail`-frame pieces.
     Returns the window (frames) the first/last statistics use."""
     n = len(x)
     minute = min(60 * FPS, n // 2)
     a = n - max(minute // tail, 1) * tail
-    mf = mfcc_of(audio, a, n)  # rows 4 (t − a) belong to frame t
+    mf = mfcc_of(audio, frontend, a, n)  # rows 4 (t − a) belong to frame t
     last = "last minute" if minute == 60 * FPS else f"last {minute / FPS:g} s"
     drift.add(f"{name}: last {tail} of {label}", [(x[-tail:], mf[-4 * tail :])], f"{label} rollout")
     pieces = [(x[b : b + tail], mf[4 * (b - a) : 4 * (b - a + tail)]) for b in range(a, n, tail)]
@@ -170,7 +172,7 @@ def model_drift(drift: DriftRows, m, rows: dict, inputs, cfg, device, out_dir: P
     source = np.concatenate([inputs.pcm[cid][s0 * SPF :] for cid, s0, _ in inputs.firsts])
     x_ref = inputs.firsts[0][2]
     x, audio, wall, equiv, k = long_rollout(m, source, x_ref, frames, cfg, device, progress)
-    minute = add_long_rows(drift, m.name, x, audio, tail, f"{cfg.long_rollout_minutes:g} min")
+    minute = add_long_rows(drift, m.name, x, audio, tail, f"{cfg.long_rollout_minutes:g} min", m.G.frontend)
     out = long_summary(x, x_ref, drift.space, minute, wall, cfg.chunk_frames)
     out.update(
         step_equivalence_max_abs=equiv,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from stream_engine.features import FrontEndConfig
     from training.models.generator import Generator
 
 SPF, FPS = 640, 25  # samples per landmark frame at 16 kHz, landmark rate
@@ -184,16 +185,19 @@ def loop_to(pcm: np.ndarray, num_samples: int) -> np.ndarray:
     return np.asarray(pcm, np.float32)[np.arange(num_samples) % len(pcm)]
 
 
-def mfcc_of(pcm: np.ndarray, first_frame: int = 0, end_frame: int | None = None) -> np.ndarray:
-    """Causal MFCC (4 per landmark frame) of landmark frames [first_frame, end_frame) of a stream that starts at
-    pcm[0] (silence before): (4 · (end − first), 26) float32, equal to the same rows of the whole stream's MFCC
-    but computed from the needed samples only (one extra frame of audio covers the 352-sample context)."""
+def mfcc_of(
+    pcm: np.ndarray, frontend: FrontEndConfig, first_frame: int = 0, end_frame: int | None = None
+) -> np.ndarray:
+    """Causal MFCC (k = 4 per landmark frame) of landmark frames [first_frame, end_frame) of a stream that starts
+    at pcm[0] (silence before): (k · (end − first), n_mfcc) float32, equal to the same rows of the whole stream's
+    MFCC but computed from the needed samples only (one extra frame of audio covers the 352-sample context)."""
     from stream_engine.features import logmel, mfcc_from_logmel
 
-    end = len(pcm) // SPF if end_frame is None else end_frame
+    spf, k = frontend.samples_per_landmark_frame, frontend.mfcc_per_landmark_frame
+    end = len(pcm) // spf if end_frame is None else end_frame
     lead = 1 if first_frame > 0 else 0
-    x = np.asarray(pcm[(first_frame - lead) * SPF : end * SPF], np.float32)
-    return mfcc_from_logmel(logmel(x))[4 * lead :].astype(np.float32)
+    x = np.asarray(pcm[(first_frame - lead) * spf : end * spf], np.float32)
+    return mfcc_from_logmel(logmel(x, frontend), frontend)[k * lead :].astype(np.float32)
 
 
 def render_rollout(video_dir: Path, name: str, landmarks: np.ndarray, pcm: np.ndarray, seconds: float) -> list[str]:

@@ -146,7 +146,7 @@ def load_inputs(cfg: EvalConfig, progress: bool) -> EvalInputs:
     by_split, records, segments = load_split_segments(
         cfg.data_dir, cfg.splits, cfg.split, cfg.clips, cfg.max_clips, progress
     )
-    sequences, skipped = sequences_or_error(segments, cfg.seq_frames, cfg.split)
+    sequences, skipped = sequences_or_error(segments, cfg.seq_frames, cfg.split, cfg.clips.frontend)
     rec_by_id = {r.id: r for r in records}
     segs_by_clip: dict[str, list] = {}
     for s in segments:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stream_engine.features import FrontEndConfig
+
 GT, STATIC, SHUFFLED = "ground truth", "static face", "shuffled audio"
 
 
@@ -40,8 +42,9 @@ class EvalSequence:
         return len(self.landmarks)
 
 
-def build_sequences(segments, seq_frames: int) -> tuple[list[EvalSequence], int]:
-    """Cut segments into non-overlapping `seq_frames`-frame sequences (0: whole segments).
+def build_sequences(segments, seq_frames: int, frontend: FrontEndConfig) -> tuple[list[EvalSequence], int]:
+    """Cut segments into non-overlapping `seq_frames`-frame sequences (0: whole segments), with the MFCC of
+    `frontend` (the one the segments' log-mel features were computed with).
 
     Returns:
         (sequences, number of segments too short to give one sequence).
@@ -50,7 +53,7 @@ def build_sequences(segments, seq_frames: int) -> tuple[list[EvalSequence], int]
 
     out, skipped = [], 0
     for seg in segments:
-        mfcc = mfcc_from_logmel(seg.logmel.astype(np.float64)).astype(np.float32)
+        mfcc = mfcc_from_logmel(seg.logmel.astype(np.float64), frontend).astype(np.float32)
         k = len(mfcc) // max(seg.num_frames, 1)  # mfcc frames per landmark frame (4)
         if seq_frames <= 0:
             pieces = [(0, seg.num_frames)]
@@ -173,13 +176,15 @@ def load_split_segments(data_dir: str, splits, split: str, clips, max_clips: int
     return by_split, records, load_all(records, clips, progress=progress)
 
 
-def sequences_or_error(segments, seq_frames: int, split: str) -> tuple[list[EvalSequence], int]:
+def sequences_or_error(
+    segments, seq_frames: int, split: str, frontend: FrontEndConfig
+) -> tuple[list[EvalSequence], int]:
     """`build_sequences`, refusing fewer than 2 sequences (the shuffled-audio control needs two).
 
     Raises:
         ValueError: with the split and length, and what to try.
     """
-    sequences, skipped = build_sequences(segments, seq_frames)
+    sequences, skipped = build_sequences(segments, seq_frames, frontend)
     if len(sequences) < 2:
         raise ValueError(
             f"split {split!r} gives {len(sequences)} sequence(s) of {seq_frames} frames; "
