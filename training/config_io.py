@@ -59,7 +59,13 @@ def add_flags(p: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None:
     """Declare the convenience flags (default None: unset flags leave the config alone)."""
     for f in flags:
         p.add_argument(
-            f.flag, dest=_dest(f), type=f.type, default=None, choices=f.choices, help=f"{f.help} (config key {f.key})"
+            f.flag,
+            dest=_dest(f),
+            type=f.type,
+            metavar=None if f.choices else f.key.split(".")[-1].upper(),
+            default=None,
+            choices=f.choices,
+            help=f"{f.help} (config key {f.key})",
         )
 
 
