@@ -35,9 +35,9 @@ FRAME_MS = 40.0
 
 def time_step(checkpoint: str, steps: int, warmup: int = 50) -> dict:
     """Export `checkpoint` to a temporary ONNX file and time `steps` batch-1 steps on one thread."""
-    from export.cli import load_generator
     from export.onnx_export import export_onnx
     from stream_engine.runtime.onnxrt import OnnxStepRunner
+    from training.models.generator import load_generator
 
     generator, meta = load_generator(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +67,9 @@ def collect(eval_json: Path, steps: int, only: list[str] | None = None) -> dict:
         m = report["methods"][name]
         L = int(report["meta"]["models"][name]["lookahead_frames"])  # msync eval read it from the checkpoint
         row = {
-            "model": name, "checkpoint": checkpoint, "lookahead_frames": L,
+            "model": name,
+            "checkpoint": checkpoint,
+            "lookahead_frames": L,
             "algorithmic_latency_ms": (L + 1) * FRAME_MS,
             "av_conf": [lv["confidence"]["mean"] for lv in m["levels"]],
             "av_conf_std": [lv["confidence"]["std"] for lv in m["levels"]],
@@ -81,10 +83,15 @@ def collect(eval_json: Path, steps: int, only: list[str] | None = None) -> dict:
         rows.append(row)
     rows.sort(key=lambda r: r["lookahead_frames"])
     gt = report["methods"]["ground truth"]
-    return {"eval": str(eval_json), "num_sequences": int(report["meta"]["num_sequences"]), "machine": machine_info(),
-            "step_timing": f"ONNX Runtime CPU, batch 1, 1 thread, {steps} steps after 50 warm-up", "rows": rows,
-            "ground_truth_av_conf": [lv["confidence"]["mean"] for lv in gt["levels"]],
-            "static_face_av_conf": [lv["confidence"]["mean"] for lv in report["methods"]["static face"]["levels"]]}
+    return {
+        "eval": str(eval_json),
+        "num_sequences": int(report["meta"]["num_sequences"]),
+        "machine": machine_info(),
+        "step_timing": f"ONNX Runtime CPU, batch 1, 1 thread, {steps} steps after 50 warm-up",
+        "rows": rows,
+        "ground_truth_av_conf": [lv["confidence"]["mean"] for lv in gt["levels"]],
+        "static_face_av_conf": [lv["confidence"]["mean"] for lv in report["methods"]["static face"]["levels"]],
+    }
 
 
 def _fmt(v, spec: str = ".2f") -> str:
@@ -94,10 +101,12 @@ def _fmt(v, spec: str = ".2f") -> str:
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [
-        "# Latency/quality over the look-ahead L", "",
+        "# Latency/quality over the look-ahead L",
+        "",
         f"Quality from `{res['eval']}` (test speakers; see that report for the protocol); step timing: "
         f"{res['step_timing']}, on {m['cpu']} ({m['logical_cpus']} logical CPUs, load {m['load_avg_1m']:.2f}), "
-        f"{m['time_utc']}.", "",
+        f"{m['time_utc']}.",
+        "",
         "Algorithmic latency = (L + 1) × 40 ms from a frame's first audio sample to the last sample it needs; "
         "the engine adds its own few milliseconds (benchmarks/results/e2e_latency.md) and the step's compute.",
         "",
@@ -109,12 +118,18 @@ def markdown(res: dict) -> str:
         conf = " | ".join(f"{c:.2f} ± {s:.2f}" for c, s in zip(r["av_conf"], r["av_conf_std"]))
         fd = r["fd_motion"] or [None] * 4
         plaus = r["plausible"]
-        lines.append(f"| {r['lookahead_frames']} | {r['algorithmic_latency_ms']:.0f} | {r['step']['p50_ms']:.2f} / "
-                     f"{r['step']['p99_ms']:.2f} | {conf} | {_fmt(fd[0], '.3f')} / {_fmt(fd[-1], '.3f')} | "
-                     f"{_fmt(r['m_lmd_px'])} | {_fmt(None if plaus is None else 100 * plaus, '.1f')} % |")
+        lines.append(
+            f"| {r['lookahead_frames']} | {r['algorithmic_latency_ms']:.0f} | {r['step']['p50_ms']:.2f} / "
+            f"{r['step']['p99_ms']:.2f} | {conf} | {_fmt(fd[0], '.3f')} / {_fmt(fd[-1], '.3f')} | "
+            f"{_fmt(r['m_lmd_px'])} | {_fmt(None if plaus is None else 100 * plaus, '.1f')} % |"
+        )
     gt, st = res["ground_truth_av_conf"], res["static_face_av_conf"]
-    lines += ["", f"Reference rows: ground truth AV-Conf {' / '.join(f'{v:.2f}' for v in gt)}; static face "
-              f"{' / '.join(f'{v:.2f}' for v in st)}.", ""]
+    lines += [
+        "",
+        f"Reference rows: ground truth AV-Conf {' / '.join(f'{v:.2f}' for v in gt)}; static face "
+        f"{' / '.join(f'{v:.2f}' for v in st)}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -133,7 +148,7 @@ def plot(res: dict, path: Path) -> None:
         ax[lvl].errorbar(x, y, yerr=e, marker="o", capsize=3, label="ours (±s.e.)")
         ax[lvl].axhline(res["ground_truth_av_conf"][lvl], color="k", ls="--", lw=1, label="ground truth")
         ax[lvl].axhline(res["static_face_av_conf"][lvl], color="grey", ls=":", lw=1, label="static face")
-        ax[lvl].set_title(f"AV-Conf, {200 * 2 ** lvl} ms")
+        ax[lvl].set_title(f"AV-Conf, {200 * 2**lvl} ms")
         ax[lvl].set_xlabel("algorithmic latency (ms)")
         ax[lvl].set_xticks(x, [f"{v:.0f}\nL={r['lookahead_frames']}" for v, r in zip(x, rows)])
     ax[0].legend(fontsize=7)
@@ -143,13 +158,18 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--eval", required=True, help="eval.json of an `msync eval` run over the look-ahead models")
     p.add_argument("--out", default="benchmarks/results", help="output directory")
     p.add_argument("--steps", type=int, default=1000, help="timed steps per model")
-    p.add_argument("--models", default="", help="comma list of the report's model names to use (default: all); "
-                                                "the other rows of the report should differ only in L")
+    p.add_argument(
+        "--models",
+        default="",
+        help="comma list of the report's model names to use (default: all); "
+        "the other rows of the report should differ only in L",
+    )
     args = p.parse_args(argv)
     eval_json = Path(args.eval)
     if not eval_json.is_file():

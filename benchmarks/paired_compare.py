@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,35 +47,52 @@ def compare(a: np.ndarray, b: np.ndarray, resamples: int = 10000, seed: int = 0)
             out.append({"level": lvl, "n": n})
             continue
         boot = d[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
-        out.append({"level": lvl, "segment_ms": 200 * 2**lvl, "n": n, "mean_diff": float(d.mean()),
-                    "se": float(d.std(ddof=1) / np.sqrt(n)), "ci95": [float(np.percentile(boot, 2.5)),
-                                                                       float(np.percentile(boot, 97.5))],
-                    "win_share": float((d > 0).mean())})
+        entry: dict[str, Any] = {
+            "level": lvl,
+            "segment_ms": 200 * 2**lvl,
+            "n": n,
+            "mean_diff": float(d.mean()),
+            "se": float(d.std(ddof=1) / np.sqrt(n)),
+            "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+            "win_share": float((d > 0).mean()),
+        }
+        out.append(entry)
     return out
 
 
 def markdown(res: dict) -> str:
-    lines = ["# Paired AV-confidence comparison", "",
-             f"Report `{res['eval']}`; reference `{res['reference']}`. Per level: mean of conf(reference) − "
-             "conf(other) over the same test sequences, its standard error, a 95 % bootstrap interval and the share "
-             "of sequences where the reference scores higher. An interval above 0 means the reference wins at that "
-             "scale on these sequences.", ""]
+    lines = [
+        "# Paired AV-confidence comparison",
+        "",
+        f"Report `{res['eval']}`; reference `{res['reference']}`. Per level: mean of conf(reference) − "
+        "conf(other) over the same test sequences, its standard error, a 95 % bootstrap interval and the share "
+        "of sequences where the reference scores higher. An interval above 0 means the reference wins at that "
+        "scale on these sequences.",
+        "",
+    ]
     for other, levels in res["comparisons"].items():
-        lines += [f"## {res['reference']} vs {other}", "",
-                  "| level | n | mean diff | s.e. | 95 % CI | reference higher |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {res['reference']} vs {other}",
+            "",
+            "| level | n | mean diff | s.e. | 95 % CI | reference higher |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in levels:
             if "mean_diff" not in r:
                 lines.append(f"| {r['level']} | {r['n']} | – | – | – | – |")
                 continue
-            lines.append(f"| {r['segment_ms']} ms | {r['n']} | {r['mean_diff']:+.3f} | {r['se']:.3f} | "
-                         f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {100 * r['win_share']:.0f} % |")
+            lines.append(
+                f"| {r['segment_ms']} ms | {r['n']} | {r['mean_diff']:+.3f} | {r['se']:.3f} | "
+                f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {100 * r['win_share']:.0f} % |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--eval", required=True, help="eval.json of an `msync eval` run")
     p.add_argument("--reference", required=True, help="model name A")
     p.add_argument("--against", action="append", required=True, help="model name B (repeatable)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 
@@ -19,14 +20,14 @@ def measure(threads: int, device: str, steps: int, warmup: int, data_dir: str, m
     import torch
 
     from benchmarks.common import summarise
-    from training.data.syncer_batches import PyramidStore
+    from training.data.syncer_batches import syncer_store
     from training.train_syncers import TrainSyncersConfig, build_model, load_split_segments, train_step
 
     torch.set_num_threads(threads)
     cfg = dataclasses.replace(TrainSyncersConfig(), data_dir=data_dir, max_clips=max_clips, device=device)
     segs = load_split_segments(cfg, progress=False)["train"]
     sc = cfg.syncer
-    store = PyramidStore(segs, sc.num_levels, sc.pyramid_kernel, sc.landmark_frames, sc.audio_frames)
+    store = syncer_store(segs, sc, cfg.clips.frontend)
     weights = [store.sampling_weights(l) for l in range(sc.num_levels)]
     model = build_model(cfg, store, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
@@ -41,8 +42,14 @@ def measure(threads: int, device: str, steps: int, warmup: int, data_dir: str, m
             times.append(time.perf_counter() - t0)
     s = summarise(times)
     pairs = sc.num_levels * cfg.groups_per_level * cfg.group_size
-    return {"threads": threads, "device": device, "pairs_per_step": pairs, **s,
-            "steps_per_s": 1e3 / s["p50_ms"], "pairs_per_s": pairs * 1e3 / s["p50_ms"]}
+    return {
+        "threads": threads,
+        "device": device,
+        "pairs_per_step": pairs,
+        **s,
+        "steps_per_s": 1e3 / s["p50_ms"],
+        "pairs_per_s": pairs * 1e3 / s["p50_ms"],
+    }
 
 
 def main() -> int:
@@ -58,15 +65,23 @@ def main() -> int:
     p.add_argument("--max-clips", type=int, default=300, help="clips loaded (speed does not depend on it)")
     a = p.parse_args()
     rows = [measure(t, a.device, a.steps, a.warmup, a.data, a.max_clips) for t in a.threads]
-    result = {"benchmark": "syncer_training", "machine": machine_info(), "rows": rows,
-              "conditions": "default SyncerConfig/TrainSyncersConfig; 4 levels x 2 groups x 49 pairs per step; "
-                            "times include batch sampling and augmentation"}
+    result: dict[str, Any] = {
+        "benchmark": "syncer_training",
+        "machine": machine_info(),
+        "rows": rows,
+        "conditions": "default SyncerConfig/TrainSyncersConfig; 4 levels x 2 groups x 49 pairs per step; "
+        "times include batch sampling and augmentation",
+    }
     md = ["| device | threads | step p50 (ms) | step p90 (ms) | steps/s | pairs/s |", "|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['device']} | {r['threads']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['steps_per_s']:.2f} | {r['pairs_per_s']:.0f} |")
+        md.append(
+            f"| {r['device']} | {r['threads']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['steps_per_s']:.2f} | {r['pairs_per_s']:.0f} |"
+        )
     m = result["machine"]
-    md.append(f"\nMachine: {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m.get('torch')}, "
-              f"load avg {m['load_avg_1m']:.2f} at {m['time_utc']}.")
+    md.append(
+        f"\nMachine: {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m.get('torch')}, "
+        f"load avg {m['load_avg_1m']:.2f} at {m['time_utc']}."
+    )
     write_report(a.out, "syncer_training", result, "\n".join(md) + "\n")
     return 0
 

@@ -39,10 +39,18 @@ class ExportError(RuntimeError):
     """The exported graph is not what the contract promises."""
 
 
-def export_onnx(generator: Generator, path: str | Path, *, model_version: str = "",
-                training_data: str | dict = "", reference_face: np.ndarray | None = None,
-                meta: dict | None = None, opset: int = DEFAULT_OPSET, extra_metadata: dict[str, str] | None = None,
-                quiet: bool = True) -> StepContract:
+def export_onnx(
+    generator: Generator,
+    path: str | Path,
+    *,
+    model_version: str = "",
+    training_data: str | dict = "",
+    reference_face: np.ndarray | None = None,
+    meta: dict | None = None,
+    opset: int = DEFAULT_OPSET,
+    extra_metadata: dict[str, str] | None = None,
+    quiet: bool = True,
+) -> StepContract:
     """Export `generator.step` to `path` (a single .onnx file) and return its contract.
 
     Args:
@@ -61,8 +69,15 @@ def export_onnx(generator: Generator, path: str | Path, *, model_version: str = 
     path = Path(path)
     face, face_source = resolve_reference_face(reference_face, meta, generator)
     extra = {
-        "msync.exporter": json.dumps({"torch": torch.__version__, "onnx": onnx.__version__, "opset": opset,
-                                      "dynamo": True, "reference_face_source": face_source}),
+        "msync.exporter": json.dumps(
+            {
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "opset": opset,
+                "dynamo": True,
+                "reference_face_source": face_source,
+            }
+        ),
     }
     extra.update(extra_metadata or {})
     contract = build_contract(generator, face, model_version, training_data, extra)
@@ -93,14 +108,24 @@ def torch_to_onnx(generator: Generator, contract: StepContract, opset: int = DEF
             if quiet:
                 warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                module, inputs, None, dynamo=True, opset_version=opset, external_data=False,
-                input_names=list(contract.input_names), output_names=list(contract.output_names),
-                dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False, optimize=True,
+                module,
+                inputs,
+                None,
+                dynamo=True,
+                opset_version=opset,
+                external_data=False,
+                input_names=list(contract.input_names),
+                output_names=list(contract.output_names),
+                dynamic_shapes=tuple({0: batch} for _ in inputs),
+                verbose=False,
+                optimize=True,
             )
     finally:
         generator.train(was_training)
         torch_onnx_log.setLevel(old_level)
     log.info("dynamo export took %.1f s", time.perf_counter() - t0)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
     return program.model_proto
 
 
@@ -115,15 +140,18 @@ def finalize(model, contract: StepContract) -> None:
     ops = {n.op_type for n in model.graph.node} | _subgraph_ops(model.graph)
     bad = sorted(ops & FORBIDDEN_OPS)
     if bad:
-        raise ExportError(f"the exported graph contains {bad}: TensorRT cannot parse these; the front end must "
-                          "stay matrix products")
+        raise ExportError(
+            f"the exported graph contains {bad}: TensorRT cannot parse these; the front end must stay matrix products"
+        )
     check_graph_io(model, contract)
     del model.metadata_props[:]
     for key, value in contract.to_metadata().items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name = "msync"
-    model.doc_string = ("msync step model: audio (B, samples_per_frame) + state -> landmarks (B, 68, 2) + "
-                        "state_next. Contract in metadata_props (msync.*).")
+    model.doc_string = (
+        "msync step model: audio (B, samples_per_frame) + state -> landmarks (B, 68, 2) + "
+        "state_next. Contract in metadata_props (msync.*)."
+    )
     onnx.checker.check_model(model, full_check=True)
 
 
@@ -138,8 +166,10 @@ def _subgraph_ops(graph) -> set[str]:
 
 def graph_io(model) -> tuple[dict, dict]:
     """({input name: [dims]}, {output name: [dims]}) with symbolic dims as their names."""
+
     def dims(v):
         return [d.dim_param if d.dim_param else d.dim_value for d in v.type.tensor_type.shape.dim]
+
     inits = {i.name for i in model.graph.initializer}
     ins = {v.name: dims(v) for v in model.graph.input if v.name not in inits}
     outs = {v.name: dims(v) for v in model.graph.output}

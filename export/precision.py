@@ -16,12 +16,18 @@ every node; Cast nodes are inserted at the boundaries.
 from __future__ import annotations
 
 import ast
+from typing import Any
 
 import numpy as np
 
 #: Module scopes (as in `Generator`'s attribute names) whose nodes run in FP16.
-FP16_SCOPES = ("generator.audio_stem", "generator.blocks", "generator.landmark_encoder", "generator.lstm",
-               "generator.branches")
+FP16_SCOPES = (
+    "generator.audio_stem",
+    "generator.blocks",
+    "generator.landmark_encoder",
+    "generator.lstm",
+    "generator.branches",
+)
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 
@@ -56,8 +62,10 @@ def to_mixed_fp16(model, scopes: tuple[str, ...] = FP16_SCOPES):
     g = m.graph
     half = half_nodes(m, scopes)
     if not half:
-        raise ValueError("no node carries torch.onnx name-scope metadata for the FP16 scopes; export the model "
-                         "with export.onnx_export (dynamo) first")
+        raise ValueError(
+            "no node carries torch.onnx name-scope metadata for the FP16 scopes; export the model "
+            "with export.onnx_export (dynamo) first"
+        )
     for n in g.node:
         if any(a.HasField("g") or len(a.graphs) for a in n.attribute):
             raise ValueError(f"node {n.name} has a subgraph; mixed precision does not handle control flow")
@@ -91,8 +99,9 @@ def to_mixed_fp16(model, scopes: tuple[str, ...] = FP16_SCOPES):
                 arr = numpy_helper.to_array(inits[name]).astype(np.float16)
                 m.graph.initializer.append(numpy_helper.from_array(arr, to_half[name]))
             else:
-                new_nodes.append(helper.make_node("Cast", [name], [to_half[name]], to=TensorProto.FLOAT16,
-                                                  name=f"{name}__cast_fp16"))
+                new_nodes.append(
+                    helper.make_node("Cast", [name], [to_half[name]], to=TensorProto.FLOAT16, name=f"{name}__cast_fp16")
+                )
         return to_half[name]
 
     for n in g.node:
@@ -103,13 +112,17 @@ def to_mixed_fp16(model, scopes: tuple[str, ...] = FP16_SCOPES):
             for a in n.attribute:  # type-carrying attributes of FP16 nodes
                 if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
                     a.i = TensorProto.FLOAT16
-                if n.op_type in ("Constant", "ConstantOfShape") and a.name == "value" \
-                        and a.t.data_type == TensorProto.FLOAT:
+                if (
+                    n.op_type in ("Constant", "ConstantOfShape")
+                    and a.name == "value"
+                    and a.t.data_type == TensorProto.FLOAT
+                ):
                     a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
             new_nodes.append(n)
             for k, name in enumerate(n.output):
-                produces_float = is_float(name) or (n.op_type == "Cast" and any(
-                    a.name == "to" and a.i == TensorProto.FLOAT16 for a in n.attribute))
+                produces_float = is_float(name) or (
+                    n.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in n.attribute)
+                )
                 if not name or not produces_float:
                     continue
                 fp16_produced.add(name)
@@ -117,8 +130,9 @@ def to_mixed_fp16(model, scopes: tuple[str, ...] = FP16_SCOPES):
                 if outside:
                     h = f"{name}__fp16out"
                     n.output[k] = h
-                    new_nodes.append(helper.make_node("Cast", [h], [name], to=TensorProto.FLOAT,
-                                                      name=f"{name}__cast_fp32"))
+                    new_nodes.append(
+                        helper.make_node("Cast", [h], [name], to=TensorProto.FLOAT, name=f"{name}__cast_fp32")
+                    )
                     # FP16 consumers read the FP16 value directly
                     for c in consumers.get(name, []):
                         if c.name in half:
@@ -147,8 +161,8 @@ def _toposort(nodes, available: set[str]):
     pending = list(nodes)
     out = []
     while pending:
-        progress = []
-        rest = []
+        progress: list[Any] = []
+        rest: list[Any] = []
         for n in pending:
             (progress if all(i in available for i in n.input) else rest).append(n)
         if not progress:

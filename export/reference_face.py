@@ -70,12 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(argv[0] if argv else "../shared/data")
     face, used = compute_neutral_face(data_dir)
     NEUTRAL_FACE_PATH.parent.mkdir(parents=True, exist_ok=True)
-    head = json.dumps({
-        "description": "mean fixed-crop face (stream_engine.landmarks.fixed_crop, default CropConfig) over the "
-                       "training split; iBUG 68 order; x right, y down, [0, 1]",
-        "num_clips": len(used),
-        "recipe": "python -m export.reference_face DATA_DIR",
-    }, indent=1)[:-2]
+    head = json.dumps(
+        {
+            "description": "mean fixed-crop face (stream_engine.landmarks.fixed_crop, default CropConfig) over the "
+            "training split; iBUG 68 order; x right, y down, [0, 1]",
+            "num_clips": len(used),
+            "recipe": "python -m export.reference_face DATA_DIR",
+        },
+        indent=1,
+    )[:-2]
     rows = ",\n  ".join(f"[{float(x):.5f}, {float(y):.5f}]" for x, y in face)
     NEUTRAL_FACE_PATH.write_text(f'{head},\n "landmarks": [\n  {rows}\n ]\n}}\n')
     print(f"wrote {NEUTRAL_FACE_PATH} from {len(used)} clips")

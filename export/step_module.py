@@ -8,7 +8,6 @@ exporter and the torch reference runner take them from it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -16,10 +15,15 @@ import torch
 from torch import nn
 
 from stream_engine.contract import (
-    BATCH, COORDINATES, CONTRACT_VERSION, StateSpec, StepContract, TensorSpec,
+    BATCH,
+    CONTRACT_VERSION,
+    COORDINATES,
+    StateSpec,
+    StepContract,
+    TensorSpec,
 )
-from training.checkpoint import _to_jsonable
-from training.models.generator import Generator, StepState
+from stream_engine.dataclass_io import to_dict
+from training.models.generator import Generator, GeneratorConfig, StepState
 
 AUDIO_INPUT = "audio"
 LANDMARKS_OUTPUT = "landmarks"
@@ -36,12 +40,28 @@ class StepModule(nn.Module):
         super().__init__()
         self.generator = generator
 
-    def forward(self, audio: torch.Tensor, audio_carry: torch.Tensor, conv_cache: torch.Tensor, h: torch.Tensor,
-                c: torch.Tensor, prev_landmarks: torch.Tensor, frames_seen: torch.Tensor,
-                reference_landmarks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        audio: torch.Tensor,
+        audio_carry: torch.Tensor,
+        conv_cache: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        prev_landmarks: torch.Tensor,
+        frames_seen: torch.Tensor,
+        reference_landmarks: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         state = StepState(audio_carry, conv_cache, h, c, prev_landmarks, frames_seen, reference_landmarks)
         landmarks, nxt = self.generator.step(audio, state)
         return (landmarks, *nxt)
+
+
+def architecture_dict(cfg: GeneratorConfig) -> dict:
+    """The contract's `msync.generator_config`: the generator config without its front end, which the contract
+    carries as `msync.frontend` (the exported format is unchanged by the front end living in the config)."""
+    out = to_dict(cfg)
+    out.pop("frontend", None)
+    return out
 
 
 def state_specs(generator: Generator) -> tuple[StateSpec, ...]:
@@ -63,12 +83,17 @@ def state_specs(generator: Generator) -> tuple[StateSpec, ...]:
     return tuple(StateSpec(n, n + NEXT_SUFFIX, shapes[n][0], "float32", shapes[n][1]) for n in STATE_NAMES)
 
 
-def build_contract(generator: Generator, reference_face: np.ndarray, model_version: str = "",
-                   training_data: str | dict = "", extra: dict[str, str] | None = None) -> StepContract:
+def build_contract(
+    generator: Generator,
+    reference_face: np.ndarray,
+    model_version: str = "",
+    training_data: str | dict = "",
+    extra: dict[str, str] | None = None,
+) -> StepContract:
     """The contract of `generator`'s step (validated)."""
     cfg, fe = generator.cfg, generator.frontend
     if not isinstance(training_data, str):
-        training_data = json.dumps(_to_jsonable(training_data), sort_keys=True)
+        training_data = json.dumps(to_dict(training_data), sort_keys=True)
     face = np.asarray(reference_face, dtype=np.float64).reshape(cfg.num_landmarks, 2)
     return StepContract(
         contract_version=CONTRACT_VERSION,
@@ -80,18 +105,26 @@ def build_contract(generator: Generator, reference_face: np.ndarray, model_versi
         landmark_dims=2,
         landmark_layout="ibug68",
         coordinates=COORDINATES,
-        audio_input=TensorSpec(AUDIO_INPUT, (BATCH, fe.samples_per_landmark_frame), "float32",
-                               f"the next {fe.samples_per_landmark_frame} samples of mono float32 PCM in [-1, 1] at "
-                               f"{fe.sample_rate_hz} Hz"),
-        landmarks_output=TensorSpec(LANDMARKS_OUTPUT, (BATCH, cfg.num_landmarks, 2), "float32",
-                                    f"the landmark frame {cfg.lookahead_frames} steps back; the first "
-                                    f"{cfg.lookahead_frames} outputs of a stream are its reference face: drop them"),
+        audio_input=TensorSpec(
+            AUDIO_INPUT,
+            (BATCH, fe.samples_per_landmark_frame),
+            "float32",
+            f"the next {fe.samples_per_landmark_frame} samples of mono float32 PCM in [-1, 1] at "
+            f"{fe.sample_rate_hz} Hz",
+        ),
+        landmarks_output=TensorSpec(
+            LANDMARKS_OUTPUT,
+            (BATCH, cfg.num_landmarks, 2),
+            "float32",
+            f"the landmark frame {cfg.lookahead_frames} steps back; the first "
+            f"{cfg.lookahead_frames} outputs of a stream are its reference face: drop them",
+        ),
         states=state_specs(generator),
         reference_face=tuple(tuple(float(v) for v in row) for row in face),
         model_version=model_version or "unversioned",
         training_data=training_data or "unknown",
-        generator_config=_to_jsonable(cfg),
-        frontend=_to_jsonable(fe),
+        generator_config=architecture_dict(cfg),
+        frontend=to_dict(fe),
         extra=dict(extra or {}),
     )
 
@@ -104,7 +137,7 @@ def example_inputs(generator: Generator, batch: int = 2, seed: int = 0) -> tuple
     audio = (torch.rand(batch, fe.samples_per_landmark_frame, generator=g) - 0.5) * 0.2
     states = []
     for s in specs:
-        shape = tuple(batch if d == BATCH else d for d in s.shape)
+        shape = tuple(batch if d == BATCH else int(d) for d in s.shape)
         if s.name == "frames_seen":
             states.append(torch.full(shape, float(generator.cfg.lookahead_frames)))
         elif s.init == "reference_face":
@@ -112,17 +145,3 @@ def example_inputs(generator: Generator, batch: int = 2, seed: int = 0) -> tuple
         else:
             states.append(torch.rand(shape, generator=g) * 0.1)
     return (audio, *states)
-
-
-def describe_generator(generator: Generator) -> dict:
-    """Architecture summary for logs."""
-    return {"parameters": generator.num_parameters(), "config": _to_jsonable(generator.cfg),
-            "frontend": _to_jsonable(generator.frontend),
-            "state_floats_per_stream": int(sum(int(np.prod(s.shape[1:])) for s in state_specs(generator)))}
-
-
-def replace_config(generator: Generator, **changes) -> Generator:
-    """A copy of `generator` with some config fields changed and the same weights (shapes must still fit)."""
-    new = Generator(dataclasses.replace(generator.cfg, **changes), generator.frontend)
-    new.load_state_dict(generator.state_dict())
-    return new.eval()

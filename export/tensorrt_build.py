@@ -60,7 +60,8 @@ def import_tensorrt(flavor: str = "auto"):
     raise TensorRTUnavailable(
         "TensorRT is not installed (" + "; ".join(errors) + "). Install the full builder on a GPU host "
         "(pip install tensorrt, from NVIDIA's index) or TensorRT-RTX, which also builds without a GPU: "
-        "pip install 'msync[trt]' (tensorrt-rtx-cu13-libs + tensorrt-rtx-cu13-bindings)")
+        "pip install 'msync[trt]' (tensorrt-rtx-cu13-libs + tensorrt-rtx-cu13-bindings)"
+    )
 
 
 @dataclasses.dataclass
@@ -107,8 +108,14 @@ def _parse_profile(profile) -> tuple[int, int, int]:
     return lo, opt, hi
 
 
-def build_engine_bytes(onnx_bytes: bytes, precision: str, profile=DEFAULT_BATCH_PROFILE, flavor: str = "auto",
-                       compute_capabilities: tuple[str, ...] | None = None, log_lines: list[str] | None = None):
+def build_engine_bytes(
+    onnx_bytes: bytes,
+    precision: str,
+    profile=DEFAULT_BATCH_PROFILE,
+    flavor: str = "auto",
+    compute_capabilities: tuple[str, ...] | None = None,
+    log_lines: list[str] | None = None,
+):
     """Parse an ONNX graph and build one serialized engine. Returns (engine bytes, flavor, version, ccs).
 
     Args:
@@ -146,8 +153,10 @@ def build_engine_bytes(onnx_bytes: bytes, precision: str, profile=DEFAULT_BATCH_
             config.num_compute_capabilities = len(ccs)
             for i, cc in enumerate(ccs):
                 if not hasattr(trt.ComputeCapability, cc):
-                    raise ValueError(f"unknown compute capability {cc!r}; TensorRT-RTX {trt.__version__} knows "
-                                     f"{[n for n in dir(trt.ComputeCapability) if n.startswith('SM')]}")
+                    raise ValueError(
+                        f"unknown compute capability {cc!r}; TensorRT-RTX {trt.__version__} knows "
+                        f"{[n for n in dir(trt.ComputeCapability) if n.startswith('SM')]}"
+                    )
                 config.set_compute_capability(getattr(trt.ComputeCapability, cc), i)
         prof = builder.create_optimization_profile()
         for i in range(network.num_inputs):
@@ -168,9 +177,14 @@ def build_engine_bytes(onnx_bytes: bytes, precision: str, profile=DEFAULT_BATCH_
         del parser, network, builder
 
 
-def build_engines(onnx_path: str | Path, out_dir: str | Path | None = None, precisions=PRECISIONS,
-                  profile=DEFAULT_BATCH_PROFILE, flavor: str = "auto",
-                  compute_capabilities: tuple[str, ...] | None = None) -> tuple[list[EngineBuild], Path]:
+def build_engines(
+    onnx_path: str | Path,
+    out_dir: str | Path | None = None,
+    precisions=PRECISIONS,
+    profile=DEFAULT_BATCH_PROFILE,
+    flavor: str = "auto",
+    compute_capabilities: tuple[str, ...] | None = None,
+) -> tuple[list[EngineBuild], Path]:
     """Build one engine per precision next to (or under `out_dir`) the ONNX file.
 
     Returns:
@@ -202,24 +216,34 @@ def build_engines(onnx_path: str | Path, out_dir: str | Path | None = None, prec
             log.append(f"# --- {precision}: batch profile min/opt/max = {profile}")
             t0 = time.perf_counter()
             blob, used_flavor, version, ccs = build_engine_bytes(
-                graph.SerializeToString(), precision, profile, flavor, compute_capabilities, log)
+                graph.SerializeToString(), precision, profile, flavor, compute_capabilities, log
+            )
             seconds = time.perf_counter() - t0
             engine_path = out_dir / f"{onnx_path.stem}.{precision}.engine"
             tmp = engine_path.with_name(engine_path.name + ".tmp")
             tmp.write_bytes(blob)
             os.replace(tmp, engine_path)
-            build = EngineBuild(precision, engine_path, len(blob), round(seconds, 3), used_flavor, version, profile,
-                                ccs)
+            build = EngineBuild(
+                precision, engine_path, len(blob), round(seconds, 3), used_flavor, version, profile, ccs
+            )
             sidecar = {
                 "metadata": {p.key: p.value for p in graph.metadata_props},
-                "tensorrt": {"flavor": used_flavor, "version": version, "precision": precision,
-                             "batch_profile": list(profile), "compute_capabilities": list(ccs),
-                             "build_seconds": build.build_seconds, "onnx": onnx_path.name,
-                             "strongly_typed": True if used_flavor == "rtx" else None},
+                "tensorrt": {
+                    "flavor": used_flavor,
+                    "version": version,
+                    "precision": precision,
+                    "batch_profile": list(profile),
+                    "compute_capabilities": list(ccs),
+                    "build_seconds": build.build_seconds,
+                    "onnx": onnx_path.name,
+                    "strongly_typed": True if used_flavor == "rtx" else None,
+                },
             }
             engine_path.with_name(engine_path.name + ".json").write_text(json.dumps(sidecar, indent=1))
-            log.append(f"# built {engine_path.name}: {len(blob)} bytes in {seconds:.2f} s "
-                       f"({used_flavor} {version}{', ' + ','.join(ccs) if ccs else ''})")
+            log.append(
+                f"# built {engine_path.name}: {len(blob)} bytes in {seconds:.2f} s "
+                f"({used_flavor} {version}{', ' + ','.join(ccs) if ccs else ''})"
+            )
             builds.append(build)
     finally:
         log_path.write_text("\n".join(log) + "\n")

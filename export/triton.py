@@ -64,9 +64,15 @@ def build_triton_model(step_model, contract: StepContract, noise: str = "contrac
             return START_INPUT
         if rank not in start_shape:
             shape_name = f"__start_shape_{rank}"
-            new_nodes.append(helper.make_node("Constant", [], [shape_name], name=f"{shape_name}_const",
-                                              value=helper.make_tensor(shape_name, TensorProto.INT64, [rank],
-                                                                       [-1] + [1] * (rank - 1))))
+            new_nodes.append(
+                helper.make_node(
+                    "Constant",
+                    [],
+                    [shape_name],
+                    name=f"{shape_name}_const",
+                    value=helper.make_tensor(shape_name, TensorProto.INT64, [rank], [-1] + [1] * (rank - 1)),
+                )
+            )
             out = f"__start_mask_{rank}"
             new_nodes.append(helper.make_node("Reshape", [START_INPUT, shape_name], [out], name=f"{out}_reshape"))
             start_shape[rank] = out
@@ -75,14 +81,32 @@ def build_triton_model(step_model, contract: StepContract, noise: str = "contrac
     for s in contract.states:
         eff = f"{s.name}__effective"
         if s.init == "reference_face":
-            new_nodes.append(helper.make_node("Where", [start_mask(n_dims[s.name]), REFERENCE_FACE_INPUT, s.name],
-                                              [eff], name=f"{s.name}__start_select"))
+            new_nodes.append(
+                helper.make_node(
+                    "Where",
+                    [start_mask(n_dims[s.name]), REFERENCE_FACE_INPUT, s.name],
+                    [eff],
+                    name=f"{s.name}__start_select",
+                )
+            )
         elif s.init == "uniform(0,1)" and noise == "contract":
             rnd = f"{s.name}__noise"
-            new_nodes.append(helper.make_node("RandomUniformLike", [s.name], [rnd], name=f"{s.name}__draw",
-                                              low=0.0, high=1.0, dtype=TensorProto.FLOAT))
-            new_nodes.append(helper.make_node("Where", [start_mask(n_dims[s.name]), rnd, s.name], [eff],
-                                              name=f"{s.name}__start_select"))
+            new_nodes.append(
+                helper.make_node(
+                    "RandomUniformLike",
+                    [s.name],
+                    [rnd],
+                    name=f"{s.name}__draw",
+                    low=0.0,
+                    high=1.0,
+                    dtype=TensorProto.FLOAT,
+                )
+            )
+            new_nodes.append(
+                helper.make_node(
+                    "Where", [start_mask(n_dims[s.name]), rnd, s.name], [eff], name=f"{s.name}__start_select"
+                )
+            )
         else:
             continue
         overrides[s.name] = eff
@@ -98,11 +122,17 @@ def build_triton_model(step_model, contract: StepContract, noise: str = "contrac
     g.node.extend(new_nodes + existing)
     batch = contract.audio_input.shape[0]
     g.input.append(helper.make_tensor_value_info(START_INPUT, TensorProto.BOOL, [batch, 1]))
-    g.input.append(helper.make_tensor_value_info(REFERENCE_FACE_INPUT, TensorProto.FLOAT,
-                                                 [batch, contract.num_landmarks, contract.landmark_dims]))
-    info = {"start_input": START_INPUT, "reference_face_input": REFERENCE_FACE_INPUT,
-            "noise": "drawn in graph on START" if noise == "contract" else "zeros",
-            "states_set_on_start": sorted(overrides)}
+    g.input.append(
+        helper.make_tensor_value_info(
+            REFERENCE_FACE_INPUT, TensorProto.FLOAT, [batch, contract.num_landmarks, contract.landmark_dims]
+        )
+    )
+    info = {
+        "start_input": START_INPUT,
+        "reference_face_input": REFERENCE_FACE_INPUT,
+        "noise": "drawn in graph on START" if noise == "contract" else "zeros",
+        "states_set_on_start": sorted(overrides),
+    }
     m.metadata_props.add(key="msync.triton", value=json.dumps(info))
     onnx.checker.check_model(m, full_check=True)
     return m
@@ -128,10 +158,17 @@ def _dims(shape) -> str:
     return "[ " + ", ".join(str(int(d)) for d in shape[1:]) + " ]"
 
 
-def config_pbtxt(contract: StepContract, model_name: str = "msync", max_batch_size: int = 64,
-                 max_sequence_idle_us: int = 5_000_000, max_queue_delay_us: int = 2_000,
-                 max_candidate_sequences: int | None = None, instance_kind: str | None = None,
-                 instance_count: int = 1, tensorrt_accelerator: bool = False) -> str:
+def config_pbtxt(
+    contract: StepContract,
+    model_name: str = "msync",
+    max_batch_size: int = 64,
+    max_sequence_idle_us: int = 5_000_000,
+    max_queue_delay_us: int = 2_000,
+    max_candidate_sequences: int | None = None,
+    instance_kind: str | None = None,
+    instance_count: int = 1,
+    tensorrt_accelerator: bool = False,
+) -> str:
     """The model configuration (protobuf text format of Triton's ModelConfig)."""
     lines = [
         f'name: "{model_name}"',
@@ -161,7 +198,8 @@ def config_pbtxt(contract: StepContract, model_name: str = "msync", max_batch_si
             f'    {{ input_name: "{s.name}" output_name: "{s.next_name}" data_type: {_DTYPES[s.dtype]} '
             f"dims: {_dims(s.shape)}\n"
             f'      initial_state: {{ name: "{s.name}_zeros" data_type: {_DTYPES[s.dtype]} dims: {_dims(s.shape)} '
-            "zero_data: true } }")
+            "zero_data: true } }"
+        )
     lines.append(",\n".join(states))
     lines += [
         "  ]",
@@ -183,7 +221,7 @@ def config_pbtxt(contract: StepContract, model_name: str = "msync", max_batch_si
     params["msync.triton.start_input"] = START_INPUT
     params["msync.triton.reference_face_input"] = REFERENCE_FACE_INPUT
     for key in sorted(params):
-        lines.append(f'parameters {{ key: {_pb_string(key)} value: {{ string_value: {_pb_string(params[key])} }} }}')
+        lines.append(f"parameters {{ key: {_pb_string(key)} value: {{ string_value: {_pb_string(params[key])} }} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -203,8 +241,9 @@ Sequences idle for more than {idle_s} s are released. See `export/triton.py` in 
 """
 
 
-def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, model_name: str = "msync",
-                            noise: str = "contract", **config_kwargs) -> Path:
+def write_triton_repository(
+    onnx_path: str | Path, out_dir: str | Path, model_name: str = "msync", noise: str = "contract", **config_kwargs
+) -> Path:
     """Write `out_dir/<model_name>/{config.pbtxt, 1/model.onnx, README.md}`; returns the model directory."""
     import onnx
 
@@ -219,15 +258,26 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, model_na
     text = config_pbtxt(contract, model_name, **config_kwargs)
     (model_dir / "config.pbtxt").write_text(text)
     idle = config_kwargs.get("max_sequence_idle_us", 5_000_000) / 1e6
-    (model_dir / "README.md").write_text(_README.format(
-        name=model_name, audio=contract.audio_input.name, spf=contract.samples_per_frame, ref=REFERENCE_FACE_INPUT,
-        n=contract.num_landmarks, d=contract.landmark_dims, lm=contract.landmarks_output.name,
-        L=contract.lookahead_frames, states=", ".join(contract.state_names), idle_s=idle))
+    (model_dir / "README.md").write_text(
+        _README.format(
+            name=model_name,
+            audio=contract.audio_input.name,
+            spf=contract.samples_per_frame,
+            ref=REFERENCE_FACE_INPUT,
+            n=contract.num_landmarks,
+            d=contract.landmark_dims,
+            lm=contract.landmarks_output.name,
+            L=contract.lookahead_frames,
+            states=", ".join(contract.state_names),
+            idle_s=idle,
+        )
+    )
     return model_dir
 
 
 def reference_inputs(contract: StepContract, batch: int, reference_face: np.ndarray | None = None) -> np.ndarray:
     """(B, N, D) float32 reference faces for a batch of Triton requests (the contract default if None)."""
     face = contract.reference_face_array if reference_face is None else np.asarray(reference_face, np.float32)
-    return np.ascontiguousarray(np.broadcast_to(face, (batch, contract.num_landmarks, contract.landmark_dims)),
-                                dtype=np.float32)
+    return np.ascontiguousarray(
+        np.broadcast_to(face, (batch, contract.num_landmarks, contract.landmark_dims)), dtype=np.float32
+    )

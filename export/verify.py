@@ -16,8 +16,9 @@ from stream_engine.runtime.base import State, StepRunner
 PARITY_CLIPS = ("stmux__Obama_clip2.mkv", "stmux__andrew_clip_2.mkv", "stmux__reagan_clip1.mkv")
 
 
-def load_speech(seconds: float, data_dir: str | Path, clip_ids: tuple[str, ...] = PARITY_CLIPS,
-                sample_rate_hz: int = 16000) -> np.ndarray:
+def load_speech(
+    seconds: float, data_dir: str | Path, clip_ids: tuple[str, ...] = PARITY_CLIPS, sample_rate_hz: int = 16000
+) -> np.ndarray:
     """At least `seconds` of real speech: the named clips (then any others, sorted) concatenated, cut to
     `seconds`. Returns (num_samples,) float32."""
     from stream_engine.audio_io import load_audio
@@ -62,10 +63,13 @@ class ParityReport:
     def summary(self) -> dict:
         marks = sorted({0, min(99, self.steps - 1), min(999, self.steps - 1), self.steps - 1})
         return {
-            "steps": self.steps, "batch": self.batch, "max_abs_diff": self.max_abs_diff,
+            "steps": self.steps,
+            "batch": self.batch,
+            "max_abs_diff": self.max_abs_diff,
             "diff_at_step": {str(i + 1): float(self.per_step_max[i]) for i in marks if i >= 0},
             "final_state_max_abs_diff": self.state_max,
-            "landmark_range": list(self.landmark_range), "seconds": self.seconds,
+            "landmark_range": list(self.landmark_range),
+            "seconds": self.seconds,
         }
 
 
@@ -92,5 +96,6 @@ def compare_runners(reference: StepRunner, other: StepRunner, audio: np.ndarray,
         diffs[t] = float(np.max(np.abs(la - lb)))
         lo, hi = min(lo, float(la.min())), max(hi, float(la.max()))
     state_max = {k: float(np.max(np.abs(sa[k] - sb[k]))) for k in sa}
-    return ParityReport(steps, audio.shape[0], diffs, state_max, (lo, hi),
-                        {"reference": round(ta, 3), "other": round(tb, 3)})
+    return ParityReport(
+        steps, audio.shape[0], diffs, state_max, (lo, hi), {"reference": round(ta, 3), "other": round(tb, 3)}
+    )

@@ -35,7 +35,8 @@ def resample(samples: np.ndarray, from_rate_hz: int, to_rate_hz: int) -> np.ndar
         return samples
     import soxr
 
-    return soxr.resample(samples, from_rate_hz, to_rate_hz, quality="VHQ").astype(np.float32, copy=False)
+    out: np.ndarray = soxr.resample(samples, from_rate_hz, to_rate_hz, quality="VHQ").astype(np.float32, copy=False)
+    return out
 
 
 def validate_pcm(samples: np.ndarray, what: str = "audio") -> np.ndarray:
@@ -66,7 +67,7 @@ def _decode_pyav(path: Path) -> tuple[np.ndarray, int]:
         # (peaks up to 1.41 x full scale); we average channels ourselves, as for every other format.
         resampler = av.AudioResampler(format="fltp")
         pieces = []
-        rate = None
+        rate = 0
         for packet_frame in container.decode(stream):
             for out in resampler.resample(packet_frame):
                 pieces.append(out.to_ndarray())
@@ -93,7 +94,8 @@ def load_audio(path: str | Path, sample_rate_hz: int = 16000) -> np.ndarray:
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     errors = []
-    data = rate = None
+    data: np.ndarray | None = None
+    rate = 0
     try:
         data, rate = _decode_soundfile(path)
     except Exception as exc:  # libsndfile refuses containers it does not know; try FFmpeg next

@@ -1,7 +1,14 @@
 """The `msync` command. It only parses arguments and calls; the work lives in the modules it names.
 
-Runtime subcommands come from `stream_engine`; training, data and evaluation subcommands are registered by
-`training.cli` when the `train` extra is installed, so the runtime never depends on torch.
+Subcommands are registered through the entry-point group "msync.commands" (pyproject.toml,
+`[project.entry-points."msync.commands"]`): each entry maps a command name to a module that exposes
+`add_arguments(parser)` and `run(args) -> int`, an optional `HELP` string (else the first line of its docstring),
+and keeps its top-level imports light (no torch at import time), so `msync --help` stays fast. A command whose
+module cannot be imported (its extra is not installed) stays listed and explains itself when run.
+
+To add a command: write the module, add `NAME = "package.module"` to that table, and reinstall
+(`pip install -e .`) so the entry point is registered. `RUNTIME_COMMANDS` below is the fallback for a source
+tree that is not installed (and the place where a runtime command may be listed before it gets its entry point).
 """
 
 from __future__ import annotations
@@ -9,8 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
-# name -> module exposing `add_arguments(parser)` and `run(args) -> int`; imported lazily and kept light.
+ENTRY_POINT_GROUP = "msync.commands"
+
+# name -> (module, help) of the runtime's own commands; used when the entry points do not list them.
 RUNTIME_COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("stream_engine.info", "Print the step contract of an exported model (`msync info MODEL [--json]`)."),
     "stream": ("stream_engine.stream", "Run the real-time engine: speech in, landmarks out over WebSocket/OSC/VMC."),
@@ -26,28 +36,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"msync {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in RUNTIME_COMMANDS.items():
+    for name, (module, help_text) in commands().items():
         _add(sub, name, module, help_text)
-    try:
-        training_cli = importlib.import_module("training.cli")
-    except ImportError:
-        training_cli = None
-    if training_cli is not None:
-        training_cli.register(sub, _add)
     return parser
 
 
-def _add(sub, name: str, module: str, help_text: str) -> argparse.ArgumentParser:
+def commands() -> dict[str, tuple[str, str]]:
+    """name -> (module, help override or "") of every subcommand: the "msync.commands" entry points, plus the
+    runtime commands they do not list."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: (ep.value, "") for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**RUNTIME_COMMANDS, **{k: v for k, v in found.items() if k not in RUNTIME_COMMANDS}}
+
+
+def _help(mod: object, override: str) -> str:
+    if override:
+        return override
+    text = getattr(mod, "HELP", None) or (getattr(mod, "__doc__", None) or "").strip().split("\n")[0]
+    return str(text)
+
+
+def _add(sub: Any, name: str, module: str, help_text: str) -> argparse.ArgumentParser:
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
         # A command whose optional dependencies are missing stays listed and explains itself when run,
         # instead of breaking every other command.
-        p = sub.add_parser(name, help=f"{help_text} [unavailable: {exc}]", description=help_text)
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, help=f"{help_text or name} [unavailable: {exc}]", description=help_text or name
+        )
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(_module=None, _unavailable=f"{exc}")
         return p
-    p = sub.add_parser(name, help=help_text, description=help_text)
+    help_text = _help(mod, help_text)
+    p = sub.add_parser(name, help=help_text, description=help_text)  # the same variable, typed above
     mod.add_arguments(p)
     p.set_defaults(_module=module)
     return p

@@ -23,13 +23,9 @@ rejects unknown keys with the path of the offending key. Example (TOML)::
 from __future__ import annotations
 
 import dataclasses
-import json
-import types
-import typing
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from stream_engine.dataclass_io import ConfigError, from_dict, read_data, replace_path, to_dict
 from stream_engine.engine import EngineConfig
 from stream_engine.inputs import DEFAULT_SENTENCE
 from stream_engine.outputs.osc import OscConfig
@@ -38,12 +34,11 @@ from stream_engine.outputs.vts import VtsConfig
 from stream_engine.outputs.websocket import ServerConfig
 from stream_engine.signals import SignalConfig
 
+__all__ = ["ConfigError", "DEFAULT_MODEL_PATH", "InputConfig", "ModelConfig", "StreamConfig", "build",
+           "load_config", "replace_path", "to_dict"]
+
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "default.onnx"
 INPUT_KINDS = ("speech", "file", "mic", "stdin", "none")
-
-
-class ConfigError(ValueError):
-    """A config file or value that cannot be used (the message names the key)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,104 +130,11 @@ class StreamConfig:
     log_level: str = "warning"
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Convert a file value to the annotated type `tp` (dataclasses, tuples, optionals, scalars)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table/object, got {value!r}")
-        return build(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _convert(non_none[0], value, where)
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin in (Mapping, dict) or tp in (Mapping, dict):
-        if isinstance(value, str):  # presets such as vmc.blend_names = "vrm1"
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table/object, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def build(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
-    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: {sorted(fields)}")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+# The converter lives in stream_engine.dataclass_io (shared with training, checkpoints and the contract);
+# these names stay importable from here for the stream shell and its tests.
+build = from_dict
 
 
 def load_config(path: str | Path) -> StreamConfig:
     """Read a JSON (.json) or TOML (.toml) config file into a `StreamConfig`."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a table/object")
-    return build(StreamConfig, data)
-
-
-def to_dict(cfg: Any) -> Any:
-    """A config as plain JSON-able data (tuples -> lists), e.g. for --print-config."""
-    if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, (list, tuple)):
-        return [to_dict(v) for v in cfg]
-    if isinstance(cfg, Mapping):
-        return {k: to_dict(v) for k, v in cfg.items()}
-    return cfg
-
-
-def replace_path(cfg: Any, dotted: str, value: Any) -> Any:
-    """Return `cfg` with the field at "a.b.c" replaced (flag overrides on top of a file)."""
-    head, _, rest = dotted.partition(".")
-    if not rest:
-        return dataclasses.replace(cfg, **{head: value})
-    return dataclasses.replace(cfg, **{head: replace_path(getattr(cfg, head), rest, value)})
+    return from_dict(StreamConfig, read_data(path))

@@ -42,9 +42,11 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
+
+from stream_engine.dataclass_io import to_dict
 
 CONTRACT_VERSION = "1"
 PREFIX = "msync."
@@ -55,15 +57,31 @@ DTYPES = {"float32": np.float32}
 _ORT_TYPES = {"float32": "tensor(float)"}
 
 REQUIRED_KEYS = (
-    "contract_version", "sample_rate_hz", "samples_per_frame", "fps", "lookahead_frames", "num_landmarks",
-    "landmark_dims", "landmark_layout", "coordinates", "audio_input", "landmarks_output", "states",
-    "reference_face", "model_version", "training_data", "generator_config", "frontend",
+    "contract_version",
+    "sample_rate_hz",
+    "samples_per_frame",
+    "fps",
+    "lookahead_frames",
+    "num_landmarks",
+    "landmark_dims",
+    "landmark_layout",
+    "coordinates",
+    "audio_input",
+    "landmarks_output",
+    "states",
+    "reference_face",
+    "model_version",
+    "training_data",
+    "generator_config",
+    "frontend",
 )
 
-COORDINATES = ("fixed square crop per stream normalised to [0, 1]; x grows to the right, y grows downwards "
-               "(image axes); the crop is never re-centred, so head translation and rotation stay in the data")
+COORDINATES = (
+    "fixed square crop per stream normalised to [0, 1]; x grows to the right, y grows downwards "
+    "(image axes); the crop is never re-centred, so head translation and rotation stay in the data"
+)
 
-Dim = Union[int, str]
+Dim = int | str
 
 
 class ModelLoadError(Exception):
@@ -86,10 +104,10 @@ class TensorSpec:
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == BATCH else int(d) for d in self.shape)
 
-    def to_json(self) -> dict:
-        out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-        if self.description:
-            out["description"] = self.description
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = to_dict(self)
+        if not self.description:
+            del out["description"]
         return out
 
 
@@ -113,9 +131,9 @@ class StateSpec:
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == BATCH else int(d) for d in self.shape)
 
-    def to_json(self) -> dict:
-        return {"name": self.name, "next_name": self.next_name, "shape": list(self.shape), "dtype": self.dtype,
-                "init": self.init}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = to_dict(self)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +154,11 @@ class StepContract:
     reference_face: tuple[tuple[float, ...], ...]
     model_version: str
     training_data: str
-    generator_config: dict = dataclasses.field(default_factory=dict, hash=False)
-    frontend: dict = dataclasses.field(default_factory=dict, hash=False)
+    generator_config: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    frontend: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     contract_version: str = CONTRACT_VERSION
     #: Other `msync.*` keys found in the file (exporter details, TensorRT notes...), kept verbatim.
-    extra: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    extra: dict[str, str] = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -178,30 +196,37 @@ class StepContract:
     @property
     def reference_face_array(self) -> np.ndarray:
         """(num_landmarks, landmark_dims) float32 copy of the default identity."""
-        return np.asarray(self.reference_face, dtype=np.float32).copy()
+        return np.array(self.reference_face, dtype=np.float32)
 
     # ------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise :class:`ContractError` for any internal inconsistency."""
         if self.contract_version != CONTRACT_VERSION:
-            raise ContractError(f"unsupported msync contract version {self.contract_version!r} "
-                                f"(this runtime understands {CONTRACT_VERSION!r})")
+            raise ContractError(
+                f"unsupported msync contract version {self.contract_version!r} "
+                f"(this runtime understands {CONTRACT_VERSION!r})"
+            )
         for name in ("sample_rate_hz", "samples_per_frame", "num_landmarks", "landmark_dims"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ContractError(f"msync.{name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.lookahead_frames, int) or self.lookahead_frames < 0:
             raise ContractError(f"msync.lookahead_frames must be an integer >= 0, got {self.lookahead_frames!r}")
-        if not (self.fps > 0 and math.isclose(self.fps * self.samples_per_frame, self.sample_rate_hz,
-                                              rel_tol=1e-9)):
-            raise ContractError(f"inconsistent timing: fps {self.fps} x samples_per_frame {self.samples_per_frame} "
-                                f"!= sample_rate_hz {self.sample_rate_hz}")
+        if not (self.fps > 0 and math.isclose(self.fps * self.samples_per_frame, self.sample_rate_hz, rel_tol=1e-9)):
+            raise ContractError(
+                f"inconsistent timing: fps {self.fps} x samples_per_frame {self.samples_per_frame} "
+                f"!= sample_rate_hz {self.sample_rate_hz}"
+            )
         lm_shape = (BATCH, self.num_landmarks, self.landmark_dims)
         if tuple(self.audio_input.shape) != (BATCH, self.samples_per_frame):
-            raise ContractError(f"audio input {self.audio_input.name!r} has shape {list(self.audio_input.shape)}, "
-                                f"expected {[BATCH, self.samples_per_frame]}")
+            raise ContractError(
+                f"audio input {self.audio_input.name!r} has shape {list(self.audio_input.shape)}, "
+                f"expected {[BATCH, self.samples_per_frame]}"
+            )
         if tuple(self.landmarks_output.shape) != lm_shape:
-            raise ContractError(f"landmarks output {self.landmarks_output.name!r} has shape "
-                                f"{list(self.landmarks_output.shape)}, expected {list(lm_shape)}")
+            raise ContractError(
+                f"landmarks output {self.landmarks_output.name!r} has shape "
+                f"{list(self.landmarks_output.shape)}, expected {list(lm_shape)}"
+            )
         for spec in (self.audio_input, self.landmarks_output):
             if spec.dtype not in DTYPES:
                 raise ContractError(f"{spec.name!r}: unsupported dtype {spec.dtype!r} (supported: {list(DTYPES)})")
@@ -214,15 +239,18 @@ class StepContract:
                 raise ContractError(f"state {s.name!r}: shape {list(s.shape)} must start with the batch dim {BATCH!r}")
             for d in s.shape[1:]:
                 if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
-                    raise ContractError(f"state {s.name!r}: non-batch dims must be positive integers, "
-                                        f"got {list(s.shape)}")
+                    raise ContractError(
+                        f"state {s.name!r}: non-batch dims must be positive integers, got {list(s.shape)}"
+                    )
             if s.dtype not in DTYPES:
                 raise ContractError(f"state {s.name!r}: unsupported dtype {s.dtype!r} (supported: {list(DTYPES)})")
             if s.init not in INIT_KINDS:
                 raise ContractError(f"state {s.name!r}: unknown init {s.init!r} (one of {list(INIT_KINDS)})")
             if s.init == "reference_face" and tuple(s.shape) != lm_shape:
-                raise ContractError(f"state {s.name!r} starts from the reference face, so its shape must be "
-                                    f"{list(lm_shape)}, got {list(s.shape)}")
+                raise ContractError(
+                    f"state {s.name!r} starts from the reference face, so its shape must be "
+                    f"{list(lm_shape)}, got {list(s.shape)}"
+                )
         names = [self.audio_input.name, *self.state_names]
         outs = [self.landmarks_output.name, *(s.next_name for s in self.states)]
         for what, lst in (("input", names), ("output", outs)):
@@ -233,38 +261,51 @@ class StepContract:
             raise ContractError(f"names used both as input and output: {sorted(set(names) & set(outs))}")
         face = np.asarray(self.reference_face, dtype=np.float64)
         if face.shape != (self.num_landmarks, self.landmark_dims) or not np.all(np.isfinite(face)):
-            raise ContractError(f"msync.reference_face must be a finite {self.num_landmarks}x{self.landmark_dims} "
-                                f"list, got shape {face.shape}")
+            raise ContractError(
+                f"msync.reference_face must be a finite {self.num_landmarks}x{self.landmark_dims} "
+                f"list, got shape {face.shape}"
+            )
         fe = self.frontend
         if fe.get("sample_rate_hz", self.sample_rate_hz) != self.sample_rate_hz:
-            raise ContractError(f"msync.frontend sample_rate_hz {fe['sample_rate_hz']} != "
-                                f"msync.sample_rate_hz {self.sample_rate_hz}")
+            raise ContractError(
+                f"msync.frontend sample_rate_hz {fe['sample_rate_hz']} != msync.sample_rate_hz {self.sample_rate_hz}"
+            )
         if fe.get("samples_per_landmark_frame", self.samples_per_frame) != self.samples_per_frame:
-            raise ContractError(f"msync.frontend samples_per_landmark_frame {fe['samples_per_landmark_frame']} != "
-                                f"msync.samples_per_frame {self.samples_per_frame}")
+            raise ContractError(
+                f"msync.frontend samples_per_landmark_frame {fe['samples_per_landmark_frame']} != "
+                f"msync.samples_per_frame {self.samples_per_frame}"
+            )
         gc = self.generator_config
         if gc.get("lookahead_frames", self.lookahead_frames) != self.lookahead_frames:
-            raise ContractError(f"msync.generator_config lookahead_frames {gc['lookahead_frames']} != "
-                                f"msync.lookahead_frames {self.lookahead_frames}")
+            raise ContractError(
+                f"msync.generator_config lookahead_frames {gc['lookahead_frames']} != "
+                f"msync.lookahead_frames {self.lookahead_frames}"
+            )
         if gc.get("num_landmarks", self.num_landmarks) != self.num_landmarks:
-            raise ContractError(f"msync.generator_config num_landmarks {gc['num_landmarks']} != "
-                                f"msync.num_landmarks {self.num_landmarks}")
+            raise ContractError(
+                f"msync.generator_config num_landmarks {gc['num_landmarks']} != "
+                f"msync.num_landmarks {self.num_landmarks}"
+            )
 
     # ---------------------------------------------------------- (de)serialise
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, str]) -> "StepContract":
+    def from_metadata(cls, metadata: Mapping[str, str]) -> StepContract:
         """Parse and validate a `metadata_props` map (keys with the `msync.` prefix).
 
         Raises:
             ContractError: a key is missing or malformed, the version is unsupported, or shapes disagree.
         """
-        meta = {k[len(PREFIX):]: v for k, v in metadata.items() if k.startswith(PREFIX)}
+        meta = {k[len(PREFIX) :]: v for k, v in metadata.items() if k.startswith(PREFIX)}
         if "contract_version" not in meta:
-            raise ContractError("no msync contract in this model (metadata key 'msync.contract_version' is "
-                                "missing): export it with `msync export`")
+            raise ContractError(
+                "no msync contract in this model (metadata key 'msync.contract_version' is "
+                "missing): export it with `msync export`"
+            )
         if meta["contract_version"] != CONTRACT_VERSION:
-            raise ContractError(f"unsupported msync contract version {meta['contract_version']!r} "
-                                f"(this runtime understands {CONTRACT_VERSION!r})")
+            raise ContractError(
+                f"unsupported msync contract version {meta['contract_version']!r} "
+                f"(this runtime understands {CONTRACT_VERSION!r})"
+            )
         missing = [f"{PREFIX}{k}" for k in REQUIRED_KEYS if k not in meta]
         if missing:
             raise ContractError(f"model metadata lacks the contract keys {missing}")
@@ -291,8 +332,9 @@ class StepContract:
             d = js(key)
             if not isinstance(d, dict) or "name" not in d or "shape" not in d:
                 raise ContractError(f"{PREFIX}{key} must be a JSON object with 'name' and 'shape', got {meta[key]!r}")
-            return TensorSpec(str(d["name"]), _shape(d["shape"], key), str(d.get("dtype", "float32")),
-                              str(d.get("description", "")))
+            return TensorSpec(
+                str(d["name"]), _shape(d["shape"], key), str(d.get("dtype", "float32")), str(d.get("description", ""))
+            )
 
         raw_states = js("states")
         if not isinstance(raw_states, list):
@@ -304,8 +346,15 @@ class StepContract:
             lacking = [k for k in ("name", "next_name", "shape", "dtype", "init") if k not in s]
             if lacking:
                 raise ContractError(f"{PREFIX}states[{i}] ({s.get('name', '?')}) lacks {lacking}")
-            states.append(StateSpec(str(s["name"]), str(s["next_name"]), _shape(s["shape"], f"states[{i}]"),
-                                    str(s["dtype"]), str(s["init"])))
+            states.append(
+                StateSpec(
+                    str(s["name"]),
+                    str(s["next_name"]),
+                    _shape(s["shape"], f"states[{i}]"),
+                    str(s["dtype"]),
+                    str(s["init"]),
+                )
+            )
         face = js("reference_face")
         try:
             face_t = tuple(tuple(float(v) for v in row) for row in face)
@@ -363,7 +412,7 @@ class StepContract:
         meta.update({k: str(v) for k, v in self.extra.items() if k not in meta})
         return meta
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """A JSON-friendly description (what `msync info --json` prints)."""
         return {
             "contract_version": self.contract_version,
@@ -405,20 +454,21 @@ def _shape(raw: Any, where: str) -> tuple[Dim, ...]:
 # ---------------------------------------------------------------------------------------- model files
 
 
-def _ort_session(path: Path, sess_options=None, providers=None):
+def _ort_session(path: Path, sess_options: Any = None, providers: Sequence[str] | None = None) -> Any:
     """Open an onnxruntime session, turning every failure into a :class:`ModelLoadError`."""
     import onnxruntime as ort
 
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
     try:
-        return ort.InferenceSession(str(path), sess_options=sess_options,
-                                    providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path), sess_options=sess_options, providers=providers or ["CPUExecutionProvider"]
+        )
     except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile... all mean "unusable model file"
         raise ModelLoadError(f"{path}: cannot load as an ONNX model ({type(exc).__name__}: {exc})") from exc
 
 
-def contract_from_session(session, where: str = "model") -> StepContract:
+def contract_from_session(session: Any, where: str = "model") -> StepContract:
     """Contract of an open onnxruntime session (its custom metadata), validated against the graph."""
     try:
         meta = dict(session.get_modelmeta().custom_metadata_map)
@@ -457,7 +507,7 @@ def read_contract(path: str | Path, check: bool = True) -> StepContract:
         raise ContractError(f"{path}: {exc}") from None
 
 
-def _dims_match(spec_shape: Sequence[Dim], graph_shape: Sequence) -> bool:
+def _dims_match(spec_shape: Sequence[Dim], graph_shape: Sequence[Any] | None) -> bool:
     if graph_shape is None or len(spec_shape) != len(graph_shape):
         return False
     for i, (want, got) in enumerate(zip(spec_shape, graph_shape)):
@@ -471,7 +521,7 @@ def _dims_match(spec_shape: Sequence[Dim], graph_shape: Sequence) -> bool:
     return True
 
 
-def check_session(contract: StepContract, session, where: str = "model") -> None:
+def check_session(contract: StepContract, session: Any, where: str = "model") -> None:
     """Verify that an onnxruntime session's inputs/outputs are exactly the contract's names, shapes, dtypes.
 
     Raises:

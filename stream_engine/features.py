@@ -105,7 +105,11 @@ def frontend_matrices(cfg: FrontEndConfig) -> dict[str, np.ndarray]:
     dft_cos = window[:, None] * np.cos(angle)
     dft_sin = -window[:, None] * np.sin(angle)
     mel = librosa.filters.mel(
-        sr=cfg.sample_rate_hz, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin_hz, fmax=cfg.fmax_hz,
+        sr=cfg.sample_rate_hz,
+        n_fft=cfg.n_fft,
+        n_mels=cfg.n_mels,
+        fmin=cfg.fmin_hz,
+        fmax=cfg.fmax_hz,
         dtype=np.float64,
     )
     dct = scipy.fft.dct(np.eye(cfg.n_mels), type=2, norm="ortho", axis=0)[: cfg.n_mfcc]
@@ -134,12 +138,14 @@ def logmel_frames(frames: np.ndarray, cfg: FrontEndConfig = FrontEndConfig()) ->
     m = frontend_matrices(cfg)
     spectrum = np.fft.rfft(frames.astype(np.float64) * m["window"], n=cfg.n_fft, axis=-1)
     power = spectrum.real**2 + spectrum.imag**2
-    return 10.0 * np.log10(np.maximum(power @ m["mel"], cfg.log_floor))
+    out: np.ndarray = 10.0 * np.log10(np.maximum(power @ m["mel"], cfg.log_floor))
+    return out
 
 
 def mfcc_from_logmel(logmel: np.ndarray, cfg: FrontEndConfig = FrontEndConfig()) -> np.ndarray:
     """(…, n_mels) log-mel dB -> (…, n_mfcc) MFCC."""
-    return logmel @ frontend_matrices(cfg)["dct"]
+    out: np.ndarray = logmel @ frontend_matrices(cfg)["dct"]
+    return out
 
 
 def _frame(padded: np.ndarray, num_frames: int, cfg: FrontEndConfig) -> np.ndarray:

@@ -9,6 +9,8 @@ step k covers samples [k * samples_per_frame, (k + 1) * samples_per_frame) of th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 
@@ -50,8 +52,11 @@ class AudioFramer:
         if chunk.size and not np.issubdtype(chunk.dtype, np.floating):
             raise TypeError(f"expected float PCM in [-1, 1], got dtype {chunk.dtype}")
         self.samples_in += int(chunk.size)
-        buf = np.concatenate([self._pending, chunk.astype(np.float32, copy=False)]) if self._pending.size else \
-            chunk.astype(np.float32, copy=True)
+        buf = (
+            np.concatenate([self._pending, chunk.astype(np.float32, copy=False)])
+            if self._pending.size
+            else chunk.astype(np.float32, copy=True)
+        )
         k = buf.size // self.samples_per_frame
         used = k * self.samples_per_frame
         self._pending = buf[used:].copy()
@@ -71,7 +76,7 @@ class AudioFramer:
         return step
 
 
-def split_chunks(samples: np.ndarray, sizes) -> list[np.ndarray]:
+def split_chunks(samples: np.ndarray, sizes: Iterable[int]) -> list[np.ndarray]:
     """Cut a signal into consecutive chunks of the given sizes (cycled); the last chunk may be shorter."""
     sizes = list(sizes)
     if not sizes or any(int(s) <= 0 for s in sizes):

@@ -1,7 +1,7 @@
 """`msync info MODEL`: print the step contract of an exported model (ONNX file, or TensorRT engine + sidecar).
 
-    msync info model.onnx            human-readable
-    msync info model.onnx --json     the contract as JSON
+msync info model.onnx            human-readable
+msync info model.onnx --json     the contract as JSON
 """
 
 from __future__ import annotations
@@ -10,16 +10,23 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stream_engine.contract import StepContract
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="an .onnx step model, or a TensorRT .engine with its .engine.json sidecar")
     p.add_argument("--json", action="store_true", help="print the contract as JSON")
-    p.add_argument("--no-check", action="store_true",
-                   help="do not verify the graph's inputs/outputs against the contract (ONNX only)")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not verify the graph's inputs/outputs against the contract (ONNX only)",
+    )
 
 
-def load_contract(path: str | Path, check: bool = True):
+def load_contract(path: str | Path, check: bool = True) -> StepContract:
     from stream_engine.contract import ModelLoadError, StepContract, read_contract
 
     path = Path(path)
@@ -32,7 +39,7 @@ def load_contract(path: str | Path, check: bool = True):
     return read_contract(path, check=check)
 
 
-def format_contract(c, path: str = "") -> str:
+def format_contract(c: StepContract, path: str = "") -> str:
     lines = [
         f"msync step model {path}".rstrip(),
         f"  contract version  {c.contract_version}",
@@ -50,8 +57,10 @@ def format_contract(c, path: str = "") -> str:
     for s in c.states:
         lines.append(f"    {s.name:<16} -> {s.next_name:<22} {str(list(s.shape)):<18} {s.dtype}  init {s.init}")
     face = c.reference_face_array
-    lines.append(f"  reference face    {c.num_landmarks} points, x [{face[:, 0].min():.3f}, {face[:, 0].max():.3f}], "
-                 f"y [{face[:, 1].min():.3f}, {face[:, 1].max():.3f}]")
+    lines.append(
+        f"  reference face    {c.num_landmarks} points, x [{face[:, 0].min():.3f}, {face[:, 0].max():.3f}], "
+        f"y [{face[:, 1].min():.3f}, {face[:, 1].max():.3f}]"
+    )
     if c.frontend:
         fe = c.frontend
         lines.append("  front end         " + ", ".join(f"{k}={fe[k]}" for k in sorted(fe)))

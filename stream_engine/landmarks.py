@@ -23,24 +23,36 @@ INNER_LIP = range(60, 68)
 MOUTH = range(48, 68)
 
 GROUPS = {
-    "jaw": JAW, "brows": BROWS, "nose": NOSE, "right_eye": RIGHT_EYE, "left_eye": LEFT_EYE,
-    "outer_lip": OUTER_LIP, "inner_lip": INNER_LIP,
+    "jaw": JAW,
+    "brows": BROWS,
+    "nose": NOSE,
+    "right_eye": RIGHT_EYE,
+    "left_eye": LEFT_EYE,
+    "outer_lip": OUTER_LIP,
+    "inner_lip": INNER_LIP,
 }
 
 # Lines drawn by viewers and renders: (start, end) index pairs of connected points.
 CONTOURS: tuple[tuple[int, ...], ...] = (
-    tuple(JAW), tuple(range(17, 22)), tuple(range(22, 27)), tuple(range(27, 31)), tuple(range(31, 36)),
-    tuple(RIGHT_EYE) + (36,), tuple(LEFT_EYE) + (42,), tuple(OUTER_LIP) + (48,), tuple(INNER_LIP) + (60,),
+    tuple(JAW),
+    tuple(range(17, 22)),
+    tuple(range(22, 27)),
+    tuple(range(27, 31)),
+    tuple(range(31, 36)),
+    tuple(RIGHT_EYE) + (36,),
+    tuple(LEFT_EYE) + (42,),
+    tuple(OUTER_LIP) + (48,),
+    tuple(INNER_LIP) + (60,),
 )
 
 
 def _mirror_permutation() -> np.ndarray:
-    pairs = [(i, 16 - i) for i in range(8)]                       # jaw
-    pairs += [(17 + i, 26 - i) for i in range(5)]                 # brows
-    pairs += [(31, 35), (32, 34)]                                 # nostrils
+    pairs = [(i, 16 - i) for i in range(8)]  # jaw
+    pairs += [(17 + i, 26 - i) for i in range(5)]  # brows
+    pairs += [(31, 35), (32, 34)]  # nostrils
     pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
-    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]   # outer lip
-    pairs += [(60, 64), (61, 63), (65, 67)]                       # inner lip
+    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lip
+    pairs += [(60, 64), (61, 63), (65, 67)]  # inner lip
     perm = np.arange(NUM_LANDMARKS)
     for a, b in pairs:
         perm[a], perm[b] = b, a
@@ -57,7 +69,7 @@ def mirror(points: np.ndarray) -> np.ndarray:
     Args:
         points: (..., 68, 2) normalised landmarks.
     """
-    out = points[..., MIRROR_PERMUTATION, :].copy()
+    out: np.ndarray = points[..., MIRROR_PERMUTATION, :].copy()
     out[..., 0] = 1.0 - out[..., 0]
     return out
 
@@ -117,9 +129,11 @@ def fixed_crop(points_px: np.ndarray, cfg: CropConfig = CropConfig()) -> Crop:
 
 def mouth_opening(points: np.ndarray) -> np.ndarray:
     """Inner-lip gap ‖p62 − p66‖ for (..., 68, 2) landmarks -> (...)."""
-    return np.linalg.norm(points[..., 62, :] - points[..., 66, :], axis=-1)
+    out: np.ndarray = np.linalg.norm(points[..., 62, :] - points[..., 66, :], axis=-1)
+    return out
 
 
 def interocular(points: np.ndarray) -> np.ndarray:
     """Outer eye-corner distance ‖p36 − p45‖, a rigid face scale -> (...)."""
-    return np.linalg.norm(points[..., 36, :] - points[..., 45, :], axis=-1)
+    out: np.ndarray = np.linalg.norm(points[..., 36, :] - points[..., 45, :], axis=-1)
+    return out

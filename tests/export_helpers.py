@@ -32,8 +32,17 @@ def exported_model(tmp_path_factory):
     g = Generator(GeneratorConfig(velocity_scale=PARITY_VELOCITY_SCALE)).eval()
     face = neutral_face() + 0.01  # distinct from the shipped default, to see that the checkpoint's face is used
     ckpt = root / "run" / "checkpoint"
-    save_module(ckpt, g, {"kind": "generator", "step": 123, "generator": g.cfg, "reference_face": face.tolist(),
-                          "training_data": {"clips": 0, "note": "test fixture, untrained"}})
+    save_module(
+        ckpt,
+        g,
+        {
+            "kind": "generator",
+            "step": 123,
+            "generator": g.cfg,
+            "reference_face": face.tolist(),
+            "training_data": {"clips": 0, "note": "test fixture, untrained"},
+        },
+    )
     out = root / "model.onnx"
     rc = main(["export", "--checkpoint", str(ckpt), "--out", str(out)])
     assert rc == 0

@@ -9,30 +9,47 @@ import numpy as np
 import pytest
 import torch
 
+from stream_engine.features import FrontEndConfig
 from training.data.clips import Segment
-from training.eval_sync import (GT, SHUFFLED, STATIC, Prediction, build_sequences, derangement,
-                                fit_length, match_prediction, method_inputs)
+from training.eval.sequences import (
+    GT,
+    SHUFFLED,
+    STATIC,
+    Prediction,
+    build_sequences,
+    derangement,
+    fit_length,
+    match_prediction,
+    method_inputs,
+)
 from training.models.syncer import SyncerConfig, SyncerPyramid
 
 torch.set_num_threads(1)
 
-TINY = SyncerConfig(embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,),
-                    loss="syncnet")
+TINY = SyncerConfig(
+    embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,), loss="syncnet"
+)
 
 
 def _segment(clip_id: str, start: int, frames: int, seed: int = 0) -> Segment:
     rng = np.random.default_rng(seed)
-    return Segment(clip_id, "id:" + clip_id, start, rng.random((frames, 68, 2)).astype(np.float32),
-                   np.zeros(frames * 640, np.float32), rng.standard_normal((4 * frames, 40)).astype(np.float32))
+    return Segment(
+        clip_id,
+        "id:" + clip_id,
+        start,
+        rng.random((frames, 68, 2)).astype(np.float32),
+        np.zeros(frames * 640, np.float32),
+        rng.standard_normal((4 * frames, 40)).astype(np.float32),
+    )
 
 
 def test_build_sequences_cuts_aligned_pieces():
     segs = [_segment("a", 10, 170), _segment("b", 0, 30)]
-    seqs, skipped = build_sequences(segs, 80)
+    seqs, skipped = build_sequences(segs, 80, FrontEndConfig())
     assert [(s.clip_id, s.start_frame, s.num_frames) for s in seqs] == [("a", 10, 80), ("a", 90, 80)]
     assert skipped == 1 and all(len(s.mfcc) == 4 * s.num_frames and s.mfcc.shape[1] == 26 for s in seqs)
     assert np.array_equal(seqs[1].landmarks, segs[0].landmarks[80:160])
-    whole, _ = build_sequences(segs, 0)
+    whole, _ = build_sequences(segs, 0, FrontEndConfig())
     assert [s.num_frames for s in whole] == [170, 30]
 
 
@@ -48,7 +65,7 @@ def test_derangement_has_no_fixed_points_and_avoids_same_clip():
 
 
 def test_controls_and_prediction_matching():
-    seqs, _ = build_sequences([_segment("a", 0, 160), _segment("b", 5, 80, seed=1)], 80)
+    seqs, _ = build_sequences([_segment("a", 0, 160), _segment("b", 5, 80, seed=1)], 80, FrontEndConfig())
     pred = Prediction("model", "a", 40, np.ones((200, 68, 2), np.float32), "p.npz")
     assert match_prediction([pred], seqs[0]) is None  # starts after the sequence
     assert match_prediction([pred], seqs[1]).shape == (80, 68, 2)
@@ -76,11 +93,33 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
     pred_dir = tmp_path / "copy_of_gt"
     pred_dir.mkdir()
     for k, seg in enumerate(load_segments(first)):
-        np.savez(pred_dir / f"{k}.npz", landmarks=seg.landmarks, clip_id=np.array(seg.clip_id),
-                 start_frame=np.array(seg.start_frame))
+        np.savez(
+            pred_dir / f"{k}.npz",
+            landmarks=seg.landmarks,
+            clip_id=np.array(seg.clip_id),
+            start_frame=np.array(seg.start_frame),
+        )
     out = tmp_path / "eval"
-    argv = ["eval-sync", "--data", str(shared_data), "--split", "test", "--metric-syncers", str(ckpt), "--out", str(out),
-            "--max-clips", "3", "--seq-frames", "40", "--threads", "1", "--no-progress", "--predictions", str(pred_dir)]
+    argv = [
+        "eval-sync",
+        "--data",
+        str(shared_data),
+        "--split",
+        "test",
+        "--metric-syncers",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--max-clips",
+        "3",
+        "--seq-frames",
+        "40",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--predictions",
+        str(pred_dir),
+    ]
     assert main(argv) == 0
     md = (out / "eval_sync.md").read_text()
     assert "static face" in capsys.readouterr().out

@@ -18,8 +18,9 @@ from training.models.syncer import SyncerConfig, SyncerPyramid
 torch.set_num_threads(1)
 
 TINY_G = GeneratorConfig(audio_channels=16, landmark_embed=16, lstm_hidden=16, branch_hidden=16, branch_expansion=1)
-TINY_S = SyncerConfig(embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,),
-                      loss="syncnet")
+TINY_S = SyncerConfig(
+    embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,), loss="syncnet"
+)
 
 
 def _face(seed: int = 0) -> np.ndarray:
@@ -30,8 +31,16 @@ def _face(seed: int = 0) -> np.ndarray:
     rest = np.stack([np.linspace(0.35, 0.65, 51), 0.35 + 0.25 * rng.random(51)], -1)
     face = np.concatenate([jaw, rest]).astype(np.float64)
     face[27], face[8] = [0.5, 0.35], [0.5, 0.7]
-    face[60:68] = [[0.45, 0.56], [0.48, 0.55], [0.5, 0.55], [0.52, 0.55], [0.55, 0.56], [0.52, 0.57], [0.5, 0.57],
-                   [0.48, 0.57]]  # inner lips, mouth closed-ish, y down
+    face[60:68] = [
+        [0.45, 0.56],
+        [0.48, 0.55],
+        [0.5, 0.55],
+        [0.52, 0.55],
+        [0.55, 0.56],
+        [0.52, 0.57],
+        [0.5, 0.57],
+        [0.48, 0.57],
+    ]  # inner lips, mouth closed-ish, y down
     return face
 
 
@@ -112,7 +121,7 @@ def test_frechet_distance_zero_for_identical_and_grows_with_mean_shift():
 
 
 def _loaded(seed: int = 0):
-    from training.evaluate import LoadedModel
+    from training.eval.generation import LoadedModel
 
     torch.manual_seed(seed)
     G = Generator(TINY_G).eval()
@@ -120,7 +129,7 @@ def _loaded(seed: int = 0):
 
 
 def test_chunked_rollout_equals_forward_and_step():
-    from training.evaluate import generate, step_rollout, stream_rollout
+    from training.eval.generation import generate, step_rollout, stream_rollout
 
     m = _loaded()
     pcm = (0.1 * np.random.default_rng(0).standard_normal(640 * 40)).astype(np.float32)
@@ -132,17 +141,19 @@ def test_chunked_rollout_equals_forward_and_step():
 
 
 def test_mfcc_of_a_frame_range_equals_the_whole_stream():
-    from training.evaluate import mfcc_of
+    from stream_engine.features import FrontEndConfig
+    from training.eval.generation import mfcc_of
 
     pcm = (0.1 * np.random.default_rng(1).standard_normal(640 * 30)).astype(np.float32)
-    whole = mfcc_of(pcm)
+    fe = FrontEndConfig()
+    whole = mfcc_of(pcm, fe)
     assert whole.shape == (120, 26)
-    assert np.allclose(mfcc_of(pcm, 11, 25), whole[44:100], atol=1e-4)
-    assert np.allclose(mfcc_of(pcm, 0, 5), whole[:20], atol=1e-4)
+    assert np.allclose(mfcc_of(pcm, fe, 11, 25), whole[44:100], atol=1e-4)
+    assert np.allclose(mfcc_of(pcm, fe, 0, 5), whole[:20], atol=1e-4)
 
 
 def test_parse_model_specs(tmp_path):
-    from training.evaluate import parse_model_specs
+    from training.eval.generation import parse_model_specs
 
     assert parse_model_specs(["a=x/y", "b=z"]) == (("a", "x/y"), ("b", "z"))
     assert parse_model_specs(["runs/abl/generator"]) == (("abl", "runs/abl/generator"),)
@@ -156,18 +167,44 @@ def test_parse_model_specs(tmp_path):
 def test_cli_smoke(shared_data, tmp_path, capsys):
     from stream_engine.cli import main
     from training.checkpoint import save_module
-    from training.eval_sync import GT, SHUFFLED, STATIC, load_predictions
+    from training.eval.sequences import GT, SHUFFLED, STATIC, load_predictions
 
     torch.manual_seed(0)
     sync = tmp_path / "metric" / "syncers"
     save_module(sync, SyncerPyramid(TINY_S), {"kind": "syncer_pyramid", "syncer": TINY_S})
     gen = tmp_path / "gen" / "generator"
-    save_module(gen, Generator(TINY_G), {"kind": "generator", "step": 0, "generator": TINY_G,
-                                         "reference_face": _face().tolist()})
+    save_module(
+        gen,
+        Generator(TINY_G),
+        {"kind": "generator", "step": 0, "generator": TINY_G, "reference_face": _face().tolist()},
+    )
     out = tmp_path / "eval"
-    argv = ["eval", "--model", f"tiny={gen}", "--metric-syncers", str(sync), "--data", str(shared_data),
-            "--split", "test", "--out", str(out), "--max-clips", "3", "--seq-frames", "40", "--rollout-frames", "60",
-            "--long-rollout-minutes", "0.05", "--render-seconds", "1", "--threads", "1", "--no-progress"]
+    argv = [
+        "eval",
+        "--model",
+        f"tiny={gen}",
+        "--metric-syncers",
+        str(sync),
+        "--data",
+        str(shared_data),
+        "--split",
+        "test",
+        "--out",
+        str(out),
+        "--max-clips",
+        "3",
+        "--seq-frames",
+        "40",
+        "--rollout-frames",
+        "60",
+        "--long-rollout-minutes",
+        "0.05",
+        "--render-seconds",
+        "1",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "loudness mouth" in capsys.readouterr().out
     for name in ("eval.md", "eval.json", "sync_levels.png", "drift.png"):
@@ -203,5 +240,7 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
 def test_cli_missing_syncers(tmp_path, capsys):
     from stream_engine.cli import main
 
-    rc = main(["eval", "--model", "x=nowhere", "--metric-syncers", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    rc = main(
+        ["eval", "--model", "x=nowhere", "--metric-syncers", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    )
     assert rc == 1 and "metric syncers not found" in capsys.readouterr().err

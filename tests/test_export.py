@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from export_helpers import PARITY_VELOCITY_SCALE, exported_model  # noqa: E402
 
-from stream_engine.contract import ContractError, StepContract  # noqa: E402
+from stream_engine.contract import REQUIRED_KEYS, ContractError, StepContract  # noqa: E402
 from stream_engine.framing import AudioFramer, split_chunks  # noqa: E402
 from stream_engine.runtime.base import run_steps, stack_states, unstack_state  # noqa: E402
 from stream_engine.runtime.onnxrt import OnnxStepRunner  # noqa: E402
@@ -39,10 +39,7 @@ def test_export_writes_one_checked_file_with_the_contract(exported):
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"STFT", "DFT"} and "MatMul" in ops
     meta = {p.key: p.value for p in model.metadata_props}
-    for key in ("contract_version", "sample_rate_hz", "samples_per_frame", "fps", "lookahead_frames",
-                "num_landmarks", "landmark_dims", "landmark_layout", "coordinates", "audio_input",
-                "landmarks_output", "states", "reference_face", "model_version", "training_data",
-                "generator_config", "frontend"):
+    for key in REQUIRED_KEYS:
         assert isinstance(meta[f"msync.{key}"], str)
     assert meta["msync.contract_version"] == "1" and meta["msync.landmark_layout"] == "ibug68"
     assert contract.lookahead_frames == g.cfg.lookahead_frames == 2
@@ -54,7 +51,8 @@ def test_export_writes_one_checked_file_with_the_contract(exported):
     assert states == {
         "audio_carry": (("B", 352), "zeros", "audio_carry_next"),
         "conv_cache": (("B", g.cfg.audio_channels, g.cfg.conv_cache_frames), "zeros", "conv_cache_next"),
-        "h": (("B", 256), "uniform(0,1)", "h_next"), "c": (("B", 256), "uniform(0,1)", "c_next"),
+        "h": (("B", 256), "uniform(0,1)", "h_next"),
+        "c": (("B", 256), "uniform(0,1)", "c_next"),
         "prev_landmarks": (("B", 68, 2), "reference_face", "prev_landmarks_next"),
         "frames_seen": (("B", 1), "zeros", "frames_seen_next"),
         "reference_landmarks": (("B", 68, 2), "reference_face", "reference_landmarks_next"),
@@ -142,8 +140,13 @@ def test_any_chunking_gives_the_same_frames(ort_runner, speech_8s):
     state0 = ort_runner.initial_state(1, rng=np.random.default_rng(3))
     direct, _ = run_steps(ort_runner, speech_8s[None], state0)
     rng = np.random.default_rng(0)
-    chunkings = {"10ms": [160], "20ms": [320], "37ms": [592], "40ms": [640],
-                 "random": list(rng.integers(1, 2000, size=64))}
+    chunkings = {
+        "10ms": [160],
+        "20ms": [320],
+        "37ms": [592],
+        "40ms": [640],
+        "random": list(rng.integers(1, 2000, size=64)),
+    }
     for name, sizes in chunkings.items():
         framer = AudioFramer(ort_runner.contract.samples_per_frame)
         state, frames = state0, []
@@ -160,8 +163,10 @@ def test_a_batch_equals_single_streams(ort_runner, speech_8s):
     steps = 50
     n = steps * c.samples_per_frame
     audio = np.stack([speech_8s[:n], speech_8s[n : 2 * n] * 0.5, speech_8s[2 * n : 3 * n]])
-    singles = [ort_runner.initial_state(1, reference_face=c.reference_face_array + 0.02 * i,
-                                        rng=np.random.default_rng(i)) for i in range(3)]
+    singles = [
+        ort_runner.initial_state(1, reference_face=c.reference_face_array + 0.02 * i, rng=np.random.default_rng(i))
+        for i in range(3)
+    ]
     batched, final = run_steps(ort_runner, audio, stack_states(singles))
     for i in range(3):
         alone, final_i = run_steps(ort_runner, audio[i : i + 1], singles[i])
@@ -199,10 +204,11 @@ def test_torch_runner_honours_the_same_contract(exported):
 
 
 def test_random_init_and_checkpoint_loading(tmp_path):
-    from export.cli import load_generator, random_generator
+    from export.cli import random_generator
     from training.checkpoint import save_module
+    from training.models.generator import load_generator
 
-    g = random_generator(seed=1, overrides=["velocity_scale=0.001", "init_noise=\"zeros\""], lookahead=0)
+    g = random_generator(seed=1, overrides=["velocity_scale=0.001", 'init_noise="zeros"'], lookahead=0)
     assert g.cfg.lookahead_frames == 0 and g.cfg.velocity_scale == 0.001 and g.cfg.init_noise == "zeros"
     from export.step_module import state_specs
 

@@ -17,8 +17,17 @@ def librosa_mfcc(y: np.ndarray) -> np.ndarray:
 
     padded = np.concatenate([np.zeros(CFG.context_samples), y.astype(np.float64)])
     power = librosa.feature.melspectrogram(
-        y=padded, sr=CFG.sample_rate_hz, n_fft=CFG.n_fft, win_length=CFG.win_length, hop_length=CFG.hop_length,
-        n_mels=CFG.n_mels, fmin=CFG.fmin_hz, fmax=CFG.fmax_hz, center=False, power=2.0, window="hann",
+        y=padded,
+        sr=CFG.sample_rate_hz,
+        n_fft=CFG.n_fft,
+        win_length=CFG.win_length,
+        hop_length=CFG.hop_length,
+        n_mels=CFG.n_mels,
+        fmin=CFG.fmin_hz,
+        fmax=CFG.fmax_hz,
+        center=False,
+        power=2.0,
+        window="hann",
     )
     db = librosa.power_to_db(power, ref=1.0, amin=CFG.log_floor, top_db=None)
     return librosa.feature.mfcc(S=db, n_mfcc=CFG.n_mfcc).T
@@ -38,7 +47,7 @@ def test_torch_front_end_matches_librosa_and_numpy(speech):
 
     from training.frontend import TorchMfcc, with_silence_context
 
-    ours = TorchMfcc(CFG)(with_silence_context(torch.from_numpy(speech)[None]))[0].double().numpy()
+    ours = TorchMfcc(CFG)(with_silence_context(torch.from_numpy(speech)[None], CFG))[0].double().numpy()
     assert np.abs(ours - librosa_mfcc(speech)).max() <= 1e-3
     assert np.abs(ours - mfcc(speech)).max() <= 1e-3
 
@@ -63,7 +72,7 @@ def test_torch_step_chunks_equal_one_shot(speech):
 
     module = TorchMfcc(CFG)
     audio = torch.from_numpy(speech[: 640 * 50])
-    one_shot = module(with_silence_context(audio[None]))[0]
+    one_shot = module(with_silence_context(audio[None], CFG))[0]
     carry = torch.zeros(1, CFG.context_samples)
     steps = []
     for k in range(50):
@@ -93,8 +102,10 @@ def test_silence_hits_the_fixed_floor():
     assert np.allclose(out[:, 1:], 0.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad, message", [(np.zeros(0), "empty"), (np.array([0.0, np.nan, 0.1]), "NaN"),
-                                          (np.array([0.0, np.inf]), "NaN or infinite")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [(np.zeros(0), "empty"), (np.array([0.0, np.nan, 0.1]), "NaN"), (np.array([0.0, np.inf]), "NaN or infinite")],
+)
 def test_bad_audio_is_refused(bad, message):
     """Empty or non-finite audio raises a clear error instead of producing garbage features."""
     with pytest.raises(ValueError, match=message):

@@ -23,7 +23,7 @@ def _run_both(g: Generator, audio: torch.Tensor, seed: int = 0):
     L = g.cfg.lookahead_frames
     n = audio.shape[1] // 640
     with torch.no_grad():
-        seq = g(g.mfcc(with_silence_context(audio)), x_ref, h0, c0, num_frames=n - L)
+        seq = g(g.mfcc(with_silence_context(audio, g.frontend)), x_ref, h0, c0, num_frames=n - L)
         state = g.initial_state(x_ref, h0, c0)
         outs = []
         for k in range(n):
@@ -51,7 +51,9 @@ def test_frame_depends_on_no_audio_beyond_lookahead(speech, lookahead):
     audio = _speech(speech)
     changed = audio.clone()
     cut_frame = 20
-    changed[:, 640 * (cut_frame + lookahead + 1) :] = torch.randn_like(changed[:, 640 * (cut_frame + lookahead + 1) :]) * 0.3
+    changed[:, 640 * (cut_frame + lookahead + 1) :] = (
+        torch.randn_like(changed[:, 640 * (cut_frame + lookahead + 1) :]) * 0.3
+    )
     a, _, _ = _run_both(g, audio)
     b, _, _ = _run_both(g, changed)
     assert torch.equal(a[:, : cut_frame + 1], b[:, : cut_frame + 1])
@@ -69,10 +71,10 @@ def test_warmup_mask_equals_fresh_stream(speech):
     h0, c0 = g.initial_lstm_state(1)
     n = N_FRAMES - 1
     with torch.no_grad():
-        fresh = g(g.mfcc(with_silence_context(audio)), x_ref, h0, c0, num_frames=n)
-        mf = g.mfcc(with_silence_context(padded))
+        fresh = g(g.mfcc(with_silence_context(audio, g.frontend)), x_ref, h0, c0, num_frames=n)
+        mf = g.mfcc(with_silence_context(padded, g.frontend))
         # The padded run's MFCC of real frames must start from silence too: recompute them as a fresh stream would.
-        mf[:, 4 * pad_frames :] = g.mfcc(with_silence_context(audio))
+        mf[:, 4 * pad_frames :] = g.mfcc(with_silence_context(audio, g.frontend))
         valid = torch.arange(pad_frames + n + 1)[None] >= pad_frames
         masked = g(mf, x_ref, h0, c0, num_frames=n, warmup_frames=pad_frames, valid=valid)
     assert (fresh - masked).abs().max() <= 1e-6
@@ -124,7 +126,7 @@ def test_anchor_bounds_drift_from_a_constant_velocity_bias(speech):
         audio = _speech(speech)[:, : 640 * 200] if speech.shape[0] >= 640 * 200 else _speech(speech)
         n = audio.shape[1] // 640
         with torch.no_grad():
-            outs[rate] = g(g.mfcc(with_silence_context(audio)), x_ref, h0, c0, num_frames=n)
+            outs[rate] = g(g.mfcc(with_silence_context(audio, g.frontend)), x_ref, h0, c0, num_frames=n)
         last_offset = (outs[rate][0, -1] - x_ref[0]).mean().item()
         if rate == 0.0:
             assert last_offset == pytest.approx(bias * n, rel=1e-3)
@@ -146,8 +148,8 @@ def test_shape_prior_matches_the_eval_distance_and_pulls_shapes_back():
     """ShapePrior.distance equals ShapeSpace.distance (the eval's plausibility test); its hinge is 0 for faces
     inside the space and its gradient moves a scrambled face toward the space."""
     import numpy as np
-
     from test_evaluate import _shapes
+
     from training.shape_prior import ShapePrior
 
     train = _shapes(400, seed=1)
@@ -157,11 +159,15 @@ def test_shape_prior_matches_the_eval_distance_and_pulls_shapes_back():
     space = ShapeSpace.fit(train)
     space.calibrate(train, 99.0)
     test = _shapes(20, seed=2)
-    np.testing.assert_allclose(prior.distance(torch.tensor(test, dtype=torch.float32)).numpy(), space.distance(test),
-                               rtol=1e-3)
+    np.testing.assert_allclose(
+        prior.distance(torch.tensor(test, dtype=torch.float32)).numpy(), space.distance(test), rtol=1e-3
+    )
     assert float(prior(torch.tensor(_shapes(50, seed=3), dtype=torch.float32))) < 0.05
-    bad = torch.tensor(test[:4] + np.random.default_rng(0).normal(scale=0.05, size=(4, 68, 2)) * test[:4].std(),
-                       dtype=torch.float32, requires_grad=True)
+    bad = torch.tensor(
+        test[:4] + np.random.default_rng(0).normal(scale=0.05, size=(4, 68, 2)) * test[:4].std(),
+        dtype=torch.float32,
+        requires_grad=True,
+    )
     loss = prior(bad)
     assert float(loss.detach()) > 0
     loss.backward()

@@ -27,14 +27,34 @@ def test_curve_from_an_eval_report(shared_data, tmp_path):
     torch.manual_seed(0)
     sync = tmp_path / "metric" / "syncers"
     save_module(sync, SyncerPyramid(TINY_S), {"kind": "syncer_pyramid", "syncer": TINY_S})
-    argv = ["eval", "--metric-syncers", str(sync), "--data", str(shared_data), "--split", "test",
-            "--out", str(tmp_path / "eval"), "--max-clips", "2", "--seq-frames", "40", "--rollout-frames", "0",
-            "--long-rollout-minutes", "0", "--threads", "1", "--no-progress"]
+    argv = [
+        "eval",
+        "--metric-syncers",
+        str(sync),
+        "--data",
+        str(shared_data),
+        "--split",
+        "test",
+        "--out",
+        str(tmp_path / "eval"),
+        "--max-clips",
+        "2",
+        "--seq-frames",
+        "40",
+        "--rollout-frames",
+        "0",
+        "--long-rollout-minutes",
+        "0",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     for L in (2, 0):  # deliberately out of order: the table sorts by L
         cfg = dataclasses.replace(TINY_G, lookahead_frames=L)
         gen = tmp_path / f"L{L}" / "generator"
-        save_module(gen, Generator(cfg), {"kind": "generator", "step": 0, "generator": cfg,
-                                          "reference_face": _face().tolist()})
+        save_module(
+            gen, Generator(cfg), {"kind": "generator", "step": 0, "generator": cfg, "reference_face": _face().tolist()}
+        )
         argv += ["--model", f"L{L}={gen}"]
     assert msync(argv) == 0
 
@@ -48,8 +68,10 @@ def test_curve_from_an_eval_report(shared_data, tmp_path):
         assert len(r["av_conf"]) == 4 and all(c == c for c in r["av_conf"])  # finite, from the report
         assert r["step"]["n"] == 20 and 0 < r["step"]["p50_ms"] <= r["step"]["p99_ms"]
     only = tmp_path / "only"
-    assert main(["--eval", str(tmp_path / "eval" / "eval.json"), "--out", str(only), "--steps", "5",
-                 "--models", "L2"]) == 0
+    assert (
+        main(["--eval", str(tmp_path / "eval" / "eval.json"), "--out", str(only), "--steps", "5", "--models", "L2"])
+        == 0
+    )
     assert [r["model"] for r in json.loads((only / "lookahead_curve.json").read_text())["rows"]] == ["L2"]
     with pytest.raises(SystemExit):
         main(["--eval", str(tmp_path / "eval" / "eval.json"), "--models", "L7"])

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.metrics.motion import (CROP_PIXELS, head_motion_energy, lmd, lmd_stats, motion_stats,
-                                     velocity_acceleration)
+from training.metrics.motion import CROP_PIXELS, head_motion_energy, lmd, lmd_stats, motion_stats, velocity_acceleration
 from training.metrics.sync import av_sync, offset_confidence, shift_distances
 from training.models.syncer import SyncerConfig, SyncerPyramid
 
 torch.set_num_threads(1)
 
-TINY = SyncerConfig(embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,),
-                    loss="syncnet")
+TINY = SyncerConfig(
+    embed_dim=16, audio_widths=(16,), audio_depths=(1,), landmark_widths=(16,), landmark_depths=(1,), loss="syncnet"
+)
 
 
 def _zscore(v: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,15 @@ import pytest
 
 
 def _report(conf: dict[str, np.ndarray]) -> dict:
-    return {"per_sequence": {m: [{"levels": [{"level": l, "confidence": float(c[i, l])} for l in range(c.shape[1])]}
-                                 for i in range(c.shape[0])] for m, c in conf.items()}}
+    return {
+        "per_sequence": {
+            m: [
+                {"levels": [{"level": l, "confidence": float(c[i, l])} for l in range(c.shape[1])]}
+                for i in range(c.shape[0])
+            ]
+            for m, c in conf.items()
+        }
+    }
 
 
 def test_paired_statistics_and_report(tmp_path):

@@ -62,7 +62,7 @@ def _lag_errors(out_dir: Path, clip_id: str, lags=(-1, 0, 1)) -> dict[int, float
     out = {}
     for lag in lags:
         lo, hi = max(0, lag), min(len(ours), len(ref) + lag)
-        out[lag] = float(np.linalg.norm(ours[lo:hi] - ref[lo - lag: hi - lag], axis=2).mean())
+        out[lag] = float(np.linalg.norm(ours[lo:hi] - ref[lo - lag : hi - lag], axis=2).mean())
     return out
 
 
@@ -74,7 +74,7 @@ def _audio_check(out_dir: Path, clip_id: str) -> tuple[int, int, float, int]:
     n = min(len(ours), len(ref), 3 * 16000)
     a, b = ours[:n], ref[:n]
     lags = range(-160, 161)
-    corr = [float(np.dot(a[max(0, k): n + min(0, k)], b[max(0, -k): n - max(0, k)])) for k in lags]
+    corr = [float(np.dot(a[max(0, k) : n + min(0, k)], b[max(0, -k) : n - max(0, k)])) for k in lags]
     best = list(lags)[int(np.argmax(corr))]
     return len(ours), len(ref), float(np.corrcoef(a, b)[0, 1]), best
 
@@ -99,7 +99,7 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: float, audio: np.nda
         if ast is not None:
             pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
             for i in range(0, len(pcm), 1024):
-                fr = av.AudioFrame.from_ndarray(pcm[None, i: i + 1024], format="s16", layout="mono")
+                fr = av.AudioFrame.from_ndarray(pcm[None, i : i + 1024], format="s16", layout="mono")
                 fr.sample_rate, fr.pts = 16000, i
                 for pkt in ast.encode(fr):
                     c.mux(pkt)
@@ -134,8 +134,20 @@ def _cli(argv: list[str]) -> int:
 def prepared_default(tmp_path_factory) -> Path:
     """GRID (25 fps .mpg), a 30 fps .mkv and a 23.976 fps .mp4 through the CLI with default tracking."""
     out = tmp_path_factory.mktemp("prep_default")
-    rc = _cli(["data", "prepare", str(RAW / GRID), str(RAW / MKV_30FPS), str(RAW / MP4_24FPS),
-               "--out", str(out), "--workers", "1", "--no-progress"])
+    rc = _cli(
+        [
+            "data",
+            "prepare",
+            str(RAW / GRID),
+            str(RAW / MKV_30FPS),
+            str(RAW / MP4_24FPS),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -152,8 +164,23 @@ def test_frame_counts_match_reference():
 
 def test_grid_detect_every_frame_is_exact(tmp_path):
     """The reference rule (detector on every frame) reproduces the stored GRID landmarks to the pixel."""
-    assert _cli(["data", "prepare", str(RAW / GRID), "--out", str(tmp_path), "--detect-every", "1",
-                 "--workers", "1", "--no-progress"]) == 0
+    assert (
+        _cli(
+            [
+                "data",
+                "prepare",
+                str(RAW / GRID),
+                "--out",
+                str(tmp_path),
+                "--detect-every",
+                "1",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     err = _landmark_error(tmp_path, GRID)
     print(f"\n{GRID} detect-every 1: mean {err.mean():.3f} px, p95 {np.percentile(err, 95):.3f} px")
     assert len(err) == 75
@@ -170,8 +197,10 @@ def test_landmarks_close_to_reference(prepared_default, clip_id, max_mean_px):
     assert abs(len(ours) - len(ref)) <= 1
     err = _landmark_error(out, clip_id)
     lag = _lag_errors(out, clip_id)
-    print(f"\n{clip_id} detect-every 5: mean {err.mean():.3f} median {np.median(err):.3f} "
-          f"p95 {np.percentile(err, 95):.3f} px; by lag {lag}")
+    print(
+        f"\n{clip_id} detect-every 5: mean {err.mean():.3f} median {np.median(err):.3f} "
+        f"p95 {np.percentile(err, 95):.3f} px; by lag {lag}"
+    )
     assert err.mean() < max_mean_px
     assert np.percentile(err, 95) < 2.0
     assert min(lag, key=lag.get) == 0, "landmarks fit the stored ones best one frame off: frame grid slipped"
@@ -193,8 +222,20 @@ def test_audio_aligned_with_reference(prepared_default, clip_id):
 def test_manifest_rows(prepared_default):
     rows = {r["id"]: r for r in _manifest(prepared_default)}
     assert set(rows) == {GRID, MKV_30FPS, MP4_24FPS}
-    for col in ("id", "group", "speaker", "face_cluster", "duration_s", "frames", "fps_src", "det_rate",
-                "lost_frames", "nan_frames", "source_path", "notes"):
+    for col in (
+        "id",
+        "group",
+        "speaker",
+        "face_cluster",
+        "duration_s",
+        "frames",
+        "fps_src",
+        "det_rate",
+        "lost_frames",
+        "nan_frames",
+        "source_path",
+        "notes",
+    ):
         assert col in rows[GRID]
     assert rows[GRID]["frames"] == "75" and rows[GRID]["duration_s"] == "3.00" and rows[GRID]["det_rate"] == "1.0"
     assert rows[MKV_30FPS]["fps_src"] == "30.0" and rows[MP4_24FPS]["fps_src"] == "23.976"
@@ -254,21 +295,25 @@ def test_cut_pieces_interpolates_short_gaps_and_splits_long_ones():
     base = np.random.default_rng(0).uniform(50, 150, (68, 2)).astype(np.float32)
     points = np.repeat(base[None], num_frames, axis=0) + np.arange(num_frames, dtype=np.float32)[:, None, None]
     detected = np.ones(num_frames, bool)
-    points[:4] = np.nan; detected[:4] = False          # leading: no face yet -> dropped
-    points[10:13] = np.nan; detected[10:13] = False    # short gap, no box -> interpolated
-    detected[20:22] = False                             # short stale-box run -> kept as fitted
-    detected[50:60] = False                             # long stale-box run -> cut
+    points[:4] = np.nan  # leading: no face yet -> dropped
+    detected[:4] = False
+    points[10:13] = np.nan  # short gap, no box -> interpolated
+    detected[10:13] = False
+    detected[20:22] = False  # short stale-box run -> kept as fitted
+    detected[50:60] = False  # long stale-box run -> cut
     audio = np.arange(num_frames * 640, dtype=np.float32)
     pieces = prep.cut_pieces("v.mp4", points, detected, audio, cfg)
     assert [(p.clip_id, p.start_frame, p.num_frames) for p in pieces] == [
-        ("v.mp4__part1", 4, 46), ("v.mp4__part2", 60, 40)]
+        ("v.mp4__part1", 4, 46),
+        ("v.mp4__part2", 60, 40),
+    ]
     first = pieces[0]
     # The points move linearly in time, so interpolation over the gap recovers them exactly.
-    assert np.allclose(first.landmarks[10 - 4: 13 - 4], base + np.arange(10, 13, dtype=np.float32)[:, None, None])
+    assert np.allclose(first.landmarks[10 - 4 : 13 - 4], base + np.arange(10, 13, dtype=np.float32)[:, None, None])
     assert first.interpolated.sum() == 3 and not first.detected[6:9].any() and not first.detected[16:18].any()
     assert np.array_equal(first.landmarks[16:18], points[20:22])
-    assert np.array_equal(first.audio, audio[4 * 640: 50 * 640])   # audio follows the frames
-    assert np.array_equal(pieces[1].audio, audio[60 * 640:])
+    assert np.array_equal(first.audio, audio[4 * 640 : 50 * 640])  # audio follows the frames
+    assert np.array_equal(pieces[1].audio, audio[60 * 640 :])
     interp_cfg = prep.PrepareConfig(out_dir=Path("unused"), interpolate_missed=True)
     p = prep.cut_pieces("v.mp4", points, detected, audio, interp_cfg)[0]
     assert p.interpolated.sum() == 5
@@ -286,8 +331,19 @@ def test_batch_failures_resume_pairs_and_splits(tmp_path):
     silent = _remux_video_only(RAW / GRID, work / "silent.mkv")
     out = tmp_path / "out"
     common = ["--out", str(out), "--max-seconds", "1.2", "--no-progress"]
-    rc = _cli(["data", "prepare", str(good), str(work / "corrupt.mp4"), str(work / "missing.mp4"), str(silent),
-               "--workers", "2", *common])
+    rc = _cli(
+        [
+            "data",
+            "prepare",
+            str(good),
+            str(work / "corrupt.mp4"),
+            str(work / "missing.mp4"),
+            str(silent),
+            "--workers",
+            "2",
+            *common,
+        ]
+    )
     assert rc == 1
     failed = (out / "failed.tsv").read_text()
     assert "missing.mp4\t" in failed and "no such file" in failed
@@ -302,8 +358,20 @@ def test_batch_failures_resume_pairs_and_splits(tmp_path):
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
     shutil.copy(DATA / "clips" / f"{GRID}.flac", audio_dir / "silent.flac")
-    rc = _cli(["data", "prepare", str(good), str(silent), "--audio-dir", str(audio_dir), "--workers", "1",
-               "--splits", *common])
+    rc = _cli(
+        [
+            "data",
+            "prepare",
+            str(good),
+            str(silent),
+            "--audio-dir",
+            str(audio_dir),
+            "--workers",
+            "1",
+            "--splits",
+            *common,
+        ]
+    )
     assert rc == 0
     assert lm_path.stat().st_mtime_ns == mtime
     rows = {r["id"]: r for r in _manifest(out)}
@@ -319,8 +387,7 @@ def test_batch_failures_resume_pairs_and_splits(tmp_path):
     assert not list((out / "clips").glob("*.tmp-*"))
 
     # VIDEO=AUDIO pairs work too.
-    rc = _cli(["data", "prepare", f"{silent}={audio_dir / 'silent.flac'}", "--overwrite", "--workers", "1",
-               *common])
+    rc = _cli(["data", "prepare", f"{silent}={audio_dir / 'silent.flac'}", "--overwrite", "--workers", "1", *common])
     assert rc == 0 and (out / "records" / "silent.mkv.json").is_file()
 
 
@@ -338,7 +405,7 @@ def test_face_loss_splits_clip_and_no_face_is_an_error(tmp_path):
     assert (rows["cut.mkv__part1"]["start_frame"], rows["cut.mkv__part1"]["frames"]) == ("0", "30")
     assert (rows["cut.mkv__part2"]["start_frame"], rows["cut.mkv__part2"]["frames"]) == ("40", "35")
     tail, _ = soundfile.read(tmp_path / "out" / "clips" / "cut.mkv__part2.flac", dtype="float32")
-    assert len(tail) == 35 * 640 and np.corrcoef(tail, audio[40 * 640:])[0, 1] > 0.999
+    assert len(tail) == 35 * 640 and np.corrcoef(tail, audio[40 * 640 :])[0, 1] > 0.999
 
 
 def test_clear_errors(tmp_path):

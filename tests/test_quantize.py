@@ -204,7 +204,8 @@ def test_onnx_eval_rows_reproduce_the_checkpoint_rows(speech):
     pytest.importorskip("torch")
     from pathlib import Path
 
-    from training.evaluate import generate, load_generator, stream_rollout
+    from training.eval.generation import generate, stream_rollout
+    from training.eval.generation import load_model as load_generator
 
     ckpt = Path(__file__).resolve().parents[1] / "training" / "weights" / "generator"
     if not ckpt.with_suffix(".json").is_file():

@@ -17,7 +17,9 @@ import torch
 from training import pyramid
 from training.models.syncer import SyncerConfig, SyncerPyramid, infonce_loss, load_pyramid, syncnet_loss
 
-TINY = SyncerConfig(embed_dim=16, audio_widths=(16, 16), audio_depths=(1, 1), landmark_widths=(16,), landmark_depths=(1,))
+TINY = SyncerConfig(
+    embed_dim=16, audio_widths=(16, 16), audio_depths=(1, 1), landmark_widths=(16,), landmark_depths=(1,)
+)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -55,8 +57,16 @@ def test_embeddings_shapes_and_normalisation():
         e_a, e_x = model.embed(lvl, lm, mf)
         assert e_a.shape == e_x.shape == (7, 16)
         assert torch.allclose(e_a.norm(dim=-1), torch.ones(7), atol=1e-5)
-    metric = SyncerPyramid(SyncerConfig(loss="syncnet", embed_dim=16, audio_widths=(16,), audio_depths=(1,),
-                                        landmark_widths=(16,), landmark_depths=(1,)))
+    metric = SyncerPyramid(
+        SyncerConfig(
+            loss="syncnet",
+            embed_dim=16,
+            audio_widths=(16,),
+            audio_depths=(1,),
+            landmark_widths=(16,),
+            landmark_depths=(1,),
+        )
+    )
     e_a, _ = metric.embed(0, lm, mf)
     assert not torch.allclose(e_a.norm(dim=-1), torch.ones(7))
 
@@ -83,7 +93,9 @@ def test_sequence_centring_hides_face_shape_but_keeps_mouth_opening():
     c = model.landmark_features(0, model.prepare_sequence(opened)[:, :5])
     assert not torch.allclose(a, c, atol=1e-3)
     pos = SyncerPyramid(dataclasses.replace(TINY, landmark_centering="position"))
-    assert not torch.allclose(pos.landmark_features(0, seq[:, :5]), pos.landmark_features(0, other_face[:, :5]), atol=1e-3)
+    assert not torch.allclose(
+        pos.landmark_features(0, seq[:, :5]), pos.landmark_features(0, other_face[:, :5]), atol=1e-3
+    )
 
 
 def test_losses_reward_aligned_embeddings():
@@ -97,11 +109,41 @@ def test_losses_reward_aligned_embeddings():
 
 
 def _train_cmd(out: Path, steps: int, extra=()):
-    return [sys.executable, "-m", "training.train_syncers", "--out", str(out), "--no-progress",
-            "--set", f"steps={steps}", "--set", "max_clips=24", "--set", "log_every=2", "--set", "eval_every=4",
-            "--set", "checkpoint_every=4", "--set", "eval_groups=1", "--set", "groups_per_level=1",
-            "--set", "syncer.embed_dim=16", "--set", "syncer.audio_widths=[16,16]", "--set", "syncer.audio_depths=[1,1]",
-            "--set", "syncer.landmark_widths=[16]", "--set", "syncer.landmark_depths=[1]", "--set", "threads=1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "training.train_syncers",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        f"steps={steps}",
+        "--set",
+        "max_clips=24",
+        "--set",
+        "log_every=2",
+        "--set",
+        "eval_every=4",
+        "--set",
+        "checkpoint_every=4",
+        "--set",
+        "eval_groups=1",
+        "--set",
+        "groups_per_level=1",
+        "--set",
+        "syncer.embed_dim=16",
+        "--set",
+        "syncer.audio_widths=[16,16]",
+        "--set",
+        "syncer.audio_depths=[1,1]",
+        "--set",
+        "syncer.landmark_widths=[16]",
+        "--set",
+        "syncer.landmark_depths=[1]",
+        "--set",
+        "threads=1",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -110,12 +152,23 @@ def test_train_checkpoint_and_resume(shared_data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = tmp_path / "run"
     subprocess.run(_train_cmd(out, 4), check=True, cwd=REPO, env=env, timeout=300, capture_output=True)
-    for name in ("checkpoint.safetensors", "checkpoint.json", "checkpoint.optim.safetensors", "syncers.safetensors",
-                 "syncers.json", "metrics.jsonl", "curves.png", "config.json", "result.json"):
+    for name in (
+        "checkpoint.safetensors",
+        "checkpoint.json",
+        "checkpoint.optim.safetensors",
+        "syncers.safetensors",
+        "syncers.json",
+        "metrics.jsonl",
+        "curves.png",
+        "config.json",
+        "result.json",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.pt")) and not list(out.glob("*.pkl"))
     assert json.loads((out / "checkpoint.json").read_text())["step"] == 4
-    proc = subprocess.run(_train_cmd(out, 6), check=True, cwd=REPO, env=env, timeout=300, capture_output=True, text=True)
+    proc = subprocess.run(
+        _train_cmd(out, 6), check=True, cwd=REPO, env=env, timeout=300, capture_output=True, text=True
+    )
     assert "resuming from" in proc.stdout and "at step 4" in proc.stdout
     assert json.loads((out / "checkpoint.json").read_text())["step"] == 6
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -139,8 +192,19 @@ def test_ddp_two_cpu_processes(shared_data, tmp_path):
     """torchrun with two processes on gloo trains the same model: world size 2 in the metrics, a loadable result."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "training.train_syncers", "--set", "device=cpu"] + _train_cmd(out, 4)[3:]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+        "-m",
+        "training.train_syncers",
+        "--set",
+        "device=cpu",
+    ] + _train_cmd(out, 4)[3:]
     proc = subprocess.run(cmd, cwd=REPO, env=env, timeout=400, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

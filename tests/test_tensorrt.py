@@ -53,8 +53,10 @@ def test_onnx_parses_and_engines_build(engines, exported):
     assert builds[1].size_bytes < builds[0].size_bytes  # FP16 weights
     text = log.read_text()
     assert "built model.fp32.engine" in text and "built model.fp16.engine" in text
-    print(f"TensorRT ({builds[0].flavor} {builds[0].tensorrt_version}) build seconds: "
-          f"fp32 {builds[0].build_seconds}, fp16 {builds[1].build_seconds}; log {log}")
+    print(
+        f"TensorRT ({builds[0].flavor} {builds[0].tensorrt_version}) build seconds: "
+        f"fp32 {builds[0].build_seconds}, fp16 {builds[1].build_seconds}; log {log}"
+    )
 
 
 def test_missing_tensorrt_gives_a_clear_error(monkeypatch):

@@ -17,8 +17,9 @@ from training.models.discriminators import DiscriminatorConfig, Discriminators, 
 from training.models.syncer import SyncerConfig, SyncerPyramid
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_SYNC = SyncerConfig(embed_dim=16, audio_widths=(16, 16), audio_depths=(1, 1), landmark_widths=(16,),
-                         landmark_depths=(1,))
+TINY_SYNC = SyncerConfig(
+    embed_dim=16, audio_widths=(16, 16), audio_depths=(1, 1), landmark_widths=(16,), landmark_depths=(1,)
+)
 
 
 def test_level_windows_pair_the_same_time_span():
@@ -62,38 +63,103 @@ def test_msync_train_smoke_and_resume(shared_data, tmp_path):
     call resumes."""
     save_module(tmp_path / "sync", SyncerPyramid(TINY_SYNC), {"kind": "syncer_pyramid", "syncer": TINY_SYNC})
     out = tmp_path / "gen"
-    base = [sys.executable, "-m", "training.train_generator", "--out", str(out), "--no-progress",
-            "--set", f"syncers={tmp_path / 'sync'}", "--set", "max_clips=30", "--set", "batch_size=2",
-            "--set", "seq_len=12", "--set", "log_every=1", "--set", "eval_every=2", "--set", "checkpoint_every=2",
-            "--set", "sample_every=2", "--set", "threads=1",
-            "--set", "generator.audio_channels=16", "--set", "generator.landmark_embed=16",
-            "--set", "generator.lstm_hidden=16", "--set", "generator.branch_hidden=16",
-            "--set", "discriminator.embed_dim=16", "--set", "discriminator.lstm_hidden=16",
-            "--set", "discriminator.projection_hidden=16", "--set", "discriminator.windows=[5,10]"]
+    base = [
+        sys.executable,
+        "-m",
+        "training.train_generator",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        f"syncers={tmp_path / 'sync'}",
+        "--set",
+        "max_clips=30",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "seq_len=12",
+        "--set",
+        "log_every=1",
+        "--set",
+        "eval_every=2",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "sample_every=2",
+        "--set",
+        "threads=1",
+        "--set",
+        "generator.audio_channels=16",
+        "--set",
+        "generator.landmark_embed=16",
+        "--set",
+        "generator.lstm_hidden=16",
+        "--set",
+        "generator.branch_hidden=16",
+        "--set",
+        "discriminator.embed_dim=16",
+        "--set",
+        "discriminator.lstm_hidden=16",
+        "--set",
+        "discriminator.projection_hidden=16",
+        "--set",
+        "discriminator.windows=[5,10]",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(base + ["--set", "steps=2"], check=True, cwd=REPO, env=env, timeout=600, capture_output=True)
-    for name in ("generator.safetensors", "generator.json", "checkpoint.safetensors", "discriminators.safetensors",
-                 "checkpoint.optim.safetensors", "metrics.jsonl", "curves.png", "result.json"):
+    for name in (
+        "generator.safetensors",
+        "generator.json",
+        "checkpoint.safetensors",
+        "discriminators.safetensors",
+        "checkpoint.optim.safetensors",
+        "metrics.jsonl",
+        "curves.png",
+        "result.json",
+    ):
         assert (out / name).is_file(), name
     assert list((out / "samples").glob("*.mp4"))
     meta = json.loads((out / "generator.json").read_text())
     assert meta["kind"] == "generator" and len(meta["reference_face"]) == 68
     assert meta["training_data"]["clips"] > 0
-    proc = subprocess.run(base + ["--set", "steps=3"], check=True, cwd=REPO, env=env, timeout=600,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        base + ["--set", "steps=3"], check=True, cwd=REPO, env=env, timeout=600, capture_output=True, text=True
+    )
     assert "resuming" in proc.stdout and "at step 2" in proc.stdout
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == 3 and result["val"]["finite"]
     # A warm start: a new run (anchored, with the reference input) from this run's checkpoint and discriminators.
     warm = tmp_path / "warm"
     argv = [a if a != str(out) else str(warm) for a in base]
-    proc = subprocess.run(argv + ["--set", "steps=1", "--set", f"init_from={out / 'checkpoint'}",
-                                  "--set", "generator.anchor_rate=0.05", "--set", "generator.reference_input=true"],
-                          check=True, cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
+    proc = subprocess.run(
+        argv
+        + [
+            "--set",
+            "steps=1",
+            "--set",
+            f"init_from={out / 'checkpoint'}",
+            "--set",
+            "generator.anchor_rate=0.05",
+            "--set",
+            "generator.reference_input=true",
+        ],
+        check=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
     assert "warm start from" in proc.stdout and "its discriminators" in proc.stdout
     assert "adapted landmark_encoder.0.weight" in proc.stdout
     warm_meta = json.loads((warm / "generator.json").read_text())
     assert warm_meta["generator"]["anchor_rate"] == 0.05 and warm_meta["generator"]["reference_input"] is True
-    bad = subprocess.run(argv + ["--no-resume", "--set", "steps=1", "--set", f"init_from={tmp_path / 'nope'}"],
-                         cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
+    bad = subprocess.run(
+        argv + ["--no-resume", "--set", "steps=1", "--set", f"init_from={tmp_path / 'nope'}"],
+        cwd=REPO,
+        env=env,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "init_from: no checkpoint" in bad.stderr and "Traceback" not in bad.stderr

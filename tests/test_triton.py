@@ -31,10 +31,10 @@ def _parse_config(model_dir):
     try:
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        pytest.skip("tritonclient[grpc] is not installed (pip install 'msync[triton]'); it ships Triton's "
-                    "ModelConfig protobuf")
-    return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()), \
-        model_config_pb2
+        pytest.skip(
+            "tritonclient[grpc] is not installed (pip install 'msync[triton]'); it ships Triton's ModelConfig protobuf"
+        )
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()), model_config_pb2
 
 
 def test_config_is_a_valid_model_config_matching_the_contract_and_the_onnx(repo, exported):
@@ -42,7 +42,9 @@ def test_config_is_a_valid_model_config_matching_the_contract_and_the_onnx(repo,
     contract = exported[2]
     assert cfg.name == "msync" and cfg.backend == "onnxruntime" and cfg.max_batch_size == 32
     assert [(i.name, list(i.dims), i.data_type) for i in cfg.input] == [
-        ("audio", [640], pb.TYPE_FP32), ("reference_face", [68, 2], pb.TYPE_FP32)]
+        ("audio", [640], pb.TYPE_FP32),
+        ("reference_face", [68, 2], pb.TYPE_FP32),
+    ]
     assert [(o.name, list(o.dims)) for o in cfg.output] == [("landmarks", [68, 2])]
     sb = cfg.sequence_batching
     assert sb.max_sequence_idle_microseconds == 3_000_000

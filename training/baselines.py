@@ -19,9 +19,23 @@ import numpy as np
 #: How much each point follows the jaw drop (1 = the full displacement). Jaw contour around the chin, the
 #: outer lower lip 55-59, the inner lower lip 65-67 and, at half weight, the inner mouth corners 60 and 64.
 MOUTH_WEIGHTS: dict[int, float] = {
-    5: 0.3, 6: 0.6, 7: 0.9, 8: 1.0, 9: 0.9, 10: 0.6, 11: 0.3,
-    55: 0.7, 56: 0.95, 57: 1.0, 58: 0.95, 59: 0.7,
-    60: 0.5, 64: 0.5, 65: 0.9, 66: 1.0, 67: 0.9,
+    5: 0.3,
+    6: 0.6,
+    7: 0.9,
+    8: 1.0,
+    9: 0.9,
+    10: 0.6,
+    11: 0.3,
+    55: 0.7,
+    56: 0.95,
+    57: 1.0,
+    58: 0.95,
+    59: 0.7,
+    60: 0.5,
+    64: 0.5,
+    65: 0.9,
+    66: 1.0,
+    67: 0.9,
 }
 
 
@@ -78,8 +92,9 @@ def face_axis(face: np.ndarray) -> tuple[np.ndarray, float]:
     return d / h, h
 
 
-def loudness_mouth(reference: np.ndarray, openness: np.ndarray,
-                   cfg: LoudnessMouthConfig = LoudnessMouthConfig()) -> np.ndarray:
+def loudness_mouth(
+    reference: np.ndarray, openness: np.ndarray, cfg: LoudnessMouthConfig = LoudnessMouthConfig()
+) -> np.ndarray:
     """The reference face with the jaw dropped by `openness`.
 
     Args:

@@ -1,70 +1,87 @@
-"""Loading run configs: a JSON file (optional) plus `--set key.sub=value` overrides, into frozen dataclasses."""
+"""Every dataclass-configured command takes `--config FILE` (JSON or TOML) plus `--set key.sub=value` overrides;
+this module declares those flags and turns them into the config (the rules are `stream_engine.dataclass_io`'s)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from training.checkpoint import _to_jsonable, dataclass_from_dict
+from stream_engine.dataclass_io import load_config
 
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+T = TypeVar("T")
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
-    """Defaults of `cls`, updated by the JSON file at `path`, then by `key.sub=value` overrides."""
-    data = _to_jsonable(cls())
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such config file")
-        loaded = json.loads(path.read_text())
-        loaded.pop("_comment", None)  # presets explain themselves
-        _merge(data, loaded, str(path))
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                raise ValueError(f"unknown setting {key!r}")
-            node = node[p]
-        if parts[-1] not in node:
-            raise ValueError(f"unknown setting {key!r}")
-        node[parts[-1]] = _parse_value(value)
-    return dataclass_from_dict(cls, data)
+def add_config_arguments(p: argparse.ArgumentParser, example_override: str, what: str = "JSON config file") -> None:
+    """--config FILE and --set KEY=VALUE (repeatable)."""
+    p.add_argument("--config", help=what)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value (dotted keys, JSON values), e.g. {example_override}",
+    )
 
 
-def _merge(base: dict, new: dict, where: str) -> None:
-    for k, v in new.items():
-        if k not in base:
-            raise ValueError(f"{where}: unknown setting {k!r}")
-        if isinstance(base[k], dict) and isinstance(v, dict):
-            _merge(base[k], v, where)
-        else:
-            base[k] = v
-
-
-def dump_config(cfg, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(_to_jsonable(cfg), indent=2))
-
-
-def config_dict(cfg) -> dict:
-    return _to_jsonable(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-
-
-def add_run_arguments(p, default_out: str, example_override: str) -> None:
+def add_run_arguments(p: argparse.ArgumentParser, default_out: str, example_override: str) -> None:
     """The flags every training run shares: --config, --out, --set, --no-resume, --no-progress."""
-    p.add_argument("--config", help="JSON config file (see training/configs/)")
+    add_config_arguments(p, example_override, "JSON config file (see training/configs/)")
     p.add_argument("--out", default=default_out, help="output directory (checkpoints, metrics, curves)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a config value, e.g. {example_override}")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(
+    cls: type[T], args: argparse.Namespace, base: T | None = None, extra: list[str] | tuple[str, ...] = ()
+) -> T:
+    """`base` (default `cls()`), then `args.config`, then `extra` overrides (from dedicated flags), then
+    `args.overrides` (--set wins)."""
+    overrides: list[Any] = [*extra, *getattr(args, "overrides", [])]
+    return load_config(cls, getattr(args, "config", None), overrides, base=base)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """A convenience flag that sets one config key: `--flag V` is `--set key=V` (an explicit --set wins)."""
+
+    flag: str
+    key: str
+    type: Callable[[str], Any]
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+def add_flags(p: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None:
+    """Declare the convenience flags (default None: unset flags leave the config alone)."""
+    for f in flags:
+        p.add_argument(
+            f.flag,
+            dest=_dest(f),
+            type=f.type,
+            metavar=None if f.choices else f.key.split(".")[-1].upper(),
+            default=None,
+            choices=f.choices,
+            help=f"{f.help} (config key {f.key})",
+        )
+
+
+def flag_overrides(args: argparse.Namespace, flags: tuple[Flag, ...]) -> list[str]:
+    """`key=JSON` overrides for the convenience flags that were given."""
+    return [f"{f.key}={json.dumps(getattr(args, _dest(f)))}" for f in flags if getattr(args, _dest(f)) is not None]
+
+
+def _dest(f: Flag) -> str:
+    return "flag_" + f.flag.lstrip("-").replace("-", "_")
+
+
+def command_main(
+    doc: str | None, add_arguments: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int]
+) -> int:
+    """`python -m MODULE ...` for a command module (what torchrun starts): parse with its flags, then run."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args())

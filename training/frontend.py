@@ -19,14 +19,16 @@ class TorchMfcc(nn.Module):
     zeros (see :func:`with_silence_context`).
     """
 
-    def __init__(self, cfg: FrontEndConfig = FrontEndConfig()) -> None:
+    dft: torch.Tensor
+    mel: torch.Tensor
+    dct: torch.Tensor
+
+    def __init__(self, cfg: FrontEndConfig) -> None:
         super().__init__()
         self.cfg = cfg
         m = frontend_matrices(cfg)
         # One (n_fft, 2 * bins) product gives real and imaginary parts together.
-        dft = torch.tensor(
-            __import__("numpy").concatenate([m["dft_cos"], m["dft_sin"]], axis=1), dtype=torch.float32
-        )
+        dft = torch.tensor(__import__("numpy").concatenate([m["dft_cos"], m["dft_sin"]], axis=1), dtype=torch.float32)
         self.register_buffer("dft", dft, persistent=False)
         self.register_buffer("mel", torch.tensor(m["mel"], dtype=torch.float32), persistent=False)
         self.register_buffer("dct", torch.tensor(m["dct"], dtype=torch.float32), persistent=False)
@@ -51,7 +53,7 @@ class TorchMfcc(nn.Module):
         return self.mfcc_from_logmel(self.logmel(audio))
 
 
-def with_silence_context(audio: torch.Tensor, cfg: FrontEndConfig = FrontEndConfig()) -> torch.Tensor:
+def with_silence_context(audio: torch.Tensor, cfg: FrontEndConfig) -> torch.Tensor:
     """Prepend the `context_samples` zeros a stream starts with, and drop an incomplete trailing hop.
 
     (B, num_samples) -> (B, context + hop * (num_samples // hop)).

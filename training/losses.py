@@ -8,8 +8,15 @@ import torch.nn.functional as F
 from training.pyramid import level_torch
 
 
-def level_windows(landmarks: torch.Tensor, mfcc: torch.Tensor, lvl: int, kernel: int,
-                  landmark_frames: int = 5, audio_frames: int = 20, ratio: int = 4):
+def level_windows(
+    landmarks: torch.Tensor,
+    mfcc: torch.Tensor,
+    lvl: int,
+    kernel: int,
+    landmark_frames: int = 5,
+    audio_frames: int = 20,
+    ratio: int = 4,
+):
     """All stride-1 aligned segment pairs of a sequence at pyramid level `lvl`.
 
     Args:

@@ -16,7 +16,7 @@ def _smooth_np(x: np.ndarray, kernel: int) -> np.ndarray:
     num_steps = x.shape[0]
     mode = "reflect" if num_steps > half else "edge"
     pad = [(half, half)] + [(0, 0)] * (x.ndim - 1)
-    padded = np.pad(x, pad, mode=mode)
+    padded = np.pad(x, pad, mode=mode)  # type: ignore[call-overload]  # numpy stubs: mode is a str variable
     csum = np.cumsum(padded, axis=0, dtype=np.float64)
     csum = np.concatenate([np.zeros((1,) + x.shape[1:]), csum], axis=0)
     return ((csum[kernel:] - csum[:-kernel]) / kernel).astype(x.dtype)

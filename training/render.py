@@ -9,8 +9,13 @@ import numpy as np
 from stream_engine.landmarks import CONTOURS
 
 
-def draw_frame(points: np.ndarray, size_px: int = 256, colour=(30, 220, 120), others: list[np.ndarray] | None = None,
-               other_colours=((200, 200, 200),)) -> np.ndarray:
+def draw_frame(
+    points: np.ndarray,
+    size_px: int = 256,
+    colour=(30, 220, 120),
+    others: list[np.ndarray] | None = None,
+    other_colours=((200, 200, 200),),
+) -> np.ndarray:
     """Rasterise one (68, 2) frame in normalised crop coordinates to an (H, W, 3) uint8 image."""
     from PIL import Image, ImageDraw
 
@@ -26,8 +31,15 @@ def draw_frame(points: np.ndarray, size_px: int = 256, colour=(30, 220, 120), ot
     return np.asarray(img)
 
 
-def render_video(path: str | Path, landmarks: np.ndarray, audio: np.ndarray | None = None, sample_rate_hz: int = 16000,
-                 fps: int = 25, size_px: int = 256, reference: np.ndarray | None = None) -> Path:
+def render_video(
+    path: str | Path,
+    landmarks: np.ndarray,
+    audio: np.ndarray | None = None,
+    sample_rate_hz: int = 16000,
+    fps: int = 25,
+    size_px: int = 256,
+    reference: np.ndarray | None = None,
+) -> Path:
     """Write an MP4 (H.264 + AAC) of a landmark sequence, optionally over a grey reference sequence.
 
     Args:

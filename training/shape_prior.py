@@ -29,6 +29,12 @@ class ShapePrior(nn.Module):
     residual_variance and threshold (scalars).
     """
 
+    mean: torch.Tensor
+    components: torch.Tensor
+    variances: torch.Tensor
+    residual_variance: torch.Tensor
+    threshold: torch.Tensor
+
     def __init__(self, space: ShapeSpace) -> None:
         super().__init__()
         if space.threshold is None:
@@ -40,8 +46,9 @@ class ShapePrior(nn.Module):
         self.register_buffer("threshold", torch.tensor(float(space.threshold)))
 
     @classmethod
-    def fit(cls, shapes: np.ndarray, quantile: float = 99.0, variance: float = 0.95, max_frames: int = 20000,
-            seed: int = 0) -> "ShapePrior":
+    def fit(
+        cls, shapes: np.ndarray, quantile: float = 99.0, variance: float = 0.95, max_frames: int = 20000, seed: int = 0
+    ) -> ShapePrior:
         """Fit on (N, 68, 2) training frames (a random subset of `max_frames`) and set tau at `quantile`."""
         s = np.asarray(shapes, dtype=np.float64)
         if len(s) > max_frames:

@@ -42,6 +42,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,8 +107,9 @@ def speech_sources(data_dir: str | Path, groups: tuple[str, ...] = DEFAULT_GROUP
     return out
 
 
-def build_clip_audio(sources: list[Path], num_clips: int, duration_s: float, seed: int = 0,
-                     target_rms: float = 0.05) -> list[np.ndarray]:
+def build_clip_audio(
+    sources: list[Path], num_clips: int, duration_s: float, seed: int = 0, target_rms: float = 0.05
+) -> list[np.ndarray]:
     """`num_clips` clips of exactly `duration_s` (rounded to 40 ms frames) of real speech.
 
     Sources are shuffled (seeded), each loudness-normalised to `target_rms` and used at most once; a clip is
@@ -160,7 +162,7 @@ def gaussian_lowpass(x: np.ndarray, sigma_frames: float) -> np.ndarray:
     k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma_frames) ** 2)
     k /= k.sum()
     mode = "reflect" if len(x) > half else "edge"
-    return np.convolve(np.pad(x, half, mode=mode), k, mode="valid")
+    return np.convolve(np.pad(x, half, mode=mode), k, mode="valid")  # type: ignore[call-overload]
 
 
 def moving_average(x: np.ndarray, width_frames: int) -> np.ndarray:
@@ -169,7 +171,11 @@ def moving_average(x: np.ndarray, width_frames: int) -> np.ndarray:
         raise ValueError(f"moving-average width must be odd, got {width_frames}")
     half = width_frames // 2
     mode = "reflect" if len(x) > half else "edge"
-    return np.convolve(np.pad(x, half, mode=mode), np.ones(width_frames) / width_frames, mode="valid")
+    return np.convolve(  # type: ignore[call-overload]
+        np.pad(x, half, mode=mode),  # type: ignore[call-overload]
+        np.ones(width_frames) / width_frames,
+        mode="valid",
+    )
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:
@@ -226,10 +232,14 @@ def mouth_opening_field() -> np.ndarray:
     return d
 
 
-def synth_landmarks(face: np.ndarray, mouth_signal: np.ndarray, head_signal: np.ndarray, rng: np.random.Generator,
-                    cfg: PlantedConfig = PlantedConfig()) -> np.ndarray:
+def synth_landmarks(
+    face: np.ndarray,
+    mouth_signal: np.ndarray,
+    head_signal: np.ndarray,
+    rng: np.random.Generator,
+    cfg: PlantedConfig = PlantedConfig(),
+) -> np.ndarray:
     """(T, 68, 2) float32 pixel landmarks from a unit mean face and the (T,) standardised mouth and head signals."""
-    t = len(mouth_signal)
     centre = np.array([cfg.frame_px / 2.0, cfg.frame_px / 2.0])
     base = face * cfg.face_width_px  # centred at 0
     opening = cfg.mouth_base_px + cfg.mouth_px * mouth_signal  # (T,)
@@ -246,8 +256,15 @@ def synth_landmarks(face: np.ndarray, mouth_signal: np.ndarray, head_signal: np.
 # ----------------------------------------------------------------------------------------------- datasets
 
 
-def write_dataset(out_dir: str | Path, audios: list[np.ndarray], variant: str, face: np.ndarray,
-                  cfg: PlantedConfig = PlantedConfig(), seed: int = 0, prefix: str = "synth") -> Path:
+def write_dataset(
+    out_dir: str | Path,
+    audios: list[np.ndarray],
+    variant: str,
+    face: np.ndarray,
+    cfg: PlantedConfig = PlantedConfig(),
+    seed: int = 0,
+    prefix: str = "synth",
+) -> Path:
     """Write one variant as a dataset directory. Clip i's donors are clips i+1 (head) and i+2 (mouth), modulo
     the count, their envelopes circularly shifted by a random 1/4 to 3/4 of the clip, so every clip's motion has
     the same statistics whatever the variant and no time-locked structure survives; needs >= 3 clips of equal
@@ -269,6 +286,7 @@ def write_dataset(out_dir: str | Path, audios: list[np.ndarray], variant: str, f
     envs = [envelope(a, cfg) for a in audios]
     rng = np.random.default_rng(seed)
     rows = []
+
     def donor(j: int) -> np.ndarray:
         t = len(envs[j])
         return np.roll(envs[j], int(rng.integers(t // 4, 3 * t // 4 + 1)))
@@ -282,9 +300,19 @@ def write_dataset(out_dir: str | Path, audios: list[np.ndarray], variant: str, f
         lm = synth_landmarks(face, fast_component(mouth_env, cfg), slow_component(head_env, cfg), rng, cfg)
         sf.write(out / "clips" / f"{cid}.flac", a, SAMPLE_RATE_HZ, subtype="PCM_16")
         np.save(out / "clips" / f"{cid}.lm68.npy", lm)
-        rows.append({"id": cid, "group": f"planted_{variant}", "speaker": f"{prefix}-{variant}-{i:03d}",
-                     "face_cluster": "", "duration_s": f"{len(a) / SAMPLE_RATE_HZ:.2f}", "frames": str(len(lm)),
-                     "variant": variant, "head_source": str(head_src), "mouth_source": str(mouth_src)})
+        rows.append(
+            {
+                "id": cid,
+                "group": f"planted_{variant}",
+                "speaker": f"{prefix}-{variant}-{i:03d}",
+                "face_cluster": "",
+                "duration_s": f"{len(a) / SAMPLE_RATE_HZ:.2f}",
+                "frames": str(len(lm)),
+                "variant": variant,
+                "head_source": str(head_src),
+                "mouth_source": str(mouth_src),
+            }
+        )
     with (out / "manifest.tsv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         w.writeheader()
@@ -295,8 +323,9 @@ def write_dataset(out_dir: str | Path, audios: list[np.ndarray], variant: str, f
 # ----------------------------------------------------------------------------------------------- detection
 
 
-def sync_detection(model, store, level: int, num_pairs: int = 600, min_shift_s: float = 3.2, edge_s: float = 2.0,
-                   seed: int = 0) -> dict:
+def sync_detection(
+    model, store, level: int, num_pairs: int = 600, min_shift_s: float = 3.2, edge_s: float = 2.0, seed: int = 0
+) -> dict:
     """How well one level tells aligned audio from the same clip's audio shifted by >= `min_shift_s`.
 
     For `num_pairs` random landmark segments: score against the aligned audio segment and against one from
@@ -325,11 +354,11 @@ def sync_detection(model, store, level: int, num_pairs: int = 600, min_shift_s: 
         raise ValueError(f"level {level}: no segment is long enough for a {min_shift_s} s shift and {edge_s} s edges")
     seg = rng.choice(ok, size=num_pairs, p=npos[ok] / npos[ok].sum())
     pos = np.array([lo[s] + rng.integers(npos[s]) for s in seg])
-    shifted = []
+    shifted_list = []
     for s, p in zip(seg, pos):
         cand = np.concatenate([np.arange(lo[s], p - min_shift + 1), np.arange(p + min_shift, hi[s])])
-        shifted.append(int(rng.choice(cand)))
-    shifted = np.array(shifted)
+        shifted_list.append(int(rng.choice(cand)))
+    shifted = np.array(shifted_list)
     lm, lg = store.extract(level, seg, pos)
     _, lg_shift = store.extract(level, seg, shifted)
     dev = next(model.parameters()).device
@@ -347,9 +376,14 @@ def sync_detection(model, store, level: int, num_pairs: int = 600, min_shift_s: 
             s_sh = torch.nn.functional.cosine_similarity(e_s, e_x, dim=-1)
         else:
             s_al, s_sh = -(e_a - e_x).norm(dim=-1), -(e_s - e_x).norm(dim=-1)
-    s_al, s_sh = s_al.cpu().numpy().astype(np.float64), s_sh.cpu().numpy().astype(np.float64)
-    return {"afc": float(np.mean(s_al > s_sh) + 0.5 * np.mean(s_al == s_sh)), "gap": float(np.mean(s_al - s_sh)),
-            "aligned": float(s_al.mean()), "shifted": float(s_sh.mean()), "pairs": int(num_pairs)}
+    a_al, a_sh = s_al.cpu().numpy().astype(np.float64), s_sh.cpu().numpy().astype(np.float64)
+    return {
+        "afc": float(np.mean(a_al > a_sh) + 0.5 * np.mean(a_al == a_sh)),
+        "gap": float(np.mean(a_al - a_sh)),
+        "aligned": float(a_al.mean()),
+        "shifted": float(a_sh.mean()),
+        "pairs": int(num_pairs),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- experiment
@@ -380,19 +414,6 @@ class ExperimentConfig:
     edge_s: float = 2.0
     seed: int = 0
     device: str = "cpu"
-
-
-def pyramid_store(segments: list, sc):
-    """The PyramidStore that `training.train_syncers.train` builds for syncer config `sc` (with the syncer's own
-    landmark centring where the store takes part in it), for scoring held-out segments exactly as in training."""
-    import inspect
-
-    from training.data.syncer_batches import PyramidStore
-
-    kw = {}
-    if "sequence_centring" in inspect.signature(PyramidStore).parameters:
-        kw["sequence_centring"] = getattr(sc, "landmark_centering", None) == "sequence"
-    return PyramidStore(segments, sc.num_levels, sc.pyramid_kernel, sc.landmark_frames, sc.audio_frames, **kw)
 
 
 def _augment_config(kind: str):
@@ -426,21 +447,47 @@ def run_experiment(cfg: ExperimentConfig, work_dir: str | Path, progress: bool =
     sources = speech_sources(cfg.data_dir, cfg.groups)
     audios = build_clip_audio(sources, cfg.train_clips + cfg.eval_clips, cfg.clip_s, seed=cfg.seed)
     face = mean_face(cfg.data_dir)
-    train_dir = write_dataset(work / "data" / "both", audios[: cfg.train_clips], "both", face, cfg.planted,
-                              seed=cfg.seed, prefix="train")
-    eval_dirs = {v: write_dataset(work / "data" / f"eval_{v}", audios[cfg.train_clips :], v, face, cfg.planted,
-                                  seed=cfg.seed + 1, prefix="eval") for v in VARIANTS}
+    train_dir = write_dataset(
+        work / "data" / "both", audios[: cfg.train_clips], "both", face, cfg.planted, seed=cfg.seed, prefix="train"
+    )
+    eval_dirs = {
+        v: write_dataset(
+            work / "data" / f"eval_{v}",
+            audios[cfg.train_clips :],
+            v,
+            face,
+            cfg.planted,
+            seed=cfg.seed + 1,
+            prefix="eval",
+        )
+        for v in VARIANTS
+    }
 
-    extra = {"landmark_centering": cfg.landmark_centering} if cfg.landmark_centering else {}
-    sc = SyncerConfig(pyramid_kernel=cfg.pyramid_kernel, embed_dim=cfg.embed_dim, audio_widths=cfg.audio_widths,
-                      audio_depths=(1,) * len(cfg.audio_widths), landmark_widths=cfg.landmark_widths,
-                      landmark_depths=(1,) * len(cfg.landmark_widths), **extra)
+    extra: dict[str, Any] = {"landmark_centering": cfg.landmark_centering} if cfg.landmark_centering else {}
+    sc = SyncerConfig(
+        pyramid_kernel=cfg.pyramid_kernel,
+        embed_dim=cfg.embed_dim,
+        audio_widths=cfg.audio_widths,
+        audio_depths=(1,) * len(cfg.audio_widths),
+        landmark_widths=cfg.landmark_widths,
+        landmark_depths=(1,) * len(cfg.landmark_widths),
+        **extra,
+    )
     tcfg = TrainSyncersConfig(
-        data_dir=str(train_dir), syncer=sc,
+        data_dir=str(train_dir),
+        syncer=sc,
         split=SplitConfig(test_fraction=0.0, val_fraction=0.0, exclude_ids=()),
         augment=_augment_config(cfg.augment),
-        steps=cfg.steps, groups_per_level=cfg.groups_per_level, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-        seed=cfg.seed, device=cfg.device, threads=1, eval_every=10**9, checkpoint_every=10**9, log_every=max(1, cfg.steps // 10),
+        steps=cfg.steps,
+        groups_per_level=cfg.groups_per_level,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        seed=cfg.seed,
+        device=cfg.device,
+        threads=1,
+        eval_every=10**9,
+        checkpoint_every=10**9,
+        log_every=max(1, cfg.steps // 10),
     )
     if (work / "syncers").exists():  # a fresh run: the trainer would resume or append to old metrics
         shutil.rmtree(work / "syncers")
@@ -448,23 +495,32 @@ def run_experiment(cfg: ExperimentConfig, work_dir: str | Path, progress: bool =
     train_result = train(tcfg, work / "syncers", resume=False, progress=progress)
     train_s = time.perf_counter() - t1
 
+    from training.data.syncer_batches import syncer_store
     from training.models.syncer import load_pyramid
 
     model = load_pyramid(work / "syncers" / "syncers", cfg.device)
     detection: dict = {}
     for v, d in eval_dirs.items():
-        segs = load_all(read_manifest(d), ClipLoadConfig(), progress=False)
-        store = pyramid_store(segs, sc)
-        detection[v] = {lvl: sync_detection(model, store, lvl, cfg.pairs, cfg.min_shift_s, cfg.edge_s, cfg.seed)
-                        for lvl in range(sc.num_levels)}
+        clips = ClipLoadConfig()
+        store = syncer_store(load_all(read_manifest(d), clips, progress=False), sc, clips.frontend)
+        detection[v] = {
+            lvl: sync_detection(model, store, lvl, cfg.pairs, cfg.min_shift_s, cfg.edge_s, cfg.seed)
+            for lvl in range(sc.num_levels)
+        }
     train_acc = {}
     metrics = work / "syncers" / "metrics.jsonl"
     if metrics.is_file():
         last = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()][-1]
         train_acc = {k: v for k, v in last.items() if k.startswith("acc_l")}
-    return {"detection": detection, "train_result": train_result, "train_acc_last": train_acc,
-            "syncer": dataclasses.asdict(sc),
-            "train_s": train_s, "total_s": time.perf_counter() - t0, "config": dataclasses.asdict(cfg)}
+    return {
+        "detection": detection,
+        "train_result": train_result,
+        "train_acc_last": train_acc,
+        "syncer": dataclasses.asdict(sc),
+        "train_s": train_s,
+        "total_s": time.perf_counter() - t0,
+        "config": dataclasses.asdict(cfg),
+    }
 
 
 def markdown_table(detection: dict, key: str = "afc") -> str:

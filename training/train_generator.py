@@ -14,16 +14,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
+from training.config_io import command_main
 from training.data.augment import AugmentConfig
 from training.data.clips import ClipLoadConfig
 from training.data.splits import SplitConfig
 from training.models.discriminators import DiscriminatorConfig
 from training.models.generator import GeneratorConfig
+from training.run import context, curves
+from training.run.metrics import read_records
+from training.run.trainer import Checkpointed, Trainer
+
+HELP = (
+    "Train the causal generator (GAN + multi-scale sync loss): `msync train --config "
+    "training/configs/generator.json --out runs/generator`."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +75,13 @@ class TrainGeneratorConfig:
     max_clips: int = 0
     init_from: str = ""
 
+    def __post_init__(self) -> None:
+        if self.generator.frontend != self.clips.frontend:
+            raise ValueError(
+                "generator.frontend and clips.frontend differ: the generator must read the features "
+                "its training clips were computed with"
+            )
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from training.config_io import add_run_arguments
@@ -76,9 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config_io import load_config
+    from training.config_io import config_from_args
 
-    cfg = load_config(TrainGeneratorConfig, args.config, args.overrides)
+    cfg = config_from_args(TrainGeneratorConfig, args)
     try:
         result = GeneratorTrainer(cfg, Path(args.out)).run(resume=not args.no_resume, progress=not args.no_progress)
     except FileNotFoundError as exc:  # missing data, syncers or warm-start checkpoint: say which, no traceback
@@ -94,23 +108,23 @@ def training_data_summary(records_by_split: dict) -> dict:
     groups: dict[str, float] = {}
     for r in train:
         groups[r.group or "unknown"] = groups.get(r.group or "unknown", 0.0) + r.duration_s / 60.0
-    return {"clips": len(train), "minutes": round(sum(r.duration_s for r in train) / 60.0, 1),
-            "identities": len({r.identity for r in train}),
-            "groups_minutes": {k: round(v, 2) for k, v in sorted(groups.items())},
-            "licence_note": "includes non-commercial / research-only sources; see ../shared/data/manifest.tsv"}
+    return {
+        "clips": len(train),
+        "minutes": round(sum(r.duration_s for r in train) / 60.0, 1),
+        "identities": len({r.identity for r in train}),
+        "groups_minutes": {k: round(v, 2) for k, v in sorted(groups.items())},
+        "licence_note": "includes non-commercial / research-only sources; see ../shared/data/manifest.tsv",
+    }
 
 
-class GeneratorTrainer:
-    """Owns the models, optimisers, data and the loop; no global state. Call `run()`."""
+class GeneratorTrainer(Trainer):
+    """The models, optimisers, data and one GAN iteration; the loop, DDP, resume and logging are `Trainer`'s."""
 
-    def __init__(self, cfg: TrainGeneratorConfig, out_dir: Path) -> None:
-        self.cfg, self.out_dir = cfg, out_dir
+    desc, unit, rate_key = "generator", "it", "it_per_s"
 
-    # ----------------------------------------------------------------- set-up
-    def _setup(self, progress: bool) -> None:
+    def setup(self, progress: bool) -> None:
         import numpy as np
         import torch
-        import torch.distributed as dist
 
         from stream_engine.features import mfcc_from_logmel
         from training.data.clips import load_all
@@ -120,40 +134,34 @@ class GeneratorTrainer:
         from training.models.discriminators import Discriminators
         from training.models.generator import Generator
         from training.models.syncer import load_pyramid
-        from training.train_syncers import _resolve_device
 
         cfg = self.cfg
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.device = _resolve_device(cfg.device)
-        if self.world > 1:
-            dist.init_process_group(backend="nccl" if self.device.startswith("cuda") else "gloo")
-            if self.device.startswith("cuda"):
-                self.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-                torch.cuda.set_device(self.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.is_main = self.rank == 0
-        torch.manual_seed(cfg.seed + self.rank)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-
+        self.device, self.rank, self.world, self.is_main = (
+            self.ctx.device,
+            self.ctx.rank,
+            self.ctx.world,
+            self.ctx.is_main,
+        )
         records = assign_splits(read_manifest(cfg.data_dir), cfg.split)
         if cfg.max_clips:
             records = {k: v[: cfg.max_clips] for k, v in records.items()}
         self.data_summary = training_data_summary(records)
         segs = {k: load_all(v, cfg.clips, progress=progress and self.is_main) for k, v in records.items()}
-        g = cfg.generator
+        g, fe = cfg.generator, cfg.clips.frontend
         self.warmup = g.receptive_field_frames[-1] - 1
-        self.sampler = WindowSampler(segs["train"], cfg.seq_len, g.lookahead_frames, self.warmup)
-        self.val_sampler = (WindowSampler(segs["val"], 2 * cfg.seq_len, g.lookahead_frames, self.warmup)
-                            if segs.get("val") else None)
+        self.sampler = WindowSampler(segs["train"], cfg.seq_len, g.lookahead_frames, self.warmup, fe)
+        self.val_sampler = (
+            WindowSampler(segs["val"], 2 * cfg.seq_len, g.lookahead_frames, self.warmup, fe)
+            if segs.get("val")
+            else None
+        )
         self.val_segments = segs.get("val", [])
 
         self.syncers = load_pyramid(cfg.syncers, self.device)
         for p in self.syncers.parameters():
             p.requires_grad_(False)
         self.G = Generator(g).to(self.device)
-        allm = np.concatenate([mfcc_from_logmel(s.logmel.astype(np.float64)) for s in segs["train"]])
+        allm = np.concatenate([mfcc_from_logmel(s.logmel.astype(np.float64), fe) for s in segs["train"]])
         self.G.mfcc_mean.copy_(torch.tensor(allm.mean(0), dtype=torch.float32))
         self.G.mfcc_std.copy_(torch.tensor(allm.std(0) + 1e-3, dtype=torch.float32))
         train_frames = np.concatenate([s.landmarks for s in segs["train"]])
@@ -167,11 +175,13 @@ class GeneratorTrainer:
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
-        if self.world > 1:
-            self.G_ddp = torch.nn.parallel.DistributedDataParallel(self.G)
-            self.D_ddp = torch.nn.parallel.DistributedDataParallel(self.D)
-        else:
-            self.G_ddp, self.D_ddp = self.G, self.D
+        self.G_ddp, self.D_ddp = context.wrap_ddp(self.G, self.ctx), context.wrap_ddp(self.D, self.ctx)
+        self.checkpointed = [
+            Checkpointed("checkpoint", self.G, self.opt_g, self.meta),
+            Checkpointed("discriminators", self.D, self.opt_d, lambda step: {"kind": "discriminators", "step": step}),
+        ]
+        self.add_callback("on_checkpoint", lambda t: plot_generator_curves(t.metrics_path, t.out_dir / "curves.png"))
+        self.add_callback("on_step_end", GeneratorTrainer._maybe_render_sample)
 
     # ------------------------------------------------------------------- step
     def _tensors(self, batch):
@@ -201,7 +211,7 @@ class GeneratorTrainer:
         start = 4 * (self.warmup - 1)
         return mfcc[:, start : start + 4 * (num_frames + 1)]
 
-    def train_step(self, rng) -> dict:
+    def train_step(self, rng) -> dict[str, float]:
         import torch
 
         from training.losses import multiscale_sync_loss
@@ -226,8 +236,9 @@ class GeneratorTrainer:
         # Generator update.
         g_fake = self.D_ddp(x_ref, fake)
         adv = {k: hinge_g(v) for k, v in g_fake.items()}
-        sync, cosines = multiscale_sync_loss(self.syncers, torch.cat([x_ref, fake], dim=1),
-                                             self.sync_mfcc(mfcc, cfg.seq_len), cfg.sync_levels)
+        sync, cosines = multiscale_sync_loss(
+            self.syncers, torch.cat([x_ref, fake], dim=1), self.sync_mfcc(mfcc, cfg.seq_len), cfg.sync_levels
+        )
         l2 = ((fake - real) ** 2).sum(-1).mean()
         loss_g = cfg.lambda_sync * sync + sum(weights[k] * v for k, v in adv.items()) + cfg.l2_weight * l2
         shape = None
@@ -238,8 +249,12 @@ class GeneratorTrainer:
         loss_g.backward()
         torch.nn.utils.clip_grad_norm_(self.G.parameters(), cfg.grad_clip)
         self.opt_g.step()
-        rec = {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()), "sync": float(sync.detach()),
-               "l2": float(l2.detach())}
+        rec = {
+            "loss_d": float(loss_d.detach()),
+            "loss_g": float(loss_g.detach()),
+            "sync": float(sync.detach()),
+            "l2": float(l2.detach()),
+        }
         if shape is not None:
             rec["shape"] = float(shape.detach())
         rec.update({f"adv_{k}": float(v.detach()) for k, v in adv.items()})
@@ -247,7 +262,7 @@ class GeneratorTrainer:
         return rec
 
     # ------------------------------------------------------------- evaluation
-    def evaluate(self) -> dict:
+    def validate(self) -> dict:
         """Validation: syncer cosine per level and L2 on fixed 80-frame windows, plus motion statistics."""
         import torch
 
@@ -267,8 +282,12 @@ class GeneratorTrainer:
         self.G.train()
         vel = (fake[:, 1:] - fake[:, :-1]).norm(dim=-1).mean()
         vel_gt = (lm[:, 2:] - lm[:, 1:-1]).norm(dim=-1).mean()
-        rec = {"l2": float(((fake - lm[:, 1:]) ** 2).sum(-1).mean()), "velocity": float(vel), "velocity_gt": float(vel_gt),
-               "finite": bool(torch.isfinite(fake).all())}
+        rec = {
+            "l2": float(((fake - lm[:, 1:]) ** 2).sum(-1).mean()),
+            "velocity": float(vel),
+            "velocity_gt": float(vel_gt),
+            "finite": bool(torch.isfinite(fake).all()),
+        }
         rec.update({f"cos_l{k}": v for k, v in cos.items()})
         rec.update({f"cos_gt_l{k}": v for k, v in cos_gt.items()})
         if self.shape_prior is not None:  # share of frames inside the training shape space (tau)
@@ -276,6 +295,14 @@ class GeneratorTrainer:
                 rec["plausible"] = float(self.shape_prior.plausible(fake).float().mean())
                 rec["plausible_gt"] = float(self.shape_prior.plausible(lm[:, 1:]).float().mean())
         return rec
+
+    def postfix(self, record: dict) -> dict[str, str]:
+        return {"sync": f"{record['sync']:.3f}", "d": f"{record['loss_d']:.2f}"}
+
+    def _maybe_render_sample(self) -> None:
+        every = self.cfg.sample_every
+        if self.ctx.is_main and every and (self.step % every == 0 or self.step == self.cfg.steps):
+            self.render_sample(self.step)
 
     def render_sample(self, step: int) -> None:
         """Renders the first validation window: generated (green) over ground truth (grey), with audio."""
@@ -299,17 +326,14 @@ class GeneratorTrainer:
 
     # ------------------------------------------------------------ checkpoints
     def meta(self, step: int) -> dict:
-        return {"kind": "generator", "step": step, "generator": self.cfg.generator, "config": self.cfg,
-                "reference_face": self.reference_face.tolist(), "training_data": self.data_summary}
-
-    def save(self, step: int) -> None:
-        from training.checkpoint import save_module, save_optimizer
-
-        ck = self.out_dir / "checkpoint"
-        save_module(ck, self.G, self.meta(step))
-        save_module(self.out_dir / "discriminators", self.D, {"kind": "discriminators", "step": step})
-        save_optimizer(ck, self.opt_g)
-        save_optimizer(self.out_dir / "discriminators", self.opt_d)
+        return {
+            "kind": "generator",
+            "step": step,
+            "generator": self.cfg.generator,
+            "config": self.cfg,
+            "reference_face": self.reference_face.tolist(),
+            "training_data": self.data_summary,
+        }
 
     def warm_start(self, path: str) -> None:
         """Start a fresh run from another run's generator checkpoint (and its discriminators when present).
@@ -328,95 +352,35 @@ class GeneratorTrainer:
         if took_d:
             self.D.load_state_dict(load_state(disc, self.device))
         if self.is_main:
-            print(f"warm start from {ck}" + (" and its discriminators" if took_d else "")
-                  + (f"; adapted {', '.join(adapted)}" if adapted else ""))
+            print(
+                f"warm start from {ck}"
+                + (" and its discriminators" if took_d else "")
+                + (f"; adapted {', '.join(adapted)}" if adapted else "")
+            )
 
-    def try_resume(self) -> int:
-        from training.checkpoint import load_meta, load_optimizer, load_state
+    def on_fresh_start(self) -> None:
+        if self.cfg.init_from:
+            self.warm_start(self.cfg.init_from)
 
-        ck = self.out_dir / "checkpoint"
-        if not ck.with_suffix(".json").is_file():
-            return 0
-        self.G.load_state_dict(load_state(ck, self.device))
-        self.D.load_state_dict(load_state(self.out_dir / "discriminators", self.device))
-        load_optimizer(ck, self.opt_g)
-        load_optimizer(self.out_dir / "discriminators", self.opt_d)
-        return int(load_meta(ck)["step"])
+    def finish(self, rate: float | None) -> dict:
+        from training.checkpoint import save_module
 
-    # ------------------------------------------------------------------- loop
-    def run(self, resume: bool = True, progress: bool = True) -> dict:
-        import numpy as np
-        import torch.distributed as dist
-
-        from training.config_io import dump_config
-        from training.train_syncers import _append, plot_curves
-
-        self._setup(progress)
-        cfg = self.cfg
-        step = self.try_resume() if resume else 0
-        if not step and cfg.init_from:
-            self.warm_start(cfg.init_from)
-        if self.is_main:
-            if step:
-                print(f"resuming from {self.out_dir / 'checkpoint'} at step {step}")
-            else:
-                dump_config(cfg, self.out_dir / "config.json")
-        rng = np.random.default_rng(cfg.seed * 1000 + self.rank * 7919 + step)
-        metrics = self.out_dir / "metrics.jsonl"
-        bar = None
-        if self.is_main and progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=step, desc="generator", unit="it")
-        t0, timed, acc = time.perf_counter(), 0, []
-        while step < cfg.steps:
-            acc.append(self.train_step(rng))
-            step += 1
-            timed += 1
-            if bar is not None:
-                bar.update(1)
-            if self.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-                rec = {k: float(np.mean([a[k] for a in acc if k in a])) for k in acc[-1]}
-                rec.update({"step": step, "split": "train", "it_per_s": timed / (time.perf_counter() - t0)})
-                acc.clear()
-                _append(metrics, rec)
-                if bar is not None:
-                    bar.set_postfix(sync=f"{rec['sync']:.3f}", d=f"{rec['loss_d']:.2f}")
-            if self.is_main and (step % cfg.eval_every == 0 or step == cfg.steps):
-                _append(metrics, {"step": step, "split": "val", **self.evaluate()})
-            if self.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                self.save(step)
-                plot_generator_curves(metrics, self.out_dir / "curves.png")
-            if self.is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
-                self.render_sample(step)
-        if bar is not None:
-            bar.close()
-        result = {}
-        if self.is_main:
-            from training.checkpoint import save_module
-
-            save_module(self.out_dir / "generator", self.G, self.meta(step))
-            result = {"steps": step, "device": self.device, "world_size": self.world,
-                      "it_per_s": timed / max(time.perf_counter() - t0, 1e-9) if timed else None,
-                      "val": self.evaluate()}
-            (self.out_dir / "result.json").write_text(json.dumps(result, indent=2))
-        if self.world > 1:
-            dist.barrier()
-            dist.destroy_process_group()
-        return result
+        save_module(self.out_dir / "generator", self.G, self.meta(self.step))
+        return {
+            "steps": self.step,
+            "device": self.device,
+            "world_size": self.world,
+            "it_per_s": rate,
+            "val": self.validate(),
+        }
 
 
 def plot_generator_curves(metrics_path: Path, png_path: Path) -> None:
     """Losses and syncer cosines (train and validation) against iterations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
+    recs = read_records(metrics_path)
     tr = [r for r in recs if r.get("split") == "train"]
     va = [r for r in recs if r.get("split") == "val"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = curves.panels(3, 15)
     for key in ("loss_d", "loss_g", "adv_frame", "adv_sequence", "adv_pair"):
         if tr and key in tr[-1]:
             axes[0].plot([r["step"] for r in tr], [r[key] for r in tr], label=key)
@@ -430,16 +394,9 @@ def plot_generator_curves(metrics_path: Path, png_path: Path) -> None:
         axes[2].plot([r["step"] for r in va], [r.get("l2", 0) for r in va], label="val L2")
         axes[2].plot([r["step"] for r in va], [r.get("velocity", 0) for r in va], label="val velocity")
         axes[2].plot([r["step"] for r in va], [r.get("velocity_gt", 0) for r in va], label="GT velocity")
-    for ax, title in zip(axes, ("losses", "syncer cosine (higher = more in sync)", "validation")):
-        ax.set_title(title)
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
+    titles = ("losses", "syncer cosine (higher = more in sync)", "validation")
+    curves.save(fig, axes, titles, "iteration", png_path)
 
 
 if __name__ == "__main__":  # torchrun entry point
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    sys.exit(command_main(__doc__, add_arguments, run))

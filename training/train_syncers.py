@@ -15,15 +15,19 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
-import time
 from pathlib import Path
 
+from training.config_io import command_main
 from training.data.augment import AugmentConfig
 from training.data.clips import ClipLoadConfig
 from training.data.splits import SplitConfig
 from training.models.syncer import SyncerConfig
+from training.run import context, curves
+from training.run.metrics import mean_record, read_records
+from training.run.trainer import Checkpointed, Trainer
+
+HELP = "Train the syncer pyramid (InfoNCE) or the metric syncers (SyncNet loss)."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config_io import load_config
+    from training.config_io import config_from_args
 
-    cfg = load_config(TrainSyncersConfig, args.config, args.overrides)
+    cfg = config_from_args(TrainSyncersConfig, args)
     result = train(cfg, Path(args.out), resume=not args.no_resume, progress=not args.no_progress)
     print(json.dumps(result, indent=2))
     return 0
@@ -72,16 +76,6 @@ def _lr_at(cfg: TrainSyncersConfig, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac))))
-
-
-def _resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda requested but no CUDA GPU is available")
-    return name
 
 
 def load_split_segments(cfg: TrainSyncersConfig, progress: bool):
@@ -114,7 +108,9 @@ def evaluate(model, store, cfg: TrainSyncersConfig, device: str, seed: int = 123
             losses, accs = [], []
             for _ in range(cfg.eval_groups):
                 g = store.sample_group(lvl, rng, cfg.group_size, cfg.per_clip, augment=None)
-                e_a, e_x = model.embed(lvl, torch.from_numpy(g.landmarks).to(device), torch.from_numpy(g.mfcc).to(device))
+                e_a, e_x = model.embed(
+                    lvl, torch.from_numpy(g.landmarks).to(device), torch.from_numpy(g.mfcc).to(device)
+                )
                 loss, acc = group_loss(cfg.syncer, e_a[None], e_x[None])
                 losses.append(float(loss))
                 accs.append(float(acc))
@@ -139,8 +135,12 @@ def build_model(cfg: TrainSyncersConfig, train_store, device: str):
     model.mfcc_std.copy_(torch.from_numpy(std))
     stats_rng = np.random.default_rng(cfg.seed + 99)
     for lvl in range(sc.num_levels):
-        lm = np.concatenate([train_store.sample_group(lvl, stats_rng, cfg.group_size, cfg.per_clip, cfg.augment).landmarks
-                             for _ in range(20)])
+        lm = np.concatenate(
+            [
+                train_store.sample_group(lvl, stats_rng, cfg.group_size, cfg.per_clip, cfg.augment).landmarks
+                for _ in range(20)
+            ]
+        )
         pos, vel = model.raw_landmark_features(torch.from_numpy(lm))
         model.position_mean[lvl] = pos.mean(dim=(0, 1))
         model.position_std[lvl] = pos.std(dim=(0, 1)) + 1e-4
@@ -155,8 +155,10 @@ def sample_batches(store, cfg: TrainSyncersConfig, rng, weights, device: str):
 
     batches = []
     for lvl in range(cfg.syncer.num_levels):
-        gs = [store.sample_group(lvl, rng, cfg.group_size, cfg.per_clip, cfg.augment, weights[lvl])
-              for _ in range(cfg.groups_per_level)]
+        gs = [
+            store.sample_group(lvl, rng, cfg.group_size, cfg.per_clip, cfg.augment, weights[lvl])
+            for _ in range(cfg.groups_per_level)
+        ]
         lm = torch.from_numpy(np.concatenate([g.landmarks for g in gs])).to(device)
         mf = torch.from_numpy(np.concatenate([g.mfcc for g in gs])).to(device)
         batches.append((lvl, lm, mf))
@@ -170,7 +172,7 @@ def train_step(ddp_model, model, opt, store, cfg: TrainSyncersConfig, rng, weigh
     from training.models.syncer import group_loss
 
     embeddings = ddp_model(sample_batches(store, cfg, rng, weights, device))
-    total = 0.0
+    total = torch.zeros((), device=device)
     losses, accs = [], []
     for e_a, e_x in embeddings:
         n = cfg.group_size
@@ -185,142 +187,115 @@ def train_step(ddp_model, model, opt, store, cfg: TrainSyncersConfig, rng, weigh
     return losses, accs
 
 
+class SyncerTrainer(Trainer):
+    """Trains every level of the pyramid at every step; keeps each level's best validation weights."""
+
+    desc, unit, rate_key = "syncers", "step", "steps_per_s"
+    seed_per_rank = False
+
+    def setup(self, progress: bool) -> None:
+        import torch
+
+        from training.data.syncer_batches import syncer_store
+
+        cfg, sc = self.cfg, self.cfg.syncer
+        data = load_split_segments(cfg, progress and self.ctx.is_main)
+        self.stores = {k: syncer_store(v, sc, cfg.clips.frontend) for k, v in data.items() if v}
+        if "train" not in self.stores:
+            raise RuntimeError(f"{cfg.data_dir}: the train split is empty")
+        self.weights = [self.stores["train"].sampling_weights(lvl) for lvl in range(sc.num_levels)]
+        self.model = build_model(cfg, self.stores["train"], self.ctx.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ddp_model = context.wrap_ddp(self.model, self.ctx)
+        # Early stopping per level: coarse levels see few distinct segments and start to memorise clips long
+        # before the fine ones stop improving, so each level keeps its own best validation weights.
+        self.best: dict[int, tuple[float, int, dict | None]] = {}
+        self.checkpointed = [
+            Checkpointed(
+                "checkpoint",
+                self.model,
+                self.opt,
+                lambda step: {"step": step, "config": cfg, "kind": "syncer_pyramid", "syncer": sc},
+            )
+        ]
+        self.add_callback("on_checkpoint", lambda t: plot_curves(t.metrics_path, t.out_dir / "curves.png"))
+
+    def train_step(self, rng) -> dict[str, float]:
+        for g in self.opt.param_groups:
+            g["lr"] = _lr_at(self.cfg, self.step)
+        losses, accs = train_step(
+            self.ddp_model, self.model, self.opt, self.stores["train"], self.cfg, rng, self.weights, self.ctx.device
+        )
+        return {
+            k: v for lvl in range(len(losses)) for k, v in ((f"loss_l{lvl}", losses[lvl]), (f"acc_l{lvl}", accs[lvl]))
+        }
+
+    def log_record(self, records: list[dict[str, float]], rate: float) -> dict:
+        return {
+            "step": self.step,
+            "split": "train",
+            "lr": _lr_at(self.cfg, self.step - 1),
+            "steps_per_s": rate,
+            "world_size": self.ctx.world,
+            **mean_record(records),
+        }
+
+    def postfix(self, record: dict) -> dict[str, str]:
+        return {f"acc{lvl}": f"{record[f'acc_l{lvl}']:.2f}" for lvl in range(self.cfg.syncer.num_levels)}
+
+    def validate(self) -> dict | None:
+        if "val" not in self.stores:
+            return None
+        val = evaluate(self.model, self.stores["val"], self.cfg, self.ctx.device)
+        for lvl in range(self.cfg.syncer.num_levels):
+            loss = val.get(f"loss_l{lvl}")
+            if loss is not None and loss < self.best.get(lvl, (float("inf"),))[0]:
+                state = {k: v.detach().clone() for k, v in self.model.levels[lvl].state_dict().items()}
+                self.best[lvl] = (loss, self.step, state)
+        return val
+
+    def finish(self, rate: float | None) -> dict:
+        from training.checkpoint import save_module
+
+        cfg, sc = self.cfg, self.cfg.syncer
+        best_steps = {}
+        for lvl, (_, at, state) in sorted(self.best.items()):
+            self.model.levels[lvl].load_state_dict(state)
+            best_steps[lvl] = at
+        result = {
+            "steps": self.step,
+            "device": self.ctx.device,
+            "world_size": self.ctx.world,
+            "best_val_step_per_level": best_steps,
+            "steps_per_s": rate,
+        }
+        for split in ("val", "test"):
+            if split in self.stores:
+                result[split] = evaluate(self.model, self.stores[split], cfg, self.ctx.device)
+        save_module(
+            self.out_dir / "syncers",
+            self.model,
+            {
+                "kind": "syncer_pyramid",
+                "syncer": sc,
+                "step": self.step,
+                "data_dir": cfg.data_dir,
+                "split": cfg.split,
+                "result": result,
+            },
+        )
+        return result
+
+
 def train(cfg: TrainSyncersConfig, out_dir: Path, resume: bool = True, progress: bool = True) -> dict:
     """Train (or resume) a syncer pyramid. Returns the final validation and test metrics."""
-    import numpy as np
-    import torch
-    import torch.distributed as dist
-
-    from training.checkpoint import load_meta, load_optimizer, load_state, save_module, save_optimizer
-    from training.config_io import dump_config
-    from training.data.syncer_batches import PyramidStore
-    from training.models.syncer import SyncerPyramid
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = _resolve_device(cfg.device)
-    if world > 1:
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    is_main = rank == 0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-
-    data = load_split_segments(cfg, progress and is_main)
-    sc = cfg.syncer
-    stores = {k: PyramidStore(v, sc.num_levels, sc.pyramid_kernel, sc.landmark_frames, sc.audio_frames,
-                              sequence_centring=sc.landmark_centering == "sequence")
-              for k, v in data.items() if v}
-    if "train" not in stores:
-        raise RuntimeError(f"{cfg.data_dir}: the train split is empty")
-    train_store = stores["train"]
-    weights = [train_store.sampling_weights(lvl) for lvl in range(sc.num_levels)]
-
-    model = build_model(cfg, train_store, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    step = 0
-    ckpt = out_dir / "checkpoint"
-    if resume and ckpt.with_suffix(".json").is_file():
-        model.load_state_dict(load_state(ckpt, device))
-        load_optimizer(ckpt, opt)
-        step = int(load_meta(ckpt)["step"])
-        if is_main:
-            print(f"resuming from {ckpt} at step {step}")
-    elif is_main:
-        dump_config(cfg, out_dir / "config.json")
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-
-    rng = np.random.default_rng(cfg.seed * 1000 + rank * 7919 + step)
-    metrics_path = out_dir / "metrics.jsonl"
-    bar = None
-    if is_main and progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=step, desc="syncers", unit="step")
-    t_start, steps_timed = time.perf_counter(), 0
-    run_acc = {lvl: [] for lvl in range(sc.num_levels)}
-    best = {lvl: (float("inf"), step, None) for lvl in range(sc.num_levels)}
-    run_loss = {lvl: [] for lvl in range(sc.num_levels)}
-    while step < cfg.steps:
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(cfg, step)
-        losses, accs = train_step(ddp_model, model, opt, train_store, cfg, rng, weights, device)
-        for lvl in range(sc.num_levels):
-            run_loss[lvl].append(losses[lvl])
-            run_acc[lvl].append(accs[lvl])
-        step += 1
-        steps_timed += 1
-        if bar is not None:
-            bar.update(1)
-        if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-            elapsed = time.perf_counter() - t_start
-            rec = {"step": step, "split": "train", "lr": _lr_at(cfg, step - 1),
-                   "steps_per_s": steps_timed / max(elapsed, 1e-9), "world_size": world}
-            for lvl in range(sc.num_levels):
-                rec[f"loss_l{lvl}"] = float(np.mean(run_loss[lvl]))
-                rec[f"acc_l{lvl}"] = float(np.mean(run_acc[lvl]))
-                run_loss[lvl].clear()
-                run_acc[lvl].clear()
-            _append(metrics_path, rec)
-            if bar is not None:
-                bar.set_postfix({f"acc{l}": f"{rec[f'acc_l{l}']:.2f}" for l in range(sc.num_levels)})
-        if is_main and "val" in stores and (step % cfg.eval_every == 0 or step == cfg.steps):
-            val = evaluate(model, stores["val"], cfg, device)
-            _append(metrics_path, {"step": step, "split": "val", **val})
-            # Early stopping per level: coarse levels see few distinct segments and start to memorise clips
-            # long before the fine ones stop improving, so each level keeps its own best validation weights.
-            for lvl in range(sc.num_levels):
-                loss = val.get(f"loss_l{lvl}")
-                if loss is not None and loss < best[lvl][0]:
-                    best[lvl] = (loss, step, {k: v.detach().clone() for k, v in model.levels[lvl].state_dict().items()})
-        if is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            meta = {"step": step, "config": cfg, "kind": "syncer_pyramid", "syncer": sc}
-            save_module(ckpt, model, meta)
-            save_optimizer(ckpt, opt)
-            plot_curves(metrics_path, out_dir / "curves.png")
-    if bar is not None:
-        bar.close()
-    result = {}
-    if is_main:
-        elapsed = time.perf_counter() - t_start
-        best_steps = {}
-        for lvl, (loss, at, state) in best.items():
-            if state is not None:
-                model.levels[lvl].load_state_dict(state)
-                best_steps[lvl] = at
-        result = {"steps": step, "device": device, "world_size": world, "best_val_step_per_level": best_steps,
-                  "steps_per_s": steps_timed / max(elapsed, 1e-9) if steps_timed else None}
-        for split in ("val", "test"):
-            if split in stores:
-                result[split] = evaluate(model, stores[split], cfg, device)
-        save_module(out_dir / "syncers", model, {"kind": "syncer_pyramid", "syncer": sc, "step": step,
-                                                  "data_dir": cfg.data_dir, "split": cfg.split, "result": result})
-        (out_dir / "result.json").write_text(json.dumps(result, indent=2))
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return result
-
-
-def _append(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    return SyncerTrainer(cfg, out_dir).run(resume=resume, progress=progress)
 
 
 def plot_curves(metrics_path: Path, png_path: Path) -> None:
     """Loss and retrieval accuracy per level, train and val, against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    records = read_records(metrics_path)
+    fig, axes = curves.panels(2, 11)
     levels = sorted({int(k[6:]) for r in records for k in r if k.startswith("loss_l")})
     for split, style in (("train", "-"), ("val", "o--")):
         rs = [r for r in records if r.get("split") == split]
@@ -330,17 +305,8 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
                 continue
             axes[0].plot(xs, [r[f"loss_l{lvl}"] for r in rs if f"loss_l{lvl}" in r], style, label=f"{split} L{lvl}")
             axes[1].plot(xs, [r[f"acc_l{lvl}"] for r in rs if f"acc_l{lvl}" in r], style, label=f"{split} L{lvl}")
-    axes[0].set_title("loss")
-    axes[1].set_title("top-1 retrieval among 49 (chance 2%)")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
+    curves.save(fig, axes, ("loss", "top-1 retrieval among 49 (chance 2%)"), "step", png_path)
 
 
 if __name__ == "__main__":  # torchrun entry point
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    sys.exit(command_main(__doc__, add_arguments, run))

@@ -60,8 +60,13 @@ def augment_landmarks(points: np.ndarray, rng: np.random.Generator, cfg: Augment
     """One random transform applied to a whole (T, 68, 2) sequence (the same for every frame)."""
     out = points.astype(np.float64)
     if cfg.yaw_deg or cfg.pitch_deg or cfg.roll_deg:
-        angles = np.deg2rad([rng.uniform(-cfg.yaw_deg, cfg.yaw_deg), rng.uniform(-cfg.pitch_deg, cfg.pitch_deg),
-                             rng.uniform(-cfg.roll_deg, cfg.roll_deg)])
+        angles = np.deg2rad(
+            [
+                rng.uniform(-cfg.yaw_deg, cfg.yaw_deg),
+                rng.uniform(-cfg.pitch_deg, cfg.pitch_deg),
+                rng.uniform(-cfg.roll_deg, cfg.roll_deg),
+            ]
+        )
         out = rotate_3d_like(out, *angles)
     s = rng.uniform(cfg.scale_min, cfg.scale_max)
     out = (out - 0.5) * s + 0.5
@@ -79,8 +84,9 @@ def _noise_mel_power(cfg: FrontEndConfig) -> np.ndarray:
     return window_energy * m["mel"].sum(axis=0)
 
 
-def augment_logmel(logmel: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
-                   frontend: FrontEndConfig = FrontEndConfig()) -> np.ndarray:
+def augment_logmel(
+    logmel: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, frontend: FrontEndConfig
+) -> np.ndarray:
     """Gain and noise applied to (..., n_mels) log-mel dB features of one clip."""
     floor_db = 10.0 * np.log10(frontend.log_floor)
     out = logmel.astype(np.float64)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
@@ -42,16 +41,17 @@ class Segment:
 
 @dataclasses.dataclass(frozen=True)
 class ClipLoadConfig:
-    """How clips become segments: gap handling and the crop rule."""
+    """How clips become segments: gap handling, the crop rule and the audio front end of the log-mel features."""
 
     max_gap_frames: int = 5
     min_length_frames: int = 25
     crop: CropConfig = CropConfig()
+    frontend: FrontEndConfig = FrontEndConfig()
 
 
-def load_segments(record: ClipRecord, cfg: ClipLoadConfig = ClipLoadConfig(),
-                  frontend: FrontEndConfig = FrontEndConfig()) -> list[Segment]:
+def load_segments(record: ClipRecord, cfg: ClipLoadConfig = ClipLoadConfig()) -> list[Segment]:
     """Load one clip and cut it into gap-free segments (an empty list when nothing usable remains)."""
+    frontend = cfg.frontend
     points_px = np.load(record.landmarks_path)
     if points_px.ndim != 3 or points_px.shape[1:] != (68, 2):
         raise ValueError(f"{record.landmarks_path}: expected (T, 68, 2) landmarks, got {points_px.shape}")
@@ -64,46 +64,29 @@ def load_segments(record: ClipRecord, cfg: ClipLoadConfig = ClipLoadConfig(),
     k = frontend.mfcc_per_landmark_frame
     out = []
     for start, end, filled in split_at_gaps(points_px, cfg.max_gap_frames, cfg.min_length_frames):
-        out.append(Segment(
-            clip_id=record.id, identity=record.identity, start_frame=start,
-            landmarks=crop.normalise(filled), audio=audio[start * spf : end * spf],
-            logmel=feats[start * k : end * k],
-        ))
+        out.append(
+            Segment(
+                clip_id=record.id,
+                identity=record.identity,
+                start_frame=start,
+                landmarks=crop.normalise(filled),
+                audio=audio[start * spf : end * spf],
+                logmel=feats[start * k : end * k],
+            )
+        )
     return out
 
 
-def load_all(records: list[ClipRecord], cfg: ClipLoadConfig = ClipLoadConfig(),
-             frontend: FrontEndConfig = FrontEndConfig(), cache_dir: str | Path | None = None,
-             progress: bool = True) -> list[Segment]:
-    """Load many clips, skipping (and reporting) unreadable ones. Optionally cached as one .npz per clip."""
+def load_all(records: list[ClipRecord], cfg: ClipLoadConfig = ClipLoadConfig(), progress: bool = True) -> list[Segment]:
+    """Load many clips, skipping (and reporting) unreadable ones."""
     from tqdm import tqdm
 
     out: list[Segment] = []
-    cache = Path(cache_dir) if cache_dir else None
-    if cache:
-        cache.mkdir(parents=True, exist_ok=True)
     for r in tqdm(records, desc="loading clips", disable=not progress, unit="clip"):
         try:
-            segs = _cached(r, cfg, frontend, cache) if cache else load_segments(r, cfg, frontend)
+            segs = load_segments(r, cfg)
         except Exception as exc:  # one bad clip never stops the run
             print(f"skipping {r.id}: {exc}")
             continue
         out.extend(segs)
     return out
-
-
-def _cached(r: ClipRecord, cfg: ClipLoadConfig, frontend: FrontEndConfig, cache: Path) -> list[Segment]:
-    key = f"{r.id}.{abs(hash((cfg, frontend))) % 10**8}.npz"
-    path = cache / key
-    if path.is_file():
-        z = np.load(path)
-        n = int(z["num"])
-        return [Segment(r.id, r.identity, int(z[f"s{i}"]), z[f"l{i}"], z[f"a{i}"], z[f"m{i}"]) for i in range(n)]
-    segs = load_segments(r, cfg, frontend)
-    arrays = {"num": np.array(len(segs))}
-    for i, s in enumerate(segs):
-        arrays.update({f"s{i}": np.array(s.start_frame), f"l{i}": s.landmarks, f"a{i}": s.audio, f"m{i}": s.logmel})
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-    return segs

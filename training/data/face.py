@@ -36,10 +36,12 @@ def predictor_path() -> Path:
     except ImportError:
         spec = importlib.util.find_spec("face_recognition_models")
         if spec is None or not spec.submodule_search_locations:
-            raise ImportError("face-recognition-models is not installed (pip install face-recognition-models)")
+            raise ImportError(
+                "face-recognition-models is not installed (pip install face-recognition-models)"
+            ) from None
         path = Path(list(spec.submodule_search_locations)[0]) / "models" / PREDICTOR_FILE
         if not path.is_file():
-            raise ImportError(f"{path}: the 68-point predictor file is missing from face-recognition-models")
+            raise ImportError(f"{path}: the 68-point predictor file is missing from face-recognition-models") from None
         return path
 
 
@@ -77,11 +79,11 @@ class BoxAnchor:
     """
 
     box: Box
-    centre_xy: tuple[float, float]   # mean of RIGID_POINTS, pixels
-    size_px: float                   # RMS distance of RIGID_POINTS to their mean
+    centre_xy: tuple[float, float]  # mean of RIGID_POINTS, pixels
+    size_px: float  # RMS distance of RIGID_POINTS to their mean
 
     @staticmethod
-    def measure(box: Box, points: np.ndarray) -> "BoxAnchor":
+    def measure(box: Box, points: np.ndarray) -> BoxAnchor:
         centre, size = _rigid_frame(points)
         return BoxAnchor(box, (float(centre[0]), float(centre[1])), size)
 
@@ -191,8 +193,8 @@ class FaceTracker:
             raise ValueError(f"detect_every must be >= 1, got {cfg.detect_every}")
         self.landmarker = landmarker
         self.cfg = cfg
-        self._box: Box | None = None              # box of the last fit (the stale-box fallback)
-        self._points: np.ndarray | None = None    # last confirmed landmarks (None: nothing to track from)
+        self._box: Box | None = None  # box of the last fit (the stale-box fallback)
+        self._points: np.ndarray | None = None  # last confirmed landmarks (None: nothing to track from)
         self._anchor: BoxAnchor | None = None
         self._template: np.ndarray | None = None  # normalised face patch at the last detection
         self._since_detect = 0
@@ -202,19 +204,24 @@ class FaceTracker:
     def step(self, image: np.ndarray) -> tuple[np.ndarray | None, bool]:
         lm = self.landmarker
         image = _contiguous(image)
-        if (self.cfg.detect_every > 1 and self._points is not None and self._anchor is not None
-                and self._since_detect < self.cfg.detect_every):
+        if (
+            self.cfg.detect_every > 1
+            and self._points is not None
+            and self._anchor is not None
+            and self._since_detect < self.cfg.detect_every
+        ):
             box = self._anchor.place(self._points)
             similarity = float((_patch(image, box, self.cfg.patch_px) * self._template).sum())
             if similarity >= self.cfg.min_similarity:
-                points = lm.fit(image, box)
+                fitted = lm.fit(image, box)
                 self._since_detect += 1
                 self.num_tracked_frames += 1
-                self._box, self._points = box, points
-                return points, True
+                self._box, self._points = box, fitted
+                return fitted, True
         self.num_detector_calls += 1
-        points, box, detected = lm.landmarks(image, self._box)
-        if detected:
+        points, found, detected = lm.landmarks(image, self._box)
+        if detected and found is not None and points is not None:
+            box = found
             self._anchor = BoxAnchor.measure(box, points)
             self._template = _patch(image, box, self.cfg.patch_px)
             self._since_detect = 1

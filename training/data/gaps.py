@@ -10,7 +10,9 @@ def valid_frames(points: np.ndarray) -> np.ndarray:
     return np.all(np.isfinite(points), axis=(1, 2))
 
 
-def split_at_gaps(points: np.ndarray, max_gap_frames: int = 5, min_length_frames: int = 25) -> list[tuple[int, int, np.ndarray]]:
+def split_at_gaps(
+    points: np.ndarray, max_gap_frames: int = 5, min_length_frames: int = 25
+) -> list[tuple[int, int, np.ndarray]]:
     """Fill gaps of at most `max_gap_frames` missing frames by linear interpolation and cut at longer ones.
 
     Args:

@@ -36,8 +36,14 @@ class WindowSampler:
     its data), so GRID s1 does not drown the in-the-wild speakers.
     """
 
-    def __init__(self, segments: list[Segment], num_frames: int, lookahead_frames: int, warmup_frames: int,
-                 frontend: FrontEndConfig = FrontEndConfig()) -> None:
+    def __init__(
+        self,
+        segments: list[Segment],
+        num_frames: int,
+        lookahead_frames: int,
+        warmup_frames: int,
+        frontend: FrontEndConfig,
+    ) -> None:
         self.frontend = frontend
         self.num_frames, self.lookahead, self.warmup = num_frames, lookahead_frames, warmup_frames
         need = num_frames + lookahead_frames + 1
@@ -52,8 +58,9 @@ class WindowSampler:
         self.weights = w / w.sum()
         self.num_starts = starts.astype(int)
 
-    def window(self, seg_index: int, start: int, rng: np.random.Generator | None = None,
-               augment: AugmentConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def window(
+        self, seg_index: int, start: int, rng: np.random.Generator | None = None, augment: AugmentConfig | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One window whose first target frame is `start` (>= 1): (audio, valid, landmarks)."""
         seg = self.segments[seg_index]
         spf, ctx = self.frontend.samples_per_landmark_frame, self.frontend.context_samples
@@ -75,8 +82,13 @@ class WindowSampler:
         segs = rng.choice(len(self.segments), size=batch_size, p=self.weights)
         starts = np.array([1 + rng.integers(0, self.num_starts[s]) for s in segs])
         parts = [self.window(int(s), int(t), rng, augment) for s, t in zip(segs, starts)]
-        return WindowBatch(np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts]),
-                           np.stack([p[2] for p in parts]), segs, starts)
+        return WindowBatch(
+            np.stack([p[0] for p in parts]),
+            np.stack([p[1] for p in parts]),
+            np.stack([p[2] for p in parts]),
+            segs,
+            starts,
+        )
 
     def fixed(self, batch_size: int, seed: int = 1234) -> WindowBatch:
         """A reproducible, unaugmented batch (validation)."""

@@ -35,16 +35,32 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+HELP = "Prepare a dataset: `msync data prepare VIDEOS... --out DIR`."
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".flv", ".wmv", ".ts", ".3gp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
 
 # Same columns as ../shared/data/manifest.tsv where they apply, then what only prepared data has.
 MANIFEST_COLUMNS = (
-    "id", "group", "speaker", "face_cluster", "duration_s", "frames", "fps_src", "det_rate", "lost_frames",
-    "nan_frames", "interpolated_frames", "start_frame", "source_path", "audio_path", "notes",
+    "id",
+    "group",
+    "speaker",
+    "face_cluster",
+    "duration_s",
+    "frames",
+    "fps_src",
+    "det_rate",
+    "lost_frames",
+    "nan_frames",
+    "interpolated_frames",
+    "start_frame",
+    "source_path",
+    "audio_path",
+    "notes",
 )
 
 # Below this share of detected frames a clip is marked as in ../shared/data ("partial detection").
@@ -146,8 +162,9 @@ class Piece:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def collect_jobs(inputs: list[str], audio_dir: str | Path | None = None,
-                 id_root: str | Path | None = None) -> list[Job]:
+def collect_jobs(
+    inputs: list[str], audio_dir: str | Path | None = None, id_root: str | Path | None = None
+) -> list[Job]:
     """Turn command-line inputs into jobs.
 
     Args:
@@ -262,8 +279,14 @@ def align_audio(audio: np.ndarray, offset_s: float, num_frames: int, cfg: Prepar
     return aligned, first_frame, max(end_frame, first_frame)
 
 
-def cut_pieces(source_id: str, points: np.ndarray, detected: np.ndarray, audio: np.ndarray,
-               cfg: PrepareConfig, usable: tuple[int, int] | None = None) -> list[Piece]:
+def cut_pieces(
+    source_id: str,
+    points: np.ndarray,
+    detected: np.ndarray,
+    audio: np.ndarray,
+    cfg: PrepareConfig,
+    usable: tuple[int, int] | None = None,
+) -> list[Piece]:
     """Fill short gaps, cut at long ones, drop leading/trailing frames without a face.
 
     A gap is a run of frames where the detector did not confirm the face. Frames with no box at all (NaN)
@@ -289,7 +312,7 @@ def cut_pieces(source_id: str, points: np.ndarray, detected: np.ndarray, audio: 
     detected = np.asarray(detected, dtype=bool) & valid_frames(points)
     if usable is not None:
         points[: usable[0]] = np.nan
-        points[usable[1]:] = np.nan
+        points[usable[1] :] = np.nan
     for start, end in _runs(~detected):
         if cfg.interpolate_missed or end - start > cfg.max_gap_frames:
             points[start:end] = np.nan
@@ -297,14 +320,16 @@ def cut_pieces(source_id: str, points: np.ndarray, detected: np.ndarray, audio: 
     spans = split_at_gaps(points, cfg.max_gap_frames, cfg.min_length_frames)
     pieces = []
     for k, (start, end, filled) in enumerate(spans, start=1):
-        pieces.append(Piece(
-            clip_id=source_id if len(spans) == 1 else f"{source_id}__part{k}",
-            start_frame=start,
-            landmarks=filled.astype(np.float32),
-            detected=detected[start:end] & found[start:end],  # interpolated frames were not detected
-            interpolated=~found[start:end],
-            audio=audio[start * spf: end * spf],
-        ))
+        pieces.append(
+            Piece(
+                clip_id=source_id if len(spans) == 1 else f"{source_id}__part{k}",
+                start_frame=start,
+                landmarks=filled.astype(np.float32),
+                detected=detected[start:end] & found[start:end],  # interpolated frames were not detected
+                interpolated=~found[start:end],
+                audio=audio[start * spf : end * spf],
+            )
+        )
     return pieces
 
 
@@ -358,7 +383,8 @@ def prepare_video(job: Job, cfg: PrepareConfig, landmarker=None) -> list[dict]:
     if not pieces:
         raise PrepareError(
             f"{job.video_path}: no face run of at least {cfg.min_length_frames} frames "
-            f"({int(np.isfinite(points).all(axis=(1, 2)).sum())} of {num_frames} frames have a face)")
+            f"({int(np.isfinite(points).all(axis=(1, 2)).sum())} of {num_frames} frames have a face)"
+        )
 
     notes_common = []
     if abs(offset_s) * 1000 >= 1:
@@ -378,33 +404,38 @@ def prepare_video(job: Job, cfg: PrepareConfig, landmarker=None) -> list[dict]:
         # (A 30 fps video's last grid frame often has no audio and is dropped: not worth a note.)
         if len(pieces) > 1 or num_frames - p.num_frames > 2:
             notes.append(f"frames {p.start_frame}-{p.start_frame + p.num_frames} of {num_frames}")
-        rows.append({
-            "id": p.clip_id,
-            "group": cfg.group,
-            "speaker": cfg.speaker,
-            # Without a face clustering step, pieces of one video at least share an identity, so they never
-            # straddle splits (training.data.manifest.assign_identities joins on face_cluster).
-            "face_cluster": f"video:{job.source_id}",
-            "duration_s": f"{p.num_frames / cfg.fps:.2f}",
-            "frames": p.num_frames,
-            # Same number style as ../shared/data: 25.0, 23.976; 1.0, 0.6279.
-            "fps_src": round(info.fps_src or stats.fps_src, 3),
-            "det_rate": round(det_rate, 4),
-            "lost_frames": int((~p.detected).sum()),
-            "nan_frames": 0,
-            "interpolated_frames": int(p.interpolated.sum()),
-            "start_frame": p.start_frame,
-            "source_path": str(job.video_path.resolve()),
-            "audio_path": str(audio_source.resolve()),
-            "notes": "; ".join(notes),
-        })
+        rows.append(
+            {
+                "id": p.clip_id,
+                "group": cfg.group,
+                "speaker": cfg.speaker,
+                # Without a face clustering step, pieces of one video at least share an identity, so they never
+                # straddle splits (training.data.manifest.assign_identities joins on face_cluster).
+                "face_cluster": f"video:{job.source_id}",
+                "duration_s": f"{p.num_frames / cfg.fps:.2f}",
+                "frames": p.num_frames,
+                # Same number style as ../shared/data: 25.0, 23.976; 1.0, 0.6279.
+                "fps_src": round(info.fps_src or stats.fps_src, 3),
+                "det_rate": round(det_rate, 4),
+                "lost_frames": int((~p.detected).sum()),
+                "nan_frames": 0,
+                "interpolated_frames": int(p.interpolated.sum()),
+                "start_frame": p.start_frame,
+                "source_path": str(job.video_path.resolve()),
+                "audio_path": str(audio_source.resolve()),
+                "notes": "; ".join(notes),
+            }
+        )
     record = {
         "source_id": job.source_id,
         "source_path": str(job.video_path.resolve()),
         "frames_total": num_frames,
         "seconds": round(time.monotonic() - t0, 3),
-        "prepared_with": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
-                          if k not in ("out_dir", "workers", "progress", "overwrite")},
+        "prepared_with": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("out_dir", "workers", "progress", "overwrite")
+        },
         "clips": rows,
     }
     _remove_stale_pieces(job.source_id, {r["id"] for r in rows}, cfg)
@@ -483,8 +514,9 @@ def is_complete(job: Job, cfg: PrepareConfig) -> bool:
     record = _read_record(job.source_id, cfg)
     if not record or not record.get("clips"):
         return False
-    return all(p.is_file() and p.stat().st_size > 0
-               for row in record["clips"] for p in _clip_paths(row["id"], cfg).values())
+    return all(
+        p.is_file() and p.stat().st_size > 0 for row in record["clips"] for p in _clip_paths(row["id"], cfg).values()
+    )
 
 
 def write_manifest(cfg: PrepareConfig) -> list[dict]:
@@ -525,7 +557,7 @@ def write_splits(cfg: PrepareConfig) -> Path:
 
     split_cfg = SplitConfig()
     splits = assign_splits(read_manifest(cfg.out_dir), split_cfg)
-    out = {name: [r.id for r in records] for name, records in splits.items()}
+    out: dict[str, Any] = {name: [r.id for r in records] for name, records in splits.items()}
     out["config"] = dataclasses.asdict(split_cfg)
     path = Path(cfg.out_dir) / "splits.json"
     _atomic_write_bytes(path, json.dumps(out, indent=1).encode())
@@ -555,7 +587,7 @@ def _run_pool(jobs: list[Job], cfg: PrepareConfig, workers: int):
     pending = list(reversed(jobs))
     crashed: list[Job] = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        in_flight = {}
+        in_flight: dict[Any, Job] = {}
         while pending or in_flight:
             # Keep the queue short so a crash implicates few jobs and progress is smooth.
             while pending and len(in_flight) < 2 * workers:
@@ -590,8 +622,13 @@ def _results(jobs: list[Job], cfg: PrepareConfig, workers: int):
             yield j, None, "the worker process crashed on this file (corrupt media?)"
 
 
-def prepare(inputs: list[str], cfg: PrepareConfig, audio_dir: str | Path | None = None,
-            splits: bool = False, id_root: str | Path | None = None) -> dict:
+def prepare(
+    inputs: list[str],
+    cfg: PrepareConfig,
+    audio_dir: str | Path | None = None,
+    splits: bool = False,
+    id_root: str | Path | None = None,
+) -> dict:
     """Prepare a batch of videos (the library entry point behind the CLI).
 
     Returns:
@@ -612,10 +649,9 @@ def prepare(inputs: list[str], cfg: PrepareConfig, audio_dir: str | Path | None 
     prepared: list[str] = []
     failures: list[tuple[Job, str]] = []
     workers = max(1, min(cfg.workers, len(todo)))
-    bar = tqdm(total=len(todo), unit="video", desc="preparing", disable=not cfg.progress or not todo,
-               file=sys.stderr)
+    bar = tqdm(total=len(todo), unit="video", desc="preparing", disable=not cfg.progress or not todo, file=sys.stderr)
     try:
-        for job, rows, error in _results(todo, cfg, workers):
+        for job, _rows, error in _results(todo, cfg, workers):
             if error is None:
                 prepared.append(job.source_id)
             else:
@@ -630,8 +666,13 @@ def prepare(inputs: list[str], cfg: PrepareConfig, audio_dir: str | Path | None 
         write_failures(failures, cfg)
     if splits and rows:
         write_splits(cfg)
-    return {"prepared": prepared, "skipped": skipped, "failed": [(str(j.video_path), e) for j, e in failures],
-            "clips": len(rows), "out_dir": str(out)}
+    return {
+        "prepared": prepared,
+        "skipped": skipped,
+        "failed": [(str(j.video_path), e) for j, e in failures],
+        "clips": len(rows),
+        "out_dir": str(out),
+    }
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -649,37 +690,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`msync data ACTION ...`; the only action so far is `prepare`."""
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = sub.add_parser(
-        "prepare", help="videos -> clips/<id>.{flac,lm68.npy,det.npy} + manifest.tsv",
+        "prepare",
+        help="videos -> clips/<id>.{flac,lm68.npy,det.npy} + manifest.tsv",
         description="Turn talking-face videos into a dataset in the ../shared/data layout: 16 kHz mono audio, "
-                    "25 fps dlib 68-point landmarks in source pixels, detection flags, manifest.tsv. "
-                    "Reruns skip finished videos; unusable files are listed in OUT/failed.tsv.")
-    p.add_argument("inputs", nargs="+", metavar="VIDEO",
-                   help="video file, VIDEO=AUDIO pair (audio from a separate file), or a folder of videos")
+        "25 fps dlib 68-point landmarks in source pixels, detection flags, manifest.tsv. "
+        "Reruns skip finished videos; unusable files are listed in OUT/failed.tsv.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="VIDEO",
+        help="video file, VIDEO=AUDIO pair (audio from a separate file), or a folder of videos",
+    )
     p.add_argument("--out", required=True, type=Path, help="dataset directory to create or extend")
-    p.add_argument("--audio-dir", type=Path, default=None,
-                   help="take audio from DIR/<video stem>.<wav|flac|mp3|m4a|...> where present")
-    p.add_argument("--id-root", type=Path, default=None,
-                   help="clip ids are video paths relative to this folder, '/' written as '__' (default: the "
-                        "inputs' common folder; set it when one dataset is built over several runs)")
+    p.add_argument(
+        "--audio-dir",
+        type=Path,
+        default=None,
+        help="take audio from DIR/<video stem>.<wav|flac|mp3|m4a|...> where present",
+    )
+    p.add_argument(
+        "--id-root",
+        type=Path,
+        default=None,
+        help="clip ids are video paths relative to this folder, '/' written as '__' (default: the "
+        "inputs' common folder; set it when one dataset is built over several runs)",
+    )
     p.add_argument("--speaker", default="unknown", help="speaker label for every clip (default: unknown)")
     p.add_argument("--group", default="prepared", help="group (source collection) label (default: prepared)")
-    p.add_argument("--detect-every", type=int, default=PrepareConfig.detect_every, metavar="N",
-                   help="run the face detector every N frames and track in between; 1 = every frame, "
-                        "as the stored data (default: %(default)s)")
-    p.add_argument("--upsample", type=int, choices=(0, 1), default=0,
-                   help="detector upsampling: 1 finds faces down to ~40 px at ~4x the cost (default: 0)")
-    p.add_argument("--max-gap-frames", type=int, default=PrepareConfig.max_gap_frames,
-                   help="fill runs of missed frames up to this long, cut the clip at longer ones "
-                        "(default: %(default)s)")
-    p.add_argument("--interpolate-missed", action="store_true",
-                   help="in short gaps, interpolate frames the detector missed instead of keeping their fit "
-                        "in the previous frame's box (the stored data keeps it)")
-    p.add_argument("--min-length-frames", type=int, default=PrepareConfig.min_length_frames,
-                   help="drop pieces shorter than this (default: %(default)s)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="only prepare the first S seconds of each video (quick tests)")
-    p.add_argument("--workers", type=int, default=_default_workers(),
-                   help="parallel processes (default: min(4, CPUs) = %(default)s)")
+    p.add_argument(
+        "--detect-every",
+        type=int,
+        default=PrepareConfig.detect_every,
+        metavar="N",
+        help="run the face detector every N frames and track in between; 1 = every frame, "
+        "as the stored data (default: %(default)s)",
+    )
+    p.add_argument(
+        "--upsample",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="detector upsampling: 1 finds faces down to ~40 px at ~4x the cost (default: 0)",
+    )
+    p.add_argument(
+        "--max-gap-frames",
+        type=int,
+        default=PrepareConfig.max_gap_frames,
+        help="fill runs of missed frames up to this long, cut the clip at longer ones (default: %(default)s)",
+    )
+    p.add_argument(
+        "--interpolate-missed",
+        action="store_true",
+        help="in short gaps, interpolate frames the detector missed instead of keeping their fit "
+        "in the previous frame's box (the stored data keeps it)",
+    )
+    p.add_argument(
+        "--min-length-frames",
+        type=int,
+        default=PrepareConfig.min_length_frames,
+        help="drop pieces shorter than this (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-seconds", type=float, default=None, help="only prepare the first S seconds of each video (quick tests)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=_default_workers(),
+        help="parallel processes (default: min(4, CPUs) = %(default)s)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo videos that are already complete")
     p.add_argument("--splits", action="store_true", help="also write OUT/splits.json (speaker-disjoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -691,11 +771,18 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
     return PrepareConfig(
-        out_dir=Path(args.out), detect_every=args.detect_every, upsample=args.upsample,
-        max_gap_frames=args.max_gap_frames, interpolate_missed=args.interpolate_missed,
+        out_dir=Path(args.out),
+        detect_every=args.detect_every,
+        upsample=args.upsample,
+        max_gap_frames=args.max_gap_frames,
+        interpolate_missed=args.interpolate_missed,
         min_length_frames=args.min_length_frames,
-        max_seconds=args.max_seconds, speaker=args.speaker, group=args.group, workers=args.workers,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        max_seconds=args.max_seconds,
+        speaker=args.speaker,
+        group=args.group,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
 
 
@@ -710,8 +797,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"msync data prepare: {exc}", file=sys.stderr)
         return 2
     summary = prepare(args.inputs, cfg, audio_dir=args.audio_dir, splits=args.splits, id_root=args.id_root)
-    print(f"{len(summary['prepared'])} prepared, {len(summary['skipped'])} already done, "
-          f"{len(summary['failed'])} failed; {summary['clips']} clips in {cfg.out_dir / 'manifest.tsv'}")
+    print(
+        f"{len(summary['prepared'])} prepared, {len(summary['skipped'])} already done, "
+        f"{len(summary['failed'])} failed; {summary['clips']} clips in {cfg.out_dir / 'manifest.tsv'}"
+    )
     if summary["failed"]:
         print(f"failures listed in {cfg.out_dir / 'failed.tsv'}", file=sys.stderr)
         return 1

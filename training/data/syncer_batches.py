@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,6 +11,9 @@ from stream_engine.features import FrontEndConfig, mfcc_from_logmel
 from training import pyramid
 from training.data.augment import AugmentConfig, augment_landmarks, augment_logmel
 from training.data.clips import Segment
+
+if TYPE_CHECKING:
+    from training.models.syncer import SyncerConfig
 
 
 @dataclasses.dataclass
@@ -30,9 +34,16 @@ class PyramidStore:
     average pooling, and the 3-D-like rotation and the noise are close enough for a training signal.
     """
 
-    def __init__(self, segments: list[Segment], num_levels: int, kernel: int, landmark_frames: int = 5,
-                 audio_frames: int = 20, frontend: FrontEndConfig = FrontEndConfig(),
-                 sequence_centring: bool = True) -> None:
+    def __init__(
+        self,
+        segments: list[Segment],
+        num_levels: int,
+        kernel: int,
+        frontend: FrontEndConfig,
+        landmark_frames: int = 5,
+        audio_frames: int = 20,
+        sequence_centring: bool = True,
+    ) -> None:
         self.segments = segments
         self.num_levels, self.kernel = num_levels, kernel
         self.landmark_frames, self.audio_frames = landmark_frames, audio_frames
@@ -71,13 +82,21 @@ class PyramidStore:
         lg = np.stack([self.logmel[s][level][a : a + self.audio_frames] for s, a in zip(seg, a0)])
         return lm, lg
 
-    def sample_group(self, level: int, rng: np.random.Generator, group_size: int = 49, per_clip: int = 7,
-                     augment: AugmentConfig | None = None, weights: np.ndarray | None = None) -> Group:
+    def sample_group(
+        self,
+        level: int,
+        rng: np.random.Generator,
+        group_size: int = 49,
+        per_clip: int = 7,
+        augment: AugmentConfig | None = None,
+        weights: np.ndarray | None = None,
+    ) -> Group:
         """A group of `group_size` aligned pairs: up to `per_clip` non-overlapping positions from each sampled
         segment, so negatives mix other speakers with the same speaker at other times."""
         npos = self.num_positions(level)
         weights = self.sampling_weights(level) if weights is None else weights
-        segs, poss = [], []
+        segs: list[int] = []
+        poss: list[int] = []
         while len(segs) < group_size:
             s = int(rng.choice(len(npos), p=weights))
             # Positions of one clip are spaced by at least 200 ms of real time: one segment at level 0 (no
@@ -103,3 +122,17 @@ class PyramidStore:
         """Per-coefficient mean and std of level-0 MFCC over all segments: (n_mfcc,), (n_mfcc,)."""
         allm = np.concatenate([mfcc_from_logmel(lg[0].astype(np.float64), self.frontend) for lg in self.logmel])
         return allm.mean(axis=0).astype(np.float32), (allm.std(axis=0) + 1e-3).astype(np.float32)
+
+
+def syncer_store(segments: list[Segment], sc: SyncerConfig, frontend: FrontEndConfig) -> PyramidStore:
+    """The store a syncer pyramid with config `sc` trains and is scored on (its levels, kernel, segment sizes and
+    landmark centring)."""
+    return PyramidStore(
+        segments,
+        sc.num_levels,
+        sc.pyramid_kernel,
+        frontend,
+        sc.landmark_frames,
+        sc.audio_frames,
+        sequence_centring=sc.landmark_centering == "sequence",
+    )

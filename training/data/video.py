@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -130,8 +130,9 @@ def _to_rgb(frame) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def frames_at_fps(path: str | Path, fps: float = 25.0, max_seconds: float | None = None,
-                  stats: DecodeStats | None = None) -> Iterator[np.ndarray]:
+def frames_at_fps(
+    path: str | Path, fps: float = 25.0, max_seconds: float | None = None, stats: DecodeStats | None = None
+) -> Iterator[np.ndarray]:
     """Decode a video onto a constant-rate grid.
 
     Args:
@@ -155,9 +156,9 @@ def frames_at_fps(path: str | Path, fps: float = 25.0, max_seconds: float | None
             raise VideoError(f"{path}: no video stream")
         stream = container.streams.video[0]
         nominal = stream.average_rate or stream.guessed_rate or Fraction(25)
-        t = 0                 # next output frame index
-        first = None          # pts of the first frame (Fraction seconds): the grid's zero
-        current = None        # (av frame, cached RGB array or None) on screen before the next decoded one
+        t = 0  # next output frame index
+        first = None  # pts of the first frame (Fraction seconds): the grid's zero
+        current = None  # (av frame, cached RGB array or None) on screen before the next decoded one
         last_start = last_dur = Fraction(0)
         try:
             for frame in container.decode(stream):

@@ -169,7 +169,7 @@ class ShapeSpace:
     num_train_frames: int = 0
 
     @classmethod
-    def fit(cls, shapes: np.ndarray, variance: float = 0.95, iterations: int = 4) -> "ShapeSpace":
+    def fit(cls, shapes: np.ndarray, variance: float = 0.95, iterations: int = 4) -> ShapeSpace:
         """Generalised Procrustes alignment of (N, 68, 2) shapes (non-finite rows dropped), then PCA."""
         s = _as_shapes(shapes)
         s = s[np.all(np.isfinite(s), axis=(1, 2))]
@@ -190,8 +190,9 @@ class ShapeSpace:
         # 4 of the 136 dimensions are removed by the alignment (2 translation, scale, rotation).
         rest = max(136 - 4 - k, 1)
         resid = float(ev[k:].sum() / rest)
-        return cls(mean=mean, components=vt[:k], variances=ev[:k], residual_variance=max(resid, 1e-12),
-                   num_train_frames=len(s))
+        return cls(
+            mean=mean, components=vt[:k], variances=ev[:k], residual_variance=max(resid, 1e-12), num_train_frames=len(s)
+        )
 
     @property
     def num_components(self) -> int:
@@ -229,6 +230,11 @@ class ShapeSpace:
         return float(self.plausible(s).mean()) if len(s) else float("nan")
 
     def summary(self) -> dict:
-        return {"num_components": self.num_components, "num_train_frames": self.num_train_frames,
-                "explained_variance_top": [float(v) for v in self.variances[:5]],
-                "residual_variance": self.residual_variance, "threshold": self.threshold, "quantile": self.quantile}
+        return {
+            "num_components": self.num_components,
+            "num_train_frames": self.num_train_frames,
+            "explained_variance_top": [float(v) for v in self.variances[:5]],
+            "residual_variance": self.residual_variance,
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+        }

@@ -54,8 +54,10 @@ def velocity_acceleration(x: np.ndarray) -> dict[str, float]:
     x = _check(x)
     vel = np.linalg.norm(np.diff(x, axis=0), axis=-1) if len(x) > 1 else np.full((0, 68), np.nan)
     acc = np.linalg.norm(np.diff(x, n=2, axis=0), axis=-1) if len(x) > 2 else np.full((0, 68), np.nan)
-    return {"velocity": float(vel.mean()) if vel.size else float("nan"),
-            "acceleration": float(acc.mean()) if acc.size else float("nan")}
+    return {
+        "velocity": float(vel.mean()) if vel.size else float("nan"),
+        "acceleration": float(acc.mean()) if acc.size else float("nan"),
+    }
 
 
 def head_trajectory(x: np.ndarray) -> np.ndarray:
@@ -87,8 +89,11 @@ def head_motion_energy(x: np.ndarray, num_levels: int = 4, kernel: int = 7) -> l
 def mouth_stats(x: np.ndarray) -> dict[str, float]:
     """Inner-lip opening ‖p62 − p66‖ (normalised units): mean, std over time, and mean |frame-to-frame change|."""
     m = mouth_opening(_check(x))
-    return {"mouth_open_mean": float(m.mean()), "mouth_open_std": float(m.std()),
-            "mouth_open_speed": float(np.abs(np.diff(m)).mean()) if len(m) > 1 else float("nan")}
+    return {
+        "mouth_open_mean": float(m.mean()),
+        "mouth_open_std": float(m.std()),
+        "mouth_open_speed": float(np.abs(np.diff(m)).mean()) if len(m) > 1 else float("nan"),
+    }
 
 
 def motion_stats(x: np.ndarray, num_levels: int = 4, kernel: int = 7) -> dict[str, float]:

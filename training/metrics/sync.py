@@ -35,7 +35,8 @@ which one was used.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -50,8 +51,7 @@ class PyramidLike(Protocol):
 
     cfg: Any
 
-    def embed(self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ...
+    def embed(self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 PADDINGS = ("zero", "valid")
@@ -114,8 +114,9 @@ def _device(pyr) -> torch.device:
         return torch.device("cpu")
 
 
-def embed_level(pyr: PyramidLike, lvl: int, landmarks_l: np.ndarray, mfcc_l: np.ndarray,
-                batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def embed_level(
+    pyr: PyramidLike, lvl: int, landmarks_l: np.ndarray, mfcc_l: np.ndarray, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """Embed all stride-1 windows of level-`lvl` sequences.
 
     Args:
@@ -144,8 +145,15 @@ def embed_level(pyr: PyramidLike, lvl: int, landmarks_l: np.ndarray, mfcc_l: np.
     return np.concatenate(ex), np.concatenate(ea)
 
 
-def av_sync(pyr: PyramidLike, landmarks: np.ndarray, mfcc: np.ndarray, levels: Sequence[int] | None = None,
-            vshift: int = 15, batch_size: int = 512, padding: str = "zero") -> list[dict]:
+def av_sync(
+    pyr: PyramidLike,
+    landmarks: np.ndarray,
+    mfcc: np.ndarray,
+    levels: Sequence[int] | None = None,
+    vshift: int = 15,
+    batch_size: int = 512,
+    padding: str = "zero",
+) -> list[dict]:
     """SyncNet AV offset and confidence at each pyramid level.
 
     Args:
@@ -175,9 +183,17 @@ def av_sync(pyr: PyramidLike, landmarks: np.ndarray, mfcc: np.ndarray, levels: S
     levels = list(range(cfg.num_levels)) if levels is None else list(levels)
     out = []
     for lvl in levels:
-        entry = {"level": lvl, "segment_ms": cfg.landmark_frames * 40.0 * 2**lvl, "frame_ms": 40.0 * 2**lvl,
-                 "num_windows": 0, "offset_frames": None, "confidence": math.nan, "min_dist": math.nan,
-                 "mdist": None, "reason": None}
+        entry = {
+            "level": lvl,
+            "segment_ms": cfg.landmark_frames * 40.0 * 2**lvl,
+            "frame_ms": 40.0 * 2**lvl,
+            "num_windows": 0,
+            "offset_frames": None,
+            "confidence": math.nan,
+            "min_dist": math.nan,
+            "mdist": None,
+            "reason": None,
+        }
         if not 0 <= lvl < cfg.num_levels:
             entry["reason"] = f"level {lvl} not in the pyramid (0..{cfg.num_levels - 1})"
             out.append(entry)
@@ -186,9 +202,11 @@ def av_sync(pyr: PyramidLike, landmarks: np.ndarray, mfcc: np.ndarray, levels: S
         mf_l = input_pyramid.level(mfcc, lvl, cfg.pyramid_kernel)
         e_x, e_a = embed_level(pyr, lvl, lm_l, mf_l, batch_size)
         if len(e_x) < 1:
-            entry["reason"] = (f"too short: {len(landmarks)} frames / {len(mfcc)} mfcc give {len(lm_l)} landmark and "
-                               f"{len(mf_l)} audio samples at level {lvl}, fewer than one "
-                               f"{cfg.landmark_frames}/{cfg.audio_frames}-sample window")
+            entry["reason"] = (
+                f"too short: {len(landmarks)} frames / {len(mfcc)} mfcc give {len(lm_l)} landmark and "
+                f"{len(mf_l)} audio samples at level {lvl}, fewer than one "
+                f"{cfg.landmark_frames}/{cfg.audio_frames}-sample window"
+            )
             out.append(entry)
             continue
         mdist = shift_distances(e_x, e_a, vshift, padding)

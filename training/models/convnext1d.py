@@ -25,7 +25,9 @@ class ConvNeXtBlock1d(nn.Module):
     (left padding (k-1)*d), which is what the streaming generator needs; otherwise it is centred.
     """
 
-    def __init__(self, channels: int, kernel: int = 3, dilation: int = 1, expansion: int = 4, causal: bool = False) -> None:
+    def __init__(
+        self, channels: int, kernel: int = 3, dilation: int = 1, expansion: int = 4, causal: bool = False
+    ) -> None:
         super().__init__()
         self.kernel, self.dilation, self.causal = kernel, dilation, causal
         self.dwconv = nn.Conv1d(channels, channels, kernel, dilation=dilation, groups=channels)
@@ -57,7 +59,9 @@ class Encoder1d(nn.Module):
     pooling over time and a linear head (as the syncer encoders of paper §3.1, narrower for CPU training).
     """
 
-    def __init__(self, in_dim: int, widths: tuple[int, ...], depths: tuple[int, ...], out_dim: int, kernel: int = 3) -> None:
+    def __init__(
+        self, in_dim: int, widths: tuple[int, ...], depths: tuple[int, ...], out_dim: int, kernel: int = 3
+    ) -> None:
         super().__init__()
         if len(widths) != len(depths):
             raise ValueError("widths and depths must have the same length")

@@ -50,8 +50,9 @@ class FrameDiscriminator(nn.Module):
         super().__init__()
         e = cfg.embed_dim
         self.embed = FrameEmbed(cfg)
-        self.head = nn.Sequential(nn.LayerNorm(e), nn.Linear(e, 2 * e), nn.GELU(), nn.Linear(2 * e, e), nn.GELU(),
-                                  nn.Linear(e, 1))
+        self.head = nn.Sequential(
+            nn.LayerNorm(e), nn.Linear(e, 2 * e), nn.GELU(), nn.Linear(2 * e, e), nn.GELU(), nn.Linear(e, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x)).squeeze(-1)
@@ -113,8 +114,7 @@ class SequenceDiscriminator(nn.Module):
             h = self._pool(h[0].view(b, n, -1))  # (B', n, H)
             starts = torch.arange(n, device=x.device, dtype=x.dtype) * stride + 1.0
             bp = h.shape[0]
-            s = self.proj(h.reshape(bp * n, -1), y[:, None].expand(-1, n, -1).reshape(bp * n, -1),
-                          starts.repeat(bp))
+            s = self.proj(h.reshape(bp * n, -1), y[:, None].expand(-1, n, -1).reshape(bp * n, -1), starts.repeat(bp))
             scores.append(s.view(bp, n).mean(dim=1))
         return torch.stack(scores, dim=0).mean(dim=0)
 

@@ -25,7 +25,8 @@ from cached inputs; nothing the previous step computed is recomputed.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ class GeneratorConfig:
         anchor_rate: per-frame pull of every landmark toward the reference face (0 = the paper's pure
             integration; 0.05 = a time constant of 20 frames, 0.8 s).
         reference_input: the landmark encoder reads [x(t-1), x(t-1) - x_ref] instead of x(t-1) alone.
+        frontend: the audio front end (MFCC) the generator reads and the exported step contains.
     """
 
     num_landmarks: int = 68
@@ -68,6 +70,7 @@ class GeneratorConfig:
     init_noise: str = "uniform"
     anchor_rate: float = 0.0
     reference_input: bool = False
+    frontend: FrontEndConfig = FrontEndConfig()
 
     def __post_init__(self) -> None:
         if self.lookahead_frames < 0:
@@ -157,13 +160,18 @@ class Branches(nn.Module):
 class Generator(nn.Module):
     """Causal MS-Sync generator. See the module docstring for the two forms."""
 
-    def __init__(self, cfg: GeneratorConfig = GeneratorConfig(), frontend: FrontEndConfig = FrontEndConfig()) -> None:
+    mfcc_mean: torch.Tensor
+    mfcc_std: torch.Tensor
+
+    def __init__(self, cfg: GeneratorConfig = GeneratorConfig(), frontend: FrontEndConfig | None = None) -> None:
         super().__init__()
-        self.cfg, self.frontend = cfg, frontend
-        self.mfcc = TorchMfcc(frontend)
+        if frontend is not None:  # legacy call form Generator(cfg, frontend); the front end is cfg.frontend
+            cfg = dataclasses.replace(cfg, frontend=frontend)
+        self.cfg = cfg
+        self.mfcc = TorchMfcc(cfg.frontend)
         self.register_buffer("mfcc_mean", torch.zeros(cfg.n_mfcc))
         self.register_buffer("mfcc_std", torch.ones(cfg.n_mfcc))
-        per = frontend.mfcc_per_landmark_frame
+        per = cfg.frontend.mfcc_per_landmark_frame
         c = cfg.audio_channels
         self.audio_stem = nn.Linear(per * cfg.n_mfcc, c)
         self.blocks = nn.ModuleList()
@@ -175,11 +183,17 @@ class Generator(nn.Module):
         d_lm = (4 if cfg.reference_input else 2) * cfg.num_landmarks
         e = cfg.landmark_embed
         self.landmark_encoder = nn.Sequential(
-            nn.Linear(d_lm, e), nn.LayerNorm(e), nn.Linear(e, 2 * e), nn.GELU(), nn.Linear(2 * e, e))
+            nn.Linear(d_lm, e), nn.LayerNorm(e), nn.Linear(e, 2 * e), nn.GELU(), nn.Linear(2 * e, e)
+        )
         self.lstm = nn.LSTMCell(e, cfg.lstm_hidden)
         self.branches = Branches(cfg)
 
     # ------------------------------------------------------------------ audio
+    @property
+    def frontend(self) -> FrontEndConfig:
+        """The audio front end (`cfg.frontend`)."""
+        return self.cfg.frontend
+
     def _stem(self, mfcc: torch.Tensor) -> torch.Tensor:
         """(B, 4T, n_mfcc) raw MFCC -> (B, C, T) stem features."""
         norm = (mfcc - self.mfcc_mean) / self.mfcc_std
@@ -200,7 +214,7 @@ class Generator(nn.Module):
         mask = None if valid is None else valid[:, None, :].to(x.dtype)
         if mask is not None:
             x = x * mask
-        levels = [None] * len(self.cfg.level_dilations)
+        levels: list[Any] = [None] * len(self.cfg.level_dilations)
         for block, lvl in zip(self.blocks, self.block_level):
             x = block(x)
             if mask is not None:
@@ -220,8 +234,7 @@ class Generator(nn.Module):
             feats = torch.cat([feats, ((x - x_ref) * 20.0).flatten(1)], dim=1)
         return self.landmark_encoder(feats)
 
-    def _advance(self, x_prev: torch.Tensor, x_ref: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
-                 audio: torch.Tensor):
+    def advance(self, x_prev: torch.Tensor, x_ref: torch.Tensor, h: torch.Tensor, c: torch.Tensor, audio: torch.Tensor):
         """One landmark frame: x_prev, x_ref (B,68,2), h/c (B,H), audio (B,G,C) -> (x, h, c)."""
         emb = self._embed(x_prev, x_ref)
         h, c = self.lstm(emb, (h, c))
@@ -247,17 +260,28 @@ class Generator(nn.Module):
         self.load_state_dict(state_dict)
         return adapted
 
-    def initial_lstm_state(self, batch: int, generator: torch.Generator | None = None,
-                           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def initial_lstm_state(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The noise source: (h0, c0), each (B, lstm_hidden), U[0,1) or zeros per `cfg.init_noise`."""
         shape = (batch, self.cfg.lstm_hidden)
         if self.cfg.init_noise == "uniform":
-            return (torch.rand(shape, generator=generator, device=device),
-                    torch.rand(shape, generator=generator, device=device))
+            return (
+                torch.rand(shape, generator=generator, device=device),
+                torch.rand(shape, generator=generator, device=device),
+            )
         return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
 
-    def forward(self, mfcc: torch.Tensor, x_ref: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
-                num_frames: int, warmup_frames: int = 0, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        mfcc: torch.Tensor,
+        x_ref: torch.Tensor,
+        h0: torch.Tensor,
+        c0: torch.Tensor,
+        num_frames: int,
+        warmup_frames: int = 0,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Generate `num_frames` frames over a window of audio.
 
         Args:
@@ -272,19 +296,22 @@ class Generator(nn.Module):
         L = self.cfg.lookahead_frames
         need = 4 * (warmup_frames + num_frames + L)
         if mfcc.shape[1] != need:
-            raise ValueError(f"expected {need} mfcc frames for {num_frames} frames (+{warmup_frames} warm-up, "
-                             f"+{L} look-ahead), got {mfcc.shape[1]}")
+            raise ValueError(
+                f"expected {need} mfcc frames for {num_frames} frames (+{warmup_frames} warm-up, "
+                f"+{L} look-ahead), got {mfcc.shape[1]}"
+            )
         audio = self.branch_audio(self.audio_levels(mfcc, valid))  # (B, G, C, W+T+L)
         x, h, c = x_ref, h0, c0
         out = []
         for t in range(num_frames):
-            x, h, c = self._advance(x, x_ref, h, c, audio[..., warmup_frames + t + L])
+            x, h, c = self.advance(x, x_ref, h, c, audio[..., warmup_frames + t + L])
             out.append(x)
         return torch.stack(out, dim=1)
 
     # ------------------------------------------------------------------- step
-    def initial_state(self, x_ref: torch.Tensor, h0: torch.Tensor | None = None,
-                      c0: torch.Tensor | None = None) -> StepState:
+    def initial_state(
+        self, x_ref: torch.Tensor, h0: torch.Tensor | None = None, c0: torch.Tensor | None = None
+    ) -> StepState:
         """A fresh stream: silence before it, zero caches, the given (or zero) LSTM state, x_ref as last frame."""
         b = x_ref.shape[0]
         dev = x_ref.device
@@ -294,8 +321,12 @@ class Generator(nn.Module):
         return StepState(
             audio_carry=torch.zeros(b, self.frontend.context_samples, device=dev),
             conv_cache=torch.zeros(b, self.cfg.audio_channels, self.cfg.conv_cache_frames, device=dev),
-            h=h0, c=c0, prev_landmarks=x_ref, frames_seen=torch.zeros(b, 1, device=dev),
-            reference_landmarks=x_ref)
+            h=h0,
+            c=c0,
+            prev_landmarks=x_ref,
+            frames_seen=torch.zeros(b, 1, device=dev),
+            reference_landmarks=x_ref,
+        )
 
     def step(self, audio_new: torch.Tensor, state: StepState) -> tuple[torch.Tensor, StepState]:
         """One 40 ms step.
@@ -311,31 +342,78 @@ class Generator(nn.Module):
         buf = torch.cat([state.audio_carry, audio_new], dim=1)  # (B, 352 + 640)
         x = self._stem(self.mfcc(buf))  # (B, C, 1)
         caches, offset = [], 0
-        levels = [None] * len(self.cfg.level_dilations)
-        for block, lvl in zip(self.blocks, self.block_level):
+        levels: list[Any] = [None] * len(self.cfg.level_dilations)
+        for block, lvl in zip(cast("list[ConvNeXtBlock1d]", self.blocks), self.block_level):
             pad = block.receptive_pad
             cache = state.conv_cache[:, :, offset : offset + pad]
             window = torch.cat([cache, x], dim=2)  # (B, C, pad + 1)
             # The depthwise conv producing one column is k taps times weights: a multiply and a sum export far
             # cheaper than a Conv node with a single output column (which dominated batched ORT steps).
             taps = window[:, :, :: block.dilation]  # (B, C, k)
-            conv = (taps * block.dwconv.weight[:, 0, :]).sum(dim=2, keepdim=True) + block.dwconv.bias[:, None]
+            conv = (taps * block.dwconv.weight[:, 0, :]).sum(dim=2, keepdim=True) + cast(
+                torch.Tensor, block.dwconv.bias
+            )[:, None]
             x = block.mix(conv, x)  # (B, C, 1)
             caches.append(window[:, :, 1:])
             levels[lvl] = x
             offset += pad
         audio = torch.stack([levels[l][:, :, 0] for l in self.cfg.branch_levels], dim=1)  # (B, G, C)
-        x_new, h_new, c_new = self._advance(state.prev_landmarks, state.reference_landmarks, state.h, state.c,
-                                            audio)
+        x_new, h_new, c_new = self.advance(state.prev_landmarks, state.reference_landmarks, state.h, state.c, audio)
         # Until L frames of look-ahead have arrived there is no frame to emit: keep the landmark state still.
         ready = state.frames_seen >= self.cfg.lookahead_frames  # (B, 1)
         x_out = torch.where(ready[:, :, None], x_new, state.prev_landmarks)
         h_out = torch.where(ready, h_new, state.h)
         c_out = torch.where(ready, c_new, state.c)
         seen = torch.clamp(state.frames_seen + 1.0, max=float(self.cfg.lookahead_frames))
-        next_state = StepState(buf[:, -ctx:], torch.cat(caches, dim=2), h_out, c_out, x_out, seen,
-                               state.reference_landmarks)
+        next_state = StepState(
+            buf[:, -ctx:], torch.cat(caches, dim=2), h_out, c_out, x_out, seen, state.reference_landmarks
+        )
         return x_out, next_state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A generator checkpoint stem (no suffix). A run directory resolves to its `generator` (else `checkpoint`);
+    a `.json`/`.safetensors` suffix is dropped.
+
+    Raises:
+        FileNotFoundError: the `.json` or the `.safetensors` half is missing.
+    """
+    p = Path(path)
+    if p.is_dir():
+        for name in ("generator", "checkpoint"):
+            if (p / f"{name}.json").is_file():
+                return p / name
+    p = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    if not (p.with_suffix(".json").is_file() and p.with_suffix(".safetensors").is_file()):
+        raise FileNotFoundError(f"generator checkpoint {p}.{{json,safetensors}} not found")
+    return p
+
+
+def load_generator(path: str | Path, device: str = "cpu") -> tuple[Generator, dict]:
+    """(Generator in eval mode on `device`, checkpoint meta) from a checkpoint of kind "generator" written by
+    `training.checkpoint.save_module` (`path`: stem, file or run directory, see :func:`resolve_checkpoint`).
+
+    Older checkpoints keep the front end beside the generator config (meta "frontend") or not at all (the
+    default front end); both load.
+
+    Raises:
+        FileNotFoundError: missing files; ValueError: not a generator checkpoint, or corrupt.
+    """
+    from stream_engine.dataclass_io import from_dict
+    from training.checkpoint import load_meta, load_state
+
+    p = resolve_checkpoint(path)
+    meta = load_meta(p)
+    if meta.get("kind") != "generator":
+        raise ValueError(f"{p}: checkpoint kind is {meta.get('kind')!r}, expected 'generator'")
+    if not isinstance(meta.get("generator"), dict):
+        raise ValueError(f"{p}: checkpoint meta has no 'generator' config")
+    data = dict(meta["generator"])
+    if "frontend" not in data and isinstance(meta.get("frontend"), dict):
+        data["frontend"] = meta["frontend"]
+    model = Generator(from_dict(GeneratorConfig, data))
+    model.load_state_dict(load_state(p, device), strict=True)
+    return model.to(device).eval(), meta

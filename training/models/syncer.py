@@ -10,12 +10,14 @@ Two kinds are trained from the same classes:
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.models.convnext1d import Encoder1d
+
 
 @dataclasses.dataclass(frozen=True)
 class SyncerConfig:
@@ -76,7 +78,9 @@ class Syncer(nn.Module):
         self.cfg = cfg
         self.audio_encoder = Encoder1d(cfg.n_mfcc, cfg.audio_widths, cfg.audio_depths, cfg.embed_dim)
         # Per frame: standardised segment-centred positions and velocities (2 x 136 features).
-        self.landmark_encoder = Encoder1d(4 * cfg.num_landmarks, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim)
+        self.landmark_encoder = Encoder1d(
+            4 * cfg.num_landmarks, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim
+        )
 
     def embed_audio(self, mfcc_norm: torch.Tensor) -> torch.Tensor:
         """(N, 20, n_mfcc) normalised MFCC -> (N, E)."""
@@ -91,6 +95,12 @@ class Syncer(nn.Module):
 
 class SyncerPyramid(nn.Module):
     """All levels plus the fixed MFCC normalisation computed on the training data."""
+
+    mfcc_mean: torch.Tensor
+    mfcc_std: torch.Tensor
+    position_mean: torch.Tensor
+    position_std: torch.Tensor
+    velocity_std: torch.Tensor
 
     def __init__(self, cfg: SyncerConfig) -> None:
         super().__init__()
@@ -113,8 +123,11 @@ class SyncerPyramid(nn.Module):
         """
         if self.cfg.landmark_centering != "sequence":
             return landmarks
-        return landmarks - landmarks.mean(axis=-3, keepdims=True) if not torch.is_tensor(landmarks) \
+        return (
+            landmarks - landmarks.mean(axis=-3, keepdims=True)
+            if not torch.is_tensor(landmarks)
             else landmarks - landmarks.mean(dim=-3, keepdim=True)
+        )
 
     def raw_landmark_features(self, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, T, 68, 2) -> segment-centred positions and velocities, each (N, T, 136).
@@ -142,8 +155,10 @@ class SyncerPyramid(nn.Module):
         Returns:
             (audio_embeddings (N, E), landmark_embeddings (N, E)).
         """
-        syncer = self.levels[lvl]
-        return syncer.embed_audio(self.normalise_mfcc(mfcc)), syncer.embed_landmarks(self.landmark_features(lvl, landmarks))
+        syncer = cast(Syncer, self.levels[lvl])
+        return syncer.embed_audio(self.normalise_mfcc(mfcc)), syncer.embed_landmarks(
+            self.landmark_features(lvl, landmarks)
+        )
 
     def score(self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of paired segments: (N,)."""
@@ -165,8 +180,10 @@ def infonce_loss(e_a: torch.Tensor, e_x: torch.Tensor, temperature: float) -> tu
     """
     logits = e_a @ e_x.transpose(1, 2) / temperature  # (G, N, N)
     target = torch.arange(logits.shape[-1], device=logits.device).expand(logits.shape[0], -1)
-    loss = 0.5 * (F.cross_entropy(logits.flatten(0, 1), target.flatten())
-                  + F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.flatten()))
+    loss = 0.5 * (
+        F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        + F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.flatten())
+    )
     acc = (logits.argmax(-1) == target).float().mean()
     return loss, acc
 
@@ -202,11 +219,12 @@ def load_pyramid(path, device: str = "cpu") -> SyncerPyramid:
     Raises:
         FileNotFoundError / ValueError: missing or corrupt files, or not a syncer checkpoint.
     """
-    from training.checkpoint import dataclass_from_dict, load_meta, load_state
+    from stream_engine.dataclass_io import from_dict
+    from training.checkpoint import load_meta, load_state
 
     meta = load_meta(path)
     if meta.get("kind") != "syncer_pyramid":
         raise ValueError(f"{path}: not a syncer pyramid checkpoint (kind={meta.get('kind')!r})")
-    model = SyncerPyramid(dataclass_from_dict(SyncerConfig, meta["syncer"]))
+    model = SyncerPyramid(from_dict(SyncerConfig, meta["syncer"]))
     model.load_state_dict(load_state(path, device))
     return model.to(device).eval()

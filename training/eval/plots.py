@@ -1,0 +1,70 @@
+"""The report's plots: AV-Conf and FD-motion per level and method, and the long rollout's drift curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_sync_levels(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = result["methods"]
+    names = list(methods)
+    num_levels = len(next(iter(methods.values()))["levels"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    width = 0.8 / len(names)
+    xs = np.arange(num_levels)
+    for k, name in enumerate(names):
+        lv = methods[name]["levels"]
+        mean = [l["confidence"]["mean"] for l in lv]
+        std = [l["confidence"]["std"] for l in lv]
+        axes[0].bar(xs + k * width, mean, width, yerr=std, capsize=2, label=name)
+        fd = [e["fd"] for e in methods[name]["fd_motion"]]
+        axes[1].bar(
+            xs + k * width, [v if v is not None and np.isfinite(v) and v > 0 else np.nan for v in fd], width, label=name
+        )
+    for ax, title in zip(
+        axes, ("AV-Conf per level (higher = more in sync)", "FD-motion per level (lower = closer to GT)")
+    ):
+        ax.set_xticks(xs + 0.4 - width / 2, [f"{int(200 * 2**l)} ms" for l in range(num_levels)])
+        ax.set_title(title)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_drift(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, r in result["long_rollout"].items():
+        c = r["curves"]
+        axes[0].plot(c["t_min"], [100 * v for v in c["plausible"]], "o-", label=name)
+        axes[1].plot(c["t_min"], [1e3 * v for v in c["velocity"]], "o-", label=name)
+        axes[2].plot(c["t_min"], c["scale_ratio"], "o-", label=name)
+    q = result["meta"]["shape_space"]["quantile"]
+    axes[0].axhline(q, color="grey", ls="--", label=f"GT ({q:g} % by construction)")
+    gv = result["meta"]["gt_velocity"]
+    if gv is not None and np.isfinite(gv):
+        axes[1].axhline(1e3 * gv, color="grey", ls="--", label="GT mean")
+    axes[2].axhline(1.0, color="grey", ls="--", label="reference face")
+    for ax, title, yl in zip(
+        axes, ("plausible frames", "mean velocity", "face size"), ("%", "×10⁻³ units / frame", "ratio to reference")
+    ):
+        ax.set_title(title)
+        ax.set_xlabel("rollout time (min)")
+        ax.set_ylabel(yl)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,330 @@
+"""The Markdown reports of `msync eval` and `msync eval-sync`: the shared tables (synchrony per level, motion)
+and checks, the conditions, and the JSON writer (strict JSON: NaN -> null)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from training.eval.sequences import GT
+
+REFERENCE_TEXT = {
+    "previous": "the GT frame before each sequence",
+    "first": "the clip's first frame, one stream per clip",
+}
+
+
+def finite_json(obj):
+    """JSON-safe copy: NaN/inf become null (strict JSON has no NaN), numpy scalars become Python ones."""
+    if isinstance(obj, dict):
+        return {str(k): finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: Path, result: dict) -> None:
+    path.write_text(json.dumps(finite_json(result), indent=1, allow_nan=False))
+
+
+# ----------------------------------------------------------------------------------------------- shared pieces
+
+
+def pm(s: dict | None, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+    """ "mean±std" of a `mean_std` summary times `scale`, or "–" when it has no finite values."""
+    if not s or not s.get("n") or s.get("mean") is None or not np.isfinite(s["mean"]):
+        return "–"
+    return f"{fmt.format(s['mean'] * scale)}±{fmt.format(s['std'] * scale)}"
+
+
+def num(v, fmt: str = "{:.3g}") -> str:
+    """A number formatted with `fmt`, or "–" for None / non-finite."""
+    return "–" if v is None or not np.isfinite(v) else fmt.format(v)
+
+
+def fd_cells(s: dict) -> list[str]:
+    return [num(e["fd"]) for e in s["fd_motion"]]
+
+
+def sync_table(rows: dict, num_levels: int) -> list[str]:
+    head = ["Method", "n"]
+    for lvl in range(num_levels):
+        head += [f"\\|AV-Off{lvl + 1}\\| ↓ ({int(200 * 2**lvl)} ms)", f"AV-Conf{lvl + 1} ↑"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in rows.items():
+        row = [name, str(s["n"]) + (f" ({s['non_finite_sequences']} NaN)" if s.get("non_finite_sequences") else "")]
+        for lv in s["levels"]:
+            row += [pm(lv["abs_offset"]), pm(lv["confidence"])]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def dyn_table(rows: dict, num_levels: int, with_lmd: bool) -> list[str]:
+    head = (
+        ["Method"]
+        + (["M-LMD (px) ↓", "F-LMD (px) ↓"] if with_lmd else [])
+        + ["velocity", "accel.", "E_0", f"E_{num_levels - 1}", "mouth open", "mouth open std"]
+        + [f"FD-motion L{l} ↓" for l in range(num_levels)]
+        + ["plausible ↑"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in rows.items():
+        mo = s["motion"]
+        row = [name]
+        if with_lmd:
+            row += [pm(s["lmd"].get("m_lmd_px")), pm(s["lmd"].get("f_lmd_px"))]
+        row += [
+            pm(mo.get("velocity"), 1e3),
+            pm(mo.get("acceleration"), 1e3),
+            pm(mo.get("head_energy_l0"), 1e6),
+            pm(mo.get(f"head_energy_l{num_levels - 1}"), 1e6),
+            pm(mo.get("mouth_open_mean"), 1e2),
+            pm(mo.get("mouth_open_std"), 1e2),
+        ]
+        row += fd_cells(s) + [num(100 * s["plausible"], "{:.1f} %")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def checks_lines(c: dict, heading: str, all_pass_label: str) -> list[str]:
+    """The checks section (see `training.eval.scoring.checks`), as both reports print it."""
+    return [
+        "",
+        heading,
+        "",
+        f"- GT AV-Conf > static face, per level: {c['gt_conf_above_static_face']}",
+        f"- GT AV-Conf > shuffled audio, per level: {c['gt_conf_above_shuffled_audio']}",
+        f"- GT median |AV-Off| at 200 ms = {num(c['gt_median_abs_offset_l0'], '{:g}')} "
+        f"(≤ 1: {c['gt_median_abs_offset_l0_le_1']})",
+        f"- {all_pass_label}: {c['all_pass']}",
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- msync eval
+
+
+def _conditions(meta: dict, cfg: dict) -> list[str]:
+    mach = meta["machine"]
+    lines = [
+        "# msync eval: synchrony, dynamics and drift",
+        "",
+        "## Conditions",
+        "",
+        f"- Data: split `{meta['split']}` of `{meta['data_dir']}` (speaker-disjoint): {meta['num_clips']} clips, "
+        f"{meta['num_identities']} identities, {meta['num_sequences']} sequences of {meta['seq_frames'] or 'whole-segment'} "
+        f"frames ({meta['segments_too_short']} segments too short).",
+        f"- Metric syncers: `{meta['metric_syncers']}` (loss {meta['syncer_loss']}, step {meta['syncer_step']}, "
+        f"centring {meta['landmark_centering']!r}); vshift {cfg['vshift']}, padding {cfg['padding']!r}.",
+        f"- Generation: reference face = {REFERENCE_TEXT[cfg['reference']]}; "
+        "audio from W frames before (receptive field, silence before the clip), look-ahead L from each model's config; "
+        f"initial LSTM noise seeded per sequence (seed {cfg['seed']}, identical for every model).",
+        f"- Machine: {mach.get('cpu')} ({mach.get('logical_cpus')} logical CPUs, load {mach.get('load_avg_1m')}), "
+        f"device {meta['device']}, torch {mach.get('torch')}, {mach.get('time_utc')}; "
+        f"total wall time {num(meta['wall_s'], '{:.0f}')} s.",
+    ]
+    for name, m in meta["models"].items():
+        td = m.get("training_data") or {}
+        lines.append(
+            f"- Model `{name}`: `{m['path']}` (step {m['step']}, L = {m['lookahead_frames']} frames = "
+            f"{m['lookahead_ms']} ms, {m['parameters'] / 1e6:.2f} M parameters, trained on "
+            f"{td.get('minutes', '?')} min / {td.get('identities', '?')} identities; generation "
+            f"{meta['generation_seconds'].get(name, float('nan')):.1f} s)."
+        )
+    for w in meta["warnings"]:
+        lines.append(f"- **Warning**: {w}")
+    return lines
+
+
+def _how_to_read(meta: dict) -> list[str]:
+    sp = meta["shape_space"]
+    return [
+        "",
+        "## How to read",
+        "",
+        "Ground truth is the ceiling and the static face / shuffled audio rows are the floor: a useful model sits "
+        "between, close to ground truth on AV-Conf (higher = the metric syncer is surer that lips and audio "
+        "belong together) with |AV-Off| near 0 at every scale (1 unit = 40·2^l ms at level l). The loudness mouth is "
+        "today's alternative: it can score on the finest scale (the mouth follows syllable energy) but has no "
+        "head motion and no articulation, which the coarse scales, the motion statistics and FD-motion expose. "
+        "LMD is only meaningful with the `previous` reference (same start frame as GT). For the drift tables, compare "
+        "each model's rows with its own short-sequence row and with ground truth: synchrony that holds, velocity "
+        "that neither dies out nor explodes, and plausibility near ground truth's over 10 minutes mean no drift. "
+        "Mean ± std over sequences.",
+        "",
+        f"**{meta['fd_name']}**: FVD needs I3D weights, which are not available offline (and our output is "
+        "landmarks, not video). FD-motion is the Fréchet distance (FID formula, d²) between Gaussian fits of the "
+        "metric syncers' landmark-encoder embeddings of every 5-sample window at level l (200·2^l ms) of ground truth "
+        "and of the method, on the same sequences. It is not comparable with published FVD numbers, and it is "
+        "biased upwards for small sets (coarse levels have few windows): the split-half floor below is what two "
+        "halves of ground truth score.",
+        "",
+        f"**Plausible**: share of frames whose distance to a PCA face-shape space (Procrustes-aligned: translation, "
+        f"scale, in-plane rotation removed; {sp['num_components']} components fitted on {sp['num_train_frames']} "
+        f"training-split frames; probabilistic-PCA distance) is within the {sp['quantile']:g}th percentile of the "
+        f"evaluated split's GT frames (threshold {num(sp['threshold'])}), so ground truth scores ≈ "
+        f"{sp['quantile']:g} % by construction.",
+        "",
+        "## 1. Multi-scale synchrony (paper Table 3 layout)",
+        "",
+    ]
+
+
+def _drift_section(result: dict, num_levels: int) -> list[str]:
+    meta = result["meta"]
+    lines: list[str] = []
+    if result["drift"]:
+        lines += [
+            "",
+            "## 3. Drift: the same metrics on the last frames of longer rollouts",
+            "",
+            f"Each row scores the last {meta['tail_frames']} frames of every rollout of its kind (no ground "
+            "truth exists for looped audio, so no LMD); FD-motion against the GT features of section 2.",
+            "",
+        ]
+        lines += sync_table(result["drift"], num_levels)
+        lines += [""] + dyn_table(result["drift"], num_levels, with_lmd=False)
+    return lines
+
+
+def _long_rollout_section(result: dict) -> list[str]:
+    meta = result["meta"]
+    lines: list[str] = []
+    if result["long_rollout"]:
+        lr = result["long_rollout"]
+        lines += [
+            "",
+            "## 4. Long rollout",
+            "",
+            "One stream over the split's speech (every clip in turn, looped) with the identity of the first clip's "
+            "first frame, run in "
+            "chunks with carried state; `step ≡` is the largest difference to `Generator.step` on its first frames. "
+            f"Velocity ×10⁻³ over the first and last window (GT mean {num(1e3 * meta['gt_velocity'])}); face size and "
+            "centre shift over the last window, relative to the reference face.",
+            "",
+            "| Model | frames | wall (s) | × real time | NaN frames | plausible (all / last) | velocity first → last "
+            "(ratio) | face size ratio | centre shift | step ≡ |",
+            "|" + "---|" * 10,
+        ]
+        for name, r in lr.items():
+            lines.append(
+                f"| {name} | {r['frames']} | {r['wall_s']:.1f} | {num(r['realtime_factor'], '{:.1f}')} | "
+                f"{r['non_finite_frames']} | {100 * r['plausible']:.1f} % / {100 * r['plausible_last_minute']:.1f} % | "
+                f"{num(1e3 * r['velocity_first'])} → {num(1e3 * r['velocity_last'])} "
+                f"({num(r['velocity_ratio'], '{:.2f}')}) | {num(r['scale_ratio_last'])} | "
+                f"{num(r['centre_shift_last'])} | {num(r['step_equivalence_max_abs'], '{:.1e}')} |"
+            )
+        lines += ["", "Curves over time: `drift.png`."]
+        videos = [v for r in lr.values() for v in r.get("videos", [])]
+        if videos:
+            lines += [
+                "",
+                "Rendered (landmarks over the rollout's audio): "
+                + ", ".join(f"`videos/{Path(v).name}`" for v in videos)
+                + ".",
+            ]
+    return lines
+
+
+def render_eval_markdown(result: dict) -> str:
+    """The `msync eval` report (eval.md)."""
+    meta, methods = result["meta"], result["methods"]
+    num_levels = len(methods[GT]["levels"])
+    lines = _conditions(meta, result["config"]) + _how_to_read(meta)
+    lines += sync_table(methods, num_levels)
+    lines += [
+        "",
+        "## 2. Landmark distance, motion, FD-motion, plausibility",
+        "",
+        "LMD in pixels of a 256 crop. Velocity/acceleration ×10⁻³ normalised units per frame (frame²); "
+        "E_l head-motion energy ×10⁻⁶ at level l; mouth opening ‖p62−p66‖ ×10⁻² (mean and std over time).",
+        "",
+    ]
+    lines += dyn_table(methods, num_levels, with_lmd=True)
+    if result.get("fd_floor"):
+        lines += [
+            "",
+            "FD-motion split-half floor (GT clips alternately in two halves): "
+            + ", ".join(f"L{e['level']}: {num(e['fd'])} (n {e['n_gt']}/{e['n']})" for e in result["fd_floor"]),
+        ]
+    lines += [
+        "",
+        "FD-motion sample sizes (windows per level, GT): "
+        + ", ".join(f"L{e['level']}: {e['n_gt']}" for e in methods[GT]["fd_motion"]),
+    ]
+    lines += _drift_section(result, num_levels) + _long_rollout_section(result)
+    lines += checks_lines(result["checks"], "## Checks", "metric sanity all pass")
+    lines += [
+        "",
+        "Plots: `sync_levels.png` (AV-Conf and FD-motion per level). Predictions: `predictions/` (eval-sync "
+        "format; `msync eval-sync --predictions DIR` rescores them).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- msync eval-sync
+
+
+def _sync_conditions(meta: dict) -> list[str]:
+    return [
+        "# Multi-scale AV synchrony (paper Table 3 layout)",
+        "",
+        f"Metric syncers: `{meta['metric_syncers']}` (loss {meta['syncer_loss']}, step {meta.get('syncer_step')}). "
+        f"Split `{meta['split']}` of `{meta['data_dir']}`: {meta['num_clips']} clips, {meta['num_sequences']} sequences "
+        f"of {meta['seq_frames'] or 'whole-segment'} frames; vshift {meta['vshift']}, padding {meta['padding']!r}.",
+        "|AV-Off_l| is in samples at level l's rate (1 = 40·2^l ms); AV-Conf = median − min of the mean "
+        "embedding distance over shifts. Mean ± std over sequences.",
+        "",
+    ]
+
+
+def _sync_motion_table(methods: dict, num_levels: int) -> list[str]:
+    head = (
+        ["Method", "M-LMD (px)", "F-LMD (px)", "velocity", "accel."]
+        + [f"E_{l}" for l in range(num_levels)]
+        + ["mouth open", "mouth open std", "LSE-D (200 ms)"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in methods.items():
+        m, mo = s["lmd"], s["motion"]
+        row = [name, pm(m["m_lmd_px"]), pm(m["f_lmd_px"]), pm(mo["velocity"], 1e3), pm(mo["acceleration"], 1e3)]
+        row += [pm(mo[f"head_energy_l{l}"], 1e6) for l in range(num_levels)]
+        row += [pm(mo["mouth_open_mean"], 1e2), pm(mo["mouth_open_std"], 1e2), pm(s["levels"][0]["min_dist"])]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def render_sync_markdown(result: dict) -> str:
+    """The `msync eval-sync` report (eval_sync.md): the two tables and the checks."""
+    meta, methods = result["meta"], result["methods"]
+    num_levels = len(next(iter(methods.values()))["levels"])
+    gt = methods[GT]["levels"]
+    lines = _sync_conditions(meta) + sync_table(methods, num_levels)
+    lines += [
+        "",
+        "Ground truth median |AV-Off| per level: "
+        + ", ".join(f"{int(lv['segment_ms'])} ms: {lv['abs_offset']['median']:g}" for lv in gt),
+        "Ground truth mean signed AV-Off (positive = audio leads the lips): "
+        + ", ".join(f"{int(lv['segment_ms'])} ms: {lv['offset']['mean']:+.2f}" for lv in gt),
+        "",
+    ]
+    lines += [
+        "# Landmark distance and motion",
+        "",
+        "LMD: mean point distance to GT, in pixels of a 256 crop (normalised × 256); M = mouth 48-67, F = all 68. "
+        "Velocity/acceleration: mean per-point magnitude, ×10⁻³ normalised units per frame (per frame²). "
+        "Head energy E_l: mean squared velocity of the level-l jaw+nose centroid trajectory, ×10⁻⁶ units² per "
+        "level-l sample. Mouth: inner-lip gap ‖p62−p66‖, ×10⁻² units (mean±std over sequences of the per-sequence mean "
+        "and std).",
+        "",
+    ]
+    lines += _sync_motion_table(methods, num_levels)
+    lines += checks_lines(result["checks"], "# Checks", "all pass") + [""]
+    return "\n".join(lines)
