@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from stream_engine.runtime.base import (
     BaseStepRunner,
+    StateSlots,
     StepRunner,
     check_audio,
     initial_state,
@@ -18,7 +19,7 @@ from stream_engine.runtime.base import (
 )
 
 __all__ = [
-    "BaseStepRunner", "StepRunner", "check_audio", "initial_state", "run_steps", "stack_states", "unstack_state",
+    "BaseStepRunner", "StateSlots", "StepRunner", "check_audio", "initial_state", "run_steps", "stack_states", "unstack_state",
     "load_runner",
 ]
 
