@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from stream_engine.contract import DTYPES, StepContract
+from stream_engine.contract import DTYPES, ModelLoadError, StepContract
 
 State = dict[str, np.ndarray]
 
@@ -265,6 +265,37 @@ class BaseStepRunner:
         landmarks, new_state = self.step(audio, slots.gather(rows))
         slots.scatter(rows, new_state)
         return landmarks
+
+
+class NonFiniteModelError(ModelLoadError, ValueError):
+    """A model whose step gives NaN or infinite landmarks or state on a canned input (refused at load)."""
+
+
+def check_finite_output(runner: StepRunner, steps: int | None = None) -> None:
+    """Refuse a model that gives non-finite output on a canned input.
+
+    Runs one stream (seeded noise state, the default face) over `steps` steps (default look-ahead + 8) of a
+    fixed signal: a 220 Hz tone at -10 dBFS with 5 % white noise for the first half, digital silence after.
+
+    Raises:
+        NonFiniteModelError: with the first step and tensor that went non-finite.
+    """
+    c = runner.contract
+    steps = steps or c.lookahead_frames + 8
+    spf = c.samples_per_frame
+    n = steps * spf
+    t = np.arange(n) / c.sample_rate_hz
+    rng = np.random.default_rng(0)
+    audio = (0.3 * np.sin(2 * np.pi * 220.0 * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
+    audio[n // 2 :] = 0.0
+    state = runner.initial_state(1, rng=np.random.default_rng(0))
+    for k in range(steps):
+        landmarks, state = runner.step(audio[None, k * spf : (k + 1) * spf], state)
+        bad = [name for name, v in [("landmarks", landmarks), *state.items()] if not np.all(np.isfinite(v))]
+        if bad:
+            raise NonFiniteModelError(
+                f"the model gives non-finite values ({', '.join(bad)}) at step {k} of a canned input "
+                "(tone then silence): its weights or export are broken; refusing to serve it")
 
 
 def run_steps(runner: StepRunner, audio: np.ndarray, state: State) -> tuple[np.ndarray, State]:
