@@ -155,9 +155,10 @@ class _SampleFifo:
             self._chunks.append(samples)
             self.size += samples.size
 
-    def take(self, num_samples: int) -> np.ndarray:
-        """Remove and return the first `num_samples` (caller checks `size`)."""
-        out = np.empty(num_samples, dtype=np.float32)
+    def take(self, num_samples: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Remove and return the first `num_samples` (caller checks `size`), into `out` when given."""
+        if out is None:
+            out = np.empty(num_samples, dtype=np.float32)
         filled = 0
         while filled < num_samples:
             chunk = self._chunks[0]
@@ -342,12 +343,14 @@ class EngineCore:
             raise AudioChunkError(f"audio must be mono (num_samples,), got shape {samples.shape}")
         if samples.size == 0:
             return
-        if not np.issubdtype(samples.dtype, np.floating):
+        if samples.dtype.kind != "f":
             raise AudioChunkError(f"audio must be floating point PCM in [-1, 1], got dtype {samples.dtype}")
-        samples = samples.astype(np.float32, copy=True)
-        if not np.all(np.isfinite(samples)):
-            raise AudioChunkError("audio chunk contains NaN or infinite samples")
-        np.clip(samples, -1.0, 1.0, out=samples)
+        samples = samples.astype(np.float32)  # a copy: the caller may reuse its buffer
+        if not math.isfinite(float(np.dot(samples, samples))):  # one pass; NaN/inf propagate into the sum
+            # (finite samples whose squares overflow float32 are out of range anyway and would be clipped)
+            if not np.all(np.isfinite(samples)):
+                raise AudioChunkError("audio chunk contains NaN or infinite samples")
+        # values beyond [-1, 1] are clipped per batch in take_batch
         if stream.fifo.size + stream.next_fifo.size + samples.size > self.max_pending_samples:
             raise OverloadError(
                 f"stream {stream_id!r} would hold more than {self.max_pending_samples / self.sample_rate_hz:.1f} s "
@@ -489,7 +492,10 @@ class EngineCore:
         audio = np.empty((len(picked), spf), dtype=np.float32)
         ready_ns, steps = [], []
         for i, stream in enumerate(picked):
-            audio[i] = stream.fifo.take(spf)
+            stream.fifo.take(spf, audio[i])
+        np.clip(audio, -1.0, 1.0, out=audio)
+        np_levels = _levels_dbfs(audio).tolist()
+        for i, stream in enumerate(picked):
             k = stream.steps_taken
             stream.steps_taken += 1
             steps.append(k)
@@ -500,7 +506,7 @@ class EngineCore:
                 while stream.fills and stream.fills[0][1] <= lo:
                     stream.fills.popleft()
                 stalled = bool(stream.fills) and stream.fills[0][0] < hi
-            stream.levels.append((_level_dbfs(audio[i]), stalled))
+            stream.levels.append((np_levels[i], stalled))
             stream.in_flight = True
         self._in_flight_batches += 1
         return StepBatch(tuple(s.stream_id for s in picked), tuple(s.epoch for s in picked), tuple(steps),
@@ -669,6 +675,12 @@ class EngineCore:
         while len(arrivals) > 1 and arrivals[0][0] <= sample_index:
             arrivals.popleft()
         return arrivals[0][1]
+
+
+def _levels_dbfs(audio: np.ndarray) -> np.ndarray:
+    """RMS level of each row of (B, n) PCM in dB re full scale, floored at -120 dBFS -> (B,) float64."""
+    mean_square = np.einsum("ij,ij->i", audio, audio, dtype=np.float64) / max(1, audio.shape[1])
+    return 10.0 * np.log10(np.maximum(mean_square, 1e-12))
 
 
 def _level_dbfs(samples: np.ndarray) -> float:

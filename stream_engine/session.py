@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_engine.core import LandmarkFrame
+from stream_engine.core import FrameTimings, LandmarkFrame
 from stream_engine.landmarks import fixed_crop
 from stream_engine.signals import SignalConfig, SignalExtractor
 
@@ -141,9 +141,11 @@ class Session:
         if self.signals is not None:
             signals = self.signals.update(frame.landmarks, frame.pts_ns / 1e9, frame.audio_level_dbfs,
                                           frame.audio_ahead_dbfs)
-        out = dataclasses.replace(frame, signals=signals,
-                                  timings=dataclasses.replace(frame.timings, publish_ns=int(publish_ns)))
-        t = out.timings
+        t = frame.timings
+        t = FrameTimings(t.audio_ready_ns, t.infer_start_ns, t.infer_end_ns, int(publish_ns))
+        out = LandmarkFrame(frame.stream_id, frame.seq, frame.epoch, frame.index, frame.pts_ns, frame.landmarks,
+                            frame.audio_level_dbfs, frame.audio_ahead_dbfs, t, signals, frame.stalled,
+                            frame.blendshapes)
         self.stats.frames += 1
         self.stats.engine_latency_ms.append((t.publish_ns - t.audio_ready_ns) / 1e6)
         self.stats.infer_ms.append((t.infer_end_ns - t.infer_start_ns) / 1e6)
