@@ -67,16 +67,21 @@ class UnknownStreamError(CoreError, KeyError):
 class FrameTimings:
     """Engine-clock timestamps (ns, `clock.Clock.now_ns`) of one landmark frame's life.
 
+    Stages: audio_ready -> take (waiting for batch partners) -> infer_start (queued for the inference thread)
+    -> infer_end (the step) -> publish (commit, signals, hand-off to the outputs).
+
     Attributes:
         audio_ready_ns: arrival of the chunk carrying the last audio sample this frame depends on.
         infer_start_ns, infer_end_ns: the runner call that produced it (shared by the whole batch).
         publish_ns: when the shell handed it to the outputs (0 until then). Each output adds its own send time.
+        take_ns: when its step was taken into a batch (0 when the core was given no clock).
     """
 
     audio_ready_ns: int
     infer_start_ns: int
     infer_end_ns: int
     publish_ns: int = 0
+    take_ns: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -188,8 +193,8 @@ class _Stream:
         self.rng = rng
         self.row = row                      # the stream's slot in the core's state store
         self.needs_init = False             # restarted while in flight: initialise the slot at commit
-        self.anchor_samples = 0             # received_samples at the last real audio (stall pacing)
-        self.anchor_ns: int | None = None   # arrival of the last real audio; None = no stall watch
+        self.runout_ns: int | None = None   # when the real audio received so far would have played out at 1x
+        self.stall_filled = 0               # silence added in the current stall (samples)
         self.stalled = False
         self.fills: collections.deque[tuple[int, int]] = collections.deque()  # silence added: epoch [start, end)
         self.fifo = _SampleFifo()           # audio of the current epoch not yet stepped
@@ -356,8 +361,10 @@ class EngineCore:
                 f"stream {stream_id!r} would hold more than {self.max_pending_samples / self.sample_rate_hz:.1f} s "
                 "of unprocessed audio (input faster than the engine)")
         stream.received_samples += samples.size
-        stream.anchor_samples, stream.anchor_ns = stream.received_samples, int(arrival_ns)
+        dur_ns = samples.size * 1_000_000_000 // self.sample_rate_hz
+        stream.runout_ns = max(stream.runout_ns or 0, int(arrival_ns)) + dur_ns
         stream.stalled = False
+        stream.stall_filled = 0
         if stream.ending_steps is not None:  # a flushed epoch is draining: this audio opens the next one
             stream.next_fifo.push(samples)
             stream.next_arrivals.append((stream.next_fifo.size, int(arrival_ns)))
@@ -370,10 +377,12 @@ class EngineCore:
     def fill_stalls(self, now_ns: int, stall_ns: int, max_fill_s: float = 1.0) -> list[tuple[str, str]]:
         """Continue streams whose audio stopped arriving with silence, paced by the wall clock.
 
-        A stream that received real audio in its current epoch and none for `stall_ns` is fed silence up to
-        the sample count the wall clock says it would hold ((now - last arrival) x rate), for at most
-        `stall_ns` + `max_fill_s` of audio per stall; its frames made from that silence are `stalled`. Real
-        audio resumes the stream where the silence left it (the sample clock counts the silence).
+        A stream that received real audio in its current epoch stalls when the wall clock passes the moment its
+        audio would have finished playing at 1x (the last arrival plus the audio's duration, for a real-time
+        source) by `stall_ns`; it is then fed silence up to (now - that moment) x rate samples, at most
+        `stall_ns` + `max_fill_s` of it per stall; frames made from that silence are `stalled`. A source
+        sending faster than real time therefore never stalls while it is ahead. Real audio resumes the stream
+        where the silence left it (the sample clock counts the silence).
 
         Returns:
             (stream_id, "stalled") for each stream whose stall began now.
@@ -381,14 +390,13 @@ class EngineCore:
         events = []
         rate = self.sample_rate_hz
         for stream in self._streams.values():
-            if stream.anchor_ns is None or stream.ending_steps is not None or stream.epoch_real_samples == 0:
+            if stream.runout_ns is None or stream.ending_steps is not None or stream.epoch_real_samples == 0:
                 continue
-            idle_ns = now_ns - stream.anchor_ns
+            idle_ns = now_ns - stream.runout_ns
             if idle_ns <= stall_ns:
                 continue
             cap = int((stall_ns / 1e9 + max_fill_s) * rate)
-            target = stream.anchor_samples + min(cap, int(idle_ns * rate // 1_000_000_000))
-            fill = target - stream.received_samples
+            fill = min(cap, int(idle_ns * rate // 1_000_000_000)) - stream.stall_filled
             if fill <= 0:
                 continue
             if not stream.stalled:
@@ -396,6 +404,7 @@ class EngineCore:
                 events.append((stream.stream_id, "stalled"))
             start = stream.epoch_samples_in
             stream.fifo.push(np.zeros(fill, dtype=np.float32))
+            stream.stall_filled += fill
             stream.received_samples += fill
             stream.epoch_samples_in += fill
             stream.fills.append((start, stream.epoch_samples_in))
@@ -568,7 +577,8 @@ class EngineCore:
                     stream_id=stream_id, seq=stream.seq, epoch=stream.epoch, index=j,
                     pts_ns=self.sample_clock.time_ns(stream.epoch_start_sample + j * self.samples_per_frame),
                     landmarks=landmarks[i].copy(), audio_level_dbfs=level, audio_ahead_dbfs=ahead,
-                    timings=FrameTimings(batch.audio_ready_ns[i], int(infer_start_ns), int(infer_end_ns)),
+                    timings=FrameTimings(batch.audio_ready_ns[i], int(infer_start_ns), int(infer_end_ns), 0,
+                                         batch.take_ns),
                     stalled=stalled))
                 stream.seq += 1
             if stream.ending_steps is not None and stream.steps_committed >= stream.ending_steps:
@@ -653,7 +663,8 @@ class EngineCore:
         stream.levels.clear()
         stream.fills.clear()
         stream.stalled = False
-        stream.anchor_ns = None
+        stream.runout_ns = None
+        stream.stall_filled = 0
         stream.epoch_samples_in = stream.epoch_real_samples = 0
         stream.steps_taken = stream.steps_committed = 0
         stream.ending_steps = None

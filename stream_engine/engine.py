@@ -358,8 +358,11 @@ class Engine:
         return max(0.0, left_ms) / 1e3
 
     async def _inference_loop(self) -> None:
+        """Take ready batches, keep the inference thread busy back to back (up to two batches queued: the next
+        step runs while the loop commits and publishes the previous one), commit in order."""
         loop = asyncio.get_running_loop()
         assert self._work is not None
+        pending: deque[tuple[StepBatch, asyncio.Future]] = deque()
         while True:
             await self._work.wait()
             self._work.clear()
@@ -367,43 +370,68 @@ class Engine:
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
                 self._work.clear()
-            while (batch := self.core.take_batch(now_ns=self.clock.now_ns())) is not None:
-                try:
+            while True:
+                while len(pending) < 2 and (batch := self.core.take_batch(now_ns=self.clock.now_ns())) is not None:
                     predicted_ms = None if self._ms_per_row is None else self._ms_per_row * len(batch)
-                    if predicted_ms is not None and predicted_ms < self.cfg.inline_step_ms:
-                        landmarks, t0, t1 = self._run_batch(batch)  # cheaper than a thread hand-off
-                    else:
-                        landmarks, t0, t1 = await loop.run_in_executor(self._executor, self._run_batch, batch)
-                    frames = self.core.commit(batch, landmarks, t0, t1)
+                    if not pending and predicted_ms is not None and predicted_ms < self.cfg.inline_step_ms:
+                        try:
+                            result = self._run_batch(batch)  # cheaper than a thread hand-off
+                        except Exception as exc:
+                            self._runner_failed(batch, exc)
+                            continue
+                        self._finish_batch(batch, *result)
+                        continue
+                    pending.append((batch, loop.run_in_executor(self._executor, self._run_batch, batch)))
+                if not pending:
+                    break
+                batch, future = pending.popleft()
+                try:
+                    result = await future
                 except asyncio.CancelledError:
+                    for b, f in pending:
+                        f.cancel()
                     raise
                 except Exception as exc:  # a runner failure costs the batch's streams their state, nothing more
-                    self.stats.runner_errors += 1
-                    affected = self.core.abort(batch)
-                    log.error("runner failed on a batch of %d streams: %r; those streams were reset", len(batch), exc)
-                    for sid in affected:
-                        self.note_error(sid, f"model step failed ({type(exc).__name__}: {exc}); stream reset")
-                        self._event(sid, "reset", epoch=self.core.epoch(sid))
-                    self._notify_progress()
+                    self._runner_failed(batch, exc)
                     continue
-                self.stats.runner_calls += 1
-                self.stats.batch_sizes.append(len(batch))
-                step_ms = (t1 - t0) / 1e6
-                self.stats.step_ms.append(step_ms)
-                per_row = step_ms / len(batch)
-                self._ms_per_row = per_row if self._ms_per_row is None else 0.8 * self._ms_per_row + 0.2 * per_row
-                if step_ms > self.cfg.slow_step_ms and time.monotonic() - self._last_slow_warning > 5.0:
-                    self._last_slow_warning = time.monotonic()
-                    log.warning("a runner call took %.1f ms for %d streams (budget %.0f ms per frame)", step_ms,
-                                len(batch), self.frame_ms)
-                for sid, message in self.core.take_faults():
-                    self.stats.nonfinite_frames += 1
-                    log.error("stream %s: %s", sid, message)
-                    self.note_error(sid, message)
-                    self._event(sid, "reset", epoch=self.core.epoch(sid))
-                self._publish(frames)
-                self._notify_progress()
-                await asyncio.sleep(0)  # let relays and inputs run between batches (inline steps never await)
+                self._finish_batch(batch, *result)
+                await asyncio.sleep(0)  # let relays and inputs run between batches
+
+    def _runner_failed(self, batch: StepBatch, exc: Exception) -> None:
+        self.stats.runner_errors += 1
+        affected = self.core.abort(batch)
+        log.error("runner failed on a batch of %d streams: %r; those streams were reset", len(batch), exc)
+        for sid in affected:
+            self.note_error(sid, f"model step failed ({type(exc).__name__}: {exc}); stream reset")
+            self._event(sid, "reset", epoch=self.core.epoch(sid))
+        self._notify_progress()
+
+    def _finish_batch(self, batch: StepBatch, landmarks, t0: int, t1: int) -> None:
+        """On the loop: commit a finished step, report non-finite rows, publish the frames."""
+        try:
+            frames = self.core.commit(batch, landmarks, t0, t1)
+        except Exception as exc:
+            self.stats.runner_errors += 1
+            log.error("bad runner output for a batch of %d streams: %r; those streams were reset", len(batch), exc)
+            self._notify_progress()
+            return
+        self.stats.runner_calls += 1
+        self.stats.batch_sizes.append(len(batch))
+        step_ms = (t1 - t0) / 1e6
+        self.stats.step_ms.append(step_ms)
+        per_row = step_ms / len(batch)
+        self._ms_per_row = per_row if self._ms_per_row is None else 0.8 * self._ms_per_row + 0.2 * per_row
+        if step_ms > self.cfg.slow_step_ms and time.monotonic() - self._last_slow_warning > 5.0:
+            self._last_slow_warning = time.monotonic()
+            log.warning("a runner call took %.1f ms for %d streams (budget %.0f ms per frame)", step_ms,
+                        len(batch), self.frame_ms)
+        for sid, message in self.core.take_faults():
+            self.stats.nonfinite_frames += 1
+            log.error("stream %s: %s", sid, message)
+            self.note_error(sid, message)
+            self._event(sid, "reset", epoch=self.core.epoch(sid))
+        self._publish(frames)
+        self._notify_progress()
 
     def _publish(self, frames: Sequence[LandmarkFrame]) -> None:
         if not frames:

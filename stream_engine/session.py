@@ -142,7 +142,7 @@ class Session:
             signals = self.signals.update(frame.landmarks, frame.pts_ns / 1e9, frame.audio_level_dbfs,
                                           frame.audio_ahead_dbfs)
         t = frame.timings
-        t = FrameTimings(t.audio_ready_ns, t.infer_start_ns, t.infer_end_ns, int(publish_ns))
+        t = FrameTimings(t.audio_ready_ns, t.infer_start_ns, t.infer_end_ns, int(publish_ns), t.take_ns)
         out = LandmarkFrame(frame.stream_id, frame.seq, frame.epoch, frame.index, frame.pts_ns, frame.landmarks,
                             frame.audio_level_dbfs, frame.audio_ahead_dbfs, t, signals, frame.stalled,
                             frame.blendshapes)
