@@ -371,6 +371,7 @@ class Engine:
                 await asyncio.sleep(wait_s)
                 self._work.clear()
             while True:
+                ran_inline = False
                 while len(pending) < 2 and (batch := self.core.take_batch(now_ns=self.clock.now_ns())) is not None:
                     predicted_ms = None if self._ms_per_row is None else self._ms_per_row * len(batch)
                     if not pending and predicted_ms is not None and predicted_ms < self.cfg.inline_step_ms:
@@ -378,10 +379,14 @@ class Engine:
                             result = self._run_batch(batch)  # cheaper than a thread hand-off
                         except Exception as exc:
                             self._runner_failed(batch, exc)
-                            continue
-                        self._finish_batch(batch, *result)
-                        continue
+                        else:
+                            self._finish_batch(batch, *result)
+                        ran_inline = True
+                        break
                     pending.append((batch, loop.run_in_executor(self._executor, self._run_batch, batch)))
+                if ran_inline:
+                    await asyncio.sleep(0)  # inline steps never await: let relays and inputs run between them
+                    continue
                 if not pending:
                     break
                 batch, future = pending.popleft()
