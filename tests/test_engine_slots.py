@@ -229,3 +229,33 @@ def test_zero_cost_runner_gives_reference_faces():
     np.testing.assert_array_equal(frames[0].landmarks, np.asarray(core.contract.reference_face, np.float32))
     assert initial_state(core.contract, 1)["frames_seen"].shape == (1, 1)
     assert isinstance(core.slots, StateSlots)
+
+
+def test_stage_timestamps_are_ordered_and_batches_pipeline_through_the_thread():
+    """Per-stage timestamps say where each frame waited; with more streams than one batch holds, the next batch
+    is queued to the inference thread while the previous one is published, and every frame still comes out."""
+
+    async def main():
+        sink = Sink()
+        runner = FakeRunner(lookahead_frames=1, cost_us_per_call=2000)  # slow enough for the thread path
+        cfg = EngineConfig(max_streams=8, max_batch_streams=3, inline_step_ms=0, stall_ms=0)
+        async with Engine(runner, cfg) as engine:
+            engine.add_sink(sink)
+            for i in range(8):
+                engine.open_stream(f"s{i}")
+            for _ in range(4):
+                for i in range(8):
+                    engine.push_audio(f"s{i}", tone(SPF))
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+            return sink, runner
+
+    sink, runner = asyncio.run(asyncio.wait_for(main(), 10))
+    assert len(sink.frames) == 8 * 3 and max(runner.batch_sizes) == 3
+    for f in sink.frames:
+        t = f.timings
+        assert t.audio_ready_ns <= t.take_ns <= t.infer_start_ns <= t.infer_end_ns <= t.publish_ns
+    by_stream = {}
+    for f in sink.frames:
+        by_stream.setdefault(f.stream_id, []).append(f.index)
+    assert all(v == [0, 1, 2] for v in by_stream.values())
