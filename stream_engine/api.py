@@ -195,7 +195,7 @@ class Stream:
     @property
     def slot(self) -> int:
         """The stream's row in the engine's state store."""
-        return self.engine.core._get(self.id).row
+        return self.engine.core.slot_of(self.id)
 
     # ------------------------------------------------------------------ audio in, frames out
     def push(self, pcm: np.ndarray, sample_rate: int = 16000) -> list[Frame]:

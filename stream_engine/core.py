@@ -411,6 +411,10 @@ class EngineCore:
             stream.arrivals.append((stream.epoch_samples_in, int(now_ns)))
         return events
 
+    def slot_of(self, stream_id: str) -> int:
+        """The stream's row in `slots`."""
+        return self._get(stream_id).row
+
     def is_stalled(self, stream_id: str) -> bool:
         return self._get(stream_id).stalled
 

@@ -424,9 +424,13 @@ class Engine:
         """On the loop: commit a finished step, report non-finite rows, publish the frames."""
         try:
             frames = self.core.commit(batch, landmarks, t0, t1)
-        except Exception as exc:
+        except Exception as exc:  # wrong landmark shape: the core has restarted the batch's streams
             self.stats.runner_errors += 1
             log.error("bad runner output for a batch of %d streams: %r; those streams were reset", len(batch), exc)
+            for sid in batch.stream_ids:
+                if self.core.has_stream(sid):
+                    self.note_error(sid, f"model step gave unusable output ({exc}); stream reset")
+                    self._event(sid, "reset", epoch=self.core.epoch(sid))
             self._notify_progress()
             return
         self.stats.runner_calls += 1

@@ -165,7 +165,7 @@ class Session:
     @property
     def slot(self) -> int:
         """The stream's row in the engine's state store."""
-        return self._engine().core._get(self.stream_id).row
+        return self._engine().core.slot_of(self.stream_id)
 
     def push(self, samples: np.ndarray, arrival_ns: int | None = None) -> None:
         """Mono float32 PCM at the model rate (`Engine.push_audio`; same errors)."""

@@ -259,3 +259,24 @@ def test_stage_timestamps_are_ordered_and_batches_pipeline_through_the_thread():
     for f in sink.frames:
         by_stream.setdefault(f.stream_id, []).append(f.index)
     assert all(v == [0, 1, 2] for v in by_stream.values())
+
+
+def test_runner_output_of_the_wrong_shape_resets_the_streams_with_an_error():
+    class BadShape(FakeRunner):
+        def step(self, audio, state):
+            out, new_state = super().step(audio, state)
+            return out[:, :10], new_state
+
+    async def main():
+        sink = Sink()
+        async with Engine(BadShape(lookahead_frames=0), EngineConfig(stall_ms=0)) as engine:
+            engine.add_sink(sink)
+            engine.open_stream("s")
+            engine.push_audio("s", tone(SPF * 2))
+            await asyncio.sleep(0.3)
+            return sink, engine.stats.runner_errors
+
+    sink, errors = asyncio.run(asyncio.wait_for(main(), 10))
+    assert sink.frames == [] and errors >= 1
+    kinds = [e["event"] for e in sink.events]
+    assert "error" in kinds and "reset" in kinds
