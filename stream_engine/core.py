@@ -333,12 +333,14 @@ class EngineCore:
         return max(0, (stream.ending_steps or 0) - max(stream.steps_committed, self.lookahead_frames))
 
     # ------------------------------------------------------------------ audio in
-    def push_audio(self, stream_id: str, samples: np.ndarray, arrival_ns: int) -> None:
+    def push_audio(self, stream_id: str, samples: np.ndarray, arrival_ns: int) -> bool:
         """Append mono PCM at the contract's rate to a stream.
 
         Args:
             samples: (num_samples,) float, nominally in [-1, 1] (values beyond are clipped). Empty is a no-op.
             arrival_ns: engine-clock time the chunk arrived (stamped on the frames that depend on it).
+        Returns:
+            whether the stream was stalled (being fed silence) until this chunk.
         Raises:
             UnknownStreamError, AudioChunkError (not 1-D, NaN/inf; the stream is unchanged), OverloadError.
         """
@@ -347,7 +349,7 @@ class EngineCore:
         if samples.ndim != 1:
             raise AudioChunkError(f"audio must be mono (num_samples,), got shape {samples.shape}")
         if samples.size == 0:
-            return
+            return False
         if samples.dtype.kind != "f":
             raise AudioChunkError(f"audio must be floating point PCM in [-1, 1], got dtype {samples.dtype}")
         samples = samples.astype(np.float32)  # a copy: the caller may reuse its buffer
@@ -362,17 +364,21 @@ class EngineCore:
                 "of unprocessed audio (input faster than the engine)")
         stream.received_samples += samples.size
         dur_ns = samples.size * 1_000_000_000 // self.sample_rate_hz
-        stream.runout_ns = max(stream.runout_ns or 0, int(arrival_ns)) + dur_ns
-        stream.stalled = False
-        stream.stall_filled = 0
+        runout = stream.runout_ns
+        stream.runout_ns = (arrival_ns if runout is None or arrival_ns > runout else runout) + dur_ns
+        was_stalled = stream.stalled
+        if was_stalled:
+            stream.stalled = False
+            stream.stall_filled = 0
         if stream.ending_steps is not None:  # a flushed epoch is draining: this audio opens the next one
             stream.next_fifo.push(samples)
             stream.next_arrivals.append((stream.next_fifo.size, int(arrival_ns)))
-            return
+            return was_stalled
         stream.fifo.push(samples)
         stream.epoch_samples_in += samples.size
         stream.epoch_real_samples += samples.size
         stream.arrivals.append((stream.epoch_samples_in, int(arrival_ns)))
+        return was_stalled
 
     def fill_stalls(self, now_ns: int, stall_ns: int, max_fill_s: float = 1.0) -> list[tuple[str, str]]:
         """Continue streams whose audio stopped arriving with silence, paced by the wall clock.

@@ -253,10 +253,7 @@ class Engine:
 
     def push_audio(self, stream_id: str, samples: np.ndarray, arrival_ns: int | None = None) -> None:
         """Mono float32 PCM at the model rate for one stream (see `EngineCore.push_audio` for errors)."""
-        core = self.core
-        was_stalled = core.is_stalled(stream_id)
-        core.push_audio(stream_id, samples, self.clock.now_ns() if arrival_ns is None else arrival_ns)
-        if was_stalled:
+        if self.core.push_audio(stream_id, samples, self.clock.now_ns() if arrival_ns is None else arrival_ns):
             self._event(stream_id, "resumed")
         if self._work is not None and not self._work.is_set():
             self._work.set()
