@@ -318,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"[onnx] latency {n} streams {name}: p50 {t.get('p50_ms', 0):.2f} / p99 "
                         f"{t.get('p99_ms', 0):.2f} ms")
             r["engine_latency"] = lat
+    if "baseline" in variants:
+        import shutil
+
+        shutil.rmtree(variants["baseline"], ignore_errors=True)
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
     write_report(Path(a.out), "engine_throughput", result, _markdown(result))
     return 0
