@@ -1,0 +1,23 @@
+"""msync's runtime: live speech -> 68 facial landmarks per 40 ms frame.
+
+The Python API (`stream_engine.api`)::
+
+    from stream_engine import Engine
+    engine = Engine()                         # the shipped default model
+    stream = engine.open_stream()
+    frames = stream.push(pcm, sample_rate=16000) + stream.flush()
+
+`Engine`, `Stream` and `Frame` are imported lazily (``import stream_engine`` alone loads nothing heavy).
+"""
+
+from __future__ import annotations
+
+__all__ = ["Engine", "Stream", "Frame"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from stream_engine import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'stream_engine' has no attribute {name!r}")

@@ -1,17 +1,19 @@
 """The engine core: many audio streams in, landmark frames out. Synchronous and free of I/O.
 
-One shared `StepRunner` (the exported 40 ms step) serves every stream; each stream owns its own state
-dictionary. Audio is pushed per stream in chunks of any length; whenever a stream holds the samples of its
+One shared `StepRunner` (the exported 40 ms step) serves every stream; each stream owns one row (slot) of
+the state store the runner allocated (`runner.new_slots`, batch on dimension 0). Audio is pushed per stream in chunks of any length; whenever a stream holds the samples of its
 next step, that step can run, and streams that are ready together are stepped in one batched call::
 
     core = EngineCore(runner)
     core.open_stream("alice")
     core.push_audio("alice", samples_16k, arrival_ns=clock.now_ns())
-    frames = core.process()            # take_batch -> runner.step -> commit, until nothing is ready
+    frames = core.process()            # take_batch -> run_batch -> commit, until nothing is ready
 
 The asyncio shell (`engine.py`) uses the three parts separately so that the runner runs off the event loop
-while pushes continue: ``batch = core.take_batch()``; ``runner.step(batch.audio, batch.state)`` in an
-executor; ``core.commit(batch, ...)`` back on the loop.
+while pushes continue: ``batch = core.take_batch()``; ``core.run_batch(batch)`` in the inference thread
+(the runner gathers the batch's slots, steps, and scatters the next state back in place); ``core.commit(batch,
+...)`` afterwards. A slot in flight is touched only by `run_batch`: resets and closes of a stream in flight
+take effect on its slot at commit.
 
 Timing (DESIGN §2): step k of an epoch consumes samples [640k, 640k + 640) of that epoch and emits landmark
 frame j = k - L, whose own audio is [640j, 640j + 640). The first L outputs of an epoch are the reference face
@@ -22,6 +24,11 @@ come from sample counts only (`clock.SampleClock`), so they never drift.
 Epochs: `reset` (barge-in) drops pending audio and restarts the model state at once; `flush` (end of a
 segment) pads the received audio with silence so every frame of it is emitted, then restarts the state.
 Each restart begins a new epoch at the stream's current sample count; `seq` keeps counting across epochs.
+
+Stalls (`fill_stalls`): a stream whose audio stops arriving for longer than the look-ahead plus a margin is
+continued with silence on the wall clock, so its face returns to rest; such frames carry `stalled=True`.
+Non-finite outputs: a row whose landmarks are not all finite is never turned into a frame; its stream is
+restarted (new epoch) and the fault is reported by `take_faults`.
 """
 
 from __future__ import annotations
@@ -29,24 +36,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from stream_engine.clock import SampleClock
-
-StateDict = dict[str, np.ndarray]
-
-
-class StepRunnerLike(Protocol):
-    """What the core needs from a runner (the full protocol lives in `stream_engine.runtime.base`)."""
-
-    contract: Any
-
-    def initial_state(self, batch: int, reference_face: np.ndarray | None = None,
-                      rng: np.random.Generator | None = None) -> StateDict: ...
-
-    def step(self, audio: np.ndarray, state: StateDict) -> tuple[np.ndarray, StateDict]: ...
+from stream_engine.runtime.base import StepRunner
 
 
 class CoreError(ValueError):
@@ -68,37 +63,25 @@ class UnknownStreamError(CoreError, KeyError):
         return str(self.args[0]) if self.args else "unknown stream"
 
 
-def _default_stack_states(states: list[StateDict]) -> StateDict:
-    return {name: np.concatenate([s[name] for s in states], axis=0) for name in states[0]}
-
-
-def _default_unstack_state(state: StateDict, batch: int) -> list[StateDict]:
-    return [{name: value[i : i + 1] for name, value in state.items()} for i in range(batch)]
-
-
-def _batching_functions() -> tuple[Callable, Callable]:
-    """The runtime's `stack_states`/`unstack_state` when present; equivalent batch-dim-0 fallbacks otherwise."""
-    try:
-        from stream_engine.runtime.base import stack_states, unstack_state
-    except ImportError:
-        return _default_stack_states, _default_unstack_state
-    return stack_states, unstack_state
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class FrameTimings:
     """Engine-clock timestamps (ns, `clock.Clock.now_ns`) of one landmark frame's life.
+
+    Stages: audio_ready -> take (waiting for batch partners) -> infer_start (queued for the inference thread)
+    -> infer_end (the step) -> publish (commit, signals, hand-off to the outputs).
 
     Attributes:
         audio_ready_ns: arrival of the chunk carrying the last audio sample this frame depends on.
         infer_start_ns, infer_end_ns: the runner call that produced it (shared by the whole batch).
         publish_ns: when the shell handed it to the outputs (0 until then). Each output adds its own send time.
+        take_ns: when its step was taken into a batch (0 when the core was given no clock).
     """
 
     audio_ready_ns: int
     infer_start_ns: int
     infer_end_ns: int
     publish_ns: int = 0
+    take_ns: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,6 +100,9 @@ class LandmarkFrame:
             mouth open before a sound within the look-ahead window.
         timings: engine-clock timestamps.
         signals: derived signals (`signals.Signals`), attached by the shell; None straight out of the core.
+        stalled: the frame's own audio includes silence the engine added because the stream's audio stopped
+            arriving (`EngineCore.fill_stalls`).
+        blendshapes: name -> weight in [0, 1], attached by the shell's blendshape deriver; None otherwise.
     """
 
     stream_id: str
@@ -129,6 +115,8 @@ class LandmarkFrame:
     audio_ahead_dbfs: float
     timings: FrameTimings
     signals: Any = None
+    stalled: bool = False
+    blendshapes: Any = None
 
     @property
     def pts_ms(self) -> float:
@@ -141,17 +129,19 @@ class StepBatch:
 
     Attributes:
         stream_ids, epochs, step_indices: per batch row, which stream/epoch/step it is.
+        rows: (B,) the streams' slots in the core's state store (`EngineCore.slots`).
         audio: (B, samples_per_frame) float32.
-        state: stacked runner state, batch on dim 0.
         audio_ready_ns: per row, arrival of the last sample of that step.
+        take_ns: when the batch was taken (engine clock, 0 when the core was given no clock).
     """
 
     stream_ids: tuple[str, ...]
     epochs: tuple[int, ...]
     step_indices: tuple[int, ...]
+    rows: np.ndarray
     audio: np.ndarray
-    state: StateDict
     audio_ready_ns: tuple[int, ...]
+    take_ns: int = 0
 
     def __len__(self) -> int:
         return len(self.stream_ids)
@@ -170,9 +160,10 @@ class _SampleFifo:
             self._chunks.append(samples)
             self.size += samples.size
 
-    def take(self, num_samples: int) -> np.ndarray:
-        """Remove and return the first `num_samples` (caller checks `size`)."""
-        out = np.empty(num_samples, dtype=np.float32)
+    def take(self, num_samples: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Remove and return the first `num_samples` (caller checks `size`), into `out` when given."""
+        if out is None:
+            out = np.empty(num_samples, dtype=np.float32)
         filled = 0
         while filled < num_samples:
             chunk = self._chunks[0]
@@ -195,11 +186,17 @@ class _SampleFifo:
 class _Stream:
     """Everything the core remembers about one stream (its runner state included)."""
 
-    def __init__(self, stream_id: str, reference_face: np.ndarray | None, rng: np.random.Generator) -> None:
+    def __init__(self, stream_id: str, reference_face: np.ndarray | None, rng: np.random.Generator,
+                 row: int) -> None:
         self.stream_id = stream_id
         self.reference_face = reference_face
         self.rng = rng
-        self.state: StateDict = {}
+        self.row = row                      # the stream's slot in the core's state store
+        self.needs_init = False             # restarted while in flight: initialise the slot at commit
+        self.runout_ns: int | None = None   # when the real audio received so far would have played out at 1x
+        self.stall_filled = 0               # silence added in the current stall (samples)
+        self.stalled = False
+        self.fills: collections.deque[tuple[int, int]] = collections.deque()  # silence added: epoch [start, end)
         self.fifo = _SampleFifo()           # audio of the current epoch not yet stepped
         self.next_fifo = _SampleFifo()      # audio that arrived while a flushed epoch drains
         self.next_arrivals: list[tuple[int, int]] = []  # (end sample relative to its first sample, arrival_ns)
@@ -211,7 +208,7 @@ class _Stream:
         self.steps_taken = 0                # steps handed to the runner in this epoch
         self.steps_committed = 0
         self.arrivals: collections.deque[tuple[int, int]] = collections.deque()  # (epoch end sample, ns)
-        self.levels: collections.deque[float] = collections.deque()  # dBFS of steps not yet emitted as frames
+        self.levels: collections.deque[tuple[float, bool]] = collections.deque()  # (dBFS, stalled) of steps not yet emitted
         self.seq = 0
         self.in_flight = False
         self.ending_steps: int | None = None  # set by flush: the epoch ends after this many steps
@@ -225,10 +222,12 @@ class EngineCore:
         max_batch_streams: most streams stepped in one runner call.
         max_pending_s: most seconds of audio a stream may hold before `push_audio` raises `OverloadError`.
         seed: base seed of the per-stream noise generators (stream i gets seed + i); None = random.
+        capacity: rows preallocated in the state store (it doubles when more streams open; the asyncio engine
+            preallocates its `max_streams` so it never grows while a step runs).
     """
 
-    def __init__(self, runner: StepRunnerLike, max_batch_streams: int = 64, max_pending_s: float = 30.0,
-                 seed: int | None = None) -> None:
+    def __init__(self, runner: StepRunner, max_batch_streams: int = 64, max_pending_s: float = 30.0,
+                 seed: int | None = None, capacity: int = 64) -> None:
         contract = runner.contract
         self.runner = runner
         self.contract = contract
@@ -242,7 +241,10 @@ class EngineCore:
         self.max_batch_streams = int(max_batch_streams)
         self.max_pending_samples = int(max_pending_s * self.sample_rate_hz)
         self.sample_clock = SampleClock(self.sample_rate_hz)
-        self._stack, self._unstack = _batching_functions()
+        self.slots = runner.new_slots(max(1, int(capacity)))
+        self._orphans: set[int] = set()  # slots of streams closed while in flight: freed at commit
+        self._faults: list[tuple[str, str]] = []
+        self._in_flight_batches = 0
         self._streams: dict[str, _Stream] = {}
         self._seed = seed
         self._streams_opened = 0
@@ -279,20 +281,28 @@ class EngineCore:
         if seed is None and self._seed is not None:
             seed = self._seed + self._streams_opened
         self._streams_opened += 1
-        stream = _Stream(stream_id, reference_face, np.random.default_rng(seed))
+        if self._in_flight_batches and self.slots.used >= self.slots.capacity:
+            raise CoreError("the state store is full while a step runs; open the stream after it (or give the "
+                            "core a larger capacity)")
+        stream = _Stream(stream_id, reference_face, np.random.default_rng(seed), self.slots.alloc())
         self._start_epoch(stream)
         self._streams[stream_id] = stream
 
     def close_stream(self, stream_id: str) -> None:
-        """Forget a stream; a batch in flight for it is discarded on commit. Unknown ids are ignored."""
-        self._streams.pop(stream_id, None)
+        """Forget a stream and free its slot (at commit when a batch is in flight for it). Unknown ids are
+        ignored."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if stream.in_flight:
+            self._orphans.add(stream.row)
+        else:
+            self.slots.free(stream.row)
 
     def reset(self, stream_id: str) -> int:
         """Barge-in: drop the stream's pending audio and restart its model state now. Returns the new epoch."""
         stream = self._get(stream_id)
-        stream.next_fifo.clear()
-        stream.next_arrivals.clear()
-        self._start_epoch(stream)
+        self._restart(stream)
         return stream.epoch
 
     def flush(self, stream_id: str, now_ns: int) -> int:
@@ -323,12 +333,14 @@ class EngineCore:
         return max(0, (stream.ending_steps or 0) - max(stream.steps_committed, self.lookahead_frames))
 
     # ------------------------------------------------------------------ audio in
-    def push_audio(self, stream_id: str, samples: np.ndarray, arrival_ns: int) -> None:
+    def push_audio(self, stream_id: str, samples: np.ndarray, arrival_ns: int) -> bool:
         """Append mono PCM at the contract's rate to a stream.
 
         Args:
             samples: (num_samples,) float, nominally in [-1, 1] (values beyond are clipped). Empty is a no-op.
             arrival_ns: engine-clock time the chunk arrived (stamped on the frames that depend on it).
+        Returns:
+            whether the stream was stalled (being fed silence) until this chunk.
         Raises:
             UnknownStreamError, AudioChunkError (not 1-D, NaN/inf; the stream is unchanged), OverloadError.
         """
@@ -337,26 +349,86 @@ class EngineCore:
         if samples.ndim != 1:
             raise AudioChunkError(f"audio must be mono (num_samples,), got shape {samples.shape}")
         if samples.size == 0:
-            return
-        if not np.issubdtype(samples.dtype, np.floating):
+            return False
+        if samples.dtype.kind != "f":
             raise AudioChunkError(f"audio must be floating point PCM in [-1, 1], got dtype {samples.dtype}")
-        samples = samples.astype(np.float32, copy=True)
-        if not np.all(np.isfinite(samples)):
-            raise AudioChunkError("audio chunk contains NaN or infinite samples")
-        np.clip(samples, -1.0, 1.0, out=samples)
+        samples = samples.astype(np.float32)  # a copy: the caller may reuse its buffer
+        if not math.isfinite(float(np.dot(samples, samples))):  # one pass; NaN/inf propagate into the sum
+            # (finite samples whose squares overflow float32 are out of range anyway and would be clipped)
+            if not np.all(np.isfinite(samples)):
+                raise AudioChunkError("audio chunk contains NaN or infinite samples")
+        # values beyond [-1, 1] are clipped per batch in take_batch
         if stream.fifo.size + stream.next_fifo.size + samples.size > self.max_pending_samples:
             raise OverloadError(
                 f"stream {stream_id!r} would hold more than {self.max_pending_samples / self.sample_rate_hz:.1f} s "
                 "of unprocessed audio (input faster than the engine)")
         stream.received_samples += samples.size
+        dur_ns = samples.size * 1_000_000_000 // self.sample_rate_hz
+        runout = stream.runout_ns
+        stream.runout_ns = (arrival_ns if runout is None or arrival_ns > runout else runout) + dur_ns
+        was_stalled = stream.stalled
+        if was_stalled:
+            stream.stalled = False
+            stream.stall_filled = 0
         if stream.ending_steps is not None:  # a flushed epoch is draining: this audio opens the next one
             stream.next_fifo.push(samples)
             stream.next_arrivals.append((stream.next_fifo.size, int(arrival_ns)))
-            return
+            return was_stalled
         stream.fifo.push(samples)
         stream.epoch_samples_in += samples.size
         stream.epoch_real_samples += samples.size
         stream.arrivals.append((stream.epoch_samples_in, int(arrival_ns)))
+        return was_stalled
+
+    def fill_stalls(self, now_ns: int, stall_ns: int, max_fill_s: float = 1.0) -> list[tuple[str, str]]:
+        """Continue streams whose audio stopped arriving with silence, paced by the wall clock.
+
+        A stream that received real audio in its current epoch stalls when the wall clock passes the moment its
+        audio would have finished playing at 1x (the last arrival plus the audio's duration, for a real-time
+        source) by `stall_ns`; it is then fed silence up to (now - that moment) x rate samples, at most
+        `stall_ns` + `max_fill_s` of it per stall; frames made from that silence are `stalled`. A source
+        sending faster than real time therefore never stalls while it is ahead. Real audio resumes the stream
+        where the silence left it (the sample clock counts the silence).
+
+        Returns:
+            (stream_id, "stalled") for each stream whose stall began now.
+        """
+        events = []
+        rate = self.sample_rate_hz
+        for stream in self._streams.values():
+            if stream.runout_ns is None or stream.ending_steps is not None or stream.epoch_real_samples == 0:
+                continue
+            idle_ns = now_ns - stream.runout_ns
+            if idle_ns <= stall_ns:
+                continue
+            cap = int((stall_ns / 1e9 + max_fill_s) * rate)
+            fill = min(cap, int(idle_ns * rate // 1_000_000_000)) - stream.stall_filled
+            if fill <= 0:
+                continue
+            if not stream.stalled:
+                stream.stalled = True
+                events.append((stream.stream_id, "stalled"))
+            start = stream.epoch_samples_in
+            stream.fifo.push(np.zeros(fill, dtype=np.float32))
+            stream.stall_filled += fill
+            stream.received_samples += fill
+            stream.epoch_samples_in += fill
+            stream.fills.append((start, stream.epoch_samples_in))
+            stream.arrivals.append((stream.epoch_samples_in, int(now_ns)))
+        return events
+
+    def slot_of(self, stream_id: str) -> int:
+        """The stream's row in `slots`."""
+        return self._get(stream_id).row
+
+    def is_stalled(self, stream_id: str) -> bool:
+        return self._get(stream_id).stalled
+
+    def take_faults(self) -> list[tuple[str, str]]:
+        """(stream_id, message) of streams restarted since the last call because the model gave non-finite
+        landmarks for them."""
+        faults, self._faults = self._faults, []
+        return faults
 
     def pending_samples(self, stream_id: str) -> int:
         """Samples accepted but not yet stepped (including audio queued behind a flush)."""
@@ -385,14 +457,44 @@ class EngineCore:
         spf = self.samples_per_frame
         return any(s.fifo.size >= spf and not s.in_flight for s in self._streams.values())
 
-    def take_batch(self, max_streams: int | None = None) -> StepBatch | None:
-        """Take one step's audio and state from each ready stream (at most `max_streams`), or None.
+    def ready_count(self) -> int:
+        """How many streams not in flight hold a full step of audio."""
+        spf = self.samples_per_frame
+        return sum(1 for s in self._streams.values() if s.fifo.size >= spf and not s.in_flight)
 
-        The streams stay "in flight" until `commit` or `abort`; pushes, resets and closes may happen meanwhile.
+    def oldest_ready_ns(self) -> int | None:
+        """Arrival of the audio completing the oldest ready step (None when nothing is ready)."""
+        spf = self.samples_per_frame
+        best = None
+        for s in self._streams.values():
+            if s.fifo.size >= spf and not s.in_flight:
+                t = self._peek_arrival(s, spf * (s.steps_taken + 1) - 1)
+                best = t if best is None or t < best else best
+        return best
+
+    @staticmethod
+    def _peek_arrival(stream: "_Stream", sample_index: int) -> int:
+        for end, ns in stream.arrivals:
+            if end > sample_index:
+                return ns
+        return stream.arrivals[-1][1] if stream.arrivals else 0
+
+    def take_batch(self, max_streams: int | None = None, only: Iterable[str] | None = None,
+                   now_ns: int = 0) -> StepBatch | None:
+        """Take one step's audio from each ready stream (at most `max_streams`), or None.
+
+        Args:
+            only: consider just these stream ids (the public API steps one stream at a time).
+            now_ns: stamped on the batch as `take_ns`.
+        The streams stay "in flight" until `commit` or `abort`; pushes, resets and closes may happen meanwhile
+        (a reset or close reaches the stream's slot at commit).
         """
         limit = min(max_streams or self.max_batch_streams, self.max_batch_streams)
         spf = self.samples_per_frame
-        streams = list(self._streams.values())
+        if only is not None:
+            streams = [self._streams[sid] for sid in only if sid in self._streams]
+        else:
+            streams = list(self._streams.values())
         if not streams:
             return None
         start = self._rr_offset % len(streams)
@@ -405,54 +507,89 @@ class EngineCore:
                     break
         if not picked:
             return None
+        picked.sort(key=lambda s: s.row)  # ascending slots: often one contiguous range (no gather copies)
         audio = np.empty((len(picked), spf), dtype=np.float32)
         ready_ns, steps = [], []
-        for row, stream in enumerate(picked):
-            audio[row] = stream.fifo.take(spf)
+        for i, stream in enumerate(picked):
+            stream.fifo.take(spf, audio[i])
+        np.clip(audio, -1.0, 1.0, out=audio)
+        np_levels = _levels_dbfs(audio).tolist()
+        for i, stream in enumerate(picked):
             k = stream.steps_taken
             stream.steps_taken += 1
             steps.append(k)
             ready_ns.append(self._arrival_of(stream, spf * (k + 1) - 1))
-            stream.levels.append(_level_dbfs(audio[row]))
+            stalled = False
+            if stream.fills:
+                lo, hi = spf * k, spf * (k + 1)
+                while stream.fills and stream.fills[0][1] <= lo:
+                    stream.fills.popleft()
+                stalled = bool(stream.fills) and stream.fills[0][0] < hi
+            stream.levels.append((np_levels[i], stalled))
             stream.in_flight = True
-        state = self._stack([s.state for s in picked]) if len(picked) > 1 else picked[0].state
+        self._in_flight_batches += 1
         return StepBatch(tuple(s.stream_id for s in picked), tuple(s.epoch for s in picked), tuple(steps),
-                         audio, state, tuple(ready_ns))
+                         np.fromiter((s.row for s in picked), dtype=np.intp, count=len(picked)),
+                         audio, tuple(ready_ns), int(now_ns))
 
-    def commit(self, batch: StepBatch, landmarks: np.ndarray, new_state: StateDict,
-               infer_start_ns: int, infer_end_ns: int) -> list[LandmarkFrame]:
-        """Store the runner's outputs for `batch` and return the frames it completes (look-ahead warm-up dropped).
+    def run_batch(self, batch: StepBatch) -> np.ndarray:
+        """The runner call for `batch` (safe off the owning thread): its slots are gathered, stepped and the
+        next state scattered back in place. Returns landmarks (B, num_landmarks, landmark_dims)."""
+        return self.runner.step_slots(self.slots, batch.rows, batch.audio)
 
-        Rows of streams that were closed or reset while the batch was in flight are discarded.
+    def commit(self, batch: StepBatch, landmarks: np.ndarray, infer_start_ns: int = 0,
+               infer_end_ns: int = 0) -> list[LandmarkFrame]:
+        """Take the runner's landmarks for `batch` and return the frames it completes (look-ahead warm-up
+        dropped). The next state is already in the store (`run_batch`).
+
+        Rows of streams that were closed or reset while the batch was in flight are discarded (their slots are
+        freed or re-initialised now). A row with non-finite landmarks restarts its stream and is reported by
+        `take_faults`; it never becomes a frame.
 
         Args:
             landmarks: (B, num_landmarks, landmark_dims) runner output.
-            new_state: stacked next state, batch on dim 0.
+        Raises:
+            CoreError: landmarks of the wrong shape (every stream of the batch is restarted).
         """
+        self._in_flight_batches = max(0, self._in_flight_batches - 1)
         landmarks = np.asarray(landmarks, dtype=np.float32)
         expect = (len(batch), self.num_landmarks, self.landmark_dims)
         if landmarks.shape != expect:
+            self._in_flight_batches += 1
             self.abort(batch)
             raise CoreError(f"runner returned landmarks of shape {landmarks.shape}, expected {expect}")
-        states = self._unstack(new_state, len(batch)) if len(batch) > 1 else [new_state]
+        finite = np.isfinite(landmarks).reshape(len(batch), -1).all(axis=1)
         frames: list[LandmarkFrame] = []
-        for row, stream_id in enumerate(batch.stream_ids):
+        L = self.lookahead_frames
+        for i, stream_id in enumerate(batch.stream_ids):
+            row = int(batch.rows[i])
             stream = self._streams.get(stream_id)
-            if stream is None or stream.epoch != batch.epochs[row]:
-                continue  # closed or reset meanwhile: this output belongs to nobody
+            if stream is None or stream.row != row:
+                if row in self._orphans:  # closed while in flight
+                    self._orphans.discard(row)
+                    self.slots.free(row)
+                continue
             stream.in_flight = False
-            stream.state = states[row]
+            if stream.needs_init or stream.epoch != batch.epochs[i]:
+                self._init_slot(stream)  # reset meanwhile: this output belongs to nobody
+                continue
+            if not finite[i]:
+                self._faults.append((stream_id, "the model gave non-finite landmarks; the stream was restarted"))
+                self._restart(stream)
+                continue
             stream.steps_committed += 1
-            k = batch.step_indices[row]
-            if k >= self.lookahead_frames:
-                j = k - self.lookahead_frames
-                level = stream.levels.popleft()
-                ahead = max(stream.levels) if stream.levels else level
+            k = batch.step_indices[i]
+            if k >= L:
+                j = k - L
+                level, stalled = stream.levels.popleft()
+                ahead = max(v for v, _ in stream.levels) if stream.levels else level
                 frames.append(LandmarkFrame(
                     stream_id=stream_id, seq=stream.seq, epoch=stream.epoch, index=j,
                     pts_ns=self.sample_clock.time_ns(stream.epoch_start_sample + j * self.samples_per_frame),
-                    landmarks=landmarks[row].copy(), audio_level_dbfs=level, audio_ahead_dbfs=ahead,
-                    timings=FrameTimings(batch.audio_ready_ns[row], int(infer_start_ns), int(infer_end_ns))))
+                    landmarks=landmarks[i].copy(), audio_level_dbfs=level, audio_ahead_dbfs=ahead,
+                    timings=FrameTimings(batch.audio_ready_ns[i], int(infer_start_ns), int(infer_end_ns), 0,
+                                         batch.take_ns),
+                    stalled=stalled))
                 stream.seq += 1
             if stream.ending_steps is not None and stream.steps_committed >= stream.ending_steps:
                 self._start_next_epoch(stream)
@@ -460,36 +597,49 @@ class EngineCore:
 
     def abort(self, batch: StepBatch) -> list[str]:
         """The runner failed on `batch`: restart every stream in it (new epoch). Returns the affected ids."""
+        self._in_flight_batches = max(0, self._in_flight_batches - 1)
         affected = []
-        for row, stream_id in enumerate(batch.stream_ids):
+        for i, stream_id in enumerate(batch.stream_ids):
+            row = int(batch.rows[i])
             stream = self._streams.get(stream_id)
-            if stream is not None and stream.epoch == batch.epochs[row]:
-                stream.in_flight = False
+            if stream is None or stream.row != row:
+                if row in self._orphans:
+                    self._orphans.discard(row)
+                    self.slots.free(row)
+                continue
+            stream.in_flight = False
+            if stream.epoch == batch.epochs[i] and not stream.needs_init:
                 self.reset(stream_id)
                 affected.append(stream_id)
+            else:
+                self._init_slot(stream)
         return affected
 
-    def process(self, now_ns: Callable[[], int] | None = None, max_steps: int | None = None) -> list[LandmarkFrame]:
+    def process(self, now_ns: Callable[[], int] | None = None, max_steps: int | None = None,
+                only: Iterable[str] | None = None) -> list[LandmarkFrame]:
         """Run every ready step synchronously (tests, benchmarks, offline use). Returns the frames in order.
 
         Args:
             now_ns: clock for the inference timestamps (0 when None).
             max_steps: stop after this many runner calls.
+            only: step just these stream ids.
         """
+        if only is not None:
+            only = list(only)
         frames: list[LandmarkFrame] = []
         calls = 0
         while max_steps is None or calls < max_steps:
-            batch = self.take_batch()
+            batch = self.take_batch(only=only)
             if batch is None:
                 break
             t0 = now_ns() if now_ns else 0
             try:
-                out, new_state = self.runner.step(batch.audio, batch.state)
+                out = self.run_batch(batch)
             except Exception:
                 self.abort(batch)
                 raise
             t1 = now_ns() if now_ns else 0
-            frames.extend(self.commit(batch, out, new_state, t0, t1))
+            frames.extend(self.commit(batch, out, t0, t1))
             calls += 1
         return frames
 
@@ -500,17 +650,33 @@ class EngineCore:
         except KeyError:
             raise UnknownStreamError(f"no open stream {stream_id!r}") from None
 
+    def _init_slot(self, stream: _Stream) -> None:
+        self.slots.init_row(stream.row, stream.reference_face, stream.rng)
+        stream.needs_init = False
+
+    def _restart(self, stream: _Stream) -> None:
+        """A new epoch now, dropping pending audio (as `reset`)."""
+        stream.next_fifo.clear()
+        stream.next_arrivals.clear()
+        self._start_epoch(stream)
+
     def _start_epoch(self, stream: _Stream) -> None:
         """A fresh model state and empty current-epoch buffers, beginning at the stream's sample count."""
-        stream.state = self.runner.initial_state(1, reference_face=stream.reference_face, rng=stream.rng)
+        if stream.in_flight:
+            stream.needs_init = True  # the slot belongs to the running step; initialised at commit
+        else:
+            self._init_slot(stream)
         stream.epoch += 1
         stream.epoch_start_sample = stream.received_samples - stream.next_fifo.size
         stream.fifo.clear()
         stream.arrivals.clear()
         stream.levels.clear()
+        stream.fills.clear()
+        stream.stalled = False
+        stream.runout_ns = None
+        stream.stall_filled = 0
         stream.epoch_samples_in = stream.epoch_real_samples = 0
         stream.steps_taken = stream.steps_committed = 0
-        stream.in_flight = False
         stream.ending_steps = None
 
     def _start_next_epoch(self, stream: _Stream) -> None:
@@ -530,6 +696,12 @@ class EngineCore:
         while len(arrivals) > 1 and arrivals[0][0] <= sample_index:
             arrivals.popleft()
         return arrivals[0][1]
+
+
+def _levels_dbfs(audio: np.ndarray) -> np.ndarray:
+    """RMS level of each row of (B, n) PCM in dB re full scale, floored at -120 dBFS -> (B,) float64."""
+    mean_square = np.einsum("ij,ij->i", audio, audio, dtype=np.float64) / max(1, audio.shape[1])
+    return 10.0 * np.log10(np.maximum(mean_square, 1e-12))
 
 
 def _level_dbfs(samples: np.ndarray) -> float:

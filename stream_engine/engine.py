@@ -6,6 +6,25 @@ release the GIL, so the loop keeps accepting audio and serving clients meanwhile
 loop), attaches derived signals per stream, and hands the frames to every `FrameSink` without waiting on any
 of them. Frames therefore leave as soon as their audio has arrived and the step has run; there is no timer.
 
+Every stream's model state lives in one slot of the runner's state store (`EngineCore.slots`, preallocated for
+`max_streams`); a runner call gathers the batch's slots, steps and scatters in place (ONNX Runtime through an
+I/O binding bound once per batch size). `open_stream` returns the stream's handle (`Session`): it owns the
+slot (through the core), its epoch, signal state and frame subscriptions; `close()` frees the slot.
+
+Scheduling: the step runs in one inference thread (ONNX Runtime releases the GIL), so sockets and inputs are
+served meanwhile; while the loop commits and publishes one batch the next is already queued to the thread
+(two at most). `EngineConfig.batch_wait_ms` lets a batch wait for streams that are about to be ready, never past
+`latency_budget_ms`; it is off by default (no gain measured in the 100-stream soak on a loaded 2-core machine).
+`FrameTimings` records audio ready -> taken into a batch -> step start/end -> publish for every frame.
+Cores: one engine uses one intra-op thread; on the 2-core EPYC CI machine a B=64 step costs 6.2 ms of CPU with
+one thread and 11.6 ms with two (`benchmarks/engine_throughput.py`): extra intra-op threads spin rather than
+help, so more cores are for more engine processes, not for one step.
+
+Stalls: a timer task continues every stream whose audio stopped arriving for `stall_ms` (default the
+look-ahead plus 80 ms) with silence on the wall clock, so the face returns to rest; those frames carry
+`stalled=True` and the outputs get "stalled"/"resumed" stream events. Frames with non-finite landmarks are
+never published: the stream restarts and gets an "error" and a "reset" event.
+
     engine = Engine(runner)
     engine.add_sink(VmcSink(VmcConfig()))
     async with engine:
@@ -53,6 +72,13 @@ class EngineConfig:
         inline_step_ms: a runner call predicted (from measured per-stream cost) to take less than this runs
             on the event loop itself, saving two thread hand-offs; longer ones go to the inference thread.
             0 = always use the thread.
+        batch_wait_ms: when only some of the streams that are receiving audio are ready, wait up to this long
+            for the others so they share one runner call, but never past the earliest ready frame's budget
+            (`latency_budget_ms` minus the predicted step time). 0 = step whatever is ready at once.
+        latency_budget_ms: engine-added latency a frame may spend waiting for batch partners plus the step.
+        stall_ms: no audio for this long on a stream that has had audio -> continue it with silence (None =
+            look-ahead + 80 ms; 0 = never).
+        stall_fill_s: most silence added per stall beyond `stall_ms` (enough for the face to come to rest).
     """
 
     max_streams: int = 64
@@ -62,12 +88,20 @@ class EngineConfig:
     signals: bool = True
     slow_step_ms: float = 20.0
     inline_step_ms: float = 0.3
+    batch_wait_ms: float = 0.0
+    latency_budget_ms: float = 10.0
+    stall_ms: float | None = None
+    stall_fill_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_streams < 1 or self.max_batch_streams < 1:
             raise ValueError("max_streams and max_batch_streams must be >= 1")
         if self.max_pending_s <= 0:
             raise ValueError("max_pending_s must be positive")
+        if self.batch_wait_ms < 0 or self.latency_budget_ms <= 0:
+            raise ValueError("batch_wait_ms must be >= 0 and latency_budget_ms positive")
+        if self.stall_ms is not None and self.stall_ms < 0:
+            raise ValueError("stall_ms must be >= 0 (0 = never fill stalls)")
 
 
 @dataclasses.dataclass
@@ -78,6 +112,8 @@ class EngineStats:
     frames: int = 0
     runner_errors: int = 0
     sink_errors: int = 0
+    nonfinite_frames: int = 0
+    stalls: int = 0
     batch_sizes: deque = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
     step_ms: deque = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
 
@@ -90,15 +126,19 @@ class Engine:
         cfg: `EngineConfig`.
         signal_cfg: how signals are derived (`EngineConfig.signals` turns them off).
         clock: engine clock for timestamps (monotonic by default).
+        blendshapes: optional deriver called per published frame (after its signals are attached) that returns
+            ARKit blendshape weights (name -> [0, 1]); they are attached as `LandmarkFrame.blendshapes`.
     """
 
     def __init__(self, runner, cfg: EngineConfig = EngineConfig(), signal_cfg: SignalConfig = SignalConfig(),
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None,
+                 blendshapes: Callable[[LandmarkFrame], dict[str, float]] | None = None) -> None:
         self.cfg = cfg
         self.signal_cfg = signal_cfg
         self.runner = runner
         self.clock = clock or MonotonicClock()
-        self.core = EngineCore(runner, cfg.max_batch_streams, cfg.max_pending_s, cfg.seed)
+        self.blendshapes = blendshapes
+        self.core = EngineCore(runner, cfg.max_batch_streams, cfg.max_pending_s, cfg.seed, capacity=cfg.max_streams)
         self.contract = runner.contract
         self.sample_rate_hz = self.core.sample_rate_hz
         self.model_reference_face = np.asarray(self.contract.reference_face, dtype=np.float32)
@@ -113,6 +153,9 @@ class Engine:
         self._closed = False
         self._last_slow_warning = 0.0
         self._ms_per_row: float | None = None  # measured runner cost per stream and call (EMA)
+        self._ms_per_call: float = 0.0
+        stall_ms = cfg.stall_ms if cfg.stall_ms is not None else self.core.lookahead_frames * self.frame_ms + 80.0
+        self.stall_ns = int(stall_ms * 1e6)
 
     # ------------------------------------------------------------------ timing facts
     @property
@@ -137,6 +180,8 @@ class Engine:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="msync-infer")
         self._work = asyncio.Event()
         self.spawn(self._inference_loop(), name="msync-inference")
+        if self.stall_ns > 0:
+            self.spawn(self._stall_loop(), name="msync-stalls")
 
     async def __aenter__(self) -> "Engine":
         await self.start()
@@ -193,7 +238,7 @@ class Engine:
         self.core.open_stream(stream_id, reference_face, seed)
         session = Session(stream_id, self.core.reference_face(stream_id), self.model_reference_face,
                           self.signal_cfg if self.cfg.signals else None, source,
-                          seed=abs(hash(stream_id)) % (2**31))
+                          seed=abs(hash(stream_id)) % (2**31) if seed is None else seed, engine=self)
         self.sessions[stream_id] = session
         self._event(stream_id, "opened", source=source)
         return session
@@ -208,8 +253,9 @@ class Engine:
 
     def push_audio(self, stream_id: str, samples: np.ndarray, arrival_ns: int | None = None) -> None:
         """Mono float32 PCM at the model rate for one stream (see `EngineCore.push_audio` for errors)."""
-        self.core.push_audio(stream_id, samples, self.clock.now_ns() if arrival_ns is None else arrival_ns)
-        if self._work is not None and self.core.has_work():
+        if self.core.push_audio(stream_id, samples, self.clock.now_ns() if arrival_ns is None else arrival_ns):
+            self._event(stream_id, "resumed")
+        if self._work is not None and not self._work.is_set():
             self._work.set()
 
     def reset(self, stream_id: str) -> int:
@@ -283,59 +329,145 @@ class Engine:
 
     # ------------------------------------------------------------------ inference
     def _run_batch(self, batch: StepBatch):
-        """Worker thread: one runner call, timed on the engine clock."""
+        """Worker thread: one runner call (gather, step, scatter in the slot store), timed on the engine clock."""
         t0 = self.clock.now_ns()
-        landmarks, state = self.runner.step(batch.audio, batch.state)
-        return landmarks, state, t0, self.clock.now_ns()
+        landmarks = self.core.run_batch(batch)
+        return landmarks, t0, self.clock.now_ns()
+
+    async def _stall_loop(self) -> None:
+        """Every 20 ms: continue streams whose audio stopped with silence (`EngineCore.fill_stalls`)."""
+        period = min(0.02, self.stall_ns / 4e9)
+        while True:
+            await asyncio.sleep(period)
+            events = self.core.fill_stalls(self.clock.now_ns(), self.stall_ns, self.cfg.stall_fill_s)
+            for sid, event in events:
+                self.stats.stalls += 1
+                self._event(sid, event)
+            if self.core.has_work() and self._work is not None:
+                self._work.set()
+
+    def _batch_wait_s(self) -> float:
+        """How long to wait for more streams before stepping what is ready (0 = step now).
+
+        Waits only while some stream that is receiving audio is not yet ready, and only until the earliest
+        ready step's audio has waited `latency_budget_ms` minus the predicted step time."""
+        cfg = self.cfg
+        if cfg.batch_wait_ms <= 0:
+            return 0.0
+        ready = self.core.ready_count()
+        if ready == 0 or ready >= min(len(self.sessions), cfg.max_batch_streams):
+            return 0.0
+        oldest = self.core.oldest_ready_ns()
+        predicted = self._ms_per_call + (self._ms_per_row or 0.0) * len(self.sessions)
+        spent_ms = (self.clock.now_ns() - oldest) / 1e6 if oldest is not None else 0.0
+        left_ms = min(cfg.batch_wait_ms, cfg.latency_budget_ms - predicted - spent_ms)
+        return max(0.0, left_ms) / 1e3
 
     async def _inference_loop(self) -> None:
+        """Take ready batches, keep the inference thread busy back to back (up to two batches queued: the next
+        step runs while the loop commits and publishes the previous one), commit in order."""
         loop = asyncio.get_running_loop()
         assert self._work is not None
+        pending: deque[tuple[StepBatch, asyncio.Future]] = deque()
         while True:
             await self._work.wait()
             self._work.clear()
-            while (batch := self.core.take_batch()) is not None:
-                try:
+            wait_s = self._batch_wait_s()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+                self._work.clear()
+            while True:
+                ran_inline = False
+                while len(pending) < 2 and (batch := self.core.take_batch(now_ns=self.clock.now_ns())) is not None:
                     predicted_ms = None if self._ms_per_row is None else self._ms_per_row * len(batch)
-                    if predicted_ms is not None and predicted_ms < self.cfg.inline_step_ms:
-                        landmarks, state, t0, t1 = self._run_batch(batch)  # cheaper than a thread hand-off
-                    else:
-                        landmarks, state, t0, t1 = await loop.run_in_executor(self._executor, self._run_batch, batch)
-                    frames = self.core.commit(batch, landmarks, state, t0, t1)
+                    if not pending and predicted_ms is not None and predicted_ms < self.cfg.inline_step_ms:
+                        try:
+                            result = self._run_batch(batch)  # cheaper than a thread hand-off
+                        except Exception as exc:
+                            self._runner_failed(batch, exc)
+                        else:
+                            self._finish_batch(batch, *result)
+                        ran_inline = True
+                        break
+                    pending.append((batch, loop.run_in_executor(self._executor, self._run_batch, batch)))
+                if ran_inline:
+                    await asyncio.sleep(0)  # inline steps never await: let relays and inputs run between them
+                    continue
+                if not pending:
+                    break
+                batch, future = pending.popleft()
+                try:
+                    result = await future
                 except asyncio.CancelledError:
+                    for b, f in pending:
+                        f.cancel()
                     raise
                 except Exception as exc:  # a runner failure costs the batch's streams their state, nothing more
-                    self.stats.runner_errors += 1
-                    affected = self.core.abort(batch)
-                    log.error("runner failed on a batch of %d streams: %r; those streams were reset", len(batch), exc)
-                    for sid in affected:
-                        self.note_error(sid, f"model step failed ({type(exc).__name__}: {exc}); stream reset")
-                        self._event(sid, "reset", epoch=self.core.epoch(sid))
-                    self._notify_progress()
+                    self._runner_failed(batch, exc)
                     continue
-                self.stats.runner_calls += 1
-                self.stats.batch_sizes.append(len(batch))
-                step_ms = (t1 - t0) / 1e6
-                self.stats.step_ms.append(step_ms)
-                per_row = step_ms / len(batch)
-                self._ms_per_row = per_row if self._ms_per_row is None else 0.8 * self._ms_per_row + 0.2 * per_row
-                if step_ms > self.cfg.slow_step_ms and time.monotonic() - self._last_slow_warning > 5.0:
-                    self._last_slow_warning = time.monotonic()
-                    log.warning("a runner call took %.1f ms for %d streams (budget %.0f ms per frame)", step_ms,
-                                len(batch), self.frame_ms)
-                self._publish(frames)
-                self._notify_progress()
-                await asyncio.sleep(0)  # let relays and inputs run between batches (inline steps never await)
+                self._finish_batch(batch, *result)
+                await asyncio.sleep(0)  # let relays and inputs run between batches
+
+    def _runner_failed(self, batch: StepBatch, exc: Exception) -> None:
+        self.stats.runner_errors += 1
+        affected = self.core.abort(batch)
+        log.error("runner failed on a batch of %d streams: %r; those streams were reset", len(batch), exc)
+        for sid in affected:
+            self.note_error(sid, f"model step failed ({type(exc).__name__}: {exc}); stream reset")
+            self._event(sid, "reset", epoch=self.core.epoch(sid))
+        self._notify_progress()
+
+    def _finish_batch(self, batch: StepBatch, landmarks, t0: int, t1: int) -> None:
+        """On the loop: commit a finished step, report non-finite rows, publish the frames."""
+        try:
+            frames = self.core.commit(batch, landmarks, t0, t1)
+        except Exception as exc:  # wrong landmark shape: the core has restarted the batch's streams
+            self.stats.runner_errors += 1
+            log.error("bad runner output for a batch of %d streams: %r; those streams were reset", len(batch), exc)
+            for sid in batch.stream_ids:
+                if self.core.has_stream(sid):
+                    self.note_error(sid, f"model step gave unusable output ({exc}); stream reset")
+                    self._event(sid, "reset", epoch=self.core.epoch(sid))
+            self._notify_progress()
+            return
+        self.stats.runner_calls += 1
+        self.stats.batch_sizes.append(len(batch))
+        step_ms = (t1 - t0) / 1e6
+        self.stats.step_ms.append(step_ms)
+        per_row = step_ms / len(batch)
+        self._ms_per_row = per_row if self._ms_per_row is None else 0.8 * self._ms_per_row + 0.2 * per_row
+        if step_ms > self.cfg.slow_step_ms and time.monotonic() - self._last_slow_warning > 5.0:
+            self._last_slow_warning = time.monotonic()
+            log.warning("a runner call took %.1f ms for %d streams (budget %.0f ms per frame)", step_ms,
+                        len(batch), self.frame_ms)
+        for sid, message in self.core.take_faults():
+            self.stats.nonfinite_frames += 1
+            log.error("stream %s: %s", sid, message)
+            self.note_error(sid, message)
+            self._event(sid, "reset", epoch=self.core.epoch(sid))
+        self._publish(frames)
+        self._notify_progress()
 
     def _publish(self, frames: Sequence[LandmarkFrame]) -> None:
         if not frames:
             return
         now = self.clock.now_ns()
         out = []
+        sessions = self.sessions
+        deriver = self.blendshapes
         for frame in frames:
-            session = self.sessions.get(frame.stream_id)
+            session = sessions.get(frame.stream_id)
             if session is not None:
-                out.append(session.derive(frame, now))
+                f = session.derive(frame, now)
+                if deriver is not None:
+                    try:
+                        f = dataclasses.replace(f, blendshapes=deriver(f))
+                    except Exception as exc:
+                        self.stats.sink_errors += 1
+                        log.warning("blendshape deriver failed: %s", exc)
+                out.append(f)
+                if session.subscribers:
+                    session.deliver(f)
         self.stats.frames += len(out)
         for sink in self.sinks:
             try:
@@ -348,7 +480,8 @@ class Engine:
     def health(self) -> dict:
         return {"streams": [s.summary() for s in self.sessions.values()],
                 "runner_calls": self.stats.runner_calls, "frames": self.stats.frames,
-                "runner_errors": self.stats.runner_errors, **self.latency_facts(),
+                "runner_errors": self.stats.runner_errors, "nonfinite_frames": self.stats.nonfinite_frames,
+                "stalls": self.stats.stalls, **self.latency_facts(),
                 "model_version": getattr(self.contract, "model_version", "")}
 
     def latency_line(self) -> str:

@@ -1,8 +1,10 @@
-"""One stream's shell-side state: identity, reference face, derived-signal extractor and counters.
+"""One stream's handle in the asyncio engine: identity, slot, epoch, signals, subscriptions and counters.
 
-The model state of a stream lives in the core (`EngineCore`); a `Session` holds what the asyncio shell adds
-around it: the `SignalExtractor` that turns its frames into rig signals, where its audio comes from, and
-statistics for the live latency line and `/health`.
+The model state of a stream lives in its slot of the core's state store (`EngineCore.slots`); its audio FIFO
+and epoch live in the core too. A `Session` is what `Engine.open_stream` returns: it adds the
+`SignalExtractor` that turns the stream's frames into rig signals, where its audio comes from, the callbacks
+subscribed to its frames, and statistics for the live latency line and `/health`. Its methods (`push`,
+`reset`, `flush`, `close`, `subscribe`) act on this one stream.
 """
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from stream_engine.core import LandmarkFrame
+from stream_engine.core import FrameTimings, LandmarkFrame
 from stream_engine.landmarks import fixed_crop
 from stream_engine.signals import SignalConfig, SignalExtractor
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -106,11 +113,16 @@ class Session:
         signal_cfg: how signals are derived; None disables signals for this stream.
         source: human-readable description of the input ("mic: USB", "ws 127.0.0.1:5555", ...).
         seed: per-stream randomness for procedural blinks.
+        engine: the `Engine` that owns the stream (None for a free-standing session: the handle methods then
+            raise RuntimeError).
     """
 
     def __init__(self, stream_id: str, reference_face: np.ndarray | None, model_reference_face: np.ndarray,
-                 signal_cfg: SignalConfig | None = SignalConfig(), source: str = "", seed: int | None = 0) -> None:
+                 signal_cfg: SignalConfig | None = SignalConfig(), source: str = "", seed: int | None = 0,
+                 engine: Any = None) -> None:
         self.stream_id = stream_id
+        self.engine = engine
+        self.subscribers: list[Callable[[LandmarkFrame], None]] = []
         self.reference_face = reference_face
         self.source = source
         neutral = reference_face if reference_face is not None else model_reference_face
@@ -129,14 +141,65 @@ class Session:
         if self.signals is not None:
             signals = self.signals.update(frame.landmarks, frame.pts_ns / 1e9, frame.audio_level_dbfs,
                                           frame.audio_ahead_dbfs)
-        out = dataclasses.replace(frame, signals=signals,
-                                  timings=dataclasses.replace(frame.timings, publish_ns=int(publish_ns)))
-        t = out.timings
+        t = frame.timings
+        t = FrameTimings(t.audio_ready_ns, t.infer_start_ns, t.infer_end_ns, int(publish_ns), t.take_ns)
+        out = LandmarkFrame(frame.stream_id, frame.seq, frame.epoch, frame.index, frame.pts_ns, frame.landmarks,
+                            frame.audio_level_dbfs, frame.audio_ahead_dbfs, t, signals, frame.stalled,
+                            frame.blendshapes)
         self.stats.frames += 1
         self.stats.engine_latency_ms.append((t.publish_ns - t.audio_ready_ns) / 1e6)
         self.stats.infer_ms.append((t.infer_end_ns - t.infer_start_ns) / 1e6)
         self.last_frame = out
         return out
+
+    # ------------------------------------------------------------------ handle
+    def _engine(self):
+        if self.engine is None:
+            raise RuntimeError(f"session {self.stream_id!r} has no engine")
+        return self.engine
+
+    @property
+    def is_open(self) -> bool:
+        return self.engine is not None and self.engine.sessions.get(self.stream_id) is self
+
+    @property
+    def slot(self) -> int:
+        """The stream's row in the engine's state store."""
+        return self._engine().core.slot_of(self.stream_id)
+
+    def push(self, samples: np.ndarray, arrival_ns: int | None = None) -> None:
+        """Mono float32 PCM at the model rate (`Engine.push_audio`; same errors)."""
+        self._engine().push_audio(self.stream_id, samples, arrival_ns)
+
+    def reset(self) -> int:
+        """Barge-in (`Engine.reset`). Returns the new epoch."""
+        return self._engine().reset(self.stream_id)
+
+    def flush(self) -> int:
+        """End of segment (`Engine.flush`). Returns the number of frames still to come."""
+        return self._engine().flush(self.stream_id)
+
+    def close(self) -> None:
+        """Close the stream and free its slot (idempotent)."""
+        if self.is_open:
+            self.engine.close_stream(self.stream_id)
+
+    def subscribe(self, callback: Callable[[LandmarkFrame], None]) -> Callable[[], None]:
+        """Call `callback(frame)` on the event loop for every frame of this stream (after signals). Returns a
+        function that unsubscribes. A callback that raises is logged and kept."""
+        self.subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self.subscribers:
+                self.subscribers.remove(callback)
+        return unsubscribe
+
+    def deliver(self, frame: LandmarkFrame) -> None:
+        for callback in list(self.subscribers):
+            try:
+                callback(frame)
+            except Exception as exc:
+                log.warning("stream %s: a frame subscriber failed: %s", self.stream_id, exc)
 
     def note_error(self, message: str) -> None:
         self.stats.errors += 1

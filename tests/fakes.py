@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from stream_engine.contract import COORDINATES, StateSpec, StepContract, TensorSpec
-from stream_engine.runtime.base import initial_state
+from stream_engine.runtime.base import BaseStepRunner, initial_state
 from stream_engine.signals import MEAN_FACE_3D
 
 FACE_SCALE = 1.0 / 300.0  # mm of the generic face -> normalised crop units (face about half the crop)
@@ -56,7 +56,7 @@ def fake_contract(lookahead_frames: int = 2) -> StepContract:
         generator_config={"lookahead_frames": lookahead_frames}, frontend={})
 
 
-class FakeRunner:
+class FakeRunner(BaseStepRunner):
     """Deterministic runner: mouth from the frame's RMS, head on a schedule, look-ahead L.
 
     Args:
@@ -117,6 +117,44 @@ class FakeRunner:
     @staticmethod
     def expected_open_mm(frame_audio: np.ndarray, gain_mm: float = 150.0) -> float:
         return min(30.0, gain_mm * float(np.sqrt(np.mean(np.asarray(frame_audio, np.float64) ** 2))))
+
+
+class ZeroCostRunner(BaseStepRunner):
+    """A runner that costs (almost) nothing: the reference face every step, the frame counter advanced.
+
+    For measuring the engine around the step (`benchmarks/engine_throughput.py`): whatever the engine spends
+    per frame with this runner is the engine's own cost.
+    """
+
+    def __init__(self, lookahead_frames: int = 2) -> None:
+        self.contract = fake_contract(lookahead_frames)
+
+    def step(self, audio, state):
+        audio = np.asarray(audio, dtype=np.float32)
+        return (np.array(state["reference"], dtype=np.float32),
+                {"rms_hist": state["rms_hist"], "reference": state["reference"],
+                 "frames_seen": state["frames_seen"] + 1.0})
+
+    def step_slots(self, slots, rows, audio):
+        return slots.gather(rows)["reference"].copy()
+
+
+class NonFiniteRunner(FakeRunner):
+    """Gives NaN landmarks for streams whose step audio has a sample exactly equal to `poison` (and from call
+    `nan_from_call` on for everyone, when set)."""
+
+    def __init__(self, poison: float = 0.123, nan_from_call: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.poison = poison
+        self.nan_from_call = nan_from_call
+
+    def step(self, audio, state):
+        out, new_state = super().step(audio, state)
+        bad = np.any(np.asarray(audio) == np.float32(self.poison), axis=1)
+        if self.nan_from_call is not None and self.calls >= self.nan_from_call:
+            bad[:] = True
+        out[bad] = np.nan
+        return out, new_state
 
 
 class FailingRunner(FakeRunner):

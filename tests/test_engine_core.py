@@ -104,7 +104,7 @@ def test_max_batch_limits_the_batch_and_round_robin_is_fair():
         core.push_audio(f"s{i}", tone(SPF), arrival_ns=0)
     first = core.take_batch()
     assert len(first) == 2
-    core.commit(first, *runner.step(first.audio, first.state), 0, 0)
+    core.commit(first, core.run_batch(first), 0, 0)
     second = core.take_batch()
     assert len(second) == 1 and second.stream_ids[0] not in first.stream_ids
 
@@ -147,7 +147,7 @@ def test_batch_in_flight_for_a_reset_or_closed_stream_is_discarded():
     batch = core.take_batch()
     core.reset("a")
     core.close_stream("b")
-    frames = core.commit(batch, *runner.step(batch.audio, batch.state), 0, 0)
+    frames = core.commit(batch, core.run_batch(batch), 0, 0)
     assert [f.stream_id for f in frames] == ["c"]
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from stream_engine.runtime.base import (
     BaseStepRunner,
+    NonFiniteModelError,
+    StateSlots,
     StepRunner,
     check_audio,
+    check_finite_output,
     initial_state,
     run_steps,
     stack_states,
@@ -18,14 +21,24 @@ from stream_engine.runtime.base import (
 )
 
 __all__ = [
-    "BaseStepRunner", "StepRunner", "check_audio", "initial_state", "run_steps", "stack_states", "unstack_state",
+    "BaseStepRunner", "NonFiniteModelError", "StateSlots", "StepRunner", "check_audio", "check_finite_output", "initial_state", "run_steps", "stack_states", "unstack_state",
     "load_runner",
 ]
 
 
-def load_runner(path, backend: str = "auto", **kwargs) -> StepRunner:
+def load_runner(path, backend: str = "auto", check_finite: bool = True, **kwargs) -> StepRunner:
     """Open a model with the named backend: "onnxruntime" (an .onnx file), "tensorrt" (an engine file), or
-    "auto" (by suffix: .engine/.plan -> tensorrt, anything else -> onnxruntime)."""
+    "auto" (by suffix: .engine/.plan -> tensorrt, anything else -> onnxruntime).
+
+    With `check_finite` (default) the model is run on a canned input first and refused with
+    :class:`NonFiniteModelError` (a `ModelLoadError`) if any output is NaN or infinite."""
+    runner = _open(path, backend, **kwargs)
+    if check_finite:
+        check_finite_output(runner)
+    return runner
+
+
+def _open(path, backend: str, **kwargs) -> StepRunner:
     if backend == "auto":
         backend = "tensorrt" if str(path).endswith((".engine", ".plan")) else "onnxruntime"
     if backend in ("onnxruntime", "ort", "onnx"):

@@ -1,9 +1,16 @@
 """The runner protocol shared by every backend, and the stream-state helpers built on the contract.
 
-A runner is loaded once and shared; it holds no per-stream memory. A stream's memory is a plain
-``dict[str, np.ndarray]`` keyed by the contract's state names, batch on axis 0 (sherpa-onnx's
-recognizer/stream split). Batching streams is stacking their state dicts; ``step`` is pure: it returns a new
-state dict and never writes into the one it was given.
+A runner is loaded once and shared; it holds no per-stream memory of its own. A stream's memory has two
+forms:
+
+- a plain ``dict[str, np.ndarray]`` keyed by the contract's state names, batch on axis 0 (sherpa-onnx's
+  recognizer/stream split): ``step`` is pure, it returns a new state dict and never writes into its input;
+- a slot in a :class:`StateSlots` store that the runner allocates (``runner.new_slots(capacity)``): one
+  preallocated array per state, streams on axis 0. The engine keeps every stream's state there and calls
+  ``runner.step_slots(slots, rows, audio)``, which gathers the listed rows, runs the step and scatters the next
+  state back in place: no per-stream dicts are stacked or split. The store's layout and device belong to the
+  runner (ONNX Runtime binds preallocated host buffers once per batch size; a GPU backend may keep it on the
+  device).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from stream_engine.contract import DTYPES, StepContract
+from stream_engine.contract import DTYPES, ModelLoadError, StepContract
 
 State = dict[str, np.ndarray]
 
@@ -37,6 +44,16 @@ class StepRunner(Protocol):
         """
         ...
 
+    def new_slots(self, capacity: int) -> "StateSlots":
+        """A state store for up to `capacity` streams, laid out where this runner wants it."""
+        ...
+
+    def step_slots(self, slots: "StateSlots", rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        """One step of the streams in slots `rows` ((B,) int, distinct), their state read from and the next
+        state written back into `slots`; audio (B, samples_per_frame) -> landmarks (B, N, D), a new array.
+        Thread-safe for distinct stores, or for disjoint rows of one store when the caller serialises calls."""
+        ...
+
 
 def initial_state(contract: StepContract, batch: int = 1, reference_face: np.ndarray | None = None,
                   rng: np.random.Generator | None = None) -> State:
@@ -46,6 +63,10 @@ def initial_state(contract: StepContract, batch: int = 1, reference_face: np.nda
         reference_face: the identity, (N, D) for all streams or (B, N, D) per stream, in the contract's
             coordinates; None uses the contract's default face.
         rng: source of the "uniform(0,1)" states (the generator's noise); None draws fresh entropy.
+    Returns:
+        state dict, each array (batch, ...) float32 with the contract's shapes.
+    Raises:
+        ValueError: bad batch or reference face.
     """
     if not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
@@ -127,6 +148,96 @@ def unstack_state(state: State, batch: int | None = None) -> list[State]:
     return [{k: np.array(v[i : i + 1]) for k, v in state.items()} for i in range(batch)]
 
 
+class StateSlots:
+    """Preallocated state of up to `capacity` streams: one array per contract state, streams on axis 0.
+
+    A stream gets a row with :meth:`alloc` (lowest free row first, so a busy store stays dense and whole
+    batches are often one contiguous range), fresh values with :meth:`init_row`, and gives it back with
+    :meth:`free`. ``gather``/``scatter`` move the rows of one batch in and out (see ``StepRunner.step_slots``).
+    The store grows by doubling when full (:meth:`alloc`); never grow it while a step is running on it.
+
+    Args:
+        contract: the step contract (state names, shapes, inits).
+        capacity: initial number of rows (>= 1).
+    """
+
+    def __init__(self, contract: StepContract, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.contract = contract
+        self.capacity = int(capacity)
+        self.arrays: State = {s.name: np.zeros(s.concrete_shape(self.capacity), DTYPES[s.dtype])
+                              for s in contract.states}
+        self._free = list(range(self.capacity - 1, -1, -1))  # a stack: pop() gives the lowest free row
+        self._used = 0
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def alloc(self) -> int:
+        """Reserve a row (grows the store when full) and return its index; its values are undefined until
+        :meth:`init_row`."""
+        if not self._free:
+            self._grow(2 * self.capacity)
+        self._used += 1
+        return self._free.pop()
+
+    def free(self, row: int) -> None:
+        """Give a row back (the next :meth:`alloc` may return it)."""
+        self._used -= 1
+        self._free.append(int(row))
+        self._free.sort(reverse=True)
+
+    def init_row(self, row: int, reference_face: np.ndarray | None = None,
+                 rng: np.random.Generator | None = None) -> None:
+        """Write a fresh stream's state into `row` (the contract's inits; see :func:`initial_state`)."""
+        fresh = initial_state(self.contract, 1, reference_face, rng)
+        for name, value in fresh.items():
+            self.arrays[name][row] = value[0]
+
+    def gather(self, rows: np.ndarray, out: State | None = None) -> State:
+        """The state of `rows` as a batch (B, ...): into `out` when given (preallocated per batch size), else
+        new arrays. A contiguous ascending range is returned as views without copying when `out` is None."""
+        rows = np.asarray(rows, dtype=np.intp)
+        first = int(rows[0])
+        contiguous = rows.size == 1 or (int(rows[-1]) - first == rows.size - 1 and bool(np.all(np.diff(rows) == 1)))
+        if out is None:
+            if contiguous:
+                return {k: v[first : first + rows.size] for k, v in self.arrays.items()}
+            return {k: v[rows] for k, v in self.arrays.items()}
+        for k, v in self.arrays.items():
+            if contiguous:
+                np.copyto(out[k], v[first : first + rows.size])
+            else:
+                np.take(v, rows, axis=0, out=out[k])
+        return out
+
+    def scatter(self, rows: np.ndarray, state: State) -> None:
+        """Write a batch's next state (B, ...) back into `rows`."""
+        rows = np.asarray(rows, dtype=np.intp)
+        first = int(rows[0])
+        contiguous = rows.size == 1 or (int(rows[-1]) - first == rows.size - 1 and bool(np.all(np.diff(rows) == 1)))
+        for k, v in self.arrays.items():
+            if contiguous:
+                v[first : first + rows.size] = state[k]
+            else:
+                v[rows] = state[k]
+
+    def row_state(self, row: int) -> State:
+        """A copy of one stream's state with batch dimension 1."""
+        return {k: v[row : row + 1].copy() for k, v in self.arrays.items()}
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+        for spec in self.contract.states:
+            grown = np.zeros(spec.concrete_shape(capacity), DTYPES[spec.dtype])
+            grown[:old] = self.arrays[spec.name]
+            self.arrays[spec.name] = grown
+        self._free = sorted(set(self._free) | set(range(old, capacity)), reverse=True)
+        self.capacity = capacity
+
+
 class BaseStepRunner:
     """Shared behaviour of the backends: contract-driven initial state and input checks.
 
@@ -145,6 +256,46 @@ class BaseStepRunner:
 
     def _run(self, audio: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         raise NotImplementedError
+
+    def new_slots(self, capacity: int) -> StateSlots:
+        return StateSlots(self.contract, capacity)
+
+    def step_slots(self, slots: StateSlots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        """Generic path: gather the rows, one :meth:`step`, scatter the next state back."""
+        landmarks, new_state = self.step(audio, slots.gather(rows))
+        slots.scatter(rows, new_state)
+        return landmarks
+
+
+class NonFiniteModelError(ModelLoadError, ValueError):
+    """A model whose step gives NaN or infinite landmarks or state on a canned input (refused at load)."""
+
+
+def check_finite_output(runner: StepRunner, steps: int | None = None) -> None:
+    """Refuse a model that gives non-finite output on a canned input.
+
+    Runs one stream (seeded noise state, the default face) over `steps` steps (default look-ahead + 8) of a
+    fixed signal: a 220 Hz tone at -10 dBFS with 5 % white noise for the first half, digital silence after.
+
+    Raises:
+        NonFiniteModelError: with the first step and tensor that went non-finite.
+    """
+    c = runner.contract
+    steps = steps or c.lookahead_frames + 8
+    spf = c.samples_per_frame
+    n = steps * spf
+    t = np.arange(n) / c.sample_rate_hz
+    rng = np.random.default_rng(0)
+    audio = (0.3 * np.sin(2 * np.pi * 220.0 * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
+    audio[n // 2 :] = 0.0
+    state = runner.initial_state(1, rng=np.random.default_rng(0))
+    for k in range(steps):
+        landmarks, state = runner.step(audio[None, k * spf : (k + 1) * spf], state)
+        bad = [name for name, v in [("landmarks", landmarks), *state.items()] if not np.all(np.isfinite(v))]
+        if bad:
+            raise NonFiniteModelError(
+                f"the model gives non-finite values ({', '.join(bad)}) at step {k} of a canned input "
+                "(tone then silence): its weights or export are broken; refusing to serve it")
 
 
 def run_steps(runner: StepRunner, audio: np.ndarray, state: State) -> tuple[np.ndarray, State]:

@@ -121,5 +121,48 @@ class OnnxStepRunner(BaseStepRunner):
         outs = binding.copy_outputs_to_cpu()  # new numpy arrays: the step stays pure
         return outs[0], {s.name: o for s, o in zip(self.contract.states, outs[1:])}
 
+    # ------------------------------------------------------------- slot path (the engine's)
+    def _slot_binding(self, slots: State, batch: int):
+        """This thread's binding for `batch` rows of one store: preallocated input and output buffers bound once,
+        so a call only copies rows in (gather), runs, and copies rows out (scatter)."""
+        cache = getattr(self._local, "slot_bindings", None)
+        if cache is None:
+            cache = self._local.slot_bindings = {}
+        key = (id(slots), batch)
+        entry = cache.get(key)
+        if entry is None:
+            if len(cache) >= 32:
+                cache.clear()
+            c = self.contract
+            audio = np.zeros(c.audio_input.concrete_shape(batch), np.float32)
+            ins = {s.name: np.zeros(s.concrete_shape(batch), np.float32) for s in c.states}
+            lm = np.zeros(c.landmarks_output.concrete_shape(batch), np.float32)
+            outs = {s.name: np.zeros(s.concrete_shape(batch), np.float32) for s in c.states}
+            b = self.session.io_binding()
+            for name, arr in [(c.audio_input.name, audio)] + [(s.name, ins[s.name]) for s in c.states]:
+                b.bind_input(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
+            for name, arr in [(c.landmarks_output.name, lm)] + [(s.next_name, outs[s.name]) for s in c.states]:
+                b.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
+            entry = cache[key] = (b, audio, ins, lm, outs, slots)  # slots kept: id() stays unique while cached
+        return entry
+
+    def step_slots(self, slots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        """One step of the streams in `rows` of `slots` through a binding bound once per batch size: gather into
+        the bound input buffers, run, scatter the bound outputs back. Returns landmarks (B, N, D), a new array."""
+        audio = np.asarray(audio)
+        if audio.ndim != 2 or audio.shape[1] != self.contract.samples_per_frame:
+            from stream_engine.runtime.base import check_audio
+
+            check_audio(self.contract, audio)  # raises with the message
+        rows = np.asarray(rows, dtype=np.intp)
+        if rows.shape != (audio.shape[0],):
+            raise ValueError(f"rows {rows.shape} and audio {audio.shape} disagree on the batch")
+        binding, audio_buf, ins, lm, outs, _ = self._slot_binding(slots, audio.shape[0])
+        np.copyto(audio_buf, audio, casting="same_kind")
+        slots.gather(rows, out=ins)
+        self.session.run_with_iobinding(binding)
+        slots.scatter(rows, outs)
+        return lm.copy()
+
     def __repr__(self) -> str:
         return f"OnnxStepRunner({str(self.path)!r}, providers={self.providers})"

@@ -1,0 +1,378 @@
+"""How much of a core the engine around the step costs: before/after in one run, zero-cost and real model.
+
+    python -m benchmarks.engine_throughput --out benchmarks/results [--baseline-ref REF] [--quick]
+
+Every figure is measured on one pinned CPU core, in-process (audio pushed in 20 ms chunks, every frame
+serialised by a sink as a WebSocket client would be sent it; sockets excluded), in a fresh subprocess per
+trial. Variants: "current" (this checkout) and, with --baseline-ref, the engine of that git revision
+(`git archive REF stream_engine` into a temporary folder; the same runners from this checkout's tests/fakes.py),
+trials interleaved so machine load hits both alike.
+
+1. Throughput: N streams fed as fast as the engine takes them; CPU time per frame -> the streams per core the
+   engine could hold if nothing else ran (1 / (25 x CPU s per frame)).
+2. Real-time capacity: N streams fed on the wall clock (all streams' chunks arrive together every 20 ms, the
+   worst case for batching latency); the largest N whose frames meet the deadline (p99 engine-added latency
+   < 40 ms, <= 0.1 % late, >= 98 % of frames out): 95 % of the CPU estimate, else bisected in up to 4
+   trials from 25 % of it (it depends on what else runs on that core: read it with the load average).
+3. The step alone (real model): ONNX Runtime B=64, CPU time per call (mean of 200) through `step` (state
+   dicts) and `step_slots` (I/O binding, slot store), 1 and 2 intra-op threads -> the step's batched streams
+   per core, the denominator of the issue's ratio (both sides in CPU time, so machine load cancels).
+4. Engine-added latency p50/p99 (publish - arrival of the last needed sample) at 1 and 100 real-time streams.
+
+Runners: "zero" (tests/fakes.py ZeroCostRunner: the reference face, no compute), "fake" (FakeRunner: a face
+computed per stream in Python, the runner of the earlier 128-streams figure), "onnx" (the shipped model).
+Signals on (the shipped default) and off (the engine alone). Writes engine_throughput.json/.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+
+
+# ------------------------------------------------------------------------------------------ trial (child)
+
+def _make_runner(kind: str):
+    sys.path.insert(0, str(TESTS))
+    if kind == "zero":
+        from fakes import ZeroCostRunner
+
+        return ZeroCostRunner(lookahead_frames=2)
+    if kind == "fake":
+        from fakes import FakeRunner
+
+        return FakeRunner(lookahead_frames=2)
+    from stream_engine.config import DEFAULT_MODEL_PATH
+    from stream_engine.runtime.onnxrt import OnnxStepRunner
+
+    return OnnxStepRunner(DEFAULT_MODEL_PATH, threads=1)
+
+
+def run_trial(spec: dict) -> dict:
+    """One trial in this process (already pinned by the parent)."""
+    import asyncio
+
+    import numpy as np
+
+    sys.path.insert(0, str(TESTS))
+    from fakes import speechlike
+
+    from stream_engine.engine import Engine, EngineConfig
+    from stream_engine.outputs.serializers import encode_binary
+
+    runner = _make_runner(spec["runner"])
+    n, seconds, realtime = spec["streams"], spec["seconds"], spec["realtime"]
+    lat: list[float] = []
+    counted = [0]
+
+    class Sink:
+        def send_frames(self, frames):
+            now = time.monotonic_ns()
+            for f in frames:
+                encode_binary(f, now)
+                lat.append((now - f.timings.audio_ready_ns) / 1e6)
+            counted[0] += len(frames)
+
+        def stream_event(self, event):
+            pass
+
+        async def aclose(self):
+            pass
+
+    audio = speechlike(int((seconds + 1) * 16000), seed=1)
+    chunk = 320
+    extra = {"stall_ms": 0} if "stall_ms" in EngineConfig.__dataclass_fields__ else {}  # no silence after the end
+    cfg = EngineConfig(max_streams=max(64, n), signals=spec["signals"], **extra)
+
+    async def main():
+        async with Engine(runner, cfg) as engine:
+            engine.add_sink(Sink())
+            ids = [engine.open_stream().stream_id for _ in range(n)]
+            warm = 0
+            if spec["runner"] == "onnx":  # warm the runtime's buffers for every batch size used
+                warm = 640
+                for sid in ids:
+                    engine.push_audio(sid, audio[:640])
+                await asyncio.sleep(0.5)
+                lat.clear()
+                counted[0] = 0
+            t0_ns = time.monotonic_ns()
+            c0 = time.process_time()
+            pos, tick = 0, 0
+            while pos + chunk <= seconds * 16000:
+                tick += 1
+                if realtime:
+                    delay = t0_ns + tick * 20_000_000 - time.monotonic_ns()
+                    if delay > 0:
+                        await asyncio.sleep(delay / 1e9)
+                piece = audio[pos : pos + chunk]
+                for sid in ids:
+                    engine.push_audio(sid, piece)
+                pos += chunk
+                if not realtime:
+                    await asyncio.sleep(0)
+            expected = n * ((warm + pos) // 640 - 2)  # the warm-up step made no frame (L = 2)
+            if not realtime:
+                while counted[0] < expected and time.monotonic_ns() - t0_ns < 300e9:
+                    await asyncio.sleep(0.001)
+            else:
+                await asyncio.sleep(0.3)
+            return time.process_time() - c0, expected
+
+    cpu_s, expected = asyncio.run(main())
+    frames = counted[0]
+    lat_a = np.array(lat[n * 5 :] if len(lat) > n * 10 else lat)
+    out = {**spec, "frames": frames, "frames_expected": int(expected), "cpu_s": cpu_s,
+           "cpu_us_per_frame": 1e6 * cpu_s / max(1, frames),
+           "streams_per_core_by_cpu": frames / max(cpu_s, 1e-9) / 25.0}
+    if lat_a.size:
+        out.update(p50_ms=float(np.percentile(lat_a, 50)), p99_ms=float(np.percentile(lat_a, 99)),
+                   late_fraction=float(np.mean(lat_a > 40.0)))
+        out["ok"] = bool(out["late_fraction"] <= 0.001 and out["p99_ms"] < 40.0 and frames >= 0.98 * expected)
+    return out
+
+
+def run_step_trial(spec: dict) -> dict:
+    """The ONNX step alone, B rows, `threads` intra-op threads: ms per call via `step` and `step_slots`."""
+    import numpy as np
+
+    from stream_engine.config import DEFAULT_MODEL_PATH
+    from stream_engine.runtime.onnxrt import OnnxStepRunner
+
+    b, threads, reps = spec["batch"], spec["threads"], spec["reps"]
+    runner = OnnxStepRunner(DEFAULT_MODEL_PATH, threads=threads)
+    audio = (np.random.default_rng(0).standard_normal((b, runner.contract.samples_per_frame)) * 0.1).astype(np.float32)
+    out = {**spec}
+    state = runner.initial_state(b)
+    for _ in range(5):
+        _, state = runner.step(audio, state)
+    t = []
+    for _ in range(reps):  # CPU time (all threads of the process), comparable with the engine's CPU per frame
+        t0 = time.process_time()
+        _, state = runner.step(audio, state)
+        t.append(time.process_time() - t0)
+    out["step_ms_p50"] = 1e3 * float(np.mean(t))  # mean: process_time ticks are coarse
+    if hasattr(runner, "step_slots"):
+        slots = runner.new_slots(b)
+        for r in range(b):
+            slots.alloc()
+            slots.init_row(r)
+        rows = np.arange(b)
+        for _ in range(5):
+            runner.step_slots(slots, rows, audio)
+        t = []
+        for _ in range(reps):
+            t0 = time.process_time()
+            runner.step_slots(slots, rows, audio)
+            t.append(time.process_time() - t0)
+        out["step_slots_ms_p50"] = 1e3 * float(np.mean(t))
+    best = min(out["step_ms_p50"], out.get("step_slots_ms_p50", float("inf")))
+    out["streams_per_core"] = b / (25.0 * best / 1e3)  # CPU time already sums every thread
+    return out
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+def _child(variant_root: Path, spec: dict, cpu: int | None, timeout_s: float = 600) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(variant_root), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--trial", json.dumps(spec)]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=str(variant_root))
+    if r.returncode != 0:
+        raise RuntimeError(f"trial {spec} failed in {variant_root}: {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _baseline_tree(ref: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix="msync-baseline-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "stream_engine"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    return root
+
+
+def capacity(variants: dict[str, Path], runner: str, signals: bool, cpu: int, seconds: float,
+             estimate: dict[str, float], log, probes: int = 4) -> dict:
+    """Largest real-time N per variant: 95 % of the CPU estimate, else bisection from a quarter of it
+    (`probes` trials at most; the answer is the largest N that passed, 0 when even the lowest failed)."""
+    out = {}
+    for name, root in variants.items():
+        lo, hi = max(1, int(estimate[name] * 0.25)), max(1, int(estimate[name] * 0.95))
+        trials, good = [], 0
+
+        def probe(n: int) -> bool:
+            t = _child(root, {"runner": runner, "streams": n, "seconds": seconds, "realtime": True,
+                              "signals": signals}, cpu)
+            trials.append({k: t.get(k) for k in ("streams", "p50_ms", "p99_ms", "late_fraction", "frames",
+                                                 "frames_expected", "ok")})
+            log(f"  {name} {runner} signals={signals} N={n}: p99 {t.get('p99_ms', float('nan')):.1f} ms "
+                f"{'ok' if t.get('ok') else 'FAIL'}")
+            return bool(t.get("ok"))
+
+        if probe(hi):
+            good = hi
+        elif probe(lo):
+            good = lo
+            for _ in range(probes - 2):
+                mid = (lo + hi) // 2
+                if mid in (lo, hi):
+                    break
+                if probe(mid):
+                    good = lo = mid
+                else:
+                    hi = mid
+        out[name] = {"max_realtime_streams": good, "trials": sorted(trials, key=lambda x: x["streams"])}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--baseline-ref", help="git revision whose engine is measured beside this checkout's")
+    p.add_argument("--runners", nargs="+", default=["zero", "fake", "onnx"], choices=["zero", "fake", "onnx"])
+    p.add_argument("--throughput-streams", type=int, default=512)
+    p.add_argument("--seconds", type=float, default=4.0, help="audio per throughput / real-time trial")
+    p.add_argument("--no-capacity", action="store_true", help="skip the real-time capacity search")
+    p.add_argument("--capacity-runners", nargs="+", default=["zero", "onnx"], choices=["zero", "fake", "onnx"])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--trial", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.trial:
+        spec = json.loads(a.trial)
+        print(json.dumps(run_step_trial(spec) if spec.get("kind") == "step" else run_trial(spec)))
+        return 0
+    sys.path.insert(0, str(REPO))
+    from benchmarks.common import machine_info, write_report
+
+    if a.quick:
+        a.throughput_streams, a.seconds, a.runners = 64, 1.0, ["zero"]
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    variants = {"current": REPO}
+    if a.baseline_ref:
+        variants = {"baseline": _baseline_tree(a.baseline_ref), "current": REPO}
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    result = {"machine": machine_info(), "cpu_core": cpu, "baseline_ref": a.baseline_ref, "runners": {}}
+    for runner in a.runners:
+        r = result["runners"][runner] = {}
+        for signals in (True, False):
+            key = "signals" if signals else "no_signals"
+            tp = {name: [] for name in variants}
+            for rep in range(2):  # interleaved: baseline, current, baseline, current
+                for name, root in variants.items():
+                    t = _child(root, {"runner": runner, "streams": a.throughput_streams, "seconds": a.seconds,
+                                      "realtime": False, "signals": signals}, cpu)
+                    tp[name].append(t)
+                    log(f"[{runner} {key}] throughput {name}: {t['cpu_us_per_frame']:.1f} us/frame -> "
+                        f"{t['streams_per_core_by_cpu']:.0f} streams/core")
+            best = {name: max(x["streams_per_core_by_cpu"] for x in ts) for name, ts in tp.items()}
+            entry = {"throughput": {name: {"streams_per_core_by_cpu": best[name],
+                                           "cpu_us_per_frame": min(x["cpu_us_per_frame"] for x in ts)}
+                                    for name, ts in tp.items()}}
+            if not a.no_capacity and not a.quick and runner in a.capacity_runners:
+                entry["capacity"] = capacity(variants, runner, signals, cpu, a.seconds, best, log)
+            if "baseline" in variants:
+                entry["throughput_ratio_current_over_baseline"] = best["current"] / best["baseline"]
+                if "capacity" in entry and entry["capacity"]["baseline"]["max_realtime_streams"]:
+                    entry["capacity_ratio_current_over_baseline"] = (
+                        entry["capacity"]["current"]["max_realtime_streams"]
+                        / entry["capacity"]["baseline"]["max_realtime_streams"])
+            r[key] = entry
+        if runner == "onnx":
+            steps = []
+            for threads in (1, 2):
+                cpu_set = None if threads > 1 else cpu
+                st = _child(REPO, {"kind": "step", "batch": 64, "threads": threads, "reps": 200 if not a.quick else 20},
+                            cpu_set)
+                steps.append(st)
+                log(f"[onnx] step B=64 threads={threads}: step {st['step_ms_p50']:.2f} ms, step_slots "
+                    f"{st.get('step_slots_ms_p50', float('nan')):.2f} ms -> {st['streams_per_core']:.0f} streams/core")
+            r["step"] = steps
+            step_per_core = steps[0]["streams_per_core"]
+            for key in ("signals", "no_signals"):
+                e = r[key]
+                e["engine_over_step"] = {name: v["streams_per_core_by_cpu"] / step_per_core
+                                         for name, v in e["throughput"].items()}
+                if "capacity" in e:
+                    e["engine_capacity_over_step"] = {name: v["max_realtime_streams"] / step_per_core
+                                                      for name, v in e["capacity"].items()}
+            lat = {}
+            for n in (1, 100):
+                for name, root in variants.items():
+                    t = _child(root, {"runner": "onnx", "streams": n, "seconds": max(a.seconds, 6.0),
+                                      "realtime": True, "signals": True}, cpu)
+                    lat.setdefault(str(n), {})[name] = {k: t.get(k) for k in ("p50_ms", "p99_ms", "late_fraction",
+                                                                              "frames", "frames_expected")}
+                    log(f"[onnx] latency {n} streams {name}: p50 {t.get('p50_ms', 0):.2f} / p99 "
+                        f"{t.get('p99_ms', 0):.2f} ms")
+            r["engine_latency"] = lat
+    if "baseline" in variants:
+        import shutil
+
+        shutil.rmtree(variants["baseline"], ignore_errors=True)
+    result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
+    write_report(Path(a.out), "engine_throughput", result, _markdown(result))
+    return 0
+
+
+def _markdown(result: dict) -> str:
+    m = result["machine"]
+    names = ["baseline", "current"] if result.get("baseline_ref") else ["current"]
+    lines = ["# Engine throughput: what the engine around the step costs", "",
+             f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m'):.2f} "
+             f"at start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, Python {m.get('python')}, "
+             f"onnxruntime {m.get('onnxruntime', '-')}, {m.get('time_utc')}. One pinned core (cpu "
+             f"{result['cpu_core']}), in-process feeding, every frame serialised, sockets excluded.",
+             f"Baseline: `{result.get('baseline_ref') or '-'}` (its engine, same runners), trials interleaved.", "",
+             "| runner | signals | " + " | ".join(f"{n}: CPU us/frame" for n in names) + " | "
+             + " | ".join(f"{n}: streams/core (CPU)" for n in names) + " | "
+             + " | ".join(f"{n}: real-time streams/core" for n in names) + " | ratio (current/baseline) |",
+             "|" + "---|" * (3 + 3 * len(names))]
+    for runner, r in result["runners"].items():
+        for key in ("signals", "no_signals"):
+            if key not in r:
+                continue
+            e = r[key]
+            us = " | ".join(f"{e['throughput'][n]['cpu_us_per_frame']:.1f}" for n in names)
+            spc = " | ".join(f"{e['throughput'][n]['streams_per_core_by_cpu']:.0f}" for n in names)
+            cap = " | ".join(str(e["capacity"][n]["max_realtime_streams"]) if "capacity" in e else "-" for n in names)
+            ratio = e.get("throughput_ratio_current_over_baseline")
+            cr = e.get("capacity_ratio_current_over_baseline")
+            rtxt = "-" if ratio is None else f"CPU x{ratio:.2f}" + ("" if cr is None else f", real-time x{cr:.2f}")
+            lines.append(f"| {runner} | {'on' if key == 'signals' else 'off'} | {us} | {spc} | {cap} | {rtxt} |")
+    onnx = result["runners"].get("onnx")
+    if onnx and "step" in onnx:
+        lines += ["", "The step alone (ONNX Runtime, B=64, CPU time per call, mean of 200 calls):", ""]
+        for st in onnx["step"]:
+            lines.append(f"- {st['threads']} intra-op thread(s): `step` {st['step_ms_p50']:.2f} ms, `step_slots` "
+                         f"(I/O binding) {st.get('step_slots_ms_p50', float('nan')):.2f} ms -> "
+                         f"{st['streams_per_core']:.0f} streams per core")
+        for key in ("signals", "no_signals"):
+            e = onnx[key]
+            lines.append(f"- engine ÷ step ({'signals on' if key == 'signals' else 'signals off'}): by CPU "
+                         + ", ".join(f"{n} {e['engine_over_step'][n]:.0%}" for n in names)
+                         + ("" if "engine_capacity_over_step" not in e else "; real-time "
+                            + ", ".join(f"{n} {e['engine_capacity_over_step'][n]:.0%}" for n in names)))
+        lines += ["", "Engine-added latency (publish - arrival of the last needed sample), real model, signals on, "
+                  "all streams' chunks arriving together:", ""]
+        for n, per in onnx["engine_latency"].items():
+            lines.append(f"- {n} stream(s): " + "; ".join(
+                f"{name} p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms ({v['frames']}/{v['frames_expected']} frames)"
+                for name, v in per.items() if v.get("p50_ms") is not None))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Slot-based state: the runner's StateSlots store, gather/step/scatter parity with the pure step, slot reuse,
+resets and closes while a batch is in flight, non-finite rows, stalls filled with silence."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from stream_engine.config import DEFAULT_MODEL_PATH
+from stream_engine.core import EngineCore
+from stream_engine.engine import Engine, EngineConfig
+from stream_engine.runtime.base import StateSlots, check_finite_output, initial_state
+
+from fakes import NEUTRAL_FACE, FakeRunner, NonFiniteRunner, ZeroCostRunner, speechlike, tone
+
+SPF = 640
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.frames, self.events = [], []
+
+    def send_frames(self, frames):
+        self.frames.extend(frames)
+
+    def stream_event(self, event):
+        self.events.append(event)
+
+    async def aclose(self):
+        pass
+
+
+def test_slots_alloc_lowest_free_grow_and_gather_scatter_round_trip():
+    runner = FakeRunner(lookahead_frames=1)
+    slots = runner.new_slots(2)
+    rows = [slots.alloc() for _ in range(3)]  # the third grows the store
+    assert rows == [0, 1, 2] and slots.capacity == 4 and slots.used == 3
+    for r in rows:
+        slots.init_row(r, rng=np.random.default_rng(r))
+    slots.free(1)
+    assert slots.alloc() == 1  # lowest free row first
+    gathered = slots.gather(np.array([2, 0]))
+    assert gathered["reference"].shape == (2, 68, 2)
+    changed = {k: v + 1.0 for k, v in gathered.items()}
+    slots.scatter(np.array([2, 0]), changed)
+    np.testing.assert_array_equal(slots.arrays["frames_seen"][[2, 0]], changed["frames_seen"])
+    out = {k: np.empty((3, *v.shape[1:]), v.dtype) for k, v in gathered.items()}
+    again = slots.gather(np.array([0, 1, 2]), out=out)  # contiguous range, copied into `out`
+    assert again is out and np.array_equal(out["frames_seen"][0], changed["frames_seen"][1])
+
+
+def test_step_slots_equals_the_pure_step_for_any_row_order():
+    runner = FakeRunner(lookahead_frames=2, head_amplitude_deg=5)
+    slots = runner.new_slots(8)
+    for r in range(8):
+        slots.alloc()
+        slots.init_row(r, rng=np.random.default_rng(r))
+    rows = np.array([5, 1, 6])
+    audio = np.stack([tone(SPF, amplitude=a) for a in (0.1, 0.2, 0.3)])
+    before = slots.gather(rows)
+    before = {k: v.copy() for k, v in before.items()}
+    expect_lm, expect_state = runner.step(audio, before)
+    lm = runner.step_slots(slots, rows, audio)
+    np.testing.assert_array_equal(lm, expect_lm)
+    for k, v in expect_state.items():
+        np.testing.assert_array_equal(slots.arrays[k][rows], v)
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the shipped default model is not in this checkout")
+def test_onnx_step_slots_matches_step_with_io_binding():
+    from stream_engine.runtime.onnxrt import OnnxStepRunner
+
+    runner = OnnxStepRunner(DEFAULT_MODEL_PATH)
+    slots = runner.new_slots(6)
+    for r in range(6):
+        slots.alloc()
+        slots.init_row(r, rng=np.random.default_rng(r))
+    audio = speechlike(SPF * 6, seed=3).reshape(6, SPF)
+    for rows in (np.arange(6), np.array([4, 0, 2])):  # a contiguous range, then a gather
+        sub = audio[: rows.size]
+        state = {k: v.copy() for k, v in slots.gather(rows).items()}
+        expect_lm, expect_state = runner.step(sub, state)
+        lm = runner.step_slots(slots, rows, sub)
+        np.testing.assert_allclose(lm, expect_lm, atol=1e-6)
+        for k, v in expect_state.items():
+            np.testing.assert_allclose(slots.arrays[k][rows], v, atol=1e-6)
+    check_finite_output(runner)  # the shipped model passes the load-time check
+
+
+def test_core_frames_do_not_depend_on_batch_composition_or_slot_reuse():
+    """Streams that open and close around others (slots reused, batches mixed) give the same frames as alone."""
+    audio = {sid: speechlike(SPF * 12, seed=i) for i, sid in enumerate("abc")}
+    alone = {}
+    for sid, a in audio.items():
+        core = EngineCore(FakeRunner(lookahead_frames=2), capacity=1)
+        core.open_stream(sid)
+        core.push_audio(sid, a, 0)
+        alone[sid] = np.stack([f.landmarks for f in core.process()])
+    core = EngineCore(FakeRunner(lookahead_frames=2), capacity=2)
+    core.open_stream("tmp")
+    core.push_audio("tmp", tone(SPF * 3), 0)
+    core.process()
+    core.open_stream("a")
+    core.close_stream("tmp")  # frees row 0 ...
+    core.open_stream("b")     # ... which "b" gets, with a fresh state
+    core.open_stream("c")     # grows the store
+    got = {sid: [] for sid in audio}
+    for start in range(0, SPF * 12, 320):
+        for sid, a in audio.items():
+            core.push_audio(sid, a[start : start + 320], 0)
+        for f in core.process():
+            got[f.stream_id].append(f.landmarks)
+    for sid in audio:
+        np.testing.assert_array_equal(np.stack(got[sid]), alone[sid])
+
+
+def test_reset_and_close_while_in_flight_reach_the_slot_at_commit():
+    runner = FakeRunner(lookahead_frames=0)
+    core = EngineCore(runner, capacity=4)
+    for sid in ("a", "b"):
+        core.open_stream(sid)
+        core.push_audio(sid, tone(SPF * 2), 0)
+    batch = core.take_batch()
+    landmarks = core.run_batch(batch)  # the "worker" has scattered the next state into both slots
+    core.reset("a")
+    row_b = core._get("b").row
+    core.close_stream("b")
+    core.open_stream("b2")  # must not get b's row while b's step is in flight
+    assert core._get("b2").row != row_b
+    frames = core.commit(batch, landmarks)
+    assert frames == []  # a was reset, b closed: nobody owns these outputs
+    assert core.slots.arrays["frames_seen"][core._get("a").row, 0] == 0.0  # fresh state written at commit
+    assert row_b in core.slots._free  # b's slot came back
+    core.push_audio("a", tone(SPF), 0)
+    assert [f.index for f in core.process()] == [0]
+
+
+def test_non_finite_landmarks_never_become_frames_and_restart_only_that_stream():
+    runner = NonFiniteRunner(poison=0.123, lookahead_frames=1)
+    core = EngineCore(runner)
+    core.open_stream("bad")
+    core.open_stream("good")
+    for sid in ("bad", "good"):
+        core.push_audio(sid, tone(SPF * 3), 0)
+    core.process()
+    poisoned = tone(SPF)
+    poisoned[10] = 0.123
+    core.push_audio("bad", poisoned, 0)
+    core.push_audio("good", tone(SPF), 0)
+    frames = core.process()
+    assert [f.stream_id for f in frames] == ["good"]
+    assert all(np.all(np.isfinite(f.landmarks)) for f in frames)
+    faults = core.take_faults()
+    assert [sid for sid, _ in faults] == ["bad"] and "non-finite" in faults[0][1]
+    assert core.epoch("bad") == 1 and core.epoch("good") == 0
+    core.push_audio("bad", tone(SPF * 2), 0)
+    assert [f.index for f in core.process()] == [0]  # a fresh epoch, finite again
+    assert core.take_faults() == []
+
+
+def test_engine_sends_no_nan_and_reports_an_error_and_reset():
+    async def main():
+        sink = Sink()
+        async with Engine(NonFiniteRunner(nan_from_call=3, lookahead_frames=0), EngineConfig(stall_ms=0)) as engine:
+            engine.add_sink(sink)
+            engine.open_stream("s")
+            engine.push_audio("s", tone(SPF * 6))
+            await asyncio.sleep(0.3)
+            return sink, engine.health()
+
+    sink, health = asyncio.run(asyncio.wait_for(main(), 10))
+    assert sink.frames and all(np.all(np.isfinite(f.landmarks)) for f in sink.frames)
+    kinds = [e["event"] for e in sink.events]
+    assert "error" in kinds and kinds[kinds.index("error") + 1] == "reset"
+    assert health["nonfinite_frames"] >= 1
+
+
+def test_nan_model_is_refused_at_load():
+    from stream_engine.runtime.base import NonFiniteModelError
+
+    with pytest.raises(NonFiniteModelError, match="non-finite"):
+        check_finite_output(NonFiniteRunner(nan_from_call=0, lookahead_frames=1))
+    check_finite_output(FakeRunner(lookahead_frames=1))
+
+
+def test_a_stalled_stream_continues_with_silence_and_resumes_cleanly():
+    """No audio for look-ahead + 80 ms: silence on the wall clock, frames flagged, the face returns to rest
+    (the fake's mouth follows the frame's RMS); real audio then continues on the same sample clock."""
+
+    async def main():
+        sink = Sink()
+        cfg = EngineConfig(stall_fill_s=0.4)
+        async with Engine(FakeRunner(lookahead_frames=2), cfg) as engine:
+            engine.add_sink(sink)
+            assert engine.stall_ns == int((2 * 40 + 80) * 1e6)
+            engine.open_stream("s")
+            engine.push_audio("s", tone(SPF * 10, amplitude=0.5))
+            await asyncio.sleep(1.0)  # 160 ms stall threshold + 400 ms fill cap, paced by the wall clock
+            n_stalled = len(sink.frames)
+            engine.push_audio("s", tone(SPF * 4, amplitude=0.5))
+            await asyncio.sleep(0.1)  # less than the stall threshold: no second stall
+            return sink, n_stalled
+
+    sink, n_stalled = asyncio.run(asyncio.wait_for(main(), 10))
+    frames = sink.frames
+    real = [f for f in frames[:8]]
+    assert not any(f.stalled for f in real)
+    stalled = [f for f in frames if f.stalled]
+    # all 10 frames of real audio, then (160 + 400) ms of silence = 14 frames (the first partly real)
+    assert 12 <= len(stalled) <= 16, len(stalled)
+    np.testing.assert_allclose(stalled[-1].landmarks, NEUTRAL_FACE, atol=1e-6)  # the face is at rest
+    assert stalled[-1].signals.mouth_open < 0.05 and stalled[-1].audio_level_dbfs == -120.0
+    assert [f.index for f in frames] == list(range(len(frames)))  # one epoch, no gaps: a clean resume
+    resumed = frames[n_stalled:]
+    assert resumed and not resumed[-1].stalled and resumed[-1].signals.mouth_open > 0
+    events = [e["event"] for e in sink.events]
+    assert events.count("stalled") == 1 and events.count("resumed") == 1
+    assert all(b.pts_ns - a.pts_ns == 40_000_000 for a, b in zip(frames, frames[1:]))
+
+
+def test_zero_cost_runner_gives_reference_faces():
+    core = EngineCore(ZeroCostRunner(lookahead_frames=1))
+    core.open_stream("s")
+    core.push_audio("s", tone(SPF * 3), 0)
+    frames = core.process()
+    assert len(frames) == 2
+    np.testing.assert_array_equal(frames[0].landmarks, np.asarray(core.contract.reference_face, np.float32))
+    assert initial_state(core.contract, 1)["frames_seen"].shape == (1, 1)
+    assert isinstance(core.slots, StateSlots)
+
+
+def test_stage_timestamps_are_ordered_and_batches_pipeline_through_the_thread():
+    """Per-stage timestamps say where each frame waited; with more streams than one batch holds, the next batch
+    is queued to the inference thread while the previous one is published, and every frame still comes out."""
+
+    async def main():
+        sink = Sink()
+        runner = FakeRunner(lookahead_frames=1, cost_us_per_call=2000)  # slow enough for the thread path
+        cfg = EngineConfig(max_streams=8, max_batch_streams=3, inline_step_ms=0, stall_ms=0)
+        async with Engine(runner, cfg) as engine:
+            engine.add_sink(sink)
+            for i in range(8):
+                engine.open_stream(f"s{i}")
+            for _ in range(4):
+                for i in range(8):
+                    engine.push_audio(f"s{i}", tone(SPF))
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+            return sink, runner
+
+    sink, runner = asyncio.run(asyncio.wait_for(main(), 10))
+    assert len(sink.frames) == 8 * 3 and max(runner.batch_sizes) == 3
+    for f in sink.frames:
+        t = f.timings
+        assert t.audio_ready_ns <= t.take_ns <= t.infer_start_ns <= t.infer_end_ns <= t.publish_ns
+    by_stream = {}
+    for f in sink.frames:
+        by_stream.setdefault(f.stream_id, []).append(f.index)
+    assert all(v == [0, 1, 2] for v in by_stream.values())
+
+
+def test_runner_output_of_the_wrong_shape_resets_the_streams_with_an_error():
+    class BadShape(FakeRunner):
+        def step(self, audio, state):
+            out, new_state = super().step(audio, state)
+            return out[:, :10], new_state
+
+    async def main():
+        sink = Sink()
+        async with Engine(BadShape(lookahead_frames=0), EngineConfig(stall_ms=0)) as engine:
+            engine.add_sink(sink)
+            engine.open_stream("s")
+            engine.push_audio("s", tone(SPF * 2))
+            await asyncio.sleep(0.3)
+            return sink, engine.stats.runner_errors
+
+    sink, errors = asyncio.run(asyncio.wait_for(main(), 10))
+    assert sink.frames == [] and errors >= 1
+    kinds = [e["event"] for e in sink.events]
+    assert "error" in kinds and "reset" in kinds
