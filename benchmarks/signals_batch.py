@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = p.parse_args(argv)
-    from stream_engine.animate import load_model
+    from stream_engine.animation import load_model
 
     face = np.asarray(load_model().contract.reference_face, dtype=np.float64)
     rng = np.random.default_rng(0)

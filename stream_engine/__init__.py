@@ -7,15 +7,22 @@ The Python API (`stream_engine.api`)::
     stream = engine.open_stream()
     frames = stream.push(pcm, sample_rate=16000) + stream.flush()
 
-`Engine`, `Stream` and `Frame` are imported lazily (``import stream_engine`` alone loads nothing heavy).
+Whole files: ``animation = stream_engine.animate("talk.wav")`` (`stream_engine.animation`: landmarks (T, 68, 2),
+signals, ARKit blendshapes, T = ceil(duration x 25)).
+
+`Engine`, `Stream`, `Frame`, `animate` and `Animation` are imported lazily (``import stream_engine`` alone loads nothing heavy).
 """
 
 from __future__ import annotations
 
-__all__ = ["Engine", "Stream", "Frame"]
+__all__ = ["Engine", "Stream", "Frame", "animate", "Animation"]
 
 
 def __getattr__(name: str):
+    if name in ("animate", "Animation"):
+        from stream_engine import animation
+
+        return getattr(animation, name)
     if name in __all__:
         from stream_engine import api
 

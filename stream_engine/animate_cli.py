@@ -4,7 +4,7 @@
     msync animate clips/ more.flac --out anims --format npz   # a folder and a file -> anims/<name>.npz
     msync animate talk.wav --out talk.csv --video             # + talk.mp4: the landmark face with the audio
 
-One frame per 40 ms of audio, the look-ahead tail included (`stream_engine.animate`). A file that cannot be
+One frame per 40 ms of audio, the look-ahead tail included (`stream_engine.animation.animate`). A file that cannot be
 read is reported and skipped; the exit status is 1 when any file was skipped, 0 otherwise.
 """
 
@@ -64,7 +64,7 @@ def output_paths(inputs: list[Path], out: Path, fmt: str | None) -> tuple[list[P
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from stream_engine.animate import animate, expected_frames, load_model, prepare_audio
+    from stream_engine.animation import animate, expected_frames, load_model, prepare_audio
     from stream_engine.audio_io import AudioError
     from stream_engine.preview import PreviewError, render_video, require_pyav
     from stream_engine.session import ReferenceFaceError, load_reference_face

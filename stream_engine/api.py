@@ -88,7 +88,8 @@ class Engine:
         signals: derive rig signals per frame (`Frame.signals`).
         signal_config: how (`SignalConfig`).
         blendshapes: a deriver `f(LandmarkFrame) -> {name: weight}` filling `Frame.blendshapes` (the frame
-            has its `signals` attached); None leaves them empty.
+            has its `signals` attached); None = the ARKit-52 weights of the derived signals
+            (`blendshapes.from_signals`; empty when `signals` is False).
         max_pending_s: most audio one `push` may carry, in seconds.
         seed: base seed of the per-stream model noise (stream i gets seed + i); None = random.
     Raises:
@@ -111,6 +112,10 @@ class Engine:
         self.contract = runner.contract
         self.core = EngineCore(runner, max_batch_streams=1, max_pending_s=max_pending_s, seed=seed, capacity=4)
         self.signal_config = (signal_config or SignalConfig()) if signals else None
+        if blendshapes is None and signals:
+            from stream_engine.blendshapes import from_signals
+
+            blendshapes = from_signals
         self.blendshapes = blendshapes
         self.model_reference_face = np.asarray(self.contract.reference_face, dtype=np.float32)
         self._ids = itertools.count(1)

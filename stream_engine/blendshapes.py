@@ -208,3 +208,15 @@ def as_dict(weights: np.ndarray, names: tuple[str, ...] = SUPPORTED) -> dict[str
     """(52,) weights -> {name: float} for `names` (default: the shapes 68 points support)."""
     w = np.asarray(weights).reshape(-1)
     return {n: float(w[ARKIT_INDEX[n]]) for n in names}
+
+
+def from_signals(frame) -> dict[str, float]:
+    """The default blendshape deriver of the engines: a frame's ARKit-52 weights by name.
+
+    `frame` is an engine frame whose `signals` were derived (`signals.Signals.blendshapes`, (52,) in
+    `ARKIT_NAMES` order); returns all 52 names -> weight in [0, 1] (the shapes 68 points cannot make are 0),
+    or {} when the frame has no signals.
+    """
+    signals = getattr(frame, "signals", None)
+    weights = getattr(signals, "blendshapes", None)
+    return {} if weights is None else as_dict(weights, ARKIT_NAMES)

@@ -49,7 +49,7 @@ from stream_engine.clock import Clock, MonotonicClock
 from stream_engine.core import EngineCore, LandmarkFrame, StepBatch
 from stream_engine.outputs import FrameSink
 from stream_engine.session import Session
-from stream_engine.signals import SignalConfig
+from stream_engine.signals import SignalConfig, stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class Engine:
         self.core.open_stream(stream_id, reference_face, seed)
         session = Session(stream_id, self.core.reference_face(stream_id), self.model_reference_face,
                           self.signal_cfg if self.cfg.signals else None, source,
-                          seed=abs(hash(stream_id)) % (2**31) if seed is None else seed, engine=self)
+                          seed=stream_seed(self.cfg.seed, stream_id) if seed is None else seed, engine=self)
         self.sessions[stream_id] = session
         self._event(stream_id, "opened", source=source)
         return session

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from stream_engine.animate import Animation, animate, load_model
+from stream_engine.animation import Animation, animate, load_model
 from stream_engine.audio_io import AudioError
 from stream_engine.blendshapes import ARKIT_NAMES
 from stream_engine.cli import main

@@ -31,7 +31,9 @@ def test_push_returns_frames_once_their_lookahead_arrived_and_flush_gives_the_ta
     assert all(f.landmarks.shape == (68, 2) and f.landmarks.dtype == np.float32 for f in frames)
     assert frames[3].pts_s == pytest.approx(0.12)
     assert set(frames[0].signals) >= {"mouth_open", "A", "blink", "yaw_deg"}
-    assert frames[0].blendshapes == {}
+    # the default deriver: all 52 ARKit weights from the derived signals, in [0, 1]
+    assert len(frames[0].blendshapes) == 52 and all(0.0 <= v <= 1.0 for v in frames[0].blendshapes.values())
+    assert "jawOpen" in frames[0].blendshapes
     # the fake's mouth follows frame j's own RMS: frame 10's audio is samples [6400, 7040)
     expect = FakeRunner.expected_open_mm(audio[10 * SPF : 11 * SPF])
     ref = FakeRunner().contract.reference_face

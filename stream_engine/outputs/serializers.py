@@ -10,7 +10,8 @@ Binary frame, format version 1, all little-endian::
     8      4    u32      seq
     12     4    u32      epoch
     16     4    u32      index (frame index within the epoch)
-    20     4    u32      flags: bit 0 = silent, bit 1 = signals present
+    20     4    u32      flags: bit 0 = silent, bit 1 = signals present, bit 2 = stalled (no audio arrived:
+                             the engine fed silence so the face returns to rest)
     24     8    i64      pts_ns (stream time of the frame's first audio sample)
     32     8    i64      audio_ready_ns   \\
     40     8    i64      infer_start_ns    | engine clock (monotonic ns on the engine host)
@@ -45,6 +46,7 @@ MAGIC = b"MSLM"
 KIND_FRAME = 1
 FLAG_SILENT = 1
 FLAG_SIGNALS = 2
+FLAG_STALLED = 4
 _HEADER = struct.Struct("<4sBBHIIIIqqqqqqHBBB")  # 77 bytes, then the stream id
 
 
@@ -56,6 +58,7 @@ def encode_binary(frame: LandmarkFrame, sent_ns: int = 0) -> bytes:
     k, d = lm.shape
     signals = frame.signals.as_vector() if frame.signals is not None else []
     flags = (FLAG_SIGNALS if signals else 0) | (FLAG_SILENT if frame.signals is not None and frame.signals.silent else 0)
+    flags |= FLAG_STALLED if frame.stalled else 0
     t = frame.timings
     head = _HEADER.pack(MAGIC, FORMAT_VERSION, KIND_FRAME, header_bytes, frame.seq & 0xFFFFFFFF,
                         frame.epoch & 0xFFFFFFFF, frame.index & 0xFFFFFFFF, flags, frame.pts_ns, t.audio_ready_ns,
@@ -91,6 +94,7 @@ def decode_binary(data: bytes) -> dict[str, Any]:
     if flags & FLAG_SIGNALS:
         out["signal_vector"] = dict(zip(SIGNAL_NAMES, (float(v) for v in floats[k * d :])))
     out["silent"] = bool(flags & FLAG_SILENT)
+    out["stalled"] = bool(flags & FLAG_STALLED)
     return out
 
 
@@ -102,6 +106,7 @@ def frame_to_json_dict(frame: LandmarkFrame, sent_ns: int = 0, decimals: int = 5
         "index": frame.index, "pts_ms": frame.pts_ns / 1e6,
         "landmarks": np.round(frame.landmarks.astype(np.float64), decimals).tolist(),
         "audio_dbfs": round(float(frame.audio_level_dbfs), 2),
+        "stalled": bool(frame.stalled),
         "t": {"audio_ready_ns": t.audio_ready_ns, "infer_start_ns": t.infer_start_ns,
               "infer_end_ns": t.infer_end_ns, "publish_ns": t.publish_ns, "sent_ns": int(sent_ns)},
     }

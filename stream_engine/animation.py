@@ -1,6 +1,6 @@
 """File mode: a whole recording in, a whole animation out (what Rhubarb Lip Sync users do), on the engine core.
 
-    from stream_engine.animate import animate
+    from stream_engine.animation import animate
     anim = animate("speech.wav")                 # the shipped model
     anim.landmarks.shape                          # (T, 68, 2), T = ceil(duration_s * 25)
     anim.signals["mouth_open"], anim.blendshapes["jawOpen"]   # (T,) each
