@@ -312,15 +312,12 @@ def trained_or_random(contract):
 
     ckpt = REPO / "training" / "weights" / "generator"
     if ckpt.with_suffix(".json").is_file():
-        try:
-            from export.cli import load_generator
+        from training.models.generator import load_generator
 
-            g, _ = load_generator(ckpt)
-            if g.cfg.lookahead_frames == contract.lookahead_frames and \
-                    g.cfg.lstm_hidden == int(contract.state("h").shape[1]):
-                return g, "trained"
-        except Exception:
-            pass
+        g, _ = load_generator(ckpt, "cpu")
+        if g.cfg.lookahead_frames == contract.lookahead_frames and \
+                g.cfg.lstm_hidden == int(contract.state("h").shape[1]):
+            return g, "trained"
     return torch_generator(contract), "random"
 
 

@@ -19,7 +19,7 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aac", ".mp
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = __doc__.split("\n\n")[1]
+    p.epilog = "\n\n".join((__doc__ or "").split("\n\n")[1:3])
     p.add_argument("inputs", nargs="+", metavar="FILE", help="audio/video files or folders of them")
     p.add_argument("--out", required=True, metavar="PATH", help="output file (one input with a .json/.csv/.npz "
                    "name) or folder (one output per input)")
@@ -98,9 +98,11 @@ def run(args: argparse.Namespace) -> int:
                 render_video(anim, audio, dst.with_suffix(".mp4"))
         except (AudioError, PreviewError, OSError, ValueError) as exc:
             failed.append((src, str(exc)))
-            tqdm.write(f"msync animate: skipped {src}: {exc}", file=sys.stderr)
+            reason = str(exc).replace(f"{src}: ", "")  # the decoder's message often repeats the path
+            tqdm.write(f"msync animate: skipped {src}: {reason}", file=sys.stderr)
             continue
-        rows.append((src, dst, anim.duration_s, anim.num_frames, expected_frames(anim.duration_s, anim.fps)))
+        written = f"{dst} + {dst.with_suffix('.mp4').name}" if args.video else str(dst)
+        rows.append((src, written, anim.duration_s, anim.num_frames, expected_frames(anim.duration_s, anim.fps)))
     if not args.quiet:
         print(f"{'input':40s} {'duration_s':>10s} {'frames':>7s} {'ceil(d*25)':>10s}  output", file=sys.stderr)
         for src, dst, dur, n, want in rows:

@@ -36,6 +36,7 @@ from stream_engine.config import (
     replace_path,
     to_dict,
 )
+from stream_engine.outputs.websocket import LOOPBACK_HOSTS
 
 log = logging.getLogger("msync.stream")
 
@@ -48,7 +49,8 @@ class StreamError(RuntimeError):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = __doc__.split("\n\n")[1]
+    p.epilog = "\n\n".join((__doc__ or "").split("\n\n")[1:3]).replace("::", ":")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", metavar="FILE", help="JSON or TOML config file (flags override it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     g = p.add_argument_group("model")
@@ -120,6 +122,9 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         overrides["model.providers"] = args.providers
     if getattr(args, "precision", None) is not None:
         overrides["model.precision"] = args.precision
+    if args.host is not None and args.host not in LOOPBACK_HOSTS:
+        # an explicit non-loopback --host is the opt-in to remote binding; it still needs a token or --insecure
+        overrides["server.allow_remote"] = True
     for flag, key in (("text", "input.text"), ("device", "input.device"), ("rate", "input.sample_rate_hz"),
                       ("channels", "input.channels"), ("stdin_format", "input.stdin_format"),
                       ("speed", "input.speed"), ("loop", "input.loop"), ("stream_id", "input.stream_id"),

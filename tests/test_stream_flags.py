@@ -30,7 +30,7 @@ FLAGS: dict[str, tuple[list[str], dict[str, object]]] = {
     "--loop": (["--no-loop"], {"input.loop": False}),
     "--stream-id": (["--stream-id", "alice"], {"input.stream_id": "alice"}),
     "--reference-face": (["--reference-face", "face.json"], {"input.reference_face": "face.json"}),
-    "--host": (["--host", "::1"], {"server.host": "::1"}),
+    "--host": (["--host", "::1"], {"server.host": "::1", "server.allow_remote": False}),
     "--port": (["--port", "9999"], {"server.port": 9999}),
     "--token": (["--token", "s3cret"], {"server.token": "s3cret"}),
     "--token-file": (["--token-file", "tok.txt"], {"server.token_file": "tok.txt"}),
@@ -142,3 +142,16 @@ def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
 
     frames = asyncio.run(main())
     assert frames == list(range(math.ceil((2 * 16000 + 100) / 640)))
+
+
+def test_a_remote_host_on_the_command_line_needs_a_token_or_insecure():
+    """`--host ADDR` (non-loopback) is the opt-in to a remote bind; without a token or --insecure the server
+    refuses with the token message (no server is started: the check runs on the resolved config)."""
+    from stream_engine.outputs.websocket import check_exposure
+
+    bare = config_from_args(_parser().parse_args(["--host", "0.0.0.0"]))
+    assert bare.server.allow_remote
+    with pytest.raises(ValueError, match="without a token"):
+        check_exposure(bare.server)
+    check_exposure(config_from_args(_parser().parse_args(["--host", "0.0.0.0", "--insecure"])).server)
+    check_exposure(config_from_args(_parser().parse_args(["--host", "0.0.0.0", "--token", "t"])).server)

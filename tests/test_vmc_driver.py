@@ -56,7 +56,9 @@ def test_local_stream_drives_and_others_send_nothing(receiver):
     got = _mouths(receiver)
     assert len(got) == 2 and all(a > 0.3 for a, _ in got) and [t for _, t in got] == pytest.approx([1.0, 1.04])
     sink.stream_event({"event": "stalled", "stream": "main"})
-    assert [a for a, _ in _mouths(receiver)] == [0.0]  # the driver stalls: rest pose
+    assert _mouths(receiver) == []  # a stall sends nothing by itself: the engine's silence-fed frames follow
+    sink.stream_event({"event": "reset", "stream": "main"})
+    assert [a for a, _ in _mouths(receiver)] == [0.0]  # the driver resets (barge-in): rest pose at once
 
 
 def test_first_stream_latches_until_it_closes_then_the_rest_pose_and_aclose(receiver):
@@ -83,20 +85,17 @@ def test_configured_stream_is_the_only_driver(receiver):
     assert len(_mouths(receiver)) == 1
 
 
-def test_a_stalled_frame_of_the_driver_sends_the_rest_pose(receiver):
-    """Frames the engine makes from silence when the audio stops arriving (`stalled`) leave the avatar neutral."""
+def test_stalled_frames_of_the_driver_are_followed_in_order(receiver):
+    """Frames the engine makes from silence when the audio stops arriving (`stalled`) go out like any other, after
+    the utterance's last real frames, so the mouth closes over them as WebSocket clients see it (no early rest pose
+    on the `stalled` event that the last real frames would then undo)."""
     import dataclasses
 
     sink = VmcSink(VmcConfig(targets=(f"127.0.0.1:{receiver.getsockname()[1]}",)), local_stream="main")
-    frame = _frame("main", 20.0, 1.0)
-    sink.send_frames([frame])
-    stalled = frame
-    if "stalled" in {f.name for f in dataclasses.fields(frame)}:
-        stalled = dataclasses.replace(frame, stalled=True)
-    else:  # this checkout's frames have no stall flag yet: the same object with the attribute set
-        class Stalled:
-            def __init__(self, f):
-                self.__dict__.update({k: getattr(f, k) for k in ("stream_id", "pts_ns", "signals")}, stalled=True)
-        stalled = Stalled(dataclasses.replace(frame, pts_ns=frame.pts_ns + 40_000_000))
-    sink.send_frames([stalled])
-    assert [a for a, _ in _mouths(receiver)][-1] == 0.0
+    sink.send_frames([_frame("main", 20.0, 1.0)])
+    sink.stream_event({"event": "stalled", "stream": "main"})
+    closing = dataclasses.replace(_frame("main", 0.0, 1.04), stalled=True)
+    sink.send_frames([closing])
+    got = _mouths(receiver)
+    assert [t for _, t in got] == pytest.approx([1.0, 1.04])
+    assert got[0][0] > 0.3 and got[1][0] < 0.05  # the closed-mouth stalled frame, after the open real one

@@ -36,7 +36,7 @@ VRM1_BLEND_NAMES = {"A": "aa", "I": "ih", "U": "ou", "E": "ee", "O": "oh", "blin
 ARKIT_BLEND_NAMES = {name: name for name in ARKIT_NAMES}
 BLEND_PRESETS = {"vrm0": DEFAULT_BLEND_NAMES, "vrm1": VRM1_BLEND_NAMES, "arkit": ARKIT_BLEND_NAMES}
 #: Stream events after which the driving stream's avatar is put in the rest pose.
-REST_EVENTS = ("reset", "closed", "stalled")
+REST_EVENTS = ("reset", "closed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +122,8 @@ class DriverChoice:
         return stream_id == self.driver
 
     def on_event(self, event: dict) -> bool:
-        """True when the event puts the avatar in the rest pose (a reset, stall or close of the driver)."""
+        """True when the event puts the avatar in the rest pose (a reset or close of the driver; a stall is
+        followed by the engine's silence-fed frames, which bring the face to rest themselves)."""
         sid, kind = event.get("stream"), event.get("event")
         if sid is None or sid != self.driver:
             return False
@@ -156,9 +157,10 @@ class VmcSink:
                 chosen = frame
         if chosen is not None:
             self._last_time_s = chosen.pts_ns / 1e9
-            # a frame the engine made from silence because the audio stopped arriving: the rest pose
-            signals = NEUTRAL_SIGNALS if getattr(chosen, "stalled", False) else chosen.signals
-            for packet in vmc_packets(signals, self.cfg, self._last_time_s):
+            # Frames the engine made from silence because the audio stopped arriving (`stalled`) are sent like
+            # any other: the face closes its mouth over them, after the utterance's last real frames, exactly as
+            # the WebSocket clients see it (a rest pose on the `stalled` event would arrive before those frames).
+            for packet in vmc_packets(chosen.signals, self.cfg, self._last_time_s):
                 self.udp.send(packet)
             self._posed = True
 

@@ -190,8 +190,8 @@ class VtsSink:
     def send_frames(self, frames: Sequence[LandmarkFrame]) -> None:
         for frame in frames:
             if frame.signals is not None and self.choice.drives(frame.stream_id):
-                stalled = getattr(frame, "stalled", False)  # made from silence the engine added: rest pose
-                self._values = parameter_values(NEUTRAL_SIGNALS if stalled else frame.signals)
+                # stalled frames (silence the engine added) are followed like any other: they bring the face to rest
+                self._values = parameter_values(frame.signals)
                 self.stats["frames"] += 1
         with contextlib.suppress(RuntimeError):  # no running loop (synchronous tests): nothing to start
             self.start()

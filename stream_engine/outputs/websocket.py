@@ -183,7 +183,7 @@ def check_exposure(cfg: ServerConfig) -> None:
     """Raise ValueError for a remote bind without a token unless `insecure` says so explicitly."""
     if not cfg.is_loopback and not cfg.token and not cfg.insecure:
         raise ValueError(f"refusing to serve {cfg.host!r} without a token: set MSYNC_TOKEN or --token-file "
-                         "(or server.insecure = true to expose the engine to anyone who can reach it)")
+                         "(or --insecure, server.insecure = true, to expose the engine to anyone who can reach it)")
 
 
 class SendWindow:
