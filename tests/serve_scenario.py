@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -124,8 +125,59 @@ async def run_phases(url: str, url_b1: str, n: int, seconds: float, kill: bool) 
         r = await stream_audio(url, ids[0], make_audio(0, seconds), open_timeout_s=60)
         out["reconnect"] = {"replica": r.ready.get("replica"), "close": r.close_code, "frames": len(r.indices)}
         arrays["reconnect"] = r.landmarks
+    out["full"] = await fill_up(url_b1, n)
     out["arrays"] = arrays
     return out
+
+
+async def fill_up(url: str, capacity: int) -> dict:
+    """Hold `capacity` streams open on a one-replica app, then try 2 more: each must be answered at once
+    (close 1013, or HTTP 503 from the proxy), never left waiting. Then delete the app: the held streams
+    are served until the drain time, then dropped."""
+    from ray import serve
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    hello = json.dumps({"type": "hello", "v": 1, "sample_rate_hz": 16000})
+    held = []
+    for _ in range(capacity):
+        ws = await connect(url, open_timeout=20)
+        await ws.send(hello)
+        ready = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        assert ready["type"] == "ready", ready
+        held.append(ws)
+    refusals = []
+    for _ in range(2):
+        t = time.monotonic()
+        try:
+            async with connect(url, open_timeout=20) as ws:
+                await ws.send(hello)
+                try:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                    await asyncio.wait_for(ws.recv(), 20)
+                except ConnectionClosed:
+                    pass
+                refusals.append(
+                    {
+                        "close": ws.close_code,
+                        "reason": ws.close_reason,
+                        "error": msg.get("code"),
+                        "s": time.monotonic() - t,
+                    }
+                )
+        except InvalidStatus as exc:
+            refusals.append({"http": exc.response.status_code, "s": time.monotonic() - t})
+    t = time.monotonic()
+    deleting = asyncio.create_task(asyncio.to_thread(serve.delete, "msync_b1"))
+    codes = []
+    for ws in held:
+        with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
+            await asyncio.wait_for(ws.recv(), 30)
+            await asyncio.wait_for(ws.recv(), 30)
+        codes.append(ws.close_code)
+    shutdown_s = time.monotonic() - t
+    await deleting
+    return {"refusals": refusals, "shutdown_codes": codes, "shutdown_s": shutdown_s}
 
 
 _READY: dict[str, str] = {}
@@ -175,7 +227,12 @@ def main() -> int:
 
     _record_ready()
     cfg = ServeConfig(
-        precision="fp32", replicas=args.replicas, streams_per_replica=args.streams, cpus_per_replica=0.5, seed=SEED
+        precision="fp32",
+        replicas=args.replicas,
+        streams_per_replica=args.streams,
+        cpus_per_replica=0.5,
+        seed=SEED,
+        drain_s=2.0,
     )
     t0 = time.monotonic()
     url = start(cfg, local=True)

@@ -169,3 +169,18 @@ def test_killing_a_replica_closes_only_its_streams(served):
     np.testing.assert_allclose(arrays["reconnect"], ref["b-0"], rtol=0, atol=1e-6)
     # the replica that died is no longer answering; the survivor still is (Serve starts a replacement)
     assert killed not in result["health_after_kill"], result["health_after_kill"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_full_replica_answers_try_again_later_and_a_stopped_one_drains(served):
+    """A one-replica app holding its 8 streams: 2 more connections are closed with 1013 at once (the refusal
+    lane), not queued. Deleting the app serves the held streams for `drain_s` (2 s), then drops them."""
+    result, _ = served
+    full = result["full"]
+    assert len(full["refusals"]) == 2
+    for r in full["refusals"]:
+        assert r.get("close") == 1013 and r.get("error") == "unavailable", r
+        assert r["s"] < 5.0, r
+    assert full["shutdown_codes"] == [1006] * STREAMS, full
+    assert 1.5 < full["shutdown_s"] < 20.0, full

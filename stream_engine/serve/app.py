@@ -78,7 +78,7 @@ def build_app(cfg: ServeConfig):
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
         "ray_actor_options": {"num_cpus": cfg.cpus_per_replica},
-        "graceful_shutdown_timeout_s": 5.0,
+        "graceful_shutdown_timeout_s": cfg.drain_s,
     }
     if cfg.autoscaling:
         options["autoscaling_config"] = cfg.autoscaling_config()
@@ -106,9 +106,6 @@ def build_app(cfg: ServeConfig):
                 return PlainTextResponse(refused[1] + "\n", status_code=refused[0])
             await self.body.ensure_started()
             return JSONResponse(server.health(), headers={"Cache-Control": "no-store"})
-
-        async def __del__(self) -> None:
-            await self.body.server.shutdown()
 
     return Deployment.bind(cfg)  # type: ignore[attr-defined]  # added by @serve.deployment
 

@@ -31,6 +31,9 @@ class ServeConfig:
         cpus_per_replica: Ray CPUs each replica reserves (with `threads` = 1, 1 CPU is one core's work).
         max_queued_requests: connections the proxy holds while every replica's lanes are busy; beyond that
             it answers the WebSocket upgrade with HTTP 503 (Retry-After).
+        drain_s: a replica told to stop (scale-down, redeploy, `serve delete`) keeps serving its open streams
+            this long, then is stopped and the streams still open are dropped (the client sees 1006). Ray Serve
+            calls no replica code before that (its `__del__` runs only after the drain).
         seed: base seed of the model noise: stream S gets `stream_seed(seed, S)`, whichever replica holds it
             (None = random per stream).
         batch_streams: most streams per runner call in a replica.
@@ -50,6 +53,7 @@ class ServeConfig:
     target_streams: float = 0.0
     cpus_per_replica: float = 1.0
     max_queued_requests: int = 64
+    drain_s: float = 30.0
     seed: int | None = None
     batch_streams: int = 64
     app_name: str = "msync"

@@ -48,8 +48,6 @@ from stream_engine.signals import SIGNAL_NAMES
 
 log = logging.getLogger(__name__)
 
-CLOSE_SERVICE_RESTART = 1012  # RFC 6455 / IANA: the server is restarting; reconnect
-
 
 class ReplicaEngine(Engine):
     """The engine of one replica. Differs from `Engine` only in how a stream is opened: its noise seed is
@@ -135,12 +133,6 @@ class ReplicaServer:
     async def aclose(self) -> None:
         for conn in list(self._open):
             conn.queue.close()
-
-    async def shutdown(self, reason: str = "replica shutting down; reconnect") -> None:
-        """Close every connection with 1012 (service restart): a graceful stop (scale-down, redeploy)."""
-        for conn in list(self._open):
-            with contextlib.suppress(Exception):
-                await conn.ws.close(CLOSE_SERVICE_RESTART, reason)
 
     # ------------------------------------------------------------------ admission (PROTOCOL.md §1)
     def _offered_token(self, headers: Mapping[str, str], query: Mapping[str, str]) -> str:
@@ -371,4 +363,4 @@ async def _deny(ws, status: int, reason: str) -> None:
         await ws.close(1008, reason)
 
 
-__all__ = ["CLOSE_SERVICE_RESTART", "PROTOCOL_VERSION", "ReplicaEngine", "ReplicaServer"]
+__all__ = ["PROTOCOL_VERSION", "ReplicaEngine", "ReplicaServer"]
