@@ -46,7 +46,7 @@ def load_runner(cfg: ServeConfig):
 class MsyncReplica:
     """The body of one replica (wrapped into a Serve deployment by `build_app`)."""
 
-    def __init__(self, cfg: ServeConfig, replica_id: str) -> None:
+    def __init__(self, cfg: ServeConfig, replica_id: str, node_id: str = "") -> None:
         from stream_engine.engine import EngineConfig
         from stream_engine.serve.replica import ReplicaEngine, ReplicaServer
 
@@ -55,7 +55,9 @@ class MsyncReplica:
         runner = load_runner(cfg)
         ecfg = EngineConfig(max_streams=cfg.streams_per_replica, max_batch_streams=cfg.batch_streams, seed=cfg.seed)
         self.engine = ReplicaEngine(runner, ecfg, seed_base=cfg.seed, id_prefix=replica_id.rsplit("#", 1)[-1])
-        self.server = ReplicaServer(self.engine, cfg.server, info={"replica": replica_id, "pid": os.getpid()})
+        self.server = ReplicaServer(
+            self.engine, cfg.server, info={"replica": replica_id, "node": node_id, "pid": os.getpid()}
+        )
         self._started: asyncio.Lock | None = None
 
     async def ensure_started(self) -> None:
@@ -68,6 +70,7 @@ class MsyncReplica:
 
 def build_app(cfg: ServeConfig):
     """The bound Serve application: a FastAPI ingress with WS /audio and GET /health on every replica."""
+    import ray
     from fastapi import FastAPI, Request, WebSocket
     from fastapi.responses import JSONResponse, PlainTextResponse
     from ray import serve
@@ -90,7 +93,8 @@ def build_app(cfg: ServeConfig):
     class Deployment:
         def __init__(self, cfg: ServeConfig) -> None:
             ctx = serve.get_replica_context()
-            self.body = MsyncReplica(cfg, ctx.replica_id.to_full_id_str())
+            node = ray.get_runtime_context().get_node_id()
+            self.body = MsyncReplica(cfg, ctx.replica_id.to_full_id_str(), node)
 
         @api.websocket("/audio")
         async def audio(self, ws: WebSocket) -> None:
