@@ -122,3 +122,90 @@ def test_token_origin_size_and_capacity():
     assert out["full"] == (1013, "unavailable"), out
     assert out["too_big"] == 1009, out
     assert out["refused"] == 3, out
+
+
+@pytest.mark.timeout(60)
+def test_hello_and_idle_timeouts():
+    """The protocol's deadlines run through the ASGI transport: no hello -> 1008; no audio -> flush, 1000."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async def body(url, replica):
+        out = {}
+        async with connect(url) as ws:  # says nothing
+            err = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            out["hello"] = (ws.close_code, err["code"])
+        async with connect(url) as ws:
+            await ws.send(json.dumps({"type": "hello", "v": 1, "subscribe": "binary", "every_frame": True}))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(make_audio(0, 0.2).tobytes())  # 5 frames of audio, then silence on the wire
+            frames, last = 0, None
+            try:
+                while True:
+                    msg = await asyncio.wait_for(ws.recv(), 10)
+                    if isinstance(msg, bytes):
+                        frames += 1
+                    else:
+                        last = json.loads(msg)
+            except ConnectionClosed:
+                pass
+            out["idle"] = (ws.close_code, last and last.get("code"), frames)
+        return out
+
+    cfg = ServeConfig(
+        precision="fp32", streams_per_replica=2, server=ServerConfig(hello_timeout_s=0.5, idle_timeout_s=0.5)
+    )
+    out = asyncio.run(_with_replica(cfg, body))
+    assert out["hello"] == (1008, "hello_timeout"), out
+    assert out["idle"] == (1000, "idle_timeout", 5), out  # every received sample's frame, the tail included
+
+
+def test_deployment_options_follow_the_config():
+    """Capacity -> max_ongoing_requests (+1 refusal lane), autoscaling on ongoing streams, the drain time."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
+    from stream_engine.serve.app import build_app
+
+    fixed = build_app(ServeConfig(replicas=3, streams_per_replica=8))._bound_deployment._deployment_config
+    assert fixed.max_ongoing_requests == 9 and fixed.num_replicas == 3 and fixed.autoscaling_config is None
+    auto = build_app(ServeConfig(replicas=2, max_replicas=6, streams_per_replica=8, drain_s=12))
+    dc = auto._bound_deployment._deployment_config
+    assert dc.autoscaling_config.min_replicas == 1 and dc.autoscaling_config.max_replicas == 6
+    assert dc.autoscaling_config.initial_replicas == 2 and dc.autoscaling_config.target_ongoing_requests == 6.0
+    assert dc.graceful_shutdown_timeout_s == 12 and dc.max_queued_requests == 64
+    with pytest.raises(ValueError):
+        ServeConfig(streams_per_replica=0)
+
+
+def test_cli_resolves_flags_over_the_config(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    monkeypatch.delenv("MSYNC_TOKEN", raising=False)
+
+    from stream_engine.serve import cli
+
+    (tmp_path / "serve.json").write_text(json.dumps({"replicas": 2, "server": {"idle_timeout_s": 30}}))
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    args = p.parse_args(
+        [
+            "--config",
+            str(tmp_path / "serve.json"),
+            "--replicas",
+            "4",
+            "--streams-per-replica",
+            "12",
+            "--set",
+            "drain_s=5",
+            "--port",
+            "9000",
+            "--print-config",
+        ]
+    )
+    assert cli.run(args) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["replicas"] == 4 and cfg["streams_per_replica"] == 12 and cfg["drain_s"] == 5
+    assert cfg["server"]["idle_timeout_s"] == 30 and cfg["server"]["port"] == 9000
+    bad = p.parse_args(["--host", "0.0.0.0"])  # a remote bind without a token is refused before Ray starts
+    assert cli.run(bad) == 2
