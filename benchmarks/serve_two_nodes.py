@@ -33,13 +33,14 @@ def one_cluster(prefer_local: bool, streams: int, seconds: float) -> dict:
     from ray.cluster_utils import Cluster
 
     from benchmarks.serve_capacity import make_audio
-    from stream_engine.serve.app import build_app
+    from stream_engine.serve.app import PROXY_HOOK_ENV, build_app
     from stream_engine.serve.client import stream_audio
     from stream_engine.serve.config import ServeConfig
 
     flag = "1" if prefer_local else "0"
     os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = flag
     os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING"] = flag
+    os.environ.update(PROXY_HOOK_ENV)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)

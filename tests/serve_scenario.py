@@ -133,7 +133,7 @@ async def run_phases(url: str, url_b1: str, n: int, seconds: float, kill: bool) 
 async def fill_up(url: str, capacity: int) -> dict:
     """Hold `capacity` streams open on a one-replica app, then try 2 more: each must be answered at once
     (close 1013, or HTTP 503 from the proxy), never left waiting. Then delete the app: the held streams
-    are served until the drain time, then dropped."""
+    are served until the drain time, then closed (1012, by the proxy hook)."""
     from ray import serve
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus

@@ -145,7 +145,7 @@ def test_frames_are_bit_identical_to_msync_and_connections_stay_on_their_replica
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_killing_a_replica_closes_only_its_streams(served):
-    """8 real-time streams; `ray.kill` on the replica of the first: its connections drop (1006), the other
+    """8 real-time streams; `ray.kill` on the replica of the first: its connections close (1012), the other
     replica's run to their end with every frame; the dropped client reconnects and starts over."""
     result, arrays = served
     killed = result["killed"]
@@ -155,9 +155,10 @@ def test_killing_a_replica_closes_only_its_streams(served):
     on_killed = [sid for sid in ids if phase2[sid]["replica"] == killed]
     others = [sid for sid in ids if phase2[sid]["replica"] != killed]
     assert "b-0" in on_killed and others, phase2  # the victim is b-0's replica; the other one held streams too
-    for sid in on_killed:  # the connection is dropped (1006: no close frame) mid-stream; what came was right
+    for sid in on_killed:  # closed mid-stream by the proxy hook: 1012, "replica lost"; what came was right
         info = phase2[sid]
-        assert info["close"] == 1006 and info["frames"] < int(np.ceil(SECONDS * 25)), info
+        assert info["close"] == 1012 and "replica lost" in info["reason"], info
+        assert info["frames"] < int(np.ceil(SECONDS * 25)), info
         n = info["frames"]
         np.testing.assert_allclose(arrays[f"b/{sid}"], ref[sid][:n], rtol=0, atol=1e-6, err_msg=sid)
     for sid in others:  # the other replica's streams end normally, every frame exact
@@ -175,12 +176,12 @@ def test_killing_a_replica_closes_only_its_streams(served):
 @pytest.mark.timeout(240)
 def test_a_full_replica_answers_try_again_later_and_a_stopped_one_drains(served):
     """A one-replica app holding its 8 streams: 2 more connections are closed with 1013 at once (the refusal
-    lane), not queued. Deleting the app serves the held streams for `drain_s` (2 s), then drops them."""
+    lane), not queued. Deleting the app serves the held streams for `drain_s` (2 s), then closes them (1012)."""
     result, _ = served
     full = result["full"]
     assert len(full["refusals"]) == 2
     for r in full["refusals"]:
         assert r.get("close") == 1013 and r.get("error") == "unavailable", r
         assert r["s"] < 5.0, r
-    assert full["shutdown_codes"] == [1006] * STREAMS, full
+    assert full["shutdown_codes"] == [1012] * STREAMS, full
     assert 1.5 < full["shutdown_s"] < 20.0, full

@@ -209,3 +209,37 @@ def test_cli_resolves_flags_over_the_config(tmp_path, capsys, monkeypatch):
     assert cfg["server"]["idle_timeout_s"] == 30 and cfg["server"]["port"] == 9000
     bad = p.parse_args(["--host", "0.0.0.0"])  # a remote bind without a token is refused before Ray starts
     assert cli.run(bad) == 2
+
+
+def test_proxy_hook_closes_a_websocket_its_replica_left_open():
+    """The proxy middleware: an accepted WebSocket the app returns from without a close gets 1012; one that
+    was closed, refused, or left by its client gets nothing more; HTTP passes through."""
+    from stream_engine.serve.proxy_hook import CloseOnReplicaLoss
+
+    def run(app_messages, client_leaves=False, kind="websocket"):
+        sent = []
+
+        async def app(scope, receive, send):
+            if client_leaves:
+                await receive()
+            for m in app_messages:
+                await send(m)
+
+        async def receive():
+            return {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(m):
+            sent.append(m)
+
+        asyncio.run(CloseOnReplicaLoss(app)({"type": kind}, receive, send))
+        return [(m["type"], m.get("code")) for m in sent]
+
+    accept = {"type": "websocket.accept"}
+    assert run([accept]) == [("websocket.accept", None), ("websocket.close", 1012)]
+    assert run([accept, {"type": "websocket.close", "code": 1000}]) == [
+        ("websocket.accept", None),
+        ("websocket.close", 1000),
+    ]
+    assert run([accept], client_leaves=True) == [("websocket.accept", None)]
+    assert run([{"type": "websocket.http.response.start", "status": 401}]) == [("websocket.http.response.start", None)]
+    assert run([{"type": "http.response.start", "status": 200}], kind="http") == [("http.response.start", None)]

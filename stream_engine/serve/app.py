@@ -12,8 +12,9 @@ Routing facts this relies on (Ray Serve 2.60; PROTOCOL.md §8):
   finds its replica's engine full is closed at once with 1013; when every lane is busy the proxy holds at most
   `max_queued_requests` upgrades and answers the rest with HTTP 503.
 - The proxy prefers replicas on its own node unless RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING=0 (and the AZ
-  variant) is set in the environment of the Ray processes: `local_routing_env()`, set by `msync serve
-  --local` before it starts the cluster, and needed on every node of a cluster started by hand.
+  variant) is set in the environment of the Ray processes: `cluster_env()`, set by `msync serve --local`
+  before it starts the cluster, and needed on every node of a cluster started by hand (with the proxy hook
+  that closes a lost replica's WebSockets with 1012).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (WebSocket, Request)
@@ -25,11 +26,13 @@ import os
 from stream_engine.serve.config import ServeConfig
 
 ROUTING_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING": "0"}
+PROXY_HOOK_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "stream_engine.serve.proxy_hook:middlewares"}
 
 
-def local_routing_env() -> dict[str, str]:
-    """Environment for the Ray processes: spread connections over every node, not the proxy's own first."""
-    return dict(ROUTING_ENV)
+def cluster_env() -> dict[str, str]:
+    """Environment for the Ray processes (set before the cluster starts; every node): spread connections over
+    every node, not the proxy's own first, and close a lost replica's WebSockets with 1012 (`proxy_hook`)."""
+    return {**ROUTING_ENV, **PROXY_HOOK_ENV}
 
 
 def load_runner(cfg: ServeConfig):

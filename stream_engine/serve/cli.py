@@ -118,10 +118,10 @@ def start(cfg: ServeConfig, local: bool, address: str = "auto") -> str:
     import ray
     from ray import serve
 
-    from stream_engine.serve.app import build_app, local_routing_env
+    from stream_engine.serve.app import build_app, cluster_env
 
     if local:
-        os.environ.update(local_routing_env())  # inherited by the cluster's processes
+        os.environ.update(cluster_env())  # inherited by the cluster's processes
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     else:
         ray.init(address=address, configure_logging=False, log_to_driver=False)

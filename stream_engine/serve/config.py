@@ -32,8 +32,8 @@ class ServeConfig:
         max_queued_requests: connections the proxy holds while every replica's lanes are busy; beyond that
             it answers the WebSocket upgrade with HTTP 503 (Retry-After).
         drain_s: a replica told to stop (scale-down, redeploy, `serve delete`) keeps serving its open streams
-            this long, then is stopped and the streams still open are dropped (the client sees 1006). Ray Serve
-            calls no replica code before that (its `__del__` runs only after the drain).
+            this long, then is stopped; the streams still open are closed with 1012 by the proxy hook
+            (`proxy_hook`; Ray Serve calls no replica code before the drain ends).
         seed: base seed of the model noise: stream S gets `stream_seed(seed, S)`, whichever replica holds it
             (None = random per stream).
         batch_streams: most streams per runner call in a replica.
