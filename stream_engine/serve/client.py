@@ -93,7 +93,8 @@ async def stream_audio(
                 now = time.perf_counter()
                 if isinstance(message, bytes):
                     f = decode_binary(message)
-                    frames.append((f["index"], f["landmarks"], now))
+                    if not f.get("stalled", False):  # engines that mark frames sent while audio is missing
+                        frames.append((f["index"], f["landmarks"], now))
                     continue
                 msg = json.loads(message)
                 if msg.get("type") == "ready":
