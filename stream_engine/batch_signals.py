@@ -56,11 +56,15 @@ class SignalBatch:
 
     def signals(self, i: int) -> Signals:
         """Row i as the per-stream `Signals` object."""
-        return Signals(mouth_open=float(self.mouth_open[i]),
-                       visemes={v: float(w) for v, w in zip(VISEMES, self.visemes[i])},
-                       blink=float(self.blink[i]), head=HeadPose(*(float(a) for a in self.head_deg[i])),
-                       audio_dbfs=float(self.audio_dbfs[i]), silent=bool(self.silent[i]),
-                       blendshapes=None if self.blendshapes is None else self.blendshapes[i].copy())
+        return Signals(
+            mouth_open=float(self.mouth_open[i]),
+            visemes={v: float(w) for v, w in zip(VISEMES, self.visemes[i])},
+            blink=float(self.blink[i]),
+            head=HeadPose(*(float(a) for a in self.head_deg[i])),
+            audio_dbfs=float(self.audio_dbfs[i]),
+            silent=bool(self.silent[i]),
+            blendshapes=None if self.blendshapes is None else self.blendshapes[i].copy(),
+        )
 
 
 class _BatchOneEuro:
@@ -191,8 +195,11 @@ class BatchSignalExtractor:
             raise ValueError("slots must be distinct open slots")
         t = np.asarray(t_s, dtype=np.float64).reshape(B)
         dbfs = np.asarray(audio_dbfs, dtype=np.float64).reshape(B)
-        ahead = (np.full(B, -200.0) if audio_ahead_dbfs is None
-                 else np.asarray(audio_ahead_dbfs, dtype=np.float64).reshape(B))
+        ahead = (
+            np.full(B, -200.0)
+            if audio_ahead_dbfs is None
+            else np.asarray(audio_ahead_dbfs, dtype=np.float64).reshape(B)
+        )
         last = self._last_t[slots]
         dt = np.where(np.isnan(last), 0.04, np.maximum(1e-3, t - np.nan_to_num(last)))
         self._last_t[slots] = t
@@ -210,8 +217,10 @@ class BatchSignalExtractor:
         self._width_ready[slots] = True
         dev = width - wn
         wd = self._width_dev[slots]
-        wd = np.maximum(np.maximum(cfg.width_min_span, wd + (np.abs(dev) - wd) * np.minimum(1.0, dt / cfg.range_decay_s)),
-                        np.abs(dev))
+        wd = np.maximum(
+            np.maximum(cfg.width_min_span, wd + (np.abs(dev) - wd) * np.minimum(1.0, dt / cfg.range_decay_s)),
+            np.abs(dev),
+        )
         self._width_dev[slots] = wd
         spread = np.clip(dev / wd, 0.0, 1.0)
         rounding = np.clip(-dev / wd, 0.0, 1.0)
@@ -231,15 +240,23 @@ class BatchSignalExtractor:
             has = self._has_neutral_feats[slots]
             init = np.where(self._has_face[slots][:, None], self._neutral_face_feats[slots], feats)
             kk = np.minimum(1.0, dt / cfg.blendshape_neutral_s)[:, None] * np.where(
-                OPENING_FEATURES[None, :], (openness < 0.3)[:, None], 1.0)
+                OPENING_FEATURES[None, :], (openness < 0.3)[:, None], 1.0
+            )
             cur = self._neutral_feats[slots]
             neutral = np.where(has[:, None], cur + (feats - cur) * kk, init)
             self._neutral_feats[slots] = neutral
             self._has_neutral_feats[slots] = True
             shapes = blendshapes_from_features(feats, neutral, blink, cfg.blendshape_gain)
             shapes[:, GATED_SHAPES] *= gate[:, None].astype(np.float32)
-        return SignalBatch(mouth_open=mouth, visemes=visemes, blink=blink, head_deg=head, audio_dbfs=dbfs,
-                           silent=silent, blendshapes=shapes)
+        return SignalBatch(
+            mouth_open=mouth,
+            visemes=visemes,
+            blink=blink,
+            head_deg=head,
+            audio_dbfs=dbfs,
+            silent=silent,
+            blendshapes=shapes,
+        )
 
     # ------------------------------------------------------------------ pieces (each as in SignalExtractor)
     def _open_range(self, slots: np.ndarray, x: np.ndarray, dt: np.ndarray) -> np.ndarray:

@@ -130,9 +130,14 @@ class Engine:
             ARKit blendshape weights (name -> [0, 1]); they are attached as `LandmarkFrame.blendshapes`.
     """
 
-    def __init__(self, runner, cfg: EngineConfig = EngineConfig(), signal_cfg: SignalConfig = SignalConfig(),
-                 clock: Clock | None = None,
-                 blendshapes: Callable[[LandmarkFrame], dict[str, float]] | None = None) -> None:
+    def __init__(
+        self,
+        runner,
+        cfg: EngineConfig = EngineConfig(),
+        signal_cfg: SignalConfig = SignalConfig(),
+        clock: Clock | None = None,
+        blendshapes: Callable[[LandmarkFrame], dict[str, float]] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.signal_cfg = signal_cfg
         self.runner = runner
@@ -169,8 +174,12 @@ class Engine:
         return (self.core.lookahead_frames + 1) * self.frame_ms
 
     def latency_facts(self) -> dict:
-        return {"lookahead_frames": self.core.lookahead_frames, "lookahead_ms": self.core.lookahead_frames * self.frame_ms,
-                "frame_window_ms": self.frame_ms, "algorithmic_latency_ms": self.algorithmic_latency_ms}
+        return {
+            "lookahead_frames": self.core.lookahead_frames,
+            "lookahead_ms": self.core.lookahead_frames * self.frame_ms,
+            "frame_window_ms": self.frame_ms,
+            "algorithmic_latency_ms": self.algorithmic_latency_ms,
+        }
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -222,8 +231,13 @@ class Engine:
         self.sinks.append(sink)
 
     # ------------------------------------------------------------------ streams
-    def open_stream(self, stream_id: str | None = None, reference_face: np.ndarray | None = None,
-                    source: str = "", seed: int | None = None) -> Session:
+    def open_stream(
+        self,
+        stream_id: str | None = None,
+        reference_face: np.ndarray | None = None,
+        source: str = "",
+        seed: int | None = None,
+    ) -> Session:
         """Open a stream. Raises `EngineFullError`, or ValueError for a taken id / bad reference face."""
         if stream_id is None:
             stream_id = f"s{next(self._ids)}"
@@ -236,9 +250,15 @@ class Engine:
         if len(self.sessions) >= self.cfg.max_streams:
             raise EngineFullError(f"the engine already serves {len(self.sessions)} streams (max_streams)")
         self.core.open_stream(stream_id, reference_face, seed)
-        session = Session(stream_id, self.core.reference_face(stream_id), self.model_reference_face,
-                          self.signal_cfg if self.cfg.signals else None, source,
-                          seed=stream_seed(self.cfg.seed, stream_id) if seed is None else seed, engine=self)
+        session = Session(
+            stream_id,
+            self.core.reference_face(stream_id),
+            self.model_reference_face,
+            self.signal_cfg if self.cfg.signals else None,
+            source,
+            seed=stream_seed(self.cfg.seed, stream_id) if seed is None else seed,
+            engine=self,
+        )
         self.sessions[stream_id] = session
         self._event(stream_id, "opened", source=source)
         return session
@@ -438,8 +458,12 @@ class Engine:
         self._ms_per_row = per_row if self._ms_per_row is None else 0.8 * self._ms_per_row + 0.2 * per_row
         if step_ms > self.cfg.slow_step_ms and time.monotonic() - self._last_slow_warning > 5.0:
             self._last_slow_warning = time.monotonic()
-            log.warning("a runner call took %.1f ms for %d streams (budget %.0f ms per frame)", step_ms,
-                        len(batch), self.frame_ms)
+            log.warning(
+                "a runner call took %.1f ms for %d streams (budget %.0f ms per frame)",
+                step_ms,
+                len(batch),
+                self.frame_ms,
+            )
         for sid, message in self.core.take_faults():
             self.stats.nonfinite_frames += 1
             log.error("stream %s: %s", sid, message)
@@ -478,18 +502,26 @@ class Engine:
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> dict:
-        return {"streams": [s.summary() for s in self.sessions.values()],
-                "runner_calls": self.stats.runner_calls, "frames": self.stats.frames,
-                "runner_errors": self.stats.runner_errors, "nonfinite_frames": self.stats.nonfinite_frames,
-                "stalls": self.stats.stalls, **self.latency_facts(),
-                "model_version": getattr(self.contract, "model_version", "")}
+        return {
+            "streams": [s.summary() for s in self.sessions.values()],
+            "runner_calls": self.stats.runner_calls,
+            "frames": self.stats.frames,
+            "runner_errors": self.stats.runner_errors,
+            "nonfinite_frames": self.stats.nonfinite_frames,
+            "stalls": self.stats.stalls,
+            **self.latency_facts(),
+            "model_version": getattr(self.contract, "model_version", ""),
+        }
 
     def latency_line(self) -> str:
         """One line for the terminal: frames, algorithmic latency, engine-added latency, step time."""
         lat = [v for s in self.sessions.values() for v in s.stats.engine_latency_ms]
         steps = list(self.stats.step_ms)[-250:]
-        parts = [f"streams {len(self.sessions)}", f"frames {self.stats.frames}",
-                 f"algorithmic {self.algorithmic_latency_ms:.0f} ms (L={self.core.lookahead_frames})"]
+        parts = [
+            f"streams {len(self.sessions)}",
+            f"frames {self.stats.frames}",
+            f"algorithmic {self.algorithmic_latency_ms:.0f} ms (L={self.core.lookahead_frames})",
+        ]
         if lat:
             parts.append(f"engine p50 {np.percentile(lat, 50):.1f} / p95 {np.percentile(lat, 95):.1f} ms")
         if steps:

@@ -14,8 +14,17 @@ from pathlib import Path
 import numpy as np
 
 # iBUG 68 contours as (first, last, closed).
-CONTOURS = ((0, 16, False), (17, 21, False), (22, 26, False), (27, 30, False), (31, 35, False), (36, 41, True),
-            (42, 47, True), (48, 59, True), (60, 67, True))
+CONTOURS = (
+    (0, 16, False),
+    (17, 21, False),
+    (22, 26, False),
+    (27, 30, False),
+    (31, 35, False),
+    (36, 41, True),
+    (42, 47, True),
+    (48, 59, True),
+    (60, 67, True),
+)
 
 
 class PreviewError(RuntimeError):
@@ -27,7 +36,9 @@ def require_pyav() -> None:
     try:
         import av  # noqa: F401
     except ImportError:
-        raise PreviewError("--video needs PyAV (FFmpeg bindings): pip install av  (or pip install 'msync[video]')") from None
+        raise PreviewError(
+            "--video needs PyAV (FFmpeg bindings): pip install av  (or pip install 'msync[video]')"
+        ) from None
 
 
 def draw_face(points: np.ndarray, size: int = 256) -> np.ndarray:
@@ -86,7 +97,7 @@ def render_video(animation, audio: np.ndarray, path: str | Path, size: int = 256
         pcm = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)
         chunk = 1024
         for start in range(0, pcm.size, chunk):
-            piece = pcm[start:start + chunk]
+            piece = pcm[start : start + chunk]
             af = av.AudioFrame.from_ndarray(piece[None, :], format="fltp", layout="mono")
             af.sample_rate = rate
             af.pts = start

@@ -42,6 +42,7 @@ MAX_SUBSCRIBED_STREAMS = 256
 
 # ------------------------------------------------------------------------------------------------ actions
 
+
 @dataclasses.dataclass(frozen=True)
 class Send:
     """Write this text message to the connection."""
@@ -119,8 +120,9 @@ class ProtocolConfig:
 
 def error(code: str, message: str, fatal: bool = False, **extra) -> str:
     """An error message (PROTOCOL.md §3.3/§4) as JSON text."""
-    return json.dumps({"type": "error", "v": PROTOCOL_VERSION, "code": code, "message": message, "fatal": fatal,
-                       **extra})
+    return json.dumps(
+        {"type": "error", "v": PROTOCOL_VERSION, "code": code, "message": message, "fatal": fatal, **extra}
+    )
 
 
 def reply(kind: str, **fields) -> str:
@@ -157,15 +159,17 @@ def parse_format(value, default: str) -> str:
     if value is None:
         return default
     if not isinstance(value, str) or value.lower() not in FORMATS:
-        raise ProtocolError("bad_message", f"format must be \"json\" or \"binary\", got {value!r}")
+        raise ProtocolError("bad_message", f'format must be "json" or "binary", got {value!r}')
     return value.lower()
 
 
 def parse_stream_id(value) -> str:
     """A stream id: a non-empty string of at most 128 UTF-8 bytes. Raises `ProtocolError` (`bad_message`)."""
     if not isinstance(value, str) or not value or len(value.encode("utf-8", "surrogatepass")) > MAX_STREAM_ID_BYTES:
-        raise ProtocolError("bad_message", f"a stream id must be a non-empty string of at most "
-                            f"{MAX_STREAM_ID_BYTES} bytes, got {str(value)[:40]!r}")
+        raise ProtocolError(
+            "bad_message",
+            f"a stream id must be a non-empty string of at most {MAX_STREAM_ID_BYTES} bytes, got {str(value)[:40]!r}",
+        )
     return value
 
 
@@ -261,8 +265,11 @@ class _Connection:
         if not _has_stream(self.engine, stream_id):
             return self._error("unknown_stream", f"no open stream {stream_id!r}")
         if not self._may_control(stream_id):
-            return self._error("forbidden", f"stream {stream_id!r} belongs to another client (the admin token "
-                               "may control any stream)", stream=stream_id)
+            return self._error(
+                "forbidden",
+                f"stream {stream_id!r} belongs to another client (the admin token may control any stream)",
+                stream=stream_id,
+            )
         if kind == "reset":
             return [Send(reply("reset_ok", stream=stream_id, epoch=self.engine.reset(stream_id)))]
         return [Send(reply("flushed", stream=stream_id, frames_left=self.engine.flush(stream_id)))]
@@ -281,8 +288,16 @@ class FramesProtocol(_Connection):
 
     endpoint = "frames"
 
-    def __init__(self, engine, cfg: ProtocolConfig, owners: StreamOwners, key: object = None, admin: bool = False,
-                 fmt: str = "json", streams: frozenset | None = None) -> None:
+    def __init__(
+        self,
+        engine,
+        cfg: ProtocolConfig,
+        owners: StreamOwners,
+        key: object = None,
+        admin: bool = False,
+        fmt: str = "json",
+        streams: frozenset | None = None,
+    ) -> None:
         super().__init__(engine, cfg, owners, key if key is not None else object(), admin)
         self.format = fmt
         self.streams = streams
@@ -320,13 +335,13 @@ class FramesProtocol(_Connection):
         streams = msg.get("streams")
         if streams is not None:
             if not isinstance(streams, list) or len(streams) > MAX_SUBSCRIBED_STREAMS:
-                raise ProtocolError("bad_message", f"'streams' must be a list of at most {MAX_SUBSCRIBED_STREAMS} "
-                                    "stream ids, or null")
+                raise ProtocolError(
+                    "bad_message", f"'streams' must be a list of at most {MAX_SUBSCRIBED_STREAMS} stream ids, or null"
+                )
             streams = [parse_stream_id(s) for s in streams]
         self.format = parse_format(msg.get("format"), self.format)
         self.streams = frozenset(streams) if streams else None
-        return [Subscribe(self.streams, self.format),
-                Send(reply("subscribed", streams=streams, format=self.format))]
+        return [Subscribe(self.streams, self.format), Send(reply("subscribed", streams=streams, format=self.format))]
 
 
 class AudioProtocol(_Connection):
@@ -340,8 +355,17 @@ class AudioProtocol(_Connection):
 
     endpoint = "audio"
 
-    def __init__(self, engine, cfg: ProtocolConfig, owners: StreamOwners, key: object = None, admin: bool = False,
-                 now_ns: int = 0, source: str = "ws", info: dict | None = None) -> None:
+    def __init__(
+        self,
+        engine,
+        cfg: ProtocolConfig,
+        owners: StreamOwners,
+        key: object = None,
+        admin: bool = False,
+        now_ns: int = 0,
+        source: str = "ws",
+        info: dict | None = None,
+    ) -> None:
         super().__init__(engine, cfg, owners, key if key is not None else object(), admin)
         self.info = info or {}  # the server's hello fields (model, latency...), repeated in `ready`
         self.state = "hello"
@@ -371,11 +395,20 @@ class AudioProtocol(_Connection):
             return []
         if self.state == "hello":
             self.state = "closed"
-            return self._fatal("hello_timeout", f"send a hello message within {self.cfg.hello_timeout_s:g} s",
-                               CLOSE_POLICY)
-        return self._finish(Send(error("idle_timeout", f"no audio for {self.cfg.idle_timeout_s:g} s: the stream "
-                                       "was flushed and is closed", fatal=True, stream=self.stream_id)),
-                            Close(CLOSE_NORMAL, "idle timeout"))
+            return self._fatal(
+                "hello_timeout", f"send a hello message within {self.cfg.hello_timeout_s:g} s", CLOSE_POLICY
+            )
+        return self._finish(
+            Send(
+                error(
+                    "idle_timeout",
+                    f"no audio for {self.cfg.idle_timeout_s:g} s: the stream was flushed and is closed",
+                    fatal=True,
+                    stream=self.stream_id,
+                )
+            ),
+            Close(CLOSE_NORMAL, "idle timeout"),
+        )
 
     # ------------------------------------------------------------------ messages
     def receive(self, message: str | bytes, now_ns: int = 0) -> list[Action]:
@@ -399,8 +432,12 @@ class AudioProtocol(_Connection):
         if kind in ("reset", "flush", "end"):
             other = msg.get("stream", sid)
             if other != sid:
-                return self._error("forbidden", "an /audio connection controls only its own stream "
-                                   f"({sid!r}); use /frames with the admin token for others", stream=sid)
+                return self._error(
+                    "forbidden",
+                    "an /audio connection controls only its own stream "
+                    f"({sid!r}); use /frames with the admin token for others",
+                    stream=sid,
+                )
             if kind == "reset":
                 self.converter.reset()
                 return [Send(reply("reset_ok", stream=sid, epoch=self.engine.reset(sid)))]
@@ -428,8 +465,10 @@ class AudioProtocol(_Connection):
             except ProtocolError as exc:
                 raise ValueError(str(exc)) from None
             if hello["type"] != "hello":
-                raise ValueError('the first message must be a JSON hello: {"type": "hello", "sample_rate_hz": '
-                                 '48000, "channels": 1, "dtype": "int16"}')
+                raise ValueError(
+                    'the first message must be a JSON hello: {"type": "hello", "sample_rate_hz": '
+                    '48000, "channels": 1, "dtype": "int16"}'
+                )
             v = hello.get("v", PROTOCOL_VERSION)
             if isinstance(v, bool) or v != PROTOCOL_VERSION:
                 raise ValueError(f"unsupported protocol version {str(v)[:20]!r} (server speaks {PROTOCOL_VERSION})")
@@ -468,10 +507,22 @@ class AudioProtocol(_Connection):
         actions: list[Action] = []
         if sub_fmt is not None:
             actions.append(Subscribe(frozenset([sid]), sub_fmt, every_frame))
-        actions.append(Send(json.dumps({**self.info, "format": sub_fmt,
-                                        "type": "ready", "v": PROTOCOL_VERSION, "stream": sid, "epoch": 0,
-                                        "input_format": fmt.to_json(),
-                                        "max_message_bytes": self.max_message_bytes})))
+        actions.append(
+            Send(
+                json.dumps(
+                    {
+                        **self.info,
+                        "format": sub_fmt,
+                        "type": "ready",
+                        "v": PROTOCOL_VERSION,
+                        "stream": sid,
+                        "epoch": 0,
+                        "input_format": fmt.to_json(),
+                        "max_message_bytes": self.max_message_bytes,
+                    }
+                )
+            )
+        )
         return actions
 
     def _audio(self, data, now_ns: int) -> list[Action]:

@@ -73,8 +73,9 @@ def load_reference_face(path: str | Path, num_landmarks: int = 68) -> np.ndarray
         try:  # the one place the runtime reaches into training/, lazily: dlib is a training dependency
             from training.data.face import landmarks_from_image
         except ImportError as exc:
-            raise ReferenceFaceError(f"{path}: reference faces from images need the dlib face extractor "
-                                     f"(pip install 'msync[train]'): {exc}") from None
+            raise ReferenceFaceError(
+                f"{path}: reference faces from images need the dlib face extractor (pip install 'msync[train]'): {exc}"
+            ) from None
         try:
             return reference_face_from_points(landmarks_from_image(path), num_landmarks)
         except ReferenceFaceError:
@@ -117,9 +118,16 @@ class Session:
             raise RuntimeError).
     """
 
-    def __init__(self, stream_id: str, reference_face: np.ndarray | None, model_reference_face: np.ndarray,
-                 signal_cfg: SignalConfig | None = SignalConfig(), source: str = "", seed: int | None = 0,
-                 engine: Any = None) -> None:
+    def __init__(
+        self,
+        stream_id: str,
+        reference_face: np.ndarray | None,
+        model_reference_face: np.ndarray,
+        signal_cfg: SignalConfig | None = SignalConfig(),
+        source: str = "",
+        seed: int | None = 0,
+        engine: Any = None,
+    ) -> None:
         self.stream_id = stream_id
         self.engine = engine
         self.subscribers: list[Callable[[LandmarkFrame], None]] = []
@@ -139,13 +147,25 @@ class Session:
                 self.signals.reset()
         signals = None
         if self.signals is not None:
-            signals = self.signals.update(frame.landmarks, frame.pts_ns / 1e9, frame.audio_level_dbfs,
-                                          frame.audio_ahead_dbfs)
+            signals = self.signals.update(
+                frame.landmarks, frame.pts_ns / 1e9, frame.audio_level_dbfs, frame.audio_ahead_dbfs
+            )
         t = frame.timings
         t = FrameTimings(t.audio_ready_ns, t.infer_start_ns, t.infer_end_ns, int(publish_ns), t.take_ns)
-        out = LandmarkFrame(frame.stream_id, frame.seq, frame.epoch, frame.index, frame.pts_ns, frame.landmarks,
-                            frame.audio_level_dbfs, frame.audio_ahead_dbfs, t, signals, frame.stalled,
-                            frame.blendshapes)
+        out = LandmarkFrame(
+            frame.stream_id,
+            frame.seq,
+            frame.epoch,
+            frame.index,
+            frame.pts_ns,
+            frame.landmarks,
+            frame.audio_level_dbfs,
+            frame.audio_ahead_dbfs,
+            t,
+            signals,
+            frame.stalled,
+            frame.blendshapes,
+        )
         self.stats.frames += 1
         self.stats.engine_latency_ms.append((t.publish_ns - t.audio_ready_ns) / 1e6)
         self.stats.infer_ms.append((t.infer_end_ns - t.infer_start_ns) / 1e6)
@@ -192,6 +212,7 @@ class Session:
         def unsubscribe() -> None:
             if callback in self.subscribers:
                 self.subscribers.remove(callback)
+
         return unsubscribe
 
     def deliver(self, frame: LandmarkFrame) -> None:
@@ -207,7 +228,13 @@ class Session:
 
     def summary(self) -> dict:
         lat = list(self.stats.engine_latency_ms)
-        return {"stream": self.stream_id, "source": self.source, "frames": self.stats.frames,
-                "epoch": self.epoch, "resets": self.stats.resets, "errors": self.stats.errors,
-                "last_error": self.stats.last_error,
-                "engine_latency_p50_ms": float(np.percentile(lat, 50)) if lat else None}
+        return {
+            "stream": self.stream_id,
+            "source": self.source,
+            "frames": self.stats.frames,
+            "epoch": self.epoch,
+            "resets": self.stats.resets,
+            "errors": self.stats.errors,
+            "last_error": self.stats.last_error,
+            "engine_latency_p50_ms": float(np.percentile(lat, 50)) if lat else None,
+        }

@@ -43,7 +43,7 @@ class VariantError(ValueError):
 
 
 def precision_of(contract) -> str:
-    """"fp32", "int8-dynamic", "int8-static", ...: the precision a model's contract declares."""
+    """ "fp32", "int8-dynamic", "int8-static", ...: the precision a model's contract declares."""
     return str(contract.extra.get(PRECISION_KEY, "fp32"))
 
 
@@ -52,8 +52,9 @@ def _cpu_only(providers: str | None) -> bool:
     return all(n in ("cpu", "cpuexecutionprovider") for n in names)
 
 
-def resolve(path: str | Path, precision: str = "auto", providers: str | None = None,
-            default_path: str | Path = SHIPPED["fp32"]) -> Path:
+def resolve(
+    path: str | Path, precision: str = "auto", providers: str | None = None, default_path: str | Path = SHIPPED["fp32"]
+) -> Path:
     """The model file to load for a model option.
 
     Args:
@@ -67,8 +68,10 @@ def resolve(path: str | Path, precision: str = "auto", providers: str | None = N
     if precision not in PRECISIONS:
         raise VariantError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16":
-        raise VariantError("no bf16 variant: onnxruntime's CPU execution provider has no bfloat16 MatMul kernel "
-                           "(see stream_engine/variants.py); use --precision int8 or fp32")
+        raise VariantError(
+            "no bf16 variant: onnxruntime's CPU execution provider has no bfloat16 MatMul kernel "
+            "(see stream_engine/variants.py); use --precision int8 or fp32"
+        )
     path = Path(path)
     if path.resolve() != Path(default_path).resolve():
         return path
@@ -91,5 +94,7 @@ def check(contract, precision: str) -> None:
         return
     have = precision_of(contract)
     if have.split("-")[0] != precision:
-        raise VariantError(f"the model is {have}, not {precision} (its msync.precision metadata); "
-                           f"quantize it with `python -m export.quantize` or drop --precision")
+        raise VariantError(
+            f"the model is {have}, not {precision} (its msync.precision metadata); "
+            f"quantize it with `python -m export.quantize` or drop --precision"
+        )

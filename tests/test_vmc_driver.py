@@ -18,8 +18,18 @@ from fakes import NEUTRAL_FACE, project_face
 def _frame(stream_id: str, mouth_mm: float, t: float) -> LandmarkFrame:
     ex = SignalExtractor(SignalConfig(blink_mode="off"), NEUTRAL_FACE)
     ex.update(project_face(0, 0, 0, 0.0), t - 0.04, -20.0)
-    return LandmarkFrame(stream_id, 0, 0, 0, int(t * 1e9), project_face(0, 0, 0, mouth_mm), -20.0, -20.0,
-                         FrameTimings(0, 0, 0), ex.update(project_face(0, 0, 0, mouth_mm), t, -20.0))
+    return LandmarkFrame(
+        stream_id,
+        0,
+        0,
+        0,
+        int(t * 1e9),
+        project_face(0, 0, 0, mouth_mm),
+        -20.0,
+        -20.0,
+        FrameTimings(0, 0, 0),
+        ex.update(project_face(0, 0, 0, mouth_mm), t, -20.0),
+    )
 
 
 @pytest.fixture()
@@ -94,9 +104,11 @@ def test_a_stalled_frame_of_the_driver_sends_the_rest_pose(receiver):
     if "stalled" in {f.name for f in dataclasses.fields(frame)}:
         stalled = dataclasses.replace(frame, stalled=True)
     else:  # this checkout's frames have no stall flag yet: the same object with the attribute set
+
         class Stalled:
             def __init__(self, f):
                 self.__dict__.update({k: getattr(f, k) for k in ("stream_id", "pts_ns", "signals")}, stalled=True)
+
         stalled = Stalled(dataclasses.replace(frame, pts_ns=frame.pts_ns + 40_000_000))
     sink.send_frames([stalled])
     assert [a for a, _ in _mouths(receiver)][-1] == 0.0

@@ -72,8 +72,15 @@ class OnnxGenerator:
             cs.append(c.numpy())
         return np.concatenate(hs).astype(np.float32), np.concatenate(cs).astype(np.float32)
 
-    def generate(self, pcms: list[np.ndarray], starts: list[int], x_refs: np.ndarray, seeds: list[int],
-                 num_frames: int, warmup: int) -> np.ndarray:
+    def generate(
+        self,
+        pcms: list[np.ndarray],
+        starts: list[int],
+        x_refs: np.ndarray,
+        seeds: list[int],
+        num_frames: int,
+        warmup: int,
+    ) -> np.ndarray:
         """Frames [s, s + num_frames) of each stream (see the module docstring): (B, num_frames, 68, 2)."""
         c = self.contract
         L, W, B = c.lookahead_frames, int(warmup), len(pcms)
@@ -88,8 +95,8 @@ class OnnxGenerator:
             audio = np.zeros((B, SPF), np.float32)
             for i, (p, f) in enumerate(zip(pcms, frames)):
                 if f >= 0:
-                    seg = p[f * SPF:(f + 1) * SPF]
-                    audio[i, :len(seg)] = seg
+                    seg = p[f * SPF : (f + 1) * SPF]
+                    audio[i, : len(seg)] = seg
             y, state = self.runner.step(audio, state)
             before = frames < 0
             if before.any():  # not started yet: still a fresh stream
@@ -112,8 +119,8 @@ class OnnxGenerator:
         out = np.empty((num_frames, self.contract.num_landmarks, self.contract.landmark_dims), np.float32)
         for k in range(num_frames + L):
             a = np.zeros((1, SPF), np.float32)
-            seg = pcm[k * SPF:(k + 1) * SPF]
-            a[0, :len(seg)] = seg
+            seg = pcm[k * SPF : (k + 1) * SPF]
+            a[0, : len(seg)] = seg
             y, state = self.runner.step(a, state)
             if k >= L:
                 out[k - L] = y[0]

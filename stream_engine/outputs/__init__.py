@@ -32,7 +32,7 @@ class FrameSink(Protocol):
 
 
 def parse_target(target: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """"host:port", ":port" or "port" -> (host, port); raises ValueError with the offending text."""
+    """ "host:port", ":port" or "port" -> (host, port); raises ValueError with the offending text."""
     text = str(target).strip()
     host, _, port = text.rpartition(":")
     host = host.strip("[]") or default_host

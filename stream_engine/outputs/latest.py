@@ -21,8 +21,13 @@ Item = Union[LandmarkFrame, dict]
 class LatestFrameQueue:
     """Bounded per-stream FIFO with drop-oldest, plus a message lane. Single consumer; loop-thread only."""
 
-    def __init__(self, max_frames_per_stream: int = 4, max_age_ms: float = 500.0, max_messages: int = 64,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        max_frames_per_stream: int = 4,
+        max_age_ms: float = 500.0,
+        max_messages: int = 64,
+        clock: Clock | None = None,
+    ) -> None:
         if max_frames_per_stream < 1:
             raise ValueError("max_frames_per_stream must be >= 1")
         self.max_frames_per_stream = int(max_frames_per_stream)
@@ -84,8 +89,12 @@ class LatestFrameQueue:
             frame = self._frames.popleft()
             self._count[frame.stream_id] -= 1
             published = frame.timings.publish_ns
-            if self.max_age_ns and published and now - published > self.max_age_ns \
-                    and frame.stream_id not in self.keep_all:
+            if (
+                self.max_age_ns
+                and published
+                and now - published > self.max_age_ns
+                and frame.stream_id not in self.keep_all
+            ):
                 self.dropped += 1
                 continue
             return frame

@@ -98,8 +98,9 @@ def frame_bundle(frame: LandmarkFrame, prefix: str = "/msync", send_signals: boo
     """The OSC bundle of one frame (see the module docstring)."""
     sid = (frame.stream_id, "s")
     coords = [(float(v), "f") for v in frame.landmarks.reshape(-1).tolist()]
-    messages = [_message(f"{prefix}/frame", [sid, (int(frame.seq) & 0x7FFFFFFF, "i"),
-                                             (frame.pts_ns / 1e9, "f"), *coords])]
+    messages = [
+        _message(f"{prefix}/frame", [sid, (int(frame.seq) & 0x7FFFFFFF, "i"), (frame.pts_ns / 1e9, "f"), *coords])
+    ]
     if send_signals and frame.signals is not None:
         messages.append(_message(f"{prefix}/signals", [sid, *((v, "f") for v in frame.signals.as_vector())]))
     t = frame.timings
@@ -122,9 +123,12 @@ class OscSink:
             self.udp.send(frame_bundle(frame, self.cfg.prefix, self.cfg.send_signals))
 
     def stream_event(self, event: dict) -> None:
-        if event.get("event") in ("reset", "closed") and (not self.cfg.streams or event.get("stream") in self.cfg.streams):
-            self.udp.send(_message(f"{self.cfg.prefix}/event", [(str(event.get("stream", "")), "s"),
-                                                                  (str(event["event"]), "s")]))
+        if event.get("event") in ("reset", "closed") and (
+            not self.cfg.streams or event.get("stream") in self.cfg.streams
+        ):
+            self.udp.send(
+                _message(f"{self.cfg.prefix}/event", [(str(event.get("stream", "")), "s"), (str(event["event"]), "s")])
+            )
 
     async def aclose(self) -> None:
         self.udp.close()

@@ -75,8 +75,9 @@ class VmcConfig:
             object.__setattr__(self, "blend_names", dict(BLEND_PRESETS[self.blend_names]))
         unknown = set(self.blend_names) - set(DEFAULT_BLEND_NAMES) - set(ARKIT_NAMES)
         if unknown:
-            raise ValueError(f"unknown VMC blend keys {sorted(unknown)}; known: {sorted(DEFAULT_BLEND_NAMES)} and "
-                             "the ARKit names")
+            raise ValueError(
+                f"unknown VMC blend keys {sorted(unknown)}; known: {sorted(DEFAULT_BLEND_NAMES)} and the ARKit names"
+            )
         if len(self.head_position_m) != 3:
             raise ValueError("head_position_m must have 3 values")
 
@@ -85,17 +86,27 @@ def vmc_packets(signals: Signals, cfg: VmcConfig, time_s: float | None = None) -
     """The datagrams of one frame: [bone bundle, blend bundle]."""
     qx, qy, qz, qw = euler_to_unity_quaternion(signals.head, mirror=cfg.mirror)
     px, py, pz = (float(v) for v in cfg.head_position_m)
-    bone = [_message("/VMC/Ext/Bone/Pos", [(cfg.head_bone, "s"), (px, "f"), (py, "f"), (pz, "f"),
-                                            (qx, "f"), (qy, "f"), (qz, "f"), (qw, "f")])]
+    bone = [
+        _message(
+            "/VMC/Ext/Bone/Pos",
+            [(cfg.head_bone, "s"), (px, "f"), (py, "f"), (pz, "f"), (qx, "f"), (qy, "f"), (qz, "f"), (qw, "f")],
+        )
+    ]
     if cfg.send_time and time_s is not None:
         bone.append(_message("/VMC/Ext/T", [(float(time_s), "f")]))
     values = {v: float(signals.visemes[v]) for v in VISEMES}
     values["blink"] = float(signals.blink)
     shapes = signals.blendshapes
-    blend = [_message("/VMC/Ext/Blend/Val", [(name, "s"), (values[key] if key in values else
-                                                            0.0 if shapes is None else float(shapes[ARKIT_INDEX[key]]),
-                                                            "f")])
-             for key, name in cfg.blend_names.items()]
+    blend = [
+        _message(
+            "/VMC/Ext/Blend/Val",
+            [
+                (name, "s"),
+                (values[key] if key in values else 0.0 if shapes is None else float(shapes[ARKIT_INDEX[key]]), "f"),
+            ],
+        )
+        for key, name in cfg.blend_names.items()
+    ]
     blend.append(_message("/VMC/Ext/Blend/Apply", []))
     return [_bundle(bone), _bundle(blend)]
 

@@ -106,10 +106,15 @@ def parameter_values(signals: Signals) -> list[dict[str, Any]]:
     def angle(v: float) -> float:
         return round(max(-30.0, min(30.0, float(v))), 3)
 
-    values = {"MouthOpen": float(signals.mouth_open), "MouthSmile": smile,
-              "FaceAngleX": angle(signals.head.yaw_deg), "FaceAngleY": angle(signals.head.pitch_deg),
-              "FaceAngleZ": angle(signals.head.roll_deg), "EyeOpenLeft": 1.0 - float(signals.blink),
-              "EyeOpenRight": 1.0 - float(signals.blink)}
+    values = {
+        "MouthOpen": float(signals.mouth_open),
+        "MouthSmile": smile,
+        "FaceAngleX": angle(signals.head.yaw_deg),
+        "FaceAngleY": angle(signals.head.pitch_deg),
+        "FaceAngleZ": angle(signals.head.roll_deg),
+        "EyeOpenLeft": 1.0 - float(signals.blink),
+        "EyeOpenRight": 1.0 - float(signals.blink),
+    }
     return [{"id": k, "value": round(float(values[k]), 4)} for k in PARAMETERS]
 
 
@@ -254,8 +259,9 @@ class VtsSink:
                 continue  # a late answer to an earlier request
             body = msg.get("data") or {}
             if msg.get("messageType") == "APIError":
-                raise VtsError(f"{message_type}: APIError {body.get('errorID')}: {body.get('message', '')}",
-                               body.get("errorID"))
+                raise VtsError(
+                    f"{message_type}: APIError {body.get('errorID')}: {body.get('message', '')}", body.get("errorID")
+                )
             if msg.get("messageType") != expect:
                 raise VtsError(f"{message_type}: expected {expect}, got {msg.get('messageType')!r}")
             return body
@@ -263,18 +269,27 @@ class VtsSink:
     async def _authenticate(self, ws) -> None:
         cfg = self.cfg
         state = await self._request(ws, "APIStateRequest", None, "APIStateResponse", 5.0)
-        self._event("api_state", active=state.get("active"), version=state.get("vTubeStudioVersion"),
-                    authenticated=state.get("currentSessionAuthenticated"))
+        self._event(
+            "api_state",
+            active=state.get("active"),
+            version=state.get("vTubeStudioVersion"),
+            authenticated=state.get("currentSessionAuthenticated"),
+        )
         if state.get("active") is False:
             raise VtsError("VTube Studio's API is switched off (Settings -> Start API)")
         plugin = {"pluginName": cfg.plugin_name, "pluginDeveloper": cfg.plugin_developer}
         token = self.tokens.load(cfg.url)
         if token:
             self.state = "authenticating"
-            auth = await self._request(ws, "AuthenticationRequest", {**plugin, "authenticationToken": token},
-                                       "AuthenticationResponse", 5.0)
-            self._event("authentication", stored_token=True, authenticated=bool(auth.get("authenticated")),
-                        reason=auth.get("reason", ""))
+            auth = await self._request(
+                ws, "AuthenticationRequest", {**plugin, "authenticationToken": token}, "AuthenticationResponse", 5.0
+            )
+            self._event(
+                "authentication",
+                stored_token=True,
+                authenticated=bool(auth.get("authenticated")),
+                reason=auth.get("reason", ""),
+            )
             if auth.get("authenticated"):
                 return
             self.tokens.forget(cfg.url)  # revoked in VTube Studio: ask for a new one
@@ -282,8 +297,9 @@ class VtsSink:
         log.warning("VTube Studio: allow the plugin %r in VTube Studio's pop-up", cfg.plugin_name)
         self._event("token_requested")
         try:
-            answer = await self._request(ws, "AuthenticationTokenRequest", plugin, "AuthenticationTokenResponse",
-                                         cfg.token_timeout_s)
+            answer = await self._request(
+                ws, "AuthenticationTokenRequest", plugin, "AuthenticationTokenResponse", cfg.token_timeout_s
+            )
         except VtsError as exc:
             self._event("token_refused", error_id=exc.error_id, message=str(exc))
             raise
@@ -293,10 +309,15 @@ class VtsSink:
         self.tokens.save(cfg.url, token)
         self._event("token_stored", file=str(self.tokens.path))
         self.state = "authenticating"
-        auth = await self._request(ws, "AuthenticationRequest", {**plugin, "authenticationToken": token},
-                                   "AuthenticationResponse", 5.0)
-        self._event("authentication", stored_token=False, authenticated=bool(auth.get("authenticated")),
-                    reason=auth.get("reason", ""))
+        auth = await self._request(
+            ws, "AuthenticationRequest", {**plugin, "authenticationToken": token}, "AuthenticationResponse", 5.0
+        )
+        self._event(
+            "authentication",
+            stored_token=False,
+            authenticated=bool(auth.get("authenticated")),
+            reason=auth.get("reason", ""),
+        )
         if not auth.get("authenticated"):
             raise VtsError(f"VTube Studio refused the new token: {auth.get('reason', '')}")
 
@@ -317,8 +338,9 @@ class VtsSink:
                             log.warning("VTube Studio: APIError %s: %s", body.get("errorID"), body.get("message"))
                             self._event("api_error", error_id=body.get("errorID"), message=body.get("message"))
                         if body.get("errorID") == ERROR_REQUIRES_AUTHENTICATION:
-                            raise VtsError("VTube Studio says the session is not authenticated",
-                                           ERROR_REQUIRES_AUTHENTICATION)
+                            raise VtsError(
+                                "VTube Studio says the session is not authenticated", ERROR_REQUIRES_AUTHENTICATION
+                            )
 
         reader = asyncio.get_running_loop().create_task(read_answers())
         period = 1.0 / self.cfg.rate_hz
@@ -357,15 +379,18 @@ class VtsSink:
             except VtsError as exc:
                 if exc.error_id == ERROR_TOKEN_REQUEST_DENIED:
                     self.state = "denied"
-                    log.error("VTube Studio: the user denied msync's plugin request; VTube Studio output is off "
-                              "until msync restarts")
+                    log.error(
+                        "VTube Studio: the user denied msync's plugin request; VTube Studio output is off "
+                        "until msync restarts"
+                    )
                     return
                 log.warning("VTube Studio: %s", exc)
                 self._event("error", message=str(exc), error_id=exc.error_id)
             except (OSError, asyncio.TimeoutError, Exception) as exc:  # refused, reset, closed: retry
                 if self.stats["reconnects"] < 3 or self.stats["reconnects"] % 20 == 0:
-                    log.warning("VTube Studio at %s: %s (retrying in %.1f s)", self.cfg.url, exc or type(exc).__name__,
-                                backoff)
+                    log.warning(
+                        "VTube Studio at %s: %s (retrying in %.1f s)", self.cfg.url, exc or type(exc).__name__, backoff
+                    )
                 self._event("disconnected", reason=f"{type(exc).__name__}: {exc}", retry_in_s=backoff)
             finally:
                 self._ws = None

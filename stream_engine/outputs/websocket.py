@@ -54,9 +54,11 @@ from stream_engine.signals import SIGNAL_NAMES
 log = logging.getLogger(__name__)
 
 VIEWER_DIR = Path(__file__).resolve().parents[1] / "viewer"
-STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
-                "/index.html": ("index.html", "text/html; charset=utf-8"),
-                "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8")}
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8"),
+}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_ENV = "MSYNC_TOKEN"
 ADMIN_TOKEN_ENV = "MSYNC_ADMIN_TOKEN"
@@ -140,8 +142,10 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.host not in LOOPBACK_HOSTS and not self.allow_remote:
-            raise ValueError(f"refusing to bind {self.host!r}: the engine binds loopback only unless allow_remote is "
-                             "set (and then use a token)")
+            raise ValueError(
+                f"refusing to bind {self.host!r}: the engine binds loopback only unless allow_remote is "
+                "set (and then use a token)"
+            )
         if not 0 <= self.port < 65536:
             raise ValueError("port must be 0..65535")
         if self.max_message_bytes < 1024:
@@ -156,10 +160,15 @@ class ServerConfig:
         return self.host in LOOPBACK_HOSTS
 
     def protocol(self) -> ProtocolConfig:
-        return ProtocolConfig(max_control_bytes=self.max_control_bytes, max_client_errors=self.max_client_errors,
-                              hello_timeout_s=self.hello_timeout_s, idle_timeout_s=self.idle_timeout_s,
-                              audio_max_pending_s=self.audio_max_pending_s, max_message_bytes=self.max_message_bytes,
-                              resample_quality=self.resample_quality)
+        return ProtocolConfig(
+            max_control_bytes=self.max_control_bytes,
+            max_client_errors=self.max_client_errors,
+            hello_timeout_s=self.hello_timeout_s,
+            idle_timeout_s=self.idle_timeout_s,
+            audio_max_pending_s=self.audio_max_pending_s,
+            max_message_bytes=self.max_message_bytes,
+            resample_quality=self.resample_quality,
+        )
 
 
 def resolve_tokens(cfg: ServerConfig, environ: Mapping[str, str]) -> ServerConfig:
@@ -182,8 +191,10 @@ def resolve_tokens(cfg: ServerConfig, environ: Mapping[str, str]) -> ServerConfi
 def check_exposure(cfg: ServerConfig) -> None:
     """Raise ValueError for a remote bind without a token unless `insecure` says so explicitly."""
     if not cfg.is_loopback and not cfg.token and not cfg.insecure:
-        raise ValueError(f"refusing to serve {cfg.host!r} without a token: set MSYNC_TOKEN or --token-file "
-                         "(or server.insecure = true to expose the engine to anyone who can reach it)")
+        raise ValueError(
+            f"refusing to serve {cfg.host!r} without a token: set MSYNC_TOKEN or --token-file "
+            "(or server.insecure = true to expose the engine to anyone who can reach it)"
+        )
 
 
 class SendWindow:
@@ -219,8 +230,9 @@ class SendWindow:
             self.acked = self.ping_at
             self.ping_at = None
         if delay_s is not None and self.target_s > 0:
-            self.limit = (max(self.min_size, self.limit // 2) if delay_s > self.target_s
-                          else min(self.size, self.limit + 1))
+            self.limit = (
+                max(self.min_size, self.limit // 2) if delay_s > self.target_s else min(self.size, self.limit + 1)
+            )
 
 
 class _Client:
@@ -286,9 +298,17 @@ class WebSocketServer:
         from websockets.asyncio.server import serve
 
         self._server = await serve(
-            self._handler, self.cfg.host, self.cfg.port, process_request=self._process_request,
-            max_size=self.cfg.max_message_bytes, max_queue=self.cfg.receive_queue, compression=None,
-            ping_interval=self.cfg.ping_interval_s, ping_timeout=self.cfg.ping_timeout_s, close_timeout=2)
+            self._handler,
+            self.cfg.host,
+            self.cfg.port,
+            process_request=self._process_request,
+            max_size=self.cfg.max_message_bytes,
+            max_queue=self.cfg.receive_queue,
+            compression=None,
+            ping_interval=self.cfg.ping_interval_s,
+            ping_timeout=self.cfg.ping_timeout_s,
+            close_timeout=2,
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("serving on %s", self.url)
 
@@ -326,8 +346,9 @@ class WebSocketServer:
                 if client.can_write_now(self.cfg.direct_write_limit_bytes):
                     key = (id(frame), client.format)
                     if key not in encoded:
-                        encoded[key] = (encode_binary(frame, now_ns) if client.format == "binary"
-                                        else encode_json(frame, now_ns))
+                        encoded[key] = (
+                            encode_binary(frame, now_ns) if client.format == "binary" else encode_json(frame, now_ns)
+                        )
                     broadcast([client.ws], encoded[key])
                     client.sent += 1
                     client.window.on_sent()
@@ -428,32 +449,56 @@ class WebSocketServer:
                 return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
             return None
         if path == "/health":
-            body = json.dumps({**self.engine.health(), "clients": len(self._clients),
-                               "connections": self._connections, "dropped_clients": self.dropped_clients}).encode()
+            body = json.dumps(
+                {
+                    **self.engine.health(),
+                    "clients": len(self._clients),
+                    "connections": self._connections,
+                    "dropped_clients": self.dropped_clients,
+                }
+            ).encode()
             return self._response(connection, http.HTTPStatus.OK, body, "application/json")
         if path == "/contract":
-            return self._response(connection, http.HTTPStatus.OK, json.dumps(self._contract_json()).encode(),
-                                  "application/json")
+            return self._response(
+                connection, http.HTTPStatus.OK, json.dumps(self._contract_json()).encode(), "application/json"
+            )
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
 
     def _contract_json(self) -> dict:
         c = self.engine.contract
         summary = c.summary() if hasattr(c, "summary") else {}
-        return summary or {"sample_rate_hz": c.sample_rate_hz, "samples_per_frame": c.samples_per_frame,
-                           "fps": c.fps, "lookahead_frames": c.lookahead_frames,
-                           "num_landmarks": c.num_landmarks, "landmark_dims": c.landmark_dims}
+        return summary or {
+            "sample_rate_hz": c.sample_rate_hz,
+            "samples_per_frame": c.samples_per_frame,
+            "fps": c.fps,
+            "lookahead_frames": c.lookahead_frames,
+            "num_landmarks": c.num_landmarks,
+            "landmark_dims": c.landmark_dims,
+        }
 
     def _hello(self, kind: str, fmt: str | None = None) -> dict:
         c = self.engine.contract
-        return {"type": "hello", "v": PROTOCOL_VERSION, "protocol": f"msync-{kind}", "format": fmt,
-                "binary_format_version": FORMAT_VERSION, "signal_names": list(SIGNAL_NAMES),
-                "model": {"model_version": getattr(c, "model_version", ""), "sample_rate_hz": c.sample_rate_hz,
-                          "samples_per_frame": c.samples_per_frame, "fps": c.fps,
-                          "lookahead_frames": c.lookahead_frames, "num_landmarks": c.num_landmarks,
-                          "landmark_dims": c.landmark_dims,
-                          "reference_face": self.engine.model_reference_face.round(5).tolist()},
-                "latency": self.engine.latency_facts(), "contours": [list(c) for c in CONTOURS],
-                "streams": list(self.engine.sessions)}
+        return {
+            "type": "hello",
+            "v": PROTOCOL_VERSION,
+            "protocol": f"msync-{kind}",
+            "format": fmt,
+            "binary_format_version": FORMAT_VERSION,
+            "signal_names": list(SIGNAL_NAMES),
+            "model": {
+                "model_version": getattr(c, "model_version", ""),
+                "sample_rate_hz": c.sample_rate_hz,
+                "samples_per_frame": c.samples_per_frame,
+                "fps": c.fps,
+                "lookahead_frames": c.lookahead_frames,
+                "num_landmarks": c.num_landmarks,
+                "landmark_dims": c.landmark_dims,
+                "reference_face": self.engine.model_reference_face.round(5).tolist(),
+            },
+            "latency": self.engine.latency_facts(),
+            "contours": [list(c) for c in CONTOURS],
+            "streams": list(self.engine.sessions),
+        }
 
     # ------------------------------------------------------------------ WebSocket
     async def _handler(self, ws) -> None:
@@ -494,9 +539,13 @@ class WebSocketServer:
             raise _Dropped from None
 
     def _add_client(self, ws, fmt: str, streams: frozenset | None) -> tuple[_Client, asyncio.Task]:
-        client = _Client(ws, fmt, streams, LatestFrameQueue(self.cfg.client_queue_frames, self.cfg.max_frame_age_ms,
-                                                             clock=self.engine.clock),
-                         SendWindow(self.cfg.client_window_frames, self.cfg.client_window_target_ms / 1000))
+        client = _Client(
+            ws,
+            fmt,
+            streams,
+            LatestFrameQueue(self.cfg.client_queue_frames, self.cfg.max_frame_age_ms, clock=self.engine.clock),
+            SendWindow(self.cfg.client_window_frames, self.cfg.client_window_target_ms / 1000),
+        )
         self._clients.add(client)
         return client, asyncio.create_task(self._relay(client), name="msync-relay")
 
@@ -528,8 +577,9 @@ class WebSocketServer:
                 if client.windowed and client.window.needs_ping():
                     client.window.on_ping_sent()  # before the await: frames written meanwhile come after it
                     pong = await self._write(client.ws, client.ws.ping())
-                    client.pong_timer = loop.call_later(self.cfg.write_timeout_s, self._drop, client.ws,
-                                                        "its send window was not acknowledged in time")
+                    client.pong_timer = loop.call_later(
+                        self.cfg.write_timeout_s, self._drop, client.ws, "its send window was not acknowledged in time"
+                    )
                     pong.add_done_callback(lambda f, c=client: self._on_pong(c, f))
                 item = client.queue.get_nowait(frames=client.may_send_frame())
                 if item is None:
@@ -542,8 +592,11 @@ class WebSocketServer:
                     if isinstance(item, dict):
                         await self._write(client.ws, client.ws.send(json.dumps(item)))
                         continue
-                    data = (encode_binary(item, clock.now_ns()) if client.format == "binary"
-                            else encode_json(item, clock.now_ns()))
+                    data = (
+                        encode_binary(item, clock.now_ns())
+                        if client.format == "binary"
+                        else encode_json(item, clock.now_ns())
+                    )
                     await self._write(client.ws, client.ws.send(data))
                 finally:
                     client.busy = False
@@ -614,8 +667,9 @@ class WebSocketServer:
                 await self._until(self.engine.wait_drained(action.stream_id), closed)
                 client = client_box[0]
                 if client is not None:
-                    await self._until(self._client_drained(client, action.stream_id), closed,
-                                      timeout_s=self.cfg.write_timeout_s)
+                    await self._until(
+                        self._client_drained(client, action.stream_id), closed, timeout_s=self.cfg.write_timeout_s
+                    )
         limit = getattr(proto, "max_message_bytes", None)
         if limit is not None:  # /audio: the cap follows the declared format (bounded memory per connection)
             ws.protocol.max_message_size = limit
@@ -650,8 +704,9 @@ class WebSocketServer:
             await ws.send(error(exc.code, str(exc), fatal=True))
             await ws.close(CLOSE_POLICY, "bad request")
             return
-        proto = FramesProtocol(self.engine, self.protocol_cfg, self.owners, key=ws, admin=admin, fmt=fmt,
-                               streams=streams)
+        proto = FramesProtocol(
+            self.engine, self.protocol_cfg, self.owners, key=ws, admin=admin, fmt=fmt, streams=streams
+        )
         await self._write(ws, ws.send(json.dumps(self._hello("frames", fmt))))
         box = list(self._add_client(ws, fmt, streams))
         closed = asyncio.ensure_future(ws.wait_closed())
@@ -663,9 +718,16 @@ class WebSocketServer:
 
     async def _serve_audio(self, ws, admin: bool) -> None:
         host, port = ws.remote_address[:2]
-        proto = AudioProtocol(self.engine, self.protocol_cfg, self.owners, key=ws, admin=admin,
-                              now_ns=self.engine.clock.now_ns(), source=f"ws {host}:{port}",
-                              info=self._hello("audio"))
+        proto = AudioProtocol(
+            self.engine,
+            self.protocol_cfg,
+            self.owners,
+            key=ws,
+            admin=admin,
+            now_ns=self.engine.clock.now_ns(),
+            source=f"ws {host}:{port}",
+            info=self._hello("audio"),
+        )
         ws.protocol.max_message_size = proto.max_message_bytes
         box: list = [None, None]
         closed = asyncio.ensure_future(ws.wait_closed())

@@ -21,7 +21,16 @@ from stream_engine.runtime.base import (
 )
 
 __all__ = [
-    "BaseStepRunner", "NonFiniteModelError", "StateSlots", "StepRunner", "check_audio", "check_finite_output", "initial_state", "run_steps", "stack_states", "unstack_state",
+    "BaseStepRunner",
+    "NonFiniteModelError",
+    "StateSlots",
+    "StepRunner",
+    "check_audio",
+    "check_finite_output",
+    "initial_state",
+    "run_steps",
+    "stack_states",
+    "unstack_state",
     "load_runner",
 ]
 

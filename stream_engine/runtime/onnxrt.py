@@ -57,8 +57,10 @@ def resolve_providers(providers: str | Sequence[Any] | None) -> list[Any]:
         name = PROVIDER_ALIASES.get(str(name).lower(), name)
         if name not in available:
             hint = " (install onnxruntime-gpu: pip install 'msync[gpu]')" if name != "CPUExecutionProvider" else ""
-            raise ModelLoadError(f"execution provider {name} is not available in this onnxruntime "
-                                 f"{ort.__version__}; available: {available}{hint}")
+            raise ModelLoadError(
+                f"execution provider {name} is not available in this onnxruntime "
+                f"{ort.__version__}; available: {available}{hint}"
+            )
         out.append((name, dict(opts)) if opts else name)
     names = [p[0] if isinstance(p, tuple) else p for p in out]
     if "CPUExecutionProvider" not in names:
@@ -79,8 +81,14 @@ class OnnxStepRunner(BaseStepRunner):
         missing, malformed, or not honoured by its graph.
     """
 
-    def __init__(self, path: str | Path, threads: int = 1, providers: str | Sequence[Any] | None = None, *,
-                 inter_op_threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 1,
+        providers: str | Sequence[Any] | None = None,
+        *,
+        inter_op_threads: int = 1,
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)

@@ -41,7 +41,8 @@ def _import_trt():
         raise ModelLoadError(
             "the TensorRT backend needs the TensorRT runtime: `pip install tensorrt` (NVIDIA index) for engines "
             "built by TensorRT, or `pip install 'msync[trt]'` for TensorRT-RTX engines; and a CUDA GPU "
-            f"({exc})") from exc
+            f"({exc})"
+        ) from exc
 
 
 def _import_cudart():
@@ -56,8 +57,9 @@ def _import_cudart():
 
         return cudart
     except Exception as exc:
-        raise ModelLoadError("the TensorRT backend needs cuda-python for device memory: pip install cuda-python "
-                             f"({exc})") from exc
+        raise ModelLoadError(
+            f"the TensorRT backend needs cuda-python for device memory: pip install cuda-python ({exc})"
+        ) from exc
 
 
 def _check(result):
@@ -77,8 +79,10 @@ def contract_for_engine(engine_path: Path, contract: StepContract | str | Path |
         return read_contract(contract)
     sidecar = engine_path.with_name(engine_path.name + ".json")
     if not sidecar.is_file():
-        raise ModelLoadError(f"{engine_path}: no contract: the sidecar {sidecar.name} written by `msync export "
-                             "--tensorrt` is missing; pass contract=<the .onnx it was built from>")
+        raise ModelLoadError(
+            f"{engine_path}: no contract: the sidecar {sidecar.name} written by `msync export "
+            "--tensorrt` is missing; pass contract=<the .onnx it was built from>"
+        )
     try:
         meta = json.loads(sidecar.read_text())["metadata"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -95,8 +99,9 @@ class TensorRTStepRunner(BaseStepRunner):
         device: CUDA device ordinal.
     """
 
-    def __init__(self, engine_path: str | Path, contract: StepContract | str | Path | None = None,
-                 device: int = 0) -> None:
+    def __init__(
+        self, engine_path: str | Path, contract: StepContract | str | Path | None = None, device: int = 0
+    ) -> None:
         self.path = Path(engine_path)
         if not self.path.is_file():
             raise ModelLoadError(f"{self.path}: no such engine file")
@@ -108,8 +113,9 @@ class TensorRTStepRunner(BaseStepRunner):
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise ModelLoadError(f"{self.path}: TensorRT could not deserialize the engine (built for another "
-                                 "TensorRT version or GPU?)")
+            raise ModelLoadError(
+                f"{self.path}: TensorRT could not deserialize the engine (built for another TensorRT version or GPU?)"
+            )
         self._check_engine()
         self.context = self.engine.create_execution_context()
         self.stream = _check(cudart.cudaStreamCreate())
@@ -118,8 +124,10 @@ class TensorRTStepRunner(BaseStepRunner):
     # ------------------------------------------------------------------ checks
     def _check_engine(self) -> None:
         trt, c = self._trt, self.contract
-        want = {c.audio_input.name: (c.audio_input.shape, "input"),
-                c.landmarks_output.name: (c.landmarks_output.shape, "output")}
+        want = {
+            c.audio_input.name: (c.audio_input.shape, "input"),
+            c.landmarks_output.name: (c.landmarks_output.shape, "output"),
+        }
         for s in c.states:
             want[s.name] = (s.shape, "input")
             want[s.next_name] = (s.shape, "output")
@@ -154,8 +162,9 @@ class TensorRTStepRunner(BaseStepRunner):
         return landmarks, batch.read_state()
 
     # ------------------------------------------------------- device-resident
-    def open_batch(self, batch: int, reference_face: np.ndarray | None = None,
-                   rng: np.random.Generator | None = None) -> "DeviceBatch":
+    def open_batch(
+        self, batch: int, reference_face: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> "DeviceBatch":
         """`batch` fresh streams whose state lives on the GPU (see :class:`DeviceBatch`)."""
         db = DeviceBatch(self, batch)
         db.write_state(initial_state(self.contract, batch, reference_face, rng))
@@ -191,8 +200,9 @@ class DeviceBatch:
         self._cur = 0  # the set holding the current state
         self._host_audio = np.zeros(self._audio_shape, np.float32)
         self._host_lm = np.zeros(self._lm_shape, np.float32)
-        for name, shape in [(c.audio_input.name, self._audio_shape)] + [(s.name, self._shapes[s.name])
-                                                                         for s in c.states]:
+        for name, shape in [(c.audio_input.name, self._audio_shape)] + [
+            (s.name, self._shapes[s.name]) for s in c.states
+        ]:
             self.context.set_input_shape(name, shape)
 
     def _copy(self, dst, src, nbytes, kind) -> None:
@@ -230,8 +240,12 @@ class DeviceBatch:
             raise ValueError(f"this batch holds {self.batch} streams; audio has shape {audio.shape}")
         cudart = self._cudart
         np.copyto(self._host_audio, audio)
-        self._copy(self._audio, self._host_audio.ctypes.data, self._host_audio.nbytes,
-                   cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+        self._copy(
+            self._audio,
+            self._host_audio.ctypes.data,
+            self._host_audio.nbytes,
+            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+        )
         src, dst = self._sets[self._cur], self._sets[1 - self._cur]
         ctx = self.context
         ctx.set_tensor_address(c.audio_input.name, self._audio)
@@ -241,8 +255,12 @@ class DeviceBatch:
             ctx.set_tensor_address(s.next_name, dst[s.name])
         if not ctx.execute_async_v3(self.runner.stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
-        self._copy(self._host_lm.ctypes.data, self._landmarks, self._host_lm.nbytes,
-                   cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        self._copy(
+            self._host_lm.ctypes.data,
+            self._landmarks,
+            self._host_lm.nbytes,
+            cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+        )
         _check(cudart.cudaStreamSynchronize(self.runner.stream))
         self._cur = 1 - self._cur
         return self._host_lm.copy()
