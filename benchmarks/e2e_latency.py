@@ -177,7 +177,7 @@ def loopback(kind: str, model: str | None, seconds: float, chunk_ms: float = 20.
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"engine did not start: {server.stderr.read()[-2000:]}")
+                    raise RuntimeError(f"engine did not start: {server.stderr.read()[-2000:]}") from None
                 time.sleep(0.2)
 
         async def main():

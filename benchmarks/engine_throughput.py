@@ -65,10 +65,10 @@ def run_trial(spec: dict) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(TESTS))
-    from fakes import speechlike
-
     from stream_engine.engine import Engine, EngineConfig
     from stream_engine.outputs.serializers import encode_binary
+
+    from fakes import speechlike
 
     runner = _make_runner(spec["runner"])
     n, seconds, realtime = spec["streams"], spec["seconds"], spec["realtime"]
@@ -231,7 +231,7 @@ def capacity(
         lo, hi = max(1, int(estimate[name] * 0.25)), max(1, int(estimate[name] * 0.95))
         trials, good = [], 0
 
-        def probe(n: int) -> bool:
+        def probe(n: int, name: str = name, root: Path = root, trials: list = trials) -> bool:
             t = _child(
                 root, {"runner": runner, "streams": n, "seconds": seconds, "realtime": True, "signals": signals}, cpu
             )
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         for signals in (True, False):
             key = "signals" if signals else "no_signals"
             tp = {name: [] for name in variants}
-            for rep in range(2):  # interleaved: baseline, current, baseline, current
+            for _ in range(2):  # interleaved: baseline, current, baseline, current
                 for name, root in variants.items():
                     t = _child(
                         root,

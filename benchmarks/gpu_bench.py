@@ -33,7 +33,6 @@ it writes the same files with every backend skipped and says so (exit status 0).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -211,7 +210,7 @@ class TensorRT:
             from export.tensorrt_build import build_engines
             from stream_engine.runtime.tensorrt import TensorRTStepRunner
         except Exception as exc:
-            raise Skip(f"cannot import the TensorRT pieces ({type(exc).__name__}: {exc})")
+            raise Skip(f"cannot import the TensorRT pieces ({type(exc).__name__}: {exc})") from exc
         from stream_engine.contract import ModelLoadError
 
         t0 = time.perf_counter()
@@ -220,10 +219,10 @@ class TensorRT:
             builds, _ = build_engines(model, workdir / "trt", (precision,), (1, opt, max_batch))
             self.runner = TensorRTStepRunner(builds[0].path, model)
         except ModelLoadError as exc:
-            raise Skip(str(exc))
+            raise Skip(str(exc)) from exc
         except Exception as exc:
             if "TensorRT" in type(exc).__name__ or "tensorrt" in str(exc).lower():
-                raise Skip(f"{type(exc).__name__}: {exc}")
+                raise Skip(f"{type(exc).__name__}: {exc}") from exc
             raise
         self.build_s = time.perf_counter() - t0
         self.notes = (
@@ -244,10 +243,9 @@ class TorchGraph:
         try:
             import torch
         except ImportError as exc:
-            raise Skip(f"torch is not installed ({exc})")
+            raise Skip(f"torch is not installed ({exc})") from exc
         if not torch.cuda.is_available():
             raise Skip("no CUDA GPU (torch.cuda.is_available() is False)")
-        from benchmarks.step_latency import torch_generator
         from stream_engine.contract import read_contract
 
         self.torch, self.bf16 = torch, bf16

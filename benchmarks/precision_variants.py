@@ -115,8 +115,8 @@ def eval_rows(report: dict, reference: str, variants: list[str]) -> dict:
 def verdict(diff: dict, ev: dict | None, reference: str, variant: str) -> dict:
     """Whether `variant` meets the CPU-default criterion (stream_engine/variants.py)."""
     checks = {
-        "landmark max diff < %g" % CRIT_MAX_DIFF: diff["max"] < CRIT_MAX_DIFF and diff["finite"],
-        "batch coupling < %g" % CRIT_MAX_DIFF: diff["batch_coupling_max"] < CRIT_MAX_DIFF,
+        f"landmark max diff < {CRIT_MAX_DIFF:g}": diff["max"] < CRIT_MAX_DIFF and diff["finite"],
+        f"batch coupling < {CRIT_MAX_DIFF:g}": diff["batch_coupling_max"] < CRIT_MAX_DIFF,
     }
     if ev is not None:
         r, v = ev["rows"][reference], ev["rows"][variant]

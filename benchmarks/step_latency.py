@@ -192,8 +192,6 @@ class TorchBackend(Backend):
         self._cells: dict[int, dict] = {}
 
     def _fresh_state(self, batch: int):
-        from training.models.generator import StepState
-
         st = self.g.initial_state(
             self.torch.as_tensor(
                 np.broadcast_to(
@@ -412,11 +410,9 @@ def profile_ort(model: Path, batch: int, steps: int) -> tuple[list[tuple[str, fl
     by_mod: dict[str, float] = defaultdict(float)
     # The first runs are warm-up (allocations, first-touch): count nodes only after the WARM-th run ended.
     runs = sorted(
-        (
-            float(e["ts"]) + float(e.get("dur", 0))
-            for e in events
-            if e.get("cat") == "Session" and e.get("name") == "model_run"
-        )
+        float(e["ts"]) + float(e.get("dur", 0))
+        for e in events
+        if e.get("cat") == "Session" and e.get("name") == "model_run"
     )
     warm = min(PROFILE_WARMUP, max(0, len(runs) - 1))
     cutoff = runs[warm - 1] if warm and runs else float("-inf")
@@ -695,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     import tensorrt  # noqa: F401
                 except Exception as exc:
-                    raise Skip(f"TensorRT is not installed ({type(exc).__name__}: {exc})")
+                    raise Skip(f"TensorRT is not installed ({type(exc).__name__}: {exc})") from exc
                 live[name] = TensorRTBackend(model, contract, workdir, max(batches))
         except Skip as exc:
             skipped[name] = str(exc)

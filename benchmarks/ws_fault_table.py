@@ -131,7 +131,7 @@ def main() -> None:
     meta = {"note": a.note, "cpu": cpu, "cores": os.cpu_count(), "load_at_tabulation": os.getloadavg()}
     Path(a.out + ".json").write_text(json.dumps({"meta": meta, "probes": rows}, indent=1))
     lines = [
-        f"# WebSocket fault probes, before and after\n",
+        "# WebSocket fault probes, before and after\n",
         f"{a.note}\n",
         f"CPU: {cpu} ({os.cpu_count()} cores, shared with other jobs; load per probe in the run logs).\n",
         "Each probe runs against a fresh `msync stream --input none --no-vmc` (shipped model) beside a "

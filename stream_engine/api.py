@@ -152,7 +152,7 @@ class Engine:
 
     def open_stream(
         self, reference_face: np.ndarray | None = None, seed: int | None = None, stream_id: str | None = None
-    ) -> "Stream":
+    ) -> Stream:
         """A new stream with a fresh model state.
 
         Args:
@@ -177,7 +177,7 @@ class Engine:
         for stream in list(self.streams.values()):
             stream.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -299,7 +299,7 @@ class Stream:
         async with self._alock:
             return await asyncio.to_thread(fn, *args)
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         return self
 
     def __exit__(self, *exc) -> None:

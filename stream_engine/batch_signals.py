@@ -24,9 +24,9 @@ import numpy as np
 from stream_engine.blendshapes import blendshapes_from_features, face_features
 from stream_engine.signals import (
     GATED_SHAPES,
+    MEASURED_PAIRS,
     MODEL_RIGID_PINV,
     OPENING_FEATURES,
-    MEASURED_PAIRS,
     RIGID_INDEX,
     VISEMES,
     HeadPose,

@@ -36,7 +36,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -486,7 +487,7 @@ class EngineCore:
         return best
 
     @staticmethod
-    def _peek_arrival(stream: "_Stream", sample_index: int) -> int:
+    def _peek_arrival(stream: _Stream, sample_index: int) -> int:
         for end, ns in stream.arrivals:
             if end > sample_index:
                 return ns

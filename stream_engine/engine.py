@@ -192,7 +192,7 @@ class Engine:
         if self.stall_ns > 0:
             self.spawn(self._stall_loop(), name="msync-stalls")
 
-    async def __aenter__(self) -> "Engine":
+    async def __aenter__(self) -> Engine:
         await self.start()
         return self
 
@@ -419,7 +419,7 @@ class Engine:
                 try:
                     result = await future
                 except asyncio.CancelledError:
-                    for b, f in pending:
+                    for _, f in pending:
                         f.cancel()
                     raise
                 except Exception as exc:  # a runner failure costs the batch's streams their state, nothing more

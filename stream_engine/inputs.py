@@ -121,7 +121,7 @@ class PcmFormat:
         return np.dtype(PCM_DTYPES[self.dtype][0]).itemsize * self.channels
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "PcmFormat":
+    def from_json(cls, obj: dict[str, Any]) -> PcmFormat:
         """From a hello/config message (`sample_rate_hz`, `channels`, `dtype`; defaults 16000, 1, int16)."""
         return cls(
             sample_rate_hz=obj.get("sample_rate_hz", 16000),
@@ -130,7 +130,7 @@ class PcmFormat:
         )
 
     @classmethod
-    def parse(cls, text: str) -> "PcmFormat":
+    def parse(cls, text: str) -> PcmFormat:
         """ "s16le:48000:2"-style spec: dtype (s16le|s32le|f32le|int16|int32|float32), rate, channels."""
         aliases = {"s16le": "int16", "s32le": "int32", "f32le": "float32"}
         parts = text.split(":")

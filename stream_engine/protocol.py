@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Union
 
 import numpy as np
 
@@ -83,7 +82,7 @@ class AwaitDrained:
     stream_id: str
 
 
-Action = Union[Send, Close, Subscribe, AwaitCapacity, AwaitDrained]
+Action = Send | Close | Subscribe | AwaitCapacity | AwaitDrained
 
 
 @dataclasses.dataclass(frozen=True)

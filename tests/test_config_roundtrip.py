@@ -123,9 +123,9 @@ def test_generator_config_from_a_checkpoint_equals_the_one_built_in_code(tmp_pat
 
 def test_contract_round_trips():
     """The exported contract (a dataclass with nested specs and shape unions) goes through the same converter."""
-    from fakes import fake_contract
-
     from stream_engine.contract import StepContract
+
+    from fakes import fake_contract
 
     c = fake_contract()
     back = from_dict(StepContract, json.loads(json.dumps(to_dict(c))))

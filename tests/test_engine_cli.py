@@ -53,7 +53,7 @@ def drain(sock: socket.socket) -> list[bytes]:
     while True:
         try:
             out.append(sock.recvfrom(65536)[0])
-        except (socket.timeout, BlockingIOError):
+        except (TimeoutError, BlockingIOError):
             return out
 
 

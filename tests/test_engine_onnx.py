@@ -33,6 +33,7 @@ def onnx_model(tmp_path_factory) -> Path:
         return DEFAULT_MODEL_PATH
     try:
         import torch  # noqa: F401
+
         import training.models.generator  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"no ONNX model to test: set MSYNC_TEST_ONNX or install the export extra ({exc})")

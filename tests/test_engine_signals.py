@@ -79,7 +79,7 @@ def test_mouth_closes_in_silence_and_reopens_at_once():
     speaking = ex.update(project_face(0, 0, 0, 20.0), t, -20.0)
     assert speaking.mouth_open > 0.9 and not speaking.silent
     values = []
-    for i in range(12):  # the model keeps the mouth open, but the audio is silent
+    for _ in range(12):  # the model keeps the mouth open, but the audio is silent
         t += 0.04
         s = ex.update(project_face(0, 0, 0, 20.0), t, -90.0, -90.0)
         values.append(s.mouth_open)

@@ -128,7 +128,7 @@ def test_audio_client_can_subscribe_to_its_own_frames_and_barge_in():
             await ws.send(int16(tone(SPF * 3)))  # a partial utterance, then barge-in
             await ws.send(json.dumps({"type": "reset"}))
             ack = await recv_until(ws, lambda m: m.get("type") == "reset_ok")
-            for i in range(4):
+            for _ in range(4):
                 await ws.send(int16(tone(SPF)))
             after = await recv_until(ws, lambda m: m.get("type") == "frame" and m["epoch"] == 1)
             await ws.close()
@@ -207,7 +207,7 @@ def test_bad_audio_and_malformed_messages_give_clear_errors_and_the_stream_carri
             await ws.send(b"\0" * (64 * 1024 + 4))  # over the message size limit: this connection closes
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
-            for i in range(6):  # the other stream is unaffected
+            for _ in range(6):  # the other stream is unaffected
                 await other.send(int16(tone(SPF)))
             frame = await recv_until(other, lambda m: m.get("type") == "frame")
             await asyncio.sleep(0.05)
@@ -379,7 +379,7 @@ def test_reset_from_a_frames_client_and_stale_frames_are_dropped():
             err = await recv_until(ctl, lambda m: m.get("type") == "error")
             await ctl.send(json.dumps({"type": "subscribe", "streams": ["other"], "format": "binary"}))
             sub = await recv_until(ctl, lambda m: m.get("type") == "subscribed")
-            pong_req = await ctl.send(json.dumps({"type": "ping"}))
+            await ctl.send(json.dumps({"type": "ping"}))
             pong = await recv_until(ctl, lambda m: m.get("type") == "pong")
             for ws in (ctl, audio_ws):
                 await ws.close()

@@ -21,11 +21,11 @@ from stream_engine.protocol import (
     Close,
     FramesProtocol,
     ProtocolConfig,
+    ProtocolError,
     Send,
     StreamOwners,
     Subscribe,
     parse_control,
-    ProtocolError,
 )
 
 from fakes import FakeRunner, tone

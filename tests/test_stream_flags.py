@@ -118,8 +118,9 @@ def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
     import soundfile
     from websockets.asyncio.client import connect
 
-    from fakes import speechlike
     from stream_engine.stream import run_stream
+
+    from fakes import speechlike
 
     wav = tmp_path / "a.wav"
     soundfile.write(wav, speechlike(16000 * 2 + 100, seed=1), 16000)

@@ -47,7 +47,7 @@ def _mouths(sock) -> list[tuple[float, float]]:
     while True:
         try:
             data = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return out
         for m in OscBundle(data):
             if m.address == "/VMC/Ext/T":

@@ -9,13 +9,13 @@ import stat
 import time
 
 import pytest
+from vts_standin import VtsStandIn
 
 from stream_engine.core import FrameTimings, LandmarkFrame
 from stream_engine.outputs.vts import PARAMETERS, TokenStore, VtsConfig, VtsSink, parameter_values
 from stream_engine.signals import NEUTRAL_SIGNALS, SignalConfig, SignalExtractor
 
 from fakes import NEUTRAL_FACE, project_face
-from vts_standin import VtsStandIn
 
 
 def _frame(stream_id: str, mouth_mm: float, t: float) -> LandmarkFrame:

@@ -16,13 +16,13 @@ import time
 
 import numpy as np
 import pytest
+from test_engine_websocket import int16, run, serving, ws_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from stream_engine.outputs.serializers import decode_binary
 
 from fakes import tone
-from test_engine_websocket import int16, run, serving, ws_url
 
 SEED = 20261129
 TOTAL_MESSAGES = 10_000

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from test_engine_websocket import int16, open_audio, recv_json, run, serving, ws_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -19,7 +20,6 @@ from stream_engine.outputs.serializers import decode_binary
 from stream_engine.outputs.websocket import ServerConfig, WebSocketServer, check_exposure, resolve_tokens
 
 from fakes import FakeRunner, tone
-from test_engine_websocket import int16, open_audio, recv_json, run, serving, ws_url
 
 SPF = 640
 HUGE = '{"type":"ping","n":' + "1" * 5000 + "}"

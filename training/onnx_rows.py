@@ -36,9 +36,9 @@ class OnnxGenerator:
     is_onnx = True
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
+        from stream_engine.dataclass_io import from_dict as dataclass_from_dict
         from stream_engine.features import FrontEndConfig
         from stream_engine.runtime.onnxrt import OnnxStepRunner
-        from stream_engine.dataclass_io import from_dict as dataclass_from_dict
         from training.models.generator import GeneratorConfig
 
         self.runner = OnnxStepRunner(path, threads=threads)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Union
 
 from stream_engine.clock import Clock, MonotonicClock
 from stream_engine.core import LandmarkFrame
 
-Item = Union[LandmarkFrame, dict]
+Item = LandmarkFrame | dict
 
 
 class LatestFrameQueue:

@@ -25,10 +25,10 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
+from stream_engine.blendshapes import ARKIT_INDEX, ARKIT_NAMES
 from stream_engine.core import LandmarkFrame
 from stream_engine.outputs import parse_target
 from stream_engine.outputs.osc import UdpTargets, _bundle, _message
-from stream_engine.blendshapes import ARKIT_INDEX, ARKIT_NAMES
 from stream_engine.signals import NEUTRAL_SIGNALS, VISEMES, Signals, euler_to_unity_quaternion
 
 DEFAULT_BLEND_NAMES = {"A": "A", "I": "I", "U": "U", "E": "E", "O": "O", "blink": "Blink"}

@@ -45,11 +45,11 @@ class StepRunner(Protocol):
         """
         ...
 
-    def new_slots(self, capacity: int) -> "StateSlots":
+    def new_slots(self, capacity: int) -> StateSlots:
         """A state store for up to `capacity` streams, laid out where this runner wants it."""
         ...
 
-    def step_slots(self, slots: "StateSlots", rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    def step_slots(self, slots: StateSlots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One step of the streams in slots `rows` ((B,) int, distinct), their state read from and the next
         state written back into `slots`; audio (B, samples_per_frame) -> landmarks (B, N, D), a new array.
         Thread-safe for distinct stores, or for disjoint rows of one store when the caller serialises calls."""

@@ -164,7 +164,7 @@ class TensorRTStepRunner(BaseStepRunner):
     # ------------------------------------------------------- device-resident
     def open_batch(
         self, batch: int, reference_face: np.ndarray | None = None, rng: np.random.Generator | None = None
-    ) -> "DeviceBatch":
+    ) -> DeviceBatch:
         """`batch` fresh streams whose state lives on the GPU (see :class:`DeviceBatch`)."""
         db = DeviceBatch(self, batch)
         db.write_state(initial_state(self.contract, batch, reference_face, rng))
