@@ -114,19 +114,21 @@ def parse_variants(arg: str | None, model: Path) -> dict[str, Path]:
 
 def torch_generator(contract):
     """A Generator with the model's architecture (random weights: latency does not depend on their values)."""
+    import dataclasses
+
     import torch
 
+    from stream_engine.dataclass_io import from_dict
     from stream_engine.features import FrontEndConfig
-    from training.checkpoint import dataclass_from_dict
     from training.models.generator import Generator, GeneratorConfig
 
-    cfg = dataclass_from_dict(GeneratorConfig, dict(contract.generator_config))
+    cfg = from_dict(GeneratorConfig, dict(contract.generator_config))
     try:
-        fe = dataclass_from_dict(FrontEndConfig, dict(contract.frontend))
+        fe = from_dict(FrontEndConfig, dict(contract.frontend))
     except Exception:
         fe = FrontEndConfig()
     torch.manual_seed(0)
-    return Generator(cfg, fe).eval()
+    return Generator(dataclasses.replace(cfg, frontend=fe)).eval()
 
 
 def audio_for(batch: int, spf: int, seed: int = 0) -> np.ndarray:

@@ -54,12 +54,32 @@ def reference_face_from_points(points, num_landmarks: int = 68) -> np.ndarray:
     return pts.astype(np.float32)
 
 
+#: Entry-point group of the image -> 68-point extractors (`path -> (68, 2) pixels`); the runtime finds dlib's
+#: (in the training package, a training dependency) through it instead of importing training.
+FACE_LANDMARKS_GROUP = "msync.face_landmarks"
+
+
+def image_landmarker() -> Callable[[Path], np.ndarray]:
+    """The registered image -> landmarks extractor (`path -> (68, 2)` float pixels of the largest face).
+
+    Raises:
+        ImportError: none is registered (msync not installed) or it cannot be imported (dlib/PyAV missing).
+    """
+    from importlib.metadata import entry_points
+
+    found = sorted(entry_points(group=FACE_LANDMARKS_GROUP), key=lambda ep: ep.name)
+    if not found:
+        raise ImportError(f"no {FACE_LANDMARKS_GROUP!r} entry point is installed (pip install -e .)")
+    extractor: Callable[[Path], np.ndarray] = found[0].load()
+    return extractor
+
+
 def load_reference_face(path: str | Path, num_landmarks: int = 68) -> np.ndarray:
     """A per-stream reference face from a 68-point JSON file or a still image.
 
     JSON: ``[[x, y], ...]`` or ``{"landmarks": [[x, y], ...]}``, normalised crop coordinates or pixels.
-    Image: the dlib 68-point extractor of the training package (`training.data.face.landmarks_from_image`;
-    needs the `train` extra).
+    Image: the 68-point extractor registered under the "msync.face_landmarks" entry point (`image_landmarker`;
+    msync registers dlib's, `training.data.face:landmarks_from_image`, which needs the `train` extra).
 
     Returns:
         (num_landmarks, 2) float32 normalised coordinates.
@@ -70,8 +90,8 @@ def load_reference_face(path: str | Path, num_landmarks: int = 68) -> np.ndarray
     if not path.is_file():
         raise ReferenceFaceError(f"{path}: no such reference face file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        try:  # the one place the runtime reaches into training/, lazily: dlib is a training dependency
-            from training.data.face import landmarks_from_image
+        try:
+            landmarks_from_image = image_landmarker()
         except ImportError as exc:
             raise ReferenceFaceError(
                 f"{path}: reference faces from images need the dlib face extractor (pip install 'msync[train]'): {exc}"

@@ -154,7 +154,9 @@ min_cutoff_hz = 2.0
 """)
     cfg = load_config(cfg_path)
     assert (
-        cfg.input.kind == "mic" and cfg.vmc.blend_names["A"] == "aa" and cfg.signals.mouth_filter.min_cutoff_hz == 2.0
+        cfg.input.kind == "mic"
+        and dict(cfg.vmc.blend_names)["A"] == "aa"
+        and cfg.signals.mouth_filter.min_cutoff_hz == 2.0
     )
     assert cfg.signals.auto_blink_interval_s == (1.0, 3.0) and cfg.duration_s == 3.5
     code, out, err = msync_here(

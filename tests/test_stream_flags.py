@@ -40,7 +40,7 @@ FLAGS: dict[str, tuple[list[str], dict[str, object]]] = {
     "--no-vmc": (["--no-vmc"], {"vmc.enabled": False}),
     "--vmc-names": (
         ["--vmc-names", "vrm1"],
-        {"vmc.blend_names": {"A": "aa", "I": "ih", "U": "ou", "E": "ee", "O": "oh", "blink": "blink"}},
+        {"vmc.blend_names": (("A", "aa"), ("I", "ih"), ("U", "ou"), ("E", "ee"), ("O", "oh"), ("blink", "blink"))},
     ),
     "--vmc-mirror": (["--vmc-mirror"], {"vmc.mirror": True}),
     "--vmc-stream": (["--vmc-stream", "bob"], {"vmc.stream": "bob", "vts.stream": "bob"}),

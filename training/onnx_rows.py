@@ -16,6 +16,7 @@ float32 export this reproduces the checkpoint row to float rounding (tested in t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ class OnnxGenerator:
     is_onnx = True
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
-        from stream_engine.dataclass_io import from_dict as dataclass_from_dict
+        from stream_engine.dataclass_io import from_dict
         from stream_engine.features import FrontEndConfig
         from stream_engine.runtime.onnxrt import OnnxStepRunner
         from training.models.generator import GeneratorConfig
@@ -47,8 +48,8 @@ class OnnxGenerator:
         need = {"h", "c", "prev_landmarks", "frames_seen", "reference_landmarks"}
         if not need <= names:
             raise ValueError(f"{path}: states {sorted(names)} lack {sorted(need - names)}; not a Generator export")
-        self.cfg = dataclass_from_dict(GeneratorConfig, dict(c.generator_config))
-        self.frontend = dataclass_from_dict(FrontEndConfig, dict(c.frontend)) if c.frontend else FrontEndConfig()
+        self.cfg = from_dict(GeneratorConfig, dict(c.generator_config))
+        self.frontend = from_dict(FrontEndConfig, dict(c.frontend)) if c.frontend else FrontEndConfig()
         self.precision = c.extra.get("msync.precision", "fp32")
 
     def num_parameters(self) -> int:
@@ -56,7 +57,7 @@ class OnnxGenerator:
         scales are not counted, so every precision reports the same number)."""
         from training.models.generator import Generator
 
-        return Generator(self.cfg, self.frontend).num_parameters()
+        return Generator(dataclasses.replace(self.cfg, frontend=self.frontend)).num_parameters()
 
     def noise(self, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(h0, c0), each (B, H): the same draws as `training.eval.generation.initial_noise` for these seeds."""

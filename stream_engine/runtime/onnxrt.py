@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_engine.contract import ModelLoadError, StepContract, _ort_session, contract_from_session
+from stream_engine.contract import ModelLoadError, StepContract, contract_from_session, ort_session
 from stream_engine.runtime.base import BaseStepRunner, State
 
 PROVIDER_ALIASES = {
@@ -97,7 +97,7 @@ class OnnxStepRunner(BaseStepRunner):
         so.inter_op_num_threads = int(inter_op_threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = _ort_session(self.path, so, resolve_providers(providers))
+        self.session = ort_session(self.path, so, resolve_providers(providers))
         self.contract: StepContract = contract_from_session(self.session, str(self.path))
         self.providers = self.session.get_providers()
         self._output_names = list(self.contract.output_names)  # landmarks, then the states' next values

@@ -163,10 +163,8 @@ class Generator(nn.Module):
     mfcc_mean: torch.Tensor
     mfcc_std: torch.Tensor
 
-    def __init__(self, cfg: GeneratorConfig = GeneratorConfig(), frontend: FrontEndConfig | None = None) -> None:
+    def __init__(self, cfg: GeneratorConfig = GeneratorConfig()) -> None:
         super().__init__()
-        if frontend is not None:  # legacy call form Generator(cfg, frontend); the front end is cfg.frontend
-            cfg = dataclasses.replace(cfg, frontend=frontend)
         self.cfg = cfg
         self.mfcc = TorchMfcc(cfg.frontend)
         self.register_buffer("mfcc_mean", torch.zeros(cfg.n_mfcc))
