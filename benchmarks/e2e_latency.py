@@ -54,6 +54,8 @@ def _runner(kind: str, model: str | None):
         return _fake_runner()
     from stream_engine.runtime.onnxrt import OnnxStepRunner
 
+    if model is None:
+        raise ValueError("the onnx runner needs a model path")
     return OnnxStepRunner(model, threads=1)
 
 
@@ -146,6 +148,8 @@ def loopback(kind: str, model: str | None, seconds: float, chunk_ms: float = 20.
 
     port, osc_port = _free_port(), _free_port(socket.SOCK_DGRAM)
     spec = "python:fakes:FakeRunner" if kind == "fake" else model
+    if spec is None:
+        raise ValueError("the onnx runner needs a model path")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen(
         [
@@ -177,7 +181,9 @@ def loopback(kind: str, model: str | None, seconds: float, chunk_ms: float = 20.
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"engine did not start: {server.stderr.read()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"engine did not start: {server.stderr.read()[-2000:] if server.stderr else ''}"
+                    ) from None
                 time.sleep(0.2)
 
         async def main():
@@ -202,7 +208,7 @@ def loopback(kind: str, model: str | None, seconds: float, chunk_ms: float = 20.
     send_ns = np.array([t for _, t in sends])
 
     def sent_at(sample: int) -> int:  # when the chunk carrying this sample was sent
-        return int(send_ns[min(np.searchsorted(ends, sample, side="right"), len(send_ns) - 1)])
+        return int(send_ns[min(int(np.searchsorted(ends, sample, side="right")), len(send_ns) - 1)])
 
     real = [(f, t) for f, t in frames if (f["index"] + L + 1) * 640 <= ends[-1]]  # exclude the flushed tail
     eng = [(t - f["t"]["audio_ready_ns"]) / 1e9 for f, t in real]

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -229,9 +230,10 @@ def capacity(
     out = {}
     for name, root in variants.items():
         lo, hi = max(1, int(estimate[name] * 0.25)), max(1, int(estimate[name] * 0.95))
-        trials, good = [], 0
+        trials: list[dict[str, Any]] = []
+        good = 0
 
-        def probe(n: int, name: str = name, root: Path = root, trials: list = trials) -> bool:
+        def probe(n: int, name: str = name, root: Path = root, trials: list[dict[str, Any]] = trials) -> bool:
             t = _child(
                 root, {"runner": runner, "streams": n, "seconds": seconds, "realtime": True, "signals": signals}, cpu
             )
@@ -292,12 +294,18 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    result = {"machine": machine_info(), "cpu_core": cpu, "baseline_ref": a.baseline_ref, "runners": {}}
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "cpu_core": cpu,
+        "baseline_ref": a.baseline_ref,
+        "runners": {},
+    }
     for runner in a.runners:
-        r = result["runners"][runner] = {}
+        r: dict[str, Any] = {}
+        result["runners"][runner] = r
         for signals in (True, False):
             key = "signals" if signals else "no_signals"
-            tp = {name: [] for name in variants}
+            tp: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
             for _ in range(2):  # interleaved: baseline, current, baseline, current
                 for name, root in variants.items():
                     t = _child(
@@ -359,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                     e["engine_capacity_over_step"] = {
                         name: v["max_realtime_streams"] / step_per_core for name, v in e["capacity"].items()
                     }
-            lat = {}
+            lat: dict[str, Any] = {}
             for n in (1, 100):
                 for name, root in variants.items():
                     t = _child(

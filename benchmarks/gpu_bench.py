@@ -102,8 +102,8 @@ def gpu_available() -> tuple[bool, str]:
     try:
         import torch
     except ImportError:
-        torch = None
-    if torch is not None:
+        pass
+    else:
         if torch.cuda.is_available():
             return True, torch.cuda.get_device_name(0)
         return False, "no CUDA GPU (torch.cuda.is_available() is False)"

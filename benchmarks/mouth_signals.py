@@ -22,6 +22,7 @@ import argparse
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,17 @@ def _levels(audio: np.ndarray, n: int) -> np.ndarray:
 def _signals(lm: np.ndarray, levels: np.ndarray, neutral: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     ex = SignalExtractor(SignalConfig(), neutral, seed)
     L = 2
-    rows = {"mouth_open": [], "visemes": [], "jawOpen": [], "silent": [], "A": [], "I": [], "U": [], "E": [], "O": []}
+    rows: dict[str, list[float]] = {
+        "mouth_open": [],
+        "visemes": [],
+        "jawOpen": [],
+        "silent": [],
+        "A": [],
+        "I": [],
+        "U": [],
+        "E": [],
+        "O": [],
+    }
     for t in range(len(lm)):
         ahead = float(levels[t + 1 : t + 1 + L].max()) if t + 1 < len(levels) else float(levels[t])
         s = ex.update(lm[t], 0.04 * t, float(levels[t]), ahead)
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for v, g in groups.items()
     }
-    result = {
+    result: dict[str, Any] = {
         "clips": len(pick),
         "speech_frames_real": frames_used,
         "median_r": med,
@@ -172,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         "| viseme | share of frames | mean width change (IOD) | mean gap above the clip's min (IOD) |",
         "|---|---|---|---|",
     ]
-    for v, d in sep.items():
-        lines.append(f"| {v} | {d['share']:.3f} | {d['width_change']:+.4f} | {d['gap']:.4f} |")
+    for viseme, d in sep.items():
+        lines.append(f"| {viseme} | {d['share']:.3f} | {d['width_change']:+.4f} | {d['gap']:.4f} |")
     m = result["machine"]
     lines += ["", f"Machine: {m['cpu']}, load {m['load_avg_1m']:.2f}, {m['time_utc']}."]
     write_report(a.out, a.name, result, "\n".join(lines) + "\n")

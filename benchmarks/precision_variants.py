@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         variants[name] = Path(path)
     load0 = os.getloadavg()[0]
     speech = split_speech(a.data, "test", a.seconds, a.streams)
-    ablations = {}
+    ablations: dict[str, Path] = {}
     with tempfile.TemporaryDirectory() as td:
         if not a.no_ablations:
             from export.quantize import FRONT_END_SCOPE, LEARNED_SCOPES, QuantizeConfig, quantize_step

@@ -320,7 +320,8 @@ def time_cell(backend: Backend, batch: int, warmup: int, n_min: int, n_max: int,
     step = backend.prepare(batch)
     for _ in range(warmup):
         step()
-    samples, cpu = [], []
+    samples: list[float] = []
+    cpu: list[float] = []
     since_reset = 0
     t_end = time.perf_counter() + budget_s
     while len(samples) < n_max and (len(samples) < n_min or time.perf_counter() < t_end):
@@ -655,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     cuda = torch.cuda.is_available()
 
-    live: dict[str, Backend] = {}
+    live: dict[str, Backend | None] = {}  # None: the C++ binary, driven through a subprocess
     if "ort_cpu" in backends:  # each variant right after float32, in the same rounds
         at = backends.index("ort_cpu") + 1
         backends[at:at] = [f"ort_cpu[{n}]" for n in variants]
@@ -724,7 +725,9 @@ def main(argv: list[str] | None = None) -> int:
                             n = min(n, 10)
                         r = time_cpp(Path(a.cpp_binary), model, batch, warmup, n, timeout_s=600)
                     else:
-                        r = time_cell(live[name], batch, warmup, n_min, n_max, a.budget_s)
+                        backend = live[name]
+                        assert backend is not None  # only "cpp" has no Backend object
+                        r = time_cell(backend, batch, warmup, n_min, n_max, a.budget_s)
                 except Skip as exc:
                     cell_meta[name][batch] = {"skip": str(exc)}
                     continue
@@ -793,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(be, TorchBackend) and be.compile_s
     }
 
-    profiles: dict[str, object] = {}
+    profiles: dict[str, str | list[tuple[str, float]]] = {}
     profile_note = ""
     if not a.no_profile:
         steps = PROFILE_WARMUP + (5 if a.quick else 40)
@@ -861,10 +864,10 @@ def main(argv: list[str] | None = None) -> int:
                 "name": n,
                 "backend": f"ort_cpu[{n}]",
                 "path": str(pth),
-                "precision": live[f"ort_cpu[{n}]"].runner.contract.extra.get("msync.precision", "fp32"),
+                "precision": backend.runner.contract.extra.get("msync.precision", "fp32"),
             }
             for n, pth in variants.items()
-            if f"ort_cpu[{n}]" in live
+            if isinstance(backend := live.get(f"ort_cpu[{n}]"), OrtBackend)
         ],
         "results": results,
         "summary": summary,

@@ -103,9 +103,9 @@ def main() -> None:
     )
     a = p.parse_args()
     probes = ["slow_reader", "silent", "lockout", "pipeline", "memory_flood", "trickle_reader", "cross_reset"]
-    rows = {}
+    rows: dict[str, dict[str, dict | None]] = {}
     for probe in probes:
-        row = {}
+        row: dict[str, dict | None] = {}
         for label, folder in (("before", a.before), ("after", a.after)):
             f = Path(folder) / f"{probe}.json"
             log = Path(folder) / f"{probe}.probe.log"

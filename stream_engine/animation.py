@@ -96,15 +96,17 @@ class Animation:
         if fmt == "json":
             path.write_text(json.dumps(self.to_json(), separators=(",", ":")))
         elif fmt == "npz":
-            np.savez_compressed(
-                path,
-                landmarks=self.landmarks,
-                blendshapes=self.blendshape_array(),
-                blendshape_names=np.array(ARKIT_NAMES),
-                fps=np.float64(self.fps),
-                duration_s=np.float64(self.duration_s),
+            arrays: dict[str, np.ndarray] = {
+                "landmarks": self.landmarks,
+                "blendshapes": self.blendshape_array(),
+                "blendshape_names": np.array(ARKIT_NAMES),
+                "fps": np.asarray(np.float64(self.fps)),
+                "duration_s": np.asarray(np.float64(self.duration_s)),
                 **{f"signal_{k}": v for k, v in self.signals.items()},
-            )
+            }
+            # numpy's stub declares `allow_pickle: bool` beside `**kwds`, so mypy checks a str-keyed dict's values
+            # against bool too; every value here is an array.
+            np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
         else:
             with path.open("w", newline="") as f:
                 w = csv.writer(f)
@@ -160,7 +162,8 @@ def prepare_audio(path_or_array: Any, sample_rate: int | None, target_rate_hz: i
     out = resample(mono, int(sample_rate), target_rate_hz)
     if out.size < want:
         out = np.concatenate([out, np.zeros(want - out.size, np.float32)])
-    return np.clip(out[:want], -1.0, 1.0).astype(np.float32, copy=False)
+    result: np.ndarray = np.clip(out[:want], -1.0, 1.0).astype(np.float32, copy=False)
+    return result
 
 
 def load_model(model: Any = None) -> Any:

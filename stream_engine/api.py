@@ -30,11 +30,18 @@ import itertools
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from stream_engine.core import AudioChunkError, EngineCore, LandmarkFrame
+from stream_engine.runtime.base import StepRunner
 from stream_engine.signals import SIGNAL_NAMES, SignalConfig
+
+if TYPE_CHECKING:
+    from stream_engine.inputs import PcmConverter
+
+T = TypeVar("T")
 
 __all__ = ["Engine", "Stream", "Frame"]
 
@@ -105,7 +112,7 @@ class Engine:
 
     def __init__(
         self,
-        model: str | Path | object | None = None,
+        model: str | Path | StepRunner | None = None,
         *,
         backend: str = "auto",
         threads: int = 1,
@@ -180,7 +187,7 @@ class Engine:
     def __enter__(self) -> Engine:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -207,7 +214,7 @@ class Stream:
             "api",
             seed=seed if seed is not None else 0,
         )
-        self._converters: dict[tuple[int, int], object] = {}
+        self._converters: dict[tuple[int, int], PcmConverter] = {}
         self._converter_key: tuple[int, int] | None = None
         self._subscribers: list[Callable[[Frame], None]] = []
         self._alock: asyncio.Lock | None = None
@@ -293,7 +300,7 @@ class Stream:
     async def aclose(self) -> None:
         await self._in_thread(self.close)
 
-    async def _in_thread(self, fn, *args):
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         if self._alock is None:
             self._alock = asyncio.Lock()
         async with self._alock:
@@ -302,7 +309,7 @@ class Stream:
     def __enter__(self) -> Stream:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------------ internals

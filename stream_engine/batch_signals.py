@@ -20,6 +20,7 @@ import dataclasses
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from stream_engine.blendshapes import blendshapes_from_features, face_features
 from stream_engine.signals import (
@@ -84,7 +85,7 @@ class _BatchOneEuro:
         self.ready[slot] = False
 
     def __call__(self, slots: np.ndarray, x: np.ndarray, t_s: np.ndarray) -> np.ndarray:
-        out = x.copy()
+        out: np.ndarray = x.copy()
         ready = self.ready[slots]
         first = slots[~ready]
         self.x[first], self.dx[first], self.t[first] = x[~ready], 0.0, t_s[~ready]
@@ -176,7 +177,14 @@ class BatchSignalExtractor:
         self._silent_since[slot] = np.nan
         self._gate[slot] = 1.0
 
-    def update(self, slots, landmarks: np.ndarray, t_s, audio_dbfs, audio_ahead_dbfs=None) -> SignalBatch:
+    def update(
+        self,
+        slots: npt.ArrayLike,
+        landmarks: np.ndarray,
+        t_s: npt.ArrayLike,
+        audio_dbfs: npt.ArrayLike,
+        audio_ahead_dbfs: npt.ArrayLike | None = None,
+    ) -> SignalBatch:
         """Signals of one frame of each listed slot.
 
         Args:
@@ -268,7 +276,8 @@ class BatchSignalExtractor:
         high = np.where(ready, np.maximum(high + (x - high) * kd, x), x)
         self._low[slots], self._high[slots] = low, high
         self._range_ready[slots] = True
-        return np.clip((x - low) / np.maximum(high - low, cfg.mouth_min_span), 0.0, 1.0)
+        result: np.ndarray = np.clip((x - low) / np.maximum(high - low, cfg.mouth_min_span), 0.0, 1.0)
+        return result
 
     def _head_pose(self, pts: np.ndarray, slots: np.ndarray) -> np.ndarray:
         image = pts[:, RIGID_INDEX]
@@ -288,7 +297,7 @@ class BatchSignalExtractor:
         speech = level >= cfg.silence_dbfs
         since = np.where(speech, np.nan, np.where(np.isnan(self._silent_since[slots]), t, self._silent_since[slots]))
         self._silent_since[slots] = since
-        holding = ~speech & ((t - np.nan_to_num(since)) * 1e3 >= cfg.silence_hold_ms)
+        holding: np.ndarray = ~speech & ((t - np.nan_to_num(since)) * 1e3 >= cfg.silence_hold_ms)
         gate = self._gate[slots]
         decayed = gate * np.exp(-dt * 1e3 / max(cfg.silence_release_ms, 1e-3))
         decayed = np.where(decayed < 0.02, 0.0, decayed)

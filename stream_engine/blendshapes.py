@@ -48,7 +48,12 @@ move less than real ones; `gain` scales every span down (weights up) for a livel
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from stream_engine.core import LandmarkFrame
 
 ARKIT_NAMES: tuple[str, ...] = (
     "eyeBlinkLeft",
@@ -205,9 +210,9 @@ _LINEAR_MATRIX = np.zeros((136, len(FEATURES)))  # the face-frame points flatten
 for _name, _terms in _DIST_FEATURES.items():
     for _k, _v in _terms.items():
         _DIST_MATRIX[_k, _F[_name]] = _v
-for _name, _terms in _LINEAR_FEATURES.items():
-    for (_axis, _point), _v in _terms.items():
-        _LINEAR_MATRIX[2 * _point + _axis, _F[_name]] = _v
+for _lname, _lterms in _LINEAR_FEATURES.items():
+    for (_axis, _point), _w in _lterms.items():
+        _LINEAR_MATRIX[2 * _point + _axis, _F[_lname]] = _w
 assert set(_DIST_FEATURES) | set(_LINEAR_FEATURES) == set(FEATURES)
 
 
@@ -225,7 +230,8 @@ def face_frame(landmarks: np.ndarray) -> np.ndarray:
     iod = np.maximum(np.sqrt((d * d).sum(-1)), 1e-9)[..., None, None]
     cos, sin = (axis / np.maximum(norm, 1e-12))[..., 0:1], (axis / np.maximum(norm, 1e-12))[..., 1:2]
     rot = np.stack([np.concatenate([cos, -sin], -1), np.concatenate([sin, cos], -1)], -2)  # columns: x, y axes
-    return ((p - (0.5 * (right + left))[..., None, :]) @ rot) / iod
+    result: np.ndarray = ((p - (0.5 * (right + left))[..., None, :]) @ rot) / iod
+    return result
 
 
 def face_features(landmarks: np.ndarray) -> np.ndarray:
@@ -233,7 +239,8 @@ def face_features(landmarks: np.ndarray) -> np.ndarray:
     f = face_frame(landmarks)
     d = f[..., _PAIRS[:, 0], :] - f[..., _PAIRS[:, 1], :]
     dists = np.sqrt((d * d).sum(-1))
-    return dists @ _DIST_MATRIX + f.reshape(f.shape[:-2] + (136,)) @ _LINEAR_MATRIX
+    result: np.ndarray = dists @ _DIST_MATRIX + f.reshape(f.shape[:-2] + (136,)) @ _LINEAR_MATRIX
+    return result
 
 
 # Direct shapes: (shape, feature, direction, span key); the combined ones are made from these in code.
@@ -353,7 +360,7 @@ def as_dict(weights: np.ndarray, names: tuple[str, ...] = SUPPORTED) -> dict[str
     return {n: float(w[ARKIT_INDEX[n]]) for n in names}
 
 
-def from_signals(frame) -> dict[str, float]:
+def from_signals(frame: LandmarkFrame) -> dict[str, float]:
     """The default blendshape deriver of the engines: a frame's ARKit-52 weights by name.
 
     `frame` is an engine frame whose `signals` were derived (`signals.Signals.blendshapes`, (52,) in

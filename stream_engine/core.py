@@ -733,7 +733,8 @@ class EngineCore:
 def _levels_dbfs(audio: np.ndarray) -> np.ndarray:
     """RMS level of each row of (B, n) PCM in dB re full scale, floored at -120 dBFS -> (B,) float64."""
     mean_square = np.einsum("ij,ij->i", audio, audio, dtype=np.float64) / max(1, audio.shape[1])
-    return 10.0 * np.log10(np.maximum(mean_square, 1e-12))
+    result: np.ndarray = 10.0 * np.log10(np.maximum(mean_square, 1e-12))
+    return result
 
 
 def _level_dbfs(samples: np.ndarray) -> float:

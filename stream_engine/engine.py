@@ -41,17 +41,20 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from stream_engine.clock import Clock, MonotonicClock
 from stream_engine.core import EngineCore, LandmarkFrame, StepBatch
 from stream_engine.outputs import FrameSink
+from stream_engine.runtime.base import StepRunner
 from stream_engine.session import Session
 from stream_engine.signals import SignalConfig, stream_seed
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EngineFullError(RuntimeError):
@@ -114,8 +117,8 @@ class EngineStats:
     sink_errors: int = 0
     nonfinite_frames: int = 0
     stalls: int = 0
-    batch_sizes: deque = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
-    step_ms: deque = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
+    batch_sizes: deque[int] = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
+    step_ms: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
 
 
 class Engine:
@@ -132,7 +135,7 @@ class Engine:
 
     def __init__(
         self,
-        runner,
+        runner: StepRunner,
         cfg: EngineConfig = EngineConfig(),
         signal_cfg: SignalConfig = SignalConfig(),
         clock: Clock | None = None,
@@ -153,8 +156,8 @@ class Engine:
         self._ids = itertools.count(1)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._work: asyncio.Event | None = None
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
-        self._tasks: set[asyncio.Task] = set()
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._last_slow_warning = 0.0
         self._ms_per_row: float | None = None  # measured runner cost per stream and call (EMA)
@@ -173,7 +176,7 @@ class Engine:
         40 ms window ((L + 1) frames). Compute, queuing and sending come on top (the engine-added latency)."""
         return (self.core.lookahead_frames + 1) * self.frame_ms
 
-    def latency_facts(self) -> dict:
+    def latency_facts(self) -> dict[str, Any]:
         return {
             "lookahead_frames": self.core.lookahead_frames,
             "lookahead_ms": self.core.lookahead_frames * self.frame_ms,
@@ -196,17 +199,17 @@ class Engine:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def spawn(self, coro, name: str | None = None) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
         """Run a coroutine as a task owned by the engine (kept in a set; cancelled by `aclose`)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed: %r", task.get_name(), task.exception(), exc_info=task.exception())
@@ -338,7 +341,7 @@ class Engine:
                 future.set_result(None)
                 self._waiters.remove(waiter)
 
-    def _event(self, stream_id: str, event: str, **fields) -> None:
+    def _event(self, stream_id: str, event: str, **fields: Any) -> None:
         message = {"type": "stream", "v": 1, "event": event, "stream": stream_id, **fields}
         for sink in self.sinks:
             try:
@@ -348,7 +351,7 @@ class Engine:
                 log.warning("output %r failed on a stream event: %s", sink, exc)
 
     # ------------------------------------------------------------------ inference
-    def _run_batch(self, batch: StepBatch):
+    def _run_batch(self, batch: StepBatch) -> tuple[np.ndarray, int, int]:
         """Worker thread: one runner call (gather, step, scatter in the slot store), timed on the engine clock."""
         t0 = self.clock.now_ns()
         landmarks = self.core.run_batch(batch)
@@ -388,7 +391,7 @@ class Engine:
         step runs while the loop commits and publishes the previous one), commit in order."""
         loop = asyncio.get_running_loop()
         assert self._work is not None
-        pending: deque[tuple[StepBatch, asyncio.Future]] = deque()
+        pending: deque[tuple[StepBatch, asyncio.Future[tuple[np.ndarray, int, int]]]] = deque()
         while True:
             await self._work.wait()
             self._work.clear()
@@ -437,7 +440,7 @@ class Engine:
             self._event(sid, "reset", epoch=self.core.epoch(sid))
         self._notify_progress()
 
-    def _finish_batch(self, batch: StepBatch, landmarks, t0: int, t1: int) -> None:
+    def _finish_batch(self, batch: StepBatch, landmarks: np.ndarray, t0: int, t1: int) -> None:
         """On the loop: commit a finished step, report non-finite rows, publish the frames."""
         try:
             frames = self.core.commit(batch, landmarks, t0, t1)
@@ -501,7 +504,7 @@ class Engine:
                 log.warning("output %r failed: %s", sink, exc)
 
     # ------------------------------------------------------------------ reporting
-    def health(self) -> dict:
+    def health(self) -> dict[str, Any]:
         return {
             "streams": [s.summary() for s in self.sessions.values()],
             "runner_calls": self.stats.runner_calls,

@@ -47,9 +47,15 @@ class EngineLike(Protocol):
 
     def push_audio(self, stream_id: str, samples: np.ndarray, arrival_ns: int | None = None) -> None: ...
     def reset(self, stream_id: str) -> int: ...
-    def flush(self, stream_id: str) -> None: ...
+    def flush(self, stream_id: str) -> int: ...
     async def wait_capacity(self, stream_id: str, max_pending_s: float = 1.0) -> None: ...
     async def wait_drained(self, stream_id: str) -> None: ...
+
+
+class AudioSource(Protocol):
+    """An input that feeds one stream of an engine until it ends (`MicrophoneSource`, `FileSource`, `StdinSource`)."""
+
+    async def run(self, engine: EngineLike, stream_id: str) -> None: ...
 
 
 def restart_stream(engine: EngineLike, stream_id: str, reason: Exception) -> None:
@@ -142,7 +148,7 @@ class PcmFormat:
             raise ValueError(f"bad PCM format {text!r}: expected dtype:rate:channels, e.g. s16le:16000:1") from None
         return cls(rate, channels, dtype)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"sample_rate_hz": self.sample_rate_hz, "channels": self.channels, "dtype": self.dtype}
 
 
@@ -168,7 +174,7 @@ class PcmConverter:
         self.fmt = fmt
         self._resampler = self._make_resampler(fmt)
 
-    def _make_resampler(self, fmt: PcmFormat):
+    def _make_resampler(self, fmt: PcmFormat) -> Any:  # soxr.ResampleStream | None (soxr is untyped)
         if fmt.sample_rate_hz == self.out_rate_hz:
             return None
         import soxr
@@ -210,7 +216,8 @@ class PcmConverter:
             raise AudioChunkError("audio chunk contains NaN or infinite samples")
         if self._resampler is None or mono.size == 0:
             return mono.astype(np.float32, copy=False)
-        return self._resampler.resample_chunk(mono).astype(np.float32, copy=False)
+        result: np.ndarray = self._resampler.resample_chunk(mono).astype(np.float32, copy=False)
+        return result
 
     def finish(self) -> np.ndarray:
         """Drain the resampler's tail (end of input or format change)."""
@@ -219,7 +226,8 @@ class PcmConverter:
             return np.zeros(0, np.float32)
         tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
         self._resampler = self._make_resampler(self.fmt)
-        return tail.astype(np.float32, copy=False)
+        result: np.ndarray = tail.astype(np.float32, copy=False)
+        return result
 
     def set_format(self, fmt: PcmFormat) -> np.ndarray:
         """Switch to a new input format; returns the old resampler's tail (to push before new audio)."""
@@ -238,7 +246,7 @@ class PcmConverter:
 # ---------------------------------------------------------------------------------------- microphone
 
 
-def _sounddevice():
+def _sounddevice() -> Any:  # the sounddevice module (untyped)
     """Import sounddevice with a clear error when it or PortAudio is missing."""
     try:
         import sounddevice
@@ -338,9 +346,9 @@ class MicrophoneSource:
         channels = int(self.channels or min(2, dev["max_input_channels"]))
         converter = PcmConverter(PcmFormat(rate, channels, "float32"), engine.sample_rate_hz, self.quality)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[tuple[np.ndarray, int]] = asyncio.Queue()
 
-        def callback(indata, frames, time_info, status):  # PortAudio thread: hand over and return
+        def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:  # PortAudio thread
             loop.call_soon_threadsafe(queue.put_nowait, (indata.copy(), time.monotonic_ns()))
 
         try:
@@ -482,7 +490,7 @@ class StdinSource:
     async def run(self, engine: EngineLike, stream_id: str) -> None:
         converter = PcmConverter(self.fmt, engine.sample_rate_hz, self.quality, strict=False)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=64)
+        queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue(maxsize=64)
         src = self.stream or sys.stdin.buffer
         fd = src.fileno() if hasattr(src, "fileno") else None
 

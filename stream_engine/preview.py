@@ -10,8 +10,12 @@ animation's fps, or MPEG-4 part 2 where this FFmpeg build has no libx264; audio:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stream_engine.animation import Animation
 
 # iBUG 68 contours as (first, last, closed).
 CONTOURS = (
@@ -45,7 +49,7 @@ def draw_face(points: np.ndarray, size: int = 256) -> np.ndarray:
     """(68, 2) normalised landmarks -> (size, size, 3) uint8 picture of the face."""
     img = np.full((size, size, 3), 24, np.uint8)
     p = np.asarray(points, dtype=np.float64) * (size - 1)
-    segs = []
+    segs: list[tuple[int, int]] = []
     for a, b, closed in CONTOURS:
         idx = list(range(a, b + 1)) + ([a] if closed else [])
         segs.extend(zip(idx[:-1], idx[1:]))
@@ -64,7 +68,7 @@ def draw_face(points: np.ndarray, size: int = 256) -> np.ndarray:
     return img
 
 
-def render_video(animation, audio: np.ndarray, path: str | Path, size: int = 256) -> Path:
+def render_video(animation: Animation, audio: np.ndarray, path: str | Path, size: int = 256) -> Path:
     """Write `animation` (an `animate.Animation`) with `audio` ((N,) float32 at `animation.sample_rate_hz`) to an MP4.
 
     Raises:

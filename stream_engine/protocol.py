@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stream_engine.core import AudioChunkError, CoreError
 from stream_engine.inputs import PCM_DTYPES, PcmConverter, PcmFormat
 from stream_engine.session import ReferenceFaceError, reference_face_from_points
+
+if TYPE_CHECKING:
+    from stream_engine.engine import Engine
 
 PROTOCOL_VERSION = 1
 # WebSocket close codes (RFC 6455 §7.4.1)
@@ -61,7 +65,7 @@ class Close:
 class Subscribe:
     """From now on send this connection the frames of `streams` (None = all) in `format`."""
 
-    streams: frozenset | None
+    streams: frozenset[str] | None
     format: str
     every_frame: bool = False  # never drop these streams' frames (the /audio sender is paced instead)
 
@@ -117,14 +121,14 @@ class ProtocolConfig:
         return int(min(self.max_message_bytes, max(64 * 1024, audio)))
 
 
-def error(code: str, message: str, fatal: bool = False, **extra) -> str:
+def error(code: str, message: str, fatal: bool = False, **extra: Any) -> str:
     """An error message (PROTOCOL.md §3.3/§4) as JSON text."""
     return json.dumps(
         {"type": "error", "v": PROTOCOL_VERSION, "code": code, "message": message, "fatal": fatal, **extra}
     )
 
 
-def reply(kind: str, **fields) -> str:
+def reply(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, "v": PROTOCOL_VERSION, **fields})
 
 
@@ -136,7 +140,7 @@ class ProtocolError(ValueError):
         self.code = code
 
 
-def parse_control(message: str, max_bytes: int) -> dict:
+def parse_control(message: str, max_bytes: int) -> dict[str, Any]:
     """A control message -> dict with a string "type". Raises `ProtocolError` (`bad_json` | `bad_message`).
 
     Never raises anything else: oversized text is refused unparsed, and numbers with thousands of digits or
@@ -153,7 +157,7 @@ def parse_control(message: str, max_bytes: int) -> dict:
     return msg
 
 
-def parse_format(value, default: str) -> str:
+def parse_format(value: object, default: str) -> str:
     """A frame format ("json" | "binary"; None = `default`). Raises `ProtocolError` (`bad_message`)."""
     if value is None:
         return default
@@ -162,7 +166,7 @@ def parse_format(value, default: str) -> str:
     return value.lower()
 
 
-def parse_stream_id(value) -> str:
+def parse_stream_id(value: object) -> str:
     """A stream id: a non-empty string of at most 128 UTF-8 bytes. Raises `ProtocolError` (`bad_message`)."""
     if not isinstance(value, str) or not value or len(value.encode("utf-8", "surrogatepass")) > MAX_STREAM_ID_BYTES:
         raise ProtocolError(
@@ -172,7 +176,7 @@ def parse_stream_id(value) -> str:
     return value
 
 
-def parse_pcm_format(obj: dict, base: PcmFormat | None = None) -> PcmFormat:
+def parse_pcm_format(obj: dict[str, Any], base: PcmFormat | None = None) -> PcmFormat:
     """`sample_rate_hz`, `channels`, `dtype` of a hello/config over `base` (defaults 16000, 1, int16).
     Raises ValueError with the reason for any wrong value or type."""
     base = base or PcmFormat()
@@ -223,7 +227,7 @@ class StreamOwners:
         return self._owner.get(stream_id)
 
 
-def _has_stream(engine, stream_id: str) -> bool:
+def _has_stream(engine: Engine, stream_id: str) -> bool:
     return stream_id in engine.sessions
 
 
@@ -232,7 +236,7 @@ class _Connection:
 
     endpoint = ""
 
-    def __init__(self, engine, cfg: ProtocolConfig, owners: StreamOwners, key: object, admin: bool) -> None:
+    def __init__(self, engine: Engine, cfg: ProtocolConfig, owners: StreamOwners, key: object, admin: bool) -> None:
         self.engine = engine
         self.cfg = cfg
         self.owners = owners
@@ -241,7 +245,7 @@ class _Connection:
         self.errors = 0
         self.closed = False
 
-    def _error(self, code: str, message: str, **extra) -> list[Action]:
+    def _error(self, code: str, message: str, **extra: Any) -> list[Action]:
         """A non-fatal error; the `max_client_errors`-th one closes the connection."""
         self.errors += 1
         actions: list[Action] = [Send(error(code, message, **extra))]
@@ -289,20 +293,20 @@ class FramesProtocol(_Connection):
 
     def __init__(
         self,
-        engine,
+        engine: Engine,
         cfg: ProtocolConfig,
         owners: StreamOwners,
         key: object = None,
         admin: bool = False,
         fmt: str = "json",
-        streams: frozenset | None = None,
+        streams: frozenset[str] | None = None,
     ) -> None:
         super().__init__(engine, cfg, owners, key if key is not None else object(), admin)
         self.format = fmt
         self.streams = streams
 
     @staticmethod
-    def parse_query(query: dict[str, str]) -> tuple[str, frozenset | None]:
+    def parse_query(query: dict[str, str]) -> tuple[str, frozenset[str] | None]:
         """(format, streams) of the URL query. Raises `ProtocolError` (`bad_request`)."""
         try:
             fmt = parse_format(query.get("format"), "json")
@@ -330,7 +334,7 @@ class FramesProtocol(_Connection):
             return self._error(exc.code, str(exc))
         return self._error("unknown_type", f"unknown message type {kind[:40]!r}")
 
-    def _subscribe(self, msg: dict) -> list[Action]:
+    def _subscribe(self, msg: dict[str, Any]) -> list[Action]:
         streams = msg.get("streams")
         if streams is not None:
             if not isinstance(streams, list) or len(streams) > MAX_SUBSCRIBED_STREAMS:
@@ -356,14 +360,14 @@ class AudioProtocol(_Connection):
 
     def __init__(
         self,
-        engine,
+        engine: Engine,
         cfg: ProtocolConfig,
         owners: StreamOwners,
         key: object = None,
         admin: bool = False,
         now_ns: int = 0,
         source: str = "ws",
-        info: dict | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(engine, cfg, owners, key if key is not None else object(), admin)
         self.info = info or {}  # the server's hello fields (model, latency...), repeated in `ready`
@@ -423,7 +427,7 @@ class AudioProtocol(_Connection):
         except ProtocolError as exc:
             return self._error(exc.code, str(exc))
         kind = msg["type"]
-        sid = self.stream_id
+        sid = self._sid
         if kind == "ping":
             return self._pong()
         if kind == "config":
@@ -438,10 +442,10 @@ class AudioProtocol(_Connection):
                     stream=sid,
                 )
             if kind == "reset":
-                self.converter.reset()
+                self._conv.reset()
                 return [Send(reply("reset_ok", stream=sid, epoch=self.engine.reset(sid)))]
             if kind == "flush":
-                self._push(self.converter.finish(), now_ns)  # the resampler's delayed tail
+                self._push(self._conv.finish(), now_ns)  # the resampler's delayed tail
                 return [Send(reply("flushed", stream=sid, frames_left=self.engine.flush(sid)))]
             return self._finish(Send(reply("ended", stream=sid)), Close(CLOSE_NORMAL, "end of stream"))
         return self._error("unknown_type", f"unknown message type {kind[:40]!r}")
@@ -455,7 +459,21 @@ class AudioProtocol(_Connection):
         self.closed = True
 
     # ------------------------------------------------------------------ internals
-    def _hello(self, message, now_ns: int) -> list[Action]:
+    @property
+    def _sid(self) -> str:
+        """The stream, opened by the hello (every other message is handled only after it)."""
+        if self.stream_id is None:
+            raise RuntimeError("no stream before the hello")
+        return self.stream_id
+
+    @property
+    def _conv(self) -> PcmConverter:
+        """The input converter, made by the hello with the stream."""
+        if self.converter is None:
+            raise RuntimeError("no audio format before the hello")
+        return self.converter
+
+    def _hello(self, message: str | bytes | bytearray | memoryview, now_ns: int) -> list[Action]:
         try:
             if isinstance(message, (bytes, bytearray, memoryview)):
                 raise ValueError("the first message must be a JSON text hello, not binary audio")
@@ -524,14 +542,14 @@ class AudioProtocol(_Connection):
         )
         return actions
 
-    def _audio(self, data, now_ns: int) -> list[Action]:
-        sid = self.stream_id
+    def _audio(self, data: bytes | bytearray | memoryview, now_ns: int) -> list[Action]:
+        sid = self._sid
         if not len(data):
             return self._error("empty_chunk", "empty audio chunk ignored")
         try:
-            self._push(self.converter.convert_bytes(data), now_ns)
+            self._push(self._conv.convert_bytes(data), now_ns)
         except CoreError as exc:  # NaN/inf, partial sample frames, overload: restart cleanly
-            self.converter.reset()
+            self._conv.reset()
             epoch = self.engine.reset(sid)
             self.engine.note_error(sid, str(exc))
             code = "bad_audio" if isinstance(exc, AudioChunkError) else "overload"
@@ -541,14 +559,14 @@ class AudioProtocol(_Connection):
 
     def _push(self, samples: np.ndarray, now_ns: int) -> None:
         if samples.size:
-            self.engine.push_audio(self.stream_id, samples, now_ns or None)
+            self.engine.push_audio(self._sid, samples, now_ns or None)
 
-    def _config(self, msg: dict) -> list[Action]:
+    def _config(self, msg: dict[str, Any]) -> list[Action]:
         try:
-            fmt = parse_pcm_format(msg, self.converter.fmt)
+            fmt = parse_pcm_format(msg, self._conv.fmt)
         except (ValueError, TypeError) as exc:
-            return self._error("bad_format", f"{exc}; keeping {self.converter.fmt.to_json()}")
-        self._push(self.converter.set_format(fmt), 0)
+            return self._error("bad_format", f"{exc}; keeping {self._conv.fmt.to_json()}")
+        self._push(self._conv.set_format(fmt), 0)
         self.max_message_bytes = self.cfg.audio_message_limit(fmt)
         return [Send(reply("config_ok", input_format=fmt.to_json(), max_message_bytes=self.max_message_bytes))]
 
@@ -557,6 +575,6 @@ class AudioProtocol(_Connection):
         drain to this connection, then `last` and `close`."""
         self.state = "ending"
         self.closed = True
-        self._push(self.converter.finish(), 0)  # the resampler's delayed tail
-        self.engine.flush(self.stream_id)
-        return [AwaitDrained(self.stream_id), last, close]
+        self._push(self._conv.finish(), 0)  # the resampler's delayed tail
+        self.engine.flush(self._sid)
+        return [AwaitDrained(self._sid), last, close]

@@ -15,13 +15,17 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from stream_engine.core import FrameTimings, LandmarkFrame
 from stream_engine.landmarks import fixed_crop
 from stream_engine.signals import SignalConfig, SignalExtractor
+
+if TYPE_CHECKING:
+    from stream_engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ class ReferenceFaceError(ValueError):
     """A reference face that cannot be used (unreadable, wrong shape, no face in the image)."""
 
 
-def reference_face_from_points(points, num_landmarks: int = 68) -> np.ndarray:
+def reference_face_from_points(points: npt.ArrayLike, num_landmarks: int = 68) -> np.ndarray:
     """(num_landmarks, 2) normalised crop coordinates from a point list.
 
     Points with any coordinate above 1.5 are taken as pixels and normalised with the same fixed-crop rule as
@@ -120,8 +124,10 @@ class SessionStats:
     flushes: int = 0
     errors: int = 0
     last_error: str = ""
-    engine_latency_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=250))
-    infer_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=250))
+    engine_latency_ms: collections.deque[float] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=250)
+    )
+    infer_ms: collections.deque[float] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=250))
 
 
 class Session:
@@ -146,7 +152,7 @@ class Session:
         signal_cfg: SignalConfig | None = SignalConfig(),
         source: str = "",
         seed: int | None = 0,
-        engine: Any = None,
+        engine: Engine | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.engine = engine
@@ -193,7 +199,7 @@ class Session:
         return out
 
     # ------------------------------------------------------------------ handle
-    def _engine(self):
+    def _engine(self) -> Engine:
         if self.engine is None:
             raise RuntimeError(f"session {self.stream_id!r} has no engine")
         return self.engine
@@ -222,7 +228,7 @@ class Session:
     def close(self) -> None:
         """Close the stream and free its slot (idempotent)."""
         if self.is_open:
-            self.engine.close_stream(self.stream_id)
+            self._engine().close_stream(self.stream_id)
 
     def subscribe(self, callback: Callable[[LandmarkFrame], None]) -> Callable[[], None]:
         """Call `callback(frame)` on the event loop for every frame of this stream (after signals). Returns a
@@ -246,7 +252,7 @@ class Session:
         self.stats.errors += 1
         self.stats.last_error = message
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         lat = list(self.stats.engine_latency_ms)
         return {
             "stream": self.stream_id,

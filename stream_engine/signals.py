@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -185,7 +186,7 @@ class Signals:
             1.0 if self.silent else 0.0,
         ]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "mouth_open": round(float(self.mouth_open), 4),
             "visemes": {k: round(float(v), 4) for k, v in self.visemes.items()},
@@ -327,19 +328,22 @@ class OneEuroFilter:
 
     def __call__(self, x: np.ndarray, t_s: float) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
-        if self._x is None:
+        if self._x is None or self._dx is None:  # set together: the first sample
             self._x, self._dx, self._t_s = x.copy(), np.zeros_like(x), t_s
-            return x.copy()
+            first: np.ndarray = x.copy()
+            return first
         dt_s = t_s - self._t_s
         if dt_s <= 0:  # repeated or out-of-order time: hold
-            return self._x.copy()
+            held: np.ndarray = self._x.copy()
+            return held
         a_d = 1.0 / (1.0 + self._d_tau / dt_s)
         self._dx = a_d * (x - self._x) / dt_s + (1.0 - a_d) * self._dx
         cutoff = self._min_cutoff + self._beta * np.abs(self._dx)
         a = 1.0 / (1.0 + 1.0 / (2.0 * math.pi * cutoff * dt_s))
         self._x = a * x + (1.0 - a) * self._x
         self._t_s = t_s
-        return self._x.copy()
+        out: np.ndarray = self._x.copy()
+        return out
 
 
 class AdaptiveRange:
@@ -378,7 +382,8 @@ MEASURED_PAIRS = np.array(
 
 def _pair_distances(points: np.ndarray) -> np.ndarray:
     d = points[MEASURED_PAIRS[:, 0]] - points[MEASURED_PAIRS[:, 1]]
-    return np.sqrt((d * d).sum(axis=1))
+    result: np.ndarray = np.sqrt((d * d).sum(axis=1))
+    return result
 
 
 def mouth_features(points: np.ndarray) -> tuple[float, float]:
@@ -456,7 +461,11 @@ def euler_to_unity_quaternion(pose: HeadPose, mirror: bool = False) -> tuple[flo
     return (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
 
 
-def _qmul(a: tuple, b: tuple) -> tuple:
+#: (x, y, z, w)
+Quaternion = tuple[float, float, float, float]
+
+
+def _qmul(a: Quaternion, b: Quaternion) -> Quaternion:
     ax, ay, az, aw = a
     bx, by, bz, bw = b
     return (
@@ -555,8 +564,8 @@ class SignalExtractor:
             if self._neutral_feats is None:
                 self._neutral_feats = face_features(self._neutral_face) if self._neutral_face is not None else feats
             else:  # the rest face: follow it (opening-driven features only while the mouth is nearly closed)
-                k = min(1.0, dt_s / cfg.blendshape_neutral_s) * np.where(OPENING_FEATURES, openness < 0.3, 1.0)
-                self._neutral_feats = self._neutral_feats + (feats - self._neutral_feats) * k
+                rate = min(1.0, dt_s / cfg.blendshape_neutral_s) * np.where(OPENING_FEATURES, openness < 0.3, 1.0)
+                self._neutral_feats = self._neutral_feats + (feats - self._neutral_feats) * rate
             shapes = blendshapes_from_features(feats, self._neutral_feats, blink, cfg.blendshape_gain)
             shapes[GATED_SHAPES] *= gate
         return Signals(

@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stream_engine.config import (
     DEFAULT_MODEL_PATH,
@@ -36,6 +37,13 @@ from stream_engine.config import (
     replace_path,
     to_dict,
 )
+
+if TYPE_CHECKING:
+    from stream_engine.config import ModelConfig
+    from stream_engine.engine import Engine
+    from stream_engine.inputs import AudioSource
+    from stream_engine.outputs.websocket import WebSocketServer
+    from stream_engine.runtime.base import StepRunner
 
 log = logging.getLogger("msync.stream")
 
@@ -282,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- wiring
 
 
-def load_model(cfg) -> object:
+def load_model(cfg: ModelConfig) -> StepRunner:
     """The runner named by `ModelConfig`. Raises `StreamError` with a clear reason."""
     from stream_engine.contract import ModelLoadError
 
@@ -290,7 +298,7 @@ def load_model(cfg) -> object:
     if path.startswith("python:"):
         module, _, factory = path[len("python:") :].partition(":")
         try:
-            runner = getattr(importlib.import_module(module), factory)()
+            runner: StepRunner = getattr(importlib.import_module(module), factory)()
         except Exception as exc:
             raise StreamError(f"cannot build the runner {path!r}: {exc}") from exc
     else:
@@ -326,7 +334,7 @@ def load_model(cfg) -> object:
     return runner
 
 
-def make_source(icfg: InputConfig):
+def make_source(icfg: InputConfig) -> AudioSource | None:
     """The input source object for `InputConfig` (None for "none")."""
     from stream_engine import inputs
 
@@ -354,7 +362,7 @@ def make_source(icfg: InputConfig):
     return inputs.FileSource(icfg.path, realtime=icfg.realtime, speed=icfg.speed, loop=icfg.loop)
 
 
-async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> int:
+async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] | None = None) -> int:
     """Run the engine until the input ends, `duration_s` passes, or SIGINT/SIGTERM. Returns an exit code.
 
     Args:
@@ -443,12 +451,12 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
         except asyncio.TimeoutError:
             pass
         if input_task is not None and input_task.done() and not input_task.cancelled():
-            exc = input_task.exception()
-            if isinstance(exc, InputError):
-                print(f"\nmsync stream: input failed: {exc}", file=sys.stderr)
+            failure = input_task.exception()
+            if isinstance(failure, InputError):
+                print(f"\nmsync stream: input failed: {failure}", file=sys.stderr)
                 exit_code = 2
-            elif exc is not None:
-                print(f"\nmsync stream: input failed: {exc!r}", file=sys.stderr)
+            elif failure is not None:
+                print(f"\nmsync stream: input failed: {failure!r}", file=sys.stderr)
                 exit_code = 1
         if cfg.latency_line:
             print("\n" + engine.latency_line(), file=sys.stderr)
@@ -458,18 +466,18 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
     return exit_code
 
 
-async def _wait_for_client(server, stop: asyncio.Event, poll_s: float = 0.02) -> None:
+async def _wait_for_client(server: WebSocketServer, stop: asyncio.Event, poll_s: float = 0.02) -> None:
     """Until the WebSocket server has a frames client (or `stop` is set)."""
     while not stop.is_set() and not _frame_clients(server):
         await asyncio.sleep(poll_s)
 
 
-def _frame_clients(server) -> int:
+def _frame_clients(server: WebSocketServer) -> int:
     """Connected frame subscribers of the WebSocket server."""
     return int(server.frame_clients)
 
 
-async def _latency_line(engine, period_s: float = 1.0) -> None:
+async def _latency_line(engine: Engine, period_s: float = 1.0) -> None:
     tty = sys.stderr.isatty()
     last = 0.0
     while True:

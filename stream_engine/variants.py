@@ -28,6 +28,11 @@ which streams share a step.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stream_engine.contract import StepContract
+
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -42,7 +47,7 @@ class VariantError(ValueError):
     """A precision that does not exist, or a model whose precision is not the requested one."""
 
 
-def precision_of(contract) -> str:
+def precision_of(contract: StepContract) -> str:
     """ "fp32", "int8-dynamic", "int8-static", ...: the precision a model's contract declares."""
     return str(contract.extra.get(PRECISION_KEY, "fp32"))
 
@@ -84,7 +89,7 @@ def resolve(
     return shipped
 
 
-def check(contract, precision: str) -> None:
+def check(contract: StepContract, precision: str) -> None:
     """Refuse a model whose declared precision is not `precision` ("auto" accepts any).
 
     Raises:

@@ -63,12 +63,12 @@ class OnnxGenerator:
         """(h0, c0), each (B, H): the same draws as `training.eval.generation.initial_noise` for these seeds."""
         import torch
 
-        from training.models.generator import Generator
+        from training.models.generator import initial_lstm_state
 
         hs, cs = [], []
         for s in seeds:
             g = torch.Generator().manual_seed(s)
-            h, c = Generator.initial_lstm_state(self, 1, generator=g)
+            h, c = initial_lstm_state(self.cfg, 1, generator=g)
             hs.append(h.numpy())
             cs.append(c.numpy())
         return np.concatenate(hs).astype(np.float32), np.concatenate(cs).astype(np.float32)
@@ -90,9 +90,9 @@ class OnnxGenerator:
         state = {k: v.copy() for k, v in fresh.items()}
         h0, c0 = self.noise(seeds)
         out = np.empty((B, num_frames, c.num_landmarks, c.landmark_dims), np.float32)
-        starts = np.asarray(starts)
+        first = np.asarray(starts)
         for j in range(W + L + num_frames):
-            frames = starts - W + j  # audio frame each row reads at this step
+            frames = first - W + j  # audio frame each row reads at this step
             audio = np.zeros((B, SPF), np.float32)
             for i, (p, f) in enumerate(zip(pcms, frames)):
                 if f >= 0:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Any
 
 from stream_engine.clock import Clock, MonotonicClock
 from stream_engine.core import LandmarkFrame
 
-Item = LandmarkFrame | dict
+Item = LandmarkFrame | dict[str, Any]
 
 
 class LatestFrameQueue:
@@ -34,7 +35,7 @@ class LatestFrameQueue:
         self._clock = clock or MonotonicClock()
         self._frames: collections.deque[LandmarkFrame] = collections.deque()
         self._count: collections.Counter[str] = collections.Counter()
-        self._messages: collections.deque[dict] = collections.deque(maxlen=max_messages)
+        self._messages: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_messages)
         self._ready = asyncio.Event()
         self.dropped = 0
         self.closed = False
@@ -58,7 +59,7 @@ class LatestFrameQueue:
         self._count[sid] += 1
         self._ready.set()
 
-    def put_message(self, message: dict) -> None:
+    def put_message(self, message: dict[str, Any]) -> None:
         if self.closed:
             return
         self._messages.append(message)
@@ -66,7 +67,7 @@ class LatestFrameQueue:
 
     def discard_stream(self, stream_id: str, before_epoch: int | None = None) -> int:
         """Drop queued frames of a stream (only those of epochs < `before_epoch` when given)."""
-        keep = collections.deque()
+        keep: collections.deque[LandmarkFrame] = collections.deque()
         removed = 0
         for f in self._frames:
             if f.stream_id == stream_id and (before_epoch is None or f.epoch < before_epoch):
@@ -99,7 +100,7 @@ class LatestFrameQueue:
             return frame
         return None
 
-    async def get(self) -> Item:
+    async def get(self) -> Item | None:
         """Wait for the next item. Raises `asyncio.CancelledError` when cancelled; returns None once closed."""
         while True:
             item = self.get_nowait()

@@ -132,7 +132,7 @@ class OscSink:
                 continue
             self.udp.send(frame_bundle(frame, self.cfg.prefix, self.cfg.send_signals))
 
-    def stream_event(self, event: dict) -> None:
+    def stream_event(self, event: dict[str, Any]) -> None:
         if event.get("event") in ("reset", "closed") and (
             not self.cfg.streams or event.get("stream") in self.cfg.streams
         ):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stream_engine.blendshapes import ARKIT_INDEX, ARKIT_NAMES
 from stream_engine.core import LandmarkFrame
@@ -157,7 +157,7 @@ class DriverChoice:
             self.driver = stream_id
         return stream_id == self.driver
 
-    def on_event(self, event: dict) -> bool:
+    def on_event(self, event: dict[str, Any]) -> bool:
         """True when the event puts the avatar in the rest pose (a reset, stall or close of the driver)."""
         sid, kind = event.get("stream"), event.get("event")
         if sid is None or sid != self.driver:
@@ -205,7 +205,7 @@ class VmcSink:
             self.udp.send(packet)
         self._posed = False
 
-    def stream_event(self, event: dict) -> None:
+    def stream_event(self, event: dict[str, Any]) -> None:
         """On reset/stall/close of the driving stream, the rest pose at once (barge-in); others send nothing."""
         if self.choice.on_event(event):
             self.rest()

@@ -36,11 +36,14 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream_engine.core import LandmarkFrame
 from stream_engine.outputs.vmc import DriverChoice
 from stream_engine.signals import NEUTRAL_SIGNALS, Signals
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +183,10 @@ class VtsSink:
         self.state = "idle"
         self.stats = {"connects": 0, "sent": 0, "answers": 0, "errors": 0, "reconnects": 0, "frames": 0}
         self._values = parameter_values(NEUTRAL_SIGNALS)
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._log_file = open(cfg.log_file, "a") if cfg.log_file else None  # noqa: SIM115 (closed in aclose)
-        self._ws = None
+        self._ws: ClientConnection | None = None
         self._closing = False
 
     # ------------------------------------------------------------------ FrameSink (never blocks)
@@ -201,7 +204,7 @@ class VtsSink:
         with contextlib.suppress(RuntimeError):  # no running loop (synchronous tests): nothing to start
             self.start()
 
-    def stream_event(self, event: dict) -> None:
+    def stream_event(self, event: dict[str, Any]) -> None:
         if self.choice.on_event(event):
             self._values = parameter_values(NEUTRAL_SIGNALS)
 
@@ -229,23 +232,30 @@ class VtsSink:
             self._log_file = None
 
     # ------------------------------------------------------------------ session
-    def _event(self, what: str, **fields) -> None:
+    def _event(self, what: str, **fields: Any) -> None:
         if self._log_file is not None:
             self._log_file.write(json.dumps({"t": round(time.time(), 3), "event": what, **fields}) + "\n")
             self._log_file.flush()
 
-    def _inject_data(self) -> dict:
+    def _inject_data(self) -> dict[str, Any]:
         return {"faceFound": bool(self.cfg.face_found), "mode": "set", "parameterValues": self._values}
 
-    async def _send(self, ws, message_type: str, data: dict | None = None) -> str:
+    async def _send(self, ws: ClientConnection, message_type: str, data: dict[str, Any] | None = None) -> str:
         request_id = f"msync-{next(self._ids)}"
-        msg = {"apiName": API_NAME, "apiVersion": API_VERSION, "requestID": request_id, "messageType": message_type}
+        msg: dict[str, Any] = {
+            "apiName": API_NAME,
+            "apiVersion": API_VERSION,
+            "requestID": request_id,
+            "messageType": message_type,
+        }
         if data is not None:
             msg["data"] = data
         await ws.send(json.dumps(msg))
         return request_id
 
-    async def _request(self, ws, message_type: str, data: dict | None, expect: str, timeout_s: float) -> dict:
+    async def _request(
+        self, ws: ClientConnection, message_type: str, data: dict[str, Any] | None, expect: str, timeout_s: float
+    ) -> dict[str, Any]:
         """Send one request and return the data of its answer; raises VtsError on APIError or a wrong answer."""
         request_id = await self._send(ws, message_type, data)
         deadline = time.monotonic() + timeout_s
@@ -266,7 +276,7 @@ class VtsSink:
                 raise VtsError(f"{message_type}: expected {expect}, got {msg.get('messageType')!r}")
             return body
 
-    async def _authenticate(self, ws) -> None:
+    async def _authenticate(self, ws: ClientConnection) -> None:
         cfg = self.cfg
         state = await self._request(ws, "APIStateRequest", None, "APIStateResponse", 5.0)
         self._event(
@@ -321,7 +331,7 @@ class VtsSink:
         if not auth.get("authenticated"):
             raise VtsError(f"VTube Studio refused the new token: {auth.get('reason', '')}")
 
-    async def _stream(self, ws) -> None:
+    async def _stream(self, ws: ClientConnection) -> None:
         """Inject the latest values at `rate_hz`; read answers concurrently."""
         self.state = "streaming"
         self._event("streaming", rate_hz=self.cfg.rate_hz, parameters=list(PARAMETERS))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from stream_engine.contract import ModelLoadError, StepContract, contract_from_session, ort_session
-from stream_engine.runtime.base import BaseStepRunner, State
+from stream_engine.runtime.base import BaseStepRunner, State, StateSlots
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -103,7 +103,7 @@ class OnnxStepRunner(BaseStepRunner):
         self._output_names = list(self.contract.output_names)  # landmarks, then the states' next values
         self._local = threading.local()
 
-    def _binding(self, batch: int):
+    def _binding(self, batch: int) -> Any:
         """This thread's IOBinding for this batch size, every output bound once to CPU memory that ORT allocates
         on the first run (and reuses afterwards: the output shapes depend on the batch, hence one per size)."""
         bindings = getattr(self._local, "bindings", None)
@@ -130,7 +130,9 @@ class OnnxStepRunner(BaseStepRunner):
         return outs[0], {s.name: o for s, o in zip(self.contract.states, outs[1:])}
 
     # ------------------------------------------------------------- slot path (the engine's)
-    def _slot_binding(self, slots: State, batch: int):
+    def _slot_binding(
+        self, slots: StateSlots, batch: int
+    ) -> tuple[Any, np.ndarray, State, np.ndarray, State, StateSlots]:
         """This thread's binding for `batch` rows of one store: preallocated input and output buffers bound once,
         so a call only copies rows in (gather), runs, and copies rows out (scatter)."""
         cache = getattr(self._local, "slot_bindings", None)
@@ -154,7 +156,7 @@ class OnnxStepRunner(BaseStepRunner):
             entry = cache[key] = (b, audio, ins, lm, outs, slots)  # slots kept: id() stays unique while cached
         return entry
 
-    def step_slots(self, slots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    def step_slots(self, slots: StateSlots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One step of the streams in `rows` of `slots` through a binding bound once per batch size: gather into
         the bound input buffers, run, scatter the bound outputs back. Returns landmarks (B, N, D), a new array."""
         audio = np.asarray(audio)
@@ -170,7 +172,8 @@ class OnnxStepRunner(BaseStepRunner):
         slots.gather(rows, out=ins)
         self.session.run_with_iobinding(binding)
         slots.scatter(rows, outs)
-        return lm.copy()
+        result: np.ndarray = lm.copy()
+        return result
 
     def __repr__(self) -> str:
         return f"OnnxStepRunner({str(self.path)!r}, providers={self.providers})"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from stream_engine.contract import DTYPES, ContractError, ModelLoadError, StepCo
 from stream_engine.runtime.base import BaseStepRunner, State, check_audio, initial_state
 
 
-def _import_trt():
+def _import_trt() -> Any:  # the tensorrt (or tensorrt_rtx_bindings) module
     try:
         import tensorrt as trt
 
@@ -45,7 +46,7 @@ def _import_trt():
         ) from exc
 
 
-def _import_cudart():
+def _import_cudart() -> Any:  # cuda-python's runtime module
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
 
@@ -62,9 +63,11 @@ def _import_cudart():
         ) from exc
 
 
-def _check(result):
+def _check(result: Any) -> Any:
     """cuda-python calls return (err, *values); raise on error, return the values."""
-    err, *values = result if isinstance(result, tuple) else (result,)
+    parts: tuple[Any, ...] = result if isinstance(result, tuple) else (result,)
+    err: Any = parts[0]
+    values = list(parts[1:])
     code = int(getattr(err, "value", err))
     if code != 0:
         raise RuntimeError(f"CUDA error {err}")
@@ -186,8 +189,8 @@ class DeviceBatch:
         self.context = runner.engine.create_execution_context()
         self._buffers: list[int] = []
 
-        def alloc(shape) -> int:
-            ptr = _check(cudart.cudaMalloc(int(np.prod(shape)) * 4))
+        def alloc(shape: tuple[int, ...]) -> int:
+            ptr: int = _check(cudart.cudaMalloc(int(np.prod(shape)) * 4))
             self._buffers.append(ptr)
             return ptr
 
@@ -205,7 +208,7 @@ class DeviceBatch:
         ]:
             self.context.set_input_shape(name, shape)
 
-    def _copy(self, dst, src, nbytes, kind) -> None:
+    def _copy(self, dst: int, src: int, nbytes: int, kind: Any) -> None:
         _check(self._cudart.cudaMemcpyAsync(dst, src, nbytes, kind, self.runner.stream))
 
     def write_state(self, state: State) -> None:
@@ -263,7 +266,8 @@ class DeviceBatch:
         )
         _check(cudart.cudaStreamSynchronize(self.runner.stream))
         self._cur = 1 - self._cur
-        return self._host_lm.copy()
+        result: np.ndarray = self._host_lm.copy()
+        return result
 
     def close(self) -> None:
         for ptr in self._buffers:
