@@ -48,12 +48,19 @@ def main(argv: list[str] | None = None) -> int:
         sign = 1.0 if key.endswith("+") else -1.0
         x = sign * dev[:, FEATURES.index(key[:-1])]
         spans[key] = float(np.percentile(np.clip(x, 0.0, None), 95))
-    result = {"clips": len(devs), "frames": int(len(dev)), "spans": spans, "constants": dict(SPANS),
-              "machine": machine_info()}
+    result = {
+        "clips": len(devs),
+        "frames": int(len(dev)),
+        "spans": spans,
+        "constants": dict(SPANS),
+        "machine": machine_info(),
+    }
     rows = "\n".join(f"| {k} | {v:.3f} | {SPANS[k]:.3f} |" for k, v in spans.items())
-    md = (f"# ARKit blendshape spans on real speakers\n\n{len(devs)} clips, {len(dev)} frames of `{a.data}`; "
-          "95th percentile of each feature's deviation from the clip's neutral face (inter-ocular units).\n\n"
-          "| feature | measured | in SPANS |\n|---|---|---|\n" + rows + "\n")
+    md = (
+        f"# ARKit blendshape spans on real speakers\n\n{len(devs)} clips, {len(dev)} frames of `{a.data}`; "
+        "95th percentile of each feature's deviation from the clip's neutral face (inter-ocular units).\n\n"
+        "| feature | measured | in SPANS |\n|---|---|---|\n" + rows + "\n"
+    )
     write_report(a.out, "blendshape_calibration", result, md)
     return 0
 

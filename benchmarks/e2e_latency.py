@@ -54,6 +54,8 @@ def _runner(kind: str, model: str | None):
         return _fake_runner()
     from stream_engine.runtime.onnxrt import OnnxStepRunner
 
+    if model is None:
+        raise ValueError("the onnx runner needs a model path")
     return OnnxStepRunner(model, threads=1)
 
 
@@ -73,6 +75,7 @@ def _free_port(kind=socket.SOCK_STREAM) -> int:
 
 
 # -------------------------------------------------------------------------------- 1. loopback latency
+
 
 class _OscReceiver(asyncio.DatagramProtocol):
     def __init__(self) -> None:
@@ -104,8 +107,10 @@ async def _loopback_client(port: int, osc: _OscReceiver, seconds: float, chunk_m
     audio = _speech(seconds)
     chunk = int(rate * chunk_ms / 1000)
     frames: list[tuple[dict, int]] = []
-    async with connect(f"ws://127.0.0.1:{port}/frames?format=binary", compression=None) as fws, \
-            connect(f"ws://127.0.0.1:{port}/audio", compression=None) as aws:
+    async with (
+        connect(f"ws://127.0.0.1:{port}/frames?format=binary", compression=None) as fws,
+        connect(f"ws://127.0.0.1:{port}/audio", compression=None) as aws,
+    ):
         hello = json.loads(await fws.recv())
 
         async def receive():
@@ -114,8 +119,11 @@ async def _loopback_client(port: int, osc: _OscReceiver, seconds: float, chunk_m
                     frames.append((decode_binary(m), time.monotonic_ns()))
 
         receiver = asyncio.create_task(receive())
-        await aws.send(json.dumps({"type": "hello", "v": 1, "sample_rate_hz": rate, "channels": 1, "dtype": "int16",
-                                   "stream": "bench"}))
+        await aws.send(
+            json.dumps(
+                {"type": "hello", "v": 1, "sample_rate_hz": rate, "channels": 1, "dtype": "int16", "stream": "bench"}
+            )
+        )
         json.loads(await aws.recv())
         sched = RealtimeSchedule(rate, time.monotonic_ns())
         sends: list[tuple[int, int]] = []  # (end sample exclusive, send time)
@@ -140,10 +148,31 @@ def loopback(kind: str, model: str | None, seconds: float, chunk_ms: float = 20.
 
     port, osc_port = _free_port(), _free_port(socket.SOCK_DGRAM)
     spec = "python:fakes:FakeRunner" if kind == "fake" else model
+    if spec is None:
+        raise ValueError("the onnx runner needs a model path")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")])}
-    server = subprocess.Popen([sys.executable, "-m", "stream_engine.cli", "stream", "--model", spec, "--input", "none",
-                               "--port", str(port), "--no-vmc", "--osc", f"127.0.0.1:{osc_port}", "--quiet"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stream_engine.cli",
+            "stream",
+            "--model",
+            spec,
+            "--input",
+            "none",
+            "--port",
+            str(port),
+            "--no-vmc",
+            "--osc",
+            f"127.0.0.1:{osc_port}",
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -152,7 +181,9 @@ def loopback(kind: str, model: str | None, seconds: float, chunk_ms: float = 20.
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"engine did not start: {server.stderr.read()[-2000:]}")
+                    raise RuntimeError(
+                        f"engine did not start: {server.stderr.read()[-2000:] if server.stderr else ''}"
+                    ) from None
                 time.sleep(0.2)
 
         async def main():
@@ -177,7 +208,7 @@ def loopback(kind: str, model: str | None, seconds: float, chunk_ms: float = 20.
     send_ns = np.array([t for _, t in sends])
 
     def sent_at(sample: int) -> int:  # when the chunk carrying this sample was sent
-        return int(send_ns[min(np.searchsorted(ends, sample, side="right"), len(send_ns) - 1)])
+        return int(send_ns[min(int(np.searchsorted(ends, sample, side="right")), len(send_ns) - 1)])
 
     real = [(f, t) for f, t in frames if (f["index"] + L + 1) * 640 <= ends[-1]]  # exclude the flushed tail
     eng = [(t - f["t"]["audio_ready_ns"]) / 1e9 for f, t in real]
@@ -190,24 +221,36 @@ def loopback(kind: str, model: str | None, seconds: float, chunk_ms: float = 20.
     }
     rtt = [(t - sent_at((f["index"] + L + 1) * 640 - 1)) / 1e9 for f, t in real]
     by_seq = {f["seq"]: f for f, _ in real}
-    osc_rtt = [(t - sent_at((by_seq[s]["index"] + L + 1) * 640 - 1)) / 1e9 for s, t in osc.arrivals.items() if s in by_seq]
+    osc_rtt = [
+        (t - sent_at((by_seq[s]["index"] + L + 1) * 640 - 1)) / 1e9 for s, t in osc.arrivals.items() if s in by_seq
+    ]
     arrivals = np.array([t for _, t in real], dtype=np.float64) / 1e6
     intervals = np.diff(arrivals)
     return {
-        "runner": kind, "seconds": seconds, "chunk_ms": chunk_ms, "frames": len(real),
-        "frames_expected": int(ends[-1] // 640) - L, "lookahead_frames": L,
+        "runner": kind,
+        "seconds": seconds,
+        "chunk_ms": chunk_ms,
+        "frames": len(real),
+        "frames_expected": int(ends[-1] // 640) - L,
+        "lookahead_frames": L,
         "algorithmic_latency_ms": hello["latency"]["algorithmic_latency_ms"],
-        "engine_added_ms": summarise(eng), "stages": stages,
+        "engine_added_ms": summarise(eng),
+        "stages": stages,
         "client_round_trip_ws_ms": summarise(rtt),
         "client_round_trip_osc_ms": summarise(osc_rtt) if osc_rtt else None,
         "osc_frames_received": len(osc.arrivals),
-        "inter_frame_interval_ms": {"mean": float(intervals.mean()), "std": float(intervals.std()),
-                                    "p99_abs_dev_from_40": float(np.percentile(np.abs(intervals - 40.0), 99))},
-        "_eng_samples_ms": [v * 1e3 for v in eng], "_intervals_ms": intervals.tolist(),
+        "inter_frame_interval_ms": {
+            "mean": float(intervals.mean()),
+            "std": float(intervals.std()),
+            "p99_abs_dev_from_40": float(np.percentile(np.abs(intervals - 40.0), 99)),
+        },
+        "_eng_samples_ms": [v * 1e3 for v in eng],
+        "_intervals_ms": intervals.tolist(),
     }
 
 
 # ------------------------------------------------------------------------------------------- 2. drift
+
 
 def _engine_cost_per_frame_ms(runner, seconds: float = 20.0) -> float:
     """Wall time per frame of one stream pushed through the whole engine (signals included) flat out."""
@@ -296,16 +339,28 @@ def drift(kind: str, model: str | None, stream_minutes: float, speed: float) -> 
     first, last = float(np.median(body[:minute])), float(np.median(body[-minute:]))
     hours = due_ms / 3.6e6
     slope = float(np.polyfit(hours[: body.size], body, 1)[0])
-    return {"runner": kind, "stream_minutes": stream_minutes, "speed": speed, "speed_requested": requested,
-            "step_ms": step_ms, "engine_ms_per_frame": frame_ms, "wall_s": wall_s,
-            "frames": int(idx.size), "frames_expected": -(-total // spf), "pts_exact_on_sample_clock": exact,
-            "latency_first_minute_ms": first, "latency_last_minute_ms": last,
-            "latency_p99_ms": float(np.percentile(body, 99)), "latency_growth_ms_per_stream_hour": slope,
-            "_lag_ms": lag_ms[:: max(1, lag_ms.size // 3000)].tolist(),
-            "_hours": hours[:: max(1, hours.size // 3000)].tolist()}
+    return {
+        "runner": kind,
+        "stream_minutes": stream_minutes,
+        "speed": speed,
+        "speed_requested": requested,
+        "step_ms": step_ms,
+        "engine_ms_per_frame": frame_ms,
+        "wall_s": wall_s,
+        "frames": int(idx.size),
+        "frames_expected": -(-total // spf),
+        "pts_exact_on_sample_clock": exact,
+        "latency_first_minute_ms": first,
+        "latency_last_minute_ms": last,
+        "latency_p99_ms": float(np.percentile(body, 99)),
+        "latency_growth_ms_per_stream_hour": slope,
+        "_lag_ms": lag_ms[:: max(1, lag_ms.size // 3000)].tolist(),
+        "_hours": hours[:: max(1, hours.size // 3000)].tolist(),
+    }
 
 
 # ----------------------------------------------------------------------------------------- 3. capacity
+
 
 def _capacity_trial(kind: str, model: str | None, streams: int, seconds: float, chunk_ms: float = 20.0) -> dict:
     from stream_engine.engine import Engine, EngineConfig
@@ -352,11 +407,15 @@ def _capacity_trial(kind: str, model: str | None, streams: int, seconds: float, 
     lat_a = np.array(lat[streams * 5 :]) if len(lat) > streams * 10 else np.array(lat)  # skip warm-up
     expected = streams * (int(seconds * 16000) // 640 - runner.contract.lookahead_frames)
     misses = float(np.mean(lat_a > 40.0)) if lat_a.size else 1.0
-    return {"streams": streams, "frames": int(frames), "frames_expected": int(expected),
-            "p50_ms": float(np.percentile(lat_a, 50)) if lat_a.size else None,
-            "p99_ms": float(np.percentile(lat_a, 99)) if lat_a.size else None, "miss_rate": misses,
-            "ok": bool(lat_a.size and misses <= 0.001 and np.percentile(lat_a, 99) < 40.0
-                       and frames >= 0.98 * expected)}
+    return {
+        "streams": streams,
+        "frames": int(frames),
+        "frames_expected": int(expected),
+        "p50_ms": float(np.percentile(lat_a, 50)) if lat_a.size else None,
+        "p99_ms": float(np.percentile(lat_a, 99)) if lat_a.size else None,
+        "miss_rate": misses,
+        "ok": bool(lat_a.size and misses <= 0.001 and np.percentile(lat_a, 99) < 40.0 and frames >= 0.98 * expected),
+    }
 
 
 def capacity(kind: str, model: str | None, seconds: float, max_streams: int) -> dict:
@@ -381,11 +440,18 @@ def capacity(kind: str, model: str | None, seconds: float, max_streams: int) -> 
             good, bad = (mid, bad) if t["ok"] else (good, mid)
     finally:
         os.sched_setaffinity(0, old)
-    return {"runner": kind, "cpu_core": cpu, "trial_seconds": seconds, "max_realtime_streams_per_core": good,
-            "capped_at": max_streams if bad is None else None, "trials": sorted(trials, key=lambda t: t["streams"])}
+    return {
+        "runner": kind,
+        "cpu_core": cpu,
+        "trial_seconds": seconds,
+        "max_realtime_streams_per_core": good,
+        "capped_at": max_streams if bad is None else None,
+        "trials": sorted(trials, key=lambda t: t["streams"]),
+    }
 
 
 # ------------------------------------------------------------------------------------------- 4. memory
+
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
@@ -415,11 +481,16 @@ def memory(kind: str, model: str | None, streams: int) -> dict:
     core.process()  # every stream now holds a stepped state
     after = _rss_bytes()
     state_bytes = sum(v.nbytes for v in runner.initial_state(1).values())
-    return {"runner": kind, "streams": streams, "rss_per_stream_kib": (after - before) / streams / 1024,
-            "model_state_kib": state_bytes / 1024}
+    return {
+        "runner": kind,
+        "streams": streams,
+        "rss_per_stream_kib": (after - before) / streams / 1024,
+        "model_state_kib": state_bytes / 1024,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- report
+
 
 def _plot(result: dict, path: Path) -> None:
     import matplotlib
@@ -432,7 +503,11 @@ def _plot(result: dict, path: Path) -> None:
     ax = axes[0, 0]
     for r in runs:
         v = np.sort(r["loopback"]["_eng_samples_ms"])
-        ax.plot(v, np.linspace(0, 1, v.size), label=f"{r['runner']} (algorithmic {r['loopback']['algorithmic_latency_ms']:.0f} ms not included)")
+        ax.plot(
+            v,
+            np.linspace(0, 1, v.size),
+            label=f"{r['runner']} (algorithmic {r['loopback']['algorithmic_latency_ms']:.0f} ms not included)",
+        )
     ax.set_xlabel("engine-added latency (ms): last needed sample in -> frame at client")
     ax.set_ylabel("CDF")
     ax.set_xscale("log")
@@ -466,15 +541,21 @@ def _plot(result: dict, path: Path) -> None:
 
 def _markdown(result: dict) -> str:
     m = result["machine"]
-    lines = ["# Engine end-to-end latency", "",
-             f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m')}, "
-             f"Python {m.get('python')}, onnxruntime {m.get('onnxruntime', '-')}, {m.get('time_utc')}.", "",
-             "Engine-added latency = frame received by a loopback WebSocket client - arrival at the engine of the "
-             "last audio sample the frame needs. The algorithmic latency ((L+1) x 40 ms: look-ahead plus the frame's "
-             "own window) comes on top and is listed beside it.", "",
-             "| runner | L | algorithmic ms | engine p50 / p95 / p99 ms | model step p50 ms | WS round trip p50 / p99 ms "
-             "| OSC round trip p50 / p99 ms | frames | interval std ms | latency growth ms/h | pts exact | streams/core | "
-             "RSS/stream KiB |", "|" + "---|" * 13]
+    lines = [
+        "# Engine end-to-end latency",
+        "",
+        f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m')}, "
+        f"Python {m.get('python')}, onnxruntime {m.get('onnxruntime', '-')}, {m.get('time_utc')}.",
+        "",
+        "Engine-added latency = frame received by a loopback WebSocket client - arrival at the engine of the "
+        "last audio sample the frame needs. The algorithmic latency ((L+1) x 40 ms: look-ahead plus the frame's "
+        "own window) comes on top and is listed beside it.",
+        "",
+        "| runner | L | algorithmic ms | engine p50 / p95 / p99 ms | model step p50 ms | WS round trip p50 / p99 ms "
+        "| OSC round trip p50 / p99 ms | frames | interval std ms | latency growth ms/h | pts exact | streams/core | "
+        "RSS/stream KiB |",
+        "|" + "---|" * 13,
+    ]
     for r in result["runs"]:
         lb, d, c, mem = r["loopback"], r["drift"], r["capacity"], r["memory"]
         e = lb["engine_added_ms"]
@@ -487,26 +568,47 @@ def _markdown(result: dict) -> str:
             f"{osc['p50_ms']:.2f} / {osc['p99_ms']:.2f} | {lb['frames']}/{lb['frames_expected']} | "
             f"{lb['inter_frame_interval_ms']['std']:.2f} | {d['latency_growth_ms_per_stream_hour']:+.3f} | "
             f"{d['pts_exact_on_sample_clock']} ({d['frames']}/{d['frames_expected']}) | {cap} | "
-            f"{mem['rss_per_stream_kib']:.1f} (state {mem['model_state_kib']:.1f}) |")
+            f"{mem['rss_per_stream_kib']:.1f} (state {mem['model_state_kib']:.1f}) |"
+        )
     lines += ["", "Stage breakdown (p50 ms): wait for step / model step / commit+signals / queue+encode / socket:"]
     for r in result["runs"]:
         s = r["loopback"]["stages"]
-        lines.append(f"- {r['runner']}: " + " / ".join(f"{s[k]['p50_ms']:.2f}" for k in
-                                                       ("wait_for_step_ms", "model_step_ms", "commit_and_signals_ms",
-                                                        "queue_and_encode_ms", "socket_to_client_ms")))
-    lines += ["", "Drift: a stream of the given length played at an accelerated sample clock (in-process); frame "
-              "times must equal index x 40 ms exactly, and the engine latency (publish - audio complete, wall ms) "
-              "must not grow. Capacity: one pinned core, in-process feeding (all streams' chunks arrive together, "
-              "the worst case for batching latency), every frame serialised; sockets excluded; pass = p99 < 40 ms "
-              "and <= 0.1 % of frames late.", ""]
+        lines.append(
+            f"- {r['runner']}: "
+            + " / ".join(
+                f"{s[k]['p50_ms']:.2f}"
+                for k in (
+                    "wait_for_step_ms",
+                    "model_step_ms",
+                    "commit_and_signals_ms",
+                    "queue_and_encode_ms",
+                    "socket_to_client_ms",
+                )
+            )
+        )
+    lines += [
+        "",
+        "Drift: a stream of the given length played at an accelerated sample clock (in-process); frame "
+        "times must equal index x 40 ms exactly, and the engine latency (publish - audio complete, wall ms) "
+        "must not grow. Capacity: one pinned core, in-process feeding (all streams' chunks arrive together, "
+        "the worst case for batching latency), every frame serialised; sockets excluded; pass = p99 < 40 ms "
+        "and <= 0.1 % of frames late.",
+        "",
+    ]
     for r in result["runs"]:
         d = r["drift"]
-        lines.append(f"- drift {r['runner']}: {d['stream_minutes']:g} min at x{d['speed']:.1f} in {d['wall_s']:.0f} s; "
-                     f"engine latency first/last minute {d['latency_first_minute_ms']:.2f} / "
-                     f"{d['latency_last_minute_ms']:.2f} ms (p99 {d['latency_p99_ms']:.2f} ms)")
+        lines.append(
+            f"- drift {r['runner']}: {d['stream_minutes']:g} min at x{d['speed']:.1f} in {d['wall_s']:.0f} s; "
+            f"engine latency first/last minute {d['latency_first_minute_ms']:.2f} / "
+            f"{d['latency_last_minute_ms']:.2f} ms (p99 {d['latency_p99_ms']:.2f} ms)"
+        )
         c = r["capacity"]
-        lines.append(f"- capacity {r['runner']}: " + ", ".join(
-            f"{t['streams']} -> p99 {t['p99_ms']:.1f} ms{'' if t['ok'] else ' (fail)'}" for t in c["trials"]))
+        lines.append(
+            f"- capacity {r['runner']}: "
+            + ", ".join(
+                f"{t['streams']} -> p99 {t['p99_ms']:.1f} ms{'' if t['ok'] else ' (fail)'}" for t in c["trials"]
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -519,8 +621,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runners", nargs="+", default=["fake", "onnx"], choices=["fake", "onnx"])
     p.add_argument("--loopback-s", type=float, default=20.0)
     p.add_argument("--drift-minutes", type=float, default=30.0)
-    p.add_argument("--drift-speed", type=float, nargs="+", default=[60.0],
-                   help="speed-up per runner (one value for all, or one per runner)")
+    p.add_argument(
+        "--drift-speed",
+        type=float,
+        nargs="+",
+        default=[60.0],
+        help="speed-up per runner (one value for all, or one per runner)",
+    )
     p.add_argument("--capacity-s", type=float, default=4.0)
     p.add_argument("--max-streams", type=int, default=512)
     p.add_argument("--memory-streams", type=int, default=500)
@@ -546,8 +653,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{kind}] capacity ...", file=sys.stderr, flush=True)
         cap = capacity(kind, model, a.capacity_s, a.max_streams)
         mem = memory(kind, model, a.memory_streams)
-        runs.append({"runner": kind, "model": model if kind == "onnx" else "tests/fakes.py FakeRunner(L=2)",
-                     "loopback": lb, "drift": dr, "capacity": cap, "memory": mem})
+        runs.append(
+            {
+                "runner": kind,
+                "model": model if kind == "onnx" else "tests/fakes.py FakeRunner(L=2)",
+                "loopback": lb,
+                "drift": dr,
+                "capacity": cap,
+                "memory": mem,
+            }
+        )
     result = {"machine": machine_info(), "runs": runs}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

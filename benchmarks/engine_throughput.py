@@ -34,12 +34,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 
 
 # ------------------------------------------------------------------------------------------ trial (child)
+
 
 def _make_runner(kind: str):
     sys.path.insert(0, str(TESTS))
@@ -64,10 +66,10 @@ def run_trial(spec: dict) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(TESTS))
-    from fakes import speechlike
-
     from stream_engine.engine import Engine, EngineConfig
     from stream_engine.outputs.serializers import encode_binary
+
+    from fakes import speechlike
 
     runner = _make_runner(spec["runner"])
     n, seconds, realtime = spec["streams"], spec["seconds"], spec["realtime"]
@@ -131,12 +133,20 @@ def run_trial(spec: dict) -> dict:
     cpu_s, expected = asyncio.run(main())
     frames = counted[0]
     lat_a = np.array(lat[n * 5 :] if len(lat) > n * 10 else lat)
-    out = {**spec, "frames": frames, "frames_expected": int(expected), "cpu_s": cpu_s,
-           "cpu_us_per_frame": 1e6 * cpu_s / max(1, frames),
-           "streams_per_core_by_cpu": frames / max(cpu_s, 1e-9) / 25.0}
+    out = {
+        **spec,
+        "frames": frames,
+        "frames_expected": int(expected),
+        "cpu_s": cpu_s,
+        "cpu_us_per_frame": 1e6 * cpu_s / max(1, frames),
+        "streams_per_core_by_cpu": frames / max(cpu_s, 1e-9) / 25.0,
+    }
     if lat_a.size:
-        out.update(p50_ms=float(np.percentile(lat_a, 50)), p99_ms=float(np.percentile(lat_a, 99)),
-                   late_fraction=float(np.mean(lat_a > 40.0)))
+        out.update(
+            p50_ms=float(np.percentile(lat_a, 50)),
+            p99_ms=float(np.percentile(lat_a, 99)),
+            late_fraction=float(np.mean(lat_a > 40.0)),
+        )
         out["ok"] = bool(out["late_fraction"] <= 0.001 and out["p99_ms"] < 40.0 and frames >= 0.98 * expected)
     return out
 
@@ -182,9 +192,13 @@ def run_step_trial(spec: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ parent
 
+
 def _child(variant_root: Path, spec: dict, cpu: int | None, timeout_s: float = 600) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(variant_root), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(variant_root), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--trial", json.dumps(spec)]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu)] + cmd
@@ -201,22 +215,38 @@ def _baseline_tree(ref: str) -> Path:
     return root
 
 
-def capacity(variants: dict[str, Path], runner: str, signals: bool, cpu: int, seconds: float,
-             estimate: dict[str, float], log, probes: int = 4) -> dict:
+def capacity(
+    variants: dict[str, Path],
+    runner: str,
+    signals: bool,
+    cpu: int,
+    seconds: float,
+    estimate: dict[str, float],
+    log,
+    probes: int = 4,
+) -> dict:
     """Largest real-time N per variant: 95 % of the CPU estimate, else bisection from a quarter of it
     (`probes` trials at most; the answer is the largest N that passed, 0 when even the lowest failed)."""
     out = {}
     for name, root in variants.items():
         lo, hi = max(1, int(estimate[name] * 0.25)), max(1, int(estimate[name] * 0.95))
-        trials, good = [], 0
+        trials: list[dict[str, Any]] = []
+        good = 0
 
-        def probe(n: int) -> bool:
-            t = _child(root, {"runner": runner, "streams": n, "seconds": seconds, "realtime": True,
-                              "signals": signals}, cpu)
-            trials.append({k: t.get(k) for k in ("streams", "p50_ms", "p99_ms", "late_fraction", "frames",
-                                                 "frames_expected", "ok")})
-            log(f"  {name} {runner} signals={signals} N={n}: p99 {t.get('p99_ms', float('nan')):.1f} ms "
-                f"{'ok' if t.get('ok') else 'FAIL'}")
+        def probe(n: int, name: str = name, root: Path = root, trials: list[dict[str, Any]] = trials) -> bool:
+            t = _child(
+                root, {"runner": runner, "streams": n, "seconds": seconds, "realtime": True, "signals": signals}, cpu
+            )
+            trials.append(
+                {
+                    k: t.get(k)
+                    for k in ("streams", "p50_ms", "p99_ms", "late_fraction", "frames", "frames_expected", "ok")
+                }
+            )
+            log(
+                f"  {name} {runner} signals={signals} N={n}: p99 {t.get('p99_ms', float('nan')):.1f} ms "
+                f"{'ok' if t.get('ok') else 'FAIL'}"
+            )
             return bool(t.get("ok"))
 
         if probe(hi):
@@ -264,23 +294,46 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    result = {"machine": machine_info(), "cpu_core": cpu, "baseline_ref": a.baseline_ref, "runners": {}}
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "cpu_core": cpu,
+        "baseline_ref": a.baseline_ref,
+        "runners": {},
+    }
     for runner in a.runners:
-        r = result["runners"][runner] = {}
+        r: dict[str, Any] = {}
+        result["runners"][runner] = r
         for signals in (True, False):
             key = "signals" if signals else "no_signals"
-            tp = {name: [] for name in variants}
-            for rep in range(2):  # interleaved: baseline, current, baseline, current
+            tp: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+            for _ in range(2):  # interleaved: baseline, current, baseline, current
                 for name, root in variants.items():
-                    t = _child(root, {"runner": runner, "streams": a.throughput_streams, "seconds": a.seconds,
-                                      "realtime": False, "signals": signals}, cpu)
+                    t = _child(
+                        root,
+                        {
+                            "runner": runner,
+                            "streams": a.throughput_streams,
+                            "seconds": a.seconds,
+                            "realtime": False,
+                            "signals": signals,
+                        },
+                        cpu,
+                    )
                     tp[name].append(t)
-                    log(f"[{runner} {key}] throughput {name}: {t['cpu_us_per_frame']:.1f} us/frame -> "
-                        f"{t['streams_per_core_by_cpu']:.0f} streams/core")
+                    log(
+                        f"[{runner} {key}] throughput {name}: {t['cpu_us_per_frame']:.1f} us/frame -> "
+                        f"{t['streams_per_core_by_cpu']:.0f} streams/core"
+                    )
             best = {name: max(x["streams_per_core_by_cpu"] for x in ts) for name, ts in tp.items()}
-            entry = {"throughput": {name: {"streams_per_core_by_cpu": best[name],
-                                           "cpu_us_per_frame": min(x["cpu_us_per_frame"] for x in ts)}
-                                    for name, ts in tp.items()}}
+            entry = {
+                "throughput": {
+                    name: {
+                        "streams_per_core_by_cpu": best[name],
+                        "cpu_us_per_frame": min(x["cpu_us_per_frame"] for x in ts),
+                    }
+                    for name, ts in tp.items()
+                }
+            }
             if not a.no_capacity and not a.quick and runner in a.capacity_runners:
                 entry["capacity"] = capacity(variants, runner, signals, cpu, a.seconds, best, log)
             if "baseline" in variants:
@@ -288,35 +341,53 @@ def main(argv: list[str] | None = None) -> int:
                 if "capacity" in entry and entry["capacity"]["baseline"]["max_realtime_streams"]:
                     entry["capacity_ratio_current_over_baseline"] = (
                         entry["capacity"]["current"]["max_realtime_streams"]
-                        / entry["capacity"]["baseline"]["max_realtime_streams"])
+                        / entry["capacity"]["baseline"]["max_realtime_streams"]
+                    )
             r[key] = entry
         if runner == "onnx":
             steps = []
             for threads in (1, 2):
                 cpu_set = None if threads > 1 else cpu
-                st = _child(REPO, {"kind": "step", "batch": 64, "threads": threads, "reps": 200 if not a.quick else 20},
-                            cpu_set)
+                st = _child(
+                    REPO, {"kind": "step", "batch": 64, "threads": threads, "reps": 200 if not a.quick else 20}, cpu_set
+                )
                 steps.append(st)
-                log(f"[onnx] step B=64 threads={threads}: step {st['step_ms_p50']:.2f} ms, step_slots "
-                    f"{st.get('step_slots_ms_p50', float('nan')):.2f} ms -> {st['streams_per_core']:.0f} streams/core")
+                log(
+                    f"[onnx] step B=64 threads={threads}: step {st['step_ms_p50']:.2f} ms, step_slots "
+                    f"{st.get('step_slots_ms_p50', float('nan')):.2f} ms -> {st['streams_per_core']:.0f} streams/core"
+                )
             r["step"] = steps
             step_per_core = steps[0]["streams_per_core"]
             for key in ("signals", "no_signals"):
                 e = r[key]
-                e["engine_over_step"] = {name: v["streams_per_core_by_cpu"] / step_per_core
-                                         for name, v in e["throughput"].items()}
+                e["engine_over_step"] = {
+                    name: v["streams_per_core_by_cpu"] / step_per_core for name, v in e["throughput"].items()
+                }
                 if "capacity" in e:
-                    e["engine_capacity_over_step"] = {name: v["max_realtime_streams"] / step_per_core
-                                                      for name, v in e["capacity"].items()}
-            lat = {}
+                    e["engine_capacity_over_step"] = {
+                        name: v["max_realtime_streams"] / step_per_core for name, v in e["capacity"].items()
+                    }
+            lat: dict[str, Any] = {}
             for n in (1, 100):
                 for name, root in variants.items():
-                    t = _child(root, {"runner": "onnx", "streams": n, "seconds": max(a.seconds, 6.0),
-                                      "realtime": True, "signals": True}, cpu)
-                    lat.setdefault(str(n), {})[name] = {k: t.get(k) for k in ("p50_ms", "p99_ms", "late_fraction",
-                                                                              "frames", "frames_expected")}
-                    log(f"[onnx] latency {n} streams {name}: p50 {t.get('p50_ms', 0):.2f} / p99 "
-                        f"{t.get('p99_ms', 0):.2f} ms")
+                    t = _child(
+                        root,
+                        {
+                            "runner": "onnx",
+                            "streams": n,
+                            "seconds": max(a.seconds, 6.0),
+                            "realtime": True,
+                            "signals": True,
+                        },
+                        cpu,
+                    )
+                    lat.setdefault(str(n), {})[name] = {
+                        k: t.get(k) for k in ("p50_ms", "p99_ms", "late_fraction", "frames", "frames_expected")
+                    }
+                    log(
+                        f"[onnx] latency {n} streams {name}: p50 {t.get('p50_ms', 0):.2f} / p99 "
+                        f"{t.get('p99_ms', 0):.2f} ms"
+                    )
             r["engine_latency"] = lat
     if "baseline" in variants:
         import shutil
@@ -330,16 +401,24 @@ def main(argv: list[str] | None = None) -> int:
 def _markdown(result: dict) -> str:
     m = result["machine"]
     names = ["baseline", "current"] if result.get("baseline_ref") else ["current"]
-    lines = ["# Engine throughput: what the engine around the step costs", "",
-             f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m'):.2f} "
-             f"at start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, Python {m.get('python')}, "
-             f"onnxruntime {m.get('onnxruntime', '-')}, {m.get('time_utc')}. One pinned core (cpu "
-             f"{result['cpu_core']}), in-process feeding, every frame serialised, sockets excluded.",
-             f"Baseline: `{result.get('baseline_ref') or '-'}` (its engine, same runners), trials interleaved.", "",
-             "| runner | signals | " + " | ".join(f"{n}: CPU us/frame" for n in names) + " | "
-             + " | ".join(f"{n}: streams/core (CPU)" for n in names) + " | "
-             + " | ".join(f"{n}: real-time streams/core" for n in names) + " | ratio (current/baseline) |",
-             "|" + "---|" * (3 + 3 * len(names))]
+    lines = [
+        "# Engine throughput: what the engine around the step costs",
+        "",
+        f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m'):.2f} "
+        f"at start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, Python {m.get('python')}, "
+        f"onnxruntime {m.get('onnxruntime', '-')}, {m.get('time_utc')}. One pinned core (cpu "
+        f"{result['cpu_core']}), in-process feeding, every frame serialised, sockets excluded.",
+        f"Baseline: `{result.get('baseline_ref') or '-'}` (its engine, same runners), trials interleaved.",
+        "",
+        "| runner | signals | "
+        + " | ".join(f"{n}: CPU us/frame" for n in names)
+        + " | "
+        + " | ".join(f"{n}: streams/core (CPU)" for n in names)
+        + " | "
+        + " | ".join(f"{n}: real-time streams/core" for n in names)
+        + " | ratio (current/baseline) |",
+        "|" + "---|" * (3 + 3 * len(names)),
+    ]
     for runner, r in result["runners"].items():
         for key in ("signals", "no_signals"):
             if key not in r:
@@ -356,21 +435,37 @@ def _markdown(result: dict) -> str:
     if onnx and "step" in onnx:
         lines += ["", "The step alone (ONNX Runtime, B=64, CPU time per call, mean of 200 calls):", ""]
         for st in onnx["step"]:
-            lines.append(f"- {st['threads']} intra-op thread(s): `step` {st['step_ms_p50']:.2f} ms, `step_slots` "
-                         f"(I/O binding) {st.get('step_slots_ms_p50', float('nan')):.2f} ms -> "
-                         f"{st['streams_per_core']:.0f} streams per core")
+            lines.append(
+                f"- {st['threads']} intra-op thread(s): `step` {st['step_ms_p50']:.2f} ms, `step_slots` "
+                f"(I/O binding) {st.get('step_slots_ms_p50', float('nan')):.2f} ms -> "
+                f"{st['streams_per_core']:.0f} streams per core"
+            )
         for key in ("signals", "no_signals"):
             e = onnx[key]
-            lines.append(f"- engine ÷ step ({'signals on' if key == 'signals' else 'signals off'}): by CPU "
-                         + ", ".join(f"{n} {e['engine_over_step'][n]:.0%}" for n in names)
-                         + ("" if "engine_capacity_over_step" not in e else "; real-time "
-                            + ", ".join(f"{n} {e['engine_capacity_over_step'][n]:.0%}" for n in names)))
-        lines += ["", "Engine-added latency (publish - arrival of the last needed sample), real model, signals on, "
-                  "all streams' chunks arriving together:", ""]
+            lines.append(
+                f"- engine ÷ step ({'signals on' if key == 'signals' else 'signals off'}): by CPU "
+                + ", ".join(f"{n} {e['engine_over_step'][n]:.0%}" for n in names)
+                + (
+                    ""
+                    if "engine_capacity_over_step" not in e
+                    else "; real-time " + ", ".join(f"{n} {e['engine_capacity_over_step'][n]:.0%}" for n in names)
+                )
+            )
+        lines += [
+            "",
+            "Engine-added latency (publish - arrival of the last needed sample), real model, signals on, "
+            "all streams' chunks arriving together:",
+            "",
+        ]
         for n, per in onnx["engine_latency"].items():
-            lines.append(f"- {n} stream(s): " + "; ".join(
-                f"{name} p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms ({v['frames']}/{v['frames_expected']} frames)"
-                for name, v in per.items() if v.get("p50_ms") is not None))
+            lines.append(
+                f"- {n} stream(s): "
+                + "; ".join(
+                    f"{name} p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms ({v['frames']}/{v['frames_expected']} frames)"
+                    for name, v in per.items()
+                    if v.get("p50_ms") is not None
+                )
+            )
     return "\n".join(lines) + "\n"
 
 

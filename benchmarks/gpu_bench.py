@@ -33,7 +33,6 @@ it writes the same files with every backend skipped and says so (exit status 0).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -61,7 +60,7 @@ class Skip(Exception):
 
 
 def parse_batches(text: str) -> list[int]:
-    """"64,256,1024" -> [64, 256, 1024] (sorted, unique). Raises ValueError for anything but positive integers."""
+    """ "64,256,1024" -> [64, 256, 1024] (sorted, unique). Raises ValueError for anything but positive integers."""
     try:
         out = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
@@ -76,8 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="float32 ONNX step model")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--backends", default=",".join(ALL_BACKENDS))
-    p.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)),
-                   help="batch sizes tried in ascending order (stops at the first whose p99 passes the deadline)")
+    p.add_argument(
+        "--batches",
+        default=",".join(map(str, DEFAULT_BATCHES)),
+        help="batch sizes tried in ascending order (stops at the first whose p99 passes the deadline)",
+    )
     p.add_argument("--steps", type=int, default=100, help="timed steps per batch size")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--deadline-ms", type=float, default=DEADLINE_MS)
@@ -100,8 +102,8 @@ def gpu_available() -> tuple[bool, str]:
     try:
         import torch
     except ImportError:
-        torch = None
-    if torch is not None:
+        pass
+    else:
         if torch.cuda.is_available():
             return True, torch.cuda.get_device_name(0)
         return False, "no CUDA GPU (torch.cuda.is_available() is False)"
@@ -143,7 +145,8 @@ class OrtCuda:
         if self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise Skip(f"the session fell back to {self.session.get_providers()}")
         self.notes = "I/O binding, state in two device OrtValue sets (ping-pong)" + (
-            ", CUDA graphs (one per direction)" if cuda_graph else "")
+            ", CUDA graphs (one per direction)" if cuda_graph else ""
+        )
 
     def prepare(self, batch: int):
         from stream_engine.runtime.base import initial_state
@@ -152,15 +155,22 @@ class OrtCuda:
         if self.cuda_graph:  # a graph is captured per bound shape: a fresh session per batch size
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            session = ort.InferenceSession(str(self.model), so, providers=[
-                ("CUDAExecutionProvider", {"device_id": str(self.device), "enable_cuda_graph": "1"})])
+            session = ort.InferenceSession(
+                str(self.model),
+                so,
+                providers=[("CUDAExecutionProvider", {"device_id": str(self.device), "enable_cuda_graph": "1"})],
+            )
         else:
             session = self.session
         dev = ("cuda", self.device)
         state = initial_state(c, batch, rng=np.random.default_rng(0))
-        sets = [{s.name: ort.OrtValue.ortvalue_from_numpy(state[s.name], *dev) for s in c.states},
-                {s.name: ort.OrtValue.ortvalue_from_shape_and_type(s.concrete_shape(batch), np.float32, *dev)
-                 for s in c.states}]
+        sets = [
+            {s.name: ort.OrtValue.ortvalue_from_numpy(state[s.name], *dev) for s in c.states},
+            {
+                s.name: ort.OrtValue.ortvalue_from_shape_and_type(s.concrete_shape(batch), np.float32, *dev)
+                for s in c.states
+            },
+        ]
         host_audio = _audio(batch, c.samples_per_frame)
         audio = ort.OrtValue.ortvalue_from_numpy(host_audio, *dev)
         lm = ort.OrtValue.ortvalue_from_shape_and_type(c.landmarks_output.concrete_shape(batch), np.float32, *dev)
@@ -188,6 +198,7 @@ class OrtCuda:
             out = lm.numpy()  # landmarks back to the host (synchronises)
             cur[0] = 1 - k
             return out
+
         return step
 
 
@@ -199,7 +210,7 @@ class TensorRT:
             from export.tensorrt_build import build_engines
             from stream_engine.runtime.tensorrt import TensorRTStepRunner
         except Exception as exc:
-            raise Skip(f"cannot import the TensorRT pieces ({type(exc).__name__}: {exc})")
+            raise Skip(f"cannot import the TensorRT pieces ({type(exc).__name__}: {exc})") from exc
         from stream_engine.contract import ModelLoadError
 
         t0 = time.perf_counter()
@@ -208,14 +219,16 @@ class TensorRT:
             builds, _ = build_engines(model, workdir / "trt", (precision,), (1, opt, max_batch))
             self.runner = TensorRTStepRunner(builds[0].path, model)
         except ModelLoadError as exc:
-            raise Skip(str(exc))
+            raise Skip(str(exc)) from exc
         except Exception as exc:
             if "TensorRT" in type(exc).__name__ or "tensorrt" in str(exc).lower():
-                raise Skip(f"{type(exc).__name__}: {exc}")
+                raise Skip(f"{type(exc).__name__}: {exc}") from exc
             raise
         self.build_s = time.perf_counter() - t0
-        self.notes = (f"{precision} engine, profile 1/{opt}/{max_batch}, built in {self.build_s:.0f} s; "
-                      "DeviceBatch ping-pong state")
+        self.notes = (
+            f"{precision} engine, profile 1/{opt}/{max_batch}, built in {self.build_s:.0f} s; "
+            "DeviceBatch ping-pong state"
+        )
 
     def prepare(self, batch: int):
         db = self.runner.open_batch(batch, rng=np.random.default_rng(0))
@@ -230,10 +243,9 @@ class TorchGraph:
         try:
             import torch
         except ImportError as exc:
-            raise Skip(f"torch is not installed ({exc})")
+            raise Skip(f"torch is not installed ({exc})") from exc
         if not torch.cuda.is_available():
             raise Skip("no CUDA GPU (torch.cuda.is_available() is False)")
-        from benchmarks.step_latency import torch_generator
         from stream_engine.contract import read_contract
 
         self.torch, self.bf16 = torch, bf16
@@ -242,16 +254,21 @@ class TorchGraph:
         self.g = self.g.cuda()
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        self.notes = ("CUDA graph, state fed back in the graph, "
-                      + ("bf16 autocast (matrix products bf16, state fp32)" if bf16 else "float32 (TF32 off)")
-                      + f", {weights} weights")
+        self.notes = (
+            "CUDA graph, state fed back in the graph, "
+            + ("bf16 autocast (matrix products bf16, state fp32)" if bf16 else "float32 (TF32 off)")
+            + f", {weights} weights"
+        )
         if bf16 and weights == "trained":
-            self.notes += f"; landmarks vs float32 over 250 steps: max |diff| {bf16_difference(self.g, self.contract):.2e}"
+            self.notes += (
+                f"; landmarks vs float32 over 250 steps: max |diff| {bf16_difference(self.g, self.contract):.2e}"
+            )
 
     def prepare(self, batch: int):
         torch, c, g = self.torch, self.contract, self.g
-        face = torch.as_tensor(np.broadcast_to(c.reference_face_array, (batch, c.num_landmarks, c.landmark_dims))
-                               .copy(), device="cuda")
+        face = torch.as_tensor(
+            np.broadcast_to(c.reference_face_array, (batch, c.num_landmarks, c.landmark_dims)).copy(), device="cuda"
+        )
         st = g.initial_state(face)
         gen = torch.Generator(device="cpu").manual_seed(0)
         st = st._replace(h=torch.rand(st.h.shape, generator=gen).cuda(), c=torch.rand(st.c.shape, generator=gen).cuda())
@@ -277,6 +294,7 @@ class TorchGraph:
             host_lm.copy_(lm, non_blocking=True)
             torch.cuda.synchronize()
             return host_lm
+
         return step
 
 
@@ -291,13 +309,14 @@ def bf16_difference(g, contract, device: str = "cuda", steps: int = 250, batch: 
     sig = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((140.0, 280.0, 420.0, 1200.0), 1))
     sig = 0.2 * env * sig + 0.01 * np.random.default_rng(0).standard_normal(t.size)
     audio = torch.from_numpy(np.stack([np.roll(sig, 997 * i) for i in range(batch)]).astype(np.float32)).to(device)
-    face = torch.as_tensor(np.broadcast_to(c.reference_face_array, (batch, c.num_landmarks, c.landmark_dims))
-                           .copy(), device=device)
+    face = torch.as_tensor(
+        np.broadcast_to(c.reference_face_array, (batch, c.num_landmarks, c.landmark_dims)).copy(), device=device
+    )
     worst = 0.0
     with torch.inference_mode():
         s32 = s16 = g.initial_state(face)
         for k in range(steps):
-            a = audio[:, k * c.samples_per_frame:(k + 1) * c.samples_per_frame]
+            a = audio[:, k * c.samples_per_frame : (k + 1) * c.samples_per_frame]
             y32, s32 = g.step(a, s32)
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
                 y16, s16 = g.step(a, s16)
@@ -315,8 +334,9 @@ def trained_or_random(contract):
         from training.models.generator import load_generator
 
         g, _ = load_generator(ckpt, "cpu")
-        if g.cfg.lookahead_frames == contract.lookahead_frames and \
-                g.cfg.lstm_hidden == int(contract.state("h").shape[1]):
+        if g.cfg.lookahead_frames == contract.lookahead_frames and g.cfg.lstm_hidden == int(
+            contract.state("h").shape[1]
+        ):
             return g, "trained"
     return torch_generator(contract), "random"
 
@@ -358,8 +378,7 @@ def run_backend(backend, batches: list[int], steps: int, warmup: int, deadline_m
         s["within_deadline"] = s["p99_ms"] <= deadline_ms
         s["streams"] = capacity(b, s["p99_ms"], deadline_ms)
         cells[str(b)] = s
-        print(f"  B={b:<6} p50 {s['p50_ms']:8.3f} ms  p99 {s['p99_ms']:8.3f} ms  -> {s['streams']} streams",
-              flush=True)
+        print(f"  B={b:<6} p50 {s['p50_ms']:8.3f} ms  p99 {s['p99_ms']:8.3f} ms  -> {s['streams']} streams", flush=True)
         if not s["within_deadline"]:
             stop = f"p99 {s['p99_ms']:.1f} ms > {deadline_ms:g} ms at B={b}"
             break
@@ -383,39 +402,56 @@ def summary_of(results: dict) -> dict:
         cells = {b: c for b, c in r.get("cells", {}).items() if c.get("streams", 0) > 0}
         if cells:
             best = max(cells, key=lambda b: cells[b]["streams"])
-            out[name] = {"best_batch": int(best), "streams_per_gpu": cells[best]["streams"],
-                         "p99_ms": cells[best]["p99_ms"]}
+            out[name] = {
+                "best_batch": int(best),
+                "streams_per_gpu": cells[best]["streams"],
+                "p99_ms": cells[best]["p99_ms"],
+            }
     return out
 
 
 def markdown(report: dict) -> str:
     m, cond = report["machine"], report["conditions"]
-    lines = ["# Streams per GPU at p99 < {:g} ms".format(cond["deadline_ms"]), "",
-             f"Model: `{cond['model']}` (version `{cond.get('model_version', '?')}`).  ",
-             f"Machine: GPU {report.get('gpu') or 'none'}; CPU {m.get('cpu')} ({m.get('logical_cpus')} logical); "
-             f"torch {m.get('torch', '–')}, onnxruntime {m.get('onnxruntime', '–')}; load {m.get('load_avg_1m')}.  ",
-             f"Conditions: {cond['steps']} timed steps per batch after {cond['warmup']} warm-up; batches "
-             f"{', '.join(map(str, cond['batches']))} until p99 > {cond['deadline_ms']:g} ms; budget "
-             f"{cond['budget_s']:g} s per backend; run took {cond['wall_s']:.0f} s.  ",
-             f"Streams per GPU = B x floor({cond['deadline_ms']:g} ms / p99 step time at B); target "
-             f">= {TARGET_STREAMS_PER_GPU:,}.", ""]
+    lines = [
+        "# Streams per GPU at p99 < {:g} ms".format(cond["deadline_ms"]),
+        "",
+        f"Model: `{cond['model']}` (version `{cond.get('model_version', '?')}`).  ",
+        f"Machine: GPU {report.get('gpu') or 'none'}; CPU {m.get('cpu')} ({m.get('logical_cpus')} logical); "
+        f"torch {m.get('torch', '–')}, onnxruntime {m.get('onnxruntime', '–')}; load {m.get('load_avg_1m')}.  ",
+        f"Conditions: {cond['steps']} timed steps per batch after {cond['warmup']} warm-up; batches "
+        f"{', '.join(map(str, cond['batches']))} until p99 > {cond['deadline_ms']:g} ms; budget "
+        f"{cond['budget_s']:g} s per backend; run took {cond['wall_s']:.0f} s.  ",
+        f"Streams per GPU = B x floor({cond['deadline_ms']:g} ms / p99 step time at B); target "
+        f">= {TARGET_STREAMS_PER_GPU:,}.",
+        "",
+    ]
     if not report.get("gpu"):
-        lines += [f"**No GPU here: nothing was measured** ({report.get('gpu_reason', '')}). Run "
-                  "`bash benchmarks/gpu_bench.sh` on a machine with a CUDA GPU.", ""]
-    rows = [(n, b, c) for n, r in report["results"].items() for b, c in sorted(r.get("cells", {}).items(),
-                                                                                key=lambda kv: int(kv[0]))]
+        lines += [
+            f"**No GPU here: nothing was measured** ({report.get('gpu_reason', '')}). Run "
+            "`bash benchmarks/gpu_bench.sh` on a machine with a CUDA GPU.",
+            "",
+        ]
+    rows = [
+        (n, b, c)
+        for n, r in report["results"].items()
+        for b, c in sorted(r.get("cells", {}).items(), key=lambda kv: int(kv[0]))
+    ]
     if rows:
         lines += ["| backend | B | p50 ms | p99 ms | max ms | streams per GPU |", "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {n} | {b} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} | {c['max_ms']:.3f} | {c['streams']:,} |"
-                  for n, b, c in rows]
+        lines += [
+            f"| {n} | {b} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} | {c['max_ms']:.3f} | {c['streams']:,} |"
+            for n, b, c in rows
+        ]
         lines.append("")
     if report["summary"]:
         lines += ["Summary:", ""]
         for n, s in report["summary"].items():
             ok = "meets" if s["streams_per_gpu"] >= TARGET_STREAMS_PER_GPU else "misses"
-            lines.append(f"- **{n}**: {s['streams_per_gpu']:,} streams per GPU (B={s['best_batch']}, p99 "
-                         f"{s['p99_ms']:.2f} ms; {ok} {TARGET_STREAMS_PER_GPU:,}); "
-                         f"{report['results'][n].get('notes', '')}; stopped: {report['results'][n]['stopped']}")
+            lines.append(
+                f"- **{n}**: {s['streams_per_gpu']:,} streams per GPU (B={s['best_batch']}, p99 "
+                f"{s['p99_ms']:.2f} ms; {ok} {TARGET_STREAMS_PER_GPU:,}); "
+                f"{report['results'][n].get('notes', '')}; stopped: {report['results'][n]['stopped']}"
+            )
         lines.append("")
     if report["skipped"]:
         lines += ["Skipped:", ""] + [f"- {k}: {v}" for k, v in report["skipped"].items()] + [""]
@@ -436,8 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     ok, why = gpu_available()
     results, skipped = {}, {}
     if not ok:
-        print(f"gpu_bench: {why}; nothing to measure. Writing the report with every backend skipped.",
-              file=sys.stderr)
+        print(f"gpu_bench: {why}; nothing to measure. Writing the report with every backend skipped.", file=sys.stderr)
         skipped = {n: why for n in a.backends}
     else:
         with tempfile.TemporaryDirectory(prefix="msync_gpu_bench_") as td:
@@ -461,13 +496,26 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = r
                 del backend
     report = {
-        "machine": machine_info(), "gpu": why if ok else None, "gpu_reason": None if ok else why,
-        "conditions": {"model": str(model), "model_version": contract.model_version, "batches": a.batches,
-                       "steps": a.steps, "warmup": a.warmup, "deadline_ms": a.deadline_ms, "budget_s": a.budget_s,
-                       "trt_precision": a.trt_precision, "backends": a.backends,
-                       "wall_s": time.perf_counter() - t_start, "load_avg_end": os.getloadavg()[0]},
+        "machine": machine_info(),
+        "gpu": why if ok else None,
+        "gpu_reason": None if ok else why,
+        "conditions": {
+            "model": str(model),
+            "model_version": contract.model_version,
+            "batches": a.batches,
+            "steps": a.steps,
+            "warmup": a.warmup,
+            "deadline_ms": a.deadline_ms,
+            "budget_s": a.budget_s,
+            "trt_precision": a.trt_precision,
+            "backends": a.backends,
+            "wall_s": time.perf_counter() - t_start,
+            "load_avg_end": os.getloadavg()[0],
+        },
         "target_streams_per_gpu": TARGET_STREAMS_PER_GPU,
-        "results": results, "summary": summary_of(results), "skipped": skipped,
+        "results": results,
+        "summary": summary_of(results),
+        "skipped": skipped,
     }
     write_report(Path(a.out), "gpu_bench", report, markdown(report))
     print(f"wrote {Path(a.out) / 'gpu_bench.json'} and .md")

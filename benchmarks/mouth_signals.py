@@ -22,6 +22,7 @@ import argparse
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from stream_engine.signals import VISEMES, SignalConfig, SignalExtractor, mouth_
 def _levels(audio: np.ndarray, n: int) -> np.ndarray:
     out = np.full(n, -120.0)
     for t in range(n):
-        seg = audio[640 * t: 640 * t + 640]
+        seg = audio[640 * t : 640 * t + 640]
         if seg.size:
             out[t] = 10 * math.log10(max(float(np.mean(seg.astype(np.float64) ** 2)), 1e-12))
     return out
@@ -41,9 +42,19 @@ def _levels(audio: np.ndarray, n: int) -> np.ndarray:
 def _signals(lm: np.ndarray, levels: np.ndarray, neutral: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     ex = SignalExtractor(SignalConfig(), neutral, seed)
     L = 2
-    rows = {"mouth_open": [], "visemes": [], "jawOpen": [], "silent": [], "A": [], "I": [], "U": [], "E": [], "O": []}
+    rows: dict[str, list[float]] = {
+        "mouth_open": [],
+        "visemes": [],
+        "jawOpen": [],
+        "silent": [],
+        "A": [],
+        "I": [],
+        "U": [],
+        "E": [],
+        "O": [],
+    }
     for t in range(len(lm)):
-        ahead = float(levels[t + 1: t + 1 + L].max()) if t + 1 < len(levels) else float(levels[t])
+        ahead = float(levels[t + 1 : t + 1 + L].max()) if t + 1 < len(levels) else float(levels[t])
         s = ex.update(lm[t], 0.04 * t, float(levels[t]), ahead)
         rows["mouth_open"].append(s.mouth_open)
         rows["visemes"].append(sum(s.visemes.values()))
@@ -107,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
                 add(f"real/{key}", _r(s[key][speech], gap_real[speech]))
             vis = np.stack([s[v] for v in VISEMES], axis=1)
             dom = np.argmax(vis, axis=1)
-            w_neutral = float(np.median(width_real[speech & (s["mouth_open"] < 0.2)])) if np.any(
-                speech & (s["mouth_open"] < 0.2)) else float(np.median(width_real))
+            w_neutral = (
+                float(np.median(width_real[speech & (s["mouth_open"] < 0.2)]))
+                if np.any(speech & (s["mouth_open"] < 0.2))
+                else float(np.median(width_real))
+            )
             for t in np.flatnonzero(speech & (vis.max(axis=1) > 0.15)):
                 groups[VISEMES[dom[t]]].append((width_real[t] - w_neutral, gap_real[t] - gap_real.min()))
         # the model on the same audio
@@ -134,24 +148,43 @@ def main(argv: list[str] | None = None) -> int:
                 add(f"model_vs_real/{key}", _r(ms[key][:n][both], gap_real[:n][both]))
 
     med = {k: float(np.median(v)) for k, v in stats.items()}
-    sep = {v: {"share": len(g) / max(1, sum(len(x) for x in groups.values())),
-               "width_change": float(np.mean([x for x, _ in g])) if g else float("nan"),
-               "gap": float(np.mean([y for _, y in g])) if g else float("nan")} for v, g in groups.items()}
-    result = {"clips": len(pick), "speech_frames_real": frames_used, "median_r": med,
-              "clips_per_stat": {k: len(v) for k, v in stats.items()}, "viseme_groups_real": sep,
-              "machine": machine_info()}
-    lines = [f"# Mouth signals against the inner-lip gap ({a.name})", "",
-             f"{len(pick)} clips of `{a.data}` (evenly spread over the manifest), {frames_used} real speech frames; "
-             "median over clips of the per-clip Pearson r on speech frames.", "",
-             "| landmarks | signal | median r with the gap | clips |", "|---|---|---|---|"]
+    sep = {
+        v: {
+            "share": len(g) / max(1, sum(len(x) for x in groups.values())),
+            "width_change": float(np.mean([x for x, _ in g])) if g else float("nan"),
+            "gap": float(np.mean([y for _, y in g])) if g else float("nan"),
+        }
+        for v, g in groups.items()
+    }
+    result: dict[str, Any] = {
+        "clips": len(pick),
+        "speech_frames_real": frames_used,
+        "median_r": med,
+        "clips_per_stat": {k: len(v) for k, v in stats.items()},
+        "viseme_groups_real": sep,
+        "machine": machine_info(),
+    }
+    lines = [
+        f"# Mouth signals against the inner-lip gap ({a.name})",
+        "",
+        f"{len(pick)} clips of `{a.data}` (evenly spread over the manifest), {frames_used} real speech frames; "
+        "median over clips of the per-clip Pearson r on speech frames.",
+        "",
+        "| landmarks | signal | median r with the gap | clips |",
+        "|---|---|---|---|",
+    ]
     for k, v in med.items():
         src, sig = k.split("/")
         lines.append(f"| {src} | {sig} | {v:.3f} | {len(stats[k])} |")
-    lines += ["", "Viseme separation on the real landmarks (frames grouped by the dominant viseme):", "",
-              "| viseme | share of frames | mean width change (IOD) | mean gap above the clip's min (IOD) |",
-              "|---|---|---|---|"]
-    for v, d in sep.items():
-        lines.append(f"| {v} | {d['share']:.3f} | {d['width_change']:+.4f} | {d['gap']:.4f} |")
+    lines += [
+        "",
+        "Viseme separation on the real landmarks (frames grouped by the dominant viseme):",
+        "",
+        "| viseme | share of frames | mean width change (IOD) | mean gap above the clip's min (IOD) |",
+        "|---|---|---|---|",
+    ]
+    for viseme, d in sep.items():
+        lines.append(f"| {viseme} | {d['share']:.3f} | {d['width_change']:+.4f} | {d['gap']:.4f} |")
     m = result["machine"]
     lines += ["", f"Machine: {m['cpu']}, load {m['load_avg_1m']:.2f}, {m['time_utc']}."]
     write_report(a.out, a.name, result, "\n".join(lines) + "\n")

@@ -49,15 +49,32 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(a.steps):
                 bx.update(slots, frames[k], np.full(B, 0.04 * k), level[k], level[k])
             batched = (time.perf_counter() - t0) / (a.steps * B)
-            rows.append({"blendshapes": blend, "batch": B, "per_stream_us": per_stream * 1e6,
-                         "batched_us": batched * 1e6, "speedup": per_stream / batched})
+            rows.append(
+                {
+                    "blendshapes": blend,
+                    "batch": B,
+                    "per_stream_us": per_stream * 1e6,
+                    "batched_us": batched * 1e6,
+                    "speedup": per_stream / batched,
+                }
+            )
     m = machine_info()
-    md = ["# Derived signals per frame: per-stream calls vs one batched call", "",
-          "| blendshapes | B | per-stream us/frame | batched us/frame | speed-up |", "|---|---|---|---|---|"]
-    md += [f"| {r['blendshapes']} | {r['batch']} | {r['per_stream_us']:.1f} | {r['batched_us']:.1f} | "
-           f"{r['speedup']:.1f}x |" for r in rows]
-    md += ["", f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, load {m['load_avg_1m']:.2f} (shared), "
-           f"{m['time_utc']}; both variants measured in the same run."]
+    md = [
+        "# Derived signals per frame: per-stream calls vs one batched call",
+        "",
+        "| blendshapes | B | per-stream us/frame | batched us/frame | speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['blendshapes']} | {r['batch']} | {r['per_stream_us']:.1f} | {r['batched_us']:.1f} | "
+        f"{r['speedup']:.1f}x |"
+        for r in rows
+    ]
+    md += [
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, load {m['load_avg_1m']:.2f} (shared), "
+        f"{m['time_utc']}; both variants measured in the same run.",
+    ]
     write_report(a.out, "signals_batch", {"rows": rows, "steps": a.steps, "machine": m}, "\n".join(md) + "\n")
     return 0
 

@@ -79,8 +79,11 @@ def resolve_model(arg: str | None, workdir: Path) -> tuple[Path, str]:
     from stream_engine.cli import main
 
     out = workdir / "random_init.onnx"
-    print(f"step_latency: {DEFAULT_MODEL} does not exist; exporting a random-init generator (GeneratorConfig "
-          f"defaults) to {out}", flush=True)
+    print(
+        f"step_latency: {DEFAULT_MODEL} does not exist; exporting a random-init generator (GeneratorConfig "
+        f"defaults) to {out}",
+        flush=True,
+    )
     with open(os.devnull, "w") as devnull:
         stdout, sys.stdout = sys.stdout, devnull
         try:
@@ -111,19 +114,21 @@ def parse_variants(arg: str | None, model: Path) -> dict[str, Path]:
 
 def torch_generator(contract):
     """A Generator with the model's architecture (random weights: latency does not depend on their values)."""
+    import dataclasses
+
     import torch
 
+    from stream_engine.dataclass_io import from_dict
     from stream_engine.features import FrontEndConfig
-    from training.checkpoint import dataclass_from_dict
     from training.models.generator import Generator, GeneratorConfig
 
-    cfg = dataclass_from_dict(GeneratorConfig, dict(contract.generator_config))
+    cfg = from_dict(GeneratorConfig, dict(contract.generator_config))
     try:
-        fe = dataclass_from_dict(FrontEndConfig, dict(contract.frontend))
+        fe = from_dict(FrontEndConfig, dict(contract.frontend))
     except Exception:
         fe = FrontEndConfig()
     torch.manual_seed(0)
-    return Generator(cfg, fe).eval()
+    return Generator(dataclasses.replace(cfg, frontend=fe)).eval()
 
 
 def audio_for(batch: int, spf: int, seed: int = 0) -> np.ndarray:
@@ -148,15 +153,25 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    def __init__(self, generator, contract, device: str = "cpu", compiled: bool = False, graph: bool = False,
-                 compile_dynamic: bool = True):
+    def __init__(
+        self,
+        generator,
+        contract,
+        device: str = "cpu",
+        compiled: bool = False,
+        graph: bool = False,
+        compile_dynamic: bool = True,
+    ):
         import torch
 
         self.torch, self.contract, self.device = torch, contract, device
         self.g = generator.to(device)
         self.compiled, self.graph = compiled, graph
-        self.name = "torch_compile" if compiled else ("torch_cuda_graph" if graph else
-                                                      ("torch_cuda" if device != "cpu" else "torch_eager"))
+        self.name = (
+            "torch_compile"
+            if compiled
+            else ("torch_cuda_graph" if graph else ("torch_cuda" if device != "cpu" else "torch_eager"))
+        )
         self.threads = torch.get_num_threads()
         self.compile_s: dict[int, float] = {}
         if compiled:
@@ -165,8 +180,12 @@ class TorchBackend(Backend):
             # Raise dynamo's recompile limit: when it is hit, dynamo silently falls back to eager.
             import torch._dynamo
 
-            for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                         "accumulated_cache_size_limit"):
+            for knob in (
+                "recompile_limit",
+                "cache_size_limit",
+                "accumulated_recompile_limit",
+                "accumulated_cache_size_limit",
+            ):
                 if hasattr(torch._dynamo.config, knob):
                     setattr(torch._dynamo.config, knob, max(256, getattr(torch._dynamo.config, knob)))
             self._fn = torch.compile(self.g.step, dynamic=compile_dynamic)
@@ -175,12 +194,15 @@ class TorchBackend(Backend):
         self._cells: dict[int, dict] = {}
 
     def _fresh_state(self, batch: int):
-        from training.models.generator import StepState
-
-        st = self.g.initial_state(self.torch.as_tensor(
-            np.broadcast_to(self.contract.reference_face_array, (batch, self.contract.num_landmarks,
-                                                                 self.contract.landmark_dims)).copy(),
-            device=self.device))
+        st = self.g.initial_state(
+            self.torch.as_tensor(
+                np.broadcast_to(
+                    self.contract.reference_face_array,
+                    (batch, self.contract.num_landmarks, self.contract.landmark_dims),
+                ).copy(),
+                device=self.device,
+            )
+        )
         gen = self.torch.Generator(device="cpu").manual_seed(0)
         h = self.torch.rand(st.h.shape, generator=gen).to(self.device)
         c = self.torch.rand(st.c.shape, generator=gen).to(self.device)
@@ -233,6 +255,7 @@ class TorchBackend(Backend):
                 with torch.inference_mode():
                     lm, cell["state"] = self._fn(audio, cell["state"])
                     sync()
+
         cell["fn"] = step
         self._cells[batch] = cell
         return step
@@ -260,6 +283,7 @@ class OrtBackend(Backend):
 
             def step():
                 _, cell["state"] = self.runner.step(audio, cell["state"])
+
             cell["fn"] = step
         return self._cells[batch]["fn"]
 
@@ -296,7 +320,8 @@ def time_cell(backend: Backend, batch: int, warmup: int, n_min: int, n_max: int,
     step = backend.prepare(batch)
     for _ in range(warmup):
         step()
-    samples, cpu = [], []
+    samples: list[float] = []
+    cpu: list[float] = []
     since_reset = 0
     t_end = time.perf_counter() + budget_s
     while len(samples) < n_max and (len(samples) < n_min or time.perf_counter() < t_end):
@@ -315,8 +340,19 @@ def time_cell(backend: Backend, batch: int, warmup: int, n_min: int, n_max: int,
 
 
 def time_cpp(binary: Path, model: Path, batch: int, warmup: int, n: int, timeout_s: float) -> dict:
-    cmd = [str(binary), "--model", str(model), "--bench", str(n), "--batch", str(batch), "--warmup", str(warmup),
-           "--threads", "1"]
+    cmd = [
+        str(binary),
+        "--model",
+        str(model),
+        "--bench",
+        str(n),
+        "--batch",
+        str(batch),
+        "--warmup",
+        str(warmup),
+        "--threads",
+        "1",
+    ]
     with tempfile.NamedTemporaryFile(suffix=".txt") as tf:
         proc = subprocess.run(cmd + ["--timings", tf.name], capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0:
@@ -376,8 +412,11 @@ def profile_ort(model: Path, batch: int, steps: int) -> tuple[list[tuple[str, fl
     by_op: dict[str, float] = defaultdict(float)
     by_mod: dict[str, float] = defaultdict(float)
     # The first runs are warm-up (allocations, first-touch): count nodes only after the WARM-th run ended.
-    runs = sorted((float(e["ts"]) + float(e.get("dur", 0)) for e in events
-                   if e.get("cat") == "Session" and e.get("name") == "model_run"))
+    runs = sorted(
+        float(e["ts"]) + float(e.get("dur", 0))
+        for e in events
+        if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
     warm = min(PROFILE_WARMUP, max(0, len(runs) - 1))
     cutoff = runs[warm - 1] if warm and runs else float("-inf")
     for e in events:
@@ -391,6 +430,7 @@ def profile_ort(model: Path, batch: int, steps: int) -> tuple[list[tuple[str, fl
     def shares(d):
         total = sum(d.values()) or 1.0
         return sorted(((k, 100.0 * v / total) for k, v in d.items()), key=lambda kv: -kv[1])
+
     return shares(by_op), shares(by_mod)
 
 
@@ -427,8 +467,9 @@ def plot(results: dict, path: Path, frame_ms: float) -> None:
         ax1.plot(bs, [cells[str(b)]["p50_ms"] for b in bs], marker="o", label=name)
         ax2.plot(bs, [cells[str(b)]["per_stream_p50_us"] for b in bs], marker="o", label=name)
     ax1.axhline(TARGET_P50_MS, color="grey", ls="--", lw=0.8, label=f"B=1 target p50 {TARGET_P50_MS:g} ms")
-    ax2.axhline(1000.0 * frame_ms / TARGET_STREAMS, color="grey", ls="--", lw=0.8,
-                label=f"{TARGET_STREAMS} streams/core")
+    ax2.axhline(
+        1000.0 * frame_ms / TARGET_STREAMS, color="grey", ls="--", lw=0.8, label=f"{TARGET_STREAMS} streams/core"
+    )
     for ax, title, unit in ((ax1, "per step (p50)", "ms"), (ax2, "per stream (p50 / B)", "µs")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -447,20 +488,24 @@ def plot(results: dict, path: Path, frame_ms: float) -> None:
 def markdown(report: dict) -> str:
     m, cond = report["machine"], report["conditions"]
     lines = [
-        "# Generator step latency", "",
+        "# Generator step latency",
+        "",
         f"Model: `{cond['model']}` ({cond['model_source']}; {cond['parameters']:,} parameters, "
         f"{cond['onnx_mb']:.1f} MB ONNX, version `{cond['model_version']}`).  ",
         f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), {m.get('platform')}; Python "
         f"{m.get('python')}, torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}"
-        + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + ".  ",
+        + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
+        + ".  ",
         f"Conditions: one thread per backend (torch.set_num_threads(1), ORT intra/inter-op 1); load average "
         f"{cond['load_avg_start']:.2f} at start, {cond['load_avg_end']:.2f} at end (range over cells "
         f"{cond['load_avg_min']:.2f}–{cond['load_avg_max']:.2f}); {cond['rounds']} alternating round(s); warm-up "
         f"{cond['warmup']} steps (fewer at large B); time budget {cond['budget_s']:g} s per cell and round; "
-        f"{'--quick; ' if cond['quick'] else ''}run took {cond['wall_s']:.0f} s.", "",
+        f"{'--quick; ' if cond['quick'] else ''}run took {cond['wall_s']:.0f} s.",
+        "",
         f"Targets (CPU, one thread): B=1 p50 <= {TARGET_P50_MS:g} ms and p99 <= {TARGET_P99_MS:g} ms; "
         f">= {TARGET_STREAMS} real-time streams per core batched (<= {1000 * cond['frame_ms'] / TARGET_STREAMS:.0f} "
-        "µs per stream-step).", "",
+        "µs per stream-step).",
+        "",
         "| backend | B | N | p50 ms | p95 ms | p99 ms | per stream p50 µs | per stream p99 µs | streams/core (p50) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -469,18 +514,25 @@ def markdown(report: dict) -> str:
             c = cells[b]
             if "p50_ms" not in c:
                 continue
-            lines.append(f"| {name} | {b} | {c['n']} | {c['p50_ms']:.3f} | {c['p95_ms']:.3f} | {c['p99_ms']:.3f} | "
-                         f"{c['per_stream_p50_us']:.1f} | {c['per_stream_p99_us']:.1f} | "
-                         f"{c['streams_per_core_p50']:.0f} |")
+            lines.append(
+                f"| {name} | {b} | {c['n']} | {c['p50_ms']:.3f} | {c['p95_ms']:.3f} | {c['p99_ms']:.3f} | "
+                f"{c['per_stream_p50_us']:.1f} | {c['per_stream_p99_us']:.1f} | "
+                f"{c['streams_per_core_p50']:.0f} |"
+            )
     if report.get("variants"):
-        lines += ["", "## Precision variants (ort_cpu, one thread, same rounds)", "",
-                  f"Streams per core (p50) of each variant and its ratio to float32 `ort_cpu` at the same batch; "
-                  f"target for the low-precision step: >= {TARGET_LOW_PRECISION_STREAMS} streams per core. The CPU-time "
-                  "columns use the step thread's CPU time (time.thread_time), which leaves out the time slices other "
-                  "processes took: on a loaded machine they are the closer estimate of an idle core.", "",
-                  "| variant | precision | B | p50 ms | p99 ms | streams/core (p50) | ratio to fp32 | CPU ms (p50) | "
-                  "streams/core (CPU time) | ratio (CPU time) |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Precision variants (ort_cpu, one thread, same rounds)",
+            "",
+            f"Streams per core (p50) of each variant and its ratio to float32 `ort_cpu` at the same batch; "
+            f"target for the low-precision step: >= {TARGET_LOW_PRECISION_STREAMS} streams per core. The CPU-time "
+            "columns use the step thread's CPU time (time.thread_time), which leaves out the time slices other "
+            "processes took: on a loaded machine they are the closer estimate of an idle core.",
+            "",
+            "| variant | precision | B | p50 ms | p99 ms | streams/core (p50) | ratio to fp32 | CPU ms (p50) | "
+            "streams/core (CPU time) | ratio (CPU time) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         base = report["results"].get("ort_cpu", {})
         for v in [{"name": "fp32", "backend": "ort_cpu", "precision": "fp32"}] + report["variants"]:
             cells = report["results"].get(v["backend"], {})
@@ -488,28 +540,41 @@ def markdown(report: dict) -> str:
                 c = cells[b]
                 if "p50_ms" not in c:
                     continue
-                ratio = (f"{c['streams_per_core_p50'] / base[b]['streams_per_core_p50']:.2f}"
-                         if "p50_ms" in base.get(b, {}) else "–")
-                cpu = (f"{c['cpu_p50_ms']:.3f} | {c['streams_per_core_cpu_p50']:.0f}" if "cpu_p50_ms" in c else "– | –")
-                cratio = (f"{c['streams_per_core_cpu_p50'] / base[b]['streams_per_core_cpu_p50']:.2f}"
-                          if "cpu_p50_ms" in c and "cpu_p50_ms" in base.get(b, {}) else "–")
-                lines.append(f"| {v['name']} | {v['precision']} | {b} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} | "
-                             f"{c['streams_per_core_p50']:.0f} | {ratio} | {cpu} | {cratio} |")
+                ratio = (
+                    f"{c['streams_per_core_p50'] / base[b]['streams_per_core_p50']:.2f}"
+                    if "p50_ms" in base.get(b, {})
+                    else "–"
+                )
+                cpu = f"{c['cpu_p50_ms']:.3f} | {c['streams_per_core_cpu_p50']:.0f}" if "cpu_p50_ms" in c else "– | –"
+                cratio = (
+                    f"{c['streams_per_core_cpu_p50'] / base[b]['streams_per_core_cpu_p50']:.2f}"
+                    if "cpu_p50_ms" in c and "cpu_p50_ms" in base.get(b, {})
+                    else "–"
+                )
+                lines.append(
+                    f"| {v['name']} | {v['precision']} | {b} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} | "
+                    f"{c['streams_per_core_p50']:.0f} | {ratio} | {cpu} | {cratio} |"
+                )
     lines += ["", "Summary against the targets:", ""]
     for name, s in report["summary"].items():
         b1 = s.get("b1")
         txt = f"- **{name}**: "
         if b1:
             ok = b1["p50_ms"] <= TARGET_P50_MS and b1["p99_ms"] <= TARGET_P99_MS
-            txt += (f"B=1 p50 {b1['p50_ms']:.3f} ms / p99 {b1['p99_ms']:.3f} ms "
-                    f"({'meets' if ok else 'misses'} the B=1 target); ")
+            txt += (
+                f"B=1 p50 {b1['p50_ms']:.3f} ms / p99 {b1['p99_ms']:.3f} ms "
+                f"({'meets' if ok else 'misses'} the B=1 target); "
+            )
         target = TARGET_LOW_PRECISION_STREAMS if name.startswith("ort_cpu[") else TARGET_STREAMS
-        txt += (f"best batch {s['best_batch']}: {s['streams_per_core_p50']:.0f} real-time streams per core "
-                f"({'meets' if s['streams_per_core_p50'] >= target else 'misses'} {target})")
+        txt += (
+            f"best batch {s['best_batch']}: {s['streams_per_core_p50']:.0f} real-time streams per core "
+            f"({'meets' if s['streams_per_core_p50'] >= target else 'misses'} {target})"
+        )
         if name in report.get("compile_s", {}):
             mode = "dynamic shapes" if cond.get("torch_compile_dynamic") else "static shapes"
-            txt += (f"; first call incl. compile ({mode}; inductor's on-disk cache shortens repeat runs) "
-                    + ", ".join(f"B={b}: {t:.1f} s" for b, t in report["compile_s"][name].items()))
+            txt += f"; first call incl. compile ({mode}; inductor's on-disk cache shortens repeat runs) " + ", ".join(
+                f"B={b}: {t:.1f} s" for b, t in report["compile_s"][name].items()
+            )
         lines.append(txt)
     if report["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {k}: {v}" for k, v in report["skipped"].items()]
@@ -534,8 +599,9 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="ONNX step model (default: stream_engine/models/default.onnx, else a "
-                                   "random-init export)")
+    p.add_argument(
+        "--model", help="ONNX step model (default: stream_engine/models/default.onnx, else a random-init export)"
+    )
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--backends", default=",".join(ALL_BACKENDS))
     p.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)))
@@ -544,14 +610,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--cpp-binary", default=str(DEFAULT_CPP))
     p.add_argument("--no-profile", action="store_true")
-    p.add_argument("--compile-static", action="store_true",
-                   help="torch.compile each batch size separately (dynamic=False; ~30-40 s per size on 2 cores) "
-                        "instead of one dynamic-shape compile for B >= 2")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: B=1,8, tiny counts, one round, no torch.compile, short profiles")
-    p.add_argument("--variants", default=None, metavar="NAME=PATH,...",
-                   help="precision variants timed as ort_cpu[NAME] (default: int8=the shipped "
-                        "default_int8.onnx when the default model is timed; '' for none)")
+    p.add_argument(
+        "--compile-static",
+        action="store_true",
+        help="torch.compile each batch size separately (dynamic=False; ~30-40 s per size on 2 cores) "
+        "instead of one dynamic-shape compile for B >= 2",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: B=1,8, tiny counts, one round, no torch.compile, short profiles",
+    )
+    p.add_argument(
+        "--variants",
+        default=None,
+        metavar="NAME=PATH,...",
+        help="precision variants timed as ort_cpu[NAME] (default: int8=the shipped "
+        "default_int8.onnx when the default model is timed; '' for none)",
+    )
     a = p.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -580,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     cuda = torch.cuda.is_available()
 
-    live: dict[str, Backend] = {}
+    live: dict[str, Backend | None] = {}  # None: the C++ binary, driven through a subprocess
     if "ort_cpu" in backends:  # each variant right after float32, in the same rounds
         at = backends.index("ort_cpu") + 1
         backends[at:at] = [f"ort_cpu[{n}]" for n in variants]
@@ -591,30 +667,34 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "torch_compile":
                 if a.quick:
                     raise Skip("--quick (a compile takes a minute or more)")
-                live[name] = TorchBackend(torch_generator(contract), contract, compiled=True,
-                                          compile_dynamic=not a.compile_static)
+                live[name] = TorchBackend(
+                    torch_generator(contract), contract, compiled=True, compile_dynamic=not a.compile_static
+                )
             elif name == "ort_cpu":
                 live[name] = OrtBackend(model)
             elif name.startswith("ort_cpu["):
-                live[name] = OrtBackend(variants[name[len("ort_cpu["):-1]], name)
+                live[name] = OrtBackend(variants[name[len("ort_cpu[") : -1]], name)
             elif name == "cpp":
                 binary = Path(a.cpp_binary)
                 if not binary.is_file():
-                    raise Skip(f"{binary} not built (bash .ci/fetch_ort_headers && cmake -S . -B build && "
-                               "cmake --build build -j2)")
+                    raise Skip(
+                        f"{binary} not built (bash .ci/fetch_ort_headers && cmake -S . -B build && "
+                        "cmake --build build -j2)"
+                    )
                 live[name] = None  # driven through subprocess
             elif name in ("torch_cuda", "torch_cuda_graph"):
                 if not cuda:
                     raise Skip("no CUDA GPU (torch.cuda.is_available() is False)")
-                live[name] = TorchBackend(torch_generator(contract), contract, device="cuda",
-                                          graph=name == "torch_cuda_graph")
+                live[name] = TorchBackend(
+                    torch_generator(contract), contract, device="cuda", graph=name == "torch_cuda_graph"
+                )
             elif name == "tensorrt":
                 if not cuda:
                     raise Skip("no CUDA GPU")
                 try:
                     import tensorrt  # noqa: F401
                 except Exception as exc:
-                    raise Skip(f"TensorRT is not installed ({type(exc).__name__}: {exc})")
+                    raise Skip(f"TensorRT is not installed ({type(exc).__name__}: {exc})") from exc
                 live[name] = TensorRTBackend(model, contract, workdir, max(batches))
         except Skip as exc:
             skipped[name] = str(exc)
@@ -645,7 +725,9 @@ def main(argv: list[str] | None = None) -> int:
                             n = min(n, 10)
                         r = time_cpp(Path(a.cpp_binary), model, batch, warmup, n, timeout_s=600)
                     else:
-                        r = time_cell(live[name], batch, warmup, n_min, n_max, a.budget_s)
+                        backend = live[name]
+                        assert backend is not None  # only "cpp" has no Backend object
+                        r = time_cell(backend, batch, warmup, n_min, n_max, a.budget_s)
                 except Skip as exc:
                     cell_meta[name][batch] = {"skip": str(exc)}
                     continue
@@ -663,8 +745,11 @@ def main(argv: list[str] | None = None) -> int:
                 if "ort_version" in r:
                     meta["ort_version"] = r["ort_version"]
                 loads += meta["load_avg"]
-                print(f"  round {rnd + 1} {name:>16} B={batch:<5} n={len(r['samples_s']):<5} "
-                      f"p50 {1e3 * float(np.median(r['samples_s'])):8.3f} ms  load {load0:.2f}", flush=True)
+                print(
+                    f"  round {rnd + 1} {name:>16} B={batch:<5} n={len(r['samples_s']):<5} "
+                    f"p50 {1e3 * float(np.median(r['samples_s'])):8.3f} ms  load {load0:.2f}",
+                    flush=True,
+                )
 
     results: dict[str, dict[str, dict]] = {}
     summary: dict[str, dict] = {}
@@ -674,12 +759,16 @@ def main(argv: list[str] | None = None) -> int:
             meta = cell_meta[name].get(batch, {})
             if samples[name].get(batch):
                 s = summarise(samples[name][batch])
-                s.update({
-                    "per_stream_p50_us": 1e3 * s["p50_ms"] / batch, "per_stream_p99_us": 1e3 * s["p99_ms"] / batch,
-                    "streams_per_core_p50": frame_ms / (s["p50_ms"] / batch),
-                    "streams_per_core_p99": frame_ms / (s["p99_ms"] / batch),
-                    "warmup": meta.get("warmup"), "load_avg": meta.get("load_avg"),
-                })
+                s.update(
+                    {
+                        "per_stream_p50_us": 1e3 * s["p50_ms"] / batch,
+                        "per_stream_p99_us": 1e3 * s["p99_ms"] / batch,
+                        "streams_per_core_p50": frame_ms / (s["p50_ms"] / batch),
+                        "streams_per_core_p99": frame_ms / (s["p99_ms"] / batch),
+                        "warmup": meta.get("warmup"),
+                        "load_avg": meta.get("load_avg"),
+                    }
+                )
                 if "ort_version" in meta:
                     s["ort_version"] = meta["ort_version"]
                 if meta.get("cpu_s"):
@@ -692,16 +781,22 @@ def main(argv: list[str] | None = None) -> int:
         timed = {b: c for b, c in cells.items() if "p50_ms" in c}
         if timed:
             best = max(timed, key=lambda b: timed[b]["streams_per_core_p50"])
-            summary[name] = {"best_batch": int(best), "streams_per_core_p50": timed[best]["streams_per_core_p50"],
-                             "b1": ({"p50_ms": timed["1"]["p50_ms"], "p99_ms": timed["1"]["p99_ms"]}
-                                    if "1" in timed else None)}
+            summary[name] = {
+                "best_batch": int(best),
+                "streams_per_core_p50": timed[best]["streams_per_core_p50"],
+                "b1": ({"p50_ms": timed["1"]["p50_ms"], "p99_ms": timed["1"]["p99_ms"]} if "1" in timed else None),
+            }
         else:
-            skipped.setdefault(name, "; ".join(f"B={b}: {c['skip']}" for b, c in cells.items() if "skip" in c)
-                               or "no cell ran")
-    compile_s = {n: {str(b): t for b, t in be.compile_s.items()} for n, be in live.items()
-                 if isinstance(be, TorchBackend) and be.compile_s}
+            skipped.setdefault(
+                name, "; ".join(f"B={b}: {c['skip']}" for b, c in cells.items() if "skip" in c) or "no cell ran"
+            )
+    compile_s = {
+        n: {str(b): t for b, t in be.compile_s.items()}
+        for n, be in live.items()
+        if isinstance(be, TorchBackend) and be.compile_s
+    }
 
-    profiles: dict[str, object] = {}
+    profiles: dict[str, str | list[tuple[str, float]]] = {}
     profile_note = ""
     if not a.no_profile:
         steps = PROFILE_WARMUP + (5 if a.quick else 40)
@@ -716,41 +811,72 @@ def main(argv: list[str] | None = None) -> int:
                 profiles[f"torch eager self-CPU, B={b}"] = profile_torch(generator, contract, b, max(3, steps // 4))
             except Exception as exc:
                 profiles[f"torch eager self-CPU, B={b}"] = f"failed: {type(exc).__name__}: {exc}"
-        profile_note = ("Shares of profiled time: ORT per-node kernel time (profiler on, 1 thread) by op type and "
-                        "by the generator module each node was exported from; torch: self CPU time by aten op. "
-                        "FusedMatMul/FusedConv are ORT's fusions of MatMul/Conv with a transpose or activation.")
+        profile_note = (
+            "Shares of profiled time: ORT per-node kernel time (profiler on, 1 thread) by op type and "
+            "by the generator module each node was exported from; torch: self CPU time by aten op. "
+            "FusedMatMul/FusedConv are ORT's fusions of MatMul/Conv with a transpose or activation."
+        )
 
     n_params = sum(int(p.numel()) for p in generator.parameters())
     if "ort_cpu" in summary and "cpp" in summary and "1" in results.get("cpp", {}) and "1" in results["ort_cpu"]:
         d = results["ort_cpu"]["1"]["p50_ms"] - results["cpp"]["1"]["p50_ms"]
-        notes.append(f"Python runtime overhead over the C++ runtime at B=1 (p50): {1e3 * d:.0f} µs per step "
-                     "(numpy state in/out, input checks, binding).")
+        notes.append(
+            f"Python runtime overhead over the C++ runtime at B=1 (p50): {1e3 * d:.0f} µs per step "
+            "(numpy state in/out, input checks, binding)."
+        )
     cpus = os.cpu_count() or 1
     if max(loads) > cpus:
-        notes.append(f"The load average ({min(loads):.1f}-{max(loads):.1f}) exceeded the {cpus} logical CPUs: other "
-                     "processes were runnable, so p95/p99 include time slices lost to them (several ms each); "
-                     "p50 is the figure to compare, and the tail targets need a quiet machine.")
-    notes.append("PyTorch backends run a random-init Generator with the model's generator_config (same "
-                 "architecture and cost as the ONNX file; latency does not depend on the weights' values).")
+        notes.append(
+            f"The load average ({min(loads):.1f}-{max(loads):.1f}) exceeded the {cpus} logical CPUs: other "
+            "processes were runnable, so p95/p99 include time slices lost to them (several ms each); "
+            "p50 is the figure to compare, and the tail targets need a quiet machine."
+        )
+    notes.append(
+        "PyTorch backends run a random-init Generator with the model's generator_config (same "
+        "architecture and cost as the ONNX file; latency does not depend on the weights' values)."
+    )
     report = {
         "machine": machine_info(),
         "conditions": {
-            "model": str(model), "model_source": model_source, "model_version": contract.model_version,
-            "parameters": n_params, "onnx_mb": model.stat().st_size / 1e6, "frame_ms": frame_ms,
+            "model": str(model),
+            "model_source": model_source,
+            "model_version": contract.model_version,
+            "parameters": n_params,
+            "onnx_mb": model.stat().st_size / 1e6,
+            "frame_ms": frame_ms,
             "threads": {"torch": torch.get_num_threads(), "onnxruntime": 1, "cpp": 1},
-            "batches": batches, "rounds": a.rounds, "warmup": a.warmup, "budget_s": a.budget_s, "quick": a.quick,
-            "reset_every_steps": RESET_EVERY, "torch_compile_dynamic": not a.compile_static,
-            "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0],
-            "load_avg_min": float(min(loads)), "load_avg_max": float(max(loads)),
+            "batches": batches,
+            "rounds": a.rounds,
+            "warmup": a.warmup,
+            "budget_s": a.budget_s,
+            "quick": a.quick,
+            "reset_every_steps": RESET_EVERY,
+            "torch_compile_dynamic": not a.compile_static,
+            "load_avg_start": load_start,
+            "load_avg_end": os.getloadavg()[0],
+            "load_avg_min": float(min(loads)),
+            "load_avg_max": float(max(loads)),
             "wall_s": time.perf_counter() - t_start,
         },
         "targets": {"b1_p50_ms": TARGET_P50_MS, "b1_p99_ms": TARGET_P99_MS, "streams_per_core": TARGET_STREAMS},
-        "variants": [{"name": n, "backend": f"ort_cpu[{n}]", "path": str(pth),
-                      "precision": live[f"ort_cpu[{n}]"].runner.contract.extra.get("msync.precision", "fp32")}
-                     for n, pth in variants.items() if f"ort_cpu[{n}]" in live],
-        "results": results, "summary": summary, "compile_s": compile_s, "skipped": skipped, "notes": notes,
-        "profiles": {k: (v if isinstance(v, str) else [[n, round(s, 2)] for n, s in v[:15]])
-                     for k, v in profiles.items()},
+        "variants": [
+            {
+                "name": n,
+                "backend": f"ort_cpu[{n}]",
+                "path": str(pth),
+                "precision": backend.runner.contract.extra.get("msync.precision", "fp32"),
+            }
+            for n, pth in variants.items()
+            if isinstance(backend := live.get(f"ort_cpu[{n}]"), OrtBackend)
+        ],
+        "results": results,
+        "summary": summary,
+        "compile_s": compile_s,
+        "skipped": skipped,
+        "notes": notes,
+        "profiles": {
+            k: (v if isinstance(v, str) else [[n, round(s, 2)] for n, s in v[:15]]) for k, v in profiles.items()
+        },
         "profile_note": profile_note,
     }
     out = Path(a.out)

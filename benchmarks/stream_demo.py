@@ -45,8 +45,17 @@ def main() -> int:
     server = ThreadingOSCUDPServer(("127.0.0.1", a.vmc_port), disp)
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
-    cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--duration", str(a.seconds + 12), "--port", str(a.port),
-           "--loop"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stream_engine.cli",
+        "stream",
+        "--duration",
+        str(a.seconds + 12),
+        "--port",
+        str(a.port),
+        "--loop",
+    ]
     if a.model:
         cmd += ["--model", a.model]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -55,10 +64,18 @@ def main() -> int:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=os.environ.get("MSYNC_CHROMIUM", "/usr/bin/chromium"),
-                                         args=["--headless", "--no-sandbox", "--disable-gpu",
-                                               "--disable-background-networking", "--disable-component-update",
-                                               "--disable-sync", "--no-first-run"])
+            browser = pw.chromium.launch(
+                executable_path=os.environ.get("MSYNC_CHROMIUM", "/usr/bin/chromium"),
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
             page = browser.new_page(viewport={"width": 1000, "height": 720})
             page.goto(f"http://127.0.0.1:{a.port}/")
             page.wait_for_timeout(int(a.seconds * 1000))
@@ -82,8 +99,7 @@ def main() -> int:
     t0 = msgs[0][0] if msgs else 0.0
     sample = [{"t_s": round(t - t0, 3), "address": addr, "args": args} for t, addr, args in msgs[:40]]
     all_float = all(isinstance(x, float) for _, addr, args in msgs for x in args[1:] if addr.startswith("/VMC/Ext/"))
-    summary = {"messages": len(msgs), "by_address": addresses, "all_values_float": all_float,
-               "first_messages": sample}
+    summary = {"messages": len(msgs), "by_address": addresses, "all_values_float": all_float, "first_messages": sample}
     (out / "vmc_capture.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "first_messages"}, indent=2))
     print(log[-1500:])

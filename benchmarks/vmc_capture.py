@@ -79,8 +79,23 @@ def lip_gaps(messages: list[tuple[str, tuple]]) -> dict[float, tuple[float, bool
 
 def capture(path: str, names: str, extra: list[str]) -> dict:
     vmc, osc = Receiver(), Receiver()
-    cmd = ["msync", "stream", "--input", path, "--fast", "--quiet", "--port", "0", "--seed", "7",
-           "--vmc", f"127.0.0.1:{vmc.port}", "--osc", f"127.0.0.1:{osc.port}", *extra]
+    cmd = [
+        "msync",
+        "stream",
+        "--input",
+        path,
+        "--fast",
+        "--quiet",
+        "--port",
+        "0",
+        "--seed",
+        "7",
+        "--vmc",
+        f"127.0.0.1:{vmc.port}",
+        "--osc",
+        f"127.0.0.1:{osc.port}",
+        *extra,
+    ]
     if names:
         cmd += ["--vmc-names", names]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -94,16 +109,27 @@ def capture(path: str, names: str, extra: list[str]) -> dict:
         key = None if f["t"] is None else round(f["t"], 3)
         if key in gaps and not gaps[key][1]:
             v = f["values"]
-            mouth.append(float(v["jawOpen"]) if "jawOpen" in v else sum(float(x) for k, x in v.items()
-                                                                         if k in VISEME_KEYS))
+            mouth.append(
+                float(v["jawOpen"]) if "jawOpen" in v else sum(float(x) for k, x in v.items() if k in VISEME_KEYS)
+            )
             gap.append(gaps[key][0])
     r = float(np.corrcoef(mouth, gap)[0, 1]) if len(mouth) > 2 and np.std(mouth) > 0 else float("nan")
     names_seen = sorted({n for f in frames for n in f["values"]})
     types_seen = sorted({t for f in frames for t in f["types"].values()})
-    return {"file": path, "command": " ".join(cmd), "exit": proc.returncode, "stderr_tail": proc.stderr[-300:],
-            "vmc_frames": len(frames), "osc_frames": len(gaps), "names": names_seen, "arg_types": types_seen,
-            "speech_frames_matched": len(mouth), "r_vmc_mouth_vs_lip_gap": r,
-            "last_frame": frames[-1] if frames else None, "frames": frames}
+    return {
+        "file": path,
+        "command": " ".join(cmd),
+        "exit": proc.returncode,
+        "stderr_tail": proc.stderr[-300:],
+        "vmc_frames": len(frames),
+        "osc_frames": len(gaps),
+        "names": names_seen,
+        "arg_types": types_seen,
+        "speech_frames_matched": len(mouth),
+        "r_vmc_mouth_vs_lip_gap": r,
+        "last_frame": frames[-1] if frames else None,
+        "frames": frames,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,23 +141,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--msync-args", default="", help="more msync stream arguments, one string")
     a = p.parse_args(argv)
     results = [capture(f, a.names, shlex.split(a.msync_args)) for f in a.files]
-    lines = [f"# VMC capture ({a.name}): `--vmc-names {a.names or '(default)'}`, independent python-osc receiver", "",
-             "| file | exit | VMC frames | OSC frames | names | arg types | r(VMC mouth, lip gap) on speech | "
-             "last frame: max value |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# VMC capture ({a.name}): `--vmc-names {a.names or '(default)'}`, independent python-osc receiver",
+        "",
+        "| file | exit | VMC frames | OSC frames | names | arg types | r(VMC mouth, lip gap) on speech | "
+        "last frame: max value |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for res in results:
         last = res["last_frame"]["values"] if res["last_frame"] else {}
-        lines.append(f"| {Path(res['file']).name} | {res['exit']} | {res['vmc_frames']} | {res['osc_frames']} | "
-                     f"{len(res['names'])} | {','.join(res['arg_types'])} | {res['r_vmc_mouth_vs_lip_gap']:.3f} "
-                     f"(n={res['speech_frames_matched']}) | {max(last.values(), default=float('nan')):.3f} |")
-    lines += ["", "Names seen: " + ", ".join(results[0]["names"]), "",
-              "The VMC mouth is jawOpen with arkit names, the sum of the viseme shapes otherwise; 'last frame' is "
-              "what the avatar is left with after msync exits (0 = the rest pose).", "",
-              f"Command: `{results[0]['command']}` (ports vary)."]
+        lines.append(
+            f"| {Path(res['file']).name} | {res['exit']} | {res['vmc_frames']} | {res['osc_frames']} | "
+            f"{len(res['names'])} | {','.join(res['arg_types'])} | {res['r_vmc_mouth_vs_lip_gap']:.3f} "
+            f"(n={res['speech_frames_matched']}) | {max(last.values(), default=float('nan')):.3f} |"
+        )
+    lines += [
+        "",
+        "Names seen: " + ", ".join(results[0]["names"]),
+        "",
+        "The VMC mouth is jawOpen with arkit names, the sum of the viseme shapes otherwise; 'last frame' is "
+        "what the avatar is left with after msync exits (0 = the rest pose).",
+        "",
+        f"Command: `{results[0]['command']}` (ports vary).",
+    ]
     from benchmarks.common import machine_info, write_report
 
     summary = [{k: v for k, v in r.items() if k != "frames"} for r in results]
-    write_report(a.out, a.name, {"captures": summary, "frames_of_first_file": results[0]["frames"],
-                                 "machine": machine_info()}, "\n".join(lines) + "\n")
+    write_report(
+        a.out,
+        a.name,
+        {"captures": summary, "frames_of_first_file": results[0]["frames"], "machine": machine_info()},
+        "\n".join(lines) + "\n",
+    )
     return 0 if all(r["exit"] == 0 for r in results) else 1
 
 

@@ -19,42 +19,69 @@ from pathlib import Path
 
 def _ref(d: dict) -> dict:
     r = d.get("ref_audio_client") or {}
-    return {"ref_frames": r.get("frames"), "ref_expected": r.get("expected"), "ref_seq_missing": r.get("seq_missing"),
-            "ref_max_gap_ms": r.get("max_gap_ms"), "ref_late_p99_ms": r.get("late_p99_ms")}
+    return {
+        "ref_frames": r.get("frames"),
+        "ref_expected": r.get("expected"),
+        "ref_seq_missing": r.get("seq_missing"),
+        "ref_max_gap_ms": r.get("max_gap_ms"),
+        "ref_late_p99_ms": r.get("late_p99_ms"),
+    }
 
 
 def summarise(probe: str, d: dict) -> dict:
     """The deciding figures of one probe's JSON."""
     r = d["result"]
     if probe == "slow_reader":
-        out = {"slow_client_dropped_after_s": r.get("server_dropped_slow_client_after_s"),
-               "rss_mib_before": r.get("rss_mib_before"), "rss_mib_max": r.get("rss_mib_max")}
+        out = {
+            "slow_client_dropped_after_s": r.get("server_dropped_slow_client_after_s"),
+            "rss_mib_before": r.get("rss_mib_before"),
+            "rss_mib_max": r.get("rss_mib_max"),
+        }
     elif probe == "silent":
-        out = {"silent_stream_closed_after_s": r.get("silent_stream_closed_after_s"),
-               "frozen_audio_closed_after_s": r.get("frozen_audio_stream_closed_after_s"),
-               "frozen_frames_dropped_after_s": r.get("frozen_frames_client_dropped_after_s")}
+        out = {
+            "silent_stream_closed_after_s": r.get("silent_stream_closed_after_s"),
+            "frozen_audio_closed_after_s": r.get("frozen_audio_stream_closed_after_s"),
+            "frozen_frames_dropped_after_s": r.get("frozen_frames_client_dropped_after_s"),
+        }
     elif probe == "lockout":
         tl = r.get("timeline_s_clients_newconnect") or []
         refused = [t for t, _, status in tl if status != 101]
-        out = {"dead_readers": r.get("dead_readers"), "new_connects_refused": f"{len(refused)}/{len(tl)}",
-               "first_accepted_at_s": next((t for t, _, status in tl if status == 101), None),
-               "clients_left_after_live_streams_stop": r.get("clients_after_live_streams_stopped")}
+        out = {
+            "dead_readers": r.get("dead_readers"),
+            "new_connects_refused": f"{len(refused)}/{len(tl)}",
+            "first_accepted_at_s": next((t for t, _, status in tl if status == 101), None),
+            "clients_left_after_live_streams_stop": r.get("clients_after_live_streams_stopped"),
+        }
     elif probe == "pipeline":
         w = r.get("ref_in_window") or {}
-        out = {"sent": r.get("sent"), "replies": r.get("replies"), "wall_s": r.get("wall_s"),
-               "ref_max_gap_ms_in_window": w.get("max_gap_ms"), "ref_late_p99_ms_in_window": w.get("late_p99_ms")}
+        out = {
+            "sent": r.get("sent"),
+            "replies": r.get("replies"),
+            "wall_s": r.get("wall_s"),
+            "ref_max_gap_ms_in_window": w.get("max_gap_ms"),
+            "ref_late_p99_ms_in_window": w.get("late_p99_ms"),
+        }
     elif probe == "memory_flood":
         sent = r.get("mib_sent_per_client") or []
-        out = {"clients": r.get("clients"), "mib_accepted_per_client": round(sum(sent) / max(1, len(sent)), 1),
-               "rss_mib_before": r.get("rss_mib_before"), "rss_mib_max": r.get("rss_mib_max"),
-               "streams_gone_after_abort_s": r.get("streams_gone_after_abort_s")}
+        out = {
+            "clients": r.get("clients"),
+            "mib_accepted_per_client": round(sum(sent) / max(1, len(sent)), 1),
+            "rss_mib_before": r.get("rss_mib_before"),
+            "rss_mib_max": r.get("rss_mib_max"),
+            "streams_gone_after_abort_s": r.get("streams_gone_after_abort_s"),
+        }
     elif probe == "trickle_reader":
-        out = {"received": r.get("received"), "seq_gaps": r.get("seq_gaps"),
-               "age_ms_p50": round(r["age_ms_p50"], 1) if r.get("age_ms_p50") is not None else None,
-               "age_ms_max": round(r["age_ms_max"], 1) if r.get("age_ms_max") is not None else None}
+        out = {
+            "received": r.get("received"),
+            "seq_gaps": r.get("seq_gaps"),
+            "age_ms_p50": round(r["age_ms_p50"], 1) if r.get("age_ms_p50") is not None else None,
+            "age_ms_max": round(r["age_ms_max"], 1) if r.get("age_ms_max") is not None else None,
+        }
     elif probe == "cross_reset":
-        out = {"replies": "+".join(m.get("code") or m.get("type") for m in r.get("replies", [])),
-               "ref_epoch_changes": (d.get("ref_audio_client") or {}).get("epoch_changes")}
+        out = {
+            "replies": "+".join(m.get("code") or m.get("type") for m in r.get("replies", [])),
+            "ref_epoch_changes": (d.get("ref_audio_client") or {}).get("epoch_changes"),
+        }
     else:
         out = {}
     return {**out, **_ref(d)}
@@ -66,13 +93,19 @@ def main() -> None:
     p.add_argument("after")
     p.add_argument("--out", default="benchmarks/results/ws_faults")
     p.add_argument("--note", default="")
-    p.add_argument("--extra", nargs=3, action="append", default=[], metavar=("NAME", "BEFORE_DIR", "AFTER_DIR"),
-                   help="one more row from other runs: NAME starts with the probe's name; '-' = no run")
+    p.add_argument(
+        "--extra",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "BEFORE_DIR", "AFTER_DIR"),
+        help="one more row from other runs: NAME starts with the probe's name; '-' = no run",
+    )
     a = p.parse_args()
     probes = ["slow_reader", "silent", "lockout", "pipeline", "memory_flood", "trickle_reader", "cross_reset"]
-    rows = {}
+    rows: dict[str, dict[str, dict | None]] = {}
     for probe in probes:
-        row = {}
+        row: dict[str, dict | None] = {}
         for label, folder in (("before", a.before), ("after", a.after)):
             f = Path(folder) / f"{probe}.json"
             log = Path(folder) / f"{probe}.probe.log"
@@ -91,15 +124,21 @@ def main() -> None:
             f = Path(folder) / f"{probe}.json"
             row[label] = summarise(probe, json.loads(f.read_text())) if folder != "-" and f.is_file() else None
         rows[name] = row
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     meta = {"note": a.note, "cpu": cpu, "cores": os.cpu_count(), "load_at_tabulation": os.getloadavg()}
     Path(a.out + ".json").write_text(json.dumps({"meta": meta, "probes": rows}, indent=1))
-    lines = [f"# WebSocket fault probes, before and after\n", f"{a.note}\n",
-             f"CPU: {cpu} ({os.cpu_count()} cores, shared with other jobs; load per probe in the run logs).\n",
-             "Each probe runs against a fresh `msync stream --input none --no-vmc` (shipped model) beside a "
-             "real-time reference stream (`ref_*`: frames received / expected, seq lost, max gap, p99 lateness).\n",
-             "| probe | figure | before | after |", "|---|---|---|---|"]
+    lines = [
+        "# WebSocket fault probes, before and after\n",
+        f"{a.note}\n",
+        f"CPU: {cpu} ({os.cpu_count()} cores, shared with other jobs; load per probe in the run logs).\n",
+        "Each probe runs against a fresh `msync stream --input none --no-vmc` (shipped model) beside a "
+        "real-time reference stream (`ref_*`: frames received / expected, seq lost, max gap, p99 lateness).\n",
+        "| probe | figure | before | after |",
+        "|---|---|---|---|",
+    ]
     for probe, row in rows.items():
         keys = list((row["after"] or row["before"] or {}).keys())
         for k in keys:

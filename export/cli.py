@@ -65,9 +65,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="dataset dir with clips/*.flac for --verify-steps (noise is used when missing)",
     )
     p.add_argument("--tol", type=float, default=1e-4, help="max landmark difference allowed by --verify-steps")
-    p.add_argument("--int8", nargs="?", const="dynamic", choices=["dynamic", "static"], metavar="METHOD",
-                   help="also write an int8 variant beside --out as <name>_int8.onnx (export.quantize; "
-                        "dynamic by default, static = QDQ calibrated on --verify-data speech)")
+    p.add_argument(
+        "--int8",
+        nargs="?",
+        const="dynamic",
+        choices=["dynamic", "static"],
+        metavar="METHOD",
+        help="also write an int8 variant beside --out as <name>_int8.onnx (export.quantize; "
+        "dynamic by default, static = QDQ calibrated on --verify-data speech)",
+    )
     trt = p.add_argument_group("TensorRT")
     trt.add_argument("--tensorrt", action="store_true", help="also build serialized TensorRT engines")
     trt.add_argument("--trt-precision", default="fp32,fp16", help="comma list of fp32, fp16")

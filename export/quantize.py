@@ -39,8 +39,13 @@ from pathlib import Path
 import numpy as np
 
 #: Module scopes whose MatMul/Gemm nodes are quantized (attribute names of `Generator`).
-LEARNED_SCOPES = ("generator.audio_stem", "generator.blocks", "generator.landmark_encoder", "generator.lstm",
-                  "generator.branches")
+LEARNED_SCOPES = (
+    "generator.audio_stem",
+    "generator.blocks",
+    "generator.landmark_encoder",
+    "generator.lstm",
+    "generator.branches",
+)
 FRONT_END_SCOPE = "generator.mfcc"
 QUANTIZED_OPS = ("MatMul", "Gemm")
 METHODS = ("dynamic", "static")
@@ -101,15 +106,20 @@ def quantizable_nodes(model, scopes: tuple[str, ...] = LEARNED_SCOPES) -> list[s
         ValueError: no node carries scope metadata (not a dynamo export of `Generator.step`).
     """
     if not any(node_scopes(n) for n in model.graph.node):
-        raise ValueError("no node carries torch.onnx name-scope metadata; export the model with "
-                         "export.onnx_export (dynamo) first")
+        raise ValueError(
+            "no node carries torch.onnx name-scope metadata; export the model with export.onnx_export (dynamo) first"
+        )
     inits = {t.name for t in model.graph.initializer}
     out = []
     for n in model.graph.node:
         sc = node_scopes(n)
-        if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in inits \
-                and any(s.startswith(scopes) for s in sc) \
-                and (FRONT_END_SCOPE in scopes or not any(s.startswith(FRONT_END_SCOPE) for s in sc)):
+        if (
+            n.op_type in QUANTIZED_OPS
+            and len(n.input) > 1
+            and n.input[1] in inits
+            and any(s.startswith(scopes) for s in sc)
+            and (FRONT_END_SCOPE in scopes or not any(s.startswith(FRONT_END_SCOPE) for s in sc))
+        ):
             out.append(n.name)
     return out
 
@@ -126,8 +136,9 @@ def _weight_rank(model, node_name: str) -> int:
 # ------------------------------------------------------------------------------------------ calibration
 
 
-def split_speech(data_dir: str | Path, split: str, seconds: float, streams: int,
-                 sample_rate_hz: int = 16000) -> np.ndarray:
+def split_speech(
+    data_dir: str | Path, split: str, seconds: float, streams: int, sample_rate_hz: int = 16000
+) -> np.ndarray:
     """`streams` rows of `seconds` of real speech from one speaker-disjoint split (clips concatenated in
     manifest order, cut into rows): (streams, samples) float32.
 
@@ -148,8 +159,10 @@ def split_speech(data_dir: str | Path, split: str, seconds: float, streams: int,
         pieces.append(a)
         total += a.size
     if total < need:
-        raise FileNotFoundError(f"{data_dir}: the {split} split has {total / sample_rate_hz:.0f} s of audio, "
-                                f"{need / sample_rate_hz:.0f} s needed")
+        raise FileNotFoundError(
+            f"{data_dir}: the {split} split has {total / sample_rate_hz:.0f} s of audio, "
+            f"{need / sample_rate_hz:.0f} s needed"
+        )
     return np.concatenate(pieces)[:need].astype(np.float32).reshape(streams, -1)
 
 
@@ -170,7 +183,7 @@ class StepCalibrationReader:
         state = runner.initial_state(speech.shape[0], rng=np.random.default_rng(seed))
         feeds = []
         for k in range(steps):
-            audio = np.ascontiguousarray(speech[:, k * c.samples_per_frame:(k + 1) * c.samples_per_frame])
+            audio = np.ascontiguousarray(speech[:, k * c.samples_per_frame : (k + 1) * c.samples_per_frame])
             feeds.append({c.audio_input.name: audio, **state})
             _, state = runner.step(audio, state)
         self._feeds = iter(feeds)
@@ -212,8 +225,7 @@ def quantize_step(src: str | Path, dst: str | Path, cfg: QuantizeConfig = Quanti
     """
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     from stream_engine.contract import read_contract
 
@@ -224,10 +236,17 @@ def quantize_step(src: str | Path, dst: str | Path, cfg: QuantizeConfig = Quanti
         raise ValueError(f"{src} is already a {contract.extra[PRECISION_KEY]} model; quantize the float32 one")
     model = onnx.load(str(src))
     nodes = quantizable_nodes(model, cfg.scopes)
-    details: dict = {"method": cfg.method, "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range,
-                     "op_types": list(QUANTIZED_OPS), "scopes": list(cfg.scopes), "nodes": len(nodes),
-                     "weights": "int8", "onnxruntime": ort.__version__,
-                     "kept_float32": "MFCC front end, landmark state arithmetic, depthwise taps, I/O and states"}
+    details: dict = {
+        "method": cfg.method,
+        "per_channel": cfg.per_channel,
+        "reduce_range": cfg.reduce_range,
+        "op_types": list(QUANTIZED_OPS),
+        "scopes": list(cfg.scopes),
+        "nodes": len(nodes),
+        "weights": "int8",
+        "onnxruntime": ort.__version__,
+        "kept_float32": "MFCC front end, landmark state arithmetic, depthwise taps, I/O and states",
+    }
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td) / "q.onnx"
         if cfg.method == "dynamic":
@@ -239,35 +258,70 @@ def quantize_step(src: str | Path, dst: str | Path, cfg: QuantizeConfig = Quanti
             # products), so those get one scale per tensor in a first pass.
             grouped = [n for n in nodes if _weight_rank(model, n) == 3]
             tmp0 = Path(td) / "q0.onnx"
-            quantize_dynamic(src, tmp0, op_types_to_quantize=list(QUANTIZED_OPS), per_channel=False,
-                             reduce_range=cfg.reduce_range, weight_type=QuantType.QInt8, nodes_to_quantize=grouped,
-                             extra_options={"MatMulConstBOnly": True})
-            quantize_dynamic(tmp0, tmp, op_types_to_quantize=list(QUANTIZED_OPS), per_channel=cfg.per_channel,
-                             reduce_range=cfg.reduce_range, weight_type=QuantType.QInt8,
-                             nodes_to_quantize=[n for n in nodes if n not in grouped],
-                             extra_options={"MatMulConstBOnly": True})
+            quantize_dynamic(
+                src,
+                tmp0,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                per_channel=False,
+                reduce_range=cfg.reduce_range,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=grouped,
+                extra_options={"MatMulConstBOnly": True},
+            )
+            quantize_dynamic(
+                tmp0,
+                tmp,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=[n for n in nodes if n not in grouped],
+                extra_options={"MatMulConstBOnly": True},
+            )
             details["per_tensor_nodes"] = len(grouped)
             details["activations"] = "uint8, range per call"
         else:
-            speech = split_speech(cfg.data_dir, cfg.calibration_split, cfg.calibration_seconds,
-                                  cfg.calibration_streams, contract.sample_rate_hz)
+            speech = split_speech(
+                cfg.data_dir,
+                cfg.calibration_split,
+                cfg.calibration_seconds,
+                cfg.calibration_streams,
+                contract.sample_rate_hz,
+            )
             reader = StepCalibrationReader(src, speech)
-            quantize_static(src, tmp, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
-                            per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                            calibrate_method=getattr(CalibrationMethod, cfg.calibrate_method),
-                            extra_options={"MatMulConstBOnly": True})
+            quantize_static(
+                src,
+                tmp,
+                reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
+                calibrate_method=getattr(CalibrationMethod, cfg.calibrate_method),
+                extra_options={"MatMulConstBOnly": True},
+            )
             details["activations"] = f"uint8, calibrated ({cfg.calibrate_method})"
-            details["calibration"] = {"split": cfg.calibration_split, "streams": cfg.calibration_streams,
-                                      "seconds_per_stream": cfg.calibration_seconds, "steps": reader.steps,
-                                      "data": "real speech, float32 model run autoregressively"}
+            details["calibration"] = {
+                "split": cfg.calibration_split,
+                "streams": cfg.calibration_streams,
+                "seconds_per_stream": cfg.calibration_seconds,
+                "steps": reader.steps,
+                "data": "real speech, float32 model run autoregressively",
+            }
         q = onnx.load(str(tmp))
     mark_precision(q, f"int8-{cfg.method}", details)
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(q, str(dst))
     read_contract(dst)  # the contract survived (raises ContractError otherwise)
-    details.update(src=str(src), dst=str(dst), seconds=time.perf_counter() - t0,
-                   size_mb={"fp32": src.stat().st_size / 1e6, "int8": dst.stat().st_size / 1e6})
+    details.update(
+        src=str(src),
+        dst=str(dst),
+        seconds=time.perf_counter() - t0,
+        size_mb={"fp32": src.stat().st_size / 1e6, "int8": dst.stat().st_size / 1e6},
+    )
     return details
 
 
@@ -292,15 +346,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = QuantizeConfig(method=args.method, per_channel=not args.per_tensor, reduce_range=args.reduce_range,
-                             data_dir=args.data, calibration_seconds=args.calibration_seconds,
-                             calibration_streams=args.calibration_streams, calibrate_method=args.calibrate_method)
+        cfg = QuantizeConfig(
+            method=args.method,
+            per_channel=not args.per_tensor,
+            reduce_range=args.reduce_range,
+            data_dir=args.data,
+            calibration_seconds=args.calibration_seconds,
+            calibration_streams=args.calibration_streams,
+            calibrate_method=args.calibrate_method,
+        )
         r = quantize_step(args.model, args.out, cfg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"msync quantize: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {r['dst']} (int8-{r['method']}, {r['nodes']} matrix products quantized, "
-          f"{r['size_mb']['fp32']:.1f} -> {r['size_mb']['int8']:.1f} MB, {r['seconds']:.1f} s)")
+    print(
+        f"wrote {r['dst']} (int8-{r['method']}, {r['nodes']} matrix products quantized, "
+        f"{r['size_mb']['fp32']:.1f} -> {r['size_mb']['int8']:.1f} MB, {r['seconds']:.1f} s)"
+    )
     return 0
 
 

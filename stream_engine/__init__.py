@@ -15,10 +15,12 @@ signals, ARKit blendshapes, T = ceil(duration x 25)).
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["Engine", "Stream", "Frame", "animate", "Animation"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in ("animate", "Animation"):
         from stream_engine import animation
 

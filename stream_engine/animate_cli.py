@@ -21,10 +21,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "\n\n".join((__doc__ or "").split("\n\n")[1:3])
     p.add_argument("inputs", nargs="+", metavar="FILE", help="audio/video files or folders of them")
-    p.add_argument("--out", required=True, metavar="PATH", help="output file (one input with a .json/.csv/.npz "
-                   "name) or folder (one output per input)")
-    p.add_argument("--format", choices=["json", "csv", "npz"], help="output format (default: the --out suffix, "
-                   "else json)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="output file (one input with a .json/.csv/.npz name) or folder (one output per input)",
+    )
+    p.add_argument(
+        "--format", choices=["json", "csv", "npz"], help="output format (default: the --out suffix, else json)"
+    )
     p.add_argument("--video", action="store_true", help="also write an MP4 preview beside each output (needs PyAV)")
     p.add_argument("--model", metavar="PATH", help="exported .onnx step model (default: the shipped one)")
     p.add_argument("--reference-face", metavar="FILE", help="68-point JSON face to start from")

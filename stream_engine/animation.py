@@ -63,16 +63,23 @@ class Animation:
 
     def blendshape_array(self) -> np.ndarray:
         """(T, 52) float32 in `ARKIT_NAMES` order."""
-        return np.stack([self.blendshapes[n] for n in ARKIT_NAMES], axis=1) if self.num_frames else \
-            np.zeros((0, len(ARKIT_NAMES)), np.float32)
+        return (
+            np.stack([self.blendshapes[n] for n in ARKIT_NAMES], axis=1)
+            if self.num_frames
+            else np.zeros((0, len(ARKIT_NAMES)), np.float32)
+        )
 
     def to_json(self, decimals: int = 5) -> dict[str, Any]:
-        return {"fps": self.fps, "duration_s": self.duration_s, "num_frames": self.num_frames,
-                "sample_rate_hz": self.sample_rate_hz, "landmark_layout": "ibug68",
-                "landmarks": np.round(self.landmarks.astype(np.float64), decimals).tolist(),
-                "signals": {k: np.round(v.astype(np.float64), decimals).tolist() for k, v in self.signals.items()},
-                "blendshapes": {k: np.round(v.astype(np.float64), decimals).tolist()
-                                for k, v in self.blendshapes.items()}}
+        return {
+            "fps": self.fps,
+            "duration_s": self.duration_s,
+            "num_frames": self.num_frames,
+            "sample_rate_hz": self.sample_rate_hz,
+            "landmark_layout": "ibug68",
+            "landmarks": np.round(self.landmarks.astype(np.float64), decimals).tolist(),
+            "signals": {k: np.round(v.astype(np.float64), decimals).tolist() for k, v in self.signals.items()},
+            "blendshapes": {k: np.round(v.astype(np.float64), decimals).tolist() for k, v in self.blendshapes.items()},
+        }
 
     def save(self, path: str | Path, format: str | None = None) -> Path:
         """Write the animation as json, csv (one row per frame) or npz; the format defaults to the suffix.
@@ -89,22 +96,37 @@ class Animation:
         if fmt == "json":
             path.write_text(json.dumps(self.to_json(), separators=(",", ":")))
         elif fmt == "npz":
-            np.savez_compressed(path, landmarks=self.landmarks, blendshapes=self.blendshape_array(),
-                                blendshape_names=np.array(ARKIT_NAMES), fps=np.float64(self.fps),
-                                duration_s=np.float64(self.duration_s),
-                                **{f"signal_{k}": v for k, v in self.signals.items()})
+            arrays: dict[str, np.ndarray] = {
+                "landmarks": self.landmarks,
+                "blendshapes": self.blendshape_array(),
+                "blendshape_names": np.array(ARKIT_NAMES),
+                "fps": np.asarray(np.float64(self.fps)),
+                "duration_s": np.asarray(np.float64(self.duration_s)),
+                **{f"signal_{k}": v for k, v in self.signals.items()},
+            }
+            # numpy's stub declares `allow_pickle: bool` beside `**kwds`, so mypy checks a str-keyed dict's values
+            # against bool too; every value here is an array.
+            np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
         else:
             with path.open("w", newline="") as f:
                 w = csv.writer(f)
                 n = self.landmarks.shape[1]
-                w.writerow(["frame", "time_s"] + [f"{a}{i}" for i in range(n) for a in ("x", "y")]
-                           + list(self.signals) + list(ARKIT_NAMES))
+                w.writerow(
+                    ["frame", "time_s"]
+                    + [f"{a}{i}" for i in range(n) for a in ("x", "y")]
+                    + list(self.signals)
+                    + list(ARKIT_NAMES)
+                )
                 flat = self.landmarks.reshape(self.num_frames, -1)
                 sig = np.stack(list(self.signals.values()), axis=1) if self.num_frames else np.zeros((0, 0))
                 bs = self.blendshape_array()
                 for t in range(self.num_frames):
-                    w.writerow([t, f"{t / self.fps:.3f}"] + [f"{v:.6g}" for v in flat[t]]
-                               + [f"{v:.5g}" for v in sig[t]] + [f"{v:.4g}" for v in bs[t]])
+                    w.writerow(
+                        [t, f"{t / self.fps:.3f}"]
+                        + [f"{v:.6g}" for v in flat[t]]
+                        + [f"{v:.5g}" for v in sig[t]]
+                        + [f"{v:.4g}" for v in bs[t]]
+                    )
         return path
 
 
@@ -140,7 +162,8 @@ def prepare_audio(path_or_array: Any, sample_rate: int | None, target_rate_hz: i
     out = resample(mono, int(sample_rate), target_rate_hz)
     if out.size < want:
         out = np.concatenate([out, np.zeros(want - out.size, np.float32)])
-    return np.clip(out[:want], -1.0, 1.0).astype(np.float32, copy=False)
+    result: np.ndarray = np.clip(out[:want], -1.0, 1.0).astype(np.float32, copy=False)
+    return result
 
 
 def load_model(model: Any = None) -> Any:
@@ -160,9 +183,16 @@ def load_model(model: Any = None) -> Any:
     return model
 
 
-def animate(path_or_array: Any, sample_rate: int | None = None, reference_face: np.ndarray | None = None, *,
-            model: Any = None, seed: int = 0, signal_cfg: SignalConfig = SignalConfig(),
-            chunk_s: float = 10.0) -> Animation:
+def animate(
+    path_or_array: Any,
+    sample_rate: int | None = None,
+    reference_face: np.ndarray | None = None,
+    *,
+    model: Any = None,
+    seed: int = 0,
+    signal_cfg: SignalConfig = SignalConfig(),
+    chunk_s: float = 10.0,
+) -> Animation:
     """Animate a whole recording (see the module docstring).
 
     Args:
@@ -189,7 +219,7 @@ def animate(path_or_array: Any, sample_rate: int | None = None, reference_face: 
     core.open_stream("animate", reference_face, seed=seed)
     frames = []
     for start in range(0, audio.size, chunk):
-        core.push_audio("animate", audio[start:start + chunk], 0)
+        core.push_audio("animate", audio[start : start + chunk], 0)
         frames.extend(core.process())
     if audio.size:
         core.flush("animate", 0)
@@ -211,9 +241,14 @@ def animate(path_or_array: Any, sample_rate: int | None = None, reference_face: 
         if s.blendshapes is not None:
             shapes[t] = s.blendshapes
     fps = float(getattr(c, "fps", rate / spf))
-    return Animation(landmarks=landmarks, signals={n: sig[:, i].copy() for i, n in enumerate(SIGNAL_NAMES)},
-                     blendshapes={n: shapes[:, i].copy() for i, n in enumerate(ARKIT_NAMES)}, fps=fps,
-                     duration_s=audio.size / rate, sample_rate_hz=rate)
+    return Animation(
+        landmarks=landmarks,
+        signals={n: sig[:, i].copy() for i, n in enumerate(SIGNAL_NAMES)},
+        blendshapes={n: shapes[:, i].copy() for i, n in enumerate(ARKIT_NAMES)},
+        fps=fps,
+        duration_s=audio.size / rate,
+        sample_rate_hz=rate,
+    )
 
 
 def expected_frames(duration_s: float, fps: float = 25.0) -> int:

@@ -30,11 +30,18 @@ import itertools
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from stream_engine.core import AudioChunkError, EngineCore, LandmarkFrame
+from stream_engine.runtime.base import StepRunner
 from stream_engine.signals import SIGNAL_NAMES, SignalConfig
+
+if TYPE_CHECKING:
+    from stream_engine.inputs import PcmConverter
+
+T = TypeVar("T")
 
 __all__ = ["Engine", "Stream", "Frame"]
 
@@ -72,8 +79,15 @@ def frame_from_core(frame: LandmarkFrame) -> Frame:
     """A `Frame` from an engine `LandmarkFrame` (with its signals and blendshapes attached or not)."""
     sig = frame.signals
     signals = dict(zip(SIGNAL_NAMES, sig.as_vector())) if sig is not None else {}
-    return Frame(landmarks=frame.landmarks, signals=signals, blendshapes=dict(frame.blendshapes or {}),
-                 pts_s=frame.pts_ns / 1e9, index=frame.seq, epoch=frame.epoch, stalled=frame.stalled)
+    return Frame(
+        landmarks=frame.landmarks,
+        signals=signals,
+        blendshapes=dict(frame.blendshapes or {}),
+        pts_s=frame.pts_ns / 1e9,
+        index=frame.seq,
+        epoch=frame.epoch,
+        stalled=frame.stalled,
+    )
 
 
 class Engine:
@@ -96,16 +110,23 @@ class Engine:
         ModelLoadError: missing/corrupt model, or one that gives non-finite output on a canned input.
     """
 
-    def __init__(self, model: str | Path | object | None = None, *, backend: str = "auto", threads: int = 1,
-                 signals: bool = True, signal_config: SignalConfig | None = None,
-                 blendshapes: BlendshapeDeriver | None = None, max_pending_s: float = 600.0,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path | StepRunner | None = None,
+        *,
+        backend: str = "auto",
+        threads: int = 1,
+        signals: bool = True,
+        signal_config: SignalConfig | None = None,
+        blendshapes: BlendshapeDeriver | None = None,
+        max_pending_s: float = 600.0,
+        seed: int | None = None,
+    ) -> None:
         if model is None or isinstance(model, (str, Path)):
             from stream_engine.config import DEFAULT_MODEL_PATH
             from stream_engine.runtime import load_runner
 
-            runner = load_runner(model if model is not None else DEFAULT_MODEL_PATH, backend=backend,
-                                 threads=threads)
+            runner = load_runner(model if model is not None else DEFAULT_MODEL_PATH, backend=backend, threads=threads)
         else:
             runner = model
         self.runner = runner
@@ -136,8 +157,9 @@ class Engine:
         """L: a frame needs the audio of the L frames after it (L x 40 ms of algorithmic delay)."""
         return self.core.lookahead_frames
 
-    def open_stream(self, reference_face: np.ndarray | None = None, seed: int | None = None,
-                    stream_id: str | None = None) -> "Stream":
+    def open_stream(
+        self, reference_face: np.ndarray | None = None, seed: int | None = None, stream_id: str | None = None
+    ) -> Stream:
         """A new stream with a fresh model state.
 
         Args:
@@ -162,10 +184,10 @@ class Engine:
         for stream in list(self.streams.values()):
             stream.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -184,9 +206,15 @@ class Stream:
 
         self.engine = engine
         self.id = stream_id
-        self._session = Session(stream_id, reference_face, engine.model_reference_face, engine.signal_config,
-                                "api", seed=seed if seed is not None else 0)
-        self._converters: dict[tuple[int, int], object] = {}
+        self._session = Session(
+            stream_id,
+            reference_face,
+            engine.model_reference_face,
+            engine.signal_config,
+            "api",
+            seed=seed if seed is not None else 0,
+        )
+        self._converters: dict[tuple[int, int], PcmConverter] = {}
         self._converter_key: tuple[int, int] | None = None
         self._subscribers: list[Callable[[Frame], None]] = []
         self._alock: asyncio.Lock | None = None
@@ -272,16 +300,16 @@ class Stream:
     async def aclose(self) -> None:
         await self._in_thread(self.close)
 
-    async def _in_thread(self, fn, *args):
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         if self._alock is None:
             self._alock = asyncio.Lock()
         async with self._alock:
             return await asyncio.to_thread(fn, *args)
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------------ internals

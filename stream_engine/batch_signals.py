@@ -20,13 +20,14 @@ import dataclasses
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from stream_engine.blendshapes import blendshapes_from_features, face_features
 from stream_engine.signals import (
     GATED_SHAPES,
+    MEASURED_PAIRS,
     MODEL_RIGID_PINV,
     OPENING_FEATURES,
-    MEASURED_PAIRS,
     RIGID_INDEX,
     VISEMES,
     HeadPose,
@@ -56,11 +57,15 @@ class SignalBatch:
 
     def signals(self, i: int) -> Signals:
         """Row i as the per-stream `Signals` object."""
-        return Signals(mouth_open=float(self.mouth_open[i]),
-                       visemes={v: float(w) for v, w in zip(VISEMES, self.visemes[i])},
-                       blink=float(self.blink[i]), head=HeadPose(*(float(a) for a in self.head_deg[i])),
-                       audio_dbfs=float(self.audio_dbfs[i]), silent=bool(self.silent[i]),
-                       blendshapes=None if self.blendshapes is None else self.blendshapes[i].copy())
+        return Signals(
+            mouth_open=float(self.mouth_open[i]),
+            visemes={v: float(w) for v, w in zip(VISEMES, self.visemes[i])},
+            blink=float(self.blink[i]),
+            head=HeadPose(*(float(a) for a in self.head_deg[i])),
+            audio_dbfs=float(self.audio_dbfs[i]),
+            silent=bool(self.silent[i]),
+            blendshapes=None if self.blendshapes is None else self.blendshapes[i].copy(),
+        )
 
 
 class _BatchOneEuro:
@@ -80,7 +85,7 @@ class _BatchOneEuro:
         self.ready[slot] = False
 
     def __call__(self, slots: np.ndarray, x: np.ndarray, t_s: np.ndarray) -> np.ndarray:
-        out = x.copy()
+        out: np.ndarray = x.copy()
         ready = self.ready[slots]
         first = slots[~ready]
         self.x[first], self.dx[first], self.t[first] = x[~ready], 0.0, t_s[~ready]
@@ -172,7 +177,14 @@ class BatchSignalExtractor:
         self._silent_since[slot] = np.nan
         self._gate[slot] = 1.0
 
-    def update(self, slots, landmarks: np.ndarray, t_s, audio_dbfs, audio_ahead_dbfs=None) -> SignalBatch:
+    def update(
+        self,
+        slots: npt.ArrayLike,
+        landmarks: np.ndarray,
+        t_s: npt.ArrayLike,
+        audio_dbfs: npt.ArrayLike,
+        audio_ahead_dbfs: npt.ArrayLike | None = None,
+    ) -> SignalBatch:
         """Signals of one frame of each listed slot.
 
         Args:
@@ -191,8 +203,11 @@ class BatchSignalExtractor:
             raise ValueError("slots must be distinct open slots")
         t = np.asarray(t_s, dtype=np.float64).reshape(B)
         dbfs = np.asarray(audio_dbfs, dtype=np.float64).reshape(B)
-        ahead = (np.full(B, -200.0) if audio_ahead_dbfs is None
-                 else np.asarray(audio_ahead_dbfs, dtype=np.float64).reshape(B))
+        ahead = (
+            np.full(B, -200.0)
+            if audio_ahead_dbfs is None
+            else np.asarray(audio_ahead_dbfs, dtype=np.float64).reshape(B)
+        )
         last = self._last_t[slots]
         dt = np.where(np.isnan(last), 0.04, np.maximum(1e-3, t - np.nan_to_num(last)))
         self._last_t[slots] = t
@@ -210,8 +225,10 @@ class BatchSignalExtractor:
         self._width_ready[slots] = True
         dev = width - wn
         wd = self._width_dev[slots]
-        wd = np.maximum(np.maximum(cfg.width_min_span, wd + (np.abs(dev) - wd) * np.minimum(1.0, dt / cfg.range_decay_s)),
-                        np.abs(dev))
+        wd = np.maximum(
+            np.maximum(cfg.width_min_span, wd + (np.abs(dev) - wd) * np.minimum(1.0, dt / cfg.range_decay_s)),
+            np.abs(dev),
+        )
         self._width_dev[slots] = wd
         spread = np.clip(dev / wd, 0.0, 1.0)
         rounding = np.clip(-dev / wd, 0.0, 1.0)
@@ -231,15 +248,23 @@ class BatchSignalExtractor:
             has = self._has_neutral_feats[slots]
             init = np.where(self._has_face[slots][:, None], self._neutral_face_feats[slots], feats)
             kk = np.minimum(1.0, dt / cfg.blendshape_neutral_s)[:, None] * np.where(
-                OPENING_FEATURES[None, :], (openness < 0.3)[:, None], 1.0)
+                OPENING_FEATURES[None, :], (openness < 0.3)[:, None], 1.0
+            )
             cur = self._neutral_feats[slots]
             neutral = np.where(has[:, None], cur + (feats - cur) * kk, init)
             self._neutral_feats[slots] = neutral
             self._has_neutral_feats[slots] = True
             shapes = blendshapes_from_features(feats, neutral, blink, cfg.blendshape_gain)
             shapes[:, GATED_SHAPES] *= gate[:, None].astype(np.float32)
-        return SignalBatch(mouth_open=mouth, visemes=visemes, blink=blink, head_deg=head, audio_dbfs=dbfs,
-                           silent=silent, blendshapes=shapes)
+        return SignalBatch(
+            mouth_open=mouth,
+            visemes=visemes,
+            blink=blink,
+            head_deg=head,
+            audio_dbfs=dbfs,
+            silent=silent,
+            blendshapes=shapes,
+        )
 
     # ------------------------------------------------------------------ pieces (each as in SignalExtractor)
     def _open_range(self, slots: np.ndarray, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
@@ -251,7 +276,8 @@ class BatchSignalExtractor:
         high = np.where(ready, np.maximum(high + (x - high) * kd, x), x)
         self._low[slots], self._high[slots] = low, high
         self._range_ready[slots] = True
-        return np.clip((x - low) / np.maximum(high - low, cfg.mouth_min_span), 0.0, 1.0)
+        result: np.ndarray = np.clip((x - low) / np.maximum(high - low, cfg.mouth_min_span), 0.0, 1.0)
+        return result
 
     def _head_pose(self, pts: np.ndarray, slots: np.ndarray) -> np.ndarray:
         image = pts[:, RIGID_INDEX]
@@ -271,7 +297,7 @@ class BatchSignalExtractor:
         speech = level >= cfg.silence_dbfs
         since = np.where(speech, np.nan, np.where(np.isnan(self._silent_since[slots]), t, self._silent_since[slots]))
         self._silent_since[slots] = since
-        holding = ~speech & ((t - np.nan_to_num(since)) * 1e3 >= cfg.silence_hold_ms)
+        holding: np.ndarray = ~speech & ((t - np.nan_to_num(since)) * 1e3 >= cfg.silence_hold_ms)
         gate = self._gate[slots]
         decayed = gate * np.exp(-dt * 1e3 / max(cfg.silence_release_ms, 1e-3))
         decayed = np.where(decayed < 0.02, 0.0, decayed)

@@ -48,38 +48,125 @@ move less than real ones; `gain` scales every span down (weights up) for a livel
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:
+    from stream_engine.core import LandmarkFrame
+
 ARKIT_NAMES: tuple[str, ...] = (
-    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft", "eyeSquintLeft",
-    "eyeWideLeft", "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
-    "eyeSquintRight", "eyeWideRight", "jawForward", "jawLeft", "jawRight", "jawOpen", "mouthClose", "mouthFunnel",
-    "mouthPucker", "mouthLeft", "mouthRight", "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft",
-    "mouthFrownRight", "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight",
-    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthPressLeft", "mouthPressRight",
-    "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight", "browDownLeft",
-    "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff", "cheekSquintLeft",
-    "cheekSquintRight", "noseSneerLeft", "noseSneerRight", "tongueOut",
+    "eyeBlinkLeft",
+    "eyeLookDownLeft",
+    "eyeLookInLeft",
+    "eyeLookOutLeft",
+    "eyeLookUpLeft",
+    "eyeSquintLeft",
+    "eyeWideLeft",
+    "eyeBlinkRight",
+    "eyeLookDownRight",
+    "eyeLookInRight",
+    "eyeLookOutRight",
+    "eyeLookUpRight",
+    "eyeSquintRight",
+    "eyeWideRight",
+    "jawForward",
+    "jawLeft",
+    "jawRight",
+    "jawOpen",
+    "mouthClose",
+    "mouthFunnel",
+    "mouthPucker",
+    "mouthLeft",
+    "mouthRight",
+    "mouthSmileLeft",
+    "mouthSmileRight",
+    "mouthFrownLeft",
+    "mouthFrownRight",
+    "mouthDimpleLeft",
+    "mouthDimpleRight",
+    "mouthStretchLeft",
+    "mouthStretchRight",
+    "mouthRollLower",
+    "mouthRollUpper",
+    "mouthShrugLower",
+    "mouthShrugUpper",
+    "mouthPressLeft",
+    "mouthPressRight",
+    "mouthLowerDownLeft",
+    "mouthLowerDownRight",
+    "mouthUpperUpLeft",
+    "mouthUpperUpRight",
+    "browDownLeft",
+    "browDownRight",
+    "browInnerUp",
+    "browOuterUpLeft",
+    "browOuterUpRight",
+    "cheekPuff",
+    "cheekSquintLeft",
+    "cheekSquintRight",
+    "noseSneerLeft",
+    "noseSneerRight",
+    "tongueOut",
 )
 ARKIT_INDEX: dict[str, int] = {name: i for i, name in enumerate(ARKIT_NAMES)}
 
 #: The features measured per frame (face frame, / inter-ocular distance); see `face_features`.
 FEATURES: tuple[str, ...] = (
-    "gap", "chin_drop", "width", "corner_out_l", "corner_out_r", "corner_up_l", "corner_up_r", "lip_thick_l",
-    "lip_thick_r", "upper_thick", "lower_thick", "upper_lip_up_l", "upper_lip_up_r", "lower_lip_down_l",
-    "lower_lip_down_r", "mouth_x", "jaw_x", "brow_inner", "brow_outer_l", "brow_outer_r", "brow_mid_l", "brow_mid_r",
+    "gap",
+    "chin_drop",
+    "width",
+    "corner_out_l",
+    "corner_out_r",
+    "corner_up_l",
+    "corner_up_r",
+    "lip_thick_l",
+    "lip_thick_r",
+    "upper_thick",
+    "lower_thick",
+    "upper_lip_up_l",
+    "upper_lip_up_r",
+    "lower_lip_down_l",
+    "lower_lip_down_r",
+    "mouth_x",
+    "jaw_x",
+    "brow_inner",
+    "brow_outer_l",
+    "brow_outer_r",
+    "brow_mid_l",
+    "brow_mid_r",
 )
 _F = {name: i for i, name in enumerate(FEATURES)}
 
 #: Full-scale deviation of each feature (inter-ocular units), measured on real speakers (module docstring).
 #: Keys are "<feature>+" (increase) or "<feature>-" (decrease).
 SPANS: dict[str, float] = {
-    "gap+": 0.132, "chin_drop+": 0.143, "width-": 0.058, "width+": 0.061, "corner_out_l+": 0.056,
-    "corner_out_r+": 0.044, "corner_up_l+": 0.043, "corner_up_r+": 0.046, "corner_up_l-": 0.024,
-    "corner_up_r-": 0.021, "lip_thick_l-": 0.036, "lip_thick_r-": 0.036, "upper_thick-": 0.029,
-    "lower_thick-": 0.017, "upper_lip_up_l-": 0.037, "upper_lip_up_r-": 0.039, "lower_lip_down_l+": 0.130,
-    "lower_lip_down_r+": 0.129, "mouth_x+": 0.043, "mouth_x-": 0.029, "jaw_x+": 0.050, "jaw_x-": 0.046,
-    "brow_inner+": 0.061, "brow_outer_l+": 0.048, "brow_outer_r+": 0.052, "brow_mid_l-": 0.033,
+    "gap+": 0.132,
+    "chin_drop+": 0.143,
+    "width-": 0.058,
+    "width+": 0.061,
+    "corner_out_l+": 0.056,
+    "corner_out_r+": 0.044,
+    "corner_up_l+": 0.043,
+    "corner_up_r+": 0.046,
+    "corner_up_l-": 0.024,
+    "corner_up_r-": 0.021,
+    "lip_thick_l-": 0.036,
+    "lip_thick_r-": 0.036,
+    "upper_thick-": 0.029,
+    "lower_thick-": 0.017,
+    "upper_lip_up_l-": 0.037,
+    "upper_lip_up_r-": 0.039,
+    "lower_lip_down_l+": 0.130,
+    "lower_lip_down_r+": 0.129,
+    "mouth_x+": 0.043,
+    "mouth_x-": 0.029,
+    "jaw_x+": 0.050,
+    "jaw_x-": 0.046,
+    "brow_inner+": 0.061,
+    "brow_outer_l+": 0.048,
+    "brow_outer_r+": 0.052,
+    "brow_mid_l-": 0.033,
     "brow_mid_r-": 0.032,
 }
 
@@ -91,27 +178,41 @@ _EYE_MEAN[_L_EYE, 1] = 1.0 / 6.0
 
 # Distances (point pairs) and linear coordinate combinations, each feature a weighted sum of them.
 _PAIRS = np.array([(61, 67), (62, 66), (63, 65), (48, 54), (52, 63), (56, 65), (50, 61), (58, 67), (51, 62), (57, 66)])
-_DIST_FEATURES = {"gap": {0: 1 / 3, 1: 1 / 3, 2: 1 / 3}, "width": {3: 1.0}, "lip_thick_l": {4: 1.0, 5: 1.0},
-                  "lip_thick_r": {6: 1.0, 7: 1.0}, "upper_thick": {8: 1.0}, "lower_thick": {9: 1.0}}
+_DIST_FEATURES = {
+    "gap": {0: 1 / 3, 1: 1 / 3, 2: 1 / 3},
+    "width": {3: 1.0},
+    "lip_thick_l": {4: 1.0, 5: 1.0},
+    "lip_thick_r": {6: 1.0, 7: 1.0},
+    "upper_thick": {8: 1.0},
+    "lower_thick": {9: 1.0},
+}
 # (axis, point) -> weight; axis 0 = x, 1 = y of the face frame.
 _LINEAR_FEATURES = {
     "chin_drop": {(1, 8): 1.0, (1, 33): -1.0},
-    "corner_out_l": {(0, 54): 1.0, (0, 27): -0.5, (0, 33): -0.5}, "corner_out_r": {(0, 48): -1.0, (0, 27): 0.5, (0, 33): 0.5},
-    "corner_up_l": {(1, 51): 0.5, (1, 57): 0.5, (1, 54): -1.0}, "corner_up_r": {(1, 51): 0.5, (1, 57): 0.5, (1, 48): -1.0},
-    "upper_lip_up_l": {(1, 52): 1.0, (1, 33): -1.0}, "upper_lip_up_r": {(1, 50): 1.0, (1, 33): -1.0},
-    "lower_lip_down_l": {(1, 56): 1.0, (1, 33): -1.0}, "lower_lip_down_r": {(1, 58): 1.0, (1, 33): -1.0},
-    "mouth_x": {(0, 48): 0.5, (0, 54): 0.5, (0, 27): -0.5, (0, 33): -0.5}, "jaw_x": {(0, 8): 1.0, (0, 27): -1.0},
-    "brow_inner": {(1, 21): -0.5, (1, 22): -0.5}, "brow_outer_l": {(1, 26): -1.0}, "brow_outer_r": {(1, 17): -1.0},
-    "brow_mid_l": {(1, 24): -1.0}, "brow_mid_r": {(1, 19): -1.0},
+    "corner_out_l": {(0, 54): 1.0, (0, 27): -0.5, (0, 33): -0.5},
+    "corner_out_r": {(0, 48): -1.0, (0, 27): 0.5, (0, 33): 0.5},
+    "corner_up_l": {(1, 51): 0.5, (1, 57): 0.5, (1, 54): -1.0},
+    "corner_up_r": {(1, 51): 0.5, (1, 57): 0.5, (1, 48): -1.0},
+    "upper_lip_up_l": {(1, 52): 1.0, (1, 33): -1.0},
+    "upper_lip_up_r": {(1, 50): 1.0, (1, 33): -1.0},
+    "lower_lip_down_l": {(1, 56): 1.0, (1, 33): -1.0},
+    "lower_lip_down_r": {(1, 58): 1.0, (1, 33): -1.0},
+    "mouth_x": {(0, 48): 0.5, (0, 54): 0.5, (0, 27): -0.5, (0, 33): -0.5},
+    "jaw_x": {(0, 8): 1.0, (0, 27): -1.0},
+    "brow_inner": {(1, 21): -0.5, (1, 22): -0.5},
+    "brow_outer_l": {(1, 26): -1.0},
+    "brow_outer_r": {(1, 17): -1.0},
+    "brow_mid_l": {(1, 24): -1.0},
+    "brow_mid_r": {(1, 19): -1.0},
 }
 _DIST_MATRIX = np.zeros((len(_PAIRS), len(FEATURES)))
 _LINEAR_MATRIX = np.zeros((136, len(FEATURES)))  # the face-frame points flattened as (x0, y0, x1, y1, ...)
 for _name, _terms in _DIST_FEATURES.items():
     for _k, _v in _terms.items():
         _DIST_MATRIX[_k, _F[_name]] = _v
-for _name, _terms in _LINEAR_FEATURES.items():
-    for (_axis, _point), _v in _terms.items():
-        _LINEAR_MATRIX[2 * _point + _axis, _F[_name]] = _v
+for _lname, _lterms in _LINEAR_FEATURES.items():
+    for (_axis, _point), _w in _lterms.items():
+        _LINEAR_MATRIX[2 * _point + _axis, _F[_lname]] = _w
 assert set(_DIST_FEATURES) | set(_LINEAR_FEATURES) == set(FEATURES)
 
 
@@ -129,7 +230,8 @@ def face_frame(landmarks: np.ndarray) -> np.ndarray:
     iod = np.maximum(np.sqrt((d * d).sum(-1)), 1e-9)[..., None, None]
     cos, sin = (axis / np.maximum(norm, 1e-12))[..., 0:1], (axis / np.maximum(norm, 1e-12))[..., 1:2]
     rot = np.stack([np.concatenate([cos, -sin], -1), np.concatenate([sin, cos], -1)], -2)  # columns: x, y axes
-    return ((p - (0.5 * (right + left))[..., None, :]) @ rot) / iod
+    result: np.ndarray = ((p - (0.5 * (right + left))[..., None, :]) @ rot) / iod
+    return result
 
 
 def face_features(landmarks: np.ndarray) -> np.ndarray:
@@ -137,26 +239,43 @@ def face_features(landmarks: np.ndarray) -> np.ndarray:
     f = face_frame(landmarks)
     d = f[..., _PAIRS[:, 0], :] - f[..., _PAIRS[:, 1], :]
     dists = np.sqrt((d * d).sum(-1))
-    return dists @ _DIST_MATRIX + f.reshape(f.shape[:-2] + (136,)) @ _LINEAR_MATRIX
+    result: np.ndarray = dists @ _DIST_MATRIX + f.reshape(f.shape[:-2] + (136,)) @ _LINEAR_MATRIX
+    return result
 
 
 # Direct shapes: (shape, feature, direction, span key); the combined ones are made from these in code.
-_DIRECT = [("jawOpen", "gap+"), ("mouthClose", "chin_drop+"), ("mouthFunnel", "width-"), ("mouthRollUpper", "upper_thick-"),
-           ("mouthRollLower", "lower_thick-"), ("mouthLeft", "mouth_x+"), ("mouthRight", "mouth_x-"),
-           ("jawLeft", "jaw_x+"), ("jawRight", "jaw_x-"), ("browInnerUp", "brow_inner+")]
+_DIRECT = [
+    ("jawOpen", "gap+"),
+    ("mouthClose", "chin_drop+"),
+    ("mouthFunnel", "width-"),
+    ("mouthRollUpper", "upper_thick-"),
+    ("mouthRollLower", "lower_thick-"),
+    ("mouthLeft", "mouth_x+"),
+    ("mouthRight", "mouth_x-"),
+    ("jawLeft", "jaw_x+"),
+    ("jawRight", "jaw_x-"),
+    ("browInnerUp", "brow_inner+"),
+]
 for _side, _s in (("Left", "l"), ("Right", "r")):
-    _DIRECT += [(f"mouthStretch{_side}", f"corner_out_{_s}+"), (f"mouthSmile{_side}", f"corner_up_{_s}+"),
-                (f"mouthFrown{_side}", f"corner_up_{_s}-"), (f"mouthPress{_side}", f"lip_thick_{_s}-"),
-                (f"mouthUpperUp{_side}", f"upper_lip_up_{_s}-"), (f"mouthLowerDown{_side}", f"lower_lip_down_{_s}+"),
-                (f"browOuterUp{_side}", f"brow_outer_{_s}+"), (f"browDown{_side}", f"brow_mid_{_s}-")]
+    _DIRECT += [
+        (f"mouthStretch{_side}", f"corner_out_{_s}+"),
+        (f"mouthSmile{_side}", f"corner_up_{_s}+"),
+        (f"mouthFrown{_side}", f"corner_up_{_s}-"),
+        (f"mouthPress{_side}", f"lip_thick_{_s}-"),
+        (f"mouthUpperUp{_side}", f"upper_lip_up_{_s}-"),
+        (f"mouthLowerDown{_side}", f"lower_lip_down_{_s}+"),
+        (f"browOuterUp{_side}", f"brow_outer_{_s}+"),
+        (f"browDown{_side}", f"brow_mid_{_s}-"),
+    ]
 _D_SHAPE = np.array([ARKIT_INDEX[n] for n, _ in _DIRECT])
 _D_FEATURE = np.array([_F[k[:-1]] for _, k in _DIRECT])
 _D_SCALE = np.array([(1.0 if k.endswith("+") else -1.0) / SPANS[k] for _, k in _DIRECT])
 _I = ARKIT_INDEX
 
 
-def arkit_blendshapes(landmarks: np.ndarray, neutral: np.ndarray, blink: np.ndarray | float = 0.0,
-                      gain: float = 1.0) -> np.ndarray:
+def arkit_blendshapes(
+    landmarks: np.ndarray, neutral: np.ndarray, blink: np.ndarray | float = 0.0, gain: float = 1.0
+) -> np.ndarray:
     """ARKit-52 weights of landmark frames against a neutral face (mapping and calibration: module docstring).
 
     Args:
@@ -172,8 +291,9 @@ def arkit_blendshapes(landmarks: np.ndarray, neutral: np.ndarray, blink: np.ndar
     return blendshapes_from_features(face_features(landmarks), face_features(neutral), blink, gain)
 
 
-def blendshapes_from_features(feats: np.ndarray, neutral_feats: np.ndarray, blink: np.ndarray | float = 0.0,
-                              gain: float = 1.0) -> np.ndarray:
+def blendshapes_from_features(
+    feats: np.ndarray, neutral_feats: np.ndarray, blink: np.ndarray | float = 0.0, gain: float = 1.0
+) -> np.ndarray:
     """`arkit_blendshapes` on precomputed `face_features` (..., F) against neutral features (F,) or (..., F);
     lets a caller keep a running neutral (see `signals.SignalExtractor`)."""
     if gain <= 0:
@@ -196,12 +316,42 @@ def blendshapes_from_features(feats: np.ndarray, neutral_feats: np.ndarray, blin
 
 
 #: The shapes `arkit_blendshapes` can make non-zero (the others are always 0).
-SUPPORTED: tuple[str, ...] = tuple(n for n in ARKIT_NAMES if n in {
-    "eyeBlinkLeft", "eyeBlinkRight", "jawLeft", "jawRight", "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker",
-    "mouthLeft", "mouthRight", "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight",
-    "mouthStretchLeft", "mouthStretchRight", "mouthRollLower", "mouthRollUpper", "mouthPressLeft",
-    "mouthPressRight", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight",
-    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight"})
+SUPPORTED: tuple[str, ...] = tuple(
+    n
+    for n in ARKIT_NAMES
+    if n
+    in {
+        "eyeBlinkLeft",
+        "eyeBlinkRight",
+        "jawLeft",
+        "jawRight",
+        "jawOpen",
+        "mouthClose",
+        "mouthFunnel",
+        "mouthPucker",
+        "mouthLeft",
+        "mouthRight",
+        "mouthSmileLeft",
+        "mouthSmileRight",
+        "mouthFrownLeft",
+        "mouthFrownRight",
+        "mouthStretchLeft",
+        "mouthStretchRight",
+        "mouthRollLower",
+        "mouthRollUpper",
+        "mouthPressLeft",
+        "mouthPressRight",
+        "mouthLowerDownLeft",
+        "mouthLowerDownRight",
+        "mouthUpperUpLeft",
+        "mouthUpperUpRight",
+        "browDownLeft",
+        "browDownRight",
+        "browInnerUp",
+        "browOuterUpLeft",
+        "browOuterUpRight",
+    }
+)
 
 
 def as_dict(weights: np.ndarray, names: tuple[str, ...] = SUPPORTED) -> dict[str, float]:
@@ -210,7 +360,7 @@ def as_dict(weights: np.ndarray, names: tuple[str, ...] = SUPPORTED) -> dict[str
     return {n: float(w[ARKIT_INDEX[n]]) for n in names}
 
 
-def from_signals(frame) -> dict[str, float]:
+def from_signals(frame: LandmarkFrame) -> dict[str, float]:
     """The default blendshape deriver of the engines: a frame's ARKit-52 weights by name.
 
     `frame` is an engine frame whose `signals` were derived (`signals.Signals.blendshapes`, (52,) in

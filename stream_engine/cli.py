@@ -24,8 +24,11 @@ ENTRY_POINT_GROUP = "msync.commands"
 RUNTIME_COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("stream_engine.info", "Print the step contract of an exported model (`msync info MODEL [--json]`)."),
     "stream": ("stream_engine.stream", "Run the real-time engine: speech in, landmarks out over WebSocket/OSC/VMC."),
-    "animate": ("stream_engine.animate_cli", "Whole audio files to animations (landmarks, signals, ARKit "
-                "blendshapes; json/csv/npz; --video for an MP4 preview)."),
+    "animate": (
+        "stream_engine.animate_cli",
+        "Whole audio files to animations (landmarks, signals, ARKit "
+        "blendshapes; json/csv/npz; --video for an MP4 preview).",
+    ),
 }
 
 
@@ -89,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_unavailable", None):
-        print(f"msync {args.command}: unavailable here: {args._unavailable}. "
-              "Install the extras: pip install 'msync[train,export]'", file=sys.stderr)
+        print(
+            f"msync {args.command}: unavailable here: {args._unavailable}. "
+            "Install the extras: pip install 'msync[train,export]'",
+            file=sys.stderr,
+        )
         return 1
     if not getattr(args, "_module", None):
         parser.print_help()
@@ -101,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except ImportError as exc:
-        print(f"msync {args.command}: missing dependency: {exc}. Install the extra: pip install 'msync[train]'",
-              file=sys.stderr)
+        print(
+            f"msync {args.command}: missing dependency: {exc}. Install the extra: pip install 'msync[train]'",
+            file=sys.stderr,
+        )
         return 1
 
 

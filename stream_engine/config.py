@@ -34,8 +34,17 @@ from stream_engine.outputs.vts import VtsConfig
 from stream_engine.outputs.websocket import ServerConfig
 from stream_engine.signals import SignalConfig
 
-__all__ = ["ConfigError", "DEFAULT_MODEL_PATH", "InputConfig", "ModelConfig", "StreamConfig", "build",
-           "load_config", "replace_path", "to_dict"]
+__all__ = [
+    "ConfigError",
+    "DEFAULT_MODEL_PATH",
+    "InputConfig",
+    "ModelConfig",
+    "StreamConfig",
+    "build",
+    "load_config",
+    "replace_path",
+    "to_dict",
+]
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "default.onnx"
 INPUT_KINDS = ("speech", "file", "mic", "stdin", "none")

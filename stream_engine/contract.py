@@ -454,7 +454,7 @@ def _shape(raw: Any, where: str) -> tuple[Dim, ...]:
 # ---------------------------------------------------------------------------------------- model files
 
 
-def _ort_session(path: Path, sess_options: Any = None, providers: Sequence[str] | None = None) -> Any:
+def ort_session(path: Path, sess_options: Any = None, providers: Sequence[str] | None = None) -> Any:
     """Open an onnxruntime session, turning every failure into a :class:`ModelLoadError`."""
     import onnxruntime as ort
 
@@ -498,7 +498,7 @@ def read_contract(path: str | Path, check: bool = True) -> StepContract:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only metadata is wanted
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
-    session = _ort_session(path, so)
+    session = ort_session(path, so)
     if check:
         return contract_from_session(session, str(path))
     try:

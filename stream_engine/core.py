@@ -36,7 +36,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -186,29 +187,30 @@ class _SampleFifo:
 class _Stream:
     """Everything the core remembers about one stream (its runner state included)."""
 
-    def __init__(self, stream_id: str, reference_face: np.ndarray | None, rng: np.random.Generator,
-                 row: int) -> None:
+    def __init__(self, stream_id: str, reference_face: np.ndarray | None, rng: np.random.Generator, row: int) -> None:
         self.stream_id = stream_id
         self.reference_face = reference_face
         self.rng = rng
-        self.row = row                      # the stream's slot in the core's state store
-        self.needs_init = False             # restarted while in flight: initialise the slot at commit
-        self.runout_ns: int | None = None   # when the real audio received so far would have played out at 1x
-        self.stall_filled = 0               # silence added in the current stall (samples)
+        self.row = row  # the stream's slot in the core's state store
+        self.needs_init = False  # restarted while in flight: initialise the slot at commit
+        self.runout_ns: int | None = None  # when the real audio received so far would have played out at 1x
+        self.stall_filled = 0  # silence added in the current stall (samples)
         self.stalled = False
         self.fills: collections.deque[tuple[int, int]] = collections.deque()  # silence added: epoch [start, end)
-        self.fifo = _SampleFifo()           # audio of the current epoch not yet stepped
-        self.next_fifo = _SampleFifo()      # audio that arrived while a flushed epoch drains
+        self.fifo = _SampleFifo()  # audio of the current epoch not yet stepped
+        self.next_fifo = _SampleFifo()  # audio that arrived while a flushed epoch drains
         self.next_arrivals: list[tuple[int, int]] = []  # (end sample relative to its first sample, arrival_ns)
-        self.received_samples = 0           # real samples accepted over the stream's life (the sample clock)
+        self.received_samples = 0  # real samples accepted over the stream's life (the sample clock)
         self.epoch = -1
-        self.epoch_start_sample = 0         # stream sample index where the epoch began
-        self.epoch_samples_in = 0           # samples (real + flush padding) pushed into this epoch
+        self.epoch_start_sample = 0  # stream sample index where the epoch began
+        self.epoch_samples_in = 0  # samples (real + flush padding) pushed into this epoch
         self.epoch_real_samples = 0
-        self.steps_taken = 0                # steps handed to the runner in this epoch
+        self.steps_taken = 0  # steps handed to the runner in this epoch
         self.steps_committed = 0
         self.arrivals: collections.deque[tuple[int, int]] = collections.deque()  # (epoch end sample, ns)
-        self.levels: collections.deque[tuple[float, bool]] = collections.deque()  # (dBFS, stalled) of steps not yet emitted
+        self.levels: collections.deque[tuple[float, bool]] = (
+            collections.deque()
+        )  # (dBFS, stalled) of steps not yet emitted
         self.seq = 0
         self.in_flight = False
         self.ending_steps: int | None = None  # set by flush: the epoch ends after this many steps
@@ -226,8 +228,14 @@ class EngineCore:
             preallocates its `max_streams` so it never grows while a step runs).
     """
 
-    def __init__(self, runner: StepRunner, max_batch_streams: int = 64, max_pending_s: float = 30.0,
-                 seed: int | None = None, capacity: int = 64) -> None:
+    def __init__(
+        self,
+        runner: StepRunner,
+        max_batch_streams: int = 64,
+        max_pending_s: float = 30.0,
+        seed: int | None = None,
+        capacity: int = 64,
+    ) -> None:
         contract = runner.contract
         self.runner = runner
         self.contract = contract
@@ -258,8 +266,7 @@ class EngineCore:
     def has_stream(self, stream_id: str) -> bool:
         return stream_id in self._streams
 
-    def open_stream(self, stream_id: str, reference_face: np.ndarray | None = None,
-                    seed: int | None = None) -> None:
+    def open_stream(self, stream_id: str, reference_face: np.ndarray | None = None, seed: int | None = None) -> None:
         """Start a stream with a fresh runner state.
 
         Args:
@@ -282,8 +289,10 @@ class EngineCore:
             seed = self._seed + self._streams_opened
         self._streams_opened += 1
         if self._in_flight_batches and self.slots.used >= self.slots.capacity:
-            raise CoreError("the state store is full while a step runs; open the stream after it (or give the "
-                            "core a larger capacity)")
+            raise CoreError(
+                "the state store is full while a step runs; open the stream after it (or give the "
+                "core a larger capacity)"
+            )
         stream = _Stream(stream_id, reference_face, np.random.default_rng(seed), self.slots.alloc())
         self._start_epoch(stream)
         self._streams[stream_id] = stream
@@ -361,7 +370,8 @@ class EngineCore:
         if stream.fifo.size + stream.next_fifo.size + samples.size > self.max_pending_samples:
             raise OverloadError(
                 f"stream {stream_id!r} would hold more than {self.max_pending_samples / self.sample_rate_hz:.1f} s "
-                "of unprocessed audio (input faster than the engine)")
+                "of unprocessed audio (input faster than the engine)"
+            )
         stream.received_samples += samples.size
         dur_ns = samples.size * 1_000_000_000 // self.sample_rate_hz
         runout = stream.runout_ns
@@ -442,8 +452,12 @@ class EngineCore:
     def is_drained(self, stream_id: str) -> bool:
         """No audio pending, nothing in flight, no flush draining: every frame the stream can make is out."""
         stream = self._get(stream_id)
-        return (stream.fifo.size == 0 and stream.next_fifo.size == 0 and not stream.in_flight
-                and stream.ending_steps is None)
+        return (
+            stream.fifo.size == 0
+            and stream.next_fifo.size == 0
+            and not stream.in_flight
+            and stream.ending_steps is None
+        )
 
     def received_samples(self, stream_id: str) -> int:
         return self._get(stream_id).received_samples
@@ -473,14 +487,15 @@ class EngineCore:
         return best
 
     @staticmethod
-    def _peek_arrival(stream: "_Stream", sample_index: int) -> int:
+    def _peek_arrival(stream: _Stream, sample_index: int) -> int:
         for end, ns in stream.arrivals:
             if end > sample_index:
                 return ns
         return stream.arrivals[-1][1] if stream.arrivals else 0
 
-    def take_batch(self, max_streams: int | None = None, only: Iterable[str] | None = None,
-                   now_ns: int = 0) -> StepBatch | None:
+    def take_batch(
+        self, max_streams: int | None = None, only: Iterable[str] | None = None, now_ns: int = 0
+    ) -> StepBatch | None:
         """Take one step's audio from each ready stream (at most `max_streams`), or None.
 
         Args:
@@ -528,17 +543,24 @@ class EngineCore:
             stream.levels.append((np_levels[i], stalled))
             stream.in_flight = True
         self._in_flight_batches += 1
-        return StepBatch(tuple(s.stream_id for s in picked), tuple(s.epoch for s in picked), tuple(steps),
-                         np.fromiter((s.row for s in picked), dtype=np.intp, count=len(picked)),
-                         audio, tuple(ready_ns), int(now_ns))
+        return StepBatch(
+            tuple(s.stream_id for s in picked),
+            tuple(s.epoch for s in picked),
+            tuple(steps),
+            np.fromiter((s.row for s in picked), dtype=np.intp, count=len(picked)),
+            audio,
+            tuple(ready_ns),
+            int(now_ns),
+        )
 
     def run_batch(self, batch: StepBatch) -> np.ndarray:
         """The runner call for `batch` (safe off the owning thread): its slots are gathered, stepped and the
         next state scattered back in place. Returns landmarks (B, num_landmarks, landmark_dims)."""
         return self.runner.step_slots(self.slots, batch.rows, batch.audio)
 
-    def commit(self, batch: StepBatch, landmarks: np.ndarray, infer_start_ns: int = 0,
-               infer_end_ns: int = 0) -> list[LandmarkFrame]:
+    def commit(
+        self, batch: StepBatch, landmarks: np.ndarray, infer_start_ns: int = 0, infer_end_ns: int = 0
+    ) -> list[LandmarkFrame]:
         """Take the runner's landmarks for `batch` and return the frames it completes (look-ahead warm-up
         dropped). The next state is already in the store (`run_batch`).
 
@@ -583,13 +605,22 @@ class EngineCore:
                 j = k - L
                 level, stalled = stream.levels.popleft()
                 ahead = max(v for v, _ in stream.levels) if stream.levels else level
-                frames.append(LandmarkFrame(
-                    stream_id=stream_id, seq=stream.seq, epoch=stream.epoch, index=j,
-                    pts_ns=self.sample_clock.time_ns(stream.epoch_start_sample + j * self.samples_per_frame),
-                    landmarks=landmarks[i].copy(), audio_level_dbfs=level, audio_ahead_dbfs=ahead,
-                    timings=FrameTimings(batch.audio_ready_ns[i], int(infer_start_ns), int(infer_end_ns), 0,
-                                         batch.take_ns),
-                    stalled=stalled))
+                frames.append(
+                    LandmarkFrame(
+                        stream_id=stream_id,
+                        seq=stream.seq,
+                        epoch=stream.epoch,
+                        index=j,
+                        pts_ns=self.sample_clock.time_ns(stream.epoch_start_sample + j * self.samples_per_frame),
+                        landmarks=landmarks[i].copy(),
+                        audio_level_dbfs=level,
+                        audio_ahead_dbfs=ahead,
+                        timings=FrameTimings(
+                            batch.audio_ready_ns[i], int(infer_start_ns), int(infer_end_ns), 0, batch.take_ns
+                        ),
+                        stalled=stalled,
+                    )
+                )
                 stream.seq += 1
             if stream.ending_steps is not None and stream.steps_committed >= stream.ending_steps:
                 self._start_next_epoch(stream)
@@ -615,8 +646,9 @@ class EngineCore:
                 self._init_slot(stream)
         return affected
 
-    def process(self, now_ns: Callable[[], int] | None = None, max_steps: int | None = None,
-                only: Iterable[str] | None = None) -> list[LandmarkFrame]:
+    def process(
+        self, now_ns: Callable[[], int] | None = None, max_steps: int | None = None, only: Iterable[str] | None = None
+    ) -> list[LandmarkFrame]:
         """Run every ready step synchronously (tests, benchmarks, offline use). Returns the frames in order.
 
         Args:
@@ -701,7 +733,8 @@ class EngineCore:
 def _levels_dbfs(audio: np.ndarray) -> np.ndarray:
     """RMS level of each row of (B, n) PCM in dB re full scale, floored at -120 dBFS -> (B,) float64."""
     mean_square = np.einsum("ij,ij->i", audio, audio, dtype=np.float64) / max(1, audio.shape[1])
-    return 10.0 * np.log10(np.maximum(mean_square, 1e-12))
+    result: np.ndarray = 10.0 * np.log10(np.maximum(mean_square, 1e-12))
+    return result
 
 
 def _level_dbfs(samples: np.ndarray) -> float:

@@ -73,6 +73,18 @@ def _convert_tuple(args: tuple[Any, ...], value: Any, where: str) -> tuple[Any, 
     return tuple(convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
 
 
+def _is_pairs(args: tuple[Any, ...]) -> bool:
+    """Whether tuple[args] is `tuple[tuple[K, V], ...]` (a hashable map)."""
+    if len(args) != 2 or args[1] is not Ellipsis:
+        return False
+    inner = args[0]
+    return (
+        typing.get_origin(inner) is tuple
+        and len(typing.get_args(inner)) == 2
+        and Ellipsis not in typing.get_args(inner)
+    )
+
+
 def _convert_union(args: tuple[Any, ...], value: Any, where: str) -> Any:
     if value is None and type(None) in args:
         return None
@@ -99,9 +111,14 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         return _convert_union(args, value, where)
     if origin is tuple or tp is tuple:
+        if _is_pairs(args):  # a tuple of (key, value) pairs is written as a table, or as a preset name
+            if isinstance(value, str):  # such as vmc.blend_names = "vrm1": the class resolves it
+                return value
+            if isinstance(value, Mapping):
+                value = list(value.items())
         return _convert_tuple(args, value, where)
     if origin in (Mapping, dict) or tp in (Mapping, dict):
-        if isinstance(value, str):  # presets such as vmc.blend_names = "vrm1"
+        if isinstance(value, str):  # a preset name, which the class resolves
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table/object, got {value!r}")

@@ -41,17 +41,20 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from stream_engine.clock import Clock, MonotonicClock
 from stream_engine.core import EngineCore, LandmarkFrame, StepBatch
 from stream_engine.outputs import FrameSink
+from stream_engine.runtime.base import StepRunner
 from stream_engine.session import Session
 from stream_engine.signals import SignalConfig, stream_seed
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EngineFullError(RuntimeError):
@@ -114,8 +117,8 @@ class EngineStats:
     sink_errors: int = 0
     nonfinite_frames: int = 0
     stalls: int = 0
-    batch_sizes: deque = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
-    step_ms: deque = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
+    batch_sizes: deque[int] = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
+    step_ms: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
 
 
 class Engine:
@@ -130,9 +133,14 @@ class Engine:
             ARKit blendshape weights (name -> [0, 1]); they are attached as `LandmarkFrame.blendshapes`.
     """
 
-    def __init__(self, runner, cfg: EngineConfig = EngineConfig(), signal_cfg: SignalConfig = SignalConfig(),
-                 clock: Clock | None = None,
-                 blendshapes: Callable[[LandmarkFrame], dict[str, float]] | None = None) -> None:
+    def __init__(
+        self,
+        runner: StepRunner,
+        cfg: EngineConfig = EngineConfig(),
+        signal_cfg: SignalConfig = SignalConfig(),
+        clock: Clock | None = None,
+        blendshapes: Callable[[LandmarkFrame], dict[str, float]] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.signal_cfg = signal_cfg
         self.runner = runner
@@ -148,8 +156,8 @@ class Engine:
         self._ids = itertools.count(1)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._work: asyncio.Event | None = None
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
-        self._tasks: set[asyncio.Task] = set()
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._last_slow_warning = 0.0
         self._ms_per_row: float | None = None  # measured runner cost per stream and call (EMA)
@@ -168,9 +176,13 @@ class Engine:
         40 ms window ((L + 1) frames). Compute, queuing and sending come on top (the engine-added latency)."""
         return (self.core.lookahead_frames + 1) * self.frame_ms
 
-    def latency_facts(self) -> dict:
-        return {"lookahead_frames": self.core.lookahead_frames, "lookahead_ms": self.core.lookahead_frames * self.frame_ms,
-                "frame_window_ms": self.frame_ms, "algorithmic_latency_ms": self.algorithmic_latency_ms}
+    def latency_facts(self) -> dict[str, Any]:
+        return {
+            "lookahead_frames": self.core.lookahead_frames,
+            "lookahead_ms": self.core.lookahead_frames * self.frame_ms,
+            "frame_window_ms": self.frame_ms,
+            "algorithmic_latency_ms": self.algorithmic_latency_ms,
+        }
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -183,21 +195,21 @@ class Engine:
         if self.stall_ns > 0:
             self.spawn(self._stall_loop(), name="msync-stalls")
 
-    async def __aenter__(self) -> "Engine":
+    async def __aenter__(self) -> Engine:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def spawn(self, coro, name: str | None = None) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
         """Run a coroutine as a task owned by the engine (kept in a set; cancelled by `aclose`)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed: %r", task.get_name(), task.exception(), exc_info=task.exception())
@@ -222,8 +234,13 @@ class Engine:
         self.sinks.append(sink)
 
     # ------------------------------------------------------------------ streams
-    def open_stream(self, stream_id: str | None = None, reference_face: np.ndarray | None = None,
-                    source: str = "", seed: int | None = None) -> Session:
+    def open_stream(
+        self,
+        stream_id: str | None = None,
+        reference_face: np.ndarray | None = None,
+        source: str = "",
+        seed: int | None = None,
+    ) -> Session:
         """Open a stream. Raises `EngineFullError`, or ValueError for a taken id / bad reference face."""
         if stream_id is None:
             stream_id = f"s{next(self._ids)}"
@@ -236,9 +253,15 @@ class Engine:
         if len(self.sessions) >= self.cfg.max_streams:
             raise EngineFullError(f"the engine already serves {len(self.sessions)} streams (max_streams)")
         self.core.open_stream(stream_id, reference_face, seed)
-        session = Session(stream_id, self.core.reference_face(stream_id), self.model_reference_face,
-                          self.signal_cfg if self.cfg.signals else None, source,
-                          seed=stream_seed(self.cfg.seed, stream_id) if seed is None else seed, engine=self)
+        session = Session(
+            stream_id,
+            self.core.reference_face(stream_id),
+            self.model_reference_face,
+            self.signal_cfg if self.cfg.signals else None,
+            source,
+            seed=stream_seed(self.cfg.seed, stream_id) if seed is None else seed,
+            engine=self,
+        )
         self.sessions[stream_id] = session
         self._event(stream_id, "opened", source=source)
         return session
@@ -318,7 +341,7 @@ class Engine:
                 future.set_result(None)
                 self._waiters.remove(waiter)
 
-    def _event(self, stream_id: str, event: str, **fields) -> None:
+    def _event(self, stream_id: str, event: str, **fields: Any) -> None:
         message = {"type": "stream", "v": 1, "event": event, "stream": stream_id, **fields}
         for sink in self.sinks:
             try:
@@ -328,7 +351,7 @@ class Engine:
                 log.warning("output %r failed on a stream event: %s", sink, exc)
 
     # ------------------------------------------------------------------ inference
-    def _run_batch(self, batch: StepBatch):
+    def _run_batch(self, batch: StepBatch) -> tuple[np.ndarray, int, int]:
         """Worker thread: one runner call (gather, step, scatter in the slot store), timed on the engine clock."""
         t0 = self.clock.now_ns()
         landmarks = self.core.run_batch(batch)
@@ -368,7 +391,7 @@ class Engine:
         step runs while the loop commits and publishes the previous one), commit in order."""
         loop = asyncio.get_running_loop()
         assert self._work is not None
-        pending: deque[tuple[StepBatch, asyncio.Future]] = deque()
+        pending: deque[tuple[StepBatch, asyncio.Future[tuple[np.ndarray, int, int]]]] = deque()
         while True:
             await self._work.wait()
             self._work.clear()
@@ -399,7 +422,7 @@ class Engine:
                 try:
                     result = await future
                 except asyncio.CancelledError:
-                    for b, f in pending:
+                    for _, f in pending:
                         f.cancel()
                     raise
                 except Exception as exc:  # a runner failure costs the batch's streams their state, nothing more
@@ -417,7 +440,7 @@ class Engine:
             self._event(sid, "reset", epoch=self.core.epoch(sid))
         self._notify_progress()
 
-    def _finish_batch(self, batch: StepBatch, landmarks, t0: int, t1: int) -> None:
+    def _finish_batch(self, batch: StepBatch, landmarks: np.ndarray, t0: int, t1: int) -> None:
         """On the loop: commit a finished step, report non-finite rows, publish the frames."""
         try:
             frames = self.core.commit(batch, landmarks, t0, t1)
@@ -438,8 +461,12 @@ class Engine:
         self._ms_per_row = per_row if self._ms_per_row is None else 0.8 * self._ms_per_row + 0.2 * per_row
         if step_ms > self.cfg.slow_step_ms and time.monotonic() - self._last_slow_warning > 5.0:
             self._last_slow_warning = time.monotonic()
-            log.warning("a runner call took %.1f ms for %d streams (budget %.0f ms per frame)", step_ms,
-                        len(batch), self.frame_ms)
+            log.warning(
+                "a runner call took %.1f ms for %d streams (budget %.0f ms per frame)",
+                step_ms,
+                len(batch),
+                self.frame_ms,
+            )
         for sid, message in self.core.take_faults():
             self.stats.nonfinite_frames += 1
             log.error("stream %s: %s", sid, message)
@@ -477,19 +504,27 @@ class Engine:
                 log.warning("output %r failed: %s", sink, exc)
 
     # ------------------------------------------------------------------ reporting
-    def health(self) -> dict:
-        return {"streams": [s.summary() for s in self.sessions.values()],
-                "runner_calls": self.stats.runner_calls, "frames": self.stats.frames,
-                "runner_errors": self.stats.runner_errors, "nonfinite_frames": self.stats.nonfinite_frames,
-                "stalls": self.stats.stalls, **self.latency_facts(),
-                "model_version": getattr(self.contract, "model_version", "")}
+    def health(self) -> dict[str, Any]:
+        return {
+            "streams": [s.summary() for s in self.sessions.values()],
+            "runner_calls": self.stats.runner_calls,
+            "frames": self.stats.frames,
+            "runner_errors": self.stats.runner_errors,
+            "nonfinite_frames": self.stats.nonfinite_frames,
+            "stalls": self.stats.stalls,
+            **self.latency_facts(),
+            "model_version": getattr(self.contract, "model_version", ""),
+        }
 
     def latency_line(self) -> str:
         """One line for the terminal: frames, algorithmic latency, engine-added latency, step time."""
         lat = [v for s in self.sessions.values() for v in s.stats.engine_latency_ms]
         steps = list(self.stats.step_ms)[-250:]
-        parts = [f"streams {len(self.sessions)}", f"frames {self.stats.frames}",
-                 f"algorithmic {self.algorithmic_latency_ms:.0f} ms (L={self.core.lookahead_frames})"]
+        parts = [
+            f"streams {len(self.sessions)}",
+            f"frames {self.stats.frames}",
+            f"algorithmic {self.algorithmic_latency_ms:.0f} ms (L={self.core.lookahead_frames})",
+        ]
         if lat:
             parts.append(f"engine p50 {np.percentile(lat, 50):.1f} / p95 {np.percentile(lat, 95):.1f} ms")
         if steps:

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 PCM_DTYPES = {"int16": ("<i2", 32768.0), "int32": ("<i4", 2147483648.0), "float32": ("<f4", 1.0)}
 MIN_RATE_HZ, MAX_RATE_HZ = 8000, 384000
 MAX_CHANNELS = 32
-DEFAULT_SENTENCE = ("Hello! This is msync. It turns live speech into facial landmarks, in real time, "
-                    "and sends them to your avatar.")
+DEFAULT_SENTENCE = (
+    "Hello! This is msync. It turns live speech into facial landmarks, in real time, and sends them to your avatar."
+)
 
 
 class InputError(RuntimeError):
@@ -46,9 +47,15 @@ class EngineLike(Protocol):
 
     def push_audio(self, stream_id: str, samples: np.ndarray, arrival_ns: int | None = None) -> None: ...
     def reset(self, stream_id: str) -> int: ...
-    def flush(self, stream_id: str) -> None: ...
+    def flush(self, stream_id: str) -> int: ...
     async def wait_capacity(self, stream_id: str, max_pending_s: float = 1.0) -> None: ...
     async def wait_drained(self, stream_id: str) -> None: ...
+
+
+class AudioSource(Protocol):
+    """An input that feeds one stream of an engine until it ends (`MicrophoneSource`, `FileSource`, `StdinSource`)."""
+
+    async def run(self, engine: EngineLike, stream_id: str) -> None: ...
 
 
 def restart_stream(engine: EngineLike, stream_id: str, reason: Exception) -> None:
@@ -81,6 +88,7 @@ def push_or_reset(engine: EngineLike, stream_id: str, samples: np.ndarray, arriv
 
 # ----------------------------------------------------------------------------------------------- PCM
 
+
 @dataclasses.dataclass(frozen=True)
 class PcmFormat:
     """Interleaved little-endian PCM as declared by a client or a flag.
@@ -96,11 +104,19 @@ class PcmFormat:
     dtype: str = "int16"
 
     def __post_init__(self) -> None:
-        if isinstance(self.sample_rate_hz, bool) or not isinstance(self.sample_rate_hz, int) \
-                or not MIN_RATE_HZ <= self.sample_rate_hz <= MAX_RATE_HZ:
-            raise ValueError(f"sample_rate_hz must be an integer in {MIN_RATE_HZ}..{MAX_RATE_HZ}, "
-                             f"got {self.sample_rate_hz!r}")
-        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or not 1 <= self.channels <= MAX_CHANNELS:
+        if (
+            isinstance(self.sample_rate_hz, bool)
+            or not isinstance(self.sample_rate_hz, int)
+            or not MIN_RATE_HZ <= self.sample_rate_hz <= MAX_RATE_HZ
+        ):
+            raise ValueError(
+                f"sample_rate_hz must be an integer in {MIN_RATE_HZ}..{MAX_RATE_HZ}, got {self.sample_rate_hz!r}"
+            )
+        if (
+            isinstance(self.channels, bool)
+            or not isinstance(self.channels, int)
+            or not 1 <= self.channels <= MAX_CHANNELS
+        ):
             raise ValueError(f"channels must be an integer in 1..{MAX_CHANNELS}, got {self.channels!r}")
         if self.dtype not in PCM_DTYPES:
             raise ValueError(f"dtype must be one of {sorted(PCM_DTYPES)}, got {self.dtype!r}")
@@ -111,14 +127,17 @@ class PcmFormat:
         return np.dtype(PCM_DTYPES[self.dtype][0]).itemsize * self.channels
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "PcmFormat":
+    def from_json(cls, obj: dict[str, Any]) -> PcmFormat:
         """From a hello/config message (`sample_rate_hz`, `channels`, `dtype`; defaults 16000, 1, int16)."""
-        return cls(sample_rate_hz=obj.get("sample_rate_hz", 16000), channels=obj.get("channels", 1),
-                   dtype=obj.get("dtype", "int16"))
+        return cls(
+            sample_rate_hz=obj.get("sample_rate_hz", 16000),
+            channels=obj.get("channels", 1),
+            dtype=obj.get("dtype", "int16"),
+        )
 
     @classmethod
-    def parse(cls, text: str) -> "PcmFormat":
-        """"s16le:48000:2"-style spec: dtype (s16le|s32le|f32le|int16|int32|float32), rate, channels."""
+    def parse(cls, text: str) -> PcmFormat:
+        """ "s16le:48000:2"-style spec: dtype (s16le|s32le|f32le|int16|int32|float32), rate, channels."""
         aliases = {"s16le": "int16", "s32le": "int32", "f32le": "float32"}
         parts = text.split(":")
         try:
@@ -129,7 +148,7 @@ class PcmFormat:
             raise ValueError(f"bad PCM format {text!r}: expected dtype:rate:channels, e.g. s16le:16000:1") from None
         return cls(rate, channels, dtype)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"sample_rate_hz": self.sample_rate_hz, "channels": self.channels, "dtype": self.dtype}
 
 
@@ -155,7 +174,7 @@ class PcmConverter:
         self.fmt = fmt
         self._resampler = self._make_resampler(fmt)
 
-    def _make_resampler(self, fmt: PcmFormat):
+    def _make_resampler(self, fmt: PcmFormat) -> Any:  # soxr.ResampleStream | None (soxr is untyped)
         if fmt.sample_rate_hz == self.out_rate_hz:
             return None
         import soxr
@@ -172,8 +191,10 @@ class PcmConverter:
         bpf = self.fmt.bytes_per_frame
         if self.strict:
             if len(data) % bpf:
-                raise AudioChunkError(f"chunk of {len(data)} bytes is not a whole number of {bpf}-byte sample frames "
-                                      f"({self.fmt.channels} x {self.fmt.dtype})")
+                raise AudioChunkError(
+                    f"chunk of {len(data)} bytes is not a whole number of {bpf}-byte sample frames "
+                    f"({self.fmt.channels} x {self.fmt.dtype})"
+                )
         else:
             data = self._carry + data
             cut = len(data) - len(data) % bpf
@@ -195,7 +216,8 @@ class PcmConverter:
             raise AudioChunkError("audio chunk contains NaN or infinite samples")
         if self._resampler is None or mono.size == 0:
             return mono.astype(np.float32, copy=False)
-        return self._resampler.resample_chunk(mono).astype(np.float32, copy=False)
+        result: np.ndarray = self._resampler.resample_chunk(mono).astype(np.float32, copy=False)
+        return result
 
     def finish(self) -> np.ndarray:
         """Drain the resampler's tail (end of input or format change)."""
@@ -204,7 +226,8 @@ class PcmConverter:
             return np.zeros(0, np.float32)
         tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
         self._resampler = self._make_resampler(self.fmt)
-        return tail.astype(np.float32, copy=False)
+        result: np.ndarray = tail.astype(np.float32, copy=False)
+        return result
 
     def set_format(self, fmt: PcmFormat) -> np.ndarray:
         """Switch to a new input format; returns the old resampler's tail (to push before new audio)."""
@@ -222,15 +245,18 @@ class PcmConverter:
 
 # ---------------------------------------------------------------------------------------- microphone
 
-def _sounddevice():
+
+def _sounddevice() -> Any:  # the sounddevice module (untyped)
     """Import sounddevice with a clear error when it or PortAudio is missing."""
     try:
         import sounddevice
     except ImportError:
         raise InputError("microphone input needs the sounddevice package: pip install 'msync[audio]'") from None
     except OSError as exc:  # sounddevice raises OSError when libportaudio is absent
-        raise InputError(f"PortAudio library not found ({exc}); install it: apt-get install libportaudio2 "
-                         "(Debian/Ubuntu), brew install portaudio (macOS)") from None
+        raise InputError(
+            f"PortAudio library not found ({exc}); install it: apt-get install libportaudio2 "
+            "(Debian/Ubuntu), brew install portaudio (macOS)"
+        ) from None
     return sounddevice
 
 
@@ -245,10 +271,15 @@ def list_input_devices() -> list[dict[str, Any]]:
     out = []
     for d in devices:
         if d.get("max_input_channels", 0) > 0:
-            out.append({"index": int(d["index"]), "name": str(d["name"]),
-                        "max_input_channels": int(d["max_input_channels"]),
-                        "default_samplerate": float(d["default_samplerate"]),
-                        "hostapi": str(hostapis[d["hostapi"]]["name"]) if hostapis else ""})
+            out.append(
+                {
+                    "index": int(d["index"]),
+                    "name": str(d["name"]),
+                    "max_input_channels": int(d["max_input_channels"]),
+                    "default_samplerate": float(d["default_samplerate"]),
+                    "hostapi": str(hostapis[d["hostapi"]]["name"]) if hostapis else "",
+                }
+            )
     return out
 
 
@@ -283,8 +314,11 @@ def resolve_input_device(spec: str | int | None) -> dict[str, Any]:
         return matches[0]
     if not matches:
         raise InputError(f"no input device matches {text!r}; input devices: {listing}")
-    raise InputError(f"{text!r} matches several input devices: "
-                     + "; ".join(f"{d['index']}: {d['name']!r}" for d in matches) + " (use the index)")
+    raise InputError(
+        f"{text!r} matches several input devices: "
+        + "; ".join(f"{d['index']}: {d['name']!r}" for d in matches)
+        + " (use the index)"
+    )
 
 
 @dataclasses.dataclass
@@ -312,17 +346,24 @@ class MicrophoneSource:
         channels = int(self.channels or min(2, dev["max_input_channels"]))
         converter = PcmConverter(PcmFormat(rate, channels, "float32"), engine.sample_rate_hz, self.quality)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[tuple[np.ndarray, int]] = asyncio.Queue()
 
-        def callback(indata, frames, time_info, status):  # PortAudio thread: hand over and return
+        def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:  # PortAudio thread
             loop.call_soon_threadsafe(queue.put_nowait, (indata.copy(), time.monotonic_ns()))
 
         try:
-            stream = sd.InputStream(device=dev["index"], samplerate=rate, channels=channels, dtype="float32",
-                                    blocksize=max(1, int(rate * self.block_ms / 1000)), callback=callback)
+            stream = sd.InputStream(
+                device=dev["index"],
+                samplerate=rate,
+                channels=channels,
+                dtype="float32",
+                blocksize=max(1, int(rate * self.block_ms / 1000)),
+                callback=callback,
+            )
         except Exception as exc:
-            raise InputError(f"cannot open input device {dev['index']} {dev['name']!r} at {rate} Hz x {channels}: "
-                             f"{exc}") from exc
+            raise InputError(
+                f"cannot open input device {dev['index']} {dev['name']!r} at {rate} Hz x {channels}: {exc}"
+            ) from exc
         with stream:
             while True:
                 block, arrival_ns = await queue.get()
@@ -336,6 +377,7 @@ class MicrophoneSource:
 
 
 # --------------------------------------------------------------------------------------------- files
+
 
 @dataclasses.dataclass
 class FileSource:
@@ -394,8 +436,12 @@ class _Mono:
         return time.monotonic_ns()
 
 
-def synthesize_speech(text: str = DEFAULT_SENTENCE, out_path: str | Path | None = None, voice: str | None = None,
-                      words_per_minute: int = 150) -> Path:
+def synthesize_speech(
+    text: str = DEFAULT_SENTENCE,
+    out_path: str | Path | None = None,
+    voice: str | None = None,
+    words_per_minute: int = 150,
+) -> Path:
     """Speak `text` with espeak-ng into a WAV file (22.05 kHz mono) and return its path.
 
     Raises:
@@ -403,8 +449,10 @@ def synthesize_speech(text: str = DEFAULT_SENTENCE, out_path: str | Path | None 
     """
     exe = shutil.which("espeak-ng") or shutil.which("espeak")
     if exe is None:
-        raise InputError("espeak-ng not found, so no speech can be synthesised: install it (apt-get install "
-                         "espeak-ng) or give an audio file (--input speech.wav)")
+        raise InputError(
+            "espeak-ng not found, so no speech can be synthesised: install it (apt-get install "
+            "espeak-ng) or give an audio file (--input speech.wav)"
+        )
     if out_path is None:
         fd, name = tempfile.mkstemp(prefix="msync_speech_", suffix=".wav")
         os.close(fd)
@@ -421,6 +469,7 @@ def synthesize_speech(text: str = DEFAULT_SENTENCE, out_path: str | Path | None 
 
 
 # --------------------------------------------------------------------------------------------- stdin
+
 
 @dataclasses.dataclass
 class StdinSource:
@@ -441,7 +490,7 @@ class StdinSource:
     async def run(self, engine: EngineLike, stream_id: str) -> None:
         converter = PcmConverter(self.fmt, engine.sample_rate_hz, self.quality, strict=False)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=64)
+        queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue(maxsize=64)
         src = self.stream or sys.stdin.buffer
         fd = src.fileno() if hasattr(src, "fileno") else None
 

@@ -10,12 +10,25 @@ animation's fps, or MPEG-4 part 2 where this FFmpeg build has no libx264; audio:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from stream_engine.animation import Animation
+
 # iBUG 68 contours as (first, last, closed).
-CONTOURS = ((0, 16, False), (17, 21, False), (22, 26, False), (27, 30, False), (31, 35, False), (36, 41, True),
-            (42, 47, True), (48, 59, True), (60, 67, True))
+CONTOURS = (
+    (0, 16, False),
+    (17, 21, False),
+    (22, 26, False),
+    (27, 30, False),
+    (31, 35, False),
+    (36, 41, True),
+    (42, 47, True),
+    (48, 59, True),
+    (60, 67, True),
+)
 
 
 class PreviewError(RuntimeError):
@@ -27,14 +40,16 @@ def require_pyav() -> None:
     try:
         import av  # noqa: F401
     except ImportError:
-        raise PreviewError("--video needs PyAV (FFmpeg bindings): pip install av  (or pip install 'msync[video]')") from None
+        raise PreviewError(
+            "--video needs PyAV (FFmpeg bindings): pip install av  (or pip install 'msync[video]')"
+        ) from None
 
 
 def draw_face(points: np.ndarray, size: int = 256) -> np.ndarray:
     """(68, 2) normalised landmarks -> (size, size, 3) uint8 picture of the face."""
     img = np.full((size, size, 3), 24, np.uint8)
     p = np.asarray(points, dtype=np.float64) * (size - 1)
-    segs = []
+    segs: list[tuple[int, int]] = []
     for a, b, closed in CONTOURS:
         idx = list(range(a, b + 1)) + ([a] if closed else [])
         segs.extend(zip(idx[:-1], idx[1:]))
@@ -53,7 +68,7 @@ def draw_face(points: np.ndarray, size: int = 256) -> np.ndarray:
     return img
 
 
-def render_video(animation, audio: np.ndarray, path: str | Path, size: int = 256) -> Path:
+def render_video(animation: Animation, audio: np.ndarray, path: str | Path, size: int = 256) -> Path:
     """Write `animation` (an `animate.Animation`) with `audio` ((N,) float32 at `animation.sample_rate_hz`) to an MP4.
 
     Raises:
@@ -86,7 +101,7 @@ def render_video(animation, audio: np.ndarray, path: str | Path, size: int = 256
         pcm = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)
         chunk = 1024
         for start in range(0, pcm.size, chunk):
-            piece = pcm[start:start + chunk]
+            piece = pcm[start : start + chunk]
             af = av.AudioFrame.from_ndarray(piece[None, :], format="fltp", layout="mono")
             af.sample_rate = rate
             af.pts = start

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stream_engine.core import AudioChunkError, CoreError
 from stream_engine.inputs import PCM_DTYPES, PcmConverter, PcmFormat
 from stream_engine.session import ReferenceFaceError, reference_face_from_points
+
+if TYPE_CHECKING:
+    from stream_engine.engine import Engine
 
 PROTOCOL_VERSION = 1
 # WebSocket close codes (RFC 6455 §7.4.1)
@@ -41,6 +44,7 @@ MAX_SUBSCRIBED_STREAMS = 256
 
 
 # ------------------------------------------------------------------------------------------------ actions
+
 
 @dataclasses.dataclass(frozen=True)
 class Send:
@@ -61,7 +65,7 @@ class Close:
 class Subscribe:
     """From now on send this connection the frames of `streams` (None = all) in `format`."""
 
-    streams: frozenset | None
+    streams: frozenset[str] | None
     format: str
     every_frame: bool = False  # never drop these streams' frames (the /audio sender is paced instead)
 
@@ -82,7 +86,7 @@ class AwaitDrained:
     stream_id: str
 
 
-Action = Union[Send, Close, Subscribe, AwaitCapacity, AwaitDrained]
+Action = Send | Close | Subscribe | AwaitCapacity | AwaitDrained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,13 +121,14 @@ class ProtocolConfig:
         return int(min(self.max_message_bytes, max(64 * 1024, audio)))
 
 
-def error(code: str, message: str, fatal: bool = False, **extra) -> str:
+def error(code: str, message: str, fatal: bool = False, **extra: Any) -> str:
     """An error message (PROTOCOL.md §3.3/§4) as JSON text."""
-    return json.dumps({"type": "error", "v": PROTOCOL_VERSION, "code": code, "message": message, "fatal": fatal,
-                       **extra})
+    return json.dumps(
+        {"type": "error", "v": PROTOCOL_VERSION, "code": code, "message": message, "fatal": fatal, **extra}
+    )
 
 
-def reply(kind: str, **fields) -> str:
+def reply(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, "v": PROTOCOL_VERSION, **fields})
 
 
@@ -135,7 +140,7 @@ class ProtocolError(ValueError):
         self.code = code
 
 
-def parse_control(message: str, max_bytes: int) -> dict:
+def parse_control(message: str, max_bytes: int) -> dict[str, Any]:
     """A control message -> dict with a string "type". Raises `ProtocolError` (`bad_json` | `bad_message`).
 
     Never raises anything else: oversized text is refused unparsed, and numbers with thousands of digits or
@@ -152,24 +157,26 @@ def parse_control(message: str, max_bytes: int) -> dict:
     return msg
 
 
-def parse_format(value, default: str) -> str:
+def parse_format(value: object, default: str) -> str:
     """A frame format ("json" | "binary"; None = `default`). Raises `ProtocolError` (`bad_message`)."""
     if value is None:
         return default
     if not isinstance(value, str) or value.lower() not in FORMATS:
-        raise ProtocolError("bad_message", f"format must be \"json\" or \"binary\", got {value!r}")
+        raise ProtocolError("bad_message", f'format must be "json" or "binary", got {value!r}')
     return value.lower()
 
 
-def parse_stream_id(value) -> str:
+def parse_stream_id(value: object) -> str:
     """A stream id: a non-empty string of at most 128 UTF-8 bytes. Raises `ProtocolError` (`bad_message`)."""
     if not isinstance(value, str) or not value or len(value.encode("utf-8", "surrogatepass")) > MAX_STREAM_ID_BYTES:
-        raise ProtocolError("bad_message", f"a stream id must be a non-empty string of at most "
-                            f"{MAX_STREAM_ID_BYTES} bytes, got {str(value)[:40]!r}")
+        raise ProtocolError(
+            "bad_message",
+            f"a stream id must be a non-empty string of at most {MAX_STREAM_ID_BYTES} bytes, got {str(value)[:40]!r}",
+        )
     return value
 
 
-def parse_pcm_format(obj: dict, base: PcmFormat | None = None) -> PcmFormat:
+def parse_pcm_format(obj: dict[str, Any], base: PcmFormat | None = None) -> PcmFormat:
     """`sample_rate_hz`, `channels`, `dtype` of a hello/config over `base` (defaults 16000, 1, int16).
     Raises ValueError with the reason for any wrong value or type."""
     base = base or PcmFormat()
@@ -220,7 +227,7 @@ class StreamOwners:
         return self._owner.get(stream_id)
 
 
-def _has_stream(engine, stream_id: str) -> bool:
+def _has_stream(engine: Engine, stream_id: str) -> bool:
     return stream_id in engine.sessions
 
 
@@ -229,7 +236,7 @@ class _Connection:
 
     endpoint = ""
 
-    def __init__(self, engine, cfg: ProtocolConfig, owners: StreamOwners, key: object, admin: bool) -> None:
+    def __init__(self, engine: Engine, cfg: ProtocolConfig, owners: StreamOwners, key: object, admin: bool) -> None:
         self.engine = engine
         self.cfg = cfg
         self.owners = owners
@@ -238,7 +245,7 @@ class _Connection:
         self.errors = 0
         self.closed = False
 
-    def _error(self, code: str, message: str, **extra) -> list[Action]:
+    def _error(self, code: str, message: str, **extra: Any) -> list[Action]:
         """A non-fatal error; the `max_client_errors`-th one closes the connection."""
         self.errors += 1
         actions: list[Action] = [Send(error(code, message, **extra))]
@@ -261,8 +268,11 @@ class _Connection:
         if not _has_stream(self.engine, stream_id):
             return self._error("unknown_stream", f"no open stream {stream_id!r}")
         if not self._may_control(stream_id):
-            return self._error("forbidden", f"stream {stream_id!r} belongs to another client (the admin token "
-                               "may control any stream)", stream=stream_id)
+            return self._error(
+                "forbidden",
+                f"stream {stream_id!r} belongs to another client (the admin token may control any stream)",
+                stream=stream_id,
+            )
         if kind == "reset":
             return [Send(reply("reset_ok", stream=stream_id, epoch=self.engine.reset(stream_id)))]
         return [Send(reply("flushed", stream=stream_id, frames_left=self.engine.flush(stream_id)))]
@@ -281,14 +291,22 @@ class FramesProtocol(_Connection):
 
     endpoint = "frames"
 
-    def __init__(self, engine, cfg: ProtocolConfig, owners: StreamOwners, key: object = None, admin: bool = False,
-                 fmt: str = "json", streams: frozenset | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cfg: ProtocolConfig,
+        owners: StreamOwners,
+        key: object = None,
+        admin: bool = False,
+        fmt: str = "json",
+        streams: frozenset[str] | None = None,
+    ) -> None:
         super().__init__(engine, cfg, owners, key if key is not None else object(), admin)
         self.format = fmt
         self.streams = streams
 
     @staticmethod
-    def parse_query(query: dict[str, str]) -> tuple[str, frozenset | None]:
+    def parse_query(query: dict[str, str]) -> tuple[str, frozenset[str] | None]:
         """(format, streams) of the URL query. Raises `ProtocolError` (`bad_request`)."""
         try:
             fmt = parse_format(query.get("format"), "json")
@@ -316,17 +334,17 @@ class FramesProtocol(_Connection):
             return self._error(exc.code, str(exc))
         return self._error("unknown_type", f"unknown message type {kind[:40]!r}")
 
-    def _subscribe(self, msg: dict) -> list[Action]:
+    def _subscribe(self, msg: dict[str, Any]) -> list[Action]:
         streams = msg.get("streams")
         if streams is not None:
             if not isinstance(streams, list) or len(streams) > MAX_SUBSCRIBED_STREAMS:
-                raise ProtocolError("bad_message", f"'streams' must be a list of at most {MAX_SUBSCRIBED_STREAMS} "
-                                    "stream ids, or null")
+                raise ProtocolError(
+                    "bad_message", f"'streams' must be a list of at most {MAX_SUBSCRIBED_STREAMS} stream ids, or null"
+                )
             streams = [parse_stream_id(s) for s in streams]
         self.format = parse_format(msg.get("format"), self.format)
         self.streams = frozenset(streams) if streams else None
-        return [Subscribe(self.streams, self.format),
-                Send(reply("subscribed", streams=streams, format=self.format))]
+        return [Subscribe(self.streams, self.format), Send(reply("subscribed", streams=streams, format=self.format))]
 
 
 class AudioProtocol(_Connection):
@@ -340,8 +358,17 @@ class AudioProtocol(_Connection):
 
     endpoint = "audio"
 
-    def __init__(self, engine, cfg: ProtocolConfig, owners: StreamOwners, key: object = None, admin: bool = False,
-                 now_ns: int = 0, source: str = "ws", info: dict | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cfg: ProtocolConfig,
+        owners: StreamOwners,
+        key: object = None,
+        admin: bool = False,
+        now_ns: int = 0,
+        source: str = "ws",
+        info: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(engine, cfg, owners, key if key is not None else object(), admin)
         self.info = info or {}  # the server's hello fields (model, latency...), repeated in `ready`
         self.state = "hello"
@@ -371,11 +398,20 @@ class AudioProtocol(_Connection):
             return []
         if self.state == "hello":
             self.state = "closed"
-            return self._fatal("hello_timeout", f"send a hello message within {self.cfg.hello_timeout_s:g} s",
-                               CLOSE_POLICY)
-        return self._finish(Send(error("idle_timeout", f"no audio for {self.cfg.idle_timeout_s:g} s: the stream "
-                                       "was flushed and is closed", fatal=True, stream=self.stream_id)),
-                            Close(CLOSE_NORMAL, "idle timeout"))
+            return self._fatal(
+                "hello_timeout", f"send a hello message within {self.cfg.hello_timeout_s:g} s", CLOSE_POLICY
+            )
+        return self._finish(
+            Send(
+                error(
+                    "idle_timeout",
+                    f"no audio for {self.cfg.idle_timeout_s:g} s: the stream was flushed and is closed",
+                    fatal=True,
+                    stream=self.stream_id,
+                )
+            ),
+            Close(CLOSE_NORMAL, "idle timeout"),
+        )
 
     # ------------------------------------------------------------------ messages
     def receive(self, message: str | bytes, now_ns: int = 0) -> list[Action]:
@@ -391,7 +427,7 @@ class AudioProtocol(_Connection):
         except ProtocolError as exc:
             return self._error(exc.code, str(exc))
         kind = msg["type"]
-        sid = self.stream_id
+        sid = self._sid
         if kind == "ping":
             return self._pong()
         if kind == "config":
@@ -399,13 +435,17 @@ class AudioProtocol(_Connection):
         if kind in ("reset", "flush", "end"):
             other = msg.get("stream", sid)
             if other != sid:
-                return self._error("forbidden", "an /audio connection controls only its own stream "
-                                   f"({sid!r}); use /frames with the admin token for others", stream=sid)
+                return self._error(
+                    "forbidden",
+                    "an /audio connection controls only its own stream "
+                    f"({sid!r}); use /frames with the admin token for others",
+                    stream=sid,
+                )
             if kind == "reset":
-                self.converter.reset()
+                self._conv.reset()
                 return [Send(reply("reset_ok", stream=sid, epoch=self.engine.reset(sid)))]
             if kind == "flush":
-                self._push(self.converter.finish(), now_ns)  # the resampler's delayed tail
+                self._push(self._conv.finish(), now_ns)  # the resampler's delayed tail
                 return [Send(reply("flushed", stream=sid, frames_left=self.engine.flush(sid)))]
             return self._finish(Send(reply("ended", stream=sid)), Close(CLOSE_NORMAL, "end of stream"))
         return self._error("unknown_type", f"unknown message type {kind[:40]!r}")
@@ -419,7 +459,21 @@ class AudioProtocol(_Connection):
         self.closed = True
 
     # ------------------------------------------------------------------ internals
-    def _hello(self, message, now_ns: int) -> list[Action]:
+    @property
+    def _sid(self) -> str:
+        """The stream, opened by the hello (every other message is handled only after it)."""
+        if self.stream_id is None:
+            raise RuntimeError("no stream before the hello")
+        return self.stream_id
+
+    @property
+    def _conv(self) -> PcmConverter:
+        """The input converter, made by the hello with the stream."""
+        if self.converter is None:
+            raise RuntimeError("no audio format before the hello")
+        return self.converter
+
+    def _hello(self, message: str | bytes | bytearray | memoryview, now_ns: int) -> list[Action]:
         try:
             if isinstance(message, (bytes, bytearray, memoryview)):
                 raise ValueError("the first message must be a JSON text hello, not binary audio")
@@ -428,8 +482,10 @@ class AudioProtocol(_Connection):
             except ProtocolError as exc:
                 raise ValueError(str(exc)) from None
             if hello["type"] != "hello":
-                raise ValueError('the first message must be a JSON hello: {"type": "hello", "sample_rate_hz": '
-                                 '48000, "channels": 1, "dtype": "int16"}')
+                raise ValueError(
+                    'the first message must be a JSON hello: {"type": "hello", "sample_rate_hz": '
+                    '48000, "channels": 1, "dtype": "int16"}'
+                )
             v = hello.get("v", PROTOCOL_VERSION)
             if isinstance(v, bool) or v != PROTOCOL_VERSION:
                 raise ValueError(f"unsupported protocol version {str(v)[:20]!r} (server speaks {PROTOCOL_VERSION})")
@@ -468,20 +524,32 @@ class AudioProtocol(_Connection):
         actions: list[Action] = []
         if sub_fmt is not None:
             actions.append(Subscribe(frozenset([sid]), sub_fmt, every_frame))
-        actions.append(Send(json.dumps({**self.info, "format": sub_fmt,
-                                        "type": "ready", "v": PROTOCOL_VERSION, "stream": sid, "epoch": 0,
-                                        "input_format": fmt.to_json(),
-                                        "max_message_bytes": self.max_message_bytes})))
+        actions.append(
+            Send(
+                json.dumps(
+                    {
+                        **self.info,
+                        "format": sub_fmt,
+                        "type": "ready",
+                        "v": PROTOCOL_VERSION,
+                        "stream": sid,
+                        "epoch": 0,
+                        "input_format": fmt.to_json(),
+                        "max_message_bytes": self.max_message_bytes,
+                    }
+                )
+            )
+        )
         return actions
 
-    def _audio(self, data, now_ns: int) -> list[Action]:
-        sid = self.stream_id
+    def _audio(self, data: bytes | bytearray | memoryview, now_ns: int) -> list[Action]:
+        sid = self._sid
         if not len(data):
             return self._error("empty_chunk", "empty audio chunk ignored")
         try:
-            self._push(self.converter.convert_bytes(data), now_ns)
+            self._push(self._conv.convert_bytes(data), now_ns)
         except CoreError as exc:  # NaN/inf, partial sample frames, overload: restart cleanly
-            self.converter.reset()
+            self._conv.reset()
             epoch = self.engine.reset(sid)
             self.engine.note_error(sid, str(exc))
             code = "bad_audio" if isinstance(exc, AudioChunkError) else "overload"
@@ -491,14 +559,14 @@ class AudioProtocol(_Connection):
 
     def _push(self, samples: np.ndarray, now_ns: int) -> None:
         if samples.size:
-            self.engine.push_audio(self.stream_id, samples, now_ns or None)
+            self.engine.push_audio(self._sid, samples, now_ns or None)
 
-    def _config(self, msg: dict) -> list[Action]:
+    def _config(self, msg: dict[str, Any]) -> list[Action]:
         try:
-            fmt = parse_pcm_format(msg, self.converter.fmt)
+            fmt = parse_pcm_format(msg, self._conv.fmt)
         except (ValueError, TypeError) as exc:
-            return self._error("bad_format", f"{exc}; keeping {self.converter.fmt.to_json()}")
-        self._push(self.converter.set_format(fmt), 0)
+            return self._error("bad_format", f"{exc}; keeping {self._conv.fmt.to_json()}")
+        self._push(self._conv.set_format(fmt), 0)
         self.max_message_bytes = self.cfg.audio_message_limit(fmt)
         return [Send(reply("config_ok", input_format=fmt.to_json(), max_message_bytes=self.max_message_bytes))]
 
@@ -507,6 +575,6 @@ class AudioProtocol(_Connection):
         drain to this connection, then `last` and `close`."""
         self.state = "ending"
         self.closed = True
-        self._push(self.converter.finish(), 0)  # the resampler's delayed tail
-        self.engine.flush(self.stream_id)
-        return [AwaitDrained(self.stream_id), last, close]
+        self._push(self._conv.finish(), 0)  # the resampler's delayed tail
+        self.engine.flush(self._sid)
+        return [AwaitDrained(self._sid), last, close]

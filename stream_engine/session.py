@@ -15,13 +15,17 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from stream_engine.core import FrameTimings, LandmarkFrame
 from stream_engine.landmarks import fixed_crop
 from stream_engine.signals import SignalConfig, SignalExtractor
+
+if TYPE_CHECKING:
+    from stream_engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ class ReferenceFaceError(ValueError):
     """A reference face that cannot be used (unreadable, wrong shape, no face in the image)."""
 
 
-def reference_face_from_points(points, num_landmarks: int = 68) -> np.ndarray:
+def reference_face_from_points(points: npt.ArrayLike, num_landmarks: int = 68) -> np.ndarray:
     """(num_landmarks, 2) normalised crop coordinates from a point list.
 
     Points with any coordinate above 1.5 are taken as pixels and normalised with the same fixed-crop rule as
@@ -54,12 +58,32 @@ def reference_face_from_points(points, num_landmarks: int = 68) -> np.ndarray:
     return pts.astype(np.float32)
 
 
+#: Entry-point group of the image -> 68-point extractors (`path -> (68, 2) pixels`); the runtime finds dlib's
+#: (in the training package, a training dependency) through it instead of importing training.
+FACE_LANDMARKS_GROUP = "msync.face_landmarks"
+
+
+def image_landmarker() -> Callable[[Path], np.ndarray]:
+    """The registered image -> landmarks extractor (`path -> (68, 2)` float pixels of the largest face).
+
+    Raises:
+        ImportError: none is registered (msync not installed) or it cannot be imported (dlib/PyAV missing).
+    """
+    from importlib.metadata import entry_points
+
+    found = sorted(entry_points(group=FACE_LANDMARKS_GROUP), key=lambda ep: ep.name)
+    if not found:
+        raise ImportError(f"no {FACE_LANDMARKS_GROUP!r} entry point is installed (pip install -e .)")
+    extractor: Callable[[Path], np.ndarray] = found[0].load()
+    return extractor
+
+
 def load_reference_face(path: str | Path, num_landmarks: int = 68) -> np.ndarray:
     """A per-stream reference face from a 68-point JSON file or a still image.
 
     JSON: ``[[x, y], ...]`` or ``{"landmarks": [[x, y], ...]}``, normalised crop coordinates or pixels.
-    Image: the dlib 68-point extractor of the training package (`training.data.face.landmarks_from_image`;
-    needs the `train` extra).
+    Image: the 68-point extractor registered under the "msync.face_landmarks" entry point (`image_landmarker`;
+    msync registers dlib's, `training.data.face:landmarks_from_image`, which needs the `train` extra).
 
     Returns:
         (num_landmarks, 2) float32 normalised coordinates.
@@ -70,11 +94,12 @@ def load_reference_face(path: str | Path, num_landmarks: int = 68) -> np.ndarray
     if not path.is_file():
         raise ReferenceFaceError(f"{path}: no such reference face file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        try:  # the one place the runtime reaches into training/, lazily: dlib is a training dependency
-            from training.data.face import landmarks_from_image
+        try:
+            landmarks_from_image = image_landmarker()
         except ImportError as exc:
-            raise ReferenceFaceError(f"{path}: reference faces from images need the dlib face extractor "
-                                     f"(pip install 'msync[train]'): {exc}") from None
+            raise ReferenceFaceError(
+                f"{path}: reference faces from images need the dlib face extractor (pip install 'msync[train]'): {exc}"
+            ) from None
         try:
             return reference_face_from_points(landmarks_from_image(path), num_landmarks)
         except ReferenceFaceError:
@@ -99,8 +124,10 @@ class SessionStats:
     flushes: int = 0
     errors: int = 0
     last_error: str = ""
-    engine_latency_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=250))
-    infer_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=250))
+    engine_latency_ms: collections.deque[float] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=250)
+    )
+    infer_ms: collections.deque[float] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=250))
 
 
 class Session:
@@ -117,9 +144,16 @@ class Session:
             raise RuntimeError).
     """
 
-    def __init__(self, stream_id: str, reference_face: np.ndarray | None, model_reference_face: np.ndarray,
-                 signal_cfg: SignalConfig | None = SignalConfig(), source: str = "", seed: int | None = 0,
-                 engine: Any = None) -> None:
+    def __init__(
+        self,
+        stream_id: str,
+        reference_face: np.ndarray | None,
+        model_reference_face: np.ndarray,
+        signal_cfg: SignalConfig | None = SignalConfig(),
+        source: str = "",
+        seed: int | None = 0,
+        engine: Engine | None = None,
+    ) -> None:
         self.stream_id = stream_id
         self.engine = engine
         self.subscribers: list[Callable[[LandmarkFrame], None]] = []
@@ -139,13 +173,25 @@ class Session:
                 self.signals.reset()
         signals = None
         if self.signals is not None:
-            signals = self.signals.update(frame.landmarks, frame.pts_ns / 1e9, frame.audio_level_dbfs,
-                                          frame.audio_ahead_dbfs)
+            signals = self.signals.update(
+                frame.landmarks, frame.pts_ns / 1e9, frame.audio_level_dbfs, frame.audio_ahead_dbfs
+            )
         t = frame.timings
         t = FrameTimings(t.audio_ready_ns, t.infer_start_ns, t.infer_end_ns, int(publish_ns), t.take_ns)
-        out = LandmarkFrame(frame.stream_id, frame.seq, frame.epoch, frame.index, frame.pts_ns, frame.landmarks,
-                            frame.audio_level_dbfs, frame.audio_ahead_dbfs, t, signals, frame.stalled,
-                            frame.blendshapes)
+        out = LandmarkFrame(
+            frame.stream_id,
+            frame.seq,
+            frame.epoch,
+            frame.index,
+            frame.pts_ns,
+            frame.landmarks,
+            frame.audio_level_dbfs,
+            frame.audio_ahead_dbfs,
+            t,
+            signals,
+            frame.stalled,
+            frame.blendshapes,
+        )
         self.stats.frames += 1
         self.stats.engine_latency_ms.append((t.publish_ns - t.audio_ready_ns) / 1e6)
         self.stats.infer_ms.append((t.infer_end_ns - t.infer_start_ns) / 1e6)
@@ -153,7 +199,7 @@ class Session:
         return out
 
     # ------------------------------------------------------------------ handle
-    def _engine(self):
+    def _engine(self) -> Engine:
         if self.engine is None:
             raise RuntimeError(f"session {self.stream_id!r} has no engine")
         return self.engine
@@ -182,7 +228,7 @@ class Session:
     def close(self) -> None:
         """Close the stream and free its slot (idempotent)."""
         if self.is_open:
-            self.engine.close_stream(self.stream_id)
+            self._engine().close_stream(self.stream_id)
 
     def subscribe(self, callback: Callable[[LandmarkFrame], None]) -> Callable[[], None]:
         """Call `callback(frame)` on the event loop for every frame of this stream (after signals). Returns a
@@ -192,6 +238,7 @@ class Session:
         def unsubscribe() -> None:
             if callback in self.subscribers:
                 self.subscribers.remove(callback)
+
         return unsubscribe
 
     def deliver(self, frame: LandmarkFrame) -> None:
@@ -205,9 +252,15 @@ class Session:
         self.stats.errors += 1
         self.stats.last_error = message
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         lat = list(self.stats.engine_latency_ms)
-        return {"stream": self.stream_id, "source": self.source, "frames": self.stats.frames,
-                "epoch": self.epoch, "resets": self.stats.resets, "errors": self.stats.errors,
-                "last_error": self.stats.last_error,
-                "engine_latency_p50_ms": float(np.percentile(lat, 50)) if lat else None}
+        return {
+            "stream": self.stream_id,
+            "source": self.source,
+            "frames": self.stats.frames,
+            "epoch": self.epoch,
+            "resets": self.stats.resets,
+            "errors": self.stats.errors,
+            "last_error": self.stats.last_error,
+            "engine_latency_p50_ms": float(np.percentile(lat, 50)) if lat else None,
+        }

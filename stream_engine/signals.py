@@ -31,40 +31,114 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from stream_engine.blendshapes import ARKIT_INDEX, ARKIT_NAMES, FEATURES, SUPPORTED, blendshapes_from_features, face_features
+from stream_engine.blendshapes import (
+    ARKIT_INDEX,
+    ARKIT_NAMES,
+    FEATURES,
+    SUPPORTED,
+    blendshapes_from_features,
+    face_features,
+)
 
 # Generic 3D mean face in iBUG 68-point order (the OpenFace / dlib "wild face" model used by common head-pose
 # estimators), units ~mm, x to image right, y down, z towards the camera. Rounded to 0.1 mm.
-MEAN_FACE_3D = np.array([
-    [-73.4, -29.8, -47.7], [-72.8, -10.9, -45.9], [-70.5, 7.9, -44.8], [-66.9, 26.1, -43.1],
-    [-59.8, 42.6, -38.6], [-48.4, 56.5, -30.8], [-34.1, 67.2, -18.5], [-17.9, 75.1, -3.6],
-    [0.1, 77.1, 0.9], [17.5, 74.8, -5.2], [32.6, 66.9, -19.2], [46.4, 56.3, -30.8],
-    [57.3, 42.4, -37.6], [64.4, 25.5, -40.9], [68.2, 7.0, -42.3], [70.5, -11.7, -44.1],
-    [71.4, -30.4, -47.1], [-61.1, -49.4, -14.3], [-51.3, -58.8, -7.3], [-37.8, -62.0, -0.4],
-    [-24.0, -61.0, 6.6], [-11.6, -56.7, 12.0], [12.1, -57.4, 12.1], [25.1, -61.9, 7.3],
-    [38.3, -62.8, 1.0], [51.2, -59.3, -5.3], [60.1, -50.2, -11.6], [0.7, -42.2, 13.4],
-    [0.8, -31.0, 21.2], [1.0, -19.9, 29.3], [1.2, -8.4, 36.9], [-14.8, 2.6, 20.1],
-    [-7.2, 4.8, 23.5], [0.6, 6.6, 25.9], [8.3, 4.7, 23.7], [15.2, 2.6, 20.9],
-    [-46.0, -37.5, -7.0], [-37.7, -42.7, -3.0], [-27.9, -42.7, -1.4], [-19.6, -36.8, 0.1],
-    [-28.3, -35.1, 0.1], [-38.1, -34.9, -1.5], [19.3, -37.0, 0.7], [27.9, -43.3, -0.2],
-    [37.4, -43.1, -1.7], [45.2, -38.1, -4.9], [38.2, -35.5, -0.3], [28.8, -35.5, 1.2],
-    [-28.9, 28.6, 2.2], [-17.5, 22.2, 15.9], [-6.7, 19.0, 22.6], [0.4, 20.7, 23.7],
-    [8.4, 19.0, 22.7], [18.9, 22.4, 15.6], [28.8, 28.1, 3.2], [19.1, 36.3, 15.0],
-    [9.0, 39.6, 22.6], [0.4, 40.4, 23.6], [-7.4, 39.8, 22.4], [-18.2, 36.7, 15.1],
-    [-24.4, 28.7, 4.8], [-6.9, 25.5, 20.9], [0.3, 26.0, 22.2], [8.4, 25.3, 21.0],
-    [24.5, 28.3, 5.7], [8.4, 30.6, 20.7], [0.2, 31.4, 21.9], [-7.2, 30.8, 20.3],
-], dtype=np.float64)
+MEAN_FACE_3D = np.array(
+    [
+        [-73.4, -29.8, -47.7],
+        [-72.8, -10.9, -45.9],
+        [-70.5, 7.9, -44.8],
+        [-66.9, 26.1, -43.1],
+        [-59.8, 42.6, -38.6],
+        [-48.4, 56.5, -30.8],
+        [-34.1, 67.2, -18.5],
+        [-17.9, 75.1, -3.6],
+        [0.1, 77.1, 0.9],
+        [17.5, 74.8, -5.2],
+        [32.6, 66.9, -19.2],
+        [46.4, 56.3, -30.8],
+        [57.3, 42.4, -37.6],
+        [64.4, 25.5, -40.9],
+        [68.2, 7.0, -42.3],
+        [70.5, -11.7, -44.1],
+        [71.4, -30.4, -47.1],
+        [-61.1, -49.4, -14.3],
+        [-51.3, -58.8, -7.3],
+        [-37.8, -62.0, -0.4],
+        [-24.0, -61.0, 6.6],
+        [-11.6, -56.7, 12.0],
+        [12.1, -57.4, 12.1],
+        [25.1, -61.9, 7.3],
+        [38.3, -62.8, 1.0],
+        [51.2, -59.3, -5.3],
+        [60.1, -50.2, -11.6],
+        [0.7, -42.2, 13.4],
+        [0.8, -31.0, 21.2],
+        [1.0, -19.9, 29.3],
+        [1.2, -8.4, 36.9],
+        [-14.8, 2.6, 20.1],
+        [-7.2, 4.8, 23.5],
+        [0.6, 6.6, 25.9],
+        [8.3, 4.7, 23.7],
+        [15.2, 2.6, 20.9],
+        [-46.0, -37.5, -7.0],
+        [-37.7, -42.7, -3.0],
+        [-27.9, -42.7, -1.4],
+        [-19.6, -36.8, 0.1],
+        [-28.3, -35.1, 0.1],
+        [-38.1, -34.9, -1.5],
+        [19.3, -37.0, 0.7],
+        [27.9, -43.3, -0.2],
+        [37.4, -43.1, -1.7],
+        [45.2, -38.1, -4.9],
+        [38.2, -35.5, -0.3],
+        [28.8, -35.5, 1.2],
+        [-28.9, 28.6, 2.2],
+        [-17.5, 22.2, 15.9],
+        [-6.7, 19.0, 22.6],
+        [0.4, 20.7, 23.7],
+        [8.4, 19.0, 22.7],
+        [18.9, 22.4, 15.6],
+        [28.8, 28.1, 3.2],
+        [19.1, 36.3, 15.0],
+        [9.0, 39.6, 22.6],
+        [0.4, 40.4, 23.6],
+        [-7.4, 39.8, 22.4],
+        [-18.2, 36.7, 15.1],
+        [-24.4, 28.7, 4.8],
+        [-6.9, 25.5, 20.9],
+        [0.3, 26.0, 22.2],
+        [8.4, 25.3, 21.0],
+        [24.5, 28.3, 5.7],
+        [8.4, 30.6, 20.7],
+        [0.2, 31.4, 21.9],
+        [-7.2, 30.8, 20.3],
+    ],
+    dtype=np.float64,
+)
 
 #: Points that do not move with speech: upper jaw contour, nose bridge and base, eye corners.
 RIGID_POINTS = (0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
 
 VISEMES = ("A", "I", "U", "E", "O")
 #: Order of the signal vector in the binary frame format and OSC messages (PROTOCOL.md).
-SIGNAL_NAMES = ("mouth_open", "A", "I", "U", "E", "O", "blink", "yaw_deg", "pitch_deg", "roll_deg",
-                "audio_dbfs", "silent")
+SIGNAL_NAMES = (
+    "mouth_open",
+    "A",
+    "I",
+    "U",
+    "E",
+    "O",
+    "blink",
+    "yaw_deg",
+    "pitch_deg",
+    "roll_deg",
+    "audio_dbfs",
+    "silent",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,27 +175,56 @@ class Signals:
 
     def as_vector(self) -> list[float]:
         """Python floats in `SIGNAL_NAMES` order."""
-        return [float(self.mouth_open), *(float(self.visemes[v]) for v in VISEMES), float(self.blink),
-                float(self.head.yaw_deg), float(self.head.pitch_deg), float(self.head.roll_deg),
-                float(self.audio_dbfs), 1.0 if self.silent else 0.0]
+        return [
+            float(self.mouth_open),
+            *(float(self.visemes[v]) for v in VISEMES),
+            float(self.blink),
+            float(self.head.yaw_deg),
+            float(self.head.pitch_deg),
+            float(self.head.roll_deg),
+            float(self.audio_dbfs),
+            1.0 if self.silent else 0.0,
+        ]
 
-    def to_json(self) -> dict:
-        return {"mouth_open": round(float(self.mouth_open), 4),
-                "visemes": {k: round(float(v), 4) for k, v in self.visemes.items()},
-                "blink": round(float(self.blink), 4),
-                "head": {"yaw_deg": round(float(self.head.yaw_deg), 3), "pitch_deg": round(float(self.head.pitch_deg), 3),
-                         "roll_deg": round(float(self.head.roll_deg), 3)},
-                "audio_dbfs": round(float(self.audio_dbfs), 2), "silent": bool(self.silent),
-                **({"blendshapes": {n: round(float(self.blendshapes[ARKIT_INDEX[n]]), 4) for n in SUPPORTED}}
-                   if self.blendshapes is not None else {})}
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mouth_open": round(float(self.mouth_open), 4),
+            "visemes": {k: round(float(v), 4) for k, v in self.visemes.items()},
+            "blink": round(float(self.blink), 4),
+            "head": {
+                "yaw_deg": round(float(self.head.yaw_deg), 3),
+                "pitch_deg": round(float(self.head.pitch_deg), 3),
+                "roll_deg": round(float(self.head.roll_deg), 3),
+            },
+            "audio_dbfs": round(float(self.audio_dbfs), 2),
+            "silent": bool(self.silent),
+            **(
+                {"blendshapes": {n: round(float(self.blendshapes[ARKIT_INDEX[n]]), 4) for n in SUPPORTED}}
+                if self.blendshapes is not None
+                else {}
+            ),
+        }
 
 
-NEUTRAL_SIGNALS = Signals(0.0, {v: 0.0 for v in VISEMES}, 0.0, HeadPose(), -120.0, True,
-                          np.zeros(len(ARKIT_NAMES), dtype=np.float32))
+NEUTRAL_SIGNALS = Signals(
+    0.0, {v: 0.0 for v in VISEMES}, 0.0, HeadPose(), -120.0, True, np.zeros(len(ARKIT_NAMES), dtype=np.float32)
+)
 
 #: Blendshape features that opening the mouth moves (their neutral adapts only while the mouth is nearly closed).
-OPENING_FEATURES = np.isin(FEATURES, ("gap", "chin_drop", "lower_lip_down_l", "lower_lip_down_r", "width",
-                                       "lip_thick_l", "lip_thick_r", "upper_thick", "lower_thick"))
+OPENING_FEATURES = np.isin(
+    FEATURES,
+    (
+        "gap",
+        "chin_drop",
+        "lower_lip_down_l",
+        "lower_lip_down_r",
+        "width",
+        "lip_thick_l",
+        "lip_thick_r",
+        "upper_thick",
+        "lower_thick",
+    ),
+)
 
 #: ARKit shapes closed by the silence gate together with the mouth.
 GATED_SHAPES = np.array([ARKIT_INDEX[n] for n in ARKIT_NAMES if n.startswith(("jaw", "mouth"))])
@@ -225,19 +328,22 @@ class OneEuroFilter:
 
     def __call__(self, x: np.ndarray, t_s: float) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
-        if self._x is None:
+        if self._x is None or self._dx is None:  # set together: the first sample
             self._x, self._dx, self._t_s = x.copy(), np.zeros_like(x), t_s
-            return x.copy()
+            first: np.ndarray = x.copy()
+            return first
         dt_s = t_s - self._t_s
         if dt_s <= 0:  # repeated or out-of-order time: hold
-            return self._x.copy()
+            held: np.ndarray = self._x.copy()
+            return held
         a_d = 1.0 / (1.0 + self._d_tau / dt_s)
         self._dx = a_d * (x - self._x) / dt_s + (1.0 - a_d) * self._dx
         cutoff = self._min_cutoff + self._beta * np.abs(self._dx)
         a = 1.0 / (1.0 + 1.0 / (2.0 * math.pi * cutoff * dt_s))
         self._x = a * x + (1.0 - a) * self._x
         self._t_s = t_s
-        return self._x.copy()
+        out: np.ndarray = self._x.copy()
+        return out
 
 
 class AdaptiveRange:
@@ -269,13 +375,15 @@ def _dist(points: np.ndarray, a: int, b: int) -> float:
 
 
 # Point pairs measured for every frame, in one vectorised norm: inter-ocular, inner-lip gaps, mouth width, eyes.
-MEASURED_PAIRS = np.array([(36, 45), (61, 67), (62, 66), (63, 65), (48, 54),
-                   (37, 41), (38, 40), (36, 39), (43, 47), (44, 46), (42, 45)])
+MEASURED_PAIRS = np.array(
+    [(36, 45), (61, 67), (62, 66), (63, 65), (48, 54), (37, 41), (38, 40), (36, 39), (43, 47), (44, 46), (42, 45)]
+)
 
 
 def _pair_distances(points: np.ndarray) -> np.ndarray:
     d = points[MEASURED_PAIRS[:, 0]] - points[MEASURED_PAIRS[:, 1]]
-    return np.sqrt((d * d).sum(axis=1))
+    result: np.ndarray = np.sqrt((d * d).sum(axis=1))
+    return result
 
 
 def mouth_features(points: np.ndarray) -> tuple[float, float]:
@@ -353,13 +461,19 @@ def euler_to_unity_quaternion(pose: HeadPose, mirror: bool = False) -> tuple[flo
     return (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
 
 
-def _qmul(a: tuple, b: tuple) -> tuple:
+#: (x, y, z, w)
+Quaternion = tuple[float, float, float, float]
+
+
+def _qmul(a: Quaternion, b: Quaternion) -> Quaternion:
     ax, ay, az, aw = a
     bx, by, bz, bw = b
-    return (aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz)
+    return (
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+        aw * bw - ax * bx - ay * by - az * bz,
+    )
 
 
 class SignalExtractor:
@@ -371,8 +485,9 @@ class SignalExtractor:
         seed: procedural-blink randomness (deterministic per stream; derive it with `stream_seed`).
     """
 
-    def __init__(self, cfg: SignalConfig = SignalConfig(), reference_face: np.ndarray | None = None,
-                 seed: int | None = 0) -> None:
+    def __init__(
+        self, cfg: SignalConfig = SignalConfig(), reference_face: np.ndarray | None = None, seed: int | None = 0
+    ) -> None:
         self.cfg = cfg
         self._rng = np.random.default_rng(seed)
         self._neutral_rotation = np.eye(3)
@@ -399,8 +514,9 @@ class SignalExtractor:
         self._silent_since_s: float | None = None
         self._gate = 1.0
 
-    def update(self, landmarks: np.ndarray, t_s: float, audio_dbfs: float,
-               audio_ahead_dbfs: float | None = None) -> Signals:
+    def update(
+        self, landmarks: np.ndarray, t_s: float, audio_dbfs: float, audio_ahead_dbfs: float | None = None
+    ) -> Signals:
         """Signals of one frame.
 
         Args:
@@ -423,9 +539,11 @@ class SignalExtractor:
             k = min(1.0, dt_s / 5.0) * (1.0 - openness)
             self._width_neutral += (width - self._width_neutral) * k
         dev = width - self._width_neutral
-        self._width_dev = max(cfg.width_min_span,
-                              self._width_dev + (abs(dev) - self._width_dev) * min(1.0, dt_s / cfg.range_decay_s),
-                              abs(dev))
+        self._width_dev = max(
+            cfg.width_min_span,
+            self._width_dev + (abs(dev) - self._width_dev) * min(1.0, dt_s / cfg.range_decay_s),
+            abs(dev),
+        )
         spread = min(1.0, max(0.0, dev / self._width_dev))
         rounding = min(1.0, max(0.0, -dev / self._width_dev))
         r = head_rotation(pts) @ self._neutral_rotation.T
@@ -446,12 +564,19 @@ class SignalExtractor:
             if self._neutral_feats is None:
                 self._neutral_feats = face_features(self._neutral_face) if self._neutral_face is not None else feats
             else:  # the rest face: follow it (opening-driven features only while the mouth is nearly closed)
-                k = min(1.0, dt_s / cfg.blendshape_neutral_s) * np.where(OPENING_FEATURES, openness < 0.3, 1.0)
-                self._neutral_feats = self._neutral_feats + (feats - self._neutral_feats) * k
+                rate = min(1.0, dt_s / cfg.blendshape_neutral_s) * np.where(OPENING_FEATURES, openness < 0.3, 1.0)
+                self._neutral_feats = self._neutral_feats + (feats - self._neutral_feats) * rate
             shapes = blendshapes_from_features(feats, self._neutral_feats, blink, cfg.blendshape_gain)
             shapes[GATED_SHAPES] *= gate
-        return Signals(mouth_open=mouth, visemes=visemes, blink=blink, head=head, audio_dbfs=float(audio_dbfs),
-                       silent=silent, blendshapes=shapes)
+        return Signals(
+            mouth_open=mouth,
+            visemes=visemes,
+            blink=blink,
+            head=head,
+            audio_dbfs=float(audio_dbfs),
+            silent=silent,
+            blendshapes=shapes,
+        )
 
     def _silence(self, t_s: float, dt_s: float, level_dbfs: float) -> bool:
         """Update the mouth gate: 1 while speech is present, decaying to 0 after `silence_hold_ms` of silence."""
@@ -501,8 +626,9 @@ class SignalExtractor:
         if phase >= 1.0:
             self._next_blink_s = t_s + self._draw_interval_s()
             median_s = self.cfg.auto_blink_duration_ms / 1e3
-            self._blink_duration_s = float(np.clip(median_s * math.exp(0.25 * float(self._rng.standard_normal())),
-                                                   0.1, 0.4))
+            self._blink_duration_s = float(
+                np.clip(median_s * math.exp(0.25 * float(self._rng.standard_normal())), 0.1, 0.4)
+            )
             return 0.0
         # closing takes the first 40 % of the blink, opening the rest (the lid reopens more slowly)
         return float(phase / 0.4 if phase < 0.4 else (1.0 - phase) / 0.6)

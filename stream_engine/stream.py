@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stream_engine.config import (
     DEFAULT_MODEL_PATH,
@@ -38,6 +39,13 @@ from stream_engine.config import (
 )
 from stream_engine.outputs.websocket import LOOPBACK_HOSTS
 
+if TYPE_CHECKING:
+    from stream_engine.config import ModelConfig
+    from stream_engine.engine import Engine
+    from stream_engine.inputs import AudioSource
+    from stream_engine.outputs.websocket import WebSocketServer
+    from stream_engine.runtime.base import StepRunner
+
 log = logging.getLogger("msync.stream")
 
 
@@ -47,6 +55,7 @@ class StreamError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------ CLI
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "\n\n".join((__doc__ or "").split("\n\n")[1:3]).replace("::", ":")
@@ -54,28 +63,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="JSON or TOML config file (flags override it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     g = p.add_argument_group("model")
-    g.add_argument("--model", metavar="PATH", help=f"exported .onnx step model (default: {DEFAULT_MODEL_PATH.name} "
-                   "shipped in stream_engine/models/), or python:module:factory for a custom runner")
-    g.add_argument("--lookahead", type=int, metavar="L", help="required look-ahead in frames (the model's is fixed "
-                   "at export; a different one is refused)")
+    g.add_argument(
+        "--model",
+        metavar="PATH",
+        help=f"exported .onnx step model (default: {DEFAULT_MODEL_PATH.name} "
+        "shipped in stream_engine/models/), or python:module:factory for a custom runner",
+    )
+    g.add_argument(
+        "--lookahead",
+        type=int,
+        metavar="L",
+        help="required look-ahead in frames (the model's is fixed at export; a different one is refused)",
+    )
     g.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default 1)")
     g.add_argument("--providers", help="onnxruntime providers: cpu, cuda, tensorrt, auto")
-    g.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16"], help="shipped variant of the default "
-                   "model (auto: int8 on CPU, fp32 on GPU); with --model, the precision the file must declare")
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "int8", "bf16"],
+        help="shipped variant of the default "
+        "model (auto: int8 on CPU, fp32 on GPU); with --model, the precision the file must declare",
+    )
     g = p.add_argument_group("input")
-    g.add_argument("--input", metavar="SRC", help="speech (default: an espeak-ng sentence), mic, stdin, none "
-                   "(WebSocket only), or an audio file path")
+    g.add_argument(
+        "--input",
+        metavar="SRC",
+        help="speech (default: an espeak-ng sentence), mic, stdin, none (WebSocket only), or an audio file path",
+    )
     g.add_argument("--text", help="sentence for --input speech")
     g.add_argument("--device", help="microphone index or name (substring)")
     g.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
     g.add_argument("--rate", type=int, help="microphone capture rate in Hz (default: the device's)")
     g.add_argument("--channels", type=int, help="microphone capture channels (default: up to 2, downmixed)")
-    g.add_argument("--stdin-format", metavar="FMT", help="raw PCM on stdin as dtype:rate:channels "
-                   "(s16le|s32le|f32le), default s16le:16000:1")
-    g.add_argument("--fast", action="store_true", help="play files as fast as possible instead of in real time "
-                   "(for a file's whole animation use `msync animate`)")
-    g.add_argument("--wait-client", action="store_true", help="start the file only once a WebSocket /frames "
-                   "client is connected, so it misses no frame")
+    g.add_argument(
+        "--stdin-format",
+        metavar="FMT",
+        help="raw PCM on stdin as dtype:rate:channels (s16le|s32le|f32le), default s16le:16000:1",
+    )
+    g.add_argument(
+        "--fast",
+        action="store_true",
+        help="play files as fast as possible instead of in real time "
+        "(for a file's whole animation use `msync animate`)",
+    )
+    g.add_argument(
+        "--wait-client",
+        action="store_true",
+        help="start the file only once a WebSocket /frames client is connected, so it misses no frame",
+    )
     g.add_argument("--speed", type=float, help="real-time multiplier for files")
     g.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None, help="repeat the file/sentence")
     g.add_argument("--stream-id", help="id of the local stream (default main)")
@@ -83,23 +117,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("outputs")
     g.add_argument("--host", help="bind address (default 127.0.0.1)")
     g.add_argument("--port", type=int, help="HTTP/WebSocket port (default 8765; 0 = any free port)")
-    g.add_argument("--token", help="require this token on every HTTP/WebSocket request (visible in the process "
-                   "list: prefer --token-file or the MSYNC_TOKEN environment variable)")
+    g.add_argument(
+        "--token",
+        help="require this token on every HTTP/WebSocket request (visible in the process "
+        "list: prefer --token-file or the MSYNC_TOKEN environment variable)",
+    )
     g.add_argument("--token-file", metavar="FILE", help="read the token from FILE (first line)")
     g.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
-    g.add_argument("--vmc", action="append", metavar="HOST:PORT", help="VMC target (repeatable; default "
-                   "127.0.0.1:39539)")
+    g.add_argument(
+        "--vmc", action="append", metavar="HOST:PORT", help="VMC target (repeatable; default 127.0.0.1:39539)"
+    )
     g.add_argument("--no-vmc", action="store_true", help="do not send VMC")
-    g.add_argument("--vmc-names", choices=["vrm0", "vrm1", "arkit"], help="blendshape names on the wire: VRM0 "
-                   "presets (A I U E O Blink), VRM1 (aa ih ou ee oh blink) or the 52 ARKit blendshapes (perfect sync)")
-    g.add_argument("--vmc-stream", metavar="ID", help="the stream that drives the VMC/VTube Studio avatar "
-                   "(default: the local input's, else the first stream with a frame)")
+    g.add_argument(
+        "--vmc-names",
+        choices=["vrm0", "vrm1", "arkit"],
+        help="blendshape names on the wire: VRM0 "
+        "presets (A I U E O Blink), VRM1 (aa ih ou ee oh blink) or the 52 ARKit blendshapes (perfect sync)",
+    )
+    g.add_argument(
+        "--vmc-stream",
+        metavar="ID",
+        help="the stream that drives the VMC/VTube Studio avatar "
+        "(default: the local input's, else the first stream with a frame)",
+    )
     g.add_argument("--vmc-mirror", action="store_true", help="mirror head yaw/roll for VMC")
     g.add_argument("--osc", action="append", metavar="HOST:PORT", help="raw-landmark OSC target (repeatable)")
-    g.add_argument("--vts", nargs="?", const="ws://127.0.0.1:8001", metavar="URL", help="drive a VTube Studio "
-                   "model as a plugin (default URL ws://127.0.0.1:8001; allow the plugin in VTube Studio once)")
-    g.add_argument("--vts-token-file", metavar="FILE", help="where the VTube Studio token is kept (default "
-                   "~/.config/msync/vts_token.json, mode 0600)")
+    g.add_argument(
+        "--vts",
+        nargs="?",
+        const="ws://127.0.0.1:8001",
+        metavar="URL",
+        help="drive a VTube Studio "
+        "model as a plugin (default URL ws://127.0.0.1:8001; allow the plugin in VTube Studio once)",
+    )
+    g.add_argument(
+        "--vts-token-file",
+        metavar="FILE",
+        help="where the VTube Studio token is kept (default ~/.config/msync/vts_token.json, mode 0600)",
+    )
     g.add_argument("--vts-log", metavar="FILE", help="append the VTube Studio session log (JSON lines) to FILE")
     g = p.add_argument_group("run")
     g.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
@@ -125,13 +180,24 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
     if args.host is not None and args.host not in LOOPBACK_HOSTS:
         # an explicit non-loopback --host is the opt-in to remote binding; it still needs a token or --insecure
         overrides["server.allow_remote"] = True
-    for flag, key in (("text", "input.text"), ("device", "input.device"), ("rate", "input.sample_rate_hz"),
-                      ("channels", "input.channels"), ("stdin_format", "input.stdin_format"),
-                      ("speed", "input.speed"), ("loop", "input.loop"), ("stream_id", "input.stream_id"),
-                      ("reference_face", "input.reference_face"), ("host", "server.host"), ("port", "server.port"),
-                      ("token", "server.token"), ("token_file", "server.token_file"),
-                      ("duration", "duration_s"), ("seed", "engine.seed"),
-                      ("log_level", "log_level")):
+    for flag, key in (
+        ("text", "input.text"),
+        ("device", "input.device"),
+        ("rate", "input.sample_rate_hz"),
+        ("channels", "input.channels"),
+        ("stdin_format", "input.stdin_format"),
+        ("speed", "input.speed"),
+        ("loop", "input.loop"),
+        ("stream_id", "input.stream_id"),
+        ("reference_face", "input.reference_face"),
+        ("host", "server.host"),
+        ("port", "server.port"),
+        ("token", "server.token"),
+        ("token_file", "server.token_file"),
+        ("duration", "duration_s"),
+        ("seed", "engine.seed"),
+        ("log_level", "log_level"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
@@ -198,8 +264,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"msync stream: {exc}", file=sys.stderr)
             return 2
         for d in devices:
-            print(f"{d['index']:3d}  {d['name']}  ({d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz, "
-                  f"{d['hostapi']})")
+            print(
+                f"{d['index']:3d}  {d['name']}  ({d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz, "
+                f"{d['hostapi']})"
+            )
         if not devices:
             print("no audio input devices found", file=sys.stderr)
         return 0
@@ -212,8 +280,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     if args.token:
-        print("msync stream: warning: --token is visible to every local user in the process list; use "
-              "--token-file or the MSYNC_TOKEN environment variable", file=sys.stderr)
+        print(
+            "msync stream: warning: --token is visible to every local user in the process list; use "
+            "--token-file or the MSYNC_TOKEN environment variable",
+            file=sys.stderr,
+        )
     try:
         return asyncio.run(run_stream(cfg))
     except StreamError as exc:
@@ -223,15 +294,16 @@ def run(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- wiring
 
-def load_model(cfg) -> object:
+
+def load_model(cfg: ModelConfig) -> StepRunner:
     """The runner named by `ModelConfig`. Raises `StreamError` with a clear reason."""
     from stream_engine.contract import ModelLoadError
 
     path = cfg.path
     if path.startswith("python:"):
-        module, _, factory = path[len("python:"):].partition(":")
+        module, _, factory = path[len("python:") :].partition(":")
         try:
-            runner = getattr(importlib.import_module(module), factory)()
+            runner: StepRunner = getattr(importlib.import_module(module), factory)()
         except Exception as exc:
             raise StreamError(f"cannot build the runner {path!r}: {exc}") from exc
     else:
@@ -243,10 +315,11 @@ def load_model(cfg) -> object:
         except variants.VariantError as exc:
             raise StreamError(str(exc)) from None
         if not Path(path).is_file():
-            hint = ("the shipped default model is not in this checkout yet; " if Path(path) == DEFAULT_MODEL_PATH
-                    else "")
-            raise StreamError(f"model file {path} not found: {hint}pass --model X.onnx (export one with "
-                              "`msync export`, e.g. `msync export --random-init --out X.onnx`)")
+            hint = "the shipped default model is not in this checkout yet; " if Path(path) == DEFAULT_MODEL_PATH else ""
+            raise StreamError(
+                f"model file {path} not found: {hint}pass --model X.onnx (export one with "
+                "`msync export`, e.g. `msync export --random-init --out X.onnx`)"
+            )
         from stream_engine.runtime import load_runner
 
         try:
@@ -259,20 +332,26 @@ def load_model(cfg) -> object:
             raise StreamError(f"cannot use model {path}: {exc}") from None
     L = runner.contract.lookahead_frames
     if cfg.lookahead_frames is not None and cfg.lookahead_frames != L:
-        raise StreamError(f"this model supports only look-ahead L={L} (it is fixed at export); you asked for "
-                          f"L={cfg.lookahead_frames}: export a model with that look-ahead")
+        raise StreamError(
+            f"this model supports only look-ahead L={L} (it is fixed at export); you asked for "
+            f"L={cfg.lookahead_frames}: export a model with that look-ahead"
+        )
     return runner
 
 
-def make_source(icfg: InputConfig):
+def make_source(icfg: InputConfig) -> AudioSource | None:
     """The input source object for `InputConfig` (None for "none")."""
     from stream_engine import inputs
 
     if icfg.kind == "none":
         return None
     if icfg.kind == "mic":
-        return inputs.MicrophoneSource(device=icfg.device or None, sample_rate_hz=icfg.sample_rate_hz or None,
-                                       channels=icfg.channels or None, quality=icfg.resample_quality)
+        return inputs.MicrophoneSource(
+            device=icfg.device or None,
+            sample_rate_hz=icfg.sample_rate_hz or None,
+            channels=icfg.channels or None,
+            quality=icfg.resample_quality,
+        )
     if icfg.kind == "stdin":
         try:
             fmt = inputs.PcmFormat.parse(icfg.stdin_format)
@@ -288,7 +367,7 @@ def make_source(icfg: InputConfig):
     return inputs.FileSource(icfg.path, realtime=icfg.realtime, speed=icfg.speed, loop=icfg.loop)
 
 
-async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> int:
+async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] | None = None) -> int:
     """Run the engine until the input ends, `duration_s` passes, or SIGINT/SIGTERM. Returns an exit code.
 
     Args:
@@ -302,8 +381,10 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
     from stream_engine.outputs.websocket import WebSocketServer, resolve_tokens
     from stream_engine.session import ReferenceFaceError, load_reference_face
 
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     runner = load_model(cfg.model)
     reference = None
     if cfg.input.reference_face:
@@ -320,8 +401,9 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
     try:
         await server.start()
     except OSError as exc:
-        raise StreamError(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc} "
-                          "(use --port to pick another)") from None
+        raise StreamError(
+            f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc} (use --port to pick another)"
+        ) from None
     engine.add_sink(server)
     local = cfg.input.stream_id if source is not None else None
     if cfg.vmc.enabled:
@@ -343,12 +425,18 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
     if cfg.vts.enabled:
         outputs.append(f"VTube Studio {cfg.vts.url}")
     if cfg.input.kind == "file" and not cfg.input.realtime and not cfg.input.wait_client:
-        print("msync stream: --fast plays the file as fast as the engine goes: WebSocket clients that connect "
-              "later miss its first frames (add --wait-client, or use `msync animate FILE` for the whole "
-              "animation)", file=sys.stderr)
-    print(f"msync stream: model {getattr(runner.contract, 'model_version', '?')} (L={engine.core.lookahead_frames}, "
-          f"algorithmic latency {engine.algorithmic_latency_ms:.0f} ms); input {cfg.input.kind}"
-          f"{' ' + cfg.input.path if cfg.input.kind == 'file' else ''}; " + "; ".join(outputs), file=sys.stderr)
+        print(
+            "msync stream: --fast plays the file as fast as the engine goes: WebSocket clients that connect "
+            "later miss its first frames (add --wait-client, or use `msync animate FILE` for the whole "
+            "animation)",
+            file=sys.stderr,
+        )
+    print(
+        f"msync stream: model {getattr(runner.contract, 'model_version', '?')} (L={engine.core.lookahead_frames}, "
+        f"algorithmic latency {engine.algorithmic_latency_ms:.0f} ms); input {cfg.input.kind}"
+        f"{' ' + cfg.input.path if cfg.input.kind == 'file' else ''}; " + "; ".join(outputs),
+        file=sys.stderr,
+    )
     exit_code = 0
     async with engine:
         if ready is not None and not ready.done():
@@ -368,12 +456,12 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
         except asyncio.TimeoutError:
             pass
         if input_task is not None and input_task.done() and not input_task.cancelled():
-            exc = input_task.exception()
-            if isinstance(exc, InputError):
-                print(f"\nmsync stream: input failed: {exc}", file=sys.stderr)
+            failure = input_task.exception()
+            if isinstance(failure, InputError):
+                print(f"\nmsync stream: input failed: {failure}", file=sys.stderr)
                 exit_code = 2
-            elif exc is not None:
-                print(f"\nmsync stream: input failed: {exc!r}", file=sys.stderr)
+            elif failure is not None:
+                print(f"\nmsync stream: input failed: {failure!r}", file=sys.stderr)
                 exit_code = 1
         if cfg.latency_line:
             print("\n" + engine.latency_line(), file=sys.stderr)
@@ -383,18 +471,18 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future | None = None) -> 
     return exit_code
 
 
-async def _wait_for_client(server, stop: asyncio.Event, poll_s: float = 0.02) -> None:
+async def _wait_for_client(server: WebSocketServer, stop: asyncio.Event, poll_s: float = 0.02) -> None:
     """Until the WebSocket server has a frames client (or `stop` is set)."""
     while not stop.is_set() and not _frame_clients(server):
         await asyncio.sleep(poll_s)
 
 
-def _frame_clients(server) -> int:
+def _frame_clients(server: WebSocketServer) -> int:
     """Connected frame subscribers of the WebSocket server."""
     return int(server.frame_clients)
 
 
-async def _latency_line(engine, period_s: float = 1.0) -> None:
+async def _latency_line(engine: Engine, period_s: float = 1.0) -> None:
     tty = sys.stderr.isatty()
     last = 0.0
     while True:

@@ -28,6 +28,11 @@ which streams share a step.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stream_engine.contract import StepContract
+
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -42,8 +47,8 @@ class VariantError(ValueError):
     """A precision that does not exist, or a model whose precision is not the requested one."""
 
 
-def precision_of(contract) -> str:
-    """"fp32", "int8-dynamic", "int8-static", ...: the precision a model's contract declares."""
+def precision_of(contract: StepContract) -> str:
+    """ "fp32", "int8-dynamic", "int8-static", ...: the precision a model's contract declares."""
     return str(contract.extra.get(PRECISION_KEY, "fp32"))
 
 
@@ -52,8 +57,9 @@ def _cpu_only(providers: str | None) -> bool:
     return all(n in ("cpu", "cpuexecutionprovider") for n in names)
 
 
-def resolve(path: str | Path, precision: str = "auto", providers: str | None = None,
-            default_path: str | Path = SHIPPED["fp32"]) -> Path:
+def resolve(
+    path: str | Path, precision: str = "auto", providers: str | None = None, default_path: str | Path = SHIPPED["fp32"]
+) -> Path:
     """The model file to load for a model option.
 
     Args:
@@ -67,8 +73,10 @@ def resolve(path: str | Path, precision: str = "auto", providers: str | None = N
     if precision not in PRECISIONS:
         raise VariantError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16":
-        raise VariantError("no bf16 variant: onnxruntime's CPU execution provider has no bfloat16 MatMul kernel "
-                           "(see stream_engine/variants.py); use --precision int8 or fp32")
+        raise VariantError(
+            "no bf16 variant: onnxruntime's CPU execution provider has no bfloat16 MatMul kernel "
+            "(see stream_engine/variants.py); use --precision int8 or fp32"
+        )
     path = Path(path)
     if path.resolve() != Path(default_path).resolve():
         return path
@@ -81,7 +89,7 @@ def resolve(path: str | Path, precision: str = "auto", providers: str | None = N
     return shipped
 
 
-def check(contract, precision: str) -> None:
+def check(contract: StepContract, precision: str) -> None:
     """Refuse a model whose declared precision is not `precision` ("auto" accepts any).
 
     Raises:
@@ -91,5 +99,7 @@ def check(contract, precision: str) -> None:
         return
     have = precision_of(contract)
     if have.split("-")[0] != precision:
-        raise VariantError(f"the model is {have}, not {precision} (its msync.precision metadata); "
-                           f"quantize it with `python -m export.quantize` or drop --precision")
+        raise VariantError(
+            f"the model is {have}, not {precision} (its msync.precision metadata); "
+            f"quantize it with `python -m export.quantize` or drop --precision"
+        )

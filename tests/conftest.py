@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -19,7 +23,7 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def speech(shared_data) -> "np.ndarray":
+def speech(shared_data) -> np.ndarray:
     from stream_engine.audio_io import load_audio
 
     return load_audio(SPEECH_CLIP)

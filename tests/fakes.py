@@ -22,8 +22,9 @@ LOWER_LIP = (55, 56, 57, 58, 59, 65, 66, 67)
 CHIN = (5, 6, 7, 8, 9, 10, 11)
 
 
-def project_face(yaw_deg: float = 0.0, pitch_deg: float = 0.0, roll_deg: float = 0.0,
-                 mouth_open_mm: float = 0.0) -> np.ndarray:
+def project_face(
+    yaw_deg: float = 0.0, pitch_deg: float = 0.0, roll_deg: float = 0.0, mouth_open_mm: float = 0.0
+) -> np.ndarray:
     """The generic 3D face, mouth opened by `mouth_open_mm`, rotated (HeadPose conventions) and projected
     orthographically into the normalised crop -> (68, 2) float32."""
     pts = MEAN_FACE_3D.copy()
@@ -45,15 +46,27 @@ NEUTRAL_FACE = project_face()
 def fake_contract(lookahead_frames: int = 2) -> StepContract:
     """A real `StepContract` describing the fake model (so the fake honours the same contract as exports)."""
     return StepContract(
-        sample_rate_hz=16000, samples_per_frame=640, fps=25.0, lookahead_frames=lookahead_frames,
-        num_landmarks=68, landmark_dims=2, landmark_layout="ibug68", coordinates=COORDINATES,
-        audio_input=TensorSpec("audio", ("B", 640)), landmarks_output=TensorSpec("landmarks", ("B", 68, 2)),
-        states=(StateSpec("rms_hist", "rms_hist_next", ("B", lookahead_frames + 1)),
-                StateSpec("reference", "reference_next", ("B", 68, 2), init="reference_face"),
-                StateSpec("frames_seen", "frames_seen_next", ("B", 1))),
+        sample_rate_hz=16000,
+        samples_per_frame=640,
+        fps=25.0,
+        lookahead_frames=lookahead_frames,
+        num_landmarks=68,
+        landmark_dims=2,
+        landmark_layout="ibug68",
+        coordinates=COORDINATES,
+        audio_input=TensorSpec("audio", ("B", 640)),
+        landmarks_output=TensorSpec("landmarks", ("B", 68, 2)),
+        states=(
+            StateSpec("rms_hist", "rms_hist_next", ("B", lookahead_frames + 1)),
+            StateSpec("reference", "reference_next", ("B", 68, 2), init="reference_face"),
+            StateSpec("frames_seen", "frames_seen_next", ("B", 1)),
+        ),
         reference_face=tuple(tuple(float(v) for v in row) for row in NEUTRAL_FACE),
-        model_version="fake-1", training_data="none (deterministic test double)",
-        generator_config={"lookahead_frames": lookahead_frames}, frontend={})
+        model_version="fake-1",
+        training_data="none (deterministic test double)",
+        generator_config={"lookahead_frames": lookahead_frames},
+        frontend={},
+    )
 
 
 class FakeRunner(BaseStepRunner):
@@ -66,8 +79,14 @@ class FakeRunner(BaseStepRunner):
         cost_us_per_call, cost_us_per_row: busy-wait to imitate a model's compute (per call and per stream).
     """
 
-    def __init__(self, lookahead_frames: int = 2, mouth_gain_mm: float = 150.0, head_amplitude_deg: float = 0.0,
-                 cost_us_per_call: float = 0.0, cost_us_per_row: float = 0.0) -> None:
+    def __init__(
+        self,
+        lookahead_frames: int = 2,
+        mouth_gain_mm: float = 150.0,
+        head_amplitude_deg: float = 0.0,
+        cost_us_per_call: float = 0.0,
+        cost_us_per_row: float = 0.0,
+    ) -> None:
         self.contract = fake_contract(lookahead_frames)
         self.mouth_gain_mm = mouth_gain_mm
         self.head_amplitude_deg = head_amplitude_deg
@@ -81,8 +100,9 @@ class FakeRunner(BaseStepRunner):
         a = self.head_amplitude_deg
         return a * math.sin(2 * math.pi * frame_index / 125.0), 0.5 * a * math.sin(2 * math.pi * frame_index / 200.0)
 
-    def initial_state(self, batch: int, reference_face: np.ndarray | None = None,
-                      rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    def initial_state(
+        self, batch: int, reference_face: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> dict[str, np.ndarray]:
         return initial_state(self.contract, batch, reference_face, rng)
 
     def step(self, audio: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -111,8 +131,11 @@ class FakeRunner(BaseStepRunner):
             yaw, pitch = self.head_schedule(j)
             face = project_face(yaw, pitch, 0.0, min(30.0, self.mouth_gain_mm * float(hist[i, 0])))
             out[i] = face + (ref - NEUTRAL_FACE)
-        return out, {"rms_hist": hist, "reference": state["reference"],
-                     "frames_seen": (state["frames_seen"] + 1.0).astype(np.float32)}
+        return out, {
+            "rms_hist": hist,
+            "reference": state["reference"],
+            "frames_seen": (state["frames_seen"] + 1.0).astype(np.float32),
+        }
 
     @staticmethod
     def expected_open_mm(frame_audio: np.ndarray, gain_mm: float = 150.0) -> float:
@@ -131,9 +154,10 @@ class ZeroCostRunner(BaseStepRunner):
 
     def step(self, audio, state):
         audio = np.asarray(audio, dtype=np.float32)
-        return (np.array(state["reference"], dtype=np.float32),
-                {"rms_hist": state["rms_hist"], "reference": state["reference"],
-                 "frames_seen": state["frames_seen"] + 1.0})
+        return (
+            np.array(state["reference"], dtype=np.float32),
+            {"rms_hist": state["rms_hist"], "reference": state["reference"], "frames_seen": state["frames_seen"] + 1.0},
+        )
 
     def step_slots(self, slots, rows, audio):
         return slots.gather(rows)["reference"].copy()
@@ -171,8 +195,9 @@ class FailingRunner(FakeRunner):
         return super().step(audio, state)
 
 
-def tone(num_samples: int, amplitude: float = 0.3, freq_hz: float = 220.0, sample_rate_hz: int = 16000,
-         start_sample: int = 0) -> np.ndarray:
+def tone(
+    num_samples: int, amplitude: float = 0.3, freq_hz: float = 220.0, sample_rate_hz: int = 16000, start_sample: int = 0
+) -> np.ndarray:
     """A sine test signal -> (num_samples,) float32."""
     t = (np.arange(num_samples) + start_sample) / sample_rate_hz
     return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)

@@ -26,8 +26,18 @@ def runner():
     return load_model()
 
 
-@pytest.mark.parametrize("n,rate,channels", [(0, 16000, 1), (1, 16000, 1), (800, 16000, 1), (640, 16000, 1),
-                                             (12582, 16000, 1), (44101, 44100, 2), (48000 * 3 + 7, 48000, 1)])
+@pytest.mark.parametrize(
+    "n,rate,channels",
+    [
+        (0, 16000, 1),
+        (1, 16000, 1),
+        (800, 16000, 1),
+        (640, 16000, 1),
+        (12582, 16000, 1),
+        (44101, 44100, 2),
+        (48000 * 3 + 7, 48000, 1),
+    ],
+)
 def test_one_frame_per_40_ms_with_the_tail(runner, n, rate, channels):
     pcm = (speechlike(n * channels, seed=1) * 20000).astype(np.int16)
     if channels > 1:
@@ -52,7 +62,7 @@ def test_same_seed_same_animation_and_the_engine_agrees(runner):
     core.open_stream("x", seed=5)
     streamed = []
     for start in range(0, audio.size, 320):  # 20 ms chunks, as a live input would
-        core.push_audio("x", audio[start:start + 320], 0)
+        core.push_audio("x", audio[start : start + 320], 0)
         streamed += core.process()
     core.flush("x", 0)
     streamed += core.process()
@@ -131,6 +141,7 @@ def test_cli_video_without_pyav_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 
 def test_animation_is_a_plain_dataclass():
-    anim = Animation(np.zeros((0, 68, 2), np.float32), {}, {n: np.zeros(0, np.float32) for n in ARKIT_NAMES},
-                     25.0, 0.0, 16000)
+    anim = Animation(
+        np.zeros((0, 68, 2), np.float32), {}, {n: np.zeros(0, np.float32) for n in ARKIT_NAMES}, 25.0, 0.0, 16000
+    )
     assert anim.num_frames == 0 and anim.blendshape_array().shape == (0, 52)

@@ -53,8 +53,9 @@ def test_batch_equals_per_stream(mode):
             want = singles[i].update(lm[row], ts[row], level[row], ahead[row])
             np.testing.assert_allclose(got.mouth_open[row], want.mouth_open, atol=1e-9)
             np.testing.assert_allclose(got.visemes[row], [want.visemes[v] for v in VISEMES], atol=1e-9)
-            np.testing.assert_allclose(got.head_deg[row], [want.head.yaw_deg, want.head.pitch_deg,
-                                                           want.head.roll_deg], atol=1e-7)
+            np.testing.assert_allclose(
+                got.head_deg[row], [want.head.yaw_deg, want.head.pitch_deg, want.head.roll_deg], atol=1e-7
+            )
             assert got.blink[row] == pytest.approx(want.blink, abs=1e-9) and bool(got.silent[row]) == want.silent
             np.testing.assert_allclose(got.blendshapes[row], want.blendshapes, atol=1e-6)
             assert got.signals(row).to_json() == want.to_json()

@@ -82,15 +82,18 @@ def test_batched_arrays_in_and_out_match_one_frame_at_a_time():
     assert batched.shape == (3, 4, 52)
     for b in range(3):
         for t in range(4):
-            np.testing.assert_allclose(batched[b, t], arkit_blendshapes(faces[b, t], NEUTRAL_FACE, blink[b, t]),
-                                       atol=1e-6)
+            np.testing.assert_allclose(
+                batched[b, t], arkit_blendshapes(faces[b, t], NEUTRAL_FACE, blink[b, t]), atol=1e-6
+            )
     assert face_features(faces).shape == (3, 4, 22)
     with pytest.raises(ValueError):
         arkit_blendshapes(np.zeros((5, 2)), NEUTRAL_FACE)
 
 
-@pytest.mark.parametrize("openness,spread,rounding,dominant", [
-    (0.8, 0.0, 0.0, "A"), (0.3, 1.0, 0.0, "I"), (0.8, 1.0, 0.0, "E"), (0.3, 0.0, 1.0, "U"), (0.8, 0.0, 1.0, "O")])
+@pytest.mark.parametrize(
+    "openness,spread,rounding,dominant",
+    [(0.8, 0.0, 0.0, "A"), (0.3, 1.0, 0.0, "I"), (0.8, 1.0, 0.0, "E"), (0.3, 0.0, 1.0, "U"), (0.8, 0.0, 1.0, "O")],
+)
 def test_visemes_split_the_openness_by_shape(openness, spread, rounding, dominant):
     """Their sum is the openness (the avatar's mouth carries the face); the shape picks the vowel."""
     w = dict(zip(VISEMES, viseme_weights(openness, spread, rounding)))

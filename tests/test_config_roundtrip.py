@@ -67,22 +67,7 @@ def test_the_walk_finds_the_known_configs():
     assert len(CONFIGS) >= 20
 
 
-# Configs that are not hashable yet, with the reason; strict xfail, so fixing one makes the test say so.
-# VmcConfig.blend_names is a dict (stream_engine/outputs/vmc.py belongs to the engine branches in flight): a
-# `dataclasses.field(..., hash=False)` or a tuple of pairs fixes both entries.
-UNHASHABLE = {
-    "stream_engine.outputs.vmc.VmcConfig": "blend_names is a dict",
-    "stream_engine.config.StreamConfig": "holds VmcConfig",
-}
-
-
-def _param(cls):
-    name = f"{cls.__module__}.{cls.__name__}"
-    marks = [pytest.mark.xfail(reason=UNHASHABLE[name], raises=TypeError, strict=True)] if name in UNHASHABLE else []
-    return pytest.param(cls, id=name, marks=marks)
-
-
-@pytest.mark.parametrize("cls", [_param(c) for c in CONFIGS])
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: f"{c.__module__}.{c.__name__}")
 def test_every_config_round_trips_equal_and_hashable(cls):
     cfg = _instance(cls)
     back = from_dict(cls, to_dict(cfg))
@@ -123,9 +108,9 @@ def test_generator_config_from_a_checkpoint_equals_the_one_built_in_code(tmp_pat
 
 def test_contract_round_trips():
     """The exported contract (a dataclass with nested specs and shape unions) goes through the same converter."""
-    from fakes import fake_contract
-
     from stream_engine.contract import StepContract
+
+    from fakes import fake_contract
 
     c = fake_contract()
     back = from_dict(StepContract, json.loads(json.dumps(to_dict(c))))

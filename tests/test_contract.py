@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from stream_engine.contract import (
-    COORDINATES, ContractError, ModelLoadError, StateSpec, StepContract, TensorSpec, check_session, read_contract,
+    COORDINATES,
+    ContractError,
+    ModelLoadError,
+    StateSpec,
+    StepContract,
+    TensorSpec,
+    check_session,
+    read_contract,
 )
 from stream_engine.framing import AudioFramer, split_chunks
 from stream_engine.runtime.base import check_audio, initial_state, stack_states, unstack_state
@@ -23,15 +30,28 @@ FACE = np.stack([np.linspace(0.3, 0.7, 68), np.linspace(0.25, 0.75, 68)], axis=1
 
 def make_contract(**changes) -> StepContract:
     fields = dict(
-        sample_rate_hz=16000, samples_per_frame=640, fps=25.0, lookahead_frames=2, num_landmarks=68,
-        landmark_dims=2, landmark_layout="ibug68", coordinates=COORDINATES,
-        audio_input=TensorSpec("audio", ("B", 640)), landmarks_output=TensorSpec("landmarks", ("B", 68, 2)),
-        states=(StateSpec("audio_carry", "audio_carry_next", ("B", 352)),
-                StateSpec("h", "h_next", ("B", 8), init="uniform(0,1)"),
-                StateSpec("prev_landmarks", "prev_landmarks_next", ("B", 68, 2), init="reference_face"),
-                StateSpec("frames_seen", "frames_seen_next", ("B", 1))),
-        reference_face=tuple(tuple(float(v) for v in r) for r in FACE), model_version="t1",
-        training_data="none", generator_config={"lookahead_frames": 2}, frontend={"sample_rate_hz": 16000})
+        sample_rate_hz=16000,
+        samples_per_frame=640,
+        fps=25.0,
+        lookahead_frames=2,
+        num_landmarks=68,
+        landmark_dims=2,
+        landmark_layout="ibug68",
+        coordinates=COORDINATES,
+        audio_input=TensorSpec("audio", ("B", 640)),
+        landmarks_output=TensorSpec("landmarks", ("B", 68, 2)),
+        states=(
+            StateSpec("audio_carry", "audio_carry_next", ("B", 352)),
+            StateSpec("h", "h_next", ("B", 8), init="uniform(0,1)"),
+            StateSpec("prev_landmarks", "prev_landmarks_next", ("B", 68, 2), init="reference_face"),
+            StateSpec("frames_seen", "frames_seen_next", ("B", 1)),
+        ),
+        reference_face=tuple(tuple(float(v) for v in r) for r in FACE),
+        model_version="t1",
+        training_data="none",
+        generator_config={"lookahead_frames": 2},
+        frontend={"sample_rate_hz": 16000},
+    )
     fields.update(changes)
     return StepContract(**fields)
 
@@ -42,8 +62,13 @@ def test_metadata_round_trip():
     meta = c.to_metadata()
     assert all(k.startswith("msync.") and isinstance(v, str) for k, v in meta.items())
     assert meta["msync.contract_version"] == "1" and meta["msync.fps"] == "25"
-    assert json.loads(meta["msync.states"])[1] == {"name": "h", "next_name": "h_next", "shape": ["B", 8],
-                                                   "dtype": "float32", "init": "uniform(0,1)"}
+    assert json.loads(meta["msync.states"])[1] == {
+        "name": "h",
+        "next_name": "h_next",
+        "shape": ["B", 8],
+        "dtype": "float32",
+        "init": "uniform(0,1)",
+    }
     back = StepContract.from_metadata(meta)
     assert back == c
     assert back.extra == {"msync.exporter": "{}"}
@@ -52,29 +77,80 @@ def test_metadata_round_trip():
     assert back.lookahead_s == pytest.approx(0.08)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda m: m.pop("msync.contract_version"), "no msync contract"),
-    (lambda m: m.update({"msync.contract_version": "2"}), "unsupported msync contract version"),
-    (lambda m: m.pop("msync.states"), "msync.states"),
-    (lambda m: m.update({"msync.samples_per_frame": "abc"}), "must be an integer"),
-    (lambda m: m.update({"msync.states": "[{"}), "not valid JSON"),
-    (lambda m: m.update({"msync.samples_per_frame": "320"}), "inconsistent timing"),
-    (lambda m: m.update({"msync.audio_input": json.dumps({"name": "audio", "shape": ["B", 320]})}), "audio input"),
-    (lambda m: m.update({"msync.reference_face": "[[0.5, 0.5]]"}), "reference_face"),
-    (lambda m: m.update({"msync.lookahead_frames": "3"}), "generator_config lookahead_frames"),
-    (lambda m: m.update({"msync.states": json.dumps([{"name": "x", "next_name": "x_next", "shape": [4, "B"],
-                                                       "dtype": "float32", "init": "zeros"}])}), "batch dim"),
-    (lambda m: m.update({"msync.states": json.dumps([{"name": "x", "next_name": "x_next", "shape": ["B", 4],
-                                                       "dtype": "float32", "init": "gaussian"}])}), "unknown init"),
-    (lambda m: m.update({"msync.states": json.dumps([{"name": "p", "next_name": "p_next", "shape": ["B", 4],
-                                                       "dtype": "float32", "init": "reference_face"}])}),
-     "starts from the reference face"),
-    (lambda m: m.update({"msync.states": json.dumps([{"name": "x", "next_name": "y", "shape": ["B", 1],
-                                                       "dtype": "float32", "init": "zeros"},
-                                                      {"name": "x", "next_name": "z", "shape": ["B", 1],
-                                                       "dtype": "float32", "init": "zeros"}])}), "duplicate"),
-    (lambda m: m.update({"msync.states": json.dumps([{"name": "x", "shape": ["B", 1]}])}), "lacks"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m: m.pop("msync.contract_version"), "no msync contract"),
+        (lambda m: m.update({"msync.contract_version": "2"}), "unsupported msync contract version"),
+        (lambda m: m.pop("msync.states"), "msync.states"),
+        (lambda m: m.update({"msync.samples_per_frame": "abc"}), "must be an integer"),
+        (lambda m: m.update({"msync.states": "[{"}), "not valid JSON"),
+        (lambda m: m.update({"msync.samples_per_frame": "320"}), "inconsistent timing"),
+        (lambda m: m.update({"msync.audio_input": json.dumps({"name": "audio", "shape": ["B", 320]})}), "audio input"),
+        (lambda m: m.update({"msync.reference_face": "[[0.5, 0.5]]"}), "reference_face"),
+        (lambda m: m.update({"msync.lookahead_frames": "3"}), "generator_config lookahead_frames"),
+        (
+            lambda m: m.update(
+                {
+                    "msync.states": json.dumps(
+                        [{"name": "x", "next_name": "x_next", "shape": [4, "B"], "dtype": "float32", "init": "zeros"}]
+                    )
+                }
+            ),
+            "batch dim",
+        ),
+        (
+            lambda m: m.update(
+                {
+                    "msync.states": json.dumps(
+                        [
+                            {
+                                "name": "x",
+                                "next_name": "x_next",
+                                "shape": ["B", 4],
+                                "dtype": "float32",
+                                "init": "gaussian",
+                            }
+                        ]
+                    )
+                }
+            ),
+            "unknown init",
+        ),
+        (
+            lambda m: m.update(
+                {
+                    "msync.states": json.dumps(
+                        [
+                            {
+                                "name": "p",
+                                "next_name": "p_next",
+                                "shape": ["B", 4],
+                                "dtype": "float32",
+                                "init": "reference_face",
+                            }
+                        ]
+                    )
+                }
+            ),
+            "starts from the reference face",
+        ),
+        (
+            lambda m: m.update(
+                {
+                    "msync.states": json.dumps(
+                        [
+                            {"name": "x", "next_name": "y", "shape": ["B", 1], "dtype": "float32", "init": "zeros"},
+                            {"name": "x", "next_name": "z", "shape": ["B", 1], "dtype": "float32", "init": "zeros"},
+                        ]
+                    )
+                }
+            ),
+            "duplicate",
+        ),
+        (lambda m: m.update({"msync.states": json.dumps([{"name": "x", "shape": ["B", 1]}])}), "lacks"),
+    ],
+)
 def test_bad_metadata_is_refused_with_a_clear_error(mutate, message):
     meta = make_contract().to_metadata()
     mutate(meta)
@@ -85,8 +161,12 @@ def test_bad_metadata_is_refused_with_a_clear_error(mutate, message):
 def test_initial_state_follows_the_contract():
     c = make_contract()
     s = initial_state(c, 3, rng=np.random.default_rng(1))
-    assert {k: v.shape for k, v in s.items()} == {"audio_carry": (3, 352), "h": (3, 8), "prev_landmarks": (3, 68, 2),
-                                                  "frames_seen": (3, 1)}
+    assert {k: v.shape for k, v in s.items()} == {
+        "audio_carry": (3, 352),
+        "h": (3, 8),
+        "prev_landmarks": (3, 68, 2),
+        "frames_seen": (3, 1),
+    }
     assert all(v.dtype == np.float32 for v in s.values())
     assert not s["audio_carry"].any() and not s["frames_seen"].any()
     assert 0.0 <= s["h"].min() and s["h"].max() < 1.0 and s["h"].std() > 0.1
@@ -140,18 +220,38 @@ def _session(inputs, outputs):
 
 def test_check_session_accepts_a_matching_graph_and_lists_every_mismatch():
     c = make_contract()
-    ins = [_arg("audio", ["B", 640]), _arg("audio_carry", ["B", 352]), _arg("h", ["B", 8]),
-           _arg("prev_landmarks", ["B", 68, 2]), _arg("frames_seen", ["B", 1])]
-    outs = [_arg("landmarks", ["B", 68, 2]), _arg("audio_carry_next", ["B", 352]), _arg("h_next", [None, 8]),
-            _arg("prev_landmarks_next", ["B", 68, 2]), _arg("frames_seen_next", [1, 1])]
+    ins = [
+        _arg("audio", ["B", 640]),
+        _arg("audio_carry", ["B", 352]),
+        _arg("h", ["B", 8]),
+        _arg("prev_landmarks", ["B", 68, 2]),
+        _arg("frames_seen", ["B", 1]),
+    ]
+    outs = [
+        _arg("landmarks", ["B", 68, 2]),
+        _arg("audio_carry_next", ["B", 352]),
+        _arg("h_next", [None, 8]),
+        _arg("prev_landmarks_next", ["B", 68, 2]),
+        _arg("frames_seen_next", [1, 1]),
+    ]
     check_session(c, _session(ins, outs))
-    bad_ins = [_arg("audio", ["B", 320]), _arg("audio_carry", ["B", 352], "tensor(double)"), _arg("h", ["B", 8]),
-               _arg("prev_landmarks", ["B", 68, 2]), _arg("extra", ["B"])]
+    bad_ins = [
+        _arg("audio", ["B", 320]),
+        _arg("audio_carry", ["B", 352], "tensor(double)"),
+        _arg("h", ["B", 8]),
+        _arg("prev_landmarks", ["B", 68, 2]),
+        _arg("extra", ["B"]),
+    ]
     with pytest.raises(ContractError) as err:
         check_session(c, _session(bad_ins, outs[:-1]))
     text = str(err.value)
-    for fragment in ("lacks inputs ['frames_seen']", "['extra']", "'audio': graph shape", "tensor(double)",
-                     "lacks outputs ['frames_seen_next']"):
+    for fragment in (
+        "lacks inputs ['frames_seen']",
+        "['extra']",
+        "'audio': graph shape",
+        "tensor(double)",
+        "lacks outputs ['frames_seen_next']",
+    ):
         assert fragment in text
 
 
@@ -165,9 +265,12 @@ def test_missing_corrupt_or_contractless_files(tmp_path):
     bad.write_bytes(b"not a protobuf at all")
     with pytest.raises(ModelLoadError, match="cannot load"):
         read_contract(bad)
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     plain = tmp_path / "plain.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(plain))
     with pytest.raises(ContractError, match="no msync contract"):
@@ -232,9 +335,11 @@ def test_runtime_modules_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, stream_engine.contract, stream_engine.framing, stream_engine.info, "
-            "stream_engine.runtime.onnxrt, stream_engine.runtime.tensorrt; "
-            "bad = [m for m in ('torch', 'training', 'export', 'onnx') if m in sys.modules]; "
-            "sys.exit(f'imported {bad}' if bad else 0)")
+    code = (
+        "import sys, stream_engine.contract, stream_engine.framing, stream_engine.info, "
+        "stream_engine.runtime.onnxrt, stream_engine.runtime.tensorrt; "
+        "bad = [m for m in ('torch', 'training', 'export', 'onnx') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr + out.stdout

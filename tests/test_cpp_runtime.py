@@ -28,8 +28,18 @@ from export_helpers import exported_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HEADERS = REPO / "third_party" / "ortdev" / "usr" / "include" / "onnxruntime" / "onnxruntime_cxx_api.h"
-CTESTS = ("native_unit_tests", "cli_help", "native_reference", "parity_wav_s16_seed", "parity_raw_f32_stdin_face",
-          "parity_wav_f32_initial_state", "parity_raw_s16_file_csv", "parity_tail_counts", "errors", "bench_mode")
+CTESTS = (
+    "native_unit_tests",
+    "cli_help",
+    "native_reference",
+    "parity_wav_s16_seed",
+    "parity_raw_f32_stdin_face",
+    "parity_wav_f32_initial_state",
+    "parity_raw_s16_file_csv",
+    "parity_tail_counts",
+    "errors",
+    "bench_mode",
+)
 
 
 def _missing_prerequisite() -> str | None:
@@ -63,8 +73,16 @@ def test_cpp_runtime_builds_and_passes_ctest(tmp_path_factory):
     model, _, _ = exported_model(tmp_path_factory)
     build = Path(os.environ.get("MSYNC_NATIVE_BUILD_DIR", REPO / "build"))
     env = dict(os.environ, MSYNC_TEST_MODEL=str(model))
-    configure = ["cmake", "-S", str(REPO), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}",
-                 "-DMSYNC_BUILD_TESTS=ON", "-DMSYNC_BUILD_CLI=ON"]
+    configure = [
+        "cmake",
+        "-S",
+        str(REPO),
+        "-B",
+        str(build),
+        f"-DPython3_EXECUTABLE={sys.executable}",
+        "-DMSYNC_BUILD_TESTS=ON",
+        "-DMSYNC_BUILD_CLI=ON",
+    ]
     if os.environ.get("ORT_INCLUDE_DIR"):
         configure.append(f"-DORT_INCLUDE_DIR={os.environ['ORT_INCLUDE_DIR']}")
     for cmd, timeout_s in ((configure, 300), (["cmake", "--build", str(build), "-j2"], 900)):

@@ -23,8 +23,13 @@ FAKE = "python:fakes:FakeRunner"
 
 def msync(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "stream_engine.cli", "stream", *args], capture_output=True,
-                          text=True, timeout=timeout_s, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "stream_engine.cli", "stream", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+    )
 
 
 def msync_here(capsys, *args: str) -> tuple[int, str, str]:
@@ -48,7 +53,7 @@ def drain(sock: socket.socket) -> list[bytes]:
     while True:
         try:
             out.append(sock.recvfrom(65536)[0])
-        except (socket.timeout, BlockingIOError):
+        except (TimeoutError, BlockingIOError):
             return out
 
 
@@ -61,8 +66,20 @@ def wav(tmp_path) -> Path:
 
 def test_a_file_as_fast_as_possible_to_osc_and_vmc(wav):
     osc, vmc = udp_receiver(), udp_receiver()
-    r = msync("--model", FAKE, "--input", str(wav), "--fast", "--port", "0", "--quiet",
-              "--osc", f"127.0.0.1:{osc.getsockname()[1]}", "--vmc", f"127.0.0.1:{vmc.getsockname()[1]}")
+    r = msync(
+        "--model",
+        FAKE,
+        "--input",
+        str(wav),
+        "--fast",
+        "--port",
+        "0",
+        "--quiet",
+        "--osc",
+        f"127.0.0.1:{osc.getsockname()[1]}",
+        "--vmc",
+        f"127.0.0.1:{vmc.getsockname()[1]}",
+    )
     assert r.returncode == 0, r.stderr
     assert "algorithmic latency 120 ms" in r.stderr and "viewer http://127.0.0.1:" in r.stderr
     frames = [d for d in drain(osc) if b"/msync/frame" in d]
@@ -92,8 +109,9 @@ def test_clear_errors_for_models_inputs_and_config(tmp_path, capsys):
     assert code == 2 and "supports only look-ahead L=2" in err
     code, _, err = msync_here(capsys, "--model", FAKE, "--input", str(tmp_path / "nope.wav"), "--port", "0", "--quiet")
     assert code == 2 and "nope.wav" in err
-    code, _, err = msync_here(capsys, "--model", FAKE, "--input", "mic", "--device", "no-such-device", "--port", "0",
-                              "--quiet", "--no-vmc")
+    code, _, err = msync_here(
+        capsys, "--model", FAKE, "--input", "mic", "--device", "no-such-device", "--port", "0", "--quiet", "--no-vmc"
+    )
     assert code == 2 and "input failed" in err
     code, _, err = msync_here(capsys, "--model", FAKE, "--vmc", "nowhere", "--port", "0")
     assert code == 2 and "host:port" in err
@@ -109,8 +127,9 @@ def test_port_in_use_is_a_clear_error(wav, capsys):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
-    code, _, err = msync_here(capsys, "--model", FAKE, "--input", str(wav), "--port", str(busy.getsockname()[1]),
-                              "--quiet", "--no-vmc")
+    code, _, err = msync_here(
+        capsys, "--model", FAKE, "--input", str(wav), "--port", str(busy.getsockname()[1]), "--quiet", "--no-vmc"
+    )
     busy.close()
     assert code == 2 and "cannot listen" in err
 
@@ -134,10 +153,15 @@ auto_blink_interval_s = [1.0, 3.0]
 min_cutoff_hz = 2.0
 """)
     cfg = load_config(cfg_path)
-    assert cfg.input.kind == "mic" and cfg.vmc.blend_names["A"] == "aa" and cfg.signals.mouth_filter.min_cutoff_hz == 2.0
+    assert (
+        cfg.input.kind == "mic"
+        and dict(cfg.vmc.blend_names)["A"] == "aa"
+        and cfg.signals.mouth_filter.min_cutoff_hz == 2.0
+    )
     assert cfg.signals.auto_blink_interval_s == (1.0, 3.0) and cfg.duration_s == 3.5
-    code, out, err = msync_here(capsys, "--config", str(cfg_path), "--port", "9999", "--input", "none",
-                                "--print-config")
+    code, out, err = msync_here(
+        capsys, "--config", str(cfg_path), "--port", "9999", "--input", "none", "--print-config"
+    )
     assert code == 0, err
     printed = json.loads(out)
     assert printed["server"]["port"] == 9999 and printed["input"]["kind"] == "none"
@@ -145,8 +169,11 @@ min_cutoff_hz = 2.0
     json_path = tmp_path / "c.json"
     json_path.write_text(json.dumps({"engine": {"max_streams": 4}, "server": {"token": "t"}}))
     assert load_config(json_path).engine.max_streams == 4
-    for bad, match in (({"engine": {"max_streams": "many"}}, "engine.max_streams"),
-                       ({"input": {"kind": "radio"}}, "input.kind"), ({"nope": 1}, "nope")):
+    for bad, match in (
+        ({"engine": {"max_streams": "many"}}, "engine.max_streams"),
+        ({"input": {"kind": "radio"}}, "input.kind"),
+        ({"nope": 1}, "nope"),
+    ):
         with pytest.raises(ConfigError, match=match):
             build(StreamConfig, bad)
 

@@ -33,12 +33,17 @@ def onnx_model(tmp_path_factory) -> Path:
         return DEFAULT_MODEL_PATH
     try:
         import torch  # noqa: F401
+
         import training.models.generator  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"no ONNX model to test: set MSYNC_TEST_ONNX or install the export extra ({exc})")
     out = tmp_path_factory.mktemp("onnx") / "random_init.onnx"
-    r = subprocess.run([sys.executable, "-m", "stream_engine.cli", "export", "--random-init", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "stream_engine.cli", "export", "--random-init", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if r.returncode != 0 or not out.is_file():
         pytest.skip(f"`msync export --random-init` is not available here: {r.stderr.strip()[-300:]}")
     return out
@@ -103,8 +108,17 @@ def test_onnx_end_to_end_over_websocket(runner):
         engine.add_sink(server)
         async with engine:
             async with connect(f"ws://127.0.0.1:{server.port}/audio") as ws:
-                await ws.send(json.dumps({"type": "hello", "sample_rate_hz": 22050, "channels": 1, "dtype": "int16",
-                                          "subscribe": "binary"}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "hello",
+                            "sample_rate_hz": 22050,
+                            "channels": 1,
+                            "dtype": "int16",
+                            "subscribe": "binary",
+                        }
+                    )
+                )
                 ready = json.loads(await ws.recv())
                 audio = speechlike(22050, sample_rate_hz=22050)
                 for i in range(0, audio.size, 441):
@@ -125,7 +139,24 @@ def test_msync_stream_runs_the_onnx_model(onnx_model, tmp_path):
 
     wav = tmp_path / "a.wav"
     soundfile.write(str(wav), speechlike(16000), 16000)
-    r = subprocess.run([sys.executable, "-m", "stream_engine.cli", "stream", "--model", str(onnx_model), "--input",
-                        str(wav), "--fast", "--port", "0", "--no-vmc"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream_engine.cli",
+            "stream",
+            "--model",
+            str(onnx_model),
+            "--input",
+            str(wav),
+            "--fast",
+            "--port",
+            "0",
+            "--no-vmc",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "frames 25" in r.stderr

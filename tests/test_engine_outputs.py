@@ -29,8 +29,18 @@ def make_frame(stream="s", seq=0, epoch=0, publish_ns=0, yaw=12.0, open_mm=15.0,
         ex = SignalExtractor(SignalConfig(blink_mode="off"), reference_face=NEUTRAL_FACE)
         ex.update(NEUTRAL_FACE, 0.0, -20.0)
         signals = ex.update(lm, 0.04, -20.0)
-    return LandmarkFrame(stream, seq, epoch, seq, seq * 40_000_000, lm, -20.0, -18.0,
-                         FrameTimings(1_000, 2_000, 3_000, publish_ns), signals)
+    return LandmarkFrame(
+        stream,
+        seq,
+        epoch,
+        seq,
+        seq * 40_000_000,
+        lm,
+        -20.0,
+        -18.0,
+        FrameTimings(1_000, 2_000, 3_000, publish_ns),
+        signals,
+    )
 
 
 def osc_tags(message: OscMessage) -> str:
@@ -63,8 +73,13 @@ def test_binary_and_json_formats_round_trip():
     back = decode_binary(data)
     assert (back["stream"], back["seq"], back["index"], back["pts_ms"]) == ("alice-é", 7, 7, 280.0)
     np.testing.assert_array_equal(back["landmarks"], frame.landmarks)
-    assert back["t"] == {"audio_ready_ns": 1000, "infer_start_ns": 2000, "infer_end_ns": 3000, "publish_ns": 4000,
-                         "sent_ns": 5000}
+    assert back["t"] == {
+        "audio_ready_ns": 1000,
+        "infer_start_ns": 2000,
+        "infer_end_ns": 3000,
+        "publish_ns": 4000,
+        "sent_ns": 5000,
+    }
     assert list(back["signal_vector"]) == list(SIGNAL_NAMES)
     assert back["signal_vector"]["yaw_deg"] == pytest.approx(frame.signals.head.yaw_deg, abs=1e-4)
     js = json.loads(encode_json(frame, sent_ns=5_000))
@@ -88,7 +103,11 @@ def test_latest_frame_queue_drops_the_oldest_frames_of_a_stream_only():
     q.put_message({"type": "stream", "event": "reset"})
     assert q.dropped == 3
     assert q.get_nowait()["type"] == "stream"  # messages first
-    assert [(f.stream_id, f.seq) for f in (q.get_nowait(), q.get_nowait(), q.get_nowait())] == [("a", 3), ("a", 4), ("b", 0)]
+    assert [(f.stream_id, f.seq) for f in (q.get_nowait(), q.get_nowait(), q.get_nowait())] == [
+        ("a", 3),
+        ("a", 4),
+        ("b", 0),
+    ]
     assert q.get_nowait() is None
     q.put(make_frame("a", seq=9, publish_ns=clock.now_ns(), with_signals=False))
     clock.advance(200_000_000)  # older than max_age: stale, dropped on the way out
@@ -126,15 +145,26 @@ def test_vmc_sends_float_blendshapes_apply_and_a_head_quaternion():
 
 def test_vmc_names_targets_and_stream_choice_are_configurable():
     rx1, rx2 = udp_receiver(), udp_receiver()
-    cfg = VmcConfig(targets=tuple(f"127.0.0.1:{r.getsockname()[1]}" for r in (rx1, rx2)), blend_names="vrm1",
-                    stream="bob", head_bone="Neck")
+    cfg = VmcConfig(
+        targets=tuple(f"127.0.0.1:{r.getsockname()[1]}" for r in (rx1, rx2)),
+        blend_names="vrm1",
+        stream="bob",
+        head_bone="Neck",
+    )
     sink = VmcSink(cfg)
     sink.send_frames([make_frame("alice")])  # not the driving stream: nothing sent
     sink.send_frames([make_frame("bob")])
     for rx in (rx1, rx2):
         messages = receive_messages(rx, 2)
         assert messages[0].params[0] == "Neck"
-        assert {m.params[0] for m in messages if m.address == "/VMC/Ext/Blend/Val"} == {"aa", "ih", "ou", "ee", "oh", "blink"}
+        assert {m.params[0] for m in messages if m.address == "/VMC/Ext/Blend/Val"} == {
+            "aa",
+            "ih",
+            "ou",
+            "ee",
+            "oh",
+            "blink",
+        }
         rx.close()
     assert VmcConfig().targets == ("127.0.0.1:39539",)
     with pytest.raises(ValueError, match="host:port"):

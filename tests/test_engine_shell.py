@@ -190,7 +190,9 @@ def test_stdin_source_reads_raw_pcm_of_any_format():
         async with Engine(FakeRunner(lookahead_frames=0)) as engine:
             engine.add_sink(sink)
             engine.open_stream("in")
-            task = asyncio.create_task(StdinSource(PcmFormat(48000, 2, "int16"), stream=os.fdopen(r, "rb")).run(engine, "in"))
+            task = asyncio.create_task(
+                StdinSource(PcmFormat(48000, 2, "int16"), stream=os.fdopen(r, "rb")).run(engine, "in")
+            )
 
             def writer():  # another process in real life: never block the loop on the pipe
                 with os.fdopen(w, "wb") as pipe:
@@ -232,8 +234,9 @@ def test_microphone_errors_are_clear():
     """Without usable devices (CI), picking a microphone fails with a message naming the problem."""
     with pytest.raises(InputError) as info:
         resolve_input_device("no such microphone")
-    assert any(s in str(info.value) for s in ("no audio input devices", "no input device matches", "PortAudio",
-                                               "sounddevice"))
+    assert any(
+        s in str(info.value) for s in ("no audio input devices", "no input device matches", "PortAudio", "sounddevice")
+    )
 
 
 def test_overload_is_reported_per_stream():
@@ -269,8 +272,11 @@ def test_reference_faces_from_json_and_pixels(tmp_path):
     pixels.write_text(json.dumps({"landmarks": (NEUTRAL_FACE * 640 + 100).tolist()}))
     face = load_reference_face(pixels)  # normalised with the training data's fixed-crop rule
     assert face.shape == (68, 2) and 0.0 < face.min() and face.max() < 1.0
-    for name, content, match in (("short.json", json.dumps([[0, 0]] * 5), "68"), ("bad.json", "{", "JSON"),
-                                 ("nan.json", json.dumps([[float("nan"), 0]] * 68), "NaN")):
+    for name, content, match in (
+        ("short.json", json.dumps([[0, 0]] * 5), "68"),
+        ("bad.json", "{", "JSON"),
+        ("nan.json", json.dumps([[float("nan"), 0]] * 68), "NaN"),
+    ):
         (tmp_path / name).write_text(content)
         with pytest.raises(ReferenceFaceError, match=match):
             load_reference_face(tmp_path / name)
@@ -326,9 +332,15 @@ def test_microphone_source_opens_a_device_and_survives_garbage(tmp_path):
         "        task.cancel()\n"
         "        s = engine.sessions['mic'].stats\n"
         "        print('ok', engine.stats.frames + s.resets)\n"
-        "asyncio.run(main())\n")
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "HOME": str(tmp_path)})
+        "asyncio.run(main())\n"
+    )
+    r = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
     if "no audio input devices" in r.stderr:
         pytest.skip("ALSA null device not available")
     assert r.returncode == 0, r.stderr[-2000:]

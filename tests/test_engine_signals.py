@@ -21,8 +21,12 @@ from stream_engine.signals import (
 
 from fakes import NEUTRAL_FACE, project_face
 
-NO_SMOOTHING = SignalConfig(head_filter=OneEuroConfig(min_cutoff_hz=1e6), mouth_filter=OneEuroConfig(min_cutoff_hz=1e6),
-                            viseme_filter=OneEuroConfig(min_cutoff_hz=1e6), blink_mode="off")
+NO_SMOOTHING = SignalConfig(
+    head_filter=OneEuroConfig(min_cutoff_hz=1e6),
+    mouth_filter=OneEuroConfig(min_cutoff_hz=1e6),
+    viseme_filter=OneEuroConfig(min_cutoff_hz=1e6),
+    blink_mode="off",
+)
 
 
 @pytest.mark.parametrize("yaw,pitch,roll", [(0, 0, 0), (15, 0, 0), (0, -10, 0), (0, 0, 8), (-25, 12, -6)])
@@ -62,15 +66,20 @@ def test_mouth_openness_follows_the_lips_with_an_adaptive_range():
 
 def test_mouth_closes_in_silence_and_reopens_at_once():
     """Silent audio (own and look-ahead) closes the mouth after the hold time; speech reopens it immediately."""
-    cfg = SignalConfig(mouth_filter=OneEuroConfig(min_cutoff_hz=1e6), blink_mode="off", silence_dbfs=-50,
-                       silence_hold_ms=120, silence_release_ms=40)
+    cfg = SignalConfig(
+        mouth_filter=OneEuroConfig(min_cutoff_hz=1e6),
+        blink_mode="off",
+        silence_dbfs=-50,
+        silence_hold_ms=120,
+        silence_release_ms=40,
+    )
     ex = SignalExtractor(cfg, reference_face=NEUTRAL_FACE)
     ex.update(project_face(0, 0, 0, 0.0), 0.0, -20.0)
     t = 0.04
     speaking = ex.update(project_face(0, 0, 0, 20.0), t, -20.0)
     assert speaking.mouth_open > 0.9 and not speaking.silent
     values = []
-    for i in range(12):  # the model keeps the mouth open, but the audio is silent
+    for _ in range(12):  # the model keeps the mouth open, but the audio is silent
         t += 0.04
         s = ex.update(project_face(0, 0, 0, 20.0), t, -90.0, -90.0)
         values.append(s.mouth_open)
@@ -163,8 +172,18 @@ def test_stream_seed_is_stable_across_processes():
     import sys
 
     code = "from stream_engine.signals import stream_seed; print(stream_seed(7, 'main'))"
-    other = [int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                env={"PYTHONHASHSEED": str(h), "PATH": ""}).stdout) for h in (1, 2)]
+    other = [
+        int(
+            subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={"PYTHONHASHSEED": str(h), "PATH": ""},
+            ).stdout
+        )
+        for h in (1, 2)
+    ]
     assert other == [stream_seed(7, "main")] * 2 == [2281819990558093370] * 2
     assert stream_seed(None, "main") is None
     assert stream_seed(7, "main") != stream_seed(7, "main2")

@@ -104,8 +104,8 @@ def test_core_frames_do_not_depend_on_batch_composition_or_slot_reuse():
     core.process()
     core.open_stream("a")
     core.close_stream("tmp")  # frees row 0 ...
-    core.open_stream("b")     # ... which "b" gets, with a fresh state
-    core.open_stream("c")     # grows the store
+    core.open_stream("b")  # ... which "b" gets, with a fresh state
+    core.open_stream("c")  # grows the store
     got = {sid: [] for sid in audio}
     for start in range(0, SPF * 12, 320):
         for sid, a in audio.items():

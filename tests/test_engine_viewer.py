@@ -14,8 +14,15 @@ from stream_engine.outputs.websocket import ServerConfig, WebSocketServer
 from fakes import FakeRunner, speechlike
 
 CHROMIUM = os.environ.get("MSYNC_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _browser_or_skip():
@@ -58,8 +65,10 @@ def test_viewer_draws_live_frames_with_head_pose_and_latency():
                         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
                         let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
                         return n; }""")
-                    texts = {k: await page.text_content(f"#{k}") for k in ("status", "v-stream", "v-engine",
-                                                                          "v-algo", "v-head", "frames-drawn")}
+                    texts = {
+                        k: await page.text_content(f"#{k}")
+                        for k in ("status", "v-stream", "v-engine", "v-algo", "v-head", "frames-drawn")
+                    }
                     lost = await page.evaluate("window.msync.lost")
                 finally:
                     await browser.close()

@@ -48,19 +48,22 @@ async def recv_json(ws, timeout_s: float = 5.0) -> dict:
 
 async def recv_until(ws, predicate, timeout_s: float = 5.0):
     """Receive messages until one satisfies predicate(parsed); returns it."""
+
     async def loop():
         while True:
             msg = await ws.recv()
             parsed = decode_binary(msg) if isinstance(msg, bytes) else json.loads(msg)
             if predicate(parsed):
                 return parsed
+
     return await asyncio.wait_for(loop(), timeout_s)
 
 
 async def open_audio(server, **hello):
     ws = await connect(ws_url(server, "/audio"))
-    await ws.send(json.dumps({"type": "hello", "v": 1, "sample_rate_hz": 16000, "channels": 1, "dtype": "int16",
-                              **hello}))
+    await ws.send(
+        json.dumps({"type": "hello", "v": 1, "sample_rate_hz": 16000, "channels": 1, "dtype": "int16", **hello})
+    )
     ready = await recv_json(ws)
     assert ready["type"] == "ready", ready
     return ws, ready
@@ -72,6 +75,7 @@ def int16(audio: np.ndarray) -> bytes:
 
 def test_audio_in_frames_out_json_and_binary_with_a_hello():
     """A 48 kHz stereo client streams audio; a JSON and a binary subscriber each get every frame, in order."""
+
     async def main():
         async with serving() as (engine, server):
             js = await connect(ws_url(server, "/frames"))
@@ -124,7 +128,7 @@ def test_audio_client_can_subscribe_to_its_own_frames_and_barge_in():
             await ws.send(int16(tone(SPF * 3)))  # a partial utterance, then barge-in
             await ws.send(json.dumps({"type": "reset"}))
             ack = await recv_until(ws, lambda m: m.get("type") == "reset_ok")
-            for i in range(4):
+            for _ in range(4):
                 await ws.send(int16(tone(SPF)))
             after = await recv_until(ws, lambda m: m.get("type") == "frame" and m["epoch"] == 1)
             await ws.close()
@@ -187,9 +191,15 @@ def test_bad_audio_and_malformed_messages_give_clear_errors_and_the_stream_carri
             replies = {}
             nan = np.asarray(tone(SPF), "<f4")
             nan[3] = np.nan
-            for name, message in (("nan", nan.tobytes()), ("inf", np.full(16, np.inf, "<f4").tobytes()),
-                                  ("partial", b"\0\0\0\0\0\0"), ("empty", b""), ("json", "{nope"),
-                                  ("unknown", json.dumps({"type": "dance"})), ("notobj", "[1, 2]")):
+            for name, message in (
+                ("nan", nan.tobytes()),
+                ("inf", np.full(16, np.inf, "<f4").tobytes()),
+                ("partial", b"\0\0\0\0\0\0"),
+                ("empty", b""),
+                ("json", "{nope"),
+                ("unknown", json.dumps({"type": "dance"})),
+                ("notobj", "[1, 2]"),
+            ):
                 await ws.send(message)
                 replies[name] = await recv_json(ws)
             await ws.send(np.asarray(tone(SPF * 3), "<f4").tobytes())  # still usable
@@ -197,7 +207,7 @@ def test_bad_audio_and_malformed_messages_give_clear_errors_and_the_stream_carri
             await ws.send(b"\0" * (64 * 1024 + 4))  # over the message size limit: this connection closes
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
-            for i in range(6):  # the other stream is unaffected
+            for _ in range(6):  # the other stream is unaffected
                 await other.send(int16(tone(SPF)))
             frame = await recv_until(other, lambda m: m.get("type") == "frame")
             await asyncio.sleep(0.05)
@@ -206,7 +216,11 @@ def test_bad_audio_and_malformed_messages_give_clear_errors_and_the_stream_carri
             return replies, closed.value.rcvd.code, frame, sessions
 
     replies, close_code, frame, sessions = run(main())
-    assert replies["nan"]["code"] == "bad_audio" and "NaN" in replies["nan"]["message"] and "reset" in replies["nan"]["message"]
+    assert (
+        replies["nan"]["code"] == "bad_audio"
+        and "NaN" in replies["nan"]["message"]
+        and "reset" in replies["nan"]["message"]
+    )
     assert replies["inf"]["code"] == "bad_audio"
     assert replies["partial"]["code"] == "bad_audio" and "whole number" in replies["partial"]["message"]
     assert replies["empty"]["code"] == "empty_chunk"
@@ -221,10 +235,15 @@ def test_bad_hellos_are_refused_with_a_reason():
     async def main():
         async with serving(hello_timeout_s=0.3) as (engine, server):
             results = []
-            for hello in ("not json", json.dumps({"type": "hello", "sample_rate_hz": 100}),
-                          json.dumps({"type": "hello", "channels": 99}), json.dumps({"type": "hello", "dtype": "int8"}),
-                          json.dumps({"type": "hello", "v": 9}), json.dumps({"type": "audio"}),
-                          json.dumps({"type": "hello", "reference_face": [[0, 0]]})):
+            for hello in (
+                "not json",
+                json.dumps({"type": "hello", "sample_rate_hz": 100}),
+                json.dumps({"type": "hello", "channels": 99}),
+                json.dumps({"type": "hello", "dtype": "int8"}),
+                json.dumps({"type": "hello", "v": 9}),
+                json.dumps({"type": "audio"}),
+                json.dumps({"type": "hello", "reference_face": [[0, 0]]}),
+            ):
                 async with connect(ws_url(server, "/audio")) as ws:
                     await ws.send(hello)
                     err = await recv_json(ws)
@@ -248,10 +267,12 @@ def test_token_origin_and_connection_limits():
     async def main():
         async with serving(token="s3cret", max_clients=2) as (engine, server):
             statuses = []
-            for url, headers in ((ws_url(server, "/frames"), None),
-                                 (ws_url(server, "/frames", token="wrong"), None),
-                                 (ws_url(server, "/frames", token="s3cret"), {"Origin": "http://evil.example"}),
-                                 (ws_url(server, "/nope", token="s3cret"), None)):
+            for url, headers in (
+                (ws_url(server, "/frames"), None),
+                (ws_url(server, "/frames", token="wrong"), None),
+                (ws_url(server, "/frames", token="s3cret"), {"Origin": "http://evil.example"}),
+                (ws_url(server, "/nope", token="s3cret"), None),
+            ):
                 with pytest.raises(InvalidStatus) as info:
                     async with connect(url, additional_headers=headers):
                         pass
@@ -293,6 +314,7 @@ def test_engine_full_closes_new_audio_clients_with_try_again():
 
 def test_a_slow_client_loses_stale_frames_and_never_delays_others():
     """A subscriber that never reads is bounded by its small queue; a reading subscriber gets every frame."""
+
     async def main():
         async with serving(client_queue_frames=3) as (engine, server):
             slow = await connect(ws_url(server, "/frames"), max_queue=1)  # never reads after the hello
@@ -337,6 +359,7 @@ def test_a_slow_client_loses_stale_frames_and_never_delays_others():
 
 def test_reset_from_a_frames_client_and_stale_frames_are_dropped():
     """Only a client with the admin token may reset a stream it did not open; a plain one gets `forbidden`."""
+
     async def main():
         async with serving(admin_token="boss") as (engine, server):
             ctl = await connect(ws_url(server, "/frames", token="boss"))
@@ -356,7 +379,7 @@ def test_reset_from_a_frames_client_and_stale_frames_are_dropped():
             err = await recv_until(ctl, lambda m: m.get("type") == "error")
             await ctl.send(json.dumps({"type": "subscribe", "streams": ["other"], "format": "binary"}))
             sub = await recv_until(ctl, lambda m: m.get("type") == "subscribed")
-            pong_req = await ctl.send(json.dumps({"type": "ping"}))
+            await ctl.send(json.dumps({"type": "ping"}))
             pong = await recv_until(ctl, lambda m: m.get("type") == "pong")
             for ws in (ctl, audio_ws):
                 await ws.close()
@@ -370,9 +393,11 @@ def test_reset_from_a_frames_client_and_stale_frames_are_dropped():
 def test_http_viewer_health_and_contract_on_the_same_port():
     async def main():
         async with serving() as (engine, server):
+
             def get(path):
                 with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as r:
                     return r.status, r.headers["Content-Type"], r.read()
+
             results = {p: await asyncio.to_thread(get, p) for p in ("/", "/viewer.js", "/health", "/contract")}
             try:
                 await asyncio.to_thread(get, "/missing")

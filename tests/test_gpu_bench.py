@@ -64,10 +64,24 @@ def test_batch_loop_stops_at_the_deadline_and_on_out_of_memory():
 def test_report_with_measured_cells_renders(tmp_path):
     r = gb.run_backend(FakeBackend(0.01), [8, 32], steps=5, warmup=0, deadline_ms=40.0, budget_s=30.0)
     r["notes"] = "fake backend"
-    report = {"machine": {"cpu": "x", "logical_cpus": 2, "load_avg_1m": 0.1}, "gpu": "Fake GPU", "gpu_reason": None,
-              "conditions": {"model": "m.onnx", "model_version": "v", "batches": [8, 32], "steps": 5, "warmup": 0,
-                             "deadline_ms": 40.0, "budget_s": 30.0, "wall_s": 1.0},
-              "results": {"fake": r}, "summary": gb.summary_of({"fake": r}), "skipped": {"tensorrt": "no TensorRT"}}
+    report = {
+        "machine": {"cpu": "x", "logical_cpus": 2, "load_avg_1m": 0.1},
+        "gpu": "Fake GPU",
+        "gpu_reason": None,
+        "conditions": {
+            "model": "m.onnx",
+            "model_version": "v",
+            "batches": [8, 32],
+            "steps": 5,
+            "warmup": 0,
+            "deadline_ms": 40.0,
+            "budget_s": 30.0,
+            "wall_s": 1.0,
+        },
+        "results": {"fake": r},
+        "summary": gb.summary_of({"fake": r}),
+        "skipped": {"tensorrt": "no TensorRT"},
+    }
     md = gb.markdown(report)
     assert "| fake | 32 |" in md and "**fake**" in md and "misses 20,000" in md and "- tensorrt: no TensorRT" in md
     assert "No GPU here" not in md
@@ -94,9 +108,24 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
 @needs_model
 def test_shell_wrapper(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_bench.sh"), "--backends", "torch_cuda_graph",
-                           "--batches", "64", "--steps", "5", "--budget-s", "20"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(REPO / "benchmarks" / "gpu_bench.sh"),
+            "--backends",
+            "torch_cuda_graph",
+            "--batches",
+            "64",
+            "--steps",
+            "5",
+            "--budget-s",
+            "20",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "gpu_bench.json").is_file() and (tmp_path / "gpu_bench.md").is_file()
 

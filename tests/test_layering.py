@@ -4,8 +4,8 @@
 - `training` never imports `benchmarks` or `export`;
 - no module of the packages imports another module's private (`_name`) objects.
 
-Known violations in files other branches are rewriting are listed in ALLOWED with the reason; an entry that no
-longer matches a violation fails the test, so the list only shrinks.
+A tolerated violation would be listed in ALLOWED with its reason (none is); an entry that no longer matches a
+violation fails the test, so the list only shrinks.
 """
 
 from __future__ import annotations
@@ -22,30 +22,8 @@ FORBIDDEN = {
     "training": ("benchmarks", "export"),
 }
 
-# (file, imported module, name or "") -> why it is tolerated for now; to be removed after the engine branches
-# merge: stream_engine/session.py, runtime/onnxrt.py and outputs/vmc.py are being rewritten on other branches.
-ALLOWED = {
-    (
-        "stream_engine/session.py",
-        "training.data.face",
-        "",
-    ): "engine branch in flight; a reference-face image needs dlib (a training dependency), imported lazily",
-    (
-        "stream_engine/runtime/onnxrt.py",
-        "stream_engine.contract",
-        "_ort_session",
-    ): "engine branch in flight; make contract.ort_session public",
-    (
-        "stream_engine/outputs/vmc.py",
-        "stream_engine.outputs.osc",
-        "_bundle",
-    ): "engine branch in flight; make osc.bundle public",
-    (
-        "stream_engine/outputs/vmc.py",
-        "stream_engine.outputs.osc",
-        "_message",
-    ): "engine branch in flight; make osc.message public",
-}
+# (file, imported module, name or "") -> why it is tolerated; an entry needs a reason that outlives a branch.
+ALLOWED: dict[tuple[str, str, str], str] = {}
 
 
 def _sources():

@@ -21,11 +21,11 @@ from stream_engine.protocol import (
     Close,
     FramesProtocol,
     ProtocolConfig,
+    ProtocolError,
     Send,
     StreamOwners,
     Subscribe,
     parse_control,
-    ProtocolError,
 )
 
 from fakes import FakeRunner, tone
@@ -66,14 +66,30 @@ HUGE_INT = '{"type":"ping","n":' + "1" * 5000 + "}"
 DEEP = "[" * 100000 + "]" * 100000
 
 
-@pytest.mark.parametrize("hello", [
-    '{"type":"hello","dtype":[]}', '{"type":"hello","dtype":{}}', '{"type":"hello","subscribe":5}',
-    '{"type":"hello","subscribe":"xml"}', '{"type":"hello","stream":""}', '{"type":"hello","stream":7}',
-    '{"type":"hello","stream":"' + "x" * 200 + '"}', '{"type":"hello","v":9}', '{"type":"hello","v":true}',
-    '{"type":"hello","sample_rate_hz":"48000"}', '{"type":"hello","channels":[2]}',
-    '{"type":"hello","reference_face":[[0,0]]}', '{"type":"hello","reference_face":"face"}',
-    '{"type":"audio"}', "not json", "[1,2]", HUGE_INT, DEEP, b"\0\0",
-])
+@pytest.mark.parametrize(
+    "hello",
+    [
+        '{"type":"hello","dtype":[]}',
+        '{"type":"hello","dtype":{}}',
+        '{"type":"hello","subscribe":5}',
+        '{"type":"hello","subscribe":"xml"}',
+        '{"type":"hello","stream":""}',
+        '{"type":"hello","stream":7}',
+        '{"type":"hello","stream":"' + "x" * 200 + '"}',
+        '{"type":"hello","v":9}',
+        '{"type":"hello","v":true}',
+        '{"type":"hello","sample_rate_hz":"48000"}',
+        '{"type":"hello","channels":[2]}',
+        '{"type":"hello","reference_face":[[0,0]]}',
+        '{"type":"hello","reference_face":"face"}',
+        '{"type":"audio"}',
+        "not json",
+        "[1,2]",
+        HUGE_INT,
+        DEEP,
+        b"\0\0",
+    ],
+)
 def test_every_bad_hello_is_bad_hello_and_close_1008(hello):
     engine, cfg, owners = make()
     proto = AudioProtocol(engine, cfg, owners)
@@ -86,8 +102,10 @@ def test_every_bad_hello_is_bad_hello_and_close_1008(hello):
 def test_a_good_hello_opens_the_stream_and_claims_it():
     engine, cfg, owners = make()
     proto = AudioProtocol(engine, cfg, owners, info={"protocol": "msync-audio", "type": "hello"})
-    actions = proto.receive(json.dumps({"type": "hello", "stream": "alice", "sample_rate_hz": 48000,
-                                        "channels": 2, "subscribe": "binary"}), 0)
+    actions = proto.receive(
+        json.dumps({"type": "hello", "stream": "alice", "sample_rate_hz": 48000, "channels": 2, "subscribe": "binary"}),
+        0,
+    )
     assert actions[0] == Subscribe(frozenset({"alice"}), "binary")
     ready = sent(actions)[0]
     assert ready["type"] == "ready" and ready["stream"] == "alice" and ready["protocol"] == "msync-audio"
@@ -130,8 +148,11 @@ def test_audio_chunks_apply_back_pressure_and_bad_chunks_reset_the_stream():
 def test_config_is_validated_and_moves_the_message_cap():
     engine, cfg, owners = make()
     proto = open_audio(engine, cfg, owners)
-    for bad in ('{"type":"config","dtype":[]}', '{"type":"config","sample_rate_hz":1}',
-                '{"type":"config","channels":"2"}'):
+    for bad in (
+        '{"type":"config","dtype":[]}',
+        '{"type":"config","sample_rate_hz":1}',
+        '{"type":"config","channels":"2"}',
+    ):
         reply = sent(proto.receive(bad, 0))[0]
         assert reply["code"] == "bad_format" and not reply["fatal"] and "keeping" in reply["message"]
     ok = sent(proto.receive('{"type":"config","sample_rate_hz":96000,"channels":4,"dtype":"float32"}', 0))[0]
@@ -189,19 +210,34 @@ def test_only_the_owner_or_the_admin_controls_a_stream():
             assert reply["code"] == "forbidden" and not reply["fatal"]
     assert engine.core.epoch("victim") == 0
     assert codes(viewer.receive('{"type":"reset","stream":"ghost"}', 0)) == ["unknown_stream"]
-    assert sent(admin.receive('{"type":"reset","stream":"victim"}', 0))[0] == \
-        {"type": "reset_ok", "v": 1, "stream": "victim", "epoch": 1}
+    assert sent(admin.receive('{"type":"reset","stream":"victim"}', 0))[0] == {
+        "type": "reset_ok",
+        "v": 1,
+        "stream": "victim",
+        "epoch": 1,
+    }
     assert codes(audio.receive('{"type":"reset","stream":"main"}', 0)) == ["forbidden"]
     assert sent(audio.receive('{"type":"reset"}', 0))[0]["epoch"] == 2  # its own stream
 
 
-@pytest.mark.parametrize("message,code", [
-    ("{nope", "bad_json"), (HUGE_INT, "bad_json"), (DEEP, "bad_json"), ("x" * 70000, "bad_json"),
-    ("[1, 2]", "bad_message"), ('{"type": 5}', "bad_message"), ('{"type":"dance"}', "unknown_type"),
-    ('{"type":"subscribe","format":5}', "bad_message"), ('{"type":"subscribe","streams":"a"}', "bad_message"),
-    ('{"type":"subscribe","streams":[1]}', "bad_message"), ('{"type":"reset","stream":[]}', "bad_message"),
-    ('{"type":"reset"}', "bad_message"), (b"\x00", "unexpected_binary"),
-])
+@pytest.mark.parametrize(
+    "message,code",
+    [
+        ("{nope", "bad_json"),
+        (HUGE_INT, "bad_json"),
+        (DEEP, "bad_json"),
+        ("x" * 70000, "bad_json"),
+        ("[1, 2]", "bad_message"),
+        ('{"type": 5}', "bad_message"),
+        ('{"type":"dance"}', "unknown_type"),
+        ('{"type":"subscribe","format":5}', "bad_message"),
+        ('{"type":"subscribe","streams":"a"}', "bad_message"),
+        ('{"type":"subscribe","streams":[1]}', "bad_message"),
+        ('{"type":"reset","stream":[]}', "bad_message"),
+        ('{"type":"reset"}', "bad_message"),
+        (b"\x00", "unexpected_binary"),
+    ],
+)
 def test_frames_errors_are_documented_codes_and_not_fatal(message, code):
     engine, cfg, owners = make()
     proto = FramesProtocol(engine, cfg, owners)

@@ -18,8 +18,10 @@ FP32, INT8 = SHIPPED["fp32"], SHIPPED["int8"]
 # The tolerance is the CPU-default criterion of stream_engine/variants.py, with the mean held tighter.
 TOL_MAX, TOL_MEAN = 1e-2, 1e-3
 
-needs_shipped = pytest.mark.skipif(not (FP32.is_file() and INT8.is_file()),
-                                   reason="the shipped default.onnx / default_int8.onnx are not in this checkout")
+needs_shipped = pytest.mark.skipif(
+    not (FP32.is_file() and INT8.is_file()),
+    reason="the shipped default.onnx / default_int8.onnx are not in this checkout",
+)
 
 
 def rollout(path, audio: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -30,7 +32,7 @@ def rollout(path, audio: np.ndarray, seed: int = 0) -> np.ndarray:
     state = r.initial_state(1, rng=np.random.default_rng(seed))
     out = []
     for k in range(audio.size // 640):
-        y, state = r.step(audio[None, k * 640:(k + 1) * 640], state)
+        y, state = r.step(audio[None, k * 640 : (k + 1) * 640], state)
         out.append(y[0])
     return np.stack(out)
 
@@ -49,9 +51,21 @@ def test_shipped_int8_contract_matches_fp32():
     assert precision_of(a) == "fp32" and precision_of(b) == "int8-dynamic"
     assert b.model_version == a.model_version + "+int8"
     assert b.extra["msync.source_model"] == a.model_version
-    for field in ("sample_rate_hz", "samples_per_frame", "fps", "lookahead_frames", "num_landmarks", "landmark_dims",
-                  "audio_input", "landmarks_output", "states", "reference_face", "generator_config", "frontend",
-                  "training_data"):
+    for field in (
+        "sample_rate_hz",
+        "samples_per_frame",
+        "fps",
+        "lookahead_frames",
+        "num_landmarks",
+        "landmark_dims",
+        "audio_input",
+        "landmarks_output",
+        "states",
+        "reference_face",
+        "generator_config",
+        "frontend",
+        "training_data",
+    ):
         assert getattr(a, field) == getattr(b, field), field
     m = onnx.load(str(INT8))
     ops = [n.op_type for n in m.graph.node]
@@ -121,8 +135,11 @@ def test_quantize_dynamic_and_static_on_an_export(tmp_path, tmp_path_factory, sh
     ref = rollout(model, audio)
     for method in ("dynamic", "static"):
         out = tmp_path / f"{method}.onnx"
-        r = quantize_step(model, out, QuantizeConfig(method=method, data_dir=str(shared_data),
-                                                     calibration_seconds=2.0, calibration_streams=2))
+        r = quantize_step(
+            model,
+            out,
+            QuantizeConfig(method=method, data_dir=str(shared_data), calibration_seconds=2.0, calibration_streams=2),
+        )
         c = read_contract(out)
         assert precision_of(c) == f"int8-{method}" and r["nodes"] == 23
         assert c.states == contract.states and c.model_version.endswith("+int8")
@@ -240,11 +257,27 @@ def test_step_latency_times_precision_variants_in_one_run(tmp_path, tmp_path_fac
     q = tmp_path / "q.onnx"
     quantize_step(model, q)
     out = tmp_path / "r"
-    assert main(["--quick", "--model", str(model), "--out", str(out), "--backends", "ort_cpu",
-                 "--variants", f"int8={q}", "--no-profile"]) == 0
+    assert (
+        main(
+            [
+                "--quick",
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--backends",
+                "ort_cpu",
+                "--variants",
+                f"int8={q}",
+                "--no-profile",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "step_latency.json").read_text())
-    assert report["variants"] == [{"name": "int8", "backend": "ort_cpu[int8]", "path": str(q),
-                                   "precision": "int8-dynamic"}]
+    assert report["variants"] == [
+        {"name": "int8", "backend": "ort_cpu[int8]", "path": str(q), "precision": "int8-dynamic"}
+    ]
     assert set(report["results"]["ort_cpu[int8]"]) == {"1", "8"}
     md = (out / "step_latency.md").read_text()
     assert "## Precision variants" in md and "| int8 | int8-dynamic | 8 |" in md

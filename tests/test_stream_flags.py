@@ -38,8 +38,10 @@ FLAGS: dict[str, tuple[list[str], dict[str, object]]] = {
     "--precision": (["--precision", "fp32"], {"model.precision": "fp32"}),
     "--vmc": (["--vmc", "10.0.0.2:39540"], {"vmc.targets": ("10.0.0.2:39540",), "vmc.enabled": True}),
     "--no-vmc": (["--no-vmc"], {"vmc.enabled": False}),
-    "--vmc-names": (["--vmc-names", "vrm1"], {"vmc.blend_names": {"A": "aa", "I": "ih", "U": "ou", "E": "ee",
-                                                                   "O": "oh", "blink": "blink"}}),
+    "--vmc-names": (
+        ["--vmc-names", "vrm1"],
+        {"vmc.blend_names": (("A", "aa"), ("I", "ih"), ("U", "ou"), ("E", "ee"), ("O", "oh"), ("blink", "blink"))},
+    ),
     "--vmc-mirror": (["--vmc-mirror"], {"vmc.mirror": True}),
     "--vmc-stream": (["--vmc-stream", "bob"], {"vmc.stream": "bob", "vts.stream": "bob"}),
     "--osc": (["--osc", "127.0.0.1:9001"], {"osc.targets": ("127.0.0.1:9001",), "osc.enabled": True}),
@@ -70,7 +72,9 @@ def _get(cfg, dotted: str):
 def test_every_flag_is_walked():
     flags = {opt for action in _parser()._actions for opt in action.option_strings if opt.startswith("--")}
     flags = {f for f in flags if not f.startswith("--no-") or f == "--no-vmc"}  # --no-loop is --loop's pair
-    assert flags - NOT_CONFIG == set(FLAGS), "flags without a config check: " + str(sorted(flags - NOT_CONFIG - set(FLAGS)))
+    assert flags - NOT_CONFIG == set(FLAGS), "flags without a config check: " + str(
+        sorted(flags - NOT_CONFIG - set(FLAGS))
+    )
 
 
 @pytest.mark.parametrize("flag", sorted(FLAGS))
@@ -114,13 +118,17 @@ def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
     import soundfile
     from websockets.asyncio.client import connect
 
-    from fakes import speechlike
     from stream_engine.stream import run_stream
+
+    from fakes import speechlike
 
     wav = tmp_path / "a.wav"
     soundfile.write(wav, speechlike(16000 * 2 + 100, seed=1), 16000)
-    cfg = config_from_args(_parser().parse_args(["--input", str(wav), "--fast", "--wait-client", "--port", "0",
-                                                 "--no-vmc", "--quiet", "--seed", "1"]))
+    cfg = config_from_args(
+        _parser().parse_args(
+            ["--input", str(wav), "--fast", "--wait-client", "--port", "0", "--no-vmc", "--quiet", "--seed", "1"]
+        )
+    )
     cfg = dataclasses.replace(cfg, duration_s=30.0)
 
     async def main():

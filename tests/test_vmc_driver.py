@@ -18,8 +18,18 @@ from fakes import NEUTRAL_FACE, project_face
 def _frame(stream_id: str, mouth_mm: float, t: float) -> LandmarkFrame:
     ex = SignalExtractor(SignalConfig(blink_mode="off"), NEUTRAL_FACE)
     ex.update(project_face(0, 0, 0, 0.0), t - 0.04, -20.0)
-    return LandmarkFrame(stream_id, 0, 0, 0, int(t * 1e9), project_face(0, 0, 0, mouth_mm), -20.0, -20.0,
-                         FrameTimings(0, 0, 0), ex.update(project_face(0, 0, 0, mouth_mm), t, -20.0))
+    return LandmarkFrame(
+        stream_id,
+        0,
+        0,
+        0,
+        int(t * 1e9),
+        project_face(0, 0, 0, mouth_mm),
+        -20.0,
+        -20.0,
+        FrameTimings(0, 0, 0),
+        ex.update(project_face(0, 0, 0, mouth_mm), t, -20.0),
+    )
 
 
 @pytest.fixture()
@@ -37,7 +47,7 @@ def _mouths(sock) -> list[tuple[float, float]]:
     while True:
         try:
             data = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return out
         for m in OscBundle(data):
             if m.address == "/VMC/Ext/T":

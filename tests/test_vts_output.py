@@ -9,21 +9,22 @@ import stat
 import time
 
 import pytest
+from vts_standin import VtsStandIn
 
 from stream_engine.core import FrameTimings, LandmarkFrame
 from stream_engine.outputs.vts import PARAMETERS, TokenStore, VtsConfig, VtsSink, parameter_values
 from stream_engine.signals import NEUTRAL_SIGNALS, SignalConfig, SignalExtractor
 
 from fakes import NEUTRAL_FACE, project_face
-from vts_standin import VtsStandIn
 
 
 def _frame(stream_id: str, mouth_mm: float, t: float) -> LandmarkFrame:
     ex = SignalExtractor(SignalConfig(blink_mode="off"), NEUTRAL_FACE)
     ex.update(project_face(0, 0, 0, 0.0), t - 0.04, -20.0)
     signals = ex.update(project_face(0, 0, 0, mouth_mm), t, -20.0)
-    return LandmarkFrame(stream_id, 0, 0, 0, int(t * 1e9), project_face(0, 0, 0, mouth_mm), -20.0, -20.0,
-                         FrameTimings(0, 0, 0), signals)
+    return LandmarkFrame(
+        stream_id, 0, 0, 0, int(t * 1e9), project_face(0, 0, 0, mouth_mm), -20.0, -20.0, FrameTimings(0, 0, 0), signals
+    )
 
 
 async def _wait(predicate, timeout_s: float = 5.0) -> None:
@@ -35,8 +36,15 @@ async def _wait(predicate, timeout_s: float = 5.0) -> None:
 
 
 def _cfg(server: VtsStandIn, tmp_path, **kw) -> VtsConfig:
-    return VtsConfig(enabled=True, url=server.url, token_file=str(tmp_path / "token.json"),
-                     log_file=str(tmp_path / "vts.log"), reconnect_min_s=0.05, reconnect_max_s=0.2, **kw)
+    return VtsConfig(
+        enabled=True,
+        url=server.url,
+        token_file=str(tmp_path / "token.json"),
+        log_file=str(tmp_path / "vts.log"),
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+        **kw,
+    )
 
 
 def test_parameter_values_cover_the_documented_inputs():
@@ -88,7 +96,10 @@ def test_session_token_request_then_reuse_then_inject_at_rate(tmp_path):
             await _wait(lambda: again.state == "streaming")
             await again.aclose()
             kinds = [m["messageType"] for _, m in server.received]
-            assert "AuthenticationTokenRequest" not in kinds and kinds[:2] == ["APIStateRequest", "AuthenticationRequest"]
+            assert "AuthenticationTokenRequest" not in kinds and kinds[:2] == [
+                "APIStateRequest",
+                "AuthenticationRequest",
+            ]
             events = [json.loads(line)["event"] for line in (tmp_path / "vts.log").read_text().splitlines()]
             assert events.count("token_stored") == 1 and "rest_pose_sent" in events
         finally:
@@ -141,8 +152,13 @@ def test_revoked_token_is_replaced_and_dropped_connections_reconnect(tmp_path):
 @pytest.mark.timeout(30)
 def test_absent_server_never_blocks_and_backs_off(tmp_path):
     async def main():
-        cfg = VtsConfig(enabled=True, url="ws://127.0.0.1:9", token_file=str(tmp_path / "t.json"),
-                        reconnect_min_s=0.05, reconnect_max_s=0.4)
+        cfg = VtsConfig(
+            enabled=True,
+            url="ws://127.0.0.1:9",
+            token_file=str(tmp_path / "t.json"),
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.4,
+        )
         sink = VtsSink(cfg)
         t0 = time.perf_counter()
         for i in range(200):
@@ -167,19 +183,35 @@ def test_standin_answers_errors_as_documented():
         await server.start()
         try:
             async with connect(server.url) as ws:
+
                 async def ask(msg):
                     await ws.send(msg if isinstance(msg, str) else json.dumps(msg))
                     return json.loads(await ws.recv())
 
                 base = {"apiName": "VTubeStudioPublicAPI", "apiVersion": "1.0", "requestID": "r"}
                 assert (await ask("{nope"))["data"]["errorID"] == 2
-                inject = {**base, "messageType": "InjectParameterDataRequest",
-                          "data": {"parameterValues": [{"id": "MouthOpen", "value": 1.0}]}}
+                inject = {
+                    **base,
+                    "messageType": "InjectParameterDataRequest",
+                    "data": {"parameterValues": [{"id": "MouthOpen", "value": 1.0}]},
+                }
                 assert (await ask(inject))["data"]["errorID"] == 8
-                token = (await ask({**base, "messageType": "AuthenticationTokenRequest",
-                                    "data": {"pluginName": "test", "pluginDeveloper": "dev"}}))["data"]["authenticationToken"]
-                auth = await ask({**base, "messageType": "AuthenticationRequest",
-                                  "data": {"pluginName": "test", "pluginDeveloper": "dev", "authenticationToken": token}})
+                token = (
+                    await ask(
+                        {
+                            **base,
+                            "messageType": "AuthenticationTokenRequest",
+                            "data": {"pluginName": "test", "pluginDeveloper": "dev"},
+                        }
+                    )
+                )["data"]["authenticationToken"]
+                auth = await ask(
+                    {
+                        **base,
+                        "messageType": "AuthenticationRequest",
+                        "data": {"pluginName": "test", "pluginDeveloper": "dev", "authenticationToken": token},
+                    }
+                )
                 assert auth["data"]["authenticated"] is True
                 assert (await ask(inject))["messageType"] == "InjectParameterDataResponse"
                 bad = {**inject, "data": {"parameterValues": [{"id": "NoSuchParam", "value": 1.0}]}}

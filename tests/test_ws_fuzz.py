@@ -16,13 +16,13 @@ import time
 
 import numpy as np
 import pytest
+from test_engine_websocket import int16, run, serving, ws_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from stream_engine.outputs.serializers import decode_binary
 
 from fakes import tone
-from test_engine_websocket import int16, run, serving, ws_url
 
 SEED = 20261129
 TOTAL_MESSAGES = 10_000
@@ -52,7 +52,7 @@ def garbage(rng) -> str:
 def random_value(rng, depth: int = 0):
     k = int(rng.integers(0, 7 if depth < 3 else 4))
     if k == 0:
-        return int(rng.integers(-10**6, 10**6))
+        return int(rng.integers(-(10**6), 10**6))
     if k == 1:
         return float(rng.normal())
     if k == 2:
@@ -127,7 +127,7 @@ class FramesFuzzer(Fuzzer):
     async def connect(self) -> None:
         if self.ws is not None:
             await self.ws.close()
-        self.ws = await connect(ws_url(self.server, "/frames", streams="__none__"), max_size=2 ** 22)
+        self.ws = await connect(ws_url(self.server, "/frames", streams="__none__"), max_size=2**22)
         await self.ws.recv()  # hello
         self.errors = 0
 
@@ -165,8 +165,9 @@ class FramesFuzzer(Fuzzer):
             await self.exchange("control_foreign", json.dumps({"type": kind, "stream": "ref"}), "error:forbidden")
         elif k < 85:
             ghost = f"ghost{int(rng.integers(0, 99))}"
-            await self.exchange("control_unknown", json.dumps({"type": "reset", "stream": ghost}),
-                                "error:unknown_stream")
+            await self.exchange(
+                "control_unknown", json.dumps({"type": "reset", "stream": ghost}), "error:unknown_stream"
+            )
         else:
             await self.exchange("binary", rng.bytes(int(rng.integers(0, 3000))), "error:unexpected_binary")
 
@@ -175,7 +176,7 @@ class AudioFuzzer(Fuzzer):
     async def connect(self) -> None:
         if self.ws is not None:
             await self.ws.close()
-        self.ws = await connect(ws_url(self.server, "/audio"), max_size=2 ** 22)
+        self.ws = await connect(ws_url(self.server, "/audio"), max_size=2**22)
         self.fmt = {"sample_rate_hz": 16000, "channels": 1, "dtype": "int16"}
         await self.ws.send(json.dumps({"type": "hello", **self.fmt}))
         assert json.loads(await self.ws.recv())["type"] == "ready"
@@ -185,7 +186,7 @@ class AudioFuzzer(Fuzzer):
         x = tone(frames * self.fmt["channels"], amplitude=float(self.rng.uniform(0, 0.9)))
         if self.fmt["dtype"] == "float32":
             return np.asarray(x, "<f4").tobytes()
-        scale = 32767 if self.fmt["dtype"] == "int16" else 2 ** 31 - 1
+        scale = 32767 if self.fmt["dtype"] == "int16" else 2**31 - 1
         return (x * scale).astype(DTYPES[self.fmt["dtype"]]).tobytes()
 
     async def step(self) -> None:
@@ -200,14 +201,20 @@ class AudioFuzzer(Fuzzer):
         elif k < 40:
             await self.exchange("audio_empty", b"", "error:empty_chunk")
         elif k < 47:
-            fmt = {"sample_rate_hz": int(rng.choice([8000, 16000, 22050, 44100, 48000])),
-                   "channels": int(rng.integers(1, 3)), "dtype": str(rng.choice(list(DTYPES)))}
+            fmt = {
+                "sample_rate_hz": int(rng.choice([8000, 16000, 22050, 44100, 48000])),
+                "channels": int(rng.integers(1, 3)),
+                "dtype": str(rng.choice(list(DTYPES))),
+            }
             await self.exchange("config", json.dumps({"type": "config", **fmt}), "config_ok")
             self.fmt = fmt
         elif k < 53:
-            bad = [{"sample_rate_hz": int(rng.integers(-5, 7999))}, {"channels": int(rng.integers(33, 99))},
-                   {"dtype": random_value(rng, 3)},
-                   {"sample_rate_hz": str(rng.integers(0, 9))}][int(rng.integers(0, 4))]
+            bad = [
+                {"sample_rate_hz": int(rng.integers(-5, 7999))},
+                {"channels": int(rng.integers(33, 99))},
+                {"dtype": random_value(rng, 3)},
+                {"sample_rate_hz": str(rng.integers(0, 9))},
+            ][int(rng.integers(0, 4))]
             await self.exchange("config_bad", json.dumps({"type": "config", **bad}), "error:bad_format")
         elif k < 60:
             await self.exchange("ping", '{"type": "ping"}', "pong")
@@ -222,8 +229,9 @@ class AudioFuzzer(Fuzzer):
         elif k < 94:
             await self.exchange("not_object", not_an_object(rng), "error:bad_message")
         else:
-            await self.exchange("unknown_type", json.dumps({"type": "dance" + str(int(rng.integers(0, 9)))}),
-                                "error:unknown_type")
+            await self.exchange(
+                "unknown_type", json.dumps({"type": "dance" + str(int(rng.integers(0, 9)))}), "error:unknown_type"
+            )
 
 
 def valid_hello_value(field: str, v) -> bool:
@@ -291,8 +299,9 @@ def test_fuzzed_messages_get_their_documented_replies_while_a_reference_stream_k
             await asyncio.sleep(0.5)
             tally = Tally()
             t0 = time.monotonic()
-            fuzzers = [FramesFuzzer(server, tally, SEED + i, TOTAL_MESSAGES) for i in range(2)] + \
-                      [AudioFuzzer(server, tally, SEED + 10 + i, TOTAL_MESSAGES) for i in range(2)]
+            fuzzers = [FramesFuzzer(server, tally, SEED + i, TOTAL_MESSAGES) for i in range(2)] + [
+                AudioFuzzer(server, tally, SEED + 10 + i, TOTAL_MESSAGES) for i in range(2)
+            ]
             await asyncio.gather(*(f.run() for f in fuzzers), bad_hellos(server, tally, SEED + 20, TOTAL_MESSAGES))
             t1 = time.monotonic()
             stop.set()

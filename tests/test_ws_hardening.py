@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from test_engine_websocket import int16, open_audio, recv_json, run, serving, ws_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -19,7 +20,6 @@ from stream_engine.outputs.serializers import decode_binary
 from stream_engine.outputs.websocket import ServerConfig, WebSocketServer, check_exposure, resolve_tokens
 
 from fakes import FakeRunner, tone
-from test_engine_websocket import int16, open_audio, recv_json, run, serving, ws_url
 
 SPF = 640
 HUGE = '{"type":"ping","n":' + "1" * 5000 + "}"
@@ -30,7 +30,7 @@ async def exchange(server, path, messages, hello=None, wait=0.5):
     """ws_repro.py's exchange: replies until close or `wait` s of silence -> "error:X+...+close:N|(open)"."""
     replies, close = [], None
     url = ws_url(server, path, **({"streams": "__none__"} if path == "/frames" else {}))
-    async with connect(url, max_size=2 ** 24, ping_interval=None) as ws:
+    async with connect(url, max_size=2**24, ping_interval=None) as ws:
         if path == "/frames":
             await ws.recv()
         if hello is not None:
@@ -83,8 +83,9 @@ def test_ws_repro_cross_reset_is_forbidden():
         async with serving() as (engine, server):
             victim, _ = await open_audio(server, stream="victim")
             await victim.send(b"\0" * 1280)
-            got = await exchange(server, "/frames", ['{"type":"reset","stream":"victim"}',
-                                                     '{"type":"flush","stream":"victim"}'])
+            got = await exchange(
+                server, "/frames", ['{"type":"reset","stream":"victim"}', '{"type":"flush","stream":"victim"}']
+            )
             epoch = engine.core.epoch("victim")
             await victim.close()
             return got, epoch
@@ -96,6 +97,7 @@ def test_ws_repro_cross_reset_is_forbidden():
 def test_an_idle_audio_stream_is_flushed_to_rest_and_closed_and_its_slot_reused():
     """No audio for idle_timeout_s: every received sample's frame (the tail too) reaches the subscriber, then
     `idle_timeout` and close 1000; the same stream id opens again at once."""
+
     async def main():
         async with serving(idle_timeout_s=0.4) as (engine, server):
             ws, _ = await open_audio(server, stream="mic", subscribe="json")
@@ -126,6 +128,7 @@ def test_end_delivers_every_frame_then_ended(n, yield_between):
     """An `every_frame` subscriber sending faster than real time gets every frame of its audio, the
     look-ahead tail included, then `ended` and close 1000 (../shared/cases/cpp-cli-drops-last-frames:
     12,582 samples = 20 frames)."""
+
     async def main():
         async with serving() as (engine, server):
             ws, _ = await open_audio(server, subscribe="binary", every_frame=True)
@@ -157,8 +160,12 @@ def raw_frames_client(port: int, rcvbuf: int = 4096) -> socket.socket:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.connect(("127.0.0.1", port))
-    s.sendall((f"GET /frames HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    s.sendall(
+        (
+            f"GET /frames HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         head += s.recv(1)
@@ -169,6 +176,7 @@ def raw_frames_client(port: int, rcvbuf: int = 4096) -> socket.socket:
 def test_never_reading_clients_are_dropped_and_their_slots_reused():
     """Dead readers fill max_clients; within write_timeout_s of frames flowing they are dropped and a new
     client is accepted (the lockout probe, scaled down)."""
+
     async def main():
         async with serving(max_clients=5, write_timeout_s=1.0) as (engine, server):
             socks = [await asyncio.to_thread(raw_frames_client, server.port) for _ in range(4)]
@@ -197,6 +205,7 @@ def test_never_reading_clients_are_dropped_and_their_slots_reused():
 def test_a_slow_reader_gets_fresh_frames_with_seq_gaps():
     """Latest-wins end to end: a client reading 5 messages/s while a stream runs in real time gets frames
     a few frames old at most (its send window is acknowledged by ping/pong), with seq gaps."""
+
     async def main():
         async with serving(client_window_frames=2) as (engine, server):
             slow = await connect(ws_url(server, "/frames", format="binary"), max_queue=2)
@@ -327,16 +336,29 @@ def test_loopback_server_refuses_foreign_host_headers():
     async def main():
         async with serving() as (engine, server):
             out = {}
-            for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", f"[::1]:{server.port}",
-                         f"evil.example:{server.port}", "", "bad[host"):
-                out[host] = (await asyncio.to_thread(http_get, server.port, "/health", host))
+            for host in (
+                f"127.0.0.1:{server.port}",
+                f"localhost:{server.port}",
+                f"[::1]:{server.port}",
+                f"evil.example:{server.port}",
+                "",
+                "bad[host",
+            ):
+                out[host] = await asyncio.to_thread(http_get, server.port, "/health", host)
             with pytest.raises(InvalidStatus) as info:
-                await connect(ws_url(server, "/frames"), additional_headers={"Origin": "http://evil.example",
-                                                                                 "Host": "evil.example"})
+                await connect(
+                    ws_url(server, "/frames"),
+                    additional_headers={"Origin": "http://evil.example", "Host": "evil.example"},
+                )
             out["ws_repeated_host"] = info.value.response.status_code
             out["ws_foreign_host"] = await asyncio.to_thread(  # the upgrade of a page that rebound its name
-                http_get, server.port, "/frames", "evil.example", "Origin: http://evil.example\r\nUpgrade: websocket"
-                "\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+                http_get,
+                server.port,
+                "/frames",
+                "evil.example",
+                "Origin: http://evil.example\r\nUpgrade: websocket"
+                "\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            )
             return out
 
     out = run(main())

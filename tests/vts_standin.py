@@ -17,8 +17,18 @@ import json
 import secrets
 import time
 
-DEFAULT_PARAMETERS = {"MouthOpen", "MouthSmile", "FaceAngleX", "FaceAngleY", "FaceAngleZ", "EyeOpenLeft",
-                      "EyeOpenRight", "FacePositionX", "FacePositionY", "Brows"}
+DEFAULT_PARAMETERS = {
+    "MouthOpen",
+    "MouthSmile",
+    "FaceAngleX",
+    "FaceAngleY",
+    "FaceAngleZ",
+    "EyeOpenLeft",
+    "EyeOpenRight",
+    "FacePositionX",
+    "FacePositionY",
+    "Brows",
+}
 
 
 class VtsStandIn:
@@ -77,8 +87,12 @@ class VtsStandIn:
                 continue
             kind, data = msg.get("messageType"), msg.get("data") or {}
             if kind == "APIStateRequest":
-                await self._reply(ws, rid, "APIStateResponse", {
-                    "active": True, "vTubeStudioVersion": "stand-in", "currentSessionAuthenticated": authenticated})
+                await self._reply(
+                    ws,
+                    rid,
+                    "APIStateResponse",
+                    {"active": True, "vTubeStudioVersion": "stand-in", "currentSessionAuthenticated": authenticated},
+                )
             elif kind == "AuthenticationTokenRequest":
                 name, dev = data.get("pluginName", ""), data.get("pluginDeveloper", "")
                 if not 3 <= len(name) <= 32:
@@ -97,16 +111,25 @@ class VtsStandIn:
                     await self._reply(ws, rid, "APIError", {"errorID": 100, "message": "token missing"})
                     continue
                 authenticated = token in self.issued and token not in self.revoked
-                await self._reply(ws, rid, "AuthenticationResponse", {
-                    "authenticated": authenticated,
-                    "reason": "Token valid." if authenticated else "Token invalid or revoked."})
+                await self._reply(
+                    ws,
+                    rid,
+                    "AuthenticationResponse",
+                    {
+                        "authenticated": authenticated,
+                        "reason": "Token valid." if authenticated else "Token invalid or revoked.",
+                    },
+                )
             elif kind == "InjectParameterDataRequest":
                 if not authenticated:
                     await self._reply(ws, rid, "APIError", {"errorID": 8, "message": "requires authentication"})
                     continue
                 bad = [p for p in data.get("parameterValues", []) if p.get("id") not in DEFAULT_PARAMETERS]
-                out_of_range = [p for p in data.get("parameterValues", [])
-                                if not isinstance(p.get("value"), (int, float)) or abs(p["value"]) > 1_000_000]
+                out_of_range = [
+                    p
+                    for p in data.get("parameterValues", [])
+                    if not isinstance(p.get("value"), (int, float)) or abs(p["value"]) > 1_000_000
+                ]
                 if bad:
                     await self._reply(ws, rid, "APIError", {"errorID": 453, "message": f"unknown {bad[0].get('id')}"})
                 elif out_of_range or data.get("mode", "set") not in ("set", "add"):
@@ -123,8 +146,14 @@ class VtsStandIn:
                 await self._reply(ws, rid, "APIError", {"errorID": 7, "message": f"unknown request {kind!r}"})
 
     async def _reply(self, ws, rid, kind: str, data: dict) -> None:
-        msg = {"apiName": "VTubeStudioPublicAPI", "apiVersion": "1.0", "timestamp": int(time.time() * 1000),
-               "messageType": kind, "requestID": rid or "", "data": data}
+        msg = {
+            "apiName": "VTubeStudioPublicAPI",
+            "apiVersion": "1.0",
+            "timestamp": int(time.time() * 1000),
+            "messageType": kind,
+            "requestID": rid or "",
+            "data": data,
+        }
         self.sent.append(msg)
         await ws.send(json.dumps(msg))
 
@@ -138,8 +167,15 @@ async def _main(args) -> None:
             await asyncio.sleep(1.0)
             if args.log:
                 with open(args.log, "w") as f:
-                    json.dump({"received": [m for _, m in server.received][-50:], "values": server.values,
-                               "connections": server.connections}, f, indent=1)
+                    json.dump(
+                        {
+                            "received": [m for _, m in server.received][-50:],
+                            "values": server.values,
+                            "connections": server.connections,
+                        },
+                        f,
+                        indent=1,
+                    )
     finally:
         await server.aclose()
 

@@ -9,11 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from stream_engine.dataclass_io import from_dict, to_dict
-
-# benchmarks/step_latency.py (owned by another branch) still imports the old name: it is the one converter now.
-# Remove once that file uses stream_engine.dataclass_io.from_dict.
-dataclass_from_dict = from_dict
+from stream_engine.dataclass_io import to_dict
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -16,6 +16,7 @@ float32 export this reproduces the checkpoint row to float rounding (tested in t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,9 @@ class OnnxGenerator:
     is_onnx = True
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
+        from stream_engine.dataclass_io import from_dict
         from stream_engine.features import FrontEndConfig
         from stream_engine.runtime.onnxrt import OnnxStepRunner
-        from stream_engine.dataclass_io import from_dict as dataclass_from_dict
         from training.models.generator import GeneratorConfig
 
         self.runner = OnnxStepRunner(path, threads=threads)
@@ -47,8 +48,8 @@ class OnnxGenerator:
         need = {"h", "c", "prev_landmarks", "frames_seen", "reference_landmarks"}
         if not need <= names:
             raise ValueError(f"{path}: states {sorted(names)} lack {sorted(need - names)}; not a Generator export")
-        self.cfg = dataclass_from_dict(GeneratorConfig, dict(c.generator_config))
-        self.frontend = dataclass_from_dict(FrontEndConfig, dict(c.frontend)) if c.frontend else FrontEndConfig()
+        self.cfg = from_dict(GeneratorConfig, dict(c.generator_config))
+        self.frontend = from_dict(FrontEndConfig, dict(c.frontend)) if c.frontend else FrontEndConfig()
         self.precision = c.extra.get("msync.precision", "fp32")
 
     def num_parameters(self) -> int:
@@ -56,24 +57,31 @@ class OnnxGenerator:
         scales are not counted, so every precision reports the same number)."""
         from training.models.generator import Generator
 
-        return Generator(self.cfg, self.frontend).num_parameters()
+        return Generator(dataclasses.replace(self.cfg, frontend=self.frontend)).num_parameters()
 
     def noise(self, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(h0, c0), each (B, H): the same draws as `training.eval.generation.initial_noise` for these seeds."""
         import torch
 
-        from training.models.generator import Generator
+        from training.models.generator import initial_lstm_state
 
         hs, cs = [], []
         for s in seeds:
             g = torch.Generator().manual_seed(s)
-            h, c = Generator.initial_lstm_state(self, 1, generator=g)
+            h, c = initial_lstm_state(self.cfg, 1, generator=g)
             hs.append(h.numpy())
             cs.append(c.numpy())
         return np.concatenate(hs).astype(np.float32), np.concatenate(cs).astype(np.float32)
 
-    def generate(self, pcms: list[np.ndarray], starts: list[int], x_refs: np.ndarray, seeds: list[int],
-                 num_frames: int, warmup: int) -> np.ndarray:
+    def generate(
+        self,
+        pcms: list[np.ndarray],
+        starts: list[int],
+        x_refs: np.ndarray,
+        seeds: list[int],
+        num_frames: int,
+        warmup: int,
+    ) -> np.ndarray:
         """Frames [s, s + num_frames) of each stream (see the module docstring): (B, num_frames, 68, 2)."""
         c = self.contract
         L, W, B = c.lookahead_frames, int(warmup), len(pcms)
@@ -82,14 +90,14 @@ class OnnxGenerator:
         state = {k: v.copy() for k, v in fresh.items()}
         h0, c0 = self.noise(seeds)
         out = np.empty((B, num_frames, c.num_landmarks, c.landmark_dims), np.float32)
-        starts = np.asarray(starts)
+        first = np.asarray(starts)
         for j in range(W + L + num_frames):
-            frames = starts - W + j  # audio frame each row reads at this step
+            frames = first - W + j  # audio frame each row reads at this step
             audio = np.zeros((B, SPF), np.float32)
             for i, (p, f) in enumerate(zip(pcms, frames)):
                 if f >= 0:
-                    seg = p[f * SPF:(f + 1) * SPF]
-                    audio[i, :len(seg)] = seg
+                    seg = p[f * SPF : (f + 1) * SPF]
+                    audio[i, : len(seg)] = seg
             y, state = self.runner.step(audio, state)
             before = frames < 0
             if before.any():  # not started yet: still a fresh stream
@@ -112,8 +120,8 @@ class OnnxGenerator:
         out = np.empty((num_frames, self.contract.num_landmarks, self.contract.landmark_dims), np.float32)
         for k in range(num_frames + L):
             a = np.zeros((1, SPF), np.float32)
-            seg = pcm[k * SPF:(k + 1) * SPF]
-            a[0, :len(seg)] = seg
+            seg = pcm[k * SPF : (k + 1) * SPF]
+            a[0, : len(seg)] = seg
             y, state = self.runner.step(a, state)
             if k >= L:
                 out[k - L] = y[0]

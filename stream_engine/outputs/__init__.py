@@ -9,7 +9,7 @@ the engine or the other outputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from stream_engine.core import LandmarkFrame
 
@@ -22,7 +22,7 @@ class FrameSink(Protocol):
         """Deliver newly published frames (several streams may be mixed, each in order). Must not block."""
         ...
 
-    def stream_event(self, event: dict) -> None:
+    def stream_event(self, event: dict[str, Any]) -> None:
         """A stream opened, reset, flushed or closed (`{"type": "stream", "event": ..., "stream": ...}`)."""
         ...
 
@@ -32,7 +32,7 @@ class FrameSink(Protocol):
 
 
 def parse_target(target: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """"host:port", ":port" or "port" -> (host, port); raises ValueError with the offending text."""
+    """ "host:port", ":port" or "port" -> (host, port); raises ValueError with the offending text."""
     text = str(target).strip()
     host, _, port = text.rpartition(":")
     host = host.strip("[]") or default_host

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Union
+from typing import Any
 
 from stream_engine.clock import Clock, MonotonicClock
 from stream_engine.core import LandmarkFrame
 
-Item = Union[LandmarkFrame, dict]
+Item = LandmarkFrame | dict[str, Any]
 
 
 class LatestFrameQueue:
     """Bounded per-stream FIFO with drop-oldest, plus a message lane. Single consumer; loop-thread only."""
 
-    def __init__(self, max_frames_per_stream: int = 4, max_age_ms: float = 500.0, max_messages: int = 64,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        max_frames_per_stream: int = 4,
+        max_age_ms: float = 500.0,
+        max_messages: int = 64,
+        clock: Clock | None = None,
+    ) -> None:
         if max_frames_per_stream < 1:
             raise ValueError("max_frames_per_stream must be >= 1")
         self.max_frames_per_stream = int(max_frames_per_stream)
@@ -30,7 +35,7 @@ class LatestFrameQueue:
         self._clock = clock or MonotonicClock()
         self._frames: collections.deque[LandmarkFrame] = collections.deque()
         self._count: collections.Counter[str] = collections.Counter()
-        self._messages: collections.deque[dict] = collections.deque(maxlen=max_messages)
+        self._messages: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_messages)
         self._ready = asyncio.Event()
         self.dropped = 0
         self.closed = False
@@ -54,7 +59,7 @@ class LatestFrameQueue:
         self._count[sid] += 1
         self._ready.set()
 
-    def put_message(self, message: dict) -> None:
+    def put_message(self, message: dict[str, Any]) -> None:
         if self.closed:
             return
         self._messages.append(message)
@@ -62,7 +67,7 @@ class LatestFrameQueue:
 
     def discard_stream(self, stream_id: str, before_epoch: int | None = None) -> int:
         """Drop queued frames of a stream (only those of epochs < `before_epoch` when given)."""
-        keep = collections.deque()
+        keep: collections.deque[LandmarkFrame] = collections.deque()
         removed = 0
         for f in self._frames:
             if f.stream_id == stream_id and (before_epoch is None or f.epoch < before_epoch):
@@ -84,14 +89,18 @@ class LatestFrameQueue:
             frame = self._frames.popleft()
             self._count[frame.stream_id] -= 1
             published = frame.timings.publish_ns
-            if self.max_age_ns and published and now - published > self.max_age_ns \
-                    and frame.stream_id not in self.keep_all:
+            if (
+                self.max_age_ns
+                and published
+                and now - published > self.max_age_ns
+                and frame.stream_id not in self.keep_all
+            ):
                 self.dropped += 1
                 continue
             return frame
         return None
 
-    async def get(self) -> Item:
+    async def get(self) -> Item | None:
         """Wait for the next item. Raises `asyncio.CancelledError` when cancelled; returns None once closed."""
         while True:
             item = self.get_nowait()

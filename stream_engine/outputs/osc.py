@@ -16,9 +16,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from stream_engine.core import LandmarkFrame
 from stream_engine.outputs import parse_target
+
+if TYPE_CHECKING:
+    from pythonosc.osc_bundle import OscBundle
+    from pythonosc.osc_message import OscMessage
+
+#: One OSC argument: (value, type tag), e.g. (0.5, "f"), ("Head", "s").
+OscArg = tuple[Any, str]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +56,8 @@ class OscConfig:
             raise ValueError(f"OSC prefix must start with '/', got {self.prefix!r}")
 
 
-def _message(address: str, args: Sequence[tuple[object, str]]) -> object:
+def message(address: str, args: Sequence[OscArg]) -> OscMessage:
+    """One OSC message; every argument carries its explicit type tag (receivers drop mistyped arguments)."""
     from pythonosc.osc_message_builder import OscMessageBuilder
 
     builder = OscMessageBuilder(address=address)
@@ -57,7 +66,8 @@ def _message(address: str, args: Sequence[tuple[object, str]]) -> object:
     return builder.build()
 
 
-def _bundle(messages: Sequence[object]) -> bytes:
+def bundle(messages: Sequence[OscMessage | OscBundle]) -> OscBundle:
+    """An OSC bundle of `messages`, time tag "immediately"."""
     from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 
     builder = OscBundleBuilder(IMMEDIATELY)
@@ -76,7 +86,7 @@ class UdpTargets:
         self.sent = 0
         self.errors = 0
 
-    def send(self, packet: object) -> None:
+    def send(self, packet: OscMessage | OscBundle) -> None:
         for client in self.clients:
             try:
                 client.send(packet)
@@ -94,18 +104,19 @@ class UdpTargets:
                 pass
 
 
-def frame_bundle(frame: LandmarkFrame, prefix: str = "/msync", send_signals: bool = True) -> object:
+def frame_bundle(frame: LandmarkFrame, prefix: str = "/msync", send_signals: bool = True) -> OscBundle:
     """The OSC bundle of one frame (see the module docstring)."""
     sid = (frame.stream_id, "s")
     coords = [(float(v), "f") for v in frame.landmarks.reshape(-1).tolist()]
-    messages = [_message(f"{prefix}/frame", [sid, (int(frame.seq) & 0x7FFFFFFF, "i"),
-                                             (frame.pts_ns / 1e9, "f"), *coords])]
+    messages = [
+        message(f"{prefix}/frame", [sid, (int(frame.seq) & 0x7FFFFFFF, "i"), (frame.pts_ns / 1e9, "f"), *coords])
+    ]
     if send_signals and frame.signals is not None:
-        messages.append(_message(f"{prefix}/signals", [sid, *((v, "f") for v in frame.signals.as_vector())]))
+        messages.append(message(f"{prefix}/signals", [sid, *((v, "f") for v in frame.signals.as_vector())]))
     t = frame.timings
     if t.publish_ns and t.audio_ready_ns:
-        messages.append(_message(f"{prefix}/latency", [sid, ((t.publish_ns - t.audio_ready_ns) / 1e6, "f")]))
-    return _bundle(messages)
+        messages.append(message(f"{prefix}/latency", [sid, ((t.publish_ns - t.audio_ready_ns) / 1e6, "f")]))
+    return bundle(messages)
 
 
 class OscSink:
@@ -121,10 +132,13 @@ class OscSink:
                 continue
             self.udp.send(frame_bundle(frame, self.cfg.prefix, self.cfg.send_signals))
 
-    def stream_event(self, event: dict) -> None:
-        if event.get("event") in ("reset", "closed") and (not self.cfg.streams or event.get("stream") in self.cfg.streams):
-            self.udp.send(_message(f"{self.cfg.prefix}/event", [(str(event.get("stream", "")), "s"),
-                                                                  (str(event["event"]), "s")]))
+    def stream_event(self, event: dict[str, Any]) -> None:
+        if event.get("event") in ("reset", "closed") and (
+            not self.cfg.streams or event.get("stream") in self.cfg.streams
+        ):
+            self.udp.send(
+                message(f"{self.cfg.prefix}/event", [(str(event.get("stream", "")), "s"), (str(event["event"]), "s")])
+            )
 
     async def aclose(self) -> None:
         self.udp.close()

@@ -57,12 +57,31 @@ def encode_binary(frame: LandmarkFrame, sent_ns: int = 0) -> bytes:
     lm = np.ascontiguousarray(frame.landmarks, dtype="<f4")
     k, d = lm.shape
     signals = frame.signals.as_vector() if frame.signals is not None else []
-    flags = (FLAG_SIGNALS if signals else 0) | (FLAG_SILENT if frame.signals is not None and frame.signals.silent else 0)
+    flags = (FLAG_SIGNALS if signals else 0) | (
+        FLAG_SILENT if frame.signals is not None and frame.signals.silent else 0
+    )
     flags |= FLAG_STALLED if frame.stalled else 0
     t = frame.timings
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, KIND_FRAME, header_bytes, frame.seq & 0xFFFFFFFF,
-                        frame.epoch & 0xFFFFFFFF, frame.index & 0xFFFFFFFF, flags, frame.pts_ns, t.audio_ready_ns,
-                        t.infer_start_ns, t.infer_end_ns, t.publish_ns, int(sent_ns), k, d, len(signals), len(sid))
+    head = _HEADER.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        KIND_FRAME,
+        header_bytes,
+        frame.seq & 0xFFFFFFFF,
+        frame.epoch & 0xFFFFFFFF,
+        frame.index & 0xFFFFFFFF,
+        flags,
+        frame.pts_ns,
+        t.audio_ready_ns,
+        t.infer_start_ns,
+        t.infer_end_ns,
+        t.publish_ns,
+        int(sent_ns),
+        k,
+        d,
+        len(signals),
+        len(sid),
+    )
     pad = b"\0" * (header_bytes - _HEADER.size - len(sid))
     return b"".join((head, sid, pad, lm.tobytes(), np.asarray(signals, dtype="<f4").tobytes()))
 
@@ -75,8 +94,26 @@ def decode_binary(data: bytes) -> dict[str, Any]:
     """
     if len(data) < _HEADER.size:
         raise ValueError(f"binary frame too short ({len(data)} bytes)")
-    (magic, version, kind, header_bytes, seq, epoch, index, flags, pts_ns, ready, t0, t1, pub, sent, k, d, s,
-     sid_len) = _HEADER.unpack_from(data)
+    (
+        magic,
+        version,
+        kind,
+        header_bytes,
+        seq,
+        epoch,
+        index,
+        flags,
+        pts_ns,
+        ready,
+        t0,
+        t1,
+        pub,
+        sent,
+        k,
+        d,
+        s,
+        sid_len,
+    ) = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ValueError(f"bad magic {magic!r}")
     if version != FORMAT_VERSION or kind != KIND_FRAME:
@@ -87,8 +124,14 @@ def decode_binary(data: bytes) -> dict[str, Any]:
     sid = bytes(data[_HEADER.size : _HEADER.size + sid_len]).decode("utf-8")
     floats = np.frombuffer(data, dtype="<f4", count=k * d + s, offset=header_bytes)
     out: dict[str, Any] = {
-        "type": "frame", "v": version, "stream": sid, "seq": seq, "epoch": epoch, "index": index,
-        "pts_ms": pts_ns / 1e6, "landmarks": floats[: k * d].reshape(k, d).astype(np.float32),
+        "type": "frame",
+        "v": version,
+        "stream": sid,
+        "seq": seq,
+        "epoch": epoch,
+        "index": index,
+        "pts_ms": pts_ns / 1e6,
+        "landmarks": floats[: k * d].reshape(k, d).astype(np.float32),
         "t": {"audio_ready_ns": ready, "infer_start_ns": t0, "infer_end_ns": t1, "publish_ns": pub, "sent_ns": sent},
     }
     if flags & FLAG_SIGNALS:
@@ -102,13 +145,23 @@ def frame_to_json_dict(frame: LandmarkFrame, sent_ns: int = 0, decimals: int = 5
     """One frame -> the JSON format v1 object (before `json.dumps`)."""
     t = frame.timings
     out: dict[str, Any] = {
-        "type": "frame", "v": FORMAT_VERSION, "stream": frame.stream_id, "seq": frame.seq, "epoch": frame.epoch,
-        "index": frame.index, "pts_ms": frame.pts_ns / 1e6,
+        "type": "frame",
+        "v": FORMAT_VERSION,
+        "stream": frame.stream_id,
+        "seq": frame.seq,
+        "epoch": frame.epoch,
+        "index": frame.index,
+        "pts_ms": frame.pts_ns / 1e6,
         "landmarks": np.round(frame.landmarks.astype(np.float64), decimals).tolist(),
         "audio_dbfs": round(float(frame.audio_level_dbfs), 2),
         "stalled": bool(frame.stalled),
-        "t": {"audio_ready_ns": t.audio_ready_ns, "infer_start_ns": t.infer_start_ns,
-              "infer_end_ns": t.infer_end_ns, "publish_ns": t.publish_ns, "sent_ns": int(sent_ns)},
+        "t": {
+            "audio_ready_ns": t.audio_ready_ns,
+            "infer_start_ns": t.infer_start_ns,
+            "infer_end_ns": t.infer_end_ns,
+            "publish_ns": t.publish_ns,
+            "sent_ns": int(sent_ns),
+        },
     }
     if frame.signals is not None:
         out["signals"] = frame.signals.to_json()

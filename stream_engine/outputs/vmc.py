@@ -24,12 +24,16 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from stream_engine.blendshapes import ARKIT_INDEX, ARKIT_NAMES
 from stream_engine.core import LandmarkFrame
 from stream_engine.outputs import parse_target
-from stream_engine.outputs.osc import UdpTargets, _bundle, _message
-from stream_engine.blendshapes import ARKIT_INDEX, ARKIT_NAMES
+from stream_engine.outputs.osc import UdpTargets, bundle, message
 from stream_engine.signals import NEUTRAL_SIGNALS, VISEMES, Signals, euler_to_unity_quaternion
+
+if TYPE_CHECKING:
+    from pythonosc.osc_bundle import OscBundle
 
 DEFAULT_BLEND_NAMES = {"A": "A", "I": "I", "U": "U", "E": "E", "O": "O", "blink": "Blink"}
 VRM1_BLEND_NAMES = {"A": "aa", "I": "ih", "U": "ou", "E": "ee", "O": "oh", "blink": "blink"}
@@ -39,6 +43,28 @@ BLEND_PRESETS = {"vrm0": DEFAULT_BLEND_NAMES, "vrm1": VRM1_BLEND_NAMES, "arkit":
 REST_EVENTS = ("reset", "closed")
 
 
+#: (engine signal, wire name) pairs, in sending order.
+BlendNames = tuple[tuple[str, str], ...]
+
+
+def blend_pairs(names: str | Mapping[str, str] | Sequence[Sequence[str]]) -> BlendNames:
+    """`VmcConfig.blend_names` from a preset name, a map engine signal -> wire name, or (signal, name) pairs.
+
+    Raises:
+        ValueError: an unknown preset, or a pair that is not two strings.
+    """
+    if isinstance(names, str):
+        if names not in BLEND_PRESETS:
+            raise ValueError(f"blend_names preset must be one of {sorted(BLEND_PRESETS)}, got {names!r}")
+        return tuple(BLEND_PRESETS[names].items())
+    items = names.items() if isinstance(names, Mapping) else names
+    pairs = tuple(tuple(pair) for pair in items)
+    for pair in pairs:
+        if len(pair) != 2 or not all(isinstance(v, str) for v in pair):
+            raise ValueError(f"blend_names entries must be (engine signal, wire name) string pairs, got {pair!r}")
+    return tuple((key, name) for key, name in pairs)
+
+
 @dataclasses.dataclass(frozen=True)
 class VmcConfig:
     """VMC output.
@@ -46,8 +72,10 @@ class VmcConfig:
     Attributes:
         enabled: send at all.
         targets: "host:port" receivers (39539 = Marionette, 39540 = Performer by convention).
-        blend_names: engine signal (A I U E O blink, or an ARKit blendshape name) -> blendshape name on the
-            wire; the presets "vrm0", "vrm1" and "arkit" are accepted (`--vmc-names`).
+        blend_names: (engine signal, blendshape name on the wire) pairs, in sending order; engine signals are
+            A I U E O blink and the ARKit blendshape names. Also accepted (and stored as pairs, so the config
+            stays hashable): a map engine signal -> wire name (a JSON/TOML table) and the presets "vrm0", "vrm1"
+            and "arkit" (`--vmc-names`).
         head_bone: bone name (Unity HumanBodyBones) carrying the head rotation.
         head_position_m: local position sent with the bone (relative to its parent; receivers that apply bone
             positions need your model's value).
@@ -59,7 +87,7 @@ class VmcConfig:
 
     enabled: bool = True
     targets: tuple[str, ...] = ("127.0.0.1:39539",)
-    blend_names: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_BLEND_NAMES))
+    blend_names: BlendNames = tuple(DEFAULT_BLEND_NAMES.items())
     head_bone: str = "Head"
     head_position_m: tuple[float, float, float] = (0.0, 0.1, 0.0)
     mirror: bool = False
@@ -69,35 +97,43 @@ class VmcConfig:
     def __post_init__(self) -> None:
         for t in self.targets:
             parse_target(t)
-        if isinstance(self.blend_names, str):
-            if self.blend_names not in BLEND_PRESETS:
-                raise ValueError(f"blend_names preset must be one of {sorted(BLEND_PRESETS)}, got {self.blend_names!r}")
-            object.__setattr__(self, "blend_names", dict(BLEND_PRESETS[self.blend_names]))
-        unknown = set(self.blend_names) - set(DEFAULT_BLEND_NAMES) - set(ARKIT_NAMES)
+        object.__setattr__(self, "blend_names", blend_pairs(self.blend_names))
+        unknown = {key for key, _ in self.blend_names} - set(DEFAULT_BLEND_NAMES) - set(ARKIT_NAMES)
         if unknown:
-            raise ValueError(f"unknown VMC blend keys {sorted(unknown)}; known: {sorted(DEFAULT_BLEND_NAMES)} and "
-                             "the ARKit names")
+            raise ValueError(
+                f"unknown VMC blend keys {sorted(unknown)}; known: {sorted(DEFAULT_BLEND_NAMES)} and the ARKit names"
+            )
         if len(self.head_position_m) != 3:
             raise ValueError("head_position_m must have 3 values")
 
 
-def vmc_packets(signals: Signals, cfg: VmcConfig, time_s: float | None = None) -> list[bytes]:
+def vmc_packets(signals: Signals, cfg: VmcConfig, time_s: float | None = None) -> list[OscBundle]:
     """The datagrams of one frame: [bone bundle, blend bundle]."""
     qx, qy, qz, qw = euler_to_unity_quaternion(signals.head, mirror=cfg.mirror)
     px, py, pz = (float(v) for v in cfg.head_position_m)
-    bone = [_message("/VMC/Ext/Bone/Pos", [(cfg.head_bone, "s"), (px, "f"), (py, "f"), (pz, "f"),
-                                            (qx, "f"), (qy, "f"), (qz, "f"), (qw, "f")])]
+    bone = [
+        message(
+            "/VMC/Ext/Bone/Pos",
+            [(cfg.head_bone, "s"), (px, "f"), (py, "f"), (pz, "f"), (qx, "f"), (qy, "f"), (qz, "f"), (qw, "f")],
+        )
+    ]
     if cfg.send_time and time_s is not None:
-        bone.append(_message("/VMC/Ext/T", [(float(time_s), "f")]))
+        bone.append(message("/VMC/Ext/T", [(float(time_s), "f")]))
     values = {v: float(signals.visemes[v]) for v in VISEMES}
     values["blink"] = float(signals.blink)
     shapes = signals.blendshapes
-    blend = [_message("/VMC/Ext/Blend/Val", [(name, "s"), (values[key] if key in values else
-                                                            0.0 if shapes is None else float(shapes[ARKIT_INDEX[key]]),
-                                                            "f")])
-             for key, name in cfg.blend_names.items()]
-    blend.append(_message("/VMC/Ext/Blend/Apply", []))
-    return [_bundle(bone), _bundle(blend)]
+    blend = [
+        message(
+            "/VMC/Ext/Blend/Val",
+            [
+                (name, "s"),
+                (values[key] if key in values else 0.0 if shapes is None else float(shapes[ARKIT_INDEX[key]]), "f"),
+            ],
+        )
+        for key, name in cfg.blend_names
+    ]
+    blend.append(message("/VMC/Ext/Blend/Apply", []))
+    return [bundle(bone), bundle(blend)]
 
 
 class DriverChoice:
@@ -121,7 +157,7 @@ class DriverChoice:
             self.driver = stream_id
         return stream_id == self.driver
 
-    def on_event(self, event: dict) -> bool:
+    def on_event(self, event: dict[str, Any]) -> bool:
         """True when the event puts the avatar in the rest pose (a reset or close of the driver; a stall is
         followed by the engine's silence-fed frames, which bring the face to rest themselves)."""
         sid, kind = event.get("stream"), event.get("event")
@@ -171,7 +207,7 @@ class VmcSink:
             self.udp.send(packet)
         self._posed = False
 
-    def stream_event(self, event: dict) -> None:
+    def stream_event(self, event: dict[str, Any]) -> None:
         """On reset/stall/close of the driving stream, the rest pose at once (barge-in); others send nothing."""
         if self.choice.on_event(event):
             self.rest()

@@ -36,11 +36,14 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream_engine.core import LandmarkFrame
 from stream_engine.outputs.vmc import DriverChoice
 from stream_engine.signals import NEUTRAL_SIGNALS, Signals
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +109,15 @@ def parameter_values(signals: Signals) -> list[dict[str, Any]]:
     def angle(v: float) -> float:
         return round(max(-30.0, min(30.0, float(v))), 3)
 
-    values = {"MouthOpen": float(signals.mouth_open), "MouthSmile": smile,
-              "FaceAngleX": angle(signals.head.yaw_deg), "FaceAngleY": angle(signals.head.pitch_deg),
-              "FaceAngleZ": angle(signals.head.roll_deg), "EyeOpenLeft": 1.0 - float(signals.blink),
-              "EyeOpenRight": 1.0 - float(signals.blink)}
+    values = {
+        "MouthOpen": float(signals.mouth_open),
+        "MouthSmile": smile,
+        "FaceAngleX": angle(signals.head.yaw_deg),
+        "FaceAngleY": angle(signals.head.pitch_deg),
+        "FaceAngleZ": angle(signals.head.roll_deg),
+        "EyeOpenLeft": 1.0 - float(signals.blink),
+        "EyeOpenRight": 1.0 - float(signals.blink),
+    }
     return [{"id": k, "value": round(float(values[k]), 4)} for k in PARAMETERS]
 
 
@@ -175,10 +183,10 @@ class VtsSink:
         self.state = "idle"
         self.stats = {"connects": 0, "sent": 0, "answers": 0, "errors": 0, "reconnects": 0, "frames": 0}
         self._values = parameter_values(NEUTRAL_SIGNALS)
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._log_file = open(cfg.log_file, "a") if cfg.log_file else None  # noqa: SIM115 (closed in aclose)
-        self._ws = None
+        self._ws: ClientConnection | None = None
         self._closing = False
 
     # ------------------------------------------------------------------ FrameSink (never blocks)
@@ -196,7 +204,7 @@ class VtsSink:
         with contextlib.suppress(RuntimeError):  # no running loop (synchronous tests): nothing to start
             self.start()
 
-    def stream_event(self, event: dict) -> None:
+    def stream_event(self, event: dict[str, Any]) -> None:
         if self.choice.on_event(event):
             self._values = parameter_values(NEUTRAL_SIGNALS)
 
@@ -224,23 +232,30 @@ class VtsSink:
             self._log_file = None
 
     # ------------------------------------------------------------------ session
-    def _event(self, what: str, **fields) -> None:
+    def _event(self, what: str, **fields: Any) -> None:
         if self._log_file is not None:
             self._log_file.write(json.dumps({"t": round(time.time(), 3), "event": what, **fields}) + "\n")
             self._log_file.flush()
 
-    def _inject_data(self) -> dict:
+    def _inject_data(self) -> dict[str, Any]:
         return {"faceFound": bool(self.cfg.face_found), "mode": "set", "parameterValues": self._values}
 
-    async def _send(self, ws, message_type: str, data: dict | None = None) -> str:
+    async def _send(self, ws: ClientConnection, message_type: str, data: dict[str, Any] | None = None) -> str:
         request_id = f"msync-{next(self._ids)}"
-        msg = {"apiName": API_NAME, "apiVersion": API_VERSION, "requestID": request_id, "messageType": message_type}
+        msg: dict[str, Any] = {
+            "apiName": API_NAME,
+            "apiVersion": API_VERSION,
+            "requestID": request_id,
+            "messageType": message_type,
+        }
         if data is not None:
             msg["data"] = data
         await ws.send(json.dumps(msg))
         return request_id
 
-    async def _request(self, ws, message_type: str, data: dict | None, expect: str, timeout_s: float) -> dict:
+    async def _request(
+        self, ws: ClientConnection, message_type: str, data: dict[str, Any] | None, expect: str, timeout_s: float
+    ) -> dict[str, Any]:
         """Send one request and return the data of its answer; raises VtsError on APIError or a wrong answer."""
         request_id = await self._send(ws, message_type, data)
         deadline = time.monotonic() + timeout_s
@@ -254,27 +269,37 @@ class VtsSink:
                 continue  # a late answer to an earlier request
             body = msg.get("data") or {}
             if msg.get("messageType") == "APIError":
-                raise VtsError(f"{message_type}: APIError {body.get('errorID')}: {body.get('message', '')}",
-                               body.get("errorID"))
+                raise VtsError(
+                    f"{message_type}: APIError {body.get('errorID')}: {body.get('message', '')}", body.get("errorID")
+                )
             if msg.get("messageType") != expect:
                 raise VtsError(f"{message_type}: expected {expect}, got {msg.get('messageType')!r}")
             return body
 
-    async def _authenticate(self, ws) -> None:
+    async def _authenticate(self, ws: ClientConnection) -> None:
         cfg = self.cfg
         state = await self._request(ws, "APIStateRequest", None, "APIStateResponse", 5.0)
-        self._event("api_state", active=state.get("active"), version=state.get("vTubeStudioVersion"),
-                    authenticated=state.get("currentSessionAuthenticated"))
+        self._event(
+            "api_state",
+            active=state.get("active"),
+            version=state.get("vTubeStudioVersion"),
+            authenticated=state.get("currentSessionAuthenticated"),
+        )
         if state.get("active") is False:
             raise VtsError("VTube Studio's API is switched off (Settings -> Start API)")
         plugin = {"pluginName": cfg.plugin_name, "pluginDeveloper": cfg.plugin_developer}
         token = self.tokens.load(cfg.url)
         if token:
             self.state = "authenticating"
-            auth = await self._request(ws, "AuthenticationRequest", {**plugin, "authenticationToken": token},
-                                       "AuthenticationResponse", 5.0)
-            self._event("authentication", stored_token=True, authenticated=bool(auth.get("authenticated")),
-                        reason=auth.get("reason", ""))
+            auth = await self._request(
+                ws, "AuthenticationRequest", {**plugin, "authenticationToken": token}, "AuthenticationResponse", 5.0
+            )
+            self._event(
+                "authentication",
+                stored_token=True,
+                authenticated=bool(auth.get("authenticated")),
+                reason=auth.get("reason", ""),
+            )
             if auth.get("authenticated"):
                 return
             self.tokens.forget(cfg.url)  # revoked in VTube Studio: ask for a new one
@@ -282,8 +307,9 @@ class VtsSink:
         log.warning("VTube Studio: allow the plugin %r in VTube Studio's pop-up", cfg.plugin_name)
         self._event("token_requested")
         try:
-            answer = await self._request(ws, "AuthenticationTokenRequest", plugin, "AuthenticationTokenResponse",
-                                         cfg.token_timeout_s)
+            answer = await self._request(
+                ws, "AuthenticationTokenRequest", plugin, "AuthenticationTokenResponse", cfg.token_timeout_s
+            )
         except VtsError as exc:
             self._event("token_refused", error_id=exc.error_id, message=str(exc))
             raise
@@ -293,14 +319,19 @@ class VtsSink:
         self.tokens.save(cfg.url, token)
         self._event("token_stored", file=str(self.tokens.path))
         self.state = "authenticating"
-        auth = await self._request(ws, "AuthenticationRequest", {**plugin, "authenticationToken": token},
-                                   "AuthenticationResponse", 5.0)
-        self._event("authentication", stored_token=False, authenticated=bool(auth.get("authenticated")),
-                    reason=auth.get("reason", ""))
+        auth = await self._request(
+            ws, "AuthenticationRequest", {**plugin, "authenticationToken": token}, "AuthenticationResponse", 5.0
+        )
+        self._event(
+            "authentication",
+            stored_token=False,
+            authenticated=bool(auth.get("authenticated")),
+            reason=auth.get("reason", ""),
+        )
         if not auth.get("authenticated"):
             raise VtsError(f"VTube Studio refused the new token: {auth.get('reason', '')}")
 
-    async def _stream(self, ws) -> None:
+    async def _stream(self, ws: ClientConnection) -> None:
         """Inject the latest values at `rate_hz`; read answers concurrently."""
         self.state = "streaming"
         self._event("streaming", rate_hz=self.cfg.rate_hz, parameters=list(PARAMETERS))
@@ -317,8 +348,9 @@ class VtsSink:
                             log.warning("VTube Studio: APIError %s: %s", body.get("errorID"), body.get("message"))
                             self._event("api_error", error_id=body.get("errorID"), message=body.get("message"))
                         if body.get("errorID") == ERROR_REQUIRES_AUTHENTICATION:
-                            raise VtsError("VTube Studio says the session is not authenticated",
-                                           ERROR_REQUIRES_AUTHENTICATION)
+                            raise VtsError(
+                                "VTube Studio says the session is not authenticated", ERROR_REQUIRES_AUTHENTICATION
+                            )
 
         reader = asyncio.get_running_loop().create_task(read_answers())
         period = 1.0 / self.cfg.rate_hz
@@ -357,15 +389,18 @@ class VtsSink:
             except VtsError as exc:
                 if exc.error_id == ERROR_TOKEN_REQUEST_DENIED:
                     self.state = "denied"
-                    log.error("VTube Studio: the user denied msync's plugin request; VTube Studio output is off "
-                              "until msync restarts")
+                    log.error(
+                        "VTube Studio: the user denied msync's plugin request; VTube Studio output is off "
+                        "until msync restarts"
+                    )
                     return
                 log.warning("VTube Studio: %s", exc)
                 self._event("error", message=str(exc), error_id=exc.error_id)
             except (OSError, asyncio.TimeoutError, Exception) as exc:  # refused, reset, closed: retry
                 if self.stats["reconnects"] < 3 or self.stats["reconnects"] % 20 == 0:
-                    log.warning("VTube Studio at %s: %s (retrying in %.1f s)", self.cfg.url, exc or type(exc).__name__,
-                                backoff)
+                    log.warning(
+                        "VTube Studio at %s: %s (retrying in %.1f s)", self.cfg.url, exc or type(exc).__name__, backoff
+                    )
                 self._event("disconnected", reason=f"{type(exc).__name__}: {exc}", retry_in_s=backoff)
             finally:
                 self._ws = None

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hmac
 import http
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from stream_engine.core import LandmarkFrame
@@ -36,6 +39,7 @@ from stream_engine.outputs.serializers import FORMAT_VERSION, encode_binary, enc
 from stream_engine.protocol import (
     CLOSE_POLICY,
     PROTOCOL_VERSION,
+    Action,
     AudioProtocol,
     AwaitCapacity,
     AwaitDrained,
@@ -52,11 +56,30 @@ from stream_engine.protocol import (
 from stream_engine.signals import SIGNAL_NAMES
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import Server, ServerConnection
+    from websockets.http11 import Request, Response
+
+    from stream_engine.engine import Engine
+
+
+async def within(aw: Awaitable[T], timeout_s: float) -> T:
+    """Await `aw`, cancelling it after `timeout_s` (raises `asyncio.TimeoutError`, which on Python 3.11+ is
+    `TimeoutError`). `asyncio.timeout` is 3.11+; msync supports 3.10, where this falls back to `wait_for`."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout_s):
+            return await aw
+    return await asyncio.wait_for(aw, timeout_s)
+
 
 VIEWER_DIR = Path(__file__).resolve().parents[1] / "viewer"
-STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
-                "/index.html": ("index.html", "text/html; charset=utf-8"),
-                "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8")}
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8"),
+}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_ENV = "MSYNC_TOKEN"
 ADMIN_TOKEN_ENV = "MSYNC_ADMIN_TOKEN"
@@ -140,8 +163,10 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.host not in LOOPBACK_HOSTS and not self.allow_remote:
-            raise ValueError(f"refusing to bind {self.host!r}: the engine binds loopback only unless allow_remote is "
-                             "set (and then use a token)")
+            raise ValueError(
+                f"refusing to bind {self.host!r}: the engine binds loopback only unless allow_remote is "
+                "set (and then use a token)"
+            )
         if not 0 <= self.port < 65536:
             raise ValueError("port must be 0..65535")
         if self.max_message_bytes < 1024:
@@ -156,10 +181,15 @@ class ServerConfig:
         return self.host in LOOPBACK_HOSTS
 
     def protocol(self) -> ProtocolConfig:
-        return ProtocolConfig(max_control_bytes=self.max_control_bytes, max_client_errors=self.max_client_errors,
-                              hello_timeout_s=self.hello_timeout_s, idle_timeout_s=self.idle_timeout_s,
-                              audio_max_pending_s=self.audio_max_pending_s, max_message_bytes=self.max_message_bytes,
-                              resample_quality=self.resample_quality)
+        return ProtocolConfig(
+            max_control_bytes=self.max_control_bytes,
+            max_client_errors=self.max_client_errors,
+            hello_timeout_s=self.hello_timeout_s,
+            idle_timeout_s=self.idle_timeout_s,
+            audio_max_pending_s=self.audio_max_pending_s,
+            max_message_bytes=self.max_message_bytes,
+            resample_quality=self.resample_quality,
+        )
 
 
 def resolve_tokens(cfg: ServerConfig, environ: Mapping[str, str]) -> ServerConfig:
@@ -182,8 +212,10 @@ def resolve_tokens(cfg: ServerConfig, environ: Mapping[str, str]) -> ServerConfi
 def check_exposure(cfg: ServerConfig) -> None:
     """Raise ValueError for a remote bind without a token unless `insecure` says so explicitly."""
     if not cfg.is_loopback and not cfg.token and not cfg.insecure:
-        raise ValueError(f"refusing to serve {cfg.host!r} without a token: set MSYNC_TOKEN or --token-file "
-                         "(or --insecure, server.insecure = true, to expose the engine to anyone who can reach it)")
+        raise ValueError(
+            f"refusing to serve {cfg.host!r} without a token: set MSYNC_TOKEN or --token-file "
+            "(or --insecure, server.insecure = true, to expose the engine to anyone who can reach it)"
+        )
 
 
 class SendWindow:
@@ -219,14 +251,22 @@ class SendWindow:
             self.acked = self.ping_at
             self.ping_at = None
         if delay_s is not None and self.target_s > 0:
-            self.limit = (max(self.min_size, self.limit // 2) if delay_s > self.target_s
-                          else min(self.size, self.limit + 1))
+            self.limit = (
+                max(self.min_size, self.limit // 2) if delay_s > self.target_s else min(self.size, self.limit + 1)
+            )
 
 
 class _Client:
     """One WebSocket connection that receives frames."""
 
-    def __init__(self, ws, fmt: str, streams: frozenset | None, queue: LatestFrameQueue, window: SendWindow) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        fmt: str,
+        streams: frozenset[str] | None,
+        queue: LatestFrameQueue,
+        window: SendWindow,
+    ) -> None:
         self.ws = ws
         self.format = fmt
         self.streams = streams  # None = every stream
@@ -237,7 +277,7 @@ class _Client:
         self.idle = asyncio.Event()  # set whenever the relay has nothing it may send
         self.pong_timer: asyncio.TimerHandle | None = None
 
-    def wants(self, stream_id: str) -> bool:
+    def wants(self, stream_id: str | None) -> bool:
         return self.streams is None or stream_id in self.streams
 
     @property
@@ -258,6 +298,14 @@ class _Client:
         return transport is not None and not transport.is_closing() and transport.get_write_buffer_size() <= limit_bytes
 
 
+@dataclasses.dataclass
+class _Subscription:
+    """A connection's frames client and its relay task (an /audio connection has them once it subscribes)."""
+
+    client: _Client | None = None
+    relay: asyncio.Task[None] | None = None
+
+
 class _Dropped(Exception):
     """The connection was dropped by the server (write timeout)."""
 
@@ -269,13 +317,13 @@ class WebSocketServer:
     config whose tokens are resolved (`resolve_tokens`).
     """
 
-    def __init__(self, engine, cfg: ServerConfig = ServerConfig()) -> None:
+    def __init__(self, engine: Engine, cfg: ServerConfig = ServerConfig()) -> None:
         check_exposure(cfg)
         self.engine = engine
         self.cfg = cfg
         self.protocol_cfg = cfg.protocol()
         self.owners = StreamOwners()
-        self._server = None
+        self._server: Server | None = None
         self._clients: set[_Client] = set()
         self._connections = 0
         self.dropped_clients = 0
@@ -285,11 +333,19 @@ class WebSocketServer:
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
-        self._server = await serve(
-            self._handler, self.cfg.host, self.cfg.port, process_request=self._process_request,
-            max_size=self.cfg.max_message_bytes, max_queue=self.cfg.receive_queue, compression=None,
-            ping_interval=self.cfg.ping_interval_s, ping_timeout=self.cfg.ping_timeout_s, close_timeout=2)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._server = server = await serve(
+            self._handler,
+            self.cfg.host,
+            self.cfg.port,
+            process_request=self._process_request,
+            max_size=self.cfg.max_message_bytes,
+            max_queue=self.cfg.receive_queue,
+            compression=None,
+            ping_interval=self.cfg.ping_interval_s,
+            ping_timeout=self.cfg.ping_timeout_s,
+            close_timeout=2,
+        )
+        self.port = server.sockets[0].getsockname()[1]
         log.info("serving on %s", self.url)
 
     @property
@@ -326,8 +382,9 @@ class WebSocketServer:
                 if client.can_write_now(self.cfg.direct_write_limit_bytes):
                     key = (id(frame), client.format)
                     if key not in encoded:
-                        encoded[key] = (encode_binary(frame, now_ns) if client.format == "binary"
-                                        else encode_json(frame, now_ns))
+                        encoded[key] = (
+                            encode_binary(frame, now_ns) if client.format == "binary" else encode_json(frame, now_ns)
+                        )
                     broadcast([client.ws], encoded[key])
                     client.sent += 1
                     client.window.on_sent()
@@ -336,35 +393,37 @@ class WebSocketServer:
                 else:
                     client.queue.put(frame)
 
-    def stream_event(self, event: dict) -> None:
-        sid = event.get("stream")
+    def stream_event(self, event: dict[str, Any]) -> None:
+        sid: str | None = event.get("stream")
         for client in self._clients:
             if not client.wants(sid):
                 continue
-            if event.get("event") == "reset":
+            if sid is None:  # engine events always name their stream; no frame has none to discard
+                pass
+            elif event.get("event") == "reset":
                 client.queue.discard_stream(sid, before_epoch=event.get("epoch"))
             elif event.get("event") == "closed":
                 client.queue.discard_stream(sid)
             client.queue.put_message(event)
 
     # ------------------------------------------------------------------ HTTP
-    def _offered_tokens(self, request, query: dict[str, list[str]]) -> str:
+    def _offered_tokens(self, request: Request, query: dict[str, list[str]]) -> str:
         offered = query.get("token", [""])[0]
         auth = request.headers.get("Authorization", "")
         if auth.lower().startswith("bearer "):
             offered = offered or auth[7:].strip()
         return offered
 
-    def _is_admin(self, request, query: dict[str, list[str]]) -> bool:
+    def _is_admin(self, request: Request, query: dict[str, list[str]]) -> bool:
         offered = self._offered_tokens(request, query)
         return bool(self.cfg.admin_token) and hmac.compare_digest(offered.encode(), self.cfg.admin_token.encode())
 
-    def _authorised(self, request, query: dict[str, list[str]]) -> bool:
+    def _authorised(self, request: Request, query: dict[str, list[str]]) -> bool:
         if not self.cfg.token or self._is_admin(request, query):
             return True
         return hmac.compare_digest(self._offered_tokens(request, query).encode(), self.cfg.token.encode())
 
-    def _origin_ok(self, request) -> bool:
+    def _origin_ok(self, request: Request) -> bool:
         origin = request.headers.get("Origin")
         if origin is None or "*" in self.cfg.allowed_origins or origin in self.cfg.allowed_origins:
             return True  # non-browser clients send no Origin
@@ -376,7 +435,7 @@ class WebSocketServer:
         own_hosts = set(LOOPBACK_HOSTS) | {self.cfg.host}
         return parts.hostname in own_hosts and port == self.port
 
-    def _host_ok(self, request) -> bool:
+    def _host_ok(self, request: Request) -> bool:
         """A loopback server answers only requests addressed to a loopback name (or `allowed_hosts`): a page
         that rebinds its own DNS name to 127.0.0.1 still sends its own name as Host."""
         if not self.cfg.is_loopback:
@@ -389,7 +448,7 @@ class WebSocketServer:
         return name in LOOPBACK_HOSTS or host in self.cfg.allowed_hosts or name in self.cfg.allowed_hosts
 
     @staticmethod
-    def _response(connection, status: http.HTTPStatus, body: bytes, content_type: str):
+    def _response(connection: ServerConnection, status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
         response = connection.respond(status, "")
         response.body = body
         del response.headers["Content-Length"]
@@ -399,7 +458,7 @@ class WebSocketServer:
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def _process_request(self, connection, request):
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
         query = parse_qs(parts.query)
         path = parts.path
@@ -428,43 +487,69 @@ class WebSocketServer:
                 return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
             return None
         if path == "/health":
-            body = json.dumps({**self.engine.health(), "clients": len(self._clients),
-                               "connections": self._connections, "dropped_clients": self.dropped_clients}).encode()
+            body = json.dumps(
+                {
+                    **self.engine.health(),
+                    "clients": len(self._clients),
+                    "connections": self._connections,
+                    "dropped_clients": self.dropped_clients,
+                }
+            ).encode()
             return self._response(connection, http.HTTPStatus.OK, body, "application/json")
         if path == "/contract":
-            return self._response(connection, http.HTTPStatus.OK, json.dumps(self._contract_json()).encode(),
-                                  "application/json")
+            return self._response(
+                connection, http.HTTPStatus.OK, json.dumps(self._contract_json()).encode(), "application/json"
+            )
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
 
-    def _contract_json(self) -> dict:
+    def _contract_json(self) -> dict[str, Any]:
         c = self.engine.contract
         summary = c.summary() if hasattr(c, "summary") else {}
-        return summary or {"sample_rate_hz": c.sample_rate_hz, "samples_per_frame": c.samples_per_frame,
-                           "fps": c.fps, "lookahead_frames": c.lookahead_frames,
-                           "num_landmarks": c.num_landmarks, "landmark_dims": c.landmark_dims}
+        return summary or {
+            "sample_rate_hz": c.sample_rate_hz,
+            "samples_per_frame": c.samples_per_frame,
+            "fps": c.fps,
+            "lookahead_frames": c.lookahead_frames,
+            "num_landmarks": c.num_landmarks,
+            "landmark_dims": c.landmark_dims,
+        }
 
-    def _hello(self, kind: str, fmt: str | None = None) -> dict:
+    def _hello(self, kind: str, fmt: str | None = None) -> dict[str, Any]:
         c = self.engine.contract
-        return {"type": "hello", "v": PROTOCOL_VERSION, "protocol": f"msync-{kind}", "format": fmt,
-                "binary_format_version": FORMAT_VERSION, "signal_names": list(SIGNAL_NAMES),
-                "model": {"model_version": getattr(c, "model_version", ""), "sample_rate_hz": c.sample_rate_hz,
-                          "samples_per_frame": c.samples_per_frame, "fps": c.fps,
-                          "lookahead_frames": c.lookahead_frames, "num_landmarks": c.num_landmarks,
-                          "landmark_dims": c.landmark_dims,
-                          "reference_face": self.engine.model_reference_face.round(5).tolist()},
-                "latency": self.engine.latency_facts(), "contours": [list(c) for c in CONTOURS],
-                "streams": list(self.engine.sessions)}
+        return {
+            "type": "hello",
+            "v": PROTOCOL_VERSION,
+            "protocol": f"msync-{kind}",
+            "format": fmt,
+            "binary_format_version": FORMAT_VERSION,
+            "signal_names": list(SIGNAL_NAMES),
+            "model": {
+                "model_version": getattr(c, "model_version", ""),
+                "sample_rate_hz": c.sample_rate_hz,
+                "samples_per_frame": c.samples_per_frame,
+                "fps": c.fps,
+                "lookahead_frames": c.lookahead_frames,
+                "num_landmarks": c.num_landmarks,
+                "landmark_dims": c.landmark_dims,
+                "reference_face": self.engine.model_reference_face.round(5).tolist(),
+            },
+            "latency": self.engine.latency_facts(),
+            "contours": [list(c) for c in CONTOURS],
+            "streams": list(self.engine.sessions),
+        }
 
     # ------------------------------------------------------------------ WebSocket
-    async def _handler(self, ws) -> None:
+    async def _handler(self, ws: ServerConnection) -> None:
         from websockets.exceptions import ConnectionClosed
 
         self._connections += 1
         try:
-            parts = urlsplit(ws.request.path)
+            request = ws.request
+            assert request is not None  # the handler runs after the opening handshake
+            parts = urlsplit(request.path)
             raw_query = parse_qs(parts.query)
             query = {k: v[0] for k, v in raw_query.items()}
-            admin = self._is_admin(ws.request, raw_query)
+            admin = self._is_admin(request, raw_query)
             if parts.path == "/frames":
                 await self._serve_frames(ws, query, admin)
             elif parts.path == "/audio":
@@ -476,7 +561,7 @@ class WebSocketServer:
         finally:
             self._connections -= 1
 
-    def _drop(self, ws, why: str) -> None:
+    def _drop(self, ws: ServerConnection, why: str) -> None:
         """Drop a client that does not drain: abort its TCP connection, which frees its slot at once."""
         transport = getattr(ws, "transport", None)
         if transport is not None and not transport.is_closing():
@@ -484,23 +569,28 @@ class WebSocketServer:
             log.info("dropping client %s: %s", ws.remote_address, why)
             transport.abort()
 
-    async def _write(self, ws, coro):
+    async def _write(self, ws: ServerConnection, coro: Awaitable[T]) -> T:
         """Await a send (or ping) on `ws`; a socket that does not take it within `write_timeout_s` is dropped."""
         try:
-            async with asyncio.timeout(self.cfg.write_timeout_s):
-                return await coro
-        except TimeoutError:
+            return await within(coro, self.cfg.write_timeout_s)
+        except asyncio.TimeoutError:
             self._drop(ws, f"a write did not complete within {self.cfg.write_timeout_s:g} s")
             raise _Dropped from None
 
-    def _add_client(self, ws, fmt: str, streams: frozenset | None) -> tuple[_Client, asyncio.Task]:
-        client = _Client(ws, fmt, streams, LatestFrameQueue(self.cfg.client_queue_frames, self.cfg.max_frame_age_ms,
-                                                             clock=self.engine.clock),
-                         SendWindow(self.cfg.client_window_frames, self.cfg.client_window_target_ms / 1000))
+    def _add_client(
+        self, ws: ServerConnection, fmt: str, streams: frozenset[str] | None
+    ) -> tuple[_Client, asyncio.Task[None]]:
+        client = _Client(
+            ws,
+            fmt,
+            streams,
+            LatestFrameQueue(self.cfg.client_queue_frames, self.cfg.max_frame_age_ms, clock=self.engine.clock),
+            SendWindow(self.cfg.client_window_frames, self.cfg.client_window_target_ms / 1000),
+        )
         self._clients.add(client)
         return client, asyncio.create_task(self._relay(client), name="msync-relay")
 
-    async def _remove_client(self, client: _Client | None, relay: asyncio.Task | None) -> None:
+    async def _remove_client(self, client: _Client | None, relay: asyncio.Task[None] | None) -> None:
         if client is not None:
             self._clients.discard(client)
             client.queue.close()
@@ -510,7 +600,7 @@ class WebSocketServer:
             relay.cancel()
             await asyncio.gather(relay, return_exceptions=True)
 
-    def _on_pong(self, client: _Client, pong: asyncio.Future) -> None:
+    def _on_pong(self, client: _Client, pong: asyncio.Future[float]) -> None:
         if pong.cancelled() or pong.exception() is not None:
             return  # the connection closed
         if client.pong_timer is not None:
@@ -527,10 +617,11 @@ class WebSocketServer:
             while not client.queue.closed:
                 if client.windowed and client.window.needs_ping():
                     client.window.on_ping_sent()  # before the await: frames written meanwhile come after it
-                    pong = await self._write(client.ws, client.ws.ping())
-                    client.pong_timer = loop.call_later(self.cfg.write_timeout_s, self._drop, client.ws,
-                                                        "its send window was not acknowledged in time")
-                    pong.add_done_callback(lambda f, c=client: self._on_pong(c, f))
+                    pong = asyncio.ensure_future(await self._write(client.ws, client.ws.ping()))  # a Future already
+                    client.pong_timer = loop.call_later(
+                        self.cfg.write_timeout_s, self._drop, client.ws, "its send window was not acknowledged in time"
+                    )
+                    pong.add_done_callback(functools.partial(self._on_pong, client))
                 item = client.queue.get_nowait(frames=client.may_send_frame())
                 if item is None:
                     client.idle.set()
@@ -542,8 +633,11 @@ class WebSocketServer:
                     if isinstance(item, dict):
                         await self._write(client.ws, client.ws.send(json.dumps(item)))
                         continue
-                    data = (encode_binary(item, clock.now_ns()) if client.format == "binary"
-                            else encode_json(item, clock.now_ns()))
+                    data = (
+                        encode_binary(item, clock.now_ns())
+                        if client.format == "binary"
+                        else encode_json(item, clock.now_ns())
+                    )
                     await self._write(client.ws, client.ws.send(data))
                 finally:
                     client.busy = False
@@ -552,7 +646,13 @@ class WebSocketServer:
         except Exception:  # ConnectionClosed, _Dropped: the handler sees the connection end too
             client.idle.set()
 
-    async def _receive_loop(self, ws, proto, client_box: list, closed: asyncio.Future) -> None:
+    async def _receive_loop(
+        self,
+        ws: ServerConnection,
+        proto: FramesProtocol | AudioProtocol,
+        client_box: _Subscription,
+        closed: asyncio.Future[None],
+    ) -> None:
         """Feed the protocol what arrives (and its deadlines), execute its actions; yield to the other
         connections every `messages_per_turn` messages."""
         clock = self.engine.clock
@@ -561,12 +661,10 @@ class WebSocketServer:
         audio = isinstance(proto, AudioProtocol)
         while True:
             message = None
-            deadline = getattr(proto, "deadline_ns", None)
-            if deadline is not None:
+            if isinstance(proto, AudioProtocol) and (deadline := proto.deadline_ns) is not None:
                 try:
-                    async with asyncio.timeout(max(0.0, (deadline - clock.now_ns()) / 1e9)):
-                        message = await ws.recv()
-                except TimeoutError:
+                    message = await within(ws.recv(), max(0.0, (deadline - clock.now_ns()) / 1e9))
+                except asyncio.TimeoutError:
                     actions = proto.on_timer(clock.now_ns())
                 else:
                     actions = proto.receive(message, clock.now_ns())
@@ -586,7 +684,14 @@ class WebSocketServer:
                 handled = 0
                 await asyncio.sleep(0)  # fairness: a pipelining client does not starve the others
 
-    async def _execute(self, ws, proto, actions, client_box: list, closed: asyncio.Future) -> bool:
+    async def _execute(
+        self,
+        ws: ServerConnection,
+        proto: FramesProtocol | AudioProtocol,
+        actions: Sequence[Action],
+        client_box: _Subscription,
+        closed: asyncio.Future[None],
+    ) -> bool:
         """Run the protocol's actions in order. Returns True once the connection is closed."""
         for action in actions:
             if isinstance(action, Send):
@@ -597,28 +702,28 @@ class WebSocketServer:
                 await ws.close(action.code, action.reason)
                 return True
             elif isinstance(action, Subscribe):
-                client = client_box[0]
+                client = client_box.client
                 if client is None:
                     client, relay = self._add_client(ws, action.format, action.streams)
-                    client_box[0], client_box[1] = client, relay
+                    client_box.client, client_box.relay = client, relay
                 else:
                     client.format, client.streams = action.format, action.streams
                 client.queue.keep_all = set(action.streams or ()) if action.every_frame else set()
             elif isinstance(action, AwaitCapacity):
                 await self._until(self.engine.wait_capacity(action.stream_id, action.max_pending_s), closed)
-                client = client_box[0]
+                client = client_box.client
                 if client is not None and action.stream_id in client.queue.keep_all:
                     limit = int(action.max_pending_s * self.engine.contract.fps)
                     await self._until(self._client_drained(client, action.stream_id, limit), closed)
             elif isinstance(action, AwaitDrained):
                 await self._until(self.engine.wait_drained(action.stream_id), closed)
-                client = client_box[0]
+                client = client_box.client
                 if client is not None:
-                    await self._until(self._client_drained(client, action.stream_id), closed,
-                                      timeout_s=self.cfg.write_timeout_s)
-        limit = getattr(proto, "max_message_bytes", None)
-        if limit is not None:  # /audio: the cap follows the declared format (bounded memory per connection)
-            ws.protocol.max_message_size = limit
+                    await self._until(
+                        self._client_drained(client, action.stream_id), closed, timeout_s=self.cfg.write_timeout_s
+                    )
+        if isinstance(proto, AudioProtocol):  # /audio: the cap follows the declared format (bounded memory)
+            ws.protocol.max_message_size = proto.max_message_bytes
         return False
 
     @staticmethod
@@ -629,49 +734,60 @@ class WebSocketServer:
             await client.idle.wait()
 
     @staticmethod
-    async def _until(coro, closed: asyncio.Future, timeout_s: float | None = None) -> None:
+    async def _until(
+        coro: Coroutine[Any, Any, object], closed: asyncio.Future[None], timeout_s: float | None = None
+    ) -> None:
         """Await `coro` unless the connection closes first (then raise its ConnectionClosed at once: the
         stream and its queued audio go without waiting for the engine)."""
         from websockets.exceptions import ConnectionClosedError
 
         task = asyncio.ensure_future(coro)
         try:
-            done, _ = await asyncio.wait({task, closed}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {task, closed}
+            done, _ = await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not task.done():
                 task.cancel()
         if task not in done and closed in done:
             raise ConnectionClosedError(None, None)
 
-    async def _serve_frames(self, ws, query: dict[str, str], admin: bool) -> None:
+    async def _serve_frames(self, ws: ServerConnection, query: dict[str, str], admin: bool) -> None:
         try:
             fmt, streams = FramesProtocol.parse_query(query)
         except ProtocolError as exc:
             await ws.send(error(exc.code, str(exc), fatal=True))
             await ws.close(CLOSE_POLICY, "bad request")
             return
-        proto = FramesProtocol(self.engine, self.protocol_cfg, self.owners, key=ws, admin=admin, fmt=fmt,
-                               streams=streams)
+        proto = FramesProtocol(
+            self.engine, self.protocol_cfg, self.owners, key=ws, admin=admin, fmt=fmt, streams=streams
+        )
         await self._write(ws, ws.send(json.dumps(self._hello("frames", fmt))))
-        box = list(self._add_client(ws, fmt, streams))
+        box = _Subscription(*self._add_client(ws, fmt, streams))
         closed = asyncio.ensure_future(ws.wait_closed())
         try:
             await self._receive_loop(ws, proto, box, closed)
         finally:
             closed.cancel()
-            await self._remove_client(*box)
+            await self._remove_client(box.client, box.relay)
 
-    async def _serve_audio(self, ws, admin: bool) -> None:
+    async def _serve_audio(self, ws: ServerConnection, admin: bool) -> None:
         host, port = ws.remote_address[:2]
-        proto = AudioProtocol(self.engine, self.protocol_cfg, self.owners, key=ws, admin=admin,
-                              now_ns=self.engine.clock.now_ns(), source=f"ws {host}:{port}",
-                              info=self._hello("audio"))
+        proto = AudioProtocol(
+            self.engine,
+            self.protocol_cfg,
+            self.owners,
+            key=ws,
+            admin=admin,
+            now_ns=self.engine.clock.now_ns(),
+            source=f"ws {host}:{port}",
+            info=self._hello("audio"),
+        )
         ws.protocol.max_message_size = proto.max_message_bytes
-        box: list = [None, None]
+        box = _Subscription()  # a client only once the connection subscribes to its frames
         closed = asyncio.ensure_future(ws.wait_closed())
         try:
             await self._receive_loop(ws, proto, box, closed)
         finally:
             closed.cancel()
             proto.connection_lost()
-            await self._remove_client(*box)
+            await self._remove_client(box.client, box.relay)

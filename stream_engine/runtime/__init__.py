@@ -7,6 +7,9 @@ exported ONNX step with onnxruntime (CPU, or CUDA / TensorRT execution providers
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from stream_engine.runtime.base import (
     BaseStepRunner,
     NonFiniteModelError,
@@ -21,12 +24,21 @@ from stream_engine.runtime.base import (
 )
 
 __all__ = [
-    "BaseStepRunner", "NonFiniteModelError", "StateSlots", "StepRunner", "check_audio", "check_finite_output", "initial_state", "run_steps", "stack_states", "unstack_state",
+    "BaseStepRunner",
+    "NonFiniteModelError",
+    "StateSlots",
+    "StepRunner",
+    "check_audio",
+    "check_finite_output",
+    "initial_state",
+    "run_steps",
+    "stack_states",
+    "unstack_state",
     "load_runner",
 ]
 
 
-def load_runner(path, backend: str = "auto", check_finite: bool = True, **kwargs) -> StepRunner:
+def load_runner(path: str | Path, backend: str = "auto", check_finite: bool = True, **kwargs: Any) -> StepRunner:
     """Open a model with the named backend: "onnxruntime" (an .onnx file), "tensorrt" (an engine file), or
     "auto" (by suffix: .engine/.plan -> tensorrt, anything else -> onnxruntime).
 
@@ -38,7 +50,7 @@ def load_runner(path, backend: str = "auto", check_finite: bool = True, **kwargs
     return runner
 
 
-def _open(path, backend: str, **kwargs) -> StepRunner:
+def _open(path: str | Path, backend: str, **kwargs: Any) -> StepRunner:
     if backend == "auto":
         backend = "tensorrt" if str(path).endswith((".engine", ".plan")) else "onnxruntime"
     if backend in ("onnxruntime", "ort", "onnx"):

@@ -31,8 +31,9 @@ class StepRunner(Protocol):
 
     contract: StepContract
 
-    def initial_state(self, batch: int = 1, reference_face: np.ndarray | None = None,
-                      rng: np.random.Generator | None = None) -> State:
+    def initial_state(
+        self, batch: int = 1, reference_face: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> State:
         """State of `batch` fresh streams (see :func:`initial_state`)."""
         ...
 
@@ -44,19 +45,23 @@ class StepRunner(Protocol):
         """
         ...
 
-    def new_slots(self, capacity: int) -> "StateSlots":
+    def new_slots(self, capacity: int) -> StateSlots:
         """A state store for up to `capacity` streams, laid out where this runner wants it."""
         ...
 
-    def step_slots(self, slots: "StateSlots", rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    def step_slots(self, slots: StateSlots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One step of the streams in slots `rows` ((B,) int, distinct), their state read from and the next
         state written back into `slots`; audio (B, samples_per_frame) -> landmarks (B, N, D), a new array.
         Thread-safe for distinct stores, or for disjoint rows of one store when the caller serialises calls."""
         ...
 
 
-def initial_state(contract: StepContract, batch: int = 1, reference_face: np.ndarray | None = None,
-                  rng: np.random.Generator | None = None) -> State:
+def initial_state(
+    contract: StepContract,
+    batch: int = 1,
+    reference_face: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> State:
     """Fresh-stream state for `batch` streams, following each state's `init` in the contract.
 
     Args:
@@ -103,8 +108,10 @@ def check_audio(contract: StepContract, audio: np.ndarray) -> np.ndarray:
     if audio.ndim == 1:
         raise ValueError(f"audio must be (B, {contract.samples_per_frame}); add a batch axis (audio[None])")
     if audio.ndim != 2 or audio.shape[1] != contract.samples_per_frame or audio.shape[0] < 1:
-        raise ValueError(f"audio must have shape (B, {contract.samples_per_frame}), got {audio.shape}; "
-                         "use stream_engine.framing.AudioFramer to cut arbitrary chunks into steps")
+        raise ValueError(
+            f"audio must have shape (B, {contract.samples_per_frame}), got {audio.shape}; "
+            "use stream_engine.framing.AudioFramer to cut arbitrary chunks into steps"
+        )
     if not np.issubdtype(audio.dtype, np.floating):
         raise TypeError(f"audio must be float PCM in [-1, 1], got dtype {audio.dtype}")
     return np.ascontiguousarray(audio, dtype=np.float32)
@@ -120,8 +127,10 @@ def check_state(contract: StepContract, state: State, batch: int) -> State:
     for spec in contract.states:
         arr = np.ascontiguousarray(state[spec.name], dtype=DTYPES[spec.dtype])
         if arr.shape != spec.concrete_shape(batch):
-            raise ValueError(f"state {spec.name!r} has shape {arr.shape}, expected {spec.concrete_shape(batch)} "
-                             f"for a batch of {batch}")
+            raise ValueError(
+                f"state {spec.name!r} has shape {arr.shape}, expected {spec.concrete_shape(batch)} "
+                f"for a batch of {batch}"
+            )
         out[spec.name] = arr
     return out
 
@@ -166,8 +175,9 @@ class StateSlots:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.contract = contract
         self.capacity = int(capacity)
-        self.arrays: State = {s.name: np.zeros(s.concrete_shape(self.capacity), DTYPES[s.dtype])
-                              for s in contract.states}
+        self.arrays: State = {
+            s.name: np.zeros(s.concrete_shape(self.capacity), DTYPES[s.dtype]) for s in contract.states
+        }
         self._free = list(range(self.capacity - 1, -1, -1))  # a stack: pop() gives the lowest free row
         self._used = 0
 
@@ -189,8 +199,9 @@ class StateSlots:
         self._free.append(int(row))
         self._free.sort(reverse=True)
 
-    def init_row(self, row: int, reference_face: np.ndarray | None = None,
-                 rng: np.random.Generator | None = None) -> None:
+    def init_row(
+        self, row: int, reference_face: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> None:
         """Write a fresh stream's state into `row` (the contract's inits; see :func:`initial_state`)."""
         fresh = initial_state(self.contract, 1, reference_face, rng)
         for name, value in fresh.items():
@@ -245,8 +256,9 @@ class BaseStepRunner:
 
     contract: StepContract
 
-    def initial_state(self, batch: int = 1, reference_face: np.ndarray | None = None,
-                      rng: np.random.Generator | None = None) -> State:
+    def initial_state(
+        self, batch: int = 1, reference_face: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> State:
         return initial_state(self.contract, batch, reference_face, rng)
 
     def step(self, audio: np.ndarray, state: State) -> tuple[np.ndarray, State]:
@@ -295,7 +307,8 @@ def check_finite_output(runner: StepRunner, steps: int | None = None) -> None:
         if bad:
             raise NonFiniteModelError(
                 f"the model gives non-finite values ({', '.join(bad)}) at step {k} of a canned input "
-                "(tone then silence): its weights or export are broken; refusing to serve it")
+                "(tone then silence): its weights or export are broken; refusing to serve it"
+            )
 
 
 def run_steps(runner: StepRunner, audio: np.ndarray, state: State) -> tuple[np.ndarray, State]:

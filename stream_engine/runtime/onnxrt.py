@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from stream_engine.contract import ModelLoadError, StepContract, _ort_session, contract_from_session
-from stream_engine.runtime.base import BaseStepRunner, State
+from stream_engine.contract import ModelLoadError, StepContract, contract_from_session, ort_session
+from stream_engine.runtime.base import BaseStepRunner, State, StateSlots
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -57,8 +57,10 @@ def resolve_providers(providers: str | Sequence[Any] | None) -> list[Any]:
         name = PROVIDER_ALIASES.get(str(name).lower(), name)
         if name not in available:
             hint = " (install onnxruntime-gpu: pip install 'msync[gpu]')" if name != "CPUExecutionProvider" else ""
-            raise ModelLoadError(f"execution provider {name} is not available in this onnxruntime "
-                                 f"{ort.__version__}; available: {available}{hint}")
+            raise ModelLoadError(
+                f"execution provider {name} is not available in this onnxruntime "
+                f"{ort.__version__}; available: {available}{hint}"
+            )
         out.append((name, dict(opts)) if opts else name)
     names = [p[0] if isinstance(p, tuple) else p for p in out]
     if "CPUExecutionProvider" not in names:
@@ -79,8 +81,14 @@ class OnnxStepRunner(BaseStepRunner):
         missing, malformed, or not honoured by its graph.
     """
 
-    def __init__(self, path: str | Path, threads: int = 1, providers: str | Sequence[Any] | None = None, *,
-                 inter_op_threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 1,
+        providers: str | Sequence[Any] | None = None,
+        *,
+        inter_op_threads: int = 1,
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -89,13 +97,13 @@ class OnnxStepRunner(BaseStepRunner):
         so.inter_op_num_threads = int(inter_op_threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = _ort_session(self.path, so, resolve_providers(providers))
+        self.session = ort_session(self.path, so, resolve_providers(providers))
         self.contract: StepContract = contract_from_session(self.session, str(self.path))
         self.providers = self.session.get_providers()
         self._output_names = list(self.contract.output_names)  # landmarks, then the states' next values
         self._local = threading.local()
 
-    def _binding(self, batch: int):
+    def _binding(self, batch: int) -> Any:
         """This thread's IOBinding for this batch size, every output bound once to CPU memory that ORT allocates
         on the first run (and reuses afterwards: the output shapes depend on the batch, hence one per size)."""
         bindings = getattr(self._local, "bindings", None)
@@ -122,7 +130,9 @@ class OnnxStepRunner(BaseStepRunner):
         return outs[0], {s.name: o for s, o in zip(self.contract.states, outs[1:])}
 
     # ------------------------------------------------------------- slot path (the engine's)
-    def _slot_binding(self, slots: State, batch: int):
+    def _slot_binding(
+        self, slots: StateSlots, batch: int
+    ) -> tuple[Any, np.ndarray, State, np.ndarray, State, StateSlots]:
         """This thread's binding for `batch` rows of one store: preallocated input and output buffers bound once,
         so a call only copies rows in (gather), runs, and copies rows out (scatter)."""
         cache = getattr(self._local, "slot_bindings", None)
@@ -146,7 +156,7 @@ class OnnxStepRunner(BaseStepRunner):
             entry = cache[key] = (b, audio, ins, lm, outs, slots)  # slots kept: id() stays unique while cached
         return entry
 
-    def step_slots(self, slots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    def step_slots(self, slots: StateSlots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One step of the streams in `rows` of `slots` through a binding bound once per batch size: gather into
         the bound input buffers, run, scatter the bound outputs back. Returns landmarks (B, N, D), a new array."""
         audio = np.asarray(audio)
@@ -162,7 +172,8 @@ class OnnxStepRunner(BaseStepRunner):
         slots.gather(rows, out=ins)
         self.session.run_with_iobinding(binding)
         slots.scatter(rows, outs)
-        return lm.copy()
+        result: np.ndarray = lm.copy()
+        return result
 
     def __repr__(self) -> str:
         return f"OnnxStepRunner({str(self.path)!r}, providers={self.providers})"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from stream_engine.contract import DTYPES, ContractError, ModelLoadError, StepCo
 from stream_engine.runtime.base import BaseStepRunner, State, check_audio, initial_state
 
 
-def _import_trt():
+def _import_trt() -> Any:  # the tensorrt (or tensorrt_rtx_bindings) module
     try:
         import tensorrt as trt
 
@@ -41,10 +42,11 @@ def _import_trt():
         raise ModelLoadError(
             "the TensorRT backend needs the TensorRT runtime: `pip install tensorrt` (NVIDIA index) for engines "
             "built by TensorRT, or `pip install 'msync[trt]'` for TensorRT-RTX engines; and a CUDA GPU "
-            f"({exc})") from exc
+            f"({exc})"
+        ) from exc
 
 
-def _import_cudart():
+def _import_cudart() -> Any:  # cuda-python's runtime module
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
 
@@ -56,13 +58,16 @@ def _import_cudart():
 
         return cudart
     except Exception as exc:
-        raise ModelLoadError("the TensorRT backend needs cuda-python for device memory: pip install cuda-python "
-                             f"({exc})") from exc
+        raise ModelLoadError(
+            f"the TensorRT backend needs cuda-python for device memory: pip install cuda-python ({exc})"
+        ) from exc
 
 
-def _check(result):
+def _check(result: Any) -> Any:
     """cuda-python calls return (err, *values); raise on error, return the values."""
-    err, *values = result if isinstance(result, tuple) else (result,)
+    parts: tuple[Any, ...] = result if isinstance(result, tuple) else (result,)
+    err: Any = parts[0]
+    values = list(parts[1:])
     code = int(getattr(err, "value", err))
     if code != 0:
         raise RuntimeError(f"CUDA error {err}")
@@ -77,8 +82,10 @@ def contract_for_engine(engine_path: Path, contract: StepContract | str | Path |
         return read_contract(contract)
     sidecar = engine_path.with_name(engine_path.name + ".json")
     if not sidecar.is_file():
-        raise ModelLoadError(f"{engine_path}: no contract: the sidecar {sidecar.name} written by `msync export "
-                             "--tensorrt` is missing; pass contract=<the .onnx it was built from>")
+        raise ModelLoadError(
+            f"{engine_path}: no contract: the sidecar {sidecar.name} written by `msync export "
+            "--tensorrt` is missing; pass contract=<the .onnx it was built from>"
+        )
     try:
         meta = json.loads(sidecar.read_text())["metadata"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -95,8 +102,9 @@ class TensorRTStepRunner(BaseStepRunner):
         device: CUDA device ordinal.
     """
 
-    def __init__(self, engine_path: str | Path, contract: StepContract | str | Path | None = None,
-                 device: int = 0) -> None:
+    def __init__(
+        self, engine_path: str | Path, contract: StepContract | str | Path | None = None, device: int = 0
+    ) -> None:
         self.path = Path(engine_path)
         if not self.path.is_file():
             raise ModelLoadError(f"{self.path}: no such engine file")
@@ -108,8 +116,9 @@ class TensorRTStepRunner(BaseStepRunner):
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise ModelLoadError(f"{self.path}: TensorRT could not deserialize the engine (built for another "
-                                 "TensorRT version or GPU?)")
+            raise ModelLoadError(
+                f"{self.path}: TensorRT could not deserialize the engine (built for another TensorRT version or GPU?)"
+            )
         self._check_engine()
         self.context = self.engine.create_execution_context()
         self.stream = _check(cudart.cudaStreamCreate())
@@ -118,8 +127,10 @@ class TensorRTStepRunner(BaseStepRunner):
     # ------------------------------------------------------------------ checks
     def _check_engine(self) -> None:
         trt, c = self._trt, self.contract
-        want = {c.audio_input.name: (c.audio_input.shape, "input"),
-                c.landmarks_output.name: (c.landmarks_output.shape, "output")}
+        want = {
+            c.audio_input.name: (c.audio_input.shape, "input"),
+            c.landmarks_output.name: (c.landmarks_output.shape, "output"),
+        }
         for s in c.states:
             want[s.name] = (s.shape, "input")
             want[s.next_name] = (s.shape, "output")
@@ -154,8 +165,9 @@ class TensorRTStepRunner(BaseStepRunner):
         return landmarks, batch.read_state()
 
     # ------------------------------------------------------- device-resident
-    def open_batch(self, batch: int, reference_face: np.ndarray | None = None,
-                   rng: np.random.Generator | None = None) -> "DeviceBatch":
+    def open_batch(
+        self, batch: int, reference_face: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> DeviceBatch:
         """`batch` fresh streams whose state lives on the GPU (see :class:`DeviceBatch`)."""
         db = DeviceBatch(self, batch)
         db.write_state(initial_state(self.contract, batch, reference_face, rng))
@@ -177,8 +189,8 @@ class DeviceBatch:
         self.context = runner.engine.create_execution_context()
         self._buffers: list[int] = []
 
-        def alloc(shape) -> int:
-            ptr = _check(cudart.cudaMalloc(int(np.prod(shape)) * 4))
+        def alloc(shape: tuple[int, ...]) -> int:
+            ptr: int = _check(cudart.cudaMalloc(int(np.prod(shape)) * 4))
             self._buffers.append(ptr)
             return ptr
 
@@ -191,11 +203,12 @@ class DeviceBatch:
         self._cur = 0  # the set holding the current state
         self._host_audio = np.zeros(self._audio_shape, np.float32)
         self._host_lm = np.zeros(self._lm_shape, np.float32)
-        for name, shape in [(c.audio_input.name, self._audio_shape)] + [(s.name, self._shapes[s.name])
-                                                                         for s in c.states]:
+        for name, shape in [(c.audio_input.name, self._audio_shape)] + [
+            (s.name, self._shapes[s.name]) for s in c.states
+        ]:
             self.context.set_input_shape(name, shape)
 
-    def _copy(self, dst, src, nbytes, kind) -> None:
+    def _copy(self, dst: int, src: int, nbytes: int, kind: Any) -> None:
         _check(self._cudart.cudaMemcpyAsync(dst, src, nbytes, kind, self.runner.stream))
 
     def write_state(self, state: State) -> None:
@@ -230,8 +243,12 @@ class DeviceBatch:
             raise ValueError(f"this batch holds {self.batch} streams; audio has shape {audio.shape}")
         cudart = self._cudart
         np.copyto(self._host_audio, audio)
-        self._copy(self._audio, self._host_audio.ctypes.data, self._host_audio.nbytes,
-                   cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+        self._copy(
+            self._audio,
+            self._host_audio.ctypes.data,
+            self._host_audio.nbytes,
+            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+        )
         src, dst = self._sets[self._cur], self._sets[1 - self._cur]
         ctx = self.context
         ctx.set_tensor_address(c.audio_input.name, self._audio)
@@ -241,11 +258,16 @@ class DeviceBatch:
             ctx.set_tensor_address(s.next_name, dst[s.name])
         if not ctx.execute_async_v3(self.runner.stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
-        self._copy(self._host_lm.ctypes.data, self._landmarks, self._host_lm.nbytes,
-                   cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        self._copy(
+            self._host_lm.ctypes.data,
+            self._landmarks,
+            self._host_lm.nbytes,
+            cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+        )
         _check(cudart.cudaStreamSynchronize(self.runner.stream))
         self._cur = 1 - self._cur
-        return self._host_lm.copy()
+        result: np.ndarray = self._host_lm.copy()
+        return result
 
     def close(self) -> None:
         for ptr in self._buffers:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from training.onnx_rows import OnnxGenerator
+
 if TYPE_CHECKING:
     from stream_engine.features import FrontEndConfig
     from training.models.generator import Generator
@@ -23,7 +25,7 @@ DEFAULT_MODELS = ("training/weights/generator", "runs/generator/generator")
 class LoadedModel:
     name: str
     path: str
-    G: Generator
+    G: Generator | OnnxGenerator
     meta: dict
     warmup: int
     lookahead: int
@@ -100,7 +102,7 @@ def generate(
     import torch
 
     G, W, L = m.G, m.warmup, m.lookahead
-    if getattr(G, "is_onnx", False):
+    if isinstance(G, OnnxGenerator):
         y = G.generate(pcms, starts, x_refs, seeds, num_frames, W)
         if bar is not None:
             bar.update(len(y))
@@ -144,7 +146,7 @@ def stream_rollout(
     from tqdm import tqdm
 
     G, W, L = m.G, m.warmup, m.lookahead
-    if getattr(G, "is_onnx", False):
+    if isinstance(G, OnnxGenerator):
         return G.rollout(pcm, x_ref, seed, num_frames)
     ctx = G.frontend.context_samples
     out = np.empty((num_frames, 68, 2), dtype=np.float32)
@@ -173,7 +175,7 @@ def step_rollout(m: LoadedModel, pcm: np.ndarray, x_ref: np.ndarray, seed: int, 
     import torch
 
     G, L = m.G, m.lookahead
-    if getattr(G, "is_onnx", False):
+    if isinstance(G, OnnxGenerator):
         return G.rollout(pcm, x_ref, seed, num_frames)
     h, c = initial_noise(G, [seed], device)
     state = G.initial_state(torch.from_numpy(np.asarray(x_ref, np.float32)[None]).to(device), h, c)
@@ -227,8 +229,6 @@ def render_rollout(video_dir: Path, name: str, landmarks: np.ndarray, pcm: np.nd
 
 def _load_onnx_model(name: str, path: str) -> LoadedModel:
     import json
-
-    from training.onnx_rows import OnnxGenerator
 
     G = OnnxGenerator(path)
     try:  # the exporter writes the checkpoint's training-data summary as JSON text

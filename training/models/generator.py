@@ -157,16 +157,28 @@ class Branches(nn.Module):
         return (weights.unsqueeze(-1) * vel).sum(dim=1)
 
 
+def initial_lstm_state(
+    cfg: GeneratorConfig, batch: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise source of a generator with config `cfg`: (h0, c0), each (B, lstm_hidden), U[0,1) or zeros per
+    `cfg.init_noise` (also used by the ONNX rows of training.onnx_rows, which have no torch module)."""
+    shape = (batch, cfg.lstm_hidden)
+    if cfg.init_noise == "uniform":
+        return (
+            torch.rand(shape, generator=generator, device=device),
+            torch.rand(shape, generator=generator, device=device),
+        )
+    return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+
+
 class Generator(nn.Module):
     """Causal MS-Sync generator. See the module docstring for the two forms."""
 
     mfcc_mean: torch.Tensor
     mfcc_std: torch.Tensor
 
-    def __init__(self, cfg: GeneratorConfig = GeneratorConfig(), frontend: FrontEndConfig | None = None) -> None:
+    def __init__(self, cfg: GeneratorConfig = GeneratorConfig()) -> None:
         super().__init__()
-        if frontend is not None:  # legacy call form Generator(cfg, frontend); the front end is cfg.frontend
-            cfg = dataclasses.replace(cfg, frontend=frontend)
         self.cfg = cfg
         self.mfcc = TorchMfcc(cfg.frontend)
         self.register_buffer("mfcc_mean", torch.zeros(cfg.n_mfcc))
@@ -264,13 +276,7 @@ class Generator(nn.Module):
         self, batch: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The noise source: (h0, c0), each (B, lstm_hidden), U[0,1) or zeros per `cfg.init_noise`."""
-        shape = (batch, self.cfg.lstm_hidden)
-        if self.cfg.init_noise == "uniform":
-            return (
-                torch.rand(shape, generator=generator, device=device),
-                torch.rand(shape, generator=generator, device=device),
-            )
-        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+        return initial_lstm_state(self.cfg, batch, generator, device)
 
     def forward(
         self,

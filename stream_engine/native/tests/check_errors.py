@@ -99,8 +99,10 @@ def check(tmp: Path) -> int:
     bad_models = {
         "no_contract": (with_metadata(model, tmp / "no_contract.onnx", no_contract), "no msync contract"),
         "version2": (with_metadata(model, tmp / "v2.onnx", version2), "unsupported msync contract version '2'"),
-        "half_step": (with_metadata(model, tmp / "half.onnx", half_step),
-                      "the graph does not match its contract: input"),
+        "half_step": (
+            with_metadata(model, tmp / "half.onnx", half_step),
+            "the graph does not match its contract: input",
+        ),
         "renamed_state": (with_metadata(model, tmp / "renamed.onnx", renamed_state), "graph lacks inputs"),
     }
     expect("missing model", ["--model", str(tmp / "nope.onnx"), *wav], EXIT_MODEL, "no such model file")
@@ -114,8 +116,11 @@ def check(tmp: Path) -> int:
     from stream_engine.contract import ContractError, ModelLoadError
     from stream_engine.runtime.onnxrt import OnnxStepRunner
 
-    for label, path, cls in [("corrupt", corrupt, ModelLoadError), ("truncated", truncated, ModelLoadError),
-                             *[(k, v[0], ContractError) for k, v in bad_models.items()]]:
+    for label, path, cls in [
+        ("corrupt", corrupt, ModelLoadError),
+        ("truncated", truncated, ModelLoadError),
+        *[(k, v[0], ContractError) for k, v in bad_models.items()],
+    ]:
         try:
             OnnxStepRunner(path)
             failures.append(f"python runtime accepted the {label} model")
@@ -135,19 +140,31 @@ def check(tmp: Path) -> int:
     expect("wav at half rate", [*good, "--wav", str(low)], EXIT_AUDIO, f"the model needs {rate} Hz audio; resample")
     expect("not a wav", [*good, "--wav", str(data / "speech_s16.raw")], EXIT_AUDIO, "not a WAV file")
     expect("missing wav", [*good, "--wav", str(tmp / "nope.wav")], EXIT_AUDIO, "cannot open")
-    expect("raw at a stated wrong rate", [*good, "--raw-f32", "-", "--rate", str(rate * 2)], EXIT_AUDIO,
-           f"the model needs {rate} Hz")
+    expect(
+        "raw at a stated wrong rate",
+        [*good, "--raw-f32", "-", "--rate", str(rate * 2)],
+        EXIT_AUDIO,
+        f"the model needs {rate} Hz",
+    )
     expect("torn int16 sample", [*good, "--raw-s16", "-"], EXIT_AUDIO, "middle of a sample", stdin=b"\x00" * 1281)
 
     # ---------------------------------------------------------------------------------------------- inputs
     face = tmp / "face.json"
     face.write_text(json.dumps([[0.5, 0.5]] * 3))
-    expect("wrong-size face", [*good, "--wav", str(data / "speech_s16.wav"), "--reference-face", str(face)],
-           EXIT_FAILURE, "the reference face must be a finite")
+    expect(
+        "wrong-size face",
+        [*good, "--wav", str(data / "speech_s16.wav"), "--reference-face", str(face)],
+        EXIT_FAILURE,
+        "the reference face must be a finite",
+    )
     st = tmp / "state.f32"
     st.write_bytes(b"\x00" * 12)
-    expect("wrong-size initial state", [*good, "--wav", str(data / "speech_s16.wav"), "--initial-state", str(st)],
-           EXIT_FAILURE, "12 bytes; the model's states take")
+    expect(
+        "wrong-size initial state",
+        [*good, "--wav", str(data / "speech_s16.wav"), "--initial-state", str(st)],
+        EXIT_FAILURE,
+        "12 bytes; the model's states take",
+    )
     expect("no input", ["--model", str(model)], EXIT_USAGE, "give exactly one of")
     expect("unknown option", ["--model", str(model), "--frobnicate"], EXIT_USAGE, "unknown option '--frobnicate'")
     expect("bad format", [*good, "--wav", "x.wav", "--format", "json"], EXIT_USAGE, "--format is csv or f32")

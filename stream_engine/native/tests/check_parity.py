@@ -106,34 +106,98 @@ def check(tmp: Path) -> int:
         # The seeded start state alone: no audio -> 0 steps -> the dumped state is the initial one.
         empty = tmp / "empty.raw"
         empty.write_bytes(b"")
-        run(base + ["--raw-f32", str(empty), "--seed", str(m["seed"]), "--dump-state", str(state_file), "--quiet",
-                    "--out", str(tmp / "none.csv")])
+        run(
+            base
+            + [
+                "--raw-f32",
+                str(empty),
+                "--seed",
+                str(m["seed"]),
+                "--dump-state",
+                str(state_file),
+                "--quiet",
+                "--out",
+                str(tmp / "none.csv"),
+            ]
+        )
         got0 = np.fromfile(state_file, dtype="<f4")
         want0 = np.fromfile(data / "native_seed_state.f32", dtype="<f4")
         if not np.array_equal(got0, want0):
             raise SystemExit("FAIL: the native seeded start state differs from make_reference's splitmix64")
         print(f"seeded start state: identical ({got0.size} floats)")
         out = tmp / "lm.f32"
-        run(base + ["--wav", str(data / "speech_s16.wav"), "--seed", str(m["seed"]), "--format", "f32", "--out",
-                    str(out), "--dump-state", str(state_file)])
+        run(
+            base
+            + [
+                "--wav",
+                str(data / "speech_s16.wav"),
+                "--seed",
+                str(m["seed"]),
+                "--format",
+                "f32",
+                "--out",
+                str(out),
+                "--dump-state",
+                str(state_file),
+            ]
+        )
         got, ref = np.fromfile(out, dtype="<f4").reshape(-1, *shape), "seeded"
     elif a.case == "raw_f32_stdin_face":
-        proc = run(base + ["--raw-f32", "-", "--seed", str(m["face_seed"]), "--reference-face",
-                           str(data / "face.json"), "--dump-state", str(state_file)],
-                   stdin_path=data / "speech_f32.raw")
+        proc = run(
+            base
+            + [
+                "--raw-f32",
+                "-",
+                "--seed",
+                str(m["face_seed"]),
+                "--reference-face",
+                str(data / "face.json"),
+                "--dump-state",
+                str(state_file),
+            ],
+            stdin_path=data / "speech_f32.raw",
+        )
         steps, _, got = read_csv(proc.stdout.decode(), shape)
         assert np.array_equal(steps, np.arange(len(steps))), "step column"
         ref = "face"
     elif a.case == "wav_f32_initial_state":
         out = tmp / "lm.f32"
-        run(base + ["--wav", str(data / "speech_f32.wav"), "--initial-state", str(data / "initial_state.f32"),
-                    "--format", "f32", "--out", str(out), "--drop-warmup", "--dump-state", str(state_file)])
+        run(
+            base
+            + [
+                "--wav",
+                str(data / "speech_f32.wav"),
+                "--initial-state",
+                str(data / "initial_state.f32"),
+                "--format",
+                "f32",
+                "--out",
+                str(out),
+                "--drop-warmup",
+                "--dump-state",
+                str(state_file),
+            ]
+        )
         got, ref = np.fromfile(out, dtype="<f4").reshape(-1, *shape), "initial_state"
     elif a.case == "raw_s16_file_csv":
         out, timings = tmp / "lm.csv", tmp / "t.txt"
-        run(base + ["--raw-s16", str(data / "speech_s16.raw"), "--seed", str(m["seed"]), "--out", str(out),
-                    "--timings", str(timings), "--summary-json", str(tmp / "s.json"), "--dump-state",
-                    str(state_file)])
+        run(
+            base
+            + [
+                "--raw-s16",
+                str(data / "speech_s16.raw"),
+                "--seed",
+                str(m["seed"]),
+                "--out",
+                str(out),
+                "--timings",
+                str(timings),
+                "--summary-json",
+                str(tmp / "s.json"),
+                "--dump-state",
+                str(state_file),
+            ]
+        )
         steps, step_us, got = read_csv(out.read_text(), shape)
         t = np.loadtxt(timings)
         assert t.shape == (m["steps"],) and np.allclose(t, step_us, atol=1e-3), "timings file vs CSV column"
@@ -147,8 +211,12 @@ def check(tmp: Path) -> int:
     if a.case == "wav_f32_initial_state":
         want = want[lookahead:]
     diff = compare(f"{a.case} landmarks", got, want, a.tol)
-    sdiff = compare(f"{a.case} final state", np.fromfile(state_file, dtype="<f4"),
-                    np.fromfile(data / f"ref_{ref}_state.f32", dtype="<f4"), a.tol)
+    sdiff = compare(
+        f"{a.case} final state",
+        np.fromfile(state_file, dtype="<f4"),
+        np.fromfile(data / f"ref_{ref}_state.f32", dtype="<f4"),
+        a.tol,
+    )
     print(f"PASS {a.case}: {got.shape[0]} steps of {m['audio_source']}; landmarks {diff:.3g}, state {sdiff:.3g}")
     return 0
 

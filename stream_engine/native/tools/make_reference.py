@@ -117,8 +117,10 @@ def load_speech(rate: int, seconds: float) -> tuple[np.ndarray, str]:
     if shutil.which("espeak-ng"):
         with tempfile.TemporaryDirectory() as td:
             wav = Path(td) / "s.wav"
-            text = ("The quick brown fox jumps over the lazy dog. Speech drives the mouth, the jaw and the "
-                    "eyebrows of the face, frame by frame, in real time.")
+            text = (
+                "The quick brown fox jumps over the lazy dog. Speech drives the mouth, the jaw and the "
+                "eyebrows of the face, frame by frame, in real time."
+            )
             subprocess.run(["espeak-ng", "-w", str(wav), text], check=True, capture_output=True)
             a = load_audio(wav, rate)
         a = np.tile(a, int(np.ceil(need / a.size)))[:need]
@@ -141,8 +143,17 @@ def write_wav_s16(path: Path, pcm16: np.ndarray, rate: int) -> None:
 def write_wav_f32(path: Path, x: np.ndarray, rate: int) -> None:
     data = x.astype("<f4").tobytes()
     fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)
-    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt " +
-                     struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+    path.write_bytes(
+        b"RIFF"
+        + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data))
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
 
 
 def run_reference(runner, audio: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
@@ -208,10 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     (out / "native_seed_state.f32").write_bytes(state_bytes(c, native_initial_state(c, SEED_CASE)))
 
     manifest = {
-        "model": str(model), "model_source": model_source, "model_version": c.model_version,
-        "audio_source": source, "sample_rate_hz": rate, "samples": int(n), "samples_per_frame": int(spf), "steps": int(frames.shape[0]),
-        "seed": SEED_CASE, "face_seed": FACE_SEED, "state_names": list(c.state_names),
-        "lookahead_frames": c.lookahead_frames, "landmark_shape": [c.num_landmarks, c.landmark_dims],
+        "model": str(model),
+        "model_source": model_source,
+        "model_version": c.model_version,
+        "audio_source": source,
+        "sample_rate_hz": rate,
+        "samples": int(n),
+        "samples_per_frame": int(spf),
+        "steps": int(frames.shape[0]),
+        "seed": SEED_CASE,
+        "face_seed": FACE_SEED,
+        "state_names": list(c.state_names),
+        "lookahead_frames": c.lookahead_frames,
+        "landmark_shape": [c.num_landmarks, c.landmark_dims],
         "landmark_range": [float(frames.min()), float(frames.max())],
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
