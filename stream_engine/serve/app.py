@@ -22,6 +22,7 @@ Routing facts this relies on (Ray Serve 2.60; PROTOCOL.md §8):
 import asyncio
 import dataclasses
 import os
+from typing import Any
 
 from stream_engine.serve.config import ServeConfig
 
@@ -35,7 +36,7 @@ def cluster_env() -> dict[str, str]:
     return {**ROUTING_ENV, **PROXY_HOOK_ENV}
 
 
-def load_runner(cfg: ServeConfig):
+def load_runner(cfg: ServeConfig) -> Any:
     """The replica's runner (as `msync stream --model/--precision/--threads`). Raises `StreamError`."""
     from stream_engine.config import DEFAULT_MODEL_PATH, ModelConfig
     from stream_engine.stream import load_model
@@ -71,16 +72,16 @@ class MsyncReplica:
             await self.engine.start()  # idempotent
 
 
-def build_app(cfg: ServeConfig):
+def build_app(cfg: ServeConfig) -> Any:
     """The bound Serve application: a FastAPI ingress with WS /audio and GET /health on every replica."""
     import ray
     from fastapi import FastAPI, Request, WebSocket
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from ray import serve
 
     api = FastAPI(title="msync", docs_url=None, redoc_url=None, openapi_url=None)
 
-    options: dict = {
+    options: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
         "ray_actor_options": {"num_cpus": cfg.cpus_per_replica},
@@ -105,7 +106,7 @@ def build_app(cfg: ServeConfig):
             await self.body.server.serve_audio(ws)
 
         @api.get("/health")
-        async def health(self, request: Request):
+        async def health(self, request: Request) -> Response:
             server = self.body.server
             headers = {k.lower(): v for k, v in request.headers.items()}
             refused = server.refusal(headers, dict(request.query_params), upgrade=False)
@@ -117,7 +118,7 @@ def build_app(cfg: ServeConfig):
     return Deployment.bind(cfg)  # type: ignore[attr-defined]  # added by @serve.deployment
 
 
-def with_resolved_tokens(cfg: ServeConfig, environ) -> ServeConfig:
+def with_resolved_tokens(cfg: ServeConfig, environ: Any) -> ServeConfig:
     """`cfg` with the server token read from its file / MSYNC_TOKEN, checked for exposure (raises ValueError):
     resolved once by the driver, so replicas on other hosts need neither the file nor the variable."""
     from stream_engine.outputs.websocket import check_exposure, resolve_tokens

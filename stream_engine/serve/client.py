@@ -12,6 +12,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,13 +33,13 @@ class StreamResult:
         errors: error messages received.
     """
 
-    ready: dict
+    ready: dict[str, Any]
     landmarks: np.ndarray
     indices: np.ndarray
     close_code: int | None
     close_reason: str
     lateness_ms: np.ndarray
-    errors: list[dict]
+    errors: list[dict[str, Any]]
 
 
 async def stream_audio(
@@ -49,7 +50,7 @@ async def stream_audio(
     realtime: bool = False,
     token: str = "",
     open_timeout_s: float = 30.0,
-    after_ready: Callable[[dict], Awaitable[None]] | None = None,
+    after_ready: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
 ) -> StreamResult:
     """Stream `pcm` (int16 mono 16 kHz) as one stream, then `end`; collect every frame (`every_frame`).
@@ -77,9 +78,9 @@ async def stream_audio(
     }
     if stream_id is not None:
         hello["stream"] = stream_id
-    ready: dict = {}
+    ready: dict[str, Any] = {}
     frames: list[tuple[int, np.ndarray, float]] = []
-    errors: list[dict] = []
+    errors: list[dict[str, Any]] = []
     sent_at: list[float] = []  # per 40 ms frame of audio: when the chunk holding it was sent
     code, reason = None, ""
     async with connect(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from typing import Any
 
 from stream_engine.outputs.websocket import ServerConfig
 
@@ -76,7 +77,7 @@ class ServeConfig:
         """Per replica: its streams plus the refusal lane (see `streams_per_replica`)."""
         return self.streams_per_replica + 1
 
-    def autoscaling_config(self) -> dict:
+    def autoscaling_config(self) -> dict[str, Any]:
         """Ray Serve's `autoscaling_config` (target: ongoing requests per replica = open streams)."""
         target = self.target_streams or max(1.0, 0.75 * self.streams_per_replica)
         return {

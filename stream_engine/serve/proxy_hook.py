@@ -60,7 +60,7 @@ class CloseOnReplicaLoss:
                     await send({"type": "websocket.close", "code": CLOSE_REPLICA_LOST, "reason": REASON})
 
 
-def middlewares() -> list:
+def middlewares() -> list[Any]:
     """The proxy callback Ray calls (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH): Starlette middlewares."""
     from starlette.middleware import Middleware
 

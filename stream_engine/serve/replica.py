@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -54,7 +55,7 @@ class ReplicaEngine(Engine):
     `stream_seed(seed_base, stream_id)` (the same on any replica, whatever was opened before), and an id the
     client leaves out is `"{id_prefix}-{n}"`, unique across replicas when `id_prefix` is the replica's."""
 
-    def __init__(self, runner, cfg, seed_base: int | None, id_prefix: str, **kwargs) -> None:
+    def __init__(self, runner: Any, cfg: Any, seed_base: int | None, id_prefix: str, **kwargs: Any) -> None:
         super().__init__(runner, cfg, **kwargs)
         self.seed_base = seed_base
         self.id_prefix = id_prefix
@@ -79,14 +80,14 @@ class ReplicaEngine(Engine):
 class _Connection:
     """One /audio WebSocket: its frame queue and sender task."""
 
-    def __init__(self, ws, queue: LatestFrameQueue) -> None:
+    def __init__(self, ws: Any, queue: LatestFrameQueue) -> None:
         self.ws = ws
         self.queue = queue
         self.format = "json"
         self.stream_id: str | None = None
         self.busy = False
         self.progress = asyncio.Event()  # set after every send and when the queue empties
-        self.sender: asyncio.Task | None = None
+        self.sender: asyncio.Task[None] | None = None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
@@ -102,7 +103,7 @@ class ReplicaServer:
         info: extra fields for the `ready` message and /health (e.g. {"replica": id}).
     """
 
-    def __init__(self, engine: Engine, cfg: ServerConfig, info: dict | None = None) -> None:
+    def __init__(self, engine: Engine, cfg: ServerConfig, info: dict[str, Any] | None = None) -> None:
         self.engine = engine
         self.cfg = cfg
         self.protocol_cfg = cfg.protocol()
@@ -120,7 +121,7 @@ class ReplicaServer:
             if conn is not None:
                 conn.queue.put(frame)
 
-    def stream_event(self, event: dict) -> None:
+    def stream_event(self, event: dict[str, Any]) -> None:
         sid = event.get("stream")
         if not isinstance(sid, str) or (conn := self._by_stream.get(sid)) is None:
             return
@@ -174,7 +175,7 @@ class ReplicaServer:
         return name in LOOPBACK_HOSTS or host in self.cfg.allowed_hosts or name in self.cfg.allowed_hosts
 
     # ------------------------------------------------------------------ reporting
-    def hello_fields(self) -> dict:
+    def hello_fields(self) -> dict[str, Any]:
         """The server facts repeated in every `ready` (as `msync stream`'s /audio hello) plus `self.info`."""
         c = self.engine.contract
         return {
@@ -196,7 +197,7 @@ class ReplicaServer:
             **self.info,
         }
 
-    def health(self) -> dict:
+    def health(self) -> dict[str, Any]:
         return {
             **self.info,
             **self.engine.health(),
@@ -206,7 +207,7 @@ class ReplicaServer:
         }
 
     # ------------------------------------------------------------------ WS /audio
-    async def serve_audio(self, ws) -> None:
+    async def serve_audio(self, ws: Any) -> None:
         """Serve one Starlette `WebSocket` on /audio until it ends (any reason). Never raises."""
         headers = {k.lower(): v for k, v in ws.headers.items()}
         query = dict(ws.query_params)
@@ -281,12 +282,12 @@ class ReplicaServer:
                 if wait_ns:
                     await asyncio.sleep(wait_ns / 1e9)
 
-    async def _send(self, ws, data: str | bytes) -> None:
+    async def _send(self, ws: Any, data: str | bytes) -> None:
         """One write; raises asyncio.TimeoutError when the socket does not take it in `write_timeout_s`."""
         send = ws.send_bytes(data) if isinstance(data, bytes) else ws.send_text(data)
         await asyncio.wait_for(send, self.cfg.write_timeout_s)
 
-    async def _execute(self, conn: _Connection, proto: AudioProtocol, actions) -> bool:
+    async def _execute(self, conn: _Connection, proto: AudioProtocol, actions: Any) -> bool:
         """Run the protocol's actions in order. Returns True once the connection is closed."""
         for action in actions:
             if isinstance(action, Send):
@@ -352,7 +353,7 @@ class ReplicaServer:
                 await conn.ws.close(1011, "write failed")
 
 
-async def _deny(ws, status: int, reason: str) -> None:
+async def _deny(ws: Any, status: int, reason: str) -> None:
     """Refuse a WebSocket upgrade with an HTTP status (the ASGI denial-response extension), or, where the
     server lacks it, by closing before accept (the server answers HTTP 403)."""
     if "websocket.http.response" in (ws.scope.get("extensions") or {}):
