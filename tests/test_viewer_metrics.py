@@ -205,3 +205,10 @@ def test_report_columns_expose_planted_models():
     assert cols[STATIC]["yaw_range_ratio"] == 0.0
     assert cols[STATIC]["head_energy_ratio"] == pytest.approx([0.0] * 4, abs=1e-9)
     assert cols[GT]["bilabial_events"] == 0  # no phones given
+
+
+def test_a_talking_mouth_is_not_head_motion():
+    """Jaw and lips move (a loudness mouth), the head does not: no head energy, no head speed."""
+    talking = face_sequence(speech_mouth())
+    assert vm.head_energy(talking) == pytest.approx([0.0] * 4, abs=1e-12)
+    assert np.abs(vm.head_speed(talking, project_face())).max() < 0.01

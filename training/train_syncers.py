@@ -1,7 +1,8 @@
 """`msync train-syncers`: train a syncer pyramid on a dataset directory.
 
     msync train-syncers --config training/configs/syncers.json --out runs/syncers
-    msync train-syncers --config training/configs/metric_syncers.json --out runs/metric_syncers
+    msync train-syncers --config training/configs/metric_syncers.json --out runs/metric_syncers        # v1
+    msync train-syncers --config training/configs/metric_syncers_v2.json --out runs/metric_syncers_v2  # default
     torchrun --nproc-per-node 2 -m training.train_syncers --set device=cpu ...     # DDP (gloo on CPU)
 
 Every level is trained at every step (one group of 49 aligned pairs per level and `groups_per_level`

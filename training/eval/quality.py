@@ -27,8 +27,17 @@ split's speech concatenated and looped, run in chunks with carried state (checke
 first frames); for (c) also its last minute cut into 40-frame pieces, its wall time, NaN frames, plausibility,
 velocity and face-size curves over time, and the velocity of the last minute against the first.
 
+What a viewer sees (`training.eval.viewer`, `training.eval.rest`; section 5 of eval.md, `viewer` in eval.json):
+articulation against ground truth (inner-lip gap correlation at lag 0 and best lag, amplitude ratio, opening
+range, lip closure on bilabial phones from pocketsphinx), head motion energy per scale, yaw/pitch/roll ranges and
+bias from the reference face, head speed against the speech envelope at 0.8 and 1.6 s, blinks, and a non-speech
+set built from the split's clips (silence, noise, hum, chord, breathing) with the raw mouth and `mouth_open` in it
+and the time to rest after speech.
+
 Outputs in OUT: `eval.md`, `eval.json`, `sync_levels.png` (AV-Conf and FD-motion per level and method),
-`drift.png` (plausibility, velocity and face size over the long rollout), `predictions/`.
+`drift.png` (plausibility, velocity and face size over the long rollout), `viewer.png` (the viewer columns),
+`side_by_side.png` + `videos/side_by_side.mp4` (ground truth and every row on one clip with a pause and noise),
+`predictions/`.
 """
 
 from __future__ import annotations

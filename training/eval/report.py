@@ -311,7 +311,7 @@ def viewer_section(v: dict, num_levels: int) -> list[str]:
         "",
         "Angles relative to each sequence's reference face (yaw/pitch/roll of `stream_engine.signals.head_rotation`, "
         "degrees). Range = p95 − p5 per sequence (mean); bias = median over each clip (median over clips); energy "
-        "= mean squared velocity of the jaw+nose centroid (IOD units) at each pyramid level, as a ratio to ground "
+        "= mean squared velocity of the centroid of the rigid points (upper jaw line, nose, eye corners; IOD units) at each pyramid level, as a ratio to ground "
         "truth; r(speed, envelope): head speed (centroid + angular) against the frame level in dB, both averaged "
         "over 0.8 / 1.6 s windows.",
         "",

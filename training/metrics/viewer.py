@@ -15,13 +15,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stream_engine.landmarks import JAW, NOSE
-from stream_engine.signals import eye_aspect_ratio, head_rotation, rotation_to_pose
+from stream_engine.signals import RIGID_POINTS, eye_aspect_ratio, head_rotation, rotation_to_pose
 from training import pyramid
 
 FPS = 25.0
 REST_GAP = 0.03  # IOD: a mouth at rest (issue 15's target); a closed mouth in speech is about 0.025
 BILABIALS = ("P", "B", "M")
+# Head position: the points the engine fits head rotation to (upper jaw line, nose, eye corners), none of which
+# moves with the jaw, so a mouth that opens does not count as head motion.
+HEAD_POINTS = list(RIGID_POINTS)
 
 
 def _check(x: np.ndarray) -> np.ndarray:
@@ -117,11 +119,11 @@ def head_pose_stats(angles: np.ndarray) -> dict[str, float]:
 
 
 def head_energy(x: np.ndarray, num_levels: int = 4, kernel: int = 7) -> list[float]:
-    """Motion energy of the head per pyramid scale, in IOD² per level-l sample: the jaw + nose centroid over the
-    sequence's median inter-ocular distance, through :func:`training.pyramid.level`, mean squared velocity
-    (as `training.metrics.motion.head_motion_energy`, but in face units so that face sizes compare)."""
+    """Motion energy of the head per pyramid scale, in IOD² per level-l sample: the centroid of `HEAD_POINTS` over
+    the sequence's median inter-ocular distance, through :func:`training.pyramid.level`, mean squared velocity
+    (as `training.metrics.motion.head_motion_energy`, but in face units and without the chin)."""
     x = _check(x)
-    traj = x[:, list(JAW) + list(NOSE)].mean(axis=1) / float(np.median(inter_ocular(x)))
+    traj = x[:, HEAD_POINTS].mean(axis=1) / float(np.median(inter_ocular(x)))
     out = []
     for lvl in range(num_levels):
         v = np.diff(pyramid.level(traj, lvl, kernel), axis=0)
@@ -133,7 +135,7 @@ def head_speed(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(T,) head speed per frame: centroid speed (IOD per frame) plus angular speed (degrees per frame / 30, so
     that a 3-degree turn weighs like a 0.1 IOD shift). Frame 0 repeats frame 1."""
     x = _check(x)
-    traj = x[:, list(JAW) + list(NOSE)].mean(axis=1) / float(np.median(inter_ocular(x)))
+    traj = x[:, HEAD_POINTS].mean(axis=1) / float(np.median(inter_ocular(x)))
     ang = head_angles(x, reference)
     if len(x) < 2:
         return np.zeros(len(x))
