@@ -71,12 +71,15 @@ def sound(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
     elif kind.startswith("noise"):
         x = _rms_to(_lowpass(rng.standard_normal(num_samples), 2000.0), float(kind.split()[1]))
     elif kind == "hum":
-        x = _rms_to(sum(np.sin(2 * np.pi * 50 * k * t) / k for k in (1, 2, 3, 4)), -40.0)
+        x = _rms_to(np.sum([np.sin(2 * np.pi * 50 * k * t) / k for k in (1, 2, 3, 4)], axis=0), -40.0)
     elif kind == "chord":
-        x = sum(
-            np.sin(2 * np.pi * f * k * t + rng.uniform(0, 2 * np.pi)) / k**1.5
-            for f in (220.0, 277.18, 329.63)
-            for k in (1, 2, 3)
+        x = np.sum(
+            [
+                np.sin(2 * np.pi * f * k * t + rng.uniform(0, 2 * np.pi)) / k**1.5
+                for f in (220.0, 277.18, 329.63)
+                for k in (1, 2, 3)
+            ],
+            axis=0,
         )
         x = _rms_to(x, -30.0)
     elif kind == "breathing":
@@ -115,7 +118,7 @@ def build(cfg: RestConfig, segs_by_clip: dict, pcm: dict) -> list[Stimulus]:
     n_speech = int(round(cfg.speech_s * 25)) * SPF
     n_rest = int(round(cfg.rest_s * 25)) * SPF
     half = (n_speech // SPF // 2) * SPF
-    out = []
+    out: list[Stimulus] = []
     rng = np.random.default_rng(cfg.seed)
     for cid, segs in segs_by_clip.items():
         if len([s for s in out if s.kind == KINDS[0] and s.layout == LAYOUTS[0]]) >= cfg.clips:

@@ -93,7 +93,8 @@ def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, 
     mfcc)] as in `method_inputs`; `refs`: per-sequence reference faces; `phone_cache`: clip id -> phones."""
     seqs = inputs.sequences
     gt_by_index = {i: s.landmarks for i, s in enumerate(seqs)}
-    art, bias, corr, blink_runs, bil = [], [], {w: [] for w in WINDOWS_S}, [], []
+    art, bias, blink_runs, bil = [], [], [], []
+    corr: dict[float, list[float]] = {w: [] for w in WINDOWS_S}
     total_blinks = total_frames = 0
     gaps_all = []
     for cid, group in _clip_groups(items, seqs).items():
