@@ -269,3 +269,18 @@ def test_shift_groups_take_the_same_clip_at_other_times():
     shifts = (mf[:, 1:, 0, 0] - mf[:, :1, 0, 0]) / per_row / 4.0  # in landmark samples
     assert np.allclose(shifts, np.round(shifts), atol=1e-2)
     assert np.all(np.abs(np.round(shifts)) >= 1) and np.all(np.abs(np.round(shifts)) <= 3)
+
+
+def test_sequence_centring_with_iod_scale_ignores_face_size():
+    """`iod_scale`: the same motion on a face twice as large gives the same prepared sequence (numpy and torch),
+    and the mouth copy adds 2 x 20 channels in sequence mode."""
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 68, 2)).astype(np.float32)
+    cfg = dataclasses.replace(TINY, iod_scale=True, mouth_emphasis=True)
+    model = SyncerPyramid(cfg)
+    a, b = model.prepare_sequence(x), model.prepare_sequence(2.0 * x + 0.3)
+    assert np.allclose(a, b, atol=1e-5)
+    assert torch.allclose(model.prepare_sequence(torch.from_numpy(x)), torch.from_numpy(a), atol=1e-5)
+    assert not np.allclose(SyncerPyramid(TINY).prepare_sequence(2.0 * x), a, atol=1e-3)
+    pos, vel = model.raw_landmark_features(torch.from_numpy(a[None, :5]))
+    assert pos.shape == vel.shape == (1, 5, 2 * (68 + 20))

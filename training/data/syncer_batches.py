@@ -43,15 +43,21 @@ class PyramidStore:
         landmark_frames: int = 5,
         audio_frames: int = 20,
         sequence_centring: bool = True,
+        iod_scale: bool = False,
     ) -> None:
+        from training.models.syncer import sequence_centre
+
         self.segments = segments
         self.num_levels, self.kernel = num_levels, kernel
         self.landmark_frames, self.audio_frames = landmark_frames, audio_frames
         self.ratio = frontend.mfcc_per_landmark_frame
         self.frontend = frontend
+
         # Sequence centring (SyncerConfig.landmark_centering == "sequence"): each point relative to its mean over
         # the whole segment, plus the crop centre so that augmentation (scale/rotation about the centre) applies.
-        prep = (lambda x: x - x.mean(axis=0, keepdims=True) + 0.5) if sequence_centring else (lambda x: x)
+        def prep(x: np.ndarray) -> np.ndarray:
+            return sequence_centre(x, iod_scale) + 0.5 if sequence_centring else x
+
         self.landmarks = [pyramid.build(prep(s.landmarks), num_levels, kernel) for s in segments]
         self.logmel = [pyramid.build(s.logmel, num_levels, kernel) for s in segments]
         self.identity = np.array([s.identity for s in segments])
@@ -179,4 +185,5 @@ def syncer_store(segments: list[Segment], sc: SyncerConfig, frontend: FrontEndCo
         sc.landmark_frames,
         sc.audio_frames,
         sequence_centring=sc.landmark_centering == "sequence",
+        iod_scale=sc.iod_scale,
     )

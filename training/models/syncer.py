@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,6 +46,8 @@ class SyncerConfig:
             shortcut: the negatives share the face).
         mouth_emphasis: also feed a copy of the mouth (points 48-67) centred on the mouth's own mean and scaled
             by the same inter-ocular distance, so the lips get as many input channels as the rest of the face.
+        iod_scale: with "sequence" centring, also divide by the sequence's mean inter-ocular distance (outer
+            eye corners p36-p45), so every face has the same size whatever its size in the crop.
     """
 
     num_levels: int = 4
@@ -63,6 +66,7 @@ class SyncerConfig:
     syncnet_margin: float = 2.0
     landmark_centering: str = "sequence"
     mouth_emphasis: bool = False
+    iod_scale: bool = False
 
     def __post_init__(self) -> None:
         if self.landmark_centering not in ("sequence", "shape", "position", "window"):
@@ -138,11 +142,7 @@ class SyncerPyramid(nn.Module):
         """
         if self.cfg.landmark_centering != "sequence":
             return landmarks
-        return (
-            landmarks - landmarks.mean(axis=-3, keepdims=True)
-            if not torch.is_tensor(landmarks)
-            else landmarks - landmarks.mean(dim=-3, keepdim=True)
-        )
+        return sequence_centre(landmarks, self.cfg.iod_scale)
 
     def raw_landmark_features(self, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, T, 68, 2) -> segment-centred positions and velocities, each (N, T, 136).
@@ -154,7 +154,11 @@ class SyncerPyramid(nn.Module):
             centred = window_normalise(landmarks, self.cfg.mouth_emphasis)
         else:
             dims = (1,) if self.cfg.landmark_centering == "shape" else (1, 2)
-            centred = (landmarks - landmarks.mean(dim=dims, keepdim=True)).flatten(2)
+            points = landmarks - landmarks.mean(dim=dims, keepdim=True)
+            centred = points.flatten(2)
+            if self.cfg.mouth_emphasis:
+                mouth = points[:, :, 48:68]
+                centred = torch.cat([centred, (mouth - mouth.mean(dim=(1, 2), keepdim=True)).flatten(2)], dim=-1)
         velocity = torch.diff(centred, dim=1, prepend=centred[:, :1])
         return centred, velocity
 
@@ -186,6 +190,22 @@ class SyncerPyramid(nn.Module):
     def forward(self, batches: list[tuple[int, torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Embed several (level, landmarks, mfcc) groups in one call (one forward per step keeps DDP happy)."""
         return [self.embed(lvl, lm, mf) for lvl, lm, mf in batches]
+
+
+def sequence_centre(landmarks, iod_scale: bool = False):
+    """Every point relative to its mean over the sequence: (…, T, 68, 2) numpy array or tensor -> same shape.
+    With `iod_scale`, divided by the sequence's mean inter-ocular distance ‖p36 − p45‖."""
+    if torch.is_tensor(landmarks):
+        out = landmarks - landmarks.mean(dim=-3, keepdim=True)
+        if iod_scale:
+            iod = (landmarks[..., 36, :] - landmarks[..., 45, :]).norm(dim=-1).mean(dim=-1)
+            out = out / iod.clamp_min(1e-6)[..., None, None, None]
+        return out
+    out = landmarks - landmarks.mean(axis=-3, keepdims=True)
+    if iod_scale:
+        iod = np.linalg.norm(landmarks[..., 36, :] - landmarks[..., 45, :], axis=-1).mean(axis=-1)
+        out = out / np.maximum(iod, 1e-6)[..., None, None, None]
+    return out
 
 
 def window_normalise(landmarks: torch.Tensor, mouth_emphasis: bool) -> torch.Tensor:
