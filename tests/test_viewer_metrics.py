@@ -212,3 +212,18 @@ def test_a_talking_mouth_is_not_head_motion():
     talking = face_sequence(speech_mouth())
     assert vm.head_energy(talking) == pytest.approx([0.0] * 4, abs=1e-12)
     assert np.abs(vm.head_speed(talking, project_face())).max() < 0.01
+
+
+def test_engine_blink_signal_sees_planted_closed_eyes():
+    """The engine's `blink` column: eyes planted shut for 40 frames raise the share above 0.5 over the same
+    stream with open eyes (same procedural-blink seed)."""
+    from training.eval.viewer import engine_blinks
+
+    open_eyes = face_sequence(np.zeros(T))
+    shut = open_eyes.copy()
+    for lids, corners in (((37, 38, 40, 41), (36, 39)), ((43, 44, 46, 47), (42, 45))):
+        shut[100:140, list(lids), 1] = shut[100:140, list(corners), 1].mean(axis=1, keepdims=True)
+    level = np.full(T, -20.0)
+    n_open, closed_open = engine_blinks(open_eyes, project_face(), level)
+    n_shut, closed_shut = engine_blinks(shut, project_face(), level)
+    assert closed_shut >= closed_open + 30

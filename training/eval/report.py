@@ -313,13 +313,15 @@ def viewer_section(v: dict, num_levels: int) -> list[str]:
         "degrees). Range = p95 − p5 per sequence (mean); bias = median over each clip (median over clips); energy "
         "= mean squared velocity of the centroid of the rigid points (upper jaw line, nose, eye corners; IOD units) at each pyramid level, as a ratio to ground "
         "truth; r(speed, envelope): head speed (centroid + angular) against the frame level in dB, both averaged "
-        "over 0.8 / 1.6 s windows.",
+        "over 0.8 / 1.6 s windows. Blinks: runs of frames whose eye aspect ratio is below 0.6 × the clip's "
+        "median (rate, mean length); engine `blink`: the rig signal of `stream_engine.signals` (landmark and "
+        "procedural blinks) over each sequence as a fresh stream, rate and share of frames above 0.5.",
         "",
         "| Method | "
         + " | ".join(f"energy {int(200 * 2**l)} ms" for l in range(num_levels))
         + " | yaw range | pitch range | roll range | yaw bias | pitch bias | roll bias | r(speed, env) 0.8 s | "
-        "r(speed, env) 1.6 s | blinks / min | blink ms |",
-        "|" + "---|" * (num_levels + 11),
+        "r(speed, env) 1.6 s | blinks / min | blink ms | engine `blink`: / min, > 0.5 |",
+        "|" + "---|" * (num_levels + 12),
     ]
     for name, c in cols.items():
         lines.append(
@@ -333,7 +335,8 @@ def viewer_section(v: dict, num_levels: int) -> list[str]:
             + " | "
             + " | ".join(num(c[k], "{:+.1f}°") for k in ("yaw_bias", "pitch_bias", "roll_bias"))
             + f" | {num(c['speed_envelope_r_0.8s'], '{:.2f}')} | {num(c['speed_envelope_r_1.6s'], '{:.2f}')} | "
-            f"{num(c['blinks_per_min'], '{:.1f}')} | {num(c['blink_ms'], '{:.0f}')} |"
+            f"{num(c['blinks_per_min'], '{:.1f}')} | {num(c['blink_ms'], '{:.0f}')} | "
+            f"{num(c['signal_blinks_per_min'], '{:.1f}')}, {num(100 * c['signal_blink_closed_share'], '{:.0f} %')} |"
         )
     rest = v.get("rest")
     if rest and rest.get("rows"):

@@ -71,6 +71,17 @@ def phones(dec, pcm: np.ndarray) -> list[tuple[str, int, int]]:
     return [(s.word, s.start_frame // 4, s.end_frame // 4) for s in dec.seg()]
 
 
+def engine_blinks(x: np.ndarray, reference: np.ndarray, level_dbfs: np.ndarray) -> tuple[int, int]:
+    """(blinks, frames with blink > 0.5) of the engine's `blink` signal over one stream: `SignalExtractor` with
+    the default `SignalConfig` (eye aspect ratio of the landmarks and procedural blinks, mode "both")."""
+    from stream_engine.signals import SignalExtractor
+
+    ex = SignalExtractor(reference_face=reference, seed=0)
+    closed = np.array([ex.update(p, t * 0.04, float(level_dbfs[t])).blink > 0.5 for t, p in enumerate(x)])
+    edges = np.diff(np.concatenate([[0], closed.astype(int), [0]]))
+    return int((edges == 1).sum()), int(closed.sum())
+
+
 def _clip_groups(items, sequences) -> dict[str, list]:
     by_clip: dict[str, list] = {}
     for i, lm, _ in items:
@@ -95,7 +106,7 @@ def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, 
     gt_by_index = {i: s.landmarks for i, s in enumerate(seqs)}
     art, bias, blink_runs, bil = [], [], [], []
     corr: dict[float, list[float]] = {w: [] for w in WINDOWS_S}
-    total_blinks = total_frames = 0
+    total_blinks = total_frames = sig_blinks = sig_closed = 0
     gaps_all = []
     for cid, group in _clip_groups(items, seqs).items():
         pred = np.concatenate([lm for _, _, lm in group])
@@ -107,6 +118,9 @@ def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, 
         level = np.concatenate([frame_dbfs(inputs.pcm[cid], s, len(lm)) for s, _, lm in group])
         for w in WINDOWS_S:
             corr[w].append(vm.smoothed_correlation(speed, np.maximum(level, -60.0), int(round(w * vm.FPS))))
+        for s, i, lm in group:
+            nb, nc = engine_blinks(lm, refs[i], frame_dbfs(inputs.pcm[cid], s, len(lm)))
+            sig_blinks, sig_closed = sig_blinks + nb, sig_closed + nc
         b = vm.blinks(pred)
         total_blinks += int(b["count"])
         total_frames += len(pred)
@@ -139,6 +153,8 @@ def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, 
         **{f"speed_envelope_r_{w:g}s": _median(corr[w]) for w in WINDOWS_S},
         "blinks_per_min": total_blinks / minutes if minutes > 0 else math.nan,
         "blink_ms": (sum(ms * n for ms, n in blink_runs) / sum(n for _, n in blink_runs) if blink_runs else math.nan),
+        "signal_blinks_per_min": sig_blinks / minutes if minutes > 0 else math.nan,
+        "signal_blink_closed_share": sig_closed / total_frames if total_frames else math.nan,
         "bilabial_events": len(bil),
         "bilabial_min_gap_median": _median(bil),
         "bilabial_closed_share": float(np.mean(np.array(bil) <= CLOSED_AT)) if bil else math.nan,
