@@ -31,7 +31,8 @@ FP16_SCOPES = (
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 
-def _node_scopes(node) -> list[str]:
+def node_scopes(node: Any) -> list[str]:
+    """The torch module scopes the dynamo exporter recorded on an ONNX node ([] when absent)."""
     for p in node.metadata_props:
         if p.key == _SCOPE_KEY:
             try:
@@ -43,7 +44,7 @@ def _node_scopes(node) -> list[str]:
 
 def half_nodes(model, scopes: tuple[str, ...] = FP16_SCOPES) -> set[str]:
     """Names of the nodes that belong to the FP16 scopes."""
-    return {n.name for n in model.graph.node if any(s.startswith(scopes) for s in _node_scopes(n))}
+    return {n.name for n in model.graph.node if any(s.startswith(scopes) for s in node_scopes(n))}
 
 
 def to_mixed_fp16(model, scopes: tuple[str, ...] = FP16_SCOPES):

@@ -28,7 +28,6 @@ method, nodes, onnxruntime version, calibration) and ``msync.source_model`` (the
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import sys
@@ -37,6 +36,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from export.precision import node_scopes
 
 #: Module scopes whose MatMul/Gemm nodes are quantized (attribute names of `Generator`).
 LEARNED_SCOPES = (
@@ -50,7 +51,6 @@ FRONT_END_SCOPE = "generator.mfcc"
 QUANTIZED_OPS = ("MatMul", "Gemm")
 METHODS = ("dynamic", "static")
 PRECISION_KEY = "msync.precision"
-_SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,17 +85,6 @@ class QuantizeConfig:
             raise ValueError(f"calibrate_method must be MinMax or Percentile, got {self.calibrate_method!r}")
         if self.calibration_streams < 1 or self.calibration_seconds <= 0:
             raise ValueError("calibration_streams must be >= 1 and calibration_seconds > 0")
-
-
-def node_scopes(node) -> list[str]:
-    """The torch module scopes the dynamo exporter recorded on an ONNX node ([] when absent)."""
-    for p in node.metadata_props:
-        if p.key == _SCOPE_KEY:
-            try:
-                return [str(s) for s in ast.literal_eval(p.value)]
-            except (ValueError, SyntaxError):
-                return []
-    return []
 
 
 def quantizable_nodes(model, scopes: tuple[str, ...] = LEARNED_SCOPES) -> list[str]:

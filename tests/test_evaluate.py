@@ -235,6 +235,18 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
     assert {"tiny: last 40 of 40", "tiny: last 40 of 60", "tiny: last 40 of 0.05 min"} <= set(res["drift"])
     preds = load_predictions(out / "predictions" / "tiny")
     assert len(preds) == n and all(p.method == "tiny" and p.landmarks.shape == (40, 68, 2) for p in preds)
+    # what a viewer sees: every row but shuffled audio, the non-speech set, the side-by-side with its audio
+    v = res["viewer"]
+    assert set(v["methods"]) == {GT, STATIC, "loudness mouth", "tiny"}
+    assert v["methods"][GT]["amplitude_ratio"] == 1.0 and v["methods"][GT]["r_lag0"] > 0.999
+    assert set(v["rest"]["rows"]) == {STATIC, "loudness mouth", "tiny"} and v["rest"]["streams"] > 0
+    assert v["rest"]["rows"]["tiny"]["silence"]["n"] > 0
+    assert "## 5. What a viewer sees" in md and "![side by side](side_by_side.png)" in md
+    for name in ("viewer.png", "side_by_side.png"):
+        assert (out / name).is_file(), name
+    with av.open(str(out / "videos" / "side_by_side.mp4")) as video:
+        assert {s.type for s in video.streams} == {"video", "audio"}
+        assert video.streams.video[0].width == 4 * 200
 
 
 def test_cli_missing_syncers(tmp_path, capsys):

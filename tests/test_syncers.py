@@ -212,3 +212,75 @@ def test_ddp_two_cpu_processes(shared_data, tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["world_size"] == 2 and result["steps"] == 4
     load_pyramid(out / "syncers")
+
+
+def test_window_normalisation_ignores_face_size_and_place():
+    """ "window" centring: a face moved and scaled inside the crop gives the same features (mouth copy too)."""
+    from training.models.syncer import window_normalise
+
+    lm = torch.rand(3, 5, 68, 2)
+    moved = lm * 1.7 + torch.tensor([0.2, -0.1])
+    a, b = window_normalise(lm, True), window_normalise(moved, True)
+    assert a.shape == (3, 5, 2 * (68 + 20))
+    assert torch.allclose(a, b, atol=1e-4)
+    cfg = dataclasses.replace(TINY, landmark_centering="window", mouth_emphasis=True)
+    model = SyncerPyramid(cfg)
+    e_a, e_x = model.embed(0, lm, torch.randn(3, 20, 26))
+    assert e_x.shape == (3, 16) and model.position_mean.shape == (4, 176)
+
+
+def test_shift_loss_prefers_the_aligned_audio():
+    """The hard-negative term is low when the aligned candidate is nearest and high when a shifted one is."""
+    from training.models.syncer import shift_loss
+
+    e_x = torch.zeros(4, 8)
+    near = torch.zeros(4, 5, 8)
+    near[:, 1:] += 3.0
+    far = torch.zeros(4, 5, 8)
+    far[:, 0] += 3.0
+    good, acc_good = shift_loss(near, e_x, 2.0)
+    bad, acc_bad = shift_loss(far, e_x, 2.0)
+    assert acc_good == 1.0 and acc_bad == 0.0 and good < 0.1 < bad
+
+
+def test_shift_groups_take_the_same_clip_at_other_times():
+    """`sample_shift_group`: candidate 0 is the aligned audio, the others the same segment shifted by 1..max_shift
+    samples (read back from a log-mel whose every row holds its own time index)."""
+    from stream_engine.features import FrontEndConfig, mfcc_from_logmel
+    from training.data.clips import Segment
+    from training.data.syncer_batches import syncer_store
+
+    fe = FrontEndConfig()
+    n = 200
+    logmel = np.repeat(np.arange(4 * n, dtype=np.float64)[:, None], fe.n_mels, axis=1)
+    seg = Segment(
+        "c",
+        "id",
+        0,
+        np.random.rand(n, 68, 2).astype(np.float32),
+        np.zeros(640 * n, np.float32),
+        logmel.astype(np.float32),
+    )
+    store = syncer_store([seg], dataclasses.replace(TINY, landmark_centering="window"), fe)
+    lm, mf = store.sample_shift_group(0, np.random.default_rng(0), 6, 3, 4)
+    assert lm.shape == (6, 5, 68, 2) and mf.shape == (6, 5, 20, 26)
+    c0 = mfcc_from_logmel(logmel[:2], fe)[:, 0]
+    per_row = c0[1] - c0[0]  # c0 grows linearly with the row's value
+    shifts = (mf[:, 1:, 0, 0] - mf[:, :1, 0, 0]) / per_row / 4.0  # in landmark samples
+    assert np.allclose(shifts, np.round(shifts), atol=1e-2)
+    assert np.all(np.abs(np.round(shifts)) >= 1) and np.all(np.abs(np.round(shifts)) <= 3)
+
+
+def test_sequence_centring_with_iod_scale_ignores_face_size():
+    """`iod_scale`: the same motion on a face twice as large gives the same prepared sequence (numpy and torch),
+    and the mouth copy adds 2 x 20 channels in sequence mode."""
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 68, 2)).astype(np.float32)
+    cfg = dataclasses.replace(TINY, iod_scale=True, mouth_emphasis=True)
+    model = SyncerPyramid(cfg)
+    a, b = model.prepare_sequence(x), model.prepare_sequence(2.0 * x + 0.3)
+    assert np.allclose(a, b, atol=1e-5)
+    assert torch.allclose(model.prepare_sequence(torch.from_numpy(x)), torch.from_numpy(a), atol=1e-5)
+    assert not np.allclose(SyncerPyramid(TINY).prepare_sequence(2.0 * x), a, atol=1e-3)
+    pos, vel = model.raw_landmark_features(torch.from_numpy(a[None, :5]))
+    assert pos.shape == vel.shape == (1, 5, 2 * (68 + 20))

@@ -1,7 +1,8 @@
 """`msync train-syncers`: train a syncer pyramid on a dataset directory.
 
     msync train-syncers --config training/configs/syncers.json --out runs/syncers
-    msync train-syncers --config training/configs/metric_syncers.json --out runs/metric_syncers
+    msync train-syncers --config training/configs/metric_syncers.json --out runs/metric_syncers        # v1
+    msync train-syncers --config training/configs/metric_syncers_v2.json --out runs/metric_syncers_v2  # default
     torchrun --nproc-per-node 2 -m training.train_syncers --set device=cpu ...     # DDP (gloo on CPU)
 
 Every level is trained at every step (one group of 49 aligned pairs per level and `groups_per_level`
@@ -54,6 +55,14 @@ class TrainSyncersConfig:
     checkpoint_every: int = 500
     log_every: int = 25
     max_clips: int = 0  # 0 = all; small values make smoke tests
+    # SyncNet-style hard negatives (0 = off): per level and step, `shift_anchors` landmark segments each scored
+    # against their aligned audio and `shift_negatives` windows of the same clip shifted by up to
+    # `max_shift[level]` samples at that level's rate (the offset search of `msync eval-sync` at 80 frames,
+    # valid padding, covers +-15, +-15, +-8, +-3).
+    shift_negatives: int = 0
+    shift_anchors: int = 32
+    max_shift: tuple[int, ...] = (15, 15, 8, 3)
+    shift_weight: float = 1.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -116,8 +125,31 @@ def evaluate(model, store, cfg: TrainSyncersConfig, device: str, seed: int = 123
                 accs.append(float(acc))
             out[f"loss_l{lvl}"] = float(np.mean(losses))
             out[f"acc_l{lvl}"] = float(np.mean(accs))
+            if cfg.shift_negatives:
+                sl, sa = [], []
+                for _ in range(max(1, cfg.eval_groups // 4)):
+                    lm, mf = store.sample_shift_group(
+                        lvl, rng, cfg.shift_anchors, cfg.max_shift[lvl], cfg.shift_negatives, augment=None
+                    )
+                    loss, acc = _shift_loss(model, cfg, lvl, lm, mf, device)
+                    sl.append(float(loss))
+                    sa.append(float(acc))
+                out[f"shift_loss_l{lvl}"] = float(np.mean(sl))
+                out[f"shift_acc_l{lvl}"] = float(np.mean(sa))
     model.train()
     return out
+
+
+def _shift_loss(model, cfg: TrainSyncersConfig, lvl: int, lm, mf, device: str):
+    import torch
+
+    from training.models.syncer import shift_loss
+
+    n, c = mf.shape[:2]
+    e_a, e_x = model.embed(
+        lvl, torch.from_numpy(lm).to(device), torch.from_numpy(mf.reshape(n * c, *mf.shape[2:])).to(device)
+    )
+    return shift_loss(e_a.view(n, c, -1), e_x, cfg.syncer.syncnet_margin)
 
 
 def build_model(cfg: TrainSyncersConfig, train_store, device: str):
@@ -162,21 +194,35 @@ def sample_batches(store, cfg: TrainSyncersConfig, rng, weights, device: str):
         lm = torch.from_numpy(np.concatenate([g.landmarks for g in gs])).to(device)
         mf = torch.from_numpy(np.concatenate([g.mfcc for g in gs])).to(device)
         batches.append((lvl, lm, mf))
+    if cfg.shift_negatives:
+        for lvl in range(cfg.syncer.num_levels):
+            lm, mf = store.sample_shift_group(
+                lvl, rng, cfg.shift_anchors, cfg.max_shift[lvl], cfg.shift_negatives, cfg.augment, weights[lvl]
+            )
+            n, c = mf.shape[:2]
+            batches.append(
+                (lvl, torch.from_numpy(lm).to(device), torch.from_numpy(mf.reshape(n * c, *mf.shape[2:])).to(device))
+            )
     return batches
 
 
 def train_step(ddp_model, model, opt, store, cfg: TrainSyncersConfig, rng, weights, device: str):
-    """Sample, forward all levels, backward, clip, update. Returns per-level (losses, accuracies) as floats."""
+    """Sample, forward all levels, backward, clip, update. Returns per-level (losses, accuracies) as floats:
+    the group terms of every level, then the shift terms when `cfg.shift_negatives`."""
     import torch
 
-    from training.models.syncer import group_loss
+    from training.models.syncer import group_loss, shift_loss
 
     embeddings = ddp_model(sample_batches(store, cfg, rng, weights, device))
     total = torch.zeros((), device=device)
     losses, accs = [], []
-    for e_a, e_x in embeddings:
-        n = cfg.group_size
-        loss, acc = group_loss(cfg.syncer, e_a.view(-1, n, e_a.shape[-1]), e_x.view(-1, n, e_x.shape[-1]))
+    for i, (e_a, e_x) in enumerate(embeddings):
+        if i < cfg.syncer.num_levels:
+            n = cfg.group_size
+            loss, acc = group_loss(cfg.syncer, e_a.view(-1, n, e_a.shape[-1]), e_x.view(-1, n, e_x.shape[-1]))
+        else:
+            loss, acc = shift_loss(e_a.view(len(e_x), -1, e_a.shape[-1]), e_x, cfg.syncer.syncnet_margin)
+            loss = cfg.shift_weight * loss
         total = total + loss
         losses.append(float(loss.detach()))
         accs.append(float(acc))
@@ -226,9 +272,11 @@ class SyncerTrainer(Trainer):
         losses, accs = train_step(
             self.ddp_model, self.model, self.opt, self.stores["train"], self.cfg, rng, self.weights, self.ctx.device
         )
-        return {
-            k: v for lvl in range(len(losses)) for k, v in ((f"loss_l{lvl}", losses[lvl]), (f"acc_l{lvl}", accs[lvl]))
-        }
+        nl = self.cfg.syncer.num_levels
+        out = {k: v for lvl in range(nl) for k, v in ((f"loss_l{lvl}", losses[lvl]), (f"acc_l{lvl}", accs[lvl]))}
+        for i in range(nl, len(losses)):
+            out[f"shift_loss_l{i - nl}"], out[f"shift_acc_l{i - nl}"] = losses[i], accs[i]
+        return out
 
     def log_record(self, records: list[dict[str, float]], rate: float) -> dict:
         return {
@@ -241,7 +289,8 @@ class SyncerTrainer(Trainer):
         }
 
     def postfix(self, record: dict) -> dict[str, str]:
-        return {f"acc{lvl}": f"{record[f'acc_l{lvl}']:.2f}" for lvl in range(self.cfg.syncer.num_levels)}
+        key = "shift_acc_l" if self.cfg.shift_negatives else "acc_l"
+        return {f"acc{lvl}": f"{record[f'{key}{lvl}']:.2f}" for lvl in range(self.cfg.syncer.num_levels)}
 
     def validate(self) -> dict | None:
         if "val" not in self.stores:
@@ -249,6 +298,8 @@ class SyncerTrainer(Trainer):
         val = evaluate(self.model, self.stores["val"], self.cfg, self.ctx.device)
         for lvl in range(self.cfg.syncer.num_levels):
             loss = val.get(f"loss_l{lvl}")
+            if loss is not None and f"shift_loss_l{lvl}" in val:
+                loss = loss + self.cfg.shift_weight * val[f"shift_loss_l{lvl}"]
             if loss is not None and loss < self.best.get(lvl, (float("inf"),))[0]:
                 state = {k: v.detach().clone() for k, v in self.model.levels[lvl].state_dict().items()}
                 self.best[lvl] = (loss, self.step, state)

@@ -43,15 +43,21 @@ class PyramidStore:
         landmark_frames: int = 5,
         audio_frames: int = 20,
         sequence_centring: bool = True,
+        iod_scale: bool = False,
     ) -> None:
+        from training.models.syncer import sequence_centre
+
         self.segments = segments
         self.num_levels, self.kernel = num_levels, kernel
         self.landmark_frames, self.audio_frames = landmark_frames, audio_frames
         self.ratio = frontend.mfcc_per_landmark_frame
         self.frontend = frontend
+
         # Sequence centring (SyncerConfig.landmark_centering == "sequence"): each point relative to its mean over
         # the whole segment, plus the crop centre so that augmentation (scale/rotation about the centre) applies.
-        prep = (lambda x: x - x.mean(axis=0, keepdims=True) + 0.5) if sequence_centring else (lambda x: x)
+        def prep(x: np.ndarray) -> np.ndarray:
+            return sequence_centre(x, iod_scale) + 0.5 if sequence_centring else x
+
         self.landmarks = [pyramid.build(prep(s.landmarks), num_levels, kernel) for s in segments]
         self.logmel = [pyramid.build(s.logmel, num_levels, kernel) for s in segments]
         self.identity = np.array([s.identity for s in segments])
@@ -118,6 +124,50 @@ class PyramidStore:
         mfcc = mfcc_from_logmel(lg.astype(np.float64), self.frontend).astype(np.float32)
         return Group(level, lm.astype(np.float32), mfcc, seg, pos)
 
+    def sample_shift_group(
+        self,
+        level: int,
+        rng: np.random.Generator,
+        num_anchors: int,
+        max_shift: int,
+        num_shifts: int,
+        augment: AugmentConfig | None = None,
+        weights: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Hard negatives in SyncNet's way: landmark segments with their own clip's audio shifted in time.
+
+        Each anchor is a random (segment, position); its candidates are the aligned audio window and
+        `num_shifts` windows of the same segment shifted by 1..`max_shift` samples at the level's rate (either
+        sign, distinct where the segment has enough of them, drawn with replacement otherwise). One augmentation
+        per anchor is shared by its candidates, so only the timing tells them apart.
+
+        Returns:
+            landmarks (num_anchors, 5, 68, 2) and mfcc (num_anchors, num_shifts + 1, 20, n_mfcc), float32;
+            candidate 0 is the aligned one.
+        """
+        npos = self.num_positions(level)
+        weights = self.sampling_weights(level) if weights is None else weights
+        ok = npos >= 2
+        w = np.where(ok, weights, 0.0)
+        w = w / w.sum()
+        lms, lgs = [], []
+        for _ in range(num_anchors):
+            s = int(rng.choice(len(npos), p=w))
+            p = int(rng.integers(0, npos[s]))
+            ks = np.arange(-max_shift, max_shift + 1)
+            ks = ks[(ks != 0) & (p + ks >= 0) & (p + ks < npos[s])]
+            shifts = rng.choice(ks, size=num_shifts, replace=len(ks) < num_shifts)
+            starts = np.concatenate([[p], p + shifts])
+            lm, lg = self.extract(level, np.full(len(starts), s), starts)
+            lm = lm[:1]
+            if augment is not None:
+                lm = augment_landmarks(lm.reshape(-1, 68, 2), rng, augment).reshape(lm.shape)
+                lg = augment_logmel(lg, rng, augment, self.frontend)
+            lms.append(lm[0])
+            lgs.append(lg)
+        mfcc = mfcc_from_logmel(np.stack(lgs).astype(np.float64), self.frontend).astype(np.float32)
+        return np.stack(lms).astype(np.float32), mfcc
+
     def mfcc_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-coefficient mean and std of level-0 MFCC over all segments: (n_mfcc,), (n_mfcc,)."""
         allm = np.concatenate([mfcc_from_logmel(lg[0].astype(np.float64), self.frontend) for lg in self.logmel])
@@ -135,4 +185,5 @@ def syncer_store(segments: list[Segment], sc: SyncerConfig, frontend: FrontEndCo
         sc.landmark_frames,
         sc.audio_frames,
         sequence_centring=sc.landmark_centering == "sequence",
+        iod_scale=sc.iod_scale,
     )

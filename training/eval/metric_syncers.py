@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Where the metric syncers are looked for when no path is given: the shipped pyramid, then a local run.
-DEFAULT_SYNCERS = ("training/weights/metric_syncers", "runs/metric_syncers/syncers")
+# Where the metric syncers are looked for when no path is given: the shipped pyramid (v2: time-shift hard
+# negatives, issue 10), then a local run of it. The v1 pyramid stays at training/weights/metric_syncers for
+# reproducing older reports (`--metric-syncers training/weights/metric_syncers`).
+DEFAULT_SYNCERS = ("training/weights/metric_syncers_v2", "runs/metric_syncers_v2/syncers")
 
 
 def resolve_syncers(path: str) -> Path:
@@ -22,8 +24,8 @@ def resolve_syncers(path: str) -> Path:
             return p
     raise FileNotFoundError(
         f"metric syncers not found (tried {', '.join(str(p) + '.{json,safetensors}' for p in stripped)}). Train them "
-        "with `msync train-syncers --config training/configs/metric_syncers.json --out runs/metric_syncers`, or pass "
-        "--metric-syncers PATH (without suffix; runs/metric_syncers/checkpoint for an intermediate one)."
+        "with `msync train-syncers --config training/configs/metric_syncers_v2.json --out runs/metric_syncers_v2`, or pass "
+        "--metric-syncers PATH (without suffix; runs/metric_syncers_v2/checkpoint for an intermediate one)."
     )
 
 

@@ -27,8 +27,17 @@ split's speech concatenated and looped, run in chunks with carried state (checke
 first frames); for (c) also its last minute cut into 40-frame pieces, its wall time, NaN frames, plausibility,
 velocity and face-size curves over time, and the velocity of the last minute against the first.
 
+What a viewer sees (`training.eval.viewer`, `training.eval.rest`; section 5 of eval.md, `viewer` in eval.json):
+articulation against ground truth (inner-lip gap correlation at lag 0 and best lag, amplitude ratio, opening
+range, lip closure on bilabial phones from pocketsphinx), head motion energy per scale, yaw/pitch/roll ranges and
+bias from the reference face, head speed against the speech envelope at 0.8 and 1.6 s, blinks, and a non-speech
+set built from the split's clips (silence, noise, hum, chord, breathing) with the raw mouth and `mouth_open` in it
+and the time to rest after speech.
+
 Outputs in OUT: `eval.md`, `eval.json`, `sync_levels.png` (AV-Conf and FD-motion per level and method),
-`drift.png` (plausibility, velocity and face size over the long rollout), `predictions/`.
+`drift.png` (plausibility, velocity and face size over the long rollout), `viewer.png` (the viewer columns),
+`side_by_side.png` + `videos/side_by_side.mp4` (ground truth and every row on one clip with a pause and noise),
+`predictions/`.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from training.data.clips import ClipLoadConfig
 from training.data.splits import SplitConfig
 from training.eval.generation import DEFAULT_MODELS, LoadedModel, parse_model_specs
 from training.eval.metric_syncers import DEFAULT_SYNCERS
+from training.eval.rest import RestConfig
 from training.eval.sequences import GT
 
 HELP = (
@@ -77,6 +87,9 @@ class EvalConfig:
         chunk_frames: frames per chunk of the long rollout.
         render_seconds: write the first and last N seconds of every model's long rollout as MP4 videos with
             their audio to OUT/videos/ (0 = none).
+        viewer: the viewer-facing columns (articulation, head, blinks, bilabials; `training.eval.viewer`).
+        phones: bilabial closure from pocketsphinx phone recognition (skipped with a note when not installed).
+        rest: the non-speech set (`training.eval.rest`; `rest.clips` = 0 skips it).
     """
 
     models: tuple[tuple[str, str], ...] = ()
@@ -97,6 +110,10 @@ class EvalConfig:
     batch_size: int = 16
     chunk_frames: int = 1500
     render_seconds: float = 0.0
+    viewer: bool = True
+    phones: bool = True
+    side_by_side: str = "mp4+png"  # "" = none, "png" = the frame strip only
+    rest: RestConfig = RestConfig()
     device: str = "auto"
     threads: int = 0
     splits: SplitConfig = SplitConfig()
@@ -370,6 +387,48 @@ def score_drift(
     return drift.rows, long_runs
 
 
+def score_rest(models: list[LoadedModel], inputs: EvalInputs, cfg: EvalConfig, device, progress: bool) -> dict:
+    """The non-speech set (`training.eval.rest`) for static face, loudness mouth and every model, plus ground
+    truth's own pauses for reference."""
+    from tqdm import tqdm
+
+    from training.baselines import loudness_envelope, loudness_mouth
+    from training.eval import rest
+    from training.eval.generation import generate, noise_seed
+    from training.eval.sequences import STATIC
+
+    stimuli = rest.build(cfg.rest, inputs.segs_by_clip, inputs.pcm)
+    out: dict = {"gt_pauses": rest.gt_pauses(inputs.segments, inputs.pcm), "rows": {}, "streams": len(stimuli)}
+    if not stimuli:
+        return out
+    n = stimuli[0].num_frames
+    outputs = {
+        STATIC: [np.repeat(st.reference[None], n, axis=0) for st in stimuli],
+        LOUDNESS: [
+            loudness_mouth(st.reference, loudness_envelope(st.pcm, cfg.loudness)[:n], cfg.loudness) for st in stimuli
+        ],
+    }
+    for m in models:
+        with tqdm(total=len(stimuli), desc=f"non-speech {m.name}", disable=not progress, unit="seq") as bar:
+            outputs[m.name] = list(
+                generate(
+                    m,
+                    [st.pcm for st in stimuli],
+                    [0] * len(stimuli),
+                    np.stack([st.reference for st in stimuli]),
+                    [noise_seed(cfg.seed, st.key) for st in stimuli],
+                    n,
+                    device,
+                    cfg.batch_size,
+                    bar,
+                )
+            )
+    out["rows"] = {name: rest.score(stimuli, ys, cfg.rest) for name, ys in outputs.items()}
+    out["outputs"] = outputs  # not written to JSON (popped by `evaluate`); the side-by-side render uses them
+    out["stimuli"] = stimuli
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- the evaluation
 
 
@@ -403,6 +462,13 @@ def evaluate(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> dict:
 
     per_sequence, summaries, gt_feats, fd_floor = score_methods(pyr, rows, inputs, space, cfg, progress)
     drift, long_runs = score_drift(pyr, rows, models, inputs, gt_feats, space, cfg, device, out_dir, progress)
+    viewer = None
+    if cfg.viewer:
+        from training.eval.viewer import viewer_columns
+
+        viewer = viewer_columns(rows, inputs, pyr.cfg.num_levels, pyr.cfg.pyramid_kernel, cfg.phones)
+        if cfg.rest.clips:
+            viewer["rest"] = score_rest(models, inputs, cfg, device, progress)
 
     result = {
         "meta": run_meta(
@@ -415,8 +481,18 @@ def evaluate(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> dict:
         "checks": checks(summaries),
         "drift": drift,
         "long_rollout": long_runs,
+        "viewer": viewer,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    if viewer is not None:
+        from training.eval.plots import plot_viewer
+        from training.eval.side_by_side import render_side_by_side
+
+        rest_run = viewer.get("rest") or {}
+        outputs, stimuli = rest_run.pop("outputs", None), rest_run.pop("stimuli", None)
+        if cfg.side_by_side and outputs and stimuli:
+            viewer["side_by_side"] = render_side_by_side(out_dir, rows, inputs, stimuli, outputs, cfg.side_by_side)
+        plot_viewer(result, out_dir / "viewer.png")
     plot_sync_levels(result, out_dir / "sync_levels.png")
     if long_runs:
         plot_drift(result, out_dir / "drift.png")

@@ -259,6 +259,8 @@ def render_eval_markdown(result: dict) -> str:
         + ", ".join(f"L{e['level']}: {e['n_gt']}" for e in methods[GT]["fd_motion"]),
     ]
     lines += _drift_section(result, num_levels) + _long_rollout_section(result)
+    if result.get("viewer"):
+        lines += viewer_section(result["viewer"], num_levels)
     lines += checks_lines(result["checks"], "## Checks", "metric sanity all pass")
     lines += [
         "",
@@ -267,6 +269,130 @@ def render_eval_markdown(result: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def viewer_section(v: dict, num_levels: int) -> list[str]:
+    """Section 5 of eval.md: the viewer-facing columns (`training.eval.viewer`, `training.eval.rest`)."""
+    cols = v["methods"]
+    lines = [
+        "",
+        "## 5. What a viewer sees",
+        "",
+        "Inner-lip gap = mean of ‖p61−p67‖, ‖p62−p66‖, ‖p63−p65‖ over the inter-ocular distance ‖p36−p45‖ (IOD; a "
+        'closed mouth in speech ≈ 0.025, a wide "a" ≈ 0.15). Per clip on its sequences joined in time, median '
+        "over clips. r: Pearson correlation of the row's gap with ground truth's (lag 0, and best lag within ±5 "
+        "frames, + = the row lags); amplitude: std ratio; p5/p95: the row's opening range.",
+        "",
+        "### Articulation",
+        "",
+        "| Method | clips | r lag 0 | r best | best lag (frames) | amplitude ratio | gap p5 | gap p95 | "
+        f"bilabials: events | min gap (median) | closed ≤ {v['closed_at']:g} | gap median (all) |",
+        "|" + "---|" * 12,
+    ]
+    for name, c in cols.items():
+        lines.append(
+            f"| {name} | {c['clips']} | {num(c['r_lag0'], '{:.2f}')} | {num(c['r_best'], '{:.2f}')} | "
+            f"{num(c['best_lag_frames'], '{:+.0f}')} | {num(c['amplitude_ratio'], '{:.2f}')} | "
+            f"{num(c['gap_p5'], '{:.3f}')} | {num(c['gap_p95'], '{:.3f}')} | {c['bilabial_events']} | "
+            f"{num(c['bilabial_min_gap_median'], '{:.3f}')} | {num(100 * c['bilabial_closed_share'], '{:.0f} %')} | "
+            f"{num(c['gap_median_all'], '{:.3f}')} |"
+        )
+    phones_note = {
+        "pocketsphinx": "phones from pocketsphinx's English phone recogniser (model in its wheel; no transcript, "
+        "so some bilabials are missed or invented: compare rows, not absolute values)",
+        "not installed": "**bilabial closure missing**: pocketsphinx is not installed (`pip install -e .[eval]`)",
+        "off": "bilabial closure switched off (`phones=false`)",
+    }[v["phones"]]
+    lines += [
+        "",
+        f"Bilabials (p, b, m): {phones_note}; per event the smallest gap within the phone ±1 frame.",
+        "",
+        "### Head",
+        "",
+        "Angles relative to each sequence's reference face (yaw/pitch/roll of `stream_engine.signals.head_rotation`, "
+        "degrees). Range = p95 − p5 per sequence (mean); bias = median over each clip (median over clips); energy "
+        "= mean squared velocity of the centroid of the rigid points (upper jaw line, nose, eye corners; IOD units) at each pyramid level, as a ratio to ground "
+        "truth; r(speed, envelope): head speed (centroid + angular) against the frame level in dB, both averaged "
+        "over 0.8 / 1.6 s windows. Blinks: runs of frames whose eye aspect ratio is below 0.6 × the clip's "
+        "median (rate, mean length); engine `blink`: the rig signal of `stream_engine.signals` (landmark and "
+        "procedural blinks) over each sequence as a fresh stream, rate and share of frames above 0.5.",
+        "",
+        "| Method | "
+        + " | ".join(f"energy {int(200 * 2**l)} ms" for l in range(num_levels))
+        + " | yaw range | pitch range | roll range | yaw bias | pitch bias | roll bias | r(speed, env) 0.8 s | "
+        "r(speed, env) 1.6 s | blinks / min | blink ms | engine `blink`: / min, > 0.5 |",
+        "|" + "---|" * (num_levels + 12),
+    ]
+    for name, c in cols.items():
+        lines.append(
+            f"| {name} | "
+            + " | ".join(num(x, "{:.2f}×") for x in c["head_energy_ratio"])
+            + " | "
+            + " | ".join(
+                f"{num(c[k], '{:.1f}')}° ({num(c[k + '_ratio'], '{:.2f}×')})"
+                for k in ("yaw_range", "pitch_range", "roll_range")
+            )
+            + " | "
+            + " | ".join(num(c[k], "{:+.1f}°") for k in ("yaw_bias", "pitch_bias", "roll_bias"))
+            + f" | {num(c['speed_envelope_r_0.8s'], '{:.2f}')} | {num(c['speed_envelope_r_1.6s'], '{:.2f}')} | "
+            f"{num(c['blinks_per_min'], '{:.1f}')} | {num(c['blink_ms'], '{:.0f}')} | "
+            f"{num(c['signal_blinks_per_min'], '{:.1f}')}, {num(100 * c['signal_blink_closed_share'], '{:.0f} %')} |"
+        )
+    rest = v.get("rest")
+    if rest and rest.get("rows"):
+        rows = rest["rows"]
+        kinds = list(next(iter(rows.values())))
+        gp = rest["gt_pauses"]
+        lines += [
+            "",
+            "### Rest: the non-speech set",
+            "",
+            f"{rest['streams']} streams from held-out clips (`training.eval.rest`: each sound appended after speech "
+            "and inserted between two halves of it). Raw inner-lip gap (IOD) and the engine's `mouth_open` in "
+            "the non-speech segments after their first 200 ms, p50/p90 over frames; time to rest = from the end "
+            "of speech until the gap stays ≤ 0.03 IOD (median over streams; ∞ = still open at the end; "
+            "never = share of such streams). Ground truth has no face for synthetic sounds; in its own pauses "
+            f"(≥ 200 ms below -45 dBFS, {gp['frames']} frames) the gap is p50 {num(gp['gap_p50'], '{:.3f}')}, "
+            f"p90 {num(gp['gap_p90'], '{:.3f}')}.",
+            "",
+            "| Method | " + " | ".join(kinds) + " |",
+            "|" + "---|" * (len(kinds) + 1),
+        ]
+        for name, r in rows.items():
+            lines.append(
+                f"| {name} gap p50/p90 | "
+                + " | ".join(f"{num(r[k]['gap_p50'], '{:.3f}')} / {num(r[k]['gap_p90'], '{:.3f}')}" for k in kinds)
+                + " |"
+            )
+            lines.append(
+                f"| {name} mouth_open p50/p90 | "
+                + " | ".join(
+                    f"{num(r[k]['mouth_open_p50'], '{:.2f}')} / {num(r[k]['mouth_open_p90'], '{:.2f}')}" for k in kinds
+                )
+                + " |"
+            )
+            lines.append(
+                f"| {name} time to rest (never) | "
+                + " | ".join(
+                    ("∞" if r[k]["rest_ms_median"] == float("inf") else num(r[k]["rest_ms_median"], "{:.0f} ms"))
+                    + f" ({num(100 * r[k]['never_at_rest'], '{:.0f} %')})"
+                    for k in kinds
+                )
+                + " |"
+            )
+    sbs = v.get("side_by_side")
+    if sbs:
+        lines += [
+            "",
+            f"### Side by side ({sbs['seconds']:.0f} s of clip `{sbs['clip_id']}`: speech, 3 s silence, speech; "
+            "speech with -42 dBFS noise, 3 s of that noise, speech)",
+            "",
+            f"![side by side]({sbs['png']})",
+            "",
+            f"Video with the audio: `{sbs['mp4']}`. Rows: {', '.join(sbs['rows'])}.",
+        ]
+    lines += ["", "Plot: `viewer.png`."]
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------- msync eval-sync

@@ -12,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.models.convnext1d import Encoder1d
+
+MOUTH_POINTS = 20  # iBUG points 48-67
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +39,15 @@ class SyncerConfig:
             visible, the speaker's face shape does not, so a syncer cannot match voices to face shapes (an
             identity shortcut that does not generalise, and a loss a generator could satisfy by morphing the
             face). "shape" removes every point's mean over the 5-sample segment (motion only); "position"
-            removes only the segment's mean 2-D position.
+            removes only the segment's mean 2-D position. "window" normalises each segment on its own: the
+            segment's mean 2-D position is removed and everything is divided by the segment's mean
+            inter-ocular distance (eye centres, points 36-41 and 42-47), so the size of a face in the crop and
+            its place do not matter (used with hard time-shift negatives, which take away the identity
+            shortcut: the negatives share the face).
+        mouth_emphasis: also feed a copy of the mouth (points 48-67) centred on the mouth's own mean and scaled
+            by the same inter-ocular distance, so the lips get as many input channels as the rest of the face.
+        iod_scale: with "sequence" centring, also divide by the sequence's mean inter-ocular distance (outer
+            eye corners p36-p45), so every face has the same size whatever its size in the crop.
     """
 
     num_levels: int = 4
@@ -54,9 +65,11 @@ class SyncerConfig:
     temperature: float = 0.1
     syncnet_margin: float = 2.0
     landmark_centering: str = "sequence"
+    mouth_emphasis: bool = False
+    iod_scale: bool = False
 
     def __post_init__(self) -> None:
-        if self.landmark_centering not in ("sequence", "shape", "position"):
+        if self.landmark_centering not in ("sequence", "shape", "position", "window"):
             raise ValueError(f"unknown landmark_centering {self.landmark_centering!r}")
         if self.loss not in ("infonce", "syncnet"):
             raise ValueError(f"unknown syncer loss {self.loss!r}")
@@ -64,6 +77,11 @@ class SyncerConfig:
     @property
     def normalise(self) -> bool:
         return self.loss == "infonce"
+
+    @property
+    def landmark_point_dim(self) -> int:
+        """Position features per sample: 2 x 68, plus 2 x 20 for the mouth copy."""
+        return 2 * (self.num_landmarks + (MOUTH_POINTS if self.mouth_emphasis else 0))
 
     @property
     def segment_ms(self) -> list[float]:
@@ -77,9 +95,10 @@ class Syncer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.audio_encoder = Encoder1d(cfg.n_mfcc, cfg.audio_widths, cfg.audio_depths, cfg.embed_dim)
-        # Per frame: standardised segment-centred positions and velocities (2 x 136 features).
+        # Per frame: standardised segment-centred positions and velocities (2 x 136 features, + 2 x 40 with the
+        # mouth copy).
         self.landmark_encoder = Encoder1d(
-            4 * cfg.num_landmarks, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim
+            2 * cfg.landmark_point_dim, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim
         )
 
     def embed_audio(self, mfcc_norm: torch.Tensor) -> torch.Tensor:
@@ -108,7 +127,7 @@ class SyncerPyramid(nn.Module):
         self.levels = nn.ModuleList([Syncer(cfg) for _ in range(cfg.num_levels)])
         self.register_buffer("mfcc_mean", torch.zeros(cfg.n_mfcc))
         self.register_buffer("mfcc_std", torch.ones(cfg.n_mfcc))
-        d = 2 * cfg.num_landmarks
+        d = cfg.landmark_point_dim
         self.register_buffer("position_mean", torch.zeros(cfg.num_levels, d))
         self.register_buffer("position_std", torch.ones(cfg.num_levels, d))
         self.register_buffer("velocity_std", torch.ones(cfg.num_levels, d))
@@ -123,11 +142,7 @@ class SyncerPyramid(nn.Module):
         """
         if self.cfg.landmark_centering != "sequence":
             return landmarks
-        return (
-            landmarks - landmarks.mean(axis=-3, keepdims=True)
-            if not torch.is_tensor(landmarks)
-            else landmarks - landmarks.mean(dim=-3, keepdim=True)
-        )
+        return sequence_centre(landmarks, self.cfg.iod_scale)
 
     def raw_landmark_features(self, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, T, 68, 2) -> segment-centred positions and velocities, each (N, T, 136).
@@ -135,13 +150,20 @@ class SyncerPyramid(nn.Module):
         Motion within the segment, head translation included, always stays visible; what is removed depends
         on `cfg.landmark_centering` (see SyncerConfig).
         """
-        dims = (1,) if self.cfg.landmark_centering == "shape" else (1, 2)
-        centred = (landmarks - landmarks.mean(dim=dims, keepdim=True)).flatten(2)
+        if self.cfg.landmark_centering == "window":
+            centred = window_normalise(landmarks, self.cfg.mouth_emphasis)
+        else:
+            dims = (1,) if self.cfg.landmark_centering == "shape" else (1, 2)
+            points = landmarks - landmarks.mean(dim=dims, keepdim=True)
+            centred = points.flatten(2)
+            if self.cfg.mouth_emphasis:
+                mouth = points[:, :, 48:68]
+                centred = torch.cat([centred, (mouth - mouth.mean(dim=(1, 2), keepdim=True)).flatten(2)], dim=-1)
         velocity = torch.diff(centred, dim=1, prepend=centred[:, :1])
         return centred, velocity
 
     def landmark_features(self, lvl: int, landmarks: torch.Tensor) -> torch.Tensor:
-        """(N, T, 68, 2) normalised landmarks -> (N, T, 272) standardised with the training-data statistics."""
+        """(N, T, 68, 2) normalised landmarks -> (N, T, 2 * landmark_point_dim) standardised with the training-data statistics."""
         pos, vel = self.raw_landmark_features(landmarks)
         pos = (pos - self.position_mean[lvl]) / self.position_std[lvl]
         vel = vel / self.velocity_std[lvl]
@@ -168,6 +190,55 @@ class SyncerPyramid(nn.Module):
     def forward(self, batches: list[tuple[int, torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Embed several (level, landmarks, mfcc) groups in one call (one forward per step keeps DDP happy)."""
         return [self.embed(lvl, lm, mf) for lvl, lm, mf in batches]
+
+
+def sequence_centre(landmarks, iod_scale: bool = False):
+    """Every point relative to its mean over the sequence: (…, T, 68, 2) numpy array or tensor -> same shape.
+    With `iod_scale`, divided by the sequence's mean inter-ocular distance ‖p36 − p45‖."""
+    if torch.is_tensor(landmarks):
+        out = landmarks - landmarks.mean(dim=-3, keepdim=True)
+        if iod_scale:
+            iod = (landmarks[..., 36, :] - landmarks[..., 45, :]).norm(dim=-1).mean(dim=-1)
+            out = out / iod.clamp_min(1e-6)[..., None, None, None]
+        return out
+    out = landmarks - landmarks.mean(axis=-3, keepdims=True)
+    if iod_scale:
+        iod = np.linalg.norm(landmarks[..., 36, :] - landmarks[..., 45, :], axis=-1).mean(axis=-1)
+        out = out / np.maximum(iod, 1e-6)[..., None, None, None]
+    return out
+
+
+def window_normalise(landmarks: torch.Tensor, mouth_emphasis: bool) -> torch.Tensor:
+    """Per-segment normalisation: (N, T, 68, 2) -> (N, T, 136 [+ 40]).
+
+    x' = (x - c) / d, with c the segment's mean 2-D position over all points and samples and d its mean
+    inter-ocular distance (between the centres of points 36-41 and 42-47, the usual face-size unit of
+    landmark metrics). With `mouth_emphasis`, points 48-67 are appended again, centred on their own mean.
+    """
+    eyes = landmarks[:, :, 42:48].mean(dim=2) - landmarks[:, :, 36:42].mean(dim=2)  # (N, T, 2)
+    iod = eyes.norm(dim=-1).mean(dim=1).clamp_min(1e-4)[:, None, None, None]  # (N, 1, 1, 1)
+    parts = [((landmarks - landmarks.mean(dim=(1, 2), keepdim=True)) / iod).flatten(2)]
+    if mouth_emphasis:
+        mouth = landmarks[:, :, 48:68]
+        parts.append(((mouth - mouth.mean(dim=(1, 2), keepdim=True)) / iod).flatten(2))
+    return torch.cat(parts, dim=-1)
+
+
+def shift_loss(e_a: torch.Tensor, e_x: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SyncNet-style hard negatives: each landmark segment against the audio of the same clip at other times.
+
+    Args:
+        e_a: (N, S + 1, E) audio embeddings; candidate 0 is the aligned audio, 1..S the same clip shifted by
+            a few samples at the level's rate. e_x: (N, E) landmark embeddings.
+    Returns:
+        (loss, accuracy): cross-entropy of the softmax over negative distances with the aligned candidate as
+        the target (distances are scaled by 4 / margin, so a margin apart is a 4-nat logit gap), and how often
+        the aligned audio is the nearest.
+    """
+    dist = (e_a - e_x[:, None]).norm(dim=-1)  # (N, S + 1)
+    target = torch.zeros(len(dist), dtype=torch.long, device=dist.device)
+    loss = F.cross_entropy(-dist * (4.0 / margin), target)
+    return loss, (dist.argmin(-1) == 0).float().mean()
 
 
 def infonce_loss(e_a: torch.Tensor, e_x: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,203 @@
+"""The viewer-facing columns of `msync eval` on the evaluation sequences: articulation against ground truth,
+head pose and motion, blinks, and lip closure on bilabial phones (pocketsphinx phone recognition, offline).
+
+Every row is scored by the same code (:mod:`training.metrics.viewer`); the shuffled-audio control is left out
+(its landmarks are ground truth's). Per-clip values are computed on the clip's evaluation sequences joined in
+time order, then summarised as the median over clips; head ranges and energies are per sequence (the same
+80-frame length for every row), averaged. Ratios are against ground truth's value of the same statistic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from training.eval.sequences import GT, SHUFFLED
+from training.metrics import viewer as vm
+
+SPF = 640  # audio samples per landmark frame
+WINDOWS_S = (0.8, 1.6)  # head speed vs speech envelope
+CLOSED_AT = 0.04  # IOD: a bilabial counts as closed when the gap gets this small (GT closed mouth ~0.025)
+
+
+def references(inputs) -> list[np.ndarray]:
+    """The reference face of every evaluation sequence (the GT frame before it, as generation uses), (68, 2)."""
+    out = []
+    for s in inputs.sequences:
+        seg = inputs.segment_of(s.clip_id, s.start_frame)
+        k = s.start_frame - seg.start_frame
+        out.append(seg.landmarks[k - 1] if k >= 1 else s.landmarks[0])
+    return out
+
+
+def frame_dbfs(pcm: np.ndarray, start: int, num_frames: int) -> np.ndarray:
+    """(num_frames,) RMS level in dBFS of landmark frames [start, start + num_frames) of `pcm` (-120 past its end)."""
+    seg = np.zeros(num_frames * SPF)
+    part = np.asarray(pcm[start * SPF : (start + num_frames) * SPF], np.float64)
+    seg[: len(part)] = part
+    rms = np.sqrt((seg.reshape(num_frames, SPF) ** 2).mean(axis=1))
+    return 20.0 * np.log10(np.maximum(rms, 1e-6))
+
+
+def phone_recogniser():
+    """pocketsphinx's English phone recogniser (acoustic model and phone language model ship in its wheel), or
+    None when pocketsphinx is not installed."""
+    import os
+
+    try:
+        import pocketsphinx
+    except ImportError:
+        return None
+
+    mp = pocketsphinx.get_model_path()
+    cfg = pocketsphinx.Config(
+        hmm=os.path.join(mp, "en-us", "en-us"),
+        allphone=os.path.join(mp, "en-us", "en-us-phone.lm.bin"),
+        lw=2.0,
+        beam=1e-20,
+        pbeam=1e-20,
+        loglevel="FATAL",
+    )
+    return pocketsphinx.Decoder(cfg)
+
+
+def phones(dec, pcm: np.ndarray) -> list[tuple[str, int, int]]:
+    """Phone segments of 16 kHz PCM by the recogniser `dec` (:func:`phone_recogniser`): [(phone, first frame,
+    last frame)] at 25 fps. Phone recognition without a transcript: expect errors, use for statistics."""
+    dec.start_utt()
+    dec.process_raw((np.clip(pcm, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
+    dec.end_utt()
+    return [(s.word, s.start_frame // 4, s.end_frame // 4) for s in dec.seg()]
+
+
+def engine_blinks(
+    x: np.ndarray, reference: np.ndarray, level_dbfs: np.ndarray, blink_mode: str | None = None
+) -> tuple[int, int]:
+    """(blinks, frames with blink > 0.5) of the engine's `blink` signal over one stream: `SignalExtractor` with
+    the default `SignalConfig` (what `msync stream` sends: procedural blinks, mode "auto"), or with
+    `blink_mode` ("landmarks", "both": the eye aspect ratio of the landmarks counts too)."""
+    import dataclasses
+
+    from stream_engine.signals import SignalConfig, SignalExtractor
+
+    cfg = SignalConfig() if blink_mode is None else dataclasses.replace(SignalConfig(), blink_mode=blink_mode)
+    ex = SignalExtractor(cfg, reference_face=reference, seed=0)
+    closed = np.array([ex.update(p, t * 0.04, float(level_dbfs[t])).blink > 0.5 for t, p in enumerate(x)])
+    edges = np.diff(np.concatenate([[0], closed.astype(int), [0]]))
+    return int((edges == 1).sum()), int(closed.sum())
+
+
+def _clip_groups(items, sequences) -> dict[str, list]:
+    by_clip: dict[str, list] = {}
+    for i, lm, _ in items:
+        by_clip.setdefault(sequences[i].clip_id, []).append((sequences[i].start_frame, i, lm))
+    return {c: sorted(v, key=lambda t: t[0]) for c, v in by_clip.items()}
+
+
+def _median(values) -> float:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    return float(np.median(v)) if len(v) else math.nan
+
+
+def _mean(values) -> float:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    return float(v.mean()) if len(v) else math.nan
+
+
+def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, kernel: int = 7) -> dict:
+    """Raw viewer statistics of one row (before ratios to ground truth). `items`: [(sequence index, landmarks,
+    mfcc)] as in `method_inputs`; `refs`: per-sequence reference faces; `phone_cache`: clip id -> phones."""
+    seqs = inputs.sequences
+    gt_by_index = {i: s.landmarks for i, s in enumerate(seqs)}
+    art, bias, blink_runs, bil = [], [], [], []
+    corr: dict[float, list[float]] = {w: [] for w in WINDOWS_S}
+    total_blinks = total_frames = sig_blinks = sig_closed = 0
+    gaps_all = []
+    for cid, group in _clip_groups(items, seqs).items():
+        pred = np.concatenate([lm for _, _, lm in group])
+        gt = np.concatenate([gt_by_index[i] for _, i, _ in group])
+        art.append(vm.articulation(pred, gt))
+        angles = np.concatenate([vm.head_angles(lm, refs[i]) for _, i, lm in group])
+        bias.append(np.median(angles, axis=0))
+        speed = np.concatenate([vm.head_speed(lm, refs[i]) for _, i, lm in group])
+        level = np.concatenate([frame_dbfs(inputs.pcm[cid], s, len(lm)) for s, _, lm in group])
+        for w in WINDOWS_S:
+            corr[w].append(vm.smoothed_correlation(speed, np.maximum(level, -60.0), int(round(w * vm.FPS))))
+        for s, i, lm in group:
+            nb, nc = engine_blinks(lm, refs[i], frame_dbfs(inputs.pcm[cid], s, len(lm)))
+            sig_blinks, sig_closed = sig_blinks + nb, sig_closed + nc
+        b = vm.blinks(pred)
+        total_blinks += int(b["count"])
+        total_frames += len(pred)
+        if b["count"]:
+            blink_runs.append((b["blink_ms"], b["count"]))
+        ph = phone_cache.get(cid)
+        gaps = [vm.lip_gap(lm) for _, _, lm in group]
+        gaps_all.append(np.concatenate(gaps))
+        if ph is not None:
+            for (s, _, _), g in zip(group, gaps):
+                bil += vm.bilabial_closure(g, [(p, a - s, b_ - s) for p, a, b_ in ph])["min_gap"]
+    pose = [vm.head_pose_stats(vm.head_angles(lm, refs[i])) for i, lm, _ in items]
+    energy = np.array([vm.head_energy(lm, num_levels, kernel) for _, lm, _ in items]) if items else np.zeros((0, 4))
+    minutes = total_frames / vm.FPS / 60.0
+    out = {
+        "clips": len(art),
+        "r_lag0": _median([a["r_lag0"] for a in art]),
+        "r_best": _median([a["r_best"] for a in art]),
+        "best_lag_frames": _median([a["best_lag_frames"] for a in art]),
+        "amplitude_ratio": _median([a["amplitude_ratio"] for a in art]),
+        "gap_p5": _median([a["gap_p5"] for a in art]),
+        "gap_p95": _median([a["gap_p95"] for a in art]),
+        "head_energy": [_mean(energy[:, lvl]) for lvl in range(energy.shape[1])],
+        "yaw_range": _mean([p["yaw_range"] for p in pose]),
+        "pitch_range": _mean([p["pitch_range"] for p in pose]),
+        "roll_range": _mean([p["roll_range"] for p in pose]),
+        "yaw_bias": _median([b[0] for b in bias]),
+        "pitch_bias": _median([b[1] for b in bias]),
+        "roll_bias": _median([b[2] for b in bias]),
+        **{f"speed_envelope_r_{w:g}s": _median(corr[w]) for w in WINDOWS_S},
+        "blinks_per_min": total_blinks / minutes if minutes > 0 else math.nan,
+        "blink_ms": (sum(ms * n for ms, n in blink_runs) / sum(n for _, n in blink_runs) if blink_runs else math.nan),
+        "signal_blinks_per_min": sig_blinks / minutes if minutes > 0 else math.nan,
+        "signal_blink_closed_share": sig_closed / total_frames if total_frames else math.nan,
+        "bilabial_events": len(bil),
+        "bilabial_min_gap_median": _median(bil),
+        "bilabial_closed_share": float(np.mean(np.array(bil) <= CLOSED_AT)) if bil else math.nan,
+        "gap_median_all": float(np.median(np.concatenate(gaps_all))) if gaps_all else math.nan,
+    }
+    return out
+
+
+RATIO_KEYS = ("yaw_range", "pitch_range", "roll_range")
+
+
+def with_ratios(cols: dict[str, dict]) -> dict[str, dict]:
+    """Add `*_ratio` entries (row / ground truth) for the head energies and ranges."""
+    gt = cols[GT]
+    for c in cols.values():
+        c["head_energy_ratio"] = [
+            v / g if g and np.isfinite(g) and g > 0 else math.nan for v, g in zip(c["head_energy"], gt["head_energy"])
+        ]
+        for k in RATIO_KEYS:
+            c[f"{k}_ratio"] = c[k] / gt[k] if gt[k] and np.isfinite(gt[k]) and gt[k] > 0 else math.nan
+    return cols
+
+
+def viewer_columns(rows: dict, inputs, num_levels: int = 4, kernel: int = 7, use_phones: bool = True) -> dict:
+    """{method: columns} for every row but the shuffled-audio control, plus `"_phones"` (recogniser status)."""
+    refs = references(inputs)
+    phone_cache: dict = {}
+    status = "off"
+    if use_phones:
+        dec = phone_recogniser()
+        status = "not installed" if dec is None else "pocketsphinx"
+        if dec is not None:
+            for cid in sorted({s.clip_id for s in inputs.sequences}):
+                phone_cache[cid] = phones(dec, inputs.pcm[cid])
+    cols = {
+        m: method_columns(items, inputs, refs, phone_cache, num_levels, kernel)
+        for m, items in rows.items()
+        if m != SHUFFLED
+    }
+    return {"methods": with_ratios(cols), "phones": status, "closed_at": CLOSED_AT}
