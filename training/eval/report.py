@@ -273,6 +273,16 @@ def render_eval_markdown(result: dict) -> str:
 
 def viewer_section(v: dict, num_levels: int) -> list[str]:
     """Section 5 of eval.md: the viewer-facing columns (`training.eval.viewer`, `training.eval.rest`)."""
+    return (
+        _articulation_lines(v)
+        + _head_lines(v["methods"], num_levels)
+        + _rest_lines(v.get("rest"))
+        + _side_by_side_lines(v.get("side_by_side"))
+        + ["", "Plot: `viewer.png`."]
+    )
+
+
+def _articulation_lines(v: dict) -> list[str]:
     cols = v["methods"]
     lines = [
         "",
@@ -303,9 +313,11 @@ def viewer_section(v: dict, num_levels: int) -> list[str]:
         "not installed": "**bilabial closure missing**: pocketsphinx is not installed (`pip install -e .[eval]`)",
         "off": "bilabial closure switched off (`phones=false`)",
     }[v["phones"]]
-    lines += [
-        "",
-        f"Bilabials (p, b, m): {phones_note}; per event the smallest gap within the phone ±1 frame.",
+    return lines + ["", f"Bilabials (p, b, m): {phones_note}; per event the smallest gap within the phone ±1 frame."]
+
+
+def _head_lines(cols: dict, num_levels: int) -> list[str]:
+    lines = [
         "",
         "### Head",
         "",
@@ -338,7 +350,11 @@ def viewer_section(v: dict, num_levels: int) -> list[str]:
             f"{num(c['blinks_per_min'], '{:.1f}')} | {num(c['blink_ms'], '{:.0f}')} | "
             f"{num(c['signal_blinks_per_min'], '{:.1f}')}, {num(100 * c['signal_blink_closed_share'], '{:.0f} %')} |"
         )
-    rest = v.get("rest")
+    return lines
+
+
+def _rest_lines(rest: dict | None) -> list[str]:
+    lines: list[str] = []
     if rest and rest.get("rows"):
         rows = rest["rows"]
         kinds = list(next(iter(rows.values())))
@@ -380,7 +396,11 @@ def viewer_section(v: dict, num_levels: int) -> list[str]:
                 )
                 + " |"
             )
-    sbs = v.get("side_by_side")
+    return lines
+
+
+def _side_by_side_lines(sbs: dict | None) -> list[str]:
+    lines: list[str] = []
     if sbs:
         lines += [
             "",
@@ -391,7 +411,6 @@ def viewer_section(v: dict, num_levels: int) -> list[str]:
             "",
             f"Video with the audio: `{sbs['mp4']}`. Rows: {', '.join(sbs['rows'])}.",
         ]
-    lines += ["", "Plot: `viewer.png`."]
     return lines
 
 
