@@ -116,7 +116,11 @@ def test_clear_errors_for_models_inputs_and_config(tmp_path, capsys):
     code, _, err = msync_here(capsys, "--model", FAKE, "--vmc", "nowhere", "--port", "0")
     assert code == 2 and "host:port" in err
     code, _, err = msync_here(capsys, "--host", "0.0.0.0", "--model", FAKE)
-    assert code == 2 and "loopback" in err
+    assert code == 2 and "without a token" in err and "--insecure" in err
+    bad_host = tmp_path / "remote.json"  # in a config file a remote host also needs server.allow_remote
+    bad_host.write_text('{"server": {"host": "0.0.0.0", "token": "t"}}')
+    code, _, err = msync_here(capsys, "--config", str(bad_host), "--model", FAKE)
+    assert code == 2 and "allow_remote" in err
     bad = tmp_path / "bad.toml"
     bad.write_text("[vmc]\ntargetz = []\n")
     code, _, err = msync_here(capsys, "--config", str(bad))
