@@ -92,7 +92,8 @@ def run_trial(spec: dict) -> dict:
 
     audio = speechlike(int((seconds + 1) * 16000), seed=1)
     chunk = 320
-    extra = {"stall_ms": 0} if "stall_ms" in EngineConfig.__dataclass_fields__ else {}  # no silence after the end
+    # no silence after the end
+    extra: dict[str, Any] = {"stall_ms": 0} if "stall_ms" in EngineConfig.__dataclass_fields__ else {}
     cfg = EngineConfig(max_streams=max(64, n), signals=spec["signals"], **extra)
 
     async def main():

@@ -166,8 +166,25 @@ class BatchSignalExtractor:
         self.reset(slot)
 
     def close(self, slot: int) -> None:
+        """Free `slot` (its state is forgotten; `open` starts it afresh)."""
         self.open_slots[slot] = False
         self._rng[slot] = None
+
+    def grow(self, capacity: int) -> None:
+        """Make room for slots up to `capacity - 1`, keeping every open slot's state (new slots are closed)."""
+        if capacity <= self.capacity:
+            return
+        fresh = BatchSignalExtractor(self.cfg, capacity)
+        n = self.capacity
+        per_slot = [name for name, value in vars(self).items() if isinstance(value, np.ndarray)]  # all by slot
+        pairs: list[tuple[object, object, str]] = [(self, fresh, name) for name in per_slot]
+        for mine, theirs in ((self._filter, fresh._filter), (self._feature_filter, fresh._feature_filter)):
+            pairs += [(mine, theirs, name) for name in ("x", "dx", "t", "ready")]
+        for old, new, name in pairs:
+            getattr(new, name)[:n] = getattr(old, name)
+            setattr(old, name, getattr(new, name))
+        self._rng = self._rng + [None] * (capacity - n)
+        self.capacity = int(capacity)
 
     def reset(self, slot: int) -> None:
         """A new epoch of the slot's stream: restart filters and the silence gate; learnt ranges are kept."""

@@ -3,13 +3,14 @@
 One task owns inference. It waits until some stream holds a full step of audio, takes a batch of every ready
 stream from the core (on the loop), runs the shared runner in a single worker thread (onnxruntime and numpy
 release the GIL, so the loop keeps accepting audio and serving clients meanwhile), commits the result (on the
-loop), attaches derived signals per stream, and hands the frames to every `FrameSink` without waiting on any
+loop), derives the batch's signals in one call (`BatchSignalExtractor`, one slot per stream), and hands the frames to every `FrameSink` without waiting on any
 of them. Frames therefore leave as soon as their audio has arrived and the step has run; there is no timer.
 
 Every stream's model state lives in one slot of the runner's state store (`EngineCore.slots`, preallocated for
 `max_streams`); a runner call gathers the batch's slots, steps and scatters in place (ONNX Runtime through an
 I/O binding bound once per batch size). `open_stream` returns the stream's handle (`Session`): it owns the
-slot (through the core), its epoch, signal state and frame subscriptions; `close()` frees the slot.
+slot (through the core and the engine's signal extractor), its epoch and frame subscriptions; `close()` frees
+the slot.
 
 Scheduling: the step runs in one inference thread (ONNX Runtime releases the GIL), so sockets and inputs are
 served meanwhile; while the loop commits and publishes one batch the next is already queued to the thread
@@ -46,6 +47,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from stream_engine.batch_signals import BatchSignalExtractor
 from stream_engine.clock import Clock, MonotonicClock
 from stream_engine.core import EngineCore, LandmarkFrame, StepBatch
 from stream_engine.outputs import FrameSink
@@ -82,6 +84,10 @@ class EngineConfig:
         stall_ms: no audio for this long on a stream that has had audio -> continue it with silence (None =
             look-ahead + 80 ms; 0 = never).
         stall_fill_s: most silence added per stall beyond `stall_ms` (enough for the face to come to rest).
+        batch_signals: derive the signals of a published batch in one call of the engine's
+            `BatchSignalExtractor` (per-slot state arrays) instead of one `SignalExtractor` per stream; the
+            values are the same (tests/test_engine_batch_signals.py), only the cost differs
+            (benchmarks/results/engine_batch_signals.md).
     """
 
     max_streams: int = 64
@@ -95,6 +101,7 @@ class EngineConfig:
     latency_budget_ms: float = 10.0
     stall_ms: float | None = None
     stall_fill_s: float = 1.0
+    batch_signals: bool = True
 
     def __post_init__(self) -> None:
         if self.max_streams < 1 or self.max_batch_streams < 1:
@@ -147,6 +154,9 @@ class Engine:
         self.clock = clock or MonotonicClock()
         self.blendshapes = blendshapes
         self.core = EngineCore(runner, cfg.max_batch_streams, cfg.max_pending_s, cfg.seed, capacity=cfg.max_streams)
+        self.batch_signals = (
+            BatchSignalExtractor(signal_cfg, self.core.slots.capacity) if cfg.signals and cfg.batch_signals else None
+        )
         self.contract = runner.contract
         self.sample_rate_hz = self.core.sample_rate_hz
         self.model_reference_face = np.asarray(self.contract.reference_face, dtype=np.float32)
@@ -253,23 +263,36 @@ class Engine:
         if len(self.sessions) >= self.cfg.max_streams:
             raise EngineFullError(f"the engine already serves {len(self.sessions)} streams (max_streams)")
         self.core.open_stream(stream_id, reference_face, seed)
+        signal_seed = stream_seed(self.cfg.seed, stream_id) if seed is None else seed
+        own_face = self.core.reference_face(stream_id)
+        bx = self.batch_signals
         session = Session(
             stream_id,
-            self.core.reference_face(stream_id),
+            own_face,
             self.model_reference_face,
-            self.signal_cfg if self.cfg.signals else None,
+            self.signal_cfg if self.cfg.signals and bx is None else None,
             source,
-            seed=stream_seed(self.cfg.seed, stream_id) if seed is None else seed,
+            seed=signal_seed,
             engine=self,
         )
+        if bx is not None:  # the stream's signal state lives in its slot of the batched extractor
+            slot = self.core.slot_of(stream_id)
+            if slot >= bx.capacity:  # the core's store grew (slots of closed streams held by a running step)
+                bx.grow(max(self.core.slots.capacity, slot + 1))
+            bx.open(slot, own_face if own_face is not None else self.model_reference_face, signal_seed)
+            session.signal_slot = slot
         self.sessions[stream_id] = session
         self._event(stream_id, "opened", source=source)
         return session
 
     def close_stream(self, stream_id: str) -> None:
         """Forget a stream (a batch in flight for it is discarded). Unknown ids are ignored."""
-        if self.sessions.pop(stream_id, None) is None:
+        session = self.sessions.pop(stream_id, None)
+        if session is None:
             return
+        if self.batch_signals is not None and session.signal_slot is not None:
+            self.batch_signals.close(session.signal_slot)
+            session.signal_slot = None
         self.core.close_stream(stream_id)
         self._event(stream_id, "closed")
         self._notify_progress()
@@ -482,19 +505,19 @@ class Engine:
         out = []
         sessions = self.sessions
         deriver = self.blendshapes
-        for frame in frames:
-            session = sessions.get(frame.stream_id)
-            if session is not None:
-                f = session.derive(frame, now)
-                if deriver is not None:
-                    try:
-                        f = dataclasses.replace(f, blendshapes=deriver(f))
-                    except Exception as exc:
-                        self.stats.sink_errors += 1
-                        log.warning("blendshape deriver failed: %s", exc)
-                out.append(f)
-                if session.subscribers:
-                    session.deliver(f)
+        live = [(frame, session) for frame in frames if (session := sessions.get(frame.stream_id)) is not None]
+        derived = self._batch_derive(live, now) if self.batch_signals is not None else None
+        for i, (frame, session) in enumerate(live):
+            f = session.derive(frame, now) if derived is None else derived[i]
+            if deriver is not None:
+                try:
+                    f = dataclasses.replace(f, blendshapes=deriver(f))
+                except Exception as exc:
+                    self.stats.sink_errors += 1
+                    log.warning("blendshape deriver failed: %s", exc)
+            out.append(f)
+            if session.subscribers:
+                session.deliver(f)
         self.stats.frames += len(out)
         for sink in self.sinks:
             try:
@@ -502,6 +525,32 @@ class Engine:
             except Exception as exc:
                 self.stats.sink_errors += 1
                 log.warning("output %r failed: %s", sink, exc)
+
+    def _batch_derive(self, live: Sequence[tuple[LandmarkFrame, Session]], now: int) -> list[LandmarkFrame]:
+        """The published frames of one step: every stream's signals from one `BatchSignalExtractor.update`.
+
+        A frame that starts a new epoch (reset, flush restart, runner fault) restarts its slot's filters first,
+        as `Session.derive` restarts a stream's own extractor."""
+        bx = self.batch_signals
+        assert bx is not None
+        if not live:
+            return []
+        n = len(live)
+        slots = np.empty(n, dtype=np.int64)
+        t_s = np.empty(n)
+        level = np.empty(n)
+        ahead = np.empty(n)
+        for i, (frame, session) in enumerate(live):
+            slot = session.signal_slot
+            assert slot is not None
+            if session.enter_epoch(frame):
+                bx.reset(slot)
+            slots[i] = slot
+            t_s[i] = frame.pts_ns / 1e9
+            level[i] = frame.audio_level_dbfs
+            ahead[i] = frame.audio_ahead_dbfs
+        signals = bx.update(slots, np.stack([frame.landmarks for frame, _ in live]), t_s, level, ahead)
+        return [session.attach(frame, now, signals.signals(i)) for i, (frame, session) in enumerate(live)]
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> dict[str, Any]:

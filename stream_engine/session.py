@@ -1,8 +1,9 @@
 """One stream's handle in the asyncio engine: identity, slot, epoch, signals, subscriptions and counters.
 
 The model state of a stream lives in its slot of the core's state store (`EngineCore.slots`); its audio FIFO
-and epoch live in the core too. A `Session` is what `Engine.open_stream` returns: it adds the
-`SignalExtractor` that turns the stream's frames into rig signals, where its audio comes from, the callbacks
+and epoch live in the core too; its signal state in its slot of the engine's `BatchSignalExtractor` (or, with
+`EngineConfig.batch_signals` off or for a free-standing session, in the session's own `SignalExtractor`). A
+`Session` is what `Engine.open_stream` returns: it adds where its audio comes from, the callbacks
 subscribed to its frames, and statistics for the live latency line and `/health`. Its methods (`push`,
 `reset`, `flush`, `close`, `subscribe`) act on this one stream.
 """
@@ -22,7 +23,7 @@ import numpy.typing as npt
 
 from stream_engine.core import FrameTimings, LandmarkFrame
 from stream_engine.landmarks import fixed_crop
-from stream_engine.signals import SignalConfig, SignalExtractor
+from stream_engine.signals import SignalConfig, SignalExtractor, Signals
 
 if TYPE_CHECKING:
     from stream_engine.engine import Engine
@@ -161,21 +162,33 @@ class Session:
         self.source = source
         neutral = reference_face if reference_face is not None else model_reference_face
         self.signals = SignalExtractor(signal_cfg, neutral, seed) if signal_cfg is not None else None
+        self.signal_slot: int | None = None  # slot in the engine's `BatchSignalExtractor` (None = own extractor)
         self.stats = SessionStats()
         self.epoch = 0
         self.last_frame: LandmarkFrame | None = None
 
     def derive(self, frame: LandmarkFrame, publish_ns: int) -> LandmarkFrame:
-        """Attach signals and the publish time to a frame fresh out of the core."""
-        if frame.epoch != self.epoch:
-            self.epoch = frame.epoch
-            if self.signals is not None:
-                self.signals.reset()
+        """Attach signals (from this session's own `SignalExtractor`) and the publish time to a frame fresh out
+        of the core."""
+        if self.enter_epoch(frame) and self.signals is not None:
+            self.signals.reset()
         signals = None
         if self.signals is not None:
             signals = self.signals.update(
                 frame.landmarks, frame.pts_ns / 1e9, frame.audio_level_dbfs, frame.audio_ahead_dbfs
             )
+        return self.attach(frame, publish_ns, signals)
+
+    def enter_epoch(self, frame: LandmarkFrame) -> bool:
+        """Follow the frame's epoch; True when it starts a new one (the stream's signal state must restart)."""
+        if frame.epoch == self.epoch:
+            return False
+        self.epoch = frame.epoch
+        return True
+
+    def attach(self, frame: LandmarkFrame, publish_ns: int, signals: Signals | None) -> LandmarkFrame:
+        """The published frame: `signals` (derived by the caller, e.g. the engine's `BatchSignalExtractor`) and
+        the publish time attached; counts it in the stream's statistics."""
         t = frame.timings
         t = FrameTimings(t.audio_ready_ns, t.infer_start_ns, t.infer_end_ns, int(publish_ns), t.take_ns)
         out = LandmarkFrame(
