@@ -18,6 +18,8 @@ import importlib
 import sys
 from typing import Any
 
+from stream_engine.dataclass_io import ConfigError
+
 ENTRY_POINT_GROUP = "msync.commands"
 
 # name -> (module, help) of the runtime's own commands; used when the entry points do not list them.
@@ -106,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ConfigError as exc:  # a bad --config file or --set value, in any command: say which, no traceback
+        print(f"msync {args.command}: bad configuration: {exc}", file=sys.stderr)
+        return 2
     except ImportError as exc:
         print(
             f"msync {args.command}: missing dependency: {exc}. Install the extra: pip install 'msync[train]'",

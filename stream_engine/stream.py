@@ -37,6 +37,7 @@ from stream_engine.config import (
     replace_path,
     to_dict,
 )
+from stream_engine.dataclass_io import apply_overrides, from_dict
 from stream_engine.outputs.websocket import LOOPBACK_HOSTS
 
 if TYPE_CHECKING:
@@ -61,6 +62,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = "\n\n".join((__doc__ or "").split("\n\n")[1:3]).replace("::", ":")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", metavar="FILE", help="JSON or TOML config file (flags override it)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="set any config key, e.g. --set engine.max_streams=128 (repeatable; applied after the flags; "
+        "VALUE is read as JSON when it parses; --print-config shows every key)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     g = p.add_argument_group("model")
     g.add_argument(
@@ -249,6 +259,10 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
             cfg = replace_path(cfg, "input", InputConfig(**current))
         for key, value in overrides.items():
             cfg = replace_path(cfg, key, value)
+        if getattr(args, "overrides", None):
+            data = to_dict(cfg)
+            apply_overrides(data, args.overrides)
+            cfg = from_dict(StreamConfig, data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return cfg

@@ -63,7 +63,7 @@ def test_loop_logs_validates_checkpoints_and_calls_back(tmp_path):
     assert ("on_checkpoint", 2) in t.events and ("on_log", 4) in t.events
     assert [s for e, s in t.events if e == "on_step_end"] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "config.json").read_text()) == dataclasses.asdict(ToyConfig())
-    info = json.loads((tmp_path / "run_info.json").read_text())
+    (info,) = json.loads((tmp_path / "run_info.json").read_text())["invocations"]
     assert info["start_step"] == 0 and "git_commit" in info and info["world_size"] == 1
     assert (tmp_path / "checkpoint.safetensors").is_file() and (tmp_path / "checkpoint.optim.json").is_file()
 
@@ -75,7 +75,11 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     result = t.run(progress=False)
     assert result["steps"] == 4
     assert [s for e, s in t.events if e == "on_step_end"] == [3, 4]  # only the new steps ran
-    assert json.loads((tmp_path / "run_info.json").read_text())["start_step"] == 2
+    # provenance stays honest: config.json is what the resumed invocation ran with, run_info.json keeps both
+    first_run, resumed = json.loads((tmp_path / "run_info.json").read_text())["invocations"]
+    assert (first_run["start_step"], resumed["start_step"]) == (0, 2)
+    assert resumed["config_changed"] == {"steps": [2, 4]}
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 4
     recs = read_records(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in recs if r["split"] == "val"] == [2, 4]  # appended, not restarted
     fresh = ToyTrainer(ToyConfig(steps=4), tmp_path / "fresh")
@@ -89,3 +93,15 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
 def test_unknown_event_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown event"):
         ToyTrainer(ToyConfig(), tmp_path).add_callback("on_epoch", lambda t: None)
+
+
+@pytest.mark.parametrize("setting", ["syncer.nonexistent=3", "steps=abc"])
+def test_a_bad_set_value_is_a_clear_error_not_a_traceback(tmp_path, capsys, setting):
+    from stream_engine.cli import main
+
+    code = main(
+        ["train-syncers", "--config", "training/configs/syncers.json", "--out", str(tmp_path), "--set", setting]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("msync train-syncers: bad configuration:") and "Traceback" not in err
+    assert not (tmp_path / "config.json").exists()  # nothing started

@@ -36,6 +36,10 @@ FLAGS: dict[str, tuple[list[str], dict[str, object]]] = {
     "--token-file": (["--token-file", "tok.txt"], {"server.token_file": "tok.txt"}),
     "--insecure": (["--insecure"], {"server.insecure": True}),
     "--precision": (["--precision", "fp32"], {"model.precision": "fp32"}),
+    "--set": (
+        ["--set", "engine.max_streams=128", "--set", 'vmc.targets=["127.0.0.1:9"]'],
+        {"engine.max_streams": 128, "vmc.targets": ("127.0.0.1:9",)},
+    ),
     "--vmc": (["--vmc", "10.0.0.2:39540"], {"vmc.targets": ("10.0.0.2:39540",), "vmc.enabled": True}),
     "--no-vmc": (["--no-vmc"], {"vmc.enabled": False}),
     "--vmc-names": (

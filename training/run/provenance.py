@@ -1,5 +1,7 @@
 """What a run was: its resolved config (`OUT/config.json`) and the code and command it ran with
-(`OUT/run_info.json`), written beside its outputs."""
+(`OUT/run_info.json`), written beside its outputs. A resumed run keeps both honest: config.json is the config
+the latest invocation ran with, and run_info.json lists every invocation (`invocations`, oldest first) with the
+config keys it changed."""
 
 from __future__ import annotations
 
@@ -33,8 +35,24 @@ def dump_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(json.dumps(to_dict(cfg), indent=2))
 
 
-def write_run_info(out_dir: Path, start_step: int, world: int, device: str) -> None:
-    """`OUT/run_info.json`: git commit, command line, time, world size, device, and the step started from."""
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    """Dotted key -> [old, new] for every setting that differs between two config dicts (nested)."""
+    out: dict[str, list[Any]] = {}
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(config_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out[f"{prefix}{key}"] = [a, b]
+    return out
+
+
+def write_run_info(
+    out_dir: Path, start_step: int, world: int, device: str, changed: dict[str, list[Any]] | None = None
+) -> None:
+    """Append this invocation to `OUT/run_info.json` (`invocations`: git commit, command line, time, world size,
+    device, the step started from, and on a resume the config keys changed since the previous invocation)."""
+    path = out_dir / "run_info.json"
     info = {
         "git_commit": git_commit(),
         "argv": sys.argv,
@@ -42,5 +60,13 @@ def write_run_info(out_dir: Path, start_step: int, world: int, device: str) -> N
         "start_step": start_step,
         "world_size": world,
         "device": device,
+        "config_changed": changed or {},
     }
-    (out_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+    history: list[Any] = []
+    if start_step and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            history = list(old.get("invocations", [old]))  # an older single-record file becomes the first entry
+        except (OSError, ValueError):
+            history = []
+    path.write_text(json.dumps({"invocations": [*history, info]}, indent=2))

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stream_engine.dataclass_io import to_dict
 from training.run import context
 from training.run.metrics import append_record, mean_record
-from training.run.provenance import dump_config, write_run_info
+from training.run.provenance import config_changes, dump_config, write_run_info
 
 EVENTS = ("on_log", "on_checkpoint", "on_step_end")
 
@@ -131,11 +132,25 @@ class Trainer:
         if not self.step:
             self.on_fresh_start()
         if self.ctx.is_main:
+            changed: dict[str, list[Any]] = {}
             if self.step:
                 print(f"resuming from {self.out_dir / self.checkpointed[0].stem} at step {self.step}")
-            else:
-                dump_config(cfg, self.out_dir / "config.json")
-            write_run_info(self.out_dir, self.step, self.ctx.world, self.ctx.device)
+                changed = self._config_changes()
+                if changed:
+                    print(
+                        "config changed since the previous invocation (run_info.json keeps both): "
+                        + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                    )
+            dump_config(cfg, self.out_dir / "config.json")  # what this invocation runs with
+            write_run_info(self.out_dir, self.step, self.ctx.world, self.ctx.device, changed)
+
+    def _config_changes(self) -> dict[str, list[Any]]:
+        path = self.out_dir / "config.json"
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return config_changes(old, to_dict(self.cfg))
 
     def _periodic(self, every: int) -> bool:
         return self.ctx.is_main and (self.step % every == 0 or self.step == self.cfg.steps)
