@@ -209,6 +209,26 @@ def resolve_tokens(cfg: ServerConfig, environ: Mapping[str, str]) -> ServerConfi
     return dataclasses.replace(cfg, token=token, admin_token=admin)
 
 
+def model_facts(engine: Any) -> dict[str, Any]:
+    """The hello's description of the served model: `model` (rates, look-ahead, layout, reference face),
+    `latency` (the engine's latency facts) and `contours` (landmark index runs for drawing). PROTOCOL.md §3."""
+    c = engine.contract
+    return {
+        "model": {
+            "model_version": getattr(c, "model_version", ""),
+            "sample_rate_hz": c.sample_rate_hz,
+            "samples_per_frame": c.samples_per_frame,
+            "fps": c.fps,
+            "lookahead_frames": c.lookahead_frames,
+            "num_landmarks": c.num_landmarks,
+            "landmark_dims": c.landmark_dims,
+            "reference_face": engine.model_reference_face.round(5).tolist(),
+        },
+        "latency": engine.latency_facts(),
+        "contours": [list(c) for c in CONTOURS],
+    }
+
+
 def check_exposure(cfg: ServerConfig) -> None:
     """Raise ValueError for a remote bind without a token unless `insecure` says so explicitly."""
     if not cfg.is_loopback and not cfg.token and not cfg.insecure:
@@ -515,7 +535,6 @@ class WebSocketServer:
         }
 
     def _hello(self, kind: str, fmt: str | None = None) -> dict[str, Any]:
-        c = self.engine.contract
         return {
             "type": "hello",
             "v": PROTOCOL_VERSION,
@@ -523,18 +542,7 @@ class WebSocketServer:
             "format": fmt,
             "binary_format_version": FORMAT_VERSION,
             "signal_names": list(SIGNAL_NAMES),
-            "model": {
-                "model_version": getattr(c, "model_version", ""),
-                "sample_rate_hz": c.sample_rate_hz,
-                "samples_per_frame": c.samples_per_frame,
-                "fps": c.fps,
-                "lookahead_frames": c.lookahead_frames,
-                "num_landmarks": c.num_landmarks,
-                "landmark_dims": c.landmark_dims,
-                "reference_face": self.engine.model_reference_face.round(5).tolist(),
-            },
-            "latency": self.engine.latency_facts(),
-            "contours": [list(c) for c in CONTOURS],
+            **model_facts(self.engine),
             "streams": list(self.engine.sessions),
         }
 

@@ -27,10 +27,9 @@ import numpy as np
 
 from stream_engine.core import LandmarkFrame
 from stream_engine.engine import Engine
-from stream_engine.landmarks import CONTOURS
 from stream_engine.outputs.latest import LatestFrameQueue
 from stream_engine.outputs.serializers import FORMAT_VERSION, encode_binary, encode_json
-from stream_engine.outputs.websocket import LOOPBACK_HOSTS, ServerConfig
+from stream_engine.outputs.websocket import LOOPBACK_HOSTS, ServerConfig, model_facts
 from stream_engine.protocol import (
     CLOSE_TOO_BIG,
     PROTOCOL_VERSION,
@@ -177,23 +176,11 @@ class ReplicaServer:
     # ------------------------------------------------------------------ reporting
     def hello_fields(self) -> dict[str, Any]:
         """The server facts repeated in every `ready` (as `msync stream`'s /audio hello) plus `self.info`."""
-        c = self.engine.contract
         return {
             "protocol": "msync-audio",
             "binary_format_version": FORMAT_VERSION,
             "signal_names": list(SIGNAL_NAMES),
-            "model": {
-                "model_version": getattr(c, "model_version", ""),
-                "sample_rate_hz": c.sample_rate_hz,
-                "samples_per_frame": c.samples_per_frame,
-                "fps": c.fps,
-                "lookahead_frames": c.lookahead_frames,
-                "num_landmarks": c.num_landmarks,
-                "landmark_dims": c.landmark_dims,
-                "reference_face": self.engine.model_reference_face.round(5).tolist(),
-            },
-            "latency": self.engine.latency_facts(),
-            "contours": [list(c) for c in CONTOURS],
+            **model_facts(self.engine),
             **self.info,
         }
 
