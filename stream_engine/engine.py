@@ -164,6 +164,10 @@ class Engine:
         self.sinks: list[FrameSink] = []
         self.stats = EngineStats()
         self._ids = itertools.count(1)
+        self.id_prefix = "s"  # ids the engine gives streams opened without one: f"{id_prefix}{n}"
+        # None: model noise seeded by opening order (`EngineCore`); an int: by stream id, `stream_seed(base, id)`,
+        # the same whatever was opened before (serve's replicas)
+        self.noise_seed_base: int | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._work: asyncio.Event | None = None
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -253,15 +257,17 @@ class Engine:
     ) -> Session:
         """Open a stream. Raises `EngineFullError`, or ValueError for a taken id / bad reference face."""
         if stream_id is None:
-            stream_id = f"s{next(self._ids)}"
+            stream_id = f"{self.id_prefix}{next(self._ids)}"
             while stream_id in self.sessions:
-                stream_id = f"s{next(self._ids)}"
+                stream_id = f"{self.id_prefix}{next(self._ids)}"
         if not isinstance(stream_id, str) or not stream_id or len(stream_id.encode()) > 128:
             raise ValueError("stream id must be a non-empty string of at most 128 bytes")
         if stream_id in self.sessions:
             raise ValueError(f"stream {stream_id!r} is already open")
         if len(self.sessions) >= self.cfg.max_streams:
             raise EngineFullError(f"the engine already serves {len(self.sessions)} streams (max_streams)")
+        if seed is None and self.noise_seed_base is not None:
+            seed = stream_seed(self.noise_seed_base, stream_id)
         self.core.open_stream(stream_id, reference_face, seed)
         signal_seed = stream_seed(self.cfg.seed, stream_id) if seed is None else seed
         own_face = self.core.reference_face(stream_id)

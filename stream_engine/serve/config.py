@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from typing import Any
 
 from stream_engine.outputs.websocket import ServerConfig
+from stream_engine.signals import stream_seed as stream_seed  # one per-stream seed for engine and serve
 
 DEFAULT_PORT = 8000
 
@@ -88,10 +88,3 @@ class ServeConfig:
             "upscale_delay_s": 5.0,
             "downscale_delay_s": 60.0,
         }
-
-
-def stream_seed(base: int, stream_id: str) -> int:
-    """The noise seed of a stream: `base` plus the CRC-32 of its id, mod 2**31. The same on every replica and
-    host (Python's `hash` of a string differs between processes), so a stream's frames do not depend on
-    which replica holds it or on what it opened before."""
-    return (int(base) + zlib.crc32(stream_id.encode("utf-8"))) % (2**31)

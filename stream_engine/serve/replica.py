@@ -16,14 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import itertools
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
-
-import numpy as np
 
 from stream_engine.core import LandmarkFrame
 from stream_engine.engine import Engine
@@ -42,8 +39,6 @@ from stream_engine.protocol import (
     StreamOwners,
     Subscribe,
 )
-from stream_engine.serve.config import stream_seed
-from stream_engine.session import Session
 from stream_engine.signals import SIGNAL_NAMES
 
 log = logging.getLogger(__name__)
@@ -56,24 +51,8 @@ class ReplicaEngine(Engine):
 
     def __init__(self, runner: Any, cfg: Any, seed_base: int | None, id_prefix: str, **kwargs: Any) -> None:
         super().__init__(runner, cfg, **kwargs)
-        self.seed_base = seed_base
-        self.id_prefix = id_prefix
-        self._serve_ids = itertools.count(1)
-
-    def open_stream(
-        self,
-        stream_id: str | None = None,
-        reference_face: np.ndarray | None = None,
-        source: str = "",
-        seed: int | None = None,
-    ) -> Session:
-        if stream_id is None:
-            stream_id = f"{self.id_prefix}-{next(self._serve_ids)}"
-            while stream_id in self.sessions:
-                stream_id = f"{self.id_prefix}-{next(self._serve_ids)}"
-        if seed is None and self.seed_base is not None and isinstance(stream_id, str):
-            seed = stream_seed(self.seed_base, stream_id)
-        return super().open_stream(stream_id, reference_face, source, seed)
+        self.noise_seed_base = seed_base
+        self.id_prefix = f"{id_prefix}-"
 
 
 class _Connection:
