@@ -137,6 +137,9 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
     for r in result["per_sequence"]["copy_of_gt"]:
         assert r["levels"][0]["confidence"] == pytest.approx(gt_by_key[r["key"]]["levels"][0]["confidence"])
     assert set(result["checks"]) >= {"gt_conf_above_static_face", "gt_median_abs_offset_l0", "all_pass"}
+    # zero padding (the default) also reports the valid-padding checks, and the Markdown shows both
+    assert result["checks"]["padding"] == "zero" and result["checks_valid"]["padding"] == "valid"
+    assert "With valid padding" in md and len(result["checks_valid"]["gt_conf_ratio_static_face"]) == 4
     for lv in methods[GT]["levels"]:
         assert lv["n"] == n and lv["abs_offset"]["mean"] is not None  # 40 frames suffice for every level
 
@@ -146,3 +149,20 @@ def test_cli_missing_syncers(tmp_path, capsys):
 
     rc = main(["eval-sync", "--metric-syncers", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert rc == 1 and "metric syncers not found" in capsys.readouterr().err
+
+
+def test_checks_ask_for_the_margin_and_flag_failures():
+    """`checks`: GT must beat each control by >= 10 % at every level; a 5 % lead fails and the Markdown says FAIL."""
+    from training.eval.report import checks_lines
+    from training.eval.scoring import checks
+
+    def summary(confs, offset=0.0):
+        return {"levels": [{"confidence": {"mean": c}, "abs_offset": {"median": offset}} for c in confs]}
+
+    good = checks({GT: summary([2.0] * 4), STATIC: summary([1.0] * 4), SHUFFLED: summary([1.5] * 4)}, "valid")
+    assert good["all_pass"] and good["gt_conf_ratio_static_face"] == [2.0] * 4
+    close = checks({GT: summary([1.05] * 4, 2.0), STATIC: summary([1.0] * 4), SHUFFLED: summary([0.5] * 4)}, "valid")
+    assert all(close["gt_conf_above_static_face"]) and not any(close["gt_conf_margin_static_face"])
+    assert not close["all_pass"] and not close["gt_median_abs_offset_l0_le_1"]
+    text = "\n".join(checks_lines(good, "# Checks", "all pass", close))
+    assert "1.05× FAIL" in text and "> 1: FAIL" in text and "all pass: pass" in text and "all pass: **FAIL**" in text

@@ -439,7 +439,7 @@ def evaluate(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> dict:
     from training.eval.metric_syncers import eval_device, load_metric_syncers
     from training.eval.plots import plot_drift, plot_sync_levels
     from training.eval.report import render_eval_markdown, write_json
-    from training.eval.scoring import checks
+    from training.eval.scoring import checks, valid_padding_checks
     from training.eval.sequences import load_predictions, method_inputs
 
     t_start = time.perf_counter()
@@ -478,7 +478,10 @@ def evaluate(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> dict:
         "sequences": _sequence_list(inputs),
         "methods": summaries,
         "fd_floor": fd_floor,
-        "checks": checks(summaries),
+        "checks": checks(summaries, cfg.padding),
+        "checks_valid": None
+        if cfg.padding == "valid"
+        else valid_padding_checks(pyr, rows, inputs.sequences, cfg.vshift, progress),
         "drift": drift,
         "long_rollout": long_runs,
         "viewer": viewer,

@@ -14,8 +14,11 @@ triad with harmonics, -30 dBFS: music without voice); breathing-like noise (band
 
 Measured in the non-speech segment, after its first `settle_ms` (the way down is measured separately): the raw
 inner-lip gap (IOD) and the engine's `mouth_open` signal (`stream_engine.signals.SignalExtractor`, default
-`SignalConfig`: its silence gate at -50 dBFS included), p50 and p90 over frames; and the time from the end of
-speech until the gap is at or below 0.03 IOD for good (:func:`training.metrics.viewer.time_to_rest`).
+`SignalConfig`: its silence gate at -50 dBFS included), p50 and p90 over frames; how far the gap stays above the
+row's own closed mouth (its 10th percentile while speaking in the same stream); and the time from the end of
+speech until the gap is at rest for good, relative to that closed level (:func:`training.metrics.viewer.
+rest_threshold`, :func:`~training.metrics.viewer.time_to_rest`). Ground truth, which has no face for synthetic
+sounds, gets the same statistics in its own pauses (:func:`gt_pauses`).
 """
 
 from __future__ import annotations
@@ -156,49 +159,77 @@ def score(stimuli: list[Stimulus], outputs: list[np.ndarray], cfg: RestConfig) -
     Args:
         outputs: (T, 68, 2) landmarks of one row for each stimulus.
     Returns:
-        {kind: {gap_p50, gap_p90, mouth_open_p50, mouth_open_p90, rest_ms_median, never_at_rest, n}}.
+        {kind: {gap_p50, gap_p90, mouth_open_p50, mouth_open_p90, excess_p50, rest_ms_median, never_at_rest, n}};
+        `excess_p50`: median over streams of (median gap after settling − the row's closed level in that stream).
     """
     skip = int(round(cfg.settle_ms / 40.0))
     per: dict[str, dict[str, list]] = {}
     for st, lm in zip(stimuli, outputs):
         gap = vm.lip_gap(lm)
         mo = mouth_open(lm, st.pcm, st.reference)
+        closed, threshold = vm.rest_threshold(np.concatenate([gap[: st.rest_start], gap[st.rest_end :]]))
         for key in (st.kind, "all"):
-            d = per.setdefault(key, {"gap": [], "mo": [], "rest": []})
+            d = per.setdefault(key, {"gap": [], "mo": [], "rest": [], "excess": []})
             d["gap"].append(gap[st.rest_start + skip : st.rest_end])
             d["mo"].append(mo[st.rest_start + skip : st.rest_end])
-            d["rest"].append(vm.time_to_rest(gap[st.rest_start : st.rest_end]))
+            d["rest"].append(vm.time_to_rest(gap[st.rest_start : st.rest_end], threshold))
+            d["excess"].append(float(np.median(gap[st.rest_start + skip : st.rest_end])) - closed)
     out = {}
     for key, d in sorted(per.items(), key=lambda kv: KINDS.index(kv[0]) if kv[0] in KINDS else len(KINDS)):
-        g, m, r = np.concatenate(d["gap"]), np.concatenate(d["mo"]), np.array(d["rest"])
-        finite = r[np.isfinite(r)]
+        g, m = np.concatenate(d["gap"]), np.concatenate(d["mo"])
         out[key] = {
             "gap_p50": vm.percentiles(g)["p50"],
             "gap_p90": vm.percentiles(g)["p90"],
             "mouth_open_p50": vm.percentiles(m)["p50"],
             "mouth_open_p90": vm.percentiles(m)["p90"],
-            "rest_ms_median": float(np.median(r)) if len(r) else math.nan,
-            "rest_ms_median_finite": float(np.median(finite)) if len(finite) else math.nan,
-            "never_at_rest": float(np.mean(~np.isfinite(r))) if len(r) else math.nan,
-            "n": len(r),
+            **rest_summary(d["rest"], d["excess"]),
         }
     return out
 
 
-def gt_pauses(segments, pcm: dict, quiet_dbfs: float = -45.0, min_frames: int = 5) -> dict:
+def rest_summary(rest_ms: list[float], excess: list[float]) -> dict:
+    """Median time to rest (inf counts), its median over the streams that got there, the share that never did,
+    the median excess over the closed level, and the count."""
+    r = np.array(rest_ms, np.float64)
+    finite = r[np.isfinite(r)]
+    return {
+        "excess_p50": float(np.median(excess)) if len(excess) else math.nan,
+        "rest_ms_median": float(np.median(r)) if len(r) else math.nan,
+        "rest_ms_median_finite": float(np.median(finite)) if len(finite) else math.nan,
+        "never_at_rest": float(np.mean(~np.isfinite(r))) if len(r) else math.nan,
+        "n": len(r),
+    }
+
+
+def gt_pauses(
+    segments,
+    pcm: dict,
+    quiet_dbfs: float = -45.0,
+    min_frames: int = 5,
+    rest_min_frames: int = 15,
+    anticipation_frames: int = 8,
+) -> dict:
     """Ground truth's own pauses, for reference (no GT exists for the synthetic sounds): the inner-lip gap in
-    runs of at least `min_frames` frames quieter than `quiet_dbfs` inside the evaluated segments."""
+    runs of at least `min_frames` frames quieter than `quiet_dbfs` inside the evaluated segments; and, in pauses
+    after speech of at least `rest_min_frames`, the time to rest and the excess over the segment's closed level
+    as the rows get them (:func:`score`; without the pause's last `anticipation_frames` when speech follows inside
+    the segment: real lips open before the sound starts)."""
     from training.eval.viewer import frame_dbfs
 
-    gaps = []
+    gaps, rest_ms, excess = [], [], []
     for s in segments:
         quiet = frame_dbfs(pcm[s.clip_id], s.start_frame, s.num_frames) < quiet_dbfs
         edges = np.diff(np.concatenate([[0], quiet.astype(int), [0]]))
         g = vm.lip_gap(s.landmarks)
+        closed, threshold = vm.rest_threshold(g[~quiet]) if (~quiet).sum() >= 25 else (math.nan, math.nan)
         for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
             if b - a >= min_frames:
                 gaps.append(g[a:b])
+            if b - a >= rest_min_frames and a > 0 and np.isfinite(threshold):
+                end = b - anticipation_frames if b < s.num_frames else b
+                rest_ms.append(vm.time_to_rest(g[a:end], threshold))
+                excess.append(float(np.median(g[a + 5 : end])) - closed)
     if not gaps:
-        return {"frames": 0, "gap_p50": math.nan, "gap_p90": math.nan}
+        return {"frames": 0, "gap_p50": math.nan, "gap_p90": math.nan, **rest_summary(rest_ms, excess)}
     g = np.concatenate(gaps)
-    return {"frames": len(g), **{f"gap_{k}": v for k, v in vm.percentiles(g).items()}}
+    return {"frames": len(g), **{f"gap_{k}": v for k, v in vm.percentiles(g).items()}, **rest_summary(rest_ms, excess)}

@@ -95,22 +95,44 @@ def summarise(records: list[dict], num_levels: int) -> dict:
     return {"n": len(records), "levels": levels, "lmd": lmd, "motion": motion}
 
 
-def checks(summaries: dict) -> dict:
-    """The sanity conditions the metric must meet on real data: GT beats both controls on AV-Conf at every level,
-    and the GT median |AV-Off| at the finest level is at most 1 frame."""
+TARGET_MARGIN = 1.10  # issue 10: ground truth's AV-Conf at least 10 % above each control at every level
+
+
+def checks(summaries: dict, padding: str | None = None) -> dict:
+    """The sanity conditions the metric must meet on real data: GT beats both controls on AV-Conf at every level
+    (and by how much: `gt_conf_ratio_*`, and whether by at least TARGET_MARGIN), and the GT median |AV-Off| at the
+    finest level is at most 1 frame. `all_pass` asks for the margin; `padding` records the offset search used."""
     gt = summaries[GT]["levels"]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"padding": padding}
+    margins = []
     for name in (STATIC, SHUFFLED):
         other = summaries[name]["levels"]
-        out[f"gt_conf_above_{name.replace(' ', '_')}"] = [
+        key = name.replace(" ", "_")
+        out[f"gt_conf_above_{key}"] = [
             bool(g["confidence"]["mean"] > o["confidence"]["mean"]) for g, o in zip(gt, other)
         ]
+        ratios = [
+            g["confidence"]["mean"] / o["confidence"]["mean"] if o["confidence"]["mean"] > 0 else math.inf
+            for g, o in zip(gt, other)
+        ]
+        out[f"gt_conf_ratio_{key}"] = ratios
+        out[f"gt_conf_margin_{key}"] = [bool(r >= TARGET_MARGIN) for r in ratios]
+        margins += out[f"gt_conf_margin_{key}"]
     out["gt_median_abs_offset_l0"] = gt[0]["abs_offset"]["median"]
     out["gt_median_abs_offset_l0_le_1"] = bool(gt[0]["abs_offset"]["median"] <= 1)
-    out["all_pass"] = bool(
-        all(all(v) for k, v in out.items() if k.startswith("gt_conf_above")) and out["gt_median_abs_offset_l0_le_1"]
-    )
+    out["all_pass"] = bool(all(margins) and out["gt_median_abs_offset_l0_le_1"])
     return out
+
+
+def valid_padding_checks(pyr, rows: dict, sequences: list[EvalSequence], vshift: int, progress: bool) -> dict:
+    """:func:`checks` of the three control rows (GT, static face, shuffled audio) re-scored with valid padding."""
+    summaries = {
+        m: summarise(
+            score_method(pyr, rows[m], sequences, vshift, f"{m} (valid)", progress, "valid"), pyr.cfg.num_levels
+        )
+        for m in (GT, STATIC, SHUFFLED)
+    }
+    return checks(summaries, "valid")
 
 
 def fd_levels(gt_feats: list[np.ndarray], feats: list[np.ndarray]) -> list[dict]:

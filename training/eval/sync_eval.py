@@ -82,7 +82,7 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
     """Run the whole evaluation and write `out_dir/eval_sync.{md,json}`. Returns the result dict (+ "markdown")."""
     from training.eval.metric_syncers import eval_device, load_metric_syncers, trained_split
     from training.eval.report import render_sync_markdown, write_json
-    from training.eval.scoring import MOTION_KEYS_DOC, checks, score_method, summarise
+    from training.eval.scoring import MOTION_KEYS_DOC, checks, score_method, summarise, valid_padding_checks
     from training.eval.sequences import (
         load_predictions,
         load_split_segments,
@@ -133,7 +133,10 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
         "config": to_dict(cfg),
         "sequences": sequence_list(sequences),
         "methods": summaries,
-        "checks": checks(summaries),
+        "checks": checks(summaries, cfg.padding),
+        "checks_valid": None
+        if cfg.padding == "valid"
+        else valid_padding_checks(pyr, rows, sequences, cfg.vshift, progress),
         "per_sequence": per_sequence,
     }
     markdown = render_sync_markdown(result)

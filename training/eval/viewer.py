@@ -3,7 +3,8 @@ head pose and motion, blinks, and lip closure on bilabial phones (pocketsphinx p
 
 Every row is scored by the same code (:mod:`training.metrics.viewer`); the shuffled-audio control is left out
 (its landmarks are ground truth's). Per-clip values are computed on the clip's evaluation sequences joined in
-time order, then summarised as the median over clips; head ranges and energies are per sequence (the same
+time order (articulation with each sequence's gap centred on its own mean: every sequence starts from its own
+reference face), then summarised as the median over clips; head ranges and energies are per sequence (the same
 80-frame length for every row), averaged. Ratios are against ground truth's value of the same statistic.
 """
 
@@ -117,7 +118,7 @@ def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, 
     for cid, group in _clip_groups(items, seqs).items():
         pred = np.concatenate([lm for _, _, lm in group])
         gt = np.concatenate([gt_by_index[i] for _, i, _ in group])
-        art.append(vm.articulation(pred, gt))
+        art.append(vm.articulation(pred, gt, pieces=[len(lm) for _, _, lm in group]))
         angles = np.concatenate([vm.head_angles(lm, refs[i]) for _, i, lm in group])
         bias.append(np.median(angles, axis=0))
         speed = np.concatenate([vm.head_speed(lm, refs[i]) for _, i, lm in group])

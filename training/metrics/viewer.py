@@ -20,6 +20,11 @@ from training import pyramid
 
 FPS = 25.0
 REST_GAP = 0.03  # IOD: a mouth at rest (issue 15's target); a closed mouth in speech is about 0.025
+# Rest relative to a row's own closed mouth (see rest_threshold): at least this far above its closed level...
+REST_MARGIN = 0.02
+# ...or this share of its speech opening range (p90 - p10), whichever is larger.
+REST_RANGE_SHARE = 0.25
+REST_SMOOTH_FRAMES = 5  # running median (200 ms) before the threshold: single-frame blips do not count
 BILABIALS = ("P", "B", "M")
 # Head position: the points the engine fits head rotation to (upper jaw line, nose, eye corners), none of which
 # moves with the jaw, so a mouth that opens does not count as head motion.
@@ -75,25 +80,42 @@ def lagged_correlation(pred: np.ndarray, ref: np.ndarray, max_lag: int) -> tuple
     return r0, best, lag
 
 
-def articulation(pred: np.ndarray, ref: np.ndarray, max_lag: int = 5) -> dict[str, float]:
+def articulation(
+    pred: np.ndarray, ref: np.ndarray, max_lag: int = 5, pieces: Sequence[int] | None = None
+) -> dict[str, float]:
     """Articulation of one clip: landmarks (T, 68, 2) of a method and of ground truth over the same frames.
 
-    Returns `r_lag0`, `r_best`, `best_lag_frames` (see :func:`lagged_correlation` on the inner-lip gaps),
-    `amplitude_ratio` = std(gap pred) / std(gap GT), and the method's opening range `gap_p5`, `gap_p95`.
+    `pieces`: lengths of the separately generated sequences joined in `pred` (sum T; None = one piece). Each
+    piece's gap is centred on its own mean (both rows) before the correlation and the amplitude, so a jump where
+    a new sequence starts from another reference face is not counted as articulation.
+
+    Returns `r_lag0`, `r_best`, `best_lag_frames` (see :func:`lagged_correlation` on the centred inner-lip gaps;
+    a prediction whose gap never moves within a piece scores r = 0 at lag 0), `amplitude_ratio` = std(centred gap
+    pred) / std(centred gap GT), and the method's opening range `gap_p5`, `gap_p95` (raw gap).
     """
     gp, gr = lip_gap(pred), lip_gap(ref)
-    r0, rb, lag = lagged_correlation(gp, gr, max_lag)
+    bounds = np.cumsum([0, *(pieces if pieces is not None else [len(gp)])])
+    if bounds[-1] != len(gp):
+        raise ValueError(f"pieces sum to {bounds[-1]}, expected {len(gp)} frames")
+    cp, cr = gp.copy(), gr.copy()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        cp[a:b] -= gp[a:b].mean()
+        cr[a:b] -= gr[a:b].mean()
+    sp, sr = cp.std(), cr.std()
+    if sp < 1e-12:
+        sp, cp[:] = 0.0, 0.0  # rounding residue of the centring
+    if sp == 0.0 and sr >= 1e-12:
+        r0, rb, lag = 0.0, 0.0, 0
+    else:
+        r0, rb, lag = lagged_correlation(cp, cr, max_lag)
     return {
         "r_lag0": r0,
         "r_best": rb,
         "best_lag_frames": float(lag),
-        "amplitude_ratio": float(gp.std() / gr.std()) if gr.std() > 1e-12 else math.nan,
+        "amplitude_ratio": float(sp / sr) if sr > 1e-12 else math.nan,
         "gap_p5": float(np.percentile(gp, 5)),
         "gap_p95": float(np.percentile(gp, 95)),
     }
-
-
-# ----------------------------------------------------------------------------------------------- head
 
 
 def head_angles(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -184,10 +206,38 @@ def blinks(x: np.ndarray, closed_fraction: float = 0.6, fps: float = FPS) -> dic
 # ----------------------------------------------------------------------------------------------- rest
 
 
-def time_to_rest(gap: np.ndarray, threshold: float = REST_GAP, fps: float = FPS) -> float:
-    """Milliseconds from the first frame of `gap` (the first frame after speech) until the inner-lip gap is at
-    or below `threshold` and stays there to the end; inf when it is not at rest in the last frame."""
+def rest_threshold(speech_gap: np.ndarray) -> tuple[float, float]:
+    """(closed level, rest threshold) of one row from its own inner-lip gap while speaking, (T,) IOD.
+
+    The closed level is the gap's 10th percentile during speech (the row's own closed mouth: lips meet on
+    bilabials and between words); the mouth is at rest at or below closed + max(REST_MARGIN, REST_RANGE_SHARE x
+    (p90 - p10)). Relative, because faces differ: ground truth's own pauses sit near 0.03 IOD, above the fixed
+    0.03 a single threshold would need. A face that never moves (static face) is at rest at its own level.
+    """
+    g = np.asarray(speech_gap, np.float64)
+    g = g[np.isfinite(g)]
+    if not len(g):
+        return math.nan, math.nan
+    p10, p90 = np.percentile(g, [10, 90])
+    return float(p10), float(p10 + max(REST_MARGIN, REST_RANGE_SHARE * (p90 - p10)))
+
+
+def running_median(x: np.ndarray, width: int) -> np.ndarray:
+    """(T,) centred running median of odd `width` (edges use the shorter window inside the series)."""
+    x = np.asarray(x, np.float64)
+    h = width // 2
+    return np.array([np.median(x[max(0, t - h) : t + h + 1]) for t in range(len(x))])
+
+
+def time_to_rest(
+    gap: np.ndarray, threshold: float = REST_GAP, fps: float = FPS, smooth_frames: int = REST_SMOOTH_FRAMES
+) -> float:
+    """Milliseconds from the first frame of `gap` (the first frame after speech) until the inner-lip gap, after a
+    running median over `smooth_frames`, is at or below `threshold` and stays there to the end; inf when it is
+    not at rest in the last frame (use :func:`rest_threshold` for a row's own threshold)."""
     gap = np.asarray(gap, np.float64)
+    if smooth_frames > 1 and len(gap):
+        gap = running_median(gap, smooth_frames)
     above = np.flatnonzero(gap > threshold)
     if not len(above):
         return 0.0
