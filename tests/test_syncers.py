@@ -284,3 +284,33 @@ def test_sequence_centring_with_iod_scale_ignores_face_size():
     assert not np.allclose(SyncerPyramid(TINY).prepare_sequence(2.0 * x), a, atol=1e-3)
     pos, vel = model.raw_landmark_features(torch.from_numpy(a[None, :5]))
     assert pos.shape == vel.shape == (1, 5, 2 * (68 + 20))
+
+
+def test_given_audio_features_replace_mfcc_unchanged():
+    """`PyramidStore(audio_features=...)` (the teacher-input syncers): groups and shift groups carry the given
+    features at the MFCC rate (4 rows per landmark frame), not transformed and not augmented; the stats are theirs."""
+    from stream_engine.features import FrontEndConfig
+    from training.data.augment import AugmentConfig
+    from training.data.clips import Segment
+    from training.data.syncer_batches import PyramidStore
+
+    fe = FrontEndConfig()
+    n, d = 120, 7
+    feats = np.repeat(np.arange(4 * n, dtype=np.float32)[:, None], d, axis=1)  # every row holds its time index
+    seg = Segment(
+        "c",
+        "id",
+        0,
+        np.random.rand(n, 68, 2).astype(np.float32),
+        np.zeros(640 * n, np.float32),
+        np.zeros((4 * n, fe.n_mels), np.float32),
+    )
+    store = PyramidStore([seg], 4, 7, fe, audio_features=[feats])
+    rng = np.random.default_rng(0)
+    g = store.sample_group(0, rng, 6, 6, AugmentConfig(gain_db=10.0, noise_prob=1.0))
+    assert g.mfcc.shape == (6, 20, d)
+    np.testing.assert_array_equal(g.mfcc[:, :, 0], 4 * g.position[:, None] + np.arange(20)[None])
+    lm, mf = store.sample_shift_group(0, rng, 3, 2, 2, AugmentConfig(gain_db=10.0, noise_prob=1.0))
+    assert mf.shape == (3, 3, 20, d) and np.all(np.abs(mf[:, 1:, 0, 0] - mf[:, :1, 0, 0]) % 4 == 0)
+    mean, std = store.mfcc_stats()
+    assert mean.shape == (d,) and np.isclose(mean[0], feats[:, 0].mean())

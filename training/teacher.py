@@ -195,6 +195,10 @@ def cache_key(audio: np.ndarray, sample_rate_hz: int, config: TeacherConfig) -> 
     return h.hexdigest()
 
 
+def _cache_path(cache_dir: str | Path, key: str) -> Path:
+    return Path(cache_dir) / key[:2] / f"{key}.npy"
+
+
 def teacher_features(
     audio: np.ndarray,
     sample_rate_hz: int,
@@ -212,8 +216,7 @@ def teacher_features(
     """
     if cache_dir is None:
         return (teacher or SpeechTeacher(config)).features(audio, sample_rate_hz)
-    key = cache_key(audio, sample_rate_hz, config)
-    path = Path(cache_dir) / key[:2] / f"{key}.npy"
+    path = _cache_path(cache_dir, cache_key(audio, sample_rate_hz, config))
     if path.exists():
         return np.load(path)
     feats = (teacher or SpeechTeacher(config)).features(audio, sample_rate_hz)
@@ -222,3 +225,34 @@ def teacher_features(
     np.save(tmp, feats)
     os.replace(tmp, path)
     return feats
+
+
+def features_at_mfcc_rate(
+    audios: list[np.ndarray],
+    config: TeacherConfig = TeacherConfig(),
+    cache_dir: str | Path | None = None,
+    mfcc_per_frame: int = 4,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """Teacher features of several 16 kHz clips at the MFCC rate, so they can stand in for MFCC rows.
+
+    Each clip of T frames (T * 640 samples) gives (mfcc_per_frame * T, 384) float32: row 4t + i repeats frame t's
+    feature, the way MFCC rows 4t .. 4t + 3 belong to landmark frame t. One teacher is loaded for all clips, and
+    only on a cache miss.
+    """
+    from tqdm import tqdm
+
+    teacher: SpeechTeacher | None = None
+    out = []
+    for audio in tqdm(audios, desc="teacher", unit="clip", disable=not progress):
+        frames = len(audio) // SAMPLES_PER_FRAME
+        pcm = np.asarray(audio[: frames * SAMPLES_PER_FRAME], dtype=np.float32)
+        if frames == 0:
+            out.append(np.zeros((0, FEATURE_DIM), np.float32))
+            continue
+        key_path = None if cache_dir is None else _cache_path(cache_dir, cache_key(pcm, SAMPLE_RATE_HZ, config))
+        if teacher is None and (key_path is None or not key_path.exists()):
+            teacher = SpeechTeacher(config)
+        feats = teacher_features(pcm, SAMPLE_RATE_HZ, config, cache_dir, teacher)
+        out.append(np.repeat(feats, mfcc_per_frame, axis=0))
+    return out

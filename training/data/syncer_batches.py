@@ -44,6 +44,7 @@ class PyramidStore:
         audio_frames: int = 20,
         sequence_centring: bool = True,
         iod_scale: bool = False,
+        audio_features: list[np.ndarray] | None = None,
     ) -> None:
         from training.models.syncer import sequence_centre
 
@@ -59,7 +60,11 @@ class PyramidStore:
             return sequence_centre(x, iod_scale) + 0.5 if sequence_centring else x
 
         self.landmarks = [pyramid.build(prep(s.landmarks), num_levels, kernel) for s in segments]
-        self.logmel = [pyramid.build(s.logmel, num_levels, kernel) for s in segments]
+        # `audio_features` (per segment (4 T, D), e.g. the speech teacher's) replace the log-mel pyramids; they are
+        # used as they are (no MFCC transform, no audio augmentation).
+        self.features_given = audio_features is not None
+        audio = [s.logmel for s in segments] if audio_features is None else audio_features
+        self.logmel = [pyramid.build(a, num_levels, kernel) for a in audio]
         self.identity = np.array([s.identity for s in segments])
 
     def num_positions(self, level: int) -> np.ndarray:
@@ -120,9 +125,15 @@ class PyramidStore:
             for s in np.unique(seg):  # one transform per source clip within the group
                 rows = seg == s
                 lm[rows] = augment_landmarks(lm[rows].reshape(-1, 68, 2), rng, augment).reshape(lm[rows].shape)
-                lg[rows] = augment_logmel(lg[rows], rng, augment, self.frontend)
-        mfcc = mfcc_from_logmel(lg.astype(np.float64), self.frontend).astype(np.float32)
-        return Group(level, lm.astype(np.float32), mfcc, seg, pos)
+                if not self.features_given:
+                    lg[rows] = augment_logmel(lg[rows], rng, augment, self.frontend)
+        return Group(level, lm.astype(np.float32), self._audio_out(lg), seg, pos)
+
+    def _audio_out(self, lg: np.ndarray) -> np.ndarray:
+        """Log-mel rows -> MFCC, or given features as they are (float32)."""
+        if self.features_given:
+            return lg.astype(np.float32)
+        return mfcc_from_logmel(lg.astype(np.float64), self.frontend).astype(np.float32)
 
     def sample_shift_group(
         self,
@@ -162,21 +173,24 @@ class PyramidStore:
             lm = lm[:1]
             if augment is not None:
                 lm = augment_landmarks(lm.reshape(-1, 68, 2), rng, augment).reshape(lm.shape)
-                lg = augment_logmel(lg, rng, augment, self.frontend)
+                if not self.features_given:
+                    lg = augment_logmel(lg, rng, augment, self.frontend)
             lms.append(lm[0])
             lgs.append(lg)
-        mfcc = mfcc_from_logmel(np.stack(lgs).astype(np.float64), self.frontend).astype(np.float32)
-        return np.stack(lms).astype(np.float32), mfcc
+        return np.stack(lms).astype(np.float32), self._audio_out(np.stack(lgs))
 
     def mfcc_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-coefficient mean and std of level-0 MFCC over all segments: (n_mfcc,), (n_mfcc,)."""
-        allm = np.concatenate([mfcc_from_logmel(lg[0].astype(np.float64), self.frontend) for lg in self.logmel])
+        """Per-coefficient mean and std of level-0 MFCC (or given features) over all segments: (n_mfcc,), (n_mfcc,)."""
+        allm = np.concatenate([self._audio_out(lg[0]).astype(np.float64) for lg in self.logmel])
         return allm.mean(axis=0).astype(np.float32), (allm.std(axis=0) + 1e-3).astype(np.float32)
 
 
-def syncer_store(segments: list[Segment], sc: SyncerConfig, frontend: FrontEndConfig) -> PyramidStore:
-    """The store a syncer pyramid with config `sc` trains and is scored on (its levels, kernel, segment sizes and
-    landmark centring)."""
+def syncer_store(
+    segments: list[Segment], sc: SyncerConfig, frontend: FrontEndConfig, teacher_cache: str | None = None
+) -> PyramidStore:
+    """The store a syncer pyramid with config `sc` trains and is scored on (its levels, kernel, segment sizes,
+    landmark centring and audio input). With `sc.audio_input == "teacher"` the speech teacher's features of every
+    segment's audio are computed (or read from `teacher_cache`, default `training.teacher.default_cache_dir()`)."""
     return PyramidStore(
         segments,
         sc.num_levels,
@@ -186,4 +200,19 @@ def syncer_store(segments: list[Segment], sc: SyncerConfig, frontend: FrontEndCo
         sc.audio_frames,
         sequence_centring=sc.landmark_centering == "sequence",
         iod_scale=sc.iod_scale,
+        audio_features=syncer_audio_features(segments, sc, frontend, teacher_cache),
+    )
+
+
+def syncer_audio_features(
+    segments: list[Segment], sc: SyncerConfig, frontend: FrontEndConfig, teacher_cache: str | None = None
+) -> list[np.ndarray] | None:
+    """Per segment (4 T, 384) teacher features when `sc.audio_input == "teacher"`; None for MFCC syncers."""
+    if sc.audio_input != "teacher":
+        return None
+    from training.teacher import default_cache_dir, features_at_mfcc_rate
+
+    cache = teacher_cache or default_cache_dir()
+    return features_at_mfcc_rate(
+        [s.audio for s in segments], cache_dir=cache, mfcc_per_frame=frontend.mfcc_per_landmark_frame
     )

@@ -14,11 +14,11 @@ from training.eval.generation import (
     SPF,
     generate,
     loop_to,
-    mfcc_of,
     noise_seed,
     render_rollout,
     step_rollout,
     stream_rollout,
+    syncer_audio_of,
 )
 from training.eval.scoring import fd_levels, score_pieces, summarise
 
@@ -79,7 +79,7 @@ def tails(items, tail: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def clip_rollout_pieces(
-    m, firsts: list, pcm: dict, frames: int, tail: int, seed: int, device, batch_size: int
+    m, firsts: list, pcm: dict, frames: int, tail: int, seed: int, device, batch_size: int, syncer_cfg=None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One `frames`-frame rollout per clip from its first frame (its speech looped), cut to the last `tail`.
 
@@ -96,7 +96,9 @@ def clip_rollout_pieces(
         device,
         batch_size,
     )
-    return [(lm[-tail:], mfcc_of(p, m.G.frontend, frames - tail, frames)) for lm, p in zip(y, loops)]
+    return [
+        (lm[-tail:], syncer_audio_of(p, m.G.frontend, syncer_cfg, frames - tail, frames)) for lm, p in zip(y, loops)
+    ]
 
 
 def long_rollout(m, source: np.ndarray, x_ref: np.ndarray, frames: int, cfg, device, progress: bool):
@@ -113,14 +115,14 @@ def long_rollout(m, source: np.ndarray, x_ref: np.ndarray, frames: int, cfg, dev
 
 
 def add_long_rows(
-    drift: DriftRows, name: str, x: np.ndarray, audio: np.ndarray, tail: int, label: str, frontend
+    drift: DriftRows, name: str, x: np.ndarray, audio: np.ndarray, tail: int, label: str, frontend, syncer_cfg=None
 ) -> int:
     """Drift rows of a long rollout: its last `tail` frames, and its last minute in `tail`-frame pieces.
     Returns the window (frames) the first/last statistics use."""
     n = len(x)
     minute = min(60 * FPS, n // 2)
     a = n - max(minute // tail, 1) * tail
-    mf = mfcc_of(audio, frontend, a, n)  # rows 4 (t − a) belong to frame t
+    mf = syncer_audio_of(audio, frontend, syncer_cfg, a, n)  # rows 4 (t − a) belong to frame t
     last = "last minute" if minute == 60 * FPS else f"last {minute / FPS:g} s"
     drift.add(f"{name}: last {tail} of {label}", [(x[-tail:], mf[-4 * tail :])], f"{label} rollout")
     pieces = [(x[b : b + tail], mf[4 * (b - a) : 4 * (b - a + tail)]) for b in range(a, n, tail)]
@@ -164,7 +166,9 @@ def model_drift(drift: DriftRows, m, rows: dict, inputs, cfg, device, out_dir: P
     drift.add(f"{m.name}: last {tail} of {T or 'whole'}", tails(rows[m.name], tail), f"{T}-frame sequences")
     R = cfg.rollout_frames
     if R > 0:
-        pieces = clip_rollout_pieces(m, inputs.firsts, inputs.pcm, R, tail, cfg.seed, device, cfg.batch_size)
+        pieces = clip_rollout_pieces(
+            m, inputs.firsts, inputs.pcm, R, tail, cfg.seed, device, cfg.batch_size, drift.pyr.cfg
+        )
         drift.add(f"{m.name}: last {tail} of {R}", pieces, f"{R}-frame rollouts, one per clip")
     frames = int(round(cfg.long_rollout_minutes * 60 * FPS))
     if frames <= 0:
@@ -172,7 +176,9 @@ def model_drift(drift: DriftRows, m, rows: dict, inputs, cfg, device, out_dir: P
     source = np.concatenate([inputs.pcm[cid][s0 * SPF :] for cid, s0, _ in inputs.firsts])
     x_ref = inputs.firsts[0][2]
     x, audio, wall, equiv, k = long_rollout(m, source, x_ref, frames, cfg, device, progress)
-    minute = add_long_rows(drift, m.name, x, audio, tail, f"{cfg.long_rollout_minutes:g} min", m.G.frontend)
+    minute = add_long_rows(
+        drift, m.name, x, audio, tail, f"{cfg.long_rollout_minutes:g} min", m.G.frontend, drift.pyr.cfg
+    )
     out = long_summary(x, x_ref, drift.space, minute, wall, cfg.chunk_frames)
     out.update(
         step_equivalence_max_abs=equiv,

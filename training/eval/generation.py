@@ -211,6 +211,25 @@ def mfcc_of(
     return mfcc_from_logmel(logmel(x, frontend), frontend)[k * lead :].astype(np.float32)
 
 
+def syncer_audio_of(
+    pcm: np.ndarray, frontend: FrontEndConfig, syncer_cfg=None, first_frame: int = 0, end_frame: int | None = None
+) -> np.ndarray:
+    """What a metric syncer pyramid reads for landmark frames [first_frame, end_frame) of a stream that starts at
+    pcm[0]: :func:`mfcc_of`, or for `syncer_cfg.audio_input == "teacher"` the speech teacher's features of the
+    stream up to `end_frame` at the MFCC rate (`training.teacher.features_at_mfcc_rate`, user cache), the same rows.
+    """
+    if syncer_cfg is None or syncer_cfg.audio_input != "teacher":
+        return mfcc_of(pcm, frontend, first_frame, end_frame)
+    from training.teacher import default_cache_dir, features_at_mfcc_rate
+
+    spf, k = frontend.samples_per_landmark_frame, frontend.mfcc_per_landmark_frame
+    end = len(pcm) // spf if end_frame is None else end_frame
+    (feats,) = features_at_mfcc_rate(
+        [np.asarray(pcm[: end * spf], np.float32)], cache_dir=default_cache_dir(), mfcc_per_frame=k
+    )
+    return feats[k * first_frame :]
+
+
 def render_rollout(video_dir: Path, name: str, landmarks: np.ndarray, pcm: np.ndarray, seconds: float) -> list[str]:
     """The first and last `seconds` of a rollout, (T, 68, 2) frames over their PCM, as MP4s; returns the paths."""
     from training.render import render_video

@@ -154,8 +154,9 @@ class EvalInputs:
 # ----------------------------------------------------------------------------------------------- set-up
 
 
-def load_inputs(cfg: EvalConfig, progress: bool) -> EvalInputs:
-    """The split's segments and sequences, PCM and loudness envelope per clip."""
+def load_inputs(cfg: EvalConfig, progress: bool, syncer_cfg=None) -> EvalInputs:
+    """The split's segments and sequences (with the audio rows the metric syncers of `syncer_cfg` read), PCM and
+    loudness envelope per clip."""
     from stream_engine.audio_io import load_audio
     from training.baselines import loudness_envelope
     from training.eval.sequences import load_split_segments, sequences_or_error
@@ -163,7 +164,7 @@ def load_inputs(cfg: EvalConfig, progress: bool) -> EvalInputs:
     by_split, records, segments = load_split_segments(
         cfg.data_dir, cfg.splits, cfg.split, cfg.clips, cfg.max_clips, progress
     )
-    sequences, skipped = sequences_or_error(segments, cfg.seq_frames, cfg.split, cfg.clips.frontend)
+    sequences, skipped = sequences_or_error(segments, cfg.seq_frames, cfg.split, cfg.clips.frontend, syncer_cfg)
     rec_by_id = {r.id: r for r in records}
     segs_by_clip: dict[str, list] = {}
     for s in segments:
@@ -451,7 +452,7 @@ def evaluate(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> dict:
     warnings = training_warnings(cfg, pyr, syncer_path, syncer_meta, models)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    inputs = load_inputs(cfg, progress)
+    inputs = load_inputs(cfg, progress, pyr.cfg)
     space = fit_shape_space(cfg, inputs)
 
     plan = streams(cfg, inputs)

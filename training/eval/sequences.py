@@ -25,7 +25,8 @@ GT, STATIC, SHUFFLED = "ground truth", "static face", "shuffled audio"
 
 @dataclasses.dataclass(frozen=True)
 class EvalSequence:
-    """One evaluation sequence: landmarks (T, 68, 2) normalised, mfcc (4T, 26) raw MFCC at 100 Hz."""
+    """One evaluation sequence: landmarks (T, 68, 2) normalised, mfcc (4T, 26) raw MFCC at 100 Hz (or (4T, 384)
+    speech-teacher features for syncers that read them)."""
 
     clip_id: str
     identity: str
@@ -42,9 +43,12 @@ class EvalSequence:
         return len(self.landmarks)
 
 
-def build_sequences(segments, seq_frames: int, frontend: FrontEndConfig) -> tuple[list[EvalSequence], int]:
+def build_sequences(
+    segments, seq_frames: int, frontend: FrontEndConfig, audio_features: list[np.ndarray] | None = None
+) -> tuple[list[EvalSequence], int]:
     """Cut segments into non-overlapping `seq_frames`-frame sequences (0: whole segments), with the MFCC of
-    `frontend` (the one the segments' log-mel features were computed with).
+    `frontend` (the one the segments' log-mel features were computed with), or with `audio_features` (per segment
+    (4 T, D) rows at the MFCC rate, e.g. the speech teacher's for syncers that read them) in the `mfcc` field.
 
     Returns:
         (sequences, number of segments too short to give one sequence).
@@ -52,8 +56,11 @@ def build_sequences(segments, seq_frames: int, frontend: FrontEndConfig) -> tupl
     from stream_engine.features import mfcc_from_logmel
 
     out, skipped = [], 0
-    for seg in segments:
-        mfcc = mfcc_from_logmel(seg.logmel.astype(np.float64), frontend).astype(np.float32)
+    for j, seg in enumerate(segments):
+        if audio_features is not None:
+            mfcc = audio_features[j]
+        else:
+            mfcc = mfcc_from_logmel(seg.logmel.astype(np.float64), frontend).astype(np.float32)
         k = len(mfcc) // max(seg.num_frames, 1)  # mfcc frames per landmark frame (4)
         if seq_frames <= 0:
             pieces = [(0, seg.num_frames)]
@@ -177,14 +184,18 @@ def load_split_segments(data_dir: str, splits, split: str, clips, max_clips: int
 
 
 def sequences_or_error(
-    segments, seq_frames: int, split: str, frontend: FrontEndConfig
+    segments, seq_frames: int, split: str, frontend: FrontEndConfig, syncer_cfg=None
 ) -> tuple[list[EvalSequence], int]:
-    """`build_sequences`, refusing fewer than 2 sequences (the shuffled-audio control needs two).
+    """`build_sequences`, refusing fewer than 2 sequences (the shuffled-audio control needs two); the audio rows
+    are what the metric syncers of `syncer_cfg` read (MFCC unless it asks for the speech teacher).
 
     Raises:
         ValueError: with the split and length, and what to try.
     """
-    sequences, skipped = build_sequences(segments, seq_frames, frontend)
+    from training.data.syncer_batches import syncer_audio_features
+
+    feats = None if syncer_cfg is None else syncer_audio_features(segments, syncer_cfg, frontend)
+    sequences, skipped = build_sequences(segments, seq_frames, frontend, feats)
     if len(sequences) < 2:
         raise ValueError(
             f"split {split!r} gives {len(sequences)} sequence(s) of {seq_frames} frames; "

@@ -107,7 +107,7 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
             file=sys.stderr,
         )
     _, _, segments = load_split_segments(cfg.data_dir, cfg.splits, cfg.split, cfg.clips, cfg.max_clips, progress)
-    sequences, skipped = sequences_or_error(segments, cfg.seq_frames, cfg.split, cfg.clips.frontend)
+    sequences, skipped = sequences_or_error(segments, cfg.seq_frames, cfg.split, cfg.clips.frontend, pyr.cfg)
     rows = method_inputs(sequences, [p for d in cfg.predictions for p in load_predictions(d)])
     per_sequence, summaries = {}, {}
     for method, items in rows.items():

@@ -48,6 +48,10 @@ class SyncerConfig:
             by the same inter-ocular distance, so the lips get as many input channels as the rest of the face.
         iod_scale: with "sequence" centring, also divide by the sequence's mean inter-ocular distance (outer
             eye corners p36-p45), so every face has the same size whatever its size in the crop.
+        audio_input: what the audio encoder reads in place of MFCCs. "mfcc" (default): msync's 26 MFCCs at
+            100 Hz. "teacher": the Whisper tiny.en encoder features of `training/teacher.py` (384-d, one per
+            25 fps frame, each repeated over that frame's 4 MFCC rows; set n_mfcc = 384). Not causal and too
+            costly for the step, so for evaluation syncers only.
     """
 
     num_levels: int = 4
@@ -67,8 +71,11 @@ class SyncerConfig:
     landmark_centering: str = "sequence"
     mouth_emphasis: bool = False
     iod_scale: bool = False
+    audio_input: str = "mfcc"
 
     def __post_init__(self) -> None:
+        if self.audio_input not in ("mfcc", "teacher"):
+            raise ValueError(f"unknown audio_input {self.audio_input!r}")
         if self.landmark_centering not in ("sequence", "shape", "position", "window"):
             raise ValueError(f"unknown landmark_centering {self.landmark_centering!r}")
         if self.loss not in ("infonce", "syncnet"):
