@@ -271,3 +271,18 @@ def test_static_face_scores_no_articulation_across_joined_sequences():
     assert same["amplitude_ratio"] == pytest.approx(1.0) and same["r_lag0"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="pieces"):
         vm.articulation(gt, gt, pieces=[80, 80])
+
+
+def test_planted_benchmark_transforms_move_their_columns():
+    """benchmarks/planted_viewer.py's planted rows change what they claim, on a synthetic talking face."""
+    from benchmarks import planted_viewer as pv
+
+    t = np.arange(T)
+    gt = face_sequence(speech_mouth(), yaw=6 * np.sin(t / 15.0), roll=2 * np.sin(t / 23.0))
+    assert vm.articulation(pv.halved_mouth(gt), gt)["amplitude_ratio"] == pytest.approx(0.5, abs=0.05)
+    assert vm.articulation(pv.late_mouth(gt), gt)["best_lag_frames"] == 3.0
+    ref = project_face()
+    bias = np.median(vm.head_angles(pv.rolled(gt), ref), axis=0) - np.median(vm.head_angles(gt, ref), axis=0)
+    assert bias[2] == pytest.approx(6.0, abs=0.5)
+    ratio = np.array(vm.head_energy(pv.half_head_motion(gt))) / np.array(vm.head_energy(gt))
+    assert ratio == pytest.approx([0.25] * 4, abs=0.03)
