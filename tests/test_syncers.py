@@ -175,6 +175,20 @@ def test_train_checkpoint_and_resume(shared_data, tmp_path):
     assert steps == sorted(steps) and max(steps) == 6
     model = load_pyramid(out / "syncers")
     assert model.cfg.embed_dim == 16
+    assert json.loads((out / "result.json").read_text())["weights"] == "best validation per level"
+
+
+def test_per_level_best_false_keeps_the_final_weights(shared_data, tmp_path):
+    """`per_level_best=false` (metric v3): OUT/syncers holds the final weights, the checkpoint's, whatever the
+    validation losses did."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "run"
+    cmd = _train_cmd(out, 8, ("--set", "per_level_best=false"))
+    subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300, capture_output=True)
+    result = json.loads((out / "result.json").read_text())
+    assert result["weights"] == "final" and result["best_val_step_per_level"]
+    final, ckpt = load_pyramid(out / "syncers").state_dict(), load_pyramid(out / "checkpoint").state_dict()
+    assert all(torch.equal(final[k], ckpt[k]) for k in final)
 
 
 def test_load_pyramid_refuses_corrupt_files(tmp_path):

@@ -2,7 +2,8 @@
 
     msync train-syncers --config training/configs/syncers.json --out runs/syncers
     msync train-syncers --config training/configs/metric_syncers.json --out runs/metric_syncers        # v1
-    msync train-syncers --config training/configs/metric_syncers_v2.json --out runs/metric_syncers_v2  # default
+    msync train-syncers --config training/configs/metric_syncers_v2.json --out runs/metric_syncers_v2  # v2
+    msync train-syncers --config training/configs/metric_syncers_v3.json --out runs/metric_syncers_v3  # default
     torchrun --nproc-per-node 2 -m training.train_syncers --set device=cpu ...     # DDP (gloo on CPU)
 
 Every level is trained at every step (one group of 49 aligned pairs per level and `groups_per_level`
@@ -55,6 +56,9 @@ class TrainSyncersConfig:
     checkpoint_every: int = 500
     log_every: int = 25
     max_clips: int = 0  # 0 = all; small values make smoke tests
+    # Keep each level's best-validation weights (group + shift loss) in OUT/syncers; False keeps the final weights
+    # (metric v3: the validation group loss rises from step 250 on while offset discrimination keeps improving).
+    per_level_best: bool = True
     # SyncNet-style hard negatives (0 = off): per level and step, `shift_anchors` landmark segments each scored
     # against their aligned audio and `shift_negatives` windows of the same clip shifted by up to
     # `max_shift[level]` samples at that level's rate (the offset search of `msync eval-sync` at 80 frames,
@@ -311,13 +315,15 @@ class SyncerTrainer(Trainer):
         cfg, sc = self.cfg, self.cfg.syncer
         best_steps = {}
         for lvl, (_, at, state) in sorted(self.best.items()):
-            self.model.levels[lvl].load_state_dict(state)
             best_steps[lvl] = at
+            if cfg.per_level_best:
+                self.model.levels[lvl].load_state_dict(state)
         result = {
             "steps": self.step,
             "device": self.ctx.device,
             "world_size": self.ctx.world,
             "best_val_step_per_level": best_steps,
+            "weights": "best validation per level" if cfg.per_level_best else "final",
             "steps_per_s": rate,
         }
         for split in ("val", "test"):

