@@ -152,7 +152,7 @@ def _f(v, fmt: str) -> str:
 
 
 def markdown(r: dict) -> str:
-    from training.eval.report import _rest_ms
+    from training.eval.report import rest_ms_text
     from training.eval.sequences import GT
 
     cols = r["columns"]
@@ -184,7 +184,7 @@ def markdown(r: dict) -> str:
         f"## Rest ({rest['streams']} non-speech streams with ground truth's own landmarks for the speech)",
         "",
         "Time to rest (median, share never at rest) and the median gap above the row's own closed mouth, per "
-        f"sound. Ground truth's own pauses for reference: at rest after {_rest_ms(gp)}, "
+        f"sound. Ground truth's own pauses for reference: at rest after {rest_ms_text(gp)}, "
         f"{_f(gp.get('excess_p50'), '{:+.3f}')} above closed ({gp.get('n', 0)} pauses).",
         "",
         "| Row | " + " | ".join(kinds) + " |",
@@ -193,7 +193,7 @@ def markdown(r: dict) -> str:
     for name, rows in rest["rows"].items():
         lines.append(
             f"| {name} | "
-            + " | ".join(f"{_rest_ms(rows[k])}, {_f(rows[k]['excess_p50'], '{:+.3f}')}" for k in kinds)
+            + " | ".join(f"{rest_ms_text(rows[k])}, {_f(rows[k]['excess_p50'], '{:+.3f}')}" for k in kinds)
             + " |"
         )
     return "\n".join(lines) + "\n"

@@ -395,7 +395,7 @@ def _rest_lines(rest: dict | None) -> list[str]:
             f"p90 {num(gp['gap_p90'], '{:.3f}')}; in its {gp.get('n', 0)} pauses of ≥ 600 ms after speech (less their "
             "last 320 ms when speech follows) it is "
             f"{num(gp.get('excess_p50', float('nan')), '{:+.3f}')} above closed and at rest after "
-            + _rest_ms(gp)
+            + rest_ms_text(gp)
             + ".",
             "",
             "| Method | " + " | ".join(kinds) + " |",
@@ -418,11 +418,11 @@ def _rest_lines(rest: dict | None) -> list[str]:
                 lines.append(
                     f"| {name} above closed | " + " | ".join(num(r[k]["excess_p50"], "{:+.3f}") for k in kinds) + " |"
                 )
-            lines.append(f"| {name} time to rest (never) | " + " | ".join(_rest_ms(r[k]) for k in kinds) + " |")
+            lines.append(f"| {name} time to rest (never) | " + " | ".join(rest_ms_text(r[k]) for k in kinds) + " |")
     return lines
 
 
-def _rest_ms(r: dict) -> str:
+def rest_ms_text(r: dict) -> str:
     """'120 ms (33 % never)': median time to rest (∞ when most streams never rest) and the share that never did."""
     if "rest_ms_median" not in r:
         return "—"
