@@ -281,7 +281,7 @@ def _markdown(result: dict) -> str:
         "| streams | layout | variant | send_frames µs/batch mean | p99 | µs/delivery | server CPU (cores) | received/expected |",
         "|---:|---|---|---:|---:|---:|---:|---|",
     ]
-    by: dict[tuple[str, str], list[dict]] = {}
+    by: dict[tuple[int, str, str], list[dict]] = {}
     for t in result["trials"]:
         by.setdefault((t["streams"], t["layout"], t["variant"]), []).append(t)
         lines.append(
