@@ -55,6 +55,26 @@ class SignalBatch:
     silent: np.ndarray
     blendshapes: np.ndarray | None
 
+    def rows(self) -> list[Signals]:
+        """Every row as a per-stream `Signals` object (the same values as `signals(i)` for each i, converted
+        to Python numbers in one pass per array instead of one element at a time)."""
+        visemes = [dict(zip(VISEMES, row)) for row in self.visemes.tolist()]
+        heads = [HeadPose(*row) for row in self.head_deg.tolist()]
+        blend = None if self.blendshapes is None else self.blendshapes.copy()
+        return [
+            Signals(mouth, vis, blink, head, dbfs, silent, None if blend is None else blend[i])
+            for i, (mouth, vis, blink, head, dbfs, silent) in enumerate(
+                zip(
+                    self.mouth_open.tolist(),
+                    visemes,
+                    self.blink.tolist(),
+                    heads,
+                    self.audio_dbfs.tolist(),
+                    self.silent.tolist(),
+                )
+            )
+        ]
+
     def signals(self, i: int) -> Signals:
         """Row i as the per-stream `Signals` object."""
         return Signals(

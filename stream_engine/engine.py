@@ -541,22 +541,24 @@ class Engine:
         assert bx is not None
         if not live:
             return []
-        n = len(live)
-        slots = np.empty(n, dtype=np.int64)
-        t_s = np.empty(n)
-        level = np.empty(n)
-        ahead = np.empty(n)
-        for i, (frame, session) in enumerate(live):
+        slots, t_s, level, ahead = [], [], [], []
+        for frame, session in live:
             slot = session.signal_slot
             assert slot is not None
             if session.enter_epoch(frame):
                 bx.reset(slot)
-            slots[i] = slot
-            t_s[i] = frame.pts_ns / 1e9
-            level[i] = frame.audio_level_dbfs
-            ahead[i] = frame.audio_ahead_dbfs
-        signals = bx.update(slots, np.stack([frame.landmarks for frame, _ in live]), t_s, level, ahead)
-        return [session.attach(frame, now, signals.signals(i)) for i, (frame, session) in enumerate(live)]
+            slots.append(slot)
+            t_s.append(frame.pts_ns / 1e9)
+            level.append(frame.audio_level_dbfs)
+            ahead.append(frame.audio_ahead_dbfs)
+        signals = bx.update(
+            np.array(slots, dtype=np.int64),
+            np.stack([frame.landmarks for frame, _ in live]),
+            np.array(t_s),
+            np.array(level),
+            np.array(ahead),
+        )
+        return [session.attach(frame, now, sig) for (frame, session), sig in zip(live, signals.rows())]
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> dict[str, Any]:
