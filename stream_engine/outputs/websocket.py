@@ -128,6 +128,7 @@ class ServerConfig:
             while less than this is waiting in its user-space write buffer.
         ping_interval_s, ping_timeout_s: keepalive (dead clients are dropped).
         serve_viewer: serve the viewer page.
+        reuse_port: bind with SO_REUSEPORT, so several processes share the port (`msync stream --workers`).
     """
 
     host: str = "127.0.0.1"
@@ -160,6 +161,7 @@ class ServerConfig:
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 10.0
     serve_viewer: bool = True
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if self.host not in LOOPBACK_HOSTS and not self.allow_remote:
@@ -355,6 +357,7 @@ class WebSocketServer:
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
+        extra: dict[str, Any] = {"reuse_port": True} if self.cfg.reuse_port else {}  # passed to create_server
         self._server = server = await serve(
             self._handler,
             self.cfg.host,
@@ -366,6 +369,7 @@ class WebSocketServer:
             ping_interval=self.cfg.ping_interval_s,
             ping_timeout=self.cfg.ping_timeout_s,
             close_timeout=2,
+            **extra,
         )
         self.port = server.sockets[0].getsockname()[1]
         log.info("serving on %s", self.url)
