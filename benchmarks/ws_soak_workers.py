@@ -92,12 +92,15 @@ def _wait_health(server: subprocess.Popen[Any], port: int, timeout_s: float = 12
     raise RuntimeError(f"the server on port {port} did not come up")
 
 
-def trial(variant: str, streams: int, duration: float, soak: Path, port: int) -> dict[str, Any]:
+def trial(variant: str, streams: int, duration: float, soak: Path, port: int, root: Path = REPO) -> dict[str, Any]:
+    """One soak of `variant` served from the source tree `root` (this checkout, or a baseline's)."""
     config = REPO / "benchmarks" / "configs" / "soak100.json"
     cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--input", "none", "--no-vmc", "--quiet"]
-    cmd += ["--config", str(config), "--port", str(port), *VARIANTS[variant]]
+    flags = ["--threads", "1"] if variant.startswith("baseline") else VARIANTS[variant]  # no --workers before it
+    cmd += ["--config", str(config), "--port", str(port), *flags]
     log = tempfile.NamedTemporaryFile("w+", prefix="msync-soak-", suffix=".log", delete=False)
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(root), env=env)
     try:
         _wait_health(server, port)
         time.sleep(2.0 if variant == "workers2" else 0.5)  # the second worker may still be loading its model
@@ -147,6 +150,7 @@ def trial(variant: str, streams: int, duration: float, soak: Path, port: int) ->
         "server_rss_mib_start_end": [u0["rss_mib"], u1["rss_mib"]],
         "server_rss_growth": round(u1["rss_mib"] / max(u0["rss_mib"], 1e-9) - 1, 4),
         "server_cpu_cores": round((u1["cpu_s"] - u0["cpu_s"]) / wall, 2),
+        "server_cpu_us_per_frame": round(1e6 * (u1["cpu_s"] - u0["cpu_s"]) / max(1, res["frames_received"]), 1),
         "probe_cpu_cores": res["probe_cpu_cores"],
         "loadavg_start_end": res["loadavg_start_end"],
         "realtime_pass": res["realtime_pass"],
@@ -162,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak", default=str(REPO.parent / "shared" / "tools" / "ws_soak.py"))
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one per trial)")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--baseline-ref", help="also soak this git revision's engine (one process), interleaved")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from benchmarks.common import machine_info, write_report
@@ -172,9 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.ws_soak_workers " + " ".join(argv if argv is not None else sys.argv[1:]),
         "trials": [],
     }
+    variants = [(v, REPO) for v in args.variants]
+    if args.baseline_ref:
+        from benchmarks.engine_throughput import _baseline_tree
+
+        variants.insert(0, ("baseline-workers1", _baseline_tree(args.baseline_ref)))
+        result["baseline_ref"] = args.baseline_ref
     for streams in args.streams:
-        for variant in args.variants:
-            t = trial(variant, streams, args.duration, Path(args.soak), args.port or _free_port())
+        for variant, root in variants:
+            t = trial(variant, streams, args.duration, Path(args.soak), args.port or _free_port(), root)
             print(json.dumps(t), flush=True)
             result["trials"].append(t)
     result["uptime_end"] = _uptime()
@@ -192,8 +203,8 @@ def _markdown(result: dict) -> str:
         f"`uptime` at start: {result['uptime_start']}; at end: {result['uptime_end']}.",
         "",
         "| streams | variant | lateness p50 / p99 ms | engine p99 ms | received / expected | lost | dup | "
-        "RSS MiB start → end | server CPU (cores) | probe CPU | load 1 min start/end | real time |",
-        "|---:|---|---|---:|---|---:|---:|---|---:|---:|---|---|",
+        "RSS MiB start → end | server CPU (cores) | server CPU µs/frame | probe CPU | load 1 min start/end | real time |",
+        "|---:|---|---|---:|---|---:|---:|---|---:|---:|---:|---|---|",
     ]
     for t in result["trials"]:
         lat = t["lateness_ms"]
@@ -202,13 +213,16 @@ def _markdown(result: dict) -> str:
             f"| {t['streams']} | {t['variant']} | {lat['p50']} / {lat['p99']} | {t['engine_latency_ms']['p99']} | "
             f"{t['frames_received']} / {t['frames_expected']} | {t['seq_missing_total']} | {t['seq_dup_total']} | "
             f"{rss[0]} → {rss[1]} ({100 * t['server_rss_growth']:+.0f} %) | {t['server_cpu_cores']} | "
+            f"{t['server_cpu_us_per_frame']} | "
             f"{t['probe_cpu_cores']} | {t['loadavg_start_end'][0]} / {t['loadavg_start_end'][1]} | "
             f"{'yes' if t['realtime_pass'] else 'no'} |"
         )
     lines += [
         "",
         "Lateness: client arrival - arrival of the last audio sample the frame needs (same host clock), after a "
-        "5 s warm-up; the algorithmic look-ahead is not included. Target (issue 14): p99 < 40 ms, 0 lost, RSS < +10 %.",
+        "5 s warm-up; the algorithmic look-ahead is not included. Target (issue 14): p99 < 40 ms, 0 lost, RSS < +10 %. "
+        "Server CPU per frame = CPU of every server process over the soak ÷ frames the probe received (audio "
+        "ingest, engine, signals and sending all included); lost = seq gaps the probe saw.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -340,11 +340,16 @@ class Engine:
             session.note_error(message)
         self._event(stream_id, "error", message=message)
 
+    def has_capacity(self, stream_id: str, max_pending_s: float = 1.0) -> bool:
+        """True when the stream holds at most `max_pending_s` of unprocessed audio (or is gone): what
+        `wait_capacity` waits for, checked without awaiting (the common case of a real-time source)."""
+        limit = int(min(max_pending_s, self.cfg.max_pending_s / 2) * self.sample_rate_hz)
+        return not self.core.has_stream(stream_id) or self.core.pending_samples(stream_id) <= limit
+
     async def wait_capacity(self, stream_id: str, max_pending_s: float = 1.0) -> None:
         """Back-pressure for faster-than-real-time sources: wait until the stream holds at most
         `max_pending_s` of unprocessed audio (returns at once if the stream is gone)."""
-        limit = int(min(max_pending_s, self.cfg.max_pending_s / 2) * self.sample_rate_hz)
-        await self._wait(lambda: not self.core.has_stream(stream_id) or self.core.pending_samples(stream_id) <= limit)
+        await self._wait(lambda: self.has_capacity(stream_id, max_pending_s))
 
     async def wait_drained(self, stream_id: str) -> None:
         """Wait until every frame the stream's audio can make has been published (use after `flush`)."""

@@ -756,11 +756,14 @@ class WebSocketServer:
                     self._subscribe(client, action.streams)
                 client.queue.keep_all = set(action.streams or ()) if action.every_frame else set()
             elif isinstance(action, AwaitCapacity):
-                await self._until(self.engine.wait_capacity(action.stream_id, action.max_pending_s), closed)
+                # checked first without a task: a real-time source almost always has room
+                if not self.engine.has_capacity(action.stream_id, action.max_pending_s):
+                    await self._until(self.engine.wait_capacity(action.stream_id, action.max_pending_s), closed)
                 client = client_box.client
                 if client is not None and action.stream_id in client.queue.keep_all:
                     limit = int(action.max_pending_s * self.engine.contract.fps)
-                    await self._until(self._client_drained(client, action.stream_id, limit), closed)
+                    if client.queue.frames_of(action.stream_id) > limit:
+                        await self._until(self._client_drained(client, action.stream_id, limit), closed)
             elif isinstance(action, AwaitDrained):
                 await self._until(self.engine.wait_drained(action.stream_id), closed)
                 client = client_box.client
