@@ -17,9 +17,10 @@ served meanwhile; while the loop commits and publishes one batch the next is alr
 (two at most). `EngineConfig.batch_wait_ms` lets a batch wait for streams that are about to be ready, never past
 `latency_budget_ms`; it is off by default (no gain measured in the 100-stream soak on a loaded 2-core machine).
 `FrameTimings` records audio ready -> taken into a batch -> step start/end -> publish for every frame.
-Cores: one engine uses one intra-op thread; on the 2-core EPYC CI machine a B=64 step costs 6.2 ms of CPU with
-one thread and 11.6 ms with two (`benchmarks/engine_throughput.py`): extra intra-op threads spin rather than
-help, so more cores are for more engine processes, not for one step.
+Cores: one engine uses one intra-op thread by default; more cores are for more engine processes on one port
+(`msync stream --workers N`, `stream_engine/workers.py`), which also spread the Python around the step. Two
+intra-op threads (the runner keeps their pool from spinning) cost about 1.1x the CPU of one for an int8 B=64
+step and cut its wall time (benchmarks/results/step_cores.md; stream_engine/serve/SCALING.md §1b).
 
 Stalls: a timer task continues every stream whose audio stopped arriving for `stall_ms` (default the
 look-ahead plus 80 ms) with silence on the wall clock, so the face returns to rest; those frames carry
