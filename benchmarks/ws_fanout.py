@@ -25,6 +25,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -240,13 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
-    from benchmarks.common import machine_info, write_report
-    from benchmarks.engine_throughput import _baseline_tree
+    from benchmarks.common import baseline_tree, machine_info, write_report
 
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     variants = {"current": REPO}
     if args.baseline_ref:
-        variants["baseline"] = _baseline_tree(args.baseline_ref)
+        variants["baseline"] = baseline_tree(args.baseline_ref)
     trials = []
     for _ in range(args.repeats):
         for streams, layout in ((s, lay) for s in args.streams for lay in args.layouts):
@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         "trials": trials,
     }
     write_report(args.out, "ws_fanout", result, _markdown(result))
+    if "baseline" in variants:
+        shutil.rmtree(variants["baseline"], ignore_errors=True)
     return 0
 
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     variants = [(v, REPO) for v in args.variants]
     if args.baseline_ref:
-        from benchmarks.engine_throughput import _baseline_tree
+        from benchmarks.common import baseline_tree
 
-        variants.insert(0, ("baseline-workers1", _baseline_tree(args.baseline_ref)))
+        variants.insert(0, ("baseline-workers1", baseline_tree(args.baseline_ref)))
         result["baseline_ref"] = args.baseline_ref
     for streams in args.streams:
         for variant, root in variants:
@@ -191,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             result["trials"].append(t)
     result["uptime_end"] = _uptime()
     write_report(args.out, "ws_soak_workers", result, _markdown(result))
+    for _, root in variants:
+        if root != REPO:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
