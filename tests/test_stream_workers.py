@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -57,17 +58,24 @@ def test_two_workers_share_a_port_and_each_stream_gets_its_own_frames():
     cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--model", "python:fakes:FakeRunner"]
     cmd += ["--input", "none", "--workers", "2", "--port", "0", "--quiet", "--no-vmc", "--duration", "60"]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    try:
+    lines: list[str] = []  # the supervisor's and workers' stderr, read in a thread (never blocks the test)
+
+    def read() -> None:
         assert proc.stderr is not None
-        banner = proc.stderr.readline()
-        m = re.search(r"2 workers sharing http://127\.0\.0\.1:(\d+)/", banner)
-        assert m, banner
-        port = int(m.group(1))
-        deadline = time.monotonic() + 60
-        up = 0
-        while up < 2 and time.monotonic() < deadline:  # both workers print their line once serving
-            up += "input none" in proc.stderr.readline()
-        assert up == 2
+        for line in proc.stderr:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    banner = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            banner = next((m for line in list(lines) if (m := re.search(r"2 workers sharing .*:(\d+)/", line))), None)
+            if banner and sum("input none" in line for line in list(lines)) == 2:  # both serving
+                break
+            time.sleep(0.05)
+        assert banner and sum("input none" in line for line in lines) == 2, "".join(lines)
+        port = int(banner.group(1))
 
         async def main():
             n = 16
@@ -99,7 +107,7 @@ def test_two_workers_share_a_port_and_each_stream_gets_its_own_frames():
         # would list all i before it; with two, some earlier stream is missing from a later ready
         assert any(set(r["streams"]) != {f"w{j}" for j in range(i)} for i, r in enumerate(readies))
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 0, "".join(lines)
         with pytest.raises(OSError):  # both workers have closed the port
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
     finally:
