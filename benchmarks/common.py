@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from training.run.machine import machine_info
 
-__all__ = ["machine_info", "summarise", "write_report"]
+__all__ = ["baseline_tree", "machine_info", "summarise", "write_report"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def baseline_tree(ref: str) -> Path:
+    """`git archive REF stream_engine` unpacked into a new temporary folder (a baseline's engine, to measure
+    beside this checkout's in one run). The caller removes it."""
+    root = Path(tempfile.mkdtemp(prefix="msync-baseline-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "stream_engine"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    return root
 
 
 def summarise(samples_s: list[float] | np.ndarray) -> dict:

@@ -31,7 +31,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -209,13 +208,6 @@ def _child(variant_root: Path, spec: dict, cpu: int | None, timeout_s: float = 6
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _baseline_tree(ref: str) -> Path:
-    root = Path(tempfile.mkdtemp(prefix="msync-baseline-"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "stream_engine"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
-    return root
-
-
 def capacity(
     variants: dict[str, Path],
     runner: str,
@@ -283,14 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_step_trial(spec) if spec.get("kind") == "step" else run_trial(spec)))
         return 0
     sys.path.insert(0, str(REPO))
-    from benchmarks.common import machine_info, write_report
+    from benchmarks.common import baseline_tree, machine_info, write_report
 
     if a.quick:
         a.throughput_streams, a.seconds, a.runners = 64, 1.0, ["zero"]
     cpu = sorted(os.sched_getaffinity(0))[-1]
     variants = {"current": REPO}
     if a.baseline_ref:
-        variants = {"baseline": _baseline_tree(a.baseline_ref), "current": REPO}
+        variants = {"baseline": baseline_tree(a.baseline_ref), "current": REPO}
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)

@@ -124,6 +124,8 @@ class StreamConfig:
         duration_s: stop after this many seconds (0 = when the input ends, or on Ctrl-C for live inputs).
         latency_line: print a live latency line to stderr.
         log_level: Python logging level name.
+        workers: engine processes sharing the server's port (SO_REUSEPORT; `stream_engine.workers`); 1 = this
+            process only.
     """
 
     model: ModelConfig = ModelConfig()
@@ -137,6 +139,7 @@ class StreamConfig:
     duration_s: float = 0.0
     latency_line: bool = True
     log_level: str = "warning"
+    workers: int = 1
 
 
 # The converter lives in stream_engine.dataclass_io (shared with training, checkpoints and the contract);

@@ -604,7 +604,7 @@ class EngineCore:
             if k >= L:
                 j = k - L
                 level, stalled = stream.levels.popleft()
-                ahead = max(v for v, _ in stream.levels) if stream.levels else level
+                ahead = max(stream.levels)[0] if stream.levels else level  # the loudest (dBFS, stalled)
                 frames.append(
                     LandmarkFrame(
                         stream_id=stream_id,

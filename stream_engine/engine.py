@@ -17,9 +17,10 @@ served meanwhile; while the loop commits and publishes one batch the next is alr
 (two at most). `EngineConfig.batch_wait_ms` lets a batch wait for streams that are about to be ready, never past
 `latency_budget_ms`; it is off by default (no gain measured in the 100-stream soak on a loaded 2-core machine).
 `FrameTimings` records audio ready -> taken into a batch -> step start/end -> publish for every frame.
-Cores: one engine uses one intra-op thread; on the 2-core EPYC CI machine a B=64 step costs 6.2 ms of CPU with
-one thread and 11.6 ms with two (`benchmarks/engine_throughput.py`): extra intra-op threads spin rather than
-help, so more cores are for more engine processes, not for one step.
+Cores: one engine uses one intra-op thread by default; more cores are for more engine processes on one port
+(`msync stream --workers N`, `stream_engine/workers.py`), which also spread the Python around the step. Two
+intra-op threads (the runner keeps their pool from spinning) cost about 1.1x the CPU of one for an int8 B=64
+step and cut its wall time (benchmarks/results/step_cores.md; stream_engine/serve/SCALING.md §1b).
 
 Stalls: a timer task continues every stream whose audio stopped arriving for `stall_ms` (default the
 look-ahead plus 80 ms) with silence on the wall clock, so the face returns to rest; those frames carry
@@ -340,11 +341,16 @@ class Engine:
             session.note_error(message)
         self._event(stream_id, "error", message=message)
 
+    def has_capacity(self, stream_id: str, max_pending_s: float = 1.0) -> bool:
+        """True when the stream holds at most `max_pending_s` of unprocessed audio (or is gone): what
+        `wait_capacity` waits for, checked without awaiting (the common case of a real-time source)."""
+        limit = int(min(max_pending_s, self.cfg.max_pending_s / 2) * self.sample_rate_hz)
+        return not self.core.has_stream(stream_id) or self.core.pending_samples(stream_id) <= limit
+
     async def wait_capacity(self, stream_id: str, max_pending_s: float = 1.0) -> None:
         """Back-pressure for faster-than-real-time sources: wait until the stream holds at most
         `max_pending_s` of unprocessed audio (returns at once if the stream is gone)."""
-        limit = int(min(max_pending_s, self.cfg.max_pending_s / 2) * self.sample_rate_hz)
-        await self._wait(lambda: not self.core.has_stream(stream_id) or self.core.pending_samples(stream_id) <= limit)
+        await self._wait(lambda: self.has_capacity(stream_id, max_pending_s))
 
     async def wait_drained(self, stream_id: str) -> None:
         """Wait until every frame the stream's audio can make has been published (use after `flush`)."""
@@ -541,22 +547,24 @@ class Engine:
         assert bx is not None
         if not live:
             return []
-        n = len(live)
-        slots = np.empty(n, dtype=np.int64)
-        t_s = np.empty(n)
-        level = np.empty(n)
-        ahead = np.empty(n)
-        for i, (frame, session) in enumerate(live):
+        slots, t_s, level, ahead = [], [], [], []
+        for frame, session in live:
             slot = session.signal_slot
             assert slot is not None
             if session.enter_epoch(frame):
                 bx.reset(slot)
-            slots[i] = slot
-            t_s[i] = frame.pts_ns / 1e9
-            level[i] = frame.audio_level_dbfs
-            ahead[i] = frame.audio_ahead_dbfs
-        signals = bx.update(slots, np.stack([frame.landmarks for frame, _ in live]), t_s, level, ahead)
-        return [session.attach(frame, now, signals.signals(i)) for i, (frame, session) in enumerate(live)]
+            slots.append(slot)
+            t_s.append(frame.pts_ns / 1e9)
+            level.append(frame.audio_level_dbfs)
+            ahead.append(frame.audio_ahead_dbfs)
+        signals = bx.update(
+            np.array(slots, dtype=np.int64),
+            np.stack([frame.landmarks for frame, _ in live]),
+            np.array(t_s),
+            np.array(level),
+            np.array(ahead),
+        )
+        return [session.attach(frame, now, sig) for (frame, session), sig in zip(live, signals.rows())]
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> dict[str, Any]:

@@ -203,16 +203,21 @@ class PcmConverter:
             return np.zeros(0, np.float32)
         code, scale = PCM_DTYPES[self.fmt.dtype]
         samples = np.frombuffer(data, dtype=code).reshape(-1, self.fmt.channels)
+        integer = samples.dtype.kind in "iu"  # integer PCM converts to finite floats: no need to check them
         samples = samples.astype(np.float32) / np.float32(scale) if scale != 1.0 else samples.astype(np.float32)
-        return self.convert(samples)
+        return self.convert(samples, finite=integer)
 
-    def convert(self, samples: np.ndarray) -> np.ndarray:
-        """(num_samples,) or (num_samples, channels) float PCM at the input rate -> mono float32 at the output rate."""
+    def convert(self, samples: np.ndarray, finite: bool = False) -> np.ndarray:
+        """(num_samples,) or (num_samples, channels) float PCM at the input rate -> mono float32 at the output
+        rate. `finite`: the caller knows every sample is finite (converted from integers), so it is not checked."""
         samples = np.asarray(samples, dtype=np.float32)
-        mono = samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples
+        if samples.ndim == 2 and samples.shape[1] == 1:
+            mono = samples[:, 0]
+        else:
+            mono = samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples
         if mono.ndim != 1:
             raise AudioChunkError(f"expected (num_samples,) or (num_samples, channels) audio, got {samples.shape}")
-        if mono.size and not np.all(np.isfinite(mono)):
+        if not finite and mono.size and not np.all(np.isfinite(mono)):
             raise AudioChunkError("audio chunk contains NaN or infinite samples")
         if self._resampler is None or mono.size == 0:
             return mono.astype(np.float32, copy=False)

@@ -169,6 +169,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     g.add_argument("--seed", type=int, help="seed of the model's per-stream noise")
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="N engine processes sharing the port (SO_REUSEPORT; a stream lands on a worker by its "
+        "connection; worker 0 alone runs the local input and VMC/OSC/VTS; default 1)",
+    )
     g.add_argument("--quiet", action="store_true", help="no live latency line")
     g.add_argument("--log-level", help="debug, info, warning (default), error")
 
@@ -207,6 +214,7 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         ("duration", "duration_s"),
         ("seed", "engine.seed"),
         ("log_level", "log_level"),
+        ("workers", "workers"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -299,6 +307,14 @@ def run(args: argparse.Namespace) -> int:
             "--token-file or the MSYNC_TOKEN environment variable",
             file=sys.stderr,
         )
+    if cfg.workers != 1:
+        from stream_engine.workers import WorkersError, run_workers
+
+        try:
+            return run_workers(cfg)
+        except WorkersError as exc:
+            print(f"msync stream: {exc}", file=sys.stderr)
+            return 2
     try:
         return asyncio.run(run_stream(cfg))
     except StreamError as exc:

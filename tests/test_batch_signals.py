@@ -49,6 +49,8 @@ def test_batch_equals_per_stream(mode):
         ahead = np.roll(level, 1)
         ts = np.array([0.04 * t + (0.001 if i == 4 else 0.0) for i in active])
         got = bx.update([slots[i] for i in active], lm, ts, level, ahead)
+        rows = got.rows()  # the engine's bulk conversion: the same objects as row-by-row
+        assert len(rows) == len(active)
         for row, i in enumerate(active):
             want = singles[i].update(lm[row], ts[row], level[row], ahead[row])
             np.testing.assert_allclose(got.mouth_open[row], want.mouth_open, atol=1e-9)
@@ -59,6 +61,8 @@ def test_batch_equals_per_stream(mode):
             assert got.blink[row] == pytest.approx(want.blink, abs=1e-9) and bool(got.silent[row]) == want.silent
             np.testing.assert_allclose(got.blendshapes[row], want.blendshapes, atol=1e-6)
             assert got.signals(row).to_json() == want.to_json()
+            assert rows[row].to_json() == want.to_json() and rows[row].as_vector() == got.signals(row).as_vector()
+            np.testing.assert_array_equal(rows[row].blendshapes, got.signals(row).blendshapes)
 
 
 def test_bad_calls_are_clear_errors():

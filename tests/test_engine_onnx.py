@@ -160,3 +160,16 @@ def test_msync_stream_runs_the_onnx_model(onnx_model, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "frames 25" in r.stderr
+
+
+def test_intra_op_pool_threads_do_not_spin_unless_asked():
+    """Two intra-op threads that spin cost about twice the CPU of one (benchmarks/results/step_cores.md): the
+    runner turns spinning off when it uses more than one thread, and leaves ONNX Runtime's default otherwise."""
+    from stream_engine.runtime.onnxrt import OnnxStepRunner
+
+    two = OnnxStepRunner(DEFAULT_MODEL_PATH, threads=2).session.get_session_options()
+    assert two.intra_op_num_threads == 2
+    assert two.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = OnnxStepRunner(DEFAULT_MODEL_PATH, threads=2, spin=True).session.get_session_options()
+    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's default (spin)
+        spinning.get_session_config_entry("session.intra_op.allow_spinning")

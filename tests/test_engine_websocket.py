@@ -430,9 +430,54 @@ def test_nothing_leaks_after_many_connections():
                 if not engine.sessions and not server._clients and server._connections == 0:
                     break
                 await asyncio.sleep(0.02)
-            return dict(engine.sessions), set(server._clients), server._connections
+            return (
+                dict(engine.sessions),
+                set(server._clients),
+                server._connections,
+                server._by_stream,
+                server._every_stream,
+            )
 
-    assert run(main()) == ({}, set(), 0)
+    assert run(main()) == ({}, set(), 0, {}, set())
+
+
+def test_a_resubscribed_client_gets_only_its_new_streams():
+    """Subscriptions are indexed by stream: after `subscribe` moves a client from stream a to b it gets b's
+    frames and no more of a's; a client of every stream and one of both keep getting both, each frame once."""
+
+    async def main():
+        async with serving() as (engine, server):
+            mover = await connect(ws_url(server, "/frames", streams="a", format="binary"))
+            both = await connect(ws_url(server, "/frames", streams="a,b", format="binary"))
+            every = await connect(ws_url(server, "/frames"))
+            for ws in (mover, both, every):
+                await recv_json(ws)
+            a, _ = await open_audio(server, stream="a")
+            b, _ = await open_audio(server, stream="b")
+            await a.send(int16(tone(SPF * 4)))
+            first = await recv_until(mover, lambda m: m.get("type") == "frame")
+            await mover.send(json.dumps({"type": "subscribe", "streams": ["b"], "format": "binary"}))
+            await recv_until(mover, lambda m: m.get("type") == "subscribed")
+            await a.send(int16(tone(SPF * 4)))
+            await b.send(int16(tone(SPF * 4)))
+            got: dict[str, list] = {"mover": [], "both": [], "every": []}
+            for name, ws in (("mover", mover), ("both", both), ("every", every)):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    while True:
+                        msg = await asyncio.wait_for(ws.recv(), 0.5)
+                        m = decode_binary(msg) if isinstance(msg, bytes) else json.loads(msg)
+                        if m.get("type") == "frame":
+                            got[name].append((m["stream"], m["seq"]))
+            for ws in (mover, both, every, a, b):
+                await ws.close()
+            return first, got
+
+    first, got = run(main())
+    assert first["stream"] == "a"
+    assert got["mover"] and {s for s, _ in got["mover"]} == {"b"}
+    for name in ("both", "every"):
+        assert {s for s, _ in got[name]} == {"a", "b"}
+        assert len(got[name]) == len(set(got[name]))  # each frame once
 
 
 def test_binding_a_public_address_needs_an_explicit_opt_in():

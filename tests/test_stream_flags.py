@@ -54,6 +54,7 @@ FLAGS: dict[str, tuple[list[str], dict[str, object]]] = {
     "--vts-log": (["--vts-log", "vts.log"], {"vts.log_file": "vts.log"}),
     "--duration": (["--duration", "12"], {"duration_s": 12.0}),
     "--seed": (["--seed", "7"], {"engine.seed": 7}),
+    "--workers": (["--workers", "2"], {"workers": 2}),
     "--quiet": (["--quiet"], {"latency_line": False}),
     "--log-level": (["--log-level", "debug"], {"log_level": "debug"}),
 }

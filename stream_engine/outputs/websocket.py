@@ -128,6 +128,7 @@ class ServerConfig:
             while less than this is waiting in its user-space write buffer.
         ping_interval_s, ping_timeout_s: keepalive (dead clients are dropped).
         serve_viewer: serve the viewer page.
+        reuse_port: bind with SO_REUSEPORT, so several processes share the port (`msync stream --workers`).
     """
 
     host: str = "127.0.0.1"
@@ -160,6 +161,7 @@ class ServerConfig:
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 10.0
     serve_viewer: bool = True
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if self.host not in LOOPBACK_HOSTS and not self.allow_remote:
@@ -345,6 +347,8 @@ class WebSocketServer:
         self.owners = StreamOwners()
         self._server: Server | None = None
         self._clients: set[_Client] = set()
+        self._every_stream: set[_Client] = set()  # clients subscribed to every stream
+        self._by_stream: dict[str, set[_Client]] = {}  # stream id -> its other subscribers
         self._connections = 0
         self.dropped_clients = 0
         self.port: int | None = None
@@ -353,6 +357,7 @@ class WebSocketServer:
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
+        extra: dict[str, Any] = {"reuse_port": True} if self.cfg.reuse_port else {}  # passed to create_server
         self._server = server = await serve(
             self._handler,
             self.cfg.host,
@@ -364,6 +369,7 @@ class WebSocketServer:
             ping_interval=self.cfg.ping_interval_s,
             ping_timeout=self.cfg.ping_timeout_s,
             close_timeout=2,
+            **extra,
         )
         self.port = server.sockets[0].getsockname()[1]
         log.info("serving on %s", self.url)
@@ -390,41 +396,70 @@ class WebSocketServer:
     def send_frames(self, frames: Sequence[LandmarkFrame]) -> None:
         """Fast path: a client that is keeping up (window open, socket taking data) gets the frame written to
         its socket right here (websockets' synchronous `broadcast`, no task hop); otherwise it goes into the
-        client's latest-wins queue."""
+        client's latest-wins queue. Only a frame's subscribers are visited (the subscriptions are indexed by
+        stream), and a frame is serialised once per format for all the clients written to directly: the cost
+        is one step per delivery, not per (frame, client) pair."""
+        if not self._clients:
+            return
         from websockets.asyncio.server import broadcast
 
         now_ns = self.engine.clock.now_ns()
-        encoded: dict[tuple[int, str], bytes | str] = {}
-        for client in self._clients:
-            for frame in frames:
-                if not client.wants(frame.stream_id):
-                    continue
-                if client.can_write_now(self.cfg.direct_write_limit_bytes):
-                    key = (id(frame), client.format)
-                    if key not in encoded:
-                        encoded[key] = (
-                            encode_binary(frame, now_ns) if client.format == "binary" else encode_json(frame, now_ns)
-                        )
-                    broadcast([client.ws], encoded[key])
-                    client.sent += 1
-                    client.window.on_sent()
-                    if client.windowed and client.window.needs_ping():
-                        client.queue.wake()  # the relay sends the acknowledging ping
-                else:
-                    client.queue.put(frame)
+        limit = self.cfg.direct_write_limit_bytes
+        every = self._every_stream
+        by_stream = self._by_stream
+        for frame in frames:
+            subs = by_stream.get(frame.stream_id)
+            if not every and not subs:
+                continue
+            binary: list[_Client] = []
+            text: list[_Client] = []
+            for group in (every, subs) if subs else (every,):
+                for client in group:
+                    if client.can_write_now(limit):
+                        (binary if client.format == "binary" else text).append(client)
+                    else:
+                        client.queue.put(frame)
+            if binary:
+                broadcast([c.ws for c in binary], encode_binary(frame, now_ns))
+            if text:
+                broadcast([c.ws for c in text], encode_json(frame, now_ns).encode(), text=True)
+            for client in (*binary, *text):
+                client.sent += 1
+                client.window.on_sent()
+                if client.windowed and client.window.needs_ping():
+                    client.queue.wake()  # the relay sends the acknowledging ping
 
     def stream_event(self, event: dict[str, Any]) -> None:
         sid: str | None = event.get("stream")
-        for client in self._clients:
-            if not client.wants(sid):
-                continue
-            if sid is None:  # engine events always name their stream; no frame has none to discard
-                pass
-            elif event.get("event") == "reset":
+        if sid is None:  # engine events always name their stream; one that does not goes to every client
+            for client in self._clients:
+                client.queue.put_message(event)
+            return
+        for client in (*self._every_stream, *self._by_stream.get(sid, ())):
+            if event.get("event") == "reset":
                 client.queue.discard_stream(sid, before_epoch=event.get("epoch"))
             elif event.get("event") == "closed":
                 client.queue.discard_stream(sid)
             client.queue.put_message(event)
+
+    def _subscribe(self, client: _Client, streams: frozenset[str] | None) -> None:
+        """Set the streams a client receives (None: every stream) and keep the by-stream index in step."""
+        self._unindex(client)
+        client.streams = streams
+        if streams is None:
+            self._every_stream.add(client)
+            return
+        for sid in streams:
+            self._by_stream.setdefault(sid, set()).add(client)
+
+    def _unindex(self, client: _Client) -> None:
+        self._every_stream.discard(client)
+        for sid in client.streams or ():
+            subs = self._by_stream.get(sid)
+            if subs is not None:
+                subs.discard(client)
+                if not subs:
+                    del self._by_stream[sid]
 
     # ------------------------------------------------------------------ HTTP
     def _offered_tokens(self, request: Request, query: dict[str, list[str]]) -> str:
@@ -596,11 +631,13 @@ class WebSocketServer:
             SendWindow(self.cfg.client_window_frames, self.cfg.client_window_target_ms / 1000),
         )
         self._clients.add(client)
+        self._subscribe(client, streams)
         return client, asyncio.create_task(self._relay(client), name="msync-relay")
 
     async def _remove_client(self, client: _Client | None, relay: asyncio.Task[None] | None) -> None:
         if client is not None:
             self._clients.discard(client)
+            self._unindex(client)
             client.queue.close()
             if client.pong_timer is not None:
                 client.pong_timer.cancel()
@@ -715,14 +752,18 @@ class WebSocketServer:
                     client, relay = self._add_client(ws, action.format, action.streams)
                     client_box.client, client_box.relay = client, relay
                 else:
-                    client.format, client.streams = action.format, action.streams
+                    client.format = action.format
+                    self._subscribe(client, action.streams)
                 client.queue.keep_all = set(action.streams or ()) if action.every_frame else set()
             elif isinstance(action, AwaitCapacity):
-                await self._until(self.engine.wait_capacity(action.stream_id, action.max_pending_s), closed)
+                # checked first without a task: a real-time source almost always has room
+                if not self.engine.has_capacity(action.stream_id, action.max_pending_s):
+                    await self._until(self.engine.wait_capacity(action.stream_id, action.max_pending_s), closed)
                 client = client_box.client
                 if client is not None and action.stream_id in client.queue.keep_all:
                     limit = int(action.max_pending_s * self.engine.contract.fps)
-                    await self._until(self._client_drained(client, action.stream_id, limit), closed)
+                    if client.queue.frames_of(action.stream_id) > limit:
+                        await self._until(self._client_drained(client, action.stream_id, limit), closed)
             elif isinstance(action, AwaitDrained):
                 await self._until(self.engine.wait_drained(action.stream_id), closed)
                 client = client_box.client

@@ -76,6 +76,8 @@ class OnnxStepRunner(BaseStepRunner):
         threads: intra-op threads (1 is best for B=1 on a shared machine; stack-facts §2).
         providers: see :func:`resolve_providers`; None = CPU.
         inter_op_threads: inter-op threads (the graph is sequential; 1 is right).
+        spin: let idle intra-op pool threads spin (ONNX Runtime's default) instead of sleeping; off, because
+            spinning doubles the CPU of a 2-thread step (benchmarks/results/step_cores.md).
     Raises:
         ModelLoadError: missing/corrupt file or unavailable provider. ContractError: the model's contract is
         missing, malformed, or not honoured by its graph.
@@ -88,6 +90,7 @@ class OnnxStepRunner(BaseStepRunner):
         providers: str | Sequence[Any] | None = None,
         *,
         inter_op_threads: int = 1,
+        spin: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -95,6 +98,11 @@ class OnnxStepRunner(BaseStepRunner):
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = int(inter_op_threads)
+        if threads != 1 and not spin:
+            # idle pool threads sleep instead of spinning: at B=64 (int8) two spinning threads cost 1.9x the CPU
+            # of one and, on a loaded 2-core machine, more wall time too; not spinning: 1.1x the CPU, 0.6x the
+            # wall time (benchmarks/results/step_cores.md)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort_session(self.path, so, resolve_providers(providers))

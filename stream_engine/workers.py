@@ -1,0 +1,134 @@
+"""`msync stream --workers N`: N engine processes share one port, so one machine's cores all serve streams.
+
+Each worker is a whole `msync stream` (its own engine, model session, state slots and WebSocket server) whose
+listening socket is bound with SO_REUSEPORT to the same address; the kernel spreads new connections over the
+workers (by a hash of the connection's addresses), so a stream lands on a worker by its connection and stays
+there. Chosen over intra-op threads by measurement (stream_engine/serve/SCALING.md, "One machine"): on the
+2-core EPYC a second ONNX Runtime thread made a B=64 step only a little faster in wall time while costing
+about twice the CPU, whereas a second process adds a whole core of step and Python work.
+
+What a worker sees is its own streams: a /audio client gets its own frames (the same connection), /health
+and /frames viewers see the streams of the worker they reached. Only worker 0 runs the local input (speech,
+mic, file, stdin) and the VMC/OSC/VTube Studio outputs and prints the latency line; `engine.max_streams` and
+`server.max_clients` are per worker. Linux (and other systems with SO_REUSEPORT load balancing) only.
+
+    msync stream --input none --workers 2 --set engine.max_streams=64
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import multiprocessing.connection
+import signal
+import socket
+import sys
+from typing import Any
+
+from stream_engine.config import StreamConfig, to_dict
+from stream_engine.dataclass_io import from_dict
+
+
+class WorkersError(RuntimeError):
+    """The workers cannot be started (no SO_REUSEPORT, the port is taken, a bad worker count)."""
+
+
+def worker_config(cfg: StreamConfig, index: int, port: int) -> StreamConfig:
+    """The config of worker `index`: the shared port with SO_REUSEPORT; workers other than 0 take streams
+    only over WebSocket (no local input, no VMC/OSC/VTube Studio, no latency line)."""
+    server = dataclasses.replace(cfg.server, port=port, reuse_port=True)
+    out = dataclasses.replace(cfg, server=server, workers=1)
+    if index > 0:
+        out = dataclasses.replace(
+            out,
+            input=dataclasses.replace(cfg.input, kind="none"),
+            vmc=dataclasses.replace(cfg.vmc, enabled=False),
+            osc=dataclasses.replace(cfg.osc, enabled=False),
+            vts=dataclasses.replace(cfg.vts, enabled=False),
+            latency_line=False,
+        )
+    return out
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound (not listening) to (host, port) with SO_REUSEPORT: it fixes the port when `port` is 0 and
+    holds it while the workers bind theirs. Raises WorkersError."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise WorkersError("--workers needs SO_REUSEPORT, which this platform lacks")
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise WorkersError(f"cannot bind {host}:{port}: {exc.strerror or exc} (use --port to pick another)") from None
+    return sock
+
+
+def _worker_main(data: dict[str, Any], index: int) -> None:
+    """Entry of one worker process: run `msync stream` with its config; exit with its exit code."""
+    import asyncio
+
+    from stream_engine.stream import StreamError, run_stream
+
+    cfg = from_dict(StreamConfig, data)
+    try:
+        code = asyncio.run(run_stream(cfg))
+    except StreamError as exc:
+        print(f"msync stream worker {index}: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def run_workers(cfg: StreamConfig) -> int:
+    """Start `cfg.workers` worker processes on one port and wait for them. When one ends (its input ended,
+    `duration_s`, an error) or SIGINT/SIGTERM arrives, the others are asked to stop (SIGTERM) and awaited.
+    Returns the largest worker exit code. Raises WorkersError."""
+    n = int(cfg.workers)
+    if n < 1:
+        raise WorkersError("workers must be >= 1")
+    reserved = reserve_port(cfg.server.host, cfg.server.port)
+    port = reserved.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    procs = [
+        ctx.Process(
+            target=_worker_main, args=(to_dict(worker_config(cfg, i, port)), i), name=f"msync-worker-{i}", daemon=False
+        )
+        for i in range(n)
+    ]
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the worker closes its streams and exits
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for p in procs:
+            p.start()
+        host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "") else cfg.server.host
+        print(f"msync stream: {n} workers sharing http://{host}:{port}/ (SO_REUSEPORT)", file=sys.stderr, flush=True)
+        multiprocessing.connection.wait([p.sentinel for p in procs])
+        if not stopping:
+            stop()
+        for p in procs:
+            p.join(timeout=15)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        reserved.close()
+    codes = [p.exitcode or 0 for p in procs]
+    # a worker ended by a signal we sent it (after its siblings stopped) is a clean stop; any other signal is not
+    return max(
+        0 if c < 0 and stopping and -c in (signal.SIGTERM, signal.SIGKILL) else (1 if c < 0 else c) for c in codes
+    )

@@ -1,0 +1,117 @@
+"""`msync stream --workers N`: N engine processes on one loopback port (SO_REUSEPORT), started and stopped here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+
+from stream_engine.config import StreamConfig
+from stream_engine.outputs.serializers import decode_binary
+from stream_engine.workers import WorkersError, reserve_port, worker_config
+
+from fakes import tone
+
+TESTS = Path(__file__).resolve().parent
+pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT (Linux)")
+
+
+def test_worker_configs_share_the_port_and_only_worker_0_has_the_local_input_and_outputs():
+    cfg = StreamConfig(workers=3)
+    w0, w2 = worker_config(cfg, 0, 9001), worker_config(cfg, 2, 9001)
+    for w in (w0, w2):
+        assert w.server.port == 9001 and w.server.reuse_port and w.workers == 1 and w.server.host == "127.0.0.1"
+    assert w0.input.kind == cfg.input.kind and w0.vmc.enabled == cfg.vmc.enabled
+    assert w2.input.kind == "none" and not w2.vmc.enabled and not w2.osc.enabled and not w2.vts.enabled
+
+
+def test_a_taken_port_is_a_clear_error():
+    plain = socket.socket()
+    plain.bind(("127.0.0.1", 0))
+    plain.listen()
+    try:
+        with pytest.raises(WorkersError, match="cannot bind"):
+            reserve_port("127.0.0.1", plain.getsockname()[1])
+    finally:
+        plain.close()
+
+
+def _int16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def test_two_workers_share_a_port_and_each_stream_gets_its_own_frames():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--model", "python:fakes:FakeRunner"]
+    cmd += ["--input", "none", "--workers", "2", "--port", "0", "--quiet", "--no-vmc", "--duration", "60"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []  # the supervisor's and workers' stderr, read in a thread (never blocks the test)
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    banner = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            banner = next((m for line in list(lines) if (m := re.search(r"2 workers sharing .*:(\d+)/", line))), None)
+            # both workers serving (their lines may interleave in the pipe: count in the joined text)
+            if banner and "".join(lines).count("input none") == 2:
+                break
+            time.sleep(0.05)
+        assert banner and "".join(lines).count("input none") == 2, "".join(lines)
+        port = int(banner.group(1))
+
+        async def main():
+            n = 16
+            conns, readies = [], []
+            for i in range(n):  # the kernel hashes each connection to a worker
+                ws = await connect(f"ws://127.0.0.1:{port}/audio")
+                hello = {"type": "hello", "v": 1, "stream": f"w{i}", "sample_rate_hz": 16000, "dtype": "int16"}
+                await ws.send(json.dumps({**hello, "subscribe": "binary"}))
+                ready = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert ready["type"] == "ready", ready
+                conns.append(ws)
+                readies.append(ready)
+            for ws in conns:
+                await ws.send(_int16(tone(640 * 5)))
+            got = []
+            for ws in conns:
+                while True:
+                    msg = await asyncio.wait_for(ws.recv(), 10)
+                    if isinstance(msg, bytes):
+                        got.append(decode_binary(msg)["stream"])
+                        break
+            for ws in conns:
+                await ws.close()
+            return readies, got
+
+        readies, got = asyncio.run(asyncio.wait_for(main(), 60))
+        assert got == [f"w{i}" for i in range(16)]  # every stream got its own frames back
+        # each ready lists the streams already open on the engine that took it: on one engine the i-th
+        # would list all i before it; with two, some earlier stream is missing from a later ready
+        assert any(set(r["streams"]) != {f"w{j}" for j in range(i)} for i, r in enumerate(readies))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, "".join(lines)
+        with pytest.raises(OSError):  # both workers have closed the port
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
