@@ -5,7 +5,8 @@
 
 The audio is built from `../shared/cases/` files: 0-6 s speech (`head-pose-bias/speech_10s.wav`), 6-9 s
 digital silence, 9-13 s low-passed white noise at -48 dBFS RMS, 13-20 s the -38 dB quiet speech of
-`quiet-speech-gate/speech_-38dB.wav` (with the same noise under it). Each model runs it as one fresh stream from
+`quiet-speech-gate/speech_-38dB.wav` (about -60 dBFS in its speech frames; no noise under it, which at
+-48 dBFS would bury it). Each model runs it as one fresh stream from
 its default reference face (seed 7). Writes OUT.mp4 (the last model in green over the first in grey, with the
 audio; not for committing: it holds `../shared` audio), OUT.png (one row per model, a frame every second, each
 titled with its time and inner-lip gap in IOD) and OUT.json (the gap per frame for each model).
@@ -33,11 +34,11 @@ def build_audio(seed: int = 0) -> np.ndarray:
     out = np.zeros(20 * SR, np.float32)
     out[: 6 * SR] = speech[: 6 * SR]
     rng = np.random.default_rng(seed)
-    spec = np.fft.rfft(rng.standard_normal(11 * SR))
-    spec[np.fft.rfftfreq(11 * SR, 1.0 / SR) > 2000.0] = 0.0
-    noise = np.fft.irfft(spec, n=11 * SR)
+    spec = np.fft.rfft(rng.standard_normal(4 * SR))
+    spec[np.fft.rfftfreq(4 * SR, 1.0 / SR) > 2000.0] = 0.0
+    noise = np.fft.irfft(spec, n=4 * SR)
     noise *= 10 ** (-48 / 20) / np.sqrt(np.mean(noise**2))
-    out[9 * SR :] += noise.astype(np.float32)
+    out[9 * SR : 13 * SR] = noise.astype(np.float32)
     q = quiet[: 7 * SR]
     out[13 * SR : 13 * SR + len(q)] += q
     return out
