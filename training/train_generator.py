@@ -20,6 +20,7 @@ from pathlib import Path
 from training.config_io import command_main
 from training.data.augment import AugmentConfig
 from training.data.clips import ClipLoadConfig
+from training.data.nonspeech import RestMixConfig
 from training.data.splits import SplitConfig
 from training.models.discriminators import DiscriminatorConfig
 from training.models.generator import GeneratorConfig
@@ -39,6 +40,11 @@ class TrainGeneratorConfig:
 
     Defaults follow the paper (lambda = 8, Adam beta = (0, 0.999), lr 2e-5 / 1e-5, 40-frame windows);
     `training/configs/` holds the presets actually used, with their reasons.
+
+    Model 0.3's terms (all off by default, `training.face_losses`): `rest` mixes non-speech into a share of each
+    batch (`training.data.nonspeech`); those windows train only the rest terms (`rest_*_weight`) and the L2 and
+    articulation terms on their speech frames, while the synchrony loss and the discriminators see only the
+    unmixed windows. `mouth_*_weight` are the articulation terms, `head_*_weight` the head terms.
     """
 
     data_dir: str = "../shared/data"
@@ -65,6 +71,16 @@ class TrainGeneratorConfig:
     beta2: float = 0.999
     grad_clip: float = 1.0
     zero_noise_prob: float = 0.2
+    rest: RestMixConfig = RestMixConfig()
+    rest_gap_target: float = 0.02
+    rest_gap_weight: float = 0.0
+    rest_still_weight: float = 0.0
+    rest_pose_weight: float = 0.0
+    mouth_shape_weight: float = 0.0
+    mouth_gap_weight: float = 0.0
+    mouth_amplitude_weight: float = 0.0
+    head_energy_weight: float = 0.0
+    head_mean_weight: float = 0.0
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -80,6 +96,12 @@ class TrainGeneratorConfig:
             raise ValueError(
                 "generator.frontend and clips.frontend differ: the generator must read the features "
                 "its training clips were computed with"
+            )
+        clean = self.batch_size - int(round(self.rest.fraction * self.batch_size))
+        if clean < 2 or clean % 2:
+            raise ValueError(
+                f"batch_size {self.batch_size} with rest.fraction {self.rest.fraction} leaves {clean} unmixed "
+                "windows; the discriminators need an even number >= 2"
             )
 
 
@@ -218,14 +240,17 @@ class GeneratorTrainer(Trainer):
         from training.models.discriminators import hinge_d, hinge_g
 
         cfg = self.cfg
-        batch = self.sampler.sample(cfg.batch_size, rng, cfg.augment)
+        batch = self.sampler.sample(cfg.batch_size, rng, cfg.augment, cfg.rest, self.reference_face)
         mfcc, valid, lm = self._tensors(batch)
         x_ref, real = lm[:, :1], lm[:, 1:]
         fake = self.generate(mfcc, valid, x_ref[:, 0], cfg.seq_len)
+        speech = torch.from_numpy(batch.speech).to(self.device)
+        rest = torch.from_numpy(batch.rest).to(self.device)
+        clean = ~torch.from_numpy(batch.mixed).to(self.device)  # windows of pure speech: sync loss and critics
 
         # Discriminator update.
-        d_real = self.D_ddp(x_ref, real)
-        d_fake = self.D_ddp(x_ref, fake.detach())
+        d_real = self.D_ddp(x_ref[clean], real[clean])
+        d_fake = self.D_ddp(x_ref[clean], fake[clean].detach())
         weights = {"frame": cfg.frame_weight, "sequence": cfg.sequence_weight, "pair": cfg.pair_weight}
         loss_d = sum(weights[k] * hinge_d(d_real[k], d_fake[k]) for k in d_real)
         self.opt_d.zero_grad(set_to_none=True)
@@ -234,17 +259,24 @@ class GeneratorTrainer(Trainer):
         self.opt_d.step()
 
         # Generator update.
-        g_fake = self.D_ddp(x_ref, fake)
+        g_fake = self.D_ddp(x_ref[clean], fake[clean])
         adv = {k: hinge_g(v) for k, v in g_fake.items()}
         sync, cosines = multiscale_sync_loss(
-            self.syncers, torch.cat([x_ref, fake], dim=1), self.sync_mfcc(mfcc, cfg.seq_len), cfg.sync_levels
+            self.syncers,
+            torch.cat([x_ref, fake], dim=1)[clean],
+            self.sync_mfcc(mfcc, cfg.seq_len)[clean],
+            cfg.sync_levels,
         )
-        l2 = ((fake - real) ** 2).sum(-1).mean()
+        sq = ((fake - real) ** 2).sum(-1).mean(-1)  # (B, T)
+        l2 = (sq * speech).sum() / speech.sum().clamp_min(1)
         loss_g = cfg.lambda_sync * sync + sum(weights[k] * v for k, v in adv.items()) + cfg.l2_weight * l2
         shape = None
         if self.shape_prior is not None:
             shape = self.shape_prior(fake)
             loss_g = loss_g + cfg.shape_weight * shape
+        face = self.face_terms(fake, real, x_ref[:, 0], speech, rest, clean)
+        for name, value in face.items():
+            loss_g = loss_g + getattr(cfg, f"{name}_weight") * value
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         torch.nn.utils.clip_grad_norm_(self.G.parameters(), cfg.grad_clip)
@@ -257,9 +289,23 @@ class GeneratorTrainer(Trainer):
         }
         if shape is not None:
             rec["shape"] = float(shape.detach())
+        rec.update({k: float(v.detach()) for k, v in face.items()})
         rec.update({f"adv_{k}": float(v.detach()) for k, v in adv.items()})
         rec.update({f"cos_l{k}": v for k, v in cosines.items()})
         return rec
+
+    def face_terms(self, fake, real, x_ref, speech, rest, clean) -> dict:
+        """The `training.face_losses` terms whose weight is not 0: {name: scalar}."""
+        from training.face_losses import articulation_terms, head_terms, rest_terms
+
+        cfg, out = self.cfg, {}
+        if cfg.rest_gap_weight or cfg.rest_still_weight or cfg.rest_pose_weight:
+            out.update(rest_terms(fake, rest, x_ref, cfg.rest_gap_target))
+        if cfg.mouth_shape_weight or cfg.mouth_gap_weight or cfg.mouth_amplitude_weight:
+            out.update(articulation_terms(fake, real, speech))
+        if cfg.head_energy_weight or cfg.head_mean_weight:
+            out.update(head_terms(fake, real, clean))
+        return {k: v for k, v in out.items() if getattr(cfg, f"{k}_weight")}
 
     # ------------------------------------------------------------- evaluation
     def validate(self) -> dict:
@@ -294,6 +340,33 @@ class GeneratorTrainer(Trainer):
             with torch.no_grad():
                 rec["plausible"] = float(self.shape_prior.plausible(fake).float().mean())
                 rec["plausible_gt"] = float(self.shape_prior.plausible(lm[:, 1:]).float().mean())
+        rec.update(self.validate_mouth(fake, lm[:, 1:]))
+        return rec
+
+    def validate_mouth(self, fake, real) -> dict:
+        """Inner-lip gap amplitude ratio (std over each window, median) on the validation windows and, when
+        non-speech mixing is on, the gap in the rest frames of fixed mixed validation windows (p50, p90, IOD)."""
+        import numpy as np
+        import torch
+
+        from training.face_losses import lip_gap
+
+        g_f, g_r = lip_gap(fake), lip_gap(real)
+        rec = {"gap_amplitude": float((g_f.std(1) / g_r.std(1).clamp_min(1e-4)).median())}
+        if self.cfg.rest.fraction <= 0 or self.val_sampler is None:
+            return rec
+        n = min(16, 2 * len(self.val_sampler.segments))
+        mix = dataclasses.replace(self.cfg.rest, fraction=1.0)
+        batch = self.val_sampler.sample(n, np.random.default_rng(4321), None, mix, self.reference_face)
+        mfcc, valid, lm = self._tensors(batch)
+        self.G.eval()
+        with torch.no_grad():
+            torch.manual_seed(4321)
+            out = self.generate(mfcc, valid, lm[:, 0], lm.shape[1] - 1, model=self.G)
+        self.G.train()
+        gap = lip_gap(out)[torch.from_numpy(batch.rest).to(self.device)].cpu().numpy()
+        if len(gap):
+            rec["rest_gap_p50"], rec["rest_gap_p90"] = (float(v) for v in np.percentile(gap, [50, 90]))
         return rec
 
     def postfix(self, record: dict) -> dict[str, str]:

@@ -9,6 +9,7 @@ import numpy as np
 from stream_engine.features import FrontEndConfig
 from training.data.augment import AugmentConfig, augment_landmarks, augment_waveform
 from training.data.clips import Segment
+from training.data.nonspeech import RestMixConfig, mix_window
 
 
 @dataclasses.dataclass
@@ -20,6 +21,9 @@ class WindowBatch:
     valid: (B, W + T + L) bool, False for frames before the segment's start (the stream had not begun).
     landmarks: (B, T + 1, 68, 2): the reference frame (index 0) followed by the T target frames.
     segment_index, start_frame: where each window comes from.
+    speech: (B, T) bool, the target frame holds speech, so its landmark targets apply (all True without mixing).
+    rest: (B, T) bool, non-speech frames where the mouth should be at rest (`training.data.nonspeech`).
+    mixed: (B,) bool, the window had non-speech mixed in.
     """
 
     audio: np.ndarray
@@ -27,6 +31,18 @@ class WindowBatch:
     landmarks: np.ndarray
     segment_index: np.ndarray
     start_frame: np.ndarray
+    speech: np.ndarray | None = None
+    rest: np.ndarray | None = None
+    mixed: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        b, t = self.landmarks.shape[0], self.landmarks.shape[1] - 1
+        if self.speech is None:
+            self.speech = np.ones((b, t), bool)
+        if self.rest is None:
+            self.rest = np.zeros((b, t), bool)
+        if self.mixed is None:
+            self.mixed = np.zeros(b, bool)
 
 
 class WindowSampler:
@@ -78,17 +94,42 @@ class WindowSampler:
             audio = augment_waveform(audio, rng, augment)
         return audio, valid, lm.astype(np.float32)
 
-    def sample(self, batch_size: int, rng: np.random.Generator, augment: AugmentConfig | None = None) -> WindowBatch:
+    def sample(
+        self,
+        batch_size: int,
+        rng: np.random.Generator,
+        augment: AugmentConfig | None = None,
+        rest: RestMixConfig | None = None,
+        mean_face: np.ndarray | None = None,
+    ) -> WindowBatch:
+        """A random batch; with `rest.fraction` > 0 the last round(fraction * B) windows get non-speech mixed in
+        (after augmentation, so speech gain does not scale the sound; `mean_face` is the reference for some
+        all-non-speech windows)."""
         segs = rng.choice(len(self.segments), size=batch_size, p=self.weights)
         starts = np.array([1 + rng.integers(0, self.num_starts[s]) for s in segs])
         parts = [self.window(int(s), int(t), rng, augment) for s, t in zip(segs, starts)]
-        return WindowBatch(
-            np.stack([p[0] for p in parts]),
-            np.stack([p[1] for p in parts]),
-            np.stack([p[2] for p in parts]),
-            segs,
-            starts,
-        )
+        audio = np.stack([p[0] for p in parts])
+        landmarks = np.stack([p[2] for p in parts])
+        speech = np.ones((batch_size, self.num_frames), bool)
+        rest_mask = np.zeros((batch_size, self.num_frames), bool)
+        mixed = np.zeros(batch_size, bool)
+        n_mix = int(round(rest.fraction * batch_size)) if rest is not None else 0
+        for i in range(batch_size - n_mix, batch_size):
+            assert rest is not None
+            m = mix_window(
+                audio[i],
+                landmarks[i],
+                warmup_frames=self.warmup,
+                lookahead_frames=self.lookahead,
+                context_samples=self.frontend.context_samples,
+                samples_per_frame=self.frontend.samples_per_landmark_frame,
+                rng=rng,
+                cfg=rest,
+                mean_face=mean_face,
+            )
+            audio[i], landmarks[i], speech[i], rest_mask[i], mixed[i] = m.audio, m.landmarks, m.speech, m.rest, True
+        valid = np.stack([p[1] for p in parts])
+        return WindowBatch(audio, valid, landmarks, segs, starts, speech, rest_mask, mixed)
 
     def fixed(self, batch_size: int, seed: int = 1234) -> WindowBatch:
         """A reproducible, unaugmented batch (validation)."""

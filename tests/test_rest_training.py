@@ -1,0 +1,229 @@
+"""Model 0.3's training pieces: non-speech sounds and mixed windows, and the rest/articulation/head terms."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.data.nonspeech import LAYOUTS, RestMixConfig, mix_window, sound
+from training.face_losses import articulation_terms, head_terms, lip_gap, rest_terms
+from training.metrics import viewer as vm
+
+REPO = Path(__file__).resolve().parents[1]
+SPF, CTX = 640, 352
+
+
+def _dbfs(x: np.ndarray) -> float:
+    return 20 * np.log10(np.sqrt(np.mean(np.asarray(x, np.float64) ** 2)) + 1e-12)
+
+
+def test_sounds_have_their_kind_and_level():
+    rng = np.random.default_rng(0)
+    n = 16000 * 4
+    assert not sound("silence", n, rng).any()
+    for _ in range(5):
+        assert -61 < _dbfs(sound("noise", n, rng)) < -35
+        assert -56 < _dbfs(sound("hum", n, rng)) < -31
+        assert -41 < _dbfs(sound("tones", n, rng)) < -21
+        b = sound("breathing", n, rng)
+        assert _dbfs(b) < -40 and (np.abs(b) < 1e-9).mean() > 0.2  # bursts with quiet between them
+    hum = sound("hum", n, np.random.default_rng(3))
+    spec = np.abs(np.fft.rfft(hum))
+    assert np.fft.rfftfreq(n, 1 / 16000)[spec.argmax()] in (50.0, 60.0)
+    with pytest.raises(ValueError, match="unknown"):
+        sound("speech", n, rng)
+
+
+def _window(t=40, w=10, la=2, seed=0):
+    rng = np.random.default_rng(seed)
+    audio = (0.1 * rng.standard_normal(CTX + SPF * (w + t + la))).astype(np.float32)
+    lm = np.repeat(np.arange(t + 1, dtype=np.float32)[:, None, None], 68, 1).repeat(2, 2)
+    return audio, lm
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mixed_windows_keep_alignment_and_masks(layout):
+    """The sound replaces exactly the masked frames; inserted pauses shift the resumed speech and its targets."""
+    t, w, la = 40, 10, 2
+    audio, lm = _window(t, w, la)
+    weights = tuple(1.0 if x == layout else 0.0 for x in LAYOUTS)
+    cfg = RestMixConfig(fraction=1.0, layout_weights=weights, kind_weights=(1, 0, 0, 0, 0), grace_frames=3)
+    mean_face = np.full((68, 2), -1.0, np.float32)
+    for seed in range(10):
+        m = mix_window(
+            audio,
+            lm,
+            warmup_frames=w,
+            lookahead_frames=la,
+            context_samples=CTX,
+            samples_per_frame=SPF,
+            rng=np.random.default_rng(seed),
+            cfg=cfg,
+            mean_face=mean_face,
+        )
+        assert m.kind == "silence" and m.layout == layout and m.audio.shape == audio.shape
+        assert not (m.speech & m.rest).any()
+        frames = m.audio[CTX:].reshape(-1, SPF)[w : w + t]  # the target frames' own samples
+        silent = ~frames.any(axis=1)
+        if layout == "pure":
+            assert m.rest.all() and not m.speech.any() and not m.audio.any()
+            assert (m.landmarks[0] == lm[0]).all() or (m.landmarks[0] == -1).all()
+            continue
+        s = int(np.argmin(m.speech))  # first non-speech frame
+        assert s >= cfg.min_speech_frames and silent[s:].sum() >= cfg.min_rest_frames - 0
+        assert not silent[:s].any() and silent[s : s + cfg.min_rest_frames].all()
+        assert not m.rest[: s + 3].any() and m.rest[s + 3]  # 3 grace frames
+        np.testing.assert_array_equal(m.landmarks[: s + 1], lm[: s + 1])
+        if layout == "inserted" and m.speech[s:].any():
+            e = s + int(np.argmax(m.speech[s:]))
+            assert silent[s:e].all() and not silent[e:].any()
+            np.testing.assert_array_equal(m.landmarks[1 + e :], lm[1 + s : 1 + s + t - e])  # resumed targets
+            # the resumed speech is the speech that was cut off at s
+            np.testing.assert_array_equal(m.audio[CTX + SPF * (w + e) :][:SPF], audio[CTX + SPF * (w + s) :][:SPF])
+            assert not m.rest[e - la : e].any()  # look-ahead already hears the speech
+        else:
+            assert silent[s:].all() and m.rest[s + 3 :].all()
+
+
+def test_mixing_rejects_short_windows():
+    audio, lm = _window(t=20)
+    cfg = RestMixConfig(fraction=1.0, layout_weights=(1, 0, 0))
+    with pytest.raises(ValueError, match="cannot hold"):
+        mix_window(
+            audio,
+            lm,
+            warmup_frames=10,
+            lookahead_frames=2,
+            context_samples=CTX,
+            samples_per_frame=SPF,
+            rng=np.random.default_rng(0),
+            cfg=cfg,
+        )
+    with pytest.raises(ValueError, match="fraction"):
+        RestMixConfig(fraction=1.5)
+
+
+def _face(gap_iod: float, shift=(0.0, 0.0)) -> np.ndarray:
+    """A toy face: eye corners 0.3 apart, inner lips opened by gap_iod * IOD."""
+    x = np.zeros((68, 2))
+    x[:, 0] = np.linspace(0.3, 0.7, 68)
+    x[:, 1] = 0.5
+    x[36], x[45] = (0.35, 0.4), (0.65, 0.4)
+    for a, b in ((61, 67), (62, 66), (63, 65)):
+        x[b, 0] = x[a, 0]
+        x[a, 1], x[b, 1] = 0.7, 0.7 + gap_iod * 0.3
+    return (x + np.asarray(shift)).astype(np.float32)
+
+
+def test_lip_gap_matches_the_evaluation_measure():
+    seq = np.stack([_face(g) for g in (0.0, 0.02, 0.1)])
+    seq[1, 48:] += np.random.default_rng(0).normal(0, 0.01, (20, 2))
+    np.testing.assert_allclose(lip_gap(torch.from_numpy(seq)).numpy(), vm.lip_gap(seq), rtol=1e-5)
+
+
+def test_rest_terms_score_open_moving_or_displaced_faces():
+    closed = torch.from_numpy(np.stack([_face(0.01)] * 6))[None]
+    ref = closed[:, 0]
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    zero = rest_terms(closed, mask, ref)
+    assert all(float(v) == pytest.approx(0.0, abs=1e-9) for v in zero.values())
+    opened = torch.from_numpy(np.stack([_face(0.08)] * 6))[None]
+    assert float(rest_terms(opened, mask, ref)["rest_gap"]) == pytest.approx(0.06, abs=1e-5)
+    assert float(rest_terms(opened, torch.zeros_like(mask), ref)["rest_gap"]) == 0.0  # no rest frames
+    moving = torch.from_numpy(np.stack([_face(g) for g in (0.0, 0.02, 0.0, 0.02, 0.0, 0.02)]))[None]
+    assert float(rest_terms(moving, mask, ref)["rest_still"]) > 0
+    shifted = torch.from_numpy(np.stack([_face(0.01, (0.03, 0.0))] * 6))[None]
+    assert float(rest_terms(shifted, mask, ref)["rest_pose"]) == pytest.approx((0.03 / 0.3) ** 2, rel=1e-4)
+    opened.requires_grad_(True)
+    rest_terms(opened, mask, ref)["rest_gap"].backward()
+    assert opened.grad is not None and opened.grad[..., 61:68, 1].abs().sum() > 0
+
+
+def test_articulation_terms_reward_amplitude_and_shape():
+    gaps = [0.02, 0.1, 0.03, 0.12, 0.02, 0.09] * 3
+    real = torch.from_numpy(np.stack([_face(g) for g in gaps]))[None]
+    speech = torch.ones(1, len(gaps), dtype=torch.bool)
+    same = articulation_terms(real, real, speech)
+    assert all(float(v) == pytest.approx(0.0, abs=1e-6) for v in same.values())
+    half = torch.from_numpy(np.stack([_face(0.5 * g) for g in gaps]))[None]
+    t = articulation_terms(half, real, speech)
+    assert float(t["mouth_amplitude"]) == pytest.approx(np.log(2.0), rel=1e-2)
+    assert float(t["mouth_gap"]) == pytest.approx(0.5 * np.mean(gaps), rel=1e-3)
+    assert float(t["mouth_shape"]) > 0
+    short = torch.zeros_like(speech)
+    short[0, :5] = True  # too few speech frames for an amplitude: left out
+    assert float(articulation_terms(half, real, short)["mouth_amplitude"]) == 0.0
+
+
+def test_head_terms_compare_motion_energy_and_mean_pose():
+    rng = np.random.default_rng(0)
+    path = np.cumsum(rng.normal(0, 0.004, (40, 2)), axis=0)
+    real = torch.from_numpy(np.stack([_face(0.02, p) for p in path]))[None]
+    still = torch.from_numpy(np.stack([_face(0.02, path.mean(0))] * 40))[None]
+    rows = torch.ones(1, dtype=torch.bool)
+    same = head_terms(real, real, rows)
+    assert float(same["head_energy"]) == pytest.approx(0.0, abs=1e-5) and float(same["head_mean"]) < 1e-12
+    t = head_terms(still, real, rows)
+    assert float(t["head_energy"]) > 5  # |log| of a tiny energy ratio
+    assert float(t["head_mean"]) < 1e-8  # same mean position
+    tilted = real + torch.tensor([0.0, 0.03])
+    assert float(head_terms(tilted, real, rows)["head_mean"]) == pytest.approx(2 * (0.03 / 0.3) ** 2 / 2, rel=1e-3)
+    assert float(head_terms(real, real, torch.zeros(1, dtype=torch.bool))["head_energy"]) == 0.0
+
+
+@pytest.mark.slow
+def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path):
+    """Two iterations with mixing and every new term: the terms are logged and validation reports the rest gap."""
+    from training.checkpoint import save_module
+    from training.models.syncer import SyncerConfig, SyncerPyramid
+
+    tiny = SyncerConfig(
+        embed_dim=16, audio_widths=(16, 16), audio_depths=(1, 1), landmark_widths=(16,), landmark_depths=(1,)
+    )
+    save_module(tmp_path / "sync", SyncerPyramid(tiny), {"kind": "syncer_pyramid", "syncer": tiny})
+    sets = {
+        "syncers": str(tmp_path / "sync"),
+        "max_clips": 30,
+        "batch_size": 4,
+        "seq_len": 30,
+        "steps": 2,
+        "log_every": 1,
+        "eval_every": 2,
+        "checkpoint_every": 2,
+        "sample_every": 0,
+        "threads": 1,
+        "rest.fraction": 0.5,
+        "augment.gain_db": 35,
+        "generator.audio_channels": 16,
+        "generator.landmark_embed": 16,
+        "generator.lstm_hidden": 16,
+        "generator.branch_hidden": 16,
+        "discriminator.embed_dim": 16,
+        "discriminator.lstm_hidden": 16,
+        "discriminator.projection_hidden": 16,
+        "discriminator.windows": [5, 10],
+    }
+    for name in ("rest_gap", "rest_still", "rest_pose", "mouth_shape", "mouth_gap", "mouth_amplitude"):
+        sets[f"{name}_weight"] = 1.0
+    sets.update({"head_energy_weight": 1.0, "head_mean_weight": 1.0})
+    argv = [sys.executable, "-m", "training.train_generator", "--out", str(tmp_path / "gen"), "--no-progress"]
+    for k, v in sets.items():
+        argv += ["--set", f"{k}={json.dumps(v)}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(argv, check=True, cwd=REPO, env=env, timeout=600, capture_output=True)
+    recs = [json.loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r.get("split") == "train"]
+    assert {"rest_gap", "mouth_amplitude", "head_energy", "head_mean"} <= set(train[-1])
+    assert all(np.isfinite(r["loss_g"]) for r in train)
+    val = json.loads((tmp_path / "gen" / "result.json").read_text())["val"]
+    assert 0 <= val["rest_gap_p50"] <= val["rest_gap_p90"] and val["gap_amplitude"] > 0
+    bad = argv[:-2] + ["--set", "rest.fraction=0.25"]  # 4 windows, 1 mixed: 3 unmixed for the pair critic
+    proc = subprocess.run(bad, cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
+    assert proc.returncode != 0 and "even number" in proc.stderr

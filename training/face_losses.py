@@ -1,0 +1,133 @@
+"""Viewer-facing training terms of the generator (model 0.3): rest in non-speech, articulation, head motion.
+
+All distances are in units of the inter-ocular distance (IOD, ‖p36 − p45‖ per frame), the unit of
+`training.metrics.viewer`, so a term means the same on a near and a far face. Inputs are landmark sequences
+(B, T, 68, 2) and boolean frame masks (B, T); a term whose mask selects nothing is 0 (and keeps the graph).
+
+- Rest (`rest_terms`, frames where nobody speaks): a hinge on the inner-lip gap above a closed mouth
+  (`gap_target`, 0.02 IOD: a closed mouth in speech is about 0.025, the evaluation's rest threshold 0.03),
+  the mouth held still relative to the head (squared velocity of the mouth points about the rigid points'
+  centroid), and the head back at the reference pose (squared offset of the rigid points from the reference's).
+- Articulation (`articulation_terms`, speech frames): the mouth's shape against ground truth (mouth points about
+  their centroid, squared error), the inner-lip gap against ground truth (absolute error), and the gap's
+  amplitude over the window (|log| of the ratio of standard deviations, ground truth's as the target).
+- Head (`head_terms`, whole speech windows): motion energy of the rigid points' centroid at a 320 ms scale as a
+  |log| ratio to ground truth's over the batch, and the window-mean head position against ground truth's
+  (a constant tilt or offset).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stream_engine.signals import RIGID_POINTS
+
+MOUTH = list(range(48, 68))
+INNER_PAIRS = ((61, 67), (62, 66), (63, 65))
+RIGID = list(RIGID_POINTS)
+
+
+def inter_ocular(x: torch.Tensor) -> torch.Tensor:
+    """(..., 68, 2) -> (...) distance between the outer eye corners p36 and p45 (floored at 1e-6)."""
+    return (x[..., 36, :] - x[..., 45, :]).norm(dim=-1).clamp_min(1e-6)
+
+
+def lip_gap(x: torch.Tensor) -> torch.Tensor:
+    """(..., 68, 2) -> (...) inner-lip gap in IOD: mean of ‖p61−p67‖, ‖p62−p66‖, ‖p63−p65‖ over IOD
+    (the measure of `training.metrics.viewer.lip_gap`)."""
+    d = sum((x[..., a, :] - x[..., b, :]).norm(dim=-1) for a, b in INNER_PAIRS)
+    return d / 3.0 / inter_ocular(x)
+
+
+def _masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(v.dtype)
+    return (v * m).sum() / m.sum().clamp_min(1.0)
+
+
+def _mouth_about_head(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, 68, 2) -> (B, T, 20, 2) mouth points about the rigid centroid, in IOD."""
+    centre = x[..., RIGID, :].mean(dim=-2, keepdim=True)
+    return (x[..., MOUTH, :] - centre) / inter_ocular(x)[..., None, None]
+
+
+def rest_terms(fake: torch.Tensor, rest: torch.Tensor, x_ref: torch.Tensor, gap_target: float = 0.02) -> dict:
+    """Rest terms over the frames where `rest` is True.
+
+    Args:
+        fake: (B, T, 68, 2) generated frames; rest: (B, T) bool; x_ref: (B, 68, 2) the stream's reference face.
+    Returns:
+        {"rest_gap": mean hinge max(gap − gap_target, 0) (IOD), "rest_still": mean squared mouth velocity about
+        the head (IOD² per frame²), "rest_pose": mean squared offset of the rigid points from the reference's
+        (IOD²)}.
+    """
+    gap = lip_gap(fake)
+    out = {"rest_gap": _masked_mean(torch.relu(gap - gap_target), rest)}
+    mouth = _mouth_about_head(fake)
+    vel = ((mouth[:, 1:] - mouth[:, :-1]) ** 2).sum(-1).mean(-1)  # (B, T-1)
+    out["rest_still"] = _masked_mean(vel, rest[:, 1:] & rest[:, :-1])
+    iod = inter_ocular(x_ref)[:, None, None, None]
+    off = ((fake[..., RIGID, :] - x_ref[:, None, RIGID, :]) / iod) ** 2
+    out["rest_pose"] = _masked_mean(off.sum(-1).mean(-1), rest)
+    return out
+
+
+def _masked_std(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) values, (B, T) mask -> (B,) standard deviation over the masked frames of each row."""
+    m = mask.to(v.dtype)
+    n = m.sum(1).clamp_min(1.0)
+    mean = (v * m).sum(1) / n
+    return torch.sqrt((((v - mean[:, None]) ** 2) * m).sum(1) / n + 1e-8)
+
+
+def articulation_terms(fake: torch.Tensor, real: torch.Tensor, speech: torch.Tensor, min_frames: int = 12) -> dict:
+    """Articulation terms over speech frames.
+
+    Args:
+        fake, real: (B, T, 68, 2) generated and ground-truth frames; speech: (B, T) bool.
+        min_frames: rows with fewer speech frames are left out of the amplitude term.
+    Returns:
+        {"mouth_shape": mean squared error of the mouth points about their centroid (IOD²), "mouth_gap": mean
+        |gap − gap_gt| (IOD), "mouth_amplitude": mean over rows of |log(std gap / std gap_gt)|}.
+    """
+
+    def shape(x: torch.Tensor) -> torch.Tensor:
+        m = x[..., MOUTH, :]
+        return (m - m.mean(dim=-2, keepdim=True)) / inter_ocular(x)[..., None, None]
+
+    out = {"mouth_shape": _masked_mean(((shape(fake) - shape(real)) ** 2).sum(-1).mean(-1), speech)}
+    g_fake, g_real = lip_gap(fake), lip_gap(real)
+    out["mouth_gap"] = _masked_mean((g_fake - g_real).abs(), speech)
+    rows = speech.sum(1) >= min_frames
+    ratio = torch.log(_masked_std(g_fake, speech) / _masked_std(g_real, speech).clamp_min(1e-3))
+    out["mouth_amplitude"] = _masked_mean(ratio.abs(), rows)
+    return out
+
+
+def head_terms(fake: torch.Tensor, real: torch.Tensor, rows: torch.Tensor, scale_frames: int = 8) -> dict:
+    """Head terms over whole windows of speech.
+
+    Args:
+        fake, real: (B, T, 68, 2); rows: (B,) bool, the windows to use (all frames speech).
+        scale_frames: the centroid is averaged over this many frames before differencing (8 = 320 ms).
+    Returns:
+        {"head_energy": |log(E_fake / E_gt)| with E the mean squared velocity of the smoothed rigid centroid over
+        the selected rows (IOD² per frame²), "head_mean": mean squared offset between the window-mean rigid
+        points of fake and ground truth (IOD²)}.
+    """
+    if not bool(rows.any()):
+        zero = fake.sum() * 0.0
+        return {"head_energy": zero, "head_mean": zero}
+    f, r = fake[rows], real[rows]
+    iod = inter_ocular(r).mean(dim=1)[:, None, None]  # (b, 1, 1)
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        c = x[..., RIGID, :].mean(dim=-2) / iod  # (b, T, 2)
+        c = torch.nn.functional.avg_pool1d(c.transpose(1, 2), scale_frames, stride=1).transpose(1, 2)
+        return ((c[:, 1:] - c[:, :-1]) ** 2).sum(-1).mean()
+
+    e_f, e_r = energy(f), energy(r).detach()
+    out = {"head_energy": torch.log((e_f + 1e-10) / (e_r + 1e-10)).abs()}
+    mean_f = f[..., RIGID, :].mean(dim=1) / iod
+    mean_r = r[..., RIGID, :].mean(dim=1) / iod
+    out["head_mean"] = ((mean_f - mean_r) ** 2).sum(-1).mean()
+    return out
