@@ -203,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     from training.eval.report import write_json
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--max-clips", type=int, default=0)
+    ap.add_argument(
+        "--out",
+        required=True,
+        help="output folder for planted_viewer.json/.md (the committed ones: benchmarks/results)",
+    )
+    ap.add_argument("--max-clips", type=int, default=0, help="only the first N test clips (0 = all)")
     args = ap.parse_args(argv)
     result = run(Path(args.out), args.max_clips)
     md = markdown(result)

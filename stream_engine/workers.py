@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
 import sys
@@ -84,13 +85,32 @@ def _worker_main(data: dict[str, Any], index: int) -> None:
     sys.exit(code)
 
 
+MAX_WORKERS_PER_CPU = 4
+
+
+def max_workers() -> int:
+    """The most workers `run_workers` starts: MAX_WORKERS_PER_CPU per CPU this process may run on."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return MAX_WORKERS_PER_CPU * max(1, cpus)
+
+
 def run_workers(cfg: StreamConfig) -> int:
     """Start `cfg.workers` worker processes on one port and wait for them. When one ends (its input ended,
     `duration_s`, an error) or SIGINT/SIGTERM arrives, the others are asked to stop (SIGTERM) and awaited.
-    Returns the largest worker exit code. Raises WorkersError."""
+    Returns the largest worker exit code (see worker_exit_code). Raises WorkersError when workers < 1 or
+    > max_workers(), or when the port cannot be bound."""
     n = int(cfg.workers)
     if n < 1:
         raise WorkersError("workers must be >= 1")
+    limit = max_workers()
+    if n > limit:
+        raise WorkersError(
+            f"workers = {n} is more than {limit} ({MAX_WORKERS_PER_CPU} per CPU of this machine): every worker loads "
+            "its own model and engine; use one worker per core (see SCALING.md)"
+        )
     reserved = reserve_port(cfg.server.host, cfg.server.port)
     port = reserved.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
@@ -100,13 +120,12 @@ def run_workers(cfg: StreamConfig) -> int:
         )
         for i in range(n)
     ]
-    stopping = False
+    signalled: set[int] = set()  # workers this supervisor asked to stop (SIGTERM) or killed after the grace
 
     def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for p in procs:
+        for i, p in enumerate(procs):
             if p.is_alive():
+                signalled.add(i)
                 p.terminate()  # SIGTERM: the worker closes its streams and exits
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -116,19 +135,33 @@ def run_workers(cfg: StreamConfig) -> int:
         host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "") else cfg.server.host
         print(f"msync stream: {n} workers sharing http://{host}:{port}/ (SO_REUSEPORT)", file=sys.stderr, flush=True)
         multiprocessing.connection.wait([p.sentinel for p in procs])
-        if not stopping:
-            stop()
-        for p in procs:
+        stop()
+        for i, p in enumerate(procs):
             p.join(timeout=15)
             if p.is_alive():
+                signalled.add(i)
                 p.kill()
                 p.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         reserved.close()
-    codes = [p.exitcode or 0 for p in procs]
-    # a worker ended by a signal we sent it (after its siblings stopped) is a clean stop; any other signal is not
-    return max(
-        0 if c < 0 and stopping and -c in (signal.SIGTERM, signal.SIGKILL) else (1 if c < 0 else c) for c in codes
-    )
+    return worker_exit_code([p.exitcode or 0 for p in procs], signalled)
+
+
+def worker_exit_code(codes: list[int], signalled: set[int]) -> int:
+    """The supervisor's exit code from its workers' exit codes (negative = ended by that signal) and the indices
+    of the workers it signalled itself. A worker ended by a signal the supervisor sent is a clean stop; a worker
+    killed by any other signal (a crash, the OOM killer, `kill -9`) counts as 1 and is reported on stderr, as is
+    a nonzero exit code. Returns the largest code."""
+    worst = 0
+    for i, c in enumerate(codes):
+        if c < 0 and i in signalled and -c in (signal.SIGTERM, signal.SIGKILL):
+            continue
+        if c < 0:
+            print(f"msync stream: worker {i} was killed by signal {-c}; the others were stopped", file=sys.stderr)
+            c = 1
+        elif c != 0:
+            print(f"msync stream: worker {i} exited with code {c}; the others were stopped", file=sys.stderr)
+        worst = max(worst, c)
+    return worst

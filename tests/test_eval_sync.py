@@ -198,3 +198,21 @@ def test_teacher_input_syncers_score_on_teacher_features(shared_data, tmp_path, 
     (whole,) = features_at_mfcc_rate([segs[0].audio], cache_dir=default_cache_dir())
     k = seqs[0].start_frame - segs[0].start_frame
     np.testing.assert_array_equal(seqs[0].mfcc, whole[4 * k : 4 * (k + 40)])
+
+
+def test_checks_say_when_too_few_sequences_to_judge():
+    from training.eval.report import checks_lines
+    from training.eval.scoring import MIN_CHECK_SEQUENCES
+
+    base = {
+        "padding": "valid",
+        "gt_conf_above_static_face": [True] * 4,
+        "gt_conf_above_shuffled_audio": [True] * 4,
+        "gt_median_abs_offset_l0": 1.0,
+        "gt_median_abs_offset_l0_le_1": True,
+        "all_pass": True,
+    }
+    few = "\n".join(checks_lines({**base, "sequences": MIN_CHECK_SEQUENCES - 1}, "# Checks", "all pass"))
+    enough = "\n".join(checks_lines({**base, "sequences": MIN_CHECK_SEQUENCES}, "# Checks", "all pass"))
+    assert f"Only {MIN_CHECK_SEQUENCES - 1} sequences" in few
+    assert "Only" not in enough

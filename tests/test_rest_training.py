@@ -110,6 +110,31 @@ def test_mixing_rejects_short_windows():
         RestMixConfig(fraction=1.5)
 
 
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"kind_weights": (0, 0, 0, 0, 0)}, "at least one weight"),
+        ({"layout_weights": (0, 0, 0)}, "at least one weight"),
+        ({"grace_frames": -3}, "grace_frames"),
+        ({"min_rest_frames": 0}, "min_rest_frames"),
+        ({"under_speech_prob": 2.0}, "under_speech_prob"),
+        ({"mean_face_prob": -1.0}, "mean_face_prob"),
+    ],
+)
+def test_bad_mixing_settings_are_refused_when_the_config_is_made(bad, match):
+    with pytest.raises(ValueError, match=match):
+        RestMixConfig(fraction=0.25, **bad)
+
+
+def test_bad_training_settings_for_mixing_are_refused_when_the_config_is_made():
+    from training.train_generator import TrainGeneratorConfig
+
+    with pytest.raises(ValueError, match="does not fit in seq_len"):
+        TrainGeneratorConfig(seq_len=40, batch_size=8, rest=RestMixConfig(fraction=0.25, min_speech_frames=500))
+    with pytest.raises(ValueError, match="rest_gap_weight"):
+        TrainGeneratorConfig(batch_size=8, rest_gap_weight=-5.0)
+
+
 def _face(gap_iod: float, shift=(0.0, 0.0)) -> np.ndarray:
     """A toy face: eye corners 0.3 apart, inner lips opened by gap_iod * IOD."""
     x = np.zeros((68, 2))

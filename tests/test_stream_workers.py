@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from stream_engine.config import StreamConfig
 from stream_engine.outputs.serializers import decode_binary
-from stream_engine.workers import WorkersError, reserve_port, worker_config
+from stream_engine.workers import WorkersError, max_workers, reserve_port, run_workers, worker_config, worker_exit_code
 
 from fakes import tone
 
@@ -47,6 +47,57 @@ def test_a_taken_port_is_a_clear_error():
             reserve_port("127.0.0.1", plain.getsockname()[1])
     finally:
         plain.close()
+
+
+def test_exit_code_counts_a_crashed_worker_but_not_the_ones_the_supervisor_stopped(capsys):
+    term, kill = -int(signal.SIGTERM), -int(signal.SIGKILL)
+    assert worker_exit_code([0, term], {1}) == 0  # one ended (its duration), the other was stopped by us
+    assert worker_exit_code([term, kill], {0, 1}) == 0  # stopped, then killed after the grace
+    assert capsys.readouterr().err == ""
+    assert worker_exit_code([kill, term], {1}) == 1  # worker 0 was killed by someone else: a failure
+    assert "worker 0 was killed by signal 9" in capsys.readouterr().err
+    assert worker_exit_code([2, term], {1}) == 2  # worker 0 failed (e.g. its model did not load)
+    assert "worker 0 exited with code 2" in capsys.readouterr().err
+
+
+def test_too_many_workers_is_refused_before_any_starts():
+    with pytest.raises(WorkersError, match="per CPU"):
+        run_workers(StreamConfig(workers=max_workers() + 1))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker pids from /proc (Linux)")
+def test_a_worker_killed_from_outside_stops_the_rest_and_fails_the_supervisor():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--model", "python:fakes:FakeRunner"]
+    cmd += ["--input", "none", "--workers", "2", "--port", "0", "--quiet", "--no-vmc", "--duration", "60"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and len(workers) < 2 and proc.poll() is None:
+            time.sleep(0.2)
+            workers = [
+                c
+                for c in _children(proc.pid)
+                if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()  # not the resource tracker
+            ]
+        assert len(workers) == 2, "workers did not start"
+        time.sleep(1.0)
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert "was killed by signal 9" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _int16(audio: np.ndarray) -> bytes:

@@ -232,26 +232,42 @@ def features_at_mfcc_rate(
     config: TeacherConfig = TeacherConfig(),
     cache_dir: str | Path | None = None,
     mfcc_per_frame: int = 4,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> list[np.ndarray]:
     """Teacher features of several 16 kHz clips at the MFCC rate, so they can stand in for MFCC rows.
 
     Each clip of T frames (T * 640 samples) gives (mfcc_per_frame * T, 384) float32: row 4t + i repeats frame t's
     feature, the way MFCC rows 4t .. 4t + 3 belong to landmark frame t. One teacher is loaded for all clips, and
-    only on a cache miss.
+    only on a cache miss. `progress`: True shows a bar, False never; None (default) says on stderr how many clips
+    must be computed and where they are cached, and shows a bar, only when some are not cached yet.
     """
+    import sys
+
     from tqdm import tqdm
 
+    pcms = [np.asarray(a[: (len(a) // SAMPLES_PER_FRAME) * SAMPLES_PER_FRAME], dtype=np.float32) for a in audios]
+    paths = [
+        None if cache_dir is None or len(p) == 0 else _cache_path(cache_dir, cache_key(p, SAMPLE_RATE_HZ, config))
+        for p in pcms
+    ]
+    misses = sum(1 for p, path in zip(pcms, paths, strict=True) if len(p) and (path is None or not path.exists()))
+    if progress is None:
+        progress = misses > 0
+        if misses:
+            where = f"cached in {cache_dir}" if cache_dir is not None else "not cached"
+            print(
+                f"teacher: computing Whisper tiny.en features for {misses} of {len(pcms)} clips ({where}; "
+                "about 1 s per clip on one core, once)",
+                file=sys.stderr,
+            )
     teacher: SpeechTeacher | None = None
     out = []
-    for audio in tqdm(audios, desc="teacher", unit="clip", disable=not progress):
-        frames = len(audio) // SAMPLES_PER_FRAME
-        pcm = np.asarray(audio[: frames * SAMPLES_PER_FRAME], dtype=np.float32)
+    for pcm, path in tqdm(list(zip(pcms, paths, strict=True)), desc="teacher", unit="clip", disable=not progress):
+        frames = len(pcm) // SAMPLES_PER_FRAME
         if frames == 0:
             out.append(np.zeros((0, FEATURE_DIM), np.float32))
             continue
-        key_path = None if cache_dir is None else _cache_path(cache_dir, cache_key(pcm, SAMPLE_RATE_HZ, config))
-        if teacher is None and (key_path is None or not key_path.exists()):
+        if teacher is None and (path is None or not path.exists()):
             teacher = SpeechTeacher(config)
         feats = teacher_features(pcm, SAMPLE_RATE_HZ, config, cache_dir, teacher)
         out.append(np.repeat(feats, mfcc_per_frame, axis=0))

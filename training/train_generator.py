@@ -103,6 +103,16 @@ class TrainGeneratorConfig:
                 f"batch_size {self.batch_size} with rest.fraction {self.rest.fraction} leaves {clean} unmixed "
                 "windows; the discriminators need an even number >= 2"
             )
+        if self.rest.fraction > 0:
+            need = self.rest.min_speech_frames + self.rest.min_rest_frames
+            if need > self.seq_len:
+                raise ValueError(
+                    f"rest.min_speech_frames + rest.min_rest_frames = {need} does not fit in seq_len {self.seq_len}"
+                )
+        weights = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.endswith("_weight")}
+        negative = [name for name, w in weights.items() if w < 0]
+        if negative:
+            raise ValueError(f"loss weights must be >= 0: {', '.join(negative)}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

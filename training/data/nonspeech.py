@@ -68,6 +68,15 @@ class RestMixConfig:
             raise ValueError(f"kind_weights needs {len(KINDS)} values and layout_weights {len(LAYOUTS)}")
         if min(self.kind_weights) < 0 or min(self.layout_weights) < 0:
             raise ValueError("draw weights must be >= 0")
+        if sum(self.kind_weights) <= 0 or sum(self.layout_weights) <= 0:
+            raise ValueError("kind_weights and layout_weights each need at least one weight > 0")
+        if self.min_speech_frames < 1 or self.min_rest_frames < 1:
+            raise ValueError("min_speech_frames and min_rest_frames must be >= 1")
+        if self.grace_frames < 0:
+            raise ValueError(f"grace_frames must be >= 0, got {self.grace_frames}")
+        for name in ("under_speech_prob", "mean_face_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def _rms_to(x: np.ndarray, dbfs: float) -> np.ndarray:

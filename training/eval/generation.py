@@ -225,7 +225,7 @@ def syncer_audio_of(
     spf, k = frontend.samples_per_landmark_frame, frontend.mfcc_per_landmark_frame
     end = len(pcm) // spf if end_frame is None else end_frame
     (feats,) = features_at_mfcc_rate(
-        [np.asarray(pcm[: end * spf], np.float32)], cache_dir=default_cache_dir(), mfcc_per_frame=k
+        [np.asarray(pcm[: end * spf], np.float32)], cache_dir=default_cache_dir(), mfcc_per_frame=k, progress=False
     )
     return feats[k * first_frame :]
 

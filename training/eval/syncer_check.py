@@ -103,10 +103,17 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--syncers", action="append", required=True, metavar="NAME=PATH", help="pyramid (repeatable)")
-    ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--split", default="test", choices=("train", "val", "test"))
-    ap.add_argument("--groups", type=int, default=48)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data", default="../shared/data", help="dataset directory (default: %(default)s)")
+    ap.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="speaker-disjoint split (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--groups", type=int, default=48, help="fixed groups of clips scored per level (default: %(default)s)"
+    )
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default: %(default)s)")
     ap.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
     args = ap.parse_args(argv)
     import torch
