@@ -120,12 +120,15 @@ def run_workers(cfg: StreamConfig) -> int:
         )
         for i in range(n)
     ]
-    signalled: set[int] = set()  # workers this supervisor asked to stop (SIGTERM) or killed after the grace
+    # the signals this supervisor sent, per worker: SIGTERM to ask it to stop, SIGKILL after the grace. A worker
+    # that has just died may still look alive (its sentinel closes before it can be reaped), so a SIGTERM sent
+    # to it changes nothing and its own cause of death (say SIGKILL from outside) is still told apart
+    signalled: dict[int, set[int]] = {}
 
     def stop(*_: object) -> None:
         for i, p in enumerate(procs):
             if p.is_alive():
-                signalled.add(i)
+                signalled.setdefault(i, set()).add(signal.SIGTERM)
                 p.terminate()  # SIGTERM: the worker closes its streams and exits
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -139,7 +142,7 @@ def run_workers(cfg: StreamConfig) -> int:
         for i, p in enumerate(procs):
             p.join(timeout=15)
             if p.is_alive():
-                signalled.add(i)
+                signalled.setdefault(i, set()).add(signal.SIGKILL)
                 p.kill()
                 p.join()
     finally:
@@ -149,14 +152,14 @@ def run_workers(cfg: StreamConfig) -> int:
     return worker_exit_code([p.exitcode or 0 for p in procs], signalled)
 
 
-def worker_exit_code(codes: list[int], signalled: set[int]) -> int:
-    """The supervisor's exit code from its workers' exit codes (negative = ended by that signal) and the indices
-    of the workers it signalled itself. A worker ended by a signal the supervisor sent is a clean stop; a worker
-    killed by any other signal (a crash, the OOM killer, `kill -9`) counts as 1 and is reported on stderr, as is
-    a nonzero exit code. Returns the largest code."""
+def worker_exit_code(codes: list[int], signalled: dict[int, set[int]]) -> int:
+    """The supervisor's exit code from its workers' exit codes (negative = ended by that signal) and the signals
+    it sent each worker (index -> signal numbers). A worker ended by a signal the supervisor sent it is a clean
+    stop; a worker killed by any other signal (a crash, the OOM killer, `kill -9`) counts as 1 and is reported on
+    stderr, as is a nonzero exit code. Returns the largest code."""
     worst = 0
     for i, c in enumerate(codes):
-        if c < 0 and i in signalled and -c in (signal.SIGTERM, signal.SIGKILL):
+        if c < 0 and -c in signalled.get(i, set()):
             continue
         if c < 0:
             print(f"msync stream: worker {i} was killed by signal {-c}; the others were stopped", file=sys.stderr)

@@ -51,12 +51,16 @@ def test_a_taken_port_is_a_clear_error():
 
 def test_exit_code_counts_a_crashed_worker_but_not_the_ones_the_supervisor_stopped(capsys):
     term, kill = -int(signal.SIGTERM), -int(signal.SIGKILL)
-    assert worker_exit_code([0, term], {1}) == 0  # one ended (its duration), the other was stopped by us
-    assert worker_exit_code([term, kill], {0, 1}) == 0  # stopped, then killed after the grace
+    TERM, KILL = int(signal.SIGTERM), int(signal.SIGKILL)
+    assert worker_exit_code([0, term], {1: {TERM}}) == 0  # one ended (its duration), the other was stopped by us
+    assert worker_exit_code([term, kill], {0: {TERM}, 1: {TERM, KILL}}) == 0  # stopped; killed after the grace
     assert capsys.readouterr().err == ""
-    assert worker_exit_code([kill, term], {1}) == 1  # worker 0 was killed by someone else: a failure
+    assert worker_exit_code([kill, term], {1: {TERM}}) == 1  # worker 0 was killed by someone else: a failure
     assert "worker 0 was killed by signal 9" in capsys.readouterr().err
-    assert worker_exit_code([2, term], {1}) == 2  # worker 0 failed (e.g. its model did not load)
+    # killed from outside just before the supervisor's SIGTERM reached it (it still looked alive): still a failure
+    assert worker_exit_code([kill, term], {0: {TERM}, 1: {TERM}}) == 1
+    assert "worker 0 was killed by signal 9" in capsys.readouterr().err
+    assert worker_exit_code([2, term], {1: {TERM}}) == 2  # worker 0 failed (e.g. its model did not load)
     assert "worker 0 exited with code 2" in capsys.readouterr().err
 
 
