@@ -79,12 +79,15 @@ class RestMixConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
-def _rms_to(x: np.ndarray, dbfs: float) -> np.ndarray:
+def scale_to_dbfs(x: np.ndarray, dbfs: float) -> np.ndarray:
+    """`x` scaled so that its RMS is `dbfs` dB relative to full scale (1.0); silence stays silence."""
     rms = float(np.sqrt(np.mean(x**2)))
     return x * (10.0 ** (dbfs / 20.0) / max(rms, 1e-12))
 
 
-def _shape_spectrum(x: np.ndarray, gain_of_hz) -> np.ndarray:
+def shape_spectrum(x: np.ndarray, gain_of_hz) -> np.ndarray:
+    """`x` (16 kHz) filtered in the frequency domain: each rFFT bin times `gain_of_hz(bin frequencies in Hz)`
+    (a boolean mask is a brick-wall band)."""
     spec = np.fft.rfft(x)
     return np.fft.irfft(spec * gain_of_hz(np.fft.rfftfreq(len(x), 1.0 / SR)), n=len(x))
 
@@ -102,10 +105,10 @@ def sound(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
         white = rng.standard_normal(num_samples)
         if rng.uniform() < 0.5:
             cutoff = rng.uniform(1000.0, 6000.0)
-            x = _shape_spectrum(white, lambda f: (f <= cutoff).astype(float))
+            x = shape_spectrum(white, lambda f: (f <= cutoff).astype(float))
         else:  # pink: power falls as 1/f
-            x = _shape_spectrum(white, lambda f: 1.0 / np.sqrt(np.maximum(f, 20.0)))
-        x = _rms_to(x, rng.uniform(-60.0, -36.0))
+            x = shape_spectrum(white, lambda f: 1.0 / np.sqrt(np.maximum(f, 20.0)))
+        x = scale_to_dbfs(x, rng.uniform(-60.0, -36.0))
     elif kind == "hum":
         f0 = 50.0 if rng.uniform() < 0.5 else 60.0
         n_harm = int(rng.integers(1, 7))
@@ -114,7 +117,7 @@ def sound(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
             [np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 2 * np.pi)) / k**decay for k in range(1, n_harm + 1)],
             axis=0,
         )
-        x = _rms_to(x, rng.uniform(-55.0, -32.0))
+        x = scale_to_dbfs(x, rng.uniform(-55.0, -32.0))
     elif kind == "tones":
         root = 110.0 * 2.0 ** (rng.uniform(0, 36) / 12.0)  # A2 .. A5
         if rng.uniform() < 0.6:  # a sustained chord
@@ -134,14 +137,14 @@ def sound(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
                 fade = np.minimum(1.0, np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.01 * SR))
                 x[pos : pos + n] = (seg * fade)[: num_samples - pos]
                 pos += n
-        x = _rms_to(x, rng.uniform(-40.0, -22.0))
+        x = scale_to_dbfs(x, rng.uniform(-40.0, -22.0))
     elif kind == "breathing":
         lo, hi = rng.uniform(200.0, 600.0), rng.uniform(2000.0, 5000.0)
-        band = _shape_spectrum(rng.standard_normal(num_samples), lambda f: ((f >= lo) & (f <= hi)).astype(float))
+        band = shape_spectrum(rng.standard_normal(num_samples), lambda f: ((f >= lo) & (f <= hi)).astype(float))
         period, length = rng.uniform(2.0, 4.0), rng.uniform(0.5, 1.5)
         phase = (t + rng.uniform(0, period)) % period
         env = np.where(phase < length, np.sin(np.pi * np.minimum(phase / length, 1.0)) ** 2, 0.0)
-        x = _rms_to(band, rng.uniform(-55.0, -40.0)) * env
+        x = scale_to_dbfs(band, rng.uniform(-55.0, -40.0)) * env
     else:
         raise ValueError(f"unknown non-speech kind {kind!r}; expected one of {KINDS}")
     return np.asarray(x, np.float32)

@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from training.data.nonspeech import scale_to_dbfs, shape_spectrum
 from training.metrics import viewer as vm
 
 SR, SPF = 16000, 640
@@ -47,23 +48,12 @@ class RestConfig:
     seed: int = 0
 
 
-def _rms_to(x: np.ndarray, dbfs: float) -> np.ndarray:
-    rms = float(np.sqrt(np.mean(x**2)))
-    return x * (10.0 ** (dbfs / 20.0) / max(rms, 1e-12))
-
-
 def _lowpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
-    spec = np.fft.rfft(x)
-    f = np.fft.rfftfreq(len(x), 1.0 / SR)
-    spec[f > cutoff_hz] = 0.0
-    return np.fft.irfft(spec, n=len(x))
+    return shape_spectrum(x, lambda f: f <= cutoff_hz)
 
 
 def _band(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    spec = np.fft.rfft(x)
-    f = np.fft.rfftfreq(len(x), 1.0 / SR)
-    spec[(f < lo) | (f > hi)] = 0.0
-    return np.fft.irfft(spec, n=len(x))
+    return shape_spectrum(x, lambda f: (f >= lo) & (f <= hi))
 
 
 def sound(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -72,9 +62,9 @@ def sound(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "silence":
         x = np.zeros(num_samples)
     elif kind.startswith("noise"):
-        x = _rms_to(_lowpass(rng.standard_normal(num_samples), 2000.0), float(kind.split()[1]))
+        x = scale_to_dbfs(_lowpass(rng.standard_normal(num_samples), 2000.0), float(kind.split()[1]))
     elif kind == "hum":
-        x = _rms_to(np.sum([np.sin(2 * np.pi * 50 * k * t) / k for k in (1, 2, 3, 4)], axis=0), -40.0)
+        x = scale_to_dbfs(np.sum([np.sin(2 * np.pi * 50 * k * t) / k for k in (1, 2, 3, 4)], axis=0), -40.0)
     elif kind == "chord":
         x = np.sum(
             [
@@ -84,10 +74,10 @@ def sound(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
             ],
             axis=0,
         )
-        x = _rms_to(x, -30.0)
+        x = scale_to_dbfs(x, -30.0)
     elif kind == "breathing":
         env = np.clip(np.sin(2 * np.pi * t / 2.5 - 0.5), 0.0, None) ** 2
-        x = _rms_to(_band(rng.standard_normal(num_samples), 400.0, 3000.0), -45.0) * env / max(env.max(), 1e-9)
+        x = scale_to_dbfs(_band(rng.standard_normal(num_samples), 400.0, 3000.0), -45.0) * env / max(env.max(), 1e-9)
         x = x * 10 ** (3 / 20)  # peak bursts near -45 dBFS RMS
     else:
         raise ValueError(f"unknown non-speech kind {kind!r}; expected one of {KINDS}")
