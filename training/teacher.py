@@ -21,9 +21,11 @@ every frame sees its whole 30 s window.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,12 +216,18 @@ def teacher_features(
         teacher: a loaded teacher to reuse (built from `config` when None and the cache misses).
     A cache entry is written atomically (temporary file, then rename), so parallel writers never leave half files.
     """
-    if cache_dir is None:
-        return (teacher or SpeechTeacher(config)).features(audio, sample_rate_hz)
-    path = _cache_path(cache_dir, cache_key(audio, sample_rate_hz, config))
+    path = None if cache_dir is None else _cache_path(cache_dir, cache_key(audio, sample_rate_hz, config))
+    return _through_cache(path, lambda: (teacher or SpeechTeacher(config)).features(audio, sample_rate_hz))
+
+
+def _through_cache(path: Path | None, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """The array cached at `path`, else `compute()` stored there atomically (temporary file, then rename);
+    `path` None: computed, not cached."""
+    if path is None:
+        return compute()
     if path.exists():
         return np.load(path)
-    feats = (teacher or SpeechTeacher(config)).features(audio, sample_rate_hz)
+    feats = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, feats)
@@ -267,8 +275,11 @@ def features_at_mfcc_rate(
         if frames == 0:
             out.append(np.zeros((0, FEATURE_DIM), np.float32))
             continue
-        if teacher is None and (path is None or not path.exists()):
-            teacher = SpeechTeacher(config)
-        feats = teacher_features(pcm, SAMPLE_RATE_HZ, config, cache_dir, teacher)
+        # the cache key was hashed once, above: read or fill that path (teacher_features would hash again)
+        if path is not None and path.exists():
+            feats = np.load(path)
+        else:
+            teacher = teacher or SpeechTeacher(config)  # loaded on the first miss, then reused
+            feats = _through_cache(path, functools.partial(teacher.features, pcm, SAMPLE_RATE_HZ))
         out.append(np.repeat(feats, mfcc_per_frame, axis=0))
     return out

@@ -270,8 +270,7 @@ class ReplicaServer:
                 if conn.sender is None:
                     conn.sender = asyncio.create_task(self._sender(conn), name="msync-serve-sender")
             elif isinstance(action, AwaitCapacity):
-                if not self.engine.has_capacity(action.stream_id, action.max_pending_s):
-                    await self.engine.wait_capacity(action.stream_id, action.max_pending_s)
+                await self.engine.wait_capacity(action.stream_id, action.max_pending_s)  # returns at once with room
                 if action.stream_id in conn.queue.keep_all:
                     limit = int(action.max_pending_s * self.engine.contract.fps)
                     await self._queue_below(conn, action.stream_id, limit)
