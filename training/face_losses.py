@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from stream_engine.signals import RIGID_POINTS
+from training.metrics.viewer import HEAD_POINTS as RIGID
+from training.metrics.viewer import INNER_LIP_PAIRS as INNER_PAIRS
 
 MOUTH = list(range(48, 68))
-INNER_PAIRS = ((61, 67), (62, 66), (63, 65))
-RIGID = list(RIGID_POINTS)
 
 
 def inter_ocular(x: torch.Tensor) -> torch.Tensor:

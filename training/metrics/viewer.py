@@ -29,6 +29,7 @@ BILABIALS = ("P", "B", "M")
 # Head position: the points the engine fits head rotation to (upper jaw line, nose, eye corners), none of which
 # moves with the jaw, so a mouth that opens does not count as head motion.
 HEAD_POINTS = list(RIGID_POINTS)
+INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))  # upper/lower inner-lip points whose distances make the gap
 
 
 def _check(x: np.ndarray) -> np.ndarray:
@@ -47,7 +48,7 @@ def inter_ocular(x: np.ndarray) -> np.ndarray:
 def lip_gap(x: np.ndarray) -> np.ndarray:
     """(T, 68, 2) -> (T,) inner-lip gap over the inter-ocular distance (see module doc)."""
     x = _check(x)
-    d = sum(np.linalg.norm(x[:, a] - x[:, b], axis=-1) for a, b in ((61, 67), (62, 66), (63, 65)))
+    d = sum(np.linalg.norm(x[:, a] - x[:, b], axis=-1) for a, b in INNER_LIP_PAIRS)
     return d / 3.0 / inter_ocular(x)
 
 
