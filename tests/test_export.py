@@ -50,7 +50,7 @@ def test_export_writes_one_checked_file_with_the_contract(exported):
     states = {s.name: (s.shape, s.init, s.next_name) for s in contract.states}
     assert states == {
         "audio_carry": (("B", 352), "zeros", "audio_carry_next"),
-        "conv_cache": (("B", g.cfg.audio_channels, g.cfg.conv_cache_frames), "zeros", "conv_cache_next"),
+        "conv_cache": (("B", g.cfg.conv_cache_frames, g.cfg.audio_channels), "zeros", "conv_cache_next"),
         "h": (("B", 256), "uniform(0,1)", "h_next"),
         "c": (("B", 256), "uniform(0,1)", "c_next"),
         "prev_landmarks": (("B", 68, 2), "reference_face", "prev_landmarks_next"),
@@ -97,7 +97,7 @@ def _with_metadata(src, dst, **changes):
 def test_runner_refuses_models_that_do_not_match_their_contract(exported, tmp_path):
     path, _, contract = exported
     states = json.loads(contract.to_metadata()["msync.states"])
-    states[1]["shape"] = ["B", 64, 48]  # conv_cache channel count the graph does not have
+    states[1]["shape"] = ["B", 48, 64]  # conv_cache channel count the graph does not have
     with pytest.raises(ContractError, match="conv_cache"):
         OnnxStepRunner(_with_metadata(path, tmp_path / "a.onnx", states=json.dumps(states)))
     with pytest.raises(ContractError, match="version"):
