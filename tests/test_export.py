@@ -38,6 +38,16 @@ def test_export_writes_one_checked_file_with_the_contract(exported):
     assert {(o.domain, o.version) for o in model.opset_import} >= {("", 18)}
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"STFT", "DFT"} and "MatMul" in ops
+    # The DFT product reads only the Hann window's rows (the others are zero), and the four frames of a step are
+    # sliced, not gathered element-wise from the audio (the costliest node of the step before).
+    dft = [i for i in model.graph.initializer if i.name.endswith("mfcc.dft")]
+    assert len(dft) == 1 and tuple(dft[0].dims) == (400, 2 * 257)
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    shapes.update(
+        {n.output[0]: tuple(a.t.dims) for n in model.graph.node if n.op_type == "Constant" for a in n.attribute}
+    )
+    gathers = [shapes.get(n.input[1]) for n in model.graph.node if n.op_type == "Gather"]
+    assert all(s is not None and len(s) <= 1 for s in gathers), gathers  # no (frames, samples) index table
     meta = {p.key: p.value for p in model.metadata_props}
     for key in REQUIRED_KEYS:
         assert isinstance(meta[f"msync.{key}"], str)

@@ -358,8 +358,10 @@ class Generator(nn.Module):
             # cached frame) and the new frame. A multiply and a sum export far cheaper than a Conv node with a
             # single output column (which dominated batched ORT steps).
             weight = block.dwconv.weight[:, 0, :]  # (C, k)
-            conv = (cache[:, ::d, :] * weight[:, :-1].t()).sum(dim=1) + x * weight[:, -1] + cast(
-                torch.Tensor, block.dwconv.bias
+            conv = (
+                (cache[:, ::d, :] * weight[:, :-1].t()).sum(dim=1)
+                + x * weight[:, -1]
+                + cast(torch.Tensor, block.dwconv.bias)
             )
             caches += [cache[:, 1:, :], x[:, None, :]]
             x = block.mix_frame(conv, x)  # (B, C)
