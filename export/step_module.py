@@ -70,7 +70,7 @@ def state_specs(generator: Generator) -> tuple[StateSpec, ...]:
     noise = "uniform(0,1)" if cfg.init_noise == "uniform" else "zeros"
     shapes = {
         "audio_carry": ((BATCH, fe.context_samples), "zeros"),
-        "conv_cache": ((BATCH, cfg.audio_channels, cfg.conv_cache_frames), "zeros"),
+        "conv_cache": ((BATCH, cfg.conv_cache_frames, cfg.audio_channels), "zeros"),
         "h": ((BATCH, cfg.lstm_hidden), noise),
         "c": ((BATCH, cfg.lstm_hidden), noise),
         "prev_landmarks": ((BATCH, cfg.num_landmarks, 2), "reference_face"),

@@ -18,10 +18,11 @@ making a variant the CPU default: on `msync eval` (test split) its AV-Conf at ev
 float32 export's, M-LMD within 0.5 px, plausibility within 0.5 points (short sequences and the 10-minute
 rollout), no non-finite frame, and the landmark difference to float32 over 60 s of test-split speech, and to
 itself batched vs alone, stays below 0.01 (normalised units; ~2.6 px of a 256 crop). int8 meets it
-(benchmarks/results/precision_variants.md: max 4.7e-3 / mean 3.4e-4 over 3 x 60 s; AV-Conf equal to 0.003 at
-every scale; M-LMD 17.79 vs 17.80 px; plausible 99.4 vs 99.5 %) and runs 1.4-2.5x the float32 streams per core.
+(benchmarks/results/precision_variants.md: max 5.0e-3 / mean 3.4e-4 over 3 x 60 s; AV-Conf equal to 0.004 at
+every scale; M-LMD 17.79 vs 17.80 px; plausible 99.4 vs 99.5 %) and runs 1.5-3.2x the float32 streams per core
+(911 per core at B = 64 by CPU time).
 
-int8 outputs depend slightly on the batch (up to 3e-3 over 60 s: per-batch activation scales, and float
+int8 outputs depend slightly on the batch (up to 5e-3 over 60 s: per-batch activation scales, and float
 rounding between batch sizes flipping int8 rounding steps); choose fp32 for results that must not depend on
 which streams share a step.
 """

@@ -38,6 +38,16 @@ def test_export_writes_one_checked_file_with_the_contract(exported):
     assert {(o.domain, o.version) for o in model.opset_import} >= {("", 18)}
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"STFT", "DFT"} and "MatMul" in ops
+    # The DFT product reads only the Hann window's rows (the others are zero), and the four frames of a step are
+    # sliced, not gathered element-wise from the audio (the costliest node of the step before).
+    dft = [i for i in model.graph.initializer if i.name.endswith("mfcc.dft")]
+    assert len(dft) == 1 and tuple(dft[0].dims) == (400, 2 * 257)
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    shapes.update(
+        {n.output[0]: tuple(a.t.dims) for n in model.graph.node if n.op_type == "Constant" for a in n.attribute}
+    )
+    gathers = [shapes.get(n.input[1]) for n in model.graph.node if n.op_type == "Gather"]
+    assert all(s is not None and len(s) <= 1 for s in gathers), gathers  # no (frames, samples) index table
     meta = {p.key: p.value for p in model.metadata_props}
     for key in REQUIRED_KEYS:
         assert isinstance(meta[f"msync.{key}"], str)
@@ -50,7 +60,7 @@ def test_export_writes_one_checked_file_with_the_contract(exported):
     states = {s.name: (s.shape, s.init, s.next_name) for s in contract.states}
     assert states == {
         "audio_carry": (("B", 352), "zeros", "audio_carry_next"),
-        "conv_cache": (("B", g.cfg.audio_channels, g.cfg.conv_cache_frames), "zeros", "conv_cache_next"),
+        "conv_cache": (("B", g.cfg.conv_cache_frames, g.cfg.audio_channels), "zeros", "conv_cache_next"),
         "h": (("B", 256), "uniform(0,1)", "h_next"),
         "c": (("B", 256), "uniform(0,1)", "c_next"),
         "prev_landmarks": (("B", 68, 2), "reference_face", "prev_landmarks_next"),
@@ -97,7 +107,7 @@ def _with_metadata(src, dst, **changes):
 def test_runner_refuses_models_that_do_not_match_their_contract(exported, tmp_path):
     path, _, contract = exported
     states = json.loads(contract.to_metadata()["msync.states"])
-    states[1]["shape"] = ["B", 64, 48]  # conv_cache channel count the graph does not have
+    states[1]["shape"] = ["B", 48, 64]  # conv_cache channel count the graph does not have
     with pytest.raises(ContractError, match="conv_cache"):
         OnnxStepRunner(_with_metadata(path, tmp_path / "a.onnx", states=json.dumps(states)))
     with pytest.raises(ContractError, match="version"):

@@ -5,6 +5,7 @@ parses under TensorRT.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,18 +28,39 @@ class TorchMfcc(nn.Module):
         super().__init__()
         self.cfg = cfg
         m = frontend_matrices(cfg)
-        # One (n_fft, 2 * bins) product gives real and imaginary parts together.
-        dft = torch.tensor(__import__("numpy").concatenate([m["dft_cos"], m["dft_sin"]], axis=1), dtype=torch.float32)
-        self.register_buffer("dft", dft, persistent=False)
+        # The Hann window of `win_length` samples sits centred in the `n_fft` frame, so the DFT rows outside it
+        # are zero: keep only the window's rows (and read only the window's samples), which gives the same
+        # spectrum for (win_length / n_fft) of the multiply-adds. One (win_length, 2 * bins) product gives real
+        # and imaginary parts together.
+        self.window_offset = (cfg.n_fft - cfg.win_length) // 2
+        rows = slice(self.window_offset, self.window_offset + cfg.win_length)
+        dft = np.concatenate([m["dft_cos"][rows], m["dft_sin"][rows]], axis=1)
+        assert not np.any(m["window"][: self.window_offset]) and not np.any(m["window"][rows.stop :])
+        self.register_buffer("dft", torch.tensor(dft, dtype=torch.float32), persistent=False)
         self.register_buffer("mel", torch.tensor(m["mel"], dtype=torch.float32), persistent=False)
         self.register_buffer("dct", torch.tensor(m["dct"], dtype=torch.float32), persistent=False)
         self.num_bins = cfg.n_fft // 2 + 1
         self.log_floor = cfg.log_floor
 
+    def frames(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, context + hop*F) PCM -> (B, F, win_length): the samples under each frame's window.
+
+        A stream step has F = 4 frames: there they are taken as F slices (an ONNX Slice + Concat, plain copies),
+        not `unfold`, which exports as an element-wise Gather that cost more than the DFT product itself at
+        B = 64 (benchmarks/results/step_frontend.md). Both forms give the same frames.
+        """
+        cfg, off = self.cfg, self.window_offset
+        num = (audio.shape[-1] - cfg.n_fft) // cfg.hop_length + 1
+        if num <= 8:
+            starts = [off + j * cfg.hop_length for j in range(num)]
+            return torch.stack([audio[..., s : s + cfg.win_length] for s in starts], dim=-2)
+        return audio[..., off : off + (num - 1) * cfg.hop_length + cfg.win_length].unfold(
+            -1, cfg.win_length, cfg.hop_length
+        )
+
     def logmel(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, context + hop*F) PCM -> (B, F, n_mels) log-mel dB."""
-        frames = audio.unfold(-1, self.cfg.n_fft, self.cfg.hop_length)  # (B, F, n_fft)
-        spec = frames @ self.dft  # (B, F, 2*bins)
+        spec = self.frames(audio) @ self.dft  # (B, F, 2*bins)
         re, im = spec[..., : self.num_bins], spec[..., self.num_bins :]
         power = re * re + im * im
         mel = torch.clamp(power @ self.mel, min=self.log_floor)

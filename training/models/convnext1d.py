@@ -46,6 +46,10 @@ class ConvNeXtBlock1d(nn.Module):
         y = self.pw2(F.gelu(self.pw1(y)))
         return residual + y.transpose(1, 2)
 
+    def mix_frame(self, conv_out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """`mix` for a single frame without a time axis: (B, C) conv output + (B, C) input -> (B, C)."""
+        return residual + self.pw2(F.gelu(self.pw1(self.norm(conv_out))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = self.receptive_pad
         padded = F.pad(x, (pad, 0)) if self.causal else F.pad(x, (pad // 2, pad - pad // 2), mode="replicate")

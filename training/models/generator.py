@@ -92,7 +92,7 @@ class GeneratorConfig:
 
     @property
     def conv_cache_frames(self) -> int:
-        """Total cached input columns over all audio blocks (the width of the `conv_cache` state)."""
+        """Total cached input frames over all audio blocks (dimension 1 of the `conv_cache` state)."""
         return sum((self.audio_kernel - 1) * d for dils in self.level_dilations for d in dils)
 
 
@@ -100,7 +100,9 @@ class StepState(NamedTuple):
     """Everything a stream remembers between steps. Batch is dimension 0 of every tensor.
 
     audio_carry: (B, 352) last PCM samples (MFCC window overlap).
-    conv_cache: (B, C, conv_cache_frames) inputs of every causal audio block for its last (k-1)*d frames.
+    conv_cache: (B, conv_cache_frames, C) inputs of every causal audio block for its last (k-1)*d frames, block
+        after block, oldest first; each frame's C channels are contiguous, so a step's reads and writes of the
+        cache are whole-row copies.
     h, c: (B, lstm_hidden) LSTM state.
     prev_landmarks: (B, 68, 2) the last emitted frame (the reference face before the first one).
     frames_seen: (B, 1) float count of audio frames consumed, saturating at L (the look-ahead warm-up).
@@ -326,7 +328,7 @@ class Generator(nn.Module):
             c0 = torch.zeros(b, self.cfg.lstm_hidden, device=dev)
         return StepState(
             audio_carry=torch.zeros(b, self.frontend.context_samples, device=dev),
-            conv_cache=torch.zeros(b, self.cfg.audio_channels, self.cfg.conv_cache_frames, device=dev),
+            conv_cache=torch.zeros(b, self.cfg.conv_cache_frames, self.cfg.audio_channels, device=dev),
             h=h0,
             c=c0,
             prev_landmarks=x_ref,
@@ -346,24 +348,26 @@ class Generator(nn.Module):
         """
         ctx = self.frontend.context_samples
         buf = torch.cat([state.audio_carry, audio_new], dim=1)  # (B, 352 + 640)
-        x = self._stem(self.mfcc(buf))  # (B, C, 1)
+        x = self._stem(self.mfcc(buf))[:, :, 0]  # (B, C)
         caches, offset = [], 0
         levels: list[Any] = [None] * len(self.cfg.level_dilations)
         for block, lvl in zip(cast("list[ConvNeXtBlock1d]", self.blocks), self.block_level):
-            pad = block.receptive_pad
-            cache = state.conv_cache[:, :, offset : offset + pad]
-            window = torch.cat([cache, x], dim=2)  # (B, C, pad + 1)
-            # The depthwise conv producing one column is k taps times weights: a multiply and a sum export far
-            # cheaper than a Conv node with a single output column (which dominated batched ORT steps).
-            taps = window[:, :, :: block.dilation]  # (B, C, k)
-            conv = (taps * block.dwconv.weight[:, 0, :]).sum(dim=2, keepdim=True) + cast(
-                torch.Tensor, block.dwconv.bias
-            )[:, None]
-            x = block.mix(conv, x)  # (B, C, 1)
-            caches.append(window[:, :, 1:])
+            pad, d = block.receptive_pad, block.dilation
+            cache = state.conv_cache[:, offset : offset + pad, :]  # (B, pad, C), oldest first
+            # The depthwise conv producing one frame is k taps times weights: the cached taps (every d-th
+            # cached frame) and the new frame. A multiply and a sum export far cheaper than a Conv node with a
+            # single output column (which dominated batched ORT steps).
+            weight = block.dwconv.weight[:, 0, :]  # (C, k)
+            conv = (
+                (cache[:, ::d, :] * weight[:, :-1].t()).sum(dim=1)
+                + x * weight[:, -1]
+                + cast(torch.Tensor, block.dwconv.bias)
+            )
+            caches += [cache[:, 1:, :], x[:, None, :]]
+            x = block.mix_frame(conv, x)  # (B, C)
             levels[lvl] = x
             offset += pad
-        audio = torch.stack([levels[l][:, :, 0] for l in self.cfg.branch_levels], dim=1)  # (B, G, C)
+        audio = torch.stack([levels[l] for l in self.cfg.branch_levels], dim=1)  # (B, G, C)
         x_new, h_new, c_new = self.advance(state.prev_landmarks, state.reference_landmarks, state.h, state.c, audio)
         # Until L frames of look-ahead have arrived there is no frame to emit: keep the landmark state still.
         ready = state.frames_seen >= self.cfg.lookahead_frames  # (B, 1)
@@ -372,7 +376,7 @@ class Generator(nn.Module):
         c_out = torch.where(ready, c_new, state.c)
         seen = torch.clamp(state.frames_seen + 1.0, max=float(self.cfg.lookahead_frames))
         next_state = StepState(
-            buf[:, -ctx:], torch.cat(caches, dim=2), h_out, c_out, x_out, seen, state.reference_landmarks
+            buf[:, -ctx:], torch.cat(caches, dim=1), h_out, c_out, x_out, seen, state.reference_landmarks
         )
         return x_out, next_state
 
