@@ -69,7 +69,8 @@ def _psd_sqrt(s: np.ndarray) -> np.ndarray:
 
 
 def motion_features(pyr, landmarks: np.ndarray, lvl: int, batch_size: int = 1024) -> np.ndarray:
-    """Motion-encoder features of one sequence: every stride-1 window of 5 level-`lvl` samples.
+    """Motion-encoder features of one sequence: every stride-1 window of 5 level-`lvl` samples (at a full-rate
+    level of the pyramid: the 5 · 2^l frames of the same span, one window per level-`lvl` sample).
 
     Args:
         pyr: a `training.models.syncer.SyncerPyramid` (the metric syncers), in eval mode.
@@ -79,16 +80,18 @@ def motion_features(pyr, landmarks: np.ndarray, lvl: int, batch_size: int = 1024
     """
     import torch
 
+    from training.metrics.sync import level_window
+
     cfg = pyr.cfg
     x = np.asarray(landmarks, dtype=np.float32)
     if hasattr(pyr, "prepare_sequence"):  # the same sequence-level centring as in av_sync / training
         x = np.asarray(pyr.prepare_sequence(x), dtype=np.float32)
-    x_l = pyramid.level(x, lvl, cfg.pyramid_kernel)
-    nl = cfg.landmark_frames
-    n = len(x_l) - nl + 1
+    src, nl, _, hop = level_window(cfg, lvl)  # a full-rate level reads level 0 over 5 · 2^l frames
+    x_l = pyramid.level(x, src, cfg.pyramid_kernel)
+    n = (len(x_l) - nl) // hop + 1
     if n <= 0:
         return np.zeros((0, cfg.embed_dim))
-    idx = np.arange(n)[:, None] + np.arange(nl)[None, :]
+    idx = hop * np.arange(n)[:, None] + np.arange(nl)[None, :]
     windows = x_l[idx]  # (N, 5, 68, 2)
     try:
         dev = next(pyr.parameters()).device

@@ -52,6 +52,15 @@ class SyncerConfig:
             100 Hz. "teacher": the Whisper tiny.en encoder features of `training/teacher.py` (384-d, one per
             25 fps frame, each repeated over that frame's 4 MFCC rows; set n_mfcc = 384). Not causal and too
             costly for the step, so for evaluation syncers only.
+        full_rate_levels: levels whose encoders read the full-rate inputs over their span instead of the
+            pyramid's pooled samples: 5 · 2^l landmark frames at 25 fps and 20 · 2^l audio rows at 100 Hz (1600
+            ms = 40 frames at level 3), windows and offsets still stepping by one level-l sample (2^l frames).
+            Each encoder projects every frame on its own (`frame_proj` channels, GELU), concatenates each run of
+            2^l frames into one sample (a convolution of kernel and stride 2^l) and runs the level's usual
+            encoder over the 5 (20) samples. Pooling the input over 7 samples per level removes the lips'
+            movement at the coarse levels (level 3 is smoothed to about 3 Hz); these levels keep it. Level 0 is
+            the same either way. Empty (default) = every level reads its pyramid level (paper §3.1).
+        frame_proj: per-frame projection width of the full-rate levels' encoders.
     """
 
     num_levels: int = 4
@@ -72,8 +81,17 @@ class SyncerConfig:
     mouth_emphasis: bool = False
     iod_scale: bool = False
     audio_input: str = "mfcc"
+    full_rate_levels: tuple[int, ...] = ()
+    frame_proj: int = 64
 
     def __post_init__(self) -> None:
+        levels = tuple(self.full_rate_levels)
+        if any(not 0 <= lvl < self.num_levels for lvl in levels) or len(set(levels)) != len(levels):
+            raise ValueError(
+                f"full_rate_levels must be distinct levels in 0..{self.num_levels - 1}, got {list(levels)}"
+            )
+        if self.frame_proj < 1:
+            raise ValueError(f"frame_proj must be >= 1, got {self.frame_proj}")
         if self.audio_input not in ("mfcc", "teacher"):
             raise ValueError(f"unknown audio_input {self.audio_input!r}")
         if self.landmark_centering not in ("sequence", "shape", "position", "window"):
@@ -94,27 +112,72 @@ class SyncerConfig:
     def segment_ms(self) -> list[float]:
         return [self.landmark_frames * 40.0 * 2**lvl for lvl in range(self.num_levels)]
 
+    def input_level(self, lvl: int) -> int:
+        """The pyramid level level `lvl` reads its windows from: 0 for a full-rate level, else `lvl`."""
+        return 0 if lvl in self.full_rate_levels else lvl
+
+    def window(self, lvl: int) -> tuple[int, int, int]:
+        """(landmark samples, audio rows, hop in input samples) of one level-`lvl` window, on the sequences of
+        pyramid level `input_level(lvl)`: (5, 20, 1) on a pyramid level, (5 · 2^l, 20 · 2^l, 2^l) at full rate.
+        Consecutive windows start `hop` landmark samples (4 · hop audio rows) apart: one level-l sample."""
+        if lvl in self.full_rate_levels:
+            return self.landmark_frames << lvl, self.audio_frames << lvl, 1 << lvl
+        return self.landmark_frames, self.audio_frames, 1
+
+
+class StridedEncoder(nn.Module):
+    """The encoder of a full-rate level (see `SyncerConfig.full_rate_levels`): (N, stride · T, in_dim) -> (N, out_dim).
+
+    Every input row is projected on its own (Linear + GELU to `proj` channels), each run of `stride` rows is
+    concatenated into one sample (a convolution of kernel and stride `stride` after the projection), and an
+    :class:`Encoder1d` reads the T samples.
+    """
+
+    def __init__(
+        self, in_dim: int, stride: int, proj: int, widths: tuple[int, ...], depths: tuple[int, ...], out_dim: int
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.proj = nn.Sequential(nn.Linear(in_dim, proj), nn.GELU())
+        self.encoder = Encoder1d(stride * proj, widths, depths, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+        if t % self.stride:
+            raise ValueError(f"expected a multiple of {self.stride} rows, got {t}")
+        h = self.proj(x)
+        return self.encoder(h.reshape(n, t // self.stride, self.stride * h.shape[-1]))
+
 
 class Syncer(nn.Module):
-    """One level: `embed_audio` (N, 20, n_mfcc) and `embed_landmarks` (N, 5, 68, 2) -> (N, embed_dim)."""
+    """One level: `embed_audio` (N, A, n_mfcc) and `embed_landmarks` (N, L, 2 · landmark_point_dim) -> (N, embed_dim),
+    with (L, A) = (5, 20) for a pyramid level and (5 · 2^l, 20 · 2^l) for a full-rate level (`SyncerConfig.window`)."""
 
-    def __init__(self, cfg: SyncerConfig) -> None:
+    def __init__(self, cfg: SyncerConfig, lvl: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        self.audio_encoder = Encoder1d(cfg.n_mfcc, cfg.audio_widths, cfg.audio_depths, cfg.embed_dim)
         # Per frame: standardised segment-centred positions and velocities (2 x 136 features, + 2 x 40 with the
         # mouth copy).
-        self.landmark_encoder = Encoder1d(
-            2 * cfg.landmark_point_dim, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim
-        )
+        lm_dim = 2 * cfg.landmark_point_dim
+        if lvl in cfg.full_rate_levels:
+            stride = 1 << lvl
+            self.audio_encoder: nn.Module = StridedEncoder(
+                cfg.n_mfcc, stride, cfg.frame_proj, cfg.audio_widths, cfg.audio_depths, cfg.embed_dim
+            )
+            self.landmark_encoder: nn.Module = StridedEncoder(
+                lm_dim, stride, cfg.frame_proj, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim
+            )
+        else:
+            self.audio_encoder = Encoder1d(cfg.n_mfcc, cfg.audio_widths, cfg.audio_depths, cfg.embed_dim)
+            self.landmark_encoder = Encoder1d(lm_dim, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim)
 
     def embed_audio(self, mfcc_norm: torch.Tensor) -> torch.Tensor:
-        """(N, 20, n_mfcc) normalised MFCC -> (N, E)."""
+        """(N, A, n_mfcc) normalised MFCC (or teacher features) -> (N, E)."""
         e = self.audio_encoder(mfcc_norm)
         return F.normalize(e, dim=-1) if self.cfg.normalise else e
 
     def embed_landmarks(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, 5, 4 * 68) landmark features (see `SyncerPyramid.landmark_features`) -> (N, E)."""
+        """(N, L, 2 * landmark_point_dim) landmark features (see `SyncerPyramid.landmark_features`) -> (N, E)."""
         e = self.landmark_encoder(features)
         return F.normalize(e, dim=-1) if self.cfg.normalise else e
 
@@ -131,7 +194,7 @@ class SyncerPyramid(nn.Module):
     def __init__(self, cfg: SyncerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.levels = nn.ModuleList([Syncer(cfg) for _ in range(cfg.num_levels)])
+        self.levels = nn.ModuleList([Syncer(cfg, lvl) for lvl in range(cfg.num_levels)])
         self.register_buffer("mfcc_mean", torch.zeros(cfg.n_mfcc))
         self.register_buffer("mfcc_std", torch.ones(cfg.n_mfcc))
         d = cfg.landmark_point_dim
@@ -180,10 +243,19 @@ class SyncerPyramid(nn.Module):
         """Embeddings of paired segments at level `lvl`.
 
         Args:
-            landmarks: (N, 5, 68, 2); mfcc: (N, 20, n_mfcc) raw MFCC (normalised here).
+            landmarks: (N, L, 68, 2); mfcc: (N, A, n_mfcc) raw MFCC (normalised here); (L, A) = (5, 20) for a
+                pyramid level, (5 · 2^l, 20 · 2^l) full-rate samples for a level in `cfg.full_rate_levels`.
         Returns:
             (audio_embeddings (N, E), landmark_embeddings (N, E)).
+        Raises:
+            ValueError: windows of another length than the level's (`cfg.window(lvl)`).
         """
+        nl, na, _ = self.cfg.window(lvl)
+        if landmarks.shape[1] != nl or mfcc.shape[1] != na:
+            raise ValueError(
+                f"level {lvl} reads windows of {nl} landmark samples and {na} audio rows, got "
+                f"{landmarks.shape[1]} and {mfcc.shape[1]}"
+            )
         syncer = cast(Syncer, self.levels[lvl])
         return syncer.embed_audio(self.normalise_mfcc(mfcc)), syncer.embed_landmarks(
             self.landmark_features(lvl, landmarks)
