@@ -224,3 +224,71 @@ def test_partial_training_copies_and_freezes_the_other_levels(shared_data, tmp_p
     train = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     keys = {k for r in train if r.get("split") == "train" for k in r if k.startswith(("loss_l", "shift_loss_l"))}
     assert keys == {"loss_l2", "loss_l3", "shift_loss_l2", "shift_loss_l3"}
+
+
+def test_composite_level_is_level_zero_over_the_tiled_span():
+    """A composite level-3 window is level 0's embeddings of its 8 consecutive 200 ms sub-windows, so the distance
+    of two windows is the RMS of level 0's sub-window distances; it has no weights of its own."""
+    from training.models.syncer import with_composite_levels
+
+    torch.manual_seed(0)
+    base = SyncerPyramid(dataclasses.replace(TINY, full_rate_levels=())).eval()
+    comp = with_composite_levels(base, (2, 3))
+    assert comp.cfg.composite_levels == (2, 3) and comp.cfg.window(3) == (40, 160, 8)
+    assert not list(comp.levels[3].parameters()) and not list(comp.levels[2].parameters())
+    assert all(torch.equal(comp.state_dict()[k], v) for k, v in base.state_dict().items() if k.startswith("levels.1."))
+    lm, mf = torch.rand(3, 40, 68, 2), torch.randn(3, 160, 26)
+    with torch.no_grad():
+        e_a, e_x = comp.embed(3, lm, mf)
+        a0, x0 = base.embed(0, lm.reshape(24, 5, 68, 2), mf.reshape(24, 20, 26))
+    assert e_a.shape == e_x.shape == (3, 8 * 16)
+    d_sub = (a0 - x0[torch.arange(24).roll(8)]).norm(dim=-1).reshape(3, 8)  # window i's audio vs window i-1's lips
+    d = (e_a - e_x.roll(1, 0)).norm(dim=-1)
+    assert torch.allclose(d, d_sub.pow(2).mean(-1).sqrt(), atol=1e-5)
+
+
+def test_composite_config_errors():
+    with pytest.raises(ValueError, match="level 0"):
+        SyncerConfig(composite_levels=(0, 3))
+    with pytest.raises(ValueError, match="either full-rate or composite"):
+        SyncerConfig(full_rate_levels=(3,), composite_levels=(3,))
+    with pytest.raises(ValueError, match="composite_levels"):
+        SyncerConfig(composite_levels=(4,))
+
+
+def test_motion_features_at_full_rate_and_composite_levels():
+    """FD-motion's features: one row per level-l sample (6 windows of 40 frames at level 3 of 80 frames); a composite
+    level's rows are 2^l · embed_dim wide, and a sequence too short for a level adds no row of the wrong width."""
+    from training.metrics.dynamics import feature_sets
+    from training.models.syncer import with_composite_levels
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    seqs = [(0.5 + 0.02 * rng.standard_normal((t, 68, 2))).astype(np.float32) for t in (80, 30)]
+    full = SyncerPyramid(TINY).eval()
+    comp = with_composite_levels(SyncerPyramid(dataclasses.replace(TINY, full_rate_levels=())), (2, 3))
+    assert [f.shape for f in feature_sets(full, seqs)] == [(76 + 26, 16), (36 + 11, 16), (16 + 3, 16), (6, 16)]
+    assert [f.shape for f in feature_sets(comp, seqs)] == [(102, 16), (47, 16), (19, 64), (6, 128)]
+
+
+def test_shipped_v4_is_v3_composed_and_the_default(tmp_path):
+    """`python -m training.compose_syncers` rebuilds the shipped v4 from v3 bit for bit (half precision), and the
+    evaluation default resolves to it."""
+    from safetensors.torch import load_file
+
+    from training.compose_syncers import compose
+    from training.eval.metric_syncers import resolve_syncers
+
+    weights = REPO / "training" / "weights"
+    meta = compose(weights / "metric_syncers_v3", (2, 3), tmp_path / "v4")
+    assert meta["syncer"]["composite_levels"] == [2, 3] and meta["composed_from"]["source_step"] == 1800
+    built, shipped = (
+        load_file(str(tmp_path / "v4.safetensors")),
+        load_file(str(weights / "metric_syncers_v4.safetensors")),
+    )
+    assert built.keys() == shipped.keys() and all(torch.equal(built[k], shipped[k]) for k in built)
+    assert all(t.dtype == torch.float16 for k, t in shipped.items() if t.is_floating_point())
+    assert not any(k.startswith(("levels.2.", "levels.3.")) for k in shipped)
+    v3 = load_file(str(weights / "metric_syncers_v3.safetensors"))
+    assert all(torch.equal(v3[k], shipped[k]) for k in shipped)
+    assert resolve_syncers("").name == "metric_syncers_v4"  # relative to the checkout, where pytest runs

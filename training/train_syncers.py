@@ -3,7 +3,9 @@
     msync train-syncers --config training/configs/syncers.json --out runs/syncers
     msync train-syncers --config training/configs/metric_syncers.json --out runs/metric_syncers        # v1
     msync train-syncers --config training/configs/metric_syncers_v2.json --out runs/metric_syncers_v2  # v2
-    msync train-syncers --config training/configs/metric_syncers_v3.json --out runs/metric_syncers_v3  # default
+    msync train-syncers --config training/configs/metric_syncers_v3.json --out runs/metric_syncers_v3  # v3
+    python -m training.compose_syncers --source training/weights/metric_syncers_v3 --levels 2 3 \
+        --out runs/metric_syncers_v4/syncers                                  # v4, the default (nothing trained)
     torchrun --nproc-per-node 2 -m training.train_syncers --set device=cpu ...     # DDP (gloo on CPU)
 
 Every level is trained at every step (one group of 49 aligned pairs per level and `groups_per_level`

@@ -226,7 +226,7 @@ def syncer_store(
         sequence_centring=sc.landmark_centering == "sequence",
         iod_scale=sc.iod_scale,
         audio_features=syncer_audio_features(segments, sc, frontend, teacher_cache),
-        full_rate_levels=tuple(sc.full_rate_levels),
+        full_rate_levels=tuple(sc.full_rate_levels) + tuple(sc.composite_levels),
     )
 
 

@@ -10,6 +10,7 @@ Two kinds are trained from the same classes:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import cast
 
 import numpy as np
@@ -61,6 +62,12 @@ class SyncerConfig:
             movement at the coarse levels (level 3 is smoothed to about 3 Hz); these levels keep it. Level 0 is
             the same either way. Empty (default) = every level reads its pyramid level (paper §3.1).
         frame_proj: per-frame projection width of the full-rate levels' encoders.
+        composite_levels: levels without encoders of their own: a window of level l reads the full-rate span
+            (as `full_rate_levels`), cuts it into the 2^l consecutive 200 ms sub-windows (5 frames, 20 audio rows)
+            that tile it, embeds each with level 0's encoders and concatenates the 2^l embeddings, divided by
+            sqrt(2^l). The distance of two such windows is the root-mean-square of level 0's distances of their
+            sub-windows: how well lips and audio agree, 200 ms at a time, over the whole span, with offsets in
+            the level's unit (40 · 2^l ms). It says nothing about slow motion that level 0 does not see.
     """
 
     num_levels: int = 4
@@ -83,12 +90,18 @@ class SyncerConfig:
     audio_input: str = "mfcc"
     full_rate_levels: tuple[int, ...] = ()
     frame_proj: int = 64
+    composite_levels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        levels = tuple(self.full_rate_levels)
-        if any(not 0 <= lvl < self.num_levels for lvl in levels) or len(set(levels)) != len(levels):
+        for name in ("full_rate_levels", "composite_levels"):
+            levels = tuple(getattr(self, name))
+            if any(not 0 <= lvl < self.num_levels for lvl in levels) or len(set(levels)) != len(levels):
+                raise ValueError(f"{name} must be distinct levels in 0..{self.num_levels - 1}, got {list(levels)}")
+        if 0 in self.composite_levels:
+            raise ValueError("composite_levels cannot hold level 0 (its encoders are the ones they reuse)")
+        if set(self.composite_levels) & set(self.full_rate_levels):
             raise ValueError(
-                f"full_rate_levels must be distinct levels in 0..{self.num_levels - 1}, got {list(levels)}"
+                f"a level is either full-rate or composite, got {sorted(set(self.composite_levels) & set(self.full_rate_levels))}"
             )
         if self.frame_proj < 1:
             raise ValueError(f"frame_proj must be >= 1, got {self.frame_proj}")
@@ -112,15 +125,23 @@ class SyncerConfig:
     def segment_ms(self) -> list[float]:
         return [self.landmark_frames * 40.0 * 2**lvl for lvl in range(self.num_levels)]
 
+    def reads_full_rate(self, lvl: int) -> bool:
+        """Whether level `lvl` reads the unpooled span (a full-rate or composite level)."""
+        return lvl in self.full_rate_levels or lvl in self.composite_levels
+
     def input_level(self, lvl: int) -> int:
-        """The pyramid level level `lvl` reads its windows from: 0 for a full-rate level, else `lvl`."""
-        return 0 if lvl in self.full_rate_levels else lvl
+        """The pyramid level level `lvl` reads its windows from: 0 for a full-rate or composite level, else `lvl`."""
+        return 0 if self.reads_full_rate(lvl) else lvl
+
+    def embedding_width(self, lvl: int) -> int:
+        """Width of level `lvl`'s embeddings: `embed_dim`, or 2^l · embed_dim at a composite level."""
+        return self.embed_dim << lvl if lvl in self.composite_levels else self.embed_dim
 
     def window(self, lvl: int) -> tuple[int, int, int]:
         """(landmark samples, audio rows, hop in input samples) of one level-`lvl` window, on the sequences of
         pyramid level `input_level(lvl)`: (5, 20, 1) on a pyramid level, (5 · 2^l, 20 · 2^l, 2^l) at full rate.
         Consecutive windows start `hop` landmark samples (4 · hop audio rows) apart: one level-l sample."""
-        if lvl in self.full_rate_levels:
+        if self.reads_full_rate(lvl):
             return self.landmark_frames << lvl, self.audio_frames << lvl, 1 << lvl
         return self.landmark_frames, self.audio_frames, 1
 
@@ -159,6 +180,8 @@ class Syncer(nn.Module):
         # Per frame: standardised segment-centred positions and velocities (2 x 136 features, + 2 x 40 with the
         # mouth copy).
         lm_dim = 2 * cfg.landmark_point_dim
+        if lvl in cfg.composite_levels:  # no encoders: SyncerPyramid.embed uses level 0's
+            return
         if lvl in cfg.full_rate_levels:
             stride = 1 << lvl
             self.audio_encoder: nn.Module = StridedEncoder(
@@ -256,10 +279,32 @@ class SyncerPyramid(nn.Module):
                 f"level {lvl} reads windows of {nl} landmark samples and {na} audio rows, got "
                 f"{landmarks.shape[1]} and {mfcc.shape[1]}"
             )
+        if lvl in self.cfg.composite_levels:
+            return self._embed_composite(lvl, landmarks, mfcc)
         syncer = cast(Syncer, self.levels[lvl])
         return syncer.embed_audio(self.normalise_mfcc(mfcc)), syncer.embed_landmarks(
             self.landmark_features(lvl, landmarks)
         )
+
+    def embed_landmarks(self, lvl: int, landmarks: torch.Tensor) -> torch.Tensor:
+        """Landmark embeddings alone (FD-motion's features): (N, L, 68, 2) windows of level `lvl` -> (N, E), or
+        (N, 2^l · E) at a composite level (its sub-windows' level-0 embeddings, concatenated, ÷ sqrt(2^l))."""
+        if lvl in self.cfg.composite_levels:
+            k, n = 1 << lvl, len(landmarks)
+            e = self.embed_landmarks(0, landmarks.reshape(n * k, self.cfg.landmark_frames, *landmarks.shape[2:]))
+            return e.reshape(n, -1) / math.sqrt(k)
+        return cast(Syncer, self.levels[lvl]).embed_landmarks(self.landmark_features(lvl, landmarks))
+
+    def _embed_composite(
+        self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A composite level (see `SyncerConfig.composite_levels`): level 0's embeddings of the 2^l sub-windows
+        that tile each window, concatenated and divided by sqrt(2^l): (N, 2^l · E) each."""
+        k, n = 1 << lvl, len(landmarks)
+        nl, na = self.cfg.landmark_frames, self.cfg.audio_frames
+        e_a, e_x = self.embed(0, landmarks.reshape(n * k, nl, *landmarks.shape[2:]), mfcc.reshape(n * k, na, -1))
+        scale = 1.0 / math.sqrt(k)
+        return e_a.reshape(n, -1) * scale, e_x.reshape(n, -1) * scale
 
     def score(self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of paired segments: (N,)."""
@@ -361,6 +406,22 @@ def group_loss(cfg: SyncerConfig, e_a: torch.Tensor, e_x: torch.Tensor) -> tuple
     if cfg.loss == "infonce":
         return infonce_loss(e_a, e_x, cfg.temperature)
     return syncnet_loss(e_a, e_x, cfg.syncnet_margin)
+
+
+def with_composite_levels(pyr: SyncerPyramid, levels) -> SyncerPyramid:
+    """A copy of `pyr` in which `levels` are composite (`SyncerConfig.composite_levels`): every other level's
+    weights and all input statistics unchanged, the composite levels' own encoders dropped (metric syncers v4 are
+    v3 with levels 2 and 3 composite).
+
+    Raises:
+        ValueError: a level that cannot be composite (level 0, a full-rate level, out of range).
+    """
+    levels = tuple(sorted(set(pyr.cfg.composite_levels) | set(levels)))
+    cfg = dataclasses.replace(pyr.cfg, composite_levels=levels)
+    out = SyncerPyramid(cfg)
+    state = {k: v for k, v in pyr.state_dict().items() if not any(k.startswith(f"levels.{lvl}.") for lvl in levels)}
+    out.load_state_dict(state)
+    return out.to(next(iter(state.values())).device).eval()
 
 
 def load_pyramid(path, device: str = "cpu") -> SyncerPyramid:
