@@ -195,7 +195,9 @@ def _how_to_read(meta: dict) -> list[str]:
         f"**{meta['fd_name']}**: FVD needs I3D weights, which are not available offline (and our output is "
         "landmarks, not video). FD-motion is the Fréchet distance (FID formula, d²) between Gaussian fits of the "
         "metric syncers' landmark-encoder embeddings of every 5-sample window at level l (200·2^l ms) of ground truth "
-        "and of the method, on the same sequences. It is not comparable with published FVD numbers, and it is "
+        "and of the method, on the same sequences (at a composite level of the pyramid, e.g. 800 and 1600 ms of "
+        "metric syncers v4: the 200 ms embeddings of the sub-windows that tile each window, concatenated). It is "
+        "not comparable with published FVD numbers, and it is "
         "biased upwards for small sets (coarse levels have few windows): the split-half floor below is what two "
         "halves of ground truth score.",
         "",
