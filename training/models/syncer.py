@@ -1,5 +1,7 @@
 """Audio-visual syncers (paper §3.1): one pair of encoders per pyramid level, scoring 5 landmark samples
-against 20 audio-feature samples of the same time span.
+against 20 audio-feature samples of the same time span. A level may instead read its span at the full rate,
+through its own strided encoders (`SyncerConfig.full_rate_levels`) or through level 0's encoders over the 200 ms
+sub-windows that tile it (`SyncerConfig.composite_levels`, metric syncers v4 at 800 and 1600 ms).
 
 Two kinds are trained from the same classes:
 - the *loss* pyramid (InfoNCE on cosine scores, embeddings L2-normalised), frozen inside generator training;
