@@ -247,6 +247,17 @@ def test_composite_level_is_level_zero_over_the_tiled_span():
     assert torch.allclose(d, d_sub.pow(2).mean(-1).sqrt(), atol=1e-5)
 
 
+def test_a_full_rate_level_made_composite_drops_its_encoders():
+    from training.models.syncer import with_composite_levels
+
+    full = SyncerPyramid(TINY)
+    mixed = with_composite_levels(full, (3,))
+    assert mixed.cfg.full_rate_levels == (2,) and mixed.cfg.composite_levels == (3,)
+    assert not any(k.startswith("levels.3.") for k in mixed.state_dict())
+    a, b = mixed.levels[2].state_dict(), full.levels[2].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_composite_config_errors():
     with pytest.raises(ValueError, match="level 0"):
         SyncerConfig(composite_levels=(0, 3))

@@ -412,14 +412,15 @@ def group_loss(cfg: SyncerConfig, e_a: torch.Tensor, e_x: torch.Tensor) -> tuple
 
 def with_composite_levels(pyr: SyncerPyramid, levels) -> SyncerPyramid:
     """A copy of `pyr` in which `levels` are composite (`SyncerConfig.composite_levels`): every other level's
-    weights and all input statistics unchanged, the composite levels' own encoders dropped (metric syncers v4 are
-    v3 with levels 2 and 3 composite).
+    weights and all input statistics unchanged, the composite levels' own encoders (pooled or full-rate) dropped
+    (metric syncers v4 are v3 with levels 2 and 3 composite).
 
     Raises:
         ValueError: a level that cannot be composite (level 0, a full-rate level, out of range).
     """
     levels = tuple(sorted(set(pyr.cfg.composite_levels) | set(levels)))
-    cfg = dataclasses.replace(pyr.cfg, composite_levels=levels)
+    full = tuple(lvl for lvl in pyr.cfg.full_rate_levels if lvl not in levels)
+    cfg = dataclasses.replace(pyr.cfg, composite_levels=levels, full_rate_levels=full)
     out = SyncerPyramid(cfg)
     state = {k: v for k, v in pyr.state_dict().items() if not any(k.startswith(f"levels.{lvl}.") for lvl in levels)}
     out.load_state_dict(state)
