@@ -129,6 +129,9 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
     methods = result["methods"]
     n = methods[GT]["n"]
     assert n == len(result["sequences"]) >= 3 and methods[STATIC]["n"] == n
+    # --max-clips counts as in `msync eval` (tests/test_evaluate.py): clips selected, and those with a sequence
+    meta = result["meta"]
+    assert meta["clips_selected"] == 3 and meta["num_clips"] == len({q["clip_id"] for q in result["sequences"]})
     copy = methods["copy_of_gt"]
     assert 1 <= copy["n"] < n and copy["lmd"]["f_lmd"]["mean"] == 0.0
     assert methods[STATIC]["lmd"]["f_lmd"]["mean"] > 0 and methods[STATIC]["motion"]["velocity"]["mean"] == 0.0

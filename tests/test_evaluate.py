@@ -217,6 +217,9 @@ def test_cli_smoke(shared_data, tmp_path, capsys):
     methods = res["methods"]
     n = methods[GT]["n"]
     assert n == len(res["sequences"]) >= 2
+    # --max-clips counts as in `msync eval-sync` (tests/test_eval_sync.py)
+    meta = res["meta"]
+    assert meta["clips_selected"] == 3 and meta["num_clips"] == len({q["clip_id"] for q in res["sequences"]})
     assert methods["tiny"]["n"] == n and methods["loudness mouth"]["n"] == n
     assert all(e["fd"] < 1e-6 for e in methods[GT]["fd_motion"])
     assert methods[STATIC]["fd_motion"][0]["fd"] > 0

@@ -163,3 +163,26 @@ def test_msync_train_smoke_and_resume(shared_data, tmp_path):
         text=True,
     )
     assert bad.returncode == 1 and "init_from: no checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_validation_plausibility_with_the_eval_threshold():
+    """`eval_plausibility_tau`: the prior's tau (here the 95th percentile of training frames) leaves about 5 % of
+    held-out ground truth implausible, the eval's tau (99th percentile of held-out ground truth) about 1 %, the
+    way `msync eval` calibrates its plausibility column."""
+    import types
+
+    import numpy as np
+    from test_evaluate import _shapes
+
+    from training.shape_prior import ShapePrior
+    from training.train_generator import eval_plausibility_tau
+
+    prior = ShapePrior.fit(_shapes(600, seed=1), quantile=95.0)
+    held = _shapes(1000, seed=2)
+    segs = [types.SimpleNamespace(landmarks=held[:500]), types.SimpleNamespace(landmarks=held[500:])]
+    tau = eval_plausibility_tau(prior, segs)
+    d = prior.distance(torch.tensor(held, dtype=torch.float32)).numpy()
+    assert tau is not None and tau > float(prior.threshold)
+    assert np.mean(d <= tau) == pytest.approx(0.99, abs=0.002)
+    assert 0.9 < np.mean(d <= float(prior.threshold)) < 0.98
+    assert eval_plausibility_tau(prior, []) is None

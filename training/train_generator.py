@@ -198,11 +198,12 @@ class GeneratorTrainer(Trainer):
         self.G.mfcc_std.copy_(torch.tensor(allm.std(0) + 1e-3, dtype=torch.float32))
         train_frames = np.concatenate([s.landmarks for s in segs["train"]])
         self.reference_face = train_frames.mean(axis=0).astype(np.float32)
-        self.shape_prior = None
+        self.shape_prior, self.eval_tau = None, None
         if cfg.shape_weight > 0:
             from training.shape_prior import ShapePrior
 
             self.shape_prior = ShapePrior.fit(train_frames, cfg.shape_quantile, seed=cfg.seed).to(self.device)
+            self.eval_tau = eval_plausibility_tau(self.shape_prior, segs.get("val", []))
         self.D = Discriminators(cfg.discriminator).to(self.device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
@@ -347,9 +348,18 @@ class GeneratorTrainer(Trainer):
         rec.update({f"cos_l{k}": v for k, v in cos.items()})
         rec.update({f"cos_gt_l{k}": v for k, v in cos_gt.items()})
         if self.shape_prior is not None:  # share of frames inside the training shape space (tau)
+            # plausible / plausible_gt: the loss's tau (shape_quantile percentile of *training* frames, 95 in the
+            # v0.3 configs), so ground truth scores about that share by construction. plausible_eval(_gt): tau as
+            # `msync eval` sets it (99th percentile of the held-out split's ground truth, here val), so ground
+            # truth scores about 0.99 and the model's figure compares with the report's "plausible" column.
             with torch.no_grad():
                 rec["plausible"] = float(self.shape_prior.plausible(fake).float().mean())
                 rec["plausible_gt"] = float(self.shape_prior.plausible(lm[:, 1:]).float().mean())
+                if self.eval_tau is not None:
+                    rec["plausible_eval"] = float((self.shape_prior.distance(fake) <= self.eval_tau).float().mean())
+                    rec["plausible_eval_gt"] = float(
+                        (self.shape_prior.distance(lm[:, 1:]) <= self.eval_tau).float().mean()
+                    )
         rec.update(self.validate_mouth(fake, lm[:, 1:]))
         return rec
 
@@ -479,6 +489,23 @@ def plot_generator_curves(metrics_path: Path, png_path: Path) -> None:
         axes[2].plot([r["step"] for r in va], [r.get("velocity_gt", 0) for r in va], label="GT velocity")
     titles = ("losses", "syncer cosine (higher = more in sync)", "validation")
     curves.save(fig, axes, titles, "iteration", png_path)
+
+
+def eval_plausibility_tau(prior, heldout_segments, quantile: float = 99.0) -> float | None:
+    """The plausibility threshold as `msync eval` sets it (`EvalConfig.plausibility_quantile`, default 99): the
+    `quantile` percentile of the prior's distances over held-out ground-truth frames (`heldout_segments`, e.g. the
+    val split). None without held-out frames."""
+    import numpy as np
+    import torch
+
+    frames = [s.landmarks for s in heldout_segments]
+    if not frames:
+        return None
+    with torch.no_grad():
+        x = torch.from_numpy(np.concatenate(frames).astype(np.float32)).to(prior.threshold.device)
+        d = prior.distance(x).cpu().numpy()
+    d = d[np.isfinite(d)]
+    return float(np.percentile(d, quantile)) if d.size else None
 
 
 if __name__ == "__main__":  # torchrun entry point

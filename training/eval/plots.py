@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.run.curves import legend
+
 
 def plot_sync_levels(result: dict, path: Path) -> None:
     import matplotlib
@@ -34,7 +36,7 @@ def plot_sync_levels(result: dict, path: Path) -> None:
         ax.set_xticks(xs + 0.4 - width / 2, [f"{int(200 * 2**l)} ms" for l in range(num_levels)])
         ax.set_title(title)
     axes[1].set_yscale("log")
-    axes[0].legend(fontsize=7)
+    legend(axes[0], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -64,7 +66,7 @@ def plot_drift(result: dict, path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("rollout time (min)")
         ax.set_ylabel(yl)
-        ax.legend(fontsize=7)
+        legend(ax, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -120,9 +122,9 @@ def plot_viewer(result: dict, path: Path) -> None:
             axes[3].bar(xs + k * w, [rest[n][kd]["gap_p90"] for kd in kinds], w, label=n)
         axes[3].set_xticks(xs + 0.4 - w / 2, kinds, fontsize=7, rotation=20)
         axes[3].axhline(0.03, color="grey", ls="--", label="rest (0.03 IOD)")
-        axes[3].legend(fontsize=7)
+        legend(axes[3], fontsize=7)
     axes[3].set_title("raw inner-lip gap p90 in non-speech (IOD)")
-    axes[0].legend(fontsize=7)
+    legend(axes[0], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -126,6 +126,7 @@ class EvalInputs:
     """The evaluated data of one run: segments cut into sequences, every clip's PCM and loudness envelope."""
 
     by_split: dict
+    records: list  # the evaluated split's clips after --max-clips
     segments: list
     sequences: list
     skipped: int
@@ -173,6 +174,7 @@ def load_inputs(cfg: EvalConfig, progress: bool, syncer_cfg=None) -> EvalInputs:
     envelope = {cid: loudness_envelope(pcm[cid], cfg.loudness) for cid in segs_by_clip}
     return EvalInputs(
         by_split,
+        records,
         segments,
         sequences,
         skipped,
@@ -529,6 +531,7 @@ def run_meta(
     gen_seconds: dict,
 ) -> dict:
     """The report's `meta`: conditions, data sizes, machine, the metric pyramid and every model."""
+    from training.eval.sequences import clip_counts
     from training.metrics.dynamics import FD_NAME
     from training.run.machine import machine_info
 
@@ -540,7 +543,7 @@ def run_meta(
         "landmark_centering": pyr.cfg.landmark_centering,
         "split": cfg.split,
         "data_dir": cfg.data_dir,
-        "num_clips": len(inputs.clip_ids),
+        **clip_counts(inputs.records, inputs.segments, inputs.sequences),  # as eval-sync counts them
         "num_identities": len({s.identity for s in inputs.segments}),
         "num_sequences": len(inputs.sequences),
         "segments_too_short": inputs.skipped,

@@ -138,6 +138,12 @@ def checks_lines(c: dict, heading: str, all_pass_label: str, valid: dict | None 
 # ----------------------------------------------------------------------------------------------- msync eval
 
 
+def _clips(meta: dict) -> str:
+    """The "N clips" text (clips with a scored sequence), with how many --max-clips selected when some gave none."""
+    n, selected = meta["num_clips"], meta.get("clips_selected")
+    return f"{n} clips" if selected in (None, n) else f"{n} clips (of {selected} selected; the rest too short)"
+
+
 def _conditions(meta: dict, cfg: dict) -> list[str]:
     mach = meta["machine"]
     lines = [
@@ -145,7 +151,7 @@ def _conditions(meta: dict, cfg: dict) -> list[str]:
         "",
         "## Conditions",
         "",
-        f"- Data: split `{meta['split']}` of `{meta['data_dir']}` (speaker-disjoint): {meta['num_clips']} clips, "
+        f"- Data: split `{meta['split']}` of `{meta['data_dir']}` (speaker-disjoint): {_clips(meta)}, "
         f"{meta['num_identities']} identities, {meta['num_sequences']} sequences of {meta['seq_frames'] or 'whole-segment'} "
         f"frames ({meta['segments_too_short']} segments too short).",
         f"- Metric syncers: `{meta['metric_syncers']}` (loss {meta['syncer_loss']}, step {meta['syncer_step']}, "
@@ -189,7 +195,9 @@ def _how_to_read(meta: dict) -> list[str]:
         f"**{meta['fd_name']}**: FVD needs I3D weights, which are not available offline (and our output is "
         "landmarks, not video). FD-motion is the Fréchet distance (FID formula, d²) between Gaussian fits of the "
         "metric syncers' landmark-encoder embeddings of every 5-sample window at level l (200·2^l ms) of ground truth "
-        "and of the method, on the same sequences. It is not comparable with published FVD numbers, and it is "
+        "and of the method, on the same sequences (at a composite level of the pyramid, e.g. 800 and 1600 ms of "
+        "metric syncers v4: the 200 ms embeddings of the sub-windows that tile each window, concatenated). It is "
+        "not comparable with published FVD numbers, and it is "
         "biased upwards for small sets (coarse levels have few windows): the split-half floor below is what two "
         "halves of ground truth score.",
         "",
@@ -464,7 +472,7 @@ def _sync_conditions(meta: dict) -> list[str]:
         "# Multi-scale AV synchrony (paper Table 3 layout)",
         "",
         f"Metric syncers: `{meta['metric_syncers']}` (loss {meta['syncer_loss']}, step {meta.get('syncer_step')}). "
-        f"Split `{meta['split']}` of `{meta['data_dir']}`: {meta['num_clips']} clips, {meta['num_sequences']} sequences "
+        f"Split `{meta['split']}` of `{meta['data_dir']}`: {_clips(meta)}, {meta['num_sequences']} sequences "
         f"of {meta['seq_frames'] or 'whole-segment'} frames; vshift {meta['vshift']}, padding {meta['padding']!r}.",
         "|AV-Off_l| is in samples at level l's rate (1 = 40·2^l ms); AV-Conf = median − min of the mean "
         "embedding distance over shifts. Mean ± std over sequences.",

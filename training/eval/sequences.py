@@ -183,6 +183,18 @@ def load_split_segments(data_dir: str, splits, split: str, clips, max_clips: int
     return by_split, records, load_all(records, clips, progress=progress)
 
 
+def clip_counts(records, segments, sequences) -> dict:
+    """How many clips an evaluation used, counted the same way by `msync eval` and `msync eval-sync`:
+    `clips_selected` (the split's records after `--max-clips`, manifest order), `clips_with_segments` (those with a
+    gap-free segment of at least `clips.min_length_frames`) and `num_clips` (those that give at least one scored
+    sequence; the figure both reports print)."""
+    return {
+        "num_clips": len({s.clip_id for s in sequences}),
+        "clips_selected": len(records),
+        "clips_with_segments": len({s.clip_id for s in segments}),
+    }
+
+
 def sequences_or_error(
     segments, seq_frames: int, split: str, frontend: FrontEndConfig, syncer_cfg=None
 ) -> tuple[list[EvalSequence], int]:

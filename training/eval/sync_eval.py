@@ -84,6 +84,7 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
     from training.eval.report import render_sync_markdown, write_json
     from training.eval.scoring import MOTION_KEYS_DOC, checks, score_method, summarise, valid_padding_checks
     from training.eval.sequences import (
+        clip_counts,
         load_predictions,
         load_split_segments,
         method_inputs,
@@ -106,7 +107,7 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
             "overlap their training data",
             file=sys.stderr,
         )
-    _, _, segments = load_split_segments(cfg.data_dir, cfg.splits, cfg.split, cfg.clips, cfg.max_clips, progress)
+    _, records, segments = load_split_segments(cfg.data_dir, cfg.splits, cfg.split, cfg.clips, cfg.max_clips, progress)
     sequences, skipped = sequences_or_error(segments, cfg.seq_frames, cfg.split, cfg.clips.frontend, pyr.cfg)
     rows = method_inputs(sequences, [p for d in cfg.predictions for p in load_predictions(d)])
     per_sequence, summaries = {}, {}
@@ -120,7 +121,7 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
             "syncer_step": meta.get("step"),
             "split": cfg.split,
             "data_dir": cfg.data_dir,
-            "num_clips": len({s.clip_id for s in sequences}),
+            **clip_counts(records, segments, sequences),
             "num_sequences": len(sequences),
             "segments_too_short": skipped,
             "seq_frames": cfg.seq_frames,

@@ -68,8 +68,13 @@ def _psd_sqrt(s: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
+def _width(cfg, lvl: int) -> int:
+    return cfg.embedding_width(lvl) if hasattr(cfg, "embedding_width") else cfg.embed_dim
+
+
 def motion_features(pyr, landmarks: np.ndarray, lvl: int, batch_size: int = 1024) -> np.ndarray:
-    """Motion-encoder features of one sequence: every stride-1 window of 5 level-`lvl` samples.
+    """Motion-encoder features of one sequence: every stride-1 window of 5 level-`lvl` samples (at a full-rate
+    level of the pyramid: the 5 · 2^l frames of the same span, one window per level-`lvl` sample).
 
     Args:
         pyr: a `training.models.syncer.SyncerPyramid` (the metric syncers), in eval mode.
@@ -79,16 +84,18 @@ def motion_features(pyr, landmarks: np.ndarray, lvl: int, batch_size: int = 1024
     """
     import torch
 
+    from training.metrics.sync import level_window
+
     cfg = pyr.cfg
     x = np.asarray(landmarks, dtype=np.float32)
     if hasattr(pyr, "prepare_sequence"):  # the same sequence-level centring as in av_sync / training
         x = np.asarray(pyr.prepare_sequence(x), dtype=np.float32)
-    x_l = pyramid.level(x, lvl, cfg.pyramid_kernel)
-    nl = cfg.landmark_frames
-    n = len(x_l) - nl + 1
+    src, nl, _, hop = level_window(cfg, lvl)  # a full-rate level reads level 0 over 5 · 2^l frames
+    x_l = pyramid.level(x, src, cfg.pyramid_kernel)
+    n = (len(x_l) - nl) // hop + 1
     if n <= 0:
-        return np.zeros((0, cfg.embed_dim))
-    idx = np.arange(n)[:, None] + np.arange(nl)[None, :]
+        return np.zeros((0, _width(cfg, lvl)))
+    idx = hop * np.arange(n)[:, None] + np.arange(nl)[None, :]
     windows = x_l[idx]  # (N, 5, 68, 2)
     try:
         dev = next(pyr.parameters()).device
@@ -98,7 +105,7 @@ def motion_features(pyr, landmarks: np.ndarray, lvl: int, batch_size: int = 1024
     with torch.no_grad():
         for b in range(0, n, batch_size):
             w = torch.from_numpy(np.ascontiguousarray(windows[b : b + batch_size])).to(dev)
-            e = pyr.levels[lvl].embed_landmarks(pyr.landmark_features(lvl, w))
+            e = pyr.embed_landmarks(lvl, w)
             out.append(e.detach().cpu().double().numpy())
     return np.concatenate(out)
 
@@ -110,7 +117,7 @@ def feature_sets(pyr, sequences, levels=None) -> list[np.ndarray]:
     for lvl in levels:
         parts = [motion_features(pyr, s, lvl) for s in sequences]
         parts = [p for p in parts if len(p)]
-        out.append(np.concatenate(parts) if parts else np.zeros((0, pyr.cfg.embed_dim)))
+        out.append(np.concatenate(parts) if parts else np.zeros((0, _width(pyr.cfg, lvl))))
     return out
 
 

@@ -5,7 +5,9 @@ For every level l of a syncer pyramid (segments of 200 · 2^l ms):
 1. Build the level-l sequences with :func:`training.pyramid.level` for the landmarks (25 / 2^l Hz) and the
    MFCC (100 / 2^l Hz), with the pyramid's own kernel.
 2. Embed every landmark window [i, i+5) and every audio window [4i, 4i+20) at that level (stride 1, start
-   aligned exactly as in syncer training), i = 0 .. N-1.
+   aligned exactly as in syncer training), i = 0 .. N-1. A level in the pyramid's `full_rate_levels` reads
+   the full-rate sequences instead: window i covers frames [2^l i, 2^l (i+5)) and MFCC rows [4 · 2^l i,
+   4 · 2^l (i+5)) (the same span, unpooled); offsets keep the level's unit.
 3. Zero-pad the *audio embedding* sequence by `vshift` on both sides. For shift index j = 0 .. 2·vshift,
    d[i, j] = ‖e_x[i] − e_a_pad[i + j]‖, i.e. landmark window i against audio window i + (j − vshift);
    `mdist[j]` = mean over i of d[i, j]. Windows that fall into the padding are compared with the zero vector,
@@ -114,24 +116,35 @@ def _device(pyr) -> torch.device:
         return torch.device("cpu")
 
 
+def level_window(cfg, lvl: int) -> tuple[int, int, int, int]:
+    """(input pyramid level, landmark samples, audio rows, hop) of one level-`lvl` window of a pyramid config:
+    `cfg.window(lvl)` where the config has it (full-rate levels read level 0 over 5 · 2^l frames, hop 2^l), else
+    (lvl, landmark_frames, audio_frames, 1)."""
+    if hasattr(cfg, "window"):
+        nl, na, hop = cfg.window(lvl)
+        return cfg.input_level(lvl), nl, na, hop
+    return lvl, cfg.landmark_frames, cfg.audio_frames, 1
+
+
 def embed_level(
     pyr: PyramidLike, lvl: int, landmarks_l: np.ndarray, mfcc_l: np.ndarray, batch_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embed all stride-1 windows of level-`lvl` sequences.
+    """Embed all windows of level `lvl`, one per level-`lvl` sample.
 
     Args:
-        landmarks_l: (T_l, 68, 2) level-l landmarks; mfcc_l: (A_l, n_mfcc) level-l MFCC (A_l ≈ 4 T_l).
+        landmarks_l: (T_l, 68, 2) landmarks and mfcc_l: (A_l, n_mfcc) MFCC of the pyramid level the level reads
+            (`level_window`: level `lvl` itself, or level 0 for a full-rate level); A_l ≈ 4 T_l.
     Returns:
-        (e_x (N, E), e_a (N, E)) float64 with N = min(T_l − 4, (A_l − 20) // 4 + 1); window i covers landmark
-        samples [i, i+5) and MFCC samples [4i, 4i+20). N may be ≤ 0 (nothing to embed: empty arrays).
+        (e_x (N, E), e_a (N, E)) float64 with N = min((T_l − L) // h + 1, (A_l − A) // (4 h) + 1) for windows of L
+        landmark samples and A audio rows with hop h (5, 20, 1 on a pyramid level); window i covers landmark
+        samples [h i, h i + L) and MFCC samples [4 h i, 4 h i + A). N may be ≤ 0 (nothing to embed: empty arrays).
     """
-    cfg = pyr.cfg
-    nl, na = cfg.landmark_frames, cfg.audio_frames
+    _, nl, na, hop = level_window(pyr.cfg, lvl)
     ratio = na // nl
-    n = min(len(landmarks_l) - nl + 1, (len(mfcc_l) - na) // ratio + 1)
+    n = min((len(landmarks_l) - nl) // hop + 1, (len(mfcc_l) - na) // (ratio * hop) + 1)
     if n <= 0:
         return np.zeros((0, 0)), np.zeros((0, 0))
-    starts = np.arange(n)
+    starts = np.arange(n) * hop
     dev = _device(pyr)
     ex, ea = [], []
     with torch.no_grad():
@@ -198,14 +211,15 @@ def av_sync(
             entry["reason"] = f"level {lvl} not in the pyramid (0..{cfg.num_levels - 1})"
             out.append(entry)
             continue
-        lm_l = input_pyramid.level(landmarks, lvl, cfg.pyramid_kernel)
-        mf_l = input_pyramid.level(mfcc, lvl, cfg.pyramid_kernel)
+        src, nl, na, _ = level_window(cfg, lvl)
+        lm_l = input_pyramid.level(landmarks, src, cfg.pyramid_kernel)
+        mf_l = input_pyramid.level(mfcc, src, cfg.pyramid_kernel)
         e_x, e_a = embed_level(pyr, lvl, lm_l, mf_l, batch_size)
         if len(e_x) < 1:
             entry["reason"] = (
                 f"too short: {len(landmarks)} frames / {len(mfcc)} mfcc give {len(lm_l)} landmark and "
-                f"{len(mf_l)} audio samples at level {lvl}, fewer than one "
-                f"{cfg.landmark_frames}/{cfg.audio_frames}-sample window"
+                f"{len(mf_l)} audio samples at pyramid level {src}, fewer than one level-{lvl} "
+                f"{nl}/{na}-sample window"
             )
             out.append(entry)
             continue

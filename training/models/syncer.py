@@ -1,5 +1,7 @@
 """Audio-visual syncers (paper §3.1): one pair of encoders per pyramid level, scoring 5 landmark samples
-against 20 audio-feature samples of the same time span.
+against 20 audio-feature samples of the same time span. A level may instead read its span at the full rate,
+through its own strided encoders (`SyncerConfig.full_rate_levels`) or through level 0's encoders over the 200 ms
+sub-windows that tile it (`SyncerConfig.composite_levels`, metric syncers v4 at 800 and 1600 ms).
 
 Two kinds are trained from the same classes:
 - the *loss* pyramid (InfoNCE on cosine scores, embeddings L2-normalised), frozen inside generator training;
@@ -10,6 +12,7 @@ Two kinds are trained from the same classes:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import cast
 
 import numpy as np
@@ -52,6 +55,21 @@ class SyncerConfig:
             100 Hz. "teacher": the Whisper tiny.en encoder features of `training/teacher.py` (384-d, one per
             25 fps frame, each repeated over that frame's 4 MFCC rows; set n_mfcc = 384). Not causal and too
             costly for the step, so for evaluation syncers only.
+        full_rate_levels: levels whose encoders read the full-rate inputs over their span instead of the
+            pyramid's pooled samples: 5 · 2^l landmark frames at 25 fps and 20 · 2^l audio rows at 100 Hz (1600
+            ms = 40 frames at level 3), windows and offsets still stepping by one level-l sample (2^l frames).
+            Each encoder projects every frame on its own (`frame_proj` channels, GELU), concatenates each run of
+            2^l frames into one sample (a convolution of kernel and stride 2^l) and runs the level's usual
+            encoder over the 5 (20) samples. Pooling the input over 7 samples per level removes the lips'
+            movement at the coarse levels (level 3 is smoothed to about 3 Hz); these levels keep it. Level 0 is
+            the same either way. Empty (default) = every level reads its pyramid level (paper §3.1).
+        frame_proj: per-frame projection width of the full-rate levels' encoders.
+        composite_levels: levels without encoders of their own: a window of level l reads the full-rate span
+            (as `full_rate_levels`), cuts it into the 2^l consecutive 200 ms sub-windows (5 frames, 20 audio rows)
+            that tile it, embeds each with level 0's encoders and concatenates the 2^l embeddings, divided by
+            sqrt(2^l). The distance of two such windows is the root-mean-square of level 0's distances of their
+            sub-windows: how well lips and audio agree, 200 ms at a time, over the whole span, with offsets in
+            the level's unit (40 · 2^l ms). It says nothing about slow motion that level 0 does not see.
     """
 
     num_levels: int = 4
@@ -72,8 +90,23 @@ class SyncerConfig:
     mouth_emphasis: bool = False
     iod_scale: bool = False
     audio_input: str = "mfcc"
+    full_rate_levels: tuple[int, ...] = ()
+    frame_proj: int = 64
+    composite_levels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("full_rate_levels", "composite_levels"):
+            levels = tuple(getattr(self, name))
+            if any(not 0 <= lvl < self.num_levels for lvl in levels) or len(set(levels)) != len(levels):
+                raise ValueError(f"{name} must be distinct levels in 0..{self.num_levels - 1}, got {list(levels)}")
+        if 0 in self.composite_levels:
+            raise ValueError("composite_levels cannot hold level 0 (its encoders are the ones they reuse)")
+        if set(self.composite_levels) & set(self.full_rate_levels):
+            raise ValueError(
+                f"a level is either full-rate or composite, got {sorted(set(self.composite_levels) & set(self.full_rate_levels))}"
+            )
+        if self.frame_proj < 1:
+            raise ValueError(f"frame_proj must be >= 1, got {self.frame_proj}")
         if self.audio_input not in ("mfcc", "teacher"):
             raise ValueError(f"unknown audio_input {self.audio_input!r}")
         if self.landmark_centering not in ("sequence", "shape", "position", "window"):
@@ -94,27 +127,82 @@ class SyncerConfig:
     def segment_ms(self) -> list[float]:
         return [self.landmark_frames * 40.0 * 2**lvl for lvl in range(self.num_levels)]
 
+    def reads_full_rate(self, lvl: int) -> bool:
+        """Whether level `lvl` reads the unpooled span (a full-rate or composite level)."""
+        return lvl in self.full_rate_levels or lvl in self.composite_levels
+
+    def input_level(self, lvl: int) -> int:
+        """The pyramid level level `lvl` reads its windows from: 0 for a full-rate or composite level, else `lvl`."""
+        return 0 if self.reads_full_rate(lvl) else lvl
+
+    def embedding_width(self, lvl: int) -> int:
+        """Width of level `lvl`'s embeddings: `embed_dim`, or 2^l · embed_dim at a composite level."""
+        return self.embed_dim << lvl if lvl in self.composite_levels else self.embed_dim
+
+    def window(self, lvl: int) -> tuple[int, int, int]:
+        """(landmark samples, audio rows, hop in input samples) of one level-`lvl` window, on the sequences of
+        pyramid level `input_level(lvl)`: (5, 20, 1) on a pyramid level, (5 · 2^l, 20 · 2^l, 2^l) at full rate.
+        Consecutive windows start `hop` landmark samples (4 · hop audio rows) apart: one level-l sample."""
+        if self.reads_full_rate(lvl):
+            return self.landmark_frames << lvl, self.audio_frames << lvl, 1 << lvl
+        return self.landmark_frames, self.audio_frames, 1
+
+
+class StridedEncoder(nn.Module):
+    """The encoder of a full-rate level (see `SyncerConfig.full_rate_levels`): (N, stride · T, in_dim) -> (N, out_dim).
+
+    Every input row is projected on its own (Linear + GELU to `proj` channels), each run of `stride` rows is
+    concatenated into one sample (a convolution of kernel and stride `stride` after the projection), and an
+    :class:`Encoder1d` reads the T samples.
+    """
+
+    def __init__(
+        self, in_dim: int, stride: int, proj: int, widths: tuple[int, ...], depths: tuple[int, ...], out_dim: int
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.proj = nn.Sequential(nn.Linear(in_dim, proj), nn.GELU())
+        self.encoder = Encoder1d(stride * proj, widths, depths, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+        if t % self.stride:
+            raise ValueError(f"expected a multiple of {self.stride} rows, got {t}")
+        h = self.proj(x)
+        return self.encoder(h.reshape(n, t // self.stride, self.stride * h.shape[-1]))
+
 
 class Syncer(nn.Module):
-    """One level: `embed_audio` (N, 20, n_mfcc) and `embed_landmarks` (N, 5, 68, 2) -> (N, embed_dim)."""
+    """One level: `embed_audio` (N, A, n_mfcc) and `embed_landmarks` (N, L, 2 · landmark_point_dim) -> (N, embed_dim),
+    with (L, A) = (5, 20) for a pyramid level and (5 · 2^l, 20 · 2^l) for a full-rate level (`SyncerConfig.window`)."""
 
-    def __init__(self, cfg: SyncerConfig) -> None:
+    def __init__(self, cfg: SyncerConfig, lvl: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        self.audio_encoder = Encoder1d(cfg.n_mfcc, cfg.audio_widths, cfg.audio_depths, cfg.embed_dim)
         # Per frame: standardised segment-centred positions and velocities (2 x 136 features, + 2 x 40 with the
         # mouth copy).
-        self.landmark_encoder = Encoder1d(
-            2 * cfg.landmark_point_dim, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim
-        )
+        lm_dim = 2 * cfg.landmark_point_dim
+        if lvl in cfg.composite_levels:  # no encoders: SyncerPyramid.embed uses level 0's
+            return
+        if lvl in cfg.full_rate_levels:
+            stride = 1 << lvl
+            self.audio_encoder: nn.Module = StridedEncoder(
+                cfg.n_mfcc, stride, cfg.frame_proj, cfg.audio_widths, cfg.audio_depths, cfg.embed_dim
+            )
+            self.landmark_encoder: nn.Module = StridedEncoder(
+                lm_dim, stride, cfg.frame_proj, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim
+            )
+        else:
+            self.audio_encoder = Encoder1d(cfg.n_mfcc, cfg.audio_widths, cfg.audio_depths, cfg.embed_dim)
+            self.landmark_encoder = Encoder1d(lm_dim, cfg.landmark_widths, cfg.landmark_depths, cfg.embed_dim)
 
     def embed_audio(self, mfcc_norm: torch.Tensor) -> torch.Tensor:
-        """(N, 20, n_mfcc) normalised MFCC -> (N, E)."""
+        """(N, A, n_mfcc) normalised MFCC (or teacher features) -> (N, E)."""
         e = self.audio_encoder(mfcc_norm)
         return F.normalize(e, dim=-1) if self.cfg.normalise else e
 
     def embed_landmarks(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, 5, 4 * 68) landmark features (see `SyncerPyramid.landmark_features`) -> (N, E)."""
+        """(N, L, 2 * landmark_point_dim) landmark features (see `SyncerPyramid.landmark_features`) -> (N, E)."""
         e = self.landmark_encoder(features)
         return F.normalize(e, dim=-1) if self.cfg.normalise else e
 
@@ -131,7 +219,7 @@ class SyncerPyramid(nn.Module):
     def __init__(self, cfg: SyncerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.levels = nn.ModuleList([Syncer(cfg) for _ in range(cfg.num_levels)])
+        self.levels = nn.ModuleList([Syncer(cfg, lvl) for lvl in range(cfg.num_levels)])
         self.register_buffer("mfcc_mean", torch.zeros(cfg.n_mfcc))
         self.register_buffer("mfcc_std", torch.ones(cfg.n_mfcc))
         d = cfg.landmark_point_dim
@@ -180,14 +268,45 @@ class SyncerPyramid(nn.Module):
         """Embeddings of paired segments at level `lvl`.
 
         Args:
-            landmarks: (N, 5, 68, 2); mfcc: (N, 20, n_mfcc) raw MFCC (normalised here).
+            landmarks: (N, L, 68, 2); mfcc: (N, A, n_mfcc) raw MFCC (normalised here); (L, A) = (5, 20) for a
+                pyramid level, (5 · 2^l, 20 · 2^l) full-rate samples for a level in `cfg.full_rate_levels`.
         Returns:
             (audio_embeddings (N, E), landmark_embeddings (N, E)).
+        Raises:
+            ValueError: windows of another length than the level's (`cfg.window(lvl)`).
         """
+        nl, na, _ = self.cfg.window(lvl)
+        if landmarks.shape[1] != nl or mfcc.shape[1] != na:
+            raise ValueError(
+                f"level {lvl} reads windows of {nl} landmark samples and {na} audio rows, got "
+                f"{landmarks.shape[1]} and {mfcc.shape[1]}"
+            )
+        if lvl in self.cfg.composite_levels:
+            return self._embed_composite(lvl, landmarks, mfcc)
         syncer = cast(Syncer, self.levels[lvl])
         return syncer.embed_audio(self.normalise_mfcc(mfcc)), syncer.embed_landmarks(
             self.landmark_features(lvl, landmarks)
         )
+
+    def embed_landmarks(self, lvl: int, landmarks: torch.Tensor) -> torch.Tensor:
+        """Landmark embeddings alone (FD-motion's features): (N, L, 68, 2) windows of level `lvl` -> (N, E), or
+        (N, 2^l · E) at a composite level (its sub-windows' level-0 embeddings, concatenated, ÷ sqrt(2^l))."""
+        if lvl in self.cfg.composite_levels:
+            k, n = 1 << lvl, len(landmarks)
+            e = self.embed_landmarks(0, landmarks.reshape(n * k, self.cfg.landmark_frames, *landmarks.shape[2:]))
+            return e.reshape(n, -1) / math.sqrt(k)
+        return cast(Syncer, self.levels[lvl]).embed_landmarks(self.landmark_features(lvl, landmarks))
+
+    def _embed_composite(
+        self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A composite level (see `SyncerConfig.composite_levels`): level 0's embeddings of the 2^l sub-windows
+        that tile each window, concatenated and divided by sqrt(2^l): (N, 2^l · E) each."""
+        k, n = 1 << lvl, len(landmarks)
+        nl, na = self.cfg.landmark_frames, self.cfg.audio_frames
+        e_a, e_x = self.embed(0, landmarks.reshape(n * k, nl, *landmarks.shape[2:]), mfcc.reshape(n * k, na, -1))
+        scale = 1.0 / math.sqrt(k)
+        return e_a.reshape(n, -1) * scale, e_x.reshape(n, -1) * scale
 
     def score(self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of paired segments: (N,)."""
@@ -289,6 +408,23 @@ def group_loss(cfg: SyncerConfig, e_a: torch.Tensor, e_x: torch.Tensor) -> tuple
     if cfg.loss == "infonce":
         return infonce_loss(e_a, e_x, cfg.temperature)
     return syncnet_loss(e_a, e_x, cfg.syncnet_margin)
+
+
+def with_composite_levels(pyr: SyncerPyramid, levels) -> SyncerPyramid:
+    """A copy of `pyr` in which `levels` are composite (`SyncerConfig.composite_levels`): every other level's
+    weights and all input statistics unchanged, the composite levels' own encoders (pooled or full-rate) dropped
+    (metric syncers v4 are v3 with levels 2 and 3 composite).
+
+    Raises:
+        ValueError: a level that cannot be composite (level 0, a full-rate level, out of range).
+    """
+    levels = tuple(sorted(set(pyr.cfg.composite_levels) | set(levels)))
+    full = tuple(lvl for lvl in pyr.cfg.full_rate_levels if lvl not in levels)
+    cfg = dataclasses.replace(pyr.cfg, composite_levels=levels, full_rate_levels=full)
+    out = SyncerPyramid(cfg)
+    state = {k: v for k, v in pyr.state_dict().items() if not any(k.startswith(f"levels.{lvl}.") for lvl in levels)}
+    out.load_state_dict(state)
+    return out.to(next(iter(state.values())).device).eval()
 
 
 def load_pyramid(path, device: str = "cpu") -> SyncerPyramid:

@@ -23,7 +23,15 @@ def save(fig: Any, axes: Any, titles: tuple[str, ...], xlabel: str, png_path: Pa
     for ax, title in zip(axes, titles):
         ax.set_title(title)
         ax.set_xlabel(xlabel)
-        ax.legend(fontsize=7)
+        legend(ax, fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path, dpi=90)
     plt.close(fig)
+
+
+def legend(ax: Any, **kwargs: Any) -> None:
+    """`ax.legend(**kwargs)` when the panel has a labelled artist. An empty panel (a tiny run with no record of
+    that kind yet, a report without that row) gets none: matplotlib would log "No artists with labels found to
+    put in legend"."""
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(**kwargs)
