@@ -204,8 +204,8 @@ def _markdown(result: dict) -> str:
         "# Loopback WebSocket soak: one process, two intra-op threads, two workers (one run)",
         "",
         f"`{result['command']}`  ",
-        f"CPU: {m['cpu']} ({m['logical_cpus']} logical). The machine is shared with two training jobs (CPU-heavy); "
-        f"`uptime` at start: {result['uptime_start']}; at end: {result['uptime_end']}.",
+        f"CPU: {m['cpu']} ({m['logical_cpus']} logical). Other jobs may share the machine: read the load averages "
+        f"(`uptime` at start: {result['uptime_start']}; at end: {result['uptime_end']}).",
         "",
         "| streams | variant | lateness p50 / p99 ms | engine p99 ms | received / expected | lost | dup | "
         "RSS MiB start → end | server CPU (cores) | server CPU µs/frame | probe CPU | load 1 min start/end | real time |",
