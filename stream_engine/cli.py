@@ -34,7 +34,12 @@ RUNTIME_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `msync` parser with every subcommand, or (`only`) with that one alone.
+
+    `main` passes `only` when the command line names a command, so running one command imports one command
+    module: `msync stream` must not load what `msync train` imports (torch, ~100 MB of a server's memory).
+    """
     parser = argparse.ArgumentParser(
         prog="msync",
         description="msync: live speech to 68-point facial landmarks (MS-Sync, causal and streamable).",
@@ -42,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"msync {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in commands().items():
-        _add(sub, name, module, help_text)
+        if only is None or name == only:
+            _add(sub, name, module, help_text)
     return parser
 
 
@@ -91,7 +97,9 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = argv[0] if argv and argv[0] in commands() else None
+    parser = build_parser(only=chosen)
     args = parser.parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(

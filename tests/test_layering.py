@@ -107,3 +107,26 @@ def test_runtime_imports_without_torch_in_a_fresh_interpreter(pkg):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("argv", [["info", "stream_engine/models/default.onnx"], ["stream", "--help"]])
+def test_runtime_commands_through_the_cli_load_no_training_code(argv):
+    """`msync stream` / `msync info` through the CLI's entry point import only their own command module: the
+    `msync` parser must not import every command (training's modules import torch at their top, ~180 MB of a
+    server's resident memory before this was caught by a soak)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from stream_engine.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('torch', 'training', 'export', 'benchmarks', 'librosa')\n"
+        "print(sorted(k for k in sys.modules if k.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
