@@ -403,14 +403,23 @@ class FileSource:
     loop: bool = False
     chunk_ms: float = 20.0
     gap_s: float = 0.0
+    _loaded: tuple[int, np.ndarray] | None = dataclasses.field(default=None, init=False, repr=False)
 
     def load(self, sample_rate_hz: int) -> np.ndarray:
+        """The whole file as mono float32 PCM at `sample_rate_hz` (plus `gap_s` of silence), decoded once.
+
+        Raises:
+            InputError: missing file, or not audio `audio_io.load_audio` can decode.
+        """
+        if self._loaded is not None and self._loaded[0] == sample_rate_hz:
+            return self._loaded[1]
         try:
             audio = load_audio(self.path, sample_rate_hz)
         except AudioError as exc:
             raise InputError(str(exc)) from exc
         if self.gap_s > 0:
             audio = np.concatenate([audio, np.zeros(int(self.gap_s * sample_rate_hz), np.float32)])
+        self._loaded = (sample_rate_hz, audio)
         return audio
 
     async def run(self, engine: EngineLike, stream_id: str) -> None:

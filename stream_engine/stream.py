@@ -404,7 +404,7 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
         ready: resolved with the `WebSocketServer` once serving (tests, embedding).
     """
     from stream_engine.engine import Engine
-    from stream_engine.inputs import InputError
+    from stream_engine.inputs import FileSource, InputError
     from stream_engine.outputs.osc import OscSink
     from stream_engine.outputs.vmc import VmcSink
     from stream_engine.outputs.vts import VtsSink
@@ -423,6 +423,11 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
         except ReferenceFaceError as exc:
             raise StreamError(str(exc)) from None
     source = make_source(cfg.input)
+    if isinstance(source, FileSource):  # a missing or undecodable file stops here, before anything listens
+        try:
+            source.load(runner.contract.sample_rate_hz)
+        except InputError as exc:
+            raise StreamError(f"input {exc}") from None
     engine = Engine(runner, cfg.engine, cfg.signals)
     try:
         server = WebSocketServer(engine, resolve_tokens(cfg.server, os.environ))

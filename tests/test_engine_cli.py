@@ -107,8 +107,15 @@ def test_clear_errors_for_models_inputs_and_config(tmp_path, capsys):
     assert code == 2 and "cannot use model" in err
     code, _, err = msync_here(capsys, "--model", FAKE, "--lookahead", "3", "--port", "0")
     assert code == 2 and "supports only look-ahead L=2" in err
-    code, _, err = msync_here(capsys, "--model", FAKE, "--input", str(tmp_path / "nope.wav"), "--port", "0", "--quiet")
-    assert code == 2 and "nope.wav" in err
+    code, out, err = msync_here(
+        capsys, "--model", FAKE, "--input", str(tmp_path / "nope.wav"), "--port", "0", "--quiet"
+    )
+    # A missing or undecodable file stops before the server listens: one line, no traceback, no viewer address.
+    assert code == 2 and "nope.wav: no such file" in err and "Traceback" not in err and "viewer" not in out + err
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all")
+    code, out, err = msync_here(capsys, "--model", FAKE, "--input", str(text), "--port", "0", "--quiet", "--no-vmc")
+    assert code == 2 and "cannot decode audio" in err and "Traceback" not in err and "viewer" not in out + err
     code, _, err = msync_here(
         capsys, "--model", FAKE, "--input", "mic", "--device", "no-such-device", "--port", "0", "--quiet", "--no-vmc"
     )
