@@ -303,3 +303,13 @@ def test_shipped_v4_is_v3_composed_and_the_default(tmp_path):
     v3 = load_file(str(weights / "metric_syncers_v3.safetensors"))
     assert all(torch.equal(v3[k], shipped[k]) for k in shipped)
     assert resolve_syncers("").name == "metric_syncers_v4"  # relative to the checkout, where pytest runs
+
+
+def test_reports_say_what_each_level_reads():
+    """eval and eval-sync reports name composite levels (they reuse the 200 ms encoders and cannot see slow
+    structure), so a reader does not take them for trained 800 / 1600 ms syncers."""
+    from training.models.syncer import SyncerConfig, describe_levels
+
+    words = describe_levels(SyncerConfig(composite_levels=(2, 3), full_rate_levels=(1,)))
+    assert words[0] == "200 ms: pooled, trained" and words[1] == "400 ms: full-rate, trained"
+    assert words[2].startswith("800 ms: composite of 4 × 200 ms") and "no slow structure" in words[3]

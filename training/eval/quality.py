@@ -540,6 +540,7 @@ def run_meta(
         "metric_syncers": str(syncer_path),
         "syncer_loss": pyr.cfg.loss,
         "syncer_step": syncer_meta.get("step"),
+        "syncer_levels": _describe_levels(pyr.cfg),
         "landmark_centering": pyr.cfg.landmark_centering,
         "split": cfg.split,
         "data_dir": cfg.data_dir,
@@ -649,3 +650,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(result["markdown"])
     return 0
+
+
+def _describe_levels(cfg) -> list[str]:
+    from training.models.syncer import describe_levels  # torch: imported when a report is made, not at import
+
+    return describe_levels(cfg)

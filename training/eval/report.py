@@ -138,6 +138,12 @@ def checks_lines(c: dict, heading: str, all_pass_label: str, valid: dict | None 
 # ----------------------------------------------------------------------------------------------- msync eval
 
 
+def _levels_text(meta: dict) -> str:
+    """" Levels: 200 ms: pooled, trained; ..." from the meta of a report (empty for reports older than it)."""
+    levels = meta.get("syncer_levels")
+    return f" Levels: {'; '.join(levels)}." if levels else ""
+
+
 def _clips(meta: dict) -> str:
     """The "N clips" text (clips with a scored sequence), with how many --max-clips selected when some gave none."""
     n, selected = meta["num_clips"], meta.get("clips_selected")
@@ -155,7 +161,8 @@ def _conditions(meta: dict, cfg: dict) -> list[str]:
         f"{meta['num_identities']} identities, {meta['num_sequences']} sequences of {meta['seq_frames'] or 'whole-segment'} "
         f"frames ({meta['segments_too_short']} segments too short).",
         f"- Metric syncers: `{meta['metric_syncers']}` (loss {meta['syncer_loss']}, step {meta['syncer_step']}, "
-        f"centring {meta['landmark_centering']!r}); vshift {cfg['vshift']}, padding {cfg['padding']!r}.",
+        f"centring {meta['landmark_centering']!r}); vshift {cfg['vshift']}, padding {cfg['padding']!r}."
+        + _levels_text(meta),
         f"- Generation: reference face = {REFERENCE_TEXT[cfg['reference']]}; "
         "audio from W frames before (receptive field, silence before the clip), look-ahead L from each model's config; "
         f"initial LSTM noise seeded per sequence (seed {cfg['seed']}, identical for every model).",
@@ -184,7 +191,7 @@ def _how_to_read(meta: dict) -> list[str]:
         "",
         "Ground truth is the ceiling and the static face / shuffled audio rows are the floor: a useful model sits "
         "between, close to ground truth on AV-Conf (higher = the metric syncer is surer that lips and audio "
-        "belong together) with |AV-Off| near 0 at every scale (1 unit = 40·2^l ms at level l). The loudness mouth is "
+        "belong together) with |AV-Off| near 0 at every scale (1 unit of |AV-Off1…4| = 40 / 80 / 160 / 320 ms). The loudness mouth is "
         "today's alternative: it can score on the finest scale (the mouth follows syllable energy) but has no "
         "head motion and no articulation, which the coarse scales, the motion statistics and FD-motion expose. "
         "LMD is only meaningful with the `previous` reference (same start frame as GT). For the drift tables, compare "
@@ -473,8 +480,9 @@ def _sync_conditions(meta: dict) -> list[str]:
         "",
         f"Metric syncers: `{meta['metric_syncers']}` (loss {meta['syncer_loss']}, step {meta.get('syncer_step')}). "
         f"Split `{meta['split']}` of `{meta['data_dir']}`: {_clips(meta)}, {meta['num_sequences']} sequences "
-        f"of {meta['seq_frames'] or 'whole-segment'} frames; vshift {meta['vshift']}, padding {meta['padding']!r}.",
-        "|AV-Off_l| is in samples at level l's rate (1 = 40·2^l ms); AV-Conf = median − min of the mean "
+        f"of {meta['seq_frames'] or 'whole-segment'} frames; vshift {meta['vshift']}, padding {meta['padding']!r}."
+        + _levels_text(meta),
+        "|AV-Off1…4| are in samples of each scale's rate (1 = 40 / 80 / 160 / 320 ms); AV-Conf = median − min of the mean "
         "embedding distance over shifts. Mean ± std over sequences.",
         "",
     ]

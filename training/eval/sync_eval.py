@@ -7,7 +7,7 @@ Protocol (paper §4.3): the speaker-disjoint split's clips are loaded as gap-fre
 non-overlapping sequences of `--seq-frames` frames (80, as in the paper; 0 keeps whole segments). Every method
 row is scored on the same sequences with the *metric* syncer pyramid (SyncNet loss, never used to train a
 generator) by :func:`training.metrics.sync.av_sync` at every level: |AV-Off_l| in samples at level l's rate
-(1 = 40·2^l ms) and AV-Conf_l, reported as mean ± std over sequences.
+(1 = 40·2^l ms, l = 0…3) and AV-Conf_l, reported as mean ± std over sequences.
 
 Control rows, always present:
 - "ground truth": the GT landmarks with their own audio;
@@ -119,6 +119,7 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
             "metric_syncers": str(syncer_path),
             "syncer_loss": pyr.cfg.loss,
             "syncer_step": meta.get("step"),
+            "syncer_levels": _describe_levels(pyr.cfg),
             "split": cfg.split,
             "data_dir": cfg.data_dir,
             **clip_counts(records, segments, sequences),
@@ -201,3 +202,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(result["markdown"])
     return 0
+
+
+def _describe_levels(cfg) -> list[str]:
+    from training.models.syncer import describe_levels  # torch: imported when a report is made, not at import
+
+    return describe_levels(cfg)

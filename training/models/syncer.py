@@ -148,6 +148,21 @@ class SyncerConfig:
         return self.landmark_frames, self.audio_frames, 1
 
 
+def describe_levels(cfg: SyncerConfig) -> list[str]:
+    """What each level of a pyramid with config `cfg` reads, in words for reports, e.g. for metric syncers v4:
+    ["200 ms: pooled", "400 ms: pooled", "800 ms: composite of 4 × 200 ms", "1600 ms: composite of 8 × 200 ms"]."""
+    out = []
+    for level in range(cfg.num_levels):
+        span = 200 * 2**level
+        if level in cfg.composite_levels:
+            out.append(f"{span} ms: composite of {2**level} × 200 ms (level 0's encoders; no slow structure)")
+        elif level in cfg.full_rate_levels:
+            out.append(f"{span} ms: full-rate, trained")
+        else:
+            out.append(f"{span} ms: pooled, trained")
+    return out
+
+
 class StridedEncoder(nn.Module):
     """The encoder of a full-rate level (see `SyncerConfig.full_rate_levels`): (N, stride · T, in_dim) -> (N, out_dim).
 
