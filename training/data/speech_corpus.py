@@ -119,7 +119,9 @@ class Source:
 AUDIO_EXT = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 
 
-def _under(prefix: str, ext: tuple[str, ...] = AUDIO_EXT, skip: tuple[str, ...] = ()) -> Callable[[list[str]], list[str]]:
+def _under(
+    prefix: str, ext: tuple[str, ...] = AUDIO_EXT, skip: tuple[str, ...] = ()
+) -> Callable[[list[str]], list[str]]:
     return lambda paths: [
         p for p in paths if p.startswith(prefix) and p.lower().endswith(ext) and not any(s in p for s in skip)
     ]
@@ -173,17 +175,16 @@ SOURCES: tuple[Source, ...] = (
     Source(
         "pyannote/pyannote-audio",
         "CC-BY-4.0 (AMI)",
-        lambda paths: [p for p in _under("tests/data/")(paths) if "empty" not in p]
-        + _under("src/pyannote/audio/sample/")(paths),
+        lambda paths: (
+            [p for p in _under("tests/data/")(paths) if "empty" not in p] + _under("src/pyannote/audio/sample/")(paths)
+        ),
         lambda p: "",
     ),
     Source("auspicious3000/autovc", "CC-BY-4.0 (VCTK)", _under("wavs/p"), lambda p: "vctk:" + p.split("/")[1]),
     Source(
         "thegtagamer/PICO-tinyML-benchmark",
         "CC-BY-4.0 (Speech Commands v0.02)",
-        _per_speaker(
-            _under("MLTK_keyworkSpotting/dataset/", skip=("/_silence_/",)), _speech_commands_speaker, 6, 1200
-        ),
+        _per_speaker(_under("MLTK_keyworkSpotting/dataset/", skip=("/_silence_/",)), _speech_commands_speaker, 6, 1200),
         _speech_commands_speaker,
     ),
     Source(
@@ -332,8 +333,10 @@ def load_clip(entry: CorpusEntry, cache_dir: str | Path | None = None) -> np.nda
     """A materialised clip: (N,) float32 16 kHz mono, silence-cropped. Raises CorpusError when not materialised."""
     path = cache_path(cache_dir or default_cache_dir(), entry)
     if not path.is_file():
-        raise CorpusError(f"{entry.source}:{entry.path} is not materialised ({path}); run "
-                          "`python -m training.data.speech_corpus materialise`")
+        raise CorpusError(
+            f"{entry.source}:{entry.path} is not materialised ({path}); run "
+            "`python -m training.data.speech_corpus materialise`"
+        )
     return np.load(path)
 
 
