@@ -60,13 +60,15 @@ def encoder_features(model, pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cols.numpy(), norm.numpy()
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Ridge on standardised features: (weights, feature mean, feature std, intercept)."""
+def fit_ridge(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...]) -> list[tuple]:
+    """Ridge on standardised features, one fit per alpha (the Gram matrix is formed once):
+    [(weights, feature mean, feature std, intercept)] in the order of `alphas`."""
     mu, sd = x.mean(0), x.std(0) + 1e-6
-    z = (x - mu) / sd
+    z = ((x - mu) / sd).astype(np.float64)
     ym = y.mean()
-    w = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (y - ym))
-    return w, mu, sd, ym
+    gram, rhs = z.T @ z, z.T @ (y - ym)
+    eye = np.eye(z.shape[1])
+    return [(np.linalg.solve(gram + a * eye, rhs), mu, sd, ym) for a in alphas]
 
 
 def clip_r(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -85,8 +87,8 @@ def probe(train: tuple, val: tuple, test: dict[str, tuple]) -> dict:
     """Fit on train (lists of per-clip features and gaps), pick alpha on val, score every test condition."""
     x, y = np.concatenate(train[0]), np.concatenate(train[1])
     best = None
-    for alpha in (1.0, 10.0, 100.0, 1000.0, 10000.0):
-        m = fit_ridge(x, y, alpha)
+    alphas = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+    for alpha, m in zip(alphas, fit_ridge(x, y, alphas)):
         r = median_r(m, *val)
         if best is None or r > best[0]:
             best = (r, alpha, m)

@@ -102,7 +102,7 @@ def reverberate(pcm: np.ndarray, rir: np.ndarray) -> np.ndarray:
     """Causal convolution with `rir` (FFT), cut to the input length and rescaled to the input's RMS."""
     from scipy.signal import fftconvolve
 
-    wet = fftconvolve(np.asarray(pcm, np.float64), rir)[: len(pcm)]
+    wet = fftconvolve(np.asarray(pcm, np.float32), np.asarray(rir, np.float32))[: len(pcm)].astype(np.float64)
     p_in, p_out = _power(pcm), float(np.mean(wet**2))
     if p_out > 0:
         wet *= np.sqrt(p_in / p_out)
@@ -114,6 +114,8 @@ def degrade(
 ) -> np.ndarray:
     """One random degradation of a window (module docstring). `babble`: other speech of the same length to use as
     babble noise (None: only non-speech noise)."""
+    from scipy.fft import next_fast_len
+
     from training.data.nonspeech import sound
 
     x = np.asarray(pcm, np.float32)
@@ -125,7 +127,10 @@ def degrade(
         if babble is not None and rng.random() < cfg.babble_prob:
             noise = np.asarray(babble, np.float32)
         else:
-            noise = sound(str(rng.choice(["noise", "hum", "tones", "breathing", "noise"])), len(x), rng)
+            # drawn at an FFT-friendly length and cut: the generators filter in the frequency domain, and window
+            # lengths such as 352 + 640 k often have a large prime factor
+            kind = str(rng.choice(["noise", "hum", "tones", "breathing", "noise"]))
+            noise = sound(kind, next_fast_len(len(x), real=True), rng)[: len(x)]
         x = add_noise(x, noise, rng.uniform(cfg.snr_db_min, cfg.snr_db_max))
     if cfg.gain_db > 0:
         x = x * np.float32(10.0 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20.0))
