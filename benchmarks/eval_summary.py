@@ -41,6 +41,44 @@ def summarise(report: dict) -> dict[str, dict]:
     return out
 
 
+def lag_profile(predictions_dir: str | Path, data_dir: str = "../shared/data", lags=range(-3, 4)) -> dict:
+    """{model: {lag: median over clips of r}} of the inner-lip gap against ground truth at each lag (pred[t + k]
+    with ref[t]; k < 0: the model's mouth moves early), from an `msync eval` predictions folder (test split; each
+    sequence's gap centred on its own mean, a clip's sequences joined, like the report's articulation columns)."""
+    import collections
+
+    import numpy as np
+
+    from training.data.clips import ClipLoadConfig, load_all
+    from training.data.manifest import read_manifest
+    from training.data.splits import assign_splits
+    from training.eval.sequences import load_predictions
+    from training.metrics.viewer import lip_gap
+
+    segs = load_all(assign_splits(read_manifest(data_dir))["test"], ClipLoadConfig(), progress=False)
+    out = {}
+    for model_dir in sorted(Path(predictions_dir).iterdir()):
+        preds = load_predictions(model_dir)
+        by_clip = collections.defaultdict(list)
+        for p in preds:
+            for seg in segs:
+                off = p.start_frame - seg.start_frame
+                if seg.clip_id == p.clip_id and 0 <= off and off + len(p.landmarks) <= seg.num_frames:
+                    by_clip[p.clip_id].append((p.start_frame, p.landmarks, seg.landmarks[off : off + len(p.landmarks)]))
+                    break
+        prof = collections.defaultdict(list)
+        for group in by_clip.values():
+            group.sort(key=lambda x: x[0])
+            a = np.concatenate([lip_gap(x[1]) - lip_gap(x[1]).mean() for x in group])
+            b = np.concatenate([lip_gap(x[2]) - lip_gap(x[2]).mean() for x in group])
+            for k in lags:
+                pa, rb = (a[k:], b[: len(b) - k]) if k >= 0 else (a[:k], b[-k:])
+                if pa.std() > 0 and rb.std() > 0:
+                    prof[k].append(float(np.corrcoef(pa, rb)[0, 1]))
+        out[model_dir.name] = {k: float(np.median(v)) for k, v in sorted(prof.items()) if v}
+    return out
+
+
 def markdown(rows: dict[str, dict], source: str) -> str:
     names = list(rows)
     lines = [
@@ -81,10 +119,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--eval", required=True, help="an `msync eval` report JSON (OUT/eval.json)")
     p.add_argument("--out", required=True, help="output stem: OUT.md and OUT.json")
+    p.add_argument("--lags", action="store_true", help="add the gap's r at lags -3..+3 from the eval's predictions/")
     args = p.parse_args(argv)
     report = json.loads(Path(args.eval).read_text())
     rows = summarise(report)
     md = markdown(rows, args.eval)
+    if args.lags:
+        prof = lag_profile(Path(args.eval).parent / "predictions")
+        lags = sorted({k for v in prof.values() for k in v})
+        md += "\nInner-lip gap r with ground truth at each lag (pred[t + k] vs GT[t]; k < 0 = the mouth moves early), "
+        md += (
+            "median over clips:\n\n| row | "
+            + " | ".join(f"{k:+d}" for k in lags)
+            + " |\n|---|"
+            + "---|" * len(lags)
+            + "\n"
+        )
+        for name, v in prof.items():
+            md += f"| {name} | " + " | ".join(_f(v.get(k)) for k in lags) + " |\n"
+        for name, v in prof.items():
+            for key in rows:
+                if key.replace(" ", "_") == name:
+                    rows[key]["lag_profile"] = v
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
