@@ -23,6 +23,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -134,14 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         model, _ = load_generator(ckpt)
         feats[name] = {}
         for cond, key in conditions.items():
-            pairs = [encoder_features(model, a) for a in audio[key]]
-            feats[name][cond] = [c for c, _ in pairs]
+            both = [encoder_features(model, a) for a in audio[key]]
+            feats[name][cond] = [c for c, _ in both]
             if name == encoders[0][0]:
-                feats.setdefault("MFCC", {})[cond] = [stack_context(m) for _, m in pairs]
+                feats.setdefault("MFCC", {})[cond] = [stack_context(m) for _, m in both]
     feats["teacher"] = {}
     for cond, key in conditions.items():
-        rows = features_at_mfcc_rate(audio[key], cache_dir=default_cache_dir(), mfcc_per_frame=1)
-        feats["teacher"][cond] = [stack_context(f) for f in rows]
+        teacher_rows = features_at_mfcc_rate(audio[key], cache_dir=default_cache_dir(), mfcc_per_frame=1)
+        feats["teacher"][cond] = [stack_context(f) for f in teacher_rows]
 
     gap_of = {"train": gaps["train"], "val": gaps["val"], "clean": gaps["test"], "10 dB": gaps["test"]}
 
@@ -150,14 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         return fs, [g[: len(f)] for f, g in zip(fs, gap_of[cond])]
 
     order = ["MFCC", *[n for n, _ in encoders], "teacher"]
-    rows = {}
+    rows: dict[str, dict] = {}
     for name in order:
-        fs = {c: pairs(name, c) for c in conditions}
-        fs = {c: ([f[: len(g)] for f, g in zip(*v)], v[1]) for c, v in fs.items()}
+        raw = {c: pairs(name, c) for c in conditions}
+        fs = {c: ([f[: len(g)] for f, g in zip(*v)], v[1]) for c, v in raw.items()}
         rows[name] = probe(fs["train"], fs["val"], {"clean": fs["clean"], "10 dB": fs["10 dB"]})
         rows[name]["dims"] = int(fs["train"][0][0].shape[1])
     info = machine_info()
-    result = {
+    result: dict[str, Any] = {
         "rows": rows,
         "encoders": dict(encoders),
         "clips": {k: len(v) for k, v in segs.items()},

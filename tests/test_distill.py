@@ -216,3 +216,66 @@ def test_shared_test_split_is_refused():
 
     with pytest.raises(ValueError, match="test"):
         TrainDistillConfig(shared_splits=("train", "test"))
+
+
+@pytest.mark.slow
+def test_generator_fine_tune_takes_the_distilled_encoder_and_its_term(shared_data, tiny_run, monkeypatch):
+    """`msync train` with init_audio_from starts from the distilled encoder (the rest of the warm start kept) and
+    logs a finite distillation term computed against the teacher rows of its windows."""
+    import dataclasses
+
+    from training import teacher as teacher_mod
+    from training.checkpoint import save_module
+    from training.models.discriminators import DiscriminatorConfig
+    from training.models.generator import Generator, GeneratorConfig, load_generator
+    from training.models.syncer import SyncerConfig, SyncerPyramid
+    from training.train_distill import DistillTrainer
+    from training.train_generator import GeneratorTrainer, TrainGeneratorConfig
+
+    gcfg = GeneratorConfig(audio_channels=16, landmark_embed=16, lstm_hidden=16, branch_hidden=16)
+    torch.manual_seed(1)
+    save_module(tiny_run / "init", Generator(gcfg), {"kind": "generator", "step": 0, "generator": gcfg})
+    DistillTrainer(_config(tiny_run, steps=4, seq_len=8), tiny_run / "distill").run(progress=False)
+    sync = SyncerConfig(
+        embed_dim=16, audio_widths=(16, 16), audio_depths=(1, 1), landmark_widths=(16,), landmark_depths=(1,)
+    )
+    save_module(tiny_run / "sync", SyncerPyramid(sync), {"kind": "syncer_pyramid", "syncer": sync})
+
+    def fake_features(audios, cache_dir=None, mfcc_per_frame=4, progress=None, **kw):
+        return [np.repeat(_band_teacher(np.asarray(a, np.float32)), mfcc_per_frame, axis=0) for a in audios]
+
+    monkeypatch.setattr(teacher_mod, "features_at_mfcc_rate", fake_features)
+    cfg = TrainGeneratorConfig(
+        data_dir=str(shared_data),
+        syncers=str(tiny_run / "sync"),
+        generator=gcfg,
+        discriminator=DiscriminatorConfig(embed_dim=16, lstm_hidden=16, projection_hidden=16, windows=(5, 10)),
+        max_clips=30,
+        batch_size=2,
+        seq_len=12,
+        steps=2,
+        log_every=1,
+        eval_every=100,
+        checkpoint_every=100,
+        sample_every=0,
+        threads=1,
+        device="cpu",
+        init_from=str(tiny_run / "init"),
+        init_audio_from=str(tiny_run / "distill" / "generator"),
+        distill_head=str(tiny_run / "distill"),
+        distill_weight=1.0,
+    )
+    out = tiny_run / "gen"
+    GeneratorTrainer(dataclasses.replace(cfg, steps=0), out).run(progress=False)
+    started, _ = load_generator(out / "generator")
+    distilled, _ = load_generator(tiny_run / "distill" / "generator")
+    init, _ = load_generator(tiny_run / "init")
+    s, d, i = started.state_dict(), distilled.state_dict(), init.state_dict()
+    for k in s:
+        ref = d if k.startswith(("audio_stem.", "blocks.", "mfcc_")) else i
+        assert torch.equal(s[k], ref[k]), k
+    GeneratorTrainer(cfg, tiny_run / "gen2").run(progress=False)
+    recs = [json.loads(line) for line in (tiny_run / "gen2" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["distill"]) for r in recs if r["split"] == "train")
+    with pytest.raises(ValueError, match="distill_head"):
+        TrainGeneratorConfig(distill_weight=1.0)

@@ -105,7 +105,9 @@ def load_tracks(cfg: TrainDistillConfig, progress: bool) -> tuple[list, list, di
     from training.teacher import default_cache_dir
 
     teacher_cache = cfg.teacher_cache or default_cache_dir()
-    train, val, summary = [], [], {"corpus_files": 0, "corpus_minutes": 0.0, "shared_minutes": 0.0}
+    train: list = []
+    val: list = []
+    summary: dict = {"corpus_files": 0, "corpus_minutes": 0.0, "shared_minutes": 0.0}
     if cfg.corpus_manifest:
         from training.data.speech_corpus import load_clip, read_manifest
 

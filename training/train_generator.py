@@ -16,6 +16,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from training.config_io import command_main
 from training.data.augment import AugmentConfig
@@ -227,7 +228,8 @@ class GeneratorTrainer(Trainer):
         ]
         self.add_callback("on_checkpoint", lambda t: plot_generator_curves(t.metrics_path, t.out_dir / "curves.png"))
         self.add_callback("on_step_end", GeneratorTrainer._maybe_render_sample)
-        self.distill_head, self.teacher = None, []
+        self.distill_head: Any = None
+        self.teacher: list = []
         if cfg.distill_weight > 0:
             self.setup_distill(progress)
 
@@ -236,9 +238,10 @@ class GeneratorTrainer(Trainer):
         from training.models.distill_head import load_distill_head
         from training.teacher import default_cache_dir, features_at_mfcc_rate
 
-        self.distill_head = load_distill_head(self.cfg.distill_head, self.device)
-        for p in self.distill_head.parameters():
+        head = load_distill_head(self.cfg.distill_head, self.device)
+        for p in head.parameters():
             p.requires_grad_(False)
+        self.distill_head = head
         self.teacher = features_at_mfcc_rate(
             [s.audio for s in self.sampler.segments],
             cache_dir=self.cfg.teacher_cache or default_cache_dir(),
