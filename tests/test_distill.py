@@ -102,6 +102,19 @@ def test_windows_align_audio_and_teacher_rows():
     np.testing.assert_array_equal(a[352 + 5 * 640 : 352 + 6 * 640], audio[7 * 640 : 8 * 640])
 
 
+def test_shifted_targets_are_the_teacher_rows_shift_frames_earlier():
+    rng = np.random.default_rng(8)
+    audio = _speechlike(4.0, rng)
+    teacher = _band_teacher(audio)
+    track = Track(audio, teacher, "t")
+    w2 = DistillWindows([track], num_frames=10, lookahead_frames=2, warmup_frames=5, target_shift_frames=2)
+    b2 = w2.sample(6, np.random.default_rng(3))
+    for i in range(6):
+        start = next(s for s in range(len(teacher)) if np.array_equal(w2.window_audio(0, s)[0], b2.audio[i]))
+        assert start >= 2
+        np.testing.assert_array_equal(b2.teacher[i], teacher[start - 2 : start + 8])
+
+
 TINY = dict(
     audio_channels=16,
     audio_expansion=2,

@@ -45,6 +45,9 @@ class TrainDistillConfig:
         seq_len: target frames per window; batch_size: windows per step.
         lr_encoder, lr_head: Adam learning rates of the audio encoder and of the head.
         cosine_weight: weight of (1 - cosine) beside the MSE on standardised teacher features.
+        target_shift_frames: the head at column t + L predicts the teacher's frame t - s (s > 0 delays the
+            student's features against the teacher's; stored with the head, `msync train` uses the same).
+        init_head_from: a distillation head to start from ("" = a new one; e.g. to continue a run with a shift).
     """
 
     init_from: str = "training/weights/generator"
@@ -64,6 +67,8 @@ class TrainDistillConfig:
     lr_encoder: float = 3e-4
     lr_head: float = 1e-3
     cosine_weight: float = 0.5
+    target_shift_frames: int = 0
+    init_head_from: str = ""
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "cpu"
@@ -155,14 +160,19 @@ class DistillTrainer(Trainer):
         g = self.G.cfg
         self.warmup = g.receptive_field_frames[-1] - 1
         train, val, self.data_summary = load_tracks(cfg, progress and self.ctx.is_main)
-        self.sampler = DistillWindows(train, cfg.seq_len, g.lookahead_frames, self.warmup, g.frontend)
+        shift = cfg.target_shift_frames
+        self.sampler = DistillWindows(train, cfg.seq_len, g.lookahead_frames, self.warmup, g.frontend, shift)
         self.val_sampler = (
-            DistillWindows(val, cfg.seq_len, g.lookahead_frames, self.warmup, g.frontend) if val else None
+            DistillWindows(val, cfg.seq_len, g.lookahead_frames, self.warmup, g.frontend, shift) if val else None
         )
         allt = np.concatenate([t.teacher for t in train])
         self.head = DistillHead(len(g.level_dilations) * g.audio_channels, allt.shape[1]).to(self.ctx.device)
         self.head.teacher_mean.copy_(torch.from_numpy(allt.mean(0)))
         self.head.teacher_std.copy_(torch.from_numpy(allt.std(0) + 1e-3))
+        if cfg.init_head_from:
+            from training.models.distill_head import load_distill_head
+
+            self.head.load_state_dict(load_distill_head(cfg.init_head_from, self.ctx.device).state_dict())
         self.data_summary["train_frames"] = int(len(allt))
         for p in self.G.parameters():
             p.requires_grad_(False)
@@ -247,6 +257,7 @@ class DistillTrainer(Trainer):
             "step": step,
             "in_dim": self.head.proj.in_features,
             "teacher_dim": self.head.proj.out_features,
+            "target_shift_frames": self.cfg.target_shift_frames,
             "teacher": "whisper-tiny.en encoder (training.teacher)",
         }
 

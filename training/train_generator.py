@@ -230,15 +230,20 @@ class GeneratorTrainer(Trainer):
         self.add_callback("on_step_end", GeneratorTrainer._maybe_render_sample)
         self.distill_head: Any = None
         self.teacher: list = []
+        self.distill_shift = 0
         if cfg.distill_weight > 0:
             self.setup_distill(progress)
 
     def setup_distill(self, progress: bool) -> None:
         """The frozen distillation head and the teacher's features of every training segment (cached)."""
+        from training.checkpoint import load_meta
         from training.models.distill_head import load_distill_head
         from training.teacher import default_cache_dir, features_at_mfcc_rate
 
         head = load_distill_head(self.cfg.distill_head, self.device)
+        head_path = Path(self.cfg.distill_head)
+        head_path = head_path / "distill_head" if head_path.is_dir() else head_path
+        self.distill_shift = int(load_meta(head_path).get("target_shift_frames", 0))
         for p in head.parameters():
             p.requires_grad_(False)
         self.distill_head = head
@@ -352,12 +357,11 @@ class GeneratorTrainer(Trainer):
 
         from training.models.distill_head import distill_loss, level_columns
 
-        n = self.cfg.seq_len
-        rows = [
-            self.teacher[int(k)][int(s) : int(s) + n]
-            for k, s, use in zip(batch.segment_index, batch.start_frame, keep)
-            if use
-        ]
+        n, shift = self.cfg.seq_len, self.distill_shift
+        rows = []
+        for k, s, use in zip(batch.segment_index, batch.start_frame, keep):
+            if use:  # rows s - shift .. (the first row repeated where the window starts within `shift` frames)
+                rows.append(self.teacher[int(k)][np.clip(np.arange(n) + int(s) - shift, 0, None)])
         target = self.distill_head.standardise(torch.from_numpy(np.stack(rows)).to(self.device))
         levels = self.G.audio_levels(mfcc, valid)
         pred = self.distill_head(level_columns(levels, self.warmup + self.cfg.generator.lookahead_frames, n))

@@ -81,7 +81,9 @@ def teacher_tracks(audios: list[np.ndarray], names: list[str], cache_dir, progre
 
 class DistillWindows:
     """Draws windows from tracks long enough to hold T + L + 1 frames, with probability proportional to a
-    track's number of window starts (every 40 ms of audio equally likely)."""
+    track's number of window starts (every 40 ms of audio equally likely). With `target_shift_frames` = s the
+    targets of target frames t are the teacher's rows t - s (the student learns features s frames later than the
+    teacher's; windows start at frame s or later)."""
 
     def __init__(
         self,
@@ -90,13 +92,17 @@ class DistillWindows:
         lookahead_frames: int,
         warmup_frames: int,
         frontend: FrontEndConfig | None = None,
+        target_shift_frames: int = 0,
     ) -> None:
         frontend = frontend or FrontEndConfig()
+        if target_shift_frames < 0:
+            raise ValueError(f"target_shift_frames must be >= 0, got {target_shift_frames}")
+        self.shift = target_shift_frames
         if frontend.samples_per_landmark_frame != SPF or frontend.sample_rate_hz != 16000:
             raise ValueError("distillation windows assume 16 kHz audio and 640 samples per frame")
         self.frontend = frontend
         self.num_frames, self.lookahead, self.warmup = num_frames, lookahead_frames, warmup_frames
-        need = num_frames + lookahead_frames
+        need = num_frames + lookahead_frames + target_shift_frames
         self.tracks = [t for t in tracks if t.num_frames >= need]
         if not self.tracks:
             raise ValueError(f"no track holds {need} frames")
@@ -122,17 +128,17 @@ class DistillWindows:
     ) -> DistillBatch:
         """A random batch; with `augment` every window is degraded (babble: another random window)."""
         tracks = rng.choice(len(self.tracks), size=batch_size, p=self.weights)
-        starts = [int(rng.integers(0, self.num_starts[k])) for k in tracks]
+        starts = [self.shift + int(rng.integers(0, self.num_starts[k])) for k in tracks]
         audio, valid, teacher = [], [], []
         for k, s in zip(tracks, starts):
             a, v = self.window_audio(int(k), s)
             if augment is not None:
                 other = int(rng.choice(len(self.tracks), p=self.weights))
-                babble, _ = self.window_audio(other, int(rng.integers(0, self.num_starts[other])))
+                babble, _ = self.window_audio(other, self.shift + int(rng.integers(0, self.num_starts[other])))
                 a = degrade(a, rng, augment, babble)
             audio.append(a)
             valid.append(v)
-            teacher.append(self.tracks[int(k)].teacher[s : s + self.num_frames])
+            teacher.append(self.tracks[int(k)].teacher[s - self.shift : s - self.shift + self.num_frames])
         return DistillBatch(np.stack(audio), np.stack(valid), np.stack(teacher))
 
     def fixed(self, batch_size: int, seed: int = 1234, augment: ChannelAugmentConfig | None = None) -> DistillBatch:
