@@ -16,6 +16,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from training.config_io import command_main
 from training.data.augment import AugmentConfig
@@ -45,6 +46,12 @@ class TrainGeneratorConfig:
     batch (`training.data.nonspeech`); those windows train only the rest terms (`rest_*_weight`) and the L2 and
     articulation terms on their speech frames, while the synchrony loss and the discriminators see only the
     unmixed windows. `mouth_*_weight` are the articulation terms, `head_*_weight` the head terms.
+
+    Distilled audio (`training.train_distill`): `init_audio_from` names a generator checkpoint whose causal audio
+    encoder (MFCC normalisation, `audio_stem`, `blocks`) replaces the warm start's after `init_from` is loaded;
+    `distill_weight` > 0 adds the distillation loss of the frozen head `distill_head` (a `msync distill` run) on
+    the unmixed windows, against the speech teacher's features of their clean audio, so that the encoder stays
+    teacher-like while the generator trains (`teacher_cache`: "" = ~/.cache/msync/teacher).
     """
 
     data_dir: str = "../shared/data"
@@ -90,6 +97,11 @@ class TrainGeneratorConfig:
     sample_every: int = 1000
     max_clips: int = 0
     init_from: str = ""
+    init_audio_from: str = ""
+    distill_head: str = ""
+    distill_weight: float = 0.0
+    distill_cosine_weight: float = 0.5
+    teacher_cache: str = ""
 
     def __post_init__(self) -> None:
         if self.generator.frontend != self.clips.frontend:
@@ -113,6 +125,8 @@ class TrainGeneratorConfig:
         negative = [name for name, w in weights.items() if w < 0]
         if negative:
             raise ValueError(f"loss weights must be >= 0: {', '.join(negative)}")
+        if self.distill_weight > 0 and not self.distill_head:
+            raise ValueError("distill_weight > 0 needs distill_head (the head of a `msync distill` run)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -215,6 +229,31 @@ class GeneratorTrainer(Trainer):
         ]
         self.add_callback("on_checkpoint", lambda t: plot_generator_curves(t.metrics_path, t.out_dir / "curves.png"))
         self.add_callback("on_step_end", GeneratorTrainer._maybe_render_sample)
+        self.distill_head: Any = None
+        self.teacher: list = []
+        self.distill_shift = 0
+        if cfg.distill_weight > 0:
+            self.setup_distill(progress)
+
+    def setup_distill(self, progress: bool) -> None:
+        """The frozen distillation head and the teacher's features of every training segment (cached)."""
+        from training.checkpoint import load_meta
+        from training.models.distill_head import load_distill_head
+        from training.teacher import default_cache_dir, features_at_mfcc_rate
+
+        head = load_distill_head(self.cfg.distill_head, self.device)
+        head_path = Path(self.cfg.distill_head)
+        head_path = head_path / "distill_head" if head_path.is_dir() else head_path
+        self.distill_shift = int(load_meta(head_path).get("target_shift_frames", 0))
+        for p in head.parameters():
+            p.requires_grad_(False)
+        self.distill_head = head
+        self.teacher = features_at_mfcc_rate(
+            [s.audio for s in self.sampler.segments],
+            cache_dir=self.cfg.teacher_cache or default_cache_dir(),
+            mfcc_per_frame=1,
+            progress=(progress and self.is_main) or None,
+        )
 
     # ------------------------------------------------------------------- step
     def _tensors(self, batch):
@@ -288,6 +327,10 @@ class GeneratorTrainer(Trainer):
         face = self.face_terms(fake, real, x_ref[:, 0], speech, rest, clean)
         for name, value in face.items():
             loss_g = loss_g + getattr(cfg, f"{name}_weight") * value
+        distill = None
+        if self.distill_head is not None:
+            distill = self.distill_term(mfcc[clean], valid[clean], batch, clean.cpu().numpy())
+            loss_g = loss_g + cfg.distill_weight * distill
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         torch.nn.utils.clip_grad_norm_(self.G.parameters(), cfg.grad_clip)
@@ -300,10 +343,31 @@ class GeneratorTrainer(Trainer):
         }
         if shape is not None:
             rec["shape"] = float(shape.detach())
+        if distill is not None:
+            rec["distill"] = float(distill.detach())
         rec.update({k: float(v.detach()) for k, v in face.items()})
         rec.update({f"adv_{k}": float(v.detach()) for k, v in adv.items()})
         rec.update({f"cos_l{k}": v for k, v in cosines.items()})
         return rec
+
+    def distill_term(self, mfcc, valid, batch, keep):
+        """The distillation loss (`training.models.distill_head.distill_loss`) of the kept windows: the head reads
+        every audio level at column W + t + L and predicts the teacher's row of target frame t."""
+        import numpy as np
+        import torch
+
+        from training.models.distill_head import distill_loss, level_columns
+
+        n, shift = self.cfg.seq_len, self.distill_shift
+        rows = []
+        for k, s, use in zip(batch.segment_index, batch.start_frame, keep):
+            if use:  # rows s - shift .. (the first row repeated where the window starts within `shift` frames)
+                rows.append(self.teacher[int(k)][np.clip(np.arange(n) + int(s) - shift, 0, None)])
+        target = self.distill_head.standardise(torch.from_numpy(np.stack(rows)).to(self.device))
+        levels = self.G.audio_levels(mfcc, valid)
+        pred = self.distill_head(level_columns(levels, self.warmup + self.cfg.generator.lookahead_frames, n))
+        loss, _ = distill_loss(pred, target, self.cfg.distill_cosine_weight)
+        return loss
 
     def face_terms(self, fake, real, x_ref, speech, rest, clean) -> dict:
         """The `training.face_losses` terms whose weight is not 0: {name: scalar}."""
@@ -454,6 +518,25 @@ class GeneratorTrainer(Trainer):
     def on_fresh_start(self) -> None:
         if self.cfg.init_from:
             self.warm_start(self.cfg.init_from)
+        if self.cfg.init_audio_from:
+            self.take_audio_encoder(self.cfg.init_audio_from)
+
+    def take_audio_encoder(self, path: str) -> None:
+        """Replace the causal audio encoder (MFCC normalisation, `audio_stem`, `blocks`) with another generator
+        checkpoint's (e.g. a `msync distill` run's `generator`); the architectures must match."""
+        from training.models.generator import load_generator
+
+        other, _ = load_generator(path, self.device)
+        if (
+            other.cfg.audio_channels != self.G.cfg.audio_channels
+            or other.cfg.level_dilations != self.G.cfg.level_dilations
+        ):
+            raise ValueError(f"init_audio_from {path}: its audio encoder has another architecture")
+        prefixes = ("audio_stem.", "blocks.", "mfcc_mean", "mfcc_std")
+        theirs = {k: v for k, v in other.state_dict().items() if k.startswith(prefixes)}
+        self.G.load_state_dict({**self.G.state_dict(), **theirs})
+        if self.is_main:
+            print(f"audio encoder from {path} ({len(theirs)} tensors)")
 
     def finish(self, rate: float | None) -> dict:
         from training.checkpoint import save_module
