@@ -139,7 +139,7 @@ def checks_lines(c: dict, heading: str, all_pass_label: str, valid: dict | None 
 
 
 def _levels_text(meta: dict) -> str:
-    """" Levels: 200 ms: pooled, trained; ..." from the meta of a report (empty for reports older than it)."""
+    """ " Levels: 200 ms: pooled, trained; ..." from the meta of a report (empty for reports older than it)."""
     levels = meta.get("syncer_levels")
     return f" Levels: {'; '.join(levels)}." if levels else ""
 
