@@ -219,3 +219,15 @@ def test_checks_say_when_too_few_sequences_to_judge():
     enough = "\n".join(checks_lines({**base, "sequences": MIN_CHECK_SEQUENCES}, "# Checks", "all pass"))
     assert f"Only {MIN_CHECK_SEQUENCES - 1} sequences" in few
     assert "Only" not in enough
+
+
+def test_an_unknown_split_is_a_clear_error(shared_data):
+    """`--set split=nosuch` bypasses the CLI's choices; the loader names the splits instead of a KeyError."""
+    import pytest
+
+    from training.data.clips import ClipLoadConfig
+    from training.data.splits import SplitConfig
+    from training.eval.sequences import load_split_segments
+
+    with pytest.raises(ValueError, match="unknown split 'nosuch'.*test"):
+        load_split_segments(str(shared_data), SplitConfig(), "nosuch", ClipLoadConfig(), progress=False)

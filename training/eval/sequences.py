@@ -179,6 +179,8 @@ def load_split_segments(data_dir: str, splits, split: str, clips, max_clips: int
     from training.data.splits import assign_splits
 
     by_split = assign_splits(read_manifest(data_dir), splits)
+    if split not in by_split:  # `--set split=...` skips the CLI's choices
+        raise ValueError(f"unknown split {split!r}: expected one of {sorted(by_split)}")
     records = by_split[split][:max_clips] if max_clips else by_split[split]
     return by_split, records, load_all(records, clips, progress=progress)
 
