@@ -116,3 +116,12 @@ def test_the_committed_manifest_parses_and_keeps_out_non_commercial_sources():
     held_out = ("Talking-Face_PC-AVS", "spectre", "talkingface-codebase")
     assert not any(h in e.source for e in entries for h in held_out)
     assert sc.summary(entries)["hours"] > 1.5
+
+
+def test_speech_commands_speaker_is_the_hash_in_every_folder():
+    """`_unknown_/` files carry the word before the speaker hash; the speaker id is the hash either way (a word
+    prefix counted one voice as several)."""
+    from training.data.speech_corpus import _speech_commands_speaker
+
+    assert _speech_commands_speaker("dataset/yes/0c540988_nohash_0.wav") == "sc:0c540988"
+    assert _speech_commands_speaker("dataset/_unknown_/backward_0c540988_nohash_1.wav") == "sc:0c540988"
