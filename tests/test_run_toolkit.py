@@ -88,6 +88,9 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     no_resume = ToyTrainer(ToyConfig(steps=4), tmp_path)
     no_resume.run(resume=False, progress=False)
     assert [s for e, s in no_resume.events if e == "on_step_end"] == [1, 2, 3, 4]
+    # the log starts over with the run: no step goes backwards in metrics.jsonl
+    steps = [r["step"] for r in read_records(tmp_path / "metrics.jsonl") if r["split"] == "val"]
+    assert steps == sorted(steps) and steps[-1] == 4
 
 
 def test_unknown_event_is_refused(tmp_path):

@@ -28,7 +28,10 @@ from training.run import curves
 from training.run.metrics import read_records
 from training.run.trainer import Checkpointed, Trainer
 
-HELP = "Distil the speech teacher into the generator's causal audio encoder: `msync distill --out runs/distill`."
+HELP = (
+    "Distil the speech teacher into the generator's causal audio encoder: "
+    "`msync distill --config training/configs/distill.json --out runs/distill`."
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -241,8 +241,13 @@ class GeneratorTrainer(Trainer):
         from training.models.distill_head import load_distill_head
         from training.teacher import default_cache_dir, features_at_mfcc_rate
 
-        head = load_distill_head(self.cfg.distill_head, self.device)
         head_path = Path(self.cfg.distill_head)
+        if not (head_path / "distill_head.json").is_file() and not head_path.with_suffix(".json").is_file():
+            raise FileNotFoundError(
+                f"distill_head {head_path}: no `msync distill` run there; run "
+                "`msync distill --config training/configs/distill.json --out runs/distill` first"
+            )
+        head = load_distill_head(self.cfg.distill_head, self.device)
         head_path = head_path / "distill_head" if head_path.is_dir() else head_path
         self.distill_shift = int(load_meta(head_path).get("target_shift_frames", 0))
         for p in head.parameters():

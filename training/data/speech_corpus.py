@@ -440,8 +440,11 @@ def main(argv: list[str] | None = None) -> int:
             entries = read_manifest(args.manifest)
             if args.action == "materialise":
                 errors = materialise(entries, mirrors, cache, progress=not args.no_progress)
-                for line in errors:
-                    print(f"error: {line}", file=sys.stderr)
+                counts: dict[str, int] = {}
+                for line in errors:  # a missing mirror fails every file of its source: say it once
+                    counts[line] = counts.get(line, 0) + 1
+                for line, n in counts.items():
+                    print(f"error: {line}" + (f" ({n} files)" if n > 1 else ""), file=sys.stderr)
                 if errors:
                     print(f"{len(errors)} of {len(entries)} files failed", file=sys.stderr)
                     return 1

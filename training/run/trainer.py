@@ -129,6 +129,8 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.setup(progress)
         self.step = self.resume() if resume else 0
+        if not resume and self.ctx.is_main and self.metrics_path.exists():
+            self.metrics_path.unlink()  # --no-resume starts the log over too (it used to append to the old run's)
         if not self.step:
             self.on_fresh_start()
         if self.ctx.is_main:
