@@ -54,8 +54,10 @@ def format_contract(c: StepContract, path: str = "") -> str:
         f"  coordinates       {c.coordinates}",
         "  states:",
     ]
+    wn = max((len(s.name) for s in c.states), default=0)  # columns as wide as the longest state name
+    wx = max((len(s.next_name) for s in c.states), default=0)
     for s in c.states:
-        lines.append(f"    {s.name:<16} -> {s.next_name:<22} {str(list(s.shape)):<18} {s.dtype}  init {s.init}")
+        lines.append(f"    {s.name:<{wn}} -> {s.next_name:<{wx}} {str(list(s.shape)):<18} {s.dtype}  init {s.init}")
     face = c.reference_face_array
     lines.append(
         f"  reference face    {c.num_landmarks} points, x [{face[:, 0].min():.3f}, {face[:, 0].max():.3f}], "
