@@ -143,7 +143,9 @@ def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
         await asyncio.sleep(0.5)  # a late client
         frames = []
         async with connect(f"ws://127.0.0.1:{server.port}/frames") as ws:
-            while not task.done():
+            # Read until the server closes the connection (after its last frame), not until the server task ends:
+            # the task can finish while its last frames are still on the way to this client.
+            while True:
                 try:
                     msg = json.loads(await asyncio.wait_for(ws.recv(), 5.0))
                 except (asyncio.TimeoutError, Exception):

@@ -20,6 +20,7 @@ remote bind needs a token (or `insecure`); loopback servers refuse foreign Host 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hmac
@@ -384,7 +385,19 @@ class WebSocketServer:
         host = "127.0.0.1" if self.cfg.host in ("0.0.0.0", "") else self.cfg.host
         return f"http://{host}:{self.port}/"
 
-    async def aclose(self) -> None:
+    async def aclose(self, drain_s: float = 1.0) -> None:
+        """Stop serving. Frames already queued for a connected client are sent first, for up to `drain_s` in
+        all (a slow client would otherwise lose the last frames of a file when the engine shuts down)."""
+        clients = list(self._clients)
+        if clients and drain_s > 0:
+
+            async def drained(client: _Client) -> None:
+                while len(client.queue) or client.busy:
+                    client.idle.clear()
+                    await client.idle.wait()
+
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(drained(c) for c in clients)), drain_s)
         for client in list(self._clients):
             client.queue.close()
         if self._server is not None:
