@@ -533,6 +533,7 @@ def run_meta(
     """The report's `meta`: conditions, data sizes, machine, the metric pyramid and every model."""
     from training.eval.sequences import clip_counts
     from training.metrics.dynamics import FD_NAME
+    from training.models.syncer import describe_levels
     from training.run.machine import machine_info
 
     gt_velocity = summaries[GT]["motion"]["velocity"]["mean"] if summaries[GT]["motion"] else float("nan")
@@ -540,7 +541,7 @@ def run_meta(
         "metric_syncers": str(syncer_path),
         "syncer_loss": pyr.cfg.loss,
         "syncer_step": syncer_meta.get("step"),
-        "syncer_levels": _describe_levels(pyr.cfg),
+        "syncer_levels": describe_levels(pyr.cfg),
         "landmark_centering": pyr.cfg.landmark_centering,
         "split": cfg.split,
         "data_dir": cfg.data_dir,
@@ -650,9 +651,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(result["markdown"])
     return 0
-
-
-def _describe_levels(cfg) -> list[str]:
-    from training.models.syncer import describe_levels  # torch: imported when a report is made, not at import
-
-    return describe_levels(cfg)

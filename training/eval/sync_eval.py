@@ -91,6 +91,7 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
         sequence_list,
         sequences_or_error,
     )
+    from training.models.syncer import describe_levels
 
     device = eval_device(cfg.device, cfg.threads)
     pyr, syncer_path, meta = load_metric_syncers(cfg.metric_syncers, device)
@@ -119,7 +120,7 @@ def evaluate(cfg: EvalSyncConfig, out_dir: Path, progress: bool = True) -> dict:
             "metric_syncers": str(syncer_path),
             "syncer_loss": pyr.cfg.loss,
             "syncer_step": meta.get("step"),
-            "syncer_levels": _describe_levels(pyr.cfg),
+            "syncer_levels": describe_levels(pyr.cfg),
             "split": cfg.split,
             "data_dir": cfg.data_dir,
             **clip_counts(records, segments, sequences),
@@ -202,9 +203,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(result["markdown"])
     return 0
-
-
-def _describe_levels(cfg) -> list[str]:
-    from training.models.syncer import describe_levels  # torch: imported when a report is made, not at import
-
-    return describe_levels(cfg)
