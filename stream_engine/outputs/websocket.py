@@ -390,14 +390,8 @@ class WebSocketServer:
         all (a slow client would otherwise lose the last frames of a file when the engine shuts down)."""
         clients = list(self._clients)
         if clients and drain_s > 0:
-
-            async def drained(client: _Client) -> None:
-                while len(client.queue) or client.busy:
-                    client.idle.clear()
-                    await client.idle.wait()
-
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(drained(c) for c in clients)), drain_s)
+                await asyncio.wait_for(asyncio.gather(*(self._client_drained(c) for c in clients)), drain_s)
         for client in list(self._clients):
             client.queue.close()
         if self._server is not None:
@@ -789,9 +783,12 @@ class WebSocketServer:
         return False
 
     @staticmethod
-    async def _client_drained(client: _Client, stream_id: str, limit: int = 0) -> None:
-        """Until at most `limit` frames of the stream wait in the client's queue (0: none, nothing in flight)."""
-        while client.queue.frames_of(stream_id) > limit or (limit == 0 and client.busy):
+    async def _client_drained(client: _Client, stream_id: str | None = None, limit: int = 0) -> None:
+        """Until at most `limit` frames of the stream (None: of every stream, messages included) wait in the
+        client's queue (0: none, nothing in flight)."""
+        while (client.queue.frames_of(stream_id) if stream_id is not None else len(client.queue)) > limit or (
+            limit == 0 and client.busy
+        ):
             client.idle.clear()
             await client.idle.wait()
 
