@@ -90,23 +90,15 @@ def test_the_rules_catch_what_they_should(tmp_path, monkeypatch):
 def test_runtime_imports_without_torch_in_a_fresh_interpreter(pkg):
     """Importing every runtime module loads neither torch, nor the training/export/benchmarks packages, nor
     librosa (the front end's filterbank reference is built lazily, by training and export only)."""
-    import subprocess
-    import sys
-
     modules = sorted(
         {_module_name(rel) for rel, _ in _sources() if rel.startswith(pkg + "/") and "/native/" not in rel}
     )
     code = (
-        "import importlib, sys\n"
+        "import importlib\n"
         f"for m in {modules!r}:\n"
         "    try:\n        importlib.import_module(m)\n    except ImportError:\n        pass\n"
-        "heavy = ('torch', 'training', 'export', 'benchmarks', 'librosa')\n"
-        "bad = sorted(k for k in sys.modules if k.split('.')[0] in heavy)\n"
-        "print(bad)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]", out.stdout
+    assert _heavy_modules_after(code) == "[]"
 
 
 @pytest.mark.parametrize("argv", [["info", "stream_engine/models/default.onnx"], ["stream", "--help"]])
@@ -114,19 +106,20 @@ def test_runtime_commands_through_the_cli_load_no_training_code(argv):
     """`msync stream` / `msync info` through the CLI's entry point import only their own command module: the
     `msync` parser must not import every command (training's modules import torch at their top, ~180 MB of a
     server's resident memory before this was caught by a soak)."""
+    code = f"from stream_engine.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+    assert _heavy_modules_after(code) == "[]"
+
+
+def _heavy_modules_after(code: str) -> str:
+    """Run `code` in a fresh interpreter; the sorted list (as printed) of torch / training / export / benchmarks /
+    librosa modules it left loaded."""
     import subprocess
     import sys
 
-    code = (
-        "import sys\n"
-        "from stream_engine.cli import main\n"
-        "try:\n"
-        f"    main({argv!r})\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "heavy = ('torch', 'training', 'export', 'benchmarks', 'librosa')\n"
+    code += (
+        "\nimport sys\nheavy = ('torch', 'training', 'export', 'benchmarks', 'librosa')\n"
         "print(sorted(k for k in sys.modules if k.split('.')[0] in heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
+    return out.stdout.strip().splitlines()[-1]
