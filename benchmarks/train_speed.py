@@ -48,14 +48,14 @@ def steady_rate(records: list[dict], rate_key: str = "it_per_s") -> tuple[float 
     return ((s2 - s1) / dt if dt > 0 else None), s2 - s1
 
 
-def run_one(a: argparse.Namespace, batch: int, work: Path) -> dict:
-    out = work / f"run_b{batch}"
+def run_one(a: argparse.Namespace, batch: int, prefetch: int, work: Path) -> dict:
+    out = work / f"run_b{batch}_p{prefetch}"
     cmd = [
         sys.executable, "-m", "training.train_generator", "--config", str(a.config), "--out", str(out),
         "--no-resume", "--no-progress",
         "--set", f"device={a.device}", "--set", f"batch_size={batch}", "--set", f"steps={a.steps}",
         "--set", f"log_every={a.log_every}", "--set", f"eval_every={a.steps}", "--set", f"checkpoint_every={a.steps}",
-        "--set", "sample_every=0", "--set", f"threads={a.threads}",
+        "--set", "sample_every=0", "--set", f"threads={a.threads}", "--set", f"prefetch={prefetch}",
     ]  # fmt: skip
     if a.data:
         cmd += ["--set", f"data_dir={a.data}"]
@@ -74,7 +74,14 @@ def run_one(a: argparse.Namespace, batch: int, work: Path) -> dict:
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     rate, spanned = steady_rate(records)
     train = [r for r in records if r.get("split") == "train"]
-    row = {"batch": batch, "rc": rc, "wall_s": wall, "steady_it_per_s": rate, "steps_timed": spanned}
+    row = {
+        "batch": batch,
+        "prefetch": prefetch,
+        "rc": rc,
+        "wall_s": wall,
+        "steady_it_per_s": rate,
+        "steps_timed": spanned,
+    }
     if rate:
         loop_s = a.steps / rate
         row.update(
@@ -86,7 +93,7 @@ def run_one(a: argparse.Namespace, batch: int, work: Path) -> dict:
     if rc != 0:
         row["error"] = tail
     print(
-        f"  B={batch:<5} rc={rc} "
+        f"  B={batch:<5} prefetch {prefetch} rc={rc} "
         + (f"{rate:.2f} it/s, {rate * batch:.0f} windows/s, run {wall:.0f} s" if rate else f"no rate: {tail[-300:]}"),
         flush=True,
     )
@@ -106,17 +113,17 @@ def markdown(report: dict) -> str:
         + ".  ",
         "Steady rate: between the first and last log (warm-up and the final checkpoint left out).",
         "",
-        "| device | batch | it/s | windows/s | s per 1,000 steps | set-up s | rc |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| device | batch | prefetch | it/s | windows/s | s per 1,000 steps | set-up s | rc |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         if r.get("steady_it_per_s"):
             lines.append(
-                f"| {c['device']} | {r['batch']} | {r['steady_it_per_s']:.2f} | {r['windows_per_s']:.0f} | "
+                f"| {c['device']} | {r['batch']} | {r.get('prefetch', 0)} | {r['steady_it_per_s']:.2f} | {r['windows_per_s']:.0f} | "
                 f"{r['s_per_1000_steps']:.0f} | {r['setup_s']:.0f} | {r['rc']} |"
             )
         else:
-            lines.append(f"| {c['device']} | {r['batch']} | - | - | - | - | {r['rc']} |")
+            lines.append(f"| {c['device']} | {r['batch']} | {r.get('prefetch', 0)} | - | - | - | - | {r['rc']} |")
     errors = [r for r in report["rows"] if r.get("error")]
     if errors:
         lines += ["", "Failures:", ""] + [f"- B={r['batch']}: `{r['error'][-400:]!r}`" for r in errors]
@@ -138,6 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--batches", default="8", help="comma list of batch sizes")
+    p.add_argument("--prefetch", default="0", help="comma list of `prefetch` values (batches drawn ahead in a worker)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--data", default="", help="data folder (default: the config's data_dir)")
@@ -149,6 +157,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.batches = sorted({int(x) for x in a.batches.split(",") if x.strip()})
     except ValueError:
         p.error(f"--batches must be a comma list of positive integers, got {a.batches!r}")
+    try:
+        a.prefetch = sorted({int(x) for x in a.prefetch.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"--prefetch must be a comma list of integers >= 0, got {a.prefetch!r}")
+    if not a.prefetch or a.prefetch[0] < 0:
+        p.error("--prefetch values must be >= 0")
     if not a.batches or a.batches[0] < 1:
         p.error("--batches must be positive")
     if a.steps < 2 * a.log_every:
@@ -158,9 +172,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    print(f"train_speed: {a.device}, batches {a.batches}, {a.steps} steps each", flush=True)
+    print(f"train_speed: {a.device}, batches {a.batches}, prefetch {a.prefetch}, {a.steps} steps each", flush=True)
     with tempfile.TemporaryDirectory(prefix="msync_train_speed_") as td:
-        rows = [run_one(a, b, Path(td)) for b in a.batches]
+        rows = [run_one(a, b, k, Path(td)) for b in a.batches for k in a.prefetch]
     report = {
         "machine": machine_info(),
         "gpu": gpu_name() if a.device.startswith("cuda") else None,

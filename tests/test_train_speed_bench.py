@@ -38,12 +38,12 @@ def test_report_lists_failed_rows_with_their_error():
         ],
     }  # fmt: skip
     text = train_speed.markdown(report)
-    assert "| cpu | 8 | 2.00 | 16 | 500 | 3 | 0 |" in text
-    assert "| cpu | 64 | - | - | - | - | 1 |" in text
+    assert "| cpu | 8 | 0 | 2.00 | 16 | 500 | 3 | 0 |" in text
+    assert "| cpu | 64 | 0 | - | - | - | - | 1 |" in text
     assert "no segment holds 83 frames" in text
 
 
-@pytest.mark.parametrize("argv", [["--batches", "8,x"], ["--batches", "0"], ["--steps", "5", "--log-every", "5"]])
+@pytest.mark.parametrize("argv", [["--batches", "8,x"], ["--batches", "0"], ["--steps", "5", "--log-every", "5"], ["--prefetch", "-1"]])
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         train_speed.parse_args(argv)

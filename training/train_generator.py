@@ -52,6 +52,10 @@ class TrainGeneratorConfig:
     `distill_weight` > 0 adds the distillation loss of the frozen head `distill_head` (a `msync distill` run) on
     the unmixed windows, against the speech teacher's features of their clean audio, so that the encoder stays
     teacher-like while the generator trains (`teacher_cache`: "" = ~/.cache/msync/teacher).
+
+    `prefetch` > 0 draws that many batches ahead in a forked worker process (`training.data.prefetch`): the same
+    batches in the same order, with the host-side batch work overlapping the step (worth it on a GPU, where drawing
+    a batch of 256 takes about half the step; 0 draws them inline).
     """
 
     data_dir: str = "../shared/data"
@@ -96,6 +100,7 @@ class TrainGeneratorConfig:
     checkpoint_every: int = 500
     sample_every: int = 1000
     max_clips: int = 0
+    prefetch: int = 0
     init_from: str = ""
     init_audio_from: str = ""
     distill_head: str = ""
@@ -125,6 +130,8 @@ class TrainGeneratorConfig:
         negative = [name for name, w in weights.items() if w < 0]
         if negative:
             raise ValueError(f"loss weights must be >= 0: {', '.join(negative)}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0 (batches drawn ahead), got {self.prefetch}")
         if self.distill_weight > 0 and not self.distill_head:
             raise ValueError("distill_weight > 0 needs distill_head (the head of a `msync distill` run)")
 
@@ -232,6 +239,7 @@ class GeneratorTrainer(Trainer):
         self.distill_head: Any = None
         self.teacher: list = []
         self.distill_shift = 0
+        self.prefetcher: Any = None
         if cfg.distill_weight > 0:
             self.setup_distill(progress)
 
@@ -288,6 +296,21 @@ class GeneratorTrainer(Trainer):
         start = 4 * (self.warmup - 1)
         return mfcc[:, start : start + 4 * (num_frames + 1)]
 
+    def draw_batch(self, rng):
+        cfg = self.cfg
+        return self.sampler.sample(cfg.batch_size, rng, cfg.augment, cfg.rest, self.reference_face)
+
+    def next_batch(self, rng):
+        """The step's batch: drawn inline from `rng`, or (`prefetch` > 0) taken from the worker that owns `rng`
+        from the first call on; both give the same batches in the same order."""
+        if not self.cfg.prefetch:
+            return self.draw_batch(rng)
+        if self.prefetcher is None:
+            from training.data.prefetch import Prefetcher
+
+            self.prefetcher = Prefetcher(self.draw_batch, rng, depth=self.cfg.prefetch)
+        return self.prefetcher.next()
+
     def train_step(self, rng) -> dict[str, float]:
         import torch
 
@@ -295,7 +318,7 @@ class GeneratorTrainer(Trainer):
         from training.models.discriminators import hinge_d, hinge_g
 
         cfg = self.cfg
-        batch = self.sampler.sample(cfg.batch_size, rng, cfg.augment, cfg.rest, self.reference_face)
+        batch = self.next_batch(rng)
         mfcc, valid, lm = self._tensors(batch)
         x_ref, real = lm[:, :1], lm[:, 1:]
         fake = self.generate(mfcc, valid, x_ref[:, 0], cfg.seq_len)
@@ -545,6 +568,10 @@ class GeneratorTrainer(Trainer):
 
     def finish(self, rate: float | None) -> dict:
         from training.checkpoint import save_module
+
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+            self.prefetcher = None
 
         save_module(self.out_dir / "generator", self.G, self.meta(self.step))
         return {
