@@ -247,6 +247,22 @@ def test_composite_level_is_level_zero_over_the_tiled_span():
     assert torch.allclose(d, d_sub.pow(2).mean(-1).sqrt(), atol=1e-5)
 
 
+def test_composite_level_embeds_more_audio_candidates_than_landmark_windows():
+    """Offset checks embed several audio candidates per landmark window (`syncer_check`, 9 per anchor): a
+    composite level must embed each audio window on its own, as a pooled level does (it once folded the
+    candidates into the feature axis and failed)."""
+    from training.models.syncer import with_composite_levels
+
+    torch.manual_seed(0)
+    comp = with_composite_levels(SyncerPyramid(dataclasses.replace(TINY, full_rate_levels=())).eval(), (2, 3))
+    lm, mf = torch.rand(2, 40, 68, 2), torch.randn(6, 160, 26)
+    with torch.no_grad():
+        e_a, e_x = comp.embed(3, lm, mf)
+        one_a, one_x = comp.embed(3, lm[1:2], mf[4:5])
+    assert e_a.shape == (6, 8 * 16) and e_x.shape == (2, 8 * 16)
+    assert torch.allclose(e_a[4], one_a[0], atol=1e-6) and torch.allclose(e_x[1], one_x[0], atol=1e-6)
+
+
 def test_a_full_rate_level_made_composite_drops_its_encoders():
     from training.models.syncer import with_composite_levels
 

@@ -316,12 +316,15 @@ class SyncerPyramid(nn.Module):
         self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A composite level (see `SyncerConfig.composite_levels`): level 0's embeddings of the 2^l sub-windows
-        that tile each window, concatenated and divided by sqrt(2^l): (N, 2^l · E) each."""
-        k, n = 1 << lvl, len(landmarks)
+        that tile each window, concatenated and divided by sqrt(2^l): (N_audio, 2^l · E) and (N_landmarks, 2^l · E)
+        (the two counts may differ, e.g. several audio candidates per landmark window)."""
+        k, n_x, n_a = 1 << lvl, len(landmarks), len(mfcc)
         nl, na = self.cfg.landmark_frames, self.cfg.audio_frames
-        e_a, e_x = self.embed(0, landmarks.reshape(n * k, nl, *landmarks.shape[2:]), mfcc.reshape(n * k, na, -1))
+        e_a, e_x = self.embed(
+            0, landmarks.reshape(n_x * k, nl, *landmarks.shape[2:]), mfcc.reshape(n_a * k, na, mfcc.shape[-1])
+        )
         scale = 1.0 / math.sqrt(k)
-        return e_a.reshape(n, -1) * scale, e_x.reshape(n, -1) * scale
+        return e_a.reshape(n_a, -1) * scale, e_x.reshape(n_x, -1) * scale
 
     def score(self, lvl: int, landmarks: torch.Tensor, mfcc: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of paired segments: (N,)."""
