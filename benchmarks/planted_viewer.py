@@ -28,7 +28,6 @@ import numpy as np
 
 MOUTH = list(range(48, 68))
 GLIDE_FRAMES = 5
-EYES = list(range(36, 48))
 
 
 def _by_sequence(fn, items):
@@ -72,13 +71,17 @@ def half_head_motion(x: np.ndarray) -> np.ndarray:
 
 
 def open_eyes(x: np.ndarray) -> np.ndarray:
-    from stream_engine.signals import RIGID_POINTS, eye_aspect_ratio
+    """Every frame's eyelids (37-38, 40-41, 43-44, 46-47) as in the frame where the eyes are widest, placed
+    relative to each eye's own corners in that frame; the corners (36, 39, 42, 45) are rigid head points and stay
+    as they are, so only the blink columns may change."""
+    from stream_engine.signals import eye_aspect_ratio
 
-    rigid = list(RIGID_POINTS)
     k = int(np.argmax([eye_aspect_ratio(f) for f in x]))
     y = x.copy()
-    shift = x[:, rigid].mean(axis=1) - x[k, rigid].mean(axis=0)
-    y[:, EYES] = x[k, EYES][None] + shift[:, None]
+    for corners, lids in (((36, 39), (37, 38, 40, 41)), ((42, 45), (43, 44, 46, 47))):
+        c, lid = list(corners), list(lids)
+        centre = x[:, c].mean(axis=1)  # (T, 2)
+        y[:, lid] = (x[k, lid] - x[k, c].mean(axis=0))[None] + centre[:, None]
     return y
 
 

@@ -94,6 +94,19 @@ def test_blinks_are_counted_with_their_length():
     assert vm.blinks(face_sequence(np.zeros(T)))["count"] == 0
 
 
+def test_single_frame_eye_dips_are_not_blinks():
+    """A one-frame dip of the eye aspect ratio (tracker jitter at 25 fps) is not counted; two frames are."""
+    x = face_sequence(np.zeros(T))
+    for start, length in ((30, 1), (110, 1), (200, 2)):
+        for lids, corners in (((37, 38, 40, 41), (36, 39)), ((43, 44, 46, 47), (42, 45))):
+            x[start : start + length, list(lids), 1] = x[start : start + length, list(corners), 1].mean(
+                axis=1, keepdims=True
+            )
+    b = vm.blinks(x)
+    assert b["count"] == 1 and b["blink_ms"] == pytest.approx(80.0)
+    assert vm.blinks(x, min_frames=1)["count"] == 3
+
+
 def test_bilabial_closure_sees_a_mouth_open_on_p():
     m = np.full(T, 8.0)
     phones = [("AA", 10, 20), ("P", 21, 24), ("M", 60, 63), ("IY", 64, 70)]

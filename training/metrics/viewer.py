@@ -182,19 +182,27 @@ def smoothed_correlation(a: np.ndarray, b: np.ndarray, window_frames: int) -> fl
 # ----------------------------------------------------------------------------------------------- blinks
 
 
-def blinks(x: np.ndarray, closed_fraction: float = 0.6, fps: float = FPS) -> dict[str, float]:
+def blinks(x: np.ndarray, closed_fraction: float = 0.6, fps: float = FPS, min_frames: int = 2) -> dict[str, float]:
     """Blinks from the eye aspect ratio of (T, 68, 2) landmarks.
 
     A frame is closed when its EAR is below `closed_fraction` × the sequence's median EAR (the open level); a
-    blink is a run of closed frames. Returns `blinks_per_min`, `blink_ms` (mean run length; NaN without blinks),
-    `closed_share` (fraction of closed frames) and `count`.
+    blink is a run of at least `min_frames` closed frames (2 at 25 fps = 80 ms: single-frame dips are mostly the
+    landmark tracker's jitter; counting them put ground truth of the test split at 32 blinks/min with a mean of
+    88 ms, against 22/min and 114 ms without them, and people blink about 15-20 times a minute for 100-400 ms).
+    Returns `blinks_per_min`, `blink_ms` (mean run length; NaN without blinks), `closed_share` (fraction of
+    frames in counted blinks) and `count`.
     """
     x = _check(x)
     ear = np.array([eye_aspect_ratio(p) for p in x])
     closed = ear < closed_fraction * float(np.median(ear))
     edges = np.diff(np.concatenate([[0], closed.astype(int), [0]]))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    keep = (ends - starts) >= min_frames
+    starts, ends = starts[keep], ends[keep]
     runs = ends - starts
+    closed = np.zeros(len(x), bool)
+    for a, b in zip(starts, ends):
+        closed[a:b] = True
     minutes = len(x) / fps / 60.0
     return {
         "blinks_per_min": float(len(runs) / minutes) if minutes > 0 else math.nan,
