@@ -63,7 +63,9 @@ from training.eval.sequences import GT
 
 HELP = (
     "Quality report: generate from held-out speech, score every method (sync at four scales, LMD, motion, "
-    "FD-motion, plausibility, drift): `msync eval --model ours=CKPT --out runs/eval`."
+    "FD-motion, plausibility, drift) and what a viewer sees (inner-lip articulation against ground truth, "
+    "bilabial closure, the mouth in silence/noise/hum/music/breathing, head ranges/bias/energy, blinks; a "
+    "side-by-side video): `msync eval --model ours=CKPT --out runs/eval`."
 )
 
 LOUDNESS = "loudness mouth"
