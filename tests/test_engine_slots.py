@@ -89,6 +89,48 @@ def test_onnx_step_slots_matches_step_with_io_binding():
     check_finite_output(runner)  # the shipped model passes the load-time check
 
 
+@pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the shipped default model is not in this checkout")
+def test_onnx_step_slots_every_batch_size_shares_one_buffer_set():
+    """Batch sizes in any order (growing past the buffers, then smaller again) give the pure step's results, and
+    the buffers bound for them are one set sized for the largest batch, not one set per size (the soak's RSS)."""
+    import tracemalloc
+
+    from stream_engine.runtime.onnxrt import OnnxStepRunner
+
+    runner = OnnxStepRunner(DEFAULT_MODEL_PATH)
+    n = 24
+    slots = runner.new_slots(n)
+    for r in range(n):
+        slots.alloc()
+        slots.init_row(r, rng=np.random.default_rng(r))
+    audio = speechlike(SPF * n, seed=5).reshape(n, SPF)
+    row_bytes = sum(int(v[0].nbytes) for v in slots.arrays.values())
+    sizes = (3, 1, 5, 2, 16, 4, 9, 7, 12, 24, 6, 11, 10, 8, 13, 15, 14, 3)
+    batches = [np.sort(np.random.default_rng(i).choice(n, size, replace=False)) for i, size in enumerate(sizes)]
+    ref = {k: v.copy() for k, v in slots.arrays.items()}  # the pure step on a copy of the store
+    expected = []
+    for rows in batches:
+        lm, nxt = runner.step(audio[: rows.size], {k: v[rows] for k, v in ref.items()})
+        for k, v in nxt.items():
+            ref[k][rows] = v
+        expected.append(lm)
+    got = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for rows in batches:
+            got.append(runner.step_slots(slots, rows, audio[: rows.size]))
+        grown = tracemalloc.get_traced_memory()[0] - before - sum(lm.nbytes for lm in got)
+    finally:
+        tracemalloc.stop()
+    for lm, expect in zip(got, expected):
+        np.testing.assert_allclose(lm, expect, atol=1e-6)
+    for k, v in ref.items():
+        np.testing.assert_allclose(slots.arrays[k], v, atol=1e-5)
+    # one set (inputs and outputs) for 32 rows is 2 x 32 rows; one set per size would be 2 x 160 rows
+    assert grown < 2 * 32 * row_bytes * 1.25, grown
+
+
 def test_core_frames_do_not_depend_on_batch_composition_or_slot_reuse():
     """Streams that open and close around others (slots reused, batches mixed) give the same frames as alone."""
     audio = {sid: speechlike(SPF * 12, seed=i) for i, sid in enumerate("abc")}
