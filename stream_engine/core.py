@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -146,6 +147,82 @@ class StepBatch:
 
     def __len__(self) -> int:
         return len(self.stream_ids)
+
+
+@dataclasses.dataclass(slots=True)
+class CommittedFrames:
+    """The frames one step completed, as columns (`EngineCore.commit_batch`); `frames()` builds the objects.
+
+    The asyncio shell derives the signals of a whole step from these arrays and builds each published
+    `LandmarkFrame` once (with its signals and publish time), instead of one frame out of the core and a second
+    one with the signals attached.
+
+    Attributes:
+        stream_ids, seqs, epochs, indices, pts_ns, stalled, audio_ready_ns: per frame, as on `LandmarkFrame`
+            and `FrameTimings`.
+        levels_dbfs, ahead_dbfs: per frame, `audio_level_dbfs` and `audio_ahead_dbfs` (dBFS).
+        landmarks: (n, num_landmarks, landmark_dims) float32, owned (frame i's landmarks are row i).
+        infer_start_ns, infer_end_ns, take_ns: shared by the whole step.
+    """
+
+    stream_ids: list[str]
+    seqs: list[int]
+    epochs: list[int]
+    indices: list[int]
+    pts_ns: list[int]
+    levels_dbfs: list[float]
+    ahead_dbfs: list[float]
+    stalled: list[bool]
+    audio_ready_ns: list[int]
+    landmarks: np.ndarray
+    infer_start_ns: int = 0
+    infer_end_ns: int = 0
+    take_ns: int = 0
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+    def select(self, keep: list[int]) -> CommittedFrames:
+        """The frames at positions `keep`, in that order."""
+        return CommittedFrames(
+            [self.stream_ids[i] for i in keep],
+            [self.seqs[i] for i in keep],
+            [self.epochs[i] for i in keep],
+            [self.indices[i] for i in keep],
+            [self.pts_ns[i] for i in keep],
+            [self.levels_dbfs[i] for i in keep],
+            [self.ahead_dbfs[i] for i in keep],
+            [self.stalled[i] for i in keep],
+            [self.audio_ready_ns[i] for i in keep],
+            self.landmarks[keep],
+            self.infer_start_ns,
+            self.infer_end_ns,
+            self.take_ns,
+        )
+
+    def frames(self, publish_ns: int = 0, signals: Iterable[Any] | None = None) -> list[LandmarkFrame]:
+        """The `LandmarkFrame` objects (row i's landmarks a view of `landmarks[i]`), each stamped with
+        `publish_ns` and, when given, the i-th of `signals`."""
+        t0, t1, take, pub = int(self.infer_start_ns), int(self.infer_end_ns), int(self.take_ns), int(publish_ns)
+        sigs = itertools.repeat(None) if signals is None else signals
+        return [
+            LandmarkFrame(
+                sid, seq, epoch, index, pts, lm, level, ahead, FrameTimings(ready, t0, t1, pub, take), sig, st
+            )
+            for sid, seq, epoch, index, pts, lm, level, ahead, ready, sig, st in zip(
+                self.stream_ids,
+                self.seqs,
+                self.epochs,
+                self.indices,
+                self.pts_ns,
+                self.landmarks,
+                self.levels_dbfs,
+                self.ahead_dbfs,
+                self.audio_ready_ns,
+                sigs,
+                self.stalled,
+            )
+        ]
 
 
 class _SampleFifo:
@@ -573,6 +650,16 @@ class EngineCore:
         Raises:
             CoreError: landmarks of the wrong shape (every stream of the batch is restarted).
         """
+        return self.commit_batch(batch, landmarks, infer_start_ns, infer_end_ns).frames()
+
+    def commit_batch(
+        self, batch: StepBatch, landmarks: np.ndarray, infer_start_ns: int = 0, infer_end_ns: int = 0
+    ) -> CommittedFrames:
+        """`commit`, with the completed frames as columns (`CommittedFrames.frames()` gives `commit`'s list).
+
+        Raises:
+            CoreError: landmarks of the wrong shape (every stream of the batch is restarted).
+        """
         self._in_flight_batches = max(0, self._in_flight_batches - 1)
         landmarks = np.asarray(landmarks, dtype=np.float32)
         expect = (len(batch), self.num_landmarks, self.landmark_dims)
@@ -580,12 +667,25 @@ class EngineCore:
             self._in_flight_batches += 1
             self.abort(batch)
             raise CoreError(f"runner returned landmarks of shape {landmarks.shape}, expected {expect}")
-        finite = np.isfinite(landmarks).reshape(len(batch), -1).all(axis=1)
-        frames: list[LandmarkFrame] = []
+        finite = np.isfinite(landmarks).reshape(len(batch), -1).all(axis=1).tolist()
         L = self.lookahead_frames
+        spf = self.samples_per_frame
+        time_ns = self.sample_clock.time_ns
+        streams = self._streams
+        keep: list[int] = []  # batch rows that became frames
+        sids: list[str] = []
+        seqs: list[int] = []
+        epochs: list[int] = []
+        indices: list[int] = []
+        pts: list[int] = []
+        levels: list[float] = []
+        aheads: list[float] = []
+        stalls: list[bool] = []
+        ready: list[int] = []
+        rows = batch.rows.tolist()
         for i, stream_id in enumerate(batch.stream_ids):
-            row = int(batch.rows[i])
-            stream = self._streams.get(stream_id)
+            row = rows[i]
+            stream = streams.get(stream_id)
             if stream is None or stream.row != row:
                 if row in self._orphans:  # closed while in flight
                     self._orphans.discard(row)
@@ -605,26 +705,36 @@ class EngineCore:
                 j = k - L
                 level, stalled = stream.levels.popleft()
                 ahead = max(stream.levels)[0] if stream.levels else level  # the loudest (dBFS, stalled)
-                frames.append(
-                    LandmarkFrame(
-                        stream_id=stream_id,
-                        seq=stream.seq,
-                        epoch=stream.epoch,
-                        index=j,
-                        pts_ns=self.sample_clock.time_ns(stream.epoch_start_sample + j * self.samples_per_frame),
-                        landmarks=landmarks[i].copy(),
-                        audio_level_dbfs=level,
-                        audio_ahead_dbfs=ahead,
-                        timings=FrameTimings(
-                            batch.audio_ready_ns[i], int(infer_start_ns), int(infer_end_ns), 0, batch.take_ns
-                        ),
-                        stalled=stalled,
-                    )
-                )
+                keep.append(i)
+                sids.append(stream_id)
+                seqs.append(stream.seq)
+                epochs.append(stream.epoch)
+                indices.append(j)
+                pts.append(time_ns(stream.epoch_start_sample + j * spf))
+                levels.append(level)
+                aheads.append(ahead)
+                stalls.append(stalled)
+                ready.append(batch.audio_ready_ns[i])
                 stream.seq += 1
             if stream.ending_steps is not None and stream.steps_committed >= stream.ending_steps:
                 self._start_next_epoch(stream)
-        return frames
+        # one copy of the kept rows (the runner may reuse its output buffer); frames hold views of its rows
+        kept = landmarks[keep] if len(keep) < len(batch) else landmarks.copy()
+        return CommittedFrames(
+            sids,
+            seqs,
+            epochs,
+            indices,
+            pts,
+            levels,
+            aheads,
+            stalls,
+            ready,
+            kept,
+            int(infer_start_ns),
+            int(infer_end_ns),
+            int(batch.take_ns),
+        )
 
     def abort(self, batch: StepBatch) -> list[str]:
         """The runner failed on `batch`: restart every stream in it (new epoch). Returns the affected ids."""

@@ -50,7 +50,7 @@ import numpy as np
 
 from stream_engine.batch_signals import BatchSignalExtractor
 from stream_engine.clock import Clock, MonotonicClock
-from stream_engine.core import EngineCore, LandmarkFrame, StepBatch
+from stream_engine.core import CommittedFrames, EngineCore, LandmarkFrame, StepBatch
 from stream_engine.outputs import FrameSink
 from stream_engine.runtime.base import StepRunner
 from stream_engine.session import Session
@@ -478,7 +478,7 @@ class Engine:
     def _finish_batch(self, batch: StepBatch, landmarks: np.ndarray, t0: int, t1: int) -> None:
         """On the loop: commit a finished step, report non-finite rows, publish the frames."""
         try:
-            frames = self.core.commit(batch, landmarks, t0, t1)
+            committed = self.core.commit_batch(batch, landmarks, t0, t1)
         except Exception as exc:  # wrong landmark shape: the core has restarted the batch's streams
             self.stats.runner_errors += 1
             log.error("bad runner output for a batch of %d streams: %r; those streams were reset", len(batch), exc)
@@ -507,64 +507,69 @@ class Engine:
             log.error("stream %s: %s", sid, message)
             self.note_error(sid, message)
             self._event(sid, "reset", epoch=self.core.epoch(sid))
-        self._publish(frames)
+        self._publish(committed)
         self._notify_progress()
 
-    def _publish(self, frames: Sequence[LandmarkFrame]) -> None:
-        if not frames:
+    def _publish(self, committed: CommittedFrames) -> None:
+        """Build the published frames of one step (signals of the whole step in one call, each frame built once
+        with its signals and publish time), deliver them to subscribers and hand them to every sink."""
+        if not len(committed):
             return
         now = self.clock.now_ns()
-        out = []
-        sessions = self.sessions
+        get = self.sessions.get
+        live = [get(sid) for sid in committed.stream_ids]
+        if None in live:  # not on the loop today (close_stream drops session and core stream together)
+            keep = [i for i, session in enumerate(live) if session is not None]
+            committed, live = committed.select(keep), [live[i] for i in keep]
+        sessions: list[Session] = live  # type: ignore[assignment]  # no None left
+        if self.batch_signals is not None:
+            frames = committed.frames(now, self._batch_signals(committed, sessions))
+            for frame, session in zip(frames, sessions):
+                session.published(frame)
+        else:
+            frames = [session.derive(frame, now) for frame, session in zip(committed.frames(), sessions)]
         deriver = self.blendshapes
-        live = [(frame, session) for frame in frames if (session := sessions.get(frame.stream_id)) is not None]
-        derived = self._batch_derive(live, now) if self.batch_signals is not None else None
-        for i, (frame, session) in enumerate(live):
-            f = session.derive(frame, now) if derived is None else derived[i]
-            if deriver is not None:
+        if deriver is not None:
+            for i, f in enumerate(frames):
                 try:
-                    f = dataclasses.replace(f, blendshapes=deriver(f))
+                    frames[i] = dataclasses.replace(f, blendshapes=deriver(f))
                 except Exception as exc:
                     self.stats.sink_errors += 1
                     log.warning("blendshape deriver failed: %s", exc)
-            out.append(f)
+        for frame, session in zip(frames, sessions):
             if session.subscribers:
-                session.deliver(f)
-        self.stats.frames += len(out)
+                session.deliver(frame)
+        self.stats.frames += len(frames)
         for sink in self.sinks:
             try:
-                sink.send_frames(out)
+                sink.send_frames(frames)
             except Exception as exc:
                 self.stats.sink_errors += 1
                 log.warning("output %r failed: %s", sink, exc)
 
-    def _batch_derive(self, live: Sequence[tuple[LandmarkFrame, Session]], now: int) -> list[LandmarkFrame]:
-        """The published frames of one step: every stream's signals from one `BatchSignalExtractor.update`.
+    def _batch_signals(self, committed: CommittedFrames, sessions: Sequence[Session]) -> list[Any]:
+        """The signals of one step's frames from one `BatchSignalExtractor.update` over its columns.
 
         A frame that starts a new epoch (reset, flush restart, runner fault) restarts its slot's filters first,
         as `Session.derive` restarts a stream's own extractor."""
         bx = self.batch_signals
         assert bx is not None
-        if not live:
-            return []
-        slots, t_s, level, ahead = [], [], [], []
-        for frame, session in live:
+        slots = []
+        for epoch, session in zip(committed.epochs, sessions):
             slot = session.signal_slot
             assert slot is not None
-            if session.enter_epoch(frame):
+            if epoch != session.epoch:  # Session.enter_epoch
+                session.epoch = epoch
                 bx.reset(slot)
             slots.append(slot)
-            t_s.append(frame.pts_ns / 1e9)
-            level.append(frame.audio_level_dbfs)
-            ahead.append(frame.audio_ahead_dbfs)
         signals = bx.update(
             np.array(slots, dtype=np.int64),
-            np.stack([frame.landmarks for frame, _ in live]),
-            np.array(t_s),
-            np.array(level),
-            np.array(ahead),
+            committed.landmarks,
+            np.array(committed.pts_ns, dtype=np.float64) / 1e9,
+            np.array(committed.levels_dbfs),
+            np.array(committed.ahead_dbfs),
         )
-        return [session.attach(frame, now, sig) for (frame, session), sig in zip(live, signals.rows())]
+        return signals.rows()
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> dict[str, Any]:
