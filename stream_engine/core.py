@@ -226,39 +226,65 @@ class CommittedFrames:
 
 
 class _SampleFifo:
-    """A FIFO of float32 samples stored as the chunks they arrived in (no copying on push)."""
+    """A FIFO of float32 samples in one buffer that grows as needed: `push` copies a chunk in (the caller may
+    reuse its array), `take` copies one step out with a single slice."""
+
+    __slots__ = ("_buf", "_head", "_tail", "size")
+
+    _KEEP = 1 << 15  # samples of buffer kept when the FIFO empties (larger ones, after a burst, are released)
 
     def __init__(self) -> None:
-        self._chunks: collections.deque[np.ndarray] = collections.deque()
-        self._head = 0  # samples already consumed from _chunks[0]
+        self._buf = _NO_SAMPLES  # allocated on the first push (a stream's second FIFO is seldom used)
+        self._head = 0  # first unconsumed sample
+        self._tail = 0  # end of the pushed samples
         self.size = 0
 
     def push(self, samples: np.ndarray) -> None:
-        if samples.size:
-            self._chunks.append(samples)
-            self.size += samples.size
+        n = samples.size
+        if not n:
+            return
+        tail = self._tail
+        if tail + n > self._buf.size:
+            self._make_room(n)
+            tail = self._tail
+        self._buf[tail : tail + n] = samples
+        self._tail = tail + n
+        self.size += n
+
+    def _make_room(self, n: int) -> None:
+        """Move the pending samples to the front, into a larger buffer when they and `n` more do not fit in half."""
+        buf, head, size = self._buf, self._head, self.size
+        if size + n > buf.size // 2:
+            grown = np.empty(max(1280, 1 << (2 * (size + n) - 1).bit_length()), dtype=np.float32)
+            grown[:size] = buf[head : head + size]
+            self._buf = grown
+        elif size:
+            buf[:size] = buf[head : head + size]
+        self._head, self._tail = 0, size
 
     def take(self, num_samples: int, out: np.ndarray | None = None) -> np.ndarray:
         """Remove and return the first `num_samples` (caller checks `size`), into `out` when given."""
+        head = self._head
         if out is None:
-            out = np.empty(num_samples, dtype=np.float32)
-        filled = 0
-        while filled < num_samples:
-            chunk = self._chunks[0]
-            n = min(num_samples - filled, chunk.size - self._head)
-            out[filled : filled + n] = chunk[self._head : self._head + n]
-            filled += n
-            self._head += n
-            if self._head == chunk.size:
-                self._chunks.popleft()
-                self._head = 0
+            out = self._buf[head : head + num_samples].copy()
+        else:
+            out[:] = self._buf[head : head + num_samples]
         self.size -= num_samples
+        if self.size:
+            self._head = head + num_samples
+        else:
+            self._head = self._tail = 0
+            if self._buf.size > self._KEEP:
+                self._buf = _NO_SAMPLES
         return out
 
     def clear(self) -> None:
-        self._chunks.clear()
-        self._head = 0
-        self.size = 0
+        self._head = self._tail = self.size = 0
+        if self._buf.size > self._KEEP:
+            self._buf = _NO_SAMPLES
+
+
+_NO_SAMPLES = np.zeros(0, dtype=np.float32)
 
 
 class _Stream:
@@ -430,41 +456,50 @@ class EngineCore:
         Raises:
             UnknownStreamError, AudioChunkError (not 1-D, NaN/inf; the stream is unchanged), OverloadError.
         """
-        stream = self._get(stream_id)
-        samples = np.asarray(samples)
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise UnknownStreamError(f"no open stream {stream_id!r}")
+        if type(samples) is not np.ndarray:
+            samples = np.asarray(samples)
         if samples.ndim != 1:
             raise AudioChunkError(f"audio must be mono (num_samples,), got shape {samples.shape}")
-        if samples.size == 0:
+        n = samples.size
+        if n == 0:
             return False
-        if samples.dtype.kind != "f":
-            raise AudioChunkError(f"audio must be floating point PCM in [-1, 1], got dtype {samples.dtype}")
-        samples = samples.astype(np.float32)  # a copy: the caller may reuse its buffer
+        dtype = samples.dtype
+        if dtype != _FLOAT32:
+            if dtype.kind != "f":
+                raise AudioChunkError(f"audio must be floating point PCM in [-1, 1], got dtype {dtype}")
+            samples = samples.astype(np.float32)  # checked as float32: values beyond its range are infinite
         if not math.isfinite(float(np.dot(samples, samples))):  # one pass; NaN/inf propagate into the sum
             # (finite samples whose squares overflow float32 are out of range anyway and would be clipped)
             if not np.all(np.isfinite(samples)):
                 raise AudioChunkError("audio chunk contains NaN or infinite samples")
         # values beyond [-1, 1] are clipped per batch in take_batch
-        if stream.fifo.size + stream.next_fifo.size + samples.size > self.max_pending_samples:
+        fifo = stream.fifo
+        if fifo.size + stream.next_fifo.size + n > self.max_pending_samples:
             raise OverloadError(
                 f"stream {stream_id!r} would hold more than {self.max_pending_samples / self.sample_rate_hz:.1f} s "
                 "of unprocessed audio (input faster than the engine)"
             )
-        stream.received_samples += samples.size
-        dur_ns = samples.size * 1_000_000_000 // self.sample_rate_hz
+        arrival_ns = int(arrival_ns)
+        stream.received_samples += n
         runout = stream.runout_ns
-        stream.runout_ns = (arrival_ns if runout is None or arrival_ns > runout else runout) + dur_ns
+        stream.runout_ns = (
+            arrival_ns if runout is None or arrival_ns > runout else runout
+        ) + n * 1_000_000_000 // self.sample_rate_hz
         was_stalled = stream.stalled
         if was_stalled:
             stream.stalled = False
             stream.stall_filled = 0
         if stream.ending_steps is not None:  # a flushed epoch is draining: this audio opens the next one
-            stream.next_fifo.push(samples)
-            stream.next_arrivals.append((stream.next_fifo.size, int(arrival_ns)))
+            stream.next_fifo.push(samples)  # a copy: the caller may reuse its buffer
+            stream.next_arrivals.append((stream.next_fifo.size, arrival_ns))
             return was_stalled
-        stream.fifo.push(samples)
-        stream.epoch_samples_in += samples.size
-        stream.epoch_real_samples += samples.size
-        stream.arrivals.append((stream.epoch_samples_in, int(arrival_ns)))
+        fifo.push(samples)  # a copy: the caller may reuse its buffer
+        stream.epoch_samples_in += n
+        stream.epoch_real_samples += n
+        stream.arrivals.append((stream.epoch_samples_in, arrival_ns))
         return was_stalled
 
     def fill_stalls(self, now_ns: int, stall_ns: int, max_fill_s: float = 1.0) -> list[tuple[str, str]]:
@@ -599,32 +634,38 @@ class EngineCore:
                     break
         if not picked:
             return None
-        picked.sort(key=lambda s: s.row)  # ascending slots: often one contiguous range (no gather copies)
+        picked.sort(key=_row_of)  # ascending slots: often one contiguous range (no gather copies)
         audio = np.empty((len(picked), spf), dtype=np.float32)
-        ready_ns, steps = [], []
         for i, stream in enumerate(picked):
             stream.fifo.take(spf, audio[i])
-        np.clip(audio, -1.0, 1.0, out=audio)
-        np_levels = _levels_dbfs(audio).tolist()
-        for i, stream in enumerate(picked):
+        np.minimum(np.maximum(audio, -1.0, out=audio), 1.0, out=audio)  # np.clip, without its wrapper's cost
+        sids, epochs, steps, ready_ns = [], [], [], []
+        for stream, level in zip(picked, _levels_dbfs(audio).tolist()):
             k = stream.steps_taken
-            stream.steps_taken += 1
+            stream.steps_taken = k + 1
+            sids.append(stream.stream_id)
+            epochs.append(stream.epoch)
             steps.append(k)
-            ready_ns.append(self._arrival_of(stream, spf * (k + 1) - 1))
+            arrivals = stream.arrivals  # arrival of the chunk holding the step's last sample (older: forgotten)
+            last = spf * (k + 1) - 1
+            while len(arrivals) > 1 and arrivals[0][0] <= last:
+                arrivals.popleft()
+            ready_ns.append(arrivals[0][1])
             stalled = False
-            if stream.fills:
+            fills = stream.fills
+            if fills:
                 lo, hi = spf * k, spf * (k + 1)
-                while stream.fills and stream.fills[0][1] <= lo:
-                    stream.fills.popleft()
-                stalled = bool(stream.fills) and stream.fills[0][0] < hi
-            stream.levels.append((np_levels[i], stalled))
+                while fills and fills[0][1] <= lo:
+                    fills.popleft()
+                stalled = bool(fills) and fills[0][0] < hi
+            stream.levels.append((level, stalled))
             stream.in_flight = True
         self._in_flight_batches += 1
         return StepBatch(
-            tuple(s.stream_id for s in picked),
-            tuple(s.epoch for s in picked),
+            tuple(sids),
+            tuple(epochs),
             tuple(steps),
-            np.fromiter((s.row for s in picked), dtype=np.intp, count=len(picked)),
+            np.array([s.row for s in picked], dtype=np.intp),
             audio,
             tuple(ready_ns),
             int(now_ns),
@@ -831,13 +872,12 @@ class EngineCore:
         stream.epoch_samples_in = stream.epoch_real_samples = queued.size
         stream.arrivals.extend(arrivals)
 
-    @staticmethod
-    def _arrival_of(stream: _Stream, sample_index: int) -> int:
-        """Arrival time of the chunk holding epoch sample `sample_index` (older chunks are forgotten)."""
-        arrivals = stream.arrivals
-        while len(arrivals) > 1 and arrivals[0][0] <= sample_index:
-            arrivals.popleft()
-        return arrivals[0][1]
+
+_FLOAT32 = np.dtype(np.float32)
+
+
+def _row_of(stream: _Stream) -> int:
+    return stream.row
 
 
 def _levels_dbfs(audio: np.ndarray) -> np.ndarray:
