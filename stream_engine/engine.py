@@ -210,6 +210,32 @@ class Engine:
         if self.stall_ns > 0:
             self.spawn(self._stall_loop(), name="msync-stalls")
 
+    async def warm_up(self) -> None:
+        """Before serving: every row of the state store written once, and one step of the largest batch on the
+        inference thread, so the preallocated store and the runner's working memory for that batch (ONNX
+        Runtime's arena, the bound buffers) are in memory from the start instead of being allocated under
+        load (the first call of a batch size is slow, and the process would seem to grow with its streams).
+        The step runs on rows that no stream holds and leaves them free (a stream's row is initialised when
+        it opens). Does nothing once a stream is open. Starts the engine (`start`)."""
+        await self.start()
+        core, slots = self.core, self.core.slots
+        if slots.used or self.sessions:
+            return
+        for values in slots.arrays.values():
+            values.fill(0)
+        batch = min(self.cfg.max_batch_streams, slots.capacity)
+        rows = [slots.alloc() for _ in range(batch)]
+        try:
+            for row in rows:
+                slots.init_row(row)
+            audio = np.zeros((batch, core.samples_per_frame), dtype=np.float32)
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.runner.step_slots, slots, np.array(sorted(rows), dtype=np.intp), audio
+            )
+        finally:
+            for row in rows:
+                slots.free(row)
+
     async def __aenter__(self) -> Engine:
         await self.start()
         return self

@@ -322,3 +322,37 @@ def test_runner_output_of_the_wrong_shape_resets_the_streams_with_an_error():
     assert sink.frames == [] and errors >= 1
     kinds = [e["event"] for e in sink.events]
     assert "error" in kinds and "reset" in kinds
+
+
+def test_warm_up_steps_the_largest_batch_once_and_leaves_no_trace_in_the_streams():
+    """`Engine.warm_up` (what `msync stream` does before serving) runs one step of the largest batch on free rows,
+    leaves every row free, and the streams opened afterwards give the frames of an engine that was not warmed."""
+
+    async def run(warm: bool):
+        runner = FakeRunner(lookahead_frames=2, head_amplitude_deg=8.0)
+        sink = Sink()
+        async with Engine(runner, EngineConfig(max_streams=6, max_batch_streams=4, seed=3, stall_ms=0)) as engine:
+            if warm:
+                await engine.warm_up()
+                assert runner.batch_sizes == [4] and engine.core.slots.used == 0
+                await engine.warm_up()  # again: the same, harmless
+            engine.add_sink(sink)
+            for sid in "abc":
+                engine.open_stream(sid)
+            calls_before = len(runner.batch_sizes)
+            for i, sid in enumerate("abc"):
+                engine.push_audio(sid, speechlike(SPF * 12, seed=i))
+            for sid in "abc":
+                engine.flush(sid)
+                await engine.wait_drained(sid)
+            assert len(runner.batch_sizes) > calls_before
+            calls = len(runner.batch_sizes)
+            await engine.warm_up()  # streams are open: does nothing
+            assert len(runner.batch_sizes) == calls
+            return {(f.stream_id, f.seq): f.landmarks for f in sink.frames}
+
+    cold = asyncio.run(run(False))
+    warm = asyncio.run(run(True))
+    assert cold.keys() == warm.keys() and len(cold) > 30
+    for key, landmarks in cold.items():
+        np.testing.assert_array_equal(landmarks, warm[key])
