@@ -226,12 +226,14 @@ class CommittedFrames:
 
 
 class _SampleFifo:
-    """A FIFO of float32 samples in one buffer that grows as needed: `push` copies a chunk in (the caller may
-    reuse its array), `take` copies one step out with a single slice."""
+    """A FIFO of float32 samples in one buffer: `push` copies a chunk in (the caller may reuse its array),
+    `take` copies one step out with a single slice. The buffer holds the pending samples plus at most as many
+    again (it grows by powers of two, moves the pending samples to its front when the end is reached, and
+    shrinks when a backlog has drained), so a stream costs about its pending audio, as a list of chunks would."""
 
     __slots__ = ("_buf", "_head", "_tail", "size")
 
-    _KEEP = 1 << 15  # samples of buffer kept when the FIFO empties (larger ones, after a burst, are released)
+    _MIN = 2048  # samples (8 KB): a real-time stream's pending audio never needs more
 
     def __init__(self) -> None:
         self._buf = _NO_SAMPLES  # allocated on the first push (a stream's second FIFO is seldom used)
@@ -252,15 +254,20 @@ class _SampleFifo:
         self.size += n
 
     def _make_room(self, n: int) -> None:
-        """Move the pending samples to the front, into a larger buffer when they and `n` more do not fit in half."""
+        """Move the pending samples to the front (of a buffer of the next power of two >= pending + n, when
+        they and `n` more do not fit in this one)."""
         buf, head, size = self._buf, self._head, self.size
-        if size + n > buf.size // 2:
-            grown = np.empty(max(1280, 1 << (2 * (size + n) - 1).bit_length()), dtype=np.float32)
-            grown[:size] = buf[head : head + size]
-            self._buf = grown
-        elif size:
+        if size + n > buf.size:
+            self._resize(max(self._MIN, 1 << (size + n - 1).bit_length()))
+        else:
             buf[:size] = buf[head : head + size]
-        self._head, self._tail = 0, size
+            self._head, self._tail = 0, size
+
+    def _resize(self, capacity: int) -> None:
+        new = np.empty(capacity, dtype=np.float32)
+        size = self.size
+        new[:size] = self._buf[self._head : self._head + size]
+        self._buf, self._head, self._tail = new, 0, size
 
     def take(self, num_samples: int, out: np.ndarray | None = None) -> np.ndarray:
         """Remove and return the first `num_samples` (caller checks `size`), into `out` when given."""
@@ -269,18 +276,20 @@ class _SampleFifo:
             out = self._buf[head : head + num_samples].copy()
         else:
             out[:] = self._buf[head : head + num_samples]
-        self.size -= num_samples
-        if self.size:
+        size = self.size = self.size - num_samples
+        if size:
             self._head = head + num_samples
+            if size * 4 < self._buf.size > self._MIN:  # a backlog drained: give most of its buffer back
+                self._resize(max(self._MIN, 1 << (2 * size - 1).bit_length()))
         else:
             self._head = self._tail = 0
-            if self._buf.size > self._KEEP:
+            if self._buf.size > self._MIN:
                 self._buf = _NO_SAMPLES
         return out
 
     def clear(self) -> None:
         self._head = self._tail = self.size = 0
-        if self._buf.size > self._KEEP:
+        if self._buf.size > self._MIN:
             self._buf = _NO_SAMPLES
 
 

@@ -265,3 +265,26 @@ def test_stream_time_has_no_drift_over_hours():
     assert clock.time_ns(640 * 900_000) == 900_000 * 40_000_000
     schedule = RealtimeSchedule(16000, start_ns=0, speed=1.0)
     assert schedule.due_ns(ten_hours) == 36_000 * 10**9
+
+
+def test_sample_fifo_keeps_order_and_costs_about_its_pending_audio():
+    """The per-stream FIFO returns the samples in order whatever the push/take sizes, and its buffer stays within
+    4x the pending samples (at least 8 KB) through bursts and drains, so a stream costs about its pending audio."""
+    from stream_engine.core import _SampleFifo
+
+    rng = np.random.default_rng(0)
+    sizes = [int(rng.integers(30_000, 90_000)) if i % 500 == 7 else int(rng.integers(0, 700)) for i in range(3000)]
+    chunks = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    takes = np.random.default_rng(1)
+    fifo, taken = _SampleFifo(), []
+    buffer = np.empty(90_000, np.float32)
+    for chunk in chunks:
+        buffer[: chunk.size] = chunk
+        fifo.push(buffer[: chunk.size])
+        buffer[:] = 0.0  # the caller reuses its buffer: the FIFO kept a copy
+        while fifo.size >= 640 and takes.random() < 0.8:
+            taken.append(fifo.take(640))
+        assert fifo._buf.size <= max(_SampleFifo._MIN, 4 * fifo.size)
+    taken.append(fifo.take(fifo.size))
+    assert fifo.size == 0 and fifo._buf.size <= _SampleFifo._MIN
+    np.testing.assert_array_equal(np.concatenate(taken), np.concatenate(chunks))
