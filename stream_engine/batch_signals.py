@@ -114,8 +114,8 @@ class _BatchOneEuro:
 
     def __call__(self, slots: np.ndarray, x: np.ndarray, t_s: np.ndarray) -> np.ndarray:
         ready = self.ready[slots]
+        out: np.ndarray | None = None
         if ready.all():  # the steady state: every slot already has a value (same arithmetic, fewer calls)
-            out = None
             s, x_r, t_r = slots, x, t_s
         else:
             out = x.copy()
