@@ -16,6 +16,8 @@ Scheduling: the step runs in one inference thread (ONNX Runtime releases the GIL
 served meanwhile; while the loop commits and publishes one batch the next is already queued to the thread
 (two at most). `EngineConfig.batch_wait_ms` lets a batch wait for streams that are about to be ready, never past
 `latency_budget_ms`; it is off by default (no gain measured in the 100-stream soak on a loaded 2-core machine).
+A process that may run on one CPU only steps on the loop itself (`EngineConfig.inline_on_one_cpu`): there
+the thread cannot run in parallel and the hand-offs cost CPU.
 `FrameTimings` records audio ready -> taken into a batch -> step start/end -> publish for every frame.
 Cores: one engine uses one intra-op thread by default; more cores are for more engine processes on one port
 (`msync stream --workers N`, `stream_engine/workers.py`), which also spread the Python around the step. Two
@@ -41,6 +43,8 @@ import concurrent.futures
 import dataclasses
 import itertools
 import logging
+import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -58,6 +62,14 @@ from stream_engine.signals import SignalConfig, stream_seed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity; the CPU count where affinity is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class EngineFullError(RuntimeError):
@@ -78,6 +90,11 @@ class EngineConfig:
         inline_step_ms: a runner call predicted (from measured per-stream cost) to take less than this runs
             on the event loop itself, saving two thread hand-offs; longer ones go to the inference thread.
             0 = always use the thread.
+        inline_on_one_cpu: when the process may run on one CPU only (its affinity when the engine is made),
+            every runner call runs on the event loop: a second thread cannot step in parallel there, and
+            handing each batch to it and back cost about 9 % more CPU per frame (one pinned core, 512 streams,
+            B=64: benchmarks/results/engine_stages.md). Sockets wait while a step runs (a few ms), as they
+            would wait for the core anyway.
         batch_wait_ms: when only some of the streams that are receiving audio are ready, wait up to this long
             for the others so they share one runner call, but never past the earliest ready frame's budget
             (`latency_budget_ms` minus the predicted step time). 0 = step whatever is ready at once.
@@ -98,6 +115,7 @@ class EngineConfig:
     signals: bool = True
     slow_step_ms: float = 20.0
     inline_step_ms: float = 0.3
+    inline_on_one_cpu: bool = True
     batch_wait_ms: float = 0.0
     latency_budget_ms: float = 10.0
     stall_ms: float | None = None
@@ -176,6 +194,8 @@ class Engine:
         self._closed = False
         self._last_slow_warning = 0.0
         self._ms_per_row: float | None = None  # measured runner cost per stream and call (EMA)
+        # runner calls predicted to take less than this run on the loop (all of them on a one-CPU process)
+        self.inline_step_ms = math.inf if cfg.inline_on_one_cpu and usable_cpus() == 1 else cfg.inline_step_ms
         self._ms_per_call: float = 0.0
         stall_ms = cfg.stall_ms if cfg.stall_ms is not None else self.core.lookahead_frames * self.frame_ms + 80.0
         self.stall_ns = int(stall_ms * 1e6)
@@ -464,7 +484,7 @@ class Engine:
                 ran_inline = False
                 while len(pending) < 2 and (batch := self.core.take_batch(now_ns=self.clock.now_ns())) is not None:
                     predicted_ms = None if self._ms_per_row is None else self._ms_per_row * len(batch)
-                    if not pending and predicted_ms is not None and predicted_ms < self.cfg.inline_step_ms:
+                    if not pending and predicted_ms is not None and predicted_ms < self.inline_step_ms:
                         try:
                             result = self._run_batch(batch)  # cheaper than a thread hand-off
                         except Exception as exc:

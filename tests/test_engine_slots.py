@@ -4,6 +4,7 @@ resets and closes while a batch is in flight, non-finite rows, stalls filled wit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
@@ -356,3 +357,49 @@ def test_warm_up_steps_the_largest_batch_once_and_leaves_no_trace_in_the_streams
     assert cold.keys() == warm.keys() and len(cold) > 30
     for key, landmarks in cold.items():
         np.testing.assert_array_equal(landmarks, warm[key])
+
+
+def test_on_one_cpu_every_step_runs_on_the_loop_and_frames_are_the_same(monkeypatch):
+    """`EngineConfig.inline_on_one_cpu`: a process limited to one CPU steps on the event loop's thread (no
+    hand-off to the inference thread); the frames equal those of the threaded engine, and with the option off
+    the steps go to the inference thread again."""
+    import threading
+
+    import stream_engine.engine as engine_module
+
+    class ThreadRecordingRunner(FakeRunner):
+        def __init__(self) -> None:
+            super().__init__(lookahead_frames=2, head_amplitude_deg=8.0)
+            self.threads: list[str] = []
+
+        def step_slots(self, slots, rows, audio):
+            self.threads.append(threading.current_thread().name)
+            return super().step_slots(slots, rows, audio)
+
+    async def run(cfg: EngineConfig):
+        runner = ThreadRecordingRunner()
+        sink = Sink()
+        async with Engine(runner, cfg) as engine:
+            engine.add_sink(sink)
+            for sid in "abcd":
+                engine.open_stream(sid)
+            for k in range(0, 16, 2):
+                for i, sid in enumerate("abcd"):
+                    engine.push_audio(sid, speechlike(SPF * 16, seed=i)[k * SPF : (k + 2) * SPF])
+                await asyncio.sleep(0.01)
+            for sid in "abcd":
+                engine.flush(sid)
+                await engine.wait_drained(sid)
+        return runner.threads, {(f.stream_id, f.seq): f.landmarks for f in sink.frames}
+
+    cfg = EngineConfig(max_streams=8, seed=3, stall_ms=0, inline_step_ms=0.0)  # else: always the thread
+    monkeypatch.setattr(engine_module, "usable_cpus", lambda: 1)
+    threads_one, frames_one = asyncio.run(run(cfg))
+    threads_off, frames_off = asyncio.run(run(dataclasses.replace(cfg, inline_on_one_cpu=False)))
+    main = threading.main_thread().name
+    assert threads_one[0] != main  # the first call (no measured cost yet) still goes to the thread
+    assert len(threads_one) > 4 and all(t == main for t in threads_one[1:])
+    assert all(t != main for t in threads_off)
+    assert frames_one.keys() == frames_off.keys() and len(frames_one) > 40
+    for key, landmarks in frames_one.items():
+        np.testing.assert_array_equal(landmarks, frames_off[key])
