@@ -231,8 +231,8 @@ class Engine:
             self.spawn(self._stall_loop(), name="msync-stalls")
 
     async def warm_up(self) -> None:
-        """Before serving: every row of the state store written once, and one step of the largest batch on the
-        inference thread, so the preallocated store and the runner's working memory for that batch (ONNX
+        """Before serving: every row of the state store written once, and one step of the largest batch where
+        steps will run (the inference thread, or the loop on one CPU), so the preallocated store and the runner's working memory for that batch (ONNX
         Runtime's arena, the bound buffers) are in memory from the start instead of being allocated under
         load (the first call of a batch size is slow, and the process would seem to grow with its streams).
         The step runs on rows that no stream holds and leaves them free (a stream's row is initialised when
@@ -249,9 +249,13 @@ class Engine:
             for row in rows:
                 slots.init_row(row)
             audio = np.zeros((batch, core.samples_per_frame), dtype=np.float32)
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.runner.step_slots, slots, np.array(sorted(rows), dtype=np.intp), audio
-            )
+            order = np.array(sorted(rows), dtype=np.intp)
+            if math.isinf(self.inline_step_ms):  # steps run on the loop (one CPU): warm its buffers
+                self.runner.step_slots(slots, order, audio)
+            else:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.runner.step_slots, slots, order, audio
+                )
         finally:
             for row in rows:
                 slots.free(row)

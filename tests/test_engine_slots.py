@@ -325,17 +325,32 @@ def test_runner_output_of_the_wrong_shape_resets_the_streams_with_an_error():
     assert "error" in kinds and "reset" in kinds
 
 
-def test_warm_up_steps_the_largest_batch_once_and_leaves_no_trace_in_the_streams():
-    """`Engine.warm_up` (what `msync stream` does before serving) runs one step of the largest batch on free rows,
-    leaves every row free, and the streams opened afterwards give the frames of an engine that was not warmed."""
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_warm_up_steps_the_largest_batch_once_and_leaves_no_trace_in_the_streams(cpus, monkeypatch):
+    """`Engine.warm_up` (what `msync stream` does before serving) runs one step of the largest batch on free rows
+    (on the loop's thread when the process has one CPU, else on the inference thread), leaves every row free, and
+    the streams opened afterwards give the frames of an engine that was not warmed."""
+    import threading
+
+    import stream_engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "usable_cpus", lambda: cpus)
+    on_loop = []
+
+    class Recording(FakeRunner):
+        def step_slots(self, slots, rows, audio):
+            on_loop.append(threading.current_thread() is threading.main_thread())
+            return super().step_slots(slots, rows, audio)
 
     async def run(warm: bool):
-        runner = FakeRunner(lookahead_frames=2, head_amplitude_deg=8.0)
+        runner = Recording(lookahead_frames=2, head_amplitude_deg=8.0)
+        on_loop.clear()
         sink = Sink()
         async with Engine(runner, EngineConfig(max_streams=6, max_batch_streams=4, seed=3, stall_ms=0)) as engine:
             if warm:
                 await engine.warm_up()
                 assert runner.batch_sizes == [4] and engine.core.slots.used == 0
+                assert on_loop == [cpus == 1]
                 await engine.warm_up()  # again: the same, harmless
             engine.add_sink(sink)
             for sid in "abc":
