@@ -3,7 +3,8 @@
     python -m benchmarks.engine_throughput --out benchmarks/results [--baseline-ref REF] [--quick]
 
 Every figure is measured on one pinned CPU core, in-process (audio pushed in 20 ms chunks, every frame
-serialised by a sink as a WebSocket client would be sent it; sockets excluded), in a fresh subprocess per
+serialised by a sink as that engine's WebSocket server serialises it for binary clients: a step's frames together
+where the engine has `encode_binary_many`, else one by one; sockets excluded), in a fresh subprocess per
 trial. Variants: "current" (this checkout) and, with --baseline-ref, the engine of that git revision
 (`git archive REF stream_engine` into a temporary folder; the same runners from this checkout's tests/fakes.py),
 trials interleaved so machine load hits both alike.
@@ -70,6 +71,11 @@ def run_trial(spec: dict) -> dict:
 
     from fakes import speechlike
 
+    try:  # a step's frames serialised together, as this engine's WebSocket server does (older engines: one by one)
+        from stream_engine.outputs.serializers import encode_binary_many
+    except ImportError:
+        encode_binary_many = None
+
     runner = _make_runner(spec["runner"])
     n, seconds, realtime = spec["streams"], spec["seconds"], spec["realtime"]
     lat: list[float] = []
@@ -78,8 +84,11 @@ def run_trial(spec: dict) -> dict:
     class Sink:
         def send_frames(self, frames):
             now = time.monotonic_ns()
+            if encode_binary_many is not None:
+                encode_binary_many(frames, now)
             for f in frames:
-                encode_binary(f, now)
+                if encode_binary_many is None:
+                    encode_binary(f, now)
                 lat.append((now - f.timings.audio_ready_ns) / 1e6)
             counted[0] += len(frames)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -148,40 +149,151 @@ class StepBatch:
         return len(self.stream_ids)
 
 
+@dataclasses.dataclass(slots=True)
+class CommittedFrames:
+    """The frames one step completed, as columns (`EngineCore.commit_batch`); `frames()` builds the objects.
+
+    The asyncio shell derives the signals of a whole step from these arrays and builds each published
+    `LandmarkFrame` once (with its signals and publish time), instead of one frame out of the core and a second
+    one with the signals attached.
+
+    Attributes:
+        stream_ids, seqs, epochs, indices, pts_ns, stalled, audio_ready_ns: per frame, as on `LandmarkFrame`
+            and `FrameTimings`.
+        levels_dbfs, ahead_dbfs: per frame, `audio_level_dbfs` and `audio_ahead_dbfs` (dBFS).
+        landmarks: (n, num_landmarks, landmark_dims) float32, owned (frame i's landmarks are row i).
+        infer_start_ns, infer_end_ns, take_ns: shared by the whole step.
+    """
+
+    stream_ids: list[str]
+    seqs: list[int]
+    epochs: list[int]
+    indices: list[int]
+    pts_ns: list[int]
+    levels_dbfs: list[float]
+    ahead_dbfs: list[float]
+    stalled: list[bool]
+    audio_ready_ns: list[int]
+    landmarks: np.ndarray
+    infer_start_ns: int = 0
+    infer_end_ns: int = 0
+    take_ns: int = 0
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+    def select(self, keep: list[int]) -> CommittedFrames:
+        """The frames at positions `keep`, in that order."""
+        return CommittedFrames(
+            [self.stream_ids[i] for i in keep],
+            [self.seqs[i] for i in keep],
+            [self.epochs[i] for i in keep],
+            [self.indices[i] for i in keep],
+            [self.pts_ns[i] for i in keep],
+            [self.levels_dbfs[i] for i in keep],
+            [self.ahead_dbfs[i] for i in keep],
+            [self.stalled[i] for i in keep],
+            [self.audio_ready_ns[i] for i in keep],
+            self.landmarks[keep],
+            self.infer_start_ns,
+            self.infer_end_ns,
+            self.take_ns,
+        )
+
+    def frames(self, publish_ns: int = 0, signals: Iterable[Any] | None = None) -> list[LandmarkFrame]:
+        """The `LandmarkFrame` objects (row i's landmarks a view of `landmarks[i]`), each stamped with
+        `publish_ns` and, when given, the i-th of `signals`."""
+        t0, t1, take, pub = int(self.infer_start_ns), int(self.infer_end_ns), int(self.take_ns), int(publish_ns)
+        sigs = itertools.repeat(None) if signals is None else signals
+        return [
+            LandmarkFrame(
+                sid, seq, epoch, index, pts, lm, level, ahead, FrameTimings(ready, t0, t1, pub, take), sig, st
+            )
+            for sid, seq, epoch, index, pts, lm, level, ahead, ready, sig, st in zip(
+                self.stream_ids,
+                self.seqs,
+                self.epochs,
+                self.indices,
+                self.pts_ns,
+                self.landmarks,
+                self.levels_dbfs,
+                self.ahead_dbfs,
+                self.audio_ready_ns,
+                sigs,
+                self.stalled,
+            )
+        ]
+
+
 class _SampleFifo:
-    """A FIFO of float32 samples stored as the chunks they arrived in (no copying on push)."""
+    """A FIFO of float32 samples in one buffer: `push` copies a chunk in (the caller may reuse its array),
+    `take` copies one step out with a single slice. The buffer holds the pending samples plus at most as many
+    again (it grows by powers of two, moves the pending samples to its front when the end is reached, and
+    shrinks when a backlog has drained), so a stream costs about its pending audio, as a list of chunks would."""
+
+    __slots__ = ("_buf", "_head", "_tail", "size")
+
+    _MIN = 2048  # samples (8 KB): a real-time stream's pending audio never needs more
 
     def __init__(self) -> None:
-        self._chunks: collections.deque[np.ndarray] = collections.deque()
-        self._head = 0  # samples already consumed from _chunks[0]
+        self._buf = _NO_SAMPLES  # allocated on the first push (a stream's second FIFO is seldom used)
+        self._head = 0  # first unconsumed sample
+        self._tail = 0  # end of the pushed samples
         self.size = 0
 
     def push(self, samples: np.ndarray) -> None:
-        if samples.size:
-            self._chunks.append(samples)
-            self.size += samples.size
+        n = samples.size
+        if not n:
+            return
+        tail = self._tail
+        if tail + n > self._buf.size:
+            self._make_room(n)
+            tail = self._tail
+        self._buf[tail : tail + n] = samples
+        self._tail = tail + n
+        self.size += n
+
+    def _make_room(self, n: int) -> None:
+        """Move the pending samples to the front (of a buffer of the next power of two >= pending + n, when
+        they and `n` more do not fit in this one)."""
+        buf, head, size = self._buf, self._head, self.size
+        if size + n > buf.size:
+            self._resize(max(self._MIN, 1 << (size + n - 1).bit_length()))
+        else:
+            buf[:size] = buf[head : head + size]
+            self._head, self._tail = 0, size
+
+    def _resize(self, capacity: int) -> None:
+        new = np.empty(capacity, dtype=np.float32)
+        size = self.size
+        new[:size] = self._buf[self._head : self._head + size]
+        self._buf, self._head, self._tail = new, 0, size
 
     def take(self, num_samples: int, out: np.ndarray | None = None) -> np.ndarray:
         """Remove and return the first `num_samples` (caller checks `size`), into `out` when given."""
+        head = self._head
         if out is None:
-            out = np.empty(num_samples, dtype=np.float32)
-        filled = 0
-        while filled < num_samples:
-            chunk = self._chunks[0]
-            n = min(num_samples - filled, chunk.size - self._head)
-            out[filled : filled + n] = chunk[self._head : self._head + n]
-            filled += n
-            self._head += n
-            if self._head == chunk.size:
-                self._chunks.popleft()
-                self._head = 0
-        self.size -= num_samples
+            out = self._buf[head : head + num_samples].copy()
+        else:
+            out[:] = self._buf[head : head + num_samples]
+        size = self.size = self.size - num_samples
+        if size:
+            self._head = head + num_samples
+            if size * 4 < self._buf.size > self._MIN:  # a backlog drained: give most of its buffer back
+                self._resize(max(self._MIN, 1 << (2 * size - 1).bit_length()))
+        else:
+            self._head = self._tail = 0
+            if self._buf.size > self._MIN:
+                self._buf = _NO_SAMPLES
         return out
 
     def clear(self) -> None:
-        self._chunks.clear()
-        self._head = 0
-        self.size = 0
+        self._head = self._tail = self.size = 0
+        if self._buf.size > self._MIN:
+            self._buf = _NO_SAMPLES
+
+
+_NO_SAMPLES = np.zeros(0, dtype=np.float32)
 
 
 class _Stream:
@@ -353,41 +465,50 @@ class EngineCore:
         Raises:
             UnknownStreamError, AudioChunkError (not 1-D, NaN/inf; the stream is unchanged), OverloadError.
         """
-        stream = self._get(stream_id)
-        samples = np.asarray(samples)
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise UnknownStreamError(f"no open stream {stream_id!r}")
+        if type(samples) is not np.ndarray:
+            samples = np.asarray(samples)
         if samples.ndim != 1:
             raise AudioChunkError(f"audio must be mono (num_samples,), got shape {samples.shape}")
-        if samples.size == 0:
+        n = samples.size
+        if n == 0:
             return False
-        if samples.dtype.kind != "f":
-            raise AudioChunkError(f"audio must be floating point PCM in [-1, 1], got dtype {samples.dtype}")
-        samples = samples.astype(np.float32)  # a copy: the caller may reuse its buffer
+        dtype = samples.dtype
+        if dtype != _FLOAT32:
+            if dtype.kind != "f":
+                raise AudioChunkError(f"audio must be floating point PCM in [-1, 1], got dtype {dtype}")
+            samples = samples.astype(np.float32)  # checked as float32: values beyond its range are infinite
         if not math.isfinite(float(np.dot(samples, samples))):  # one pass; NaN/inf propagate into the sum
             # (finite samples whose squares overflow float32 are out of range anyway and would be clipped)
             if not np.all(np.isfinite(samples)):
                 raise AudioChunkError("audio chunk contains NaN or infinite samples")
         # values beyond [-1, 1] are clipped per batch in take_batch
-        if stream.fifo.size + stream.next_fifo.size + samples.size > self.max_pending_samples:
+        fifo = stream.fifo
+        if fifo.size + stream.next_fifo.size + n > self.max_pending_samples:
             raise OverloadError(
                 f"stream {stream_id!r} would hold more than {self.max_pending_samples / self.sample_rate_hz:.1f} s "
                 "of unprocessed audio (input faster than the engine)"
             )
-        stream.received_samples += samples.size
-        dur_ns = samples.size * 1_000_000_000 // self.sample_rate_hz
+        arrival_ns = int(arrival_ns)
+        stream.received_samples += n
         runout = stream.runout_ns
-        stream.runout_ns = (arrival_ns if runout is None or arrival_ns > runout else runout) + dur_ns
+        stream.runout_ns = (
+            arrival_ns if runout is None or arrival_ns > runout else runout
+        ) + n * 1_000_000_000 // self.sample_rate_hz
         was_stalled = stream.stalled
         if was_stalled:
             stream.stalled = False
             stream.stall_filled = 0
         if stream.ending_steps is not None:  # a flushed epoch is draining: this audio opens the next one
-            stream.next_fifo.push(samples)
-            stream.next_arrivals.append((stream.next_fifo.size, int(arrival_ns)))
+            stream.next_fifo.push(samples)  # a copy: the caller may reuse its buffer
+            stream.next_arrivals.append((stream.next_fifo.size, arrival_ns))
             return was_stalled
-        stream.fifo.push(samples)
-        stream.epoch_samples_in += samples.size
-        stream.epoch_real_samples += samples.size
-        stream.arrivals.append((stream.epoch_samples_in, int(arrival_ns)))
+        fifo.push(samples)  # a copy: the caller may reuse its buffer
+        stream.epoch_samples_in += n
+        stream.epoch_real_samples += n
+        stream.arrivals.append((stream.epoch_samples_in, arrival_ns))
         return was_stalled
 
     def fill_stalls(self, now_ns: int, stall_ns: int, max_fill_s: float = 1.0) -> list[tuple[str, str]]:
@@ -522,32 +643,38 @@ class EngineCore:
                     break
         if not picked:
             return None
-        picked.sort(key=lambda s: s.row)  # ascending slots: often one contiguous range (no gather copies)
+        picked.sort(key=_row_of)  # ascending slots: often one contiguous range (no gather copies)
         audio = np.empty((len(picked), spf), dtype=np.float32)
-        ready_ns, steps = [], []
         for i, stream in enumerate(picked):
             stream.fifo.take(spf, audio[i])
-        np.clip(audio, -1.0, 1.0, out=audio)
-        np_levels = _levels_dbfs(audio).tolist()
-        for i, stream in enumerate(picked):
+        np.minimum(np.maximum(audio, -1.0, out=audio), 1.0, out=audio)  # np.clip, without its wrapper's cost
+        sids, epochs, steps, ready_ns = [], [], [], []
+        for stream, level in zip(picked, _levels_dbfs(audio).tolist()):
             k = stream.steps_taken
-            stream.steps_taken += 1
+            stream.steps_taken = k + 1
+            sids.append(stream.stream_id)
+            epochs.append(stream.epoch)
             steps.append(k)
-            ready_ns.append(self._arrival_of(stream, spf * (k + 1) - 1))
+            arrivals = stream.arrivals  # arrival of the chunk holding the step's last sample (older: forgotten)
+            last = spf * (k + 1) - 1
+            while len(arrivals) > 1 and arrivals[0][0] <= last:
+                arrivals.popleft()
+            ready_ns.append(arrivals[0][1])
             stalled = False
-            if stream.fills:
+            fills = stream.fills
+            if fills:
                 lo, hi = spf * k, spf * (k + 1)
-                while stream.fills and stream.fills[0][1] <= lo:
-                    stream.fills.popleft()
-                stalled = bool(stream.fills) and stream.fills[0][0] < hi
-            stream.levels.append((np_levels[i], stalled))
+                while fills and fills[0][1] <= lo:
+                    fills.popleft()
+                stalled = bool(fills) and fills[0][0] < hi
+            stream.levels.append((level, stalled))
             stream.in_flight = True
         self._in_flight_batches += 1
         return StepBatch(
-            tuple(s.stream_id for s in picked),
-            tuple(s.epoch for s in picked),
+            tuple(sids),
+            tuple(epochs),
             tuple(steps),
-            np.fromiter((s.row for s in picked), dtype=np.intp, count=len(picked)),
+            np.array([s.row for s in picked], dtype=np.intp),
             audio,
             tuple(ready_ns),
             int(now_ns),
@@ -573,6 +700,16 @@ class EngineCore:
         Raises:
             CoreError: landmarks of the wrong shape (every stream of the batch is restarted).
         """
+        return self.commit_batch(batch, landmarks, infer_start_ns, infer_end_ns).frames()
+
+    def commit_batch(
+        self, batch: StepBatch, landmarks: np.ndarray, infer_start_ns: int = 0, infer_end_ns: int = 0
+    ) -> CommittedFrames:
+        """`commit`, with the completed frames as columns (`CommittedFrames.frames()` gives `commit`'s list).
+
+        Raises:
+            CoreError: landmarks of the wrong shape (every stream of the batch is restarted).
+        """
         self._in_flight_batches = max(0, self._in_flight_batches - 1)
         landmarks = np.asarray(landmarks, dtype=np.float32)
         expect = (len(batch), self.num_landmarks, self.landmark_dims)
@@ -580,12 +717,25 @@ class EngineCore:
             self._in_flight_batches += 1
             self.abort(batch)
             raise CoreError(f"runner returned landmarks of shape {landmarks.shape}, expected {expect}")
-        finite = np.isfinite(landmarks).reshape(len(batch), -1).all(axis=1)
-        frames: list[LandmarkFrame] = []
+        finite = np.isfinite(landmarks).reshape(len(batch), -1).all(axis=1).tolist()
         L = self.lookahead_frames
+        spf = self.samples_per_frame
+        time_ns = self.sample_clock.time_ns
+        streams = self._streams
+        keep: list[int] = []  # batch rows that became frames
+        sids: list[str] = []
+        seqs: list[int] = []
+        epochs: list[int] = []
+        indices: list[int] = []
+        pts: list[int] = []
+        levels: list[float] = []
+        aheads: list[float] = []
+        stalls: list[bool] = []
+        ready: list[int] = []
+        rows = batch.rows.tolist()
         for i, stream_id in enumerate(batch.stream_ids):
-            row = int(batch.rows[i])
-            stream = self._streams.get(stream_id)
+            row = rows[i]
+            stream = streams.get(stream_id)
             if stream is None or stream.row != row:
                 if row in self._orphans:  # closed while in flight
                     self._orphans.discard(row)
@@ -605,26 +755,36 @@ class EngineCore:
                 j = k - L
                 level, stalled = stream.levels.popleft()
                 ahead = max(stream.levels)[0] if stream.levels else level  # the loudest (dBFS, stalled)
-                frames.append(
-                    LandmarkFrame(
-                        stream_id=stream_id,
-                        seq=stream.seq,
-                        epoch=stream.epoch,
-                        index=j,
-                        pts_ns=self.sample_clock.time_ns(stream.epoch_start_sample + j * self.samples_per_frame),
-                        landmarks=landmarks[i].copy(),
-                        audio_level_dbfs=level,
-                        audio_ahead_dbfs=ahead,
-                        timings=FrameTimings(
-                            batch.audio_ready_ns[i], int(infer_start_ns), int(infer_end_ns), 0, batch.take_ns
-                        ),
-                        stalled=stalled,
-                    )
-                )
+                keep.append(i)
+                sids.append(stream_id)
+                seqs.append(stream.seq)
+                epochs.append(stream.epoch)
+                indices.append(j)
+                pts.append(time_ns(stream.epoch_start_sample + j * spf))
+                levels.append(level)
+                aheads.append(ahead)
+                stalls.append(stalled)
+                ready.append(batch.audio_ready_ns[i])
                 stream.seq += 1
             if stream.ending_steps is not None and stream.steps_committed >= stream.ending_steps:
                 self._start_next_epoch(stream)
-        return frames
+        # one copy of the kept rows (the runner may reuse its output buffer); frames hold views of its rows
+        kept = landmarks[keep] if len(keep) < len(batch) else landmarks.copy()
+        return CommittedFrames(
+            sids,
+            seqs,
+            epochs,
+            indices,
+            pts,
+            levels,
+            aheads,
+            stalls,
+            ready,
+            kept,
+            int(infer_start_ns),
+            int(infer_end_ns),
+            int(batch.take_ns),
+        )
 
     def abort(self, batch: StepBatch) -> list[str]:
         """The runner failed on `batch`: restart every stream in it (new epoch). Returns the affected ids."""
@@ -721,13 +881,12 @@ class EngineCore:
         stream.epoch_samples_in = stream.epoch_real_samples = queued.size
         stream.arrivals.extend(arrivals)
 
-    @staticmethod
-    def _arrival_of(stream: _Stream, sample_index: int) -> int:
-        """Arrival time of the chunk holding epoch sample `sample_index` (older chunks are forgotten)."""
-        arrivals = stream.arrivals
-        while len(arrivals) > 1 and arrivals[0][0] <= sample_index:
-            arrivals.popleft()
-        return arrivals[0][1]
+
+_FLOAT32 = np.dtype(np.float32)
+
+
+def _row_of(stream: _Stream) -> int:
+    return stream.row
 
 
 def _levels_dbfs(audio: np.ndarray) -> np.ndarray:

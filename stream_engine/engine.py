@@ -16,6 +16,8 @@ Scheduling: the step runs in one inference thread (ONNX Runtime releases the GIL
 served meanwhile; while the loop commits and publishes one batch the next is already queued to the thread
 (two at most). `EngineConfig.batch_wait_ms` lets a batch wait for streams that are about to be ready, never past
 `latency_budget_ms`; it is off by default (no gain measured in the 100-stream soak on a loaded 2-core machine).
+A process that may run on one CPU only steps on the loop itself (`EngineConfig.inline_on_one_cpu`): there
+the thread cannot run in parallel and the hand-offs cost CPU.
 `FrameTimings` records audio ready -> taken into a batch -> step start/end -> publish for every frame.
 Cores: one engine uses one intra-op thread by default; more cores are for more engine processes on one port
 (`msync stream --workers N`, `stream_engine/workers.py`), which also spread the Python around the step. Two
@@ -41,6 +43,8 @@ import concurrent.futures
 import dataclasses
 import itertools
 import logging
+import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -50,7 +54,7 @@ import numpy as np
 
 from stream_engine.batch_signals import BatchSignalExtractor
 from stream_engine.clock import Clock, MonotonicClock
-from stream_engine.core import EngineCore, LandmarkFrame, StepBatch
+from stream_engine.core import CommittedFrames, EngineCore, LandmarkFrame, StepBatch
 from stream_engine.outputs import FrameSink
 from stream_engine.runtime.base import StepRunner
 from stream_engine.session import Session
@@ -58,6 +62,14 @@ from stream_engine.signals import SignalConfig, stream_seed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity; the CPU count where affinity is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class EngineFullError(RuntimeError):
@@ -78,6 +90,11 @@ class EngineConfig:
         inline_step_ms: a runner call predicted (from measured per-stream cost) to take less than this runs
             on the event loop itself, saving two thread hand-offs; longer ones go to the inference thread.
             0 = always use the thread.
+        inline_on_one_cpu: when the process may run on one CPU only (its affinity when the engine is made),
+            every runner call runs on the event loop: a second thread cannot step in parallel there, and
+            handing each batch to it and back cost about 9 % more CPU per frame (one pinned core, 512 streams,
+            B=64: benchmarks/results/engine_stages.md). Sockets wait while a step runs (a few ms), as they
+            would wait for the core anyway.
         batch_wait_ms: when only some of the streams that are receiving audio are ready, wait up to this long
             for the others so they share one runner call, but never past the earliest ready frame's budget
             (`latency_budget_ms` minus the predicted step time). 0 = step whatever is ready at once.
@@ -98,6 +115,7 @@ class EngineConfig:
     signals: bool = True
     slow_step_ms: float = 20.0
     inline_step_ms: float = 0.3
+    inline_on_one_cpu: bool = True
     batch_wait_ms: float = 0.0
     latency_budget_ms: float = 10.0
     stall_ms: float | None = None
@@ -176,6 +194,8 @@ class Engine:
         self._closed = False
         self._last_slow_warning = 0.0
         self._ms_per_row: float | None = None  # measured runner cost per stream and call (EMA)
+        # runner calls predicted to take less than this run on the loop (all of them on a one-CPU process)
+        self.inline_step_ms = math.inf if cfg.inline_on_one_cpu and usable_cpus() == 1 else cfg.inline_step_ms
         self._ms_per_call: float = 0.0
         stall_ms = cfg.stall_ms if cfg.stall_ms is not None else self.core.lookahead_frames * self.frame_ms + 80.0
         self.stall_ns = int(stall_ms * 1e6)
@@ -209,6 +229,36 @@ class Engine:
         self.spawn(self._inference_loop(), name="msync-inference")
         if self.stall_ns > 0:
             self.spawn(self._stall_loop(), name="msync-stalls")
+
+    async def warm_up(self) -> None:
+        """Before serving: every row of the state store written once, and one step of the largest batch where
+        steps will run (the inference thread, or the loop on one CPU), so the preallocated store and the runner's working memory for that batch (ONNX
+        Runtime's arena, the bound buffers) are in memory from the start instead of being allocated under
+        load (the first call of a batch size is slow, and the process would seem to grow with its streams).
+        The step runs on rows that no stream holds and leaves them free (a stream's row is initialised when
+        it opens). Does nothing once a stream is open. Starts the engine (`start`)."""
+        await self.start()
+        core, slots = self.core, self.core.slots
+        if slots.used or self.sessions:
+            return
+        for values in slots.arrays.values():
+            values.fill(0)
+        batch = min(self.cfg.max_batch_streams, slots.capacity)
+        rows = [slots.alloc() for _ in range(batch)]
+        try:
+            for row in rows:
+                slots.init_row(row)
+            audio = np.zeros((batch, core.samples_per_frame), dtype=np.float32)
+            order = np.array(sorted(rows), dtype=np.intp)
+            if math.isinf(self.inline_step_ms):  # steps run on the loop (one CPU): warm its buffers
+                self.runner.step_slots(slots, order, audio)
+            else:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.runner.step_slots, slots, order, audio
+                )
+        finally:
+            for row in rows:
+                slots.free(row)
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -438,7 +488,7 @@ class Engine:
                 ran_inline = False
                 while len(pending) < 2 and (batch := self.core.take_batch(now_ns=self.clock.now_ns())) is not None:
                     predicted_ms = None if self._ms_per_row is None else self._ms_per_row * len(batch)
-                    if not pending and predicted_ms is not None and predicted_ms < self.cfg.inline_step_ms:
+                    if not pending and predicted_ms is not None and predicted_ms < self.inline_step_ms:
                         try:
                             result = self._run_batch(batch)  # cheaper than a thread hand-off
                         except Exception as exc:
@@ -478,7 +528,7 @@ class Engine:
     def _finish_batch(self, batch: StepBatch, landmarks: np.ndarray, t0: int, t1: int) -> None:
         """On the loop: commit a finished step, report non-finite rows, publish the frames."""
         try:
-            frames = self.core.commit(batch, landmarks, t0, t1)
+            committed = self.core.commit_batch(batch, landmarks, t0, t1)
         except Exception as exc:  # wrong landmark shape: the core has restarted the batch's streams
             self.stats.runner_errors += 1
             log.error("bad runner output for a batch of %d streams: %r; those streams were reset", len(batch), exc)
@@ -507,64 +557,69 @@ class Engine:
             log.error("stream %s: %s", sid, message)
             self.note_error(sid, message)
             self._event(sid, "reset", epoch=self.core.epoch(sid))
-        self._publish(frames)
+        self._publish(committed)
         self._notify_progress()
 
-    def _publish(self, frames: Sequence[LandmarkFrame]) -> None:
-        if not frames:
+    def _publish(self, committed: CommittedFrames) -> None:
+        """Build the published frames of one step (signals of the whole step in one call, each frame built once
+        with its signals and publish time), deliver them to subscribers and hand them to every sink."""
+        if not len(committed):
             return
         now = self.clock.now_ns()
-        out = []
-        sessions = self.sessions
+        get = self.sessions.get
+        live = [get(sid) for sid in committed.stream_ids]
+        if None in live:  # not on the loop today (close_stream drops session and core stream together)
+            keep = [i for i, session in enumerate(live) if session is not None]
+            committed, live = committed.select(keep), [live[i] for i in keep]
+        sessions: list[Session] = live  # type: ignore[assignment]  # no None left
+        if self.batch_signals is not None:
+            frames = committed.frames(now, self._batch_signals(committed, sessions))
+            for frame, session in zip(frames, sessions):
+                session.published(frame)
+        else:
+            frames = [session.derive(frame, now) for frame, session in zip(committed.frames(), sessions)]
         deriver = self.blendshapes
-        live = [(frame, session) for frame in frames if (session := sessions.get(frame.stream_id)) is not None]
-        derived = self._batch_derive(live, now) if self.batch_signals is not None else None
-        for i, (frame, session) in enumerate(live):
-            f = session.derive(frame, now) if derived is None else derived[i]
-            if deriver is not None:
+        if deriver is not None:
+            for i, f in enumerate(frames):
                 try:
-                    f = dataclasses.replace(f, blendshapes=deriver(f))
+                    frames[i] = dataclasses.replace(f, blendshapes=deriver(f))
                 except Exception as exc:
                     self.stats.sink_errors += 1
                     log.warning("blendshape deriver failed: %s", exc)
-            out.append(f)
+        for frame, session in zip(frames, sessions):
             if session.subscribers:
-                session.deliver(f)
-        self.stats.frames += len(out)
+                session.deliver(frame)
+        self.stats.frames += len(frames)
         for sink in self.sinks:
             try:
-                sink.send_frames(out)
+                sink.send_frames(frames)
             except Exception as exc:
                 self.stats.sink_errors += 1
                 log.warning("output %r failed: %s", sink, exc)
 
-    def _batch_derive(self, live: Sequence[tuple[LandmarkFrame, Session]], now: int) -> list[LandmarkFrame]:
-        """The published frames of one step: every stream's signals from one `BatchSignalExtractor.update`.
+    def _batch_signals(self, committed: CommittedFrames, sessions: Sequence[Session]) -> list[Any]:
+        """The signals of one step's frames from one `BatchSignalExtractor.update` over its columns.
 
         A frame that starts a new epoch (reset, flush restart, runner fault) restarts its slot's filters first,
         as `Session.derive` restarts a stream's own extractor."""
         bx = self.batch_signals
         assert bx is not None
-        if not live:
-            return []
-        slots, t_s, level, ahead = [], [], [], []
-        for frame, session in live:
+        slots = []
+        for epoch, session in zip(committed.epochs, sessions):
             slot = session.signal_slot
             assert slot is not None
-            if session.enter_epoch(frame):
+            if epoch != session.epoch:  # Session.enter_epoch
+                session.epoch = epoch
                 bx.reset(slot)
             slots.append(slot)
-            t_s.append(frame.pts_ns / 1e9)
-            level.append(frame.audio_level_dbfs)
-            ahead.append(frame.audio_ahead_dbfs)
         signals = bx.update(
             np.array(slots, dtype=np.int64),
-            np.stack([frame.landmarks for frame, _ in live]),
-            np.array(t_s),
-            np.array(level),
-            np.array(ahead),
+            committed.landmarks,
+            np.array(committed.pts_ns, dtype=np.float64) / 1e9,
+            np.array(committed.levels_dbfs),
+            np.array(committed.ahead_dbfs),
         )
-        return [session.attach(frame, now, sig) for (frame, session), sig in zip(live, signals.rows())]
+        return signals.rows()
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> dict[str, Any]:

@@ -205,11 +205,16 @@ class Session:
             frame.stalled,
             frame.blendshapes,
         )
+        self.published(out)
+        return out
+
+    def published(self, frame: LandmarkFrame) -> None:
+        """Count a frame built for publishing (publish time and signals already on it) in the statistics."""
+        t = frame.timings
         self.stats.frames += 1
         self.stats.engine_latency_ms.append((t.publish_ns - t.audio_ready_ns) / 1e6)
         self.stats.infer_ms.append((t.infer_end_ns - t.infer_start_ns) / 1e6)
-        self.last_frame = out
-        return out
+        self.last_frame = frame
 
     # ------------------------------------------------------------------ handle
     def _engine(self) -> Engine:

@@ -434,8 +434,13 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
     except ValueError as exc:  # a remote bind without a token, an unreadable token file
         raise StreamError(str(exc)) from None
     try:
+        await engine.warm_up()  # the state store and the runner's memory for the largest batch, before any stream
+    except Exception as exc:  # a runner that fails here fails on streams too; they report it per stream
+        log.warning("warming the engine up failed: %r", exc)
+    try:
         await server.start()
     except OSError as exc:
+        await engine.aclose()
         raise StreamError(
             f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc} (use --port to pick another)"
         ) from None

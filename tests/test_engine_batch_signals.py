@@ -123,3 +123,24 @@ def test_batch_extractor_grows_keeping_open_slots():
         np.testing.assert_array_equal(x.blink, y.blink)
         np.testing.assert_array_equal(x.blendshapes, y.blendshapes)
     assert b.update([8], lm[:1], [2.0], [-20.0]).mouth_open.shape == (1,)
+
+
+def test_frames_built_per_step_equal_frames_built_per_stream():
+    """The per-step publish path (`EngineCore.commit_batch` columns, signals of the whole step, each frame built
+    once) gives the same frames as the per-stream path (`Session.derive` on each frame from `commit`): every
+    field but the wall-clock timings, which are only ordered."""
+    batched, _, _ = _run(True)
+    single, _, _ = _run(False)
+
+    def key(f):
+        return (f.stream_id, f.seq, f.epoch, f.index, f.pts_ns, f.audio_level_dbfs, f.audio_ahead_dbfs, f.stalled)
+
+    by_key = {key(f): f for f in single}
+    assert sorted(by_key) == sorted(key(f) for f in batched)
+    for f in batched:
+        g = by_key[key(f)]
+        np.testing.assert_array_equal(f.landmarks, g.landmarks)
+        assert f.landmarks.dtype == np.float32 and f.landmarks.shape == (68, 2)
+        assert f.signals.as_vector() == pytest.approx(g.signals.as_vector(), abs=1e-6)
+        t = f.timings
+        assert 0 < t.audio_ready_ns <= t.take_ns <= t.infer_start_ns <= t.infer_end_ns <= t.publish_ns

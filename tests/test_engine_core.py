@@ -74,6 +74,42 @@ def test_output_does_not_depend_on_chunking():
         np.testing.assert_array_equal(results[0], other)
 
 
+def test_output_does_not_depend_on_bursts_buffer_reuse_or_input_dtype():
+    """A 5 s burst (the stream's audio buffer grows, then is released once drained), chunks from one buffer the
+    caller overwrites after every push, and float64/float16 chunks give the frames of steady float32 chunks; a
+    float64 value beyond float32's range is refused like inf."""
+    audio = speechlike(SPF * 200, seed=4)
+
+    def frames_of(pushes):
+        core = EngineCore(FakeRunner(lookahead_frames=2, head_amplitude_deg=10))
+        core.open_stream("s")
+        out = []
+        for chunk in pushes:
+            core.push_audio("s", chunk, arrival_ns=0)
+            out += core.process(max_steps=3)  # behind the input: pending audio accumulates, then drains
+        out += core.process()
+        return np.stack([f.landmarks for f in out])
+
+    steady = frames_of([audio[i : i + 320] for i in range(0, audio.size, 320)])
+    burst = frames_of([audio[:80_000]] + [audio[i : i + 320] for i in range(80_000, audio.size, 320)])
+    np.testing.assert_array_equal(steady, burst)
+
+    def reused():
+        buf = np.empty(320, np.float32)
+        for i in range(0, audio.size, 320):
+            buf[:] = audio[i : i + 320]
+            yield buf
+
+    np.testing.assert_array_equal(steady, frames_of(reused()))
+    as64 = frames_of([audio[i : i + 320].astype(np.float64) for i in range(0, audio.size, 320)])
+    np.testing.assert_array_equal(steady, as64)
+    core = EngineCore(FakeRunner(lookahead_frames=0))
+    core.open_stream("s")
+    with pytest.raises(AudioChunkError, match="NaN or infinite"), np.errstate(over="ignore"):
+        core.push_audio("s", np.full(10, 1e300), arrival_ns=0)
+    assert core.pending_samples("s") == 0
+
+
 def test_ready_streams_are_stepped_in_one_batched_call():
     """Five streams with a frame of audio each make one runner call of batch 5, with per-stream results."""
     runner = FakeRunner(lookahead_frames=1)
@@ -229,3 +265,26 @@ def test_stream_time_has_no_drift_over_hours():
     assert clock.time_ns(640 * 900_000) == 900_000 * 40_000_000
     schedule = RealtimeSchedule(16000, start_ns=0, speed=1.0)
     assert schedule.due_ns(ten_hours) == 36_000 * 10**9
+
+
+def test_sample_fifo_keeps_order_and_costs_about_its_pending_audio():
+    """The per-stream FIFO returns the samples in order whatever the push/take sizes, and its buffer stays within
+    4x the pending samples (at least 8 KB) through bursts and drains, so a stream costs about its pending audio."""
+    from stream_engine.core import _SampleFifo
+
+    rng = np.random.default_rng(0)
+    sizes = [int(rng.integers(30_000, 90_000)) if i % 500 == 7 else int(rng.integers(0, 700)) for i in range(3000)]
+    chunks = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    takes = np.random.default_rng(1)
+    fifo, taken = _SampleFifo(), []
+    buffer = np.empty(90_000, np.float32)
+    for chunk in chunks:
+        buffer[: chunk.size] = chunk
+        fifo.push(buffer[: chunk.size])
+        buffer[:] = 0.0  # the caller reuses its buffer: the FIFO kept a copy
+        while fifo.size >= 640 and takes.random() < 0.8:
+            taken.append(fifo.take(640))
+        assert fifo._buf.size <= max(_SampleFifo._MIN, 4 * fifo.size)
+    taken.append(fifo.take(fifo.size))
+    assert fifo.size == 0 and fifo._buf.size <= _SampleFifo._MIN
+    np.testing.assert_array_equal(np.concatenate(taken), np.concatenate(chunks))

@@ -15,7 +15,7 @@ from stream_engine.core import EngineCore, FrameTimings, LandmarkFrame
 from stream_engine.outputs import parse_target
 from stream_engine.outputs.latest import LatestFrameQueue
 from stream_engine.outputs.osc import OscConfig, OscSink
-from stream_engine.outputs.serializers import decode_binary, encode_binary, encode_json
+from stream_engine.outputs.serializers import decode_binary, encode_binary, encode_binary_many, encode_json
 from stream_engine.outputs.vmc import VmcConfig, VmcSink
 from stream_engine.signals import SIGNAL_NAMES, SignalConfig, SignalExtractor
 
@@ -208,3 +208,25 @@ def test_frames_from_the_core_serialise():
     for frame in core.process():
         assert decode_binary(encode_binary(frame))["index"] == frame.index
         assert json.loads(encode_json(frame))["index"] == frame.index
+
+
+def test_binary_frames_serialised_together_are_the_bytes_of_each_alone():
+    """`encode_binary_many` (one step's frames at once) gives exactly `encode_binary` of every frame: with and
+    without signals, silent, stalled, any stream id (long, non-ASCII), float64 landmarks, and frames of another
+    landmark shape among them."""
+    import dataclasses
+
+    frames = [make_frame(stream=f"s{i}", seq=i, epoch=i % 3, publish_ns=5_000 + i, yaw=3.0 * i) for i in range(5)]
+    frames.append(make_frame(stream="bare", seq=7, with_signals=False))
+    silent = dataclasses.replace(frames[0].signals, silent=True)
+    frames.append(dataclasses.replace(frames[1], stream_id="stumm-äöü-🙂", signals=silent, stalled=True))
+    frames.append(dataclasses.replace(frames[2], stream_id="x" * 300))  # longer than the header's 255 bytes
+    frames.append(dataclasses.replace(frames[3], landmarks=frames[3].landmarks.astype(np.float64), seq=2**33))
+    for sent_ns in (0, 1_234_567_890_123):
+        assert encode_binary_many(frames, sent_ns) == [encode_binary(f, sent_ns) for f in frames]
+        assert encode_binary_many(frames[5:6], sent_ns) == [encode_binary(frames[5], sent_ns)]
+    odd = dataclasses.replace(frames[4], landmarks=np.zeros((5, 3), np.float32))
+    mixed = [frames[0], odd, frames[5]]
+    assert encode_binary_many(mixed, 9) == [encode_binary(f, 9) for f in mixed]
+    assert encode_binary_many([]) == []
+    assert decode_binary(encode_binary_many(frames)[6])["stream"] == "stumm-äöü-🙂"

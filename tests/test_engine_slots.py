@@ -4,6 +4,7 @@ resets and closes while a batch is in flight, non-finite rows, stalls filled wit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
@@ -87,6 +88,48 @@ def test_onnx_step_slots_matches_step_with_io_binding():
         for k, v in expect_state.items():
             np.testing.assert_allclose(slots.arrays[k][rows], v, atol=1e-6)
     check_finite_output(runner)  # the shipped model passes the load-time check
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the shipped default model is not in this checkout")
+def test_onnx_step_slots_every_batch_size_shares_one_buffer_set():
+    """Batch sizes in any order (growing past the buffers, then smaller again) give the pure step's results, and
+    the buffers bound for them are one set sized for the largest batch, not one set per size (the soak's RSS)."""
+    import tracemalloc
+
+    from stream_engine.runtime.onnxrt import OnnxStepRunner
+
+    runner = OnnxStepRunner(DEFAULT_MODEL_PATH)
+    n = 24
+    slots = runner.new_slots(n)
+    for r in range(n):
+        slots.alloc()
+        slots.init_row(r, rng=np.random.default_rng(r))
+    audio = speechlike(SPF * n, seed=5).reshape(n, SPF)
+    row_bytes = sum(int(v[0].nbytes) for v in slots.arrays.values())
+    sizes = (3, 1, 5, 2, 16, 4, 9, 7, 12, 24, 6, 11, 10, 8, 13, 15, 14, 3)
+    batches = [np.sort(np.random.default_rng(i).choice(n, size, replace=False)) for i, size in enumerate(sizes)]
+    ref = {k: v.copy() for k, v in slots.arrays.items()}  # the pure step on a copy of the store
+    expected = []
+    for rows in batches:
+        lm, nxt = runner.step(audio[: rows.size], {k: v[rows] for k, v in ref.items()})
+        for k, v in nxt.items():
+            ref[k][rows] = v
+        expected.append(lm)
+    got = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for rows in batches:
+            got.append(runner.step_slots(slots, rows, audio[: rows.size]))
+        grown = tracemalloc.get_traced_memory()[0] - before - sum(lm.nbytes for lm in got)
+    finally:
+        tracemalloc.stop()
+    for lm, expect in zip(got, expected):
+        np.testing.assert_allclose(lm, expect, atol=1e-6)
+    for k, v in ref.items():
+        np.testing.assert_allclose(slots.arrays[k], v, atol=1e-5)
+    # one set (inputs and outputs) for 32 rows is 2 x 32 rows; one set per size would be 2 x 160 rows
+    assert grown < 2 * 32 * row_bytes * 1.25, grown
 
 
 def test_core_frames_do_not_depend_on_batch_composition_or_slot_reuse():
@@ -280,3 +323,98 @@ def test_runner_output_of_the_wrong_shape_resets_the_streams_with_an_error():
     assert sink.frames == [] and errors >= 1
     kinds = [e["event"] for e in sink.events]
     assert "error" in kinds and "reset" in kinds
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_warm_up_steps_the_largest_batch_once_and_leaves_no_trace_in_the_streams(cpus, monkeypatch):
+    """`Engine.warm_up` (what `msync stream` does before serving) runs one step of the largest batch on free rows
+    (on the loop's thread when the process has one CPU, else on the inference thread), leaves every row free, and
+    the streams opened afterwards give the frames of an engine that was not warmed."""
+    import threading
+
+    import stream_engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "usable_cpus", lambda: cpus)
+    on_loop = []
+
+    class Recording(FakeRunner):
+        def step_slots(self, slots, rows, audio):
+            on_loop.append(threading.current_thread() is threading.main_thread())
+            return super().step_slots(slots, rows, audio)
+
+    async def run(warm: bool):
+        runner = Recording(lookahead_frames=2, head_amplitude_deg=8.0)
+        on_loop.clear()
+        sink = Sink()
+        async with Engine(runner, EngineConfig(max_streams=6, max_batch_streams=4, seed=3, stall_ms=0)) as engine:
+            if warm:
+                await engine.warm_up()
+                assert runner.batch_sizes == [4] and engine.core.slots.used == 0
+                assert on_loop == [cpus == 1]
+                await engine.warm_up()  # again: the same, harmless
+            engine.add_sink(sink)
+            for sid in "abc":
+                engine.open_stream(sid)
+            calls_before = len(runner.batch_sizes)
+            for i, sid in enumerate("abc"):
+                engine.push_audio(sid, speechlike(SPF * 12, seed=i))
+            for sid in "abc":
+                engine.flush(sid)
+                await engine.wait_drained(sid)
+            assert len(runner.batch_sizes) > calls_before
+            calls = len(runner.batch_sizes)
+            await engine.warm_up()  # streams are open: does nothing
+            assert len(runner.batch_sizes) == calls
+            return {(f.stream_id, f.seq): f.landmarks for f in sink.frames}
+
+    cold = asyncio.run(run(False))
+    warm = asyncio.run(run(True))
+    assert cold.keys() == warm.keys() and len(cold) > 30
+    for key, landmarks in cold.items():
+        np.testing.assert_array_equal(landmarks, warm[key])
+
+
+def test_on_one_cpu_every_step_runs_on_the_loop_and_frames_are_the_same(monkeypatch):
+    """`EngineConfig.inline_on_one_cpu`: a process limited to one CPU steps on the event loop's thread (no
+    hand-off to the inference thread); the frames equal those of the threaded engine, and with the option off
+    the steps go to the inference thread again."""
+    import threading
+
+    import stream_engine.engine as engine_module
+
+    class ThreadRecordingRunner(FakeRunner):
+        def __init__(self) -> None:
+            super().__init__(lookahead_frames=2, head_amplitude_deg=8.0)
+            self.threads: list[str] = []
+
+        def step_slots(self, slots, rows, audio):
+            self.threads.append(threading.current_thread().name)
+            return super().step_slots(slots, rows, audio)
+
+    async def run(cfg: EngineConfig):
+        runner = ThreadRecordingRunner()
+        sink = Sink()
+        async with Engine(runner, cfg) as engine:
+            engine.add_sink(sink)
+            for sid in "abcd":
+                engine.open_stream(sid)
+            for k in range(0, 16, 2):
+                for i, sid in enumerate("abcd"):
+                    engine.push_audio(sid, speechlike(SPF * 16, seed=i)[k * SPF : (k + 2) * SPF])
+                await asyncio.sleep(0.01)
+            for sid in "abcd":
+                engine.flush(sid)
+                await engine.wait_drained(sid)
+        return runner.threads, {(f.stream_id, f.seq): f.landmarks for f in sink.frames}
+
+    cfg = EngineConfig(max_streams=8, seed=3, stall_ms=0, inline_step_ms=0.0)  # else: always the thread
+    monkeypatch.setattr(engine_module, "usable_cpus", lambda: 1)
+    threads_one, frames_one = asyncio.run(run(cfg))
+    threads_off, frames_off = asyncio.run(run(dataclasses.replace(cfg, inline_on_one_cpu=False)))
+    main = threading.main_thread().name
+    assert threads_one[0] != main  # the first call (no measured cost yet) still goes to the thread
+    assert len(threads_one) > 4 and all(t == main for t in threads_one[1:])
+    assert all(t != main for t in threads_off)
+    assert frames_one.keys() == frames_off.keys() and len(frames_one) > 40
+    for key, landmarks in frames_one.items():
+        np.testing.assert_array_equal(landmarks, frames_off[key])

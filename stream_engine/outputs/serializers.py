@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,7 @@ FLAG_SILENT = 1
 FLAG_SIGNALS = 2
 FLAG_STALLED = 4
 _HEADER = struct.Struct("<4sBBHIIIIqqqqqqHBBB")  # 77 bytes, then the stream id
+_PADS = [b"\0" * i for i in range(4)]
 
 
 def encode_binary(frame: LandmarkFrame, sent_ns: int = 0) -> bytes:
@@ -84,6 +86,86 @@ def encode_binary(frame: LandmarkFrame, sent_ns: int = 0) -> bytes:
     )
     pad = b"\0" * (header_bytes - _HEADER.size - len(sid))
     return b"".join((head, sid, pad, lm.tobytes(), np.asarray(signals, dtype="<f4").tobytes()))
+
+
+def encode_binary_many(frames: Sequence[LandmarkFrame], sent_ns: int = 0) -> list[bytes]:
+    """Frames -> binary format v1, one message per frame, the same bytes as `encode_binary` for each.
+
+    The float payload (landmarks, then signals) of every frame is converted to little-endian float32 in one
+    array operation and each header packed from plain values, instead of per-frame numpy conversions: the
+    publisher of a step serialises its frames together. Frames whose landmarks have another shape than the
+    first frame's are encoded one by one.
+    """
+    n = len(frames)
+    if n == 0:
+        return []
+    shape = np.shape(frames[0].landmarks)
+    if len(shape) != 2 or any(np.shape(f.landmarks) != shape for f in frames):
+        return [encode_binary(f, sent_ns) for f in frames]
+    k, d = shape
+    sig_rows: list[tuple[float, ...] | None] = []
+    for f in frames:
+        sg = f.signals
+        if sg is None:
+            sig_rows.append(None)
+            continue
+        v, h = sg.visemes, sg.head
+        sig_rows.append(
+            (
+                sg.mouth_open,
+                v["A"],
+                v["I"],
+                v["U"],
+                v["E"],
+                v["O"],
+                sg.blink,
+                h.yaw_deg,
+                h.pitch_deg,
+                h.roll_deg,
+                sg.audio_dbfs,
+                1.0 if sg.silent else 0.0,
+            )
+        )
+    s = len(SIGNAL_NAMES)
+    payload = np.zeros((n, k * d + s), dtype="<f4")
+    payload[:, : k * d] = np.stack([f.landmarks for f in frames]).reshape(n, k * d)
+    with_signals = [i for i, r in enumerate(sig_rows) if r is not None]
+    if with_signals:
+        payload[with_signals, k * d :] = [sig_rows[i] for i in with_signals]
+    full, bare = k * d + s, k * d
+    sent = int(sent_ns)
+    pack = _HEADER.pack
+    out = []
+    for i, f in enumerate(frames):
+        sid = f.stream_id.encode("utf-8")[:255]
+        header_bytes = -(-(_HEADER.size + len(sid)) // 4) * 4
+        sg = f.signals
+        flags = (FLAG_SIGNALS if sg is not None else 0) | (FLAG_SILENT if sg is not None and sg.silent else 0)
+        flags |= FLAG_STALLED if f.stalled else 0
+        t = f.timings
+        head = pack(
+            MAGIC,
+            FORMAT_VERSION,
+            KIND_FRAME,
+            header_bytes,
+            f.seq & 0xFFFFFFFF,
+            f.epoch & 0xFFFFFFFF,
+            f.index & 0xFFFFFFFF,
+            flags,
+            f.pts_ns,
+            t.audio_ready_ns,
+            t.infer_start_ns,
+            t.infer_end_ns,
+            t.publish_ns,
+            sent,
+            k,
+            d,
+            s if sg is not None else 0,
+            len(sid),
+        )
+        pad = _PADS[header_bytes - _HEADER.size - len(sid)]
+        out.append(b"".join((head, sid, pad, payload[i, : full if sg is not None else bare].tobytes())))
+    return out
 
 
 def decode_binary(data: bytes) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 from stream_engine.core import LandmarkFrame
 from stream_engine.landmarks import CONTOURS
 from stream_engine.outputs.latest import LatestFrameQueue
-from stream_engine.outputs.serializers import FORMAT_VERSION, encode_binary, encode_json
+from stream_engine.outputs.serializers import FORMAT_VERSION, encode_binary, encode_binary_many, encode_json
 from stream_engine.protocol import (
     CLOSE_POLICY,
     PROTOCOL_VERSION,
@@ -414,6 +414,7 @@ class WebSocketServer:
         limit = self.cfg.direct_write_limit_bytes
         every = self._every_stream
         by_stream = self._by_stream
+        direct: list[tuple[LandmarkFrame, list[_Client], list[_Client]]] = []
         for frame in frames:
             subs = by_stream.get(frame.stream_id)
             if not every and not subs:
@@ -426,8 +427,15 @@ class WebSocketServer:
                         (binary if client.format == "binary" else text).append(client)
                     else:
                         client.queue.put(frame)
+            if binary or text:
+                direct.append((frame, binary, text))
+        if not direct:
+            return
+        # the frames written directly to binary clients are serialised together (`encode_binary_many`)
+        encoded = iter(encode_binary_many([frame for frame, binary, _ in direct if binary], now_ns))
+        for frame, binary, text in direct:
             if binary:
-                broadcast([c.ws for c in binary], encode_binary(frame, now_ns))
+                broadcast([c.ws for c in binary], next(encoded))
             if text:
                 broadcast([c.ws for c in text], encode_json(frame, now_ns).encode(), text=True)
             for client in (*binary, *text):

@@ -1,0 +1,186 @@
+"""Where the engine's CPU per frame goes, stage by stage, before/after in one run.
+
+    python -m benchmarks.engine_stages --baseline-ref 5309b4e --out benchmarks/results [--runner onnx] [--rounds 3]
+
+The throughput trial of `benchmarks.engine_throughput` (N streams fed in 20 ms chunks as fast as the engine takes
+them, every frame serialised, one pinned core, a fresh subprocess per trial) with the engine's stage functions
+wrapped by a timer of the calling thread's CPU time (`time.thread_time_ns`): the step (`run_batch`, on the
+inference thread or the loop), push_audio, take_batch, commit, publish (signals + frame building + sinks), the
+signals update and its per-frame objects, serialisation. The engine around the step is the process's CPU less
+the step; what the stages leave of it is the event loop, the hand-offs to the inference thread and the feeding
+loop. Variants ("baseline": `git archive REF stream_engine`; "current": this checkout) alternate, `--rounds`
+trials each; the table gives the median.
+The wrappers cost about 0.3 us per call (about 1 us per frame in all), the same for both variants.
+Writes engine_stages.json/.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: (label, module, attribute path, alternatives): the first attribute that exists is wrapped
+STAGES = [
+    ("step (run_batch, on whichever thread runs it)", "stream_engine.core", ("EngineCore.run_batch",)),
+    ("push_audio", "stream_engine.engine", ("Engine.push_audio",)),
+    ("take_batch", "stream_engine.core", ("EngineCore.take_batch",)),
+    ("commit", "stream_engine.core", ("EngineCore.commit_batch", "EngineCore.commit")),
+    ("publish (all below)", "stream_engine.engine", ("Engine._publish",)),
+    ("publish: signals update", "stream_engine.batch_signals", ("BatchSignalExtractor.update",)),
+    ("publish: signal objects (rows)", "stream_engine.batch_signals", ("SignalBatch.rows",)),
+    ("publish: serialise (sink)", "stream_engine.outputs.serializers", ("encode_binary_many", "encode_binary")),
+]
+
+
+def _trial(spec: dict) -> dict:
+    """In the child: wrap the stages, run one throughput trial, return CPU us per frame by stage."""
+    import importlib
+
+    acc: dict[str, int] = {}
+
+    def wrap(owner: Any, name: str, label: str) -> None:
+        f = getattr(owner, name)
+
+        @functools.wraps(f)
+        def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.thread_time_ns()
+            try:
+                return f(*a, **k)
+            finally:
+                acc[label] = acc.get(label, 0) + time.thread_time_ns() - t0
+
+        setattr(owner, name, timed)
+
+    for label, module, paths in STAGES:
+        mod = importlib.import_module(module)
+        for path in paths:
+            *owner_path, name = path.split(".")
+            owner: Any = mod
+            for part in owner_path:
+                owner = getattr(owner, part)
+            if hasattr(owner, name):
+                wrap(owner, name, label)
+                break
+    sys.path.append(str(REPO))  # after the variant's stream_engine (already imported above)
+    from benchmarks.engine_throughput import run_trial
+
+    out = run_trial(spec)
+    frames = max(1, out["frames"])
+    stages = {label: acc.get(label, 0) / 1e3 / frames for label, _, _ in STAGES}
+    step = stages["step (run_batch, on whichever thread runs it)"]
+    around = out["cpu_us_per_frame"] - step
+    stages["other (event loop, thread hand-offs, feeding)"] = around - sum(
+        stages[k] for k in ("push_audio", "take_batch", "commit", "publish (all below)")
+    )
+    return {
+        "frames": out["frames"],
+        "cpu_us_per_frame": out["cpu_us_per_frame"],
+        "step_us_per_frame": step,
+        "around_step_us_per_frame": around,
+        "stages_us_per_frame": stages,
+    }
+
+
+def _child(root: Path, spec: dict, cpu: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = ["taskset", "-c", str(cpu), sys.executable, str(Path(__file__).resolve()), "--trial", json.dumps(spec)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=str(root))
+    if r.returncode != 0:
+        raise RuntimeError(f"trial failed in {root}: {r.stderr[-2000:]}")
+    result: dict = json.loads(r.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--baseline-ref", help="git revision whose engine is measured beside this checkout's")
+    p.add_argument("--runner", default="onnx", choices=["zero", "fake", "onnx"])
+    p.add_argument("--streams", type=int, default=512)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-signals", action="store_true")
+    p.add_argument("--trial", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.trial:
+        print(json.dumps(_trial(json.loads(a.trial))))
+        return 0
+    sys.path.insert(0, str(REPO))
+    from benchmarks.common import baseline_tree, machine_info, write_report
+
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    variants = {"current": REPO}
+    if a.baseline_ref:
+        variants = {"baseline": baseline_tree(a.baseline_ref), "current": REPO}
+    spec = {"runner": a.runner, "streams": a.streams, "seconds": a.seconds, "realtime": False}
+    spec["signals"] = not a.no_signals
+    result: dict[str, Any] = {"machine": machine_info(), "cpu_core": cpu, "baseline_ref": a.baseline_ref, **spec}
+    trials: dict[str, list[dict]] = {name: [] for name in variants}
+    try:
+        for _ in range(a.rounds):
+            for name, root in variants.items():
+                t = _child(root, spec, cpu)
+                trials[name].append(t)
+                print(f"{name}: {t['cpu_us_per_frame']:.1f} us/frame", file=sys.stderr, flush=True)
+    finally:
+        if "baseline" in variants:
+            import shutil
+
+            shutil.rmtree(variants["baseline"], ignore_errors=True)
+    result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
+    result["trials"] = trials
+    median: dict[str, dict[str, float]] = {}
+    for name, ts in trials.items():
+        m = {k: statistics.median(t[k] for t in ts) for k in ts[0] if isinstance(ts[0][k], float)}
+        m.update({k: statistics.median(t["stages_us_per_frame"][k] for t in ts) for k in ts[0]["stages_us_per_frame"]})
+        median[name] = m
+    result["median"] = median
+    write_report(Path(a.out), "engine_stages", result, _markdown(result))
+    return 0
+
+
+def _markdown(result: dict) -> str:
+    m, med = result["machine"], result["median"]
+    names = list(med)
+    rows = ["cpu_us_per_frame", "step_us_per_frame", "around_step_us_per_frame"]
+    labels = {
+        "cpu_us_per_frame": "**process CPU per frame**",
+        "step_us_per_frame": "the step (runner call)",
+        "around_step_us_per_frame": "**the engine around the step** (all below)",
+    }
+    skip = set(rows) | {"step (run_batch, on whichever thread runs it)"}
+    stage_keys = [k for k in med[names[0]] if k not in skip]
+    lines = [
+        "# Engine CPU per frame by stage",
+        "",
+        f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m'):.2f} at "
+        f"start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, Python {m.get('python')}, "
+        f"{m.get('time_utc')}. One pinned core (cpu {result['cpu_core']}), runner {result['runner']}, "
+        f"{result['streams']} streams, signals {'on' if result['signals'] else 'off'}, "
+        f"median of {len(result['trials'][names[0]])} interleaved trials per variant.",
+        f"Baseline: `{result.get('baseline_ref') or '-'}`. Command: `python -m benchmarks.engine_stages "
+        f"--baseline-ref {result.get('baseline_ref') or 'REF'} --runner {result['runner']}`.",
+        "",
+        "| us per frame | " + " | ".join(names) + (" | change |" if len(names) == 2 else ""),
+        "|---|" + "---|" * (len(names) + (1 if len(names) == 2 else 0)),
+    ]
+    for k in rows + stage_keys:
+        vals = [med[n][k] for n in names]
+        change = f" | {vals[1] - vals[0]:+.1f}" if len(names) == 2 else ""
+        lines.append(f"| {labels.get(k, k)} | " + " | ".join(f"{v:.1f}" for v in vals) + change + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
