@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,11 +63,17 @@ def run_one(a: argparse.Namespace, batch: int, prefetch: int, work: Path) -> dic
     if a.max_clips:
         cmd += ["--set", f"max_clips={a.max_clips}"]
     t0 = time.perf_counter()
+    # its own process group, so that a timeout stops the run and its batch worker together
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=a.timeout_s)
-        rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-1500:]
-    except subprocess.TimeoutExpired as exc:
-        rc, tail = 124, f"timed out after {a.timeout_s} s; " + str(exc.stderr or "")[-1000:]
+        text, _ = proc.communicate(timeout=a.timeout_s)
+        rc, tail = proc.returncode, text[-1500:]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, _ = proc.communicate()
+        rc, tail = 124, f"timed out after {a.timeout_s:g} s (raise --timeout-s); " + (text or "")[-1000:]
     wall = time.perf_counter() - t0
     records = []
     metrics = out / "metrics.jsonl"
@@ -106,12 +113,13 @@ def markdown(report: dict) -> str:
         "# Training speed of `msync train`",
         "",
         f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs); GPU {report.get('gpu') or 'none'}; "
-        f"torch {m.get('torch', '-')}; load {m.get('load_avg_1m')}.  ",
+        f"torch {m.get('torch', '-')}; load {float(m.get('load_avg_1m') or 0):.2f}.  ",
         f"Run: `{c['config']}` on {c['device']} ({c['threads'] or 'default'} torch threads), {c['steps']} steps per "
         f"row, logs every {c['log_every']}; data `{c['data'] or 'config default'}`"
         + (f", first {c['max_clips']} clips per split" if c["max_clips"] else "")
         + ".  ",
-        "Steady rate: between the first and last log (warm-up and the final checkpoint left out).",
+        "Steady rate: between the first and last log (warm-up and the final checkpoint left out). Set-up: the "
+        "process's wall time minus steps ÷ steady rate (approximate; 0 where a slow warm-up hides it).",
         "",
         "| device | batch | prefetch | it/s | windows/s | s per 1,000 steps | set-up s | rc |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -126,7 +134,9 @@ def markdown(report: dict) -> str:
             lines.append(f"| {c['device']} | {r['batch']} | {r.get('prefetch', 0)} | - | - | - | - | {r['rc']} |")
     errors = [r for r in report["rows"] if r.get("error")]
     if errors:
-        lines += ["", "Failures:", ""] + [f"- B={r['batch']}: `{r['error'][-400:]!r}`" for r in errors]
+        lines += ["", "Failures:", ""] + [
+            f"- B={r['batch']}, prefetch {r.get('prefetch', 0)}: `{r['error'][-400:]!r}`" for r in errors
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -91,6 +91,8 @@ def load_audio(path: str | Path, sample_rate_hz: int = 16000) -> np.ndarray:
         AudioError: the file is missing, unreadable, has no audio, is empty or contains NaN/inf.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     errors = []

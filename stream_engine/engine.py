@@ -64,12 +64,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity; the CPU count where affinity is unknown)."""
+def usable_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity (the CPU count where that is unknown), lowered to its cgroup v2
+    CPU quota rounded up (`cpu.max` = "QUOTA PERIOD" in microseconds, as `docker --cpus 1` or a Kubernetes CPU
+    limit of 1 write "100000 100000"; "max ..." or no file: no quota)."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:
+        with open(cpu_max) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
 
 
 class EngineFullError(RuntimeError):

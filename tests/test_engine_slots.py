@@ -418,3 +418,17 @@ def test_on_one_cpu_every_step_runs_on_the_loop_and_frames_are_the_same(monkeypa
     assert frames_one.keys() == frames_off.keys() and len(frames_one) > 40
     for key, landmarks in frames_one.items():
         np.testing.assert_array_equal(landmarks, frames_off[key])
+
+
+@pytest.mark.parametrize(
+    "text, cap", [("100000 100000\n", 1), ("150000 100000\n", 2), ("max 100000\n", None), ("garbage", None)]
+)
+def test_usable_cpus_follows_a_cgroup_cpu_quota(tmp_path, text, cap):
+    """`docker --cpus 1` and Kubernetes CPU limits show up as cgroup v2 `cpu.max`, not as affinity: a one-CPU
+    quota makes the engine step on the event loop like a process pinned to one CPU."""
+    import stream_engine.engine as engine_module
+
+    path = tmp_path / "cpu.max"
+    path.write_text(text)
+    affinity = engine_module.usable_cpus(str(tmp_path / "missing"))
+    assert engine_module.usable_cpus(str(path)) == (affinity if cap is None else min(cap, affinity))

@@ -78,3 +78,46 @@ def test_close_stops_a_worker_blocked_on_a_full_queue():
 def test_depth_must_be_positive():
     with pytest.raises(ValueError, match="depth"):
         Prefetcher(lambda rng: 0, np.random.default_rng(0), depth=0)
+
+
+def test_the_worker_exits_when_its_parent_is_killed(tmp_path):
+    """A training run killed by a signal (SIGKILL here: no cleanup at all) must not leave its worker behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time, numpy as np\n"
+        "from training.data.prefetch import Prefetcher\n"
+        "p = Prefetcher(lambda rng: rng.standard_normal(1000), np.random.default_rng(0), depth=1)\n"
+        "p.next()\n"
+        "print(p._proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(worker, 0)  # alive while the parent is
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                return
+            # reaped by init once it exits; a zombie still answers kill(0), so read its state
+            try:
+                with open(f"/proc/{worker}/stat") as f:
+                    if f.read().split(")")[-1].split()[0] == "Z":
+                        return
+            except FileNotFoundError:
+                return
+            time.sleep(0.1)
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the batch worker outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()

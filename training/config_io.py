@@ -29,8 +29,12 @@ def add_config_arguments(p: argparse.ArgumentParser, example_override: str, what
 
 def add_run_arguments(p: argparse.ArgumentParser, default_out: str, example_override: str) -> None:
     """The flags every training run shares: --config, --out, --set, --no-resume, --no-progress."""
-    add_config_arguments(p, example_override, "JSON config file (see training/configs/)")
-    p.add_argument("--out", default=default_out, help="output directory (checkpoints, metrics, curves)")
+    add_config_arguments(
+        p, example_override, "JSON or TOML config file (see training/configs/; without it, the defaults)"
+    )
+    p.add_argument(
+        "--out", default=default_out, help="output directory (checkpoints, metrics, curves; default: %(default)s)"
+    )
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -96,11 +96,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from training.config_io import config_from_args
     from training.data.speech_corpus import CorpusError
+    from training.run.context import DeviceUnavailable
 
     cfg = config_from_args(TrainDistillConfig, args)
     try:
         result = DistillTrainer(cfg, Path(args.out)).run(resume=not args.no_resume, progress=not args.no_progress)
-    except (FileNotFoundError, CorpusError) as exc:
+    except (FileNotFoundError, CorpusError, DeviceUnavailable) as exc:
         print(f"msync distill: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))

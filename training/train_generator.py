@@ -144,11 +144,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from training.config_io import config_from_args
+    from training.run.context import DeviceUnavailable
 
     cfg = config_from_args(TrainGeneratorConfig, args)
     try:
         result = GeneratorTrainer(cfg, Path(args.out)).run(resume=not args.no_resume, progress=not args.no_progress)
-    except FileNotFoundError as exc:  # missing data, syncers or warm-start checkpoint: say which, no traceback
+    except (FileNotFoundError, DeviceUnavailable) as exc:  # missing data, syncers, checkpoint or GPU: no traceback
         print(f"msync train: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))

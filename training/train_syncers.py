@@ -105,9 +105,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from training.config_io import config_from_args
+    from training.run.context import DeviceUnavailable
 
     cfg = config_from_args(TrainSyncersConfig, args)
-    result = train(cfg, Path(args.out), resume=not args.no_resume, progress=not args.no_progress)
+    try:
+        result = train(cfg, Path(args.out), resume=not args.no_resume, progress=not args.no_progress)
+    except DeviceUnavailable as exc:
+        print(f"msync train-syncers: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2))
     return 0
 

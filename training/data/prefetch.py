@@ -7,12 +7,14 @@ non-speech mixing: numpy on one core) overlaps the model's step instead of prece
 
 The worker is forked, so it shares the parent's clips without copying them and needs nothing pickled but the
 batches it returns; it owns the generator `rng` from then on (the parent must not draw from it again). It must
-touch only numpy: never torch, CUDA or the parent's threads.
+touch only numpy: never torch, CUDA or the parent's threads. It stops on `close()`, and by itself within about
+half a second once its parent is gone (killed by a signal, say), so it never outlives the training run.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import traceback
 from collections.abc import Callable
@@ -28,13 +30,18 @@ class _Failed:
         self.text = text
 
 
-def _produce(draw: Callable[[np.random.Generator], Any], rng: np.random.Generator, out: Any, stop: Any) -> None:
-    while not stop.is_set():
+def _produce(
+    draw: Callable[[np.random.Generator], Any], rng: np.random.Generator, out: Any, stop: Any, parent: int
+) -> None:
+    def wanted() -> bool:  # a parent killed by a signal (SIGTERM, SIGKILL, out of memory) never sets `stop`
+        return not stop.is_set() and os.getppid() == parent
+
+    while wanted():
         try:
             item = draw(rng)
         except Exception:  # noqa: BLE001 - sent to the parent, which raises it there
             item = _Failed(traceback.format_exc())
-        while not stop.is_set():
+        while wanted():
             try:
                 out.put(item, timeout=0.5)
                 break
@@ -64,7 +71,10 @@ class Prefetcher:
         self._queue = ctx.Queue(maxsize=depth)
         self._stop = ctx.Event()
         self._proc = ctx.Process(
-            target=_produce, args=(draw, rng, self._queue, self._stop), name="msync-batch-worker", daemon=True
+            target=_produce,
+            args=(draw, rng, self._queue, self._stop, os.getpid()),
+            name="msync-batch-worker",
+            daemon=True,
         )
         self._proc.start()
 

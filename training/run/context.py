@@ -27,18 +27,22 @@ class RunContext:
         return self.world > 1
 
 
+class DeviceUnavailable(RuntimeError):
+    """The configured device does not exist on this machine (e.g. device=cuda without a GPU)."""
+
+
 def resolve_device(name: str) -> str:
     """ "auto" -> "cuda" when a GPU is visible, else "cpu"; an explicit "cuda..." without a GPU is an error.
 
     Raises:
-        RuntimeError: CUDA requested but unavailable.
+        DeviceUnavailable: CUDA requested but unavailable.
     """
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda requested but no CUDA GPU is available")
+        raise DeviceUnavailable(f"device={name} requested but no CUDA GPU is available (use device=cpu or auto)")
     return name
 
 
