@@ -182,9 +182,33 @@ def test_articulation_terms_reward_amplitude_and_shape():
     assert float(t["mouth_amplitude"]) == pytest.approx(np.log(2.0), rel=1e-2)
     assert float(t["mouth_gap"]) == pytest.approx(0.5 * np.mean(gaps), rel=1e-3)
     assert float(t["mouth_shape"]) > 0
+    assert float(t["mouth_corr"]) == pytest.approx(0.0, abs=1e-5)  # half the amplitude, same timing: r = 1
     short = torch.zeros_like(speech)
-    short[0, :5] = True  # too few speech frames for an amplitude: left out
+    short[0, :5] = True  # too few speech frames for an amplitude or a correlation: left out
     assert float(articulation_terms(half, real, short)["mouth_amplitude"]) == 0.0
+    assert float(articulation_terms(half, real, short)["mouth_corr"]) == 0.0
+
+
+def test_mouth_corr_scores_timing_at_lag_0():
+    """1 - r of the inner-lip gap: 0 in time, about 1 - autocorrelation for a mouth one frame early, 2 inverted;
+    its gradient moves the generated gap towards ground truth's timing."""
+    rng = np.random.default_rng(0)
+    gaps = 0.06 + 0.04 * np.sin(np.arange(24) * 0.9) + rng.normal(0, 0.005, 24)
+    real = torch.from_numpy(np.stack([_face(g) for g in gaps]))[None]
+    speech = torch.ones(1, len(gaps), dtype=torch.bool)
+    early = torch.from_numpy(np.stack([_face(g) for g in np.r_[gaps[1:], gaps[-1]]]))[None]
+    inverted = torch.from_numpy(np.stack([_face(0.12 - g) for g in gaps]))[None]
+    r1 = np.corrcoef(gaps[1:], gaps[:-1])[0, 1]
+    assert float(articulation_terms(early, real, speech)["mouth_corr"]) == pytest.approx(1 - r1, abs=0.08)
+    assert float(articulation_terms(inverted, real, speech)["mouth_corr"]) == pytest.approx(2.0, abs=1e-3)
+    still = torch.from_numpy(np.stack([_face(0.05)] * len(gaps)))[None]  # constant ground truth: row left out
+    assert float(articulation_terms(real, still, speech)["mouth_corr"]) == 0.0
+    moved = early.clone().requires_grad_(True)
+    articulation_terms(moved, real, speech)["mouth_corr"].backward()
+    step = moved.detach() - 1e-3 * moved.grad / moved.grad.abs().max()  # a small step down the gradient
+    assert float(articulation_terms(step, real, speech)["mouth_corr"]) < float(
+        articulation_terms(early, real, speech)["mouth_corr"]
+    )
 
 
 def test_head_terms_compare_motion_energy_and_mean_pose():
@@ -201,6 +225,26 @@ def test_head_terms_compare_motion_energy_and_mean_pose():
     tilted = real + torch.tensor([0.0, 0.03])
     assert float(head_terms(tilted, real, rows)["head_mean"]) == pytest.approx(2 * (0.03 / 0.3) ** 2 / 2, rel=1e-3)
     assert float(head_terms(real, real, torch.zeros(1, dtype=torch.bool))["head_energy"]) == 0.0
+    assert float(same["head_pyramid"]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_head_pyramid_matches_the_evaluation_energy_per_level():
+    """|log| energy ratio per level of the evaluation's pyramid: a head moving at half the amplitude scores
+    log 4 at every level; a head with ground truth's jitter but no slow sway scores mostly at the coarse levels."""
+    rng = np.random.default_rng(1)
+    path = np.cumsum(rng.normal(0, 0.004, (80, 2)), axis=0)
+    real = torch.from_numpy(np.stack([_face(0.02, p) for p in path]))[None]
+    rows = torch.ones(1, dtype=torch.bool)
+    half = torch.from_numpy(np.stack([_face(0.02, 0.5 * p) for p in path]))[None]
+    assert float(head_terms(half, real, rows)["head_pyramid"]) == pytest.approx(np.log(4.0), rel=1e-3)
+    e_real = vm.head_energy(real[0].numpy())
+    jitter = path - np.convolve(path[:, 0], np.ones(9) / 9, "same")[:, None] * [1, 0]
+    jitter[:, 1] -= np.convolve(path[:, 1], np.ones(9) / 9, "same")
+    fast = torch.from_numpy(np.stack([_face(0.02, p) for p in jitter]))[None]
+    e_fast = vm.head_energy(fast[0].numpy())
+    expected = np.mean([abs(np.log(a / b)) for a, b in zip(e_fast, e_real)])
+    assert float(head_terms(fast, real, rows)["head_pyramid"]) == pytest.approx(expected, rel=0.05)
+    assert abs(np.log(e_fast[3] / e_real[3])) > abs(np.log(e_fast[0] / e_real[0]))
 
 
 @pytest.mark.slow
