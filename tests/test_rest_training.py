@@ -279,9 +279,9 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
         "discriminator.projection_hidden": 16,
         "discriminator.windows": [5, 10],
     }
-    for name in ("rest_gap", "rest_still", "rest_pose", "mouth_shape", "mouth_gap", "mouth_amplitude"):
+    for name in ("rest_gap", "rest_still", "rest_pose", "mouth_shape", "mouth_gap", "mouth_amplitude", "mouth_corr"):
         sets[f"{name}_weight"] = 1.0
-    sets.update({"head_energy_weight": 1.0, "head_mean_weight": 1.0})
+    sets.update({"head_energy_weight": 1.0, "head_pyramid_weight": 1.0, "head_mean_weight": 1.0})
     argv = [sys.executable, "-m", "training.train_generator", "--out", str(tmp_path / "gen"), "--no-progress"]
     for k, v in sets.items():
         argv += ["--set", f"{k}={json.dumps(v)}"]
@@ -289,10 +289,11 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
     subprocess.run(argv, check=True, cwd=REPO, env=env, timeout=600, capture_output=True)
     recs = [json.loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r.get("split") == "train"]
-    assert {"rest_gap", "mouth_amplitude", "head_energy", "head_mean"} <= set(train[-1])
+    assert {"rest_gap", "mouth_amplitude", "mouth_corr", "head_energy", "head_pyramid", "head_mean"} <= set(train[-1])
     assert all(np.isfinite(r["loss_g"]) for r in train)
     val = json.loads((tmp_path / "gen" / "result.json").read_text())["val"]
     assert 0 <= val["rest_gap_p50"] <= val["rest_gap_p90"] and val["gap_amplitude"] > 0
+    assert -1 <= val["gap_r"] <= 1 and -1 <= val["gap_r_lag1"] <= 1
     bad = argv[:-2] + ["--set", "rest.fraction=0.25"]  # 4 windows, 1 mixed: 3 unmixed for the pair critic
     proc = subprocess.run(bad, cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
     assert proc.returncode != 0 and "even number" in proc.stderr
