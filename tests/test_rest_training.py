@@ -183,6 +183,10 @@ def test_articulation_terms_reward_amplitude_and_shape():
     assert float(t["mouth_gap"]) == pytest.approx(0.5 * np.mean(gaps), rel=1e-3)
     assert float(t["mouth_shape"]) > 0
     assert float(t["mouth_corr"]) == pytest.approx(0.0, abs=1e-5)  # half the amplitude, same timing: r = 1
+    assert float(t["mouth_under"]) == pytest.approx(np.log(2.0), rel=1e-2)
+    double = torch.from_numpy(np.stack([_face(2 * g) for g in gaps]))[None]
+    over = articulation_terms(double, real, speech)  # twice the amplitude: the one-sided term does not count it
+    assert float(over["mouth_amplitude"]) == pytest.approx(np.log(2.0), rel=1e-2) and float(over["mouth_under"]) == 0
     short = torch.zeros_like(speech)
     short[0, :5] = True  # too few speech frames for an amplitude or a correlation: left out
     assert float(articulation_terms(half, real, short)["mouth_amplitude"]) == 0.0
@@ -279,7 +283,8 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
         "discriminator.projection_hidden": 16,
         "discriminator.windows": [5, 10],
     }
-    for name in ("rest_gap", "rest_still", "rest_pose", "mouth_shape", "mouth_gap", "mouth_amplitude", "mouth_corr"):
+    terms = ("rest_gap", "rest_still", "rest_pose", "mouth_shape", "mouth_gap", "mouth_amplitude", "mouth_under")
+    for name in terms + ("mouth_corr",):
         sets[f"{name}_weight"] = 1.0
     sets.update({"head_energy_weight": 1.0, "head_pyramid_weight": 1.0, "head_mean_weight": 1.0})
     argv = [sys.executable, "-m", "training.train_generator", "--out", str(tmp_path / "gen"), "--no-progress"]

@@ -10,7 +10,8 @@ All distances are in units of the inter-ocular distance (IOD, ‖p36 − p45‖ 
   centroid), and the head back at the reference pose (squared offset of the rigid points from the reference's).
 - Articulation (`articulation_terms`, speech frames): the mouth's shape against ground truth (mouth points about
   their centroid, squared error), the inner-lip gap against ground truth (absolute error), the gap's
-  amplitude over the window (|log| of the ratio of standard deviations, ground truth's as the target), and the
+  amplitude over the window (|log| of the ratio of standard deviations, ground truth's as the target; and the
+  one-sided `mouth_under`, which counts only a smaller amplitude than ground truth's), and the
   gap's correlation with ground truth's at lag 0 over the window (1 − Pearson r: the evaluation's "inner-lip
   gap r", scale-free, so it pins timing and shape without pulling the level).
 - Head (`head_terms`, whole speech windows): motion energy of the rigid points' centroid at a 320 ms scale as a
@@ -102,7 +103,8 @@ def articulation_terms(fake: torch.Tensor, real: torch.Tensor, speech: torch.Ten
             whose ground-truth gap does not move, std < 1e-3 IOD, out of the correlation term).
     Returns:
         {"mouth_shape": mean squared error of the mouth points about their centroid (IOD²), "mouth_gap": mean
-        |gap − gap_gt| (IOD), "mouth_amplitude": mean over rows of |log(std gap / std gap_gt)|, "mouth_corr":
+        |gap − gap_gt| (IOD), "mouth_amplitude": mean over rows of |log(std gap / std gap_gt)|, "mouth_under": mean over rows of
+        max(−log(std gap / std gap_gt), 0) (under-articulation only), "mouth_corr":
         mean over rows of 1 − r, r the Pearson correlation of gap and gap_gt over the row's speech frames (0..2)}.
     """
 
@@ -116,6 +118,7 @@ def articulation_terms(fake: torch.Tensor, real: torch.Tensor, speech: torch.Ten
     rows = speech.sum(1) >= min_frames
     ratio = torch.log(_masked_std(g_fake, speech) / _masked_std(g_real, speech).clamp_min(1e-3))
     out["mouth_amplitude"] = _masked_mean(ratio.abs(), rows)
+    out["mouth_under"] = _masked_mean(torch.relu(-ratio), rows)
     moving = rows & (_masked_std(g_real, speech) > 1e-3)
     out["mouth_corr"] = _masked_mean(1.0 - masked_corr(g_fake, g_real, speech), moving)
     return out

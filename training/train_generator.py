@@ -86,6 +86,7 @@ class TrainGeneratorConfig:
     mouth_shape_weight: float = 0.0
     mouth_gap_weight: float = 0.0
     mouth_amplitude_weight: float = 0.0
+    mouth_under_weight: float = 0.0
     mouth_corr_weight: float = 0.0
     head_energy_weight: float = 0.0
     head_pyramid_weight: float = 0.0
@@ -383,7 +384,7 @@ class GeneratorTrainer(Trainer):
         cfg, out = self.cfg, {}
         if cfg.rest_gap_weight or cfg.rest_still_weight or cfg.rest_pose_weight:
             out.update(rest_terms(fake, rest, x_ref, cfg.rest_gap_target))
-        mouth = ("shape", "gap", "amplitude", "corr")
+        mouth = ("shape", "gap", "amplitude", "under", "corr")
         if any(getattr(cfg, f"mouth_{k}_weight") for k in mouth):
             out.update(articulation_terms(fake, real, speech))
         if cfg.head_energy_weight or cfg.head_pyramid_weight or cfg.head_mean_weight:
