@@ -182,9 +182,37 @@ def test_articulation_terms_reward_amplitude_and_shape():
     assert float(t["mouth_amplitude"]) == pytest.approx(np.log(2.0), rel=1e-2)
     assert float(t["mouth_gap"]) == pytest.approx(0.5 * np.mean(gaps), rel=1e-3)
     assert float(t["mouth_shape"]) > 0
+    assert float(t["mouth_corr"]) == pytest.approx(0.0, abs=1e-5)  # half the amplitude, same timing: r = 1
+    assert float(t["mouth_under"]) == pytest.approx(np.log(2.0), rel=1e-2)
+    double = torch.from_numpy(np.stack([_face(2 * g) for g in gaps]))[None]
+    over = articulation_terms(double, real, speech)  # twice the amplitude: the one-sided term does not count it
+    assert float(over["mouth_amplitude"]) == pytest.approx(np.log(2.0), rel=1e-2) and float(over["mouth_under"]) == 0
     short = torch.zeros_like(speech)
-    short[0, :5] = True  # too few speech frames for an amplitude: left out
+    short[0, :5] = True  # too few speech frames for an amplitude or a correlation: left out
     assert float(articulation_terms(half, real, short)["mouth_amplitude"]) == 0.0
+    assert float(articulation_terms(half, real, short)["mouth_corr"]) == 0.0
+
+
+def test_mouth_corr_scores_timing_at_lag_0():
+    """1 - r of the inner-lip gap: 0 in time, about 1 - autocorrelation for a mouth one frame early, 2 inverted;
+    its gradient moves the generated gap towards ground truth's timing."""
+    rng = np.random.default_rng(0)
+    gaps = 0.06 + 0.04 * np.sin(np.arange(24) * 0.9) + rng.normal(0, 0.005, 24)
+    real = torch.from_numpy(np.stack([_face(g) for g in gaps]))[None]
+    speech = torch.ones(1, len(gaps), dtype=torch.bool)
+    early = torch.from_numpy(np.stack([_face(g) for g in np.r_[gaps[1:], gaps[-1]]]))[None]
+    inverted = torch.from_numpy(np.stack([_face(0.12 - g) for g in gaps]))[None]
+    r1 = np.corrcoef(gaps[1:], gaps[:-1])[0, 1]
+    assert float(articulation_terms(early, real, speech)["mouth_corr"]) == pytest.approx(1 - r1, abs=0.08)
+    assert float(articulation_terms(inverted, real, speech)["mouth_corr"]) == pytest.approx(2.0, abs=1e-3)
+    still = torch.from_numpy(np.stack([_face(0.05)] * len(gaps)))[None]  # constant ground truth: row left out
+    assert float(articulation_terms(real, still, speech)["mouth_corr"]) == 0.0
+    moved = early.clone().requires_grad_(True)
+    articulation_terms(moved, real, speech)["mouth_corr"].backward()
+    step = moved.detach() - 1e-3 * moved.grad / moved.grad.abs().max()  # a small step down the gradient
+    assert float(articulation_terms(step, real, speech)["mouth_corr"]) < float(
+        articulation_terms(early, real, speech)["mouth_corr"]
+    )
 
 
 def test_head_terms_compare_motion_energy_and_mean_pose():
@@ -201,6 +229,26 @@ def test_head_terms_compare_motion_energy_and_mean_pose():
     tilted = real + torch.tensor([0.0, 0.03])
     assert float(head_terms(tilted, real, rows)["head_mean"]) == pytest.approx(2 * (0.03 / 0.3) ** 2 / 2, rel=1e-3)
     assert float(head_terms(real, real, torch.zeros(1, dtype=torch.bool))["head_energy"]) == 0.0
+    assert float(same["head_pyramid"]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_head_pyramid_matches_the_evaluation_energy_per_level():
+    """|log| energy ratio per level of the evaluation's pyramid: a head moving at half the amplitude scores
+    log 4 at every level; a head with ground truth's jitter but no slow sway scores mostly at the coarse levels."""
+    rng = np.random.default_rng(1)
+    path = np.cumsum(rng.normal(0, 0.004, (80, 2)), axis=0)
+    real = torch.from_numpy(np.stack([_face(0.02, p) for p in path]))[None]
+    rows = torch.ones(1, dtype=torch.bool)
+    half = torch.from_numpy(np.stack([_face(0.02, 0.5 * p) for p in path]))[None]
+    assert float(head_terms(half, real, rows)["head_pyramid"]) == pytest.approx(np.log(4.0), rel=1e-3)
+    e_real = vm.head_energy(real[0].numpy())
+    jitter = path - np.convolve(path[:, 0], np.ones(9) / 9, "same")[:, None] * [1, 0]
+    jitter[:, 1] -= np.convolve(path[:, 1], np.ones(9) / 9, "same")
+    fast = torch.from_numpy(np.stack([_face(0.02, p) for p in jitter]))[None]
+    e_fast = vm.head_energy(fast[0].numpy())
+    expected = np.mean([abs(np.log(a / b)) for a, b in zip(e_fast, e_real)])
+    assert float(head_terms(fast, real, rows)["head_pyramid"]) == pytest.approx(expected, rel=0.05)
+    assert abs(np.log(e_fast[3] / e_real[3])) > abs(np.log(e_fast[0] / e_real[0]))
 
 
 @pytest.mark.slow
@@ -235,9 +283,10 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
         "discriminator.projection_hidden": 16,
         "discriminator.windows": [5, 10],
     }
-    for name in ("rest_gap", "rest_still", "rest_pose", "mouth_shape", "mouth_gap", "mouth_amplitude"):
+    terms = ("rest_gap", "rest_still", "rest_pose", "mouth_shape", "mouth_gap", "mouth_amplitude", "mouth_under")
+    for name in terms + ("mouth_corr",):
         sets[f"{name}_weight"] = 1.0
-    sets.update({"head_energy_weight": 1.0, "head_mean_weight": 1.0})
+    sets.update({"head_energy_weight": 1.0, "head_pyramid_weight": 1.0, "head_mean_weight": 1.0})
     argv = [sys.executable, "-m", "training.train_generator", "--out", str(tmp_path / "gen"), "--no-progress"]
     for k, v in sets.items():
         argv += ["--set", f"{k}={json.dumps(v)}"]
@@ -245,10 +294,11 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
     subprocess.run(argv, check=True, cwd=REPO, env=env, timeout=600, capture_output=True)
     recs = [json.loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r.get("split") == "train"]
-    assert {"rest_gap", "mouth_amplitude", "head_energy", "head_mean"} <= set(train[-1])
+    assert {"rest_gap", "mouth_amplitude", "mouth_corr", "head_energy", "head_pyramid", "head_mean"} <= set(train[-1])
     assert all(np.isfinite(r["loss_g"]) for r in train)
     val = json.loads((tmp_path / "gen" / "result.json").read_text())["val"]
     assert 0 <= val["rest_gap_p50"] <= val["rest_gap_p90"] and val["gap_amplitude"] > 0
+    assert -1 <= val["gap_r"] <= 1 and -1 <= val["gap_r_lag1"] <= 1
     bad = argv[:-2] + ["--set", "rest.fraction=0.25"]  # 4 windows, 1 mixed: 3 unmixed for the pair critic
     proc = subprocess.run(bad, cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
     assert proc.returncode != 0 and "even number" in proc.stderr

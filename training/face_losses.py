@@ -9,11 +9,15 @@ All distances are in units of the inter-ocular distance (IOD, ‖p36 − p45‖ 
   the mouth held still relative to the head (squared velocity of the mouth points about the rigid points'
   centroid), and the head back at the reference pose (squared offset of the rigid points from the reference's).
 - Articulation (`articulation_terms`, speech frames): the mouth's shape against ground truth (mouth points about
-  their centroid, squared error), the inner-lip gap against ground truth (absolute error), and the gap's
-  amplitude over the window (|log| of the ratio of standard deviations, ground truth's as the target).
+  their centroid, squared error), the inner-lip gap against ground truth (absolute error), the gap's
+  amplitude over the window (|log| of the ratio of standard deviations, ground truth's as the target; and the
+  one-sided `mouth_under`, which counts only a smaller amplitude than ground truth's), and the
+  gap's correlation with ground truth's at lag 0 over the window (1 − Pearson r: the evaluation's "inner-lip
+  gap r", scale-free, so it pins timing and shape without pulling the level).
 - Head (`head_terms`, whole speech windows): motion energy of the rigid points' centroid at a 320 ms scale as a
-  |log| ratio to ground truth's over the batch, and the window-mean head position against ground truth's
-  (a constant tilt or offset).
+  |log| ratio to ground truth's over the batch, the same ratio at each scale of the evaluation's pyramid
+  (200 / 400 / 800 / 1600 ms, `training.metrics.viewer.head_energy`), and the window-mean head position against
+  ground truth's (a constant tilt or offset).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 from training.metrics.viewer import HEAD_POINTS as RIGID
 from training.metrics.viewer import INNER_LIP_PAIRS as INNER_PAIRS
+from training.pyramid import downsample_torch
 
 MOUTH = list(range(48, 68))
 
@@ -78,15 +83,29 @@ def _masked_std(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((((v - mean[:, None]) ** 2) * m).sum(1) / n + 1e-8)
 
 
+def masked_corr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) series, (B, T) mask -> (B,) Pearson r of a and b over the masked frames of each row (0 where either
+    is constant)."""
+    m = mask.to(a.dtype)
+    n = m.sum(1).clamp_min(1.0)
+    da = a - ((a * m).sum(1) / n)[:, None]
+    db = b - ((b * m).sum(1) / n)[:, None]
+    cov = (da * db * m).sum(1)
+    return cov / torch.sqrt((da * da * m).sum(1) * (db * db * m).sum(1) + 1e-12)
+
+
 def articulation_terms(fake: torch.Tensor, real: torch.Tensor, speech: torch.Tensor, min_frames: int = 12) -> dict:
     """Articulation terms over speech frames.
 
     Args:
         fake, real: (B, T, 68, 2) generated and ground-truth frames; speech: (B, T) bool.
-        min_frames: rows with fewer speech frames are left out of the amplitude term.
+        min_frames: rows with fewer speech frames are left out of the amplitude and correlation terms (and rows
+            whose ground-truth gap does not move, std < 1e-3 IOD, out of the correlation term).
     Returns:
         {"mouth_shape": mean squared error of the mouth points about their centroid (IOD²), "mouth_gap": mean
-        |gap − gap_gt| (IOD), "mouth_amplitude": mean over rows of |log(std gap / std gap_gt)|}.
+        |gap − gap_gt| (IOD), "mouth_amplitude": mean over rows of |log(std gap / std gap_gt)|, "mouth_under": mean over rows of
+        max(−log(std gap / std gap_gt), 0) (under-articulation only), "mouth_corr":
+        mean over rows of 1 − r, r the Pearson correlation of gap and gap_gt over the row's speech frames (0..2)}.
     """
 
     def shape(x: torch.Tensor) -> torch.Tensor:
@@ -99,23 +118,36 @@ def articulation_terms(fake: torch.Tensor, real: torch.Tensor, speech: torch.Ten
     rows = speech.sum(1) >= min_frames
     ratio = torch.log(_masked_std(g_fake, speech) / _masked_std(g_real, speech).clamp_min(1e-3))
     out["mouth_amplitude"] = _masked_mean(ratio.abs(), rows)
+    out["mouth_under"] = _masked_mean(torch.relu(-ratio), rows)
+    moving = rows & (_masked_std(g_real, speech) > 1e-3)
+    out["mouth_corr"] = _masked_mean(1.0 - masked_corr(g_fake, g_real, speech), moving)
     return out
 
 
-def head_terms(fake: torch.Tensor, real: torch.Tensor, rows: torch.Tensor, scale_frames: int = 8) -> dict:
+def head_terms(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    rows: torch.Tensor,
+    scale_frames: int = 8,
+    num_levels: int = 4,
+    kernel: int = 7,
+) -> dict:
     """Head terms over whole windows of speech.
 
     Args:
         fake, real: (B, T, 68, 2); rows: (B,) bool, the windows to use (all frames speech).
         scale_frames: the centroid is averaged over this many frames before differencing (8 = 320 ms).
+        num_levels, kernel: the pyramid of `head_pyramid` (`training.pyramid`, as the evaluation's head energy).
     Returns:
         {"head_energy": |log(E_fake / E_gt)| with E the mean squared velocity of the smoothed rigid centroid over
-        the selected rows (IOD² per frame²), "head_mean": mean squared offset between the window-mean rigid
-        points of fake and ground truth (IOD²)}.
+        the selected rows (IOD² per frame²), "head_pyramid": the mean over pyramid levels 0..num_levels-1 of
+        |log(E_fake,l / E_gt,l)|, E_l the mean squared velocity of the centroid at level l (levels with fewer
+        than 3 samples are skipped), "head_mean": mean squared offset between the window-mean rigid points of fake
+        and ground truth (IOD²)}.
     """
     if not bool(rows.any()):
         zero = fake.sum() * 0.0
-        return {"head_energy": zero, "head_mean": zero}
+        return {"head_energy": zero, "head_pyramid": zero, "head_mean": zero}
     f, r = fake[rows], real[rows]
     iod = inter_ocular(r).mean(dim=1)[:, None, None]  # (b, 1, 1)
 
@@ -126,6 +158,16 @@ def head_terms(fake: torch.Tensor, real: torch.Tensor, rows: torch.Tensor, scale
 
     e_f, e_r = energy(f), energy(r).detach()
     out = {"head_energy": torch.log((e_f + 1e-10) / (e_r + 1e-10)).abs()}
+    c_f, c_r = f[..., RIGID, :].mean(dim=-2) / iod, r[..., RIGID, :].mean(dim=-2) / iod  # (b, T, 2)
+    ratios = []
+    for _ in range(num_levels):
+        if c_f.shape[1] < 3:
+            break
+        e_fl = ((c_f[:, 1:] - c_f[:, :-1]) ** 2).sum(-1).mean()
+        e_rl = ((c_r[:, 1:] - c_r[:, :-1]) ** 2).sum(-1).mean().detach()
+        ratios.append(torch.log((e_fl + 1e-10) / (e_rl + 1e-10)).abs())
+        c_f, c_r = downsample_torch(c_f, kernel), downsample_torch(c_r, kernel)
+    out["head_pyramid"] = torch.stack(ratios).mean() if ratios else fake.sum() * 0.0
     mean_f = f[..., RIGID, :].mean(dim=1) / iod
     mean_r = r[..., RIGID, :].mean(dim=1) / iod
     out["head_mean"] = ((mean_f - mean_r) ** 2).sum(-1).mean()

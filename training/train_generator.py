@@ -90,7 +90,10 @@ class TrainGeneratorConfig:
     mouth_shape_weight: float = 0.0
     mouth_gap_weight: float = 0.0
     mouth_amplitude_weight: float = 0.0
+    mouth_under_weight: float = 0.0
+    mouth_corr_weight: float = 0.0
     head_energy_weight: float = 0.0
+    head_pyramid_weight: float = 0.0
     head_mean_weight: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -405,9 +408,10 @@ class GeneratorTrainer(Trainer):
         cfg, out = self.cfg, {}
         if cfg.rest_gap_weight or cfg.rest_still_weight or cfg.rest_pose_weight:
             out.update(rest_terms(fake, rest, x_ref, cfg.rest_gap_target))
-        if cfg.mouth_shape_weight or cfg.mouth_gap_weight or cfg.mouth_amplitude_weight:
+        mouth = ("shape", "gap", "amplitude", "under", "corr")
+        if any(getattr(cfg, f"mouth_{k}_weight") for k in mouth):
             out.update(articulation_terms(fake, real, speech))
-        if cfg.head_energy_weight or cfg.head_mean_weight:
+        if cfg.head_energy_weight or cfg.head_pyramid_weight or cfg.head_mean_weight:
             out.update(head_terms(fake, real, clean))
         return {k: v for k, v in out.items() if getattr(cfg, f"{k}_weight")}
 
@@ -457,15 +461,20 @@ class GeneratorTrainer(Trainer):
         return rec
 
     def validate_mouth(self, fake, real) -> dict:
-        """Inner-lip gap amplitude ratio (std over each window, median) on the validation windows and, when
-        non-speech mixing is on, the gap in the rest frames of fixed mixed validation windows (p50, p90, IOD)."""
+        """Inner-lip gap amplitude ratio (std over each window, median) and the gap's correlation with ground truth
+        (Pearson r over each window, median; `gap_r_lag1` pairs the generated frame t + 1 with ground truth's t, so
+        it exceeds `gap_r` when the mouth is late) on the validation windows and, when non-speech mixing is on,
+        the gap in the rest frames of fixed mixed validation windows (p50, p90, IOD)."""
         import numpy as np
         import torch
 
-        from training.face_losses import lip_gap
+        from training.face_losses import lip_gap, masked_corr
 
         g_f, g_r = lip_gap(fake), lip_gap(real)
         rec = {"gap_amplitude": float((g_f.std(1) / g_r.std(1).clamp_min(1e-4)).median())}
+        every = torch.ones_like(g_f[:, 1:], dtype=torch.bool)
+        rec["gap_r"] = float(masked_corr(g_f, g_r, torch.ones_like(g_f, dtype=torch.bool)).median())
+        rec["gap_r_lag1"] = float(masked_corr(g_f[:, 1:], g_r[:, :-1], every).median())
         if self.cfg.rest.fraction <= 0 or self.val_sampler is None:
             return rec
         n = min(16, 2 * len(self.val_sampler.segments))
