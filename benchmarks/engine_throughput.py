@@ -71,10 +71,11 @@ def run_trial(spec: dict) -> dict:
 
     from fakes import speechlike
 
-    try:  # a step's frames serialised together, as this engine's WebSocket server does (older engines: one by one)
+    encode_binary_many: Any = None  # a step's frames serialised together, as this engine's WebSocket server does
+    try:  # (older engines, measured as a baseline: one frame at a time)
         from stream_engine.outputs.serializers import encode_binary_many
     except ImportError:
-        encode_binary_many = None
+        pass
 
     runner = _make_runner(spec["runner"])
     n, seconds, realtime = spec["streams"], spec["seconds"], spec["realtime"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     segs = {k: load_all(records[k], ClipLoadConfig(), progress=False) for k in ("val", "test")}
     result: dict = {"command": "python -m benchmarks.gap_lag " + " ".join(sys.argv[1:] if argv is None else argv)}
     result.update({"windows": args.windows, "frames": args.frames, "seed": args.seed, "models": {}, "syncers": {}})
-    first = None
+    first: Any = None
     for name, ckpt in (m.split("=", 1) for m in args.model):
         model, _ = load_generator(ckpt)
         model.eval()
@@ -169,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     w = first.cfg.receptive_field_frames[-1] - 1
     for split, ss in segs.items():
         sampler = WindowSampler(ss, args.frames, first.cfg.lookahead_frames, w, ClipLoadConfig().frontend)
-        prof = syncer_profile(syncers, first, sampler, args.windows, args.seed)
-        result["syncers"][split] = {str(k): v for k, v in prof.items()}
+        sprof = syncer_profile(syncers, first, sampler, args.windows, args.seed)
+        result["syncers"][split] = {str(k): v for k, v in sprof.items()}
     result["wall_s"] = time.time() - t0
     result["machine"] = machine_info()
     write_report(args.out, args.name, result, markdown(result))

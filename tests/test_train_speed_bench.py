@@ -43,7 +43,9 @@ def test_report_lists_failed_rows_with_their_error():
     assert "no segment holds 83 frames" in text
 
 
-@pytest.mark.parametrize("argv", [["--batches", "8,x"], ["--batches", "0"], ["--steps", "5", "--log-every", "5"], ["--prefetch", "-1"]])
+@pytest.mark.parametrize(
+    "argv", [["--batches", "8,x"], ["--batches", "0"], ["--steps", "5", "--log-every", "5"], ["--prefetch", "-1"]]
+)
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         train_speed.parse_args(argv)
