@@ -5,7 +5,8 @@ with randomised parameters around them (levels, colours, frequencies, rhythm), s
 kinds rather than six waveforms:
 
 - "silence": digital zeros (a muted or gated microphone);
-- "noise": steady coloured noise (white low-passed at 1-6 kHz, or pink), -60 to -36 dBFS RMS (fans, preamps);
+- "noise": steady noise (white over the full band, white low-passed at 1-8 kHz, or pink), -60 to -36 dBFS RMS
+  (fans, preamps, microphone hiss; full-band white was added after model 0.3.0's first cut opened its mouth in it);
 - "hum": mains hum at 50 or 60 Hz with 1-6 decaying harmonics, -55 to -32 dBFS RMS;
 - "tones": music without voice: a sustained chord (2-4 notes with harmonics) or a melody of single tones,
   -40 to -22 dBFS RMS;
@@ -103,8 +104,11 @@ def sound(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
         return np.zeros(num_samples, np.float32)
     if kind == "noise":
         white = rng.standard_normal(num_samples)
-        if rng.uniform() < 0.5:
-            cutoff = rng.uniform(1000.0, 6000.0)
+        u = rng.uniform()
+        if u < 0.25:  # full band: microphone and preamp hiss
+            x = white
+        elif u < 0.6:
+            cutoff = rng.uniform(1000.0, 8000.0)
             x = shape_spectrum(white, lambda f: (f <= cutoff).astype(float))
         else:  # pink: power falls as 1/f
             x = shape_spectrum(white, lambda f: 1.0 / np.sqrt(np.maximum(f, 20.0)))
