@@ -48,6 +48,24 @@ def config_from_args(
     return load_config(cls, getattr(args, "config", None), overrides, base=base)
 
 
+def report_run(command: str, train: Callable[[], dict], errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a training command and print its result as JSON (exit status 0). Errors a user can fix (a device that
+    is not there, and the command's `errors`: missing data, checkpoints...) are one line on stderr, exit 1, no
+    traceback."""
+    import sys
+
+    from training.run.context import DeviceUnavailable
+
+    expected: tuple[type[BaseException], ...] = (DeviceUnavailable, *errors)
+    try:
+        result = train()
+    except expected as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 @dataclasses.dataclass(frozen=True)
 class Flag:
     """A convenience flag that sets one config key: `--flag V` is `--set key=V` (an explicit --set wins)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -94,18 +93,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config_io import config_from_args
+    from training.config_io import config_from_args, report_run
     from training.data.speech_corpus import CorpusError
-    from training.run.context import DeviceUnavailable
 
     cfg = config_from_args(TrainDistillConfig, args)
-    try:
-        result = DistillTrainer(cfg, Path(args.out)).run(resume=not args.no_resume, progress=not args.no_progress)
-    except (FileNotFoundError, CorpusError, DeviceUnavailable) as exc:
-        print(f"msync distill: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2))
-    return 0
+    trainer = DistillTrainer(cfg, Path(args.out))
+    return report_run(
+        "msync distill",
+        lambda: trainer.run(resume=not args.no_resume, progress=not args.no_progress),
+        (FileNotFoundError, CorpusError),
+    )
 
 
 def load_tracks(cfg: TrainDistillConfig, progress: bool) -> tuple[list, list, dict]:

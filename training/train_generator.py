@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -146,17 +145,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config_io import config_from_args
-    from training.run.context import DeviceUnavailable
+    from training.config_io import config_from_args, report_run
 
     cfg = config_from_args(TrainGeneratorConfig, args)
-    try:
-        result = GeneratorTrainer(cfg, Path(args.out)).run(resume=not args.no_resume, progress=not args.no_progress)
-    except (FileNotFoundError, DeviceUnavailable) as exc:  # missing data, syncers, checkpoint or GPU: no traceback
-        print(f"msync train: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2))
-    return 0
+    trainer = GeneratorTrainer(cfg, Path(args.out))
+    return report_run(  # missing data, syncers or checkpoint: one line
+        "msync train",
+        lambda: trainer.run(resume=not args.no_resume, progress=not args.no_progress),
+        (FileNotFoundError,),
+    )
 
 
 def training_data_summary(records_by_split: dict) -> dict:

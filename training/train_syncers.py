@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -104,17 +103,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config_io import config_from_args
-    from training.run.context import DeviceUnavailable
+    from training.config_io import config_from_args, report_run
 
     cfg = config_from_args(TrainSyncersConfig, args)
-    try:
-        result = train(cfg, Path(args.out), resume=not args.no_resume, progress=not args.no_progress)
-    except DeviceUnavailable as exc:
-        print(f"msync train-syncers: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2))
-    return 0
+    return report_run(
+        "msync train-syncers",
+        lambda: train(cfg, Path(args.out), resume=not args.no_resume, progress=not args.no_progress),
+    )
 
 
 def _lr_at(cfg: TrainSyncersConfig, step: int) -> float:
