@@ -52,16 +52,12 @@ _HEADER = struct.Struct("<4sBBHIIIIqqqqqqHBBB")  # 77 bytes, then the stream id
 _PADS = [b"\0" * i for i in range(4)]
 
 
-def encode_binary(frame: LandmarkFrame, sent_ns: int = 0) -> bytes:
-    """One frame -> binary format v1 (`sent_ns` is stamped by the sender just before sending)."""
+def _frame_header(frame: LandmarkFrame, k: int, d: int, num_signals: int, sent_ns: int) -> bytes:
+    """A frame message's header, stream id and padding to a multiple of 4 bytes (binary format v1)."""
     sid = frame.stream_id.encode("utf-8")[:255]
     header_bytes = -(-(_HEADER.size + len(sid)) // 4) * 4
-    lm = np.ascontiguousarray(frame.landmarks, dtype="<f4")
-    k, d = lm.shape
-    signals = frame.signals.as_vector() if frame.signals is not None else []
-    flags = (FLAG_SIGNALS if signals else 0) | (
-        FLAG_SILENT if frame.signals is not None and frame.signals.silent else 0
-    )
+    sg = frame.signals
+    flags = (FLAG_SIGNALS if sg is not None else 0) | (FLAG_SILENT if sg is not None and sg.silent else 0)
     flags |= FLAG_STALLED if frame.stalled else 0
     t = frame.timings
     head = _HEADER.pack(
@@ -78,14 +74,22 @@ def encode_binary(frame: LandmarkFrame, sent_ns: int = 0) -> bytes:
         t.infer_start_ns,
         t.infer_end_ns,
         t.publish_ns,
-        int(sent_ns),
+        sent_ns,
         k,
         d,
-        len(signals),
+        num_signals,
         len(sid),
     )
-    pad = b"\0" * (header_bytes - _HEADER.size - len(sid))
-    return b"".join((head, sid, pad, lm.tobytes(), np.asarray(signals, dtype="<f4").tobytes()))
+    return b"".join((head, sid, _PADS[header_bytes - _HEADER.size - len(sid)]))
+
+
+def encode_binary(frame: LandmarkFrame, sent_ns: int = 0) -> bytes:
+    """One frame -> binary format v1 (`sent_ns` is stamped by the sender just before sending)."""
+    lm = np.ascontiguousarray(frame.landmarks, dtype="<f4")
+    k, d = lm.shape
+    signals = frame.signals.as_vector() if frame.signals is not None else []
+    head = _frame_header(frame, k, d, len(signals), int(sent_ns))
+    return b"".join((head, lm.tobytes(), np.asarray(signals, dtype="<f4").tobytes()))
 
 
 def encode_binary_many(frames: Sequence[LandmarkFrame], sent_ns: int = 0) -> list[bytes]:
@@ -134,37 +138,11 @@ def encode_binary_many(frames: Sequence[LandmarkFrame], sent_ns: int = 0) -> lis
         payload[with_signals, k * d :] = [sig_rows[i] for i in with_signals]
     full, bare = k * d + s, k * d
     sent = int(sent_ns)
-    pack = _HEADER.pack
     out = []
     for i, f in enumerate(frames):
-        sid = f.stream_id.encode("utf-8")[:255]
-        header_bytes = -(-(_HEADER.size + len(sid)) // 4) * 4
-        sg = f.signals
-        flags = (FLAG_SIGNALS if sg is not None else 0) | (FLAG_SILENT if sg is not None and sg.silent else 0)
-        flags |= FLAG_STALLED if f.stalled else 0
-        t = f.timings
-        head = pack(
-            MAGIC,
-            FORMAT_VERSION,
-            KIND_FRAME,
-            header_bytes,
-            f.seq & 0xFFFFFFFF,
-            f.epoch & 0xFFFFFFFF,
-            f.index & 0xFFFFFFFF,
-            flags,
-            f.pts_ns,
-            t.audio_ready_ns,
-            t.infer_start_ns,
-            t.infer_end_ns,
-            t.publish_ns,
-            sent,
-            k,
-            d,
-            s if sg is not None else 0,
-            len(sid),
-        )
-        pad = _PADS[header_bytes - _HEADER.size - len(sid)]
-        out.append(b"".join((head, sid, pad, payload[i, : full if sg is not None else bare].tobytes())))
+        has = f.signals is not None
+        head = _frame_header(f, k, d, s if has else 0, sent)
+        out.append(head + payload[i, : full if has else bare].tobytes())
     return out
 
 
