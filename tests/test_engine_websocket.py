@@ -23,8 +23,10 @@ SPF = 640
 
 @contextlib.asynccontextmanager
 async def serving(engine_cfg: EngineConfig = EngineConfig(), **server_kwargs):
+    """An engine and its WebSocket server started as `msync stream` starts them: warmed up, then listening."""
     engine = Engine(FakeRunner(lookahead_frames=1), engine_cfg)
     server = WebSocketServer(engine, ServerConfig(port=0, **server_kwargs))
+    await engine.warm_up()
     await server.start()
     engine.add_sink(server)
     async with engine:
