@@ -9,7 +9,9 @@ digital silence, 9-13 s low-passed white noise at -48 dBFS RMS, 13-20 s the -38 
 -48 dBFS would bury it). Each model runs it as one fresh stream from
 its default reference face (seed 7). Writes OUT.mp4 (the last model in green over the first in grey, with the
 audio; not for committing: it holds `../shared` audio), OUT.png (one row per model, a frame every second, each
-titled with its time and inner-lip gap in IOD) and OUT.json (the gap per frame for each model).
+titled with its time and inner-lip gap in IOD), OUT_trace.png (the audio level per 40 ms frame above every
+model's inner-lip gap, to read the opening against the sound) and OUT.json (the gap per frame for each model and
+r(gap, audio level) over the speech segment at lags -1, 0, +1 frames).
 """
 
 from __future__ import annotations
@@ -42,6 +44,49 @@ def build_audio(seed: int = 0) -> np.ndarray:
     q = quiet[: 7 * SR]
     out[13 * SR : 13 * SR + len(q)] += q
     return out
+
+
+def frame_level_dbfs(pcm: np.ndarray) -> np.ndarray:
+    """(frames,) RMS level in dBFS of each 40 ms frame of `pcm` (floored at -120 dBFS for digital silence)."""
+    n = len(pcm) // SPF
+    rms = np.sqrt(np.mean(pcm[: n * SPF].reshape(n, SPF).astype(np.float64) ** 2, axis=1))
+    level: np.ndarray = 20.0 * np.log10(np.maximum(rms, 1e-6))
+    return level
+
+
+def level_correlation(gap: np.ndarray, level: np.ndarray, start_s: float, end_s: float) -> dict[str, float]:
+    """Pearson r between the inner-lip gap and the audio level over [start_s, end_s), with the gap shifted by
+    -1, 0 and +1 frames (+1: the mouth follows the sound one frame later). A coarse check that the mouth opens
+    with the sound, not a sync metric (that is `msync eval`'s AV offset)."""
+    a, b = int(start_s * 25) + 1, int(end_s * 25) - 1
+    return {f"lag{k:+d}": float(np.corrcoef(gap[a + k : b + k], level[a:b])[0, 1]) for k in (-1, 0, 1)}
+
+
+def write_trace(path: Path, level: np.ndarray, gaps: dict[str, np.ndarray]) -> None:
+    """The audio level per frame above each model's inner-lip gap per frame, with the segments shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(14, 5.5), sharex=True)
+    t = np.arange(len(level)) / 25.0
+    top.plot(t, np.maximum(level, -100.0), color="0.3", lw=1)
+    top.set_ylabel("audio level (dBFS)")
+    for name, g in gaps.items():
+        bottom.plot(np.arange(len(g)) / 25.0, g, lw=1.2, label=name)
+    bottom.set_ylabel("inner-lip gap (IOD)")
+    bottom.set_xlabel("time (s)")
+    bottom.legend(loc="upper left")
+    for ax in (top, bottom):
+        for i, (a, b, label) in enumerate(SEGMENTS):
+            ax.axvspan(a, b, color=("0.95" if i % 2 else "white"), zorder=0)
+            if ax is top:
+                ax.text(a + 0.1, -95, label, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +143,20 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, g in gaps.items()
     }
+    level = frame_level_dbfs(pcm)
+    follow = {name: level_correlation(g, level, 0.0, 6.0) for name, g in gaps.items()}
+    write_trace(out.with_name(out.name + "_trace.png"), level, gaps)
     out.with_suffix(".json").write_text(
-        json.dumps({"segments": seg_stats, "gap": {k: [round(float(x), 4) for x in g] for k, g in gaps.items()}}) + "\n"
+        json.dumps(
+            {
+                "segments": seg_stats,
+                "r_gap_level_speech": follow,
+                "gap": {k: [round(float(x), 4) for x in g] for k, g in gaps.items()},
+            }
+        )
+        + "\n"
     )
+    print(json.dumps({"r_gap_level_speech": follow}, indent=1))
     print(json.dumps(seg_stats, indent=1))
     return 0
 
