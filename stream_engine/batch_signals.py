@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream_engine.blendshapes import blendshapes_from_features, face_features
+from stream_engine.noise_floor import BatchNoiseFloor
 from stream_engine.signals import (
     GATED_SHAPES,
     MEASURED_PAIRS,
@@ -181,6 +182,7 @@ class BatchSignalExtractor:
         self._last_t = np.full(n, np.nan)
         self._silent_since = np.full(n, np.nan)
         self._gate = np.ones(n)
+        self._noise = BatchNoiseFloor(cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs, n)
         self.open_slots = np.zeros(n, dtype=bool)
 
     def open(self, slot: int, reference_face: np.ndarray | None = None, seed: int | None = 0) -> None:
@@ -201,6 +203,7 @@ class BatchSignalExtractor:
         self._width_dev[slot] = cfg.width_min_span
         self._next_blink[slot] = np.nan
         self._blink_duration[slot] = cfg.auto_blink_duration_ms / 1e3
+        self._noise.open(slot)
         self.open_slots[slot] = True
         self.reset(slot)
 
@@ -219,6 +222,7 @@ class BatchSignalExtractor:
         pairs: list[tuple[object, object, str]] = [(self, fresh, name) for name in per_slot]
         for mine, theirs in ((self._filter, fresh._filter), (self._feature_filter, fresh._feature_filter)):
             pairs += [(mine, theirs, name) for name in ("x", "dx", "t", "ready")]
+        pairs += [(self._noise, fresh._noise, name) for name in ("minima", "next", "current", "elapsed")]
         for old, new, name in pairs:
             getattr(new, name)[:n] = getattr(old, name)
             setattr(old, name, getattr(new, name))
@@ -226,7 +230,8 @@ class BatchSignalExtractor:
         self.capacity = int(capacity)
 
     def reset(self, slot: int) -> None:
-        """A new epoch of the slot's stream: restart filters and the silence gate; learnt ranges are kept."""
+        """A new epoch of the slot's stream: restart filters and the silence gate; learnt ranges and the noise
+        floor are kept."""
         self._filter.reset(slot)
         self._feature_filter.reset(slot)
         self._last_t[slot] = np.nan
@@ -293,7 +298,9 @@ class BatchSignalExtractor:
         pose = self._head_pose(pts, slots)
 
         out = self._filter(slots, np.stack([openness, spread, rounding, pose[:, 0], pose[:, 1], pose[:, 2]], 1), t)
-        silent = self._silence(slots, t, dt, np.maximum(dbfs, ahead))
+        floor = self._noise.update(slots, dbfs, dt)
+        speech = np.maximum(dbfs, ahead) >= np.maximum(cfg.silence_dbfs, floor + cfg.noise_margin_db)
+        silent = self._silence(slots, t, dt, speech)
         gate = self._gate[slots]
         mouth = _clip(out[:, 0], 0.0, 1.0) * gate
         visemes = _viseme_weights(mouth, out[:, 1], out[:, 2])
@@ -351,9 +358,12 @@ class BatchSignalExtractor:
         roll = np.degrees(np.arctan2(-r[:, 1, 0], r[:, 0, 0]))
         return np.stack([yaw, pitch, roll], 1)
 
-    def _silence(self, slots: np.ndarray, t: np.ndarray, dt: np.ndarray, level: np.ndarray) -> np.ndarray:
+    def noise_floor_dbfs(self, slot: int) -> float:
+        """The slot's noise floor now (`noise_floor.NoiseFloor`), dBFS."""
+        return float(min(self._noise.current[slot], self._noise.minima[slot].min()))
+
+    def _silence(self, slots: np.ndarray, t: np.ndarray, dt: np.ndarray, speech: np.ndarray) -> np.ndarray:
         cfg = self.cfg
-        speech = level >= cfg.silence_dbfs
         since = np.where(speech, np.nan, np.where(np.isnan(self._silent_since[slots]), t, self._silent_since[slots]))
         self._silent_since[slots] = since
         holding: np.ndarray = ~speech & ((t - np.where(np.isnan(since), 0.0, since)) * 1e3 >= cfg.silence_hold_ms)

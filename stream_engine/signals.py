@@ -22,7 +22,10 @@ the wall clock). Recipe (reference/ecosystem-and-protocols.md §1.6):
 - Head pose: a scaled-orthographic fit of a generic 3D face (rigid points only: upper jaw contour, nose, eye
   corners; no mouth, no chin, so speech does not leak into pitch), relative to the stream's reference face.
 - Smoothing: a One-Euro filter per channel; mouth closing in silence: a gate driven by the audio level of the
-  frame and of its look-ahead, with an instant attack and a short release.
+  frame and of its look-ahead, with an instant attack and a short release. A frame counts as speech when that
+  level is `noise_margin_db` above the stream's noise floor (`noise_floor.NoiseFloor`, minimum statistics)
+  and above the absolute `silence_dbfs`, so the gate follows the input's level: quiet speech opens the mouth,
+  steady background noise and digital silence do not.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from stream_engine.blendshapes import (
     blendshapes_from_features,
     face_features,
 )
+from stream_engine.noise_floor import NoiseFloor
 
 # Generic 3D mean face in iBUG 68-point order (the OpenFace / dlib "wild face" model used by common head-pose
 # estimators), units ~mm, x to image right, y down, z towards the camera. Rounded to 0.1 mm.
@@ -260,7 +264,15 @@ class SignalConfig:
             mouth is not amplified into full opening.
         width_min_span: smallest width deviation (/ inter-ocular) mapped to full spread/rounding.
         range_decay_s: time constant with which learnt extremes relax towards recent values.
-        silence_dbfs: frames whose audio (own and look-ahead) stays below this level count as silent.
+        silence_dbfs: absolute speech floor, dBFS: frames whose audio (own and look-ahead) stays below this level
+            always count as silent (digital silence, dither, a disconnected microphone), whatever the noise floor.
+        noise_margin_db: a frame counts as speech when its level (own or look-ahead) is at least this many dB
+            above the stream's noise floor (and above `silence_dbfs`).
+        noise_window_s: length in seconds of the minimum-statistics window of the noise floor
+            (`noise_floor.NoiseFloor`): a louder background is adopted after at most this long, a quieter one
+            at once; it should exceed the longest stretch of speech without a pause.
+        noise_subwindows: sub-windows of that window (the floor rises in steps of window / sub-windows).
+        noise_floor_init_dbfs: the noise floor assumed, dBFS, until the first window of a stream is measured.
         silence_hold_ms: silence must last this long before the mouth is closed.
         silence_release_ms: time constant of the closing (speech reopens at once).
         blink_mode: "auto" (procedural, human statistics), "landmarks" (eye aspect ratio), "both" (max of the
@@ -284,7 +296,11 @@ class SignalConfig:
     mouth_min_span: float = 0.12
     width_min_span: float = 0.06
     range_decay_s: float = 30.0
-    silence_dbfs: float = -50.0
+    silence_dbfs: float = -75.0
+    noise_margin_db: float = 10.0
+    noise_window_s: float = 2.0
+    noise_subwindows: int = 4
+    noise_floor_init_dbfs: float = -90.0
     silence_hold_ms: float = 120.0
     silence_release_ms: float = 60.0
     blink_mode: str = "auto"
@@ -304,6 +320,8 @@ class SignalConfig:
             raise ValueError("auto_blink_interval_s must be (low, high) with 0 < low <= high")
         if self.blendshape_gain <= 0 or self.blendshape_neutral_s <= 0:
             raise ValueError("blendshape_gain and blendshape_neutral_s must be positive")
+        if self.noise_window_s <= 0 or self.noise_subwindows < 1 or self.noise_margin_db < 0:
+            raise ValueError("noise_window_s must be positive, noise_subwindows >= 1 and noise_margin_db >= 0")
 
 
 class OneEuroFilter:
@@ -504,10 +522,12 @@ class SignalExtractor:
         self._feature_filter = OneEuroFilter(cfg.mouth_filter)  # blendshape features (jitter of generated faces)
         self._next_blink_s: float | None = None
         self._blink_duration_s = cfg.auto_blink_duration_ms / 1e3
+        self._noise = NoiseFloor(cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs)
         self.reset()
 
     def reset(self) -> None:
-        """A new epoch (reset/flush): restart filters and the silence gate; learnt ranges are kept."""
+        """A new epoch (reset/flush): restart filters and the silence gate; learnt ranges and the noise floor
+        are kept."""
         self._filter.reset()
         self._feature_filter.reset()
         self._last_t_s: float | None = None
@@ -551,7 +571,8 @@ class SignalExtractor:
 
         out = self._filter(np.array([openness, spread, rounding, pose.yaw_deg, pose.pitch_deg, pose.roll_deg]), t_s)
         level = max(audio_dbfs, audio_ahead_dbfs if audio_ahead_dbfs is not None else -200.0)
-        silent = self._silence(t_s, dt_s, level)
+        floor = self._noise.update(float(audio_dbfs), dt_s)
+        silent = self._silence(t_s, dt_s, level >= max(cfg.silence_dbfs, floor + cfg.noise_margin_db))
         gate = self._gate
         mouth = min(1.0, max(0.0, float(out[0]))) * gate
         visemes = dict(zip(VISEMES, viseme_weights(mouth, float(out[1]), float(out[2]))))
@@ -578,10 +599,15 @@ class SignalExtractor:
             blendshapes=shapes,
         )
 
-    def _silence(self, t_s: float, dt_s: float, level_dbfs: float) -> bool:
+    @property
+    def noise_floor_dbfs(self) -> float:
+        """The stream's noise floor now (`noise_floor.NoiseFloor`), dBFS."""
+        return self._noise.floor_dbfs
+
+    def _silence(self, t_s: float, dt_s: float, speech: bool) -> bool:
         """Update the mouth gate: 1 while speech is present, decaying to 0 after `silence_hold_ms` of silence."""
         cfg = self.cfg
-        if level_dbfs >= cfg.silence_dbfs:
+        if speech:
             self._silent_since_s = None
             self._gate = 1.0
             return False
