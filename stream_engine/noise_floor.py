@@ -9,12 +9,14 @@ and minimum statistics", IEEE Trans. Speech and Audio Processing 9(5), 2001, and
 subtraction based on minimum statistics", EUSIPCO 1994): in speech, the level drops to the background
 between syllables and words many times a second, so the minimum of the frame levels over a window of a
 second or two follows the background and ignores the speech. Martin's memory-saving form is used: the window
-is split into `subwindows` sub-windows; the minimum of each completed one is kept in a ring, and the floor is
-the minimum of the ring and of the sub-window in progress. The floor therefore
+is split into `subwindows` sub-windows: the one in progress and the minima of the `subwindows - 1` completed
+before it, kept in a ring; the floor is the minimum of all of them. A sub-window closes at the first frame at
+which `window_s / subwindows` of stream time have passed in it (at 40 ms frames and the defaults, 13 frames:
+0.52 s). The floor therefore
 
 - falls at once (a quieter frame lowers it in the same frame), and
-- rises slowly: a louder background is adopted only once every sub-window of the older, quieter one has left
-  the ring, between `window_s - window_s / subwindows` and `window_s` later.
+- rises slowly: a louder background is adopted only once every sub-window that saw the older, quieter one has
+  left the ring, between `(subwindows - 1) / subwindows` of the window and the whole window later.
 
 Here the levels are whole-band frame RMS levels in dBFS (one per 40 ms frame), not spectral bins, and there is
 no bias compensation: the minimum of a steady noise's frame levels lies a dB or two below their mean, which
@@ -33,8 +35,8 @@ import numpy as np
 
 
 def _check(window_s: float, subwindows: int) -> float:
-    if window_s <= 0 or subwindows < 1:
-        raise ValueError("the noise-floor window must be positive and have at least one sub-window")
+    if window_s <= 0 or subwindows < 2:
+        raise ValueError("the noise-floor window must be positive and have at least two sub-windows")
     return float(window_s) / int(subwindows)
 
 
@@ -46,12 +48,12 @@ class NoiseFloor:
         subwindows: number of sub-windows it is split into (the floor rises in steps of `window_s / subwindows`).
         init_dbfs: the floor assumed until the first window has been measured, dBFS.
     Raises:
-        ValueError: window_s <= 0 or subwindows < 1.
+        ValueError: window_s <= 0 or subwindows < 2.
     """
 
     def __init__(self, window_s: float, subwindows: int, init_dbfs: float) -> None:
         self.sub_s = _check(window_s, subwindows)
-        self._minima = [float(init_dbfs)] * int(subwindows)  # completed sub-windows (ring)
+        self._minima = [float(init_dbfs)] * (int(subwindows) - 1)  # completed sub-windows (ring)
         self._next = 0  # ring position the next completed sub-window replaces
         self._current = math.inf  # minimum of the sub-window in progress
         self._elapsed_s = 0.0  # stream time in the sub-window in progress
@@ -85,7 +87,7 @@ class BatchNoiseFloor:
     def __init__(self, window_s: float, subwindows: int, init_dbfs: float, capacity: int) -> None:
         self.sub_s = _check(window_s, subwindows)
         self.init_dbfs = float(init_dbfs)
-        self.minima = np.full((capacity, int(subwindows)), self.init_dbfs)
+        self.minima = np.full((capacity, int(subwindows) - 1), self.init_dbfs)
         self.next = np.zeros(capacity, dtype=np.int64)
         self.current = np.full(capacity, np.inf)
         self.elapsed = np.zeros(capacity)

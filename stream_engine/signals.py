@@ -271,7 +271,7 @@ class SignalConfig:
         noise_window_s: length in seconds of the minimum-statistics window of the noise floor
             (`noise_floor.NoiseFloor`): a louder background is adopted after at most this long, a quieter one
             at once; it should exceed the longest stretch of speech without a pause.
-        noise_subwindows: sub-windows of that window (the floor rises in steps of window / sub-windows).
+        noise_subwindows: sub-windows of that window, >= 2 (the floor rises in steps of window / sub-windows).
         noise_floor_init_dbfs: the noise floor assumed, dBFS, until the first window of a stream is measured.
         silence_hold_ms: silence must last this long before the mouth is closed.
         silence_release_ms: time constant of the closing (speech reopens at once).
@@ -320,8 +320,8 @@ class SignalConfig:
             raise ValueError("auto_blink_interval_s must be (low, high) with 0 < low <= high")
         if self.blendshape_gain <= 0 or self.blendshape_neutral_s <= 0:
             raise ValueError("blendshape_gain and blendshape_neutral_s must be positive")
-        if self.noise_window_s <= 0 or self.noise_subwindows < 1 or self.noise_margin_db < 0:
-            raise ValueError("noise_window_s must be positive, noise_subwindows >= 1 and noise_margin_db >= 0")
+        if self.noise_window_s <= 0 or self.noise_subwindows < 2 or self.noise_margin_db < 0:
+            raise ValueError("noise_window_s must be positive, noise_subwindows >= 2 and noise_margin_db >= 0")
 
 
 class OneEuroFilter:
