@@ -297,7 +297,7 @@ class SignalConfig:
     width_min_span: float = 0.06
     range_decay_s: float = 30.0
     silence_dbfs: float = -75.0
-    noise_margin_db: float = 10.0
+    noise_margin_db: float = 8.0
     noise_window_s: float = 2.0
     noise_subwindows: int = 4
     noise_floor_init_dbfs: float = -90.0

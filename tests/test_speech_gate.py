@@ -22,10 +22,15 @@ def _levels(pcm: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(np.maximum((frames * frames).mean(1), 1e-12))
 
 
-def _noise(seconds: float, dbfs: float, seed: int = 1) -> np.ndarray:
-    """Steady low-passed white noise at `dbfs` RMS (a fan under a microphone)."""
+def _noise(seconds: float, dbfs: float, seed: int = 1, colour: str = "fan") -> np.ndarray:
+    """Steady noise at `dbfs` RMS: "fan" (white, low-passed by an 8-tap average), "white", or "pink" (power
+    1/f from 80 Hz, a microphone's usual high-pass)."""
     x = np.random.default_rng(seed).standard_normal(int(seconds * SR))
-    x = np.convolve(x, np.ones(8) / 8, mode="same")
+    if colour == "fan":
+        x = np.convolve(x, np.ones(8) / 8, mode="same")
+    elif colour == "pink":
+        f = np.fft.rfftfreq(x.size, 1 / SR)
+        x = np.fft.irfft(np.fft.rfft(x) * np.where(f >= 80.0, 1 / np.sqrt(np.maximum(f, 1.0)), 0.0), x.size)
     return x / np.sqrt(np.mean(x * x)) * 10 ** (dbfs / 20)
 
 
@@ -70,7 +75,8 @@ def test_quiet_speech_opens_the_mouth_like_normal_speech():
     assert fixed.max() == 0.0  # what the fixed gate did
 
 
-def test_mouth_stays_closed_in_silence_dither_and_steady_noise():
+@pytest.mark.parametrize("colour", ["fan", "white", "pink"])
+def test_mouth_stays_closed_in_silence_dither_and_steady_noise(colour):
     """Non-speech input closes the mouth although the landmarks keep moving: digital silence, 16-bit dither,
     and steady -48 dBFS noise (once the floor has seen it); speech over that noise still opens it."""
     moving = 15.0 * (0.5 + 0.5 * np.sin(np.arange(100) * 0.7))  # a model that opens the mouth on anything
@@ -80,7 +86,7 @@ def test_mouth_stays_closed_in_silence_dither_and_steady_noise():
     mouth, _ = _run(_levels(dither), moving)
     assert mouth[10:].max() == 0.0
 
-    fan = _noise(10.0, -48.0)
+    fan = _noise(10.0, -48.0, colour=colour)
     pcm = fan.copy()
     pcm[: 3 * SR] += _speech(3.0)  # speech 0-3 s, noise alone 3-6 s, speech 6-8.5 s, noise alone to 10 s
     pcm[6 * SR : int(8.5 * SR)] += _speech(2.5, seed=1)
