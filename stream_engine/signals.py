@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +48,15 @@ from stream_engine.blendshapes import (
     face_features,
 )
 from stream_engine.noise_floor import NoiseFloor
+
+log = logging.getLogger(__name__)
+
+#: Frames at or below this level (dBFS) are digital silence: no sign of an input, so no sign of a quiet one.
+DIGITAL_SILENCE_DBFS = -110.0
+QUIET_INPUT_MESSAGE = (
+    "audio input%s is very quiet: for %.0f s its speech stayed below signals.silence_dbfs (%.0f dBFS) while the "
+    "face articulated, so the rig mouth stayed closed; raise the microphone gain or lower signals.silence_dbfs"
+)
 
 # Generic 3D mean face in iBUG 68-point order (the OpenFace / dlib "wild face" model used by common head-pose
 # estimators), units ~mm, x to image right, y down, z towards the camera. Rounded to 0.1 mm.
@@ -273,6 +283,10 @@ class SignalConfig:
             at once; it should exceed the longest stretch of speech without a pause.
         noise_subwindows: sub-windows of that window, >= 2 (the floor rises in steps of window / sub-windows).
         noise_floor_init_dbfs: the noise floor assumed, dBFS, until the first window of a stream is measured.
+        quiet_warning_s: after this many seconds (net) of frames whose audio lies between digital silence
+            (`DIGITAL_SILENCE_DBFS`) and `silence_dbfs` while the face's mouth opens (openness > 0.3), less the
+            frames the gate takes as speech, the stream's input counts as too quiet: one warning is logged and
+            `quiet_input` turns true (0 = never).
         silence_hold_ms: silence must last this long before the mouth is closed.
         silence_release_ms: time constant of the closing (speech reopens at once).
         blink_mode: "auto" (procedural, human statistics), "landmarks" (eye aspect ratio), "both" (max of the
@@ -301,6 +315,7 @@ class SignalConfig:
     noise_window_s: float = 2.0
     noise_subwindows: int = 4
     noise_floor_init_dbfs: float = -90.0
+    quiet_warning_s: float = 5.0
     silence_hold_ms: float = 120.0
     silence_release_ms: float = 60.0
     blink_mode: str = "auto"
@@ -501,12 +516,21 @@ class SignalExtractor:
         cfg: `SignalConfig`.
         reference_face: (68, 2) the stream's neutral face (head angles are reported relative to it).
         seed: procedural-blink randomness (deterministic per stream; derive it with `stream_seed`).
+        name: the stream's name in log messages.
     """
 
     def __init__(
-        self, cfg: SignalConfig = SignalConfig(), reference_face: np.ndarray | None = None, seed: int | None = 0
+        self,
+        cfg: SignalConfig = SignalConfig(),
+        reference_face: np.ndarray | None = None,
+        seed: int | None = 0,
+        name: str = "",
     ) -> None:
         self.cfg = cfg
+        self.name = name
+        #: True once the input has been too quiet for `cfg.quiet_warning_s` (see `SignalConfig`); stays true.
+        self.quiet_input = False
+        self._quiet_s = 0.0
         self._rng = np.random.default_rng(seed)
         self._neutral_rotation = np.eye(3)
         self._neutral_face = None if reference_face is None else np.asarray(reference_face, dtype=np.float64)
@@ -572,9 +596,13 @@ class SignalExtractor:
         out = self._filter(np.array([openness, spread, rounding, pose.yaw_deg, pose.pitch_deg, pose.roll_deg]), t_s)
         level = max(audio_dbfs, audio_ahead_dbfs if audio_ahead_dbfs is not None else -200.0)
         floor = self._noise.update(float(audio_dbfs), dt_s)
-        silent = self._silence(t_s, dt_s, level >= max(cfg.silence_dbfs, floor + cfg.noise_margin_db))
+        speech = level >= max(cfg.silence_dbfs, floor + cfg.noise_margin_db)
+        silent = self._silence(t_s, dt_s, speech)
         gate = self._gate
-        mouth = min(1.0, max(0.0, float(out[0]))) * gate
+        opening = min(1.0, max(0.0, float(out[0])))
+        if not self.quiet_input and cfg.quiet_warning_s > 0:
+            self._watch_quiet(speech, DIGITAL_SILENCE_DBFS < level < cfg.silence_dbfs and opening > 0.3, dt_s)
+        mouth = opening * gate
         visemes = dict(zip(VISEMES, viseme_weights(mouth, float(out[1]), float(out[2]))))
         lim = cfg.max_head_deg
         head = HeadPose(*(min(lim, max(-lim, float(a))) for a in out[3:6]))
@@ -598,6 +626,17 @@ class SignalExtractor:
             silent=silent,
             blendshapes=shapes,
         )
+
+    def _watch_quiet(self, speech: bool, quiet_articulation: bool, dt_s: float) -> None:
+        """Count quiet articulation up and speech down; warn once when the count reaches `quiet_warning_s`."""
+        if quiet_articulation:
+            self._quiet_s += dt_s
+        elif speech:
+            self._quiet_s = max(0.0, self._quiet_s - dt_s)
+        if self._quiet_s >= self.cfg.quiet_warning_s:
+            self.quiet_input = True
+            where = f" of stream {self.name}" if self.name else ""
+            log.warning(QUIET_INPUT_MESSAGE, where, self.cfg.quiet_warning_s, self.cfg.silence_dbfs)
 
     @property
     def noise_floor_dbfs(self) -> float:

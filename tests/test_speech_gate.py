@@ -201,3 +201,36 @@ def test_batch_extractor_gate_equals_per_stream_with_adaptive_levels():
             assert bx.noise_floor_dbfs(slots[i]) == singles[i].noise_floor_dbfs
             gated += want.silent
     assert gated > 50  # the gate did close in these streams
+
+
+def test_input_too_quiet_for_the_gate_is_reported_once(caplog):
+    """Speech 66 dB below normal (peaks near -80 dBFS, under `silence_dbfs`) with an articulating face: after
+    `quiet_warning_s` of it, one warning and `quiet_input`, in both extractors at the same frame; speech the gate
+    takes, digital silence and a still face never warn."""
+    speech = np.concatenate([np.zeros(SR // 2), _speech(14.0)])
+    mm = _mouth_mm(speech)
+    levels = _levels(speech * 10 ** (-66.0 / 20))
+    ex = SignalExtractor(CFG, NEUTRAL_FACE, name="mic")
+    bx = BatchSignalExtractor(CFG, capacity=3)
+    bx.open(2, NEUTRAL_FACE, name="mic")
+    first = {}
+    with caplog.at_level("WARNING"):
+        for j, lv in enumerate(levels):
+            face = project_face(0, 0, 0, float(mm[j]))
+            ex.update(face, 0.04 * j, float(lv), float(lv))
+            bx.update([2], face[None], [0.04 * j], [lv], [lv])
+            if ex.quiet_input:
+                first.setdefault("single", j)
+            if bx.quiet_input[2]:
+                first.setdefault("batch", j)
+    assert first["single"] == first["batch"] and 0.04 * first["single"] >= CFG.quiet_warning_s
+    messages = [r.getMessage() for r in caplog.records if "very quiet" in r.getMessage()]
+    assert len(messages) == 2 and all("stream mic" in m for m in messages)
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        for gain_db in (0.0, -38.0):
+            _run(_levels(speech * 10 ** (gain_db / 20)), mm)
+        _run(np.full(400, -120.0), np.tile([0.0, 15.0], 200))  # digital silence, a face that moves
+        _run(levels, np.zeros(levels.size))  # quiet input, a still face
+    assert not [r for r in caplog.records if "very quiet" in r.getMessage()]
