@@ -17,17 +17,21 @@ random generator for the procedural blinks, drawn in the same order, so seeds re
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import numpy as np
 import numpy.typing as npt
 
 from stream_engine.blendshapes import blendshapes_from_features, face_features
+from stream_engine.noise_floor import BatchNoiseFloor
 from stream_engine.signals import (
+    DIGITAL_SILENCE_DBFS,
     GATED_SHAPES,
     MEASURED_PAIRS,
     MODEL_RIGID_PINV,
     OPENING_FEATURES,
+    QUIET_INPUT_MESSAGE,
     RIGID_INDEX,
     VISEMES,
     HeadPose,
@@ -36,6 +40,8 @@ from stream_engine.signals import (
     Signals,
     head_rotation,
 )
+
+log = logging.getLogger(__name__)
 
 _YZX, _ZXY = np.array([1, 2, 0]), np.array([2, 0, 1])  # component orders of a cross product
 
@@ -161,6 +167,7 @@ class BatchSignalExtractor:
         self.capacity = int(capacity)
         n = self.capacity
         self._rng: list[np.random.Generator | None] = [None] * n
+        self._names: list[str] = [""] * n
         self._neutral_rot = np.repeat(np.eye(3)[None], n, 0)
         self._neutral_face_feats = np.zeros((n, len(OPENING_FEATURES)))
         self._has_face = np.zeros(n, dtype=bool)
@@ -181,10 +188,14 @@ class BatchSignalExtractor:
         self._last_t = np.full(n, np.nan)
         self._silent_since = np.full(n, np.nan)
         self._gate = np.ones(n)
+        self._noise = BatchNoiseFloor(cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs, n)
+        self._quiet_s = np.zeros(n)
+        #: per slot: the input has been too quiet for `cfg.quiet_warning_s` (`SignalExtractor.quiet_input`)
+        self.quiet_input = np.zeros(n, dtype=bool)
         self.open_slots = np.zeros(n, dtype=bool)
 
-    def open(self, slot: int, reference_face: np.ndarray | None = None, seed: int | None = 0) -> None:
-        """Start a stream in `slot` (fresh state, as a new `SignalExtractor(cfg, reference_face, seed)`)."""
+    def open(self, slot: int, reference_face: np.ndarray | None = None, seed: int | None = 0, name: str = "") -> None:
+        """Start a stream in `slot` (fresh state, as a new `SignalExtractor(cfg, reference_face, seed, name)`)."""
         if not 0 <= slot < self.capacity:
             raise IndexError(f"slot {slot} outside 0..{self.capacity - 1}")
         cfg = self.cfg
@@ -201,6 +212,10 @@ class BatchSignalExtractor:
         self._width_dev[slot] = cfg.width_min_span
         self._next_blink[slot] = np.nan
         self._blink_duration[slot] = cfg.auto_blink_duration_ms / 1e3
+        self._noise.open(slot)
+        self._quiet_s[slot] = 0.0
+        self.quiet_input[slot] = False
+        self._names[slot] = name
         self.open_slots[slot] = True
         self.reset(slot)
 
@@ -219,14 +234,17 @@ class BatchSignalExtractor:
         pairs: list[tuple[object, object, str]] = [(self, fresh, name) for name in per_slot]
         for mine, theirs in ((self._filter, fresh._filter), (self._feature_filter, fresh._feature_filter)):
             pairs += [(mine, theirs, name) for name in ("x", "dx", "t", "ready")]
+        pairs += [(self._noise, fresh._noise, name) for name in ("minima", "next", "current", "elapsed")]
         for old, new, name in pairs:
             getattr(new, name)[:n] = getattr(old, name)
             setattr(old, name, getattr(new, name))
         self._rng = self._rng + [None] * (capacity - n)
+        self._names = self._names + [""] * (capacity - n)
         self.capacity = int(capacity)
 
     def reset(self, slot: int) -> None:
-        """A new epoch of the slot's stream: restart filters and the silence gate; learnt ranges are kept."""
+        """A new epoch of the slot's stream: restart filters and the silence gate; learnt ranges and the noise
+        floor are kept."""
         self._filter.reset(slot)
         self._feature_filter.reset(slot)
         self._last_t[slot] = np.nan
@@ -293,9 +311,16 @@ class BatchSignalExtractor:
         pose = self._head_pose(pts, slots)
 
         out = self._filter(slots, np.stack([openness, spread, rounding, pose[:, 0], pose[:, 1], pose[:, 2]], 1), t)
-        silent = self._silence(slots, t, dt, np.maximum(dbfs, ahead))
+        floor = self._noise.update(slots, dbfs, dt)
+        level = np.maximum(dbfs, ahead)
+        speech = level >= np.maximum(cfg.silence_dbfs, floor + cfg.noise_margin_db)
+        silent = self._silence(slots, t, dt, speech)
         gate = self._gate[slots]
-        mouth = _clip(out[:, 0], 0.0, 1.0) * gate
+        opening = _clip(out[:, 0], 0.0, 1.0)
+        if cfg.quiet_warning_s > 0:
+            quiet = (level > DIGITAL_SILENCE_DBFS) & (level < cfg.silence_dbfs) & (opening > 0.3)
+            self._watch_quiet(slots, speech, quiet, dt)
+        mouth = opening * gate
         visemes = _viseme_weights(mouth, out[:, 1], out[:, 2])
         lim = cfg.max_head_deg
         head = _clip(out[:, 3:6], -lim, lim)
@@ -351,9 +376,24 @@ class BatchSignalExtractor:
         roll = np.degrees(np.arctan2(-r[:, 1, 0], r[:, 0, 0]))
         return np.stack([yaw, pitch, roll], 1)
 
-    def _silence(self, slots: np.ndarray, t: np.ndarray, dt: np.ndarray, level: np.ndarray) -> np.ndarray:
+    def _watch_quiet(self, slots: np.ndarray, speech: np.ndarray, quiet: np.ndarray, dt: np.ndarray) -> None:
+        """As `SignalExtractor._watch_quiet`, for the slots not yet warned about."""
+        watch = ~self.quiet_input[slots]
+        q = self._quiet_s[slots]
+        q = np.where(watch & quiet, q + dt, np.where(watch & speech, np.maximum(0.0, q - dt), q))
+        self._quiet_s[slots] = q
+        for i in np.flatnonzero(watch & (q >= self.cfg.quiet_warning_s)):
+            slot = int(slots[i])
+            self.quiet_input[slot] = True
+            where = f" of stream {self._names[slot]}" if self._names[slot] else f" in signal slot {slot}"
+            log.warning(QUIET_INPUT_MESSAGE, where, self.cfg.quiet_warning_s, self.cfg.silence_dbfs)
+
+    def noise_floor_dbfs(self, slot: int) -> float:
+        """The slot's noise floor now (`noise_floor.NoiseFloor`), dBFS."""
+        return float(min(self._noise.current[slot], self._noise.minima[slot].min()))
+
+    def _silence(self, slots: np.ndarray, t: np.ndarray, dt: np.ndarray, speech: np.ndarray) -> np.ndarray:
         cfg = self.cfg
-        speech = level >= cfg.silence_dbfs
         since = np.where(speech, np.nan, np.where(np.isnan(self._silent_since[slots]), t, self._silent_since[slots]))
         self._silent_since[slots] = since
         holding: np.ndarray = ~speech & ((t - np.where(np.isnan(since), 0.0, since)) * 1e3 >= cfg.silence_hold_ms)

@@ -161,7 +161,7 @@ class Session:
         self.reference_face = reference_face
         self.source = source
         neutral = reference_face if reference_face is not None else model_reference_face
-        self.signals = SignalExtractor(signal_cfg, neutral, seed) if signal_cfg is not None else None
+        self.signals = SignalExtractor(signal_cfg, neutral, seed, stream_id) if signal_cfg is not None else None
         self.signal_slot: int | None = None  # slot in the engine's `BatchSignalExtractor` (None = own extractor)
         self.stats = SessionStats()
         self.epoch = 0

@@ -22,13 +22,17 @@ the wall clock). Recipe (reference/ecosystem-and-protocols.md §1.6):
 - Head pose: a scaled-orthographic fit of a generic 3D face (rigid points only: upper jaw contour, nose, eye
   corners; no mouth, no chin, so speech does not leak into pitch), relative to the stream's reference face.
 - Smoothing: a One-Euro filter per channel; mouth closing in silence: a gate driven by the audio level of the
-  frame and of its look-ahead, with an instant attack and a short release.
+  frame and of its look-ahead, with an instant attack and a short release. A frame counts as speech when that
+  level is `noise_margin_db` above the stream's noise floor (`noise_floor.NoiseFloor`, minimum statistics)
+  and above the absolute `silence_dbfs`, so the gate follows the input's level: quiet speech opens the mouth,
+  steady background noise and digital silence do not.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +46,16 @@ from stream_engine.blendshapes import (
     SUPPORTED,
     blendshapes_from_features,
     face_features,
+)
+from stream_engine.noise_floor import NoiseFloor
+
+log = logging.getLogger(__name__)
+
+#: Frames at or below this level (dBFS) are digital silence: no sign of an input, so no sign of a quiet one.
+DIGITAL_SILENCE_DBFS = -110.0
+QUIET_INPUT_MESSAGE = (
+    "audio input%s is very quiet: for %.0f s its speech stayed below signals.silence_dbfs (%.0f dBFS) while the "
+    "face articulated, so the rig mouth stayed closed; raise the microphone gain or lower signals.silence_dbfs"
 )
 
 # Generic 3D mean face in iBUG 68-point order (the OpenFace / dlib "wild face" model used by common head-pose
@@ -260,7 +274,19 @@ class SignalConfig:
             mouth is not amplified into full opening.
         width_min_span: smallest width deviation (/ inter-ocular) mapped to full spread/rounding.
         range_decay_s: time constant with which learnt extremes relax towards recent values.
-        silence_dbfs: frames whose audio (own and look-ahead) stays below this level count as silent.
+        silence_dbfs: absolute speech floor, dBFS: frames whose audio (own and look-ahead) stays below this level
+            always count as silent (digital silence, dither, a disconnected microphone), whatever the noise floor.
+        noise_margin_db: a frame counts as speech when its level (own or look-ahead) is at least this many dB
+            above the stream's noise floor (and above `silence_dbfs`).
+        noise_window_s: length in seconds of the minimum-statistics window of the noise floor
+            (`noise_floor.NoiseFloor`): a louder background is adopted after at most this long, a quieter one
+            at once; it should exceed the longest stretch of speech without a pause.
+        noise_subwindows: sub-windows of that window, >= 2 (the floor rises in steps of window / sub-windows).
+        noise_floor_init_dbfs: the noise floor assumed, dBFS, until the first window of a stream is measured.
+        quiet_warning_s: after this many seconds (net) of frames whose audio lies between digital silence
+            (`DIGITAL_SILENCE_DBFS`) and `silence_dbfs` while the face's mouth opens (openness > 0.3), less the
+            frames the gate takes as speech, the stream's input counts as too quiet: one warning is logged and
+            `quiet_input` turns true (0 = never).
         silence_hold_ms: silence must last this long before the mouth is closed.
         silence_release_ms: time constant of the closing (speech reopens at once).
         blink_mode: "auto" (procedural, human statistics), "landmarks" (eye aspect ratio), "both" (max of the
@@ -284,7 +310,12 @@ class SignalConfig:
     mouth_min_span: float = 0.12
     width_min_span: float = 0.06
     range_decay_s: float = 30.0
-    silence_dbfs: float = -50.0
+    silence_dbfs: float = -75.0
+    noise_margin_db: float = 8.0
+    noise_window_s: float = 2.0
+    noise_subwindows: int = 4
+    noise_floor_init_dbfs: float = -90.0
+    quiet_warning_s: float = 5.0
     silence_hold_ms: float = 120.0
     silence_release_ms: float = 60.0
     blink_mode: str = "auto"
@@ -304,6 +335,8 @@ class SignalConfig:
             raise ValueError("auto_blink_interval_s must be (low, high) with 0 < low <= high")
         if self.blendshape_gain <= 0 or self.blendshape_neutral_s <= 0:
             raise ValueError("blendshape_gain and blendshape_neutral_s must be positive")
+        if self.noise_window_s <= 0 or self.noise_subwindows < 2 or self.noise_margin_db < 0:
+            raise ValueError("noise_window_s must be positive, noise_subwindows >= 2 and noise_margin_db >= 0")
 
 
 class OneEuroFilter:
@@ -483,12 +516,21 @@ class SignalExtractor:
         cfg: `SignalConfig`.
         reference_face: (68, 2) the stream's neutral face (head angles are reported relative to it).
         seed: procedural-blink randomness (deterministic per stream; derive it with `stream_seed`).
+        name: the stream's name in log messages.
     """
 
     def __init__(
-        self, cfg: SignalConfig = SignalConfig(), reference_face: np.ndarray | None = None, seed: int | None = 0
+        self,
+        cfg: SignalConfig = SignalConfig(),
+        reference_face: np.ndarray | None = None,
+        seed: int | None = 0,
+        name: str = "",
     ) -> None:
         self.cfg = cfg
+        self.name = name
+        #: True once the input has been too quiet for `cfg.quiet_warning_s` (see `SignalConfig`); stays true.
+        self.quiet_input = False
+        self._quiet_s = 0.0
         self._rng = np.random.default_rng(seed)
         self._neutral_rotation = np.eye(3)
         self._neutral_face = None if reference_face is None else np.asarray(reference_face, dtype=np.float64)
@@ -504,10 +546,12 @@ class SignalExtractor:
         self._feature_filter = OneEuroFilter(cfg.mouth_filter)  # blendshape features (jitter of generated faces)
         self._next_blink_s: float | None = None
         self._blink_duration_s = cfg.auto_blink_duration_ms / 1e3
+        self._noise = NoiseFloor(cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs)
         self.reset()
 
     def reset(self) -> None:
-        """A new epoch (reset/flush): restart filters and the silence gate; learnt ranges are kept."""
+        """A new epoch (reset/flush): restart filters and the silence gate; learnt ranges and the noise floor
+        are kept."""
         self._filter.reset()
         self._feature_filter.reset()
         self._last_t_s: float | None = None
@@ -551,9 +595,14 @@ class SignalExtractor:
 
         out = self._filter(np.array([openness, spread, rounding, pose.yaw_deg, pose.pitch_deg, pose.roll_deg]), t_s)
         level = max(audio_dbfs, audio_ahead_dbfs if audio_ahead_dbfs is not None else -200.0)
-        silent = self._silence(t_s, dt_s, level)
+        floor = self._noise.update(float(audio_dbfs), dt_s)
+        speech = level >= max(cfg.silence_dbfs, floor + cfg.noise_margin_db)
+        silent = self._silence(t_s, dt_s, speech)
         gate = self._gate
-        mouth = min(1.0, max(0.0, float(out[0]))) * gate
+        opening = min(1.0, max(0.0, float(out[0])))
+        if not self.quiet_input and cfg.quiet_warning_s > 0:
+            self._watch_quiet(speech, DIGITAL_SILENCE_DBFS < level < cfg.silence_dbfs and opening > 0.3, dt_s)
+        mouth = opening * gate
         visemes = dict(zip(VISEMES, viseme_weights(mouth, float(out[1]), float(out[2]))))
         lim = cfg.max_head_deg
         head = HeadPose(*(min(lim, max(-lim, float(a))) for a in out[3:6]))
@@ -578,10 +627,26 @@ class SignalExtractor:
             blendshapes=shapes,
         )
 
-    def _silence(self, t_s: float, dt_s: float, level_dbfs: float) -> bool:
+    def _watch_quiet(self, speech: bool, quiet_articulation: bool, dt_s: float) -> None:
+        """Count quiet articulation up and speech down; warn once when the count reaches `quiet_warning_s`."""
+        if quiet_articulation:
+            self._quiet_s += dt_s
+        elif speech:
+            self._quiet_s = max(0.0, self._quiet_s - dt_s)
+        if self._quiet_s >= self.cfg.quiet_warning_s:
+            self.quiet_input = True
+            where = f" of stream {self.name}" if self.name else ""
+            log.warning(QUIET_INPUT_MESSAGE, where, self.cfg.quiet_warning_s, self.cfg.silence_dbfs)
+
+    @property
+    def noise_floor_dbfs(self) -> float:
+        """The stream's noise floor now (`noise_floor.NoiseFloor`), dBFS."""
+        return self._noise.floor_dbfs
+
+    def _silence(self, t_s: float, dt_s: float, speech: bool) -> bool:
         """Update the mouth gate: 1 while speech is present, decaying to 0 after `silence_hold_ms` of silence."""
         cfg = self.cfg
-        if level_dbfs >= cfg.silence_dbfs:
+        if speech:
             self._silent_since_s = None
             self._gate = 1.0
             return False

@@ -14,7 +14,7 @@ triad with harmonics, -30 dBFS: music without voice); breathing-like noise (band
 
 Measured in the non-speech segment, after its first `settle_ms` (the way down is measured separately): the raw
 inner-lip gap (IOD) and the engine's `mouth_open` signal (`stream_engine.signals.SignalExtractor`, default
-`SignalConfig`: its silence gate at -50 dBFS included), p50 and p90 over frames; how far the gap stays above the
+`SignalConfig`: its speech gate, which follows the stream's noise floor, included), p50 and p90 over frames; how far the gap stays above the
 row's own closed mouth (its 10th percentile while speaking in the same stream); and the time from the end of
 speech until the gap is at rest for good, relative to that closed level (:func:`training.metrics.viewer.
 rest_threshold`, :func:`~training.metrics.viewer.time_to_rest`). Ground truth, which has no face for synthetic

@@ -1,0 +1,117 @@
+"""The level of a stream's background sound, tracked by minimum statistics (per stream and per slot).
+
+The speech gate of the rig signals (`signals.SignalExtractor`, `batch_signals.BatchSignalExtractor`) counts a
+frame as speech when its level stands a margin above the stream's noise floor, instead of above one fixed
+level: speech 40 dB quieter than usual still opens the mouth, and a fan 25 dB below the voice does not.
+
+Method: minimum statistics (R. Martin, "Noise power spectral density estimation based on optimal smoothing
+and minimum statistics", IEEE Trans. Speech and Audio Processing 9(5), 2001, and his earlier "Spectral
+subtraction based on minimum statistics", EUSIPCO 1994): in speech, the level drops to the background
+between syllables and words many times a second, so the minimum of the frame levels over a window of a
+second or two follows the background and ignores the speech. Martin's memory-saving form is used: the window
+is split into `subwindows` sub-windows: the one in progress and the minima of the `subwindows - 1` completed
+before it, kept in a ring; the floor is the minimum of all of them. A sub-window closes at the first frame at
+which `window_s / subwindows` of stream time have passed in it (at 40 ms frames and the defaults, 13 frames:
+0.52 s). The floor therefore
+
+- falls at once (a quieter frame lowers it in the same frame), and
+- rises slowly: a louder background is adopted only once every sub-window that saw the older, quieter one has
+  left the ring, between `(subwindows - 1) / subwindows` of the window and the whole window later.
+
+Here the levels are whole-band frame RMS levels in dBFS (one per 40 ms frame), not spectral bins, and there is
+no bias compensation: the minimum of a steady noise's frame levels lies a dB or two below their mean, which
+the gate's margin absorbs. Before the first `window_s` of a stream, the sub-windows not yet measured hold
+`init_dbfs`, so a stream that starts with speech is not taken for a loud background.
+
+State is explicit: `NoiseFloor` holds one stream's ring, `BatchNoiseFloor` the same for `capacity` slots as
+arrays; fed the same levels and frame intervals, the two give identical floors (same operations, same order).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _check(window_s: float, subwindows: int) -> float:
+    if window_s <= 0 or subwindows < 2:
+        raise ValueError("the noise-floor window must be positive and have at least two sub-windows")
+    return float(window_s) / int(subwindows)
+
+
+class NoiseFloor:
+    """One stream's noise floor (module docstring).
+
+    Args:
+        window_s: length of the minimum-statistics window in seconds (stream time).
+        subwindows: number of sub-windows it is split into (the floor rises in steps of `window_s / subwindows`).
+        init_dbfs: the floor assumed until the first window has been measured, dBFS.
+    Raises:
+        ValueError: window_s <= 0 or subwindows < 2.
+    """
+
+    def __init__(self, window_s: float, subwindows: int, init_dbfs: float) -> None:
+        self.sub_s = _check(window_s, subwindows)
+        self._minima = [float(init_dbfs)] * (int(subwindows) - 1)  # completed sub-windows (ring)
+        self._next = 0  # ring position the next completed sub-window replaces
+        self._current = math.inf  # minimum of the sub-window in progress
+        self._elapsed_s = 0.0  # stream time in the sub-window in progress
+
+    def update(self, level_dbfs: float, dt_s: float) -> float:
+        """Add one frame of level `level_dbfs` (dBFS) lasting `dt_s` seconds; returns the floor in dBFS,
+        this frame included."""
+        self._current = min(self._current, float(level_dbfs))
+        floor = min(self._current, min(self._minima))
+        self._elapsed_s += dt_s
+        if self._elapsed_s >= self.sub_s:
+            self._minima[self._next] = self._current
+            self._next = (self._next + 1) % len(self._minima)
+            self._current = math.inf
+            self._elapsed_s = 0.0
+        return floor
+
+    @property
+    def floor_dbfs(self) -> float:
+        """The floor now, dBFS (without a new frame)."""
+        return min(self._current, min(self._minima))
+
+
+class BatchNoiseFloor:
+    """`NoiseFloor` for `capacity` slots, as arrays (the batched twin; identical values slot by slot).
+
+    Args:
+        window_s, subwindows, init_dbfs: as `NoiseFloor`; capacity: number of slots.
+    """
+
+    def __init__(self, window_s: float, subwindows: int, init_dbfs: float, capacity: int) -> None:
+        self.sub_s = _check(window_s, subwindows)
+        self.init_dbfs = float(init_dbfs)
+        self.minima = np.full((capacity, int(subwindows) - 1), self.init_dbfs)
+        self.next = np.zeros(capacity, dtype=np.int64)
+        self.current = np.full(capacity, np.inf)
+        self.elapsed = np.zeros(capacity)
+
+    def open(self, slot: int) -> None:
+        """Start the slot afresh (as a new `NoiseFloor`)."""
+        self.minima[slot] = self.init_dbfs
+        self.next[slot] = 0
+        self.current[slot] = np.inf
+        self.elapsed[slot] = 0.0
+
+    def update(self, slots: np.ndarray, level_dbfs: np.ndarray, dt_s: np.ndarray) -> np.ndarray:
+        """One frame of each listed slot: slots (B,) distinct, level_dbfs (B,) dBFS, dt_s (B,) seconds ->
+        floors (B,) dBFS, each frame included."""
+        current = np.minimum(self.current[slots], level_dbfs)
+        floor: np.ndarray = np.minimum(current, self.minima[slots].min(axis=1))
+        elapsed = self.elapsed[slots] + dt_s
+        done = elapsed >= self.sub_s
+        if done.any():
+            rows = slots[done]
+            self.minima[rows, self.next[rows]] = current[done]
+            self.next[rows] = (self.next[rows] + 1) % self.minima.shape[1]
+            current = np.where(done, np.inf, current)
+            elapsed = np.where(done, 0.0, elapsed)
+        self.current[slots] = current
+        self.elapsed[slots] = elapsed
+        return floor
