@@ -188,7 +188,9 @@ class BatchSignalExtractor:
         self._last_t = np.full(n, np.nan)
         self._silent_since = np.full(n, np.nan)
         self._gate = np.ones(n)
-        self._noise = BatchNoiseFloor(cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs, n)
+        self._noise = BatchNoiseFloor(
+            cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs, n, skip_below_dbfs=cfg.silence_dbfs
+        )
         self._quiet_s = np.zeros(n)
         #: per slot: the input has been too quiet for `cfg.quiet_warning_s` (`SignalExtractor.quiet_input`)
         self.quiet_input = np.zeros(n, dtype=bool)

@@ -23,6 +23,12 @@ no bias compensation: the minimum of a steady noise's frame levels lies a dB or 
 the gate's margin absorbs. Before the first `window_s` of a stream, the sub-windows not yet measured hold
 `init_dbfs`, so a stream that starts with speech is not taken for a loud background.
 
+Frames below `skip_below_dbfs` (the gate's absolute floor: digital silence, dither, a muted microphone, the
+silence a stalled stream is continued with) are skipped: neither their level nor their time enters the
+tracker, so the floor still holds the background heard before them. Otherwise a second of digital silence
+(push-to-talk released, a network stall) would pull the floor down to it, and the background coming back
+would pass for speech until a whole window had gone by.
+
 State is explicit: `NoiseFloor` holds one stream's ring, `BatchNoiseFloor` the same for `capacity` slots as
 arrays; fed the same levels and frame intervals, the two give identical floors (same operations, same order).
 """
@@ -47,12 +53,14 @@ class NoiseFloor:
         window_s: length of the minimum-statistics window in seconds (stream time).
         subwindows: number of sub-windows it is split into (the floor rises in steps of `window_s / subwindows`).
         init_dbfs: the floor assumed until the first window has been measured, dBFS.
+        skip_below_dbfs: frames quieter than this are skipped (module docstring), dBFS.
     Raises:
         ValueError: window_s <= 0 or subwindows < 2.
     """
 
-    def __init__(self, window_s: float, subwindows: int, init_dbfs: float) -> None:
+    def __init__(self, window_s: float, subwindows: int, init_dbfs: float, skip_below_dbfs: float = -math.inf) -> None:
         self.sub_s = _check(window_s, subwindows)
+        self.skip_below_dbfs = float(skip_below_dbfs)
         self._minima = [float(init_dbfs)] * (int(subwindows) - 1)  # completed sub-windows (ring)
         self._next = 0  # ring position the next completed sub-window replaces
         self._current = math.inf  # minimum of the sub-window in progress
@@ -60,7 +68,9 @@ class NoiseFloor:
 
     def update(self, level_dbfs: float, dt_s: float) -> float:
         """Add one frame of level `level_dbfs` (dBFS) lasting `dt_s` seconds; returns the floor in dBFS,
-        this frame included."""
+        this frame included (a skipped frame returns the floor unchanged)."""
+        if level_dbfs < self.skip_below_dbfs:
+            return self.floor_dbfs
         self._current = min(self._current, float(level_dbfs))
         floor = min(self._current, min(self._minima))
         self._elapsed_s += dt_s
@@ -81,11 +91,14 @@ class BatchNoiseFloor:
     """`NoiseFloor` for `capacity` slots, as arrays (the batched twin; identical values slot by slot).
 
     Args:
-        window_s, subwindows, init_dbfs: as `NoiseFloor`; capacity: number of slots.
+        window_s, subwindows, init_dbfs, skip_below_dbfs: as `NoiseFloor`; capacity: number of slots.
     """
 
-    def __init__(self, window_s: float, subwindows: int, init_dbfs: float, capacity: int) -> None:
+    def __init__(
+        self, window_s: float, subwindows: int, init_dbfs: float, capacity: int, skip_below_dbfs: float = -math.inf
+    ) -> None:
         self.sub_s = _check(window_s, subwindows)
+        self.skip_below_dbfs = float(skip_below_dbfs)
         self.init_dbfs = float(init_dbfs)
         self.minima = np.full((capacity, int(subwindows) - 1), self.init_dbfs)
         self.next = np.zeros(capacity, dtype=np.int64)
@@ -101,10 +114,11 @@ class BatchNoiseFloor:
 
     def update(self, slots: np.ndarray, level_dbfs: np.ndarray, dt_s: np.ndarray) -> np.ndarray:
         """One frame of each listed slot: slots (B,) distinct, level_dbfs (B,) dBFS, dt_s (B,) seconds ->
-        floors (B,) dBFS, each frame included."""
-        current = np.minimum(self.current[slots], level_dbfs)
+        floors (B,) dBFS, each frame included (skipped frames: the floor unchanged)."""
+        heard = level_dbfs >= self.skip_below_dbfs
+        current = np.where(heard, np.minimum(self.current[slots], level_dbfs), self.current[slots])
         floor: np.ndarray = np.minimum(current, self.minima[slots].min(axis=1))
-        elapsed = self.elapsed[slots] + dt_s
+        elapsed = self.elapsed[slots] + np.where(heard, dt_s, 0.0)
         done = elapsed >= self.sub_s
         if done.any():
             rows = slots[done]

@@ -546,7 +546,9 @@ class SignalExtractor:
         self._feature_filter = OneEuroFilter(cfg.mouth_filter)  # blendshape features (jitter of generated faces)
         self._next_blink_s: float | None = None
         self._blink_duration_s = cfg.auto_blink_duration_ms / 1e3
-        self._noise = NoiseFloor(cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs)
+        self._noise = NoiseFloor(
+            cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs, skip_below_dbfs=cfg.silence_dbfs
+        )
         self.reset()
 
     def reset(self) -> None:

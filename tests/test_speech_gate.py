@@ -143,10 +143,27 @@ def test_gate_follows_a_rising_background_within_the_window():
     assert mouth[later].max() == 0.0 and silent[later].all()
 
 
+def test_digital_silence_does_not_make_the_background_pass_for_speech():
+    """Noise, then 1.5 s of digital silence (push-to-talk released, a stalled stream filled with silence), then
+    the same noise: the floor skips the silence, so the returning noise keeps the mouth closed at once instead
+    of passing for speech until a whole window has gone by."""
+    pcm = np.concatenate([_noise(4.0, -60.0, seed=2), np.zeros(int(1.5 * SR)), _noise(3.0, -60.0, seed=3)])
+    levels = _levels(pcm)
+    nf = NoiseFloor(2.0, 4, -90.0, skip_below_dbfs=CFG.silence_dbfs)
+    floors = np.array([nf.update(float(lv), 0.04) for lv in levels])
+    t = np.arange(levels.size) * 0.04
+    assert np.all(np.abs(floors[t >= 3.0] - floors[int(3.0 / 0.04)]) < 3.0)  # the floor holds through the silence
+    mouth, silent = _run(levels, np.full(levels.size, 15.0))
+    back = t >= 5.5 + 0.12  # the returning noise, after the look-ahead
+    assert mouth[back].max() == 0.0 and silent[back].all()
+    nothing_skipped = NoiseFloor(2.0, 4, -90.0)
+    assert min(nothing_skipped.update(float(lv), 0.04) for lv in levels) < -100.0  # what the silence did before
+
+
 def test_noise_floor_batched_equals_per_stream():
     rng = np.random.default_rng(0)
-    singles = [NoiseFloor(1.0, 3, -90.0) for _ in range(4)]
-    batch = BatchNoiseFloor(1.0, 3, -90.0, capacity=6)
+    singles = [NoiseFloor(1.0, 3, -90.0, skip_below_dbfs=-75.0) for _ in range(4)]
+    batch = BatchNoiseFloor(1.0, 3, -90.0, capacity=6, skip_below_dbfs=-75.0)
     slots = np.array([5, 0, 2, 3])
     for s in slots:
         batch.open(int(s))
