@@ -358,7 +358,7 @@ class Engine:
             slot = self.core.slot_of(stream_id)
             if slot >= bx.capacity:  # the core's store grew (slots of closed streams held by a running step)
                 bx.grow(max(self.core.slots.capacity, slot + 1))
-            bx.open(slot, own_face if own_face is not None else self.model_reference_face, signal_seed)
+            bx.open(slot, own_face if own_face is not None else self.model_reference_face, signal_seed, stream_id)
             session.signal_slot = slot
         self.sessions[stream_id] = session
         self._event(stream_id, "opened", source=source)
