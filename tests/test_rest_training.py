@@ -249,6 +249,9 @@ def test_head_pyramid_matches_the_evaluation_energy_per_level():
     expected = np.mean([abs(np.log(a / b)) for a, b in zip(e_fast, e_real)])
     assert float(head_terms(fast, real, rows)["head_pyramid"]) == pytest.approx(expected, rel=0.05)
     assert abs(np.log(e_fast[3] / e_real[3])) > abs(np.log(e_fast[0] / e_real[0]))
+    coarse = np.mean([abs(np.log(a / b)) for a, b in zip(e_fast[2:], e_real[2:])])  # first_level=2: 800, 1600 ms
+    assert float(head_terms(fast, real, rows, first_level=2)["head_pyramid"]) == pytest.approx(coarse, rel=0.05)
+    assert coarse > expected  # the coarse levels are where the jitter-only head falls short
 
 
 @pytest.mark.slow

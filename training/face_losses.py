@@ -131,6 +131,7 @@ def head_terms(
     scale_frames: int = 8,
     num_levels: int = 4,
     kernel: int = 7,
+    first_level: int = 0,
 ) -> dict:
     """Head terms over whole windows of speech.
 
@@ -138,6 +139,8 @@ def head_terms(
         fake, real: (B, T, 68, 2); rows: (B,) bool, the windows to use (all frames speech).
         scale_frames: the centroid is averaged over this many frames before differencing (8 = 320 ms).
         num_levels, kernel: the pyramid of `head_pyramid` (`training.pyramid`, as the evaluation's head energy).
+        first_level: the finest level `head_pyramid` averages over (0 = 200 ms ... 3 = 1.6 s; 2 leaves the fast
+            scales to the other terms).
     Returns:
         {"head_energy": |log(E_fake / E_gt)| with E the mean squared velocity of the smoothed rigid centroid over
         the selected rows (IOD² per frame²), "head_pyramid": the mean over pyramid levels 0..num_levels-1 of
@@ -160,12 +163,13 @@ def head_terms(
     out = {"head_energy": torch.log((e_f + 1e-10) / (e_r + 1e-10)).abs()}
     c_f, c_r = f[..., RIGID, :].mean(dim=-2) / iod, r[..., RIGID, :].mean(dim=-2) / iod  # (b, T, 2)
     ratios = []
-    for _ in range(num_levels):
+    for level in range(num_levels):
         if c_f.shape[1] < 3:
             break
-        e_fl = ((c_f[:, 1:] - c_f[:, :-1]) ** 2).sum(-1).mean()
-        e_rl = ((c_r[:, 1:] - c_r[:, :-1]) ** 2).sum(-1).mean().detach()
-        ratios.append(torch.log((e_fl + 1e-10) / (e_rl + 1e-10)).abs())
+        if level >= first_level:
+            e_fl = ((c_f[:, 1:] - c_f[:, :-1]) ** 2).sum(-1).mean()
+            e_rl = ((c_r[:, 1:] - c_r[:, :-1]) ** 2).sum(-1).mean().detach()
+            ratios.append(torch.log((e_fl + 1e-10) / (e_rl + 1e-10)).abs())
         c_f, c_r = downsample_torch(c_f, kernel), downsample_torch(c_r, kernel)
     out["head_pyramid"] = torch.stack(ratios).mean() if ratios else fake.sum() * 0.0
     mean_f = f[..., RIGID, :].mean(dim=1) / iod

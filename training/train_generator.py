@@ -93,6 +93,7 @@ class TrainGeneratorConfig:
     mouth_corr_weight: float = 0.0
     head_energy_weight: float = 0.0
     head_pyramid_weight: float = 0.0
+    head_pyramid_first_level: int = 0
     head_mean_weight: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -409,7 +410,7 @@ class GeneratorTrainer(Trainer):
         if any(getattr(cfg, f"mouth_{k}_weight") for k in mouth):
             out.update(articulation_terms(fake, real, speech))
         if cfg.head_energy_weight or cfg.head_pyramid_weight or cfg.head_mean_weight:
-            out.update(head_terms(fake, real, clean))
+            out.update(head_terms(fake, real, clean, first_level=cfg.head_pyramid_first_level))
         return {k: v for k, v in out.items() if getattr(cfg, f"{k}_weight")}
 
     # ------------------------------------------------------------- evaluation
