@@ -5,7 +5,7 @@
 Two sources of landmarks, both turned into signals by `signals.SignalExtractor` with the default config:
 - real: the dlib landmarks of real speakers (../shared/data clips), each clip's audio level driving the silence
   gate, the clip's closed-mouth frame as its neutral face;
-- model: the shipped model's landmarks for the same clips' audio (`EngineCore`, the tail flushed).
+- model: the shipped model's landmarks for the same clips' audio (`stream_engine.animation.landmark_frames`: one engine-core stream, the tail flushed).
 Per clip, on speech frames (not `silent`), the Pearson r of the inner-lip gap / inter-ocular distance with
 mouth_open, with the sum of the visemes A I U E O, and with jawOpen; the table gives the median over clips
 (clips with at least 25 speech frames). "model vs real lips" correlates the model's signals with the real
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import soundfile
 
+    from stream_engine.animation import landmark_frames
     from stream_engine.config import DEFAULT_MODEL_PATH
-    from stream_engine.core import EngineCore
     from stream_engine.runtime import load_runner
 
     rows = list(csv.DictReader(open(Path(a.data) / "manifest.tsv"), delimiter="\t"))
@@ -126,12 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in np.flatnonzero(speech & (vis.max(axis=1) > 0.15)):
                 groups[VISEMES[dom[t]]].append((width_real[t] - w_neutral, gap_real[t] - gap_real.min()))
         # the model on the same audio
-        core = EngineCore(runner, max_pending_s=max(30.0, audio.size / 16000 + 5), seed=0)
-        core.open_stream("c", seed=0)
-        core.push_audio("c", audio.astype(np.float32), 0)
-        frames = core.process()
-        core.flush("c", 0)
-        frames += core.process()
+        frames = landmark_frames(runner, audio.astype(np.float32))
         mlm = np.stack([f.landmarks for f in frames]).astype(np.float64)
         mlevels = np.array([f.audio_level_dbfs for f in frames])
         ms = _signals(mlm, mlevels, model_ref)

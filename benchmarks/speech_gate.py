@@ -6,7 +6,7 @@ Both gates are run on the same landmarks in one process (the old gate is `Signal
 noise_margin_db=0)`, which decides exactly as the fixed gate did; the new one is the default `SignalConfig()`):
 
 - quiet speech: `../shared/cases/quiet-speech-gate/speech_normal_level.wav` scaled by 0 ... -55 dB through the
-  shipped model (`EngineCore`, tail flushed); mean `mouth_open` on the frames where the normal level's is > 0.3,
+  shipped model (`animation.landmark_frames`, tail flushed); mean `mouth_open` on the frames where the normal level's is > 0.3,
   over the normal level's (the case's measure), and with no gate at all (what the model itself gives);
 - non-speech: each kind of the evaluation's non-speech set (`training.eval.rest.sound`: silence, noise -48 and
   -42 dBFS, hum, chord, breathing) appended after 4 s of a real clip's speech, or inserted in its middle (steady
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import soundfile
 
+    from stream_engine.animation import landmark_frames
     from stream_engine.config import DEFAULT_MODEL_PATH
-    from stream_engine.core import EngineCore
     from stream_engine.runtime import load_runner
     from training.eval.rest import KINDS, STEADY, sound
 
@@ -70,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = np.asarray(runner.contract.reference_face, dtype=np.float64)
 
     def model(pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        core = EngineCore(runner, max_pending_s=max(30.0, pcm.size / 16000 + 5), seed=0)
-        core.open_stream("s", seed=0)
-        core.push_audio("s", pcm.astype(np.float32), 0)
-        frames = core.process()
-        core.flush("s", 0)
-        frames += core.process()
+        frames = landmark_frames(runner, pcm.astype(np.float32))
         lm = np.stack([f.landmarks for f in frames]).astype(np.float64)
         return lm, np.array([f.audio_level_dbfs for f in frames]), np.array([f.audio_ahead_dbfs for f in frames])
 

@@ -20,13 +20,16 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stream_engine.audio_io import AudioError, load_audio, resample, to_mono
 from stream_engine.blendshapes import ARKIT_NAMES
 from stream_engine.signals import SIGNAL_NAMES, SignalConfig, SignalExtractor, stream_seed
+
+if TYPE_CHECKING:
+    from stream_engine.core import LandmarkFrame
 
 FORMATS = ("json", "csv", "npz")
 
@@ -208,26 +211,12 @@ def animate(
     Raises:
         AudioError (bad audio), ValueError (bad reference face), FileNotFoundError (model).
     """
-    from stream_engine.core import EngineCore
-
     runner = load_model(model)
     c = runner.contract
     rate, spf = int(c.sample_rate_hz), int(c.samples_per_frame)
     audio = prepare_audio(path_or_array, sample_rate, rate)
-    chunk = max(spf, int(chunk_s * rate) // spf * spf)
-    core = EngineCore(runner, max_batch_streams=1, max_pending_s=2.0 * chunk / rate + 1.0, seed=seed)
-    core.open_stream("animate", reference_face, seed=seed)
-    frames = []
-    for start in range(0, audio.size, chunk):
-        core.push_audio("animate", audio[start : start + chunk], 0)
-        frames.extend(core.process())
-    if audio.size:
-        core.flush("animate", 0)
-        frames.extend(core.process())
-    frames = [f for f in frames if f.epoch == 0]
-    expected = -(-audio.size // spf)
-    if len(frames) != expected:  # the core's flush contract; never silently short
-        raise RuntimeError(f"engine produced {len(frames)} frames for {audio.size} samples, expected {expected}")
+    frames = landmark_frames(runner, audio, reference_face, seed=seed, chunk_s=chunk_s)
+    expected = len(frames)
     neutral = reference_face if reference_face is not None else np.asarray(c.reference_face, dtype=np.float32)
     extractor = SignalExtractor(signal_cfg, neutral, stream_seed(seed, "animate"))
     n_lm, dims = int(c.num_landmarks), int(c.landmark_dims)
@@ -249,6 +238,44 @@ def animate(
         duration_s=audio.size / rate,
         sample_rate_hz=rate,
     )
+
+
+def landmark_frames(
+    runner: Any, audio: np.ndarray, reference_face: np.ndarray | None = None, *, seed: int = 0, chunk_s: float = 10.0
+) -> list[LandmarkFrame]:
+    """Run a whole recording through one stream of the engine core, look-ahead tail included.
+
+    Args:
+        runner: a loaded step runner (`load_model`).
+        audio: (N,) float32 mono PCM at the runner's contract rate.
+        reference_face: (68, 2) face to start from (None = the model's).
+        seed: the model's noise.
+        chunk_s: audio pushed per round (bounds memory for long files).
+    Returns:
+        ceil(N / samples_per_frame) `LandmarkFrame`s in order (landmarks, audio levels of the frame and its
+        look-ahead, ...).
+    Raises:
+        RuntimeError: the core returned another number of frames (its flush contract broken).
+    """
+    from stream_engine.core import EngineCore
+
+    c = runner.contract
+    rate, spf = int(c.sample_rate_hz), int(c.samples_per_frame)
+    chunk = max(spf, int(chunk_s * rate) // spf * spf)
+    core = EngineCore(runner, max_batch_streams=1, max_pending_s=2.0 * chunk / rate + 1.0, seed=seed)
+    core.open_stream("animate", reference_face, seed=seed)
+    frames = []
+    for start in range(0, audio.size, chunk):
+        core.push_audio("animate", audio[start : start + chunk], 0)
+        frames.extend(core.process())
+    if audio.size:
+        core.flush("animate", 0)
+        frames.extend(core.process())
+    frames = [f for f in frames if f.epoch == 0]
+    expected = -(-audio.size // spf)
+    if len(frames) != expected:  # the core's flush contract; never silently short
+        raise RuntimeError(f"engine produced {len(frames)} frames for {audio.size} samples, expected {expected}")
+    return frames
 
 
 def expected_frames(duration_s: float, fps: float = 25.0) -> int:
