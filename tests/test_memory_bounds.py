@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import stream_engine.engine as engine_module
+from stream_engine.config import DEFAULT_MODEL_PATH
 from stream_engine.engine import Engine, EngineConfig
 from stream_engine.memory import release_free_heap
 from stream_engine.protocol import AudioProtocol, ProtocolConfig, Send, StreamOwners
@@ -108,3 +109,26 @@ def test_audio_protocol_builds_the_server_facts_at_hello_and_keeps_no_copy():
     assert ready["type"] == "ready" and ready["protocol"] == "msync-audio"
     assert ready["streams"] == ["first"]  # the streams open before this one, as the hello listed them
     assert built == [["first"]] and proto.info is facts  # built once, held by nobody afterwards
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the shipped default model is not in this checkout")
+def test_onnx_bindings_of_every_batch_size_are_made_with_the_buffer_set_not_under_load():
+    """The first step (the engine's warm-up runs the largest batch) binds every size up to the buffer set's
+    rows; later steps of any of those sizes make no binding and keep the same ones."""
+    from stream_engine.runtime.onnxrt import OnnxStepRunner
+
+    runner = OnnxStepRunner(DEFAULT_MODEL_PATH)
+    n = 16
+    slots = runner.new_slots(n)
+    for r in range(n):
+        slots.alloc()
+        slots.init_row(r, rng=np.random.default_rng(r))
+    audio = speechlike(SPF * n, seed=3).reshape(n, SPF)
+    runner.step_slots(slots, np.arange(12), audio[:12])  # rows: the next power of two, 16
+    bindings = runner._local.slot_bindings
+    assert sorted(bindings) == list(range(1, 17))
+    made = {size: entry[0] for size, entry in bindings.items()}
+    for size in (3, 1, 16, 7, 12, 2):
+        runner.step_slots(slots, np.arange(size), audio[:size])
+    assert runner._local.slot_bindings is bindings
+    assert all(bindings[size][0] is made[size] for size in made)

@@ -145,7 +145,11 @@ class OnnxStepRunner(BaseStepRunner):
 
         Every batch size shares the one set of buffers (a prefix of a C-contiguous array is contiguous): buffers
         per batch size cost 2 x 29 KB of state per row and size (about 60 MB once a server has seen most sizes
-        up to 64, the RSS growth of the 100-stream soak), the shared set 2 x 29 KB x the largest batch."""
+        up to 64, the RSS growth of the 100-stream soak), the shared set 2 x 29 KB x the largest batch.
+        The bindings of every size up to the set's rows are made with the set (about 6 KB of Python objects a
+        size, 20 ms for 64 sizes; `Engine.warm_up` makes the largest set before serving): made one by one as
+        batch sizes first appear under load, they were long-lived objects scattered among each burst's
+        short-lived ones and kept Python's allocator from returning its arenas after the burst."""
         local = self._local
         bufs = getattr(local, "slot_buffers", None)
         if bufs is None or bufs[0] < batch:
@@ -156,22 +160,26 @@ class OnnxStepRunner(BaseStepRunner):
             lm = np.zeros(c.landmarks_output.concrete_shape(rows), np.float32)
             outs = {s.name: np.zeros(s.concrete_shape(rows), np.float32) for s in c.states}
             bufs = local.slot_buffers = (rows, audio, ins, lm, outs)
-            local.slot_bindings = {}  # bound to the old buffers' addresses
+            # bound to these buffers' addresses (the old set's bindings go with it)
+            local.slot_bindings = {size: self._bind_prefix(bufs, size) for size in range(1, rows + 1)}
         cache: dict[int, tuple[Any, np.ndarray, State, np.ndarray, State]] = local.slot_bindings
-        entry = cache.get(batch)
-        if entry is None:
-            c = self.contract
-            _, audio_all, ins_all, lm_all, outs_all = bufs
-            audio, lm = audio_all[:batch], lm_all[:batch]
-            ins = {k: v[:batch] for k, v in ins_all.items()}
-            outs = {k: v[:batch] for k, v in outs_all.items()}
-            b = self.session.io_binding()
-            for name, arr in [(c.audio_input.name, audio)] + [(s.name, ins[s.name]) for s in c.states]:
-                b.bind_input(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
-            for name, arr in [(c.landmarks_output.name, lm)] + [(s.next_name, outs[s.name]) for s in c.states]:
-                b.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
-            entry = cache[batch] = (b, audio, ins, lm, outs)
-        return entry
+        return cache[batch]
+
+    def _bind_prefix(
+        self, bufs: tuple[int, np.ndarray, State, np.ndarray, State], batch: int
+    ) -> tuple[Any, np.ndarray, State, np.ndarray, State]:
+        """An I/O binding of the first `batch` rows of a buffer set, with those rows' views."""
+        c = self.contract
+        _, audio_all, ins_all, lm_all, outs_all = bufs
+        audio, lm = audio_all[:batch], lm_all[:batch]
+        ins = {k: v[:batch] for k, v in ins_all.items()}
+        outs = {k: v[:batch] for k, v in outs_all.items()}
+        b = self.session.io_binding()
+        for name, arr in [(c.audio_input.name, audio)] + [(s.name, ins[s.name]) for s in c.states]:
+            b.bind_input(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
+        for name, arr in [(c.landmarks_output.name, lm)] + [(s.next_name, outs[s.name]) for s in c.states]:
+            b.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
+        return b, audio, ins, lm, outs
 
     def step_slots(self, slots: StateSlots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One step of the streams in `rows` of `slots` through a binding bound once per batch size: gather into
