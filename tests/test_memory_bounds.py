@@ -132,3 +132,31 @@ def test_onnx_bindings_of_every_batch_size_are_made_with_the_buffer_set_not_unde
         runner.step_slots(slots, np.arange(size), audio[:size])
     assert runner._local.slot_bindings is bindings
     assert all(bindings[size][0] is made[size] for size in made)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="RSS read from /proc, heap trimmed with glibc")
+@pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the shipped default model is not in this checkout")
+def test_onnx_steps_of_changing_batch_sizes_do_not_grow_the_process():
+    """With ONNX Runtime's memory pattern on, 600 steps of random batch sizes 1-64 after a B=64 step grew the
+    process by about 6 MiB; the runner turns it off (`memory_pattern=False`)."""
+    from stream_engine.runtime.onnxrt import OnnxStepRunner
+
+    def rss_mib() -> float:
+        release_free_heap()
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+    runner = OnnxStepRunner(DEFAULT_MODEL_PATH.with_name("default_int8.onnx"))
+    assert runner.session.get_session_options().enable_mem_pattern is False
+    slots = runner.new_slots(128)
+    for r in range(128):
+        slots.alloc()
+        slots.init_row(r)
+    audio = np.zeros((64, SPF), np.float32)
+    runner.step_slots(slots, np.arange(64), audio)
+    rng = np.random.default_rng(0)
+    before = rss_mib()
+    for _ in range(600):
+        b = int(rng.integers(1, 65))
+        runner.step_slots(slots, np.sort(rng.choice(128, b, replace=False)), audio[:b])
+    assert rss_mib() - before < 2.5
