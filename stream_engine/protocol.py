@@ -509,7 +509,7 @@ class AudioProtocol(_Connection):
         except (ValueError, TypeError, ReferenceFaceError) as exc:  # ProtocolError is a ValueError
             self.state = "closed"
             return self._fatal("bad_hello", str(exc), CLOSE_POLICY)
-        info = self.info() if callable(self.info) else self.info  # the streams open before this one
+        info = self.info() if callable(self.info) else self.info  # built before the stream opens, as a hello was
         try:
             session = self.engine.open_stream(sid, ref, source=self.source)
         except ValueError as exc:  # a bad id or reference face the engine refuses
