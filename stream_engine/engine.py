@@ -56,9 +56,10 @@ import numpy as np
 from stream_engine.batch_signals import BatchSignalExtractor
 from stream_engine.clock import Clock, MonotonicClock
 from stream_engine.core import CommittedFrames, EngineCore, LandmarkFrame, StepBatch
+from stream_engine.memory import release_free_heap
 from stream_engine.outputs import FrameSink
 from stream_engine.runtime.base import StepRunner
-from stream_engine.session import Session
+from stream_engine.session import RecentValues, Session
 from stream_engine.signals import SignalConfig, stream_seed
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class EngineStats:
     nonfinite_frames: int = 0
     stalls: int = 0
     batch_sizes: deque[int] = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
-    step_ms: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=1000))
+    step_ms: RecentValues = dataclasses.field(default_factory=lambda: RecentValues(1000))
 
 
 class Engine:
@@ -375,6 +376,8 @@ class Engine:
         self.core.close_stream(stream_id)
         self._event(stream_id, "closed")
         self._notify_progress()
+        if not self.sessions:  # idle: the heap its streams freed goes back to the OS (a few ms; memory.py)
+            release_free_heap()
 
     def push_audio(self, stream_id: str, samples: np.ndarray, arrival_ns: int | None = None) -> None:
         """Mono float32 PCM at the model rate for one stream (see `EngineCore.push_audio` for errors)."""
@@ -659,7 +662,7 @@ class Engine:
     def latency_line(self) -> str:
         """One line for the terminal: frames, algorithmic latency, engine-added latency, step time."""
         lat = [v for s in self.sessions.values() for v in s.stats.engine_latency_ms]
-        steps = list(self.stats.step_ms)[-250:]
+        steps = self.stats.step_ms.values()[-250:]
         parts = [
             f"streams {len(self.sessions)}",
             f"frames {self.stats.frames}",
@@ -667,6 +670,6 @@ class Engine:
         ]
         if lat:
             parts.append(f"engine p50 {np.percentile(lat, 50):.1f} / p95 {np.percentile(lat, 95):.1f} ms")
-        if steps:
+        if steps.size:
             parts.append(f"step {np.median(steps):.2f} ms")
         return " | ".join(parts)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -367,10 +368,12 @@ class AudioProtocol(_Connection):
         admin: bool = False,
         now_ns: int = 0,
         source: str = "ws",
-        info: dict[str, Any] | None = None,
+        info: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(engine, cfg, owners, key if key is not None else object(), admin)
-        self.info = info or {}  # the server's hello fields (model, latency...), repeated in `ready`
+        # the server's hello fields (model, latency...), repeated in `ready`: a dict, or a function that builds
+        # them when the ready is sent (a connection then holds no copy of them for its life)
+        self.info = info or {}
         self.state = "hello"
         self.source = source
         self.stream_id: str | None = None
@@ -506,6 +509,7 @@ class AudioProtocol(_Connection):
         except (ValueError, TypeError, ReferenceFaceError) as exc:  # ProtocolError is a ValueError
             self.state = "closed"
             return self._fatal("bad_hello", str(exc), CLOSE_POLICY)
+        info = self.info() if callable(self.info) else self.info  # built before the stream opens, as a hello was
         try:
             session = self.engine.open_stream(sid, ref, source=self.source)
         except ValueError as exc:  # a bad id or reference face the engine refuses
@@ -528,7 +532,7 @@ class AudioProtocol(_Connection):
             Send(
                 json.dumps(
                     {
-                        **self.info,
+                        **info,
                         "format": sub_fmt,
                         "type": "ready",
                         "v": PROTOCOL_VERSION,

@@ -10,11 +10,10 @@ subscribed to its frames, and statistics for the live latency line and `/health`
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,19 +115,58 @@ def load_reference_face(path: str | Path, num_landmarks: int = 68) -> np.ndarray
     return reference_face_from_points(data, num_landmarks)
 
 
+class RecentValues:
+    """The last `maxlen` values of a per-frame statistic, in one float32 ring preallocated with the stream.
+
+    A `collections.deque(maxlen=...)` of Python floats costs about 32 bytes a value (a float object and its
+    slot) and allocates a new float object every frame; this ring costs 4 bytes a value and allocates nothing
+    after construction, so a stream's statistics stay a fixed, small size (1 KB for 250 values).
+    Iterating yields the values oldest first, as Python floats (what a deque gave).
+    """
+
+    __slots__ = ("_buf", "_count")
+
+    def __init__(self, maxlen: int = 250) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be >= 1")
+        self._buf = np.zeros(maxlen, dtype=np.float32)
+        self._count = 0  # values appended over the ring's life
+
+    @property
+    def maxlen(self) -> int:
+        return int(self._buf.size)
+
+    def append(self, value: float) -> None:
+        buf = self._buf
+        buf[self._count % buf.size] = value
+        self._count += 1
+
+    def __len__(self) -> int:
+        return min(self._count, self._buf.size)
+
+    def values(self) -> np.ndarray:
+        """(len,) float32 copy, oldest first."""
+        buf, n = self._buf, self._count
+        if n <= buf.size:
+            return buf[:n].copy()
+        i = n % buf.size
+        return np.concatenate((buf[i:], buf[:i]))
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.values().tolist())
+
+
 @dataclasses.dataclass
 class SessionStats:
-    """Counters of one stream."""
+    """Counters of one stream; the latest 250 engine-added latencies and step times (ms) per frame."""
 
     frames: int = 0
     resets: int = 0
     flushes: int = 0
     errors: int = 0
     last_error: str = ""
-    engine_latency_ms: collections.deque[float] = dataclasses.field(
-        default_factory=lambda: collections.deque(maxlen=250)
-    )
-    infer_ms: collections.deque[float] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=250))
+    engine_latency_ms: RecentValues = dataclasses.field(default_factory=RecentValues)
+    infer_ms: RecentValues = dataclasses.field(default_factory=RecentValues)
 
 
 class Session:
@@ -271,7 +309,7 @@ class Session:
         self.stats.last_error = message
 
     def summary(self) -> dict[str, Any]:
-        lat = list(self.stats.engine_latency_ms)
+        lat = self.stats.engine_latency_ms.values()
         return {
             "stream": self.stream_id,
             "source": self.source,
@@ -280,5 +318,5 @@ class Session:
             "resets": self.stats.resets,
             "errors": self.stats.errors,
             "last_error": self.stats.last_error,
-            "engine_latency_p50_ms": float(np.percentile(lat, 50)) if lat else None,
+            "engine_latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
         }

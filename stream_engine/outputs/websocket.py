@@ -351,6 +351,7 @@ class WebSocketServer:
         self._every_stream: set[_Client] = set()  # clients subscribed to every stream
         self._by_stream: dict[str, set[_Client]] = {}  # stream id -> its other subscribers
         self._connections = 0
+        self._facts: dict[str, Any] | None = None  # `model_facts`, built by `start` (or the first hello)
         self.dropped_clients = 0
         self.port: int | None = None
 
@@ -359,6 +360,7 @@ class WebSocketServer:
         from websockets.asyncio.server import serve
 
         extra: dict[str, Any] = {"reuse_port": True} if self.cfg.reuse_port else {}  # passed to create_server
+        self._model_facts()  # shared by every hello: built before serving, not in the middle of a burst
         self._server = server = await serve(
             self._handler,
             self.cfg.host,
@@ -592,9 +594,17 @@ class WebSocketServer:
             "format": fmt,
             "binary_format_version": FORMAT_VERSION,
             "signal_names": list(SIGNAL_NAMES),
-            **model_facts(self.engine),
+            **self._model_facts(),
             "streams": list(self.engine.sessions),
         }
+
+    def _model_facts(self) -> dict[str, Any]:
+        """`model_facts` of the engine, built once: every hello and ready repeats them (a reference face and
+        the contours, about 10 KB of Python lists), so connections share one copy instead of each holding its
+        own for its life."""
+        if self._facts is None:
+            self._facts = model_facts(self.engine)
+        return self._facts
 
     # ------------------------------------------------------------------ WebSocket
     async def _handler(self, ws: ServerConnection) -> None:
@@ -847,7 +857,7 @@ class WebSocketServer:
             admin=admin,
             now_ns=self.engine.clock.now_ns(),
             source=f"ws {host}:{port}",
-            info=self._hello("audio"),
+            info=functools.partial(self._hello, "audio"),  # built when the ready is sent, not kept
         )
         ws.protocol.max_message_size = proto.max_message_bytes
         box = _Subscription()  # a client only once the connection subscribes to its frames

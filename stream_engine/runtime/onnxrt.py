@@ -78,6 +78,12 @@ class OnnxStepRunner(BaseStepRunner):
         inter_op_threads: inter-op threads (the graph is sequential; 1 is right).
         spin: let idle intra-op pool threads spin (ONNX Runtime's default) instead of sleeping; off, because
             spinning doubles the CPU of a 2-thread step (benchmarks/results/step_cores.md).
+        memory_pattern: ONNX Runtime's memory pattern (its default: on), which plans a run's memory for the
+            input shapes it has seen. The engine's batch size changes from call to call, and new sizes grew
+            the process: stepping random sizes 1-64 after a B=64 step grew it by 5.8 MiB with the pattern,
+            0.4 MiB without (the shipped int8 model), with the same step time within +-4 % at B = 1, 8, 32, 64
+            (onnxruntime issue #11118 gives the same advice for inputs whose shape varies). Off by default.
+            (The 100-stream soak's batch sizes grew nothing measurable either way.)
     Raises:
         ModelLoadError: missing/corrupt file or unavailable provider. ContractError: the model's contract is
         missing, malformed, or not honoured by its graph.
@@ -91,6 +97,7 @@ class OnnxStepRunner(BaseStepRunner):
         *,
         inter_op_threads: int = 1,
         spin: bool = False,
+        memory_pattern: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -105,6 +112,7 @@ class OnnxStepRunner(BaseStepRunner):
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.enable_mem_pattern = bool(memory_pattern)
         self.session = ort_session(self.path, so, resolve_providers(providers))
         self.contract: StepContract = contract_from_session(self.session, str(self.path))
         self.providers = self.session.get_providers()
@@ -145,7 +153,11 @@ class OnnxStepRunner(BaseStepRunner):
 
         Every batch size shares the one set of buffers (a prefix of a C-contiguous array is contiguous): buffers
         per batch size cost 2 x 29 KB of state per row and size (about 60 MB once a server has seen most sizes
-        up to 64, the RSS growth of the 100-stream soak), the shared set 2 x 29 KB x the largest batch."""
+        up to 64, the RSS growth of the 100-stream soak), the shared set 2 x 29 KB x the largest batch.
+        The bindings of every size up to the set's rows are made with the set (about 6 KB of Python objects a
+        size, 20 ms for 64 sizes; `Engine.warm_up` makes the largest set before serving): made one by one as
+        batch sizes first appear under load, they were long-lived objects scattered among each burst's
+        short-lived ones and kept Python's allocator from returning its arenas after the burst."""
         local = self._local
         bufs = getattr(local, "slot_buffers", None)
         if bufs is None or bufs[0] < batch:
@@ -156,22 +168,26 @@ class OnnxStepRunner(BaseStepRunner):
             lm = np.zeros(c.landmarks_output.concrete_shape(rows), np.float32)
             outs = {s.name: np.zeros(s.concrete_shape(rows), np.float32) for s in c.states}
             bufs = local.slot_buffers = (rows, audio, ins, lm, outs)
-            local.slot_bindings = {}  # bound to the old buffers' addresses
+            # bound to these buffers' addresses (the old set's bindings go with it)
+            local.slot_bindings = {size: self._bind_prefix(bufs, size) for size in range(1, rows + 1)}
         cache: dict[int, tuple[Any, np.ndarray, State, np.ndarray, State]] = local.slot_bindings
-        entry = cache.get(batch)
-        if entry is None:
-            c = self.contract
-            _, audio_all, ins_all, lm_all, outs_all = bufs
-            audio, lm = audio_all[:batch], lm_all[:batch]
-            ins = {k: v[:batch] for k, v in ins_all.items()}
-            outs = {k: v[:batch] for k, v in outs_all.items()}
-            b = self.session.io_binding()
-            for name, arr in [(c.audio_input.name, audio)] + [(s.name, ins[s.name]) for s in c.states]:
-                b.bind_input(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
-            for name, arr in [(c.landmarks_output.name, lm)] + [(s.next_name, outs[s.name]) for s in c.states]:
-                b.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
-            entry = cache[batch] = (b, audio, ins, lm, outs)
-        return entry
+        return cache[batch]
+
+    def _bind_prefix(
+        self, bufs: tuple[int, np.ndarray, State, np.ndarray, State], batch: int
+    ) -> tuple[Any, np.ndarray, State, np.ndarray, State]:
+        """An I/O binding of the first `batch` rows of a buffer set, with those rows' views."""
+        c = self.contract
+        _, audio_all, ins_all, lm_all, outs_all = bufs
+        audio, lm = audio_all[:batch], lm_all[:batch]
+        ins = {k: v[:batch] for k, v in ins_all.items()}
+        outs = {k: v[:batch] for k, v in outs_all.items()}
+        b = self.session.io_binding()
+        for name, arr in [(c.audio_input.name, audio)] + [(s.name, ins[s.name]) for s in c.states]:
+            b.bind_input(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
+        for name, arr in [(c.landmarks_output.name, lm)] + [(s.next_name, outs[s.name]) for s in c.states]:
+            b.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
+        return b, audio, ins, lm, outs
 
     def step_slots(self, slots: StateSlots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One step of the streams in `rows` of `slots` through a binding bound once per batch size: gather into
