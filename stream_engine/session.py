@@ -150,7 +150,8 @@ class RecentValues:
         if n <= buf.size:
             return buf[:n].copy()
         i = n % buf.size
-        return np.concatenate((buf[i:], buf[:i]))
+        ordered: np.ndarray = np.concatenate((buf[i:], buf[:i]))
+        return ordered
 
     def __iter__(self) -> Iterator[float]:
         return iter(self.values().tolist())
