@@ -147,10 +147,8 @@ class RecentValues:
     def values(self) -> np.ndarray:
         """(len,) float32 copy, oldest first."""
         buf, n = self._buf, self._count
-        if n <= buf.size:
-            return buf[:n].copy()
         i = n % buf.size
-        ordered: np.ndarray = np.concatenate((buf[i:], buf[:i]))
+        ordered: np.ndarray = buf[:n].copy() if n <= buf.size else np.concatenate((buf[i:], buf[:i]))
         return ordered
 
     def __iter__(self) -> Iterator[float]:
