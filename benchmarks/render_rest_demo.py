@@ -11,7 +11,8 @@ its default reference face (seed 7). Writes OUT.mp4 (the last model in green ove
 audio; not for committing: it holds `../shared` audio), OUT.png (one row per model, a frame every second, each
 titled with its time and inner-lip gap in IOD), OUT_trace.png (the audio level per 40 ms frame above every
 model's inner-lip gap, to read the opening against the sound) and OUT.json (the gap per frame for each model and
-r(gap, audio level) over the speech segment at lags -1, 0, +1 frames).
+r(gap, audio level) over the speech segment at lags -1, 0, +1 frames, over all frames and over the frames with
+sound only).
 """
 
 from __future__ import annotations
@@ -57,9 +58,16 @@ def frame_level_dbfs(pcm: np.ndarray) -> np.ndarray:
 def level_correlation(gap: np.ndarray, level: np.ndarray, start_s: float, end_s: float) -> dict[str, float]:
     """Pearson r between the inner-lip gap and the audio level over [start_s, end_s), with the gap shifted by
     -1, 0 and +1 frames (+1: the mouth follows the sound one frame later). A coarse check that the mouth opens
-    with the sound, not a sync metric (that is `msync eval`'s AV offset)."""
+    with the sound, not a sync metric (that is `msync eval`'s AV offset). "sound only" keeps the frames above
+    -100 dBFS: over all frames, closing in the digital silence between phrases alone gives a high r."""
     a, b = int(start_s * 25) + 1, int(end_s * 25) - 1
-    return {f"lag{k:+d}": float(np.corrcoef(gap[a + k : b + k], level[a:b])[0, 1]) for k in (-1, 0, 1)}
+    sound = level[a:b] > -100.0
+    out = {}
+    for k in (-1, 0, 1):
+        g = gap[a + k : b + k]
+        out[f"lag{k:+d}"] = float(np.corrcoef(g, level[a:b])[0, 1])
+        out[f"lag{k:+d} sound only"] = float(np.corrcoef(g[sound], level[a:b][sound])[0, 1])
+    return out
 
 
 def write_trace(path: Path, level: np.ndarray, gaps: dict[str, np.ndarray]) -> None:

@@ -3,7 +3,7 @@
     python -m benchmarks.speech_gate [--data ../shared/data] [--clips 8] [--out benchmarks/results]
 
 Both gates are run on the same landmarks in one process (the old gate is `SignalConfig(silence_dbfs=-50,
-noise_margin_db=0)`, which decides exactly as the fixed gate did; the new one is the default `SignalConfig()`):
+noise_margin_db=0, noise_smoothing=0)`, which decides exactly as the fixed gate did; the new one is the default `SignalConfig()`):
 
 - quiet speech: `../shared/cases/quiet-speech-gate/speech_normal_level.wav` scaled by 0 ... -55 dB through the
   shipped model (`animation.landmark_frames`, tail flushed); mean `mouth_open` on the frames where the normal level's is > 0.3,
@@ -30,8 +30,11 @@ from benchmarks.common import machine_info, write_report
 from stream_engine.signals import SignalConfig, SignalExtractor
 
 SPF = 640
-GATES = {"old (fixed -50 dBFS)": SignalConfig(silence_dbfs=-50.0, noise_margin_db=0.0), "adaptive": SignalConfig()}
-NO_GATE = SignalConfig(silence_dbfs=-500.0, noise_margin_db=0.0)
+GATES = {
+    "old (fixed -50 dBFS)": SignalConfig(silence_dbfs=-50.0, noise_margin_db=0.0, noise_smoothing=0.0),
+    "adaptive": SignalConfig(),
+}
+NO_GATE = SignalConfig(silence_dbfs=-500.0, noise_margin_db=0.0, noise_smoothing=0.0)
 OLD, NEW = tuple(GATES)
 
 

@@ -189,7 +189,12 @@ class BatchSignalExtractor:
         self._silent_since = np.full(n, np.nan)
         self._gate = np.ones(n)
         self._noise = BatchNoiseFloor(
-            cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs, n, skip_below_dbfs=cfg.silence_dbfs
+            cfg.noise_window_s,
+            cfg.noise_subwindows,
+            cfg.noise_floor_init_dbfs,
+            n,
+            skip_below_dbfs=cfg.silence_dbfs,
+            smoothing=cfg.noise_smoothing,
         )
         self._quiet_s = np.zeros(n)
         #: per slot: the input has been too quiet for `cfg.quiet_warning_s` (`SignalExtractor.quiet_input`)
@@ -236,7 +241,7 @@ class BatchSignalExtractor:
         pairs: list[tuple[object, object, str]] = [(self, fresh, name) for name in per_slot]
         for mine, theirs in ((self._filter, fresh._filter), (self._feature_filter, fresh._feature_filter)):
             pairs += [(mine, theirs, name) for name in ("x", "dx", "t", "ready")]
-        pairs += [(self._noise, fresh._noise, name) for name in ("minima", "next", "current", "elapsed")]
+        pairs += [(self._noise, fresh._noise, name) for name in ("minima", "next", "current", "elapsed", "smoothed")]
         for old, new, name in pairs:
             getattr(new, name)[:n] = getattr(old, name)
             setattr(old, name, getattr(new, name))

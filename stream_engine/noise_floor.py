@@ -14,7 +14,7 @@ before it, kept in a ring; the floor is the minimum of all of them. A sub-window
 which `window_s / subwindows` of stream time have passed in it (at 40 ms frames and the defaults, 13 frames:
 0.52 s). The floor therefore
 
-- falls at once (a quieter frame lowers it in the same frame), and
+- falls as fast as the smoother follows (at 0.8, a drop of 30 dB is within 3 dB of the new level after 11 frames), and
 - rises slowly: a louder background is adopted only once every sub-window that saw the older, quieter one has
   left the ring, between `(subwindows - 1) / subwindows` of the window and the whole window later.
 
@@ -22,6 +22,15 @@ Here the levels are whole-band frame RMS levels in dBFS (one per 40 ms frame), n
 no bias compensation: the minimum of a steady noise's frame levels lies a dB or two below their mean, which
 the gate's margin absorbs. Before the first `window_s` of a stream, the sub-windows not yet measured hold
 `init_dbfs`, so a stream that starts with speech is not taken for a loud background.
+
+As in Martin's method the minimum is taken over smoothed levels, not raw ones: each heard frame's level enters
+a first-order smoother, `smoothed = smoothing * smoothed + (1 - smoothing) * level` (in dB; the signals use 0.8
+per 40 ms frame, a time constant of about 180 ms; Martin's alpha is about 0.85 at 32 ms hops). A single frame
+that is partly silence (a background cut off, or back, in the middle of a frame) or a fade of up to about 250 ms
+(a noise gate's release; 0.7 let a linear 250 ms fade through, tests/test_speech_gate.py) then no longer drags the floor down, which a raw minimum did: the returning background
+passed for speech until the window had gone by. The price: in running speech the floor sits higher than the
+background (short pauses are smoothed), so more of the weakest speech frames count as silence
+(benchmarks/results/speech_gate.md).
 
 Frames below `skip_below_dbfs` (the gate's absolute floor: digital silence, dither, a muted microphone, the
 silence a stalled stream is continued with) are skipped: neither their level nor their time enters the
@@ -40,9 +49,11 @@ import math
 import numpy as np
 
 
-def _check(window_s: float, subwindows: int) -> float:
+def _check(window_s: float, subwindows: int, smoothing: float) -> float:
     if window_s <= 0 or subwindows < 2:
         raise ValueError("the noise-floor window must be positive and have at least two sub-windows")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError("the noise-floor smoothing must be in [0, 1)")
     return float(window_s) / int(subwindows)
 
 
@@ -54,13 +65,23 @@ class NoiseFloor:
         subwindows: number of sub-windows it is split into (the floor rises in steps of `window_s / subwindows`).
         init_dbfs: the floor assumed until the first window has been measured, dBFS.
         skip_below_dbfs: frames quieter than this are skipped (module docstring), dBFS.
+        smoothing: weight of the previous smoothed level per heard frame, in [0, 1) (0 = raw levels).
     Raises:
-        ValueError: window_s <= 0 or subwindows < 2.
+        ValueError: window_s <= 0, subwindows < 2 or smoothing outside [0, 1).
     """
 
-    def __init__(self, window_s: float, subwindows: int, init_dbfs: float, skip_below_dbfs: float = -math.inf) -> None:
-        self.sub_s = _check(window_s, subwindows)
+    def __init__(
+        self,
+        window_s: float,
+        subwindows: int,
+        init_dbfs: float,
+        skip_below_dbfs: float = -math.inf,
+        smoothing: float = 0.0,
+    ) -> None:
+        self.sub_s = _check(window_s, subwindows, smoothing)
         self.skip_below_dbfs = float(skip_below_dbfs)
+        self.smoothing = float(smoothing)
+        self._smoothed: float | None = None  # smoothed level of the heard frames (None: none heard yet)
         self._minima = [float(init_dbfs)] * (int(subwindows) - 1)  # completed sub-windows (ring)
         self._next = 0  # ring position the next completed sub-window replaces
         self._current = math.inf  # minimum of the sub-window in progress
@@ -71,7 +92,10 @@ class NoiseFloor:
         this frame included (a skipped frame returns the floor unchanged)."""
         if level_dbfs < self.skip_below_dbfs:
             return self.floor_dbfs
-        self._current = min(self._current, float(level_dbfs))
+        a, prev = self.smoothing, self._smoothed
+        level = float(level_dbfs) if prev is None else a * prev + (1.0 - a) * float(level_dbfs)
+        self._smoothed = level
+        self._current = min(self._current, level)
         floor = min(self._current, min(self._minima))
         self._elapsed_s += dt_s
         if self._elapsed_s >= self.sub_s:
@@ -91,14 +115,22 @@ class BatchNoiseFloor:
     """`NoiseFloor` for `capacity` slots, as arrays (the batched twin; identical values slot by slot).
 
     Args:
-        window_s, subwindows, init_dbfs, skip_below_dbfs: as `NoiseFloor`; capacity: number of slots.
+        window_s, subwindows, init_dbfs, skip_below_dbfs, smoothing: as `NoiseFloor`; capacity: number of slots.
     """
 
     def __init__(
-        self, window_s: float, subwindows: int, init_dbfs: float, capacity: int, skip_below_dbfs: float = -math.inf
+        self,
+        window_s: float,
+        subwindows: int,
+        init_dbfs: float,
+        capacity: int,
+        skip_below_dbfs: float = -math.inf,
+        smoothing: float = 0.0,
     ) -> None:
-        self.sub_s = _check(window_s, subwindows)
+        self.sub_s = _check(window_s, subwindows, smoothing)
         self.skip_below_dbfs = float(skip_below_dbfs)
+        self.smoothing = float(smoothing)
+        self.smoothed = np.full(capacity, np.nan)  # NaN: no frame heard yet
         self.init_dbfs = float(init_dbfs)
         self.minima = np.full((capacity, int(subwindows) - 1), self.init_dbfs)
         self.next = np.zeros(capacity, dtype=np.int64)
@@ -111,12 +143,17 @@ class BatchNoiseFloor:
         self.next[slot] = 0
         self.current[slot] = np.inf
         self.elapsed[slot] = 0.0
+        self.smoothed[slot] = np.nan
 
     def update(self, slots: np.ndarray, level_dbfs: np.ndarray, dt_s: np.ndarray) -> np.ndarray:
         """One frame of each listed slot: slots (B,) distinct, level_dbfs (B,) dBFS, dt_s (B,) seconds ->
         floors (B,) dBFS, each frame included (skipped frames: the floor unchanged)."""
+        level_dbfs = np.asarray(level_dbfs, dtype=np.float64)  # float32 levels would smooth in float32
         heard = level_dbfs >= self.skip_below_dbfs
-        current = np.where(heard, np.minimum(self.current[slots], level_dbfs), self.current[slots])
+        a, prev = self.smoothing, self.smoothed[slots]
+        level = np.where(np.isnan(prev), level_dbfs, a * prev + (1.0 - a) * level_dbfs)
+        self.smoothed[slots] = np.where(heard, level, prev)
+        current = np.where(heard, np.minimum(self.current[slots], level), self.current[slots])
         floor: np.ndarray = np.minimum(current, self.minima[slots].min(axis=1))
         elapsed = self.elapsed[slots] + np.where(heard, dt_s, 0.0)
         done = elapsed >= self.sub_s

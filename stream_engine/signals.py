@@ -283,6 +283,9 @@ class SignalConfig:
             at once; it should exceed the longest stretch of speech without a pause.
         noise_subwindows: sub-windows of that window, >= 2 (the floor rises in steps of window / sub-windows).
         noise_floor_init_dbfs: the noise floor assumed, dBFS, until the first window of a stream is measured.
+        noise_smoothing: the noise floor is the minimum of levels smoothed with this weight of the previous value
+            per frame, in [0, 1) (0.8: ~180 ms; `noise_floor` module docstring), so one partly silent frame or a
+            short fade does not pull the floor down.
         quiet_warning_s: after this many seconds (net) of frames whose audio lies between digital silence
             (`DIGITAL_SILENCE_DBFS`) and `silence_dbfs` while the face's mouth opens (openness > 0.3), less the
             frames the gate takes as speech, the stream's input counts as too quiet: one warning is logged and
@@ -315,6 +318,7 @@ class SignalConfig:
     noise_window_s: float = 2.0
     noise_subwindows: int = 4
     noise_floor_init_dbfs: float = -90.0
+    noise_smoothing: float = 0.8
     quiet_warning_s: float = 5.0
     silence_hold_ms: float = 120.0
     silence_release_ms: float = 60.0
@@ -337,6 +341,8 @@ class SignalConfig:
             raise ValueError("blendshape_gain and blendshape_neutral_s must be positive")
         if self.noise_window_s <= 0 or self.noise_subwindows < 2 or self.noise_margin_db < 0:
             raise ValueError("noise_window_s must be positive, noise_subwindows >= 2 and noise_margin_db >= 0")
+        if not 0.0 <= self.noise_smoothing < 1.0:
+            raise ValueError("noise_smoothing must be in [0, 1)")
 
 
 class OneEuroFilter:
@@ -547,7 +553,11 @@ class SignalExtractor:
         self._next_blink_s: float | None = None
         self._blink_duration_s = cfg.auto_blink_duration_ms / 1e3
         self._noise = NoiseFloor(
-            cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs, skip_below_dbfs=cfg.silence_dbfs
+            cfg.noise_window_s,
+            cfg.noise_subwindows,
+            cfg.noise_floor_init_dbfs,
+            skip_below_dbfs=cfg.silence_dbfs,
+            smoothing=cfg.noise_smoothing,
         )
         self.reset()
 

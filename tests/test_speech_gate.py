@@ -100,7 +100,9 @@ def test_mouth_stays_closed_in_silence_dither_and_steady_noise(colour):
     assert mouth[tail].max() == 0.0 and silent[tail].all()
     speaking = (t >= 6.0) & (t < 8.5)
     assert (mouth[speaking] > 0.3).mean() > 0.3 and (~silent[speaking]).mean() > 0.8
-    old, _ = _run(levels, mm, SignalConfig(blink_mode="off", silence_dbfs=-50.0, noise_margin_db=0.0))
+    old, _ = _run(
+        levels, mm, SignalConfig(blink_mode="off", silence_dbfs=-50.0, noise_margin_db=0.0, noise_smoothing=0.0)
+    )
     assert old[pause].mean() > 0.1  # a fixed gate below the noise lets the pause "talk"
 
 
@@ -160,10 +162,34 @@ def test_digital_silence_does_not_make_the_background_pass_for_speech():
     assert min(nothing_skipped.update(float(lv), 0.04) for lv in levels) < -100.0  # what the silence did before
 
 
+@pytest.mark.parametrize("edge", ["cut mid-frame", "fade 250 ms"])
+def test_a_partly_silent_frame_or_a_fade_does_not_pull_the_floor_down(edge):
+    """The background stopping or coming back inside a frame gives one frame between the noise and digital
+    silence (-66 dBFS here), and a noise gate's release fades it over a few frames. On raw levels either lowered
+    the floor, so the returning noise passed for speech for up to 2 s (a fresh-eye finding); the smoothed levels
+    of `noise_smoothing` keep the floor at the background."""
+    noise_a, noise_b = _noise(4.0, -55.0, seed=2), _noise(3.0, -55.0, seed=3)
+    if edge == "cut mid-frame":
+        noise_a, noise_b = noise_a[: noise_a.size - SPF + 50], np.concatenate([np.zeros(SPF - 50), noise_b])
+    else:
+        n = int(0.25 * SR)
+        noise_a[-n:] *= np.linspace(1.0, 0.0, n)
+    pcm = np.concatenate([noise_a, np.zeros(int(1.5 * SR)), noise_b])
+    levels = _levels(pcm)
+    t = np.arange(levels.size) * 0.04
+    back = t >= 5.5 + 0.16
+    mouth, silent = _run(levels, np.full(levels.size, 15.0))
+    assert mouth[back].max() == 0.0 and silent[back].all()
+    raw, raw_silent = _run(levels, np.full(levels.size, 15.0), SignalConfig(blink_mode="off", noise_smoothing=0.0))
+    assert not raw_silent[back].all()  # what the raw minimum did
+    with pytest.raises(ValueError):
+        SignalConfig(noise_smoothing=1.0)
+
+
 def test_noise_floor_batched_equals_per_stream():
     rng = np.random.default_rng(0)
-    singles = [NoiseFloor(1.0, 3, -90.0, skip_below_dbfs=-75.0) for _ in range(4)]
-    batch = BatchNoiseFloor(1.0, 3, -90.0, capacity=6, skip_below_dbfs=-75.0)
+    singles = [NoiseFloor(1.0, 3, -90.0, skip_below_dbfs=-75.0, smoothing=0.8) for _ in range(4)]
+    batch = BatchNoiseFloor(1.0, 3, -90.0, capacity=6, skip_below_dbfs=-75.0, smoothing=0.8)
     slots = np.array([5, 0, 2, 3])
     for s in slots:
         batch.open(int(s))
