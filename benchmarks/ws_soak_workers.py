@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _markdown(result: dict) -> str:
     m = result["machine"]
+    variants = ", ".join(dict.fromkeys(t["variant"] for t in result["trials"]))
     lines = [
-        "# Loopback WebSocket soak: one process, two intra-op threads, two workers (one run)",
+        f"# Loopback WebSocket soak: {variants} (one run)",
         "",
         f"`{result['command']}`  ",
         f"CPU: {m['cpu']} ({m['logical_cpus']} logical). Other jobs may share the machine: read the load averages "
@@ -227,7 +228,9 @@ def _markdown(result: dict) -> str:
         "Lateness: client arrival - arrival of the last audio sample the frame needs (same host clock), after a "
         "5 s warm-up; the algorithmic look-ahead is not included. Target (issue 14): p99 < 40 ms, 0 lost, RSS < +10 %. "
         "Server CPU per frame = CPU of every server process over the soak ÷ frames the probe received (audio "
-        "ingest, engine, signals and sending all included); lost = seq gaps the probe saw.",
+        "ingest, engine, signals and sending all included); lost = seq gaps the probe saw. Received can exceed "
+        "expected: the probe expects one frame per 40 ms of audio it sent, and the server also sends the frames "
+        "of the silence it continues a stream with when its audio stops (the stall fill at the end of the run).",
     ]
     return "\n".join(lines) + "\n"
 

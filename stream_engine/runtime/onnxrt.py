@@ -154,8 +154,8 @@ class OnnxStepRunner(BaseStepRunner):
         Every batch size shares the one set of buffers (a prefix of a C-contiguous array is contiguous): buffers
         per batch size cost 2 x 29 KB of state per row and size (about 60 MB once a server has seen most sizes
         up to 64, the RSS growth of the 100-stream soak), the shared set 2 x 29 KB x the largest batch.
-        The bindings of every size up to the set's rows are made with the set (about 6 KB of Python objects a
-        size, 20 ms for 64 sizes; `Engine.warm_up` makes the largest set before serving): made one by one as
+        The bindings of every size up to the set's rows are made with the set (about 4-6 KB of Python objects a
+        size, 16-20 ms for 64 sizes; `Engine.warm_up` makes the largest set before serving): made one by one as
         batch sizes first appear under load, they were long-lived objects scattered among each burst's
         short-lived ones and kept Python's allocator from returning its arenas after the burst."""
         local = self._local
