@@ -39,6 +39,7 @@ from stream_engine.signals import (
     SignalConfig,
     Signals,
     head_rotation,
+    noise_floor_config,
 )
 
 log = logging.getLogger(__name__)
@@ -188,14 +189,7 @@ class BatchSignalExtractor:
         self._last_t = np.full(n, np.nan)
         self._silent_since = np.full(n, np.nan)
         self._gate = np.ones(n)
-        self._noise = BatchNoiseFloor(
-            cfg.noise_window_s,
-            cfg.noise_subwindows,
-            cfg.noise_floor_init_dbfs,
-            n,
-            skip_below_dbfs=cfg.silence_dbfs,
-            smoothing=cfg.noise_smoothing,
-        )
+        self._noise = BatchNoiseFloor(noise_floor_config(cfg), n)
         self._quiet_s = np.zeros(n)
         #: per slot: the input has been too quiet for `cfg.quiet_warning_s` (`SignalExtractor.quiet_input`)
         self.quiet_input = np.zeros(n, dtype=bool)

@@ -44,45 +44,51 @@ arrays; fed the same levels and frame intervals, the two give identical floors (
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 
-def _check(window_s: float, subwindows: int, smoothing: float) -> float:
-    if window_s <= 0 or subwindows < 2:
-        raise ValueError("the noise-floor window must be positive and have at least two sub-windows")
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError("the noise-floor smoothing must be in [0, 1)")
-    return float(window_s) / int(subwindows)
+@dataclasses.dataclass(frozen=True)
+class NoiseFloorConfig:
+    """How a noise floor is tracked (module docstring).
 
-
-class NoiseFloor:
-    """One stream's noise floor (module docstring).
-
-    Args:
+    Attributes:
         window_s: length of the minimum-statistics window in seconds (stream time).
         subwindows: number of sub-windows it is split into (the floor rises in steps of `window_s / subwindows`).
         init_dbfs: the floor assumed until the first window has been measured, dBFS.
-        skip_below_dbfs: frames quieter than this are skipped (module docstring), dBFS.
+        skip_below_dbfs: frames quieter than this are skipped, dBFS.
         smoothing: weight of the previous smoothed level per heard frame, in [0, 1) (0 = raw levels).
     Raises:
         ValueError: window_s <= 0, subwindows < 2 or smoothing outside [0, 1).
     """
 
-    def __init__(
-        self,
-        window_s: float,
-        subwindows: int,
-        init_dbfs: float,
-        skip_below_dbfs: float = -math.inf,
-        smoothing: float = 0.0,
-    ) -> None:
-        self.sub_s = _check(window_s, subwindows, smoothing)
-        self.skip_below_dbfs = float(skip_below_dbfs)
-        self.smoothing = float(smoothing)
+    window_s: float = 2.0
+    subwindows: int = 4
+    init_dbfs: float = -90.0
+    skip_below_dbfs: float = -math.inf
+    smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.subwindows < 2:
+            raise ValueError("the noise-floor window must be positive and have at least two sub-windows")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError("the noise-floor smoothing must be in [0, 1)")
+
+    @property
+    def sub_s(self) -> float:
+        """Length of one sub-window, seconds."""
+        return float(self.window_s) / int(self.subwindows)
+
+
+class NoiseFloor:
+    """One stream's noise floor (module docstring), tracked as `cfg` says."""
+
+    def __init__(self, cfg: NoiseFloorConfig) -> None:
+        self.cfg, self.sub_s = cfg, cfg.sub_s
         self._smoothed: float | None = None  # smoothed level of the heard frames (None: none heard yet)
-        self._minima = [float(init_dbfs)] * (int(subwindows) - 1)  # completed sub-windows (ring)
+        self._minima = [float(cfg.init_dbfs)] * (int(cfg.subwindows) - 1)  # completed sub-windows (ring)
         self._next = 0  # ring position the next completed sub-window replaces
         self._current = math.inf  # minimum of the sub-window in progress
         self._elapsed_s = 0.0  # stream time in the sub-window in progress
@@ -90,9 +96,9 @@ class NoiseFloor:
     def update(self, level_dbfs: float, dt_s: float) -> float:
         """Add one frame of level `level_dbfs` (dBFS) lasting `dt_s` seconds; returns the floor in dBFS,
         this frame included (a skipped frame returns the floor unchanged)."""
-        if level_dbfs < self.skip_below_dbfs:
+        if level_dbfs < self.cfg.skip_below_dbfs:
             return self.floor_dbfs
-        a, prev = self.smoothing, self._smoothed
+        a, prev = self.cfg.smoothing, self._smoothed
         level = float(level_dbfs) if prev is None else a * prev + (1.0 - a) * float(level_dbfs)
         self._smoothed = level
         self._current = min(self._current, level)
@@ -112,34 +118,19 @@ class NoiseFloor:
 
 
 class BatchNoiseFloor:
-    """`NoiseFloor` for `capacity` slots, as arrays (the batched twin; identical values slot by slot).
+    """`NoiseFloor` for `capacity` slots, as arrays (the batched twin; identical values slot by slot)."""
 
-    Args:
-        window_s, subwindows, init_dbfs, skip_below_dbfs, smoothing: as `NoiseFloor`; capacity: number of slots.
-    """
-
-    def __init__(
-        self,
-        window_s: float,
-        subwindows: int,
-        init_dbfs: float,
-        capacity: int,
-        skip_below_dbfs: float = -math.inf,
-        smoothing: float = 0.0,
-    ) -> None:
-        self.sub_s = _check(window_s, subwindows, smoothing)
-        self.skip_below_dbfs = float(skip_below_dbfs)
-        self.smoothing = float(smoothing)
+    def __init__(self, cfg: NoiseFloorConfig, capacity: int) -> None:
+        self.cfg, self.sub_s = cfg, cfg.sub_s
         self.smoothed = np.full(capacity, np.nan)  # NaN: no frame heard yet
-        self.init_dbfs = float(init_dbfs)
-        self.minima = np.full((capacity, int(subwindows) - 1), self.init_dbfs)
+        self.minima = np.full((capacity, int(cfg.subwindows) - 1), float(cfg.init_dbfs))
         self.next = np.zeros(capacity, dtype=np.int64)
         self.current = np.full(capacity, np.inf)
         self.elapsed = np.zeros(capacity)
 
     def open(self, slot: int) -> None:
         """Start the slot afresh (as a new `NoiseFloor`)."""
-        self.minima[slot] = self.init_dbfs
+        self.minima[slot] = float(self.cfg.init_dbfs)
         self.next[slot] = 0
         self.current[slot] = np.inf
         self.elapsed[slot] = 0.0
@@ -149,8 +140,8 @@ class BatchNoiseFloor:
         """One frame of each listed slot: slots (B,) distinct, level_dbfs (B,) dBFS, dt_s (B,) seconds ->
         floors (B,) dBFS, each frame included (skipped frames: the floor unchanged)."""
         level_dbfs = np.asarray(level_dbfs, dtype=np.float64)  # float32 levels would smooth in float32
-        heard = level_dbfs >= self.skip_below_dbfs
-        a, prev = self.smoothing, self.smoothed[slots]
+        heard = level_dbfs >= self.cfg.skip_below_dbfs
+        a, prev = self.cfg.smoothing, self.smoothed[slots]
         level = np.where(np.isnan(prev), level_dbfs, a * prev + (1.0 - a) * level_dbfs)
         self.smoothed[slots] = np.where(heard, level, prev)
         current = np.where(heard, np.minimum(self.current[slots], level), self.current[slots])

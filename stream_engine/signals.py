@@ -47,7 +47,7 @@ from stream_engine.blendshapes import (
     blendshapes_from_features,
     face_features,
 )
-from stream_engine.noise_floor import NoiseFloor
+from stream_engine.noise_floor import NoiseFloor, NoiseFloorConfig
 
 log = logging.getLogger(__name__)
 
@@ -339,10 +339,9 @@ class SignalConfig:
             raise ValueError("auto_blink_interval_s must be (low, high) with 0 < low <= high")
         if self.blendshape_gain <= 0 or self.blendshape_neutral_s <= 0:
             raise ValueError("blendshape_gain and blendshape_neutral_s must be positive")
-        if self.noise_window_s <= 0 or self.noise_subwindows < 2 or self.noise_margin_db < 0:
-            raise ValueError("noise_window_s must be positive, noise_subwindows >= 2 and noise_margin_db >= 0")
-        if not 0.0 <= self.noise_smoothing < 1.0:
-            raise ValueError("noise_smoothing must be in [0, 1)")
+        if self.noise_margin_db < 0:
+            raise ValueError("noise_margin_db must be >= 0")
+        noise_floor_config(self)  # noise_window_s > 0, noise_subwindows >= 2, noise_smoothing in [0, 1)
 
 
 class OneEuroFilter:
@@ -515,6 +514,13 @@ def _qmul(a: Quaternion, b: Quaternion) -> Quaternion:
     )
 
 
+def noise_floor_config(cfg: SignalConfig) -> NoiseFloorConfig:
+    """The speech gate's noise-floor tracker as `cfg` sets it (frames under the absolute floor are skipped)."""
+    return NoiseFloorConfig(
+        cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs, cfg.silence_dbfs, cfg.noise_smoothing
+    )
+
+
 class SignalExtractor:
     """Per-stream state that turns landmark frames into `Signals`.
 
@@ -552,13 +558,7 @@ class SignalExtractor:
         self._feature_filter = OneEuroFilter(cfg.mouth_filter)  # blendshape features (jitter of generated faces)
         self._next_blink_s: float | None = None
         self._blink_duration_s = cfg.auto_blink_duration_ms / 1e3
-        self._noise = NoiseFloor(
-            cfg.noise_window_s,
-            cfg.noise_subwindows,
-            cfg.noise_floor_init_dbfs,
-            skip_below_dbfs=cfg.silence_dbfs,
-            smoothing=cfg.noise_smoothing,
-        )
+        self._noise = NoiseFloor(noise_floor_config(cfg))
         self.reset()
 
     def reset(self) -> None:

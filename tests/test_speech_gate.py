@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stream_engine.batch_signals import BatchSignalExtractor
-from stream_engine.noise_floor import BatchNoiseFloor, NoiseFloor
+from stream_engine.noise_floor import BatchNoiseFloor, NoiseFloor, NoiseFloorConfig
 from stream_engine.signals import VISEMES, OneEuroConfig, SignalConfig, SignalExtractor
 
 from fakes import NEUTRAL_FACE, project_face, speechlike
@@ -117,7 +117,7 @@ def test_mouth_closes_soon_after_speech_stops_in_noise():
 
 
 def test_noise_floor_falls_at_once_and_rises_after_the_window():
-    nf = NoiseFloor(window_s=2.0, subwindows=4, init_dbfs=-90.0)
+    nf = NoiseFloor(NoiseFloorConfig(window_s=2.0, subwindows=4, init_dbfs=-90.0))
     floors = [nf.update(-40.0, 0.04) for _ in range(25)]  # 1 s of -40 dBFS: the prior still holds
     assert max(floors) == -90.0
     floors = [nf.update(-40.0, 0.04) for _ in range(40)]  # by 2.6 s every sub-window has seen -40 (13 frames each)
@@ -128,7 +128,7 @@ def test_noise_floor_falls_at_once_and_rises_after_the_window():
     assert 1.4 <= 0.04 * first_up <= 2.1  # rises only once the quiet frame has left the window
     assert rising[-1] == -40.0 and nf.floor_dbfs == -40.0
     with pytest.raises(ValueError):
-        NoiseFloor(0.0, 4, -90.0)
+        NoiseFloorConfig(0.0, 4, -90.0)
     with pytest.raises(ValueError):
         SignalConfig(noise_subwindows=1)
 
@@ -151,14 +151,14 @@ def test_digital_silence_does_not_make_the_background_pass_for_speech():
     of passing for speech until a whole window has gone by."""
     pcm = np.concatenate([_noise(4.0, -60.0, seed=2), np.zeros(int(1.5 * SR)), _noise(3.0, -60.0, seed=3)])
     levels = _levels(pcm)
-    nf = NoiseFloor(2.0, 4, -90.0, skip_below_dbfs=CFG.silence_dbfs)
+    nf = NoiseFloor(NoiseFloorConfig(2.0, 4, -90.0, skip_below_dbfs=CFG.silence_dbfs))
     floors = np.array([nf.update(float(lv), 0.04) for lv in levels])
     t = np.arange(levels.size) * 0.04
     assert np.all(np.abs(floors[t >= 3.0] - floors[int(3.0 / 0.04)]) < 3.0)  # the floor holds through the silence
     mouth, silent = _run(levels, np.full(levels.size, 15.0))
     back = t >= 5.5 + 0.12  # the returning noise, after the look-ahead
     assert mouth[back].max() == 0.0 and silent[back].all()
-    nothing_skipped = NoiseFloor(2.0, 4, -90.0)
+    nothing_skipped = NoiseFloor(NoiseFloorConfig(2.0, 4, -90.0))
     assert min(nothing_skipped.update(float(lv), 0.04) for lv in levels) < -100.0  # what the silence did before
 
 
@@ -188,8 +188,9 @@ def test_a_partly_silent_frame_or_a_fade_does_not_pull_the_floor_down(edge):
 
 def test_noise_floor_batched_equals_per_stream():
     rng = np.random.default_rng(0)
-    singles = [NoiseFloor(1.0, 3, -90.0, skip_below_dbfs=-75.0, smoothing=0.8) for _ in range(4)]
-    batch = BatchNoiseFloor(1.0, 3, -90.0, capacity=6, skip_below_dbfs=-75.0, smoothing=0.8)
+    nfc = NoiseFloorConfig(1.0, 3, -90.0, skip_below_dbfs=-75.0, smoothing=0.8)
+    singles = [NoiseFloor(nfc) for _ in range(4)]
+    batch = BatchNoiseFloor(nfc, capacity=6)
     slots = np.array([5, 0, 2, 3])
     for s in slots:
         batch.open(int(s))
