@@ -235,7 +235,9 @@ class BatchSignalExtractor:
         pairs: list[tuple[object, object, str]] = [(self, fresh, name) for name in per_slot]
         for mine, theirs in ((self._filter, fresh._filter), (self._feature_filter, fresh._feature_filter)):
             pairs += [(mine, theirs, name) for name in ("x", "dx", "t", "ready")]
-        pairs += [(self._noise, fresh._noise, name) for name in ("minima", "next", "current", "elapsed", "smoothed")]
+        pairs += [
+            (self._noise, fresh._noise, name) for name, v in vars(self._noise).items() if isinstance(v, np.ndarray)
+        ]
         for old, new, name in pairs:
             getattr(new, name)[:n] = getattr(old, name)
             setattr(old, name, getattr(new, name))
@@ -391,7 +393,7 @@ class BatchSignalExtractor:
 
     def noise_floor_dbfs(self, slot: int) -> float:
         """The slot's noise floor now (`noise_floor.NoiseFloor`), dBFS."""
-        return float(min(self._noise.current[slot], self._noise.minima[slot].min()))
+        return self._noise.floor_dbfs(slot)
 
     def _silence(self, slots: np.ndarray, t: np.ndarray, dt: np.ndarray, speech: np.ndarray) -> np.ndarray:
         cfg = self.cfg

@@ -136,6 +136,10 @@ class BatchNoiseFloor:
         self.elapsed[slot] = 0.0
         self.smoothed[slot] = np.nan
 
+    def floor_dbfs(self, slot: int) -> float:
+        """The slot's floor now, dBFS (without a new frame; `NoiseFloor.floor_dbfs`)."""
+        return float(min(self.current[slot], self.minima[slot].min()))
+
     def update(self, slots: np.ndarray, level_dbfs: np.ndarray, dt_s: np.ndarray) -> np.ndarray:
         """One frame of each listed slot: slots (B,) distinct, level_dbfs (B,) dBFS, dt_s (B,) seconds ->
         floors (B,) dBFS, each frame included (skipped frames: the floor unchanged)."""
