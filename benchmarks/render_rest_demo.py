@@ -47,14 +47,6 @@ def build_audio(seed: int = 0) -> np.ndarray:
     return out
 
 
-def frame_level_dbfs(pcm: np.ndarray) -> np.ndarray:
-    """(frames,) RMS level in dBFS of each 40 ms frame of `pcm` (floored at -120 dBFS for digital silence)."""
-    n = len(pcm) // SPF
-    rms = np.sqrt(np.mean(pcm[: n * SPF].reshape(n, SPF).astype(np.float64) ** 2, axis=1))
-    level: np.ndarray = 20.0 * np.log10(np.maximum(rms, 1e-6))
-    return level
-
-
 def level_correlation(gap: np.ndarray, level: np.ndarray, start_s: float, end_s: float) -> dict[str, float]:
     """Pearson r between the inner-lip gap and the audio level over [start_s, end_s), with the gap shifted by
     -1, 0 and +1 frames (+1: the mouth follows the sound one frame later). A coarse check that the mouth opens
@@ -101,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image, ImageDraw
 
     from training.eval.generation import load_model, stream_rollout
+    from training.eval.viewer import frame_dbfs
     from training.metrics import viewer as vm
     from training.render import draw_frame, render_video
 
@@ -151,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, g in gaps.items()
     }
-    level = frame_level_dbfs(pcm)
+    level = frame_dbfs(pcm, 0, n)  # the evaluation's per-frame level (training.eval.viewer)
     follow = {name: level_correlation(g, level, 0.0, 6.0) for name, g in gaps.items()}
     write_trace(out.with_name(out.name + "_trace.png"), level, gaps)
     out.with_suffix(".json").write_text(

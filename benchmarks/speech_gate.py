@@ -46,9 +46,11 @@ def _derive(cfg: SignalConfig, lm: np.ndarray, lv: np.ndarray, ahead: np.ndarray
 
 
 def _levels(pcm: np.ndarray, n: int, lookahead: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame RMS level (dBFS, floor -120) and the loudest of the next `lookahead` frames."""
-    pcm = np.concatenate([pcm.astype(np.float64), np.zeros(max(0, n * SPF - pcm.size))])[: n * SPF]
-    lv = 10.0 * np.log10(np.maximum((pcm.reshape(n, SPF) ** 2).mean(1), 1e-12))
+    """Per-frame RMS level (dBFS, floor -120; `training.eval.viewer.frame_dbfs`) and the loudest of the next
+    `lookahead` frames."""
+    from training.eval.viewer import frame_dbfs
+
+    lv = frame_dbfs(pcm, 0, n)
     padded = np.concatenate([lv, np.full(lookahead, -120.0)])
     return lv, np.array([padded[t + 1 : t + 1 + lookahead].max() for t in range(n)])
 
