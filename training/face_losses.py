@@ -143,7 +143,7 @@ def head_terms(
             scales to the other terms).
     Returns:
         {"head_energy": |log(E_fake / E_gt)| with E the mean squared velocity of the smoothed rigid centroid over
-        the selected rows (IOD² per frame²), "head_pyramid": the mean over pyramid levels 0..num_levels-1 of
+        the selected rows (IOD² per frame²), "head_pyramid": the mean over pyramid levels first_level..num_levels-1 of
         |log(E_fake,l / E_gt,l)|, E_l the mean squared velocity of the centroid at level l (levels with fewer
         than 3 samples are skipped), "head_mean": mean squared offset between the window-mean rigid points of fake
         and ground truth (IOD²)}.
@@ -154,22 +154,24 @@ def head_terms(
     f, r = fake[rows], real[rows]
     iod = inter_ocular(r).mean(dim=1)[:, None, None]  # (b, 1, 1)
 
-    def energy(x: torch.Tensor) -> torch.Tensor:
-        c = x[..., RIGID, :].mean(dim=-2) / iod  # (b, T, 2)
-        c = torch.nn.functional.avg_pool1d(c.transpose(1, 2), scale_frames, stride=1).transpose(1, 2)
+    c_f, c_r = f[..., RIGID, :].mean(dim=-2) / iod, r[..., RIGID, :].mean(dim=-2) / iod  # (b, T, 2) centroids
+
+    def energy(c: torch.Tensor) -> torch.Tensor:  # mean squared velocity of a (b, T, 2) centroid path
         return ((c[:, 1:] - c[:, :-1]) ** 2).sum(-1).mean()
 
-    e_f, e_r = energy(f), energy(r).detach()
-    out = {"head_energy": torch.log((e_f + 1e-10) / (e_r + 1e-10)).abs()}
-    c_f, c_r = f[..., RIGID, :].mean(dim=-2) / iod, r[..., RIGID, :].mean(dim=-2) / iod  # (b, T, 2)
+    def log_ratio(c_fake: torch.Tensor, c_real: torch.Tensor) -> torch.Tensor:
+        return torch.log((energy(c_fake) + 1e-10) / (energy(c_real).detach() + 1e-10)).abs()
+
+    def smooth(c: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool1d(c.transpose(1, 2), scale_frames, stride=1).transpose(1, 2)
+
+    out = {"head_energy": log_ratio(smooth(c_f), smooth(c_r))}
     ratios = []
     for level in range(num_levels):
         if c_f.shape[1] < 3:
             break
         if level >= first_level:
-            e_fl = ((c_f[:, 1:] - c_f[:, :-1]) ** 2).sum(-1).mean()
-            e_rl = ((c_r[:, 1:] - c_r[:, :-1]) ** 2).sum(-1).mean().detach()
-            ratios.append(torch.log((e_fl + 1e-10) / (e_rl + 1e-10)).abs())
+            ratios.append(log_ratio(c_f, c_r))
         c_f, c_r = downsample_torch(c_f, kernel), downsample_torch(c_r, kernel)
     out["head_pyramid"] = torch.stack(ratios).mean() if ratios else fake.sum() * 0.0
     mean_f = f[..., RIGID, :].mean(dim=1) / iod
