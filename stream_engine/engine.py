@@ -256,8 +256,12 @@ class Engine:
         load (the first call of a batch size is slow, and the process would seem to grow with its streams).
         The step runs on rows that no stream holds and leaves them free (a stream's row is initialised when
         it opens). Does nothing once a stream is open. Starts the engine (`start`). Then, with
-        `EngineConfig.freeze_gc`, one garbage collection and `gc.freeze()` (see there)."""
+        `EngineConfig.freeze_gc`, one garbage collection and `gc.freeze()` (see there).
+        First of all, even with streams open, the batched signals' compiled loop is compiled or loaded from
+        its cache (`signal_kernel`; about 4 s the first time on a machine, 0.3 s after), not on a live frame."""
         await self.start()
+        if self.batch_signals is not None:
+            self.batch_signals.warm_up()
         core, slots = self.core, self.core.slots
         if slots.used or self.sessions:
             return

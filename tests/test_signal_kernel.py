@@ -1,0 +1,187 @@
+"""The compiled per-frame pass of the batched signals (`signal_kernel`, numba) gives the numpy reference's values,
+keeps its cache out of the package, and the extractor falls back to numpy without numba."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_engine import signal_kernel
+from stream_engine.batch_signals import BatchSignalExtractor
+from stream_engine.signals import SignalConfig
+
+from fakes import NEUTRAL_FACE, project_face
+
+REPO = Path(__file__).resolve().parents[1]
+
+needs_numba = pytest.mark.skipif(signal_kernel.load() is None, reason="numba is not installed (or MSYNC_NO_NUMBA=1)")
+
+
+def _frames(rng: np.random.Generator, n_slots: int, t: int) -> np.ndarray:
+    """Faces with head turns, an opening/closing mouth, spread and rounding, closing eyes and jitter."""
+    out = []
+    for s in range(n_slots):
+        mouth = max(0.0, 12 * np.sin(0.3 * t + s) + rng.normal(0, 2))
+        face = project_face(15 * np.sin(0.05 * t + s), 8 * np.cos(0.07 * t), 5 * np.sin(0.03 * t + s), mouth)
+        face = face + rng.normal(0, 0.002, face.shape)
+        face[[48, 54], 0] += np.array([-1, 1]) * 0.02 * np.sin(0.2 * t + s)
+        if (t + 3 * s) % 37 < 3:  # eyelids together: landmark blinks
+            face[[37, 38, 43, 44], 1] = face[[41, 40, 47, 46], 1]
+        out.append(face)
+    return np.array(out, dtype=np.float32)
+
+
+def _run(cfg: SignalConfig, compiled: bool, frames: int = 160, seed: int = 0):
+    """Per frame: the SignalBatch of a batch whose membership changes, with resets, reopened slots, time that
+    stands still or goes back, speech, pauses, digital silence and a quiet stretch."""
+    rng = np.random.default_rng(seed)
+    bx = BatchSignalExtractor(cfg, capacity=9, compiled=compiled)
+    faces = [None, NEUTRAL_FACE, project_face(10, 0, 0), None, NEUTRAL_FACE, None]
+    slots = np.array([6, 0, 3, 1, 8, 4])
+    for i, slot in enumerate(slots):
+        bx.open(int(slot), faces[i], seed=100 + i, name=f"s{i}")
+    outs = []
+    for t in range(frames):
+        lm = _frames(rng, len(slots), t)
+        active = [i for i in range(len(slots)) if (t + i) % 5]
+        if t == 70:
+            bx.reset(int(slots[2]))
+        if t == 100:
+            bx.close(int(slots[5]))
+            bx.open(int(slots[5]), project_face(-5, 3, 0), seed=7)
+        ts = np.array([0.04 * t + 0.001 * i for i in active])
+        if t == 50:
+            ts[0] -= 0.04  # time standing still for one stream (the filters hold)
+        if t == 120:
+            ts[1] -= 10.0  # time going back (a new blink is scheduled)
+        level = np.array([(-20.0 if (t // 25 + i) % 3 else -90.0) for i in active])
+        level[[k for k, i in enumerate(active) if i == 3 and 30 < t < 140]] = -80.0  # quiet but articulating
+        if t % 40 == 5:
+            level[:] = -120.0  # digital silence
+        ahead = np.where(level == -80.0, -80.0, np.roll(level, 1))
+        outs.append((np.array(active), bx.update(slots[active], lm[active], ts, level, ahead)))
+    return outs, bx
+
+
+CONFIGS = {
+    "default": SignalConfig(),
+    "both_fast_blinks": SignalConfig(blink_mode="both", auto_blink_interval_s=(0.3, 1.0)),
+    "landmark_blinks": SignalConfig(blink_mode="landmarks"),
+    "off_no_shapes": SignalConfig(blink_mode="off", blendshapes=False, head_relative_to_reference=False),
+    "quiet_warning": SignalConfig(quiet_warning_s=1.0, noise_smoothing=0.0, blendshape_gain=2.0),
+    "no_range_decay": SignalConfig(range_decay_s=0.0, silence_release_ms=0.0, max_head_deg=5.0),
+}
+
+
+@needs_numba
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # the numpy reference at range_decay_s=0
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_compiled_pass_equals_numpy(name, caplog):
+    cfg = CONFIGS[name]
+    with caplog.at_level(logging.WARNING, logger="stream_engine.batch_signals"):
+        ref, ref_bx = _run(cfg, compiled=False)
+        numpy_warnings = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        got, got_bx = _run(cfg, compiled=True)
+        compiled_warnings = [r.getMessage() for r in caplog.records]
+    assert got_bx.compiled and not ref_bx.compiled
+    assert compiled_warnings == numpy_warnings
+    if name == "quiet_warning":
+        assert compiled_warnings and ref_bx.quiet_input.any()
+    for (_, want), (_, have) in zip(ref, got):
+        np.testing.assert_allclose(have.mouth_open, want.mouth_open, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(have.visemes, want.visemes, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(have.blink, want.blink, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(have.head_deg, want.head_deg, rtol=0, atol=1e-7)
+        np.testing.assert_array_equal(have.silent, want.silent)
+        np.testing.assert_array_equal(have.audio_dbfs, want.audio_dbfs)
+        if cfg.blendshapes:
+            assert have.blendshapes.dtype == want.blendshapes.dtype == np.float32
+            np.testing.assert_allclose(have.blendshapes, want.blendshapes, rtol=0, atol=1e-6)
+        else:
+            assert have.blendshapes is None and want.blendshapes is None
+        rows_have, rows_want = ([r.as_vector() for r in b.rows()] for b in (have, want))
+        np.testing.assert_allclose(np.array(rows_have), np.array(rows_want), rtol=0, atol=1e-7)
+    # the state the two leave behind is the same too (the next frame would agree)
+    for attr in ("_low", "_high", "_width_neutral", "_width_dev", "_gate", "_quiet_s", "_eye_open", "_neutral_feats"):
+        np.testing.assert_allclose(getattr(got_bx, attr), getattr(ref_bx, attr), rtol=0, atol=1e-9, err_msg=attr)
+    np.testing.assert_allclose(got_bx._filter.x, ref_bx._filter.x, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(got_bx._noise.minima, ref_bx._noise.minima, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(got_bx._next_blink, ref_bx._next_blink)
+    blinks = np.concatenate([o.blink for _, o in got])
+    mouths = np.concatenate([o.mouth_open for _, o in got])
+    if cfg.blink_mode != "off":
+        assert blinks.max() > 0.5
+    assert mouths.max() > 0.5 and np.concatenate([o.silent for _, o in got]).any()
+
+
+@needs_numba
+def test_compiled_pass_keeps_errors_and_empty_batches():
+    bx = BatchSignalExtractor(SignalConfig(), capacity=4, compiled=True)
+    bx.open(1)
+    bx.warm_up()
+    empty = bx.update(np.zeros(0, dtype=np.int64), np.zeros((0, 68, 2)), [], [])
+    assert empty.mouth_open.shape == (0,) and empty.blendshapes.shape == (0, 52)
+    with pytest.raises(ValueError, match="open slots"):
+        bx.update([2], NEUTRAL_FACE[None], [0.0], [-20.0])
+    with pytest.raises(ValueError, match=r"\(1, 68, 2\)"):
+        bx.update([1], NEUTRAL_FACE[None, :60], [0.0], [-20.0])
+    # a grown extractor keeps its compiled loop and its slots' state
+    bx.update([1], NEUTRAL_FACE[None], [0.0], [-20.0])
+    bx.grow(16)
+    assert bx.compiled and bx.update([1], NEUTRAL_FACE[None], [0.04], [-20.0]).mouth_open.shape == (1,)
+
+
+def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=300)
+
+
+def test_without_numba_the_numpy_path_runs():
+    code = (
+        "from stream_engine import signal_kernel\n"
+        "from stream_engine.batch_signals import BatchSignalExtractor\n"
+        "assert signal_kernel.load() is None\n"
+        "bx = BatchSignalExtractor()\n"
+        "assert not bx.compiled\n"
+        "bx.warm_up()\n"
+        "try:\n"
+        "    BatchSignalExtractor(compiled=True)\n"
+        "except RuntimeError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    r = _python(code, {"MSYNC_NO_NUMBA": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "refused: compiled signals need numba" in r.stdout
+
+
+@needs_numba
+@pytest.mark.slow
+def test_compiled_loop_is_cached_in_the_user_cache_dir(tmp_path):
+    """The first process compiles and writes numba's cache under MSYNC_CACHE_DIR, nothing beside the package's
+    source; a second process loads it instead of compiling."""
+    code = (
+        "import time\n"
+        "from stream_engine.batch_signals import BatchSignalExtractor\n"
+        "bx = BatchSignalExtractor()\n"
+        "t0 = time.perf_counter(); bx.warm_up(); print(round(time.perf_counter() - t0, 3))\n"
+        "k = bx._kernel; print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(MSYNC_CACHE_DIR=str(tmp_path), PYTHONPATH=str(REPO))
+    before = set((REPO / "stream_engine").rglob("*.nb[ic]"))
+    runs = [
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr
+    assert list((tmp_path / "numba").rglob("*.nbi")), "no numba cache index in MSYNC_CACHE_DIR/numba"
+    assert set((REPO / "stream_engine").rglob("*.nb[ic]")) == before  # nothing written beside the source
+    hits, misses = (int(x) for x in runs[1].stdout.split()[1:3])
+    assert hits >= 1 and misses == 0
