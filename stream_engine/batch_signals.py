@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream_engine import signal_kernel
-from stream_engine.blendshapes import _D_SCALE, blendshapes_from_features, face_features
+from stream_engine.blendshapes import blendshapes_from_features, face_features
 from stream_engine.noise_floor import BatchNoiseFloor
 from stream_engine.signals import (
     DIGITAL_SILENCE_DBFS,
@@ -422,7 +422,7 @@ class BatchSignalExtractor:
         noise = (nf.smoothed, nf.minima, nf.next, nf.current, nf.elapsed)
         return (
             settings,
-            np.ascontiguousarray(_D_SCALE * cfg.blendshape_gain, dtype=np.float64),
+            signal_kernel.DIRECT_SCALE * cfg.blendshape_gain,
             signal_kernel.BLINK_MODES[cfg.blink_mode],
             bool(cfg.blendshapes),
             signal_kernel.TABLES,

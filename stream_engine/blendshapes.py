@@ -273,6 +273,21 @@ _D_SCALE = np.array([(1.0 if k.endswith("+") else -1.0) / SPANS[k] for _, k in _
 _I = ARKIT_INDEX
 
 
+def recipe_tables() -> dict[str, np.ndarray]:
+    """The mapping's tables, for a re-implementation of `face_features` + `blendshapes_from_features` outside
+    numpy (`signal_kernel`): "pairs" (10, 2) point pairs of the distance features; "dist_matrix" (10, F) and
+    "linear_matrix" (136, F) as in `face_features`; "direct_shape", "direct_feature" (D,) int and
+    "direct_scale" (D,) (+-1 / span) of the direct shapes. Copies."""
+    return {
+        "pairs": _PAIRS.copy(),
+        "dist_matrix": _DIST_MATRIX.copy(),
+        "linear_matrix": _LINEAR_MATRIX.copy(),
+        "direct_shape": _D_SHAPE.copy(),
+        "direct_feature": _D_FEATURE.copy(),
+        "direct_scale": _D_SCALE.copy(),
+    }
+
+
 def arkit_blendshapes(
     landmarks: np.ndarray, neutral: np.ndarray, blink: np.ndarray | float = 0.0, gain: float = 1.0
 ) -> np.ndarray:

@@ -240,9 +240,13 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Start the inference task (idempotent)."""
+        """Start the inference task (idempotent). First the batched signals' loop is compiled, or loaded from
+        numba's cache (`signal_kernel`: about 4 s the first time on a machine, 0.3 s after, once per process),
+        so that it never happens on a live frame."""
         if self._executor is not None:
             return
+        if self.batch_signals is not None:
+            self.batch_signals.warm_up()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="msync-infer")
         self._work = asyncio.Event()
         self.spawn(self._inference_loop(), name="msync-inference")
@@ -257,11 +261,8 @@ class Engine:
         The step runs on rows that no stream holds and leaves them free (a stream's row is initialised when
         it opens). Does nothing once a stream is open. Starts the engine (`start`). Then, with
         `EngineConfig.freeze_gc`, one garbage collection and `gc.freeze()` (see there).
-        First of all, even with streams open, the batched signals' compiled loop is compiled or loaded from
-        its cache (`signal_kernel`; about 4 s the first time on a machine, 0.3 s after), not on a live frame."""
+        `start` has compiled the batched signals' loop."""
         await self.start()
-        if self.batch_signals is not None:
-            self.batch_signals.warm_up()
         core, slots = self.core, self.core.slots
         if slots.used or self.sessions:
             return

@@ -53,13 +53,16 @@ FLAG_QUIET = 2  # the slot's input has just been quiet for `quiet_warning_s`
 _PAIRS = np.ascontiguousarray(MEASURED_PAIRS, dtype=np.int64)  # (11, 2) signals' measured pairs
 _RIGID = np.asarray(RIGID_INDEX, dtype=np.int64)
 _PINV = np.ascontiguousarray(MODEL_RIGID_PINV, dtype=np.float64)  # (3, n rigid)
-_FEAT_PAIRS = np.ascontiguousarray(bs._PAIRS, dtype=np.int64)  # (10, 2) face-feature distance pairs
-_dk, _dj = np.nonzero(bs._DIST_MATRIX)  # sparse forms of the dense feature matrices (row-major order)
-_DIST_NZ = (np.ascontiguousarray(_dk, np.int64), np.ascontiguousarray(_dj, np.int64), bs._DIST_MATRIX[_dk, _dj])
-_lm, _lj = np.nonzero(bs._LINEAR_MATRIX)
-_LIN_NZ = (np.ascontiguousarray(_lm, np.int64), np.ascontiguousarray(_lj, np.int64), bs._LINEAR_MATRIX[_lm, _lj])
-_D_SHAPE = np.ascontiguousarray(bs._D_SHAPE, dtype=np.int64)
-_D_FEATURE = np.ascontiguousarray(bs._D_FEATURE, dtype=np.int64)
+_BS = bs.recipe_tables()
+_FEAT_PAIRS = np.ascontiguousarray(_BS["pairs"], dtype=np.int64)  # (10, 2) face-feature distance pairs
+_dk, _dj = np.nonzero(_BS["dist_matrix"])  # sparse forms of the dense feature matrices (row-major order)
+_DIST_NZ = (np.ascontiguousarray(_dk, np.int64), np.ascontiguousarray(_dj, np.int64), _BS["dist_matrix"][_dk, _dj])
+_lm, _lj = np.nonzero(_BS["linear_matrix"])
+_LIN_NZ = (np.ascontiguousarray(_lm, np.int64), np.ascontiguousarray(_lj, np.int64), _BS["linear_matrix"][_lm, _lj])
+_D_SHAPE = np.ascontiguousarray(_BS["direct_shape"], dtype=np.int64)
+_D_FEATURE = np.ascontiguousarray(_BS["direct_feature"], dtype=np.int64)
+#: the direct shapes' +-1 / span (the loop takes it times `SignalConfig.blendshape_gain`)
+DIRECT_SCALE = np.ascontiguousarray(_BS["direct_scale"], dtype=np.float64)
 _I = bs.ARKIT_INDEX
 #: jawOpen, mouthClose, mouthFunnel, mouthPucker, stretch/smile/press left, the same right, eyeBlink left/right
 _SPECIAL = np.array(
