@@ -11,7 +11,8 @@ the step; what the stages leave of it is the event loop, the hand-offs to the in
 loop. Variants ("baseline": `git archive REF stream_engine`; "current": this checkout) alternate, `--rounds`
 trials each; the table gives the median.
 The wrappers cost about 0.3 us per call (about 1 us per frame in all), the same for both variants.
-Writes engine_stages.json/.md.
+Trials run `Engine.warm_up` first, as `msync stream` does (--no-warm-up: not; see `benchmarks.engine_throughput`).
+Writes engine_stages.json/.md (--name).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ STAGES = [
     ("commit", "stream_engine.core", ("EngineCore.commit_batch", "EngineCore.commit")),
     ("publish (all below)", "stream_engine.engine", ("Engine._publish",)),
     ("publish: signals update", "stream_engine.batch_signals", ("BatchSignalExtractor.update",)),
+    ("publish: signals update: compiled loop", "stream_engine.batch_signals", ("BatchSignalExtractor._run_kernel",)),
     ("publish: signal objects (rows)", "stream_engine.batch_signals", ("SignalBatch.rows",)),
     ("publish: serialise (sink)", "stream_engine.outputs.serializers", ("encode_binary_many", "encode_binary")),
 ]
@@ -106,11 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--baseline-ref", help="git revision whose engine is measured beside this checkout's")
-    p.add_argument("--runner", default="onnx", choices=["zero", "fake", "onnx"])
+    p.add_argument("--runner", default="onnx", choices=["zero", "fake", "onnx", "onnx_int8"])
     p.add_argument("--streams", type=int, default=512)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-signals", action="store_true")
+    p.add_argument(
+        "--no-warm-up", dest="warm_up", action="store_false", help="trials without Engine.warm_up (older protocol)"
+    )
+    p.add_argument("--name", default="engine_stages", help="report file name (without .json/.md)")
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.trial:
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = {"baseline": baseline_tree(a.baseline_ref), "current": REPO}
     spec = {"runner": a.runner, "streams": a.streams, "seconds": a.seconds, "realtime": False}
     spec["signals"] = not a.no_signals
+    spec["warm_up"] = a.warm_up
     result: dict[str, Any] = {"machine": machine_info(), "cpu_core": cpu, "baseline_ref": a.baseline_ref, **spec}
     trials: dict[str, list[dict]] = {name: [] for name in variants}
     try:
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         m.update({k: statistics.median(t["stages_us_per_frame"][k] for t in ts) for k in ts[0]["stages_us_per_frame"]})
         median[name] = m
     result["median"] = median
-    write_report(Path(a.out), "engine_stages", result, _markdown(result))
+    write_report(Path(a.out), a.name, result, _markdown(result))
     return 0
 
 
@@ -168,9 +175,12 @@ def _markdown(result: dict) -> str:
         f"start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, Python {m.get('python')}, "
         f"{m.get('time_utc')}. One pinned core (cpu {result['cpu_core']}), runner {result['runner']}, "
         f"{result['streams']} streams, signals {'on' if result['signals'] else 'off'}, "
+        f"Engine.warm_up before the streams open: {'yes' if result.get('warm_up') else 'no'}, "
         f"median of {len(result['trials'][names[0]])} interleaved trials per variant.",
         f"Baseline: `{result.get('baseline_ref') or '-'}`. Command: `python -m benchmarks.engine_stages "
-        f"--baseline-ref {result.get('baseline_ref') or 'REF'} --runner {result['runner']}`.",
+        f"--baseline-ref {result.get('baseline_ref') or 'REF'} --runner {result['runner']} --streams "
+        f"{result['streams']}{'' if result['signals'] else ' --no-signals'}"
+        f"{'' if result.get('warm_up') else ' --no-warm-up'}`.",
         "",
         "| us per frame | " + " | ".join(names) + (" | change |" if len(names) == 2 else ""),
         "|---|" + "---|" * (len(names) + (1 if len(names) == 2 else 0)),

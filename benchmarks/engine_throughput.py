@@ -20,9 +20,15 @@ trials interleaved so machine load hits both alike.
    per core, the denominator of the issue's ratio (both sides in CPU time, so machine load cancels).
 4. Engine-added latency p50/p99 (publish - arrival of the last needed sample) at 1 and 100 real-time streams.
 
+By default each trial's engine runs `Engine.warm_up` before its streams open, as `msync stream` does: the state store and the step's buffers touched, the signals' compiled loop ready, and the objects then
+alive moved out of the garbage collector's reach (`gc.freeze`; without it, full collections over the
+benchmark process cost about 3 us per frame that a served engine does not pay). --no-warm-up gives the
+protocol of the results before engine_throughput_14g.
+
 Runners: "zero" (tests/fakes.py ZeroCostRunner: the reference face, no compute), "fake" (FakeRunner: a face
-computed per stream in Python, the runner of the earlier 128-streams figure), "onnx" (the shipped model).
-Signals on (the shipped default) and off (the engine alone). Writes engine_throughput.json/.md.
+computed per stream in Python, the runner of the earlier 128-streams figure), "onnx" (the shipped model, float32)
+and "onnx_int8" (its shipped int8 variant, `default_int8.onnx`, the CPU default of `msync stream`).
+Signals on (the shipped default) and off (the engine alone). Writes engine_throughput.json/.md (--name).
 """
 
 from __future__ import annotations
@@ -53,10 +59,20 @@ def _make_runner(kind: str):
         from fakes import FakeRunner
 
         return FakeRunner(lookahead_frames=2)
-    from stream_engine.config import DEFAULT_MODEL_PATH
     from stream_engine.runtime.onnxrt import OnnxStepRunner
 
-    return OnnxStepRunner(DEFAULT_MODEL_PATH, threads=1)
+    return OnnxStepRunner(_model_path(kind), threads=1)
+
+
+ONNX_RUNNERS = ("onnx", "onnx_int8")
+RUNNERS = ["zero", "fake", *ONNX_RUNNERS]
+
+
+def _model_path(kind: str):
+    """The shipped model of an ONNX runner kind (the variant's own stream_engine/models)."""
+    from stream_engine.config import DEFAULT_MODEL_PATH
+
+    return DEFAULT_MODEL_PATH.with_name("default_int8.onnx") if kind == "onnx_int8" else DEFAULT_MODEL_PATH
 
 
 def run_trial(spec: dict) -> dict:
@@ -108,12 +124,11 @@ def run_trial(spec: dict) -> dict:
     async def main():
         async with Engine(runner, cfg) as engine:
             engine.add_sink(Sink())
+            if spec.get("warm_up"):  # as `msync stream` serves: Engine.warm_up before any stream (gc.freeze too)
+                await engine.warm_up()
             ids = [engine.open_stream().stream_id for _ in range(n)]
-            bx = getattr(engine, "batch_signals", None)
-            if hasattr(bx, "warm_up"):  # compile the signals' loop before the clock starts, as Engine.warm_up does
-                bx.warm_up()
             warm = 0
-            if spec["runner"] == "onnx":  # warm the runtime's buffers for every batch size used
+            if spec["runner"] in ONNX_RUNNERS:  # warm the runtime's buffers for every batch size used
                 warm = 640
                 for sid in ids:
                     engine.push_audio(sid, audio[:640])
@@ -168,11 +183,10 @@ def run_step_trial(spec: dict) -> dict:
     """The ONNX step alone, B rows, `threads` intra-op threads: ms per call via `step` and `step_slots`."""
     import numpy as np
 
-    from stream_engine.config import DEFAULT_MODEL_PATH
     from stream_engine.runtime.onnxrt import OnnxStepRunner
 
     b, threads, reps = spec["batch"], spec["threads"], spec["reps"]
-    runner = OnnxStepRunner(DEFAULT_MODEL_PATH, threads=threads)
+    runner = OnnxStepRunner(_model_path(spec.get("runner", "onnx")), threads=threads)
     audio = (np.random.default_rng(0).standard_normal((b, runner.contract.samples_per_frame)) * 0.1).astype(np.float32)
     out = {**spec}
     state = runner.initial_state(b)
@@ -230,6 +244,7 @@ def capacity(
     estimate: dict[str, float],
     log,
     probes: int = 4,
+    warm_up: bool = True,
 ) -> dict:
     """Largest real-time N per variant: 95 % of the CPU estimate, else bisection from a quarter of it
     (`probes` trials at most; the answer is the largest N that passed, 0 when even the lowest failed)."""
@@ -241,7 +256,16 @@ def capacity(
 
         def probe(n: int, name: str = name, root: Path = root, trials: list[dict[str, Any]] = trials) -> bool:
             t = _child(
-                root, {"runner": runner, "streams": n, "seconds": seconds, "realtime": True, "signals": signals}, cpu
+                root,
+                {
+                    "runner": runner,
+                    "streams": n,
+                    "seconds": seconds,
+                    "realtime": True,
+                    "signals": signals,
+                    "warm_up": warm_up,
+                },
+                cpu,
             )
             trials.append(
                 {
@@ -275,12 +299,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--baseline-ref", help="git revision whose engine is measured beside this checkout's")
-    p.add_argument("--runners", nargs="+", default=["zero", "fake", "onnx"], choices=["zero", "fake", "onnx"])
+    p.add_argument("--runners", nargs="+", default=["zero", "fake", "onnx"], choices=RUNNERS)
     p.add_argument("--throughput-streams", type=int, default=512)
     p.add_argument("--seconds", type=float, default=4.0, help="audio per throughput / real-time trial")
     p.add_argument("--no-capacity", action="store_true", help="skip the real-time capacity search")
-    p.add_argument("--capacity-runners", nargs="+", default=["zero", "onnx"], choices=["zero", "fake", "onnx"])
+    p.add_argument("--capacity-runners", nargs="+", default=["zero", "onnx"], choices=RUNNERS)
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--no-warm-up", dest="warm_up", action="store_false", help="trials without Engine.warm_up (older protocol)"
+    )
+    p.add_argument("--name", default="engine_throughput", help="report file name (without .json/.md)")
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.trial:
@@ -322,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                             "seconds": a.seconds,
                             "realtime": False,
                             "signals": signals,
+                            "warm_up": a.warm_up,
                         },
                         cpu,
                     )
@@ -341,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             }
             if not a.no_capacity and not a.quick and runner in a.capacity_runners:
-                entry["capacity"] = capacity(variants, runner, signals, cpu, a.seconds, best, log)
+                entry["capacity"] = capacity(variants, runner, signals, cpu, a.seconds, best, log, warm_up=a.warm_up)
             if "baseline" in variants:
                 entry["throughput_ratio_current_over_baseline"] = best["current"] / best["baseline"]
                 if "capacity" in entry and entry["capacity"]["baseline"]["max_realtime_streams"]:
@@ -350,16 +379,15 @@ def main(argv: list[str] | None = None) -> int:
                         / entry["capacity"]["baseline"]["max_realtime_streams"]
                     )
             r[key] = entry
-        if runner == "onnx":
+        if runner in ONNX_RUNNERS:
             steps = []
             for threads in (1, 2):
                 cpu_set = None if threads > 1 else cpu
-                st = _child(
-                    REPO, {"kind": "step", "batch": 64, "threads": threads, "reps": 200 if not a.quick else 20}, cpu_set
-                )
+                step_spec = {"kind": "step", "runner": runner, "batch": 64, "threads": threads}
+                st = _child(REPO, {**step_spec, "reps": 200 if not a.quick else 20}, cpu_set)
                 steps.append(st)
                 log(
-                    f"[onnx] step B=64 threads={threads}: step {st['step_ms_p50']:.2f} ms, step_slots "
+                    f"[{runner}] step B=64 threads={threads}: step {st['step_ms_p50']:.2f} ms, step_slots "
                     f"{st.get('step_slots_ms_p50', float('nan')):.2f} ms -> {st['streams_per_core']:.0f} streams/core"
                 )
             r["step"] = steps
@@ -379,11 +407,12 @@ def main(argv: list[str] | None = None) -> int:
                     t = _child(
                         root,
                         {
-                            "runner": "onnx",
+                            "runner": runner,
                             "streams": n,
                             "seconds": max(a.seconds, 6.0),
                             "realtime": True,
                             "signals": True,
+                            "warm_up": a.warm_up,
                         },
                         cpu,
                     )
@@ -391,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                         k: t.get(k) for k in ("p50_ms", "p99_ms", "late_fraction", "frames", "frames_expected")
                     }
                     log(
-                        f"[onnx] latency {n} streams {name}: p50 {t.get('p50_ms', 0):.2f} / p99 "
+                        f"[{runner}] latency {n} streams {name}: p50 {t.get('p50_ms', 0):.2f} / p99 "
                         f"{t.get('p99_ms', 0):.2f} ms"
                     )
             r["engine_latency"] = lat
@@ -400,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(variants["baseline"], ignore_errors=True)
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
-    write_report(Path(a.out), "engine_throughput", result, _markdown(result))
+    result["warm_up"] = a.warm_up
+    write_report(Path(a.out), a.name, result, _markdown(result))
     return 0
 
 
@@ -437,42 +467,55 @@ def _markdown(result: dict) -> str:
             cr = e.get("capacity_ratio_current_over_baseline")
             rtxt = "-" if ratio is None else f"CPU x{ratio:.2f}" + ("" if cr is None else f", real-time x{cr:.2f}")
             lines.append(f"| {runner} | {'on' if key == 'signals' else 'off'} | {us} | {spc} | {cap} | {rtxt} |")
-    onnx = result["runners"].get("onnx")
-    if onnx and "step" in onnx:
-        lines += ["", "The step alone (ONNX Runtime, B=64, CPU time per call, mean of 200 calls):", ""]
-        for st in onnx["step"]:
-            lines.append(
-                f"- {st['threads']} intra-op thread(s): `step` {st['step_ms_p50']:.2f} ms, `step_slots` "
-                f"(I/O binding) {st.get('step_slots_ms_p50', float('nan')):.2f} ms -> "
-                f"{st['streams_per_core']:.0f} streams per core"
-            )
-        for key in ("signals", "no_signals"):
-            e = onnx[key]
-            lines.append(
-                f"- engine ÷ step ({'signals on' if key == 'signals' else 'signals off'}): by CPU "
-                + ", ".join(f"{n} {e['engine_over_step'][n]:.0%}" for n in names)
-                + (
-                    ""
-                    if "engine_capacity_over_step" not in e
-                    else "; real-time " + ", ".join(f"{n} {e['engine_capacity_over_step'][n]:.0%}" for n in names)
-                )
-            )
-        lines += [
-            "",
-            "Engine-added latency (publish - arrival of the last needed sample), real model, signals on, "
-            "all streams' chunks arriving together:",
-            "",
-        ]
-        for n, per in onnx["engine_latency"].items():
-            lines.append(
-                f"- {n} stream(s): "
-                + "; ".join(
-                    f"{name} p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms ({v['frames']}/{v['frames_expected']} frames)"
-                    for name, v in per.items()
-                    if v.get("p50_ms") is not None
-                )
-            )
+    lines.append("")
+    lines.append(
+        "Each trial's engine ran `Engine.warm_up` before its streams opened (as `msync stream` serves)."
+        if result.get("warm_up")
+        else "Trials without `Engine.warm_up` (the protocol of the results before engine_throughput_14g)."
+    )
+    for runner_name, onnx in result["runners"].items():
+        if "step" in onnx:
+            lines += _step_lines(runner_name, onnx, names)
     return "\n".join(lines) + "\n"
+
+
+def _step_lines(runner: str, onnx: dict, names: list[str]) -> list[str]:
+    """The step alone, engine ÷ step and the engine-added latency of one ONNX runner."""
+    lines: list[str] = []
+    lines += ["", f"The step alone ({runner}: ONNX Runtime, B=64, CPU time per call, mean of 200 calls):", ""]
+    for st in onnx["step"]:
+        lines.append(
+            f"- {st['threads']} intra-op thread(s): `step` {st['step_ms_p50']:.2f} ms, `step_slots` "
+            f"(I/O binding) {st.get('step_slots_ms_p50', float('nan')):.2f} ms -> "
+            f"{st['streams_per_core']:.0f} streams per core"
+        )
+    for key in ("signals", "no_signals"):
+        e = onnx[key]
+        lines.append(
+            f"- engine ÷ step ({'signals on' if key == 'signals' else 'signals off'}): by CPU "
+            + ", ".join(f"{n} {e['engine_over_step'][n]:.0%}" for n in names)
+            + (
+                ""
+                if "engine_capacity_over_step" not in e
+                else "; real-time " + ", ".join(f"{n} {e['engine_capacity_over_step'][n]:.0%}" for n in names)
+            )
+        )
+    lines += [
+        "",
+        f"Engine-added latency ({runner}; publish - arrival of the last needed sample), signals on, "
+        "all streams' chunks arriving together:",
+        "",
+    ]
+    for n, per in onnx["engine_latency"].items():
+        lines.append(
+            f"- {n} stream(s): "
+            + "; ".join(
+                f"{name} p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms ({v['frames']}/{v['frames_expected']} frames)"
+                for name, v in per.items()
+                if v.get("p50_ms") is not None
+            )
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -370,9 +371,8 @@ class BatchSignalExtractor:
         """Compile the loop now (or load it from numba's cache) instead of on the first `update`: a call over
         no frames, with the argument types of every later call. Does nothing on the numpy path."""
         if self._kernel is not None:
-            self._update_compiled(
-                np.zeros(0, dtype=np.int64), np.zeros((0, 68, 2)), np.zeros(0), np.zeros(0), np.zeros(0)
-            )
+            z = np.zeros(0)
+            self._update_compiled(np.zeros(0, dtype=np.int64), np.zeros((0, 68, 2)), z, z, z, run=self._kernel)
 
     def _kernel_args(self) -> tuple[object, ...]:
         """The settings, tables and slot arrays `signal_kernel.frame_pass` reads and writes, in its order."""
@@ -433,10 +433,16 @@ class BatchSignalExtractor:
         )
 
     def _update_compiled(
-        self, slots: np.ndarray, pts: np.ndarray, t: np.ndarray, dbfs: np.ndarray, ahead: np.ndarray
+        self,
+        slots: np.ndarray,
+        pts: np.ndarray,
+        t: np.ndarray,
+        dbfs: np.ndarray,
+        ahead: np.ndarray,
+        run: Callable[..., None] | None = None,
     ) -> SignalBatch:
-        """`update` through `signal_kernel.frame_pass` (arguments already checked)."""
-        assert self._kernel is not None
+        """`update` through `signal_kernel.frame_pass` (arguments already checked); `run` calls it (default
+        `_run_kernel`)."""
         cfg = self.cfg
         B = slots.size
         if cfg.blink_mode in ("auto", "both"):
@@ -445,7 +451,7 @@ class BatchSignalExtractor:
         visemes, head = np.empty((B, len(VISEMES))), np.empty((B, 3))
         shapes = np.empty((B if cfg.blendshapes else 0, signal_kernel.NUM_SHAPES), dtype=np.float32)
         flags = np.empty(B, dtype=np.int64)
-        self._kernel(
+        (run or self._run_kernel)(
             np.ascontiguousarray(slots),
             np.ascontiguousarray(pts),
             np.ascontiguousarray(t),
@@ -474,6 +480,11 @@ class BatchSignalExtractor:
             silent=silent,
             blendshapes=shapes if cfg.blendshapes else None,
         )
+
+    def _run_kernel(self, *args: object) -> None:
+        """The compiled call alone (a stage of its own in benchmarks.engine_stages)."""
+        assert self._kernel is not None
+        self._kernel(*args)
 
     # ------------------------------------------------------------------ pieces (each as in SignalExtractor)
     def _open_range(self, slots: np.ndarray, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
