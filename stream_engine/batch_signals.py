@@ -172,6 +172,7 @@ class BatchSignalExtractor:
         self.cfg = cfg
         self.capacity = int(capacity)
         self._kernel = signal_kernel.load() if compiled is not False else None
+        self._kargs: tuple[object, ...] | None = None  # `_kernel_args()`, kept until `grow` replaces the arrays
         if compiled and self._kernel is None:
             raise RuntimeError("compiled signals need numba (pip install numba; MSYNC_NO_NUMBA unset)")
         n = self.capacity
@@ -249,6 +250,7 @@ class BatchSignalExtractor:
         for old, new, name in pairs:
             getattr(new, name)[:n] = getattr(old, name)
             setattr(old, name, getattr(new, name))
+        self._kargs = None
         self._rng = self._rng + [None] * (capacity - n)
         self._names = self._names + [""] * (capacity - n)
         self.capacity = int(capacity)
@@ -284,9 +286,6 @@ class BatchSignalExtractor:
         B = slots.size
         if pts.shape != (B, 68, 2):
             raise ValueError(f"landmarks must be ({B}, 68, 2), got {pts.shape}")
-        ascending = B < 2 or bool((slots[1:] > slots[:-1]).all())  # distinct without sorting (the engine's order)
-        if not ascending and np.unique(slots).size != B or not np.all(self.open_slots[slots]):
-            raise ValueError("slots must be distinct open slots")
         t = np.asarray(t_s, dtype=np.float64).reshape(B)
         dbfs = np.asarray(audio_dbfs, dtype=np.float64).reshape(B)
         ahead = (
@@ -294,8 +293,11 @@ class BatchSignalExtractor:
             if audio_ahead_dbfs is None
             else np.asarray(audio_ahead_dbfs, dtype=np.float64).reshape(B)
         )
-        if self._kernel is not None:
+        if self._kernel is not None:  # checks the slots itself before it changes anything
             return self._update_compiled(slots, pts, t, dbfs, ahead)
+        ascending = B < 2 or bool((slots[1:] > slots[:-1]).all())  # distinct without sorting (the engine's order)
+        if not ascending and np.unique(slots).size != B or not np.all(self.open_slots[slots]):
+            raise ValueError("slots must be distinct open slots")
         last = self._last_t[slots]
         first = np.isnan(last)
         dt = np.where(first, 0.04, np.maximum(1e-3, t - np.where(first, 0.0, last)))
@@ -392,10 +394,12 @@ class BatchSignalExtractor:
                 cfg.quiet_warning_s,
                 cfg.max_head_deg,
                 cfg.blendshape_neutral_s,
+                cfg.auto_blink_interval_s[1],
             ],
             dtype=np.float64,
         )
         state = (
+            self.open_slots,
             self._last_t,
             self._low,
             self._high,
@@ -439,34 +443,29 @@ class BatchSignalExtractor:
         t: np.ndarray,
         dbfs: np.ndarray,
         ahead: np.ndarray,
-        run: Callable[..., None] | None = None,
+        run: Callable[..., int] | None = None,
     ) -> SignalBatch:
         """`update` through `signal_kernel.frame_pass` (arguments already checked); `run` calls it (default
         `_run_kernel`)."""
         cfg = self.cfg
         B = slots.size
-        if cfg.blink_mode in ("auto", "both"):
-            self._first_blinks(slots, t)
         mouth, blink, silent = np.empty(B), np.empty(B), np.empty(B, dtype=bool)
         visemes, head = np.empty((B, len(VISEMES))), np.empty((B, 3))
         shapes = np.empty((B if cfg.blendshapes else 0, signal_kernel.NUM_SHAPES), dtype=np.float32)
         flags = np.empty(B, dtype=np.int64)
-        (run or self._run_kernel)(
-            np.ascontiguousarray(slots),
-            np.ascontiguousarray(pts),
-            np.ascontiguousarray(t),
-            np.ascontiguousarray(dbfs),
-            np.ascontiguousarray(ahead),
-            *self._kernel_args(),
-            mouth,
-            visemes,
-            blink,
-            head,
-            silent,
-            shapes,
-            flags,
-        )
+        args = [np.ascontiguousarray(a) for a in (slots, pts, t, dbfs, ahead)]
+        if self._kargs is None:
+            self._kargs = self._kernel_args()
+        outs = (mouth, visemes, blink, head, silent, shapes, flags)
+        run = run or self._run_kernel
+        code = run(*args, True, *self._kargs, *outs)
+        if code == signal_kernel.NOT_ASCENDING and np.unique(slots).size == B:
+            code = run(*args, False, *self._kargs, *outs)  # distinct, in another order
+        if code != signal_kernel.OK:
+            raise ValueError("slots must be distinct open slots")
         if B and flags.any():
+            for i in np.flatnonzero(flags & signal_kernel.FLAG_FIRST_BLINK):  # first frame, or time went back
+                self._schedule_blink(int(slots[i]), float(t[i]))
             for i in np.flatnonzero(flags & signal_kernel.FLAG_NEW_BLINK):
                 self._next_blink_after(int(slots[i]), float(t[i]))
             for i in np.flatnonzero(flags & signal_kernel.FLAG_QUIET):
@@ -481,10 +480,11 @@ class BatchSignalExtractor:
             blendshapes=shapes if cfg.blendshapes else None,
         )
 
-    def _run_kernel(self, *args: object) -> None:
+    def _run_kernel(self, *args: object) -> int:
         """The compiled call alone (a stage of its own in benchmarks.engine_stages)."""
         assert self._kernel is not None
-        self._kernel(*args)
+        code: int = self._kernel(*args)
+        return code
 
     # ------------------------------------------------------------------ pieces (each as in SignalExtractor)
     def _open_range(self, slots: np.ndarray, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
@@ -572,11 +572,15 @@ class BatchSignalExtractor:
         hi = self.cfg.auto_blink_interval_s[1]
         nxt = self._next_blink[slots]
         for i in np.flatnonzero(np.isnan(nxt) | (t < nxt - hi)):
-            self._next_blink[slots[i]] = t[i] + self._draw_interval(int(slots[i]))
+            self._schedule_blink(int(slots[i]), float(t[i]))
+
+    def _schedule_blink(self, slot: int, t: float) -> None:
+        """The slot's next blink starts one drawn interval after `t`."""
+        self._next_blink[slot] = t + self._draw_interval(slot)
 
     def _next_blink_after(self, slot: int, t: float) -> None:
         """The slot's blink ended at `t`: draw the next one's time and length."""
-        self._next_blink[slot] = t + self._draw_interval(slot)
+        self._schedule_blink(slot, t)
         rng = self._rng[slot]
         assert rng is not None
         median_s = self.cfg.auto_blink_duration_ms / 1e3

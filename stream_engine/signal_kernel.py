@@ -9,8 +9,9 @@ arrays in place, compiled by numba (a well-kept JIT compiler for numeric Python;
 about 1 us per frame. The numpy code in `batch_signals` stays the reference and the fallback; the two agree
 to float64 rounding (tests/test_signal_kernel.py), except where a value lands exactly on a threshold.
 
-Left to the caller: argument checks, the procedural blinks' random draws (per-slot generators; the loop
-reports which slots need a new blink) and the quiet-input warning (the loop reports which slots crossed it).
+Left to the caller: the shapes of the arguments, the procedural blinks' random draws (per-slot generators; the
+loop reports which slots need a blink scheduled: a first one, whose weight at this frame is 0 as the interval
+is positive, or the next one) and the quiet-input warning (the loop reports which slots crossed it).
 
 Compilation: `load()` compiles once per process (about NUMBA_COMPILE_S seconds cold, on this project's 2-core
 EPYC; benchmarks/results/engine_stages_14g.md) and numba caches the machine code in a user cache directory,
@@ -48,6 +49,9 @@ BLINK_MODES = {"off": 0, "landmarks": 1, "auto": 2, "both": 3}
 #: bits of the loop's per-frame flags
 FLAG_NEW_BLINK = 1  # the procedural blink ended: draw the next one (`BatchSignalExtractor._auto_blink`)
 FLAG_QUIET = 2  # the slot's input has just been quiet for `quiet_warning_s`
+FLAG_FIRST_BLINK = 4  # no blink scheduled (first frame, or time went back): draw one (its weight now is 0)
+#: what the loop returns: done; a slot not open (nothing changed); slots not ascending (nothing changed)
+OK, NOT_OPEN, NOT_ASCENDING = 0, 1, 2
 
 # ---------------------------------------------------------------- constant tables (from the numpy recipe)
 _PAIRS = np.ascontiguousarray(MEASURED_PAIRS, dtype=np.int64)  # (11, 2) signals' measured pairs
@@ -127,6 +131,7 @@ def frame_pass(
     t_s: np.ndarray,
     dbfs: np.ndarray,
     ahead: np.ndarray,
+    check_order: bool,
     cfg: np.ndarray,
     shape_scale: np.ndarray,
     blink_mode: int,
@@ -143,19 +148,24 @@ def frame_pass(
     silent: np.ndarray,
     shapes: np.ndarray,
     flags: np.ndarray,
-) -> None:
+) -> int:
     """Signals of one frame of each listed slot, state updated in place (`BatchSignalExtractor.update`).
+
+    Returns OK, or before changing anything NOT_OPEN (a slot outside the extractor or not open) or, with
+    `check_order`, NOT_ASCENDING (the caller checks that they are distinct and calls again without the check).
 
     Args:
         slots: (B,) int64 distinct open slots; pts: (B, 68, 2) float64; t_s, dbfs, ahead: (B,) float64.
         cfg: float64 settings (`BatchSignalExtractor._kernel_args` gives their order); shape_scale: (D,) the
             direct shapes' 1 / span x gain; blink_mode: `BLINK_MODES` value; with_shapes: derive blendshapes.
-        tables: `TABLES`; state, filt, ffilt, noise: the extractor's slot arrays (`BatchSignalExtractor._kernel_state`).
+        check_order: return NOT_ASCENDING for slots that are not ascending (the engine's order).
+        tables: `TABLES`; state, filt, ffilt, noise: the extractor's slot arrays (`BatchSignalExtractor._kernel_args`).
         mouth, blink: (B,) out; visemes (B, 5), head (B, 3), silent (B,) bool, shapes (B, 52) float32 (untouched
             without shapes), flags (B,) int64 (`FLAG_*`), all out.
     """
     (pairs, rigid, pinv, fpairs, dk, dj, dw, lm, lj, lw, d_shape, d_feature, special, gated, opening) = tables
     (
+        open_slots,
         last_t,
         low,
         high,
@@ -183,7 +193,12 @@ def frame_pass(
     range_decay_s, mouth_min_span, width_min_span = cfg[0], cfg[1], cfg[2]
     silence_dbfs, noise_margin_db, skip_below, smoothing, sub_s = cfg[3], cfg[4], cfg[5], cfg[6], cfg[7]
     hold_ms, release_ms, quiet_warning_s, max_head_deg = cfg[8], cfg[9], cfg[10], cfg[11]
-    neutral_s = cfg[12]
+    neutral_s, blink_hi = cfg[12], cfg[13]
+    for i in range(slots.size):
+        if slots[i] < 0 or slots[i] >= open_slots.size or not open_slots[slots[i]]:
+            return NOT_OPEN
+        if check_order and i > 0 and slots[i] <= slots[i - 1]:
+            return NOT_ASCENDING
     n_rigid = rigid.size
     n_feat = opening.size
     d = np.empty(pairs.shape[0])
@@ -356,12 +371,17 @@ def frame_pass(
             closure = (eo - ear) / max(0.5 * eo, 1e-6)
             value = _clip((closure - 0.2) / 0.8, 0.0, 1.0)
         if blink_mode >= 2:
-            phase = (t - next_blink[s]) / blink_duration[s]
-            auto = phase / 0.4 if phase < 0.4 else (1.0 - phase) / 0.6
-            if phase < 0 or phase >= 1.0:
+            nxt = next_blink[s]
+            if math.isnan(nxt) or t < nxt - blink_hi:  # the blink the caller draws starts after t: weight 0
+                flags[i] |= FLAG_FIRST_BLINK
                 auto = 0.0
-            if phase >= 1.0:
-                flags[i] |= FLAG_NEW_BLINK
+            else:
+                phase = (t - nxt) / blink_duration[s]
+                auto = phase / 0.4 if phase < 0.4 else (1.0 - phase) / 0.6
+                if phase < 0 or phase >= 1.0:
+                    auto = 0.0
+                if phase >= 1.0:
+                    flags[i] |= FLAG_NEW_BLINK
             value = max(value, auto)
         blink[i] = value
         if not with_shapes:
@@ -427,9 +447,10 @@ def frame_pass(
         g32 = np.float32(g)
         for k in range(gated.size):
             shapes[i, gated[k]] = shapes[i, gated[k]] * g32
+    return OK
 
 
-_loaded: dict[str, Callable[..., None] | None] = {}
+_loaded: dict[str, Callable[..., int] | None] = {}
 
 
 def cache_dir() -> Path:
@@ -442,12 +463,12 @@ def cache_dir() -> Path:
     return Path(xdg) / "msync" / "numba"
 
 
-def load() -> Callable[..., None] | None:
+def load() -> Callable[..., int] | None:
     """The compiled `frame_pass` (numba dispatcher, compiled lazily per argument types; `BatchSignalExtractor`
     compiles it in `warm_up`), or None when numba is not installed or MSYNC_NO_NUMBA=1 is set."""
     if "kernel" in _loaded:
         return _loaded["kernel"]
-    kernel: Callable[..., None] | None = None
+    kernel: Callable[..., int] | None = None
     if os.environ.get("MSYNC_NO_NUMBA", "") not in ("1", "true", "yes"):
         if "numba" not in sys.modules and "NUMBA_CACHE_DIR" not in os.environ:
             os.environ["NUMBA_CACHE_DIR"] = str(cache_dir())

@@ -128,14 +128,20 @@ def test_compiled_pass_keeps_errors_and_empty_batches():
     bx.warm_up()
     empty = bx.update(np.zeros(0, dtype=np.int64), np.zeros((0, 68, 2)), [], [])
     assert empty.mouth_open.shape == (0,) and empty.blendshapes.shape == (0, 52)
-    with pytest.raises(ValueError, match="open slots"):
-        bx.update([2], NEUTRAL_FACE[None], [0.0], [-20.0])
+    bx.open(3)
+    two = np.stack([NEUTRAL_FACE, NEUTRAL_FACE])
+    before = bx._last_t.copy()
+    for bad in ([2], [5], [-1], [1, 2], [3, 1, 3], [1, 1]):  # closed, outside, repeated: refused, nothing changed
+        with pytest.raises(ValueError, match="open slots"):
+            bx.update(bad, np.resize(two, (len(bad), 68, 2)), np.zeros(len(bad)), np.full(len(bad), -20.0))
+    np.testing.assert_array_equal(bx._last_t, before)
+    assert bx.update([3, 1], two, [0.0, 0.0], [-20.0, -20.0]).mouth_open.shape == (2,)  # distinct, descending
     with pytest.raises(ValueError, match=r"\(1, 68, 2\)"):
         bx.update([1], NEUTRAL_FACE[None, :60], [0.0], [-20.0])
     # a grown extractor keeps its compiled loop and its slots' state
-    bx.update([1], NEUTRAL_FACE[None], [0.0], [-20.0])
     bx.grow(16)
-    assert bx.compiled and bx.update([1], NEUTRAL_FACE[None], [0.04], [-20.0]).mouth_open.shape == (1,)
+    bx.open(12)
+    assert bx.compiled and bx.update([1, 12], two, [0.04, 0.0], [-20.0] * 2).mouth_open.shape == (2,)
 
 
 def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
