@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-warm-up", dest="warm_up", action="store_false", help="trials without Engine.warm_up (older protocol)"
     )
     p.add_argument("--name", default="engine_stages", help="report file name (without .json/.md)")
+    p.add_argument("--backlog-ms", type=float, default=0.0, help="most pending audio per stream (0 = no bound)")
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.trial:
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = {"runner": a.runner, "streams": a.streams, "seconds": a.seconds, "realtime": False}
     spec["signals"] = not a.no_signals
     spec["warm_up"] = a.warm_up
+    spec["max_backlog_samples"] = int(a.backlog_ms * 16)
     result: dict[str, Any] = {"machine": machine_info(), "cpu_core": cpu, "baseline_ref": a.baseline_ref, **spec}
     trials: dict[str, list[dict]] = {name: [] for name in variants}
     try:
@@ -180,7 +182,8 @@ def _markdown(result: dict) -> str:
         f"Baseline: `{result.get('baseline_ref') or '-'}`. Command: `python -m benchmarks.engine_stages "
         f"--baseline-ref {result.get('baseline_ref') or 'REF'} --runner {result['runner']} --streams "
         f"{result['streams']}{'' if result['signals'] else ' --no-signals'}"
-        f"{'' if result.get('warm_up') else ' --no-warm-up'}`.",
+        f"{'' if result.get('warm_up') else ' --no-warm-up'}"
+        f"{' --backlog-ms %g' % (result['max_backlog_samples'] / 16) if result.get('max_backlog_samples') else ''}`.",
         "",
         "| us per frame | " + " | ".join(names) + (" | change |" if len(names) == 2 else ""),
         "|---|" + "---|" * (len(names) + (1 if len(names) == 2 else 0)),
