@@ -480,7 +480,7 @@ class EngineCore:
             if dtype.kind != "f":
                 raise AudioChunkError(f"audio must be floating point PCM in [-1, 1], got dtype {dtype}")
             samples = samples.astype(np.float32)  # checked as float32: values beyond its range are infinite
-        if not math.isfinite(float(np.dot(samples, samples))):  # one pass; NaN/inf propagate into the sum
+        if not math.isfinite(float(samples.dot(samples))):  # one pass; NaN/inf propagate into the sum
             # (finite samples whose squares overflow float32 are out of range anyway and would be clipped)
             if not np.all(np.isfinite(samples)):
                 raise AudioChunkError("audio chunk contains NaN or infinite samples")

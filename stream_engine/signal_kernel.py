@@ -75,10 +75,25 @@ _SPECIAL = np.array(
     + [_I["eyeBlinkLeft"], _I["eyeBlinkRight"]],
     dtype=np.int64,
 )
+#: the points whose face-frame coordinates the features read (the distance pairs' and the linear terms')
+_FACE_POINTS = np.unique(np.concatenate([_FEAT_PAIRS.ravel(), _LIN_NZ[0] // 2])).astype(np.int64)
 _GATED = np.ascontiguousarray(GATED_SHAPES, dtype=np.int64)
 _OPENING = np.ascontiguousarray(OPENING_FEATURES, dtype=np.bool_)
 NUM_SHAPES = len(bs.ARKIT_NAMES)
-TABLES = (_PAIRS, _RIGID, _PINV, _FEAT_PAIRS, *_DIST_NZ, *_LIN_NZ, _D_SHAPE, _D_FEATURE, _SPECIAL, _GATED, _OPENING)
+TABLES = (
+    _PAIRS,
+    _RIGID,
+    _PINV,
+    _FEAT_PAIRS,
+    *_DIST_NZ,
+    *_LIN_NZ,
+    _D_SHAPE,
+    _D_FEATURE,
+    _SPECIAL,
+    _GATED,
+    _OPENING,
+    _FACE_POINTS,
+)
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
@@ -163,7 +178,7 @@ def frame_pass(
         mouth, blink: (B,) out; visemes (B, 5), head (B, 3), silent (B,) bool, shapes (B, 52) float32 (untouched
             without shapes), flags (B,) int64 (`FLAG_*`), all out.
     """
-    (pairs, rigid, pinv, fpairs, dk, dj, dw, lm, lj, lw, d_shape, d_feature, special, gated, opening) = tables
+    (pairs, rigid, pinv, fpairs, dk, dj, dw, lm, lj, lw, d_shape, d_feature, special, gated, opening, fpoints) = tables
     (
         open_slots,
         last_t,
@@ -212,6 +227,7 @@ def frame_pass(
     feats_f = np.empty(n_feat)
     sh = np.empty(shapes.shape[1])
     mean = np.empty(2)
+    centred = np.empty((n_rigid, 2))
     aff = np.empty((3, 2))
     r1 = np.empty(3)
     r2 = np.empty(3)
@@ -258,11 +274,14 @@ def frame_pass(
             mean[1] += p[rigid[k], 1]
         mean[0] /= n_rigid
         mean[1] /= n_rigid
+        for k in range(n_rigid):
+            centred[k, 0] = p[rigid[k], 0] - mean[0]
+            centred[k, 1] = p[rigid[k], 1] - mean[1]
         for a in range(3):
             for c in range(2):
                 acc = 0.0
                 for k in range(n_rigid):
-                    acc += pinv[a, k] * (p[rigid[k], c] - mean[c])
+                    acc += pinv[a, k] * centred[k, c]
                 aff[a, c] = acc
         n1 = max(math.sqrt(aff[0, 0] * aff[0, 0] + aff[1, 0] * aff[1, 0] + aff[2, 0] * aff[2, 0]), 1e-12)
         for a in range(3):
@@ -400,7 +419,7 @@ def frame_pass(
         ex, ey = p[36, 0] - p[45, 0], p[36, 1] - p[45, 1]
         unit = max(math.sqrt(ex * ex + ey * ey), 1e-9)
         cx, cy = 0.5 * (rx + lx), 0.5 * (ry + ly)
-        for k in range(68):
+        for k in fpoints:
             px, py = p[k, 0] - cx, p[k, 1] - cy
             f[k, 0] = (px * cos + py * sin) / unit
             f[k, 1] = (px * -sin + py * cos) / unit
