@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from stream_engine import signal_kernel
+from stream_engine import fast_init, signal_kernel
 from stream_engine.blendshapes import blendshapes_from_features, face_features
 from stream_engine.noise_floor import BatchNoiseFloor
 from stream_engine.signals import (
@@ -45,6 +45,8 @@ from stream_engine.signals import (
 )
 
 log = logging.getLogger(__name__)
+_MAKE_SIGNALS = fast_init.maker(Signals)
+_MAKE_HEAD_POSE = fast_init.maker(HeadPose)
 
 _YZX, _ZXY = np.array([1, 2, 0]), np.array([2, 0, 1])  # component orders of a cross product
 
@@ -76,10 +78,12 @@ class SignalBatch:
         """Every row as a per-stream `Signals` object (the same values as `signals(i)` for each i, converted
         to Python numbers in one pass per array instead of one element at a time)."""
         visemes = [dict(zip(VISEMES, row)) for row in self.visemes.tolist()]
-        heads = [HeadPose(*row) for row in self.head_deg.tolist()]
+        head_pose = _MAKE_HEAD_POSE
+        heads = [head_pose(*row) for row in self.head_deg.tolist()]
         blend = None if self.blendshapes is None else self.blendshapes.copy()
+        signals = _MAKE_SIGNALS  # the dataclass, built without its frozen __init__ (fast_init)
         return [
-            Signals(mouth, vis, blink, head, dbfs, silent, None if blend is None else blend[i])
+            signals(mouth, vis, blink, head, dbfs, silent, None if blend is None else blend[i])
             for i, (mouth, vis, blink, head, dbfs, silent) in enumerate(
                 zip(
                     self.mouth_open.tolist(),

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from stream_engine import fast_init
 from stream_engine.clock import SampleClock
 from stream_engine.runtime.base import StepRunner
 
@@ -205,10 +206,9 @@ class CommittedFrames:
         `publish_ns` and, when given, the i-th of `signals`."""
         t0, t1, take, pub = int(self.infer_start_ns), int(self.infer_end_ns), int(self.take_ns), int(publish_ns)
         sigs = itertools.repeat(None) if signals is None else signals
+        frame, timings = _MAKE_FRAME, _MAKE_TIMINGS  # the dataclasses, built without their frozen __init__
         return [
-            LandmarkFrame(
-                sid, seq, epoch, index, pts, lm, level, ahead, FrameTimings(ready, t0, t1, pub, take), sig, st
-            )
+            frame(sid, seq, epoch, index, pts, lm, level, ahead, timings(ready, t0, t1, pub, take), sig, st, None)
             for sid, seq, epoch, index, pts, lm, level, ahead, ready, sig, st in zip(
                 self.stream_ids,
                 self.seqs,
@@ -223,6 +223,10 @@ class CommittedFrames:
                 self.stalled,
             )
         ]
+
+
+_MAKE_FRAME = fast_init.maker(LandmarkFrame)
+_MAKE_TIMINGS = fast_init.maker(FrameTimings)
 
 
 class _SampleFifo:
