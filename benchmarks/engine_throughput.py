@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-warm-up", dest="warm_up", action="store_false", help="trials without Engine.warm_up (older protocol)"
     )
     p.add_argument("--name", default="engine_throughput", help="report file name (without .json/.md)")
+    p.add_argument("--rounds", type=int, default=2, help="throughput trials per variant (the best counts)")
     p.add_argument("--backlog-ms", type=float, default=0.0, help="throughput feeding: most pending audio (0 = none)")
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         for signals in (True, False):
             key = "signals" if signals else "no_signals"
             tp: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-            for _ in range(2):  # interleaved: baseline, current, baseline, current
+            for _ in range(a.rounds):  # interleaved: baseline, current, baseline, current, ...
                 for name, root in variants.items():
                     t = _child(
                         root,
@@ -440,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
     result["warm_up"] = a.warm_up
     result["backlog_ms"] = a.backlog_ms
+    result["rounds"] = a.rounds
     write_report(Path(a.out), a.name, result, _markdown(result))
     return 0
 
@@ -454,7 +456,8 @@ def _markdown(result: dict) -> str:
         f"at start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, Python {m.get('python')}, "
         f"onnxruntime {m.get('onnxruntime', '-')}, {m.get('time_utc')}. One pinned core (cpu "
         f"{result['cpu_core']}), in-process feeding, every frame serialised, sockets excluded.",
-        f"Baseline: `{result.get('baseline_ref') or '-'}` (its engine, same runners), trials interleaved.",
+        f"Baseline: `{result.get('baseline_ref') or '-'}` (its engine, same runners), trials interleaved, the best of "
+        f"{result.get('rounds', 2)} per variant.",
         "",
         "| runner | signals | "
         + " | ".join(f"{n}: CPU us/frame" for n in names)

@@ -3,7 +3,8 @@
 One task owns inference. It waits until some stream holds a full step of audio, takes a batch of every ready
 stream from the core (on the loop), runs the shared runner in a single worker thread (onnxruntime and numpy
 release the GIL, so the loop keeps accepting audio and serving clients meanwhile), commits the result (on the
-loop), derives the batch's signals in one call (`BatchSignalExtractor`, one slot per stream), and hands the frames to every `FrameSink` without waiting on any
+loop), derives the batch's signals in one call (`BatchSignalExtractor`, one slot per stream; one compiled loop
+over the batch, `signal_kernel`, when numba is installed), and hands the frames to every `FrameSink` without waiting on any
 of them. Frames therefore leave as soon as their audio has arrived and the step has run; there is no timer.
 
 Every stream's model state lives in one slot of the runner's state store (`EngineCore.slots`, preallocated for
