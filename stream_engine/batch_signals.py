@@ -177,6 +177,7 @@ class BatchSignalExtractor:
         self.capacity = int(capacity)
         self._kernel = signal_kernel.load() if compiled is not False else None
         self._kargs: tuple[object, ...] | None = None  # `_kernel_args()`, kept until `grow` replaces the arrays
+        self._require_compiled = bool(compiled)
         if compiled and self._kernel is None:
             raise RuntimeError("compiled signals need numba (pip install numba; MSYNC_NO_NUMBA unset)")
         n = self.capacity
@@ -375,10 +376,23 @@ class BatchSignalExtractor:
 
     def warm_up(self) -> None:
         """Compile the loop now (or load it from numba's cache) instead of on the first `update`: a call over
-        no frames, with the argument types of every later call. Does nothing on the numpy path."""
-        if self._kernel is not None:
-            z = np.zeros(0)
+        no frames, with the argument types of every later call. Does nothing on the numpy path. If compiling
+        fails (a broken numba or LLVM install), the extractor logs a warning and uses the numpy code, unless it
+        was made with compiled=True (then the error propagates)."""
+        if self._kernel is None:
+            return
+        z = np.zeros(0)
+        try:
             self._update_compiled(np.zeros(0, dtype=np.int64), np.zeros((0, 68, 2)), z, z, z, run=self._kernel)
+        except Exception as exc:
+            if self._require_compiled:
+                raise
+            log.warning(
+                "the compiled signals loop is unavailable (%s: %s); deriving signals with numpy",
+                type(exc).__name__,
+                exc,
+            )
+            self._kernel = None
 
     def _kernel_args(self) -> tuple[object, ...]:
         """The settings, tables and slot arrays `signal_kernel.frame_pass` reads and writes, in its order."""

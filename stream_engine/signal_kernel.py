@@ -20,8 +20,9 @@ user cache directory, `$MSYNC_CACHE_DIR/numba` or `$XDG_CACHE_HOME/msync/numba` 
 `~/.cache/msync/numba`), never beside the package's source. numba reads its cache directory from the
 environment variable NUMBA_CACHE_DIR when it is first imported: `load()` sets it (process-wide) when it is unset
 and numba is not yet imported; a NUMBA_CACHE_DIR of the user's is used as it is; numba imported earlier without
-one: no cache (a compile per process). The engine compiles in `Engine.start` (which `Engine.warm_up` runs),
-never on a live frame. Without numba, or with MSYNC_NO_NUMBA=1, `load()` returns None and the numpy code runs.
+one, or a directory that cannot be written: no cache (a compile per process). The engine compiles in
+`Engine.start` (which `Engine.warm_up` runs), never on a live frame. Without numba, or with MSYNC_NO_NUMBA=1,
+`load()` returns None and the numpy code runs.
 """
 
 from __future__ import annotations
@@ -498,7 +499,9 @@ def load() -> Callable[..., int] | None:
         except ImportError:
             pass
         if numba is not None:
-            cache = bool(os.environ.get("NUMBA_CACHE_DIR"))  # never numba's default: beside the package's source
+            # never numba's default (beside the package's source), nor a fallback to it when the directory is
+            # not writable: no cache then (a compile per process)
+            cache = _writable_dir(os.environ.get("NUMBA_CACHE_DIR", ""))
             opts: dict[str, Any] = {"cache": cache, "error_model": "numpy", "nogil": True}
             clip = numba.njit(inline="always")(_clip)
             glb = {**globals(), "_clip": clip}
@@ -506,6 +509,17 @@ def load() -> Callable[..., int] | None:
             kernel = numba.njit(**opts)(_rebind(frame_pass, glb))
     _loaded["kernel"] = kernel
     return kernel
+
+
+def _writable_dir(path: str) -> bool:
+    """Whether `path` is (or can be made) a directory this process can write to."""
+    if not path:
+        return False
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def _rebind(fn: Callable[..., Any], glb: dict[str, Any]) -> Callable[..., Any]:

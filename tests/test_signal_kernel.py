@@ -191,3 +191,41 @@ def test_compiled_loop_is_cached_in_the_user_cache_dir(tmp_path):
     assert set((REPO / "stream_engine").rglob("*.nb[ic]")) == before  # nothing written beside the source
     hits, misses = (int(x) for x in runs[1].stdout.split()[1:3])
     assert hits >= 1 and misses == 0
+
+
+@needs_numba
+def test_a_loop_that_fails_to_compile_falls_back_to_numpy(caplog):
+    def broken(*args):
+        raise RuntimeError("LLVM says no")
+
+    bx = BatchSignalExtractor(SignalConfig(), capacity=2)
+    assert bx.compiled
+    bx._kernel = broken
+    with caplog.at_level(logging.WARNING, logger="stream_engine.batch_signals"):
+        bx.warm_up()
+    assert not bx.compiled and "deriving signals with numpy" in caplog.text
+    bx.open(0)
+    assert bx.update([0], NEUTRAL_FACE[None], [0.0], [-20.0]).mouth_open.shape == (1,)
+    strict = BatchSignalExtractor(SignalConfig(), capacity=2, compiled=True)
+    strict._kernel = broken
+    with pytest.raises(RuntimeError, match="LLVM says no"):
+        strict.warm_up()
+
+
+@needs_numba
+@pytest.mark.slow
+def test_an_unwritable_cache_dir_means_no_cache_not_the_package_dir(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache directory would go")
+    code = (
+        "from stream_engine.batch_signals import BatchSignalExtractor\n"
+        "bx = BatchSignalExtractor(); bx.warm_up(); assert bx.compiled\n"
+        "print(bx._kernel.stats.cache_path)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(MSYNC_CACHE_DIR=str(blocker), PYTHONPATH=str(REPO))
+    before = set((REPO / "stream_engine").rglob("*.nb[ic]"))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "None"  # compiled, not cached
+    assert set((REPO / "stream_engine").rglob("*.nb[ic]")) == before
