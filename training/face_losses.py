@@ -18,12 +18,17 @@ All distances are in units of the inter-ocular distance (IOD, ‖p36 − p45‖ 
   |log| ratio to ground truth's over the batch, the same ratio at each scale of the evaluation's pyramid
   (200 / 400 / 800 / 1600 ms, `training.metrics.viewer.head_energy`), and the window-mean head position against
   ground truth's (a constant tilt or offset).
+- Head angles (`head_angle_terms`, whole speech windows): the mean over the batch's windows of the window-mean
+  yaw/pitch/roll relative to the reference face (`training.head_pose`, the evaluation's angles) against ground
+  truth's, squared: a constant bias of the angles, which `head_mean` does not pin (pitch and roll come from the
+  face's shape, not from where the rigid points sit on average).
 """
 
 from __future__ import annotations
 
 import torch
 
+from training.head_pose import head_angles
 from training.metrics.viewer import HEAD_POINTS as RIGID
 from training.metrics.viewer import INNER_LIP_PAIRS as INNER_PAIRS
 from training.pyramid import downsample_torch
@@ -178,3 +183,22 @@ def head_terms(
     mean_r = r[..., RIGID, :].mean(dim=1) / iod
     out["head_mean"] = ((mean_f - mean_r) ** 2).sum(-1).mean()
     return out
+
+
+def head_angle_terms(fake: torch.Tensor, real: torch.Tensor, x_ref: torch.Tensor, rows: torch.Tensor) -> dict:
+    """Head-angle bias over whole windows of speech.
+
+    Args:
+        fake, real: (B, T, 68, 2); x_ref: (B, 68, 2) each window's reference face (the frame before it, as the
+            evaluation's); rows: (B,) bool, the windows to use.
+    Returns:
+        {"head_angle": sum over yaw, pitch, roll of (mean over rows of (mean_t a_fake − mean_t a_real))², a the
+        angles relative to x_ref in degrees (`training.head_pose.head_angles`), so degrees²}. The batch's mean
+        difference, not each window's: a window's mean pose depends on where that speaker happened to look, which
+        the audio does not tell; the constant part is the bias the evaluation reports (median over clips).
+    """
+    if not bool(rows.any()):
+        return {"head_angle": fake.sum() * 0.0}
+    a_fake = head_angles(fake[rows], x_ref[rows]).mean(dim=1)  # (b, 3)
+    a_real = head_angles(real[rows], x_ref[rows]).mean(dim=1).detach()
+    return {"head_angle": ((a_fake - a_real).mean(dim=0) ** 2).sum()}

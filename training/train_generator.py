@@ -95,6 +95,7 @@ class TrainGeneratorConfig:
     head_pyramid_weight: float = 0.0
     head_pyramid_first_level: int = 0
     head_mean_weight: float = 0.0
+    head_angle_weight: float = 0.0
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -401,7 +402,7 @@ class GeneratorTrainer(Trainer):
 
     def face_terms(self, fake, real, x_ref, speech, rest, clean) -> dict:
         """The `training.face_losses` terms whose weight is not 0: {name: scalar}."""
-        from training.face_losses import articulation_terms, head_terms, rest_terms
+        from training.face_losses import articulation_terms, head_angle_terms, head_terms, rest_terms
 
         cfg, out = self.cfg, {}
         if cfg.rest_gap_weight or cfg.rest_still_weight or cfg.rest_pose_weight:
@@ -411,6 +412,8 @@ class GeneratorTrainer(Trainer):
             out.update(articulation_terms(fake, real, speech))
         if cfg.head_energy_weight or cfg.head_pyramid_weight or cfg.head_mean_weight:
             out.update(head_terms(fake, real, clean, first_level=cfg.head_pyramid_first_level))
+        if cfg.head_angle_weight:
+            out.update(head_angle_terms(fake, real, x_ref, clean))
         return {k: v for k, v in out.items() if getattr(cfg, f"{k}_weight")}
 
     # ------------------------------------------------------------- evaluation
