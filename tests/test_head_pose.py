@@ -83,7 +83,7 @@ def test_head_angle_term_is_zero_for_identical_sequences_and_scores_a_planted_bi
     real = torch.from_numpy(_random_faces(rng, 3, 10, spread=5.0, noise=0.2))
     ref = torch.from_numpy(_random_faces(rng, 3, 1, spread=5.0, noise=0.2)[:, 0])
     rows = torch.ones(3, dtype=torch.bool)
-    assert float(head_angle_terms(real, real, ref, rows)["head_angle"]) == 0.0
+    assert float(head_angle_terms(real, real, ref, rows)[0]["head_angle"]) == 0.0
     # every fake frame pitched 2 degrees more than its real frame (about the face's own centre): bias (0, 2, 0)
     pitched = np.empty_like(real.numpy())
     for i in range(3):
@@ -98,9 +98,9 @@ def test_head_angle_term_is_zero_for_identical_sequences_and_scores_a_planted_bi
         ]
     )
     ref_f = torch.from_numpy(np.stack([_project(0.0, 0.0, 0.0)] * 3))
-    term = head_angle_terms(torch.from_numpy(pitched), torch.from_numpy(base), ref_f, rows)["head_angle"]
+    term = head_angle_terms(torch.from_numpy(pitched), torch.from_numpy(base), ref_f, rows)[0]["head_angle"]
     assert float(term) == pytest.approx(4.0, rel=0.05)
-    assert float(head_angle_terms(real, real, ref, torch.zeros(3, dtype=torch.bool))["head_angle"]) == 0.0
+    assert float(head_angle_terms(real, real, ref, torch.zeros(3, dtype=torch.bool))[0]["head_angle"]) == 0.0
 
 
 def test_head_angle_term_gradient_moves_the_angles_towards_ground_truth():
@@ -108,10 +108,31 @@ def test_head_angle_term_gradient_moves_the_angles_towards_ground_truth():
     fake = torch.from_numpy(np.stack([_project(0.0, 0.0, -3.0)] * 6))[None].requires_grad_(True)
     ref = real[:, 0]
     rows = torch.ones(1, dtype=torch.bool)
-    term = head_angle_terms(fake, real, ref, rows)["head_angle"]
+    term = head_angle_terms(fake, real, ref, rows)[0]["head_angle"]
     assert float(term.detach()) == pytest.approx(9.0, rel=1e-4)
     term.backward()
     assert torch.isfinite(fake.grad).all()
     moved = (fake - 0.5 * fake.grad).detach()
-    after = float(head_angle_terms(moved, real, ref, rows)["head_angle"])
-    assert after < float(term)
+    after = float(head_angle_terms(moved, real, ref, rows)[0]["head_angle"].detach())
+    assert after < float(term.detach())
+
+
+def test_running_bias_averages_batches_and_keeps_the_slope_of_the_squared_bias():
+    real = torch.from_numpy(np.stack([_project(0.0, 0.0, 0.0)] * 4))[None]
+    ref = real[:, 0]
+    rows = torch.ones(1, dtype=torch.bool)
+    fake = torch.from_numpy(np.stack([_project(0.0, 2.0, 0.0)] * 4))[None].requires_grad_(True)
+    plain, d = head_angle_terms(fake, real, ref, rows)
+    np.testing.assert_allclose(d.numpy(), [0.0, 2.0, 0.0], atol=1e-6)
+    running = torch.tensor([0.0, 4.0, 0.0], dtype=torch.float64)
+    terms, est = head_angle_terms(fake, real, ref, rows, running, momentum=0.75)
+    np.testing.assert_allclose(est.numpy(), [0.0, 3.5, 0.0], atol=1e-6)  # 0.75 * running + 0.25 * d
+    assert float(terms["head_angle"].detach()) == pytest.approx(3.5**2, rel=1e-5)
+    # gradient 2 b . dd/dx: the plain term's (2 d . dd/dx) scaled by 3.5 / 2 (pitch alone is off in both)
+    (g_plain,) = torch.autograd.grad(plain["head_angle"], fake)
+    (g_run,) = torch.autograd.grad(terms["head_angle"], fake)
+    np.testing.assert_allclose(g_run.numpy(), g_plain.numpy() * 3.5 / 2.0, atol=1e-8)
+    none, kept = head_angle_terms(fake, real, ref, torch.zeros(1, dtype=torch.bool), running, momentum=0.75)
+    assert kept is running and float(none["head_angle"].detach()) == 0.0
+    with pytest.raises(ValueError, match="momentum"):
+        head_angle_terms(fake, real, ref, rows, running, momentum=1.0)

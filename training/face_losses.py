@@ -185,20 +185,36 @@ def head_terms(
     return out
 
 
-def head_angle_terms(fake: torch.Tensor, real: torch.Tensor, x_ref: torch.Tensor, rows: torch.Tensor) -> dict:
+def head_angle_terms(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    x_ref: torch.Tensor,
+    rows: torch.Tensor,
+    running: torch.Tensor | None = None,
+    momentum: float = 0.0,
+) -> tuple[dict, torch.Tensor | None]:
     """Head-angle bias over whole windows of speech.
 
     Args:
         fake, real: (B, T, 68, 2); x_ref: (B, 68, 2) each window's reference face (the frame before it, as the
             evaluation's); rows: (B,) bool, the windows to use.
+        running, momentum: the bias estimate of earlier batches ((3,) degrees, or None) and the share of it kept
+            (0 = this batch alone). With momentum m the estimate is b = m · running + (1 − m) · d, d this batch's
+            bias, and the term is b² in value with gradient 2 b · ∂d: the slope of the squared bias, with the noise
+            of six windows' head movements averaged over about 1 / (1 − m) batches.
     Returns:
-        {"head_angle": sum over yaw, pitch, roll of (mean over rows of (mean_t a_fake − mean_t a_real))², a the
-        angles relative to x_ref in degrees (`training.head_pose.head_angles`), so degrees²}. The batch's mean
-        difference, not each window's: a window's mean pose depends on where that speaker happened to look, which
-        the audio does not tell; the constant part is the bias the evaluation reports (median over clips).
+        ({"head_angle": Σ over yaw, pitch, roll of b²}, the new estimate b (detached; `running` unchanged when no
+        row is used)). d = mean over rows of (mean_t a_fake − mean_t a_real), a the angles relative to x_ref in
+        degrees (`training.head_pose.head_angles`), so the term is in degrees². The batch's mean difference, not
+        each window's: a window's mean pose depends on where that speaker happened to look, which the audio does
+        not tell; the constant part is the bias the evaluation reports (median over clips).
     """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"head_angle momentum must be in [0, 1), got {momentum}")
     if not bool(rows.any()):
-        return {"head_angle": fake.sum() * 0.0}
+        return {"head_angle": fake.sum() * 0.0}, running
     a_fake = head_angles(fake[rows], x_ref[rows]).mean(dim=1)  # (b, 3)
     a_real = head_angles(real[rows], x_ref[rows]).mean(dim=1).detach()
-    return {"head_angle": ((a_fake - a_real).mean(dim=0) ** 2).sum()}
+    d = (a_fake - a_real).mean(dim=0)  # (3,)
+    est = d.detach() if running is None or momentum == 0.0 else momentum * running + (1.0 - momentum) * d.detach()
+    return {"head_angle": ((d + (est - d).detach()) ** 2).sum()}, est
