@@ -207,7 +207,10 @@ def head_angle_terms(
         row is used)). d = mean over rows of (mean_t a_fake − mean_t a_real), a the angles relative to x_ref in
         degrees (`training.head_pose.head_angles`), so the term is in degrees². The batch's mean difference, not
         each window's: a window's mean pose depends on where that speaker happened to look, which the audio does
-        not tell; the constant part is the bias the evaluation reports (median over clips).
+        not tell; the constant part is the bias the evaluation reports (median over clips). With momentum 0 the
+        expected term also holds the spread of a batch's mean difference (six windows), so it pulls each batch's
+        windows towards ground truth's mean pose too: that version, not the averaged one, brought the held-out
+        clips' bias within 1° for model 0.3.1 (`benchmarks/results/eval_v03_head_bias.md`).
     """
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"head_angle momentum must be in [0, 1), got {momentum}")
