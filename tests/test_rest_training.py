@@ -290,6 +290,7 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
     for name in terms + ("mouth_corr",):
         sets[f"{name}_weight"] = 1.0
     sets.update({"head_energy_weight": 1.0, "head_pyramid_weight": 1.0, "head_mean_weight": 1.0})
+    sets.update({"head_angle_weight": 1.0, "head_angle_momentum": 0.5})
     argv = [sys.executable, "-m", "training.train_generator", "--out", str(tmp_path / "gen"), "--no-progress"]
     for k, v in sets.items():
         argv += ["--set", f"{k}={json.dumps(v)}"]
@@ -297,7 +298,8 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
     subprocess.run(argv, check=True, cwd=REPO, env=env, timeout=600, capture_output=True)
     recs = [json.loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r.get("split") == "train"]
-    assert {"rest_gap", "mouth_amplitude", "mouth_corr", "head_energy", "head_pyramid", "head_mean"} <= set(train[-1])
+    logged = {"rest_gap", "mouth_amplitude", "mouth_corr", "head_energy", "head_pyramid", "head_mean", "head_angle"}
+    assert logged <= set(train[-1])
     assert all(np.isfinite(r["loss_g"]) for r in train)
     val = json.loads((tmp_path / "gen" / "result.json").read_text())["val"]
     assert 0 <= val["rest_gap_p50"] <= val["rest_gap_p90"] and val["gap_amplitude"] > 0

@@ -18,12 +18,17 @@ All distances are in units of the inter-ocular distance (IOD, ‖p36 − p45‖ 
   |log| ratio to ground truth's over the batch, the same ratio at each scale of the evaluation's pyramid
   (200 / 400 / 800 / 1600 ms, `training.metrics.viewer.head_energy`), and the window-mean head position against
   ground truth's (a constant tilt or offset).
+- Head angles (`head_angle_terms`, whole speech windows): the mean over the batch's windows of the window-mean
+  yaw/pitch/roll relative to the reference face (`training.head_pose`, the evaluation's angles) against ground
+  truth's, squared: a constant bias of the angles, which `head_mean` does not pin (pitch and roll come from the
+  face's shape, not from where the rigid points sit on average).
 """
 
 from __future__ import annotations
 
 import torch
 
+from training.head_pose import head_angles
 from training.metrics.viewer import HEAD_POINTS as RIGID
 from training.metrics.viewer import INNER_LIP_PAIRS as INNER_PAIRS
 from training.pyramid import downsample_torch
@@ -178,3 +183,41 @@ def head_terms(
     mean_r = r[..., RIGID, :].mean(dim=1) / iod
     out["head_mean"] = ((mean_f - mean_r) ** 2).sum(-1).mean()
     return out
+
+
+def head_angle_terms(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    x_ref: torch.Tensor,
+    rows: torch.Tensor,
+    running: torch.Tensor | None = None,
+    momentum: float = 0.0,
+) -> tuple[dict, torch.Tensor | None]:
+    """Head-angle bias over whole windows of speech.
+
+    Args:
+        fake, real: (B, T, 68, 2); x_ref: (B, 68, 2) each window's reference face (the frame before it, as the
+            evaluation's); rows: (B,) bool, the windows to use.
+        running, momentum: the bias estimate of earlier batches ((3,) degrees, or None) and the share of it kept
+            (0 = this batch alone). With momentum m the estimate is b = m · running + (1 − m) · d, d this batch's
+            bias, and the term is b² in value with gradient 2 b · ∂d: the slope of the squared bias, with the noise
+            of six windows' head movements averaged over about 1 / (1 − m) batches.
+    Returns:
+        ({"head_angle": Σ over yaw, pitch, roll of b²}, the new estimate b (detached; `running` unchanged when no
+        row is used)). d = mean over rows of (mean_t a_fake − mean_t a_real), a the angles relative to x_ref in
+        degrees (`training.head_pose.head_angles`), so the term is in degrees². The batch's mean difference, not
+        each window's: a window's mean pose depends on where that speaker happened to look, which the audio does
+        not tell; the constant part is the bias the evaluation reports (median over clips). With momentum 0 the
+        expected term also holds the spread of a batch's mean difference (six windows), so it pulls each batch's
+        windows towards ground truth's mean pose too: that version, not the averaged one, brought the held-out
+        clips' bias within 1° for model 0.3.1 (`benchmarks/results/eval_v03_head_bias.md`).
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"head_angle momentum must be in [0, 1), got {momentum}")
+    if not bool(rows.any()):
+        return {"head_angle": fake.sum() * 0.0}, running
+    a_fake = head_angles(fake[rows], x_ref[rows]).mean(dim=1)  # (b, 3)
+    a_real = head_angles(real[rows], x_ref[rows]).mean(dim=1).detach()
+    d = (a_fake - a_real).mean(dim=0)  # (3,)
+    est = d.detach() if running is None or momentum == 0.0 else momentum * running + (1.0 - momentum) * d.detach()
+    return {"head_angle": ((d + (est - d).detach()) ** 2).sum()}, est

@@ -44,7 +44,9 @@ class TrainGeneratorConfig:
     Model 0.3's terms (all off by default, `training.face_losses`): `rest` mixes non-speech into a share of each
     batch (`training.data.nonspeech`); those windows train only the rest terms (`rest_*_weight`) and the L2 and
     articulation terms on their speech frames, while the synchrony loss and the discriminators see only the
-    unmixed windows. `mouth_*_weight` are the articulation terms, `head_*_weight` the head terms.
+    unmixed windows. `mouth_*_weight` are the articulation terms, `head_*_weight` the head terms;
+    `head_angle_momentum` is the share of the running head-angle bias kept per step (0 = each batch alone; the
+    running value starts afresh with every run, warm starts included, and is not checkpointed).
 
     Distilled audio (`training.train_distill`): `init_audio_from` names a generator checkpoint whose causal audio
     encoder (MFCC normalisation, `audio_stem`, `blocks`) replaces the warm start's after `init_from` is loaded;
@@ -95,6 +97,8 @@ class TrainGeneratorConfig:
     head_pyramid_weight: float = 0.0
     head_pyramid_first_level: int = 0
     head_mean_weight: float = 0.0
+    head_angle_weight: float = 0.0
+    head_angle_momentum: float = 0.0
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -133,6 +137,8 @@ class TrainGeneratorConfig:
         negative = [name for name, w in weights.items() if w < 0]
         if negative:
             raise ValueError(f"loss weights must be >= 0: {', '.join(negative)}")
+        if not 0.0 <= self.head_angle_momentum < 1.0:
+            raise ValueError(f"head_angle_momentum must be in [0, 1), got {self.head_angle_momentum}")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 (batches drawn ahead), got {self.prefetch}")
         if self.distill_weight > 0 and not self.distill_head:
@@ -242,6 +248,7 @@ class GeneratorTrainer(Trainer):
         self.teacher: list = []
         self.distill_shift = 0
         self.prefetcher: Any = None
+        self.head_angle_bias: Any = None  # running head-angle bias (training.face_losses.head_angle_terms)
         if cfg.distill_weight > 0:
             self.setup_distill(progress)
 
@@ -401,7 +408,7 @@ class GeneratorTrainer(Trainer):
 
     def face_terms(self, fake, real, x_ref, speech, rest, clean) -> dict:
         """The `training.face_losses` terms whose weight is not 0: {name: scalar}."""
-        from training.face_losses import articulation_terms, head_terms, rest_terms
+        from training.face_losses import articulation_terms, head_angle_terms, head_terms, rest_terms
 
         cfg, out = self.cfg, {}
         if cfg.rest_gap_weight or cfg.rest_still_weight or cfg.rest_pose_weight:
@@ -411,6 +418,11 @@ class GeneratorTrainer(Trainer):
             out.update(articulation_terms(fake, real, speech))
         if cfg.head_energy_weight or cfg.head_pyramid_weight or cfg.head_mean_weight:
             out.update(head_terms(fake, real, clean, first_level=cfg.head_pyramid_first_level))
+        if cfg.head_angle_weight:
+            terms, self.head_angle_bias = head_angle_terms(
+                fake, real, x_ref, clean, self.head_angle_bias, cfg.head_angle_momentum
+            )
+            out.update(terms)
         return {k: v for k, v in out.items() if getattr(cfg, f"{k}_weight")}
 
     # ------------------------------------------------------------- evaluation

@@ -1,0 +1,138 @@
+"""The torch head angles (`training.head_pose`) against the evaluation's numpy ones, and the head-angle term."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stream_engine.signals import MEAN_FACE_3D
+from training.face_losses import head_angle_terms
+from training.head_pose import head_angles
+from training.metrics import viewer as vm
+
+
+def _rot(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """R = Rz(roll) @ Ry(yaw) @ Rx(pitch), degrees, in the sign conventions of `rotation_to_pose` (whose
+    elementary rotations turn the other way from the textbook's, hence the minus signs)."""
+    y, p, r = (-math.radians(v) for v in (yaw, pitch, roll))
+    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
+    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _project(yaw: float, pitch: float, roll: float, scale=2.0, shift=(128.0, 128.0)) -> np.ndarray:
+    """The generic face turned by (yaw, pitch, roll) and projected orthographically: (68, 2) image points."""
+    model = MEAN_FACE_3D * np.array([1.0, 1.0, -1.0])  # z away from the camera, as `head_rotation` fits it
+    return (model @ _rot(yaw, pitch, roll).T)[:, :2] * scale + np.asarray(shift)
+
+
+def _random_faces(rng, b: int, t: int, spread: float = 20.0, noise: float = 0.8) -> np.ndarray:
+    out = np.empty((b, t, 68, 2))
+    for i in range(b):
+        for j in range(t):
+            angles = rng.uniform(-spread, spread, 3)
+            out[i, j] = _project(*angles, scale=rng.uniform(1, 3), shift=rng.uniform(50, 200, 2))
+    return out + rng.normal(0.0, noise, out.shape)
+
+
+def _numpy_angles(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    return np.stack([vm.head_angles(x[i], ref[i]) for i in range(len(x))])
+
+
+def test_port_matches_the_evaluation_angles_on_random_faces():
+    rng = np.random.default_rng(0)
+    x, ref = _random_faces(rng, 4, 12), _random_faces(rng, 4, 1)[:, 0]
+    got = head_angles(torch.from_numpy(x), torch.from_numpy(ref)).numpy()
+    np.testing.assert_allclose(got, _numpy_angles(x, ref), atol=1e-6)
+    assert np.abs(got).max() > 20  # relative angles of faces up to 20 degrees apart: not a trivial comparison
+
+
+def test_port_recovers_planted_angles_against_a_frontal_reference():
+    planted = np.array([[10.0, -5.0, 3.0], [-15.0, 8.0, -6.0], [0.0, 0.0, 12.0]])
+    x = np.stack([_project(*a) for a in planted])[None]
+    ref = _project(0.0, 0.0, 0.0)[None]
+    got = head_angles(torch.from_numpy(x), torch.from_numpy(ref))[0].numpy()
+    np.testing.assert_allclose(got, planted, atol=1e-6)
+
+
+def test_port_matches_the_evaluation_angles_on_real_faces(shared_data):
+    files = sorted((shared_data / "clips").glob("*.lm68.npy"))[::150][:6]
+    assert files
+    seqs = [np.load(f).astype(np.float64) for f in files]
+    t = min(len(s) for s in seqs) - 1
+    x = np.stack([s[1 : t + 1] for s in seqs])
+    ref = np.stack([s[0] for s in seqs])
+    got = head_angles(torch.from_numpy(x), torch.from_numpy(ref)).numpy()
+    np.testing.assert_allclose(got, _numpy_angles(x, ref), atol=1e-6)
+    # float32, as in training: within a thousandth of a degree
+    got32 = head_angles(torch.from_numpy(x).float(), torch.from_numpy(ref).float()).numpy()
+    np.testing.assert_allclose(got32, got, atol=2e-3)
+
+
+def test_head_angles_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="want"):
+        head_angles(torch.zeros(2, 5, 68, 2), torch.zeros(3, 68, 2))
+
+
+def test_head_angle_term_is_zero_for_identical_sequences_and_scores_a_planted_bias():
+    rng = np.random.default_rng(1)
+    real = torch.from_numpy(_random_faces(rng, 3, 10, spread=5.0, noise=0.2))
+    ref = torch.from_numpy(_random_faces(rng, 3, 1, spread=5.0, noise=0.2)[:, 0])
+    rows = torch.ones(3, dtype=torch.bool)
+    assert float(head_angle_terms(real, real, ref, rows)[0]["head_angle"]) == 0.0
+    # every fake frame pitched 2 degrees more than its real frame (about the face's own centre): bias (0, 2, 0)
+    pitched = np.empty_like(real.numpy())
+    for i in range(3):
+        for j in range(10):
+            a = vm.head_angles(real[i, j : j + 1].numpy(), ref[i].numpy())[0]
+            pitched[i, j] = _project(a[0], a[1] + 2.0, a[2])
+    # the projections lose the real faces' noise: compare them with the same projections without the extra pitch
+    base = np.stack(
+        [
+            [_project(*vm.head_angles(real[i, j : j + 1].numpy(), ref[i].numpy())[0]) for j in range(10)]
+            for i in range(3)
+        ]
+    )
+    ref_f = torch.from_numpy(np.stack([_project(0.0, 0.0, 0.0)] * 3))
+    term = head_angle_terms(torch.from_numpy(pitched), torch.from_numpy(base), ref_f, rows)[0]["head_angle"]
+    assert float(term) == pytest.approx(4.0, rel=0.05)
+    assert float(head_angle_terms(real, real, ref, torch.zeros(3, dtype=torch.bool))[0]["head_angle"]) == 0.0
+
+
+def test_head_angle_term_gradient_moves_the_angles_towards_ground_truth():
+    real = torch.from_numpy(np.stack([_project(0.0, 0.0, 0.0)] * 6))[None]
+    fake = torch.from_numpy(np.stack([_project(0.0, 0.0, -3.0)] * 6))[None].requires_grad_(True)
+    ref = real[:, 0]
+    rows = torch.ones(1, dtype=torch.bool)
+    term = head_angle_terms(fake, real, ref, rows)[0]["head_angle"]
+    assert float(term.detach()) == pytest.approx(9.0, rel=1e-4)
+    term.backward()
+    assert torch.isfinite(fake.grad).all()
+    moved = (fake - 0.5 * fake.grad).detach()
+    after = float(head_angle_terms(moved, real, ref, rows)[0]["head_angle"].detach())
+    assert after < float(term.detach())
+
+
+def test_running_bias_averages_batches_and_keeps_the_slope_of_the_squared_bias():
+    real = torch.from_numpy(np.stack([_project(0.0, 0.0, 0.0)] * 4))[None]
+    ref = real[:, 0]
+    rows = torch.ones(1, dtype=torch.bool)
+    fake = torch.from_numpy(np.stack([_project(0.0, 2.0, 0.0)] * 4))[None].requires_grad_(True)
+    plain, d = head_angle_terms(fake, real, ref, rows)
+    np.testing.assert_allclose(d.numpy(), [0.0, 2.0, 0.0], atol=1e-6)
+    running = torch.tensor([0.0, 4.0, 0.0], dtype=torch.float64)
+    terms, est = head_angle_terms(fake, real, ref, rows, running, momentum=0.75)
+    np.testing.assert_allclose(est.numpy(), [0.0, 3.5, 0.0], atol=1e-6)  # 0.75 * running + 0.25 * d
+    assert float(terms["head_angle"].detach()) == pytest.approx(3.5**2, rel=1e-5)
+    # gradient 2 b . dd/dx: the plain term's (2 d . dd/dx) scaled by 3.5 / 2 (pitch alone is off in both)
+    (g_plain,) = torch.autograd.grad(plain["head_angle"], fake)
+    (g_run,) = torch.autograd.grad(terms["head_angle"], fake)
+    np.testing.assert_allclose(g_run.numpy(), g_plain.numpy() * 3.5 / 2.0, atol=1e-8)
+    none, kept = head_angle_terms(fake, real, ref, torch.zeros(1, dtype=torch.bool), running, momentum=0.75)
+    assert kept is running and float(none["head_angle"].detach()) == 0.0
+    with pytest.raises(ValueError, match="momentum"):
+        head_angle_terms(fake, real, ref, rows, running, momentum=1.0)
