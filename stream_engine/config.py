@@ -89,7 +89,9 @@ class InputConfig:
         reference_face: 68-point JSON or image for the local stream ("" = the model's face).
         resample_quality: soxr quality for live inputs.
         wait_client: with a file played faster than real time, start only once a WebSocket /frames client is
-            connected (so it misses no frame; `msync animate` writes a file's whole animation instead).
+            connected; the clients connected then get every frame and pace the file (a slow one holds it back;
+            one that stops reading is dropped after the server's write timeout). `msync animate` writes a file's
+            whole animation instead.
     """
 
     kind: str = "speech"

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -395,6 +396,9 @@ class FileSource:
         loop: start again at the end (seamlessly, no flush in between).
         chunk_ms: size of the pushed chunks.
         gap_s: silence appended after each pass (looping).
+        pace: awaited before each chunk when not `realtime`, after the engine has room: a consumer that must
+            see every frame holds the file back (`msync stream --fast --wait-client`: the WebSocket clients
+            that keep every frame). None: only the engine's back-pressure.
     """
 
     path: str | Path
@@ -403,6 +407,7 @@ class FileSource:
     loop: bool = False
     chunk_ms: float = 20.0
     gap_s: float = 0.0
+    pace: Callable[[], Awaitable[None]] | None = dataclasses.field(default=None, repr=False)
     _loaded: tuple[int, np.ndarray] | None = dataclasses.field(default=None, init=False, repr=False)
 
     def load(self, sample_rate_hz: int) -> np.ndarray:
@@ -437,6 +442,8 @@ class FileSource:
                     await schedule.wait_for(sent + piece.size, clock or _Mono())
                 else:
                     await engine.wait_capacity(stream_id)
+                    if self.pace is not None:
+                        await self.pace()
                 push_or_reset(engine, stream_id, piece, now())
                 sent += piece.size
             if not self.loop:

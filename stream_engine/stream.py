@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -118,7 +119,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--wait-client",
         action="store_true",
-        help="start the file only once a WebSocket /frames client is connected, so it misses no frame",
+        help="start the file only once a WebSocket /frames client is connected; with --fast the file then goes no "
+        "faster than the clients connected at its start read it, so they miss no frame",
     )
     g.add_argument("--speed", type=float, help="real-time multiplier for files")
     g.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None, help="repeat the file/sentence")
@@ -487,6 +489,12 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
             await _wait_for_client(server, stop)
         if source is not None and not stop.is_set():
             engine.open_stream(cfg.input.stream_id, reference, source=cfg.input.kind)
+            if cfg.input.wait_client and isinstance(source, FileSource) and not source.realtime:
+                # the clients waited for get every frame: the file goes no faster than they read it
+                server.keep_every_frame(cfg.input.stream_id)
+                source.pace = functools.partial(
+                    server.wait_every_frame_clients, cfg.input.stream_id, int(engine.contract.fps)
+                )
             input_task = engine.spawn(source.run(engine, cfg.input.stream_id), name="msync-input")
             input_task.add_done_callback(lambda t: stop.set())
         if cfg.latency_line:

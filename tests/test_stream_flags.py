@@ -159,6 +159,70 @@ def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
     assert frames == list(range(math.ceil((2 * 16000 + 100) / 640)))
 
 
+def _fast_wait_client_run(tmp_path, read_delay_s: float, read_at_most: int | None = None):
+    """Run `msync stream FILE --fast --wait-client` (2 s file) with one /frames client that sleeps
+    `read_delay_s` after each message and leaves after `read_at_most` frames. Returns (frame indices, exit code,
+    expected frame count)."""
+    import asyncio
+    import dataclasses
+    import json
+    import math
+
+    import soundfile
+    from websockets.asyncio.client import connect
+
+    from stream_engine.stream import run_stream
+
+    from fakes import speechlike
+
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, speechlike(16000 * 2 + 100, seed=1), 16000)
+    cfg = config_from_args(
+        _parser().parse_args(
+            ["--input", str(wav), "--fast", "--wait-client", "--port", "0", "--no-vmc", "--quiet", "--seed", "1"]
+        )
+    )
+    cfg = dataclasses.replace(cfg, duration_s=30.0)
+
+    async def main():
+        ready = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(run_stream(cfg, ready))
+        server = await ready
+        frames = []
+        # close_timeout: a client that leaves with frames unread closes without the handshake (websockets stops
+        # reading when its own queue is full), which would take the client 10 s
+        async with connect(f"ws://127.0.0.1:{server.port}/frames", close_timeout=0.5) as ws:
+            while read_at_most is None or len(frames) < read_at_most:
+                try:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 5.0))
+                except (asyncio.TimeoutError, Exception):
+                    break
+                if msg.get("type") == "frame":
+                    frames.append(msg["index"])
+                await asyncio.sleep(read_delay_s)
+        code = await asyncio.wait_for(task, 10.0)
+        return frames, code
+
+    frames, code = asyncio.run(main())
+    return frames, code, math.ceil((2 * 16000 + 100) / 640)
+
+
+def test_fast_file_with_wait_client_holds_back_for_a_slow_client(tmp_path):
+    """A client slower than the engine still gets every frame of a `--fast --wait-client` file: the file is
+    paced by it instead of its latest-wins queue dropping frames (on one CPU, where the engine steps on the
+    event loop, 16 of 51 frames were dropped before)."""
+    frames, code, expected = _fast_wait_client_run(tmp_path, read_delay_s=0.01)
+    assert code == 0
+    assert frames == list(range(expected))
+
+
+def test_fast_file_with_wait_client_does_not_wait_for_a_client_that_left(tmp_path):
+    """The client the file waits for leaves after 5 frames: the file runs to its end without it."""
+    frames, code, _ = _fast_wait_client_run(tmp_path, read_delay_s=0.05, read_at_most=5)
+    assert code == 0
+    assert frames == list(range(5))
+
+
 def test_a_remote_host_on_the_command_line_needs_a_token_or_insecure():
     """`--host ADDR` (non-loopback) is the opt-in to a remote bind; without a token or --insecure the server
     refuses with the token message (no server is started: the check runs on the resolved config)."""

@@ -382,6 +382,25 @@ class WebSocketServer:
         """How many clients are subscribed to frames right now (/frames clients and /audio clients' own frames)."""
         return len(self._clients)
 
+    def keep_every_frame(self, stream_id: str) -> int:
+        """Every client connected now that receives `stream_id` gets all of its frames: no latest-wins drops
+        and no send window, as an /audio client that asks for `every_frame`. The producer of the stream must
+        then be paced by `wait_every_frame_clients`, or their queues grow. Returns how many clients."""
+        clients = [c for c in self._clients if c.wants(stream_id)]
+        for client in clients:
+            client.queue.keep_all = client.queue.keep_all | {stream_id}
+        return len(clients)
+
+    async def wait_every_frame_clients(self, stream_id: str, max_frames: int, poll_s: float = 0.05) -> None:
+        """Until every connected client that keeps every frame of `stream_id` (`keep_every_frame`) holds at
+        most `max_frames` of them unsent. A client that leaves stops counting at once; one whose socket does
+        not drain is dropped after `write_timeout_s` (as any client), so no client holds the stream longer."""
+        for client in [c for c in self._clients if stream_id in c.queue.keep_all]:
+            while client in self._clients and client.queue.frames_of(stream_id) > max_frames:
+                client.idle.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(client.idle.wait(), poll_s)
+
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.cfg.host in ("0.0.0.0", "") else self.cfg.host
