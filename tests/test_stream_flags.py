@@ -112,9 +112,14 @@ def test_vmc_names_presets_reach_the_wire(preset, first):
 
 
 @pytest.mark.timeout(60)
-def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
-    """`--fast --wait-client`: the file starts only once a /frames client is connected, so a client that
-    connects 0.5 s after the server starts still receives every frame (ceil(duration * 25), tail included)."""
+def _fast_wait_client_run(
+    tmp_path, read_delay_s: float = 0.0, read_at_most: int | None = None, connect_after_s: float = 0.0
+):
+    """Run `msync stream FILE --fast --wait-client` (2 s file) with one /frames client that connects
+    `connect_after_s` after the server starts, sleeps `read_delay_s` after each message and leaves after
+    `read_at_most` frames (None: reads until the server closes the connection after its last frame, not until
+    the server task ends, which can finish while its last frames are still on the way). Returns (frame indices,
+    exit code, expected frame count)."""
     import asyncio
     import dataclasses
     import json
@@ -140,54 +145,7 @@ def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
         ready = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(run_stream(cfg, ready))
         server = await ready
-        await asyncio.sleep(0.5)  # a late client
-        frames = []
-        async with connect(f"ws://127.0.0.1:{server.port}/frames") as ws:
-            # Read until the server closes the connection (after its last frame), not until the server task ends:
-            # the task can finish while its last frames are still on the way to this client.
-            while True:
-                try:
-                    msg = json.loads(await asyncio.wait_for(ws.recv(), 5.0))
-                except (asyncio.TimeoutError, Exception):
-                    break
-                if msg.get("type") == "frame":
-                    frames.append(msg["index"])
-        assert await asyncio.wait_for(task, 10.0) == 0
-        return frames
-
-    frames = asyncio.run(main())
-    assert frames == list(range(math.ceil((2 * 16000 + 100) / 640)))
-
-
-def _fast_wait_client_run(tmp_path, read_delay_s: float, read_at_most: int | None = None):
-    """Run `msync stream FILE --fast --wait-client` (2 s file) with one /frames client that sleeps
-    `read_delay_s` after each message and leaves after `read_at_most` frames. Returns (frame indices, exit code,
-    expected frame count)."""
-    import asyncio
-    import dataclasses
-    import json
-    import math
-
-    import soundfile
-    from websockets.asyncio.client import connect
-
-    from stream_engine.stream import run_stream
-
-    from fakes import speechlike
-
-    wav = tmp_path / "a.wav"
-    soundfile.write(wav, speechlike(16000 * 2 + 100, seed=1), 16000)
-    cfg = config_from_args(
-        _parser().parse_args(
-            ["--input", str(wav), "--fast", "--wait-client", "--port", "0", "--no-vmc", "--quiet", "--seed", "1"]
-        )
-    )
-    cfg = dataclasses.replace(cfg, duration_s=30.0)
-
-    async def main():
-        ready = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(run_stream(cfg, ready))
-        server = await ready
+        await asyncio.sleep(connect_after_s)
         frames = []
         # close_timeout: a client that leaves with frames unread closes without the handshake (websockets stops
         # reading when its own queue is full), which would take the client 10 s
@@ -205,6 +163,14 @@ def _fast_wait_client_run(tmp_path, read_delay_s: float, read_at_most: int | Non
 
     frames, code = asyncio.run(main())
     return frames, code, math.ceil((2 * 16000 + 100) / 640)
+
+
+def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
+    """`--fast --wait-client`: the file starts only once a /frames client is connected, so a client that
+    connects 0.5 s after the server starts still receives every frame (ceil(duration * 25), tail included)."""
+    frames, code, expected = _fast_wait_client_run(tmp_path, connect_after_s=0.5)
+    assert code == 0
+    assert frames == list(range(expected))
 
 
 def test_fast_file_with_wait_client_holds_back_for_a_slow_client(tmp_path):
