@@ -27,6 +27,7 @@ one, or a directory that cannot be written: no cache (a compile per process). Th
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -45,6 +46,8 @@ from stream_engine.signals import (
     OPENING_FEATURES,
     RIGID_INDEX,
 )
+
+log = logging.getLogger(__name__)
 
 #: blink modes as the loop takes them
 BLINK_MODES = {"off": 0, "landmarks": 1, "auto": 2, "both": 3}
@@ -486,28 +489,51 @@ def cache_dir() -> Path:
 
 def load() -> Callable[..., int] | None:
     """The compiled `frame_pass` (numba dispatcher, compiled lazily per argument types; `BatchSignalExtractor`
-    compiles it in `warm_up`), or None when numba is not installed or MSYNC_NO_NUMBA=1 is set."""
+    compiles it in `warm_up`), or None when numba is not installed, MSYNC_NO_NUMBA=1 is set, or numba is
+    installed but cannot be loaded (a broken numba or LLVM: logged as a warning, the numpy code runs)."""
     if "kernel" in _loaded:
         return _loaded["kernel"]
     kernel: Callable[..., int] | None = None
     if os.environ.get("MSYNC_NO_NUMBA", "") not in ("1", "true", "yes"):
         if "numba" not in sys.modules and "NUMBA_CACHE_DIR" not in os.environ:
             os.environ["NUMBA_CACHE_DIR"] = str(cache_dir())
-        numba: Any = None
         try:
-            import numba
-        except ImportError:
-            pass
-        if numba is not None:
-            # never numba's default (beside the package's source), nor a fallback to it when the directory is
-            # not writable: no cache then (a compile per process)
-            cache = _writable_dir(os.environ.get("NUMBA_CACHE_DIR", ""))
-            opts: dict[str, Any] = {"cache": cache, "error_model": "numpy", "nogil": True}
-            clip = numba.njit(inline="always")(_clip)
-            glb = {**globals(), "_clip": clip}
-            glb["_one_euro"] = numba.njit(**opts)(_rebind(_one_euro, glb))
-            kernel = numba.njit(**opts)(_rebind(frame_pass, glb))
+            kernel = _decorate()
+        except ModuleNotFoundError as exc:
+            if exc.name != "numba":  # numba there, something it needs missing
+                log.warning("numba cannot be imported (%s); deriving signals with numpy", exc)
+            kernel = None  # not installed: the numpy code, silently (an optional dependency)
+        except Exception as exc:  # installed but broken (llvmlite's library fails to load, numpy too new, ...)
+            log.warning(
+                "numba is installed but cannot be used (%s: %s); deriving signals with numpy "
+                "(set MSYNC_NO_NUMBA=1 to skip it)",
+                type(exc).__name__,
+                exc,
+            )
+            kernel = None
     _loaded["kernel"] = kernel
+    return kernel
+
+
+def _decorate() -> Callable[..., int]:
+    """Import numba and wrap the loop and its helpers (compiled at their first call). Raises what numba raises."""
+    import numba
+
+    # never numba's default (beside the package's source), nor a fallback to it when the directory is not
+    # writable: no cache then (a compile per process, said once)
+    where = os.environ.get("NUMBA_CACHE_DIR", "")
+    cache = _writable_dir(where)
+    if not cache:
+        log.warning(
+            "numba's cache directory %s: the signals loop compiles at every start (~4 s); set MSYNC_CACHE_DIR "
+            "(or NUMBA_CACHE_DIR) to a writable directory",
+            f"{where!r} cannot be written" if where else "is unset (numba was imported before msync set it)",
+        )
+    opts: dict[str, Any] = {"cache": cache, "error_model": "numpy", "nogil": True}
+    clip = numba.njit(inline="always")(_clip)
+    glb = {**globals(), "_clip": clip}
+    glb["_one_euro"] = numba.njit(**opts)(_rebind(_one_euro, glb))
+    kernel: Callable[..., int] = numba.njit(**opts)(_rebind(frame_pass, glb))
     return kernel
 
 

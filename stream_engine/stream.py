@@ -435,6 +435,10 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
         server = WebSocketServer(engine, resolve_tokens(cfg.server, os.environ))
     except ValueError as exc:  # a remote bind without a token, an unreadable token file
         raise StreamError(str(exc)) from None
+    print(
+        "msync stream: warming up the engine (the first start on a machine also compiles the signals loop, ~4 s)",
+        file=sys.stderr,
+    )
     try:
         await engine.warm_up()  # the state store and the runner's memory for the largest batch, before any stream
     except Exception as exc:  # a runner that fails here fails on streams too; they report it per stream

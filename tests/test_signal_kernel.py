@@ -229,3 +229,34 @@ def test_an_unwritable_cache_dir_means_no_cache_not_the_package_dir(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "None"  # compiled, not cached
     assert set((REPO / "stream_engine").rglob("*.nb[ic]")) == before
+
+
+@pytest.mark.parametrize(
+    "stub, message",
+    [
+        ("raise OSError('libllvmlite.so: cannot open shared object file')", "numba is installed but cannot be used"),
+        ("def njit(*a, **k):\n    raise RuntimeError('LLVM says no')\n", "numba is installed but cannot be used"),
+        ("import numba_helper_that_is_not_there\n", "numba cannot be imported"),
+    ],
+    ids=["import-fails", "decorator-fails", "dependency-missing"],
+)
+def test_a_broken_numba_falls_back_to_numpy_with_a_warning(tmp_path, stub, message):
+    """A numba that is installed but fails when imported or when it wraps the loop (a broken llvmlite, say)
+    must not stop the engine: `load()` warns and the numpy code runs (found by a fresh-eye check: both crashed
+    `msync stream` with a traceback)."""
+    (tmp_path / "numba").mkdir()
+    (tmp_path / "numba" / "__init__.py").write_text(stub)
+    code = (
+        "import logging; logging.basicConfig(level=logging.WARNING)\n"
+        "from stream_engine import signal_kernel\n"
+        "from stream_engine.batch_signals import BatchSignalExtractor\n"
+        "assert signal_kernel.load() is None\n"
+        "bx = BatchSignalExtractor(); bx.warm_up(); assert not bx.compiled\n"
+        "print('numpy path')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "MSYNC_NO_NUMBA")}
+    env.update(PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", MSYNC_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "numpy path" in r.stdout
+    assert message in r.stderr and "deriving signals with numpy" in r.stderr
