@@ -6,9 +6,9 @@ part of the engine around the model step (benchmarks/results/engine_stages_14g.m
 recipe frame by frame in one loop (pair distances, head-pose fit, face features, adaptive ranges, both One-Euro
 filters, noise floor, silence gate, visemes, blink, blendshapes), reading and writing the extractor's slot
 arrays in place, compiled by numba (a well-kept JIT compiler for numeric Python; LLVM) when it is installed:
-about 1.6 us per frame in the engine (0.7 alone). The numpy code in `batch_signals` stays the reference and the
-fallback; the two agree to float64 rounding (tests/test_signal_kernel.py), except where a value lands exactly
-on a threshold.
+1.4 us per frame in the engine at 512 streams (engine_stages_14g.md; 0.7 alone). The numpy code in
+`batch_signals` stays the reference and the fallback; the two agree to float64 rounding
+(tests/test_signal_kernel.py), except where a value lands exactly on a threshold.
 
 Left to the caller: the shapes of the arguments, the procedural blinks' random draws (per-slot generators; the
 loop reports which slots need a blink scheduled: a first one, whose weight at this frame is 0 as the interval
