@@ -299,3 +299,29 @@ def test_planted_benchmark_transforms_move_their_columns():
     assert bias[2] == pytest.approx(6.0, abs=0.5)
     ratio = np.array(vm.head_energy(pv.half_head_motion(gt))) / np.array(vm.head_energy(gt))
     assert ratio == pytest.approx([0.25] * 4, abs=0.03)
+
+
+def test_paired_head_energy_ratio_is_not_swayed_by_one_large_sequence():
+    """`head_energy_ratio_median`: a row that moves its head twice as fast as ground truth on every sequence reads
+    4× (energy is squared velocity) at every level, even when one ground-truth sequence moves 30× more than the
+    others and so dominates the ratio of means; the ratio of means of a row that only copies the small
+    sequences reads far below 1 while its paired median reads 1."""
+    from training.eval.viewer import with_ratios
+
+    small = [[1.0, 2.0, 3.0, 4.0]] * 5
+    big = [[30.0, 60.0, 90.0, 120.0]]
+    gt = small + big
+
+    def col(rows):
+        by_seq = {i: list(r) for i, r in enumerate(rows)}
+        return {
+            "head_energy": list(np.mean(np.array(rows), axis=0)),
+            "head_energy_by_sequence": by_seq,
+            **{k: 1.0 for k in ("yaw_range", "pitch_range", "roll_range")},
+        }
+
+    cols = with_ratios({GT: col(gt), "double": col([[4 * x for x in r] for r in gt]), "calm": col(small + small[:1])})
+    assert cols["double"]["head_energy_ratio_median"] == pytest.approx([4.0] * 4)
+    assert cols[GT]["head_energy_ratio_median"] == pytest.approx([1.0] * 4)
+    assert cols["calm"]["head_energy_ratio"][0] < 0.3
+    assert cols["calm"]["head_energy_ratio_median"] == pytest.approx([1.0] * 4)

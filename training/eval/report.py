@@ -396,6 +396,18 @@ def _head_lines(cols: dict, num_levels: int) -> list[str]:
             f"{num(c['blinks_per_min'], '{:.1f}')} | {num(c['blink_ms'], '{:.0f}')} | "
             f"{num(c['signal_blinks_per_min'], '{:.1f}')}, {num(100 * c['signal_blink_closed_share'], '{:.0f} %')} |"
         )
+    lines += [
+        "",
+        "Head energy per sequence: the median over sequences of the row's energy ÷ ground truth's on the same "
+        "sequence, at each level (the table's ratio of means is swayed by the few sequences with the largest "
+        "movements; this is how a typical sequence moves):",
+        "",
+        "| Method | " + " | ".join(f"{int(200 * 2**l)} ms" for l in range(num_levels)) + " |",
+        "|" + "---|" * (num_levels + 1),
+    ]
+    for name, c in cols.items():
+        if name != GT and "head_energy_ratio_median" in c:
+            lines.append(f"| {name} | " + " | ".join(num(x, "{:.2f}×") for x in c["head_energy_ratio_median"]) + " |")
     return lines
 
 

@@ -154,6 +154,8 @@ def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, 
         "gap_p5": _median([a["gap_p5"] for a in art]),
         "gap_p95": _median([a["gap_p95"] for a in art]),
         "head_energy": [_mean(energy[:, lvl]) for lvl in range(energy.shape[1])],
+        # per sequence, by index, for the paired ratio of `with_ratios`
+        "head_energy_by_sequence": {int(i): [float(x) for x in e] for (i, _, _), e in zip(items, energy)},
         "yaw_range": _mean([p["yaw_range"] for p in pose]),
         "pitch_range": _mean([p["pitch_range"] for p in pose]),
         "roll_range": _mean([p["roll_range"] for p in pose]),
@@ -177,12 +179,24 @@ RATIO_KEYS = ("yaw_range", "pitch_range", "roll_range")
 
 
 def with_ratios(cols: dict[str, dict]) -> dict[str, dict]:
-    """Add `*_ratio` entries (row / ground truth) for the head energies and ranges."""
+    """Add `*_ratio` entries (row / ground truth) for the head energies and ranges.
+
+    `head_energy_ratio` is the ratio of the means over sequences; a few sequences with large head movements
+    dominate both means. `head_energy_ratio_median` is the median over sequences of the row's energy ÷ ground
+    truth's on the same sequence (sequences where ground truth's is 0 left out): how a typical sequence moves.
+    """
     gt = cols[GT]
+    gt_seq = gt.get("head_energy_by_sequence", {})
     for c in cols.values():
         c["head_energy_ratio"] = [
             v / g if g and np.isfinite(g) and g > 0 else math.nan for v, g in zip(c["head_energy"], gt["head_energy"])
         ]
+        paired = [
+            [e / g if g > 0 else math.nan for e, g in zip(c["head_energy_by_sequence"][i], gt_seq[i])]
+            for i in c.get("head_energy_by_sequence", {})
+            if i in gt_seq
+        ]
+        c["head_energy_ratio_median"] = [_median([p[lvl] for p in paired]) for lvl in range(len(c["head_energy"]))]
         for k in RATIO_KEYS:
             c[f"{k}_ratio"] = c[k] / gt[k] if gt[k] and np.isfinite(gt[k]) and gt[k] > 0 else math.nan
     return cols
