@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -435,8 +436,10 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
         server = WebSocketServer(engine, resolve_tokens(cfg.server, os.environ))
     except ValueError as exc:  # a remote bind without a token, an unreadable token file
         raise StreamError(str(exc)) from None
+    compiles = engine.batch_signals is not None and engine.batch_signals.compiled
     print(
-        "msync stream: warming up the engine (the first start on a machine also compiles the signals loop, ~4 s)",
+        "msync stream: warming up the engine"
+        + (" (the first start on a machine also compiles the signals loop, ~4 s)" if compiles else ""),
         file=sys.stderr,
     )
     try:
@@ -488,6 +491,7 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
         if ready is not None and not ready.done():
             ready.set_result(server)
         input_task = None
+        read_to_the_end: Callable[[], Awaitable[None]] | None = None
         if source is not None and cfg.input.wait_client:
             print(f"msync stream: waiting for a WebSocket /frames client on {server.url} ...", file=sys.stderr)
             await _wait_for_client(server, stop)
@@ -499,6 +503,9 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
                 source.pace = functools.partial(
                     server.wait_every_frame_clients, cfg.input.stream_id, int(engine.contract.fps)
                 )
+                read_to_the_end = functools.partial(
+                    server.wait_every_frame_clients, cfg.input.stream_id, 0, until_read=True
+                )
             input_task = engine.spawn(source.run(engine, cfg.input.stream_id), name="msync-input")
             input_task.add_done_callback(lambda t: stop.set())
         if cfg.latency_line:
@@ -507,6 +514,14 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
             await asyncio.wait_for(stop.wait(), timeout=cfg.duration_s or None)
         except asyncio.TimeoutError:
             pass
+        if (
+            read_to_the_end is not None
+            and input_task is not None
+            and input_task.done()
+            and not input_task.cancelled()
+            and input_task.exception() is None
+        ):  # the file is done: its waited-for clients read the last frames before the connections close
+            await read_to_the_end()
         if input_task is not None and input_task.done() and not input_task.cancelled():
             failure = input_task.exception()
             if isinstance(failure, InputError):

@@ -119,7 +119,7 @@ def _fast_wait_client_run(
     `connect_after_s` after the server starts, sleeps `read_delay_s` after each message and leaves after
     `read_at_most` frames (None: reads until the server closes the connection after its last frame, not until
     the server task ends, which can finish while its last frames are still on the way). Returns (frame indices,
-    exit code, expected frame count)."""
+    exit code, expected frame count, whether the server task had ended when each frame was read)."""
     import asyncio
     import dataclasses
     import json
@@ -146,7 +146,7 @@ def _fast_wait_client_run(
         task = asyncio.create_task(run_stream(cfg, ready))
         server = await ready
         await asyncio.sleep(connect_after_s)
-        frames = []
+        frames, ended = [], []
         # close_timeout: a client that leaves with frames unread closes without the handshake (websockets stops
         # reading when its own queue is full), which would take the client 10 s
         async with connect(f"ws://127.0.0.1:{server.port}/frames", close_timeout=0.5) as ws:
@@ -157,18 +157,19 @@ def _fast_wait_client_run(
                     break
                 if msg.get("type") == "frame":
                     frames.append(msg["index"])
+                    ended.append(task.done())
                 await asyncio.sleep(read_delay_s)
         code = await asyncio.wait_for(task, 10.0)
-        return frames, code
+        return frames, code, ended
 
-    frames, code = asyncio.run(main())
-    return frames, code, math.ceil((2 * 16000 + 100) / 640)
+    frames, code, ended = asyncio.run(main())
+    return frames, code, math.ceil((2 * 16000 + 100) / 640), ended
 
 
 def test_fast_file_with_wait_client_loses_no_frame_to_a_late_client(tmp_path):
     """`--fast --wait-client`: the file starts only once a /frames client is connected, so a client that
     connects 0.5 s after the server starts still receives every frame (ceil(duration * 25), tail included)."""
-    frames, code, expected = _fast_wait_client_run(tmp_path, connect_after_s=0.5)
+    frames, code, expected, ended = _fast_wait_client_run(tmp_path, connect_after_s=0.5)
     assert code == 0
     assert frames == list(range(expected))
 
@@ -177,14 +178,29 @@ def test_fast_file_with_wait_client_holds_back_for_a_slow_client(tmp_path):
     """A client slower than the engine still gets every frame of a `--fast --wait-client` file: the file is
     paced by it instead of its latest-wins queue dropping frames (on one CPU, where the engine steps on the
     event loop, 16 of 51 frames were dropped before)."""
-    frames, code, expected = _fast_wait_client_run(tmp_path, read_delay_s=0.01)
+    frames, code, expected, ended = _fast_wait_client_run(tmp_path, read_delay_s=0.01)
     assert code == 0
     assert frames == list(range(expected))
 
 
+def test_fast_file_with_wait_client_waits_for_a_slow_client_to_read_the_end(tmp_path):
+    """A client that reads one frame per 0.1 s takes ~5 s for the 2 s file: the server ends only once that
+    client has acknowledged reading every frame it was sent (its send window's pong), not when the file is
+    done. Before, the server closed ~2 s in with the rest of the file in socket buffers, and on a long file
+    (120 s, a fresh-eye check) the close cut off 400-640 of 3000 frames; 51 frames still fit in the buffers, so
+    the test checks the order of events, which does not depend on buffer sizes."""
+    frames, code, expected, ended = _fast_wait_client_run(tmp_path, read_delay_s=0.1)
+    assert code == 0
+    assert frames == list(range(expected))
+    # the client's library reads ahead of the application (websockets' queue of 16 messages) and answers the
+    # ping there, so the server may end while the last ~16 frames wait in the client's memory (safe from the
+    # close); before, it ended with 30 frames still to come
+    assert not any(ended[: expected // 2]), "the server ended while its client was still reading the file"
+
+
 def test_fast_file_with_wait_client_does_not_wait_for_a_client_that_left(tmp_path):
     """The client the file waits for leaves after 5 frames: the file runs to its end without it."""
-    frames, code, _ = _fast_wait_client_run(tmp_path, read_delay_s=0.05, read_at_most=5)
+    frames, code, _, _ = _fast_wait_client_run(tmp_path, read_delay_s=0.05, read_at_most=5)
     assert code == 0
     assert frames == list(range(5))
 

@@ -299,6 +299,7 @@ class _Client:
         self.busy = False  # the relay task is in the middle of a send
         self.idle = asyncio.Event()  # set whenever the relay has nothing it may send
         self.pong_timer: asyncio.TimerHandle | None = None
+        self.paced_reader = False  # keeps every frame of some streams and still has a send window
 
     def wants(self, stream_id: str | None) -> bool:
         return self.streams is None or stream_id in self.streams
@@ -306,8 +307,10 @@ class _Client:
     @property
     def windowed(self) -> bool:
         """Latest-wins clients have a send window; an `every_frame` /audio subscriber has none: its frames
-        are paced by its own audio (a pong stuck behind its unread audio must not stall or drop it)."""
-        return not self.queue.keep_all
+        are paced by its own audio (a pong stuck behind its unread audio must not stall or drop it). A
+        `paced_reader` (`WebSocketServer.keep_every_frame`) keeps its window: what it has read is what paces
+        the producer."""
+        return not self.queue.keep_all or self.paced_reader
 
     def may_send_frame(self) -> bool:
         return not self.windowed or self.window.can_send()
@@ -383,20 +386,29 @@ class WebSocketServer:
         return len(self._clients)
 
     def keep_every_frame(self, stream_id: str) -> int:
-        """Every client connected now that receives `stream_id` gets all of its frames: no latest-wins drops
-        and no send window, as an /audio client that asks for `every_frame`. The producer of the stream must
-        then be paced by `wait_every_frame_clients`, or their queues grow. Returns how many clients."""
+        """Every client connected now that receives `stream_id` gets all of its frames: no latest-wins drops.
+        It keeps its send window, so at most a window of frames is in flight beyond what it has acknowledged
+        reading; the producer of the stream must be paced by `wait_every_frame_clients`, or the queues grow.
+        Returns how many clients."""
         clients = [c for c in self._clients if c.wants(stream_id)]
         for client in clients:
             client.queue.keep_all = client.queue.keep_all | {stream_id}
+            client.paced_reader = True
         return len(clients)
 
-    async def wait_every_frame_clients(self, stream_id: str, max_frames: int, poll_s: float = 0.05) -> None:
+    async def wait_every_frame_clients(
+        self, stream_id: str, max_frames: int, until_read: bool = False, poll_s: float = 0.05
+    ) -> None:
         """Until every connected client that keeps every frame of `stream_id` (`keep_every_frame`) holds at
-        most `max_frames` of them unsent. A client that leaves stops counting at once; one whose socket does
-        not drain is dropped after `write_timeout_s` (as any client), so no client holds the stream longer."""
+        most `max_frames` of them unsent, and with `until_read` has also acknowledged reading every frame sent
+        (its send window's ping answered: the end of a file, before the connection closes). A client that
+        leaves stops counting at once; one that stops reading is dropped after `write_timeout_s` (its pong or
+        its socket overdue, as any client), so no client holds the stream longer."""
         for client in [c for c in self._clients if stream_id in c.queue.keep_all]:
-            while client in self._clients and client.queue.frames_of(stream_id) > max_frames:
+            while client in self._clients and (
+                client.queue.frames_of(stream_id) > max_frames
+                or (until_read and client.window.sent > client.window.acked)
+            ):
                 client.idle.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(client.idle.wait(), poll_s)
