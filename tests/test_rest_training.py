@@ -254,6 +254,33 @@ def test_head_pyramid_matches_the_evaluation_energy_per_level():
     assert coarse > expected  # the coarse levels are where the jitter-only head falls short
 
 
+def test_head_tail_asks_for_the_large_slow_movements_of_a_batch():
+    """`head_tail`: 0 for ground truth itself; a batch whose heads only sway fast (no slow excursion) scores
+    above 0 against windows where a few heads make a large slow turn; one-sided (a larger turn than ground
+    truth's costs nothing); unpaired (the turn may come in any window of the batch); its gradient widens the
+    fake's largest slow excursion."""
+    t = np.arange(120)
+
+    def window(turn: float, seed: int) -> torch.Tensor:
+        jitter = np.random.default_rng(seed).normal(0, 0.002, (120, 2))
+        slow = np.stack([turn * np.sin(t / 120 * np.pi), np.zeros(120)], axis=1)
+        return torch.from_numpy(np.stack([_face(0.02, p) for p in jitter + slow]))
+
+    real = torch.stack([window(0.15 if k < 2 else 0.0, k) for k in range(8)])  # two of eight windows turn
+    calm = torch.stack([window(0.0, 10 + k) for k in range(8)])
+    turned_elsewhere = torch.stack([window(0.15 if k in (5, 6) else 0.0, 20 + k) for k in range(8)])
+    wider = torch.stack([window(0.3 if k < 2 else 0.0, 30 + k) for k in range(8)])
+    rows = torch.ones(8, dtype=torch.bool)
+    assert float(head_terms(real, real, rows)["head_tail"]) == 0.0
+    assert float(head_terms(calm, real, rows)["head_tail"]) > 1.0
+    assert float(head_terms(turned_elsewhere, real, rows)["head_tail"]) < 0.1
+    assert float(head_terms(wider, real, rows)["head_tail"]) == 0.0
+    moved = calm.clone().requires_grad_(True)
+    head_terms(moved, real, rows)["head_tail"].backward()
+    step = moved.detach() - 0.01 * moved.grad / moved.grad.abs().max()
+    assert float(head_terms(step, real, rows)["head_tail"]) < float(head_terms(calm, real, rows)["head_tail"])
+
+
 @pytest.mark.slow
 def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path):
     """Two iterations with mixing and every new term: the terms are logged and validation reports the rest gap."""
@@ -289,7 +316,9 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
     terms = ("rest_gap", "rest_still", "rest_pose", "mouth_shape", "mouth_gap", "mouth_amplitude", "mouth_under")
     for name in terms + ("mouth_corr",):
         sets[f"{name}_weight"] = 1.0
-    sets.update({"head_energy_weight": 1.0, "head_pyramid_weight": 1.0, "head_mean_weight": 1.0})
+    sets.update(
+        {"head_energy_weight": 1.0, "head_pyramid_weight": 1.0, "head_mean_weight": 1.0, "head_tail_weight": 1.0}
+    )
     sets.update({"head_angle_weight": 1.0, "head_angle_momentum": 0.5})
     argv = [sys.executable, "-m", "training.train_generator", "--out", str(tmp_path / "gen"), "--no-progress"]
     for k, v in sets.items():
@@ -298,7 +327,16 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
     subprocess.run(argv, check=True, cwd=REPO, env=env, timeout=600, capture_output=True)
     recs = [json.loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r.get("split") == "train"]
-    logged = {"rest_gap", "mouth_amplitude", "mouth_corr", "head_energy", "head_pyramid", "head_mean", "head_angle"}
+    logged = {
+        "rest_gap",
+        "mouth_amplitude",
+        "mouth_corr",
+        "head_energy",
+        "head_pyramid",
+        "head_mean",
+        "head_angle",
+        "head_tail",
+    }
     assert logged <= set(train[-1])
     assert all(np.isfinite(r["loss_g"]) for r in train)
     val = json.loads((tmp_path / "gen" / "result.json").read_text())["val"]

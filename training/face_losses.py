@@ -137,6 +137,8 @@ def head_terms(
     num_levels: int = 4,
     kernel: int = 7,
     first_level: int = 0,
+    tail_frames: int = 40,
+    tail_share: float = 0.25,
 ) -> dict:
     """Head terms over whole windows of speech.
 
@@ -146,16 +148,21 @@ def head_terms(
         num_levels, kernel: the pyramid of `head_pyramid` (`training.pyramid`, as the evaluation's head energy).
         first_level: the finest level `head_pyramid` averages over (0 = 200 ms ... 3 = 1.6 s; 2 leaves the fast
             scales to the other terms).
+        tail_frames, tail_share: `head_tail` smooths the centroid over `tail_frames` (40 = 1.6 s) and compares the
+            largest `tail_share` of the rows' excursions.
     Returns:
         {"head_energy": |log(E_fake / E_gt)| with E the mean squared velocity of the smoothed rigid centroid over
         the selected rows (IOD² per frame²), "head_pyramid": the mean over pyramid levels first_level..num_levels-1 of
         |log(E_fake,l / E_gt,l)|, E_l the mean squared velocity of the centroid at level l (levels with fewer
         than 3 samples are skipped), "head_mean": mean squared offset between the window-mean rigid points of fake
-        and ground truth (IOD²)}.
+        and ground truth (IOD²), "head_tail": max(0, log(X_gt / X_fake)) with X the mean of the largest
+        `tail_share` of the rows' excursions (the farthest the 1.6 s-smoothed centroid gets from its window mean,
+        IOD): one-sided and unpaired, it asks for the occasional large, slow head movement that a batch of real
+        windows holds, which the energy terms (averages) do not (`benchmarks/results/eval_v031_head_pyr16.md`)}.
     """
     if not bool(rows.any()):
         zero = fake.sum() * 0.0
-        return {"head_energy": zero, "head_pyramid": zero, "head_mean": zero}
+        return {"head_energy": zero, "head_pyramid": zero, "head_mean": zero, "head_tail": zero}
     f, r = fake[rows], real[rows]
     iod = inter_ocular(r).mean(dim=1)[:, None, None]  # (b, 1, 1)
 
@@ -171,6 +178,16 @@ def head_terms(
         return torch.nn.functional.avg_pool1d(c.transpose(1, 2), scale_frames, stride=1).transpose(1, 2)
 
     out = {"head_energy": log_ratio(smooth(c_f), smooth(c_r))}
+
+    def excursion(c: torch.Tensor) -> torch.Tensor:  # (b, T, 2) -> (b,)
+        k = min(tail_frames, c.shape[1])
+        slow = torch.nn.functional.avg_pool1d(c.transpose(1, 2), k, stride=1).transpose(1, 2)
+        return (slow - slow.mean(dim=1, keepdim=True)).norm(dim=-1).amax(dim=1)
+
+    x_f, x_r = excursion(c_f), excursion(c_r).detach()
+    top = max(1, int(round(tail_share * len(x_r))))
+    tail_f, tail_r = x_f.topk(top).values.mean(), x_r.topk(top).values.mean()
+    out["head_tail"] = torch.relu(torch.log((tail_r + 1e-6) / (tail_f + 1e-6)))
     ratios = []
     for level in range(num_levels):
         if c_f.shape[1] < 3:

@@ -97,6 +97,7 @@ class TrainGeneratorConfig:
     head_pyramid_weight: float = 0.0
     head_pyramid_first_level: int = 0
     head_mean_weight: float = 0.0
+    head_tail_weight: float = 0.0
     head_angle_weight: float = 0.0
     head_angle_momentum: float = 0.0
     seed: int = 0
@@ -416,7 +417,7 @@ class GeneratorTrainer(Trainer):
         mouth = ("shape", "gap", "amplitude", "under", "corr")
         if any(getattr(cfg, f"mouth_{k}_weight") for k in mouth):
             out.update(articulation_terms(fake, real, speech))
-        if cfg.head_energy_weight or cfg.head_pyramid_weight or cfg.head_mean_weight:
+        if cfg.head_energy_weight or cfg.head_pyramid_weight or cfg.head_mean_weight or cfg.head_tail_weight:
             out.update(head_terms(fake, real, clean, first_level=cfg.head_pyramid_first_level))
         if cfg.head_angle_weight:
             terms, self.head_angle_bias = head_angle_terms(
