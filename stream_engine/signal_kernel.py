@@ -27,6 +27,7 @@ one, or a directory that cannot be written: no cache (a compile per process). Th
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -474,9 +475,6 @@ def frame_pass(
     return OK
 
 
-_loaded: dict[str, Callable[..., int] | None] = {}
-
-
 def cache_dir() -> Path:
     """Where numba keeps the compiled loop: `$MSYNC_CACHE_DIR/numba`, else `$XDG_CACHE_HOME/msync/numba`
     (default `~/.cache/msync/numba`)."""
@@ -487,12 +485,12 @@ def cache_dir() -> Path:
     return Path(xdg) / "msync" / "numba"
 
 
+@functools.cache
 def load() -> Callable[..., int] | None:
     """The compiled `frame_pass` (numba dispatcher, compiled lazily per argument types; `BatchSignalExtractor`
     compiles it in `warm_up`), or None when numba is not installed, MSYNC_NO_NUMBA=1 is set, or numba is
-    installed but cannot be loaded (a broken numba or LLVM: logged as a warning, the numpy code runs)."""
-    if "kernel" in _loaded:
-        return _loaded["kernel"]
+    installed but cannot be loaded (a broken numba or LLVM: logged as a warning, the numpy code runs). Decided
+    once per process."""
     kernel: Callable[..., int] | None = None
     if os.environ.get("MSYNC_NO_NUMBA", "") not in ("1", "true", "yes"):
         if "numba" not in sys.modules and "NUMBA_CACHE_DIR" not in os.environ:
@@ -511,7 +509,6 @@ def load() -> Callable[..., int] | None:
                 exc,
             )
             kernel = None
-    _loaded["kernel"] = kernel
     return kernel
 
 

@@ -125,5 +125,6 @@ class LatestFrameQueue:
     def close(self) -> None:
         self.closed = True
         self._frames.clear()
+        self._count.clear()
         self._messages.clear()
         self._ready.set()

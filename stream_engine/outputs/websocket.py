@@ -396,22 +396,17 @@ class WebSocketServer:
             client.paced_reader = True
         return len(clients)
 
-    async def wait_every_frame_clients(
-        self, stream_id: str, max_frames: int, until_read: bool = False, poll_s: float = 0.05
-    ) -> None:
+    async def wait_every_frame_clients(self, stream_id: str, max_frames: int, until_read: bool = False) -> None:
         """Until every connected client that keeps every frame of `stream_id` (`keep_every_frame`) holds at
         most `max_frames` of them unsent, and with `until_read` has also acknowledged reading every frame sent
         (its send window's ping answered: the end of a file, before the connection closes). A client that
         leaves stops counting at once; one that stops reading is dropped after `write_timeout_s` (its pong or
         its socket overdue, as any client), so no client holds the stream longer."""
         for client in [c for c in self._clients if stream_id in c.queue.keep_all]:
-            while client in self._clients and (
-                client.queue.frames_of(stream_id) > max_frames
-                or (until_read and client.window.sent > client.window.acked)
-            ):
-                client.idle.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(client.idle.wait(), poll_s)
+            await self._client_drained(client, stream_id, max_frames)
+            while until_read and not client.queue.closed and client.window.sent > client.window.acked:
+                client.idle.clear()  # set again by the relay once the pong has come and nothing is left to send
+                await client.idle.wait()
 
     @property
     def url(self) -> str:
@@ -700,6 +695,8 @@ class WebSocketServer:
         if relay is not None:
             relay.cancel()
             await asyncio.gather(relay, return_exceptions=True)
+        if client is not None:
+            client.idle.set()  # nothing queued or in flight now: whoever waits for it to drain stops waiting
 
     def _on_pong(self, client: _Client, pong: asyncio.Future[float]) -> None:
         if pong.cancelled() or pong.exception() is not None:
