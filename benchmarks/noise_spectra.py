@@ -51,8 +51,8 @@ def resonance(rng: np.random.Generator):
     def gain_of_hz(f: np.ndarray) -> np.ndarray:
         f = np.maximum(f, 20.0)
         r = f / f0
-        peak = 1.0 / np.sqrt((1.0 - r**2) ** 2 + (r / q) ** 2)  # |H| of a band-pass resonance, 1 at f0 / q scale
-        return (1.0 + (10 ** (gain_db / 20.0) - 1.0) * peak / q) / np.sqrt(f)
+        band = (r / q) / np.sqrt((1.0 - r**2) ** 2 + (r / q) ** 2)  # |H| of a 2nd-order band-pass: 1 at f0, -> 0 away
+        return (1.0 + (10 ** (gain_db / 20.0) - 1.0) * band) / np.sqrt(f)
 
     return gain_of_hz
 
