@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.data.nonspeech import LAYOUTS, RestMixConfig, mix_window, sound
+from training.data.nonspeech import ENVELOPE_OCTAVES_HZ, LAYOUTS, RestMixConfig, mix_window, shaped_envelope, sound
 from training.face_losses import articulation_terms, head_terms, lip_gap, rest_terms
 from training.metrics import viewer as vm
 
@@ -39,6 +39,71 @@ def test_sounds_have_their_kind_and_level():
     assert np.fft.rfftfreq(n, 1 / 16000)[spec.argmax()] in (50.0, 60.0)
     with pytest.raises(ValueError, match="unknown"):
         sound("speech", n, rng)
+
+
+def test_shaped_noise_follows_its_random_envelope():
+    n = 16000 * 8
+    for seed in range(4):
+        gain = shaped_envelope(np.random.default_rng(seed))
+        # the same draws in the same order as `sound`: the white noise, the colour switch, the share, the envelope
+        rng = np.random.default_rng(100 + seed)
+        x = sound("noise", n, rng, shaped_noise_share=1.0)
+        assert -61 < _dbfs(x) < -35
+        spec = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
+        freqs = np.fft.rfftfreq(n, 1 / 16000)
+        # band powers between octave points 125 Hz..4 kHz track the envelope drawn from the same generator state
+        rng = np.random.default_rng(100 + seed)
+        rng.standard_normal(n), rng.uniform(), rng.uniform()
+        gain = shaped_envelope(rng)
+        lo_hi = list(zip(ENVELOPE_OCTAVES_HZ[2:7], ENVELOPE_OCTAVES_HZ[3:8]))
+        measured = np.array([10 * np.log10(spec[(freqs >= lo) & (freqs < hi)].mean()) for lo, hi in lo_hi])
+        expected = np.array(
+            [10 * np.log10(np.mean(gain(freqs[(freqs >= lo) & (freqs < hi)]) ** 2)) for lo, hi in lo_hi]
+        )
+        np.testing.assert_allclose(measured - measured.mean(), expected - expected.mean(), atol=1.0)
+
+
+def test_shaped_noise_share_zero_draws_the_old_sounds():
+    a = sound("noise", 16000, np.random.default_rng(5))
+    b = sound("noise", 16000, np.random.default_rng(5), shaped_noise_share=0.0)
+    np.testing.assert_array_equal(a, b)
+    # a share of 1 changes the colour but keeps the kind's level range
+    c = sound("noise", 16000, np.random.default_rng(5), shaped_noise_share=1.0)
+    assert not np.allclose(a, c) and -61 < _dbfs(c) < -35
+
+
+def test_fresh_start_windows_begin_a_stream_inside_the_sound():
+    """A fresh-start "pure" window is silent before target frame 0 and the sampler marks its warm-up invalid;
+    the other windows of the batch keep their valid warm-up."""
+    from tests.test_prefetch import _segments
+    from training.data.generator_batches import WindowSampler
+    from training.frontend import FrontEndConfig
+
+    t, w, la = 40, 10, 2
+    audio, lm = _window(t, w, la)
+    cfg = RestMixConfig(fraction=1.0, layout_weights=(0, 0, 1), kind_weights=(0, 1, 0, 0, 0), fresh_start_prob=1.0)
+    m = mix_window(
+        audio,
+        lm,
+        warmup_frames=w,
+        lookahead_frames=la,
+        context_samples=CTX,
+        samples_per_frame=SPF,
+        rng=np.random.default_rng(0),
+        cfg=cfg,
+    )
+    assert m.fresh_start and m.rest.all() and not m.speech.any()
+    assert not m.audio[: CTX + SPF * w].any() and m.audio[CTX + SPF * w :].std() > 0
+    fe = FrontEndConfig()
+    sampler = WindowSampler(_segments(), num_frames=t, lookahead_frames=la, warmup_frames=w, frontend=fe)
+    b = sampler.sample(
+        4, np.random.default_rng(1), None, RestMixConfig(fraction=0.5, layout_weights=(0, 0, 1), fresh_start_prob=1.0)
+    )
+    assert not b.valid[2:, :w].any() and b.valid[2:, w:].all()  # the two mixed windows start a stream
+    assert b.valid[:2, w:].all() and b.mixed.tolist() == [False, False, True, True]
+    # off by default: the same draws as before
+    old = sampler.sample(4, np.random.default_rng(1), None, RestMixConfig(fraction=0.5, layout_weights=(0, 0, 1)))
+    assert old.valid[2:].all()
 
 
 def _window(t=40, w=10, la=2, seed=0):
@@ -119,6 +184,7 @@ def test_mixing_rejects_short_windows():
         ({"min_rest_frames": 0}, "min_rest_frames"),
         ({"under_speech_prob": 2.0}, "under_speech_prob"),
         ({"mean_face_prob": -1.0}, "mean_face_prob"),
+        ({"shaped_noise_share": 1.5}, "shaped_noise_share"),
     ],
 )
 def test_bad_mixing_settings_are_refused_when_the_config_is_made(bad, match):

@@ -113,6 +113,7 @@ class WindowSampler:
         speech = np.ones((batch_size, self.num_frames), bool)
         rest_mask = np.zeros((batch_size, self.num_frames), bool)
         mixed = np.zeros(batch_size, bool)
+        valid = np.stack([p[1] for p in parts])
         n_mix = int(round(rest.fraction * batch_size)) if rest is not None else 0
         for i in range(batch_size - n_mix, batch_size):
             assert rest is not None
@@ -128,7 +129,8 @@ class WindowSampler:
                 mean_face=mean_face,
             )
             audio[i], landmarks[i], speech[i], rest_mask[i], mixed[i] = m.audio, m.landmarks, m.speech, m.rest, True
-        valid = np.stack([p[1] for p in parts])
+            if m.fresh_start:
+                valid[i, : self.warmup] = False
         return WindowBatch(audio, valid, landmarks, segs, starts, speech, rest_mask, mixed)
 
     def fixed(self, batch_size: int, seed: int = 1234) -> WindowBatch:

@@ -7,6 +7,10 @@ kinds rather than six waveforms:
 - "silence": digital zeros (a muted or gated microphone);
 - "noise": steady noise (white over the full band, white low-passed at 1-8 kHz, or pink), -60 to -36 dBFS RMS
   (fans, preamps, microphone hiss; full-band white was added after model 0.3.0's first cut opened its mouth in it);
+  with probability `RestMixConfig.shaped_noise_share`, noise of a random smooth spectrum instead
+  (:func:`shaped_envelope`): model 0.3.1 held its mouth open after speech in the steady noise of
+  `../shared/cases/noise-floor-mouth` and in about half of such random spectra, whose energy sits where a vowel's
+  formants do, while it rested in the three colours above;
 - "hum": mains hum at 50 or 60 Hz with 1-6 decaying harmonics, -55 to -32 dBFS RMS;
 - "tones": music without voice: a sustained chord (2-4 notes with harmonics) or a melody of single tones,
   -40 to -22 dBFS RMS;
@@ -17,7 +21,11 @@ A mixed window (`mix_window`) lays one of these over a speech window in one of t
 - "appended": speech until target frame s, then the sound until the end (speech ends mid-window);
 - "inserted": speech until s, the sound for a pause, then the speech resumes where it stopped (its frames and
   landmarks shifted accordingly);
-- "pure": the sound alone over the whole window, warm-up included (a stream that has not heard speech yet).
+- "pure": the sound alone over the whole window, warm-up included (a stream that has not heard speech yet);
+  with probability `fresh_start_prob` the window is a stream's first frames instead: silent and invalid before
+  target frame 0 (as `training.eval.generation.generate` starts a stream), the sound from frame 0 on. Model 0.3.1
+  opened its mouth to ~0.1 IOD for the first 5-12 frames of a stream that began in steady noise, because no
+  window started a stream inside a sound.
 
 Steady kinds (noise, hum) also run under the speech at the same level with probability `under_speech_prob`,
 like a fan under a microphone. The result says, per target frame, whether it holds speech (the landmark targets
@@ -51,6 +59,10 @@ class RestMixConfig:
         under_speech_prob: probability that a steady sound also runs under the speech.
         mean_face_prob: probability that a "pure" window uses the mean training face as its reference frame
             (the runtime default) instead of the window's first ground-truth frame.
+        shaped_noise_share: probability that a "noise" sound has a random smooth spectrum
+            (:func:`shaped_envelope`) instead of one of the three fixed colours; 0 draws exactly as before.
+        fresh_start_prob: probability that a "pure" window is the start of a stream (see module doc); 0 draws
+            exactly as before.
     """
 
     fraction: float = 0.0
@@ -61,6 +73,8 @@ class RestMixConfig:
     grace_frames: int = 3
     under_speech_prob: float = 0.5
     mean_face_prob: float = 0.5
+    shaped_noise_share: float = 0.0
+    fresh_start_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction <= 1.0:
@@ -75,7 +89,7 @@ class RestMixConfig:
             raise ValueError("min_speech_frames and min_rest_frames must be >= 1")
         if self.grace_frames < 0:
             raise ValueError(f"grace_frames must be >= 0, got {self.grace_frames}")
-        for name in ("under_speech_prob", "mean_face_prob"):
+        for name in ("under_speech_prob", "mean_face_prob", "shaped_noise_share", "fresh_start_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -93,9 +107,38 @@ def shape_spectrum(x: np.ndarray, gain_of_hz) -> np.ndarray:
     return np.fft.irfft(spec * gain_of_hz(np.fft.rfftfreq(len(x), 1.0 / SR)), n=len(x))
 
 
-def sound(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+#: Octave points (Hz) of :func:`shaped_envelope`, 31 Hz to 8 kHz.
+ENVELOPE_OCTAVES_HZ = (31.25, 62.5, 125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+
+
+def shaped_envelope(
+    rng: np.random.Generator, tilt_db_per_octave: tuple[float, float] = (-9.0, 3.0), spread_db: float = 5.0
+):
+    """A random smooth amplitude spectrum for steady noise (fans, rooms, preamps of unknown colour).
+
+    Its level in dB at each of `ENVELOPE_OCTAVES_HZ` is a tilt drawn uniformly from `tilt_db_per_octave` (dB per
+    octave, 0 dB at 1 kHz) plus an independent normal deviation of `spread_db`; between the octave points it is
+    linear in dB over log-frequency, and flat outside them. -3 dB/octave is pink, -6 brown-like.
+
+    Returns:
+        gain_of_hz: f (Hz, array) -> amplitude gain (array), for :func:`shape_spectrum`.
+    """
+    tilt = rng.uniform(*tilt_db_per_octave)
+    octaves = np.log2(np.asarray(ENVELOPE_OCTAVES_HZ) / 1000.0)
+    db = tilt * octaves + rng.normal(0.0, spread_db, len(octaves))
+
+    def gain_of_hz(f: np.ndarray) -> np.ndarray:
+        return 10.0 ** (np.interp(np.log2(np.maximum(f, 1.0) / 1000.0), octaves, db) / 20.0)
+
+    return gain_of_hz
+
+
+def sound(kind: str, num_samples: int, rng: np.random.Generator, shaped_noise_share: float = 0.0) -> np.ndarray:
     """(num_samples,) float32 PCM at 16 kHz of one non-speech kind with random parameters (see module doc).
 
+    Args:
+        shaped_noise_share: probability that "noise" has a random smooth spectrum (:func:`shaped_envelope`);
+            at 0 no extra random number is drawn, so earlier configurations draw the same sounds.
     Raises:
         ValueError: unknown kind.
     """
@@ -105,7 +148,9 @@ def sound(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "noise":
         white = rng.standard_normal(num_samples)
         u = rng.uniform()
-        if u < 0.25:  # full band: microphone and preamp hiss
+        if shaped_noise_share > 0.0 and rng.uniform() < shaped_noise_share:
+            x = shape_spectrum(white, shaped_envelope(rng))
+        elif u < 0.25:  # full band: microphone and preamp hiss
             x = white
         elif u < 0.6:
             cutoff = rng.uniform(1000.0, 8000.0)
@@ -164,6 +209,8 @@ class MixedWindow:
     speech: (T,) bool, the target frame holds speech (landmark targets apply).
     rest: (T,) bool, the mouth should be at rest (non-speech, after the grace frames).
     kind, layout: what was mixed in.
+    fresh_start: the window is a stream's first frames: its `audio` is silent before target frame 0 and the
+        caller must mark the warm-up frames invalid (`WindowBatch.valid`).
     """
 
     audio: np.ndarray
@@ -172,6 +219,7 @@ class MixedWindow:
     rest: np.ndarray
     kind: str
     layout: str
+    fresh_start: bool = False
 
 
 def _draw(rng: np.random.Generator, names: tuple[str, ...], weights: tuple[float, ...]) -> str:
@@ -213,7 +261,7 @@ def mix_window(
     need = cfg.min_speech_frames + cfg.min_rest_frames
     if layout != "pure" and t_frames < need:
         raise ValueError(f"{t_frames} target frames cannot hold {need} frames of speech and rest")
-    noise = sound(kind, len(audio), rng)
+    noise = sound(kind, len(audio), rng, cfg.shaped_noise_share)
     audio = np.asarray(audio, np.float32).copy()
     lm = np.asarray(landmarks, np.float32).copy()
     speech = np.zeros(t_frames, bool)
@@ -223,7 +271,11 @@ def mix_window(
         rest[:] = True
         if mean_face is not None and rng.uniform() < cfg.mean_face_prob:
             lm[0] = mean_face
-        return MixedWindow(audio, lm, speech, rest, kind, layout)
+        fresh = cfg.fresh_start_prob > 0.0 and rng.uniform() < cfg.fresh_start_prob
+        if fresh:
+            audio = audio.copy()
+            audio[: ctx + spf * w] = 0.0
+        return MixedWindow(audio, lm, speech, rest, kind, layout, fresh)
 
     s = int(rng.integers(cfg.min_speech_frames, t_frames - cfg.min_rest_frames + 1))  # first non-speech frame
     cut = ctx + spf * (w + s)
