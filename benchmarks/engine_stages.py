@@ -6,11 +6,13 @@ The throughput trial of `benchmarks.engine_throughput` (N streams fed in 20 ms c
 them, every frame serialised, one pinned core, a fresh subprocess per trial) with the engine's stage functions
 wrapped by a timer of the calling thread's CPU time (`time.thread_time_ns`): the step (`run_batch`, on the
 inference thread or the loop), push_audio, take_batch, commit, publish (signals + frame building + sinks), the
-signals update and its per-frame objects, serialisation. The engine around the step is the process's CPU less
-the step; what the stages leave of it is the event loop, the hand-offs to the inference thread and the feeding
-loop. Variants ("baseline": `git archive REF stream_engine`; "current": this checkout) alternate, `--rounds`
-trials each; the table gives the median.
-The wrappers cost about 0.3 us per call (about 1 us per frame in all), the same for both variants.
+signals update and its per-frame objects, serialisation. push_audio is `Engine.push_audio_many` where the
+engine has it (the feeder then pushes each 20 ms round of chunks in one call; older engines: one
+`Engine.push_audio` per chunk). The engine around the step is the process's CPU less the step; what the stages
+leave of it is the event loop, the hand-offs to the inference thread and the feeding loop. Variants ("baseline":
+`git archive REF stream_engine`; "current": this checkout) alternate, `--rounds` trials each; the table gives the
+median. The wrappers cost about 0.3 us per call (about 1 us per frame in all with one push per chunk; less with
+one push per round).
 Trials run `Engine.warm_up` first, as `msync stream` does (--no-warm-up: not; see `benchmarks.engine_throughput`).
 Writes engine_stages.json/.md (--name).
 """
@@ -33,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: (label, module, attribute path, alternatives): the first attribute that exists is wrapped
 STAGES = [
     ("step (run_batch, on whichever thread runs it)", "stream_engine.core", ("EngineCore.run_batch",)),
-    ("push_audio", "stream_engine.engine", ("Engine.push_audio",)),
+    ("push_audio", "stream_engine.engine", ("Engine.push_audio_many", "Engine.push_audio")),
     ("take_batch", "stream_engine.core", ("EngineCore.take_batch",)),
     ("commit", "stream_engine.core", ("EngineCore.commit_batch", "EngineCore.commit")),
     ("publish (all below)", "stream_engine.engine", ("Engine._publish",)),

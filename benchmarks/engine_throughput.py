@@ -9,6 +9,9 @@ trial. Variants: "current" (this checkout) and, with --baseline-ref, the engine 
 (`git archive REF stream_engine` into a temporary folder; the same runners from this checkout's tests/fakes.py),
 trials interleaved so machine load hits both alike.
 
+Feeding: each 20 ms round of every stream's chunks goes in one `Engine.push_audio_many` call where the engine has
+it (one `push_audio` per chunk in older engines, e.g. a baseline).
+
 1. Throughput: N streams fed as fast as the engine takes them; CPU time per frame -> the streams per core the
    engine could hold if nothing else ran (1 / (25 x CPU s per frame)). The feeder pushes a round to every
    stream between the engine's batches, so it runs ahead: by the end each stream holds seconds of audio (p50
@@ -131,11 +134,20 @@ def run_trial(spec: dict) -> dict:
             if spec.get("warm_up"):  # as `msync stream` serves: Engine.warm_up before any stream (gc.freeze too)
                 await engine.warm_up()
             ids = [engine.open_stream().stream_id for _ in range(n)]
+            many = getattr(engine, "push_audio_many", None)  # older engines, measured as a baseline: one by one
+
+            def push_round(piece):
+                if many is not None:
+                    errors = many(ids, [piece] * n)
+                    assert not errors, errors
+                else:
+                    for sid in ids:
+                        engine.push_audio(sid, piece)
+
             warm = 0
             if spec["runner"] in ONNX_RUNNERS:  # warm the runtime's buffers for every batch size used
                 warm = 640
-                for sid in ids:
-                    engine.push_audio(sid, audio[:640])
+                push_round(audio[:640])
                 await asyncio.sleep(0.5)
                 lat.clear()
                 counted[0] = 0
@@ -148,9 +160,7 @@ def run_trial(spec: dict) -> dict:
                     delay = t0_ns + tick * 20_000_000 - time.monotonic_ns()
                     if delay > 0:
                         await asyncio.sleep(delay / 1e9)
-                piece = audio[pos : pos + chunk]
-                for sid in ids:
-                    engine.push_audio(sid, piece)
+                push_round(audio[pos : pos + chunk])
                 pos += chunk
                 if not realtime:
                     await asyncio.sleep(0)
