@@ -347,9 +347,11 @@ class EngineCore:
 
     Slot arrays: a stream's row (`slot_of`) indexes the runner's state store and the core's own per-slot
     arrays, preallocated with the store and grown with it: the audio ring (slots, ring_steps, samples_per_frame)
-    float32, where sample s of the current epoch sits at position s mod (ring_steps x samples_per_frame), so
-    each step is one contiguous row of the ring; per step of the ring its arrival time (of the chunk carrying
-    its last sample) and whether stall silence went into it; per taken step (look-ahead + 1 of them) its level;
+    float32, where step k of the current epoch is ring row (k - base) mod ring_steps, so each step is one
+    contiguous row; per ring row its arrival time (of the chunk carrying the step's last sample) and whether
+    stall silence went into it; `base` moves to the next step whenever a take leaves less than a step in the
+    ring (the partial step, if any, is copied to row 0), so a real-time stream keeps using the first rows and
+    only a backlog reaches further (the ring's pages are touched as they are first used); per taken step (look-ahead + 1 of them) its level;
     and per slot the counters (epoch, samples written, steps taken and committed, sequence number, sample
     clock, stall state, flush end). `take_batch` and `commit` are a fixed number of numpy operations over the
     batch's rows whatever its size; `push_audio_many` updates several streams in one pass. Audio beyond the
@@ -363,7 +365,8 @@ class EngineCore:
         seed: base seed of the per-stream noise generators (stream i gets seed + i); None = random.
         capacity: rows preallocated in the state store (it doubles when more streams open; the asyncio engine
             preallocates its `max_streams` so it never grows while a step runs).
-        ring_steps: steps of audio each slot's ring holds (>= 2; 16 = 640 ms at 16 kHz, 40 KB per slot).
+        ring_steps: steps of audio each slot's ring holds (>= 2; 128 = 5.12 s at 16 kHz, 320 KB of address space
+            per slot, of which a real-time stream touches a few KB: see "Slot arrays").
     """
 
     def __init__(
@@ -373,7 +376,7 @@ class EngineCore:
         max_pending_s: float = 30.0,
         seed: int | None = None,
         capacity: int = 64,
-        ring_steps: int = 16,
+        ring_steps: int = 128,
     ) -> None:
         contract = runner.contract
         self.runner = runner
@@ -411,6 +414,7 @@ class EngineCore:
     _epoch_start: np.ndarray
     _seq: np.ndarray
     _ending: np.ndarray
+    _base: np.ndarray
     _runout: np.ndarray
     _over_n: np.ndarray
     _open: np.ndarray
@@ -433,6 +437,7 @@ class EngineCore:
         "_epoch_start",  # stream sample index where the epoch began
         "_seq",  # next frame's sequence number
         "_ending",  # flush: the epoch ends after this many steps (-1: not flushing)
+        "_base",  # the step of the epoch in ring row 0
         "_runout",  # when the real audio received so far would have played out at 1x (_NO_RUNOUT: none yet)
         "_over_n",  # samples waiting in the overflow queue
     )
@@ -451,8 +456,14 @@ class EngineCore:
         old = self._capacity if hasattr(self, "_capacity") else 0
         for name, (shape, dtype) in shapes.items():
             grown = np.zeros(shape, dtype)
-            if old:
+            if old and name != "_ring":
                 grown[:old] = getattr(self, name)
+            elif old:  # only the steps still held: a row's untouched pages stay untouched
+                for row in np.flatnonzero(self._open).tolist():
+                    taken = self._taken.item(row)
+                    held = np.arange(taken, -(-self._ring_w.item(row) // spf))
+                    idx = (held - self._base.item(row)) % S
+                    grown[row, idx] = self._ring[row, idx]
             setattr(self, name, grown)
         if not old:
             self._row_ids = []
@@ -470,7 +481,8 @@ class EngineCore:
         n = samples.size
         w = self._ring_w.item(row)
         R, spf, S = self.ring_samples, self.samples_per_frame, self.ring_steps
-        pos = w % R
+        base = self._base.item(row)
+        pos = (w - base * spf) % R
         if pos + n <= R:
             self._ring_flat[row, pos : pos + n] = samples
         else:
@@ -480,11 +492,11 @@ class EngineCore:
             flat[: n - head] = samples[head:]
         k0, k1 = w // spf, (w + n) // spf  # steps whose last sample is in this piece: [k0, k1)
         if k1 - k0 == 1:
-            self._ready_ns[row, k0 % S] = arrival_ns
+            self._ready_ns[row, (k0 - base) % S] = arrival_ns
         elif k1 > k0:
-            self._ready_ns[row, np.arange(k0, k1) % S] = arrival_ns
+            self._ready_ns[row, (np.arange(k0, k1) - base) % S] = arrival_ns
         if fill:  # every step the silence touches: [w // spf, ceil((w + n) / spf))
-            self._fill_mark[row, np.arange(k0, -(-(w + n) // spf)) % S] = True
+            self._fill_mark[row, (np.arange(k0, -(-(w + n) // spf)) - base) % S] = True
         self._ring_w[row] = w + n
 
     def _append(self, stream: _Stream, samples: np.ndarray, arrival_ns: int, fill: bool = False) -> None:
@@ -691,7 +703,8 @@ class EngineCore:
         if pending + n > self.max_pending_samples:
             raise self._overload(stream, n)
         arrival_ns = int(arrival_ns)
-        pos = w % R
+        base = self._base.item(row)
+        pos = (w - base * spf) % R
         if pending + n > R or pos + n > R or stream.stalled or stream.overflow or self._ending.item(row) >= 0:
             return self._accept(stream, samples, arrival_ns)
         # the common case (`_accept` and `_ring_write` in one): room in the ring without wrapping, no overflow,
@@ -704,9 +717,9 @@ class EngineCore:
         self._ring_flat[row, pos : pos + n] = samples
         k0, k1 = w // spf, (w + n) // spf  # steps whose last sample is in this chunk: [k0, k1)
         if k1 - k0 == 1:
-            self._ready_ns[row, k0 % self.ring_steps] = arrival_ns
+            self._ready_ns[row, (k0 - base) % self.ring_steps] = arrival_ns
         elif k1 > k0:
-            self._ready_ns[row, np.arange(k0, k1) % self.ring_steps] = arrival_ns
+            self._ready_ns[row, (np.arange(k0, k1) - base) % self.ring_steps] = arrival_ns
         self._ring_w[row] = w + n
         return False
 
@@ -793,7 +806,8 @@ class EngineCore:
             stream.epoch_in += m
             stream.epoch_real += m
         w = self._ring_w[r]
-        pos = w % R
+        base = self._base[r]
+        pos = (w - base * spf) % R
         flat = self._ring_flat
         for j, row, p, m in zip(f.tolist(), r.tolist(), pos.tolist(), n.tolist()):
             if p + m <= R:
@@ -804,9 +818,9 @@ class EngineCore:
                 flat[row, : m - head] = samples[j][head:]
         k0, k1 = w // spf, (w + n) // spf  # steps completed by each chunk: [k0, k1)
         one = k1 - k0 == 1
-        self._ready_ns[r[one], k0[one] % self.ring_steps] = t[one]
+        self._ready_ns[r[one], (k0[one] - base[one]) % self.ring_steps] = t[one]
         for j in np.flatnonzero(k1 - k0 > 1).tolist():  # a chunk of several steps
-            self._ready_ns[r[j], np.arange(k0[j], k1[j]) % self.ring_steps] = t[j]
+            self._ready_ns[r[j], (np.arange(k0[j], k1[j]) - base[j]) % self.ring_steps] = t[j]
         self._ring_w[r] = w + n
         return resumed, errors
 
@@ -905,7 +919,7 @@ class EngineCore:
         rows = np.flatnonzero(self._ready_mask())
         if not rows.size:
             return None
-        return int(self._ready_ns[rows, self._taken[rows] % self.ring_steps].min())
+        return int(self._ready_ns[rows, (self._taken[rows] - self._base[rows]) % self.ring_steps].min())
 
     def take_batch(
         self, max_streams: int | None = None, only: Iterable[str] | None = None, now_ns: int = 0
@@ -936,7 +950,7 @@ class EngineCore:
             ready = np.sort(picked)  # ascending slots: often one contiguous range (no gather copies)
         rows = ready
         k = self._taken[rows]
-        ks = k % S
+        ks = (k - self._base[rows]) % S
         audio = self._ring[rows, ks]  # (B, spf), a copy
         np.minimum(np.maximum(audio, -1.0, out=audio), 1.0, out=audio)  # np.clip, without its wrapper's cost
         levels = _levels_dbfs(audio)
@@ -946,12 +960,22 @@ class EngineCore:
         A = self.lookahead_frames + 1
         self._lvl[rows, k % A] = levels
         self._lvl_stalled[rows, k % A] = stalled
-        self._taken[rows] = k + 1
+        taken = k + 1
+        self._taken[rows] = taken
         self._in_flight[rows] = True
         over = self._over_n[rows]
         if over.any():
             for row in rows[over > 0].tolist():
                 self._refill(self._stream_at(row))
+        # less than a step left (so no overflow): the partial step to ring row 0, base to the next step
+        nxt = (ks + 1) % S
+        move = (self._ring_w[rows] - taken * spf < spf) & (nxt != 0)
+        if move.any():
+            r, i = rows[move], nxt[move]
+            self._ring[r, 0] = self._ring[r, i]
+            self._fill_mark[r, 0] = self._fill_mark[r, i]
+            self._fill_mark[r, i] = False
+            self._base[r] = taken[move]
         self._in_flight_batches += 1
         ids = self._row_ids
         return StepBatch(
@@ -1150,7 +1174,7 @@ class EngineCore:
         self._epoch_start[row] = stream.received - stream.next_fifo.size
         stream.overflow.clear()
         self._fill_mark[row] = False
-        for name in ("_ring_w", "_taken", "_committed", "_over_n"):
+        for name in ("_ring_w", "_taken", "_committed", "_over_n", "_base"):
             getattr(self, name)[row] = 0
         stream.epoch_in = stream.epoch_real = stream.stall_filled = 0
         stream.stalled = False

@@ -189,3 +189,22 @@ def test_engine_push_audio_many_resumes_stalled_streams_and_reports_errors():
             assert {f.stream_id for f in Sink.frames} == {"a", "b"}
 
     asyncio.run(main())
+
+
+def test_a_real_time_stream_keeps_to_the_first_rows_of_its_ring():
+    """A stream stepped as its audio arrives (here 20 ms chunks, stepped after every third) only ever writes
+    the first rows of its ring, so the ring's further pages are never touched; a backlog uses them."""
+    core = EngineCore(FakeRunner(lookahead_frames=2), ring_steps=64)
+    core.open_stream("a")
+    core.open_stream("b")
+    audio = tone(320 * 600) + np.float32(0.5)  # no sample is 0: every written row shows
+    frames = 0
+    for i in range(600):
+        core.push_audio("a", audio[320 * i : 320 * (i + 1)], i)
+        if i % 3 == 2:
+            frames += len(core.process())
+    assert frames > 250
+    row = core.slot_of("a")
+    assert core._ring[row, :2].any() and not core._ring[row, 3:].any()
+    core.push_audio("b", audio[: 640 * 40], 0)  # a 1.6 s backlog reaches row 39
+    assert core._ring[core.slot_of("b"), 39].any()
