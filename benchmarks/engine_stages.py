@@ -66,6 +66,8 @@ def _trial(spec: dict) -> dict:
         setattr(owner, name, timed)
 
     for label, module, paths in STAGES:
+        if spec.get("one_push") and label == "push_audio":
+            paths = ("Engine.push_audio",)
         mod = importlib.import_module(module)
         for path in paths:
             *owner_path, name = path.split(".")
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--name", default="engine_stages", help="report file name (without .json/.md)")
     p.add_argument("--backlog-ms", type=float, default=0.0, help="most pending audio per stream (0 = no bound)")
+    p.add_argument("--one-push", action="store_true", help="feed one push_audio per chunk (not push_audio_many)")
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.trial:
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     spec["signals"] = not a.no_signals
     spec["warm_up"] = a.warm_up
     spec["max_backlog_samples"] = int(a.backlog_ms * 16)
+    spec["one_push"] = a.one_push
     result: dict[str, Any] = {"machine": machine_info(), "cpu_core": cpu, "baseline_ref": a.baseline_ref, **spec}
     trials: dict[str, list[dict]] = {name: [] for name in variants}
     try:
@@ -185,7 +189,8 @@ def _markdown(result: dict) -> str:
         f"--baseline-ref {result.get('baseline_ref') or 'REF'} --runner {result['runner']} --streams "
         f"{result['streams']}{'' if result['signals'] else ' --no-signals'}"
         f"{'' if result.get('warm_up') else ' --no-warm-up'}"
-        f"{' --backlog-ms %g' % (result['max_backlog_samples'] / 16) if result.get('max_backlog_samples') else ''}`.",
+        f"{' --backlog-ms %g' % (result['max_backlog_samples'] / 16) if result.get('max_backlog_samples') else ''}"
+        f"{' --one-push' if result.get('one_push') else ''}`.",
         "",
         "| us per frame | " + " | ".join(names) + (" | change |" if len(names) == 2 else ""),
         "|---|" + "---|" * (len(names) + (1 if len(names) == 2 else 0)),

@@ -37,6 +37,7 @@ import collections
 import dataclasses
 import itertools
 import math
+import mmap
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -455,7 +456,7 @@ class EngineCore:
         shapes["_lvl_stalled"] = ((capacity, A), np.bool_)
         old = self._capacity if hasattr(self, "_capacity") else 0
         for name, (shape, dtype) in shapes.items():
-            grown = np.zeros(shape, dtype)
+            grown = _lazy_zeros(shape, dtype) if name == "_ring" else np.zeros(shape, dtype)
             if old and name != "_ring":
                 grown[:old] = getattr(self, name)
             elif old:  # only the steps still held: a row's untouched pages stay untouched
@@ -975,7 +976,11 @@ class EngineCore:
             self._ring[r, 0] = self._ring[r, i]
             self._fill_mark[r, 0] = self._fill_mark[r, i]
             self._fill_mark[r, i] = False
+            span = taken[move] - self._base[r]  # ring rows written since the last move
             self._base[r] = taken[move]
+            if span.max() > _RELEASE_AFTER_STEPS:  # a backlog drained: give the pages it touched back
+                for row, used in zip(r[span > _RELEASE_AFTER_STEPS].tolist(), span.tolist()):
+                    _release(self._ring, self._ring[row, 1 : min(used + 1, S)])
         self._in_flight_batches += 1
         ids = self._row_ids
         return StepBatch(
@@ -1198,6 +1203,33 @@ class EngineCore:
 
 
 _FLOAT32 = np.dtype(np.float32)
+_RELEASE_AFTER_STEPS = 8  # a drained backlog that used more ring rows than this gives their pages back
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Zeros in an anonymous memory map in small pages: a page costs memory once written, not before (numpy
+    asks for transparent huge pages for large arrays, so writing one sample of each row would make a
+    2 MB page resident per few rows of the audio ring)."""
+    size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        region.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(region, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def _release(array: np.ndarray, part: np.ndarray) -> None:
+    """Give the whole pages of `part` (a C-contiguous view of the `_lazy_zeros` array `array`) back to the OS:
+    they read as zeros again and cost nothing until written."""
+    region = array.base
+    while region is not None and not isinstance(region, mmap.mmap):
+        region = region.obj if isinstance(region, memoryview) else getattr(region, "base", None)
+    if region is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = part.ctypes.data - array.ctypes.data
+    page = mmap.PAGESIZE
+    lo, hi = -(-start // page) * page, (start + part.nbytes) // page * page
+    if hi > lo:
+        region.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _checked_block(chunks: np.ndarray, errors: dict[int, CoreError]) -> np.ndarray:
