@@ -1,12 +1,17 @@
 """The engine core: many audio streams in, landmark frames out. Synchronous and free of I/O.
 
 One shared `StepRunner` (the exported 40 ms step) serves every stream; each stream owns one row (slot) of
-the state store the runner allocated (`runner.new_slots`, batch on dimension 0). Audio is pushed per stream in chunks of any length; whenever a stream holds the samples of its
-next step, that step can run, and streams that are ready together are stepped in one batched call::
+the state store the runner allocated (`runner.new_slots`, batch on dimension 0), and the same row of the core's
+own per-slot arrays (its audio ring, arrival times, levels and counters: `EngineCore`, "Slot arrays"), so taking
+a batch and committing it are array operations over the batch's rows, not a loop over streams. Audio is pushed
+per stream in chunks of any length (or several streams' chunks in one `push_audio_many` call); whenever a stream
+holds the samples of its next step, that step can run, and streams that are ready together are stepped in one
+batched call::
 
     core = EngineCore(runner)
     core.open_stream("alice")
     core.push_audio("alice", samples_16k, arrival_ns=clock.now_ns())
+    core.push_audio_many(["alice", "bob"], [chunk_a, chunk_b], arrival_ns=clock.now_ns())  # errors by position
     frames = core.process()            # take_batch -> run_batch -> commit, until nothing is ready
 
 The asyncio shell (`engine.py`) uses the three parts separately so that the runner runs off the event loop
@@ -355,7 +360,8 @@ class EngineCore:
     only a backlog reaches further (the ring's pages are touched as they are first used); per taken step (look-ahead + 1 of them) its level;
     and per slot the counters (epoch, samples written, steps taken and committed, sequence number, sample
     clock, stall state, flush end). `take_batch` and `commit` are a fixed number of numpy operations over the
-    batch's rows whatever its size; `push_audio_many` updates several streams in one pass. Audio beyond the
+    batch's rows whatever its size (batches of at most `small_batch` rows, 16, go row by row instead: there the
+    ~70 array calls cost more than the rows); `push_audio_many` updates several streams in one pass. Audio beyond the
     ring (a backlog of more than `ring_steps` steps) waits in the stream's overflow queue and moves into the
     ring as steps are taken, and audio that arrives while a flushed epoch drains waits in its next-epoch queue.
 
@@ -404,6 +410,7 @@ class EngineCore:
         self._seed = seed
         self._streams_opened = 0
         self._rr_row = 0  # round robin: the next batch starts at the first ready slot from here
+        self.small_batch = 16  # batches of at most this many rows are taken and committed row by row
         self._alloc_arrays(self.slots.capacity)
 
     # ------------------------------------------------------------------ slot arrays
@@ -949,6 +956,8 @@ class EngineCore:
             picked = np.roll(ready, -int(np.searchsorted(ready, self._rr_row)))[:limit]
             self._rr_row = int(picked[-1]) + 1
             ready = np.sort(picked)  # ascending slots: often one contiguous range (no gather copies)
+        if ready.size <= self.small_batch:
+            return self._take_rows(ready, now_ns)
         rows = ready
         k = self._taken[rows]
         ks = (k - self._base[rows]) % S
@@ -993,6 +1002,122 @@ class EngineCore:
             int(now_ns),
         )
 
+    def _take_rows(self, rows: np.ndarray, now_ns: int) -> StepBatch:
+        """`take_batch` for a few rows, one row at a time: below `small_batch` rows the ~40 array operations of
+        the vectorised pass cost more than the rows themselves (a 1-stream batch: 44 against 11 us)."""
+        spf, S, A = self.samples_per_frame, self.ring_steps, self.lookahead_frames + 1
+        ring, taken_a, base_a, fill, ready_a = self._ring, self._taken, self._base, self._fill_mark, self._ready_ns
+        row_list = rows.tolist()
+        audio = np.empty((len(row_list), spf), dtype=np.float32)
+        ks_list = []
+        for i, row in enumerate(row_list):
+            ks = (taken_a.item(row) - base_a.item(row)) % S
+            audio[i] = ring[row, ks]
+            ks_list.append(ks)
+        np.minimum(np.maximum(audio, -1.0, out=audio), 1.0, out=audio)
+        levels = _levels_dbfs(audio).tolist()
+        ids, epochs, steps, ready_ns = [], [], [], []
+        for row, ks, level in zip(row_list, ks_list, levels):
+            k = taken_a.item(row)
+            stalled = fill.item(row, ks)
+            fill[row, ks] = False
+            ready_ns.append(ready_a.item(row, ks))
+            self._lvl[row, k % A] = level
+            self._lvl_stalled[row, k % A] = stalled
+            taken_a[row] = k + 1
+            self._in_flight[row] = True
+            if self._over_n.item(row):
+                self._refill(self._stream_at(row))
+            nxt = (ks + 1) % S
+            if nxt and self._ring_w.item(row) - (k + 1) * spf < spf:  # as in take_batch: base to the next step
+                ring[row, 0] = ring[row, nxt]
+                fill[row, 0] = fill.item(row, nxt)
+                fill[row, nxt] = False
+                span = k + 1 - base_a.item(row)
+                base_a[row] = k + 1
+                if span > _RELEASE_AFTER_STEPS:
+                    _release(ring, ring[row, 1 : min(span + 1, S)])
+            ids.append(self._row_ids[row] or "")
+            epochs.append(self._epoch.item(row))
+            steps.append(k)
+        self._in_flight_batches += 1
+        return StepBatch(tuple(ids), tuple(epochs), tuple(steps), rows, audio, tuple(ready_ns), int(now_ns))
+
+    def _commit_rows(
+        self, batch: StepBatch, landmarks: np.ndarray, infer_start_ns: int, infer_end_ns: int
+    ) -> CommittedFrames:
+        """`commit_batch` for a few rows, one row at a time (see `_take_rows`); the same steps in the same order."""
+        n = len(batch)
+        L, spf, A, rate = self.lookahead_frames, self.samples_per_frame, self.lookahead_frames + 1, self.sample_rate_hz
+        finite = np.isfinite(landmarks).reshape(n, -1).all(axis=1).tolist()
+        lvl, lvl_st = self._lvl, self._lvl_stalled
+        keep: list[int] = []
+        sids: list[str] = []
+        seqs: list[int] = []
+        epochs: list[int] = []
+        indices: list[int] = []
+        pts: list[int] = []
+        levels: list[float] = []
+        aheads: list[float] = []
+        stalls: list[bool] = []
+        ready: list[int] = []
+        ending_rows: list[int] = []
+        for i, row in enumerate(batch.rows.tolist()):
+            if not self._open.item(row):  # closed while in flight
+                if row in self._orphans:
+                    self._orphans.discard(row)
+                    self.slots.free(row)
+                continue
+            self._in_flight[row] = False
+            if self._needs_init.item(row) or self._epoch.item(row) != batch.epochs[i]:
+                self._init_slot(row)  # reset meanwhile: this output belongs to nobody
+                continue
+            if not finite[i]:
+                stream = self._stream_at(row)
+                self._faults.append((stream.stream_id, "the model gave non-finite landmarks; the stream was restarted"))
+                self._restart(stream)
+                continue
+            committed = self._committed.item(row) + 1
+            self._committed[row] = committed
+            k = batch.step_indices[i]
+            if k >= L:
+                j = k - L
+                level = lvl.item(row, j % A)
+                keep.append(i)
+                sids.append(batch.stream_ids[i])
+                seq = self._seq.item(row)
+                self._seq[row] = seq + 1
+                seqs.append(seq)
+                epochs.append(self._epoch.item(row))
+                indices.append(j)
+                pts.append((self._epoch_start.item(row) + j * spf) * 1_000_000_000 // rate)
+                levels.append(level)
+                aheads.append(max(lvl.item(row, (j + m) % A) for m in range(1, A)) if L else level)
+                stalls.append(lvl_st.item(row, j % A))
+                ready.append(batch.audio_ready_ns[i])
+            ending = self._ending.item(row)
+            if ending >= 0 and committed >= ending:
+                ending_rows.append(row)
+        kept = landmarks[keep] if len(keep) < n else landmarks.copy()
+        out = CommittedFrames(
+            sids,
+            seqs,
+            epochs,
+            indices,
+            pts,
+            levels,
+            aheads,
+            stalls,
+            ready,
+            kept,
+            int(infer_start_ns),
+            int(infer_end_ns),
+            int(batch.take_ns),
+        )
+        for row in ending_rows:
+            self._start_next_epoch(self._stream_at(row))
+        return out
+
     def run_batch(self, batch: StepBatch) -> np.ndarray:
         """The runner call for `batch` (safe off the owning thread): its slots are gathered, stepped and the
         next state scattered back in place. Returns landmarks (B, num_landmarks, landmark_dims)."""
@@ -1031,6 +1156,8 @@ class EngineCore:
             self._in_flight_batches += 1
             self.abort(batch)
             raise CoreError(f"runner returned landmarks of shape {landmarks.shape}, expected {expect}")
+        if n <= self.small_batch:
+            return self._commit_rows(batch, landmarks, infer_start_ns, infer_end_ns)
         rows = batch.rows
         live = self._open[rows]  # a closed stream's slot stays reserved (not open) until this commit
         if not live.all():

@@ -35,6 +35,7 @@ never published: the stream restarts and gets an "error" and a "reset" event.
     async with engine:
         engine.open_stream("mic")
         engine.push_audio("mic", samples_16k)        # from any input task
+        engine.push_audio_many(ids, chunks)          # several streams' chunks in one call ({position: error})
 """
 
 from __future__ import annotations

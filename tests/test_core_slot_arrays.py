@@ -208,3 +208,25 @@ def test_a_real_time_stream_keeps_to_the_first_rows_of_its_ring():
     assert core._ring[row, :2].any() and not core._ring[row, 3:].any()
     core.push_audio("b", audio[: 640 * 40], 0)  # a 1.6 s backlog reaches row 39
     assert core._ring[core.slot_of("b"), 39].any()
+
+
+@pytest.mark.parametrize("small_batch", [0, 1000])
+def test_row_by_row_and_vectorised_take_and_commit_agree(small_batch):
+    """Batches of up to `small_batch` rows are taken and committed row by row, larger ones by array
+    operations: either way every frame (landmarks, levels, arrival, stall marks) is the same."""
+    streams = [f"s{i}" for i in range(6)]
+    schedule = _schedule(5, streams, 50)
+    got = []
+    for small in (small_batch, 16):
+        core = EngineCore(FakeRunner(lookahead_frames=2), max_batch_streams=4, seed=3, ring_steps=3)
+        core.small_batch = small
+        for sid in streams:
+            core.open_stream(sid)
+        frames, _ = _feed(core, schedule, many=True)
+        core.flush("s1", 10**9)
+        core.reset("s2")
+        assert core.fill_stalls(10**12, 100_000_000, 0.3)
+        frames2 = _by_stream(core.process())
+        got.append((frames, frames2))
+    assert got[0] == got[1]
+    assert sum(len(v) for v in got[0][0].values()) > 150
