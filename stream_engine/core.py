@@ -605,7 +605,7 @@ class EngineCore:
         if self._in_flight[row]:
             self._orphans.add(row)
         else:
-            self.slots.free(row)
+            self._free_slot(row)
 
     def reset(self, stream_id: str) -> int:
         """Barge-in: drop the stream's pending audio and restart its model state now. Returns the new epoch."""
@@ -1066,7 +1066,7 @@ class EngineCore:
             if not self._open.item(row):  # closed while in flight
                 if row in self._orphans:
                     self._orphans.discard(row)
-                    self.slots.free(row)
+                    self._free_slot(row)
                 continue
             self._in_flight[row] = False
             if self._needs_init.item(row) or self._epoch.item(row) != batch.epochs[i]:
@@ -1164,7 +1164,7 @@ class EngineCore:
             for row in rows[~live].tolist():
                 if row in self._orphans:  # closed while in flight
                     self._orphans.discard(row)
-                    self.slots.free(row)
+                    self._free_slot(row)
         self._in_flight[rows[live]] = False
         stale = live & (self._needs_init[rows] | (self._epoch[rows] != np.array(batch.epochs, dtype=np.int64)))
         if stale.any():
@@ -1232,7 +1232,7 @@ class EngineCore:
             if stream is None or stream.row != row:
                 if row in self._orphans:
                     self._orphans.discard(row)
-                    self.slots.free(row)
+                    self._free_slot(row)
                 continue
             self._in_flight[row] = False
             if self._epoch[row] == batch.epochs[i] and not self._needs_init[row]:
@@ -1277,6 +1277,11 @@ class EngineCore:
             return self._streams[stream_id]
         except KeyError:
             raise UnknownStreamError(f"no open stream {stream_id!r}") from None
+
+    def _free_slot(self, row: int) -> None:
+        """Give a closed stream's slot back to the store, and its ring's written pages back to the OS."""
+        self.slots.free(row)
+        _release(self._ring, self._ring[row])
 
     def _stream_at(self, row: int) -> _Stream:
         """The stream that holds an open row."""
