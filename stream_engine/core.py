@@ -1343,7 +1343,10 @@ def _lazy_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     asks for transparent huge pages for large arrays, so writing one sample of each row would make a
     2 MB page resident per few rows of the audio ring)."""
     size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
-    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (AttributeError, TypeError, OSError):  # no anonymous private maps here (Windows): plain zeros
+        return np.zeros(shape, dtype)
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         region.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(region, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
