@@ -6,11 +6,13 @@ The throughput trial of `benchmarks.engine_throughput` (N streams fed in 20 ms c
 them, every frame serialised, one pinned core, a fresh subprocess per trial) with the engine's stage functions
 wrapped by a timer of the calling thread's CPU time (`time.thread_time_ns`): the step (`run_batch`, on the
 inference thread or the loop), push_audio, take_batch, commit, publish (signals + frame building + sinks), the
-signals update and its per-frame objects, serialisation. The engine around the step is the process's CPU less
-the step; what the stages leave of it is the event loop, the hand-offs to the inference thread and the feeding
-loop. Variants ("baseline": `git archive REF stream_engine`; "current": this checkout) alternate, `--rounds`
-trials each; the table gives the median.
-The wrappers cost about 0.3 us per call (about 1 us per frame in all), the same for both variants.
+signals update and its per-frame objects, serialisation. push_audio is `Engine.push_audio_many` where the
+engine has it (the feeder then pushes each 20 ms round of chunks in one call; older engines: one
+`Engine.push_audio` per chunk). The engine around the step is the process's CPU less the step; what the stages
+leave of it is the event loop, the hand-offs to the inference thread and the feeding loop. Variants ("baseline":
+`git archive REF stream_engine`; "current": this checkout) alternate, `--rounds` trials each; the table gives the
+median. The wrappers cost about 0.3 us per call (about 1 us per frame in all with one push per chunk; less with
+one push per round).
 Trials run `Engine.warm_up` first, as `msync stream` does (--no-warm-up: not; see `benchmarks.engine_throughput`).
 Writes engine_stages.json/.md (--name).
 """
@@ -33,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: (label, module, attribute path, alternatives): the first attribute that exists is wrapped
 STAGES = [
     ("step (run_batch, on whichever thread runs it)", "stream_engine.core", ("EngineCore.run_batch",)),
-    ("push_audio", "stream_engine.engine", ("Engine.push_audio",)),
+    ("push_audio", "stream_engine.engine", ("Engine.push_audio_many", "Engine.push_audio")),
     ("take_batch", "stream_engine.core", ("EngineCore.take_batch",)),
     ("commit", "stream_engine.core", ("EngineCore.commit_batch", "EngineCore.commit")),
     ("publish (all below)", "stream_engine.engine", ("Engine._publish",)),
@@ -64,6 +66,8 @@ def _trial(spec: dict) -> dict:
         setattr(owner, name, timed)
 
     for label, module, paths in STAGES:
+        if spec.get("one_push") and label == "push_audio":
+            paths = ("Engine.push_audio",)
         mod = importlib.import_module(module)
         for path in paths:
             *owner_path, name = path.split(".")
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--name", default="engine_stages", help="report file name (without .json/.md)")
     p.add_argument("--backlog-ms", type=float, default=0.0, help="most pending audio per stream (0 = no bound)")
+    p.add_argument("--one-push", action="store_true", help="feed one push_audio per chunk (not push_audio_many)")
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.trial:
@@ -134,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     spec["signals"] = not a.no_signals
     spec["warm_up"] = a.warm_up
     spec["max_backlog_samples"] = int(a.backlog_ms * 16)
+    spec["one_push"] = a.one_push
     result: dict[str, Any] = {"machine": machine_info(), "cpu_core": cpu, "baseline_ref": a.baseline_ref, **spec}
     trials: dict[str, list[dict]] = {name: [] for name in variants}
     try:
@@ -183,7 +189,8 @@ def _markdown(result: dict) -> str:
         f"--baseline-ref {result.get('baseline_ref') or 'REF'} --runner {result['runner']} --streams "
         f"{result['streams']}{'' if result['signals'] else ' --no-signals'}"
         f"{'' if result.get('warm_up') else ' --no-warm-up'}"
-        f"{' --backlog-ms %g' % (result['max_backlog_samples'] / 16) if result.get('max_backlog_samples') else ''}`.",
+        f"{' --backlog-ms %g' % (result['max_backlog_samples'] / 16) if result.get('max_backlog_samples') else ''}"
+        f"{' --one-push' if result.get('one_push') else ''}`.",
         "",
         "| us per frame | " + " | ".join(names) + (" | change |" if len(names) == 2 else ""),
         "|---|" + "---|" * (len(names) + (1 if len(names) == 2 else 0)),

@@ -9,6 +9,9 @@ trial. Variants: "current" (this checkout) and, with --baseline-ref, the engine 
 (`git archive REF stream_engine` into a temporary folder; the same runners from this checkout's tests/fakes.py),
 trials interleaved so machine load hits both alike.
 
+Feeding: each 20 ms round of every stream's chunks goes in one `Engine.push_audio_many` call where the engine has
+it (one `push_audio` per chunk in older engines, e.g. a baseline, and with --one-push).
+
 1. Throughput: N streams fed as fast as the engine takes them; CPU time per frame -> the streams per core the
    engine could hold if nothing else ran (1 / (25 x CPU s per frame)). The feeder pushes a round to every
    stream between the engine's batches, so it runs ahead: by the end each stream holds seconds of audio (p50
@@ -131,11 +134,22 @@ def run_trial(spec: dict) -> dict:
             if spec.get("warm_up"):  # as `msync stream` serves: Engine.warm_up before any stream (gc.freeze too)
                 await engine.warm_up()
             ids = [engine.open_stream().stream_id for _ in range(n)]
+            many = getattr(engine, "push_audio_many", None)  # older engines, measured as a baseline: one by one
+            if spec.get("one_push"):  # --one-push: one push_audio per chunk whatever the engine has
+                many = None
+
+            def push_round(piece):
+                if many is not None:
+                    errors = many(ids, [piece] * n)
+                    assert not errors, errors
+                else:
+                    for sid in ids:
+                        engine.push_audio(sid, piece)
+
             warm = 0
             if spec["runner"] in ONNX_RUNNERS:  # warm the runtime's buffers for every batch size used
                 warm = 640
-                for sid in ids:
-                    engine.push_audio(sid, audio[:640])
+                push_round(audio[:640])
                 await asyncio.sleep(0.5)
                 lat.clear()
                 counted[0] = 0
@@ -148,9 +162,7 @@ def run_trial(spec: dict) -> dict:
                     delay = t0_ns + tick * 20_000_000 - time.monotonic_ns()
                     if delay > 0:
                         await asyncio.sleep(delay / 1e9)
-                piece = audio[pos : pos + chunk]
-                for sid in ids:
-                    engine.push_audio(sid, piece)
+                push_round(audio[pos : pos + chunk])
                 pos += chunk
                 if not realtime:
                     await asyncio.sleep(0)
@@ -318,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="engine_throughput", help="report file name (without .json/.md)")
     p.add_argument("--rounds", type=int, default=2, help="throughput trials per variant (the best counts)")
     p.add_argument("--backlog-ms", type=float, default=0.0, help="throughput feeding: most pending audio (0 = none)")
+    p.add_argument("--one-push", action="store_true", help="feed one push_audio per chunk (not push_audio_many)")
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.trial:
@@ -361,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                             "signals": signals,
                             "warm_up": a.warm_up,
                             "max_backlog_samples": int(a.backlog_ms * 16),
+                            "one_push": a.one_push,
                         },
                         cpu,
                     )
@@ -441,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
     result["warm_up"] = a.warm_up
     result["backlog_ms"] = a.backlog_ms
+    result["one_push"] = a.one_push
     result["rounds"] = a.rounds
     write_report(Path(a.out), a.name, result, _markdown(result))
     return 0
@@ -486,6 +501,8 @@ def _markdown(result: dict) -> str:
         if result.get("warm_up")
         else "Trials without `Engine.warm_up` (the protocol of the results before engine_throughput_14g)."
     )
+    if result.get("one_push"):
+        lines.append("Feeding: one `push_audio` per chunk (--one-push), not `push_audio_many`.")
     if result.get("backlog_ms"):
         lines.append(f"Throughput feeding held each stream to about {result['backlog_ms']:g} ms of pending audio.")
     for runner_name, onnx in result["runners"].items():

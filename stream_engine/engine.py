@@ -35,6 +35,7 @@ never published: the stream restarts and gets an "error" and a "reset" event.
     async with engine:
         engine.open_stream("mic")
         engine.push_audio("mic", samples_16k)        # from any input task
+        engine.push_audio_many(ids, chunks)          # several streams' chunks in one call ({position: error})
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ import numpy as np
 
 from stream_engine.batch_signals import BatchSignalExtractor
 from stream_engine.clock import Clock, MonotonicClock
-from stream_engine.core import CommittedFrames, EngineCore, LandmarkFrame, StepBatch
+from stream_engine.core import CommittedFrames, CoreError, EngineCore, LandmarkFrame, StepBatch
 from stream_engine.memory import release_free_heap
 from stream_engine.outputs import FrameSink
 from stream_engine.runtime.base import StepRunner
@@ -391,6 +392,33 @@ class Engine:
             self._event(stream_id, "resumed")
         if self._work is not None and not self._work.is_set():
             self._work.set()
+
+    def push_audio_many(
+        self,
+        stream_ids: Sequence[str],
+        chunks: np.ndarray | Sequence[np.ndarray],
+        arrival_ns: int | Sequence[int] | None = None,
+    ) -> dict[int, CoreError]:
+        """One chunk for each of several streams in one call (`EngineCore.push_audio_many`: the same checks as
+        `push_audio`, one scatter into the streams' rings), e.g. every chunk that arrived in one event-loop turn.
+
+        Args:
+            stream_ids: K ids (one id may repeat: its chunks are appended in order).
+            chunks: K mono float chunks, or one (K, n) float array.
+            arrival_ns: engine-clock arrival, one for all or one per chunk (None: now).
+        Returns:
+            {position: error} of the refused chunks (`UnknownStreamError`, `AudioChunkError`, `OverloadError`),
+            each leaving its stream unchanged; every other chunk is taken. Nothing is raised for them, so one bad
+            stream never costs the others their audio.
+        """
+        resumed, errors = self.core.push_audio_many(
+            stream_ids, chunks, self.clock.now_ns() if arrival_ns is None else arrival_ns
+        )
+        for sid in resumed:
+            self._event(sid, "resumed")
+        if self._work is not None and not self._work.is_set():
+            self._work.set()
+        return errors
 
     def reset(self, stream_id: str) -> int:
         """Barge-in: drop pending audio, restart the model state now, tell outputs (stale frames are dropped,
