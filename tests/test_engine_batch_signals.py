@@ -49,7 +49,10 @@ def _run(batch_signals: bool):
                 for j, sid in enumerate(engine.sessions):
                     if (k // 4 + j) % 3:  # streams skip chunks: batches of varying size and membership
                         engine.push_audio(sid, audio[sid][k * SPF : (k + 4) * SPF])
+                # a reset drops audio not yet stepped: drain first, so that both runs reset at the same frame
+                # whatever the machine's load (a loaded run had stepped less of "a" and made fewer frames)
                 if k == 16:
+                    await engine.wait_drained("a")
                     engine.reset("a")
                 if k == 24:
                     engine.flush("c")
@@ -58,6 +61,7 @@ def _run(batch_signals: bool):
                     engine.close_stream("b")
                     engine.open_stream("d", faces["d"])  # takes b's freed slot
                 if k == 40:
+                    await engine.wait_drained("d")
                     engine.reset("d")
                 await asyncio.sleep(0.005)
             for sid in list(engine.sessions):
