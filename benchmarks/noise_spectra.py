@@ -186,6 +186,17 @@ def measure(name: str, path: str, items) -> dict:
     return out
 
 
+def _table(rows: dict[str, dict], fams: list[str], cell) -> list[str]:
+    """Markdown table lines: one row per model, one column per family ("family (streams)"), `cell(values)`."""
+    first = next(iter(rows.values()))
+    lines = [
+        "| model | " + " | ".join(f"{f} ({first[f]['streams']})" for f in fams) + " |",
+        "|---|" + "---|" * len(fams),
+    ]
+    lines += [f"| {name} | " + " | ".join(cell(r[f]) for f in fams) + " |" for name, r in rows.items()]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import machine_info, write_report
 
@@ -218,19 +229,15 @@ def main(argv: list[str] | None = None) -> int:
         "whose median is above 0.03 · gap p90 · time to rest, median over streams (share ≤ 200 ms); ∞ = the median "
         "stream is not at rest in its last frame (relative to its own closed mouth, see the module doc).",
         "",
-        "| model | " + " | ".join(f"{f} ({rows[next(iter(rows))][f]['streams']})" for f in fams) + " |",
-        "|---|" + "---|" * len(fams),
     ]
-    for name, r in rows.items():
-        md.append(
-            f"| {name} | "
-            + " | ".join(
-                f"{r[f]['mean_of_medians']:.3f} · {r[f]['share_open']:.0%} · {r[f]['gap_p90']:.3f} · "
-                f"{_ms(r[f]['time_to_rest_median_ms'])} ({r[f]['within_200ms']:.0%})"
-                for f in fams
-            )
-            + " |"
-        )
+    md += _table(
+        rows,
+        fams,
+        lambda c: (
+            f"{c['mean_of_medians']:.3f} · {c['share_open']:.0%} · {c['gap_p90']:.3f} · "
+            f"{_ms(c['time_to_rest_median_ms'])} ({c['within_200ms']:.0%})"
+        ),
+    )
     md += [
         "",
         "## A stream that starts inside the noise",
@@ -239,19 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         "streams) · its mean over 200-500 ms · share of streams above 0.03 there · median over 1-6 s · share of "
         "streams whose median over 1-6 s is above 0.03.",
         "",
-        "| model | " + " | ".join(f"{f} ({starts[next(iter(starts))][f]['streams']})" for f in fams) + " |",
-        "|---|" + "---|" * len(fams),
     ]
-    for name, r in starts.items():
-        md.append(
-            f"| {name} | "
-            + " | ".join(
-                f"{r[f]['max_first_500ms']:.3f} · {r[f]['mean_200_500ms']:.3f} · {r[f]['share_open_200_500ms']:.0%} · "
-                f"{r[f]['median_1_6s']:.3f} · {r[f]['share_open_1_6s']:.0%}"
-                for f in fams
-            )
-            + " |"
-        )
+    md += _table(
+        starts,
+        fams,
+        lambda c: (
+            f"{c['max_first_500ms']:.3f} · {c['mean_200_500ms']:.3f} · {c['share_open_200_500ms']:.0%} · "
+            f"{c['median_1_6s']:.3f} · {c['share_open_1_6s']:.0%}"
+        ),
+    )
     result = {"rows": rows, "start": starts, "args": vars(a), "machine": machine_info()}
     write_report(a.out, "noise_spectra", result, "\n".join(md))
     return 0

@@ -82,16 +82,7 @@ def test_fresh_start_windows_begin_a_stream_inside_the_sound():
     t, w, la = 40, 10, 2
     audio, lm = _window(t, w, la)
     cfg = RestMixConfig(fraction=1.0, layout_weights=(0, 0, 1), kind_weights=(0, 1, 0, 0, 0), fresh_start_prob=1.0)
-    m = mix_window(
-        audio,
-        lm,
-        warmup_frames=w,
-        lookahead_frames=la,
-        context_samples=CTX,
-        samples_per_frame=SPF,
-        rng=np.random.default_rng(0),
-        cfg=cfg,
-    )
+    m = _mix(audio, lm, w, la, cfg, seed=0)
     assert m.fresh_start and m.rest.all() and not m.speech.any()
     assert not m.audio[: CTX + SPF * w].any() and m.audio[CTX + SPF * w :].std() > 0
     fe = FrontEndConfig()
@@ -104,6 +95,20 @@ def test_fresh_start_windows_begin_a_stream_inside_the_sound():
     # off by default: the same draws as before
     old = sampler.sample(4, np.random.default_rng(1), None, RestMixConfig(fraction=0.5, layout_weights=(0, 0, 1)))
     assert old.valid[2:].all()
+
+
+def _mix(audio, lm, w, la, cfg, seed, mean_face=None):
+    return mix_window(
+        audio,
+        lm,
+        warmup_frames=w,
+        lookahead_frames=la,
+        context_samples=CTX,
+        samples_per_frame=SPF,
+        rng=np.random.default_rng(seed),
+        cfg=cfg,
+        mean_face=mean_face,
+    )
 
 
 def _window(t=40, w=10, la=2, seed=0):
@@ -122,17 +127,7 @@ def test_mixed_windows_keep_alignment_and_masks(layout):
     cfg = RestMixConfig(fraction=1.0, layout_weights=weights, kind_weights=(1, 0, 0, 0, 0), grace_frames=3)
     mean_face = np.full((68, 2), -1.0, np.float32)
     for seed in range(10):
-        m = mix_window(
-            audio,
-            lm,
-            warmup_frames=w,
-            lookahead_frames=la,
-            context_samples=CTX,
-            samples_per_frame=SPF,
-            rng=np.random.default_rng(seed),
-            cfg=cfg,
-            mean_face=mean_face,
-        )
+        m = _mix(audio, lm, w, la, cfg, seed, mean_face)
         assert m.kind == "silence" and m.layout == layout and m.audio.shape == audio.shape
         assert not (m.speech & m.rest).any()
         frames = m.audio[CTX:].reshape(-1, SPF)[w : w + t]  # the target frames' own samples
