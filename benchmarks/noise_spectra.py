@@ -35,6 +35,7 @@ fixed 0.03 IOD, time to rest is relative to the stream's own closed mouth. Write
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from pathlib import Path
@@ -80,21 +81,27 @@ def families(num_samples: int, draws: int, case: Path | None) -> dict[str, list[
         "white < 2 kHz": [noise(lambda f: (f <= 2000).astype(float), 60_000 + k) for k in range(2)],
     }
     if case is not None and case.exists():
-        import soundfile as sf
-
-        pcm, sr = sf.read(str(case), dtype="float64")
-        pause = pcm[int(3.2 * sr) : int(4.8 * sr)]
-        mag = np.abs(np.fft.rfft(pause))
-        freqs = np.fft.rfftfreq(len(pause), 1.0 / sr)
+        freqs, smooth = _case_spectrum(str(case))
 
         def case_gain(f: np.ndarray) -> np.ndarray:
-            # the case's magnitude spectrum, smoothed over ~50 Hz so that one draw's fluctuations do not carry over
-            k = max(1, int(50.0 / (freqs[1] - freqs[0])))
-            smooth = np.convolve(mag, np.ones(k) / k, mode="same")
             return np.interp(f, freqs, smooth)
 
         out["case spectrum"] = [noise(case_gain, 70_000 + k) for k in range(2)]
     return out
+
+
+@functools.cache
+def _case_spectrum(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies Hz, magnitude) of the case file's first pause (3.2-4.8 s), smoothed over ~50 Hz so that one
+    draw's fluctuations do not carry over; read once per process (both tables use it)."""
+    import soundfile as sf
+
+    pcm, sr = sf.read(path, dtype="float64")
+    pause = pcm[int(3.2 * sr) : int(4.8 * sr)]
+    mag = np.abs(np.fft.rfft(pause))
+    freqs = np.fft.rfftfreq(len(pause), 1.0 / sr)
+    k = max(1, int(50.0 / (freqs[1] - freqs[0])))
+    return freqs, np.convolve(mag, np.ones(k) / k, mode="same")
 
 
 def streams(clips: int, draws: int, case: Path | None):
