@@ -167,6 +167,13 @@ def test_without_numba_the_numpy_path_runs():
     assert "refused: compiled signals need numba" in r.stdout
 
 
+def _fresh_process(code: str, cache_dir) -> subprocess.CompletedProcess:
+    """`code` in a new Python process with MSYNC_CACHE_DIR=cache_dir (and no NUMBA_CACHE_DIR of ours)."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(MSYNC_CACHE_DIR=str(cache_dir), PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
 @needs_numba
 @pytest.mark.slow
 def test_compiled_loop_is_cached_in_the_user_cache_dir(tmp_path):
@@ -179,13 +186,8 @@ def test_compiled_loop_is_cached_in_the_user_cache_dir(tmp_path):
         "t0 = time.perf_counter(); bx.warm_up(); print(round(time.perf_counter() - t0, 3))\n"
         "k = bx._kernel; print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env.update(MSYNC_CACHE_DIR=str(tmp_path), PYTHONPATH=str(REPO))
     before = set((REPO / "stream_engine").rglob("*.nb[ic]"))
-    runs = [
-        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-        for _ in range(2)
-    ]
+    runs = [_fresh_process(code, tmp_path) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr
     assert list((tmp_path / "numba").rglob("*.nbi")), "no numba cache index in MSYNC_CACHE_DIR/numba"
     assert set((REPO / "stream_engine").rglob("*.nb[ic]")) == before  # nothing written beside the source
@@ -222,10 +224,8 @@ def test_an_unwritable_cache_dir_means_no_cache_not_the_package_dir(tmp_path):
         "bx = BatchSignalExtractor(); bx.warm_up(); assert bx.compiled\n"
         "print(bx._kernel.stats.cache_path)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env.update(MSYNC_CACHE_DIR=str(blocker), PYTHONPATH=str(REPO))
     before = set((REPO / "stream_engine").rglob("*.nb[ic]"))
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    r = _fresh_process(code, blocker)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "None"  # compiled, not cached
     assert set((REPO / "stream_engine").rglob("*.nb[ic]")) == before
