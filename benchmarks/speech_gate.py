@@ -45,7 +45,7 @@ def _derive(cfg: SignalConfig, lm: np.ndarray, lv: np.ndarray, ahead: np.ndarray
     return np.array([[s.mouth_open, s.silent] for s in rows])
 
 
-def _levels(pcm: np.ndarray, n: int, lookahead: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def frame_levels(pcm: np.ndarray, n: int, lookahead: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame RMS level (dBFS, floor -120; `training.eval.viewer.frame_dbfs`) and the loudest of the next
     `lookahead` frames."""
     from training.eval.viewer import frame_dbfs
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         clip = Path(a.data) / "clips" / row["id"]
         lm = np.load(f"{clip}.lm68.npy").astype(np.float64)
         audio, _ = soundfile.read(f"{clip}.flac", dtype="float64")
-        lv, ah = _levels(audio, len(lm))
+        lv, ah = frame_levels(audio, len(lm))
         out = {name: _derive(cfg, lm, lv, ah, lm[0]) for name, cfg in GATES.items()}
         sel = out[OLD][:, 0] > 0.3
         total += len(lm)

@@ -413,6 +413,8 @@ class BatchSignalExtractor:
                 cfg.max_head_deg,
                 cfg.blendshape_neutral_s,
                 cfg.auto_blink_interval_s[1],
+                nf.cfg.start_steady_frames,
+                nf.cfg.start_steady_db,
             ],
             dtype=np.float64,
         )
@@ -441,7 +443,7 @@ class BatchSignalExtractor:
         )
         filt = (f.x, f.dx, f.t, f.ready, f.min_cutoff, f.beta, f.d_tau)
         ffilt = (g.x, g.dx, g.t, g.ready, g.min_cutoff, g.beta, g.d_tau)
-        noise = (nf.smoothed, nf.minima, nf.next, nf.current, nf.elapsed)
+        noise = (nf.smoothed, nf.minima, nf.next, nf.current, nf.elapsed, nf.measured, nf.recent, nf.heard)
         return (
             settings,
             signal_kernel.DIRECT_SCALE * cfg.blendshape_gain,

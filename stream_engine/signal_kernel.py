@@ -210,11 +210,12 @@ def frame_pass(
     ) = state
     fx, fdx, ft, fready, f_min, f_beta, f_tau = filt
     gx, gdx, gt, gready, g_min, g_beta, g_tau = ffilt
-    n_smoothed, n_minima, n_next, n_current, n_elapsed = noise
+    n_smoothed, n_minima, n_next, n_current, n_elapsed, n_measured, n_recent, n_heard = noise
     range_decay_s, mouth_min_span, width_min_span = cfg[0], cfg[1], cfg[2]
     silence_dbfs, noise_margin_db, skip_below, smoothing, sub_s = cfg[3], cfg[4], cfg[5], cfg[6], cfg[7]
     hold_ms, release_ms, quiet_warning_s, max_head_deg = cfg[8], cfg[9], cfg[10], cfg[11]
     neutral_s, blink_hi = cfg[12], cfg[13]
+    steady_n, steady_db = int(cfg[14]), cfg[15]
     for i in range(slots.size):
         if slots[i] < 0 or slots[i] >= open_slots.size or not open_slots[slots[i]]:
             return NOT_OPEN
@@ -323,13 +324,27 @@ def frame_pass(
         if heard:
             n_smoothed[s] = smoothed
             cur = min(cur, smoothed)
+        width = n_minima.shape[1]
+        if steady_n > 0 and not heard:
+            n_heard[s] = 0  # a steady start needs consecutive heard frames
+        elif steady_n > 0 and n_measured[s] < width:  # a steady start (`noise_floor` module docstring)
+            n_recent[s, n_heard[s] % steady_n] = smoothed
+            n_heard[s] += 1
+            if n_heard[s] >= steady_n:
+                lo, hi = n_recent[s, 0], n_recent[s, 0]
+                for m in range(1, steady_n):
+                    lo, hi = min(lo, n_recent[s, m]), max(hi, n_recent[s, m])
+                if hi - lo <= steady_db:
+                    for m in range(n_measured[s], width):
+                        n_minima[s, m] = lo
         floor = cur
-        for m in range(n_minima.shape[1]):
+        for m in range(width):
             floor = min(floor, n_minima[s, m])
         elapsed = n_elapsed[s] + (dt if heard else 0.0)
         if elapsed >= sub_s:
             n_minima[s, n_next[s]] = cur
-            n_next[s] = (n_next[s] + 1) % n_minima.shape[1]
+            n_next[s] = (n_next[s] + 1) % width
+            n_measured[s] = min(n_measured[s] + 1, width)
             cur = math.inf
             elapsed = 0.0
         n_current[s] = cur

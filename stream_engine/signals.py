@@ -283,6 +283,10 @@ class SignalConfig:
             at once; it should exceed the longest stretch of speech without a pause.
         noise_subwindows: sub-windows of that window, >= 2 (the floor rises in steps of window / sub-windows).
         noise_floor_init_dbfs: the noise floor assumed, dBFS, until the first window of a stream is measured.
+        noise_start_steady_frames: unless this many frames of steady level (within `noise_start_steady_db`) come
+            first: then the floor takes their level at once, so a stream that starts inside a fan's noise does not
+            open the mouth for a whole window (`noise_floor` module docstring; 0 = off).
+        noise_start_steady_db: the largest spread of those frames' smoothed levels, dB.
         noise_smoothing: the noise floor is the minimum of levels smoothed with this weight of the previous value
             per frame, in [0, 1) (0.8: ~180 ms; `noise_floor` module docstring), so one partly silent frame or a
             short fade does not pull the floor down.
@@ -318,6 +322,8 @@ class SignalConfig:
     noise_window_s: float = 2.0
     noise_subwindows: int = 4
     noise_floor_init_dbfs: float = -90.0
+    noise_start_steady_frames: int = 8
+    noise_start_steady_db: float = 2.0
     noise_smoothing: float = 0.8
     quiet_warning_s: float = 5.0
     silence_hold_ms: float = 120.0
@@ -517,7 +523,13 @@ def _qmul(a: Quaternion, b: Quaternion) -> Quaternion:
 def noise_floor_config(cfg: SignalConfig) -> NoiseFloorConfig:
     """The speech gate's noise-floor tracker as `cfg` sets it (frames under the absolute floor are skipped)."""
     return NoiseFloorConfig(
-        cfg.noise_window_s, cfg.noise_subwindows, cfg.noise_floor_init_dbfs, cfg.silence_dbfs, cfg.noise_smoothing
+        cfg.noise_window_s,
+        cfg.noise_subwindows,
+        cfg.noise_floor_init_dbfs,
+        cfg.silence_dbfs,
+        cfg.noise_smoothing,
+        cfg.noise_start_steady_frames,
+        cfg.noise_start_steady_db,
     )
 
 

@@ -13,6 +13,7 @@ from stream_engine.config import DEFAULT_MODEL_PATH
 from stream_engine.core import EngineCore
 from stream_engine.engine import Engine, EngineConfig
 from stream_engine.runtime.base import StateSlots, check_finite_output, initial_state
+from stream_engine.signals import SignalConfig
 
 from fakes import NEUTRAL_FACE, FakeRunner, NonFiniteRunner, ZeroCostRunner, speechlike, tone
 
@@ -234,8 +235,10 @@ def test_a_stalled_stream_continues_with_silence_and_resumes_cleanly():
 
     async def main():
         sink = Sink()
+        # the steady tone would be a hum to the speech gate's steady start (`noise_floor`), which would then keep
+        # the rig's mouth shut; this test is about the stall, so that is off
         cfg = EngineConfig(stall_fill_s=0.4)
-        async with Engine(FakeRunner(lookahead_frames=2), cfg) as engine:
+        async with Engine(FakeRunner(lookahead_frames=2), cfg, SignalConfig(noise_start_steady_frames=0)) as engine:
             engine.add_sink(sink)
             assert engine.stall_ns == int((2 * 40 + 80) * 1e6)
             engine.open_stream("s")

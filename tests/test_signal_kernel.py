@@ -113,6 +113,8 @@ def test_compiled_pass_equals_numpy(name, caplog):
         np.testing.assert_allclose(getattr(got_bx, attr), getattr(ref_bx, attr), rtol=0, atol=1e-9, err_msg=attr)
     np.testing.assert_allclose(got_bx._filter.x, ref_bx._filter.x, rtol=0, atol=1e-7)
     np.testing.assert_allclose(got_bx._noise.minima, ref_bx._noise.minima, rtol=0, atol=1e-9)
+    for name in ("measured", "heard"):  # the steady start (`noise_floor`) ran alike
+        np.testing.assert_array_equal(getattr(got_bx._noise, name), getattr(ref_bx._noise, name), err_msg=name)
     np.testing.assert_array_equal(got_bx._next_blink, ref_bx._next_blink)
     blinks = np.concatenate([o.blink for _, o in got])
     mouths = np.concatenate([o.mouth_open for _, o in got])
