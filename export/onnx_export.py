@@ -94,6 +94,8 @@ def torch_to_onnx(generator: Generator, contract: StepContract, opset: int = DEF
     """Trace `generator.step` with the dynamo exporter; returns the ModelProto (no contract metadata yet)."""
     was_training = generator.training
     generator.eval()
+    if generator.cfg.silence_history:
+        generator.freeze_silence()  # the step's silence history as constants, not a subgraph per call
     module = StepModule(generator).eval()
     inputs = example_inputs(generator, batch=2)
     batch = torch.export.Dim(BATCH, min=1, max=MAX_BATCH)

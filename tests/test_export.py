@@ -260,3 +260,41 @@ def test_contract_built_from_the_generator_matches_the_file(exported):
     _, g, contract = exported
     rebuilt = build_contract(g, contract.reference_face_array, contract.model_version, contract.training_data)
     assert StepContract.from_metadata(rebuilt.to_metadata()) == contract
+
+
+def test_silence_history_exports_as_constants_and_starts_every_runtime_from_silence(tmp_path, speech_8s):
+    """A generator with `silence_history` exports with the silence folded into constants (a handful of nodes
+    more than the zero history, not a front end and a block stack per call); onnxruntime matches PyTorch from a
+    fresh stream, and a fresh stream's zero `conv_cache` is what 2 s of digital silence leaves in it."""
+    import onnx
+
+    from export.cli import random_generator
+    from stream_engine.cli import main
+
+    nodes = {}
+    for flag in ("false", "true"):
+        out = tmp_path / f"silence_{flag}.onnx"
+        rc = main(
+            ["export", "--random-init", "--seed", "3", "--set", "velocity_scale=0.0002", "--set"]
+            + [f"silence_history={flag}", "--out", str(out)]
+        )
+        assert rc == 0
+        nodes[flag] = len(onnx.load(str(out)).graph.node)
+    assert nodes["true"] <= nodes["false"] + 12
+    runner = OnnxStepRunner(tmp_path / "silence_true.onnx")
+    assert runner.contract.generator_config["silence_history"] is True
+    g = random_generator(seed=3, overrides=["velocity_scale=0.0002", "silence_history=true"])
+    state = runner.initial_state(1, rng=np.random.default_rng(0))
+    tstate = g.initial_state(
+        torch.from_numpy(state["reference_landmarks"]), torch.from_numpy(state["h"]), torch.from_numpy(state["c"])
+    )
+    audio = speech_8s[: 640 * 30].reshape(30, 1, 640).astype(np.float32)
+    with torch.no_grad():
+        for a in audio:
+            got, state = runner.step(a, state)
+            want, tstate = g.step(torch.from_numpy(a), tstate)
+            assert np.abs(got - want.numpy()).max() < 1e-4
+    state = runner.initial_state(1, rng=np.random.default_rng(0))
+    for _ in range(50):
+        _, state = runner.step(np.zeros((1, 640), np.float32), state)
+    assert np.abs(state["conv_cache"]).max() < 1e-4

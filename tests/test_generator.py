@@ -32,10 +32,12 @@ def _run_both(g: Generator, audio: torch.Tensor, seed: int = 0):
     return seq, torch.stack(outs, dim=1), x_ref
 
 
+@pytest.mark.parametrize("silence_history", [False, True])
 @pytest.mark.parametrize("lookahead", [0, 1, 4])
-def test_step_reproduces_sequence_form(speech, lookahead):
-    """Stepping 40 ms at a time gives the sequence model's frames within 1e-5, for every look-ahead."""
-    g = Generator(GeneratorConfig(lookahead_frames=lookahead)).eval()
+def test_step_reproduces_sequence_form(speech, lookahead, silence_history):
+    """Stepping 40 ms at a time gives the sequence model's frames within 1e-5, for every look-ahead, with the
+    zero history or the silence history before the stream."""
+    g = Generator(GeneratorConfig(lookahead_frames=lookahead, silence_history=silence_history)).eval()
     audio = _speech(speech).repeat(2, 1)
     audio[1] *= 0.25
     seq, stepped, x_ref = _run_both(g, audio)
@@ -60,9 +62,11 @@ def test_frame_depends_on_no_audio_beyond_lookahead(speech, lookahead):
     assert not torch.allclose(a[:, cut_frame + 1 :], b[:, cut_frame + 1 :])
 
 
-def test_warmup_mask_equals_fresh_stream(speech):
-    """Frames before a stream's start, masked as invalid, behave exactly like the zero caches of a new stream."""
-    g = Generator(GeneratorConfig(lookahead_frames=1)).eval()
+@pytest.mark.parametrize("silence_history", [False, True])
+def test_warmup_mask_equals_fresh_stream(speech, silence_history):
+    """Frames before a stream's start, masked as invalid, behave exactly like the zero caches of a new stream
+    (with `silence_history`: like the silence a new stream's zero caches then stand for)."""
+    g = Generator(GeneratorConfig(lookahead_frames=1, silence_history=silence_history)).eval()
     audio = _speech(speech)
     pad_frames = 10
     padded = torch.cat([torch.randn(1, 640 * pad_frames) * 0.2, audio], dim=1)
@@ -78,6 +82,31 @@ def test_warmup_mask_equals_fresh_stream(speech):
         valid = torch.arange(pad_frames + n + 1)[None] >= pad_frames
         masked = g(mf, x_ref, h0, c0, num_frames=n, warmup_frames=pad_frames, valid=valid)
     assert (fresh - masked).abs().max() <= 1e-6
+
+
+def test_silence_history_is_what_a_silent_past_leaves_in_the_caches(speech):
+    """With `silence_history`, the caches a stream holds after 2 s of digital silence are the zero caches of a
+    fresh stream (to float error), so a fresh stream's audio levels are those of a stream that heard silence
+    first; with the zero history they are far apart (the transient 0.3.1 showed at stream starts)."""
+    audio = _speech(speech)
+    for silence_history in (True, False):
+        g = Generator(GeneratorConfig(lookahead_frames=2, silence_history=silence_history)).eval()
+        x_ref = torch.rand(1, 68, 2) * 0.4 + 0.3
+        h0, c0 = g.initial_lstm_state(1)
+        with torch.no_grad():
+            state = g.initial_state(x_ref, h0, c0)
+            for _ in range(50):
+                _, state = g.step(torch.zeros(1, 640), state)
+            gap = state.conv_cache.abs().max().item()
+            fresh = g.audio_levels(g.mfcc(with_silence_context(audio, g.frontend)))
+            after = g.audio_levels(
+                g.mfcc(with_silence_context(torch.cat([torch.zeros(1, 640 * 50), audio], 1), g.frontend))
+            )
+        diff = max((a[..., 50:] - f).abs().max().item() for a, f in zip(after, fresh))
+        if silence_history:
+            assert gap < 1e-4 and diff < 1e-4
+        else:
+            assert gap > 1.0 and diff > 0.1
 
 
 def test_default_model_fits_the_budget():

@@ -97,6 +97,30 @@ def test_fresh_start_windows_begin_a_stream_inside_the_sound():
     assert old.valid[2:].all()
 
 
+def test_stream_start_windows_begin_with_their_segment():
+    """`stream_start_prob` = 1: every window's first target frame is its segment's first frame, so its whole
+    warm-up lies before the stream (invalid, silent) and its speech starts with the stream; 0 draws the old
+    windows from the same random stream; out-of-range shares are refused when the config is made."""
+    from tests.test_prefetch import _segments
+    from training.data.generator_batches import WindowSampler
+    from training.frontend import FrontEndConfig
+    from training.train_generator import TrainGeneratorConfig
+
+    t, w, la = 40, 10, 2
+    sampler = WindowSampler(_segments(), num_frames=t, lookahead_frames=la, warmup_frames=w, frontend=FrontEndConfig())
+    b = sampler.sample(6, np.random.default_rng(2), stream_start_prob=1.0)
+    assert (b.start_frame == 1).all()
+    assert not b.valid[:, : w - 1].any() and b.valid[:, w - 1 :].all()  # start 1: one valid warm-up frame (frame 0)
+    assert not b.audio[:, : CTX + SPF * (w - 1)].any()  # silence before the stream
+    old = sampler.sample(6, np.random.default_rng(2))
+    same = sampler.sample(6, np.random.default_rng(2), stream_start_prob=0.0)
+    np.testing.assert_array_equal(old.start_frame, same.start_frame)
+    np.testing.assert_array_equal(old.audio, same.audio)
+    assert (old.start_frame > 1).any()
+    with pytest.raises(ValueError, match="stream_start_prob"):
+        TrainGeneratorConfig(stream_start_prob=1.5)
+
+
 def _mix(audio, lm, w, la, cfg, seed, mean_face=None):
     return mix_window(
         audio,

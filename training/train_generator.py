@@ -54,6 +54,11 @@ class TrainGeneratorConfig:
     the unmixed windows, against the speech teacher's features of their clean audio, so that the encoder stays
     teacher-like while the generator trains (`teacher_cache`: "" = ~/.cache/msync/teacher).
 
+    `stream_start_prob` is the share of windows that are a stream's first frames: the window starts at the first
+    frame of its segment, so every warm-up frame lies before the stream (zero or silence history, see
+    `GeneratorConfig.silence_history`) and the speech begins with the stream, as when a file is animated from its
+    first sample; 0 draws the windows as before (uniform starts, the same random stream).
+
     `prefetch` > 0 draws that many batches ahead in a forked worker process (`training.data.prefetch`): the same
     batches in the same order, with the host-side batch work overlapping the step (worth it on a GPU, where drawing
     a batch of 256 takes about half the step; 0 draws them inline).
@@ -83,6 +88,7 @@ class TrainGeneratorConfig:
     beta2: float = 0.999
     grad_clip: float = 1.0
     zero_noise_prob: float = 0.2
+    stream_start_prob: float = 0.0
     rest: RestMixConfig = RestMixConfig()
     rest_gap_target: float = 0.02
     rest_gap_weight: float = 0.0
@@ -142,6 +148,8 @@ class TrainGeneratorConfig:
             raise ValueError(f"head_angle_momentum must be in [0, 1), got {self.head_angle_momentum}")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 (batches drawn ahead), got {self.prefetch}")
+        if not 0.0 <= self.stream_start_prob <= 1.0:
+            raise ValueError(f"stream_start_prob must be in [0, 1], got {self.stream_start_prob}")
         if self.distill_weight > 0 and not self.distill_head:
             raise ValueError("distill_weight > 0 needs distill_head (the head of a `msync distill` run)")
 
@@ -308,7 +316,9 @@ class GeneratorTrainer(Trainer):
 
     def draw_batch(self, rng):
         cfg = self.cfg
-        return self.sampler.sample(cfg.batch_size, rng, cfg.augment, cfg.rest, self.reference_face)
+        return self.sampler.sample(
+            cfg.batch_size, rng, cfg.augment, cfg.rest, self.reference_face, stream_start_prob=cfg.stream_start_prob
+        )
 
     def next_batch(self, rng):
         """The step's batch: drawn inline from `rng`, or (`prefetch` > 0) taken from the worker that owns `rng`

@@ -101,12 +101,16 @@ class WindowSampler:
         augment: AugmentConfig | None = None,
         rest: RestMixConfig | None = None,
         mean_face: np.ndarray | None = None,
+        stream_start_prob: float = 0.0,
     ) -> WindowBatch:
         """A random batch; with `rest.fraction` > 0 the last round(fraction * B) windows get non-speech mixed in
         (after augmentation, so speech gain does not scale the sound; `mean_face` is the reference for some
-        all-non-speech windows)."""
+        all-non-speech windows); with `stream_start_prob` > 0 that share of windows starts at its segment's first
+        frame (`TrainGeneratorConfig.stream_start_prob`)."""
         segs = rng.choice(len(self.segments), size=batch_size, p=self.weights)
         starts = np.array([1 + rng.integers(0, self.num_starts[s]) for s in segs])
+        if stream_start_prob > 0.0:  # a stream's first frames: the whole warm-up before the segment's start
+            starts = np.where(rng.uniform(size=batch_size) < stream_start_prob, 1, starts)
         parts = [self.window(int(s), int(t), rng, augment) for s, t in zip(segs, starts)]
         audio = np.stack([p[0] for p in parts])
         landmarks = np.stack([p[2] for p in parts])

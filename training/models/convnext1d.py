@@ -50,9 +50,16 @@ class ConvNeXtBlock1d(nn.Module):
         """`mix` for a single frame without a time axis: (B, C) conv output + (B, C) input -> (B, C)."""
         return residual + self.pw2(F.gelu(self.pw1(self.norm(conv_out))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, T) -> (B, C, T). `history` (C,), causal blocks only: the input assumed before the first frame
+        (default zeros), e.g. what digital silence gives this block (`Generator.silence_inputs`)."""
         pad = self.receptive_pad
-        padded = F.pad(x, (pad, 0)) if self.causal else F.pad(x, (pad // 2, pad - pad // 2), mode="replicate")
+        if not self.causal:
+            padded = F.pad(x, (pad // 2, pad - pad // 2), mode="replicate")
+        elif history is None:
+            padded = F.pad(x, (pad, 0))
+        else:
+            padded = torch.cat([history[None, :, None].expand(x.shape[0], -1, pad), x], dim=2)
         return self.mix(self.dwconv(padded), x)
 
 

@@ -51,6 +51,12 @@ class GeneratorConfig:
         anchor_rate: per-frame pull of every landmark toward the reference face (0 = the paper's pure
             integration; 0.05 = a time constant of 20 frames, 0.8 s).
         reference_input: the landmark encoder reads [x(t-1), x(t-1) - x_ref] instead of x(t-1) alone.
+        silence_history: before a stream's start, the causal audio blocks hold what digital silence gives them
+            (the front end's own convention: a stream is preceded by zeros) instead of zero activations. The
+            step's `conv_cache` then stores each block's inputs minus their silence value, so its zero initial
+            state is that history and every runtime (Python, C++, TensorRT, Triton) starts alike. False = the
+            zero history of 0.3.1 and before, whose deep blocks read a fresh stream as loud audio for ~0.5 s
+            (the raw mouth opened ~0.1 IOD at a stream start inside steady noise).
         frontend: the audio front end (MFCC) the generator reads and the exported step contains.
     """
 
@@ -70,6 +76,7 @@ class GeneratorConfig:
     init_noise: str = "uniform"
     anchor_rate: float = 0.0
     reference_input: bool = False
+    silence_history: bool = False
     frontend: FrontEndConfig = FrontEndConfig()
 
     def __post_init__(self) -> None:
@@ -102,7 +109,8 @@ class StepState(NamedTuple):
     audio_carry: (B, 352) last PCM samples (MFCC window overlap).
     conv_cache: (B, conv_cache_frames, C) inputs of every causal audio block for its last (k-1)*d frames, block
         after block, oldest first; each frame's C channels are contiguous, so a step's reads and writes of the
-        cache are whole-row copies.
+        cache are whole-row copies. With `GeneratorConfig.silence_history` each input is stored minus that
+        block's input in digital silence (`Generator.silence_inputs`), so zeros mean a silent past.
     h, c: (B, lstm_hidden) LSTM state.
     prev_landmarks: (B, 68, 2) the last emitted frame (the reference face before the first one).
     frames_seen: (B, 1) float count of audio frames consumed, saturating at L (the look-ahead warm-up).
@@ -220,21 +228,64 @@ class Generator(nn.Module):
         Args:
             mfcc: (B, 4T, n_mfcc) MFCC of T landmark frames.
             valid: optional (B, T) bool, False for frames before a stream's start: they are zeroed after every
-                layer, which is exactly what the zero-initialised caches of a fresh stream hold.
+                layer, which is exactly what the zero-initialised caches of a fresh stream hold (with
+                `cfg.silence_history`, set to what digital silence gives that layer, as the step's caches
+                start; the window's own causal padding follows the same rule).
         Returns:
             One (B, C, T) tensor per level.
         """
         x = self._stem(mfcc)
         mask = None if valid is None else valid[:, None, :].to(x.dtype)
+        silent = self.silence_inputs() if self.cfg.silence_history else None
         if mask is not None:
-            x = x * mask
+            x = x * mask if silent is None else x * mask + silent[0][None, :, None] * (1.0 - mask)
         levels: list[Any] = [None] * len(self.cfg.level_dilations)
-        for block, lvl in zip(self.blocks, self.block_level):
-            x = block(x)
+        for i, (block, lvl) in enumerate(zip(self.blocks, self.block_level)):
+            x = block(x, None if silent is None else silent[i])  # before the window: zeros, or silence
             if mask is not None:
-                x = x * mask
+                x = x * mask if silent is None else x * mask + silent[i + 1][None, :, None] * (1.0 - mask)
             levels[lvl] = x
         return levels
+
+    def _step_silence(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """([block i's input in silence (C,)], [block i's depthwise-conv bias plus its cached taps' weights times
+        that input (C,)]) for `step`; constants once `freeze_silence` has run."""
+        frozen = getattr(self, "_frozen_silence", None)
+        if frozen is not None:
+            return frozen
+        s = self.silence_inputs()
+        biases = [
+            cast(torch.Tensor, b.dwconv.bias) + b.dwconv.weight[:, 0, :-1].sum(dim=1) * s[i]
+            for i, b in enumerate(cast("list[ConvNeXtBlock1d]", self.blocks))
+        ]
+        return s[:-1], biases
+
+    def freeze_silence(self) -> None:
+        """Compute `step`'s silence constants once and keep them as plain tensors, so that an exported step
+        holds them as constants rather than recomputing the silence from the weights in every call (export
+        calls it; the weights must not change afterwards)."""
+        self._frozen_silence: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        with torch.no_grad():
+            s, biases = self._step_silence()
+        self._frozen_silence = ([t.detach().clone() for t in s], [t.detach().clone() for t in biases])
+
+    def silence_inputs(self) -> list[torch.Tensor]:
+        """What the causal audio blocks see in digital silence, which is the same in every frame: [the stem's
+        output, block 1's output, ..., the last block's output], each (C,).
+
+        Digital silence has one MFCC vector (the front end's log floor), so every block's input is constant in
+        time and its depthwise conv reduces to the sum of its taps: conv = (sum_j w_j) * s + bias. Block i's
+        input is entry i; the list has len(blocks) + 1 entries. Differentiable in the weights.
+        """
+        fe = self.frontend
+        silence = torch.zeros(1, fe.context_samples + fe.samples_per_landmark_frame, device=self.mfcc_mean.device)
+        s = self._stem(self.mfcc(silence))[0, :, 0]  # (C,)
+        out = [s]
+        for block in cast("list[ConvNeXtBlock1d]", self.blocks):
+            conv = block.dwconv.weight[:, 0, :].sum(dim=1) * s + cast(torch.Tensor, block.dwconv.bias)
+            s = block.mix_frame(conv[None], s[None])[0]
+            out.append(s)
+        return out
 
     def branch_audio(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """Per-level features stacked for the branches: (B, G, C, T)."""
@@ -351,19 +402,20 @@ class Generator(nn.Module):
         x = self._stem(self.mfcc(buf))[:, :, 0]  # (B, C)
         caches, offset = [], 0
         levels: list[Any] = [None] * len(self.cfg.level_dilations)
-        for block, lvl in zip(cast("list[ConvNeXtBlock1d]", self.blocks), self.block_level):
+        silent = self._step_silence() if self.cfg.silence_history else None
+        for i, (block, lvl) in enumerate(zip(cast("list[ConvNeXtBlock1d]", self.blocks), self.block_level)):
             pad, d = block.receptive_pad, block.dilation
             cache = state.conv_cache[:, offset : offset + pad, :]  # (B, pad, C), oldest first
             # The depthwise conv producing one frame is k taps times weights: the cached taps (every d-th
             # cached frame) and the new frame. A multiply and a sum export far cheaper than a Conv node with a
             # single output column (which dominated batched ORT steps).
             weight = block.dwconv.weight[:, 0, :]  # (C, k)
-            conv = (
-                (cache[:, ::d, :] * weight[:, :-1].t()).sum(dim=1)
-                + x * weight[:, -1]
-                + cast(torch.Tensor, block.dwconv.bias)
-            )
-            caches += [cache[:, 1:, :], x[:, None, :]]
+            bias = cast(torch.Tensor, block.dwconv.bias)
+            if silent is not None:  # the cache holds inputs minus silence: the cached taps' share of it back
+                bias = silent[1][i]
+            conv = (cache[:, ::d, :] * weight[:, :-1].t()).sum(dim=1) + x * weight[:, -1] + bias
+            stored = x if silent is None else x - silent[0][i]
+            caches += [cache[:, 1:, :], stored[:, None, :]]
             x = block.mix_frame(conv, x)  # (B, C)
             levels[lvl] = x
             offset += pad
