@@ -196,3 +196,37 @@ def test_weight_zero_trains_bit_for_bit_as_before(shared_data, tmp_path):
             assert all("head_quantile" not in r for r in train)
     assert weights["zero"] == weights["default"]
     assert weights["on"] != weights["default"]
+
+
+def test_head_distribution_reads_an_eval_report(tmp_path):
+    """`benchmarks.head_distribution`: percentile ratios 1 and W1 0 for ground truth's own energies, ratios below
+    1 at p90 and W1 > 0 for a row whose large sequences are missing, and the same W1 as the training term."""
+    from benchmarks.head_distribution import distribution, main
+
+    rng = np.random.default_rng(0)
+    gt = np.exp(rng.normal(-7.0, 1.5, (40, 4)))
+    same = distribution(gt, gt)
+    assert np.allclose(same["percentile_ratio"], 1.0) and np.allclose(same["w1_log"], 0.0)
+    capped = np.minimum(gt, np.percentile(gt, 60, axis=0))  # no large movements
+    r = distribution(capped, gt)
+    assert all(p[3] < 1.0 and p[0] == pytest.approx(1.0) for p in r["percentile_ratio"]) and min(r["w1_log"]) > 0
+    # the training term on the same numbers: W1 of the log energies (order of windows irrelevant)
+    lg, lc = torch.log(torch.from_numpy(gt) + 1e-8), torch.log(torch.from_numpy(capped) + 1e-8)
+    w1 = (lc.sort(0).values - lg.sort(0).values).abs().mean(0)
+    np.testing.assert_allclose(r["w1_log"], w1.numpy(), rtol=1e-9)
+    with pytest.raises(ValueError, match="differ"):
+        distribution(gt[:10], gt)
+    seqs = lambda e: {str(i): list(map(float, row)) for i, row in enumerate(e)}  # noqa: E731
+    report = {
+        "viewer": {
+            "methods": {
+                "ground truth": {"head_energy_by_sequence": seqs(gt)},
+                "static face": {"head_energy_by_sequence": seqs(0 * gt)},
+                "capped": {"head_energy_by_sequence": seqs(capped)},
+            }
+        }
+    }
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    assert main(["--eval", str(tmp_path / "eval.json"), "--out", str(tmp_path / "hd")]) == 0
+    out = json.loads((tmp_path / "hd.json").read_text())
+    assert set(out["rows"]) == {"capped"}  # a row that never moves is left out
