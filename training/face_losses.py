@@ -18,6 +18,10 @@ All distances are in units of the inter-ocular distance (IOD, ‖p36 − p45‖ 
   |log| ratio to ground truth's over the batch, the same ratio at each scale of the evaluation's pyramid
   (200 / 400 / 800 / 1600 ms, `training.metrics.viewer.head_energy`), and the window-mean head position against
   ground truth's (a constant tilt or offset).
+- Head-motion distribution (`head_quantile_terms`, whole speech windows): each window's head energy at the
+  evaluation's coarse scales (0.8 and 1.6 s), log, sorted, and matched quantile by quantile with ground truth's
+  windows (a 1-D Wasserstein distance, unpaired): a few large slow movements and many small ones, not more motion
+  everywhere.
 - Head angles (`head_angle_terms`, whole speech windows): the mean over the batch's windows of the window-mean
   yaw/pitch/roll relative to the reference face (`training.head_pose`, the evaluation's angles) against ground
   truth's, squared: a constant bias of the angles, which `head_mean` does not pin (pitch and roll come from the
@@ -238,3 +242,91 @@ def head_angle_terms(
     d = (a_fake - a_real).mean(dim=0)  # (3,)
     est = d.detach() if running is None or momentum == 0.0 else momentum * running + (1.0 - momentum) * d.detach()
     return {"head_angle": ((d + (est - d).detach()) ** 2).sum()}, est
+
+
+def window_head_energy(x: torch.Tensor, levels: tuple[int, ...] = (2, 3), kernel: int = 7) -> torch.Tensor:
+    """(b, T, 68, 2) windows -> (b, len(levels)) head energy of each window at the given pyramid levels.
+
+    The evaluation's measure (`training.metrics.viewer.head_energy`) per window: the rigid centroid over the
+    window's mean IOD, `level` steps of the pyramid (`training.pyramid.downsample_torch`, kernel `kernel`), mean
+    squared velocity, in IOD² per level-l sample (level 0 = 200 ms ... 3 = 1.6 s at 25 fps).
+
+    Raises:
+        ValueError: a level leaves fewer than 3 samples of the window (T < 2**level * 2 + 1).
+    """
+    c = x[..., RIGID, :].mean(dim=-2) / inter_ocular(x).mean(dim=1)[:, None, None]  # (b, T, 2)
+    out = []
+    for lvl in range(max(levels) + 1):
+        if lvl in levels:
+            if c.shape[1] < 3:
+                raise ValueError(
+                    f"head_quantile level {lvl} leaves {c.shape[1]} samples of a {x.shape[1]}-frame window"
+                )
+            out.append(((c[:, 1:] - c[:, :-1]) ** 2).sum(-1).mean(1))
+        c = downsample_torch(c, kernel)
+    return torch.stack(out, dim=1)
+
+
+def _midpoint_quantiles(sorted_values: torch.Tensor, n: int) -> torch.Tensor:
+    """(N, L) values sorted along 0 -> (n, L) their quantiles at p_i = (i + 0.5) / n, i = 0..n-1: linear
+    interpolation at position p N − 0.5 (clamped to 0..N−1; Hazen's plotting position), so that for N = n the
+    quantiles are the order statistics themselves."""
+    big_n = sorted_values.shape[0]
+    pos = (torch.arange(n, dtype=sorted_values.dtype, device=sorted_values.device) + 0.5) * big_n / n - 0.5
+    pos = pos.clamp(0.0, big_n - 1.0)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp_max(big_n - 1)
+    frac = (pos - lo.to(pos.dtype))[:, None]
+    return sorted_values[lo] * (1.0 - frac) + sorted_values[hi] * frac
+
+
+def head_quantile_terms(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    rows: torch.Tensor,
+    levels: tuple[int, ...] = (2, 3),
+    bank: torch.Tensor | None = None,
+    bank_size: int = 0,
+    floor: float = 1e-8,
+) -> tuple[dict, torch.Tensor | None]:
+    """The distribution of window-level head motion against ground truth's: a 1-D Wasserstein distance.
+
+    Args:
+        fake, real: (B, T, 68, 2); rows: (B,) bool, the windows to use (whole windows of speech).
+        levels: pyramid levels of `window_head_energy` (2, 3 = the evaluation's 800 and 1600 ms).
+        bank, bank_size: ground truth's log energies of earlier batches ((N, len(levels)), detached, or None) and
+            how many windows to keep (0 = this batch's real windows alone are the target).
+        floor: added to each energy before the log (IOD² per sample; real windows' 1.6 s energy is ~1e-4).
+    Returns:
+        ({"head_quantile": W}, the new bank (None when bank_size is 0; unchanged when no row is used)).
+        With u_i = log(E_fake + floor) of the n used windows sorted ascending (per level) and q_i the target's
+        quantile at p_i = (i + 0.5) / n (`_midpoint_quantiles`),
+            W = mean over levels of (1/n) Σ_i |u_i − q_i|,
+        the 1-D Wasserstein-1 distance between the two distributions of log energy (for equal sample sizes, the
+        mean absolute difference of the order statistics: Villani, *Topics in Optimal Transportation*, 2003,
+        §2.2). The target is ground truth's windows of this batch (bank_size 0: q = its sorted values) or the bank
+        of the last bank_size real windows, this batch's included (q by linear interpolation between its order
+        statistics).
+        Unpaired: a large turn in any fake window answers a large turn in any real one, so the term asks for the
+        shape of the distribution (a few large slow movements, many small ones) rather than more motion in every
+        window, which energy ratios of batch means (`head_terms`) ask for. In the log domain, so each window weighs
+        alike whatever its size; each order statistic's gradient is ±1/n.
+    Raises:
+        ValueError: a level outside 0..7, no level, or bank_size < 0.
+    """
+    if not levels or any(not 0 <= lv <= 7 for lv in levels):
+        raise ValueError(f"head_quantile levels must be pyramid levels 0..7, got {levels}")
+    if bank_size < 0:
+        raise ValueError(f"head_quantile bank must be >= 0 windows, got {bank_size}")
+    if not bool(rows.any()):
+        return {"head_quantile": fake.sum() * 0.0}, bank
+    levels = tuple(sorted(set(levels)))
+    u = torch.log(window_head_energy(fake[rows], levels) + floor).sort(dim=0).values  # (n, L)
+    r = torch.log(window_head_energy(real[rows], levels) + floor).detach()
+    n = u.shape[0]
+    if bank_size == 0:
+        q, new_bank = r.sort(dim=0).values, None
+    else:
+        new_bank = r if bank is None else torch.cat([bank.to(r), r])[-bank_size:]
+        q = _midpoint_quantiles(new_bank.sort(dim=0).values, n)
+    return {"head_quantile": (u - q).abs().mean()}, new_bank

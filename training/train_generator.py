@@ -47,6 +47,10 @@ class TrainGeneratorConfig:
     unmixed windows. `mouth_*_weight` are the articulation terms, `head_*_weight` the head terms;
     `head_angle_momentum` is the share of the running head-angle bias kept per step (0 = each batch alone; the
     running value starts afresh with every run, warm starts included, and is not checkpointed).
+    `head_quantile_weight` matches the distribution of the windows' head energy at `head_quantile_levels`
+    (`training.face_losses.head_quantile_terms`) against ground truth's of this batch (`head_quantile_bank` 0) or
+    of the last `head_quantile_bank` real windows (kept like the head-angle bias: afresh each run, not
+    checkpointed).
 
     Distilled audio (`training.train_distill`): `init_audio_from` names a generator checkpoint whose causal audio
     encoder (MFCC normalisation, `audio_stem`, `blocks`) replaces the warm start's after `init_from` is loaded;
@@ -104,6 +108,9 @@ class TrainGeneratorConfig:
     head_pyramid_first_level: int = 0
     head_mean_weight: float = 0.0
     head_tail_weight: float = 0.0
+    head_quantile_weight: float = 0.0
+    head_quantile_levels: tuple[int, ...] = (2, 3)
+    head_quantile_bank: int = 0
     head_angle_weight: float = 0.0
     head_angle_momentum: float = 0.0
     seed: int = 0
@@ -146,6 +153,10 @@ class TrainGeneratorConfig:
             raise ValueError(f"loss weights must be >= 0: {', '.join(negative)}")
         if not 0.0 <= self.head_angle_momentum < 1.0:
             raise ValueError(f"head_angle_momentum must be in [0, 1), got {self.head_angle_momentum}")
+        if not self.head_quantile_levels or any(not 0 <= lv <= 7 for lv in self.head_quantile_levels):
+            raise ValueError(f"head_quantile_levels must be pyramid levels 0..7, got {self.head_quantile_levels}")
+        if self.head_quantile_bank < 0:
+            raise ValueError(f"head_quantile_bank must be >= 0 windows, got {self.head_quantile_bank}")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 (batches drawn ahead), got {self.prefetch}")
         if not 0.0 <= self.stream_start_prob <= 1.0:
@@ -258,6 +269,7 @@ class GeneratorTrainer(Trainer):
         self.distill_shift = 0
         self.prefetcher: Any = None
         self.head_angle_bias: Any = None  # running head-angle bias (training.face_losses.head_angle_terms)
+        self.head_quantile_bank: Any = None  # real windows' log head energies (head_quantile_terms)
         if cfg.distill_weight > 0:
             self.setup_distill(progress)
 
@@ -419,7 +431,13 @@ class GeneratorTrainer(Trainer):
 
     def face_terms(self, fake, real, x_ref, speech, rest, clean) -> dict:
         """The `training.face_losses` terms whose weight is not 0: {name: scalar}."""
-        from training.face_losses import articulation_terms, head_angle_terms, head_terms, rest_terms
+        from training.face_losses import (
+            articulation_terms,
+            head_angle_terms,
+            head_quantile_terms,
+            head_terms,
+            rest_terms,
+        )
 
         cfg, out = self.cfg, {}
         if cfg.rest_gap_weight or cfg.rest_still_weight or cfg.rest_pose_weight:
@@ -432,6 +450,11 @@ class GeneratorTrainer(Trainer):
         if cfg.head_angle_weight:
             terms, self.head_angle_bias = head_angle_terms(
                 fake, real, x_ref, clean, self.head_angle_bias, cfg.head_angle_momentum
+            )
+            out.update(terms)
+        if cfg.head_quantile_weight:
+            terms, self.head_quantile_bank = head_quantile_terms(
+                fake, real, clean, cfg.head_quantile_levels, self.head_quantile_bank, cfg.head_quantile_bank
             )
             out.update(terms)
         return {k: v for k, v in out.items() if getattr(cfg, f"{k}_weight")}
