@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stream_engine.core import LandmarkFrame
+from stream_engine.frame_batch import FrameBatch
 from stream_engine.outputs import parse_target
 
 if TYPE_CHECKING:
@@ -131,6 +132,14 @@ class OscSink:
             if self.cfg.streams and frame.stream_id not in self.cfg.streams:
                 continue
             self.udp.send(frame_bundle(frame, self.cfg.prefix, self.cfg.send_signals))
+
+    def send_batch(self, batch: FrameBatch) -> None:
+        """`send_frames` for a published step (the batch sink contract): frames built only for the selected
+        streams' rows."""
+        streams = self.cfg.streams
+        for i, sid in enumerate(batch.stream_ids):
+            if not streams or sid in streams:
+                self.udp.send(frame_bundle(batch.frame(i), self.cfg.prefix, self.cfg.send_signals))
 
     def stream_event(self, event: dict[str, Any]) -> None:
         if event.get("event") in ("reset", "closed") and (

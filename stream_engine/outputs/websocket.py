@@ -34,9 +34,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from stream_engine.core import LandmarkFrame
+from stream_engine.frame_batch import FrameBatch
 from stream_engine.landmarks import CONTOURS
 from stream_engine.outputs.latest import LatestFrameQueue
-from stream_engine.outputs.serializers import FORMAT_VERSION, encode_binary, encode_binary_many, encode_json
+from stream_engine.outputs.serializers import (
+    FORMAT_VERSION,
+    encode_binary,
+    encode_binary_batch,
+    encode_binary_many,
+    encode_json,
+)
 from stream_engine.protocol import (
     CLOSE_POLICY,
     PROTOCOL_VERSION,
@@ -428,6 +435,45 @@ class WebSocketServer:
             self._server = None
 
     # ------------------------------------------------------------------ FrameSink
+    def send_batch(self, batch: FrameBatch) -> None:
+        """`send_frames` for a published step as columns (the batch sink contract, `outputs.FrameSink`): the
+        same clients get the same messages, byte for byte; the frames written straight to binary clients are
+        serialised from the batch's columns (`encode_binary_batch`), and a `LandmarkFrame` is built only for a
+        row that goes into a client's queue or to a JSON client."""
+        if not self._clients:
+            return
+        from websockets.asyncio.server import broadcast
+
+        now_ns = self.engine.clock.now_ns()
+        limit = self.cfg.direct_write_limit_bytes
+        every = self._every_stream
+        by_stream = self._by_stream
+        direct: list[tuple[int, list[_Client], list[_Client]]] = []
+        for i, sid in enumerate(batch.stream_ids):
+            subs = by_stream.get(sid)
+            if not every and not subs:
+                continue
+            binary: list[_Client] = []
+            text: list[_Client] = []
+            for group in (every, subs) if subs else (every,):
+                for client in group:
+                    if client.can_write_now(limit):
+                        (binary if client.format == "binary" else text).append(client)
+                    else:
+                        client.queue.put(batch.frame(i))
+            if binary or text:
+                direct.append((i, binary, text))
+        if not direct:
+            return
+        encoded = iter(encode_binary_batch(batch, now_ns, [i for i, binary, _ in direct if binary]))
+        for i, binary, text in direct:
+            if binary:
+                broadcast([c.ws for c in binary], next(encoded))
+            if text:
+                broadcast([c.ws for c in text], encode_json(batch.frame(i), now_ns).encode(), text=True)
+            for client in (*binary, *text):
+                client.sent += 1
+
     def send_frames(self, frames: Sequence[LandmarkFrame]) -> None:
         """Fast path: a client that is keeping up (window open, socket taking data) gets the frame written to
         its socket right here (websockets' synchronous `broadcast`, no task hop); otherwise it goes into the
