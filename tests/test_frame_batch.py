@@ -13,7 +13,8 @@ from websockets.asyncio.client import connect
 from stream_engine.clock import ManualClock
 from stream_engine.engine import Engine, EngineConfig
 from stream_engine.frame_batch import FrameBatch
-from stream_engine.outputs.serializers import encode_binary, encode_binary_batch, encode_json
+from stream_engine.outputs.osc import OscConfig, OscSink, batch_bundles, frame_bundle
+from stream_engine.outputs.serializers import encode_binary, encode_binary_batch, encode_json, encode_json_batch
 from stream_engine.outputs.vmc import VmcConfig, VmcSink
 from stream_engine.outputs.vts import VtsConfig, VtsSink
 from stream_engine.outputs.websocket import ServerConfig, WebSocketServer
@@ -192,6 +193,81 @@ def test_binary_messages_from_columns_for_odd_frames():
     assert encode_binary_batch(FrameBatch.from_frames(bare), 1) == [encode_binary(f, 1) for f in bare]
     with pytest.raises(ValueError):
         FrameBatch.from_frames([odd[0], bare[1]])
+
+
+def test_json_messages_from_columns_are_the_text_of_each_frame():
+    """`encode_json_batch` gives `encode_json` of every row: signals with blendshapes, stalled and silent rows,
+    any stream id, a subset of rows in another order, and a batch without signals."""
+    _, batches, _, _ = _run()
+    for batch in batches:
+        frames = batch.frames()
+        assert frames[0].signals.blendshapes is not None
+        assert encode_json_batch(batch, 77) == [encode_json(f, 77) for f in frames]
+        back = list(range(len(batch)))[::-2]
+        assert encode_json_batch(batch, 5, back) == [encode_json(frames[i], 5) for i in back]
+    rows = [f for b in batches for f in b.frames()][:6]
+    odd = [
+        dataclasses.replace(
+            f,
+            stream_id=sid,
+            stalled=i % 2 == 0,
+            signals=dataclasses.replace(f.signals, silent=i % 3 == 0),
+            timings=rows[0].timings,
+        )
+        for i, (f, sid) in enumerate(zip(rows, ["é", "x" * 300, "a", 'q"uote', "", "🙂"]))
+    ]
+    batch = FrameBatch.from_frames(odd)
+    assert encode_json_batch(batch, 3) == [encode_json(f, 3) for f in odd]
+    bare = FrameBatch.from_frames([dataclasses.replace(f, signals=None) for f in odd])
+    assert encode_json_batch(bare, 3) == [encode_json(f, 3) for f in bare.frames()]
+    assert encode_json_batch(bare, 3, []) == []
+
+
+def test_osc_bundles_from_columns_are_the_bytes_python_osc_builds():
+    """`batch_bundles` gives `frame_bundle(frame).dgram` for every row: with and without signals, a row whose
+    audio-ready time is 0 (no latency message), any stream id, a subset of rows; `OscSink.send_batch` sends
+    what `send_frames` sends."""
+    _, batches, _, _ = _run()
+    for batch in batches[:20]:
+        frames = batch.frames()
+        for signals in (True, False):
+            expect = [frame_bundle(f, "/m", signals).dgram for f in frames]
+            assert batch_bundles(batch, "/m", signals) == expect
+        assert batch_bundles(batch, rows=[len(batch) - 1]) == [frame_bundle(frames[-1]).dgram]
+    rows = [f for b in batches for f in b.frames()][:5]
+    odd = [
+        dataclasses.replace(f, stream_id=sid, seq=f.seq + 2**31 * (i == 2), timings=rows[0].timings)
+        for i, (f, sid) in enumerate(zip(rows, ["é", "abc", "abcd", "", "🙂-x" * 9]))
+    ]
+    odd[1] = dataclasses.replace(odd[1], timings=dataclasses.replace(odd[1].timings, audio_ready_ns=0))
+    batch = FrameBatch.from_frames(odd)
+    assert batch_bundles(batch) == [frame_bundle(f).dgram for f in batch.frames()]
+    bare = FrameBatch.from_frames([dataclasses.replace(f, signals=None) for f in odd])
+    assert batch_bundles(bare, "/x") == [frame_bundle(f, "/x").dgram for f in bare.frames()]
+    unpublished = FrameBatch.from_frames(
+        [dataclasses.replace(f, timings=dataclasses.replace(f.timings, publish_ns=0)) for f in odd]
+    )
+    assert batch_bundles(unpublished) == [frame_bundle(f).dgram for f in unpublished.frames()]
+
+    class Sent:
+        def __init__(self) -> None:
+            self.data: list[bytes] = []
+
+        def send(self, packet) -> None:
+            self.data.append(packet.dgram)
+
+        def send_datagram(self, data: bytes) -> None:
+            self.data.append(data)
+
+    cfg = OscConfig(enabled=True, streams=("a", "c"))
+    by_frames, by_batch = OscSink(cfg), OscSink(cfg)
+    by_frames.udp.close()
+    by_batch.udp.close()
+    by_frames.udp, by_batch.udp = Sent(), Sent()  # type: ignore[assignment]
+    for b in batches:
+        by_frames.send_frames(b.frames())
+        by_batch.send_batch(b)
+    assert by_batch.udp.data == by_frames.udp.data and by_batch.udp.data
 
 
 def test_frames_are_built_only_when_asked_for():

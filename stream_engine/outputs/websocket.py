@@ -43,6 +43,7 @@ from stream_engine.outputs.serializers import (
     encode_binary_batch,
     encode_binary_many,
     encode_json,
+    encode_json_batch,
 )
 from stream_engine.protocol import (
     CLOSE_POLICY,
@@ -437,9 +438,9 @@ class WebSocketServer:
     # ------------------------------------------------------------------ FrameSink
     def send_batch(self, batch: FrameBatch) -> None:
         """`send_frames` for a published step as columns (the batch sink contract, `outputs.FrameSink`): the
-        same clients get the same messages, byte for byte; the frames written straight to binary clients are
-        serialised from the batch's columns (`encode_binary_batch`), and a `LandmarkFrame` is built only for a
-        row that goes into a client's queue or to a JSON client."""
+        same clients get the same messages, byte for byte; the frames written straight to clients are
+        serialised from the batch's columns (`encode_binary_batch`, `encode_json_batch`), and a `LandmarkFrame`
+        is built only for a row that goes into a client's queue."""
         if not self._clients:
             return
         from websockets.asyncio.server import broadcast
@@ -466,11 +467,12 @@ class WebSocketServer:
         if not direct:
             return
         encoded = iter(encode_binary_batch(batch, now_ns, [i for i, binary, _ in direct if binary]))
-        for i, binary, text in direct:
+        texts = iter(encode_json_batch(batch, now_ns, [i for i, _, text in direct if text]))
+        for _, binary, text in direct:
             if binary:
                 broadcast([c.ws for c in binary], next(encoded))
             if text:
-                broadcast([c.ws for c in text], encode_json(batch.frame(i), now_ns).encode(), text=True)
+                broadcast([c.ws for c in text], next(texts).encode(), text=True)
             for client in (*binary, *text):
                 client.sent += 1
 
