@@ -642,24 +642,26 @@ class Engine:
         if not len(committed):
             return
         now = self.clock.now_ns()
-        get = self.sessions.get
-        live = [get(sid) for sid in committed.stream_ids]
-        if None in live:  # not on the loop today (close_stream drops session and core stream together)
-            keep = [i for i, session in enumerate(live) if session is not None]
-            committed, live = committed.select(keep), [live[i] for i in keep]
+        store = self.slot_stats
+        rows = committed.rows
+        if not store.live[rows].all():  # not on the loop today (close_stream drops session and core stream together)
+            keep = np.flatnonzero(store.live[rows]).tolist()
             if not keep:
                 return
-        sessions: list[Session] = live  # type: ignore[assignment]  # no None left
+            committed = committed.select(keep)
+            rows = committed.rows
+        sessions, ids = self.sessions, committed.stream_ids
         bx = self.batch_signals
         if bx is None and self.cfg.signals:  # one `SignalExtractor` per stream (EngineConfig.batch_signals off)
-            frames = [session.derive(frame, now) for frame, session in zip(committed.frames(), sessions)]
-            self._hand_out(frames, None, sessions)
+            live = [sessions[sid] for sid in ids]
+            frames = [session.derive(frame, now) for frame, session in zip(committed.frames(), live)]
+            self._hand_out(frames, None, [(session, i) for i, session in enumerate(live) if session.subscribers])
             return
-        rows, epochs, store = committed.rows, committed.epochs, self.slot_stats
+        epochs = committed.epochs
         changed = epochs != store.epochs[rows]
         if changed.any():  # a new epoch (reset, flush restart, runner fault): Session.enter_epoch
             for i in np.flatnonzero(changed).tolist():
-                sessions[i].epoch = int(epochs[i])
+                sessions[ids[i]].epoch = int(epochs[i])
                 if bx is not None:
                     bx.reset(int(rows[i]))  # the slot's filters restart, as `Session.derive` restarts its own
             store.epochs[rows] = epochs
@@ -675,11 +677,16 @@ class Engine:
             (committed.infer_end_ns - committed.infer_start_ns) / 1e6,
             batch,
         )
-        self._hand_out(None, batch, sessions)
+        subscribed = store.subscribed[rows]
+        to_deliver = [(sessions[ids[i]], i) for i in np.flatnonzero(subscribed).tolist()] if subscribed.any() else []
+        self._hand_out(None, batch, to_deliver)
 
-    def _hand_out(self, frames: list[LandmarkFrame] | None, batch: FrameBatch | None, sessions: list[Session]) -> None:
-        """Blendshapes (the deriver, per frame), frame subscribers, then every sink: `send_batch(batch)` where
-        a sink has it and the step was published as a batch, else `send_frames(frames)`."""
+    def _hand_out(
+        self, frames: list[LandmarkFrame] | None, batch: FrameBatch | None, subscribed: list[tuple[Session, int]]
+    ) -> None:
+        """Blendshapes (the deriver, per frame), frame subscribers (`subscribed`: session and row), then every
+        sink: `send_batch(batch)` where a sink has it and the step was published as a batch, else
+        `send_frames(frames)`."""
         deriver = self.blendshapes
         if deriver is not None:
             if frames is None:
@@ -693,10 +700,9 @@ class Engine:
                     log.warning("blendshape deriver failed: %s", exc)
             if batch is not None:
                 batch.set_frames(frames)
-        for i, session in enumerate(sessions):
-            if session.subscribers:
-                session.deliver(frames[i] if frames is not None else batch.frame(i))  # type: ignore[union-attr]
-        self.stats.frames += len(sessions)
+        for session, i in subscribed:
+            session.deliver(frames[i] if frames is not None else batch.frame(i))  # type: ignore[union-attr]
+        self.stats.frames += len(frames) if frames is not None else len(batch)  # type: ignore[arg-type]
         for sink in self.sinks:
             try:
                 send_batch = getattr(sink, "send_batch", None) if batch is not None else None

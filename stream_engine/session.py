@@ -226,6 +226,8 @@ class SlotStats:
         self.last: np.ndarray = np.full(capacity, None, dtype=object)  # FrameBatch or LandmarkFrame
         self.last_row = np.zeros(capacity, dtype=np.int64)  # the newest frame's row in `last` (-1: a frame)
         self.epochs = np.zeros(capacity, dtype=np.int64)  # the epoch of the slot's newest published frame
+        self.live = np.zeros(capacity, dtype=bool)  # the slot's stream is open in the engine
+        self.subscribed = np.zeros(capacity, dtype=bool)  # ... and has frame subscribers (`Session.subscribe`)
 
     def open(self, slot: int, epoch: int = 0) -> None:
         """A new stream in `slot`: no frames yet."""
@@ -234,9 +236,11 @@ class SlotStats:
         self.counts[slot] = self.counts_infer[slot] = 0
         self.last[slot] = None
         self.epochs[slot] = epoch
+        self.live[slot], self.subscribed[slot] = True, False
 
     def close(self, slot: int) -> None:
         self.last[slot] = None  # the slot's newest batch is not kept alive by a closed stream
+        self.live[slot] = self.subscribed[slot] = False
 
     def grow(self, capacity: int) -> None:
         """Room for slots up to `capacity - 1`, keeping every slot's values (the arrays are replaced: views
@@ -244,7 +248,17 @@ class SlotStats:
         if capacity <= self.capacity:
             return
         n = self.capacity
-        for name in ("latency_ms", "infer_ms", "counts", "counts_infer", "last", "last_row", "epochs"):
+        for name in (
+            "latency_ms",
+            "infer_ms",
+            "counts",
+            "counts_infer",
+            "last",
+            "last_row",
+            "epochs",
+            "live",
+            "subscribed",
+        ):
             old = getattr(self, name)
             new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
             if old.dtype == object:
@@ -344,6 +358,7 @@ class Session:
         """Keep this session's statistics in `slot` of the engine's `store` (the engine records whole steps
         there); called again after the store grows."""
         self._slot_stats, self._stats_slot = store, slot
+        self._note_subscribers()
         self.stats.engine_latency_ms = SlotRecentValues(store.latency_ms, store.counts, slot)
         self.stats.infer_ms = SlotRecentValues(store.infer_ms, store.counts_infer, slot)
 
@@ -443,14 +458,21 @@ class Session:
 
     def subscribe(self, callback: Callable[[LandmarkFrame], None]) -> Callable[[], None]:
         """Call `callback(frame)` on the event loop for every frame of this stream (after signals). Returns a
-        function that unsubscribes. A callback that raises is logged and kept."""
+        function that unsubscribes. A callback that raises is logged and kept. (Subscribe through here, not by
+        changing `subscribers`: the engine builds a frame object only for streams marked as subscribed.)"""
         self.subscribers.append(callback)
+        self._note_subscribers()
 
         def unsubscribe() -> None:
             if callback in self.subscribers:
                 self.subscribers.remove(callback)
+                self._note_subscribers()
 
         return unsubscribe
+
+    def _note_subscribers(self) -> None:
+        if self._slot_stats is not None:
+            self._slot_stats.subscribed[self._stats_slot] = bool(self.subscribers)
 
     def deliver(self, frame: LandmarkFrame) -> None:
         for callback in list(self.subscribers):

@@ -272,7 +272,8 @@ def test_osc_bundles_from_columns_are_the_bytes_python_osc_builds():
 
 def test_frames_are_built_only_when_asked_for():
     _, batches, _, _ = _run()
-    batch = batches[len(batches) // 2]
+    batch = max(batches, key=len)
+    assert len(batch) >= 2
     fresh = FrameBatch(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(FrameBatch) if f.init})
     fresh._frames = fresh._some = None
     assert fresh._frames is None
@@ -378,3 +379,25 @@ def test_websocket_messages_are_byte_identical_from_frames_and_from_a_batch():
     n = len(batch)
     assert got["binary"][:n] == got["binary"][n:] == [encode_binary(f, 5 * 10**9) for f in batch.frames()]
     assert got["json"][:n] == got["json"][n:] == [encode_json(f, 5 * 10**9) for f in batch.frames()]
+
+
+def test_a_subscriber_gets_its_streams_frames_until_it_unsubscribes():
+    async def main():
+        async with Engine(FakeRunner(lookahead_frames=1), EngineConfig(max_streams=4, stall_ms=0)) as engine:
+            a, b = engine.open_stream("a"), engine.open_stream("b")
+            got: list = []
+            stop = a.subscribe(got.append)
+            assert engine.slot_stats.subscribed[engine.core.slot_of("a")]
+            for s in (a, b):
+                s.push(speechlike(SPF * 5))
+            await engine.wait_drained("a")
+            await engine.wait_drained("b")
+            first = len(got)
+            stop()
+            assert not engine.slot_stats.subscribed[engine.core.slot_of("a")]
+            a.push(speechlike(SPF * 5))
+            await engine.wait_drained("a")
+            return got, first, a.stats.frames
+
+    got, first, total = asyncio.run(asyncio.wait_for(main(), 10))
+    assert first == len(got) == 4 and {f.stream_id for f in got} == {"a"} and total == 9
