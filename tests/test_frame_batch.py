@@ -401,3 +401,14 @@ def test_a_subscriber_gets_its_streams_frames_until_it_unsubscribes():
 
     got, first, total = asyncio.run(asyncio.wait_for(main(), 10))
     assert first == len(got) == 4 and {f.stream_id for f in got} == {"a"} and total == 9
+
+
+def test_the_serialiser_benchmark_runs_and_writes_its_files(tmp_path):
+    import json
+
+    from benchmarks import serialise_batch
+
+    assert serialise_batch.main(["--streams", "8", "--rounds", "1", "--out", str(tmp_path), "--name", "s"]) == 0
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["frames_per_batch"] >= 2 and all(v > 0 for v in result["us_per_frame"].values())
+    assert "| osc: batch_bundles (columns) |" in (tmp_path / "s.md").read_text()
