@@ -368,7 +368,10 @@ def test_websocket_messages_are_byte_identical_from_frames_and_from_a_batch():
             while server.frame_clients < 2:
                 await asyncio.sleep(0.01)
             server.send_frames(batch.frames())
+            windows = sorted(c.window.sent for c in server._clients)
             server.send_batch(batch)
+            # both paths count what they wrote in each client's send window (which paces a slow reader)
+            got["windows"] = (windows, sorted(c.window.sent for c in server._clients))
             for fmt, ws in clients.items():
                 got[fmt] = [await asyncio.wait_for(ws.recv(), 5) for _ in range(2 * len(batch))]
                 await ws.close()
@@ -377,6 +380,7 @@ def test_websocket_messages_are_byte_identical_from_frames_and_from_a_batch():
 
     got = asyncio.run(asyncio.wait_for(main(), 20))
     n = len(batch)
+    assert got["windows"] == ([n, n], [2 * n, 2 * n])
     assert got["binary"][:n] == got["binary"][n:] == [encode_binary(f, 5 * 10**9) for f in batch.frames()]
     assert got["json"][:n] == got["json"][n:] == [encode_json(f, 5 * 10**9) for f in batch.frames()]
 
@@ -412,3 +416,31 @@ def test_the_serialiser_benchmark_runs_and_writes_its_files(tmp_path):
     result = json.loads((tmp_path / "s.json").read_text())
     assert result["frames_per_batch"] >= 2 and all(v > 0 for v in result["us_per_frame"].values())
     assert "| osc: batch_bundles (columns) |" in (tmp_path / "s.md").read_text()
+
+
+def test_a_blendshape_deriver_sees_every_frame_and_batch_sinks_get_its_weights():
+    async def main():
+        old, new = FramesSink(), BatchSink()
+        seen: list = []
+
+        def deriver(frame):
+            seen.append(frame)
+            return {"jawOpen": float(frame.signals.mouth_open)}
+
+        engine = Engine(FakeRunner(lookahead_frames=1), EngineConfig(max_streams=4, stall_ms=0), blendshapes=deriver)
+        async with engine:
+            engine.add_sink(old)
+            engine.add_sink(new)
+            for sid in "ab":
+                engine.open_stream(sid).push(speechlike(SPF * 6, seed=len(sid)))
+            for sid in "ab":
+                engine.flush(sid)
+                await engine.wait_drained(sid)
+        return old.frames, new.batches, seen
+
+    old, batches, seen = asyncio.run(asyncio.wait_for(main(), 10))
+    rows = [f for b in batches for f in b.frames()]
+    assert len(seen) == len(old) == len(rows) == 12
+    for a, b in zip(old, rows):
+        assert a is b and a.blendshapes == {"jawOpen": float(a.signals.mouth_open)}
+    assert all(b.blendshapes == [f.blendshapes for f in b.frames()] for b in batches)
