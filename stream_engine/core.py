@@ -1118,16 +1118,18 @@ class EngineCore:
             if ending >= 0 and committed >= ending:
                 ending_rows.append(row)
         kept = landmarks[keep] if len(keep) < n else landmarks.copy()
+        ints = np.array((seqs, epochs, indices, pts, ready), dtype=np.int64).reshape(5, -1)  # one conversion
+        floats = np.array((levels, aheads), dtype=np.float64).reshape(2, -1)
         out = CommittedFrames(
             sids,
-            np.array(seqs, dtype=np.int64),
-            np.array(epochs, dtype=np.int64),
-            np.array(indices, dtype=np.int64),
-            np.array(pts, dtype=np.int64),
-            np.array(levels, dtype=np.float64),
-            np.array(aheads, dtype=np.float64),
+            ints[0],
+            ints[1],
+            ints[2],
+            ints[3],
+            floats[0],
+            floats[1],
             np.array(stalls, dtype=bool),
-            np.array(ready, dtype=np.int64),
+            ints[4],
             kept,
             int(infer_start_ns),
             int(infer_end_ns),

@@ -269,6 +269,17 @@ class SlotStats:
 
     def record(self, slots: np.ndarray, latency_ms: np.ndarray, infer_ms: float, batch: object) -> None:
         """One published step: frame i of `batch` belongs to `slots[i]` (distinct slots)."""
+        if slots.size <= 4:  # a few rows: scalar writes cost less than the fancy-indexed ones below
+            m = self.maxlen
+            for i, (slot, lat) in enumerate(zip(slots.tolist(), latency_ms.tolist())):
+                n = self.counts.item(slot)
+                self.latency_ms[slot, n % m] = lat
+                self.infer_ms[slot, n % m] = infer_ms
+                self.counts[slot] = n + 1
+                self.counts_infer[slot] += 1
+                self.last[slot] = batch
+                self.last_row[slot] = i
+            return
         counts = self.counts[slots]
         col = counts % self.maxlen
         self.latency_ms[slots, col] = latency_ms

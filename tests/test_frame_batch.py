@@ -187,7 +187,9 @@ def test_binary_messages_from_columns_for_odd_frames():
         )
     batch = FrameBatch.from_frames(odd)
     expect = [encode_binary(f, 42) for f in odd]
-    assert encode_binary_batch(batch, 42) == expect
+    assert encode_binary_batch(batch, 42) == expect  # the array pass (more than SMALL_BATCH rows)
+    for rows in ([4], [11, 0], [5, 6, 7], [3, 1, 9, 2], [0, 2, 4, 6, 8]):  # row by row up to SMALL_BATCH
+        assert encode_binary_batch(batch, 42, rows) == [expect[i] for i in rows]
     assert [encode_binary(batch.frame(i), 42) for i in range(len(odd))] == expect
     bare = [dataclasses.replace(f, signals=None) for f in odd]
     assert encode_binary_batch(FrameBatch.from_frames(bare), 1) == [encode_binary(f, 1) for f in bare]
@@ -444,3 +446,18 @@ def test_a_blendshape_deriver_sees_every_frame_and_batch_sinks_get_its_weights()
     for a, b in zip(old, rows):
         assert a is b and a.blendshapes == {"jawOpen": float(a.signals.mouth_open)}
     assert all(b.blendshapes == [f.blendshapes for f in b.frames()] for b in batches)
+
+
+def test_slot_statistics_record_the_same_row_by_row_and_as_arrays():
+    from stream_engine.session import SlotStats
+
+    rng = np.random.default_rng(0)
+    many, few = SlotStats(16, maxlen=5), SlotStats(16, maxlen=5)
+    for step in range(13):  # past the ring's length
+        slots = np.sort(rng.choice(16, size=6, replace=False)).astype(np.int64)
+        lat = rng.uniform(0, 50, size=6)
+        many.record(slots, lat, 1.5 + step, batch=step)  # one array pass (more than 4 rows)
+        for j in range(0, 6, 3):
+            few.record(slots[j : j + 3], lat[j : j + 3], 1.5 + step, batch=step)  # row by row
+    for name in ("latency_ms", "infer_ms", "counts", "counts_infer", "last"):
+        assert np.array_equal(getattr(many, name), getattr(few, name)), name
