@@ -32,17 +32,31 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: (label, module, attribute path, alternatives): the first attribute that exists is wrapped
+#: (label, alternatives): the first (module, attribute path) that exists is wrapped
 STAGES = [
-    ("step (run_batch, on whichever thread runs it)", "stream_engine.core", ("EngineCore.run_batch",)),
-    ("push_audio", "stream_engine.engine", ("Engine.push_audio_many", "Engine.push_audio")),
-    ("take_batch", "stream_engine.core", ("EngineCore.take_batch",)),
-    ("commit", "stream_engine.core", ("EngineCore.commit_batch", "EngineCore.commit")),
-    ("publish (all below)", "stream_engine.engine", ("Engine._publish",)),
-    ("publish: signals update", "stream_engine.batch_signals", ("BatchSignalExtractor.update",)),
-    ("publish: signals update: compiled loop", "stream_engine.batch_signals", ("BatchSignalExtractor._run_kernel",)),
-    ("publish: signal objects (rows)", "stream_engine.batch_signals", ("SignalBatch.rows",)),
-    ("publish: serialise (sink)", "stream_engine.outputs.serializers", ("encode_binary_many", "encode_binary")),
+    ("step (run_batch, on whichever thread runs it)", [("stream_engine.core", "EngineCore.run_batch")]),
+    ("push_audio", [("stream_engine.engine", "Engine.push_audio_many"), ("stream_engine.engine", "Engine.push_audio")]),
+    ("take_batch", [("stream_engine.core", "EngineCore.take_batch")]),
+    ("commit", [("stream_engine.core", "EngineCore.commit_batch"), ("stream_engine.core", "EngineCore.commit")]),
+    ("publish (all below)", [("stream_engine.engine", "Engine._publish")]),
+    ("publish: signals update", [("stream_engine.batch_signals", "BatchSignalExtractor.update")]),
+    (
+        "publish: signals update: compiled loop",
+        [("stream_engine.batch_signals", "BatchSignalExtractor._run_kernel")],
+    ),
+    ("publish: signal objects (rows)", [("stream_engine.batch_signals", "SignalBatch.rows")]),
+    (
+        "publish: frame objects (with their signal objects)",
+        [("stream_engine.frame_batch", "FrameBatch.frames"), ("stream_engine.core", "CommittedFrames.frames")],
+    ),
+    (
+        "publish: serialise (sink)",
+        [
+            ("stream_engine.outputs.serializers", "encode_binary_batch"),
+            ("stream_engine.outputs.serializers", "encode_binary_many"),
+            ("stream_engine.outputs.serializers", "encode_binary"),
+        ],
+    ),
 ]
 
 
@@ -65,16 +79,23 @@ def _trial(spec: dict) -> dict:
 
         setattr(owner, name, timed)
 
-    for label, module, paths in STAGES:
+    package = Path(str(importlib.import_module("stream_engine").__file__)).resolve().parent  # the variant's
+    for label, alternatives in STAGES:
         if spec.get("one_push") and label == "push_audio":
-            paths = ("Engine.push_audio",)
-        mod = importlib.import_module(module)
-        for path in paths:
+            alternatives = [("stream_engine.engine", "Engine.push_audio")]
+        if spec.get("frames_sink") and label == "publish: serialise (sink)":
+            alternatives = alternatives[1:]
+        for module, path in alternatives:
+            try:
+                owner: Any = importlib.import_module(module)
+            except ImportError:  # a module the variant does not have
+                continue
+            if not Path(owner.__file__).resolve().is_relative_to(package):
+                continue  # found elsewhere (the editable install's finder): not the variant's own module
             *owner_path, name = path.split(".")
-            owner: Any = mod
             for part in owner_path:
-                owner = getattr(owner, part)
-            if hasattr(owner, name):
+                owner = getattr(owner, part, None)
+            if owner is not None and hasattr(owner, name):
                 wrap(owner, name, label)
                 break
     sys.path.append(str(REPO))  # after the variant's stream_engine (already imported above)
@@ -82,7 +103,7 @@ def _trial(spec: dict) -> dict:
 
     out = run_trial(spec)
     frames = max(1, out["frames"])
-    stages = {label: acc.get(label, 0) / 1e3 / frames for label, _, _ in STAGES}
+    stages = {label: acc.get(label, 0) / 1e3 / frames for label, _ in STAGES}
     step = stages["step (run_batch, on whichever thread runs it)"]
     around = out["cpu_us_per_frame"] - step
     stages["other (event loop, thread hand-offs, feeding)"] = around - sum(
@@ -123,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="engine_stages", help="report file name (without .json/.md)")
     p.add_argument("--backlog-ms", type=float, default=0.0, help="most pending audio per stream (0 = no bound)")
     p.add_argument("--one-push", action="store_true", help="feed one push_audio per chunk (not push_audio_many)")
+    p.add_argument(
+        "--frames-sink", action="store_true", help="an old-style sink (send_frames) even where the engine has batches"
+    )
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.trial:
@@ -140,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     spec["warm_up"] = a.warm_up
     spec["max_backlog_samples"] = int(a.backlog_ms * 16)
     spec["one_push"] = a.one_push
+    spec["frames_sink"] = a.frames_sink
     result: dict[str, Any] = {"machine": machine_info(), "cpu_core": cpu, "baseline_ref": a.baseline_ref, **spec}
     trials: dict[str, list[dict]] = {name: [] for name in variants}
     try:
@@ -190,7 +215,8 @@ def _markdown(result: dict) -> str:
         f"{result['streams']}{'' if result['signals'] else ' --no-signals'}"
         f"{'' if result.get('warm_up') else ' --no-warm-up'}"
         f"{' --backlog-ms %g' % (result['max_backlog_samples'] / 16) if result.get('max_backlog_samples') else ''}"
-        f"{' --one-push' if result.get('one_push') else ''}`.",
+        f"{' --one-push' if result.get('one_push') else ''}"
+        f"{' --frames-sink' if result.get('frames_sink') else ''}`.",
         "",
         "| us per frame | " + " | ".join(names) + (" | change |" if len(names) == 2 else ""),
         "|---|" + "---|" * (len(names) + (1 if len(names) == 2 else 0)),

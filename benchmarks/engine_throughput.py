@@ -12,6 +12,10 @@ trials interleaved so machine load hits both alike.
 Feeding: each 20 ms round of every stream's chunks goes in one `Engine.push_audio_many` call where the engine has
 it (one `push_audio` per chunk in older engines, e.g. a baseline, and with --one-push).
 
+Sink: where the engine publishes `FrameBatch`es, the sink takes them (`send_batch`) and serialises from the
+columns (`encode_binary_batch`), as the WebSocket server does for binary clients; --frames-sink gives every
+engine an old-style `send_frames` sink (the engine then builds every frame object).
+
 1. Throughput: N streams fed as fast as the engine takes them; CPU time per frame -> the streams per core the
    engine could hold if nothing else ran (1 / (25 x CPU s per frame)). The feeder pushes a round to every
    stream between the engine's batches, so it runs ahead: by the end each stream holds seconds of audio (p50
@@ -99,6 +103,12 @@ def run_trial(spec: dict) -> dict:
         from stream_engine.outputs.serializers import encode_binary_many
     except ImportError:
         pass
+    encode_binary_batch: Any = None  # a published step serialised from its columns (engines that publish batches)
+    if not spec.get("frames_sink"):
+        try:
+            from stream_engine.outputs.serializers import encode_binary_batch
+        except ImportError:
+            pass
 
     runner = _make_runner(spec["runner"])
     n, seconds, realtime = spec["streams"], spec["seconds"], spec["realtime"]
@@ -110,10 +120,10 @@ def run_trial(spec: dict) -> dict:
             now = time.monotonic_ns()
             if encode_binary_many is not None:
                 encode_binary_many(frames, now)
-            for f in frames:
-                if encode_binary_many is None:
+            else:
+                for f in frames:
                     encode_binary(f, now)
-                lat.append((now - f.timings.audio_ready_ns) / 1e6)
+            lat.extend([(now - f.timings.audio_ready_ns) / 1e6 for f in frames])
             counted[0] += len(frames)
 
         def stream_event(self, event):
@@ -121,6 +131,15 @@ def run_trial(spec: dict) -> dict:
 
         async def aclose(self):
             pass
+
+    class BatchSink(Sink):
+        """The batch sink contract (engines that publish `FrameBatch`es): serialised from the columns."""
+
+        def send_batch(self, batch):
+            now = time.monotonic_ns()
+            encode_binary_batch(batch, now)
+            lat.extend(((now - batch.audio_ready_ns) / 1e6).tolist())
+            counted[0] += len(batch)
 
     audio = speechlike(int((seconds + 1) * 16000), seed=1)
     chunk = 320
@@ -130,7 +149,7 @@ def run_trial(spec: dict) -> dict:
 
     async def main():
         async with Engine(runner, cfg) as engine:
-            engine.add_sink(Sink())
+            engine.add_sink(Sink() if encode_binary_batch is None else BatchSink())
             if spec.get("warm_up"):  # as `msync stream` serves: Engine.warm_up before any stream (gc.freeze too)
                 await engine.warm_up()
             ids = [engine.open_stream().stream_id for _ in range(n)]
@@ -331,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="throughput trials per variant (the best counts)")
     p.add_argument("--backlog-ms", type=float, default=0.0, help="throughput feeding: most pending audio (0 = none)")
     p.add_argument("--one-push", action="store_true", help="feed one push_audio per chunk (not push_audio_many)")
+    p.add_argument(
+        "--frames-sink", action="store_true", help="an old-style sink (send_frames) even where the engine has batches"
+    )
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.trial:
@@ -375,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                             "warm_up": a.warm_up,
                             "max_backlog_samples": int(a.backlog_ms * 16),
                             "one_push": a.one_push,
+                            "frames_sink": a.frames_sink,
                         },
                         cpu,
                     )
@@ -456,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     result["warm_up"] = a.warm_up
     result["backlog_ms"] = a.backlog_ms
     result["one_push"] = a.one_push
+    result["frames_sink"] = a.frames_sink
     result["rounds"] = a.rounds
     write_report(Path(a.out), a.name, result, _markdown(result))
     return 0
@@ -503,6 +527,12 @@ def _markdown(result: dict) -> str:
     )
     if result.get("one_push"):
         lines.append("Feeding: one `push_audio` per chunk (--one-push), not `push_audio_many`.")
+    lines.append(
+        "Sink: `send_frames` with frame objects in both variants (--frames-sink)."
+        if result.get("frames_sink")
+        else "Sink: `send_batch` (a published step's columns, `encode_binary_batch`) where the engine publishes "
+        "batches, else `send_frames` (`encode_binary_many`)."
+    )
     if result.get("backlog_ms"):
         lines.append(f"Throughput feeding held each stream to about {result['backlog_ms']:g} ms of pending audio.")
     for runner_name, onnx in result["runners"].items():

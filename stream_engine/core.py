@@ -160,31 +160,34 @@ class StepBatch:
 class CommittedFrames:
     """The frames one step completed, as columns (`EngineCore.commit_batch`); `frames()` builds the objects.
 
-    The asyncio shell derives the signals of a whole step from these arrays and builds each published
-    `LandmarkFrame` once (with its signals and publish time), instead of one frame out of the core and a second
-    one with the signals attached.
+    The asyncio shell derives the signals of a whole step from these arrays and publishes them as columns
+    (`frame_batch.FrameBatch`); `LandmarkFrame` objects are built only for whoever asks for them.
 
     Attributes:
-        stream_ids, seqs, epochs, indices, pts_ns, stalled, audio_ready_ns: per frame, as on `LandmarkFrame`
-            and `FrameTimings`.
-        levels_dbfs, ahead_dbfs: per frame, `audio_level_dbfs` and `audio_ahead_dbfs` (dBFS).
+        stream_ids: per frame, as on `LandmarkFrame` (a list of str).
+        seqs, epochs, indices, pts_ns, audio_ready_ns: (n,) int64, per frame, as on `LandmarkFrame` and
+            `FrameTimings`.
+        levels_dbfs, ahead_dbfs: (n,) float64, `audio_level_dbfs` and `audio_ahead_dbfs` (dBFS).
+        stalled: (n,) bool.
         landmarks: (n, num_landmarks, landmark_dims) float32, owned (frame i's landmarks are row i).
         infer_start_ns, infer_end_ns, take_ns: shared by the whole step.
+        rows: (n,) int64, each frame's slot in the core's state store (`EngineCore.slot_of` of its stream).
     """
 
     stream_ids: list[str]
-    seqs: list[int]
-    epochs: list[int]
-    indices: list[int]
-    pts_ns: list[int]
-    levels_dbfs: list[float]
-    ahead_dbfs: list[float]
-    stalled: list[bool]
-    audio_ready_ns: list[int]
+    seqs: np.ndarray
+    epochs: np.ndarray
+    indices: np.ndarray
+    pts_ns: np.ndarray
+    levels_dbfs: np.ndarray
+    ahead_dbfs: np.ndarray
+    stalled: np.ndarray
+    audio_ready_ns: np.ndarray
     landmarks: np.ndarray
     infer_start_ns: int = 0
     infer_end_ns: int = 0
     take_ns: int = 0
+    rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.stream_ids)
@@ -193,18 +196,19 @@ class CommittedFrames:
         """The frames at positions `keep`, in that order."""
         return CommittedFrames(
             [self.stream_ids[i] for i in keep],
-            [self.seqs[i] for i in keep],
-            [self.epochs[i] for i in keep],
-            [self.indices[i] for i in keep],
-            [self.pts_ns[i] for i in keep],
-            [self.levels_dbfs[i] for i in keep],
-            [self.ahead_dbfs[i] for i in keep],
-            [self.stalled[i] for i in keep],
-            [self.audio_ready_ns[i] for i in keep],
+            self.seqs[keep],
+            self.epochs[keep],
+            self.indices[keep],
+            self.pts_ns[keep],
+            self.levels_dbfs[keep],
+            self.ahead_dbfs[keep],
+            self.stalled[keep],
+            self.audio_ready_ns[keep],
             self.landmarks[keep],
             self.infer_start_ns,
             self.infer_end_ns,
             self.take_ns,
+            self.rows[keep] if self.rows.size else self.rows,
         )
 
     def frames(self, publish_ns: int = 0, signals: Iterable[Any] | None = None) -> list[LandmarkFrame]:
@@ -217,18 +221,27 @@ class CommittedFrames:
             frame(sid, seq, epoch, index, pts, lm, level, ahead, timings(ready, t0, t1, pub, take), sig, st, None)
             for sid, seq, epoch, index, pts, lm, level, ahead, ready, sig, st in zip(
                 self.stream_ids,
-                self.seqs,
-                self.epochs,
-                self.indices,
-                self.pts_ns,
+                self.seqs.tolist(),
+                self.epochs.tolist(),
+                self.indices.tolist(),
+                self.pts_ns.tolist(),
                 self.landmarks,
-                self.levels_dbfs,
-                self.ahead_dbfs,
-                self.audio_ready_ns,
+                self.levels_dbfs.tolist(),
+                self.ahead_dbfs.tolist(),
+                self.audio_ready_ns.tolist(),
                 sigs,
-                self.stalled,
+                self.stalled.tolist(),
             )
         ]
+
+
+def _sample_time_ns(samples: np.ndarray, rate: int) -> np.ndarray:
+    """`SampleClock.time_ns` of int64 sample indices, exact: samples * 1e9 // rate, split as
+    (samples // rate) * 1e9 + (samples % rate) * 1e9 // rate so that no product overflows int64 (the plain
+    product would past 9.2e9 samples, 6.6 days at 16 kHz)."""
+    whole, part = np.divmod(samples, rate)
+    out: np.ndarray = whole * 1_000_000_000 + part * 1_000_000_000 // rate
+    return out
 
 
 _MAKE_FRAME = fast_init.maker(LandmarkFrame)
@@ -1105,20 +1118,23 @@ class EngineCore:
             if ending >= 0 and committed >= ending:
                 ending_rows.append(row)
         kept = landmarks[keep] if len(keep) < n else landmarks.copy()
+        ints = np.array((seqs, epochs, indices, pts, ready), dtype=np.int64).reshape(5, -1)  # one conversion
+        floats = np.array((levels, aheads), dtype=np.float64).reshape(2, -1)
         out = CommittedFrames(
             sids,
-            seqs,
-            epochs,
-            indices,
-            pts,
-            levels,
-            aheads,
-            stalls,
-            ready,
+            ints[0],
+            ints[1],
+            ints[2],
+            ints[3],
+            floats[0],
+            floats[1],
+            np.array(stalls, dtype=bool),
+            ints[4],
             kept,
             int(infer_start_ns),
             int(infer_end_ns),
             int(batch.take_ns),
+            batch.rows[keep].astype(np.int64, copy=False),
         )
         for row in ending_rows:
             self._start_next_epoch(self._stream_at(row))
@@ -1200,26 +1216,26 @@ class EngineCore:
         seqs = self._seq[e]
         self._seq[e] = seqs + 1
         rate = self.sample_rate_hz
-        starts = (self._epoch_start[e] + j * spf).tolist()
-        ready_all = batch.audio_ready_ns
+        starts = self._epoch_start[e] + j * spf
         ids = batch.stream_ids
         keep_list = keep.tolist()
         # one copy of the kept rows (the runner may reuse its output buffer); frames hold views of its rows
         kept = landmarks[keep] if len(keep_list) < n else landmarks.copy()
         committed = CommittedFrames(
             [ids[i] for i in keep_list],
-            seqs.tolist(),
-            self._epoch[e].tolist(),
-            j.tolist(),
-            [s * 1_000_000_000 // rate for s in starts],  # SampleClock.time_ns, exact integers
-            level.tolist(),
-            ahead.tolist(),
-            stalled.tolist(),
-            [ready_all[i] for i in keep_list],
+            seqs,
+            self._epoch[e],
+            j,
+            _sample_time_ns(starts, rate),
+            level.astype(np.float64, copy=False),
+            ahead.astype(np.float64, copy=False),
+            stalled,
+            np.array(batch.audio_ready_ns, dtype=np.int64)[keep],
             kept,
             int(infer_start_ns),
             int(infer_end_ns),
             int(batch.take_ns),
+            e.astype(np.int64, copy=False),
         )
         ending = self._ending[g]
         done = (ending >= 0) & (self._committed[g] >= ending)

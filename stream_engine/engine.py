@@ -4,8 +4,12 @@ One task owns inference. It waits until some stream holds a full step of audio, 
 stream from the core (on the loop), runs the shared runner in a single worker thread (onnxruntime and numpy
 release the GIL, so the loop keeps accepting audio and serving clients meanwhile), commits the result (on the
 loop), derives the batch's signals in one call (`BatchSignalExtractor`, one slot per stream; one compiled loop
-over the batch, `signal_kernel`, when numba is installed), and hands the frames to every `FrameSink` without waiting on any
-of them. Frames therefore leave as soon as their audio has arrived and the step has run; there is no timer.
+over the batch, `signal_kernel`, when numba is installed), and publishes the step as columns (`FrameBatch`):
+per-stream statistics are recorded for the whole step at once (`SlotStats`), a sink with `send_batch` gets
+the batch, one without it `send_frames(batch.frames())`, a frame subscriber its `LandmarkFrame`; frame
+objects are built only for those who ask (the batch sink contract: `stream_engine/outputs/__init__.py`). No
+sink is waited on. Frames therefore leave as soon as their audio has arrived and the step has run; there is
+no timer.
 
 Every stream's model state lives in one slot of the runner's state store (`EngineCore.slots`, preallocated for
 `max_streams`); a runner call gathers the batch's slots, steps and scatters in place (ONNX Runtime through an
@@ -58,10 +62,11 @@ import numpy as np
 from stream_engine.batch_signals import BatchSignalExtractor
 from stream_engine.clock import Clock, MonotonicClock
 from stream_engine.core import CommittedFrames, CoreError, EngineCore, LandmarkFrame, StepBatch
+from stream_engine.frame_batch import FrameBatch
 from stream_engine.memory import release_free_heap
 from stream_engine.outputs import FrameSink
 from stream_engine.runtime.base import StepRunner
-from stream_engine.session import RecentValues, Session
+from stream_engine.session import RecentValues, Session, SlotStats
 from stream_engine.signals import SignalConfig, stream_seed
 
 log = logging.getLogger(__name__)
@@ -197,6 +202,7 @@ class Engine:
         self.batch_signals = (
             BatchSignalExtractor(signal_cfg, self.core.slots.capacity) if cfg.signals and cfg.batch_signals else None
         )
+        self.slot_stats = SlotStats(self.core.slots.capacity)  # per-slot statistics of published frames
         self.contract = runner.contract
         self.sample_rate_hz = self.core.sample_rate_hz
         self.model_reference_face = np.asarray(self.contract.reference_face, dtype=np.float32)
@@ -362,12 +368,19 @@ class Engine:
             seed=signal_seed,
             engine=self,
         )
+        slot = self.core.slot_of(stream_id)
         if bx is not None:  # the stream's signal state lives in its slot of the batched extractor
-            slot = self.core.slot_of(stream_id)
             if slot >= bx.capacity:  # the core's store grew (slots of closed streams held by a running step)
                 bx.grow(max(self.core.slots.capacity, slot + 1))
             bx.open(slot, own_face if own_face is not None else self.model_reference_face, signal_seed, stream_id)
             session.signal_slot = slot
+        store = self.slot_stats
+        if slot >= store.capacity:  # as above: the store grew; the open sessions' views follow it
+            store.grow(max(self.core.slots.capacity, slot + 1))
+            for other in self.sessions.values():
+                other.bind_stats(store, self.core.slot_of(other.stream_id))
+        store.open(slot, session.epoch)
+        session.bind_stats(store, slot)
         self.sessions[stream_id] = session
         self._event(stream_id, "opened", source=source)
         return session
@@ -380,6 +393,9 @@ class Engine:
         if self.batch_signals is not None and session.signal_slot is not None:
             self.batch_signals.close(session.signal_slot)
             session.signal_slot = None
+        slot = self.core.slot_of(stream_id)
+        session.unbind_stats()
+        self.slot_stats.close(slot)
         self.core.close_stream(stream_id)
         self._event(stream_id, "closed")
         self._notify_progress()
@@ -620,65 +636,83 @@ class Engine:
         self._notify_progress()
 
     def _publish(self, committed: CommittedFrames) -> None:
-        """Build the published frames of one step (signals of the whole step in one call, each frame built once
-        with its signals and publish time), deliver them to subscribers and hand them to every sink."""
+        """Publish one step's frames as columns (`FrameBatch`): signals of the whole step in one call, the
+        per-stream statistics recorded for the whole step at once, `LandmarkFrame` objects built only for
+        frame subscribers, a blendshape deriver and sinks without `send_batch`."""
         if not len(committed):
             return
         now = self.clock.now_ns()
-        get = self.sessions.get
-        live = [get(sid) for sid in committed.stream_ids]
-        if None in live:  # not on the loop today (close_stream drops session and core stream together)
-            keep = [i for i, session in enumerate(live) if session is not None]
-            committed, live = committed.select(keep), [live[i] for i in keep]
-        sessions: list[Session] = live  # type: ignore[assignment]  # no None left
-        if self.batch_signals is not None:
-            frames = committed.frames(now, self._batch_signals(committed, sessions))
-            for frame, session in zip(frames, sessions):
-                session.published(frame)
-        else:
-            frames = [session.derive(frame, now) for frame, session in zip(committed.frames(), sessions)]
+        store = self.slot_stats
+        rows = committed.rows
+        if not store.live[rows].all():  # not on the loop today (close_stream drops session and core stream together)
+            keep = np.flatnonzero(store.live[rows]).tolist()
+            if not keep:
+                return
+            committed = committed.select(keep)
+            rows = committed.rows
+        sessions, ids = self.sessions, committed.stream_ids
+        bx = self.batch_signals
+        if bx is None and self.cfg.signals:  # one `SignalExtractor` per stream (EngineConfig.batch_signals off)
+            live = [sessions[sid] for sid in ids]
+            frames = [session.derive(frame, now) for frame, session in zip(committed.frames(), live)]
+            self._hand_out(frames, None, [(session, i) for i, session in enumerate(live) if session.subscribers])
+            return
+        epochs = committed.epochs
+        changed = epochs != store.epochs[rows]
+        if changed.any():  # a new epoch (reset, flush restart, runner fault): Session.enter_epoch
+            for i in np.flatnonzero(changed).tolist():
+                sessions[ids[i]].epoch = int(epochs[i])
+                if bx is not None:
+                    bx.reset(int(rows[i]))  # the slot's filters restart, as `Session.derive` restarts its own
+            store.epochs[rows] = epochs
+        signals = None
+        if bx is not None:  # the stream's signal slot is its core slot (`open_stream`)
+            signals = bx.update(
+                rows, committed.landmarks, committed.pts_ns / 1e9, committed.levels_dbfs, committed.ahead_dbfs
+            )
+        batch = FrameBatch.published(committed, now, signals)
+        store.record(
+            rows,
+            (now - committed.audio_ready_ns) / 1e6,
+            (committed.infer_end_ns - committed.infer_start_ns) / 1e6,
+            batch,
+        )
+        subscribed = store.subscribed[rows]
+        to_deliver = [(sessions[ids[i]], i) for i in np.flatnonzero(subscribed).tolist()] if subscribed.any() else []
+        self._hand_out(None, batch, to_deliver)
+
+    def _hand_out(
+        self, frames: list[LandmarkFrame] | None, batch: FrameBatch | None, subscribed: list[tuple[Session, int]]
+    ) -> None:
+        """Blendshapes (the deriver, per frame), frame subscribers (`subscribed`: session and row), then every
+        sink: `send_batch(batch)` where a sink has it and the step was published as a batch, else
+        `send_frames(frames)`."""
         deriver = self.blendshapes
         if deriver is not None:
+            if frames is None:
+                assert batch is not None
+                frames = list(batch.frames())
             for i, f in enumerate(frames):
                 try:
                     frames[i] = dataclasses.replace(f, blendshapes=deriver(f))
                 except Exception as exc:
                     self.stats.sink_errors += 1
                     log.warning("blendshape deriver failed: %s", exc)
-        for frame, session in zip(frames, sessions):
-            if session.subscribers:
-                session.deliver(frame)
-        self.stats.frames += len(frames)
+            if batch is not None:
+                batch.set_frames(frames)
+        for session, i in subscribed:
+            session.deliver(frames[i] if frames is not None else batch.frame(i))  # type: ignore[union-attr]
+        self.stats.frames += len(frames) if frames is not None else len(batch)  # type: ignore[arg-type]
         for sink in self.sinks:
             try:
-                sink.send_frames(frames)
+                send_batch = getattr(sink, "send_batch", None) if batch is not None else None
+                if send_batch is not None:
+                    send_batch(batch)
+                else:
+                    sink.send_frames(frames if frames is not None else batch.frames())  # type: ignore[union-attr]
             except Exception as exc:
                 self.stats.sink_errors += 1
                 log.warning("output %r failed: %s", sink, exc)
-
-    def _batch_signals(self, committed: CommittedFrames, sessions: Sequence[Session]) -> list[Any]:
-        """The signals of one step's frames from one `BatchSignalExtractor.update` over its columns.
-
-        A frame that starts a new epoch (reset, flush restart, runner fault) restarts its slot's filters first,
-        as `Session.derive` restarts a stream's own extractor."""
-        bx = self.batch_signals
-        assert bx is not None
-        slots = []
-        for epoch, session in zip(committed.epochs, sessions):
-            slot = session.signal_slot
-            assert slot is not None
-            if epoch != session.epoch:  # Session.enter_epoch
-                session.epoch = epoch
-                bx.reset(slot)
-            slots.append(slot)
-        signals = bx.update(
-            np.array(slots, dtype=np.int64),
-            committed.landmarks,
-            np.array(committed.pts_ns, dtype=np.float64) / 1e9,
-            np.array(committed.levels_dbfs),
-            np.array(committed.ahead_dbfs),
-        )
-        return signals.rows()
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> dict[str, Any]:

@@ -154,18 +154,170 @@ class RecentValues:
     def __iter__(self) -> Iterator[float]:
         return iter(self.values().tolist())
 
+    @property
+    def total(self) -> int:
+        """Values appended over the ring's life."""
+        return self._count
+
+
+class SlotRecentValues:
+    """`RecentValues` of one slot of a `SlotStats` store (the same interface: `append`, `len`, `values`,
+    iteration, `maxlen`, `total`); the engine appends a whole step's values with `SlotStats.record`."""
+
+    __slots__ = ("_buf", "_counts", "_slot")
+
+    def __init__(self, buf: np.ndarray, counts: np.ndarray, slot: int) -> None:
+        self._buf, self._counts, self._slot = buf, counts, slot
+
+    @property
+    def maxlen(self) -> int:
+        return int(self._buf.shape[1])
+
+    @property
+    def total(self) -> int:
+        return int(self._counts[self._slot])
+
+    def append(self, value: float) -> None:
+        n = int(self._counts[self._slot])
+        self._buf[self._slot, n % self._buf.shape[1]] = value
+        self._counts[self._slot] = n + 1
+
+    def __len__(self) -> int:
+        return min(self.total, self.maxlen)
+
+    def values(self) -> np.ndarray:
+        """(len,) float32 copy, oldest first."""
+        row, n, m = self._buf[self._slot], self.total, self.maxlen
+        i = n % m
+        ordered: np.ndarray = row[:n].copy() if n <= m else np.concatenate((row[i:], row[:i]))
+        return ordered
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.values().tolist())
+
+    def detached(self) -> RecentValues:
+        """A free-standing copy (the slot may go to another stream after this one closes)."""
+        out = RecentValues(self.maxlen)
+        vals = self.values()
+        out._buf[: vals.size] = vals
+        out._count = vals.size
+        return out
+
+
+class SlotStats:
+    """Per-frame statistics of every slot in arrays, so the engine records a whole step at once (one
+    scatter per statistic, not a Python call per frame): the latest `maxlen` engine-added latencies and step
+    times (ms) in (capacity, maxlen) float32 rings, frames published, and where the slot's newest frame is
+    (its `FrameBatch` and row; the frame object is built only when `last_frame` is asked for).
+
+    Args:
+        capacity: slots 0 .. capacity - 1 (`grow` adds more).
+        maxlen: values kept per slot and statistic.
+    """
+
+    def __init__(self, capacity: int, maxlen: int = 250) -> None:
+        if capacity < 1 or maxlen < 1:
+            raise ValueError("capacity and maxlen must be >= 1")
+        self.capacity, self.maxlen = int(capacity), int(maxlen)
+        self.latency_ms = np.zeros((capacity, maxlen), dtype=np.float32)
+        self.infer_ms = np.zeros((capacity, maxlen), dtype=np.float32)
+        self.counts = np.zeros(capacity, dtype=np.int64)  # latencies recorded per slot since `open` (= frames)
+        self.counts_infer = np.zeros(capacity, dtype=np.int64)  # step times recorded (the same, kept apart)
+        self.last: np.ndarray = np.full(capacity, None, dtype=object)  # FrameBatch or LandmarkFrame
+        self.last_row = np.zeros(capacity, dtype=np.int64)  # the newest frame's row in `last` (-1: a frame)
+        self.epochs = np.zeros(capacity, dtype=np.int64)  # the epoch of the slot's newest published frame
+        self.live = np.zeros(capacity, dtype=bool)  # the slot's stream is open in the engine
+        self.subscribed = np.zeros(capacity, dtype=bool)  # ... and has frame subscribers (`Session.subscribe`)
+
+    def open(self, slot: int, epoch: int = 0) -> None:
+        """A new stream in `slot`: no frames yet."""
+        if slot >= self.capacity:
+            self.grow(slot + 1)
+        self.counts[slot] = self.counts_infer[slot] = 0
+        self.last[slot] = None
+        self.epochs[slot] = epoch
+        self.live[slot], self.subscribed[slot] = True, False
+
+    def close(self, slot: int) -> None:
+        self.last[slot] = None  # the slot's newest batch is not kept alive by a closed stream
+        self.live[slot] = self.subscribed[slot] = False
+
+    def grow(self, capacity: int) -> None:
+        """Room for slots up to `capacity - 1`, keeping every slot's values (the arrays are replaced: views
+        made before see the old arrays; `Engine` re-binds its sessions)."""
+        if capacity <= self.capacity:
+            return
+        n = self.capacity
+        for name in (
+            "latency_ms",
+            "infer_ms",
+            "counts",
+            "counts_infer",
+            "last",
+            "last_row",
+            "epochs",
+            "live",
+            "subscribed",
+        ):
+            old = getattr(self, name)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            if old.dtype == object:
+                new[:] = None
+            new[:n] = old
+            setattr(self, name, new)
+        self.capacity = int(capacity)
+
+    def record(self, slots: np.ndarray, latency_ms: np.ndarray, infer_ms: float, batch: object) -> None:
+        """One published step: frame i of `batch` belongs to `slots[i]` (distinct slots)."""
+        if slots.size <= 4:  # a few rows: scalar writes cost less than the fancy-indexed ones below
+            m = self.maxlen
+            for i, (slot, lat) in enumerate(zip(slots.tolist(), latency_ms.tolist())):
+                n = self.counts.item(slot)
+                self.latency_ms[slot, n % m] = lat
+                self.infer_ms[slot, n % m] = infer_ms
+                self.counts[slot] = n + 1
+                self.counts_infer[slot] += 1
+                self.last[slot] = batch
+                self.last_row[slot] = i
+            return
+        counts = self.counts[slots]
+        col = counts % self.maxlen
+        self.latency_ms[slots, col] = latency_ms
+        self.infer_ms[slots, col] = infer_ms
+        self.counts[slots] = counts + 1
+        self.counts_infer[slots] += 1
+        self.last[slots] = batch
+        self.last_row[slots] = np.arange(slots.size)
+
+    def last_frame(self, slot: int) -> LandmarkFrame | None:
+        """The slot's newest published frame (None before the first)."""
+        holder = self.last[slot]
+        if holder is None or isinstance(holder, LandmarkFrame):
+            return holder
+        frame: LandmarkFrame = holder.frame(int(self.last_row[slot]))
+        return frame
+
+    def set_last(self, slot: int, frame: LandmarkFrame) -> None:
+        self.last[slot] = frame
+        self.last_row[slot] = -1
+
 
 @dataclasses.dataclass
 class SessionStats:
-    """Counters of one stream; the latest 250 engine-added latencies and step times (ms) per frame."""
+    """Counters of one stream; the latest 250 engine-added latencies and step times (ms) per frame.
 
-    frames: int = 0
+    `frames` (published frames) is how many latencies were recorded: one per frame."""
+
     resets: int = 0
     flushes: int = 0
     errors: int = 0
     last_error: str = ""
-    engine_latency_ms: RecentValues = dataclasses.field(default_factory=RecentValues)
-    infer_ms: RecentValues = dataclasses.field(default_factory=RecentValues)
+    engine_latency_ms: RecentValues | SlotRecentValues = dataclasses.field(default_factory=RecentValues)
+    infer_ms: RecentValues | SlotRecentValues = dataclasses.field(default_factory=RecentValues)
+
+    @property
+    def frames(self) -> int:
+        return self.engine_latency_ms.total
 
 
 class Session:
@@ -202,7 +354,35 @@ class Session:
         self.signal_slot: int | None = None  # slot in the engine's `BatchSignalExtractor` (None = own extractor)
         self.stats = SessionStats()
         self.epoch = 0
-        self.last_frame: LandmarkFrame | None = None
+        self._last_frame: LandmarkFrame | None = None
+        self._slot_stats: SlotStats | None = None  # the engine's store, when this session's statistics live there
+        self._stats_slot = -1
+
+    @property
+    def last_frame(self) -> LandmarkFrame | None:
+        """The newest frame published for this stream (None before the first)."""
+        if self._slot_stats is not None:
+            return self._slot_stats.last_frame(self._stats_slot)
+        return self._last_frame
+
+    def bind_stats(self, store: SlotStats, slot: int) -> None:
+        """Keep this session's statistics in `slot` of the engine's `store` (the engine records whole steps
+        there); called again after the store grows."""
+        self._slot_stats, self._stats_slot = store, slot
+        self._note_subscribers()
+        self.stats.engine_latency_ms = SlotRecentValues(store.latency_ms, store.counts, slot)
+        self.stats.infer_ms = SlotRecentValues(store.infer_ms, store.counts_infer, slot)
+
+    def unbind_stats(self) -> None:
+        """The stream closed: keep copies of its statistics (its slot may serve another stream next)."""
+        store = self._slot_stats
+        if store is None:
+            return
+        last = store.last_frame(self._stats_slot)
+        lat, inf = self.stats.engine_latency_ms, self.stats.infer_ms
+        if isinstance(lat, SlotRecentValues) and isinstance(inf, SlotRecentValues):
+            self.stats.engine_latency_ms, self.stats.infer_ms = lat.detached(), inf.detached()
+        self._slot_stats, self._stats_slot, self._last_frame = None, -1, last
 
     def derive(self, frame: LandmarkFrame, publish_ns: int) -> LandmarkFrame:
         """Attach signals (from this session's own `SignalExtractor`) and the publish time to a frame fresh out
@@ -248,10 +428,12 @@ class Session:
     def published(self, frame: LandmarkFrame) -> None:
         """Count a frame built for publishing (publish time and signals already on it) in the statistics."""
         t = frame.timings
-        self.stats.frames += 1
-        self.stats.engine_latency_ms.append((t.publish_ns - t.audio_ready_ns) / 1e6)
         self.stats.infer_ms.append((t.infer_end_ns - t.infer_start_ns) / 1e6)
-        self.last_frame = frame
+        self.stats.engine_latency_ms.append((t.publish_ns - t.audio_ready_ns) / 1e6)
+        if self._slot_stats is not None:
+            self._slot_stats.set_last(self._stats_slot, frame)
+        else:
+            self._last_frame = frame
 
     # ------------------------------------------------------------------ handle
     def _engine(self) -> Engine:
@@ -287,14 +469,21 @@ class Session:
 
     def subscribe(self, callback: Callable[[LandmarkFrame], None]) -> Callable[[], None]:
         """Call `callback(frame)` on the event loop for every frame of this stream (after signals). Returns a
-        function that unsubscribes. A callback that raises is logged and kept."""
+        function that unsubscribes. A callback that raises is logged and kept. (Subscribe through here, not by
+        changing `subscribers`: the engine builds a frame object only for streams marked as subscribed.)"""
         self.subscribers.append(callback)
+        self._note_subscribers()
 
         def unsubscribe() -> None:
             if callback in self.subscribers:
                 self.subscribers.remove(callback)
+                self._note_subscribers()
 
         return unsubscribe
+
+    def _note_subscribers(self) -> None:
+        if self._slot_stats is not None:
+            self._slot_stats.subscribed[self._stats_slot] = bool(self.subscribers)
 
     def deliver(self, frame: LandmarkFrame) -> None:
         for callback in list(self.subscribers):

@@ -4,6 +4,15 @@ Every output is a `FrameSink`. The engine calls its methods on the event loop ri
 is committed, so they must return at once: network sends are non-blocking (UDP) or go into per-client
 latest-frame-wins queues drained by the client's own task (WebSocket). A slow or failing output never delays
 the engine or the other outputs.
+
+Batch sink contract: the engine publishes each step's frames as one `frame_batch.FrameBatch` (columns: stream
+ids, landmarks (B, K, D), seqs, epochs, times, levels, stall marks, signals as `SignalBatch` columns). A sink
+that has a method `send_batch(batch)` (`BatchFrameSink`) gets the step that way and reads the columns,
+building a `LandmarkFrame` only for the rows it needs (`batch.frame(i)`, cached); a sink without it gets
+`send_frames(batch.frames())`, the same frame objects as ever. A step reaches each sink through exactly one of
+the two calls. The batch and its arrays belong to the engine: a sink must not change them, and may keep them
+(or the frames) as long as it likes. The WebSocket server, VMC, VTube Studio, OSC and the serve replica's sink
+take batches; `send_frames` stays for callers with frame lists.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from stream_engine.core import LandmarkFrame
+from stream_engine.frame_batch import FrameBatch
 
 
 @runtime_checkable
@@ -28,6 +38,15 @@ class FrameSink(Protocol):
 
     async def aclose(self) -> None:
         """Release sockets and tasks."""
+        ...
+
+
+@runtime_checkable
+class BatchFrameSink(FrameSink, Protocol):
+    """A `FrameSink` that also takes a published step as columns (the batch sink contract above)."""
+
+    def send_batch(self, batch: FrameBatch) -> None:
+        """Deliver one step's frames (row i = one frame; several streams, each in order). Must not block."""
         ...
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from stream_engine.blendshapes import ARKIT_INDEX, ARKIT_NAMES
 from stream_engine.core import LandmarkFrame
+from stream_engine.frame_batch import FrameBatch
 from stream_engine.outputs import parse_target
 from stream_engine.outputs.osc import UdpTargets, bundle, message
 from stream_engine.signals import NEUTRAL_SIGNALS, VISEMES, Signals, euler_to_unity_quaternion
@@ -157,6 +158,14 @@ class DriverChoice:
             self.driver = stream_id
         return stream_id == self.driver
 
+    def rows(self, batch: FrameBatch) -> list[int]:
+        """The rows of `batch` whose stream drives the avatar, in order (`drives` for each row with signals;
+        none when the batch has no signals)."""
+        if batch.signals is None:
+            return []
+        drives = self.drives
+        return [i for i, sid in enumerate(batch.stream_ids) if drives(sid)]
+
     def on_event(self, event: dict[str, Any]) -> bool:
         """True when the event puts the avatar in the rest pose (a reset or close of the driver; a stall is
         followed by the engine's silence-fed frames, which bring the face to rest themselves)."""
@@ -199,6 +208,13 @@ class VmcSink:
             for packet in vmc_packets(chosen.signals, self.cfg, self._last_time_s):
                 self.udp.send(packet)
             self._posed = True
+
+    def send_batch(self, batch: FrameBatch) -> None:
+        """`send_frames` for a published step (the batch sink contract): only the driving stream's newest row
+        becomes a frame."""
+        rows = self.choice.rows(batch)
+        if rows:
+            self.send_frames([batch.frame(rows[-1])])
 
     def rest(self) -> None:
         """Send the rest pose (mouth closed, eyes open, head centred); /VMC/Ext/T never steps backwards."""

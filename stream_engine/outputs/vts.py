@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stream_engine.core import LandmarkFrame
+from stream_engine.frame_batch import FrameBatch
 from stream_engine.outputs.vmc import DriverChoice
 from stream_engine.signals import NEUTRAL_SIGNALS, Signals
 
@@ -201,6 +202,18 @@ class VtsSink:
                 # stalled frames (silence the engine added) are followed like any other: they bring the face to rest
                 self._values = parameter_values(frame.signals)
                 self.stats["frames"] += 1
+        with contextlib.suppress(RuntimeError):  # no running loop (synchronous tests): nothing to start
+            self.start()
+
+    def send_batch(self, batch: FrameBatch) -> None:
+        """`send_frames` for a published step (the batch sink contract): the driving stream's newest row's
+        values, every driving row counted."""
+        rows = self.choice.rows(batch)
+        if rows:
+            signals = batch.frame(rows[-1]).signals
+            assert signals is not None  # `DriverChoice.rows` is empty for a batch without signals
+            self._values = parameter_values(signals)
+            self.stats["frames"] += len(rows)
         with contextlib.suppress(RuntimeError):  # no running loop (synchronous tests): nothing to start
             self.start()
 

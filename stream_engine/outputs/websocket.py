@@ -28,15 +28,23 @@ import http
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from stream_engine.core import LandmarkFrame
+from stream_engine.frame_batch import FrameBatch
 from stream_engine.landmarks import CONTOURS
 from stream_engine.outputs.latest import LatestFrameQueue
-from stream_engine.outputs.serializers import FORMAT_VERSION, encode_binary, encode_binary_many, encode_json
+from stream_engine.outputs.serializers import (
+    FORMAT_VERSION,
+    encode_binary,
+    encode_binary_batch,
+    encode_binary_many,
+    encode_json,
+    encode_json_batch,
+)
 from stream_engine.protocol import (
     CLOSE_POLICY,
     PROTOCOL_VERSION,
@@ -428,6 +436,29 @@ class WebSocketServer:
             self._server = None
 
     # ------------------------------------------------------------------ FrameSink
+    def send_batch(self, batch: FrameBatch) -> None:
+        """`send_frames` for a published step as columns (the batch sink contract, `outputs.FrameSink`): the
+        same clients get the same messages, byte for byte (the same routing and send-window bookkeeping,
+        `_route` and `_wrote`); the frames written straight to clients are serialised from the batch's columns
+        (`encode_binary_batch`, `encode_json_batch`), and a `LandmarkFrame` is built only for a row that goes
+        into a client's queue."""
+        if not self._clients:
+            return
+        from websockets.asyncio.server import broadcast
+
+        now_ns = self.engine.clock.now_ns()
+        direct = self._route(batch.stream_ids, batch.frame)
+        if not direct:
+            return
+        encoded = iter(encode_binary_batch(batch, now_ns, [i for i, binary, _ in direct if binary]))
+        texts = iter(encode_json_batch(batch, now_ns, [i for i, _, text in direct if text]))
+        for _, binary, text in direct:
+            if binary:
+                broadcast([c.ws for c in binary], next(encoded))
+            if text:
+                broadcast([c.ws for c in text], next(texts).encode(), text=True)
+            self._wrote(binary, text)
+
     def send_frames(self, frames: Sequence[LandmarkFrame]) -> None:
         """Fast path: a client that is keeping up (window open, socket taking data) gets the frame written to
         its socket right here (websockets' synchronous `broadcast`, no task hop); otherwise it goes into the
@@ -439,12 +470,30 @@ class WebSocketServer:
         from websockets.asyncio.server import broadcast
 
         now_ns = self.engine.clock.now_ns()
+        direct = self._route([f.stream_id for f in frames], frames.__getitem__)
+        if not direct:
+            return
+        # the frames written directly to binary clients are serialised together (`encode_binary_many`)
+        encoded = iter(encode_binary_many([frames[i] for i, binary, _ in direct if binary], now_ns))
+        for i, binary, text in direct:
+            if binary:
+                broadcast([c.ws for c in binary], next(encoded))
+            if text:
+                broadcast([c.ws for c in text], encode_json(frames[i], now_ns).encode(), text=True)
+            self._wrote(binary, text)
+
+    def _route(
+        self, stream_ids: Sequence[str], frame: Callable[[int], LandmarkFrame]
+    ) -> list[tuple[int, list[_Client], list[_Client]]]:
+        """Per frame (position i, stream `stream_ids[i]`): the subscribed clients that can take it on their socket
+        now, binary and text (`_Client.can_write_now`); every other subscriber gets `frame(i)` in its
+        latest-wins queue. Returns (i, binary, text) for the frames written directly to some client."""
         limit = self.cfg.direct_write_limit_bytes
         every = self._every_stream
         by_stream = self._by_stream
-        direct: list[tuple[LandmarkFrame, list[_Client], list[_Client]]] = []
-        for frame in frames:
-            subs = by_stream.get(frame.stream_id)
+        direct: list[tuple[int, list[_Client], list[_Client]]] = []
+        for i, sid in enumerate(stream_ids):
+            subs = by_stream.get(sid)
             if not every and not subs:
                 continue
             binary: list[_Client] = []
@@ -454,23 +503,19 @@ class WebSocketServer:
                     if client.can_write_now(limit):
                         (binary if client.format == "binary" else text).append(client)
                     else:
-                        client.queue.put(frame)
+                        client.queue.put(frame(i))
             if binary or text:
-                direct.append((frame, binary, text))
-        if not direct:
-            return
-        # the frames written directly to binary clients are serialised together (`encode_binary_many`)
-        encoded = iter(encode_binary_many([frame for frame, binary, _ in direct if binary], now_ns))
-        for frame, binary, text in direct:
-            if binary:
-                broadcast([c.ws for c in binary], next(encoded))
-            if text:
-                broadcast([c.ws for c in text], encode_json(frame, now_ns).encode(), text=True)
-            for client in (*binary, *text):
-                client.sent += 1
-                client.window.on_sent()
-                if client.windowed and client.window.needs_ping():
-                    client.queue.wake()  # the relay sends the acknowledging ping
+                direct.append((i, binary, text))
+        return direct
+
+    @staticmethod
+    def _wrote(binary: list[_Client], text: list[_Client]) -> None:
+        """A frame went straight to these clients' sockets: count it in their send windows."""
+        for client in (*binary, *text):
+            client.sent += 1
+            client.window.on_sent()
+            if client.windowed and client.window.needs_ping():
+                client.queue.wake()  # the relay sends the acknowledging ping
 
     def stream_event(self, event: dict[str, Any]) -> None:
         sid: str | None = event.get("stream")

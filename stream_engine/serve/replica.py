@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from stream_engine.core import LandmarkFrame
 from stream_engine.engine import Engine
+from stream_engine.frame_batch import FrameBatch
 from stream_engine.outputs.latest import LatestFrameQueue
 from stream_engine.outputs.serializers import FORMAT_VERSION, encode_binary, encode_json
 from stream_engine.outputs.websocket import LOOPBACK_HOSTS, ServerConfig, model_facts
@@ -98,6 +99,14 @@ class ReplicaServer:
             conn = self._by_stream.get(frame.stream_id)
             if conn is not None:
                 conn.queue.put(frame)
+
+    def send_batch(self, batch: FrameBatch) -> None:
+        """`send_frames` for a published step (the batch sink contract): frames built only for rows whose
+        stream has a connection here."""
+        for i, sid in enumerate(batch.stream_ids):
+            conn = self._by_stream.get(sid)
+            if conn is not None:
+                conn.queue.put(batch.frame(i))
 
     def stream_event(self, event: dict[str, Any]) -> None:
         sid = event.get("stream")
