@@ -346,7 +346,7 @@ class Session:
     ) -> None:
         self.stream_id = stream_id
         self.engine = engine
-        self.subscribers: list[Callable[[LandmarkFrame], None]] = []
+        self._subscribers: list[Callable[[LandmarkFrame], None]] = []
         self.reference_face = reference_face
         self.source = source
         neutral = reference_face if reference_face is not None else model_reference_face
@@ -357,6 +357,12 @@ class Session:
         self._last_frame: LandmarkFrame | None = None
         self._slot_stats: SlotStats | None = None  # the engine's store, when this session's statistics live there
         self._stats_slot = -1
+
+    @property
+    def subscribers(self) -> tuple[Callable[[LandmarkFrame], None], ...]:
+        """The frame callbacks, read-only: change them with `subscribe` (and the function it returns), which
+        also marks the stream for the engine (it builds frame objects only for subscribed streams)."""
+        return tuple(self._subscribers)
 
     @property
     def last_frame(self) -> LandmarkFrame | None:
@@ -469,24 +475,23 @@ class Session:
 
     def subscribe(self, callback: Callable[[LandmarkFrame], None]) -> Callable[[], None]:
         """Call `callback(frame)` on the event loop for every frame of this stream (after signals). Returns a
-        function that unsubscribes. A callback that raises is logged and kept. (Subscribe through here, not by
-        changing `subscribers`: the engine builds a frame object only for streams marked as subscribed.)"""
-        self.subscribers.append(callback)
+        function that unsubscribes. A callback that raises is logged and kept."""
+        self._subscribers.append(callback)
         self._note_subscribers()
 
         def unsubscribe() -> None:
-            if callback in self.subscribers:
-                self.subscribers.remove(callback)
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
                 self._note_subscribers()
 
         return unsubscribe
 
     def _note_subscribers(self) -> None:
         if self._slot_stats is not None:
-            self._slot_stats.subscribed[self._stats_slot] = bool(self.subscribers)
+            self._slot_stats.subscribed[self._stats_slot] = bool(self._subscribers)
 
     def deliver(self, frame: LandmarkFrame) -> None:
-        for callback in list(self.subscribers):
+        for callback in tuple(self._subscribers):
             try:
                 callback(frame)
             except Exception as exc:

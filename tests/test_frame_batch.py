@@ -394,6 +394,9 @@ def test_a_subscriber_gets_its_streams_frames_until_it_unsubscribes():
             got: list = []
             stop = a.subscribe(got.append)
             assert engine.slot_stats.subscribed[engine.core.slot_of("a")]
+            assert a.subscribers == (got.append,)
+            with pytest.raises(AttributeError):  # read-only: a callback appended here would never be called
+                a.subscribers.append(print)  # type: ignore[attr-defined]
             for s in (a, b):
                 s.push(speechlike(SPF * 5))
             await engine.wait_drained("a")
