@@ -154,6 +154,8 @@ def _source(args: argparse.Namespace):
             or meta.get("model_version")
             or f"{ckpt.parent.name}/{ckpt.name}" + (f"@step{meta['step']}" if "step" in meta else "")
         )
+        if not args.model_version and generator.cfg.silence_history and "silence" not in version:
+            version += "+silence-history"  # the checkpoint's name may predate the option (a copy with it set)
         training_data = args.training_data or meta.get("training_data") or "not recorded in the checkpoint"
     else:
         generator = random_generator(args.seed, args.config, args.set, args.lookahead)
