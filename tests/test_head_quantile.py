@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from train_helpers import run_train, tiny_train_settings
 
 from training.face_losses import _midpoint_quantiles, head_quantile_terms, window_head_energy
 from training.metrics import viewer as vm
@@ -145,51 +143,17 @@ def test_bad_settings_are_refused_when_the_config_is_made():
 def test_weight_zero_trains_bit_for_bit_as_before(shared_data, tmp_path):
     """Two iterations of a tiny generator: the term's settings with weight 0 give the very same weights as the
     defaults (today's training); weight 1 changes them and logs the term."""
-    from training.checkpoint import save_module
-    from training.models.syncer import SyncerConfig, SyncerPyramid
-
-    tiny = SyncerConfig(
-        embed_dim=16, audio_widths=(16, 16), audio_depths=(1, 1), landmark_widths=(16,), landmark_depths=(1,)
-    )
-    save_module(tmp_path / "sync", SyncerPyramid(tiny), {"kind": "syncer_pyramid", "syncer": tiny})
-    sets = {
-        "syncers": str(tmp_path / "sync"),
-        "max_clips": 30,
-        "batch_size": 4,
-        "seq_len": 40,
-        "steps": 2,
-        "log_every": 1,
-        "eval_every": 2,
-        "checkpoint_every": 2,
-        "sample_every": 0,
-        "threads": 1,
-        "rest.fraction": 0.5,
-        "head_pyramid_weight": 1.0,
-        "generator.audio_channels": 16,
-        "generator.landmark_embed": 16,
-        "generator.lstm_hidden": 16,
-        "generator.branch_hidden": 16,
-        "discriminator.embed_dim": 16,
-        "discriminator.lstm_hidden": 16,
-        "discriminator.projection_hidden": 16,
-        "discriminator.windows": [5, 10],
-    }
+    sets = {**tiny_train_settings(tmp_path), "head_pyramid_weight": 1.0}
     variants = {
         "default": {},
         "zero": {"head_quantile_weight": 0.0, "head_quantile_levels": [1, 2], "head_quantile_bank": 16},
         "on": {"head_quantile_weight": 1.0, "head_quantile_levels": [1, 2], "head_quantile_bank": 16},
     }
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     weights = {}
     for name, extra in variants.items():
         out = tmp_path / name
-        argv = [sys.executable, "-m", "training.train_generator", "--out", str(out), "--no-progress"]
-        for k, v in {**sets, **extra}.items():
-            argv += ["--set", f"{k}={json.dumps(v)}"]
-        subprocess.run(argv, check=True, cwd=REPO, env=env, timeout=600, capture_output=True)
+        train = [r for r in run_train({**sets, **extra}, out) if r.get("split") == "train"]
         weights[name] = (out / "generator.safetensors").read_bytes()
-        train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        train = [r for r in train if r.get("split") == "train"]
         if name == "on":
             assert all(np.isfinite(r["head_quantile"]) for r in train)
         else:

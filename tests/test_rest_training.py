@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from train_helpers import run_train, tiny_train_settings
 
 from training.data.nonspeech import ENVELOPE_OCTAVES_HZ, LAYOUTS, RestMixConfig, mix_window, shaped_envelope, sound
 from training.face_losses import articulation_terms, head_terms, lip_gap, rest_terms
@@ -369,35 +368,7 @@ def test_head_tail_asks_for_the_large_slow_movements_of_a_batch():
 @pytest.mark.slow
 def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path):
     """Two iterations with mixing and every new term: the terms are logged and validation reports the rest gap."""
-    from training.checkpoint import save_module
-    from training.models.syncer import SyncerConfig, SyncerPyramid
-
-    tiny = SyncerConfig(
-        embed_dim=16, audio_widths=(16, 16), audio_depths=(1, 1), landmark_widths=(16,), landmark_depths=(1,)
-    )
-    save_module(tmp_path / "sync", SyncerPyramid(tiny), {"kind": "syncer_pyramid", "syncer": tiny})
-    sets = {
-        "syncers": str(tmp_path / "sync"),
-        "max_clips": 30,
-        "batch_size": 4,
-        "seq_len": 30,
-        "steps": 2,
-        "log_every": 1,
-        "eval_every": 2,
-        "checkpoint_every": 2,
-        "sample_every": 0,
-        "threads": 1,
-        "rest.fraction": 0.5,
-        "augment.gain_db": 35,
-        "generator.audio_channels": 16,
-        "generator.landmark_embed": 16,
-        "generator.lstm_hidden": 16,
-        "generator.branch_hidden": 16,
-        "discriminator.embed_dim": 16,
-        "discriminator.lstm_hidden": 16,
-        "discriminator.projection_hidden": 16,
-        "discriminator.windows": [5, 10],
-    }
+    sets = {**tiny_train_settings(tmp_path, seq_len=30), "augment.gain_db": 35}
     terms = ("rest_gap", "rest_still", "rest_pose", "mouth_shape", "mouth_gap", "mouth_amplitude", "mouth_under")
     for name in terms + ("mouth_corr",):
         sets[f"{name}_weight"] = 1.0
@@ -405,12 +376,7 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
         {"head_energy_weight": 1.0, "head_pyramid_weight": 1.0, "head_mean_weight": 1.0, "head_tail_weight": 1.0}
     )
     sets.update({"head_angle_weight": 1.0, "head_angle_momentum": 0.5})
-    argv = [sys.executable, "-m", "training.train_generator", "--out", str(tmp_path / "gen"), "--no-progress"]
-    for k, v in sets.items():
-        argv += ["--set", f"{k}={json.dumps(v)}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(argv, check=True, cwd=REPO, env=env, timeout=600, capture_output=True)
-    recs = [json.loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
+    recs = run_train(sets, tmp_path / "gen")
     train = [r for r in recs if r.get("split") == "train"]
     logged = {
         "rest_gap",
@@ -427,6 +393,6 @@ def test_msync_train_with_non_speech_mixing_and_face_terms(shared_data, tmp_path
     val = json.loads((tmp_path / "gen" / "result.json").read_text())["val"]
     assert 0 <= val["rest_gap_p50"] <= val["rest_gap_p90"] and val["gap_amplitude"] > 0
     assert -1 <= val["gap_r"] <= 1 and -1 <= val["gap_r_lag1"] <= 1
-    bad = argv[:-2] + ["--set", "rest.fraction=0.25"]  # 4 windows, 1 mixed: 3 unmixed for the pair critic
-    proc = subprocess.run(bad, cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
-    assert proc.returncode != 0 and "even number" in proc.stderr
+    with pytest.raises(subprocess.CalledProcessError) as refused:  # 4 windows, 1 mixed: 3 unmixed for the pair critic
+        run_train({**sets, "rest.fraction": 0.25}, tmp_path / "bad")
+    assert "even number" in refused.value.stderr.decode()
