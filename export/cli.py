@@ -11,6 +11,7 @@ Top-level imports stay light: torch is imported when the command runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -65,6 +66,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="dataset dir with clips/*.flac for --verify-steps (noise is used when missing)",
     )
     p.add_argument("--tol", type=float, default=1e-4, help="max landmark difference allowed by --verify-steps")
+    p.add_argument(
+        "--silence-history",
+        action="store_true",
+        help="start every stream as if digital silence came before it (GeneratorConfig.silence_history): the raw "
+        "mouth stays nearer rest when a stream starts inside noise, lip timing is weaker for ~1 s when it starts "
+        "mid-speech (model card); the same weights, only the step's initial history changes",
+    )
     p.add_argument(
         "--int8",
         nargs="?",
@@ -148,6 +156,8 @@ def _source(args: argparse.Namespace):
                 file=sys.stderr,
             )
             return 2
+        if args.silence_history and not generator.cfg.silence_history:
+            generator.cfg = dataclasses.replace(generator.cfg, silence_history=True)  # step() reads it per call
         ckpt = Path(args.checkpoint).with_suffix("")
         version = (
             args.model_version
@@ -158,7 +168,12 @@ def _source(args: argparse.Namespace):
             version += "+silence-history"  # the checkpoint's name may predate the option (a copy with it set)
         training_data = args.training_data or meta.get("training_data") or "not recorded in the checkpoint"
     else:
-        generator = random_generator(args.seed, args.config, args.set, args.lookahead)
+        generator = random_generator(
+            args.seed,
+            args.config,
+            args.set + (["silence_history=true"] if args.silence_history else []),
+            args.lookahead,
+        )
         meta = None
         version = args.model_version or f"random-init-seed{args.seed}"
         training_data = args.training_data or "none (random initialisation, untrained)"

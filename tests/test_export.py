@@ -298,3 +298,22 @@ def test_silence_history_exports_as_constants_and_starts_every_runtime_from_sile
     for _ in range(50):
         _, state = runner.step(np.zeros((1, 640), np.float32), state)
     assert np.abs(state["conv_cache"]).max() < 1e-4
+
+
+def test_export_flag_silence_history_turns_it_on_for_a_checkpoint(exported, tmp_path):
+    """`msync export --checkpoint CKPT --silence-history`: the same weights with the silence history, said in the
+    contract's generator config and the derived model version; a fresh stream's zero conv_cache is a silent past."""
+    from stream_engine.cli import main
+
+    onnx_path, _, contract = exported
+    out = tmp_path / "sil.onnx"
+    ckpt = onnx_path.parent / "run" / "checkpoint"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--silence-history"]) == 0
+    runner = OnnxStepRunner(out)
+    assert runner.contract.generator_config["silence_history"] is True
+    assert contract.generator_config.get("silence_history") is False
+    assert "+silence-history" in runner.contract.model_version
+    state = runner.initial_state(1, rng=np.random.default_rng(0))
+    for _ in range(50):
+        _, state = runner.step(np.zeros((1, 640), np.float32), state)
+    assert np.abs(state["conv_cache"]).max() < 1e-4
