@@ -214,25 +214,38 @@ class CommittedFrames:
     def frames(self, publish_ns: int = 0, signals: Iterable[Any] | None = None) -> list[LandmarkFrame]:
         """The `LandmarkFrame` objects (row i's landmarks a view of `landmarks[i]`), each stamped with
         `publish_ns` and, when given, the i-th of `signals`."""
-        t0, t1, take, pub = int(self.infer_start_ns), int(self.infer_end_ns), int(self.take_ns), int(publish_ns)
-        sigs = itertools.repeat(None) if signals is None else signals
-        frame, timings = _MAKE_FRAME, _MAKE_TIMINGS  # the dataclasses, built without their frozen __init__
-        return [
-            frame(sid, seq, epoch, index, pts, lm, level, ahead, timings(ready, t0, t1, pub, take), sig, st, None)
-            for sid, seq, epoch, index, pts, lm, level, ahead, ready, sig, st in zip(
-                self.stream_ids,
-                self.seqs.tolist(),
-                self.epochs.tolist(),
-                self.indices.tolist(),
-                self.pts_ns.tolist(),
-                self.landmarks,
-                self.levels_dbfs.tolist(),
-                self.ahead_dbfs.tolist(),
-                self.audio_ready_ns.tolist(),
-                sigs,
-                self.stalled.tolist(),
-            )
-        ]
+        return build_frames(self, publish_ns, signals)
+
+
+def build_frames(
+    columns: Any, publish_ns: int, signals: Iterable[Any] | None = None, blendshapes: Iterable[Any] | None = None
+) -> list[LandmarkFrame]:
+    """`LandmarkFrame` objects from frame columns (`CommittedFrames`, `frame_batch.FrameBatch`: the attributes
+    stream_ids, seqs, epochs, indices, pts_ns, landmarks, levels_dbfs, ahead_dbfs, audio_ready_ns, stalled and
+    the step's infer_start_ns, infer_end_ns, take_ns), each stamped with `publish_ns` and, when given, the i-th
+    of `signals` and of `blendshapes`. Row i's landmarks are a view of `columns.landmarks[i]`."""
+    c = columns
+    t0, t1, take, pub = int(c.infer_start_ns), int(c.infer_end_ns), int(c.take_ns), int(publish_ns)
+    sigs = itertools.repeat(None) if signals is None else signals
+    blends = itertools.repeat(None) if blendshapes is None else blendshapes
+    frame, timings = _MAKE_FRAME, _MAKE_TIMINGS  # the dataclasses, built without their frozen __init__
+    return [
+        frame(sid, seq, epoch, index, pts, lm, level, ahead, timings(ready, t0, t1, pub, take), sig, st, bs)
+        for sid, seq, epoch, index, pts, lm, level, ahead, ready, sig, st, bs in zip(
+            c.stream_ids,
+            c.seqs.tolist(),
+            c.epochs.tolist(),
+            c.indices.tolist(),
+            c.pts_ns.tolist(),
+            c.landmarks,
+            c.levels_dbfs.tolist(),
+            c.ahead_dbfs.tolist(),
+            c.audio_ready_ns.tolist(),
+            sigs,
+            c.stalled.tolist(),
+            blends,
+        )
+    ]
 
 
 def _sample_time_ns(samples: np.ndarray, rate: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from stream_engine.batch_signals import SignalBatch
-from stream_engine.core import CommittedFrames, FrameTimings, LandmarkFrame
+from stream_engine.core import CommittedFrames, FrameTimings, LandmarkFrame, build_frames
 from stream_engine.fast_init import maker
 from stream_engine.signals import VISEMES, Signals
 
@@ -169,30 +169,9 @@ class FrameBatch:
         return frame
 
     def _build(self) -> list[LandmarkFrame]:
-        n = len(self)
-        some = self._some or {}
-        sigs: Sequence[Any] = [None] * n if self.signals is None else self.signals.rows()
-        blends: Sequence[Any] = [None] * n if self.blendshapes is None else self.blendshapes
-        t0, t1, pub, take = self.infer_start_ns, self.infer_end_ns, self.publish_ns, self.take_ns
-        frame, timings = _MAKE_FRAME, _MAKE_TIMINGS
-        out = [
-            frame(sid, seq, epoch, index, pts, lm, level, ahead, timings(ready, t0, t1, pub, take), sig, st, bs)
-            for sid, seq, epoch, index, pts, lm, level, ahead, ready, sig, st, bs in zip(
-                self.stream_ids,
-                self.seqs.tolist(),
-                self.epochs.tolist(),
-                self.indices.tolist(),
-                self.pts_ns.tolist(),
-                self.landmarks,
-                self.levels_dbfs.tolist(),
-                self.ahead_dbfs.tolist(),
-                self.audio_ready_ns.tolist(),
-                sigs,
-                self.stalled.tolist(),
-                blends,
-            )
-        ]
-        for i, f in some.items():
+        sigs = None if self.signals is None else self.signals.rows()
+        out = build_frames(self, self.publish_ns, sigs, self.blendshapes)
+        for i, f in (self._some or {}).items():
             out[i] = f
         return out
 
