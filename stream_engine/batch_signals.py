@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -95,6 +95,18 @@ class SignalBatch:
                 )
             )
         ]
+
+    def vectors(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The listed rows as (n, 12) float32 in `SIGNAL_NAMES` order (`Signals.as_vector`; silent as 0/1)."""
+        r = np.asarray(rows, dtype=np.intp)
+        out = np.empty((r.size, 12), dtype=np.float32)
+        out[:, 0] = self.mouth_open[r]
+        out[:, 1:6] = self.visemes[r]
+        out[:, 6] = self.blink[r]
+        out[:, 7:10] = self.head_deg[r]
+        out[:, 10] = self.audio_dbfs[r]
+        out[:, 11] = self.silent[r]
+        return out
 
     def signals(self, i: int) -> Signals:
         """Row i as the per-stream `Signals` object."""

@@ -57,35 +57,53 @@ _PADS = [b"\0" * i for i in range(4)]
 _SUPPORTED_INDEX = np.array([ARKIT_INDEX[n] for n in SUPPORTED])  # the JSON format's blendshapes, in its order
 
 
-def _frame_header(frame: LandmarkFrame, k: int, d: int, num_signals: int, sent_ns: int) -> bytes:
-    """A frame message's header, stream id and padding to a multiple of 4 bytes (binary format v1)."""
-    sid = frame.stream_id.encode("utf-8")[:255]
+def _pack_header(
+    sid: bytes,
+    seq: int,
+    epoch: int,
+    index: int,
+    flags: int,
+    pts_ns: int,
+    ready_ns: int,
+    timing: tuple[int, ...],
+    k: int,
+    d: int,
+    s: int,
+) -> bytes:
+    """A frame message's header, stream id (`sid`, UTF-8, at most 255 bytes) and padding to a multiple of 4
+    bytes (binary format v1); `timing` = (infer_start_ns, infer_end_ns, publish_ns, sent_ns)."""
     header_bytes = -(-(_HEADER.size + len(sid)) // 4) * 4
-    sg = frame.signals
-    flags = (FLAG_SIGNALS if sg is not None else 0) | (FLAG_SILENT if sg is not None and sg.silent else 0)
-    flags |= FLAG_STALLED if frame.stalled else 0
-    t = frame.timings
     head = _HEADER.pack(
         MAGIC,
         FORMAT_VERSION,
         KIND_FRAME,
         header_bytes,
-        frame.seq & 0xFFFFFFFF,
-        frame.epoch & 0xFFFFFFFF,
-        frame.index & 0xFFFFFFFF,
+        seq & 0xFFFFFFFF,
+        epoch & 0xFFFFFFFF,
+        index & 0xFFFFFFFF,
         flags,
-        frame.pts_ns,
-        t.audio_ready_ns,
-        t.infer_start_ns,
-        t.infer_end_ns,
-        t.publish_ns,
-        sent_ns,
+        pts_ns,
+        ready_ns,
+        *timing,
         k,
         d,
-        num_signals,
+        s,
         len(sid),
     )
     return b"".join((head, sid, _PADS[header_bytes - _HEADER.size - len(sid)]))
+
+
+def _frame_header(frame: LandmarkFrame, k: int, d: int, num_signals: int, sent_ns: int) -> bytes:
+    """`_pack_header` of one frame object."""
+    sg = frame.signals
+    flags = (FLAG_SIGNALS if sg is not None else 0) | (FLAG_SILENT if sg is not None and sg.silent else 0)
+    flags |= FLAG_STALLED if frame.stalled else 0
+    t = frame.timings
+    timing = (t.infer_start_ns, t.infer_end_ns, t.publish_ns, sent_ns)
+    sid = frame.stream_id.encode("utf-8")[:255]
+    return _pack_header(
+        sid, frame.seq, frame.epoch, frame.index, flags, frame.pts_ns, t.audio_ready_ns, timing, k, d, num_signals
+    )
 
 
 def encode_binary(frame: LandmarkFrame, sent_ns: int = 0) -> bytes:
@@ -234,13 +252,7 @@ def encode_binary_batch(batch: FrameBatch, sent_ns: int = 0, rows: Sequence[int]
         rec["sid"] = [sids[i] for i in at.tolist()]
         rec["landmarks"] = batch.landmarks[r].reshape(at.size, k * d)
         if sg is not None:
-            sig = rec["signals"]
-            sig[:, 0] = sg.mouth_open[r]
-            sig[:, 1:6] = sg.visemes[r]
-            sig[:, 6] = sg.blink[r]
-            sig[:, 7:10] = sg.head_deg[r]
-            sig[:, 10] = sg.audio_dbfs[r]
-            sig[:, 11] = sg.silent[r]
+            rec["signals"] = sg.vectors(r)
         size = rec.dtype.itemsize
         data = rec.tobytes()
         for j, pos in enumerate(at.tolist()):
@@ -257,17 +269,15 @@ def _encode_rows(batch: FrameBatch, sent_ns: int, rows: Iterable[int]) -> list[b
     """`encode_binary_batch` one row at a time (few rows): each header packed from the columns' values, the
     float payload as one little-endian float32 conversion per row."""
     sg = batch.signals
-    t0, t1, pub, sent = int(batch.infer_start_ns), int(batch.infer_end_ns), int(batch.publish_ns), int(sent_ns)
+    timing = (int(batch.infer_start_ns), int(batch.infer_end_ns), int(batch.publish_ns), int(sent_ns))
     k, d = batch.landmarks.shape[1:]
     s = len(SIGNAL_NAMES) if sg is not None else 0
     out = []
     for i in rows:
-        sid = batch.stream_ids[i].encode("utf-8")[:255]
-        header_bytes = -(-(_HEADER.size + len(sid)) // 4) * 4
         flags = FLAG_STALLED if batch.stalled[i] else 0
         payload = np.empty(k * d + s, dtype="<f4")
         payload[: k * d] = batch.landmarks[i].reshape(-1)
-        if sg is not None:
+        if sg is not None:  # `SignalBatch.vectors` of one row, written element-wise (its fancy indexing costs 2x here)
             silent = bool(sg.silent[i])
             flags |= FLAG_SIGNALS | (FLAG_SILENT if silent else 0)
             payload[k * d] = sg.mouth_open[i]
@@ -276,27 +286,20 @@ def _encode_rows(batch: FrameBatch, sent_ns: int, rows: Iterable[int]) -> list[b
             payload[k * d + 7 : k * d + 10] = sg.head_deg[i]
             payload[k * d + 10] = sg.audio_dbfs[i]
             payload[k * d + 11] = 1.0 if silent else 0.0
-        head = _HEADER.pack(
-            MAGIC,
-            FORMAT_VERSION,
-            KIND_FRAME,
-            header_bytes,
-            batch.seqs.item(i) & 0xFFFFFFFF,
-            batch.epochs.item(i) & 0xFFFFFFFF,
-            batch.indices.item(i) & 0xFFFFFFFF,
+        head = _pack_header(
+            batch.stream_ids[i].encode("utf-8")[:255],
+            batch.seqs.item(i),
+            batch.epochs.item(i),
+            batch.indices.item(i),
             flags,
             batch.pts_ns.item(i),
             batch.audio_ready_ns.item(i),
-            t0,
-            t1,
-            pub,
-            sent,
+            timing,
             k,
             d,
             s,
-            len(sid),
         )
-        out.append(b"".join((head, sid, _PADS[header_bytes - _HEADER.size - len(sid)], payload.tobytes())))
+        out.append(head + payload.tobytes())
     return out
 
 
