@@ -8,7 +8,7 @@ One engine (tests/fakes.py FakeRunner, signals on, the shipped `SignalConfig`: b
 interleaved, CPU time of this thread (`time.thread_time_ns`), with hot caches (the engine's own figures,
 cache-cold, are in engine_stages). Per frame: `encode_binary` / `encode_binary_many`, `encode_json`,
 `osc.frame_bundle` (python-osc's builders), each frame object built beforehand (not counted); per batch:
-`encode_binary_batch`, `encode_json_batch`, `osc.batch_bundles`. Both give the same bytes (tests/test_frame_batch.py).
+`encode_binary_batch`, `encode_json_batch` (`encode_json` of each row's frame), `osc.batch_bundles`. Both give the same bytes (tests/test_frame_batch.py).
 Writes NAME.json/.md.
 """
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "binary: encode_binary_many (frame objects)": (lambda: encode_binary_many(frames, 1), 200),
         "binary: encode_binary_batch (columns)": (lambda: encode_binary_batch(batch, 1), 500),
         "json: encode_json per frame": (lambda: [encode_json(f, 1) for f in frames], 20),
-        "json: encode_json_batch (columns)": (lambda: encode_json_batch(batch, 1), 20),
+        "json: encode_json_batch (row frames of the batch)": (lambda: encode_json_batch(batch, 1), 20),
         "osc: frame_bundle per frame (python-osc)": (lambda: [frame_bundle(f) for f in frames], 5),
         "osc: batch_bundles (columns)": (lambda: batch_bundles(batch), 200),
     }

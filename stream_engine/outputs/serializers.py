@@ -33,7 +33,6 @@ appended in later minor revisions. 68 landmarks + 12 signals + a short id is abo
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import struct
 from collections.abc import Iterable, Sequence
@@ -41,10 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from stream_engine.blendshapes import ARKIT_INDEX, SUPPORTED
 from stream_engine.core import LandmarkFrame
 from stream_engine.frame_batch import FrameBatch
-from stream_engine.signals import SIGNAL_NAMES, VISEMES
+from stream_engine.signals import SIGNAL_NAMES
 
 FORMAT_VERSION = 1
 MAGIC = b"MSLM"
@@ -54,7 +52,6 @@ FLAG_SIGNALS = 2
 FLAG_STALLED = 4
 _HEADER = struct.Struct("<4sBBHIIIIqqqqqqHBBB")  # 77 bytes, then the stream id
 _PADS = [b"\0" * i for i in range(4)]
-_SUPPORTED_INDEX = np.array([ARKIT_INDEX[n] for n in SUPPORTED])  # the JSON format's blendshapes, in its order
 
 
 def _pack_header(
@@ -393,10 +390,10 @@ def encode_json(frame: LandmarkFrame, sent_ns: int = 0) -> str:
 def encode_json_batch(
     batch: FrameBatch, sent_ns: int = 0, rows: Sequence[int] | None = None, decimals: int = 5
 ) -> list[str]:
-    """The rows of a published `FrameBatch` -> JSON text (format v1), one message per row, the same text as
-    `encode_json(batch.frame(i))`, from the batch's columns: the landmarks of all rows rounded in one array
-    operation and every column converted to Python numbers once, no frame or signal objects (the per-row
-    rounding of the signals stays Python's `round`, as in `Signals.to_json`, so the text is identical).
+    """The rows of a published `FrameBatch` -> JSON text (format v1), one message per row: `encode_json` of
+    `batch.frame(i)` (built once per row and shared with the other consumers of the step). A column-wise copy
+    of the format saved only ~5 % (`json.dumps` of the landmark floats dominates; serialise_batch_14i.md), not
+    worth a second definition of the format.
 
     Args:
         batch: the published step.
@@ -404,78 +401,8 @@ def encode_json_batch(
         rows: which rows, in that order (None: all).
         decimals: landmark decimals (as `frame_to_json_dict`).
     """
-    sel: slice | np.ndarray = slice(None) if rows is None else np.asarray(rows, dtype=np.intp)
-    ids = batch.stream_ids if rows is None else [batch.stream_ids[i] for i in rows]
-    n = len(ids)
-    if not n:
-        return []
-    landmarks = np.round(batch.landmarks[sel].astype(np.float64), decimals)
-    t0, t1, pub, sent = int(batch.infer_start_ns), int(batch.infer_end_ns), int(batch.publish_ns), int(sent_ns)
-    sg = batch.signals
-    if sg is None:
-        sig_cols: Any = itertools.repeat(None)
-    else:
-        shapes = (
-            itertools.repeat(None)
-            if sg.blendshapes is None
-            else sg.blendshapes[sel][:, _SUPPORTED_INDEX].astype(np.float64).tolist()
-        )
-        sig_cols = zip(
-            sg.mouth_open[sel].tolist(),
-            sg.visemes[sel].tolist(),
-            sg.blink[sel].tolist(),
-            sg.head_deg[sel].tolist(),
-            sg.audio_dbfs[sel].tolist(),
-            sg.silent[sel].tolist(),
-            shapes,
-        )
     dumps = json.dumps
-    out = []
-    # one message at a time: built, dumped and dropped (holding every row's lists at once made the garbage
-    # collector's young passes walk them all, 1.5x the CPU of `encode_json` per frame)
-    for sid, seq, epoch, index, pts, lm, level, stalled, ready, sig in zip(
-        ids,
-        batch.seqs[sel].tolist(),
-        batch.epochs[sel].tolist(),
-        batch.indices[sel].tolist(),
-        batch.pts_ns[sel].tolist(),
-        landmarks,
-        batch.levels_dbfs[sel].tolist(),
-        batch.stalled[sel].tolist(),
-        batch.audio_ready_ns[sel].tolist(),
-        sig_cols,
-    ):
-        d: dict[str, Any] = {
-            "type": "frame",
-            "v": FORMAT_VERSION,
-            "stream": sid,
-            "seq": seq,
-            "epoch": epoch,
-            "index": index,
-            "pts_ms": pts / 1e6,
-            "landmarks": lm.tolist(),
-            "audio_dbfs": round(level, 2),
-            "stalled": stalled,
-            "t": {
-                "audio_ready_ns": ready,
-                "infer_start_ns": t0,
-                "infer_end_ns": t1,
-                "publish_ns": pub,
-                "sent_ns": sent,
-            },
-        }
-        if sig is not None:
-            mouth, vis, blink, head, dbfs, silent, bs = sig
-            signals: dict[str, Any] = {
-                "mouth_open": round(mouth, 4),
-                "visemes": {v: round(w, 4) for v, w in zip(VISEMES, vis)},
-                "blink": round(blink, 4),
-                "head": {"yaw_deg": round(head[0], 3), "pitch_deg": round(head[1], 3), "roll_deg": round(head[2], 3)},
-                "audio_dbfs": round(dbfs, 2),
-                "silent": silent,
-            }
-            if bs is not None:
-                signals["blendshapes"] = {name: round(w, 4) for name, w in zip(SUPPORTED, bs)}
-            d["signals"] = signals
-        out.append(dumps(d, separators=(",", ":")))
-    return out
+    return [
+        dumps(frame_to_json_dict(batch.frame(i), sent_ns, decimals), separators=(",", ":"))
+        for i in (range(len(batch)) if rows is None else rows)
+    ]
