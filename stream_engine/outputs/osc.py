@@ -92,22 +92,15 @@ class UdpTargets:
         self.errors = 0
 
     def send(self, packet: OscMessage | OscBundle) -> None:
-        for client in self.clients:
-            try:
-                client.send(packet)
-                self.sent += 1
-            except OSError as exc:  # unreachable host, buffer full: drop this datagram, keep going
-                self.errors += 1
-                if self.errors <= 3:
-                    log.warning("OSC send to %s:%s failed: %s", client._address, client._port, exc)
+        self.send_datagram(packet.dgram)
 
     def send_datagram(self, data: bytes) -> None:
-        """`send` for a datagram already packed (`batch_bundles`)."""
+        """Send a packed datagram (a message's or bundle's `dgram`, or `batch_bundles`) to every target."""
         for client in self.clients:
             try:
                 client._sock.sendto(data, (client._address, client._port))
                 self.sent += 1
-            except OSError as exc:
+            except OSError as exc:  # unreachable host, buffer full: drop this datagram, keep going
                 self.errors += 1
                 if self.errors <= 3:
                     log.warning("OSC send to %s:%s failed: %s", client._address, client._port, exc)
@@ -172,9 +165,7 @@ def batch_bundles(
     vectors: Sequence[bytes] = []
     if sg is not None:
         signal_head = _osc_string(f"{prefix}/signals") + _osc_string(",s" + "f" * len(SIGNAL_NAMES))
-        vec = np.empty((n, len(SIGNAL_NAMES)), dtype=">f4")
-        vec[:, 0], vec[:, 1:6], vec[:, 6] = sg.mouth_open[sel], sg.visemes[sel], sg.blink[sel]
-        vec[:, 7:10], vec[:, 10], vec[:, 11] = sg.head_deg[sel], sg.audio_dbfs[sel], sg.silent[sel]
+        vec = sg.vectors(np.arange(n) if rows is None else rows).astype(">f4")
         vectors = _rows(vec.tobytes(), n)
     latency_head = b""
     latencies: list[bytes | None] = [None] * n
