@@ -115,54 +115,10 @@ def load_reference_face(path: str | Path, num_landmarks: int = 68) -> np.ndarray
     return reference_face_from_points(data, num_landmarks)
 
 
-class RecentValues:
-    """The last `maxlen` values of a per-frame statistic, in one float32 ring preallocated with the stream.
-
-    A `collections.deque(maxlen=...)` of Python floats costs about 32 bytes a value (a float object and its
-    slot) and allocates a new float object every frame; this ring costs 4 bytes a value and allocates nothing
-    after construction, so a stream's statistics stay a fixed, small size (1 KB for 250 values).
-    Iterating yields the values oldest first, as Python floats (what a deque gave).
-    """
-
-    __slots__ = ("_buf", "_count")
-
-    def __init__(self, maxlen: int = 250) -> None:
-        if maxlen < 1:
-            raise ValueError("maxlen must be >= 1")
-        self._buf = np.zeros(maxlen, dtype=np.float32)
-        self._count = 0  # values appended over the ring's life
-
-    @property
-    def maxlen(self) -> int:
-        return int(self._buf.size)
-
-    def append(self, value: float) -> None:
-        buf = self._buf
-        buf[self._count % buf.size] = value
-        self._count += 1
-
-    def __len__(self) -> int:
-        return min(self._count, self._buf.size)
-
-    def values(self) -> np.ndarray:
-        """(len,) float32 copy, oldest first."""
-        buf, n = self._buf, self._count
-        i = n % buf.size
-        ordered: np.ndarray = buf[:n].copy() if n <= buf.size else np.concatenate((buf[i:], buf[:i]))
-        return ordered
-
-    def __iter__(self) -> Iterator[float]:
-        return iter(self.values().tolist())
-
-    @property
-    def total(self) -> int:
-        """Values appended over the ring's life."""
-        return self._count
-
-
 class SlotRecentValues:
-    """`RecentValues` of one slot of a `SlotStats` store (the same interface: `append`, `len`, `values`,
-    iteration, `maxlen`, `total`); the engine appends a whole step's values with `SlotStats.record`."""
+    """The last `maxlen` values of a per-frame statistic of one slot of a (slots, maxlen) float32 ring store
+    (`SlotStats`; the engine appends a whole step's values with `SlotStats.record`): `append`, `len`,
+    `values`, iteration (oldest first, Python floats), `maxlen`, `total` (values appended over its life)."""
 
     __slots__ = ("_buf", "_counts", "_slot")
 
@@ -196,12 +152,29 @@ class SlotRecentValues:
         return iter(self.values().tolist())
 
     def detached(self) -> RecentValues:
-        """A free-standing copy (the slot may go to another stream after this one closes)."""
+        """A free-standing copy, ring and count (the slot may go to another stream after this one closes)."""
         out = RecentValues(self.maxlen)
-        vals = self.values()
-        out._buf[: vals.size] = vals
-        out._count = vals.size
+        out._buf[0] = self._buf[self._slot]
+        out._counts[0] = self._counts[self._slot]
         return out
+
+
+class RecentValues(SlotRecentValues):
+    """The last `maxlen` values of a per-frame statistic, in one float32 ring preallocated with the stream (a
+    `SlotRecentValues` over its own one-slot store).
+
+    A `collections.deque(maxlen=...)` of Python floats costs about 32 bytes a value (a float object and its
+    slot) and allocates a new float object every frame; this ring costs 4 bytes a value and allocates nothing
+    after construction, so a stream's statistics stay a fixed, small size (1 KB for 250 values).
+    Iterating yields the values oldest first, as Python floats (what a deque gave).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, maxlen: int = 250) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be >= 1")
+        super().__init__(np.zeros((1, maxlen), dtype=np.float32), np.zeros(1, dtype=np.int64), 0)
 
 
 class SlotStats:

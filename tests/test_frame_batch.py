@@ -305,6 +305,25 @@ def test_per_stream_statistics_are_recorded_per_step():
     assert sessions["d"].stats.frames == len(by_stream["d"]) < len(by_stream["a"])
 
 
+def test_a_closed_streams_statistics_keep_their_count_past_the_ring():
+    """Detaching a slot's rings (the stream closed) keeps the values and the count of everything recorded, also
+    past the ring's length (frames = latencies recorded), and a free-standing ring behaves like the slot's."""
+    from stream_engine.session import RecentValues, SlotRecentValues, SlotStats
+
+    store = SlotStats(capacity=2, maxlen=4)
+    store.open(1)
+    for k in range(6):
+        store.record(np.array([1]), np.array([float(k)]), 0.5, object())
+    lat = SlotRecentValues(store.latency_ms, store.counts, 1)
+    copy = lat.detached()
+    assert copy.total == lat.total == 6 and len(copy) == 4
+    assert copy.values().tolist() == lat.values().tolist() == [2.0, 3.0, 4.0, 5.0]
+    ring = RecentValues(4)
+    for k in range(6):
+        ring.append(float(k))
+    assert ring.total == 6 and list(ring) == [2.0, 3.0, 4.0, 5.0]
+
+
 def test_statistics_follow_the_store_when_it_grows():
     async def main():
         async with Engine(FakeRunner(lookahead_frames=1), EngineConfig(max_streams=4, stall_ms=0)) as engine:
