@@ -221,18 +221,9 @@ class SlotStats:
         if capacity <= self.capacity:
             return
         n = self.capacity
-        for name in (
-            "latency_ms",
-            "infer_ms",
-            "counts",
-            "counts_infer",
-            "last",
-            "last_row",
-            "epochs",
-            "live",
-            "subscribed",
-        ):
-            old = getattr(self, name)
+        for name, old in list(vars(self).items()):
+            if not isinstance(old, np.ndarray):
+                continue
             new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
             if old.dtype == object:
                 new[:] = None
