@@ -406,8 +406,7 @@ class Engine:
         """Mono float32 PCM at the model rate for one stream (see `EngineCore.push_audio` for errors)."""
         if self.core.push_audio(stream_id, samples, self.clock.now_ns() if arrival_ns is None else arrival_ns):
             self._event(stream_id, "resumed")
-        if self._work is not None and not self._work.is_set():
-            self._work.set()
+        self._wake()
 
     def push_audio_many(
         self,
@@ -432,8 +431,7 @@ class Engine:
         )
         for sid in resumed:
             self._event(sid, "resumed")
-        if self._work is not None and not self._work.is_set():
-            self._work.set()
+        self._wake()
         return errors
 
     def reset(self, stream_id: str) -> int:
@@ -493,6 +491,11 @@ class Engine:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        """New audio: wake the inference task if it waits for work."""
+        if self._work is not None and not self._work.is_set():
+            self._work.set()
 
     def _notify_progress(self) -> None:
         for waiter in list(self._waiters):
