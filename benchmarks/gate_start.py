@@ -35,20 +35,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine_info, write_report
-from stream_engine.signals import SignalConfig, SignalExtractor
+from benchmarks.speech_gate import derive_signals, frame_levels
+from stream_engine.signals import SignalConfig
 
 SPF = 640
 GATES = {"steady start off": SignalConfig(noise_start_steady_frames=0), "default": SignalConfig()}
 OFF, NEW = tuple(GATES)
 LEVELS_DBFS = (-60.0, -48.0, -30.0)
 NOISE_FRAMES = 75
-
-
-def _derive(cfg: SignalConfig, lm: np.ndarray, lv: np.ndarray, ahead: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """(T, 2): mouth_open and silent of one stream's frames through a fresh `SignalExtractor`."""
-    ex = SignalExtractor(cfg, ref, 0)
-    rows = [ex.update(lm[t], 0.04 * t, float(lv[t]), float(ahead[t])) for t in range(len(lm))]
-    return np.array([[s.mouth_open, s.silent] for s in rows])
 
 
 def _shut_after_s(mouth: np.ndarray) -> float:
@@ -78,7 +72,7 @@ def noise_starts(draws: int) -> dict[str, Any]:
                 lv = np.array([f.audio_level_dbfs for f in frames])
                 ah = np.array([f.audio_ahead_dbfs for f in frames])
                 for g, cfg in GATES.items():
-                    o = _derive(cfg, lm, lv, ah, ref)
+                    o = derive_signals(cfg, lm, lv, ah, ref)
                     acc[g]["speech"].append(float(1.0 - o[5:50, 1].mean()))
                     acc[g]["mouth"].append(float(o[5:50, 0].mean()))
                     acc[g]["late"].append(float(o[25:, 0].max()))
@@ -101,8 +95,6 @@ def speech_starts(data: Path, clips: int) -> dict[str, Any]:
     """Per start offset: `mouth_open` of the default gate kept against the steady start off (module doc)."""
     import soundfile
 
-    from benchmarks.speech_gate import frame_levels
-
     rows = [r for r in csv.DictReader(open(data / "manifest.tsv"), delimiter="\t") if int(r["nan_frames"]) == 0]
     pick = [rows[i] for i in np.linspace(0, len(rows) - 1, min(clips, len(rows))).astype(int)]
     out: dict[str, Any] = {}
@@ -116,7 +108,7 @@ def speech_starts(data: Path, clips: int) -> dict[str, Any]:
             audio, _ = soundfile.read(f"{clip}.flac", dtype="float64")
             lv, ah = frame_levels(audio, len(lm))
             sl = slice(k, k + 50)
-            o = {g: _derive(cfg, lm[sl], lv[sl], ah[sl], lm[0])[:, 0] for g, cfg in GATES.items()}
+            o = {g: derive_signals(cfg, lm[sl], lv[sl], ah[sl], lm[0])[:, 0] for g, cfg in GATES.items()}
             sel = o[OFF] > 0.3
             kept_new.append(o[NEW][sel])
             kept_off.append(o[OFF][sel])

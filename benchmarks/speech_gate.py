@@ -38,7 +38,7 @@ NO_GATE = SignalConfig(silence_dbfs=-500.0, noise_margin_db=0.0, noise_smoothing
 OLD, NEW = tuple(GATES)
 
 
-def _derive(cfg: SignalConfig, lm: np.ndarray, lv: np.ndarray, ahead: np.ndarray, ref: np.ndarray) -> np.ndarray:
+def derive_signals(cfg: SignalConfig, lm: np.ndarray, lv: np.ndarray, ahead: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """(T,) mouth_open and (T,) silent of one stream."""
     ex = SignalExtractor(cfg, ref, 0)
     rows = [ex.update(lm[t], 0.04 * t, float(lv[t]), float(ahead[t])) for t in range(len(lm))]
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = []
     for gain_db in (0.0, -30.0, -38.0, -45.0, -55.0):
         lm, lv, ah = model(normal * 10 ** (gain_db / 20))
-        mo = {name: _derive(cfg, lm, lv, ah, ref)[:, 0] for name, cfg in {**GATES, "no gate": NO_GATE}.items()}
+        mo = {name: derive_signals(cfg, lm, lv, ah, ref)[:, 0] for name, cfg in {**GATES, "no gate": NO_GATE}.items()}
         if base is None:
             base = mo
         row: dict[str, Any] = {"gain_db": gain_db}
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for layout, (pcm, r0, r1) in layouts.items():
                 lm, lv, ah = model(pcm)
-                mo = {name: _derive(cfg, lm, lv, ah, ref)[:, 0] for name, cfg in GATES.items()}
+                mo = {name: derive_signals(cfg, lm, lv, ah, ref)[:, 0] for name, cfg in GATES.items()}
                 sel = np.concatenate([mo[OLD][:r0], mo[OLD][r1:]]) > 0.3
                 for name, m in mo.items():
                     d = acc.setdefault((kind, layout, name), {"rest": [], "speech": []})
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         lm = np.load(f"{clip}.lm68.npy").astype(np.float64)
         audio, _ = soundfile.read(f"{clip}.flac", dtype="float64")
         lv, ah = frame_levels(audio, len(lm))
-        out = {name: _derive(cfg, lm, lv, ah, lm[0]) for name, cfg in GATES.items()}
+        out = {name: derive_signals(cfg, lm, lv, ah, lm[0]) for name, cfg in GATES.items()}
         sel = out[OLD][:, 0] > 0.3
         total += len(lm)
         for name, o in out.items():
