@@ -140,25 +140,19 @@ def run_server_trial(spec: dict) -> dict:
         async with Engine(ZeroCostRunner(lookahead_frames=2), cfg) as engine:
             server = WebSocketServer(engine, ServerConfig(port=0, max_clients=len(subs) + 8, ping_interval_s=30))
             await server.start()
-            inner = server.send_frames
 
-            def timed(frames: Any) -> None:
-                t0 = time.thread_time_ns()
-                inner(frames)
-                call_ns.append(time.thread_time_ns() - t0)
-                delivered[0] += len(frames)
-
-            server.send_frames = timed  # type: ignore[method-assign]
-            inner_batch = getattr(server, "send_batch", None)  # servers that take a published step as columns
-            if inner_batch is not None:
-
-                def timed_batch(batch: Any) -> None:
+            def timed(inner: Any) -> Any:
+                def call(frames_or_batch: Any) -> None:
                     t0 = time.thread_time_ns()
-                    inner_batch(batch)
+                    inner(frames_or_batch)
                     call_ns.append(time.thread_time_ns() - t0)
-                    delivered[0] += len(batch)
+                    delivered[0] += len(frames_or_batch)
 
-                server.send_batch = timed_batch  # type: ignore[method-assign]
+                return call
+
+            server.send_frames = timed(server.send_frames)  # type: ignore[method-assign]
+            if hasattr(server, "send_batch"):  # servers that take a published step as columns
+                server.send_batch = timed(server.send_batch)  # type: ignore[method-assign]
             engine.add_sink(server)
             for sid in ids:
                 engine.open_stream(sid)
