@@ -210,3 +210,21 @@ def speechlike(num_samples: int, seed: int = 0, sample_rate_hz: int = 16000) -> 
     envelope = np.clip(np.sin(2 * np.pi * 2.0 * t), 0.0, None) ** 2
     carrier = 0.5 * np.sin(2 * np.pi * 180.0 * t) + 0.2 * rng.standard_normal(num_samples)
     return (0.5 * envelope * carrier).astype(np.float32)
+
+
+class CollectingSink:
+    """An old-style `FrameSink` (`send_frames` only, no `send_batch`) that records the frames and events it is
+    given."""
+
+    def __init__(self) -> None:
+        self.frames: list = []
+        self.events: list = []
+
+    def send_frames(self, frames):
+        self.frames.extend(frames)
+
+    def stream_event(self, event):
+        self.events.append(event)
+
+    async def aclose(self):
+        pass

@@ -12,24 +12,10 @@ from stream_engine.batch_signals import BatchSignalExtractor
 from stream_engine.engine import Engine, EngineConfig
 from stream_engine.signals import VISEMES, SignalConfig, SignalExtractor, stream_seed
 
-from fakes import NEUTRAL_FACE, FakeRunner, project_face, speechlike
+from fakes import NEUTRAL_FACE, CollectingSink, FakeRunner, project_face, speechlike
 
 SPF = 640
 SIGNAL_CFG = SignalConfig(blink_mode="both", auto_blink_interval_s=(0.3, 1.0))
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.frames: list = []
-
-    def send_frames(self, frames):
-        self.frames.extend(frames)
-
-    def stream_event(self, event):
-        pass
-
-    async def aclose(self):
-        pass
 
 
 def _run(batch_signals: bool):
@@ -38,7 +24,7 @@ def _run(batch_signals: bool):
     seeds = {"a": None, "b": None, "c": 77, "d": None}
 
     async def main():
-        sink = Sink()
+        sink = CollectingSink()
         cfg = EngineConfig(seed=5, stall_ms=0, batch_signals=batch_signals)
         async with Engine(FakeRunner(lookahead_frames=2, head_amplitude_deg=12.0), cfg, SIGNAL_CFG) as engine:
             engine.add_sink(sink)

@@ -25,26 +25,9 @@ from stream_engine.inputs import (
     synthesize_speech,
 )
 
-from fakes import FailingRunner, FakeRunner, speechlike, tone
+from fakes import CollectingSink, FailingRunner, FakeRunner, speechlike, tone
 
 SPF = 640
-
-
-class CollectingSink:
-    """A FrameSink that records what it is given."""
-
-    def __init__(self) -> None:
-        self.frames = []
-        self.events = []
-
-    def send_frames(self, frames):
-        self.frames.extend(frames)
-
-    def stream_event(self, event):
-        self.events.append(event)
-
-    async def aclose(self):
-        pass
 
 
 def run(coro, timeout_s: float = 20.0):

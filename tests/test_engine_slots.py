@@ -15,23 +15,9 @@ from stream_engine.engine import Engine, EngineConfig
 from stream_engine.runtime.base import StateSlots, check_finite_output, initial_state
 from stream_engine.signals import SignalConfig
 
-from fakes import NEUTRAL_FACE, FakeRunner, NonFiniteRunner, ZeroCostRunner, speechlike, tone
+from fakes import NEUTRAL_FACE, CollectingSink, FakeRunner, NonFiniteRunner, ZeroCostRunner, speechlike, tone
 
 SPF = 640
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.frames, self.events = [], []
-
-    def send_frames(self, frames):
-        self.frames.extend(frames)
-
-    def stream_event(self, event):
-        self.events.append(event)
-
-    async def aclose(self):
-        pass
 
 
 def test_slots_alloc_lowest_free_grow_and_gather_scatter_round_trip():
@@ -206,7 +192,7 @@ def test_non_finite_landmarks_never_become_frames_and_restart_only_that_stream()
 
 def test_engine_sends_no_nan_and_reports_an_error_and_reset():
     async def main():
-        sink = Sink()
+        sink = CollectingSink()
         async with Engine(NonFiniteRunner(nan_from_call=3, lookahead_frames=0), EngineConfig(stall_ms=0)) as engine:
             engine.add_sink(sink)
             engine.open_stream("s")
@@ -234,7 +220,7 @@ def test_a_stalled_stream_continues_with_silence_and_resumes_cleanly():
     (the fake's mouth follows the frame's RMS); real audio then continues on the same sample clock."""
 
     async def main():
-        sink = Sink()
+        sink = CollectingSink()
         # the steady tone would be a hum to the speech gate's steady start (`noise_floor`), which would then keep
         # the rig's mouth shut; this test is about the stall, so that is off
         cfg = EngineConfig(stall_fill_s=0.4)
@@ -282,7 +268,7 @@ def test_stage_timestamps_are_ordered_and_batches_pipeline_through_the_thread():
     is queued to the inference thread while the previous one is published, and every frame still comes out."""
 
     async def main():
-        sink = Sink()
+        sink = CollectingSink()
         runner = FakeRunner(lookahead_frames=1, cost_us_per_call=2000)  # slow enough for the thread path
         cfg = EngineConfig(max_streams=8, max_batch_streams=3, inline_step_ms=0, stall_ms=0)
         async with Engine(runner, cfg) as engine:
@@ -314,7 +300,7 @@ def test_runner_output_of_the_wrong_shape_resets_the_streams_with_an_error():
             return out[:, :10], new_state
 
     async def main():
-        sink = Sink()
+        sink = CollectingSink()
         async with Engine(BadShape(lookahead_frames=0), EngineConfig(stall_ms=0)) as engine:
             engine.add_sink(sink)
             engine.open_stream("s")
@@ -348,7 +334,7 @@ def test_warm_up_steps_the_largest_batch_once_and_leaves_no_trace_in_the_streams
     async def run(warm: bool):
         runner = Recording(lookahead_frames=2, head_amplitude_deg=8.0)
         on_loop.clear()
-        sink = Sink()
+        sink = CollectingSink()
         async with Engine(runner, EngineConfig(max_streams=6, max_batch_streams=4, seed=3, stall_ms=0)) as engine:
             if warm:
                 await engine.warm_up()
@@ -396,7 +382,7 @@ def test_on_one_cpu_every_step_runs_on_the_loop_and_frames_are_the_same(monkeypa
 
     async def run(cfg: EngineConfig):
         runner = ThreadRecordingRunner()
-        sink = Sink()
+        sink = CollectingSink()
         async with Engine(runner, cfg) as engine:
             engine.add_sink(sink)
             for sid in "abcd":

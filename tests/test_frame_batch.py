@@ -20,30 +20,14 @@ from stream_engine.outputs.vts import VtsConfig, VtsSink
 from stream_engine.outputs.websocket import ServerConfig, WebSocketServer
 from stream_engine.signals import SignalConfig
 
-from fakes import FakeRunner, speechlike
+from fakes import CollectingSink, FakeRunner, speechlike
 
 SPF = 640
 SIGNAL_CFG = SignalConfig(blink_mode="both", auto_blink_interval_s=(0.3, 1.0))
 FRAME_FIELDS = ("stream_id", "seq", "epoch", "index", "pts_ns", "audio_level_dbfs", "audio_ahead_dbfs", "stalled")
 
 
-class FramesSink:
-    """An old-style sink: `send_frames` only."""
-
-    def __init__(self) -> None:
-        self.frames: list = []
-
-    def send_frames(self, frames):
-        self.frames.extend(frames)
-
-    def stream_event(self, event):
-        pass
-
-    async def aclose(self):
-        pass
-
-
-class BatchSink(FramesSink):
+class BatchSink(CollectingSink):
     def __init__(self) -> None:
         super().__init__()
         self.batches: list[FrameBatch] = []
@@ -57,7 +41,7 @@ def _run(batch_signals: bool = True, signals: bool = True):
     stepping in batches of varying membership, a reset, a flush, a close and a reopen into the freed slot."""
 
     async def main():
-        old, new = FramesSink(), BatchSink()
+        old, new = CollectingSink(), BatchSink()
         delivered: dict[str, list] = {}
         cfg = EngineConfig(seed=5, stall_ms=0, batch_signals=batch_signals, signals=signals, max_streams=8)
         clock = ManualClock(10**9)
@@ -444,7 +428,7 @@ def test_the_serialiser_benchmark_runs_and_writes_its_files(tmp_path):
 
 def test_a_blendshape_deriver_sees_every_frame_and_batch_sinks_get_its_weights():
     async def main():
-        old, new = FramesSink(), BatchSink()
+        old, new = CollectingSink(), BatchSink()
         seen: list = []
 
         def deriver(frame):
