@@ -211,10 +211,9 @@ class CommittedFrames:
             self.rows[keep] if self.rows.size else self.rows,
         )
 
-    def frames(self, publish_ns: int = 0, signals: Iterable[Any] | None = None) -> list[LandmarkFrame]:
-        """The `LandmarkFrame` objects (row i's landmarks a view of `landmarks[i]`), each stamped with
-        `publish_ns` and, when given, the i-th of `signals`."""
-        return build_frames(self, publish_ns, signals)
+    def frames(self) -> list[LandmarkFrame]:
+        """The `LandmarkFrame` objects (row i's landmarks a view of `landmarks[i]`; publish time 0, no signals)."""
+        return build_frames(self, 0)
 
 
 def build_frames(

@@ -30,60 +30,44 @@ _MAKE_TIMINGS = maker(FrameTimings)
 
 
 @dataclasses.dataclass(eq=False)
-class FrameBatch:
-    """B published frames as columns (row i = frame i; frames of one stream appear in order).
+class FrameBatch(CommittedFrames):
+    """B published frames as columns (row i = frame i; frames of one stream appear in order): the committed
+    step's columns (`CommittedFrames`: stream ids, seqs, epochs, indices, times, levels, stall marks, landmarks
+    (B, K, D) float32 with frame i's landmarks a view of row i, the step's infer/take times and the rows' slots)
+    plus what publishing adds.
 
     Attributes:
-        stream_ids: (B,) list of str.
-        seqs, epochs, indices, pts_ns, audio_ready_ns: (B,) int64, as on `LandmarkFrame` / `FrameTimings`.
-        levels_dbfs, ahead_dbfs: (B,) float64, `audio_level_dbfs` / `audio_ahead_dbfs` (dBFS).
-        stalled: (B,) bool.
-        landmarks: (B, K, D) float32 (frame i's landmarks are a view of row i).
-        infer_start_ns, infer_end_ns, publish_ns, take_ns: engine-clock ns, shared by the whole step.
+        publish_ns: engine-clock ns the step was published.
         signals: the rows' signals as columns (`SignalBatch`), or None when no signals were derived.
         blendshapes: per row, what the engine's blendshape deriver returned (None: no deriver).
     """
 
-    stream_ids: list[str]
-    seqs: np.ndarray
-    epochs: np.ndarray
-    indices: np.ndarray
-    pts_ns: np.ndarray
-    levels_dbfs: np.ndarray
-    ahead_dbfs: np.ndarray
-    stalled: np.ndarray
-    audio_ready_ns: np.ndarray
-    landmarks: np.ndarray
-    infer_start_ns: int = 0
-    infer_end_ns: int = 0
     publish_ns: int = 0
-    take_ns: int = 0
     signals: SignalBatch | None = None
     blendshapes: list[Any] | None = None
     _frames: list[LandmarkFrame] | None = dataclasses.field(default=None, repr=False)
     _some: dict[int, LandmarkFrame] | None = dataclasses.field(default=None, repr=False)
 
-    def __len__(self) -> int:
-        return len(self.stream_ids)
-
     @classmethod
     def published(cls, committed: CommittedFrames, publish_ns: int, signals: SignalBatch | None = None) -> FrameBatch:
         """The batch of a committed step (`EngineCore.commit_batch`), stamped with `publish_ns`."""
+        c = committed
         return cls(
-            committed.stream_ids,
-            committed.seqs,
-            committed.epochs,
-            committed.indices,
-            committed.pts_ns,
-            committed.levels_dbfs,
-            committed.ahead_dbfs,
-            committed.stalled,
-            committed.audio_ready_ns,
-            committed.landmarks,
-            int(committed.infer_start_ns),
-            int(committed.infer_end_ns),
+            c.stream_ids,
+            c.seqs,
+            c.epochs,
+            c.indices,
+            c.pts_ns,
+            c.levels_dbfs,
+            c.ahead_dbfs,
+            c.stalled,
+            c.audio_ready_ns,
+            c.landmarks,
+            int(c.infer_start_ns),
+            int(c.infer_end_ns),
+            int(c.take_ns),
+            c.rows,
             int(publish_ns),
-            int(committed.take_ns),
             signals,
         )
 
@@ -99,7 +83,7 @@ class FrameBatch:
         if any(has) and not all(has):
             raise ValueError("frames of one batch have signals or none")
         t = frames[0].timings
-        batch = cls(
+        return cls(
             [f.stream_id for f in frames],
             np.array([f.seq for f in frames], dtype=np.int64),
             np.array([f.epoch for f in frames], dtype=np.int64),
@@ -112,12 +96,11 @@ class FrameBatch:
             np.stack([np.asarray(f.landmarks, dtype=np.float32) for f in frames]),
             t.infer_start_ns,
             t.infer_end_ns,
-            t.publish_ns,
             t.take_ns,
-            signal_columns(sigs) if all(has) else None,
-            [f.blendshapes for f in frames] if any(f.blendshapes is not None for f in frames) else None,
+            publish_ns=t.publish_ns,
+            signals=signal_columns(sigs) if all(has) else None,
+            blendshapes=[f.blendshapes for f in frames] if any(f.blendshapes is not None for f in frames) else None,
         )
-        return batch
 
     def frames(self) -> list[LandmarkFrame]:
         """Every row as a `LandmarkFrame` (built on the first call, then the same objects; a row already built
