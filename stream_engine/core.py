@@ -44,6 +44,7 @@ import itertools
 import logging
 import math
 import mmap
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -895,9 +896,8 @@ class EngineCore:
                 flat = flat.copy()
             sizes = np.full(k, n, dtype=np.int64)
             offsets = np.arange(0, k * n, n, dtype=np.int64)
-            check_finite = False
         else:
-            if set(map(type, chunks)) != {np.ndarray} or set(map(_dtype_of, chunks)) != {_FLOAT32}:
+            if set(map(type, chunks)) != {np.ndarray} or set(map(_DTYPE_OF, chunks)) != {_FLOAT32}:
                 return None
             try:
                 flat = np.concatenate(chunks)
@@ -908,8 +908,12 @@ class EngineCore:
             sizes = np.fromiter(map(len, chunks), dtype=np.int64, count=k)
             offsets = np.zeros(k, dtype=np.int64)
             np.cumsum(sizes[:-1], out=offsets[1:])
-            check_finite = True
         rows = np.fromiter(map(self._row_of.get, stream_ids, itertools.repeat(-1, k)), dtype=np.int64, count=k)
+        if not errors and not math.isfinite(float(flat.dot(flat))):  # one pass over all; NaN/inf propagate
+            for i in np.flatnonzero(rows >= 0).tolist():  # (an unknown stream's error comes first)
+                o = offsets.item(i)
+                if not np.all(np.isfinite(flat[o : o + sizes.item(i)])):
+                    errors[i] = AudioChunkError("audio chunk contains NaN or infinite samples")
         if errors:
             rows[list(errors)] = -2
         if isinstance(arrival_ns, int):
@@ -923,7 +927,6 @@ class EngineCore:
             offsets,
             sizes,
             times,
-            check_finite,
             self._ints,
             self._bools,
             self._ring_flat,
@@ -946,8 +949,6 @@ class EngineCore:
                     resumed.append(stream.stream_id)
             elif code == core_kernel.PUSH_UNKNOWN:
                 errors[i] = UnknownStreamError(f"no open stream {stream_ids[i]!r}")
-            elif code == core_kernel.PUSH_NOT_FINITE:
-                errors[i] = AudioChunkError("audio chunk contains NaN or infinite samples")
         return resumed, errors
 
     def fill_stalls(self, now_ns: int, stall_ns: int, max_fill_s: float = 1.0) -> list[tuple[str, str]]:
@@ -1489,7 +1490,6 @@ class EngineCore:
                 i64,
                 i64,
                 i64,
-                True,
                 self._ints,
                 self._bools,
                 self._ring_flat,
@@ -1652,6 +1652,7 @@ class EngineCore:
 
 
 _FLOAT32 = np.dtype(np.float32)
+_DTYPE_OF = operator.attrgetter("dtype")
 _RELEASE_AFTER_STEPS = 8  # a drained backlog that used more ring rows than this gives their pages back
 
 
@@ -1697,10 +1698,6 @@ def _checked_block(chunks: np.ndarray, errors: dict[int, CoreError]) -> np.ndarr
             if not np.all(np.isfinite(block[i])):
                 errors[i] = AudioChunkError("audio chunk contains NaN or infinite samples")
     return block
-
-
-def _dtype_of(array: np.ndarray) -> np.dtype:
-    return array.dtype
 
 
 def _levels_dbfs(audio: np.ndarray) -> np.ndarray:
