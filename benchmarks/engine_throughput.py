@@ -594,7 +594,7 @@ def _step_lines(runner: str, onnx: dict, names: list[str]) -> list[str]:
         )
     for key in ("signals", "no_signals"):
         e = onnx[key]
-        if "engine_over_step_n_slots" in e:
+        if st_n and "engine_over_step_n_slots" in e:
             lines.append(
                 f"- engine ÷ step over {st_n['slots']} slots ({'signals on' if key == 'signals' else 'signals off'}):"
                 " by CPU " + ", ".join(f"{n} {e['engine_over_step_n_slots'][n]:.0%}" for n in names)
