@@ -44,7 +44,6 @@ import itertools
 import logging
 import math
 import mmap
-import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -897,11 +896,9 @@ class EngineCore:
             sizes = np.full(k, n, dtype=np.int64)
             offsets = np.arange(0, k * n, n, dtype=np.int64)
         else:
-            if set(map(type, chunks)) != {np.ndarray} or set(map(_DTYPE_OF, chunks)) != {_FLOAT32}:
-                return None
-            try:
-                flat = np.concatenate(chunks)
-            except ValueError:  # 0-d, or 1-D mixed with 2-D
+            try:  # float32 only (casting="no"): the numpy code converts or refuses anything else chunk by chunk
+                flat = np.concatenate(chunks, dtype=_FLOAT32, casting="no")
+            except (TypeError, ValueError):  # another dtype, a Python list, 0-d, 1-D mixed with 2-D
                 return None
             if flat.ndim != 1:
                 return None
@@ -1652,7 +1649,6 @@ class EngineCore:
 
 
 _FLOAT32 = np.dtype(np.float32)
-_DTYPE_OF = operator.attrgetter("dtype")
 _RELEASE_AFTER_STEPS = 8  # a drained backlog that used more ring rows than this gives their pages back
 
 
