@@ -186,7 +186,9 @@ def _drive(seed: int, ops: int, ring_steps: int, max_pending_s: float) -> None:
                 if rng.random() < 0.1:
                     chunks[0] = chunks[0].astype(np.float64)  # the numpy code converts it: the loop is not used
                 if rng.random() < 0.05:
-                    chunks[-1] = (chunks[-1] * 1000).astype(np.int16)  # refused (not floating point), the rest taken
+                    chunks[-1] = (np.nan_to_num(chunks[-1]) * 1000).astype(
+                        np.int16
+                    )  # refused (not floating point), the rest taken
             arrival = now if rng.random() < 0.5 else [now + int(rng.integers(0, 1000)) for _ in range(k)]
             r = both("push_audio_many", sids, chunks, arrival)
             r = [(kind, (v[0], _errors(v[1])) if kind == "ok" else v) for kind, v in r]
