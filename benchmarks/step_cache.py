@@ -35,11 +35,11 @@ def run_trial(spec: dict) -> dict:
     """One configuration in this (pinned) process: mean us per call of each part."""
     import numpy as np
 
-    sys.path.insert(0, str(REPO))
-    from benchmarks.engine_throughput import _model_path
+    from stream_engine.config import DEFAULT_MODEL_PATH
     from stream_engine.runtime.onnxrt import OnnxStepRunner
 
-    runner = OnnxStepRunner(_model_path(spec["runner"]), threads=1)
+    model = DEFAULT_MODEL_PATH.with_name("default_int8.onnx") if spec["runner"] == "onnx_int8" else DEFAULT_MODEL_PATH
+    runner = OnnxStepRunner(model, threads=1)
     b, n_slots, calls = spec["batch"], spec["slots"], spec["calls"]
     audio = (np.random.default_rng(0).standard_normal((b, runner.contract.samples_per_frame)) * 0.1).astype(np.float32)
     slots = runner.new_slots(n_slots)

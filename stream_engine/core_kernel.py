@@ -331,7 +331,7 @@ def load() -> Kernels | None:
     try:
         import numba
 
-        cache = signal_kernel._writable_dir(os.environ.get("NUMBA_CACHE_DIR", ""))
+        cache = signal_kernel.writable_dir(os.environ.get("NUMBA_CACHE_DIR", ""))
         opts: dict[str, Any] = {"cache": cache, "error_model": "numpy", "nogil": True}
         return Kernels(
             numba.njit(**opts)(push_pass),
