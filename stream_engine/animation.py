@@ -262,7 +262,8 @@ def landmark_frames(
     c = runner.contract
     rate, spf = int(c.sample_rate_hz), int(c.samples_per_frame)
     chunk = max(spf, int(chunk_s * rate) // spf * spf)
-    core = EngineCore(runner, max_batch_streams=1, max_pending_s=2.0 * chunk / rate + 1.0, seed=seed)
+    # one stream: numpy (the compiled passes would gain little and cost numba's import)
+    core = EngineCore(runner, max_batch_streams=1, max_pending_s=2.0 * chunk / rate + 1.0, seed=seed, compiled=False)
     core.open_stream("animate", reference_face, seed=seed)
     frames = []
     for start in range(0, audio.size, chunk):

@@ -131,7 +131,11 @@ class Engine:
             runner = model
         self.runner = runner
         self.contract = runner.contract
-        self.core = EngineCore(runner, max_batch_streams=1, max_pending_s=max_pending_s, seed=seed, capacity=4)
+        # one stream per step: the core's compiled passes (numba) would gain little here and add numba's import
+        # and ~150 MiB of RSS to a desktop process
+        self.core = EngineCore(
+            runner, max_batch_streams=1, max_pending_s=max_pending_s, seed=seed, capacity=4, compiled=False
+        )
         self.signal_config = (signal_config or SignalConfig()) if signals else None
         if blendshapes is None and signals:
             from stream_engine.blendshapes import from_signals

@@ -41,6 +41,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import logging
 import math
 import mmap
 from collections.abc import Callable, Iterable, Sequence
@@ -48,9 +49,11 @@ from typing import Any
 
 import numpy as np
 
-from stream_engine import fast_init
+from stream_engine import core_kernel, fast_init
 from stream_engine.clock import SampleClock
 from stream_engine.runtime.base import StepRunner
+
+log = logging.getLogger(__name__)
 
 
 class CoreError(ValueError):
@@ -142,6 +145,8 @@ class StepBatch:
         audio: (B, samples_per_frame) float32.
         audio_ready_ns: per row, arrival of the last sample of that step.
         take_ns: when the batch was taken (engine clock, 0 when the core was given no clock).
+        int_columns: (3, B) int64, the epochs, step indices and audio-ready times as one array (the core's
+            compiled commit reads them from here instead of converting the tuples); None: from the tuples.
     """
 
     stream_ids: tuple[str, ...]
@@ -151,6 +156,7 @@ class StepBatch:
     audio: np.ndarray
     audio_ready_ns: tuple[int, ...]
     take_ns: int = 0
+    int_columns: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.stream_ids)
@@ -343,11 +349,6 @@ class _Stream:
         "overflow",
         "next_fifo",
         "next_arrivals",
-        "received",
-        "epoch_in",
-        "epoch_real",
-        "stalled",
-        "stall_filled",
     )
 
     def __init__(self, stream_id: str, reference_face: np.ndarray | None, rng: np.random.Generator, row: int) -> None:
@@ -359,12 +360,6 @@ class _Stream:
         self.overflow: collections.deque[tuple[np.ndarray, int, bool]] = collections.deque()
         self.next_fifo = _SampleFifo()  # audio that arrived while a flushed epoch drains
         self.next_arrivals: list[tuple[int, int]] = []  # (end sample relative to its first sample, arrival_ns)
-        # counters only the audio-in side reads (the per-frame path reads the core's slot arrays)
-        self.received = 0  # samples accepted over the stream's life (real + stall silence: the sample clock)
-        self.epoch_in = 0  # samples of the epoch pushed (real, stall silence, flush padding; ring + overflow)
-        self.epoch_real = 0  # real samples of the epoch
-        self.stalled = False  # being fed silence (`EngineCore.fill_stalls`)
-        self.stall_filled = 0  # silence added in the current stall (samples)
 
 
 #: `EngineCore.push_audio_many`'s chunks: one (K, n) array, or K 1-D arrays
@@ -399,6 +394,9 @@ class EngineCore:
             preallocates its `max_streams` so it never grows while a step runs).
         ring_steps: steps of audio each slot's ring holds (>= 2; 128 = 5.12 s at 16 kHz, 320 KB of address space
             per slot, of which a real-time stream touches a few KB: see "Slot arrays").
+        compiled: run push_audio_many's common case, take_batch and commit_batch as compiled loops
+            (`core_kernel`, numba; the same state, batches and frames bit for bit); None (default): when numba is
+            available; False: numpy; True: numba or RuntimeError. `warm_up` compiles them ahead.
     """
 
     def __init__(
@@ -409,6 +407,7 @@ class EngineCore:
         seed: int | None = None,
         capacity: int = 64,
         ring_steps: int = 128,
+        compiled: bool | None = None,
     ) -> None:
         contract = runner.contract
         self.runner = runner
@@ -436,6 +435,11 @@ class EngineCore:
         self._streams_opened = 0
         self._rr_row = 0  # round robin: the next batch starts at the first ready slot from here
         self.small_batch = 16  # batches of at most this many rows are taken and committed row by row
+        self._row_of: dict[str, int] = {}  # open stream id -> its slot
+        self._kernels = core_kernel.load() if compiled is not False else None
+        self._require_compiled = bool(compiled)
+        if compiled and self._kernels is None:
+            raise RuntimeError("compiled core passes need numba (not installed, or MSYNC_NO_NUMBA=1)")
         self._alloc_arrays(self.slots.capacity)
 
     # ------------------------------------------------------------------ slot arrays
@@ -450,9 +454,16 @@ class EngineCore:
     _base: np.ndarray
     _runout: np.ndarray
     _over_n: np.ndarray
+    _received: np.ndarray
+    _epoch_in: np.ndarray
+    _epoch_real: np.ndarray
+    _stall_filled: np.ndarray
     _open: np.ndarray
     _in_flight: np.ndarray
     _needs_init: np.ndarray
+    _stalled: np.ndarray
+    _ints: np.ndarray
+    _bools: np.ndarray
     _ring: np.ndarray
     _ready_ns: np.ndarray
     _fill_mark: np.ndarray
@@ -462,25 +473,18 @@ class EngineCore:
     _capacity: int
     _row_ids: list[str | None]
 
-    _INT_ARRAYS = (
-        "_epoch",  # epochs begun before the current one
-        "_ring_w",  # samples of the epoch written into the ring
-        "_taken",  # steps of the epoch handed to the runner (the ring's read position is _taken x spf)
-        "_committed",  # steps of the epoch committed
-        "_epoch_start",  # stream sample index where the epoch began
-        "_seq",  # next frame's sequence number
-        "_ending",  # flush: the epoch ends after this many steps (-1: not flushing)
-        "_base",  # the step of the epoch in ring row 0
-        "_runout",  # when the real audio received so far would have played out at 1x (_NO_RUNOUT: none yet)
-        "_over_n",  # samples waiting in the overflow queue
-    )
-    _BOOL_ARRAYS = ("_open", "_in_flight", "_needs_init")
+    #: per-slot int64 arrays: `_<field>` is row i of `_ints` (`core_kernel.INT_FIELDS` says what each holds)
+    _INT_ARRAYS = tuple("_" + name for name in core_kernel.INT_FIELDS)
+    #: per-slot bool arrays: `_<field>` is row i of `_bools` (`core_kernel.BOOL_FIELDS`)
+    _BOOL_ARRAYS = tuple("_" + name for name in core_kernel.BOOL_FIELDS)
 
     def _alloc_arrays(self, capacity: int) -> None:
         """Allocate (or grow to `capacity` rows, keeping the values) every per-slot array."""
         S, spf, A = self.ring_steps, self.samples_per_frame, self.lookahead_frames + 1
-        shapes: dict[str, tuple[tuple[int, ...], Any]] = {name: ((capacity,), np.int64) for name in self._INT_ARRAYS}
-        shapes.update({name: ((capacity,), np.bool_) for name in self._BOOL_ARRAYS})
+        shapes: dict[str, tuple[tuple[int, ...], Any]] = {
+            "_ints": ((len(self._INT_ARRAYS), capacity), np.int64),  # one row per counter (the compiled passes
+            "_bools": ((len(self._BOOL_ARRAYS), capacity), np.bool_),  # take two arrays, not fourteen)
+        }
         shapes["_ring"] = ((capacity, S, spf), np.float32)  # audio: step k of the epoch in [:, k % S]
         shapes["_ready_ns"] = ((capacity, S), np.int64)  # arrival of step k's last sample, in [:, k % S]
         shapes["_fill_mark"] = ((capacity, S), np.bool_)  # stall silence went into step k
@@ -489,7 +493,9 @@ class EngineCore:
         old = self._capacity if hasattr(self, "_capacity") else 0
         for name, (shape, dtype) in shapes.items():
             grown = _lazy_zeros(shape, dtype) if name == "_ring" else np.zeros(shape, dtype)
-            if old and name != "_ring":
+            if old and name in ("_ints", "_bools"):
+                grown[:, :old] = getattr(self, name)
+            elif old and name != "_ring":
                 grown[:old] = getattr(self, name)
             elif old:  # only the steps still held: a row's untouched pages stay untouched
                 for row in np.flatnonzero(self._open).tolist():
@@ -498,6 +504,10 @@ class EngineCore:
                     idx = (held - self._base.item(row)) % S
                     grown[row, idx] = self._ring[row, idx]
             setattr(self, name, grown)
+        for i, name in enumerate(self._INT_ARRAYS):
+            setattr(self, name, self._ints[i])
+        for i, name in enumerate(self._BOOL_ARRAYS):
+            setattr(self, name, self._bools[i])
         if not old:
             self._row_ids = []
         self._row_ids += [None] * (capacity - old)
@@ -621,6 +631,7 @@ class EngineCore:
         self._start_epoch(stream)
         self._open[row] = True
         self._row_ids[row] = stream_id
+        self._row_of[stream_id] = row
         self._streams[stream_id] = stream
 
     def close_stream(self, stream_id: str) -> None:
@@ -629,6 +640,7 @@ class EngineCore:
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
+        del self._row_of[stream_id]
         row = stream.row
         self._open[row] = False
         self._row_ids[row] = None
@@ -653,15 +665,15 @@ class EngineCore:
         row = stream.row
         if self._ending[row] >= 0:
             return self._frames_left(row)  # already flushing
-        real = stream.epoch_real
+        real = self._epoch_real.item(row)
         if real == 0:
             return 0  # nothing received since the last restart
         spf = self.samples_per_frame
         frames_needed = -(-real // spf)  # ceil: every received sample's frame
         steps_needed = frames_needed + self.lookahead_frames if frames_needed else 0
-        pad = steps_needed * spf - stream.epoch_in
+        pad = steps_needed * spf - self._epoch_in.item(row)
         if pad > 0:
-            stream.epoch_in += pad
+            self._epoch_in[row] += pad
             self._append(stream, np.zeros(pad, dtype=np.float32), int(now_ns))
         self._ending[row] = steps_needed
         if self._committed[row] >= steps_needed and not self._in_flight[row]:
@@ -704,19 +716,19 @@ class EngineCore:
         """Take a checked chunk (its room checked): the sample clock, run-out, stall state, then the audio.
         Returns whether the stream was stalled until this chunk."""
         row, n = stream.row, samples.size
-        stream.received += n
+        self._received[row] += n
         runout = self._runout.item(row)
         self._runout[row] = (arrival_ns if arrival_ns > runout else runout) + n * 1_000_000_000 // self.sample_rate_hz
-        was_stalled = stream.stalled
+        was_stalled = bool(self._stalled[row])
         if was_stalled:
-            stream.stalled = False
-            stream.stall_filled = 0
+            self._stalled[row] = False
+            self._stall_filled[row] = 0
         if self._ending.item(row) >= 0:  # a flushed epoch is draining: this audio opens the next one
             stream.next_fifo.push(samples)  # a copy: the caller may reuse its buffer
             stream.next_arrivals.append((stream.next_fifo.size, arrival_ns))
             return was_stalled
-        stream.epoch_in += n
-        stream.epoch_real += n
+        self._epoch_in[row] += n
+        self._epoch_real[row] += n
         self._append(stream, samples, arrival_ns)
         return was_stalled
 
@@ -743,14 +755,14 @@ class EngineCore:
         arrival_ns = int(arrival_ns)
         base = self._base.item(row)
         pos = (w - base * spf) % R
-        if pending + n > R or pos + n > R or stream.stalled or stream.overflow or self._ending.item(row) >= 0:
+        if pending + n > R or pos + n > R or self._stalled.item(row) or stream.overflow or self._ending.item(row) >= 0:
             return self._accept(stream, samples, arrival_ns)
         # the common case (`_accept` and `_ring_write` in one): room in the ring without wrapping, no overflow,
         # not stalled, not flushing. Written out rather than calling `_ring_write`: the call and its re-reads
         # cost ~0.35 us a push (20 % of it; measured when merging issue-14h), and this runs twice a frame per stream
-        stream.received += n
-        stream.epoch_in += n
-        stream.epoch_real += n
+        self._received[row] += n
+        self._epoch_in[row] += n
+        self._epoch_real[row] += n
         runout = self._runout.item(row)
         self._runout[row] = (arrival_ns if arrival_ns > runout else runout) + n * 1_000_000_000 // self.sample_rate_hz
         self._ring_flat[row, pos : pos + n] = samples
@@ -783,6 +795,10 @@ class EngineCore:
         k = len(stream_ids)
         if len(chunks) != k or (not isinstance(arrival_ns, int) and len(arrival_ns) != k):
             raise ValueError("push_audio_many needs one chunk (and one arrival time, when a list) per stream id")
+        if self._kernels is not None:
+            pushed = self._push_compiled(stream_ids, chunks, arrival_ns)
+            if pushed is not None:
+                return pushed
         times = [int(arrival_ns)] * k if isinstance(arrival_ns, int) else [int(t) for t in arrival_ns]
         errors: dict[int, CoreError] = {}
         resumed: list[str] = []
@@ -823,8 +839,7 @@ class EngineCore:
         pending = self._ring_w[rows] - self._taken[rows] * spf + self._over_n[rows]
         fast = (pending + sizes <= min(R, self.max_pending_samples)) & (self._ending[rows] < 0)
         fast &= self._over_n[rows] == 0
-        if any(s.stalled for s in streams):
-            fast &= np.fromiter((not s.stalled for s in streams), dtype=np.bool_, count=len(streams))
+        fast &= ~self._stalled[rows]
         if np.unique(rows).size != rows.size:  # one stream twice: in order, one at a time
             fast[:] = False
         for j in np.flatnonzero(~fast).tolist():  # the cases with more to do, as `push_audio` does them
@@ -839,11 +854,9 @@ class EngineCore:
         r, n = rows[f], sizes[f]
         t = np.array([times[keep[j]] for j in f.tolist()], dtype=np.int64)
         self._runout[r] = np.maximum(t, self._runout[r]) + n * 1_000_000_000 // self.sample_rate_hz
-        for j, m in zip(f.tolist(), n.tolist()):
-            stream = streams[j]
-            stream.received += m
-            stream.epoch_in += m
-            stream.epoch_real += m
+        self._received[r] += n
+        self._epoch_in[r] += n
+        self._epoch_real[r] += n
         w = self._ring_w[r]
         base = self._base[r]
         pos = (w - base * spf) % R
@@ -861,6 +874,78 @@ class EngineCore:
         for j in np.flatnonzero(k1 - k0 > 1).tolist():  # a chunk of several steps
             self._ready_ns[r[j], (np.arange(k0[j], k1[j]) - base[j]) % self.ring_steps] = t[j]
         self._ring_w[r] = w + n
+        return resumed, errors
+
+    def _push_compiled(
+        self, stream_ids: Sequence[str], chunks: Chunks, arrival_ns: int | Sequence[int]
+    ) -> tuple[list[str], dict[int, CoreError]] | None:
+        """`push_audio_many` through `core_kernel.push_pass`: the chunks as one float32 buffer (a (K, n) block as
+        it is; 1-D float32 arrays concatenated), the common case in the loop, the rest here in position order
+        as the numpy code does it. None (nothing changed) for chunks the loop does not take: a list holding
+        anything but 1-D float32 arrays (the numpy code converts or refuses them one by one)."""
+        k = len(stream_ids)
+        errors: dict[int, CoreError] = {}
+        if isinstance(chunks, np.ndarray) and chunks.ndim == 2:
+            block = _checked_block(chunks, errors)  # (K, n) float32, its bad rows already in `errors`
+            n = block.shape[1]
+            if n == 0:
+                return [], errors
+            flat = np.ascontiguousarray(block).reshape(-1)
+            if not flat.flags.writeable:  # one array type for the loop (numba types read-only arrays apart)
+                flat = flat.copy()
+            sizes = np.full(k, n, dtype=np.int64)
+            offsets = np.arange(0, k * n, n, dtype=np.int64)
+        else:
+            try:  # float32 only (casting="no"): the numpy code converts or refuses anything else chunk by chunk
+                flat = np.concatenate(chunks, dtype=_FLOAT32, casting="no")
+            except (TypeError, ValueError):  # another dtype, a Python list, 0-d, 1-D mixed with 2-D
+                return None
+            if flat.ndim != 1:
+                return None
+            sizes = np.fromiter(map(len, chunks), dtype=np.int64, count=k)
+            offsets = np.zeros(k, dtype=np.int64)
+            np.cumsum(sizes[:-1], out=offsets[1:])
+        rows = np.fromiter(map(self._row_of.get, stream_ids, itertools.repeat(-1, k)), dtype=np.int64, count=k)
+        if not errors and not math.isfinite(float(flat.dot(flat))):  # one pass over all; NaN/inf propagate
+            for i in np.flatnonzero(rows >= 0).tolist():  # (an unknown stream's error comes first)
+                o = offsets.item(i)
+                if not np.all(np.isfinite(flat[o : o + sizes.item(i)])):
+                    errors[i] = AudioChunkError("audio chunk contains NaN or infinite samples")
+        if errors:
+            rows[list(errors)] = -2
+        if isinstance(arrival_ns, int):
+            times = np.full(k, int(arrival_ns), dtype=np.int64)
+        else:
+            times = np.array([int(t) for t in arrival_ns], dtype=np.int64)
+        codes = np.empty(k, dtype=np.int8)
+        self._kernels.push(  # type: ignore[union-attr]
+            rows,
+            flat,
+            offsets,
+            sizes,
+            times,
+            self._ints,
+            self._bools,
+            self._ring_flat,
+            self._ready_ns,
+            self.samples_per_frame,
+            self.ring_steps,
+            self.max_pending_samples,
+            self.sample_rate_hz,
+            codes,
+        )
+        resumed: list[str] = []
+        for i in np.flatnonzero(codes).tolist():  # all but PUSH_DONE, in position order
+            code = codes[i]
+            if code == core_kernel.PUSH_SLOW:  # the cases with more to do, as `push_audio` does them
+                stream = self._streams[stream_ids[i]]
+                o, m = offsets.item(i), sizes.item(i)
+                if self._buffered(stream.row) + stream.next_fifo.size + m > self.max_pending_samples:
+                    errors[i] = self._overload(stream, m)
+                elif self._accept(stream, flat[o : o + m], times.item(i)):
+                    resumed.append(stream.stream_id)
+            elif code == core_kernel.PUSH_UNKNOWN:
+                errors[i] = UnknownStreamError(f"no open stream {stream_ids[i]!r}")
         return resumed, errors
 
     def fill_stalls(self, now_ns: int, stall_ns: int, max_fill_s: float = 1.0) -> list[tuple[str, str]]:
@@ -884,15 +969,15 @@ class EngineCore:
         for row in np.flatnonzero(due).tolist():
             stream = self._stream_at(row)
             cap = int((stall_ns / 1e9 + max_fill_s) * rate)
-            fill = min(cap, int(idle[row]) * rate // 1_000_000_000) - stream.stall_filled
+            fill = min(cap, int(idle[row]) * rate // 1_000_000_000) - self._stall_filled.item(row)
             if fill <= 0:
                 continue
-            if not stream.stalled:
-                stream.stalled = True
+            if not self._stalled[row]:
+                self._stalled[row] = True
                 events.append((stream.stream_id, "stalled"))
-            stream.stall_filled += fill
-            stream.received += fill
-            stream.epoch_in += fill
+            self._stall_filled[row] += fill
+            self._received[row] += fill
+            self._epoch_in[row] += fill
             self._append(stream, np.zeros(fill, dtype=np.float32), int(now_ns), fill=True)
         return events
 
@@ -901,7 +986,7 @@ class EngineCore:
         return self._get(stream_id).row
 
     def is_stalled(self, stream_id: str) -> bool:
-        return self._get(stream_id).stalled
+        return bool(self._stalled[self._get(stream_id).row])
 
     def take_faults(self) -> list[tuple[str, str]]:
         """(stream_id, message) of streams restarted since the last call because the model gave non-finite
@@ -930,7 +1015,7 @@ class EngineCore:
         )
 
     def received_samples(self, stream_id: str) -> int:
-        return self._get(stream_id).received
+        return int(self._received[self._get(stream_id).row])
 
     def epoch(self, stream_id: str) -> int:
         return int(self._epoch[self._get(stream_id).row])
@@ -979,6 +1064,8 @@ class EngineCore:
             if not cand.size:
                 return None
             ready = cand[~self._in_flight[cand] & (self._ring_w[cand] - self._taken[cand] * spf >= spf)]
+        elif self._kernels is not None:  # the same choice, round robin included, in one compiled pass
+            ready, self._rr_row = self._kernels.select(self._ints, self._bools, spf, self._rr_row, limit)
         else:
             ready = np.flatnonzero(self._ready_mask())
         if not ready.size:
@@ -987,6 +1074,8 @@ class EngineCore:
             picked = np.roll(ready, -int(np.searchsorted(ready, self._rr_row)))[:limit]
             self._rr_row = int(picked[-1]) + 1
             ready = np.sort(picked)  # ascending slots: often one contiguous range (no gather copies)
+        if self._kernels is not None:
+            return self._take_compiled(ready, now_ns)
         if ready.size <= self.small_batch:
             return self._take_rows(ready, now_ns)
         rows = ready
@@ -1019,7 +1108,8 @@ class EngineCore:
             span = taken[move] - self._base[r]  # ring rows written since the last move
             self._base[r] = taken[move]
             if span.max() > _RELEASE_AFTER_STEPS:  # a backlog drained: give the pages it touched back
-                for row, used in zip(r[span > _RELEASE_AFTER_STEPS].tolist(), span.tolist()):
+                big = span > _RELEASE_AFTER_STEPS
+                for row, used in zip(r[big].tolist(), span[big].tolist()):
                     _release(self._ring, self._ring[row, 1 : min(used + 1, S)])
         self._in_flight_batches += 1
         ids = self._row_ids
@@ -1059,20 +1149,72 @@ class EngineCore:
             self._in_flight[row] = True
             if self._over_n.item(row):
                 self._refill(self._stream_at(row))
-            nxt = (ks + 1) % S
-            if nxt and self._ring_w.item(row) - (k + 1) * spf < spf:  # as in take_batch: base to the next step
-                ring[row, 0] = ring[row, nxt]
-                fill[row, 0] = fill.item(row, nxt)
-                fill[row, nxt] = False
-                span = k + 1 - base_a.item(row)
-                base_a[row] = k + 1
-                if span > _RELEASE_AFTER_STEPS:
-                    _release(ring, ring[row, 1 : min(span + 1, S)])
+            self._move_base(row, k, ks)
             ids.append(self._row_ids[row] or "")
             epochs.append(self._epoch.item(row))
             steps.append(k)
         self._in_flight_batches += 1
         return StepBatch(tuple(ids), tuple(epochs), tuple(steps), rows, audio, tuple(ready_ns), int(now_ns))
+
+    def _move_base(self, row: int, k: int, ks: int) -> None:
+        """After slot `row` handed step k (ring row ks) to a batch: when less than a step is left, the partial
+        step to ring row 0 and the base to the next step (as in take_batch)."""
+        S, spf, ring, fill = self.ring_steps, self.samples_per_frame, self._ring, self._fill_mark
+        nxt = (ks + 1) % S
+        if nxt and self._ring_w.item(row) - (k + 1) * spf < spf:
+            ring[row, 0] = ring[row, nxt]
+            fill[row, 0] = fill.item(row, nxt)
+            fill[row, nxt] = False
+            span = k + 1 - self._base.item(row)
+            self._base[row] = k + 1
+            if span > _RELEASE_AFTER_STEPS:
+                _release(ring, ring[row, 1 : min(span + 1, S)])
+
+    def _take_compiled(self, rows: np.ndarray, now_ns: int) -> StepBatch:
+        """`take_batch` through `core_kernel.take_pass` (rows ascending); the levels in numpy (`_levels_dbfs`, the
+        same sums), overflow refills and page releases here."""
+        spf, S, A = self.samples_per_frame, self.ring_steps, self.lookahead_frames + 1
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        B = rows.size
+        audio = np.empty((B, spf), dtype=np.float32)
+        cols = np.empty((3, B), dtype=np.int64)
+        flags = np.empty(B, dtype=np.int64)
+        self._kernels.take(  # type: ignore[union-attr]
+            rows,
+            self._ints,
+            self._bools,
+            self._ring,
+            self._ready_ns,
+            self._fill_mark,
+            self._lvl_stalled,
+            spf,
+            _RELEASE_AFTER_STEPS,
+            audio,
+            cols,
+            flags,
+        )
+        self._lvl[rows, cols[1] % A] = _levels_dbfs(audio)
+        for i in np.flatnonzero(flags).tolist():
+            row, flag = rows.item(i), flags.item(i)
+            if flag < 0:  # overflow waiting: refill the ring, then move the base as the loop would have
+                k = cols.item(1, i)
+                self._refill(self._stream_at(row))
+                self._move_base(row, k, (k - self._base.item(row)) % S)
+            else:
+                _release(self._ring, self._ring[row, 1 : min(flag + 1, S)])
+        self._in_flight_batches += 1
+        ids = self._row_ids
+        epochs, steps, ready = cols.tolist()
+        return StepBatch(
+            tuple([ids[r] or "" for r in rows.tolist()]),  # taken rows are open: they have ids
+            tuple(epochs),
+            tuple(steps),
+            rows,
+            audio,
+            tuple(ready),
+            int(now_ns),
+            cols,
+        )
 
     def _commit_rows(
         self, batch: StepBatch, landmarks: np.ndarray, infer_start_ns: int, infer_end_ns: int
@@ -1190,6 +1332,8 @@ class EngineCore:
             self._in_flight_batches += 1
             self.abort(batch)
             raise CoreError(f"runner returned landmarks of shape {landmarks.shape}, expected {expect}")
+        if self._kernels is not None:
+            return self._commit_compiled(batch, landmarks, infer_start_ns, infer_end_ns)
         if n <= self.small_batch:
             return self._commit_rows(batch, landmarks, infer_start_ns, infer_end_ns)
         rows = batch.rows
@@ -1255,6 +1399,142 @@ class EngineCore:
             for row in g[done].tolist():
                 self._start_next_epoch(self._stream_at(row))
         return committed
+
+    def _commit_compiled(
+        self, batch: StepBatch, landmarks: np.ndarray, infer_start_ns: int, infer_end_ns: int
+    ) -> CommittedFrames:
+        """`commit_batch` through `core_kernel.commit_pass`; closed, reset and non-finite rows and finished
+        flushes here, as the numpy code handles them."""
+        n = len(batch)
+        rows = np.ascontiguousarray(batch.rows, dtype=np.int64)
+        cols = batch.int_columns
+        if cols is None:
+            cols = np.array((batch.epochs, batch.step_indices, batch.audio_ready_ns), dtype=np.int64).reshape(3, n)
+        codes = np.empty(n, dtype=np.int8)
+        done = np.empty(n, dtype=np.bool_)
+        keep = np.empty(n, dtype=np.int64)
+        ints = np.empty((5, n), dtype=np.int64)  # seq, epoch, index, pts, audio ready
+        floats = np.empty((2, n), dtype=np.float64)  # level, look-ahead level
+        stalled = np.empty(n, dtype=np.bool_)
+        m = self._kernels.commit(  # type: ignore[union-attr]
+            rows,
+            cols,
+            np.ascontiguousarray(landmarks),
+            self._ints,
+            self._bools,
+            self._lvl,
+            self._lvl_stalled,
+            self.lookahead_frames,
+            self.samples_per_frame,
+            self.sample_rate_hz,
+            codes,
+            done,
+            keep,
+            ints,
+            floats,
+            stalled,
+        )
+        for i in np.flatnonzero(codes).tolist():  # rows that made no frame for a reason, in batch order
+            row, code = rows.item(i), codes[i]
+            if code == core_kernel.COMMIT_CLOSED:
+                if row in self._orphans:  # closed while in flight
+                    self._orphans.discard(row)
+                    self._free_slot(row)
+            elif code == core_kernel.COMMIT_STALE:
+                self._init_slot(row)  # reset meanwhile: this output belongs to nobody
+            elif code == core_kernel.COMMIT_NOT_FINITE:
+                stream = self._stream_at(row)
+                self._faults.append((stream.stream_id, "the model gave non-finite landmarks; the stream was restarted"))
+                self._restart(stream)
+        keep = keep[:m]
+        ids = batch.stream_ids
+        keep_list = keep.tolist()
+        committed = CommittedFrames(
+            [ids[i] for i in keep_list],
+            ints[0, :m],
+            ints[1, :m],
+            ints[2, :m],
+            ints[3, :m],
+            floats[0, :m],
+            floats[1, :m],
+            stalled[:m],
+            ints[4, :m],
+            landmarks[keep] if m < n else landmarks.copy(),
+            int(infer_start_ns),
+            int(infer_end_ns),
+            int(batch.take_ns),
+            rows[keep],
+        )
+        if done.any():
+            for row in rows[done].tolist():
+                self._start_next_epoch(self._stream_at(row))
+        return committed
+
+    def warm_up(self) -> None:
+        """Compile the core's passes now (or load them from numba's cache) instead of at the first push, take
+        and commit: one call of each over nothing, with the argument types of every later call. Does nothing
+        on the numpy path. If compiling fails (a broken numba or LLVM), logs a warning and uses numpy, unless
+        the core was made with compiled=True (then the error propagates)."""
+        kernels = self._kernels
+        if kernels is None:
+            return
+        i64, spf, rate = np.zeros(0, dtype=np.int64), self.samples_per_frame, self.sample_rate_hz
+        none = np.zeros(0, dtype=np.bool_)
+        try:
+            kernels.push(
+                i64,
+                np.zeros(0, np.float32),
+                i64,
+                i64,
+                i64,
+                self._ints,
+                self._bools,
+                self._ring_flat,
+                self._ready_ns,
+                spf,
+                self.ring_steps,
+                self.max_pending_samples,
+                rate,
+                np.zeros(0, np.int8),
+            )
+            kernels.select(self._ints, self._bools, spf, self._rr_row, self.max_batch_streams)  # reads only
+            kernels.take(
+                i64,
+                self._ints,
+                self._bools,
+                self._ring,
+                self._ready_ns,
+                self._fill_mark,
+                self._lvl_stalled,
+                spf,
+                _RELEASE_AFTER_STEPS,
+                np.zeros((0, spf), np.float32),
+                np.zeros((3, 0), np.int64),
+                i64,
+            )
+            kernels.commit(
+                i64,
+                np.zeros((3, 0), np.int64),
+                np.zeros((0, self.num_landmarks, self.landmark_dims), np.float32),
+                self._ints,
+                self._bools,
+                self._lvl,
+                self._lvl_stalled,
+                self.lookahead_frames,
+                spf,
+                rate,
+                np.zeros(0, np.int8),
+                none,
+                i64,
+                np.zeros((5, 0), np.int64),
+                np.zeros((2, 0)),
+                none,
+            )
+        except Exception as exc:
+            if self._require_compiled:
+                raise
+            log.warning("the core's compiled passes are unavailable (%s: %s); using numpy", type(exc).__name__, exc)
+            self._kernels = None
 
     def abort(self, batch: StepBatch) -> list[str]:
         """The runner failed on `batch`: restart every stream in it (new epoch). Returns the affected ids."""
@@ -1342,13 +1622,13 @@ class EngineCore:
             self.slots.init_row(row, stream.reference_face, stream.rng)
             self._needs_init[row] = False
         self._epoch[row] += 1
-        self._epoch_start[row] = stream.received - stream.next_fifo.size
+        self._epoch_start[row] = self._received[row] - stream.next_fifo.size
         stream.overflow.clear()
         self._fill_mark[row] = False
         for name in ("_ring_w", "_taken", "_committed", "_over_n", "_base"):
             getattr(self, name)[row] = 0
-        stream.epoch_in = stream.epoch_real = stream.stall_filled = 0
-        stream.stalled = False
+        self._epoch_in[row] = self._epoch_real[row] = self._stall_filled[row] = 0
+        self._stalled[row] = False
         self._runout[row] = _NO_RUNOUT
         self._ending[row] = -1
 
@@ -1359,9 +1639,9 @@ class EngineCore:
         row = stream.row
         self._start_epoch(stream)
         size = queued.size
-        self._epoch_start[row] = stream.received - size
+        self._epoch_start[row] = self._received[row] - size
         samples = queued.take(size) if size else _NO_SAMPLES
-        stream.epoch_in = stream.epoch_real = size
+        self._epoch_in[row] = self._epoch_real[row] = size
         start = 0
         for end, arrival_ns in arrivals:
             self._append(stream, samples[start:end], arrival_ns)

@@ -253,6 +253,7 @@ class Engine:
         so that it never happens on a live frame."""
         if self._executor is not None:
             return
+        self.core.warm_up()  # the core's compiled passes (`core_kernel`), likewise
         if self.batch_signals is not None:
             self.batch_signals.warm_up()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="msync-infer")

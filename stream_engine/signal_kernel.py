@@ -534,7 +534,7 @@ def _decorate() -> Callable[..., int]:
     # never numba's default (beside the package's source), nor a fallback to it when the directory is not
     # writable: no cache then (a compile per process, said once)
     where = os.environ.get("NUMBA_CACHE_DIR", "")
-    cache = _writable_dir(where)
+    cache = writable_dir(where)
     if not cache:
         log.warning(
             "numba's cache directory %s: the signals loop compiles at every start (~4 s); set MSYNC_CACHE_DIR "
@@ -549,7 +549,7 @@ def _decorate() -> Callable[..., int]:
     return kernel
 
 
-def _writable_dir(path: str) -> bool:
+def writable_dir(path: str) -> bool:
     """Whether `path` is (or can be made) a directory this process can write to."""
     if not path:
         return False

@@ -38,3 +38,28 @@ def test_stage_breakdown_runs_and_its_stages_add_up(tmp_path):
     rest = stages["other (event loop, thread hand-offs, feeding)"]
     assert trial["cpu_us_per_frame"] == pytest.approx(trial["step_us_per_frame"] + parts + rest)
     assert "| push_audio |" in (tmp_path / "engine_stages.md").read_text()
+
+
+def test_step_alone_over_more_slots_than_the_batch():
+    """The step-alone trial as the engine calls it: B-row batches round robin over a larger slot store, timed
+    through `step_slots` only; and the report names both denominators."""
+    out = engine_throughput.run_step_trial(
+        {"kind": "step", "runner": "onnx_int8", "batch": 8, "threads": 1, "slots": 24, "reps": 6}
+    )
+    assert out["slots"] == 24 and "step_ms_p50" not in out
+    assert out["step_slots_ms_p50"] > 0 and out["streams_per_core"] == 8 / (25.0 * out["step_slots_ms_p50"] / 1e3)
+    step = {"threads": 1, "step_ms_p50": 4.0, "step_slots_ms_p50": 4.2, "streams_per_core": 640.0}
+    tp = {"throughput": {"current": {"streams_per_core_by_cpu": 500.0}}}
+    onnx = {
+        "step": [step],
+        "step_n_slots": {**out, "slots": 512, "batch": 64, "step_slots_ms_p50": 5.0, "streams_per_core": 512.0},
+        "signals": {
+            **tp,
+            "engine_over_step": {"current": 500 / 640},
+            "engine_over_step_n_slots": {"current": 500 / 512},
+        },
+        "no_signals": {**tp, "engine_over_step": {"current": 500 / 640}},
+        "engine_latency": {},
+    }
+    text = "\n".join(engine_throughput._step_lines("onnx", onnx, ["current"]))
+    assert "round robin over 512 slots" in text and "98%" in text and "78%" in text
