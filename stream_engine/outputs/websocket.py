@@ -254,7 +254,14 @@ class SendWindow:
     pong acknowledges everything before it. The window adapts to the reader (AIMD on the pong delay): a pong
     later than `target_s` halves it (down to `min_size`), a timely one widens it by one (up to `size`), so a
     client that reads slowly has few frames in flight and reads fresh ones, while a fast or distant one keeps
-    the full window. I/O-free; the relay does the writing."""
+    the full window. I/O-free; the relay does the writing.
+
+    A ping goes out once half the window (`ack_at`, rounded up) is unacknowledged, not behind every frame: a
+    client that keeps up costs one ping and one pong per `ack_at` frames instead of per frame (on loopback
+    the pong comes back before the next frame, so acknowledging every frame meant a ping per frame sent).
+    The window still bounds what is in flight; a window of one pings behind every frame. `want_ack()` asks
+    for a ping behind whatever is unacknowledged now (waiting until a client has read everything sent).
+    """
 
     def __init__(self, size: int, target_s: float = 0.0, min_size: int = 1) -> None:
         self.size = size
@@ -264,6 +271,13 @@ class SendWindow:
         self.sent = 0
         self.acked = 0
         self.ping_at: int | None = None  # frames sent when the outstanding ping went out
+        self.ack_wanted = False  # `want_ack`: ping behind any unacknowledged frame
+        self.pings = 0  # pings sent (statistics)
+
+    @property
+    def ack_at(self) -> int:
+        """Unacknowledged frames that call for a ping: half the current window, rounded up."""
+        return (self.limit + 1) // 2
 
     def can_send(self) -> bool:
         return self.sent - self.acked < self.limit
@@ -272,10 +286,19 @@ class SendWindow:
         self.sent += 1
 
     def needs_ping(self) -> bool:
-        return self.ping_at is None and self.sent > self.acked
+        if self.ping_at is not None:
+            return False
+        unacked = self.sent - self.acked
+        return unacked >= self.ack_at or (self.ack_wanted and unacked > 0)
+
+    def want_ack(self) -> None:
+        """Ping behind the frames sent so far even if fewer than `ack_at` are unacknowledged."""
+        self.ack_wanted = True
 
     def on_ping_sent(self) -> None:
         self.ping_at = self.sent
+        self.ack_wanted = False
+        self.pings += 1
 
     def on_pong(self, delay_s: float | None = None) -> None:
         if self.ping_at is not None:
@@ -413,6 +436,9 @@ class WebSocketServer:
         for client in [c for c in self._clients if stream_id in c.queue.keep_all]:
             await self._client_drained(client, stream_id, max_frames)
             while until_read and not client.queue.closed and client.window.sent > client.window.acked:
+                if client.window.ping_at is None:  # fewer than half a window unacknowledged: ask for the ping
+                    client.window.want_ack()
+                    client.queue.wake()
                 client.idle.clear()  # set again by the relay once the pong has come and nothing is left to send
                 await client.idle.wait()
 
