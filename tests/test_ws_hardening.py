@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import time
 
 import numpy as np
@@ -409,3 +410,70 @@ def test_token_flags_reach_the_server_config():
     add_arguments(p)
     cfg = config_from_args(p.parse_args(["--token-file", "/run/secrets/msync", "--insecure"]))
     assert cfg.server.token_file == "/run/secrets/msync" and cfg.server.insecure and cfg.server.token == ""
+
+
+class _QueueSocket:
+    """The receiving half of a connection: `recv` returns what was put, cancel-safe like websockets'."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    async def recv(self):
+        return await self.queue.get()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="RecvDeadline needs Task.uncancel (Python 3.11+)")
+def test_recv_deadline_arms_one_timer_per_deadline_and_passes_other_cancellations_on():
+    """The idle deadline without a timer per message: messages that keep moving the deadline later never time
+    out and schedule only the timers that fired early; a passed deadline returns None (and a later message
+    is still there); a cancellation from elsewhere is not mistaken for the deadline."""
+    from stream_engine.clock import MonotonicClock
+    from stream_engine.outputs.websocket import RecvDeadline
+
+    async def main():
+        clock = MonotonicClock()
+        last = [clock.now_ns()]
+        ws = _QueueSocket()
+        loop = asyncio.get_running_loop()
+        scheduled = 0
+        call_later = loop.call_later
+
+        def counting_call_later(delay, callback, *args, **kwargs):
+            nonlocal scheduled
+            scheduled += getattr(callback, "__name__", "") == "_on_timer"  # the watchdog's, not asyncio.sleep's
+            return call_later(delay, callback, *args, **kwargs)
+
+        loop.call_later = counting_call_later  # type: ignore[method-assign]
+        watchdog = RecvDeadline(lambda: last[0] + 100_000_000, clock)  # 100 ms after the last message
+        got = []
+        for k in range(30):  # 0.6 s of messages every 20 ms: the deadline keeps moving
+            loop.call_soon(ws.queue.put_nowait, k)
+            got.append(await watchdog.recv(ws))
+            last[0] = clock.now_ns()
+            await asyncio.sleep(0.02)
+        armed = scheduled
+        t0 = time.monotonic()
+        timed_out = await watchdog.recv(ws)  # nothing comes: None after ~100 ms
+        waited = time.monotonic() - t0
+        ws.queue.put_nowait("late")
+        after = await watchdog.recv(ws)  # the deadline is still past: None at once, the message stays queued
+        last[0] = clock.now_ns()
+        kept = await watchdog.recv(ws)
+        loop.call_later = call_later  # type: ignore[method-assign]
+
+        task = asyncio.ensure_future(watchdog.recv(ws))
+        await asyncio.sleep(0.01)
+        task.cancel()  # not the deadline: must propagate
+        try:
+            await task
+            cancelled = False
+        except asyncio.CancelledError:
+            cancelled = True
+        watchdog.close()
+        return got, armed, timed_out, waited, after, kept, cancelled
+
+    got, armed, timed_out, waited, after, kept, cancelled = run(main())
+    assert got == list(range(30))
+    assert 1 <= armed <= 10  # re-armed when it fired early (every ~100 ms), not once per message (30)
+    assert timed_out is None and 0.05 < waited < 1.0
+    assert after is None and kept == "late" and cancelled

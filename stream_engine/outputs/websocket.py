@@ -367,6 +367,80 @@ class _Dropped(Exception):
     """The connection was dropped by the server (write timeout)."""
 
 
+class RecvDeadline:
+    """`ws.recv()` that gives up at a protocol's deadline (`AudioProtocol.deadline_ns`: the hello or the idle
+    timeout) with one timer per deadline, not one per message.
+
+    A per-message `asyncio.timeout` costs a timer scheduled and cancelled for every audio message (~5 % of the
+    server's CPU at 100 streams). Here a single timer waits for the deadline armed when the connection started
+    receiving; the deadlines of an /audio connection only move later while audio flows (`_last_audio_ns`), so
+    when the timer fires early it is re-armed at the new deadline (once per `idle_timeout_s`), and only a
+    deadline that has really passed interrupts the receive: the receiving task is cancelled while it waits in
+    `ws.recv()` (cancel-safe in websockets: no message is lost) and `recv` returns None. A cancellation from
+    elsewhere is re-raised (Python 3.11's `Task.uncancel`, the way `asyncio.timeout` tells them apart).
+
+    Args:
+        deadline_ns: returns the current deadline on `clock` (ns), or None for none.
+        clock: the engine's clock (`now_ns()`).
+    """
+
+    def __init__(self, deadline_ns: Callable[[], int | None], clock: Any) -> None:
+        self._deadline_ns = deadline_ns
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_ns: int | None = None
+        self._waiting = False
+        self._fired = False
+
+    def _arm(self) -> None:
+        """Arm the timer for the protocol's deadline if none is armed for it or an earlier one."""
+        deadline = self._deadline_ns()
+        if deadline is None or (self._armed_ns is not None and self._armed_ns <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_ns = deadline
+        self._timer = self._loop.call_later(max(0.0, (deadline - self._clock.now_ns()) / 1e9), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._armed_ns = None
+        deadline = self._deadline_ns()
+        if deadline is None:
+            return
+        if self._clock.now_ns() < deadline:  # audio came since it was armed: wait for the new deadline
+            self._arm()
+        elif self._waiting and self._task is not None:
+            self._fired = True
+            self._task.cancel()
+        # else: the task is busy with a message; its next `recv` sees the passed deadline at once
+
+    async def recv(self, ws: ServerConnection) -> str | bytes | None:
+        """The next message, or None once the deadline has passed (then call the protocol's `on_timer`)."""
+        deadline = self._deadline_ns()
+        if deadline is not None and self._clock.now_ns() >= deadline:
+            return None
+        self._arm()
+        self._waiting = True
+        try:
+            return await ws.recv()
+        except asyncio.CancelledError:
+            if not self._fired:
+                raise
+            self._fired = False
+            if sys.version_info >= (3, 11) and self._task is not None and self._task.uncancel() > 0:
+                raise  # cancelled from elsewhere too
+            return None
+        finally:
+            self._waiting = False
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class WebSocketServer:
     """`FrameSink` + audio ingest on one port. Create, `await start()`, add to the engine's sinks.
 
@@ -828,30 +902,44 @@ class WebSocketServer:
         handled = 0
         rate = MessageRate(self.cfg.control_messages_per_s, self.cfg.control_burst)
         audio = isinstance(proto, AudioProtocol)
-        while True:
-            message = None
-            if isinstance(proto, AudioProtocol) and (deadline := proto.deadline_ns) is not None:
-                try:
-                    message = await within(ws.recv(), max(0.0, (deadline - clock.now_ns()) / 1e9))
-                except asyncio.TimeoutError:
-                    actions = proto.on_timer(clock.now_ns())
+        # one timer per deadline instead of one per message (needs Task.uncancel, Python 3.11+)
+        watchdog = (
+            RecvDeadline(lambda: proto.deadline_ns, clock)
+            if isinstance(proto, AudioProtocol) and sys.version_info >= (3, 11)
+            else None
+        )
+        try:
+            while True:
+                message = None
+                if watchdog is not None and isinstance(proto, AudioProtocol):
+                    message = await watchdog.recv(ws)
+                    now_ns = clock.now_ns()
+                    actions = proto.on_timer(now_ns) if message is None else proto.receive(message, now_ns)
+                elif isinstance(proto, AudioProtocol) and (deadline := proto.deadline_ns) is not None:
+                    try:
+                        message = await within(ws.recv(), max(0.0, (deadline - clock.now_ns()) / 1e9))
+                    except asyncio.TimeoutError:
+                        actions = proto.on_timer(clock.now_ns())
+                    else:
+                        actions = proto.receive(message, clock.now_ns())
                 else:
+                    message = await ws.recv()
                     actions = proto.receive(message, clock.now_ns())
-            else:
-                message = await ws.recv()
-                actions = proto.receive(message, clock.now_ns())
-            if await self._execute(ws, proto, actions, client_box, closed):
-                return
-            if message is not None and not (audio and isinstance(message, bytes)):
-                wait_ns = rate.take(clock.now_ns())
-                if wait_ns:
-                    await asyncio.sleep(wait_ns / 1e9)  # pacing this connection only (a timer, not a poll)
+                if await self._execute(ws, proto, actions, client_box, closed):
+                    return
+                if message is not None and not (audio and isinstance(message, bytes)):
+                    wait_ns = rate.take(clock.now_ns())
+                    if wait_ns:
+                        await asyncio.sleep(wait_ns / 1e9)  # pacing this connection only (a timer, not a poll)
+                        handled = 0
+                        continue
+                handled += 1
+                if handled >= self.cfg.messages_per_turn:
                     handled = 0
-                    continue
-            handled += 1
-            if handled >= self.cfg.messages_per_turn:
-                handled = 0
-                await asyncio.sleep(0)  # fairness: a pipelining client does not starve the others
+                    await asyncio.sleep(0)  # fairness: a pipelining client does not starve the others
+        finally:
+            if watchdog is not None:
+                watchdog.close()
 
     async def _execute(
         self,
