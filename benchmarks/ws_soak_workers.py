@@ -14,6 +14,8 @@ sample the frame needs, lost/duplicated frames, and its own CPU), sample RSS and
 (the supervisor and its workers) before and after, then stop the server with SIGTERM. Writes
 NAME.json/.md (default ws_soak_workers) with the CPU model and `uptime` before and after every trial.
 
+`--model zero` serves the tests' zero-cost runner instead of the shipped model: the server's CPU per frame is
+then its own (ingest, engine around the step, sending), which the step's cost would otherwise hide.
 `--baseline-ref` soaks earlier revisions' engines (one process each) in the same run; `--rounds N` repeats every
 (streams, variant) trial N times, interleaved round by round, so a change in the machine's load hits every
 variant alike. `--server-cpu` / `--probe-cpu` pin the server and the probe to one CPU each (sched_setaffinity;
@@ -111,6 +113,26 @@ def _pinned(cpu: int | None) -> Any:
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
+def _warm_up(root: Path, port: int) -> None:
+    """Start and stop a server from the source tree `root` once, so numba compiles the signal kernel for that
+    tree into its cache before the trials. A server whose kernel compiles in its own process (a fresh baseline
+    tree) holds the compiler's objects for its life: more RSS and longer garbage-collector passes, ~10 % more
+    CPU per frame measured for identical code, which would be charged to the baseline."""
+    cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--input", "none", "--no-vmc", "--quiet"]
+    cmd += ["--port", str(port), "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(root), env=env)
+    try:
+        _wait_health(server, port)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def trial(
     variant: str,
     streams: int,
@@ -121,14 +143,19 @@ def trial(
     chunk_ms: int = 40,
     server_cpu: int | None = None,
     probe_cpu: int | None = None,
+    model: str = "default",
 ) -> dict[str, Any]:
     """One soak of `variant` served from the source tree `root` (this checkout, or a baseline's)."""
     config = REPO / "benchmarks" / "configs" / "soak100.json"
     cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--input", "none", "--no-vmc", "--quiet"]
     flags = ["--threads", "1"] if variant.startswith("baseline") else VARIANTS[variant]  # no --workers before it
     cmd += ["--config", str(config), "--port", str(port), *flags]
+    pythonpath = str(root)
+    if model == "zero":  # the tests' ZeroCostRunner: what remains is the server's own CPU (ingest, engine, sending)
+        cmd += ["--model", "python:fakes:ZeroCostRunner"]
+        pythonpath += os.pathsep + str(REPO / "tests")
     log = tempfile.NamedTemporaryFile("w+", prefix="msync-soak-", suffix=".log", delete=False)
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     server = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(root), env=env, preexec_fn=_pinned(server_cpu)
     )
@@ -169,6 +196,7 @@ def trial(
         "streams": streams,
         "duration_s": duration,
         "chunk_ms": chunk_ms,
+        "model": model,
         "server_cpu": server_cpu,
         "probe_cpu": probe_cpu,
         "server_processes": len(pids),
@@ -209,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-ms", type=int, default=40, help="audio per client message (the probe's --chunk-ms)")
     p.add_argument("--server-cpu", type=int, help="pin the server to this CPU")
     p.add_argument("--probe-cpu", type=int, help="pin the probe to this CPU")
+    p.add_argument(
+        "--model",
+        choices=["default", "zero"],
+        default="default",
+        help="the shipped default model, or a zero-cost one (tests/fakes.py ZeroCostRunner: the server around the step)",
+    )
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from benchmarks.common import machine_info, write_report
@@ -226,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         one = len(args.baseline_ref) == 1
         for i, ref in enumerate(args.baseline_ref):
             variants.insert(i, ("baseline-workers1" if one else f"baseline-{ref}", baseline_tree(ref)))
+    for _, root in variants:
+        if root != REPO:
+            _warm_up(root, args.port or _free_port())
         result["baseline_ref"] = args.baseline_ref[0] if one else args.baseline_ref
     for streams in args.streams:
         for r in range(args.rounds):
@@ -240,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.chunk_ms,
                     args.server_cpu,
                     args.probe_cpu,
+                    args.model,
                 )
                 t["round"] = r
                 print(json.dumps(t), flush=True)
@@ -263,7 +301,7 @@ def _markdown(result: dict) -> str:
         f"`{result['command']}`  ",
         f"CPU: {m['cpu']} ({m['logical_cpus']} logical). Other jobs may share the machine: read the load averages "
         f"(`uptime` at start: {result['uptime_start']}; at end: {result['uptime_end']}). "
-        f"{t0.get('chunk_ms', 40)} ms of audio per client message; "
+        f"Model: {t0.get('model', 'default')}; {t0.get('chunk_ms', 40)} ms of audio per client message; "
         f"{pins if t0.get('server_cpu') is not None else 'not pinned'}.",
         "",
         "| streams | variant | lateness p50 / p99 ms | engine p99 ms | received / expected | lost | dup | "
