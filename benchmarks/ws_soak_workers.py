@@ -74,8 +74,8 @@ def _tree(pid: int) -> list[int]:
 
 
 def _usage(pids: list[int]) -> dict[str, float]:
-    """Summed RSS (MiB) and CPU seconds of `pids`."""
-    rss, cpu = 0.0, 0.0
+    """Summed RSS (MiB), CPU seconds and of them kernel (system) seconds of `pids`."""
+    rss, cpu, sys_s = 0.0, 0.0, 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
@@ -85,7 +85,8 @@ def _usage(pids: list[int]) -> dict[str, float]:
             continue
         rss += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
         cpu += (int(stat[11]) + int(stat[12])) / ticks
-    return {"rss_mib": round(rss, 1), "cpu_s": round(cpu, 2)}
+        sys_s += int(stat[12]) / ticks
+    return {"rss_mib": round(rss, 1), "cpu_s": round(cpu, 2), "sys_s": round(sys_s, 2)}
 
 
 def _free_port() -> int:
@@ -214,6 +215,7 @@ def trial(
         "server_rss_growth": round(u1["rss_mib"] / max(u0["rss_mib"], 1e-9) - 1, 4),
         "server_cpu_cores": round((u1["cpu_s"] - u0["cpu_s"]) / wall, 2),
         "server_cpu_us_per_frame": round(1e6 * (u1["cpu_s"] - u0["cpu_s"]) / max(1, res["frames_received"]), 1),
+        "server_sys_us_per_frame": round(1e6 * (u1["sys_s"] - u0["sys_s"]) / max(1, res["frames_received"]), 1),
         "probe_cpu_cores": res["probe_cpu_cores"],
         "loadavg_start_end": res["loadavg_start_end"],
         "realtime_pass": res["realtime_pass"],
@@ -344,16 +346,18 @@ def _summary(trials: list[dict]) -> list[str]:
         f"Medians over {rounds} interleaved round(s); the ratio is server CPU per frame ÷ that of the first variant "
         "at the same stream count.",
         "",
-        "| streams | variant | server CPU µs/frame (median) | ratio | lateness p99 ms (median) | lost | dup |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| streams | variant | server CPU µs/frame (median) | of it kernel | ratio | lateness p99 ms (median) | "
+        "lost | dup |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     first: dict[int, float] = {}
     for (streams, variant), ts in groups.items():
         us = float(np.median([t["server_cpu_us_per_frame"] for t in ts]))
         p99 = float(np.median([t["lateness_ms"]["p99"] for t in ts]))
+        kernel = float(np.median([t.get("server_sys_us_per_frame", float("nan")) for t in ts]))
         base = first.setdefault(streams, us)
         lines.append(
-            f"| {streams} | {variant} | {us:.1f} | {us / base:.2f} | {p99:.2f} | "
+            f"| {streams} | {variant} | {us:.1f} | {kernel:.1f} | {us / base:.2f} | {p99:.2f} | "
             f"{sum(t['seq_missing_total'] for t in ts)} | {sum(t['seq_dup_total'] for t in ts)} |"
         )
     return lines
