@@ -276,6 +276,51 @@ def test_a_reader_that_keeps_up_is_pinged_once_per_half_window_and_gets_every_fr
     assert sent >= 79 and sent // 4 - 2 <= pings <= sent // 4 + 1
 
 
+def test_audio_handled_as_it_arrives_keeps_message_order_and_errors_reach_only_the_sender():
+    """Binary audio is handled in the connection's callback (no task wake-up per message) while its handler
+    waits; a burst that mixes audio, a bad message and a control message is answered in order (the error
+    before the pong, the reset between the audio before and after it), and the other stream is untouched."""
+
+    async def main():
+        async with serving() as (engine, server):
+            other, _ = await open_audio(server, stream="other", subscribe="binary")
+            ws, _ = await open_audio(server, stream="s", subscribe="binary")
+            chunk = int16(tone(SPF))
+            for _ in range(30):  # a real-time-like sender: each message finds the handler waiting
+                await ws.send(chunk)
+                await asyncio.sleep(0.005)
+            fast = server.fast_ingest_messages
+            burst = [chunk] * 5 + [b"\0\0\0"] + [chunk] * 5 + ['{"type": "ping"}'] + [chunk] * 5
+            for m in burst:  # sent back to back, no reply awaited
+                await ws.send(m)
+            texts, epochs = [], []
+            while "pong" not in texts:
+                m = await asyncio.wait_for(ws.recv(), 5)
+                if isinstance(m, bytes):
+                    epochs.append(decode_binary(m)["epoch"])
+                else:
+                    r = json.loads(m)
+                    kind = f"event:{r['event']}" if r["type"] == "stream" else r["type"]  # engine events
+                    texts.append(f"error:{r['code']}" if r["type"] == "error" else kind)
+            for _ in range(5):
+                await other.send(chunk)
+            other_msgs = []
+            while len([m for m in other_msgs if isinstance(m, bytes)]) < 3:
+                other_msgs.append(await asyncio.wait_for(other.recv(), 5))
+            epoch = engine.core.epoch("s")
+            await ws.close()
+            await other.close()
+            return fast, texts, epochs, epoch, other_msgs
+
+    fast, texts, epochs, epoch, other_msgs = run(main())
+    assert fast >= 25  # most paced messages took the callback path
+    # the replies in order; the engine's events to the stream's subscribers may come before or after them
+    replies = [t for t in texts if not t.startswith("event:")]
+    assert replies == ["error:bad_audio", "pong"] and "event:reset" in texts and epoch == 1
+    assert epochs == sorted(epochs) and epochs[0] == 0  # epoch 0 frames, then only the reset's epoch 1
+    assert all(isinstance(m, bytes) for m in other_msgs)  # no error reached the other client
+
+
 def test_pipelined_messages_yield_to_other_connections_and_errors_close_the_offender():
     async def main():
         async with serving(messages_per_turn=8, max_client_errors=50) as (engine, server):

@@ -411,10 +411,21 @@ class RecvDeadline:
             return
         if self._clock.now_ns() < deadline:  # audio came since it was armed: wait for the new deadline
             self._arm()
-        elif self._waiting and self._task is not None:
+        elif self._waiting:
+            self.interrupt()
+        # else: the task is busy with a message; its next `recv` sees the passed deadline at once
+
+    @property
+    def waiting(self) -> bool:
+        """The task is waiting in `recv` (and has not been told to stop)."""
+        return self._waiting
+
+    def interrupt(self) -> None:
+        """Make the waiting `recv` return None now (no-op when the task is not waiting in it)."""
+        if self._waiting and self._task is not None:
+            self._waiting = False
             self._fired = True
             self._task.cancel()
-        # else: the task is busy with a message; its next `recv` sees the passed deadline at once
 
     async def recv(self, ws: ServerConnection) -> str | bytes | None:
         """The next message, or None once the deadline has passed (then call the protocol's `on_timer`)."""
@@ -441,6 +452,102 @@ class RecvDeadline:
             self._timer = None
 
 
+@functools.cache
+def ingest_connection_class() -> type[ServerConnection]:
+    """websockets' `ServerConnection` with a synchronous hook for binary messages (`IngestConnection`), made on
+    first use (websockets is imported lazily)."""
+    from websockets.asyncio.server import ServerConnection
+    from websockets.frames import Frame, Opcode
+
+    class IngestConnection(ServerConnection):
+        """Hands a complete binary message to `on_binary` in the connection's `data_received` callback, before
+        it is queued for `recv()`; `on_binary` returns False to have it queued as usual.
+
+        An /audio stream's PCM then costs no queue, future or task wake-up per message: the handler task stays
+        in `recv()` and runs only for control messages and for what cannot be done at once (an error reply,
+        back-pressure). Order is kept: once a message is queued for `recv()` (`queued` > 0, or a fragmented
+        message in progress), later ones are queued too until the handler has taken them.
+        """
+
+        on_binary: Callable[[bytes], bool] | None = None
+        queued = 0  # complete data messages queued for recv() and not yet taken (`took_one`)
+        fragmented = False
+
+        def process_event(self, event: Any) -> None:
+            if self.request is not None and isinstance(event, Frame):
+                op = event.opcode
+                if op is Opcode.BINARY or op is Opcode.TEXT or op is Opcode.CONT:
+                    if (
+                        op is Opcode.BINARY
+                        and event.fin
+                        and not self.queued
+                        and not self.fragmented
+                        and self.on_binary is not None
+                        and self.on_binary(bytes(event.data))  # the same object when it is bytes already
+                    ):
+                        return
+                    self.fragmented = not event.fin
+                    if event.fin:
+                        self.queued += 1
+            super().process_event(event)
+
+        def took_one(self) -> None:
+            """The handler took a queued message from `recv()`."""
+            self.queued = max(0, self.queued - 1)
+
+    return IngestConnection
+
+
+class _FastIngest:
+    """An /audio connection's binary messages handled in `IngestConnection.on_binary` while its handler waits in
+    `RecvDeadline.recv`: the protocol gets the message at once (`AudioProtocol.receive`, the same state
+    machine); when its only action is `AwaitCapacity` and the stream has room (and no `every_frame` client of
+    the stream is behind), nothing is left to do. Any other outcome (an error reply, back-pressure, an
+    exception) is handed to the handler: the actions go to `pending`, the handler's `recv` is interrupted, and
+    until it has run them every message is queued for `recv()` as usual.
+    """
+
+    def __init__(
+        self,
+        server: WebSocketServer,
+        proto: AudioProtocol,
+        client_box: _Subscription,
+        watchdog: RecvDeadline,
+    ) -> None:
+        self.server = server
+        self.proto = proto
+        self.client_box = client_box
+        self.watchdog = watchdog
+        self.pending: list[Action] = []
+        self.error: Exception | None = None
+
+    def __call__(self, data: bytes) -> bool:
+        proto = self.proto
+        if self.pending or self.error is not None or proto.state != "open" or not self.watchdog.waiting:
+            return False
+        engine = self.server.engine
+        try:
+            actions = proto.receive(data, engine.clock.now_ns())
+            if len(actions) == 1 and type(action := actions[0]) is AwaitCapacity:
+                if engine.has_capacity(action.stream_id, action.max_pending_s):
+                    client = self.client_box.client
+                    if client is None or action.stream_id not in client.queue.keep_all:
+                        self.server.fast_ingest_messages += 1
+                        return True
+            self.pending.extend(actions)
+        except Exception as exc:  # the handler raises it: this connection ends, as if its handler had failed
+            self.error = exc
+        self.watchdog.interrupt()
+        return True
+
+    def take(self) -> list[Action]:
+        """The actions handed over (raises the exception a message caused)."""
+        if self.error is not None:
+            raise self.error
+        actions, self.pending = self.pending, []
+        return actions
+
+
 class WebSocketServer:
     """`FrameSink` + audio ingest on one port. Create, `await start()`, add to the engine's sinks.
 
@@ -461,6 +568,7 @@ class WebSocketServer:
         self._connections = 0
         self._facts: dict[str, Any] | None = None  # `model_facts`, built by `start` (or the first hello)
         self.dropped_clients = 0
+        self.fast_ingest_messages = 0  # /audio messages handled in the connection's callback (`_FastIngest`)
         self.port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -480,6 +588,7 @@ class WebSocketServer:
             ping_interval=self.cfg.ping_interval_s,
             ping_timeout=self.cfg.ping_timeout_s,
             close_timeout=2,
+            create_connection=ingest_connection_class(),
             **extra,
         )
         self.port = server.sockets[0].getsockname()[1]
@@ -908,13 +1017,24 @@ class WebSocketServer:
             if isinstance(proto, AudioProtocol) and sys.version_info >= (3, 11)
             else None
         )
+        fast = None
+        if watchdog is not None and isinstance(proto, AudioProtocol) and hasattr(ws, "on_binary"):
+            fast = _FastIngest(self, proto, client_box, watchdog)
+            ws.on_binary = fast  # binary audio is handled as it arrives while this task waits for a message
         try:
             while True:
                 message = None
                 if watchdog is not None and isinstance(proto, AudioProtocol):
                     message = await watchdog.recv(ws)
                     now_ns = clock.now_ns()
-                    actions = proto.on_timer(now_ns) if message is None else proto.receive(message, now_ns)
+                    if message is not None:
+                        if fast is not None:
+                            ws.took_one()  # type: ignore[attr-defined]
+                        actions = proto.receive(message, now_ns)
+                    elif fast is not None and (fast.pending or fast.error is not None):
+                        actions = fast.take()  # what a message handled in the callback left to do
+                    else:
+                        actions = proto.on_timer(now_ns)
                 elif isinstance(proto, AudioProtocol) and (deadline := proto.deadline_ns) is not None:
                     try:
                         message = await within(ws.recv(), max(0.0, (deadline - clock.now_ns()) / 1e9))
@@ -938,6 +1058,8 @@ class WebSocketServer:
                     handled = 0
                     await asyncio.sleep(0)  # fairness: a pipelining client does not starve the others
         finally:
+            if fast is not None:
+                ws.on_binary = None  # type: ignore[attr-defined]
             if watchdog is not None:
                 watchdog.close()
 
