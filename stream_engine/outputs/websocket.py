@@ -501,8 +501,8 @@ def ingest_connection_class() -> type[ServerConnection]:
 class _FastIngest:
     """An /audio connection's binary messages handled in `IngestConnection.on_binary` while its handler waits in
     `RecvDeadline.recv`: the protocol gets the message at once (`AudioProtocol.receive`, the same state
-    machine); when its only action is `AwaitCapacity` and the stream has room (and no `every_frame` client of
-    the stream is behind), nothing is left to do. Any other outcome (an error reply, back-pressure, an
+    machine); when its only action is `AwaitCapacity` and the stream has room, nothing is left to do. A
+    connection with an `every_frame` subscription keeps the handler's path (its reader paces it). Any other outcome (an error reply, back-pressure, an
     exception) is handed to the handler: the actions go to `pending`, the handler's `recv` is interrupted, and
     until it has run them every message is queued for `recv()` as usual.
     """
@@ -525,15 +525,16 @@ class _FastIngest:
         proto = self.proto
         if self.pending or self.error is not None or proto.state != "open" or not self.watchdog.waiting:
             return False
+        client = self.client_box.client
+        if client is not None and client.queue.keep_all:
+            return False  # an every_frame subscriber paces this sender: the handler's path waits for it
         engine = self.server.engine
         try:
             actions = proto.receive(data, engine.clock.now_ns())
             if len(actions) == 1 and type(action := actions[0]) is AwaitCapacity:
                 if engine.has_capacity(action.stream_id, action.max_pending_s):
-                    client = self.client_box.client
-                    if client is None or action.stream_id not in client.queue.keep_all:
-                        self.server.fast_ingest_messages += 1
-                        return True
+                    self.server.fast_ingest_messages += 1
+                    return True
             self.pending.extend(actions)
         except Exception as exc:  # the handler raises it: this connection ends, as if its handler had failed
             self.error = exc
