@@ -11,8 +11,10 @@ This module is transport only: what a message means and what is replied lives in
 
 Every client that receives frames gets its own `LatestFrameQueue`, relay task and send window: at most
 `client_window_frames` frames are on their way to a client before it has acknowledged them (a WebSocket ping
-sent behind them is answered), so neither kernel buffer can hold stale frames and a slow reader gets the
-newest frame with seq gaps. A client whose socket does not drain within `write_timeout_s` (a write, or the
+sent behind half a window of them is answered), so neither kernel buffer can hold stale frames and a slow
+reader gets the newest frame with seq gaps. An /audio connection's binary audio is handled as it arrives, in
+the connection's `data_received` callback (`IngestConnection`, `_FastIngest`), while its handler task waits:
+no task wake-up per message; anything that needs waiting or a reply goes to the handler, in order. A client whose socket does not drain within `write_timeout_s` (a write, or the
 acknowledgement of its window) is dropped and its slot is free at once. Binds 127.0.0.1 by default; a
 remote bind needs a token (or `insecure`); loopback servers refuse foreign Host headers (DNS rebinding).
 """
