@@ -89,6 +89,16 @@ def _usage(pids: list[int]) -> dict[str, float]:
     return {"rss_mib": round(rss, 1), "cpu_s": round(cpu, 2), "sys_s": round(sys_s, 2)}
 
 
+def _mean_batch(port: int) -> float | None:
+    """Frames per runner call since the server started (its /health; with --workers, one worker's)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            h = json.loads(r.read())
+        return round(h["frames"] / max(1, h["runner_calls"]), 2)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -179,6 +189,7 @@ def trial(
         wall = time.monotonic() - t0
         pids = _tree(server.pid)
         u1 = _usage(pids)
+        batch = _mean_batch(port)
         if probe.returncode != 0:
             raise RuntimeError(f"ws_soak failed: {probe.stderr[-2000:]}")
         res = json.loads(out.read_text())
@@ -215,6 +226,7 @@ def trial(
         "server_rss_growth": round(u1["rss_mib"] / max(u0["rss_mib"], 1e-9) - 1, 4),
         "server_cpu_cores": round((u1["cpu_s"] - u0["cpu_s"]) / wall, 2),
         "server_cpu_us_per_frame": round(1e6 * (u1["cpu_s"] - u0["cpu_s"]) / max(1, res["frames_received"]), 1),
+        "mean_batch_streams": batch,
         "server_sys_us_per_frame": round(1e6 * (u1["sys_s"] - u0["sys_s"]) / max(1, res["frames_received"]), 1),
         "probe_cpu_cores": res["probe_cpu_cores"],
         "loadavg_start_end": res["loadavg_start_end"],
@@ -334,6 +346,11 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _median_or_dash(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{float(np.median(known)):.1f}" if known else "-"
+
+
 def _summary(trials: list[dict]) -> list[str]:
     """Medians over the rounds per (streams, variant), and server CPU per frame as a ratio to the first variant
     of the run (the baseline when there is one)."""
@@ -347,8 +364,8 @@ def _summary(trials: list[dict]) -> list[str]:
         "at the same stream count.",
         "",
         "| streams | variant | server CPU µs/frame (median) | of it kernel | ratio | lateness p99 ms (median) | "
-        "lost | dup |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "lost | dup | streams per step (median) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     first: dict[int, float] = {}
     for (streams, variant), ts in groups.items():
@@ -358,7 +375,8 @@ def _summary(trials: list[dict]) -> list[str]:
         base = first.setdefault(streams, us)
         lines.append(
             f"| {streams} | {variant} | {us:.1f} | {kernel:.1f} | {us / base:.2f} | {p99:.2f} | "
-            f"{sum(t['seq_missing_total'] for t in ts)} | {sum(t['seq_dup_total'] for t in ts)} |"
+            f"{sum(t['seq_missing_total'] for t in ts)} | {sum(t['seq_dup_total'] for t in ts)} | "
+            f"{_median_or_dash([t.get('mean_batch_streams') for t in ts])} |"
         )
     return lines
 

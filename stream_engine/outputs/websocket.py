@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import hmac
 import http
+import inspect
 import json
 import logging
 import sys
@@ -579,6 +580,8 @@ class WebSocketServer:
         from websockets.asyncio.server import serve
 
         extra: dict[str, Any] = {"reuse_port": True} if self.cfg.reuse_port else {}  # passed to create_server
+        if "create_connection" in inspect.signature(serve).parameters:  # websockets that lack it: no callback path
+            extra["create_connection"] = ingest_connection_class()
         self._model_facts()  # shared by every hello: built before serving, not in the middle of a burst
         self._server = server = await serve(
             self._handler,
@@ -591,7 +594,6 @@ class WebSocketServer:
             ping_interval=self.cfg.ping_interval_s,
             ping_timeout=self.cfg.ping_timeout_s,
             close_timeout=2,
-            create_connection=ingest_connection_class(),
             **extra,
         )
         self.port = server.sockets[0].getsockname()[1]
