@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         choices=["default", "zero"],
         default="default",
-        help="the shipped default model, or a zero-cost one (tests/fakes.py ZeroCostRunner: the server around the step)",
+        help="the shipped default model, or a zero-cost one (tests/fakes.py ZeroCostRunner: the server's own CPU)",
     )
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))

@@ -12,10 +12,11 @@ This module is transport only: what a message means and what is replied lives in
 Every client that receives frames gets its own `LatestFrameQueue`, relay task and send window: at most
 `client_window_frames` frames are on their way to a client before it has acknowledged them (a WebSocket ping
 sent behind half a window of them is answered), so neither kernel buffer can hold stale frames and a slow
-reader gets the newest frame with seq gaps. An /audio connection's binary audio is handled as it arrives, in
-the connection's `data_received` callback (`IngestConnection`, `_FastIngest`), while its handler task waits:
-no task wake-up per message; anything that needs waiting or a reply goes to the handler, in order. A client whose socket does not drain within `write_timeout_s` (a write, or the
-acknowledgement of its window) is dropped and its slot is free at once. Binds 127.0.0.1 by default; a
+reader gets the newest frame with seq gaps. A client whose socket does not drain within `write_timeout_s` (a
+write, or the acknowledgement of its window) is dropped and its slot is free at once. An /audio connection's
+binary audio is handled as it arrives, in the connection's `data_received` callback (`IngestConnection`,
+`_FastIngest`), while its handler task waits: no task wake-up per message; anything that needs waiting or a
+reply goes to the handler, in order. Binds 127.0.0.1 by default; a
 remote bind needs a token (or `insecure`); loopback servers refuse foreign Host headers (DNS rebinding).
 """
 
@@ -374,11 +375,12 @@ class RecvDeadline:
     """`ws.recv()` that gives up at a protocol's deadline (`AudioProtocol.deadline_ns`: the hello or the idle
     timeout) with one timer per deadline, not one per message.
 
-    A per-message `asyncio.timeout` costs a timer scheduled and cancelled for every audio message (~5 % of the
-    server's CPU at 100 streams). Here a single timer waits for the deadline armed when the connection started
-    receiving; the deadlines of an /audio connection only move later while audio flows (`_last_audio_ns`), so
-    when the timer fires early it is re-armed at the new deadline (once per `idle_timeout_s`), and only a
-    deadline that has really passed interrupts the receive: the receiving task is cancelled while it waits in
+    A per-message `asyncio.timeout` schedules and cancels a timer for every audio message (~5 % of the server's
+    samples in a 100-stream profile, though alone this class measured no significant gain:
+    benchmarks/results/ws_ingest_14k.md); the callback ingest path needs its `interrupt`. Here a single timer
+    waits for the deadline armed when the connection started receiving; the deadlines of an /audio connection
+    only move later while audio flows (`_last_audio_ns`), so when the timer fires early it is re-armed at the
+    new deadline (once per `idle_timeout_s`), and only a deadline that has really passed interrupts the receive: the receiving task is cancelled while it waits in
     `ws.recv()` (cancel-safe in websockets: no message is lost) and `recv` returns None. A cancellation from
     elsewhere is re-raised (Python 3.11's `Task.uncancel`, the way `asyncio.timeout` tells them apart).
 
@@ -505,9 +507,10 @@ class _FastIngest:
     """An /audio connection's binary messages handled in `IngestConnection.on_binary` while its handler waits in
     `RecvDeadline.recv`: the protocol gets the message at once (`AudioProtocol.receive`, the same state
     machine); when its only action is `AwaitCapacity` and the stream has room, nothing is left to do. A
-    connection with an `every_frame` subscription keeps the handler's path (its reader paces it). Any other outcome (an error reply, back-pressure, an
-    exception) is handed to the handler: the actions go to `pending`, the handler's `recv` is interrupted, and
-    until it has run them every message is queued for `recv()` as usual.
+    connection with an `every_frame` subscription keeps the handler's path (its reader paces it). Any other
+    outcome (an error reply, back-pressure, an exception) is handed to the handler: the actions go to
+    `pending`, the handler's `recv` is interrupted, and until it has run them every message is queued for
+    `recv()` as usual.
     """
 
     def __init__(
