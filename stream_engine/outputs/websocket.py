@@ -380,9 +380,10 @@ class RecvDeadline:
     benchmarks/results/ws_ingest_14k.md); the callback ingest path needs its `interrupt`. Here a single timer
     waits for the deadline armed when the connection started receiving; the deadlines of an /audio connection
     only move later while audio flows (`_last_audio_ns`), so when the timer fires early it is re-armed at the
-    new deadline (once per `idle_timeout_s`), and only a deadline that has really passed interrupts the receive: the receiving task is cancelled while it waits in
-    `ws.recv()` (cancel-safe in websockets: no message is lost) and `recv` returns None. A cancellation from
-    elsewhere is re-raised (Python 3.11's `Task.uncancel`, the way `asyncio.timeout` tells them apart).
+    new deadline (once per `idle_timeout_s`), and only a deadline that has really passed interrupts the receive:
+    the receiving task is cancelled while it waits in `ws.recv()` (cancel-safe in websockets: no message is
+    lost) and `recv` returns None. A cancellation from elsewhere is re-raised (Python 3.11's `Task.uncancel`,
+    the way `asyncio.timeout` tells them apart).
 
     Args:
         deadline_ns: returns the current deadline on `clock` (ns), or None for none.
