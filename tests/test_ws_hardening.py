@@ -321,6 +321,53 @@ def test_audio_handled_as_it_arrives_keeps_message_order_and_errors_reach_only_t
     assert all(isinstance(m, bytes) for m in other_msgs)  # no error reached the other client
 
 
+def test_a_flooding_sender_is_still_held_to_the_audio_budget_when_audio_is_handled_as_it_arrives():
+    """Back-pressure on the callback path: a client sending as fast as it can to a model that runs at half real
+    time never has more than `audio_max_pending_s` (plus the message that crossed it) queued in the engine;
+    the messages over the budget wait for the handler, which stops reading until there is room."""
+
+    async def main():
+        engine = Engine(FakeRunner(lookahead_frames=1, cost_us_per_call=20000), EngineConfig())
+        server = WebSocketServer(engine, ServerConfig(port=0, audio_max_pending_s=0.5))
+        await server.start()
+        engine.add_sink(server)
+        async with engine:
+            ws, _ = await open_audio(server, stream="flood")
+            chunk = int16(tone(SPF))
+            most = 0
+            stop = asyncio.Event()
+
+            async def watch():
+                nonlocal most
+                while not stop.is_set():
+                    if "flood" in engine.sessions:
+                        most = max(most, engine.core.pending_samples("flood"))
+                    await asyncio.sleep(0.002)
+
+            watcher = asyncio.create_task(watch())
+            sent = 0
+
+            async def flood():
+                nonlocal sent
+                while True:  # as fast as the server lets the socket drain
+                    await ws.send(chunk)
+                    sent += 1
+
+            sender = asyncio.create_task(flood())
+            await asyncio.sleep(1.5)
+            sender.cancel()
+            stop.set()
+            await asyncio.gather(watcher, sender, return_exceptions=True)
+            fast = server.fast_ingest_messages
+            ws.transport.abort()  # leave without draining what the socket still holds
+        await server.aclose()
+        return most, sent, fast
+
+    most, sent, fast = run(main())
+    assert sent > 40 and fast > 0  # 1.5 s at half real time steps ~0.75 s of audio; the rest waited
+    assert most <= int(0.5 * 16000) + SPF
+
+
 def test_pipelined_messages_yield_to_other_connections_and_errors_close_the_offender():
     async def main():
         async with serving(messages_per_turn=8, max_client_errors=50) as (engine, server):
