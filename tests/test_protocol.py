@@ -269,16 +269,45 @@ def test_parse_control_never_raises_anything_but_protocol_error():
 
 
 def test_send_window_acknowledges_up_to_the_ping():
-    w = SendWindow(3)
+    w = SendWindow(3)  # pings once 2 frames (half the window, rounded up) are unacknowledged
     assert w.can_send() and not w.needs_ping()
+    w.on_sent()
+    assert not w.needs_ping()
     w.on_sent()
     assert w.needs_ping()
     w.on_ping_sent()
     w.on_sent()
-    w.on_sent()
     assert not w.can_send() and not w.needs_ping()  # 3 in flight, one ping outstanding
-    w.on_pong()  # the first frame was read
-    assert w.can_send() and w.needs_ping() and w.sent - w.acked == 2
+    w.on_pong()  # the first two frames were read
+    assert w.can_send() and not w.needs_ping() and w.sent - w.acked == 1
+
+
+def test_send_window_pings_every_half_window_and_on_request():
+    w = SendWindow(8)
+    pings = 0
+    for _ in range(40):  # a reader that keeps up: its pong is back before the next frame
+        assert w.can_send()
+        w.on_sent()
+        if w.needs_ping():
+            w.on_ping_sent()
+            w.on_pong(0.001)
+            pings += 1
+    assert pings == 10  # one per 4 frames, not one per frame
+    w.on_sent()  # one frame unacknowledged: below half the window, no ping...
+    assert not w.needs_ping()
+    w.want_ack()  # ...until someone must know it was read
+    assert w.needs_ping()
+    w.on_ping_sent()
+    assert not w.needs_ping() and not w.ack_wanted
+    w.on_pong(0.001)
+    assert w.sent == w.acked and not w.needs_ping()
+    one = SendWindow(8, target_s=0.2)
+    for _ in range(3):
+        one.on_sent()
+        one.on_ping_sent()
+        one.on_pong(1.0)  # late pongs: 8 -> 4 -> 2 -> 1
+    one.on_sent()
+    assert one.limit == 1 and one.ack_at == 1 and one.needs_ping()  # a window of one pings behind every frame
 
 
 def test_message_rate_paces_a_flood_after_its_burst():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import time
 
 import numpy as np
@@ -241,6 +242,132 @@ def test_a_slow_reader_gets_fresh_frames_with_seq_gaps():
     assert np.median(ages) < 1200 and max(ages) < 2000
 
 
+def test_a_reader_that_keeps_up_is_pinged_once_per_half_window_and_gets_every_frame():
+    """The send window is acknowledged by a ping once half of it (4 of 8 frames) is unread, not behind every
+    frame: a client that keeps up costs a quarter of the pings, and still gets every frame, in order."""
+
+    async def main():
+        async with serving(client_window_frames=8, client_window_target_ms=0) as (engine, server):
+            ws, _ = await open_audio(server, stream="s", subscribe="binary")
+            seqs: list[int] = []
+
+            async def read():
+                while True:
+                    m = await ws.recv()
+                    if isinstance(m, bytes):
+                        seqs.append(decode_binary(m)["seq"])
+
+            reader = asyncio.create_task(read())
+            for k in range(80):
+                await ws.send(int16(tone(SPF, start_sample=k * SPF)))
+                await asyncio.sleep(0.01)
+            for _ in range(200):
+                if len(seqs) >= 79:  # the fake model's look-ahead holds back the last frame
+                    break
+                await asyncio.sleep(0.01)
+            (client,) = server._clients
+            window = client.window
+            reader.cancel()
+            await ws.close()
+            return seqs, window.sent, window.pings
+
+    seqs, sent, pings = run(main())
+    assert len(seqs) >= 79 and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert sent >= 79 and sent // 4 - 2 <= pings <= sent // 4 + 1
+
+
+def test_audio_handled_as_it_arrives_keeps_message_order_and_errors_reach_only_the_sender():
+    """Binary audio is handled in the connection's callback (no task wake-up per message) while its handler
+    waits; a burst that mixes audio, a bad message and a control message is answered in order (the error
+    before the pong, the reset between the audio before and after it), and the other stream is untouched."""
+
+    async def main():
+        async with serving() as (engine, server):
+            other, _ = await open_audio(server, stream="other", subscribe="binary")
+            ws, _ = await open_audio(server, stream="s", subscribe="binary")
+            chunk = int16(tone(SPF))
+            for _ in range(30):  # a real-time-like sender: each message finds the handler waiting
+                await ws.send(chunk)
+                await asyncio.sleep(0.005)
+            fast = server.fast_ingest_messages
+            burst = [chunk] * 5 + [b"\0\0\0"] + [chunk] * 5 + ['{"type": "ping"}'] + [chunk] * 5
+            for m in burst:  # sent back to back, no reply awaited
+                await ws.send(m)
+            texts, epochs = [], []
+            while "pong" not in texts:
+                m = await asyncio.wait_for(ws.recv(), 5)
+                if isinstance(m, bytes):
+                    epochs.append(decode_binary(m)["epoch"])
+                else:
+                    r = json.loads(m)
+                    kind = f"event:{r['event']}" if r["type"] == "stream" else r["type"]  # engine events
+                    texts.append(f"error:{r['code']}" if r["type"] == "error" else kind)
+            for _ in range(5):
+                await other.send(chunk)
+            other_msgs = []
+            while len([m for m in other_msgs if isinstance(m, bytes)]) < 3:
+                other_msgs.append(await asyncio.wait_for(other.recv(), 5))
+            epoch = engine.core.epoch("s")
+            await ws.close()
+            await other.close()
+            return fast, texts, epochs, epoch, other_msgs
+
+    fast, texts, epochs, epoch, other_msgs = run(main())
+    assert fast >= 25  # most paced messages took the callback path
+    # the replies in order; the engine's events to the stream's subscribers may come before or after them
+    replies = [t for t in texts if not t.startswith("event:")]
+    assert replies == ["error:bad_audio", "pong"] and "event:reset" in texts and epoch == 1
+    assert epochs == sorted(epochs) and epochs[0] == 0  # epoch 0 frames, then only the reset's epoch 1
+    assert all(isinstance(m, bytes) for m in other_msgs)  # no error reached the other client
+
+
+def test_a_flooding_sender_is_still_held_to_the_audio_budget_when_audio_is_handled_as_it_arrives():
+    """Back-pressure on the callback path: a client sending as fast as it can to a model that runs at half real
+    time never has more than `audio_max_pending_s` (plus the message that crossed it) queued in the engine;
+    the messages over the budget wait for the handler, which stops reading until there is room."""
+
+    async def main():
+        engine = Engine(FakeRunner(lookahead_frames=1, cost_us_per_call=20000), EngineConfig())
+        server = WebSocketServer(engine, ServerConfig(port=0, audio_max_pending_s=0.5))
+        await server.start()
+        engine.add_sink(server)
+        async with engine:
+            ws, _ = await open_audio(server, stream="flood")
+            chunk = int16(tone(SPF))
+            most = 0
+            stop = asyncio.Event()
+
+            async def watch():
+                nonlocal most
+                while not stop.is_set():
+                    if "flood" in engine.sessions:
+                        most = max(most, engine.core.pending_samples("flood"))
+                    await asyncio.sleep(0.002)
+
+            watcher = asyncio.create_task(watch())
+            sent = 0
+
+            async def flood():
+                nonlocal sent
+                while True:  # as fast as the server lets the socket drain
+                    await ws.send(chunk)
+                    sent += 1
+
+            sender = asyncio.create_task(flood())
+            await asyncio.sleep(1.5)
+            sender.cancel()
+            stop.set()
+            await asyncio.gather(watcher, sender, return_exceptions=True)
+            fast = server.fast_ingest_messages
+            ws.transport.abort()  # leave without draining what the socket still holds
+        await server.aclose()
+        return most, sent, fast
+
+    most, sent, fast = run(main())
+    assert sent > 40 and fast > 0  # 1.5 s at half real time steps ~0.75 s of audio; the rest waited
+    assert most <= int(0.5 * 16000) + SPF
+
+
 def test_pipelined_messages_yield_to_other_connections_and_errors_close_the_offender():
     async def main():
         async with serving(messages_per_turn=8, max_client_errors=50) as (engine, server):
@@ -375,3 +502,70 @@ def test_token_flags_reach_the_server_config():
     add_arguments(p)
     cfg = config_from_args(p.parse_args(["--token-file", "/run/secrets/msync", "--insecure"]))
     assert cfg.server.token_file == "/run/secrets/msync" and cfg.server.insecure and cfg.server.token == ""
+
+
+class _QueueSocket:
+    """The receiving half of a connection: `recv` returns what was put, cancel-safe like websockets'."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    async def recv(self):
+        return await self.queue.get()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="RecvDeadline needs Task.uncancel (Python 3.11+)")
+def test_recv_deadline_arms_one_timer_per_deadline_and_passes_other_cancellations_on():
+    """The idle deadline without a timer per message: messages that keep moving the deadline later never time
+    out and schedule only the timers that fired early; a passed deadline returns None (and a later message
+    is still there); a cancellation from elsewhere is not mistaken for the deadline."""
+    from stream_engine.clock import MonotonicClock
+    from stream_engine.outputs.websocket import RecvDeadline
+
+    async def main():
+        clock = MonotonicClock()
+        last = [clock.now_ns()]
+        ws = _QueueSocket()
+        loop = asyncio.get_running_loop()
+        scheduled = 0
+        call_later = loop.call_later
+
+        def counting_call_later(delay, callback, *args, **kwargs):
+            nonlocal scheduled
+            scheduled += getattr(callback, "__name__", "") == "_on_timer"  # the watchdog's, not asyncio.sleep's
+            return call_later(delay, callback, *args, **kwargs)
+
+        loop.call_later = counting_call_later  # type: ignore[method-assign]
+        watchdog = RecvDeadline(lambda: last[0] + 100_000_000, clock)  # 100 ms after the last message
+        got = []
+        for k in range(30):  # 0.6 s of messages every 20 ms: the deadline keeps moving
+            loop.call_soon(ws.queue.put_nowait, k)
+            got.append(await watchdog.recv(ws))
+            last[0] = clock.now_ns()
+            await asyncio.sleep(0.02)
+        armed = scheduled
+        t0 = time.monotonic()
+        timed_out = await watchdog.recv(ws)  # nothing comes: None after ~100 ms
+        waited = time.monotonic() - t0
+        ws.queue.put_nowait("late")
+        after = await watchdog.recv(ws)  # the deadline is still past: None at once, the message stays queued
+        last[0] = clock.now_ns()
+        kept = await watchdog.recv(ws)
+        loop.call_later = call_later  # type: ignore[method-assign]
+
+        task = asyncio.ensure_future(watchdog.recv(ws))
+        await asyncio.sleep(0.01)
+        task.cancel()  # not the deadline: must propagate
+        try:
+            await task
+            cancelled = False
+        except asyncio.CancelledError:
+            cancelled = True
+        watchdog.close()
+        return got, armed, timed_out, waited, after, kept, cancelled
+
+    got, armed, timed_out, waited, after, kept, cancelled = run(main())
+    assert got == list(range(30))
+    assert 1 <= armed <= 10  # re-armed when it fired early (every ~100 ms), not once per message (30)
+    assert timed_out is None and 0.05 < waited < 1.0
+    assert after is None and kept == "late" and cancelled

@@ -11,9 +11,12 @@ This module is transport only: what a message means and what is replied lives in
 
 Every client that receives frames gets its own `LatestFrameQueue`, relay task and send window: at most
 `client_window_frames` frames are on their way to a client before it has acknowledged them (a WebSocket ping
-sent behind them is answered), so neither kernel buffer can hold stale frames and a slow reader gets the
-newest frame with seq gaps. A client whose socket does not drain within `write_timeout_s` (a write, or the
-acknowledgement of its window) is dropped and its slot is free at once. Binds 127.0.0.1 by default; a
+sent behind half a window of them is answered), so neither kernel buffer can hold stale frames and a slow
+reader gets the newest frame with seq gaps. A client whose socket does not drain within `write_timeout_s` (a
+write, or the acknowledgement of its window) is dropped and its slot is free at once. An /audio connection's
+binary audio is handled as it arrives, in the connection's `data_received` callback (`IngestConnection`,
+`_FastIngest`), while its handler task waits: no task wake-up per message; anything that needs waiting or a
+reply goes to the handler, in order. Binds 127.0.0.1 by default; a
 remote bind needs a token (or `insecure`); loopback servers refuse foreign Host headers (DNS rebinding).
 """
 
@@ -25,6 +28,7 @@ import dataclasses
 import functools
 import hmac
 import http
+import inspect
 import json
 import logging
 import sys
@@ -254,7 +258,14 @@ class SendWindow:
     pong acknowledges everything before it. The window adapts to the reader (AIMD on the pong delay): a pong
     later than `target_s` halves it (down to `min_size`), a timely one widens it by one (up to `size`), so a
     client that reads slowly has few frames in flight and reads fresh ones, while a fast or distant one keeps
-    the full window. I/O-free; the relay does the writing."""
+    the full window. I/O-free; the relay does the writing.
+
+    A ping goes out once half the window (`ack_at`, rounded up) is unacknowledged, not behind every frame: a
+    client that keeps up costs one ping and one pong per `ack_at` frames instead of per frame (on loopback
+    the pong comes back before the next frame, so acknowledging every frame meant a ping per frame sent).
+    The window still bounds what is in flight; a window of one pings behind every frame. `want_ack()` asks
+    for a ping behind whatever is unacknowledged now (waiting until a client has read everything sent).
+    """
 
     def __init__(self, size: int, target_s: float = 0.0, min_size: int = 1) -> None:
         self.size = size
@@ -264,6 +275,13 @@ class SendWindow:
         self.sent = 0
         self.acked = 0
         self.ping_at: int | None = None  # frames sent when the outstanding ping went out
+        self.ack_wanted = False  # `want_ack`: ping behind any unacknowledged frame
+        self.pings = 0  # pings sent (statistics)
+
+    @property
+    def ack_at(self) -> int:
+        """Unacknowledged frames that call for a ping: half the current window, rounded up."""
+        return (self.limit + 1) // 2
 
     def can_send(self) -> bool:
         return self.sent - self.acked < self.limit
@@ -272,10 +290,19 @@ class SendWindow:
         self.sent += 1
 
     def needs_ping(self) -> bool:
-        return self.ping_at is None and self.sent > self.acked
+        if self.ping_at is not None:
+            return False
+        unacked = self.sent - self.acked
+        return unacked >= self.ack_at or (self.ack_wanted and unacked > 0)
+
+    def want_ack(self) -> None:
+        """Ping behind the frames sent so far even if fewer than `ack_at` are unacknowledged."""
+        self.ack_wanted = True
 
     def on_ping_sent(self) -> None:
         self.ping_at = self.sent
+        self.ack_wanted = False
+        self.pings += 1
 
     def on_pong(self, delay_s: float | None = None) -> None:
         if self.ping_at is not None:
@@ -344,6 +371,191 @@ class _Dropped(Exception):
     """The connection was dropped by the server (write timeout)."""
 
 
+class RecvDeadline:
+    """`ws.recv()` that gives up at a protocol's deadline (`AudioProtocol.deadline_ns`: the hello or the idle
+    timeout) with one timer per deadline, not one per message.
+
+    A per-message `asyncio.timeout` schedules and cancels a timer for every audio message (~5 % of the server's
+    samples in a 100-stream profile, though alone this class measured no significant gain:
+    benchmarks/results/ws_ingest_14k.md); the callback ingest path needs its `interrupt`. Here a single timer
+    waits for the deadline armed when the connection started receiving; the deadlines of an /audio connection
+    only move later while audio flows (`_last_audio_ns`), so when the timer fires early it is re-armed at the
+    new deadline (once per `idle_timeout_s`), and only a deadline that has really passed interrupts the receive:
+    the receiving task is cancelled while it waits in `ws.recv()` (cancel-safe in websockets: no message is
+    lost) and `recv` returns None. A cancellation from elsewhere is re-raised (Python 3.11's `Task.uncancel`,
+    the way `asyncio.timeout` tells them apart).
+
+    Args:
+        deadline_ns: returns the current deadline on `clock` (ns), or None for none.
+        clock: the engine's clock (`now_ns()`).
+    """
+
+    def __init__(self, deadline_ns: Callable[[], int | None], clock: Any) -> None:
+        self._deadline_ns = deadline_ns
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_ns: int | None = None
+        self._waiting = False
+        self._fired = False
+
+    def _arm(self) -> None:
+        """Arm the timer for the protocol's deadline if none is armed for it or an earlier one."""
+        deadline = self._deadline_ns()
+        if deadline is None or (self._armed_ns is not None and self._armed_ns <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_ns = deadline
+        self._timer = self._loop.call_later(max(0.0, (deadline - self._clock.now_ns()) / 1e9), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._armed_ns = None
+        deadline = self._deadline_ns()
+        if deadline is None:
+            return
+        if self._clock.now_ns() < deadline:  # audio came since it was armed: wait for the new deadline
+            self._arm()
+        elif self._waiting:
+            self.interrupt()
+        # else: the task is busy with a message; its next `recv` sees the passed deadline at once
+
+    @property
+    def waiting(self) -> bool:
+        """The task is waiting in `recv` (and has not been told to stop)."""
+        return self._waiting
+
+    def interrupt(self) -> None:
+        """Make the waiting `recv` return None now (no-op when the task is not waiting in it)."""
+        if self._waiting and self._task is not None:
+            self._waiting = False
+            self._fired = True
+            self._task.cancel()
+
+    async def recv(self, ws: ServerConnection) -> str | bytes | None:
+        """The next message, or None once the deadline has passed (then call the protocol's `on_timer`)."""
+        deadline = self._deadline_ns()
+        if deadline is not None and self._clock.now_ns() >= deadline:
+            return None
+        self._arm()
+        self._waiting = True
+        try:
+            return await ws.recv()
+        except asyncio.CancelledError:
+            if not self._fired:
+                raise
+            self._fired = False
+            if sys.version_info >= (3, 11) and self._task is not None and self._task.uncancel() > 0:
+                raise  # cancelled from elsewhere too
+            return None
+        finally:
+            self._waiting = False
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+@functools.cache
+def ingest_connection_class() -> type[ServerConnection]:
+    """websockets' `ServerConnection` with a synchronous hook for binary messages (`IngestConnection`), made on
+    first use (websockets is imported lazily)."""
+    from websockets.asyncio.server import ServerConnection
+    from websockets.frames import Frame, Opcode
+
+    class IngestConnection(ServerConnection):
+        """Hands a complete binary message to `on_binary` in the connection's `data_received` callback, before
+        it is queued for `recv()`; `on_binary` returns False to have it queued as usual.
+
+        An /audio stream's PCM then costs no queue, future or task wake-up per message: the handler task stays
+        in `recv()` and runs only for control messages and for what cannot be done at once (an error reply,
+        back-pressure). Order is kept: once a message is queued for `recv()` (`queued` > 0, or a fragmented
+        message in progress), later ones are queued too until the handler has taken them.
+        """
+
+        on_binary: Callable[[bytes], bool] | None = None
+        queued = 0  # complete data messages queued for recv() and not yet taken (`took_one`)
+        fragmented = False
+
+        def process_event(self, event: Any) -> None:
+            if self.request is not None and isinstance(event, Frame):
+                op = event.opcode
+                if op is Opcode.BINARY or op is Opcode.TEXT or op is Opcode.CONT:
+                    if (
+                        op is Opcode.BINARY
+                        and event.fin
+                        and not self.queued
+                        and not self.fragmented
+                        and self.on_binary is not None
+                        and self.on_binary(bytes(event.data))  # the same object when it is bytes already
+                    ):
+                        return
+                    self.fragmented = not event.fin
+                    if event.fin:
+                        self.queued += 1
+            super().process_event(event)
+
+        def took_one(self) -> None:
+            """The handler took a queued message from `recv()`."""
+            self.queued = max(0, self.queued - 1)
+
+    return IngestConnection
+
+
+class _FastIngest:
+    """An /audio connection's binary messages handled in `IngestConnection.on_binary` while its handler waits in
+    `RecvDeadline.recv`: the protocol gets the message at once (`AudioProtocol.receive`, the same state
+    machine); when its only action is `AwaitCapacity` and the stream has room, nothing is left to do. A
+    connection with an `every_frame` subscription keeps the handler's path (its reader paces it). Any other
+    outcome (an error reply, back-pressure, an exception) is handed to the handler: the actions go to
+    `pending`, the handler's `recv` is interrupted, and until it has run them every message is queued for
+    `recv()` as usual.
+    """
+
+    def __init__(
+        self,
+        server: WebSocketServer,
+        proto: AudioProtocol,
+        client_box: _Subscription,
+        watchdog: RecvDeadline,
+    ) -> None:
+        self.server = server
+        self.proto = proto
+        self.client_box = client_box
+        self.watchdog = watchdog
+        self.pending: list[Action] = []
+        self.error: Exception | None = None
+
+    def __call__(self, data: bytes) -> bool:
+        proto = self.proto
+        if self.pending or self.error is not None or proto.state != "open" or not self.watchdog.waiting:
+            return False
+        client = self.client_box.client
+        if client is not None and client.queue.keep_all:
+            return False  # an every_frame subscriber paces this sender: the handler's path waits for it
+        engine = self.server.engine
+        try:
+            actions = proto.receive(data, engine.clock.now_ns())
+            if len(actions) == 1 and type(action := actions[0]) is AwaitCapacity:
+                if engine.has_capacity(action.stream_id, action.max_pending_s):
+                    self.server.fast_ingest_messages += 1
+                    return True
+            self.pending.extend(actions)
+        except Exception as exc:  # the handler raises it: this connection ends, as if its handler had failed
+            self.error = exc
+        self.watchdog.interrupt()
+        return True
+
+    def take(self) -> list[Action]:
+        """The actions handed over (raises the exception a message caused)."""
+        if self.error is not None:
+            raise self.error
+        actions, self.pending = self.pending, []
+        return actions
+
+
 class WebSocketServer:
     """`FrameSink` + audio ingest on one port. Create, `await start()`, add to the engine's sinks.
 
@@ -364,6 +576,7 @@ class WebSocketServer:
         self._connections = 0
         self._facts: dict[str, Any] | None = None  # `model_facts`, built by `start` (or the first hello)
         self.dropped_clients = 0
+        self.fast_ingest_messages = 0  # /audio messages handled in the connection's callback (`_FastIngest`)
         self.port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -371,6 +584,8 @@ class WebSocketServer:
         from websockets.asyncio.server import serve
 
         extra: dict[str, Any] = {"reuse_port": True} if self.cfg.reuse_port else {}  # passed to create_server
+        if "create_connection" in inspect.signature(serve).parameters:  # websockets that lack it: no callback path
+            extra["create_connection"] = ingest_connection_class()
         self._model_facts()  # shared by every hello: built before serving, not in the middle of a burst
         self._server = server = await serve(
             self._handler,
@@ -413,6 +628,9 @@ class WebSocketServer:
         for client in [c for c in self._clients if stream_id in c.queue.keep_all]:
             await self._client_drained(client, stream_id, max_frames)
             while until_read and not client.queue.closed and client.window.sent > client.window.acked:
+                if client.window.ping_at is None:  # fewer than half a window unacknowledged: ask for the ping
+                    client.window.want_ack()
+                    client.queue.wake()
                 client.idle.clear()  # set again by the relay once the pong has come and nothing is left to send
                 await client.idle.wait()
 
@@ -802,30 +1020,57 @@ class WebSocketServer:
         handled = 0
         rate = MessageRate(self.cfg.control_messages_per_s, self.cfg.control_burst)
         audio = isinstance(proto, AudioProtocol)
-        while True:
-            message = None
-            if isinstance(proto, AudioProtocol) and (deadline := proto.deadline_ns) is not None:
-                try:
-                    message = await within(ws.recv(), max(0.0, (deadline - clock.now_ns()) / 1e9))
-                except asyncio.TimeoutError:
-                    actions = proto.on_timer(clock.now_ns())
+        # one timer per deadline instead of one per message (needs Task.uncancel, Python 3.11+)
+        watchdog = (
+            RecvDeadline(lambda: proto.deadline_ns, clock)
+            if isinstance(proto, AudioProtocol) and sys.version_info >= (3, 11)
+            else None
+        )
+        fast = None
+        if watchdog is not None and isinstance(proto, AudioProtocol) and hasattr(ws, "on_binary"):
+            fast = _FastIngest(self, proto, client_box, watchdog)
+            ws.on_binary = fast  # binary audio is handled as it arrives while this task waits for a message
+        try:
+            while True:
+                message = None
+                if watchdog is not None and isinstance(proto, AudioProtocol):
+                    message = await watchdog.recv(ws)
+                    now_ns = clock.now_ns()
+                    if message is not None:
+                        if fast is not None:
+                            ws.took_one()  # type: ignore[attr-defined]
+                        actions = proto.receive(message, now_ns)
+                    elif fast is not None and (fast.pending or fast.error is not None):
+                        actions = fast.take()  # what a message handled in the callback left to do
+                    else:
+                        actions = proto.on_timer(now_ns)
+                elif isinstance(proto, AudioProtocol) and (deadline := proto.deadline_ns) is not None:
+                    try:
+                        message = await within(ws.recv(), max(0.0, (deadline - clock.now_ns()) / 1e9))
+                    except asyncio.TimeoutError:
+                        actions = proto.on_timer(clock.now_ns())
+                    else:
+                        actions = proto.receive(message, clock.now_ns())
                 else:
+                    message = await ws.recv()
                     actions = proto.receive(message, clock.now_ns())
-            else:
-                message = await ws.recv()
-                actions = proto.receive(message, clock.now_ns())
-            if await self._execute(ws, proto, actions, client_box, closed):
-                return
-            if message is not None and not (audio and isinstance(message, bytes)):
-                wait_ns = rate.take(clock.now_ns())
-                if wait_ns:
-                    await asyncio.sleep(wait_ns / 1e9)  # pacing this connection only (a timer, not a poll)
+                if await self._execute(ws, proto, actions, client_box, closed):
+                    return
+                if message is not None and not (audio and isinstance(message, bytes)):
+                    wait_ns = rate.take(clock.now_ns())
+                    if wait_ns:
+                        await asyncio.sleep(wait_ns / 1e9)  # pacing this connection only (a timer, not a poll)
+                        handled = 0
+                        continue
+                handled += 1
+                if handled >= self.cfg.messages_per_turn:
                     handled = 0
-                    continue
-            handled += 1
-            if handled >= self.cfg.messages_per_turn:
-                handled = 0
-                await asyncio.sleep(0)  # fairness: a pipelining client does not starve the others
+                    await asyncio.sleep(0)  # fairness: a pipelining client does not starve the others
+        finally:
+            if fast is not None:
+                ws.on_binary = None  # type: ignore[attr-defined]
+            if watchdog is not None:
+                watchdog.close()
 
     async def _execute(
         self,
