@@ -58,10 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from benchmarks.common import machine_info, write_report
+    from stream_engine import core_kernel
     from stream_engine.core import EngineCore
 
     from fakes import ZeroCostRunner
 
+    if core_kernel.load() is None:  # this benchmark compares the two paths: nothing to compare without numba
+        print(
+            "core_passes compares numpy with the compiled passes; numba is not installed or MSYNC_NO_NUMBA is set",
+            file=sys.stderr,
+        )
+        return 2
     paths = {}
     for name, compiled in (("numpy", False), ("compiled", True)):
         core = EngineCore(ZeroCostRunner(lookahead_frames=2), capacity=a.streams, compiled=compiled)
@@ -85,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "streams": a.streams,
         "rounds": a.rounds,
+        "command": "python -m benchmarks.core_passes " + " ".join(sys.argv[1:] if argv is None else argv),
         "paths": {
             name: {k: statistics.median(t[k] for t in ts) for k in STAGES} | {"trials": ts}
             for name, ts in trials.items()
@@ -104,7 +112,7 @@ def _markdown(result: dict) -> str:
         f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m'):.2f} at "
         f"start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, {m.get('time_utc')}; CPUs "
         f"{result['cpu_affinity']}; {result['streams']} streams, 320-sample chunks, B = 64; medians of "
-        f"{result['rounds']} alternating rounds. Command: `python -m benchmarks.core_passes`.",
+        f"{result['rounds']} alternating rounds. Command: `{result['command'].strip()}`.",
         "",
         "| us per frame | numpy | compiled | compiled / numpy |",
         "|---|---:|---:|---:|",

@@ -9,6 +9,10 @@ served on http://127.0.0.1:8765/ and VMC goes to 127.0.0.1:39539, with a live la
     arecord -f S16_LE -r 48000 -c 2 | msync stream --input stdin --stdin-format s16le:48000:2
     MSYNC_TOKEN=s3cret msync stream --input none   # only streams sent over WebSocket /audio
 
+Environment: MSYNC_NO_NUMBA=1 runs the engine's numpy code instead of its numba-compiled loops (the same
+values; ~150 MiB less memory, more CPU per frame with many streams); numba's compiled code is cached in
+$MSYNC_CACHE_DIR/numba (default ~/.cache/msync/numba).
+
 `add_arguments`/`run` only parse and call `run_stream(StreamConfig)`, which wires model, engine, outputs and
 the input together.
 """
@@ -61,7 +65,7 @@ class StreamError(RuntimeError):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = "\n\n".join((__doc__ or "").split("\n\n")[1:3]).replace("::", ":")
+    p.epilog = "\n\n".join((__doc__ or "").split("\n\n")[1:4]).replace("::", ":")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", metavar="FILE", help="JSON or TOML config file (flags override it)")
     p.add_argument(

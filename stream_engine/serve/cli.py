@@ -18,7 +18,7 @@ import time
 from stream_engine.dataclass_io import ConfigError, load_config, replace_path
 from stream_engine.serve.config import ServeConfig
 
-HELP = "serve streams from a Ray Serve cluster (replicas each run the engine); --local for one machine"
+HELP = "Serve streams from a Ray Serve cluster (replicas each run the engine); `--local` for one machine."
 
 # flag -> ServeConfig key
 _FLAGS = {
