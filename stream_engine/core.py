@@ -918,22 +918,7 @@ class EngineCore:
         else:
             times = np.array([int(t) for t in arrival_ns], dtype=np.int64)
         codes = np.empty(k, dtype=np.int8)
-        self._kernels.push(  # type: ignore[union-attr]
-            rows,
-            flat,
-            offsets,
-            sizes,
-            times,
-            self._ints,
-            self._bools,
-            self._ring_flat,
-            self._ready_ns,
-            self.samples_per_frame,
-            self.ring_steps,
-            self.max_pending_samples,
-            self.sample_rate_hz,
-            codes,
-        )
+        self._push_pass(rows, flat, offsets, sizes, times, codes)
         resumed: list[str] = []
         for i in np.flatnonzero(codes).tolist():  # all but PUSH_DONE, in position order
             code = codes[i]
@@ -1179,20 +1164,7 @@ class EngineCore:
         audio = np.empty((B, spf), dtype=np.float32)
         cols = np.empty((3, B), dtype=np.int64)
         flags = np.empty(B, dtype=np.int64)
-        self._kernels.take(  # type: ignore[union-attr]
-            rows,
-            self._ints,
-            self._bools,
-            self._ring,
-            self._ready_ns,
-            self._fill_mark,
-            self._lvl_stalled,
-            spf,
-            _RELEASE_AFTER_STEPS,
-            audio,
-            cols,
-            flags,
-        )
+        self._take_pass(rows, audio, cols, flags)
         self._lvl[rows, cols[1] % A] = _levels_dbfs(audio)
         for i in np.flatnonzero(flags).tolist():
             row, flag = rows.item(i), flags.item(i)
@@ -1416,24 +1388,7 @@ class EngineCore:
         ints = np.empty((5, n), dtype=np.int64)  # seq, epoch, index, pts, audio ready
         floats = np.empty((2, n), dtype=np.float64)  # level, look-ahead level
         stalled = np.empty(n, dtype=np.bool_)
-        m = self._kernels.commit(  # type: ignore[union-attr]
-            rows,
-            cols,
-            np.ascontiguousarray(landmarks),
-            self._ints,
-            self._bools,
-            self._lvl,
-            self._lvl_stalled,
-            self.lookahead_frames,
-            self.samples_per_frame,
-            self.sample_rate_hz,
-            codes,
-            done,
-            keep,
-            ints,
-            floats,
-            stalled,
-        )
+        m = self._commit_pass(rows, cols, np.ascontiguousarray(landmarks), codes, done, keep, ints, floats, stalled)
         for i in np.flatnonzero(codes).tolist():  # rows that made no frame for a reason, in batch order
             row, code = rows.item(i), codes[i]
             if code == core_kernel.COMMIT_CLOSED:
@@ -1470,6 +1425,82 @@ class EngineCore:
                 self._start_next_epoch(self._stream_at(row))
         return committed
 
+    # The compiled passes called with this core's own per-slot arrays: one place that knows their arguments,
+    # for the live calls and `warm_up` alike (`core_kernel` documents each).
+    def _push_pass(
+        self,
+        rows: np.ndarray,
+        flat: np.ndarray,
+        offsets: np.ndarray,
+        sizes: np.ndarray,
+        times: np.ndarray,
+        codes: np.ndarray,
+    ) -> None:
+        self._kernels.push(  # type: ignore[union-attr]
+            rows,
+            flat,
+            offsets,
+            sizes,
+            times,
+            self._ints,
+            self._bools,
+            self._ring_flat,
+            self._ready_ns,
+            self.samples_per_frame,
+            self.ring_steps,
+            self.max_pending_samples,
+            self.sample_rate_hz,
+            codes,
+        )
+
+    def _take_pass(self, rows: np.ndarray, audio: np.ndarray, cols: np.ndarray, flags: np.ndarray) -> None:
+        self._kernels.take(  # type: ignore[union-attr]
+            rows,
+            self._ints,
+            self._bools,
+            self._ring,
+            self._ready_ns,
+            self._fill_mark,
+            self._lvl_stalled,
+            self.samples_per_frame,
+            _RELEASE_AFTER_STEPS,
+            audio,
+            cols,
+            flags,
+        )
+
+    def _commit_pass(
+        self,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        landmarks: np.ndarray,
+        codes: np.ndarray,
+        done: np.ndarray,
+        keep: np.ndarray,
+        ints: np.ndarray,
+        floats: np.ndarray,
+        stalled: np.ndarray,
+    ) -> int:
+        kept: int = self._kernels.commit(  # type: ignore[union-attr]
+            rows,
+            cols,
+            landmarks,
+            self._ints,
+            self._bools,
+            self._lvl,
+            self._lvl_stalled,
+            self.lookahead_frames,
+            self.samples_per_frame,
+            self.sample_rate_hz,
+            codes,
+            done,
+            keep,
+            ints,
+            floats,
+            stalled,
+        )
+        return kept
+
     def warm_up(self) -> None:
         """Compile the core's passes now (or load them from numba's cache) instead of at the first push, take
         and commit: one call of each over nothing, with the argument types of every later call. Does nothing
@@ -1478,58 +1509,14 @@ class EngineCore:
         kernels = self._kernels
         if kernels is None:
             return
-        i64, spf, rate = np.zeros(0, dtype=np.int64), self.samples_per_frame, self.sample_rate_hz
-        none = np.zeros(0, dtype=np.bool_)
+        i64, spf, none = np.zeros(0, dtype=np.int64), self.samples_per_frame, np.zeros(0, dtype=np.bool_)
         try:
-            kernels.push(
-                i64,
-                np.zeros(0, np.float32),
-                i64,
-                i64,
-                i64,
-                self._ints,
-                self._bools,
-                self._ring_flat,
-                self._ready_ns,
-                spf,
-                self.ring_steps,
-                self.max_pending_samples,
-                rate,
-                np.zeros(0, np.int8),
-            )
+            self._push_pass(i64, np.zeros(0, np.float32), i64, i64, i64, np.zeros(0, np.int8))
             kernels.select(self._ints, self._bools, spf, self._rr_row, self.max_batch_streams)  # reads only
-            kernels.take(
-                i64,
-                self._ints,
-                self._bools,
-                self._ring,
-                self._ready_ns,
-                self._fill_mark,
-                self._lvl_stalled,
-                spf,
-                _RELEASE_AFTER_STEPS,
-                np.zeros((0, spf), np.float32),
-                np.zeros((3, 0), np.int64),
-                i64,
-            )
-            kernels.commit(
-                i64,
-                np.zeros((3, 0), np.int64),
-                np.zeros((0, self.num_landmarks, self.landmark_dims), np.float32),
-                self._ints,
-                self._bools,
-                self._lvl,
-                self._lvl_stalled,
-                self.lookahead_frames,
-                spf,
-                rate,
-                np.zeros(0, np.int8),
-                none,
-                i64,
-                np.zeros((5, 0), np.int64),
-                np.zeros((2, 0)),
-                none,
-            )
+            self._take_pass(i64, np.zeros((0, spf), np.float32), np.zeros((3, 0), np.int64), i64)
+            landmarks = np.zeros((0, self.num_landmarks, self.landmark_dims), np.float32)
+            outputs = (np.zeros(0, np.int8), none, i64, np.zeros((5, 0), np.int64), np.zeros((2, 0)), none)
+            self._commit_pass(i64, np.zeros((3, 0), np.int64), landmarks, *outputs)
         except Exception as exc:
             if self._require_compiled:
                 raise
