@@ -136,12 +136,17 @@ def _warm_up(root: Path, port: int) -> None:
     try:
         _wait_health(server, port)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM, as a user stops `msync stream`; killed if it has not exited within 30 s."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def trial(
@@ -195,12 +200,7 @@ def trial(
         res = json.loads(out.read_text())
         out.unlink()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop(server)
     log.seek(0)
     errors = [line for line in log.read().splitlines() if re.search(r"ERROR|Traceback", line)][:5]
     return {
@@ -274,10 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         one = len(args.baseline_ref) == 1
         for i, ref in enumerate(args.baseline_ref):
             variants.insert(i, ("baseline-workers1" if one else f"baseline-{ref}", baseline_tree(ref)))
+        result["baseline_ref"] = args.baseline_ref[0] if one else args.baseline_ref
     for _, root in variants:
         if root != REPO:
             _warm_up(root, args.port or _free_port())
-        result["baseline_ref"] = args.baseline_ref[0] if one else args.baseline_ref
     for streams in args.streams:
         for r in range(args.rounds):
             for variant, root in variants:
