@@ -18,20 +18,20 @@ slots) bool, one row per field (the core's `_epoch`, `_ring_w`, ... are views of
 Levels (the RMS of each taken step) are left to the caller (`core._levels_dbfs`, numpy's float32 einsum): a
 compiled sum would add in another order and differ in the last bits.
 
-Compilation and cache: as `signal_kernel` (its cache directory, `MSYNC_NO_NUMBA=1` for numpy, a broken numba
-logged and skipped); the first use in a process compiles (a few seconds cold, then loaded from the cache);
-`EngineCore.warm_up` (run by `Engine.start`) does it before any live frame.
+Compilation and cache: `numba_jit`'s policy, as for `signal_kernel` (its cache directory, `MSYNC_NO_NUMBA=1`
+for numpy, a broken numba logged and skipped); the first use in a process compiles (a few seconds cold, then
+loaded from the cache); `EngineCore.warm_up` (run by `Engine.start`) does it before any live frame.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import sys
 from typing import Any
 
 import numpy as np
+
+from stream_engine import numba_jit
 
 log = logging.getLogger(__name__)
 
@@ -320,31 +320,15 @@ class Kernels:
 @functools.cache
 def load() -> Kernels | None:
     """The compiled passes, or None when numba is not installed, MSYNC_NO_NUMBA=1 is set, or numba cannot be
-    used (logged as a warning); decided once per process. Compiled lazily at their first call (per argument
-    types): `EngineCore.warm_up` calls each once."""
-    if os.environ.get("MSYNC_NO_NUMBA", "") in ("1", "true", "yes"):
-        return None
-    from stream_engine import signal_kernel
+    used (`numba_jit.compile_with_numba`); decided once per process. Compiled lazily at their first call (per
+    argument types): `EngineCore.warm_up` calls each once."""
+    return numba_jit.compile_with_numba(_decorate, "the core's passes", "the core's passes run in numpy")
 
-    if "numba" not in sys.modules and "NUMBA_CACHE_DIR" not in os.environ:
-        os.environ["NUMBA_CACHE_DIR"] = str(signal_kernel.cache_dir())
-    try:
-        import numba
 
-        cache = signal_kernel.writable_dir(os.environ.get("NUMBA_CACHE_DIR", ""))
-        opts: dict[str, Any] = {"cache": cache, "error_model": "numpy", "nogil": True}
-        return Kernels(
-            numba.njit(**opts)(push_pass),
-            numba.njit(**opts)(select_pass),
-            numba.njit(**opts)(take_pass),
-            numba.njit(**opts)(commit_pass),
-        )
-    except ModuleNotFoundError as exc:
-        if exc.name != "numba":
-            log.warning("numba cannot be imported (%s); the core's passes run in numpy", exc)
-        return None
-    except Exception as exc:  # installed but broken
-        log.warning(
-            "numba is installed but cannot be used (%s: %s); the core's passes run in numpy", type(exc).__name__, exc
-        )
-        return None
+def _decorate(numba: Any, opts: dict[str, Any]) -> Kernels:
+    return Kernels(
+        numba.njit(**opts)(push_pass),
+        numba.njit(**opts)(select_pass),
+        numba.njit(**opts)(take_pass),
+        numba.njit(**opts)(commit_pass),
+    )

@@ -15,14 +15,10 @@ loop reports which slots need a blink scheduled: a first one, whose weight at th
 is positive, or the next one) and the quiet-input warning (the loop reports which slots crossed it).
 
 Compilation: the first call in a process compiles, 3.9 s cold on this project's 2-core EPYC; numba caches the
-machine code, and later processes load it in 0.26 s (importing numba adds about 0.1 s). The cache lives in a
-user cache directory, `$MSYNC_CACHE_DIR/numba` or `$XDG_CACHE_HOME/msync/numba` (default
-`~/.cache/msync/numba`), never beside the package's source. numba reads its cache directory from the
-environment variable NUMBA_CACHE_DIR when it is first imported: `load()` sets it (process-wide) when it is unset
-and numba is not yet imported; a NUMBA_CACHE_DIR of the user's is used as it is; numba imported earlier without
-one, or a directory that cannot be written: no cache (a compile per process). The engine compiles in
-`Engine.start` (which `Engine.warm_up` runs), never on a live frame. Without numba, or with MSYNC_NO_NUMBA=1,
-`load()` returns None and the numpy code runs.
+machine code, and later processes load it in 0.26 s (importing numba adds about 0.1 s); where the cache lives,
+and when numba is used at all (optional; MSYNC_NO_NUMBA=1; a broken numba), is `numba_jit`'s policy, shared with
+`core_kernel`. The engine compiles in `Engine.start` (which `Engine.warm_up` runs), never on a live frame.
+Without numba `load()` returns None and the numpy code runs.
 """
 
 from __future__ import annotations
@@ -30,15 +26,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stream_engine import blendshapes as bs
+from stream_engine import numba_jit
 from stream_engine.signals import (
     DIGITAL_SILENCE_DBFS,
     GATED_SHAPES,
@@ -490,74 +484,22 @@ def frame_pass(
     return OK
 
 
-def cache_dir() -> Path:
-    """Where numba keeps the compiled loop: `$MSYNC_CACHE_DIR/numba`, else `$XDG_CACHE_HOME/msync/numba`
-    (default `~/.cache/msync/numba`)."""
-    root = os.environ.get("MSYNC_CACHE_DIR")
-    if root:
-        return Path(root) / "numba"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "msync" / "numba"
-
-
 @functools.cache
 def load() -> Callable[..., int] | None:
     """The compiled `frame_pass` (numba dispatcher, compiled lazily per argument types; `BatchSignalExtractor`
     compiles it in `warm_up`), or None when numba is not installed, MSYNC_NO_NUMBA=1 is set, or numba is
-    installed but cannot be loaded (a broken numba or LLVM: logged as a warning, the numpy code runs). Decided
-    once per process."""
-    kernel: Callable[..., int] | None = None
-    if os.environ.get("MSYNC_NO_NUMBA", "") not in ("1", "true", "yes"):
-        if "numba" not in sys.modules and "NUMBA_CACHE_DIR" not in os.environ:
-            os.environ["NUMBA_CACHE_DIR"] = str(cache_dir())
-        try:
-            kernel = _decorate()
-        except ModuleNotFoundError as exc:
-            if exc.name != "numba":  # numba there, something it needs missing
-                log.warning("numba cannot be imported (%s); deriving signals with numpy", exc)
-            kernel = None  # not installed: the numpy code, silently (an optional dependency)
-        except Exception as exc:  # installed but broken (llvmlite's library fails to load, numpy too new, ...)
-            log.warning(
-                "numba is installed but cannot be used (%s: %s); deriving signals with numpy "
-                "(set MSYNC_NO_NUMBA=1 to skip it)",
-                type(exc).__name__,
-                exc,
-            )
-            kernel = None
-    return kernel
+    installed but cannot be loaded (`numba_jit.compile_with_numba`: the numpy code runs). Decided once per
+    process."""
+    return numba_jit.compile_with_numba(_decorate, "the signals loop", "deriving signals with numpy")
 
 
-def _decorate() -> Callable[..., int]:
-    """Import numba and wrap the loop and its helpers (compiled at their first call). Raises what numba raises."""
-    import numba
-
-    # never numba's default (beside the package's source), nor a fallback to it when the directory is not
-    # writable: no cache then (a compile per process, said once)
-    where = os.environ.get("NUMBA_CACHE_DIR", "")
-    cache = writable_dir(where)
-    if not cache:
-        log.warning(
-            "numba's cache directory %s: the signals loop compiles at every start (~4 s); set MSYNC_CACHE_DIR "
-            "(or NUMBA_CACHE_DIR) to a writable directory",
-            f"{where!r} cannot be written" if where else "is unset (numba was imported before msync set it)",
-        )
-    opts: dict[str, Any] = {"cache": cache, "error_model": "numpy", "nogil": True}
+def _decorate(numba: Any, opts: dict[str, Any]) -> Callable[..., int]:
+    """Wrap the loop and its helpers with numba (compiled at their first call). Raises what numba raises."""
     clip = numba.njit(inline="always")(_clip)
     glb = {**globals(), "_clip": clip}
     glb["_one_euro"] = numba.njit(**opts)(_rebind(_one_euro, glb))
     kernel: Callable[..., int] = numba.njit(**opts)(_rebind(frame_pass, glb))
     return kernel
-
-
-def writable_dir(path: str) -> bool:
-    """Whether `path` is (or can be made) a directory this process can write to."""
-    if not path:
-        return False
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return False
-    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def _rebind(fn: Callable[..., Any], glb: dict[str, Any]) -> Callable[..., Any]:
