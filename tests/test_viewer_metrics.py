@@ -325,3 +325,31 @@ def test_paired_head_energy_ratio_is_not_swayed_by_one_large_sequence():
     assert cols[GT]["head_energy_ratio_median"] == pytest.approx([1.0] * 4)
     assert cols["calm"]["head_energy_ratio"][0] < 0.3
     assert cols["calm"]["head_energy_ratio_median"] == pytest.approx([1.0] * 4)
+
+
+def test_history_columns_leave_out_frames_whose_audio_starts_before_the_clip():
+    """`history_pieces` keeps only frames whose receptive field lies inside the clip; through `method_columns`, a
+    row that is wrong only in a clip-start sequence's first frames loses r over all frames but not on the kept
+    ones."""
+    from training.eval.viewer import history_pieces
+
+    lm = np.zeros((80, 68, 2))
+    group = [(5, 0, lm), (85, 1, lm)]
+    keep, pieces = history_pieces(group, 48)
+    assert pieces == [37, 80] and keep[0] == 43 and keep[36] == 79 and keep[37] == 80
+    assert history_pieces(group, 0) == (list(range(160)), [80, 80])
+    assert history_pieces(group, 78) == (list(range(80, 160)), [80])  # 7 frames left: too few, dropped
+
+    inputs = _Inputs()
+    refs = [inputs.segment_of(s.clip_id, s.start_frame).landmarks[s.start_frame - 1] for s in inputs.sequences]
+    wrong = []
+    for i, s in enumerate(inputs.sequences):
+        lm = s.landmarks.copy()
+        if s.start_frame < 48:  # an unrelated mouth over the frames whose past is made-up silence
+            lm[: 48 - s.start_frame] = face_sequence(speech_mouth(80, seed=9 + i))[: 48 - s.start_frame]
+        wrong.append((i, lm, s.mfcc))
+    cols = method_columns(wrong, inputs, refs, {}, history_frames=48)
+    assert cols["history_frames"] == 48 and cols["clips_history"] == 2
+    assert cols["r_lag0"] < 0.9
+    assert cols["r_lag0_history"] == pytest.approx(1.0)
+    assert method_columns(wrong, inputs, refs, {})["r_lag0_history"] == pytest.approx(cols["r_lag0"])

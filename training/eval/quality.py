@@ -471,7 +471,8 @@ def evaluate(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> dict:
     if cfg.viewer:
         from training.eval.viewer import viewer_columns
 
-        viewer = viewer_columns(rows, inputs, pyr.cfg.num_levels, pyr.cfg.pyramid_kernel, cfg.phones)
+        history = max((m.warmup for m in models), default=0)  # past frames in the longest receptive field
+        viewer = viewer_columns(rows, inputs, pyr.cfg.num_levels, pyr.cfg.pyramid_kernel, cfg.phones, history)
         if cfg.rest.clips:
             viewer["rest"] = score_rest(models, inputs, cfg, device, progress)
 

@@ -325,6 +325,11 @@ def viewer_section(v: dict, num_levels: int) -> list[str]:
     )
 
 
+def _history_frames(cols: dict) -> str:
+    n = {c.get("history_frames") for c in cols.values()} - {None}
+    return ", ".join(str(x) for x in sorted(n)) or "–"
+
+
 def _articulation_lines(v: dict) -> list[str]:
     cols = v["methods"]
     lines = [
@@ -336,18 +341,22 @@ def _articulation_lines(v: dict) -> list[str]:
         "sequence's gap centred on its own mean (every sequence starts from its own reference face), median over "
         "clips. r: Pearson correlation of the row's gap with ground truth's (lag 0, and best lag within ±5 "
         "frames, + = the row lags; 0 for a gap that never moves); amplitude: std ratio; p5/p95: the row's "
-        "opening range (raw gap).",
+        "opening range (raw gap). r (real history): the same r at lag 0 and best lag on the frames whose whole receptive field "
+        f"({_history_frames(cols)} frames before them) lies inside the clip; a sequence that starts at its clip's first "
+        "frame has only digital silence before it, while ground truth's face there was made by speech the clip does "
+        "not hold, so its first frames score how a row treats that made-up silence (every row on the same frames).",
         "",
         "### Articulation",
         "",
-        "| Method | clips | r lag 0 | r best | best lag (frames) | amplitude ratio | gap p5 | gap p95 | "
-        f"bilabials: events | min gap (median) | closed ≤ {v['closed_at']:g} | gap median (all) |",
-        "|" + "---|" * 12,
+        "| Method | clips | r lag 0 | r best | best lag (frames) | r lag 0 / best (real history) | amplitude ratio | gap p5 | "
+        f"gap p95 | bilabials: events | min gap (median) | closed ≤ {v['closed_at']:g} | gap median (all) |",
+        "|" + "---|" * 13,
     ]
     for name, c in cols.items():
         lines.append(
             f"| {name} | {c['clips']} | {num(c['r_lag0'], '{:.2f}')} | {num(c['r_best'], '{:.2f}')} | "
-            f"{num(c['best_lag_frames'], '{:+.0f}')} | {num(c['amplitude_ratio'], '{:.2f}')} | "
+            f"{num(c['best_lag_frames'], '{:+.0f}')} | {num(c.get('r_lag0_history'), '{:.2f}')} / {num(c.get('r_best_history'), '{:.2f}')} | "
+            f"{num(c['amplitude_ratio'], '{:.2f}')} | "
             f"{num(c['gap_p5'], '{:.3f}')} | {num(c['gap_p95'], '{:.3f}')} | {c['bilabial_events']} | "
             f"{num(c['bilabial_min_gap_median'], '{:.3f}')} | {num(100 * c['bilabial_closed_share'], '{:.0f} %')} | "
             f"{num(c['gap_median_all'], '{:.3f}')} |"

@@ -108,12 +108,37 @@ def _mean(values) -> float:
     return float(v.mean()) if len(v) else math.nan
 
 
-def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, kernel: int = 7) -> dict:
+def history_pieces(group, history_frames: int) -> tuple[list[int], list[int]]:
+    """Frames of one clip's joined sequences whose stream had real audio for its whole receptive field.
+
+    `group`: [(start frame, sequence index, landmarks (T, 68, 2))] sorted by start, as `_clip_groups` gives;
+    `history_frames`: the receptive field in frames (a frame f < history_frames of the clip is generated from
+    audio padded with digital silence before the clip's first sample, while ground truth's face there was made
+    by speech that is not in the clip). Returns (kept frame indices into the joined clip, lengths of the kept
+    pieces); a piece left with fewer than 10 frames is dropped.
+    """
+    keep: list[int] = []
+    pieces: list[int] = []
+    offset = 0
+    for s, _, lm in group:
+        drop = min(len(lm), max(0, history_frames - s))
+        if len(lm) - drop >= 10:
+            keep.extend(range(offset + drop, offset + len(lm)))
+            pieces.append(len(lm) - drop)
+        offset += len(lm)
+    return keep, pieces
+
+
+def method_columns(
+    items, inputs, refs, phone_cache: dict, num_levels: int = 4, kernel: int = 7, history_frames: int = 0
+) -> dict:
     """Raw viewer statistics of one row (before ratios to ground truth). `items`: [(sequence index, landmarks,
-    mfcc)] as in `method_inputs`; `refs`: per-sequence reference faces; `phone_cache`: clip id -> phones."""
+    mfcc)] as in `method_inputs`; `refs`: per-sequence reference faces; `phone_cache`: clip id -> phones;
+    `history_frames`: receptive field in frames for the `*_history` articulation columns (see `history_pieces`;
+    0 = every frame, the same as `r_lag0`)."""
     seqs = inputs.sequences
     gt_by_index = {i: s.landmarks for i, s in enumerate(seqs)}
-    art, bias, blink_runs, bil = [], [], [], []
+    art, art_h, bias, blink_runs, bil = [], [], [], [], []
     corr: dict[float, list[float]] = {w: [] for w in WINDOWS_S}
     total_blinks = total_frames = sig_blinks = sig_closed = 0
     gaps_all = []
@@ -121,6 +146,9 @@ def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, 
         pred = np.concatenate([lm for _, _, lm in group])
         gt = np.concatenate([gt_by_index[i] for _, i, _ in group])
         art.append(vm.articulation(pred, gt, pieces=[len(lm) for _, _, lm in group]))
+        keep, kept_pieces = history_pieces(group, history_frames)
+        if kept_pieces:
+            art_h.append(vm.articulation(pred[keep], gt[keep], pieces=kept_pieces))
         angles = np.concatenate([vm.head_angles(lm, refs[i]) for _, i, lm in group])
         bias.append(np.median(angles, axis=0))
         speed = np.concatenate([vm.head_speed(lm, refs[i]) for _, i, lm in group])
@@ -151,6 +179,10 @@ def method_columns(items, inputs, refs, phone_cache: dict, num_levels: int = 4, 
         "r_best": _median([a["r_best"] for a in art]),
         "best_lag_frames": _median([a["best_lag_frames"] for a in art]),
         "amplitude_ratio": _median([a["amplitude_ratio"] for a in art]),
+        "history_frames": history_frames,
+        "clips_history": len(art_h),
+        "r_lag0_history": _median([a["r_lag0"] for a in art_h]),
+        "r_best_history": _median([a["r_best"] for a in art_h]),
         "gap_p5": _median([a["gap_p5"] for a in art]),
         "gap_p95": _median([a["gap_p95"] for a in art]),
         "head_energy": [_mean(energy[:, lvl]) for lvl in range(energy.shape[1])],
@@ -202,8 +234,12 @@ def with_ratios(cols: dict[str, dict]) -> dict[str, dict]:
     return cols
 
 
-def viewer_columns(rows: dict, inputs, num_levels: int = 4, kernel: int = 7, use_phones: bool = True) -> dict:
-    """{method: columns} for every row but the shuffled-audio control, plus `"_phones"` (recogniser status)."""
+def viewer_columns(
+    rows: dict, inputs, num_levels: int = 4, kernel: int = 7, use_phones: bool = True, history_frames: int = 0
+) -> dict:
+    """{method: columns} for every row but the shuffled-audio control, plus `"_phones"` (recogniser status).
+    `history_frames`: the receptive field (frames) for the `*_history` articulation columns, the same for
+    every row so that all are scored on the same frames (see `history_pieces`)."""
     refs = references(inputs)
     phone_cache: dict = {}
     status = "off"
@@ -214,7 +250,7 @@ def viewer_columns(rows: dict, inputs, num_levels: int = 4, kernel: int = 7, use
             for cid in sorted({s.clip_id for s in inputs.sequences}):
                 phone_cache[cid] = phones(dec, inputs.pcm[cid])
     cols = {
-        m: method_columns(items, inputs, refs, phone_cache, num_levels, kernel)
+        m: method_columns(items, inputs, refs, phone_cache, num_levels, kernel, history_frames)
         for m, items in rows.items()
         if m != SHUFFLED
     }
