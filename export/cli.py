@@ -68,10 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tol", type=float, default=1e-4, help="max landmark difference allowed by --verify-steps")
     p.add_argument(
         "--silence-history",
-        action="store_true",
-        help="start every stream as if digital silence came before it (GeneratorConfig.silence_history): the raw "
-        "mouth stays nearer rest when a stream starts inside noise, lip timing is weaker for ~1 s when it starts "
-        "mid-speech (model card); the same weights, only the step's initial history changes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start every stream as if digital silence came before it (GeneratorConfig.silence_history; default: "
+        "the checkpoint's own setting, on for the shipped 0.3.2): the raw mouth stays near rest when a stream starts "
+        "inside noise; --no-silence-history gives the zero history of 0.3.1 and before, whose mouth opens for "
+        "~0.5 s at a stream's start and fits a file cut mid-word better (model card); the same weights, only the "
+        "step's initial history changes",
     )
     p.add_argument(
         "--int8",
@@ -156,8 +159,8 @@ def _source(args: argparse.Namespace):
                 file=sys.stderr,
             )
             return 2
-        if args.silence_history and not generator.cfg.silence_history:
-            generator.cfg = dataclasses.replace(generator.cfg, silence_history=True)  # step() reads it per call
+        if args.silence_history is not None and args.silence_history != generator.cfg.silence_history:
+            generator.cfg = dataclasses.replace(generator.cfg, silence_history=args.silence_history)  # read per call
         ckpt = Path(args.checkpoint).with_suffix("")
         version = (
             args.model_version
@@ -166,6 +169,12 @@ def _source(args: argparse.Namespace):
         )
         if not args.model_version and generator.cfg.silence_history and "silence" not in version:
             version += "+silence-history"  # the checkpoint's name may predate the option (a copy with it set)
+        if (
+            not args.model_version
+            and args.silence_history is False
+            and meta.get("generator", {}).get("silence_history")
+        ):
+            version += "+zero-history"  # a checkpoint made with the silence history, exported without it
         training_data = args.training_data or meta.get("training_data") or "not recorded in the checkpoint"
     else:
         generator = random_generator(

@@ -317,3 +317,30 @@ def test_export_flag_silence_history_turns_it_on_for_a_checkpoint(exported, tmp_
     for _ in range(50):
         _, state = runner.step(np.zeros((1, 640), np.float32), state)
     assert np.abs(state["conv_cache"]).max() < 1e-4
+
+
+def test_no_silence_history_gives_the_zero_history_back(tmp_path):
+    """The shipped checkpoint carries the silence history (0.3.2); `--no-silence-history` exports the same weights
+    with 0.3.1's zero history, said in the contract and the derived version: after 50 silent steps the stored
+    caches hold what silence gives the blocks (far from 0), where the silence-history export holds ~0."""
+    from pathlib import Path
+
+    from stream_engine.cli import main
+    from training.checkpoint import load_meta
+
+    ckpt = Path(__file__).resolve().parents[1] / "training" / "weights" / "generator"
+    if not ckpt.with_suffix(".json").is_file():
+        pytest.skip("training/weights/generator is not in this checkout")
+    assert load_meta(ckpt)["generator"]["silence_history"] is True
+    caches = {}
+    for flag in ("--no-silence-history", "--silence-history"):
+        out = tmp_path / f"{flag}.onnx"
+        assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), flag]) == 0
+        runner = OnnxStepRunner(out)
+        assert runner.contract.generator_config["silence_history"] is (flag == "--silence-history")
+        assert ("+zero-history" in runner.contract.model_version) is (flag == "--no-silence-history")
+        state = runner.initial_state(1, rng=np.random.default_rng(0))
+        for _ in range(50):
+            _, state = runner.step(np.zeros((1, 640), np.float32), state)
+        caches[flag] = float(np.abs(state["conv_cache"]).max())
+    assert caches["--silence-history"] < 1e-3 < 1.0 < caches["--no-silence-history"]
