@@ -45,3 +45,32 @@ def test_summaries_read_the_planted_gaps_and_signals(tmp_path):
     assert (r["quiet_mouth_open"], r["normal_mouth_open"]) == (0.25, 0.5)
     assert (r["yaw_mean"], r["pitch_mean"], r["roll_mean"], r["roll_range"]) == (1.0, -2.0, 3.0, 0.0)
     assert "| m | 0.020 / 0.020, 0.020 |" in cc.markdown({"m": r})
+
+
+def test_stream_start_inputs_and_their_summary(tmp_path):
+    """`--make-start-inputs` builds both inputs from the cases' audio (speech where the doc says); the summary
+    reads a planted open mouth before the speech."""
+    from pathlib import Path
+
+    import soundfile as sf
+
+    cases = Path(__file__).resolve().parents[2] / "shared" / "cases"
+    if not (cases / "noise-floor-mouth").is_dir():
+        pytest.skip("../shared/cases is not beside this checkout")
+    assert cc.main(["--make-start-inputs", str(tmp_path), "--cases", str(cases)]) == 0
+    noise, sr = sf.read(tmp_path / "start_noise.wav", dtype="float32")
+    zeros, _ = sf.read(tmp_path / "start_silence.wav", dtype="float32")
+    assert sr == 16000 and len(noise) == int((3.4 + 2.9 + 2.0) * sr) and len(zeros) == int((3.0 + 2.9 + 2.0) * sr)
+
+    def dbfs(x):
+        return 20 * np.log10(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-12)
+
+    assert -52 < dbfs(noise[: 3 * sr]) < -44 and dbfs(noise[int(3.5 * sr) : int(6 * sr)]) > -35
+    assert not zeros[: 3 * sr].any() and dbfs(zeros[int(3.1 * sr) : int(5.5 * sr)]) > -35
+
+    t = np.arange(200) * 0.04
+    _write(tmp_path / "start_noise.json", np.where(t < 1.0, 0.10, 0.01), np.full(200, -48.0))
+    r = cc.summarise_starts(tmp_path)
+    assert "start_silence_open_share" not in r
+    assert r["start_noise_max_0_0.5"] == pytest.approx(0.10, abs=1e-6)
+    assert r["start_noise_open_share"] == pytest.approx(20 / 78, abs=0.02)  # frames 0.2-1.0 s of 0.2-3.3 s
