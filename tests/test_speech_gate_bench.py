@@ -19,6 +19,8 @@ def test_speech_gate_benchmark_runs_and_writes(shared_data, tmp_path):
     result = json.loads((tmp_path / "speech_gate.json").read_text())
     assert (tmp_path / "speech_gate.md").is_file()
     quiet = {r["gain_db"]: r for r in result["quiet_speech"]}
-    assert quiet[-38.0][speech_gate.OLD] == 0.0 and quiet[-38.0][speech_gate.NEW] >= 0.7
+    # the fixed gate passes nothing of -38 dB speech (a few thousandths from the filters' release at the stream's
+    # first frames); the adaptive gate keeps at least 70 % of the normal level's mouth_open
+    assert quiet[-38.0][speech_gate.OLD] < 0.01 and quiet[-38.0][speech_gate.NEW] >= 0.7
     noise = next(e for e in result["nonspeech"]["rows"] if e["kind"] == "noise -48 dBFS" and e["layout"] == "inserted")
     assert noise[speech_gate.NEW]["mean"] <= noise[speech_gate.OLD]["mean"]
