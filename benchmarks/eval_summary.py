@@ -29,7 +29,15 @@ def summarise(report: dict) -> dict[str, dict]:
     for name, m in report["methods"].items():
         v, r = viewer.get(name, {}), rest.get(name, {})
         row = {"av_conf": [lvl["confidence"]["mean"] for lvl in m["levels"]]}
-        for k in ("r_lag0", "r_best", "amplitude_ratio", "bilabial_min_gap_median", "bilabial_closed_share"):
+        for k in (
+            "r_lag0",
+            "r_best",
+            "r_lag0_history",
+            "r_best_history",
+            "amplitude_ratio",
+            "bilabial_min_gap_median",
+            "bilabial_closed_share",
+        ):
             row[k] = v.get(k)
         row["head_energy_ratio"] = v.get("head_energy_ratio")
         row["range_ratio"] = [v.get(f"{a}_range_ratio") for a in ("yaw", "pitch", "roll")]
@@ -93,6 +101,10 @@ def markdown(rows: dict[str, dict], source: str) -> str:
 
     add("AV-Conf 200 / 400 / 800 / 1600 ms", lambda r: " / ".join(_f(c) for c in r["av_conf"]))
     add("inner-lip gap r, lag 0 / best", lambda r: f"{_f(r['r_lag0'])} / {_f(r['r_best'])}")
+    add(
+        "the same on frames with real audio history",
+        lambda r: f"{_f(r.get('r_lag0_history'))} / {_f(r.get('r_best_history'))}",
+    )
     add("gap amplitude (std ratio)", lambda r: _f(r["amplitude_ratio"]))
     add(
         "bilabial min gap / closed ≤ 0.04",
