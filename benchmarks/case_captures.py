@@ -22,6 +22,9 @@ cases' own audio, `start_noise.wav` (3.4 s of noise-floor-mouth's -48 dBFS fan n
 2.9 s of speech over the same noise, then 2 s more noise) and `start_silence.wav` (3 s of digital zeros, the speech,
 2 s of zeros); capture them as start_noise.json and start_silence.json. Read from the raw gap before the speech: its
 largest value and mean over 0-0.5 s and 0.5-2 s, and the share of frames from 0.2 s to the speech above 0.03 IOD.
+A folder may hold the start captures alone. `--strip PNG` draws each folder's start_noise capture as frames.
+
+Any model: `msync_capture.py FILE --json OUT -- --model M` passes `--model M` on to `msync stream`.
 """
 
 from __future__ import annotations
@@ -88,8 +91,21 @@ def load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t, np.asarray(gap), np.array([f["sig"] for f in frames], np.float64)
 
 
+CASE_FILES = ("silence.json", "noise.json", "quiet.json", "normal.json", "head.json")
+
+
 def summarise(folder: Path) -> dict[str, float]:
-    """The figures of the module doc for one folder of captures."""
+    """The figures of the module doc for one folder of captures.
+
+    Raises:
+        FileNotFoundError: one of the five case captures (`CASE_FILES`) is missing, named in the message.
+    """
+    missing = [f for f in CASE_FILES if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: missing {', '.join(missing)} (the five case captures are {', '.join(CASE_FILES)}; "
+            "see `python -m benchmarks.case_captures --help`)"
+        )
     out: dict[str, float] = {}
     t, g, s = load(folder / "silence.json")
     m = t >= SPEECH_END_S + 0.2
@@ -120,6 +136,8 @@ def markdown(rows: dict[str, dict[str, float]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
+        if "silence_p50" not in r:  # a folder of start captures only
+            continue
         lines.append(
             f"| {name} | {r['silence_p50']:.3f} / {r['silence_p90']:.3f}, {r['silence_last_s']:.3f} "
             f"| {r['noise_p50']:.3f} / {r['noise_p90']:.3f}; {r['noise_mouth_open']:.2f} | {r['speech_p90']:.3f} "
@@ -191,7 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     for spec in a.folders:
         name, _, path = str(spec).rpartition("=")
         folders[name or Path(path).name] = Path(path)
-        rows[name or Path(path).name] = summarise(Path(path)) | summarise_starts(Path(path))
+        folder = Path(path)
+        if not folder.is_dir():
+            p.error(f"{folder} is not a folder of captures")
+        starts = summarise_starts(folder)
+        only_starts = starts and not any((folder / f).is_file() for f in CASE_FILES)
+        try:
+            rows[name or folder.name] = starts if only_starts else summarise(folder) | starts
+        except FileNotFoundError as exc:
+            p.error(str(exc))
     if a.strip:
         start_strip(folders, a.strip)
     sys.stdout.write(markdown(rows))

@@ -2,7 +2,7 @@
 2 kHz, and pink, at -48 and -36 dBFS, 6 s each, one fresh stream per sound (`training.eval.generation.stream_rollout`,
 the exported step's result) from each model's own reference face.
 
-    python -m benchmarks.noise_colours --model 0.3.0=OLD --model 0.3.1=training/weights/generator --out DIR
+    python -m benchmarks.noise_colours --model 0.3.0=OLD --model 0.3.2=training/weights/generator --out DIR
 
 The evaluation's non-speech set (`training.eval.rest`) holds noise low-passed at 2 kHz only; this adds the colours
 a microphone brings. Reports the inner-lip gap (IOD, `training.metrics.viewer.lip_gap`) p50 / p90 after the first

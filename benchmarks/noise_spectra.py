@@ -1,6 +1,6 @@
 """Does the mouth rest after speech in steady noise of any spectrum, not only the colours it was trained on?
 
-    python -m benchmarks.noise_spectra --model 0.3.1=training/weights/generator --model new=runs/X/generator
+    python -m benchmarks.noise_spectra --model 0.3.2=training/weights/generator --model new=runs/X/generator
 
 Model 0.3.1 rested in white, low-passed and pink noise (`benchmarks.noise_colours`) and in the evaluation's
 non-speech set, yet held its mouth open for ~0.7 s after each phrase in the steady noise of

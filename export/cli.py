@@ -167,13 +167,10 @@ def _source(args: argparse.Namespace):
             or meta.get("model_version")
             or f"{ckpt.parent.name}/{ckpt.name}" + (f"@step{meta['step']}" if "step" in meta else "")
         )
+        made_with = bool(meta.get("generator", {}).get("silence_history"))
         if not args.model_version and generator.cfg.silence_history and "silence" not in version:
             version += "+silence-history"  # the checkpoint's name may predate the option (a copy with it set)
-        if (
-            not args.model_version
-            and args.silence_history is False
-            and meta.get("generator", {}).get("silence_history")
-        ):
+        if not args.model_version and args.silence_history is False and made_with:
             version += "+zero-history"  # a checkpoint made with the silence history, exported without it
         training_data = args.training_data or meta.get("training_data") or "not recorded in the checkpoint"
     else:

@@ -74,3 +74,20 @@ def test_stream_start_inputs_and_their_summary(tmp_path):
     assert "start_silence_open_share" not in r
     assert r["start_noise_max_0_0.5"] == pytest.approx(0.10, abs=1e-6)
     assert r["start_noise_open_share"] == pytest.approx(20 / 78, abs=0.02)  # frames 0.2-1.0 s of 0.2-3.3 s
+
+
+def test_missing_case_captures_are_named_and_start_captures_stand_alone(tmp_path, capsys):
+    t = np.arange(100) * 0.04
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    _write(starts / "start_silence.json", np.full(100, 0.01), np.full(100, -120.0))
+    assert cc.main([f"m={starts}"]) == 0
+    out = capsys.readouterr().out
+    assert "| m | start_silence | 0.010 / 0.010 | 0.010 / 0.010 | 0 % |" in out
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    _write(partial / "silence.json", np.where(t < 2.9, 0.1, 0.02), np.full(100, -20.0))
+    with pytest.raises(SystemExit) as exc:
+        cc.main([str(partial)])
+    assert exc.value.code == 2
+    assert "missing noise.json, quiet.json, normal.json, head.json" in capsys.readouterr().err
