@@ -259,3 +259,26 @@ def test_cli_missing_syncers(tmp_path, capsys):
         ["eval", "--model", "x=nowhere", "--metric-syncers", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
     )
     assert rc == 1 and "metric syncers not found" in capsys.readouterr().err
+
+
+def test_shape_space_for_a_set_without_a_training_split(shared_data):
+    """A set evaluated whole (no training split of its own) gets a clear error, and with `shape_data_dir` its
+    plausibility is fitted on that directory's training split and calibrated on the set's own frames."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from training.data.manifest import read_manifest
+    from training.data.splits import SplitConfig, assign_splits
+    from training.eval.quality import EvalConfig, fit_shape_space
+
+    test = assign_splits(read_manifest(shared_data), SplitConfig())["test"][:3]
+    segments = [SimpleNamespace(landmarks=np.load(r.landmarks_path)) for r in test]
+    segments = [SimpleNamespace(landmarks=s.landmarks[np.all(np.isfinite(s.landmarks), axis=(1, 2))]) for s in segments]
+    inputs = SimpleNamespace(by_split={"train": [], "val": [], "test": test}, segments=segments)
+    cfg = EvalConfig(data_dir="/nonexistent/external")
+    with pytest.raises(ValueError, match="shape_data_dir"):
+        fit_shape_space(cfg, inputs)
+    space = fit_shape_space(dataclasses.replace(cfg, shape_data_dir=str(shared_data)), inputs)
+    assert space.threshold is not None and space.threshold > 0
+    frames = np.concatenate([s.landmarks for s in segments])
+    assert np.mean(space.distance(frames) <= space.threshold) > 0.95

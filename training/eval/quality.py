@@ -92,6 +92,11 @@ class EvalConfig:
         viewer: the viewer-facing columns (articulation, head, blinks, bilabials; `training.eval.viewer`).
         phones: bilabial closure from pocketsphinx phone recognition (skipped with a note when not installed).
         rest: the non-speech set (`training.eval.rest`; `rest.clips` = 0 skips it).
+        shape_data_dir: where the face-shape space's training frames come from: "" = the training split of
+            `data_dir` under `splits`; a dataset directory = its training split under the default `SplitConfig`
+            (the split msync's models train on). Set it to evaluate clips of a set with no training split of
+            its own, e.g. speakers outside ../shared (`--data DIR --set splits.test_fraction=1 --set
+            splits.val_fraction=0 --set splits.max_heldout_minutes=1e9 --set shape_data_dir=../shared/data`).
     """
 
     models: tuple[tuple[str, str], ...] = ()
@@ -121,6 +126,7 @@ class EvalConfig:
     splits: SplitConfig = SplitConfig()
     clips: ClipLoadConfig = ClipLoadConfig()
     loudness: LoudnessMouthConfig = LoudnessMouthConfig()
+    shape_data_dir: str = ""
 
 
 @dataclasses.dataclass
@@ -193,13 +199,26 @@ def fit_shape_space(cfg: EvalConfig, inputs: EvalInputs):
     split's GT frames."""
     from training.metrics.dynamics import ShapeSpace
 
+    train = inputs.by_split["train"]
+    source = cfg.data_dir
+    if cfg.shape_data_dir:
+        from training.data.manifest import read_manifest
+        from training.data.splits import assign_splits
+
+        source = cfg.shape_data_dir
+        train = assign_splits(read_manifest(source), SplitConfig())["train"]
     train_shapes = []
-    for r in inputs.by_split["train"]:
+    for r in train:
         try:
             a = np.load(r.landmarks_path)[::2]
         except (OSError, ValueError):
             continue
         train_shapes.append(a[np.all(np.isfinite(a), axis=(1, 2))])
+    if not train_shapes:
+        raise ValueError(
+            f"no training-split landmarks in {source} to fit the face-shape space (plausibility); for a set "
+            "without a training split of its own give one that has it: --set shape_data_dir=../shared/data"
+        )
     space = ShapeSpace.fit(np.concatenate(train_shapes), cfg.pca_variance)
     space.calibrate(np.concatenate([s.landmarks for s in inputs.segments]), cfg.plausibility_quantile)
     return space
