@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output stem: OUT.md and OUT.json")
     p.add_argument("--lags", action="store_true", help="add the gap's r at lags -3..+3 from the eval's predictions/")
     args = p.parse_args(argv)
+    if not Path(args.eval).is_file():
+        p.error(f"{args.eval} is not a file (give the eval.json an `msync eval --out DIR` run wrote)")
     report = json.loads(Path(args.eval).read_text())
     rows = summarise(report)
     md = markdown(rows, args.eval)
