@@ -49,7 +49,9 @@ def summarise(report: dict) -> dict[str, dict]:
     return out
 
 
-def lag_profile(predictions_dir: str | Path, data_dir: str = "../shared/data", lags=range(-3, 4)) -> dict:
+def lag_profile(
+    predictions_dir: str | Path, data_dir: str = "../shared/data", lags=range(-3, 4), config: dict | None = None
+) -> dict:
     """{model: {lag: median over clips of r}} of the inner-lip gap against ground truth at each lag (pred[t + k]
     with ref[t]; k < 0: the model's mouth moves early), from an `msync eval` predictions folder (test split; each
     sequence's gap centred on its own mean, a clip's sequences joined, like the report's articulation columns)."""
@@ -57,13 +59,19 @@ def lag_profile(predictions_dir: str | Path, data_dir: str = "../shared/data", l
 
     import numpy as np
 
+    from stream_engine.dataclass_io import from_dict
     from training.data.clips import ClipLoadConfig, load_all
     from training.data.manifest import read_manifest
-    from training.data.splits import assign_splits
+    from training.data.splits import SplitConfig, assign_splits
     from training.eval.sequences import load_predictions
     from training.metrics.viewer import lip_gap
 
-    segs = load_all(assign_splits(read_manifest(data_dir))["test"], ClipLoadConfig(), progress=False)
+    cfg = config or {}
+    splits = from_dict(SplitConfig, cfg["splits"]) if isinstance(cfg.get("splits"), dict) else SplitConfig()
+    split = cfg.get("split", "test")
+    segs = load_all(
+        assign_splits(read_manifest(cfg.get("data_dir", data_dir)), splits)[split], ClipLoadConfig(), progress=False
+    )
     out = {}
     for model_dir in sorted(Path(predictions_dir).iterdir()):
         preds = load_predictions(model_dir)
@@ -135,11 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not Path(args.eval).is_file():
         p.error(f"{args.eval} is not a file (give the eval.json an `msync eval --out DIR` run wrote)")
-    report = json.loads(Path(args.eval).read_text())
+    try:
+        report = json.loads(Path(args.eval).read_text())
+        report["methods"]
+    except (ValueError, KeyError, TypeError):
+        p.error(f"{args.eval} is not an `msync eval` report (eval.json)")
     rows = summarise(report)
     md = markdown(rows, args.eval)
     if args.lags:
-        prof = lag_profile(Path(args.eval).parent / "predictions")
+        predictions = Path(args.eval).parent / "predictions"
+        if not predictions.is_dir():
+            p.error(f"--lags reads the predictions/ folder beside {args.eval}, and there is none")
+        prof = lag_profile(predictions, config=report.get("config"))
         lags = sorted({k for v in prof.values() for k in v})
         md += "\nInner-lip gap r with ground truth at each lag (pred[t + k] vs GT[t]; k < 0 = the mouth moves early), "
         md += (

@@ -382,8 +382,10 @@ def prepare_video(job: Job, cfg: PrepareConfig, landmarker=None) -> list[dict]:
     pieces = cut_pieces(job.source_id, points, detected, aligned, cfg, usable=(first, end))
     if not pieces:
         raise PrepareError(
-            f"{job.video_path}: no face run of at least {cfg.min_length_frames} frames "
-            f"({int(np.isfinite(points).all(axis=(1, 2)).sum())} of {num_frames} frames have a face)"
+            f"{job.video_path}: no run of at least {cfg.min_length_frames} frames whose gaps in the face detection "
+            f"are at most {cfg.max_gap_frames} frames long (the detector confirmed the face in "
+            f"{int(np.asarray(detected).sum())} of {num_frames} frames; landmarks fitted in {int(np.isfinite(points).all(axis=(1, 2)).sum())}); "
+            "longer gaps are allowed with --max-gap-frames, fewer are left with --detect-every 1 or --upsample 1"
         )
 
     notes_common = []
@@ -656,7 +658,8 @@ def prepare(
                 prepared.append(job.source_id)
             else:
                 failures.append((job, error))
-                bar.write(f"failed: {job.video_path}: {error}", file=sys.stderr)
+                said = error if error.startswith(str(job.video_path)) else f"{job.video_path}: {error}"
+                bar.write(f"failed: {said}", file=sys.stderr)
             bar.update(1)
             bar.set_postfix(failed=len(failures), refresh=False)
     finally:

@@ -113,7 +113,7 @@ def checks_lines(c: dict, heading: str, all_pass_label: str, valid: dict | None 
         few = (
             [
                 f"- **Only {n} sequences**: fewer than {MIN_CHECK_SEQUENCES}, so these ratios are too noisy to pass or "
-                "fail the metric; the targets are stated for the whole test split (42 sequences)."
+                "fail the metric; the targets are stated for ../shared's whole test split (42 sequences of 80 frames)."
             ]
             if n is not None and n < MIN_CHECK_SEQUENCES
             else []
@@ -210,7 +210,7 @@ def _how_to_read(meta: dict) -> list[str]:
         "",
         f"**Plausible**: share of frames whose distance to a PCA face-shape space (Procrustes-aligned: translation, "
         f"scale, in-plane rotation removed; {sp['num_components']} components fitted on {sp['num_train_frames']} "
-        f"training-split frames; probabilistic-PCA distance) is within the {sp['quantile']:g}th percentile of the "
+        f"training-split frames{' of ' + sp['source'] if sp.get('source') else ''}; probabilistic-PCA distance) is within the {sp['quantile']:g}th percentile of the "
         f"evaluated split's GT frames (threshold {num(sp['threshold'])}), so ground truth scores ≈ "
         f"{sp['quantile']:g} % by construction.",
         "",

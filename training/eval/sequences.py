@@ -213,7 +213,9 @@ def sequences_or_error(
     if len(sequences) < 2:
         raise ValueError(
             f"split {split!r} gives {len(sequences)} sequence(s) of {seq_frames} frames; "
-            "need at least 2 (try --seq-frames 0 or more clips)"
+            "need at least 2 (try a shorter --seq-frames, e.g. 48 for 2-4 s clips, or more clips; a set of your own "
+            "is split by speaker like ../shared, so evaluate all of it with --set splits.test_fraction=1 --set "
+            "splits.val_fraction=0 --set splits.max_heldout_minutes=1e9 --set shape_data_dir=../shared/data)"
         )
     return sequences, skipped
 
