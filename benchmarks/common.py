@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from training.run.machine import machine_info
 
-__all__ = ["baseline_tree", "machine_info", "summarise", "write_report"]
+__all__ = ["baseline_tree", "machine_info", "machine_load_line", "spawn_trial", "summarise", "write_report"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +25,39 @@ def baseline_tree(ref: str) -> Path:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "stream_engine"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
     return root
+
+
+def spawn_trial(
+    script: str | Path, spec: dict, cpu: int | None, root: Path | None = None, timeout_s: float = 600
+) -> dict:
+    """One trial in a fresh process: `python SCRIPT --trial JSON(spec)` pinned to `cpu` (taskset; None = not
+    pinned), one OpenMP thread, its result the JSON of its last stdout line. `root`: a tree put first on
+    PYTHONPATH and used as the working directory (a baseline's engine from `baseline_tree`); None = this checkout.
+
+    Raises:
+        RuntimeError: the trial exited non-zero (with the end of its stderr).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    cmd = [sys.executable, str(script), "--trial", json.dumps(spec)]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=str(root or REPO))
+    if r.returncode != 0:
+        where = f" in {root}" if root is not None else ""
+        raise RuntimeError(f"trial {spec} failed{where}: {r.stderr[-2000:]}")
+    result: dict = json.loads(r.stdout.strip().splitlines()[-1])
+    return result
+
+
+def machine_load_line(m: dict) -> str:
+    """ "CPU (N logical CPUs), load avg A at start / B at end" from a result's `machine` block (`machine_info()`,
+    plus `load_avg_1m_end` set when the run ends)."""
+    return (
+        f"{m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m'):.2f} at start / "
+        f"{m.get('load_avg_1m_end', float('nan')):.2f} at end"
+    )
 
 
 def summarise(samples_s: list[float] | np.ndarray) -> dict:

@@ -104,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(result: dict) -> str:
+    from benchmarks.common import machine_load_line
+
     m = result["machine"]
     rows = result["paths"]
     lines = [
         "# The core's passes alone: numpy against compiled (hot data)",
         "",
-        f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m'):.2f} at "
-        f"start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, {m.get('time_utc')}; CPUs "
+        f"Machine: {machine_load_line(m)}, {m.get('time_utc')}; CPUs "
         f"{result['cpu_affinity']}; {result['streams']} streams, 320-sample chunks, B = 64; medians of "
         f"{result['rounds']} alternating rounds. Command: `{result['command'].strip()}`.",
         "",

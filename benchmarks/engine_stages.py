@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -118,17 +117,6 @@ def _trial(spec: dict) -> dict:
     }
 
 
-def _child(root: Path, spec: dict, cpu: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = ["taskset", "-c", str(cpu), sys.executable, str(Path(__file__).resolve()), "--trial", json.dumps(spec)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=str(root))
-    if r.returncode != 0:
-        raise RuntimeError(f"trial failed in {root}: {r.stderr[-2000:]}")
-    result: dict = json.loads(r.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
@@ -153,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_trial(json.loads(a.trial))))
         return 0
     sys.path.insert(0, str(REPO))
-    from benchmarks.common import baseline_tree, machine_info, write_report
+    from benchmarks.common import baseline_tree, machine_info, spawn_trial, write_report
 
     cpu = sorted(os.sched_getaffinity(0))[-1]
     variants = {"current": REPO}
@@ -170,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(a.rounds):
             for name, root in variants.items():
-                t = _child(root, spec, cpu)
+                t = spawn_trial(Path(__file__).resolve(), spec, cpu, root)
                 trials[name].append(t)
                 print(f"{name}: {t['cpu_us_per_frame']:.1f} us/frame", file=sys.stderr, flush=True)
     finally:
@@ -191,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(result: dict) -> str:
+    from benchmarks.common import machine_load_line
+
     m, med = result["machine"], result["median"]
     names = list(med)
     rows = ["cpu_us_per_frame", "step_us_per_frame", "around_step_us_per_frame"]
@@ -204,8 +194,7 @@ def _markdown(result: dict) -> str:
     lines = [
         "# Engine CPU per frame by stage",
         "",
-        f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m'):.2f} at "
-        f"start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, Python {m.get('python')}, "
+        f"Machine: {machine_load_line(m)}, Python {m.get('python')}, "
         f"{m.get('time_utc')}. One pinned core (cpu {result['cpu_core']}), runner {result['runner']}, "
         f"{result['streams']} streams, signals {'on' if result['signals'] else 'off'}, "
         f"Engine.warm_up before the streams open: {'yes' if result.get('warm_up') else 'no'}, "

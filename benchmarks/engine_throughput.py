@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -286,18 +285,10 @@ def run_step_trial(spec: dict) -> dict:
 
 
 def _child(variant_root: Path, spec: dict, cpu: int | None, timeout_s: float = 600) -> dict:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(variant_root), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--trial", json.dumps(spec)]
-    if cpu is not None:
-        cmd = ["taskset", "-c", str(cpu)] + cmd
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=str(variant_root))
-    if r.returncode != 0:
-        raise RuntimeError(f"trial {spec} failed in {variant_root}: {r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    """One trial of this benchmark in a fresh process running `variant_root`'s engine (`common.spawn_trial`)."""
+    from benchmarks.common import spawn_trial
+
+    return spawn_trial(Path(__file__).resolve(), spec, cpu, variant_root, timeout_s)
 
 
 def capacity(
@@ -535,13 +526,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(result: dict) -> str:
+    from benchmarks.common import machine_load_line
+
     m = result["machine"]
     names = ["baseline", "current"] if result.get("baseline_ref") else ["current"]
     lines = [
         "# Engine throughput: what the engine around the step costs",
         "",
-        f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m'):.2f} "
-        f"at start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, Python {m.get('python')}, "
+        f"Machine: {machine_load_line(m)}, Python {m.get('python')}, "
         f"onnxruntime {m.get('onnxruntime', '-')}, {m.get('time_utc')}. One pinned core (cpu "
         f"{result['cpu_core']}), in-process feeding, every frame serialised, sockets excluded.",
         f"Baseline: `{result.get('baseline_ref') or '-'}` (its engine, same runners), trials interleaved, the best of "

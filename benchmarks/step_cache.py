@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,16 +68,6 @@ def run_trial(spec: dict) -> dict:
     return {**spec, **{k: float(v) / calls / 1e3 for k, v in zip(PARTS, acc)}}
 
 
-def _child(spec: dict, cpu: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = ["taskset", "-c", str(cpu), sys.executable, str(Path(__file__).resolve()), "--trial", json.dumps(spec)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=str(REPO))
-    if r.returncode != 0:
-        raise RuntimeError(f"trial {spec} failed: {r.stderr[-2000:]}")
-    result: dict = json.loads(r.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
@@ -93,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_trial(json.loads(a.trial))))
         return 0
     sys.path.insert(0, str(REPO))
-    from benchmarks.common import machine_info, write_report
+    from benchmarks.common import machine_info, spawn_trial, write_report
 
     cpu = sorted(os.sched_getaffinity(0))[-1]
     result: dict[str, Any] = {"machine": machine_info(), "cpu_core": cpu, "slots": a.slots, "rounds": a.rounds}
@@ -103,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(a.rounds):
             for label, n, flush in CONFIGS:
                 spec = {"runner": runner, "batch": 64, "slots": n or a.slots, "flush": flush, "calls": a.calls}
-                t = _child(spec, cpu)
+                t = spawn_trial(Path(__file__).resolve(), spec, cpu)
                 trials[label].append(t)
                 print(f"[{runner}] {label}: {t['total_us']:.0f} us a call (run {t['run_us']:.0f})", file=sys.stderr)
         result["runners"][runner] = {
@@ -116,13 +105,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(result: dict) -> str:
+    from benchmarks.common import machine_load_line
+
     m = result["machine"]
     n = result["slots"]
     lines = [
         "# The step alone against the caches: 64 slots, N slots, caches flushed",
         "",
-        f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), load avg {m.get('load_avg_1m'):.2f} at "
-        f"start / {m.get('load_avg_1m_end', float('nan')):.2f} at end, {m.get('time_utc')}. One pinned core (cpu "
+        f"Machine: {machine_load_line(m)}, {m.get('time_utc')}. One pinned core (cpu "
         f"{result['cpu_core']}), ONNX Runtime 1 thread, B = 64; N = {n}; medians of {result['rounds']} alternating "
         "rounds. Command: `python -m benchmarks.step_cache`.",
         "",
