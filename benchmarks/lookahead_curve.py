@@ -11,9 +11,10 @@ otherwise the same config, e.g. `training/configs/lookahead_L*.json`). For every
   (batch 1, one thread): compute is the same architecture for every L, so this column mainly shows that the
   curve is about waiting, not computing,
 - takes the quality columns from the report: AV confidence at the four scales, FD-motion, mouth LMD,
-  plausible frames.
+  plausible frames, and the articulation of the viewer table: inner-lip gap r with ground truth at lag 0 on the
+  frames with real audio history (`r_lag0_history`; at the best lag beside it) and the amplitude ratio.
 
-It writes `lookahead_curve.json`, `lookahead_curve.md` (readable table) and `lookahead_curve.png`.
+It writes `NAME.json`, `NAME.md` (readable table) and `NAME.png` (`--name`, default `lookahead_curve`).
 
     python -m benchmarks.lookahead_curve --eval runs/eval_ablations/eval.json --out benchmarks/results
 """
@@ -56,6 +57,12 @@ def time_step(checkpoint: str, steps: int, warmup: int = 50) -> dict:
     return summarise(samples)
 
 
+def _viewer(report: dict, name: str, key: str) -> float | None:
+    """A viewer-table value of one model (None when the report predates the column)."""
+    v = ((report.get("viewer") or {}).get("methods") or {}).get(name, {}).get(key)
+    return None if v is None else float(v)
+
+
 def collect(eval_json: Path, steps: int, only: list[str] | None = None) -> dict:
     report = json.loads(eval_json.read_text())
     models = [(n, c) for n, c in report["config"]["models"] if not only or n in only]
@@ -77,6 +84,9 @@ def collect(eval_json: Path, steps: int, only: list[str] | None = None) -> dict:
             "m_lmd_px": (m.get("lmd") or {}).get("m_lmd_px", {}).get("mean"),
             "velocity": (m.get("motion") or {}).get("velocity", {}).get("mean"),
             "plausible": m.get("plausible"),
+            "lip_r_history": _viewer(report, name, "r_lag0_history"),
+            "lip_r_best_history": _viewer(report, name, "r_best_history"),
+            "amplitude_ratio": _viewer(report, name, "amplitude_ratio"),
         }
         print(f"{name}: L={L}, timing the exported step ...", flush=True)
         row["step"] = time_step(checkpoint, steps)
@@ -111,8 +121,8 @@ def markdown(res: dict) -> str:
         "the engine adds its own few milliseconds (benchmarks/results/e2e_latency.md) and the step's compute.",
         "",
         "| L | algorithmic latency (ms) | step p50 / p99 (ms) | AV-Conf 200 ms | 400 ms | 800 ms | 1600 ms | "
-        "FD-motion L0 / L3 | M-LMD (px) | plausible |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "FD-motion L0 / L3 | M-LMD (px) | plausible | lip r lag 0 / best (real history) | amplitude |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         conf = " | ".join(f"{c:.2f} ± {s:.2f}" for c, s in zip(r["av_conf"], r["av_conf_std"]))
@@ -121,7 +131,8 @@ def markdown(res: dict) -> str:
         lines.append(
             f"| {r['lookahead_frames']} | {r['algorithmic_latency_ms']:.0f} | {r['step']['p50_ms']:.2f} / "
             f"{r['step']['p99_ms']:.2f} | {conf} | {_fmt(fd[0], '.3f')} / {_fmt(fd[-1], '.3f')} | "
-            f"{_fmt(r['m_lmd_px'])} | {_fmt(None if plaus is None else 100 * plaus, '.1f')} % |"
+            f"{_fmt(r['m_lmd_px'])} | {_fmt(None if plaus is None else 100 * plaus, '.1f')} % | "
+            f"{_fmt(r.get('lip_r_history'))} / {_fmt(r.get('lip_r_best_history'))} | {_fmt(r.get('amplitude_ratio'))} |"
         )
     gt, st = res["ground_truth_av_conf"], res["static_face_av_conf"]
     lines += [
@@ -164,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", required=True, help="eval.json of an `msync eval` run over the look-ahead models")
     p.add_argument("--out", default="benchmarks/results", help="output directory")
     p.add_argument("--steps", type=int, default=1000, help="timed steps per model")
+    p.add_argument("--name", default="lookahead_curve", help="stem of the files written (default: %(default)s)")
     p.add_argument(
         "--models",
         default="",
@@ -179,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         res = collect(eval_json, args.steps, only)
     except ValueError as exc:
         p.error(str(exc))
-    write_report(args.out, "lookahead_curve", res, markdown(res))
-    plot(res, Path(args.out) / "lookahead_curve.png")
+    write_report(args.out, args.name, res, markdown(res))
+    plot(res, Path(args.out) / f"{args.name}.png")
     return 0
 
 

@@ -292,3 +292,33 @@ def test_generator_fine_tune_takes_the_distilled_encoder_and_its_term(shared_dat
     assert all(np.isfinite(r["distill"]) for r in recs if r["split"] == "train")
     with pytest.raises(ValueError, match="distill_head"):
         TrainGeneratorConfig(distill_weight=1.0)
+
+
+def test_student_generator_sets_the_look_ahead_and_redraws_only_the_audio_encoder():
+    from training.models.generator import Generator, GeneratorConfig
+    from training.train_distill import TrainDistillConfig, student_generator
+
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(**TINY)).eval()
+    assert student_generator(G) is G  # nothing asked: the init itself
+
+    moved = student_generator(G, lookahead_frames=4)
+    assert moved.cfg.lookahead_frames == 4 and G.cfg.lookahead_frames == 2
+    a, b = G.state_dict(), moved.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same weights, other look-ahead
+    assert not moved.training
+
+    fresh0 = student_generator(G, lookahead_frames=0, reinit_seed=3)
+    fresh4 = student_generator(G, lookahead_frames=4, reinit_seed=3)
+    other = student_generator(G, reinit_seed=4)
+    c, d, e = fresh0.state_dict(), fresh4.state_dict(), other.state_dict()
+    encoder = {k for k in a if k.startswith(("audio_stem.", "blocks."))}
+    redrawn = {k for k in a if not torch.equal(a[k], c[k])}
+    # every weight of the encoder but the LayerNorms' (whose defaults are the ones and zeros they may still hold)
+    assert redrawn <= encoder and {k for k in encoder if ".norm." not in k} <= redrawn
+    assert all(torch.equal(c[k], d[k]) for k in a)  # the same draw for every look-ahead
+    assert any(not torch.equal(c[k], e[k]) for k in encoder)  # another seed, another draw
+    assert torch.equal(c["mfcc_mean"], a["mfcc_mean"]) and torch.equal(c["mfcc_std"], a["mfcc_std"])
+
+    with pytest.raises(ValueError, match="lookahead_frames"):
+        TrainDistillConfig(lookahead_frames=-2)

@@ -67,6 +67,14 @@ def test_curve_from_an_eval_report(shared_data, tmp_path):
     for r in rows:
         assert len(r["av_conf"]) == 4 and all(c == c for c in r["av_conf"])  # finite, from the report
         assert r["step"]["n"] == 20 and 0 < r["step"]["p50_ms"] <= r["step"]["p99_ms"]
+        viewer = json.loads((tmp_path / "eval" / "eval.json").read_text())["viewer"]["methods"][r["model"]]
+        assert r["amplitude_ratio"] == pytest.approx(viewer["amplitude_ratio"])  # the report's own articulation
+        assert r["lip_r_history"] is None or r["lip_r_history"] == pytest.approx(viewer["r_lag0_history"])
+    named = tmp_path / "named"
+    assert (
+        main(["--eval", str(tmp_path / "eval" / "eval.json"), "--out", str(named), "--steps", "5", "--name", "x"]) == 0
+    )
+    assert sorted(f.name for f in named.iterdir()) == ["x.json", "x.md", "x.png"]
     only = tmp_path / "only"
     assert (
         main(["--eval", str(tmp_path / "eval" / "eval.json"), "--out", str(only), "--steps", "5", "--models", "L2"])

@@ -50,6 +50,11 @@ class TrainDistillConfig:
         target_shift_frames: the head at column t + L predicts the teacher's frame t - s (s > 0 delays the
             student's features against the teacher's; stored with the head, `msync train` uses the same).
         init_head_from: a distillation head to start from ("" = a new one; e.g. to continue a run with a shift).
+        lookahead_frames: the student's look-ahead L (the head reads column t + L); -1 = `init_from`'s. The
+            architecture is the same for every L, so any generator checkpoint can start any L.
+        reinit_encoder_seed: >= 0 draws the audio encoder (`audio_stem`, `blocks`) anew from this seed (PyTorch's
+            default initialisation), keeping `init_from`'s MFCC statistics: a from-scratch student, the same draw
+            for every L (the look-ahead study, `training/configs/distill_lookahead_L*.json`); -1 = keep its weights.
     """
 
     init_from: str = "training/weights/generator"
@@ -71,6 +76,8 @@ class TrainDistillConfig:
     cosine_weight: float = 0.5
     target_shift_frames: int = 0
     init_head_from: str = ""
+    lookahead_frames: int = -1
+    reinit_encoder_seed: int = -1
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "cpu"
@@ -84,6 +91,8 @@ class TrainDistillConfig:
             raise ValueError("shared_splits must not include 'test': its voices must stay unseen")
         if self.seq_len < 1 or self.batch_size < 1:
             raise ValueError("seq_len and batch_size must be >= 1")
+        if self.lookahead_frames < -1:
+            raise ValueError(f"lookahead_frames must be >= 0 (or -1 = init_from's), got {self.lookahead_frames}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,6 +151,30 @@ def load_tracks(cfg: TrainDistillConfig, progress: bool) -> tuple[list, list, di
     return train, val, summary
 
 
+def student_generator(G, lookahead_frames: int = -1, reinit_seed: int = -1):
+    """The student: `G` with look-ahead `lookahead_frames` (-1 = G's) and, for `reinit_seed` >= 0, its audio
+    encoder (`audio_stem`, every `blocks` layer) drawn anew from that seed; the MFCC statistics and every other
+    weight are G's. Returns G itself when nothing changes, else a new generator on G's device."""
+    import torch
+
+    from training.models.generator import Generator
+
+    if (lookahead_frames < 0 or lookahead_frames == G.cfg.lookahead_frames) and reinit_seed < 0:
+        return G
+    L = G.cfg.lookahead_frames if lookahead_frames < 0 else int(lookahead_frames)
+    new = Generator(dataclasses.replace(G.cfg, lookahead_frames=L)).to(G.mfcc_mean.device)
+    new.load_state_dict(G.state_dict())
+    if reinit_seed >= 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(reinit_seed))
+            new.audio_stem.reset_parameters()
+            for block in new.blocks:
+                for layer in block.modules():
+                    if layer is not block and hasattr(layer, "reset_parameters"):
+                        layer.reset_parameters()
+    return new.train(G.training)
+
+
 class DistillTrainer(Trainer):
     """Student (generator audio encoder) + head, one distillation step; the loop is `Trainer`'s."""
 
@@ -157,6 +190,7 @@ class DistillTrainer(Trainer):
 
         cfg = self.cfg
         self.G, self.init_meta = load_generator(cfg.init_from, self.ctx.device)
+        self.G = student_generator(self.G, cfg.lookahead_frames, cfg.reinit_encoder_seed)
         self.G.train()
         g = self.G.cfg
         self.warmup = g.receptive_field_frames[-1] - 1
