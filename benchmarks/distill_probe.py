@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--max-clips", type=int, default=0, help="per split (0 = all)")
+    p.add_argument("--name", default="distill_probe", help="stem of the files written (default: %(default)s)")
     args = p.parse_args(argv)
 
     import torch
@@ -131,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
 
     encoders = [e.split("=", 1) for e in args.encoder]
     feats: dict[str, dict[str, list[np.ndarray]]] = {}
+    lookahead: dict[str, int] = {}
     for name, ckpt in encoders:
         model, _ = load_generator(ckpt)
+        lookahead[name] = int(model.cfg.lookahead_frames)
         feats[name] = {}
         for cond, key in conditions.items():
             both = [encoder_features(model, a) for a in audio[key]]
@@ -157,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         fs = {c: ([f[: len(g)] for f, g in zip(*v)], v[1]) for c, v in raw.items()}
         rows[name] = probe(fs["train"], fs["val"], {"clean": fs["clean"], "10 dB": fs["10 dB"]})
         rows[name]["dims"] = int(fs["train"][0][0].shape[1])
+        rows[name]["lookahead_frames"] = lookahead.get(name, CONTEXT[1] if name == "MFCC" else None)
     info = machine_info()
     result: dict[str, Any] = {
         "rows": rows,
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         "# Linear probe: audio features -> inner-lip gap (IOD) on unseen speakers",
         "",
-        f"`python -m benchmarks.distill_probe {' '.join('--encoder ' + e for e in args.encoder)}`. Ridge fitted on "
+        f"`python -m benchmarks.distill_probe {' '.join('--encoder ' + shlex.quote(e) for e in args.encoder)}`. Ridge fitted on "
         f"the train split ({result['clips']['train']} clips, {result['frames']['train']} frames), alpha picked on "
         f"val ({result['clips']['val']} clips), scored on the test split ({result['clips']['test']} clips, speakers "
         "in no training set): median over clips of the per-clip Pearson r. 10 dB: steady coloured noise added to "
@@ -179,16 +184,19 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {info['cpu']} ({info['logical_cpus']} logical CPUs, load {info['load_avg_1m']:.2f}), "
         f"{info['time_utc']}; wall {result['wall_s']} s.",
         "",
-        "| features | dims | r clean ↑ | r 10 dB ↑ | r val | alpha |",
-        "|---|---|---|---|---|---|",
+        "| features | look-ahead (frames) | dims | r clean ↑ | r 10 dB ↑ | r val | alpha |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in order:
         r = rows[name]
-        md.append(f"| {name} | {r['dims']} | {r['clean']:.3f} | {r['10 dB']:.3f} | {r['val_r']:.3f} | {r['alpha']:g} |")
+        la = "– (30 s context)" if r["lookahead_frames"] is None else str(r["lookahead_frames"])
+        md.append(
+            f"| {name} | {la} | {r['dims']} | {r['clean']:.3f} | {r['10 dB']:.3f} | {r['val_r']:.3f} | {r['alpha']:g} |"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "distill_probe.json").write_text(json.dumps(result, indent=2))
-    (out / "distill_probe.md").write_text("\n".join(md) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 
