@@ -170,8 +170,9 @@ def student_generator(G, lookahead_frames: int = -1, reinit_seed: int = -1):
             new.audio_stem.reset_parameters()
             for block in new.blocks:
                 for layer in block.modules():
-                    if layer is not block and hasattr(layer, "reset_parameters"):
-                        layer.reset_parameters()
+                    reset = getattr(layer, "reset_parameters", None)
+                    if layer is not block and callable(reset):
+                        reset()
     return new.train(G.training)
 
 
