@@ -7,6 +7,10 @@ confidence interval (10,000 resamples of sequences) and the share of sequences w
 
     python -m benchmarks.paired_compare --eval runs/eval_ablations/eval.json --reference full \\
         --against "single-scale loss" --against "single-scale generator" --out benchmarks/results
+
+Training seeds: a name may join several rows of the report with "+" (`--reference L2+L2_s1 --against L4+L4_s1`);
+each sequence then scores the mean of those rows' confidences, so the comparison is over sequences with the seeds
+averaged (the rows must be the same setting trained with different seeds).
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ def per_sequence_confidence(report: dict, model: str) -> np.ndarray:
             if lv.get("confidence") is not None:
                 out[i, lv["level"]] = lv["confidence"]
     return out
+
+
+def pooled_confidence(report: dict, name: str) -> np.ndarray:
+    """`per_sequence_confidence` of one row, or for "A+B+..." the per-sequence mean over those rows (a level is
+    NaN where any row could not score it)."""
+    parts = [n for n in name.split("+") if n]
+    if not parts:
+        raise ValueError(f"empty model name {name!r}")
+    rows = [per_sequence_confidence(report, n) for n in parts]
+    if len({r.shape for r in rows}) != 1:
+        raise ValueError(f"{name}: the rows were not scored on the same sequences and levels")
+    return np.mean(rows, axis=0)
 
 
 def compare(a: np.ndarray, b: np.ndarray, resamples: int = 10000, seed: int = 0) -> list[dict]:
@@ -94,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--eval", required=True, help="eval.json of an `msync eval` run")
-    p.add_argument("--reference", required=True, help="model name A")
-    p.add_argument("--against", action="append", required=True, help="model name B (repeatable)")
+    p.add_argument("--reference", required=True, help='model name A ("A+A_s1": seeds averaged per sequence)')
+    p.add_argument("--against", action="append", required=True, help="model name B (repeatable; + as above)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="paired_compare", help="output file stem")
     args = p.parse_args(argv)
@@ -104,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{path}: no such eval report")
     report = json.loads(path.read_text())
     try:
-        ref = per_sequence_confidence(report, args.reference)
-        comps = {o: compare(ref, per_sequence_confidence(report, o)) for o in args.against}
+        ref = pooled_confidence(report, args.reference)
+        comps = {o: compare(ref, pooled_confidence(report, o)) for o in args.against}
     except ValueError as exc:
         p.error(str(exc))
     res = {"eval": str(path), "reference": args.reference, "comparisons": comps}

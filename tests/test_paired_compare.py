@@ -46,3 +46,23 @@ def test_unknown_model_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--eval", str(path), "--reference", "A", "--against", "Z"])
     assert "no model 'Z'" in capsys.readouterr().err
+
+
+def test_seeds_joined_with_plus_are_averaged_per_sequence(tmp_path):
+    from benchmarks.paired_compare import main
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(1.0, 0.5, size=(30, 4))
+    # two seeds of A, each off by its own seed noise of +-0.1 per sequence: their mean is base + 0.05
+    a0 = base + 0.05 + rng.normal(0, 0.1, size=(30, 4))
+    a1 = 2 * (base + 0.05) - a0
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(_report({"A": a0, "A_s1": a1, "B": base, "B_s1": base})))
+    argv = ["--eval", str(path), "--reference", "A+A_s1", "--against", "B+B_s1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "paired_compare.json").read_text())["comparisons"]["B+B_s1"]
+    for r in res:
+        assert r["mean_diff"] == pytest.approx(0.05, abs=1e-9) and r["se"] < 1e-9  # the seed noise cancels
+    assert "## A+A_s1 vs B+B_s1" in (tmp_path / "paired_compare.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["--eval", str(path), "--reference", "A+Z", "--against", "B"])
