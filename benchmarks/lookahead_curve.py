@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         res = collect(eval_json, args.steps, only)
     except ValueError as exc:
         p.error(str(exc))
+    except FileNotFoundError as exc:
+        p.error(
+            f"{exc}; the report's checkpoint paths are as `msync eval` was given them (relative ones from the "
+            "folder it ran in): run this from there, with the runs present"
+        )
     write_report(args.out, args.name, res, markdown(res))
     plot(res, Path(args.out) / f"{args.name}.png")
     return 0

@@ -42,9 +42,9 @@ def per_sequence_confidence(report: dict, model: str) -> np.ndarray:
 def pooled_confidence(report: dict, name: str) -> np.ndarray:
     """`per_sequence_confidence` of one row, or for "A+B+..." the per-sequence mean over those rows (a level is
     NaN where any row could not score it)."""
-    parts = [n for n in name.split("+") if n]
-    if not parts:
-        raise ValueError(f"empty model name {name!r}")
+    parts = name.split("+")
+    if not all(parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"model name {name!r}: rows joined with '+' must be distinct and non-empty")
     rows = [per_sequence_confidence(report, n) for n in parts]
     if len({r.shape for r in rows}) != 1:
         raise ValueError(f"{name}: the rows were not scored on the same sequences and levels")

@@ -6,11 +6,13 @@
 Issue 15 (deliverable 3) suggests a causal voice-activity input inside the exported step, so that the mouth rests in
 non-speech in every runtime alike; Silero VAD is the candidate its reference names (MIT, causal, ~0.14 ms per call).
 A VAD in the step runs once per stream per 40 ms step, batched with the step. This benchmark times, on one core
-(one intra-op thread, CPU time per call), the VAD's 16 kHz ONNX model (`silero_vad_16k_op15.onnx`: 512 new samples
-plus 64 of context per call, the nearest it takes to a 640-sample step) and the shipped step models (float32 and
-int8) at the same batch sizes, interleaved in rounds so that both see the same machine; the table gives each as
-microseconds per stream-frame and the VAD's cost as a share of each step's. The VAD's recurrent state is fed back
-as a stream would; its audio is random (cost does not depend on the samples).
+(one intra-op thread, CPU time per call), the VAD's 16 kHz ONNX model (`silero_vad_16k_op15.onnx`: exactly 512 new
+samples plus 64 of context per call) and the shipped step models (float32 and int8) at the same batch sizes,
+interleaved in rounds so that both see the same machine. A step brings 640 new samples, so hearing all of a stream's
+audio takes 640 / 512 = 1.25 VAD calls per stream-frame (in a step graph: a sample buffer in the state, one or two
+calls per step); the table gives the VAD at that rate and each step as microseconds per stream-frame, and the
+VAD's cost as a share of each step's. The VAD's recurrent state is fed back as a stream would; its audio is random
+(cost does not depend on the samples).
 
 Without the `silero-vad` package (or `--vad PATH`) it exits with status 2 and says how to install it.
 """
@@ -28,6 +30,7 @@ from benchmarks.common import machine_info, machine_load_line, write_report
 
 VAD_FILE = "silero_vad_16k_op15.onnx"
 VAD_SAMPLES = 576  # 512 new samples + 64 of context at 16 kHz (the model's own convention)
+VAD_CALLS_PER_FRAME = 640 / 512  # calls per 40 ms stream-frame to hear every sample
 
 
 def find_vad() -> Path | None:
@@ -92,7 +95,10 @@ def measure(vad_path: Path, models: dict[str, Path], batches: list[int], rounds:
             for name, fn in step_calls.items():
                 samples[name].append(_cpu_per_call(fn, calls))
         out["batches"][str(b)] = {
-            name: {"ms_per_call": 1e3 * float(np.median(v)), "us_per_frame": 1e6 * float(np.median(v)) / b}
+            name: {
+                "ms_per_call": 1e3 * float(np.median(v)),
+                "us_per_frame": 1e6 * float(np.median(v)) / b * (VAD_CALLS_PER_FRAME if name == "vad" else 1.0),
+            }
             for name, v in samples.items()
         }
     return out
@@ -106,8 +112,8 @@ def markdown(res: dict) -> str:
         f"`{res['command']}`",
         "",
         f"Machine: {machine_load_line(res['machine'])}, {res['machine']['time_utc']}. One core, one intra-op thread, "
-        f"CPU time per call, median of {res['rounds']} interleaved rounds. VAD: `{res['vad']}` ({VAD_SAMPLES} samples "
-        "a call); steps: the shipped models.",
+        f"CPU time per call, median of {res['rounds']} interleaved rounds. VAD: `{res['vad']}` (512 new samples a call, "
+        f"{VAD_CALLS_PER_FRAME:g} calls per 640-sample stream-frame to hear all of it); steps: the shipped models.",
         "",
         "| batch | VAD µs / stream-frame | "
         + " | ".join(f"{n} step µs / stream-frame | VAD ÷ {n} step" for n in names)
@@ -143,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="vad_step_cost", help="stem of the files written (default: %(default)s)")
     args = p.parse_args(argv)
     vad_path = Path(args.vad) if args.vad else find_vad()
+    if args.vad and not vad_path.is_file():  # type: ignore[union-attr]
+        print(f"vad_step_cost: --vad {args.vad}: no such file", file=sys.stderr)
+        return 2
     if vad_path is None or not vad_path.is_file():
         print(
             f"vad_step_cost: no Silero VAD model ({args.vad or VAD_FILE}); install it with "

@@ -322,3 +322,5 @@ def test_student_generator_sets_the_look_ahead_and_redraws_only_the_audio_encode
 
     with pytest.raises(ValueError, match="lookahead_frames"):
         TrainDistillConfig(lookahead_frames=-2)
+    with pytest.raises(ValueError, match="reinit_encoder_seed"):
+        TrainDistillConfig(reinit_encoder_seed=-5)

@@ -19,7 +19,7 @@ from training.models.generator import Generator  # noqa: E402
 from training.models.syncer import SyncerPyramid  # noqa: E402
 
 
-def test_curve_from_an_eval_report(shared_data, tmp_path):
+def test_curve_from_an_eval_report(shared_data, tmp_path, capsys):
     from benchmarks.lookahead_curve import main
     from stream_engine.cli import main as msync
     from training.checkpoint import save_module
@@ -86,6 +86,10 @@ def test_curve_from_an_eval_report(shared_data, tmp_path):
     md = (out / "lookahead_curve.md").read_text()
     assert "| 0 | 40 |" in md and "| 2 | 120 |" in md
     assert (out / "lookahead_curve.png").stat().st_size > 0
+    (tmp_path / "L0" / "generator.json").unlink()  # a report read where its runs are not
+    with pytest.raises(SystemExit):
+        main(["--eval", str(tmp_path / "eval" / "eval.json"), "--out", str(out), "--steps", "5"])
+    assert "run this from there" in capsys.readouterr().err
 
 
 def test_missing_report_is_a_clear_error(tmp_path, capsys):

@@ -64,5 +64,6 @@ def test_seeds_joined_with_plus_are_averaged_per_sequence(tmp_path):
     for r in res:
         assert r["mean_diff"] == pytest.approx(0.05, abs=1e-9) and r["se"] < 1e-9  # the seed noise cancels
     assert "## A+A_s1 vs B+B_s1" in (tmp_path / "paired_compare.md").read_text()
-    with pytest.raises(SystemExit):
-        main(["--eval", str(path), "--reference", "A+Z", "--against", "B"])
+    for bad in ("A+Z", "A+", "A+A"):  # unknown, empty or repeated rows are refused, not read as one row
+        with pytest.raises(SystemExit):
+            main(["--eval", str(path), "--reference", bad, "--against", "B"])

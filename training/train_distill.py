@@ -93,6 +93,10 @@ class TrainDistillConfig:
             raise ValueError("seq_len and batch_size must be >= 1")
         if self.lookahead_frames < -1:
             raise ValueError(f"lookahead_frames must be >= 0 (or -1 = init_from's), got {self.lookahead_frames}")
+        if self.reinit_encoder_seed < -1:
+            raise ValueError(
+                f"reinit_encoder_seed must be >= 0 (or -1 = keep init_from's), got {self.reinit_encoder_seed}"
+            )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

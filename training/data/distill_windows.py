@@ -71,7 +71,7 @@ def teacher_tracks(audios: list[np.ndarray], names: list[str], cache_dir, progre
     """Tracks of 16 kHz clips with their teacher features (through the teacher cache; frames = len // 640)."""
     from training.teacher import features_at_mfcc_rate
 
-    feats = features_at_mfcc_rate(audios, cache_dir=cache_dir, mfcc_per_frame=1, progress=progress or None)
+    feats = features_at_mfcc_rate(audios, cache_dir=cache_dir, mfcc_per_frame=1, progress=progress)
     out = []
     for a, f, n in zip(audios, feats, names, strict=True):
         if len(f):
