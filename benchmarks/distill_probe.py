@@ -20,10 +20,8 @@ over clips of the per-clip Pearson r. Features per landmark frame t:
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmarks.common import machine_info
+    from benchmarks.common import machine_info, write_report
     from training.data.clips import ClipLoadConfig, load_all
     from training.data.manifest import read_manifest
     from training.data.splits import assign_splits
@@ -193,11 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         md.append(
             f"| {name} | {la} | {r['dims']} | {r['clean']:.3f} | {r['10 dB']:.3f} | {r['val_r']:.3f} | {r['alpha']:g} |"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_report(args.out, args.name, result, "\n".join(md) + "\n")
     return 0
 
 
