@@ -12,7 +12,14 @@ Past the paper (drift): pure integration lets small velocity biases add up over 
 slides away). With `anchor_rate` a > 0 every frame is also pulled back toward the identity,
 x(t) = x(t-1) + v(t) - a * (x(t-1) - x_ref), which bounds the deviation a constant bias can build to bias / a;
 with `reference_input` the landmark encoder also sees x(t-1) - x_ref, so the network knows the pull it has to
-counter to hold a pose. Both off reproduce the paper's update.
+counter to hold a pose. Both off reproduce the paper's update. With `mouth_anchor_rate` a_m the articulators' shape
+(the lips and the lower jaw, iBUG points 5-11 and 48-67, about their own centroid) is pulled at a_m instead:
+x(t) = x(t-1) + v(t) - a * d - (a_m - a) * P(d), d = x(t-1) - x_ref, P(d) = d minus its mean over those points,
+on those points, 0 elsewhere. So the head can hold a turn for seconds (small a) while the mouth still falls back
+to the reference face's (closed) mouth within a few frames of silence (a_m); P leaves the mouth's position, which
+follows the head, to a. With `roll_anchor_rate` a_r the in-plane rotation of the whole face (roll) is pulled at a_r:
+a further - (a_r - a) * R(d), R(d)_i = theta * J r_i, where r_i = x_ref,i minus x_ref's centroid, J the 90-degree
+rotation and theta = sum_i (J r_i . d_i) / sum_i |r_i|^2 the least-squares small-angle roll of d.
 
 Two forms with the same weights:
 - `forward` runs a whole window (training): audio convolutions in parallel, the recurrence frame by frame.
@@ -36,6 +43,9 @@ from stream_engine.features import FrontEndConfig
 from training.frontend import TorchMfcc
 from training.models.convnext1d import ConvNeXtBlock1d
 
+# iBUG 68 points the mouth anchor pulls: the lower jaw (5-11) and the lips (48-67).
+ARTICULATOR_POINTS: tuple[int, ...] = (*range(5, 12), *range(48, 68))
+
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
@@ -50,6 +60,11 @@ class GeneratorConfig:
         init_noise: "uniform" draws the initial LSTM state from U[0, 1) (the paper's noise source).
         anchor_rate: per-frame pull of every landmark toward the reference face (0 = the paper's pure
             integration; 0.05 = a time constant of 20 frames, 0.8 s).
+        mouth_anchor_rate: per-frame pull of the lips' and lower jaw's shape about their centroid toward the
+            reference face's (None = anchor_rate, the single anchor of model 0.3.2 and before; see the module
+            docstring). Must be >= anchor_rate and < 1.
+        roll_anchor_rate: per-frame pull of the face's in-plane rotation (roll) about the reference face's centroid
+            (None = anchor_rate). Must be >= anchor_rate and < 1.
         reference_input: the landmark encoder reads [x(t-1), x(t-1) - x_ref] instead of x(t-1) alone.
         silence_history: before a stream's start, the causal audio blocks hold what digital silence gives them
             (the front end's own convention: a stream is preceded by zeros) instead of zero activations. The
@@ -75,6 +90,8 @@ class GeneratorConfig:
     velocity_scale: float = 0.01
     init_noise: str = "uniform"
     anchor_rate: float = 0.0
+    mouth_anchor_rate: float | None = None
+    roll_anchor_rate: float | None = None
     reference_input: bool = False
     silence_history: bool = False
     frontend: FrontEndConfig = FrontEndConfig()
@@ -84,6 +101,16 @@ class GeneratorConfig:
             raise ValueError("lookahead_frames must be >= 0")
         if not 0.0 <= self.anchor_rate < 1.0:
             raise ValueError(f"anchor_rate must be in [0, 1), got {self.anchor_rate}")
+        if self.mouth_anchor_rate is not None and not self.anchor_rate <= self.mouth_anchor_rate < 1.0:
+            raise ValueError(
+                f"mouth_anchor_rate must be in [anchor_rate, 1) = [{self.anchor_rate}, 1), got {self.mouth_anchor_rate}"
+            )
+        if self.roll_anchor_rate is not None and not self.anchor_rate <= self.roll_anchor_rate < 1.0:
+            raise ValueError(
+                f"roll_anchor_rate must be in [anchor_rate, 1) = [{self.anchor_rate}, 1), got {self.roll_anchor_rate}"
+            )
+        if self.mouth_anchor_rate is not None and self.num_landmarks != 68:
+            raise ValueError("mouth_anchor_rate needs the iBUG 68-point layout (num_landmarks = 68)")
         if not self.branch_levels or max(self.branch_levels) >= len(self.level_dilations):
             raise ValueError(f"branch_levels {self.branch_levels} must index level_dilations")
 
@@ -186,6 +213,7 @@ class Generator(nn.Module):
 
     mfcc_mean: torch.Tensor
     mfcc_std: torch.Tensor
+    articulator_mask: torch.Tensor
 
     def __init__(self, cfg: GeneratorConfig = GeneratorConfig()) -> None:
         super().__init__()
@@ -209,6 +237,10 @@ class Generator(nn.Module):
         )
         self.lstm = nn.LSTMCell(e, cfg.lstm_hidden)
         self.branches = Branches(cfg)
+        # The articulators the mouth anchor pulls (not saved: a function of the config).
+        mask = torch.zeros(cfg.num_landmarks, 1)
+        mask[[i for i in ARTICULATOR_POINTS if i < cfg.num_landmarks]] = 1.0
+        self.register_buffer("articulator_mask", mask, persistent=False)
 
     # ------------------------------------------------------------------ audio
     @property
@@ -304,9 +336,23 @@ class Generator(nn.Module):
         emb = self._embed(x_prev, x_ref)
         h, c = self.lstm(emb, (h, c))
         v = self.branches(h, emb, audio) * self.cfg.velocity_scale
-        if self.cfg.anchor_rate > 0.0:
-            v = v - self.cfg.anchor_rate * (x_prev - x_ref)
-        return x_prev + v, h, c
+        return x_prev + v - self.anchor_pull(x_prev - x_ref, x_ref), h, c
+
+    def anchor_pull(self, d: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+        """The anchor's per-frame pull (B, 68, 2) for the offset d = x(t-1) - x_ref (B, 68, 2): a * d, plus the
+        mouth's and the roll's extra pulls (module docstring; 0 where their rates are None)."""
+        cfg = self.cfg
+        pull = cfg.anchor_rate * d
+        if cfg.mouth_anchor_rate is not None and cfg.mouth_anchor_rate > cfg.anchor_rate:
+            m = self.articulator_mask
+            centre = (d * m).sum(dim=1, keepdim=True) / m.sum()
+            pull = pull + (cfg.mouth_anchor_rate - cfg.anchor_rate) * (d - centre) * m
+        if cfg.roll_anchor_rate is not None and cfg.roll_anchor_rate > cfg.anchor_rate:
+            r = x_ref - x_ref.mean(dim=1, keepdim=True)
+            jr = torch.stack([-r[..., 1], r[..., 0]], dim=-1)  # r turned by +90 degrees
+            theta = (jr * d).sum(dim=(1, 2), keepdim=True) / (r * r).sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+            pull = pull + (cfg.roll_anchor_rate - cfg.anchor_rate) * theta * jr
+        return pull
 
     def load_compatible(self, state_dict: dict[str, torch.Tensor]) -> list[str]:
         """Load weights of a generator trained without `reference_input` into one with it (warm start).
