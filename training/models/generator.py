@@ -12,21 +12,18 @@ Past the paper (drift): pure integration lets small velocity biases add up over 
 slides away). With `anchor_rate` a > 0 every frame is also pulled back toward the identity,
 x(t) = x(t-1) + v(t) - a * (x(t-1) - x_ref), which bounds the deviation a constant bias can build to bias / a;
 with `reference_input` the landmark encoder also sees x(t-1) - x_ref, so the network knows the pull it has to
-counter to hold a pose. Both off reproduce the paper's update. With `mouth_anchor_rate` a_m the articulators' shape
-(the lips and the lower jaw, iBUG points 5-11 and 48-67, about their own centroid) is pulled at a_m instead:
-x(t) = x(t-1) + v(t) - a * d - (a_m - a) * P(d), d = x(t-1) - x_ref, P(d) = d minus its mean over those points,
-on those points, 0 elsewhere. So the head can hold a turn for seconds (small a) while the mouth still falls back
-to the reference face's (closed) mouth within a few frames of silence (a_m); P leaves the mouth's position, which
-follows the head, to a. With `roll_anchor_rate` a_r the in-plane rotation of the whole face (roll) is pulled at a_r:
-a further - (a_r - a) * R(d), R(d)_i = theta * J r_i, where r_i = x_ref,i minus x_ref's centroid, J the 90-degree
-rotation and theta = sum_i (J r_i . d_i) / sum_i |r_i|^2 the least-squares small-angle roll of d.
+counter to hold a pose. Both off reproduce the paper's update.
 
-Two forms with the same weights:
-- `forward` runs a whole window (training): audio convolutions in parallel, the recurrence frame by frame.
-- `step` is one 40 ms stream step with every piece of memory explicit (`StepState`): 640 new PCM samples in,
-  one landmark frame out (the frame L steps back). Stepping through a sequence reproduces `forward`.
-Because the audio pyramid is undecimated and causal, a step computes exactly one new column per conv layer
-from cached inputs; nothing the previous step computed is recomputed.
+The anchor can pull the head's pose more weakly than the face's shape (`pose_anchor_rate` a_p, `roll_anchor_rate`
+a_r): one rate of 0.05 per frame (0.8 s) damped the slow head motion real speakers make (1.6 s head energy 0.59x
+ground truth's), while a single lower rate let per-landmark noise build up into faces outside the shape space.
+The pull on d = x(t-1) - x_ref is then a * d + (a_p - a) * H(d) + (a_r - a_p) * R(d), where H(d) is the head's
+move fitted on the rigid points (`stream_engine.signals.RIGID_POINTS`: upper jaw contour, nose, eye corners) as
+a linearised scaled-orthographic move of the reference face, d_i ~ t + A r_i + z_i b (translation; in-plane
+rotation, scale and shear; yaw and pitch as parallax of each point's depth z_i from `MEAN_FACE_3D`), evaluated at
+every point; and R(d) = theta * J r_i its small-angle in-plane rotation (roll), theta = sum_i w_i (J r_i . d_i) /
+sum_i w_i |J r_i|^2 over the rigid points. r_i = x_ref,i minus the rigid points' centroid, J the 90-degree turn.
+A pose change relaxes at a_p, a roll at a_r, and everything else (the mouth opening, shape noise) at a.
 """
 
 from __future__ import annotations
@@ -40,11 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from stream_engine.features import FrontEndConfig
+from stream_engine.signals import MEAN_FACE_3D, RIGID_POINTS
 from training.frontend import TorchMfcc
 from training.models.convnext1d import ConvNeXtBlock1d
-
-# iBUG 68 points the mouth anchor pulls: the lower jaw (5-11) and the lips (48-67).
-ARTICULATOR_POINTS: tuple[int, ...] = (*range(5, 12), *range(48, 68))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +55,10 @@ class GeneratorConfig:
         init_noise: "uniform" draws the initial LSTM state from U[0, 1) (the paper's noise source).
         anchor_rate: per-frame pull of every landmark toward the reference face (0 = the paper's pure
             integration; 0.05 = a time constant of 20 frames, 0.8 s).
-        mouth_anchor_rate: per-frame pull of the lips' and lower jaw's shape about their centroid toward the
-            reference face's (None = anchor_rate, the single anchor of model 0.3.2 and before; see the module
-            docstring). Must be >= anchor_rate and < 1.
-        roll_anchor_rate: per-frame pull of the face's in-plane rotation (roll) about the reference face's centroid
-            (None = anchor_rate). Must be >= anchor_rate and < 1.
+        pose_anchor_rate: per-frame pull of the head's pose (the move H fitted on the rigid points; module
+            docstring) toward the reference face's (None = anchor_rate, the single anchor of model 0.3.2 and before).
+        roll_anchor_rate: per-frame pull of the head's in-plane rotation (roll; R in the module docstring)
+            (None = pose_anchor_rate). Both in [0, 1) and for the iBUG 68-point layout.
         reference_input: the landmark encoder reads [x(t-1), x(t-1) - x_ref] instead of x(t-1) alone.
         silence_history: before a stream's start, the causal audio blocks hold what digital silence gives them
             (the front end's own convention: a stream is preceded by zeros) instead of zero activations. The
@@ -90,8 +84,8 @@ class GeneratorConfig:
     velocity_scale: float = 0.01
     init_noise: str = "uniform"
     anchor_rate: float = 0.0
-    mouth_anchor_rate: float | None = None
     roll_anchor_rate: float | None = None
+    pose_anchor_rate: float | None = None
     reference_input: bool = False
     silence_history: bool = False
     frontend: FrontEndConfig = FrontEndConfig()
@@ -101,16 +95,13 @@ class GeneratorConfig:
             raise ValueError("lookahead_frames must be >= 0")
         if not 0.0 <= self.anchor_rate < 1.0:
             raise ValueError(f"anchor_rate must be in [0, 1), got {self.anchor_rate}")
-        if self.mouth_anchor_rate is not None and not self.anchor_rate <= self.mouth_anchor_rate < 1.0:
-            raise ValueError(
-                f"mouth_anchor_rate must be in [anchor_rate, 1) = [{self.anchor_rate}, 1), got {self.mouth_anchor_rate}"
-            )
-        if self.roll_anchor_rate is not None and not self.anchor_rate <= self.roll_anchor_rate < 1.0:
-            raise ValueError(
-                f"roll_anchor_rate must be in [anchor_rate, 1) = [{self.anchor_rate}, 1), got {self.roll_anchor_rate}"
-            )
-        if self.mouth_anchor_rate is not None and self.num_landmarks != 68:
-            raise ValueError("mouth_anchor_rate needs the iBUG 68-point layout (num_landmarks = 68)")
+        if self.roll_anchor_rate is not None and not 0.0 <= self.roll_anchor_rate < 1.0:
+            raise ValueError(f"roll_anchor_rate must be in [0, 1), got {self.roll_anchor_rate}")
+        if self.pose_anchor_rate is not None and not 0.0 <= self.pose_anchor_rate < 1.0:
+            raise ValueError(f"pose_anchor_rate must be in [0, 1), got {self.pose_anchor_rate}")
+        split = self.pose_anchor_rate is not None or self.roll_anchor_rate is not None
+        if split and self.num_landmarks != 68:
+            raise ValueError("pose_anchor_rate and roll_anchor_rate need the iBUG 68-point layout (num_landmarks = 68)")
         if not self.branch_levels or max(self.branch_levels) >= len(self.level_dilations):
             raise ValueError(f"branch_levels {self.branch_levels} must index level_dilations")
 
@@ -213,7 +204,8 @@ class Generator(nn.Module):
 
     mfcc_mean: torch.Tensor
     mfcc_std: torch.Tensor
-    articulator_mask: torch.Tensor
+    rigid_weight: torch.Tensor
+    depth: torch.Tensor
 
     def __init__(self, cfg: GeneratorConfig = GeneratorConfig()) -> None:
         super().__init__()
@@ -237,10 +229,16 @@ class Generator(nn.Module):
         )
         self.lstm = nn.LSTMCell(e, cfg.lstm_hidden)
         self.branches = Branches(cfg)
-        # The articulators the mouth anchor pulls (not saved: a function of the config).
-        mask = torch.zeros(cfg.num_landmarks, 1)
-        mask[[i for i in ARTICULATOR_POINTS if i < cfg.num_landmarks]] = 1.0
-        self.register_buffer("articulator_mask", mask, persistent=False)
+        # The pose anchor's rigid points and their depth (not saved: constants; see `anchor_pull`).
+        rigid = torch.zeros(cfg.num_landmarks, 1)
+        depth = torch.zeros(cfg.num_landmarks, 1)
+        if cfg.num_landmarks == len(MEAN_FACE_3D):
+            rigid[list(RIGID_POINTS)] = 1.0
+            depth[:, 0] = torch.tensor(MEAN_FACE_3D[:, 2] / 100.0, dtype=torch.float32)  # any scale: normalised
+        else:
+            rigid[:] = 1.0
+        self.register_buffer("rigid_weight", rigid, persistent=False)
+        self.register_buffer("depth", depth, persistent=False)
 
     # ------------------------------------------------------------------ audio
     @property
@@ -339,19 +337,36 @@ class Generator(nn.Module):
         return x_prev + v - self.anchor_pull(x_prev - x_ref, x_ref), h, c
 
     def anchor_pull(self, d: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
-        """The anchor's per-frame pull (B, 68, 2) for the offset d = x(t-1) - x_ref (B, 68, 2): a * d, plus the
-        mouth's and the roll's extra pulls (module docstring; 0 where their rates are None)."""
+        """The anchor's per-frame pull (B, 68, 2) for the offset d = x(t-1) - x_ref (B, 68, 2), in landmark units
+        per frame: a * d, plus the pose's and the roll's own rates (module docstring; the same as a * d when
+        pose_anchor_rate and roll_anchor_rate are None)."""
         cfg = self.cfg
         pull = cfg.anchor_rate * d
-        if cfg.mouth_anchor_rate is not None and cfg.mouth_anchor_rate > cfg.anchor_rate:
-            m = self.articulator_mask
-            centre = (d * m).sum(dim=1, keepdim=True) / m.sum()
-            pull = pull + (cfg.mouth_anchor_rate - cfg.anchor_rate) * (d - centre) * m
-        if cfg.roll_anchor_rate is not None and cfg.roll_anchor_rate > cfg.anchor_rate:
-            r = x_ref - x_ref.mean(dim=1, keepdim=True)
+        pose = cfg.anchor_rate if cfg.pose_anchor_rate is None else cfg.pose_anchor_rate
+        w = self.rigid_weight  # (68, 1): 1 on the rigid points the head's motion is fitted on
+        r = x_ref - (x_ref * w).sum(dim=1, keepdim=True) / w.sum()
+        if pose != cfg.anchor_rate:
+            # The head's motion: d on the rigid points fitted (least squares) by a linearised scaled-orthographic
+            # move of the reference face, d_i ~ t + A r_i + z_i b (translation; in-plane rotation, scale and shear;
+            # yaw and pitch as each point's depth z_i), then that fit evaluated at every point. Gram-Schmidt in
+            # the rigid points' inner product gives an orthonormal basis (B, 68, 4) of [1, r_x, r_y, z].
+            basis: list[torch.Tensor] = []
+            columns = [torch.ones_like(r[..., :1]), r[..., :1], r[..., 1:], self.depth.expand_as(r[..., :1])]
+            for u in columns:
+                for q in basis:
+                    u = u - q * (q * u * w).sum(dim=1, keepdim=True)
+                basis.append(u / (u * u * w).sum(dim=1, keepdim=True).clamp_min(1e-12).sqrt())
+            q = torch.cat(basis, dim=-1)  # (B, 68, 4)
+            coef = torch.einsum("bnk,bnc->bkc", q * w, d)  # (B, 4, 2)
+            pull = pull + (pose - cfg.anchor_rate) * torch.einsum("bnk,bkc->bnc", q, coef)
+        roll = pose if cfg.roll_anchor_rate is None else cfg.roll_anchor_rate
+        if roll != pose:
+            # The small-angle in-plane rotation theta J r fitted on the rigid points, evaluated at every point.
             jr = torch.stack([-r[..., 1], r[..., 0]], dim=-1)  # r turned by +90 degrees
-            theta = (jr * d).sum(dim=(1, 2), keepdim=True) / (r * r).sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-            pull = pull + (cfg.roll_anchor_rate - cfg.anchor_rate) * theta * jr
+            theta = (jr * d * w).sum(dim=(1, 2), keepdim=True) / (jr * jr * w).sum(dim=(1, 2), keepdim=True).clamp_min(
+                1e-12
+            )
+            pull = pull + (roll - pose) * theta * jr
         return pull
 
     def load_compatible(self, state_dict: dict[str, torch.Tensor]) -> list[str]:
