@@ -19,10 +19,10 @@ a_r): one rate of 0.05 per frame (0.8 s) damped the slow head motion real speake
 ground truth's), while a single lower rate let per-landmark noise build up into faces outside the shape space.
 The pull on d = x(t-1) - x_ref is then a * d + (a_p - a) * H(d) + (a_r - a_p) * R(d), where H(d) is the head's
 move fitted on the rigid points (`stream_engine.signals.RIGID_POINTS`: upper jaw contour, nose, eye corners) as
-a linearised scaled-orthographic move of the reference face, d_i ~ t + A r_i + z_i b (translation; in-plane
-rotation, scale and shear; yaw and pitch as parallax of each point's depth z_i from `MEAN_FACE_3D`), evaluated at
-every point; and R(d) = theta * J r_i its small-angle in-plane rotation (roll), theta = sum_i w_i (J r_i . d_i) /
-sum_i w_i |J r_i|^2 over the rigid points. r_i = x_ref,i minus the rigid points' centroid, J the 90-degree turn.
+a linearised scaled-orthographic move of a face, d_i ~ t + A g_i + z_i b (translation; in-plane rotation, scale
+and shear; yaw and pitch as parallax of each point's depth z_i), evaluated at every point, and R(d) its
+small-angle in-plane rotation (roll); g and z come from the generic face `MEAN_FACE_3D`, so the whole split is one
+constant (136, 136) product per step (`anchor_split_matrix`).
 A pose change relaxes at a_p, a roll at a_r, and everything else (the mouth opening, shape noise) at a.
 """
 
@@ -32,6 +32,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -199,13 +200,44 @@ def initial_lstm_state(
     return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
 
 
+def anchor_split_matrix(cfg: GeneratorConfig) -> torch.Tensor | None:
+    """The split anchor as one linear map: (136, 136) M with pull = a * d + d.flatten(1) @ M, or None when
+    pose_anchor_rate and roll_anchor_rate leave the single anchor.
+
+    M = (a_p - a) * H^T + (a_r - a_p) * R^T on the flattened (68 points x 2) offset. H is the head's move fitted on
+    the rigid points: weighted least squares of d_i ~ t + A g_i + z_i b over `RIGID_POINTS` with the basis
+    [1, g_x, g_y, z] of the generic face `MEAN_FACE_3D` (g its image-plane coordinates, z its depth; an affine
+    change of g spans the same space, so a reference face of another size or place gives the same H), evaluated
+    at all 68 points. R is its small-angle in-plane rotation: theta * J g~_i with g~ = g minus the rigid points'
+    centroid, J the 90-degree turn and theta = sum_i w_i (J g~_i . d_i) / sum_i w_i |J g~_i|^2. The generic face,
+    not each stream's reference, keeps M a constant of the model: one small product per step.
+    """
+    pose = cfg.anchor_rate if cfg.pose_anchor_rate is None else cfg.pose_anchor_rate
+    roll = pose if cfg.roll_anchor_rate is None else cfg.roll_anchor_rate
+    if pose == cfg.anchor_rate and roll == pose:
+        return None
+    m = np.asarray(MEAN_FACE_3D, dtype=np.float64)
+    w = np.zeros(len(m))
+    w[list(RIGID_POINTS)] = 1.0
+    x = np.stack([np.ones(len(m)), m[:, 0], m[:, 1], m[:, 2]], axis=1)  # (68, 4)
+    xw = x * w[:, None]
+    h = x @ np.linalg.solve(x.T @ xw, xw.T)  # (68, 68): H d[:, c] per coordinate c
+    g = m[:, :2] - (m[:, :2] * w[:, None]).sum(axis=0) / w.sum()
+    jg = np.stack([-g[:, 1], g[:, 0]], axis=1).reshape(-1)  # (136,)
+    r = np.outer(jg, jg * np.repeat(w, 2)) / float((jg * jg * np.repeat(w, 2)).sum())  # (136, 136)
+    n = len(m)
+    big_h = np.zeros((2 * n, 2 * n))
+    big_h[0::2, 0::2] = h  # x rows from x columns
+    big_h[1::2, 1::2] = h
+    split = (pose - cfg.anchor_rate) * big_h + (roll - pose) * r
+    return torch.tensor(split.T, dtype=torch.float32)
+
+
 class Generator(nn.Module):
     """Causal MS-Sync generator. See the module docstring for the two forms."""
 
     mfcc_mean: torch.Tensor
     mfcc_std: torch.Tensor
-    rigid_weight: torch.Tensor
-    depth: torch.Tensor
 
     def __init__(self, cfg: GeneratorConfig = GeneratorConfig()) -> None:
         super().__init__()
@@ -229,16 +261,10 @@ class Generator(nn.Module):
         )
         self.lstm = nn.LSTMCell(e, cfg.lstm_hidden)
         self.branches = Branches(cfg)
-        # The pose anchor's rigid points and their depth (not saved: constants; see `anchor_pull`).
-        rigid = torch.zeros(cfg.num_landmarks, 1)
-        depth = torch.zeros(cfg.num_landmarks, 1)
-        if cfg.num_landmarks == len(MEAN_FACE_3D):
-            rigid[list(RIGID_POINTS)] = 1.0
-            depth[:, 0] = torch.tensor(MEAN_FACE_3D[:, 2] / 100.0, dtype=torch.float32)  # any scale: normalised
-        else:
-            rigid[:] = 1.0
-        self.register_buffer("rigid_weight", rigid, persistent=False)
-        self.register_buffer("depth", depth, persistent=False)
+        # The split anchor's linear map (not saved: a function of the config; see `anchor_split_matrix`).
+        split = anchor_split_matrix(cfg)
+        self.anchor_split: torch.Tensor | None
+        self.register_buffer("anchor_split", split, persistent=False)
 
     # ------------------------------------------------------------------ audio
     @property
@@ -334,39 +360,15 @@ class Generator(nn.Module):
         emb = self._embed(x_prev, x_ref)
         h, c = self.lstm(emb, (h, c))
         v = self.branches(h, emb, audio) * self.cfg.velocity_scale
-        return x_prev + v - self.anchor_pull(x_prev - x_ref, x_ref), h, c
+        return x_prev + v - self.anchor_pull(x_prev - x_ref), h, c
 
-    def anchor_pull(self, d: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+    def anchor_pull(self, d: torch.Tensor) -> torch.Tensor:
         """The anchor's per-frame pull (B, 68, 2) for the offset d = x(t-1) - x_ref (B, 68, 2), in landmark units
         per frame: a * d, plus the pose's and the roll's own rates (module docstring; the same as a * d when
-        pose_anchor_rate and roll_anchor_rate are None)."""
-        cfg = self.cfg
-        pull = cfg.anchor_rate * d
-        pose = cfg.anchor_rate if cfg.pose_anchor_rate is None else cfg.pose_anchor_rate
-        w = self.rigid_weight  # (68, 1): 1 on the rigid points the head's motion is fitted on
-        r = x_ref - (x_ref * w).sum(dim=1, keepdim=True) / w.sum()
-        if pose != cfg.anchor_rate:
-            # The head's motion: d on the rigid points fitted (least squares) by a linearised scaled-orthographic
-            # move of the reference face, d_i ~ t + A r_i + z_i b (translation; in-plane rotation, scale and shear;
-            # yaw and pitch as each point's depth z_i), then that fit evaluated at every point. Gram-Schmidt in
-            # the rigid points' inner product gives an orthonormal basis (B, 68, 4) of [1, r_x, r_y, z].
-            basis: list[torch.Tensor] = []
-            columns = [torch.ones_like(r[..., :1]), r[..., :1], r[..., 1:], self.depth.expand_as(r[..., :1])]
-            for u in columns:
-                for q in basis:
-                    u = u - q * (q * u * w).sum(dim=1, keepdim=True)
-                basis.append(u / (u * u * w).sum(dim=1, keepdim=True).clamp_min(1e-12).sqrt())
-            q = torch.cat(basis, dim=-1)  # (B, 68, 4)
-            coef = torch.einsum("bnk,bnc->bkc", q * w, d)  # (B, 4, 2)
-            pull = pull + (pose - cfg.anchor_rate) * torch.einsum("bnk,bkc->bnc", q, coef)
-        roll = pose if cfg.roll_anchor_rate is None else cfg.roll_anchor_rate
-        if roll != pose:
-            # The small-angle in-plane rotation theta J r fitted on the rigid points, evaluated at every point.
-            jr = torch.stack([-r[..., 1], r[..., 0]], dim=-1)  # r turned by +90 degrees
-            theta = (jr * d * w).sum(dim=(1, 2), keepdim=True) / (jr * jr * w).sum(dim=(1, 2), keepdim=True).clamp_min(
-                1e-12
-            )
-            pull = pull + (roll - pose) * theta * jr
+        pose_anchor_rate and roll_anchor_rate are None). One (136, 136) product: `anchor_split`."""
+        pull = self.cfg.anchor_rate * d
+        if self.anchor_split is not None:
+            pull = pull + (d.flatten(1) @ self.anchor_split).view_as(d)
         return pull
 
     def load_compatible(self, state_dict: dict[str, torch.Tensor]) -> list[str]:
