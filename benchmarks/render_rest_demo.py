@@ -12,7 +12,8 @@ audio; not for committing: it holds `../shared` audio), OUT.png (one row per mod
 titled with its time and inner-lip gap in IOD), OUT_trace.png (the audio level per 40 ms frame above every
 model's inner-lip gap, to read the opening against the sound) and OUT.json (the gap per frame for each model and
 r(gap, audio level) over the speech segment at lags -1, 0, +1 frames, over all frames and over the frames with
-sound only).
+sound only; and per segment the head: median |yaw| / |pitch| / |roll| relative to the reference face, degrees, by
+`stream_engine.signals.head_pose`, and the face's size, median inter-ocular distance over the reference's).
 """
 
 from __future__ import annotations
@@ -62,6 +63,28 @@ def level_correlation(gap: np.ndarray, level: np.ndarray, start_s: float, end_s:
     return out
 
 
+def head_by_segment(x: np.ndarray, ref: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per segment of (frames, 68, 2) landmarks: median |yaw|, |pitch|, |roll| (degrees) relative to the (68, 2)
+    reference face's pose (`stream_engine.signals.head_pose`), and the median face size (inter-ocular distance
+    over the reference's)."""
+    from stream_engine.signals import head_pose
+
+    base = head_pose(ref)
+    angles = np.array(
+        [
+            [p.yaw_deg - base.yaw_deg, p.pitch_deg - base.pitch_deg, p.roll_deg - base.roll_deg]
+            for p in map(head_pose, x)
+        ]
+    )
+    iod = np.linalg.norm(x[:, 36] - x[:, 45], axis=-1) / float(np.linalg.norm(ref[36] - ref[45]))
+    out = {}
+    for a, b, label in SEGMENTS:
+        sl = slice(int(a * 25) + 5, int(b * 25))
+        yaw, pitch, roll = np.median(np.abs(angles[sl]), axis=0)
+        out[label] = {"yaw": float(yaw), "pitch": float(pitch), "roll": float(roll), "size": float(np.median(iod[sl]))}
+    return out
+
+
 def write_trace(path: Path, level: np.ndarray, gaps: dict[str, np.ndarray]) -> None:
     """The audio level per frame above each model's inner-lip gap per frame, with the segments shaded."""
     import matplotlib
@@ -104,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     pcm = build_audio()
     n = len(pcm) // SPF
-    rows = {}
+    rows, refs = {}, {}
     for spec in args.model:
         name, _, path = spec.partition("=")
         m = load_model(name, path, "cpu")
         ref = np.asarray(m.meta["reference_face"], np.float32)
-        rows[name] = stream_rollout(m, pcm, ref, 7, n, "cpu")
+        rows[name], refs[name] = stream_rollout(m, pcm, ref, 7, n, "cpu"), ref
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     names = list(rows)
@@ -144,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, g in gaps.items()
     }
+    head = {name: head_by_segment(x, refs[name]) for name, x in rows.items()}
     level = frame_dbfs(pcm, 0, n)  # the evaluation's per-frame level (training.eval.viewer)
     follow = {name: level_correlation(g, level, 0.0, 6.0) for name, g in gaps.items()}
     write_trace(out.with_name(out.name + "_trace.png"), level, gaps)
@@ -152,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "segments": seg_stats,
                 "r_gap_level_speech": follow,
+                "head": head,
                 "gap": {k: [round(float(x), 4) for x in g] for k, g in gaps.items()},
             }
         )
@@ -159,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(json.dumps({"r_gap_level_speech": follow}, indent=1))
     print(json.dumps(seg_stats, indent=1))
+    print(json.dumps({"head": head}, indent=1))
     return 0
 
 

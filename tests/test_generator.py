@@ -165,8 +165,9 @@ def test_anchor_bounds_drift_from_a_constant_velocity_bias(speech):
 
 
 def _pose_offsets():
-    """Offsets the pose anchor should see as head motion (translation, a linear map, depth parallax of the generic
-    face), and a roll (its small-angle rotation about the rigid points' centroid)."""
+    """Offsets the pose anchor should see as head motion (translation, a linear map without change of size, depth
+    parallax of the generic face), a roll (its small-angle rotation about the rigid points' centroid) and a change
+    of size."""
     from stream_engine.signals import MEAN_FACE_3D, RIGID_POINTS
 
     m = torch.tensor(MEAN_FACE_3D, dtype=torch.float32)
@@ -175,8 +176,12 @@ def _pose_offsets():
         torch.tensor([0.01, -0.02]) + g @ torch.tensor([[0.03, 0.01], [-0.02, 0.015]]) + z * torch.tensor([0.02, -0.01])
     )
     r = g - g[:, list(RIGID_POINTS)].mean(dim=1, keepdim=True)
+    rigid = r[:, list(RIGID_POINTS)]
+    sigma = (rigid * (head[:, list(RIGID_POINTS)])).sum() / (rigid * rigid).sum()
+    head = head - sigma * r  # no change of size: the face's size stays with the shape's rate
     roll = 0.02 * torch.stack([-r[..., 1], r[..., 0]], dim=-1)  # 0.02 rad, linearised
-    return head.expand(2, 68, 2), roll.expand(2, 68, 2)
+    size = 0.05 * r  # 5 % larger about the rigid points' centroid
+    return head.expand(2, 68, 2), roll.expand(2, 68, 2), size.expand(2, 68, 2)
 
 
 def _generator(**anchor) -> Generator:
@@ -185,10 +190,10 @@ def _generator(**anchor) -> Generator:
 
 def test_split_anchor_pulls_the_head_the_roll_and_the_face_at_their_own_rates():
     """pose_anchor_rate / roll_anchor_rate: a head move (fitted on the rigid points) relaxes at the pose rate, a
-    roll at the roll rate, a mouth opening (no rigid point moves) at anchor_rate; None is the single anchor, and
+    roll at the roll rate, a mouth opening (no rigid point moves) and a change of the face's size at anchor_rate; None is the single anchor, and
     the split is a constant of the model (no matrix when the rates do not split)."""
     torch.manual_seed(0)
-    head, roll = _pose_offsets()
+    head, roll, size = _pose_offsets()
     mouth = torch.zeros(2, 68, 2)
     mouth[:, 57, 1] = 0.03  # the lower lip down
     single = _generator(anchor_rate=0.05)
@@ -201,6 +206,8 @@ def test_split_anchor_pulls_the_head_the_roll_and_the_face_at_their_own_rates():
     torch.testing.assert_close(pose.anchor_pull(head), 0.02 * head)
     torch.testing.assert_close(pose.anchor_pull(roll), 0.02 * roll)
     torch.testing.assert_close(pose.anchor_pull(mouth), 0.05 * mouth)
+    torch.testing.assert_close(pose.anchor_pull(size), 0.05 * size)
+    torch.testing.assert_close(both.anchor_pull(size), 0.05 * size)
     torch.testing.assert_close(both.anchor_pull(roll), 0.04 * roll)
     torch.testing.assert_close(pose.anchor_pull(mouth + head), 0.05 * mouth + 0.02 * head)
     # Shape noise off the pose model keeps (most of) the strong pull: only its pose-like part is released.

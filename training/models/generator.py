@@ -17,12 +17,13 @@ counter to hold a pose. Both off reproduce the paper's update.
 The anchor can pull the head's pose more weakly than the face's shape (`pose_anchor_rate` a_p, `roll_anchor_rate`
 a_r): one rate of 0.05 per frame (0.8 s) damped the slow head motion real speakers make (1.6 s head energy 0.59x
 ground truth's), while a single lower rate let per-landmark noise build up into faces outside the shape space.
-The pull on d = x(t-1) - x_ref is then a * d + (a_p - a) * H(d) + (a_r - a_p) * R(d), where H(d) is the head's
-move fitted on the rigid points (`stream_engine.signals.RIGID_POINTS`: upper jaw contour, nose, eye corners) as
-a linearised scaled-orthographic move of a face, d_i ~ t + A g_i + z_i b (translation; in-plane rotation, scale
-and shear; yaw and pitch as parallax of each point's depth z_i), evaluated at every point, and R(d) its
-small-angle in-plane rotation (roll); g and z come from the generic face `MEAN_FACE_3D`, so the whole split is one
-constant (136, 136) product per step (`anchor_split_matrix`).
+The pull on d = x(t-1) - x_ref is then a * d + (a_p - a) * (H(d) - S(d)) + (a_r - a_p) * R(d), where H(d) is the
+head's move fitted on the rigid points (`stream_engine.signals.RIGID_POINTS`: upper jaw contour, nose, eye
+corners) as a linearised scaled-orthographic move of a face, d_i ~ t + A g_i + z_i b (translation; in-plane
+rotation, scale and shear; yaw and pitch as parallax of each point's depth z_i), evaluated at every point; S(d) its
+isotropic scale and R(d) its small-angle in-plane rotation (roll). g and z come from the generic face
+`MEAN_FACE_3D`, so the whole split is one constant (136, 136) product per step (`anchor_split_matrix`). The face's
+size stays at a: with it released, the default reference face grew by up to 1.7x in silence and noise.
 A pose change relaxes at a_p, a roll at a_r, and everything else (the mouth opening, shape noise) at a.
 """
 
@@ -204,12 +205,13 @@ def anchor_split_matrix(cfg: GeneratorConfig) -> torch.Tensor | None:
     """The split anchor as one linear map: (136, 136) M with pull = a * d + d.flatten(1) @ M, or None when
     pose_anchor_rate and roll_anchor_rate leave the single anchor.
 
-    M = (a_p - a) * H^T + (a_r - a_p) * R^T on the flattened (68 points x 2) offset. H is the head's move fitted on
+    M = (a_p - a) * (H - S)^T + (a_r - a_p) * R^T on the flattened (68 points x 2) offset. H is the head's move fitted on
     the rigid points: weighted least squares of d_i ~ t + A g_i + z_i b over `RIGID_POINTS` with the basis
     [1, g_x, g_y, z] of the generic face `MEAN_FACE_3D` (g its image-plane coordinates, z its depth; an affine
     change of g spans the same space, so a reference face of another size or place gives the same H), evaluated
     at all 68 points. R is its small-angle in-plane rotation: theta * J g~_i with g~ = g minus the rigid points'
-    centroid, J the 90-degree turn and theta = sum_i w_i (J g~_i . d_i) / sum_i w_i |J g~_i|^2. The generic face,
+    centroid, J the 90-degree turn and theta = sum_i w_i (J g~_i . d_i) / sum_i w_i |J g~_i|^2; S its isotropic
+    scale, sigma * g~_i with sigma = sum_i w_i (g~_i . d_i) / sum_i w_i |g~_i|^2 (left at a). The generic face,
     not each stream's reference, keeps M a constant of the model: one small product per step.
     """
     pose = cfg.anchor_rate if cfg.pose_anchor_rate is None else cfg.pose_anchor_rate
@@ -229,7 +231,9 @@ def anchor_split_matrix(cfg: GeneratorConfig) -> torch.Tensor | None:
     big_h = np.zeros((2 * n, 2 * n))
     big_h[0::2, 0::2] = h  # x rows from x columns
     big_h[1::2, 1::2] = h
-    split = (pose - cfg.anchor_rate) * big_h + (roll - pose) * r
+    gw = g.reshape(-1) * np.repeat(w, 2)
+    size = np.outer(g.reshape(-1), gw) / float((g.reshape(-1) * gw).sum())  # (136, 136): isotropic scale about g~
+    split = (pose - cfg.anchor_rate) * (big_h - size) + (roll - pose) * r
     return torch.tensor(split.T, dtype=torch.float32)
 
 
