@@ -165,20 +165,16 @@ def test_anchor_bounds_drift_from_a_constant_velocity_bias(speech):
 
 
 def _pose_offsets():
-    """Offsets the pose anchor should see as head motion (translation, a linear map without change of size, depth
-    parallax of the generic face), a roll (its small-angle rotation about the rigid points' centroid) and a change
-    of size."""
+    """Offsets of the generic face: a head move released at the pose rate (translation, shear, a turn: depth
+    parallax in x), a roll (small-angle rotation about the rigid points' centroid) and a change of size."""
     from stream_engine.signals import MEAN_FACE_3D, RIGID_POINTS
 
     m = torch.tensor(MEAN_FACE_3D, dtype=torch.float32)
     g, z = m[None, :, :2] / 100.0, m[None, :, 2:] / 100.0
-    head = (
-        torch.tensor([0.01, -0.02]) + g @ torch.tensor([[0.03, 0.01], [-0.02, 0.015]]) + z * torch.tensor([0.02, -0.01])
-    )
+    # Translation, a shear (symmetric, traceless: no change of size, no roll) and a turn (depth parallax in x).
+    shear = torch.tensor([[0.02, 0.01], [0.01, -0.02]])
+    head = torch.tensor([0.01, -0.02]) + g @ shear + z * torch.tensor([0.02, 0.0])
     r = g - g[:, list(RIGID_POINTS)].mean(dim=1, keepdim=True)
-    rigid = r[:, list(RIGID_POINTS)]
-    sigma = (rigid * (head[:, list(RIGID_POINTS)])).sum() / (rigid * rigid).sum()
-    head = head - sigma * r  # no change of size: the face's size stays with the shape's rate
     roll = 0.02 * torch.stack([-r[..., 1], r[..., 0]], dim=-1)  # 0.02 rad, linearised
     size = 0.05 * r  # 5 % larger about the rigid points' centroid
     return head.expand(2, 68, 2), roll.expand(2, 68, 2), size.expand(2, 68, 2)
@@ -208,16 +204,27 @@ def test_split_anchor_pulls_the_head_the_roll_and_the_face_at_their_own_rates():
     torch.testing.assert_close(pose.anchor_pull(mouth), 0.05 * mouth)
     torch.testing.assert_close(pose.anchor_pull(size), 0.05 * size)
     torch.testing.assert_close(both.anchor_pull(size), 0.05 * size)
+    # Pitch (the depth parallax of the y coordinate) at its own rate; yaw (that of x) stays at the pose rate.
+    from stream_engine.signals import MEAN_FACE_3D
+
+    z = torch.tensor(MEAN_FACE_3D[:, 2], dtype=torch.float32)[None, :, None] / 100.0
+    nod, turn = z * torch.tensor([0.0, 0.05]), z * torch.tensor([0.05, 0.0])
+    tilted = _generator(anchor_rate=0.05, pose_anchor_rate=0.02, pitch_anchor_rate=0.05)
+    torch.testing.assert_close(tilted.anchor_pull(nod), 0.05 * nod)
+    torch.testing.assert_close(tilted.anchor_pull(turn), 0.02 * turn)
+    torch.testing.assert_close(tilted.anchor_pull(roll), 0.02 * roll)
     torch.testing.assert_close(both.anchor_pull(roll), 0.04 * roll)
     torch.testing.assert_close(pose.anchor_pull(mouth + head), 0.05 * mouth + 0.02 * head)
-    # Shape noise off the pose model keeps (most of) the strong pull: only its pose-like part is released.
+    # Whatever the rigid points do not do is held at anchor_rate: noise on every other point (lips, jaw, brows).
+    from stream_engine.signals import RIGID_POINTS
+
     noise = torch.randn(2, 68, 2) * 0.01
-    released = (0.05 * noise - pose.anchor_pull(noise)).norm() / (0.03 * noise.norm())
-    assert 0.05 < released < 0.5  # 8 of 136 directions, fitted on 19 of 68 points
+    noise[:, list(RIGID_POINTS)] = 0.0
+    torch.testing.assert_close(both.anchor_pull(noise), 0.05 * noise)
 
 
 def test_split_anchor_config_is_checked():
-    for bad in ({"pose_anchor_rate": 1.0}, {"roll_anchor_rate": -0.1}):
+    for bad in ({"pose_anchor_rate": 1.0}, {"roll_anchor_rate": -0.1}, {"pitch_anchor_rate": 2.0}):
         with pytest.raises(ValueError, match="anchor_rate must be in"):
             GeneratorConfig(anchor_rate=0.05, **bad)
     with pytest.raises(ValueError, match="68-point"):

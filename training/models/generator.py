@@ -17,14 +17,16 @@ counter to hold a pose. Both off reproduce the paper's update.
 The anchor can pull the head's pose more weakly than the face's shape (`pose_anchor_rate` a_p, `roll_anchor_rate`
 a_r): one rate of 0.05 per frame (0.8 s) damped the slow head motion real speakers make (1.6 s head energy 0.59x
 ground truth's), while a single lower rate let per-landmark noise build up into faces outside the shape space.
-The pull on d = x(t-1) - x_ref is then a * d + (a_p - a) * (H(d) - S(d)) + (a_r - a_p) * R(d), where H(d) is the
-head's move fitted on the rigid points (`stream_engine.signals.RIGID_POINTS`: upper jaw contour, nose, eye
-corners) as a linearised scaled-orthographic move of a face, d_i ~ t + A g_i + z_i b (translation; in-plane
-rotation, scale and shear; yaw and pitch as parallax of each point's depth z_i), evaluated at every point; S(d) its
-isotropic scale and R(d) its small-angle in-plane rotation (roll). g and z come from the generic face
-`MEAN_FACE_3D`, so the whole split is one constant (136, 136) product per step (`anchor_split_matrix`). The face's
-size stays at a: with it released, the default reference face grew by up to 1.7x in silence and noise.
-A pose change relaxes at a_p, a roll at a_r, and everything else (the mouth opening, shape noise) at a.
+The pull on d = x(t-1) - x_ref is then a * d + (a_p - a) * (H(d) - S(d)) + (a_r - a_p) * R(d) + (a_t - a_p) * P(d),
+where H(d) is the head's move fitted on the rigid points (`stream_engine.signals.RIGID_POINTS`: upper jaw contour,
+nose, eye corners) as a linearised scaled-orthographic move of a face, d_i ~ t + A g_i + z_i b (translation;
+in-plane rotation, scale and shear; yaw and pitch as the parallax z_i b of each point's depth), evaluated at every
+point; S(d) its isotropic scale, R(d) its small-angle in-plane rotation (roll) and P(d) its pitch (z_i b_y, the
+depth term of the vertical coordinate). g and z come from the generic face `MEAN_FACE_3D`, so the whole split is
+one constant (136, 136) product per step (`anchor_split_matrix`). The face's size stays at a: released, the
+default reference face grew by up to 1.7x in silence and noise. A turn (yaw) or a move in the image plane relaxes
+at a_p, a roll at a_r, a pitch at a_t (`pitch_anchor_rate`), and everything else (the face's size, the mouth
+opening, shape noise) at a.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ class GeneratorConfig:
         pose_anchor_rate: per-frame pull of the head's pose (the move H fitted on the rigid points; module
             docstring) toward the reference face's (None = anchor_rate, the single anchor of model 0.3.2 and before).
         roll_anchor_rate: per-frame pull of the head's in-plane rotation (roll; R in the module docstring)
-            (None = pose_anchor_rate). Both in [0, 1) and for the iBUG 68-point layout.
+            (None = pose_anchor_rate).
+        pitch_anchor_rate: per-frame pull of the head's pitch (P in the module docstring) (None =
+            pose_anchor_rate). The three in [0, 1) and for the iBUG 68-point layout.
         reference_input: the landmark encoder reads [x(t-1), x(t-1) - x_ref] instead of x(t-1) alone.
         silence_history: before a stream's start, the causal audio blocks hold what digital silence gives them
             (the front end's own convention: a stream is preceded by zeros) instead of zero activations. The
@@ -87,6 +91,7 @@ class GeneratorConfig:
     init_noise: str = "uniform"
     anchor_rate: float = 0.0
     roll_anchor_rate: float | None = None
+    pitch_anchor_rate: float | None = None
     pose_anchor_rate: float | None = None
     reference_input: bool = False
     silence_history: bool = False
@@ -97,13 +102,15 @@ class GeneratorConfig:
             raise ValueError("lookahead_frames must be >= 0")
         if not 0.0 <= self.anchor_rate < 1.0:
             raise ValueError(f"anchor_rate must be in [0, 1), got {self.anchor_rate}")
-        if self.roll_anchor_rate is not None and not 0.0 <= self.roll_anchor_rate < 1.0:
-            raise ValueError(f"roll_anchor_rate must be in [0, 1), got {self.roll_anchor_rate}")
+        for name in ("roll_anchor_rate", "pitch_anchor_rate"):
+            rate = getattr(self, name)
+            if rate is not None and not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}")
         if self.pose_anchor_rate is not None and not 0.0 <= self.pose_anchor_rate < 1.0:
             raise ValueError(f"pose_anchor_rate must be in [0, 1), got {self.pose_anchor_rate}")
-        split = self.pose_anchor_rate is not None or self.roll_anchor_rate is not None
+        split = (self.pose_anchor_rate, self.roll_anchor_rate, self.pitch_anchor_rate) != (None, None, None)
         if split and self.num_landmarks != 68:
-            raise ValueError("pose_anchor_rate and roll_anchor_rate need the iBUG 68-point layout (num_landmarks = 68)")
+            raise ValueError("pose, roll and pitch anchor rates need the iBUG 68-point layout (num_landmarks = 68)")
         if not self.branch_levels or max(self.branch_levels) >= len(self.level_dilations):
             raise ValueError(f"branch_levels {self.branch_levels} must index level_dilations")
 
@@ -203,37 +210,43 @@ def initial_lstm_state(
 
 def anchor_split_matrix(cfg: GeneratorConfig) -> torch.Tensor | None:
     """The split anchor as one linear map: (136, 136) M with pull = a * d + d.flatten(1) @ M, or None when
-    pose_anchor_rate and roll_anchor_rate leave the single anchor.
+    the pose, roll and pitch rates leave the single anchor.
 
-    M = (a_p - a) * (H - S)^T + (a_r - a_p) * R^T on the flattened (68 points x 2) offset. H is the head's move fitted on
-    the rigid points: weighted least squares of d_i ~ t + A g_i + z_i b over `RIGID_POINTS` with the basis
-    [1, g_x, g_y, z] of the generic face `MEAN_FACE_3D` (g its image-plane coordinates, z its depth; an affine
-    change of g spans the same space, so a reference face of another size or place gives the same H), evaluated
-    at all 68 points. R is its small-angle in-plane rotation: theta * J g~_i with g~ = g minus the rigid points'
-    centroid, J the 90-degree turn and theta = sum_i w_i (J g~_i . d_i) / sum_i w_i |J g~_i|^2; S its isotropic
-    scale, sigma * g~_i with sigma = sum_i w_i (g~_i . d_i) / sum_i w_i |g~_i|^2 (left at a). The generic face,
+    M = ((a_p - a) * H + (a - a_p) * S + (a_r - a_p) * R + (a_t - a_p) * P)^T on the flattened (68 points x 2)
+    offset. H is the head's move fitted on the rigid points: least squares of d_i ~ t + A g~_i + z_i b over
+    `RIGID_POINTS`, with g~ the image-plane coordinates of the generic face `MEAN_FACE_3D` centred on those points
+    and z its depth (an affine change of g~ spans the same space, so a reference face of another size or place
+    gives the same H), evaluated at all 68 points. S, R and P are parts of that same fit: the isotropic scale
+    s g~_i with s = (A_xx + A_yy) / 2, the small-angle in-plane rotation theta J g~_i with theta = (A_yx - A_xy) / 2
+    (J the 90-degree turn), and the pitch z_i b_y on the y coordinates; so a pure scale, roll or pitch is fitted
+    by its own term alone and pulled at exactly its rate. The generic face,
     not each stream's reference, keeps M a constant of the model: one small product per step.
     """
     pose = cfg.anchor_rate if cfg.pose_anchor_rate is None else cfg.pose_anchor_rate
     roll = pose if cfg.roll_anchor_rate is None else cfg.roll_anchor_rate
-    if pose == cfg.anchor_rate and roll == pose:
+    pitch = pose if cfg.pitch_anchor_rate is None else cfg.pitch_anchor_rate
+    if pose == cfg.anchor_rate and roll == pose and pitch == pose:
         return None
     m = np.asarray(MEAN_FACE_3D, dtype=np.float64)
-    w = np.zeros(len(m))
-    w[list(RIGID_POINTS)] = 1.0
-    x = np.stack([np.ones(len(m)), m[:, 0], m[:, 1], m[:, 2]], axis=1)  # (68, 4)
-    xw = x * w[:, None]
-    h = x @ np.linalg.solve(x.T @ xw, xw.T)  # (68, 68): H d[:, c] per coordinate c
-    g = m[:, :2] - (m[:, :2] * w[:, None]).sum(axis=0) / w.sum()
-    jg = np.stack([-g[:, 1], g[:, 0]], axis=1).reshape(-1)  # (136,)
-    r = np.outer(jg, jg * np.repeat(w, 2)) / float((jg * jg * np.repeat(w, 2)).sum())  # (136, 136)
     n = len(m)
-    big_h = np.zeros((2 * n, 2 * n))
-    big_h[0::2, 0::2] = h  # x rows from x columns
-    big_h[1::2, 1::2] = h
-    gw = g.reshape(-1) * np.repeat(w, 2)
-    size = np.outer(g.reshape(-1), gw) / float((g.reshape(-1) * gw).sum())  # (136, 136): isotropic scale about g~
-    split = (pose - cfg.anchor_rate) * (big_h - size) + (roll - pose) * r
+    w = np.zeros(n)
+    w[list(RIGID_POINTS)] = 1.0
+    g = m[:, :2] - (m[:, :2] * w[:, None]).sum(axis=0) / w.sum()  # g~: centred on the rigid points
+    x = np.stack([np.ones(n), g[:, 0], g[:, 1], m[:, 2]], axis=1)  # (68, 4): [1, g~_x, g~_y, z]
+    xw = x * w[:, None]
+    fit = np.linalg.solve(x.T @ xw, xw.T)  # (4, 68): per coordinate c, coef = fit @ d[:, c] = [t_c, A_cx, A_cy, b_c]
+    h = np.zeros((2 * n, 2 * n))  # the fitted move at every point
+    h[0::2, 0::2] = h[1::2, 1::2] = x @ fit
+    jg = np.stack([-g[:, 1], g[:, 0]], axis=1)
+    size, roll_map, tilt = (np.zeros((2 * n, 2 * n)) for _ in range(3))
+    for c in range(2):
+        size[c::2, 0::2] = np.outer(g[:, c], fit[1]) / 2  # s = (A_xx + A_yy) / 2, displacement s * g~
+        size[c::2, 1::2] = np.outer(g[:, c], fit[2]) / 2
+        roll_map[c::2, 1::2] = np.outer(jg[:, c], fit[1]) / 2  # theta = (A_yx - A_xy) / 2, displacement theta * J g~
+        roll_map[c::2, 0::2] = -np.outer(jg[:, c], fit[2]) / 2
+    tilt[1::2, 1::2] = np.outer(m[:, 2], fit[3])  # pitch: b_y * z on the y coordinates
+    a = cfg.anchor_rate
+    split = (pose - a) * h + (a - pose) * size + (roll - pose) * roll_map + (pitch - pose) * tilt
     return torch.tensor(split.T, dtype=torch.float32)
 
 
