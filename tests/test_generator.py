@@ -185,9 +185,10 @@ def _generator(**anchor) -> Generator:
 
 
 def test_split_anchor_pulls_the_head_the_roll_and_the_face_at_their_own_rates():
-    """pose_anchor_rate / roll_anchor_rate: a head move (fitted on the rigid points) relaxes at the pose rate, a
-    roll at the roll rate, a mouth opening (no rigid point moves) and a change of the face's size at anchor_rate; None is the single anchor, and
-    the split is a constant of the model (no matrix when the rates do not split)."""
+    """pose / roll / pitch_anchor_rate: a head move (fitted on the rigid points) relaxes at the pose rate, a roll
+    at the roll rate, a nod at the pitch rate, a mouth opening (no rigid point moves) and a change of the face's
+    size at anchor_rate; None is the single anchor, and the split is a constant of the model (no matrix when the
+    rates do not split)."""
     torch.manual_seed(0)
     head, roll, size = _pose_offsets()
     mouth = torch.zeros(2, 68, 2)
@@ -213,6 +214,19 @@ def test_split_anchor_pulls_the_head_the_roll_and_the_face_at_their_own_rates():
     torch.testing.assert_close(tilted.anchor_pull(nod), 0.05 * nod)
     torch.testing.assert_close(tilted.anchor_pull(turn), 0.02 * turn)
     torch.testing.assert_close(tilted.anchor_pull(roll), 0.02 * roll)
+    # Four distinct rates at once, and the shipped ones on every kind of offset together.
+    four = _generator(anchor_rate=0.05, pose_anchor_rate=0.02, roll_anchor_rate=0.04, pitch_anchor_rate=0.03)
+    torch.testing.assert_close(four.anchor_pull(nod), 0.03 * nod)
+    torch.testing.assert_close(four.anchor_pull(roll + nod), 0.04 * roll + 0.03 * nod)
+    torch.testing.assert_close(
+        four.anchor_pull(head + roll + nod + size + mouth),
+        0.02 * head + 0.04 * roll + 0.03 * nod + 0.05 * (size + mouth),
+    )
+    shipped = _generator(anchor_rate=0.05, pose_anchor_rate=0.02, roll_anchor_rate=0.05, pitch_anchor_rate=0.05)
+    torch.testing.assert_close(
+        shipped.anchor_pull(head + turn + roll + nod + size + mouth),
+        0.02 * (head + turn) + 0.05 * (roll + nod + size + mouth),
+    )
     torch.testing.assert_close(both.anchor_pull(roll), 0.04 * roll)
     torch.testing.assert_close(pose.anchor_pull(mouth + head), 0.05 * mouth + 0.02 * head)
     # Whatever the rigid points do not do is held at anchor_rate: noise on every other point (lips, jaw, brows).

@@ -15,7 +15,7 @@ with `reference_input` the landmark encoder also sees x(t-1) - x_ref, so the net
 counter to hold a pose. Both off reproduce the paper's update.
 
 The anchor can pull the head's pose more weakly than the face's shape (`pose_anchor_rate` a_p, `roll_anchor_rate`
-a_r): one rate of 0.05 per frame (0.8 s) damped the slow head motion real speakers make (1.6 s head energy 0.59x
+a_r, `pitch_anchor_rate` a_t): one rate of 0.05 per frame (0.8 s) damped the slow head motion real speakers make (1.6 s head energy 0.59x
 ground truth's), while a single lower rate let per-landmark noise build up into faces outside the shape space.
 The pull on d = x(t-1) - x_ref is then a * d + (a_p - a) * (H(d) - S(d)) + (a_r - a_p) * R(d) + (a_t - a_p) * P(d),
 where H(d) is the head's move fitted on the rigid points (`stream_engine.signals.RIGID_POINTS`: upper jaw contour,
@@ -24,9 +24,11 @@ in-plane rotation, scale and shear; yaw and pitch as the parallax z_i b of each 
 point; S(d) its isotropic scale, R(d) its small-angle in-plane rotation (roll) and P(d) its pitch (z_i b_y, the
 depth term of the vertical coordinate). g and z come from the generic face `MEAN_FACE_3D`, so the whole split is
 one constant (136, 136) product per step (`anchor_split_matrix`). The face's size stays at a: released, the
-default reference face grew by up to 1.7x in silence and noise. A turn (yaw) or a move in the image plane relaxes
-at a_p, a roll at a_r, a pitch at a_t (`pitch_anchor_rate`), and everything else (the face's size, the mouth
-opening, shape noise) at a.
+default reference face grew by up to 1.7x in silence and noise. A turn (yaw), a move in the image plane, a shear
+or an uneven stretch relaxes at a_p, a roll at a_r, a pitch at a_t, and everything else (the face's size, the
+mouth opening, shape noise) at a. "At exactly its rate" holds for offsets built on the generic face's proportions;
+on a reference face of other proportions a pure change of size or roll is pulled within a few percent of its rate
+(0.0495-0.0496 instead of 0.05 for the default reference face).
 """
 
 from __future__ import annotations
@@ -381,8 +383,8 @@ class Generator(nn.Module):
 
     def anchor_pull(self, d: torch.Tensor) -> torch.Tensor:
         """The anchor's per-frame pull (B, 68, 2) for the offset d = x(t-1) - x_ref (B, 68, 2), in landmark units
-        per frame: a * d, plus the pose's and the roll's own rates (module docstring; the same as a * d when
-        pose_anchor_rate and roll_anchor_rate are None). One (136, 136) product: `anchor_split`."""
+        per frame: a * d, plus the pose's, roll's and pitch's own rates (module docstring; exactly a * d when all
+        three resolve to anchor_rate, e.g. when they are None). One (136, 136) product: `anchor_split`."""
         pull = self.cfg.anchor_rate * d
         if self.anchor_split is not None:
             pull = pull + (d.flatten(1) @ self.anchor_split).view_as(d)
