@@ -18,11 +18,6 @@ REFERENCE_TEXT = {
 }
 
 
-def _load(value) -> str:
-    """The 1-minute load average as the report prints it: two decimals, or "?" when it was not recorded."""
-    return f"{value:.2f}" if isinstance(value, (int, float)) else "?"
-
-
 def finite_json(obj):
     """JSON-safe copy: NaN/inf become null (strict JSON has no NaN), numpy scalars become Python ones."""
     if isinstance(obj, dict):
@@ -171,7 +166,7 @@ def _conditions(meta: dict, cfg: dict) -> list[str]:
         f"- Generation: reference face = {REFERENCE_TEXT[cfg['reference']]}; "
         "audio from W frames before (receptive field, silence before the clip), look-ahead L from each model's config; "
         f"initial LSTM noise seeded per sequence (seed {cfg['seed']}, identical for every model).",
-        f"- Machine: {mach.get('cpu')} ({mach.get('logical_cpus')} logical CPUs, load {_load(mach.get('load_avg_1m'))}), "
+        f"- Machine: {mach.get('cpu')} ({mach.get('logical_cpus')} logical CPUs, load {num(mach.get('load_avg_1m'), '{:.2f}')}), "
         f"device {meta['device']}, torch {mach.get('torch')}, {mach.get('time_utc')}; "
         f"total wall time {num(meta['wall_s'], '{:.0f}')} s.",
     ]

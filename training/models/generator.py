@@ -15,8 +15,9 @@ with `reference_input` the landmark encoder also sees x(t-1) - x_ref, so the net
 counter to hold a pose. Both off reproduce the paper's update.
 
 The anchor can pull the head's pose more weakly than the face's shape (`pose_anchor_rate` a_p, `roll_anchor_rate`
-a_r, `pitch_anchor_rate` a_t): one rate of 0.05 per frame (0.8 s) damped the slow head motion real speakers make (1.6 s head energy 0.59x
-ground truth's), while a single lower rate let per-landmark noise build up into faces outside the shape space.
+a_r, `pitch_anchor_rate` a_t): one rate of 0.05 per frame (0.8 s) damped the slow head motion real speakers make
+(1.6 s head energy 0.59x ground truth's), while a single lower rate let per-landmark noise build up into faces
+outside the shape space.
 The pull on d = x(t-1) - x_ref is then a * d + (a_p - a) * (H(d) - S(d)) + (a_r - a_p) * R(d) + (a_t - a_p) * P(d),
 where H(d) is the head's move fitted on the rigid points (`stream_engine.signals.RIGID_POINTS`: upper jaw contour,
 nose, eye corners) as a linearised scaled-orthographic move of a face, d_i ~ t + A g_i + z_i b (translation;
@@ -29,6 +30,13 @@ or an uneven stretch relaxes at a_p, a roll at a_r, a pitch at a_t, and everythi
 mouth opening, shape noise) at a. "At exactly its rate" holds for offsets built on the generic face's proportions;
 on a reference face of other proportions a pure change of size or roll is pulled within a few percent of its rate
 (0.0495-0.0496 instead of 0.05 for the default reference face).
+
+Two forms with the same weights:
+- `forward` runs a whole window (training): audio convolutions in parallel, the recurrence frame by frame.
+- `step` is one 40 ms stream step with every piece of memory explicit (`StepState`): 640 new PCM samples in,
+  one landmark frame out (the frame L steps back). Stepping through a sequence reproduces `forward`.
+Because the audio pyramid is undecimated and causal, a step computes exactly one new column per conv layer
+from cached inputs; nothing the previous step computed is recomputed.
 """
 
 from __future__ import annotations
@@ -92,9 +100,9 @@ class GeneratorConfig:
     velocity_scale: float = 0.01
     init_noise: str = "uniform"
     anchor_rate: float = 0.0
+    pose_anchor_rate: float | None = None
     roll_anchor_rate: float | None = None
     pitch_anchor_rate: float | None = None
-    pose_anchor_rate: float | None = None
     reference_input: bool = False
     silence_history: bool = False
     frontend: FrontEndConfig = FrontEndConfig()
@@ -104,14 +112,11 @@ class GeneratorConfig:
             raise ValueError("lookahead_frames must be >= 0")
         if not 0.0 <= self.anchor_rate < 1.0:
             raise ValueError(f"anchor_rate must be in [0, 1), got {self.anchor_rate}")
-        for name in ("roll_anchor_rate", "pitch_anchor_rate"):
-            rate = getattr(self, name)
+        split = {n: getattr(self, n) for n in ("pose_anchor_rate", "roll_anchor_rate", "pitch_anchor_rate")}
+        for name, rate in split.items():
             if rate is not None and not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {rate}")
-        if self.pose_anchor_rate is not None and not 0.0 <= self.pose_anchor_rate < 1.0:
-            raise ValueError(f"pose_anchor_rate must be in [0, 1), got {self.pose_anchor_rate}")
-        split = (self.pose_anchor_rate, self.roll_anchor_rate, self.pitch_anchor_rate) != (None, None, None)
-        if split and self.num_landmarks != 68:
+        if any(rate is not None for rate in split.values()) and self.num_landmarks != 68:
             raise ValueError("pose, roll and pitch anchor rates need the iBUG 68-point layout (num_landmarks = 68)")
         if not self.branch_levels or max(self.branch_levels) >= len(self.level_dilations):
             raise ValueError(f"branch_levels {self.branch_levels} must index level_dilations")
@@ -379,7 +384,9 @@ class Generator(nn.Module):
         emb = self._embed(x_prev, x_ref)
         h, c = self.lstm(emb, (h, c))
         v = self.branches(h, emb, audio) * self.cfg.velocity_scale
-        return x_prev + v - self.anchor_pull(x_prev - x_ref), h, c
+        if self.cfg.anchor_rate > 0.0 or self.anchor_split is not None:
+            v = v - self.anchor_pull(x_prev - x_ref)
+        return x_prev + v, h, c
 
     def anchor_pull(self, d: torch.Tensor) -> torch.Tensor:
         """The anchor's per-frame pull (B, 68, 2) for the offset d = x(t-1) - x_ref (B, 68, 2), in landmark units
