@@ -410,6 +410,11 @@ def summary_of(results: dict) -> dict:
     return out
 
 
+def _load(value) -> str:
+    """A load average for the report: two decimals, or a dash when it was not read."""
+    return "–" if value is None else f"{float(value):.2f}"
+
+
 def markdown(report: dict) -> str:
     m, cond = report["machine"], report["conditions"]
     lines = [
@@ -417,7 +422,7 @@ def markdown(report: dict) -> str:
         "",
         f"Model: `{cond['model']}` (version `{cond.get('model_version', '?')}`).  ",
         f"Machine: GPU {report.get('gpu') or 'none'}; CPU {m.get('cpu')} ({m.get('logical_cpus')} logical); "
-        f"torch {m.get('torch', '–')}, onnxruntime {m.get('onnxruntime', '–')}; load {m.get('load_avg_1m')}.  ",
+        f"torch {m.get('torch', '–')}, onnxruntime {m.get('onnxruntime', '–')}; load {_load(m.get('load_avg_1m'))}.  ",
         f"Conditions: {cond['steps']} timed steps per batch after {cond['warmup']} warm-up; batches "
         f"{', '.join(map(str, cond['batches']))} until p99 > {cond['deadline_ms']:g} ms; budget "
         f"{cond['budget_s']:g} s per backend; run took {cond['wall_s']:.0f} s.  ",
@@ -500,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": why if ok else None,
         "gpu_reason": None if ok else why,
         "conditions": {
-            "model": str(model),
+            "model": str(model.resolve().relative_to(REPO)) if model.resolve().is_relative_to(REPO) else str(model),
             "model_version": contract.model_version,
             "batches": a.batches,
             "steps": a.steps,
