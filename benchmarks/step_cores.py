@@ -123,7 +123,7 @@ def _markdown(result: dict) -> str:
         "",
         f"`{result['command']}`  ",
         f"CPU: {m['cpu']} ({m['logical_cpus']} logical), onnxruntime {m.get('onnxruntime')}; `uptime` at start: "
-        f"{result['uptime_start_end'][0]}; at end: {result['uptime_start_end'][1]} (shared with two training jobs).",
+        f"{result['uptime_start_end'][0]}; at end: {result['uptime_start_end'][1]} (read the load averages: other jobs may share the machine).",
         "",
         "| model | B | intra-op threads | options | wall ms/call | CPU ms/call | streams per core (CPU) | "
         "streams per process (wall) |",

@@ -1,0 +1,322 @@
+"""Where a served frame waits: N real-time streams over loopback WebSockets, every frame's life read from the
+timestamps in its binary header.
+
+    python -m benchmarks.soak_stages [--streams 100] [--duration 20] [--phases 8]
+                                     [--variant LABEL=ARGS ...] [--out benchmarks/results] [--name soak_stages]
+
+For each variant (default: one, "default", the server as shipped) it starts `msync stream --input none` with
+benchmarks/configs/soak100.json (room for 128 streams) plus the variant's arguments, waits for /health, and
+opens N /audio clients, each subscribed to its own binary frames. They send speech-like int16 audio in real
+time in 40 ms chunks; their start times are spread over `--phases` offsets within one chunk period, so the
+engine sees N / phases streams become ready together (`../shared/tools/ws_soak.py` spreads them the same
+way). Every frame after a 5 s warm-up gives, from its header (stream_engine/PROTOCOL.md, binary v1), on
+the host's monotonic clock:
+
+- wait: audio ready -> step start (waiting for batch partners and for the inference thread),
+- step: the runner call (shared by the frame's whole batch),
+- publish: step end -> publish (commit, signals, hand-off to the outputs),
+- send: publish -> the server's send stamp,
+- socket: the send stamp -> arrival at the client (kernel, client loop),
+- engine: audio ready -> send stamp (the engine-added latency of issue 14), and total (-> arrival).
+
+Frames the server makes from the silence it continues a stream with once its audio stops (`stalled` in the
+header: every stream at the end of the run, when the clients stop together) are reported apart: their audio
+becomes ready a few frames at once per stream (the silence since the audio ran out), so they wait behind
+each other, and `../shared/tools/ws_soak.py`, which counts them with the rest, reads that end-of-run burst
+in its p99 (about 5 % of its frames at 100 streams and 20 s). Frames with the same step start came from one
+runner call (stall-filled ones included), which gives the batch sizes and the step time per batch size. Server CPU is read from /proc over the measured window. Writes NAME.json and NAME.md with
+the CPU model and the load before and after each variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import machine_info, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "benchmarks" / "configs" / "soak100.json"
+RATE = 16000
+WARM_UP_S = 5.0
+#: stage name -> (from column, to column) of a frame record: ready, step start, step end, publish, sent, arrival
+STAGES = {
+    "wait": (0, 1),
+    "step": (1, 2),
+    "publish": (2, 3),
+    "send": (3, 4),
+    "socket": (4, 5),
+    "engine": (0, 4),
+    "total": (0, 5),
+}
+BATCH_BINS = ((1, 4), (5, 9), (10, 16), (17, 32), (33, 64), (65, 1 << 30))
+
+
+def stage_stats(records: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per-stage percentiles of frame records (F, 6) int64 ns (ready, step start, step end, publish, sent,
+    arrival) -> {stage: {p50, p90, p99, max}} in ms. Raises ValueError for an empty or misshapen array."""
+    if records.ndim != 2 or records.shape[1] != 6 or not len(records):
+        raise ValueError(f"expected (F, 6) frame records with F >= 1, got {records.shape}")
+    out = {}
+    for name, (i, j) in STAGES.items():
+        ms = (records[:, j] - records[:, i]) / 1e6
+        out[name] = {q: round(float(np.percentile(ms, p)), 2) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))}
+        out[name]["max"] = round(float(ms.max()), 2)
+    return out
+
+
+def batch_stats(records: np.ndarray) -> dict[str, Any]:
+    """Runner calls seen in frame records (F, 6): frames sharing a step start came from one call. Returns the
+    number of calls, batch-size percentiles and, per batch-size bin, the calls and their median step ms.
+    (A batch's frames of streams outside the records, or before the warm-up, are not counted: sizes are
+    those of the measured streams.)"""
+    starts, index, sizes = np.unique(records[:, 1], return_index=True, return_counts=True)
+    step_ms = (records[index, 2] - records[index, 1]) / 1e6
+    bins = []
+    for lo, hi in BATCH_BINS:
+        m = (sizes >= lo) & (sizes <= hi)
+        if m.any():
+            label = f"{lo}-{hi}" if hi < 1 << 30 else f">={lo}"
+            bins.append({"batch": label, "calls": int(m.sum()), "step_ms_p50": round(float(np.median(step_ms[m])), 2)})
+    return {
+        "calls": int(starts.size),
+        "batch_p10_p50_p90": [float(x) for x in np.percentile(sizes, [10, 50, 90])],
+        "mean_batch": round(float(sizes.mean()), 2),
+        "by_batch": bins,
+    }
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/PID/stat), 0 when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+async def _client(
+    port: int, i: int, pcm: np.ndarray, t_start: float, t_stop: float, sink: list, stalled: list
+) -> str | None:
+    """One real-time /audio stream; appends (ready, t0, t1, publish, sent, arrival) per binary frame to `sink`,
+    or to `stalled` for the frames the server made from the silence it continues a stalled stream with (after
+    the client stops sending). Returns an error text, or None."""
+    from websockets.asyncio.client import connect
+
+    from stream_engine.outputs.serializers import decode_binary
+
+    chunk = RATE * 40 // 1000
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/audio", compression=None, max_size=1 << 22) as ws:
+            hello = {"type": "hello", "v": 1, "stream": f"stages-{i}", "subscribe": "binary", "dtype": "int16"}
+            await ws.send(json.dumps(hello))
+            reply = json.loads(await ws.recv())
+            if reply.get("type") != "ready":
+                return f"stream {i} refused: {reply}"
+
+            async def receive() -> None:
+                async for m in ws:
+                    if isinstance(m, bytes):
+                        now = time.monotonic_ns()
+                        f = decode_binary(m)
+                        t = f["t"]
+                        (stalled if f["stalled"] else sink).append(
+                            (
+                                t["audio_ready_ns"],
+                                t["infer_start_ns"],
+                                t["infer_end_ns"],
+                                t["publish_ns"],
+                                t["sent_ns"],
+                                now,
+                            )
+                        )
+
+            rx = asyncio.create_task(receive())
+            await asyncio.sleep(max(0.0, t_start - time.monotonic()))
+            pos, k, t0 = (i * 7919) % len(pcm), 0, time.monotonic()
+            while time.monotonic() < t_stop:
+                idx = np.arange(pos, pos + chunk) % len(pcm)
+                await ws.send(pcm[idx].tobytes())
+                pos, k = pos + chunk, k + 1
+                delay = t0 + k * 0.04 - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await asyncio.sleep(0.5)  # the last frames
+            rx.cancel()
+    except Exception as exc:  # one stream's failure is reported, the others go on
+        return f"stream {i}: {exc!r}"[:200]
+    return None
+
+
+async def _drive(port: int, streams: int, duration: float, phases: int) -> tuple[list, list, list[str]]:
+    """Run the clients: (real-audio frames after the warm-up, stall-filled frames, stream errors)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from fakes import speechlike
+
+    pcm = (speechlike(60 * RATE, seed=1, sample_rate_hz=RATE) * 32767).astype("<i2")
+    sink: list = []
+    stalled: list = []
+    t_base = time.monotonic() + 3.0  # time for every client to connect
+    t_stop = t_base + duration
+    tasks = [
+        _client(port, i, pcm, t_base + (i % phases) * 0.04 / phases, t_stop, sink, stalled) for i in range(streams)
+    ]
+    errors = [e for e in await asyncio.gather(*tasks) if e]
+    warm = int((t_base + WARM_UP_S) * 1e9)
+    return [r for r in sink if r[0] >= warm], [r for r in stalled if r[0] >= warm], errors
+
+
+def run_variant(label: str, args: list[str], streams: int, duration: float, phases: int) -> dict[str, Any]:
+    """Start a server with `args`, drive it, stop it; the variant's result."""
+    from benchmarks.ws_soak_workers import _free_port, _stop, _wait_health
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--input", "none", "--no-vmc", "--quiet"]
+    cmd += ["--config", str(CONFIG), "--port", str(port), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + str(REPO / "tests")}
+    load_before = os.getloadavg()[0]
+    log = tempfile.NamedTemporaryFile("w+", prefix="msync-stages-", suffix=".log")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
+    try:
+        try:
+            _wait_health(server, port)
+        except RuntimeError:
+            log.seek(0)
+            raise RuntimeError(
+                f"variant {label}: the server did not come up; its log ends:\n{log.read()[-2000:]}"
+            ) from None
+        cpu0, w0 = _cpu_s(server.pid), time.monotonic()
+        records, stalled, errors = asyncio.run(_drive(port, streams, duration, phases))
+        cpu_cores = (_cpu_s(server.pid) - cpu0) / max(1e-9, time.monotonic() - w0)
+    finally:
+        _stop(server)
+        log.close()
+    if not records:
+        raise RuntimeError(f"variant {label}: no frames after the warm-up ({len(errors)} stream errors: {errors[:3]})")
+    arr = np.asarray(records, dtype=np.int64)
+    fill = np.asarray(stalled, dtype=np.int64).reshape(-1, 6)
+    return {
+        "label": label,
+        "args": args,
+        "frames": int(len(arr)),
+        "stream_errors": errors,
+        "stages_ms": stage_stats(arr),
+        "batches": batch_stats(np.concatenate([arr, fill])),
+        "stall_filled_frames": int(len(fill)),
+        "stall_filled_stages_ms": stage_stats(fill) if len(fill) else None,
+        "server_cpu_cores": round(cpu_cores, 2),
+        "load_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    c = result["conditions"]
+    lines = [
+        "# Where a served frame waits: stage latencies from the frames' own timestamps",
+        "",
+        f"`{result['command']}`  ",
+        f"CPU: {m['cpu']} ({m['logical_cpus']} logical); {c['streams']} real-time /audio streams, 40 ms int16 chunks, "
+        f"starts spread over {c['phases']} phases of a chunk period; {c['duration_s']:g} s each, the first "
+        f"{WARM_UP_S:g} s left out; server `msync stream --input none --config benchmarks/configs/soak100.json`.",
+        "",
+        "| variant | stage | p50 ms | p90 ms | p99 ms | max ms |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for v in result["variants"]:
+        for name, s in v["stages_ms"].items():
+            lines.append(f"| {v['label']} | {name} | {s['p50']} | {s['p90']} | {s['p99']} | {s['max']} |")
+        if v.get("stall_filled_stages_ms"):
+            s = v["stall_filled_stages_ms"]["engine"]
+            lines.append(
+                f"| {v['label']} | engine, stall-filled frames ({v['stall_filled_frames']}) | {s['p50']} | {s['p90']} | "
+                f"{s['p99']} | {s['max']} |"
+            )
+    lines += [
+        "",
+        "| variant | frames | stream errors | runner calls | batch p10 / p50 / p90 | server CPU (cores) | load before / after |",
+        "|---|---:|---:|---:|---|---:|---|",
+    ]
+    for v in result["variants"]:
+        b = v["batches"]
+        p = " / ".join(f"{x:g}" for x in b["batch_p10_p50_p90"])
+        lb = " / ".join(f"{x:.2f}" for x in v["load_1m_before_after"])
+        lines.append(
+            f"| {v['label']} | {v['frames']} | {len(v['stream_errors'])} | {b['calls']} | {p} | "
+            f"{v['server_cpu_cores']} | {lb} |"
+        )
+    lines += ["", "Step time by batch size (median over the runner calls of that size):", ""]
+    lines += ["| variant | batch | calls | step ms p50 |", "|---|---|---:|---:|"]
+    for v in result["variants"]:
+        for row in v["batches"]["by_batch"]:
+            lines.append(f"| {v['label']} | {row['batch']} | {row['calls']} | {row['step_ms_p50']} |")
+    lines += [
+        "",
+        "Stages: wait = audio ready -> step start; step = the runner call; publish = step end -> publish; send = "
+        "publish -> the server's send stamp; socket = send stamp -> arrival at the client; engine = audio ready -> "
+        "send stamp (issue 14's engine-added latency); total = audio ready -> arrival. Batch sizes count the "
+        "measured streams' frames per runner call.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """ "LABEL=ARGS" -> (LABEL, shell-split ARGS); "LABEL" alone has no arguments. Raises ValueError."""
+    label, _, args = text.partition("=")
+    if not label.strip():
+        raise ValueError(f"--variant needs a label (LABEL=ARGS), got {text!r}")
+    return label.strip(), shlex.split(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", type=int, default=100)
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of audio per stream (the first 5 are warm-up)")
+    p.add_argument("--phases", type=int, default=8, help="start offsets within a 40 ms chunk period")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help="LABEL=ARGS: a server variant (its extra `msync stream` arguments); repeatable (default: default=)",
+    )
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--name", default="soak_stages")
+    a = p.parse_args(argv)
+    if a.streams < 1 or a.phases < 1 or a.duration <= WARM_UP_S:
+        p.error(f"--streams and --phases must be >= 1 and --duration > {WARM_UP_S:g} s")
+    try:
+        variants = [parse_variant(v) for v in (a.variant or ["default="])]
+    except ValueError as exc:
+        p.error(str(exc))
+    result: dict[str, Any] = {
+        "command": "python -m benchmarks.soak_stages " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
+        "machine": machine_info(),
+        "conditions": {"streams": a.streams, "duration_s": a.duration, "phases": a.phases},
+        "variants": [],
+    }
+    for label, args in variants:
+        v = run_variant(label, args, a.streams, a.duration, a.phases)
+        s = v["stages_ms"]
+        print(
+            f"[{label}] engine p50/p99 {s['engine']['p50']}/{s['engine']['p99']} ms, wait p99 {s['wait']['p99']}, "
+            f"step p99 {s['step']['p99']}, median batch {v['batches']['batch_p10_p50_p90'][1]:g}",
+            file=sys.stderr,
+        )
+        result["variants"].append(v)
+    write_report(a.out, a.name, result, markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""benchmarks/soak_stages.py: the stage arithmetic on planted frame records, the batch grouping, the variant
+syntax, and one short run against a real `msync stream` on loopback (the tests' zero-cost model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import soak_stages as ss
+
+
+def _records(rows: list[tuple[int, ...]]) -> np.ndarray:
+    return np.asarray(rows, dtype=np.int64)
+
+
+def test_stage_stats_reads_each_stage_from_its_two_stamps() -> None:
+    ms = 1_000_000
+    # ready, step start, step end, publish, sent, arrival
+    rec = _records([(0, 2 * ms, 5 * ms, 6 * ms, 7 * ms, 9 * ms)] * 3)
+    s = ss.stage_stats(rec)
+    assert s["wait"]["p50"] == 2.0
+    assert s["step"]["p99"] == 3.0
+    assert s["publish"]["max"] == 1.0
+    assert s["send"]["p50"] == 1.0
+    assert s["socket"]["p50"] == 2.0
+    assert s["engine"]["p50"] == 7.0
+    assert s["total"]["max"] == 9.0
+
+
+def test_stage_stats_percentiles_follow_the_slow_frames() -> None:
+    ms = 1_000_000
+    fast = [(0, ms, 2 * ms, 2 * ms, 2 * ms, 3 * ms)] * 98
+    slow = [(0, 40 * ms, 41 * ms, 41 * ms, 41 * ms, 42 * ms)] * 2
+    s = ss.stage_stats(_records(fast + slow))
+    assert s["wait"]["p50"] == 1.0
+    assert s["wait"]["max"] == 40.0
+    assert s["wait"]["p99"] > 1.0  # the two slow frames reach the 99th percentile
+
+
+def test_stage_stats_refuses_empty_or_misshapen_records() -> None:
+    with pytest.raises(ValueError, match="frame records"):
+        ss.stage_stats(np.zeros((0, 6), np.int64))
+    with pytest.raises(ValueError, match="frame records"):
+        ss.stage_stats(np.zeros((4, 5), np.int64))
+
+
+def test_batch_stats_groups_frames_by_their_step_start() -> None:
+    ms = 1_000_000
+    one_call = [(0, 10 * ms, 12 * ms, 0, 0, 0)] * 3  # three streams in one runner call, 2 ms
+    other = [(0, 20 * ms, 21 * ms, 0, 0, 0)]  # one stream alone, 1 ms
+    b = ss.batch_stats(_records(one_call + other))
+    assert b["calls"] == 2
+    assert b["mean_batch"] == 2.0
+    assert b["by_batch"] == [{"batch": "1-4", "calls": 2, "step_ms_p50": 1.5}]
+
+
+def test_parse_variant() -> None:
+    assert ss.parse_variant("default=") == ("default", [])
+    assert ss.parse_variant("wait8=--set engine.batch_wait_ms=8 --threads 2") == (
+        "wait8",
+        ["--set", "engine.batch_wait_ms=8", "--threads", "2"],
+    )
+    assert ss.parse_variant("plain") == ("plain", [])
+    with pytest.raises(ValueError, match="label"):
+        ss.parse_variant("=--threads 2")
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(SystemExit):
+        ss.main(["--duration", "3"])  # not past the 5 s warm-up
+    with pytest.raises(SystemExit):
+        ss.main(["--variant", "=--threads 1"])
+
+
+def test_a_short_run_against_a_real_server(tmp_path) -> None:
+    """Two streams for 6.5 s against the zero-cost model: every frame's stages are ordered in time, so every
+    stage is >= 0, and the engine latency is the sum of its parts."""
+    args = ["--streams", "2", "--duration", "6.5", "--phases", "2", "--out", str(tmp_path), "--name", "t"]
+    args += ["--variant", "zero=--model python:fakes:ZeroCostRunner"]
+    assert ss.main(args) == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    (v,) = report["variants"]
+    assert v["stream_errors"] == []
+    assert v["frames"] >= 2 * 25  # 1.5 s after the warm-up, two streams
+    stages = v["stages_ms"]
+    for name in ss.STAGES:
+        assert stages[name]["p50"] >= 0.0, name
+    assert stages["engine"]["max"] <= 40.0 * 5  # a zero-cost step on loopback: no frame waits seconds
+    assert v["stall_filled_frames"] >= 2  # both streams are continued with silence once their audio stops
+    md = (tmp_path / "t.md").read_text()
+    assert "| zero | engine |" in md and "stall-filled frames" in md
