@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from training.run.machine import machine_info
 
-__all__ = ["baseline_tree", "machine_info", "machine_load_line", "spawn_trial", "summarise", "write_report"]
+__all__ = [
+    "baseline_tree",
+    "free_port",
+    "machine_info",
+    "machine_load_line",
+    "spawn_trial",
+    "stop_server",
+    "summarise",
+    "wait_health",
+    "write_report",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,3 +95,34 @@ def write_report(out_dir: str | Path, name: str, result: dict, markdown: str) ->
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     (out / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a server a benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_health(server: subprocess.Popen[Any], port: int, timeout_s: float = 120.0) -> None:
+    """Wait until the server on 127.0.0.1:`port` answers /health with 200. Raises RuntimeError when it exits or
+    does not answer within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the server on port {port} did not come up")
+
+
+def stop_server(server: subprocess.Popen[Any]) -> None:
+    """SIGTERM, as a user stops `msync stream`; killed if it has not exited within 30 s."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import machine_info, write_report
+from benchmarks.common import free_port, machine_info, stop_server, wait_health, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "benchmarks" / "configs" / "soak100.json"
@@ -179,9 +179,7 @@ async def _drive(port: int, streams: int, duration: float, phases: int) -> tuple
 
 def run_variant(label: str, args: list[str], streams: int, duration: float, phases: int) -> dict[str, Any]:
     """Start a server with `args`, drive it, stop it; the variant's result."""
-    from benchmarks.ws_soak_workers import _free_port, _stop, _wait_health
-
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--input", "none", "--no-vmc", "--quiet"]
     cmd += ["--config", str(CONFIG), "--port", str(port), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + str(REPO / "tests")}
@@ -190,7 +188,7 @@ def run_variant(label: str, args: list[str], streams: int, duration: float, phas
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
     try:
         try:
-            _wait_health(server, port)
+            wait_health(server, port)
         except RuntimeError:
             log.seek(0)
             raise RuntimeError(
@@ -200,7 +198,7 @@ def run_variant(label: str, args: list[str], streams: int, duration: float, phas
         records, stalled, errors = asyncio.run(_drive(port, streams, duration, phases))
         cpu_cores = (_cpu_s(server.pid) - cpu0) / max(1e-9, time.monotonic() - w0)
     finally:
-        _stop(server)
+        stop_server(server)
         log.close()
     if not records:
         raise RuntimeError(f"variant {label}: no frames after the warm-up ({len(errors)} stream errors: {errors[:3]})")

@@ -30,8 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.common import free_port, stop_server, wait_health
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -99,24 +99,6 @@ def _mean_batch(port: int) -> float | None:
         return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_health(server: subprocess.Popen[Any], port: int, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the server on port {port} did not come up")
-
-
 def _pinned(cpu: int | None) -> Any:
     """A `preexec_fn` that pins the child to `cpu` (None: no pinning)."""
     if cpu is None:
@@ -134,19 +116,9 @@ def _warm_up(root: Path, port: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(root)}
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(root), env=env)
     try:
-        _wait_health(server, port)
+        wait_health(server, port)
     finally:
-        _stop(server)
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """SIGTERM, as a user stops `msync stream`; killed if it has not exited within 30 s."""
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+        stop_server(server)
 
 
 def trial(
@@ -176,7 +148,7 @@ def trial(
         cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(root), env=env, preexec_fn=_pinned(server_cpu)
     )
     try:
-        _wait_health(server, port)
+        wait_health(server, port)
         time.sleep(2.0 if variant == "workers2" else 0.5)  # the second worker may still be loading its model
         pids = _tree(server.pid)
         u0 = _usage(pids)
@@ -200,7 +172,7 @@ def trial(
         res = json.loads(out.read_text())
         out.unlink()
     finally:
-        _stop(server)
+        stop_server(server)
     log.seek(0)
     errors = [line for line in log.read().splitlines() if re.search(r"ERROR|Traceback", line)][:5]
     return {
@@ -277,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         result["baseline_ref"] = args.baseline_ref[0] if one else args.baseline_ref
     for _, root in variants:
         if root != REPO:
-            _warm_up(root, args.port or _free_port())
+            _warm_up(root, args.port or free_port())
     for streams in args.streams:
         for r in range(args.rounds):
             for variant, root in variants:
@@ -286,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                     streams,
                     args.duration,
                     Path(args.soak),
-                    args.port or _free_port(),
+                    args.port or free_port(),
                     root,
                     args.chunk_ms,
                     args.server_cpu,
