@@ -23,6 +23,8 @@ __all__ = [
     "free_port",
     "machine_info",
     "machine_load_line",
+    "process_tree",
+    "process_tree_cpu_s",
     "spawn_trial",
     "stop_server",
     "summarise",
@@ -126,3 +128,34 @@ def stop_server(server: subprocess.Popen[Any]) -> None:
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc), e.g. `msync stream --workers N`'s supervisor and workers."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(stat[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its live descendants (/proc/PID/stat); processes that cannot be
+    read count 0."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total

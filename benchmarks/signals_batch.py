@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             bx = BatchSignalExtractor(cfg, capacity=B)
             for i in range(B):
                 bx.open(i, face, i)
-            bx.warm_up()  # compile (or load) the signals loop first, as the engine does before serving: the first
-            # timed configuration once carried numba's compile time (33.9 us a frame at B = 64 against 0.9 later)
+            bx.warm_up()  # compile (or load) the signals loop first, as the engine does before serving: without
+            # it the first timed configuration carried numba's compile time (tens of us a frame against ~1)
             slots = np.arange(B)
             t0 = time.perf_counter()
             for k in range(a.steps):

@@ -22,10 +22,14 @@ the host's monotonic clock:
 Frames the server makes from the silence it continues a stream with once its audio stops (`stalled` in the
 header: every stream at the end of the run, when the clients stop together) are reported apart: their audio
 becomes ready a few frames at once per stream (the silence since the audio ran out), so they wait behind
-each other, and `../shared/tools/ws_soak.py`, which counts them with the rest, reads that end-of-run burst
-in its p99 (about 5 % of its frames at 100 streams and 20 s). Frames with the same step start came from one
-runner call (stall-filled ones included), which gives the batch sizes and the step time per batch size. Server CPU is read from /proc over the measured window. Writes NAME.json and NAME.md with
-the CPU model and the load before and after each variant.
+each other. The clients keep listening for `TAIL_S` after their last chunk, long enough for the whole fill
+(the stall delay plus at most 1 s of silence, `EngineConfig.stall_fill_s`). `../shared/tools/ws_soak.py`
+counts those frames with the rest. Frames with the same step start came from one runner call (stall-filled
+ones included), which gives the batch sizes and the step time per batch size.
+
+Server CPU: every process of the server (`--workers N` too), from /proc, between the end of the warm-up
+and the last chunk. Writes NAME.json and NAME.md with the CPU model, the served model's version (from
+/health) and the load before and after each variant. Ctrl-C or SIGTERM stops the server it started.
 """
 
 from __future__ import annotations
@@ -33,23 +37,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import free_port, machine_info, stop_server, wait_health, write_report
+from benchmarks.common import free_port, machine_info, process_tree_cpu_s, stop_server, wait_health, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "benchmarks" / "configs" / "soak100.json"
 RATE = 16000
 WARM_UP_S = 5.0
+#: seconds a client keeps receiving after its last chunk: the stall delay (look-ahead + 80 ms) and the engine's
+#: default 1 s of stall fill, with a margin
+TAIL_S = 1.8
+#: seconds a client waits for the server's reply to its hello
+HELLO_TIMEOUT_S = 30.0
 #: stage name -> (from column, to column) of a frame record: ready, step start, step end, publish, sent, arrival
 STAGES = {
     "wait": (0, 1),
@@ -65,13 +77,14 @@ BATCH_BINS = ((1, 4), (5, 9), (10, 16), (17, 32), (33, 64), (65, 1 << 30))
 
 def stage_stats(records: np.ndarray) -> dict[str, dict[str, float]]:
     """Per-stage percentiles of frame records (F, 6) int64 ns (ready, step start, step end, publish, sent,
-    arrival) -> {stage: {p50, p90, p99, max}} in ms. Raises ValueError for an empty or misshapen array."""
+    arrival) -> {stage: {min, p50, p90, p99, max}} in ms. Raises ValueError for an empty or misshapen array."""
     if records.ndim != 2 or records.shape[1] != 6 or not len(records):
         raise ValueError(f"expected (F, 6) frame records with F >= 1, got {records.shape}")
     out = {}
     for name, (i, j) in STAGES.items():
         ms = (records[:, j] - records[:, i]) / 1e6
         out[name] = {q: round(float(np.percentile(ms, p)), 2) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))}
+        out[name]["min"] = round(float(ms.min()), 2)
         out[name]["max"] = round(float(ms.max()), 2)
     return out
 
@@ -97,21 +110,13 @@ def batch_stats(records: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (/proc/PID/stat), 0 when it cannot be read."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 async def _client(
     port: int, i: int, pcm: np.ndarray, t_start: float, t_stop: float, sink: list, stalled: list
 ) -> str | None:
     """One real-time /audio stream; appends (ready, t0, t1, publish, sent, arrival) per binary frame to `sink`,
     or to `stalled` for the frames the server made from the silence it continues a stalled stream with (after
-    the client stops sending). Returns an error text, or None."""
+    the client stops sending). Returns an error text (a refused hello, a broken connection, a frame that cannot
+    be decoded), or None."""
     from websockets.asyncio.client import connect
 
     from stream_engine.outputs.serializers import decode_binary
@@ -121,7 +126,7 @@ async def _client(
         async with connect(f"ws://127.0.0.1:{port}/audio", compression=None, max_size=1 << 22) as ws:
             hello = {"type": "hello", "v": 1, "stream": f"stages-{i}", "subscribe": "binary", "dtype": "int16"}
             await ws.send(json.dumps(hello))
-            reply = json.loads(await ws.recv())
+            reply = json.loads(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S))
             if reply.get("type") != "ready":
                 return f"stream {i} refused: {reply}"
 
@@ -143,6 +148,7 @@ async def _client(
                         )
 
             rx = asyncio.create_task(receive())
+            rx.add_done_callback(lambda task: None if task.cancelled() else task.exception())
             await asyncio.sleep(max(0.0, t_start - time.monotonic()))
             pos, k, t0 = (i * 7919) % len(pcm), 0, time.monotonic()
             while time.monotonic() < t_stop:
@@ -152,15 +158,20 @@ async def _client(
                 delay = t0 + k * 0.04 - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            await asyncio.sleep(0.5)  # the last frames
+            await asyncio.sleep(TAIL_S)  # the last frames, then the stall fill
+            if rx.done() and rx.exception() is not None:
+                return f"stream {i} receiving: {rx.exception()!r}"[:200]
             rx.cancel()
     except Exception as exc:  # one stream's failure is reported, the others go on
         return f"stream {i}: {exc!r}"[:200]
     return None
 
 
-async def _drive(port: int, streams: int, duration: float, phases: int) -> tuple[list, list, list[str]]:
-    """Run the clients: (real-audio frames after the warm-up, stall-filled frames, stream errors)."""
+async def _drive(
+    port: int, streams: int, duration: float, phases: int, server_pid: int
+) -> tuple[list, list, list[str], float]:
+    """Run the clients: (real-audio frames after the warm-up, stall-filled frames, stream errors, the server's
+    CPU cores between the end of the warm-up and the last chunk)."""
     sys.path.insert(0, str(REPO / "tests"))
     from fakes import speechlike
 
@@ -169,12 +180,24 @@ async def _drive(port: int, streams: int, duration: float, phases: int) -> tuple
     stalled: list = []
     t_base = time.monotonic() + 3.0  # time for every client to connect
     t_stop = t_base + duration
+    cpu: list[tuple[float, float]] = []
+
+    async def sample_cpu() -> None:
+        for at in (t_base + WARM_UP_S, t_stop):
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            cpu.append((time.monotonic(), process_tree_cpu_s(server_pid)))
+
     tasks = [
         _client(port, i, pcm, t_base + (i % phases) * 0.04 / phases, t_stop, sink, stalled) for i in range(streams)
     ]
-    errors = [e for e in await asyncio.gather(*tasks) if e]
+    sampler = asyncio.create_task(sample_cpu())
+    # bounded: a client that never finishes must not hold the benchmark forever
+    results = await asyncio.wait_for(asyncio.gather(*tasks), duration + TAIL_S + HELLO_TIMEOUT_S + 60.0)
+    await sampler
+    errors = [e for e in results if e]
     warm = int((t_base + WARM_UP_S) * 1e9)
-    return [r for r in sink if r[0] >= warm], [r for r in stalled if r[0] >= warm], errors
+    (w0, c0), (w1, c1) = cpu
+    return [r for r in sink if r[0] >= warm], [r for r in stalled if r[0] >= warm], errors, (c1 - c0) / (w1 - w0)
 
 
 def run_variant(label: str, args: list[str], streams: int, duration: float, phases: int) -> dict[str, Any]:
@@ -182,7 +205,8 @@ def run_variant(label: str, args: list[str], streams: int, duration: float, phas
     port = free_port()
     cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--input", "none", "--no-vmc", "--quiet"]
     cmd += ["--config", str(CONFIG), "--port", str(port), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + str(REPO / "tests")}
+    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     load_before = os.getloadavg()[0]
     log = tempfile.NamedTemporaryFile("w+", prefix="msync-stages-", suffix=".log")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
@@ -194,9 +218,9 @@ def run_variant(label: str, args: list[str], streams: int, duration: float, phas
             raise RuntimeError(
                 f"variant {label}: the server did not come up; its log ends:\n{log.read()[-2000:]}"
             ) from None
-        cpu0, w0 = _cpu_s(server.pid), time.monotonic()
-        records, stalled, errors = asyncio.run(_drive(port, streams, duration, phases))
-        cpu_cores = (_cpu_s(server.pid) - cpu0) / max(1e-9, time.monotonic() - w0)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            model_version = json.load(r).get("model_version", "?")
+        records, stalled, errors, cpu_cores = asyncio.run(_drive(port, streams, duration, phases, server.pid))
     finally:
         stop_server(server)
         log.close()
@@ -207,6 +231,7 @@ def run_variant(label: str, args: list[str], streams: int, duration: float, phas
     return {
         "label": label,
         "args": args,
+        "model_version": model_version,
         "frames": int(len(arr)),
         "stream_errors": errors,
         "stages_ms": stage_stats(arr),
@@ -243,15 +268,16 @@ def markdown(result: dict) -> str:
             )
     lines += [
         "",
-        "| variant | frames | stream errors | runner calls | batch p10 / p50 / p90 | server CPU (cores) | load before / after |",
-        "|---|---:|---:|---:|---|---:|---|",
+        "| variant | model | frames | stream errors | runner calls | batch p10 / p50 / p90 | server CPU (cores) | "
+        "load before / after |",
+        "|---|---|---:|---:|---:|---|---:|---|",
     ]
     for v in result["variants"]:
         b = v["batches"]
         p = " / ".join(f"{x:g}" for x in b["batch_p10_p50_p90"])
         lb = " / ".join(f"{x:.2f}" for x in v["load_1m_before_after"])
         lines.append(
-            f"| {v['label']} | {v['frames']} | {len(v['stream_errors'])} | {b['calls']} | {p} | "
+            f"| {v['label']} | `{v['model_version']}` | {v['frames']} | {len(v['stream_errors'])} | {b['calls']} | {p} | "
             f"{v['server_cpu_cores']} | {lb} |"
         )
     lines += ["", "Step time by batch size (median over the runner calls of that size):", ""]
@@ -264,7 +290,8 @@ def markdown(result: dict) -> str:
         "Stages: wait = audio ready -> step start; step = the runner call; publish = step end -> publish; send = "
         "publish -> the server's send stamp; socket = send stamp -> arrival at the client; engine = audio ready -> "
         "send stamp (issue 14's engine-added latency); total = audio ready -> arrival. Batch sizes count the "
-        "measured streams' frames per runner call.",
+        "measured streams' frames per runner call, stall-filled ones included. Server CPU: all its processes, "
+        "from the end of the warm-up to the last chunk.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -291,29 +318,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default="soak_stages")
     a = p.parse_args(argv)
-    if a.streams < 1 or a.phases < 1 or a.duration <= WARM_UP_S:
-        p.error(f"--streams and --phases must be >= 1 and --duration > {WARM_UP_S:g} s")
+    if a.streams < 1 or a.phases < 1 or not math.isfinite(a.duration) or a.duration <= WARM_UP_S:
+        p.error(f"--streams and --phases must be >= 1 and --duration a number of seconds > {WARM_UP_S:g}")
     try:
         variants = [parse_variant(v) for v in (a.variant or ["default="])]
     except ValueError as exc:
         p.error(str(exc))
     result: dict[str, Any] = {
-        "command": "python -m benchmarks.soak_stages " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
+        "command": "python -m benchmarks.soak_stages "
+        + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)),
         "machine": machine_info(),
         "conditions": {"streams": a.streams, "duration_s": a.duration, "phases": a.phases},
         "variants": [],
     }
-    for label, args in variants:
-        v = run_variant(label, args, a.streams, a.duration, a.phases)
-        s = v["stages_ms"]
-        print(
-            f"[{label}] engine p50/p99 {s['engine']['p50']}/{s['engine']['p99']} ms, wait p99 {s['wait']['p99']}, "
-            f"step p99 {s['step']['p99']}, median batch {v['batches']['batch_p10_p50_p90'][1]:g}",
-            file=sys.stderr,
-        )
-        result["variants"].append(v)
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM like Ctrl-C: unwind, so the server is stopped
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        result["variants"] = [_run_and_say(label, args, a) for label, args in variants]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     write_report(a.out, a.name, result, markdown(result))
     return 0
+
+
+def _run_and_say(label: str, args: list[str], a: argparse.Namespace) -> dict[str, Any]:
+    """One variant, with a progress line on stderr."""
+    v = run_variant(label, args, a.streams, a.duration, a.phases)
+    s = v["stages_ms"]
+    print(
+        f"[{label}] engine p50/p99 {s['engine']['p50']}/{s['engine']['p99']} ms, wait p99 {s['wait']['p99']}, "
+        f"step p99 {s['step']['p99']}, median batch {v['batches']['batch_p10_p50_p90'][1]:g}",
+        file=sys.stderr,
+    )
+    return v
 
 
 if __name__ == "__main__":

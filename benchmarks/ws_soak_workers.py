@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import free_port, stop_server, wait_health
+from benchmarks.common import free_port, process_tree, stop_server, wait_health
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -53,24 +53,6 @@ VARIANTS = {
 
 def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def _tree(pid: int) -> list[int]:
-    """`pid` and its descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(stat[1]), []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 def _usage(pids: list[int]) -> dict[str, float]:
@@ -150,7 +132,7 @@ def trial(
     try:
         wait_health(server, port)
         time.sleep(2.0 if variant == "workers2" else 0.5)  # the second worker may still be loading its model
-        pids = _tree(server.pid)
+        pids = process_tree(server.pid)
         u0 = _usage(pids)
         up0 = _uptime()
         t0 = time.monotonic()
@@ -164,7 +146,7 @@ def trial(
             preexec_fn=_pinned(probe_cpu),
         )
         wall = time.monotonic() - t0
-        pids = _tree(server.pid)
+        pids = process_tree(server.pid)
         u1 = _usage(pids)
         batch = _mean_batch(port)
         if probe.returncode != 0:
