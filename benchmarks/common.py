@@ -23,8 +23,8 @@ __all__ = [
     "free_port",
     "machine_info",
     "machine_load_line",
+    "process_cpu_s",
     "process_tree",
-    "process_tree_cpu_s",
     "spawn_trial",
     "stop_server",
     "summarise",
@@ -148,14 +148,10 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of `pid` and its live descendants (/proc/PID/stat); processes that cannot be
-    read count 0."""
-    total = 0.0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (/proc/PID/stat); 0 when it cannot be read (it has exited)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0

@@ -1,7 +1,7 @@
 """Where a served frame waits: N real-time streams over loopback WebSockets, every frame's life read from the
 timestamps in its binary header.
 
-    python -m benchmarks.soak_stages [--streams 100] [--duration 20] [--phases 8]
+    python -m benchmarks.soak_stages [--streams 100] [--duration 20] [--phases 8] [--tail-s 1.8]
                                      [--variant LABEL=ARGS ...] [--out benchmarks/results] [--name soak_stages]
 
 For each variant (default: one, "default", the server as shipped) it starts `msync stream --input none` with
@@ -19,23 +19,27 @@ the host's monotonic clock:
 - socket: the send stamp -> arrival at the client (kernel, client loop),
 - engine: audio ready -> send stamp (the engine-added latency of issue 14), and total (-> arrival).
 
-Frames the server makes from the silence it continues a stream with once its audio stops (`stalled` in the
-header: every stream at the end of the run, when the clients stop together) are reported apart: their audio
-becomes ready a few frames at once per stream (the silence since the audio ran out), so they wait behind
-each other. The clients keep listening for `TAIL_S` after their last chunk, long enough for the whole fill
-(the stall delay plus at most 1 s of silence, `EngineConfig.stall_fill_s`). `../shared/tools/ws_soak.py`
-counts those frames with the rest. Frames with the same step start came from one runner call (stall-filled
-ones included), which gives the batch sizes and the step time per batch size.
+Frames made after a client's audio stopped are reported apart: its last look-ahead frames and the frames of
+the silence the server continues a stalled stream with (`stalled` in the header). They become ready
+together once the server fills the silence (every stream at the end of the run, when the clients stop
+together), so they wait behind each other. The clients keep listening for `--tail-s` (default `TAIL_S`)
+after their last chunk, long enough for the whole fill (the stall delay plus at most 1 s of silence,
+`EngineConfig.stall_fill_s`). `../shared/tools/ws_soak.py` counts those frames with the rest. Frames with the
+same step start came from one runner call (both kinds), which gives the batch sizes and the step time per
+batch size. Lost frames are gaps in each stream's seq.
 
-Server CPU: every process of the server (`--workers N` too), from /proc, between the end of the warm-up
-and the last chunk. Writes NAME.json and NAME.md with the CPU model, the served model's version (from
-/health) and the load before and after each variant. Ctrl-C or SIGTERM stops the server it started.
+With `--workers N` among a variant's arguments, the clients connect only once N sockets listen on the port
+(each worker loads its model first). Server CPU: every process of the server, each apart, from /proc,
+between the end of the warm-up and the last chunk. Writes NAME.json and NAME.md with the CPU model, the
+served model's version (from /health) and the load before and after each variant; after each variant but
+the last the files hold what is done so far. SIGTERM (or Ctrl-C) stops the server it started.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -51,7 +55,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import free_port, machine_info, process_tree_cpu_s, stop_server, wait_health, write_report
+from benchmarks.common import (
+    free_port,
+    machine_info,
+    process_cpu_s,
+    process_tree,
+    stop_server,
+    wait_health,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "benchmarks" / "configs" / "soak100.json"
@@ -110,98 +122,171 @@ def batch_stats(records: np.ndarray) -> dict[str, Any]:
     }
 
 
-async def _client(
-    port: int, i: int, pcm: np.ndarray, t_start: float, t_stop: float, sink: list, stalled: list
-) -> str | None:
-    """One real-time /audio stream; appends (ready, t0, t1, publish, sent, arrival) per binary frame to `sink`,
-    or to `stalled` for the frames the server made from the silence it continues a stalled stream with (after
-    the client stops sending). Returns an error text (a refused hello, a broken connection, a frame that cannot
-    be decoded), or None."""
+@dataclasses.dataclass
+class _Stream:
+    """What one client saw: per binary frame its stamps (ready, step start, step end, publish, sent, arrival),
+    its `stalled` flag and seq; when it sent its last chunk; the server's text error messages; its own
+    failure, if any."""
+
+    frames: list[tuple[int, int, int, int, int, int]] = dataclasses.field(default_factory=list)
+    stalled: list[bool] = dataclasses.field(default_factory=list)
+    seqs: list[int] = dataclasses.field(default_factory=list)
+    last_send_ns: int = 0
+    server_errors: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+async def _client(port: int, i: int, pcm: np.ndarray, t_start: float, t_stop: float, tail_s: float) -> _Stream:
+    """One real-time /audio stream subscribed to its own binary frames; listens `tail_s` after its last chunk.
+    Never raises: a refused or late hello, a broken connection or an undecodable frame is `_Stream.error`."""
     from websockets.asyncio.client import connect
 
     from stream_engine.outputs.serializers import decode_binary
 
+    out = _Stream()
     chunk = RATE * 40 // 1000
     try:
         async with connect(f"ws://127.0.0.1:{port}/audio", compression=None, max_size=1 << 22) as ws:
             hello = {"type": "hello", "v": 1, "stream": f"stages-{i}", "subscribe": "binary", "dtype": "int16"}
             await ws.send(json.dumps(hello))
-            reply = json.loads(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S))
+            try:
+                reply = json.loads(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S))
+            except TimeoutError:
+                out.error = f"stream {i}: no reply to its hello within {HELLO_TIMEOUT_S:g} s"
+                return out
             if reply.get("type") != "ready":
-                return f"stream {i} refused: {reply}"
+                out.error = f"stream {i} refused: {reply}"[:200]
+                return out
+            if time.monotonic() > t_start:
+                out.error = f"stream {i}: ready {time.monotonic() - t_start:.2f} s after its start time"
+                return out
 
             async def receive() -> None:
                 async for m in ws:
+                    now = time.monotonic_ns()
                     if isinstance(m, bytes):
-                        now = time.monotonic_ns()
                         f = decode_binary(m)
                         t = f["t"]
-                        (stalled if f["stalled"] else sink).append(
-                            (
-                                t["audio_ready_ns"],
-                                t["infer_start_ns"],
-                                t["infer_end_ns"],
-                                t["publish_ns"],
-                                t["sent_ns"],
-                                now,
-                            )
+                        row = (
+                            t["audio_ready_ns"],
+                            t["infer_start_ns"],
+                            t["infer_end_ns"],
+                            t["publish_ns"],
+                            t["sent_ns"],
                         )
+                        out.frames.append((*row, now))
+                        out.stalled.append(bool(f["stalled"]))
+                        out.seqs.append(int(f["seq"]))
+                    elif json.loads(m).get("type") == "error":
+                        out.server_errors.append(str(m)[:200])
 
             rx = asyncio.create_task(receive())
             rx.add_done_callback(lambda task: None if task.cancelled() else task.exception())
             await asyncio.sleep(max(0.0, t_start - time.monotonic()))
             pos, k, t0 = (i * 7919) % len(pcm), 0, time.monotonic()
-            while time.monotonic() < t_stop:
+            while time.monotonic() < t_stop and not rx.done():
                 idx = np.arange(pos, pos + chunk) % len(pcm)
                 await ws.send(pcm[idx].tobytes())
+                out.last_send_ns = time.monotonic_ns()
                 pos, k = pos + chunk, k + 1
                 delay = t0 + k * 0.04 - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            await asyncio.sleep(TAIL_S)  # the last frames, then the stall fill
+            if not rx.done():
+                await asyncio.sleep(tail_s)  # the last frames, then the stall fill
             if rx.done() and rx.exception() is not None:
-                return f"stream {i} receiving: {rx.exception()!r}"[:200]
+                out.error = f"stream {i} receiving: {rx.exception()!r}"[:200]
             rx.cancel()
     except Exception as exc:  # one stream's failure is reported, the others go on
-        return f"stream {i}: {exc!r}"[:200]
-    return None
+        out.error = f"stream {i}: {exc!r}"[:200]
+    return out
 
 
 async def _drive(
-    port: int, streams: int, duration: float, phases: int, server_pid: int
-) -> tuple[list, list, list[str], float]:
-    """Run the clients: (real-audio frames after the warm-up, stall-filled frames, stream errors, the server's
-    CPU cores between the end of the warm-up and the last chunk)."""
+    port: int, streams: int, duration: float, phases: int, tail_s: float, server_pid: int
+) -> tuple[list[_Stream], int, dict[int, float]]:
+    """Run the clients. Returns their records, the warm-up's end (monotonic ns) and each server process's CPU
+    cores between the warm-up's end and the last chunk."""
     sys.path.insert(0, str(REPO / "tests"))
     from fakes import speechlike
 
     pcm = (speechlike(60 * RATE, seed=1, sample_rate_hz=RATE) * 32767).astype("<i2")
-    sink: list = []
-    stalled: list = []
     t_base = time.monotonic() + 3.0  # time for every client to connect
     t_stop = t_base + duration
-    cpu: list[tuple[float, float]] = []
+    cpu: list[tuple[float, dict[int, float]]] = []
 
     async def sample_cpu() -> None:
         for at in (t_base + WARM_UP_S, t_stop):
             await asyncio.sleep(max(0.0, at - time.monotonic()))
-            cpu.append((time.monotonic(), process_tree_cpu_s(server_pid)))
+            cpu.append((time.monotonic(), {p: process_cpu_s(p) for p in process_tree(server_pid)}))
 
-    tasks = [
-        _client(port, i, pcm, t_base + (i % phases) * 0.04 / phases, t_stop, sink, stalled) for i in range(streams)
-    ]
+    tasks = [_client(port, i, pcm, t_base + (i % phases) * 0.04 / phases, t_stop, tail_s) for i in range(streams)]
     sampler = asyncio.create_task(sample_cpu())
-    # bounded: a client that never finishes must not hold the benchmark forever
-    results = await asyncio.wait_for(asyncio.gather(*tasks), duration + TAIL_S + HELLO_TIMEOUT_S + 60.0)
+    limit = 3.0 + duration + tail_s + HELLO_TIMEOUT_S + 60.0
+    try:  # bounded: a client that never finishes must not hold the benchmark forever
+        clients = await asyncio.wait_for(asyncio.gather(*tasks), limit)
+    except TimeoutError:
+        raise RuntimeError(f"the clients did not finish within {limit:.0f} s") from None
     await sampler
-    errors = [e for e in results if e]
-    warm = int((t_base + WARM_UP_S) * 1e9)
     (w0, c0), (w1, c1) = cpu
-    return [r for r in sink if r[0] >= warm], [r for r in stalled if r[0] >= warm], errors, (c1 - c0) / (w1 - w0)
+    by_process = {p: round((c1[p] - c0.get(p, 0.0)) / (w1 - w0), 3) for p in c1}
+    return clients, int((t_base + WARM_UP_S) * 1e9), by_process
 
 
-def run_variant(label: str, args: list[str], streams: int, duration: float, phases: int) -> dict[str, Any]:
-    """Start a server with `args`, drive it, stop it; the variant's result."""
+def split_frames(stream: _Stream, warm_ns: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """One client's frames after the warm-up -> (frames whose audio was ready while it was still sending,
+    frames made after its audio stopped: its last look-ahead frames and the stall fill, which become ready
+    together once the server fills the silence; the stall-filled count among the latter). Arrays (F, 6) int64."""
+    rec = np.asarray(stream.frames, dtype=np.int64).reshape(-1, 6)
+    stalled = np.asarray(stream.stalled, dtype=bool)
+    keep = rec[:, 0] >= warm_ns
+    # a frame completed by the last chunk is ready when the server reads that chunk, just after the send; the
+    # fill starts a stall delay (>= 80 ms) later, so one frame period separates the two kinds cleanly
+    after = keep & ((rec[:, 0] > stream.last_send_ns + 40_000_000) | stalled)
+    return rec[keep & ~after], rec[after], int((after & stalled).sum())
+
+
+def lost_frames(seqs: list[int]) -> int:
+    """Gaps in one stream's frame seq numbers (the server may drop frames for a slow client)."""
+    if not seqs:
+        return 0
+    u = np.unique(np.asarray(seqs))
+    return int(u[-1] - u[0] + 1 - u.size)
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on `port` (/proc/net/tcp, tcp6): one per `msync stream --workers` process,
+    since each binds its own (SO_REUSEPORT)."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                n += 1
+    return n
+
+
+def workers_of(args: list[str]) -> int:
+    """The `--workers N` among a variant's server arguments (1 when absent)."""
+    for i, arg in enumerate(args):
+        if arg == "--workers" and i + 1 < len(args):
+            return int(args[i + 1])
+        if arg.startswith("--workers="):
+            return int(arg.split("=", 1)[1])
+    return 1
+
+
+def run_variant(
+    label: str, args: list[str], streams: int, duration: float, phases: int, tail_s: float = TAIL_S
+) -> dict[str, Any]:
+    """Start a server with `args`, wait until every worker listens, drive it, stop it; the variant's result.
+    Raises RuntimeError when the server does not come up, dies, or no frame arrives."""
+    if duration <= WARM_UP_S:
+        raise ValueError(f"duration must exceed the {WARM_UP_S:g} s warm-up, got {duration}")
     port = free_port()
     cmd = [sys.executable, "-m", "stream_engine.cli", "stream", "--input", "none", "--no-vmc", "--quiet"]
     cmd += ["--config", str(CONFIG), "--port", str(port), *args]
@@ -210,35 +295,55 @@ def run_variant(label: str, args: list[str], streams: int, duration: float, phas
     load_before = os.getloadavg()[0]
     log = tempfile.NamedTemporaryFile("w+", prefix="msync-stages-", suffix=".log")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
+
+    def log_tail() -> str:
+        log.seek(0)
+        return log.read()[-2000:]
+
     try:
         try:
             wait_health(server, port)
-        except RuntimeError:
-            log.seek(0)
+            workers, deadline = workers_of(args), time.monotonic() + 120.0
+            while listening_sockets(port) < workers and server.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)  # each worker loads its model before it listens
+            if listening_sockets(port) < workers:
+                raise RuntimeError(f"{listening_sockets(port)} of {workers} workers listen")
+        except RuntimeError as exc:
             raise RuntimeError(
-                f"variant {label}: the server did not come up; its log ends:\n{log.read()[-2000:]}"
+                f"variant {label}: the server did not come up ({exc}); its log ends:\n{log_tail()}"
             ) from None
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
             model_version = json.load(r).get("model_version", "?")
-        records, stalled, errors, cpu_cores = asyncio.run(_drive(port, streams, duration, phases, server.pid))
+        try:
+            clients, warm_ns, cpu_by_process = asyncio.run(_drive(port, streams, duration, phases, tail_s, server.pid))
+        except RuntimeError as exc:
+            raise RuntimeError(f"variant {label}: {exc}") from None
+        if server.poll() is not None:
+            raise RuntimeError(f"variant {label}: the server exited ({server.returncode}); its log ends:\n{log_tail()}")
     finally:
         stop_server(server)
         log.close()
-    if not records:
+    parts = [split_frames(c, warm_ns) for c in clients]
+    real = np.concatenate([p[0] for p in parts])
+    after = np.concatenate([p[1] for p in parts])
+    errors = [c.error for c in clients if c.error]
+    if not len(real):
         raise RuntimeError(f"variant {label}: no frames after the warm-up ({len(errors)} stream errors: {errors[:3]})")
-    arr = np.asarray(records, dtype=np.int64)
-    fill = np.asarray(stalled, dtype=np.int64).reshape(-1, 6)
     return {
         "label": label,
         "args": args,
         "model_version": model_version,
-        "frames": int(len(arr)),
+        "frames": int(len(real)),
         "stream_errors": errors,
-        "stages_ms": stage_stats(arr),
-        "batches": batch_stats(np.concatenate([arr, fill])),
-        "stall_filled_frames": int(len(fill)),
-        "stall_filled_stages_ms": stage_stats(fill) if len(fill) else None,
-        "server_cpu_cores": round(cpu_cores, 2),
+        "server_error_messages": sum(len(c.server_errors) for c in clients),
+        "lost_frames": sum(lost_frames(c.seqs) for c in clients),
+        "stages_ms": stage_stats(real),
+        "batches": batch_stats(np.concatenate([real, after])),
+        "after_stop_frames": int(len(after)),
+        "stall_filled_frames": sum(p[2] for p in parts),
+        "after_stop_stages_ms": stage_stats(after) if len(after) else None,
+        "server_cpu_cores": round(sum(cpu_by_process.values()), 2),
+        "server_cpu_cores_by_process": sorted(cpu_by_process.values(), reverse=True),
         "load_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
@@ -260,25 +365,26 @@ def markdown(result: dict) -> str:
     for v in result["variants"]:
         for name, s in v["stages_ms"].items():
             lines.append(f"| {v['label']} | {name} | {s['p50']} | {s['p90']} | {s['p99']} | {s['max']} |")
-        if v.get("stall_filled_stages_ms"):
-            s = v["stall_filled_stages_ms"]["engine"]
+        if v.get("after_stop_stages_ms"):
+            s = v["after_stop_stages_ms"]["engine"]
             lines.append(
-                f"| {v['label']} | engine, stall-filled frames ({v['stall_filled_frames']}) | {s['p50']} | {s['p90']} | "
-                f"{s['p99']} | {s['max']} |"
+                f"| {v['label']} | engine, frames after the audio stopped ({v['after_stop_frames']}, "
+                f"{v['stall_filled_frames']} stall-filled) | {s['p50']} | {s['p90']} | {s['p99']} | {s['max']} |"
             )
     lines += [
         "",
-        "| variant | model | frames | stream errors | runner calls | batch p10 / p50 / p90 | server CPU (cores) | "
-        "load before / after |",
-        "|---|---|---:|---:|---:|---|---:|---|",
+        "| variant | model | frames | lost | stream errors | server errors | runner calls | batch p10 / p50 / p90 | "
+        "server CPU (cores; per process) | load before / after |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for v in result["variants"]:
         b = v["batches"]
         p = " / ".join(f"{x:g}" for x in b["batch_p10_p50_p90"])
         lb = " / ".join(f"{x:.2f}" for x in v["load_1m_before_after"])
+        per = " + ".join(f"{x:.2f}" for x in v["server_cpu_cores_by_process"] if x >= 0.005)
         lines.append(
-            f"| {v['label']} | `{v['model_version']}` | {v['frames']} | {len(v['stream_errors'])} | {b['calls']} | {p} | "
-            f"{v['server_cpu_cores']} | {lb} |"
+            f"| {v['label']} | `{v['model_version']}` | {v['frames']} | {v['lost_frames']} | {len(v['stream_errors'])} | "
+            f"{v['server_error_messages']} | {b['calls']} | {p} | {v['server_cpu_cores']} ({per}) | {lb} |"
         )
     lines += ["", "Step time by batch size (median over the runner calls of that size):", ""]
     lines += ["| variant | batch | calls | step ms p50 |", "|---|---|---:|---:|"]
@@ -289,9 +395,11 @@ def markdown(result: dict) -> str:
         "",
         "Stages: wait = audio ready -> step start; step = the runner call; publish = step end -> publish; send = "
         "publish -> the server's send stamp; socket = send stamp -> arrival at the client; engine = audio ready -> "
-        "send stamp (issue 14's engine-added latency); total = audio ready -> arrival. Batch sizes count the "
-        "measured streams' frames per runner call, stall-filled ones included. Server CPU: all its processes, "
-        "from the end of the warm-up to the last chunk.",
+        "send stamp (issue 14's engine-added latency); total = audio ready -> arrival. The stage rows are the "
+        "frames whose audio was ready while the clients were sending; frames after the audio stopped (each "
+        "stream's last look-ahead frames and the stall fill, made together in one burst) are the extra row. "
+        "Batch sizes count the measured streams' frames per runner call, both kinds. Lost: gaps in the frames' "
+        "seq. Server CPU: all its processes, from the end of the warm-up to the last chunk.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -315,11 +423,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="LABEL=ARGS: a server variant (its extra `msync stream` arguments); repeatable (default: default=)",
     )
+    p.add_argument(
+        "--tail-s",
+        type=float,
+        default=TAIL_S,
+        help="seconds each client listens after its last chunk (the stall fill; raise it with stall_fill_s)",
+    )
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default="soak_stages")
     a = p.parse_args(argv)
     if a.streams < 1 or a.phases < 1 or not math.isfinite(a.duration) or a.duration <= WARM_UP_S:
         p.error(f"--streams and --phases must be >= 1 and --duration a number of seconds > {WARM_UP_S:g}")
+    if not math.isfinite(a.tail_s) or not 0 <= a.tail_s <= 60:
+        p.error("--tail-s must be a number of seconds in 0..60")
     try:
         variants = [parse_variant(v) for v in (a.variant or ["default="])]
     except ValueError as exc:
@@ -332,12 +448,18 @@ def main(argv: list[str] | None = None) -> int:
         "variants": [],
     }
 
-    def stop(signum: int, frame: Any) -> None:  # SIGTERM like Ctrl-C: unwind, so the server is stopped
-        raise KeyboardInterrupt
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM: unwind, so the server is stopped
+        raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
+    out = Path(a.out)
     try:
-        result["variants"] = [_run_and_say(label, args, a) for label, args in variants]
+        for label, args in variants:
+            result["variants"].append(_run_and_say(label, args, a))
+            if len(result["variants"]) < len(variants):  # what is done survives a later variant's failure
+                out.mkdir(parents=True, exist_ok=True)
+                (out / f"{a.name}.json").write_text(json.dumps(result, indent=2))
+                (out / f"{a.name}.md").write_text(markdown(result))
     finally:
         signal.signal(signal.SIGTERM, previous)
     write_report(a.out, a.name, result, markdown(result))
@@ -346,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_and_say(label: str, args: list[str], a: argparse.Namespace) -> dict[str, Any]:
     """One variant, with a progress line on stderr."""
-    v = run_variant(label, args, a.streams, a.duration, a.phases)
+    v = run_variant(label, args, a.streams, a.duration, a.phases, a.tail_s)
     s = v["stages_ms"]
     print(
         f"[{label}] engine p50/p99 {s['engine']['p50']}/{s['engine']['p99']} ms, wait p99 {s['wait']['p99']}, "

@@ -4,11 +4,18 @@ syntax, and one short run against a real `msync stream` on loopback (the tests' 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from benchmarks import soak_stages as ss
+from benchmarks.common import process_cpu_s, process_tree
+
+from fakes import ZeroCostRunner
 
 
 def _records(rows: list[tuple[int, ...]]) -> np.ndarray:
@@ -57,6 +64,66 @@ def test_batch_stats_groups_frames_by_their_step_start() -> None:
     assert b["by_batch"] == [{"batch": "1-4", "calls": 2, "step_ms_p50": 1.5}]
 
 
+def test_split_frames_puts_the_burst_after_the_last_chunk_apart() -> None:
+    ms = 1_000_000
+    warm, last_send = 100 * ms, 1000 * ms
+    rows = [
+        (50 * ms, 0, 0, 0, 0, 0),  # before the warm-up's end: dropped
+        (500 * ms, 0, 0, 0, 0, 0),  # real audio
+        (1000 * ms + 1, 0, 0, 0, 0, 0),  # completed by the last chunk, read just after its send: real audio
+        (1200 * ms, 0, 0, 0, 0, 0),  # a look-ahead frame made by the stall fill: after the audio stopped
+        (1210 * ms, 0, 0, 0, 0, 0),  # a stall-filled frame
+    ]
+    stream = ss._Stream(frames=rows, stalled=[False, False, False, False, True], seqs=[0, 1, 2, 3, 4])
+    stream.last_send_ns = last_send
+    real, after, filled = ss.split_frames(stream, warm)
+    assert real[:, 0].tolist() == [500 * ms, 1000 * ms + 1]
+    assert after[:, 0].tolist() == [1200 * ms, 1210 * ms]
+    assert filled == 1
+
+
+def test_lost_frames_counts_seq_gaps() -> None:
+    assert ss.lost_frames([]) == 0
+    assert ss.lost_frames([3, 4, 5, 6]) == 0
+    assert ss.lost_frames([3, 4, 7, 8, 8]) == 2
+
+
+def test_workers_of_reads_the_variant_arguments() -> None:
+    assert ss.workers_of([]) == 1
+    assert ss.workers_of(["--threads", "2"]) == 1
+    assert ss.workers_of(["--workers", "3"]) == 3
+    assert ss.workers_of(["--workers=2"]) == 2
+
+
+def test_listening_sockets_counts_listeners_on_a_port() -> None:
+    with socket.socket() as a:
+        a.bind(("127.0.0.1", 0))
+        port = a.getsockname()[1]
+        assert ss.listening_sockets(port) == 0  # bound, not listening
+        a.listen()
+        assert ss.listening_sockets(port) == 1
+
+
+def test_process_cpu_counts_a_busy_child() -> None:
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\ntime.sleep(30)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while process_cpu_s(child.pid) < 0.4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process_cpu_s(child.pid) >= 0.4
+        assert child.pid in process_tree(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert process_cpu_s(child.pid) == 0.0  # gone: counts nothing
+
+
 def test_parse_variant() -> None:
     assert ss.parse_variant("default=") == ("default", [])
     assert ss.parse_variant("wait8=--set engine.batch_wait_ms=8 --threads 2") == (
@@ -101,6 +168,13 @@ def test_a_short_run_against_a_real_server(tmp_path) -> None:
         assert stages[name]["min"] >= 0.0, name
     assert v["model_version"] == "fake-1"  # read from the server's /health: the tests' zero-cost model
     assert stages["engine"]["max"] <= 40.0 * 5  # a zero-cost step on loopback: no frame waits seconds
-    assert v["stall_filled_frames"] >= 2  # both streams are continued with silence once their audio stops
+    # once the audio stops, each stream's last look-ahead frames and the whole stall fill come: (stall delay
+    # + 1 s of fill) / 40 ms frames per stream, all received and kept apart from the real-audio frames
+    L = ZeroCostRunner().contract.lookahead_frames
+    per_stream = (L * 40 + 80 + 1000) // 40
+    assert v["after_stop_frames"] == 2 * per_stream
+    assert v["stall_filled_frames"] == 2 * (per_stream - L)
+    assert v["lost_frames"] == 0
+    assert v["server_cpu_cores"] > 0
     md = (tmp_path / "t.md").read_text()
-    assert "| zero | engine |" in md and "stall-filled frames" in md
+    assert "| zero | engine |" in md and "frames after the audio stopped" in md
