@@ -121,13 +121,20 @@ def wait_health(server: subprocess.Popen[Any], port: int, timeout_s: float = 120
 
 
 def stop_server(server: subprocess.Popen[Any]) -> None:
-    """SIGTERM, as a user stops `msync stream`; killed if it has not exited within 30 s."""
+    """SIGTERM, as a user stops `msync stream`; killed if it has not exited within 30 s. Its child processes
+    (`--workers N`) that outlive it are killed too."""
+    family = [p for p in process_tree(server.pid) if p != server.pid]
     server.send_signal(signal.SIGTERM)
     try:
         server.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # already gone, as it should be
+            pass
 
 
 def process_tree(pid: int) -> list[int]:
@@ -148,10 +155,10 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (/proc/PID/stat); 0 when it cannot be read (it has exited)."""
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of one process (/proc/PID/stat); None when it cannot be read (it has exited)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return None

@@ -20,9 +20,10 @@ the host's monotonic clock:
 - engine: audio ready -> send stamp (the engine-added latency of issue 14), and total (-> arrival).
 
 Frames made after a client's audio stopped are reported apart: its last look-ahead frames and the frames of
-the silence the server continues a stalled stream with (`stalled` in the header). They become ready
-together once the server fills the silence (every stream at the end of the run, when the clients stop
-together), so they wait behind each other. The clients keep listening for `--tail-s` (default `TAIL_S`)
+the silence the server continues a stalled stream with (`stalled` in the header). The look-ahead frames and
+the first stall delay's worth of silence become ready at once when the stall begins (for every stream at
+the end of the run, when the clients stop together), so they wait behind each other; the rest of the fill
+follows in real time. The clients keep listening for `--tail-s` (default `TAIL_S`)
 after their last chunk, long enough for the whole fill (the stall delay plus at most 1 s of silence,
 `EngineConfig.stall_fill_s`). `../shared/tools/ws_soak.py` counts those frames with the rest. Frames with the
 same step start came from one runner call (both kinds), which gives the batch sizes and the step time per
@@ -151,7 +152,7 @@ async def _client(port: int, i: int, pcm: np.ndarray, t_start: float, t_stop: fl
             await ws.send(json.dumps(hello))
             try:
                 reply = json.loads(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S))
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 out.error = f"stream {i}: no reply to its hello within {HELLO_TIMEOUT_S:g} s"
                 return out
             if reply.get("type") != "ready":
@@ -192,8 +193,13 @@ async def _client(port: int, i: int, pcm: np.ndarray, t_start: float, t_stop: fl
                 delay = t0 + k * 0.04 - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            if not rx.done():
-                await asyncio.sleep(tail_s)  # the last frames, then the stall fill
+            if rx.done():  # the server closed the connection (or receiving failed) while the client was sending
+                exc = rx.exception()
+                out.error = f"stream {i}: " + (
+                    f"receiving: {exc!r}"[:200] if exc else "the server closed the connection"
+                )
+                return out
+            await asyncio.sleep(tail_s)  # the last frames, then the stall fill
             if rx.done() and rx.exception() is not None:
                 out.error = f"stream {i} receiving: {rx.exception()!r}"[:200]
             rx.cancel()
@@ -213,7 +219,7 @@ async def _drive(
     pcm = (speechlike(60 * RATE, seed=1, sample_rate_hz=RATE) * 32767).astype("<i2")
     t_base = time.monotonic() + 3.0  # time for every client to connect
     t_stop = t_base + duration
-    cpu: list[tuple[float, dict[int, float]]] = []
+    cpu: list[tuple[float, dict[int, float | None]]] = []
 
     async def sample_cpu() -> None:
         for at in (t_base + WARM_UP_S, t_stop):
@@ -225,24 +231,33 @@ async def _drive(
     limit = 3.0 + duration + tail_s + HELLO_TIMEOUT_S + 60.0
     try:  # bounded: a client that never finishes must not hold the benchmark forever
         clients = await asyncio.wait_for(asyncio.gather(*tasks), limit)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         raise RuntimeError(f"the clients did not finish within {limit:.0f} s") from None
     await sampler
     (w0, c0), (w1, c1) = cpu
-    by_process = {p: round((c1[p] - c0.get(p, 0.0)) / (w1 - w0), 3) for p in c1}
+    # a process born inside the window counts from 0; one that cannot be read at either end (exited) is left out
+    by_process = {
+        p: round(max(0.0, (c1[p] or 0.0) - (c0.get(p) or 0.0)) / (w1 - w0), 3) for p in c1 if c1[p] is not None
+    }
     return clients, int((t_base + WARM_UP_S) * 1e9), by_process
 
 
 def split_frames(stream: _Stream, warm_ns: int) -> tuple[np.ndarray, np.ndarray, int]:
     """One client's frames after the warm-up -> (frames whose audio was ready while it was still sending,
-    frames made after its audio stopped: its last look-ahead frames and the stall fill, which become ready
-    together once the server fills the silence; the stall-filled count among the latter). Arrays (F, 6) int64."""
+    frames made after its audio stopped, the stall-filled count among the latter). Arrays (F, 6) int64.
+
+    After the last chunk the server fills silence once the stall delay has passed: the first stalled frame
+    and the stream's last look-ahead frames (completed by that silence) share one ready time, so every frame
+    ready at or after the first stalled frame that came after the last send is "after the audio stopped"
+    (and any stalled frame is); no timing margin decides it."""
     rec = np.asarray(stream.frames, dtype=np.int64).reshape(-1, 6)
     stalled = np.asarray(stream.stalled, dtype=bool)
     keep = rec[:, 0] >= warm_ns
-    # a frame completed by the last chunk is ready when the server reads that chunk, just after the send; the
-    # fill starts a stall delay (>= 80 ms) later, so one frame period separates the two kinds cleanly
-    after = keep & ((rec[:, 0] > stream.last_send_ns + 40_000_000) | stalled)
+    fills = rec[stalled & (rec[:, 0] > stream.last_send_ns), 0]
+    after = stalled.copy()
+    if fills.size:
+        after |= rec[:, 0] >= fills.min()
+    after &= keep
     return rec[keep & ~after], rec[after], int((after & stalled).sum())
 
 
@@ -273,10 +288,12 @@ def listening_sockets(port: int) -> int:
 def workers_of(args: list[str]) -> int:
     """The `--workers N` among a variant's server arguments (1 when absent)."""
     for i, arg in enumerate(args):
-        if arg == "--workers" and i + 1 < len(args):
-            return int(args[i + 1])
-        if arg.startswith("--workers="):
-            return int(arg.split("=", 1)[1])
+        value = args[i + 1] if arg == "--workers" and i + 1 < len(args) else arg.partition("=")[2]
+        if arg == "--workers" or arg.startswith("--workers="):
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"--workers needs a whole number, got {value!r}") from None
     return 1
 
 
@@ -354,6 +371,11 @@ def markdown(result: dict) -> str:
     lines = [
         "# Where a served frame waits: stage latencies from the frames' own timestamps",
         "",
+        *(
+            [f"**Incomplete**: still to run when this was written: {', '.join(result['pending'])}.", ""]
+            if result.get("complete") is False
+            else []
+        ),
         f"`{result['command']}`  ",
         f"CPU: {m['cpu']} ({m['logical_cpus']} logical); {c['streams']} real-time /audio streams, 40 ms int16 chunks, "
         f"starts spread over {c['phases']} phases of a chunk period; {c['duration_s']:g} s each, the first "
@@ -397,7 +419,8 @@ def markdown(result: dict) -> str:
         "publish -> the server's send stamp; socket = send stamp -> arrival at the client; engine = audio ready -> "
         "send stamp (issue 14's engine-added latency); total = audio ready -> arrival. The stage rows are the "
         "frames whose audio was ready while the clients were sending; frames after the audio stopped (each "
-        "stream's last look-ahead frames and the stall fill, made together in one burst) are the extra row. "
+        "stream's last look-ahead frames and the stall fill: the look-ahead frames and the first stall delay's "
+        "silence become ready at once, the rest of the fill follows in real time) are the extra row. "
         "Batch sizes count the measured streams' frames per runner call, both kinds. Lost: gaps in the frames' "
         "seq. Server CPU: all its processes, from the end of the warm-up to the last chunk.",
     ]
@@ -438,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--tail-s must be a number of seconds in 0..60")
     try:
         variants = [parse_variant(v) for v in (a.variant or ["default="])]
+        for _, args in variants:
+            workers_of(args)
     except ValueError as exc:
         p.error(str(exc))
     result: dict[str, Any] = {
@@ -457,13 +482,21 @@ def main(argv: list[str] | None = None) -> int:
         for label, args in variants:
             result["variants"].append(_run_and_say(label, args, a))
             if len(result["variants"]) < len(variants):  # what is done survives a later variant's failure
-                out.mkdir(parents=True, exist_ok=True)
-                (out / f"{a.name}.json").write_text(json.dumps(result, indent=2))
-                (out / f"{a.name}.md").write_text(markdown(result))
+                pending = [label for label, _ in variants[len(result["variants"]) :]]
+                _write_partial(out, a.name, {**result, "complete": False, "pending": pending})
     finally:
         signal.signal(signal.SIGTERM, previous)
     write_report(a.out, a.name, result, markdown(result))
     return 0
+
+
+def _write_partial(out: Path, name: str, result: dict[str, Any]) -> None:
+    """The report so far (marked incomplete), each file replaced whole (written beside it, then renamed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(result, indent=2)), (".md", markdown(result))):
+        tmp = out / f".{name}{suffix}.part"
+        tmp.write_text(text)
+        os.replace(tmp, out / f"{name}{suffix}")
 
 
 def _run_and_say(label: str, args: list[str], a: argparse.Namespace) -> dict[str, Any]:
