@@ -21,6 +21,7 @@ from training.run.machine import machine_info
 __all__ = [
     "baseline_tree",
     "free_port",
+    "listening_sockets",
     "machine_info",
     "machine_load_line",
     "process_cpu_s",
@@ -29,6 +30,7 @@ __all__ = [
     "stop_server",
     "summarise",
     "wait_health",
+    "workers_of",
     "write_report",
 ]
 
@@ -106,18 +108,54 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_health(server: subprocess.Popen[Any], port: int, timeout_s: float = 120.0) -> None:
-    """Wait until the server on 127.0.0.1:`port` answers /health with 200. Raises RuntimeError when it exits or
-    does not answer within `timeout_s`."""
+def wait_health(server: subprocess.Popen[Any], port: int, timeout_s: float = 120.0, workers: int = 1) -> dict:
+    """Wait until the server on 127.0.0.1:`port` answers /health with 200 and `workers` sockets listen on the
+    port (`msync stream --workers N`: each worker loads its model, then binds its own), and return that
+    /health answer. Raises RuntimeError when the server exits or is not ready within `timeout_s`."""
     deadline = time.monotonic() + timeout_s
+    health = None
     while time.monotonic() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
+        if health is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        health = json.load(r)
+            except OSError:
+                pass
+        if health is not None and listening_sockets(port) >= workers:
+            return health
+        time.sleep(0.2 if health is not None else 0.5)
+    if health is not None:
+        raise RuntimeError(f"{listening_sockets(port)} of {workers} workers listen on port {port}")
     raise RuntimeError(f"the server on port {port} did not come up")
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on `port` (/proc/net/tcp, tcp6): one per `msync stream --workers` process,
+    since each binds its own (SO_REUSEPORT)."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                n += 1
+    return n
+
+
+def workers_of(args: list[str]) -> int:
+    """The `--workers N` among `msync stream` arguments (1 when absent). Raises ValueError for a non-integer N."""
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == "--workers" and i + 1 < len(args) else arg.partition("=")[2]
+        if arg == "--workers" or arg.startswith("--workers="):
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"--workers needs a whole number, got {value!r}") from None
+    return 1
 
 
 def stop_server(server: subprocess.Popen[Any]) -> None:

@@ -50,7 +50,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,7 @@ from benchmarks.common import (
     process_tree,
     stop_server,
     wait_health,
+    workers_of,
     write_report,
 )
 
@@ -269,34 +269,6 @@ def lost_frames(seqs: list[int]) -> int:
     return int(u[-1] - u[0] + 1 - u.size)
 
 
-def listening_sockets(port: int) -> int:
-    """How many TCP sockets listen on `port` (/proc/net/tcp, tcp6): one per `msync stream --workers` process,
-    since each binds its own (SO_REUSEPORT)."""
-    n = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                n += 1
-    return n
-
-
-def workers_of(args: list[str]) -> int:
-    """The `--workers N` among a variant's server arguments (1 when absent)."""
-    for i, arg in enumerate(args):
-        value = args[i + 1] if arg == "--workers" and i + 1 < len(args) else arg.partition("=")[2]
-        if arg == "--workers" or arg.startswith("--workers="):
-            try:
-                return int(value)
-            except ValueError:
-                raise ValueError(f"--workers needs a whole number, got {value!r}") from None
-    return 1
-
-
 def run_variant(
     label: str, args: list[str], streams: int, duration: float, phases: int, tail_s: float = TAIL_S
 ) -> dict[str, Any]:
@@ -319,18 +291,12 @@ def run_variant(
 
     try:
         try:
-            wait_health(server, port)
-            workers, deadline = workers_of(args), time.monotonic() + 120.0
-            while listening_sockets(port) < workers and server.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)  # each worker loads its model before it listens
-            if listening_sockets(port) < workers:
-                raise RuntimeError(f"{listening_sockets(port)} of {workers} workers listen")
+            health = wait_health(server, port, workers=workers_of(args))
         except RuntimeError as exc:
             raise RuntimeError(
                 f"variant {label}: the server did not come up ({exc}); its log ends:\n{log_tail()}"
             ) from None
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-            model_version = json.load(r).get("model_version", "?")
+        model_version = health.get("model_version", "?")
         try:
             clients, warm_ns, cpu_by_process = asyncio.run(_drive(port, streams, duration, phases, tail_s, server.pid))
         except RuntimeError as exc:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import free_port, process_tree, stop_server, wait_health
+from benchmarks.common import free_port, process_tree, stop_server, wait_health, workers_of
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -130,8 +130,8 @@ def trial(
         cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(root), env=env, preexec_fn=_pinned(server_cpu)
     )
     try:
-        wait_health(server, port)
-        time.sleep(2.0 if variant == "workers2" else 0.5)  # the second worker may still be loading its model
+        wait_health(server, port, workers=workers_of(flags))  # each worker listens once its model is loaded
+        time.sleep(0.5)
         pids = process_tree(server.pid)
         u0 = _usage(pids)
         up0 = _uptime()

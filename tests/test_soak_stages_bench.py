@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks import soak_stages as ss
-from benchmarks.common import process_cpu_s, process_tree
+from benchmarks.common import listening_sockets, process_cpu_s, process_tree
 
 from fakes import ZeroCostRunner
 
@@ -111,9 +111,9 @@ def test_listening_sockets_counts_listeners_on_a_port() -> None:
     with socket.socket() as a:
         a.bind(("127.0.0.1", 0))
         port = a.getsockname()[1]
-        assert ss.listening_sockets(port) == 0  # bound, not listening
+        assert listening_sockets(port) == 0  # bound, not listening
         a.listen()
-        assert ss.listening_sockets(port) == 1
+        assert listening_sockets(port) == 1
 
 
 def test_process_cpu_counts_a_busy_child() -> None:
