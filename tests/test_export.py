@@ -38,10 +38,16 @@ def test_export_writes_one_checked_file_with_the_contract(exported):
     assert {(o.domain, o.version) for o in model.opset_import} >= {("", 18)}
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"STFT", "DFT"} and "MatMul" in ops
-    # The DFT product reads only the Hann window's rows (the others are zero), and the four frames of a step are
-    # sliced, not gathered element-wise from the audio (the costliest node of the step before).
-    dft = [i for i in model.graph.initializer if i.name.endswith("mfcc.dft")]
-    assert len(dft) == 1 and tuple(dft[0].dims) == (400, 2 * 257)
+    # The DFT products read only the Hann window's rows (the others are zero), folded about the window's middle
+    # (200 paired rows for the real and for the imaginary part), and the four frames of a step are sliced, not
+    # gathered element-wise from the audio (the costliest node of the step before).
+    dft = {i.name.rsplit(".", 1)[-1]: tuple(i.dims) for i in model.graph.initializer if ".mfcc.dft_" in i.name}
+    assert dft == {"dft_cos": (200, 257), "dft_sin": (200, 257)}, dft
+    # Every matrix product's weight is an initializer (int8 quantization needs that), and ONNX Runtime fuses
+    # every exact GELU into one node.
+    initializers = {i.name for i in model.graph.initializer}
+    products = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert all(n.input[1] in initializers for n in products), [n.name for n in products]
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
     shapes.update(
         {n.output[0]: tuple(a.t.dims) for n in model.graph.node if n.op_type == "Constant" for a in n.attribute}
@@ -344,3 +350,72 @@ def test_no_silence_history_gives_the_zero_history_back(tmp_path):
             _, state = runner.step(np.zeros((1, 640), np.float32), state)
         caches[flag] = float(np.abs(state["conv_cache"]).max())
     assert caches["--silence-history"] < 1e-3 < 1.0 < caches["--no-silence-history"]
+
+
+def test_gelu_is_reordered_so_onnxruntime_fuses_it_and_keeps_its_value():
+    """The exporter's x * (0.5 * (1 + erf(x / sqrt 2))) becomes (x * (1 + erf(x / sqrt 2))) * 0.5: the same values,
+    and ONNX Runtime's optimizer then leaves no Erf (one Gelu node each); a look-alike with another constant is
+    left alone."""
+    import math
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from export.onnx_export import reorder_gelu
+
+    def gelu_graph(half: float):
+        nodes = [
+            helper.make_node("Div", ["x", "sqrt2"], ["d"]),
+            helper.make_node("Erf", ["d"], ["e"]),
+            helper.make_node("Add", ["e", "one"], ["a"]),
+            helper.make_node("Mul", ["half", "a"], ["h"]),
+            helper.make_node("Mul", ["x", "h"], ["y"]),
+        ]
+        consts = [
+            helper.make_tensor("sqrt2", TensorProto.FLOAT, [], [2**0.5]),
+            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+            helper.make_tensor("half", TensorProto.FLOAT, [], [half]),
+        ]
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", 8]) for n in ("x", "y")]
+        graph = helper.make_graph(nodes, "g", [io[0]], [io[1]], initializer=consts)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+    x = np.linspace(-4, 4, 32, dtype=np.float32).reshape(4, 8)
+
+    def run(model, tmp):
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp)
+        session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0], {n.op_type for n in onnx.load(str(tmp)).graph.node}
+
+    with tempfile.TemporaryDirectory() as td:
+        before, ops_before = run(gelu_graph(0.5), Path(td) / "a.onnx")
+        model = gelu_graph(0.5)
+        assert reorder_gelu(model.graph) == 1
+        onnx.checker.check_model(model, full_check=True)
+        after, ops_after = run(model, Path(td) / "b.onnx")
+        assert "Erf" in ops_before and "Erf" not in ops_after and "Gelu" in ops_after
+        np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+        exact = x * 0.5 * (1 + np.vectorize(math.erf)(x / 2**0.5))
+        np.testing.assert_allclose(after, exact, rtol=1e-5, atol=1e-6)
+        other = gelu_graph(0.25)
+        assert reorder_gelu(other.graph) == 0
+
+
+def test_the_shipped_graph_fuses_every_gelu(exported):
+    """No Erf is left once ONNX Runtime has optimized the exported step (each GELU runs as one node)."""
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    path = exported[0]
+    with tempfile.TemporaryDirectory() as td:
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(Path(td) / "opt.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(str(Path(td) / "opt.onnx")).graph.node]
+    erf_before = sum(n.op_type == "Erf" for n in onnx.load(str(path)).graph.node)
+    assert erf_before > 0 and ops.count("Erf") == 0 and ops.count("Gelu") == erf_before

@@ -291,3 +291,31 @@ def test_shape_prior_matches_the_eval_distance_and_pulls_shapes_back():
     loss.backward()
     moved = (bad - 0.05 * bad.grad / bad.grad.norm()).detach()
     assert float(prior(moved)) < float(loss.detach())
+
+
+def test_branch_mix_is_a_softmax_over_branches_per_landmark():
+    """`Branches.forward` (branches leading, folded softmax) equals the plain formula: per branch g,
+    z_g = gelu([h | emb | audio_g] W_g + b_g), z_g += mlp2(gelu(mlp1(norm(z_g)))), and the velocities mix with
+    softmax over g of the mask logits, per landmark."""
+    import torch.nn.functional as F
+
+    from training.models.generator import Branches
+
+    torch.manual_seed(0)
+    cfg = GeneratorConfig()
+    br = Branches(cfg)
+    torch.nn.init.normal_(br.mask.weight, std=0.5)  # zero at init: make the mix uneven
+    torch.nn.init.normal_(br.mask.bias, std=1.0)
+    b, g = 5, len(cfg.branch_levels)
+    h, emb = torch.randn(b, cfg.lstm_hidden), torch.randn(b, cfg.landmark_embed)
+    audio = torch.randn(b, g, cfg.audio_channels)
+    shared = torch.cat([h, emb], -1)[:, None, :].expand(-1, g, -1)
+    z = F.gelu(br.inp(torch.cat([shared, audio], -1)))
+    z = z + br.mlp2(F.gelu(br.mlp1(br.norm(z))))
+    vel = br.velocity(z).unflatten(-1, (-1, 2))  # (B, G, 68, 2)
+    weights = torch.softmax(br.mask(z), dim=1)  # (B, G, 68)
+    expected = (weights.unsqueeze(-1) * vel).sum(dim=1)
+    with torch.no_grad():
+        got = br(h, emb, audio)
+    assert got.shape == (b, cfg.num_landmarks, 2)
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-4, atol=2e-5)  # float32 rounding of 640-term sums

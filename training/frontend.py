@@ -20,7 +20,8 @@ class TorchMfcc(nn.Module):
     zeros (see :func:`with_silence_context`).
     """
 
-    dft: torch.Tensor
+    dft_cos: torch.Tensor
+    dft_sin: torch.Tensor
     mel: torch.Tensor
     dct: torch.Tensor
 
@@ -34,12 +35,25 @@ class TorchMfcc(nn.Module):
         # and imaginary parts together.
         self.window_offset = (cfg.n_fft - cfg.win_length) // 2
         rows = slice(self.window_offset, self.window_offset + cfg.win_length)
-        dft = np.concatenate([m["dft_cos"][rows], m["dft_sin"][rows]], axis=1)
         assert not np.any(m["window"][: self.window_offset]) and not np.any(m["window"][rows.stop :])
-        self.register_buffer("dft", torch.tensor(dft, dtype=torch.float32), persistent=False)
+        # The centred periodic Hann window is symmetric about the frame's middle sample n = n_fft / 2, where also
+        # cos(2 pi k (N - n) / N) = cos(2 pi k n / N) and sin(...) = -sin(...). So with window index i = n - offset
+        # (the window's i = 0 sample is 0), samples i and W - i (W = win_length) share one DFT row: the real part
+        # is (x_i + x_{W-i}) @ cos rows and the imaginary part (x_i - x_{W-i}) @ sin rows, i = 1..W/2 (the middle
+        # sample i = W/2 pairs with itself: its cos row is halved, its sin row is 0). Two (W/2, bins) products
+        # give the spectrum for half the multiply-adds of one (W, 2 * bins) product (benchmarks/results/step_fold.md).
+        half = cfg.win_length // 2
+        if cfg.win_length % 2 or cfg.n_fft % 2 or 2 * self.window_offset + cfg.win_length != cfg.n_fft:
+            raise ValueError("the folded DFT needs an even win_length centred in an even n_fft")
+        paired = np.arange(1, half + 1) + self.window_offset  # n of i = 1..W/2
+        dft_cos = m["dft_cos"][paired].copy()
+        dft_cos[-1] *= 0.5
+        dft_sin = m["dft_sin"][paired].copy()
+        self.register_buffer("dft_cos", torch.tensor(dft_cos, dtype=torch.float32), persistent=False)
+        self.register_buffer("dft_sin", torch.tensor(dft_sin, dtype=torch.float32), persistent=False)
+        self.half_window = half
         self.register_buffer("mel", torch.tensor(m["mel"], dtype=torch.float32), persistent=False)
         self.register_buffer("dct", torch.tensor(m["dct"], dtype=torch.float32), persistent=False)
-        self.num_bins = cfg.n_fft // 2 + 1
         self.log_floor = cfg.log_floor
 
     def frames(self, audio: torch.Tensor) -> torch.Tensor:
@@ -58,10 +72,31 @@ class TorchMfcc(nn.Module):
             -1, cfg.win_length, cfg.hop_length
         )
 
+    def folded_frames(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, context + hop*F) PCM -> the two halves the folded DFT pairs, each (B, F, win_length // 2):
+        x_1 .. x_{W/2} and x_{W-1} .. x_{W/2} of every frame's window (see `__init__`).
+
+        In a stream step (F <= 8) both are F slices: the second from the audio reversed once (one ONNX Slice with
+        step -1 over the buffer; reversing each frame instead costs half as much again at B = 64).
+        """
+        cfg, off, half = self.cfg, self.window_offset, self.half_window
+        num = (audio.shape[-1] - cfg.n_fft) // cfg.hop_length + 1
+        if num > 8:
+            frames = self.frames(audio)
+            return frames[..., 1 : half + 1], frames.flip(-1)[..., :half]
+        length = audio.shape[-1]
+        reverse = audio.flip(-1)  # reverse[q] = audio[length - 1 - q]
+        starts = [off + j * cfg.hop_length for j in range(num)]
+        first = torch.stack([audio[..., s + 1 : s + 1 + half] for s in starts], dim=-2)
+        ends = [length - s - cfg.win_length for s in starts]  # x_{W-1} of the frame at s is reverse[end]
+        mirrored = torch.stack([reverse[..., e : e + half] for e in ends], dim=-2)
+        return first, mirrored
+
     def logmel(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, context + hop*F) PCM -> (B, F, n_mels) log-mel dB."""
-        spec = self.frames(audio) @ self.dft  # (B, F, 2*bins)
-        re, im = spec[..., : self.num_bins], spec[..., self.num_bins :]
+        first, mirrored = self.folded_frames(audio)
+        re = (first + mirrored) @ self.dft_cos  # (B, F, bins)
+        im = (first - mirrored) @ self.dft_sin
         power = re * re + im * im
         mel = torch.clamp(power @ self.mel, min=self.log_floor)
         return torch.log10(mel) * 10.0
