@@ -39,10 +39,11 @@ def test_export_writes_one_checked_file_with_the_contract(exported):
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"STFT", "DFT"} and "MatMul" in ops
     # The DFT products read only the Hann window's rows (the others are zero), folded about the window's middle
-    # (200 paired rows for the real and for the imaginary part), and the four frames of a step are sliced, not
-    # gathered element-wise from the audio (the costliest node of the step before).
+    # (200 paired rows) and again by the parity of the row (two groups of 100 rows give bins k and 256 - k), and
+    # the four frames of a step are sliced, not gathered element-wise from the audio (the costliest node of the
+    # step before).
     dft = {i.name.rsplit(".", 1)[-1]: tuple(i.dims) for i in model.graph.initializer if ".mfcc.dft_" in i.name}
-    assert dft == {"dft_cos": (200, 257), "dft_sin": (200, 257)}, dft
+    assert dft == {"dft_cos": (2, 100, 129), "dft_sin": (2, 100, 129)}, dft
     # Every matrix product's weight is an initializer (int8 quantization needs that), and ONNX Runtime fuses
     # every exact GELU into one node.
     initializers = {i.name for i in model.graph.initializer}
