@@ -33,6 +33,9 @@ engine an old-style `send_frames` sink (the engine then builds every frame objec
    engine_throughput_14j) and as the engine calls it, `step_slots` with B = 64 round robin over as many slots
    as the throughput trials serve. Each is measured once per round between the engine trials and the best
    trial counts, as the engine's best does (a single step trial after them read 10-15 % apart from run to run).
+   A third figure pairs neighbours instead of bests: each round's engine trial over the step trial (as the
+   engine calls it) run right after it, the median over rounds; the bests of the two sides can come from
+   different stretches of this shared VM's speed, neighbours mostly do not.
 4. Engine-added latency p50/p99 (publish - arrival of the last needed sample) at 1 and 100 real-time streams.
 
 By default each trial's engine runs `Engine.warm_up` before its streams open, as `msync stream` does: the state store and the step's buffers touched, the signals' compiled loop ready, and the objects then
@@ -51,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -406,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         for signals in (True, False):
             key = "signals" if signals else "no_signals"
             tp: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+            # each round's current engine trial over the step-alone trial (as the engine calls it) run right after
+            # it: a ratio of two neighbours, which this shared VM's drift between rounds leaves alone
+            paired: list[float] = []
             for _ in range(a.rounds):  # interleaved: baseline, current, baseline, current, ...
                 for name, root in variants.items():
                     t = _child(
@@ -432,8 +439,11 @@ def main(argv: list[str] | None = None) -> int:
                     for kind, slots in (("64", 64), ("n", a.throughput_streams)):
                         spec_s = {"kind": "step", "runner": runner, "batch": 64, "threads": 1, "slots": slots}
                         step_trials[kind].append(_child(REPO, {**spec_s, "reps": reps}, cpu))
+                    paired.append(
+                        tp["current"][-1]["streams_per_core_by_cpu"] / step_trials["n"][-1]["streams_per_core"]
+                    )
             best = {name: max(x["streams_per_core_by_cpu"] for x in ts) for name, ts in tp.items()}
-            entry = {
+            entry: dict[str, Any] = {
                 "throughput": {
                     name: {
                         "streams_per_core_by_cpu": best[name],
@@ -442,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
                     for name, ts in tp.items()
                 }
             }
+            if paired:
+                entry["engine_over_step_paired"] = {"median": statistics.median(paired), "rounds": paired}
             if not a.no_capacity and not a.quick and runner in a.capacity_runners:
                 entry["capacity"] = capacity(variants, runner, signals, cpu, a.seconds, best, log, warm_up=a.warm_up)
             if "baseline" in variants:
@@ -618,6 +630,14 @@ def _step_lines(runner: str, onnx: dict, names: list[str]) -> list[str]:
             lines.append(
                 f"- engine ÷ step over {st_n['slots']} slots ({'signals on' if key == 'signals' else 'signals off'}):"
                 " by CPU " + ", ".join(f"{n} {e['engine_over_step_n_slots'][n]:.0%}" for n in names)
+            )
+        if "engine_over_step_paired" in e:
+            pr = e["engine_over_step_paired"]
+            lines.append(
+                f"- engine ÷ step paired by round ({'signals on' if key == 'signals' else 'signals off'}; each "
+                "round's engine trial over the step trial right after it, as the engine calls it): median "
+                f"{pr['median']:.0%} over {len(pr['rounds'])} round(s)"
+                + (f", {min(pr['rounds']):.0%}-{max(pr['rounds']):.0%}" if len(pr["rounds"]) > 1 else "")
             )
         lines.append(
             f"- engine ÷ step over 64 slots, the best of `step`/`step_slots` (the figure so far; "
