@@ -57,9 +57,12 @@ def test_step_alone_over_more_slots_than_the_batch():
             **tp,
             "engine_over_step": {"current": 500 / 640},
             "engine_over_step_n_slots": {"current": 500 / 512},
+            "engine_over_step_paired": {"median": 0.8, "rounds": [0.75, 0.8, 0.85]},
         },
         "no_signals": {**tp, "engine_over_step": {"current": 500 / 640}},
         "engine_latency": {},
     }
     text = "\n".join(engine_throughput._step_lines("onnx", onnx, ["current"]))
     assert "round robin over 512 slots" in text and "98%" in text and "78%" in text
+    assert "paired by round (signals on" in text and "median 80% over 3 round(s), 75%-85%" in text
+    assert "paired by round (signals off" not in text  # no pairs measured there: no line
