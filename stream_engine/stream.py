@@ -97,7 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["auto", "fp32", "int8", "bf16"],
         help="shipped variant of the default "
-        "model (auto: int8 on CPU, fp32 on GPU); with --model, the precision the file must declare",
+        "model (auto: int8 on CPU, fp32 on GPU); with --model, the precision the file must declare. bf16 is "
+        "refused with the reason (onnxruntime's CPU provider has no bfloat16 MatMul kernel; stream_engine/variants.py)",
     )
     g = p.add_argument_group("input")
     g.add_argument(

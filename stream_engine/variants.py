@@ -23,8 +23,8 @@ AV-Conf within 0.005 at every scale, M-LMD 14.35 vs 14.32 px, plausible 100 % fo
 bound: max 2.6e-2 / mean 8.4e-4 over 3 x 60 s, 2.2e-2 batched vs alone (0.3.3's int8: 5.4e-2 / 1.2e-3 / 7.5e-2).
 Those maxima are autoregressive trajectories parting late in a rollout (the float32 model fed the same speech with
 +-1 LSB of 16-bit dither ends up 6.7e-3 away), so int8 stays the default on the evaluation's columns; it runs 1.4-2.1x
-the float32 streams per core (737 per core at B = 64 and 784 at B = 256 in step_latency_034.md; 808 / 832 in
-an earlier run: this VM's speed drifts by about 10 %).
+the float32 streams per core (737 per core at B = 64 and 784 at B = 256 by wall time in step_latency_034.md;
+734-861 at B = 64 by CPU time between runs in engine_throughput_034*.md: this VM's speed drifts).
 
 int8 outputs depend on the batch (per-batch activation scales, and float rounding between batch sizes flipping
 int8 rounding steps, which the autoregressive loop carries on); choose fp32 for results that must not depend on
