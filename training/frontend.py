@@ -63,7 +63,7 @@ class TorchMfcc(nn.Module):
         # groups G_odd (i = 1, 3, ...) and G_even (i = 2, 4, ...), bin k and bin N/2 - k come from the same two
         # partial sums: X(k) = G_odd(k) + G_even(k) and X(N/2 - k) = +-(G_odd(k) - G_even(k)), k = 0 .. N/4.
         # Four (W/4, N/4 + 1) products replace two (W/2, N/2 + 1): half the multiply-adds again.
-        quarter = self.num_low_bins = cfg.n_fft // 4 + 1  # bins 0 .. N/4
+        quarter = cfg.n_fft // 4 + 1  # bins 0 .. N/4
         groups = [np.arange(0, half, 2), np.arange(1, half, 2)]  # row r = i - 1: i odd, i even
         self.register_buffer(
             "dft_cos", torch.tensor(np.stack([dft_cos[g, :quarter] for g in groups]), dtype=torch.float32), False
