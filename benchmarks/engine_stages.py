@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--frames-sink", action="store_true", help="an old-style sink (send_frames) even where the engine has batches"
     )
+    p.add_argument("--max-batch", type=int, default=0, help="most streams per runner call (0: the engine's default)")
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.trial:
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     spec["max_backlog_samples"] = int(a.backlog_ms * 16)
     spec["one_push"] = a.one_push
     spec["frames_sink"] = a.frames_sink
+    spec["max_batch"] = a.max_batch
     result: dict[str, Any] = {"machine": machine_info(), "cpu_core": cpu, "baseline_ref": a.baseline_ref, **spec}
     trials: dict[str, list[dict]] = {name: [] for name in variants}
     try:
@@ -205,7 +207,9 @@ def _markdown(result: dict) -> str:
         f"{'' if result.get('warm_up') else ' --no-warm-up'}"
         f"{' --backlog-ms %g' % (result['max_backlog_samples'] / 16) if result.get('max_backlog_samples') else ''}"
         f"{' --one-push' if result.get('one_push') else ''}"
-        f"{' --frames-sink' if result.get('frames_sink') else ''}`.",
+        f"{' --frames-sink' if result.get('frames_sink') else ''}"
+        + (f" --max-batch {result['max_batch']}" if result.get("max_batch") else "")
+        + "`.",
         "",
         "| us per frame | " + " | ".join(names) + (" | change |" if len(names) == 2 else ""),
         "|---|" + "---|" * (len(names) + (1 if len(names) == 2 else 0)),

@@ -152,6 +152,8 @@ def run_trial(spec: dict) -> dict:
     chunk = 320
     # no silence after the end
     extra: dict[str, Any] = {"stall_ms": 0} if "stall_ms" in EngineConfig.__dataclass_fields__ else {}
+    if spec.get("max_batch"):  # --max-batch: most streams per runner call (EngineConfig.max_batch_streams)
+        extra["max_batch_streams"] = int(spec["max_batch"])
     cfg = EngineConfig(max_streams=max(64, n), signals=spec["signals"], **extra)
 
     async def main():
@@ -201,8 +203,11 @@ def run_trial(spec: dict) -> dict:
                     await asyncio.sleep(0.001)
             else:
                 await asyncio.sleep(0.3)
+            sizes = list(getattr(engine.stats, "batch_sizes", ()))  # the last 1000 runner calls
+            batch_sizes[:] = sizes
             return time.process_time() - c0, expected
 
+    batch_sizes: list[int] = []
     cpu_s, expected = asyncio.run(main())
     frames = counted[0]
     lat_a = np.array(lat[n * 5 :] if len(lat) > n * 10 else lat)
@@ -214,6 +219,8 @@ def run_trial(spec: dict) -> dict:
         "cpu_us_per_frame": 1e6 * cpu_s / max(1, frames),
         "streams_per_core_by_cpu": frames / max(cpu_s, 1e-9) / 25.0,
     }
+    if batch_sizes:  # the streams per runner call the engine chose (its last 1000 calls)
+        out["batch_median"] = int(np.median(batch_sizes))
     if lat_a.size:
         out.update(
             p50_ms=float(np.percentile(lat_a, 50)),
@@ -405,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         result["runners"][runner] = r
         # the step alone, 1 thread, measured between the engine trials (one of each kind per round), so that the
         # engine's best and the step's best come from the same stretch of machine load
-        step_trials: dict[str, list[dict[str, Any]]] = {"64": [], "n": []}
+        step_trials: dict[str, list[dict[str, Any]]] = {"64": [], "n": [], "own": []}
         reps = 200 if not a.quick else 20
         for signals in (True, False):
             key = "signals" if signals else "no_signals"
@@ -413,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
             # each round's current engine trial over the step-alone trial (as the engine calls it) run right after
             # it: a ratio of two neighbours, which this shared VM's drift between rounds leaves alone
             paired: list[float] = []
+            # the same over the step alone at the batch size the engine chose (its median call): the
+            # denominator at equal batches, where the engine's calls are not 64 streams
+            paired_own: list[float] = []
             for _ in range(a.rounds):  # interleaved: baseline, current, baseline, current, ...
                 for name, root in variants.items():
                     t = _child(
@@ -442,6 +452,14 @@ def main(argv: list[str] | None = None) -> int:
                     paired.append(
                         tp["current"][-1]["streams_per_core_by_cpu"] / step_trials["n"][-1]["streams_per_core"]
                     )
+                    own_b = tp["current"][-1].get("batch_median", 64)
+                    if own_b != 64:
+                        spec_o = {"kind": "step", "runner": runner, "batch": own_b, "threads": 1}
+                        spec_o.update(slots=max(own_b, a.throughput_streams), reps=max(10, reps * 64 // own_b))
+                        step_trials["own"].append(_child(REPO, spec_o, cpu))
+                        paired_own.append(
+                            tp["current"][-1]["streams_per_core_by_cpu"] / step_trials["own"][-1]["streams_per_core"]
+                        )
             best = {name: max(x["streams_per_core_by_cpu"] for x in ts) for name, ts in tp.items()}
             entry: dict[str, Any] = {
                 "throughput": {
@@ -454,6 +472,13 @@ def main(argv: list[str] | None = None) -> int:
             }
             if paired:
                 entry["engine_over_step_paired"] = {"median": statistics.median(paired), "rounds": paired}
+            if paired_own:
+                entry["engine_over_step_own_batch_paired"] = {
+                    "median": statistics.median(paired_own),
+                    "rounds": paired_own,
+                    "batches": [t.get("batch_median") for t in tp["current"]],
+                    "step_trials": step_trials["own"][-len(paired_own) :],
+                }
             if not a.no_capacity and not a.quick and runner in a.capacity_runners:
                 entry["capacity"] = capacity(variants, runner, signals, cpu, a.seconds, best, log, warm_up=a.warm_up)
             if "baseline" in variants:
@@ -630,6 +655,19 @@ def _step_lines(runner: str, onnx: dict, names: list[str]) -> list[str]:
             lines.append(
                 f"- engine ÷ step over {st_n['slots']} slots ({'signals on' if key == 'signals' else 'signals off'}):"
                 " by CPU " + ", ".join(f"{n} {e['engine_over_step_n_slots'][n]:.0%}" for n in names)
+            )
+        if "engine_over_step_own_batch_paired" in e:
+            po = e["engine_over_step_own_batch_paired"]
+            lines.append(
+                f"- engine ÷ step at the engine's own batch size ({'signals on' if key == 'signals' else 'signals off'};"
+                f" the engine's median call {'/'.join(str(b) for b in po['batches'])} streams per round; each round's "
+                "engine trial over `step_slots` at that B round robin over as many slots, run right after it): "
+                f"median {po['median']:.0%} over {len(po['rounds'])} round(s)"
+                + (f", {min(po['rounds']):.0%}-{max(po['rounds']):.0%}" if len(po["rounds"]) > 1 else "")
+                + "; the step alone at that B: "
+                + ", ".join(
+                    f"{t['step_slots_ms_p50']:.2f} ms ({t['streams_per_core']:.0f}/core)" for t in po["step_trials"]
+                )
             )
         if "engine_over_step_paired" in e:
             pr = e["engine_over_step_paired"]

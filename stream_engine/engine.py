@@ -72,6 +72,10 @@ from stream_engine.signals import SignalConfig, stream_seed
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: `Engine.batch_cap` never goes below this many streams per runner call (the fixed limit before the cap was
+#: measured: a slow model's calls stay as large as they were)
+_BATCH_FLOOR = 64
+
 
 def usable_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     """CPUs this process may use: its affinity (the CPU count where that is unknown), lowered to its cgroup v2
@@ -101,7 +105,13 @@ class EngineConfig:
 
     Attributes:
         max_streams: most open streams (further opens fail with `EngineFullError`).
-        max_batch_streams: most streams per runner call.
+        max_batch_streams: most streams per runner call. Below it, `batch_step_ms` decides.
+        batch_step_ms: a runner call takes at most as many streams as the measured cost per stream (an
+            average over recent calls) predicts to run in this long, and never fewer than 64 (nor more than
+            `max_batch_streams`). A frame waits for the call in flight and then its own, so this bounds the
+            engine-added latency near full load at about twice it; larger calls cost less per stream (one
+            pinned core, 512 streams, int8: 72 -> 62.5 us per frame from 64- to 256-stream calls,
+            benchmarks/results/engine_batch_cap.md). 0 = `max_batch_streams` always.
         max_pending_s: most unprocessed audio a stream may hold (beyond: `OverloadError` for that push).
         seed: base seed of the per-stream model noise (None = random).
         signals: derive rig signals (mouth, visemes, blink, head pose) for every frame.
@@ -134,7 +144,8 @@ class EngineConfig:
     """
 
     max_streams: int = 64
-    max_batch_streams: int = 64
+    max_batch_streams: int = 256
+    batch_step_ms: float = 12.0
     max_pending_s: float = 30.0
     seed: int | None = None
     signals: bool = True
@@ -153,6 +164,8 @@ class EngineConfig:
             raise ValueError("max_streams and max_batch_streams must be >= 1")
         if self.max_pending_s <= 0:
             raise ValueError("max_pending_s must be positive")
+        if self.batch_step_ms < 0:
+            raise ValueError("batch_step_ms must be >= 0")
         if self.batch_wait_ms < 0 or self.latency_budget_ms <= 0:
             raise ValueError("batch_wait_ms must be >= 0 and latency_budget_ms positive")
         if self.stall_ms is not None and self.stall_ms < 0:
@@ -533,6 +546,17 @@ class Engine:
             if self.core.has_work() and self._work is not None:
                 self._work.set()
 
+    def batch_cap(self) -> int:
+        """Most streams the next runner call takes: `EngineConfig.batch_step_ms` over the measured cost per
+        stream, between min(64, max_batch_streams) and max_batch_streams (the floor until a call is measured)."""
+        cfg = self.cfg
+        floor = min(_BATCH_FLOOR, cfg.max_batch_streams)
+        if cfg.batch_step_ms <= 0:
+            return cfg.max_batch_streams
+        if not self._ms_per_row:
+            return floor
+        return max(floor, min(cfg.max_batch_streams, int(cfg.batch_step_ms / self._ms_per_row)))
+
     def _batch_wait_s(self) -> float:
         """How long to wait for more streams before stepping what is ready (0 = step now).
 
@@ -542,7 +566,7 @@ class Engine:
         if cfg.batch_wait_ms <= 0:
             return 0.0
         ready = self.core.ready_count()
-        if ready == 0 or ready >= min(len(self.sessions), cfg.max_batch_streams):
+        if ready == 0 or ready >= min(len(self.sessions), self.batch_cap()):
             return 0.0
         oldest = self.core.oldest_ready_ns()
         predicted = self._ms_per_call + (self._ms_per_row or 0.0) * len(self.sessions)
@@ -565,7 +589,7 @@ class Engine:
                 self._work.clear()
             while True:
                 ran_inline = False
-                while len(pending) < 2 and (batch := self.core.take_batch(now_ns=self.clock.now_ns())) is not None:
+                while len(pending) < 2 and (batch := self._take()) is not None:
                     predicted_ms = None if self._ms_per_row is None else self._ms_per_row * len(batch)
                     if not pending and predicted_ms is not None and predicted_ms < self.inline_step_ms:
                         try:
@@ -594,6 +618,9 @@ class Engine:
                     continue
                 self._finish_batch(batch, *result)
                 await asyncio.sleep(0)  # let relays and inputs run between batches
+
+    def _take(self) -> StepBatch | None:
+        return self.core.take_batch(self.batch_cap(), now_ns=self.clock.now_ns())
 
     def _runner_failed(self, batch: StepBatch, exc: Exception) -> None:
         self.stats.runner_errors += 1

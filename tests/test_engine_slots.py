@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -291,6 +292,60 @@ def test_stage_timestamps_are_ordered_and_batches_pipeline_through_the_thread():
     for f in sink.frames:
         by_stream.setdefault(f.stream_id, []).append(f.index)
     assert all(v == [0, 1, 2] for v in by_stream.values())
+
+
+class _CostPerRow(ZeroCostRunner):
+    """The zero-cost runner with a busy wait of `us_per_row` per stream, recording each call's rows."""
+
+    def __init__(self, us_per_row: float) -> None:
+        super().__init__(lookahead_frames=1)
+        self.us_per_row = us_per_row
+        self.calls: list[int] = []
+
+    def step_slots(self, slots, rows, audio):
+        self.calls.append(len(rows))
+        end = time.perf_counter() + self.us_per_row * 1e-6 * len(rows)
+        while time.perf_counter() < end:
+            pass
+        return super().step_slots(slots, rows, audio)
+
+
+def _run_ready_streams(runner, cfg: EngineConfig, streams: int, rounds: int) -> int:
+    """`streams` streams, each given a step of audio `rounds` times (all of them ready together); frames out."""
+
+    async def main():
+        sink = CollectingSink()
+        async with Engine(runner, cfg) as engine:
+            engine.add_sink(sink)
+            ids = [engine.open_stream().stream_id for _ in range(streams)]
+            for _ in range(rounds):
+                assert not engine.push_audio_many(ids, [tone(SPF)] * streams)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+        return len(sink.frames)
+
+    return asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_runner_calls_hold_as_many_streams_as_batch_step_ms_allows():
+    """The first call takes 64 streams (nothing measured yet); later ones as many as the measured cost per
+    stream fits in `batch_step_ms` (40 us a stream, 6 ms: at most 150, the measured cost being no less than
+    the busy wait), below `max_batch_streams`."""
+    runner = _CostPerRow(40.0)
+    cfg = EngineConfig(max_streams=190, max_batch_streams=190, batch_step_ms=6.0, stall_ms=0)
+    frames = _run_ready_streams(runner, cfg, 190, 4)
+    assert frames == 190 * 3  # L = 1: four steps, three frames each
+    assert runner.calls[0] == 64
+    assert 64 < max(runner.calls) <= 150
+
+
+def test_batch_step_ms_zero_gives_max_batch_streams_calls():
+    runner = _CostPerRow(0.0)
+    cfg = EngineConfig(max_streams=100, max_batch_streams=100, batch_step_ms=0, stall_ms=0)
+    assert _run_ready_streams(runner, cfg, 100, 2) == 100
+    assert runner.calls[0] == 100
+    with pytest.raises(ValueError, match="batch_step_ms"):
+        EngineConfig(batch_step_ms=-1)
 
 
 def test_runner_output_of_the_wrong_shape_resets_the_streams_with_an_error():
