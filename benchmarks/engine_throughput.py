@@ -35,13 +35,17 @@ engine an old-style `send_frames` sink (the engine then builds every frame objec
    trial counts, as the engine's best does (a single step trial after them read 10-15 % apart from run to run).
    A third figure pairs neighbours instead of bests: each round's engine trial over the step trial (as the
    engine calls it) run right after it, the median over rounds; the bests of the two sides can come from
-   different stretches of this shared VM's speed, neighbours mostly do not.
+   different stretches of this shared VM's speed, neighbours mostly do not. Where the engine's calls are not
+   64 streams (`EngineConfig.batch_step_ms` sizes them by time), a fourth figure pairs each engine trial with
+   `step_slots` at the engine's own median call size, run right after it: the ratio at equal batches.
 4. Engine-added latency p50/p99 (publish - arrival of the last needed sample) at 1 and 100 real-time streams.
 
 By default each trial's engine runs `Engine.warm_up` before its streams open, as `msync stream` does: the state store and the step's buffers touched, the signals' compiled loop ready, and the objects then
 alive moved out of the garbage collector's reach (`gc.freeze`; without it, full collections over the
 benchmark process cost about 3 us per frame that a served engine does not pay). --no-warm-up gives the
 protocol of the results before engine_throughput_14g.
+
+--max-batch B sets the engine's `max_batch_streams` in the throughput trials (0: the engine's default).
 
 Runners: "zero" (tests/fakes.py ZeroCostRunner: the reference face, no compute), "fake" (FakeRunner: a face
 computed per stream in Python, the runner of the earlier 128-streams figure), "onnx" (the shipped model, float32)
@@ -382,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--frames-sink", action="store_true", help="an old-style sink (send_frames) even where the engine has batches"
     )
+    p.add_argument(
+        "--max-batch", type=int, default=0, help="throughput trials: most streams per runner call (0: the default)"
+    )
     p.add_argument("--trial", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.trial:
@@ -437,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                             "max_backlog_samples": int(a.backlog_ms * 16),
                             "one_push": a.one_push,
                             "frames_sink": a.frames_sink,
+                            "max_batch": a.max_batch,
                         },
                         cpu,
                     )
@@ -557,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     result["backlog_ms"] = a.backlog_ms
     result["one_push"] = a.one_push
     result["frames_sink"] = a.frames_sink
+    result["max_batch"] = a.max_batch
     result["rounds"] = a.rounds
     write_report(Path(a.out), a.name, result, _markdown(result))
     return 0
@@ -611,6 +620,8 @@ def _markdown(result: dict) -> str:
         else "Sink: `send_batch` (a published step's columns, `encode_binary_batch`) where the engine publishes "
         "batches, else `send_frames` (`encode_binary_many`)."
     )
+    if result.get("max_batch"):
+        lines.append(f"Throughput trials ran with `max_batch_streams` = {result['max_batch']} (--max-batch).")
     if result.get("backlog_ms"):
         lines.append(f"Throughput feeding held each stream to about {result['backlog_ms']:g} ms of pending audio.")
     for runner_name, onnx in result["runners"].items():
