@@ -38,7 +38,8 @@ engine an old-style `send_frames` sink (the engine then builds every frame objec
    different stretches of this shared VM's speed, neighbours mostly do not. Where the engine's calls are not
    64 streams (`EngineConfig.batch_step_ms` sizes them by time), a fourth figure pairs each engine trial with
    `step_slots` at the engine's own median call size, run right after it: the ratio at equal batches.
-4. Engine-added latency p50/p99 (publish - arrival of the last needed sample) at 1 and 100 real-time streams.
+4. Engine-added latency p50/p99 (publish - arrival of the last needed sample) at 1 and 100 real-time streams
+   (--latency-streams, --latency-rounds: other counts, repeated; a trial "misses" as a capacity probe does).
 
 By default each trial's engine runs `Engine.warm_up` before its streams open, as `msync stream` does: the state store and the step's buffers touched, the signals' compiled loop ready, and the objects then
 alive moved out of the garbage collector's reach (`gc.freeze`; without it, full collections over the
@@ -387,6 +388,13 @@ def main(argv: list[str] | None = None) -> int:
         "--frames-sink", action="store_true", help="an old-style sink (send_frames) even where the engine has batches"
     )
     p.add_argument(
+        "--latency-streams",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 100],
+        help="stream counts of the real-time latency trials, comma-separated (default 1,100)",
+    )
+    p.add_argument("--latency-rounds", type=int, default=1, help="real-time latency trials per count and variant")
+    p.add_argument(
         "--max-batch", type=int, default=0, help="throughput trials: most streams per runner call (0: the default)"
     )
     p.add_argument("--trial", help=argparse.SUPPRESS)
@@ -534,27 +542,33 @@ def main(argv: list[str] | None = None) -> int:
                         name: v["max_realtime_streams"] / step_per_core for name, v in e["capacity"].items()
                     }
             lat: dict[str, Any] = {}
-            for n in (1, 100):
-                for name, root in variants.items():
-                    t = _child(
-                        root,
-                        {
-                            "runner": runner,
-                            "streams": n,
-                            "seconds": max(a.seconds, 6.0),
-                            "realtime": True,
-                            "signals": True,
-                            "warm_up": a.warm_up,
-                        },
-                        cpu,
-                    )
-                    lat.setdefault(str(n), {})[name] = {
-                        k: t.get(k) for k in ("p50_ms", "p99_ms", "late_fraction", "frames", "frames_expected")
-                    }
-                    log(
-                        f"[{runner}] latency {n} streams {name}: p50 {t.get('p50_ms', 0):.2f} / p99 "
-                        f"{t.get('p99_ms', 0):.2f} ms"
-                    )
+            for n in a.latency_streams:
+                for rnd in range(a.latency_rounds):  # interleaved: baseline, current, baseline, current, ...
+                    for name, root in variants.items():
+                        t = _child(
+                            root,
+                            {
+                                "runner": runner,
+                                "streams": n,
+                                "seconds": max(a.seconds, 6.0),
+                                "realtime": True,
+                                "signals": True,
+                                "warm_up": a.warm_up,
+                            },
+                            cpu,
+                        )
+                        row = {
+                            k: t.get(k)
+                            for k in ("p50_ms", "p99_ms", "late_fraction", "frames", "frames_expected", "ok")
+                        }
+                        if rnd == 0:
+                            lat.setdefault(str(n), {})[name] = {**row, "rounds": [row]}
+                        else:
+                            lat[str(n)][name]["rounds"].append(row)
+                        log(
+                            f"[{runner}] latency {n} streams {name}: p50 {t.get('p50_ms', 0):.2f} / p99 "
+                            f"{t.get('p99_ms', 0):.2f} ms"
+                        )
             r["engine_latency"] = lat
     if "baseline" in variants:
         import shutil
@@ -708,9 +722,15 @@ def _step_lines(runner: str, onnx: dict, names: list[str]) -> list[str]:
         lines.append(
             f"- {n} stream(s): "
             + "; ".join(
-                f"{name} p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms ({v['frames']}/{v['frames_expected']} frames)"
+                f"{name} "
+                + ", ".join(
+                    f"p50 {x['p50_ms']:.2f} / p99 {x['p99_ms']:.2f} ms ({x['frames']}/{x['frames_expected']} frames"
+                    + ("" if x.get("ok", True) else ", missed: p99 >= 40 ms, > 0.1 % late or < 98 % out")
+                    + ")"
+                    for x in v.get("rounds", [v])
+                    if x.get("p50_ms") is not None
+                )
                 for name, v in per.items()
-                if v.get("p50_ms") is not None
             )
         )
     return lines

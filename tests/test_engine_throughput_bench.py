@@ -66,3 +66,33 @@ def test_step_alone_over_more_slots_than_the_batch():
     assert "round robin over 512 slots" in text and "98%" in text and "78%" in text
     assert "paired by round (signals on" in text and "median 80% over 3 round(s), 75%-85%" in text
     assert "paired by round (signals off" not in text  # no pairs measured there: no line
+
+
+def test_trial_reports_the_engines_call_size_and_the_report_pairs_the_step_at_it():
+    """A throughput trial records the engine's median call size (here held to --max-batch 16); the report's
+    own-call-size ratio and repeated latency rounds read as they were measured."""
+    out = engine_throughput.run_trial(
+        {"runner": "zero", "streams": 40, "seconds": 0.5, "realtime": False, "signals": False, "max_batch": 16}
+    )
+    assert out["frames"] == out["frames_expected"] and 1 <= out["batch_median"] <= 16
+    own = {
+        "median": 0.81,
+        "rounds": [0.8, 0.81, 0.83],
+        "batches": [190, 185, 170],
+        "step_trials": [{"step_slots_ms_p50": 11.0, "streams_per_core": 690.0}],
+    }
+    slow = {"p50_ms": 30.0, "p99_ms": 55.0, "frames": 10, "frames_expected": 10, "ok": False}
+    fast = {"p50_ms": 3.0, "p99_ms": 9.0, "frames": 10, "frames_expected": 10, "ok": True}
+    onnx = {
+        "step": [],
+        "signals": {"engine_over_step_own_batch_paired": own},
+        "no_signals": {},
+        "engine_latency": {"300": {"current": {**fast, "rounds": [fast, slow]}}},
+    }
+    for key in ("signals", "no_signals"):
+        onnx[key]["engine_over_step"] = {"current": 0.7}
+    text = "\n".join(engine_throughput._step_lines("onnx", onnx, ["current"]))
+    assert "own batch size (signals on; the engine's median call 190/185/170" in text
+    assert "median 81% over 3 round(s), 80%-83%" in text and "11.00 ms (690/core)" in text
+    assert "- 300 stream(s): current p50 3.00 / p99 9.00 ms (10/10 frames), p50 30.00 / p99 55.00 ms" in text
+    assert text.count("missed") == 1
