@@ -226,6 +226,7 @@ def run_trial(spec: dict) -> dict:
     }
     if batch_sizes:  # the streams per runner call the engine chose (its last 1000 calls)
         out["batch_median"] = int(np.median(batch_sizes))
+        out["batch_max"] = int(max(batch_sizes))
     if lat_a.size:
         out.update(
             p50_ms=float(np.percentile(lat_a, 50)),
@@ -438,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             # the same over the step alone at the batch size the engine chose (its median call): the
             # denominator at equal batches, where the engine's calls are not 64 streams
             paired_own: list[float] = []
+            own_batches: list[int] = []
             for _ in range(a.rounds):  # interleaved: baseline, current, baseline, current, ...
                 for name, root in variants.items():
                     t = _child(
@@ -476,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                         paired_own.append(
                             tp["current"][-1]["streams_per_core_by_cpu"] / step_trials["own"][-1]["streams_per_core"]
                         )
+                        own_batches.append(own_b)
             best = {name: max(x["streams_per_core_by_cpu"] for x in ts) for name, ts in tp.items()}
             entry: dict[str, Any] = {
                 "throughput": {
@@ -492,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["engine_over_step_own_batch_paired"] = {
                     "median": statistics.median(paired_own),
                     "rounds": paired_own,
-                    "batches": [t.get("batch_median") for t in tp["current"]],
+                    "batches": own_batches,
                     "step_trials": step_trials["own"][-len(paired_own) :],
                 }
             if not a.no_capacity and not a.quick and runner in a.capacity_runners:
@@ -731,6 +734,7 @@ def _step_lines(runner: str, onnx: dict, names: list[str]) -> list[str]:
                     if x.get("p50_ms") is not None
                 )
                 for name, v in per.items()
+                if any(x.get("p50_ms") is not None for x in v.get("rounds", [v]))
             )
         )
     return lines

@@ -20,8 +20,8 @@ the slot.
 Scheduling: a runner call takes every ready stream up to `Engine.batch_cap` (as many as the measured cost per
 stream fits in `EngineConfig.batch_step_ms`, 64 to `max_batch_streams`): most of the engine's own work is a
 cost per call, so under load fewer, larger calls leave more of the CPU to the step. The step runs in one
-inference thread (ONNX Runtime releases the GIL), so sockets and inputs are served meanwhile; while the loop commits and publishes one batch the next is already queued to the thread
-(two at most). `EngineConfig.batch_wait_ms` lets a batch wait for streams that are about to be ready, never past
+inference thread (ONNX Runtime releases the GIL), so sockets and inputs are served meanwhile; while the loop commits and publishes one batch the next is already queued to the
+thread (two at most). `EngineConfig.batch_wait_ms` lets a batch wait for streams that are about to be ready, never past
 `latency_budget_ms`; it is off by default (no gain measured in the 100-stream soak on a loaded 2-core machine).
 A process that may run on one CPU only steps on the loop itself (`EngineConfig.inline_on_one_cpu`): there
 the thread cannot run in parallel and the hand-offs cost CPU.
@@ -107,13 +107,16 @@ class EngineConfig:
 
     Attributes:
         max_streams: most open streams (further opens fail with `EngineFullError`).
-        max_batch_streams: most streams per runner call. Below it, `batch_step_ms` decides.
+        max_batch_streams: most streams per runner call (within the runner's own `max_batch()` where it has
+            one: a TensorRT engine's batch profile). Below it, `batch_step_ms` decides.
         batch_step_ms: a runner call takes at most as many streams as the measured cost per stream (an
-            average over recent calls) predicts to run in this long, and never fewer than 64 (nor more than
-            `max_batch_streams`). A frame waits for the call in flight and then its own, so this bounds the
-            engine-added latency near full load at about twice it; larger calls cost less per stream (one
-            pinned core, 512 streams, int8: 72 -> 62.5 us per frame from 64- to 256-stream calls,
-            benchmarks/results/engine_batch_cap.md). 0 = `max_batch_streams` always.
+            average over recent calls) predicts to run in this long, never fewer than min(64,
+            `max_batch_streams`) (also the size of the first calls, before any is measured) nor more than
+            `max_batch_streams` (`Engine.batch_cap`). Near full load a frame can wait for the call in flight,
+            the one queued behind it and then its own: about three times this. Larger calls cost less per
+            stream (one pinned core, 512 streams, int8: 72.0 -> 62.5 us per frame from 64- to 256-stream
+            calls, benchmarks/results/engine_stages_maxbatch64.md and _maxbatch256.md). 0 =
+            `max_batch_streams` always. Must be finite.
         max_pending_s: most unprocessed audio a stream may hold (beyond: `OverloadError` for that push).
         seed: base seed of the per-stream model noise (None = random).
         signals: derive rig signals (mouth, visemes, blink, head pose) for every frame.
@@ -166,8 +169,8 @@ class EngineConfig:
             raise ValueError("max_streams and max_batch_streams must be >= 1")
         if self.max_pending_s <= 0:
             raise ValueError("max_pending_s must be positive")
-        if self.batch_step_ms < 0:
-            raise ValueError("batch_step_ms must be >= 0")
+        if not (self.batch_step_ms >= 0 and math.isfinite(self.batch_step_ms)):
+            raise ValueError(f"batch_step_ms must be a finite number >= 0, got {self.batch_step_ms!r}")
         if self.batch_wait_ms < 0 or self.latency_budget_ms <= 0:
             raise ValueError("batch_wait_ms must be >= 0 and latency_budget_ms positive")
         if self.stall_ms is not None and self.stall_ms < 0:
@@ -213,7 +216,12 @@ class Engine:
         self.runner = runner
         self.clock = clock or MonotonicClock()
         self.blendshapes = blendshapes
-        self.core = EngineCore(runner, cfg.max_batch_streams, cfg.max_pending_s, cfg.seed, capacity=cfg.max_streams)
+        # most streams per call: the config's, within what the runner can take (a TensorRT engine's batch profile)
+        runner_max = getattr(runner, "max_batch", None)
+        self.max_batch_streams = (
+            min(cfg.max_batch_streams, int(runner_max())) if callable(runner_max) else cfg.max_batch_streams
+        )
+        self.core = EngineCore(runner, self.max_batch_streams, cfg.max_pending_s, cfg.seed, capacity=cfg.max_streams)
         self.batch_signals = (
             BatchSignalExtractor(signal_cfg, self.core.slots.capacity) if cfg.signals and cfg.batch_signals else None
         )
@@ -292,7 +300,7 @@ class Engine:
             return
         for values in slots.arrays.values():
             values.fill(0)
-        batch = min(self.cfg.max_batch_streams, slots.capacity)
+        batch = min(self.max_batch_streams, slots.capacity)
         rows = [slots.alloc() for _ in range(batch)]
         try:
             for row in rows:
@@ -550,14 +558,19 @@ class Engine:
 
     def batch_cap(self) -> int:
         """Most streams the next runner call takes: `EngineConfig.batch_step_ms` over the measured cost per
-        stream, between min(64, max_batch_streams) and max_batch_streams (the floor until a call is measured)."""
-        cfg = self.cfg
-        floor = min(_BATCH_FLOOR, cfg.max_batch_streams)
-        if cfg.batch_step_ms <= 0:
-            return cfg.max_batch_streams
-        if not self._ms_per_row:
+        stream (`_ms_per_row`, an average over recent calls), between min(64, M) and M, M being
+        `max_batch_streams` within what the runner takes (`max_batch()` where it has one): min(64, M) until a
+        call has been measured, M with `batch_step_ms` = 0 or a measured cost of 0."""
+        top = self.max_batch_streams
+        floor = min(_BATCH_FLOOR, top)
+        per_row = self._ms_per_row
+        if self.cfg.batch_step_ms <= 0:
+            return top
+        if per_row is None:
             return floor
-        return max(floor, min(cfg.max_batch_streams, int(cfg.batch_step_ms / self._ms_per_row)))
+        if per_row <= 0:
+            return top
+        return max(floor, min(top, int(self.cfg.batch_step_ms / per_row)))
 
     def _batch_wait_s(self) -> float:
         """How long to wait for more streams before stepping what is ready (0 = step now).

@@ -330,22 +330,46 @@ def _run_ready_streams(runner, cfg: EngineConfig, streams: int, rounds: int) -> 
 def test_runner_calls_hold_as_many_streams_as_batch_step_ms_allows():
     """The first call takes 64 streams (nothing measured yet); later ones as many as the measured cost per
     stream fits in `batch_step_ms` (40 us a stream, 6 ms: at most 150, the measured cost being no less than
-    the busy wait), below `max_batch_streams`."""
+    the busy wait), below `max_batch_streams`. (The cap stays at 64 only if a call measures 2.3x its busy
+    wait, call after call.)"""
     runner = _CostPerRow(40.0)
     cfg = EngineConfig(max_streams=190, max_batch_streams=190, batch_step_ms=6.0, stall_ms=0)
-    frames = _run_ready_streams(runner, cfg, 190, 4)
-    assert frames == 190 * 3  # L = 1: four steps, three frames each
+    frames = _run_ready_streams(runner, cfg, 190, 6)
+    assert frames == 190 * 5  # L = 1: six steps, five frames each
     assert runner.calls[0] == 64
     assert 64 < max(runner.calls) <= 150
 
 
-def test_batch_step_ms_zero_gives_max_batch_streams_calls():
+def test_batch_step_ms_zero_gives_max_batch_streams_calls_and_bad_values_are_refused():
     runner = _CostPerRow(0.0)
     cfg = EngineConfig(max_streams=100, max_batch_streams=100, batch_step_ms=0, stall_ms=0)
     assert _run_ready_streams(runner, cfg, 100, 2) == 100
     assert runner.calls[0] == 100
-    with pytest.raises(ValueError, match="batch_step_ms"):
-        EngineConfig(batch_step_ms=-1)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="batch_step_ms must be a finite number >= 0"):
+            EngineConfig(batch_step_ms=bad)
+
+
+def test_calls_stay_within_max_batch_streams_below_64_and_the_runners_own_limit():
+    """The floor of 64 never lifts a call above `max_batch_streams`, nor above a runner's `max_batch()` (a
+    TensorRT engine's profile): not in the calls, not in `warm_up`'s call."""
+    runner = _CostPerRow(0.0)
+    assert _run_ready_streams(runner, EngineConfig(max_streams=50, max_batch_streams=16, stall_ms=0), 50, 3) == 100
+    assert max(runner.calls) == 16
+
+    class Limited(_CostPerRow):
+        def max_batch(self) -> int:
+            return 24
+
+    async def warm(engine_runner):
+        async with Engine(engine_runner, EngineConfig(max_streams=100, stall_ms=0)) as engine:
+            await engine.warm_up()
+            return engine.batch_cap()
+
+    limited = Limited(0.0)
+    assert asyncio.run(warm(limited)) == 24 and limited.calls == [24]
+    assert _run_ready_streams(limited, EngineConfig(max_streams=100, stall_ms=0), 100, 3) == 200
+    assert max(limited.calls) == 24
 
 
 def test_runner_output_of_the_wrong_shape_resets_the_streams_with_an_error():
