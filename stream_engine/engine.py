@@ -18,7 +18,7 @@ slot (through the core and the engine's signal extractor), its epoch and frame s
 the slot.
 
 Scheduling: a runner call takes every ready stream up to `Engine.batch_cap` (as many as the measured cost per
-stream fits in `EngineConfig.batch_step_ms`, 64 to `max_batch_streams`): most of the engine's own work is a
+stream fits in `EngineConfig.batch_step_ms`, min(64, M) to M = `max_batch_streams`): most of the engine's own work is a
 cost per call, so under load fewer, larger calls leave more of the CPU to the step. The step runs in one
 inference thread (ONNX Runtime releases the GIL), so sockets and inputs are served meanwhile; while the loop commits and publishes one batch the next is already queued to the
 thread (two at most). `EngineConfig.batch_wait_ms` lets a batch wait for streams that are about to be ready, never past
@@ -114,8 +114,9 @@ class EngineConfig:
             `max_batch_streams`) (also the size of the first calls, before any is measured) nor more than
             `max_batch_streams` (`Engine.batch_cap`). Near full load a frame can wait for the call in flight,
             the one queued behind it and then its own: about three times this. Larger calls cost less per
-            stream (one pinned core, 512 streams, int8: 72.0 -> 62.5 us per frame from 64- to 256-stream
-            calls, benchmarks/results/engine_stages_maxbatch64.md and _maxbatch256.md). 0 =
+            stream (one pinned core, 512 streams, int8: 72.0 -> 62.5 us per frame with calls of at most 64
+            against at most 256 streams, benchmarks/results/engine_stages_maxbatch64.md and
+            _maxbatch256.md). 0 =
             `max_batch_streams` always. Must be finite.
         max_pending_s: most unprocessed audio a stream may hold (beyond: `OverloadError` for that push).
         seed: base seed of the per-stream model noise (None = random).
