@@ -18,10 +18,11 @@ slot (through the core and the engine's signal extractor), its epoch and frame s
 the slot.
 
 Scheduling: a runner call takes every ready stream up to `Engine.batch_cap` (as many as the measured cost per
-stream fits in `EngineConfig.batch_step_ms`, min(64, M) to M = `max_batch_streams`): most of the engine's own work is a
-cost per call, so under load fewer, larger calls leave more of the CPU to the step. The step runs in one
-inference thread (ONNX Runtime releases the GIL), so sockets and inputs are served meanwhile; while the loop
-commits and publishes one batch the next is already queued to the thread (two at most). `EngineConfig.batch_wait_ms` lets a batch wait for streams that are about to be ready, never past
+stream fits in `EngineConfig.batch_step_ms`, min(64, M) to M = `max_batch_streams`): most of the engine's own
+work is a cost per call, so under load fewer, larger calls leave more of the CPU to the step. The step runs in
+one inference thread (ONNX Runtime releases the GIL), so sockets and inputs are served meanwhile; while the
+loop commits and publishes one batch the next is already queued to the thread (two at most).
+`EngineConfig.batch_wait_ms` lets a batch wait for streams that are about to be ready, never past
 `latency_budget_ms`; it is off by default (no gain measured in the 100-stream soak on a loaded 2-core machine).
 A process that may run on one CPU only steps on the loop itself (`EngineConfig.inline_on_one_cpu`): there
 the thread cannot run in parallel and the hand-offs cost CPU.
