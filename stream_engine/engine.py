@@ -75,8 +75,8 @@ from stream_engine.signals import SignalConfig, stream_seed
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: `Engine.batch_cap` never goes below this many streams per runner call (the fixed limit before the cap was
-#: measured: a slow model's calls stay as large as they were)
+#: `Engine.batch_cap` never goes below min(this, max_batch_streams) streams per runner call (the fixed limit
+#: before calls were sized by time: a slow model's calls stay as large as they were)
 _BATCH_FLOOR = 64
 
 
@@ -117,8 +117,7 @@ class EngineConfig:
             the one queued behind it and then its own: about three times this. Larger calls cost less per
             stream (one pinned core, 512 streams, int8: 72.0 -> 62.5 us per frame with calls of at most 64
             against at most 256 streams, benchmarks/results/engine_stages_maxbatch64.md and
-            _maxbatch256.md). 0 =
-            `max_batch_streams` always. Must be finite.
+            _maxbatch256.md). 0 = `max_batch_streams` always. Must be finite.
         max_pending_s: most unprocessed audio a stream may hold (beyond: `OverloadError` for that push).
         seed: base seed of the per-stream model noise (None = random).
         signals: derive rig signals (mouth, visemes, blink, head pose) for every frame.
