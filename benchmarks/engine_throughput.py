@@ -208,8 +208,7 @@ def run_trial(spec: dict) -> dict:
                     await asyncio.sleep(0.001)
             else:
                 await asyncio.sleep(0.3)
-            sizes = list(getattr(engine.stats, "batch_sizes", ()))  # the last 1000 runner calls
-            batch_sizes[:] = sizes
+            batch_sizes[:] = getattr(engine.stats, "batch_sizes", ())  # the last 1000 runner calls
             return time.process_time() - c0, expected
 
     batch_sizes: list[int] = []
@@ -546,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
                     }
             lat: dict[str, Any] = {}
             for n in a.latency_streams:
-                for rnd in range(a.latency_rounds):  # interleaved: baseline, current, baseline, current, ...
+                rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+                for _ in range(a.latency_rounds):  # interleaved: baseline, current, baseline, current, ...
                     for name, root in variants.items():
                         t = _child(
                             root,
@@ -560,18 +560,18 @@ def main(argv: list[str] | None = None) -> int:
                             },
                             cpu,
                         )
-                        row = {
-                            k: t.get(k)
-                            for k in ("p50_ms", "p99_ms", "late_fraction", "frames", "frames_expected", "ok")
-                        }
-                        if rnd == 0:
-                            lat.setdefault(str(n), {})[name] = {**row, "rounds": [row]}
-                        else:
-                            lat[str(n)][name]["rounds"].append(row)
+                        rounds[name].append(
+                            {
+                                k: t.get(k)
+                                for k in ("p50_ms", "p99_ms", "late_fraction", "frames", "frames_expected", "ok")
+                            }
+                        )
                         log(
                             f"[{runner}] latency {n} streams {name}: p50 {t.get('p50_ms', 0):.2f} / p99 "
                             f"{t.get('p99_ms', 0):.2f} ms"
                         )
+                # the first round's figures at the top (the fields before --latency-rounds), every round below
+                lat[str(n)] = {name: {**rs[0], "rounds": rs} for name, rs in rounds.items()}
             r["engine_latency"] = lat
     if "baseline" in variants:
         import shutil
@@ -679,35 +679,31 @@ def _step_lines(runner: str, onnx: dict, names: list[str]) -> list[str]:
         )
     for key in ("signals", "no_signals"):
         e = onnx[key]
+        sig = "signals on" if key == "signals" else "signals off"
         if st_n and "engine_over_step_n_slots" in e:
             lines.append(
-                f"- engine ÷ step over {st_n['slots']} slots ({'signals on' if key == 'signals' else 'signals off'}):"
+                f"- engine ÷ step over {st_n['slots']} slots ({sig}):"
                 " by CPU " + ", ".join(f"{n} {e['engine_over_step_n_slots'][n]:.0%}" for n in names)
             )
         if "engine_over_step_own_batch_paired" in e:
             po = e["engine_over_step_own_batch_paired"]
             lines.append(
-                f"- engine ÷ step at the engine's own batch size ({'signals on' if key == 'signals' else 'signals off'};"
+                f"- engine ÷ step at the engine's own batch size ({sig};"
                 f" the engine's median call {'/'.join(str(b) for b in po['batches'])} streams per round; each round's "
                 "engine trial over `step_slots` at that B round robin over as many slots, run right after it): "
-                f"median {po['median']:.0%} over {len(po['rounds'])} round(s)"
-                + (f", {min(po['rounds']):.0%}-{max(po['rounds']):.0%}" if len(po["rounds"]) > 1 else "")
+                + _paired_text(po)
                 + "; the step alone at that B: "
                 + ", ".join(
                     f"{t['step_slots_ms_p50']:.2f} ms ({t['streams_per_core']:.0f}/core)" for t in po["step_trials"]
                 )
             )
         if "engine_over_step_paired" in e:
-            pr = e["engine_over_step_paired"]
             lines.append(
-                f"- engine ÷ step paired by round ({'signals on' if key == 'signals' else 'signals off'}; each "
-                "round's engine trial over the step trial right after it, as the engine calls it): median "
-                f"{pr['median']:.0%} over {len(pr['rounds'])} round(s)"
-                + (f", {min(pr['rounds']):.0%}-{max(pr['rounds']):.0%}" if len(pr["rounds"]) > 1 else "")
+                f"- engine ÷ step paired by round ({sig}; each round's engine trial over the step trial right after "
+                "it, as the engine calls it): " + _paired_text(e["engine_over_step_paired"])
             )
         lines.append(
-            f"- engine ÷ step over 64 slots, the best of `step`/`step_slots` (the figure so far; "
-            f"{'signals on' if key == 'signals' else 'signals off'}): by CPU "
+            f"- engine ÷ step over 64 slots, the best of `step`/`step_slots` (the figure so far; {sig}): by CPU "
             + ", ".join(f"{n} {e['engine_over_step'][n]:.0%}" for n in names)
             + (
                 ""
@@ -738,6 +734,13 @@ def _step_lines(runner: str, onnx: dict, names: list[str]) -> list[str]:
             )
         )
     return lines
+
+
+def _paired_text(pr: dict) -> str:
+    """'median M over N round(s), lo-hi' of a paired engine ÷ step figure ({"median", "rounds"})."""
+    rounds = pr["rounds"]
+    spread = f", {min(rounds):.0%}-{max(rounds):.0%}" if len(rounds) > 1 else ""
+    return f"median {pr['median']:.0%} over {len(rounds)} round(s){spread}"
 
 
 if __name__ == "__main__":
