@@ -245,6 +245,45 @@ def test_split_anchor_config_is_checked():
         GeneratorConfig(num_landmarks=20, anchor_rate=0.05, pose_anchor_rate=0.02)
 
 
+def test_reference_pose_gain_pushes_by_the_reference_faces_own_turn_nod_and_roll():
+    """reference_pose_gain (yaw, pitch, roll): the velocity gains g times the yaw, pitch or roll part of the
+    reference face's own fitted pose; a frontal face (whatever its size or place) and a mouth get no push; the
+    push is in `advance`, so the step and the sequence form carry it alike."""
+    from stream_engine.signals import MEAN_FACE_3D
+
+    m = torch.tensor(MEAN_FACE_3D, dtype=torch.float32)
+    frontal = (m[None, :, :2] / 200.0 + 0.5).expand(2, 68, 2)
+    z = (m[None, :, 2:] / 200.0).expand(2, 68, 1)
+    turn, nod = z * torch.tensor([0.05, 0.0]), z * torch.tensor([0.0, 0.05])
+    _, roll, _ = _pose_offsets()
+    mouth = torch.zeros(2, 68, 2)
+    mouth[:, 57, 1] = 0.03
+    gen = _generator(anchor_rate=0.05, pose_anchor_rate=0.02, reference_pose_gain=(0.01, 0.02, 0.03))
+    assert _generator(anchor_rate=0.05).reference_pose_fit is None
+    assert gen.reference_pose_fit is not None and gen.reference_pose_fit.shape == (136, 3)
+    push = gen.reference_push
+
+    torch.testing.assert_close(push(frontal), torch.zeros(2, 68, 2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(push(1.3 * frontal - 0.1), torch.zeros(2, 68, 2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(push(frontal + mouth), torch.zeros(2, 68, 2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(push(frontal + turn), 0.01 * turn, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(push(frontal + nod), 0.02 * nod, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(push(frontal + roll), 0.03 * roll, atol=1e-6, rtol=1e-4)
+    # In the update: x(t) = x(t-1) + v - pull(x(t-1) - x_ref) + push(x_ref).
+    plain = _generator(anchor_rate=0.05, pose_anchor_rate=0.02)
+    plain.load_state_dict(gen.state_dict())
+    x_ref = frontal + turn + roll
+    h = torch.zeros(2, 256)
+    audio = torch.randn(2, 4, 128)
+    with torch.no_grad():
+        x_gain, *_ = gen.advance(x_ref, x_ref, h, h, audio)
+        x_plain, *_ = plain.advance(x_ref, x_ref, h, h, audio)
+    torch.testing.assert_close(x_gain - x_plain, 0.01 * turn + 0.03 * roll, atol=1e-5, rtol=1e-3)
+    for bad in ((0.1, 0.2), (0.0, float("nan"), 0.0)):
+        with pytest.raises(ValueError, match="reference_pose_gain"):
+            GeneratorConfig(reference_pose_gain=bad)
+
+
 def test_split_anchor_step_reproduces_sequence_form(speech):
     cfg = GeneratorConfig(
         lookahead_frames=2, anchor_rate=0.05, pose_anchor_rate=0.02, roll_anchor_rate=0.05, reference_input=True

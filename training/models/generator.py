@@ -31,6 +31,14 @@ mouth opening, shape noise) at a. "At exactly its rate" holds for offsets built 
 on a reference face of other proportions a pure change of size or roll is pulled within a few percent of its rate
 (0.0495-0.0496 instead of 0.05 for the default reference face).
 
+A calibration term (`reference_pose_gain`, fitted by `training.pose_bias`): the network pulls a face toward the
+frontal pose it mostly saw, so a stream whose reference face is turned, nodded or rolled settles part of the way back
+toward frontal, which reads as a constant bias relative to that reference (model 0.3.4: a quarter of the
+reference's own angle). With gains (g_yaw, g_pitch, g_roll) the update adds g_k times the yaw, pitch and roll parts
+of the reference face's own fitted pose (the same fit, `pose_fit_maps`, on x_ref itself):
+x(t) = x(t-1) + v(t) - pull(x(t-1) - x_ref) + push(x_ref). A constant of the model, like the split: two thin
+products (136 x 3, 3 x 136) per step.
+
 Two forms with the same weights:
 - `forward` runs a whole window (training): audio convolutions in parallel, the recurrence frame by frame.
 - `step` is one 40 ms stream step with every piece of memory explicit (`StepState`): 640 new PCM samples in,
@@ -42,6 +50,7 @@ from cached inputs; nothing the previous step computed is recomputed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -75,6 +84,13 @@ class GeneratorConfig:
             (None = pose_anchor_rate).
         pitch_anchor_rate: per-frame pull of the head's pitch (P in the module docstring) (None =
             pose_anchor_rate). The three in [0, 1) and for the iBUG 68-point layout.
+        reference_pose_gain: (yaw, pitch, roll) per-frame push of the face by its reference face's own pose
+            (the yaw, pitch and roll parts of the move fitted on the reference's rigid points, as the split
+            anchor fits them: `reference_pose_matrix`), or None for none. A calibration term
+            (`training.pose_bias`): the network pulls a face toward the frontal pose it mostly saw, so a stream
+            whose reference face is turned settled turned back toward frontal (about a quarter of the
+            reference's angle, model 0.3.4); this push cancels the part linear in the reference's pose. Finite;
+            iBUG 68-point layout.
         reference_input: the landmark encoder reads [x(t-1), x(t-1) - x_ref] instead of x(t-1) alone.
         silence_history: before a stream's start, the causal audio blocks hold what digital silence gives them
             (the front end's own convention: a stream is preceded by zeros) instead of zero activations. The
@@ -103,6 +119,7 @@ class GeneratorConfig:
     pose_anchor_rate: float | None = None
     roll_anchor_rate: float | None = None
     pitch_anchor_rate: float | None = None
+    reference_pose_gain: tuple[float, float, float] | None = None
     reference_input: bool = False
     silence_history: bool = False
     frontend: FrontEndConfig = FrontEndConfig()
@@ -118,6 +135,12 @@ class GeneratorConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {rate}")
         if any(rate is not None for rate in split.values()) and self.num_landmarks != 68:
             raise ValueError("pose, roll and pitch anchor rates need the iBUG 68-point layout (num_landmarks = 68)")
+        gain = self.reference_pose_gain
+        if gain is not None:
+            if len(gain) != 3 or not all(math.isfinite(float(g)) for g in gain):
+                raise ValueError(f"reference_pose_gain must be 3 finite numbers (yaw, pitch, roll), got {gain!r}")
+            if self.num_landmarks != 68:
+                raise ValueError("reference_pose_gain needs the iBUG 68-point layout (num_landmarks = 68)")
         if not self.branch_levels or max(self.branch_levels) >= len(self.level_dilations):
             raise ValueError(f"branch_levels {self.branch_levels} must index level_dilations")
 
@@ -235,25 +258,18 @@ def initial_lstm_state(
     return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
 
 
-def anchor_split_matrix(cfg: GeneratorConfig) -> torch.Tensor | None:
-    """The split anchor as one linear map: (136, 136) M with pull = a * d + d.flatten(1) @ M, or None when
-    the pose, roll and pitch rates leave the single anchor.
+def pose_fit_maps() -> dict[str, np.ndarray]:
+    """The parts of the head's move fitted on the rigid points, each a linear map (136, 136) on the flattened
+    (68 points x 2) offset d, applied as map @ d.
 
-    M = ((a_p - a) * H + (a - a_p) * S + (a_r - a_p) * R + (a_t - a_p) * P)^T on the flattened (68 points x 2)
-    offset. H is the head's move fitted on the rigid points: least squares of d_i ~ t + A g~_i + z_i b over
-    `RIGID_POINTS`, with g~ the image-plane coordinates of the generic face `MEAN_FACE_3D` centred on those points
-    and z its depth (an affine change of g~ spans the same space, so a reference face of another size or place
-    gives the same H), evaluated at all 68 points. S, R and P are parts of that same fit: the isotropic scale
-    s g~_i with s = (A_xx + A_yy) / 2, the small-angle in-plane rotation theta J g~_i with theta = (A_yx - A_xy) / 2
-    (J the 90-degree turn), and the pitch z_i b_y on the y coordinates; so a pure scale, roll or pitch is fitted
-    by its own term alone and pulled at exactly its rate. The generic face,
-    not each stream's reference, keeps M a constant of the model: one small product per step.
+    The fit is least squares of d_i ~ t + A g~_i + z_i b over `RIGID_POINTS`, with g~ the image-plane coordinates
+    of the generic face `MEAN_FACE_3D` centred on those points and z its depth (an affine change of g~ spans the
+    same space, so a face of another size or place gives the same fit), evaluated at all 68 points. Keys:
+    "move" the whole fitted move; "size" its isotropic scale s g~_i with s = (A_xx + A_yy) / 2; "roll" its
+    small-angle in-plane rotation theta J g~_i with theta = (A_yx - A_xy) / 2 (J the 90-degree turn); "pitch"
+    z_i b_y on the y coordinates; "yaw" z_i b_x on the x coordinates. A pure scale, roll, pitch or yaw of the
+    generic face is fitted by its own part alone.
     """
-    pose = cfg.anchor_rate if cfg.pose_anchor_rate is None else cfg.pose_anchor_rate
-    roll = pose if cfg.roll_anchor_rate is None else cfg.roll_anchor_rate
-    pitch = pose if cfg.pitch_anchor_rate is None else cfg.pitch_anchor_rate
-    if pose == cfg.anchor_rate and roll == pose and pitch == pose:
-        return None
     m = np.asarray(MEAN_FACE_3D, dtype=np.float64)
     n = len(m)
     w = np.zeros(n)
@@ -262,19 +278,58 @@ def anchor_split_matrix(cfg: GeneratorConfig) -> torch.Tensor | None:
     x = np.stack([np.ones(n), g[:, 0], g[:, 1], m[:, 2]], axis=1)  # (68, 4): [1, g~_x, g~_y, z]
     xw = x * w[:, None]
     fit = np.linalg.solve(x.T @ xw, xw.T)  # (4, 68): per coordinate c, coef = fit @ d[:, c] = [t_c, A_cx, A_cy, b_c]
-    h = np.zeros((2 * n, 2 * n))  # the fitted move at every point
-    h[0::2, 0::2] = h[1::2, 1::2] = x @ fit
+    move = np.zeros((2 * n, 2 * n))  # the fitted move at every point
+    move[0::2, 0::2] = move[1::2, 1::2] = x @ fit
     jg = np.stack([-g[:, 1], g[:, 0]], axis=1)
-    size, roll_map, tilt = (np.zeros((2 * n, 2 * n)) for _ in range(3))
+    size, roll, pitch, yaw = (np.zeros((2 * n, 2 * n)) for _ in range(4))
     for c in range(2):
         size[c::2, 0::2] = np.outer(g[:, c], fit[1]) / 2  # s = (A_xx + A_yy) / 2, displacement s * g~
         size[c::2, 1::2] = np.outer(g[:, c], fit[2]) / 2
-        roll_map[c::2, 1::2] = np.outer(jg[:, c], fit[1]) / 2  # theta = (A_yx - A_xy) / 2, displacement theta * J g~
-        roll_map[c::2, 0::2] = -np.outer(jg[:, c], fit[2]) / 2
-    tilt[1::2, 1::2] = np.outer(m[:, 2], fit[3])  # pitch: b_y * z on the y coordinates
+        roll[c::2, 1::2] = np.outer(jg[:, c], fit[1]) / 2  # theta = (A_yx - A_xy) / 2, displacement theta * J g~
+        roll[c::2, 0::2] = -np.outer(jg[:, c], fit[2]) / 2
+    pitch[1::2, 1::2] = np.outer(m[:, 2], fit[3])  # pitch: b_y * z on the y coordinates
+    yaw[0::2, 0::2] = np.outer(m[:, 2], fit[3])  # yaw: b_x * z on the x coordinates
+    return {"move": move, "size": size, "roll": roll, "pitch": pitch, "yaw": yaw}
+
+
+def anchor_split_matrix(cfg: GeneratorConfig) -> torch.Tensor | None:
+    """The split anchor as one linear map: (136, 136) M with pull = a * d + d.flatten(1) @ M, or None when
+    the pose, roll and pitch rates leave the single anchor.
+
+    M = ((a_p - a) * H + (a - a_p) * S + (a_r - a_p) * R + (a_t - a_p) * P)^T on the flattened (68 points x 2)
+    offset, with H, S, R and P the "move", "size", "roll" and "pitch" parts of `pose_fit_maps`; so a pure scale,
+    roll or pitch is fitted by its own term alone and pulled at exactly its rate. The generic face, not each
+    stream's reference, keeps M a constant of the model: one small product per step.
+    """
+    pose = cfg.anchor_rate if cfg.pose_anchor_rate is None else cfg.pose_anchor_rate
+    roll = pose if cfg.roll_anchor_rate is None else cfg.roll_anchor_rate
+    pitch = pose if cfg.pitch_anchor_rate is None else cfg.pitch_anchor_rate
+    if pose == cfg.anchor_rate and roll == pose and pitch == pose:
+        return None
+    f = pose_fit_maps()
     a = cfg.anchor_rate
-    split = (pose - a) * h + (a - pose) * size + (roll - pose) * roll_map + (pitch - pose) * tilt
+    split = (pose - a) * f["move"] + (a - pose) * f["size"] + (roll - pose) * f["roll"] + (pitch - pose) * f["pitch"]
     return torch.tensor(split.T, dtype=torch.float32)
+
+
+def reference_pose_matrix(cfg: GeneratorConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`GeneratorConfig.reference_pose_gain` as a linear map W = F @ U, push = x_ref.flatten(1) @ F @ U (landmark
+    units per frame), returned as its factors (F (136, 3), U (3, 136)), or None without a gain.
+
+    W = (g_yaw * Y + g_pitch * P + g_roll * R)^T with Y, P, R the "yaw", "pitch" and "roll" parts of
+    `pose_fit_maps`: the reference face's own yaw, pitch and roll displacements (its translation, size and shape
+    fall outside them), each scaled by its gain. Each part is one fitted number times one displacement pattern, so
+    W has rank 3 at most and its two thin factors (from its SVD, exact to float rounding) cost 816 multiply-adds
+    per stream instead of the (136, 136) product's 18,496. A constant of the model, like the split anchor.
+    """
+    if cfg.reference_pose_gain is None:
+        return None
+    g_yaw, g_pitch, g_roll = (float(v) for v in cfg.reference_pose_gain)
+    f = pose_fit_maps()
+    w = (g_yaw * f["yaw"] + g_pitch * f["pitch"] + g_roll * f["roll"]).T
+    u, sv, vt = np.linalg.svd(w)
+    fit, push = u[:, :3] * sv[:3], vt[:3]
+    return torch.tensor(fit, dtype=torch.float32), torch.tensor(push, dtype=torch.float32)
 
 
 class Generator(nn.Module):
@@ -309,6 +364,12 @@ class Generator(nn.Module):
         split = anchor_split_matrix(cfg)
         self.anchor_split: torch.Tensor | None
         self.register_buffer("anchor_split", split, persistent=False)
+        # The push by the reference face's pose, as two thin factors (not saved either; `reference_pose_matrix`).
+        factors = reference_pose_matrix(cfg)
+        self.reference_pose_fit: torch.Tensor | None
+        self.reference_pose_push: torch.Tensor | None
+        self.register_buffer("reference_pose_fit", None if factors is None else factors[0], persistent=False)
+        self.register_buffer("reference_pose_push", None if factors is None else factors[1], persistent=False)
 
     # ------------------------------------------------------------------ audio
     @property
@@ -406,7 +467,16 @@ class Generator(nn.Module):
         v = self.branches(h, emb, audio) * self.cfg.velocity_scale
         if self.cfg.anchor_rate > 0.0 or self.anchor_split is not None:
             v = v - self.anchor_pull(x_prev - x_ref)
+        if self.reference_pose_fit is not None:
+            v = v + self.reference_push(x_ref)
         return x_prev + v, h, c
+
+    def reference_push(self, x_ref: torch.Tensor) -> torch.Tensor:
+        """The push (B, 68, 2) by the reference faces x_ref (B, 68, 2) own yaw, pitch and roll, landmark units per
+        frame (`GeneratorConfig.reference_pose_gain`; zeros without a gain)."""
+        if self.reference_pose_fit is None or self.reference_pose_push is None:
+            return torch.zeros_like(x_ref)
+        return ((x_ref.flatten(1) @ self.reference_pose_fit) @ self.reference_pose_push).view_as(x_ref)
 
     def anchor_pull(self, d: torch.Tensor) -> torch.Tensor:
         """The anchor's per-frame pull (B, 68, 2) for the offset d = x(t-1) - x_ref (B, 68, 2), in landmark units
