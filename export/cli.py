@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="start every stream as if digital silence came before it (GeneratorConfig.silence_history; default: "
-        "the checkpoint's own setting, on for the shipped 0.3.2, 0.3.3 and 0.3.4): the raw mouth stays near rest when a stream starts "
+        "the checkpoint's own setting, on for the shipped 0.3.2 to 0.3.5): the raw mouth stays near rest when a stream starts "
         "inside noise; --no-silence-history gives the zero history of 0.3.1 and before, whose mouth opens for "
         "~0.5 s at a stream's start and fits a file cut mid-word better (model card); the same weights, only the "
         "step's initial history changes",
