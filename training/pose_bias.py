@@ -172,8 +172,12 @@ def load_rows(cfg: PoseBiasConfig, default_face: np.ndarray) -> Rows:
     )
 
 
-def _rollout(gen: Generator, audios: list[np.ndarray], refs: np.ndarray, tail_frames: int, seed: int):
-    """Step every stream (batched) over its audio then `tail_frames` of silence -> (angles (N, T, 3), lengths)."""
+def rollout(gen: Generator, audios: list[np.ndarray], refs: np.ndarray, tail_frames: int, seed: int):
+    """Step N streams, batched, through `Generator.step`: each over its audio (16 kHz, whole 640-sample frames)
+    then `tail_frames` of digital silence, from reference faces `refs` (N, 68, 2), LSTM noise seeded by `seed`.
+    Returns (angles (N, T, 3): yaw, pitch, roll in degrees relative to each stream's reference, from the first
+    emitted frame (the first L steps emit the reference, and are dropped); lengths: each stream's speech frames
+    in that time base)."""
     lengths = [len(a) // 640 for a in audios]
     total = max(lengths) + tail_frames
     pcm = np.zeros((len(audios), total * 640), np.float32)
@@ -240,11 +244,11 @@ def measure(gen: Generator, rows: Rows, cfg: PoseBiasConfig) -> Measurement:
     n = len(rows.audios)
     out = []
     for refs in (np.broadcast_to(rows.default_face, (n, 68, 2)), rows.own_refs):
-        angles, lengths = _rollout(gen, rows.audios, refs, tail, cfg.seed)
+        angles, lengths = rollout(gen, rows.audios, refs, tail, cfg.seed)
         out.append(np.stack([angles[i, :m].mean(axis=0) for i, m in enumerate(lengths)]))
         out.append(np.stack([angles[i, m + settle : m + tail].mean(axis=0) for i, m in enumerate(lengths)]))
     silence_frames = int(round(cfg.silence_seconds * 25))
-    angles, _ = _rollout(gen, [np.zeros(0, np.float32)], rows.default_face[None], silence_frames, cfg.seed)
+    angles, _ = rollout(gen, [np.zeros(0, np.float32)], rows.default_face[None], silence_frames, cfg.seed)
     return Measurement(out[0].mean(0), out[1].mean(0), out[2], out[3], angles[0, silence_frames // 2 :].mean(axis=0))
 
 

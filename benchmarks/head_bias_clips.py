@@ -1,0 +1,132 @@
+"""Does the head move around its reference pose on many speech inputs? Per-clip head angles of one or more
+generators, from the default face and from each clip's own first frame.
+
+    python -m benchmarks.head_bias_clips --model 0.3.4=<checkpoint> --model 0.3.5=training/weights/generator \
+        --split test --out benchmarks/results/head_bias_clips_035
+
+The head-pose case of `../shared/cases` is one file; this runs the same question over a split of
+`../shared/data`. Each clip's first gap-free segment (up to `--max-seconds` of its speech, then 4 s of digital
+silence) is one fresh stream, batched, through `Generator.step` (what the exported step computes), with LSTM noise
+seed 0, as `training.pose_bias.measure` rolls out. The segments are drawn as `training.pose_bias.load_rows` draws
+them: up to two per speaker. Angles are relative to the stream's reference face (`training.head_pose.head_angles`,
+degrees). Per model and reference (the checkpoint's `reference_face`, which `msync stream` uses without
+`--reference-face`, or each clip's first frame):
+- the median over clips of each clip's mean yaw / pitch / roll over its speech;
+- the share of clips whose mean is more than 2° from zero;
+- the share of clips whose yaw crosses zero during the speech (after its first second);
+- the mean over clips of the silence after the speech (its last 2 s);
+- for own first frames, the least-squares slope of each clip's mean against the first frame's own angle
+  relative to the default face (0 = the reference's pose does not matter; -0.25 = a quarter of it pulled back).
+Writes OUT.json and OUT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ANGLES = ("yaw", "pitch", "roll")
+
+
+def clip_stats(angles: np.ndarray, lengths: list[int], tail: int) -> dict:
+    """(N, T, 3) angles of N streams, each `lengths[i]` speech frames then `tail` silent frames -> the summary
+    fields of the module docstring (speech means per clip included)."""
+    speech = np.stack([angles[i, :m].mean(axis=0) for i, m in enumerate(lengths)])
+    after = np.stack([angles[i, m + tail - 50 : m + tail].mean(axis=0) for i, m in enumerate(lengths)])
+    crosses = []
+    for i, m in enumerate(lengths):
+        yaw = angles[i, 25:m, 0]
+        crosses.append(bool(len(yaw) and yaw.min() < 0.0 < yaw.max()))
+    return {
+        "clip_means": speech.tolist(),
+        "median_of_clip_means": np.median(speech, axis=0).tolist(),
+        "share_over_2deg": (np.abs(speech) > 2.0).mean(axis=0).tolist(),
+        "share_yaw_crossing_zero": float(np.mean(crosses)),
+        "silence_after_mean": after.mean(axis=0).tolist(),
+    }
+
+
+def slopes(clip_means: np.ndarray, reference_pose: np.ndarray) -> list[float]:
+    """Least-squares slope of each angle's per-clip mean (N, 3) on the reference's own angle (N, 3)."""
+    out = []
+    for k in range(3):
+        a = np.stack([np.ones(len(reference_pose)), reference_pose[:, k]], axis=1)
+        out.append(float(np.linalg.lstsq(a, clip_means[:, k], rcond=None)[0][1]))
+    return out
+
+
+def run_model(path: str, split: str, max_seconds: float, data_dir: str) -> dict:
+    import torch
+
+    from training import pose_bias as pb
+    from training.head_pose import head_angles
+    from training.models.generator import load_generator
+
+    gen, meta = load_generator(path)
+    face = np.asarray(meta["reference_face"], dtype=np.float32)
+    cfg = pb.PoseBiasConfig(data_dir=data_dir, split=split, identities=10_000, max_seconds=max_seconds)
+    rows = pb.load_rows(cfg, face)
+    n, tail = len(rows.audios), 100
+    out: dict = {"clips": n, "speakers": rows.speakers}
+    default = np.ascontiguousarray(np.broadcast_to(face, (n, 68, 2)))
+    for name, refs in (("default_face", default), ("own_first_frame", rows.own_refs)):
+        angles, lengths = pb.rollout(gen, rows.audios, refs, tail, cfg.seed)
+        out[name] = clip_stats(angles, lengths, tail)
+    pose = head_angles(torch.from_numpy(rows.own_refs)[:, None], torch.from_numpy(default)).numpy()[:, 0]
+    out["own_first_frame"]["slope_on_reference_pose"] = slopes(np.asarray(out["own_first_frame"]["clip_means"]), pose)
+    return out
+
+
+def _triple(v, fmt: str = "{:+.1f}") -> str:
+    return " / ".join(fmt.format(x) for x in v)
+
+
+def markdown(results: dict, split: str) -> str:
+    lines = [
+        f"Per-clip head angles (`python -m benchmarks.head_bias_clips`, split `{split}`); yaw / pitch / roll, degrees, "
+        "relative to each stream's reference face.",
+        "",
+        "| model | reference | clips | median of clip means | clips with \\|mean\\| > 2° | yaw crosses zero | "
+        "silence after (mean) | slope on the reference's own pose |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model, r in results.items():
+        for ref in ("default_face", "own_first_frame"):
+            s = r[ref]
+            slope = _triple(s["slope_on_reference_pose"], "{:+.2f}") if "slope_on_reference_pose" in s else "–"
+            lines.append(
+                f"| {model} | {ref.replace('_', ' ')} | {r['clips']} | {_triple(s['median_of_clip_means'])}° | "
+                f"{_triple(s['share_over_2deg'], '{:.0%}')} | {s['share_yaw_crossing_zero']:.0%} | "
+                f"{_triple(s['silence_after_mean'])}° | {slope} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--max-seconds", type=float, default=12.0, help="speech per clip (default %(default)s)")
+    p.add_argument("--data", default="../shared/data", help="clips directory (default %(default)s)")
+    p.add_argument("--out", required=True, help="output stem: OUT.json and OUT.md")
+    args = p.parse_args(argv)
+    results = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            p.error(f"--model wants NAME=CHECKPOINT, got {spec!r}")
+        results[name] = run_model(path, args.split, args.max_seconds, args.data)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"split": args.split, "models": results}, indent=2) + "\n")
+    md = markdown(results, args.split)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
