@@ -366,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rows = load_rows(cfg, face)
     print(f"{len(rows.audios)} segments of {rows.speakers} {cfg.split} speakers", file=sys.stderr)
-    params, history = fit(
-        gen, rows, cfg, log=lambda s: print(s, file=sys.stderr), reference_gain=args.reference_gain
-    )
+    params, history = fit(gen, rows, cfg, log=lambda s: print(s, file=sys.stderr), reference_gain=args.reference_gain)
     out_gen = corrected(gen, params, face)
     new_meta = dict(meta)
     new_meta["generator"] = to_dict(out_gen.cfg)
