@@ -8,7 +8,7 @@ the yaw rate from 0.05 to 0.02 per frame without training: a push that held 1° 
 yaw -4.0° on average over `../shared/cases/head-pose-bias`. And the network pulls every face toward the frontal
 pose it mostly saw: with a clip's own first frame as reference, the head settled about a quarter of that frame's
 own yaw, pitch or roll (relative to the default face) back toward frontal (least-squares slope -0.18 / -0.24 /
--0.15 on the training split, -0.24 / -0.30 / -0.17 on the test split).
+-0.15 on the training split, -0.25 / -0.28 / -0.17 on the test split).
 
 What this does, in two parts (`PARAMETERS`):
 - c: one constant velocity c_yaw u_yaw + c_pitch u_pitch + c_roll u_roll (landmark units per frame) added to every
