@@ -248,7 +248,7 @@ def test_split_anchor_config_is_checked():
 def test_reference_pose_gain_pushes_by_the_reference_faces_own_turn_nod_and_roll():
     """reference_pose_gain (yaw, pitch, roll): the velocity gains g times the yaw, pitch or roll part of the
     reference face's own fitted pose; a frontal face (whatever its size or place) and a mouth get no push; the
-    push is in `advance`, so the step and the sequence form carry it alike."""
+    push is in `advance` (the step and the sequence form: `test_split_anchor_step_reproduces_sequence_form`)."""
     from stream_engine.signals import MEAN_FACE_3D
 
     m = torch.tensor(MEAN_FACE_3D, dtype=torch.float32)
@@ -284,9 +284,16 @@ def test_reference_pose_gain_pushes_by_the_reference_faces_own_turn_nod_and_roll
             GeneratorConfig(reference_pose_gain=bad)
 
 
-def test_split_anchor_step_reproduces_sequence_form(speech):
+@pytest.mark.parametrize("gain", [None, (0.015, 0.02, 0.015)])
+def test_split_anchor_step_reproduces_sequence_form(speech, gain):
+    """The split anchor, and the reference-pose push with it, carried alike by the step and the sequence form."""
     cfg = GeneratorConfig(
-        lookahead_frames=2, anchor_rate=0.05, pose_anchor_rate=0.02, roll_anchor_rate=0.05, reference_input=True
+        lookahead_frames=2,
+        anchor_rate=0.05,
+        pose_anchor_rate=0.02,
+        roll_anchor_rate=0.05,
+        reference_input=True,
+        reference_pose_gain=gain,
     )
     seq, stepped, _ = _run_both(Generator(cfg).eval(), _speech(speech).repeat(2, 1))
     assert (seq - stepped[:, 2:]).abs().max() <= 1e-5

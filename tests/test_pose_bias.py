@@ -30,9 +30,9 @@ def test_each_pattern_turns_the_head_about_its_own_axis_and_does_not_slide_it():
     patterns = pb.pose_patterns(face)
     assert patterns.shape == (3, 68, 2)
     np.testing.assert_allclose(patterns[:, list(RIGID_POINTS)].mean(axis=1), 0.0, atol=1e-6)
-    for k, name in enumerate(pb.ANGLES):
+    for k, (name, sign) in enumerate(zip(pb.ANGLES, (1.0, -1.0, -1.0))):  # the signs the docstring gives
         moved = _angles(face + 0.02 * patterns[k], face)
-        assert abs(moved[k]) > 0.5, (name, moved)
+        assert sign * moved[k] > 0.5, (name, moved)
         others = np.delete(moved, k)
         assert np.abs(others).max() < 0.1 * abs(moved[k]), (name, moved)
 
@@ -122,11 +122,52 @@ def test_by_default_the_fit_leaves_the_gain_untouched():
         pb.corrected(gen, params[:3], face)
 
 
+def test_rollout_drops_the_look_ahead_frames_and_counts_speech_in_its_time_base():
+    face = np.asarray(neutral_face(), np.float32)
+    gen = _constant_push_generator([2e-3, 0.0, 0.0])
+    audios = [np.zeros(640 * 40, np.float32), np.zeros(640 * 30, np.float32)]
+    angles, lengths = pb.rollout(gen, audios, np.stack([face, face]), tail_frames=10, seed=0)
+    lookahead = gen.cfg.lookahead_frames
+    assert angles.shape == (2, 50 - lookahead, 3) and lengths == [40 - lookahead, 30 - lookahead]
+    assert angles[0, 0, 0] > 0.0  # the first emitted frame has already moved: the unchanged reference is dropped
+    assert np.all(np.diff(angles[0, :, 0]) > 0.0)  # a constant push turns the head steadily toward its rest
+
+
+def test_reference_slopes_read_a_planted_pull_toward_frontal():
+    """A first frame turned by a degrees (relative to the default face) that settles -0.25 a from it: slope -0.25
+    on yaw, and 0 on the angles that do not depend on it."""
+    face = np.asarray(neutral_face(), np.float32)
+    refs = np.stack([face + c * pb.pose_patterns(face)[0] for c in (-0.1, -0.03, 0.05, 0.12)]).astype(np.float32)
+    rows = pb.Rows(audios=[np.zeros(640, np.float32)] * 4, own_refs=refs, default_face=face, speakers=4)
+    pose = np.stack([_angles(r, face) for r in refs])
+    speech = np.stack([-0.25 * pose[:, 0], np.full(4, 0.3), np.zeros(4)], axis=1)
+    m = pb.Measurement(np.zeros(3), np.zeros(3), speech, np.zeros((4, 3)), np.zeros(3))
+    np.testing.assert_allclose(pb.reference_slopes(m, rows), [-0.25, 0.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.skipif(
+    not (SHARED / "data" / "manifest.tsv").is_file(), reason="../shared/data is not beside this checkout"
+)
+def test_load_rows_draws_distinct_speakers_and_caps_their_segments():
+    face = np.asarray(neutral_face(), np.float32)
+    one = pb.load_rows(pb.PoseBiasConfig(data_dir=str(SHARED / "data"), identities=3, segments_per_identity=1), face)
+    assert one.speakers == 3 and len(one.audios) == 3
+    two = pb.load_rows(
+        pb.PoseBiasConfig(data_dir=str(SHARED / "data"), identities=3, segments_per_identity=2, max_seconds=2.0), face
+    )
+    assert two.speakers == 3 and 3 <= len(two.audios) <= 6 and two.own_refs.shape == (len(two.audios), 68, 2)
+    assert all(len(a) <= 2 * 16000 and len(a) % 640 == 0 for a in two.audios)
+
+
 def test_config_refuses_what_cannot_be_measured():
     with pytest.raises(ValueError, match="split"):
         pb.PoseBiasConfig(split="dev")
-    with pytest.raises(ValueError, match="2 s"):
-        pb.PoseBiasConfig(tail_seconds=1.0)
+    with pytest.raises(ValueError, match="2.5 s"):
+        pb.PoseBiasConfig(tail_seconds=2.02)  # 50 frames of settling would leave nothing to average
+    with pytest.raises(ValueError, match="finite"):
+        pb.PoseBiasConfig(tail_seconds=float("inf"))
+    with pytest.raises(ValueError, match="at least 1 s"):
+        pb.PoseBiasConfig(max_seconds=0.04)
     with pytest.raises(ValueError, match="probe"):
         pb.PoseBiasConfig(probe=0.0)
 
@@ -147,7 +188,7 @@ def test_command_writes_a_loadable_corrected_checkpoint_and_its_report(tmp_path,
     assert meta["model_version"] == "test-0"
     assert meta["pose_bias_correction"]["parameters"] == report["parameters"]
     assert list(report["parameters"]) == list(pb.PARAMETERS)
-    source, _ = load_generator(CHECKPOINT)
+    source, source_meta = load_generator(CHECKPOINT)
     old = np.zeros(3) if source.cfg.reference_pose_gain is None else np.asarray(source.cfg.reference_pose_gain)
     fitted = [report["parameters"][k] for k in ("g_yaw", "g_pitch", "g_roll")]
     assert gen.cfg.reference_pose_gain == pytest.approx(old + fitted)  # the gains add to the checkpoint's own
@@ -157,5 +198,10 @@ def test_command_writes_a_loadable_corrected_checkpoint_and_its_report(tmp_path,
     untouched = [k for k, v in source.state_dict().items() if k != "branches.velocity.bias"]
     assert all(torch.equal(source.state_dict()[k], gen.state_dict()[k]) for k in untouched)
     assert "before -> after" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        pb.main(argv[:4] + ["--tail-seconds", "1"])
+    assert "calibrated by `python -m training.pose_bias`" in meta["note"]
+    assert meta["pose_bias_correction"]["source_note"] == source_meta.get("note", "")
+    for bad in (["--tail-seconds", "1"], ["--max-seconds", "0"], ["--tail-seconds", "inf"]):
+        with pytest.raises(SystemExit):
+            pb.main(argv[:4] + bad)
+    with pytest.raises(SystemExit):  # a missing checkpoint is a usage error, not a traceback
+        pb.main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import sys
 import time
@@ -68,8 +69,9 @@ class PoseBiasConfig:
         tail_seconds: silence appended after each segment; the "after speech" rows average its last
             (tail_seconds - 2) seconds, once the head has had 2 s to settle.
         silence_seconds: a fresh stream fed only silence; the row averages its second half.
-        probe: size of the finite-difference probe of every parameter (a coefficient in landmark units per frame,
-            where 1e-3 moves an angle by about 1°; a gain per frame).
+        probe: size of the finite-difference probe of every parameter (a coefficient in landmark units per frame:
+            at model 0.3.4's pull rates 1e-3 settles at about 2.9° of yaw, 1.0° of pitch or 1.3° of roll; a gain
+            per frame).
         iterations: fit, apply, measure again this many times.
         seed: the order the clips are drawn in, and the generator's noise.
     """
@@ -91,10 +93,17 @@ class PoseBiasConfig:
             raise ValueError(f"split must be train, val or test, got {self.split!r}")
         if self.identities < 1 or self.segments_per_identity < 1 or self.iterations < 1:
             raise ValueError("identities, segments_per_identity and iterations must be at least 1")
-        if not self.tail_seconds > 2.0 or not self.silence_seconds > 2.0:
-            raise ValueError("tail_seconds and silence_seconds must be longer than 2 s (the settling time)")
-        if not self.probe > 0.0:
-            raise ValueError(f"probe must be positive, got {self.probe}")
+        times = {n: getattr(self, n) for n in ("max_seconds", "tail_seconds", "silence_seconds")}
+        if not all(math.isfinite(v) for v in times.values()):
+            raise ValueError(f"max_seconds, tail_seconds and silence_seconds must be finite, got {times}")
+        if self.max_seconds < 1.0 or self.min_frames < 25:
+            raise ValueError("max_seconds must be at least 1 s and min_frames at least 25 (a second of speech)")
+        if self.tail_seconds < 2.5 or self.silence_seconds < 2.5:
+            raise ValueError(
+                "tail_seconds and silence_seconds must be at least 2.5 s (2 s of settling, then at least 0.5 s to average)"
+            )
+        if not (math.isfinite(self.probe) and self.probe > 0.0):
+            raise ValueError(f"probe must be a positive number, got {self.probe}")
 
 
 def pose_patterns(face: np.ndarray) -> np.ndarray:
@@ -104,6 +113,10 @@ def pose_patterns(face: np.ndarray) -> np.ndarray:
     y, the first-order image motion of a small turn about the vertical and the horizontal axis under a
     scaled-orthographic camera. Roll: the 90-degree turn of each point about the rigid points' centroid. Each
     pattern has zero mean over `RIGID_POINTS`. Units: landmark units per unit coefficient.
+
+    Signs, as `training.head_pose.head_angles` measures them: a positive yaw coefficient turns yaw positive (about
+    57° per unit on the default face); positive pitch and roll coefficients turn pitch and roll negative (about
+    -51° and -65° per unit: image y points down, and the measured roll turns the other way from this pattern).
 
     Raises:
         ValueError: a face that is not (68, 2) finite numbers.
@@ -359,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         p.error(str(exc))
-    gen, meta = load_generator(args.checkpoint)
+    try:
+        gen, meta = load_generator(args.checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        p.error(str(exc))
     if meta.get("reference_face") is None:  # what `msync export` makes the model's default face
         p.error(f"{args.checkpoint}: the checkpoint's meta has no reference_face (written by msync train)")
     face = np.asarray(meta["reference_face"], dtype=np.float32)
@@ -370,9 +386,20 @@ def main(argv: list[str] | None = None) -> int:
     out_gen = corrected(gen, params, face)
     new_meta = dict(meta)
     new_meta["generator"] = to_dict(out_gen.cfg)
-    new_meta["pose_bias_correction"] = {"source": str(args.checkpoint), "parameters": dict(zip(PARAMETERS, params))}
+    source = meta.get("model_version", str(args.checkpoint))
+    new_meta["pose_bias_correction"] = {
+        "source": f"{args.checkpoint} ({source})",
+        "source_note": meta.get("note", ""),
+        "parameters": dict(zip(PARAMETERS, params)),
+    }
     if args.model_version:
         new_meta["model_version"] = args.model_version
+    new_meta["note"] = (
+        f"{new_meta.get('model_version', 'this checkpoint')}: the weights of {source} with their resting head pose "
+        "calibrated by `python -m training.pose_bias` (pose_bias_correction: a constant added to every branch's "
+        "velocity bias" + (", and GeneratorConfig.reference_pose_gain" if args.reference_gain else "") + "); "
+        "no other weight changed; no training"
+    )
     # Released weights are float16 (`training/weights`); keep the source's precision and measure what was written.
     half = any(v.dtype == torch.float16 for v in load_state(resolve_checkpoint(args.checkpoint)).values())
     save_module(args.out, out_gen, new_meta, dtype=torch.float16 if half else None)
