@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-ANGLES = ("yaw", "pitch", "roll")
+from training.pose_bias import slopes  # re-exported: the benchmark's slope is the calibration's
 
 
 def clip_stats(angles: np.ndarray, lengths: list[int], tail: int) -> dict:
@@ -53,15 +53,6 @@ def clip_stats(angles: np.ndarray, lengths: list[int], tail: int) -> dict:
     }
 
 
-def slopes(clip_means: np.ndarray, reference_pose: np.ndarray) -> list[float]:
-    """Least-squares slope of each angle's per-clip mean (N, 3) on the reference's own angle (N, 3)."""
-    out = []
-    for k in range(3):
-        a = np.stack([np.ones(len(reference_pose)), reference_pose[:, k]], axis=1)
-        out.append(float(np.linalg.lstsq(a, clip_means[:, k], rcond=None)[0][1]))
-    return out
-
-
 TAIL_SECONDS = 6.0
 TAIL_DBFS = -48.0
 
@@ -77,10 +68,7 @@ def with_tail(audio: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndar
 
 
 def run_model(path: str, split: str, max_seconds: float, data_dir: str, tails: tuple[str, ...]) -> dict:
-    import torch
-
     from training import pose_bias as pb
-    from training.head_pose import head_angles
     from training.models.generator import load_generator
 
     gen, meta = load_generator(path)
@@ -102,10 +90,10 @@ def run_model(path: str, split: str, max_seconds: float, data_dir: str, tails: t
     audios = [with_tail(a, "silence", np.random.default_rng(0)) for a in rows.audios]
     angles, lengths = pb.rollout(gen, audios, rows.own_refs, 0, cfg.seed)
     out["own_first_frame"] = clip_stats(angles, [m - tail for m in lengths], tail)
-    pose = head_angles(torch.from_numpy(rows.own_refs)[:, None], torch.from_numpy(default)).numpy()[:, 0]
+    pose = pb.reference_poses(rows)
     own = out["own_first_frame"]
     own["reference_pose_mean"] = pose.mean(axis=0).tolist()
-    own["slope_on_reference_pose"] = slopes(np.asarray(own["clip_means"]), pose)
+    own["slope_on_reference_pose"] = slopes(np.asarray(own["clip_means"]), pose).tolist()
     return out
 
 

@@ -282,18 +282,27 @@ def corrected(gen: Generator, params, face: np.ndarray) -> Generator:
     return out
 
 
-def reference_slopes(m: Measurement, rows: Rows) -> np.ndarray:
-    """(3,) least-squares slope of each own-reference speech row's angle on its reference face's own angle
-    (relative to the default face): how far a turned reference is pulled back (0 = not at all, -1 = fully)."""
+def reference_poses(rows: Rows) -> np.ndarray:
+    """(N, 3) yaw, pitch, roll (degrees) of each segment's own first frame relative to the default face."""
     n = len(rows.own_refs)
     refs = torch.from_numpy(rows.own_refs)[:, None]
     face = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(rows.default_face, (n, 68, 2))))
-    pose = head_angles(refs, face).numpy()[:, 0]
+    return head_angles(refs, face).numpy()[:, 0]
+
+
+def slopes(values: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """(3,) least-squares slope of each angle's values (N, 3) on the matching column of `pose` (N, 3)."""
     out = np.zeros(3)
     for k in range(3):
-        a = np.stack([np.ones(n), pose[:, k]], axis=1)
-        out[k] = np.linalg.lstsq(a, m.own_speech[:, k], rcond=None)[0][1]
+        a = np.stack([np.ones(len(pose)), pose[:, k]], axis=1)
+        out[k] = np.linalg.lstsq(a, values[:, k], rcond=None)[0][1]
     return out
+
+
+def reference_slopes(m: Measurement, rows: Rows) -> np.ndarray:
+    """(3,) least-squares slope of each own-reference speech row's angle on its reference face's own angle
+    (relative to the default face): how far a turned reference is pulled back (0 = not at all, -1 = fully)."""
+    return slopes(m.own_speech, reference_poses(rows))
 
 
 def fit(
