@@ -1055,10 +1055,13 @@ class EngineCore:
             ready = np.flatnonzero(self._ready_mask())
         if not ready.size:
             return None
-        if ready.size > limit:  # round robin: from the first ready slot after the last one taken, wrapping
-            picked = np.roll(ready, -int(np.searchsorted(ready, self._rr_row)))[:limit]
-            self._rr_row = int(picked[-1]) + 1
-            ready = np.sort(picked)  # ascending slots: often one contiguous range (no gather copies)
+        if ready.size > limit:  # round robin: from the first ready slot after the last one taken, to at most the
+            # last slot (the next call starts again from the first): one ascending run, often one contiguous
+            # range of the store, which a double-buffered runner steps with no copy of the state
+            start = int(np.searchsorted(ready, self._rr_row))
+            start = 0 if start == ready.size else start
+            ready = ready[start : start + limit]
+            self._rr_row = int(ready[-1]) + 1
         if self._kernels is not None:
             return self._take_compiled(ready, now_ns)
         if ready.size <= self.small_batch:

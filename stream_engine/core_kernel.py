@@ -149,8 +149,11 @@ def push_pass(
 
 def select_pass(ints: np.ndarray, bools: np.ndarray, spf: int, rr_row: int, limit: int) -> tuple[np.ndarray, int]:
     """The slots `take_batch` takes: open, not in flight, a full step in the ring; all of them ascending when
-    at most `limit`, else `limit` of them round robin from the first at or after `rr_row` (wrapping), returned
-    ascending. Returns (rows int64, the next rr_row: the slot after the last one picked, or rr_row unchanged)."""
+    at most `limit`, else round robin: up to `limit` of them from the first at or after `rr_row` (from the
+    first ready slot when none is at or after it), never wrapping past the last slot, so a call is one
+    ascending run of the ready slots (one contiguous range of the store when every slot is ready, which a
+    double-buffered runner steps in place). Returns (rows int64, the next rr_row: the slot after the last one
+    picked, or rr_row unchanged)."""
     cap = bools.shape[1]
     ready = np.empty(cap, dtype=np.int64)
     count = 0
@@ -165,19 +168,8 @@ def select_pass(ints: np.ndarray, bools: np.ndarray, spf: int, rr_row: int, limi
         start += 1
     if start == count:
         start = 0
-    picked = np.empty(limit, dtype=np.int64)
-    for m in range(limit):
-        picked[m] = ready[(start + m) % count]
-    nxt = picked[limit - 1] + 1
-    wrapped = start + limit - count  # picks past the end came from the front: they go first
-    if wrapped > 0:
-        out = np.empty(limit, dtype=np.int64)
-        for m in range(wrapped):
-            out[m] = picked[limit - wrapped + m]
-        for m in range(limit - wrapped):
-            out[wrapped + m] = picked[m]
-        return out, nxt
-    return picked, nxt
+    stop = min(start + limit, count)
+    return ready[start:stop].copy(), ready[stop - 1] + 1
 
 
 def take_pass(

@@ -299,7 +299,7 @@ class Engine:
         core, slots = self.core, self.core.slots
         if slots.used or self.sessions:
             return
-        for values in slots.arrays.values():
+        for values in slots.store.values():  # every bank
             values.fill(0)
         batch = min(self.max_batch_streams, slots.capacity)
         rows = [slots.alloc() for _ in range(batch)]

@@ -393,6 +393,108 @@ def test_runner_output_of_the_wrong_shape_resets_the_streams_with_an_error():
     assert "error" in kinds and "reset" in kinds
 
 
+def test_double_buffered_slots_hold_each_rows_state_in_its_bank():
+    """banks=2: init_row, gather, scatter, row_state and growth follow each row's bank; swap_range gives a
+    contiguous range's bank after moving the minority's rows there, and None for anything else."""
+    runner = FakeRunner(lookahead_frames=1)
+    contract = runner.contract
+    with pytest.raises(ValueError, match="banks"):
+        StateSlots(contract, 4, banks=3)
+    one, two = StateSlots(contract, 4), StateSlots(contract, 4, banks=2)
+    assert one.swap_range(np.arange(4)) is None  # one bank: never in place
+    for r in range(4):
+        for slots in (one, two):
+            slots.alloc()
+            slots.init_row(r, rng=np.random.default_rng(r))
+    two.bank[[1, 2]] = 1  # rows 1 and 2 live in bank 1 from now on
+    for r in (1, 2):
+        two.init_row(r, rng=np.random.default_rng(r))
+    for k in one.arrays:
+        np.testing.assert_array_equal(two.arrays[k], one.arrays[k])
+        assert two.arrays[k] is not two.arrays[k]  # a copy with two banks
+    changed = {k: v + 1.0 for k, v in one.gather(np.array([3, 1])).items()}
+    one.scatter(np.array([3, 1]), changed)
+    two.scatter(np.array([3, 1]), changed)
+    for k in one.arrays:
+        np.testing.assert_array_equal(two.gather(np.array([0, 1, 2, 3]))[k], one.arrays[k])
+        np.testing.assert_array_equal(two.row_state(1)[k], one.row_state(1)[k])
+    assert two.swap_range(np.array([0, 2])) is None and two.swap_range(np.array([1, 0])) is None
+    before = two.arrays
+    assert two.swap_range(np.arange(1, 4)) == (1, 1)  # rows 1-2 in bank 1, row 3 moved there
+    assert two.bank.tolist() == [0, 1, 1, 1]
+    for k in before:
+        np.testing.assert_array_equal(two.arrays[k], before[k])
+    for k, v in two.store.items():  # what a runner does: the next state into the other bank's rows, then flip
+        v[1:4] = before[k][1:4] + 2.0  # bank 0's rows 1-3 (store rows 1-3)
+    two.flip(1, 3)
+    assert two.bank.tolist() == [0, 0, 0, 0]
+    after = two.arrays
+    for k in before:
+        np.testing.assert_array_equal(after[k][1:], before[k][1:] + 2.0)
+        np.testing.assert_array_equal(after[k][0], before[k][0])
+    two.bank[3] = 1
+    two.scatter(np.array([3]), {k: v[3:4] for k, v in after.items()})  # row 3 now held in bank 1
+    two.alloc()  # grows to 8 rows: each row's state kept in its bank
+    assert two.capacity == 8 and two.bank.tolist() == [0, 0, 0, 1, 0, 0, 0, 0]
+    for k in after:
+        np.testing.assert_array_equal(two.gather(np.arange(4))[k], after[k])
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the shipped default model is not in this checkout")
+def test_onnx_double_buffered_steps_equal_the_single_bank_store_bit_for_bit():
+    """The ONNX runner's store is double buffered: a contiguous range runs in place (no gather/scatter copies),
+    anything else through the bound buffers. Over ranges, ranges with mixed banks, scattered and unordered rows,
+    and a store that grows between steps, every landmark and state equals a one-bank store's exactly, and a
+    failed run leaves the state and the banks as they were."""
+    from stream_engine.runtime.onnxrt import OnnxStepRunner
+
+    runner = OnnxStepRunner(DEFAULT_MODEL_PATH)
+    two, one = runner.new_slots(10), StateSlots(runner.contract, 10)
+    assert two.banks == 2
+    rng = np.random.default_rng(0)
+
+    def open_rows(count):
+        for _ in range(count):
+            r = two.alloc()
+            assert one.alloc() == r
+            for slots in (two, one):
+                slots.init_row(r, rng=np.random.default_rng(r))
+
+    open_rows(10)
+    in_place = 0
+    for t in range(48):
+        n = two.capacity
+        rows = [
+            np.arange(n),
+            np.arange(a := int(rng.integers(0, n - 2)), a + int(rng.integers(1, n - a + 1))),
+            np.sort(rng.choice(n, 5, replace=False)),
+            rng.permutation(n)[:4],
+        ][t % 4]
+        if t == 24:
+            open_rows(1)  # grows both stores to 20 rows
+            open_rows(9)
+            continue
+        audio = speechlike(SPF * rows.size, seed=t).reshape(rows.size, SPF)
+        swap = two.swap_range(rows) is not None
+        in_place += swap
+        np.testing.assert_array_equal(runner.step_slots(two, rows, audio), runner.step_slots(one, rows, audio))
+        for k, v in one.arrays.items():
+            np.testing.assert_array_equal(two.arrays[k], v)
+    assert in_place >= 20 and 47 - in_place >= 20 and two.bank.any() and not two.bank.all()  # both paths, mixed banks
+
+    before, banks = two.arrays, two.bank.copy()
+
+    def fail(binding):
+        raise RuntimeError("the run failed")
+
+    runner.session.run_with_iobinding = fail  # an instance attribute: only this runner's session
+    with pytest.raises(RuntimeError):
+        runner.step_slots(two, np.arange(4), speechlike(SPF * 4, seed=1).reshape(4, SPF))
+    np.testing.assert_array_equal(two.bank, banks)
+    for k, v in before.items():
+        np.testing.assert_array_equal(two.arrays[k], v)
+
+
 @pytest.mark.parametrize("cpus", [1, 2])
 def test_warm_up_steps_the_largest_batch_once_and_leaves_no_trace_in_the_streams(cpus, monkeypatch):
     """`Engine.warm_up` (what `msync stream` does before serving) runs one step of the largest batch on free rows

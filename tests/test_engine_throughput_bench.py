@@ -99,3 +99,22 @@ def test_trial_reports_the_engines_call_size_and_the_report_pairs_the_step_at_it
     assert "median 81% over 3 round(s), 80%-83%" in text and "11.00 ms (690/core)" in text
     assert "- 300 stream(s): current p50 3.00 / p99 9.00 ms (10/10 frames), p50 30.00 / p99 55.00 ms" in text
     assert text.count("missed") == 1
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is needed to pin trials")
+def test_state_banks_compares_both_stores_in_one_run(tmp_path):
+    """benchmarks/state_banks.py (int8, a store of 8 rows, one round): both stores timed, a paired ratio per
+    round, the table written; bad batch sizes refused before any trial."""
+    from benchmarks import state_banks
+    from stream_engine.config import DEFAULT_MODEL_PATH
+
+    if not DEFAULT_MODEL_PATH.with_name("default_int8.onnx").is_file():
+        pytest.skip("the shipped int8 model is not in this checkout")
+    with pytest.raises(SystemExit):
+        state_banks.main(["--slots", "8", "--batches", "16", "--out", str(tmp_path)])
+    args = ["--runners", "onnx_int8", "--slots", "8", "--batches", "4", "--rounds", "1", "--calls", "4"]
+    assert state_banks.main([*args, "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "state_banks.json").read_text())["runners"]["onnx_int8"]["4"]
+    assert row["one bank"] > 0 and row["two banks"] > 0 and len(row["speedup_by_round"]) == 1
+    assert [t["store"] for t in row["trials"]["two banks"]] == ["two banks"]
+    assert "| onnx_int8 | 4 |" in (tmp_path / "state_banks.md").read_text()

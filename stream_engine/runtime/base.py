@@ -9,8 +9,8 @@ forms:
   preallocated array per state, streams on axis 0. The engine keeps every stream's state there and calls
   ``runner.step_slots(slots, rows, audio)``, which gathers the listed rows, runs the step and scatters the next
   state back in place: no per-stream dicts are stacked or split. The store's layout and device belong to the
-  runner (ONNX Runtime binds preallocated host buffers once per batch size; a GPU backend may keep it on the
-  device).
+  runner (ONNX Runtime's store is double buffered, so a contiguous range of rows is stepped with no copy at all,
+  and other rows through host buffers bound once per batch size; a GPU backend may keep it on the device).
 """
 
 from __future__ import annotations
@@ -165,25 +165,48 @@ class StateSlots:
     :meth:`free`. ``gather``/``scatter`` move the rows of one batch in and out (see ``StepRunner.step_slots``).
     The store grows by doubling when full (:meth:`alloc`); never grow it while a step is running on it.
 
+    With ``banks=2`` (double buffering) every state array holds two banks of `capacity` rows, and
+    ``bank[row]`` says which one holds a row's current state: a runner can then step a contiguous range of
+    rows reading one bank and writing the other in place (:meth:`swap_range`, :meth:`flip`), with no copy of
+    the state in or out. A state row is 29 KB in model 0.3.x, so at 256 rows a call those two copies are
+    about 15 MB of memory traffic, some 10 % of the int8 step (``benchmarks/results/zero_copy_state.md``).
+
     Args:
         contract: the step contract (state names, shapes, inits).
         capacity: initial number of rows (>= 1).
+        banks: 1 (one row of storage per stream) or 2 (double buffered).
+    Raises:
+        ValueError: capacity < 1, or banks not 1 or 2.
     """
 
-    def __init__(self, contract: StepContract, capacity: int) -> None:
+    def __init__(self, contract: StepContract, capacity: int, banks: int = 1) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if banks not in (1, 2):
+            raise ValueError(f"banks must be 1 or 2, got {banks!r}")
         self.contract = contract
         self.capacity = int(capacity)
-        self.arrays: State = {
-            s.name: np.zeros(s.concrete_shape(self.capacity), DTYPES[s.dtype]) for s in contract.states
+        self.banks = int(banks)
+        # state name -> (banks * capacity, ...): bank p's row r is store row p * capacity + r
+        self.store: State = {
+            s.name: np.zeros(s.concrete_shape(self.banks * self.capacity), DTYPES[s.dtype]) for s in contract.states
         }
+        self.bank = np.zeros(self.capacity, dtype=np.intp)  # the bank holding each row's current state
         self._free = list(range(self.capacity - 1, -1, -1))  # a stack: pop() gives the lowest free row
         self._used = 0
 
     @property
     def used(self) -> int:
         return self._used
+
+    @property
+    def arrays(self) -> State:
+        """Every row's current state, (capacity, ...) per state name: the store itself with one bank (writes
+        go to the streams' state), a copy with two banks."""
+        if self.banks == 1:
+            return self.store
+        places = np.arange(self.capacity, dtype=np.intp) + self.bank * self.capacity
+        return {k: v[places] for k, v in self.store.items()}
 
     def alloc(self) -> int:
         """Reserve a row (grows the store when full) and return its index; its values are undefined until
@@ -204,47 +227,84 @@ class StateSlots:
     ) -> None:
         """Write a fresh stream's state into `row` (the contract's inits; see :func:`initial_state`)."""
         fresh = initial_state(self.contract, 1, reference_face, rng)
+        at = int(row) + int(self.bank[row]) * self.capacity
         for name, value in fresh.items():
-            self.arrays[name][row] = value[0]
+            self.store[name][at] = value[0]
+
+    def _places(self, rows: np.ndarray) -> tuple[np.ndarray, int | None]:
+        """Store rows of `rows`' current state, and the first of them when they are one ascending range."""
+        places = rows if self.banks == 1 else rows + self.bank[rows] * self.capacity
+        first = int(places[0])
+        if places.size == 1 or (int(places[-1]) - first == places.size - 1 and bool(np.all(np.diff(places) == 1))):
+            return places, first
+        return places, None
 
     def gather(self, rows: np.ndarray, out: State | None = None) -> State:
         """The state of `rows` as a batch (B, ...): into `out` when given (preallocated per batch size), else
-        new arrays. A contiguous ascending range is returned as views without copying when `out` is None."""
-        rows = np.asarray(rows, dtype=np.intp)
-        first = int(rows[0])
-        contiguous = rows.size == 1 or (int(rows[-1]) - first == rows.size - 1 and bool(np.all(np.diff(rows) == 1)))
+        new arrays. Rows whose state is one contiguous ascending range of the store are returned as views
+        without copying when `out` is None."""
+        places, first = self._places(np.asarray(rows, dtype=np.intp))
         if out is None:
-            if contiguous:
-                return {k: v[first : first + rows.size] for k, v in self.arrays.items()}
-            return {k: v[rows] for k, v in self.arrays.items()}
-        for k, v in self.arrays.items():
-            if contiguous:
-                np.copyto(out[k], v[first : first + rows.size])
+            if first is not None:
+                return {k: v[first : first + places.size] for k, v in self.store.items()}
+            return {k: v[places] for k, v in self.store.items()}
+        for k, v in self.store.items():
+            if first is not None:
+                np.copyto(out[k], v[first : first + places.size])
             else:
-                np.take(v, rows, axis=0, out=out[k])
+                np.take(v, places, axis=0, out=out[k])
         return out
 
     def scatter(self, rows: np.ndarray, state: State) -> None:
-        """Write a batch's next state (B, ...) back into `rows`."""
-        rows = np.asarray(rows, dtype=np.intp)
-        first = int(rows[0])
-        contiguous = rows.size == 1 or (int(rows[-1]) - first == rows.size - 1 and bool(np.all(np.diff(rows) == 1)))
-        for k, v in self.arrays.items():
-            if contiguous:
-                v[first : first + rows.size] = state[k]
+        """Write a batch's next state (B, ...) back into `rows` (each into the bank holding it)."""
+        places, first = self._places(np.asarray(rows, dtype=np.intp))
+        for k, v in self.store.items():
+            if first is not None:
+                v[first : first + places.size] = state[k]
             else:
-                v[rows] = state[k]
+                v[places] = state[k]
+
+    def swap_range(self, rows: np.ndarray) -> tuple[int, int] | None:
+        """For a double-buffered step of `rows`: (first row, bank holding their state) when `rows` is one
+        contiguous ascending range, else None (gather and scatter instead). Rows of the range held in the
+        other bank are first copied into the bank most of them share, so the whole range reads from one bank.
+        The caller reads ``store[k][bank * capacity + first : ... + B]``, writes the next state to the other
+        bank's same rows and then calls :meth:`flip`; on failure it calls nothing and the state is unchanged.
+        Always None with one bank."""
+        if self.banks == 1:
+            return None
+        rows = np.asarray(rows, dtype=np.intp)
+        first, n = int(rows[0]), rows.size
+        if n > 1 and not (int(rows[-1]) - first == n - 1 and bool(np.all(np.diff(rows) == 1))):
+            return None
+        held = self.bank[first : first + n]
+        ones = int(np.count_nonzero(held))
+        bank = 1 if 2 * ones > n else 0
+        if 0 < ones < n:  # the minority's rows move to the majority's bank (a copy of those rows only)
+            move = first + np.flatnonzero(held != bank)
+            src, dst = move + (1 - bank) * self.capacity, move + bank * self.capacity
+            for v in self.store.values():
+                v[dst] = v[src]
+            held[:] = bank
+        return first, bank
+
+    def flip(self, first: int, n: int) -> None:
+        """After a double-buffered step of rows [first, first + n): their current state is the other bank."""
+        self.bank[first : first + n] ^= 1
 
     def row_state(self, row: int) -> State:
         """A copy of one stream's state with batch dimension 1."""
-        return {k: v[row : row + 1].copy() for k, v in self.arrays.items()}
+        at = int(row) + int(self.bank[row]) * self.capacity
+        return {k: v[at : at + 1].copy() for k, v in self.store.items()}
 
     def _grow(self, capacity: int) -> None:
         old = self.capacity
         for spec in self.contract.states:
-            grown = np.zeros(spec.concrete_shape(capacity), DTYPES[spec.dtype])
-            grown[:old] = self.arrays[spec.name]
-            self.arrays[spec.name] = grown
+            grown = np.zeros(spec.concrete_shape(self.banks * capacity), DTYPES[spec.dtype])
+            for b in range(self.banks):
+                grown[b * capacity : b * capacity + old] = self.store[spec.name][b * old : (b + 1) * old]
+            self.store[spec.name] = grown
+        self.bank = np.concatenate([self.bank, np.zeros(capacity - old, dtype=np.intp)])
         self._free = sorted(set(self._free) | set(range(old, capacity)), reverse=True)
         self.capacity = capacity
 
