@@ -435,7 +435,7 @@ def test_double_buffered_slots_hold_each_rows_state_in_its_bank():
     two.bank[3] = 1
     two.scatter(np.array([3]), {k: v[3:4] for k, v in after.items()})  # row 3 now held in bank 1
     two.alloc()  # grows to 8 rows: each row's state kept in its bank
-    assert two.capacity == 8 and two.bank.tolist() == [0, 0, 0, 1, 0, 0, 0, 0]
+    assert two.capacity == 8 and two.generation == 1 and two.bank.tolist() == [0, 0, 0, 1, 0, 0, 0, 0]
     for k in after:
         np.testing.assert_array_equal(two.gather(np.arange(4))[k], after[k])
 
@@ -449,6 +449,8 @@ def test_onnx_double_buffered_steps_equal_the_single_bank_store_bit_for_bit():
     from stream_engine.runtime.onnxrt import OnnxStepRunner
 
     runner = OnnxStepRunner(DEFAULT_MODEL_PATH)
+    assert runner.in_place_min_rows == 32  # the default; this store is smaller, so every range may run in place
+    runner.in_place_min_rows = 1
     two, one = runner.new_slots(10), StateSlots(runner.contract, 10)
     assert two.banks == 2
     rng = np.random.default_rng(0)
@@ -481,6 +483,17 @@ def test_onnx_double_buffered_steps_equal_the_single_bank_store_bit_for_bit():
         for k, v in one.arrays.items():
             np.testing.assert_array_equal(two.arrays[k], v)
     assert in_place >= 20 and 47 - in_place >= 20 and two.bank.any() and not two.bank.all()  # both paths, mixed banks
+
+    # a range's binding is kept and used again while the store is unchanged, never after the store grows
+    first = runner._range_binding(two, 0, 4, 0)[0]
+    assert runner._range_binding(two, 0, 4, 0)[0] is first
+    open_rows(two.capacity - two.used + 1)  # grows both stores again
+    assert runner._range_binding(two, 0, 4, 0)[0] is not first
+    rows = np.arange(two.capacity)
+    audio = speechlike(SPF * rows.size, seed=99).reshape(rows.size, SPF)
+    np.testing.assert_array_equal(runner.step_slots(two, rows, audio), runner.step_slots(one, rows, audio))
+    for k, v in one.arrays.items():
+        np.testing.assert_array_equal(two.arrays[k], v)
 
     before, banks = two.arrays, two.bank.copy()
 

@@ -193,6 +193,7 @@ class StateSlots:
             s.name: np.zeros(s.concrete_shape(self.banks * self.capacity), DTYPES[s.dtype]) for s in contract.states
         }
         self.bank = np.zeros(self.capacity, dtype=np.intp)  # the bank holding each row's current state
+        self.generation = 0  # bumped when the store's arrays are replaced (growth): addresses taken before are stale
         self._free = list(range(self.capacity - 1, -1, -1))  # a stack: pop() gives the lowest free row
         self._used = 0
 
@@ -306,6 +307,7 @@ class StateSlots:
                 grown[b * capacity : b * capacity + old] = self.store[spec.name][b * old : (b + 1) * old]
             self.store[spec.name] = grown
         self.bank = np.concatenate([self.bank, np.zeros(capacity - old, dtype=np.intp)])
+        self.generation += 1
         self._free = sorted(set(self._free) | set(range(old, capacity)), reverse=True)
         self.capacity = capacity
 

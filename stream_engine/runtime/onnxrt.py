@@ -14,6 +14,7 @@ backend (for device-resident state use `stream_engine.runtime.tensorrt`).
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ PROVIDER_ALIASES = {
     "trt": "TensorrtExecutionProvider",
 }
 _AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+IN_PLACE_MIN_ROWS = 32  # the fewest contiguous rows a call steps in place (see OnnxStepRunner.__init__)
 
 
 def resolve_providers(providers: str | Sequence[Any] | None) -> list[Any]:
@@ -119,6 +123,10 @@ class OnnxStepRunner(BaseStepRunner):
         self._output_names = list(self.contract.output_names)  # landmarks, then the states' next values
         self._local = threading.local()
         self._float32_states = all(s.dtype == "float32" for s in self.contract.states)  # what the bindings assume
+        # Fewer rows than this are copied in and out even when contiguous: binding a range costs about 60-100 us,
+        # more than the copies of a few rows (`benchmarks/results/state_banks*.md`: in place was 0.78x at one row
+        # with a new range every call, 0.91-0.94x at 4, 0.98-1.09x at 64, 1.04-1.08x at 128-256).
+        self.in_place_min_rows = IN_PLACE_MIN_ROWS
 
     def _binding(self, batch: int) -> Any:
         """This thread's IOBinding for this batch size, every output bound once to CPU memory that ORT allocates
@@ -198,18 +206,24 @@ class OnnxStepRunner(BaseStepRunner):
     def _range_binding(self, slots: StateSlots, first: int, n: int, bank: int) -> tuple[Any, np.ndarray, np.ndarray]:
         """This thread's binding for rows [first, first + n) of a double-buffered store: states read from `bank`,
         next states written to the same rows of the other bank, audio and landmarks in this thread's bound
-        buffers (their first `n` rows). One binding object per thread, every address bound again on every call
-        (about 60 us for the 16 inputs and outputs, 0.2-1 us a frame at 256-64 streams): no binding is kept for
-        a range, so none can point at memory a grown store gave up, and no long-lived objects pile up under load
-        (kept per range, a new one for almost every call of a real-time load, they set off full garbage
-        collections of 40-50 ms). Returns (binding, audio rows, landmark rows)."""
+        buffers (their first `n` rows). Returns (binding, audio rows, landmark rows).
+
+        Binding the 16 inputs and outputs costs about 60-100 us, so the last 64 ranges' bindings are kept (per
+        thread): a full store's round robin repeats a few. An entry is used only while its store is the same live object
+        at the same `StateSlots.generation` (the arrays it points at are unchanged); it holds the store weakly
+        and its own buffer rows strongly, so no binding is ever run on memory that was given back."""
         local = self._local
-        b = getattr(local, "range_binding", None)
-        if b is None:
-            b = local.range_binding = self.session.io_binding()
+        cache = getattr(local, "range_bindings", None)
+        if cache is None:
+            cache = local.range_bindings = {}
+        key = (id(slots), first, n, bank)
+        hit = cache.get(key)
+        if hit is not None and hit[0]() is slots and hit[1] == slots.generation:
+            return hit[2], hit[3], hit[4]
         _, audio_buf, _, lm_buf, _ = self._slot_binding(n)  # this thread's buffers, sized for n rows at least
         c, cap = self.contract, slots.capacity
         src, dst = bank * cap + first, (1 - bank) * cap + first
+        b = self.session.io_binding()
         b.bind_input(c.audio_input.name, "cpu", 0, np.float32, list(audio_buf.shape), audio_buf.ctypes.data)
         for s in c.states:
             v = slots.store[s.name][src : src + n]
@@ -218,11 +232,14 @@ class OnnxStepRunner(BaseStepRunner):
         for s in c.states:
             v = slots.store[s.name][dst : dst + n]
             b.bind_output(s.next_name, "cpu", 0, np.float32, list(v.shape), v.ctypes.data)
+        if len(cache) >= 64:
+            cache.clear()
+        cache[key] = (weakref.ref(slots), slots.generation, b, audio_buf, lm_buf)
         return b, audio_buf, lm_buf
 
     def step_slots(self, slots: StateSlots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One step of the streams in `rows` of `slots`. Rows that form one contiguous ascending range of a
-        double-buffered store run in place: their state is read from its bank and the next state written to
+        double-buffered store, at least `in_place_min_rows` (32) of them, run in place: their state is read from its bank and the next state written to
         the other (:meth:`StateSlots.swap_range`). Other rows go through this thread's binding bound once per
         batch size: gather into the bound input buffers, run, scatter the bound outputs back. Returns
         landmarks (B, N, D), a new array."""
@@ -234,7 +251,7 @@ class OnnxStepRunner(BaseStepRunner):
         rows = np.asarray(rows, dtype=np.intp)
         if rows.shape != (audio.shape[0],):
             raise ValueError(f"rows {rows.shape} and audio {audio.shape} disagree on the batch")
-        swap = slots.swap_range(rows) if self._float32_states else None
+        swap = slots.swap_range(rows) if self._float32_states and rows.size >= self.in_place_min_rows else None
         if swap is not None:
             first, bank = swap
             binding, audio_rows, lm_rows = self._range_binding(slots, first, rows.size, bank)
