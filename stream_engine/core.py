@@ -1055,13 +1055,18 @@ class EngineCore:
             ready = np.flatnonzero(self._ready_mask())
         if not ready.size:
             return None
-        if ready.size > limit:  # round robin: from the first ready slot after the last one taken, to at most the
-            # last slot (the next call starts again from the first): one ascending run, often one contiguous
-            # range of the store, which a double-buffered runner steps with no copy of the state
+        if ready.size > limit:  # round robin from the first ready slot after the last one taken (as select_pass):
+            # no wrap when half a call or more remains before the last slot (one ascending run, often a contiguous
+            # range a double-buffered runner steps with no copy), else wrapping to the first slots
             start = int(np.searchsorted(ready, self._rr_row))
             start = 0 if start == ready.size else start
-            ready = ready[start : start + limit]
-            self._rr_row = int(ready[-1]) + 1
+            tail = ready.size - start
+            if 2 * tail >= limit:
+                ready = ready[start : start + limit]
+                self._rr_row = int(ready[-1]) + 1
+            else:
+                self._rr_row = int(ready[limit - tail - 1]) + 1
+                ready = np.concatenate([ready[: limit - tail], ready[start:]])
         if self._kernels is not None:
             return self._take_compiled(ready, now_ns)
         if ready.size <= self.small_batch:

@@ -149,11 +149,12 @@ def push_pass(
 
 def select_pass(ints: np.ndarray, bools: np.ndarray, spf: int, rr_row: int, limit: int) -> tuple[np.ndarray, int]:
     """The slots `take_batch` takes: open, not in flight, a full step in the ring; all of them ascending when
-    at most `limit`, else round robin: up to `limit` of them from the first at or after `rr_row` (from the
-    first ready slot when none is at or after it), never wrapping past the last slot, so a call is one
-    ascending run of the ready slots (one contiguous range of the store when every slot is ready, which a
-    double-buffered runner steps in place). Returns (rows int64, the next rr_row: the slot after the last one
-    picked, or rr_row unchanged)."""
+    at most `limit`, else round robin: `limit` of them in slot order from the first at or after `rr_row`,
+    wrapping to the first slots, returned ascending. When at least half of `limit` remain from there to the
+    last ready slot, the call stops at the last one instead of wrapping, so it is one ascending run (one
+    contiguous range of the store when every slot is ready, which a double-buffered runner steps with no copy
+    of the state); a shorter tail wraps, so no call is small. Either way calls follow slot order round the
+    store. Returns (rows int64, the next rr_row: the slot after the last one picked in that order)."""
     cap = bools.shape[1]
     ready = np.empty(cap, dtype=np.int64)
     count = 0
@@ -168,8 +169,17 @@ def select_pass(ints: np.ndarray, bools: np.ndarray, spf: int, rr_row: int, limi
         start += 1
     if start == count:
         start = 0
-    stop = min(start + limit, count)
-    return ready[start:stop].copy(), ready[stop - 1] + 1
+    tail = count - start
+    if tail >= limit or 2 * tail >= limit:  # no wrap: one ascending run of at most `limit`
+        stop = start + min(limit, tail)
+        return ready[start:stop].copy(), ready[stop - 1] + 1
+    wrapped = limit - tail  # the tail, then the first `wrapped` ready slots: returned ascending
+    out = np.empty(limit, dtype=np.int64)
+    for m in range(wrapped):
+        out[m] = ready[m]
+    for m in range(tail):
+        out[wrapped + m] = ready[start + m]
+    return out, ready[wrapped - 1] + 1
 
 
 def take_pass(

@@ -137,9 +137,10 @@ def test_push_audio_many_refuses_bad_chunks_alone():
 
 
 def test_round_robin_gives_every_stream_its_turn():
-    """More ready streams than a batch holds: every call starts after the last stream taken and stops at the
-    last slot (the next one starts again from the first), so every call is one contiguous range of slots
-    when all are ready, and after any number of calls no stream has stepped more than once more than another."""
+    """More ready streams than a batch holds: every call starts after the last stream taken, in slot order round
+    the store; it stops at the last slot when half a call or more remains there (one contiguous range when
+    all are ready) and wraps to the first slots when less does (no small calls). After any number of calls no
+    stream has stepped more than once more than another."""
     core = EngineCore(FakeRunner(lookahead_frames=0), max_batch_streams=3)
     ids = [f"s{i}" for i in range(7)]
     for sid in ids:
@@ -149,7 +150,7 @@ def test_round_robin_gives_every_stream_its_turn():
     for call in range(20):
         batch = core.take_batch()
         assert batch is not None
-        assert list(batch.rows) == [[0, 1, 2], [3, 4, 5], [6]][call % 3]  # never wrapping past the last slot
+        assert list(batch.rows) == [[0, 1, 2], [3, 4, 5], [0, 1, 6], [2, 3, 4], [5, 6]][call % 5]
         for sid in batch.stream_ids:
             counts[sid] += 1
         core.commit(batch, core.run_batch(batch))

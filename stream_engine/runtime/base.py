@@ -169,8 +169,8 @@ class StateSlots:
     ``bank[row]`` says which one holds a row's current state: a runner can then step a contiguous range of
     rows reading one bank and writing the other in place (:meth:`swap_range`, :meth:`flip`), with no copy of
     the state in or out. A state row is 29 KB in model 0.3.x, so at 256 rows a call those two copies are
-    about 15 MB of memory traffic: stepping in place made the int8 step alone 1.04-1.08x faster at 128-256
-    rows a call, and no faster at 64 (``benchmarks/results/state_banks.md``).
+    about 15 MB of memory traffic: stepping in place made the int8 step alone 1.03-1.11x faster at 64-256 rows
+    a call (``benchmarks/results/state_banks.md``).
 
     Args:
         contract: the step contract (state names, shapes, inits).

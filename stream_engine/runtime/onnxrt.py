@@ -123,9 +123,10 @@ class OnnxStepRunner(BaseStepRunner):
         self._output_names = list(self.contract.output_names)  # landmarks, then the states' next values
         self._local = threading.local()
         self._float32_states = all(s.dtype == "float32" for s in self.contract.states)  # what the bindings assume
-        # Fewer rows than this are copied in and out even when contiguous: binding a range costs about 60-100 us,
-        # more than the copies of a few rows (`benchmarks/results/state_banks*.md`: in place was 0.78x at one row
-        # with a new range every call, 0.91-0.94x at 4, 0.98-1.09x at 64, 1.04-1.08x at 128-256).
+        # Fewer rows than this are copied in and out even when contiguous: binding a new range costs about
+        # 60-100 us, which a few rows' copies do not repay (`benchmarks/results/state_banks_small.md`: in place
+        # was 0.78x at one row with a new range every call, 1.00-1.12x at 4-32 rows, within this VM's noise;
+        # `state_banks.md`: 1.03-1.11x at 64-256 rows).
         self.in_place_min_rows = IN_PLACE_MIN_ROWS
 
     def _binding(self, batch: int) -> Any:
