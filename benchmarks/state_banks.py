@@ -16,7 +16,8 @@
 Both stores give the same landmarks and states bit for bit (tests/test_engine_slots.py). The configurations
 alternate in fresh processes (`--rounds` rounds of `--calls` timed calls each, after one warm pass over the
 store); the table gives the median CPU time per call (`time.thread_time_ns`) and per frame, and the ratio of the
-two stores measured in the same rounds. Writes state_banks.json/.md (--name).
+two stores measured in the same rounds, and what binding a range not seen before costs (the in-place path's
+overhead when a range is new). Writes state_banks.json/.md (--name).
 """
 
 from __future__ import annotations
@@ -58,7 +59,14 @@ def run_trial(spec: dict) -> dict:
     for i in range(calls):
         runner.step_slots(slots, groups[i % len(groups)], audio)
     us = (time.thread_time_ns() - t0) / calls / 1e3
-    return {**spec, "us_per_call": us, "us_per_frame": us / b}
+    out = {**spec, "us_per_call": us, "us_per_frame": us / b}
+    if spec["store"] == "two banks":  # what binding a range not seen before costs (the in-place path's overhead)
+        t0 = time.thread_time_ns()
+        for _ in range(50):
+            runner._local.range_bindings = {}  # forget the kept bindings: every call binds anew
+            runner._range_binding(slots, 0, b, int(slots.bank[0]))
+        out["bind_us"] = (time.thread_time_ns() - t0) / 50 / 1e3
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             ratios = [o["us_per_call"] / t["us_per_call"] for o, t in zip(trials["one bank"], trials["two banks"])]
             rows[str(b)] = {
                 **{s: statistics.median(t["us_per_call"] for t in ts) for s, ts in trials.items()},
+                "bind_us": statistics.median(t["bind_us"] for t in trials["two banks"]),
                 "speedup_by_round": ratios,
                 "trials": trials,
             }
@@ -120,8 +129,8 @@ def markdown(result: dict) -> str:
         f"{result['rounds']} alternating rounds. Command: `{result.get('command', 'python -m benchmarks.state_banks')}`.",
         "",
         "| runner | B | one bank: us a call | two banks: us a call | one bank: us a frame | two banks: us a frame "
-        "| streams per core, one / two banks | speed-up, paired by round (median, range) |",
-        "|---|---:|---:|---:|---:|---:|---|---|",
+        "| streams per core, one / two banks | speed-up, paired by round (median, range) | binding a new range, us |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for runner, rows in result["runners"].items():
         for b, v in rows.items():
@@ -129,9 +138,15 @@ def markdown(result: dict) -> str:
             per_core = [int(1e6 / (x / int(b)) / 25) for x in (one, two)]
             lines.append(
                 f"| {runner} | {b} | {one:.0f} | {two:.0f} | {one / int(b):.1f} | {two / int(b):.1f} | "
-                f"{per_core[0]} / {per_core[1]} | {statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f}) |"
+                f"{per_core[0]} / {per_core[1]} | {statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f}) | "
+                f"{v.get('bind_us', float('nan')):.0f} |"
             )
-    lines += ["", "Streams per core: 1 / (25 x CPU seconds a frame), the step alone at that B."]
+    lines += [
+        "",
+        "Streams per core: 1 / (25 x CPU seconds a frame), the step alone at that B. Binding a new range: one "
+        "`OnnxStepRunner._range_binding` with its kept bindings forgotten (16 addresses bound; median over rounds "
+        "of the mean of 50).",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -1050,18 +1050,20 @@ class EngineCore:
                 return None
             ready = cand[~self._in_flight[cand] & (self._ring_w[cand] - self._taken[cand] * spf >= spf)]
         elif self._kernels is not None:  # the same choice, round robin included, in one compiled pass
-            ready, self._rr_row = self._kernels.select(self._ints, self._bools, spf, self._rr_row, limit)
+            ready, self._rr_row = self._kernels.select(
+                self._ints, self._bools, spf, self._rr_row, limit, self.slots.banks == 2
+            )
         else:
             ready = np.flatnonzero(self._ready_mask())
         if not ready.size:
             return None
         if ready.size > limit:  # round robin from the first ready slot after the last one taken (as select_pass):
-            # no wrap when half a call or more remains before the last slot (one ascending run, often a contiguous
-            # range a double-buffered runner steps with no copy), else wrapping to the first slots
+            # with a double-buffered store, no wrap when half a call or more remains before the last slot (one
+            # ascending run, often a contiguous range the runner steps with no copy), else wrapping to the first
             start = int(np.searchsorted(ready, self._rr_row))
             start = 0 if start == ready.size else start
             tail = ready.size - start
-            if 2 * tail >= limit:
+            if tail >= limit or (2 * tail >= limit and self.slots.banks == 2):
                 ready = ready[start : start + limit]
                 self._rr_row = int(ready[-1]) + 1
             else:
@@ -1520,7 +1522,8 @@ class EngineCore:
         i64, spf, none = np.zeros(0, dtype=np.int64), self.samples_per_frame, np.zeros(0, dtype=np.bool_)
         try:
             self._push_pass(i64, np.zeros(0, np.float32), i64, i64, i64, np.zeros(0, np.int8))
-            kernels.select(self._ints, self._bools, spf, self._rr_row, self.max_batch_streams)  # reads only
+            cut = self.slots.banks == 2
+            kernels.select(self._ints, self._bools, spf, self._rr_row, self.max_batch_streams, cut)  # reads only
             self._take_pass(i64, np.zeros((0, spf), np.float32), np.zeros((3, 0), np.int64), i64)
             landmarks = np.zeros((0, self.num_landmarks, self.landmark_dims), np.float32)
             outputs = (np.zeros(0, np.int8), none, i64, np.zeros((5, 0), np.int64), np.zeros((2, 0)), none)

@@ -147,14 +147,18 @@ def push_pass(
         ints[RING_W, row] = w + n
 
 
-def select_pass(ints: np.ndarray, bools: np.ndarray, spf: int, rr_row: int, limit: int) -> tuple[np.ndarray, int]:
+def select_pass(
+    ints: np.ndarray, bools: np.ndarray, spf: int, rr_row: int, limit: int, cut_at_end: bool = False
+) -> tuple[np.ndarray, int]:
     """The slots `take_batch` takes: open, not in flight, a full step in the ring; all of them ascending when
     at most `limit`, else round robin: `limit` of them in slot order from the first at or after `rr_row`,
-    wrapping to the first slots, returned ascending. When at least half of `limit` remain from there to the
-    last ready slot, the call stops at the last one instead of wrapping, so it is one ascending run (one
-    contiguous range of the store when every slot is ready, which a double-buffered runner steps with no copy
-    of the state); a shorter tail wraps, so no call is small. Either way calls follow slot order round the
-    store. Returns (rows int64, the next rr_row: the slot after the last one picked in that order)."""
+    wrapping to the first slots, returned ascending. With `cut_at_end` (a double-buffered store) and at least
+    half of `limit` left from there to the last ready slot, the call stops at the last one instead of
+    wrapping, so it is one ascending run (one contiguous range of the store when every slot is ready, which
+    the runner steps with no copy of the state); a shorter tail wraps, so no call is small. It costs more
+    calls (a backlog of 1.5 calls' streams alternates full and half calls), which only a store that steps
+    ranges in place repays. Either way calls follow slot order round the store. Returns (rows int64, the next
+    rr_row: the slot after the last one picked in that order)."""
     cap = bools.shape[1]
     ready = np.empty(cap, dtype=np.int64)
     count = 0
@@ -170,7 +174,7 @@ def select_pass(ints: np.ndarray, bools: np.ndarray, spf: int, rr_row: int, limi
     if start == count:
         start = 0
     tail = count - start
-    if tail >= limit or 2 * tail >= limit:  # no wrap: one ascending run of at most `limit`
+    if tail >= limit or (cut_at_end and 2 * tail >= limit):  # no wrap: one ascending run of at most `limit`
         stop = start + min(limit, tail)
         return ready[start:stop].copy(), ready[stop - 1] + 1
     wrapped = limit - tail  # the tail, then the first `wrapped` ready slots: returned ascending

@@ -12,10 +12,11 @@ sink is waited on. Frames therefore leave as soon as their audio has arrived and
 no timer.
 
 Every stream's model state lives in one slot of the runner's state store (`EngineCore.slots`, preallocated for
-`max_streams`); a runner call gathers the batch's slots, steps and scatters in place (ONNX Runtime through an
-I/O binding bound once per batch size). `open_stream` returns the stream's handle (`Session`): it owns the
-slot (through the core and the engine's signal extractor), its epoch and frame subscriptions; `close()` frees
-the slot.
+`max_streams`); a runner call steps the batch's slots: ONNX Runtime's store is double buffered, so a contiguous
+range of 32 or more slots is stepped with no copy (state read from one bank, the next state written into the
+other), and other calls gather the slots into buffers bound once per batch size, step and scatter back.
+`open_stream` returns the stream's handle (`Session`): it owns the slot (through the core and the engine's
+signal extractor), its epoch and frame subscriptions; `close()` frees the slot.
 
 Scheduling: a runner call takes every ready stream up to `Engine.batch_cap` (as many as the measured cost per
 stream fits in `EngineConfig.batch_step_ms`, min(64, M) to M = `max_batch_streams`): most of the engine's own

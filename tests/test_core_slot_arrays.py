@@ -10,6 +10,7 @@ import pytest
 
 from stream_engine.core import AudioChunkError, EngineCore, OverloadError, UnknownStreamError
 from stream_engine.engine import Engine, EngineConfig
+from stream_engine.runtime.base import StateSlots
 
 from fakes import FakeRunner, speechlike, tone
 
@@ -136,25 +137,39 @@ def test_push_audio_many_refuses_bad_chunks_alone():
         core.push_audio_many(["a", "b"], [tone(SPF)], 0)
 
 
-def test_round_robin_gives_every_stream_its_turn():
+@pytest.mark.parametrize(
+    "banks, cycle",
+    [
+        (1, [[0, 1, 2], [3, 4, 5], [0, 1, 6], [2, 3, 4], [0, 5, 6], [1, 2, 3], [4, 5, 6]]),
+        (2, [[0, 1, 2], [3, 4, 5], [0, 1, 6], [2, 3, 4], [5, 6]]),
+    ],
+)
+def test_round_robin_gives_every_stream_its_turn(banks, cycle):
     """More ready streams than a batch holds: every call starts after the last stream taken, in slot order round
-    the store; it stops at the last slot when half a call or more remains there (one contiguous range when
-    all are ready) and wraps to the first slots when less does (no small calls). After any number of calls no
-    stream has stepped more than once more than another."""
-    core = EngineCore(FakeRunner(lookahead_frames=0), max_batch_streams=3)
-    ids = [f"s{i}" for i in range(7)]
-    for sid in ids:
-        core.open_stream(sid)
-        core.push_audio(sid, tone(SPF * 20), 0)
-    counts = dict.fromkeys(ids, 0)
-    for call in range(20):
-        batch = core.take_batch()
-        assert batch is not None
-        assert list(batch.rows) == [[0, 1, 2], [3, 4, 5], [0, 1, 6], [2, 3, 4], [5, 6]][call % 5]
-        for sid in batch.stream_ids:
-            counts[sid] += 1
-        core.commit(batch, core.run_batch(batch))
-        assert max(counts.values()) - min(counts.values()) <= 1
+    the store, wrapping to the first slots. With a double-buffered store a call instead stops at the last slot
+    when half a call or more remains there (one contiguous range when all are ready; a shorter tail still
+    wraps, so no call is small). After any number of calls no stream has stepped more than once more than
+    another."""
+
+    class Runner(FakeRunner):
+        def new_slots(self, capacity):
+            return StateSlots(self.contract, capacity, banks=banks)
+
+    for compiled in (False, None):
+        core = EngineCore(Runner(lookahead_frames=0), max_batch_streams=3, compiled=compiled)
+        ids = [f"s{i}" for i in range(7)]
+        for sid in ids:
+            core.open_stream(sid)
+            core.push_audio(sid, tone(SPF * 30), 0)
+        counts = dict.fromkeys(ids, 0)
+        for call in range(2 * len(cycle)):
+            batch = core.take_batch()
+            assert batch is not None
+            assert list(batch.rows) == cycle[call % len(cycle)]
+            for sid in batch.stream_ids:
+                counts[sid] += 1
+            core.commit(batch, core.run_batch(batch))
+            assert max(counts.values()) - min(counts.values()) <= 1
 
 
 def test_engine_push_audio_many_resumes_stalled_streams_and_reports_errors():

@@ -419,6 +419,7 @@ def test_double_buffered_slots_hold_each_rows_state_in_its_bank():
         np.testing.assert_array_equal(two.gather(np.array([0, 1, 2, 3]))[k], one.arrays[k])
         np.testing.assert_array_equal(two.row_state(1)[k], one.row_state(1)[k])
     assert two.swap_range(np.array([0, 2])) is None and two.swap_range(np.array([1, 0])) is None
+    assert two.swap_range(np.array([3, 4])) is None  # past the store: the gather path raises IndexError
     before = two.arrays
     assert two.swap_range(np.arange(1, 4)) == (1, 1)  # rows 1-2 in bank 1, row 3 moved there
     assert two.bank.tolist() == [0, 1, 1, 1]
@@ -434,6 +435,11 @@ def test_double_buffered_slots_hold_each_rows_state_in_its_bank():
         np.testing.assert_array_equal(after[k][0], before[k][0])
     two.bank[3] = 1
     two.scatter(np.array([3]), {k: v[3:4] for k, v in after.items()})  # row 3 now held in bank 1
+    two.in_place_steps = 1  # a run writing into the store through raw addresses: growing is refused
+    with pytest.raises(RuntimeError, match="cannot grow"):
+        two.alloc()
+    assert two.capacity == 4 and two.used == 4
+    two.in_place_steps = 0
     two.alloc()  # grows to 8 rows: each row's state kept in its bank
     assert two.capacity == 8 and two.generation == 1 and two.bank.tolist() == [0, 0, 0, 1, 0, 0, 0, 0]
     for k in after:
@@ -506,6 +512,7 @@ def test_onnx_double_buffered_steps_equal_the_single_bank_store_bit_for_bit():
     np.testing.assert_array_equal(two.bank, banks)
     for k, v in before.items():
         np.testing.assert_array_equal(two.arrays[k], v)
+    assert two.in_place_steps == 0  # the store may grow again after the failed run
 
 
 @pytest.mark.parametrize("cpus", [1, 2])

@@ -115,6 +115,6 @@ def test_state_banks_compares_both_stores_in_one_run(tmp_path):
     args = ["--runners", "onnx_int8", "--slots", "8", "--batches", "4", "--rounds", "1", "--calls", "4"]
     assert state_banks.main([*args, "--out", str(tmp_path)]) == 0
     row = json.loads((tmp_path / "state_banks.json").read_text())["runners"]["onnx_int8"]["4"]
-    assert row["one bank"] > 0 and row["two banks"] > 0 and len(row["speedup_by_round"]) == 1
+    assert row["one bank"] > 0 and row["two banks"] > 0 and row["bind_us"] > 0 and len(row["speedup_by_round"]) == 1
     assert [t["store"] for t in row["trials"]["two banks"]] == ["two banks"]
     assert "| onnx_int8 | 4 |" in (tmp_path / "state_banks.md").read_text()

@@ -158,7 +158,8 @@ def unstack_state(state: State, batch: int | None = None) -> list[State]:
 
 
 class StateSlots:
-    """Preallocated state of up to `capacity` streams: one array per contract state, streams on axis 0.
+    """Preallocated state of up to `capacity` streams: one array per contract state, streams on axis 0 (with
+    two banks, `banks * capacity` rows: see below).
 
     A stream gets a row with :meth:`alloc` (lowest free row first, so a busy store stays dense and whole
     batches are often one contiguous range), fresh values with :meth:`init_row`, and gives it back with
@@ -169,8 +170,8 @@ class StateSlots:
     ``bank[row]`` says which one holds a row's current state: a runner can then step a contiguous range of
     rows reading one bank and writing the other in place (:meth:`swap_range`, :meth:`flip`), with no copy of
     the state in or out. A state row is 29 KB in model 0.3.x, so at 256 rows a call those two copies are
-    about 15 MB of memory traffic: stepping in place made the int8 step alone 1.03-1.11x faster at 64-256 rows
-    a call (``benchmarks/results/state_banks.md``).
+    about 15 MB of memory traffic: stepping in place made the step alone 1.04-1.14x (int8) and 1.04-1.07x
+    (float32) faster at 64-256 rows a call (``benchmarks/results/state_banks.md``).
 
     Args:
         contract: the step contract (state names, shapes, inits).
@@ -194,6 +195,7 @@ class StateSlots:
         }
         self.bank = np.zeros(self.capacity, dtype=np.intp)  # the bank holding each row's current state
         self.generation = 0  # bumped when the store's arrays are replaced (growth): addresses taken before are stale
+        self.in_place_steps = 0  # runs in flight that write into the store through raw addresses (growth refused)
         self._free = list(range(self.capacity - 1, -1, -1))  # a stack: pop() gives the lowest free row
         self._used = 0
 
@@ -212,7 +214,12 @@ class StateSlots:
 
     def alloc(self) -> int:
         """Reserve a row (grows the store when full) and return its index; its values are undefined until
-        :meth:`init_row`."""
+        :meth:`init_row`.
+
+        Raises:
+            RuntimeError: the store is full while a step runs in place on it (growing would free memory that
+                ONNX Runtime is writing into).
+        """
         if not self._free:
             self._grow(2 * self.capacity)
         self._used += 1
@@ -279,6 +286,8 @@ class StateSlots:
         first, n = int(rows[0]), rows.size
         if n > 1 and not (int(rows[-1]) - first == n - 1 and bool(np.all(np.diff(rows) == 1))):
             return None
+        if first < 0 or first + n > self.capacity:  # not rows of this store: gather's IndexError says so
+            return None
         held = self.bank[first : first + n]
         ones = int(np.count_nonzero(held))
         bank = 1 if 2 * ones > n else 0
@@ -300,6 +309,8 @@ class StateSlots:
         return {k: v[at : at + 1].copy() for k, v in self.store.items()}
 
     def _grow(self, capacity: int) -> None:
+        if self.in_place_steps:
+            raise RuntimeError("the state store cannot grow while a step runs in place on it")
         old = self.capacity
         for spec in self.contract.states:
             grown = np.zeros(spec.concrete_shape(self.banks * capacity), DTYPES[spec.dtype])

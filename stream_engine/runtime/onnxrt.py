@@ -124,9 +124,9 @@ class OnnxStepRunner(BaseStepRunner):
         self._local = threading.local()
         self._float32_states = all(s.dtype == "float32" for s in self.contract.states)  # what the bindings assume
         # Fewer rows than this are copied in and out even when contiguous: binding a new range costs about
-        # 60-100 us, which a few rows' copies do not repay (`benchmarks/results/state_banks_small.md`: in place
-        # was 0.78x at one row with a new range every call, 1.00-1.12x at 4-32 rows, within this VM's noise;
-        # `state_banks.md`: 1.03-1.11x at 64-256 rows).
+        # 70 us, which a few rows' copies do not repay (benchmarks/results/state_banks_small.md: in place was
+        # 0.78x at one row with a new range every call, 1.00-1.12x at 4-32 rows, within this VM's noise;
+        # state_banks.md: 1.04-1.14x at 64-256 rows, and the binding cost).
         self.in_place_min_rows = IN_PLACE_MIN_ROWS
 
     def _binding(self, batch: int) -> Any:
@@ -209,8 +209,9 @@ class OnnxStepRunner(BaseStepRunner):
         next states written to the same rows of the other bank, audio and landmarks in this thread's bound
         buffers (their first `n` rows). Returns (binding, audio rows, landmark rows).
 
-        Binding the 16 inputs and outputs costs about 60-100 us, so the last 64 ranges' bindings are kept (per
-        thread): a full store's round robin repeats a few. An entry is used only while its store is the same live object
+        Binding the 16 inputs and outputs costs about 70 us (`bind_us` in `benchmarks/results/state_banks.md`),
+        so bindings are kept per thread, up to 64 (range, bank) entries, all dropped at once when full: a full
+        store's round robin repeats a few. An entry is used only while its store is the same live object
         at the same `StateSlots.generation` (the arrays it points at are unchanged); it holds the store weakly
         and its own buffer rows strongly, so no binding is ever run on memory that was given back."""
         local = self._local
@@ -240,9 +241,10 @@ class OnnxStepRunner(BaseStepRunner):
 
     def step_slots(self, slots: StateSlots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One step of the streams in `rows` of `slots`. Rows that form one contiguous ascending range of a
-        double-buffered store, at least `in_place_min_rows` (32) of them, run in place: their state is read from its bank and the next state written to
-        the other (:meth:`StateSlots.swap_range`). Other rows go through this thread's binding bound once per
-        batch size: gather into the bound input buffers, run, scatter the bound outputs back. Returns
+        double-buffered store, at least `in_place_min_rows` (32) of them, run in place: their state is read from
+        its bank and the next state written to the other (:meth:`StateSlots.swap_range`); the store refuses to
+        grow meanwhile (ONNX Runtime holds addresses into it). Other rows go through this thread's binding bound
+        once per batch size: gather into the bound input buffers, run, scatter the bound outputs back. Returns
         landmarks (B, N, D), a new array."""
         audio = np.asarray(audio)
         if audio.ndim != 2 or audio.shape[1] != self.contract.samples_per_frame:
@@ -257,7 +259,11 @@ class OnnxStepRunner(BaseStepRunner):
             first, bank = swap
             binding, audio_rows, lm_rows = self._range_binding(slots, first, rows.size, bank)
             np.copyto(audio_rows, audio, casting="same_kind")
-            self.session.run_with_iobinding(binding)
+            slots.in_place_steps += 1  # the store refuses to grow until the run is over
+            try:
+                self.session.run_with_iobinding(binding)
+            finally:
+                slots.in_place_steps -= 1
             slots.flip(first, rows.size)  # only after a successful run: a failed one leaves the state as it was
             landmarks: np.ndarray = lm_rows.copy()
             return landmarks
