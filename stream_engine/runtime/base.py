@@ -243,10 +243,7 @@ class StateSlots:
     def _places(self, rows: np.ndarray) -> tuple[np.ndarray, int | None]:
         """Store rows of `rows`' current state, and the first of them when they are one ascending range."""
         places = rows if self.banks == 1 else rows + self.bank[rows] * self.capacity
-        first = int(places[0])
-        if places.size == 1 or (int(places[-1]) - first == places.size - 1 and bool(np.all(np.diff(places) == 1))):
-            return places, first
-        return places, None
+        return places, _range_start(places)
 
     def gather(self, rows: np.ndarray, out: State | None = None) -> State:
         """The state of `rows` as a batch (B, ...): into `out` when given (preallocated per batch size), else
@@ -283,8 +280,8 @@ class StateSlots:
         if self.banks == 1:
             return None
         rows = np.asarray(rows, dtype=np.intp)
-        first, n = int(rows[0]), rows.size
-        if n > 1 and not (int(rows[-1]) - first == n - 1 and bool(np.all(np.diff(rows) == 1))):
+        first, n = _range_start(rows), rows.size
+        if first is None:
             return None
         if first < 0 or first + n > self.capacity:  # not rows of this store: gather's IndexError says so
             return None
@@ -321,6 +318,14 @@ class StateSlots:
         self.generation += 1
         self._free = sorted(set(self._free) | set(range(old, capacity)), reverse=True)
         self.capacity = capacity
+
+
+def _range_start(rows: np.ndarray) -> int | None:
+    """The first of `rows` ((B,) ints, B >= 1) when they are one contiguous ascending range, else None."""
+    first = int(rows[0])
+    if rows.size == 1 or (int(rows[-1]) - first == rows.size - 1 and bool(np.all(np.diff(rows) == 1))):
+        return first
+    return None
 
 
 class BaseStepRunner:

@@ -187,17 +187,22 @@ class OnnxStepRunner(BaseStepRunner):
         self, bufs: tuple[int, np.ndarray, State, np.ndarray, State], batch: int
     ) -> tuple[Any, np.ndarray, State, np.ndarray, State]:
         """An I/O binding of the first `batch` rows of a buffer set, with those rows' views."""
-        c = self.contract
         _, audio_all, ins_all, lm_all, outs_all = bufs
         audio, lm = audio_all[:batch], lm_all[:batch]
         ins = {k: v[:batch] for k, v in ins_all.items()}
         outs = {k: v[:batch] for k, v in outs_all.items()}
+        return self._bind_arrays(audio, ins, lm, outs), audio, ins, lm, outs
+
+    def _bind_arrays(self, audio: np.ndarray, ins: State, lm: np.ndarray, outs: State) -> Any:
+        """A new I/O binding of the step's inputs (audio, states) and outputs (landmarks, next states) to these
+        C-contiguous float32 host arrays, by address: the arrays must outlive every run of the binding."""
+        c = self.contract
         b = self.session.io_binding()
         for name, arr in [(c.audio_input.name, audio)] + [(s.name, ins[s.name]) for s in c.states]:
             b.bind_input(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
         for name, arr in [(c.landmarks_output.name, lm)] + [(s.next_name, outs[s.name]) for s in c.states]:
             b.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
-        return b, audio, ins, lm, outs
+        return b
 
     def new_slots(self, capacity: int) -> StateSlots:
         """A double-buffered store (``banks=2``): a call on a contiguous range of rows reads their state where it
@@ -223,17 +228,10 @@ class OnnxStepRunner(BaseStepRunner):
         if hit is not None and hit[0]() is slots and hit[1] == slots.generation:
             return hit[2], hit[3], hit[4]
         _, audio_buf, _, lm_buf, _ = self._slot_binding(n)  # this thread's buffers, sized for n rows at least
-        c, cap = self.contract, slots.capacity
-        src, dst = bank * cap + first, (1 - bank) * cap + first
-        b = self.session.io_binding()
-        b.bind_input(c.audio_input.name, "cpu", 0, np.float32, list(audio_buf.shape), audio_buf.ctypes.data)
-        for s in c.states:
-            v = slots.store[s.name][src : src + n]
-            b.bind_input(s.name, "cpu", 0, np.float32, list(v.shape), v.ctypes.data)
-        b.bind_output(c.landmarks_output.name, "cpu", 0, np.float32, list(lm_buf.shape), lm_buf.ctypes.data)
-        for s in c.states:
-            v = slots.store[s.name][dst : dst + n]
-            b.bind_output(s.next_name, "cpu", 0, np.float32, list(v.shape), v.ctypes.data)
+        src, dst = bank * slots.capacity + first, (1 - bank) * slots.capacity + first
+        ins = {k: v[src : src + n] for k, v in slots.store.items()}
+        outs = {k: v[dst : dst + n] for k, v in slots.store.items()}
+        b = self._bind_arrays(audio_buf, ins, lm_buf, outs)
         if len(cache) >= 64:
             cache.clear()
         cache[key] = (weakref.ref(slots), slots.generation, b, audio_buf, lm_buf)
