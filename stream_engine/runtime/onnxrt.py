@@ -238,23 +238,12 @@ class OnnxStepRunner(BaseStepRunner):
         return b, audio_buf, lm_buf
 
     def step_slots(self, slots: StateSlots, rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
-        """One step of the streams in `rows` of `slots`. Returns landmarks (B, N, D), a new array.
-
-        On a double-buffered store, `rows` is cut where it stops ascending by one (a round robin that wraps
-        past the last slot gives two ranges). Each range of at least `in_place_min_rows` (32) rows runs in
-        place, one run per range: its state is read from its bank and the next state written to the other
-        (:meth:`StateSlots.swap_range`); the store refuses to grow meanwhile (ONNX Runtime holds addresses
-        into it). The other rows, together, take one run through this thread's binding bound once per batch
-        size: gather into the bound input buffers, run, scatter the bound outputs back. A call of only short
-        ranges is that one run (ranges of fewer rows cost more to bind than their copies: see __init__).
-
-        Stepping the two ranges of a wrapped call in place instead of copying all its rows: 27 % of the rows
-        of 512 int8 streams took the copying path at 58.5 us a row against 50.6 in place (one trial, before
-        this; `benchmarks/results/state_ranges.md` has the before/after).
-
-        A failed run changes no stream's state: the ranges' banks are flipped, and the copied rows scattered
-        back, only once every run of the call has succeeded.
-        """
+        """One step of the streams in `rows` of `slots`. Rows that form one contiguous ascending range of a
+        double-buffered store, at least `in_place_min_rows` (32) of them, run in place: their state is read from
+        its bank and the next state written to the other (:meth:`StateSlots.swap_range`); the store refuses to
+        grow meanwhile (ONNX Runtime holds addresses into it). Other rows go through this thread's binding bound
+        once per batch size: gather into the bound input buffers, run, scatter the bound outputs back. Returns
+        landmarks (B, N, D), a new array."""
         audio = np.asarray(audio)
         if audio.ndim != 2 or audio.shape[1] != self.contract.samples_per_frame:
             from stream_engine.runtime.base import check_audio
@@ -263,61 +252,26 @@ class OnnxStepRunner(BaseStepRunner):
         rows = np.asarray(rows, dtype=np.intp)
         if rows.shape != (audio.shape[0],):
             raise ValueError(f"rows {rows.shape} and audio {audio.shape} disagree on the batch")
-        n = rows.size
-        ranges = self._in_place_ranges(slots, rows)
-        if not ranges:
-            binding, audio_buf, ins, lm, outs = self._slot_binding(n)
-            np.copyto(audio_buf, audio, casting="same_kind")
-            slots.gather(rows, out=ins)
-            self.session.run_with_iobinding(binding)
-            slots.scatter(rows, outs)
-            result: np.ndarray = lm.copy()
-            return result
-        landmarks = np.empty(self.contract.landmarks_output.concrete_shape(n), np.float32)
-        rest = np.ones(n, dtype=bool)  # positions of `rows` not in a range stepped in place
-        done: list[tuple[int, int]] = []
-        slots.in_place_steps += 1  # the store refuses to grow until every run is over
-        try:
-            for a, b in ranges:
-                swap = slots.swap_range(rows[a:b])
-                if swap is None:  # cannot happen for a range `_in_place_ranges` gave
-                    raise RuntimeError(f"rows {a}..{b} of the call are not one range of the store")
-                first, bank = swap
-                binding, audio_rows, lm_rows = self._range_binding(slots, first, b - a, bank)
-                np.copyto(audio_rows, audio[a:b], casting="same_kind")
+        swap = slots.swap_range(rows) if self._float32_states and rows.size >= self.in_place_min_rows else None
+        if swap is not None:
+            first, bank = swap
+            binding, audio_rows, lm_rows = self._range_binding(slots, first, rows.size, bank)
+            np.copyto(audio_rows, audio, casting="same_kind")
+            slots.in_place_steps += 1  # the store refuses to grow until the run is over
+            try:
                 self.session.run_with_iobinding(binding)
-                landmarks[a:b] = lm_rows
-                rest[a:b] = False
-                done.append((first, b - a))
-            if rest.any():
-                left = np.flatnonzero(rest)
-                binding, audio_buf, ins, lm, outs = self._slot_binding(left.size)
-                np.copyto(audio_buf, audio[left], casting="same_kind")
-                slots.gather(rows[left], out=ins)
-                self.session.run_with_iobinding(binding)
-                landmarks[left] = lm
-                slots.scatter(rows[left], outs)
-        finally:
-            slots.in_place_steps -= 1
-        for first, k in done:  # only after every run succeeded: a failed call leaves every state as it was
-            slots.flip(first, k)
-        return landmarks
-
-    def _in_place_ranges(self, slots: StateSlots, rows: np.ndarray) -> list[tuple[int, int]]:
-        """Positions [a, b) of `rows` that run in place: maximal ascending-by-one ranges of at least
-        `in_place_min_rows` rows inside a double-buffered store (at most 8; more ranges than that go through
-        the copying path, as scattered rows do). Empty when nothing runs in place."""
-        k = self.in_place_min_rows
-        if slots.banks != 2 or not self._float32_states or rows.size < k:
-            return []
-        if int(rows.min()) < 0 or int(rows.max()) >= slots.capacity:
-            return []  # not rows of this store: gather's IndexError says so
-        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
-        if cuts.size > 16:
-            return []
-        bounds = [0, *cuts.tolist(), rows.size]
-        ranges = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= k]
-        return ranges[:8]
+            finally:
+                slots.in_place_steps -= 1
+            slots.flip(first, rows.size)  # only after a successful run: a failed one leaves the state as it was
+            landmarks: np.ndarray = lm_rows.copy()
+            return landmarks
+        binding, audio_buf, ins, lm, outs = self._slot_binding(audio.shape[0])
+        np.copyto(audio_buf, audio, casting="same_kind")
+        slots.gather(rows, out=ins)
+        self.session.run_with_iobinding(binding)
+        slots.scatter(rows, outs)
+        result: np.ndarray = lm.copy()
+        return result
 
     def __repr__(self) -> str:
         return f"OnnxStepRunner({str(self.path)!r}, providers={self.providers})"
