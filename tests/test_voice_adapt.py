@@ -9,20 +9,10 @@ import dataclasses
 
 import numpy as np
 import torch
+from test_distill import TINY  # the tiny generator of the distillation tests
 
 from benchmarks.voice_adapt import adapt, enrolment_split
 from training.data.distill_windows import Track
-
-TINY = dict(
-    audio_channels=16,
-    audio_expansion=2,
-    level_dilations=((1,), (2,)),
-    branch_levels=(0, 1),
-    landmark_embed=16,
-    lstm_hidden=16,
-    branch_hidden=16,
-    lookahead_frames=2,
-)
 
 
 @dataclasses.dataclass
