@@ -7,8 +7,10 @@ inner-lip gap follows ground truth at r 0.46-0.51; on unseen voices (the test sp
 (`benchmarks/results/gap_lag.md`), near a linear probe on the encoder. A user with one voice (a VTuber) could
 give a few minutes of it. This asks whether that helps, with an honest split: the test-split speakers that have
 two or more clips in `../shared/data` (enrolment = the audio of the first half of their clips, sorted by id;
-evaluation = the other clips, whose audio the adaptation never hears; a speaker with less than 4 s of enrolment
-audio is left out).
+evaluation = the other clips, whose audio only the upper-bound row adapts on; a speaker with less than 4 s of
+enrolment or of evaluation audio is left out, and said so). Caveats of `../shared/data` itself: an identity there
+is a speaker name or an automatic face cluster, so two clips of one cluster need not share a voice, and some clips
+fail the manifest's crude sync check (`sync_r`); read the manifest rows of the speakers measured.
 
 Steps, all on the CPU (one torch thread):
 
@@ -16,16 +18,18 @@ Steps, all on the CPU (one torch thread):
    encoder on the train/val audio of `../shared/data` (the Whisper tiny.en teacher's features, `training.teacher`,
    through its cache).
 2. "adapted": the audio encoder (`audio_stem`, `blocks`) and the head train `--steps` steps of the distillation
-   loss on batches half from the enrolment audio and half from the train/val audio (so the encoder does not
-   drift), the student's input degraded as in `msync distill`.
+   loss on batches half from the enrolment audio and half from the train/val audio (`--no-base`: enrolment only),
+   the student's input degraded as in `msync distill`, plus `--keep-weight` (0.1) x the mean squared distance of
+   the encoder's levels from the shipped encoder's on the same windows, which holds the encoder near what the
+   generator was trained on (without it the encoder drifted and lip r fell: results/voice_adapt_variants/).
 3. "control": the same steps with the val split's audio in place of the enrolment audio (no test voice), to tell
-   the voice's own audio from any further distillation.
+   the voice's own audio from any further distillation (one model, trained once, scored on every speaker).
 4. "evaluation audio": the same steps on the evaluation clips' own audio (their faces still unseen): the setting
    of the issue's probe, an upper bound for what this much enrolment could give.
 
 Measured on fixed windows of the evaluation clips (the generator in its training-time form, as `benchmarks.gap_lag`):
 median over windows of the lag-0 inner-lip gap r with ground truth, and the amplitude ratio; the same on windows of
-the val split (voices in the distillation audio) to see that nothing else broke. Writes voice_adapt.json/.md.
+the val split (voices in the distillation audio) to see that nothing else broke. Writes NAME.json/.md (--name).
 """
 
 from __future__ import annotations
@@ -162,20 +166,43 @@ def lip_scores(G, segments, windows: int, frames: int, seed: int) -> dict[str, f
     }
 
 
+def condition_audio(enrol_segs: list, eval_segs: list, val_segs: list) -> dict[str, list[np.ndarray]]:
+    """The audio each adapted condition of one speaker trains on (beside the base windows): "adapted" its enrolment
+    clips, "control" the val split (no test voice), "evaluation audio" the clips it is scored on (the upper-bound
+    row: their audio, never their faces). Only the last one holds audio of the evaluation clips."""
+    return {
+        "adapted": [s.audio for s in enrol_segs],
+        "control": [s.audio for s in val_segs],
+        "evaluation audio": [s.audio for s in eval_segs],
+    }
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module doc as written, and every option's default in --help."""
+
+
+MIN_SECONDS = 4.0  # the least enrolment or evaluation audio of a speaker that is measured
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--generator", default="training/weights/generator")
-    p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--steps", type=int, default=200, help="adaptation steps (batches of 8 + 8 windows)")
-    p.add_argument("--head-steps", type=int, default=300)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--generator", default="training/weights/generator", help="the generator checkpoint adapted")
+    p.add_argument("--data-dir", default="../shared/data", help="the talking-face data (splits by identity)")
+    p.add_argument("--steps", type=int, default=200, help="adaptation steps (8 enrolment + 8 base windows each)")
+    p.add_argument("--head-steps", type=int, default=300, help="steps fitting the distillation head first")
     p.add_argument("--lr", type=float, default=1e-4, help="the audio encoder's learning rate while adapting")
     p.add_argument("--keep-weight", type=float, default=0.1, help="weight of the term holding the encoder's levels")
     p.add_argument("--no-base", action="store_true", help="adapt on the enrolment audio alone (no base windows)")
-    p.add_argument("--windows", type=int, default=48)
-    p.add_argument("--frames", type=int, default=50, help="frames per evaluation window (clips are short)")
-    p.add_argument("--seed", type=int, default=5)
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--name", default="voice_adapt")
+    p.add_argument("--windows", type=int, default=48, help="evaluation windows per speaker and on the val split")
+    p.add_argument("--frames", type=int, default=50, help="frames per evaluation window (the first 10 unscored)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=5,
+        help="draws the head's and the adaptation's windows, the generator's noise and the evaluation windows",
+    )
+    p.add_argument("--out", default="benchmarks/results", help="folder of the report")
+    p.add_argument("--name", default="voice_adapt", help="the report's file name: NAME.json and NAME.md")
     a = p.parse_args(argv)
 
     import copy
@@ -198,60 +225,65 @@ def main(argv: list[str] | None = None) -> int:
     cache = default_cache_dir()
     cfg = ClipLoadConfig()
 
-    def tracks(segs, tag, pack=False):
-        audios = pack_clips([s.audio for s in segs]) if pack else [s.audio for s in segs]
+    def tracks(audios, tag, pack=False):
+        audios = pack_clips(audios) if pack else audios
         return teacher_tracks(audios, [f"{tag} {i}" for i in range(len(audios))], cache, False)
 
     base_segs = load_all(records["train"], cfg, progress=False)
     val_segs = load_all(records["val"], cfg, progress=False)
-    base_tracks = tracks(base_segs, "shared train") + tracks(val_segs, "shared val")
+    base_tracks = tracks([s.audio for s in base_segs + val_segs], "shared")
     split = enrolment_split(records["test"])
-    enrol_segs = {k: load_all(e, cfg, progress=False) for k, (e, _) in split.items()}
-    eval_segs = {k: load_all(v, cfg, progress=False) for k, (_, v) in split.items()}
     G0, _ = load_generator(a.generator)
     G0.eval()
     warmup = G0.cfg.receptive_field_frames[-1] - 1
     head0, head_rec = fit_head(G0, base_tracks, a.head_steps, a.seed, warmup)
     print(f"head fitted: {head_rec} ({time.time() - t0:.0f} s)", file=sys.stderr)
-    val_windows = lip_scores(G0, val_segs, a.windows, a.frames, a.seed)
+    flags = f"--steps {a.steps} --keep-weight {a.keep_weight} --lr {a.lr} --seed {a.seed}" + (
+        " --no-base" if a.no_base else ""
+    )
     result: dict[str, Any] = {
         "command": "python -m benchmarks.voice_adapt " + " ".join(sys.argv[1:] if argv is None else argv),
+        "effective_flags": flags,
         "args": vars(a),
         "head": head_rec,
         "speakers": {},
-        "val_split": {"shipped": val_windows},
+        "left_out": {},
+        "val_split": {"shipped": lip_scores(G0, val_segs, a.windows, a.frames, a.seed)},
     }
-    val_tracks_only = tracks(val_segs, "shared val")
-    for ident in split:
-        if sum(len(s.audio) for s in enrol_segs[ident]) < 4 * 16000:
-            print(f"{ident}: less than 4 s of enrolment audio, left out", file=sys.stderr)
-            continue
-        enrol_s = sum(len(s.audio) for s in enrol_segs[ident]) / 16000
-        eval_s = sum(len(s.audio) for s in eval_segs[ident]) / 16000
-        row: dict[str, Any] = {"enrol_seconds": round(enrol_s, 1), "eval_seconds": round(eval_s, 1)}
-        row["shipped"] = lip_scores(G0, eval_segs[ident], a.windows, a.frames, a.seed)
-        kinds = [("adapted", tracks(enrol_segs[ident], f"enrol {ident}", pack=True)), ("control", val_tracks_only)]
-        kinds.append(("evaluation audio", tracks(eval_segs[ident], f"eval {ident}", pack=True)))
-        for kind, enrol in kinds:
-            G, head = copy.deepcopy(G0), copy.deepcopy(head0)
-            losses = adapt(
-                G,
-                head,
-                enrol,
-                None if a.no_base else base_tracks,
-                a.steps,
-                a.seed,
-                a.lr,
-                warmup,
-                keep_weight=a.keep_weight,
-                reference=G0,
+
+    def adapted(audio):
+        G, head = copy.deepcopy(G0), copy.deepcopy(head0)
+        base = None if a.no_base else base_tracks
+        losses = adapt(G, head, audio, base, a.steps, a.seed, a.lr, warmup, keep_weight=a.keep_weight, reference=G0)
+        return G, [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]
+
+    control: Any = None  # the same model for every speaker: trained once, on the val split's audio
+    for ident, (enrol, held) in split.items():
+        enrol_segs, eval_segs = load_all(enrol, cfg, progress=False), load_all(held, cfg, progress=False)
+        enrol_s = sum(len(s.audio) for s in enrol_segs) / 16000
+        eval_s = sum(len(s.audio) for s in eval_segs) / 16000
+        if min(enrol_s, eval_s) < MIN_SECONDS:
+            why = (
+                f"{enrol_s:.1f} s of enrolment and {eval_s:.1f} s of evaluation audio (needs {MIN_SECONDS:.0f} s each)"
             )
-            row[kind] = lip_scores(G, eval_segs[ident], a.windows, a.frames, a.seed)
-            row[kind]["loss_first_last"] = [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]
+            result["left_out"][ident] = why
+            print(f"{ident}: left out, {why}", file=sys.stderr)
+            continue
+        row: dict[str, Any] = {"enrol_seconds": round(enrol_s, 1), "eval_seconds": round(eval_s, 1)}
+        row["shipped"] = lip_scores(G0, eval_segs, a.windows, a.frames, a.seed)
+        for kind, audio in condition_audio(enrol_segs, eval_segs, val_segs).items():
+            if kind == "control":
+                if control is None:
+                    control = adapted(tracks(audio, "shared val"))
+                G, losses = control
+            else:
+                G, losses = adapted(tracks(audio, f"{kind} {ident}", pack=True))
+            row[kind] = {**lip_scores(G, eval_segs, a.windows, a.frames, a.seed), "loss_first_last": losses}
             if kind == "adapted":
                 row[kind]["val_split"] = lip_scores(G, val_segs, a.windows, a.frames, a.seed)
         result["speakers"][ident] = row
-        print(f"{ident}: {row} ({time.time() - t0:.0f} s)", file=sys.stderr)
+        scores = ", ".join(f"{k} r {row[k]['r']:.2f}" for k in ("shipped", "control", "adapted", "evaluation audio"))
+        print(f"{ident}: {scores} ({time.time() - t0:.0f} s)", file=sys.stderr)
     result["wall_s"] = time.time() - t0
     result["machine"] = machine_info()
     write_report(Path(a.out), a.name, result, markdown(result))
@@ -263,10 +295,12 @@ def markdown(result: dict) -> str:
     lines = [
         "# Adapting the audio encoder to a voice from its audio alone",
         "",
-        f"Command: `{result['command']}`. Machine: {result['machine'].get('cpu')}, one torch thread, "
-        f"{result['wall_s'] / 60:.0f} min. Windows of {result['args']['frames']} frames of each speaker's "
-        "evaluation clips (never heard while adapting); lag-0 inner-lip gap r with ground truth and amplitude ratio, "
-        "medians over windows.",
+        f"Command: `{result['command'].strip()}` (in effect: {result.get('effective_flags', '-')}). Machine: "
+        f"{result['machine'].get('cpu')}, one torch thread, {result['wall_s'] / 60:.0f} min. "
+        f"{result['args']['windows']} windows of {result['args']['frames']} frames (the last "
+        f"{result['args']['frames'] - 10} scored) of each speaker's evaluation clips, whose audio only the "
+        '"evaluation audio" column adapted on; lag-0 inner-lip gap r with ground truth and amplitude ratio, medians '
+        "over windows.",
         "",
         "| test speaker | enrol / eval s | shipped: r, amplitude | control (val audio): r, amplitude "
         "| adapted: r, amplitude | on the evaluation audio itself: r, amplitude "
@@ -282,6 +316,8 @@ def markdown(result: dict) -> str:
             f"| {ident} | {row['enrol_seconds']:.0f} / {row['eval_seconds']:.0f} | {' | '.join(cells)} | "
             f"{vs['r']:.2f}, {vs['amplitude']:.2f} (shipped {v0['r']:.2f}, {v0['amplitude']:.2f}) |"
         )
+    for ident, why in result.get("left_out", {}).items():
+        lines.append(f"\nLeft out: {ident}, {why}.")
     return "\n".join(lines) + "\n"
 
 
