@@ -46,8 +46,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def enrolment_split(records: list) -> dict[str, tuple[list, list]]:
-    """{identity: (enrolment records, evaluation records)} for identities with >= 2 clips (first half enrols)."""
+def enrolment_split(records: list, share: float = 0.5) -> dict[str, tuple[list, list]]:
+    """{identity: (enrolment records, evaluation records)} for identities with >= 2 clips: of the clips sorted by id,
+    the first floor(n x share) enrol (at least one, and at least one is left to evaluate on), the rest evaluate.
+
+    Raises:
+        ValueError: share outside (0, 1).
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"the enrolment share must be between 0 and 1, got {share}")
     by_id: dict[str, list] = defaultdict(list)
     for r in records:
         by_id[r.identity].append(r)
@@ -55,7 +62,7 @@ def enrolment_split(records: list) -> dict[str, tuple[list, list]]:
     for ident, rs in sorted(by_id.items()):
         if len(rs) >= 2:
             rs = sorted(rs, key=lambda r: r.id)
-            k = len(rs) // 2
+            k = min(len(rs) - 1, max(1, int(len(rs) * share)))
             out[ident] = (rs[:k], rs[k:])
     return out
 
@@ -193,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-4, help="the audio encoder's learning rate while adapting")
     p.add_argument("--keep-weight", type=float, default=0.1, help="weight of the term holding the encoder's levels")
     p.add_argument("--no-base", action="store_true", help="adapt on the enrolment audio alone (no base windows)")
+    p.add_argument("--enrol-share", type=float, default=0.5, help="share of each speaker's clips that enrol")
     p.add_argument("--windows", type=int, default=48, help="evaluation windows per speaker and on the val split")
     p.add_argument("--frames", type=int, default=50, help="frames per evaluation window (the first 10 unscored)")
     p.add_argument(
@@ -232,14 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     base_segs = load_all(records["train"], cfg, progress=False)
     val_segs = load_all(records["val"], cfg, progress=False)
     base_tracks = tracks([s.audio for s in base_segs + val_segs], "shared")
-    split = enrolment_split(records["test"])
+    split = enrolment_split(records["test"], a.enrol_share)
     G0, _ = load_generator(a.generator)
     G0.eval()
     warmup = G0.cfg.receptive_field_frames[-1] - 1
     head0, head_rec = fit_head(G0, base_tracks, a.head_steps, a.seed, warmup)
     print(f"head fitted: {head_rec} ({time.time() - t0:.0f} s)", file=sys.stderr)
-    flags = f"--steps {a.steps} --keep-weight {a.keep_weight} --lr {a.lr} --seed {a.seed}" + (
-        " --no-base" if a.no_base else ""
+    flags = (
+        f"--steps {a.steps} --keep-weight {a.keep_weight} --lr {a.lr} --seed {a.seed} --enrol-share {a.enrol_share}"
+        + (" --no-base" if a.no_base else "")
     )
     result: dict[str, Any] = {
         "command": "python -m benchmarks.voice_adapt " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 from test_distill import TINY  # the tiny generator of the distillation tests
 
@@ -30,6 +31,10 @@ def test_enrolment_split_takes_the_first_half_of_each_speakers_clips_and_leaves_
     assert [r.id for r in split["b"][0]] == ["b_0"] and [r.id for r in split["b"][1]] == ["b_1"]
     for enrol, held in split.values():
         assert not {r.id for r in enrol} & {r.id for r in held}
+    more = enrolment_split(recs, 0.8)  # 4 of a's 5 clips enrol; b keeps one clip to evaluate on
+    assert [r.id for r in more["a"][1]] == ["a_4"] and [r.id for r in more["b"][1]] == ["b_1"]
+    with pytest.raises(ValueError):
+        enrolment_split(recs, 1.0)
 
 
 def _tracks(seed: int, count: int = 2, seconds: float = 6.0) -> list[Track]:
