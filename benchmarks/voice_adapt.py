@@ -140,8 +140,7 @@ def fit_head(G, tracks, steps: int, seed: int, warmup: int, seq_len: int = 64):
     g = G.cfg
     allt = np.concatenate([t.teacher for t in tracks])
     head = DistillHead(len(g.level_dilations) * g.audio_channels, allt.shape[1])
-    head.teacher_mean.copy_(torch.from_numpy(allt.mean(0)))
-    head.teacher_std.copy_(torch.from_numpy(allt.std(0) + 1e-3))
+    head.set_teacher_statistics(allt)
     sampler = DistillWindows(tracks, seq_len, g.lookahead_frames, warmup, g.frontend, 0)
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
     rng = np.random.default_rng(seed)

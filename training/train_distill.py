@@ -207,8 +207,7 @@ class DistillTrainer(Trainer):
         )
         allt = np.concatenate([t.teacher for t in train])
         self.head = DistillHead(len(g.level_dilations) * g.audio_channels, allt.shape[1]).to(self.ctx.device)
-        self.head.teacher_mean.copy_(torch.from_numpy(allt.mean(0)))
-        self.head.teacher_std.copy_(torch.from_numpy(allt.std(0) + 1e-3))
+        self.head.set_teacher_statistics(allt)
         if cfg.init_head_from:
             from training.models.distill_head import load_distill_head
 

@@ -34,6 +34,12 @@ class DistillHead(nn.Module):
     def forward(self, columns: torch.Tensor) -> torch.Tensor:
         return self.proj(self.norm(columns.transpose(1, 2)))
 
+    def set_teacher_statistics(self, teacher) -> None:
+        """Standardise by these teacher features: (frames, teacher_dim) numpy array -> their per-feature mean and
+        std (+ 1e-3, so a constant feature does not divide by zero)."""
+        self.teacher_mean.copy_(torch.from_numpy(teacher.mean(0)))
+        self.teacher_std.copy_(torch.from_numpy(teacher.std(0) + 1e-3))
+
     def standardise(self, teacher: torch.Tensor) -> torch.Tensor:
         """(..., teacher_dim) raw teacher features -> standardised."""
         return (teacher - self.teacher_mean) / self.teacher_std
