@@ -71,10 +71,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="start every stream as if digital silence came before it (GeneratorConfig.silence_history; default: "
-        "the checkpoint's own setting, on for the shipped 0.3.2 to 0.3.5): the raw mouth stays near rest when a stream starts "
+        "the checkpoint's own setting, on for the shipped 0.3.2 to 0.3.6): the raw mouth stays near rest when a stream starts "
         "inside noise; --no-silence-history gives the zero history of 0.3.1 and before, whose mouth opens for "
         "~0.5 s at a stream's start and fits a file cut mid-word better (model card); the same weights, only the "
         "step's initial history changes",
+    )
+    p.add_argument(
+        "--input-gate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put the input gate in the step (GeneratorConfig.input_gate, training.models.input_gate; default: the "
+        "checkpoint's own setting, on for the shipped 0.3.6): where a stream's level stays near its own background "
+        "for 0.48 s the network hears digital silence, so the raw mouth rests in steady noise of any spectrum; "
+        "adds the state input_gate; --no-input-gate exports the step without it (0.3.5's function)",
     )
     p.add_argument(
         "--int8",
@@ -161,6 +170,12 @@ def _source(args: argparse.Namespace):
             return 2
         if args.silence_history is not None and args.silence_history != generator.cfg.silence_history:
             generator.cfg = dataclasses.replace(generator.cfg, silence_history=args.silence_history)  # read per call
+        gated_before = generator.cfg.input_gate is not None
+        if args.input_gate is not None and args.input_gate != gated_before:
+            from training.models.input_gate import InputGateConfig
+
+            gate = InputGateConfig() if args.input_gate else None
+            generator.cfg = dataclasses.replace(generator.cfg, input_gate=gate)  # read per call
         ckpt = Path(args.checkpoint).with_suffix("")
         version = (
             args.model_version
@@ -172,12 +187,16 @@ def _source(args: argparse.Namespace):
             version += "+silence-history"  # the checkpoint's name may predate the option (a copy with it set)
         if not args.model_version and args.silence_history is False and made_with:
             version += "+zero-history"  # a checkpoint made with the silence history, exported without it
+        if not args.model_version and args.input_gate is not None and args.input_gate != gated_before:
+            version += "+input-gate" if args.input_gate else "+no-input-gate"
         training_data = args.training_data or meta.get("training_data") or "not recorded in the checkpoint"
     else:
         generator = random_generator(
             args.seed,
             args.config,
-            args.set + (["silence_history=true"] if args.silence_history else []),
+            args.set
+            + (["silence_history=true"] if args.silence_history else [])
+            + (["input_gate={}"] if args.input_gate else []),
             args.lookahead,
         )
         meta = None

@@ -118,7 +118,7 @@ def torch_to_onnx(generator: Generator, contract: StepContract, opset: int = DEF
                 external_data=False,
                 input_names=list(contract.input_names),
                 output_names=list(contract.output_names),
-                dynamic_shapes=tuple({0: batch} for _ in inputs),
+                dynamic_shapes=({0: batch}, tuple({0: batch} for _ in inputs[1:])),  # (audio, *states)
                 verbose=False,
                 optimize=True,
             )

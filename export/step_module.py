@@ -28,32 +28,32 @@ from training.models.generator import Generator, GeneratorConfig, StepState
 AUDIO_INPUT = "audio"
 LANDMARKS_OUTPUT = "landmarks"
 NEXT_SUFFIX = "_next"
-#: State names in graph order: the fields of `StepState`.
+#: Every state name the step can have, in graph order: the fields of `StepState` (`input_gate` only for a
+#: generator with `GeneratorConfig.input_gate`; `state_names`).
 STATE_NAMES: tuple[str, ...] = StepState._fields
+
+
+def state_names(generator: Generator) -> tuple[str, ...]:
+    """The states of this generator's step, in graph order."""
+    return tuple(n for n in STATE_NAMES if n != "input_gate" or generator.cfg.input_gate is not None)
 
 
 class StepModule(nn.Module):
     """Flat-signature wrapper: (audio, audio_carry, conv_cache, h, c, prev_landmarks, frames_seen,
-    reference_landmarks) -> (landmarks, audio_carry_next, ..., reference_landmarks_next)."""
+    reference_landmarks[, input_gate]) -> (landmarks, audio_carry_next, ..., reference_landmarks_next[,
+    input_gate_next]); the gate's state only with `GeneratorConfig.input_gate`."""
 
     def __init__(self, generator: Generator) -> None:
         super().__init__()
         self.generator = generator
 
-    def forward(
-        self,
-        audio: torch.Tensor,
-        audio_carry: torch.Tensor,
-        conv_cache: torch.Tensor,
-        h: torch.Tensor,
-        c: torch.Tensor,
-        prev_landmarks: torch.Tensor,
-        frames_seen: torch.Tensor,
-        reference_landmarks: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        state = StepState(audio_carry, conv_cache, h, c, prev_landmarks, frames_seen, reference_landmarks)
+    def forward(self, audio: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        names = state_names(self.generator)
+        if len(states) != len(names):
+            raise ValueError(f"the step takes {len(names)} states ({', '.join(names)}), got {len(states)}")
+        state = StepState(**dict(zip(names, states)))
         landmarks, nxt = self.generator.step(audio, state)
-        return (landmarks, *nxt)
+        return (landmarks, *(getattr(nxt, n) for n in names))
 
 
 def architecture_dict(cfg: GeneratorConfig) -> dict:
@@ -77,10 +77,13 @@ def state_specs(generator: Generator) -> tuple[StateSpec, ...]:
         "frames_seen": ((BATCH, 1), "zeros"),
         # The identity the anchor pulls toward: set once per stream (the same face as prev_landmarks' start).
         "reference_landmarks": ((BATCH, cfg.num_landmarks, 2), "reference_face"),
+        # The input gate's row (training.models.input_gate): zeros are a fresh stream.
+        "input_gate": ((BATCH, generator._gate_width()), "zeros"),
     }
     if set(shapes) != set(STATE_NAMES):  # Generator.step changed its state: update this table
         raise RuntimeError(f"StepState fields {STATE_NAMES} differ from the exported states {sorted(shapes)}")
-    return tuple(StateSpec(n, n + NEXT_SUFFIX, shapes[n][0], "float32", shapes[n][1]) for n in STATE_NAMES)
+    names = state_names(generator)
+    return tuple(StateSpec(n, n + NEXT_SUFFIX, shapes[n][0], "float32", shapes[n][1]) for n in names)
 
 
 def build_contract(

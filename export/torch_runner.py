@@ -6,6 +6,8 @@ The parity oracle for every other backend (ORT, TensorRT, the C++ client). Lives
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 
@@ -29,7 +31,7 @@ class TorchStepRunner(BaseStepRunner):
     def _run(self, audio: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         names = self.contract.state_names
         with torch.inference_mode():
-            st = StepState(*(torch.from_numpy(state[n]).to(self.device) for n in names))
+            st = StepState(**{n: torch.from_numpy(state[n]).to(self.device) for n in names})
             lm, nxt = self.generator.step(torch.from_numpy(audio).to(self.device), st)
-            out = {n: t.detach().cpu().numpy().copy() for n, t in zip(names, nxt)}
+            out = {n: cast(torch.Tensor, getattr(nxt, n)).detach().cpu().numpy().copy() for n in names}
             return lm.detach().cpu().numpy().copy(), out

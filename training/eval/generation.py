@@ -111,7 +111,8 @@ def generate(
     out = []
     for b in range(0, len(pcms), batch_size):
         sl = slice(b, b + batch_size)
-        audio = np.stack([audio_window(p, s - W, W + num_frames + L, ctx) for p, s in zip(pcms[sl], starts[sl])])
+        heard = [gated_pcm(G, p, (s + num_frames + L) * SPF) for p, s in zip(pcms[sl], starts[sl])]
+        audio = np.stack([audio_window(p, s - W, W + num_frames + L, ctx) for p, s in zip(heard, starts[sl])])
         valid = np.stack([np.arange(s - W, s + num_frames + L) >= 0 for s in starts[sl]])
         with torch.no_grad():
             mfcc = G.mfcc(torch.from_numpy(audio).to(device))
@@ -149,6 +150,7 @@ def stream_rollout(
     if isinstance(G, OnnxGenerator):
         return G.rollout(pcm, x_ref, seed, num_frames)
     ctx = G.frontend.context_samples
+    pcm = gated_pcm(G, pcm, (num_frames + L) * SPF)
     out = np.empty((num_frames, 68, 2), dtype=np.float32)
     x = torch.from_numpy(np.asarray(x_ref, np.float32)[None]).to(device)
     anchor = x
@@ -168,6 +170,19 @@ def stream_rollout(
             bar.update(n)
     bar.close()
     return out
+
+
+def gated_pcm(G, pcm: np.ndarray, num_samples: int) -> np.ndarray:
+    """What a stream of `G`'s step hears of `pcm` (from the stream's start) up to `num_samples`: the PCM itself, or
+    for a generator with an input gate (`GeneratorConfig.input_gate`) the gated PCM, which `Generator.forward` needs
+    to give what `step` gives. The samples beyond `num_samples` are left out (they are not needed)."""
+    if getattr(G.cfg, "input_gate", None) is None:
+        return pcm
+    import torch
+
+    x = np.asarray(pcm[:num_samples], np.float32)
+    with torch.no_grad():
+        return G.gate_pcm(torch.from_numpy(x)[None])[0].cpu().numpy()
 
 
 def step_rollout(m: LoadedModel, pcm: np.ndarray, x_ref: np.ndarray, seed: int, num_frames: int, device) -> np.ndarray:
@@ -258,6 +273,7 @@ def _load_onnx_model(name: str, path: str) -> LoadedModel:
         "training_data": training_data if isinstance(training_data, dict) else {"note": G.contract.training_data},
         "model_version": G.contract.model_version,
         "precision": G.precision,
+        "reference_face": [list(row) for row in G.contract.reference_face],  # as a checkpoint's meta has it
     }
     return LoadedModel(name, str(path), G, meta, G.cfg.receptive_field_frames[-1] - 1, G.cfg.lookahead_frames)
 

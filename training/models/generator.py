@@ -63,6 +63,7 @@ from stream_engine.features import FrontEndConfig
 from stream_engine.signals import MEAN_FACE_3D, RIGID_POINTS
 from training.frontend import TorchMfcc
 from training.models.convnext1d import ConvNeXtBlock1d
+from training.models.input_gate import InputGate, InputGateConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,11 @@ class GeneratorConfig:
             state is that history and every runtime (Python, C++, TensorRT, Triton) starts alike. False = the
             zero history of 0.3.1 and before, whose deep blocks read a fresh stream as loud audio for ~0.5 s
             (the raw mouth opened ~0.1 IOD at a stream start inside steady noise).
+        input_gate: a noise gate on the step's PCM (`training.models.input_gate`): where the stream's level has
+            stayed near its own background for the gate's hold, the step hears digital silence, so the raw mouth
+            rests in steady noise of any spectrum. It adds the state `input_gate`. None = no gate (training, and
+            every model before 0.3.6). It acts in `step`; `forward` reads MFCC and cannot apply it: gate the
+            stream's PCM from its start with `gate_pcm` first (`training.eval.generation` does).
         frontend: the audio front end (MFCC) the generator reads and the exported step contains.
     """
 
@@ -122,6 +128,7 @@ class GeneratorConfig:
     reference_pose_gain: tuple[float, float, float] | None = None
     reference_input: bool = False
     silence_history: bool = False
+    input_gate: InputGateConfig | None = None
     frontend: FrontEndConfig = FrontEndConfig()
 
     def __post_init__(self) -> None:
@@ -172,6 +179,7 @@ class StepState(NamedTuple):
     prev_landmarks: (B, 68, 2) the last emitted frame (the reference face before the first one).
     frames_seen: (B, 1) float count of audio frames consumed, saturating at L (the look-ahead warm-up).
     reference_landmarks: (B, 68, 2) the stream's identity x_ref, passed through unchanged (the anchor).
+    input_gate: (B, width) the input gate's state row (`training.models.input_gate`), or None without a gate.
     """
 
     audio_carry: torch.Tensor
@@ -181,6 +189,7 @@ class StepState(NamedTuple):
     prev_landmarks: torch.Tensor
     frames_seen: torch.Tensor
     reference_landmarks: torch.Tensor
+    input_gate: torch.Tensor | None = None
 
 
 class GroupedLinear(nn.Module):
@@ -372,6 +381,23 @@ class Generator(nn.Module):
         self.register_buffer("reference_pose_push", None if factors is None else factors[1], persistent=False)
 
     # ------------------------------------------------------------------ audio
+    def input_gate(self, device: torch.device | str = "cpu") -> InputGate | None:
+        """The step's input gate as `cfg.input_gate` sets it (read per call, like `silence_history`), or None."""
+        gcfg = self.cfg.input_gate
+        if gcfg is None:
+            return None
+        cached = getattr(self, "_input_gate", None)
+        if cached is None or cached.cfg != gcfg or cached.fade.device != torch.device(device):
+            fe = self.frontend
+            cached = InputGate(gcfg, fe.samples_per_landmark_frame, fe.landmark_fps).to(device)
+            object.__setattr__(self, "_input_gate", cached)  # a cache, not a submodule: no weights, not saved
+        return cast(InputGate, cached)
+
+    def gate_pcm(self, pcm: torch.Tensor) -> torch.Tensor:
+        """(B, N) PCM of whole streams from their start -> what `step` hears of it (unchanged without a gate)."""
+        gate = self.input_gate(pcm.device)
+        return pcm if gate is None else gate.gate_pcm(pcm)
+
     @property
     def frontend(self) -> FrontEndConfig:
         """The audio front end (`cfg.frontend`)."""
@@ -564,7 +590,12 @@ class Generator(nn.Module):
             prev_landmarks=x_ref,
             frames_seen=torch.zeros(b, 1, device=dev),
             reference_landmarks=x_ref,
+            input_gate=None if self.cfg.input_gate is None else torch.zeros(b, self._gate_width(), device=dev),
         )
+
+    def _gate_width(self) -> int:
+        gate = self.input_gate()
+        return 0 if gate is None else gate.layout.width
 
     def step(self, audio_new: torch.Tensor, state: StepState) -> tuple[torch.Tensor, StepState]:
         """One 40 ms step.
@@ -577,6 +608,13 @@ class Generator(nn.Module):
             reference face, which runtimes drop), and the next state.
         """
         ctx = self.frontend.context_samples
+        gate = self.input_gate(audio_new.device)
+        gate_next = None
+        if gate is not None:
+            if state.input_gate is None:
+                raise ValueError("this generator has an input gate: its step state needs `input_gate`")
+            gated = gate.step(audio_new, state.input_gate)
+            audio_new, gate_next = gated.audio, gated.state
         buf = torch.cat([state.audio_carry, audio_new], dim=1)  # (B, 352 + 640)
         norm = (self.mfcc(buf) - self.mfcc_mean) / self.mfcc_std  # (B, 4, n_mfcc): this step's 4 mfcc frames
         x = self.audio_stem(norm.flatten(1))  # (B, C), as `_stem` with T = 1
@@ -611,7 +649,7 @@ class Generator(nn.Module):
         c_out = torch.where(ready, c_new, state.c)
         seen = torch.clamp(state.frames_seen + 1.0, max=float(self.cfg.lookahead_frames))
         next_state = StepState(
-            buf[:, -ctx:], torch.cat(caches, dim=1), h_out, c_out, x_out, seen, state.reference_landmarks
+            buf[:, -ctx:], torch.cat(caches, dim=1), h_out, c_out, x_out, seen, state.reference_landmarks, gate_next
         )
         return x_out, next_state
 
