@@ -18,6 +18,12 @@ first segment, each clip's own first face as reference), the noise running under
   when `../shared/cases/noise-floor-mouth` is present;
 - "pink", "white < 2 kHz": the trained colours, for reference.
 
+A third table adds clicks (a keyboard or a mouse near the microphone: 5 ms bursts of white noise at -25 dBFS,
+every 0.6, 1 or 2 s) to the noise after the speech (6 s of it; the case spectrum, the first four shaped draws and pink noise
+under the same voices), and reports, over the noise from 1 s after the speech on, the share of frames whose gap is
+above 0.03 IOD and the mean gap. A model with a gate on its input (model 0.3.6) must not take each click for a
+word: a gate that reopens on a click lets the network hear the noise again, as an onset after silence.
+
 A second table starts a stream inside each noise (no speech; the model's own reference face, 6 s): the gap's
 largest value over the first 500 ms, its mean over 200-500 ms (model 0.3.1 opened to ~0.1 IOD there), and
 whether it rests later: the median gap over 1-6 s and the share of streams whose median there stays above 0.03
@@ -129,6 +135,58 @@ def streams(clips: int, draws: int, case: Path | None):
 
 
 START_FRAMES = 150
+CLICK_PERIODS_S = (0.6, 1.0, 2.0)
+CLICK_DBFS, CLICK_MS, CLICK_NOISE_S = -25.0, 5.0, 6.0
+
+
+def click_streams(clips: int, case: Path | None):
+    """[(period s, pcm, reference, first noise-only frame)]: speech in noise, then `CLICK_NOISE_S` of the noise
+    with a click every period (see module doc); the same clicks in every stream of a period. Noises: the case
+    spectrum, the first four shaped draws (where model 0.3.5 kept its mouth open without clicks) and pink noise
+    (where it rested)."""
+    from training.data.nonspeech import scale_to_dbfs
+
+    keep = ("case spectrum", "shaped (held-out draws)", "pink")
+    base = [it for it in streams(clips, 4, case) if it[0] in keep]
+    n_noise = int(CLICK_NOISE_S * 25) * SPF
+    out = []
+    for period in CLICK_PERIODS_S:
+        rng = np.random.default_rng(int(period * 1000))
+        for _, pcm, ref, s0 in base:
+            speech_part = pcm[: s0 * SPF]
+            fam_noise = pcm[s0 * SPF :]  # the noise alone after the speech, looped to CLICK_NOISE_S
+            tail = fam_noise[np.arange(n_noise) % len(fam_noise)].astype(np.float64)
+            n_click = int(CLICK_MS * SR / 1000)
+            for t in np.arange(0.3, CLICK_NOISE_S, period):
+                a = int(t * SR)
+                burst = scale_to_dbfs(rng.standard_normal(n_click), CLICK_DBFS)
+                tail[a : a + n_click] += burst[: len(tail[a : a + n_click])]
+            full = np.concatenate([speech_part, tail])
+            out.append((period, np.clip(full, -1, 1).astype(np.float32), ref, s0))
+    return out
+
+
+def measure_clicks(name: str, path: str, items) -> dict:
+    """Per click period: share of frames above 0.03 IOD and the mean gap, over the noise from 1 s after the speech."""
+    from training.eval.generation import generate, load_model
+    from training.metrics import viewer as vm
+
+    m = load_model(name, path, "cpu")
+    n = len(items[0][1]) // SPF
+    ys = generate(
+        m, [it[1] for it in items], [0] * len(items), np.stack([it[2] for it in items]), [0] * len(items), n, "cpu", 16
+    )
+    per: dict[float, list[np.ndarray]] = {}
+    for (period, _, _, s0), y in zip(items, ys):
+        per.setdefault(period, []).append(vm.lip_gap(y)[s0 + 25 :])
+    return {
+        f"{period:g} s": {
+            "share_open": float(np.mean(np.concatenate(g) > 0.03)),
+            "mean_gap": float(np.mean(np.concatenate(g))),
+            "streams": len(g),
+        }
+        for period, g in per.items()
+    }
 
 
 def measure_start(name: str, path: str, noises: dict[str, list[np.ndarray]]) -> dict:
@@ -217,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     case = Path(a.case) if a.case else None
     items = streams(a.clips, a.draws, case)
     start_noises = families(START_FRAMES * SPF, a.draws, case)
-    rows, starts = {}, {}
+    clicks = click_streams(min(a.clips, 3), case)
+    rows, starts, clicked = {}, {}, {}
     for spec in a.model:
         name, _, path = spec.partition("=")
         rows[name] = measure(name, path, items)
         starts[name] = measure_start(name, path, start_noises)
+        clicked[name] = measure_clicks(name, path, clicks)
         print(f"{name}: done", file=sys.stderr)
     fams = list(next(iter(rows.values())))
     md = [
@@ -262,7 +322,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{c['median_1_6s']:.3f} · {c['share_open_1_6s']:.0%}"
         ),
     )
-    result = {"rows": rows, "start": starts, "args": vars(a), "machine": machine_info()}
+    md += [
+        "",
+        "## Clicks in the noise after speech",
+        "",
+        f"Columns: a {CLICK_MS:g} ms click at {CLICK_DBFS:g} dBFS every so many seconds (streams: the case spectrum "
+        "four shaped draws and pink noise under up to three voices). Cells: share of frames whose gap is above 0.03 IOD · mean "
+        "gap, over the noise from 1 s after the speech on.",
+        "",
+    ]
+    md += _table(clicked, list(next(iter(clicked.values()))), lambda c: f"{c['share_open']:.0%} · {c['mean_gap']:.3f}")
+    result = {"rows": rows, "start": starts, "clicks": clicked, "args": vars(a), "machine": machine_info()}
     write_report(a.out, "noise_spectra", result, "\n".join(md))
     return 0
 

@@ -78,8 +78,9 @@ def test_floor_is_the_engine_trackers_floor():
 
 
 def test_speech_passes_untouched_and_steady_noise_fades_to_silence_after_the_hold(speech):
-    """Speech over a -48 dBFS background: every sample of the speech steps passes unchanged (gain exactly 1), the
-    noise after it keeps gain 1 for the hold (0.32 s = 8 steps) after the last speech step, fades within one step,
+    """Speech over a -48 dBFS background: every sample of the speech steps passes unchanged (gain exactly 1; a
+    phrase's first step after a pause longer than the hold may be the exception), the
+    noise after it keeps gain 1 for the hold (0.48 s = 12 steps) after the last speech step, fades within one step,
     then is exactly zero; an onset reopens the gate in its own step, its samples unchanged."""
     gate = _gate()
     n_speech = 100
@@ -90,8 +91,13 @@ def test_speech_passes_untouched_and_steady_noise_fades_to_silence_after_the_hol
     pcm[(n_speech + 60) * SPF :] += talk  # speech again after 2.4 s of noise alone
     out, gains, floors, levels = _run(gate, pcm)
     gains, floors, levels, out = gains[0], floors[0], levels[0], out[0]
-    loud = np.flatnonzero(_raw_levels(pcm)[:n_speech] > -30)
-    assert loud.size > 40 and np.all(gains[loud] == 1.0)
+    raw = _raw_levels(pcm)
+    loud = np.flatnonzero(raw[:n_speech] > -30)
+    sustained = loud[np.isin(loud - 1, loud)]  # loud steps after a loud step: inside a phrase
+    assert sustained.size > 30 and np.all(gains[sustained] == 1.0)
+    # a phrase after a pause longer than the hold may lose its first step (its sound may fill fewer than 3 of the
+    # step's 10-ms blocks), never more
+    assert np.all(np.maximum(gains[loud], gains[np.minimum(loud + 1, gains.size - 1)]) == 1.0)
     assert np.all(gains[n_speech + 20 : n_speech + 60] == 0.0)
     closed = n_speech + int(np.argmax(gains[n_speech:] == 0.0))
     spoken = np.flatnonzero(levels[:closed] >= floors[:closed] + gate.cfg.margin_db)  # speech by the gate's test
@@ -221,3 +227,20 @@ def test_a_phrase_after_digital_silence_opens_at_its_first_step(speech):
     assert levels[0, k] < floors[0, k] + gate.cfg.margin_db and levels[0, k] > -100
     assert gains[0, k] == 1.0
     np.testing.assert_array_equal(out[0, k * SPF : (k + 1) * SPF], pcm[k * SPF : (k + 1) * SPF])
+
+
+def test_a_click_in_the_noise_does_not_reopen_the_gate_but_a_word_does(speech):
+    """Once the gate has closed in steady noise, 5 ms clicks 23 dB above it (a key, a mouse) leave it closed: a step
+    needs 3 of its 4 10-ms blocks above the floor; a word reopens it within its first two steps."""
+    gate = _gate()
+    pcm = _tone(-48.0, 200, seed=7).astype(np.float64)
+    rng = np.random.default_rng(8)
+    for t in (60, 80, 100, 120):  # steps; the gate has closed by then (no speech at all)
+        a = t * SPF + 200
+        pcm[a : a + 80] += rng.standard_normal(80) * 10 ** (-25 / 20)
+    word = np.asarray(speech[: 30 * SPF], np.float64)
+    pcm[150 * SPF : 180 * SPF] += word
+    _, gains, _, _ = _run(gate, pcm.astype(np.float32))
+    assert np.all(gains[0, 40:150] == 0.0)
+    loud = np.flatnonzero(_raw_levels(word.astype(np.float32)) > -30)
+    assert gains[0, 150 + loud[0]] == 1.0 or gains[0, 150 + loud[0] + 1] == 1.0

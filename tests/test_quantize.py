@@ -238,6 +238,25 @@ def test_onnx_eval_rows_reproduce_the_checkpoint_rows(speech):
     r1 = stream_rollout(ck, pcm, ref[0], 5, 60, "cpu")
     r2 = stream_rollout(ox, pcm, ref[0], 5, 60, "cpu")
     assert np.abs(r1 - r2).max() < 1e-5
+    if ck.G.cfg.input_gate is None:
+        return
+    # With the input gate (model 0.3.6): sequences that start mid-stream, after a noise pause the gate closed, are
+    # gated as the whole stream from its start would be (both rows carry the gate's state from frame 0).
+    import torch
+
+    rng = np.random.default_rng(3)
+    noise = (rng.standard_normal(14 * 16000) * 10 ** (-48 / 20)).astype(np.float32)
+    talk = np.asarray(speech[: 4 * 16000], np.float32)
+    noisy = noise.copy()
+    noisy[: talk.size] += talk
+    noisy[10 * 16000 :] += talk[: 4 * 16000]
+    gate = ck.G.input_gate()
+    heard = gate.gate_pcm(torch.from_numpy(noisy)[None])[0].numpy()
+    assert np.all(heard[6 * 16000 : 10 * 16000] == 0.0)  # the pause is gated
+    starts = [150, 200, 255]  # in the gated pause, and at the speech after it
+    a = generate(ck, [noisy] * 3, starts, ref, [1, 2, 3], 40, "cpu")
+    b = generate(ox, [noisy] * 3, starts, ref, [1, 2, 3], 40, "cpu")
+    assert np.abs(a - b).max() < 1e-5
 
 
 # ------------------------------------------------------------------------------------ benchmark

@@ -10,8 +10,10 @@ Equivalence with the checkpoint rows (`training.eval.generation.generate`): a ch
 the LSTM from the seeded noise and the landmark recurrence from x_ref at frame s. Here every stream steps
 through audio frames s − W … s + n + L − 1 in lockstep; a row whose frame is still before 0 is put back to a
 fresh stream's state after its step (exactly the zero caches of invalid frames); after the step that emits
-frame s − 1 the recurrent states (h, c, the previous landmarks) are set to the noise and x_ref. For the
-float32 export this reproduces the checkpoint row to float rounding (tested in tests/test_quantize.py).
+frame s − 1 the recurrent states (h, c, the previous landmarks) are set to the noise and x_ref. A model with an
+input gate (0.3.6) starts each row's gate from the state the stream's first s − W frames leave in it, as the
+checkpoint row gates the stream's PCM from its start. For the float32 export this reproduces the checkpoint row to
+float rounding (tested in tests/test_quantize.py).
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class OnnxGenerator:
         x_refs = np.asarray(x_refs, np.float32)
         fresh = self.runner.initial_state(B, reference_face=x_refs, rng=np.random.default_rng(0))
         state = {k: v.copy() for k, v in fresh.items()}
+        if "input_gate" in state:  # the gate remembers the stream from its start, beyond the W warm-up frames
+            state["input_gate"] = self._gate_state([p[: max(0, s - W) * SPF] for p, s in zip(pcms, starts)])
         h0, c0 = self.noise(seeds)
         out = np.empty((B, num_frames, c.num_landmarks, c.landmark_dims), np.float32)
         first = np.asarray(starts)
@@ -110,6 +114,26 @@ class OnnxGenerator:
             if t >= 0:
                 out[:, t] = y
         return out
+
+    def _gate_state(self, heads: list[np.ndarray]) -> np.ndarray:
+        """(B, width) the input gate's state after each stream's first samples `heads[i]` (whole steps; zeros for
+        none), computed by `training.models.input_gate` with the contract's gate settings: what the exported
+        step's own gate holds there (the same operations; held equal by tests/test_quantize.py)."""
+        import torch
+
+        from training.models.input_gate import InputGate
+
+        assert self.cfg.input_gate is not None
+        gate = InputGate(self.cfg.input_gate, SPF, self.frontend.landmark_fps)
+        rows = []
+        with torch.no_grad():
+            for head in heads:
+                st = gate.initial_state(1)
+                x = torch.from_numpy(np.asarray(head[: len(head) // SPF * SPF], np.float32))[None]
+                for k in range(x.shape[1] // SPF):
+                    st = gate.step(x[:, k * SPF : (k + 1) * SPF], st).state
+                rows.append(st.numpy())
+        return np.concatenate(rows).astype(np.float32)
 
     def rollout(self, pcm: np.ndarray, x_ref: np.ndarray, seed: int, num_frames: int) -> np.ndarray:
         """One fresh stream from frame 0 of `pcm` (silence before it), its first L outputs dropped:

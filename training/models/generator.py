@@ -63,7 +63,7 @@ from stream_engine.features import FrontEndConfig
 from stream_engine.signals import MEAN_FACE_3D, RIGID_POINTS
 from training.frontend import TorchMfcc
 from training.models.convnext1d import ConvNeXtBlock1d
-from training.models.input_gate import InputGate, InputGateConfig
+from training.models.input_gate import InputGate, InputGateConfig, layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,7 +387,13 @@ class Generator(nn.Module):
         if gcfg is None:
             return None
         cached = getattr(self, "_input_gate", None)
-        if cached is None or cached.cfg != gcfg or cached.fade.device != torch.device(device):
+        want = torch.device(device)
+        if (
+            cached is None
+            or cached.cfg != gcfg
+            or cached.fade.device.type != want.type
+            or (want.index is not None and cached.fade.device.index != want.index)
+        ):
             fe = self.frontend
             cached = InputGate(gcfg, fe.samples_per_landmark_frame, fe.landmark_fps).to(device)
             object.__setattr__(self, "_input_gate", cached)  # a cache, not a submodule: no weights, not saved
@@ -594,8 +600,8 @@ class Generator(nn.Module):
         )
 
     def _gate_width(self) -> int:
-        gate = self.input_gate()
-        return 0 if gate is None else gate.layout.width
+        """Columns of the input gate's state row (0 without a gate)."""
+        return 0 if self.cfg.input_gate is None else layout(self.cfg.input_gate).width
 
     def step(self, audio_new: torch.Tensor, state: StepState) -> tuple[torch.Tensor, StepState]:
         """One 40 ms step.

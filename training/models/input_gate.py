@@ -18,9 +18,10 @@ Per 40 ms step (640 samples), for each stream:
 2. the stream's noise floor: minimum statistics over smoothed levels (R. Martin, IEEE Trans. Speech and Audio
    Processing 9(5), 2001), exactly the tracker of `stream_engine.noise_floor.NoiseFloor` with `cfg.noise`
    (sub-window ring, steady start, frames below `skip_below_dbfs` skipped), in float32;
-3. speech: the step was heard (not below `skip_below_dbfs`) and its level is at least `margin_db` above that
-   floor, or it is the first heard step after digital silence (an onset: where every pause is digital silence, a
-   file or a push-to-talk stream, the floor is the speech's own quietest level and would cut each phrase's start);
+3. speech: the step was heard (not below `skip_below_dbfs`) and at least 3 of its 4 10-ms blocks stand
+   `margin_db` above that floor (sound that lasts: a click does not), or it is the first heard step after digital
+   silence (an onset: where every pause is digital silence, a file or a push-to-talk stream, the floor is the
+   speech's own quietest level and would cut each phrase's start);
 4. the gain: 1 while the last speech step is at most `hold_frames` steps back, else 0. It opens at once (an
    onset's step keeps its own attack) and closes with a linear fade over the step's 640 samples, so the front
    end's windows never see a cut;
@@ -31,6 +32,10 @@ all-zero value is a fresh stream (floor at `init_dbfs`, nothing heard, the gate 
 contract starts at its declared initial value ("zeros"). The gate is a function of the audio alone, so a whole
 stream can be gated ahead of a sequence model (`gate_pcm`), which is what `Generator.forward` users (training's
 evaluation, benchmarks) do to see what the step does.
+
+Training does not use the gate (it has no weights): `training.train_generator`, `training.train_distill` and the
+benchmarks that read MFCC directly (`gap_lag`, `distill_probe`, `voice_adapt`) see ungated audio, which differs
+from what the step hears only in pauses the gate closes.
 
 Costs: the lip movement in speech pauses longer than `hold_s` (the network then hears silence; a real mouth in a
 long pause usually closes too) and the look of speech whose level stays within `margin_db` of its own
@@ -51,8 +56,9 @@ from stream_engine.noise_floor import NoiseFloorConfig
 GATE_STATE_NAME = "input_gate"
 
 #: The gate's own tracker settings: the engine speech gate's (`signals.SignalConfig` defaults: 2 s window of
-#: 4 sub-windows, floor assumed at -90 dBFS until measured, frames below -75 dBFS skipped, smoothing 0.8, a
-#: steady start after 8 frames within 2 dB).
+#: 4 sub-windows, floor assumed at -90 dBFS until measured, smoothing 0.8, a steady start after 8 frames within
+#: 2 dB) but for the skip level: -100 dBFS instead of -75, so that the background of speech 38 dB quieter than
+#: usual is still heard (at -75 the floor rose to that speech's own quiet parts and gated 7 % of its steps).
 DEFAULT_NOISE = NoiseFloorConfig(
     window_s=2.0,
     subwindows=4,
@@ -75,21 +81,35 @@ class InputGateConfig:
     Attributes:
         noise: the noise-floor tracker (`stream_engine.noise_floor.NoiseFloorConfig`); `skip_below_dbfs` must be
             finite (frames that quiet are neither background nor speech).
-        margin_db: a step counts as speech when its level is at least this many dB above the floor.
+        margin_db: a step counts as speech when at least `loud_blocks` of its `blocks` equal parts are this many
+            dB or more above the floor.
         hold_s: the gate closes once no step has counted as speech for longer than this (seconds of stream
             time, rounded to whole 40 ms steps).
+        preemphasis: a in y[n] = x[n] - a x[n-1], applied before every level (0 = the flat level), in [0, 1).
+        blocks: equal parts of a step whose levels are compared with the floor (4: 10 ms each at 16 kHz).
+        loud_blocks: how many of them must stand `margin_db` above the floor: 3 of 4 asks for sound that lasts
+            about 30 ms, which a click (a key, a mouse, a few ms) does not; each reopening on a click let the
+            network hear the noise again for the hold, as an onset after silence
+            (`benchmarks.noise_spectra`'s clicks table).
     Raises:
-        ValueError: margin_db < 0, hold_s < 0, or a non-finite skip level.
+        ValueError: margin_db < 0, hold_s < 0, preemphasis outside [0, 1), blocks < 1, loud_blocks outside
+            [1, blocks], or a non-finite skip level.
     """
 
     noise: NoiseFloorConfig = DEFAULT_NOISE
     margin_db: float = 6.0
     hold_s: float = 0.48
     preemphasis: float = 0.97
+    blocks: int = 4
+    loud_blocks: int = 3
 
     def __post_init__(self) -> None:
         if self.margin_db < 0 or self.hold_s < 0:
             raise ValueError("the input gate's margin_db and hold_s must be >= 0")
+        if not 0.0 <= self.preemphasis < 1.0:
+            raise ValueError("the input gate's preemphasis must be in [0, 1)")
+        if self.blocks < 1 or not 1 <= self.loud_blocks <= self.blocks:
+            raise ValueError("the input gate needs blocks >= 1 and 1 <= loud_blocks <= blocks")
         if not math.isfinite(self.noise.skip_below_dbfs):
             raise ValueError("the input gate's noise.skip_below_dbfs must be finite")
 
@@ -154,6 +174,8 @@ class InputGate(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layout = layout(cfg)
+        if samples_per_step % cfg.blocks:
+            raise ValueError(f"a step of {samples_per_step} samples does not split into {cfg.blocks} blocks")
         self.samples_per_step = int(samples_per_step)
         self.hold_frames = int(round(cfg.hold_s * steps_per_second))
         self.close_frames = close_frames(cfg.noise.sub_s, 1.0 / steps_per_second)
@@ -183,9 +205,13 @@ class InputGate(torch.nn.Module):
         col = lambda k: state[:, k : k + 1]  # noqa: E731  (B, 1) column
         ring = state[:, lay.FIRST_RING : lay.first_recent]  # (B, ring), relative to init
         recent = state[:, lay.first_recent : lay.width]  # (B, recent), relative to init
-        tilt = audio[:, 1:] - float(cfg.preemphasis) * audio[:, :-1] if cfg.preemphasis else audio
-        mean_square = (tilt * tilt).mean(dim=1, keepdim=True)
+        tilt = audio
+        if cfg.preemphasis:  # y[n] = x[n] - a x[n-1] within the step (the first sample keeps (1 - a) x[0])
+            tilt = audio - float(cfg.preemphasis) * torch.cat([audio[:, :1], audio[:, :-1]], dim=1)
+        block_ms = (tilt * tilt).unflatten(1, (int(cfg.blocks), -1)).mean(dim=2)  # (B, blocks) mean squares
+        mean_square = block_ms.mean(dim=1, keepdim=True)
         level = 10.0 * torch.log10(torch.clamp(mean_square, min=_LEVEL_FLOOR))  # (B, 1) dBFS
+        block_level = 10.0 * torch.log10(torch.clamp(block_ms, min=_LEVEL_FLOOR))  # (B, blocks) dBFS
         heard = level >= float(nz.skip_below_dbfs)
         a = float(nz.smoothing)
         prev = col(lay.SMOOTHED) + init
@@ -222,7 +248,8 @@ class InputGate(torch.nn.Module):
         # whose pauses are digital silence the floor is the speech's own quietest level, and the first syllable
         # would otherwise be cut (its first steps rise through that level).
         onset = col(lay.CONSECUTIVE) < 0.5
-        speech = heard & ((level >= floor + float(cfg.margin_db)) | onset)
+        loud = (block_level >= floor + float(cfg.margin_db)).to(audio.dtype).sum(dim=1, keepdim=True)
+        speech = heard & ((loud >= float(cfg.loud_blocks)) | onset)
         since = torch.where(
             speech, torch.zeros_like(level), torch.clamp(col(lay.SINCE) + 1.0, max=self.hold_frames + 1.0)
         )
