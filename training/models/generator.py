@@ -382,22 +382,14 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------ audio
     def input_gate(self, device: torch.device | str = "cpu") -> InputGate | None:
-        """The step's input gate as `cfg.input_gate` sets it (read per call, like `silence_history`), or None."""
+        """The step's input gate as `cfg.input_gate` sets it (read per call, like `silence_history`), or None.
+        Built per call (two small constant tensors), not cached: a module cached while `torch.export` traces the
+        step would keep that trace's fake tensors."""
         gcfg = self.cfg.input_gate
         if gcfg is None:
             return None
-        cached = getattr(self, "_input_gate", None)
-        want = torch.device(device)
-        if (
-            cached is None
-            or cached.cfg != gcfg
-            or cached.fade.device.type != want.type
-            or (want.index is not None and cached.fade.device.index != want.index)
-        ):
-            fe = self.frontend
-            cached = InputGate(gcfg, fe.samples_per_landmark_frame, fe.landmark_fps).to(device)
-            object.__setattr__(self, "_input_gate", cached)  # a cache, not a submodule: no weights, not saved
-        return cast(InputGate, cached)
+        fe = self.frontend
+        return InputGate(gcfg, fe.samples_per_landmark_frame, fe.landmark_fps).to(device)
 
     def gate_pcm(self, pcm: torch.Tensor) -> torch.Tensor:
         """(B, N) PCM of whole streams from their start -> what `step` hears of it (unchanged without a gate)."""
