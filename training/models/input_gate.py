@@ -18,10 +18,11 @@ Per 40 ms step (640 samples), for each stream:
 2. the stream's noise floor: minimum statistics over smoothed levels (R. Martin, IEEE Trans. Speech and Audio
    Processing 9(5), 2001), exactly the tracker of `stream_engine.noise_floor.NoiseFloor` with `cfg.noise`
    (sub-window ring, steady start, frames below `skip_below_dbfs` skipped), in float32;
-3. speech: the step was heard (not below `skip_below_dbfs`) and at least 3 of its 4 10-ms blocks stand
-   `margin_db` above that floor (sound that lasts: a click does not), or it is the first heard step after digital
-   silence (an onset: where every pause is digital silence, a file or a push-to-talk stream, the floor is the
-   speech's own quietest level and would cut each phrase's start);
+3. speech: the step was heard (not below `skip_below_dbfs`) and either the gate is open and the step's level is
+   `margin_db` above that floor, or at least 3 of its 4 10-ms blocks stand that far above it (sound that lasts: a
+   closed gate does not reopen on a click), or it is the first heard step after digital silence (an onset: where
+   every pause is digital silence, a file or a push-to-talk stream, the floor is the speech's own quietest level
+   and would cut each phrase's start);
 4. the gain: 1 while the last speech step is at most `hold_frames` steps back, else 0. It opens at once (an
    onset's step keeps its own attack) and closes with a linear fade over the step's 640 samples, so the front
    end's windows never see a cut;
@@ -87,10 +88,11 @@ class InputGateConfig:
             time, rounded to whole 40 ms steps).
         preemphasis: a in y[n] = x[n] - a x[n-1], applied before every level (0 = the flat level), in [0, 1).
         blocks: equal parts of a step whose levels are compared with the floor (4: 10 ms each at 16 kHz).
-        loud_blocks: how many of them must stand `margin_db` above the floor: 3 of 4 asks for sound that lasts
-            about 30 ms, which a click (a key, a mouse, a few ms) does not; each reopening on a click let the
-            network hear the noise again for the hold, as an onset after silence
-            (`benchmarks.noise_spectra`'s clicks table).
+        loud_blocks: how many of them must stand `margin_db` above the floor to reopen a closed gate: 3 of 4 asks
+            for sound that lasts about 30 ms, which a click (a key, a mouse, a few ms) does not; each reopening on
+            a click let the network hear the noise again for the hold, as an onset after silence
+            (`benchmarks.noise_spectra`'s clicks table). An open gate stays open on the whole step's level, so
+            speech's soft steps keep it open as before.
     Raises:
         ValueError: margin_db < 0, hold_s < 0, preemphasis outside [0, 1), blocks < 1, loud_blocks outside
             [1, blocks], or a non-finite skip level.
@@ -248,13 +250,16 @@ class InputGate(torch.nn.Module):
         # whose pauses are digital silence the floor is the speech's own quietest level, and the first syllable
         # would otherwise be cut (its first steps rise through that level).
         onset = col(lay.CONSECUTIVE) < 0.5
+        # While the gate is open a step keeps it open when its whole level stands out (speech's soft steps do); a
+        # closed gate reopens only on sound that lasts: `loud_blocks` of its blocks stand out (a click does not).
+        last = 1.0 - col(lay.CLOSED)
         loud = (block_level >= floor + float(cfg.margin_db)).to(audio.dtype).sum(dim=1, keepdim=True)
-        speech = heard & ((loud >= float(cfg.loud_blocks)) | onset)
+        keep = (last > 0.5) & (level >= floor + float(cfg.margin_db))
+        speech = heard & (keep | (loud >= float(cfg.loud_blocks)) | onset)
         since = torch.where(
             speech, torch.zeros_like(level), torch.clamp(col(lay.SINCE) + 1.0, max=self.hold_frames + 1.0)
         )
         gain = (since <= float(self.hold_frames)).to(audio.dtype)  # (B, 1)
-        last = 1.0 - col(lay.CLOSED)
         # open at once; close with a linear fade across the step (last -> gain)
         ramp = torch.where(gain < last, last + (gain - last) * self.fade, gain)
         next_state = torch.cat(
