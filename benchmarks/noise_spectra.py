@@ -19,7 +19,7 @@ first segment, each clip's own first face as reference), the noise running under
 - "pink", "white < 2 kHz": the trained colours, for reference.
 
 A third table adds clicks (a keyboard or a mouse near the microphone: 5 ms bursts of white noise at -25 dBFS,
-every 0.6, 1 or 2 s) to the noise after the speech (6 s of it; the case spectrum, the first four shaped draws and pink noise
+every 0.2, 0.6 or 2 s from 0.1 s after the last word on) to the noise after the speech (6 s of it; the case spectrum, the first four shaped draws and pink noise
 under the same voices), and reports, over the noise from 1 s after the speech on, the share of frames whose gap is
 above 0.03 IOD and the mean gap. A model with a gate on its input (model 0.3.6) must not take each click for a
 word: a gate that reopens on a click lets the network hear the noise again, as an onset after silence.
@@ -135,7 +135,7 @@ def streams(clips: int, draws: int, case: Path | None):
 
 
 START_FRAMES = 150
-CLICK_PERIODS_S = (0.6, 1.0, 2.0)
+CLICK_PERIODS_S = (0.2, 0.6, 2.0)
 CLICK_DBFS, CLICK_MS, CLICK_NOISE_S = -25.0, 5.0, 6.0
 
 
@@ -157,7 +157,7 @@ def click_streams(clips: int, case: Path | None):
             fam_noise = pcm[s0 * SPF :]  # the noise alone after the speech, looped to CLICK_NOISE_S
             tail = fam_noise[np.arange(n_noise) % len(fam_noise)].astype(np.float64)
             n_click = int(CLICK_MS * SR / 1000)
-            for t in np.arange(0.3, CLICK_NOISE_S, period):
+            for t in np.arange(0.1, CLICK_NOISE_S, period):  # from 0.1 s after the speech: inside a gate's hold
                 a = int(t * SR)
                 burst = scale_to_dbfs(rng.standard_normal(n_click), CLICK_DBFS)
                 tail[a : a + n_click] += burst[: len(tail[a : a + n_click])]

@@ -229,6 +229,41 @@ def test_a_phrase_after_digital_silence_opens_at_its_first_step(speech):
     np.testing.assert_array_equal(out[0, k * SPF : (k + 1) * SPF], pcm[k * SPF : (k + 1) * SPF])
 
 
+def test_clicks_faster_than_the_hold_right_after_speech_do_not_hold_the_gate_open(speech):
+    """Typing while the hold runs: a 5 ms click every 0.2 s from the end of a phrase on neither restarts the hold
+    nor reopens the gate, which closes 0.48 s after the phrase's last speech step as without the clicks."""
+    gate = _gate()
+    n_speech = 60
+    pcm = _tone(-48.0, n_speech + 100, seed=9).astype(np.float64)
+    pcm[: n_speech * SPF] += np.asarray(speech[: n_speech * SPF], np.float64)
+    quiet = pcm.copy()
+    rng = np.random.default_rng(10)
+    for t in np.arange(n_speech * SPF + 1600, pcm.size - 200, 3200):  # every 0.2 s
+        pcm[t : t + 80] += rng.standard_normal(80) * 10 ** (-25 / 20)
+    _, with_clicks, _, _ = _run(gate, pcm.astype(np.float32))
+    _, without, _, _ = _run(gate, quiet.astype(np.float32))
+    np.testing.assert_array_equal(with_clicks, without)
+    assert np.all(with_clicks[0, n_speech + 30 :] == 0.0)
+
+
+def test_a_soft_step_inside_a_phrase_carries_it_but_not_after_a_pause():
+    """A step whose whole level stands 6 dB above the floor but fills only 2 of its 4 blocks counts as speech
+    right after a speech step (a phrase's soft step), and not after a non-speech step (a click does the same)."""
+    gate = _gate(hold_s=0.0)  # no hold: each step's gain is its own speech decision
+    bg = _tone(-50.0, 60, seed=11)
+    loud = _tone(-30.0, 1, seed=12)
+    soft = np.zeros(SPF, np.float32)
+    soft[SPF // 2 :] = _tone(-33.0, 1, seed=13)[: SPF // 2]  # the second half only: 2 blocks, whole level ~-36
+    soft += bg[:SPF]
+    inside = np.concatenate([bg, loud + bg[:SPF], soft])  # loud step, then the soft one
+    alone = np.concatenate([bg, bg[:SPF], soft])  # a background step, then the soft one
+    _, g_inside, floors, levels = _run(gate, inside)
+    _, g_alone, _, _ = _run(gate, alone)
+    k = 61
+    assert levels[0, k] >= floors[0, k] + gate.cfg.margin_db
+    assert g_inside[0, k] == 1.0 and g_alone[0, k] == 0.0
+
+
 def test_a_click_in_the_noise_does_not_reopen_the_gate_but_a_word_does(speech):
     """Once the gate has closed in steady noise, 5 ms clicks 23 dB above it (a key, a mouse) leave it closed: a step
     needs 3 of its 4 10-ms blocks above the floor; a word reopens it within its first two steps."""

@@ -12,17 +12,17 @@ Per 40 ms step (640 samples), for each stream:
 
 1. the level of the new samples after a first-order pre-emphasis, `10 log10(mean(y^2))` dBFS with
    `y[n] = x[n] - preemphasis * x[n-1]` within the step (floored at -120): tilting the spectrum up keeps the fans,
-   hum and rumble that fill most rooms' backgrounds below the speech band's consonants and formants (with 0.97,
-   a test split whose VidTIMIT clips sit about 10 dB above their background had 10 % of their speech steps gated
-   instead of 26 % with the flat level);
+   hum and rumble that fill most rooms' backgrounds below the speech band's consonants and formants (a scratch
+   count on the test split's VidTIMIT clips, about 10 dB above their background, gated 10 % of their speech steps
+   with 0.97 and a 6 dB margin, against 26 % with the flat level and 8 dB; an earlier setting);
 2. the stream's noise floor: minimum statistics over smoothed levels (R. Martin, IEEE Trans. Speech and Audio
    Processing 9(5), 2001), exactly the tracker of `stream_engine.noise_floor.NoiseFloor` with `cfg.noise`
    (sub-window ring, steady start, frames below `skip_below_dbfs` skipped), in float32;
-3. speech: the step was heard (not below `skip_below_dbfs`) and either the gate is open and the step's level is
-   `margin_db` above that floor, or at least 3 of its 4 10-ms blocks stand that far above it (sound that lasts: a
-   closed gate does not reopen on a click), or it is the first heard step after digital silence (an onset: where
-   every pause is digital silence, a file or a push-to-talk stream, the floor is the speech's own quietest level
-   and would cut each phrase's start);
+3. speech: the step was heard (not below `skip_below_dbfs`) and at least 3 of its 4 10-ms blocks stand
+   `margin_db` above that floor (sound that lasts: a click does not), or the previous step was speech and this
+   step's whole level stands that far above it (a phrase's soft steps), or it is the first heard step after
+   digital silence (an onset: where every pause is digital silence, a file or a push-to-talk stream, the floor is
+   the speech's own quietest level and would cut each phrase's start);
 4. the gain: 1 while the last speech step is at most `hold_frames` steps back, else 0. It opens at once (an
    onset's step keeps its own attack) and closes with a linear fade over the step's 640 samples, so the front
    end's windows never see a cut;
@@ -38,7 +38,9 @@ Training does not use the gate (it has no weights): `training.train_generator`, 
 benchmarks that read MFCC directly (`gap_lag`, `distill_probe`, `voice_adapt`) see ungated audio, which differs
 from what the step hears only in pauses the gate closes.
 
-Costs: the lip movement in speech pauses longer than `hold_s` (the network then hears silence; a real mouth in a
+Costs: a phrase after a pause longer than `hold_s` in noise may lose its first step (when its sound fills fewer
+than `loud_blocks` blocks); sound of 30 ms or more in the noise reopens the gate; the lip movement in speech pauses
+longer than `hold_s` (the network then hears silence; a real mouth in a
 long pause usually closes too) and the look of speech whose level stays within `margin_db` of its own
 background (very noisy rooms); see the model card's measurements.
 """
@@ -82,17 +84,17 @@ class InputGateConfig:
     Attributes:
         noise: the noise-floor tracker (`stream_engine.noise_floor.NoiseFloorConfig`); `skip_below_dbfs` must be
             finite (frames that quiet are neither background nor speech).
-        margin_db: a step counts as speech when at least `loud_blocks` of its `blocks` equal parts are this many
-            dB or more above the floor.
+        margin_db: how far (dB) above the floor a level must stand: `loud_blocks` of a step's `blocks` block
+            levels, or the whole step's level when the previous step counted as speech (inside a phrase).
         hold_s: the gate closes once no step has counted as speech for longer than this (seconds of stream
             time, rounded to whole 40 ms steps).
         preemphasis: a in y[n] = x[n] - a x[n-1], applied before every level (0 = the flat level), in [0, 1).
         blocks: equal parts of a step whose levels are compared with the floor (4: 10 ms each at 16 kHz).
-        loud_blocks: how many of them must stand `margin_db` above the floor to reopen a closed gate: 3 of 4 asks
-            for sound that lasts about 30 ms, which a click (a key, a mouse, a few ms) does not; each reopening on
-            a click let the network hear the noise again for the hold, as an onset after silence
-            (`benchmarks.noise_spectra`'s clicks table). An open gate stays open on the whole step's level, so
-            speech's soft steps keep it open as before.
+        loud_blocks: how many of them must stand `margin_db` above the floor for a step that does not follow a
+            speech step: 3 of 4 asks for sound that lasts about 30 ms, which a click (a key, a mouse, a few ms)
+            does not; each reopening on a click let the network hear the noise again for the hold, as an onset
+            after silence, and clicks closer together than the hold kept the gate open
+            (`benchmarks.noise_spectra`'s clicks table).
     Raises:
         ValueError: margin_db < 0, hold_s < 0, preemphasis outside [0, 1), blocks < 1, loud_blocks outside
             [1, blocks], or a non-finite skip level.
@@ -250,11 +252,13 @@ class InputGate(torch.nn.Module):
         # whose pauses are digital silence the floor is the speech's own quietest level, and the first syllable
         # would otherwise be cut (its first steps rise through that level).
         onset = col(lay.CONSECUTIVE) < 0.5
-        # While the gate is open a step keeps it open when its whole level stands out (speech's soft steps do); a
-        # closed gate reopens only on sound that lasts: `loud_blocks` of its blocks stand out (a click does not).
+        # Sound that lasts counts: `loud_blocks` of the step's blocks stand out (a click of a few ms does not). A step
+        # right after a speech step (inside a phrase) counts on its whole level, so speech's soft steps carry the
+        # phrase on; an isolated click, even inside the hold, neither reopens the gate nor restarts the hold.
         last = 1.0 - col(lay.CLOSED)
         loud = (block_level >= floor + float(cfg.margin_db)).to(audio.dtype).sum(dim=1, keepdim=True)
-        keep = (last > 0.5) & (level >= floor + float(cfg.margin_db))
+        in_phrase = col(lay.SINCE) < 0.5  # the previous step counted as speech (also true for a fresh stream)
+        keep = in_phrase & (level >= floor + float(cfg.margin_db))
         speech = heard & (keep | (loud >= float(cfg.loud_blocks)) | onset)
         since = torch.where(
             speech, torch.zeros_like(level), torch.clamp(col(lay.SINCE) + 1.0, max=self.hold_frames + 1.0)
