@@ -125,15 +125,11 @@ class OnnxGenerator:
 
         assert self.cfg.input_gate is not None
         gate = InputGate(self.cfg.input_gate, SPF, self.frontend.landmark_fps)
-        rows = []
         with torch.no_grad():
-            for head in heads:
-                st = gate.initial_state(1)
-                x = torch.from_numpy(np.asarray(head[: len(head) // SPF * SPF], np.float32))[None]
-                for k in range(x.shape[1] // SPF):
-                    st = gate.step(x[:, k * SPF : (k + 1) * SPF], st).state
-                rows.append(st.numpy())
-        return np.concatenate(rows).astype(np.float32)
+            rows = [
+                gate.run(torch.from_numpy(np.asarray(h[: len(h) // SPF * SPF], np.float32))[None])[1] for h in heads
+            ]
+        return torch.cat(rows).numpy().astype(np.float32)
 
     def rollout(self, pcm: np.ndarray, x_ref: np.ndarray, seed: int, num_frames: int) -> np.ndarray:
         """One fresh stream from frame 0 of `pcm` (silence before it), its first L outputs dropped:

@@ -283,9 +283,10 @@ class InputGate(torch.nn.Module):
         )
         return GateStep(audio * ramp, gain, level, floor, next_state)
 
-    def gate_pcm(self, pcm: torch.Tensor) -> torch.Tensor:
-        """Whole streams from their start: (B, N) PCM -> (B, N) the samples the step would hear (a trailing part of
-        a step is gated with that step's gain, as if the step were completed with silence)."""
+    def run(self, pcm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole streams from their start, step by step: (B, N) PCM -> ((B, N) the samples the step would hear,
+        (B, width) the state after the last step). A trailing part of a step is gated with that step's gain, as if
+        the step were completed with silence (and that step is in the state)."""
         b, total = pcm.shape
         n = self.samples_per_step
         steps = -(-total // n)
@@ -296,4 +297,8 @@ class InputGate(torch.nn.Module):
             gated = self.step(padded[:, k * n : (k + 1) * n], state)
             out.append(gated.audio)
             state = gated.state
-        return torch.cat(out, dim=1)[:, :total] if out else pcm
+        return (torch.cat(out, dim=1)[:, :total] if out else pcm), state
+
+    def gate_pcm(self, pcm: torch.Tensor) -> torch.Tensor:
+        """Whole streams from their start: (B, N) PCM -> (B, N) the samples the step would hear (`run`)."""
+        return self.run(pcm)[0]
