@@ -349,6 +349,7 @@ class _Stream:
         "overflow",
         "next_fifo",
         "next_arrivals",
+        "next_flushes",
     )
 
     def __init__(self, stream_id: str, reference_face: np.ndarray | None, rng: np.random.Generator, row: int) -> None:
@@ -360,6 +361,9 @@ class _Stream:
         self.overflow: collections.deque[tuple[np.ndarray, int, bool]] = collections.deque()
         self.next_fifo = _SampleFifo()  # audio that arrived while a flushed epoch drains
         self.next_arrivals: list[tuple[int, int]] = []  # (end sample relative to its first sample, arrival_ns)
+        # flushes of that queued audio, oldest first: (end of the flushed segment in next_fifo, flush time ns);
+        # each segment becomes an epoch of its own once the one before it has drained
+        self.next_flushes: list[tuple[int, int]] = []
 
 
 #: `EngineCore.push_audio_many`'s chunks: one (K, n) array, or K 1-D arrays
@@ -663,8 +667,16 @@ class EngineCore:
         """
         stream = self._get(stream_id)
         row = stream.row
-        if self._ending[row] >= 0:
-            return self._frames_left(row)  # already flushing
+        if self._ending[row] >= 0:  # a flushed epoch is still draining
+            queued, marks = stream.next_fifo.size, stream.next_flushes
+            done = marks[-1][0] if marks else 0
+            if queued > done:  # audio came after that flush: it is a segment of its own, flushed when it starts
+                marks.append((queued, int(now_ns)))
+                return -(-(queued - done) // self.samples_per_frame)
+            if marks:  # nothing new since the last queued flush: its segment's frames are all still to come
+                start = marks[-2][0] if len(marks) > 1 else 0
+                return -(-(done - start) // self.samples_per_frame)
+            return self._frames_left(row)  # nothing new since this flush
         real = self._epoch_real.item(row)
         if real == 0:
             return 0  # nothing received since the last restart
@@ -1609,6 +1621,7 @@ class EngineCore:
         """A new epoch now, dropping pending audio (as `reset`)."""
         stream.next_fifo.clear()
         stream.next_arrivals.clear()
+        stream.next_flushes.clear()
         self._start_epoch(stream)
 
     def _start_epoch(self, stream: _Stream) -> None:
@@ -1631,19 +1644,32 @@ class EngineCore:
         self._ending[row] = -1
 
     def _start_next_epoch(self, stream: _Stream) -> None:
-        """After a flush has drained: start the next epoch with the audio that queued behind it."""
-        queued, arrivals = stream.next_fifo, stream.next_arrivals
-        stream.next_fifo, stream.next_arrivals = _SampleFifo(), []
+        """After a flush has drained: start the next epoch with the audio that queued behind it. When that audio was
+        flushed too (`flush` while draining), the epoch takes its first segment only and is flushed at once; the
+        rest queues behind it again, with its own flushes."""
+        queued, arrivals, marks = stream.next_fifo, stream.next_arrivals, stream.next_flushes
+        stream.next_fifo, stream.next_arrivals, stream.next_flushes = _SampleFifo(), [], []
         row = stream.row
         self._start_epoch(stream)
         size = queued.size
+        cut = marks[0][0] if marks else size
         self._epoch_start[row] = self._received[row] - size
         samples = queued.take(size) if size else _NO_SAMPLES
-        self._epoch_in[row] = self._epoch_real[row] = size
-        start = 0
+        self._epoch_in[row] = self._epoch_real[row] = cut
+        start, rest = 0, []
         for end, arrival_ns in arrivals:
-            self._append(stream, samples[start:end], arrival_ns)
+            if start < cut:
+                self._append(stream, samples[start : min(end, cut)], arrival_ns)
+            if end > cut:
+                rest.append((end - cut, arrival_ns))
             start = end
+        if not marks:
+            return
+        self.flush(stream.stream_id, marks[0][1])  # this epoch is the flushed segment: pad it, end it
+        if size > cut:  # what came after that flush waits for this epoch to drain (flush set it ending)
+            stream.next_fifo.push(samples[cut:])
+            stream.next_arrivals = rest
+            stream.next_flushes = [(m - cut, ns) for m, ns in marks[1:]]
 
 
 _FLOAT32 = np.dtype(np.float32)

@@ -203,6 +203,39 @@ def test_flush_emits_every_received_sample_then_starts_a_new_epoch():
     assert [f.index for f in core.process()] == [1, 2]
 
 
+@pytest.mark.parametrize("compiled", [False, None])
+def test_segments_flushed_back_to_back_each_get_their_own_epoch_and_every_frame(compiled):
+    """Three segments pushed and flushed before any step runs (a client sending faster than the engine runs):
+    each is an epoch of its own with every frame of its audio (ceil(n / 640), the look-ahead tail included),
+    starting at its own first sample; each flush answers its own segment's frames; a flush with nothing new
+    after it changes nothing. (A flush while the last one drained used to be ignored: the later segments merged
+    into one epoch and the last lost its look-ahead tail.)"""
+    core = EngineCore(FakeRunner(lookahead_frames=2), compiled=compiled)
+    core.open_stream("s")
+    sizes, start = [3200, 1000, 2000], 0
+    for i, n in enumerate(sizes):
+        core.push_audio("s", tone(n, start_sample=start), arrival_ns=i)
+        start += n
+        assert core.flush("s", now_ns=10 + i) == -(-n // SPF)
+    assert core.flush("s", now_ns=20) == 4  # nothing new: the last segment's 4 frames are still to come
+    frames = []
+    for _ in range(30):
+        frames += core.process()
+    want = [(e, j) for e, n in enumerate(sizes) for j in range(-(-n // SPF))]
+    assert [(f.epoch, f.index) for f in frames] == want
+    firsts = {f.epoch: f.pts_ns for f in frames if f.index == 0}
+    assert firsts == {0: 0, 1: 3200 * 62_500, 2: 4200 * 62_500}
+    assert core.is_drained("s") and core.epoch("s") == 3
+    # a segment queued behind a draining flush and not flushed itself joins the next epoch unflushed, as before
+    core.push_audio("s", tone(SPF * 3), arrival_ns=30)
+    assert core.flush("s", now_ns=31) == 3
+    core.push_audio("s", tone(SPF * 4), arrival_ns=32)
+    frames = []
+    for _ in range(30):
+        frames += core.process()
+    assert [(f.epoch, f.index) for f in frames] == [(3, 0), (3, 1), (3, 2), (4, 0), (4, 1)]
+
+
 def test_bad_chunks_raise_clear_errors_and_leave_the_stream_unchanged():
     core = EngineCore(FakeRunner(lookahead_frames=0), max_pending_s=1.0)
     core.open_stream("s")
