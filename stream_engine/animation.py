@@ -26,6 +26,7 @@ import numpy as np
 
 from stream_engine.audio_io import AudioError, load_audio, resample, to_mono
 from stream_engine.blendshapes import ARKIT_NAMES
+from stream_engine.inputs import MAX_CHANNELS, PcmFormat
 from stream_engine.signals import SIGNAL_NAMES, SignalConfig, SignalExtractor, stream_seed
 
 if TYPE_CHECKING:
@@ -105,6 +106,9 @@ class Animation:
                 "blendshape_names": np.array(ARKIT_NAMES),
                 "fps": np.asarray(np.float64(self.fps)),
                 "duration_s": np.asarray(np.float64(self.duration_s)),
+                "num_frames": np.asarray(np.int64(self.num_frames)),
+                "sample_rate_hz": np.asarray(np.int64(self.sample_rate_hz)),
+                "landmark_layout": np.asarray("ibug68"),
                 **{f"signal_{k}": v for k, v in self.signals.items()},
             }
             # numpy's stub declares `allow_pickle: bool` beside `**kwds`, so mypy checks a str-keyed dict's values
@@ -120,7 +124,7 @@ class Animation:
                     + list(self.signals)
                     + list(ARKIT_NAMES)
                 )
-                flat = self.landmarks.reshape(self.num_frames, -1)
+                flat = self.landmarks.reshape(self.num_frames, n * self.landmarks.shape[2])
                 sig = np.stack(list(self.signals.values()), axis=1) if self.num_frames else np.zeros((0, 0))
                 bs = self.blendshape_array()
                 for t in range(self.num_frames):
@@ -136,11 +140,12 @@ class Animation:
 def prepare_audio(path_or_array: Any, sample_rate: int | None, target_rate_hz: int) -> np.ndarray:
     """A file path or a PCM array -> mono float32 at `target_rate_hz`.
 
-    Arrays: float in [-1, 1] or int16/int32 PCM; (N,) mono or (N, C) interleaved channels (averaged);
-    `sample_rate` is required. The output has ceil(N * target / sample_rate) samples, so the frame count
+    Arrays: float in [-1, 1] or int16/int32 PCM; (N,) mono or (N, C) interleaved channels (averaged, C <= 32);
+    `sample_rate` is required, an integer in 8000..384000 Hz (as a live stream's). The output has ceil(N * target / sample_rate) samples, so the frame count
     is ceil(duration * fps).
     Raises:
-        AudioError: unreadable file, wrong shape or dtype, non-finite samples, missing sample_rate.
+        AudioError: unreadable file, wrong shape or dtype (a channels-first (C, N) array reads as N channels and
+            is refused), non-finite samples, a missing or unsupported sample_rate.
     """
     if isinstance(path_or_array, (str, Path)):
         if sample_rate is not None:
@@ -150,8 +155,19 @@ def prepare_audio(path_or_array: Any, sample_rate: int | None, target_rate_hz: i
     samples = np.asarray(path_or_array)
     if sample_rate is None:
         raise AudioError("give sample_rate with a PCM array (e.g. animate(pcm, sample_rate=48000))")
-    if int(sample_rate) <= 0:
-        raise AudioError(f"sample_rate must be positive, got {sample_rate}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
+        raise AudioError(f"sample_rate must be an integer in Hz, got {sample_rate!r}")
+    if samples.ndim not in (1, 2):
+        raise AudioError(f"PCM must be (num_samples,) or (num_samples, channels), got shape {samples.shape}")
+    if samples.ndim == 2 and not 1 <= samples.shape[1] <= MAX_CHANNELS:
+        raise AudioError(
+            f"PCM of shape {samples.shape} would have {samples.shape[1]} channels (at most {MAX_CHANNELS}): arrays "
+            "are (num_samples, channels); transpose a channels-first one"
+        )
+    try:  # the rates a live stream takes (`Stream.push`, the WebSocket `config`)
+        PcmFormat(int(sample_rate), 1, "float32")
+    except ValueError as exc:
+        raise AudioError(str(exc)) from None
     if samples.dtype == np.int16:
         samples = samples.astype(np.float32) / 32768.0
     elif samples.dtype == np.int32:
@@ -201,7 +217,9 @@ def animate(
     Args:
         path_or_array: an audio/video file path, or PCM (N,) / (N, C) float or int16/int32.
         sample_rate: the array's rate in Hz (required for arrays, refused for paths).
-        reference_face: (68, 2) normalised face to start from and measure against (None = the model's).
+        reference_face: (68, 2) face to start from and measure against, normalised crop coordinates or pixels
+            (any coordinate above 1.5: normalised with the training data's fixed crop, as `--reference-face`
+            does); None = the model's.
         model: None (shipped model), a .onnx path, or a loaded runner (reuse one for many files).
         seed: the model's noise and the procedural blinks (same seed, same animation).
         signal_cfg: how signals and blendshapes are derived.
@@ -209,11 +227,16 @@ def animate(
     Returns:
         `Animation` with T = ceil(duration_s * fps) frames.
     Raises:
-        AudioError (bad audio), ValueError (bad reference face), FileNotFoundError (model).
+        AudioError (bad audio), ValueError (bad reference face: `ReferenceFaceError`), FileNotFoundError (no such
+        model file), `ModelLoadError` (a model file ONNX Runtime cannot load).
     """
     runner = load_model(model)
     c = runner.contract
     rate, spf = int(c.sample_rate_hz), int(c.samples_per_frame)
+    if reference_face is not None:
+        from stream_engine.session import reference_face_from_points
+
+        reference_face = reference_face_from_points(reference_face, int(c.num_landmarks))
     audio = prepare_audio(path_or_array, sample_rate, rate)
     frames = landmark_frames(runner, audio, reference_face, seed=seed, chunk_s=chunk_s)
     expected = len(frames)

@@ -61,8 +61,9 @@ class Frame:
         blendshapes: ARKit blendshape weights by name in [0, 1] from the engine's deriver; empty without one.
         pts_s: presentation time in seconds of stream time: the frame covers audio [pts_s, pts_s + 0.04) of
             everything pushed to the stream (the sample clock; resets and stalls do not shift it).
-        index: frame number within the stream, 0, 1, 2, ... (continues across `reset`/`flush`).
-        epoch: how many resets/flushes came before it.
+        index: frame number within the stream, 0, 1, 2, ... (continues across `reset`/`flush`: the wire
+            protocol's `seq`; the protocol's `index` restarts at 0 in each epoch).
+        epoch: +1 each time the stream's model restarted before it (a `reset`, or a flushed segment's end).
         stalled: the frame was made from silence the engine added (asyncio engine only; see `EngineConfig`).
     """
 
@@ -167,12 +168,22 @@ class Engine:
         """A new stream with a fresh model state.
 
         Args:
-            reference_face: (68, 2) normalised landmarks of the face to animate (None = the model's).
+            reference_face: (68, 2) landmarks of the face to animate, normalised crop coordinates or pixels (any
+                coordinate above 1.5: normalised with the training data's fixed crop, as the WebSocket hello and
+                `--reference-face` do); None = the model's.
             seed: the stream's model-noise and blink seed (reproducible output).
-            stream_id: a name (default "s1", "s2", ...).
+            stream_id: a name, a non-empty string of at most 128 UTF-8 bytes (default "s1", "s2", ...).
         Raises:
-            ValueError: a taken id, or a reference face of the wrong shape or with NaN.
+            ValueError: a bad or taken id, or a reference face of the wrong shape or with NaN.
         """
+        if reference_face is not None:
+            from stream_engine.session import reference_face_from_points
+
+            reference_face = reference_face_from_points(reference_face, self.core.num_landmarks)
+        if stream_id is not None and (
+            not isinstance(stream_id, str) or not stream_id or len(stream_id.encode("utf-8", "surrogatepass")) > 128
+        ):  # the WebSocket protocol's rule for a stream id
+            raise ValueError(f"stream_id must be a non-empty string of at most 128 bytes, got {stream_id!r}")
         with self._lock:
             if stream_id is None:
                 stream_id = f"s{next(self._ids)}"
@@ -227,11 +238,14 @@ class Stream:
     # ------------------------------------------------------------------ facts
     @property
     def epoch(self) -> int:
+        """The current epoch (`Frame.epoch`). Raises RuntimeError once the stream is closed."""
+        self._check_open()
         return self.engine.core.epoch(self.id)
 
     @property
     def slot(self) -> int:
-        """The stream's row in the engine's state store."""
+        """The stream's row in the engine's state store. Raises RuntimeError once the stream is closed."""
+        self._check_open()
         return self.engine.core.slot_of(self.id)
 
     # ------------------------------------------------------------------ audio in, frames out

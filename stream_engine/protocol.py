@@ -172,7 +172,8 @@ def parse_stream_id(value: object) -> str:
     if not isinstance(value, str) or not value or len(value.encode("utf-8", "surrogatepass")) > MAX_STREAM_ID_BYTES:
         raise ProtocolError(
             "bad_message",
-            f"a stream id must be a non-empty string of at most {MAX_STREAM_ID_BYTES} bytes, got {str(value)[:40]!r}",
+            f"a stream id must be a non-empty string of at most {MAX_STREAM_ID_BYTES} bytes, got "
+            + ("none" if value is None else repr(value)[:40]),
         )
     return value
 

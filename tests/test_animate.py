@@ -78,6 +78,25 @@ def test_bad_input_is_a_clear_error(runner, tmp_path):
         animate(tmp_path / "missing.wav", model=runner)
     with pytest.raises(ValueError, match="reference face"):
         animate(np.zeros(1000, np.float32), 16000, np.zeros((5, 2)), model=runner)
+    stereo = np.zeros((2, 16000), np.float32)  # channels first: would read as 16000 channels
+    with pytest.raises(AudioError, match="channels-first"):
+        animate(stereo, 16000, model=runner)
+    for rate in (100, 10**7, 22050.5, "16000", True):  # the rates `Stream.push` refuses, refused here too
+        with pytest.raises(AudioError, match="sample_rate"):
+            animate(np.zeros(1000, np.float32), rate, model=runner)
+    assert animate(stereo.T, np.int64(16000), model=runner).num_frames == 25
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "npz"])
+def test_an_empty_animation_saves_in_every_format(runner, tmp_path, fmt):
+    anim = animate(np.zeros(0, np.float32), 16000, model=runner)
+    assert anim.num_frames == 0
+    path = anim.save(tmp_path / f"e.{fmt}")
+    if fmt == "csv":
+        assert len(path.read_text().strip().splitlines()) == 1  # the header only
+    elif fmt == "npz":
+        data = np.load(path)
+        assert int(data["num_frames"]) == 0 and data["landmarks"].shape == (0, 68, 2)
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "npz"])
@@ -96,6 +115,8 @@ def test_saved_formats_hold_every_frame(runner, tmp_path, fmt):
         data = np.load(path)
         np.testing.assert_array_equal(data["landmarks"], anim.landmarks)
         assert data["blendshapes"].shape == (25, 52) and data["signal_mouth_open"].shape == (25,)
+        assert int(data["num_frames"]) == 25 and int(data["sample_rate_hz"]) == 16000
+        assert str(data["landmark_layout"]) == "ibug68"
 
 
 def test_cli_many_files_bad_one_skipped(tmp_path, capsys):
@@ -112,6 +133,25 @@ def test_cli_many_files_bad_one_skipped(tmp_path, capsys):
     assert not (tmp_path / "out" / "c.json").exists()
     assert main(["animate", str(src / "a.wav"), "--out", str(tmp_path / "one.npz"), "--quiet"]) == 0
     assert np.load(tmp_path / "one.npz")["landmarks"].shape == (20, 68, 2)
+
+
+def test_cli_says_what_a_folder_left_out_and_refuses_an_out_that_cannot_hold_the_inputs(tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    soundfile.write(src / "a.wav", speechlike(12582, seed=4), 16000)
+    (src / "notes.txt").write_text("hello")
+    (src / "clip.mpg").write_bytes(b"not a video")  # an .mpg is looked for (and reported when unreadable)
+    rc = main(["animate", str(src), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "clip.mpg" in err and (tmp_path / "out" / "a.json").is_file()
+    assert "left out 1 other file(s) (.txt) and 1 subfolder(s)" in err
+    for argv in (
+        [str(src / "a.wav"), str(src / "a.wav"), "--out", str(tmp_path / "two.json")],  # one file, two inputs
+        [str(src / "a.wav"), "--out", str(tmp_path / "y.json"), "--format", "csv"],  # suffix and format differ
+    ):
+        assert main(["animate", *argv, "--quiet"]) == 2
+        assert "--out" in capsys.readouterr().err
+    assert not (tmp_path / "two.json").exists() and not (tmp_path / "y.json").exists()
 
 
 def test_cli_video_preview(tmp_path):

@@ -94,6 +94,8 @@ def test_reset_close_and_slot_reuse():
     a.close()  # idempotent
     with pytest.raises(RuntimeError):
         a.push(speechlike(SPF))
+    with pytest.raises(RuntimeError, match="closed"):
+        a.epoch  # noqa: B018  (a property)
     c = engine.open_stream()
     assert c.slot == slot
     engine.close()
@@ -138,3 +140,30 @@ def test_default_engine_loads_the_shipped_model_and_is_reproducible_with_a_seed(
         s.close()
     assert runs[0].shape == (25, 68, 2) and np.all(np.isfinite(runs[0]))
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_a_reference_face_in_pixels_is_normalised_as_the_websocket_hello_does():
+    """`Engine.open_stream` and `animate` take a reference face in pixels too (any coordinate above 1.5), as the
+    WebSocket hello and `--reference-face` do: the same stream as the normalised face."""
+    from stream_engine.animation import animate
+    from stream_engine.session import reference_face_from_points
+
+    runner = FakeRunner(lookahead_frames=1)
+    ref = np.asarray(runner.contract.reference_face, np.float64)
+    px = ref * 480.0 + np.array([80.0, 0.0])
+    want = reference_face_from_points(px)
+    assert np.abs(want).max() <= 1.5
+    engine = stream_engine.Engine(runner)
+    a = engine.open_stream(reference_face=px, seed=1)
+    b = engine.open_stream(reference_face=want, seed=1)
+    audio = speechlike(SPF * 6)
+    fa, fb = a.push(audio), b.push(audio)
+    assert len(fa) == 5 and all(np.array_equal(x.landmarks, y.landmarks) for x, y in zip(fa, fb))
+    assert np.array_equal(
+        animate(audio, 16000, px, model=runner).landmarks, animate(audio, 16000, want, model=runner).landmarks
+    )
+    with pytest.raises(ValueError, match="68"):
+        engine.open_stream(reference_face=np.zeros((5, 2)))
+    for bad in ("", 5, "x" * 129):  # the protocol's stream-id rule
+        with pytest.raises(ValueError, match="stream_id"):
+            engine.open_stream(stream_id=bad)
