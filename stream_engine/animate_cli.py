@@ -14,7 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aac", ".mp4", ".mkv", ".webm", ".mov"}
+#: What a folder is searched for (files given by name are read whatever their suffix): libsndfile's formats and
+#: the common containers FFmpeg (PyAV) reads.
+AUDIO_SUFFIXES = {
+    ".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".caf",
+    ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".avi", ".flv", ".wmv", ".ts", ".3gp",
+}  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out",
         required=True,
         metavar="PATH",
-        help="output file (one input with a .json/.csv/.npz name) or folder (one output per input)",
+        help="output file (one input; a .json/.csv/.npz name) or folder (one output per input, <name>.<format>; "
+        "any other name is a folder)",
     )
     p.add_argument(
         "--format", choices=["json", "csv", "npz"], help="output format (default: the --out suffix, else json)"
@@ -37,23 +43,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
 
 
-def collect_inputs(items: list[str]) -> list[Path]:
-    """Files as given, folders expanded (sorted) to the audio/video files directly inside them."""
+def collect_inputs(items: list[str]) -> tuple[list[Path], list[str]]:
+    """Files as given, folders expanded (sorted) to the audio/video files directly inside them (`AUDIO_SUFFIXES`).
+
+    Returns:
+        (the inputs, one note per folder that held anything else: how many other files and subfolders it held,
+        which are not read).
+    """
     out: list[Path] = []
+    notes: list[str] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            out.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES))
+            entries = sorted(path.iterdir())
+            found = [p for p in entries if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES]
+            others = [p for p in entries if p.is_file() and p not in found and not p.name.startswith(".")]
+            folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+            if others or folders:
+                kinds = sorted({p.suffix.lower() or "(no suffix)" for p in others})
+                notes.append(
+                    f"{path}: read {len(found)} audio/video file(s); left out {len(others)} other file(s)"
+                    + (f" ({', '.join(kinds[:6])}{', ...' if len(kinds) > 6 else ''})" if others else "")
+                    + (f" and {len(folders)} subfolder(s) (folders are not searched)" if folders else "")
+                    + "; name a file to read it whatever its suffix"
+                )
+            out.extend(found)
         else:
             out.append(path)  # a missing file is reported when it is read
-    return out
+    return out, notes
+
+
+class OutputError(ValueError):
+    """`--out` / `--format` that cannot hold the inputs' animations."""
 
 
 def output_paths(inputs: list[Path], out: Path, fmt: str | None) -> tuple[list[Path], str]:
-    """Where each input's animation goes, and the format."""
+    """Where each input's animation goes, and the format.
+
+    Raises:
+        OutputError: `--out` names one .json/.csv/.npz file but there are several inputs, or `--format` differs
+            from its suffix.
+    """
     suffix = out.suffix.lower().lstrip(".")
-    if len(inputs) == 1 and suffix in ("json", "csv", "npz"):
-        return [out], fmt or suffix
+    if suffix in ("json", "csv", "npz") and not out.is_dir():
+        if len(inputs) != 1:
+            raise OutputError(
+                f"--out {out} names one .{suffix} file, but there are {len(inputs)} inputs: give a folder"
+            )
+        if fmt and fmt != suffix:
+            raise OutputError(f"--out {out} names a .{suffix} file, but --format is {fmt}")
+        return [out], suffix
     fmt = fmt or "json"
     paths, taken = [], set()
     for src in inputs:
@@ -74,9 +113,16 @@ def run(args: argparse.Namespace) -> int:
     from stream_engine.preview import PreviewError, render_video, require_pyav
     from stream_engine.session import ReferenceFaceError, load_reference_face
 
-    inputs = collect_inputs(args.inputs)
+    inputs, notes = collect_inputs(args.inputs)
+    for note in notes:
+        print(f"msync animate: {note}", file=sys.stderr)
     if not inputs:
         print("msync animate: no audio files found in " + ", ".join(args.inputs), file=sys.stderr)
+        return 2
+    try:
+        outs, fmt = output_paths(inputs, Path(args.out), args.format)
+    except OutputError as exc:
+        print(f"msync animate: {exc}", file=sys.stderr)
         return 2
     if args.video:
         try:
@@ -90,7 +136,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ReferenceFaceError, ValueError) as exc:
         print(f"msync animate: {exc}", file=sys.stderr)
         return 2
-    outs, fmt = output_paths(inputs, Path(args.out), args.format)
     rows, failed = [], []
     bar = tqdm(list(zip(inputs, outs)), unit="file", disable=args.quiet, file=sys.stderr)
     for src, dst in bar:
