@@ -362,7 +362,7 @@ class BatchSignalExtractor:
             feats = self._feature_filter(slots, face_features(pts), t)
             has = self._has_neutral_feats[slots]
             init = np.where(self._has_face[slots][:, None], self._neutral_face_feats[slots], feats)
-            kk = np.minimum(1.0, dt / cfg.blendshape_neutral_s)[:, None] * np.where(
+            kk = (np.minimum(1.0, dt / cfg.blendshape_neutral_s) * gate)[:, None] * np.where(
                 OPENING_FEATURES[None, :], (openness < 0.3)[:, None], 1.0
             )
             cur = self._neutral_feats[slots]

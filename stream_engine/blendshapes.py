@@ -11,10 +11,13 @@ the subject's right eye (points 36-41) to its left eye (42-47), y perpendicular 
 inter-ocular distance |p36 - p45|. So in-plane head roll, translation and scale do not leak into the weights.
 Each weight is ``clip((feature - feature_of_neutral) / span, 0, 1)``: the deviation of one feature from the same
 feature on the stream's neutral face, over a calibrated full-scale span. The engine starts the neutral at the
-stream's reference face and lets it follow the face while the mouth is nearly closed, so
+stream's reference face and lets it follow the face while speech is heard and the mouth is nearly closed, so
 a generated face whose rest differs from its reference (brows a little lower, chin a little aside) does not
 hold shapes at full weight (`SignalConfig.blendshape_neutral_s`, 3 s; the features are One-Euro filtered
-with the mouth's settings first):
+with the mouth's settings first). In silence the engine's speech gate sets the mouth, jaw and brow shapes to 0
+(`signals.GATED_SHAPES`) and the neutral stays as it was: the generated face lowers its brows by about 0.07
+inter-ocular in digital silence (model 0.3.6, twice browDown's span), which held browDown at 1 for seconds
+after every phrase before:
 
 | blendshape | feature (face frame, / inter-ocular) |
 |---|---|

@@ -451,8 +451,8 @@ def frame_pass(
         for j in range(n_feat):
             feats[j] = feat_d[j] + feat_l[j]
         _one_euro(s, feats, t, feats_f, gx, gdx, gt, gready, g_min, g_beta, g_tau)
-        # the running neutral (opening features adapt only while the mouth is nearly closed)
-        k_n = min(1.0, dt / neutral_s)
+        # the running neutral: not in silence (the gate), and opening features only while the mouth is nearly closed
+        k_n = min(1.0, dt / neutral_s) * g
         for j in range(n_feat):
             if has_neutral[s]:
                 w = k_n * ((1.0 if openness < 0.3 else 0.0) if opening[j] else 1.0)

@@ -241,7 +241,7 @@ OPENING_FEATURES = np.isin(
 )
 
 #: ARKit shapes closed by the silence gate together with the mouth.
-GATED_SHAPES = np.array([ARKIT_INDEX[n] for n in ARKIT_NAMES if n.startswith(("jaw", "mouth"))])
+GATED_SHAPES = np.array([ARKIT_INDEX[n] for n in ARKIT_NAMES if n.startswith(("jaw", "mouth", "brow"))])
 
 
 def stream_seed(base_seed: int | None, stream_id: str) -> int | None:
@@ -306,7 +306,8 @@ class SignalConfig:
         blendshape_gain: > 1 reaches full weight with smaller movements (generated faces move less than the
             real speakers the spans were calibrated on).
         blendshape_neutral_s: time constant with which the blendshapes' neutral face (starting at the reference
-            face) follows the face while the mouth is nearly closed.
+            face) follows the face while speech is heard (the mouth gate open; the mouth-opening features only
+            while the mouth is nearly closed). Not in silence, where the mouth, jaw and brow shapes are 0.
         head_relative_to_reference: report head angles relative to the stream's reference face.
         max_head_deg: clamp of every head angle.
     """
@@ -636,8 +637,13 @@ class SignalExtractor:
             feats = self._feature_filter(face_features(pts), t_s)
             if self._neutral_feats is None:
                 self._neutral_feats = face_features(self._neutral_face) if self._neutral_face is not None else feats
-            else:  # the rest face: follow it (opening-driven features only while the mouth is nearly closed)
-                rate = min(1.0, dt_s / cfg.blendshape_neutral_s) * np.where(OPENING_FEATURES, openness < 0.3, 1.0)
+            else:  # the rest face while talking: follow it (opening-driven features only while the mouth is nearly
+                # closed), not in silence, where the gated shapes are 0 (`GATED_SHAPES`)
+                rate = (
+                    min(1.0, dt_s / cfg.blendshape_neutral_s)
+                    * gate
+                    * np.where(OPENING_FEATURES, openness < 0.3, 1.0)
+                )
                 self._neutral_feats = self._neutral_feats + (feats - self._neutral_feats) * rate
             shapes = blendshapes_from_features(feats, self._neutral_feats, blink, cfg.blendshape_gain)
             shapes[GATED_SHAPES] *= gate

@@ -187,3 +187,27 @@ def test_stream_seed_is_stable_across_processes():
     assert other == [stream_seed(7, "main")] * 2 == [2281819990558093370] * 2
     assert stream_seed(None, "main") is None
     assert stream_seed(7, "main") != stream_seed(7, "main2")
+
+
+def test_brows_rest_in_silence_and_the_neutral_does_not_learn_the_silent_face():
+    """The generated face lowers its brows in digital silence (model 0.3.6: 0.07 inter-ocular, twice browDown's
+    span). In silence the brow shapes are 0 like the mouth's, and the blendshapes' neutral does not follow the
+    silent face, so speech afterwards does not read as brows raised against it."""
+    from stream_engine.blendshapes import ARKIT_INDEX
+
+    cfg = SignalConfig(mouth_filter=OneEuroConfig(min_cutoff_hz=1e6), blink_mode="off", silence_dbfs=-50)
+    ex = SignalExtractor(cfg, reference_face=NEUTRAL_FACE)
+    iod = float(np.linalg.norm(NEUTRAL_FACE[36] - NEUTRAL_FACE[45]))
+    frowning = NEUTRAL_FACE.copy()
+    frowning[17:27, 1] += 0.07 * iod  # y down: brows lower towards the eyes
+    brow = [ARKIT_INDEX[n] for n in ("browDownLeft", "browDownRight", "browInnerUp")]
+    t, shapes = 0.0, []
+    for k in range(250):  # 1 s of speech, 8 s of silence with the brows down, 1 s of speech with them back
+        silent = 25 <= k < 225
+        s = ex.update(frowning if silent else NEUTRAL_FACE, t, -90.0 if silent else -20.0, -90.0 if silent else -20.0)
+        shapes.append(s.blendshapes[brow])
+        t += 0.04
+    shapes = np.array(shapes)
+    assert shapes[:25].max() < 1e-6
+    assert shapes[40:225].max() == 0.0  # brows at rest through the silence (after the gate's hold and release)
+    assert shapes[225:].max() < 0.05  # speech again: the neutral is still the speaking face's
