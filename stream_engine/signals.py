@@ -640,9 +640,7 @@ class SignalExtractor:
             else:  # the rest face while talking: follow it (opening-driven features only while the mouth is nearly
                 # closed), not in silence, where the gated shapes are 0 (`GATED_SHAPES`)
                 rate = (
-                    min(1.0, dt_s / cfg.blendshape_neutral_s)
-                    * gate
-                    * np.where(OPENING_FEATURES, openness < 0.3, 1.0)
+                    min(1.0, dt_s / cfg.blendshape_neutral_s) * gate * np.where(OPENING_FEATURES, openness < 0.3, 1.0)
                 )
                 self._neutral_feats = self._neutral_feats + (feats - self._neutral_feats) * rate
             shapes = blendshapes_from_features(feats, self._neutral_feats, blink, cfg.blendshape_gain)
