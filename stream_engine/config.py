@@ -23,6 +23,7 @@ rejects unknown keys with the path of the offending key. Example (TOML)::
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from stream_engine.dataclass_io import ConfigError, from_dict, read_data, replace_path, to_dict
@@ -48,6 +49,7 @@ __all__ = [
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "default.onnx"
 INPUT_KINDS = ("speech", "file", "mic", "stdin", "none")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,10 @@ class ModelConfig:
     providers: str = ""
     lookahead_frames: int | None = None
     precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError(f"model.threads must be an integer >= 1, got {self.threads!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +148,14 @@ class StreamConfig:
     latency_line: bool = True
     log_level: str = "warning"
     workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.duration_s) and self.duration_s >= 0):
+            raise ConfigError(
+                f"duration_s must be a finite number of seconds >= 0 (0 = no limit), got {self.duration_s}"
+            )
+        if str(self.log_level).lower() not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
 
 # The converter lives in stream_engine.dataclass_io (shared with training, checkpoints and the contract);

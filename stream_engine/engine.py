@@ -120,7 +120,7 @@ class EngineConfig:
             against at most 256 streams, benchmarks/results/engine_stages_maxbatch64.md and
             _maxbatch256.md). 0 = `max_batch_streams` always. Must be finite.
         max_pending_s: most unprocessed audio a stream may hold (beyond: `OverloadError` for that push).
-        seed: base seed of the per-stream model noise (None = random).
+        seed: base seed (an integer >= 0) of the per-stream model noise (None = random).
         signals: derive rig signals (mouth, visemes, blink, head pose) for every frame.
         slow_step_ms: log a warning when one runner call takes longer than this.
         inline_step_ms: a runner call predicted (from measured per-stream cost) to take less than this runs
@@ -177,6 +177,8 @@ class EngineConfig:
             raise ValueError("batch_wait_ms must be >= 0 and latency_budget_ms positive")
         if self.stall_ms is not None and self.stall_ms < 0:
             raise ValueError("stall_ms must be >= 0 (0 = never fill stalls)")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be an integer >= 0 or null (random), got {self.seed!r}")
 
 
 @dataclasses.dataclass
@@ -329,11 +331,14 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
-        """Run a coroutine as a task owned by the engine (kept in a set; cancelled by `aclose`)."""
+    def spawn(
+        self, coro: Coroutine[Any, Any, T], name: str | None = None, *, log_failure: bool = True
+    ) -> asyncio.Task[T]:
+        """Run a coroutine as a task owned by the engine (kept in a set; cancelled by `aclose`). A task that fails
+        is logged with its traceback, unless `log_failure` is False (the caller reports the task's exception)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._task_done if log_failure else self._tasks.discard)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:

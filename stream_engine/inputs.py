@@ -140,13 +140,18 @@ class PcmFormat:
     def parse(cls, text: str) -> PcmFormat:
         """ "s16le:48000:2"-style spec: dtype (s16le|s32le|f32le|int16|int32|float32), rate, channels."""
         aliases = {"s16le": "int16", "s32le": "int32", "f32le": "float32"}
-        parts = text.split(":")
+        usage = "expected dtype:rate:channels with dtype s16le, s32le or f32le (or int16, int32, float32), e.g. s16le:16000:1"
+        parts = text.strip().split(":")
+        if len(parts) > 3:
+            raise ValueError(f"bad PCM format {text!r}: {usage}")
         try:
-            dtype = aliases.get(parts[0], parts[0])
+            dtype = aliases.get(parts[0].lower(), parts[0].lower())
             rate = int(parts[1]) if len(parts) > 1 else 16000
             channels = int(parts[2]) if len(parts) > 2 else 1
         except ValueError:
-            raise ValueError(f"bad PCM format {text!r}: expected dtype:rate:channels, e.g. s16le:16000:1") from None
+            raise ValueError(f"bad PCM format {text!r}: {usage}") from None
+        if dtype not in PCM_DTYPES:
+            raise ValueError(f"bad PCM format {text!r}: {usage}")
         return cls(rate, channels, dtype)
 
     def to_json(self) -> dict[str, Any]:

@@ -27,12 +27,11 @@ import importlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stream_engine.config import (
     DEFAULT_MODEL_PATH,
@@ -45,6 +44,7 @@ from stream_engine.config import (
 )
 from stream_engine.dataclass_io import apply_overrides, from_dict
 from stream_engine.outputs.websocket import LOOPBACK_HOSTS
+from stream_engine.workers import STOP_SIGNALS
 
 if TYPE_CHECKING:
     from stream_engine.config import ModelConfig
@@ -82,8 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model",
         metavar="PATH",
-        help=f"exported .onnx step model (default: {DEFAULT_MODEL_PATH.name} "
-        "shipped in stream_engine/models/), or python:module:factory for a custom runner",
+        help="exported .onnx step model (default: the model shipped in stream_engine/models/, its variant chosen by "
+        f"--precision: {DEFAULT_MODEL_PATH.stem}_int8.onnx on CPU, {DEFAULT_MODEL_PATH.name} on a GPU), or "
+        "python:module:factory for a custom runner",
     )
     g.add_argument(
         "--lookahead",
@@ -175,8 +176,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--vts-log", metavar="FILE", help="append the VTube Studio session log (JSON lines) to FILE")
     g = p.add_argument_group("run")
-    g.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    g.add_argument("--seed", type=int, help="seed of the model's per-stream noise")
+    g.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="stop after S seconds, counted from when the engine is ready (0 or unset: when the input ends; a looped "
+        "sentence, the microphone and --input none run until Ctrl-C)",
+    )
+    g.add_argument("--seed", type=int, help="seed (>= 0) of the model's per-stream noise (default: random)")
     g.add_argument(
         "--workers",
         type=int,
@@ -233,6 +240,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         overrides["latency_line"] = False
     if args.insecure:
         overrides["server.insecure"] = True
+    if args.no_vmc and args.vmc:
+        raise ConfigError("--no-vmc and --vmc contradict each other: give one")
     if args.no_vmc:
         overrides["vmc.enabled"] = False
     if args.vmc:
@@ -284,6 +293,26 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
     return cfg
 
 
+def config_notes(cfg: StreamConfig) -> list[str]:
+    """Settings that are valid but probably not what was meant, one line each (printed before the engine starts)."""
+    from stream_engine.outputs.osc import OscConfig
+
+    notes = []
+    local = cfg.input.stream_id if cfg.input.kind != "none" else None
+    for name, chosen, on in (
+        ("VMC", cfg.vmc.stream, cfg.vmc.enabled),
+        ("VTube Studio", cfg.vts.stream, cfg.vts.enabled),
+    ):
+        if on and chosen and local is not None and chosen != local:
+            notes.append(
+                f"{name} follows stream {chosen!r}, not the local input's {local!r}: it stays at rest until a "
+                f"WebSocket client opens a stream called {chosen!r}"
+            )
+    if not cfg.osc.enabled and cfg.osc.targets != OscConfig().targets:
+        notes.append("osc.targets is set but osc.enabled is false: no OSC is sent (set osc.enabled, or use --osc)")
+    return notes
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_devices:
         from stream_engine.inputs import InputError, list_input_devices
@@ -309,6 +338,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    for note in config_notes(cfg):
+        print(f"msync stream: note: {note}", file=sys.stderr)
     if args.token:
         print(
             "msync stream: warning: --token is visible to every local user in the process list; use "
@@ -441,6 +472,17 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
         server = WebSocketServer(engine, resolve_tokens(cfg.server, os.environ))
     except ValueError as exc:  # a remote bind without a token, an unreadable token file
         raise StreamError(str(exc)) from None
+    local = cfg.input.stream_id if source is not None else None
+    sinks: list[Any] = []
+    try:  # before the warm-up, so that a target whose host does not resolve stops here at once
+        if cfg.vmc.enabled:
+            sinks.append(VmcSink(cfg.vmc, local_stream=local))
+        if cfg.vts.enabled:
+            sinks.append(VtsSink(cfg.vts, local_stream=local))
+        if cfg.osc.enabled:
+            sinks.append(OscSink(cfg.osc))
+    except (ValueError, OSError) as exc:  # OSError: an unwritable --vts-log
+        raise StreamError(f"output {exc}") from None
     compiles = engine.batch_signals is not None and engine.batch_signals.compiled
     print(
         "msync stream: warming up the engine"
@@ -459,18 +501,14 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
             f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc} (use --port to pick another)"
         ) from None
     engine.add_sink(server)
-    local = cfg.input.stream_id if source is not None else None
-    if cfg.vmc.enabled:
-        engine.add_sink(VmcSink(cfg.vmc, local_stream=local))
-    if cfg.vts.enabled:
-        engine.add_sink(VtsSink(cfg.vts, local_stream=local))
-    if cfg.osc.enabled:
-        engine.add_sink(OscSink(cfg.osc))
+    for sink in sinks:
+        engine.add_sink(sink)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    deadline = loop.call_later(cfg.duration_s, stop.set) if cfg.duration_s else None  # counts --wait-client too
     outputs = [f"viewer {server.url}"]
     if cfg.vmc.enabled:
         outputs.append("VMC " + ", ".join(cfg.vmc.targets))
@@ -511,14 +549,14 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
                 read_to_the_end = functools.partial(
                     server.wait_every_frame_clients, cfg.input.stream_id, 0, until_read=True
                 )
-            input_task = engine.spawn(source.run(engine, cfg.input.stream_id), name="msync-input")
+            # its failure is reported below, once, as a line (an InputError) or with the exception
+            input_task = engine.spawn(source.run(engine, cfg.input.stream_id), name="msync-input", log_failure=False)
             input_task.add_done_callback(lambda t: stop.set())
         if cfg.latency_line:
             engine.spawn(_latency_line(engine), name="msync-latency-line")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=cfg.duration_s or None)
-        except asyncio.TimeoutError:
-            pass
+        await stop.wait()
+        if deadline is not None:
+            deadline.cancel()
         if (
             read_to_the_end is not None
             and input_task is not None
@@ -537,7 +575,7 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
                 exit_code = 1
         if cfg.latency_line:
             print("\n" + engine.latency_line(), file=sys.stderr)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(sig)
     return exit_code

@@ -29,6 +29,10 @@ from typing import Any
 from stream_engine.config import StreamConfig, to_dict
 from stream_engine.dataclass_io import from_dict
 
+#: What stops `msync stream` cleanly, one process or its workers (the rest pose sent, connections closed): Ctrl-C,
+#: `kill`, and a closed terminal (SIGHUP, where the platform has it).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
 
 class WorkersError(RuntimeError):
     """The workers cannot be started (no SO_REUSEPORT, the port is taken, a bad worker count)."""
@@ -131,7 +135,7 @@ def run_workers(cfg: StreamConfig) -> int:
                 signalled.setdefault(i, set()).add(signal.SIGTERM)
                 p.terminate()  # SIGTERM: the worker closes its streams and exits
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         for p in procs:
             p.start()

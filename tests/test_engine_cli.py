@@ -98,7 +98,7 @@ def test_default_speech_input_runs_in_real_time_for_a_duration():
     assert 20 <= len(bundles) // 2 <= 70  # about 25 fps for ~2 s once speech starts
 
 
-def test_clear_errors_for_models_inputs_and_config(tmp_path, capsys):
+def test_clear_errors_for_models_inputs_and_config(tmp_path, capsys, caplog):
     code, _, err = msync_here(capsys, "--model", str(tmp_path / "missing.onnx"), "--port", "0")
     assert code == 2 and "not found" in err and "msync export" in err
     corrupt = tmp_path / "corrupt.onnx"
@@ -119,7 +119,8 @@ def test_clear_errors_for_models_inputs_and_config(tmp_path, capsys):
     code, _, err = msync_here(
         capsys, "--model", FAKE, "--input", "mic", "--device", "no-such-device", "--port", "0", "--quiet", "--no-vmc"
     )
-    assert code == 2 and "input failed" in err
+    assert code == 2 and "input failed" in err and "Traceback" not in err
+    assert not [r for r in caplog.records if "msync-input" in r.getMessage()]  # one line, not a logged traceback
     code, _, err = msync_here(capsys, "--model", FAKE, "--vmc", "nowhere", "--port", "0")
     assert code == 2 and "host:port" in err
     code, _, err = msync_here(capsys, "--host", "0.0.0.0", "--model", FAKE)

@@ -216,3 +216,40 @@ def test_a_remote_host_on_the_command_line_needs_a_token_or_insecure():
         check_exposure(bare.server)
     check_exposure(config_from_args(_parser().parse_args(["--host", "0.0.0.0", "--insecure"])).server)
     check_exposure(config_from_args(_parser().parse_args(["--host", "0.0.0.0", "--token", "t"])).server)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--seed", "-1"], "seed must be an integer >= 0"),
+        (["--duration", "-5"], "duration_s must be a finite number"),
+        (["--duration", "nan"], "duration_s must be a finite number"),
+        (["--log-level", "bogus"], "log_level must be one of"),
+        (["--threads", "-3"], "model.threads must be an integer >= 1"),
+        (["--no-vmc", "--vmc", "127.0.0.1:1"], "contradict"),
+        (["--input", "stdin", "--stdin-format", "u8:8000:1"], "s16le, s32le or f32le"),
+        (["--input", "stdin", "--stdin-format", "s16le:16000:1:9"], "dtype:rate:channels"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_starts(argv, message):
+    """Values the engine would crash on later, or silently misread (found by a fresh-eye user trial), are a
+    configuration error up front; `msync stream` prints it as one line with exit status 2."""
+    from stream_engine.dataclass_io import ConfigError
+    from stream_engine.inputs import PcmFormat
+
+    with pytest.raises((ConfigError, ValueError), match=message):
+        cfg = config_from_args(_parser().parse_args(argv))
+        PcmFormat.parse(cfg.input.stdin_format)  # what the stdin source does when it starts
+
+
+def test_stdin_format_names_are_case_blind_and_notes_flag_likely_mistakes():
+    from stream_engine.inputs import PcmFormat
+    from stream_engine.stream import config_notes
+
+    assert PcmFormat.parse("S16LE:48000:2") == PcmFormat(48000, 2, "int16")
+    notes = config_notes(config_from_args(_parser().parse_args(["--vmc-stream", "mian"])))
+    assert len(notes) == 1 and "'mian'" in notes[0] and "'main'" in notes[0]
+    assert config_notes(config_from_args(_parser().parse_args(["--vmc-stream", "bob", "--input", "none"]))) == []
+    osc_off = config_from_args(_parser().parse_args(["--set", 'osc.targets=["127.0.0.1:9100"]']))
+    assert any("osc.enabled" in n for n in config_notes(osc_off))
+    assert config_notes(StreamConfig()) == []
