@@ -230,3 +230,12 @@ def test_binary_frames_serialised_together_are_the_bytes_of_each_alone():
     assert encode_binary_many(mixed, 9) == [encode_binary(f, 9) for f in mixed]
     assert encode_binary_many([]) == []
     assert decode_binary(encode_binary_many(frames)[6])["stream"] == "stumm-äöü-🙂"
+
+
+def test_a_target_whose_host_does_not_resolve_is_a_clear_error_not_a_traceback():
+    """`--vmc` / `--osc` with a host name that does not resolve (`.invalid` never does, RFC 2606): the sinks
+    refuse it with the target in the message, which `msync stream` prints as one line (exit status 2)."""
+    with pytest.raises(ValueError, match="cannot resolve 'nosuchhost.invalid'"):
+        VmcSink(VmcConfig(targets=("nosuchhost.invalid:39539",)))
+    with pytest.raises(ValueError, match="bad target 'nosuch.invalid:9000'"):
+        OscSink(OscConfig(enabled=True, targets=("nosuch.invalid:9000",)))

@@ -85,9 +85,16 @@ class UdpTargets:
     """Non-blocking UDP clients, one per "host:port"; send failures are counted, never raised."""
 
     def __init__(self, targets: Sequence[str]) -> None:
+        """Raises ValueError: a target that is not host:port, or whose host does not resolve."""
         from pythonosc.udp_client import UDPClient
 
-        self.clients = [UDPClient(*parse_target(t)) for t in targets]
+        self.clients = []
+        for t in targets:
+            host, port = parse_target(t)
+            try:
+                self.clients.append(UDPClient(host, port))
+            except OSError as exc:  # socket.gaierror: the name does not resolve
+                raise ValueError(f"bad target {t!r}: cannot resolve {host!r} ({exc.strerror or exc})") from None
         self.sent = 0
         self.errors = 0
 
