@@ -102,6 +102,8 @@ def test_session_token_request_then_reuse_then_inject_at_rate(tmp_path):
             ]
             events = [json.loads(line)["event"] for line in (tmp_path / "vts.log").read_text().splitlines()]
             assert events.count("token_stored") == 1 and "rest_pose_sent" in events
+            await _wait(lambda: len(server.close_codes) == 2)
+            assert server.close_codes == [1000, 1000]  # a normal close on stop, not 1011 (internal error)
         finally:
             await server.aclose()
 
@@ -122,6 +124,8 @@ def test_refused_token_stops_the_output_without_pestering(tmp_path):
             assert len(requests) == 1 and not server.injects()
             await sink.aclose()
             assert not (tmp_path / "token.json").exists()
+            await _wait(lambda: len(server.close_codes) == 1)
+            assert server.close_codes == [1000]  # the user's "deny" ends the session normally
         finally:
             await server.aclose()
 

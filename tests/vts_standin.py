@@ -42,6 +42,7 @@ class VtsStandIn:
         self.received: list[tuple[float, dict]] = []
         self.sent: list[dict] = []
         self.connections = 0
+        self.close_codes: list[int | None] = []  # the close code each connection ended with (msync's, or ours)
         self.values: dict[str, float] = {}
         self.port: int | None = None
         self._server = None
@@ -65,6 +66,12 @@ class VtsStandIn:
         return [m for _, m in self.received if m.get("messageType") == "InjectParameterDataRequest"]
 
     async def _handler(self, ws) -> None:
+        try:
+            await self._serve(ws)
+        finally:
+            self.close_codes.append(ws.close_code)
+
+    async def _serve(self, ws) -> None:
         self.connections += 1
         authenticated = False
         injects = 0

@@ -232,12 +232,12 @@ class VtsSink:
             if self.stats["sent"] > sent:
                 self._event("rest_pose_sent")
         self._closing = True
+        if self._ws is not None:  # a normal close (1000) first: cancelling the task inside the connection's
+            with contextlib.suppress(Exception):  # context manager would close it with 1011 (internal error)
+                await self._ws.close()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
         self.state = "closed"
         self._event("closed", **self.stats)
         if self._log_file is not None:
@@ -394,9 +394,13 @@ class VtsSink:
                     self._ws = ws
                     self.stats["connects"] += 1
                     self._event("connected", url=self.cfg.url)
-                    await self._authenticate(ws)
-                    backoff = self.cfg.reconnect_min_s
-                    await self._stream(ws)
+                    try:
+                        await self._authenticate(ws)
+                        backoff = self.cfg.reconnect_min_s
+                        await self._stream(ws)
+                    except VtsError:  # VTube Studio's own answer (a refused token, a denied plugin): a normal
+                        await ws.close()  # close (1000), not the context manager's 1011 for an exception
+                        raise
             except asyncio.CancelledError:
                 raise
             except VtsError as exc:
