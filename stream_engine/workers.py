@@ -39,10 +39,13 @@ class WorkersError(RuntimeError):
 
 
 def worker_config(cfg: StreamConfig, index: int, port: int) -> StreamConfig:
-    """The config of worker `index`: the shared port with SO_REUSEPORT; workers other than 0 take streams
-    only over WebSocket (no local input, no VMC/OSC/VTube Studio, no latency line)."""
+    """The config of worker `index`: the shared port with SO_REUSEPORT; the ids it gives streams opened without
+    one are "w<index>-s<n>" (unique across the workers; a client-chosen id is checked on its worker only);
+    workers other than 0 take streams only over WebSocket (no local input, no VMC/OSC/VTube Studio, no latency
+    line)."""
     server = dataclasses.replace(cfg.server, port=port, reuse_port=True)
-    out = dataclasses.replace(cfg, server=server, workers=1)
+    engine = dataclasses.replace(cfg.engine, id_prefix=f"w{index}-s")  # ids unique across the workers
+    out = dataclasses.replace(cfg, server=server, engine=engine, workers=1)
     if index > 0:
         out = dataclasses.replace(
             out,
@@ -62,6 +65,18 @@ def reserve_port(host: str, port: int) -> socket.socket:
         raise WorkersError("--workers needs SO_REUSEPORT, which this platform lacks")
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     family, _, _, _, addr = infos[0]
+    if port:  # SO_REUSEPORT would share the port with any server of this user already on it (another msync
+        # --workers): a plain bind (SO_REUSEADDR, as asyncio's) fails while anything listens there
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(addr)
+        except OSError as exc:
+            raise WorkersError(
+                f"cannot bind {host}:{port}: {exc.strerror or exc} (use --port to pick another)"
+            ) from None
+        finally:
+            probe.close()
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -36,6 +36,7 @@ def test_worker_configs_share_the_port_and_only_worker_0_has_the_local_input_and
         assert w.server.port == 9001 and w.server.reuse_port and w.workers == 1 and w.server.host == "127.0.0.1"
     assert w0.input.kind == cfg.input.kind and w0.vmc.enabled == cfg.vmc.enabled
     assert w2.input.kind == "none" and not w2.vmc.enabled and not w2.osc.enabled and not w2.vts.enabled
+    assert (w0.engine.id_prefix, w2.engine.id_prefix) == ("w0-s", "w2-s")  # default ids unique across workers
 
 
 def test_a_taken_port_is_a_clear_error():
@@ -47,6 +48,22 @@ def test_a_taken_port_is_a_clear_error():
             reserve_port("127.0.0.1", plain.getsockname()[1])
     finally:
         plain.close()
+
+
+def test_a_port_another_reuseport_server_listens_on_is_refused_not_shared():
+    """Another `--workers` server (its sockets SO_REUSEPORT, same user) listening on the port: SO_REUSEPORT alone
+    would join it and split its traffic between two unrelated servers; the probe bind refuses the port."""
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    try:
+        with pytest.raises(WorkersError, match="cannot bind"):
+            reserve_port("127.0.0.1", other.getsockname()[1])
+    finally:
+        other.close()
+    free = reserve_port("127.0.0.1", 0)  # port 0: a fresh port, nothing to probe
+    free.close()
 
 
 def test_exit_code_counts_a_crashed_worker_but_not_the_ones_the_supervisor_stopped(capsys):
