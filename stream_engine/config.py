@@ -134,6 +134,9 @@ class StreamConfig:
         log_level: Python logging level name.
         workers: engine processes sharing the server's port (SO_REUSEPORT; `stream_engine.workers`); 1 = this
             process only.
+        shutdown_drain_s: on stop (Ctrl-C, SIGTERM, the duration, the input's end), every open stream is
+            flushed and its last frames are sent for up to this long, then every stream is closed (outputs see
+            `closed`) before the connections close (1001).
     """
 
     model: ModelConfig = ModelConfig()
@@ -148,8 +151,11 @@ class StreamConfig:
     latency_line: bool = True
     log_level: str = "warning"
     workers: int = 1
+    shutdown_drain_s: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.shutdown_drain_s) and self.shutdown_drain_s >= 0):
+            raise ConfigError(f"shutdown_drain_s must be a finite number of seconds >= 0, got {self.shutdown_drain_s}")
         if not (math.isfinite(self.duration_s) and self.duration_s >= 0):
             raise ConfigError(
                 f"duration_s must be a finite number of seconds >= 0 (0 = no limit), got {self.duration_s}"

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import gc
 import itertools
@@ -121,6 +122,8 @@ class EngineConfig:
             _maxbatch256.md). 0 = `max_batch_streams` always. Must be finite.
         max_pending_s: most unprocessed audio a stream may hold (beyond: `OverloadError` for that push).
         seed: base seed (an integer >= 0) of the per-stream model noise (None = random).
+        id_prefix: streams opened without an id are called f"{id_prefix}{n}", n = 1, 2, ... ("s1", "s2";
+            `msync stream --workers` gives worker i "w<i>-s").
         signals: derive rig signals (mouth, visemes, blink, head pose) for every frame.
         slow_step_ms: log a warning when one runner call takes longer than this.
         inline_step_ms: a runner call predicted (from measured per-stream cost) to take less than this runs
@@ -165,6 +168,7 @@ class EngineConfig:
     stall_fill_s: float = 1.0
     batch_signals: bool = True
     freeze_gc: bool = True
+    id_prefix: str = "s"
 
     def __post_init__(self) -> None:
         if self.max_streams < 1 or self.max_batch_streams < 1:
@@ -237,7 +241,7 @@ class Engine:
         self.sinks: list[FrameSink] = []
         self.stats = EngineStats()
         self._ids = itertools.count(1)
-        self.id_prefix = "s"  # ids the engine gives streams opened without one: f"{id_prefix}{n}"
+        self.id_prefix = cfg.id_prefix  # ids the engine gives streams opened without one: f"{id_prefix}{n}"
         # None: model noise seeded by opening order (`EngineCore`); an int: by stream id, `stream_seed(base, id)`,
         # the same whatever was opened before (serve's replicas)
         self.noise_seed_base: int | None = None
@@ -361,6 +365,21 @@ class Engine:
                 log.warning("closing output %r failed: %s", sink, exc)
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def drain(self, timeout_s: float = 1.0) -> None:
+        """Shutdown, before `aclose`: flush every open stream (the frames of its look-ahead tail, so every
+        received sample's frame is made), wait up to `timeout_s` in all for them to be published, then close every
+        stream (outputs see `closed`: viewers and OSC get the event, VMC/VTube Studio return the face to rest).
+        Streams still open after the wait lose their remaining frames."""
+        ids = list(self.sessions)
+        for sid in ids:
+            with contextlib.suppress(Exception):  # a stream closed meanwhile, or one whose runner failed
+                self.flush(sid)
+        if ids and timeout_s > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(self.wait_drained(sid) for sid in ids)), timeout_s)
+        for sid in list(self.sessions):
+            self.close_stream(sid)
 
     def add_sink(self, sink: FrameSink) -> None:
         self.sinks.append(sink)

@@ -223,8 +223,12 @@ class PcmConverter:
             mono = samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples
         if mono.ndim != 1:
             raise AudioChunkError(f"expected (num_samples,) or (num_samples, channels) audio, got {samples.shape}")
-        if not finite and mono.size and not np.all(np.isfinite(mono)):
-            raise AudioChunkError("audio chunk contains NaN or infinite samples")
+        if not finite and mono.size:
+            if not np.all(np.isfinite(mono)):
+                raise AudioChunkError("audio chunk contains NaN or infinite samples")
+            # float PCM beyond [-1, 1] is clipped here, as the engine would (a 1e30 sample also overflowed the
+            # engine's energy check, which put a numpy RuntimeWarning in the server's log)
+            mono = np.clip(mono, -1.0, 1.0, dtype=np.float32)
         if self._resampler is None or mono.size == 0:
             return mono.astype(np.float32, copy=False)
         result: np.ndarray = self._resampler.resample_chunk(mono).astype(np.float32, copy=False)

@@ -452,6 +452,8 @@ class AudioProtocol(_Connection):
                 self._push(self._conv.finish(), now_ns)  # the resampler's delayed tail
                 return [Send(reply("flushed", stream=sid, frames_left=self.engine.flush(sid)))]
             return self._finish(Send(reply("ended", stream=sid)), Close(CLOSE_NORMAL, "end of stream"))
+        if kind == "hello":
+            return self._error("bad_message", f"this connection's stream {sid!r} is already open: one hello each")
         return self._error("unknown_type", f"unknown message type {kind[:40]!r}")
 
     def connection_lost(self) -> None:

@@ -565,6 +565,8 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
             and input_task.exception() is None
         ):  # the file is done: its waited-for clients read the last frames before the connections close
             await read_to_the_end()
+        # every stream's look-ahead tail out, then `closed` to every output, before the connections close
+        await engine.drain(cfg.shutdown_drain_s)
         if input_task is not None and input_task.done() and not input_task.cancelled():
             failure = input_task.exception()
             if isinstance(failure, InputError):

@@ -63,6 +63,30 @@ def test_engine_publishes_frames_with_signals_and_stage_timestamps():
     assert [e["event"] for e in sink.events] == ["opened", "flushed"]
 
 
+def test_drain_at_shutdown_sends_every_streams_tail_then_closes_them():
+    """Stopping the server (`Engine.drain`, run by `msync stream` on Ctrl-C/SIGTERM): each open stream's
+    look-ahead tail is flushed out, so every received sample's frame is published, then every stream is closed
+    (outputs see `closed`). Before, the last L frames of each stream were lost and no `closed` event went out."""
+
+    async def main():
+        sink = CollectingSink()
+        async with Engine(FakeRunner(lookahead_frames=2)) as engine:
+            engine.add_sink(sink)
+            for sid, n in (("a", SPF * 10), ("b", SPF * 7 + 100)):
+                engine.open_stream(sid)
+                engine.push_audio(sid, speechlike(n))
+            await asyncio.sleep(0.2)
+            await engine.drain(timeout_s=5.0)
+            assert engine.sessions == {}
+        return sink
+
+    sink = run(main())
+    got = {sid: [f.index for f in sink.frames if f.stream_id == sid] for sid in "ab"}
+    assert got == {"a": list(range(10)), "b": list(range(8))}
+    closed = [e["stream"] for e in sink.events if e["event"] == "closed"]
+    assert sorted(closed) == ["a", "b"]
+
+
 def test_many_streams_are_batched_by_the_engine():
     async def main():
         runner = FakeRunner(lookahead_frames=1, cost_us_per_call=2000)

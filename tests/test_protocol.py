@@ -7,6 +7,7 @@ The engine is a real `Engine` on the fake runner, never started: its stream meth
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -143,6 +144,13 @@ def test_audio_chunks_apply_back_pressure_and_bad_chunks_reset_the_stream():
     bad = sent(proto.receive(nan.tobytes(), 3))[0]
     assert bad["code"] == "bad_audio" and bad["epoch"] == 1 and not bad["fatal"]
     assert codes(proto.receive(b"\0\0\0", 4)) == ["bad_audio"]  # not a whole float32 sample
+    # finite float PCM far beyond [-1, 1] is clipped (before: a numpy overflow warning in the server's log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert proto.receive(np.full(SPF, 1e30, "<f4").tobytes(), 5) == [AwaitCapacity("s", 1.5)]
+    # a second hello on an open /audio connection says what is wrong (not fatal)
+    again = sent(proto.receive('{"type":"hello"}', 6))[0]
+    assert again["code"] == "bad_message" and "already open" in again["message"] and not again["fatal"]
 
 
 def test_config_is_validated_and_moves_the_message_cap():

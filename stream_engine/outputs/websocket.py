@@ -128,8 +128,9 @@ class ServerConfig:
         max_frame_age_ms: queued frames older than this (since publish) are dropped instead of sent.
         write_timeout_s: a client whose socket does not take a write, or does not acknowledge its window,
             within this time is dropped.
-        hello_timeout_s: an audio client must send its hello within this time.
-        idle_timeout_s: an audio stream without audio for this long is flushed and closed (0 = never).
+        hello_timeout_s: an audio client must send its hello within this time (0 = no limit).
+        idle_timeout_s: an audio stream without audio for this long is flushed and closed (0 = never; audio now
+            and then keeps a stream open: serving untrusted clients, cap their streams in front of the server).
         max_client_errors: a client is disconnected after this many bad messages.
         messages_per_turn: messages one connection handles before it yields to the others.
         control_messages_per_s, control_burst: a connection's text (and /frames binary) messages are paced to
@@ -190,6 +191,10 @@ class ServerConfig:
             raise ValueError("client_window_frames, receive_queue and messages_per_turn must be >= 1")
         if self.write_timeout_s <= 0:
             raise ValueError("write_timeout_s must be positive")
+        if self.max_clients < 1 or self.max_client_errors < 1:
+            raise ValueError("max_clients and max_client_errors must be >= 1")
+        if self.hello_timeout_s < 0 or self.idle_timeout_s < 0:
+            raise ValueError("hello_timeout_s and idle_timeout_s must be >= 0 (0 = no limit)")
 
     @property
     def is_loopback(self) -> bool:
