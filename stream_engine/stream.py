@@ -450,10 +450,10 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
     from stream_engine.outputs.websocket import WebSocketServer, resolve_tokens
     from stream_engine.session import ReferenceFaceError, load_reference_face
 
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = getattr(logging, cfg.log_level.upper(), logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level > logging.DEBUG:  # the websockets library logs two lines per HTTP request at info (health polls)
+        logging.getLogger("websockets").setLevel(max(level, logging.WARNING))
     runner = load_model(cfg.model)
     reference = None
     if cfg.input.reference_face:

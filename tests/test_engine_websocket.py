@@ -287,9 +287,12 @@ def test_token_origin_and_connection_limits():
             statuses.append(info.value.response.status_code)
             await a.close()
             await b.close()
-            return statuses
+            return statuses, dict(server.refused)
 
-    assert run(main()) == [401, 401, 403, 404, 503]
+    statuses, refused = run(main())
+    assert statuses == [401, 401, 403, 404, 503]
+    # counted for the operator (`/health` "refused_requests"), one line each in the log at info
+    assert refused == {"missing or wrong token": 2, "origin not allowed": 1, "too many clients": 1}
 
 
 def test_engine_full_closes_new_audio_clients_with_try_again():
@@ -308,10 +311,11 @@ def test_engine_full_closes_new_audio_clients_with_try_again():
             await dup.send(json.dumps({"type": "hello", "stream": "x"}))
             ok = await recv_json(dup)
             await dup.close()
-            return err, code, ok
+            return err, code, ok, dict(server.closed_by_server)
 
-    err, code, ok = run(main())
+    err, code, ok, closed = run(main())
     assert err["code"] == "unavailable" and code == 1013 and ok["type"] == "ready"
+    assert closed == {1013: 1}  # counted for the operator (`/health` "closed_by_server")
 
 
 def test_a_slow_client_loses_stale_frames_and_never_delays_others():

@@ -581,6 +581,8 @@ class WebSocketServer:
         self._connections = 0
         self._facts: dict[str, Any] | None = None  # `model_facts`, built by `start` (or the first hello)
         self.dropped_clients = 0
+        self.refused: dict[str, int] = {}  # HTTP refusals by reason (`/health` "refused_requests")
+        self.closed_by_server: dict[int, int] = {}  # connections the server closed, by close code (not 1000)
         self.fast_ingest_messages = 0  # /audio messages handled in the connection's callback (`_FastIngest`)
         self.port: int | None = None
 
@@ -843,14 +845,14 @@ class WebSocketServer:
         if path == "/favicon.ico" and not is_upgrade:
             return self._response(connection, http.HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         if not self._authorised(request, query):
-            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+            return self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong token")
         if is_upgrade:
             if path not in ("/frames", "/audio"):
                 return connection.respond(http.HTTPStatus.NOT_FOUND, "WebSocket endpoints: /frames, /audio\n")
             if not self._origin_ok(request):
-                return connection.respond(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
+                return self._refuse(connection, http.HTTPStatus.FORBIDDEN, "origin not allowed")
             if self._connections >= self.cfg.max_clients:
-                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
+                return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients")
             return None
         if path == "/health":
             body = json.dumps(
@@ -859,6 +861,8 @@ class WebSocketServer:
                     "clients": len(self._clients),
                     "connections": self._connections,
                     "dropped_clients": self.dropped_clients,
+                    "refused_requests": dict(self.refused),
+                    "closed_by_server": {str(k): v for k, v in sorted(self.closed_by_server.items())},
                 }
             ).encode()
             return self._response(connection, http.HTTPStatus.OK, body, "application/json")
@@ -867,6 +871,12 @@ class WebSocketServer:
                 connection, http.HTTPStatus.OK, json.dumps(self._contract_json()).encode(), "application/json"
             )
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    def _refuse(self, connection: ServerConnection, status: http.HTTPStatus, why: str) -> Response:
+        """An HTTP refusal of a request, counted (`/health` "refused_requests") and logged at info."""
+        self.refused[why] = self.refused.get(why, 0) + 1
+        log.info("refused %s (HTTP %d): %s", connection.remote_address, int(status), why)
+        return connection.respond(status, why + "\n")
 
     def _contract_json(self) -> dict[str, Any]:
         c = self.engine.contract
@@ -928,7 +938,7 @@ class WebSocketServer:
         transport = getattr(ws, "transport", None)
         if transport is not None and not transport.is_closing():
             self.dropped_clients += 1
-            log.info("dropping client %s: %s", ws.remote_address, why)
+            log.warning("dropping client %s: %s", ws.remote_address, why)
             transport.abort()
 
     async def _write(self, ws: ServerConnection, coro: Awaitable[T]) -> T:
@@ -1092,6 +1102,9 @@ class WebSocketServer:
             elif isinstance(action, Close):
                 if isinstance(proto, AudioProtocol):
                     proto.connection_lost()  # the stream goes now, not after a peer's closing handshake
+                if action.code != 1000:  # the server ends a client's connection: one line for the operator
+                    self.closed_by_server[action.code] = self.closed_by_server.get(action.code, 0) + 1
+                    log.info("closing client %s (%d): %s", ws.remote_address, action.code, action.reason)
                 await ws.close(action.code, action.reason)
                 return True
             elif isinstance(action, Subscribe):
