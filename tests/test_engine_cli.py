@@ -143,7 +143,13 @@ def test_port_in_use_is_a_clear_error(wav, capsys):
         capsys, "--model", FAKE, "--input", str(wav), "--port", str(busy.getsockname()[1]), "--quiet", "--no-vmc"
     )
     busy.close()
-    assert code == 2 and "cannot listen" in err
+    assert code == 2 and "cannot listen" in err and "--port" in err
+    assert "warming up" not in err  # found before the engine's warm-up, not seconds later
+
+
+def test_an_address_of_no_interface_says_check_host(capsys):
+    code, _, err = msync_here(capsys, "--model", FAKE, "--host", "192.0.2.1", "--insecure", "--port", "18999")
+    assert code == 2 and "check --host" in err  # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): no interface has it
 
 
 def test_config_file_and_flag_overrides(tmp_path, capsys):
