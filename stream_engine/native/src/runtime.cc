@@ -9,6 +9,7 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -212,9 +213,21 @@ void StepStream::Reset(const StreamInit& init) {
   const size_t face_n = static_cast<size_t>(c.FrameFloats());
   if (!init.reference_face.empty() && init.reference_face.size() != face_n &&
       init.reference_face.size() != face_n * static_cast<size_t>(m.batch)) {
+    const std::string each = std::to_string(face_n);
     throw std::invalid_argument("reference face has " + std::to_string(init.reference_face.size()) +
-                                " values; expected " + std::to_string(face_n) + " (one face) or " +
-                                std::to_string(face_n * m.batch) + " (one per stream)");
+                                " values; expected " + each +
+                                (m.batch > 1 ? " (one face) or " + std::to_string(face_n * m.batch) + " (one per stream)"
+                                             : std::string(" (one face)")));
+  }
+  for (float v : init.reference_face) {
+    // The model works in normalised crop coordinates (the contract's reference face is about 0.2-0.8); a face in
+    // pixels would be taken as is and barely move. Python normalises pixels with its fixed crop; here: refuse.
+    if (!std::isfinite(v) || std::fabs(v) > 1.5f) {
+      throw std::invalid_argument(
+          "reference face coordinates must be finite, normalised crop coordinates (about 0..1, as the contract's "
+          "reference face; pixels are not converted here: normalise them as msync's Python runtime does, "
+          "stream_engine.session.reference_face_from_points), got " + std::to_string(v));
+    }
   }
   const std::vector<float>& face = init.reference_face.empty() ? c.reference_face : init.reference_face;
   m.cur = 0;
@@ -239,6 +252,12 @@ void StepStream::Reset(const StreamInit& init) {
 
 void StepStream::Step() {
   Impl& m = *impl_;
+  // One NaN or infinite sample would make the state non-finite for good (until Reset), so it is refused before
+  // anything runs; finite samples beyond [-1, 1] are clipped, as msync's Python engine clips them.
+  for (float& v : m.audio) {
+    if (!std::isfinite(v)) throw std::invalid_argument("audio() holds a NaN or infinite sample; nothing was run");
+    v = std::min(1.0f, std::max(-1.0f, v));
+  }
   try {
     m.session->Run(m.run_options, *m.binding[m.cur]);
   } catch (const Ort::Exception& e) {

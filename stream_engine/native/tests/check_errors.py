@@ -6,7 +6,8 @@ Models: missing, a directory, random bytes, a truncated file (3 = model error); 
 contract version, a contract the graph does not honour (audio of 320 samples declared for a 640-sample graph; a
 renamed state) (4 = contract error). The same bad models are also given to the Python runtime, which must refuse
 them too. Audio: a WAV at the wrong rate, a file that is not WAV, raw PCM at a stated wrong rate, a torn int16
-sample (5 = audio error). Inputs: a wrong-size reference face or initial state (1), bad options (2).
+sample (5 = audio error). Inputs: a wrong-size reference face, one in pixels, or a wrong-size initial state (1), bad
+options (2); samples beyond [-1, 1] clipped as the Python engine clips them.
 """
 
 from __future__ import annotations
@@ -157,6 +158,29 @@ def check(tmp: Path) -> int:
         EXIT_FAILURE,
         "the reference face must be a finite",
     )
+    px = tmp / "px_face.json"
+    px.write_text(json.dumps([[0.5 * 512, 0.5 * 512]] * 68))  # pixels: refused, not taken as crop coordinates
+    expect(
+        "reference face in pixels",
+        [*good, "--wav", str(data / "speech_s16.wav"), "--reference-face", str(px)],
+        EXIT_FAILURE,
+        "normalised crop coordinates",
+    )
+    # finite samples beyond [-1, 1] are clipped inside StepStream::Step, as the Python engine clips them
+    outs = []
+    for level in (1.0, 5.0):
+        out = tmp / f"clip_{level:g}.f32"
+        proc = subprocess.run(
+            [a.binary, "--model", str(model), "--quiet", "--raw-f32", "-", "--format", "f32", "--out", str(out)],
+            input=np.full(16000, level, "<f4").tobytes(),
+            capture_output=True,
+            timeout=120,
+        )
+        outs.append(out.read_bytes() if proc.returncode == 0 else b"")
+    ok = outs[0] == outs[1] and len(outs[0]) > 0
+    print(f"{'ok  ' if ok else 'FAIL'} samples beyond [-1, 1] are clipped: 5.0 gives 1.0's frames")
+    if not ok:
+        failures.append("samples of 5.0 did not give the frames of 1.0 (or the run failed)")
     st = tmp / "state.f32"
     st.write_bytes(b"\x00" * 12)
     expect(

@@ -72,7 +72,8 @@ struct StreamInit {
   /// Seed of the "uniform(0,1)" states (the generator's noise source); see UniformFill.
   uint64_t seed = 0;
   /// Empty: the contract's reference face. Else num_landmarks * landmark_dims floats (every stream) or
-  /// batch * num_landmarks * landmark_dims (one face per stream), row-major.
+  /// batch * num_landmarks * landmark_dims (one face per stream), row-major, in normalised crop coordinates
+  /// (as the contract's face; pixels are refused with std::invalid_argument).
   std::vector<float> reference_face;
 };
 
@@ -86,12 +87,14 @@ class StepStream {
   StepStream& operator=(const StepStream&) = delete;
 
   int64_t batch() const;
-  /// (batch, samples_per_frame) input buffer: write the next step's samples here before Step().
+  /// (batch, samples_per_frame) input buffer: write the next step's samples here before Step(): float PCM in
+  /// [-1, 1] at the contract's rate (Step() clips values beyond and refuses NaN/inf).
   float* audio();
   /// (batch, num_landmarks, landmark_dims) output of the last Step().
   const float* landmarks() const;
   /// Run one step: reads audio() and the current state, writes landmarks() and the next state.
-  /// Throws std::runtime_error if ONNX Runtime fails.
+  /// Throws std::invalid_argument (a NaN or infinite sample in audio(); the stream is unchanged) or
+  /// std::runtime_error (ONNX Runtime failed). The StepModel must outlive every stream made from it.
   void Step();
   /// Forget everything: back to the initial state (new seed / face), step count 0.
   void Reset(const StreamInit& init = StreamInit());
