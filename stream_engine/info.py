@@ -73,6 +73,14 @@ def format_contract(c: StepContract, path: str = "") -> str:
     return "\n".join(lines)
 
 
+def _looks_like_a_checkpoint(path: Path) -> bool:
+    """A training checkpoint's stem, one of its two files, or a run folder holding one."""
+    if path.is_dir():
+        return any((path / f"{n}.json").is_file() for n in ("generator", "checkpoint"))
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    return stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file()
+
+
 def run(args: argparse.Namespace) -> int:
     from stream_engine.contract import ModelLoadError
 
@@ -80,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
         contract = load_contract(args.model, check=not args.no_check)
     except ModelLoadError as exc:
         print(f"msync info: {exc}", file=sys.stderr)
+        if _looks_like_a_checkpoint(Path(args.model)):
+            print(
+                f"msync info: {args.model} is a training checkpoint, not an exported step: "
+                f"msync export --checkpoint {Path(args.model).with_suffix('')} --out model.onnx",
+                file=sys.stderr,
+            )
         return 1
     if args.json:
         print(json.dumps(contract.summary(), indent=1))

@@ -93,6 +93,30 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert steps == sorted(steps) and steps[-1] == 4
 
 
+def test_a_finished_run_rerun_with_fewer_steps_trains_nothing_and_rewrites_nothing(tmp_path, capsys):
+    """Rerunning a run folder already at or past `steps` (a smaller steps, or another setting) leaves its
+    checkpoint, config and result alone: before, the files were rewritten with the new settings (a look-ahead
+    the weights were not trained with) without a step run."""
+    ToyTrainer(ToyConfig(steps=4), tmp_path).run(progress=False)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    again = ToyTrainer(ToyConfig(steps=2, lr=0.5), tmp_path)
+    result = again.run(progress=False)
+    assert result["steps"] == 4 and not [e for e in again.events if e[0] == "on_step_end"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == files
+    assert "already at step 4 >= steps=2: nothing to train" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("victim", ["checkpoint.safetensors", "checkpoint.json", "checkpoint.optim.safetensors"])
+def test_a_corrupt_run_folder_is_a_clear_error_naming_the_way_out(tmp_path, victim):
+    from training.run.trainer import ResumeError
+
+    ToyTrainer(ToyConfig(steps=2), tmp_path).run(progress=False)
+    path = tmp_path / victim
+    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
+    with pytest.raises(ResumeError, match="--no-resume"):
+        ToyTrainer(ToyConfig(steps=4), tmp_path).run(progress=False)
+
+
 def test_unknown_event_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown event"):
         ToyTrainer(ToyConfig(), tmp_path).add_callback("on_epoch", lambda t: None)

@@ -55,8 +55,9 @@ def report_run(command: str, train: Callable[[], dict], errors: tuple[type[BaseE
     import sys
 
     from training.run.context import DeviceUnavailable
+    from training.run.trainer import ResumeError, TrainingDataError
 
-    expected: tuple[type[BaseException], ...] = (DeviceUnavailable, *errors)
+    expected: tuple[type[BaseException], ...] = (DeviceUnavailable, ResumeError, TrainingDataError, *errors)
     try:
         result = train()
     except expected as exc:

@@ -226,6 +226,15 @@ class GeneratorTrainer(Trainer):
         records = assign_splits(read_manifest(cfg.data_dir), cfg.split)
         if cfg.max_clips:
             records = {k: v[: cfg.max_clips] for k, v in records.items()}
+        if not records.get("train"):
+            from training.run.trainer import TrainingDataError
+
+            held = {k: len(v) for k, v in records.items() if k != "train"}
+            raise TrainingDataError(
+                f"the training split of {cfg.data_dir} is empty ({held} clips held out: whole speakers go to one "
+                "split); with few speakers, train on them all: --set split.test_fraction=0 --set "
+                "split.val_fraction=0"
+            )
         self.data_summary = training_data_summary(records)
         segs = {k: load_all(v, cfg.clips, progress=progress and self.is_main) for k, v in records.items()}
         g, fe = cfg.generator, cfg.clips.frontend

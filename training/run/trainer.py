@@ -43,6 +43,14 @@ class Checkpointed:
     meta: Callable[[int], dict]
 
 
+class ResumeError(ValueError):
+    """A run folder whose checkpoint cannot be read back (the message says which file and what to do)."""
+
+
+class TrainingDataError(ValueError):
+    """Data a run cannot train on (an empty training split); the message says what to change."""
+
+
 class Trainer:
     """Subclass and implement `setup` and `train_step`; override the other hooks where the defaults do not fit."""
 
@@ -107,7 +115,13 @@ class Trainer:
                 save_optimizer(self.out_dir / c.stem, c.optimizer)
 
     def resume(self) -> int:
-        """Load every checkpointed module and optimiser when `OUT/<first stem>.json` exists; returns its step."""
+        """Load every checkpointed module and optimiser when `OUT/<first stem>.json` exists; returns its step.
+
+        Raises:
+            ResumeError: a checkpoint file of the run folder cannot be read (truncated, corrupt, another model's).
+        """
+        from safetensors import SafetensorError
+
         from training.checkpoint import load_meta, load_optimizer, load_state
 
         if not self.checkpointed:
@@ -115,11 +129,19 @@ class Trainer:
         first = self.out_dir / self.checkpointed[0].stem
         if not first.with_suffix(".json").is_file():
             return 0
-        for c in self.checkpointed:
-            c.module.load_state_dict(load_state(self.out_dir / c.stem, self.ctx.device))
-            if c.optimizer is not None:
-                load_optimizer(self.out_dir / c.stem, c.optimizer)
-        return int(load_meta(first)["step"])
+        stem = first
+        try:
+            for c in self.checkpointed:
+                stem = self.out_dir / c.stem
+                c.module.load_state_dict(load_state(stem, self.ctx.device))
+                if c.optimizer is not None:
+                    load_optimizer(stem, c.optimizer)
+            return int(load_meta(first)["step"])
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            raise ResumeError(
+                f"cannot resume from {stem}.* in {self.out_dir} ({type(exc).__name__}: {str(exc)[:200]}); rerun "
+                "with --no-resume to start afresh there, or give another --out"
+            ) from None
 
     # ------------------------------------------------------------------ the loop
     def _begin(self, resume: bool, progress: bool) -> None:
@@ -129,6 +151,14 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.setup(progress)
         self.step = self.resume() if resume else 0
+        self.done_before = bool(self.step) and self.step >= cfg.steps
+        if self.done_before:  # nothing to train: leave the run's files (config, checkpoints, result) as they are
+            if self.ctx.is_main:
+                print(
+                    f"{self.out_dir} is already at step {self.step} >= steps={cfg.steps}: nothing to train (raise "
+                    "steps to continue, or --no-resume to start afresh)"
+                )
+            return
         if not resume and self.ctx.is_main and self.metrics_path.exists():
             self.metrics_path.unlink()  # --no-resume starts the log over too (it used to append to the old run's)
         if not self.step:
@@ -161,6 +191,13 @@ class Trainer:
         """Set up, resume or start, train to `cfg.steps`, finish. Returns the result (empty on other ranks)."""
         self._begin(resume, progress)
         cfg = self.cfg
+        if self.done_before:
+            context.finish(self.ctx)
+            path = self.out_dir / "result.json"
+            try:
+                return dict(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                return {"steps": self.step}
         rng = context.step_rng(cfg.seed, self.ctx, self.step)
         bar = None
         if self.ctx.is_main and progress:
