@@ -86,6 +86,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "adds the state input_gate; --no-input-gate exports the step without it (0.3.5's function)",
     )
     p.add_argument(
+        "--silent-face-rate",
+        type=float,
+        metavar="R",
+        help="in digital silence (the input's, or the input gate's once closed), pull the upper face's own shape "
+        "(brows, nose, eyes) back toward the reference face's at R more per frame (GeneratorConfig.silent_face_rate; "
+        "default: the checkpoint's own, 0.05 for the shipped 0.3.7; 0 = off, 0.3.6's function): the network's face "
+        "in silence spreads its eyes and lowers its brows",
+    )
+    p.add_argument(
         "--int8",
         nargs="?",
         const="dynamic",
@@ -160,7 +169,13 @@ def _source(args: argparse.Namespace):
             return 2
         from training.models.generator import load_generator
 
-        generator, meta = load_generator(args.checkpoint)
+        try:
+            generator, meta = load_generator(args.checkpoint)
+        except Exception as exc:  # missing, truncated (JSON, safetensors), another kind of checkpoint
+            print(
+                f"msync export: cannot load checkpoint {args.checkpoint}: {type(exc).__name__}: {exc}", file=sys.stderr
+            )
+            return 1
         if args.lookahead is not None and args.lookahead != generator.cfg.lookahead_frames:
             print(
                 f"msync export: the checkpoint was trained with look-ahead {generator.cfg.lookahead_frames}, "
@@ -176,6 +191,14 @@ def _source(args: argparse.Namespace):
 
             gate = InputGateConfig() if args.input_gate else None
             generator.cfg = dataclasses.replace(generator.cfg, input_gate=gate)  # read per call
+        face_before = generator.cfg.silent_face_rate
+        if args.silent_face_rate is not None:
+            rate = args.silent_face_rate or None  # 0 = off
+            try:
+                generator.cfg = dataclasses.replace(generator.cfg, silent_face_rate=rate)  # read per call
+            except ValueError as exc:
+                print(f"msync export: {exc}", file=sys.stderr)
+                return 2
         ckpt = Path(args.checkpoint).with_suffix("")
         version = (
             args.model_version
@@ -189,6 +212,9 @@ def _source(args: argparse.Namespace):
             version += "+zero-history"  # a checkpoint made with the silence history, exported without it
         if not args.model_version and args.input_gate is not None and args.input_gate != gated_before:
             version += "+input-gate" if args.input_gate else "+no-input-gate"
+        if not args.model_version and generator.cfg.silent_face_rate != face_before:
+            rate = generator.cfg.silent_face_rate
+            version += f"+silent-face-{rate:g}" if rate else "+no-silent-face"
         training_data = args.training_data or meta.get("training_data") or "not recorded in the checkpoint"
     else:
         generator = random_generator(
@@ -196,7 +222,8 @@ def _source(args: argparse.Namespace):
             args.config,
             args.set
             + (["silence_history=true"] if args.silence_history else [])
-            + (["input_gate={}"] if args.input_gate else []),
+            + (["input_gate={}"] if args.input_gate else [])
+            + ([f"silent_face_rate={args.silent_face_rate}"] if args.silent_face_rate else []),
             args.lookahead,
         )
         meta = None

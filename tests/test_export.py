@@ -4,6 +4,7 @@ chunking and batching invariance, refusal of mismatching models, the FP16 varian
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,9 @@ def test_info_command(exported, capsys):
     assert [s["name"] for s in data["states"]] == list(exported[2].state_names)
     assert main(["info", str(path.parent / "missing.onnx")]) == 1
     assert "no such model file" in capsys.readouterr().err
+    ckpt = Path(__file__).resolve().parents[1] / "training" / "weights" / "generator.json"
+    assert main(["info", str(ckpt)]) == 1
+    assert "is a training checkpoint, not an exported step: msync export --checkpoint" in capsys.readouterr().err
 
 
 def _with_metadata(src, dst, **changes):
@@ -239,6 +243,30 @@ def test_random_init_and_checkpoint_loading(tmp_path):
     loaded, meta = load_generator(tmp_path / "gen.json")
     assert loaded.cfg == g.cfg and meta["kind"] == "generator"
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), g.state_dict().values()))
+
+
+def test_export_of_a_bad_checkpoint_is_one_line_not_a_traceback(tmp_path, capsys):
+    """Missing, truncated (weights or JSON) and wrong-kind checkpoints: `msync export` says which and exits 1."""
+    from export.cli import random_generator
+    from stream_engine.cli import main
+    from training.checkpoint import save_module
+
+    g = random_generator(seed=1, overrides=["velocity_scale=0.001"])
+    save_module(tmp_path / "syn", g, {"kind": "syncer_pyramid"})
+    save_module(tmp_path / "cut", g, {"kind": "generator", "generator": g.cfg})
+    weights = tmp_path / "cut.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    save_module(tmp_path / "badjson", g, {"kind": "generator", "generator": g.cfg})
+    (tmp_path / "badjson.json").write_text('{"kind": "gen')
+    for ckpt, needle in (
+        (tmp_path / "nope", "not found"),
+        (tmp_path / "cut", "cut"),
+        (tmp_path / "badjson", "badjson"),
+        (tmp_path / "syn", "expected 'generator'"),
+    ):
+        assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x.onnx")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("msync export: cannot load checkpoint") and needle in err and "Traceback" not in err
 
 
 def test_fp16_variant_keeps_the_contract_and_stays_close(exported, ort_runner, speech_8s, tmp_path):

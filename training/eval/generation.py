@@ -161,10 +161,13 @@ def stream_rollout(
             n = min(chunk, num_frames - a)
             audio = torch.from_numpy(audio_window(pcm, a - W, W + n + L, ctx)[None]).to(device)
             valid = torch.from_numpy((np.arange(a - W, a + n + L) >= 0)[None]).to(device)
-            feats = G.branch_audio(G.audio_levels(G.mfcc(audio), valid))  # (1, G, C, W + n + L)
+            mfcc = G.mfcc(audio)
+            feats = G.branch_audio(G.audio_levels(mfcc, valid))  # (1, G, C, W + n + L)
+            silent = None if G.cfg.silent_face_rate is None else G.silent_frames(mfcc.unflatten(1, (-1, 4)))
             frames = []
             for t in range(n):
-                x, h, c = G.advance(x, anchor, h, c, feats[..., W + t + L])
+                j = W + t + L
+                x, h, c = G.advance(x, anchor, h, c, feats[..., j], None if silent is None else silent[:, j : j + 1])
                 frames.append(x)
             out[a : a + n] = torch.cat(frames).cpu().numpy()
             bar.update(n)

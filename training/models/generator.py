@@ -104,6 +104,14 @@ class GeneratorConfig:
             rests in steady noise of any spectrum. It adds the state `input_gate`. None = no gate (training, and
             every model before 0.3.6). It acts in `step`; `forward` reads MFCC and cannot apply it: gate the
             stream's PCM from its start with `gate_pcm` first (`training.eval.generation` does).
+        silent_face_rate: in digital silence (every band of the step's newest audio at the front end's log floor:
+            silence in the input, or the input gate closed), the upper face's own shape (points 17-47: brows, nose,
+            eyes), everything but its translation, roll and depth turn (`silent_face_map`), is pulled toward the
+            reference face's at this extra rate per frame; None = off (training, and every model before 0.3.7).
+            Why: the network's face in digital silence spreads its eyes and lowers its brows (model 0.3.6 on the
+            test split after 2 s of silence: inter-ocular over face width 1.27x ground truth's, eyes 1.12x wide,
+            brows 0.74x as high), while its speech face has ground truth's proportions (1.00-1.02x). A constant
+            of the model, like the anchor; `forward` and `step` apply it alike. In [0, 1); iBUG 68 points.
         frontend: the audio front end (MFCC) the generator reads and the exported step contains.
     """
 
@@ -129,6 +137,7 @@ class GeneratorConfig:
     reference_input: bool = False
     silence_history: bool = False
     input_gate: InputGateConfig | None = None
+    silent_face_rate: float | None = None
     frontend: FrontEndConfig = FrontEndConfig()
 
     def __post_init__(self) -> None:
@@ -148,6 +157,11 @@ class GeneratorConfig:
                 raise ValueError(f"reference_pose_gain must be 3 finite numbers (yaw, pitch, roll), got {gain!r}")
             if self.num_landmarks != 68:
                 raise ValueError("reference_pose_gain needs the iBUG 68-point layout (num_landmarks = 68)")
+        if self.silent_face_rate is not None:
+            if not 0.0 <= float(self.silent_face_rate) < 1.0:
+                raise ValueError(f"silent_face_rate must be in [0, 1), got {self.silent_face_rate}")
+            if self.num_landmarks != 68:
+                raise ValueError("silent_face_rate needs the iBUG 68-point layout (num_landmarks = 68)")
         if not self.branch_levels or max(self.branch_levels) >= len(self.level_dilations):
             raise ValueError(f"branch_levels {self.branch_levels} must index level_dilations")
 
@@ -321,6 +335,43 @@ def anchor_split_matrix(cfg: GeneratorConfig) -> torch.Tensor | None:
     return torch.tensor(split.T, dtype=torch.float32)
 
 
+#: The points whose shape `GeneratorConfig.silent_face_rate` restores in silence: brows, nose and eyes (the jaw line
+#: and the mouth move with the mouth's opening, which rests closed, not at the reference's).
+UPPER_FACE_POINTS = tuple(range(17, 48))
+
+
+def silent_face_map() -> np.ndarray:
+    """(136, 136) Q with Q @ d the upper face's own shape change in the flattened offset d = x - x_ref: d minus
+    its fitted translation, roll and depth turn (pitch, yaw), on `UPPER_FACE_POINTS` only (zero rows elsewhere).
+
+    From `pose_fit_maps`: the fitted move is t + A g~ + z b; A = s I + theta J + e1 [[1, 0], [0, -1]] +
+    e2 [[0, 1], [1, 0]], so the move less its uneven stretch (e1) and shear (e2) is t + s g~ + theta J g~ + z b,
+    and Q = mask (I - move + stretch + shear + size): the isotropic size counts as shape too, so a face that
+    grows in silence is pulled back as well. Offsets made of a translation, a roll, a pitch or a yaw of the
+    generic face give Q @ d = 0."""
+    f = pose_fit_maps()
+    m = np.asarray(MEAN_FACE_3D, dtype=np.float64)
+    n = len(m)
+    w = np.zeros(n)
+    w[list(RIGID_POINTS)] = 1.0
+    g = m[:, :2] - (m[:, :2] * w[:, None]).sum(axis=0) / w.sum()
+    x = np.stack([np.ones(n), g[:, 0], g[:, 1], m[:, 2]], axis=1)
+    fit = np.linalg.solve(x.T @ (x * w[:, None]), (x * w[:, None]).T)  # (4, 68), as in `pose_fit_maps`
+    stretch, shear = np.zeros((2 * n, 2 * n)), np.zeros((2 * n, 2 * n))
+    # e1 = (A_xx - A_yy) / 2 with A_xx = fit[1] . d_x, A_yy = fit[2] . d_y; displacement e1 * (g~_x, -g~_y)
+    stretch[0::2, 0::2], stretch[0::2, 1::2] = np.outer(g[:, 0], fit[1]) / 2, -np.outer(g[:, 0], fit[2]) / 2
+    stretch[1::2, 0::2], stretch[1::2, 1::2] = -np.outer(g[:, 1], fit[1]) / 2, np.outer(g[:, 1], fit[2]) / 2
+    # e2 = (A_xy + A_yx) / 2 with A_xy = fit[2] . d_x, A_yx = fit[1] . d_y; displacement e2 * (g~_y, g~_x)
+    shear[0::2, 0::2], shear[0::2, 1::2] = np.outer(g[:, 1], fit[2]) / 2, np.outer(g[:, 1], fit[1]) / 2
+    shear[1::2, 0::2], shear[1::2, 1::2] = np.outer(g[:, 0], fit[2]) / 2, np.outer(g[:, 0], fit[1]) / 2
+    q = np.eye(2 * n) - f["move"] + stretch + shear + f["size"]
+    rows = np.zeros(2 * n, dtype=bool)
+    for p in UPPER_FACE_POINTS:
+        rows[2 * p : 2 * p + 2] = True
+    q[~rows] = 0.0
+    return q
+
+
 def reference_pose_matrix(cfg: GeneratorConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
     """`GeneratorConfig.reference_pose_gain` as a linear map W = F @ U, push = x_ref.flatten(1) @ F @ U (landmark
     units per frame), returned as its factors (F (136, 3), U (3, 136)), or None without a gain.
@@ -379,6 +430,17 @@ class Generator(nn.Module):
         self.reference_pose_push: torch.Tensor | None
         self.register_buffer("reference_pose_fit", None if factors is None else factors[0], persistent=False)
         self.register_buffer("reference_pose_push", None if factors is None else factors[1], persistent=False)
+        # `cfg.silent_face_rate`'s constants (not saved; kept whatever the rate, which an export may set later):
+        # digital silence's MFCC vector, a tolerance around it, and the upper face's shape map (transposed).
+        fe = cfg.frontend
+        with torch.no_grad():
+            quiet = self.mfcc(torch.zeros(1, fe.context_samples + fe.samples_per_landmark_frame))[0, 0]
+        self.silent_mfcc: torch.Tensor
+        self.register_buffer("silent_mfcc", quiet.clone(), persistent=False)
+        self.silent_tol = 1e-3 * (1.0 + float(quiet.abs().max()))
+        self.silent_face_q: torch.Tensor
+        q = silent_face_map().T if cfg.num_landmarks == 68 else np.zeros((2 * cfg.num_landmarks,) * 2)
+        self.register_buffer("silent_face_q", torch.tensor(q, dtype=torch.float32), persistent=False)
 
     # ------------------------------------------------------------------ audio
     def input_gate(self, device: torch.device | str = "cpu") -> InputGate | None:
@@ -484,8 +546,17 @@ class Generator(nn.Module):
             feats = torch.cat([feats, ((x - x_ref) * 20.0).flatten(1)], dim=1)
         return self.landmark_encoder(feats)
 
-    def advance(self, x_prev: torch.Tensor, x_ref: torch.Tensor, h: torch.Tensor, c: torch.Tensor, audio: torch.Tensor):
-        """One landmark frame: x_prev, x_ref (B,68,2), h/c (B,H), audio (B,G,C) -> (x, h, c)."""
+    def advance(
+        self,
+        x_prev: torch.Tensor,
+        x_ref: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        audio: torch.Tensor,
+        silent: torch.Tensor | None = None,
+    ):
+        """One landmark frame: x_prev, x_ref (B,68,2), h/c (B,H), audio (B,G,C), silent (B,1) 1.0 where the newest
+        audio is digital silence (`silent_frames`; used with `cfg.silent_face_rate`) -> (x, h, c)."""
         emb = self._embed(x_prev, x_ref)
         h, c = self.lstm(emb, (h, c))
         v = self.branches(h, emb, audio) * self.cfg.velocity_scale
@@ -493,6 +564,10 @@ class Generator(nn.Module):
             v = v - self.anchor_pull(x_prev - x_ref)
         if self.reference_pose_fit is not None:
             v = v + self.reference_push(x_ref)
+        rate = self.cfg.silent_face_rate
+        if rate is not None and silent is not None:  # the upper face's own shape back toward the reference's
+            shape = ((x_prev - x_ref).flatten(1) @ self.silent_face_q).view_as(x_prev)
+            v = v - (float(rate) * silent)[:, :, None] * shape
         return x_prev + v, h, c
 
     def reference_push(self, x_ref: torch.Tensor) -> torch.Tensor:
@@ -563,12 +638,21 @@ class Generator(nn.Module):
                 f"+{L} look-ahead), got {mfcc.shape[1]}"
             )
         audio = self.branch_audio(self.audio_levels(mfcc, valid))  # (B, G, C, W+T+L)
+        silent = None if self.cfg.silent_face_rate is None else self.silent_frames(mfcc.unflatten(1, (-1, 4)))
         x, h, c = x_ref, h0, c0
         out = []
         for t in range(num_frames):
-            x, h, c = self.advance(x, x_ref, h, c, audio[..., warmup_frames + t + L])
+            j = warmup_frames + t + L
+            x, h, c = self.advance(x, x_ref, h, c, audio[..., j], None if silent is None else silent[:, j : j + 1])
             out.append(x)
         return torch.stack(out, dim=1)
+
+    def silent_frames(self, mfcc: torch.Tensor) -> torch.Tensor:
+        """(B, T, 4, n_mfcc) raw MFCC of T landmark frames -> (B, T) 1.0 where the frame's audio is digital
+        silence (every mel band at the front end's log floor, so every MFCC equals digital silence's), else 0.0.
+        What `GeneratorConfig.silent_face_rate` acts on; the input gate, once closed, gives exact silence."""
+        quiet = self.silent_mfcc  # (n_mfcc,): one vector, the log floor's
+        return ((mfcc - quiet).abs().flatten(2).max(dim=2).values <= self.silent_tol).to(mfcc.dtype)
 
     # ------------------------------------------------------------------- step
     def initial_state(
@@ -614,7 +698,8 @@ class Generator(nn.Module):
             gated = gate.step(audio_new, state.input_gate)
             audio_new, gate_next = gated.audio, gated.state
         buf = torch.cat([state.audio_carry, audio_new], dim=1)  # (B, 352 + 640)
-        norm = (self.mfcc(buf) - self.mfcc_mean) / self.mfcc_std  # (B, 4, n_mfcc): this step's 4 mfcc frames
+        raw = self.mfcc(buf)  # (B, 4, n_mfcc): this step's 4 mfcc frames
+        norm = (raw - self.mfcc_mean) / self.mfcc_std
         x = self.audio_stem(norm.flatten(1))  # (B, C), as `_stem` with T = 1
         caches, offset = [], 0
         levels: list[Any] = [None] * len(self.cfg.level_dilations)
@@ -639,7 +724,10 @@ class Generator(nn.Module):
             levels[lvl] = x
             offset += pad
         audio = torch.stack([levels[l] for l in self.cfg.branch_levels], dim=1)  # (B, G, C)
-        x_new, h_new, c_new = self.advance(state.prev_landmarks, state.reference_landmarks, state.h, state.c, audio)
+        quiet = None if self.cfg.silent_face_rate is None else self.silent_frames(raw[:, None])  # (B, 1)
+        x_new, h_new, c_new = self.advance(
+            state.prev_landmarks, state.reference_landmarks, state.h, state.c, audio, quiet
+        )
         # Until L frames of look-ahead have arrived there is no frame to emit: keep the landmark state still.
         ready = state.frames_seen >= self.cfg.lookahead_frames  # (B, 1)
         x_out = torch.where(ready[:, :, None], x_new, state.prev_landmarks)
