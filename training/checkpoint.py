@@ -37,7 +37,8 @@ def save_module(path: str | Path, module: torch.nn.Module, meta: dict, dtype: to
 def load_meta(path: str | Path) -> dict:
     path = Path(path).with_suffix(".json")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing checkpoint metadata")
+        where = "" if path.is_absolute() else f" (relative to the current folder {Path.cwd()})"
+        raise FileNotFoundError(f"checkpoint {path} not found{where}")
     return json.loads(path.read_text())
 
 

@@ -308,7 +308,8 @@ def render_eval_markdown(result: dict) -> str:
     lines += [
         "",
         "Plots: `sync_levels.png` (AV-Conf and FD-motion per level). Predictions: `predictions/` (eval-sync "
-        "format; `msync eval-sync --predictions DIR` rescores them).",
+        "format, one folder per method; `msync eval-sync --predictions predictions/ours --predictions "
+        "predictions/loudness_mouth ...`, one `--predictions` per method, rescores them).",
         "",
     ]
     return "\n".join(lines)
