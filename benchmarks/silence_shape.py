@@ -85,8 +85,9 @@ def run(models: dict[str, str], clips: int, data: str) -> dict[str, Any]:
 
 
 def figure(models: dict[str, str], wav: str, path: str) -> None:
-    """The faces to look at: for `wav` (speech) and a 4 s pause of digital silence, each model's frame 1 s into the
-    speech and its last frame, beside the reference face (one row per model)."""
+    """The faces to look at: for `wav` followed by `PAUSE_S` of digital silence, each model's frame 1 s into the
+    audio and its last frame, beside the reference face (one row per model). The default wav, the silence case's,
+    already ends in 6 s of silence, so its last frame is 10 s into silence."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +105,8 @@ def figure(models: dict[str, str], wav: str, path: str) -> None:
         runner = load_model(model)
         lm = animate(pcm, rate, model=runner).landmarks
         faces = (np.asarray(runner.contract.reference_face), lm[25], lm[-1])
-        for col, (face, title) in enumerate(zip(faces, ("reference face", "speech, 1 s", f"{PAUSE_S:g} s of silence"))):
+        titles = ("reference face", "1 s into the audio", f"last frame (+{PAUSE_S:g} s of silence)")
+        for col, (face, title) in enumerate(zip(faces, titles)):
             ax = axes[row, col]
             for a, b in parts:
                 ax.plot(face[a:b, 0], face[a:b, 1], "-", lw=1.2)

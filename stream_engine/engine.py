@@ -71,7 +71,7 @@ from stream_engine.frame_batch import FrameBatch
 from stream_engine.memory import release_free_heap
 from stream_engine.outputs import FrameSink
 from stream_engine.runtime.base import StepRunner
-from stream_engine.session import RecentValues, Session, SlotStats
+from stream_engine.session import RecentValues, Session, SlotStats, reference_face_from_points
 from stream_engine.signals import SignalConfig, stream_seed
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_streams < 1 or self.max_batch_streams < 1:
             raise ValueError("max_streams and max_batch_streams must be >= 1")
-        if self.max_pending_s <= 0:
+        if not (math.isfinite(self.max_pending_s) and self.max_pending_s > 0):
             raise ValueError("max_pending_s must be positive")
         if not (self.batch_step_ms >= 0 and math.isfinite(self.batch_step_ms)):
             raise ValueError(f"batch_step_ms must be a finite number >= 0, got {self.batch_step_ms!r}")
@@ -392,7 +392,11 @@ class Engine:
         source: str = "",
         seed: int | None = None,
     ) -> Session:
-        """Open a stream. Raises `EngineFullError`, or ValueError for a taken id / bad reference face."""
+        """Open a stream. `reference_face`: (68, 2) in normalised crop coordinates or pixels (normalised with the
+        training data's fixed crop, as the WebSocket hello does: `session.reference_face_from_points`). Raises
+        `EngineFullError`, or ValueError for a taken id / bad reference face."""
+        if reference_face is not None:
+            reference_face = reference_face_from_points(reference_face, self.core.num_landmarks)
         if stream_id is None:
             stream_id = f"{self.id_prefix}{next(self._ids)}"
             while stream_id in self.sessions:

@@ -18,6 +18,7 @@ mic, file, stdin) and the VMC/OSC/VTube Studio outputs and prints the latency li
 from __future__ import annotations
 
 import dataclasses
+import errno
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -58,12 +59,23 @@ def worker_config(cfg: StreamConfig, index: int, port: int) -> StreamConfig:
     return out
 
 
+def _bind_hint(exc: OSError) -> str:
+    return (
+        "no interface of this machine has that address: check --host"
+        if exc.errno == errno.EADDRNOTAVAIL
+        else "use --port to pick another"
+    )
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound (not listening) to (host, port) with SO_REUSEPORT: it fixes the port when `port` is 0 and
     holds it while the workers bind theirs. Raises WorkersError."""
     if not hasattr(socket, "SO_REUSEPORT"):
         raise WorkersError("--workers needs SO_REUSEPORT, which this platform lacks")
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:  # a host name that does not resolve
+        raise WorkersError(f"cannot bind {host}:{port}: {exc.strerror or exc} (check --host)") from None
     family, _, _, _, addr = infos[0]
     if port:  # SO_REUSEPORT would share the port with any server of this user already on it (another msync
         # --workers): a plain bind (SO_REUSEADDR, as asyncio's) fails while anything listens there
@@ -72,9 +84,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(addr)
         except OSError as exc:
-            raise WorkersError(
-                f"cannot bind {host}:{port}: {exc.strerror or exc} (use --port to pick another)"
-            ) from None
+            raise WorkersError(f"cannot bind {host}:{port}: {exc.strerror or exc} ({_bind_hint(exc)})") from None
         finally:
             probe.close()
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -83,7 +93,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.bind(addr)
     except OSError as exc:
         sock.close()
-        raise WorkersError(f"cannot bind {host}:{port}: {exc.strerror or exc} (use --port to pick another)") from None
+        raise WorkersError(f"cannot bind {host}:{port}: {exc.strerror or exc} ({_bind_hint(exc)})") from None
     return sock
 
 

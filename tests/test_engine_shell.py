@@ -87,6 +87,21 @@ def test_drain_at_shutdown_sends_every_streams_tail_then_closes_them():
     assert sorted(closed) == ["a", "b"]
 
 
+def test_a_reference_face_in_pixels_is_normalised_as_the_hello_does():
+    from stream_engine.session import reference_face_from_points
+
+    async def main():
+        runner = FakeRunner()
+        async with Engine(runner) as engine:
+            px = np.asarray(runner.contract.reference_face, np.float64) * 480.0 + 80.0
+            engine.open_stream("a", px)
+            return engine.core.reference_face("a"), reference_face_from_points(px)
+
+    got, want = run(main())
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(got).max() <= 1.5
+
+
 def test_many_streams_are_batched_by_the_engine():
     async def main():
         runner = FakeRunner(lookahead_frames=1, cost_us_per_call=2000)

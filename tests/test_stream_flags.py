@@ -230,8 +230,12 @@ def test_a_remote_host_on_the_command_line_needs_a_token_or_insecure():
         (["--input", "stdin", "--stdin-format", "u8:8000:1"], "s16le, s32le or f32le"),
         (["--input", "stdin", "--stdin-format", "s16le:16000:1:9"], "dtype:rate:channels"),
         (["--set", "server.max_clients=0"], "max_clients and max_client_errors must be >= 1"),
-        (["--set", "server.idle_timeout_s=-1"], "idle_timeout_s must be >= 0"),
+        (["--set", "server.idle_timeout_s=-1"], "idle_timeout_s must be a finite number of seconds >= 0"),
         (["--set", "shutdown_drain_s=-1"], "shutdown_drain_s must be"),
+        (["--set", "server.hello_timeout_s=Infinity"], "hello_timeout_s must be a finite"),
+        (["--set", "server.idle_timeout_s=NaN"], "idle_timeout_s must be a finite"),
+        (["--set", "server.write_timeout_s=NaN"], "write_timeout_s must be a finite"),
+        (["--set", "engine.max_pending_s=NaN"], "max_pending_s must be positive"),
     ],
 )
 def test_bad_values_are_refused_before_anything_starts(argv, message):

@@ -64,6 +64,10 @@ def test_a_port_another_reuseport_server_listens_on_is_refused_not_shared():
         other.close()
     free = reserve_port("127.0.0.1", 0)  # port 0: a fresh port, nothing to probe
     free.close()
+    with pytest.raises(WorkersError, match="check --host"):
+        reserve_port("no-such-host.invalid", 18000)  # does not resolve (RFC 2606)
+    with pytest.raises(WorkersError, match="check --host"):
+        reserve_port("192.0.2.1", 18000)  # TEST-NET-1: no interface has it
 
 
 def test_exit_code_counts_a_crashed_worker_but_not_the_ones_the_supervisor_stopped(capsys):

@@ -31,6 +31,7 @@ import http
 import inspect
 import json
 import logging
+import math
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -189,12 +190,14 @@ class ServerConfig:
             raise ValueError("max_message_bytes must be at least 1024")
         if self.client_window_frames < 1 or self.receive_queue < 1 or self.messages_per_turn < 1:
             raise ValueError("client_window_frames, receive_queue and messages_per_turn must be >= 1")
-        if self.write_timeout_s <= 0:
-            raise ValueError("write_timeout_s must be positive")
+        if not (math.isfinite(self.write_timeout_s) and self.write_timeout_s > 0):
+            raise ValueError(f"write_timeout_s must be a finite number of seconds > 0, got {self.write_timeout_s}")
         if self.max_clients < 1 or self.max_client_errors < 1:
             raise ValueError("max_clients and max_client_errors must be >= 1")
-        if self.hello_timeout_s < 0 or self.idle_timeout_s < 0:
-            raise ValueError("hello_timeout_s and idle_timeout_s must be >= 0 (0 = no limit)")
+        for name in ("hello_timeout_s", "idle_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0 (0 = no limit), got {value}")
 
     @property
     def is_loopback(self) -> bool:
@@ -1169,6 +1172,8 @@ class WebSocketServer:
             fmt, streams = FramesProtocol.parse_query(query)
         except ProtocolError as exc:
             await ws.send(error(exc.code, str(exc), fatal=True))
+            self.closed_by_server[CLOSE_POLICY] = self.closed_by_server.get(CLOSE_POLICY, 0) + 1
+            log.info("closing client %s (%d): bad request: %s", ws.remote_address, CLOSE_POLICY, exc)
             await ws.close(CLOSE_POLICY, "bad request")
             return
         proto = FramesProtocol(

@@ -254,10 +254,10 @@ void StepStream::Step() {
   Impl& m = *impl_;
   // One NaN or infinite sample would make the state non-finite for good (until Reset), so it is refused before
   // anything runs; finite samples beyond [-1, 1] are clipped, as msync's Python engine clips them.
-  for (float& v : m.audio) {
+  for (float v : m.audio) {  // checked first: a refused step leaves audio() and the state as they were
     if (!std::isfinite(v)) throw std::invalid_argument("audio() holds a NaN or infinite sample; nothing was run");
-    v = std::min(1.0f, std::max(-1.0f, v));
   }
+  for (float& v : m.audio) v = std::min(1.0f, std::max(-1.0f, v));
   try {
     m.session->Run(m.run_options, *m.binding[m.cur]);
   } catch (const Ort::Exception& e) {

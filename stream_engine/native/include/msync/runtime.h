@@ -93,7 +93,8 @@ class StepStream {
   /// (batch, num_landmarks, landmark_dims) output of the last Step().
   const float* landmarks() const;
   /// Run one step: reads audio() and the current state, writes landmarks() and the next state.
-  /// Throws std::invalid_argument (a NaN or infinite sample in audio(); the stream is unchanged) or
+  /// Throws std::invalid_argument (a NaN or infinite sample in any row of audio(): the step of every row is
+  /// refused, audio() and the state unchanged) or
   /// std::runtime_error (ONNX Runtime failed). The StepModel must outlive every stream made from it.
   void Step();
   /// Forget everything: back to the initial state (new seed / face), step count 0.
