@@ -24,13 +24,11 @@ TINY = dict(audio_channels=16, landmark_embed=16, lstm_hidden=16, branch_hidden=
 
 
 def _ratios(x: np.ndarray) -> np.ndarray:
-    """(..., 68, 2) -> (..., 2): inter-ocular over face width, eye width over inter-ocular."""
-    iod = np.linalg.norm(x[..., 36, :] - x[..., 45, :], axis=-1)
-    width = np.linalg.norm(x[..., 0, :] - x[..., 16, :], axis=-1)
-    eye = (
-        np.linalg.norm(x[..., 36, :] - x[..., 39, :], axis=-1) + np.linalg.norm(x[..., 42, :] - x[..., 45, :], axis=-1)
-    ) / 2
-    return np.stack([iod / width, eye / iod], -1)
+    """(..., 68, 2) -> (..., 2): inter-ocular over face width, eye width over inter-ocular
+    (`benchmarks.silence_shape.proportions`' first two)."""
+    from benchmarks.silence_shape import proportions
+
+    return proportions(x)[..., :2]
 
 
 def test_the_map_pulls_the_upper_faces_shape_and_leaves_pose_mouth_and_jaw_alone():
