@@ -239,6 +239,11 @@ def run(args: argparse.Namespace) -> int:
     from export.onnx_export import export_onnx
 
     torch.set_num_threads(1)
+    if Path(args.out).suffix.lower() != ".onnx":
+        print(
+            f"msync export: note: {args.out} does not end in .onnx (runtimes and `msync info` expect it)",
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
     sha = _git_sha()
     source = _source(args)

@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        # an --out (or input) path of the wrong kind, in any command: which path, no traceback
+        print(f"msync {args.command}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -122,6 +122,13 @@ class InputConfig:
             raise ConfigError("input.kind 'file' needs input.path")
         if self.speed <= 0:
             raise ConfigError("input.speed must be positive")
+        if self.kind == "stdin":
+            from stream_engine.inputs import PcmFormat
+
+            try:
+                PcmFormat.parse(self.stdin_format)
+            except ValueError as exc:
+                raise ConfigError(f"input.stdin_format: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -199,3 +199,18 @@ min_cutoff_hz = 2.0
 def test_list_devices_never_crashes(capsys):
     code, out, err = msync_here(capsys, "--list-devices")
     assert code == 0 or (code == 2 and ("PortAudio" in err or "sounddevice" in err))
+
+
+def test_an_out_path_of_the_wrong_kind_is_one_line_in_any_command(tmp_path, capsys):
+    """`--out` under a file (or onto an existing file where a folder is made): the path and the reason, exit 1."""
+    import numpy as np
+    import soundfile
+
+    from stream_engine.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    soundfile.write(tmp_path / "a.wav", np.zeros(1600, np.float32), 16000)
+    assert main(["animate", str(tmp_path / "a.wav"), "--out", str(afile / "x.json"), "--quiet"]) in (1, 2)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "afile" in err
