@@ -27,7 +27,7 @@ import numpy as np
 from stream_engine.audio_io import AudioError, load_audio, resample, to_mono
 from stream_engine.blendshapes import ARKIT_NAMES
 from stream_engine.inputs import MAX_CHANNELS, PcmFormat
-from stream_engine.signals import SIGNAL_NAMES, SignalConfig, SignalExtractor, stream_seed
+from stream_engine.signals import SIGNAL_NAMES, SignalConfig, SignalExtractor
 
 if TYPE_CHECKING:
     from stream_engine.core import LandmarkFrame
@@ -241,7 +241,7 @@ def animate(
     frames = landmark_frames(runner, audio, reference_face, seed=seed, chunk_s=chunk_s)
     expected = len(frames)
     neutral = reference_face if reference_face is not None else np.asarray(c.reference_face, dtype=np.float32)
-    extractor = SignalExtractor(signal_cfg, neutral, stream_seed(seed, "animate"))
+    extractor = SignalExtractor(signal_cfg, neutral, seed)  # as `Engine.open_stream(seed=seed)` seeds its blinks
     n_lm, dims = int(c.num_landmarks), int(c.landmark_dims)
     landmarks = np.zeros((expected, n_lm, dims), np.float32)
     sig = np.zeros((expected, len(SIGNAL_NAMES)), np.float32)

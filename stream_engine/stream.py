@@ -572,13 +572,13 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
         if input_task is not None and input_task.done() and not input_task.cancelled():
             failure = input_task.exception()
             if isinstance(failure, InputError):
-                print(f"\nmsync stream: input failed: {failure}", file=sys.stderr)
+                print(f"{_after_line()}msync stream: input failed: {failure}", file=sys.stderr)
                 exit_code = 2
             elif failure is not None:
-                print(f"\nmsync stream: input failed: {failure!r}", file=sys.stderr)
+                print(f"{_after_line()}msync stream: input failed: {failure!r}", file=sys.stderr)
                 exit_code = 1
         if cfg.latency_line:
-            print("\n" + engine.latency_line(), file=sys.stderr)
+            print(_after_line() + engine.latency_line(), file=sys.stderr)
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(sig)
@@ -619,6 +619,11 @@ async def _wait_for_client(server: WebSocketServer, stop: asyncio.Event, poll_s:
 def _frame_clients(server: WebSocketServer) -> int:
     """Connected frame subscribers of the WebSocket server."""
     return int(server.frame_clients)
+
+
+def _after_line() -> str:
+    """A newline to end the live latency line first, on a terminal only (in a log it would be a blank line)."""
+    return "\n" if sys.stderr.isatty() else ""
 
 
 async def _latency_line(engine: Engine, period_s: float = 1.0) -> None:

@@ -239,3 +239,17 @@ def test_a_target_whose_host_does_not_resolve_is_a_clear_error_not_a_traceback()
         VmcSink(VmcConfig(targets=("nosuchhost.invalid:39539",)))
     with pytest.raises(ValueError, match="bad target 'nosuch.invalid:9000'"):
         OscSink(OscConfig(enabled=True, targets=("nosuch.invalid:9000",)))
+
+
+def test_vmc_never_sends_a_negative_zero_weight():
+    """A -0.0 from the viseme arithmetic goes out as 0.0 (a receiver may print "-0" or treat the sign)."""
+    import dataclasses
+    import math
+
+    from stream_engine.outputs.vmc import vmc_packets
+    from stream_engine.signals import NEUTRAL_SIGNALS
+
+    sig = dataclasses.replace(NEUTRAL_SIGNALS, visemes={**NEUTRAL_SIGNALS.visemes, "A": -0.0}, blink=-0.0)
+    blend = OscBundle(vmc_packets(sig, VmcConfig())[1].dgram)
+    values = [m.params[1] for m in blend if m.address == "/VMC/Ext/Blend/Val"]
+    assert values and all(math.copysign(1.0, v) == 1.0 for v in values)

@@ -120,15 +120,19 @@ def vmc_packets(signals: Signals, cfg: VmcConfig, time_s: float | None = None) -
     ]
     if cfg.send_time and time_s is not None:
         bone.append(message("/VMC/Ext/T", [(float(time_s), "f")]))
-    values = {v: float(signals.visemes[v]) for v in VISEMES}
-    values["blink"] = float(signals.blink)
+    # weights in [0, 1]; `+ 0.0` turns a -0.0 from the viseme arithmetic into 0.0 (some receivers print "-0")
+    values = {v: float(signals.visemes[v]) + 0.0 for v in VISEMES}
+    values["blink"] = float(signals.blink) + 0.0
     shapes = signals.blendshapes
     blend = [
         message(
             "/VMC/Ext/Blend/Val",
             [
                 (name, "s"),
-                (values[key] if key in values else 0.0 if shapes is None else float(shapes[ARKIT_INDEX[key]]), "f"),
+                (
+                    values[key] if key in values else 0.0 if shapes is None else float(shapes[ARKIT_INDEX[key]]) + 0.0,
+                    "f",
+                ),
             ],
         )
         for key, name in cfg.blend_names
