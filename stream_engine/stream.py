@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import functools
 import importlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -46,7 +44,7 @@ from stream_engine.config import (
 )
 from stream_engine.dataclass_io import apply_overrides, from_dict
 from stream_engine.outputs.websocket import LOOPBACK_HOSTS
-from stream_engine.workers import STOP_SIGNALS
+from stream_engine.workers import STOP_SIGNALS, bind_error, bind_problem
 
 if TYPE_CHECKING:
     from stream_engine.config import ModelConfig
@@ -485,8 +483,10 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
             sinks.append(OscSink(cfg.osc))
     except (ValueError, OSError) as exc:  # OSError: an unwritable --vts-log
         raise StreamError(f"output {exc}") from None
-    if cfg.server.port and not cfg.server.reuse_port:  # a taken port or a foreign address: say so now, not
-        _check_bindable(cfg.server.host, cfg.server.port)  # after the warm-up's seconds
+    # a taken port or a foreign address: said now, not after the warm-up's seconds
+    problem = bind_problem(cfg.server.host, cfg.server.port) if cfg.server.port and not cfg.server.reuse_port else None
+    if problem is not None:
+        raise StreamError(f"cannot listen on {problem}")
     compiles = engine.batch_signals is not None and engine.batch_signals.compiled
     print(
         "msync stream: warming up the engine"
@@ -501,7 +501,7 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
         await server.start()
     except OSError as exc:
         await engine.aclose()
-        raise StreamError(_bind_error(cfg.server.host, cfg.server.port, exc)) from None
+        raise StreamError(f"cannot listen on {bind_error(cfg.server.host, cfg.server.port, exc)}") from None
     engine.add_sink(server)
     for sink in sinks:
         engine.add_sink(sink)
@@ -583,31 +583,6 @@ async def run_stream(cfg: StreamConfig, ready: asyncio.Future[WebSocketServer] |
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(sig)
     return exit_code
-
-
-def _bind_error(host: str, port: int, exc: OSError) -> str:
-    """What to tell the user when the server cannot listen on (host, port)."""
-    hint = (
-        "no interface of this machine has that address: check --host"
-        if exc.errno == errno.EADDRNOTAVAIL
-        else "use --port to pick another"
-    )
-    return f"cannot listen on {host}:{port}: {exc.strerror or exc} ({hint})"
-
-
-def _check_bindable(host: str, port: int) -> None:
-    """Bind (host, port) once, as the server will (SO_REUSEADDR), and let it go. Raises StreamError."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise StreamError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (check --host)") from None
-    for family, _, _, _, addr in infos:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(addr)
-            except OSError as exc:
-                raise StreamError(_bind_error(host, port, exc)) from None
 
 
 async def _wait_for_client(server: WebSocketServer, stop: asyncio.Event, poll_s: float = 0.02) -> None:

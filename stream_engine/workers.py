@@ -59,12 +59,35 @@ def worker_config(cfg: StreamConfig, index: int, port: int) -> StreamConfig:
     return out
 
 
-def _bind_hint(exc: OSError) -> str:
-    return (
-        "no interface of this machine has that address: check --host"
-        if exc.errno == errno.EADDRNOTAVAIL
-        else "use --port to pick another"
-    )
+def bind_error(host: str, port: int, exc: OSError) -> str:
+    """'host:port: why (what to do)' for a failed bind or getaddrinfo of (host, port)."""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        hint = (
+            "check --host"
+            if isinstance(exc, socket.gaierror)
+            else "no interface of this machine has that address: check --host"
+        )
+    else:
+        hint = "use --port to pick another"
+    return f"{host}:{port}: {exc.strerror or exc} ({hint})"
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on (host, port) now (`bind_error`'s text), or None: the host resolves and a
+    plain bind (SO_REUSEADDR, as asyncio's) of each of its addresses succeeds, then is let go. A plain bind fails
+    while anything listens there, also a server whose sockets have SO_REUSEPORT."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:  # a host name that does not resolve
+        return bind_error(host, port, exc)
+    for family, _, _, _, addr in infos:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                return bind_error(host, port, exc)
+    return None
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -72,28 +95,21 @@ def reserve_port(host: str, port: int) -> socket.socket:
     holds it while the workers bind theirs. Raises WorkersError."""
     if not hasattr(socket, "SO_REUSEPORT"):
         raise WorkersError("--workers needs SO_REUSEPORT, which this platform lacks")
+    # SO_REUSEPORT would share the port with any server of this user already on it (another msync --workers)
+    problem = bind_problem(host, port) if port else None
+    if problem is not None:
+        raise WorkersError(f"cannot bind {problem}")
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:  # a host name that does not resolve
-        raise WorkersError(f"cannot bind {host}:{port}: {exc.strerror or exc} (check --host)") from None
-    family, _, _, _, addr = infos[0]
-    if port:  # SO_REUSEPORT would share the port with any server of this user already on it (another msync
-        # --workers): a plain bind (SO_REUSEADDR, as asyncio's) fails while anything listens there
-        probe = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(addr)
-        except OSError as exc:
-            raise WorkersError(f"cannot bind {host}:{port}: {exc.strerror or exc} ({_bind_hint(exc)})") from None
-        finally:
-            probe.close()
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise WorkersError(f"cannot bind {bind_error(host, port, exc)}") from None
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
     except OSError as exc:
         sock.close()
-        raise WorkersError(f"cannot bind {host}:{port}: {exc.strerror or exc} ({_bind_hint(exc)})") from None
+        raise WorkersError(f"cannot bind {bind_error(host, port, exc)}") from None
     return sock
 
 
