@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from stream_engine.core import AudioChunkError, EngineCore, LandmarkFrame
+from stream_engine.core import AudioChunkError, EngineCore, LandmarkFrame, is_stream_id
 from stream_engine.runtime.base import StepRunner
 from stream_engine.signals import SIGNAL_NAMES, SignalConfig
 
@@ -176,13 +176,7 @@ class Engine:
         Raises:
             ValueError: a bad or taken id, or a reference face of the wrong shape or with NaN.
         """
-        if reference_face is not None:
-            from stream_engine.session import reference_face_from_points
-
-            reference_face = reference_face_from_points(reference_face, self.core.num_landmarks)
-        if stream_id is not None and (
-            not isinstance(stream_id, str) or not stream_id or len(stream_id.encode("utf-8", "surrogatepass")) > 128
-        ):  # the WebSocket protocol's rule for a stream id
+        if stream_id is not None and not is_stream_id(stream_id):  # the WebSocket protocol's rule
             raise ValueError(f"stream_id must be a non-empty string of at most 128 bytes, got {stream_id!r}")
         with self._lock:
             if stream_id is None:

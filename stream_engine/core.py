@@ -45,12 +45,13 @@ import logging
 import math
 import mmap
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
 from stream_engine import core_kernel, fast_init
 from stream_engine.clock import SampleClock
+from stream_engine.landmarks import crop_coordinates
 from stream_engine.runtime.base import StepRunner
 
 log = logging.getLogger(__name__)
@@ -337,6 +338,15 @@ class _SampleFifo:
 _NO_SAMPLES = np.zeros(0, dtype=np.float32)
 
 
+#: The longest stream id, in UTF-8 bytes (the WebSocket protocol's limit, and every Python entry point's).
+MAX_STREAM_ID_BYTES = 128
+
+
+def is_stream_id(value: object) -> TypeGuard[str]:
+    """A usable stream id: a non-empty string of at most `MAX_STREAM_ID_BYTES` UTF-8 bytes."""
+    return isinstance(value, str) and bool(value) and len(value.encode("utf-8", "surrogatepass")) <= MAX_STREAM_ID_BYTES
+
+
 class _Stream:
     """What the core keeps per stream in Python: identity, the slot, and the seldom-used queues. Everything the
     per-frame path reads or writes lives in the core's per-slot arrays (`EngineCore`, "Slot arrays")."""
@@ -601,8 +611,9 @@ class EngineCore:
         """Start a stream with a fresh runner state.
 
         Args:
-            reference_face: (num_landmarks, landmark_dims) normalised face the stream starts from; None = the
-                model's own (`contract.reference_face`).
+            reference_face: (num_landmarks, landmark_dims) face the stream starts from, normalised crop
+                coordinates (68 x 2 pixels are normalised: `landmarks.crop_coordinates`); None = the model's own
+                (`contract.reference_face`).
             seed: noise seed for this stream (overrides the core's seed scheme).
         Raises:
             ValueError: the id is taken or the reference face has the wrong shape/values.
@@ -610,12 +621,14 @@ class EngineCore:
         if stream_id in self._streams:
             raise ValueError(f"stream {stream_id!r} is already open")
         if reference_face is not None:
-            reference_face = np.asarray(reference_face, dtype=np.float32)
+            face = np.asarray(reference_face, dtype=np.float64)
             expect = (self.num_landmarks, self.landmark_dims)
-            if reference_face.shape != expect:
-                raise ValueError(f"reference face must have shape {expect}, got {reference_face.shape}")
-            if not np.all(np.isfinite(reference_face)):
+            if face.shape != expect:
+                raise ValueError(f"reference face must have shape {expect}, got {face.shape}")
+            if not np.all(np.isfinite(face)):
                 raise ValueError("reference face contains NaN or infinite values")
+            # pixels normalised, as the WebSocket hello and --reference-face do
+            reference_face = crop_coordinates(face) if expect == (68, 2) else face.astype(np.float32)
         if seed is None and self._seed is not None:
             seed = self._seed + self._streams_opened
         self._streams_opened += 1

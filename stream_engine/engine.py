@@ -66,12 +66,12 @@ import numpy as np
 
 from stream_engine.batch_signals import BatchSignalExtractor
 from stream_engine.clock import Clock, MonotonicClock
-from stream_engine.core import CommittedFrames, CoreError, EngineCore, LandmarkFrame, StepBatch
+from stream_engine.core import CommittedFrames, CoreError, EngineCore, LandmarkFrame, StepBatch, is_stream_id
 from stream_engine.frame_batch import FrameBatch
 from stream_engine.memory import release_free_heap
 from stream_engine.outputs import FrameSink
 from stream_engine.runtime.base import StepRunner
-from stream_engine.session import RecentValues, Session, SlotStats, reference_face_from_points
+from stream_engine.session import RecentValues, Session, SlotStats
 from stream_engine.signals import SignalConfig, stream_seed
 
 log = logging.getLogger(__name__)
@@ -392,16 +392,14 @@ class Engine:
         source: str = "",
         seed: int | None = None,
     ) -> Session:
-        """Open a stream. `reference_face`: (68, 2) in normalised crop coordinates or pixels (normalised with the
-        training data's fixed crop, as the WebSocket hello does: `session.reference_face_from_points`). Raises
-        `EngineFullError`, or ValueError for a taken id / bad reference face."""
-        if reference_face is not None:
-            reference_face = reference_face_from_points(reference_face, self.core.num_landmarks)
+        """Open a stream. `reference_face`: (68, 2) in normalised crop coordinates or pixels (`EngineCore.open_stream`
+        normalises them, as the WebSocket hello does). Raises `EngineFullError`, or ValueError for a taken id / bad
+        reference face."""
         if stream_id is None:
             stream_id = f"{self.id_prefix}{next(self._ids)}"
             while stream_id in self.sessions:
                 stream_id = f"{self.id_prefix}{next(self._ids)}"
-        if not isinstance(stream_id, str) or not stream_id or len(stream_id.encode()) > 128:
+        if not is_stream_id(stream_id):
             raise ValueError("stream id must be a non-empty string of at most 128 bytes")
         if stream_id in self.sessions:
             raise ValueError(f"stream {stream_id!r} is already open")

@@ -103,6 +103,23 @@ class Crop:
         return points.astype(np.float64) * self.side_px + origin
 
 
+#: A face with any coordinate above this is in pixels, not in normalised crop coordinates (about 0..1).
+PIXEL_COORDINATE_ABOVE = 1.5
+
+
+def crop_coordinates(points: np.ndarray) -> np.ndarray:
+    """(68, 2) finite landmarks -> float32 normalised crop coordinates: as given, or, when any coordinate is above
+    `PIXEL_COORDINATE_ABOVE` (pixels), normalised with the training data's fixed-crop rule (`fixed_crop`).
+
+    Raises:
+        ValueError: pixels that `fixed_crop` cannot frame.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if np.abs(pts).max() > PIXEL_COORDINATE_ABOVE:
+        return fixed_crop(pts).normalise(pts)
+    return pts.astype(np.float32)
+
+
 def fixed_crop(points_px: np.ndarray, cfg: CropConfig = CropConfig()) -> Crop:
     """Choose one crop for a whole sequence (or a single face) of pixel landmarks.
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stream_engine.core import AudioChunkError, CoreError
+from stream_engine.core import MAX_STREAM_ID_BYTES, AudioChunkError, CoreError, is_stream_id
 from stream_engine.inputs import PCM_DTYPES, PcmConverter, PcmFormat
 from stream_engine.session import ReferenceFaceError, reference_face_from_points
 
@@ -40,7 +40,6 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
 FORMATS = ("json", "binary")
-MAX_STREAM_ID_BYTES = 128
 MAX_SUBSCRIBED_STREAMS = 256
 
 
@@ -169,7 +168,7 @@ def parse_format(value: object, default: str) -> str:
 
 def parse_stream_id(value: object) -> str:
     """A stream id: a non-empty string of at most 128 UTF-8 bytes. Raises `ProtocolError` (`bad_message`)."""
-    if not isinstance(value, str) or not value or len(value.encode("utf-8", "surrogatepass")) > MAX_STREAM_ID_BYTES:
+    if not is_stream_id(value):
         raise ProtocolError(
             "bad_message",
             f"a stream id must be a non-empty string of at most {MAX_STREAM_ID_BYTES} bytes, got "

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream_engine.core import FrameTimings, LandmarkFrame
-from stream_engine.landmarks import fixed_crop
+from stream_engine.landmarks import crop_coordinates
 from stream_engine.signals import SignalConfig, SignalExtractor, Signals
 
 if TYPE_CHECKING:
@@ -50,12 +50,10 @@ def reference_face_from_points(points: npt.ArrayLike, num_landmarks: int = 68) -
         raise ReferenceFaceError(f"reference face must have {num_landmarks} [x, y] points, got shape {pts.shape}")
     if not np.all(np.isfinite(pts)):
         raise ReferenceFaceError("reference face contains NaN or infinite coordinates")
-    if np.abs(pts).max() > 1.5:  # pixels
-        try:
-            pts = fixed_crop(pts).normalise(pts)
-        except ValueError as exc:
-            raise ReferenceFaceError(f"reference face: {exc}") from None
-    return pts.astype(np.float32)
+    try:
+        return crop_coordinates(pts)  # pixels normalised
+    except ValueError as exc:
+        raise ReferenceFaceError(f"reference face: {exc}") from None
 
 
 #: Entry-point group of the image -> 68-point extractors (`path -> (68, 2) pixels`); the runtime finds dlib's
