@@ -875,6 +875,11 @@ class WebSocketServer:
             )
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
 
+    def _note_close(self, ws: ServerConnection, code: int, why: str) -> None:
+        """A connection the server closes: counted (`/health` "closed_by_server") and one log line at info."""
+        self.closed_by_server[code] = self.closed_by_server.get(code, 0) + 1
+        log.info("closing client %s (%d): %s", ws.remote_address, code, why)
+
     def _refuse(self, connection: ServerConnection, status: http.HTTPStatus, why: str) -> Response:
         """An HTTP refusal of a request, counted (`/health` "refused_requests") and logged at info."""
         self.refused[why] = self.refused.get(why, 0) + 1
@@ -1105,9 +1110,8 @@ class WebSocketServer:
             elif isinstance(action, Close):
                 if isinstance(proto, AudioProtocol):
                     proto.connection_lost()  # the stream goes now, not after a peer's closing handshake
-                if action.code != 1000:  # the server ends a client's connection: one line for the operator
-                    self.closed_by_server[action.code] = self.closed_by_server.get(action.code, 0) + 1
-                    log.info("closing client %s (%d): %s", ws.remote_address, action.code, action.reason)
+                if action.code != 1000:  # the server ends a client's connection
+                    self._note_close(ws, action.code, action.reason)
                 await ws.close(action.code, action.reason)
                 return True
             elif isinstance(action, Subscribe):
@@ -1172,8 +1176,7 @@ class WebSocketServer:
             fmt, streams = FramesProtocol.parse_query(query)
         except ProtocolError as exc:
             await ws.send(error(exc.code, str(exc), fatal=True))
-            self.closed_by_server[CLOSE_POLICY] = self.closed_by_server.get(CLOSE_POLICY, 0) + 1
-            log.info("closing client %s (%d): bad request: %s", ws.remote_address, CLOSE_POLICY, exc)
+            self._note_close(ws, CLOSE_POLICY, f"bad request: {exc}")
             await ws.close(CLOSE_POLICY, "bad request")
             return
         proto = FramesProtocol(
