@@ -1,0 +1,336 @@
+"""Does the head move with the speech at 0.8-1.6 s, as a real speaker's does?
+
+    python -m benchmarks.head_speech --model 0.3.7=stream_engine/models/default.onnx [--model NAME=PATH ...] \
+        [--seeds 3] [--out benchmarks/results] [--name head_speech]
+
+Issue 15 asks for head "movement that follows speech emphasis at 0.8-1.6 s (the paper's point)", and the
+evaluation's syncers cannot see it: their 800 / 1600 ms levels are composites of 200 ms lip encoders (model card,
+*single-branch ablation*). This measure looks at the head directly, on whole gap-free segments of at least 6.4 s
+(`MIN_FRAMES`) of held-out speakers (test and validation splits of `../shared/data`, `training.data.splits`):
+
+- the speech's loudness envelope e(t): the RMS level of each frame's 640 samples in dBFS, floored 50 dB below the
+  segment's loudest frame (so pauses count as quiet, not as -inf);
+- the head's angular speed s(t) = |(yaw, pitch, roll)(t) - (yaw, pitch, roll)(t-1)| in degrees per frame, from the
+  same scaled-orthographic head fit as the evaluation's head table (`training.metrics.viewer.head_angles`);
+- at each scale s (200, 400, 800, 1600 ms) both are band-passed to the octave of periods s .. 2 s (`band`: what
+  varies on that scale, without the slower trend or the faster jitter), and the coupling is Pearson r between the
+  two band-passed series over the segment (lag 0).
+
+r > 0 means the head moves faster where the speech is louder than its surroundings on that time scale. The control
+row pairs the same head with the same segment's envelope circularly shifted by 8 offsets spread over the middle
+half of the segment (mean r over the shifts): what the measure gives when head and speech are unrelated. Ground
+truth gives the level a real speaker reaches; a model should come near it and above its own control. More is not
+better: a head that moves only with loudness would reach r near 1.
+
+Each model animates each segment from the segment's first real frame as its reference face, through the product
+path (`stream_engine.animation.animate`: the exported step, its input gate, a fresh stream with silence before it),
+with `--seeds` noise seeds; a segment's r is the mean over seeds. Table rows: mean r over segments with a 95 %
+bootstrap interval over segments; paired rows: model minus ground truth, and model minus its control. The training
+split's ground truth is reported too, as a check of the measure on more speakers (the models saw those faces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import machine_info, machine_load_line, write_report
+
+SPF = 640
+FPS = 25
+SCALES_MS = (200, 400, 800, 1600)
+MIN_FRAMES = 160  # 4 x the 1.6 s scale's 40 frames: two of its longest periods
+FLOOR_DB = 50.0
+SHIFTS = 8
+BOOTSTRAP = 2000
+RIG = ", rig signals"  # the row suffix of the engine's filtered yaw / pitch / roll
+
+
+def loudness_db(pcm: np.ndarray, frames: int) -> np.ndarray:
+    """(frames,) RMS level in dBFS of each frame's `SPF` samples of `pcm` (16 kHz), floored `FLOOR_DB` below the
+    loudest frame. Raises ValueError when `pcm` holds fewer than frames * SPF samples."""
+    if len(pcm) < frames * SPF:
+        raise ValueError(f"loudness_db: {len(pcm)} samples for {frames} frames of {SPF}")
+    x = np.asarray(pcm[: frames * SPF], np.float64).reshape(frames, SPF)
+    db = 10.0 * np.log10(np.mean(x * x, axis=1) + 1e-12)
+    return np.maximum(db, db.max() - FLOOR_DB)
+
+
+def head_speed(landmarks: np.ndarray) -> np.ndarray:
+    """(T, 68, 2) landmarks -> (T,) head angular speed, degrees per frame (0 at frame 0)."""
+    from training.metrics.viewer import head_angles
+
+    ang = head_angles(np.asarray(landmarks, np.float64), np.asarray(landmarks[0], np.float64))
+    return np.linalg.norm(np.diff(ang, axis=0, prepend=ang[:1]), axis=1)
+
+
+def rig_speed(yaw_pitch_roll: np.ndarray) -> np.ndarray:
+    """(T, 3) head angles in degrees (the rig signals yaw, pitch, roll) -> (T,) speed, degrees per frame."""
+    a = np.asarray(yaw_pitch_roll, np.float64)
+    return np.linalg.norm(np.diff(a, axis=0, prepend=a[:1]), axis=1)
+
+
+def rig_angles(landmarks: np.ndarray, levels_db: np.ndarray) -> np.ndarray:
+    """(T, 68, 2) landmarks and (T,) frame levels (dBFS) -> (T, 3) the engine's yaw, pitch, roll signals: what a
+    VMC / VTube Studio rig receives, One-Euro filtered (`stream_engine.signals.SignalExtractor`, default config,
+    the first frame as the neutral face; each frame's look-ahead level taken as its own)."""
+    from stream_engine.signals import SignalConfig, SignalExtractor
+
+    ex = SignalExtractor(SignalConfig(), np.asarray(landmarks[0], np.float32), 0)
+    out = np.empty((len(landmarks), 3))
+    for t, (x, db) in enumerate(zip(landmarks, levels_db)):
+        sig = ex.update(x, t / FPS, float(db), float(db))
+        out[t] = (sig.head.yaw_deg, sig.head.pitch_deg, sig.head.roll_deg)
+    return out
+
+
+def band(x: np.ndarray, scale_ms: int) -> np.ndarray:
+    """The octave of `scale_ms`: periods between `scale_ms` and twice it (frequencies 1 / (2 s) .. 1 / s), a
+    6th-order Butterworth band-pass run forward and backward (zero phase; `scipy.signal.sosfiltfilt`, edges padded
+    by reflection). (T,) at `FPS` -> (T,)."""
+    from scipy.signal import butter, sosfiltfilt
+
+    s = scale_ms / 1000.0
+    sos = butter(3, [1.0 / (2.0 * s), min(1.0 / s, 0.49 * FPS)], btype="bandpass", fs=FPS, output="sos")
+    return sosfiltfilt(sos, np.asarray(x, np.float64), padtype="even")
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r; 0 when either series is constant (a static head moves with nothing)."""
+    a = a - a.mean()
+    b = b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-12 else 0.0
+
+
+def coupling(envelope: np.ndarray, speed: np.ndarray, scale_ms: int) -> float:
+    """r between the band-passed loudness envelope and head speed at `scale_ms` (lag 0). Raises ValueError for
+    series of different lengths or shorter than 4 windows of the scale."""
+    w = int(round(scale_ms / 1000 * FPS))
+    if len(envelope) != len(speed) or len(speed) < 4 * w:
+        raise ValueError(f"coupling: {len(envelope)} and {len(speed)} frames at {scale_ms} ms (need equal, >= {4 * w})")
+    return pearson(band(envelope, scale_ms), band(speed, scale_ms))
+
+
+def shifted_coupling(envelope: np.ndarray, speed: np.ndarray, scale_ms: int) -> float:
+    """The control: mean r of `speed` against `envelope` circularly shifted by `SHIFTS` offsets spread evenly over
+    [T/4, 3T/4] (the same speech and head, no longer aligned)."""
+    t = len(envelope)
+    offsets = np.linspace(t // 4, 3 * t // 4, SHIFTS).round().astype(int)
+    return float(np.mean([coupling(np.roll(envelope, int(s)), speed, scale_ms) for s in offsets]))
+
+
+def mean_ci(values: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Mean and 95 % bootstrap interval over the entries (segments)."""
+    v = np.asarray(values, np.float64)
+    rng = np.random.default_rng(seed)
+    boots = v[rng.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(axis=1)
+    return {"mean": float(v.mean()), "lo": float(np.percentile(boots, 2.5)), "hi": float(np.percentile(boots, 97.5))}
+
+
+def segments_of(split: str, data: str) -> list[Any]:
+    """The split's gap-free segments of at least `MIN_FRAMES` frames (`training.eval.sequences`)."""
+    from training.data.clips import ClipLoadConfig
+    from training.data.splits import SplitConfig
+    from training.eval.sequences import load_split_segments
+
+    _, _, segs = load_split_segments(data, SplitConfig(), split, ClipLoadConfig(), progress=False)
+    return [s for s in segs if s.num_frames >= MIN_FRAMES]
+
+
+def scores(envelope: np.ndarray, speed: np.ndarray) -> tuple[list[float], list[float]]:
+    """(r at each scale, the control's r at each scale)."""
+    return (
+        [coupling(envelope, speed, ms) for ms in SCALES_MS],
+        [shifted_coupling(envelope, speed, ms) for ms in SCALES_MS],
+    )
+
+
+def run(models: dict[str, str], seeds: int, data: str, max_segments: int = 0) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from stream_engine.animation import animate, load_model
+
+    held_out = [s for split in ("test", "val") for s in segments_of(split, data)]
+    train = segments_of("train", data)
+    if max_segments:
+        held_out, train = held_out[:max_segments], train[:max_segments]
+    if len(held_out) < 2:
+        raise ValueError(f"{data}: {len(held_out)} held-out segments of >= {MIN_FRAMES} frames; need 2")
+    rows: dict[str, list[list[float]]] = {}
+
+    def add(name: str, r: list[float]) -> None:
+        rows.setdefault(name, []).append(r)
+
+    for s in train:
+        r, ctl = scores(loudness_db(s.audio, s.num_frames), head_speed(s.landmarks))
+        add("ground truth, training split", r)
+        add("ground truth, training split, shifted audio", ctl)
+    runners = {name: load_model(path) for name, path in models.items()}
+    for s in tqdm(held_out, desc="segments", unit="segment", mininterval=2.0):
+        env = loudness_db(s.audio, s.num_frames)
+        r, ctl = scores(env, head_speed(s.landmarks))
+        add("ground truth", r)
+        add("ground truth, shifted audio", ctl)
+        levels = 10.0 * np.log10(
+            np.mean(np.asarray(s.audio[: s.num_frames * SPF], np.float64).reshape(-1, SPF) ** 2, 1) + 1e-12
+        )
+        add(f"ground truth{RIG}", scores(env, rig_speed(rig_angles(s.landmarks, levels)))[0])
+        for name, runner in runners.items():
+            per_seed = []
+            for seed in range(seeds):
+                anim = animate(s.audio, 16000, s.landmarks[0], model=runner, seed=seed)
+                lm = anim.landmarks[: s.num_frames]
+                rig = np.stack([anim.signals[k][: s.num_frames] for k in ("yaw_deg", "pitch_deg", "roll_deg")], axis=1)
+                per_seed.append((*scores(env, head_speed(lm)), scores(env, rig_speed(rig))[0]))
+            add(name, np.mean([p[0] for p in per_seed], axis=0).tolist())
+            add(f"{name}, shifted audio", np.mean([p[1] for p in per_seed], axis=0).tolist())
+            add(f"{name}{RIG}", np.mean([p[2] for p in per_seed], axis=0).tolist())
+    arrays = {k: np.array(v) for k, v in rows.items()}
+    table = {k: [mean_ci(a[:, j]) for j in range(len(SCALES_MS))] for k, a in arrays.items()}
+    paired = {}
+    for name in models:
+        paired[f"{name} − ground truth"] = [
+            mean_ci(arrays[name][:, j] - arrays["ground truth"][:, j]) for j in range(len(SCALES_MS))
+        ]
+        paired[f"{name} − its shifted audio"] = [
+            mean_ci(arrays[name][:, j] - arrays[f"{name}, shifted audio"][:, j]) for j in range(len(SCALES_MS))
+        ]
+        paired[f"{name}{RIG} − ground truth{RIG}"] = [
+            mean_ci(arrays[f"{name}{RIG}"][:, j] - arrays[f"ground truth{RIG}"][:, j]) for j in range(len(SCALES_MS))
+        ]
+    paired["ground truth − its shifted audio"] = [
+        mean_ci(arrays["ground truth"][:, j] - arrays["ground truth, shifted audio"][:, j])
+        for j in range(len(SCALES_MS))
+    ]
+    return {
+        "scales_ms": list(SCALES_MS),
+        "models": models,
+        "seeds": seeds,
+        "min_frames": MIN_FRAMES,
+        "held_out_segments": [
+            {"clip_id": s.clip_id, "identity": s.identity, "start_frame": s.start_frame, "frames": s.num_frames}
+            for s in held_out
+        ],
+        "held_out_speakers": len({s.identity for s in held_out}),
+        "train_segments": len(train),
+        "train_speakers": len({s.identity for s in train}),
+        "per_segment": {k: v for k, v in rows.items() if not k.startswith("ground truth, training")},
+        "table": table,
+        "paired": paired,
+    }
+
+
+def figure(models: dict[str, str], data: str, path: str, seed: int = 0) -> None:
+    """The traces to look at: the longest held-out segment's loudness and, for ground truth and each model, the
+    head's angular speed, raw and in the 400 ms and 1.6 s octaves beside the loudness's (each band scaled to its
+    own peak), so that a head that bobs with every syllable and one that moves with the phrase look different."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stream_engine.animation import animate, load_model
+
+    seg = max((s for split in ("test", "val") for s in segments_of(split, data)), key=lambda s: s.num_frames)
+    env = loudness_db(seg.audio, seg.num_frames)
+    heads = {"ground truth": seg.landmarks}
+    for name, model in models.items():
+        runner = load_model(model)
+        heads[name] = animate(seg.audio, 16000, seg.landmarks[0], model=runner, seed=seed).landmarks[: seg.num_frames]
+    t = np.arange(seg.num_frames) / FPS
+    fig, axes = plt.subplots(len(heads), 1, figsize=(11, 2.4 * len(heads)), sharex=True, squeeze=False)
+    for ax, (name, lm) in zip(axes[:, 0], heads.items()):
+        sp = head_speed(lm)
+        ax.plot(t, sp / max(sp.max(), 1e-9), color="0.7", lw=0.8, label="head speed (raw)")
+        for ms, color in ((400, "tab:red"), (1600, "tab:blue")):
+            e, h = band(env, ms), band(sp, ms)
+            r = pearson(e, h)
+            ax.plot(t, h / max(np.abs(h).max(), 1e-9) - 1.2, color=color, lw=1.2, label=f"head, {ms} ms (r {r:+.2f})")
+            ax.plot(t, e / max(np.abs(e).max(), 1e-9) - 1.2, color=color, lw=0.8, ls=":", label=f"loudness, {ms} ms")
+        ax.set_title(f"{name}: {seg.clip_id}", fontsize=9)
+        ax.set_yticks([])
+        ax.legend(fontsize=7, loc="upper right", ncol=5)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _cell(c: dict[str, float]) -> str:
+    return f"{c['mean']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"
+
+
+def markdown(res: dict[str, Any], command: str) -> str:
+    frames = sum(s["frames"] for s in res["held_out_segments"])
+    head = " | ".join(f"{ms} ms" for ms in res["scales_ms"])
+    lines = [
+        "# Head motion and speech loudness, by time scale",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine_load_line(res['machine'])}.",
+        "",
+        f"Held out (test + validation splits): {len(res['held_out_segments'])} gap-free segments of "
+        f"≥ {res['min_frames']} frames from {res['held_out_speakers']} speakers, {frames / FPS / 60:.1f} min; "
+        f"each model animated with {res['seeds']} seed(s) from the segment's first frame. Training split (ground "
+        f"truth only): {res['train_segments']} segments, {res['train_speakers']} speakers. r: Pearson correlation "
+        "of the band-passed loudness envelope (dBFS) and head angular speed at each scale, lag 0; mean over "
+        "segments [95 % bootstrap interval]. Shifted audio: the same head against the segment's envelope shifted "
+        "circularly (the chance level). Method: the module docstring of `benchmarks/head_speech.py`.",
+        "",
+        f"| row | {head} |",
+        "|---|" + "---:|" * len(res["scales_ms"]),
+    ]
+    for name, cells in res["table"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "Paired differences per segment (mean [95 % bootstrap interval]):", ""]
+    lines += [f"| difference | {head} |", "|---|" + "---:|" * len(res["scales_ms"])]
+    for name, cells in res["paired"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="an exported .onnx step model")
+    p.add_argument("--seeds", type=int, default=3, help="noise seeds per segment and model (default 3)")
+    p.add_argument("--data", default="../shared/data")
+    p.add_argument(
+        "--max-segments", type=int, default=0, help="use only the first N segments of each set (a smoke run)"
+    )
+    p.add_argument("--no-figure", action="store_true", help="skip the traces figure (<out>/<name>.png)")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--name", default="head_speech")
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    models = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            p.error(f"--model wants NAME=PATH, got {spec!r}")
+        if not Path(path).is_file():
+            p.error(f"--model {name}: no such file {path}")
+        models[name] = path
+    m = machine_info()
+    res = run(models, args.seeds, args.data, args.max_segments)
+    m["load_avg_1m_end"] = os.getloadavg()[0]
+    res["machine"] = m
+    command = "python -m benchmarks.head_speech " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = markdown(res, command)
+    write_report(args.out, args.name, res, text)
+    if not args.no_figure:
+        figure(models, args.data, str(Path(args.out) / f"{args.name}.png"))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""benchmarks.head_speech: the head-speech coupling measure reads planted couplings at the scale they live on,
+its control reads chance, and a smoke run on ../shared writes the report its docstring describes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import head_speech as hs
+from stream_engine.signals import MEAN_FACE_3D
+
+
+def _slow_and_fast(t: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent random envelopes, band-limited by the measure's own band-pass: one varying over ~1.6 s,
+    one over ~0.2 s (a moving average of white noise alone would keep all the slower scales too)."""
+    rng = np.random.default_rng(seed)
+    return hs.band(rng.normal(size=t), 1600) * 30, hs.band(rng.normal(size=t), 200) * 10
+
+
+def test_a_head_that_follows_slow_loudness_couples_at_the_slow_scales_only():
+    slow, fast = _slow_and_fast(3000)
+    envelope = slow + fast  # loudness varies on both scales
+    speed = slow  # the head moves with the slow part only
+    r = {ms: hs.coupling(envelope, speed, ms) for ms in hs.SCALES_MS}
+    assert r[1600] > 0.6 and r[800] > 0.4
+    assert abs(r[200]) < 0.25  # the fast loudness is not in the head
+    assert abs(hs.shifted_coupling(envelope, speed, 1600)) < 0.15  # unaligned: chance
+
+
+def test_a_head_that_follows_fast_loudness_couples_at_the_fast_scale():
+    slow, fast = _slow_and_fast(3000, seed=1)
+    r200 = hs.coupling(slow + fast, fast, 200)
+    r1600 = hs.coupling(slow + fast, fast, 1600)
+    assert r200 > 0.5 and abs(r1600) < 0.25
+
+
+def test_a_still_head_scores_zero_and_bad_lengths_are_refused():
+    env = np.linspace(-40, -10, 200)
+    assert hs.coupling(env, np.zeros(200), 800) == 0.0
+    with pytest.raises(ValueError, match="need equal"):
+        hs.coupling(env, np.zeros(199), 800)
+    with pytest.raises(ValueError, match=">= 160"):
+        hs.coupling(env[:100], np.zeros(100), 1600)
+
+
+def test_loudness_is_floored_below_the_loudest_frame_and_needs_its_samples():
+    pcm = np.zeros(hs.SPF * 4, np.float32)
+    pcm[: hs.SPF] = 0.5  # one loud frame, then digital silence
+    db = hs.loudness_db(pcm, 4)
+    assert db[0] == pytest.approx(20 * np.log10(0.5), abs=1e-3)
+    assert db[1:] == pytest.approx([db[0] - hs.FLOOR_DB] * 3)
+    with pytest.raises(ValueError, match="samples for 5 frames"):
+        hs.loudness_db(pcm, 5)
+
+
+def _face(roll_deg: float) -> np.ndarray:
+    """The generic face seen from the front, rolled in the image plane, as (68, 2) points around (0.5, 0.5)."""
+    a = np.radians(roll_deg)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    xy = MEAN_FACE_3D[:, :2] * np.array([1.0, -1.0])  # y down, as images have it
+    xy = xy / np.ptp(xy[:, 0]) * 0.4
+    return (xy @ rot.T + 0.5).astype(np.float64)
+
+
+def test_head_speed_reads_a_steady_roll_in_degrees_per_frame():
+    frames = np.stack([_face(0.5 * t) for t in range(30)])
+    speed = hs.head_speed(frames)
+    assert speed[0] == 0.0
+    assert speed[1:] == pytest.approx(0.5, abs=0.02)
+    still = hs.rig_speed(hs.rig_angles(np.repeat(frames[:1], 20, axis=0), np.full(20, -20.0)))
+    assert np.abs(still).max() < 1e-6
+
+
+def test_smoke_run_on_shared_writes_rows_controls_and_pairs(shared_data, tmp_path):
+    model = "stream_engine/models/default_int8.onnx"
+    code = hs.main(["--model", f"m={model}", "--seeds", "1", "--max-segments", "2", "--data", str(shared_data),
+                    "--out", str(tmp_path), "--name", "hs", "--no-figure"])  # fmt: skip
+    assert code == 0
+    res = json.loads((tmp_path / "hs.json").read_text())
+    for row in ("ground truth", "ground truth, shifted audio", "ground truth, rig signals", "m", "m, shifted audio",
+                "m, rig signals", "ground truth, training split"):  # fmt: skip
+        cells = res["table"][row]
+        assert len(cells) == len(hs.SCALES_MS)
+        assert all(-1.0 <= c["lo"] <= c["mean"] <= c["hi"] <= 1.0 for c in cells)
+    assert set(res["paired"]) >= {"m − ground truth", "m − its shifted audio", "ground truth − its shifted audio"}
+    assert len(res["held_out_segments"]) == 2 and all(s["frames"] >= hs.MIN_FRAMES for s in res["held_out_segments"])
+    md = (tmp_path / "hs.md").read_text()
+    assert "| m, shifted audio |" in md and "Paired differences" in md
+
+
+def test_cli_refuses_a_missing_model_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        hs.main(["--model", f"m={tmp_path / 'nope.onnx'}"])
+    assert "no such file" in capsys.readouterr().err
