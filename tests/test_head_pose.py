@@ -136,3 +136,34 @@ def test_running_bias_averages_batches_and_keeps_the_slope_of_the_squared_bias()
     assert kept is running and float(none["head_angle"].detach()) == 0.0
     with pytest.raises(ValueError, match="momentum"):
         head_angle_terms(fake, real, ref, rows, running, momentum=1.0)
+
+
+def _nodding(rng, loud: np.ndarray, follow: float) -> np.ndarray:
+    """(T, 68, 2) the generic face yawing back and forth; its angular speed is `follow` x the loudness's 200 ms
+    band plus an unrelated jitter of the same band."""
+    from training.face_losses import octave_band
+
+    e = octave_band(torch.from_numpy(loud)[None], 200.0)[0].numpy()
+    jitter = octave_band(torch.from_numpy(rng.normal(size=len(loud)))[None], 200.0)[0].numpy()
+    speed = 0.6 + follow * e / np.abs(e).max() * 0.4 + (1 - follow) * jitter / np.abs(jitter).max() * 0.4
+    yaw = np.cumsum(speed * np.where((np.arange(len(loud)) // 12) % 2, -1.0, 1.0))  # turns back every 12 frames
+    return np.stack([_project(float(a), 0.0, 0.0) for a in yaw])
+
+
+def test_head_speech_term_is_zero_on_ground_truth_and_scores_a_head_that_bobs_with_loudness():
+    from training.face_losses import head_speech_terms
+
+    rng = np.random.default_rng(3)
+    loud = -30.0 + 10.0 * rng.normal(size=100)
+    real = torch.from_numpy(_nodding(rng, loud, follow=0.0))[None]
+    bob = torch.from_numpy(_nodding(rng, loud, follow=1.0))[None].requires_grad_(True)
+    ref = real[:, 0]
+    rows = torch.ones(1, dtype=torch.bool)
+    lt = torch.from_numpy(loud)[None]
+    assert float(head_speech_terms(real, real, ref, lt, rows)["head_speech"]) == pytest.approx(0.0, abs=1e-9)
+    term = head_speech_terms(bob, real, ref, lt, rows, scales_ms=(200.0,))["head_speech"]
+    assert float(term.detach()) > 0.3  # r near 1 against near 0
+    term.backward()
+    assert torch.isfinite(bob.grad).all() and float(bob.grad.abs().sum()) > 0
+    none = head_speech_terms(bob, real, ref, lt, torch.zeros(1, dtype=torch.bool))["head_speech"]
+    assert float(none.detach()) == 0.0

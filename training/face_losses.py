@@ -26,6 +26,10 @@ All distances are in units of the inter-ocular distance (IOD, ‖p36 − p45‖ 
   yaw/pitch/roll relative to the reference face (`training.head_pose`, the evaluation's angles) against ground
   truth's, squared: a constant bias of the angles, which `head_mean` does not pin (pitch and roll come from the
   face's shape, not from where the rigid points sit on average).
+- Head and loudness (`head_speech_terms`, whole speech windows): at each given time scale, Pearson r of the
+  window's band-passed loudness envelope with its band-passed head angular speed, its mean over the batch against
+  ground truth's (squared difference). Real heads move with the speech's loudness at 1.6 s but hardly at
+  200-400 ms (`benchmarks/head_speech.py`); the generator's head also bobs with the syllables.
 """
 
 from __future__ import annotations
@@ -265,6 +269,57 @@ def window_head_energy(x: torch.Tensor, levels: tuple[int, ...] = (2, 3), kernel
             out.append(((c[:, 1:] - c[:, :-1]) ** 2).sum(-1).mean(1))
         c = downsample_torch(c, kernel)
     return torch.stack(out, dim=1)
+
+
+def octave_band(x: torch.Tensor, scale_ms: float, fps: float = 25.0) -> torch.Tensor:
+    """(B, T) -> (B, T): the octave of periods `scale_ms` .. 2 `scale_ms` of each row, by masking its real FFT
+    (the mean removed first). Differentiable; the torch counterpart of `benchmarks.head_speech.band` on a whole
+    window (an ideal band instead of a Butterworth one)."""
+    t = x.shape[-1]
+    f = torch.fft.rfftfreq(t, d=1.0 / fps).to(x.device)
+    s = scale_ms / 1000.0
+    mask = ((f >= 1.0 / (2.0 * s)) & (f <= 1.0 / s)).to(x.dtype)
+    return torch.fft.irfft(torch.fft.rfft(x - x.mean(-1, keepdim=True)) * mask, n=t)
+
+
+def head_speech_terms(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    x_ref: torch.Tensor,
+    loudness_db: torch.Tensor,
+    rows: torch.Tensor,
+    scales_ms: tuple[float, ...] = (200.0, 400.0),
+) -> dict:
+    """Head motion's coupling to loudness at `scales_ms`, against ground truth's.
+
+    Args:
+        fake, real: (B, T, 68, 2); x_ref: (B, 68, 2) the windows' reference faces; loudness_db: (B, T) each
+            frame's audio level (dBFS, floored); rows: (B,) bool, the windows to use (all frames speech).
+    Returns:
+        {"head_speech": mean over scales of (mean over rows of r_fake - mean over rows of r_real)^2}, r the Pearson
+        correlation of the octave-band loudness and octave-band head angular speed (degrees per frame,
+        `training.head_pose` angles) over the window (`benchmarks.head_speech` measures the same on whole clips).
+        The batch means, not window by window: one window's r is too noisy a target (a first try, pairing windows,
+        sat at its noise floor).
+    """
+    if not bool(rows.any()):
+        return {"head_speech": fake.sum() * 0.0}
+
+    def speed(x: torch.Tensor) -> torch.Tensor:
+        a = head_angles(x, x_ref[rows])
+        return torch.sqrt(((a[:, 1:] - a[:, :-1]) ** 2).sum(-1) + 1e-6)  # (b, T - 1)
+
+    s_f = speed(fake[rows])
+    with torch.no_grad():
+        s_r = speed(real[rows])
+    loud = loudness_db[rows][:, 1:]
+    terms = []
+    for ms in scales_ms:
+        e = octave_band(loud, ms)
+        r_f = masked_corr(e, octave_band(s_f, ms), torch.ones_like(e, dtype=torch.bool))
+        r_r = masked_corr(e, octave_band(s_r, ms), torch.ones_like(e, dtype=torch.bool))
+        terms.append((r_f.mean() - r_r.mean()) ** 2)
+    return {"head_speech": torch.stack(terms).mean()}
 
 
 def _midpoint_quantiles(sorted_values: torch.Tensor, n: int) -> torch.Tensor:

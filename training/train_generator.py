@@ -50,7 +50,9 @@ class TrainGeneratorConfig:
     `head_quantile_weight` matches the distribution of the windows' head energy at `head_quantile_levels`
     (`training.face_losses.head_quantile_terms`) against ground truth's of this batch (`head_quantile_bank` 0) or
     of the last `head_quantile_bank` real windows (kept like the head-angle bias: afresh each run, not
-    checkpointed).
+    checkpointed). `head_speech_weight` pulls the head's coupling to the audio's loudness at
+    `head_speech_scales_ms` (mean over the batch's windows) to ground truth's (`training.face_losses.
+    head_speech_terms`; measured by `benchmarks.head_speech`; not used by a shipped model).
 
     Distilled audio (`training.train_distill`): `init_audio_from` names a generator checkpoint whose causal audio
     encoder (MFCC normalisation, `audio_stem`, `blocks`) replaces the warm start's after `init_from` is loaded;
@@ -113,6 +115,8 @@ class TrainGeneratorConfig:
     head_quantile_bank: int = 0
     head_angle_weight: float = 0.0
     head_angle_momentum: float = 0.0
+    head_speech_weight: float = 0.0
+    head_speech_scales_ms: tuple[float, ...] = (200.0, 400.0)
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -393,7 +397,7 @@ class GeneratorTrainer(Trainer):
         if self.shape_prior is not None:
             shape = self.shape_prior(fake)
             loss_g = loss_g + cfg.shape_weight * shape
-        face = self.face_terms(fake, real, x_ref[:, 0], speech, rest, clean)
+        face = self.face_terms(fake, real, x_ref[:, 0], speech, rest, clean, batch)
         for name, value in face.items():
             loss_g = loss_g + getattr(cfg, f"{name}_weight") * value
         distill = None
@@ -438,7 +442,7 @@ class GeneratorTrainer(Trainer):
         loss, _ = distill_loss(pred, target, self.cfg.distill_cosine_weight)
         return loss
 
-    def face_terms(self, fake, real, x_ref, speech, rest, clean) -> dict:
+    def face_terms(self, fake, real, x_ref, speech, rest, clean, batch=None) -> dict:
         """The `training.face_losses` terms whose weight is not 0: {name: scalar}."""
         from training.face_losses import (
             articulation_terms,
@@ -466,7 +470,27 @@ class GeneratorTrainer(Trainer):
                 fake, real, clean, cfg.head_quantile_levels, self.head_quantile_bank, cfg.head_quantile_bank
             )
             out.update(terms)
+        if cfg.head_speech_weight and batch is not None:
+            from training.face_losses import head_speech_terms
+
+            out.update(
+                head_speech_terms(fake, real, x_ref, self.window_loudness(batch), clean, cfg.head_speech_scales_ms)
+            )
         return {k: v for k, v in out.items() if getattr(cfg, f"{k}_weight")}
+
+    def window_loudness(self, batch):
+        """(B, T) dBFS level of each generated frame's 640 samples (the frames after the warm-up), floored 50 dB
+        below the window's loudest frame, as `benchmarks.head_speech.loudness_db`."""
+        import numpy as np
+        import torch
+
+        spf, ctx = self.sampler.frontend.samples_per_landmark_frame, self.sampler.frontend.context_samples
+        start = ctx + self.warmup * spf
+        n = self.cfg.seq_len
+        pcm = np.asarray(batch.audio[:, start : start + n * spf], np.float64).reshape(len(batch.audio), n, spf)
+        db = 10.0 * np.log10((pcm * pcm).mean(-1) + 1e-12)
+        db = np.maximum(db, db.max(axis=1, keepdims=True) - 50.0)
+        return torch.from_numpy(db.astype(np.float32)).to(self.device)
 
     # ------------------------------------------------------------- evaluation
     def validate(self) -> dict:
