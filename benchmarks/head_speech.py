@@ -1,7 +1,8 @@
-"""Does the head move with the speech at 0.8-1.6 s, as a real speaker's does?
+"""Does the head move with the speech, and on which time scale, as a real speaker's does?
 
     python -m benchmarks.head_speech --model 0.3.7=stream_engine/models/default.onnx [--model NAME=PATH ...] \
-        [--seeds 3] [--out benchmarks/results] [--name head_speech]
+        [--seeds 3] [--paired-reference NAME] [--head-fit no-jaw|evaluation] [--out benchmarks/results] \
+        [--name head_speech]
 
 Issue 15 asks for head "movement that follows speech emphasis at 0.8-1.6 s (the paper's point)", and the
 evaluation's syncers cannot see it: their 800 / 1600 ms levels are composites of 200 ms lip encoders (model card,
@@ -11,10 +12,14 @@ evaluation's syncers cannot see it: their 800 / 1600 ms levels are composites of
 - the speech's loudness envelope e(t): the RMS level of each frame's 640 samples in dBFS, floored 50 dB below the
   segment's loudest frame (so pauses count as quiet, not as -inf);
 - the head's angular speed s(t) = |(yaw, pitch, roll)(t) - (yaw, pitch, roll)(t-1)| in degrees per frame, from the
-  same scaled-orthographic head fit as the evaluation's head table (`training.metrics.viewer.head_angles`);
+  evaluation's scaled-orthographic head fit (`training.metrics.viewer.head_angles`) on the nose and eye corners
+  (`NO_JAW_POINTS`, the default `--head-fit no-jaw`): the evaluation's own rigid points include six of the jaw
+  line's, which move with the mouth, and put part of the jaw's motion, itself driven by the speech, into a real
+  face's "head" (`--head-fit evaluation` keeps them);
 - at each scale s (200, 400, 800, 1600 ms) both are band-passed to the octave of periods s .. 2 s (`band`: what
   varies on that scale, without the slower trend or the faster jitter), and the coupling is Pearson r between the
-  two band-passed series over the segment (lag 0).
+  two band-passed series over the segment (lag 0). The table's columns name the octaves (0.2-0.4 s ... 1.6-3.2 s).
+  On segments of 6.4-19 s the filter's edges count: cutting one period off each end moved r by up to 0.06.
 
 r > 0 means the head moves faster where the speech is louder than its surroundings on that time scale. The control
 row pairs the same head with the same segment's envelope circularly shifted by 8 offsets spread over the middle
@@ -25,8 +30,12 @@ better: a head that moves only with loudness would reach r near 1.
 Each model animates each segment from the segment's first real frame as its reference face, through the product
 path (`stream_engine.animation.animate`: the exported step, its input gate, a fresh stream with silence before it),
 with `--seeds` noise seeds; a segment's r is the mean over seeds. Table rows: mean r over segments with a 95 %
-bootstrap interval over segments; paired rows: model minus ground truth, and model minus its control. The training
-split's ground truth is reported too, as a check of the measure on more speakers (the models saw those faces).
+bootstrap interval over segments; paired rows: model minus ground truth, model minus its control, and with
+`--paired-reference NAME` every other model minus that one. The training split's ground truth is reported too, as a
+check of the measure on more speakers (the models saw those faces).
+
+The traces figure (`<out>/<name>.png`) shows the longest held-out segment: the raw head speed of ground truth and
+every model on one shared scale (degrees per frame), and each one's 400 ms and 1.6 s octaves beside the loudness's.
 """
 
 from __future__ import annotations
@@ -48,6 +57,14 @@ FLOOR_DB = 50.0
 SHIFTS = 8
 BOOTSTRAP = 2000
 RIG = ", rig signals"  # the row suffix of the engine's filtered yaw / pitch / roll
+#: The nose (27-35) and the eye corners (36, 39, 42, 45): the engine's rigid points without the jaw line's.
+NO_JAW_POINTS = (27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
+HEAD_FITS = ("no-jaw", "evaluation")
+
+
+def column(scale_ms: int) -> str:
+    """The octave of `scale_ms` as a column name: 200 -> "0.2-0.4 s"."""
+    return f"{scale_ms / 1000:g}-{2 * scale_ms / 1000:g} s"
 
 
 def loudness_db(pcm: np.ndarray, frames: int) -> np.ndarray:
@@ -60,11 +77,16 @@ def loudness_db(pcm: np.ndarray, frames: int) -> np.ndarray:
     return np.maximum(db, db.max() - FLOOR_DB)
 
 
-def head_speed(landmarks: np.ndarray) -> np.ndarray:
-    """(T, 68, 2) landmarks -> (T,) head angular speed, degrees per frame (0 at frame 0)."""
+def head_speed(landmarks: np.ndarray, head_fit: str = "no-jaw") -> np.ndarray:
+    """(T, 68, 2) landmarks -> (T,) head angular speed, degrees per frame (0 at frame 0); `head_fit` one of
+    `HEAD_FITS` (module docstring). Raises ValueError for another head fit."""
+    from stream_engine.signals import rigid_fit
     from training.metrics.viewer import head_angles
 
-    ang = head_angles(np.asarray(landmarks, np.float64), np.asarray(landmarks[0], np.float64))
+    if head_fit not in HEAD_FITS:
+        raise ValueError(f"head_fit must be one of {HEAD_FITS}, got {head_fit!r}")
+    fit = rigid_fit(NO_JAW_POINTS) if head_fit == "no-jaw" else None
+    ang = head_angles(np.asarray(landmarks, np.float64), np.asarray(landmarks[0], np.float64), fit)
     return np.linalg.norm(np.diff(ang, axis=0, prepend=ang[:1]), axis=1)
 
 
@@ -150,30 +172,46 @@ def scores(envelope: np.ndarray, speed: np.ndarray) -> tuple[list[float], list[f
     )
 
 
-def run(models: dict[str, str], seeds: int, data: str, max_segments: int = 0) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from stream_engine.animation import animate, load_model
-
+def held_out_and_train(data: str, max_segments: int = 0) -> tuple[list[Any], list[Any]]:
+    """(held-out segments: test then validation split, training-split segments), each cut to its first
+    `max_segments` when that is > 0. Raises ValueError with fewer than 2 held-out segments, FileNotFoundError for a
+    data directory without a manifest."""
+    if not (Path(data) / "manifest.tsv").is_file():
+        raise FileNotFoundError(f"{data}: no manifest.tsv (give --data the dataset directory, e.g. ../shared/data)")
     held_out = [s for split in ("test", "val") for s in segments_of(split, data)]
     train = segments_of("train", data)
     if max_segments:
         held_out, train = held_out[:max_segments], train[:max_segments]
     if len(held_out) < 2:
         raise ValueError(f"{data}: {len(held_out)} held-out segments of >= {MIN_FRAMES} frames; need 2")
+    return held_out, train
+
+
+def run(
+    runners: dict[str, Any],
+    seeds: int,
+    held_out: list[Any],
+    train: list[Any],
+    head_fit: str = "no-jaw",
+    paired_reference: str | None = None,
+) -> dict[str, Any]:
+    """Score ground truth and every loaded runner (`stream_engine.animation.load_model`) on the segments."""
+    from tqdm import tqdm
+
+    from stream_engine.animation import animate
+
     rows: dict[str, list[list[float]]] = {}
 
     def add(name: str, r: list[float]) -> None:
         rows.setdefault(name, []).append(r)
 
     for s in train:
-        r, ctl = scores(loudness_db(s.audio, s.num_frames), head_speed(s.landmarks))
+        r, ctl = scores(loudness_db(s.audio, s.num_frames), head_speed(s.landmarks, head_fit))
         add("ground truth, training split", r)
         add("ground truth, training split, shifted audio", ctl)
-    runners = {name: load_model(path) for name, path in models.items()}
     for s in tqdm(held_out, desc="segments", unit="segment", mininterval=2.0):
         env = loudness_db(s.audio, s.num_frames)
-        r, ctl = scores(env, head_speed(s.landmarks))
+        r, ctl = scores(env, head_speed(s.landmarks, head_fit))
         add("ground truth", r)
         add("ground truth, shifted audio", ctl)
         levels = 10.0 * np.log10(
@@ -186,30 +224,30 @@ def run(models: dict[str, str], seeds: int, data: str, max_segments: int = 0) ->
                 anim = animate(s.audio, 16000, s.landmarks[0], model=runner, seed=seed)
                 lm = anim.landmarks[: s.num_frames]
                 rig = np.stack([anim.signals[k][: s.num_frames] for k in ("yaw_deg", "pitch_deg", "roll_deg")], axis=1)
-                per_seed.append((*scores(env, head_speed(lm)), scores(env, rig_speed(rig))[0]))
+                per_seed.append((*scores(env, head_speed(lm, head_fit)), scores(env, rig_speed(rig))[0]))
             add(name, np.mean([p[0] for p in per_seed], axis=0).tolist())
             add(f"{name}, shifted audio", np.mean([p[1] for p in per_seed], axis=0).tolist())
             add(f"{name}{RIG}", np.mean([p[2] for p in per_seed], axis=0).tolist())
     arrays = {k: np.array(v) for k, v in rows.items()}
     table = {k: [mean_ci(a[:, j]) for j in range(len(SCALES_MS))] for k, a in arrays.items()}
+
+    def diff(a: str, b: str) -> list[dict[str, float]]:  # per segment, paired
+        return [mean_ci(arrays[a][:, j] - arrays[b][:, j]) for j in range(len(SCALES_MS))]
+
     paired = {}
-    for name in models:
-        paired[f"{name} − ground truth"] = [
-            mean_ci(arrays[name][:, j] - arrays["ground truth"][:, j]) for j in range(len(SCALES_MS))
-        ]
-        paired[f"{name} − its shifted audio"] = [
-            mean_ci(arrays[name][:, j] - arrays[f"{name}, shifted audio"][:, j]) for j in range(len(SCALES_MS))
-        ]
-        paired[f"{name}{RIG} − ground truth{RIG}"] = [
-            mean_ci(arrays[f"{name}{RIG}"][:, j] - arrays[f"ground truth{RIG}"][:, j]) for j in range(len(SCALES_MS))
-        ]
-    paired["ground truth − its shifted audio"] = [
-        mean_ci(arrays["ground truth"][:, j] - arrays["ground truth, shifted audio"][:, j])
-        for j in range(len(SCALES_MS))
-    ]
+    for name in runners:
+        paired[f"{name} − ground truth"] = diff(name, "ground truth")
+        paired[f"{name} − its shifted audio"] = diff(name, f"{name}, shifted audio")
+        paired[f"{name}{RIG} − ground truth{RIG}"] = diff(f"{name}{RIG}", f"ground truth{RIG}")
+    if paired_reference is not None:
+        for name in runners:
+            if name != paired_reference:
+                paired[f"{name} − {paired_reference}"] = diff(name, paired_reference)
+    paired["ground truth − its shifted audio"] = diff("ground truth", "ground truth, shifted audio")
     return {
         "scales_ms": list(SCALES_MS),
-        "models": models,
+        "head_fit": head_fit,
+        "head_points": list(NO_JAW_POINTS) if head_fit == "no-jaw" else "stream_engine.signals.RIGID_POINTS",
         "seeds": seeds,
         "min_frames": MIN_FRAMES,
         "held_out_segments": [
@@ -225,37 +263,47 @@ def run(models: dict[str, str], seeds: int, data: str, max_segments: int = 0) ->
     }
 
 
-def figure(models: dict[str, str], data: str, path: str, seed: int = 0) -> None:
-    """The traces to look at: the longest held-out segment's loudness and, for ground truth and each model, the
-    head's angular speed, raw and in the 400 ms and 1.6 s octaves beside the loudness's (each band scaled to its
-    own peak), so that a head that bobs with every syllable and one that moves with the phrase look different."""
+def figure(runners: dict[str, Any], held_out: list[Any], path: str, head_fit: str = "no-jaw", seed: int = 0) -> None:
+    """The traces to look at: the longest held-out segment's head speed for ground truth and each runner, raw on one
+    shared scale (degrees per frame), and its 400 ms and 1.6 s octaves beside the loudness's (each band scaled to
+    its own peak), so that a head that bobs with every syllable and one that moves with the phrase look
+    different."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stream_engine.animation import animate, load_model
+    from stream_engine.animation import animate
 
-    seg = max((s for split in ("test", "val") for s in segments_of(split, data)), key=lambda s: s.num_frames)
+    seg = max(held_out, key=lambda s: s.num_frames)
     env = loudness_db(seg.audio, seg.num_frames)
     heads = {"ground truth": seg.landmarks}
-    for name, model in models.items():
-        runner = load_model(model)
+    for name, runner in runners.items():
         heads[name] = animate(seg.audio, 16000, seg.landmarks[0], model=runner, seed=seed).landmarks[: seg.num_frames]
+    speeds = {name: head_speed(lm, head_fit) for name, lm in heads.items()}
+    top = max(float(np.percentile(sp, 99.5)) for sp in speeds.values())
     t = np.arange(seg.num_frames) / FPS
-    fig, axes = plt.subplots(len(heads), 1, figsize=(11, 2.4 * len(heads)), sharex=True, squeeze=False)
-    for ax, (name, lm) in zip(axes[:, 0], heads.items()):
-        sp = head_speed(lm)
-        ax.plot(t, sp / max(sp.max(), 1e-9), color="0.7", lw=0.8, label="head speed (raw)")
-        for ms, color in ((400, "tab:red"), (1600, "tab:blue")):
+    fig, axes = plt.subplots(len(heads), 2, figsize=(13, 2.4 * len(heads)), sharex=True, squeeze=False)
+    for row, (name, sp) in enumerate(speeds.items()):
+        ax = axes[row, 0]
+        ax.plot(t, sp, color="0.3", lw=0.8)
+        ax.set_ylim(0, top)
+        ax.set_ylabel("°/frame", fontsize=8)
+        ax.set_title(f"{name}: raw head speed (shared scale, {head_fit} fit), mean {sp.mean():.2f}°/frame", fontsize=9)
+        ax = axes[row, 1]
+        for k, (ms, color) in enumerate(((400, "tab:red"), (1600, "tab:blue"))):
             e, h = band(env, ms), band(sp, ms)
-            r = pearson(e, h)
-            ax.plot(t, h / max(np.abs(h).max(), 1e-9) - 1.2, color=color, lw=1.2, label=f"head, {ms} ms (r {r:+.2f})")
-            ax.plot(t, e / max(np.abs(e).max(), 1e-9) - 1.2, color=color, lw=0.8, ls=":", label=f"loudness, {ms} ms")
-        ax.set_title(f"{name}: {seg.clip_id}", fontsize=9)
+            off = -2.4 * k
+            ax.plot(t, h / max(np.abs(h).max(), 1e-9) + off, color=color, lw=1.2, label=f"head {column(ms)}")
+            ax.plot(
+                t, e / max(np.abs(e).max(), 1e-9) + off, color=color, lw=0.8, ls=":", label=f"loudness {column(ms)}"
+            )
+            ax.text(t[-1], off + 0.8, f"r {pearson(e, h):+.2f}", fontsize=8, ha="right", color=color)
         ax.set_yticks([])
-        ax.legend(fontsize=7, loc="upper right", ncol=5)
-    axes[-1, 0].set_xlabel("seconds")
+        ax.set_title(f"{name}: octaves, each scaled to its own peak", fontsize=9)
+        ax.legend(fontsize=7, loc="lower left", ncol=4)
+    for ax in axes[-1]:
+        ax.set_xlabel(f"seconds ({seg.clip_id[:60]})")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -267,7 +315,12 @@ def _cell(c: dict[str, float]) -> str:
 
 def markdown(res: dict[str, Any], command: str) -> str:
     frames = sum(s["frames"] for s in res["held_out_segments"])
-    head = " | ".join(f"{ms} ms" for ms in res["scales_ms"])
+    head = " | ".join(column(ms) for ms in res["scales_ms"])
+    fit = (
+        "nose and eye corners (`NO_JAW_POINTS`)"
+        if res["head_fit"] == "no-jaw"
+        else "the engine's rigid points, jaw line included"
+    )
     lines = [
         "# Head motion and speech loudness, by time scale",
         "",
@@ -278,10 +331,12 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"Held out (test + validation splits): {len(res['held_out_segments'])} gap-free segments of "
         f"≥ {res['min_frames']} frames from {res['held_out_speakers']} speakers, {frames / FPS / 60:.1f} min; "
         f"each model animated with {res['seeds']} seed(s) from the segment's first frame. Training split (ground "
-        f"truth only): {res['train_segments']} segments, {res['train_speakers']} speakers. r: Pearson correlation "
-        "of the band-passed loudness envelope (dBFS) and head angular speed at each scale, lag 0; mean over "
-        "segments [95 % bootstrap interval]. Shifted audio: the same head against the segment's envelope shifted "
-        "circularly (the chance level). Method: the module docstring of `benchmarks/head_speech.py`.",
+        f"truth only): {res['train_segments']} segments, {res['train_speakers']} speakers. Head fit: {fit}. r: "
+        "Pearson correlation of the loudness envelope (dBFS) and the head's angular speed, both band-passed to "
+        "the column's octave of periods, lag 0; mean over segments [95 % bootstrap interval]. Shifted audio: the "
+        "same head against the segment's envelope shifted circularly (chance). Rig signals: the engine's "
+        "One-Euro-filtered yaw / pitch / roll (its own head fit). Method: the module docstring of "
+        "`benchmarks/head_speech.py`.",
         "",
         f"| row | {head} |",
         "|---|" + "---:|" * len(res["scales_ms"]),
@@ -298,19 +353,38 @@ def markdown(res: dict[str, Any], command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     import sys
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="an exported .onnx step model")
-    p.add_argument("--seeds", type=int, default=3, help="noise seeds per segment and model (default 3)")
-    p.add_argument("--data", default="../shared/data")
-    p.add_argument(
-        "--max-segments", type=int, default=0, help="use only the first N segments of each set (a smoke run)"
+    from stream_engine.animation import load_model
+
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an exported .onnx step model to score; repeat for more (none: ground truth and its controls only)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="noise seeds per segment and model")
+    p.add_argument(
+        "--paired-reference", default=None, metavar="NAME", help="also pair every other model against this one"
+    )
+    p.add_argument(
+        "--head-fit",
+        choices=HEAD_FITS,
+        default="no-jaw",
+        help="the head's fit: the nose and eye corners, or the evaluation's rigid points (jaw line included)",
+    )
+    p.add_argument("--data", default="../shared/data", help="the dataset directory (manifest.tsv, clips/)")
+    p.add_argument("--max-segments", type=int, default=0, help="use only the first N segments of each set (0: all)")
     p.add_argument("--no-figure", action="store_true", help="skip the traces figure (<out>/<name>.png)")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--name", default="head_speech")
+    p.add_argument("--out", default="benchmarks/results", help="where <name>.json, .md and .png go")
+    p.add_argument("--name", default="head_speech", help="the report's file name")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.max_segments < 0:
+        p.error("--max-segments must be 0 (all) or more")
     models = {}
     for spec in args.model:
         name, sep, path = spec.partition("=")
@@ -319,16 +393,27 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(path).is_file():
             p.error(f"--model {name}: no such file {path}")
         models[name] = path
+    if args.paired_reference is not None and args.paired_reference not in models:
+        p.error(f"--paired-reference {args.paired_reference!r} is not one of the --model names {sorted(models)}")
+    runners = {}
+    for name, path in models.items():  # before the data: a bad model file fails at once
+        try:
+            runners[name] = load_model(path)
+        except Exception as e:  # ModelLoadError and friends: one line, not a traceback
+            p.error(f"--model {name}: {e}")
+    try:
+        held_out, train = held_out_and_train(args.data, args.max_segments)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(str(e))
     m = machine_info()
-    res = run(models, args.seeds, args.data, args.max_segments)
+    res = run(runners, args.seeds, held_out, train, args.head_fit, args.paired_reference)
     m["load_avg_1m_end"] = os.getloadavg()[0]
     res["machine"] = m
+    res["models"] = models
     command = "python -m benchmarks.head_speech " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = markdown(res, command)
-    write_report(args.out, args.name, res, text)
+    write_report(args.out, args.name, res, markdown(res, command))  # prints the table too
     if not args.no_figure:
-        figure(models, args.data, str(Path(args.out) / f"{args.name}.png"))
-    print(text)
+        figure(runners, held_out, str(Path(args.out) / f"{args.name}.png"), args.head_fit)
     return 0
 
 

@@ -449,20 +449,26 @@ def _ear_from_distances(d: np.ndarray) -> float:
     return float(0.5 * (right + left))
 
 
-RIGID_INDEX = list(RIGID_POINTS)
-_MODEL_RIGID = MEAN_FACE_3D[RIGID_INDEX] * np.array([1.0, 1.0, -1.0])  # z away from the camera: right-handed, y down
-_MODEL_RIGID -= _MODEL_RIGID.mean(axis=0)
-MODEL_RIGID_PINV = np.linalg.pinv(_MODEL_RIGID)  # (3, n): the least-squares fit is one matrix product
+def rigid_fit(index: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """The head fit on the points `index` of `MEAN_FACE_3D`: (index, (3, n) pseudo-inverse of the centred model
+    points, z away from the camera), for `head_rotation(points, fit)`."""
+    idx = [int(i) for i in index]
+    model = MEAN_FACE_3D[idx] * np.array([1.0, 1.0, -1.0])  # z away from the camera: right-handed, y down
+    return idx, np.linalg.pinv(model - model.mean(axis=0))  # the least-squares fit is one matrix product
 
 
-def head_rotation(points: np.ndarray) -> np.ndarray:
+RIGID_INDEX, MODEL_RIGID_PINV = rigid_fit(RIGID_POINTS)
+
+
+def head_rotation(points: np.ndarray, fit: tuple[list[int], np.ndarray] | None = None) -> np.ndarray:
     """Scaled-orthographic fit of `MEAN_FACE_3D` (rigid points) to (68, 2) landmarks -> 3x3 rotation.
 
     The rotation maps model axes (x right, y down, z away from the camera) to image axes (same convention);
-    identity = a frontal face.
+    identity = a frontal face. `fit` (`rigid_fit`) fits other points than `RIGID_POINTS`.
     """
-    image = np.asarray(points, dtype=np.float64)[RIGID_INDEX]
-    affine = MODEL_RIGID_PINV @ (image - image.mean(axis=0))  # image ~= model @ affine, affine (3, 2)
+    index, pinv = (RIGID_INDEX, MODEL_RIGID_PINV) if fit is None else fit
+    image = np.asarray(points, dtype=np.float64)[index]
+    affine = pinv @ (image - image.mean(axis=0))  # image ~= model @ affine, affine (3, 2)
     r1, r2 = affine[:, 0], affine[:, 1]
     r1 = r1 / max(math.sqrt(float(r1 @ r1)), 1e-12)
     r2 = r2 - r1 * float(r1 @ r2)

@@ -167,3 +167,28 @@ def test_head_speech_term_is_zero_on_ground_truth_and_scores_a_head_that_bobs_wi
     assert torch.isfinite(bob.grad).all() and float(bob.grad.abs().sum()) > 0
     none = head_speech_terms(bob, real, ref, lt, torch.zeros(1, dtype=torch.bool))["head_speech"]
     assert float(none.detach()) == 0.0
+
+
+def test_window_loudness_reads_the_frame_that_holds_a_click():
+    from training.face_losses import window_loudness_db
+
+    spf, start = 640, 1000
+    audio = np.full((2, start + 10 * spf + 7), 1e-4, np.float32)
+    audio[0, start + 6 * spf + 100] = 0.9  # a click inside frame 6 of row 0
+    db = window_loudness_db(audio, start, 10, spf)
+    assert db.shape == (2, 10) and int(np.argmax(db[0])) == 6
+    assert db[1] == pytest.approx(-80.0, abs=0.01)  # a constant row: every frame at its level
+    assert db[0].min() == pytest.approx(db[0].max() - 50.0)  # floored 50 dB below the loudest frame
+    with pytest.raises(ValueError, match="need"):
+        window_loudness_db(audio, start, 11, spf)
+
+
+@pytest.mark.slow
+def test_head_speech_term_trains_and_logs(shared_data, tmp_path):
+    """Two iterations of a tiny generator with the term on: it is logged, finite, and its loudness windows fit the
+    batch (a wrong start offset into the batch audio raises)."""
+    from train_helpers import run_train, tiny_train_settings
+
+    sets = {**tiny_train_settings(tmp_path), "head_speech_weight": 1.0, "head_speech_scales_ms": [200.0, 400.0]}
+    train = [r for r in run_train(sets, tmp_path / "on") if r.get("split") == "train"]
+    assert train and all(np.isfinite(r["head_speech"]) for r in train)

@@ -73,10 +73,28 @@ def test_head_speed_reads_a_steady_roll_in_degrees_per_frame():
     assert np.abs(still).max() < 1e-6
 
 
+def test_the_no_jaw_fit_leaves_out_a_jaw_that_opens():
+    """The evaluation's rigid points include six of the jaw line's: a jaw that opens reads as head motion there,
+    not in the nose-and-eye-corners fit."""
+    face = _face(0.0)
+    frames = np.stack([face] * 12)
+    for t in range(12):
+        frames[t, [0, 1, 2, 14, 15, 16], 1] += 0.01 * (t % 2)  # the jaw line's upper points bob down and up
+    assert hs.head_speed(frames, "no-jaw").max() < 1e-6
+    assert hs.head_speed(frames, "evaluation")[1:].min() > 0.05
+    with pytest.raises(ValueError, match="head_fit"):
+        hs.head_speed(frames, "nose")
+
+
+def test_columns_name_the_octaves():
+    assert [hs.column(ms) for ms in hs.SCALES_MS] == ["0.2-0.4 s", "0.4-0.8 s", "0.8-1.6 s", "1.6-3.2 s"]
+
+
 def test_smoke_run_on_shared_writes_rows_controls_and_pairs(shared_data, tmp_path):
     model = "stream_engine/models/default_int8.onnx"
-    code = hs.main(["--model", f"m={model}", "--seeds", "1", "--max-segments", "2", "--data", str(shared_data),
-                    "--out", str(tmp_path), "--name", "hs", "--no-figure"])  # fmt: skip
+    code = hs.main(["--model", f"m={model}", "--model", f"n={model}", "--paired-reference", "m", "--seeds", "1",
+                    "--max-segments", "2", "--data", str(shared_data), "--out", str(tmp_path), "--name", "hs",
+                    "--no-figure"])  # fmt: skip
     assert code == 0
     res = json.loads((tmp_path / "hs.json").read_text())
     for row in ("ground truth", "ground truth, shifted audio", "ground truth, rig signals", "m", "m, shifted audio",
@@ -85,12 +103,28 @@ def test_smoke_run_on_shared_writes_rows_controls_and_pairs(shared_data, tmp_pat
         assert len(cells) == len(hs.SCALES_MS)
         assert all(-1.0 <= c["lo"] <= c["mean"] <= c["hi"] <= 1.0 for c in cells)
     assert set(res["paired"]) >= {"m − ground truth", "m − its shifted audio", "ground truth − its shifted audio"}
+    assert all(c["mean"] == 0.0 for c in res["paired"]["n − m"])  # the same file: paired differences of exactly 0
+    assert res["head_fit"] == "no-jaw"
     assert len(res["held_out_segments"]) == 2 and all(s["frames"] >= hs.MIN_FRAMES for s in res["held_out_segments"])
     md = (tmp_path / "hs.md").read_text()
-    assert "| m, shifted audio |" in md and "Paired differences" in md
+    assert "| m, shifted audio |" in md and "Paired differences" in md and "| 1.6-3.2 s |" in md
 
 
-def test_cli_refuses_a_missing_model_file(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        hs.main(["--model", f"m={tmp_path / 'nope.onnx'}"])
-    assert "no such file" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "m=nope.onnx"], "no such file"),
+        (["--model", "m"], "NAME=PATH"),
+        (["--model", "m=README.md"], "--model m:"),  # not an ONNX file: one line, before the data loads
+        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--max-segments", "-1"], "--max-segments must be 0"),
+        (["--paired-reference", "x"], "is not one of the --model names"),
+        (["--data", "no/such/dir"], "no manifest.tsv"),
+    ],
+)
+def test_cli_refuses_bad_input_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        hs.main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -34,6 +34,7 @@ All distances are in units of the inter-ocular distance (IOD, ‖p36 − p45‖ 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from training.head_pose import head_angles
@@ -274,12 +275,24 @@ def window_head_energy(x: torch.Tensor, levels: tuple[int, ...] = (2, 3), kernel
 def octave_band(x: torch.Tensor, scale_ms: float, fps: float = 25.0) -> torch.Tensor:
     """(B, T) -> (B, T): the octave of periods `scale_ms` .. 2 `scale_ms` of each row, by masking its real FFT
     (the mean removed first). Differentiable; the torch counterpart of `benchmarks.head_speech.band` on a whole
-    window (an ideal band instead of a Butterworth one)."""
+    window, with an ideal band instead of a Butterworth one, and circular: the window's two ends meet (a 120-frame
+    window holds 2 frequency bins in the 1.6 s octave, 12 in the 200 ms one)."""
     t = x.shape[-1]
     f = torch.fft.rfftfreq(t, d=1.0 / fps).to(x.device)
     s = scale_ms / 1000.0
-    mask = ((f >= 1.0 / (2.0 * s)) & (f <= 1.0 / s)).to(x.dtype)
+    mask = ((f >= 1.0 / (2.0 * s)) & (f < 1.0 / s)).to(x.dtype)  # half-open: a bin belongs to one octave
     return torch.fft.irfft(torch.fft.rfft(x - x.mean(-1, keepdim=True)) * mask, n=t)
+
+
+def window_loudness_db(audio: np.ndarray, start: int, frames: int, spf: int, floor_db: float = 50.0) -> np.ndarray:
+    """(B, N) PCM -> (B, frames) dBFS level of the `spf` samples of each frame from sample `start` on, floored
+    `floor_db` below each row's loudest frame (as `benchmarks.head_speech.loudness_db`). Raises ValueError when
+    the rows are too short."""
+    if audio.shape[1] < start + frames * spf:
+        raise ValueError(f"window_loudness_db: {audio.shape[1]} samples, need {start + frames * spf}")
+    pcm = np.asarray(audio[:, start : start + frames * spf], np.float64).reshape(len(audio), frames, spf)
+    db = 10.0 * np.log10((pcm * pcm).mean(-1) + 1e-12)
+    return np.maximum(db, db.max(axis=1, keepdims=True) - floor_db).astype(np.float32)
 
 
 def head_speech_terms(

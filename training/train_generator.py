@@ -479,18 +479,16 @@ class GeneratorTrainer(Trainer):
         return {k: v for k, v in out.items() if getattr(cfg, f"{k}_weight")}
 
     def window_loudness(self, batch):
-        """(B, T) dBFS level of each generated frame's 640 samples (the frames after the warm-up), floored 50 dB
-        below the window's loudest frame, as `benchmarks.head_speech.loudness_db`."""
-        import numpy as np
+        """(B, T) dBFS level of each generated frame's 640 samples: the target frames start `warmup` frames after
+        the audio's front-end context, where the sample renderer starts too (`training.face_losses.
+        window_loudness_db`)."""
         import torch
 
+        from training.face_losses import window_loudness_db
+
         spf, ctx = self.sampler.frontend.samples_per_landmark_frame, self.sampler.frontend.context_samples
-        start = ctx + self.warmup * spf
-        n = self.cfg.seq_len
-        pcm = np.asarray(batch.audio[:, start : start + n * spf], np.float64).reshape(len(batch.audio), n, spf)
-        db = 10.0 * np.log10((pcm * pcm).mean(-1) + 1e-12)
-        db = np.maximum(db, db.max(axis=1, keepdims=True) - 50.0)
-        return torch.from_numpy(db.astype(np.float32)).to(self.device)
+        db = window_loudness_db(batch.audio, ctx + self.warmup * spf, self.cfg.seq_len, spf)
+        return torch.from_numpy(db).to(self.device)
 
     # ------------------------------------------------------------- evaluation
     def validate(self) -> dict:

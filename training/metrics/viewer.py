@@ -119,14 +119,15 @@ def articulation(
     }
 
 
-def head_angles(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def head_angles(x: np.ndarray, reference: np.ndarray, fit=None) -> np.ndarray:
     """(T, 68, 2) -> (T, 3) yaw, pitch, roll in degrees relative to the (68, 2) reference face (as the engine's
-    `SignalExtractor` reports them, before filtering)."""
+    `SignalExtractor` reports them, before filtering); `fit` (`stream_engine.signals.rigid_fit`) fits other points
+    than the engine's rigid points."""
     x = _check(x)
-    neutral = head_rotation(np.asarray(reference, np.float64))
+    neutral = head_rotation(np.asarray(reference, np.float64), fit)
     out = np.empty((len(x), 3))
     for t in range(len(x)):
-        p = rotation_to_pose(head_rotation(x[t]) @ neutral.T)
+        p = rotation_to_pose(head_rotation(x[t], fit) @ neutral.T)
         out[t] = (p.yaw_deg, p.pitch_deg, p.roll_deg)
     return out
 
