@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine_info, machine_load_line, write_report
+from stream_engine.signals import NO_JAW_POINTS
 
 SPF = 640
 FPS = 25
@@ -57,8 +58,6 @@ FLOOR_DB = 50.0
 SHIFTS = 8
 BOOTSTRAP = 2000
 RIG = ", rig signals"  # the row suffix of the engine's filtered yaw / pitch / roll
-#: The nose (27-35) and the eye corners (36, 39, 42, 45): the engine's rigid points without the jaw line's.
-NO_JAW_POINTS = (27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
 HEAD_FITS = ("no-jaw", "evaluation")
 
 

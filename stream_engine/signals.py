@@ -136,6 +136,9 @@ MEAN_FACE_3D = np.array(
 
 #: Points that do not move with speech: upper jaw contour, nose bridge and base, eye corners.
 RIGID_POINTS = (0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
+#: The rigid points without the jaw line's (nose 27-35, eye corners 36, 39, 42, 45): a head fit that the jaw's
+#: speech-driven motion does not reach (`benchmarks.head_speech`; `rigid_fit(NO_JAW_POINTS)`).
+NO_JAW_POINTS = (27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
 
 VISEMES = ("A", "I", "U", "E", "O")
 #: Order of the signal vector in the binary frame format and OSC messages (PROTOCOL.md).

@@ -192,3 +192,22 @@ def test_head_speech_term_trains_and_logs(shared_data, tmp_path):
     sets = {**tiny_train_settings(tmp_path), "head_speech_weight": 1.0, "head_speech_scales_ms": [200.0, 400.0]}
     train = [r for r in run_train(sets, tmp_path / "on") if r.get("split") == "train"]
     assert train and all(np.isfinite(r["head_speech"]) for r in train)
+
+
+def test_port_matches_the_evaluation_angles_with_another_point_set():
+    """`fit` (the no-jaw point set of `benchmarks.head_speech` and the head-speech term) gives the numpy angles too,
+    and differs from the default fit where the jaw line moves."""
+    from stream_engine.signals import NO_JAW_POINTS, rigid_fit
+
+    rng = np.random.default_rng(5)
+    x = _random_faces(rng, 2, 6)
+    ref = x[:, 0]
+    fit = rigid_fit(NO_JAW_POINTS)
+    got = head_angles(torch.from_numpy(x), torch.from_numpy(ref), fit).numpy()
+    want = np.stack([vm.head_angles(x[i], ref[i], fit) for i in range(2)])
+    assert np.abs(got - want).max() < 1e-9
+    jaw = x.copy()
+    jaw[:, :, [0, 1, 2, 14, 15, 16], 1] += 5.0  # the jaw line's upper points move; nose and eye corners do not
+    moved = head_angles(torch.from_numpy(jaw), torch.from_numpy(ref), fit).numpy()
+    assert np.abs(moved - got).max() < 1e-9
+    assert np.abs(head_angles(torch.from_numpy(jaw), torch.from_numpy(ref)).numpy() - _numpy_angles(x, ref)).max() > 0.1

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from stream_engine.signals import MODEL_RIGID_PINV, RIGID_INDEX
 
 
-def head_rotation(x: torch.Tensor) -> torch.Tensor:
-    """(..., 68, 2) landmarks -> (..., 3, 3) rotations (rows r1, r2, r1 × r2), as `stream_engine.signals.head_rotation`.
+def head_rotation(x: torch.Tensor, fit: tuple[list[int], np.ndarray] | None = None) -> torch.Tensor:
+    """(..., 68, 2) landmarks -> (..., 3, 3) rotations (rows r1, r2, r1 × r2), as `stream_engine.signals.head_rotation`
+    (`fit`: `stream_engine.signals.rigid_fit` of other points than the rigid points).
 
     Differentiable wherever the fit is not degenerate (the norms are floored at 1e-12 as in the numpy function).
     """
-    pinv = torch.as_tensor(MODEL_RIGID_PINV, dtype=x.dtype, device=x.device)  # (3, n)
-    image = x[..., RIGID_INDEX, :]
+    index, pinv_np = (RIGID_INDEX, MODEL_RIGID_PINV) if fit is None else fit
+    pinv = torch.as_tensor(pinv_np, dtype=x.dtype, device=x.device)  # (3, n)
+    image = x[..., index, :]
     affine = pinv @ (image - image.mean(dim=-2, keepdim=True))  # (..., 3, 2): image ~= model @ affine
     r1, r2 = affine[..., 0], affine[..., 1]
     r1 = r1 / (r1 * r1).sum(-1, keepdim=True).sqrt().clamp_min(1e-12)
@@ -43,12 +46,15 @@ def rotation_angles(r: torch.Tensor) -> torch.Tensor:
     return torch.stack([yaw, pitch, roll], dim=-1) * (180.0 / math.pi)
 
 
-def head_angles(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def head_angles(
+    x: torch.Tensor, reference: torch.Tensor, fit: tuple[list[int], np.ndarray] | None = None
+) -> torch.Tensor:
     """(B, T, 68, 2) frames and (B, 68, 2) reference faces -> (B, T, 3) yaw, pitch, roll in degrees relative to
-    each row's reference (as `training.metrics.viewer.head_angles`, which the evaluation's head table uses)."""
+    each row's reference (as `training.metrics.viewer.head_angles`, which the evaluation's head table uses; `fit`
+    as in `head_rotation`)."""
     if x.ndim != 4 or reference.ndim != 3 or x.shape[0] != reference.shape[0]:
         raise ValueError(
             f"head_angles: want (B, T, 68, 2) and (B, 68, 2), got {tuple(x.shape)}, {tuple(reference.shape)}"
         )
-    neutral = head_rotation(reference)  # (B, 3, 3)
-    return rotation_angles(head_rotation(x) @ neutral.transpose(-1, -2)[:, None])
+    neutral = head_rotation(reference, fit)  # (B, 3, 3)
+    return rotation_angles(head_rotation(x, fit) @ neutral.transpose(-1, -2)[:, None])
