@@ -69,11 +69,11 @@ def column(scale_ms: int) -> str:
 def loudness_db(pcm: np.ndarray, frames: int) -> np.ndarray:
     """(frames,) RMS level in dBFS of each frame's `SPF` samples of `pcm` (16 kHz), floored `FLOOR_DB` below the
     loudest frame. Raises ValueError when `pcm` holds fewer than frames * SPF samples."""
+    from training.face_losses import window_loudness_db  # the training term's loudness, so the two agree
+
     if len(pcm) < frames * SPF:
         raise ValueError(f"loudness_db: {len(pcm)} samples for {frames} frames of {SPF}")
-    x = np.asarray(pcm[: frames * SPF], np.float64).reshape(frames, SPF)
-    db = 10.0 * np.log10(np.mean(x * x, axis=1) + 1e-12)
-    return np.maximum(db, db.max() - FLOOR_DB)
+    return window_loudness_db(np.asarray(pcm)[None], 0, frames, SPF, FLOOR_DB)[0].astype(np.float64)
 
 
 def head_speed(landmarks: np.ndarray, head_fit: str = "no-jaw") -> np.ndarray:
@@ -85,12 +85,12 @@ def head_speed(landmarks: np.ndarray, head_fit: str = "no-jaw") -> np.ndarray:
     if head_fit not in HEAD_FITS:
         raise ValueError(f"head_fit must be one of {HEAD_FITS}, got {head_fit!r}")
     fit = rigid_fit(NO_JAW_POINTS) if head_fit == "no-jaw" else None
-    ang = head_angles(np.asarray(landmarks, np.float64), np.asarray(landmarks[0], np.float64), fit)
-    return np.linalg.norm(np.diff(ang, axis=0, prepend=ang[:1]), axis=1)
+    return rig_speed(head_angles(np.asarray(landmarks, np.float64), np.asarray(landmarks[0], np.float64), fit))
 
 
 def rig_speed(yaw_pitch_roll: np.ndarray) -> np.ndarray:
-    """(T, 3) head angles in degrees (the rig signals yaw, pitch, roll) -> (T,) speed, degrees per frame."""
+    """(T, 3) head angles in degrees (the rig signals yaw, pitch, roll, or `head_speed`'s fit) -> (T,) angular
+    speed, degrees per frame (0 at frame 0)."""
     a = np.asarray(yaw_pitch_roll, np.float64)
     return np.linalg.norm(np.diff(a, axis=0, prepend=a[:1]), axis=1)
 
@@ -128,21 +128,27 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 1e-12 else 0.0
 
 
-def coupling(envelope: np.ndarray, speed: np.ndarray, scale_ms: int) -> float:
-    """r between the band-passed loudness envelope and head speed at `scale_ms` (lag 0). Raises ValueError for
-    series of different lengths or shorter than 4 windows of the scale."""
+def _check_lengths(envelope: np.ndarray, speed: np.ndarray, scale_ms: int) -> None:
     w = int(round(scale_ms / 1000 * FPS))
     if len(envelope) != len(speed) or len(speed) < 4 * w:
         raise ValueError(f"coupling: {len(envelope)} and {len(speed)} frames at {scale_ms} ms (need equal, >= {4 * w})")
+
+
+def coupling(envelope: np.ndarray, speed: np.ndarray, scale_ms: int) -> float:
+    """r between the band-passed loudness envelope and head speed at `scale_ms` (lag 0). Raises ValueError for
+    series of different lengths or shorter than 4 windows of the scale."""
+    _check_lengths(envelope, speed, scale_ms)
     return pearson(band(envelope, scale_ms), band(speed, scale_ms))
 
 
 def shifted_coupling(envelope: np.ndarray, speed: np.ndarray, scale_ms: int) -> float:
     """The control: mean r of `speed` against `envelope` circularly shifted by `SHIFTS` offsets spread evenly over
-    [T/4, 3T/4] (the same speech and head, no longer aligned)."""
+    [T/4, 3T/4] (the same speech and head, no longer aligned). The head's band is the same for every shift."""
+    _check_lengths(envelope, speed, scale_ms)
     t = len(envelope)
     offsets = np.linspace(t // 4, 3 * t // 4, SHIFTS).round().astype(int)
-    return float(np.mean([coupling(np.roll(envelope, int(s)), speed, scale_ms) for s in offsets]))
+    head = band(speed, scale_ms)
+    return float(np.mean([pearson(band(np.roll(envelope, int(s)), scale_ms), head) for s in offsets]))
 
 
 def mean_ci(values: np.ndarray, seed: int = 0) -> dict[str, float]:
@@ -198,6 +204,7 @@ def run(
     from tqdm import tqdm
 
     from stream_engine.animation import animate
+    from training.face_losses import window_loudness_db
 
     rows: dict[str, list[list[float]]] = {}
 
@@ -213,9 +220,7 @@ def run(
         r, ctl = scores(env, head_speed(s.landmarks, head_fit))
         add("ground truth", r)
         add("ground truth, shifted audio", ctl)
-        levels = 10.0 * np.log10(
-            np.mean(np.asarray(s.audio[: s.num_frames * SPF], np.float64).reshape(-1, SPF) ** 2, 1) + 1e-12
-        )
+        levels = window_loudness_db(np.asarray(s.audio)[None], 0, s.num_frames, SPF, np.inf)[0]  # not floored
         add(f"ground truth{RIG}", scores(env, rig_speed(rig_angles(s.landmarks, levels)))[0])
         for name, runner in runners.items():
             per_seed = []
