@@ -48,3 +48,24 @@ def exported_model(tmp_path_factory):
     assert rc == 0
     _CACHE["model"] = (out, g, read_contract(out))
     return _CACHE["model"]
+
+
+def step_parity(runner, g, pcm, tol: float = 1e-4):
+    """Step the ONNX `runner` and the PyTorch generator `g` side by side over mono `pcm` (640 samples a step,
+    a whole number of steps), one stream from the runner's initial state (rng seed 0) and the same state in
+    PyTorch; assert every step's landmarks agree within `tol`. Returns (the runner's state, PyTorch's state)."""
+    import numpy as np
+    import torch
+
+    state = runner.initial_state(1, rng=np.random.default_rng(0))
+    tstate = g.initial_state(
+        torch.from_numpy(state["reference_landmarks"]), torch.from_numpy(state["h"]), torch.from_numpy(state["c"])
+    )
+    spf = 640
+    with torch.no_grad():
+        for k in range(len(pcm) // spf):
+            a = np.asarray(pcm[None, k * spf : (k + 1) * spf], np.float32)
+            got, state = runner.step(a, state)
+            want, tstate = g.step(torch.from_numpy(a), tstate)
+            assert np.abs(got - want.numpy()).max() < tol, k
+    return state, tstate

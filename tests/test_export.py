@@ -12,7 +12,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
-from export_helpers import PARITY_VELOCITY_SCALE, exported_model  # noqa: E402
+from export_helpers import PARITY_VELOCITY_SCALE, exported_model, step_parity  # noqa: E402
 
 from stream_engine.contract import REQUIRED_KEYS, ContractError, StepContract  # noqa: E402
 from stream_engine.framing import AudioFramer, split_chunks  # noqa: E402
@@ -319,16 +319,7 @@ def test_silence_history_exports_as_constants_and_starts_every_runtime_from_sile
     runner = OnnxStepRunner(tmp_path / "silence_true.onnx")
     assert runner.contract.generator_config["silence_history"] is True
     g = random_generator(seed=3, overrides=["velocity_scale=0.0002", "silence_history=true"])
-    state = runner.initial_state(1, rng=np.random.default_rng(0))
-    tstate = g.initial_state(
-        torch.from_numpy(state["reference_landmarks"]), torch.from_numpy(state["h"]), torch.from_numpy(state["c"])
-    )
-    audio = speech_8s[: 640 * 30].reshape(30, 1, 640).astype(np.float32)
-    with torch.no_grad():
-        for a in audio:
-            got, state = runner.step(a, state)
-            want, tstate = g.step(torch.from_numpy(a), tstate)
-            assert np.abs(got - want.numpy()).max() < 1e-4
+    step_parity(runner, g, np.asarray(speech_8s[: 640 * 30], np.float32))
     state = runner.initial_state(1, rng=np.random.default_rng(0))
     for _ in range(50):
         _, state = runner.step(np.zeros((1, 640), np.float32), state)

@@ -12,6 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from export_helpers import step_parity  # noqa: E402
+
 from stream_engine.dataclass_io import from_dict, to_dict  # noqa: E402
 from stream_engine.noise_floor import NoiseFloor  # noqa: E402
 from training.models.input_gate import DEFAULT_NOISE, InputGate, InputGateConfig  # noqa: E402
@@ -196,18 +198,9 @@ def test_exported_step_carries_the_gate_as_a_zero_state_and_matches_pytorch(tmp_
     assert spec["input_gate"].init == "zeros" and spec["input_gate"].shape[1] == 19
     assert runner.contract.generator_config["input_gate"] == to_dict(InputGateConfig())
     g = random_generator(seed=2, overrides=["velocity_scale=0.0002", "input_gate={}"])
-    state = runner.initial_state(1, rng=np.random.default_rng(0))
-    tstate = g.initial_state(
-        torch.from_numpy(state["reference_landmarks"]), torch.from_numpy(state["h"]), torch.from_numpy(state["c"])
-    )
     pcm = _tone(-48.0, 70, 6)
     pcm[: 30 * SPF] += np.asarray(speech[: 30 * SPF], np.float32)
-    with torch.no_grad():
-        for k in range(70):
-            a = pcm[None, k * SPF : (k + 1) * SPF]
-            got, state = runner.step(a, state)
-            want, tstate = g.step(torch.from_numpy(a), tstate)
-            assert np.abs(got - want.numpy()).max() < 1e-4, k
+    state, tstate = step_parity(runner, g, pcm)
     np.testing.assert_allclose(state["input_gate"], tstate.input_gate.numpy(), atol=1e-3)
     assert state["input_gate"][0, 7] == 1.0  # CLOSED: the noise after the speech is gated
     plain = tmp_path / "plain.onnx"

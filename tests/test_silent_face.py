@@ -10,6 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from export_helpers import step_parity  # noqa: E402
+
 from stream_engine.signals import MEAN_FACE_3D  # noqa: E402
 from training.models.generator import (  # noqa: E402
     UPPER_FACE_POINTS,
@@ -103,18 +105,9 @@ def test_exported_step_matches_pytorch_through_silence(tmp_path, speech):
     runner = OnnxStepRunner(out)
     assert runner.contract.generator_config["silent_face_rate"] == 0.2
     g = random_generator(seed=3, overrides=["velocity_scale=0.002", "silent_face_rate=0.2"])
-    state = runner.initial_state(1, rng=np.random.default_rng(0))
-    tstate = g.initial_state(
-        torch.from_numpy(state["reference_landmarks"]), torch.from_numpy(state["h"]), torch.from_numpy(state["c"])
-    )
     pcm = np.zeros(60 * SPF, np.float32)
     pcm[: 20 * SPF] = np.asarray(speech[: 20 * SPF], np.float32)
-    with torch.no_grad():
-        for k in range(60):
-            a = pcm[None, k * SPF : (k + 1) * SPF]
-            got, state = runner.step(a, state)
-            want, tstate = g.step(torch.from_numpy(a), tstate)
-            assert np.abs(got - want.numpy()).max() < 1e-4, k
+    step_parity(runner, g, pcm)
 
 
 def test_the_shipped_models_face_in_silence_keeps_its_proportions(speech):
