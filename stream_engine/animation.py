@@ -141,8 +141,8 @@ def prepare_audio(path_or_array: Any, sample_rate: int | None, target_rate_hz: i
     """A file path or a PCM array -> mono float32 at `target_rate_hz`.
 
     Arrays: float in [-1, 1] or int16/int32 PCM; (N,) mono or (N, C) interleaved channels (averaged, C <= 32);
-    `sample_rate` is required, an integer in 8000..384000 Hz (as a live stream's). The output has ceil(N * target / sample_rate) samples, so the frame count
-    is ceil(duration * fps).
+    `sample_rate` is required, an integer in 8000..384000 Hz (as a live stream's). The output has
+    ceil(N * target / sample_rate) samples, so the frame count is ceil(duration * fps).
     Raises:
         AudioError: unreadable file, wrong shape or dtype (a channels-first (C, N) array reads as N channels and
             is refused), non-finite samples, a missing or unsupported sample_rate.
