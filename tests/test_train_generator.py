@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -186,3 +187,37 @@ def test_validation_plausibility_with_the_eval_threshold():
     assert np.mean(d <= tau) == pytest.approx(0.99, abs=0.002)
     assert 0.9 < np.mean(d <= float(prior.threshold)) < 0.98
     assert eval_plausibility_tau(prior, []) is None
+
+
+@pytest.mark.slow
+def test_discriminator_warmup_steps_leave_the_generator_unchanged(shared_data, tmp_path):
+    """`d_warmup_steps`: the first steps update the discriminators only (the generator's weights stay bit-equal and
+    no generator loss is logged); the step after them updates the generator. Out of range is refused."""
+    from train_helpers import tiny_train_settings
+
+    from training.config_io import load_config
+    from training.train_generator import GeneratorTrainer, TrainGeneratorConfig
+
+    sets = {**tiny_train_settings(tmp_path), "steps": 3, "d_warmup_steps": 2, "eval_every": 100}
+    cfg = load_config(TrainGeneratorConfig, None, [f"{k}={json.dumps(v)}" for k, v in sets.items()])
+    trainer = GeneratorTrainer(cfg, tmp_path / "run")
+    snaps: list[tuple[dict, dict]] = []
+
+    def snapshot(t: GeneratorTrainer) -> None:
+        snaps.append(tuple({k: v.detach().clone() for k, v in m.state_dict().items()} for m in (t.G, t.D)))
+
+    trainer.add_callback("on_step_end", snapshot)
+    trainer.run(resume=False, progress=False)
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    (g1, d1), (g2, d2), (g3, _) = snaps
+    assert same(g1, g2) and not same(d1, d2)  # step 2: the critics learn, the generator waits
+    assert not same(g2, g3)  # step 3: the generator's first update
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in records if r.get("split") == "train"}
+    assert "loss_g" not in train[1] and "loss_g" not in train[2] and "loss_d" in train[2]
+    assert math.isfinite(train[3]["loss_g"])
+    with pytest.raises(ValueError, match="d_warmup_steps"):
+        TrainGeneratorConfig(steps=3, d_warmup_steps=3)

@@ -65,6 +65,11 @@ class TrainGeneratorConfig:
     `GeneratorConfig.silence_history`) and the speech begins with the stream, as when a file is animated from its
     first sample; 0 draws the windows as before (uniform starts, the same random stream).
 
+    `d_warmup_steps` > 0 makes the run's first steps discriminator-only: the generator makes its windows without
+    gradients and is not updated, so a warm start whose source run left no discriminators (the shipped weights:
+    `training/weights/generator` has none) does not train the generator against critics that start from random
+    weights. Those steps count in `steps`; the generator's first update is step `d_warmup_steps`.
+
     `prefetch` > 0 draws that many batches ahead in a forked worker process (`training.data.prefetch`): the same
     batches in the same order, with the host-side batch work overlapping the step (worth it on a GPU, where drawing
     a batch of 256 takes about half the step; 0 draws them inline).
@@ -126,6 +131,7 @@ class TrainGeneratorConfig:
     sample_every: int = 1000
     max_clips: int = 0
     prefetch: int = 0
+    d_warmup_steps: int = 0
     init_from: str = ""
     init_audio_from: str = ""
     distill_head: str = ""
@@ -161,6 +167,11 @@ class TrainGeneratorConfig:
             raise ValueError(f"head_quantile_levels must be pyramid levels 0..7, got {self.head_quantile_levels}")
         if self.head_quantile_bank < 0:
             raise ValueError(f"head_quantile_bank must be >= 0 windows, got {self.head_quantile_bank}")
+        if not 0 <= self.d_warmup_steps < self.steps:
+            raise ValueError(
+                f"d_warmup_steps must be in [0, steps) = [0, {self.steps}) so that the generator trains at all, "
+                f"got {self.d_warmup_steps}"
+            )
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 (batches drawn ahead), got {self.prefetch}")
         if not 0.0 <= self.stream_start_prob <= 1.0:
@@ -366,7 +377,9 @@ class GeneratorTrainer(Trainer):
         batch = self.next_batch(rng)
         mfcc, valid, lm = self._tensors(batch)
         x_ref, real = lm[:, :1], lm[:, 1:]
-        fake = self.generate(mfcc, valid, x_ref[:, 0], cfg.seq_len)
+        critics_only = self.step < cfg.d_warmup_steps
+        with torch.set_grad_enabled(not critics_only):
+            fake = self.generate(mfcc, valid, x_ref[:, 0], cfg.seq_len)
         speech = torch.from_numpy(batch.speech).to(self.device)
         rest = torch.from_numpy(batch.rest).to(self.device)
         clean = ~torch.from_numpy(batch.mixed).to(self.device)  # windows of pure speech: sync loss and critics
@@ -380,6 +393,8 @@ class GeneratorTrainer(Trainer):
         loss_d.backward()
         torch.nn.utils.clip_grad_norm_(self.D.parameters(), cfg.grad_clip)
         self.opt_d.step()
+        if critics_only:  # discriminator warm-up (`d_warmup_steps`): the generator is not updated
+            return {"loss_d": float(loss_d.detach())}
 
         # Generator update.
         g_fake = self.D_ddp(x_ref[clean], fake[clean])
@@ -675,12 +690,14 @@ def plot_generator_curves(metrics_path: Path, png_path: Path) -> None:
     va = [r for r in recs if r.get("split") == "val"]
     fig, axes = curves.panels(3, 15)
     for key in ("loss_d", "loss_g", "adv_frame", "adv_sequence", "adv_pair"):
-        if tr and key in tr[-1]:
-            axes[0].plot([r["step"] for r in tr], [r[key] for r in tr], label=key)
+        has = [r for r in tr if key in r]  # discriminator warm-up records (`d_warmup_steps`) log loss_d alone
+        if has:
+            axes[0].plot([r["step"] for r in has], [r[key] for r in has], label=key)
     for lvl in range(4):
         k = f"cos_l{lvl}"
-        if tr and k in tr[-1]:
-            axes[1].plot([r["step"] for r in tr], [r[k] for r in tr], label=f"train L{lvl}")
+        has = [r for r in tr if k in r]
+        if has:
+            axes[1].plot([r["step"] for r in has], [r[k] for r in has], label=f"train L{lvl}")
         if va and k in va[-1]:
             axes[1].plot([r["step"] for r in va], [r[k] for r in va], "o--", label=f"val L{lvl}")
     if va:
