@@ -221,3 +221,30 @@ def test_discriminator_warmup_steps_leave_the_generator_unchanged(shared_data, t
     assert math.isfinite(train[3]["loss_g"])
     with pytest.raises(ValueError, match="d_warmup_steps"):
         TrainGeneratorConfig(steps=3, d_warmup_steps=3)
+
+
+@pytest.mark.slow
+def test_freeze_audio_encoder_keeps_the_warm_start_encoder(shared_data, tmp_path):
+    """`freeze_audio_encoder`: after a step from a warm start the audio stem and blocks equal the source checkpoint's
+    bit for bit while the rest of the generator trained; without a warm start it is refused."""
+    from train_helpers import tiny_train_settings
+
+    from training.checkpoint import load_state
+    from training.config_io import load_config
+    from training.train_generator import GeneratorTrainer, TrainGeneratorConfig
+
+    def trainer(out: str, **extra) -> GeneratorTrainer:
+        sets = {**tiny_train_settings(tmp_path), "eval_every": 100, **extra}
+        cfg = load_config(TrainGeneratorConfig, None, [f"{k}={json.dumps(v)}" for k, v in sets.items()])
+        return GeneratorTrainer(cfg, tmp_path / out)
+
+    trainer("source").run(resume=False, progress=False)
+    source = load_state(tmp_path / "source" / "checkpoint", "cpu")
+    frozen = trainer("frozen", init_from=str(tmp_path / "source" / "checkpoint"), freeze_audio_encoder=True, steps=1)
+    frozen.run(resume=False, progress=False)
+    after = frozen.G.state_dict()
+    encoder = [k for k in after if k.startswith(("audio_stem.", "blocks."))]
+    assert encoder and all(torch.equal(after[k], source[k].float()) for k in encoder)
+    assert any(not torch.equal(after[k], source[k].float()) for k in after if k.startswith("branches."))
+    with pytest.raises(ValueError, match="freeze_audio_encoder"):
+        TrainGeneratorConfig(freeze_audio_encoder=True)

@@ -132,6 +132,7 @@ class TrainGeneratorConfig:
     max_clips: int = 0
     prefetch: int = 0
     d_warmup_steps: int = 0
+    freeze_audio_encoder: bool = False
     init_from: str = ""
     init_audio_from: str = ""
     distill_head: str = ""
@@ -176,6 +177,8 @@ class TrainGeneratorConfig:
             raise ValueError(f"prefetch must be >= 0 (batches drawn ahead), got {self.prefetch}")
         if not 0.0 <= self.stream_start_prob <= 1.0:
             raise ValueError(f"stream_start_prob must be in [0, 1], got {self.stream_start_prob}")
+        if self.freeze_audio_encoder and not (self.init_from or self.init_audio_from):
+            raise ValueError("freeze_audio_encoder needs init_from or init_audio_from (a trained encoder to keep)")
         if self.distill_weight > 0 and not self.distill_head:
             raise ValueError("distill_weight > 0 needs distill_head (the head of a `msync distill` run)")
 
@@ -277,6 +280,9 @@ class GeneratorTrainer(Trainer):
 
             self.shape_prior = ShapePrior.fit(train_frames, cfg.shape_quantile, seed=cfg.seed).to(self.device)
             self.eval_tau = eval_plausibility_tau(self.shape_prior, segs.get("val", []))
+        if cfg.freeze_audio_encoder:  # the warm start's encoder as it is (Adam skips parameters without gradients)
+            for p in [*self.G.audio_stem.parameters(), *self.G.blocks.parameters()]:
+                p.requires_grad_(False)
         self.D = Discriminators(cfg.discriminator).to(self.device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
