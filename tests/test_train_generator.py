@@ -224,9 +224,10 @@ def test_discriminator_warmup_steps_leave_the_generator_unchanged(shared_data, t
 
 
 @pytest.mark.slow
-def test_freeze_audio_encoder_keeps_the_warm_start_encoder(shared_data, tmp_path):
+def test_freeze_audio_encoder_keeps_the_warm_start_encoder(shared_data, tmp_path, capsys):
     """`freeze_audio_encoder`: after a step from a warm start the audio stem and blocks equal the source checkpoint's
-    bit for bit while the rest of the generator trained; without a warm start it is refused."""
+    bit for bit while the rest of the generator trained; without a warm start it is refused. A source without
+    discriminators (as the shipped weights) gets a note pointing at `d_warmup_steps`."""
     from train_helpers import tiny_train_settings
 
     from training.checkpoint import load_state
@@ -240,8 +241,12 @@ def test_freeze_audio_encoder_keeps_the_warm_start_encoder(shared_data, tmp_path
 
     trainer("source").run(resume=False, progress=False)
     source = load_state(tmp_path / "source" / "checkpoint", "cpu")
+    for f in (tmp_path / "source").glob("discriminators.*"):
+        f.unlink()
+    capsys.readouterr()
     frozen = trainer("frozen", init_from=str(tmp_path / "source" / "checkpoint"), freeze_audio_encoder=True, steps=1)
     frozen.run(resume=False, progress=False)
+    assert "has no discriminators" in capsys.readouterr().out
     after = frozen.G.state_dict()
     encoder = [k for k in after if k.startswith(("audio_stem.", "blocks."))]
     assert encoder and all(torch.equal(after[k], source[k].float()) for k in encoder)

@@ -648,6 +648,11 @@ class GeneratorTrainer(Trainer):
                 + (" and its discriminators" if took_d else "")
                 + (f"; adapted {', '.join(adapted)}" if adapted else "")
             )
+            if not took_d and not self.cfg.d_warmup_steps:
+                print(
+                    f"note: {ck.parent} has no discriminators, so they start untrained; --set d_warmup_steps=N "
+                    "trains them alone for the first N steps"
+                )
 
     def on_fresh_start(self) -> None:
         if self.cfg.init_from:
