@@ -34,6 +34,11 @@ bootstrap interval over segments; paired rows: model minus ground truth, model m
 `--paired-reference NAME` every other model minus that one. The training split's ground truth is reported too, as a
 check of the measure on more speakers (the models saw those faces).
 
+A second table takes the signed yaw, pitch and roll in place of the speed (`signed_coupling`): r far from 0 there
+means the head turns, nods or leans one way whenever the voice is louder on that scale, which a real speaker does not
+(0.3.7's roll and yaw do, and that is much of its bobbing; model card). It has no control rows; read it against
+ground truth's.
+
 The traces figure (`<out>/<name>.png`) shows the longest held-out segment: the raw head speed of ground truth and
 every model on one shared scale (degrees per frame), and each one's 400 ms and 1.6 s octaves beside the loudness's.
 """
@@ -56,6 +61,7 @@ SCALES_MS = (200, 400, 800, 1600)
 MIN_FRAMES = 160  # 4 x the 1.6 s scale's 40 frames: two of its longest periods
 FLOOR_DB = 50.0
 SHIFTS = 8
+ANGLES = ("yaw", "pitch", "roll")
 BOOTSTRAP = 2000
 RIG = ", rig signals"  # the row suffix of the engine's filtered yaw / pitch / roll
 HEAD_FITS = ("no-jaw", "evaluation")
@@ -76,8 +82,8 @@ def loudness_db(pcm: np.ndarray, frames: int) -> np.ndarray:
     return window_loudness_db(np.asarray(pcm)[None], 0, frames, SPF, FLOOR_DB)[0].astype(np.float64)
 
 
-def head_speed(landmarks: np.ndarray, head_fit: str = "no-jaw") -> np.ndarray:
-    """(T, 68, 2) landmarks -> (T,) head angular speed, degrees per frame (0 at frame 0); `head_fit` one of
+def head_pose(landmarks: np.ndarray, head_fit: str = "no-jaw") -> np.ndarray:
+    """(T, 68, 2) landmarks -> (T, 3) yaw, pitch, roll in degrees from the first frame; `head_fit` one of
     `HEAD_FITS` (module docstring). Raises ValueError for another head fit."""
     from stream_engine.signals import rigid_fit
     from training.metrics.viewer import head_angles
@@ -85,7 +91,19 @@ def head_speed(landmarks: np.ndarray, head_fit: str = "no-jaw") -> np.ndarray:
     if head_fit not in HEAD_FITS:
         raise ValueError(f"head_fit must be one of {HEAD_FITS}, got {head_fit!r}")
     fit = rigid_fit(NO_JAW_POINTS) if head_fit == "no-jaw" else None
-    return rig_speed(head_angles(np.asarray(landmarks, np.float64), np.asarray(landmarks[0], np.float64), fit))
+    return head_angles(np.asarray(landmarks, np.float64), np.asarray(landmarks[0], np.float64), fit)
+
+
+def head_speed(landmarks: np.ndarray, head_fit: str = "no-jaw") -> np.ndarray:
+    """(T, 68, 2) landmarks -> (T,) head angular speed, degrees per frame (0 at frame 0) (`head_pose`)."""
+    return rig_speed(head_pose(landmarks, head_fit))
+
+
+def signed_coupling(envelope: np.ndarray, pose: np.ndarray) -> list[list[float]]:
+    """(T,) envelope and (T, 3) yaw / pitch / roll -> [angle][scale] Pearson r of the band-passed envelope and the
+    band-passed signed angle: whether the head turns, nods or leans one way when the voice is louder on that time
+    scale (0.3.7's roll and yaw do; model card)."""
+    return [[coupling(envelope, pose[:, k], ms) for ms in SCALES_MS] for k in range(3)]
 
 
 def rig_speed(yaw_pitch_roll: np.ndarray) -> np.ndarray:
@@ -211,24 +229,33 @@ def run(
     def add(name: str, r: list[float]) -> None:
         rows.setdefault(name, []).append(r)
 
+    signed: dict[str, list[list[list[float]]]] = {}  # row -> per segment [angle][scale]
     for s in train:
-        r, ctl = scores(loudness_db(s.audio, s.num_frames), head_speed(s.landmarks, head_fit))
+        env = loudness_db(s.audio, s.num_frames)
+        pose = head_pose(s.landmarks, head_fit)
+        r, ctl = scores(env, rig_speed(pose))
         add("ground truth, training split", r)
         add("ground truth, training split, shifted audio", ctl)
+        signed.setdefault("ground truth, training split", []).append(signed_coupling(env, pose))
     for s in tqdm(held_out, desc="segments", unit="segment", mininterval=2.0):
         env = loudness_db(s.audio, s.num_frames)
-        r, ctl = scores(env, head_speed(s.landmarks, head_fit))
+        pose = head_pose(s.landmarks, head_fit)
+        r, ctl = scores(env, rig_speed(pose))
         add("ground truth", r)
         add("ground truth, shifted audio", ctl)
+        signed.setdefault("ground truth", []).append(signed_coupling(env, pose))
         levels = window_loudness_db(np.asarray(s.audio)[None], 0, s.num_frames, SPF, np.inf)[0]  # not floored
         add(f"ground truth{RIG}", scores(env, rig_speed(rig_angles(s.landmarks, levels)))[0])
         for name, runner in runners.items():
-            per_seed = []
+            per_seed, per_seed_signed = [], []
             for seed in range(seeds):
                 anim = animate(s.audio, 16000, s.landmarks[0], model=runner, seed=seed)
                 lm = anim.landmarks[: s.num_frames]
                 rig = np.stack([anim.signals[k][: s.num_frames] for k in ("yaw_deg", "pitch_deg", "roll_deg")], axis=1)
-                per_seed.append((*scores(env, head_speed(lm, head_fit)), scores(env, rig_speed(rig))[0]))
+                pose = head_pose(lm, head_fit)
+                per_seed.append((*scores(env, rig_speed(pose)), scores(env, rig_speed(rig))[0]))
+                per_seed_signed.append(signed_coupling(env, pose))
+            signed.setdefault(name, []).append(np.mean(per_seed_signed, axis=0).tolist())
             add(name, np.mean([p[0] for p in per_seed], axis=0).tolist())
             add(f"{name}, shifted audio", np.mean([p[1] for p in per_seed], axis=0).tolist())
             add(f"{name}{RIG}", np.mean([p[2] for p in per_seed], axis=0).tolist())
@@ -264,6 +291,12 @@ def run(
         "per_segment": {k: v for k, v in rows.items() if not k.startswith("ground truth, training")},
         "table": table,
         "paired": paired,
+        "signed": {
+            row: {
+                angle: [mean_ci(np.array(v)[:, k, j]) for j in range(len(SCALES_MS))] for k, angle in enumerate(ANGLES)
+            }
+            for row, v in signed.items()
+        },
     }
 
 
@@ -351,6 +384,18 @@ def markdown(res: dict[str, Any], command: str) -> str:
     lines += [f"| difference | {head} |", "|---|" + "---:|" * len(res["scales_ms"])]
     for name, cells in res["paired"].items():
         lines.append(f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += [
+        "",
+        "Signed angles: r of the band-passed loudness and the band-passed yaw / pitch / roll themselves (not their "
+        "speed): a head that turns, nods or leans one way whenever the voice is louder on that scale reads far "
+        "from 0. Mean over segments [95 % bootstrap interval]:",
+        "",
+        f"| row | angle | {head} |",
+        "|---|---|" + "---:|" * len(res["scales_ms"]),
+    ]
+    for name, per_angle in res.get("signed", {}).items():
+        for angle, cells in per_angle.items():
+            lines.append(f"| {name} | {angle} | " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

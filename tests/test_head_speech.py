@@ -90,6 +90,21 @@ def test_columns_name_the_octaves():
     assert [hs.column(ms) for ms in hs.SCALES_MS] == ["0.2-0.4 s", "0.4-0.8 s", "0.8-1.6 s", "1.6-3.2 s"]
 
 
+def test_a_head_that_leans_with_loudness_reads_in_its_own_angle_and_octave():
+    """The signed table: roll that follows the loudness's 0.4-0.8 s octave reads r ~1 for roll at that octave, not
+    for yaw or pitch (held still) and not at 1.6-3.2 s; a roll against the loudness reads negative."""
+    slow, fast = _slow_and_fast(3000, seed=2)
+    mid = hs.band(np.random.default_rng(9).normal(size=3000), 400) * 10
+    envelope = slow + mid
+    pose = np.zeros((3000, 3))
+    pose[:, 2] = mid  # roll in degrees follows the 400 ms part of the loudness
+    r = np.array(hs.signed_coupling(envelope, pose))  # [angle][scale]
+    assert r.shape == (3, len(hs.SCALES_MS))
+    assert r[2, hs.SCALES_MS.index(400)] > 0.8 and abs(r[2, hs.SCALES_MS.index(1600)]) < 0.25
+    assert np.abs(r[:2]).max() == 0.0  # a still yaw and pitch: 0, not noise
+    assert np.array(hs.signed_coupling(envelope, -pose))[2, hs.SCALES_MS.index(400)] < -0.8
+
+
 def test_smoke_run_on_shared_writes_rows_controls_and_pairs(shared_data, tmp_path):
     model = "stream_engine/models/default_int8.onnx"
     code = hs.main(["--model", f"m={model}", "--model", f"n={model}", "--paired-reference", "m", "--seeds", "1",
@@ -106,8 +121,12 @@ def test_smoke_run_on_shared_writes_rows_controls_and_pairs(shared_data, tmp_pat
     assert all(c["mean"] == 0.0 for c in res["paired"]["n − m"])  # the same file: paired differences of exactly 0
     assert res["head_fit"] == "no-jaw"
     assert len(res["held_out_segments"]) == 2 and all(s["frames"] >= hs.MIN_FRAMES for s in res["held_out_segments"])
+    for row in ("ground truth", "ground truth, training split", "m"):
+        assert set(res["signed"][row]) == {"yaw", "pitch", "roll"}
+        assert all(-1.0 <= c["lo"] <= c["mean"] <= c["hi"] <= 1.0 for c in res["signed"][row]["roll"])
     md = (tmp_path / "hs.md").read_text()
     assert "| m, shifted audio |" in md and "Paired differences" in md and "| 1.6-3.2 s |" in md
+    assert "| m | roll |" in md and "Signed angles" in md
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,8 @@ class TrainGeneratorConfig:
     of the last `head_quantile_bank` real windows (kept like the head-angle bias: afresh each run, not
     checkpointed). `head_speech_weight` pulls the head's coupling to the audio's loudness at
     `head_speech_scales_ms` (mean over the batch's windows) to ground truth's (`training.face_losses.
-    head_speech_terms`; measured by `benchmarks.head_speech`; not used by a shipped model).
+    head_speech_terms`; measured by `benchmarks.head_speech`; not used by a shipped model); `head_pose_speech_weight`
+    does the same for the signed yaw, pitch and roll at the same scales (a head that leans with the loudness).
 
     Distilled audio (`training.train_distill`): `init_audio_from` names a generator checkpoint whose causal audio
     encoder (MFCC normalisation, `audio_stem`, `blocks`) replaces the warm start's after `init_from` is loaded;
@@ -122,6 +123,7 @@ class TrainGeneratorConfig:
     head_angle_momentum: float = 0.0
     head_speech_weight: float = 0.0
     head_speech_scales_ms: tuple[float, ...] = (200.0, 400.0)
+    head_pose_speech_weight: float = 0.0
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -491,7 +493,7 @@ class GeneratorTrainer(Trainer):
                 fake, real, clean, cfg.head_quantile_levels, self.head_quantile_bank, cfg.head_quantile_bank
             )
             out.update(terms)
-        if cfg.head_speech_weight and batch is not None:
+        if (cfg.head_speech_weight or cfg.head_pose_speech_weight) and batch is not None:
             from training.face_losses import head_speech_terms
 
             out.update(
