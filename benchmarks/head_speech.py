@@ -35,9 +35,11 @@ bootstrap interval over segments; paired rows: model minus ground truth, model m
 check of the measure on more speakers (the models saw those faces).
 
 A second table takes the signed yaw, pitch and roll in place of the speed (`signed_coupling`): r far from 0 there
-means the head turns, nods or leans one way whenever the voice is louder on that scale, which a real speaker does not
-(0.3.7's roll and yaw do, and that is much of its bobbing; model card). It has no control rows; read it against
-ground truth's.
+means the head turns, nods or leans one way whenever the voice is louder on that scale. The held-out speakers' real
+heads stay within 0.07 of 0 at 0.2-1.6 s; 0.3.7's roll reads -0.34 and its yaw -0.33 at 0.4-0.8 s
+(`benchmarks/results/head_speech_038d.md`). The two tables measure different things: a fine-tune that brought the
+signed couplings near ground truth's left the speed's coupling where it was (model card, *Does the head move with the
+speech?*). It has no control rows; read it against ground truth's.
 
 The traces figure (`<out>/<name>.png`) shows the longest held-out segment: the raw head speed of ground truth and
 every model on one shared scale (degrees per frame), and each one's 400 ms and 1.6 s octaves beside the loudness's.
@@ -102,7 +104,7 @@ def head_speed(landmarks: np.ndarray, head_fit: str = "no-jaw") -> np.ndarray:
 def signed_coupling(envelope: np.ndarray, pose: np.ndarray) -> list[list[float]]:
     """(T,) envelope and (T, 3) yaw / pitch / roll -> [angle][scale] Pearson r of the band-passed envelope and the
     band-passed signed angle: whether the head turns, nods or leans one way when the voice is louder on that time
-    scale (0.3.7's roll and yaw do; model card)."""
+    scale (`band` pads by reflection, so a drift over the segment does not wrap into the octaves)."""
     return [[coupling(envelope, pose[:, k], ms) for ms in SCALES_MS] for k in range(3)]
 
 

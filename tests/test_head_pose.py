@@ -176,20 +176,28 @@ def test_head_pose_speech_term_scores_a_head_that_turns_with_loudness():
 
     rng = np.random.default_rng(4)
     loud = -30.0 + 10.0 * rng.normal(size=100)
-    e = octave_band(torch.from_numpy(loud)[None], 200.0)[0].numpy()
-    slow = 3.0 * np.sin(2 * np.pi * np.arange(100) / 100)  # a real head's slow turn: nothing in the 200 ms band
-    real = torch.from_numpy(np.stack([_project(float(a), 0.0, 0.0) for a in slow]))
+    t = np.arange(100) - 49.5
+    flat = loud - loud.mean() - t * ((loud - loud.mean()) @ t) / (t @ t)  # the term detrends each series first
+    e = octave_band(torch.from_numpy(flat)[None], 200.0)[0].numpy()
+    real = torch.from_numpy(np.stack([_project(0.0, 0.0, 0.0)] * 100))  # a real head held still: r 0
     lean = np.stack([_project(float(a), 0.0, 0.0) for a in 3.0 * e / np.abs(e).max()])
     lean_t = torch.from_numpy(lean)[None].requires_grad_(True)
     real, ref, rows, lt = real[None], real[None, 0], torch.ones(1, dtype=torch.bool), torch.from_numpy(loud)[None]
     assert float(head_speech_terms(real, real, ref, lt, rows)["head_pose_speech"]) == pytest.approx(0.0, abs=1e-9)
     term = head_speech_terms(lean_t, real, ref, lt, rows, scales_ms=(200.0,))["head_pose_speech"]
-    # yaw: r 1 against ~0, squared; pitch and roll stay still in both (r 0): the mean over the three ~1/3
-    assert float(term.detach()) == pytest.approx(1.0 / 3.0, abs=0.05)
+    # yaw: r 1 against 0, squared; pitch and roll stay still in both (r 0): the mean over the three 1/3
+    assert float(term.detach()) == pytest.approx(1.0 / 3.0, abs=0.02)
     term.backward()
     assert torch.isfinite(lean_t.grad).all() and float(lean_t.grad.abs().sum()) > 0
     none = head_speech_terms(lean_t, real, ref, lt, torch.zeros(1, dtype=torch.bool))["head_pose_speech"]
     assert float(none.detach()) == 0.0
+    # A head that drifts with the loudness's trend across the window, and with nothing in the octaves, scores ~0:
+    # the series are detrended before the (circular) FFT band-pass, which would otherwise wrap the drift into a jump.
+    trend = np.linspace(-20.0, 20.0, 100)
+    drift = torch.from_numpy(np.stack([_project(float(a), 0.0, 0.0) for a in np.linspace(0.0, 6.0, 100)]))[None]
+    lt_trend = torch.from_numpy(-30.0 + trend + 0.5 * rng.normal(size=100))[None]
+    ramp = head_speech_terms(drift, real, ref, lt_trend, rows, scales_ms=(200.0, 400.0, 800.0))["head_pose_speech"]
+    assert float(ramp.detach()) < 0.02
 
 
 def test_window_loudness_reads_the_frame_that_holds_a_click():

@@ -198,29 +198,43 @@ def test_discriminator_warmup_steps_leave_the_generator_unchanged(shared_data, t
     from training.config_io import load_config
     from training.train_generator import GeneratorTrainer, TrainGeneratorConfig
 
-    sets = {**tiny_train_settings(tmp_path), "steps": 3, "d_warmup_steps": 2, "eval_every": 100}
+    sets = {**tiny_train_settings(tmp_path), "steps": 3, "d_warmup_steps": 2, "eval_every": 100,
+            "head_angle_weight": 1.0, "head_angle_momentum": 0.5}  # fmt: skip
     cfg = load_config(TrainGeneratorConfig, None, [f"{k}={json.dumps(v)}" for k, v in sets.items()])
     trainer = GeneratorTrainer(cfg, tmp_path / "run")
     snaps: list[tuple[dict, dict]] = []
+    running: list[object] = []  # the head-angle running bias after each step: untouched by warm-up steps
 
     def snapshot(t: GeneratorTrainer) -> None:
         snaps.append(tuple({k: v.detach().clone() for k, v in m.state_dict().items()} for m in (t.G, t.D)))
 
+    first_step = trainer.train_step
+
+    def train_step(rng):  # the weights before the first step, then the step itself
+        if not snaps:
+            snapshot(trainer)
+        return first_step(rng)
+
+    trainer.train_step = train_step  # type: ignore[method-assign]
     trainer.add_callback("on_step_end", snapshot)
-    trainer.run(resume=False, progress=False)
+    trainer.add_callback("on_step_end", lambda t: running.append(t.head_angle_bias))
+    trainer.run(resume=False, progress=True)  # the progress bar's postfix reads warm-up records too
 
     def same(a: dict, b: dict) -> bool:
         return all(torch.equal(a[k], b[k]) for k in a)
 
-    (g1, d1), (g2, d2), (g3, _) = snaps
-    assert same(g1, g2) and not same(d1, d2)  # step 2: the critics learn, the generator waits
+    (g0, d0), (g1, d1), (g2, d2), (g3, _) = snaps
+    assert same(g0, g1) and same(g1, g2)  # warm-up: the generator waits
+    assert not same(d0, d1) and not same(d1, d2)  # while the critics learn
     assert not same(g2, g3)  # step 3: the generator's first update
+    assert running[0] is None and running[1] is None and running[2] is not None
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = {r["step"]: r for r in records if r.get("split") == "train"}
     assert "loss_g" not in train[1] and "loss_g" not in train[2] and "loss_d" in train[2]
     assert math.isfinite(train[3]["loss_g"])
     with pytest.raises(ValueError, match="d_warmup_steps"):
         TrainGeneratorConfig(steps=3, d_warmup_steps=3)
+    assert TrainGeneratorConfig(steps=0).steps == 0  # a warm start that trains nothing stays allowed
 
 
 @pytest.mark.slow
@@ -251,5 +265,11 @@ def test_freeze_audio_encoder_keeps_the_warm_start_encoder(shared_data, tmp_path
     encoder = [k for k in after if k.startswith(("audio_stem.", "blocks."))]
     assert encoder and all(torch.equal(after[k], source[k].float()) for k in encoder)
     assert any(not torch.equal(after[k], source[k].float()) for k in after if k.startswith("branches."))
+    resumed = trainer("frozen", init_from=str(tmp_path / "source" / "checkpoint"), freeze_audio_encoder=True, steps=2)
+    resumed.run(resume=True, progress=False)  # one more step from the frozen run's own checkpoint
+    assert all(not p.requires_grad for p in [*resumed.G.audio_stem.parameters(), *resumed.G.blocks.parameters()])
+    assert all(torch.equal(resumed.G.state_dict()[k], source[k].float()) for k in encoder)
     with pytest.raises(ValueError, match="freeze_audio_encoder"):
         TrainGeneratorConfig(freeze_audio_encoder=True)
+    with pytest.raises(ValueError, match="distill_weight"):
+        TrainGeneratorConfig(freeze_audio_encoder=True, init_from="x", distill_weight=1.0, distill_head="y")

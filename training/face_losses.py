@@ -313,9 +313,10 @@ def head_speech_terms(
         correlation of the octave-band loudness and octave-band head angular speed (degrees per frame,
         `training.head_pose` angles on `NO_JAW_POINTS`) over the window (`benchmarks.head_speech` measures the
         same on whole clips); and "head_pose_speech", the same with the signed yaw, pitch and roll (degrees) in
-        place of the speed, mean over scales and the three angles: a head that leans or turns one way whenever the
-        voice is loud (model 0.3.7: roll r -0.34, yaw -0.33 at 0.4-0.8 s; real heads within 0.07) scores here,
-        and its turning back and forth also shows up in the speed's coupling.
+        place of the speed, each series linearly detrended over the window first, mean over scales and the three
+        angles: a head that leans or turns one way whenever the voice is loud scores here (model 0.3.7 on held-out
+        speakers at 0.4-0.8 s: roll r -0.34, yaw -0.33, where their real heads read -0.03 and +0.02;
+        `benchmarks/results/head_speech_038d.md`).
         The batch means, not window by window: one window's r is a noisy target (a first try, pairing windows,
         moved r by 0.02 where the batch-mean form moved it by 0.03-0.10; model card). The head fit is the
         benchmark's (`NO_JAW_POINTS`); the model card's runs used the evaluation's, jaw points included.
@@ -334,6 +335,14 @@ def head_speech_terms(
     with torch.no_grad():
         a_r = head_angles(real[rows], x_ref[rows], fit)
 
+    def detrend(x: torch.Tensor) -> torch.Tensor:
+        """(b, T) minus each row's least-squares line: `octave_band` is circular, so a drift across the window
+        (which signed angles have and speed has not) would wrap into a jump and leak into every octave."""
+        t = torch.arange(x.shape[-1], dtype=x.dtype, device=x.device)
+        t = t - t.mean()
+        xc = x - x.mean(-1, keepdim=True)
+        return xc - t * ((xc * t).sum(-1, keepdim=True) / (t * t).sum())
+
     def gap(loud: torch.Tensor, fake_series: torch.Tensor, real_series: torch.Tensor, ms: float) -> torch.Tensor:
         e = octave_band(loud, ms)
         every = torch.ones_like(e, dtype=torch.bool)
@@ -344,7 +353,8 @@ def head_speech_terms(
     loud = loudness_db[rows]
     s_f, s_r = speed(a_f), speed(a_r)
     moving = [gap(loud[:, 1:], s_f, s_r, ms) for ms in scales_ms]
-    signed = [gap(loud, a_f[..., k], a_r[..., k], ms) for ms in scales_ms for k in range(3)]
+    flat = detrend(loud)
+    signed = [gap(flat, detrend(a_f[..., k]), detrend(a_r[..., k]), ms) for ms in scales_ms for k in range(3)]
     return {"head_speech": torch.stack(moving).mean(), "head_pose_speech": torch.stack(signed).mean()}
 
 

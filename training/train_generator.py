@@ -59,7 +59,11 @@ class TrainGeneratorConfig:
     encoder (MFCC normalisation, `audio_stem`, `blocks`) replaces the warm start's after `init_from` is loaded;
     `distill_weight` > 0 adds the distillation loss of the frozen head `distill_head` (a `msync distill` run) on
     the unmixed windows, against the speech teacher's features of their clean audio, so that the encoder stays
-    teacher-like while the generator trains (`teacher_cache`: "" = ~/.cache/msync/teacher).
+    teacher-like while the generator trains (`teacher_cache`: "" = ~/.cache/msync/teacher). `freeze_audio_encoder`
+    keeps the causal audio encoder as the warm start left it (`requires_grad` off for `audio_stem` and `blocks`, the
+    whole encoder; the MFCC normalisation is buffers, taken from the checkpoint): a fine-tune without the
+    distillation head, whose term holds the encoder teacher-like, cannot let it drift. It needs `init_from` or
+    `init_audio_from`, and is refused with `distill_weight` > 0 (that term would train nothing).
 
     `stream_start_prob` is the share of windows that are a stream's first frames: the window starts at the first
     frame of its segment, so every warm-up frame lies before the stream (zero or silence history, see
@@ -69,7 +73,9 @@ class TrainGeneratorConfig:
     `d_warmup_steps` > 0 makes the run's first steps discriminator-only: the generator makes its windows without
     gradients and is not updated, so a warm start whose source run left no discriminators (the shipped weights:
     `training/weights/generator` has none) does not train the generator against critics that start from random
-    weights. Those steps count in `steps`; the generator's first update is step `d_warmup_steps`.
+    weights. Those steps count in `steps`: the generator's first update is the step at 0-based index
+    `d_warmup_steps`, logged in `metrics.jsonl` as step `d_warmup_steps + 1` (records count steps done). Warm-up
+    records hold `loss_d` alone.
 
     `prefetch` > 0 draws that many batches ahead in a forked worker process (`training.data.prefetch`): the same
     batches in the same order, with the host-side batch work overlapping the step (worth it on a GPU, where drawing
@@ -170,9 +176,9 @@ class TrainGeneratorConfig:
             raise ValueError(f"head_quantile_levels must be pyramid levels 0..7, got {self.head_quantile_levels}")
         if self.head_quantile_bank < 0:
             raise ValueError(f"head_quantile_bank must be >= 0 windows, got {self.head_quantile_bank}")
-        if not 0 <= self.d_warmup_steps < self.steps:
+        if self.d_warmup_steps < 0 or (self.d_warmup_steps and self.d_warmup_steps >= self.steps):
             raise ValueError(
-                f"d_warmup_steps must be in [0, steps) = [0, {self.steps}) so that the generator trains at all, "
+                f"d_warmup_steps must be 0 or below steps ({self.steps}) so that the generator trains at all, "
                 f"got {self.d_warmup_steps}"
             )
         if self.prefetch < 0:
@@ -181,6 +187,11 @@ class TrainGeneratorConfig:
             raise ValueError(f"stream_start_prob must be in [0, 1], got {self.stream_start_prob}")
         if self.freeze_audio_encoder and not (self.init_from or self.init_audio_from):
             raise ValueError("freeze_audio_encoder needs init_from or init_audio_from (a trained encoder to keep)")
+        if self.freeze_audio_encoder and self.distill_weight > 0:
+            raise ValueError(
+                "freeze_audio_encoder with distill_weight > 0: the distillation term trains only the audio encoder, "
+                "which is frozen; set one of them"
+            )
         if self.distill_weight > 0 and not self.distill_head:
             raise ValueError("distill_weight > 0 needs distill_head (the head of a `msync distill` run)")
 
@@ -590,6 +601,8 @@ class GeneratorTrainer(Trainer):
         return rec
 
     def postfix(self, record: dict) -> dict[str, str]:
+        if "sync" not in record:  # a discriminator warm-up record (`d_warmup_steps`): loss_d alone
+            return {"d-warmup": f"{record['loss_d']:.2f}"}
         return {"sync": f"{record['sync']:.3f}", "d": f"{record['loss_d']:.2f}"}
 
     def _maybe_render_sample(self) -> None:
