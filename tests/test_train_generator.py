@@ -260,7 +260,8 @@ def test_freeze_audio_encoder_keeps_the_warm_start_encoder(shared_data, tmp_path
     capsys.readouterr()
     frozen = trainer("frozen", init_from=str(tmp_path / "source" / "checkpoint"), freeze_audio_encoder=True, steps=1)
     frozen.run(resume=False, progress=False)
-    assert "has no discriminators" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "has no discriminators" in out and "audio encoder frozen" in out
     after = frozen.G.state_dict()
     encoder = [k for k in after if k.startswith(("audio_stem.", "blocks."))]
     assert encoder and all(torch.equal(after[k], source[k].float()) for k in encoder)

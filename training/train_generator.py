@@ -178,7 +178,7 @@ class TrainGeneratorConfig:
             raise ValueError(f"head_quantile_bank must be >= 0 windows, got {self.head_quantile_bank}")
         if self.d_warmup_steps < 0 or (self.d_warmup_steps and self.d_warmup_steps >= self.steps):
             raise ValueError(
-                f"d_warmup_steps must be 0 or below steps ({self.steps}) so that the generator trains at all, "
+                f"d_warmup_steps must be >= 0 and < steps ({self.steps}) so that the generator trains at all, "
                 f"got {self.d_warmup_steps}"
             )
         if self.prefetch < 0:
@@ -200,6 +200,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from training.config_io import add_run_arguments
 
     add_run_arguments(p, "runs/generator", "--set steps=500 --set generator.lookahead_frames=0")
+    p.epilog = (
+        "Settings (--set KEY=VALUE) are the fields of TrainGeneratorConfig in training/train_generator.py, whose "
+        "docstring explains each (e.g. d_warmup_steps and freeze_audio_encoder for a fine-tune of the shipped "
+        "model); OUT/config.json lists every value a run used."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -296,6 +301,10 @@ class GeneratorTrainer(Trainer):
         if cfg.freeze_audio_encoder:  # the warm start's encoder as it is (Adam skips parameters without gradients)
             for p in [*self.G.audio_stem.parameters(), *self.G.blocks.parameters()]:
                 p.requires_grad_(False)
+            if self.is_main:
+                print(
+                    "audio encoder frozen (freeze_audio_encoder): audio_stem and blocks keep the warm start's weights"
+                )
         self.D = Discriminators(cfg.discriminator).to(self.device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
