@@ -87,12 +87,12 @@ def loudness_db(pcm: np.ndarray, frames: int) -> np.ndarray:
 def head_pose(landmarks: np.ndarray, head_fit: str = "no-jaw") -> np.ndarray:
     """(T, 68, 2) landmarks -> (T, 3) yaw, pitch, roll in degrees from the first frame; `head_fit` one of
     `HEAD_FITS` (module docstring). Raises ValueError for another head fit."""
-    from stream_engine.signals import rigid_fit
+    from stream_engine.signals import NO_JAW_FIT
     from training.metrics.viewer import head_angles
 
     if head_fit not in HEAD_FITS:
         raise ValueError(f"head_fit must be one of {HEAD_FITS}, got {head_fit!r}")
-    fit = rigid_fit(NO_JAW_POINTS) if head_fit == "no-jaw" else None
+    fit = NO_JAW_FIT if head_fit == "no-jaw" else None
     return head_angles(np.asarray(landmarks, np.float64), np.asarray(landmarks[0], np.float64), fit)
 
 

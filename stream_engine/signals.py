@@ -137,7 +137,7 @@ MEAN_FACE_3D = np.array(
 #: Points that do not move with speech: upper jaw contour, nose bridge and base, eye corners.
 RIGID_POINTS = (0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
 #: The rigid points without the jaw line's (nose 27-35, eye corners 36, 39, 42, 45): a head fit that the jaw's
-#: speech-driven motion does not reach (`benchmarks.head_speech`; `rigid_fit(NO_JAW_POINTS)`).
+#: speech-driven motion does not reach (`benchmarks.head_speech`; its fit is `NO_JAW_FIT`).
 NO_JAW_POINTS = (27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
 
 VISEMES = ("A", "I", "U", "E", "O")
@@ -452,7 +452,11 @@ def _ear_from_distances(d: np.ndarray) -> float:
     return float(0.5 * (right + left))
 
 
-def rigid_fit(index: Sequence[int]) -> tuple[list[int], np.ndarray]:
+#: A head fit: (point index, (3, n) pseudo-inverse of the centred model points), from `rigid_fit`.
+RigidFit = tuple[list[int], np.ndarray]
+
+
+def rigid_fit(index: Sequence[int]) -> RigidFit:
     """The head fit on the points `index` of `MEAN_FACE_3D`: (index, (3, n) pseudo-inverse of the centred model
     points, z away from the camera), for `head_rotation(points, fit)`."""
     idx = [int(i) for i in index]
@@ -461,9 +465,10 @@ def rigid_fit(index: Sequence[int]) -> tuple[list[int], np.ndarray]:
 
 
 RIGID_INDEX, MODEL_RIGID_PINV = rigid_fit(RIGID_POINTS)
+NO_JAW_FIT = rigid_fit(NO_JAW_POINTS)  # the nose-and-eye-corners fit, computed once
 
 
-def head_rotation(points: np.ndarray, fit: tuple[list[int], np.ndarray] | None = None) -> np.ndarray:
+def head_rotation(points: np.ndarray, fit: RigidFit | None = None) -> np.ndarray:
     """Scaled-orthographic fit of `MEAN_FACE_3D` (rigid points) to (68, 2) landmarks -> 3x3 rotation.
 
     The rotation maps model axes (x right, y down, z away from the camera) to image axes (same convention);

@@ -29,7 +29,8 @@ All distances are in units of the inter-ocular distance (IOD, ‖p36 − p45‖ 
 - Head and loudness (`head_speech_terms`, whole speech windows): at each given time scale, Pearson r of the
   window's band-passed loudness envelope with its band-passed head angular speed, its mean over the batch against
   ground truth's (squared difference). Real heads move with the speech's loudness at 1.6 s but hardly at
-  200-400 ms (`benchmarks/head_speech.py`); the generator's head also bobs with the syllables.
+  200-400 ms (`benchmarks/head_speech.py`); the generator's head also bobs with the syllables. The same with the
+  signed yaw, pitch and roll (`head_pose_speech`): a head that leans or turns one way whenever the voice is loud.
 """
 
 from __future__ import annotations
@@ -319,14 +320,13 @@ def head_speech_terms(
         `benchmarks/results/head_speech_038d.md`).
         The batch means, not window by window: one window's r is a noisy target (a first try, pairing windows,
         moved r by 0.02 where the batch-mean form moved it by 0.03-0.10; model card). The head fit is the
-        benchmark's (`NO_JAW_POINTS`); the model card's runs used the evaluation's, jaw points included.
+        benchmark's (`NO_JAW_POINTS`); the model card's first runs (runs/v038_*) used the evaluation's, jaw points
+        included.
     """
     if not bool(rows.any()):
         return {"head_speech": fake.sum() * 0.0, "head_pose_speech": fake.sum() * 0.0}
 
-    from stream_engine.signals import NO_JAW_POINTS, rigid_fit
-
-    fit = rigid_fit(NO_JAW_POINTS)  # the benchmark's head fit: the jaw's speech-driven motion left out
+    from stream_engine.signals import NO_JAW_FIT as fit  # the benchmark's head fit: no jaw-line points
 
     def speed(a: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(((a[:, 1:] - a[:, :-1]) ** 2).sum(-1) + 1e-6)  # (b, T - 1)

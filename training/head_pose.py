@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
-from stream_engine.signals import MODEL_RIGID_PINV, RIGID_INDEX
+from stream_engine.signals import MODEL_RIGID_PINV, RIGID_INDEX, RigidFit
 
 
-def head_rotation(x: torch.Tensor, fit: tuple[list[int], np.ndarray] | None = None) -> torch.Tensor:
+def head_rotation(x: torch.Tensor, fit: RigidFit | None = None) -> torch.Tensor:
     """(..., 68, 2) landmarks -> (..., 3, 3) rotations (rows r1, r2, r1 × r2), as `stream_engine.signals.head_rotation`
     (`fit`: `stream_engine.signals.rigid_fit` of other points than the rigid points).
 
@@ -46,9 +45,7 @@ def rotation_angles(r: torch.Tensor) -> torch.Tensor:
     return torch.stack([yaw, pitch, roll], dim=-1) * (180.0 / math.pi)
 
 
-def head_angles(
-    x: torch.Tensor, reference: torch.Tensor, fit: tuple[list[int], np.ndarray] | None = None
-) -> torch.Tensor:
+def head_angles(x: torch.Tensor, reference: torch.Tensor, fit: RigidFit | None = None) -> torch.Tensor:
     """(B, T, 68, 2) frames and (B, 68, 2) reference faces -> (B, T, 3) yaw, pitch, roll in degrees relative to
     each row's reference (as `training.metrics.viewer.head_angles`, which the evaluation's head table uses; `fit`
     as in `head_rotation`)."""

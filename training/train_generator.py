@@ -485,7 +485,7 @@ class GeneratorTrainer(Trainer):
         loss, _ = distill_loss(pred, target, self.cfg.distill_cosine_weight)
         return loss
 
-    def face_terms(self, fake, real, x_ref, speech, rest, clean, batch=None) -> dict:
+    def face_terms(self, fake, real, x_ref, speech, rest, clean, batch) -> dict:
         """The `training.face_losses` terms whose weight is not 0: {name: scalar}."""
         from training.face_losses import (
             articulation_terms,
@@ -513,7 +513,7 @@ class GeneratorTrainer(Trainer):
                 fake, real, clean, cfg.head_quantile_levels, self.head_quantile_bank, cfg.head_quantile_bank
             )
             out.update(terms)
-        if (cfg.head_speech_weight or cfg.head_pose_speech_weight) and batch is not None:
+        if cfg.head_speech_weight or cfg.head_pose_speech_weight:
             from training.face_losses import head_speech_terms
 
             out.update(

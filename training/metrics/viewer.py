@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stream_engine.signals import RIGID_POINTS, eye_aspect_ratio, head_rotation, rotation_to_pose
+from stream_engine.signals import RIGID_POINTS, RigidFit, eye_aspect_ratio, head_rotation, rotation_to_pose
 from training import pyramid
 
 FPS = 25.0
@@ -119,7 +119,7 @@ def articulation(
     }
 
 
-def head_angles(x: np.ndarray, reference: np.ndarray, fit=None) -> np.ndarray:
+def head_angles(x: np.ndarray, reference: np.ndarray, fit: RigidFit | None = None) -> np.ndarray:
     """(T, 68, 2) -> (T, 3) yaw, pitch, roll in degrees relative to the (68, 2) reference face (as the engine's
     `SignalExtractor` reports them, before filtering); `fit` (`stream_engine.signals.rigid_fit`) fits other points
     than the engine's rigid points."""
